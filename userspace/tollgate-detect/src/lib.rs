@@ -1,0 +1,1 @@
+//! Tollgate's detection engine (pure: no I/O, no kernel, no async runtime).
