@@ -1,0 +1,227 @@
+//! Tollgate's ingress programs: one decision ([`decide`]) behind two hooks,
+//! XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP hook is
+//! taken). Fail-open by construction: only a parsed source address that
+//! matches a live, non-allowlisted ban is ever dropped.
+#![no_std]
+#![no_main]
+// The BPF target has no atomic types in `core`; the intrinsic lowers to the
+// BPF atomic add instruction.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic add on map values"))]
+
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, xdp},
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
+use tollgate_common::{
+    BlockEntry, Config, Mode, Reason, Verdict, config_flags, counter_index, prefilter,
+};
+
+use crate::{
+    maps::{
+        TG_ALLOW4, TG_ALLOW6, TG_BLOCK4, TG_BLOCK4_LPM, TG_BLOCK6, TG_BLOCK6_LPM, TG_CONFIG,
+        TG_COUNTERS, TG_PRE4, TG_PRE6,
+    },
+    parse::{Cursor, Source},
+};
+
+/// tcx: hand the packet to the next program (or the stack).
+const TCX_NEXT: i32 = -1;
+/// tcx / cls_bpf: drop.
+const TC_ACT_SHOT: i32 = 2;
+
+#[xdp]
+pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    match decide(start, end) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::Monitor => xdp_action::XDP_PASS,
+    }
+}
+
+#[classifier]
+pub fn tollgate_tc(ctx: TcContext) -> i32 {
+    match decide(ctx.data(), ctx.data_end()) {
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Pass | Verdict::Monitor => TCX_NEXT,
+    }
+}
+
+/// Decides, counts, and returns the verdict for the packet in `[start, end)`.
+#[inline(always)]
+fn decide(start: usize, end: usize) -> Verdict {
+    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
+        Err(reason) => (Verdict::Pass, reason),
+        Ok(pkt) => {
+            let matched = match pkt.src {
+                Source::V4(addr) => lookup_v4(&addr, config.flags),
+                Source::V6(addr) => lookup_v6(&addr, config.flags),
+            };
+            match matched {
+                Match::None => (Verdict::Pass, pkt.l4_status),
+                Match::Expired => (Verdict::Pass, Reason::Expired),
+                Match::Allowlisted => (Verdict::Pass, Reason::Allowlisted),
+                Match::Banned(entry) => {
+                    bump(entry);
+                    if config.mode == Mode::Monitor as u32 {
+                        (Verdict::Monitor, Reason::Blocklisted)
+                    } else {
+                        (Verdict::Drop, Reason::Blocklisted)
+                    }
+                }
+            }
+        }
+    };
+    count(verdict, reason, (end - start) as u64);
+    verdict
+}
+
+enum Match {
+    None,
+    Expired,
+    Allowlisted,
+    Banned(*mut BlockEntry),
+}
+
+#[inline(always)]
+fn lookup_v4(addr: &[u8; 4], flags: u32) -> Match {
+    let bucket = prefilter::bucket_v4(u32::from_be_bytes(*addr));
+    if !prefilter_hit(&TG_PRE4, bucket) {
+        return Match::None;
+    }
+    let mut now = 0;
+    let mut expired = false;
+    if let Some(e) = TG_BLOCK4.get_ptr_mut(addr) {
+        if live(e, &mut now) {
+            return allow_or_ban_v4(addr, e);
+        }
+        expired = true;
+    }
+    if flags & config_flags::V4_RANGES != 0
+        && let Some(e) = TG_BLOCK4_LPM.get(Key::new(32, *addr))
+    {
+        let e = e as *const BlockEntry as *mut BlockEntry;
+        if live(e, &mut now) {
+            return allow_or_ban_v4(addr, e);
+        }
+        expired = true;
+    }
+    if expired { Match::Expired } else { Match::None }
+}
+
+#[inline(always)]
+fn lookup_v6(addr: &[u8; 16], flags: u32) -> Match {
+    if flags & config_flags::V6_SHORT_RANGES == 0
+        && !prefilter_hit(&TG_PRE6, prefilter::bucket_v6(addr))
+    {
+        return Match::None;
+    }
+    let mut now = 0;
+    let mut expired = false;
+    if let Some(e) = TG_BLOCK6.get_ptr_mut(addr) {
+        if live(e, &mut now) {
+            return allow_or_ban_v6(addr, e);
+        }
+        expired = true;
+    }
+    if flags & config_flags::V6_RANGES != 0
+        && let Some(e) = TG_BLOCK6_LPM.get(Key::new(128, *addr))
+    {
+        let e = e as *const BlockEntry as *mut BlockEntry;
+        if live(e, &mut now) {
+            return allow_or_ban_v6(addr, e);
+        }
+        expired = true;
+    }
+    if expired { Match::Expired } else { Match::None }
+}
+
+/// A missing bitmap word reads as "maybe banned": the maps decide.
+#[inline(always)]
+fn prefilter_hit(bitmap: &aya_ebpf::maps::Array<u64>, bucket: u32) -> bool {
+    let (word, mask) = prefilter::word_and_mask(bucket);
+    bitmap.get(word).is_none_or(|w| w & mask != 0)
+}
+
+/// Whether a ban is still in force; reads the clock at most once per packet.
+#[inline(always)]
+fn live(entry: *mut BlockEntry, now: &mut u64) -> bool {
+    // SAFETY: `entry` points at a value inside a map, valid for this program run.
+    let expires = unsafe { (*entry).expires_ns };
+    if expires == 0 {
+        return true;
+    }
+    if *now == 0 {
+        // SAFETY: helper without arguments.
+        *now = unsafe { bpf_ktime_get_boot_ns() };
+    }
+    *now < expires
+}
+
+#[inline(always)]
+fn allow_or_ban_v4(addr: &[u8; 4], entry: *mut BlockEntry) -> Match {
+    match TG_ALLOW4.get(Key::new(32, *addr)) {
+        Some(a) => {
+            atomic_inc(&a.hits as *const u64 as *mut u64);
+            Match::Allowlisted
+        }
+        None => Match::Banned(entry),
+    }
+}
+
+#[inline(always)]
+fn allow_or_ban_v6(addr: &[u8; 16], entry: *mut BlockEntry) -> Match {
+    match TG_ALLOW6.get(Key::new(128, *addr)) {
+        Some(a) => {
+            atomic_inc(&a.hits as *const u64 as *mut u64);
+            Match::Allowlisted
+        }
+        None => Match::Banned(entry),
+    }
+}
+
+#[inline(always)]
+fn bump(entry: *mut BlockEntry) {
+    // SAFETY: map value pointer, valid for this run; the field is 8-aligned.
+    atomic_inc(unsafe { &raw mut (*entry).hits });
+}
+
+/// Map values are shared between CPUs: count with an atomic add.
+#[inline(always)]
+fn atomic_inc(p: *mut u64) {
+    // SAFETY: `p` points at an aligned u64 inside a map value.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    let _ = p;
+}
+
+#[inline(always)]
+fn count(verdict: Verdict, reason: Reason, bytes: u64) {
+    if let Some(c) = TG_COUNTERS.get_ptr_mut(counter_index(verdict, reason)) {
+        // SAFETY: per-CPU slot: no other writer while this program runs here.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,44 @@
+//! Every map the programs use. Names and value types come from
+//! `tollgate-common`; all maps are pinned by name so bans and counters outlive
+//! the agent process.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use tollgate_common::{AllowEntry, BlockEntry, COUNTER_SLOTS, Config, Counter, capacity, prefilter};
+
+/// Entries are allocated on insert: an empty million-entry map costs nothing.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static TG_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map]
+pub static TG_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+#[map]
+pub static TG_BLOCK4: HashMap<[u8; 4], BlockEntry> = HashMap::pinned(capacity::BLOCK4, NO_PREALLOC);
+
+#[map]
+pub static TG_BLOCK6: HashMap<[u8; 16], BlockEntry> =
+    HashMap::pinned(capacity::BLOCK6, NO_PREALLOC);
+
+#[map]
+pub static TG_BLOCK4_LPM: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(capacity::BLOCK4_LPM, 0);
+
+#[map]
+pub static TG_BLOCK6_LPM: LpmTrie<[u8; 16], BlockEntry> =
+    LpmTrie::pinned(capacity::BLOCK6_LPM, 0);
+
+#[map]
+pub static TG_ALLOW4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::pinned(capacity::ALLOW, 0);
+
+#[map]
+pub static TG_ALLOW6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::pinned(capacity::ALLOW, 0);
+
+#[map]
+pub static TG_PRE4: Array<u64> = Array::pinned(prefilter::WORDS, 0);
+
+#[map]
+pub static TG_PRE6: Array<u64> = Array::pinned(prefilter::WORDS, 0);

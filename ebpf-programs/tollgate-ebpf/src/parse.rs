@@ -1,0 +1,207 @@
+//! Bounds-checked header parsing. Every read goes through [`Cursor::read`],
+//! which the verifier can follow; nothing here ever decides to drop.
+
+use core::mem::size_of;
+
+use tollgate_common::Reason;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// 802.1ad outer tag plus 802.1Q inner tag (QinQ).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up on the upper layer.
+const MAX_EXT_HEADERS: usize = 8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_NONE: u8 = 59;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+
+/// The packet bytes `[start, end)` of the hook's context.
+#[derive(Clone, Copy)]
+pub struct Cursor {
+    start: usize,
+    end: usize,
+}
+
+impl Cursor {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
+    /// Copies `N` bytes at `off`, or `Truncated` when the packet is shorter.
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Result<[u8; N], Reason> {
+        let at = self.start + off;
+        if at + size_of::<[u8; N]>() > self.end {
+            return Err(Reason::Truncated);
+        }
+        // SAFETY: bounds checked against the context's data_end just above.
+        Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+}
+
+/// The source address as it appears on the wire.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// What the datapath learned about a packet whose IP header is intact.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub src: Source,
+    /// `Clean`, or why the upper layers could not be read. A banned source
+    /// is dropped whatever this says: its IP header is all a ban needs.
+    pub l4_status: Reason,
+}
+
+/// Parses L2 and L3. `Err` carries the reason the source could not be known
+/// (the caller then passes the packet and counts it).
+#[inline(always)]
+pub fn parse(c: &Cursor) -> Result<Packet, Reason> {
+    let eth = c.read::<ETH_HLEN>(0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag = c.read::<4>(off)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        off += 4;
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_v4(c, off),
+        ETH_P_IPV6 => parse_v6(c, off),
+        _ => Err(Reason::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
+    let ip = c.read::<20>(off)?;
+    if ip[0] >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(Reason::Malformed);
+    }
+    let src = Source::V4([ip[12], ip[13], ip[14], ip[15]]);
+    let proto = ip[9];
+    // Non-first fragments carry no upper-layer header; the source is enough.
+    let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    let l4_status = if frag_offset != 0 {
+        Reason::Clean
+    } else if c.read::<1>(off + ihl - 1).is_err() {
+        // Options claimed but cut short.
+        Reason::Truncated
+    } else {
+        check_l4(c, off + ihl, proto)
+    };
+    Ok(Packet {
+        src,
+        l4_status,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
+    let ip = c.read::<40>(off)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let src = Source::V6(src);
+    let mut next = ip[6];
+    let mut off = off + 40;
+    let mut status = Reason::ExtChainTooLong;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
+                let h = match c.read::<2>(off) {
+                    Ok(h) => h,
+                    Err(r) => {
+                        status = r;
+                        break;
+                    }
+                };
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let h = match c.read::<2>(off) {
+                    Ok(h) => h,
+                    Err(r) => {
+                        status = r;
+                        break;
+                    }
+                };
+                next = h[0];
+                off += (usize::from(h[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let h = match c.read::<8>(off) {
+                    Ok(h) => h,
+                    Err(r) => {
+                        status = r;
+                        break;
+                    }
+                };
+                next = h[0];
+                off += 8;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    // Non-first fragment: no upper-layer header follows.
+                    status = Reason::Clean;
+                    break;
+                }
+            }
+            IPPROTO_NONE => {
+                status = Reason::Clean;
+                break;
+            }
+            _ => {
+                status = check_l4(c, off, next);
+                break;
+            }
+        }
+    }
+    Ok(Packet {
+        src,
+        l4_status: status,
+    })
+}
+
+/// Checks that the upper-layer header the datapath will need is whole.
+#[inline(always)]
+fn check_l4(c: &Cursor, off: usize, proto: u8) -> Reason {
+    let read = match proto {
+        IPPROTO_TCP => match c.read::<20>(off) {
+            // Data offset below five words is not a TCP header.
+            Ok(tcp) if tcp[12] >> 4 < 5 => return Reason::Malformed,
+            Ok(_) => Ok(()),
+            Err(r) => Err(r),
+        },
+        IPPROTO_UDP => c.read::<8>(off).map(|_| ()),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => c.read::<4>(off).map(|_| ()),
+        _ => Ok(()),
+    };
+    match read {
+        Ok(()) => Reason::Clean,
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,1 @@
+fn main() { println!("{}", tollgate::EBPF_OBJECT.len()); }
