@@ -37,15 +37,7 @@ pub mod maps {
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 10] = [
-        CONFIG,
-        COUNTERS,
-        BLOCK4,
-        BLOCK6,
-        BLOCK4_LPM,
-        BLOCK6_LPM,
-        ALLOW4,
-        ALLOW6,
-        PREFILTER4,
+        CONFIG, COUNTERS, BLOCK4, BLOCK6, BLOCK4_LPM, BLOCK6_LPM, ALLOW4, ALLOW6, PREFILTER4,
         PREFILTER6,
     ];
 }

@@ -7,7 +7,10 @@
 // The BPF target has no atomic types in `core`; the intrinsic lowers to the
 // BPF atomic add instruction.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic add on map values"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic add on map values")
+)]
 
 mod maps;
 mod parse;
@@ -199,7 +202,9 @@ fn atomic_inc(p: *mut u64) {
     // SAFETY: `p` points at an aligned u64 inside a map value.
     #[cfg(target_arch = "bpf")]
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1);
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, 1,
+        );
     }
     #[cfg(not(target_arch = "bpf"))]
     let _ = p;

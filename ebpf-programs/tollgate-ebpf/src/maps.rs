@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
-use tollgate_common::{AllowEntry, BlockEntry, COUNTER_SLOTS, Config, Counter, capacity, prefilter};
+use tollgate_common::{
+    AllowEntry, BlockEntry, COUNTER_SLOTS, Config, Counter, capacity, prefilter,
+};
 
 /// Entries are allocated on insert: an empty million-entry map costs nothing.
 const NO_PREALLOC: u32 = 1;
@@ -28,8 +30,7 @@ pub static TG_BLOCK6: HashMap<[u8; 16], BlockEntry> =
 pub static TG_BLOCK4_LPM: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(capacity::BLOCK4_LPM, 0);
 
 #[map]
-pub static TG_BLOCK6_LPM: LpmTrie<[u8; 16], BlockEntry> =
-    LpmTrie::pinned(capacity::BLOCK6_LPM, 0);
+pub static TG_BLOCK6_LPM: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(capacity::BLOCK6_LPM, 0);
 
 #[map]
 pub static TG_ALLOW4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::pinned(capacity::ALLOW, 0);

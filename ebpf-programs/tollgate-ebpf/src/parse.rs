@@ -112,10 +112,7 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     } else {
         check_l4(c, off + ihl, proto)
     };
-    Ok(Packet {
-        src,
-        l4_status,
-    })
+    Ok(Packet { src, l4_status })
 }
 
 #[inline(always)]

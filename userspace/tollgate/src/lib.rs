@@ -1,2 +1,20 @@
-//! Tollgate.
-pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
+//! Tollgate's agent and CLI.
+//!
+//! - [`cli`]: the command line (agent and client in one binary).
+//! - [`agent`]: the long-running agent: attach, restore, serve, expire.
+//! - [`datapath`]: the embedded eBPF object and typed access to its maps.
+//! - [`store`]: durable state behind the [`store::Store`] interface.
+//! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
+//! - [`policy`]: the YAML policy file.
+//! - [`net`], [`clock`], [`table`]: small helpers.
+
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod datapath;
+pub mod net;
+pub mod policy;
+pub mod proto;
+pub mod store;
+pub mod table;

@@ -1,0 +1,312 @@
+//! Attaching the ingress program to interfaces, as pinned bpf links so that
+//! enforcement outlives the agent process, and taking those links over again
+//! (atomic program replacement) when the agent restarts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::programs::{
+    LinkOrder, TcAttachType,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::{XdpLink, XdpMode},
+};
+use tracing::{info, warn};
+
+use crate::datapath::Datapath;
+
+/// Which hook to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// XDP: earliest and cheapest (driver mode, generic as fallback).
+    Xdp,
+    /// TC ingress through tcx: for hosts whose XDP hook is taken (e.g. Cilium).
+    Tc,
+}
+
+/// XDP mode preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModePref {
+    /// Driver mode, falling back to generic with a warning.
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// One live attachment.
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// `xdp-driver`, `xdp-generic` or `tcx`.
+    pub how: &'static str,
+    /// Kernel id of the attached program.
+    pub program_id: u32,
+    /// The link, kept open while the agent runs.
+    link: FdLink,
+    /// Where the link is pinned.
+    pin: PathBuf,
+}
+
+impl Attachment {
+    /// Detaches: removes the pin and closes the link.
+    pub fn detach(self) {
+        if let Err(e) = std::fs::remove_file(&self.pin) {
+            warn!(iface = %self.iface, pin = %self.pin.display(), "failed to remove link pin: {e}");
+        }
+        drop(self.link);
+        info!(iface = %self.iface, how = self.how, "detached");
+    }
+
+    /// Leaves the program attached (the pin keeps the link alive).
+    pub fn keep(self) {
+        info!(iface = %self.iface, how = self.how, pin = %self.pin.display(), "left attached");
+    }
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    nix::net::if_::if_nametoindex(iface)
+        .with_context(|| format!("no network interface named '{iface}'"))
+}
+
+const SUFFIXES: [&str; 3] = ["xdp-driver", "xdp-generic", "tcx"];
+
+/// bpffs refuses names containing '.', which interface names may hold
+/// (VLAN devices such as `eth0.100`), so the name is percent-escaped.
+fn pin_name(iface: &str, how: &str) -> String {
+    let iface = iface.replace('%', "%25").replace('.', "%2e");
+    format!("{how}@{iface}")
+}
+
+fn pin_path(links_dir: &Path, iface: &str, how: &str) -> PathBuf {
+    links_dir.join(pin_name(iface, how))
+}
+
+/// Removes pinned links of earlier runs that this run does not want (other
+/// interfaces or another hook), detaching those programs.
+pub fn remove_unwanted_pins(links_dir: &Path, wanted: &[(String, &'static str)]) {
+    let Ok(dir) = std::fs::read_dir(links_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let keep = wanted
+            .iter()
+            .any(|(iface, how)| name == pin_name(iface, how));
+        if !keep {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(pin = %entry.path().display(), "detached a link left by an earlier run")
+                }
+                Err(e) => {
+                    warn!(pin = %entry.path().display(), "failed to remove stale link pin: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// The pin an earlier run left for this interface, if any.
+fn existing_pin(
+    links_dir: &Path,
+    iface: &str,
+    kind: AttachKind,
+) -> Option<(PathBuf, &'static str)> {
+    SUFFIXES
+        .iter()
+        .filter(|s| (kind == AttachKind::Tc) == (**s == "tcx"))
+        .map(|s| (pin_path(links_dir, iface, s), *s))
+        .find(|(p, _)| p.exists())
+}
+
+/// Attaches (or takes over) the program on `iface`.
+///
+/// # Errors
+/// When the interface does not exist, its hook is held by a program Tollgate
+/// did not attach, or the kernel refuses.
+pub fn attach(
+    dp: &mut Datapath,
+    iface: &str,
+    kind: AttachKind,
+    xdp_mode: XdpModePref,
+    links_dir: &Path,
+) -> anyhow::Result<Attachment> {
+    let ifindex = ifindex(iface)?;
+    std::fs::create_dir_all(links_dir)
+        .with_context(|| format!("failed to create {}", links_dir.display()))?;
+    if let Some((pin, how)) = existing_pin(links_dir, iface, kind) {
+        match take_over(dp, kind, &pin) {
+            Ok((link, program_id)) => {
+                info!(
+                    iface,
+                    how, "took over the link pinned by an earlier run (no gap in enforcement)"
+                );
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    ifindex,
+                    how,
+                    program_id,
+                    link,
+                    pin,
+                });
+            }
+            Err(e) => {
+                warn!(iface, pin = %pin.display(), "cannot reuse pinned link ({e:#}); attaching afresh");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let (link, how) = match kind {
+        AttachKind::Xdp => attach_xdp(dp, iface, xdp_mode)?,
+        AttachKind::Tc => (attach_tcx(dp, iface)?, "tcx"),
+    };
+    let program_id = program_id(dp, kind)?;
+    let pin = pin_path(links_dir, iface, how);
+    let pinned = link
+        .pin(&pin)
+        .with_context(|| format!("failed to pin link at {}", pin.display()))?;
+    let link: FdLink = pinned.into();
+    info!(iface, ifindex, how, program_id, "attached");
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        how,
+        program_id,
+        link,
+        pin,
+    })
+}
+
+fn program_id(dp: &mut Datapath, kind: AttachKind) -> anyhow::Result<u32> {
+    let info = match kind {
+        AttachKind::Xdp => dp.xdp()?.info(),
+        AttachKind::Tc => dp.tc()?.info(),
+    };
+    Ok(info.context("failed to read program info")?.id())
+}
+
+fn take_over(dp: &mut Datapath, kind: AttachKind, pin: &Path) -> anyhow::Result<(FdLink, u32)> {
+    let pinned = PinnedLink::from_pin(pin).context("failed to open pinned link")?;
+    let fd: FdLink = pinned.into();
+    match kind {
+        AttachKind::Xdp => {
+            let link = XdpLink::try_from(fd).map_err(|e: LinkError| anyhow!(e))?;
+            let prog = dp.xdp()?;
+            let id = prog
+                .attach_to_link(link)
+                .context("bpf_link_update failed")?;
+            let link = prog.take_link(id)?;
+            let fd = FdLink::try_from(link).map_err(|e| anyhow!(e))?;
+            Ok((fd, program_id(dp, kind)?))
+        }
+        AttachKind::Tc => {
+            let link = SchedClassifierLink::try_from(fd).map_err(|e: LinkError| anyhow!(e))?;
+            let prog = dp.tc()?;
+            let id = prog
+                .attach_to_link(link)
+                .context("bpf_link_update failed")?;
+            let link = prog.take_link(id)?;
+            let fd = FdLink::try_from(link).map_err(|e| anyhow!(e))?;
+            Ok((fd, program_id(dp, kind)?))
+        }
+    }
+}
+
+/// Whether the kernel said the hook is taken (EBUSY/EEXIST).
+fn is_busy(e: &aya::programs::ProgramError) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EBUSY | libc::EEXIST))
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+enum XdpAttachError {
+    /// Another program holds the hook.
+    Busy,
+    Other(anyhow::Error),
+}
+
+fn try_xdp(
+    prog: &mut aya::programs::Xdp,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<FdLink, XdpAttachError> {
+    let id = prog.attach(iface, mode).map_err(|e| {
+        if is_busy(&e) {
+            XdpAttachError::Busy
+        } else {
+            XdpAttachError::Other(anyhow!(e))
+        }
+    })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| XdpAttachError::Other(anyhow!(e)))?;
+    FdLink::try_from(link).map_err(|e| XdpAttachError::Other(anyhow!(e)))
+}
+
+fn attach_xdp(
+    dp: &mut Datapath,
+    iface: &str,
+    pref: XdpModePref,
+) -> anyhow::Result<(FdLink, &'static str)> {
+    let prog = dp.xdp()?;
+    let fail = |e: XdpAttachError, mode: &str| match e {
+        XdpAttachError::Busy => anyhow!(
+            "interface {iface} already has an XDP program that Tollgate did not attach; \
+             Tollgate never replaces it. Run with --attach tc to enforce at TC ingress instead, \
+             or detach the other program first (ip link set dev {iface} xdp off)"
+        ),
+        XdpAttachError::Other(e) => {
+            e.context(format!("failed to attach XDP to {iface} in {mode} mode"))
+        }
+    };
+    match pref {
+        XdpModePref::Generic => try_xdp(prog, iface, XdpMode::Skb)
+            .map(|l| (l, "xdp-generic"))
+            .map_err(|e| fail(e, "generic")),
+        XdpModePref::Driver => try_xdp(prog, iface, XdpMode::Driver)
+            .map(|l| (l, "xdp-driver"))
+            .map_err(|e| fail(e, "driver")),
+        XdpModePref::Auto => match try_xdp(prog, iface, XdpMode::Driver) {
+            Ok(l) => Ok((l, "xdp-driver")),
+            Err(XdpAttachError::Busy) => Err(fail(XdpAttachError::Busy, "driver")),
+            Err(XdpAttachError::Other(e)) => {
+                warn!(
+                    iface,
+                    "driver-mode XDP not available ({e:#}); falling back to generic mode, \
+                     which runs later in the stack and costs more per packet"
+                );
+                try_xdp(prog, iface, XdpMode::Skb)
+                    .map(|l| (l, "xdp-generic"))
+                    .map_err(|e| fail(e, "generic"))
+            }
+        },
+    }
+}
+
+fn attach_tcx(dp: &mut Datapath, iface: &str) -> anyhow::Result<FdLink> {
+    let prog = dp.tc()?;
+    // First in the chain: banned traffic should cost nothing downstream.
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .with_context(|| {
+            format!("failed to attach the TC program to {iface} (tcx needs Linux 6.6 or newer)")
+        })?;
+    let link = prog.take_link(id)?;
+    FdLink::try_from(link).map_err(|e| anyhow!(e))
+}

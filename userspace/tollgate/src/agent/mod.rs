@@ -1,0 +1,332 @@
+//! `tollgate agent`: loads and attaches the datapath, restores state, serves
+//! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
+
+pub mod attach;
+pub mod state;
+
+use std::{
+    fs::File,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+use tollgate_common::Mode;
+use tracing::{debug, error, info, warn};
+
+use self::{
+    attach::{AttachKind, XdpModePref},
+    state::AgentState,
+};
+use crate::{
+    datapath::{Capacities, Datapath},
+    proto::{MAX_REQUEST_BYTES, Request, Response},
+    store::{RedbStore, Store},
+};
+
+/// Default bpffs directory for pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Everything `tollgate agent` needs, after flags and config file are merged.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Interfaces to protect.
+    pub ifaces: Vec<String>,
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// XDP or TC.
+    pub attach: AttachKind,
+    /// XDP mode preference.
+    pub xdp_mode: XdpModePref,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Leave programs attached on exit.
+    pub keep_attached: bool,
+    /// bpffs directory for pins.
+    pub pin_dir: PathBuf,
+    /// Durable state directory.
+    pub state_dir: PathBuf,
+    /// How often expired bans are collected.
+    pub gc_interval: Duration,
+    /// Allowlist entries from the config file, applied at start.
+    pub allowlist: Vec<String>,
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+///
+/// # Errors
+/// When it cannot start (not root, another agent running, load or attach
+/// failure); the error says which.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the agent must run as root: it loads eBPF programs and attaches them to interfaces");
+    }
+    if opts.ifaces.is_empty() {
+        bail!(
+            "no interface to protect: pass --iface NAME (repeatable) or set `interfaces` in the config file"
+        );
+    }
+    make_private_dir(&opts.state_dir)?;
+    let _lock = take_lock(&opts.state_dir)?;
+    if UnixStream::connect(&opts.socket).await.is_ok() {
+        bail!(
+            "another tollgate agent is already serving {}; stop it first",
+            opts.socket.display()
+        );
+    }
+    ensure_bpffs(&opts.pin_dir)?;
+
+    let maps_dir = opts.pin_dir.join("maps");
+    let links_dir = opts.pin_dir.join("links");
+    let mut dp = Datapath::load(Some(&maps_dir), Capacities::default())
+        .context("failed to load the datapath")?;
+    dp.set_mode(opts.mode)?;
+    info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
+
+    let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
+        Ok(s) => (Some(Box::new(s)), None),
+        Err(e) => {
+            error!(
+                "{e:#}; continuing with what the kernel maps hold — changes will not be \
+                 durable until the store is repaired or moved aside"
+            );
+            (None, Some(format!("unavailable: {e}")))
+        }
+    };
+    let mut state = AgentState {
+        dp,
+        store,
+        store_error,
+        bans: Default::default(),
+        expiry: Default::default(),
+        allows: Default::default(),
+        attachments: Vec::new(),
+        started: Instant::now(),
+        pin_dir: opts.pin_dir.display().to_string(),
+        state_dir: opts.state_dir.display().to_string(),
+    };
+    let (to_kernel, to_store) = state.reconcile();
+    info!(
+        bans = state.bans.len(),
+        allows = state.allows.len(),
+        restored_to_kernel = to_kernel,
+        adopted_from_kernel = to_store,
+        "state restored"
+    );
+    for cidr in &opts.allowlist {
+        let resp = state.handle(Request::AllowAdd {
+            cidr: cidr.clone(),
+            reason: Some("config file".into()),
+            force: false,
+        });
+        if !resp.ok {
+            bail!(
+                "allowlist entry '{cidr}' in the config file: {}",
+                resp.error.unwrap_or_default()
+            );
+        }
+    }
+
+    let mut attached = Vec::new();
+    for iface in &opts.ifaces {
+        match attach::attach(&mut state.dp, iface, opts.attach, opts.xdp_mode, &links_dir) {
+            Ok(a) => attached.push(a),
+            Err(e) => {
+                // Undo what this run attached; leave earlier runs' pins alone.
+                for a in attached {
+                    a.detach();
+                }
+                return Err(e.context(format!("failed to attach to {iface}")));
+            }
+        }
+    }
+    let wanted: Vec<(String, &'static str)> =
+        attached.iter().map(|a| (a.iface.clone(), a.how)).collect();
+    attach::remove_unwanted_pins(&links_dir, &wanted);
+    state.attachments = attached;
+
+    let listener = bind_socket(&opts.socket)?;
+    info!(socket = %opts.socket.display(), "control socket ready");
+    let state = Arc::new(Mutex::new(state));
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut gc = tokio::time::interval(opts.gc_interval);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = gc.tick() => {
+                if let Ok(mut s) = state.lock() {
+                    s.gc();
+                }
+            }
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, state).await {
+                            debug!("control connection: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => warn!("accept on control socket failed: {e}"),
+            },
+        }
+    }
+
+    let _ = std::fs::remove_file(&opts.socket);
+    let mut s = state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("agent state lock poisoned"))?;
+    for a in std::mem::take(&mut s.attachments) {
+        if opts.keep_attached {
+            a.keep();
+        } else {
+            a.detach();
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// One control connection: check the peer is root, read one request line,
+/// answer it.
+async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Result<()> {
+    let cred = stream
+        .peer_cred()
+        .context("failed to read peer credentials")?;
+    let (read, mut write) = stream.into_split();
+    if cred.uid() != 0 {
+        warn!(
+            uid = cred.uid(),
+            "refused a control connection from a non-root user"
+        );
+        let resp = Response::err("permission denied: the control socket is root-only");
+        write_response(&mut write, &resp).await?;
+        return Ok(());
+    }
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .context("request timed out")??;
+    let resp = if n > MAX_REQUEST_BYTES {
+        Response::err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        match serde_json::from_str::<Request>(line.trim_end()) {
+            Err(e) => Response::err(format!("malformed request: {e}")),
+            Ok(req) => {
+                // Map syscalls are quick; hold the lock off the async threads.
+                let state = Arc::clone(&state);
+                tokio::task::spawn_blocking(move || match state.lock() {
+                    Ok(mut s) => s.handle(req),
+                    Err(_) => Response::err("agent state lock poisoned"),
+                })
+                .await?
+            }
+        }
+    };
+    write_response(&mut write, &resp).await
+}
+
+async fn write_response(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    resp: &Response,
+) -> anyhow::Result<()> {
+    let mut buf = serde_json::to_vec(resp)?;
+    buf.push(b'\n');
+    w.write_all(&buf).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create {}", dir.display()))
+}
+
+/// One agent per host (per state directory): an exclusive lock held for the
+/// process lifetime, released by the kernel even on SIGKILL.
+fn take_lock(state_dir: &Path) -> anyhow::Result<File> {
+    let path = state_dir.join("agent.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another tollgate agent is already running on this host (it holds {}); \
+             stop it before starting a new one",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("failed to lock {}", path.display()))
+        }
+    }
+}
+
+/// Makes sure the pin directory is on a bpffs, mounting one at /sys/fs/bpf
+/// if that is where it should be and nothing is mounted there.
+fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !is_bpffs(root) {
+        std::fs::create_dir_all(root).ok();
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed")?;
+        info!("mounted bpffs at /sys/fs/bpf");
+    }
+    std::fs::create_dir_all(pin_dir)
+        .with_context(|| format!("failed to create {}", pin_dir.display()))?;
+    if !is_bpffs(pin_dir) {
+        bail!(
+            "{} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pass --pin-dir",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Binds the control socket: directory 0700, socket 0600, root-only.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        make_private_dir(dir)?;
+    }
+    // A socket left by a crashed agent (no one answered above): remove it.
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("failed to bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to restrict {}", path.display()))?;
+    Ok(listener)
+}

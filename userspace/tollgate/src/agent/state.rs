@@ -1,0 +1,610 @@
+//! The agent's single owner of state: kernel maps, durable store and the
+//! in-memory index of bans. Every request from the control socket ends here,
+//! validated first; a refused request changes nothing.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use serde_json::json;
+use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
+use tracing::{error, info, warn};
+
+use super::attach::Attachment;
+use crate::{
+    clock,
+    datapath::Datapath,
+    net::{check_breadth, display, overlaps, parse_net},
+    proto::{
+        AllowView, AttachView, BanView, CounterView, MapFillView, Request, Response, StatsView,
+        StatusView,
+    },
+    store::{AllowRecord, BanRecord, Store},
+};
+
+/// Longest ban a request may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest free-text reason.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Everything the agent owns.
+pub struct AgentState {
+    /// Kernel programs and maps.
+    pub dp: Datapath,
+    /// Durable store; `None` when it could not be opened (enforcement goes on).
+    pub store: Option<Box<dyn Store>>,
+    /// Why the store is unavailable.
+    pub store_error: Option<String>,
+    /// Ban records by prefix.
+    pub bans: HashMap<IpNet, BanRecord>,
+    /// Expiry index: (Unix seconds, prefix).
+    pub expiry: BTreeSet<(u64, IpNet)>,
+    /// Allow records by prefix.
+    pub allows: HashMap<IpNet, AllowRecord>,
+    /// Live attachments.
+    pub attachments: Vec<Attachment>,
+    /// Agent start.
+    pub started: Instant,
+    /// Pin directory, for status.
+    pub pin_dir: String,
+    /// State directory, for status.
+    pub state_dir: String,
+}
+
+/// A request the agent refuses, with the reason for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+fn refuse(msg: impl Into<String>) -> Refused {
+    Refused(msg.into())
+}
+
+/// Checks a free-text reason.
+///
+/// # Errors
+/// When it is too long or carries control characters.
+pub fn check_reason(reason: Option<&str>) -> Result<Option<String>, Refused> {
+    match reason {
+        None => Ok(None),
+        Some(r) if r.chars().count() > MAX_REASON_LEN => Err(refuse(format!(
+            "reason is longer than {MAX_REASON_LEN} characters"
+        ))),
+        Some(r) if r.chars().any(char::is_control) => {
+            Err(refuse("reason must not contain control characters"))
+        }
+        Some(r) => Ok(Some(r.trim().to_owned())),
+    }
+}
+
+/// Checks a TTL in seconds.
+///
+/// # Errors
+/// When it is zero or longer than [`MAX_TTL`].
+pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
+    match ttl_secs {
+        Some(0) => Err(refuse(
+            "a ttl of zero would expire at once; omit --ttl for a permanent ban",
+        )),
+        Some(t) if t > MAX_TTL.as_secs() => Err(refuse(format!(
+            "ttl {} is longer than the maximum of {}; omit --ttl for a permanent ban",
+            humantime::format_duration(Duration::from_secs(t)),
+            humantime::format_duration(MAX_TTL)
+        ))),
+        t => Ok(t),
+    }
+}
+
+impl AgentState {
+    /// Reconciles the store with the kernel maps at start: every stored
+    /// entry is (re)written to the kernel with its remaining TTL; kernel
+    /// entries the store does not know are adopted into it. Returns how many
+    /// entries were repaired each way.
+    pub fn reconcile(&mut self) -> (usize, usize) {
+        let mut to_kernel = 0;
+        let mut to_store = 0;
+        let now = clock::unix_now();
+        let stored_bans = match self.store.as_ref().map(|s| s.bans()) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                error!(
+                    "cannot read bans from the state store: {e}; enforcing what the kernel holds"
+                );
+                self.store_error = Some(e.to_string());
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut expired = Vec::new();
+        let mut batch = Vec::new();
+        for rec in stored_bans {
+            if rec.expires_at.is_some_and(|t| t <= now) {
+                expired.push(rec.cidr);
+                continue;
+            }
+            if !self.dp.has_block(&rec.cidr) {
+                batch.push((rec.cidr, kernel_entry(&rec)));
+                to_kernel += 1;
+            }
+            self.index(rec);
+        }
+        if let Err(e) = self.dp.insert_blocks(batch) {
+            error!("failed to restore bans into the kernel: {e:#}");
+        }
+        let kernel = self.dp.blocks().unwrap_or_else(|e| {
+            error!("failed to read the kernel ban maps: {e:#}");
+            Vec::new()
+        });
+        let mut adopt = Vec::new();
+        for (net, entry) in kernel {
+            if self.bans.contains_key(&net) {
+                continue;
+            }
+            let rec = adopted_record(net, &entry, now);
+            if rec.expires_at.is_some_and(|t| t <= now) {
+                expired.push(net);
+                continue;
+            }
+            adopt.push(rec.clone());
+            self.index(rec);
+            to_store += 1;
+        }
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.put_bans(&adopt) {
+                warn!("failed to record adopted bans: {e}");
+            }
+            if let Err(e) = store.remove_bans(&expired) {
+                warn!("failed to drop expired bans from the store: {e}");
+            }
+        }
+        for net in expired {
+            let _ = self.dp.remove_block(net);
+        }
+        // Allow entries.
+        let stored_allows = match self.store.as_ref().map(|s| s.allows()) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                error!("cannot read allow entries from the state store: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        for rec in stored_allows {
+            if !self.dp.allow_nets().any(|n| *n == rec.cidr) {
+                let entry = AllowEntry {
+                    created_ns: clock::boot_ns(),
+                    hits: 0,
+                };
+                if let Err(e) = self.dp.insert_allow(rec.cidr, &entry) {
+                    error!(cidr = %rec.cidr, "failed to restore allow entry: {e:#}");
+                    continue;
+                }
+                to_kernel += 1;
+            }
+            self.allows.insert(rec.cidr, rec);
+        }
+        let kernel_allows: Vec<IpNet> = self.dp.allow_nets().copied().collect();
+        for net in kernel_allows {
+            if !self.allows.contains_key(&net) {
+                let rec = AllowRecord {
+                    cidr: net,
+                    reason: "restored from kernel".into(),
+                    origin: "kernel".into(),
+                    created_at: now,
+                };
+                if let Some(s) = self.store.as_mut()
+                    && let Err(e) = s.put_allow(&rec)
+                {
+                    warn!("failed to record adopted allow entry: {e}");
+                }
+                self.allows.insert(net, rec);
+                to_store += 1;
+            }
+        }
+        if let Err(e) = self.dp.maintain() {
+            error!("failed to refresh the prefilter: {e:#}");
+        }
+        (to_kernel, to_store)
+    }
+
+    fn index(&mut self, rec: BanRecord) {
+        if let Some(old) = self.bans.get(&rec.cidr)
+            && let Some(t) = old.expires_at
+        {
+            self.expiry.remove(&(t, old.cidr));
+        }
+        if let Some(t) = rec.expires_at {
+            self.expiry.insert((t, rec.cidr));
+        }
+        self.bans.insert(rec.cidr, rec);
+    }
+
+    fn unindex(&mut self, net: &IpNet) -> Option<BanRecord> {
+        let rec = self.bans.remove(net)?;
+        if let Some(t) = rec.expires_at {
+            self.expiry.remove(&(t, rec.cidr));
+        }
+        Some(rec)
+    }
+
+    /// Removes bans whose time is up (the kernel already ignores them).
+    /// Returns how many were removed.
+    pub fn gc(&mut self) -> usize {
+        let now = clock::unix_now();
+        let due: Vec<IpNet> = self
+            .expiry
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, n)| *n)
+            .collect();
+        if due.is_empty() {
+            return 0;
+        }
+        for net in &due {
+            if let Err(e) = self.dp.remove_block(*net) {
+                warn!(cidr = %net, "failed to remove expired ban: {e:#}");
+            }
+            self.unindex(net);
+        }
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.remove_bans(&due)
+        {
+            warn!("failed to drop expired bans from the store: {e}");
+        }
+        if let Err(e) = self.dp.maintain() {
+            warn!("failed to refresh the prefilter: {e:#}");
+        }
+        info!(count = due.len(), "expired bans removed");
+        due.len()
+    }
+
+    /// Carries out one control request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let res = match req {
+            Request::BlockAdd {
+                cidr,
+                ttl_secs,
+                reason,
+                force,
+            } => self.block_add(&cidr, ttl_secs, reason.as_deref(), force),
+            Request::BlockRm { cidr } => self.block_rm(&cidr),
+            Request::BlockLs => Ok(self.block_ls()),
+            Request::AllowAdd {
+                cidr,
+                reason,
+                force,
+            } => self.allow_add(&cidr, reason.as_deref(), force),
+            Request::AllowRm { cidr } => self.allow_rm(&cidr),
+            Request::AllowLs => Ok(self.allow_ls()),
+            Request::Stats => self.stats(),
+            Request::Status => Ok(self.status()),
+        };
+        match res {
+            Ok(data) => Response::ok(data),
+            Err(e) => Response::err(e.0),
+        }
+    }
+
+    fn block_add(
+        &mut self,
+        cidr: &str,
+        ttl_secs: Option<u64>,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<serde_json::Value, Refused> {
+        let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
+        check_breadth(net, force).map_err(|e| refuse(e.to_string()))?;
+        let ttl = check_ttl(ttl_secs)?;
+        let reason = check_reason(reason)?;
+        if !force && let Some(a) = self.allows.keys().find(|a| overlaps(a, &net)) {
+            return Err(refuse(format!(
+                "{} overlaps allowlist entry {}; allowlisted sources are never dropped, so \
+                 remove the allow entry first, or pass --force to ban the rest of the range",
+                display(&net),
+                display(a)
+            )));
+        }
+        let now = clock::unix_now();
+        let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
+        let rec = BanRecord {
+            cidr: net,
+            kind: BanReason::Manual.name().into(),
+            reason: reason.unwrap_or_else(|| BanReason::Manual.name().into()),
+            origin: "cli".into(),
+            created_at: now,
+            expires_at: ttl.map(|t| now + t),
+            offences,
+        };
+        self.put_ban(rec.clone(), BanReason::Manual)?;
+        info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
+        Ok(json!(ban_view(&rec, 0)))
+    }
+
+    /// Records and enforces a ban (store first, then kernel; the store write
+    /// is undone if the kernel refuses).
+    ///
+    /// # Errors
+    /// When the store or kernel write fails; nothing changes then.
+    pub fn put_ban(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
+        let previous = self.bans.get(&rec.cidr).cloned();
+        if let Some(s) = self.store.as_mut() {
+            s.put_bans(std::slice::from_ref(&rec))
+                .map_err(|e| refuse(format!("failed to record the ban durably: {e}")))?;
+        }
+        let mut entry = kernel_entry(&rec);
+        entry.reason = kind as u32;
+        if let Err(e) = self.dp.insert_block(rec.cidr, &entry) {
+            if let Some(s) = self.store.as_mut() {
+                let undo = match &previous {
+                    Some(p) => s.put_bans(std::slice::from_ref(p)),
+                    None => s.remove_bans(&[rec.cidr]),
+                };
+                if let Err(u) = undo {
+                    warn!("failed to undo the store write: {u}");
+                }
+            }
+            return Err(refuse(format!("the kernel refused the ban: {e:#}")));
+        }
+        self.index(rec);
+        Ok(())
+    }
+
+    fn block_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
+        let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
+        if !self.bans.contains_key(&net) && !self.dp.has_block(&net) {
+            return Err(refuse(format!("{} is not banned", display(&net))));
+        }
+        if let Some(s) = self.store.as_mut() {
+            s.remove_bans(&[net])
+                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+        }
+        self.dp
+            .remove_block(net)
+            .map_err(|e| refuse(format!("the kernel refused the removal: {e:#}")))?;
+        self.unindex(&net);
+        if let Err(e) = self.dp.maintain() {
+            warn!("failed to refresh the prefilter: {e:#}");
+        }
+        info!(cidr = %net, "ban removed");
+        Ok(json!({ "removed": net.to_string() }))
+    }
+
+    fn block_ls(&self) -> serde_json::Value {
+        let hits: HashMap<IpNet, u64> = self
+            .dp
+            .blocks()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, e)| (n, e.hits))
+            .collect();
+        let mut recs: Vec<&BanRecord> = self.bans.values().collect();
+        recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
+        let views: Vec<BanView> = recs
+            .into_iter()
+            .map(|r| ban_view(r, hits.get(&r.cidr).copied().unwrap_or(0)))
+            .collect();
+        json!(views)
+    }
+
+    fn allow_add(
+        &mut self,
+        cidr: &str,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<serde_json::Value, Refused> {
+        let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
+        check_breadth(net, force).map_err(|e| refuse(e.to_string()))?;
+        let reason = check_reason(reason)?;
+        let rec = AllowRecord {
+            cidr: net,
+            reason: reason.unwrap_or_default(),
+            origin: "cli".into(),
+            created_at: clock::unix_now(),
+        };
+        if let Some(s) = self.store.as_mut() {
+            s.put_allow(&rec)
+                .map_err(|e| refuse(format!("failed to record the allow entry durably: {e}")))?;
+        }
+        let entry = AllowEntry {
+            created_ns: clock::boot_ns(),
+            hits: 0,
+        };
+        if let Err(e) = self.dp.insert_allow(net, &entry) {
+            if let Some(s) = self.store.as_mut() {
+                let _ = s.remove_allow(&net);
+            }
+            return Err(refuse(format!("the kernel refused the allow entry: {e:#}")));
+        }
+        self.allows.insert(net, rec.clone());
+        info!(cidr = %net, "allow entry added");
+        Ok(json!(allow_view(&rec, 0)))
+    }
+
+    fn allow_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
+        let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
+        if !self.allows.contains_key(&net) {
+            return Err(refuse(format!("{} is not on the allowlist", display(&net))));
+        }
+        if let Some(s) = self.store.as_mut() {
+            s.remove_allow(&net)
+                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+        }
+        self.dp
+            .remove_allow(net)
+            .map_err(|e| refuse(format!("the kernel refused the removal: {e:#}")))?;
+        self.allows.remove(&net);
+        info!(cidr = %net, "allow entry removed");
+        Ok(json!({ "removed": net.to_string() }))
+    }
+
+    fn allow_ls(&self) -> serde_json::Value {
+        let hits: HashMap<IpNet, u64> = self
+            .dp
+            .allow_entries()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, e)| (n, e.hits))
+            .collect();
+        let mut recs: Vec<&AllowRecord> = self.allows.values().collect();
+        recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
+        json!(
+            recs.into_iter()
+                .map(|r| allow_view(r, hits.get(&r.cidr).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    fn stats(&self) -> Result<serde_json::Value, Refused> {
+        let rows = self
+            .dp
+            .counters()
+            .map_err(|e| refuse(format!("failed to read counters: {e:#}")))?;
+        let mut counters = Vec::new();
+        let mut totals: Vec<CounterView> = Verdict::ALL
+            .iter()
+            .map(|v| CounterView {
+                verdict: v.name().into(),
+                reason: "all".into(),
+                packets: 0,
+                bytes: 0,
+            })
+            .collect();
+        for (v, r, c) in rows {
+            if let Some(t) = totals.get_mut(v as usize) {
+                t.packets += c.packets;
+                t.bytes += c.bytes;
+            }
+            if c.packets > 0 {
+                counters.push(CounterView {
+                    verdict: v.name().into(),
+                    reason: r.name().into(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+        Ok(json!(StatsView { counters, totals }))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let fill = self.dp.fill();
+        let cap = self.dp.capacities();
+        let maps = vec![
+            MapFillView {
+                name: maps::BLOCK4.into(),
+                entries: fill.block4,
+                capacity: cap.block4,
+            },
+            MapFillView {
+                name: maps::BLOCK6.into(),
+                entries: fill.block6,
+                capacity: cap.block6,
+            },
+            MapFillView {
+                name: maps::BLOCK4_LPM.into(),
+                entries: fill.block4_ranges,
+                capacity: cap.block4_lpm,
+            },
+            MapFillView {
+                name: maps::BLOCK6_LPM.into(),
+                entries: fill.block6_ranges,
+                capacity: cap.block6_lpm,
+            },
+            MapFillView {
+                name: "TG_ALLOW4+6".into(),
+                entries: fill.allow,
+                capacity: cap.allow * 2,
+            },
+        ];
+        json!(StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: match self.dp.mode() {
+                Mode::Enforce => "enforce".into(),
+                Mode::Monitor => "monitor".into(),
+            },
+            uptime_secs: self.started.elapsed().as_secs(),
+            pin_dir: self.pin_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            store: self.store_error.clone().unwrap_or_else(|| "ok".into()),
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|a| AttachView {
+                    iface: a.iface.clone(),
+                    ifindex: a.ifindex,
+                    attach: a.how.into(),
+                    program_id: a.program_id,
+                })
+                .collect(),
+            maps,
+        })
+    }
+}
+
+fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
+    let now = clock::unix_now();
+    BanView {
+        cidr: rec.cidr.to_string(),
+        address: rec.cidr.addr().to_string(),
+        prefix_len: rec.cidr.prefix_len(),
+        reason: rec.reason.clone(),
+        kind: rec.kind.clone(),
+        origin: rec.origin.clone(),
+        created_at: clock::rfc3339(rec.created_at),
+        expires_at: rec.expires_at.map(clock::rfc3339),
+        ttl_remaining_secs: rec.expires_at.map(|t| t.saturating_sub(now)),
+        hits,
+        offences: rec.offences,
+    }
+}
+
+fn allow_view(rec: &AllowRecord, hits: u64) -> AllowView {
+    AllowView {
+        cidr: rec.cidr.to_string(),
+        address: rec.cidr.addr().to_string(),
+        prefix_len: rec.cidr.prefix_len(),
+        reason: rec.reason.clone(),
+        origin: rec.origin.clone(),
+        created_at: clock::rfc3339(rec.created_at),
+        hits,
+    }
+}
+
+/// The kernel entry for a record (remaining TTL on the boot clock).
+fn kernel_entry(rec: &BanRecord) -> BlockEntry {
+    let reason = match rec.kind.as_str() {
+        "rate-limit" => BanReason::RateLimit,
+        "policy" => BanReason::Policy,
+        "feed" => BanReason::Feed,
+        "crowdsec" => BanReason::Crowdsec,
+        _ => BanReason::Manual,
+    };
+    BlockEntry {
+        expires_ns: clock::boot_deadline(rec.expires_at),
+        created_ns: clock::boot_ns(),
+        hits: 0,
+        reason: reason as u32,
+        reserved: 0,
+    }
+}
+
+/// A record for a kernel entry the store did not know (store lost or reset).
+fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
+    let boot = clock::boot_ns();
+    let expires_at =
+        (e.expires_ns != 0).then(|| now + e.expires_ns.saturating_sub(boot) / 1_000_000_000);
+    let kind = BanReason::from_u32(e.reason)
+        .unwrap_or(BanReason::Manual)
+        .name();
+    BanRecord {
+        cidr: net,
+        kind: kind.into(),
+        reason: kind.into(),
+        origin: "kernel".into(),
+        created_at: now,
+        expires_at,
+        offences: 1,
+    }
+}

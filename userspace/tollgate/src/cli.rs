@@ -1,0 +1,540 @@
+//! Command-line interface: one binary is the agent and the client.
+//!
+//! Exit codes: 0 success; 1 the agent refused or failed the request (the
+//! reason is printed); 2 bad usage or input; 3 the agent is not running;
+//! 4 permission denied on the control socket.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::{
+    agent::{
+        self, AgentOptions,
+        attach::{AttachKind, XdpModePref},
+    },
+    client,
+    net::{check_breadth, parse_net},
+    policy::{ModeName, Policy},
+    proto::{self, AllowView, BanView, Request, StatsView, StatusView},
+    table,
+};
+
+/// Tollgate: kernel-level API traffic enforcer (XDP block/allow lists, rate
+/// limits, API policy). The same binary runs the agent and talks to it.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, env = "TOLLGATE_SOCKET", default_value = proto::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (as root): load and attach the datapath, serve the CLI.
+    ///
+    /// Example: tollgate agent --iface eth0 --mode monitor
+    Agent(AgentArgs),
+    /// Manage the blocklist (dropped at the NIC).
+    ///
+    /// Example: tollgate block add 198.18.7.0/24 --ttl 10m --reason "scraper"
+    #[command(subcommand)]
+    Block(BlockCmd),
+    /// Manage the allowlist (never dropped, never limited; wins over bans).
+    ///
+    /// Example: tollgate allow add 198.18.0.10 --reason "monitoring"
+    #[command(subcommand)]
+    Allow(AllowCmd),
+    /// Packets and bytes by verdict and reason.
+    ///
+    /// Example: tollgate stats --json
+    Stats(JsonFlag),
+    /// Interfaces, attach mode, program ids, mode, map fill levels, uptime.
+    ///
+    /// Example: tollgate status
+    Status(JsonFlag),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tollgate agent` flags (override the config file).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Policy file (YAML); flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to protect (repeatable).
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// enforce: drop; monitor: count what would be dropped, pass everything.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeName>,
+    /// Hook: xdp (default) or tc (tcx ingress, when the XDP hook is taken).
+    #[arg(long, value_enum)]
+    pub attach: Option<AttachKind>,
+    /// XDP mode: auto (driver, falling back to generic), driver, generic.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModePref>,
+    /// Leave the programs attached when the agent exits (bans keep dropping).
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory for durable state (bans, allow entries).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often expired bans are removed from the maps.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+}
+
+/// `tollgate block ...`.
+#[derive(Debug, Subcommand)]
+pub enum BlockCmd {
+    /// Ban an address or prefix.
+    ///
+    /// Example: tollgate block add 198.18.0.7 --ttl 90s --reason "credential stuffing"
+    Add {
+        /// IPv4/IPv6 address or CIDR prefix.
+        cidr: String,
+        /// How long (e.g. 90s, 10m, 24h, 7d); permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Free-text reason, shown by `block ls`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow very broad prefixes (0.0.0.0/0, ::/0, wider than /8 or /16)
+        /// and overlaps with the allowlist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a ban.
+    ///
+    /// Example: tollgate block rm 198.18.0.7
+    Rm {
+        /// Address or prefix, as banned.
+        cidr: String,
+    },
+    /// List bans.
+    ///
+    /// Example: tollgate block ls --json
+    Ls(JsonFlag),
+}
+
+/// `tollgate allow ...`.
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// Allowlist an address or prefix.
+    ///
+    /// Example: tollgate allow add 198.18.0.0/28 --reason "office"
+    Add {
+        /// IPv4/IPv6 address or CIDR prefix.
+        cidr: String,
+        /// Free-text reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow very broad prefixes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an allowlist entry.
+    ///
+    /// Example: tollgate allow rm 198.18.0.0/28
+    Rm {
+        /// Address or prefix, as added.
+        cidr: String,
+    },
+    /// List allowlist entries.
+    ///
+    /// Example: tollgate allow ls
+    Ls(JsonFlag),
+}
+
+/// Parses `90s`, `10m`, `24h`, `7d` (and combinations like `1h30m`).
+///
+/// # Errors
+/// When the text is not a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 90s, 10m, 24h or 7d ({e})"))
+}
+
+/// Runs the parsed command line.
+#[must_use]
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Agent(args) => run_agent(args, cli.socket),
+        Command::Block(cmd) => run_block(cmd, &cli.socket),
+        Command::Allow(cmd) => run_allow(cmd, &cli.socket),
+        Command::Stats(f) => request(&cli.socket, &Request::Stats, f.json, print_stats),
+        Command::Status(f) => request(&cli.socket, &Request::Status, f.json, print_status),
+    }
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
+    let policy = match args.config.as_deref().map(Policy::load).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => return usage_error(e),
+    };
+    let ifaces = if args.ifaces.is_empty() {
+        policy.interfaces.clone()
+    } else {
+        args.ifaces
+    };
+    let socket = if socket.as_os_str() == proto::DEFAULT_SOCKET {
+        policy.socket.clone().unwrap_or(socket)
+    } else {
+        socket
+    };
+    let opts = AgentOptions {
+        ifaces,
+        mode: args
+            .mode
+            .or(policy.mode)
+            .unwrap_or(ModeName::Enforce)
+            .into(),
+        attach: args.attach.or(policy.attach).unwrap_or(AttachKind::Xdp),
+        xdp_mode: args
+            .xdp_mode
+            .or(policy.xdp_mode)
+            .unwrap_or(XdpModePref::Auto),
+        socket,
+        keep_attached: args.keep_attached,
+        pin_dir: args
+            .pin_dir
+            .or(policy.pin_dir.clone())
+            .unwrap_or_else(|| agent::DEFAULT_PIN_DIR.into()),
+        state_dir: args
+            .state_dir
+            .or(policy.state_dir.clone())
+            .unwrap_or_else(|| agent::DEFAULT_STATE_DIR.into()),
+        gc_interval: args.gc_interval.max(Duration::from_millis(100)),
+        allowlist: policy.allowlist,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_cidr(cidr: &str, force: bool) -> Result<(), ExitCode> {
+    let net = parse_net(cidr).map_err(usage_error)?;
+    check_breadth(net, force).map_err(usage_error)
+}
+
+fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
+    match cmd {
+        BlockCmd::Add {
+            cidr,
+            ttl,
+            reason,
+            force,
+        } => {
+            if let Err(code) = check_cidr(&cidr, force) {
+                return code;
+            }
+            let ttl_secs = ttl.map(|d| d.as_secs());
+            if let Err(e) = agent::state::check_ttl(ttl_secs) {
+                return usage_error(e);
+            }
+            if ttl.is_some_and(|d| d.subsec_nanos() != 0) {
+                return usage_error("ttl must be a whole number of seconds");
+            }
+            if let Err(e) = agent::state::check_reason(reason.as_deref()) {
+                return usage_error(e);
+            }
+            let req = Request::BlockAdd {
+                cidr,
+                ttl_secs,
+                reason,
+                force,
+            };
+            request(socket, &req, false, |v| {
+                if let Ok(b) = serde_json::from_value::<BanView>(v.clone()) {
+                    match b.expires_at {
+                        Some(t) => println!(
+                            "blocked {} until {t}",
+                            crate::net::display(&parse_or(&b.cidr))
+                        ),
+                        None => println!(
+                            "blocked {} (permanent)",
+                            crate::net::display(&parse_or(&b.cidr))
+                        ),
+                    }
+                }
+            })
+        }
+        BlockCmd::Rm { cidr } => {
+            if let Err(code) = check_cidr(&cidr, true) {
+                return code;
+            }
+            request(
+                socket,
+                &Request::BlockRm { cidr: cidr.clone() },
+                false,
+                |_| {
+                    println!("unblocked {}", cidr.trim());
+                },
+            )
+        }
+        BlockCmd::Ls(f) => request(socket, &Request::BlockLs, f.json, print_bans),
+    }
+}
+
+fn parse_or(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap_or_else(|_| ipnet::IpNet::default())
+}
+
+fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
+    match cmd {
+        AllowCmd::Add {
+            cidr,
+            reason,
+            force,
+        } => {
+            if let Err(code) = check_cidr(&cidr, force) {
+                return code;
+            }
+            if let Err(e) = agent::state::check_reason(reason.as_deref()) {
+                return usage_error(e);
+            }
+            let req = Request::AllowAdd {
+                cidr: cidr.clone(),
+                reason,
+                force,
+            };
+            request(socket, &req, false, |_| println!("allowed {}", cidr.trim()))
+        }
+        AllowCmd::Rm { cidr } => {
+            if let Err(code) = check_cidr(&cidr, true) {
+                return code;
+            }
+            request(
+                socket,
+                &Request::AllowRm { cidr: cidr.clone() },
+                false,
+                |_| {
+                    println!("removed {} from the allowlist", cidr.trim());
+                },
+            )
+        }
+        AllowCmd::Ls(f) => request(socket, &Request::AllowLs, f.json, print_allows),
+    }
+}
+
+/// Sends a request; prints the data as JSON or through `human`.
+fn request(
+    socket: &std::path::Path,
+    req: &Request,
+    json: bool,
+    human: impl FnOnce(&Value),
+) -> ExitCode {
+    match client::call(socket, req) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+        Ok(resp) if !resp.ok => {
+            eprintln!(
+                "error: {}",
+                resp.error.unwrap_or_else(|| "request failed".into())
+            );
+            ExitCode::from(1)
+        }
+        Ok(resp) => {
+            if let Some(w) = &resp.warning {
+                eprintln!("warning: {w}");
+            }
+            let data = resp.data.unwrap_or(Value::Null);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                human(&data);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn ttl_left(secs: Option<u64>) -> String {
+    secs.map_or_else(
+        || "never".into(),
+        |s| humantime::format_duration(Duration::from_secs(s)).to_string(),
+    )
+}
+
+fn print_bans(v: &Value) {
+    let bans: Vec<BanView> = serde_json::from_value(v.clone()).unwrap_or_default();
+    if bans.is_empty() {
+        println!("no bans");
+        return;
+    }
+    let rows: Vec<Vec<String>> = bans
+        .iter()
+        .map(|b| {
+            vec![
+                crate::net::display(&parse_or(&b.cidr)),
+                b.kind.clone(),
+                b.reason.clone(),
+                ttl_left(b.ttl_remaining_secs),
+                b.hits.to_string(),
+                b.origin.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["ADDRESS", "KIND", "REASON", "EXPIRES IN", "HITS", "ORIGIN"],
+            &rows
+        )
+    );
+}
+
+fn print_allows(v: &Value) {
+    let allows: Vec<AllowView> = serde_json::from_value(v.clone()).unwrap_or_default();
+    if allows.is_empty() {
+        println!("no allowlist entries");
+        return;
+    }
+    let rows: Vec<Vec<String>> = allows
+        .iter()
+        .map(|a| {
+            vec![
+                crate::net::display(&parse_or(&a.cidr)),
+                a.reason.clone(),
+                a.hits.to_string(),
+                a.origin.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["ADDRESS", "REASON", "HITS", "ORIGIN"], &rows)
+    );
+}
+
+fn print_stats(v: &Value) {
+    let Ok(s) = serde_json::from_value::<StatsView>(v.clone()) else {
+        println!("{v}");
+        return;
+    };
+    let rows: Vec<Vec<String>> = s
+        .counters
+        .iter()
+        .map(|c| {
+            vec![
+                c.verdict.clone(),
+                c.reason.clone(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+            ]
+        })
+        .chain(s.totals.iter().map(|c| {
+            vec![
+                c.verdict.clone(),
+                "(total)".into(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+            ]
+        }))
+        .collect();
+    print!(
+        "{}",
+        table::render(&["VERDICT", "REASON", "PACKETS", "BYTES"], &rows)
+    );
+}
+
+fn print_status(v: &Value) {
+    let Ok(s) = serde_json::from_value::<StatusView>(v.clone()) else {
+        println!("{v}");
+        return;
+    };
+    println!(
+        "tollgate {}  mode: {}  uptime: {}",
+        s.version,
+        s.mode,
+        ttl_left(Some(s.uptime_secs))
+    );
+    println!(
+        "pins: {}  state: {}  store: {}",
+        s.pin_dir, s.state_dir, s.store
+    );
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .interfaces
+        .iter()
+        .map(|a| {
+            vec![
+                a.iface.clone(),
+                a.ifindex.to_string(),
+                a.attach.clone(),
+                a.program_id.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["INTERFACE", "IFINDEX", "ATTACH", "PROGRAM ID"], &rows)
+    );
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .maps
+        .iter()
+        .map(|m| {
+            let pct = if m.capacity == 0 {
+                0.0
+            } else {
+                m.entries as f64 * 100.0 / f64::from(m.capacity)
+            };
+            vec![
+                m.name.clone(),
+                m.entries.to_string(),
+                m.capacity.to_string(),
+                format!("{pct:.1}%"),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows)
+    );
+}

@@ -1,0 +1,48 @@
+//! Clocks. The kernel's ban expiry uses the boot-time clock (it keeps counting
+//! through suspend and is what `bpf_ktime_get_boot_ns` reads); the store uses
+//! wall-clock Unix seconds so bans survive a reboot with their real deadline.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::time::{ClockId, clock_gettime};
+
+/// Nanoseconds on the boot-time clock.
+#[must_use]
+pub fn boot_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
+        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The boot-clock deadline for a wall-clock expiry (Unix seconds); `0` means
+/// "never" on the kernel side, so a deadline already past maps to 1 (expired).
+#[must_use]
+pub fn boot_deadline(expires_unix: Option<u64>) -> u64 {
+    match expires_unix {
+        None => 0,
+        Some(t) => {
+            let now = unix_now();
+            let left = Duration::from_secs(t.saturating_sub(now));
+            if left.is_zero() {
+                1
+            } else {
+                boot_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+            }
+        }
+    }
+}
+
+/// RFC 3339 rendering of Unix seconds (UTC).
+#[must_use]
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}

@@ -1,0 +1,757 @@
+//! The kernel side as the agent sees it: loading the embedded eBPF object,
+//! typed access to every map, and the prefilter bookkeeping that keeps the
+//! clean-packet path to one array lookup.
+//!
+//! The agent is the single writer of these maps. Ordering rules that keep the
+//! datapath correct while it runs: prefilter bits and config flags are set
+//! *before* a ban is inserted and cleared only *after* it is removed, so a
+//! live ban is never hidden behind a clear bit.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tollgate_common::{
+    AllowEntry, BlockEntry, Config, Counter, Mode, Reason, Verdict, config_flags, counter_index,
+    maps, prefilter, programs,
+};
+
+/// The compiled eBPF object, embedded at build time: one file to copy to a host.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
+
+/// Errors from loading or driving the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object could not be loaded (verifier, memlock, pinned map mismatch...).
+    #[error("failed to load the eBPF programs{hint}")]
+    Load {
+        /// Extra advice for the operator.
+        hint: String,
+        /// The underlying error.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// A program is missing from the object or failed the verifier.
+    #[error("failed to load program {name}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The underlying error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object.
+    #[error("map {name} missing from the eBPF object")]
+    MissingMap {
+        /// Map name.
+        name: &'static str,
+    },
+    /// A map operation failed.
+    #[error("failed to {op} map {name}")]
+    Map {
+        /// What was being done.
+        op: &'static str,
+        /// Map name.
+        name: &'static str,
+        /// The underlying error.
+        #[source]
+        source: MapError,
+    },
+    /// Could not create the pin directory.
+    #[error("failed to create pin directory {path}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn map_err(op: &'static str, name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { op, name, source }
+}
+
+/// How many entries each map may hold (set at load time).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    /// IPv4 host bans.
+    pub block4: u32,
+    /// IPv6 host bans.
+    pub block6: u32,
+    /// IPv4 range bans.
+    pub block4_lpm: u32,
+    /// IPv6 range bans.
+    pub block6_lpm: u32,
+    /// Allowlist entries per family.
+    pub allow: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        use tollgate_common::capacity as c;
+        Self {
+            block4: c::BLOCK4,
+            block6: c::BLOCK6,
+            block4_lpm: c::BLOCK4_LPM,
+            block6_lpm: c::BLOCK6_LPM,
+            allow: c::ALLOW,
+        }
+    }
+}
+
+/// Map fill levels, for `tollgate status`.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Fill {
+    /// IPv4 host bans held.
+    pub block4: usize,
+    /// IPv6 host bans held.
+    pub block6: usize,
+    /// IPv4 range bans held.
+    pub block4_ranges: usize,
+    /// IPv6 range bans held.
+    pub block6_ranges: usize,
+    /// Allowlist entries held.
+    pub allow: usize,
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    config_map: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, Counter>,
+    block4: HashMap<MapData, [u8; 4], BlockEntry>,
+    block6: HashMap<MapData, [u8; 16], BlockEntry>,
+    block4_lpm: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    block6_lpm: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    allow4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    allow6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    pre4: Array<MapData, u64>,
+    pre6: Array<MapData, u64>,
+    /// What the prefilter arrays hold, so updates write only changed words.
+    mirror4: Vec<u64>,
+    mirror6: Vec<u64>,
+    /// Every ban in the kernel maps, by prefix.
+    bans: HashSet<IpNet>,
+    allows: HashSet<IpNet>,
+    config: Config,
+    prefilter_dirty: bool,
+    capacities: Capacities,
+}
+
+impl Datapath {
+    /// Loads the embedded object. With `pin_dir`, maps are pinned there by
+    /// name and reused if already pinned (bans survive agent restarts).
+    ///
+    /// # Errors
+    /// When the kernel refuses the object or a map cannot be read.
+    pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::BLOCK4, capacities.block4)
+            .map_max_entries(maps::BLOCK6, capacities.block6)
+            .map_max_entries(maps::BLOCK4_LPM, capacities.block4_lpm)
+            .map_max_entries(maps::BLOCK6_LPM, capacities.block6_lpm)
+            .map_max_entries(maps::ALLOW4, capacities.allow)
+            .map_max_entries(maps::ALLOW6, capacities.allow);
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+            loader.default_map_pin_directory(dir);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DatapathError::Load {
+                hint: pin_dir.map_or_else(String::new, |d| {
+                    format!(
+                        " (if maps pinned under {} come from an incompatible Tollgate version, \
+                     stop the agent and remove that directory)",
+                        d.display()
+                    )
+                }),
+                source,
+            })?;
+        for name in [programs::XDP_INGRESS, programs::TC_INGRESS] {
+            let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?;
+            let res = match prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            res.map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(DatapathError::MissingMap { name })
+        };
+        let config_map =
+            Array::try_from(take(maps::CONFIG)?).map_err(map_err("open", maps::CONFIG))?;
+        let counters = PerCpuArray::try_from(take(maps::COUNTERS)?)
+            .map_err(map_err("open", maps::COUNTERS))?;
+        let block4 =
+            HashMap::try_from(take(maps::BLOCK4)?).map_err(map_err("open", maps::BLOCK4))?;
+        let block6 =
+            HashMap::try_from(take(maps::BLOCK6)?).map_err(map_err("open", maps::BLOCK6))?;
+        let block4_lpm = LpmTrie::try_from(take(maps::BLOCK4_LPM)?)
+            .map_err(map_err("open", maps::BLOCK4_LPM))?;
+        let block6_lpm = LpmTrie::try_from(take(maps::BLOCK6_LPM)?)
+            .map_err(map_err("open", maps::BLOCK6_LPM))?;
+        let allow4 =
+            LpmTrie::try_from(take(maps::ALLOW4)?).map_err(map_err("open", maps::ALLOW4))?;
+        let allow6 =
+            LpmTrie::try_from(take(maps::ALLOW6)?).map_err(map_err("open", maps::ALLOW6))?;
+        let pre4 =
+            Array::try_from(take(maps::PREFILTER4)?).map_err(map_err("open", maps::PREFILTER4))?;
+        let pre6 =
+            Array::try_from(take(maps::PREFILTER6)?).map_err(map_err("open", maps::PREFILTER6))?;
+        let config = config_map
+            .get(&0, 0)
+            .map_err(map_err("read", maps::CONFIG))?;
+        let mut dp = Self {
+            ebpf,
+            config_map,
+            counters,
+            block4,
+            block6,
+            block4_lpm,
+            block6_lpm,
+            allow4,
+            allow6,
+            pre4,
+            pre6,
+            mirror4: Vec::new(),
+            mirror6: Vec::new(),
+            bans: HashSet::new(),
+            allows: HashSet::new(),
+            config,
+            prefilter_dirty: false,
+            capacities,
+        };
+        dp.adopt_kernel_state()?;
+        Ok(dp)
+    }
+
+    /// Reads what pinned maps already hold (after a restart) so the mirrors
+    /// match the kernel, then repairs the prefilter and flags.
+    fn adopt_kernel_state(&mut self) -> Result<()> {
+        for (net, _) in self.blocks()? {
+            self.bans.insert(net);
+        }
+        for (net, _) in self.allow_entries()? {
+            self.allows.insert(net);
+        }
+        self.mirror4 = read_words(&self.pre4, maps::PREFILTER4)?;
+        self.mirror6 = read_words(&self.pre6, maps::PREFILTER6)?;
+        self.prefilter_dirty = true;
+        self.maintain()
+    }
+
+    /// The XDP program, loaded.
+    ///
+    /// # Errors
+    /// Never in practice: `load` checked it is there.
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        let name = programs::XDP_INGRESS;
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })
+    }
+
+    /// The TC (tcx) program, loaded.
+    ///
+    /// # Errors
+    /// Never in practice: `load` checked it is there.
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        let name = programs::TC_INGRESS;
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })
+    }
+
+    /// Current mode.
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        if self.config.mode == Mode::Monitor as u32 {
+            Mode::Monitor
+        } else {
+            Mode::Enforce
+        }
+    }
+
+    /// Switches enforce/monitor.
+    ///
+    /// # Errors
+    /// When the config map cannot be written.
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        self.config.mode = mode as u32;
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(map_err("write", maps::CONFIG))
+    }
+
+    /// Map capacities in force.
+    #[must_use]
+    pub fn capacities(&self) -> Capacities {
+        self.capacities
+    }
+
+    /// Inserts or replaces a ban.
+    ///
+    /// # Errors
+    /// When a map write fails (e.g. the map is full); nothing is half-done
+    /// that matters: a prefilter bit set for a ban that failed to insert only
+    /// costs a lookup and is cleared by the next [`Self::maintain`].
+    pub fn insert_block(&mut self, net: IpNet, entry: &BlockEntry) -> Result<()> {
+        self.insert_blocks(std::iter::once((net, *entry)))
+    }
+
+    /// Inserts many bans, writing each prefilter word once.
+    ///
+    /// # Errors
+    /// On the first failing map write.
+    pub fn insert_blocks(
+        &mut self,
+        entries: impl IntoIterator<Item = (IpNet, BlockEntry)>,
+    ) -> Result<()> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let mut dirty4 = HashSet::new();
+        let mut dirty6 = HashSet::new();
+        let mut flags = self.config.flags;
+        for (net, _) in &entries {
+            match net {
+                IpNet::V4(n) => {
+                    for b in v4_buckets(*n) {
+                        let (w, m) = prefilter::word_and_mask(b);
+                        self.mirror4[w as usize] |= m;
+                        dirty4.insert(w);
+                    }
+                    if n.prefix_len() < 32 {
+                        flags |= config_flags::V4_RANGES;
+                    }
+                }
+                IpNet::V6(n) => {
+                    match v6_buckets(*n) {
+                        Some(buckets) => {
+                            for b in buckets {
+                                let (w, m) = prefilter::word_and_mask(b);
+                                self.mirror6[w as usize] |= m;
+                                dirty6.insert(w);
+                            }
+                        }
+                        None => flags |= config_flags::V6_SHORT_RANGES,
+                    }
+                    if n.prefix_len() < 128 {
+                        flags |= config_flags::V6_RANGES;
+                    }
+                }
+            }
+        }
+        for w in dirty4 {
+            self.pre4
+                .set(w, self.mirror4[w as usize], 0)
+                .map_err(map_err("write", maps::PREFILTER4))?;
+        }
+        for w in dirty6 {
+            self.pre6
+                .set(w, self.mirror6[w as usize], 0)
+                .map_err(map_err("write", maps::PREFILTER6))?;
+        }
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
+        for (net, entry) in entries {
+            match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => self
+                    .block4
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK4))?,
+                IpNet::V4(n) => self
+                    .block4_lpm
+                    .insert(&key4(n), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK4_LPM))?,
+                IpNet::V6(n) if n.prefix_len() == 128 => self
+                    .block6
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK6))?,
+                IpNet::V6(n) => self
+                    .block6_lpm
+                    .insert(&key6(n), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK6_LPM))?,
+            }
+            self.bans.insert(net);
+        }
+        Ok(())
+    }
+
+    /// Removes a ban; `false` if there was none. Call [`Self::maintain`]
+    /// afterwards (once per batch) to clear prefilter bits.
+    ///
+    /// # Errors
+    /// When the map delete fails for a reason other than a missing key.
+    pub fn remove_block(&mut self, net: IpNet) -> Result<bool> {
+        let res = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.remove(&n.addr().octets()),
+            IpNet::V4(n) => self.block4_lpm.remove(&key4(n)),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.remove(&n.addr().octets()),
+            IpNet::V6(n) => self.block6_lpm.remove(&key6(n)),
+        };
+        let removed = match res {
+            Ok(()) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(e) => return Err(map_err("delete from", "block")(e)),
+        };
+        self.bans.remove(&net);
+        self.prefilter_dirty = true;
+        Ok(removed)
+    }
+
+    /// One ban's kernel entry (with its hit counter).
+    ///
+    /// # Errors
+    /// When the lookup fails for a reason other than a missing key.
+    pub fn get_block(&self, net: IpNet) -> Result<Option<BlockEntry>> {
+        let res = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.get(&n.addr().octets(), 0),
+            IpNet::V4(n) => self.block4_lpm.get(&key4(n), 0),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.get(&n.addr().octets(), 0),
+            IpNet::V6(n) => self.block6_lpm.get(&key6(n), 0),
+        };
+        match res {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("read", "block")(e)),
+        }
+    }
+
+    /// Every ban in the kernel, read from the maps.
+    ///
+    /// # Errors
+    /// When iterating a map fails.
+    pub fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.block4.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK4))?;
+            out.push((IpNet::V4(Ipv4Net::from(Ipv4Addr::from(k))), v));
+        }
+        for kv in self.block6.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6))?;
+            out.push((IpNet::V6(Ipv6Net::from(Ipv6Addr::from(k))), v));
+        }
+        for kv in self.block4_lpm.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK4_LPM))?;
+            if let Some(n) = net4_of(&k) {
+                out.push((n, v));
+            }
+        }
+        for kv in self.block6_lpm.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6_LPM))?;
+            if let Some(n) = net6_of(&k) {
+                out.push((n, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the kernel holds a ban for exactly this prefix.
+    #[must_use]
+    pub fn has_block(&self, net: &IpNet) -> bool {
+        self.bans.contains(net)
+    }
+
+    /// Number of bans held.
+    #[must_use]
+    pub fn block_count(&self) -> usize {
+        self.bans.len()
+    }
+
+    /// Inserts or replaces an allowlist entry.
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self
+                .allow4
+                .insert(&key4(n), *entry, 0)
+                .map_err(map_err("insert into", maps::ALLOW4))?,
+            IpNet::V6(n) => self
+                .allow6
+                .insert(&key6(n), *entry, 0)
+                .map_err(map_err("insert into", maps::ALLOW6))?,
+        }
+        self.allows.insert(net);
+        Ok(())
+    }
+
+    /// Removes an allowlist entry; `false` if there was none.
+    ///
+    /// # Errors
+    /// When the delete fails for a reason other than a missing key.
+    pub fn remove_allow(&mut self, net: IpNet) -> Result<bool> {
+        let res = match net {
+            IpNet::V4(n) => self.allow4.remove(&key4(n)),
+            IpNet::V6(n) => self.allow6.remove(&key6(n)),
+        };
+        self.allows.remove(&net);
+        match res {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err("delete from", "allow")(e)),
+        }
+    }
+
+    /// Every allowlist entry, read from the maps.
+    ///
+    /// # Errors
+    /// When iterating a map fails.
+    pub fn allow_entries(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.allow4.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::ALLOW4))?;
+            if let Some(n) = net4_of(&k) {
+                out.push((n, v));
+            }
+        }
+        for kv in self.allow6.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::ALLOW6))?;
+            if let Some(n) = net6_of(&k) {
+                out.push((n, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allowlist prefixes held.
+    pub fn allow_nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.allows.iter()
+    }
+
+    /// Packets and bytes by verdict and reason, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the counters map cannot be read.
+    pub fn counters(&self) -> Result<Vec<(Verdict, Reason, Counter)>> {
+        let mut out = Vec::new();
+        for v in Verdict::ALL {
+            for r in Reason::ALL {
+                let per_cpu = self
+                    .counters
+                    .get(&counter_index(v, r), 0)
+                    .map_err(map_err("read", maps::COUNTERS))?;
+                let mut sum = Counter::default();
+                for c in per_cpu.iter() {
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+                out.push((v, r, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fill levels of the ban and allow maps.
+    #[must_use]
+    pub fn fill(&self) -> Fill {
+        let mut f = Fill {
+            allow: self.allows.len(),
+            ..Fill::default()
+        };
+        for n in &self.bans {
+            match n {
+                IpNet::V4(n) if n.prefix_len() == 32 => f.block4 += 1,
+                IpNet::V4(_) => f.block4_ranges += 1,
+                IpNet::V6(n) if n.prefix_len() == 128 => f.block6 += 1,
+                IpNet::V6(_) => f.block6_ranges += 1,
+            }
+        }
+        f
+    }
+
+    /// After removals: recomputes the prefilter and flags from the bans still
+    /// held and writes the words that changed (clearing stale bits).
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn maintain(&mut self) -> Result<()> {
+        if !self.prefilter_dirty {
+            return Ok(());
+        }
+        let words = prefilter::WORDS as usize;
+        let mut new4 = vec![0u64; words];
+        let mut new6 = vec![0u64; words];
+        let mut flags = self.config.flags
+            & !(config_flags::V4_RANGES | config_flags::V6_RANGES | config_flags::V6_SHORT_RANGES);
+        for net in &self.bans {
+            match net {
+                IpNet::V4(n) => {
+                    for b in v4_buckets(*n) {
+                        let (w, m) = prefilter::word_and_mask(b);
+                        new4[w as usize] |= m;
+                    }
+                    if n.prefix_len() < 32 {
+                        flags |= config_flags::V4_RANGES;
+                    }
+                }
+                IpNet::V6(n) => {
+                    match v6_buckets(*n) {
+                        Some(bs) => {
+                            for b in bs {
+                                let (w, m) = prefilter::word_and_mask(b);
+                                new6[w as usize] |= m;
+                            }
+                        }
+                        None => flags |= config_flags::V6_SHORT_RANGES,
+                    }
+                    if n.prefix_len() < 128 {
+                        flags |= config_flags::V6_RANGES;
+                    }
+                }
+            }
+        }
+        // Set bits first (already set by insert), then flags, then clear.
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
+        for (i, (new, old)) in new4.iter().zip(self.mirror4.iter_mut()).enumerate() {
+            if new != old {
+                self.pre4
+                    .set(i as u32, *new, 0)
+                    .map_err(map_err("write", maps::PREFILTER4))?;
+                *old = *new;
+            }
+        }
+        for (i, (new, old)) in new6.iter().zip(self.mirror6.iter_mut()).enumerate() {
+            if new != old {
+                self.pre6
+                    .set(i as u32, *new, 0)
+                    .map_err(map_err("write", maps::PREFILTER6))?;
+                *old = *new;
+            }
+        }
+        self.prefilter_dirty = false;
+        Ok(())
+    }
+}
+
+fn read_words(arr: &Array<MapData, u64>, name: &'static str) -> Result<Vec<u64>> {
+    arr.iter()
+        .map(|w| w.map_err(map_err("read", name)))
+        .collect()
+}
+
+fn key4(n: Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+fn key6(n: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+fn net4_of(k: &Key<[u8; 4]>) -> Option<IpNet> {
+    let len = u8::try_from(k.prefix_len()).ok()?;
+    Ipv4Net::new(Ipv4Addr::from(k.data()), len)
+        .ok()
+        .map(IpNet::V4)
+}
+
+fn net6_of(k: &Key<[u8; 16]>) -> Option<IpNet> {
+    let len = u8::try_from(k.prefix_len()).ok()?;
+    Ipv6Net::new(Ipv6Addr::from(k.data()), len)
+        .ok()
+        .map(IpNet::V6)
+}
+
+/// Prefilter buckets an IPv4 prefix covers.
+fn v4_buckets(n: Ipv4Net) -> std::ops::Range<u32> {
+    let first = prefilter::bucket_v4(u32::from(n.network()));
+    let len = n.prefix_len();
+    let count = if len >= prefilter::V4_BUCKET_PREFIX {
+        1
+    } else {
+        1u32 << (prefilter::V4_BUCKET_PREFIX - len)
+    };
+    first..first + count
+}
+
+/// Prefilter buckets an IPv6 prefix covers, or `None` when it is too short to
+/// enumerate (the datapath then bypasses the IPv6 prefilter).
+fn v6_buckets(n: Ipv6Net) -> Option<Vec<u32>> {
+    let len = n.prefix_len();
+    if len < prefilter::V6_MIN_ENUMERATED_PREFIX {
+        return None;
+    }
+    let base = n.network().octets();
+    if len >= prefilter::V6_BUCKET_PREFIX {
+        return Some(vec![prefilter::bucket_v6(&base)]);
+    }
+    let free = u32::from(prefilter::V6_BUCKET_PREFIX - len);
+    let top = u64::from_be_bytes([0, 0, base[0], base[1], base[2], base[3], base[4], base[5]]);
+    Some(
+        (0..1u64 << free)
+            .map(|i| {
+                let t = (top | i).to_be_bytes();
+                let mut a = [0u8; 16];
+                a[..6].copy_from_slice(&t[2..8]);
+                prefilter::bucket_v6(&a)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_bucket_ranges() {
+        let n: Ipv4Net = "198.18.0.0/16".parse().unwrap();
+        let r = v4_buckets(n);
+        assert_eq!(r.len(), 256);
+        assert_eq!(r.start, u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 8);
+        let h: Ipv4Net = "198.18.3.4/32".parse().unwrap();
+        assert_eq!(v4_buckets(h).len(), 1);
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(v4_buckets(all).len(), 1 << 24);
+    }
+
+    #[test]
+    fn v6_buckets_cover_every_address_in_the_prefix() {
+        let n: Ipv6Net = "fd00:1:200::/40".parse().unwrap();
+        let bs = v6_buckets(n).unwrap();
+        assert_eq!(bs.len(), 256);
+        let inside: Ipv6Addr = "fd00:1:2ab::77".parse().unwrap();
+        assert!(bs.contains(&prefilter::bucket_v6(&inside.octets())));
+        let short: Ipv6Net = "fd00::/24".parse().unwrap();
+        assert!(v6_buckets(short).is_none());
+    }
+}

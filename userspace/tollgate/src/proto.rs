@@ -1,0 +1,209 @@
+//! The control-socket protocol: one JSON request per line, one JSON response
+//! per line. Requests are untrusted input: the agent validates every field.
+
+use serde::{Deserialize, Serialize};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
+/// Largest request line the agent reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// What the CLI asks the agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Ban an address or prefix.
+    BlockAdd {
+        /// Address or CIDR.
+        cidr: String,
+        /// Seconds; `None` = until removed.
+        ttl_secs: Option<u64>,
+        /// Free text.
+        reason: Option<String>,
+        /// Allow very broad prefixes and overlaps with the allowlist.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Lift a ban.
+    BlockRm {
+        /// Address or CIDR, exactly as banned.
+        cidr: String,
+    },
+    /// List bans.
+    BlockLs,
+    /// Allowlist an address or prefix.
+    AllowAdd {
+        /// Address or CIDR.
+        cidr: String,
+        /// Free text.
+        reason: Option<String>,
+        /// Allow very broad prefixes.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remove an allowlist entry.
+    AllowRm {
+        /// Address or CIDR, exactly as added.
+        cidr: String,
+    },
+    /// List allowlist entries.
+    AllowLs,
+    /// Datapath counters.
+    Stats,
+    /// Agent status.
+    Status,
+}
+
+/// The agent's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The result, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Something the operator should know even though it worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl Response {
+    /// Success with a payload.
+    #[must_use]
+    pub fn ok(data: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: Some(data),
+            warning: None,
+        }
+    }
+
+    /// Failure with a reason.
+    #[must_use]
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            data: None,
+            warning: None,
+        }
+    }
+}
+
+/// One ban as `block ls --json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BanView {
+    /// Prefix in CIDR notation (hosts as /32 or /128).
+    pub cidr: String,
+    /// The address part.
+    pub address: String,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Free text reason (auto bans: the kind, e.g. `rate-limit`).
+    pub reason: String,
+    /// `manual`, `rate-limit`, `policy`, `feed`, `crowdsec`.
+    pub kind: String,
+    /// Who made it.
+    pub origin: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, or null for permanent bans.
+    pub expires_at: Option<String>,
+    /// Seconds left, or null for permanent bans.
+    pub ttl_remaining_secs: Option<u64>,
+    /// Packets dropped (or counted in monitor mode) by this entry.
+    pub hits: u64,
+    /// How many times this client was banned.
+    pub offences: u32,
+}
+
+/// One allowlist entry as `allow ls --json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllowView {
+    /// Prefix in CIDR notation.
+    pub cidr: String,
+    /// The address part.
+    pub address: String,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Free text.
+    pub reason: String,
+    /// Who made it.
+    pub origin: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Banned packets let through because of this entry.
+    pub hits: u64,
+}
+
+/// One counter row of `stats --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CounterView {
+    /// `pass`, `drop`, `monitor`.
+    pub verdict: String,
+    /// Reason name.
+    pub reason: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// `stats --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Non-zero counters by verdict and reason.
+    pub counters: Vec<CounterView>,
+    /// Totals by verdict.
+    pub totals: Vec<CounterView>,
+}
+
+/// One attachment in `status --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachView {
+    /// Interface name.
+    pub iface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// `xdp-driver`, `xdp-generic` or `tcx`.
+    pub attach: String,
+    /// Kernel program id.
+    pub program_id: u32,
+}
+
+/// `status --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Agent version.
+    pub version: String,
+    /// `enforce` or `monitor`.
+    pub mode: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Where maps and links are pinned.
+    pub pin_dir: String,
+    /// Where durable state lives.
+    pub state_dir: String,
+    /// `ok` or why the store is unavailable.
+    pub store: String,
+    /// Attachments.
+    pub interfaces: Vec<AttachView>,
+    /// Map fill levels.
+    pub maps: Vec<MapFillView>,
+}
+
+/// One map's fill level.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapFillView {
+    /// Map name.
+    pub name: String,
+    /// Entries held.
+    pub entries: usize,
+    /// Capacity.
+    pub capacity: u32,
+}

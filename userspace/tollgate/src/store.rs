@@ -1,0 +1,270 @@
+//! Durable state: every ban and allow entry with what the kernel maps cannot
+//! hold (free-text reason, origin, wall-clock expiry, offence count). Written
+//! before the CLI is told "done"; replayed into the kernel on start.
+//!
+//! [`Store`] is the small interface the agent uses; [`RedbStore`] keeps it in
+//! an embedded database on disk. A cluster-wide store (etcd leases as TTLs)
+//! is meant to slot in behind the same trait.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use redb::{Database, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// A ban as the agent records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// The banned address or prefix.
+    pub cidr: IpNet,
+    /// Why, as a [`tollgate_common::BanReason`] name (`manual`, `rate-limit`, ...).
+    pub kind: String,
+    /// Free text (the operator's `--reason`, or the rule that fired).
+    pub reason: String,
+    /// Who made it (`cli`, `agent`, a feed name, `crowdsec`).
+    pub origin: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds; `None` = until removed.
+    pub expires_at: Option<u64>,
+    /// How many times this client has been banned (drives TTL escalation).
+    #[serde(default)]
+    pub offences: u32,
+}
+
+/// An allowlist entry as the agent records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRecord {
+    /// The allowed address or prefix.
+    pub cidr: IpNet,
+    /// Free text.
+    pub reason: String,
+    /// Who made it.
+    pub origin: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened (unreadable, corrupt, locked).
+    #[error("failed to open state database {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    /// A read or write failed.
+    #[error("state database {op} failed: {message}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error, rendered.
+        message: String,
+    },
+    /// A record did not decode.
+    #[error("state database holds an unreadable record for {key}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What the agent needs from durable state.
+pub trait Store: Send {
+    /// Writes (or replaces) bans, durably, in one transaction.
+    ///
+    /// # Errors
+    /// When the write fails; nothing is written then.
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<()>;
+    /// Removes bans, durably.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<()>;
+    /// Every ban.
+    ///
+    /// # Errors
+    /// When the read fails or a record is unreadable.
+    fn bans(&self) -> Result<Vec<BanRecord>>;
+    /// Writes (or replaces) an allow entry.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn put_allow(&mut self, record: &AllowRecord) -> Result<()>;
+    /// Removes an allow entry.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<()>;
+    /// Every allow entry.
+    ///
+    /// # Errors
+    /// When the read fails or a record is unreadable.
+    fn allows(&self) -> Result<Vec<AllowRecord>>;
+}
+
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
+const ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("allows");
+
+/// The embedded on-disk store (`STATE_DIR/state.redb`).
+pub struct RedbStore {
+    db: Database,
+}
+
+fn io(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    move |e| StoreError::Io {
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl RedbStore {
+    /// File name inside the state directory.
+    pub const FILE: &'static str = "state.redb";
+
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// # Errors
+    /// When the file is unreadable or corrupt.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let w = db.begin_write().map_err(|e| io("open")(&e))?;
+        w.open_table(BANS).map_err(|e| io("open")(&e))?;
+        w.open_table(ALLOWS).map_err(|e| io("open")(&e))?;
+        w.commit().map_err(|e| io("open")(&e))?;
+        Ok(Self { db })
+    }
+
+    fn read_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>> {
+        let r = self.db.begin_read().map_err(|e| io("read")(&e))?;
+        let t = r.open_table(table).map_err(|e| io("read")(&e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| io("read")(&e))? {
+            let (k, v) = row.map_err(|e| io("read")(&e))?;
+            let rec = serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
+                key: k.value().to_owned(),
+                source,
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedbStore {
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            for r in records {
+                let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
+                t.insert(r.cidr.to_string().as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+        }
+        w.commit().map_err(|e| io("commit")(&e))
+    }
+
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            for c in cidrs {
+                t.remove(c.to_string().as_str())
+                    .map_err(|e| io("write")(&e))?;
+            }
+        }
+        w.commit().map_err(|e| io("commit")(&e))
+    }
+
+    fn bans(&self) -> Result<Vec<BanRecord>> {
+        self.read_all(BANS)
+    }
+
+    fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
+            let v = serde_json::to_vec(record).map_err(|e| io("encode")(&e))?;
+            t.insert(record.cidr.to_string().as_str(), v.as_slice())
+                .map_err(|e| io("write")(&e))?;
+        }
+        w.commit().map_err(|e| io("commit")(&e))
+    }
+
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
+            t.remove(cidr.to_string().as_str())
+                .map_err(|e| io("write")(&e))?;
+        }
+        w.commit().map_err(|e| io("commit")(&e))
+    }
+
+    fn allows(&self) -> Result<Vec<AllowRecord>> {
+        self.read_all(ALLOWS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(c: &str) -> BanRecord {
+        BanRecord {
+            cidr: c.parse().unwrap(),
+            kind: "manual".into(),
+            reason: "test".into(),
+            origin: "cli".into(),
+            created_at: 1,
+            expires_at: Some(100),
+            offences: 1,
+        }
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.put_bans(&[ban("198.18.0.1/32"), ban("fd00::/48")])
+                .unwrap();
+            s.put_allow(&AllowRecord {
+                cidr: "198.18.9.0/24".parse().unwrap(),
+                reason: "ops".into(),
+                origin: "cli".into(),
+                created_at: 5,
+            })
+            .unwrap();
+            s.remove_bans(&["fd00::/48".parse().unwrap()]).unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.bans().unwrap(), vec![ban("198.18.0.1/32")]);
+        assert_eq!(s.allows().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RedbStore::FILE), b"not a database at all").unwrap();
+        let err = RedbStore::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("failed to open state database"));
+    }
+}
