@@ -1,1 +1,452 @@
-//! Helpers for the root-only tests.
+//! Helpers for Tollgate's root-only tests: crafted packets for
+//! BPF_PROG_TEST_RUN ([`pkt`]), network labs of namespaces and veth pairs
+//! ([`Lab`]), and a running agent with its CLI ([`Agent`]). Every helper
+//! cleans up on drop, names what it creates uniquely, and bounds its waits.
+//! Addresses come only from 198.18.0.0/15 and fd00::/8.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers panic with context"
+)]
+
+pub mod pkt;
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Fails loudly unless running as root: these tests never skip silently.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests load eBPF programs and create namespaces: run them as root (cargo xtask test)"
+    );
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A client namespace joined to the root namespace by a veth pair. The root
+/// end (`host_if`) is where Tollgate attaches; the server listens there.
+/// Each lab owns two IPv4 /24s and two IPv6 /48s so range bans can be
+/// checked to drop inside and pass outside.
+pub struct Lab {
+    /// Client namespace name.
+    pub ns: String,
+    /// Root-namespace end of the veth pair.
+    pub host_if: String,
+    /// Index of the lab's subnets.
+    pub n: u32,
+}
+
+impl Lab {
+    /// Creates the namespace, the veth pair and the addresses.
+    pub fn new() -> Self {
+        require_root();
+        let id = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id() % 10_000;
+        // Two /24s per lab: 198.18.(2k).0/24 and 198.18.(2k+1).0/24.
+        let n = 2 * ((pid + id * 7) % 120) + 8;
+        let ns = format!("tgt-{pid}-{id}");
+        let host_if = format!("tg{pid}h{id}");
+        let peer_if = format!("tg{pid}p{id}");
+        let lab = Self {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            n,
+        };
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        sh(&["ip", "link", "set", &peer_if, "netns", &ns]);
+        for (side_ns, dev, host) in [
+            (None, host_if.as_str(), 1),
+            (Some(ns.as_str()), peer_if.as_str(), 2),
+        ] {
+            let run = |args: &[&str]| match side_ns {
+                Some(ns) => {
+                    let mut v = vec!["ip", "-n", ns];
+                    v.extend_from_slice(args);
+                    sh(&v)
+                }
+                None => {
+                    let mut v = vec!["ip"];
+                    v.extend_from_slice(args);
+                    sh(&v)
+                }
+            };
+            for (a, p) in [(lab.v4(0, host), "24"), (lab.v4(1, host), "24")] {
+                run(&["addr", "add", &format!("{a}/{p}"), "dev", dev]);
+            }
+            for i in 0..2 {
+                run(&[
+                    "addr",
+                    "add",
+                    &format!("{}/64", lab.v6(i, host.into())),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+            }
+            run(&["link", "set", dev, "up"]);
+        }
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        lab
+    }
+
+    /// IPv4 address `host` in the lab's subnet `i` (0 or 1).
+    pub fn v4(&self, i: u32, host: u8) -> IpAddr {
+        IpAddr::from([198, 18, u8::try_from(self.n + i).unwrap(), host])
+    }
+
+    /// The /24 of subnet `i`.
+    pub fn v4_net(&self, i: u32) -> String {
+        format!("198.18.{}.0/24", self.n + i)
+    }
+
+    /// IPv6 address `host` in the lab's /48 number `i` (0 or 1).
+    pub fn v6(&self, i: u32, host: u16) -> IpAddr {
+        IpAddr::from([
+            0xfd00,
+            0x7467,
+            u16::try_from(self.n * 2 + i).unwrap(),
+            0,
+            0,
+            0,
+            0,
+            host,
+        ])
+    }
+
+    /// The /48 of IPv6 subnet `i`.
+    pub fn v6_net(&self, i: u32) -> String {
+        format!("fd00:7467:{:x}::/48", self.n * 2 + i)
+    }
+
+    /// Runs `f` on a thread inside the client namespace.
+    pub fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        thread::spawn(move || {
+            let fd = File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Opens a TCP connection from `src` (inside the client namespace) to
+    /// `dst:port`, exchanging one line; true if it worked within `timeout`.
+    pub fn tcp_ok(&self, src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> bool {
+        self.in_client(move || tcp_exchange(src, SocketAddr::new(dst, port), timeout).is_ok())
+    }
+
+    /// Pings `dst` from the client namespace: number of replies out of `count`.
+    pub fn ping(&self, src: IpAddr, dst: IpAddr, count: u32) -> u32 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                &src.to_string(),
+                &dst.to_string(),
+            ])
+            .output()
+            .expect("ping (iputils-ping) must be installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(',')
+            .find_map(|p| {
+                p.trim()
+                    .strip_suffix(" received")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn tcp_exchange(src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"ping\n")?;
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf)?;
+    if &buf == b"ok\n" {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("bad reply"))
+    }
+}
+
+/// A TCP server in the root namespace answering "ok\n" to every connection,
+/// on all the lab's host addresses. Stops when dropped.
+pub struct Server {
+    /// Port it listens on (same on every address).
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Server {
+    /// Starts listening on `addrs` (one port for all).
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        let first = TcpListener::bind(SocketAddr::new(addrs[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for a in &addrs[1..] {
+            listeners.push(TcpListener::bind(SocketAddr::new(*a, port)).unwrap());
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for l in listeners {
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut b = [0u8; 5];
+                            if s.read_exact(&mut b).is_ok() {
+                                let _ = s.write_all(b"ok\n");
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        Self { port, stop }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The `tollgate` binary under test: `TOLLGATE_BIN`, or the one cargo built
+/// next to this test executable.
+pub fn tollgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("tollgate");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p tollgate) or set TOLLGATE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running agent with its own socket, state and pin directories.
+pub struct Agent {
+    child: Option<Child>,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Pin directory (removed on drop).
+    pub pins: PathBuf,
+    args: Vec<String>,
+    _tmp: tempfile::TempDir,
+    /// Where the agent's log goes.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `tollgate agent --iface IF` plus `extra` flags and waits until it serves.
+    pub fn start(iface: &str, extra: &[&str]) -> Self {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let id = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/tollgate-test-{}-{id}",
+            std::process::id()
+        ));
+        let socket = tmp.path().join("tollgate.sock");
+        let state = tmp.path().join("state");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--iface".into(),
+            iface.into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--pin-dir".into(),
+            pins.display().to_string(),
+            "--gc-interval".into(),
+            "200ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = tmp.path().join("agent.log");
+        let mut a = Self {
+            child: None,
+            socket,
+            state,
+            pins,
+            args,
+            _tmp: tmp,
+            log,
+        };
+        a.spawn();
+        a
+    }
+
+    /// (Re)starts the process with the same arguments.
+    pub fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(tollgate_bin())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.cli(&["status", "--json"]).status.success() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("agent exited early ({st}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up: {}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(tollgate_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and panics unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tollgate {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI with `--json` appended and parses the output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Kills the agent with a signal and waits for it (bounded).
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, sig);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill(nix::sys::signal::Signal::SIGTERM);
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

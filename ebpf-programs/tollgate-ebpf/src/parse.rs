@@ -103,12 +103,11 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     let src = Source::V4([ip[12], ip[13], ip[14], ip[15]]);
     let proto = ip[9];
     // Non-first fragments carry no upper-layer header; the source is enough.
+    // Options claimed but cut short: the header is not whole, so pass.
+    c.read::<1>(off + ihl - 1)?;
     let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
     let l4_status = if frag_offset != 0 {
         Reason::Clean
-    } else if c.read::<1>(off + ihl - 1).is_err() {
-        // Options claimed but cut short.
-        Reason::Truncated
     } else {
         check_l4(c, off + ihl, proto)
     };

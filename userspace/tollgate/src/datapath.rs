@@ -66,14 +66,25 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    /// Could not create the pin directory.
-    #[error("failed to create pin directory {path}")]
+    /// Could not create the pin directory or mount bpffs.
+    #[error("{message}: {}", path.display())]
     PinDir {
+        /// What failed.
+        message: &'static str,
         /// The directory.
         path: PathBuf,
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The pin directory is not on a bpf filesystem.
+    #[error(
+        "{} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or choose another --pin-dir",
+        path.display()
+    )]
+    NotBpffs {
+        /// The directory.
+        path: PathBuf,
     },
 }
 
@@ -165,25 +176,37 @@ impl Datapath {
             .map_max_entries(maps::BLOCK6_LPM, capacities.block6_lpm)
             .map_max_entries(maps::ALLOW4, capacities.allow)
             .map_max_entries(maps::ALLOW6, capacities.allow);
-        if let Some(dir) = pin_dir {
-            std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+        // Maps are declared pinned by name (so bans outlive the agent). An
+        // unpinned instance (tests, benchmarks) pins into a private scratch
+        // directory and unlinks it right after loading: the maps then live
+        // exactly as long as this process holds them.
+        static SCRATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let scratch = pin_dir.is_none().then(|| {
+            PathBuf::from(format!(
+                "/sys/fs/bpf/tollgate-scratch-{}-{}",
+                std::process::id(),
+                SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
+        });
+        let dir = pin_dir.or(scratch.as_deref());
+        if let Some(dir) = dir {
+            ensure_bpffs(dir)?;
             loader.default_map_pin_directory(dir);
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|source| DatapathError::Load {
-                hint: pin_dir.map_or_else(String::new, |d| {
-                    format!(
-                        " (if maps pinned under {} come from an incompatible Tollgate version, \
+        let loaded = loader.load(EBPF_OBJECT);
+        if let Some(s) = &scratch {
+            let _ = std::fs::remove_dir_all(s);
+        }
+        let mut ebpf = loaded.map_err(|source| DatapathError::Load {
+            hint: pin_dir.map_or_else(String::new, |d| {
+                format!(
+                    " (if maps pinned under {} come from an incompatible Tollgate version, \
                      stop the agent and remove that directory)",
-                        d.display()
-                    )
-                }),
-                source,
-            })?;
+                    d.display()
+                )
+            }),
+            source,
+        })?;
         for name in [programs::XDP_INGRESS, programs::TC_INGRESS] {
             let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
                 name,
@@ -426,7 +449,7 @@ impl Datapath {
         };
         let removed = match res {
             Ok(()) => true,
-            Err(MapError::KeyNotFound) => false,
+            Err(e) if is_not_found(&e) => false,
             Err(e) => return Err(map_err("delete from", "block")(e)),
         };
         self.bans.remove(&net);
@@ -524,7 +547,7 @@ impl Datapath {
         self.allows.remove(&net);
         match res {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_err("delete from", "allow")(e)),
         }
     }
@@ -660,6 +683,57 @@ impl Datapath {
         }
         self.prefilter_dirty = false;
         Ok(())
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `pin_dir` exists on a bpffs, mounting one at /sys/fs/bpf when
+/// that is where it should be and nothing is mounted there (fresh hosts).
+///
+/// # Errors
+/// When mounting or creating the directory fails, or it is on another filesystem.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !is_bpffs(root) {
+        let _ = std::fs::create_dir_all(root);
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| DatapathError::PinDir {
+            message: "bpffs is not mounted and mounting it failed",
+            path: root.to_owned(),
+            source: e.into(),
+        })?;
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+        message: "failed to create pin directory",
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    if !is_bpffs(pin_dir) {
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Deletes report a missing key as ENOENT from the syscall.
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

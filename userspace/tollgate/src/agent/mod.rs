@@ -35,7 +35,6 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Everything `tollgate agent` needs, after flags and config file are merged.
 #[derive(Clone, Debug)]
@@ -84,7 +83,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             opts.socket.display()
         );
     }
-    ensure_bpffs(&opts.pin_dir)?;
+    crate::datapath::ensure_bpffs(&opts.pin_dir)?;
 
     let maps_dir = opts.pin_dir.join("maps");
     let links_dir = opts.pin_dir.join("links");
@@ -281,37 +280,6 @@ fn take_lock(state_dir: &Path) -> anyhow::Result<File> {
             Err(e).with_context(|| format!("failed to lock {}", path.display()))
         }
     }
-}
-
-/// Makes sure the pin directory is on a bpffs, mounting one at /sys/fs/bpf
-/// if that is where it should be and nothing is mounted there.
-fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
-    let root = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(root) && !is_bpffs(root) {
-        std::fs::create_dir_all(root).ok();
-        nix::mount::mount(
-            Some("bpf"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed")?;
-        info!("mounted bpffs at /sys/fs/bpf");
-    }
-    std::fs::create_dir_all(pin_dir)
-        .with_context(|| format!("failed to create {}", pin_dir.display()))?;
-    if !is_bpffs(pin_dir) {
-        bail!(
-            "{} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pass --pin-dir",
-            pin_dir.display()
-        );
-    }
-    Ok(())
-}
-
-fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
 /// Binds the control socket: directory 0700, socket 0600, root-only.

@@ -1,0 +1,416 @@
+//! The datapath in the kernel: the loaded programs run on crafted packets
+//! through BPF_PROG_TEST_RUN, and verdicts and counters are read back from
+//! the real maps. Each test loads its own unpinned instance.
+#![expect(clippy::unwrap_used, reason = "tests panic with context")]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use ipnet::IpNet;
+use tollgate::{
+    clock,
+    datapath::{Capacities, Datapath},
+};
+use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Reason, Verdict, counter_index};
+use tollgate_tests::{
+    pkt::{self, Frame},
+    require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_SHOT: u32 = 2;
+const TCX_NEXT: u32 = u32::MAX; // -1
+
+fn load() -> Datapath {
+    require_root();
+    Datapath::load(
+        None,
+        Capacities {
+            block4: 1024,
+            block6: 1024,
+            block4_lpm: 1024,
+            block6_lpm: 1024,
+            allow: 64,
+        },
+    )
+    .unwrap()
+}
+
+fn run(dp: &mut Datapath, frame: &[u8]) -> u32 {
+    let prog = dp.xdp().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    res.return_value
+}
+
+fn run_tc(dp: &mut Datapath, frame: &[u8]) -> u32 {
+    let prog = dp.tc().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })
+    .unwrap()
+    .return_value
+}
+
+fn count(dp: &Datapath, v: Verdict, r: Reason) -> u64 {
+    dp.counters()
+        .unwrap()
+        .into_iter()
+        .find(|(cv, cr, _)| counter_index(*cv, *cr) == counter_index(v, r))
+        .map(|(_, _, c)| c.packets)
+        .unwrap()
+}
+
+fn ban(dp: &mut Datapath, net: &str) {
+    dp.insert_block(net_of(net), &entry(0)).unwrap();
+}
+
+fn entry(expires_ns: u64) -> BlockEntry {
+    BlockEntry {
+        expires_ns,
+        created_ns: clock::boot_ns(),
+        hits: 0,
+        reason: BanReason::Manual as u32,
+        reserved: 0,
+    }
+}
+
+fn net_of(s: &str) -> IpNet {
+    tollgate::net::parse_net(s).unwrap()
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn clean_ipv4_passes_and_is_counted() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.9.9");
+    let f = Frame::new().ipv4(v4("198.18.1.1"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Clean), 1);
+    assert_eq!(count(&dp, Verdict::Drop, Reason::Blocklisted), 0);
+}
+
+#[test]
+fn banned_ipv4_host_is_dropped_and_hits_counted() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.1.1");
+    for l4 in [
+        (pkt::TCP, pkt::tcp(b"GET / HTTP/1.1\r\n")),
+        (pkt::UDP, pkt::udp(b"x")),
+        (pkt::ICMP, pkt::icmp_echo(false)),
+    ] {
+        let f = Frame::new().ipv4(v4("198.18.1.1"), l4.0, &l4.1);
+        assert_eq!(run(&mut dp, &f), XDP_DROP);
+    }
+    assert_eq!(count(&dp, Verdict::Drop, Reason::Blocklisted), 3);
+    let e = dp.get_block(net_of("198.18.1.1/32")).unwrap().unwrap();
+    assert_eq!(e.hits, 3);
+    // A neighbour in the same /24 (same prefilter bucket) passes.
+    let f = Frame::new().ipv4(v4("198.18.1.2"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_PASS);
+}
+
+#[test]
+fn ipv4_ranges_drop_inside_and_pass_outside() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.4.0/24");
+    ban(&mut dp, "198.19.0.0/16");
+    for (src, want) in [
+        ("198.18.4.0", XDP_DROP),
+        ("198.18.4.200", XDP_DROP),
+        ("198.18.5.1", XDP_PASS),
+        ("198.18.3.255", XDP_PASS),
+        ("198.19.0.1", XDP_DROP),
+        ("198.19.255.254", XDP_DROP),
+        ("198.20.0.1", XDP_PASS),
+    ] {
+        let f = Frame::new().ipv4(v4(src), pkt::UDP, &pkt::udp(b""));
+        assert_eq!(run(&mut dp, &f), want, "{src}");
+    }
+}
+
+#[test]
+fn ipv6_hosts_and_ranges_through_extension_headers() {
+    let mut dp = load();
+    ban(&mut dp, "fd00:1::7");
+    ban(&mut dp, "fd00:2:3::/48");
+    ban(&mut dp, "fd00:9::/40");
+    let hbh = (0u8, pkt::opts_ext());
+    let dst = (60u8, pkt::opts_ext());
+    let frag = (44u8, pkt::frag_ext(0, true));
+    let chains: [Vec<(u8, Vec<u8>)>; 3] =
+        [vec![], vec![hbh.clone(), dst.clone()], vec![hbh, frag, dst]];
+    for chain in &chains {
+        for (src, want) in [
+            ("fd00:1::7", XDP_DROP),
+            ("fd00:1::8", XDP_PASS),
+            ("fd00:2:3:4::1", XDP_DROP),
+            ("fd00:2:4::1", XDP_PASS),
+            ("fd00:9:ab::1", XDP_DROP),
+            ("fd00:9:100::1", XDP_PASS),
+        ] {
+            let f = Frame::new().ipv6(v6(src), chain, pkt::TCP, &pkt::tcp(b""));
+            assert_eq!(
+                run(&mut dp, &f),
+                want,
+                "{src} with {} ext headers",
+                chain.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn short_ipv6_ranges_bypass_the_prefilter() {
+    let mut dp = load();
+    ban(&mut dp, "fd00::/16");
+    let f = Frame::new().ipv6(v6("fd00:abcd::1"), &[], pkt::ICMPV6, &pkt::icmp_echo(true));
+    assert_eq!(run(&mut dp, &f), XDP_DROP);
+    dp.remove_block(net_of("fd00::/16")).unwrap();
+    dp.maintain().unwrap();
+    assert_eq!(run(&mut dp, &f), XDP_PASS);
+}
+
+#[test]
+fn vlan_and_qinq_tagged_frames() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.6.6");
+    ban(&mut dp, "fd00:6::6");
+    for frame in [
+        Frame::new().vlan(10),
+        Frame::new().qinq().vlan(100).vlan(10),
+    ] {
+        let bad = frame.ipv4(v4("198.18.6.6"), pkt::TCP, &pkt::tcp(b""));
+        let good = frame.ipv4(v4("198.18.6.7"), pkt::TCP, &pkt::tcp(b""));
+        let bad6 = frame.ipv6(v6("fd00:6::6"), &[], pkt::UDP, &pkt::udp(b""));
+        assert_eq!(run(&mut dp, &bad), XDP_DROP);
+        assert_eq!(run(&mut dp, &good), XDP_PASS);
+        assert_eq!(run(&mut dp, &bad6), XDP_DROP);
+    }
+    // Three tags is more than the datapath walks: passed as not-IP, never dropped.
+    let deep = Frame::new().qinq().vlan(1).vlan(2).vlan(3).ipv4(
+        v4("198.18.6.6"),
+        pkt::TCP,
+        &pkt::tcp(b""),
+    );
+    assert_eq!(run(&mut dp, &deep), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::NotIp), 1);
+}
+
+#[test]
+fn truncated_headers_pass_and_are_counted() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.7.7");
+    ban(&mut dp, "fd00:7::7");
+    let full = Frame::new().ipv4(v4("198.18.7.7"), pkt::TCP, &pkt::tcp(b""));
+    // Ethernet alone (the kernel refuses shorter test frames), and cuts
+    // inside the IPv4 header.
+    for cut in [14usize, 14 + 10, 14 + 19] {
+        assert_eq!(run(&mut dp, &full[..cut]), XDP_PASS, "cut at {cut}");
+    }
+    // IHL claims options that are not there.
+    let mut opts = Frame::new().ipv4_full(
+        v4("198.18.7.7"),
+        pkt::TCP,
+        &[],
+        &[1, 1, 1, 1, 1, 1, 1, 1],
+        0,
+    );
+    opts.truncate(14 + 22);
+    assert_eq!(run(&mut dp, &opts), XDP_PASS);
+    // IPv6 header cut short.
+    let v6full = Frame::new().ipv6(v6("fd00:7::7"), &[], pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &v6full[..14 + 30]), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Truncated), 5);
+    assert_eq!(count(&dp, Verdict::Drop, Reason::Blocklisted), 0);
+    // A whole IP header from a banned source with a cut TCP header is still
+    // dropped: the ban needs only the source address.
+    assert_eq!(run(&mut dp, &full[..14 + 20 + 8]), XDP_DROP);
+    // ...while a clean source with a cut TCP header passes, counted as truncated.
+    let clean = Frame::new().ipv4(v4("198.18.7.8"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &clean[..14 + 20 + 8]), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Truncated), 6);
+}
+
+#[test]
+fn ipv4_options_and_fragments() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.8.8");
+    let with_opts = Frame::new().ipv4_full(
+        v4("198.18.8.8"),
+        pkt::TCP,
+        &pkt::tcp(b""),
+        &[0x94, 4, 0, 0],
+        0,
+    );
+    assert_eq!(run(&mut dp, &with_opts), XDP_DROP);
+    let clean_opts = Frame::new().ipv4_full(
+        v4("198.18.8.9"),
+        pkt::TCP,
+        &pkt::tcp(b""),
+        &[0x94, 4, 0, 0],
+        0,
+    );
+    assert_eq!(run(&mut dp, &clean_opts), XDP_PASS);
+    // Non-first fragment: no TCP header inside, source still known.
+    let frag = Frame::new().ipv4_full(
+        v4("198.18.8.8"),
+        pkt::TCP,
+        b"middle of a segment",
+        &[],
+        0x2000 | 185,
+    );
+    assert_eq!(run(&mut dp, &frag), XDP_DROP);
+    let clean_frag = Frame::new().ipv4_full(v4("198.18.8.9"), pkt::TCP, b"xx", &[], 185);
+    assert_eq!(run(&mut dp, &clean_frag), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Clean), 2);
+    // IPv6 non-first fragment.
+    ban(&mut dp, "fd00:8::8");
+    let f6 = Frame::new().ipv6(
+        v6("fd00:8::8"),
+        &[(44, pkt::frag_ext(100, false))],
+        pkt::TCP,
+        b"tail",
+    );
+    assert_eq!(run(&mut dp, &f6), XDP_DROP);
+}
+
+#[test]
+fn unknown_ethertypes_and_malformed_ip_pass() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.1.1");
+    let ip_like = Frame::new().ipv4(v4("198.18.1.1"), pkt::TCP, &pkt::tcp(b""));
+    for ethertype in [0x0806u16, 0x88cc, 0x8847, 0x1234] {
+        let f = Frame::new().raw(ethertype, &ip_like[14..]);
+        assert_eq!(run(&mut dp, &f), XDP_PASS, "ethertype {ethertype:#x}");
+    }
+    assert_eq!(count(&dp, Verdict::Pass, Reason::NotIp), 4);
+    // IPv4 ethertype with a version-6 header, and an IHL below 5.
+    let mut bad_version = ip_like.clone();
+    bad_version[14] = 0x65;
+    let mut bad_ihl = ip_like.clone();
+    bad_ihl[14] = 0x44;
+    assert_eq!(run(&mut dp, &bad_version), XDP_PASS);
+    assert_eq!(run(&mut dp, &bad_ihl), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Malformed), 2);
+    assert_eq!(count(&dp, Verdict::Drop, Reason::Blocklisted), 0);
+}
+
+#[test]
+fn allowlist_beats_blocklist() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.2.0/24");
+    ban(&mut dp, "198.18.2.5");
+    ban(&mut dp, "fd00:2::/48");
+    let allow = AllowEntry {
+        created_ns: clock::boot_ns(),
+        hits: 0,
+    };
+    dp.insert_allow(net_of("198.18.2.5"), &allow).unwrap();
+    dp.insert_allow(net_of("fd00:2::/64"), &allow).unwrap();
+    let f = |s: &str| Frame::new().ipv4(v4(s), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f("198.18.2.5")), XDP_PASS);
+    assert_eq!(run(&mut dp, &f("198.18.2.6")), XDP_DROP);
+    let g = |s: &str| Frame::new().ipv6(v6(s), &[], pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &g("fd00:2::99")), XDP_PASS);
+    assert_eq!(run(&mut dp, &g("fd00:2:0:1::99")), XDP_DROP);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Allowlisted), 2);
+    let hits: u64 = dp
+        .allow_entries()
+        .unwrap()
+        .iter()
+        .map(|(_, e)| e.hits)
+        .sum();
+    assert_eq!(hits, 2);
+}
+
+#[test]
+fn expired_entries_stop_dropping_without_userspace() {
+    let mut dp = load();
+    let now = clock::boot_ns();
+    dp.insert_block(net_of("198.18.3.3"), &entry(now - 1))
+        .unwrap();
+    dp.insert_block(net_of("198.18.3.0/24"), &entry(now + 3_600_000_000_000))
+        .unwrap();
+    dp.insert_block(net_of("fd00:3::3"), &entry(now - 1))
+        .unwrap();
+    // The host entry expired but the live range still covers it.
+    let f = Frame::new().ipv4(v4("198.18.3.3"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_DROP);
+    let g = Frame::new().ipv6(v6("fd00:3::3"), &[], pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &g), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Expired), 1);
+    // A ban that expires a moment from now drops, then stops by itself.
+    let soon = clock::boot_ns() + 300_000_000;
+    dp.insert_block(net_of("fd00:3::4"), &entry(soon)).unwrap();
+    let h = Frame::new().ipv6(v6("fd00:3::4"), &[], pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &h), XDP_DROP);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(run(&mut dp, &h), XDP_PASS);
+}
+
+#[test]
+fn monitor_mode_counts_and_passes() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.5.5");
+    dp.set_mode(Mode::Monitor).unwrap();
+    let f = Frame::new().ipv4(v4("198.18.5.5"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Monitor, Reason::Blocklisted), 1);
+    assert_eq!(count(&dp, Verdict::Drop, Reason::Blocklisted), 0);
+    dp.set_mode(Mode::Enforce).unwrap();
+    assert_eq!(run(&mut dp, &f), XDP_DROP);
+}
+
+#[test]
+fn long_extension_chains_pass_unless_banned() {
+    let mut dp = load();
+    ban(&mut dp, "fd00:5::5");
+    let chain: Vec<(u8, Vec<u8>)> = (0..10).map(|_| (60u8, pkt::opts_ext())).collect();
+    let clean = Frame::new().ipv6(v6("fd00:5::6"), &chain, pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &clean), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::ExtChainTooLong), 1);
+    // Padding the chain does not smuggle a banned source past the NIC.
+    let banned = Frame::new().ipv6(v6("fd00:5::5"), &chain, pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &banned), XDP_DROP);
+}
+
+#[test]
+fn removal_clears_prefilter_without_hiding_neighbours() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.12.1");
+    ban(&mut dp, "198.18.12.2");
+    assert!(dp.remove_block(net_of("198.18.12.1")).unwrap());
+    dp.maintain().unwrap();
+    let f = |s: &str| Frame::new().ipv4(v4(s), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f("198.18.12.1")), XDP_PASS);
+    assert_eq!(run(&mut dp, &f("198.18.12.2")), XDP_DROP);
+    assert!(!dp.remove_block(net_of("198.18.12.1")).unwrap());
+}
+
+#[test]
+fn tc_program_makes_the_same_decisions() {
+    let mut dp = load();
+    ban(&mut dp, "198.18.11.0/24");
+    let bad = Frame::new().ipv4(v4("198.18.11.9"), pkt::TCP, &pkt::tcp(b""));
+    let good = Frame::new().ipv4(v4("198.18.10.9"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run_tc(&mut dp, &bad), TC_ACT_SHOT);
+    assert_eq!(run_tc(&mut dp, &good), TCX_NEXT);
+}
