@@ -82,7 +82,7 @@ impl Frame {
         frag: u16,
     ) -> Vec<u8> {
         let mut opts = options.to_vec();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let ihl = u8::try_from(5 + opts.len() / 4).unwrap_or(15);

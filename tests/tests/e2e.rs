@@ -1,7 +1,6 @@
 //! End to end, as an operator runs it: the real `tollgate` binary as agent
 //! and CLI, XDP (or tcx) on the root end of a veth pair, a client in its own
 //! namespace talking TCP and ICMP to a server in the root namespace.
-#![expect(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::{net::IpAddr, time::Duration};
 

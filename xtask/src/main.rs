@@ -1,1 +1,124 @@
-fn main() {}
+//! `cargo xtask`: set up the toolchain, run the tests, benchmarks and demo.
+//!
+//! Kept free of the eBPF build (no dependency on the `tollgate` crate), so
+//! `cargo xtask setup` works on a fresh machine before anything else does.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tollgate's build, test, bench and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker built
+    /// against the nightly's LLVM, bpffs, test tools. Idempotent.
+    Setup {
+        /// Also install the Debian packages the tests and benchmarks use.
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Run every test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end
+    /// (veth namespaces). Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: `xdp` (datapath cost per packet, and on the wire against nftables).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["xdp"])]
+        which: String,
+        /// Arguments passed to the benchmark binary.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A narrated lab: a sample API, a good client and an abusive one, the
+    /// agent protecting the API, then a clean teardown. Needs root.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup { test_deps } => setup::run(test_deps),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench { which, args } => bench(&which, &args),
+        Cmd::Demo => demo(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command, inheriting stdio; fails on a non-zero exit.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("failed to start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} needs root: it loads eBPF programs and creates network namespaces");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    require_root("cargo xtask test")?;
+    setup::check_ready()?;
+    // The end-to-end tests drive the real binary.
+    run(cargo().args(["build", "-p", "tollgate"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "tollgate-ebpf"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(&mut cmd)
+}
+
+fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
+    require_root("cargo xtask bench")?;
+    setup::check_ready()?;
+    run(cargo()
+        .args(["run", "--release", "-p", "tollgate-tests", "--bin", "tollgate-bench", "--"])
+        .arg(which)
+        .args(args))
+}
+
+fn demo() -> anyhow::Result<()> {
+    require_root("cargo xtask demo")?;
+    setup::check_ready()?;
+    run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
+    run(cargo().args(["build", "--release", "-p", "tollgate-tests", "--bin", "tollgate-demo"]))?;
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let target = std::path::Path::new(&root).join("../target/release");
+    run(Command::new(target.join("tollgate-demo")).env("TOLLGATE_BIN", target.join("tollgate")))
+}

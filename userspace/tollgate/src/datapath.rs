@@ -38,7 +38,7 @@ pub enum DatapathError {
         hint: String,
         /// The underlying error.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// A program is missing from the object or failed the verifier.
     #[error("failed to load program {name}")]
@@ -47,7 +47,7 @@ pub enum DatapathError {
         name: &'static str,
         /// The underlying error.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing from the object.
     #[error("map {name} missing from the eBPF object")]
@@ -64,7 +64,7 @@ pub enum DatapathError {
         name: &'static str,
         /// The underlying error.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// Could not create the pin directory or mount bpffs.
     #[error("{message}: {}", path.display())]
@@ -91,7 +91,11 @@ pub enum DatapathError {
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
 fn map_err(op: &'static str, name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
-    move |source| DatapathError::Map { op, name, source }
+    move |source| DatapathError::Map {
+        op,
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// How many entries each map may hold (set at load time).
@@ -205,19 +209,22 @@ impl Datapath {
                     d.display()
                 )
             }),
-            source,
+            source: Box::new(source),
         })?;
         for name in [programs::XDP_INGRESS, programs::TC_INGRESS] {
             let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
                 name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })?;
             let res = match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
-            res.map_err(|source| DatapathError::Program { name, source })?;
+            res.map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -296,7 +303,7 @@ impl Datapath {
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .ok_or(DatapathError::Program {
                 name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })
     }
 
@@ -311,7 +318,7 @@ impl Datapath {
             .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
             .ok_or(DatapathError::Program {
                 name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })
     }
 
@@ -725,7 +732,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Deletes report a missing key as ENOENT from the syscall.

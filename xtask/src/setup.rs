@@ -1,0 +1,196 @@
+//! `cargo xtask setup`: make a fresh machine able to build and test Tollgate.
+//! Every step checks first and says what it did, skipped, or why it failed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::run as sh;
+
+/// bpf-linker release known to work with the nightly's LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn ok(msg: impl AsRef<str>) {
+    println!("  ok    {}", msg.as_ref());
+}
+
+fn did(msg: impl AsRef<str>) {
+    println!("  done  {}", msg.as_ref());
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn steps(test_deps: bool) -> anyhow::Result<()> {
+    nightly()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs();
+    if test_deps {
+        debian_packages()?;
+    }
+    Ok(())
+}
+
+pub fn run(test_deps: bool) -> anyhow::Result<()> {
+    println!("tollgate setup:");
+    steps(test_deps)?;
+    println!("ready: `cargo build --release` now produces target/release/tollgate");
+    Ok(())
+}
+
+/// Fails with advice unless the toolchain pieces are present.
+pub fn check_ready() -> anyhow::Result<()> {
+    if output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_none()
+        || linker_version().is_none()
+        || !rust_src_present()
+    {
+        bail!("the eBPF toolchain is incomplete: run `cargo xtask setup` first");
+    }
+    Ok(())
+}
+
+/// bpf-linker links against the nightly's libLLVM, which is only on the
+/// library path under `rustup run nightly` (as aya-build runs it).
+fn linker_version() -> Option<String> {
+    output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
+}
+
+fn nightly() -> anyhow::Result<()> {
+    if let Some(v) = output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        ok(format!("nightly toolchain: {v}"));
+        return Ok(());
+    }
+    println!("  ..    installing the nightly toolchain (minimal profile)");
+    sh(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+        .context("the eBPF programs need a nightly toolchain (for -Z build-std=core)")?;
+    did("installed the nightly toolchain");
+    Ok(())
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(PathBuf::from)
+        .context("cannot find the nightly sysroot")
+}
+
+fn rust_src_present() -> bool {
+    nightly_sysroot().is_ok_and(|s| s.join("lib/rustlib/src/rust/library/core").exists())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    if rust_src_present() {
+        ok("nightly rust-src (for -Z build-std=core on bpfel-unknown-none)");
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("failed to add rust-src to the nightly toolchain")?;
+    did("added rust-src to the nightly toolchain");
+    Ok(())
+}
+
+/// The nightly's own LLVM shared library, e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`,
+/// and its major version.
+fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
+    let lib = sysroot.join("lib");
+    let mut found = None;
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix("libLLVM.so.")
+            && let Some(major) = rest.split('.').next().and_then(|m| m.parse::<u32>().ok())
+        {
+            found = Some((lib.join(&name), major));
+        }
+    }
+    found.with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    let (llvm, major) = nightly_llvm(&sysroot)?;
+    if let Some(v) = linker_version() {
+        ok(format!("bpf-linker: {v} (nightly LLVM {major})"));
+        return Ok(());
+    }
+    // bpf-linker's default build wants a system LLVM that Debian does not
+    // ship in the right version; link it against the nightly's own LLVM.
+    println!("  ..    building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)");
+    let prefix = std::env::temp_dir().join(format!("tollgate-llvm-prefix-{major}"));
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir)?;
+    let link = libdir.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)
+        .with_context(|| format!("failed to link {} -> {}", link.display(), llvm.display()))?;
+    sh(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))
+    .or_else(|_| {
+        // --locked can fail when the lock file pins something yanked; retry without.
+        sh(Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix))
+    })
+    .with_context(|| {
+        format!(
+            "failed to build bpf-linker against {} (LLVM {major}); this bpf-linker release may \
+             not know LLVM {major} yet",
+            llvm.display()
+        )
+    })?;
+    did(format!("installed bpf-linker {BPF_LINKER_VERSION} (LLVM {major})"));
+    Ok(())
+}
+
+fn bpffs() {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")));
+    if mounted {
+        ok("bpffs mounted at /sys/fs/bpf");
+        return;
+    }
+    match Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status() {
+        Ok(s) if s.success() => did("mounted bpffs at /sys/fs/bpf"),
+        _ => println!(
+            "  skip  bpffs is not mounted at /sys/fs/bpf and mounting failed (not root?); \
+             the agent mounts it itself when run as root"
+        ),
+    }
+}
+
+/// Debian packages the tests and benchmarks drive.
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("nft", "nftables"),
+    ("curl", "curl"),
+];
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        ok("test tools (ip, ping, nft, curl)");
+        return Ok(());
+    }
+    sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("failed to install test tools")?;
+    did(format!("installed {}", missing.join(", ")));
+    Ok(())
+}
