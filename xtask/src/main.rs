@@ -11,7 +11,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Tollgate's build, test, bench and demo tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "Tollgate's build, test, bench and demo tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -67,7 +70,9 @@ fn main() -> ExitCode {
 /// Runs a command, inheriting stdio; fails on a non-zero exit.
 pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let st = cmd.status().with_context(|| format!("failed to start {shown}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("failed to start {shown}"))?;
     if !st.success() {
         bail!("{shown} failed ({st})");
     }
@@ -108,7 +113,15 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask bench")?;
     setup::check_ready()?;
     run(cargo()
-        .args(["run", "--release", "-p", "tollgate-tests", "--bin", "tollgate-bench", "--"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "tollgate-tests",
+            "--bin",
+            "tollgate-bench",
+            "--",
+        ])
         .arg(which)
         .args(args))
 }
@@ -117,7 +130,14 @@ fn demo() -> anyhow::Result<()> {
     require_root("cargo xtask demo")?;
     setup::check_ready()?;
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
-    run(cargo().args(["build", "--release", "-p", "tollgate-tests", "--bin", "tollgate-demo"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tollgate-tests",
+        "--bin",
+        "tollgate-demo",
+    ]))?;
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
     let target = std::path::Path::new(&root).join("../target/release");
     run(Command::new(target.join("tollgate-demo")).env("TOLLGATE_BIN", target.join("tollgate")))

@@ -101,7 +101,9 @@ fn rust_src() -> anyhow::Result<()> {
 fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
     let lib = sysroot.join("lib");
     let mut found = None;
-    for entry in std::fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))? {
+    for entry in
+        std::fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))?
+    {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix("libLLVM.so.")
             && let Some(major) = rest.split('.').next().and_then(|m| m.parse::<u32>().ok())
@@ -121,7 +123,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     // bpf-linker's default build wants a system LLVM that Debian does not
     // ship in the right version; link it against the nightly's own LLVM.
-    println!("  ..    building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)");
+    println!(
+        "  ..    building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)"
+    );
     let prefix = std::env::temp_dir().join(format!("tollgate-llvm-prefix-{major}"));
     let libdir = prefix.join("lib");
     std::fs::create_dir_all(&libdir)?;
@@ -130,14 +134,35 @@ fn bpf_linker() -> anyhow::Result<()> {
     std::os::unix::fs::symlink(&llvm, &link)
         .with_context(|| format!("failed to link {} -> {}", link.display(), llvm.display()))?;
     sh(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .env("LLVM_PREFIX", &prefix))
     .or_else(|_| {
         // --locked can fail when the lock file pins something yanked; retry without.
         sh(Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix))
     })
     .with_context(|| {
@@ -147,18 +172,25 @@ fn bpf_linker() -> anyhow::Result<()> {
             llvm.display()
         )
     })?;
-    did(format!("installed bpf-linker {BPF_LINKER_VERSION} (LLVM {major})"));
+    did(format!(
+        "installed bpf-linker {BPF_LINKER_VERSION} (LLVM {major})"
+    ));
     Ok(())
 }
 
 fn bpffs() {
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")));
+    let mounted = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    });
     if mounted {
         ok("bpffs mounted at /sys/fs/bpf");
         return;
     }
-    match Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status() {
+    match Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+    {
         Ok(s) if s.success() => did("mounted bpffs at /sys/fs/bpf"),
         _ => println!(
             "  skip  bpffs is not mounted at /sys/fs/bpf and mounting failed (not root?); \
@@ -178,7 +210,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 4] = [
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .filter(|(bin, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -48,6 +48,14 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "tollgate_xdp";
     /// The same logic as a TC (tcx) ingress classifier.
     pub const TC_INGRESS: &str = "tollgate_tc";
+    /// Benchmark only: the trivial XDP_PASS floor.
+    pub const BENCH_PASS: &str = "bench_pass";
+    /// Benchmark only: count and pass.
+    pub const BENCH_COUNT: &str = "bench_count";
+    /// Benchmark only: count and drop.
+    pub const BENCH_DROP: &str = "bench_drop";
+    /// Benchmark only: live-frames packet generator.
+    pub const BENCH_GEN: &str = "bench_gen";
 }
 
 /// Default capacities. The agent may override them at load time; the kernel
@@ -122,6 +130,10 @@ pub mod config_flags {
     /// The IPv6 range trie holds a prefix shorter than
     /// [`super::prefilter::V6_MIN_ENUMERATED_PREFIX`]: bypass the prefilter.
     pub const V6_SHORT_RANGES: u32 = 1 << 2;
+    /// The IPv4 allowlist holds entries (else its trie is not consulted).
+    pub const V4_ALLOW: u32 = 1 << 3;
+    /// The IPv6 allowlist holds entries.
+    pub const V6_ALLOW: u32 = 1 << 4;
 }
 
 /// Enforcement mode, [`Config::mode`].

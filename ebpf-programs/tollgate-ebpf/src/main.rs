@@ -12,6 +12,7 @@
     expect(internal_features, reason = "atomic add on map values")
 )]
 
+mod bench;
 mod maps;
 mod parse;
 
@@ -103,7 +104,7 @@ fn lookup_v4(addr: &[u8; 4], flags: u32) -> Match {
     let mut expired = false;
     if let Some(e) = TG_BLOCK4.get_ptr_mut(addr) {
         if live(e, &mut now) {
-            return allow_or_ban_v4(addr, e);
+            return allow_or_ban_v4(addr, e, flags);
         }
         expired = true;
     }
@@ -112,7 +113,7 @@ fn lookup_v4(addr: &[u8; 4], flags: u32) -> Match {
     {
         let e = e as *const BlockEntry as *mut BlockEntry;
         if live(e, &mut now) {
-            return allow_or_ban_v4(addr, e);
+            return allow_or_ban_v4(addr, e, flags);
         }
         expired = true;
     }
@@ -130,7 +131,7 @@ fn lookup_v6(addr: &[u8; 16], flags: u32) -> Match {
     let mut expired = false;
     if let Some(e) = TG_BLOCK6.get_ptr_mut(addr) {
         if live(e, &mut now) {
-            return allow_or_ban_v6(addr, e);
+            return allow_or_ban_v6(addr, e, flags);
         }
         expired = true;
     }
@@ -139,7 +140,7 @@ fn lookup_v6(addr: &[u8; 16], flags: u32) -> Match {
     {
         let e = e as *const BlockEntry as *mut BlockEntry;
         if live(e, &mut now) {
-            return allow_or_ban_v6(addr, e);
+            return allow_or_ban_v6(addr, e, flags);
         }
         expired = true;
     }
@@ -169,7 +170,10 @@ fn live(entry: *mut BlockEntry, now: &mut u64) -> bool {
 }
 
 #[inline(always)]
-fn allow_or_ban_v4(addr: &[u8; 4], entry: *mut BlockEntry) -> Match {
+fn allow_or_ban_v4(addr: &[u8; 4], entry: *mut BlockEntry, flags: u32) -> Match {
+    if flags & config_flags::V4_ALLOW == 0 {
+        return Match::Banned(entry);
+    }
     match TG_ALLOW4.get(Key::new(32, *addr)) {
         Some(a) => {
             atomic_inc(&a.hits as *const u64 as *mut u64);
@@ -180,7 +184,10 @@ fn allow_or_ban_v4(addr: &[u8; 4], entry: *mut BlockEntry) -> Match {
 }
 
 #[inline(always)]
-fn allow_or_ban_v6(addr: &[u8; 16], entry: *mut BlockEntry) -> Match {
+fn allow_or_ban_v6(addr: &[u8; 16], entry: *mut BlockEntry, flags: u32) -> Match {
+    if flags & config_flags::V6_ALLOW == 0 {
+        return Match::Banned(entry);
+    }
     match TG_ALLOW6.get(Key::new(128, *addr)) {
         Some(a) => {
             atomic_inc(&a.hits as *const u64 as *mut u64);

@@ -286,6 +286,17 @@ impl Datapath {
         for (net, _) in self.allow_entries()? {
             self.allows.insert(net);
         }
+        let mut flags = self.config.flags & !(config_flags::V4_ALLOW | config_flags::V6_ALLOW);
+        if self.allows.iter().any(|n| matches!(n, IpNet::V4(_))) {
+            flags |= config_flags::V4_ALLOW;
+        }
+        if self.allows.iter().any(|n| matches!(n, IpNet::V6(_))) {
+            flags |= config_flags::V6_ALLOW;
+        }
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
         self.mirror4 = read_words(&self.pre4, maps::PREFILTER4)?;
         self.mirror6 = read_words(&self.pre6, maps::PREFILTER6)?;
         self.prefilter_dirty = true;
@@ -320,6 +331,35 @@ impl Datapath {
                 name,
                 source: Box::new(ProgramError::NotLoaded),
             })
+    }
+
+    /// The loaded object, for benchmarks and tools that need its other
+    /// programs (`bench_*`) and maps. The agent never uses this.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Loads (once) and returns one of the object's other XDP programs.
+    ///
+    /// # Errors
+    /// When the program is missing or the kernel refuses it.
+    pub fn extra_xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let missing = || DatapathError::Program {
+            name,
+            source: Box::new(ProgramError::NotLoaded),
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or_else(missing)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(prog)
     }
 
     /// Current mode.
@@ -528,6 +568,16 @@ impl Datapath {
     /// # Errors
     /// When the map write fails.
     pub fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
+        // Flag first: the datapath then consults the trie, which the entry
+        // joins a moment later.
+        let flag = match net {
+            IpNet::V4(_) => config_flags::V4_ALLOW,
+            IpNet::V6(_) => config_flags::V6_ALLOW,
+        };
+        if self.config.flags & flag == 0 {
+            self.config.flags |= flag;
+            self.write_config()?;
+        }
         match net {
             IpNet::V4(n) => self
                 .allow4
@@ -552,6 +602,18 @@ impl Datapath {
             IpNet::V6(n) => self.allow6.remove(&key6(n)),
         };
         self.allows.remove(&net);
+        let flag = match net {
+            IpNet::V4(_) => config_flags::V4_ALLOW,
+            IpNet::V6(_) => config_flags::V6_ALLOW,
+        };
+        let family_left = self
+            .allows
+            .iter()
+            .any(|n| matches!(n, IpNet::V4(_)) == matches!(net, IpNet::V4(_)));
+        if !family_left && self.config.flags & flag != 0 {
+            self.config.flags &= !flag;
+            self.write_config()?;
+        }
         match res {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),

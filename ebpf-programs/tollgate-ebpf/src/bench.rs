@@ -1,0 +1,64 @@
+//! Programs used only by `cargo xtask bench` (never attached by the agent):
+//! the XDP_PASS floor, a counting pass for in-stack comparisons, and a packet
+//! generator that rewrites the IPv4 source for BPF_PROG_TEST_RUN live frames.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Generator settings: `[base (host order), mask, 0, 0]`.
+#[map]
+static TG_BENCH_GEN: Array<[u32; 4]> = Array::with_max_entries(1, 0);
+
+/// Packets seen by `bench_count`.
+#[map]
+static TG_BENCH_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The floor: the cheapest possible XDP program.
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Counts and passes (so veth delivers frames to the stack for nftables).
+#[xdp]
+pub fn bench_count(_ctx: XdpContext) -> u32 {
+    if let Some(c) = TG_BENCH_CNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Counts and drops: the cheapest possible drop, the wire benchmark's floor.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    if let Some(c) = TG_BENCH_CNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Rewrites the IPv4 source to a random address in `base/mask` and transmits.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Ethernet + IPv4 source at bytes 26..30.
+    if start + 34 > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(cfg) = TG_BENCH_GEN.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    let src = cfg[0] | (r & cfg[1]);
+    // SAFETY: bounds checked above.
+    unsafe { core::ptr::write_unaligned((start + 26) as *mut [u8; 4], src.to_be_bytes()) };
+    xdp_action::XDP_TX
+}

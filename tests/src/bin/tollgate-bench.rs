@@ -1,0 +1,550 @@
+//! `cargo xtask bench xdp`: what the datapath costs per packet.
+//!
+//! 1. In the kernel through BPF_PROG_TEST_RUN (>= 1,000,000 repeats each):
+//!    the trivial XDP_PASS floor, and Tollgate on a passing and on a dropped
+//!    packet with 0, 10,000 and 1,000,000 block entries (a realistic mix).
+//!    Repeating one packet keeps its map entries in cache: this is the
+//!    single-source cost.
+//! 2. On the wire, with sources drawn at random: a live-frames generator
+//!    sends IPv4 packets from random addresses of 198.18.0.0/15 (every one
+//!    banned, among 1,000,000 entries) over a veth pair; the receiving side
+//!    runs Tollgate, then nftables with a set of the same entries. Reported:
+//!    receive CPU time per packet, read from the (threaded) NAPI thread.
+//! 3. Kernel memory the maps take at 1,000,000 entries.
+//!
+//! Ratios are computed against baselines measured in the same run.
+#![expect(clippy::unwrap_used, reason = "benchmark tool: panics with context")]
+
+use std::{
+    fs::File,
+    io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tollgate::{
+    clock,
+    datapath::{Capacities, Datapath},
+};
+use tollgate_common::{BanReason, BlockEntry, programs};
+use tollgate_tests::{pkt, sh};
+
+const REPEAT: u32 = 1_000_000;
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
+    match which.as_str() {
+        "xdp" => xdp(),
+        other => {
+            eprintln!("unknown benchmark '{other}' (known: xdp)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn caps() -> Capacities {
+    Capacities {
+        block4: 1 << 20,
+        block6: 1 << 19,
+        block4_lpm: 1 << 17,
+        block6_lpm: 1 << 16,
+        allow: 1024,
+    }
+}
+
+fn entry() -> BlockEntry {
+    BlockEntry {
+        expires_ns: 0,
+        created_ns: clock::boot_ns(),
+        hits: 0,
+        reason: BanReason::Feed as u32,
+        reserved: 0,
+    }
+}
+
+/// `n` block entries: 70 % IPv4, 30 % IPv6; 95 % single hosts, 5 % ranges
+/// (IPv4 /16–/31, mostly /24; IPv6 /48–/127, mostly /64). Nothing in it
+/// covers 198.18.0.0/15 or fd00::/8, which the benchmark's packets use.
+fn mix(n: usize, seed: u64) -> Vec<IpNet> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let lab4: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+    let lab6: Ipv6Net = "fd00::/8".parse().unwrap();
+    let mut out = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    while out.len() < n {
+        let range = rng.u8(0..100) < 5;
+        let net = if rng.u8(0..100) < 70 {
+            let len = if range {
+                *[16u8, 20, 22, 24, 24, 24, 24, 26, 28, 31]
+                    .get(rng.usize(0..10))
+                    .unwrap()
+            } else {
+                32
+            };
+            let a = Ipv4Addr::from(rng.u32(0x0100_0000..0xe000_0000));
+            let net = Ipv4Net::new(a, len).unwrap().trunc();
+            if lab4.contains(&net) || net.contains(&lab4) {
+                continue;
+            }
+            IpNet::V4(net)
+        } else {
+            let len = if range {
+                *[48u8, 56, 64, 64, 64, 96, 112, 127]
+                    .get(rng.usize(0..8))
+                    .unwrap()
+            } else {
+                128
+            };
+            let a =
+                Ipv6Addr::from(0x2000_0000_0000_0000_0000_0000_0000_0000u128 | (rng.u128(..) >> 3));
+            let net = Ipv6Net::new(a, len).unwrap().trunc();
+            if lab6.contains(&net) {
+                continue;
+            }
+            IpNet::V6(net)
+        };
+        if seen.insert(net) {
+            out.push(net);
+        }
+    }
+    out
+}
+
+fn frame_v4(src: Ipv4Addr) -> Vec<u8> {
+    pkt::Frame::new().ipv4(src, pkt::UDP, &pkt::udp(&[0u8; 18]))
+}
+
+fn frame_v6(src: Ipv6Addr) -> Vec<u8> {
+    pkt::Frame::new().ipv6(src, &[], pkt::UDP, &pkt::udp(&[0u8; 18]))
+}
+
+/// Kernel-reported ns per run over `REPEAT` runs (best of 3, to shed noise).
+fn ns_per_packet(prog: &mut Xdp, frame: &[u8], want: u32) -> u64 {
+    (0..3)
+        .map(|_| {
+            let mut out = vec![0u8; frame.len() + 256];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    repeat: REPEAT,
+                    ..TestRunOptions::default()
+                })
+                .unwrap();
+            assert_eq!(r.return_value, want, "unexpected verdict");
+            u64::try_from(r.duration.as_nanos()).unwrap()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Kernel memory of this process's Tollgate maps (fdinfo `memlock`, which
+/// this kernel reports as the map's actual memory use).
+fn map_memory() -> u64 {
+    let ours: std::collections::HashSet<u32> = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| {
+            m.name_as_str()
+                .is_some_and(|n| n.starts_with("TG_") && !n.starts_with("TG_BENCH"))
+        })
+        .map(|m| m.id())
+        .collect();
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let is_ours = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("map_id:")
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            })
+            .is_some_and(|id| ours.contains(&id));
+        if is_ours {
+            total += text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("memlock:")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn xdp() {
+    tollgate_tests::require_root();
+    println!("# cargo xtask bench xdp\n");
+    println!(
+        "## Per-packet time in the kernel (BPF_PROG_TEST_RUN, {REPEAT} repeats, one source, best of 3)\n"
+    );
+    let mut dp = Datapath::load(None, caps()).unwrap();
+    let clean4 = frame_v4(Ipv4Addr::new(198, 18, 1, 1));
+    // Shares the banned host's prefilter bucket: the pass path's worst case.
+    let near4 = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
+    let banned4 = frame_v4(Ipv4Addr::new(198, 18, 0, 2));
+    let clean6 = frame_v6("fd00:1::1".parse().unwrap());
+    let near6 = frame_v6("fd00::1".parse().unwrap());
+    let banned6 = frame_v6("fd00::2".parse().unwrap());
+    let floor = ns_per_packet(dp.extra_xdp(programs::BENCH_PASS).unwrap(), &clean4, 2);
+    println!("floor (XDP_PASS program): {floor} ns\n");
+    println!(
+        "Pass = a clean source; near = a clean source sharing a banned host's prefilter bucket"
+    );
+    println!("(same IPv4 /24 or IPv6 /48): the pass path's worst case.\n");
+    println!(
+        "| entries | v4 pass | v4 near | v4 drop | v6 pass | v6 near | v6 drop | floor | pass,drop / floor | near / floor |"
+    );
+    println!(
+        "|--------:|--------:|--------:|--------:|--------:|--------:|--------:|------:|------------------:|-------------:|"
+    );
+    let mut mem = 0;
+    let mut loaded = 0usize;
+    let all = mix(1_000_000, 7);
+    for n in [0usize, 10_000, 1_000_000] {
+        let t = Instant::now();
+        dp.insert_blocks(all[loaded..n.max(loaded)].iter().map(|net| (*net, entry())))
+            .unwrap();
+        loaded = n.max(loaded);
+        // The banned sources the drop path is measured with.
+        dp.insert_block("198.18.0.2/32".parse().unwrap(), &entry())
+            .unwrap();
+        dp.insert_block("fd00::2/128".parse().unwrap(), &entry())
+            .unwrap();
+        let fill = t.elapsed();
+        let floor_now = ns_per_packet(dp.extra_xdp(programs::BENCH_PASS).unwrap(), &clean4, 2);
+        let prog = dp.xdp().unwrap();
+        let p4 = ns_per_packet(prog, &clean4, 2);
+        let n4 = ns_per_packet(prog, &near4, 2);
+        let d4 = ns_per_packet(prog, &banned4, 1);
+        let p6 = ns_per_packet(prog, &clean6, 2);
+        let n6 = ns_per_packet(prog, &near6, 2);
+        let d6 = ns_per_packet(prog, &banned6, 1);
+        let f = floor_now.max(1) as f64;
+        println!(
+            "| {n} | {p4} ns | {n4} ns | {d4} ns | {p6} ns | {n6} ns | {d6} ns | {floor_now} ns | {:.1}x | {:.1}x |",
+            p4.max(d4).max(p6).max(d6) as f64 / f,
+            n4.max(n6) as f64 / f,
+        );
+        eprintln!("(filled {n} entries in {:.1}s)", fill.as_secs_f64());
+        if n == 1_000_000 {
+            mem = map_memory();
+        }
+    }
+    println!(
+        "\nKernel memory of the maps at 1,000,000 entries: {:.1} MiB (fdinfo memlock)\n",
+        mem as f64 / 1048576.0
+    );
+    wire(&mut dp, &all);
+}
+
+struct Netns {
+    name: String,
+    orig: File,
+}
+
+impl Netns {
+    fn enter(name: &str) -> Self {
+        let orig = File::open("/proc/self/ns/net").unwrap();
+        let fd = File::open(format!("/run/netns/{name}")).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        Self {
+            name: name.into(),
+            orig,
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.orig, nix::sched::CloneFlags::CLONE_NEWNET);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn mac(ns: &str, dev: &str) -> [u8; 6] {
+    let s = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "cat",
+        &format!("/sys/class/net/{dev}/address"),
+    ]);
+    let mut m = [0u8; 6];
+    for (i, p) in s.trim().split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// CPU time (ns) the kernel thread doing `dev`'s NAPI has used.
+fn napi_cpu_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn napi_thread(dev: &str) -> u32 {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            && comm.trim().starts_with("napi/")
+            && comm.trim().contains(dev)
+        {
+            return pid;
+        }
+    }
+    panic!("no threaded NAPI kernel thread for {dev}");
+}
+
+/// Veth NAPI exists only while an XDP program is attached, and a new one
+/// gets a new kernel thread: make it threaded, find it, pin it to CPU 1.
+fn napi_on_cpu1(ns: &str) -> u32 {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        "echo 1 > /sys/class/net/tgbrcv/threaded",
+    ]);
+    let pid = napi_thread("tgbrcv");
+    sh(&["taskset", "-pc", "1", &pid.to_string()]);
+    pid
+}
+
+const WIRE_PACKETS: u32 = 4_000_000;
+
+/// Sends `WIRE_PACKETS` random-source frames from `gen`; returns receive
+/// CPU ns per packet and packets the receiver processed.
+fn blast(
+    gen_dp: &mut Datapath,
+    gen_ifindex: u32,
+    frame: &[u8],
+    napi_pid: u32,
+    counted: &dyn Fn() -> u64,
+) -> (f64, u64) {
+    let before_cpu = napi_cpu_ns(napi_pid);
+    let before = counted();
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&u32::try_from(frame.len()).unwrap().to_ne_bytes());
+    ctx[12..16].copy_from_slice(&gen_ifindex.to_ne_bytes());
+    let prog = gen_dp.extra_xdp(programs::BENCH_GEN).unwrap();
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < WIRE_PACKETS && t.elapsed() < Duration::from_secs(30) {
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: 500_000,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+        sent += 500_000;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pkts = counted() - before;
+    let cpu = napi_cpu_ns(napi_pid) - before_cpu;
+    (cpu as f64 / pkts.max(1) as f64, pkts)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+fn wire(dp: &mut Datapath, entries: &[IpNet]) {
+    println!(
+        "## On the wire: random sources from 198.18.0.0/15 (all banned, among 1,000,000 entries)\n"
+    );
+    let ns = format!("tgbench{}", std::process::id() % 100_000);
+    sh(&["ip", "netns", "add", &ns]);
+    sh(&[
+        "ip", "-n", &ns, "link", "add", "tgbgen", "type", "veth", "peer", "name", "tgbrcv",
+    ]);
+    sh(&["ip", "-n", &ns, "link", "set", "tgbgen", "up"]);
+    sh(&["ip", "-n", &ns, "link", "set", "tgbrcv", "up"]);
+    let rcv_mac = mac(&ns, "tgbrcv");
+    let gen_mac = mac(&ns, "tgbgen");
+    let guard = Netns::enter(&ns);
+    let gen_ifindex = nix::net::if_::if_nametoindex("tgbgen").unwrap();
+    let rcv_ifindex = nix::net::if_::if_nametoindex("tgbrcv").unwrap();
+
+    // All 131,072 host addresses of the lab range are banned too.
+    let lab: Vec<(IpNet, BlockEntry)> = (0u32..1 << 17)
+        .map(|i| {
+            (
+                IpNet::V4(Ipv4Net::from(Ipv4Addr::from(0xc612_0000 | i))),
+                entry(),
+            )
+        })
+        .collect();
+    dp.insert_blocks(lab).unwrap();
+    let total = dp.block_count();
+
+    let mut frame = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
+    frame[0..6].copy_from_slice(&rcv_mac);
+    frame[6..12].copy_from_slice(&gen_mac);
+    let mut gen_dp = Datapath::load(
+        None,
+        Capacities {
+            block4: 16,
+            block6: 16,
+            block4_lpm: 16,
+            block6_lpm: 16,
+            allow: 16,
+        },
+    )
+    .unwrap();
+    {
+        let mut cfg: Array<_, [u32; 4]> =
+            Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+        cfg.set(0, [0xc612_0000, 0x1_ffff, 0, 0], 0).unwrap();
+    }
+    // The generator program must be attached somewhere for XDP_TX on veth;
+    // the sending veth needs an XDP program on its peer to receive at all.
+    pin_to_cpu(0);
+
+    // Tollgate on the receiver.
+    let link = dp
+        .xdp()
+        .unwrap()
+        .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
+        .unwrap();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "sh",
+        "-c",
+        "echo 1 > /sys/class/net/tgbrcv/threaded",
+    ]);
+    let napi = napi_thread("tgbrcv");
+    sh(&["taskset", "-pc", "1", &napi.to_string()]);
+    let dropped_before = dp_drops(dp);
+    let (tg_ns, tg_pkts) = blast(&mut gen_dp, gen_ifindex, &frame, napi, &|| 0);
+    let tg_dropped = dp_drops(dp) - dropped_before;
+    let tg_ns = tg_ns * tg_pkts.max(1) as f64 / tg_dropped.max(1) as f64;
+    dp.xdp().unwrap().detach(link).unwrap();
+
+    // The floor on the wire: a program that only counts and drops.
+    let floor_link = dp
+        .extra_xdp(programs::BENCH_DROP)
+        .unwrap()
+        .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
+        .unwrap();
+    let floor_cnt: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+    let floor_counted = move || floor_cnt.get(&0, 0).unwrap().iter().sum::<u64>();
+    let napi = napi_on_cpu1(&ns);
+    let (floor_ns, floor_pkts) = blast(&mut gen_dp, gen_ifindex, &frame, napi, &floor_counted);
+    dp.extra_xdp(programs::BENCH_DROP)
+        .unwrap()
+        .detach(floor_link)
+        .unwrap();
+
+    // nftables on the receiver: a counting XDP_PASS so veth hands frames to
+    // the stack, and a netdev ingress set of the same entries.
+    let nft_file = std::env::temp_dir().join(format!("tgbench-{}.nft", std::process::id()));
+    {
+        let mut f = File::create(&nft_file).unwrap();
+        writeln!(f, "table netdev tgbench {{").unwrap();
+        writeln!(
+            f,
+            "  set b4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{"
+        )
+        .unwrap();
+        let mut v4: Vec<String> = entries
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .map(ToString::to_string)
+            .collect();
+        v4.push("198.18.0.0/15".into());
+        writeln!(f, "{} }} }}", v4.join(",\n")).unwrap();
+        writeln!(
+            f,
+            "  set b6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{"
+        )
+        .unwrap();
+        let v6: Vec<String> = entries
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)))
+            .map(ToString::to_string)
+            .collect();
+        writeln!(f, "{} }} }}", v6.join(",\n")).unwrap();
+        writeln!(f, "  chain ingress {{ type filter hook ingress device tgbrcv priority 0; ip saddr @b4 drop; ip6 saddr @b6 drop; }}").unwrap();
+        writeln!(f, "}}").unwrap();
+    }
+    let t = Instant::now();
+    let nft_ok = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f"])
+        .arg(&nft_file)
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&nft_file);
+    let nft_load = t.elapsed();
+    let mut nft_result = None;
+    if nft_ok {
+        let counter = dp.extra_xdp(programs::BENCH_COUNT).unwrap();
+        let link = counter
+            .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
+            .unwrap();
+        let cnt: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+        let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
+        let napi = napi_on_cpu1(&ns);
+        let r = blast(&mut gen_dp, gen_ifindex, &frame, napi, &counted);
+        nft_result = Some(r);
+        dp.extra_xdp(programs::BENCH_COUNT)
+            .unwrap()
+            .detach(link)
+            .unwrap();
+    }
+    drop(guard);
+
+    println!("| receiver | entries | packets processed | CPU per packet |");
+    println!("|----------|--------:|------------------:|---------------:|");
+    println!("| trivial XDP_DROP (floor) | 0 | {floor_pkts} | {floor_ns:.0} ns |");
+    println!("| Tollgate XDP (drop) | {total} | {tg_dropped} | {tg_ns:.0} ns |");
+    match nft_result {
+        Some((ns_pp, pkts)) => {
+            println!(
+                "| nftables netdev ingress set (drop) | {} | {pkts} | {ns_pp:.0} ns |",
+                entries.len() + 1
+            );
+            println!(
+                "\nTollgate / nftables CPU per dropped packet: {:.2}; Tollgate / floor: {:.2} (nftables set loaded in {:.1}s)",
+                tg_ns / ns_pp,
+                tg_ns / floor_ns,
+                nft_load.as_secs_f64()
+            );
+        }
+        None => println!("| nftables | - | - | failed to load the set (is nftables installed?) |"),
+    }
+}
+
+fn dp_drops(dp: &Datapath) -> u64 {
+    dp.counters()
+        .unwrap()
+        .iter()
+        .filter(|(v, _, _)| *v == tollgate_common::Verdict::Drop)
+        .map(|(_, _, c)| c.packets)
+        .sum()
+}
