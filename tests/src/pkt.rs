@@ -171,3 +171,20 @@ pub fn udp(payload: &[u8]) -> Vec<u8> {
 pub fn icmp_echo(v6: bool) -> Vec<u8> {
     vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1]
 }
+
+/// A TCP header to `dport` with `flags` (0x02 SYN, 0x10 ACK, ...) and `payload`.
+#[must_use]
+pub fn tcp_to(dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = tcp(payload);
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[13] = flags;
+    h
+}
+
+/// A UDP datagram to `dport`.
+#[must_use]
+pub fn udp_to(dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = udp(payload);
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h
+}

@@ -24,17 +24,7 @@ const TCX_NEXT: u32 = u32::MAX; // -1
 
 fn load() -> Datapath {
     require_root();
-    Datapath::load(
-        None,
-        Capacities {
-            block4: 1024,
-            block6: 1024,
-            block4_lpm: 1024,
-            block6_lpm: 1024,
-            allow: 64,
-        },
-    )
-    .unwrap()
+    Datapath::load(None, Capacities::small()).unwrap()
 }
 
 fn run(dp: &mut Datapath, frame: &[u8]) -> u32 {
@@ -413,4 +403,178 @@ fn tc_program_makes_the_same_decisions() {
     let good = Frame::new().ipv4(v4("198.18.10.9"), pkt::TCP, &pkt::tcp(b""));
     assert_eq!(run_tc(&mut dp, &bad), TC_ACT_SHOT);
     assert_eq!(run_tc(&mut dp, &good), TCX_NEXT);
+}
+
+mod limits {
+    use std::{collections::BTreeMap, thread::sleep, time::Duration};
+
+    use tollgate::limits::LimitSpec;
+
+    use super::*;
+
+    fn set(dp: &mut Datapath, default: Option<LimitSpec>, ports: &[(u16, LimitSpec)], v6: u8) {
+        let table: BTreeMap<u16, _> = ports.iter().map(|(p, s)| (*p, s.to_cfg())).collect();
+        dp.set_limits(default.map(|s| s.to_cfg()), &table, v6)
+            .unwrap();
+    }
+
+    fn pps(rate: u32, burst: u32) -> LimitSpec {
+        LimitSpec {
+            pps: Some(rate),
+            burst: Some(burst),
+            ..LimitSpec::default()
+        }
+    }
+
+    fn udp4(src: &str, dport: u16) -> Vec<u8> {
+        Frame::new().ipv4(v4(src), pkt::UDP, &pkt::udp_to(dport, b"x"))
+    }
+
+    fn passes(dp: &mut Datapath, f: &[u8], n: usize) -> usize {
+        (0..n).filter(|_| run(dp, f) == XDP_PASS).count()
+    }
+
+    #[test]
+    fn burst_then_refill() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(10, 5)), &[], 64);
+        let f = udp4("198.18.20.1", 53);
+        assert_eq!(passes(&mut dp, &f, 8), 5, "burst of 5");
+        assert_eq!(count(&dp, Verdict::Drop, Reason::RateLimited), 3);
+        // 10 pps: after 300 ms about 3 more tokens (timing is loose on a busy machine).
+        sleep(Duration::from_millis(300));
+        let refilled = passes(&mut dp, &f, 10);
+        assert!((2..=5).contains(&refilled), "refilled {refilled}");
+        // Another source has its own bucket.
+        assert_eq!(passes(&mut dp, &udp4("198.18.20.2", 53), 5), 5);
+    }
+
+    #[test]
+    fn ipv6_sources_aggregate_per_prefix() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 3)), &[], 64);
+        let a = Frame::new().ipv6(v6("fd00:20:1:1::a"), &[], pkt::UDP, &pkt::udp_to(53, b""));
+        let b = Frame::new().ipv6(v6("fd00:20:1:1::b"), &[], pkt::UDP, &pkt::udp_to(53, b""));
+        let other = Frame::new().ipv6(v6("fd00:20:1:2::a"), &[], pkt::UDP, &pkt::udp_to(53, b""));
+        assert_eq!(passes(&mut dp, &a, 2), 2);
+        assert_eq!(passes(&mut dp, &b, 3), 1, "same /64 shares the bucket");
+        assert_eq!(passes(&mut dp, &other, 3), 3, "another /64 does not");
+        // With a /48 aggregation the other /64 shares it too.
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 3)), &[], 48);
+        assert_eq!(passes(&mut dp, &a, 2) + passes(&mut dp, &other, 3), 3);
+    }
+
+    #[test]
+    fn syn_limit_counts_only_syns() {
+        let mut dp = load();
+        let spec = LimitSpec {
+            syn_rate: Some(1),
+            syn_burst: Some(2),
+            ..LimitSpec::default()
+        };
+        set(&mut dp, None, &[(443, spec)], 64);
+        let syn = Frame::new().ipv4(v4("198.18.21.1"), pkt::TCP, &pkt::tcp_to(443, 0x02, b""));
+        let ack = Frame::new().ipv4(
+            v4("198.18.21.1"),
+            pkt::TCP,
+            &pkt::tcp_to(443, 0x10, b"data"),
+        );
+        let synack = Frame::new().ipv4(v4("198.18.21.1"), pkt::TCP, &pkt::tcp_to(443, 0x12, b""));
+        assert_eq!(passes(&mut dp, &syn, 4), 2);
+        assert_eq!(count(&dp, Verdict::Drop, Reason::SynLimited), 2);
+        assert_eq!(
+            passes(&mut dp, &ack, 20),
+            20,
+            "established traffic is not a new connection"
+        );
+        assert_eq!(passes(&mut dp, &synack, 5), 5);
+        // Other ports have no limit.
+        let syn80 = Frame::new().ipv4(v4("198.18.21.1"), pkt::TCP, &pkt::tcp_to(80, 0x02, b""));
+        assert_eq!(passes(&mut dp, &syn80, 5), 5);
+    }
+
+    #[test]
+    fn port_classes_are_separate() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(100, 2)), &[(8080, pps(100, 4))], 64);
+        let api = udp4("198.18.22.1", 8080);
+        let dns = udp4("198.18.22.1", 53);
+        assert_eq!(passes(&mut dp, &api, 6), 4);
+        assert_eq!(
+            passes(&mut dp, &dns, 6),
+            2,
+            "default class has its own bucket"
+        );
+        let b = dp.buckets().unwrap();
+        assert_eq!(b.len(), 2);
+        let api_bucket = b.iter().find(|(k, _)| k.class == 8080).unwrap().1;
+        assert_eq!((api_bucket.passed, api_bucket.dropped), (4, 2));
+    }
+
+    #[test]
+    fn byte_rate() {
+        let mut dp = load();
+        let spec = LimitSpec {
+            bps: Some(1000),
+            bps_burst: Some(1000),
+            ..LimitSpec::default()
+        };
+        set(&mut dp, Some(spec), &[], 64);
+        let big = Frame::new().ipv4(v4("198.18.23.1"), pkt::UDP, &pkt::udp_to(53, &[0u8; 558]));
+        assert_eq!(big.len(), 600);
+        assert_eq!(
+            passes(&mut dp, &big, 4),
+            2,
+            "1000 B burst admits two 600 B frames"
+        );
+    }
+
+    #[test]
+    fn allowlisted_sources_are_never_limited() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 1)), &[], 64);
+        let allow = AllowEntry {
+            created_ns: clock::boot_ns(),
+            hits: 0,
+        };
+        dp.insert_allow(net_of("198.18.24.0/24"), &allow).unwrap();
+        assert_eq!(passes(&mut dp, &udp4("198.18.24.9", 53), 10), 10);
+        assert_eq!(passes(&mut dp, &udp4("198.18.25.9", 53), 10), 1);
+    }
+
+    #[test]
+    fn monitor_mode_counts_and_passes_over_limit() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 2)), &[], 64);
+        dp.set_mode(Mode::Monitor).unwrap();
+        assert_eq!(passes(&mut dp, &udp4("198.18.26.1", 53), 6), 6);
+        assert_eq!(count(&dp, Verdict::Monitor, Reason::RateLimited), 4);
+    }
+
+    #[test]
+    fn offenders_are_reported_once_a_second() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 1)), &[], 64);
+        let mut events = dp.take_events().unwrap();
+        assert_eq!(passes(&mut dp, &udp4("198.18.27.1", 53), 50), 1);
+        let mut got = Vec::new();
+        while let Some(item) = events.next() {
+            let ev: tollgate_common::RateEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            got.push(ev);
+        }
+        assert_eq!(got.len(), 1, "one event per source per second");
+        assert_eq!(got[0].reason, Reason::RateLimited as u32);
+        assert_eq!(&got[0].key.addr[12..], &[198, 18, 27, 1]);
+    }
+
+    #[test]
+    fn clearing_limits_lets_everything_through() {
+        let mut dp = load();
+        set(&mut dp, Some(pps(1, 1)), &[], 64);
+        assert_eq!(passes(&mut dp, &udp4("198.18.28.1", 53), 3), 1);
+        set(&mut dp, None, &[], 64);
+        assert_eq!(passes(&mut dp, &udp4("198.18.28.1", 53), 3), 3);
+    }
 }

@@ -34,11 +34,20 @@ pub mod maps {
     pub const PREFILTER4: &str = "TG_PRE4";
     /// IPv6 prefilter bitmap, see [`super::prefilter`].
     pub const PREFILTER6: &str = "TG_PRE6";
+    /// Rate limits per destination port ([`super::LimitCfg`], 65,536 slots).
+    pub const LIMITS: &str = "TG_LIMITS";
+    /// Per-source rate state ([`super::BucketKey`] -> [`super::Bucket`]), LRU.
+    pub const BUCKETS: &str = "TG_BUCKETS";
+    /// Established connections per source ([`super::BucketKey`] -> `u64`),
+    /// kept by the sock_ops program.
+    pub const CONNS: &str = "TG_CONNS";
+    /// Ring buffer of [`super::RateEvent`]s for the agent.
+    pub const EVENTS: &str = "TG_EVENTS";
 
     /// Every pinned map, for status output and for clean removal.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 14] = [
         CONFIG, COUNTERS, BLOCK4, BLOCK6, BLOCK4_LPM, BLOCK6_LPM, ALLOW4, ALLOW6, PREFILTER4,
-        PREFILTER6,
+        PREFILTER6, LIMITS, BUCKETS, CONNS, EVENTS,
     ];
 }
 
@@ -48,6 +57,8 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "tollgate_xdp";
     /// The same logic as a TC (tcx) ingress classifier.
     pub const TC_INGRESS: &str = "tollgate_tc";
+    /// sock_ops on the root cgroup: counts established connections per client.
+    pub const SOCKOPS: &str = "tollgate_sockops";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -72,6 +83,14 @@ pub mod capacity {
     pub const BLOCK6_LPM: u32 = 1 << 18;
     /// Allowlist entries per family.
     pub const ALLOW: u32 = 1 << 16;
+    /// Rate-limited sources tracked at once (LRU: the least recent go first).
+    pub const BUCKETS: u32 = 1 << 20;
+    /// Sources with established connections counted.
+    pub const CONNS: u32 = 1 << 18;
+    /// Event ring buffer bytes.
+    pub const EVENTS_BYTES: u32 = 1 << 18;
+    /// Port slots in the limits array (every TCP/UDP port; 0 = other protocols).
+    pub const LIMIT_SLOTS: u32 = 1 << 16;
 }
 
 /// A cache-friendly bitmap that lets the clean packet out after one array
@@ -134,6 +153,8 @@ pub mod config_flags {
     pub const V4_ALLOW: u32 = 1 << 3;
     /// The IPv6 allowlist holds entries.
     pub const V6_ALLOW: u32 = 1 << 4;
+    /// Some rate limit is configured (else the limiter is skipped).
+    pub const LIMITS: u32 = 1 << 5;
 }
 
 /// Enforcement mode, [`Config::mode`].
@@ -154,8 +175,32 @@ pub struct Config {
     pub mode: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
+    /// IPv6 clients are rate-limited per prefix of this length (default 64).
+    pub v6_limit_prefix: u32,
+    /// That prefix as a byte mask (the datapath masks without branching).
+    pub v6_limit_mask: [u8; 16],
     /// Reserved for later use; zero.
-    pub reserved: [u32; 6],
+    pub reserved: u32,
+}
+
+/// The byte mask of an IPv6 prefix length.
+#[must_use]
+pub const fn v6_mask(prefix: u8) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bit = i as u32 * 8;
+        let p = prefix as u32;
+        m[i] = if bit + 8 <= p {
+            0xff
+        } else if bit >= p {
+            0
+        } else {
+            0xffu8 << (8 - (p - bit))
+        };
+        i += 1;
+    }
+    m
 }
 const _: () = assert!(size_of::<Config>() == 32);
 
@@ -248,11 +293,17 @@ pub enum Reason {
     Expired = 7,
     /// An internal error (e.g. a failed map lookup that should not fail): passed.
     Error = 8,
+    /// Over its packet or byte rate.
+    RateLimited = 9,
+    /// Over its new-connection (SYN) rate.
+    SynLimited = 10,
+    /// At its concurrent-connection cap: new SYNs refused.
+    ConnLimited = 11,
 }
 
 impl Reason {
     /// Number of reasons; counters are laid out `verdict * COUNT + reason`.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::Clean,
@@ -264,6 +315,9 @@ impl Reason {
         Self::ExtChainTooLong,
         Self::Expired,
         Self::Error,
+        Self::RateLimited,
+        Self::SynLimited,
+        Self::ConnLimited,
     ];
     /// Stable kebab-case name, used by the CLI, metrics and events.
     #[must_use]
@@ -278,6 +332,9 @@ impl Reason {
             Self::ExtChainTooLong => "ext-chain-too-long",
             Self::Expired => "expired",
             Self::Error => "error",
+            Self::RateLimited => "rate-limited",
+            Self::SynLimited => "syn-limited",
+            Self::ConnLimited => "conn-limited",
         }
     }
 }
@@ -336,6 +393,102 @@ impl BanReason {
     }
 }
 
+/// Rate limits for one destination-port slot, as the datapath reads them.
+/// The agent derives the GCRA intervals so the datapath never divides.
+/// A zero rate means "not limited".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCfg {
+    /// Packets per second (0 = unlimited).
+    pub pps: u32,
+    /// Packets allowed back to back.
+    pub burst: u32,
+    /// New connections (SYN without ACK) per second (0 = unlimited).
+    pub syn_rate: u32,
+    /// SYNs allowed back to back.
+    pub syn_burst: u32,
+    /// Established connections per client (0 = unlimited).
+    pub max_conns: u32,
+    /// The port whose limits these are (0 = the default for all ports);
+    /// sources are accounted per class.
+    pub class: u32,
+    /// Bytes per second (0 = unlimited).
+    pub bps: u64,
+    /// Bytes allowed back to back.
+    pub bps_burst: u64,
+    /// 1e9 / pps.
+    pub pkt_interval_ns: u64,
+    /// (burst - 1) * pkt_interval_ns.
+    pub pkt_tolerance_ns: u64,
+    /// 1e9 / syn_rate.
+    pub syn_interval_ns: u64,
+    /// (syn_burst - 1) * syn_interval_ns.
+    pub syn_tolerance_ns: u64,
+    /// Nanoseconds of budget per 1024 bytes: 1024e9 / bps.
+    pub ns_per_kib: u64,
+    /// Byte-burst tolerance in nanoseconds.
+    pub byte_tolerance_ns: u64,
+}
+const _: () = assert!(size_of::<LimitCfg>() == 88);
+
+impl LimitCfg {
+    /// Whether any limit is set.
+    #[must_use]
+    pub const fn is_active(&self) -> bool {
+        self.pps != 0 || self.syn_rate != 0 || self.bps != 0 || self.max_conns != 0
+    }
+}
+
+/// Who a rate is accounted to: the source (IPv4 as `::ffff:a.b.c.d`, IPv6
+/// masked to the configured prefix) and the limit class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// Address bytes.
+    pub addr: [u8; 16],
+    /// [`LimitCfg::class`].
+    pub class: u32,
+}
+const _: () = assert!(size_of::<BucketKey>() == 20);
+
+/// Per-source rate state: GCRA theoretical arrival times (boot-clock ns),
+/// advanced with atomic adds so packets on different CPUs all count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Packet-rate TAT.
+    pub pkt_tat: u64,
+    /// SYN-rate TAT.
+    pub syn_tat: u64,
+    /// Byte-rate TAT.
+    pub byte_tat: u64,
+    /// Packets passed.
+    pub passed: u64,
+    /// Packets dropped (or counted in monitor mode).
+    pub dropped: u64,
+    /// When the last [`RateEvent`] was sent for this source.
+    pub last_report_ns: u64,
+}
+const _: () = assert!(size_of::<Bucket>() == 48);
+
+/// Sent at most once a second per offending source, so the agent can
+/// escalate persistent offenders to the blocklist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateEvent {
+    /// The offender.
+    pub key: BucketKey,
+    /// [`Reason`] as `u32`: rate-, SYN- or conn-limited.
+    pub reason: u32,
+    /// Dropped so far (bucket total).
+    pub dropped: u64,
+    /// Passed so far (bucket total).
+    pub passed: u64,
+    /// Boot-clock ns.
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<RateEvent>() == 48);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made only of integers, without
@@ -344,6 +497,10 @@ mod pod {
     unsafe impl aya::Pod for super::BlockEntry {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::LimitCfg {}
+    unsafe impl aya::Pod for super::BucketKey {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::RateEvent {}
 }
 
 #[cfg(test)]
@@ -361,6 +518,16 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn v6_masks() {
+        assert_eq!(v6_mask(0), [0; 16]);
+        assert_eq!(v6_mask(128), [0xff; 16]);
+        let m = v6_mask(60);
+        assert_eq!(m[..7], [0xff; 7]);
+        assert_eq!(m[7], 0xf0);
+        assert_eq!(m[8..], [0; 8]);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 )]
 
 mod bench;
+mod limit;
 mod maps;
 mod parse;
+mod sockops;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -69,6 +71,26 @@ fn decide(start: usize, end: usize) -> Verdict {
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
             };
             match matched {
+                Match::None | Match::Expired
+                    if config.flags & config_flags::LIMITS != 0
+                        && let Some(cfg) = limit::limits_for(&pkt.l4)
+                        && !allowlisted(&pkt.src, config.flags) =>
+                {
+                    match limit::check(
+                        &pkt.src,
+                        &config.v6_limit_mask,
+                        &pkt.l4,
+                        cfg,
+                        (end - start) as u64,
+                    ) {
+                        Reason::Clean if matches!(matched, Match::Expired) => {
+                            (Verdict::Pass, Reason::Expired)
+                        }
+                        Reason::Clean => (Verdict::Pass, pkt.l4_status),
+                        r if config.mode == Mode::Monitor as u32 => (Verdict::Monitor, r),
+                        r => (Verdict::Drop, r),
+                    }
+                }
                 Match::None => (Verdict::Pass, pkt.l4_status),
                 Match::Expired => (Verdict::Pass, Reason::Expired),
                 Match::Allowlisted => (Verdict::Pass, Reason::Allowlisted),
@@ -197,6 +219,20 @@ fn allow_or_ban_v6(addr: &[u8; 16], entry: *mut BlockEntry, flags: u32) -> Match
     }
 }
 
+/// Whether the source is on the allowlist (only consulted when the family's
+/// allowlist is non-empty).
+#[inline(always)]
+fn allowlisted(src: &Source, flags: u32) -> bool {
+    match src {
+        Source::V4(a) => {
+            flags & config_flags::V4_ALLOW != 0 && TG_ALLOW4.get(Key::new(32, *a)).is_some()
+        }
+        Source::V6(a) => {
+            flags & config_flags::V6_ALLOW != 0 && TG_ALLOW6.get(Key::new(128, *a)).is_some()
+        }
+    }
+}
+
 #[inline(always)]
 fn bump(entry: *mut BlockEntry) {
     // SAFETY: map value pointer, valid for this run; the field is 8-aligned.
@@ -206,15 +242,22 @@ fn bump(entry: *mut BlockEntry) {
 /// Map values are shared between CPUs: count with an atomic add.
 #[inline(always)]
 fn atomic_inc(p: *mut u64) {
+    atomic_add(p, 1);
+}
+
+/// Atomic add on a u64 in a map value (the BPF `lock xadd` instruction; the
+/// result is not fetched, which keeps it within the baseline BPF ISA).
+#[inline(always)]
+pub(crate) fn atomic_add(p: *mut u64, v: u64) {
     // SAFETY: `p` points at an aligned u64 inside a map value.
     #[cfg(target_arch = "bpf")]
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p, 1,
+            p, v,
         );
     }
     #[cfg(not(target_arch = "bpf"))]
-    let _ = p;
+    let _ = (p, v);
 }
 
 #[inline(always)]

@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_common::{
-    AllowEntry, BlockEntry, COUNTER_SLOTS, Config, Counter, capacity, prefilter,
+    AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, LimitCfg, capacity,
+    prefilter,
 };
 
 /// Entries are allocated on insert: an empty million-entry map costs nothing.
@@ -43,3 +44,15 @@ pub static TG_PRE4: Array<u64> = Array::pinned(prefilter::WORDS, 0);
 
 #[map]
 pub static TG_PRE6: Array<u64> = Array::pinned(prefilter::WORDS, 0);
+
+#[map]
+pub static TG_LIMITS: Array<LimitCfg> = Array::pinned(capacity::LIMIT_SLOTS, 0);
+
+#[map]
+pub static TG_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
+
+#[map]
+pub static TG_CONNS: HashMap<BucketKey, u64> = HashMap::pinned(capacity::CONNS, NO_PREALLOC);
+
+#[map]
+pub static TG_EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

@@ -66,7 +66,23 @@ pub struct Packet {
     /// `Clean`, or why the upper layers could not be read. A banned source
     /// is dropped whatever this says: its IP header is all a ban needs.
     pub l4_status: Reason,
+    /// Upper-layer facts, zero when not reached.
+    pub l4: L4,
 }
+
+/// What the limiter needs from TCP/UDP.
+#[derive(Clone, Copy, Default)]
+pub struct L4 {
+    /// Destination port (TCP/UDP), 0 otherwise.
+    pub dport: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10), 0 otherwise.
+    pub tcp_flags: u8,
+    /// Upper-layer protocol number.
+    pub proto: u8,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Parses L2 and L3. `Err` carries the reason the source could not be known
 /// (the caller then passes the packet and counts it).
@@ -106,12 +122,12 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     // Options claimed but cut short: the header is not whole, so pass.
     c.read::<1>(off + ihl - 1)?;
     let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-    let l4_status = if frag_offset != 0 {
-        Reason::Clean
+    let (l4_status, l4) = if frag_offset != 0 {
+        (Reason::Clean, L4::default())
     } else {
         check_l4(c, off + ihl, proto)
     };
-    Ok(Packet { src, l4_status })
+    Ok(Packet { src, l4_status, l4 })
 }
 
 #[inline(always)]
@@ -126,6 +142,7 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     let mut next = ip[6];
     let mut off = off + 40;
     let mut status = Reason::ExtChainTooLong;
+    let mut l4 = L4::default();
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
@@ -171,7 +188,7 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
                 break;
             }
             _ => {
-                status = check_l4(c, off, next);
+                (status, l4) = check_l4(c, off, next);
                 break;
             }
         }
@@ -179,25 +196,41 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     Ok(Packet {
         src,
         l4_status: status,
+        l4,
     })
 }
 
-/// Checks that the upper-layer header the datapath will need is whole.
+/// Checks that the upper-layer header the datapath needs is whole and
+/// reads ports and flags from it.
 #[inline(always)]
-fn check_l4(c: &Cursor, off: usize, proto: u8) -> Reason {
-    let read = match proto {
+fn check_l4(c: &Cursor, off: usize, proto: u8) -> (Reason, L4) {
+    let mut l4 = L4 {
+        proto,
+        ..L4::default()
+    };
+    let status = match proto {
         IPPROTO_TCP => match c.read::<20>(off) {
             // Data offset below five words is not a TCP header.
-            Ok(tcp) if tcp[12] >> 4 < 5 => return Reason::Malformed,
-            Ok(_) => Ok(()),
-            Err(r) => Err(r),
+            Ok(tcp) if tcp[12] >> 4 < 5 => Reason::Malformed,
+            Ok(tcp) => {
+                l4.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+                l4.tcp_flags = tcp[13];
+                Reason::Clean
+            }
+            Err(r) => r,
         },
-        IPPROTO_UDP => c.read::<8>(off).map(|_| ()),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => c.read::<4>(off).map(|_| ()),
-        _ => Ok(()),
+        IPPROTO_UDP => match c.read::<8>(off) {
+            Ok(udp) => {
+                l4.dport = u16::from_be_bytes([udp[2], udp[3]]);
+                Reason::Clean
+            }
+            Err(r) => r,
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match c.read::<4>(off) {
+            Ok(_) => Reason::Clean,
+            Err(r) => r,
+        },
+        _ => Reason::Clean,
     };
-    match read {
-        Ok(()) => Reason::Clean,
-        Err(r) => r,
-    }
+    (status, l4)
 }

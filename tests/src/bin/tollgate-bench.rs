@@ -55,6 +55,7 @@ fn caps() -> Capacities {
         block4_lpm: 1 << 17,
         block6_lpm: 1 << 16,
         allow: 1024,
+        ..Capacities::small()
     }
 }
 
@@ -401,17 +402,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
     let mut frame = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
     frame[0..6].copy_from_slice(&rcv_mac);
     frame[6..12].copy_from_slice(&gen_mac);
-    let mut gen_dp = Datapath::load(
-        None,
-        Capacities {
-            block4: 16,
-            block6: 16,
-            block4_lpm: 16,
-            block6_lpm: 16,
-            allow: 16,
-        },
-    )
-    .unwrap();
+    let mut gen_dp = Datapath::load(None, Capacities::small()).unwrap();
     {
         let mut cfg: Array<_, [u32; 4]> =
             Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();

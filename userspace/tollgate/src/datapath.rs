@@ -20,8 +20,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tollgate_common::{
-    AllowEntry, BlockEntry, Config, Counter, Mode, Reason, Verdict, config_flags, counter_index,
-    maps, prefilter, programs,
+    AllowEntry, BlockEntry, Bucket, BucketKey, Config, Counter, LimitCfg, Mode, Reason, Verdict,
+    capacity, config_flags, counter_index, maps, prefilter, programs,
 };
 
 /// The compiled eBPF object, embedded at build time: one file to copy to a host.
@@ -111,6 +111,26 @@ pub struct Capacities {
     pub block6_lpm: u32,
     /// Allowlist entries per family.
     pub allow: u32,
+    /// Rate-limited sources tracked at once (LRU, preallocated).
+    pub buckets: u32,
+    /// Sources with counted connections.
+    pub conns: u32,
+}
+
+impl Capacities {
+    /// Small maps for tests and tools that load many instances.
+    #[must_use]
+    pub fn small() -> Self {
+        Self {
+            block4: 4096,
+            block6: 4096,
+            block4_lpm: 1024,
+            block6_lpm: 1024,
+            allow: 256,
+            buckets: 4096,
+            conns: 1024,
+        }
+    }
 }
 
 impl Default for Capacities {
@@ -122,6 +142,8 @@ impl Default for Capacities {
             block4_lpm: c::BLOCK4_LPM,
             block6_lpm: c::BLOCK6_LPM,
             allow: c::ALLOW,
+            buckets: c::BUCKETS,
+            conns: c::CONNS,
         }
     }
 }
@@ -154,6 +176,13 @@ pub struct Datapath {
     allow6: LpmTrie<MapData, [u8; 16], AllowEntry>,
     pre4: Array<MapData, u64>,
     pre6: Array<MapData, u64>,
+    limits: Array<MapData, LimitCfg>,
+    buckets: HashMap<MapData, BucketKey, Bucket>,
+    conns: HashMap<MapData, BucketKey, u64>,
+    /// The event ring buffer, until the agent takes it.
+    events: Option<aya::maps::RingBuf<MapData>>,
+    /// What the limits array holds, slot by slot.
+    limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
     mirror4: Vec<u64>,
     mirror6: Vec<u64>,
@@ -179,7 +208,9 @@ impl Datapath {
             .map_max_entries(maps::BLOCK4_LPM, capacities.block4_lpm)
             .map_max_entries(maps::BLOCK6_LPM, capacities.block6_lpm)
             .map_max_entries(maps::ALLOW4, capacities.allow)
-            .map_max_entries(maps::ALLOW6, capacities.allow);
+            .map_max_entries(maps::ALLOW6, capacities.allow)
+            .map_max_entries(maps::BUCKETS, capacities.buckets)
+            .map_max_entries(maps::CONNS, capacities.conns);
         // Maps are declared pinned by name (so bans outlive the agent). An
         // unpinned instance (tests, benchmarks) pins into a private scratch
         // directory and unlinks it right after loading: the maps then live
@@ -197,6 +228,8 @@ impl Datapath {
             ensure_bpffs(dir)?;
             loader.default_map_pin_directory(dir);
         }
+        // Maps created by this load start zeroed: no need to read them back.
+        let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
         let loaded = loader.load(EBPF_OBJECT);
         if let Some(s) = &scratch {
             let _ = std::fs::remove_dir_all(s);
@@ -250,6 +283,12 @@ impl Datapath {
             Array::try_from(take(maps::PREFILTER4)?).map_err(map_err("open", maps::PREFILTER4))?;
         let pre6 =
             Array::try_from(take(maps::PREFILTER6)?).map_err(map_err("open", maps::PREFILTER6))?;
+        let limits = Array::try_from(take(maps::LIMITS)?).map_err(map_err("open", maps::LIMITS))?;
+        let buckets =
+            HashMap::try_from(take(maps::BUCKETS)?).map_err(map_err("open", maps::BUCKETS))?;
+        let conns = HashMap::try_from(take(maps::CONNS)?).map_err(map_err("open", maps::CONNS))?;
+        let events = aya::maps::RingBuf::try_from(take(maps::EVENTS)?)
+            .map_err(map_err("open", maps::EVENTS))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -265,6 +304,11 @@ impl Datapath {
             allow6,
             pre4,
             pre6,
+            limits,
+            buckets,
+            conns,
+            events: Some(events),
+            limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
             bans: HashSet::new(),
@@ -273,13 +317,20 @@ impl Datapath {
             prefilter_dirty: false,
             capacities,
         };
-        dp.adopt_kernel_state()?;
+        dp.adopt_kernel_state(fresh)?;
         Ok(dp)
     }
 
     /// Reads what pinned maps already hold (after a restart) so the mirrors
     /// match the kernel, then repairs the prefilter and flags.
-    fn adopt_kernel_state(&mut self) -> Result<()> {
+    fn adopt_kernel_state(&mut self, fresh: bool) -> Result<()> {
+        if fresh {
+            let words = prefilter::WORDS as usize;
+            self.mirror4 = vec![0; words];
+            self.mirror6 = vec![0; words];
+            self.limits_mirror = vec![LimitCfg::default(); capacity::LIMIT_SLOTS as usize];
+            return Ok(());
+        }
         for (net, _) in self.blocks()? {
             self.bans.insert(net);
         }
@@ -297,6 +348,11 @@ impl Datapath {
             self.config.flags = flags;
             self.write_config()?;
         }
+        self.limits_mirror = self
+            .limits
+            .iter()
+            .map(|w| w.map_err(map_err("read", maps::LIMITS)))
+            .collect::<Result<_>>()?;
         self.mirror4 = read_words(&self.pre4, maps::PREFILTER4)?;
         self.mirror6 = read_words(&self.pre6, maps::PREFILTER6)?;
         self.prefilter_dirty = true;
@@ -385,6 +441,119 @@ impl Datapath {
         self.config_map
             .set(0, self.config, 0)
             .map_err(map_err("write", maps::CONFIG))
+    }
+
+    /// Writes the limits: `default` into slot 0 (every port without its
+    /// own limits, and non-TCP/UDP traffic), `table[p]` into slot `p` (its
+    /// `class` is the port, which marks the slot as the port's own). Only
+    /// changed slots are written; the `LIMITS` flag follows whether any
+    /// limit is active.
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn set_limits(
+        &mut self,
+        default: Option<LimitCfg>,
+        table: &std::collections::BTreeMap<u16, LimitCfg>,
+        v6_prefix: u8,
+    ) -> Result<()> {
+        let slots = capacity::LIMIT_SLOTS as usize;
+        if self.limits_mirror.len() != slots {
+            self.limits_mirror = vec![LimitCfg::default(); slots];
+        }
+        let mut want: std::collections::BTreeMap<usize, LimitCfg> = table
+            .iter()
+            .filter(|(p, _)| **p != 0)
+            .map(|(p, c)| {
+                let mut c = *c;
+                c.class = u32::from(*p);
+                (usize::from(*p), c)
+            })
+            .collect();
+        let mut d = default.unwrap_or_default();
+        d.class = 0;
+        want.insert(0, d);
+        let any = want.values().any(LimitCfg::is_active);
+        // Slots that held a port's own limits and no longer should.
+        let stale: Vec<usize> = self
+            .limits_mirror
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i != 0 && c.class != 0 && !want.contains_key(i))
+            .map(|(i, _)| i)
+            .collect();
+        for i in stale {
+            want.insert(i, LimitCfg::default());
+        }
+        for (slot, cfg) in want {
+            if self.limits_mirror[slot] != cfg {
+                self.limits
+                    .set(u32::try_from(slot).unwrap_or(0), cfg, 0)
+                    .map_err(map_err("write", maps::LIMITS))?;
+                self.limits_mirror[slot] = cfg;
+            }
+        }
+        let mut flags = self.config.flags & !config_flags::LIMITS;
+        if any {
+            flags |= config_flags::LIMITS;
+        }
+        if flags != self.config.flags || self.config.v6_limit_prefix != u32::from(v6_prefix) {
+            self.config.flags = flags;
+            self.config.v6_limit_prefix = u32::from(v6_prefix);
+            self.config.v6_limit_mask = tollgate_common::v6_mask(v6_prefix);
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Every tracked rate-limit source and its state.
+    ///
+    /// # Errors
+    /// When iterating the map fails.
+    pub fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>> {
+        self.buckets
+            .iter()
+            .map(|kv| kv.map_err(map_err("iterate", maps::BUCKETS)))
+            .collect()
+    }
+
+    /// Established-connection counts per source.
+    ///
+    /// # Errors
+    /// When iterating the map fails.
+    pub fn conns(&self) -> Result<Vec<(BucketKey, u64)>> {
+        self.conns
+            .iter()
+            .map(|kv| kv.map_err(map_err("iterate", maps::CONNS)))
+            .collect()
+    }
+
+    /// Hands the event ring buffer to its reader (once).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The sock_ops program, loaded on first use.
+    ///
+    /// # Errors
+    /// When the kernel refuses it.
+    pub fn sockops(&mut self) -> Result<&mut aya::programs::SockOps> {
+        let name = programs::SOCKOPS;
+        let prog: &mut aya::programs::SockOps = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut aya::programs::SockOps>::try_from(p).ok())
+            .ok_or(DatapathError::Program {
+                name,
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(prog)
     }
 
     /// Map capacities in force.

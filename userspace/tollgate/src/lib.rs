@@ -5,7 +5,7 @@
 //! - [`datapath`]: the embedded eBPF object and typed access to its maps.
 //! - [`store`]: durable state behind the [`store::Store`] interface.
 //! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
-//! - [`policy`]: the YAML policy file.
+//! - [`policy`]: the YAML policy file; [`limits`]: rate limits.
 //! - [`net`], [`clock`], [`table`]: small helpers.
 
 pub mod agent;
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod datapath;
+pub mod limits;
 pub mod net;
 pub mod policy;
 pub mod proto;

@@ -1,0 +1,75 @@
+//! sock_ops on the root cgroup: counts established server-side connections
+//! per client (and limit class), for the XDP program's concurrent-connection
+//! cap. A connection is counted when it becomes established and uncounted
+//! when it leaves ESTABLISHED for any reason (FIN, RST, timeout), so counts
+//! cannot leak; only connections this program counted get the state
+//! callback that uncounts them.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use tollgate_common::Config;
+
+use crate::{
+    atomic_add,
+    limit::key_of,
+    maps::{TG_CONFIG, TG_CONNS, TG_LIMITS},
+    parse::Source,
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const TCP_ESTABLISHED: u32 = 1;
+const BPF_NOEXIST: u64 = 1;
+
+#[sock_ops]
+pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        if let Some(key) = key(&ctx) {
+            let _ = TG_CONNS.insert(&key, &0, BPF_NOEXIST);
+            if let Some(n) = TG_CONNS.get_ptr_mut(&key) {
+                atomic_add(n, 1);
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            }
+        }
+    } else if op == BPF_SOCK_OPS_STATE_CB
+        && ctx.arg(0) == TCP_ESTABLISHED
+        && ctx.arg(1) != TCP_ESTABLISHED
+        && let Some(key) = key(&ctx)
+        && let Some(n) = TG_CONNS.get_ptr_mut(&key)
+    {
+        // Adding 2^64 - 1 subtracts one.
+        atomic_add(n, u64::MAX);
+    }
+    1
+}
+
+#[inline(always)]
+fn key(ctx: &SockOpsContext) -> Option<tollgate_common::BucketKey> {
+    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    let port = ctx.local_port();
+    let class = TG_LIMITS.get(port & 0xffff).map_or(0, |c| c.class);
+    let src = match ctx.family() {
+        AF_INET => Source::V4(ctx.remote_ip4().to_ne_bytes()),
+        AF_INET6 => {
+            let w = ctx.remote_ip6();
+            let mut a = [0u8; 16];
+            for (i, word) in w.iter().enumerate() {
+                a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            // IPv4 clients of a dual-stack socket are IPv4 clients.
+            if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+                Source::V4([a[12], a[13], a[14], a[15]])
+            } else {
+                Source::V6(a)
+            }
+        }
+        _ => return None,
+    };
+    Some(key_of(&src, &config.v6_limit_mask, class))
+}
