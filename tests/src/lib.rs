@@ -3,11 +3,6 @@
 //! ([`Lab`]), and a running agent with its CLI ([`Agent`]). Every helper
 //! cleans up on drop, names what it creates uniquely, and bounds its waits.
 //! Addresses come only from 198.18.0.0/15 and fd00::/8.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers panic with context"
-)]
 
 pub mod pkt;
 

@@ -1,7 +1,6 @@
 //! The datapath in the kernel: the loaded programs run on crafted packets
 //! through BPF_PROG_TEST_RUN, and verdicts and counters are read back from
 //! the real maps. Each test loads its own unpinned instance.
-#![expect(clippy::unwrap_used, reason = "tests panic with context")]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -97,16 +97,63 @@ unsafe extern "C" {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
     require_root("cargo xtask test")?;
     setup::check_ready()?;
     // The end-to-end tests drive the real binary.
     run(cargo().args(["build", "-p", "tollgate"]))?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "tollgate-ebpf"]);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tollgate-ebpf",
+        "--no-fail-fast",
+    ]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    run(&mut cmd)
+    // Stream the output and total the per-binary results, so the run ends
+    // with one line that says what ran.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to start cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut w = part.split_whitespace().rev();
+                    let (Some(what), Some(n)) = (w.next(), w.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n
+                        .trim_start_matches("ok.")
+                        .trim_start_matches("FAILED.")
+                        .parse()
+                        .unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tollgate: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {

@@ -57,7 +57,13 @@ fn key(ctx: &SockOpsContext) -> Option<tollgate_common::BucketKey> {
     let src = match ctx.family() {
         AF_INET => Source::V4(ctx.remote_ip4().to_ne_bytes()),
         AF_INET6 => {
-            let w = ctx.remote_ip6();
+            // Word by word, volatile: the verifier only allows 4-byte reads
+            // of these context fields, and the compiler would merge them.
+            let mut w = [0u32; 4];
+            for (i, slot) in w.iter_mut().enumerate() {
+                // SAFETY: `ops` is the program's context pointer.
+                *slot = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).remote_ip6[i]) };
+            }
             let mut a = [0u8; 16];
             for (i, word) in w.iter().enumerate() {
                 a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());

@@ -13,7 +13,6 @@
 //! 3. Kernel memory the maps take at 1,000,000 entries.
 //!
 //! Ratios are computed against baselines measured in the same run.
-#![expect(clippy::unwrap_used, reason = "benchmark tool: panics with context")]
 
 use std::{
     fs::File,

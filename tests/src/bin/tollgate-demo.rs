@@ -4,7 +4,6 @@
 //! root namespace, a well-behaved client and an abusive one on the other side
 //! of a veth pair, the real `tollgate` agent attached to the API's interface.
 //! Everything is torn down at the end, also on failure.
-#![expect(clippy::unwrap_used, reason = "demo tool: panics with context")]
 
 use std::{
     io::{Read as _, Write as _},

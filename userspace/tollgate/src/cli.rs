@@ -16,9 +16,10 @@ use crate::{
         attach::{AttachKind, XdpModePref},
     },
     client,
+    limits::LimitSpec,
     net::{check_breadth, parse_net},
     policy::{ModeName, Policy},
-    proto::{self, AllowView, BanView, Request, StatsView, StatusView},
+    proto::{self, AllowView, BanView, LimitsView, Request, StatsView, StatusView, TopView},
     table,
 };
 
@@ -60,6 +61,74 @@ pub enum Command {
     ///
     /// Example: tollgate status
     Status(JsonFlag),
+    /// Per-source rate limits at the NIC, per destination port.
+    ///
+    /// Example: tollgate limits set --port 8080 --pps 200 --burst 400 --max-conns 50
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// Sources with the highest current rates, with passed and dropped counts
+    /// (refreshes in place in a terminal; Ctrl-C to stop).
+    ///
+    /// Example: tollgate top -n 20
+    Top(TopArgs),
+}
+
+/// `tollgate limits ...`.
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Set the limits of one destination port, or (without --port) the
+    /// default for all ports. Applies at once, without reloading anything.
+    ///
+    /// Example: tollgate limits set --pps 1000 --burst 2000 --syn-rate 50 --syn-burst 100
+    Set {
+        /// Destination port; omitted: the default for every port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Packets per second per source.
+        #[arg(long)]
+        pps: Option<u32>,
+        /// Packets a source may send back to back (default: one second's worth).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Bytes per second per source.
+        #[arg(long)]
+        bps: Option<u64>,
+        /// Bytes a source may send back to back (default: one second's worth).
+        #[arg(long)]
+        bps_burst: Option<u64>,
+        /// New TCP connections (SYN) per second per source.
+        #[arg(long)]
+        syn_rate: Option<u32>,
+        /// SYNs a source may send back to back.
+        #[arg(long)]
+        syn_burst: Option<u32>,
+        /// Established connections per source; new SYNs beyond it are dropped.
+        #[arg(long)]
+        max_conns: Option<u32>,
+    },
+    /// Remove the limits of one port (it falls back to the default), or the default.
+    ///
+    /// Example: tollgate limits clear --port 8080
+    Clear {
+        /// Destination port; omitted: the default.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Show the limits in force.
+    ///
+    /// Example: tollgate limits show --json
+    Show(JsonFlag),
+}
+
+/// `tollgate top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print JSON (one snapshot, rates over one second) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How many sources.
+    #[arg(short = 'n', default_value_t = 10)]
+    pub n: usize,
 }
 
 /// `--json`.
@@ -182,6 +251,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Allow(cmd) => run_allow(cmd, &cli.socket),
         Command::Stats(f) => request(&cli.socket, &Request::Stats, f.json, print_stats),
         Command::Status(f) => request(&cli.socket, &Request::Status, f.json, print_status),
+        Command::Limits(cmd) => run_limits(cmd, &cli.socket),
+        Command::Top(args) => run_top(&args, &cli.socket),
     }
 }
 
@@ -229,6 +300,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
             .unwrap_or_else(|| agent::DEFAULT_STATE_DIR.into()),
         gc_interval: args.gc_interval.max(Duration::from_millis(100)),
         allowlist: policy.allowlist,
+        rate_limit: policy.rate_limit,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -355,6 +427,167 @@ fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
         }
         AllowCmd::Ls(f) => request(socket, &Request::AllowLs, f.json, print_allows),
     }
+}
+
+fn run_limits(cmd: LimitsCmd, socket: &std::path::Path) -> ExitCode {
+    match cmd {
+        LimitsCmd::Set {
+            port,
+            pps,
+            burst,
+            bps,
+            bps_burst,
+            syn_rate,
+            syn_burst,
+            max_conns,
+        } => {
+            let spec = LimitSpec {
+                pps,
+                burst,
+                bps,
+                bps_burst,
+                syn_rate,
+                syn_burst,
+                max_conns,
+            };
+            if let Err(e) = spec.validate() {
+                return usage_error(e);
+            }
+            if port == Some(0) {
+                return usage_error("--port must be 1-65535 (omit it for the default)");
+            }
+            request(
+                socket,
+                &Request::LimitsSet { port, spec },
+                false,
+                print_limits,
+            )
+        }
+        LimitsCmd::Clear { port } => {
+            request(socket, &Request::LimitsClear { port }, false, print_limits)
+        }
+        LimitsCmd::Show(f) => request(socket, &Request::LimitsShow, f.json, print_limits),
+    }
+}
+
+fn fmt_spec(s: &LimitSpec) -> Vec<String> {
+    let o = |v: Option<u32>| v.map_or_else(|| "-".into(), |v| v.to_string());
+    let o64 = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| v.to_string());
+    vec![
+        o(s.pps),
+        o(s.burst.or(s.pps)),
+        o64(s.bps),
+        o(s.syn_rate),
+        o(s.syn_burst.or(s.syn_rate)),
+        o(s.max_conns),
+    ]
+}
+
+fn print_limits(v: &Value) {
+    let Ok(l) = serde_json::from_value::<LimitsView>(v.clone()) else {
+        println!("{v}");
+        return;
+    };
+    let mut rows = Vec::new();
+    if let Some(d) = &l.default {
+        let mut r = vec!["default".to_owned()];
+        r.extend(fmt_spec(d));
+        rows.push(r);
+    }
+    for (p, s) in &l.ports {
+        let mut r = vec![p.to_string()];
+        r.extend(fmt_spec(s));
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        println!("no rate limits");
+    } else {
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "PORT",
+                    "PPS",
+                    "BURST",
+                    "BPS",
+                    "SYN/S",
+                    "SYN BURST",
+                    "MAX CONNS"
+                ],
+                &rows
+            )
+        );
+    }
+    println!(
+        "IPv6 clients limited per /{}; a source exceeding for {}s is banned for {}",
+        l.ipv6_prefix,
+        l.ban_after_secs,
+        l.ban_ttls_secs
+            .iter()
+            .map(|t| humantime::format_duration(Duration::from_secs(*t)).to_string())
+            .collect::<Vec<_>>()
+            .join(", then ")
+    );
+}
+
+fn run_top(args: &TopArgs, socket: &std::path::Path) -> ExitCode {
+    use std::io::IsTerminal as _;
+    let req = Request::Top { n: args.n };
+    // Prime a snapshot so the next answer carries rates.
+    if let Err(e) = client::call(socket, &req) {
+        eprintln!("error: {e}");
+        return ExitCode::from(e.exit_code());
+    }
+    let live = !args.json && std::io::stdout().is_terminal();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if live {
+            // Home the cursor and clear: refresh in place.
+            print!("\x1b[H\x1b[2J");
+        }
+        let code = request(socket, &req, args.json, print_top);
+        if !live || code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+}
+
+fn print_top(v: &Value) {
+    let rows: Vec<TopView> = serde_json::from_value(v.clone()).unwrap_or_default();
+    if rows.is_empty() {
+        println!("no rate-limited traffic seen (limits apply once set: tollgate limits set ...)");
+        return;
+    }
+    let rate = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.0}/s"));
+    let t: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.client.clone(),
+                r.port.map_or_else(|| "default".into(), |p| p.to_string()),
+                rate(r.pass_rate),
+                rate(r.drop_rate),
+                r.passed.to_string(),
+                r.dropped.to_string(),
+                r.conns.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "CLIENT",
+                "PORT",
+                "PASS RATE",
+                "DROP RATE",
+                "PASSED",
+                "DROPPED",
+                "CONNS"
+            ],
+            &t
+        )
+    );
 }
 
 /// Sends a request; prints the data as JSON or through `human`.

@@ -528,6 +528,18 @@ impl Datapath {
             .collect()
     }
 
+    /// Forgets every connection count (used when no program was counting).
+    pub fn clear_conns(&mut self) {
+        let keys: Vec<BucketKey> = self
+            .conns
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .collect();
+        for k in keys {
+            let _ = self.conns.remove(&k);
+        }
+    }
+
     /// Hands the event ring buffer to its reader (once).
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.events.take()

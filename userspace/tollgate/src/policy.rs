@@ -48,6 +48,9 @@ pub struct Policy {
     /// Sources never dropped (addresses or CIDR prefixes).
     #[serde(default)]
     pub allowlist: Vec<String>,
+    /// Per-source rate limits and escalation.
+    #[serde(default)]
+    pub rate_limit: crate::limits::RateLimitPolicy,
 }
 
 /// A policy that could not be read or is invalid.
@@ -107,6 +110,28 @@ impl Policy {
         for (i, a) in p.allowlist.iter().enumerate() {
             crate::net::parse_net(a)
                 .map_err(|e| invalid(format!("allowlist[{i}]"), e.to_string()))?;
+        }
+        if let Some(spec) = &p.rate_limit.default {
+            spec.validate()
+                .map_err(|e| invalid("rate_limit.default".into(), e.to_string()))?;
+        }
+        for (port, spec) in &p.rate_limit.ports {
+            if *port == 0 {
+                return Err(invalid(
+                    "rate_limit.ports".into(),
+                    "port 0 is not a port".into(),
+                ));
+            }
+            spec.validate()
+                .map_err(|e| invalid(format!("rate_limit.ports.{port}"), e.to_string()))?;
+        }
+        if let Some(pl) = p.rate_limit.ipv6_prefix
+            && !(16..=128).contains(&pl)
+        {
+            return Err(invalid(
+                "rate_limit.ipv6_prefix".into(),
+                format!("{pl} is outside 16..=128"),
+            ));
         }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {

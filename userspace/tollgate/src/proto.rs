@@ -52,6 +52,25 @@ pub enum Request {
     Stats,
     /// Agent status.
     Status,
+    /// Set limits for one port, or the default for all ports.
+    LimitsSet {
+        /// Destination port; `None` = the default.
+        port: Option<u16>,
+        /// The limits.
+        spec: crate::limits::LimitSpec,
+    },
+    /// Remove the limits of one port (it falls back to the default), or the default.
+    LimitsClear {
+        /// Destination port; `None` = the default.
+        port: Option<u16>,
+    },
+    /// The limits in force.
+    LimitsShow,
+    /// Sources with the highest current rates.
+    Top {
+        /// How many.
+        n: usize,
+    },
 }
 
 /// The agent's answer.
@@ -206,4 +225,38 @@ pub struct MapFillView {
     pub entries: usize,
     /// Capacity.
     pub capacity: u32,
+}
+
+/// `limits show --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LimitsView {
+    /// IPv6 clients are limited per prefix of this length.
+    pub ipv6_prefix: u8,
+    /// Limits for ports without their own.
+    pub default: Option<crate::limits::LimitSpec>,
+    /// Limits per destination port.
+    pub ports: std::collections::BTreeMap<u16, crate::limits::LimitSpec>,
+    /// Continuous exceeding for this many seconds gets a ban.
+    pub ban_after_secs: u64,
+    /// Ban TTLs (seconds) for the 1st, 2nd, ... offence.
+    pub ban_ttls_secs: Vec<u64>,
+}
+
+/// One row of `top --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopView {
+    /// The source (IPv4 address, or IPv6 prefix).
+    pub client: String,
+    /// Destination port of its limit class, or null for the default class.
+    pub port: Option<u16>,
+    /// Packets passed so far.
+    pub passed: u64,
+    /// Packets dropped so far.
+    pub dropped: u64,
+    /// Passed per second since the previous `top` (null on the first call).
+    pub pass_rate: Option<f64>,
+    /// Dropped per second since the previous `top`.
+    pub drop_rate: Option<f64>,
+    /// Established connections counted for it.
+    pub conns: u64,
 }

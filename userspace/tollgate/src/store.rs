@@ -45,6 +45,27 @@ pub struct AllowRecord {
     pub created_at: u64,
 }
 
+/// Rate limits changed at run time (`tollgate limits set/clear`); when
+/// present they win over the policy file's `rate_limit` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsRecord {
+    /// IPv6 aggregation prefix.
+    pub ipv6_prefix: u8,
+    /// Limits for ports without their own.
+    pub default: Option<crate::limits::LimitSpec>,
+    /// Limits per destination port.
+    pub ports: std::collections::BTreeMap<u16, crate::limits::LimitSpec>,
+}
+
+/// A client's offence history (drives ban-TTL escalation; outlives bans).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffenceRecord {
+    /// Bans issued so far.
+    pub count: u32,
+    /// Unix seconds of the last one.
+    pub last: u64,
+}
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,10 +131,32 @@ pub trait Store: Send {
     /// # Errors
     /// When the read fails or a record is unreadable.
     fn allows(&self) -> Result<Vec<AllowRecord>>;
+    /// Replaces the run-time limits.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn put_limits(&mut self, record: &LimitsRecord) -> Result<()>;
+    /// The run-time limits, if ever set.
+    ///
+    /// # Errors
+    /// When the read fails or the record is unreadable.
+    fn limits(&self) -> Result<Option<LimitsRecord>>;
+    /// Records a client's offence history.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<()>;
+    /// Every client's offence history.
+    ///
+    /// # Errors
+    /// When the read fails or a record is unreadable.
+    fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>>;
 }
 
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("allows");
+const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
+const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
 
 /// The embedded on-disk store (`STATE_DIR/state.redb`).
 pub struct RedbStore {
@@ -144,6 +187,8 @@ impl RedbStore {
         let w = db.begin_write().map_err(|e| io("open")(&e))?;
         w.open_table(BANS).map_err(|e| io("open")(&e))?;
         w.open_table(ALLOWS).map_err(|e| io("open")(&e))?;
+        w.open_table(LIMITS).map_err(|e| io("open")(&e))?;
+        w.open_table(OFFENCES).map_err(|e| io("open")(&e))?;
         w.commit().map_err(|e| io("open")(&e))?;
         Ok(Self { db })
     }
@@ -220,6 +265,39 @@ impl Store for RedbStore {
 
     fn allows(&self) -> Result<Vec<AllowRecord>> {
         self.read_all(ALLOWS)
+    }
+
+    fn put_limits(&mut self, record: &LimitsRecord) -> Result<()> {
+        self.put_one(LIMITS, "current", record)
+    }
+
+    fn limits(&self) -> Result<Option<LimitsRecord>> {
+        Ok(self.read_all(LIMITS)?.into_iter().next())
+    }
+
+    fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<()> {
+        self.put_one(OFFENCES, &cidr.to_string(), &(cidr, record))
+    }
+
+    fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {
+        self.read_all(OFFENCES)
+    }
+}
+
+impl RedbStore {
+    fn put_one<T: Serialize>(
+        &mut self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(table).map_err(|e| io("write")(&e))?;
+            let v = serde_json::to_vec(value).map_err(|e| io("encode")(&e))?;
+            t.insert(key, v.as_slice()).map_err(|e| io("write")(&e))?;
+        }
+        w.commit().map_err(|e| io("commit")(&e))
     }
 }
 

@@ -15,6 +15,79 @@ use tracing::{info, warn};
 
 use crate::datapath::Datapath;
 
+/// Pin name stem and kind of the sock_ops link.
+pub const SOCKOPS_PIN: &str = "cgroup";
+/// See [`SOCKOPS_PIN`].
+pub const SOCKOPS_HOW: &str = "sockops";
+
+/// The cgroup v2 root, found in /proc/mounts (it is not always at
+/// /sys/fs/cgroup: hybrid hosts mount it at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("failed to read /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .context("no cgroup v2 filesystem is mounted")
+}
+
+/// Attaches the connection-counting sock_ops program to the cgroup v2 root,
+/// or keeps the one an earlier run left pinned (it counts into the same
+/// pinned map, so counts stay right across restarts).
+///
+/// # Errors
+/// When no cgroup v2 is mounted or the kernel refuses.
+pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Attachment> {
+    std::fs::create_dir_all(links_dir)
+        .with_context(|| format!("failed to create {}", links_dir.display()))?;
+    let pin = pin_path(links_dir, SOCKOPS_PIN, SOCKOPS_HOW);
+    let root = cgroup2_root()?;
+    if pin.exists() {
+        if let Ok(p) = PinnedLink::from_pin(&pin) {
+            info!(cgroup = %root.display(), "kept the sock_ops link of an earlier run");
+            let id = dp.sockops()?.info().map(|i| i.id()).unwrap_or(0);
+            return Ok(Attachment {
+                iface: root.display().to_string(),
+                ifindex: 0,
+                how: SOCKOPS_HOW,
+                program_id: id,
+                link: p.into(),
+                pin,
+            });
+        }
+        let _ = std::fs::remove_file(&pin);
+    }
+    // Nothing counted while no program was attached: start from zero.
+    dp.clear_conns();
+    let cgroup =
+        std::fs::File::open(&root).with_context(|| format!("failed to open {}", root.display()))?;
+    let prog = dp.sockops()?;
+    // Through a bpf_link, "single" still coexists with other programs'
+    // links on the same cgroup (the kernel rejects the multi flag there).
+    let id = prog
+        .attach(&cgroup, aya::programs::CgroupAttachMode::Single)
+        .context("failed to attach sock_ops to the cgroup v2 root")?;
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).map_err(|e| anyhow!(e))?;
+    let program_id = prog.info().map(|i| i.id()).unwrap_or(0);
+    let link: FdLink = fd
+        .pin(&pin)
+        .with_context(|| format!("failed to pin link at {}", pin.display()))?
+        .into();
+    info!(cgroup = %root.display(), "sock_ops attached (connection counting)");
+    Ok(Attachment {
+        iface: root.display().to_string(),
+        ifindex: 0,
+        how: SOCKOPS_HOW,
+        program_id,
+        link,
+        pin,
+    })
+}
+
 /// Which hook to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

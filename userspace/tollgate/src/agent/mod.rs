@@ -2,6 +2,7 @@
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
 
 pub mod attach;
+pub mod ratelimit;
 pub mod state;
 
 use std::{
@@ -59,6 +60,8 @@ pub struct AgentOptions {
     pub gc_interval: Duration,
     /// Allowlist entries from the config file, applied at start.
     pub allowlist: Vec<String>,
+    /// The policy's `rate_limit` section.
+    pub rate_limit: crate::limits::RateLimitPolicy,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -113,8 +116,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         started: Instant::now(),
         pin_dir: opts.pin_dir.display().to_string(),
         state_dir: opts.state_dir.display().to_string(),
+        rate: ratelimit::RateState::from_policy(&opts.rate_limit),
     };
     let (to_kernel, to_store) = state.reconcile();
+    restore_rate_state(&mut state);
     info!(
         bans = state.bans.len(),
         allows = state.allows.len(),
@@ -149,14 +154,31 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let wanted: Vec<(String, &'static str)> =
+    let mut wanted: Vec<(String, &'static str)> =
         attached.iter().map(|a| (a.iface.clone(), a.how)).collect();
+    wanted.push((attach::SOCKOPS_PIN.into(), attach::SOCKOPS_HOW));
     attach::remove_unwanted_pins(&links_dir, &wanted);
     state.attachments = attached;
+    let sockops = match attach::attach_sockops(&mut state.dp, &links_dir) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("concurrent-connection caps are unavailable: {e:#}");
+            None
+        }
+    };
+    let events = state.dp.take_events();
 
     let listener = bind_socket(&opts.socket)?;
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
+    if let Some(ring) = events {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Err(e) = read_rate_events(ring, state).await {
+                error!("rate-limit event reader stopped: {e:#}");
+            }
+        });
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -169,6 +191,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = gc.tick() => {
                 if let Ok(mut s) = state.lock() {
                     s.gc();
+                    s.prune_offenders();
                 }
             }
             conn = listener.accept() => match conn {
@@ -189,7 +212,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut s = state
         .lock()
         .map_err(|_| anyhow::anyhow!("agent state lock poisoned"))?;
-    for a in std::mem::take(&mut s.attachments) {
+    for a in std::mem::take(&mut s.attachments)
+        .into_iter()
+        .chain(sockops)
+    {
         if opts.keep_attached {
             a.keep();
         } else {
@@ -198,6 +224,70 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Limits: run-time ones from the store win over the policy file's; offence
+/// history comes back too. Then they are written to the datapath.
+fn restore_rate_state(state: &mut AgentState) {
+    if let Some(store) = state.store.as_ref() {
+        match store.limits() {
+            Ok(Some(l)) => {
+                info!("using rate limits last set at run time (they override the policy file's)");
+                state.rate.limits = l;
+            }
+            Ok(None) => {}
+            Err(e) => warn!("cannot read run-time limits: {e}; using the policy file's"),
+        }
+        match store.offences() {
+            Ok(h) => state.rate.history = h.into_iter().collect(),
+            Err(e) => warn!("cannot read offence history: {e}"),
+        }
+    }
+    if let Err(e) = state.apply_limits() {
+        error!("{e}");
+    }
+}
+
+/// Drains the datapath's offender reports as they come.
+async fn read_rate_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    state: Arc<Mutex<AgentState>>,
+) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
+    // not reused for as long as it is registered.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "failed to watch the event ring buffer: {}",
+            e.into_parts().1
+        )
+    })?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let mut batch = Vec::new();
+        {
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<tollgate_common::RateEvent>() {
+                    // SAFETY: the datapath writes whole RateEvents (a POD type);
+                    // the length was checked.
+                    let ev: tollgate_common::RateEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    batch.push(ev);
+                }
+            }
+        }
+        guard.clear_ready();
+        if !batch.is_empty()
+            && let Ok(mut s) = state.lock()
+        {
+            for ev in &batch {
+                s.on_rate_event(ev);
+            }
+        }
+    }
 }
 
 /// One control connection: check the peer is root, read one request line,

@@ -51,12 +51,21 @@ pub struct AgentState {
     pub pin_dir: String,
     /// State directory, for status.
     pub state_dir: String,
+    /// Rate limits, escalation, `top`.
+    pub rate: super::ratelimit::RateState,
 }
 
 /// A request the agent refuses, with the reason for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(String);
+
+impl Refused {
+    /// A refusal with its reason.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
 
 fn refuse(msg: impl Into<String>) -> Refused {
     Refused(msg.into())
@@ -280,6 +289,10 @@ impl AgentState {
             Request::AllowLs => Ok(self.allow_ls()),
             Request::Stats => self.stats(),
             Request::Status => Ok(self.status()),
+            Request::LimitsSet { port, spec } => self.limits_set(port, spec),
+            Request::LimitsClear { port } => self.limits_clear(port),
+            Request::LimitsShow => Ok(self.limits_view()),
+            Request::Top { n } => self.top(n),
         };
         match res {
             Ok(data) => Response::ok(data),
