@@ -40,8 +40,13 @@ fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
     match which.as_str() {
         "xdp" => xdp(),
+        "ratelimit" => ratelimit(),
+        "ratelimit-wire" => {
+            let mut dp = Datapath::load(None, caps()).unwrap();
+            ratelimit_wire(&mut dp);
+        }
         other => {
-            eprintln!("unknown benchmark '{other}' (known: xdp)");
+            eprintln!("unknown benchmark '{other}' (known: xdp, ratelimit)");
             std::process::exit(2);
         }
     }
@@ -363,6 +368,54 @@ fn blast(
     (cpu as f64 / pkts.max(1) as f64, pkts)
 }
 
+/// A veth pair inside a private namespace (this thread enters it): frames
+/// generated on `tgbgen` with random sources from 198.18.0.0/15 arrive on
+/// `tgbrcv`, whose NAPI thread runs pinned on CPU 1.
+struct WireLab {
+    ns: String,
+    gen_ifindex: u32,
+    rcv_ifindex: u32,
+    frame: Vec<u8>,
+    gen_dp: Datapath,
+    _guard: Netns,
+}
+
+impl WireLab {
+    /// Sources are `198.18.0.0 | (random & mask)`.
+    fn new(mask: u32) -> Self {
+        let ns = format!("tgbench{}", std::process::id() % 100_000);
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "tgbgen", "type", "veth", "peer", "name", "tgbrcv",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "tgbgen", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "tgbrcv", "up"]);
+        let rcv_mac = mac(&ns, "tgbrcv");
+        let gen_mac = mac(&ns, "tgbgen");
+        let guard = Netns::enter(&ns);
+        let gen_ifindex = nix::net::if_::if_nametoindex("tgbgen").unwrap();
+        let rcv_ifindex = nix::net::if_::if_nametoindex("tgbrcv").unwrap();
+        let mut frame = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
+        frame[0..6].copy_from_slice(&rcv_mac);
+        frame[6..12].copy_from_slice(&gen_mac);
+        let mut gen_dp = Datapath::load(None, Capacities::small()).unwrap();
+        {
+            let mut cfg: Array<_, [u32; 4]> =
+                Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+            cfg.set(0, [0xc612_0000, mask, 0, 0], 0).unwrap();
+        }
+        pin_to_cpu(0);
+        Self {
+            ns,
+            gen_ifindex,
+            rcv_ifindex,
+            frame,
+            gen_dp,
+            _guard: guard,
+        }
+    }
+}
+
 fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).unwrap();
@@ -373,18 +426,8 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
     println!(
         "## On the wire: random sources from 198.18.0.0/15 (all banned, among 1,000,000 entries)\n"
     );
-    let ns = format!("tgbench{}", std::process::id() % 100_000);
-    sh(&["ip", "netns", "add", &ns]);
-    sh(&[
-        "ip", "-n", &ns, "link", "add", "tgbgen", "type", "veth", "peer", "name", "tgbrcv",
-    ]);
-    sh(&["ip", "-n", &ns, "link", "set", "tgbgen", "up"]);
-    sh(&["ip", "-n", &ns, "link", "set", "tgbrcv", "up"]);
-    let rcv_mac = mac(&ns, "tgbrcv");
-    let gen_mac = mac(&ns, "tgbgen");
-    let guard = Netns::enter(&ns);
-    let gen_ifindex = nix::net::if_::if_nametoindex("tgbgen").unwrap();
-    let rcv_ifindex = nix::net::if_::if_nametoindex("tgbrcv").unwrap();
+    let mut w = WireLab::new(0x1_ffff);
+    let (ns, gen_ifindex, rcv_ifindex) = (w.ns.clone(), w.gen_ifindex, w.rcv_ifindex);
 
     // All 131,072 host addresses of the lab range are banned too.
     let lab: Vec<(IpNet, BlockEntry)> = (0u32..1 << 17)
@@ -397,16 +440,8 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
         .collect();
     dp.insert_blocks(lab).unwrap();
     let total = dp.block_count();
-
-    let mut frame = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
-    frame[0..6].copy_from_slice(&rcv_mac);
-    frame[6..12].copy_from_slice(&gen_mac);
-    let mut gen_dp = Datapath::load(None, Capacities::small()).unwrap();
-    {
-        let mut cfg: Array<_, [u32; 4]> =
-            Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
-        cfg.set(0, [0xc612_0000, 0x1_ffff, 0, 0], 0).unwrap();
-    }
+    let frame = w.frame.clone();
+    let gen_dp = &mut w.gen_dp;
     // The generator program must be attached somewhere for XDP_TX on veth;
     // the sending veth needs an XDP program on its peer to receive at all.
     pin_to_cpu(0);
@@ -429,7 +464,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
     let napi = napi_thread("tgbrcv");
     sh(&["taskset", "-pc", "1", &napi.to_string()]);
     let dropped_before = dp_drops(dp);
-    let (tg_ns, tg_pkts) = blast(&mut gen_dp, gen_ifindex, &frame, napi, &|| 0);
+    let (tg_ns, tg_pkts) = blast(gen_dp, gen_ifindex, &frame, napi, &|| 0);
     let tg_dropped = dp_drops(dp) - dropped_before;
     let tg_ns = tg_ns * tg_pkts.max(1) as f64 / tg_dropped.max(1) as f64;
     dp.xdp().unwrap().detach(link).unwrap();
@@ -444,7 +479,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
         PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
     let floor_counted = move || floor_cnt.get(&0, 0).unwrap().iter().sum::<u64>();
     let napi = napi_on_cpu1(&ns);
-    let (floor_ns, floor_pkts) = blast(&mut gen_dp, gen_ifindex, &frame, napi, &floor_counted);
+    let (floor_ns, floor_pkts) = blast(gen_dp, gen_ifindex, &frame, napi, &floor_counted);
     dp.extra_xdp(programs::BENCH_DROP)
         .unwrap()
         .detach(floor_link)
@@ -500,14 +535,14 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
             PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
         let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
         let napi = napi_on_cpu1(&ns);
-        let r = blast(&mut gen_dp, gen_ifindex, &frame, napi, &counted);
+        let r = blast(gen_dp, gen_ifindex, &frame, napi, &counted);
         nft_result = Some(r);
         dp.extra_xdp(programs::BENCH_COUNT)
             .unwrap()
             .detach(link)
             .unwrap();
     }
-    drop(guard);
+    drop(w);
 
     println!("| receiver | entries | packets processed | CPU per packet |");
     println!("|----------|--------:|------------------:|---------------:|");
@@ -530,6 +565,14 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
     }
 }
 
+fn dp_total(dp: &Datapath) -> u64 {
+    dp.counters()
+        .unwrap()
+        .iter()
+        .map(|(_, _, c)| c.packets)
+        .sum()
+}
+
 fn dp_drops(dp: &Datapath) -> u64 {
     dp.counters()
         .unwrap()
@@ -537,4 +580,209 @@ fn dp_drops(dp: &Datapath) -> u64 {
         .filter(|(v, _, _)| *v == tollgate_common::Verdict::Drop)
         .map(|(_, _, c)| c.packets)
         .sum()
+}
+
+fn limits(dp: &mut Datapath, pps: u32, burst: u32) {
+    let spec = tollgate::limits::LimitSpec {
+        pps: Some(pps),
+        burst: Some(burst),
+        ..Default::default()
+    };
+    dp.set_limits(Some(spec.to_cfg()), &std::collections::BTreeMap::new(), 64)
+        .unwrap();
+}
+
+/// Runs `frame` once through the program (fills a bucket for its source).
+fn once(prog: &mut Xdp, frame: &[u8]) {
+    let mut out = vec![0u8; frame.len() + 256];
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })
+    .unwrap();
+}
+
+/// `cargo xtask bench ratelimit`.
+fn ratelimit() {
+    tollgate_tests::require_root();
+    println!("# cargo xtask bench ratelimit\n");
+    println!(
+        "## Per-packet time with the limiter on (BPF_PROG_TEST_RUN, {REPEAT} repeats, best of 3)\n"
+    );
+    let mut dp = Datapath::load(
+        None,
+        Capacities {
+            buckets: 1 << 20,
+            ..caps()
+        },
+    )
+    .unwrap();
+    let src = frame_v4(Ipv4Addr::new(198, 18, 1, 1));
+    let floor = ns_per_packet(dp.extra_xdp(programs::BENCH_PASS).unwrap(), &src, 2);
+    dp.insert_blocks(mix(1_000_000, 7).into_iter().map(|n| (n, entry())))
+        .unwrap();
+    println!("1,000,000 block entries loaded; floor (XDP_PASS program): {floor} ns\n");
+    println!(
+        "| tracked sources | under the limit (pass) | over the limit (drop) | pass / floor | drop / floor |"
+    );
+    println!(
+        "|----------------:|-----------------------:|----------------------:|-------------:|-------------:|"
+    );
+    for tracked in [1usize, 1_000_000] {
+        if tracked > 1 {
+            limits(&mut dp, 1_000_000_000, 1);
+            let t = Instant::now();
+            let prog = dp.xdp().unwrap();
+            for i in 0u32..1 << 17 {
+                once(prog, &frame_v4(Ipv4Addr::from(0xc612_0000 | i)));
+            }
+            for i in 0..u32::try_from(tracked).unwrap() - (1 << 17) {
+                let a = Ipv6Addr::from(
+                    0xfd00_0000_0000_0000_0000_0000_0000_0001u128 | (u128::from(i) << 64),
+                );
+                once(prog, &frame_v6(a));
+            }
+            eprintln!(
+                "(tracked {} sources in {:.1}s)",
+                dp.buckets().unwrap().len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        limits(&mut dp, 2_000_000_000, 2_000_000_000);
+        let pass = ns_per_packet(dp.xdp().unwrap(), &src, 2);
+        limits(&mut dp, 1000, 1000);
+        let drop = ns_per_packet(dp.xdp().unwrap(), &src, 1);
+        let f = floor.max(1) as f64;
+        println!(
+            "| {tracked} | {pass} ns | {drop} ns | {:.1}x | {:.1}x |",
+            pass as f64 / f,
+            drop as f64 / f
+        );
+    }
+
+    println!("\n## Accounting across CPUs\n");
+    // Two threads, pinned to different CPUs, hammer one source; every
+    // packet that passes is counted once, whichever CPU it ran on.
+    limits(&mut dp, 200_000, 100);
+    let frame = frame_v4(Ipv4Addr::new(198, 18, 9, 9));
+    let start = Instant::now();
+    // Each thread opens the same loaded program through a pin.
+    let pin =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/tollgate-bench-{}", std::process::id()));
+    dp.xdp().unwrap().pin(&pin).unwrap();
+    let handles: Vec<_> = (0..2usize)
+        .map(|cpu| {
+            let frame = frame.clone();
+            let pin = pin.clone();
+            std::thread::spawn(move || {
+                pin_to_cpu(cpu);
+                let prog =
+                    Xdp::from_pin(&pin, aya_obj::programs::XdpAttachType::Interface).unwrap();
+                let mut out = vec![0u8; frame.len() + 256];
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    repeat: 20_000_000,
+                    ..TestRunOptions::default()
+                })
+                .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&pin);
+    let b = dp
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.addr[12..] == [198, 18, 9, 9])
+        .unwrap()
+        .1;
+    let expected = 100.0 + 200_000.0 * elapsed;
+    println!(
+        "2 CPUs x 20,000,000 packets from one source, limit 200,000 pps (burst 100), {elapsed:.2}s: \
+         passed {} (expected at most {expected:.0}: {:.3}x), dropped {}",
+        b.passed,
+        b.passed as f64 / expected,
+        b.dropped
+    );
+    ratelimit_wire(&mut dp);
+}
+
+fn ratelimit_wire(dp: &mut Datapath) {
+    println!("\n## On the wire: a flood from 1,024 random sources, limited to 10 packets/s each\n");
+    let mut w = WireLab::new(0x3ff);
+    limits(dp, 10, 10);
+    let before = dp_drops(dp);
+    let before_all = dp_total(dp);
+    let link = dp
+        .xdp()
+        .unwrap()
+        .attach_to_if_index(w.rcv_ifindex, XdpMode::Driver)
+        .unwrap();
+    let napi = napi_on_cpu1(&w.ns);
+    let frame = w.frame.clone();
+    let (ns_all, processed) = blast(&mut w.gen_dp, w.gen_ifindex, &frame, napi, &|| 0);
+
+    let _ = processed;
+    let _ = processed;
+    let dropped = dp_drops(dp) - before;
+    let seen = dp_total(dp) - before_all;
+    dp.xdp().unwrap().detach(link).unwrap();
+    let tg_ns = ns_all / seen.max(1) as f64;
+
+    let nft = "table netdev tgbench {\n\
+        set m { type ipv4_addr; size 1048576; flags dynamic, timeout; timeout 30s; }\n\
+        chain ingress { type filter hook ingress device tgbrcv priority 0; \
+        add @m { ip saddr limit rate over 10/second burst 10 packets } drop; }\n}\n";
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &w.ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(nft.as_bytes())?;
+            c.wait()
+        })
+        .is_ok_and(|s| s.success());
+    let mut nft_result = None;
+    if ok {
+        let link = dp
+            .extra_xdp(programs::BENCH_COUNT)
+            .unwrap()
+            .attach_to_if_index(w.rcv_ifindex, XdpMode::Driver)
+            .unwrap();
+        let cnt: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+        let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
+        let napi = napi_on_cpu1(&w.ns);
+        nft_result = Some(blast(&mut w.gen_dp, w.gen_ifindex, &frame, napi, &counted));
+        dp.extra_xdp(programs::BENCH_COUNT)
+            .unwrap()
+            .detach(link)
+            .unwrap();
+    }
+    drop(w);
+    println!("| receiver | packets processed | CPU per packet | absorbed per CPU-second |");
+    println!("|----------|------------------:|---------------:|------------------------:|");
+    println!(
+        "| Tollgate XDP limiter | {seen} ({dropped} dropped) | {tg_ns:.0} ns | {:.2} M/s |",
+        1e3 / tg_ns
+    );
+    match nft_result {
+        Some((ns_pp, pkts)) => {
+            println!(
+                "| nftables netdev dynamic set + limit | {pkts} | {ns_pp:.0} ns | {:.2} M/s |",
+                1e3 / ns_pp
+            );
+            println!(
+                "\nTollgate absorbs {:.2}x the flood nftables does per CPU-second",
+                ns_pp / tg_ns
+            );
+        }
+        None => println!("| nftables | - | - | failed to load the ruleset |"),
+    }
 }
