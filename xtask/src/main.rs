@@ -36,10 +36,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: `xdp` (datapath cost per packet, and on the wire against nftables).
+    /// Benchmarks: `xdp` (block/allow datapath) and `ratelimit` (the limiter),
+    /// in the kernel and on the wire, against nftables.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp"])]
+        #[arg(value_parser = ["xdp", "ratelimit"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true)]
