@@ -43,11 +43,40 @@ pub mod maps {
     pub const CONNS: &str = "TG_CONNS";
     /// Ring buffer of [`super::RateEvent`]s for the agent.
     pub const EVENTS: &str = "TG_EVENTS";
+    /// API ports (65,536 slots; non-zero = sample this port's traffic).
+    pub const API_PORTS: &str = "TG_API_PORTS";
+    /// [`super::SampleCfg`], one entry.
+    pub const SAMPLING: &str = "TG_SAMPLING";
+    /// Per-flow sampling state ([`super::FlowKey`] -> [`super::FlowState`]), LRU.
+    pub const FLOWS: &str = "TG_FLOWS";
+    /// Ring buffer of [`super::SampleRecord`]s.
+    pub const SAMPLES: &str = "TG_SAMPLES";
+    /// Per-CPU sampling counters, indexed by [`super::sample_stat`].
+    pub const SAMPLE_STATS: &str = "TG_SMPL_STATS";
+    /// Tail-call table (not pinned): slot 0 = the request sampler.
+    pub const JUMP: &str = "TG_JUMP";
 
     /// Every pinned map, for status output and for clean removal.
-    pub const ALL: [&str; 14] = [
-        CONFIG, COUNTERS, BLOCK4, BLOCK6, BLOCK4_LPM, BLOCK6_LPM, ALLOW4, ALLOW6, PREFILTER4,
-        PREFILTER6, LIMITS, BUCKETS, CONNS, EVENTS,
+    pub const ALL: [&str; 19] = [
+        CONFIG,
+        COUNTERS,
+        BLOCK4,
+        BLOCK6,
+        BLOCK4_LPM,
+        BLOCK6_LPM,
+        ALLOW4,
+        ALLOW6,
+        PREFILTER4,
+        PREFILTER6,
+        LIMITS,
+        BUCKETS,
+        CONNS,
+        EVENTS,
+        API_PORTS,
+        SAMPLING,
+        FLOWS,
+        SAMPLES,
+        SAMPLE_STATS,
     ];
 }
 
@@ -57,6 +86,10 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "tollgate_xdp";
     /// The same logic as a TC (tcx) ingress classifier.
     pub const TC_INGRESS: &str = "tollgate_tc";
+    /// XDP request sampler, tail-called by [`XDP_INGRESS`].
+    pub const XDP_SAMPLE: &str = "tollgate_xdp_sample";
+    /// TC (tcx) egress: samples API responses.
+    pub const TC_EGRESS: &str = "tollgate_tc_egress";
     /// sock_ops on the root cgroup: counts established connections per client.
     pub const SOCKOPS: &str = "tollgate_sockops";
     /// Benchmark only: the trivial XDP_PASS floor.
@@ -91,7 +124,109 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 18;
     /// Port slots in the limits array (every TCP/UDP port; 0 = other protocols).
     pub const LIMIT_SLOTS: u32 = 1 << 16;
+    /// Flows whose sampling state is tracked (LRU).
+    pub const FLOWS: u32 = 1 << 18;
+    /// Sample ring buffer bytes (about 3,800 full samples).
+    pub const SAMPLES_BYTES: u32 = 1 << 22;
 }
+
+/// Payload bytes a sample carries at most.
+pub const SAMPLE_BYTES: usize = 1024;
+
+/// Indexes of the per-CPU sampling counters.
+pub mod sample_stat {
+    /// Samples written to the ring buffer.
+    pub const TAKEN: u32 = 0;
+    /// Samples lost because the ring buffer was full (the datapath never waits).
+    pub const LOST: u32 = 1;
+    /// API payload packets not selected by the sampling policy.
+    pub const SKIPPED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// Sampling policy, written by the agent (which lowers the rate under load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleCfg {
+    /// Every flow's first this-many payload packets are sampled.
+    pub first_packets: u32,
+    /// Then one in this many (0 or 1 = all).
+    pub one_in: u32,
+    /// Payload bytes to copy (at most [`SAMPLE_BYTES`]); 0 disables sampling.
+    pub max_bytes: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<SampleCfg>() == 16);
+
+/// A TCP flow, oriented client -> server whichever way the packet goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address (IPv4 as `::ffff:a.b.c.d`).
+    pub client: [u8; 16],
+    /// Server address.
+    pub server: [u8; 16],
+    /// Client port.
+    pub client_port: u16,
+    /// Server (API) port.
+    pub server_port: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 36);
+
+/// Per-flow sampling state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Payload packets seen, both directions.
+    pub packets: u64,
+}
+
+/// Sample direction: client to server (captured at ingress).
+pub const DIR_REQUEST: u8 = 0;
+/// Sample direction: server to client (captured at egress).
+pub const DIR_RESPONSE: u8 = 1;
+
+/// Metadata of one sampled packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleHeader {
+    /// Boot-clock ns.
+    pub ts_ns: u64,
+    /// The flow.
+    pub flow: FlowKey,
+    /// [`DIR_REQUEST`] or [`DIR_RESPONSE`].
+    pub direction: u8,
+    /// TCP flags.
+    pub tcp_flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Reserved; zero.
+    pub reserved: u8,
+    /// TCP sequence number of the first payload byte.
+    pub seq: u32,
+    /// Interface index it was seen on.
+    pub ifindex: u32,
+    /// Payload bytes in the packet.
+    pub payload_len: u32,
+    /// Payload bytes copied into the sample.
+    pub captured: u32,
+    /// Reserved; zero.
+    pub reserved2: u32,
+}
+const _: () = assert!(size_of::<SampleHeader>() == 72);
+
+/// One ring-buffer sample: metadata plus the first payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRecord {
+    /// Metadata.
+    pub header: SampleHeader,
+    /// `header.captured` bytes of payload, the rest undefined.
+    pub data: [u8; SAMPLE_BYTES],
+}
+const _: () = assert!(size_of::<SampleRecord>() == 72 + SAMPLE_BYTES);
 
 /// A cache-friendly bitmap that lets the clean packet out after one array
 /// lookup: a set bit means "some ban may cover this bucket", a clear bit means
@@ -155,6 +290,8 @@ pub mod config_flags {
     pub const V6_ALLOW: u32 = 1 << 4;
     /// Some rate limit is configured (else the limiter is skipped).
     pub const LIMITS: u32 = 1 << 5;
+    /// API ports are configured: sample their payloads.
+    pub const SAMPLING: u32 = 1 << 6;
 }
 
 /// Enforcement mode, [`Config::mode`].
@@ -501,6 +638,9 @@ mod pod {
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::RateEvent {}
+    unsafe impl aya::Pod for super::SampleCfg {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
 }
 
 #[cfg(test)]

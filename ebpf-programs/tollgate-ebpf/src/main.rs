@@ -16,23 +16,25 @@ mod bench;
 mod limit;
 mod maps;
 mod parse;
+mod sample;
 mod sockops;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use tollgate_common::{
-    BlockEntry, Config, Mode, Reason, Verdict, config_flags, counter_index, prefilter,
+    BlockEntry, Config, DIR_REQUEST, DIR_RESPONSE, Mode, Reason, Verdict, config_flags,
+    counter_index, prefilter,
 };
 
 use crate::{
     maps::{
         TG_ALLOW4, TG_ALLOW6, TG_BLOCK4, TG_BLOCK4_LPM, TG_BLOCK6, TG_BLOCK6_LPM, TG_CONFIG,
-        TG_COUNTERS, TG_PRE4, TG_PRE6,
+        TG_COUNTERS, TG_JUMP, TG_PRE4, TG_PRE6,
     },
     parse::{Cursor, Source},
 };
@@ -46,26 +48,73 @@ const TC_ACT_SHOT: i32 = 2;
 pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     match decide(start, end) {
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Pass | Verdict::Monitor => xdp_action::XDP_PASS,
+        (Verdict::Drop, _) => xdp_action::XDP_DROP,
+        (_, true) => {
+            // Sampling runs as its own program (its own stack and verifier
+            // budget). If the jump fails (no sampler loaded), just pass.
+            // SAFETY: index 0 holds an XDP program or nothing.
+            let _ = unsafe { TG_JUMP.tail_call(&ctx, 0) };
+            xdp_action::XDP_PASS
+        }
+        (_, false) => xdp_action::XDP_PASS,
     }
+}
+
+/// Tail-called by `tollgate_xdp` for passing TCP payload packets when API
+/// sampling is on: samples requests to API ports. Always passes.
+#[xdp]
+pub fn tollgate_xdp_sample(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
+        let md = ctx.ctx;
+        // SAFETY: reading the context's ingress ifindex field.
+        let ifindex = unsafe { (*md).ingress_ifindex };
+        sample::maybe_sample(&pkt, DIR_REQUEST, end - start, ifindex, |off, dst, len| {
+            // SAFETY: `dst` points at `len` writable bytes of a ring-buffer record.
+            unsafe { bpf_xdp_load_bytes(md, off, dst.cast(), len) == 0 }
+        });
+    }
+    xdp_action::XDP_PASS
 }
 
 #[classifier]
 pub fn tollgate_tc(ctx: TcContext) -> i32 {
     match decide(ctx.data(), ctx.data_end()) {
-        Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Pass | Verdict::Monitor => TCX_NEXT,
+        (Verdict::Drop, _) => TC_ACT_SHOT,
+        _ => TCX_NEXT,
     }
 }
 
-/// Decides, counts, and returns the verdict for the packet in `[start, end)`.
+/// Egress: samples API responses (never drops anything).
+#[classifier]
+pub fn tollgate_tc_egress(ctx: TcContext) -> i32 {
+    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    if config.flags & config_flags::SAMPLING == 0 {
+        return TCX_NEXT;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
+        let skb = ctx.skb.skb;
+        // SAFETY: reading context fields.
+        let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len as usize) };
+        sample::maybe_sample(&pkt, DIR_RESPONSE, len, ifindex, |off, dst, n| {
+            // SAFETY: `dst` points at `n` writable bytes of a ring-buffer record.
+            unsafe { bpf_skb_load_bytes(skb.cast(), off, dst.cast(), n) == 0 }
+        });
+    }
+    TCX_NEXT
+}
+
+/// Decides, counts, and returns the verdict for the packet in `[start, end)`,
+/// with the parsed packet when it passes and API sampling is on.
 #[inline(always)]
-fn decide(start: usize, end: usize) -> Verdict {
+fn decide(start: usize, end: usize) -> (Verdict, bool) {
+    let mut sample = false;
     let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
     let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
         Err(reason) => (Verdict::Pass, reason),
         Ok(pkt) => {
+            sample = config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0;
             let matched = match pkt.src {
                 Source::V4(addr) => lookup_v4(&addr, config.flags),
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
@@ -106,7 +155,7 @@ fn decide(start: usize, end: usize) -> Verdict {
         }
     };
     count(verdict, reason, (end - start) as u64);
-    verdict
+    (verdict, sample)
 }
 
 enum Match {

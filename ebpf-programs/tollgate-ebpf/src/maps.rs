@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tollgate_common::{
-    AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, LimitCfg, capacity,
-    prefilter,
+    AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, FlowKey, FlowState,
+    LimitCfg, SampleCfg, capacity, prefilter, sample_stat,
 };
 
 /// Entries are allocated on insert: an empty million-entry map costs nothing.
@@ -56,3 +56,23 @@ pub static TG_CONNS: HashMap<BucketKey, u64> = HashMap::pinned(capacity::CONNS, 
 
 #[map]
 pub static TG_EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
+
+#[map]
+pub static TG_API_PORTS: Array<u32> = Array::pinned(capacity::LIMIT_SLOTS, 0);
+
+#[map]
+pub static TG_SAMPLING: Array<SampleCfg> = Array::pinned(1, 0);
+
+#[map]
+pub static TG_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(capacity::FLOWS, 0);
+
+#[map]
+pub static TG_SAMPLES: RingBuf = RingBuf::pinned(capacity::SAMPLES_BYTES, 0);
+
+#[map]
+pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::COUNT, 0);
+
+/// Tail calls: slot 0 = the request sampler. Not pinned: it empties when the
+/// agent goes away, and the datapath then passes without sampling.
+#[map]
+pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);

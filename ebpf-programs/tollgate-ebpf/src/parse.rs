@@ -63,6 +63,11 @@ pub enum Source {
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub src: Source,
+    /// Destination address (sampling needs the whole flow).
+    pub dst: Source,
+    /// Offset just past the IP payload (from the IP length field: frames
+    /// may carry Ethernet padding).
+    pub l3_end: usize,
     /// `Clean`, or why the upper layers could not be read. A banned source
     /// is dropped whatever this says: its IP header is all a ban needs.
     pub l4_status: Reason,
@@ -77,6 +82,12 @@ pub struct L4 {
     pub dport: u16,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10), 0 otherwise.
     pub tcp_flags: u8,
+    /// Source port (TCP/UDP), 0 otherwise.
+    pub sport: u16,
+    /// TCP sequence number, 0 otherwise.
+    pub seq: u32,
+    /// Offset of the TCP payload, 0 when not TCP.
+    pub payload_off: usize,
     /// Upper-layer protocol number.
     pub proto: u8,
 }
@@ -117,6 +128,8 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
         return Err(Reason::Malformed);
     }
     let src = Source::V4([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = Source::V4([ip[16], ip[17], ip[18], ip[19]]);
+    let l3_end = off + usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let proto = ip[9];
     // Non-first fragments carry no upper-layer header; the source is enough.
     // Options claimed but cut short: the header is not whole, so pass.
@@ -127,18 +140,25 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     } else {
         check_l4(c, off + ihl, proto)
     };
-    Ok(Packet { src, l4_status, l4 })
+    Ok(Packet {
+        src,
+        dst,
+        l3_end,
+        l4_status,
+        l4,
+    })
 }
 
 #[inline(always)]
 fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
-    let ip = c.read::<40>(off)?;
+    // Read in pieces: a 40-byte copy costs stack the programs cannot spare.
+    let ip = c.read::<8>(off)?;
     if ip[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    let src = Source::V6(src);
+    let src = Source::V6(c.read::<16>(off + 8)?);
+    let dst = Source::V6(c.read::<16>(off + 24)?);
+    let l3_end = off + 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
     let mut next = ip[6];
     let mut off = off + 40;
     let mut status = Reason::ExtChainTooLong;
@@ -195,6 +215,8 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     }
     Ok(Packet {
         src,
+        dst,
+        l3_end,
         l4_status: status,
         l4,
     })
@@ -213,14 +235,18 @@ fn check_l4(c: &Cursor, off: usize, proto: u8) -> (Reason, L4) {
             // Data offset below five words is not a TCP header.
             Ok(tcp) if tcp[12] >> 4 < 5 => Reason::Malformed,
             Ok(tcp) => {
+                l4.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
                 l4.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+                l4.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
                 l4.tcp_flags = tcp[13];
+                l4.payload_off = off + usize::from(tcp[12] >> 4) * 4;
                 Reason::Clean
             }
             Err(r) => r,
         },
         IPPROTO_UDP => match c.read::<8>(off) {
             Ok(udp) => {
+                l4.sport = u16::from_be_bytes([udp[0], udp[1]]);
                 l4.dport = u16::from_be_bytes([udp[2], udp[3]]);
                 Reason::Clean
             }

@@ -181,6 +181,11 @@ pub struct Datapath {
     conns: HashMap<MapData, BucketKey, u64>,
     /// The event ring buffer, until the agent takes it.
     events: Option<aya::maps::RingBuf<MapData>>,
+    /// The sample ring buffer, until the agent takes it.
+    samples: Option<aya::maps::RingBuf<MapData>>,
+    api_ports: Array<MapData, u32>,
+    sampling: Array<MapData, tollgate_common::SampleCfg>,
+    sample_stats: PerCpuArray<MapData, u64>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -244,7 +249,11 @@ impl Datapath {
             }),
             source: Box::new(source),
         })?;
-        for name in [programs::XDP_INGRESS, programs::TC_INGRESS] {
+        for name in [
+            programs::XDP_INGRESS,
+            programs::TC_INGRESS,
+            programs::TC_EGRESS,
+        ] {
             let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
                 name,
                 source: Box::new(ProgramError::NotLoaded),
@@ -258,6 +267,38 @@ impl Datapath {
                 name,
                 source: Box::new(source),
             })?;
+        }
+        // The request sampler is reached by tail call from the XDP program.
+        {
+            let name = programs::XDP_SAMPLE;
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut Xdp>::try_from(p).ok())
+                .ok_or(DatapathError::Program {
+                    name,
+                    source: Box::new(ProgramError::NotLoaded),
+                })?;
+            prog.load().map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+            let fd = prog
+                .fd()
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?
+                .try_clone()
+                .map_err(|e| DatapathError::Program {
+                    name,
+                    source: Box::new(ProgramError::IOError(e)),
+                })?;
+            let jump = ebpf
+                .map_mut(maps::JUMP)
+                .ok_or(DatapathError::MissingMap { name: maps::JUMP })?;
+            let mut jump =
+                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", maps::JUMP))?;
+            jump.set(0, &fd, 0).map_err(map_err("write", maps::JUMP))?;
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -289,6 +330,14 @@ impl Datapath {
         let conns = HashMap::try_from(take(maps::CONNS)?).map_err(map_err("open", maps::CONNS))?;
         let events = aya::maps::RingBuf::try_from(take(maps::EVENTS)?)
             .map_err(map_err("open", maps::EVENTS))?;
+        let samples = aya::maps::RingBuf::try_from(take(maps::SAMPLES)?)
+            .map_err(map_err("open", maps::SAMPLES))?;
+        let api_ports =
+            Array::try_from(take(maps::API_PORTS)?).map_err(map_err("open", maps::API_PORTS))?;
+        let sampling =
+            Array::try_from(take(maps::SAMPLING)?).map_err(map_err("open", maps::SAMPLING))?;
+        let sample_stats = PerCpuArray::try_from(take(maps::SAMPLE_STATS)?)
+            .map_err(map_err("open", maps::SAMPLE_STATS))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -308,6 +357,10 @@ impl Datapath {
             buckets,
             conns,
             events: Some(events),
+            samples: Some(samples),
+            api_ports,
+            sampling,
+            sample_stats,
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -538,6 +591,83 @@ impl Datapath {
         for k in keys {
             let _ = self.conns.remove(&k);
         }
+    }
+
+    /// Sets the API ports whose TCP payloads are sampled (empty: sampling off).
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn set_api_ports(
+        &mut self,
+        ports: &std::collections::BTreeSet<u16>,
+        cfg: tollgate_common::SampleCfg,
+    ) -> Result<()> {
+        for p in 1..=u16::MAX {
+            let want = u32::from(ports.contains(&p));
+            // Only touch slots that change (reads are cheap, writes flush).
+            let have = self.api_ports.get(&u32::from(p), 0).unwrap_or(0);
+            if have != want {
+                self.api_ports
+                    .set(u32::from(p), want, 0)
+                    .map_err(map_err("write", maps::API_PORTS))?;
+            }
+        }
+        self.set_sampling(cfg)?;
+        let mut flags = self.config.flags & !config_flags::SAMPLING;
+        if !ports.is_empty() && cfg.max_bytes > 0 {
+            flags |= config_flags::SAMPLING;
+        }
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the sampling policy (the agent lowers the rate under load).
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn set_sampling(&mut self, cfg: tollgate_common::SampleCfg) -> Result<()> {
+        self.sampling
+            .set(0, cfg, 0)
+            .map_err(map_err("write", maps::SAMPLING))
+    }
+
+    /// Sampling counters (taken, lost, skipped), summed over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn sample_stats(&self) -> Result<[u64; 3]> {
+        let mut out = [0u64; 3];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .sample_stats
+                .get(&u32::try_from(i).unwrap_or(0), 0)
+                .map_err(map_err("read", maps::SAMPLE_STATS))?;
+            *slot = v.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Hands the sample ring buffer to its reader (once).
+    pub fn take_samples(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.samples.take()
+    }
+
+    /// The TC egress (response sampling) program.
+    ///
+    /// # Errors
+    /// Never in practice: `load` loaded it.
+    pub fn tc_egress(&mut self) -> Result<&mut SchedClassifier> {
+        let name = programs::TC_EGRESS;
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(DatapathError::Program {
+                name,
+                source: Box::new(ProgramError::NotLoaded),
+            })
     }
 
     /// Hands the event ring buffer to its reader (once).

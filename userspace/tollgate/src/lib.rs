@@ -9,6 +9,7 @@
 //! - [`net`], [`clock`], [`table`]: small helpers.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod clock;

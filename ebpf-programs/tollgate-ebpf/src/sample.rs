@@ -1,0 +1,160 @@
+//! Sampling of API payloads into a ring buffer for the agent: the first K
+//! payload packets of every flow (so each connection's request line and
+//! headers are seen), then one in N. A full ring buffer loses the sample
+//! and counts it; the datapath never waits.
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns};
+use tollgate_common::{FlowKey, FlowState, SAMPLE_BYTES, SampleRecord, sample_stat};
+
+use crate::{
+    maps::{TG_API_PORTS, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
+    parse::{IPPROTO_TCP, Packet, Source},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+#[inline(always)]
+fn addr16(s: &Source) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    match s {
+        Source::V4(v) => {
+            a[10] = 0xff;
+            a[11] = 0xff;
+            a[12] = v[0];
+            a[13] = v[1];
+            a[14] = v[2];
+            a[15] = v[3];
+        }
+        Source::V6(v) => a = *v,
+    }
+    a
+}
+
+#[inline(always)]
+fn stat(i: u32) {
+    if let Some(c) = TG_SMPL_STATS.get_ptr_mut(i) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Samples `pkt` if it carries API payload and the policy selects it.
+/// `frame_len` bounds the payload; `copy(offset, dst, len)` copies payload
+/// bytes out of the packet (XDP and TC have different helpers).
+#[inline(always)]
+pub fn maybe_sample(
+    pkt: &Packet,
+    direction: u8,
+    frame_len: usize,
+    ifindex: u32,
+    copy: impl FnOnce(u32, *mut u8, u32) -> bool,
+) {
+    let l4 = &pkt.l4;
+    if l4.proto != IPPROTO_TCP || l4.payload_off == 0 {
+        return;
+    }
+    let api_port = if direction == tollgate_common::DIR_REQUEST {
+        l4.dport
+    } else {
+        l4.sport
+    };
+    match TG_API_PORTS.get(u32::from(api_port)) {
+        Some(v) if *v != 0 => {}
+        _ => return,
+    }
+    let end = if pkt.l3_end < frame_len {
+        pkt.l3_end
+    } else {
+        frame_len
+    };
+    if end <= l4.payload_off {
+        return;
+    }
+    let payload_len = end - l4.payload_off;
+    let Some(cfg) = TG_SAMPLING.get(0) else {
+        return;
+    };
+    if cfg.max_bytes == 0 {
+        return;
+    }
+    let (client, server, client_port, server_port) = if direction == tollgate_common::DIR_REQUEST {
+        (addr16(&pkt.src), addr16(&pkt.dst), l4.sport, l4.dport)
+    } else {
+        (addr16(&pkt.dst), addr16(&pkt.src), l4.dport, l4.sport)
+    };
+    let key = FlowKey {
+        client,
+        server,
+        client_port,
+        server_port,
+    };
+    let seen = match TG_FLOWS.get_ptr_mut(&key) {
+        Some(st) => {
+            // SAFETY: map value pointer; a flow's packets normally stay on
+            // one CPU, and a lost increment only shifts the policy by one.
+            let n = unsafe { (*st).packets };
+            unsafe { (*st).packets = n + 1 };
+            n
+        }
+        None => {
+            let _ = TG_FLOWS.insert(&key, &FlowState { packets: 1 }, 0);
+            0
+        }
+    };
+    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        let _ = TG_FLOWS.remove(&key);
+    }
+    let take = seen < u64::from(cfg.first_packets)
+        || cfg.one_in <= 1
+        // SAFETY: helper without arguments.
+        || unsafe { bpf_get_prandom_u32() } % cfg.one_in == 0;
+    if !take {
+        stat(sample_stat::SKIPPED);
+        return;
+    }
+    let Some(mut entry) = TG_SAMPLES.reserve::<SampleRecord>(0) else {
+        stat(sample_stat::LOST);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let max = if (cfg.max_bytes as usize) < SAMPLE_BYTES {
+        cfg.max_bytes as usize
+    } else {
+        SAMPLE_BYTES
+    };
+    let mut len = if payload_len < max { payload_len } else { max };
+    // Keep the verifier's bound on the copy length explicit.
+    len &= 0x7ff;
+    if len > SAMPLE_BYTES {
+        len = SAMPLE_BYTES;
+    }
+    // SAFETY: `rec` points at the reserved, writable record.
+    unsafe {
+        let h = &raw mut (*rec).header;
+        (*h).ts_ns = bpf_ktime_get_boot_ns();
+        (*h).flow = key;
+        (*h).direction = direction;
+        (*h).tcp_flags = l4.tcp_flags;
+        (*h).family = if matches!(pkt.src, Source::V4(_)) {
+            4
+        } else {
+            6
+        };
+        (*h).reserved = 0;
+        (*h).seq = l4.seq;
+        (*h).ifindex = ifindex;
+        (*h).payload_len = payload_len as u32;
+        (*h).captured = len as u32;
+        (*h).reserved2 = 0;
+    }
+    // SAFETY: as above; `len` is within the data array.
+    let data = unsafe { (&raw mut (*rec).data).cast::<u8>() };
+    if len == 0 || !copy(l4.payload_off as u32, data, len as u32) {
+        entry.discard(0);
+        stat(sample_stat::LOST);
+        return;
+    }
+    entry.submit(0);
+    stat(sample_stat::TAKEN);
+}

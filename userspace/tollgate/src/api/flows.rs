@@ -1,0 +1,391 @@
+//! Per-flow reassembly of sampled segments into HTTP exchanges. Segments
+//! are appended while they follow each other (TCP sequence numbers); a gap
+//! (an unsampled segment) restarts the buffer, and whatever was not seen
+//! whole is marked truncated rather than guessed. Requests queue per flow
+//! so responses pair with them in order (keep-alive and pipelining).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::{
+    http::{self, Kind, Parsed},
+    sample::{Direction, Sample},
+};
+
+/// Bytes buffered per direction of a flow before giving up on a message.
+pub const MAX_BUFFER: usize = 16 * 1024;
+/// Requests awaiting their response, per flow.
+const MAX_PENDING: usize = 64;
+
+/// One parsed request or response, as `tollgate tap` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiEvent {
+    /// Unix time, seconds with fraction.
+    pub time: f64,
+    /// The client.
+    pub client: IpAddr,
+    /// Client port.
+    pub client_port: u16,
+    /// The server.
+    pub server: IpAddr,
+    /// API port.
+    pub port: u16,
+    /// `request` or `response`.
+    pub direction: Direction,
+    /// Method (a response carries its request's, once paired).
+    pub method: Option<String>,
+    /// Path (without query).
+    pub path: Option<String>,
+    /// Query string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Status code (responses).
+    pub status: Option<u16>,
+    /// Milliseconds from request to response, when paired.
+    pub latency_ms: Option<f64>,
+    /// Part of the message was not seen.
+    pub truncated: bool,
+    /// The parsed request, for detectors and the inventory (not printed).
+    #[serde(skip)]
+    pub request: Option<http::Request>,
+}
+
+/// Counters of what the pipeline saw.
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+pub struct FlowStats {
+    /// Samples handled.
+    pub samples: u64,
+    /// Requests parsed.
+    pub requests: u64,
+    /// Responses parsed.
+    pub responses: u64,
+    /// Samples from TLS flows (skipped).
+    pub tls: u64,
+    /// Samples that are neither HTTP nor TLS (skipped).
+    pub other: u64,
+    /// Messages marked truncated.
+    pub truncated: u64,
+    /// Flows evicted to stay within bounds.
+    pub evicted: u64,
+}
+
+#[derive(Default)]
+struct Half {
+    buf: Vec<u8>,
+    next_seq: Option<u32>,
+    /// The buffer does not start at a message boundary we saw.
+    broken: bool,
+    /// What this direction turned out to be.
+    kind: Option<Kind>,
+}
+
+struct Pending {
+    method: String,
+    path: String,
+    ts_ns: u64,
+}
+
+#[derive(Default)]
+struct Flow {
+    req: Half,
+    resp: Half,
+    pending: VecDeque<Pending>,
+    last_ns: u64,
+}
+
+type FlowId = (IpAddr, u16, IpAddr, u16);
+
+/// All flows being followed.
+pub struct Flows {
+    flows: HashMap<FlowId, Flow>,
+    max_flows: usize,
+    /// What was seen.
+    pub stats: FlowStats,
+}
+
+impl Flows {
+    /// Follows at most `max_flows` flows at once (least recent evicted).
+    #[must_use]
+    pub fn new(max_flows: usize) -> Self {
+        Self {
+            flows: HashMap::new(),
+            max_flows: max_flows.max(16),
+            stats: FlowStats::default(),
+        }
+    }
+
+    /// Flows followed now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is followed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    fn evict(&mut self) {
+        // Drop the least recent tenth in one go (amortised).
+        let mut ages: Vec<(u64, FlowId)> =
+            self.flows.iter().map(|(k, f)| (f.last_ns, *k)).collect();
+        ages.sort_unstable_by_key(|(t, _)| *t);
+        for (_, k) in ages.into_iter().take(self.max_flows / 10 + 1) {
+            self.flows.remove(&k);
+            self.stats.evicted += 1;
+        }
+    }
+
+    /// Feeds one sample; returns the messages it completed. `wall_offset`
+    /// converts the boot clock to Unix seconds.
+    pub fn on_sample(&mut self, s: &Sample, wall_offset: f64) -> Vec<ApiEvent> {
+        self.stats.samples += 1;
+        let id = (s.client, s.client_port, s.server, s.server_port);
+        if !self.flows.contains_key(&id) && self.flows.len() >= self.max_flows {
+            self.evict();
+        }
+        let flow = self.flows.entry(id).or_default();
+        flow.last_ns = s.ts_ns;
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
+        if half.next_seq != Some(s.seq) {
+            // First sample of this direction, or a gap: start over.
+            half.broken = half.next_seq.is_some() && !half.buf.is_empty();
+            half.buf.clear();
+        }
+        half.buf.extend_from_slice(&s.data);
+        let whole = s.data.len() == s.payload_len as usize;
+        half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
+        if half.kind.is_none() || half.buf.len() == s.data.len() {
+            half.kind = Some(http::classify(&half.buf));
+        }
+        let mut out = Vec::new();
+        match half.kind {
+            Some(Kind::Tls) => {
+                self.stats.tls += 1;
+                half.buf.clear();
+            }
+            Some(Kind::Other) => {
+                self.stats.other += 1;
+                half.buf.clear();
+            }
+            _ => {
+                let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                parse_all(flow, s, time, whole, &mut out, &mut self.stats);
+            }
+        }
+        if s.tcp_flags & 0x05 != 0 {
+            // FIN or RST: the flow is over.
+            self.flows.remove(&id);
+        }
+        out
+    }
+}
+
+fn parse_all(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    whole: bool,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    let base = |direction| ApiEvent {
+        time,
+        client: s.client,
+        client_port: s.client_port,
+        server: s.server,
+        port: s.server_port,
+        direction,
+        method: None,
+        path: None,
+        query: None,
+        status: None,
+        latency_ms: None,
+        truncated: false,
+        request: None,
+    };
+    loop {
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
+        if half.buf.is_empty() {
+            break;
+        }
+        let consumed = match s.direction {
+            Direction::Request => match http::parse_request(&half.buf) {
+                Parsed::Complete { msg, consumed } => {
+                    let truncated =
+                        msg.truncated || half.broken || !whole && consumed == half.buf.len();
+                    stats.requests += 1;
+                    stats.truncated += u64::from(truncated);
+                    if flow.pending.len() < MAX_PENDING {
+                        flow.pending.push_back(Pending {
+                            method: msg.method.clone(),
+                            path: msg.path.clone(),
+                            ts_ns: s.ts_ns,
+                        });
+                    }
+                    let mut ev = base(Direction::Request);
+                    ev.method = Some(msg.method.clone());
+                    ev.path = Some(msg.path.clone());
+                    ev.query = msg.query.clone();
+                    ev.truncated = truncated;
+                    ev.request = Some(msg);
+                    out.push(ev);
+                    consumed
+                }
+                Parsed::Partial => break,
+                Parsed::Invalid => half.buf.len(),
+            },
+            Direction::Response => {
+                let head = flow.pending.front().is_some_and(|p| p.method == "HEAD");
+                match http::parse_response(&half.buf, head) {
+                    Parsed::Complete { msg, consumed } => {
+                        let truncated = msg.truncated || half.broken;
+                        stats.responses += 1;
+                        stats.truncated += u64::from(truncated);
+                        let mut ev = base(Direction::Response);
+                        ev.status = Some(msg.status);
+                        ev.truncated = truncated;
+                        // Interim (1xx) responses do not answer the request.
+                        if msg.status >= 200
+                            && let Some(p) = flow.pending.pop_front()
+                        {
+                            ev.latency_ms = Some(s.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
+                            ev.method = Some(p.method);
+                            ev.path = Some(p.path);
+                        }
+                        out.push(ev);
+                        consumed
+                    }
+                    Parsed::Partial => break,
+                    Parsed::Invalid => half.buf.len(),
+                }
+            }
+        };
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
+        half.buf.drain(..consumed.min(half.buf.len()));
+        half.broken = false;
+    }
+    let half = match s.direction {
+        Direction::Request => &mut flow.req,
+        Direction::Response => &mut flow.resp,
+    };
+    if half.buf.len() > MAX_BUFFER {
+        half.buf.clear();
+        half.broken = true;
+        stats.truncated += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn sample(dir: Direction, seq: u32, data: &[u8], ts: u64) -> Sample {
+        Sample {
+            ts_ns: ts,
+            client: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+            server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            client_port: 40000,
+            server_port: 8080,
+            direction: dir,
+            seq,
+            tcp_flags: 0x18,
+            ifindex: 1,
+            payload_len: u32::try_from(data.len()).unwrap(),
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn split_request_pipelining_and_pairing() {
+        let mut f = Flows::new(100);
+        let a = b"GET /users/1 HTTP/1.1\r\nHo";
+        let b = b"st: x\r\n\r\nGET /users/2 HTTP/1.1\r\n\r\n";
+        assert!(
+            f.on_sample(&sample(Direction::Request, 100, a, 1_000_000), 0.0)
+                .is_empty()
+        );
+        let ev = f.on_sample(
+            &sample(Direction::Request, 100 + a.len() as u32, b, 2_000_000),
+            0.0,
+        );
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].path.as_deref(), Some("/users/1"));
+        assert_eq!(ev[1].path.as_deref(), Some("/users/2"));
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let ev = f.on_sample(&sample(Direction::Response, 5, r, 4_000_000), 0.0);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(
+            (ev[0].status, ev[0].path.as_deref()),
+            (Some(200), Some("/users/1"))
+        );
+        assert_eq!(
+            (ev[1].status, ev[1].path.as_deref()),
+            (Some(404), Some("/users/2"))
+        );
+        // Latency runs from the request being seen whole (2 ms) to its response.
+        assert_eq!(ev[0].latency_ms, Some(2.0));
+    }
+
+    #[test]
+    fn gaps_tls_and_other_are_not_guessed() {
+        let mut f = Flows::new(100);
+        f.on_sample(
+            &sample(
+                Direction::Request,
+                1,
+                b"POST /x HTTP/1.1\r\nContent-Length: 9000\r\n",
+                1,
+            ),
+            0.0,
+        );
+        // A gap: the next sample does not follow on; it is not glued on.
+        let ev = f.on_sample(&sample(Direction::Request, 5000, b"\r\nbody", 2), 0.0);
+        assert!(ev.is_empty());
+        let mut g = Flows::new(100);
+        g.on_sample(
+            &sample(Direction::Request, 1, b"\x16\x03\x01\x00\x10hello", 1),
+            0.0,
+        );
+        assert_eq!(g.stats.tls, 1);
+        g.on_sample(&sample(Direction::Response, 1, b"SSH-2.0-OpenSSH", 1), 0.0);
+        assert_eq!(g.stats.other, 1);
+        assert_eq!(g.stats.requests, 0);
+    }
+
+    #[test]
+    fn bounded_flows() {
+        let mut f = Flows::new(16);
+        for p in 0..100u16 {
+            let mut s = sample(
+                Direction::Request,
+                1,
+                b"GET / HTTP/1.1\r\n\r\n",
+                u64::from(p),
+            );
+            s.client_port = p;
+            s.tcp_flags = 0x10;
+            f.on_sample(&s, 0.0);
+        }
+        assert!(f.len() <= 16);
+        assert!(f.stats.evicted > 0);
+    }
+}

@@ -1,0 +1,218 @@
+//! The API inventory: every endpoint seen (method + path template), how
+//! often, by how many clients, with which status codes, with credentials or
+//! not. Bounded: at most [`MAX_ENDPOINTS`] endpoints and
+//! [`MAX_CLIENTS_TRACKED`] distinct clients counted per endpoint.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::http::Request;
+
+/// Endpoints kept; later new ones are counted under `{other}`.
+pub const MAX_ENDPOINTS: usize = 10_000;
+/// Distinct clients counted exactly per endpoint.
+pub const MAX_CLIENTS_TRACKED: usize = 10_000;
+
+/// Folds identifier-looking segments into `{id}`:
+/// `/users/42/orders/9f8e7d6c5b4a` -> `/users/{id}/orders/{id}`.
+#[must_use]
+pub fn path_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if is_id(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if out.is_empty() { "/".into() } else { out }
+}
+
+fn is_id(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    let b = seg.as_bytes();
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    // Numbers.
+    if digits == b.len() {
+        return true;
+    }
+    // UUIDs.
+    if b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+    {
+        return true;
+    }
+    // Hex ids (hashes, object ids) with at least one digit.
+    if b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    // Base64/base64url-like tokens: long, mixed letters and digits.
+    let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
+    b.len() >= 16
+        && digits > 0
+        && letters > 0
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'+'))
+}
+
+/// Whether a request carried credentials (Authorization, cookies, API keys).
+#[must_use]
+pub fn has_credentials(req: &Request) -> bool {
+    req.headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("authorization")
+            || n.eq_ignore_ascii_case("cookie")
+            || n.eq_ignore_ascii_case("x-api-key")
+            || n.eq_ignore_ascii_case("api-key")
+    }) || req.query.as_deref().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+            matches!(k.as_str(), "api_key" | "apikey" | "access_token" | "token")
+        })
+    })
+}
+
+/// Stats of one endpoint.
+#[derive(Clone, Debug, Default)]
+struct Endpoint {
+    hits: u64,
+    clients: HashSet<IpAddr>,
+    clients_overflow: bool,
+    statuses: BTreeMap<u16, u64>,
+    credentials: bool,
+    first_seen: u64,
+    last_seen: u64,
+}
+
+/// One endpoint as `tollgate inventory --json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// HTTP method.
+    pub method: String,
+    /// Path template.
+    pub path: String,
+    /// Requests seen (sampled).
+    pub hits: u64,
+    /// Distinct clients (a lower bound past 10,000).
+    pub clients: u64,
+    /// Responses by status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Whether any request carried credentials.
+    pub credentials_seen: bool,
+    /// Unix seconds.
+    pub first_seen: u64,
+    /// Unix seconds.
+    pub last_seen: u64,
+    /// With `--openapi`: `documented`, `shadow` or `unused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// With `--openapi`: the documented operation is deprecated but in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<bool>,
+}
+
+/// The inventory.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    endpoints: HashMap<(String, String), Endpoint>,
+}
+
+impl Inventory {
+    fn key(&mut self, method: &str, template: String) -> (String, String) {
+        let method = method.to_ascii_uppercase();
+        let k = (method.clone(), template);
+        if self.endpoints.len() >= MAX_ENDPOINTS && !self.endpoints.contains_key(&k) {
+            (method, "{other}".into())
+        } else {
+            k
+        }
+    }
+
+    /// Records a request.
+    pub fn on_request(&mut self, client: IpAddr, req: &Request, now: u64) {
+        let key = self.key(&req.method, path_template(&req.path));
+        let e = self.endpoints.entry(key).or_insert_with(|| Endpoint {
+            first_seen: now,
+            ..Endpoint::default()
+        });
+        e.hits += 1;
+        e.last_seen = now;
+        e.credentials |= has_credentials(req);
+        if e.clients.len() < MAX_CLIENTS_TRACKED {
+            e.clients.insert(client);
+        } else if !e.clients.contains(&client) {
+            e.clients_overflow = true;
+        }
+    }
+
+    /// Records the status of a response paired with its request.
+    pub fn on_response(&mut self, method: &str, path: &str, status: u16) {
+        let key = self.key(method, path_template(path));
+        if let Some(e) = self.endpoints.get_mut(&key) {
+            *e.statuses.entry(status).or_default() += 1;
+        }
+    }
+
+    /// Every endpoint, busiest first.
+    #[must_use]
+    pub fn list(&self) -> Vec<EndpointView> {
+        let mut v: Vec<EndpointView> = self
+            .endpoints
+            .iter()
+            .map(|((m, p), e)| EndpointView {
+                method: m.clone(),
+                path: p.clone(),
+                hits: e.hits,
+                clients: e.clients.len() as u64,
+                statuses: e.statuses.clone(),
+                credentials_seen: e.credentials,
+                first_seen: e.first_seen,
+                last_seen: e.last_seen,
+                status: None,
+                deprecated: None,
+            })
+            .collect();
+        v.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.path.cmp(&b.path)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fold_identifiers_only() {
+        for (p, t) in [
+            ("/users/42/orders/9f8e7d6c5b4a", "/users/{id}/orders/{id}"),
+            ("/api/v1/users", "/api/v1/users"),
+            (
+                "/v2/items/123e4567-e89b-12d3-a456-426614174000",
+                "/v2/items/{id}",
+            ),
+            ("/files/dGhpcyBpcyBhIHRva2VuMTIz", "/files/{id}"),
+            ("/users/alice", "/users/alice"),
+            ("/deadbeef", "/deadbeef"),
+            ("/a0b1c2d3e4", "/{id}"),
+            ("/", "/"),
+            ("/search?q=1", "/search"),
+        ] {
+            assert_eq!(path_template(p), t, "{p}");
+        }
+    }
+}
