@@ -4,6 +4,8 @@
 //! reason is printed); 2 bad usage or input; 3 the agent is not running;
 //! 4 permission denied on the control socket.
 
+mod feeds;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
@@ -60,6 +62,32 @@ pub enum Command {
     ///
     /// Example: tollgate status
     Status(JsonFlag),
+    /// The agent's policy file.
+    ///
+    /// Example: tollgate policy reload
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+/// `tollgate policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Re-read the agent's --config file and apply mode, allowlist and feed
+    /// changes (bans stay, nothing detaches). An invalid file is refused with
+    /// the reason and the running policy stays. The agent also reloads on SIGHUP.
+    ///
+    /// Example: tollgate policy reload
+    Reload,
+}
+
+/// Log line format of the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// `--json`.
@@ -100,6 +128,17 @@ pub struct AgentArgs {
     /// How often expired bans are removed from the maps.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
+    /// default). Loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr on a non-loopback address (metrics show what is
+    /// blocked and how much; put them behind a firewall).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Log lines as text for people or JSON objects for log shippers.
+    #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
 }
 
 /// `tollgate block ...`.
@@ -122,17 +161,61 @@ pub enum BlockCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Lift a ban.
+    /// Lift a ban, or with --origin every ban of a group (e.g. a feed).
     ///
     /// Example: tollgate block rm 198.18.0.7
+    /// Example: tollgate block rm --origin import:drop.txt
     Rm {
         /// Address or prefix, as banned.
-        cidr: String,
+        #[arg(required_unless_present = "origin")]
+        cidr: Option<String>,
+        /// Remove every ban with this origin (as `block ls` shows it).
+        #[arg(long, conflicts_with = "cidr")]
+        origin: Option<String>,
     },
     /// List bans.
     ///
     /// Example: tollgate block ls --json
     Ls(JsonFlag),
+    /// Import a block-list feed (FireHOL, Spamhaus DROP style): one address
+    /// or CIDR per line, `#`/`;` comments, blank lines ignored. The group
+    /// (--origin) becomes exactly the list: re-importing changes nothing,
+    /// entries gone from the list are lifted, bans from other origins are
+    /// left alone. Bad lines are reported with their numbers and the rest
+    /// applied (exit 0 with a warning); exit 1 if nothing could be used.
+    ///
+    /// Example: curl -s https://www.spamhaus.org/drop/drop.txt | tollgate block import - --origin spamhaus-drop
+    Import {
+        /// The list, or `-` for stdin.
+        file: String,
+        /// How long each entry lasts (re-importing refreshes it); permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Reason shown by `block ls` (default: `feed <origin>`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Group name (default: `import:<file name>`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Accept prefixes wider than /8 (IPv6 /16) and overlaps with the allowlist.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print bans as a plain list, one address or CIDR per line (`#` header
+    /// with time and count), ready for `block import` or another tool.
+    ///
+    /// Example: tollgate block export --origin import:drop.txt > drop.txt
+    Export {
+        /// Only this group.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Print JSON (cidr, kind, origin, expires_at) instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tollgate allow ...`.
@@ -182,6 +265,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Allow(cmd) => run_allow(cmd, &cli.socket),
         Command::Stats(f) => request(&cli.socket, &Request::Stats, f.json, print_stats),
         Command::Status(f) => request(&cli.socket, &Request::Status, f.json, print_status),
+        Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
     }
 }
 
@@ -299,7 +383,14 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
                 }
             })
         }
-        BlockCmd::Rm { cidr } => {
+        BlockCmd::Rm {
+            origin: Some(origin),
+            ..
+        } => feeds::rm_origin(origin, socket),
+        BlockCmd::Rm { cidr, origin: None } => {
+            let Some(cidr) = cidr else {
+                return usage_error("give the address or prefix to unblock, or --origin NAME");
+            };
             if let Err(code) = check_cidr(&cidr, true) {
                 return code;
             }
@@ -313,6 +404,25 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             )
         }
         BlockCmd::Ls(f) => request(socket, &Request::BlockLs, f.json, print_bans),
+        BlockCmd::Import {
+            file,
+            ttl,
+            reason,
+            origin,
+            force,
+            json,
+        } => feeds::import(
+            feeds::ImportArgs {
+                file,
+                ttl,
+                reason,
+                origin,
+                force,
+                json,
+            },
+            socket,
+        ),
+        BlockCmd::Export { origin, json } => feeds::export(origin, json, socket),
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`store`]: durable state behind the [`store::Store`] interface.
 //! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
 //! - [`policy`]: the YAML policy file.
+//! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
+//! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
 //! - [`net`], [`clock`], [`table`]: small helpers.
 
 pub mod agent;
@@ -13,6 +15,8 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod datapath;
+pub mod feed;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod proto;

@@ -95,6 +95,16 @@ pub trait Store: Send {
     /// # Errors
     /// When the read fails or a record is unreadable.
     fn bans(&self) -> Result<Vec<BanRecord>>;
+    /// Writes `put` and removes `remove` in one transaction (feed imports:
+    /// a group is replaced all at once or not at all). The default does it
+    /// in two; stores that can should override it.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        self.put_bans(put)?;
+        self.remove_bans(remove)
+    }
     /// Writes (or replaces) an allow entry.
     ///
     /// # Errors
@@ -195,6 +205,23 @@ impl Store for RedbStore {
 
     fn bans(&self) -> Result<Vec<BanRecord>> {
         self.read_all(BANS)
+    }
+
+    fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            for r in put {
+                let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
+                t.insert(r.cidr.to_string().as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            for c in remove {
+                t.remove(c.to_string().as_str())
+                    .map_err(|e| io("write")(&e))?;
+            }
+        }
+        w.commit().map_err(|e| io("commit")(&e))
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {

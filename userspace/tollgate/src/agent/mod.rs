@@ -2,6 +2,7 @@
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
 
 pub mod attach;
+pub mod feeds;
 pub mod state;
 
 use std::{
@@ -226,6 +227,22 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Res
     } else {
         match serde_json::from_str::<Request>(line.trim_end()) {
             Err(e) => Response::err(format!("malformed request: {e}")),
+            Ok(Request::BlockImport {
+                origin,
+                count,
+                ttl_secs,
+                reason,
+                force,
+            }) => {
+                let header = feeds::ImportHeader {
+                    origin,
+                    count,
+                    ttl_secs,
+                    reason,
+                    force,
+                };
+                feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
+            }
             Ok(req) => {
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);
