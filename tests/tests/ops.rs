@@ -1,5 +1,6 @@
 //! Running it in production: block-list feeds (import, export, removal by
 //! origin, policy feeds), metrics and health endpoints, log format, reload.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context")]
 
 use std::{fmt::Write as _, io::Write as _, net::IpAddr, time::Duration};
 
@@ -243,4 +244,249 @@ fn feed_import_from_stdin_with_ttl_and_origin() {
     assert!(!s.v4_ok(1));
     let j = s.agent.json(&["block", "export"]);
     assert_eq!(j["bans"].as_array().unwrap().len(), 2);
+}
+
+/// A port nothing listens on right now on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.1 GET: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    std::io::Read::read_to_string(&mut s, &mut buf).unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample line starting with `name_and_labels `.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+#[test]
+fn metrics_health_and_json_logs() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = setup(&["--metrics-addr", &addr, "--log-format", "json"]);
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    let (code, body) = http_get(port, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http_get(port, "/nope").0, 404);
+
+    let client = s.lab.v4(0, 2);
+    s.agent.ok(&["block", "add", &client.to_string()]);
+    assert!(!s.v4_ok(0));
+    assert_eq!(s.lab.ping(client, s.lab.v4(0, 1), 3), 0);
+
+    let (code, text) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let dropped = sample(
+        &text,
+        "tollgate_packets_total{verdict=\"drop\",reason=\"blocklisted\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(dropped >= 3.0, "drop counter {dropped}:\n{text}");
+    assert!(
+        sample(
+            &text,
+            "tollgate_bytes_total{verdict=\"drop\",reason=\"blocklisted\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        sample(&text, "tollgate_bans_active{kind=\"manual\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "tollgate_bans_issued_total{kind=\"manual\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "tollgate_map_entries{map=\"TG_BLOCK4\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&text, "tollgate_map_capacity{map=\"TG_BLOCK4\"}").unwrap_or(0.0) > 1.0);
+    assert_eq!(sample(&text, "tollgate_store_up"), Some(1.0));
+    assert!(text.contains("tollgate_build_info{version=\""), "{text}");
+
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => eprintln!(
+            "promtool not run ({e}): install Debian's `prometheus` package to lint the output"
+        ),
+    }
+
+    // Every log line of the agent is one JSON object.
+    let log = s.agent.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}
+
+#[test]
+fn metrics_refuse_non_loopback_addresses() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", &lab.host_if, "--metrics-addr"])
+        .arg(format!("{}:9", lab.v4(0, 1)))
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--pin-dir")
+        .arg(format!(
+            "/sys/fs/bpf/tollgate-test-{}-nl",
+            std::process::id()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[test]
+fn policy_feeds_refresh_and_reload() {
+    let lab = Lab::new();
+    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(&feed, format!("# test feed\n{}\n", lab.v4_net(1))).unwrap();
+    let host_if = lab.host_if.clone();
+    let policy = |extra: &str| format!("interfaces: [{host_if}]\n{extra}");
+    let with_feed = format!(
+        "feeds:\n  - {{name: testfeed, path: {}, refresh: 1s}}\n",
+        feed.display()
+    );
+    std::fs::write(&config, policy(&with_feed)).unwrap();
+    let agent = Agent::start(&lab.host_if, &["--config", config.to_str().unwrap()]);
+    let s = Setup { lab, server, agent };
+
+    let feed_bans = |s: &Setup| -> Vec<String> {
+        s.agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["origin"] == "testfeed" && b["kind"] == "feed")
+            .map(|b| b["cidr"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || feed_bans(&s)
+            == vec![s.lab.v4_net(1)]),
+        "feed not applied: {:?}\n{}",
+        feed_bans(&s),
+        s.agent.log_text()
+    );
+    assert!(!s.v4_ok(1));
+
+    // The file changes: the new entry is banned, the one gone is lifted.
+    std::fs::write(&feed, format!("# test feed, v2\n{}\n", s.lab.v6_net(1))).unwrap();
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || feed_bans(&s)
+            == vec![s.lab.v6_net(1)]),
+        "feed not refreshed: {:?}",
+        feed_bans(&s)
+    );
+    assert!(s.v4_ok(1) && !s.v6_ok(1));
+
+    // An invalid file is refused with the reason; nothing changes.
+    s.agent.ok(&["block", "add", &s.lab.v4(0, 9).to_string()]);
+    std::fs::write(&config, policy("mode: monitor\nmodee: x\n")).unwrap();
+    let out = s.agent.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("modee") && err.contains("running policy stays"),
+        "{err}"
+    );
+    assert_eq!(s.agent.json(&["status"])["mode"], "enforce");
+
+    // A valid one applies mode, allowlist and feed changes; bans stay,
+    // nothing detaches.
+    let allowed = s.lab.v4(0, 2).to_string();
+    std::fs::write(
+        &config,
+        policy(&format!("mode: monitor\nallowlist: [{allowed}]\n")),
+    )
+    .unwrap();
+    let out = s.agent.ok(&["policy", "reload"]);
+    assert!(
+        out.contains("mode monitor") && out.contains("feed testfeed removed"),
+        "{out}"
+    );
+    let st = s.agent.json(&["status"]);
+    assert_eq!(st["mode"], "monitor");
+    assert_eq!(st["interfaces"].as_array().unwrap().len(), 1);
+    assert!(feed_bans(&s).is_empty());
+    assert_eq!(s.agent.json(&["allow", "ls"])[0]["address"], allowed);
+    assert_eq!(s.agent.json(&["block", "ls"]).as_array().unwrap().len(), 1);
+
+    // SIGHUP does the same: back to enforce, allow entry from the file gone.
+    std::fs::write(&config, policy("mode: enforce\n")).unwrap();
+    nix::sys::signal::kill(s.agent.pid().unwrap(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(tollgate_tests::eventually(Duration::from_secs(5), || {
+        s.agent.json(&["status"])["mode"] == "enforce"
+    }));
+    assert!(tollgate_tests::eventually(Duration::from_secs(5), || {
+        s.agent
+            .json(&["allow", "ls"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    }));
+    assert!(s.v4_ok(1) && s.v6_ok(1));
 }

@@ -312,6 +312,14 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
             .or(policy.state_dir.clone())
             .unwrap_or_else(|| agent::DEFAULT_STATE_DIR.into()),
         gc_interval: args.gc_interval.max(Duration::from_millis(100)),
+        feeds: policy.feed_jobs(),
+        mode_flag: args.mode.is_some(),
+        metrics_addr: args
+            .metrics_addr
+            .or(policy.metrics.as_ref().map(|m| m.listen)),
+        metrics_allow_remote: args.metrics_allow_remote
+            || policy.metrics.as_ref().is_some_and(|m| m.allow_remote),
+        config: args.config.clone(),
         allowlist: policy.allowlist,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()

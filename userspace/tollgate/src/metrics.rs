@@ -176,6 +176,37 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
+/// Content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The classic Prometheus text format (what `promtool check metrics` and
+/// scrapers that do not ask for OpenMetrics read): a counter's family is
+/// named with its `_total` suffix there, and there is no `# EOF`.
+#[must_use]
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +237,17 @@ mod tests {
             assert!(t.contains(want), "missing {want} in\n{t}");
         }
         assert!(!t.contains("nonsense"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let t = to_prometheus_text(&render(&Snapshot {
+            counters: vec![("pass", "clean", 1, 60)],
+            ..Snapshot::default()
+        }));
+        assert!(t.contains("# TYPE tollgate_packets_total counter\n"), "{t}");
+        assert!(t.contains("# HELP tollgate_bans_issued_total Bans"), "{t}");
+        assert!(t.contains("# TYPE tollgate_store_up gauge\n"), "{t}");
+        assert!(!t.contains("# EOF"));
     }
 }

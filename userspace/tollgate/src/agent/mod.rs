@@ -3,6 +3,8 @@
 
 pub mod attach;
 pub mod feeds;
+pub mod http;
+pub mod reload;
 pub mod state;
 
 use std::{
@@ -60,6 +62,16 @@ pub struct AgentOptions {
     pub gc_interval: Duration,
     /// Allowlist entries from the config file, applied at start.
     pub allowlist: Vec<String>,
+    /// The policy file, for reloads.
+    pub config: Option<PathBuf>,
+    /// `--mode` was given on the command line (a reload keeps it).
+    pub mode_flag: bool,
+    /// Feeds from the policy file.
+    pub feeds: Vec<feeds::FeedJob>,
+    /// Where to serve metrics and health, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow a non-loopback metrics address.
+    pub metrics_allow_remote: bool,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -84,6 +96,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             opts.socket.display()
         );
     }
+    // Bind early so a bad address fails before anything is attached; until
+    // the state is handed over, /healthz answers and /readyz says "starting".
+    let health = Arc::new(http::Health::new(opts.ifaces.len()));
+    let metrics_task = match opts.metrics_addr {
+        Some(addr) => {
+            let l = http::bind(addr, opts.metrics_allow_remote).await?;
+            Some(tokio::spawn(http::serve(l, Arc::clone(&health))))
+        }
+        None => None,
+    };
     crate::datapath::ensure_bpffs(&opts.pin_dir)?;
 
     let maps_dir = opts.pin_dir.join("maps");
@@ -158,6 +180,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listener = bind_socket(&opts.socket)?;
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
+    health.set_state(Arc::clone(&state));
+    let mut reloader = reload::Reloader::start(&opts, &state);
+    let mut reload_rx = reload::channel();
+    let mut sighup = signal(SignalKind::hangup())?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -167,6 +193,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the policy file");
+                if let Err(e) = reloader.reload(&state) {
+                    error!("policy reload refused: {e}");
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                let _ = reply.send(reloader.reload(&state));
+            }
             _ = gc.tick() => {
                 if let Ok(mut s) = state.lock() {
                     s.gc();
@@ -186,6 +221,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
 
+    reloader.stop();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     let mut s = state
         .lock()
@@ -243,6 +282,7 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Res
                 };
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
+            Ok(Request::PolicyReload) => reload::request().await,
             Ok(req) => {
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);
