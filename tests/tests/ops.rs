@@ -490,3 +490,45 @@ fn policy_feeds_refresh_and_reload() {
     }));
     assert!(s.v4_ok(1) && s.v6_ok(1));
 }
+
+/// Import rate for a 1,000,000-line feed (run by hand, release build
+/// recommended: `TOLLGATE_BIN=target/release/tollgate cargo test -p
+/// tollgate-tests --test ops -- --ignored --nocapture a_million`). The
+/// addresses are map data only (100.64.0.0/10), never traffic.
+#[test]
+#[ignore = "benchmark: run by hand"]
+fn a_million_line_feed_imports() {
+    let s = setup(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.txt");
+    let mut t = String::with_capacity(40_000_000);
+    t.push_str("# 1,000,000 hosts\n");
+    for i in 0..1_000_000u32 {
+        let a = std::net::Ipv4Addr::from(0x6440_0000 + i);
+        let _ = writeln!(t, "{a} ; entry {i}");
+    }
+    std::fs::write(&path, t).unwrap();
+    let file = path.to_str().unwrap();
+    let timed = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = s.agent.ok(args);
+        (start.elapsed(), out)
+    };
+    let (d, out) = timed(&["block", "import", file]);
+    eprintln!(
+        "import 1M: {d:?} ({:.0} entries/s): {out}",
+        1e6 / d.as_secs_f64()
+    );
+    assert!(out.contains("1000000 added"), "{out}");
+    let (d, out) = timed(&["block", "import", file]);
+    eprintln!("re-import 1M (no changes): {d:?}: {out}");
+    assert!(out.contains("1000000 unchanged"), "{out}");
+    let (d, out) = timed(&["block", "export"]);
+    eprintln!("export 1M: {d:?}");
+    assert_eq!(out.lines().count(), 1_000_001);
+    let st = s.agent.json(&["status"]);
+    eprintln!("status maps: {}", st["maps"]);
+    assert!(s.v4_ok(0), "an unrelated client is dropped");
+    let (d, out) = timed(&["block", "rm", "--origin", "import:big.txt"]);
+    eprintln!("rm --origin 1M: {d:?}: {out}");
+}
