@@ -93,6 +93,45 @@ pub fn call_stream(
     body: &[String],
     timeout: Duration,
 ) -> Result<Response, ClientError> {
+    let answer = exchange(socket, req, body, timeout)?;
+    serde_json::from_str(&answer).map_err(ClientError::Protocol)
+}
+
+/// The agent's answer with its data decoded straight into `T` (large answers
+/// like `block export` skip the generic JSON tree).
+#[derive(Debug, serde::Deserialize)]
+pub struct Typed<T> {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The result.
+    pub data: Option<T>,
+    /// Something the operator should know.
+    #[serde(default)]
+    pub warning: Option<String>,
+}
+
+/// Sends one request and decodes the answer's data as `T`.
+///
+/// # Errors
+/// See [`ClientError`].
+pub fn call_as<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Typed<T>, ClientError> {
+    let answer = exchange(socket, req, &[], timeout)?;
+    serde_json::from_str(&answer).map_err(ClientError::Protocol)
+}
+
+fn exchange(
+    socket: &Path,
+    req: &Request,
+    body: &[String],
+    timeout: Duration,
+) -> Result<String, ClientError> {
     let path = socket.display().to_string();
     let io = |source: std::io::Error| ClientError::Io {
         path: path.clone(),
@@ -123,8 +162,8 @@ pub fn call_stream(
     });
     drop(w);
     let mut answer = String::new();
-    match BufReader::new(&stream).read_line(&mut answer) {
-        Ok(n) if n > 0 => serde_json::from_str(&answer).map_err(ClientError::Protocol),
+    match BufReader::with_capacity(1 << 16, &stream).read_line(&mut answer) {
+        Ok(n) if n > 0 => Ok(answer),
         Ok(_) => Err(io(sent.err().unwrap_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

@@ -208,17 +208,25 @@ impl Store for RedbStore {
     }
 
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        // Keys in order: a B-tree takes sorted batches several times faster
+        // (what makes a million-entry feed import take seconds, not tens).
+        let mut rows = Vec::with_capacity(put.len());
+        for r in put {
+            let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
+            rows.push((r.cidr.to_string(), v));
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut gone: Vec<String> = remove.iter().map(ToString::to_string).collect();
+        gone.sort_unstable();
         let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
         {
             let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
-            for r in put {
-                let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
-                t.insert(r.cidr.to_string().as_str(), v.as_slice())
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice())
                     .map_err(|e| io("write")(&e))?;
             }
-            for c in remove {
-                t.remove(c.to_string().as_str())
-                    .map_err(|e| io("write")(&e))?;
+            for k in &gone {
+                t.remove(k.as_str()).map_err(|e| io("write")(&e))?;
             }
         }
         w.commit().map_err(|e| io("commit")(&e))

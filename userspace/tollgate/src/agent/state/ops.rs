@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use ipnet::IpNet;
 use serde_json::json;
 use tollgate_common::{BanReason, maps};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AgentState, Refused, check_reason, check_ttl, kernel_entry, refuse};
 use crate::{
@@ -65,6 +65,7 @@ impl AgentState {
         force: bool,
     ) -> Result<ImportReport, Refused> {
         check_origin(origin)?;
+        let t0 = std::time::Instant::now();
         let ttl = check_ttl(ttl_secs)?;
         let reason = check_reason(reason)?.unwrap_or_else(|| format!("feed {origin}"));
         if cidrs.len() > MAX_ENTRIES {
@@ -155,11 +156,13 @@ impl AgentState {
             .map(|r| r.cidr)
             .collect();
         report.removed = stale.len();
+        let t_validate = t0.elapsed();
 
         if let Some(s) = self.store.as_mut() {
             s.apply_bans(&put, &stale)
                 .map_err(|e| refuse(format!("failed to record the import durably: {e}")))?;
         }
+        let t_store = t0.elapsed();
         if let Err(e) = self
             .dp
             .insert_blocks(put.iter().map(|r| (r.cidr, kernel_entry(r))))
@@ -203,10 +206,18 @@ impl AgentState {
         if let Err(e) = self.dp.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
+        let t_kernel = t0.elapsed();
         metrics::ban_issued(kind, report.added as u64);
         for r in put {
             self.index(r);
         }
+        debug!(
+            ?t_validate,
+            ?t_store,
+            ?t_kernel,
+            total = ?t0.elapsed(),
+            "import timings (cumulative)"
+        );
         info!(
             origin,
             added = report.added,
@@ -233,15 +244,17 @@ impl AgentState {
             return Err(refuse(format!("no bans with origin '{origin}'")));
         }
         if let Some(s) = self.store.as_mut() {
-            s.remove_bans(&nets)
+            s.apply_bans(&[], &nets)
                 .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
+        let t0 = std::time::Instant::now();
         for net in &nets {
             if let Err(e) = self.dp.remove_block(*net) {
                 warn!(cidr = %net, "failed to remove ban: {e:#}");
             }
             self.unindex(net);
         }
+        debug!(elapsed = ?t0.elapsed(), "removed from the kernel");
         if let Err(e) = self.dp.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
