@@ -83,7 +83,9 @@ fn feed_import_applies_reports_and_is_idempotent() {
     let s = setup(&[]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("level1.txt");
-    let (text, valid, bad) = feed_text(&s.lab, 3000);
+    let (text, valid, bad) = feed_text(&s.lab, 6000);
+    // Streamed: far more than the 64 KiB a single control request may hold.
+    assert!(text.len() > 64 * 1024);
     std::fs::write(&path, &text).unwrap();
     let file = path.to_str().unwrap();
     assert!(s.v4_ok(1) && s.v6_ok(1), "lab must work before the import");

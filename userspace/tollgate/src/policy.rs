@@ -63,7 +63,8 @@ pub struct Policy {
 pub struct FeedSpec {
     /// Group name, shown as the bans' origin (`block rm --origin NAME`).
     pub name: String,
-    /// The list (one address or CIDR per line, `#`/`;` comments).
+    /// The list (one address or CIDR per line, `#`/`;` comments); relative
+    /// paths are relative to the policy file.
     pub path: PathBuf,
     /// How often to check the file, e.g. `1h` (default), `10m`; at least 1s.
     pub refresh: Option<String>,
@@ -129,7 +130,17 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut p = Self::parse(&text, path)?;
+        // Feed paths are relative to the policy file, not to wherever the
+        // agent happens to be started.
+        if let Some(dir) = path.parent() {
+            for f in &mut p.feeds {
+                if f.path.is_relative() {
+                    f.path = dir.join(&f.path);
+                }
+            }
+        }
+        Ok(p)
     }
 
     /// Parses policy text (`path` only labels errors).

@@ -160,7 +160,7 @@ async fn refresh_loop(job: FeedJob, state: Arc<Mutex<AgentState>>) {
         }
         let j = job.clone();
         let st = Arc::clone(&state);
-        match tokio::task::spawn_blocking(move || apply_file(&j, &st)).await {
+        match tokio::task::spawn_blocking(move || apply_file(&j, &st, Some(key))).await {
             Ok(Ok(r)) => {
                 info!(
                     feed = %job.name,
@@ -178,12 +178,31 @@ async fn refresh_loop(job: FeedJob, state: Arc<Mutex<AgentState>>) {
     }
 }
 
-/// Reads, parses and applies one feed file (blocking).
+/// Reads, parses and applies one feed file (blocking). With `seen` (the
+/// file's modification time and length before reading), a file that changed
+/// while being read is left for the next refresh rather than applied half
+/// written (writers should still replace feed files atomically, by rename).
 ///
 /// # Errors
-/// When the file is unreadable or the agent refuses the import.
-pub fn apply_file(job: &FeedJob, state: &Arc<Mutex<AgentState>>) -> Result<ImportReport, String> {
+/// When the file is unreadable, changed while read, or the agent refuses
+/// the import.
+pub fn apply_file(
+    job: &FeedJob,
+    state: &Arc<Mutex<AgentState>>,
+    seen: Option<(Option<SystemTime>, u64)>,
+) -> Result<ImportReport, String> {
     let bytes = std::fs::read(&job.path).map_err(|e| format!("{}: {e}", job.path.display()))?;
+    if let Some(seen) = seen {
+        let now = std::fs::metadata(&job.path)
+            .map(|m| (m.modified().ok(), m.len()))
+            .map_err(|e| format!("{}: {e}", job.path.display()))?;
+        if now != seen || bytes.len() as u64 != seen.1 {
+            return Err(format!(
+                "{} changed while being read; trying again at the next refresh",
+                job.path.display()
+            ));
+        }
+    }
     let text = String::from_utf8_lossy(&bytes);
     let parsed = feed::parse(&text, false);
     if !parsed.rejected.is_empty() {
