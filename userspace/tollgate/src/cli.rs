@@ -164,6 +164,7 @@ pub enum BlockCmd {
     /// Lift a ban, or with --origin every ban of a group (e.g. a feed).
     ///
     /// Example: tollgate block rm 198.18.0.7
+    ///
     /// Example: tollgate block rm --origin import:drop.txt
     Rm {
         /// Address or prefix, as banned.
@@ -184,7 +185,7 @@ pub enum BlockCmd {
     /// left alone. Bad lines are reported with their numbers and the rest
     /// applied (exit 0 with a warning); exit 1 if nothing could be used.
     ///
-    /// Example: curl -s https://www.spamhaus.org/drop/drop.txt | tollgate block import - --origin spamhaus-drop
+    /// Example: tollgate block import drop.txt --origin spamhaus-drop --ttl 2d
     Import {
         /// The list, or `-` for stdin.
         file: String,

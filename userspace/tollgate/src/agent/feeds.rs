@@ -162,6 +162,20 @@ async fn refresh_loop(job: FeedJob, state: Arc<Mutex<AgentState>>) {
         let st = Arc::clone(&state);
         match tokio::task::spawn_blocking(move || apply_file(&j, &st, Some(key))).await {
             Ok(Ok(r)) => {
+                if r.rejected_count > 0 {
+                    let first: Vec<String> = r
+                        .rejected
+                        .iter()
+                        .take(5)
+                        .map(|(c, why)| format!("{c}: {why}"))
+                        .collect();
+                    warn!(
+                        feed = %job.name,
+                        rejected = r.rejected_count,
+                        "feed entries refused: {}",
+                        first.join("; ")
+                    );
+                }
                 info!(
                     feed = %job.name,
                     added = r.added,
