@@ -259,11 +259,16 @@ fn free_port() -> u16 {
 
 /// A bare HTTP/1.1 GET: (status, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// A bare HTTP/1.1 GET with extra header lines (each ending in `\r\n`).
+fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut buf = String::new();
@@ -336,6 +341,21 @@ fn metrics_health_and_json_logs() {
     assert!(sample(&text, "tollgate_map_capacity{map=\"TG_BLOCK4\"}").unwrap_or(0.0) > 1.0);
     assert_eq!(sample(&text, "tollgate_store_up"), Some(1.0));
     assert!(text.contains("tollgate_build_info{version=\""), "{text}");
+    assert!(
+        text.contains("# TYPE tollgate_packets_total counter"),
+        "{text}"
+    );
+    // Prometheus asks for OpenMetrics and gets it.
+    let (code, om) = http_get_with(
+        port,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        om.contains("# TYPE tollgate_packets counter") && om.trim_end().ends_with("# EOF"),
+        "{om}"
+    );
 
     match std::process::Command::new("promtool")
         .args(["check", "metrics"])
