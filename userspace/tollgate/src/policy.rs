@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn feeds_and_metrics() {
         let p = Policy::parse(
-            "feeds:\n  - {name: spamhaus-drop, path: /etc/tollgate/drop.txt, refresh: 12h}\n  - {name: firehol, path: /x}\nmetrics: {listen: '127.0.0.1:9477'}\n",
+            "feeds:\n  - {name: spamhaus-drop, path: /etc/tollgate/drop.txt, refresh: 12h}\n  - {name: firehol, path: /x}\nmetrics:\n  listen: 127.0.0.1:9477\n  allow_remote: false\n",
             Path::new("p.yaml"),
         )
         .unwrap();
