@@ -375,6 +375,13 @@ impl Agent {
         }
     }
 
+    /// Process id of the running agent.
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.child
+            .as_ref()
+            .map(|c| nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap()))
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

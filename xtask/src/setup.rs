@@ -200,11 +200,14 @@ fn bpffs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
     ("curl", "curl"),
+    // `promtool check metrics` lints the agent's /metrics in tests/tests/ops.rs
+    // (about 19 MB; the Prometheus server it also carries is not started).
+    ("promtool", "prometheus"),
 ];
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -216,7 +219,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl)");
+        ok("test tools (ip, ping, nft, curl, promtool)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;

@@ -4,6 +4,8 @@
 //! reason is printed); 2 bad usage or input; 3 the agent is not running;
 //! 4 permission denied on the control socket.
 
+mod feeds;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
@@ -71,6 +73,11 @@ pub enum Command {
     ///
     /// Example: tollgate top -n 20
     Top(TopArgs),
+    /// The agent's policy file.
+    ///
+    /// Example: tollgate policy reload
+    #[command(subcommand)]
+    Policy(PolicyCmd),
 }
 
 /// `tollgate limits ...`.
@@ -131,6 +138,27 @@ pub struct TopArgs {
     pub n: usize,
 }
 
+/// `tollgate policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Re-read the agent's --config file and apply mode, allowlist and feed
+    /// changes (bans stay, nothing detaches). An invalid file is refused with
+    /// the reason and the running policy stays. The agent also reloads on SIGHUP.
+    ///
+    /// Example: tollgate policy reload
+    Reload,
+}
+
+/// Log line format of the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
 /// `--json`.
 #[derive(Debug, Args)]
 pub struct JsonFlag {
@@ -169,6 +197,17 @@ pub struct AgentArgs {
     /// How often expired bans are removed from the maps.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
+    /// default). Loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr on a non-loopback address (metrics show what is
+    /// blocked and how much; put them behind a firewall).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Log lines as text for people or JSON objects for log shippers.
+    #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
 }
 
 /// `tollgate block ...`.
@@ -191,17 +230,62 @@ pub enum BlockCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Lift a ban.
+    /// Lift a ban, or with --origin every ban of a group (e.g. a feed).
     ///
     /// Example: tollgate block rm 198.18.0.7
+    ///
+    /// Example: tollgate block rm --origin import:drop.txt
     Rm {
         /// Address or prefix, as banned.
-        cidr: String,
+        #[arg(required_unless_present = "origin")]
+        cidr: Option<String>,
+        /// Remove every ban with this origin (as `block ls` shows it).
+        #[arg(long, conflicts_with = "cidr")]
+        origin: Option<String>,
     },
     /// List bans.
     ///
     /// Example: tollgate block ls --json
     Ls(JsonFlag),
+    /// Import a block-list feed (FireHOL, Spamhaus DROP style): one address
+    /// or CIDR per line, `#`/`;` comments, blank lines ignored. The group
+    /// (--origin) becomes exactly the list: re-importing changes nothing,
+    /// entries gone from the list are lifted, bans from other origins are
+    /// left alone. Bad lines are reported with their numbers and the rest
+    /// applied (exit 0 with a warning); exit 1 if nothing could be used.
+    ///
+    /// Example: tollgate block import drop.txt --origin spamhaus-drop --ttl 2d
+    Import {
+        /// The list, or `-` for stdin.
+        file: String,
+        /// How long each entry lasts (re-importing refreshes it); permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Reason shown by `block ls` (default: `feed <origin>`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Group name (default: `import:<file name>`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Accept prefixes wider than /8 (IPv6 /16) and overlaps with the allowlist.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print bans as a plain list, one address or CIDR per line (`#` header
+    /// with time and count), ready for `block import` or another tool.
+    ///
+    /// Example: tollgate block export --origin import:drop.txt > drop.txt
+    Export {
+        /// Only this group.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Print JSON (cidr, kind, origin, expires_at) instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tollgate allow ...`.
@@ -253,6 +337,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(f) => request(&cli.socket, &Request::Status, f.json, print_status),
         Command::Limits(cmd) => run_limits(cmd, &cli.socket),
         Command::Top(args) => run_top(&args, &cli.socket),
+        Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
     }
 }
 
@@ -299,6 +384,14 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
             .or(policy.state_dir.clone())
             .unwrap_or_else(|| agent::DEFAULT_STATE_DIR.into()),
         gc_interval: args.gc_interval.max(Duration::from_millis(100)),
+        feeds: policy.feed_jobs(),
+        mode_flag: args.mode.is_some(),
+        metrics_addr: args
+            .metrics_addr
+            .or(policy.metrics.as_ref().map(|m| m.listen)),
+        metrics_allow_remote: args.metrics_allow_remote
+            || policy.metrics.as_ref().is_some_and(|m| m.allow_remote),
+        config: args.config.clone(),
         allowlist: policy.allowlist,
         rate_limit: policy.rate_limit,
     };
@@ -371,7 +464,14 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
                 }
             })
         }
-        BlockCmd::Rm { cidr } => {
+        BlockCmd::Rm {
+            origin: Some(origin),
+            ..
+        } => feeds::rm_origin(origin, socket),
+        BlockCmd::Rm { cidr, origin: None } => {
+            let Some(cidr) = cidr else {
+                return usage_error("give the address or prefix to unblock, or --origin NAME");
+            };
             if let Err(code) = check_cidr(&cidr, true) {
                 return code;
             }
@@ -385,6 +485,25 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             )
         }
         BlockCmd::Ls(f) => request(socket, &Request::BlockLs, f.json, print_bans),
+        BlockCmd::Import {
+            file,
+            ttl,
+            reason,
+            origin,
+            force,
+            json,
+        } => feeds::import(
+            feeds::ImportArgs {
+                file,
+                ttl,
+                reason,
+                origin,
+                force,
+                json,
+            },
+            socket,
+        ),
+        BlockCmd::Export { origin, json } => feeds::export(origin, json, socket),
     }
 }
 

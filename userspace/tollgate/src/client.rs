@@ -81,3 +81,95 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
     serde_json::from_str(&answer).map_err(ClientError::Protocol)
 }
+
+/// Sends a request followed by `body` lines (a streamed `block_import`) and
+/// waits up to `timeout` for the answer.
+///
+/// # Errors
+/// See [`ClientError`].
+pub fn call_stream(
+    socket: &Path,
+    req: &Request,
+    body: &[String],
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let answer = exchange(socket, req, body, timeout)?;
+    serde_json::from_str(&answer).map_err(ClientError::Protocol)
+}
+
+/// The agent's answer with its data decoded straight into `T` (large answers
+/// like `block export` skip the generic JSON tree).
+#[derive(Debug, serde::Deserialize)]
+pub struct Typed<T> {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The result.
+    pub data: Option<T>,
+    /// Something the operator should know.
+    #[serde(default)]
+    pub warning: Option<String>,
+}
+
+/// Sends one request and decodes the answer's data as `T`.
+///
+/// # Errors
+/// See [`ClientError`].
+pub fn call_as<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Typed<T>, ClientError> {
+    let answer = exchange(socket, req, &[], timeout)?;
+    serde_json::from_str(&answer).map_err(ClientError::Protocol)
+}
+
+fn exchange(
+    socket: &Path,
+    req: &Request,
+    body: &[String],
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source: std::io::Error| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path: path.clone() }
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            ClientError::PermissionDenied { path: path.clone() }
+        }
+        _ => io(e),
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, &stream);
+    let mut line = serde_json::to_vec(req).map_err(ClientError::Protocol)?;
+    line.push(b'\n');
+    // A refusal (e.g. not root) closes the socket early: the answer is still
+    // read below, so a failed write only matters if there is no answer.
+    let sent = w.write_all(&line).and_then(|()| {
+        for l in body {
+            w.write_all(l.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    });
+    drop(w);
+    let mut answer = String::new();
+    match BufReader::with_capacity(1 << 16, &stream).read_line(&mut answer) {
+        Ok(n) if n > 0 => Ok(answer),
+        Ok(_) => Err(io(sent.err().unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering",
+            )
+        }))),
+        Err(e) => Err(io(sent.err().unwrap_or(e))),
+    }
+}

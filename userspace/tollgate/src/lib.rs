@@ -6,6 +6,9 @@
 //! - [`store`]: durable state behind the [`store::Store`] interface.
 //! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
 //! - [`policy`]: the YAML policy file; [`limits`]: rate limits.
+//! - [`policy`]: the YAML policy file.
+//! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
+//! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
 //! - [`net`], [`clock`], [`table`]: small helpers.
 
 pub mod agent;
@@ -14,7 +17,9 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod datapath;
+pub mod feed;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod proto;

@@ -51,6 +51,52 @@ pub struct Policy {
     /// Per-source rate limits and escalation.
     #[serde(default)]
     pub rate_limit: crate::limits::RateLimitPolicy,
+    /// Block-list files the agent keeps applied (see [`FeedSpec`]).
+    #[serde(default)]
+    pub feeds: Vec<FeedSpec>,
+    /// The metrics and health endpoint (off when absent).
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// A block-list file the agent re-reads every `refresh` (when it changed):
+/// its entries are banned with kind `feed` and the feed's name as origin,
+/// and entries that disappear from the file are lifted.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSpec {
+    /// Group name, shown as the bans' origin (`block rm --origin NAME`).
+    pub name: String,
+    /// The list (one address or CIDR per line, `#`/`;` comments); relative
+    /// paths are relative to the policy file.
+    pub path: PathBuf,
+    /// How often to check the file, e.g. `1h` (default), `10m`; at least 1s.
+    pub refresh: Option<String>,
+}
+
+/// `metrics:` in the policy.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// `ADDR:PORT`, e.g. `127.0.0.1:9477`.
+    pub listen: std::net::SocketAddr,
+    /// Serve on a non-loopback address (default false: refused).
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+/// Default feed refresh interval.
+pub const DEFAULT_FEED_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn feed_refresh(spec: &FeedSpec) -> Result<std::time::Duration, String> {
+    let Some(r) = &spec.refresh else {
+        return Ok(DEFAULT_FEED_REFRESH);
+    };
+    let d = humantime::parse_duration(r.trim())
+        .map_err(|e| format!("'{r}' is not a duration like 90s, 10m, 1h ({e})"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(31 * 24 * 3600) {
+        return Err(format!("refresh {r} must be between 1s and 31d"));
+    }
+    Ok(d)
 }
 
 /// A policy that could not be read or is invalid.
@@ -87,7 +133,17 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut p = Self::parse(&text, path)?;
+        // Feed paths are relative to the policy file, not to wherever the
+        // agent happens to be started.
+        if let Some(dir) = path.parent() {
+            for f in &mut p.feeds {
+                if f.path.is_relative() {
+                    f.path = dir.join(&f.path);
+                }
+            }
+        }
+        Ok(p)
     }
 
     /// Parses policy text (`path` only labels errors).
@@ -133,6 +189,24 @@ impl Policy {
                 format!("{pl} is outside 16..=128"),
             ));
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, f) in p.feeds.iter().enumerate() {
+            crate::agent::state::ops::check_origin(&f.name)
+                .map_err(|e| invalid(format!("feeds[{i}].name"), e.to_string()))?;
+            if !names.insert(f.name.as_str()) {
+                return Err(invalid(
+                    format!("feeds[{i}].name"),
+                    format!("feed name '{}' is used twice", f.name),
+                ));
+            }
+            if f.path.as_os_str().is_empty() {
+                return Err(invalid(
+                    format!("feeds[{i}].path"),
+                    "path must not be empty".into(),
+                ));
+            }
+            feed_refresh(f).map_err(|e| invalid(format!("feeds[{i}].refresh"), e))?;
+        }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return Err(invalid(
@@ -142,6 +216,21 @@ impl Policy {
             }
         }
         Ok(p)
+    }
+}
+
+impl Policy {
+    /// The feeds, ready to run (the policy was validated when parsed).
+    #[must_use]
+    pub fn feed_jobs(&self) -> Vec<crate::agent::feeds::FeedJob> {
+        self.feeds
+            .iter()
+            .map(|f| crate::agent::feeds::FeedJob {
+                name: f.name.clone(),
+                path: f.path.clone(),
+                refresh: feed_refresh(f).unwrap_or(DEFAULT_FEED_REFRESH),
+            })
+            .collect()
     }
 }
 
@@ -173,5 +262,39 @@ mod tests {
     fn bad_allowlist_entry_names_the_field() {
         let e = Policy::parse("allowlist: [198.18.0.5/24]\n", Path::new("p.yaml")).unwrap_err();
         assert!(e.to_string().contains("allowlist[0]"), "{e}");
+    }
+
+    #[test]
+    fn feeds_and_metrics() {
+        let p = Policy::parse(
+            "feeds:\n  - {name: spamhaus-drop, path: /etc/tollgate/drop.txt, refresh: 12h}\n  - {name: firehol, path: /x}\nmetrics:\n  listen: 127.0.0.1:9477\n  allow_remote: false\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let jobs = p.feed_jobs();
+        assert_eq!(jobs[0].refresh, std::time::Duration::from_secs(12 * 3600));
+        assert_eq!(jobs[1].refresh, DEFAULT_FEED_REFRESH);
+        assert_eq!(p.metrics.unwrap().listen.port(), 9477);
+        for (bad, field) in [
+            ("feeds: [{name: 'a b', path: /x}]\n", "feeds[0].name"),
+            (
+                "feeds: [{name: a, path: /x}, {name: a, path: /y}]\n",
+                "feeds[1].name",
+            ),
+            (
+                "feeds: [{name: a, path: /x, refresh: soon}]\n",
+                "feeds[0].refresh",
+            ),
+        ] {
+            let e = Policy::parse(bad, Path::new("p.yaml")).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+        assert!(
+            Policy::parse(
+                "feeds: [{name: a, path: /x, url: y}]\n",
+                Path::new("p.yaml")
+            )
+            .is_err()
+        );
     }
 }

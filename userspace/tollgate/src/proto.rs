@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
 /// Largest request line the agent reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Longest line in the body of a streamed [`Request::BlockImport`].
+pub const MAX_IMPORT_LINE: usize = 64;
 
 /// What the CLI asks the agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,6 +33,37 @@ pub enum Request {
     },
     /// List bans.
     BlockLs,
+    /// Replace a feed group: the header of a streamed request. Exactly
+    /// `count` lines follow the header, one address or CIDR each (at most
+    /// [`MAX_IMPORT_LINE`] bytes), so the request is bounded by
+    /// `count` ≤ [`crate::feed::MAX_ENTRIES`] and never held in one line.
+    /// Bans of kind `feed` with this origin that are not in the stream are
+    /// removed; bans from other origins are left alone.
+    BlockImport {
+        /// Group name (`import:<file name>` or a policy feed's name).
+        origin: String,
+        /// Lines that follow.
+        count: usize,
+        /// Seconds; `None` = until removed.
+        ttl_secs: Option<u64>,
+        /// Free text; default `feed <origin>`.
+        reason: Option<String>,
+        /// Allow very broad prefixes and overlaps with the allowlist.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Lift every ban with this origin.
+    BlockRmOrigin {
+        /// The group (as `block ls` shows in ORIGIN).
+        origin: String,
+    },
+    /// Bans as a plain list (for `block export`).
+    BlockExport {
+        /// Only this group.
+        origin: Option<String>,
+    },
+    /// Re-read the policy file the agent was started with.
+    PolicyReload,
     /// Allowlist an address or prefix.
     AllowAdd {
         /// Address or CIDR.
@@ -259,4 +292,26 @@ pub struct TopView {
     pub drop_rate: Option<f64>,
     /// Established connections counted for it.
     pub conns: u64,
+}
+
+/// One row of `block export --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportRow {
+    /// Prefix in CIDR notation.
+    pub cidr: String,
+    /// Ban kind.
+    pub kind: String,
+    /// Group.
+    pub origin: String,
+    /// RFC 3339, or null for permanent bans.
+    pub expires_at: Option<String>,
+}
+
+/// `block export`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportView {
+    /// RFC 3339.
+    pub generated_at: String,
+    /// Bans, sorted by address.
+    pub bans: Vec<ExportRow>,
 }

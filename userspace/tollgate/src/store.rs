@@ -116,6 +116,16 @@ pub trait Store: Send {
     /// # Errors
     /// When the read fails or a record is unreadable.
     fn bans(&self) -> Result<Vec<BanRecord>>;
+    /// Writes `put` and removes `remove` in one transaction (feed imports:
+    /// a group is replaced all at once or not at all). The default does it
+    /// in two; stores that can should override it.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        self.put_bans(put)?;
+        self.remove_bans(remove)
+    }
     /// Writes (or replaces) an allow entry.
     ///
     /// # Errors
@@ -240,6 +250,31 @@ impl Store for RedbStore {
 
     fn bans(&self) -> Result<Vec<BanRecord>> {
         self.read_all(BANS)
+    }
+
+    fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        // Keys in order: a B-tree takes sorted batches several times faster
+        // (what makes a million-entry feed import take seconds, not tens).
+        let mut rows = Vec::with_capacity(put.len());
+        for r in put {
+            let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
+            rows.push((r.cidr.to_string(), v));
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut gone: Vec<String> = remove.iter().map(ToString::to_string).collect();
+        gone.sort_unstable();
+        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            for k in &gone {
+                t.remove(k.as_str()).map_err(|e| io("write")(&e))?;
+            }
+        }
+        w.commit().map_err(|e| io("commit")(&e))
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {

@@ -2,7 +2,10 @@
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
 
 pub mod attach;
+pub mod feeds;
+pub mod http;
 pub mod ratelimit;
+pub mod reload;
 pub mod state;
 
 use std::{
@@ -62,6 +65,16 @@ pub struct AgentOptions {
     pub allowlist: Vec<String>,
     /// The policy's `rate_limit` section.
     pub rate_limit: crate::limits::RateLimitPolicy,
+    /// The policy file, for reloads.
+    pub config: Option<PathBuf>,
+    /// `--mode` was given on the command line (a reload keeps it).
+    pub mode_flag: bool,
+    /// Feeds from the policy file.
+    pub feeds: Vec<feeds::FeedJob>,
+    /// Where to serve metrics and health, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow a non-loopback metrics address.
+    pub metrics_allow_remote: bool,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -86,6 +99,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             opts.socket.display()
         );
     }
+    // Bind early so a bad address fails before anything is attached; until
+    // the state is handed over, /healthz answers and /readyz says "starting".
+    let health = Arc::new(http::Health::new(opts.ifaces.len()));
+    let metrics_task = match opts.metrics_addr {
+        Some(addr) => {
+            let l = http::bind(addr, opts.metrics_allow_remote).await?;
+            Some(tokio::spawn(http::serve(l, Arc::clone(&health))))
+        }
+        None => None,
+    };
     crate::datapath::ensure_bpffs(&opts.pin_dir)?;
 
     let maps_dir = opts.pin_dir.join("maps");
@@ -179,6 +202,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         });
     }
+    health.set_state(Arc::clone(&state));
+    let mut reloader = reload::Reloader::start(&opts, &state);
+    let mut reload_rx = reload::channel();
+    let mut sighup = signal(SignalKind::hangup())?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -188,6 +215,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the policy file");
+                if let Err(e) = reloader.reload(&state) {
+                    error!("policy reload refused: {e}");
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                let _ = reply.send(reloader.reload(&state));
+            }
             _ = gc.tick() => {
                 if let Ok(mut s) = state.lock() {
                     s.gc();
@@ -208,6 +244,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
 
+    reloader.stop();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     let mut s = state
         .lock()
@@ -316,6 +356,23 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Res
     } else {
         match serde_json::from_str::<Request>(line.trim_end()) {
             Err(e) => Response::err(format!("malformed request: {e}")),
+            Ok(Request::BlockImport {
+                origin,
+                count,
+                ttl_secs,
+                reason,
+                force,
+            }) => {
+                let header = feeds::ImportHeader {
+                    origin,
+                    count,
+                    ttl_secs,
+                    reason,
+                    force,
+                };
+                feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
+            }
+            Ok(Request::PolicyReload) => reload::request().await,
             Ok(req) => {
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);

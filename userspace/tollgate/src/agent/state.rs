@@ -12,6 +12,8 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{error, info, warn};
 
+pub mod ops;
+
 use super::attach::Attachment;
 use crate::{
     clock,
@@ -293,6 +295,15 @@ impl AgentState {
             Request::LimitsClear { port } => self.limits_clear(port),
             Request::LimitsShow => Ok(self.limits_view()),
             Request::Top { n } => self.top(n),
+            Request::BlockImport { .. } => Err(refuse(
+                "block_import carries its entries on the lines after the request; \
+                 use `tollgate block import`",
+            )),
+            Request::BlockRmOrigin { origin } => self.block_rm_origin(&origin),
+            Request::BlockExport { origin } => Ok(self.block_export(origin.as_deref())),
+            Request::PolicyReload => Err(refuse(
+                "this agent was started without --config; there is no policy file to reload",
+            )),
         };
         match res {
             Ok(data) => Response::ok(data),
@@ -359,6 +370,9 @@ impl AgentState {
                 }
             }
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
+        }
+        if previous.is_none() {
+            crate::metrics::ban_issued(&rec.kind, 1);
         }
         self.index(rec);
         Ok(())

@@ -1,0 +1,556 @@
+//! Running it in production: block-list feeds (import, export, removal by
+//! origin, policy feeds), metrics and health endpoints, log format, reload.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context")]
+
+use std::{fmt::Write as _, io::Write as _, net::IpAddr, time::Duration};
+
+use tollgate_tests::{Agent, Lab, Server};
+
+const T: Duration = Duration::from_millis(700);
+
+struct Setup {
+    lab: Lab,
+    server: Server,
+    agent: Agent,
+}
+
+fn setup(extra: &[&str]) -> Setup {
+    let lab = Lab::new();
+    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
+    let agent = Agent::start(&lab.host_if, extra);
+    Setup { lab, server, agent }
+}
+
+impl Setup {
+    fn tcp(&self, src: IpAddr, dst: IpAddr) -> bool {
+        self.lab.tcp_ok(src, dst, self.server.port, T)
+    }
+    fn v4_ok(&self, i: u32) -> bool {
+        self.tcp(self.lab.v4(i, 2), self.lab.v4(i, 1))
+    }
+    fn v6_ok(&self, i: u32) -> bool {
+        self.tcp(self.lab.v6(i, 2), self.lab.v6(i, 1))
+    }
+}
+
+/// A feed of `hosts` addresses from 198.19.0.0/16 plus the lab's subnet 1
+/// (v4 and v6), with comments, blank lines, duplicates and 3 malformed lines.
+/// Returns the text, the number of distinct valid entries and the malformed
+/// line numbers.
+fn feed_text(lab: &Lab, hosts: u32) -> (String, usize, Vec<usize>) {
+    let mut t = String::from("# FireHOL-style test feed\n; Spamhaus-style comment\n\n");
+    let mut line = 3;
+    let mut bad = Vec::new();
+    for i in 0..hosts {
+        line += 1;
+        let _ = writeln!(t, "198.19.{}.{}", i / 250, i % 250 + 1);
+        if i == 10 {
+            line += 1;
+            t.push_str("not-an-address\n");
+            bad.push(line);
+        }
+        if i == 20 {
+            line += 1;
+            t.push_str("198.19.0.5/24 ; host bits set\n");
+            bad.push(line);
+        }
+        if i == 30 {
+            line += 1;
+            t.push_str("0.0.0.0/0\n");
+            bad.push(line);
+        }
+        if i == 40 {
+            line += 1;
+            t.push_str("198.19.0.1 ; duplicate\n");
+        }
+    }
+    let _ = writeln!(t, "{} ; SBL123", lab.v4_net(1));
+    let _ = writeln!(t, "{}", lab.v6_net(1));
+    (t, hosts as usize + 2, bad)
+}
+
+fn export_lines(agent: &Agent, origin: &str) -> Vec<String> {
+    agent
+        .ok(&["block", "export", "--origin", origin])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn feed_import_applies_reports_and_is_idempotent() {
+    let s = setup(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("level1.txt");
+    let (text, valid, bad) = feed_text(&s.lab, 6000);
+    // Streamed: far more than the 64 KiB a single control request may hold.
+    assert!(text.len() > 64 * 1024);
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    assert!(s.v4_ok(1) && s.v6_ok(1), "lab must work before the import");
+
+    let out = s
+        .agent
+        .cli(&["block", "import", file, "--reason", "level1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for l in &bad {
+        assert!(
+            stderr.contains(&format!("line {l}:")),
+            "line {l} not reported: {stderr}"
+        );
+    }
+    assert!(stderr.contains("3 lines rejected"), "{stderr}");
+    assert!(stdout.contains(&format!("{valid} added")), "{stdout}");
+
+    let origin = "import:level1.txt";
+    let bans = s.agent.json(&["block", "ls"]);
+    let bans = bans.as_array().unwrap();
+    assert_eq!(bans.len(), valid);
+    assert!(
+        bans.iter()
+            .all(|b| b["kind"] == "feed" && b["origin"] == origin && b["reason"] == "level1")
+    );
+    let exported = export_lines(&s.agent, origin);
+    assert_eq!(exported.len(), valid);
+    let header = s.agent.ok(&["block", "export"]);
+    assert!(
+        header.starts_with("# tollgate block export at "),
+        "{header}"
+    );
+    assert!(
+        header
+            .lines()
+            .next()
+            .unwrap()
+            .contains(&format!("{valid} entries"))
+    );
+
+    // The imported ranges drop the lab's subnet 1, and nothing else.
+    assert!(!s.v4_ok(1), "client inside an imported IPv4 range connects");
+    assert!(!s.v6_ok(1), "client inside an imported IPv6 range connects");
+    assert!(s.v4_ok(0) && s.v6_ok(0), "client outside the feed dropped");
+
+    // Re-importing changes nothing.
+    let again = s
+        .agent
+        .json(&["block", "import", file, "--reason", "level1"]);
+    assert_eq!(again["added"], 0, "{again}");
+    assert_eq!(again["removed"], 0, "{again}");
+    assert_eq!(again["unchanged"], valid, "{again}");
+    assert_eq!(again["rejected_count"], 3, "{again}");
+    assert_eq!(
+        s.agent.json(&["block", "ls"]).as_array().unwrap().len(),
+        valid
+    );
+
+    // A manual ban on a listed address is left alone; lines dropped from
+    // the file are lifted on the next import.
+    s.agent
+        .ok(&["block", "add", "198.19.0.7", "--reason", "manual"]);
+    let shorter: String =
+        text.lines()
+            .filter(|l| !l.starts_with("198.19.1."))
+            .fold(String::new(), |mut a, l| {
+                a.push_str(l);
+                a.push('\n');
+                a
+            });
+    std::fs::write(&path, shorter).unwrap();
+    let r = s
+        .agent
+        .json(&["block", "import", file, "--reason", "level1"]);
+    assert_eq!(r["removed"], 250, "{r}");
+    assert_eq!(r["kept_other_origin"], 1, "{r}");
+    assert_eq!(export_lines(&s.agent, origin).len(), valid - 250 - 1);
+
+    // The allowlist wins: overlapping entries are rejected and reported.
+    s.agent.ok(&["allow", "add", &s.lab.v4(0, 2).to_string()]);
+    std::fs::write(
+        dir.path().join("overlap.txt"),
+        format!("{}\n198.19.200.1\n", s.lab.v4_net(0)),
+    )
+    .unwrap();
+    let out = s.agent.cli(&[
+        "block",
+        "import",
+        dir.path().join("overlap.txt").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("line 1:") && stderr.contains("overlaps allowlist"),
+        "{stderr}"
+    );
+    assert!(s.v4_ok(0));
+
+    // Nothing usable: exit 1, nothing changes.
+    std::fs::write(dir.path().join("junk.txt"), "# only junk\nfoo\n").unwrap();
+    let out = s.agent.cli(&[
+        "block",
+        "import",
+        dir.path().join("junk.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // rm --origin lifts the whole group and nothing else.
+    let out = s.agent.ok(&["block", "rm", "--origin", origin]);
+    assert!(out.contains(&format!("removed {}", valid - 251)), "{out}");
+    let left = s.agent.json(&["block", "ls"]);
+    let left: Vec<_> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["origin"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(left.iter().all(|o| o != origin), "{left:?}");
+    assert!(left.contains(&"cli".to_owned()));
+    assert!(
+        s.v4_ok(1) && s.v6_ok(1),
+        "clients still dropped after rm --origin"
+    );
+    // Bad usage: neither CIDR nor origin.
+    assert_eq!(s.agent.cli(&["block", "rm"]).status.code(), Some(2));
+}
+
+#[test]
+fn feed_import_from_stdin_with_ttl_and_origin() {
+    let s = setup(&[]);
+    let mut child = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .arg("--socket")
+        .arg(&s.agent.socket)
+        .args(["block", "import", "-", "--origin", "drop", "--ttl", "1h"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{} ; SBL1\nfd00:bad::/48\n", s.lab.v4_net(1)).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bans = s.agent.json(&["block", "ls"]);
+    assert_eq!(bans.as_array().unwrap().len(), 2);
+    assert!(bans[0]["ttl_remaining_secs"].as_u64().unwrap() > 3500);
+    assert_eq!(bans[0]["origin"], "drop");
+    assert!(!s.v4_ok(1));
+    let j = s.agent.json(&["block", "export"]);
+    assert_eq!(j["bans"].as_array().unwrap().len(), 2);
+}
+
+/// A port nothing listens on right now on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.1 GET: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// A bare HTTP/1.1 GET with extra header lines (each ending in `\r\n`).
+fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    std::io::Read::read_to_string(&mut s, &mut buf).unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample line starting with `name_and_labels `.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+#[test]
+fn metrics_health_and_json_logs() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = setup(&["--metrics-addr", &addr, "--log-format", "json"]);
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    let (code, body) = http_get(port, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http_get(port, "/nope").0, 404);
+
+    let client = s.lab.v4(0, 2);
+    s.agent.ok(&["block", "add", &client.to_string()]);
+    assert!(!s.v4_ok(0));
+    assert_eq!(s.lab.ping(client, s.lab.v4(0, 1), 3), 0);
+
+    let (code, text) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let dropped = sample(
+        &text,
+        "tollgate_packets_total{verdict=\"drop\",reason=\"blocklisted\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(dropped >= 3.0, "drop counter {dropped}:\n{text}");
+    assert!(
+        sample(
+            &text,
+            "tollgate_bytes_total{verdict=\"drop\",reason=\"blocklisted\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        sample(&text, "tollgate_bans_active{kind=\"manual\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "tollgate_bans_issued_total{kind=\"manual\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "tollgate_map_entries{map=\"TG_BLOCK4\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&text, "tollgate_map_capacity{map=\"TG_BLOCK4\"}").unwrap_or(0.0) > 1.0);
+    assert_eq!(sample(&text, "tollgate_store_up"), Some(1.0));
+    assert!(text.contains("tollgate_build_info{version=\""), "{text}");
+    assert!(
+        text.contains("# TYPE tollgate_packets_total counter"),
+        "{text}"
+    );
+    // Prometheus asks for OpenMetrics and gets it.
+    let (code, om) = http_get_with(
+        port,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        om.contains("# TYPE tollgate_packets counter") && om.trim_end().ends_with("# EOF"),
+        "{om}"
+    );
+
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => eprintln!(
+            "promtool not run ({e}): install Debian's `prometheus` package to lint the output"
+        ),
+    }
+
+    // Every log line of the agent is one JSON object.
+    let log = s.agent.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}
+
+#[test]
+fn metrics_refuse_non_loopback_addresses() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", &lab.host_if, "--metrics-addr"])
+        .arg(format!("{}:9", lab.v4(0, 1)))
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--pin-dir")
+        .arg(format!(
+            "/sys/fs/bpf/tollgate-test-{}-nl",
+            std::process::id()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[test]
+fn policy_feeds_refresh_and_reload() {
+    let lab = Lab::new();
+    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(&feed, format!("# test feed\n{}\n", lab.v4_net(1))).unwrap();
+    let host_if = lab.host_if.clone();
+    let policy = |extra: &str| format!("interfaces: [{host_if}]\n{extra}");
+    let with_feed = format!(
+        "feeds:\n  - {{name: testfeed, path: {}, refresh: 1s}}\n",
+        feed.display()
+    );
+    std::fs::write(&config, policy(&with_feed)).unwrap();
+    let agent = Agent::start(&lab.host_if, &["--config", config.to_str().unwrap()]);
+    let s = Setup { lab, server, agent };
+
+    let feed_bans = |s: &Setup| -> Vec<String> {
+        s.agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["origin"] == "testfeed" && b["kind"] == "feed")
+            .map(|b| b["cidr"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || feed_bans(&s)
+            == vec![s.lab.v4_net(1)]),
+        "feed not applied: {:?}\n{}",
+        feed_bans(&s),
+        s.agent.log_text()
+    );
+    assert!(!s.v4_ok(1));
+
+    // The file changes: the new entry is banned, the one gone is lifted.
+    std::fs::write(&feed, format!("# test feed, v2\n{}\n", s.lab.v6_net(1))).unwrap();
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || feed_bans(&s)
+            == vec![s.lab.v6_net(1)]),
+        "feed not refreshed: {:?}",
+        feed_bans(&s)
+    );
+    assert!(s.v4_ok(1) && !s.v6_ok(1));
+
+    // An invalid file is refused with the reason; nothing changes.
+    s.agent.ok(&["block", "add", &s.lab.v4(0, 9).to_string()]);
+    std::fs::write(&config, policy("mode: monitor\nmodee: x\n")).unwrap();
+    let out = s.agent.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("modee") && err.contains("running policy stays"),
+        "{err}"
+    );
+    assert_eq!(s.agent.json(&["status"])["mode"], "enforce");
+
+    // A valid one applies mode, allowlist and feed changes; bans stay,
+    // nothing detaches.
+    let allowed = s.lab.v4(0, 2).to_string();
+    std::fs::write(
+        &config,
+        policy(&format!("mode: monitor\nallowlist: [{allowed}]\n")),
+    )
+    .unwrap();
+    let out = s.agent.ok(&["policy", "reload"]);
+    assert!(
+        out.contains("mode monitor") && out.contains("feed testfeed removed"),
+        "{out}"
+    );
+    let st = s.agent.json(&["status"]);
+    assert_eq!(st["mode"], "monitor");
+    assert_eq!(st["interfaces"].as_array().unwrap().len(), 1);
+    assert!(feed_bans(&s).is_empty());
+    assert_eq!(s.agent.json(&["allow", "ls"])[0]["address"], allowed);
+    assert_eq!(s.agent.json(&["block", "ls"]).as_array().unwrap().len(), 1);
+
+    // SIGHUP does the same: back to enforce, allow entry from the file gone.
+    std::fs::write(&config, policy("mode: enforce\n")).unwrap();
+    nix::sys::signal::kill(s.agent.pid().unwrap(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(tollgate_tests::eventually(Duration::from_secs(5), || {
+        s.agent.json(&["status"])["mode"] == "enforce"
+    }));
+    assert!(tollgate_tests::eventually(Duration::from_secs(5), || {
+        s.agent
+            .json(&["allow", "ls"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    }));
+    assert!(s.v4_ok(1) && s.v6_ok(1));
+}
+
+/// Import rate for a 1,000,000-line feed (run by hand, release build
+/// recommended: `TOLLGATE_BIN=target/release/tollgate cargo test -p
+/// tollgate-tests --test ops -- --ignored --nocapture a_million`). The
+/// addresses are map data only (100.64.0.0/10), never traffic.
+#[test]
+#[ignore = "benchmark: run by hand"]
+fn a_million_line_feed_imports() {
+    let s = setup(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.txt");
+    let mut t = String::with_capacity(40_000_000);
+    t.push_str("# 1,000,000 hosts\n");
+    for i in 0..1_000_000u32 {
+        let a = std::net::Ipv4Addr::from(0x6440_0000 + i);
+        let _ = writeln!(t, "{a} ; entry {i}");
+    }
+    std::fs::write(&path, t).unwrap();
+    let file = path.to_str().unwrap();
+    let timed = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = s.agent.ok(args);
+        (start.elapsed(), out)
+    };
+    let (d, out) = timed(&["block", "import", file]);
+    eprintln!(
+        "import 1M: {d:?} ({:.0} entries/s): {out}",
+        1e6 / d.as_secs_f64()
+    );
+    assert!(out.contains("1000000 added"), "{out}");
+    let (d, out) = timed(&["block", "import", file]);
+    eprintln!("re-import 1M (no changes): {d:?}: {out}");
+    assert!(out.contains("1000000 unchanged"), "{out}");
+    let (d, out) = timed(&["block", "export"]);
+    eprintln!("export 1M: {d:?}");
+    assert_eq!(out.lines().count(), 1_000_001);
+    let st = s.agent.json(&["status"]);
+    eprintln!("status maps: {}", st["maps"]);
+    assert!(s.v4_ok(0), "an unrelated client is dropped");
+    let (d, out) = timed(&["block", "rm", "--origin", "import:big.txt"]);
+    eprintln!("rm --origin 1M: {d:?}: {out}");
+}

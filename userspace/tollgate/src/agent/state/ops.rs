@@ -1,0 +1,342 @@
+//! Operations on whole groups of bans: feed imports (replace a group in one
+//! store transaction and one batched map update), removal by origin, export,
+//! and the snapshot the metrics endpoint renders.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::IpNet;
+use serde_json::json;
+use tollgate_common::{BanReason, maps};
+use tracing::{debug, info, warn};
+
+use super::{AgentState, Refused, check_reason, check_ttl, kernel_entry, refuse};
+use crate::{
+    clock,
+    feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
+    metrics::{self, Snapshot},
+    net::{check_breadth, display, overlaps, parse_net},
+    proto::{ExportRow, ExportView},
+    store::BanRecord,
+};
+
+/// Longest origin (group) name.
+pub const MAX_ORIGIN_LEN: usize = 128;
+
+/// Checks a group name: printable, bounded, not empty.
+///
+/// # Errors
+/// When it is empty, too long or carries control characters or whitespace.
+pub fn check_origin(origin: &str) -> Result<(), Refused> {
+    if origin.is_empty() {
+        return Err(refuse("origin must not be empty"));
+    }
+    if origin.chars().count() > MAX_ORIGIN_LEN {
+        return Err(refuse(format!(
+            "origin is longer than {MAX_ORIGIN_LEN} characters"
+        )));
+    }
+    if origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(refuse(
+            "origin must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl AgentState {
+    /// Makes the feed group `origin` exactly `cidrs` (untrusted text, each
+    /// validated): new entries are added, entries whose TTL or reason changed
+    /// are rewritten, entries of the group no longer listed are removed, and
+    /// everything else is left untouched, so re-importing the same list
+    /// changes nothing. Bans from other origins are never touched. Refused
+    /// entries are reported, the rest applied; if no entry is valid nothing
+    /// changes (an empty or garbled download must not wipe a group — use
+    /// `block rm --origin` for that).
+    ///
+    /// # Errors
+    /// When the arguments are invalid, nothing is valid, or the store or
+    /// kernel write fails (nothing changes then).
+    pub fn import_group(
+        &mut self,
+        origin: &str,
+        cidrs: &[String],
+        ttl_secs: Option<u64>,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<ImportReport, Refused> {
+        check_origin(origin)?;
+        let t0 = std::time::Instant::now();
+        let ttl = check_ttl(ttl_secs)?;
+        let reason = check_reason(reason)?.unwrap_or_else(|| format!("feed {origin}"));
+        if cidrs.len() > MAX_ENTRIES {
+            return Err(refuse(format!(
+                "{} entries is more than the {MAX_ENTRIES} one import may carry",
+                cidrs.len()
+            )));
+        }
+        let kind = BanReason::Feed.name();
+        let now = clock::unix_now();
+        let expires_at = ttl.map(|t| now + t);
+        let mut report = ImportReport {
+            origin: origin.to_owned(),
+            ..ImportReport::default()
+        };
+        let reject = |report: &mut ImportReport, cidr: &str, why: String| {
+            report.rejected_count += 1;
+            if report.rejected.len() < MAX_REPORTED_REJECTS {
+                report.rejected.push((cidr.chars().take(80).collect(), why));
+            }
+        };
+        let mut wanted = HashSet::with_capacity(cidrs.len());
+        let mut put = Vec::new();
+        let mut previous = Vec::new();
+        for c in cidrs {
+            let net = match parse_net(c).and_then(|n| check_breadth(n, force).map(|()| n)) {
+                Ok(n) => n,
+                Err(e) => {
+                    reject(&mut report, c, e.to_string());
+                    continue;
+                }
+            };
+            if !force && let Some(a) = self.allows.keys().find(|a| overlaps(a, &net)) {
+                reject(
+                    &mut report,
+                    c,
+                    format!("overlaps allowlist entry {}", display(a)),
+                );
+                continue;
+            }
+            if !wanted.insert(net) {
+                continue;
+            }
+            match self.bans.get(&net) {
+                Some(r) if r.origin != origin || r.kind != kind => report.kept_other_origin += 1,
+                Some(r) if r.reason == reason && r.expires_at.is_none() && ttl.is_none() => {
+                    report.unchanged += 1;
+                }
+                Some(r) => {
+                    report.updated += 1;
+                    previous.push(r.clone());
+                    put.push(BanRecord {
+                        reason: reason.clone(),
+                        expires_at,
+                        ..r.clone()
+                    });
+                }
+                None => {
+                    report.added += 1;
+                    put.push(BanRecord {
+                        cidr: net,
+                        kind: kind.into(),
+                        reason: reason.clone(),
+                        origin: origin.to_owned(),
+                        created_at: now,
+                        expires_at,
+                        offences: 1,
+                    });
+                }
+            }
+        }
+        if wanted.is_empty() {
+            let first = report
+                .rejected
+                .first()
+                .map(|(c, why)| format!(" (first: '{c}': {why})"))
+                .unwrap_or_default();
+            return Err(refuse(format!(
+                "none of the {} entries can be used{first}; nothing changed (to empty a group, \
+                 use `tollgate block rm --origin {origin}`)",
+                cidrs.len()
+            )));
+        }
+        let stale: Vec<IpNet> = self
+            .bans
+            .values()
+            .filter(|r| r.origin == origin && r.kind == kind && !wanted.contains(&r.cidr))
+            .map(|r| r.cidr)
+            .collect();
+        report.removed = stale.len();
+        let t_validate = t0.elapsed();
+
+        if let Some(s) = self.store.as_mut() {
+            s.apply_bans(&put, &stale)
+                .map_err(|e| refuse(format!("failed to record the import durably: {e}")))?;
+        }
+        let t_store = t0.elapsed();
+        if let Err(e) = self
+            .dp
+            .insert_blocks(put.iter().map(|r| (r.cidr, kernel_entry(r))))
+        {
+            // Undo: the kernel keeps only what it had, the store too.
+            let added: Vec<IpNet> = put
+                .iter()
+                .filter(|r| !self.bans.contains_key(&r.cidr))
+                .map(|r| r.cidr)
+                .collect();
+            for net in &added {
+                let _ = self.dp.remove_block(*net);
+            }
+            for r in &previous {
+                let _ = self.dp.insert_block(r.cidr, &kernel_entry(r));
+            }
+            if let Err(e) = self.dp.maintain() {
+                warn!("failed to refresh the prefilter: {e:#}");
+            }
+            if let Some(s) = self.store.as_mut() {
+                let restore: Vec<BanRecord> = previous
+                    .iter()
+                    .cloned()
+                    .chain(stale.iter().filter_map(|n| self.bans.get(n)).cloned())
+                    .collect();
+                if let Err(u) = s.apply_bans(&restore, &added) {
+                    warn!("failed to undo the store write: {u}");
+                }
+            }
+            return Err(refuse(format!(
+                "the kernel refused the import ({e:#}); nothing changed — are the maps full? \
+                 (`tollgate status` shows their fill)"
+            )));
+        }
+        for net in &stale {
+            if let Err(e) = self.dp.remove_block(*net) {
+                warn!(cidr = %net, "failed to remove a ban dropped from the feed: {e:#}");
+            }
+            self.unindex(net);
+        }
+        if let Err(e) = self.dp.maintain() {
+            warn!("failed to refresh the prefilter: {e:#}");
+        }
+        let t_kernel = t0.elapsed();
+        metrics::ban_issued(kind, report.added as u64);
+        for r in put {
+            self.index(r);
+        }
+        debug!(
+            ?t_validate,
+            ?t_store,
+            ?t_kernel,
+            total = ?t0.elapsed(),
+            "import timings (cumulative)"
+        );
+        info!(
+            origin,
+            added = report.added,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            removed = report.removed,
+            kept_other_origin = report.kept_other_origin,
+            rejected = report.rejected_count,
+            "feed imported"
+        );
+        Ok(report)
+    }
+
+    /// Lifts every ban with this origin (any kind).
+    pub(super) fn block_rm_origin(&mut self, origin: &str) -> Result<serde_json::Value, Refused> {
+        check_origin(origin)?;
+        let nets: Vec<IpNet> = self
+            .bans
+            .values()
+            .filter(|r| r.origin == origin)
+            .map(|r| r.cidr)
+            .collect();
+        if nets.is_empty() {
+            return Err(refuse(format!("no bans with origin '{origin}'")));
+        }
+        if let Some(s) = self.store.as_mut() {
+            s.apply_bans(&[], &nets)
+                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+        }
+        let t0 = std::time::Instant::now();
+        for net in &nets {
+            if let Err(e) = self.dp.remove_block(*net) {
+                warn!(cidr = %net, "failed to remove ban: {e:#}");
+            }
+            self.unindex(net);
+        }
+        debug!(elapsed = ?t0.elapsed(), "removed from the kernel");
+        if let Err(e) = self.dp.maintain() {
+            warn!("failed to refresh the prefilter: {e:#}");
+        }
+        info!(origin, count = nets.len(), "bans removed by origin");
+        Ok(json!({ "origin": origin, "removed": nets.len() }))
+    }
+
+    /// Bans as a plain list, sorted by address.
+    pub(super) fn block_export(&self, origin: Option<&str>) -> serde_json::Value {
+        let mut recs: Vec<&BanRecord> = self
+            .bans
+            .values()
+            .filter(|r| origin.is_none_or(|o| r.origin == o))
+            .collect();
+        recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
+        json!(ExportView {
+            generated_at: clock::rfc3339(clock::unix_now()),
+            bans: recs
+                .into_iter()
+                .map(|r| ExportRow {
+                    cidr: r.cidr.to_string(),
+                    kind: r.kind.clone(),
+                    origin: r.origin.clone(),
+                    expires_at: r.expires_at.map(clock::rfc3339),
+                })
+                .collect(),
+        })
+    }
+
+    /// What the metrics endpoint shows, read under the lock (cheap: counters
+    /// are one map read per verdict and reason, the rest is in memory).
+    #[must_use]
+    pub fn snapshot(&self, wanted_ifaces: usize) -> Snapshot {
+        let fill = self.dp.fill();
+        let cap = self.dp.capacities();
+        let mut bans_active: BTreeMap<String, u64> = [
+            BanReason::Manual,
+            BanReason::RateLimit,
+            BanReason::Policy,
+            BanReason::Feed,
+            BanReason::Crowdsec,
+        ]
+        .iter()
+        .map(|k| (k.name().to_owned(), 0))
+        .collect();
+        for r in self.bans.values() {
+            *bans_active.entry(r.kind.clone()).or_default() += 1;
+        }
+        let store_up = self.store.is_some() && self.store_error.is_none();
+        let not_ready = if self.attachments.len() < wanted_ifaces {
+            Some(format!(
+                "attached to {} of {wanted_ifaces} interfaces",
+                self.attachments.len()
+            ))
+        } else if !store_up {
+            Some(format!(
+                "state store unavailable: {}",
+                self.store_error.as_deref().unwrap_or("not open")
+            ))
+        } else {
+            None
+        };
+        Snapshot {
+            counters: self
+                .dp
+                .counters()
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|(v, r, c)| (v.name(), r.name(), c.packets, c.bytes))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            maps: vec![
+                (maps::BLOCK4, fill.block4, cap.block4),
+                (maps::BLOCK6, fill.block6, cap.block6),
+                (maps::BLOCK4_LPM, fill.block4_ranges, cap.block4_lpm),
+                (maps::BLOCK6_LPM, fill.block6_ranges, cap.block6_lpm),
+                ("TG_ALLOW4+6", fill.allow, cap.allow.saturating_mul(2)),
+            ],
+            bans_active,
+            store_up,
+            not_ready,
+        }
+    }
+}

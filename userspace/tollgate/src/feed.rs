@@ -1,0 +1,222 @@
+//! Block-list feeds: plain lists of addresses and prefixes as FireHOL,
+//! Spamhaus DROP and most threat-intel exports publish them.
+//!
+//! One address or CIDR per line; `#` and `;` start a comment (a whole line or
+//! the rest of one, e.g. `1.2.3.0/24 ; SBL123`); blank lines are ignored.
+//! Everything else that is not a valid prefix is rejected with its line
+//! number, and the rest is still used. The text is untrusted: lines are
+//! bounded, nothing panics on odd bytes.
+
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+
+use crate::net::{check_breadth, parse_net};
+
+/// Longest line looked at; longer lines are rejected (no prefix is that long,
+/// even with a trailing comment this is generous).
+pub const MAX_LINE: usize = 4096;
+/// Most entries one import may carry (the default map capacities hold 2M
+/// IPv4 hosts; this leaves room without letting a request grow unbounded).
+pub const MAX_ENTRIES: usize = 4 * 1024 * 1024;
+
+/// A line that was not used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// 1-based line number.
+    pub line: usize,
+    /// The text (trimmed, shortened).
+    pub text: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A parsed feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// Valid prefixes in file order, without duplicates.
+    pub entries: Vec<IpNet>,
+    /// The 1-based line each entry came from (same order as `entries`).
+    pub lines: Vec<usize>,
+    /// Lines that were not used.
+    pub rejected: Vec<Rejected>,
+    /// Lines repeating an entry seen earlier (not an error).
+    pub duplicates: usize,
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Strips comments and whitespace; `None` for a line with nothing on it.
+fn content(line: &str) -> Option<&str> {
+    let end = line.find(['#', ';']).unwrap_or(line.len());
+    let s = line[..end].trim();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Parses feed text. Prefixes wider than a /8 (IPv4) or /16 (IPv6) are
+/// rejected unless `force`, like `block add`.
+#[must_use]
+pub fn parse(text: &str, force: bool) -> Parsed {
+    let mut out = Parsed::default();
+    let mut seen = HashSet::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let reject = |reason: String| Rejected {
+            line,
+            text: shorten(raw.trim()),
+            reason,
+        };
+        if raw.len() > MAX_LINE {
+            out.rejected
+                .push(reject(format!("line longer than {MAX_LINE} bytes")));
+            continue;
+        }
+        let Some(s) = content(raw) else { continue };
+        // Some lists put more than the prefix on a line ("1.2.3.4 tab info"):
+        // take the first field, reject if there is anything else that is not
+        // a comment — a silently truncated line is worse than a rejected one.
+        let mut fields = s.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if fields.next().is_some() {
+            out.rejected.push(reject(
+                "more than one field on the line (expected one address or CIDR)".into(),
+            ));
+            continue;
+        }
+        let net = match parse_net(first).and_then(|n| check_breadth(n, force).map(|()| n)) {
+            Ok(n) => n,
+            Err(e) => {
+                out.rejected.push(reject(e.to_string()));
+                continue;
+            }
+        };
+        if !seen.insert(net) {
+            out.duplicates += 1;
+            continue;
+        }
+        if out.entries.len() >= MAX_ENTRIES {
+            out.rejected.push(reject(format!(
+                "more than {MAX_ENTRIES} entries in one import"
+            )));
+            continue;
+        }
+        out.entries.push(net);
+        out.lines.push(line);
+    }
+    out
+}
+
+/// What an import changed, as the agent reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportReport {
+    /// The group.
+    pub origin: String,
+    /// New bans.
+    pub added: usize,
+    /// Bans of this group whose TTL or reason changed.
+    pub updated: usize,
+    /// Bans of this group already exactly as asked.
+    pub unchanged: usize,
+    /// Bans of this group no longer in the feed, removed.
+    pub removed: usize,
+    /// Entries already banned by someone else (a manual ban, another feed):
+    /// left as they are.
+    pub kept_other_origin: usize,
+    /// Entries the agent refused, with why (at most
+    /// [`MAX_REPORTED_REJECTS`]; `rejected_count` has the total).
+    pub rejected: Vec<(String, String)>,
+    /// How many entries the agent refused.
+    pub rejected_count: usize,
+}
+
+/// How many refused entries the agent lists by name in its answer.
+pub const MAX_REPORTED_REJECTS: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_blank_lines_and_trailing_comments() {
+        let p = parse(
+            "# FireHOL level1\n\n; Spamhaus DROP\n198.18.1.0/24 ; SBL123\n  198.18.2.7  \n198.18.3.0/24 # x\n\t\n",
+            false,
+        );
+        assert_eq!(
+            p.entries,
+            vec![
+                "198.18.1.0/24".parse::<IpNet>().unwrap(),
+                "198.18.2.7/32".parse().unwrap(),
+                "198.18.3.0/24".parse().unwrap(),
+            ]
+        );
+        assert_eq!(p.lines, vec![4, 5, 6]);
+        assert!(p.rejected.is_empty());
+    }
+
+    #[test]
+    fn malformed_lines_are_reported_with_their_numbers() {
+        let p = parse(
+            "198.18.0.1\nnot-an-ip\n198.18.0.0/33\n198.18.0.5/24\n198.18.0.2 extra\n198.18.0.3\n",
+            false,
+        );
+        assert_eq!(p.entries.len(), 2);
+        let lines: Vec<usize> = p.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5]);
+        assert!(
+            p.rejected[2].reason.contains("host bits"),
+            "{:?}",
+            p.rejected
+        );
+    }
+
+    #[test]
+    fn ipv6_and_mapped_addresses() {
+        let p = parse("fd00:bad::/48\nfd00::1\n::ffff:198.18.0.9\n", false);
+        assert_eq!(
+            p.entries,
+            vec![
+                "fd00:bad::/48".parse::<IpNet>().unwrap(),
+                "fd00::1/128".parse().unwrap(),
+                "198.18.0.9/32".parse().unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_counted_not_repeated() {
+        let p = parse("198.18.0.1\n198.18.0.1/32\n198.18.0.1 ; again\n", false);
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.duplicates, 2);
+        assert!(p.rejected.is_empty());
+    }
+
+    #[test]
+    fn broad_prefixes_need_force() {
+        let text = "0.0.0.0/0\n10.0.0.0/7\nfd00::/8\n198.0.0.0/8\n";
+        let p = parse(text, false);
+        assert_eq!(p.entries, vec!["198.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(p.rejected.len(), 3);
+        assert_eq!(parse(text, true).entries.len(), 4);
+    }
+
+    #[test]
+    fn odd_bytes_and_long_lines_do_not_panic() {
+        let long = "1".repeat(MAX_LINE + 1);
+        let text = format!("\u{feff}198.18.0.1\n{long}\n\u{0}\n198.18.0.2\r\n;;;\n#\n");
+        let p = parse(&text, false);
+        assert!(p.entries.contains(&"198.18.0.1/32".parse().unwrap()));
+        assert!(p.entries.contains(&"198.18.0.2/32".parse().unwrap()));
+        assert!(p.rejected.iter().any(|r| r.line == 2));
+    }
+}

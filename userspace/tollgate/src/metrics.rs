@@ -1,0 +1,253 @@
+//! Prometheus/OpenMetrics rendering of the agent's state. Pure: the agent
+//! takes a [`Snapshot`] under its lock and this module turns it into text,
+//! so the HTTP side never holds the lock while encoding.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tollgate_common::BanReason;
+
+/// Content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const KINDS: [BanReason; 5] = [
+    BanReason::Manual,
+    BanReason::RateLimit,
+    BanReason::Policy,
+    BanReason::Feed,
+    BanReason::Crowdsec,
+];
+
+/// Bans issued since the process started, by kind (index: `BanReason` code).
+static ISSUED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// Counts `n` new bans of `kind` (a [`BanReason`] name).
+pub fn ban_issued(kind: &str, n: u64) {
+    if let Some(k) = KINDS.iter().find(|k| k.name() == kind)
+        && let Some(c) = ISSUED.get(*k as usize)
+    {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What one scrape shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// (verdict, reason, packets, bytes).
+    pub counters: Vec<(&'static str, &'static str, u64, u64)>,
+    /// (map, entries, capacity).
+    pub maps: Vec<(&'static str, usize, u32)>,
+    /// Active bans by kind (every kind present, zeros included).
+    pub bans_active: BTreeMap<String, u64>,
+    /// Whether the durable store is open and readable.
+    pub store_up: bool,
+    /// Why the agent is not ready, if it is not.
+    pub not_ready: Option<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictReason {
+    verdict: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Renders a snapshot in the OpenMetrics text format.
+#[must_use]
+pub fn render(s: &Snapshot) -> String {
+    let mut reg = Registry::default();
+
+    let packets = Family::<VerdictReason, Counter>::default();
+    let bytes = Family::<VerdictReason, Counter>::default();
+    for (verdict, reason, p, b) in &s.counters {
+        let l = VerdictReason {
+            verdict: (*verdict).into(),
+            reason: (*reason).into(),
+        };
+        packets.get_or_create(&l).inc_by(*p);
+        bytes.get_or_create(&l).inc_by(*b);
+    }
+    reg.register(
+        "tollgate_packets",
+        "Packets seen by the datapath, by verdict and reason",
+        packets,
+    );
+    reg.register(
+        "tollgate_bytes",
+        "Bytes seen by the datapath, by verdict and reason",
+        bytes,
+    );
+
+    let entries = Family::<MapLabel, Gauge>::default();
+    let capacity = Family::<MapLabel, Gauge>::default();
+    for (map, n, cap) in &s.maps {
+        let l = MapLabel { map: (*map).into() };
+        entries.get_or_create(&l).set(gauge_value(*n as u64));
+        capacity.get_or_create(&l).set(i64::from(*cap));
+    }
+    reg.register(
+        "tollgate_map_entries",
+        "Entries held by each kernel map",
+        entries,
+    );
+    reg.register(
+        "tollgate_map_capacity",
+        "Entries each kernel map can hold",
+        capacity,
+    );
+
+    let active = Family::<KindLabel, Gauge>::default();
+    for (kind, n) in &s.bans_active {
+        active
+            .get_or_create(&KindLabel { kind: kind.clone() })
+            .set(gauge_value(*n));
+    }
+    reg.register("tollgate_bans_active", "Bans in force, by kind", active);
+
+    let issued = Family::<KindLabel, Counter>::default();
+    for k in KINDS {
+        let n = ISSUED
+            .get(k as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        issued
+            .get_or_create(&KindLabel {
+                kind: k.name().into(),
+            })
+            .inc_by(n);
+    }
+    reg.register(
+        "tollgate_bans_issued",
+        "Bans issued since the agent started, by kind",
+        issued,
+    );
+
+    let build = Family::<VersionLabel, Gauge>::default();
+    build
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+    reg.register("tollgate_build_info", "Agent version (always 1)", build);
+
+    let store = Gauge::<i64>::default();
+    store.set(i64::from(s.store_up));
+    reg.register(
+        "tollgate_store_up",
+        "Whether the durable state store is open and readable",
+        store,
+    );
+
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from(s.not_ready.is_none()));
+    reg.register(
+        "tollgate_ready",
+        "Whether the agent is attached to every interface with its store readable",
+        ready,
+    );
+
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The classic Prometheus text format (what `promtool check metrics` and
+/// scrapers that do not ask for OpenMetrics read): a counter's family is
+/// named with its `_total` suffix there, and there is no `# EOF`.
+#[must_use]
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        ban_issued("feed", 3);
+        ban_issued("nonsense", 3);
+        let s = Snapshot {
+            counters: vec![("drop", "blocklisted", 5, 300)],
+            maps: vec![("TG_BLOCK4", 2, 100)],
+            bans_active: [("feed".to_owned(), 2)].into_iter().collect(),
+            store_up: true,
+            not_ready: None,
+        };
+        let t = render(&s);
+        for want in [
+            "tollgate_packets_total{verdict=\"drop\",reason=\"blocklisted\"} 5",
+            "tollgate_bytes_total{verdict=\"drop\",reason=\"blocklisted\"} 300",
+            "tollgate_map_entries{map=\"TG_BLOCK4\"} 2",
+            "tollgate_map_capacity{map=\"TG_BLOCK4\"} 100",
+            "tollgate_bans_active{kind=\"feed\"} 2",
+            "tollgate_bans_issued_total{kind=\"manual\"} ",
+            "tollgate_build_info{version=\"",
+            "tollgate_store_up 1",
+            "# EOF",
+        ] {
+            assert!(t.contains(want), "missing {want} in\n{t}");
+        }
+        assert!(!t.contains("nonsense"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let t = to_prometheus_text(&render(&Snapshot {
+            counters: vec![("pass", "clean", 1, 60)],
+            ..Snapshot::default()
+        }));
+        assert!(t.contains("# TYPE tollgate_packets_total counter\n"), "{t}");
+        assert!(t.contains("# HELP tollgate_bans_issued_total Bans"), "{t}");
+        assert!(t.contains("# TYPE tollgate_store_up gauge\n"), "{t}");
+        assert!(!t.contains("# EOF"));
+    }
+}
