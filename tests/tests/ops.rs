@@ -1,6 +1,5 @@
 //! Running it in production: block-list feeds (import, export, removal by
 //! origin, policy feeds), metrics and health endpoints, log format, reload.
-#![expect(clippy::unwrap_used, reason = "test helpers panic with context")]
 
 use std::{fmt::Write as _, io::Write as _, net::IpAddr, time::Duration};
 

@@ -3,6 +3,7 @@
 //! Kept free of the eBPF build (no dependency on the `tollgate` crate), so
 //! `cargo xtask setup` works on a fresh machine before anything else does.
 
+mod install;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -49,6 +50,19 @@ enum Cmd {
     /// A narrated lab: a sample API, a good client and an abusive one, the
     /// agent protecting the API, then a clean teardown. Needs root.
     Demo,
+    /// Build the release binary and install it with the systemd unit, the
+    /// default policy (never overwriting one) and /var/lib/tollgate. Idempotent.
+    Install {
+        /// Prefix for bin/tollgate and share/doc/tollgate.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Print what would be done; build and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stage every file under this directory instead of / (packaging).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +72,15 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which, args } => bench(&which, &args),
         Cmd::Demo => demo(),
+        Cmd::Install {
+            prefix,
+            dry_run,
+            destdir,
+        } => install::run(&install::Options {
+            prefix,
+            dry_run,
+            destdir,
+        }),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     bpffs();
     if test_deps {
         debian_packages()?;
+        kubernetes_validate()?;
     }
     Ok(())
 }
@@ -229,5 +230,18 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
+    Ok(())
+}
+
+/// `kubernetes-validate` (PyPI): tests/deploy.rs checks the Kubernetes
+/// manifests against the API schemas it ships, offline.
+fn kubernetes_validate() -> anyhow::Result<()> {
+    if output(Command::new("kubernetes-validate").arg("--version")).is_some() {
+        ok("kubernetes-validate (offline Kubernetes schema checks)");
+        return Ok(());
+    }
+    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]))
+        .context("failed to install kubernetes-validate (needs python3 with pip)")?;
+    did("installed kubernetes-validate");
     Ok(())
 }
