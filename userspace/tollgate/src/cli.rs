@@ -78,6 +78,64 @@ pub enum Command {
     /// Example: tollgate policy reload
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Live view of API calls as they are sampled (like tcpdump, for HTTP):
+    /// one line per request and response.
+    ///
+    /// Example: tollgate tap --port 8080 --src 198.18.0.0/24 --count 20
+    Tap(TapArgs),
+    /// Endpoints seen (method and path template), with hits, clients,
+    /// status codes and whether credentials were used; against an OpenAPI
+    /// document: documented, shadow (undocumented) or unused.
+    ///
+    /// Example: tollgate inventory --openapi api.yaml
+    Inventory(InventoryArgs),
+}
+
+/// `tollgate tap`.
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this API port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only clients in this address or CIDR.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Stop after this many lines.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// `tollgate inventory`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// What to do (default: list).
+    #[command(subcommand)]
+    pub cmd: Option<InventoryCmd>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare with this OpenAPI 3 document (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<PathBuf>,
+}
+
+/// `tollgate inventory ...`.
+#[derive(Debug, Subcommand)]
+pub enum InventoryCmd {
+    /// Write an OpenAPI 3 skeleton of what was observed.
+    ///
+    /// Example: tollgate inventory export --openapi > observed.yaml
+    Export {
+        /// Export as OpenAPI (the only format so far).
+        #[arg(long)]
+        openapi: bool,
+        /// Write to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `tollgate limits ...`.
@@ -197,6 +255,9 @@ pub struct AgentArgs {
     /// How often expired bans are removed from the maps.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// TCP port of an API to observe (repeatable; adds to the policy's `api_ports`).
+    #[arg(long = "api-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_ports: Vec<u16>,
     /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
     /// default). Loopback only unless --metrics-allow-remote.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -338,6 +399,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Limits(cmd) => run_limits(cmd, &cli.socket),
         Command::Top(args) => run_top(&args, &cli.socket),
         Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
+        Command::Tap(args) => crate::api_cli::tap(&args, &cli.socket),
+        Command::Inventory(args) => crate::api_cli::inventory(&args, &cli.socket),
     }
 }
 
@@ -394,6 +457,14 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
         config: args.config.clone(),
         allowlist: policy.allowlist,
         rate_limit: policy.rate_limit,
+        api_ports: {
+            let mut p = policy.api_ports.clone();
+            p.extend(&args.api_ports);
+            p.sort_unstable();
+            p.dedup();
+            p
+        },
+        sampling: policy.sampling,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

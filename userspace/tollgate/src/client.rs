@@ -173,3 +173,49 @@ fn exchange(
         Err(e) => Err(io(sent.err().unwrap_or(e))),
     }
 }
+
+/// Sends a streaming request (`tap`): the first answer line says whether the
+/// stream started; every later line goes to `each` until the agent closes
+/// the stream or `each` returns false. No read timeout: a quiet API is fine.
+///
+/// # Errors
+/// See [`ClientError`]; a refused request comes back as `Ok(Err(reason))`.
+pub fn stream(
+    socket: &Path,
+    req: &Request,
+    mut each: impl FnMut(&str) -> bool,
+) -> Result<Result<(), String>, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source: std::io::Error| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path: path.clone() }
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            ClientError::PermissionDenied { path: path.clone() }
+        }
+        _ => io(e),
+    })?;
+    let mut line = serde_json::to_vec(req).map_err(ClientError::Protocol)?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut lines = BufReader::new(&stream).lines();
+    let first = match lines.next() {
+        Some(l) => l.map_err(io)?,
+        None => return Ok(Err("the agent closed the connection".into())),
+    };
+    let resp: Response = serde_json::from_str(&first).map_err(ClientError::Protocol)?;
+    if !resp.ok {
+        return Ok(Err(resp.error.unwrap_or_else(|| "refused".into())));
+    }
+    for l in lines {
+        let l = l.map_err(io)?;
+        if !each(&l) {
+            break;
+        }
+    }
+    Ok(Ok(()))
+}

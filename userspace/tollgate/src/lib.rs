@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod api_cli;
 pub mod cli;
 pub mod client;
 pub mod clock;

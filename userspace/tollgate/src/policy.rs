@@ -51,6 +51,12 @@ pub struct Policy {
     /// Per-source rate limits and escalation.
     #[serde(default)]
     pub rate_limit: crate::limits::RateLimitPolicy,
+    /// TCP ports of the APIs to observe (payloads sampled, parsed, inventoried).
+    #[serde(default)]
+    pub api_ports: Vec<u16>,
+    /// How API payloads are sampled.
+    #[serde(default)]
+    pub sampling: crate::agent::api::SamplingPolicy,
     /// Block-list files the agent keeps applied (see [`FeedSpec`]).
     #[serde(default)]
     pub feeds: Vec<FeedSpec>,
@@ -189,6 +195,17 @@ impl Policy {
                 format!("{pl} is outside 16..=128"),
             ));
         }
+        for (i, port) in p.api_ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(invalid(
+                    format!("api_ports[{i}]"),
+                    "port 0 is not a port".into(),
+                ));
+            }
+        }
+        p.sampling
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
         let mut names = std::collections::HashSet::new();
         for (i, f) in p.feeds.iter().enumerate() {
             crate::agent::state::ops::check_origin(&f.name)

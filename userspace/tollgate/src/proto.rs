@@ -104,6 +104,20 @@ pub enum Request {
         /// How many.
         n: usize,
     },
+    /// Stream parsed API requests and responses (JSON lines).
+    Tap {
+        /// Only this API port.
+        #[serde(default)]
+        port: Option<u16>,
+        /// Only clients in this CIDR.
+        #[serde(default)]
+        src: Option<String>,
+        /// Stop after this many.
+        #[serde(default)]
+        count: Option<u64>,
+    },
+    /// The API inventory.
+    Inventory,
 }
 
 /// The agent's answer.
@@ -247,6 +261,23 @@ pub struct StatusView {
     pub interfaces: Vec<AttachView>,
     /// Map fill levels.
     pub maps: Vec<MapFillView>,
+    /// The API pipeline (when API ports are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::agent::api::SamplingStatus>,
+    /// Samples taken, lost (ring buffer full) and skipped by the datapath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_kernel: Option<SampleCounters>,
+}
+
+/// The datapath's sampling counters.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct SampleCounters {
+    /// Written to the ring buffer.
+    pub taken: u64,
+    /// Lost: the ring buffer was full.
+    pub lost: u64,
+    /// Not selected by the policy.
+    pub skipped: u64,
 }
 
 /// One map's fill level.

@@ -88,6 +88,80 @@ pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Att
     })
 }
 
+/// Pin kind of the egress (response sampling) link.
+pub const EGRESS_HOW: &str = "tcx-egress";
+
+/// Attaches the response sampler at tcx egress of `iface` (last in the
+/// chain: it only observes), or takes over the link an earlier run pinned.
+///
+/// # Errors
+/// When the interface is gone or the kernel refuses.
+pub fn attach_egress(
+    dp: &mut Datapath,
+    iface: &str,
+    links_dir: &Path,
+) -> anyhow::Result<Attachment> {
+    let ifindex = ifindex(iface)?;
+    std::fs::create_dir_all(links_dir)
+        .with_context(|| format!("failed to create {}", links_dir.display()))?;
+    let pin = pin_path(links_dir, iface, EGRESS_HOW);
+    if pin.exists() {
+        let reused = (|| -> anyhow::Result<FdLink> {
+            let fd: FdLink = PinnedLink::from_pin(&pin)?.into();
+            let link = SchedClassifierLink::try_from(fd).map_err(|e: LinkError| anyhow!(e))?;
+            let prog = dp.tc_egress()?;
+            let id = prog.attach_to_link(link)?;
+            let link = prog.take_link(id)?;
+            FdLink::try_from(link).map_err(|e| anyhow!(e))
+        })();
+        match reused {
+            Ok(link) => {
+                let program_id = dp.tc_egress()?.info().map(|i| i.id()).unwrap_or(0);
+                info!(iface, "took over the egress sampler link of an earlier run");
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    ifindex,
+                    how: EGRESS_HOW,
+                    program_id,
+                    link,
+                    pin,
+                });
+            }
+            Err(e) => {
+                warn!(
+                    iface,
+                    "cannot reuse the pinned egress link ({e:#}); attaching afresh"
+                );
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let prog = dp.tc_egress()?;
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::last()),
+        )
+        .with_context(|| format!("failed to attach the egress sampler to {iface}"))?;
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).map_err(|e| anyhow!(e))?;
+    let program_id = prog.info().map(|i| i.id()).unwrap_or(0);
+    let link: FdLink = fd
+        .pin(&pin)
+        .with_context(|| format!("failed to pin link at {}", pin.display()))?
+        .into();
+    info!(iface, "egress sampler attached (API responses)");
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        how: EGRESS_HOW,
+        program_id,
+        link,
+        pin,
+    })
+}
+
 /// Which hook to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

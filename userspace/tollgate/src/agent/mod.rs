@@ -1,6 +1,7 @@
 //! `tollgate agent`: loads and attaches the datapath, restores state, serves
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
 
+pub mod api;
 pub mod attach;
 pub mod feeds;
 pub mod http;
@@ -21,6 +22,7 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::broadcast,
 };
 use tollgate_common::Mode;
 use tracing::{debug, error, info, warn};
@@ -65,6 +67,10 @@ pub struct AgentOptions {
     pub allowlist: Vec<String>,
     /// The policy's `rate_limit` section.
     pub rate_limit: crate::limits::RateLimitPolicy,
+    /// API ports whose traffic is sampled.
+    pub api_ports: Vec<u16>,
+    /// The policy's `sampling` section.
+    pub sampling: api::SamplingPolicy,
     /// The policy file, for reloads.
     pub config: Option<PathBuf>,
     /// `--mode` was given on the command line (a reload keeps it).
@@ -177,6 +183,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     }
+    // API sampling: ports and policy into the datapath, responses sampled
+    // at tcx egress of every protected interface.
+    let api_ports: std::collections::BTreeSet<u16> = opts.api_ports.iter().copied().collect();
+    let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling);
+    state
+        .dp
+        .set_api_ports(&api_ports, opts.sampling.cfg(opts.sampling.one_in.max(1)))
+        .context("failed to configure API sampling")?;
+    if !api_ports.is_empty() {
+        for iface in &opts.ifaces {
+            match attach::attach_egress(&mut state.dp, iface, &links_dir) {
+                Ok(a) => attached.push(a),
+                Err(e) => warn!(iface, "responses will not be sampled: {e:#}"),
+            }
+        }
+        info!(ports = ?api_ports, "sampling API traffic");
+    }
     let mut wanted: Vec<(String, &'static str)> =
         attached.iter().map(|a| (a.iface.clone(), a.how)).collect();
     wanted.push((attach::SOCKOPS_PIN.into(), attach::SOCKOPS_HOW));
@@ -190,6 +213,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     };
     let events = state.dp.take_events();
+    let samples = state.dp.take_samples();
 
     let listener = bind_socket(&opts.socket)?;
     info!(socket = %opts.socket.display(), "control socket ready");
@@ -199,6 +223,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = read_rate_events(ring, state).await {
                 error!("rate-limit event reader stopped: {e:#}");
+            }
+        });
+    }
+    if let Some(ring) = samples.filter(|_| !api_ports.is_empty()) {
+        let (api, policy) = (api.clone(), opts.sampling);
+        let writer = Arc::clone(&state);
+        tokio::spawn(async move {
+            let set_rate = move |one_in: u32| {
+                if let Ok(mut s) = writer.lock()
+                    && let Err(e) = s.dp.set_sampling(policy.cfg(one_in))
+                {
+                    warn!("failed to change the sampling rate: {e:#}");
+                }
+            };
+            if let Err(e) = api::read_samples(ring, api, policy, set_rate).await {
+                error!("sample reader stopped: {e:#}");
             }
         });
     }
@@ -233,8 +273,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = Arc::clone(&state);
+                    let api = api.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, state).await {
+                        if let Err(e) = serve(stream, state, api).await {
                             debug!("control connection: {e:#}");
                         }
                     });
@@ -332,7 +373,11 @@ async fn read_rate_events(
 
 /// One control connection: check the peer is root, read one request line,
 /// answer it.
-async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Result<()> {
+async fn serve(
+    stream: UnixStream,
+    state: Arc<Mutex<AgentState>>,
+    api: api::ApiHandle,
+) -> anyhow::Result<()> {
     let cred = stream
         .peer_cred()
         .context("failed to read peer credentials")?;
@@ -373,6 +418,27 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Res
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
             Ok(Request::PolicyReload) => reload::request().await,
+            Ok(Request::Tap { port, src, count }) => {
+                return serve_tap(&mut write, &api, port, src.as_deref(), count).await;
+            }
+            Ok(Request::Inventory) => match api.state.lock() {
+                Ok(st) => Response::ok(serde_json::json!(st.inventory.list())),
+                Err(_) => Response::err("inventory lock poisoned"),
+            },
+            Ok(Request::Status) => {
+                let st = Arc::clone(&state);
+                let mut resp = tokio::task::spawn_blocking(move || match st.lock() {
+                    Ok(mut s) => s.handle(Request::Status),
+                    Err(_) => Response::err("agent state lock poisoned"),
+                })
+                .await?;
+                if let (Some(data), Ok(api)) = (resp.data.as_mut(), api.state.lock())
+                    && !api.status.api_ports.is_empty()
+                {
+                    data["sampling"] = serde_json::json!(api.status);
+                }
+                resp
+            }
             Ok(req) => {
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);
@@ -385,6 +451,61 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>) -> anyhow::Res
         }
     };
     write_response(&mut write, &resp).await
+}
+
+/// Streams parsed API exchanges as JSON lines until the client goes away or
+/// `count` have been sent.
+async fn serve_tap(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    api: &api::ApiHandle,
+    port: Option<u16>,
+    src: Option<&str>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let src = match src.map(crate::net::parse_net).transpose() {
+        Ok(s) => s,
+        Err(e) => return write_response(write, &Response::err(e.to_string())).await,
+    };
+    let mut rx = api.tap.subscribe();
+    // First line: the stream is on (the CLI reports errors otherwise).
+    write_line(
+        write,
+        &Response::ok(serde_json::json!({ "tap": "started" })),
+    )
+    .await?;
+    let mut sent = 0u64;
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(skipped = n, "tap reader too slow");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        if port.is_some_and(|p| p != ev.port) || src.is_some_and(|n| !n.contains(&ev.client)) {
+            continue;
+        }
+        let mut line = serde_json::to_vec(&*ev)?;
+        line.push(b'\n');
+        if write.write_all(&line).await.is_err() {
+            return Ok(());
+        }
+        sent += 1;
+        if count.is_some_and(|c| sent >= c) {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_line(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    resp: &Response,
+) -> anyhow::Result<()> {
+    let mut buf = serde_json::to_vec(resp)?;
+    buf.push(b'\n');
+    w.write_all(&buf).await?;
+    Ok(())
 }
 
 async fn write_response(

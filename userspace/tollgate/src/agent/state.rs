@@ -295,6 +295,9 @@ impl AgentState {
             Request::LimitsClear { port } => self.limits_clear(port),
             Request::LimitsShow => Ok(self.limits_view()),
             Request::Top { n } => self.top(n),
+            Request::Tap { .. } | Request::Inventory => {
+                Err(refuse("tap and inventory are served by the API pipeline"))
+            }
             Request::BlockImport { .. } => Err(refuse(
                 "block_import carries its entries on the lines after the request; \
                  use `tollgate block import`",
@@ -566,6 +569,14 @@ impl AgentState {
                 })
                 .collect(),
             maps,
+            sampling: None,
+            samples_kernel: self.dp.sample_stats().ok().map(|[taken, lost, skipped]| {
+                crate::proto::SampleCounters {
+                    taken,
+                    lost,
+                    skipped,
+                }
+            }),
         })
     }
 }

@@ -155,18 +155,32 @@ impl Flows {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
+        let mut out = Vec::new();
         if half.next_seq != Some(s.seq) {
-            // First sample of this direction, or a gap: start over.
+            // First sample of this direction, or a gap: what is buffered will
+            // not be completed; report it as truncated, then start over.
+            if !half.buf.is_empty() && half.kind == Some(Kind::Http) {
+                let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                parse_all(flow, s, time, false, false, &mut out, &mut self.stats);
+            }
+            let half = match s.direction {
+                Direction::Request => &mut flow.req,
+                Direction::Response => &mut flow.resp,
+            };
             half.broken = half.next_seq.is_some() && !half.buf.is_empty();
             half.buf.clear();
         }
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
         half.buf.extend_from_slice(&s.data);
         let whole = s.data.len() == s.payload_len as usize;
         half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
         if half.kind.is_none() || half.buf.len() == s.data.len() {
             half.kind = Some(http::classify(&half.buf));
         }
-        let mut out = Vec::new();
+        let closing = s.tcp_flags & 0x05 != 0;
         match half.kind {
             Some(Kind::Tls) => {
                 self.stats.tls += 1;
@@ -178,10 +192,19 @@ impl Flows {
             }
             _ => {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
-                parse_all(flow, s, time, whole, &mut out, &mut self.stats);
+                // Wait for the rest of a body while the stream is whole and open.
+                parse_all(
+                    flow,
+                    s,
+                    time,
+                    whole,
+                    whole && !closing,
+                    &mut out,
+                    &mut self.stats,
+                );
             }
         }
-        if s.tcp_flags & 0x05 != 0 {
+        if closing {
             // FIN or RST: the flow is over.
             self.flows.remove(&id);
         }
@@ -194,6 +217,7 @@ fn parse_all(
     s: &Sample,
     time: f64,
     whole: bool,
+    wait: bool,
     out: &mut Vec<ApiEvent>,
     stats: &mut FlowStats,
 ) {
@@ -221,7 +245,7 @@ fn parse_all(
             break;
         }
         let consumed = match s.direction {
-            Direction::Request => match http::parse_request(&half.buf) {
+            Direction::Request => match http::parse_request_waiting(&half.buf, wait) {
                 Parsed::Complete { msg, consumed } => {
                     let truncated =
                         msg.truncated || half.broken || !whole && consumed == half.buf.len();
@@ -248,7 +272,7 @@ fn parse_all(
             },
             Direction::Response => {
                 let head = flow.pending.front().is_some_and(|p| p.method == "HEAD");
-                match http::parse_response(&half.buf, head) {
+                match http::parse_response_waiting(&half.buf, head, wait) {
                     Parsed::Complete { msg, consumed } => {
                         let truncated = msg.truncated || half.broken;
                         stats.responses += 1;

@@ -143,9 +143,17 @@ fn collect(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Parses one request from the start of `buf`.
+/// Parses one request from the start of `buf`; an incomplete body is a
+/// truncated message.
 #[must_use]
 pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
+    parse_request_waiting(buf, false)
+}
+
+/// Like [`parse_request`]; with `wait`, an incomplete body is `Partial`
+/// (more bytes of the stream may follow).
+#[must_use]
+pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Parsed<Request> {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     match req.parse(buf) {
@@ -156,6 +164,9 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
             };
             let headers = collect(req.headers);
             let (blen, used, truncated) = body(&headers, &buf[head..], false);
+            if truncated && wait && buf.len() < super::flows::MAX_BUFFER {
+                return Parsed::Partial;
+            }
             let (path, query) = match target.split_once('?') {
                 Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
                 None => (target.to_owned(), None),
@@ -183,6 +194,12 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
 /// a HEAD (no body).
 #[must_use]
 pub fn parse_response(buf: &[u8], head_request: bool) -> Parsed<Response> {
+    parse_response_waiting(buf, head_request, false)
+}
+
+/// Like [`parse_response`]; with `wait`, an incomplete body is `Partial`.
+#[must_use]
+pub fn parse_response_waiting(buf: &[u8], head_request: bool, wait: bool) -> Parsed<Response> {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
     match resp.parse(buf) {
@@ -201,6 +218,9 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Parsed<Response> {
                         .is_some_and(|v| v.eq_ignore_ascii_case("close"));
                 body(&headers, &buf[head..], !keep_alive)
             };
+            if truncated && wait && buf.len() < super::flows::MAX_BUFFER {
+                return Parsed::Partial;
+            }
             Parsed::Complete {
                 msg: Response {
                     version,
