@@ -960,4 +960,28 @@ fn print_status(v: &Value) {
         "{}",
         table::render(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows)
     );
+    if let Some(sm) = &s.sampling {
+        println!(
+            "\nAPI ports {:?}: first packets of each flow + 1 in {} (configured 1 in {}); \
+             {} requests, {} responses parsed, {} truncated; {} TLS and {} other samples skipped; \
+             {} flows followed",
+            sm.api_ports,
+            sm.one_in_effective,
+            sm.one_in_configured,
+            sm.flows.requests,
+            sm.flows.responses,
+            sm.flows.truncated,
+            sm.flows.tls,
+            sm.flows.other,
+            sm.flows_followed
+        );
+    }
+    if let Some(k) = &s.samples_kernel
+        && k.taken + k.lost + k.skipped > 0
+    {
+        println!(
+            "datapath samples: {} taken, {} lost (ring buffer full), {} skipped by policy",
+            k.taken, k.lost, k.skipped
+        );
+    }
 }
