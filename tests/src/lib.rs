@@ -452,3 +452,41 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// How long a TCP exchange may take before it counts as dropped.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// The usual lab: a client namespace, a TCP server on all four host
+/// addresses, and an agent on the host end.
+pub struct Setup {
+    /// The namespaces and links.
+    pub lab: Lab,
+    /// The server.
+    pub server: Server,
+    /// The agent.
+    pub agent: Agent,
+}
+
+/// Builds a [`Setup`], passing `extra` flags to the agent.
+pub fn setup(extra: &[&str]) -> Setup {
+    let lab = Lab::new();
+    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
+    let agent = Agent::start(&lab.host_if, extra);
+    Setup { lab, server, agent }
+}
+
+impl Setup {
+    /// One TCP exchange from `src` to `dst` on the server's port.
+    pub fn tcp(&self, src: IpAddr, dst: IpAddr) -> bool {
+        self.lab
+            .tcp_ok(src, dst, self.server.port, EXCHANGE_TIMEOUT)
+    }
+    /// The client's address in IPv4 subnet `i` reaches the server there.
+    pub fn v4_ok(&self, i: u32) -> bool {
+        self.tcp(self.lab.v4(i, 2), self.lab.v4(i, 1))
+    }
+    /// The client's address in IPv6 subnet `i` reaches the server there.
+    pub fn v6_ok(&self, i: u32) -> bool {
+        self.tcp(self.lab.v6(i, 2), self.lab.v6(i, 1))
+    }
+}

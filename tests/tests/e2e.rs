@@ -2,37 +2,10 @@
 //! and CLI, XDP (or tcx) on the root end of a veth pair, a client in its own
 //! namespace talking TCP and ICMP to a server in the root namespace.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tollgate_tests::{Agent, Lab, Server, eventually};
-
-const T: Duration = Duration::from_millis(700);
-
-struct Setup {
-    lab: Lab,
-    server: Server,
-    agent: Agent,
-}
-
-fn setup(extra: &[&str]) -> Setup {
-    let lab = Lab::new();
-    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
-    let agent = Agent::start(&lab.host_if, extra);
-    Setup { lab, server, agent }
-}
-
-impl Setup {
-    fn tcp(&self, src: IpAddr, dst: IpAddr) -> bool {
-        self.lab.tcp_ok(src, dst, self.server.port, T)
-    }
-    fn v4_ok(&self, i: u32) -> bool {
-        self.tcp(self.lab.v4(i, 2), self.lab.v4(i, 1))
-    }
-    fn v6_ok(&self, i: u32) -> bool {
-        self.tcp(self.lab.v6(i, 2), self.lab.v6(i, 1))
-    }
-}
+use tollgate_tests::{Agent, eventually, setup};
 
 #[test]
 fn block_drops_a_client_and_rm_restores_it() {

@@ -1,36 +1,9 @@
 //! Running it in production: block-list feeds (import, export, removal by
 //! origin, policy feeds), metrics and health endpoints, log format, reload.
 
-use std::{fmt::Write as _, io::Write as _, net::IpAddr, time::Duration};
+use std::{fmt::Write as _, io::Write as _, time::Duration};
 
-use tollgate_tests::{Agent, Lab, Server};
-
-const T: Duration = Duration::from_millis(700);
-
-struct Setup {
-    lab: Lab,
-    server: Server,
-    agent: Agent,
-}
-
-fn setup(extra: &[&str]) -> Setup {
-    let lab = Lab::new();
-    let server = Server::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1), lab.v6(1, 1)]);
-    let agent = Agent::start(&lab.host_if, extra);
-    Setup { lab, server, agent }
-}
-
-impl Setup {
-    fn tcp(&self, src: IpAddr, dst: IpAddr) -> bool {
-        self.lab.tcp_ok(src, dst, self.server.port, T)
-    }
-    fn v4_ok(&self, i: u32) -> bool {
-        self.tcp(self.lab.v4(i, 2), self.lab.v4(i, 1))
-    }
-    fn v6_ok(&self, i: u32) -> bool {
-        self.tcp(self.lab.v6(i, 2), self.lab.v6(i, 1))
-    }
-}
+use tollgate_tests::{Agent, Lab, Server, Setup, setup};
 
 /// A feed of `hosts` addresses from 198.19.0.0/16 plus the lab's subnet 1
 /// (v4 and v6), with comments, blank lines, duplicates and 3 malformed lines.

@@ -62,15 +62,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
         path: path.clone(),
         source,
     };
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning { path: path.clone() }
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            ClientError::PermissionDenied { path: path.clone() }
-        }
-        _ => io(e),
-    })?;
+    let stream = connect(socket)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io)?;
@@ -137,15 +129,7 @@ fn exchange(
         path: path.clone(),
         source,
     };
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning { path: path.clone() }
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            ClientError::PermissionDenied { path: path.clone() }
-        }
-        _ => io(e),
-    })?;
+    let stream = connect(socket)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 16, &stream);
@@ -190,15 +174,7 @@ pub fn stream(
         path: path.clone(),
         source,
     };
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning { path: path.clone() }
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            ClientError::PermissionDenied { path: path.clone() }
-        }
-        _ => io(e),
-    })?;
+    let stream = connect(socket)?;
     let mut line = serde_json::to_vec(req).map_err(ClientError::Protocol)?;
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
@@ -218,4 +194,17 @@ pub fn stream(
         }
     }
     Ok(Ok(()))
+}
+
+/// Connects to the agent, telling "not running" and "not root" apart from
+/// other failures.
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    let path = socket.display().to_string();
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path }
+        }
+        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path },
+        _ => ClientError::Io { path, source: e },
+    })
 }
