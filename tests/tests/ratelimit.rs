@@ -260,7 +260,7 @@ fn a_syn_flood_is_cut_to_its_limit() {
 fn a_client_at_its_connection_cap_cannot_open_more() {
     let lab = Lab::new();
     let holder = Holder::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
-    let agent = Agent::start(&lab.host_if, &[]);
+    let mut agent = Agent::start(&lab.host_if, &[]);
     let port = holder.port.to_string();
     agent.ok(&["limits", "set", "--port", &port, "--max-conns", "3"]);
     let (src, dst) = (lab.v4(0, 2), SocketAddr::new(lab.v4(0, 1), holder.port));
@@ -286,6 +286,14 @@ fn a_client_at_its_connection_cap_cannot_open_more() {
     assert!(
         lab.in_client(move || connect_from(src, dst, t).is_none()),
         "4th connection got through"
+    );
+    // The counts live in pinned maps, kept by the pinned sock_ops program:
+    // an agent killed and restarted still knows this client holds 3.
+    agent.kill(nix::sys::signal::Signal::SIGKILL);
+    agent.spawn();
+    assert!(
+        lab.in_client(move || connect_from(src, dst, t).is_none()),
+        "cap forgotten across an agent restart"
     );
     assert!(
         lab.in_client(move || connect_from(other, odst, t).is_some()),
