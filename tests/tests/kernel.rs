@@ -577,3 +577,41 @@ mod limits {
         assert_eq!(passes(&mut dp, &udp4("198.18.28.1", 53), 3), 3);
     }
 }
+
+/// Verifier complexity baselines: how many instructions the verifier walks
+/// for each program. The limit is 1,000,000; a change that doubles a count
+/// should be a conscious one, so the test prints the counts and fails well
+/// before the kernel would refuse the program.
+#[test]
+fn verifier_complexity_stays_within_budget() {
+    let mut dp = load();
+    let xdp = dp
+        .xdp()
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    let tc = dp
+        .tc()
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    let egress = dp
+        .tc_egress()
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    eprintln!("verified instructions: xdp {xdp}, tc {tc}, tc egress {egress}");
+    for (name, n) in [("xdp", xdp), ("tc", tc), ("tc egress", egress)] {
+        assert!(n > 0, "{name}: the kernel reported no count");
+        assert!(
+            n < 500_000,
+            "{name}: {n} verified instructions, half the kernel's limit"
+        );
+    }
+}
