@@ -972,6 +972,12 @@ fn sampling() {
     let off = ns_per_packet(dp.xdp().unwrap(), &frame, 2);
     let ports: std::collections::BTreeSet<u16> = [8080].into();
     dp.set_api_ports(&ports, policy.cfg(policy.one_in)).unwrap();
+    let other = pkt::Frame::new().ipv4(
+        Ipv4Addr::new(198, 18, 1, 1),
+        pkt::TCP,
+        &pkt::tcp_to(9090, 0x18, req),
+    );
+    let non_api = ns_per_packet(dp.xdp().unwrap(), &other, 2);
     let before = dp.sample_stats().unwrap();
     let on = ns_per_packet(dp.xdp().unwrap(), &frame, 2);
     let after = dp.sample_stats().unwrap();
@@ -999,6 +1005,10 @@ fn sampling() {
         "| default policy (first 4, 1 in 10, 1024 B), ring buffer not drained | {on} ns | {:+.1} % | {} |",
         pct(on),
         d(before, after)
+    );
+    println!(
+        "| sampling on, same packet to a non-API port (9090) | {non_api} ns | {:+.1} % | - |",
+        pct(non_api)
     );
     println!(
         "| first_packets=0, one_in=1000000 (selection cost only) | {only_sel} ns | {:+.1} % | {} |",
