@@ -3,6 +3,7 @@
 //! Kept free of the eBPF build (no dependency on the `tollgate` crate), so
 //! `cargo xtask setup` works on a fresh machine before anything else does.
 
+mod fuzz;
 mod install;
 mod setup;
 
@@ -38,14 +39,25 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks: `xdp` (block/allow datapath) and `ratelimit` (the limiter),
-    /// in the kernel and on the wire, against nftables.
+    /// in the kernel and on the wire, against nftables; `sampling` (the API
+    /// sample pipeline and what sampling adds to the XDP program).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "sampling"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the parsers of untrusted bytes (HTTP, flow reassembly, path
+    /// templates) with libFuzzer; fails if a crash is found. Installs
+    /// cargo-fuzz if missing; needs the nightly toolchain.
+    ///
+    /// Example: cargo xtask fuzz --seconds 300
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// A narrated lab: a sample API, a good client and an abusive one, the
     /// agent protecting the API, then a clean teardown. Needs root.
@@ -71,6 +83,7 @@ fn main() -> ExitCode {
         Cmd::Setup { test_deps } => setup::run(test_deps),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which, args } => bench(&which, &args),
+        Cmd::Fuzz { seconds } => fuzz::run_all(seconds),
         Cmd::Demo => demo(),
         Cmd::Install {
             prefix,
@@ -177,7 +190,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if passed == 0 {
         bail!("no test ran");
     }
-    Ok(())
+    // Last, a short fuzzing run of the parsers of untrusted bytes.
+    fuzz::run_all(30)
 }
 
 fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {

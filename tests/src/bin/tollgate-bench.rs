@@ -13,6 +13,11 @@
 //! 3. Kernel memory the maps take at 1,000,000 entries.
 //!
 //! Ratios are computed against baselines measured in the same run.
+//!
+//! `cargo xtask bench sampling`: samples per second through the agent's
+//! pipeline (`ApiHandle::handle`) on a generated mix of API traffic, and
+//! the per-packet time sampling adds to the XDP program (with and without
+//! API ports configured, in the same run).
 
 use std::{
     fs::File,
@@ -41,12 +46,13 @@ fn main() {
     match which.as_str() {
         "xdp" => xdp(),
         "ratelimit" => ratelimit(),
+        "sampling" => sampling(),
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
-            eprintln!("unknown benchmark '{other}' (known: xdp, ratelimit)");
+            eprintln!("unknown benchmark '{other}' (known: xdp, ratelimit, sampling)");
             std::process::exit(2);
         }
     }
@@ -785,4 +791,228 @@ fn ratelimit_wire(dp: &mut Datapath) {
         }
         None => println!("| nftables | - | - | failed to load the ruleset |"),
     }
+}
+
+/// One ring-buffer record, as the kernel writes it.
+fn record(flow: u32, dir: u8, seq: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+    let mut client = [0u8; 16];
+    client[10] = 0xff;
+    client[11] = 0xff;
+    client[12..].copy_from_slice(&(0xc612_0000 | (flow >> 6)).to_be_bytes());
+    let mut server = [0u8; 16];
+    server[10] = 0xff;
+    server[11] = 0xff;
+    server[12..].copy_from_slice(&[198, 19, 0, 1]);
+    let h = tollgate_common::SampleHeader {
+        ts_ns: clock::boot_ns(),
+        flow: tollgate_common::FlowKey {
+            client,
+            server,
+            client_port: 10_000 + u16::try_from(flow & 0x3f).unwrap(),
+            server_port: 8080,
+        },
+        direction: dir,
+        tcp_flags: flags,
+        family: 4,
+        reserved: 0,
+        seq,
+        ifindex: 1,
+        payload_len: u32::try_from(data.len()).unwrap(),
+        captured: u32::try_from(data.len()).unwrap(),
+        reserved2: 0,
+    };
+    // SAFETY: SampleHeader is repr(C), 72 bytes without padding.
+    let head = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(&h).cast::<u8>(),
+            std::mem::size_of::<tollgate_common::SampleHeader>(),
+        )
+    };
+    let mut r = head.to_vec();
+    r.extend_from_slice(data);
+    r
+}
+
+/// A recorded mix of API traffic: `flows` keep-alive connections, each
+/// with several exchanges: GETs with typical headers, POST/PUT with JSON
+/// bodies, a pipelined pair in one segment, responses with Content-Length
+/// and chunked JSON bodies, a request split over two segments; each flow
+/// ends with a FIN.
+fn sample_mix(flows: u32) -> Vec<Vec<u8>> {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut out = Vec::new();
+    let hdrs = "Host: api.example.com\r\nUser-Agent: okhttp/4.12.0\r\nAccept: application/json\r\nAccept-Encoding: gzip\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl\r\nX-Request-Id: 3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b\r\n";
+    for f in 0..flows {
+        let (mut rs, mut ps) = (1000u32, 5000u32);
+        let send = |out: &mut Vec<Vec<u8>>, dir: u8, seq: &mut u32, flags: u8, d: &[u8]| {
+            out.push(record(f, dir, *seq, flags, d));
+            *seq = seq.wrapping_add(u32::try_from(d.len()).unwrap());
+        };
+        for x in 0..6u32 {
+            let id = rng.u32(1..1_000_000);
+            let body = format!(
+                "{{\"id\":{id},\"name\":\"user{id}\",\"email\":\"u{id}@example.com\",\"roles\":[\"reader\",\"writer\"],\"active\":true}}"
+            );
+            let (req, resp) = match x {
+                0 | 3 => (
+                    format!("GET /api/v1/users/{id}?fields=name,email HTTP/1.1\r\n{hdrs}\r\n"),
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDate: Sat, 28 Nov 2026 12:00:00 GMT\r\n\r\n{body}",
+                        body.len()
+                    ),
+                ),
+                1 => (
+                    format!(
+                        "POST /api/v1/orders HTTP/1.1\r\n{hdrs}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    format!(
+                        "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                        body.len()
+                    ),
+                ),
+                2 => (
+                    // Pipelined: two requests in one segment, two responses in one.
+                    format!(
+                        "GET /api/v1/orders/{id} HTTP/1.1\r\n{hdrs}\r\nDELETE /api/v1/sessions/{:x} HTTP/1.1\r\n{hdrs}\r\n",
+                        u64::from(id) * 0x1_0000_0001
+                    ),
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\n{\"error\":\"not found\"}HTTP/1.1 204 No Content\r\n\r\n"
+                        .to_owned(),
+                ),
+                _ => (
+                    format!(
+                        "PUT /api/v1/users/{id}/profile HTTP/1.1\r\n{hdrs}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                ),
+            };
+            if x == 4 {
+                // Split over two segments.
+                let (a, b) = req.as_bytes().split_at(req.len() / 2);
+                send(&mut out, tollgate_common::DIR_REQUEST, &mut rs, 0x18, a);
+                send(&mut out, tollgate_common::DIR_REQUEST, &mut rs, 0x18, b);
+            } else {
+                send(
+                    &mut out,
+                    tollgate_common::DIR_REQUEST,
+                    &mut rs,
+                    0x18,
+                    req.as_bytes(),
+                );
+            }
+            let fin = if x == 5 { 0x19 } else { 0x18 };
+            send(
+                &mut out,
+                tollgate_common::DIR_RESPONSE,
+                &mut ps,
+                fin,
+                resp.as_bytes(),
+            );
+        }
+    }
+    out
+}
+
+/// `cargo xtask bench sampling`.
+fn sampling() {
+    tollgate_tests::require_root();
+    println!("# cargo xtask bench sampling\n");
+    println!("## Pipeline throughput (one core, ApiHandle::handle, batches of 1024)\n");
+    pin_to_cpu(0);
+    let recs = sample_mix(20_000);
+    let bytes: usize = recs.iter().map(Vec::len).sum();
+    let policy = tollgate::agent::api::SamplingPolicy::default();
+    let mut best = f64::MAX;
+    let mut handle = None;
+    for _ in 0..3 {
+        let h = tollgate::agent::api::ApiHandle::new(&[8080], &policy);
+        // No `tap` subscriber: events are built and offered to the channel
+        // either way.
+        let t = Instant::now();
+        for batch in recs.chunks(1024) {
+            h.handle(batch, 0.0);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        handle = Some(h);
+    }
+    let h = handle.unwrap();
+    let st = h.state.lock().unwrap();
+    let fs = st.flows.stats;
+    println!(
+        "{} samples ({:.1} MiB, {} flows, requests {}, responses {}, truncated {}): best of 3 {:.3}s = **{:.0} samples/s** ({:.0} MiB/s); inventory {} endpoints\n",
+        recs.len(),
+        bytes as f64 / 1048576.0,
+        20_000,
+        fs.requests,
+        fs.responses,
+        fs.truncated,
+        best,
+        recs.len() as f64 / best,
+        bytes as f64 / 1048576.0 / best,
+        st.inventory.list().len(),
+    );
+    drop(st);
+
+    println!(
+        "## What sampling adds to the XDP program (BPF_PROG_TEST_RUN, {REPEAT} repeats, best of 3)\n"
+    );
+    let mut dp = Datapath::load(None, caps()).unwrap();
+    let req = b"GET /api/v1/users/42 HTTP/1.1\r\nHost: api.example.com\r\nAccept: application/json\r\nAuthorization: Bearer abc\r\n\r\n";
+    let frame = pkt::Frame::new().ipv4(
+        Ipv4Addr::new(198, 18, 1, 1),
+        pkt::TCP,
+        &pkt::tcp_to(8080, 0x18, req),
+    );
+    let floor = ns_per_packet(dp.extra_xdp(programs::BENCH_PASS).unwrap(), &frame, 2);
+    let off = ns_per_packet(dp.xdp().unwrap(), &frame, 2);
+    let ports: std::collections::BTreeSet<u16> = [8080].into();
+    dp.set_api_ports(&ports, policy.cfg(policy.one_in)).unwrap();
+    let other = pkt::Frame::new().ipv4(
+        Ipv4Addr::new(198, 18, 1, 1),
+        pkt::TCP,
+        &pkt::tcp_to(9090, 0x18, req),
+    );
+    let non_api = ns_per_packet(dp.xdp().unwrap(), &other, 2);
+    let before = dp.sample_stats().unwrap();
+    let on = ns_per_packet(dp.xdp().unwrap(), &frame, 2);
+    let after = dp.sample_stats().unwrap();
+    let sel = tollgate::agent::api::SamplingPolicy {
+        first_packets: 0,
+        one_in: 1_000_000,
+        ..policy
+    };
+    dp.set_api_ports(&ports, sel.cfg(sel.one_in)).unwrap();
+    let before_sel = dp.sample_stats().unwrap();
+    let only_sel = ns_per_packet(dp.xdp().unwrap(), &frame, 2);
+    let after_sel = dp.sample_stats().unwrap();
+    let pct = |x: u64| (x as f64 / off.max(1) as f64 - 1.0) * 100.0;
+    println!(
+        "HTTP request packet ({} bytes) to API port 8080; floor (XDP_PASS program) {floor} ns\n",
+        frame.len()
+    );
+    println!(
+        "| configuration | ns/packet | extra vs no sampling | samples taken, lost, skipped (3 x {REPEAT} runs) |"
+    );
+    println!("|---|--:|--:|---|");
+    println!("| no API ports (sampling off) | {off} ns | - | - |");
+    let d = |a: [u64; 3], b: [u64; 3]| format!("{}, {}, {}", b[0] - a[0], b[1] - a[1], b[2] - a[2]);
+    println!(
+        "| default policy (first 4, 1 in 10, 1024 B), ring buffer not drained | {on} ns | {:+.1} % | {} |",
+        pct(on),
+        d(before, after)
+    );
+    println!(
+        "| sampling on, same packet to a non-API port (9090) | {non_api} ns | {:+.1} % | - |",
+        pct(non_api)
+    );
+    println!(
+        "| first_packets=0, one_in=1000000 (selection cost only) | {only_sel} ns | {:+.1} % | {} |",
+        pct(only_sel),
+        d(before_sel, after_sel)
+    );
 }

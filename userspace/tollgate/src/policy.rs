@@ -315,3 +315,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The policies in the repository load: the documented example (every
+    /// field) and the one `cargo xtask install` ships.
+    #[test]
+    fn example_and_deploy_policies_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let ex = Policy::load(&root.join("examples/policy.yaml")).unwrap();
+        assert_eq!(ex.api_ports, vec![8080, 8443]);
+        assert_eq!(ex.rate_limit.ports.len(), 1);
+        assert_eq!(ex.feeds.len(), 1);
+        assert_eq!(ex.sampling, crate::agent::api::SamplingPolicy::default());
+        assert!(ex.metrics.is_some());
+        Policy::load(&root.join("deploy/policy.yaml")).unwrap();
+    }
+}
