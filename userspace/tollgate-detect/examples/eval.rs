@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         engine
                             .inspect_request(&msg)
                             .iter()
-                            .map(|v| (v.rule, v.score))
+                            .map(|v| (v.rule, v.score, v.evidence.clone()))
                             .collect::<Vec<_>>()
                     ),
                     other => format!("{other:?}"),

@@ -129,10 +129,10 @@ const STRONG_CMDS: &[&str] = &[
 
 /// Of the commands above, these are ordinary English words and need more context.
 const WORDLIKE: &[&str] = &[
-    "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time", "set",
-    "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep", "touch",
-    "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv", "rm",
-    "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
+    "nc", "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time",
+    "set", "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep",
+    "touch", "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv",
+    "rm", "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
 ];
 
 /// Interpreter/code-execution calls (PHP, Python, Perl, Node) that run commands.

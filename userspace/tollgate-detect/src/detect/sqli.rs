@@ -41,8 +41,14 @@ enum Tok {
     Var {
         sys: bool,
     },
-    /// Comparison: `=`, `<`, `>`, `<>`, `!=`, `like`, `rlike`, `regexp`, `is`, `in`, `between`.
+    /// Symbolic comparison: `=`, `<`, `>`, `<>`, `!=`.
     Cmp,
+    /// Word comparison: `like`, `rlike`, `regexp`, `is`, `in`, `between`.
+    CmpWord,
+    /// Stored-procedure-like name (`xp_*`, `sp_*`, `master..*`).
+    Proc,
+    /// Comment that plausibly truncates a query (`--` + blank, `/*`, trailing `#`).
+    CommentWeak,
     /// Arithmetic/bitwise operator.
     Op,
     Comment,
@@ -101,7 +107,7 @@ fn keyword(w: &str) -> Tok {
             Tok::Clause
         }
         "from" => Tok::From,
-        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" => Tok::Cmp,
+        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" => Tok::CmpWord,
         "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
         | "values" | "all" | "distinct" | "by" | "delay" | "top" | "join" | "outfile"
         | "dumpfile" | "true" | "false" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
@@ -265,11 +271,30 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                 out.push((Tok::Num, start));
             }
             b'-' if s.get(i + 1) == Some(&b'-') => {
-                out.push((Tok::Comment, start));
+                // `--x` is not a comment in MySQL and rare as a truncation elsewhere.
+                let strong = s.get(i + 2).is_none_or(|b| !b.is_ascii_alphanumeric());
+                out.push((
+                    if strong {
+                        Tok::Comment
+                    } else {
+                        Tok::CommentWeak
+                    },
+                    start,
+                ));
                 i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p + 1);
             }
             b'#' => {
-                out.push((Tok::Comment, start));
+                // `#` truncates when it ends the input; `#2 circular` is prose.
+                let end = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p);
+                let strong = s[i + 1..end].iter().all(u8::is_ascii_whitespace);
+                out.push((
+                    if strong {
+                        Tok::Comment
+                    } else {
+                        Tok::CommentWeak
+                    },
+                    start,
+                ));
                 i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p + 1);
             }
             b'/' if s.get(i + 1) == Some(&b'*') => {
@@ -361,11 +386,16 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                     }
                     break;
                 }
-                let kw = keyword(w);
+                let kw = if w.starts_with("xp_") || w.starts_with("sp_") || w.starts_with("master.")
+                {
+                    Tok::Proc
+                } else {
+                    keyword(w)
+                };
                 let tok = if s.get(j) == Some(&b'(')
                     && !matches!(
                         kw,
-                        Tok::Logic | Tok::Union | Tok::Select | Tok::From | Tok::Cmp
+                        Tok::Logic | Tok::Union | Tok::Select | Tok::From | Tok::Cmp | Tok::CmpWord
                     ) {
                     Tok::Func(func_kind(w))
                 } else {
@@ -547,7 +577,7 @@ fn statement_at(t: &[Tok], i: usize) -> bool {
             }
             Stmt::Exec => matches!(
                 at(1),
-                Some(Tok::Word | Tok::Func(_) | Tok::Str { .. } | Tok::LParen | Tok::Var { .. })
+                Some(Tok::Proc | Tok::Str { .. } | Tok::LParen | Tok::Var { .. })
             ),
             Stmt::Declare => matches!(at(1), Some(Tok::Var { .. })),
             Stmt::Set => matches!(at(1), Some(Tok::Var { .. })),
@@ -583,9 +613,12 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
         j += 1;
     }
     match t.get(j) {
-        Some(Tok::Cmp) => {
+        Some(Tok::Cmp | Tok::CmpWord) => {
             let mut k = j + 1;
-            while matches!(t.get(k), Some(Tok::Cmp | Tok::LParen | Tok::Op)) {
+            while matches!(
+                t.get(k),
+                Some(Tok::Cmp | Tok::CmpWord | Tok::LParen | Tok::Op)
+            ) {
                 k += 1;
             }
             let b = *t.get(k)?;
@@ -599,14 +632,22 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
             }
             // Literal against literal (`1=1`, `'a'='a'`, `2>1`) is decided without any
             // column: a tautology or contradiction.
-            if matches!(a, Tok::Num | Tok::Str { .. }) && matches!(b, Tok::Num | Tok::Str { .. }) {
+            if matches!(a, Tok::Num | Tok::Str { open: false })
+                && matches!(b, Tok::Num | Tok::Str { .. })
+            {
                 return Some(STRONG);
             }
             // word = word after a break-out is still suspicious, but weaker.
             if is_value(b) { Some(6) } else { None }
         }
         // A bare literal condition ending the input or cut by a comment: `' or 1--`.
-        None | Some(Tok::Comment) | Some(Tok::Semi) if is_literal(a) => Some(STRONG),
+        Some(Tok::Comment) | Some(Tok::Semi) if is_literal(a) => Some(STRONG),
+        // `1 or 2` and `"x" and "y` are also how people write searches.
+        None if is_literal(a) => Some(if matches!(a, Tok::Str { open: true }) {
+            3
+        } else {
+            6
+        }),
         Some(Tok::Logic) if is_literal(a) => Some(8),
         Some(Tok::Op) if is_literal(a) => Some(6),
         _ => None,
@@ -619,6 +660,9 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
     let mut pos: Vec<usize> = Vec::with_capacity(toks.len());
     let mut comment_after: Vec<bool> = Vec::with_capacity(toks.len());
     for &(tk, p) in toks {
+        if tk == Tok::CommentWeak {
+            continue;
+        }
         if tk == Tok::Comment {
             if let Some(last) = comment_after.last_mut() {
                 *last = true;
@@ -655,6 +699,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                         Tok::Logic
                             | Tok::Op
                             | Tok::Cmp
+                            | Tok::CmpWord
                             | Tok::Select
                             | Tok::Comma
                             | Tok::LParen
@@ -687,6 +732,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                         prev2,
                         Some(
                             Tok::Cmp
+                                | Tok::CmpWord
                                 | Tok::Logic
                                 | Tok::Op
                                 | Tok::Comma
@@ -767,10 +813,18 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                 }
             }
             Some(Tok::Clause) => {
-                if matches!(
-                    t.get(j + 1),
-                    Some(Tok::Kw | Tok::Num | Tok::Word | Tok::Var { .. } | Tok::Func(_))
-                ) {
+                // `order by 1`, `group by x`, `having 1=1`, `limit 1`, `into outfile`.
+                let shaped = match t.get(j + 1) {
+                    Some(Tok::Kw) => matches!(
+                        t.get(j + 2),
+                        Some(
+                            Tok::Num | Tok::Word | Tok::Func(_) | Tok::Str { .. } | Tok::Var { .. }
+                        )
+                    ),
+                    Some(Tok::Num | Tok::Var { .. } | Tok::Func(_)) => true,
+                    _ => false,
+                };
+                if shaped {
                     add(hits, "sqli.clause", STRONG, at(j));
                 }
             }
@@ -803,9 +857,9 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
     // Injection ending in a comment that swallows the rest of the original query,
     // after SQL-shaped tokens.
     if quoted && n >= 3 && comment_after.last().copied().unwrap_or(false) {
-        let has_logic_cmp = t
-            .windows(3)
-            .any(|w| w[0] == Tok::Logic && is_value(w[1]) && matches!(w[2], Tok::Cmp));
+        let has_logic_cmp = t.windows(3).any(|w| {
+            w[0] == Tok::Logic && is_value(w[1]) && matches!(w[2], Tok::Cmp | Tok::CmpWord)
+        });
         if has_logic_cmp {
             add(hits, "sqli.comment_truncation", 8, at(n - 1));
         }

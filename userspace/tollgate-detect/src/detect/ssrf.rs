@@ -54,7 +54,7 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
             .map_or(0, |x| x + 1);
         let host = host_of(&s[at + 3..]);
-        if classify(host).is_some() {
+        if classify(host, false).is_some() {
             // An explicit URL to any internal address is a forgery attempt.
             sink.push(
                 "ssrf.internal_url",
@@ -93,7 +93,7 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             || !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         if (host.len() == s.len() || rest_ok || s.starts_with('['))
             && addr_like
-            && let Some(sc) = classify(host)
+            && let Some(sc) = classify(host, true)
         {
             // Plain private addresses are common legitimate values; loopback and
             // metadata are not.
@@ -126,9 +126,13 @@ fn host_of(rest: &str) -> &str {
 }
 
 /// Score for an internal host, `None` for public or unparseable hosts.
-fn classify(host: &str) -> Option<u32> {
+fn classify(host: &str, bare: bool) -> Option<u32> {
     let host = host.trim_end_matches('.');
     if host.is_empty() {
+        return None;
+    }
+    // A bare `0` or `0x0` is a number, not `0.0.0.0`.
+    if bare && (host.split('.').count() == 1 && host.len() < 8 || host == "0") {
         return None;
     }
     if INTERNAL_NAMES.contains(&host)

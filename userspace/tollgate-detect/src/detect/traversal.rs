@@ -93,7 +93,7 @@ impl Traversal {
             let sc = if dots >= 2 || matches!(loc, Location::Path) {
                 STRONG
             } else {
-                6
+                5
             };
             let at = memchr::memmem::find(n, b"..").unwrap_or(0);
             sink.push("traversal.dotdot", Category::Traversal, sc, loc, &norm, at);

@@ -143,12 +143,17 @@ impl Xss {
         };
         let mut score_sink = 0;
         let mut first = None;
+        let mut distinct = 0u32;
         for m in self.sinks.find_iter(hay) {
+            distinct += 1;
             let p = SINKS[m.pattern().as_usize()];
             // `alert(` in prose is unusual but possible; schemes and cookie theft are not.
-            let sc = if p.ends_with(':')
-                || p.starts_with("data:")
-                || p.starts_with("document.")
+            let sc = if p.ends_with(':') {
+                script_url_score(&hay[m.end()..])
+            } else if p.starts_with("document.") || p == "window.location" || p == "location.href" {
+                // Names of sinks also appear in documentation paths and prose.
+                5
+            } else if p.starts_with("data:")
                 || p == "string.fromcharcode"
                 || p == "expression("
                 || p == "-moz-binding"
@@ -164,6 +169,10 @@ impl Xss {
                 score_sink = sc;
                 first = Some(m.start());
             }
+        }
+        // Several sinks together (`alert(document.cookie)`) are code, not prose.
+        if distinct >= 2 && score_sink >= 5 {
+            score_sink = STRONG;
         }
         if let Some(at) = first {
             // A sink after an attribute/string break-out is an injection.
@@ -194,6 +203,122 @@ impl Xss {
     }
 }
 
+/// Score of a `javascript:`-like scheme given the text after it: no-op links
+/// (`javascript:;`, `javascript:void(0)`) and prose ("JavaScript: Basics") are weak.
+fn script_url_score(rest: &str) -> u32 {
+    let code_end = rest
+        .find(['"', '\'', '>', '<', ' ', '&'])
+        .unwrap_or(rest.len());
+    let code = &rest[..code_end];
+    let trimmed = code.trim_end_matches(';');
+    if trimmed.is_empty() || trimmed == "void(0)" || trimmed == "void0" || trimmed == "void(0)" {
+        return 0;
+    }
+    if code
+        .bytes()
+        .any(|b| matches!(b, b'(' | b'`' | b'=' | b'[' | b'/' | b'\\' | b'%' | b'.'))
+    {
+        STRONG
+    } else {
+        4
+    }
+}
+
+/// Event handler names browsers fire (prefixes), for handlers outside a tag.
+const EVENTS: &[&str] = &[
+    "load",
+    "error",
+    "mouse",
+    "click",
+    "dblclick",
+    "focus",
+    "blur",
+    "key",
+    "change",
+    "submit",
+    "input",
+    "toggle",
+    "begin",
+    "end",
+    "animation",
+    "transition",
+    "pointer",
+    "touch",
+    "drag",
+    "drop",
+    "copy",
+    "cut",
+    "paste",
+    "scroll",
+    "wheel",
+    "resize",
+    "select",
+    "show",
+    "play",
+    "pause",
+    "message",
+    "hashchange",
+    "popstate",
+    "page",
+    "beforeunload",
+    "unload",
+    "abort",
+    "auxclick",
+    "contextmenu",
+    "invalid",
+    "search",
+    "start",
+    "finish",
+    "bounce",
+    "readystatechange",
+    "progress",
+    "canplay",
+    "durationchange",
+    "volumechange",
+    "seek",
+    "timeupdate",
+    "waiting",
+    "emptied",
+    "stalled",
+    "suspend",
+    "ratechange",
+    "repeat",
+    "fullscreen",
+    "afterprint",
+    "beforeprint",
+    "online",
+    "offline",
+    "storage",
+    "formdata",
+    "reset",
+    "cuechange",
+    "beforescriptexecute",
+    "afterscriptexecute",
+    "activate",
+    "beforeactivate",
+    "deactivate",
+    "help",
+    "move",
+    "filterchange",
+    "data",
+    "row",
+    "property",
+    "stop",
+    "lose",
+    "cell",
+    "control",
+    "before",
+    "after",
+    "zoom",
+    "wheel",
+    "security",
+    "loadstart",
+    "beforeinput",
+    "beforetoggle",
+    "content",
+    "gesture",
+];
+
 /// Finds `on<event>=` (attribute name boundary before it). With `in_tag` any
 /// preceding separator counts; otherwise requires a quote/space/slash before.
 fn event_handler(s: &[u8], in_tag: bool) -> Option<usize> {
@@ -215,7 +340,7 @@ fn event_handler(s: &[u8], in_tag: bool) -> Option<usize> {
         while j < s.len() && s[j].is_ascii_alphabetic() {
             j += 1;
         }
-        if j - a < 5 {
+        if j - a < 5 || (!in_tag && !EVENTS.iter().any(|e| s[a + 2..j].starts_with(e.as_bytes()))) {
             continue;
         }
         while j < s.len() && matches!(s[j], b' ' | b'\t' | b'\n' | b'\r' | b'/') {
