@@ -211,7 +211,7 @@ fn script_url_score(rest: &str) -> u32 {
         .unwrap_or(rest.len());
     let code = &rest[..code_end];
     let trimmed = code.trim_end_matches(';');
-    if trimmed.is_empty() || trimmed == "void(0)" || trimmed == "void0" || trimmed == "void(0)" {
+    if trimmed.is_empty() || trimmed == "void(0)" || trimmed == "void0" {
         return 0;
     }
     if code
