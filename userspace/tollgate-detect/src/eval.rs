@@ -65,7 +65,7 @@ pub struct Report {
     pub benign_unparseable: usize,
     /// Ids of banned benign samples (first 50), for inspection.
     pub false_positive_ids: Vec<String>,
-    /// Ids of attack samples not banned (first 200).
+    /// Ids of attack samples not banned (first 100 per category).
     pub missed_ids: Vec<String>,
 }
 
@@ -116,7 +116,11 @@ pub fn evaluate<'a>(engine: &Engine, samples: impl IntoIterator<Item = Sample<'a
                 None => rec.unparseable += 1,
             }
         }
-        if action != Some(Action::Ban) && r.missed_ids.len() < 200 {
+        let missed_here = r
+            .by_category
+            .get(s.category)
+            .map_or(0, |c| c.total - c.banned);
+        if action != Some(Action::Ban) && missed_here <= 100 {
             r.missed_ids.push(s.id.to_owned());
         }
     }

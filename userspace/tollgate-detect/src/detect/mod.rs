@@ -360,12 +360,51 @@ impl Engine {
     }
 
     fn wants_header(&self, name: &str) -> bool {
+        // Standard headers whose values are set by browsers and HTTP stacks (and
+        // secrets) are skipped; everything else, including application-specific
+        // headers, reaches the detectors.
         let n = name.to_ascii_lowercase();
-        matches!(
+        if self.extra_headers.contains(&n) {
+            return true;
+        }
+        !(matches!(
             n.as_str(),
-            "user-agent" | "referer" | "x-forwarded-for" | "forwarded" | "x-real-ip"
-        ) || (n.starts_with("x-") && !n.starts_with("x-request-id") && n != "x-requested-with")
-            || self.extra_headers.contains(&n)
+            "host"
+                | "accept"
+                | "accept-encoding"
+                | "accept-language"
+                | "accept-charset"
+                | "connection"
+                | "content-length"
+                | "content-type"
+                | "keep-alive"
+                | "proxy-connection"
+                | "cache-control"
+                | "pragma"
+                | "upgrade-insecure-requests"
+                | "authorization"
+                | "proxy-authorization"
+                | "dnt"
+                | "te"
+                | "upgrade"
+                | "priority"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "if-none-match"
+                | "if-modified-since"
+                | "if-match"
+                | "if-unmodified-since"
+                | "range"
+                | "x-requested-with"
+                | "x-request-id"
+                | "x-correlation-id"
+                | "traceparent"
+                | "tracestate"
+                | "date"
+                | "expect"
+                | "origin"
+                | "cookie"
+        ) || n.starts_with("sec-"))
     }
 
     /// Extracts and normalizes every inspected string of the request.

@@ -29,6 +29,17 @@ const SENSITIVE: &[&str] = &[
     "etc/environment",
     "etc/inittab",
     "proc/self/",
+    "proc/sys/",
+    "proc/net/",
+    ".aws/credentials",
+    ".docker/config.json",
+    ".kube/config",
+    ".git-credentials",
+    ".bash_profile",
+    ".bashrc",
+    ".history",
+    ".mysql_history",
+    ".npmrc",
     "proc/version",
     "proc/cpuinfo",
     "proc/1/",
@@ -83,10 +94,7 @@ impl Traversal {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
-        let norm: String = lower
-            .chars()
-            .map(|c| if c == '\\' { '/' } else { c })
-            .collect();
+        let norm = separators(lower);
         let n = norm.as_bytes();
         let dots = count_dotdot(n);
         if dots > 0 {
@@ -187,6 +195,47 @@ impl Traversal {
             );
         }
     }
+}
+
+/// Maps everything that may act as a path separator or dot after a sloppy or
+/// hostile decoder to `/` and `.`: backslashes, literal `0x2f`/`0x5c`/`0x2e`, invalid
+/// percent escapes (`%c0%9v` leftovers) and replacement characters.
+fn separators(lower: &str) -> String {
+    let b = lower.as_bytes();
+    let mut out = String::with_capacity(lower.len());
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &b[i..];
+        if rest.starts_with(b"0x2f") || rest.starts_with(b"0x5c") {
+            out.push('/');
+            i += 4;
+        } else if rest.starts_with(b"0x2e") {
+            out.push('.');
+            i += 4;
+        } else if rest[0] == b'%'
+            && rest.len() >= 3
+            && !(rest[1].is_ascii_hexdigit() && rest[2].is_ascii_hexdigit())
+            && rest[1].is_ascii_alphanumeric()
+            && rest[2].is_ascii_alphanumeric()
+        {
+            out.push('/');
+            i += 3;
+        } else if rest[0] == b'\\' {
+            out.push('/');
+            i += 1;
+        } else if rest.starts_with("\u{fffd}".as_bytes()) {
+            i += 3;
+        } else {
+            let ch_len = lower[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&lower[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    // Runs of separators are one separator to file systems.
+    while out.contains("//") {
+        out = out.replace("//", "/");
+    }
+    out
 }
 
 /// Counts `..` segments followed by a separator or at the end, also with junk
