@@ -90,7 +90,11 @@ impl Traversal {
 
     pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
-        if !s.iter().any(|b| matches!(b, b'.' | b'/' | b'\\' | b':')) {
+        if !s
+            .iter()
+            .any(|b| matches!(b, b'.' | b'/' | b'\\' | b':' | b'%') || *b >= 0x80)
+            && memchr::memmem::find(s, b"0x").is_none()
+        {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
@@ -175,16 +179,27 @@ impl Traversal {
         }
         // Heavily obfuscated dotdotpwn-style inputs: dots and separators that survive
         // no decoder (`0x2e0x2e%c1%pc`) but name a system file.
-        if dots == 0
-            && best.is_none()
-            && (contains_seq(n, &[b"etc", b"passwd"])
-                || contains_seq(n, &[b"windows", b"system32"])
-                || contains_seq(n, &[b"boot", b"ini"])
-                || contains_seq(n, &[b"win", b"ini"])
-                || contains_seq(n, &[b"etc", b"hosts"])
-                || contains_seq(n, &[b"etc", b"issue"])
-                || contains_seq(n, &[b"etc", b"shadow"]))
-        {
+        let named_file = contains_seq(n, &[b"etc", b"passwd"])
+            || contains_seq(n, &[b"windows", b"system32"])
+            || contains_seq(n, &[b"boot", b"ini"])
+            || contains_seq(n, &[b"win", b"ini"])
+            || contains_seq(n, &[b"etc", b"hosts"])
+            || contains_seq(n, &[b"etc", b"issue"])
+            || contains_seq(n, &[b"etc", b"shadow"]);
+        // With a `..` present, a system file name anywhere is a read attempt even
+        // when the separators were mangled beyond recognition.
+        let file_word = dots > 0
+            && [
+                &b"passwd"[..],
+                b"shadow",
+                b"boot.ini",
+                b"win.ini",
+                b"system32",
+                b"system.ini",
+            ]
+            .iter()
+            .any(|w| memchr::memmem::find(n, w).is_some());
+        if best.is_none_or(|b| b.0 < STRONG) && (named_file || file_word) {
             sink.push(
                 "traversal.sensitive_file",
                 Category::Traversal,
@@ -223,12 +238,19 @@ fn separators(lower: &str) -> String {
         } else if rest[0] == b'\\' {
             out.push('/');
             i += 1;
-        } else if rest.starts_with("\u{fffd}".as_bytes()) {
-            i += 3;
+        } else if rest[0] < 0x20 {
+            out.push('/');
+            i += 1;
         } else {
-            let ch_len = lower[i..].chars().next().map_or(1, char::len_utf8);
-            out.push_str(&lower[i..i + ch_len]);
-            i += ch_len;
+            let ch = lower[i..].chars().next().unwrap_or('/');
+            // Non-ASCII symbols (replacement characters, private-use code points from
+            // `%uF025`) are treated as separators; letters are kept.
+            if !ch.is_ascii() && !ch.is_alphanumeric() {
+                out.push('/');
+            } else {
+                out.push(ch);
+            }
+            i += ch.len_utf8();
         }
     }
     // Runs of separators are one separator to file systems.
