@@ -65,7 +65,7 @@ pub struct Report {
     pub benign_unparseable: usize,
     /// Ids of banned benign samples (first 50), for inspection.
     pub false_positive_ids: Vec<String>,
-    /// Ids of attack samples not banned (first 100 per category).
+    /// Ids of attack samples not banned (first 100 per category and source).
     pub missed_ids: Vec<String>,
 }
 
@@ -116,9 +116,10 @@ pub fn evaluate<'a>(engine: &Engine, samples: impl IntoIterator<Item = Sample<'a
                 None => rec.unparseable += 1,
             }
         }
+        let key = format!("{}/{}", s.category, s.source);
         let missed_here = r
-            .by_category
-            .get(s.category)
+            .by_category_source
+            .get(&key)
             .map_or(0, |c| c.total - c.banned);
         if action != Some(Action::Ban) && missed_here <= 100 {
             r.missed_ids.push(s.id.to_owned());

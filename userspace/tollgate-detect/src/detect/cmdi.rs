@@ -166,6 +166,17 @@ const EXEC_CALLS: &[&str] = &[
     "nc -e",
     "bash -i",
     "sh -i",
+    "invoke-webrequest",
+    "invoke-restmethod",
+    "start-process",
+    "net.webclient",
+    "downloadstring(",
+    "downloadfile(",
+    "frombase64string(",
+    "-encodedcommand",
+    "iwr http",
+    "$shell",
+    "/bin/",
 ];
 
 pub(crate) struct Cmdi {
@@ -204,9 +215,49 @@ impl Cmdi {
                 at,
             );
         }
+        if let Some(p) = memchr::memmem::find(s, b"$((") {
+            // Arithmetic expansion: no data format uses `$((`.
+            sink.push("cmdi.substitution", Category::Cmdi, STRONG, loc, lower, p);
+        }
+        if let Some(at) = windows_batch(lower) {
+            sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
+        }
+        if let Some(at) = glob_path(lower) {
+            sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
+        }
+        // A command with path or flag arguments as the whole value.
+        if let Some((cmd, after)) = command_at(s, 0) {
+            let tail = &s[after..];
+            let abs_arg = tail.starts_with(b" /") || tail.starts_with(b" ~/") || drive_path(tail);
+            let flag = tail.starts_with(b" -");
+            let wordlike = WORDLIKE.contains(&cmd);
+            let sc = match (wordlike, abs_arg, flag) {
+                (_, true, _) => STRONG,
+                (false, false, true) => STRONG,
+                (true, false, true) => 6,
+                _ => 0,
+            };
+            if sc > 0 {
+                sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, 0);
+            }
+        }
         if !has_meta {
             return;
         }
+        // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
+        // the variables as well.
+        if s.windows(2)
+            .any(|w| w[0] == b'$' && (w[1].is_ascii_alphabetic() || w[1] == b'{' || w[1] == b'@'))
+        {
+            let cleaned = strip_vars(lower);
+            if cleaned != lower {
+                self.scan(cleaned.as_bytes(), &cleaned, loc, sink);
+            }
+        }
+        self.scan(s, lower, loc, sink);
+    }
+
+    fn scan(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         let mut i = 0;
         let mut budget = 64;
         while i < s.len() && budget > 0 {
@@ -260,6 +311,8 @@ impl Cmdi {
                     || tail.starts_with(b" '")
                     || tail.starts_with(b" \"")
                     || tail.starts_with(b" `")
+                    || tail.starts_with(b"\\")
+                    || drive_path(tail)
                     || (tail.starts_with(b" ") && tail.len() > 1 && is_word(tail[1]) && !wordlike);
                 let sub = matches!(c, b'`' | b'$');
                 let sc = match (wordlike, shellish_args || sub) {
@@ -277,6 +330,184 @@ impl Cmdi {
                 sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, sep_at);
             }
         }
+    }
+}
+
+/// ` c:\\` or ` c:/` at the start of `tail`.
+fn drive_path(tail: &[u8]) -> bool {
+    tail.len() >= 4
+        && tail[0] == b' '
+        && tail[1].is_ascii_alphabetic()
+        && tail[2] == b':'
+        && matches!(tail[3], b'\\' | b'/')
+}
+
+/// Removes shell variable references (`$x`, `${x}`, `$@`); `$IFS` becomes a space.
+fn strip_vars(lower: &str) -> String {
+    let b = lower.as_bytes();
+    let mut out = String::with_capacity(lower.len());
+    let mut i = 0;
+    let mut last = 0;
+    while let Some(p) = memchr::memchr(b'$', &b[i..]) {
+        let a = i + p;
+        let mut j = a + 1;
+        let mut space = false;
+        if b.get(j) == Some(&b'{') {
+            match memchr::memchr(b'}', &b[j..]) {
+                Some(e) if e <= 32 => {
+                    space = &b[j + 1..j + e] == b"ifs";
+                    j += e + 1;
+                }
+                _ => {
+                    i = a + 1;
+                    continue;
+                }
+            }
+        } else if b.get(j) == Some(&b'@') {
+            j += 1;
+        } else {
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            space = &b[a + 1..j] == b"ifs";
+            if j == a + 1 || b.get(j) == Some(&b'(') {
+                i = a + 1;
+                continue;
+            }
+        }
+        out.push_str(&lower[last..a]);
+        if space {
+            out.push(' ');
+        }
+        i = j;
+        last = j;
+    }
+    out.push_str(&lower[last..]);
+    out
+}
+
+/// `for /f ... in (...) do ...` and `if [not] exist|defined|errorlevel ...` batch
+/// syntax of cmd.exe.
+fn windows_batch(lower: &str) -> Option<usize> {
+    let t = lower.trim_start_matches(['&', '|', ';', ' ', '\t', '\n', '"', '\'']);
+    let at = lower.len() - t.len();
+    if t.starts_with("for ") {
+        let has_in = t.contains(" in (") || t.contains(" in(");
+        let has_do = t.contains(") do ") || t.contains(")do ") || t.contains(") do(");
+        if has_in && has_do {
+            return Some(at);
+        }
+    }
+    if let Some(rest) = t.strip_prefix("if ") {
+        let rest = rest.trim_start();
+        let rest = rest.strip_prefix("not ").map_or(rest, str::trim_start);
+        let rest = rest.strip_prefix("/i ").map_or(rest, str::trim_start);
+        let keyword = ["exist ", "defined ", "errorlevel "]
+            .iter()
+            .any(|k| rest.starts_with(k));
+        let cmp = [" equ ", " neq ", " lss ", " leq ", " gtr ", " geq ", "=="]
+            .iter()
+            .any(|k| rest.contains(k));
+        let var = rest.starts_with('%')
+            || rest.starts_with('"')
+            || rest.starts_with('(')
+            || rest.starts_with('{');
+        if keyword
+            || (cmp
+                && (var || rest.contains('%') || rest.contains("echo") || rest.contains("goto")))
+        {
+            return Some(at);
+        }
+    }
+    if t.starts_with("alias ")
+        && t[6..]
+            .trim_start()
+            .split_once('=')
+            .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '))
+    {
+        return Some(at);
+    }
+    None
+}
+
+/// Shell globs that spell a sensitive path (`/e??/p*wd`, `/[e]tc/pa[?]swd`).
+fn glob_path(lower: &str) -> Option<usize> {
+    const TARGETS: &[&str] = &[
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/hosts",
+        "/bin/sh",
+        "/bin/bash",
+        "/bin/nc",
+        "/bin/cat",
+        "/usr/bin/id",
+        "/bin/busybox",
+        "/usr/bin/wget",
+        "/usr/bin/curl",
+        "/bin/netcat",
+        "/usr/bin/python",
+    ];
+    let b = lower.as_bytes();
+    if !b.iter().any(|c| matches!(c, b'?' | b'*' | b'[')) {
+        return None;
+    }
+    for (start, word) in lower
+        .split([' ', '\t', ';', '|', '&', '`', '\'', '"'])
+        .scan(0usize, |off, w| {
+            let s = *off;
+            *off += w.len() + 1;
+            Some((s, w))
+        })
+    {
+        if word.len() > 64
+            || !word.starts_with('/')
+            || !word.bytes().any(|c| matches!(c, b'?' | b'*' | b'['))
+        {
+            continue;
+        }
+        if TARGETS
+            .iter()
+            .any(|t| glob_match(word.as_bytes(), t.as_bytes(), 0))
+        {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// Minimal shell glob: `?`, `*`, `[abc]`, `[a-z]`, `[!x]`; bounded recursion depth.
+fn glob_match(p: &[u8], t: &[u8], depth: u32) -> bool {
+    if depth > 16 {
+        return false;
+    }
+    match p.first() {
+        None => t.is_empty(),
+        Some(b'*') => (0..=t.len()).any(|k| glob_match(&p[1..], &t[k..], depth + 1)),
+        Some(b'?') => !t.is_empty() && glob_match(&p[1..], &t[1..], depth),
+        Some(b'[') => {
+            let Some(close) = p.iter().skip(2).position(|&c| c == b']').map(|x| x + 2) else {
+                return !t.is_empty() && t[0] == b'[' && glob_match(&p[1..], &t[1..], depth);
+            };
+            let Some(&c) = t.first() else { return false };
+            let mut set = &p[1..close];
+            let neg = matches!(set.first(), Some(b'!' | b'^'));
+            if neg {
+                set = &set[1..];
+            }
+            let mut hit = false;
+            let mut k = 0;
+            while k < set.len() {
+                if k + 2 < set.len() && set[k + 1] == b'-' {
+                    hit |= set[k] <= c && c <= set[k + 2];
+                    k += 3;
+                } else {
+                    hit |= set[k] == c || set[k] == b'?' || set[k] == b'*';
+                    k += 1;
+                }
+            }
+            hit != neg && glob_match(&p[close + 1..], &t[1..], depth)
+        }
+        Some(&c) => t.first() == Some(&c) && glob_match(&p[1..], &t[1..], depth),
     }
 }
 

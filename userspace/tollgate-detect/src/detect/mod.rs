@@ -203,15 +203,20 @@ impl Sink<'_> {
         if !dc.enabled {
             return;
         }
-        // One finding per rule and location is enough for scoring and reporting.
-        if self
+        let score = raw_score.saturating_mul(dc.weight) / 100;
+        // One finding per rule and location is enough for scoring and reporting;
+        // keep the strongest.
+        if let Some(v) = self
             .out
-            .iter()
-            .any(|v| v.rule == rule && v.location == *location)
+            .iter_mut()
+            .find(|v| v.rule == rule && v.location == *location)
         {
+            if score > v.score {
+                v.score = score;
+                v.evidence = evidence(text, at);
+            }
             return;
         }
-        let score = raw_score.saturating_mul(dc.weight) / 100;
         self.out.push(Violation {
             rule,
             category,

@@ -235,10 +235,7 @@ fn separators(lower: &str) -> String {
         {
             out.push('/');
             i += 3;
-        } else if rest[0] == b'\\' {
-            out.push('/');
-            i += 1;
-        } else if rest[0] < 0x20 {
+        } else if rest[0] < 0x20 || rest[0] == b'\\' {
             out.push('/');
             i += 1;
         } else {
