@@ -47,6 +47,8 @@ enum Tok {
     CmpWord,
     /// Stored-procedure-like name (`xp_*`, `sp_*`, `master..*`).
     Proc,
+    /// System catalog names (`information_schema`, `sqlite_master`, ...).
+    Catalog,
     /// Comment that plausibly truncates a query (`--` + blank, `/*`, trailing `#`).
     CommentWeak,
     /// Arithmetic/bitwise operator.
@@ -107,7 +109,8 @@ fn keyword(w: &str) -> Tok {
             Tok::Clause
         }
         "from" => Tok::From,
-        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" => Tok::CmpWord,
+        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" | "glob" | "notnull"
+        | "isnull" => Tok::CmpWord,
         "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
         | "values" | "all" | "distinct" | "by" | "delay" | "top" | "join" | "outfile"
         | "dumpfile" | "true" | "false" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
@@ -194,6 +197,21 @@ fn func_kind(w: &str) -> FuncKind {
         | "@@version"
         | "sqlite_version"
         | "last_insert_rowid"
+        | "cos"
+        | "sin"
+        | "tan"
+        | "pi"
+        | "pow"
+        | "power"
+        | "abs"
+        | "ceil"
+        | "sqrt"
+        | "mod"
+        | "round"
+        | "log"
+        | "rtrim"
+        | "ltrim"
+        | "schema_name"
         | "unicode"
         | "instr"
         | "locate"
@@ -225,6 +243,30 @@ fn func_kind(w: &str) -> FuncKind {
         | "password" => FuncKind::Sql,
         _ => FuncKind::Other,
     }
+}
+
+fn is_catalog(w: &str) -> bool {
+    let head = w.split('.').next().unwrap_or(w);
+    matches!(
+        head,
+        "information_schema"
+            | "sqlite_master"
+            | "sqlite_schema"
+            | "pg_catalog"
+            | "pg_shadow"
+            | "sysobjects"
+            | "syscolumns"
+            | "msysaccessobjects"
+            | "msysobjects"
+            | "sysibm"
+            | "all_tables"
+            | "dba_users"
+            | "user_tables"
+            | "all_tab_columns"
+            | "sysdatabases"
+    ) || w == "mysql.user"
+        || w == "sys.tables"
+        || w == "sys.objects"
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -389,6 +431,8 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                 let kw = if w.starts_with("xp_") || w.starts_with("sp_") || w.starts_with("master.")
                 {
                     Tok::Proc
+                } else if is_catalog(w) {
+                    Tok::Catalog
                 } else {
                     keyword(w)
                 };
@@ -621,7 +665,8 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
             ) {
                 k += 1;
             }
-            let b = *t.get(k)?;
+            // Postfix tests (`x notnull`, `x is null`) end the condition.
+            let Some(&b) = t.get(k) else { return Some(6) };
             if matches!(b, Tok::Select)
                 || matches!(
                     b,
@@ -680,7 +725,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
         match t[i] {
             Tok::Union => {
                 let mut j = i + 1;
-                while matches!(t.get(j), Some(Tok::Kw | Tok::LParen)) {
+                while matches!(t.get(j), Some(Tok::Kw | Tok::LParen | Tok::Op)) {
                     j += 1;
                 }
                 if t.get(j) == Some(&Tok::Select) {
@@ -708,7 +753,17 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                             | Tok::Clause
                     )
                 );
-                add(hits, "sqli.time_blind", if ctx { STRONG } else { 4 }, at(i));
+                // `sleep(5)`: a call with a literal delay is a probe anywhere.
+                let literal_call = matches!(
+                    t.get(i + 1..i + 4),
+                    Some([Tok::LParen, Tok::Num, Tok::RParen])
+                );
+                add(
+                    hits,
+                    "sqli.time_blind",
+                    if ctx || literal_call { STRONG } else { 4 },
+                    at(i),
+                );
             }
             Tok::Var { sys: true } => add(hits, "sqli.sysvar", 6, at(i)),
             Tok::Stmt(Stmt::Waitfor)
@@ -717,11 +772,19 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
             {
                 add(hits, "sqli.time_blind", STRONG, at(i));
             }
-            Tok::Stmt(Stmt::Exec)
-                if matches!(t.get(i + 1), Some(Tok::Word | Tok::Func(_)))
-                    && (i == 0 || matches!(t[i - 1], Tok::Semi | Tok::Str { .. })) =>
+            Tok::Stmt(Stmt::Exec) if matches!(t.get(i + 1), Some(Tok::Proc)) => {
+                add(hits, "sqli.stacked", STRONG, at(i));
+            }
+            Tok::Clause
+                if t.get(i + 1) == Some(&Tok::Kw)
+                    && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
             {
-                add(hits, "sqli.stacked", 8, at(i));
+                // `into outfile '...'` / `into dumpfile '...'`.
+                add(hits, "sqli.file_write", STRONG, at(i));
+            }
+            Tok::Func(FuncKind::Sql) if i == 0 => {
+                // A value that is a database introspection call, e.g. `database()`.
+                add(hits, "sqli.function", 6, at(i));
             }
             Tok::Select => {
                 // Subquery in an expression: `=(select`, `and (select`, `,(select`.
@@ -778,16 +841,30 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
             let prev = t[i - 1];
             let strong_ctx =
                 quoted && i <= 3 || matches!(prev, Tok::Num | Tok::Str { .. } | Tok::RParen);
-            if sc >= STRONG && (strong_ctx || matches!(prev, Tok::Word | Tok::Kw)) {
-                add(
-                    hits,
-                    "sqli.tautology",
-                    if strong_ctx { STRONG } else { 6 },
-                    at(i),
-                );
-            } else if quoted && i <= 3 {
+            if sc >= STRONG {
+                // Literal-vs-literal or function comparisons after a logic operator.
+                add(hits, "sqli.tautology", STRONG, at(i));
+            } else if quoted && i <= 3 || strong_ctx && sc >= 6 && quoted {
                 add(hits, "sqli.tautology", sc.min(6), at(i));
             }
+        }
+    }
+
+    // A value that starts with a logic operator continues a condition: `and 1=2)`.
+    if !quoted && t.first() == Some(&Tok::Logic) {
+        if let Some(sc) = logic_operand(&t, 1) {
+            add(hits, "sqli.tautology", sc, at(0));
+        }
+    }
+    // Catalog tables are only named by reconnaissance queries.
+    if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
+        add(hits, "sqli.catalog", STRONG, at(p));
+    }
+    if let Some(p) = t.iter().position(|&x| x == Tok::Proc) {
+        if t.iter()
+            .any(|&x| matches!(x, Tok::Stmt(Stmt::Exec) | Tok::Semi))
+        {
+            add(hits, "sqli.stacked", STRONG, at(p));
         }
     }
 
