@@ -851,21 +851,21 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
     }
 
     // A value that starts with a logic operator continues a condition: `and 1=2)`.
-    if !quoted && t.first() == Some(&Tok::Logic) {
-        if let Some(sc) = logic_operand(&t, 1) {
-            add(hits, "sqli.tautology", sc, at(0));
-        }
+    if !quoted
+        && t.first() == Some(&Tok::Logic)
+        && let Some(sc) = logic_operand(&t, 1)
+    {
+        add(hits, "sqli.tautology", sc, at(0));
     }
     // Catalog tables are only named by reconnaissance queries.
     if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
         add(hits, "sqli.catalog", STRONG, at(p));
     }
-    if let Some(p) = t.iter().position(|&x| x == Tok::Proc) {
-        if t.iter()
+    if let Some(p) = t.iter().position(|&x| x == Tok::Proc)
+        && t.iter()
             .any(|&x| matches!(x, Tok::Stmt(Stmt::Exec) | Tok::Semi))
-        {
-            add(hits, "sqli.stacked", STRONG, at(p));
-        }
+    {
+        add(hits, "sqli.stacked", STRONG, at(p));
     }
 
     // Break-out analysis: what follows the (simulated) string or a leading number.
