@@ -161,8 +161,6 @@ const EXEC_CALLS: &[&str] = &[
     "powershell -",
     "iex(",
     "invoke-expression",
-    "wget http",
-    "curl http",
     "nc -e",
     "bash -i",
     "sh -i",

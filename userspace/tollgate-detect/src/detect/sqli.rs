@@ -398,8 +398,9 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                 {
                     i += 1;
                 }
+                // A lone `!` is too common outside SQL (`println!`, "hi!") to be NOT.
                 let tok = if &s[start..i] == b"!" {
-                    Tok::Logic
+                    Tok::Op
                 } else {
                     Tok::Cmp
                 };
