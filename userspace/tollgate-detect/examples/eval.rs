@@ -86,6 +86,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let pstart = Instant::now();
+    let mut parsed = 0usize;
+    for l in &lines {
+        if let Ok(Parsed::Complete { msg, .. }) = parse_request(l.raw.as_bytes()) {
+            parsed += msg.headers.len();
+        }
+    }
+    println!(
+        "parse only: {:.0} req/s ({parsed} headers)",
+        lines.len() as f64 / pstart.elapsed().as_secs_f64()
+    );
     println!(
         "throughput: {n} requests in {secs:.3}s = {:.0} req/s on one core ({banned} bans)",
         n as f64 / secs

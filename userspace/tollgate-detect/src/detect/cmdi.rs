@@ -530,12 +530,18 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
     }
     let word = &s[start..i];
     // Quote-splitting evasion (`w'h'o'am'i`): drop quotes and backslashes.
-    let cleaned: Vec<u8> = word
-        .iter()
-        .copied()
-        .filter(|b| !matches!(b, b'\'' | b'"' | b'\\'))
-        .collect();
-    let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(&cleaned);
+    // Longer words are never commands; a stack buffer avoids an allocation.
+    let mut buf = [0u8; 48];
+    let mut len = 0;
+    for &b in word.iter().filter(|b| !matches!(b, b'\'' | b'"' | b'\\')) {
+        if len == buf.len() {
+            return None;
+        }
+        buf[len] = b;
+        len += 1;
+    }
+    let cleaned = &buf[..len];
+    let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(cleaned);
     let base = base.strip_suffix(b".exe").unwrap_or(base);
     STRONG_CMDS
         .iter()

@@ -329,6 +329,20 @@ impl Engine {
         if self.cfg.sqli.enabled {
             self.sqli.check(&lower, &inp.location, sink);
         }
+        // Most values are words, numbers and ids. Those cannot carry markup, shell
+        // syntax, lookups or request lines, so only the word-based checks run.
+        let plain = lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b',' | b'.'));
+        if plain {
+            if self.cfg.traversal.enabled && (lower.contains("0x") || lower.contains("..")) {
+                self.traversal.check(&lower, &inp.location, sink);
+            }
+            if self.cfg.ssrf.enabled && inp.is_value {
+                ssrf::check(&lower, &inp.location, sink);
+            }
+            return;
+        }
         if self.cfg.xss.enabled {
             self.xss.check(&lower, &inp.location, sink);
         }
@@ -368,12 +382,23 @@ impl Engine {
         // Standard headers whose values are set by browsers and HTTP stacks (and
         // secrets) are skipped; everything else, including application-specific
         // headers, reaches the detectors.
-        let n = name.to_ascii_lowercase();
-        if self.extra_headers.contains(&n) {
+        if self
+            .extra_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
             return true;
         }
+        // Header names are short; a stack copy avoids an allocation per header.
+        let mut buf = [0u8; 64];
+        let Some(dst) = buf.get_mut(..name.len()) else {
+            return true;
+        };
+        dst.copy_from_slice(name.as_bytes());
+        dst.make_ascii_lowercase();
+        let n = std::str::from_utf8(dst).unwrap_or("");
         !(matches!(
-            n.as_str(),
+            n,
             "host"
                 | "accept"
                 | "accept-encoding"

@@ -548,11 +548,9 @@ impl Sqli {
                     | b'/'
                     | b'`'
             )
-        }) && !contains_word(s, b"union")
-            && !contains_word(s, b"or")
-            && !contains_word(s, b"and")
-            && !contains_word(s, b"order")
-            && !contains_word(s, b"having")
+        }) && !s
+            .split(|b| !b.is_ascii_alphanumeric())
+            .any(|w| matches!(w, b"union" | b"or" | b"and" | b"order" | b"having" | b"xor"))
         {
             return;
         }
@@ -572,21 +570,6 @@ impl Sqli {
             sink.push(rule, Category::Sqli, score, loc, text, at);
         }
     }
-}
-
-fn contains_word(s: &[u8], w: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(p) = memchr::memmem::find(&s[from..], w) {
-        let a = from + p;
-        let e = a + w.len();
-        let left = a == 0 || !super::is_word(s[a - 1]);
-        let right = e >= s.len() || !super::is_word(s[e]);
-        if left && right {
-            return true;
-        }
-        from = a + 1;
-    }
-    false
 }
 
 fn add(hits: &mut Vec<Hit>, rule: &'static str, score: u32, at: usize) {

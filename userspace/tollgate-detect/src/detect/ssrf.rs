@@ -67,7 +67,8 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         }
         from = at + 3;
     }
-    for scheme in RAW_SCHEMES {
+    // Every scheme ends in `:`; skip the searches for values without one.
+    for scheme in RAW_SCHEMES.iter().filter(|_| s.contains(':')) {
         if let Some(p) = s.find(scheme)
             && (p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric())
         {
