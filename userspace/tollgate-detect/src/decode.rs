@@ -71,6 +71,12 @@ fn fold_char(c: char) -> char {
     match c as u32 {
         // Fullwidth ASCII block.
         0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFF01 + 0x21).unwrap_or(c),
+        // Enclosed alphanumerics (①, Ⓐ, ⓐ), which NFKC maps to ASCII.
+        0x2460..=0x2468 => char::from_u32(c as u32 - 0x2460 + u32::from(b'1')).unwrap_or(c),
+        0x24EA => '0',
+        0x24B6..=0x24CF => char::from_u32(c as u32 - 0x24B6 + u32::from(b'a')).unwrap_or(c),
+        0x24D0..=0x24E9 => char::from_u32(c as u32 - 0x24D0 + u32::from(b'a')).unwrap_or(c),
+        0x3002 | 0xFF61 => '.',
         0x2215 | 0x2044 => '/',
         0x2216 | 0xFE68 => '\\',
         0x2024 | 0xFE52 => '.',
@@ -175,8 +181,13 @@ fn entity(b: &[u8]) -> (Option<char>, usize) {
         };
         let mut v: u32 = 0;
         let mut j = start;
-        // Zero padding is a common evasion (`&#0000060`); cap digits anyway.
-        while j < b.len() && j < start + 12 {
+        // Zero padding is a common evasion (`&#0000060`): skip it (bounded), then
+        // cap the significant digits.
+        while j < b.len() && j < start + 64 && b[j] == b'0' {
+            j += 1;
+        }
+        let sig = j;
+        while j < b.len() && j < sig + 8 {
             match (b[j] as char).to_digit(radix) {
                 Some(d) => v = v.saturating_mul(radix).saturating_add(d),
                 None => break,
@@ -213,6 +224,8 @@ fn entity(b: &[u8]) -> (Option<char>, usize) {
         (b"lsqb", '['),
         (b"rsqb", ']'),
         (b"lcub", '{'),
+        (b"lbrace", '{'),
+        (b"rbrace", '}'),
         (b"rcub", '}'),
         (b"excl", '!'),
         (b"num", '#'),

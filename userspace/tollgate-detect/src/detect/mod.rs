@@ -310,7 +310,11 @@ impl Engine {
         if self.cfg.jndi.enabled {
             // Log4Shell payloads work in any header, so look at all of them.
             for (name, value) in &req.headers {
-                jndi::check(value, &Location::Header(name.clone()), &mut sink);
+                let loc = Location::Header(name.clone());
+                jndi::check(value, &loc, &mut sink);
+                if value.contains(['%', '&', '\\']) {
+                    jndi::check(&decode::normalize(value, false), &loc, &mut sink);
+                }
             }
         }
         let inputs = self.extract(req);
@@ -498,6 +502,9 @@ impl Engine {
                 push_pairs(&mut v, &text, Location::Body);
                 handled = true;
             }
+            if !handled && trimmed.starts_with('<') {
+                push_markup(&mut v, &text);
+            }
             if !handled {
                 push(
                     &mut v,
@@ -531,6 +538,32 @@ fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
             }
             None => push(v, loc.clone(), decode::normalize(part, true), true),
         }
+    }
+}
+
+/// Pushes attribute values and text nodes of an XML/HTML body as separate values,
+/// so that value-anchored checks (SSRF hosts, break-outs) see them alone.
+fn push_markup(v: &mut Vec<Input>, text: &str) {
+    let mut rest = text;
+    let mut budget = 128;
+    while budget > 0 {
+        budget -= 1;
+        let Some(p) = rest.find(['"', '>']) else {
+            break;
+        };
+        let close = if rest.as_bytes()[p] == b'"' { '"' } else { '<' };
+        let after = &rest[p + 1..];
+        let Some(e) = after.find(close) else { break };
+        let val = after[..e].trim();
+        if !val.is_empty() {
+            push(
+                v,
+                Location::Body,
+                decode::normalize(&decode::html_decode(val), false),
+                true,
+            );
+        }
+        rest = &after[e + 1..];
     }
 }
 

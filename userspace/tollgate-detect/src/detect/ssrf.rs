@@ -18,6 +18,11 @@ const INTERNAL_NAMES: &[&str] = &[
     "kubernetes.default.svc",
     "instance-data",
     "instance-data.ec2.internal",
+    "localhost4",
+    "localhost6",
+    "ipv6-localhost",
+    "ipv4-localhost",
+    "localtest.me",
     "metadata.azure.com",
     "ip6-localhost",
     "ip6-loopback",
@@ -66,6 +71,17 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             );
         }
         from = at + 3;
+    }
+    // Parser confusion: `http://public:80 &@internal/` or `http:/2852039166`.
+    if let Some(colon) = s.find(":/").or_else(|| s.find(":\\")) {
+        let after = s[colon + 1..].trim_start_matches(['/', '\\']);
+        let at_hosts = s.match_indices('@').take(4).map(|(p, _)| &s[p + 1..]);
+        for cand in std::iter::once(after).chain(at_hosts) {
+            if classify(host_of(cand), false).is_some() {
+                sink.push("ssrf.internal_url", Category::Ssrf, STRONG, loc, s, colon);
+                break;
+            }
+        }
     }
     // Every scheme ends in `:`; skip the searches for values without one.
     for scheme in RAW_SCHEMES.iter().filter(|_| s.contains(':')) {
@@ -142,6 +158,9 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
     {
         return Some(STRONG);
     }
+    if host.ends_with(".docker.internal") || host.ends_with(".localtest.me") {
+        return Some(STRONG);
+    }
     if host.ends_with(".local")
         || host.ends_with(".internal")
         || host.ends_with(".svc.cluster.local")
@@ -149,12 +168,8 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
         return Some(6);
     }
     // Services that resolve any name to a loopback/private address.
-    if host.ends_with(".nip.io")
-        || host.ends_with(".sslip.io")
-        || host.ends_with(".xip.io")
-        || host.ends_with("localtest.me")
-    {
-        return Some(8);
+    if host.ends_with(".nip.io") || host.ends_with(".sslip.io") || host.ends_with(".xip.io") {
+        return Some(STRONG);
     }
     if let Some(v4) = parse_ipv4_loose(host) {
         return classify_v4(v4);
