@@ -175,6 +175,13 @@ const EXEC_CALLS: &[&str] = &[
     "iwr http",
     "$shell",
     "/bin/",
+    "<?php",
+    "<?=",
+    "phpinfo(",
+    "phpversion(",
+    "net view",
+    "net user",
+    "net localgroup",
 ];
 
 pub(crate) struct Cmdi {
@@ -227,7 +234,7 @@ impl Cmdi {
         if let Some((cmd, after)) = command_at(s, 0) {
             let tail = &s[after..];
             let abs_arg = tail.starts_with(b" /") || tail.starts_with(b" ~/") || drive_path(tail);
-            let flag = tail.starts_with(b" -");
+            let flag = flag_arg(tail);
             let wordlike = WORDLIKE.contains(&cmd);
             let sc = match (wordlike, abs_arg, flag) {
                 (_, true, _) => STRONG,
@@ -269,6 +276,10 @@ impl Cmdi {
                 }
                 b'$' if s.get(i + 1) == Some(&b'{') => (true, 2),
                 b'<' if s.get(i + 1) == Some(&b'(') => (true, 2),
+                // A literal `\n` is a newline once the value is unescaped downstream.
+                b'\\' if matches!(s.get(i + 1), Some(b'n' | b'r')) => (true, 2),
+                // A command string passed to `exec('...')`, `system("...")`.
+                b'(' if matches!(s.get(i + 1), Some(b'\'' | b'"')) => (true, 1),
                 _ => (false, 1),
             };
             if !is_sep {
@@ -298,7 +309,7 @@ impl Cmdi {
                             | b'#'
                             | b'+'
                     )
-                }) || tail.starts_with(b" -")
+                }) || flag_arg(tail)
                     || tail.starts_with(b" /")
                     || tail.starts_with(b" .")
                     || tail.starts_with(b" ~")
@@ -317,7 +328,8 @@ impl Cmdi {
                     (false, true) => STRONG,
                     (false, false) => 6,
                     (true, true) => {
-                        if sub || tail.is_empty() || c != b'&' {
+                        let args = flag_arg(tail) || tail.starts_with(b" /") || drive_path(tail);
+                        if sub || tail.is_empty() || c != b'&' || args {
                             STRONG
                         } else {
                             6
@@ -329,6 +341,14 @@ impl Cmdi {
             }
         }
     }
+}
+
+/// ` -x` or ` --long` (a dash between words, ` - `, is prose).
+fn flag_arg(tail: &[u8]) -> bool {
+    tail.starts_with(b" -")
+        && tail
+            .get(2)
+            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// ` c:\\` or ` c:/` at the start of `tail`.
@@ -528,7 +548,14 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
     {
         i += 1;
     }
-    let word = &s[start..i];
+    let mut word = &s[start..i];
+    // A trailing literal `\n` belongs to the next command, not to this word.
+    while let Some(w) = word
+        .strip_suffix(b"\\n")
+        .or_else(|| word.strip_suffix(b"\\r"))
+    {
+        word = w;
+    }
     // Quote-splitting evasion (`w'h'o'am'i`): drop quotes and backslashes.
     // Longer words are never commands; a stack buffer avoids an allocation.
     let mut buf = [0u8; 48];

@@ -536,7 +536,15 @@ fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
                 push(v, loc.clone(), decode::normalize(k, true), false);
                 push(v, loc.clone(), decode::normalize(val, true), true);
             }
-            None => push(v, loc.clone(), decode::normalize(part, true), true),
+            // A bare segment usually means an unencoded `&` inside a payload
+            // (`q=& ls -la /`): keep the `&` so the separator stays visible.
+            None if !part.is_empty() => push(
+                v,
+                loc.clone(),
+                decode::normalize(&format!("&{part}"), true),
+                true,
+            ),
+            None => {}
         }
     }
 }
