@@ -127,6 +127,12 @@ const STRONG_CMDS: &[&str] = &[
     "vi",
 ];
 
+/// Prefixes of command families whose members are all commands.
+const FAMILIES: &[&str] = &[
+    "python", "ansible", "chef-", "perl5", "ruby2", "ruby3", "php7", "php8", "node1", "gcc",
+    "base32", "base64", "zstd", "bzip", "gzip", "busybox",
+];
+
 /// Of the commands above, these are ordinary English words and need more context.
 const WORDLIKE: &[&str] = &[
     "nc", "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time",
@@ -206,7 +212,17 @@ impl Cmdi {
         let has_meta = s.iter().any(|b| {
             matches!(
                 b,
-                b';' | b'|' | b'&' | b'\n' | b'`' | b'$' | b'\r' | b'<' | b'>' | b'\''
+                b';' | b'|'
+                    | b'&'
+                    | b'\n'
+                    | b'`'
+                    | b'$'
+                    | b'\r'
+                    | b'<'
+                    | b'>'
+                    | b'\''
+                    | b'\\'
+                    | b'('
             )
         });
         let has_call = self.calls.find(lower).map(|m| m.start());
@@ -230,7 +246,26 @@ impl Cmdi {
         if let Some(at) = glob_path(lower) {
             sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
         }
-        // A command with path or flag arguments as the whole value.
+        self.leading_command(s, lower, loc, sink);
+        if !has_meta {
+            return;
+        }
+        // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
+        // the variables as well.
+        if s.windows(2)
+            .any(|w| w[0] == b'$' && (w[1].is_ascii_alphabetic() || w[1] == b'{' || w[1] == b'@'))
+        {
+            let cleaned = strip_vars(lower);
+            if cleaned != lower {
+                self.leading_command(cleaned.as_bytes(), &cleaned, loc, sink);
+                self.scan(cleaned.as_bytes(), &cleaned, loc, sink);
+            }
+        }
+        self.scan(s, lower, loc, sink);
+    }
+
+    /// A command with path or flag arguments as the whole value.
+    fn leading_command(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         if let Some((cmd, after)) = command_at(s, 0) {
             let tail = &s[after..];
             let abs_arg = tail.starts_with(b" /") || tail.starts_with(b" ~/") || drive_path(tail);
@@ -246,20 +281,6 @@ impl Cmdi {
                 sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, 0);
             }
         }
-        if !has_meta {
-            return;
-        }
-        // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
-        // the variables as well.
-        if s.windows(2)
-            .any(|w| w[0] == b'$' && (w[1].is_ascii_alphabetic() || w[1] == b'{' || w[1] == b'@'))
-        {
-            let cleaned = strip_vars(lower);
-            if cleaned != lower {
-                self.scan(cleaned.as_bytes(), &cleaned, loc, sink);
-            }
-        }
-        self.scan(s, lower, loc, sink);
     }
 
     fn scan(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
@@ -323,7 +344,7 @@ impl Cmdi {
                     || tail.starts_with(b"\\")
                     || drive_path(tail)
                     || (tail.starts_with(b" ") && tail.len() > 1 && is_word(tail[1]) && !wordlike);
-                let sub = matches!(c, b'`' | b'$');
+                let sub = matches!(c, b'`' | b'$' | b'(');
                 let sc = match (wordlike, shellish_args || sub) {
                     (false, true) => STRONG,
                     (false, false) => 6,
@@ -570,10 +591,14 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
     let cleaned = &buf[..len];
     let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(cleaned);
     let base = base.strip_suffix(b".exe").unwrap_or(base);
-    STRONG_CMDS
+    if let Some(c) = STRONG_CMDS.iter().find(|c| c.as_bytes() == base) {
+        return Some((c, i));
+    }
+    // Versioned interpreters and tool families (`python3.10`, `ansible-playbook`).
+    FAMILIES
         .iter()
-        .find(|c| c.as_bytes() == base)
-        .map(|c| (*c, i))
+        .find(|f| base.starts_with(f.as_bytes()) && base.len() > f.len())
+        .map(|f| (*f, i))
 }
 
 #[cfg(test)]
