@@ -66,6 +66,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--missed") {
         show(&report.missed_ids, "MISSED");
     }
+    if args.iter().any(|a| a == "--rules") {
+        // Which rules fire on benign samples (alerts included).
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for l in lines.iter().filter(|l| l.label == "benign") {
+            if let Ok(Parsed::Complete { msg, .. }) = parse_request(l.raw.as_bytes()) {
+                for v in engine.inspect_request(&msg) {
+                    *counts.entry(v.rule).or_default() += 1;
+                }
+            }
+        }
+        println!("rules firing on benign samples: {counts:?}");
+    }
     if args.iter().any(|a| a == "--fp") {
         show(&report.false_positive_ids, "FP");
     }

@@ -91,6 +91,7 @@ enum FuncKind {
 fn keyword(w: &str) -> Tok {
     match w {
         "and" | "or" | "xor" | "not" | "div" => Tok::Logic,
+        "true" | "false" => Tok::Num,
         "union" => Tok::Union,
         "select" => Tok::Select,
         "insert" => Tok::Stmt(Stmt::Insert),
@@ -113,7 +114,7 @@ fn keyword(w: &str) -> Tok {
         | "isnull" => Tok::CmpWord,
         "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
         | "values" | "all" | "distinct" | "by" | "delay" | "top" | "join" | "outfile"
-        | "dumpfile" | "true" | "false" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
+        | "dumpfile" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
         _ => Tok::Word,
     }
 }
@@ -637,6 +638,10 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
         return None;
     }
     let mut j = i + 1;
+    // Arithmetic on the left side: `1+2=3+4`.
+    while matches!(t.get(j), Some(Tok::Op)) && t.get(j + 1).is_some_and(|&x| is_literal(x)) {
+        j += 2;
+    }
     while matches!(t.get(j), Some(Tok::RParen)) {
         j += 1;
     }
@@ -645,7 +650,7 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
             let mut k = j + 1;
             while matches!(
                 t.get(k),
-                Some(Tok::Cmp | Tok::CmpWord | Tok::LParen | Tok::Op)
+                Some(Tok::Cmp | Tok::CmpWord | Tok::LParen | Tok::Op | Tok::Logic)
             ) {
                 k += 1;
             }
@@ -667,7 +672,7 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
                 return Some(STRONG);
             }
             // word = word after a break-out is still suspicious, but weaker.
-            if is_value(b) { Some(6) } else { None }
+            if is_value(b) { Some(7) } else { None }
         }
         // A bare literal condition ending the input or cut by a comment: `' or 1--`.
         Some(Tok::Comment) | Some(Tok::Semi) if is_literal(a) => Some(STRONG),
@@ -678,6 +683,8 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
             6
         }),
         Some(Tok::Logic) if is_literal(a) => Some(8),
+        // `or 1 group by ...`, `or 1 having ...`.
+        Some(Tok::Clause) if is_literal(a) => Some(STRONG),
         Some(Tok::Op) if is_literal(a) => Some(6),
         _ => None,
     }
@@ -835,11 +842,45 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
     }
 
     // A value that starts with a logic operator continues a condition: `and 1=2)`.
+    let ends_in_comment = comment_after.last().copied().unwrap_or(false);
     if !quoted
         && t.first() == Some(&Tok::Logic)
         && let Some(sc) = logic_operand(&t, 1)
     {
+        // Cut off by a comment it is an injected condition, not a search phrase.
+        let sc = if ends_in_comment && sc >= 6 {
+            STRONG
+        } else {
+            sc
+        };
         add(hits, "sqli.tautology", sc, at(0));
+    }
+    // A value starting with a clause: `having 1=1#`, `order by 3--`.
+    if !quoted && t.first() == Some(&Tok::Clause) {
+        let shaped = match t.get(1) {
+            Some(Tok::Kw) => matches!(t.get(2), Some(Tok::Num | Tok::Func(_))),
+            Some(Tok::Num) => matches!(t.get(2), Some(Tok::Cmp) | None),
+            _ => false,
+        };
+        if shaped {
+            add(hits, "sqli.clause", STRONG, at(0));
+        }
+    }
+    // A complete statement as the value: `select * from users`, `select @@version`.
+    if !quoted && t.first() == Some(&Tok::Select) && statement_at(&t, 0) {
+        let window = &t[1..n.min(12)];
+        let sqlish = window.iter().any(|x| {
+            matches!(
+                x,
+                Tok::Func(_) | Tok::Var { .. } | Tok::Op | Tok::Comma | Tok::Catalog
+            )
+        });
+        let shaped = window.contains(&Tok::From) || t.last() == Some(&Tok::Semi) || n <= 3;
+        if sqlish && shaped || matches!(t.get(1), Some(Tok::Var { sys: true } | Tok::Func(_))) {
+            // Probes are short (`select @@version`, `select * from sysusers;`); a long
+            // statement is more likely a snippet shared through the API.
+            add(hits, "sqli.select", if n <= 8 { STRONG } else { 6 }, at(0));
+        }
     }
     // Catalog tables are only named by reconnaissance queries.
     if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
@@ -868,8 +909,13 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
             }
             Some(Tok::Logic) => {
                 if let Some(sc) = logic_operand(&t, j + 1) {
-                    // Right after a string break-out any condition is injected logic.
-                    let sc = if quoted && sc >= 6 { STRONG } else { sc };
+                    // Right after a string break-out any condition is injected logic;
+                    // after a number, any comparison is.
+                    let sc = if quoted && sc >= 6 || sc >= 7 {
+                        STRONG
+                    } else {
+                        sc
+                    };
                     add(hits, "sqli.tautology", sc, at(j));
                 }
             }
