@@ -203,7 +203,9 @@ impl Cmdi {
     pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
         // Shellshock: a function definition at the start of a header or value.
-        if let Some(p) = memchr::memmem::find(s, b"() {")
+        let has_paren = memchr::memchr(b'(', s).is_some();
+        if has_paren
+            && let Some(p) = memchr::memmem::find(s, b"() {")
             && (s[..p].iter().all(|b| b.is_ascii_whitespace())
                 || memchr::memmem::find(&s[p..], b"};").is_some())
         {

@@ -98,7 +98,17 @@ impl Traversal {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
-        let norm = separators(lower);
+        // Most inputs need no separator rewriting; avoid the copy for them.
+        let needs_rewrite = s
+            .iter()
+            .any(|&b| b == b'\\' || b == b'%' || b < 0x20 || b >= 0x80)
+            || memchr::memmem::find(s, b"0x").is_some()
+            || memchr::memmem::find(s, b"//").is_some();
+        let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
+            separators(lower).into()
+        } else {
+            lower.into()
+        };
         let n = norm.as_bytes();
         let dots = count_dotdot(n);
         if dots > 0 {
@@ -125,7 +135,7 @@ impl Traversal {
             sink.push("traversal.absolute", Category::Traversal, 6, loc, &norm, 0);
         }
         let mut best: Option<(u32, usize)> = None;
-        for m in self.files.find_iter(&norm) {
+        for m in self.files.find_iter(norm.as_ref()) {
             let pat = SENSITIVE[m.pattern().as_usize()];
             let start = m.start();
             // Short or generic names only count at a path boundary after traversal
@@ -262,7 +272,7 @@ fn separators(lower: &str) -> String {
 fn count_dotdot(n: &[u8]) -> usize {
     let mut count = 0;
     let mut i = 0;
-    while let Some(p) = memchr::memmem::find(&n[i..], b"..") {
+    while let Some(p) = n[i..].windows(2).position(|w| w == b"..") {
         let a = i + p;
         let mut j = a + 2;
         while j < n.len() && n[j] == b'.' {

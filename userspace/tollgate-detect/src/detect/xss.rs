@@ -129,9 +129,11 @@ impl Xss {
         }
         // Sinks and schemes: strip characters browsers ignore inside a scheme name.
         let compact: String;
-        let hay = if lower
-            .bytes()
-            .any(|b| b == b'\t' || b == b'\n' || b == b'\r' || b == b' ')
+        // Blanks only matter inside scheme names (`java\tscript:`), which need a `:`.
+        let hay = if memchr::memchr(b':', lower.as_bytes()).is_some()
+            && lower
+                .bytes()
+                .any(|b| b == b'\t' || b == b'\n' || b == b'\r' || b == b' ')
         {
             compact = lower
                 .chars()
