@@ -101,7 +101,7 @@ impl Traversal {
         // Most inputs need no separator rewriting; avoid the copy for them.
         let needs_rewrite = s
             .iter()
-            .any(|&b| b == b'\\' || b == b'%' || b < 0x20 || b >= 0x80)
+            .any(|&b| b == b'\\' || b == b'%' || !(0x20..0x80).contains(&b))
             || memchr::memmem::find(s, b"0x").is_some()
             || memchr::memmem::find(s, b"//").is_some();
         let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
