@@ -322,6 +322,10 @@ pub fn normalize(input: &str, plus_as_space: bool) -> String {
         }
         cur = next;
     }
+    // Raw (unescaped) look-alike characters need folding too.
+    if !cur.is_ascii() {
+        cur = utf8_fold(cur.as_bytes());
+    }
     if cur.contains('\0') {
         cur.retain(|c| c != '\0');
     }

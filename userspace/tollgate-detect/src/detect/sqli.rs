@@ -75,6 +75,7 @@ enum Stmt {
     Truncate,
     Waitfor,
     Set,
+    Grant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,7 @@ fn keyword(w: &str) -> Tok {
         "truncate" => Tok::Stmt(Stmt::Truncate),
         "waitfor" => Tok::Stmt(Stmt::Waitfor),
         "set" => Tok::Stmt(Stmt::Set),
+        "grant" | "revoke" => Tok::Stmt(Stmt::Grant),
         "order" | "group" | "having" | "limit" | "into" | "procedure" | "offset" | "rlike_" => {
             Tok::Clause
         }
@@ -610,6 +612,10 @@ fn statement_at(t: &[Tok], i: usize) -> bool {
             ),
             Stmt::Declare => matches!(at(1), Some(Tok::Var { .. })),
             Stmt::Set => matches!(at(1), Some(Tok::Var { .. })),
+            Stmt::Grant => {
+                matches!(at(1), Some(Tok::Word | Tok::Kw | Tok::Stmt(_)))
+                    && matches!(at(2), Some(Tok::Word | Tok::Kw | Tok::Comma))
+            }
             Stmt::Shutdown => matches!(at(1), None | Some(Tok::Comment | Tok::Semi)),
             Stmt::Waitfor => {
                 matches!(at(1), Some(Tok::Kw)) && matches!(at(2), Some(Tok::Str { .. }))

@@ -264,6 +264,8 @@ fn parse_part(p: &str) -> Option<u64> {
         return None;
     }
     if let Some(x) = p.strip_prefix("0x") {
+        // Some parsers keep only the low 32 bits of an oversized hex number.
+        let x = if x.len() > 8 { &x[x.len() - 8..] } else { x };
         return if x.is_empty() {
             Some(0)
         } else {
