@@ -267,6 +267,14 @@ fn is_catalog(w: &str) -> bool {
             | "user_tables"
             | "all_tab_columns"
             | "sysdatabases"
+            | "msdb"
+            | "sysusers"
+            | "sysservers"
+            | "pg_user"
+            | "pg_group"
+            | "pg_roles"
+            | "pg_database"
+            | "schema_name"
     ) || w == "mysql.user"
         || w == "sys.tables"
         || w == "sys.objects"
@@ -762,7 +770,10 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                     at(i),
                 );
             }
-            Tok::Var { sys: true } => add(hits, "sqli.sysvar", 6, at(i)),
+            // A lone server variable (`@@version`) is a probe.
+            Tok::Var { sys: true } => {
+                add(hits, "sqli.sysvar", if n == 1 { STRONG } else { 6 }, at(i))
+            }
             Tok::Stmt(Stmt::Waitfor)
                 if t.get(i + 1) == Some(&Tok::Kw)
                     && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
@@ -780,8 +791,10 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
                 add(hits, "sqli.file_write", STRONG, at(i));
             }
             Tok::Func(FuncKind::Sql) if i == 0 => {
-                // A value that is a database introspection call, e.g. `database()`.
-                add(hits, "sqli.function", 6, at(i));
+                // A value that is a bare SQL function call, e.g. `database(` or
+                // `concat(`: an unclosed call with nothing else is a probe.
+                let bare = n <= 2 && t.get(1).is_none_or(|&x| x == Tok::LParen);
+                add(hits, "sqli.function", if bare { STRONG } else { 6 }, at(i));
             }
             Tok::Select => {
                 // Subquery in an expression: `=(select`, `and (select`, `,(select`.
