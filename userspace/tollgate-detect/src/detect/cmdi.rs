@@ -8,6 +8,82 @@ use super::{Category, Location, STRONG, Sink, is_word};
 
 /// Commands that almost only appear in requests as injected commands.
 const STRONG_CMDS: &[&str] = &[
+    "htop",
+    "vim",
+    "nano",
+    "gcc",
+    "cc",
+    "c89",
+    "c99",
+    "irb",
+    "zcat",
+    "zstdcat",
+    "bzcat",
+    "xzcat",
+    "openssl",
+    "ssh",
+    "scp",
+    "rsync",
+    "nmap",
+    "tcpdump",
+    "iptables",
+    "chroot",
+    "su",
+    "doas",
+    "ldd",
+    "strace",
+    "gdb",
+    "mkfs",
+    "fdisk",
+    "reboot",
+    "poweroff",
+    "systemctl",
+    "journalctl",
+    "usermod",
+    "chpasswd",
+    "unset",
+    "rmdir",
+    "readlink",
+    "whereis",
+    "lsof",
+    "fuser",
+    "iwconfig",
+    "cscli",
+    "nice",
+    "top",
+    "date",
+    "column",
+    "fold",
+    "tar",
+    "unzip",
+    "ln",
+    "mkdir",
+    "which",
+    "alias",
+    "export",
+    "history",
+    "source",
+    "make",
+    "mount",
+    "route",
+    "arp",
+    "ip",
+    "ss",
+    "dd",
+    "at",
+    "file",
+    "stat",
+    "cut",
+    "tr",
+    "wc",
+    "uniq",
+    "diff",
+    "strings",
+    "locate",
+    "service",
+    "watch",
+    "rc",
+    "ll",
     "whoami",
     "uname",
     "ifconfig",
@@ -127,6 +203,12 @@ const STRONG_CMDS: &[&str] = &[
     "vi",
 ];
 
+/// Commands that run another command given as their arguments.
+const PREFIXES: &[&str] = &[
+    "time", "nohup", "sudo", "env", "timeout", "nice", "strace", "xargs", "exec", "watch",
+    "busybox", "doas",
+];
+
 /// Prefixes of command families whose members are all commands.
 const FAMILIES: &[&str] = &[
     "python", "ansible", "chef-", "perl5", "ruby2", "ruby3", "php7", "php8", "node1", "gcc",
@@ -135,10 +217,13 @@ const FAMILIES: &[&str] = &[
 
 /// Of the commands above, these are ordinary English words and need more context.
 const WORDLIKE: &[&str] = &[
-    "nc", "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time",
-    "set", "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep",
-    "touch", "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv",
-    "rm", "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
+    "top", "date", "column", "fold", "tar", "ln", "which", "alias", "export", "history", "source",
+    "make", "mount", "route", "arp", "ip", "ss", "dd", "at", "file", "stat", "cut", "tr", "wc",
+    "uniq", "diff", "strings", "locate", "service", "watch", "rc", "ll", "su", "cc", "nice", "nc",
+    "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time", "set",
+    "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep", "touch",
+    "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv", "rm",
+    "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
 ];
 
 /// Interpreter/code-execution calls (PHP, Python, Perl, Node) that run commands.
@@ -273,6 +358,15 @@ impl Cmdi {
             let abs_arg = tail.starts_with(b" /") || tail.starts_with(b" ~/") || drive_path(tail);
             let flag = flag_arg(tail);
             let wordlike = WORDLIKE.contains(&cmd);
+            // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
+            // ("time for lunch" is prose: the wrapped command must be unambiguous.)
+            if PREFIXES.contains(&cmd)
+                && command_at(s, after)
+                    .is_some_and(|(c, a)| !WORDLIKE.contains(&c) || flag_arg(&s[a..]))
+            {
+                sink.push("cmdi.command", Category::Cmdi, STRONG, loc, lower, 0);
+                return;
+            }
             let sc = match (wordlike, abs_arg, flag) {
                 (_, true, _) => STRONG,
                 (false, false, true) => STRONG,
@@ -646,6 +740,8 @@ mod tests {
             "a%3Bb%3Bc",
             "price:+%245",
             "Dear+sir%3B+echo+chamber",
+            "time+for+lunch",
+            "nice+find",
             "system+design",
             "AT%26T",
         ] {
