@@ -8,6 +8,11 @@ use super::{Category, Location, STRONG, Sink, is_word};
 
 /// Commands that almost only appear in requests as injected commands.
 const STRONG_CMDS: &[&str] = &[
+    "cd",
+    "visudo",
+    "gunzip",
+    "bunzip2",
+    "unxz",
     "htop",
     "vim",
     "nano",
@@ -217,13 +222,13 @@ const FAMILIES: &[&str] = &[
 
 /// Of the commands above, these are ordinary English words and need more context.
 const WORDLIKE: &[&str] = &[
-    "top", "date", "column", "fold", "tar", "ln", "which", "alias", "export", "history", "source",
-    "make", "mount", "route", "arp", "ip", "ss", "dd", "at", "file", "stat", "cut", "tr", "wc",
-    "uniq", "diff", "strings", "locate", "service", "watch", "rc", "ll", "su", "cc", "nice", "nc",
-    "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time", "set",
-    "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep", "touch",
-    "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv", "rm",
-    "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
+    "cd", "top", "date", "column", "fold", "tar", "ln", "which", "alias", "export", "history",
+    "source", "make", "mount", "route", "arp", "ip", "ss", "dd", "at", "file", "stat", "cut", "tr",
+    "wc", "uniq", "diff", "strings", "locate", "service", "watch", "rc", "ll", "su", "cc", "nice",
+    "nc", "cat", "echo", "type", "head", "tail", "more", "less", "find", "host", "kill", "time",
+    "set", "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep",
+    "touch", "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv",
+    "rm", "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
 ];
 
 /// Interpreter/code-execution calls (PHP, Python, Perl, Node) that run commands.
@@ -355,8 +360,12 @@ impl Cmdi {
     fn leading_command(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         if let Some((cmd, after)) = command_at(s, 0) {
             let tail = &s[after..];
-            let abs_arg = tail.starts_with(b" /") || tail.starts_with(b" ~/") || drive_path(tail);
             let flag = flag_arg(tail);
+            // `ls -l /etc/`: flags followed by an absolute path count as a path argument.
+            let abs_arg = tail.starts_with(b" /")
+                || tail.starts_with(b" ~/")
+                || drive_path(tail)
+                || flag && memchr::memmem::find(tail, b" /").is_some();
             let wordlike = WORDLIKE.contains(&cmd);
             // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
             // ("time for lunch" is prose: the wrapped command must be unambiguous.)
@@ -587,7 +596,7 @@ fn glob_path(lower: &str) -> Option<usize> {
         return None;
     }
     for (start, word) in lower
-        .split([' ', '\t', ';', '|', '&', '`', '\'', '"'])
+        .split([' ', '\t', ';', '|', '&', '`', '\'', '"', ',', '{', '}'])
         .scan(0usize, |off, w| {
             let s = *off;
             *off += w.len() + 1;
