@@ -567,6 +567,7 @@ impl Sqli {
         }
         let mut toks = Vec::with_capacity(64);
         let mut hits: Vec<Hit> = Vec::new();
+        let mut scratch = Scratch::default();
         for prefix in [None, Some(b'\''), Some(b'"')] {
             if let Some(q) = prefix
                 && memchr::memchr(q, s).is_none()
@@ -574,7 +575,7 @@ impl Sqli {
                 continue;
             }
             tokenize(s, prefix, &mut toks);
-            analyze(&toks, prefix.is_some(), &mut hits);
+            analyze(&toks, prefix.is_some(), &mut hits, &mut scratch);
         }
         let text = std::str::from_utf8(s).unwrap_or("");
         for (rule, score, at) in hits {
@@ -704,11 +705,24 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
     }
 }
 
-fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>) {
+/// Per-call buffers reused across the three tokenizer passes.
+#[derive(Default)]
+struct Scratch {
+    t: Vec<Tok>,
+    pos: Vec<usize>,
+    comment_after: Vec<bool>,
+}
+
+fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &mut Scratch) {
     // Comments are separators for everything except truncation.
-    let mut t: Vec<Tok> = Vec::with_capacity(toks.len());
-    let mut pos: Vec<usize> = Vec::with_capacity(toks.len());
-    let mut comment_after: Vec<bool> = Vec::with_capacity(toks.len());
+    let Scratch {
+        t,
+        pos,
+        comment_after,
+    } = scratch;
+    t.clear();
+    pos.clear();
+    comment_after.clear();
     for &(tk, p) in toks {
         if tk == Tok::CommentWeak {
             continue;
