@@ -751,7 +751,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
                     add(hits, "sqli.union", STRONG, at(i));
                 }
             }
-            Tok::Semi if statement_at(&t, i + 1) => {
+            Tok::Semi if statement_at(t, i + 1) => {
                 add(hits, "sqli.stacked", STRONG, at(i));
             }
             Tok::Func(FuncKind::Attack) => add(hits, "sqli.function", STRONG, at(i)),
@@ -829,10 +829,10 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
                                 | Tok::Func(_)
                         )
                     )
-                    && statement_at(&t, i)
+                    && statement_at(t, i)
                 {
                     add(hits, "sqli.subquery", STRONG, at(i));
-                } else if statement_at(&t, i) {
+                } else if statement_at(t, i) {
                     // `select x from y` in isolation is only a hint (could be a
                     // question about SQL); it needs a FROM with SQL-ish neighbours.
                     let window = &t[i + 1..n.min(i + 12)];
@@ -860,7 +860,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
         // Tautology anywhere: logic operator followed by a literal comparison.
         if t[i] == Tok::Logic
             && i > 0
-            && let Some(sc) = logic_operand(&t, i + 1)
+            && let Some(sc) = logic_operand(t, i + 1)
         {
             let prev = t[i - 1];
             let strong_ctx =
@@ -878,7 +878,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
     let ends_in_comment = comment_after.last().copied().unwrap_or(false);
     if !quoted
         && t.first() == Some(&Tok::Logic)
-        && let Some(sc) = logic_operand(&t, 1)
+        && let Some(sc) = logic_operand(t, 1)
     {
         // Cut off by a comment it is an injected condition, not a search phrase.
         let sc = if ends_in_comment && sc >= 6 {
@@ -900,7 +900,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
         }
     }
     // A complete statement as the value: `select * from users`, `select @@version`.
-    if !quoted && t.first() == Some(&Tok::Select) && statement_at(&t, 0) {
+    if !quoted && t.first() == Some(&Tok::Select) && statement_at(t, 0) {
         let window = &t[1..n.min(12)];
         let sqlish = window.iter().any(|x| {
             matches!(
@@ -941,7 +941,7 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
                 add(hits, "sqli.comment_truncation", STRONG, at(j - 1))
             }
             Some(Tok::Logic) => {
-                if let Some(sc) = logic_operand(&t, j + 1) {
+                if let Some(sc) = logic_operand(t, j + 1) {
                     // Right after a string break-out any condition is injected logic;
                     // after a number, any comparison is.
                     let sc = if quoted && sc >= 6 || sc >= 7 {
