@@ -344,9 +344,10 @@ impl Cmdi {
         }
         // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
         // the variables as well.
-        if s.windows(2)
-            .any(|w| w[0] == b'$' && (w[1].is_ascii_alphabetic() || w[1] == b'{' || w[1] == b'@'))
-        {
+        if s.windows(2).any(|w| {
+            w[0] == b'$' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'{' | b'@' | b'$'))
+                || w == b"``"
+        }) {
             let cleaned = strip_vars(lower);
             if cleaned != lower {
                 self.leading_command(cleaned.as_bytes(), &cleaned, loc, sink);
@@ -388,6 +389,14 @@ impl Cmdi {
         }
     }
 
+    /// The checks that apply to values without shell metacharacters (words only).
+    pub(crate) fn check_plain(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+        if let Some(at) = windows_batch(lower) {
+            sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
+        }
+        self.leading_command(lower.as_bytes(), lower, loc, sink);
+    }
+
     fn scan(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         let mut i = 0;
         let mut budget = 64;
@@ -401,7 +410,7 @@ impl Cmdi {
                     (true, if s.get(i + 2) == Some(&b'(') { 3 } else { 2 })
                 }
                 b'$' if s.get(i + 1) == Some(&b'{') => (true, 2),
-                b'<' if s.get(i + 1) == Some(&b'(') => (true, 2),
+                b'<' | b'>' if s.get(i + 1) == Some(&b'(') => (true, 2),
                 // A literal `\n` is a newline once the value is unescaped downstream.
                 b'\\' if matches!(s.get(i + 1), Some(b'n' | b'r')) => (true, 2),
                 // A command string passed to `exec('...')`, `system("...")`.
@@ -449,7 +458,7 @@ impl Cmdi {
                     || tail.starts_with(b"\\")
                     || drive_path(tail)
                     || (tail.starts_with(b" ") && tail.len() > 1 && is_word(tail[1]) && !wordlike);
-                let sub = matches!(c, b'`' | b'$' | b'(');
+                let sub = matches!(c, b'`' | b'$' | b'(') || s.get(sep_at + 1) == Some(&b'(');
                 let sc = match (wordlike, shellish_args || sub) {
                     (false, true) => STRONG,
                     (false, false) => 6,
@@ -507,7 +516,7 @@ fn strip_vars(lower: &str) -> String {
                     continue;
                 }
             }
-        } else if b.get(j) == Some(&b'@') {
+        } else if matches!(b.get(j), Some(b'@' | b'$')) {
             j += 1;
         } else {
             while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
@@ -527,6 +536,10 @@ fn strip_vars(lower: &str) -> String {
         last = j;
     }
     out.push_str(&lower[last..]);
+    // Empty command substitutions split words too (`ping`` 1.2.3.4`).
+    if out.contains("``") {
+        out = out.replace("``", "");
+    }
     out
 }
 

@@ -345,6 +345,9 @@ impl Engine {
             if self.cfg.ssrf.enabled && inp.is_value {
                 ssrf::check(&lower, &inp.location, sink);
             }
+            if self.cfg.cmdi.enabled {
+                self.cmdi.check_plain(&lower, &inp.location, sink);
+            }
             return;
         }
         if self.cfg.xss.enabled {
