@@ -709,7 +709,14 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
     let cleaned = &buf[..len];
     let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(cleaned);
     let base = base.strip_suffix(b".exe").unwrap_or(base);
-    if let Some(c) = STRONG_CMDS.iter().find(|c| c.as_bytes() == base) {
+    if base.is_empty() {
+        return None;
+    }
+    // Called at every separator of every value: a set beats a linear scan.
+    static SET: std::sync::OnceLock<std::collections::HashMap<&'static [u8], &'static str>> =
+        std::sync::OnceLock::new();
+    let set = SET.get_or_init(|| STRONG_CMDS.iter().map(|c| (c.as_bytes(), *c)).collect());
+    if let Some(c) = set.get(base) {
         return Some((c, i));
     }
     // Versioned interpreters and tool families (`python3.10`, `ansible-playbook`).
