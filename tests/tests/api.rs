@@ -147,7 +147,8 @@ fn raw_http(lab: &Lab, src: IpAddr, dst: SocketAddr, chunks: Vec<Vec<u8>>) -> St
         use socket2::{Domain, Socket, Type};
         let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
         sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
-        sock.connect_timeout(&dst.into(), Duration::from_secs(2))
+        // A SYN lost on a busy machine is retried by the kernel after 1 s.
+        sock.connect_timeout(&dst.into(), Duration::from_secs(5))
             .unwrap();
         sock.set_nodelay(true).unwrap();
         let mut s: TcpStream = sock.into();

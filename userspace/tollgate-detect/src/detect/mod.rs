@@ -1,0 +1,689 @@
+//! The detection engine: extracts inputs from a request, normalizes them, runs the
+//! enabled detectors and scores the result.
+//!
+//! Scores are additive per request. A detector reports an unambiguous attack with a
+//! score at or above the default ban threshold on its own; weak signals (a lone
+//! `alert(` call, a single `../`) score lower and only lead to a ban together.
+
+mod cmdi;
+mod jndi;
+mod scanner;
+mod smuggling;
+mod sqli;
+mod ssrf;
+mod traversal;
+mod xss;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode;
+use crate::http::Request;
+
+/// Attack family of a violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Sqli,
+    Xss,
+    Cmdi,
+    Traversal,
+    Ssrf,
+    Jndi,
+    Scanner,
+    Smuggling,
+    Protocol,
+}
+
+impl Category {
+    /// Stable lowercase name (also the serde representation).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Sqli => "sqli",
+            Category::Xss => "xss",
+            Category::Cmdi => "cmdi",
+            Category::Traversal => "traversal",
+            Category::Ssrf => "ssrf",
+            Category::Jndi => "jndi",
+            Category::Scanner => "scanner",
+            Category::Smuggling => "smuggling",
+            Category::Protocol => "protocol",
+        }
+    }
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where in the request the evidence was found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum Location {
+    /// Request line (method, version) or the message framing.
+    Request,
+    Path,
+    Query,
+    Header(String),
+    Cookie,
+    Body,
+}
+
+/// One finding of one detector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Stable rule id, e.g. `sqli.tautology`.
+    pub rule: &'static str,
+    pub category: Category,
+    /// Score after the detector's weight was applied.
+    pub score: u32,
+    pub location: Location,
+    /// Short excerpt of the offending input, long tokens masked.
+    pub evidence: String,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Alert,
+    Ban,
+}
+
+/// Switch and weight of one detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    pub enabled: bool,
+    /// Percentage applied to the detector's raw scores (100 = as built in).
+    pub weight: u32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            enabled: true,
+            weight: 100,
+        }
+    }
+}
+
+/// Detection policy. `Default` is the built-in policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub sqli: DetectorConfig,
+    pub xss: DetectorConfig,
+    pub cmdi: DetectorConfig,
+    pub traversal: DetectorConfig,
+    pub ssrf: DetectorConfig,
+    pub jndi: DetectorConfig,
+    pub scanner: DetectorConfig,
+    pub smuggling: DetectorConfig,
+    pub protocol: DetectorConfig,
+    /// Total score at which a request is banned.
+    pub ban_threshold: u32,
+    /// Total score at which a request is reported (below the ban threshold).
+    pub alert_threshold: u32,
+    /// Extra header names (case-insensitive) to inspect besides the built-in set
+    /// (User-Agent, Referer, Cookie, X-Forwarded-For and other `X-*` headers).
+    pub extra_headers: Vec<String>,
+    /// Deepest JSON nesting walked in bodies.
+    pub max_json_depth: u32,
+    /// Most body bytes inspected.
+    pub max_body_bytes: usize,
+}
+
+/// Raw score of an unambiguous attack; the default ban threshold.
+pub(crate) const STRONG: u32 = 10;
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            sqli: DetectorConfig::default(),
+            xss: DetectorConfig::default(),
+            cmdi: DetectorConfig::default(),
+            traversal: DetectorConfig::default(),
+            ssrf: DetectorConfig::default(),
+            jndi: DetectorConfig::default(),
+            scanner: DetectorConfig::default(),
+            smuggling: DetectorConfig::default(),
+            protocol: DetectorConfig::default(),
+            ban_threshold: STRONG,
+            alert_threshold: 3,
+            extra_headers: Vec::new(),
+            max_json_depth: 16,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Most strings extracted from one request (JSON bodies can hold many).
+const MAX_INPUTS: usize = 512;
+
+/// One normalized input value.
+pub(crate) struct Input {
+    pub location: Location,
+    /// Decoded text.
+    pub text: String,
+    /// True for values (parameters, JSON strings, cookies) as opposed to names,
+    /// paths and whole headers; SSRF only looks at values.
+    pub is_value: bool,
+}
+
+/// Collects findings with weights applied.
+pub(crate) struct Sink<'a> {
+    cfg: &'a DetectConfig,
+    out: Vec<Violation>,
+}
+
+impl Sink<'_> {
+    pub(crate) fn push(
+        &mut self,
+        rule: &'static str,
+        category: Category,
+        raw_score: u32,
+        location: &Location,
+        text: &str,
+        at: usize,
+    ) {
+        let dc = match category {
+            Category::Sqli => self.cfg.sqli,
+            Category::Xss => self.cfg.xss,
+            Category::Cmdi => self.cfg.cmdi,
+            Category::Traversal => self.cfg.traversal,
+            Category::Ssrf => self.cfg.ssrf,
+            Category::Jndi => self.cfg.jndi,
+            Category::Scanner => self.cfg.scanner,
+            Category::Smuggling => self.cfg.smuggling,
+            Category::Protocol => self.cfg.protocol,
+        };
+        if !dc.enabled {
+            return;
+        }
+        let score = raw_score.saturating_mul(dc.weight) / 100;
+        // One finding per rule and location is enough for scoring and reporting;
+        // keep the strongest.
+        if let Some(v) = self
+            .out
+            .iter_mut()
+            .find(|v| v.rule == rule && v.location == *location)
+        {
+            if score > v.score {
+                v.score = score;
+                v.evidence = evidence(text, at);
+            }
+            return;
+        }
+        self.out.push(Violation {
+            rule,
+            category,
+            score,
+            location: location.clone(),
+            evidence: evidence(text, at),
+        });
+    }
+}
+
+/// Excerpt of at most ~80 bytes around `at`, with long opaque tokens masked so that
+/// session ids and API keys do not end up in logs.
+fn evidence(text: &str, at: usize) -> String {
+    let start = at.saturating_sub(16).min(text.len());
+    let mut s = start;
+    while !text.is_char_boundary(s) {
+        s -= 1;
+    }
+    let slice = decode::truncate(&text[s..], 80);
+    let mut out = String::with_capacity(slice.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 20 {
+            out.push_str(&run[..4]);
+            out.push_str("***");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in slice.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.extend(
+                c.escape_default()
+                    .filter(|_| c.is_control())
+                    .chain(std::iter::once(c).filter(|c| !c.is_control())),
+            );
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// Stateless per-request detection engine. Build once with [`Engine::new`]; all
+/// matchers are compiled there.
+pub struct Engine {
+    cfg: DetectConfig,
+    extra_headers: Vec<String>,
+    sqli: sqli::Sqli,
+    xss: xss::Xss,
+    cmdi: cmdi::Cmdi,
+    traversal: traversal::Traversal,
+    scanner: scanner::Scanner,
+}
+
+impl Engine {
+    pub fn new(cfg: DetectConfig) -> Engine {
+        let extra_headers = cfg
+            .extra_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        Engine {
+            extra_headers,
+            sqli: sqli::Sqli::new(),
+            xss: xss::Xss::new(),
+            cmdi: cmdi::Cmdi::new(),
+            traversal: traversal::Traversal::new(),
+            scanner: scanner::Scanner::new(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    /// Runs every enabled detector on the request.
+    pub fn inspect_request(&self, req: &Request) -> Vec<Violation> {
+        let mut sink = Sink {
+            cfg: &self.cfg,
+            out: Vec::new(),
+        };
+        smuggling::check_request(req, &mut sink);
+        if self.cfg.scanner.enabled {
+            self.scanner.check_request(req, &mut sink);
+        }
+        if self.cfg.jndi.enabled {
+            // Log4Shell payloads work in any header, so look at all of them.
+            for (name, value) in &req.headers {
+                let loc = Location::Header(name.clone());
+                jndi::check(value, &loc, &mut sink);
+                if value.contains(['%', '&', '\\']) {
+                    jndi::check(&decode::normalize(value, false), &loc, &mut sink);
+                }
+            }
+        }
+        let inputs = self.extract(req);
+        for inp in &inputs {
+            self.check_input(inp, &mut sink);
+        }
+        sink.out
+    }
+
+    fn check_input(&self, inp: &Input, sink: &mut Sink<'_>) {
+        let text = inp.text.as_str();
+        if text.is_empty() {
+            return;
+        }
+        let lower = text.to_ascii_lowercase();
+        if self.cfg.sqli.enabled {
+            self.sqli.check(&lower, &inp.location, sink);
+        }
+        // Most values are words, numbers and ids. Those cannot carry markup, shell
+        // syntax, lookups or request lines, so only the word-based checks run.
+        let plain = lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b',' | b'.'));
+        if plain {
+            if self.cfg.traversal.enabled && (lower.contains("0x") || lower.contains("..")) {
+                self.traversal.check(&lower, &inp.location, sink);
+            }
+            if self.cfg.ssrf.enabled && inp.is_value {
+                ssrf::check(&lower, &inp.location, sink);
+            }
+            if self.cfg.cmdi.enabled {
+                self.cmdi.check_plain(&lower, &inp.location, sink);
+            }
+            return;
+        }
+        if self.cfg.xss.enabled {
+            self.xss.check(&lower, &inp.location, sink);
+        }
+        if self.cfg.cmdi.enabled {
+            self.cmdi.check(&lower, &inp.location, sink);
+        }
+        if self.cfg.traversal.enabled {
+            self.traversal.check(&lower, &inp.location, sink);
+        }
+        if self.cfg.ssrf.enabled && inp.is_value {
+            ssrf::check(&lower, &inp.location, sink);
+        }
+        if self.cfg.jndi.enabled && !matches!(inp.location, Location::Header(_)) {
+            jndi::check(text, &inp.location, sink);
+        }
+        if self.cfg.smuggling.enabled || self.cfg.protocol.enabled {
+            smuggling::check_value(text, &inp.location, sink);
+        }
+    }
+
+    /// Sum of scores and the resulting action.
+    pub fn verdict(&self, violations: &[Violation]) -> Action {
+        let total: u32 = violations
+            .iter()
+            .map(|v| v.score)
+            .fold(0, u32::saturating_add);
+        if total >= self.cfg.ban_threshold && self.cfg.ban_threshold > 0 {
+            Action::Ban
+        } else if total >= self.cfg.alert_threshold.max(1) {
+            Action::Alert
+        } else {
+            Action::Allow
+        }
+    }
+
+    fn wants_header(&self, name: &str) -> bool {
+        // Standard headers whose values are set by browsers and HTTP stacks (and
+        // secrets) are skipped; everything else, including application-specific
+        // headers, reaches the detectors.
+        if self
+            .extra_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        // Header names are short; a stack copy avoids an allocation per header.
+        let mut buf = [0u8; 64];
+        let Some(dst) = buf.get_mut(..name.len()) else {
+            return true;
+        };
+        dst.copy_from_slice(name.as_bytes());
+        dst.make_ascii_lowercase();
+        let n = std::str::from_utf8(dst).unwrap_or("");
+        !(matches!(
+            n,
+            "host"
+                | "accept"
+                | "accept-encoding"
+                | "accept-language"
+                | "accept-charset"
+                | "connection"
+                | "content-length"
+                | "content-type"
+                | "keep-alive"
+                | "proxy-connection"
+                | "cache-control"
+                | "pragma"
+                | "upgrade-insecure-requests"
+                | "authorization"
+                | "proxy-authorization"
+                | "dnt"
+                | "te"
+                | "upgrade"
+                | "priority"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "if-none-match"
+                | "if-modified-since"
+                | "if-match"
+                | "if-unmodified-since"
+                | "range"
+                | "x-requested-with"
+                | "x-request-id"
+                | "x-correlation-id"
+                | "traceparent"
+                | "tracestate"
+                | "date"
+                | "expect"
+                | "origin"
+                | "cookie"
+        ) || n.starts_with("sec-"))
+    }
+
+    /// Extracts and normalizes every inspected string of the request.
+    fn extract(&self, req: &Request) -> Vec<Input> {
+        let mut v: Vec<Input> = Vec::new();
+        v.push(Input {
+            location: Location::Path,
+            text: decode::normalize(&req.path, false),
+            is_value: false,
+        });
+        if let Some(q) = &req.query {
+            push_pairs(&mut v, q, Location::Query);
+        }
+        for (name, value) in &req.headers {
+            if name.eq_ignore_ascii_case("cookie") {
+                for part in value.split(';') {
+                    let (k, val) = part.split_once('=').unwrap_or(("", part));
+                    push(
+                        &mut v,
+                        Location::Cookie,
+                        decode::normalize(k.trim(), false),
+                        false,
+                    );
+                    push(
+                        &mut v,
+                        Location::Cookie,
+                        decode::normalize(val.trim(), true),
+                        true,
+                    );
+                }
+            } else if self.wants_header(name) {
+                let is_value =
+                    !matches!(name.to_ascii_lowercase().as_str(), "referer" | "user-agent");
+                push(
+                    &mut v,
+                    Location::Header(name.clone()),
+                    decode::normalize(value, false),
+                    is_value,
+                );
+            }
+        }
+        if !req.body.is_empty() {
+            let body = &req.body[..req.body.len().min(self.cfg.max_body_bytes)];
+            let ctype = req
+                .header("content-type")
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let text = String::from_utf8_lossy(body);
+            let trimmed = text.trim_start();
+            let mut handled = false;
+            if (ctype.contains("json") || trimmed.starts_with('{') || trimmed.starts_with('['))
+                && let Ok(val) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                walk_json(&mut v, &val, self.cfg.max_json_depth);
+                handled = true;
+            }
+            if !handled
+                && (ctype.contains("x-www-form-urlencoded")
+                    || (ctype.is_empty() && text.contains('=')))
+            {
+                push_pairs(&mut v, &text, Location::Body);
+                handled = true;
+            }
+            if !handled && trimmed.starts_with('<') {
+                push_markup(&mut v, &text);
+            }
+            if !handled {
+                push(
+                    &mut v,
+                    Location::Body,
+                    decode::normalize(&text, false),
+                    true,
+                );
+            }
+        }
+        v
+    }
+}
+
+fn push(v: &mut Vec<Input>, location: Location, text: String, is_value: bool) {
+    if v.len() < MAX_INPUTS && !text.is_empty() {
+        v.push(Input {
+            location,
+            text,
+            is_value,
+        });
+    }
+}
+
+/// Splits `a=b&c=d` and pushes names and values; parameters without `=` are values.
+fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
+    for part in s.split('&') {
+        match part.split_once('=') {
+            Some((k, val)) => {
+                push(v, loc.clone(), decode::normalize(k, true), false);
+                push(v, loc.clone(), decode::normalize(val, true), true);
+            }
+            // A bare segment usually means an unencoded `&` inside a payload
+            // (`q=& ls -la /`): keep the `&` so the separator stays visible.
+            None if !part.is_empty() => push(
+                v,
+                loc.clone(),
+                decode::normalize(&format!("&{part}"), true),
+                true,
+            ),
+            None => {}
+        }
+    }
+}
+
+/// Pushes attribute values and text nodes of an XML/HTML body as separate values,
+/// so that value-anchored checks (SSRF hosts, break-outs) see them alone.
+fn push_markup(v: &mut Vec<Input>, text: &str) {
+    let mut rest = text;
+    let mut budget = 128;
+    while budget > 0 {
+        budget -= 1;
+        let Some(p) = rest.find(['"', '>']) else {
+            break;
+        };
+        let close = if rest.as_bytes()[p] == b'"' { '"' } else { '<' };
+        let after = &rest[p + 1..];
+        let Some(e) = after.find(close) else { break };
+        let val = after[..e].trim();
+        if !val.is_empty() {
+            push(
+                v,
+                Location::Body,
+                decode::normalize(&decode::html_decode(val), false),
+                true,
+            );
+        }
+        rest = &after[e + 1..];
+    }
+}
+
+fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
+    use serde_json::Value;
+    if depth == 0 || v.len() >= MAX_INPUTS {
+        return;
+    }
+    match val {
+        // Values arrive already JSON-unescaped; still run the generic decoder since
+        // APIs often forward them into URLs or HTML.
+        Value::String(s) => push(v, Location::Body, decode::normalize(s, false), true),
+        Value::Array(a) => {
+            for x in a {
+                walk_json(v, x, depth - 1);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                push(v, Location::Body, decode::normalize(k, false), false);
+                walk_json(v, x, depth - 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Byte offset helper: is `b` a word character for keyword boundaries.
+pub(crate) fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Builds a leftmost-longest matcher over built-in pattern lists.
+#[allow(clippy::expect_used)]
+pub(crate) fn matcher(patterns: &[&str]) -> aho_corasick::AhoCorasick {
+    // The patterns are compile-time constants far below the automaton size limits,
+    // so a build failure is a programming error caught by every unit test.
+    aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(patterns)
+        .expect("built-in patterns compile")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Parsed, parse_request};
+
+    pub(crate) fn run(raw: &str) -> (Vec<Violation>, Action) {
+        let req = match parse_request(raw.as_bytes()) {
+            Ok(Parsed::Complete { msg, .. }) => msg,
+            other => panic!("parse failed: {other:?}"),
+        };
+        let e = Engine::new(DetectConfig::default());
+        let v = e.inspect_request(&req);
+        let a = e.verdict(&v);
+        (v, a)
+    }
+
+    #[test]
+    fn config_serde() {
+        let c: DetectConfig =
+            serde_json::from_str(r#"{"sqli":{"enabled":false},"ban_threshold":20}"#).unwrap();
+        assert!(!c.sqli.enabled);
+        assert_eq!(c.sqli.weight, 100);
+        assert_eq!(c.ban_threshold, 20);
+        assert!(serde_json::from_str::<DetectConfig>(r#"{"bogus":1}"#).is_err());
+        assert_eq!(serde_json::to_string(&Action::Ban).unwrap(), "\"ban\"");
+        assert_eq!(serde_json::to_string(&Category::Sqli).unwrap(), "\"sqli\"");
+    }
+
+    #[test]
+    fn disabled_detector_is_silent() {
+        let req = match parse_request(b"GET /?q=1%27%20or%20%271%27%3D%271 HTTP/1.1\r\n\r\n") {
+            Ok(Parsed::Complete { msg, .. }) => msg,
+            other => panic!("{other:?}"),
+        };
+        let on = Engine::new(DetectConfig::default());
+        assert_eq!(on.verdict(&on.inspect_request(&req)), Action::Ban);
+        let off = Engine::new(DetectConfig {
+            sqli: DetectorConfig {
+                enabled: false,
+                weight: 100,
+            },
+            ..DetectConfig::default()
+        });
+        assert!(
+            off.inspect_request(&req)
+                .iter()
+                .all(|v| v.category != Category::Sqli)
+        );
+    }
+
+    #[test]
+    fn evidence_masks_tokens() {
+        let e = evidence("session=abcdefghijklmnopqrstuvwxyz0123 ' or 1=1", 0);
+        assert!(e.contains("abcd***"), "{e}");
+        assert!(!e.contains("wxyz"));
+    }
+
+    #[test]
+    fn benign_requests_allowed() {
+        for raw in [
+            "GET /api/v1/users?name=O%27Brien&sort=desc HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Mozilla/5.0\r\n\r\n",
+            "POST /api/v1/notes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 71\r\n\r\n{\"text\":\"Please select a union rep and drop me a line; thanks & bye\"}",
+            "GET /search?q=how+to+use+select+from+where+in+sql HTTP/1.1\r\n\r\n",
+        ] {
+            let (v, a) = run(raw);
+            assert_eq!(a, Action::Allow, "{raw}: {v:?}");
+        }
+    }
+}

@@ -1,0 +1,1068 @@
+//! SQL injection by tokenizing.
+//!
+//! The input is tokenized the way a SQL lexer would (strings, numbers, keywords,
+//! functions, operators, comments, parentheses) three times: as is, and as if it
+//! were spliced after an opening `'` or `"` in the server's query, which is where
+//! injected text lands. Rules then look for token sequences that only make sense
+//! as SQL: `UNION SELECT`, a string break-out followed by boolean logic, stacked
+//! statements, comment truncation, blind/time functions. Prose, even full of SQL
+//! words, rarely produces these shapes.
+
+use super::{Category, Location, STRONG, Sink};
+
+/// Only this much of an input is tokenized.
+const MAX_SQL_INPUT: usize = 4096;
+/// Tokens kept per pass.
+const MAX_TOKENS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    /// Quoted string; `open` when unterminated.
+    Str {
+        open: bool,
+    },
+    Num,
+    /// `and`, `or`, `xor`, `&&`, `||`, `not`.
+    Logic,
+    Union,
+    Select,
+    /// Statement starters other than SELECT (insert, drop, exec, ...).
+    Stmt(Stmt),
+    /// Clause keywords after a value (order/group by, having, limit, into ...).
+    Clause,
+    /// `from`
+    From,
+    /// Other keyword (where, null, case, as, table, ...).
+    Kw,
+    /// Identifier followed by `(`; `strong` for functions that exist for injection.
+    Func(FuncKind),
+    Word,
+    /// `@x` or `@@x` (`sys` for the latter).
+    Var {
+        sys: bool,
+    },
+    /// Symbolic comparison: `=`, `<`, `>`, `<>`, `!=`.
+    Cmp,
+    /// Word comparison: `like`, `rlike`, `regexp`, `is`, `in`, `between`.
+    CmpWord,
+    /// Stored-procedure-like name (`xp_*`, `sp_*`, `master..*`).
+    Proc,
+    /// System catalog names (`information_schema`, `sqlite_master`, ...).
+    Catalog,
+    /// Comment that plausibly truncates a query (`--` + blank, `/*`, trailing `#`).
+    CommentWeak,
+    /// Arithmetic/bitwise operator.
+    Op,
+    Comment,
+    LParen,
+    RParen,
+    Comma,
+    Semi,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stmt {
+    Insert,
+    Update,
+    Delete,
+    Drop,
+    Create,
+    Alter,
+    Exec,
+    Declare,
+    Shutdown,
+    Truncate,
+    Waitfor,
+    Set,
+    Grant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FuncKind {
+    /// Functions whose only common use in a request is an injection (time/error based).
+    Attack,
+    /// `sleep(` and similar, ambiguous in prose.
+    Delay,
+    /// Ordinary SQL functions (version(), concat(), char() ...).
+    Sql,
+    Other,
+}
+
+fn keyword(w: &str) -> Tok {
+    match w {
+        "and" | "or" | "xor" | "not" | "div" => Tok::Logic,
+        "true" | "false" => Tok::Num,
+        "union" => Tok::Union,
+        "select" => Tok::Select,
+        "insert" => Tok::Stmt(Stmt::Insert),
+        "update" => Tok::Stmt(Stmt::Update),
+        "delete" => Tok::Stmt(Stmt::Delete),
+        "drop" => Tok::Stmt(Stmt::Drop),
+        "create" => Tok::Stmt(Stmt::Create),
+        "alter" => Tok::Stmt(Stmt::Alter),
+        "exec" | "execute" => Tok::Stmt(Stmt::Exec),
+        "declare" => Tok::Stmt(Stmt::Declare),
+        "shutdown" => Tok::Stmt(Stmt::Shutdown),
+        "truncate" => Tok::Stmt(Stmt::Truncate),
+        "waitfor" => Tok::Stmt(Stmt::Waitfor),
+        "set" => Tok::Stmt(Stmt::Set),
+        "grant" | "revoke" => Tok::Stmt(Stmt::Grant),
+        "order" | "group" | "having" | "limit" | "into" | "procedure" | "offset" | "rlike_" => {
+            Tok::Clause
+        }
+        "from" => Tok::From,
+        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" | "glob" | "notnull"
+        | "isnull" => Tok::CmpWord,
+        "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
+        | "values" | "all" | "distinct" | "by" | "delay" | "top" | "join" | "outfile"
+        | "dumpfile" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
+        _ => Tok::Word,
+    }
+}
+
+fn func_kind(w: &str) -> FuncKind {
+    match w {
+        "benchmark"
+        | "pg_sleep"
+        | "extractvalue"
+        | "updatexml"
+        | "load_file"
+        | "xp_cmdshell"
+        | "sys_eval"
+        | "sys_exec"
+        | "randomblob"
+        | "pg_read_file"
+        | "lo_import"
+        | "make_set"
+        | "geometrycollection"
+        | "multipoint"
+        | "polygon"
+        | "linestring"
+        | "exp"
+        | "name_const"
+        | "dbms_pipe.receive_message"
+        | "dbms_lock.sleep"
+        | "utl_inaddr.get_host_name"
+        | "utl_http.request"
+        | "ctxsys.drithsx.sn"
+        | "sp_executesql"
+        | "openrowset"
+        | "opendatasource"
+        | "gtid_subset"
+        | "json_keys"
+        | "st_latfromgeohash" => FuncKind::Attack,
+        "sleep" | "waitfor" => FuncKind::Delay,
+        "version"
+        | "database"
+        | "user"
+        | "current_user"
+        | "system_user"
+        | "session_user"
+        | "schema"
+        | "concat"
+        | "concat_ws"
+        | "group_concat"
+        | "char"
+        | "chr"
+        | "nchar"
+        | "ascii"
+        | "ord"
+        | "substring"
+        | "substr"
+        | "mid"
+        | "hex"
+        | "unhex"
+        | "cast"
+        | "convert"
+        | "if"
+        | "ifnull"
+        | "iif"
+        | "isnull"
+        | "coalesce"
+        | "count"
+        | "md5"
+        | "sha1"
+        | "floor"
+        | "rand"
+        | "length"
+        | "len"
+        | "char_length"
+        | "lower"
+        | "upper"
+        | "left"
+        | "right"
+        | "elt"
+        | "field"
+        | "row"
+        | "db_name"
+        | "user_name"
+        | "@@version"
+        | "sqlite_version"
+        | "last_insert_rowid"
+        | "cos"
+        | "sin"
+        | "tan"
+        | "pi"
+        | "pow"
+        | "power"
+        | "abs"
+        | "ceil"
+        | "sqrt"
+        | "mod"
+        | "round"
+        | "log"
+        | "rtrim"
+        | "ltrim"
+        | "schema_name"
+        | "unicode"
+        | "instr"
+        | "locate"
+        | "position"
+        | "strcmp"
+        | "reverse"
+        | "replace"
+        | "trim"
+        | "now"
+        | "sysdate"
+        | "current_database"
+        | "pg_user"
+        | "to_char"
+        | "decode"
+        | "utl_raw.cast_to_varchar2"
+        | "table_name"
+        | "column_name"
+        | "least"
+        | "greatest"
+        | "bin"
+        | "oct"
+        | "conv"
+        | "quote"
+        | "soundex"
+        | "uuid"
+        | "connection_id"
+        | "found_rows"
+        | "row_count"
+        | "password" => FuncKind::Sql,
+        _ => FuncKind::Other,
+    }
+}
+
+fn is_catalog(w: &str) -> bool {
+    let head = w.split('.').next().unwrap_or(w);
+    matches!(
+        head,
+        "information_schema"
+            | "sqlite_master"
+            | "sqlite_schema"
+            | "pg_catalog"
+            | "pg_shadow"
+            | "sysobjects"
+            | "syscolumns"
+            | "msysaccessobjects"
+            | "msysobjects"
+            | "sysibm"
+            | "all_tables"
+            | "dba_users"
+            | "user_tables"
+            | "all_tab_columns"
+            | "sysdatabases"
+            | "msdb"
+            | "sysusers"
+            | "sysservers"
+            | "pg_user"
+            | "pg_group"
+            | "pg_roles"
+            | "pg_database"
+            | "schema_name"
+    ) || w == "mysql.user"
+        || w == "sys.tables"
+        || w == "sys.objects"
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.' || b >= 0x80
+}
+
+/// Tokenizes `s` (already lowercased). `prefix` simulates an opening quote before it.
+fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
+    out.clear();
+    let mut i = 0;
+    if let Some(q) = prefix {
+        let (end, open) = scan_string(s, 0, q);
+        out.push((Tok::Str { open }, 0));
+        i = end;
+    }
+    while i < s.len() && out.len() < MAX_TOKENS {
+        let c = s[i];
+        let start = i;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                i += 1;
+                continue;
+            }
+            b'\'' | b'"' => {
+                let (end, open) = scan_string(s, i + 1, c);
+                out.push((Tok::Str { open }, start));
+                i = end;
+            }
+            b'`' => {
+                // Quoted identifier.
+                i = memchr::memchr(b'`', &s[i + 1..]).map_or(s.len(), |p| i + 1 + p + 1);
+                out.push((Tok::Word, start));
+            }
+            b'0'..=b'9' => {
+                i = scan_number(s, i);
+                out.push((Tok::Num, start));
+            }
+            b'.' if s.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i = scan_number(s, i + 1);
+                out.push((Tok::Num, start));
+            }
+            b'-' if s.get(i + 1) == Some(&b'-') => {
+                // `--x` is not a comment in MySQL and rare as a truncation elsewhere.
+                let strong = s.get(i + 2).is_none_or(|b| !b.is_ascii_alphanumeric());
+                out.push((
+                    if strong {
+                        Tok::Comment
+                    } else {
+                        Tok::CommentWeak
+                    },
+                    start,
+                ));
+                i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p + 1);
+            }
+            b'#' => {
+                // `#` truncates when it ends the input; `#2 circular` is prose.
+                let end = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p);
+                let strong = s[i + 1..end].iter().all(u8::is_ascii_whitespace);
+                out.push((
+                    if strong {
+                        Tok::Comment
+                    } else {
+                        Tok::CommentWeak
+                    },
+                    start,
+                ));
+                i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |p| i + p + 1);
+            }
+            b'/' if s.get(i + 1) == Some(&b'*') => {
+                if s.get(i + 2) == Some(&b'!') {
+                    // MySQL executable comment: its body is code. Skip the marker and
+                    // an optional version number; the closing `*/` is skipped below.
+                    i += 3;
+                    while i < s.len() && s[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    continue;
+                }
+                let end =
+                    memchr::memmem::find(&s[i + 2..], b"*/").map_or(s.len(), |p| i + 2 + p + 2);
+                // A comment used as a separator inside code is not a truncation.
+                out.push((Tok::Comment, start));
+                i = end;
+            }
+            b'*' if s.get(i + 1) == Some(&b'/') => {
+                i += 2;
+                continue;
+            }
+            b'@' => {
+                let sys = s.get(i + 1) == Some(&b'@');
+                i += if sys { 2 } else { 1 };
+                while i < s.len() && is_ident(s[i]) {
+                    i += 1;
+                }
+                out.push((Tok::Var { sys }, start));
+            }
+            b'(' => {
+                out.push((Tok::LParen, start));
+                i += 1;
+            }
+            b')' => {
+                out.push((Tok::RParen, start));
+                i += 1;
+            }
+            b',' => {
+                out.push((Tok::Comma, start));
+                i += 1;
+            }
+            b';' => {
+                out.push((Tok::Semi, start));
+                i += 1;
+            }
+            b'&' if s.get(i + 1) == Some(&b'&') => {
+                out.push((Tok::Logic, start));
+                i += 2;
+            }
+            b'|' if s.get(i + 1) == Some(&b'|') => {
+                out.push((Tok::Logic, start));
+                i += 2;
+            }
+            b'=' | b'<' | b'>' | b'!' | b':' => {
+                while i < s.len()
+                    && matches!(s[i], b'=' | b'<' | b'>' | b'!' | b':')
+                    && i - start < 3
+                {
+                    i += 1;
+                }
+                // A lone `!` is too common outside SQL (`println!`, "hi!") to be NOT.
+                let tok = if &s[start..i] == b"!" {
+                    Tok::Op
+                } else {
+                    Tok::Cmp
+                };
+                out.push((tok, start));
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'&' | b'|' | b'~' => {
+                out.push((Tok::Op, start));
+                i += 1;
+            }
+            _ if is_ident_start(c) => {
+                while i < s.len() && is_ident(s[i]) {
+                    i += 1;
+                }
+                let w = std::str::from_utf8(&s[start..i]).unwrap_or("");
+                let w = w.trim_end_matches('.');
+                // Function: identifier followed (after blanks or comments) by `(`.
+                let mut j = i;
+                loop {
+                    while j < s.len() && s[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if s[j..].starts_with(b"/*") && !s[j..].starts_with(b"/*!") {
+                        j = memchr::memmem::find(&s[j + 2..], b"*/")
+                            .map_or(s.len(), |p| j + 2 + p + 2);
+                        continue;
+                    }
+                    break;
+                }
+                let kw = if w.starts_with("xp_") || w.starts_with("sp_") || w.starts_with("master.")
+                {
+                    Tok::Proc
+                } else if is_catalog(w) {
+                    Tok::Catalog
+                } else {
+                    keyword(w)
+                };
+                let tok = if s.get(j) == Some(&b'(')
+                    && !matches!(
+                        kw,
+                        Tok::Logic | Tok::Union | Tok::Select | Tok::From | Tok::Cmp | Tok::CmpWord
+                    ) {
+                    Tok::Func(func_kind(w))
+                } else {
+                    kw
+                };
+                out.push((tok, start));
+            }
+            _ => {
+                out.push((Tok::Other, start));
+                i += 1;
+            }
+        }
+    }
+}
+
+fn scan_string(s: &[u8], mut i: usize, q: u8) -> (usize, bool) {
+    while i < s.len() {
+        let c = s[i];
+        if c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if c == q {
+            // A doubled quote is an escaped quote inside the string.
+            if s.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return (i + 1, false);
+        }
+        i += 1;
+    }
+    (s.len(), true)
+}
+
+fn scan_number(s: &[u8], mut i: usize) -> usize {
+    if s[i] == b'0' && matches!(s.get(i + 1), Some(b'x' | b'b')) {
+        i += 2;
+        while i < s.len() && s[i].is_ascii_hexdigit() {
+            i += 1;
+        }
+        return i;
+    }
+    while i < s.len() && (s[i].is_ascii_digit() || s[i] == b'.') {
+        i += 1;
+    }
+    if i < s.len()
+        && s[i] == b'e'
+        && s.get(i + 1)
+            .is_some_and(|c| c.is_ascii_digit() || *c == b'-' || *c == b'+')
+    {
+        i += 2;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    i
+}
+
+fn is_value(t: Tok) -> bool {
+    matches!(
+        t,
+        Tok::Str { .. } | Tok::Num | Tok::Var { .. } | Tok::Func(_) | Tok::Word | Tok::Kw
+    )
+}
+
+fn is_literal(t: Tok) -> bool {
+    matches!(
+        t,
+        Tok::Str { .. }
+            | Tok::Num
+            | Tok::Var { .. }
+            | Tok::Func(FuncKind::Sql | FuncKind::Attack | FuncKind::Delay)
+    )
+}
+
+pub(crate) struct Sqli;
+
+/// A finding inside one token stream: rule, score, byte offset.
+type Hit = (&'static str, u32, usize);
+
+impl Sqli {
+    pub(crate) fn new() -> Sqli {
+        Sqli
+    }
+
+    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+        let s = crate::decode::truncate(lower, MAX_SQL_INPUT).as_bytes();
+        // Cheap pre-filter: injections need at least one of these bytes or words.
+        if !s.iter().any(|b| {
+            matches!(
+                b,
+                b'\''
+                    | b'"'
+                    | b'('
+                    | b';'
+                    | b'='
+                    | b'#'
+                    | b'-'
+                    | b'@'
+                    | b'|'
+                    | b'&'
+                    | b'<'
+                    | b'>'
+                    | b'/'
+                    | b'`'
+            )
+        }) && !s
+            .split(|b| !b.is_ascii_alphanumeric())
+            .any(|w| matches!(w, b"union" | b"or" | b"and" | b"order" | b"having" | b"xor"))
+        {
+            return;
+        }
+        let mut toks = Vec::with_capacity(64);
+        let mut hits: Vec<Hit> = Vec::new();
+        let mut scratch = Scratch::default();
+        for prefix in [None, Some(b'\''), Some(b'"')] {
+            if let Some(q) = prefix
+                && memchr::memchr(q, s).is_none()
+            {
+                continue;
+            }
+            tokenize(s, prefix, &mut toks);
+            analyze(&toks, prefix.is_some(), &mut hits, &mut scratch);
+        }
+        let text = std::str::from_utf8(s).unwrap_or("");
+        for (rule, score, at) in hits {
+            sink.push(rule, Category::Sqli, score, loc, text, at);
+        }
+    }
+}
+
+fn add(hits: &mut Vec<Hit>, rule: &'static str, score: u32, at: usize) {
+    match hits.iter_mut().find(|h| h.0 == rule) {
+        Some(h) => h.1 = h.1.max(score),
+        None => hits.push((rule, score, at)),
+    }
+}
+
+/// Does a SQL statement start at `i` (token after `;` or a break-out)?
+fn statement_at(t: &[Tok], i: usize) -> bool {
+    let at = |k: usize| t.get(i + k).copied();
+    match at(0) {
+        Some(Tok::Select) => {
+            matches!(at(1), Some(tk) if is_value(tk) || tk == Tok::Op || tk == Tok::LParen)
+        }
+        Some(Tok::Stmt(st)) => match st {
+            Stmt::Insert => matches!(at(1), Some(Tok::Clause)),
+            Stmt::Delete => {
+                matches!(at(1), Some(Tok::From))
+                    || matches!(at(1), Some(Tok::Word))
+                        && matches!(at(2), Some(Tok::Kw | Tok::From))
+            }
+            Stmt::Update => {
+                matches!(at(1), Some(Tok::Word)) && matches!(at(2), Some(Tok::Stmt(Stmt::Set)))
+            }
+            Stmt::Drop | Stmt::Create | Stmt::Alter | Stmt::Truncate => {
+                matches!(at(1), Some(Tok::Kw | Tok::Word)) && {
+                    // Object kinds; checked by token kind only, words like "table" are Kw.
+                    matches!(at(1), Some(Tok::Kw))
+                        || matches!(at(2), Some(Tok::Word | Tok::Semi | Tok::Comment) | None)
+                }
+            }
+            Stmt::Exec => matches!(
+                at(1),
+                Some(Tok::Proc | Tok::Str { .. } | Tok::LParen | Tok::Var { .. })
+            ),
+            Stmt::Declare => matches!(at(1), Some(Tok::Var { .. })),
+            Stmt::Set => matches!(at(1), Some(Tok::Var { .. })),
+            Stmt::Grant => {
+                matches!(at(1), Some(Tok::Word | Tok::Kw | Tok::Stmt(_)))
+                    && matches!(at(2), Some(Tok::Word | Tok::Kw | Tok::Comma))
+            }
+            Stmt::Shutdown => matches!(at(1), None | Some(Tok::Comment | Tok::Semi)),
+            Stmt::Waitfor => {
+                matches!(at(1), Some(Tok::Kw)) && matches!(at(2), Some(Tok::Str { .. }))
+            }
+        },
+        _ => false,
+    }
+}
+
+/// Is there a boolean expression at `i` that makes the condition trivially true or
+/// false: `1=1`, `'a'='a`, `2>1`, `1`, `'x' like 'x'`, `sleep(5)`?
+fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
+    while matches!(
+        t.get(i),
+        Some(Tok::LParen) | Some(Tok::Op) | Some(Tok::Logic)
+    ) {
+        i += 1;
+    }
+    let a = *t.get(i)?;
+    match a {
+        Tok::Func(FuncKind::Attack | FuncKind::Delay | FuncKind::Sql) => return Some(STRONG),
+        Tok::Select => return Some(STRONG),
+        _ => {}
+    }
+    if !is_value(a) {
+        return None;
+    }
+    let mut j = i + 1;
+    // Arithmetic on the left side: `1+2=3+4`.
+    while matches!(t.get(j), Some(Tok::Op)) && t.get(j + 1).is_some_and(|&x| is_literal(x)) {
+        j += 2;
+    }
+    while matches!(t.get(j), Some(Tok::RParen)) {
+        j += 1;
+    }
+    match t.get(j) {
+        Some(Tok::Cmp | Tok::CmpWord) => {
+            let mut k = j + 1;
+            while matches!(
+                t.get(k),
+                Some(Tok::Cmp | Tok::CmpWord | Tok::LParen | Tok::Op | Tok::Logic)
+            ) {
+                k += 1;
+            }
+            // Postfix tests (`x notnull`, `x is null`) end the condition.
+            let Some(&b) = t.get(k) else { return Some(6) };
+            if matches!(b, Tok::Select)
+                || matches!(
+                    b,
+                    Tok::Func(FuncKind::Attack | FuncKind::Delay | FuncKind::Sql)
+                )
+            {
+                return Some(STRONG);
+            }
+            // Literal against literal (`1=1`, `'a'='a'`, `2>1`) is decided without any
+            // column: a tautology or contradiction.
+            if matches!(a, Tok::Num | Tok::Str { open: false })
+                && matches!(b, Tok::Num | Tok::Str { .. })
+            {
+                return Some(STRONG);
+            }
+            // word = word after a break-out is still suspicious, but weaker.
+            if is_value(b) { Some(7) } else { None }
+        }
+        // A bare literal condition ending the input or cut by a comment: `' or 1--`.
+        Some(Tok::Comment) | Some(Tok::Semi) if is_literal(a) => Some(STRONG),
+        // `1 or 2` and `"x" and "y` are also how people write searches.
+        None if is_literal(a) => Some(if matches!(a, Tok::Str { open: true }) {
+            3
+        } else {
+            6
+        }),
+        Some(Tok::Logic) if is_literal(a) => Some(8),
+        // `or 1 group by ...`, `or 1 having ...`.
+        Some(Tok::Clause) if is_literal(a) => Some(STRONG),
+        Some(Tok::Op) if is_literal(a) => Some(6),
+        _ => None,
+    }
+}
+
+/// Per-call buffers reused across the three tokenizer passes.
+#[derive(Default)]
+struct Scratch {
+    t: Vec<Tok>,
+    pos: Vec<usize>,
+    comment_after: Vec<bool>,
+}
+
+fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &mut Scratch) {
+    // Comments are separators for everything except truncation.
+    let Scratch {
+        t,
+        pos,
+        comment_after,
+    } = scratch;
+    t.clear();
+    pos.clear();
+    comment_after.clear();
+    for &(tk, p) in toks {
+        if tk == Tok::CommentWeak {
+            continue;
+        }
+        if tk == Tok::Comment {
+            if let Some(last) = comment_after.last_mut() {
+                *last = true;
+            }
+            continue;
+        }
+        t.push(tk);
+        pos.push(p);
+        comment_after.push(false);
+    }
+    let n = t.len();
+    let at = |i: usize| pos.get(i).copied().unwrap_or(0);
+
+    for i in 0..n {
+        match t[i] {
+            Tok::Union => {
+                let mut j = i + 1;
+                while matches!(t.get(j), Some(Tok::Kw | Tok::LParen | Tok::Op)) {
+                    j += 1;
+                }
+                if t.get(j) == Some(&Tok::Select) {
+                    add(hits, "sqli.union", STRONG, at(i));
+                }
+            }
+            Tok::Semi if statement_at(t, i + 1) => {
+                add(hits, "sqli.stacked", STRONG, at(i));
+            }
+            Tok::Func(FuncKind::Attack) => add(hits, "sqli.function", STRONG, at(i)),
+            Tok::Func(FuncKind::Delay) => {
+                let prev = if i > 0 { t.get(i - 1).copied() } else { None };
+                let ctx = matches!(
+                    prev,
+                    Some(
+                        Tok::Logic
+                            | Tok::Op
+                            | Tok::Cmp
+                            | Tok::CmpWord
+                            | Tok::Select
+                            | Tok::Comma
+                            | Tok::LParen
+                            | Tok::Str { .. }
+                            | Tok::Semi
+                            | Tok::Clause
+                    )
+                );
+                // `sleep(5)`: a call with a literal delay is a probe anywhere.
+                let literal_call = matches!(
+                    t.get(i + 1..i + 4),
+                    Some([Tok::LParen, Tok::Num, Tok::RParen])
+                );
+                add(
+                    hits,
+                    "sqli.time_blind",
+                    if ctx || literal_call { STRONG } else { 4 },
+                    at(i),
+                );
+            }
+            // A lone server variable (`@@version`) is a probe.
+            Tok::Var { sys: true } => {
+                add(hits, "sqli.sysvar", if n == 1 { STRONG } else { 6 }, at(i))
+            }
+            Tok::Stmt(Stmt::Waitfor)
+                if t.get(i + 1) == Some(&Tok::Kw)
+                    && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
+            {
+                add(hits, "sqli.time_blind", STRONG, at(i));
+            }
+            Tok::Stmt(Stmt::Exec) if matches!(t.get(i + 1), Some(Tok::Proc)) => {
+                add(hits, "sqli.stacked", STRONG, at(i));
+            }
+            Tok::Clause
+                if t.get(i + 1) == Some(&Tok::Kw)
+                    && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
+            {
+                // `into outfile '...'` / `into dumpfile '...'`.
+                add(hits, "sqli.file_write", STRONG, at(i));
+            }
+            Tok::Func(FuncKind::Sql) if i == 0 => {
+                // A value that is a bare SQL function call, e.g. `database(` or
+                // `concat(`: an unclosed call with nothing else is a probe.
+                let bare = n <= 2 && t.get(1).is_none_or(|&x| x == Tok::LParen);
+                add(hits, "sqli.function", if bare { STRONG } else { 6 }, at(i));
+            }
+            Tok::Select => {
+                // Subquery in an expression: `=(select`, `and (select`, `,(select`.
+                let prev = if i > 0 { t.get(i - 1).copied() } else { None };
+                let prev2 = if i > 1 { t.get(i - 2).copied() } else { None };
+                if prev == Some(Tok::LParen)
+                    && matches!(
+                        prev2,
+                        Some(
+                            Tok::Cmp
+                                | Tok::CmpWord
+                                | Tok::Logic
+                                | Tok::Op
+                                | Tok::Comma
+                                | Tok::Str { .. }
+                                | Tok::Num
+                                | Tok::LParen
+                                | Tok::Func(_)
+                        )
+                    )
+                    && statement_at(t, i)
+                {
+                    add(hits, "sqli.subquery", STRONG, at(i));
+                } else if statement_at(t, i) {
+                    // `select x from y` in isolation is only a hint (could be a
+                    // question about SQL); it needs a FROM with SQL-ish neighbours.
+                    let window = &t[i + 1..n.min(i + 12)];
+                    if let Some(f) = window.iter().position(|&x| x == Tok::From) {
+                        let sqlish = window[..f].iter().any(|x| {
+                            matches!(
+                                x,
+                                Tok::Func(_) | Tok::Var { .. } | Tok::Num | Tok::Comma | Tok::Op
+                            )
+                        }) && matches!(
+                            window.get(f + 1),
+                            Some(Tok::Word | Tok::LParen | Tok::Kw)
+                        );
+                        add(hits, "sqli.select", if sqlish { 6 } else { 3 }, at(i));
+                    }
+                }
+            }
+            Tok::Word => {
+                // References to the catalog are reconnaissance.
+                let p = at(i);
+                let _ = p;
+            }
+            _ => {}
+        }
+        // Tautology anywhere: logic operator followed by a literal comparison.
+        if t[i] == Tok::Logic
+            && i > 0
+            && let Some(sc) = logic_operand(t, i + 1)
+        {
+            let prev = t[i - 1];
+            let strong_ctx =
+                quoted && i <= 3 || matches!(prev, Tok::Num | Tok::Str { .. } | Tok::RParen);
+            if sc >= STRONG {
+                // Literal-vs-literal or function comparisons after a logic operator.
+                add(hits, "sqli.tautology", STRONG, at(i));
+            } else if quoted && i <= 3 || strong_ctx && sc >= 6 && quoted {
+                add(hits, "sqli.tautology", sc.min(6), at(i));
+            }
+        }
+    }
+
+    // A value that starts with a logic operator continues a condition: `and 1=2)`.
+    let ends_in_comment = comment_after.last().copied().unwrap_or(false);
+    if !quoted
+        && t.first() == Some(&Tok::Logic)
+        && let Some(sc) = logic_operand(t, 1)
+    {
+        // Cut off by a comment it is an injected condition, not a search phrase.
+        let sc = if ends_in_comment && sc >= 6 {
+            STRONG
+        } else {
+            sc
+        };
+        add(hits, "sqli.tautology", sc, at(0));
+    }
+    // A value starting with a clause: `having 1=1#`, `order by 3--`.
+    if !quoted && t.first() == Some(&Tok::Clause) {
+        let shaped = match t.get(1) {
+            Some(Tok::Kw) => matches!(t.get(2), Some(Tok::Num | Tok::Func(_))),
+            Some(Tok::Num) => matches!(t.get(2), Some(Tok::Cmp) | None),
+            _ => false,
+        };
+        if shaped {
+            add(hits, "sqli.clause", STRONG, at(0));
+        }
+    }
+    // A complete statement as the value: `select * from users`, `select @@version`.
+    if !quoted && t.first() == Some(&Tok::Select) && statement_at(t, 0) {
+        let window = &t[1..n.min(12)];
+        let sqlish = window.iter().any(|x| {
+            matches!(
+                x,
+                Tok::Func(_) | Tok::Var { .. } | Tok::Op | Tok::Comma | Tok::Catalog
+            )
+        });
+        let shaped = window.contains(&Tok::From) || t.last() == Some(&Tok::Semi) || n <= 3;
+        if sqlish && shaped || matches!(t.get(1), Some(Tok::Var { sys: true } | Tok::Func(_))) {
+            // Probes are short (`select @@version`, `select * from sysusers;`); a long
+            // statement is more likely a snippet shared through the API.
+            add(hits, "sqli.select", if n <= 8 { STRONG } else { 6 }, at(0));
+        }
+    }
+    // Catalog tables are only named by reconnaissance queries.
+    if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
+        add(hits, "sqli.catalog", STRONG, at(p));
+    }
+    if let Some(p) = t.iter().position(|&x| x == Tok::Proc)
+        && t.iter()
+            .any(|&x| matches!(x, Tok::Stmt(Stmt::Exec) | Tok::Semi))
+    {
+        add(hits, "sqli.stacked", STRONG, at(p));
+    }
+
+    // Break-out analysis: what follows the (simulated) string or a leading number.
+    let lead_num =
+        !quoted && n > 0 && (t[0] == Tok::Num || (t[0] == Tok::Op && t.get(1) == Some(&Tok::Num)));
+    if quoted && matches!(t.first(), Some(Tok::Str { open: false })) || lead_num {
+        let mut j = if lead_num && t[0] == Tok::Op { 2 } else { 1 };
+        let lead_comment = comment_after.get(j - 1).copied().unwrap_or(false);
+        while matches!(t.get(j), Some(Tok::RParen)) {
+            j += 1;
+        }
+        let next = t.get(j).copied();
+        match next {
+            None if quoted && lead_comment => {
+                add(hits, "sqli.comment_truncation", STRONG, at(j - 1))
+            }
+            Some(Tok::Logic) => {
+                if let Some(sc) = logic_operand(t, j + 1) {
+                    // Right after a string break-out any condition is injected logic;
+                    // after a number, any comparison is.
+                    let sc = if quoted && sc >= 6 || sc >= 7 {
+                        STRONG
+                    } else {
+                        sc
+                    };
+                    add(hits, "sqli.tautology", sc, at(j));
+                }
+            }
+            Some(Tok::Clause) => {
+                // `order by 1`, `group by x`, `having 1=1`, `limit 1`, `into outfile`.
+                let shaped = match t.get(j + 1) {
+                    Some(Tok::Kw) => matches!(
+                        t.get(j + 2),
+                        Some(
+                            Tok::Num | Tok::Word | Tok::Func(_) | Tok::Str { .. } | Tok::Var { .. }
+                        )
+                    ),
+                    Some(Tok::Num | Tok::Var { .. } | Tok::Func(_)) => true,
+                    _ => false,
+                };
+                if shaped {
+                    add(hits, "sqli.clause", STRONG, at(j));
+                }
+            }
+            Some(Tok::Cmp) if quoted => {
+                if matches!(
+                    t.get(j + 1),
+                    Some(Tok::Str { .. } | Tok::Num | Tok::Select | Tok::Func(_) | Tok::LParen)
+                ) {
+                    add(hits, "sqli.tautology", STRONG, at(j));
+                }
+            }
+            Some(Tok::Op) if quoted => {
+                if matches!(
+                    t.get(j + 1),
+                    Some(Tok::Func(_) | Tok::Select | Tok::LParen | Tok::Var { .. })
+                ) {
+                    add(hits, "sqli.concat", 8, at(j));
+                }
+            }
+            Some(Tok::Semi) if comment_after.get(j).copied().unwrap_or(false) && quoted => {
+                add(hits, "sqli.comment_truncation", STRONG, at(j));
+            }
+            _ => {}
+        }
+        // `admin'--`: a closed string cut off by a comment after a few tokens.
+        if quoted && lead_comment && j == 1 && n == 1 {
+            add(hits, "sqli.comment_truncation", STRONG, at(0));
+        }
+    }
+    // Injection ending in a comment that swallows the rest of the original query,
+    // after SQL-shaped tokens.
+    if quoted && n >= 3 && comment_after.last().copied().unwrap_or(false) {
+        let has_logic_cmp = t.windows(3).any(|w| {
+            w[0] == Tok::Logic && is_value(w[1]) && matches!(w[2], Tok::Cmp | Tok::CmpWord)
+        });
+        if has_logic_cmp {
+            add(hits, "sqli.comment_truncation", 8, at(n - 1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::Action;
+    use crate::detect::tests::run;
+
+    fn q(payload: &str) -> Action {
+        let raw = format!(
+            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            payload.replace(' ', "%20")
+        );
+        run(&raw).1
+    }
+
+    #[test]
+    fn attacks() {
+        for p in [
+            "1%27%20or%20%271%27%3D%271",
+            "admin%27--",
+            "admin'%23",
+            "1+union+select+1,2,3",
+            "-1%20UNION%20ALL%20SELECT%20NULL,version()--",
+            "1;drop+table+users",
+            "x%27;DROP TABLE users;--",
+            "1%20and%20sleep(5)",
+            "1%27+AND+(SELECT+*+FROM+(SELECT(SLEEP(5)))bAKL)--+",
+            "1+or+1%3D1",
+            "%27%20or%20%27%27%3D%27",
+            "1%27%20ORDER%20BY%203--%20",
+            "1)+or+(1=1",
+            "1+AND+extractvalue(1,concat(0x7e,version()))",
+            "1/**/union/**/select/**/1,2",
+            "1%2527%2520or%25201%253D1--",
+            "1';waitfor delay '0:0:5'--",
+            "%27%20or%20benchmark(1000000,md5(1))%23",
+        ] {
+            assert_eq!(q(p), Action::Ban, "{p}");
+        }
+    }
+
+    #[test]
+    fn benign_lookalikes() {
+        for p in [
+            "O%27Brien",
+            "O%27+UNION+selected+a+few+friends",
+            "select+a+union",
+            "drop+me+a+line",
+            "Tom+%26+Jerry",
+            "rock+%27n%27+roll+or+blues",
+            "how+to+select+rows+from+a+table",
+            "1-2-3",
+            "it%27s+fine+--+really",
+            "2024-05-01",
+            "first+and+second",
+            "email%3Djohn%40example.com",
+            "(555)+123-4567",
+        ] {
+            assert_eq!(q(p), Action::Allow, "{p}");
+        }
+    }
+}
