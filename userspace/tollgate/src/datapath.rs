@@ -847,18 +847,8 @@ impl Datapath {
             let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6))?;
             out.push((IpNet::V6(Ipv6Net::from(Ipv6Addr::from(k))), v));
         }
-        for kv in self.block4_lpm.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK4_LPM))?;
-            if let Some(n) = net4_of(&k) {
-                out.push((n, v));
-            }
-        }
-        for kv in self.block6_lpm.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6_LPM))?;
-            if let Some(n) = net6_of(&k) {
-                out.push((n, v));
-            }
-        }
+        trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut out)?;
+        trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut out)?;
         Ok(out)
     }
 
@@ -938,18 +928,8 @@ impl Datapath {
     /// When iterating a map fails.
     pub fn allow_entries(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
         let mut out = Vec::new();
-        for kv in self.allow4.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::ALLOW4))?;
-            if let Some(n) = net4_of(&k) {
-                out.push((n, v));
-            }
-        }
-        for kv in self.allow6.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::ALLOW6))?;
-            if let Some(n) = net6_of(&k) {
-                out.push((n, v));
-            }
-        }
+        trie_entries(&self.allow4, maps::ALLOW4, net4_of, &mut out)?;
+        trie_entries(&self.allow6, maps::ALLOW6, net6_of, &mut out)?;
         Ok(out)
     }
 
@@ -1106,6 +1086,22 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 
 fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// Appends every prefix of an LPM trie with its value.
+fn trie_entries<const N: usize, V: aya::Pod>(
+    trie: &LpmTrie<MapData, [u8; N], V>,
+    name: &'static str,
+    net_of: fn(&Key<[u8; N]>) -> Option<IpNet>,
+    out: &mut Vec<(IpNet, V)>,
+) -> Result<()> {
+    for kv in trie.iter() {
+        let (k, v) = kv.map_err(map_err("iterate", name))?;
+        if let Some(n) = net_of(&k) {
+            out.push((n, v));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes report a missing key as ENOENT from the syscall.
