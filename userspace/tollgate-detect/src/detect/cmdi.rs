@@ -729,15 +729,7 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
 #[cfg(test)]
 mod tests {
     use crate::detect::Action;
-    use crate::detect::tests::run;
-
-    fn q(payload: &str) -> Action {
-        run(&format!(
-            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            payload.replace(' ', "%20")
-        ))
-        .1
-    }
+    use crate::detect::tests::{q, run};
 
     #[test]
     fn attacks() {

@@ -623,6 +623,15 @@ mod tests {
     use super::*;
     use crate::http::{Parsed, parse_request};
 
+    /// The action for `payload` sent as the `q` query parameter.
+    pub(crate) fn q(payload: &str) -> Action {
+        run(&format!(
+            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            payload.replace(' ', "%20")
+        ))
+        .1
+    }
+
     pub(crate) fn run(raw: &str) -> (Vec<Violation>, Action) {
         let req = match parse_request(raw.as_bytes()) {
             Ok(Parsed::Complete { msg, .. }) => msg,

@@ -322,15 +322,7 @@ fn contains_seq(n: &[u8], words: &[&[u8]]) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::detect::Action;
-    use crate::detect::tests::run;
-
-    fn q(payload: &str) -> Action {
-        run(&format!(
-            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            payload.replace(' ', "%20")
-        ))
-        .1
-    }
+    use crate::detect::tests::{q, run};
 
     #[test]
     fn attacks() {

@@ -431,15 +431,7 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
 #[cfg(test)]
 mod tests {
     use crate::detect::Action;
-    use crate::detect::tests::run;
-
-    fn q(payload: &str) -> Action {
-        run(&format!(
-            "GET /api/v1/items?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            payload.replace(' ', "%20")
-        ))
-        .1
-    }
+    use crate::detect::tests::q;
 
     #[test]
     fn attacks() {
