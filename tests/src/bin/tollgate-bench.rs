@@ -930,7 +930,11 @@ fn sampling() {
     let mut best = f64::MAX;
     let mut handle = None;
     for _ in 0..3 {
-        let h = tollgate::agent::api::ApiHandle::new(&[8080], &policy);
+        let h = tollgate::agent::api::ApiHandle::new(
+            &[8080],
+            &policy,
+            tollgate::engine::Pipeline::new(Default::default(), Default::default()),
+        );
         // No `tap` subscriber: events are built and offered to the channel
         // either way.
         let t = Instant::now();

@@ -37,17 +37,7 @@ pub fn tap(args: &TapArgs, socket: &Path) -> ExitCode {
         shown += 1;
         args.count.is_none_or(|c| shown < c)
     });
-    match res {
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
-        Ok(Err(reason)) => {
-            eprintln!("error: {reason}");
-            ExitCode::from(1)
-        }
-        Ok(Ok(())) => ExitCode::SUCCESS,
-    }
+    client::stream_exit(res)
 }
 
 fn human(v: &Value) -> String {

@@ -89,6 +89,16 @@ pub enum Command {
     ///
     /// Example: tollgate inventory --openapi api.yaml
     Inventory(InventoryArgs),
+    /// Security events: every violation and ban the policy engine recorded
+    /// (from the agent's event log; `--follow` streams new ones).
+    ///
+    /// Example: tollgate events --since 1h --follow
+    Events(crate::detect_cli::EventsArgs),
+    /// Replay requests offline through the same engine the agent runs (no
+    /// kernel needed): one JSON verdict per request.
+    ///
+    /// Example: tollgate detect --policy policy.yaml --requests requests.jsonl
+    Detect(crate::detect_cli::DetectArgs),
 }
 
 /// `tollgate tap`.
@@ -205,6 +215,14 @@ pub enum PolicyCmd {
     ///
     /// Example: tollgate policy reload
     Reload,
+    /// Validate a policy file without applying it: exit 0 when valid,
+    /// otherwise 1 and the line and field of the first error.
+    ///
+    /// Example: tollgate policy check /etc/tollgate/policy.yaml
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
 }
 
 /// Log line format of the agent.
@@ -399,6 +417,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Limits(cmd) => run_limits(cmd, &cli.socket),
         Command::Top(args) => run_top(&args, &cli.socket),
         Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
+        Command::Policy(PolicyCmd::Check { file }) => crate::detect_cli::policy_check(&file),
+        Command::Events(args) => crate::detect_cli::events(&args, &cli.socket),
+        Command::Detect(args) => crate::detect_cli::detect(&args),
         Command::Tap(args) => crate::api_cli::tap(&args, &cli.socket),
         Command::Inventory(args) => crate::api_cli::inventory(&args, &cli.socket),
     }
@@ -455,8 +476,8 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
         metrics_allow_remote: args.metrics_allow_remote
             || policy.metrics.as_ref().is_some_and(|m| m.allow_remote),
         config: args.config.clone(),
-        allowlist: policy.allowlist,
-        rate_limit: policy.rate_limit,
+        allowlist: policy.allowlist.clone(),
+        rate_limit: policy.rate_limit.clone(),
         api_ports: {
             let mut p = policy.api_ports.clone();
             p.extend(&args.api_ports);
@@ -465,6 +486,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
             p
         },
         sampling: policy.sampling,
+        policy: policy.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,7 +6,7 @@
 //! - [`store`]: durable state behind the [`store::Store`] interface.
 //! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
 //! - [`policy`]: the YAML policy file; [`limits`]: rate limits.
-//! - [`policy`]: the YAML policy file.
+//! - [`engine`]: detectors and per-client scoring; [`events`]: the security event log.
 //! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
 //! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
 //! - [`net`], [`clock`], [`table`]: small helpers.
@@ -18,6 +18,9 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod datapath;
+pub mod detect_cli;
+pub mod engine;
+pub mod events;
 pub mod feed;
 pub mod limits;
 pub mod metrics;

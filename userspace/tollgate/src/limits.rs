@@ -188,13 +188,15 @@ impl Escalation {
     /// The ban TTL for the `offence`-th offence (1-based).
     #[must_use]
     pub fn ttl(&self, offence: u32) -> Duration {
-        let i = usize::try_from(offence.saturating_sub(1)).unwrap_or(usize::MAX);
-        self.ttls
-            .get(i)
-            .or(self.ttls.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(60))
+        ladder(&self.ttls, offence, Duration::from_secs(60))
     }
+}
+
+/// The `offence`-th (1-based) step of a TTL ladder; the last step repeats.
+#[must_use]
+pub fn ladder(ttls: &[Duration], offence: u32, fallback: Duration) -> Duration {
+    let i = usize::try_from(offence.saturating_sub(1)).unwrap_or(usize::MAX);
+    ttls.get(i).or(ttls.last()).copied().unwrap_or(fallback)
 }
 
 /// The policy's `rate_limit:` section.
@@ -215,7 +217,7 @@ pub struct RateLimitPolicy {
     pub escalation: Escalation,
 }
 
-mod humantime_serde_secs {
+pub(crate) mod humantime_serde_secs {
     use std::time::Duration;
 
     use serde::{Deserialize as _, Deserializer, Serializer};
@@ -230,7 +232,7 @@ mod humantime_serde_secs {
     }
 }
 
-mod humantime_serde_vec {
+pub(crate) mod humantime_serde_vec {
     use std::time::Duration;
 
     use serde::{Deserialize as _, Deserializer, Serializer, ser::SerializeSeq as _};

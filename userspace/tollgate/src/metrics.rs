@@ -37,6 +37,18 @@ pub fn ban_issued(kind: &str, n: u64) {
     }
 }
 
+/// Violations found since the process started, by rule id (a bounded set:
+/// rule ids are compiled in).
+static VIOLATIONS: std::sync::Mutex<BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Counts one violation of `rule`.
+pub fn violation(rule: &'static str) {
+    if let Ok(mut m) = VIOLATIONS.lock() {
+        *m.entry(rule).or_default() += 1;
+    }
+}
+
 /// What one scrape shows.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -66,6 +78,11 @@ struct MapLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +163,22 @@ pub fn render(s: &Snapshot) -> String {
         issued,
     );
 
+    let violations = Family::<RuleLabel, Counter>::default();
+    if let Ok(m) = VIOLATIONS.lock() {
+        for (rule, n) in m.iter() {
+            violations
+                .get_or_create(&RuleLabel {
+                    rule: (*rule).into(),
+                })
+                .inc_by(*n);
+        }
+    }
+    reg.register(
+        "tollgate_violations",
+        "Policy violations found in sampled API traffic, by rule",
+        violations,
+    );
+
     let build = Family::<VersionLabel, Gauge>::default();
     build
         .get_or_create(&VersionLabel {
@@ -215,6 +248,7 @@ mod tests {
     fn renders_the_documented_names() {
         ban_issued("feed", 3);
         ban_issued("nonsense", 3);
+        violation("sqli.tautology");
         let s = Snapshot {
             counters: vec![("drop", "blocklisted", 5, 300)],
             maps: vec![("TG_BLOCK4", 2, 100)],
@@ -232,6 +266,7 @@ mod tests {
             "tollgate_bans_issued_total{kind=\"manual\"} ",
             "tollgate_build_info{version=\"",
             "tollgate_store_up 1",
+            "tollgate_violations_total{rule=\"sqli.tautology\"} ",
             "# EOF",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

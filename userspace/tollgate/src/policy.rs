@@ -62,6 +62,15 @@ pub struct Policy {
     pub feeds: Vec<FeedSpec>,
     /// The metrics and health endpoint (off when absent).
     pub metrics: Option<MetricsSpec>,
+    /// Request detectors: switches, weights, per-request thresholds.
+    #[serde(default)]
+    pub detectors: tollgate_detect::DetectConfig,
+    /// Per-client scores, ban threshold and TTL escalation.
+    #[serde(default)]
+    pub scoring: crate::engine::ScoringPolicy,
+    /// The security event log.
+    #[serde(default)]
+    pub events: crate::events::EventsPolicy,
 }
 
 /// A block-list file the agent re-reads every `refresh` (when it changed):
@@ -206,6 +215,18 @@ impl Policy {
         p.sampling
             .validate()
             .map_err(|(field, message)| invalid(field, message))?;
+        p.scoring
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
+        p.events
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
+        if p.detectors.alert_threshold > p.detectors.ban_threshold {
+            return Err(invalid(
+                "detectors.alert_threshold".into(),
+                "must not be above detectors.ban_threshold".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, f) in p.feeds.iter().enumerate() {
             crate::agent::state::ops::check_origin(&f.name)

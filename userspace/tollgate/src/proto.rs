@@ -118,6 +118,18 @@ pub enum Request {
     },
     /// The API inventory.
     Inventory,
+    /// Security events (JSON lines): past ones, then new ones with `follow`.
+    Events {
+        /// Only events of the last this-many seconds (default: all kept).
+        #[serde(default)]
+        since_secs: Option<u64>,
+        /// Keep streaming new events.
+        #[serde(default)]
+        follow: bool,
+        /// At most the newest this-many past events.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 /// The agent's answer.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
+use super::enforce::Finding;
 use crate::{
     api::{
         flows::{ApiEvent, FlowStats, Flows},
@@ -19,6 +20,7 @@ use crate::{
         sample::{Direction, Sample},
     },
     clock,
+    engine::Pipeline,
 };
 
 /// Flows followed at once.
@@ -112,6 +114,8 @@ pub struct ApiState {
     pub inventory: Inventory,
     /// Status for `tollgate status`.
     pub status: SamplingStatus,
+    /// Detectors and client scores.
+    pub pipeline: Pipeline,
 }
 
 /// Handles the agent keeps.
@@ -126,7 +130,7 @@ pub struct ApiHandle {
 impl ApiHandle {
     /// A pipeline for `ports` with `policy`.
     #[must_use]
-    pub fn new(ports: &[u16], policy: &SamplingPolicy) -> Self {
+    pub fn new(ports: &[u16], policy: &SamplingPolicy, pipeline: Pipeline) -> Self {
         let (tap, _) = broadcast::channel(TAP_BUFFER);
         Self {
             state: Arc::new(Mutex::new(ApiState {
@@ -138,17 +142,20 @@ impl ApiHandle {
                     one_in_effective: policy.one_in,
                     ..SamplingStatus::default()
                 },
+                pipeline,
             })),
             tap,
         }
     }
 
-    /// Handles a batch of raw records; returns the processing time.
-    pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> Duration {
+    /// Handles a batch of raw records; returns the processing time and
+    /// what the detectors found.
+    pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Vec<Finding>) {
         let t = Instant::now();
         let now = clock::unix_now();
+        let mut findings = Vec::new();
         let Ok(mut st) = self.state.lock() else {
-            return t.elapsed();
+            return (t.elapsed(), findings);
         };
         for raw in records {
             let Some(sample) = Sample::from_record(raw) else {
@@ -156,7 +163,27 @@ impl ApiHandle {
             };
             for ev in st.flows.on_sample(&sample, wall_offset) {
                 match (&ev.request, ev.direction) {
-                    (Some(req), Direction::Request) => st.inventory.on_request(ev.client, req, now),
+                    (Some(req), Direction::Request) => {
+                        st.inventory.on_request(ev.client, req, now);
+                        let d = st.pipeline.on_request(
+                            Some(ev.client),
+                            &to_detect(req),
+                            (ev.time * 1000.0) as u64,
+                        );
+                        if !d.violations.is_empty() || d.ban.is_some() {
+                            findings.push(Finding {
+                                client: ev.client,
+                                proxy: None,
+                                port: ev.port,
+                                route: format!(
+                                    "{} {}",
+                                    req.method,
+                                    crate::api::inventory::path_template(&req.path)
+                                ),
+                                decision: d,
+                            });
+                        }
+                    }
                     (_, Direction::Response) => {
                         if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
                             st.inventory.on_response(m, p, s);
@@ -170,7 +197,23 @@ impl ApiHandle {
         }
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
-        t.elapsed()
+        (t.elapsed(), findings)
+    }
+}
+
+/// The detectors' view of a parsed request (the sample record does not
+/// depend on where it came from).
+#[must_use]
+pub fn to_detect(req: &crate::api::http::Request) -> tollgate_detect::Request {
+    tollgate_detect::Request {
+        method: req.method.clone(),
+        target: req.target.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        version: req.version,
+        headers: req.headers.clone(),
+        body: req.body.to_vec(),
+        truncated: req.truncated,
     }
 }
 
@@ -190,6 +233,7 @@ pub async fn read_samples(
     api: ApiHandle,
     policy: SamplingPolicy,
     set_rate: impl Fn(u32) + Send + 'static,
+    mut on_findings: impl FnMut(Vec<Finding>) + Send + 'static,
 ) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
     // not reused while registered.
@@ -224,7 +268,11 @@ pub async fn read_samples(
             guard.clear_ready();
         }
         drop(guard);
-        busy += api.handle(&batch, offset);
+        let (spent, findings) = api.handle(&batch, offset);
+        busy += spent;
+        if !findings.is_empty() {
+            on_findings(findings);
+        }
         let elapsed = window.elapsed();
         if elapsed >= Duration::from_secs(1) {
             let used = busy.as_secs_f64() / elapsed.as_secs_f64();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod enforce;
 pub mod feeds;
 pub mod http;
 pub mod ratelimit;
@@ -33,6 +34,7 @@ use self::{
 };
 use crate::{
     datapath::{Capacities, Datapath},
+    events::EventLog,
     proto::{MAX_REQUEST_BYTES, Request, Response},
     store::{RedbStore, Store},
 };
@@ -81,6 +83,8 @@ pub struct AgentOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Allow a non-loopback metrics address.
     pub metrics_allow_remote: bool,
+    /// The whole policy (detectors, scoring, events, routes).
+    pub policy: crate::policy::Policy,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -186,7 +190,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // API sampling: ports and policy into the datapath, responses sampled
     // at tcx egress of every protected interface.
     let api_ports: std::collections::BTreeSet<u16> = opts.api_ports.iter().copied().collect();
-    let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling);
+    let pipeline = crate::engine::Pipeline::from_policy(&opts.policy)
+        .context("failed to build the policy engine")?;
+    let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling, pipeline);
+    let events_path = opts.policy.events.file(&opts.state_dir);
+    let event_log = Arc::new(Mutex::new(
+        EventLog::open(events_path.clone(), opts.policy.events.clone())
+            .with_context(|| format!("failed to open the event log {}", events_path.display()))?,
+    ));
     state
         .dp
         .set_api_ports(&api_ports, opts.sampling.cfg(opts.sampling.one_in.max(1)))
@@ -229,7 +240,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(ring) = samples.filter(|_| !api_ports.is_empty()) {
         let (api, policy) = (api.clone(), opts.sampling);
         let writer = Arc::clone(&state);
+        let enforcer = Arc::clone(&state);
+        let log = Arc::clone(&event_log);
+        let scores = api.clone();
         tokio::spawn(async move {
+            let on_findings = move |f: Vec<enforce::Finding>| {
+                let scoring = scores
+                    .state
+                    .lock()
+                    .map(|s| s.pipeline.scoring().clone())
+                    .unwrap_or_default();
+                enforce::apply(&f, &enforcer, &log, &scoring);
+            };
             let set_rate = move |one_in: u32| {
                 if let Ok(mut s) = writer.lock()
                     && let Err(e) = s.dp.set_sampling(policy.cfg(one_in))
@@ -237,7 +259,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     warn!("failed to change the sampling rate: {e:#}");
                 }
             };
-            if let Err(e) = api::read_samples(ring, api, policy, set_rate).await {
+            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
                 error!("sample reader stopped: {e:#}");
             }
         });
@@ -274,8 +296,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 Ok((stream, _)) => {
                     let state = Arc::clone(&state);
                     let api = api.clone();
+                    let log = Arc::clone(&event_log);
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, state, api).await {
+                        if let Err(e) = serve(stream, state, api, log).await {
                             debug!("control connection: {e:#}");
                         }
                     });
@@ -377,6 +400,7 @@ async fn serve(
     stream: UnixStream,
     state: Arc<Mutex<AgentState>>,
     api: api::ApiHandle,
+    log: Arc<Mutex<EventLog>>,
 ) -> anyhow::Result<()> {
     let cred = stream
         .peer_cred()
@@ -420,6 +444,13 @@ async fn serve(
             Ok(Request::PolicyReload) => reload::request().await,
             Ok(Request::Tap { port, src, count }) => {
                 return serve_tap(&mut write, &api, port, src.as_deref(), count).await;
+            }
+            Ok(Request::Events {
+                since_secs,
+                follow,
+                limit,
+            }) => {
+                return serve_events(&mut write, &log, since_secs, follow, limit).await;
             }
             Ok(Request::Inventory) => match api.state.lock() {
                 Ok(st) => Response::ok(serde_json::json!(st.inventory.list())),
@@ -494,6 +525,61 @@ async fn serve_tap(
         sent += 1;
         if count.is_some_and(|c| sent >= c) {
             return Ok(());
+        }
+    }
+}
+
+/// Past events (from the file, rotated ones included), then, with
+/// `follow`, new ones as they are written.
+async fn serve_events(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    log: &Arc<Mutex<EventLog>>,
+    since_secs: Option<u64>,
+    follow: bool,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    let opened = log
+        .lock()
+        .map(|l| (l.path().to_owned(), l.keep(), follow.then(|| l.subscribe())))
+        .ok();
+    let Some((path, keep, rx)) = opened else {
+        return write_response(write, &Response::err("event log lock poisoned")).await;
+    };
+    write_line(
+        write,
+        &Response::ok(serde_json::json!({ "events": "started" })),
+    )
+    .await?;
+    let since = since_secs.map_or(0, |s| crate::events::since_ms(Duration::from_secs(s)));
+    let limit = limit.unwrap_or(usize::MAX);
+    // Skip the history entirely when only new events are wanted.
+    if since_secs.is_some() || !follow {
+        let past = tokio::task::spawn_blocking(move || {
+            crate::events::read_since(&path, keep, since, limit)
+        })
+        .await?;
+        for mut line in past {
+            line.push('\n');
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let Some(mut rx) = rx else {
+        write.shutdown().await?;
+        return Ok(());
+    };
+    loop {
+        match rx.recv().await {
+            Ok(line) => {
+                if write.write_all(line.as_bytes()).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(skipped = n, "events reader too slow");
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }

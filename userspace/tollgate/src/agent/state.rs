@@ -295,7 +295,7 @@ impl AgentState {
             Request::LimitsClear { port } => self.limits_clear(port),
             Request::LimitsShow => Ok(self.limits_view()),
             Request::Top { n } => self.top(n),
-            Request::Tap { .. } | Request::Inventory => {
+            Request::Tap { .. } | Request::Inventory | Request::Events { .. } => {
                 Err(refuse("tap and inventory are served by the API pipeline"))
             }
             Request::BlockImport { .. } => Err(refuse(
@@ -375,6 +375,30 @@ impl AgentState {
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
         }
         if previous.is_none() {
+            crate::metrics::ban_issued(&rec.kind, 1);
+        }
+        self.index(rec);
+        Ok(())
+    }
+
+    /// Like [`Self::put_ban`] but the kernel first: for bans the agent
+    /// decides itself, where the next packet matters more than the fsync. A
+    /// failed store write leaves the kernel entry (reconcile adopts it).
+    ///
+    /// # Errors
+    /// When the kernel refuses; nothing changes then.
+    pub fn put_ban_kernel_first(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
+        let mut entry = kernel_entry(&rec);
+        entry.reason = kind as u32;
+        self.dp
+            .insert_block(rec.cidr, &entry)
+            .map_err(|e| refuse(format!("the kernel refused the ban: {e:#}")))?;
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.put_bans(std::slice::from_ref(&rec))
+        {
+            warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
+        }
+        if !self.bans.contains_key(&rec.cidr) {
             crate::metrics::ban_issued(&rec.kind, 1);
         }
         self.index(rec);

@@ -1,0 +1,202 @@
+//! From findings to consequences: every violation becomes a security event,
+//! and a ban decision becomes a kernel blocklist entry (kind `policy`, TTL by
+//! the client's offence count) unless the agent is in monitor mode or the
+//! client is allowlisted — those are reported as not enforced.
+//!
+//! Detector bans go to the kernel first and to the store second: the point
+//! of the ban is the next packet, and a ban the store missed is adopted from
+//! the kernel maps by the reconcile loop.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use ipnet::IpNet;
+use tollgate_common::{BanReason, Mode};
+use tollgate_detect::{Action, Location, Violation};
+use tracing::{info, warn};
+
+use super::state::AgentState;
+use crate::{
+    clock,
+    engine::{Decision, ScoringPolicy},
+    events::{EventLog, SecurityEvent, now_rfc3339},
+    net::overlaps,
+    store::BanRecord,
+};
+
+/// What the pipeline concluded about one sampled message.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// The client (real client when proxied).
+    pub client: IpAddr,
+    /// The trusted proxy it came through.
+    pub proxy: Option<IpAddr>,
+    /// API port.
+    pub port: u16,
+    /// `METHOD /template`.
+    pub route: String,
+    /// The engine's decision.
+    pub decision: Decision,
+}
+
+/// How a ban decision ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BanOutcome {
+    /// In the kernel now, with this TTL.
+    Banned { ttl_secs: u64, offence: u32 },
+    /// Not enforced, and why.
+    NotEnforced(String),
+    /// Already banned: nothing to do.
+    AlreadyBanned,
+}
+
+/// `location` as events print it.
+#[must_use]
+pub fn location_name(l: &Location) -> String {
+    match l {
+        Location::Header(h) => format!("header:{}", h.to_ascii_lowercase()),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "request".into()),
+    }
+}
+
+fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent {
+    SecurityEvent {
+        time: now_rfc3339(),
+        kind: "violation".into(),
+        client: f.client,
+        proxy: f.proxy,
+        port: Some(f.port),
+        rule: v.rule.into(),
+        category: v.category.as_str().into(),
+        score: f64::from(v.score),
+        location: Some(location_name(&v.location)),
+        evidence: v.evidence.clone(),
+        route: f.route.clone(),
+        action: match f.decision.action {
+            Action::Ban => "ban",
+            Action::Alert | Action::Allow => "alert",
+        }
+        .into(),
+        enforced,
+        ban: None,
+        ttl_secs: None,
+        note: None,
+    }
+}
+
+/// Applies a batch of findings: events for all, bans where decided.
+pub fn apply(
+    findings: &[Finding],
+    state: &Arc<Mutex<AgentState>>,
+    log: &Mutex<EventLog>,
+    scoring: &ScoringPolicy,
+) {
+    for f in findings {
+        let outcome = f.decision.ban.map(|net| match state.lock() {
+            Ok(mut s) => s.policy_ban(net, f, scoring),
+            Err(_) => BanOutcome::NotEnforced("agent state lock poisoned".into()),
+        });
+        let enforced = matches!(
+            outcome,
+            Some(BanOutcome::Banned { .. } | BanOutcome::AlreadyBanned)
+        );
+        let Ok(mut log) = log.lock() else { return };
+        for v in &f.decision.violations {
+            crate::metrics::violation(v.rule);
+            log.write(&violation_event(f, v, enforced));
+        }
+        let (Some(net), Some(outcome)) = (f.decision.ban, outcome) else {
+            continue;
+        };
+        if outcome == BanOutcome::AlreadyBanned {
+            continue;
+        }
+        let top = f.decision.violations.iter().max_by_key(|v| v.score);
+        let mut ev = SecurityEvent {
+            kind: "ban".into(),
+            score: f.decision.client_score,
+            ban: Some(crate::net::display(&net)),
+            action: "ban".into(),
+            ..top.map_or_else(
+                || violation_event(f, &placeholder(), false),
+                |v| violation_event(f, v, false),
+            )
+        };
+        match outcome {
+            BanOutcome::Banned { ttl_secs, offence } => {
+                ev.enforced = true;
+                ev.ttl_secs = Some(ttl_secs);
+                ev.note = Some(format!("offence {offence}"));
+            }
+            BanOutcome::NotEnforced(why) => ev.note = Some(why),
+            BanOutcome::AlreadyBanned => {}
+        }
+        log.write(&ev);
+    }
+}
+
+fn placeholder() -> Violation {
+    Violation {
+        rule: "score.threshold",
+        category: tollgate_detect::Category::Protocol,
+        score: 0,
+        location: Location::Request,
+        evidence: String::new(),
+    }
+}
+
+impl AgentState {
+    /// Bans a client the policy engine convicted.
+    pub fn policy_ban(&mut self, net: IpNet, f: &Finding, scoring: &ScoringPolicy) -> BanOutcome {
+        if self.dp.mode() == Mode::Monitor {
+            return BanOutcome::NotEnforced("monitor mode".into());
+        }
+        if self.allows.keys().any(|a| overlaps(a, &net)) {
+            return BanOutcome::NotEnforced("allowlisted".into());
+        }
+        if self.bans.contains_key(&net) {
+            return BanOutcome::AlreadyBanned;
+        }
+        let now = clock::unix_now();
+        let mut hist = self.rate.history.get(&net).cloned().unwrap_or_default();
+        hist.count += 1;
+        hist.last = now;
+        let ttl = scoring.ttl(hist.count).as_secs();
+        let rule = f
+            .decision
+            .violations
+            .iter()
+            .max_by_key(|v| v.score)
+            .map_or("score.threshold", |v| v.rule);
+        let rec = BanRecord {
+            cidr: net,
+            kind: BanReason::Policy.name().into(),
+            reason: rule.into(),
+            origin: format!("agent ({} {})", f.route, f.port),
+            created_at: now,
+            expires_at: Some(now + ttl),
+            offences: hist.count,
+        };
+        if let Err(e) = self.put_ban_kernel_first(rec, BanReason::Policy) {
+            warn!(client = %net, "failed to ban: {e}");
+            return BanOutcome::NotEnforced(format!("ban failed: {e}"));
+        }
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.put_offence(&net, &hist)
+        {
+            warn!("failed to record offence history: {e}");
+        }
+        let offence = hist.count;
+        self.rate.history.insert(net, hist);
+        info!(client = %net, rule, offence, ttl_secs = ttl, "policy violation: client banned");
+        BanOutcome::Banned {
+            ttl_secs: ttl,
+            offence,
+        }
+    }
+}

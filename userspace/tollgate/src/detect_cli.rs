@@ -1,0 +1,522 @@
+//! `tollgate detect` (offline replay through the agent's engine), `tollgate
+//! events` and `tollgate policy check`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_detect::{Action, Parsed, parse_request};
+
+use crate::{
+    api::{
+        flows::Flows,
+        sample::{Direction, Sample},
+    },
+    client,
+    engine::{Decision, Pipeline},
+    policy::Policy,
+    proto::Request,
+};
+
+/// `tollgate detect`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["pcap", "requests"])))]
+pub struct DetectArgs {
+    /// Policy file (default: the built-in policy the agent uses without one).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// A capture (pcap or pcapng) of HTTP/1.x traffic; TCP streams are
+    /// reassembled the way the agent does.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// JSON Lines, one request per line: `{"id":…, "raw":"GET / HTTP/1.1\r\n…",
+    /// "src":"198.18.0.1"}` (`src` optional; `-` reads standard input).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub requests: Option<PathBuf>,
+}
+
+/// `tollgate events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events (Ctrl-C to stop).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of the last DURATION (e.g. 10m, 24h).
+    #[arg(long, value_parser = crate::cli::parse_duration)]
+    pub since: Option<Duration>,
+    /// At most the newest N past events.
+    #[arg(long, short = 'n')]
+    pub limit: Option<usize>,
+}
+
+/// One input line of `--requests`.
+#[derive(Deserialize)]
+struct RequestLine {
+    id: Value,
+    raw: String,
+    #[serde(default)]
+    src: Option<String>,
+}
+
+/// One output line.
+#[derive(Serialize)]
+struct Verdict<'a> {
+    id: Value,
+    violations: Vec<ViolationOut<'a>>,
+    action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src: Option<IpAddr>,
+    /// The client's score after this request (with `src`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ViolationOut<'a> {
+    rule: &'a str,
+    category: &'a str,
+    score: u32,
+    location: String,
+    evidence: &'a str,
+}
+
+fn verdict(id: Value, src: Option<IpAddr>, d: &Decision) -> Verdict<'_> {
+    Verdict {
+        id,
+        violations: d
+            .violations
+            .iter()
+            .map(|v| ViolationOut {
+                rule: v.rule,
+                category: v.category.as_str(),
+                score: v.score,
+                location: crate::agent::enforce::location_name(&v.location),
+                evidence: &v.evidence,
+            })
+            .collect(),
+        action: d.action,
+        src,
+        client_score: src.map(|_| (d.client_score * 100.0).round() / 100.0),
+        error: None,
+    }
+}
+
+fn print(v: &impl Serialize) {
+    if let Ok(s) = serde_json::to_string(v) {
+        println!("{s}");
+    }
+}
+
+/// `tollgate detect`.
+#[must_use]
+pub fn detect(args: &DetectArgs) -> ExitCode {
+    let policy = match args.policy.as_deref().map(Policy::load).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut pipeline = match Pipeline::from_policy(&policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = match (&args.requests, &args.pcap) {
+        (Some(path), _) => replay_requests(path, &mut pipeline),
+        (None, Some(path)) => replay_pcap(path, &mut pipeline),
+        (None, None) => Err("give --requests FILE.jsonl or --pcap FILE".into()),
+    };
+    match res {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(bad) => {
+            eprintln!("error: {bad} input line(s) could not be read (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn Read>, String> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    std::fs::File::open(path)
+        .map(|f| Box::new(f) as Box<dyn Read>)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Longest input line accepted (a request of the agent's largest sample
+/// size is far smaller; this only bounds memory).
+const MAX_LINE: usize = 4 << 20;
+
+fn replay_requests(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
+    let mut reader = BufReader::new(open_input(path)?);
+    let mut bad = 0;
+    let mut buf = String::new();
+    let mut n = 0usize;
+    loop {
+        buf.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        if buf.len() > MAX_LINE {
+            eprintln!("line {n}: longer than {MAX_LINE} bytes; skipped");
+            bad += 1;
+            // Skip the rest of this line.
+            let mut sink = Vec::new();
+            let _ = reader.read_until(b'\n', &mut sink);
+            continue;
+        }
+        let line = buf.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let rl: RequestLine = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("line {n}: not a request object ({{\"id\":…,\"raw\":…}}): {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        let src = match rl.src.as_deref().map(str::parse::<IpAddr>).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("line {n}: src: {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        match parse_request(rl.raw.as_bytes()) {
+            Ok(Parsed::Complete { msg, .. }) => {
+                let now = crate::clock::unix_now().saturating_mul(1000);
+                let d = pipeline.on_request(src, &msg, now);
+                print(&verdict(rl.id, src, &d));
+            }
+            Ok(Parsed::Partial) => print(&unparsed(rl.id, src, "incomplete request head")),
+            Err(e) => print(&unparsed(rl.id, src, &e.to_string())),
+        }
+    }
+    Ok(bad)
+}
+
+fn unparsed(id: Value, src: Option<IpAddr>, why: &str) -> Verdict<'static> {
+    Verdict {
+        id,
+        violations: Vec::new(),
+        action: Action::Allow,
+        src,
+        client_score: None,
+        error: Some(format!("not an HTTP/1.x request: {why}")),
+    }
+}
+
+/// Which side of a TCP connection is the server: the target of a SYN, or
+/// else the peer of whoever spoke HTTP first.
+#[derive(Default)]
+struct Sides(HashMap<(IpAddr, u16, IpAddr, u16), bool>);
+
+impl Sides {
+    /// `Some(true)` when (src, sport) is the client.
+    fn client_is_src(
+        &mut self,
+        key: (IpAddr, u16, IpAddr, u16),
+        syn_only: bool,
+        payload: &[u8],
+    ) -> Option<bool> {
+        let rev = (key.2, key.3, key.0, key.1);
+        if let Some(v) = self.0.get(&key) {
+            return Some(*v);
+        }
+        if let Some(v) = self.0.get(&rev) {
+            return Some(!*v);
+        }
+        let looks_request = crate::api::http::classify(payload) == crate::api::http::Kind::Http
+            && !payload.starts_with(b"HTTP/");
+        let decided = if syn_only {
+            Some(true)
+        } else if !payload.is_empty() {
+            Some(looks_request)
+        } else {
+            None
+        };
+        if let Some(v) = decided {
+            self.0.insert(key, v);
+        }
+        decided
+    }
+}
+
+fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = pcap_file::pcap::PcapReader::new(file)
+        .map(Capture::Pcap)
+        .or_else(|_| {
+            std::fs::File::open(path)
+                .map_err(pcap_file::PcapError::IoError)
+                .and_then(pcap_file::pcapng::PcapNgReader::new)
+                .map(Capture::PcapNg)
+        })
+        .map_err(|e| format!("{}: not a pcap or pcapng file: {e}", path.display()))?;
+    let mut flows = Flows::new(crate::agent::api::MAX_FLOWS);
+    let mut sides = Sides::default();
+    let mut n = 0u64;
+    let mut bad = 0usize;
+    while let Some(pkt) = reader.next_packet() {
+        let (ts_ns, data) = match pkt {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{}: {e}; stopping here", path.display());
+                bad += 1;
+                break;
+            }
+        };
+        let Some(seg) = tcp_segment(&data) else {
+            continue;
+        };
+        let key = (seg.src, seg.sport, seg.dst, seg.dport);
+        let syn_only = seg.flags & 0x12 == 0x02;
+        let Some(client_is_src) = sides.client_is_src(key, syn_only, seg.payload) else {
+            continue;
+        };
+        if seg.payload.is_empty() && seg.flags & 0x05 == 0 {
+            continue;
+        }
+        let (client, client_port, server, server_port, direction) = if client_is_src {
+            (seg.src, seg.sport, seg.dst, seg.dport, Direction::Request)
+        } else {
+            (seg.dst, seg.dport, seg.src, seg.sport, Direction::Response)
+        };
+        let sample = Sample {
+            ts_ns,
+            client,
+            server,
+            client_port,
+            server_port,
+            direction,
+            seq: seg.seq,
+            tcp_flags: seg.flags,
+            ifindex: 0,
+            payload_len: u32::try_from(seg.payload.len()).unwrap_or(u32::MAX),
+            data: bytes::Bytes::copy_from_slice(seg.payload),
+        };
+        for ev in flows.on_sample(&sample, 0.0) {
+            let Some(req) = ev
+                .request
+                .as_ref()
+                .filter(|_| ev.direction == Direction::Request)
+            else {
+                continue;
+            };
+            n += 1;
+            let d = pipeline.on_request(
+                Some(ev.client),
+                &crate::agent::api::to_detect(req),
+                (ev.time * 1000.0) as u64,
+            );
+            let mut out = serde_json::to_value(verdict(Value::from(n), Some(ev.client), &d))
+                .unwrap_or_default();
+            out["method"] = Value::from(req.method.as_str());
+            out["path"] = Value::from(req.path.as_str());
+            out["port"] = Value::from(ev.port);
+            print(&out);
+        }
+    }
+    Ok(bad)
+}
+
+enum Capture {
+    Pcap(pcap_file::pcap::PcapReader<std::fs::File>),
+    PcapNg(pcap_file::pcapng::PcapNgReader<std::fs::File>),
+}
+
+impl Capture {
+    /// Next packet: timestamp (ns) and bytes from the link layer.
+    fn next_packet(&mut self) -> Option<Result<(u64, Vec<u8>), String>> {
+        match self {
+            Capture::Pcap(r) => r.next_packet().map(|p| {
+                p.map(|p| {
+                    (
+                        u64::try_from(p.timestamp.as_nanos()).unwrap_or(0),
+                        p.data.into_owned(),
+                    )
+                })
+                .map_err(|e| e.to_string())
+            }),
+            Capture::PcapNg(r) => loop {
+                let block = match r.next_block()? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e.to_string())),
+                };
+                use pcap_file::pcapng::Block;
+                match block {
+                    Block::EnhancedPacket(p) => {
+                        return Some(Ok((
+                            u64::try_from(p.timestamp.as_nanos()).unwrap_or(0),
+                            p.data.into_owned(),
+                        )));
+                    }
+                    Block::SimplePacket(p) => return Some(Ok((0, p.data.into_owned()))),
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+struct Segment<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: u8,
+    payload: &'a [u8],
+}
+
+/// The TCP segment of an Ethernet frame (or a raw IP packet); `None` for
+/// anything else.
+fn tcp_segment(data: &[u8]) -> Option<Segment<'_>> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(data)
+        .ok()
+        .filter(|p| p.net.is_some())
+        .or_else(|| SlicedPacket::from_ip(data).ok())?;
+    let (src, dst) = match p.net? {
+        NetSlice::Ipv4(v4) => (
+            IpAddr::V4(v4.header().source_addr()),
+            IpAddr::V4(v4.header().destination_addr()),
+        ),
+        NetSlice::Ipv6(v6) => (
+            IpAddr::V6(v6.header().source_addr()),
+            IpAddr::V6(v6.header().destination_addr()),
+        ),
+    };
+    let TransportSlice::Tcp(tcp) = p.transport? else {
+        return None;
+    };
+    let flags = u8::from(tcp.fin())
+        | u8::from(tcp.syn()) << 1
+        | u8::from(tcp.rst()) << 2
+        | u8::from(tcp.psh()) << 3
+        | u8::from(tcp.ack()) << 4;
+    Some(Segment {
+        src,
+        dst,
+        sport: tcp.source_port(),
+        dport: tcp.destination_port(),
+        seq: tcp.sequence_number(),
+        flags,
+        payload: tcp.payload(),
+    })
+}
+
+/// `tollgate events`.
+#[must_use]
+pub fn events(args: &EventsArgs, socket: &Path) -> ExitCode {
+    let req = Request::Events {
+        since_secs: args.since.map(|d| d.as_secs()),
+        follow: args.follow,
+        limit: args.limit,
+    };
+    let res = client::stream(socket, &req, |line| {
+        if args.json {
+            println!("{line}");
+        } else if let Ok(v) = serde_json::from_str::<Value>(line) {
+            println!("{}", human(&v));
+        }
+        true
+    });
+    client::stream_exit(res)
+}
+
+fn human(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let enforced = v.get("enforced").and_then(Value::as_bool) == Some(true);
+    let action = match (s("type").as_str(), s("action").as_str(), enforced) {
+        ("ban", _, true) => "BANNED".to_owned(),
+        ("ban", _, false) => format!(
+            "WOULD-BAN ({})",
+            v.get("note")
+                .and_then(Value::as_str)
+                .unwrap_or("not enforced")
+        ),
+        (_, a, _) => a.to_owned(),
+    };
+    let client = match v.get("proxy").and_then(Value::as_str) {
+        Some(p) => format!("{} via {p}", s("client")),
+        None => s("client"),
+    };
+    let score = v.get("score").and_then(Value::as_f64).unwrap_or(0.0);
+    let ttl = v
+        .get("ttl_secs")
+        .and_then(Value::as_u64)
+        .map_or_else(String::new, |t| {
+            format!(
+                " ttl {}",
+                humantime::format_duration(Duration::from_secs(t))
+            )
+        });
+    format!(
+        "{} {action:<6} {client} {} [{}] score {score:.0} {} {:?}{ttl}",
+        s("time"),
+        s("rule"),
+        s("category"),
+        s("route"),
+        s("evidence"),
+    )
+}
+
+/// `tollgate policy check FILE`.
+#[must_use]
+pub fn policy_check(path: &Path) -> ExitCode {
+    match Policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
+        Pipeline::from_policy(&p)
+            .map(|_| p)
+            .map_err(|e| format!("{}: {e:#}", path.display()))
+    }) {
+        Ok(p) => {
+            println!(
+                "{}: valid (mode {}, {} API port(s), {} allowlist entr{}, ban at score {})",
+                path.display(),
+                match p.mode {
+                    Some(crate::policy::ModeName::Monitor) => "monitor",
+                    _ => "enforce",
+                },
+                p.api_ports.len(),
+                p.allowlist.len(),
+                if p.allowlist.len() == 1 { "y" } else { "ies" },
+                p.scoring.ban_threshold,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
