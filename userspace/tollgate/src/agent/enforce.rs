@@ -120,7 +120,7 @@ pub fn apply(
         let mut ev = SecurityEvent {
             kind: "ban".into(),
             score: f.decision.client_score,
-            ban: Some(crate::net::display(&net)),
+            ban: Some(net.to_string()),
             action: "ban".into(),
             ..top.map_or_else(
                 || violation_event(f, &placeholder(), false),
@@ -177,7 +177,7 @@ impl AgentState {
             cidr: net,
             kind: BanReason::Policy.name().into(),
             reason: rule.into(),
-            origin: format!("agent ({} {})", f.route, f.port),
+            origin: format!("agent ({} on port {})", f.route, f.port),
             created_at: now,
             expires_at: Some(now + ttl),
             offences: hist.count,

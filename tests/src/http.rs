@@ -1,0 +1,170 @@
+//! A real HTTP/1.1 server and a raw client for end-to-end tests.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::Lab;
+
+/// A minimal HTTP/1.1 server: keep-alive, pipelined requests answered in
+/// order, 404 for paths starting with /missing.
+pub struct HttpServer {
+    /// The port it listens on (same on every address).
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpServer {
+    /// Listens on the same free port on every address.
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        let first = TcpListener::bind(SocketAddr::new(addrs[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut ls = vec![first];
+        for a in &addrs[1..] {
+            ls.push(TcpListener::bind(SocketAddr::new(*a, port)).unwrap());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        for l in ls {
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            thread::spawn(move || serve(s));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        Self { port, stop }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut s: TcpStream) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Answer every complete request in the buffer, in order.
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut hs);
+            let Ok(httparse::Status::Complete(head)) = req.parse(&buf) else {
+                break;
+            };
+            let len: usize = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < head + len {
+                break;
+            }
+            let path = req.path.unwrap_or("/").to_owned();
+            let close = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+            });
+            buf.drain(..head + len);
+            let (code, body) = if path.starts_with("/missing") {
+                ("404 Not Found", "{\"error\":\"not found\"}".to_owned())
+            } else {
+                ("200 OK", format!("{{\"path\":\"{path}\"}}"))
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends `chunks` on one connection from `src` (a pause between chunks, so
+/// each leaves as its own segment) and reads for a while.
+pub fn raw_http(lab: &Lab, src: IpAddr, dst: SocketAddr, chunks: Vec<Vec<u8>>) -> String {
+    lab.in_client(move || {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+        // A SYN lost on a busy machine is retried by the kernel after 1 s.
+        sock.connect_timeout(&dst.into(), Duration::from_secs(5))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        let mut s: TcpStream = sock.into();
+        for c in chunks {
+            s.write_all(&c).unwrap();
+            thread::sleep(Duration::from_millis(60));
+        }
+        s.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+pub fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nUser-Agent: e2e\r\n\r\n").into_bytes()
+}
+
+/// Sends one request from `src` on a new connection and returns the answer,
+/// or `None` when the connection cannot be made within `timeout` (dropped).
+pub fn try_http(
+    lab: &Lab,
+    src: IpAddr,
+    dst: SocketAddr,
+    req: Vec<u8>,
+    timeout: Duration,
+) -> Option<String> {
+    lab.in_client(move || {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None).ok()?;
+        sock.bind(&SocketAddr::new(src, 0).into()).ok()?;
+        sock.connect_timeout(&dst.into(), timeout).ok()?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.write_all(&req).ok()?;
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        // One response: read until the peer pauses or closes.
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&b[..n]);
+            if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
+            }
+        }
+        (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+    })
+}
