@@ -120,16 +120,25 @@ pub fn raw_http(lab: &Lab, src: IpAddr, dst: SocketAddr, chunks: Vec<Vec<u8>>) -
         }
         s.set_read_timeout(Some(Duration::from_millis(400)))
             .unwrap();
-        let mut out = Vec::new();
-        let mut b = [0u8; 4096];
-        while let Ok(n) = s.read(&mut b) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&b[..n]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        String::from_utf8_lossy(&read_all(&mut s, false)).into_owned()
     })
+}
+
+/// Reads until the peer closes or pauses; with `one`, a short pause after
+/// the first header block ends it.
+fn read_all(s: &mut TcpStream, one: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..n]);
+        if one && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        }
+    }
+    out
 }
 
 pub fn get(path: &str) -> Vec<u8> {
@@ -153,18 +162,7 @@ pub fn try_http(
         let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(timeout)).ok()?;
         s.write_all(&req).ok()?;
-        let mut out = Vec::new();
-        let mut b = [0u8; 4096];
-        // One response: read until the peer pauses or closes.
-        while let Ok(n) = s.read(&mut b) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&b[..n]);
-            if out.windows(4).any(|w| w == b"\r\n\r\n") {
-                s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
-            }
-        }
+        let out = read_all(&mut s, true);
         (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
     })
 }
