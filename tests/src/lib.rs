@@ -5,6 +5,7 @@
 //! Addresses come only from 198.18.0.0/15 and fd00::/8.
 
 pub mod http;
+pub mod latency;
 pub mod pkt;
 
 use std::{

@@ -40,14 +40,27 @@ enum Cmd {
     },
     /// Benchmarks: `xdp` (block/allow datapath) and `ratelimit` (the limiter),
     /// in the kernel and on the wire, against nftables; `sampling` (the API
-    /// sample pipeline and what sampling adds to the XDP program).
+    /// sample pipeline and what sampling adds to the XDP program);
+    /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "sampling"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "block-latency"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Evaluate the default detection policy on a labelled corpus: recall per
+    /// attack category and source, false positives on benign requests.
+    ///
+    /// Example: cargo xtask eval ../shared/corpus/dev.jsonl
+    Eval {
+        /// JSON Lines corpus (`id`, `source`, `label`, `category`, `raw`).
+        #[arg(default_value = "../shared/corpus/dev.jsonl")]
+        corpus: std::path::PathBuf,
+        /// Also list missed attacks and false positives.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Fuzz the parsers of untrusted bytes (HTTP, flow reassembly, path
     /// templates) with libFuzzer; fails if a crash is found. Installs
@@ -83,6 +96,7 @@ fn main() -> ExitCode {
         Cmd::Setup { test_deps } => setup::run(test_deps),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which, args } => bench(&which, &args),
+        Cmd::Eval { corpus, verbose } => eval(&corpus, verbose),
         Cmd::Fuzz { seconds } => fuzz::run_all(seconds),
         Cmd::Demo => demo(),
         Cmd::Install {
@@ -201,6 +215,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask bench")?;
     setup::check_ready()?;
+    // Benchmarks that run the agent use the release binary next to them.
+    run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo()
         .args([
             "run",
@@ -212,7 +228,50 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
             "--",
         ])
         .arg(which)
-        .args(args))
+        .args(args)
+        .env("TOLLGATE_BIN", release_dir().join("tollgate")))
+}
+
+/// `target/release` of the workspace.
+fn release_dir() -> std::path::PathBuf {
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    std::path::Path::new(&root).join("../target/release")
+}
+
+fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
+    // Relative paths are relative to the workspace root, where the README
+    // says to run cargo.
+    let root = std::env::var("CARGO_MANIFEST_DIR").map_or_else(
+        |_| std::path::PathBuf::from("."),
+        |d| std::path::PathBuf::from(d).join(".."),
+    );
+    let path = if corpus.is_relative() {
+        root.join(corpus)
+    } else {
+        corpus.to_owned()
+    };
+    if !path.exists() {
+        bail!(
+            "corpus {} not found: give the path to a JSON Lines corpus",
+            path.display()
+        );
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "tollgate-detect",
+        "--example",
+        "eval",
+        "--",
+    ])
+    .arg(&path);
+    if verbose {
+        cmd.args(["--missed", "--fp"]);
+    }
+    run(&mut cmd)
 }
 
 fn demo() -> anyhow::Result<()> {
@@ -227,7 +286,6 @@ fn demo() -> anyhow::Result<()> {
         "--bin",
         "tollgate-demo",
     ]))?;
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let target = std::path::Path::new(&root).join("../target/release");
+    let target = release_dir();
     run(Command::new(target.join("tollgate-demo")).env("TOLLGATE_BIN", target.join("tollgate")))
 }

@@ -47,12 +47,21 @@ fn main() {
         "xdp" => xdp(),
         "ratelimit" => ratelimit(),
         "sampling" => sampling(),
+        "block-latency" => {
+            let trials = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(60);
+            tollgate_tests::latency::run(trials);
+        }
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
-            eprintln!("unknown benchmark '{other}' (known: xdp, ratelimit, sampling)");
+            eprintln!(
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, block-latency)"
+            );
             std::process::exit(2);
         }
     }
