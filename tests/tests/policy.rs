@@ -232,3 +232,45 @@ fn allowlisted_clients_are_never_banned() {
     assert!(bans(&e.agent).is_empty());
     assert!(e.send(attacker, 0, get("/items?id=3")).is_some());
 }
+
+#[test]
+fn a_changed_policy_file_is_applied_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    // SQL injection detection off (and nothing else that would fire).
+    let off = "detectors:\n  sqli: {enabled: false}\n";
+    std::fs::write(&file, off).unwrap();
+    let e = env(&["--config", file.to_str().unwrap()]);
+    let attacker = e.lab.v4(0, 2);
+    e.send(attacker, 0, sqli());
+    thread::sleep(Duration::from_millis(500));
+    assert!(bans(&e.agent).is_empty(), "{:?}", bans(&e.agent));
+    // An invalid edit is refused and the running policy stays.
+    std::fs::write(&file, "detectors:\n  sqli: {enabled: maybe}\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(6), || e
+            .agent
+            .log_text()
+            .contains("policy reload refused")),
+        "{}",
+        e.agent.log_text()
+    );
+    // Detection back on: picked up from the file by itself.
+    std::fs::write(&file, "detectors:\n  sqli: {enabled: true, weight: 100}\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(6), || e
+            .agent
+            .log_text()
+            .contains("detectors and scoring re-read")),
+        "{}",
+        e.agent.log_text()
+    );
+    e.send(attacker, 0, sqli());
+    let want = format!("{attacker}/32");
+    assert!(
+        eventually(Duration::from_secs(5), || ban_of(&bans(&e.agent), &want)
+            .is_some()),
+        "{}",
+        e.agent.log_text()
+    );
+}

@@ -134,6 +134,14 @@ impl Pipeline {
         Ok(Self::new(p.detectors.clone(), p.scoring.clone()))
     }
 
+    /// Takes a new configuration (a policy reload) but keeps the clients'
+    /// scores, so a reload is not an amnesty.
+    pub fn reconfigure(&mut self, new: Pipeline) {
+        let scores = std::mem::take(&mut self.scores);
+        *self = new;
+        self.scores = scores;
+    }
+
     /// The scoring policy in force.
     #[must_use]
     pub fn scoring(&self) -> &ScoringPolicy {

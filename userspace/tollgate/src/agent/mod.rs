@@ -266,6 +266,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     health.set_state(Arc::clone(&state));
     let mut reloader = reload::Reloader::start(&opts, &state);
+    reloader.set_api(api.clone());
+    let mut watch = tokio::time::interval(Duration::from_secs(2));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reload_rx = reload::channel();
     let mut sighup = signal(SignalKind::hangup())?;
 
@@ -281,6 +284,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading the policy file");
                 if let Err(e) = reloader.reload(&state) {
                     error!("policy reload refused: {e}");
+                }
+            }
+            _ = watch.tick() => {
+                if reloader.file_changed() {
+                    info!("the policy file changed: reloading it");
+                    if let Err(e) = reloader.reload(&state) {
+                        error!("policy reload refused: {e}");
+                    }
                 }
             }
             Some(reply) = reload_rx.recv() => {

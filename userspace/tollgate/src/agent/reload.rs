@@ -73,6 +73,14 @@ pub struct Reloader {
     opts: AgentOptions,
     feeds: Vec<FeedJob>,
     handles: Vec<JoinHandle<()>>,
+    api: Option<super::api::ApiHandle>,
+    /// Modification time and size of the file when last read.
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Reloader {
@@ -85,7 +93,28 @@ impl Reloader {
             opts: opts.clone(),
             feeds: opts.feeds.clone(),
             handles: spawn_refresh(&opts.feeds, state),
+            api: None,
+            seen: opts.config.as_deref().and_then(stamp),
         }
+    }
+
+    /// The API pipeline whose detectors a reload replaces.
+    pub fn set_api(&mut self, api: super::api::ApiHandle) {
+        self.api = Some(api);
+    }
+
+    /// True when the policy file changed since it was last read (polled by
+    /// the agent: a watched file is reloaded without a signal).
+    pub fn file_changed(&mut self) -> bool {
+        let Some(path) = &self.config else {
+            return false;
+        };
+        let now = stamp(path);
+        if now.is_some() && now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
     }
 
     /// Stops the feed tasks.
@@ -105,7 +134,10 @@ impl Reloader {
                 "this agent was started without --config; there is no policy file to reload".into(),
             );
         };
+        self.seen = stamp(&path);
         let p = Policy::load(&path).map_err(|e| format!("{e}; the running policy stays"))?;
+        let pipeline = crate::engine::Pipeline::from_policy(&p)
+            .map_err(|e| format!("{}: {e:#}; the running policy stays", path.display()))?;
         let mut allow = HashSet::new();
         for (i, a) in p.allowlist.iter().enumerate() {
             let net = parse_net(a)
@@ -198,6 +230,12 @@ impl Reloader {
             self.stop();
             self.handles = spawn_refresh(&jobs, state);
             self.feeds = jobs;
+        }
+        if let Some(api) = &self.api
+            && let Ok(mut st) = api.state.lock()
+        {
+            st.pipeline.reconfigure(pipeline);
+            changes.push("detectors and scoring re-read".into());
         }
         let mut summary = if changes.is_empty() {
             "no changes".to_owned()
