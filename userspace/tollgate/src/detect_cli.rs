@@ -482,8 +482,9 @@ fn human(v: &Value) -> String {
             )
         });
     format!(
-        "{} {action:<6} {client} {} [{}] score {score:.0} {} {:?}{ttl}",
+        "{} {:<9} {action:<6} {client} {} [{}] score {score:.0} {} {:?}{ttl}",
         s("time"),
+        s("type"),
         s("rule"),
         s("category"),
         s("route"),
