@@ -52,6 +52,9 @@ pub struct ApiEvent {
     /// The parsed request, for detectors and the inventory (not printed).
     #[serde(skip)]
     pub request: Option<http::Request>,
+    /// The parsed response, for the response-side checks (not printed).
+    #[serde(skip)]
+    pub response: Option<http::Response>,
 }
 
 /// Counters of what the pipeline saw.
@@ -235,6 +238,7 @@ fn parse_all(
         latency_ms: None,
         truncated: false,
         request: None,
+        response: None,
     };
     loop {
         let half = match s.direction {
@@ -288,6 +292,7 @@ fn parse_all(
                             ev.method = Some(p.method);
                             ev.path = Some(p.path);
                         }
+                        ev.response = Some(msg);
                         out.push(ev);
                         consumed
                     }
