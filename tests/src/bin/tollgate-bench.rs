@@ -47,6 +47,7 @@ fn main() {
         "xdp" => xdp(),
         "ratelimit" => ratelimit(),
         "sampling" => sampling(),
+        "detect" => detect(std::env::args().nth(2)),
         "block-latency" => {
             let trials = std::env::args()
                 .nth(2)
@@ -60,7 +61,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, block-latency)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency)"
             );
             std::process::exit(2);
         }
@@ -1028,4 +1029,63 @@ fn sampling() {
         pct(only_sel),
         d(before_sel, after_sel)
     );
+}
+
+/// `cargo xtask bench detect [CORPUS]`: requests per second on one core
+/// through the agent's full default policy (parse, detectors, client
+/// scores), on the corpus mix, against parsing alone in the same run.
+fn detect(corpus: Option<String>) {
+    let path = corpus.unwrap_or_else(|| "../shared/corpus/dev.jsonl".into());
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (give the corpus path as argument)"));
+    let raws: Vec<Vec<u8>> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["raw"].as_str().map(|r| r.as_bytes().to_vec()))
+        .collect();
+    assert!(!raws.is_empty(), "{path}: no requests");
+    pin_to_cpu(0);
+    let parse = |raw: &[u8]| match tollgate_detect::parse_request(raw) {
+        Ok(tollgate_detect::Parsed::Complete { msg, .. }) => Some(msg),
+        _ => None,
+    };
+    // Enough passes for ~2 s of work; at least 3.
+    let passes = (400_000 / raws.len()).max(3);
+    let t = Instant::now();
+    let mut parsed = 0usize;
+    for _ in 0..passes {
+        for r in &raws {
+            parsed += usize::from(std::hint::black_box(parse(r)).is_some());
+        }
+    }
+    let parse_rate = (raws.len() * passes) as f64 / t.elapsed().as_secs_f64();
+    let mut p = tollgate::engine::Pipeline::from_policy(&tollgate::policy::Policy::default())
+        .expect("default policy");
+    let t = Instant::now();
+    let (mut bans, mut n) = (0usize, 0u64);
+    for _ in 0..passes {
+        for (i, r) in raws.iter().enumerate() {
+            // 4,096 clients, so scores are kept and looked up as in the agent.
+            let client = std::net::IpAddr::from([198, 18, (i >> 8 & 15) as u8, i as u8]);
+            if let Some(req) = parse(r) {
+                let d = p.on_request(Some(client), &req, n);
+                bans += usize::from(d.ban.is_some());
+            }
+            n += 1;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let rate = n as f64 / secs;
+    println!(
+        "detect: {} requests ({} distinct, {passes} passes, {} parsed per pass) through the default policy on one core",
+        n,
+        raws.len(),
+        parsed / passes
+    );
+    println!(
+        "  full pipeline: {rate:.0} requests/s ({:.2} us/request; {bans} bans); parsing alone: {parse_rate:.0} requests/s (pipeline = {:.1}x parse cost)",
+        secs * 1e6 / n as f64,
+        parse_rate / rate
+    );
+    println!("  goal: >= 100,000 requests/s per core");
 }
