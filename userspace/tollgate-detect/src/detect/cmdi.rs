@@ -410,7 +410,9 @@ impl Cmdi {
         if let Some(at) = mail_injection(s) {
             sink.push("cmdi.mail_command", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if let Some(at) = variable_command(s) {
+        if memchr::memchr(b'$', s).is_some()
+            && let Some(at) = variable_command(s)
+        {
             sink.push(
                 "cmdi.variable_command",
                 Category::Cmdi,
@@ -562,6 +564,9 @@ impl Cmdi {
 /// If a shell command separator or substitution opener starts at `i`, its length.
 fn separator(s: &[u8], i: usize) -> Option<usize> {
     let c = s[i];
+    if !SEP_START[usize::from(c)] {
+        return None;
+    }
     match c {
         b';' | b'\n' | b'\r' | b'`' => Some(1),
         b'|' | b'&' => Some(if s.get(i + 1) == Some(&c) { 2 } else { 1 }),
@@ -577,6 +582,18 @@ fn separator(s: &[u8], i: usize) -> Option<usize> {
         _ => None,
     }
 }
+
+/// Bytes that can start a [`separator`].
+static SEP_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let bytes = b";\n\r`|&$<>\\(";
+    let mut k = 0;
+    while k < bytes.len() {
+        t[bytes[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// `$((1+1))` and the older `$[1+1]`: arithmetic expansion, which no data format
 /// uses (JSONPath's `$[0]` has no operator).

@@ -580,22 +580,42 @@ impl Sqli {
         }) {
             return;
         }
-        let mut toks = Vec::with_capacity(64);
-        let mut hits: Vec<Hit> = Vec::new();
-        let mut scratch = Scratch::default();
-        passes(s, &mut toks, &mut hits, &mut scratch);
+        // Buffers are reused across inputs: this runs for most values of every request.
+        thread_local! {
+            static BUFS: std::cell::RefCell<(Vec<(Tok, usize)>, Vec<Hit>, Scratch)> =
+                std::cell::RefCell::default();
+        }
+        BUFS.with(|b| {
+            let Ok(mut b) = b.try_borrow_mut() else {
+                return;
+            };
+            let (toks, hits, scratch) = &mut *b;
+            hits.clear();
+            Self::check_with(s, loc, sink, toks, hits, scratch);
+        });
+    }
+
+    fn check_with(
+        s: &[u8],
+        loc: &Location,
+        sink: &mut Sink<'_>,
+        toks: &mut Vec<(Tok, usize)>,
+        hits: &mut Vec<Hit>,
+        scratch: &mut Scratch,
+    ) {
+        passes(s, toks, hits, scratch);
         // `un/**/ion sel/**/ect`: keywords split by comments, for filters that
         // strip comments. Tokenize once more with such comments removed.
         if let Some(joined) = join_split_words(s) {
             let before = hits.len();
-            passes(&joined, &mut toks, &mut hits, &mut scratch);
+            passes(&joined, toks, hits, scratch);
             // Offsets into the joined copy do not point into `s`.
             for h in &mut hits[before..] {
                 h.2 = 0;
             }
         }
         let text = std::str::from_utf8(s).unwrap_or("");
-        for (rule, score, at) in hits {
+        for &(rule, score, at) in hits.iter() {
             sink.push(rule, Category::Sqli, score, loc, text, at);
         }
     }
