@@ -543,6 +543,9 @@ fn is_literal(t: Tok) -> bool {
 
 pub(crate) struct Sqli;
 
+/// Tokens, findings and analysis scratch, kept between inputs.
+type Buffers = (Vec<(Tok, usize)>, Vec<Hit>, Scratch);
+
 /// A finding inside one token stream: rule, score, byte offset.
 type Hit = (&'static str, u32, usize);
 
@@ -582,8 +585,7 @@ impl Sqli {
         }
         // Buffers are reused across inputs: this runs for most values of every request.
         thread_local! {
-            static BUFS: std::cell::RefCell<(Vec<(Tok, usize)>, Vec<Hit>, Scratch)> =
-                std::cell::RefCell::default();
+            static BUFS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
         }
         BUFS.with(|b| {
             let Ok(mut b) = b.try_borrow_mut() else {
