@@ -310,9 +310,14 @@ impl Engine {
         if self.cfg.jndi.enabled {
             // Log4Shell payloads work in any header, so look at all of them.
             for (name, value) in &req.headers {
+                // A lookup needs a `$`, literal or encoded; most headers have neither.
+                let encoded = value.contains(['%', '&', '\\']);
+                if !encoded && !value.contains('$') {
+                    continue;
+                }
                 let loc = Location::Header(name.clone());
                 jndi::check(value, &loc, &mut sink);
-                if value.contains(['%', '&', '\\']) {
+                if encoded {
                     jndi::check(&decode::normalize(value, false), &loc, &mut sink);
                 }
             }
