@@ -541,8 +541,21 @@ impl Cmdi {
                 let sub = matches!(c, b'`' | b'$' | b'(')
                     || s.get(sep_at + 1) == Some(&b'(')
                     || s.get(i) == Some(&b'(');
+                // Markdown code spans (``run `npm install` then``): a backtick pair
+                // around plain words, set off by blanks.
+                let code_span = c == b'`'
+                    && sep_at > 0
+                    && s[sep_at - 1].is_ascii_whitespace()
+                    && memchr::memchr(b'`', &s[i..]).is_some_and(|e| {
+                        s[i..i + e]
+                            .iter()
+                            .all(|&b| is_word(b) || matches!(b, b' ' | b'.' | b'-'))
+                            && s.get(i + e + 1)
+                                .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'`')
+                    });
                 let sc = match (wordlike, shellish_args || sub) {
                     _ if cmd.split => STRONG,
+                    _ if code_span => 3,
                     (false, true) => STRONG,
                     (false, false) => 6,
                     (true, true) => {
@@ -1397,6 +1410,8 @@ mod tests {
             "Cut+orange+quarters+into+slices.%0A",
             "price+%245+-+%2410",
             "%7E5+minutes",
+            "Run+%60npm+install%60+then+%60npm+test%60.",
+            "Don%27t+%60rm%60+anything+yet%3B+I%27ll+check.",
         ] {
             assert_ne!(q(p), Action::Ban, "{p}");
         }

@@ -1017,7 +1017,9 @@ fn analyze(
     }
     // A complete statement as the value: `select * from users`, `select @@version`.
     if !quoted && t.first() == Some(&Tok::Select) && statement_at(t, 0) {
+        // `select * from menu` is also a search; the star alone is not SQL enough.
         let window = &t[1..n.min(12)];
+        let window = window.strip_prefix(&[Tok::Op]).unwrap_or(window);
         let sqlish = window.iter().any(|x| {
             matches!(
                 x,
@@ -1260,6 +1262,7 @@ mod tests {
             "email%3Djohn%40example.com",
             "(555)+123-4567",
             "select+all+items+from+the+list",
+            "select+%2A+from+menu",
         ] {
             assert_eq!(q(p), Action::Allow, "{p}");
         }
