@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use serde::Deserialize;
-use tollgate_detect::eval::{Sample, evaluate};
+use tollgate_detect::eval::{Sample, evaluate, throughput};
 use tollgate_detect::{DetectConfig, Engine, Parsed, parse_request};
 
 #[derive(Deserialize)]
@@ -82,22 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         show(&report.false_positive_ids, "FP");
     }
     // Throughput: parse + inspect + verdict over the whole corpus, several rounds.
-    let rounds = 5;
-    let start = Instant::now();
-    let mut n = 0usize;
-    let mut banned = 0usize;
-    for _ in 0..rounds {
-        for l in &lines {
-            if let Ok(Parsed::Complete { msg, .. }) = parse_request(l.raw.as_bytes()) {
-                let v = engine.inspect_request(&msg);
-                if engine.verdict(&v) == tollgate_detect::Action::Ban {
-                    banned += 1;
-                }
-            }
-            n += 1;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let raws: Vec<&[u8]> = lines.iter().map(|l| l.raw.as_bytes()).collect();
+    let t = throughput(&engine, &raws, 5);
     let pstart = Instant::now();
     let mut parsed = 0usize;
     for l in &lines {
@@ -110,8 +96,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lines.len() as f64 / pstart.elapsed().as_secs_f64()
     );
     println!(
-        "throughput: {n} requests in {secs:.3}s = {:.0} req/s on one core ({banned} bans)",
-        n as f64 / secs
+        "throughput: {} requests in {:.3}s = {:.0} req/s on one core ({} bans)",
+        t.requests,
+        t.seconds,
+        t.per_second(),
+        t.banned
     );
     Ok(())
 }

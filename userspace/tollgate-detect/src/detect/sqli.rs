@@ -112,6 +112,10 @@ fn keyword(w: &str) -> Tok {
             Tok::Clause
         }
         "from" => Tok::From,
+        // Niladic functions that name the session: SQL, not prose.
+        "current_user" | "session_user" | "system_user" | "current_database" | "current_schema" => {
+            Tok::Func(FuncKind::Sql)
+        }
         "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" | "glob" | "notnull"
         | "isnull" => Tok::CmpWord,
         "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
@@ -262,6 +266,8 @@ fn is_catalog(w: &str) -> bool {
             | "msysaccessobjects"
             | "msysobjects"
             | "sysibm"
+            | "syscat"
+            | "all_users"
             | "all_tables"
             | "dba_users"
             | "user_tables"
@@ -451,7 +457,14 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                 let tok = if s.get(j) == Some(&b'(')
                     && !matches!(
                         kw,
-                        Tok::Logic | Tok::Union | Tok::Select | Tok::From | Tok::Cmp | Tok::CmpWord
+                        Tok::Logic
+                            | Tok::Union
+                            | Tok::Select
+                            | Tok::From
+                            | Tok::Cmp
+                            | Tok::CmpWord
+                            | Tok::Stmt(Stmt::Exec)
+                            | Tok::Func(_)
                     ) {
                     Tok::Func(func_kind(w))
                 } else {
@@ -530,6 +543,9 @@ fn is_literal(t: Tok) -> bool {
 
 pub(crate) struct Sqli;
 
+/// Tokens, findings and analysis scratch, kept between inputs.
+type Buffers = (Vec<(Tok, usize)>, Vec<Hit>, Scratch);
+
 /// A finding inside one token stream: rule, score, byte offset.
 type Hit = (&'static str, u32, usize);
 
@@ -559,29 +575,122 @@ impl Sqli {
                     | b'/'
                     | b'`'
             )
-        }) && !s
-            .split(|b| !b.is_ascii_alphanumeric())
-            .any(|w| matches!(w, b"union" | b"or" | b"and" | b"order" | b"having" | b"xor"))
-        {
+        }) && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
+            matches!(
+                w,
+                b"union" | b"or" | b"and" | b"order" | b"having" | b"xor" | b"select"
+            )
+        }) {
             return;
         }
-        let mut toks = Vec::with_capacity(64);
-        let mut hits: Vec<Hit> = Vec::new();
-        let mut scratch = Scratch::default();
-        for prefix in [None, Some(b'\''), Some(b'"')] {
-            if let Some(q) = prefix
-                && memchr::memchr(q, s).is_none()
-            {
-                continue;
+        // Buffers are reused across inputs: this runs for most values of every request.
+        thread_local! {
+            static BUFS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+        }
+        BUFS.with(|b| {
+            let Ok(mut b) = b.try_borrow_mut() else {
+                return;
+            };
+            let (toks, hits, scratch) = &mut *b;
+            hits.clear();
+            Self::check_with(s, loc, sink, toks, hits, scratch);
+        });
+    }
+
+    fn check_with(
+        s: &[u8],
+        loc: &Location,
+        sink: &mut Sink<'_>,
+        toks: &mut Vec<(Tok, usize)>,
+        hits: &mut Vec<Hit>,
+        scratch: &mut Scratch,
+    ) {
+        passes(s, toks, hits, scratch);
+        // `un/**/ion sel/**/ect`: keywords split by comments, for filters that
+        // strip comments. Tokenize once more with such comments removed.
+        if let Some(joined) = join_split_words(s) {
+            let before = hits.len();
+            passes(&joined, toks, hits, scratch);
+            // Offsets into the joined copy do not point into `s`.
+            for h in &mut hits[before..] {
+                h.2 = 0;
             }
-            tokenize(s, prefix, &mut toks);
-            analyze(&toks, prefix.is_some(), &mut hits, &mut scratch);
         }
         let text = std::str::from_utf8(s).unwrap_or("");
-        for (rule, score, at) in hits {
+        for &(rule, score, at) in hits.iter() {
             sink.push(rule, Category::Sqli, score, loc, text, at);
         }
     }
+}
+
+/// Tokenizes and analyzes `s` as is and as if spliced after each quote it contains.
+fn passes(s: &[u8], toks: &mut Vec<(Tok, usize)>, hits: &mut Vec<Hit>, scratch: &mut Scratch) {
+    for prefix in [None, Some(b'\''), Some(b'"')] {
+        if let Some(q) = prefix
+            && memchr::memchr(q, s).is_none()
+        {
+            continue;
+        }
+        tokenize(s, prefix, toks);
+        analyze(s, toks, prefix.is_some(), hits, scratch);
+    }
+}
+
+/// `s` without the `/*...*/` comments that sit inside a word (`un/**/ion`), if any.
+fn join_split_words(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut last = 0;
+    for p in memchr::memmem::find_iter(s, b"/*") {
+        if p < last || p == 0 || !s[p - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        let Some(e) = memchr::memmem::find(&s[p + 2..], b"*/").map(|e| p + 2 + e + 2) else {
+            break;
+        };
+        if s.get(e).is_some_and(u8::is_ascii_alphanumeric) {
+            out.extend_from_slice(&s[last..p]);
+            last = e;
+        }
+    }
+    if last == 0 {
+        return None;
+    }
+    out.extend_from_slice(&s[last..]);
+    Some(out)
+}
+
+/// The identifier starting at `p`.
+fn ident_at(s: &[u8], p: usize) -> &[u8] {
+    let rest = s.get(p..).unwrap_or_default();
+    let n = rest
+        .iter()
+        .take_while(|&&b| is_ident(b) && b != b'.')
+        .count();
+    &rest[..n]
+}
+
+/// `length(version())`, `ascii(substring(password,1,1))`: a character code or
+/// length of a slice or of a session function, which is how blind injection reads
+/// data one character at a time. Spreadsheet formulas nest other functions.
+fn blind_extraction(outer: &[u8], inner: &[u8]) -> bool {
+    const INFO: &[&[u8]] = &[
+        b"version",
+        b"user",
+        b"current_user",
+        b"system_user",
+        b"session_user",
+        b"database",
+        b"schema",
+        b"db_name",
+        b"user_name",
+        b"sqlite_version",
+        b"current_database",
+    ];
+    INFO.contains(&inner)
+        || matches!(
+            outer,
+            b"ascii" | b"ord" | b"unicode" | b"hex" | b"conv" | b"length" | b"char_length"
+        ) && matches!(inner, b"substring" | b"substr" | b"mid")
 }
 
 fn add(hits: &mut Vec<Hit>, rule: &'static str, score: u32, at: usize) {
@@ -713,7 +822,13 @@ struct Scratch {
     comment_after: Vec<bool>,
 }
 
-fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &mut Scratch) {
+fn analyze(
+    s: &[u8],
+    toks: &[(Tok, usize)],
+    quoted: bool,
+    hits: &mut Vec<Hit>,
+    scratch: &mut Scratch,
+) {
     // Comments are separators for everything except truncation.
     let Scratch {
         t,
@@ -846,7 +961,8 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
                             window.get(f + 1),
                             Some(Tok::Word | Tok::LParen | Tok::Kw)
                         );
-                        add(hits, "sqli.select", if sqlish { 6 } else { 3 }, at(i));
+                        // (Prose "how to select rows from a table" stays below the alert level.)
+                        add(hits, "sqli.select", if sqlish { 6 } else { 2 }, at(i));
                     }
                 }
             }
@@ -901,11 +1017,13 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
     }
     // A complete statement as the value: `select * from users`, `select @@version`.
     if !quoted && t.first() == Some(&Tok::Select) && statement_at(t, 0) {
+        // `select * from menu` is also a search; the star alone is not SQL enough.
         let window = &t[1..n.min(12)];
+        let window = window.strip_prefix(&[Tok::Op]).unwrap_or(window);
         let sqlish = window.iter().any(|x| {
             matches!(
                 x,
-                Tok::Func(_) | Tok::Var { .. } | Tok::Op | Tok::Comma | Tok::Catalog
+                Tok::Func(_) | Tok::Var { .. } | Tok::Op | Tok::Comma | Tok::Catalog | Tok::Proc
             )
         });
         let shaped = window.contains(&Tok::From) || t.last() == Some(&Tok::Semi) || n <= 3;
@@ -913,6 +1031,46 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
             // Probes are short (`select @@version`, `select * from sysusers;`); a long
             // statement is more likely a snippet shared through the API.
             add(hits, "sqli.select", if n <= 8 { STRONG } else { 6 }, at(0));
+        }
+    }
+    // Nested calls that read data a character at a time.
+    for i in 0..n.saturating_sub(2) {
+        if matches!(t[i], Tok::Func(FuncKind::Sql))
+            && t[i + 1] == Tok::LParen
+            && matches!(t[i + 2], Tok::Func(FuncKind::Sql))
+            && blind_extraction(ident_at(s, at(i)), ident_at(s, at(i + 2)))
+        {
+            add(hits, "sqli.blind_extraction", STRONG, at(i));
+            break;
+        }
+    }
+    // A value that is a procedural statement: `declare @q ...`, `exec(@q)`,
+    // `exec master..xp_cmdshell`, `waitfor delay '0:0:5'`.
+    if !quoted
+        && matches!(
+            t.first(),
+            Some(Tok::Stmt(
+                Stmt::Declare | Stmt::Exec | Stmt::Waitfor | Stmt::Set
+            ))
+        )
+        && statement_at(t, 0)
+        && (t.first() != Some(&Tok::Stmt(Stmt::Exec))
+            || t.iter().any(|&x| matches!(x, Tok::Var { .. } | Tok::Proc)))
+    {
+        add(hits, "sqli.stacked", STRONG, at(0));
+    }
+    // PostgreSQL casts of a call result (`lo_get(1)::int`) force conversion errors
+    // that leak the value.
+    for i in 0..n {
+        if t[i] == Tok::RParen
+            && s[at(i)..].starts_with(b")::")
+            && matches!(
+                ident_at(s, at(i) + 3),
+                b"int" | b"integer" | b"bigint" | b"numeric" | b"int4" | b"int8"
+            )
+        {
+            add(hits, "sqli.error_based", STRONG, at(i));
+            break;
         }
     }
     // Catalog tables are only named by reconnaissance queries.
@@ -935,8 +1093,33 @@ fn analyze(toks: &[(Tok, usize)], quoted: bool, hits: &mut Vec<Hit>, scratch: &m
         while matches!(t.get(j), Some(Tok::RParen)) {
             j += 1;
         }
+        // A list of numbers (`17,23 order by 16`) is one value.
+        while lead_num && t.get(j) == Some(&Tok::Comma) && t.get(j + 1) == Some(&Tok::Num) {
+            j += 2;
+        }
         let next = t.get(j).copied();
         match next {
+            // `-1 union/*`: a union cut off by a comment.
+            Some(Tok::Union) if j + 1 == n && comment_after.get(j).copied().unwrap_or(false) => {
+                add(hits, "sqli.union", STRONG, at(j));
+            }
+            // `1 select * from users having 1=1#`: a statement glued to the value.
+            Some(Tok::Select) if statement_at(t, j) && t[j..n.min(j + 12)].contains(&Tok::From) => {
+                add(hits, "sqli.union", STRONG, at(j));
+            }
+            // `' || f(x) || '`: a call concatenated into the string.
+            Some(Tok::Logic)
+                if quoted
+                    && s[at(j)..].starts_with(b"||")
+                    && matches!(t.get(j + 1), Some(Tok::Func(_)))
+                    && t.get(j + 2) == Some(&Tok::LParen)
+                    && t[j + 2..]
+                        .iter()
+                        .position(|&x| x == Tok::RParen)
+                        .is_some_and(|r| matches!(t.get(j + 3 + r), Some(Tok::Logic) | None)) =>
+            {
+                add(hits, "sqli.concat", STRONG, at(j));
+            }
             None if quoted && lead_comment => {
                 add(hits, "sqli.comment_truncation", STRONG, at(j - 1))
             }
@@ -1040,6 +1223,23 @@ mod tests {
             "1%2527%2520or%25201%253D1--",
             "1';waitfor delay '0:0:5'--",
             "%27%20or%20benchmark(1000000,md5(1))%23",
+            // Keywords split by comments, union cut off by a comment.
+            "1+un/**/ion+sel/**/ect+1,2,3--",
+            "-1%20union/*",
+            // Blind extraction through nested functions.
+            "ascii(substring(version()%20from%201%20for%201))",
+            "LENGTH(version())",
+            "foo%27+%2B+(1+/+ASCII(substring(passwd,1,1))-4)--",
+            // Statements as the whole value, procedural and catalog probes.
+            "declare+@q+nvarchar(200)+set+@q%3D0x73+exec(@q)",
+            "select+%2A+from+sysusers",
+            "select+session_user%3B",
+            "select+grantee+from+syscat.dbauth%3B",
+            "17,23%20order%20by%2016",
+            "1%20SELECT%20*%20from%20t%20group%20by%20t.id%20having%201=1%23",
+            // Concatenated calls and PostgreSQL error casts.
+            "%27+%7C%7C+myapp.adduser(%27admin%27,+%27x%27)+%7C%7C+%27",
+            "encode(lo_get(16200),%27base64%27)::int",
         ] {
             assert_eq!(q(p), Action::Ban, "{p}");
         }
@@ -1061,8 +1261,22 @@ mod tests {
             "first+and+second",
             "email%3Djohn%40example.com",
             "(555)+123-4567",
+            "select+all+items+from+the+list",
         ] {
             assert_eq!(q(p), Action::Allow, "{p}");
+        }
+        // Code and formulas may alert, but are not banned.
+        for p in [
+            "drop+table+reservation",
+            "=ROUND(SUM(A1:A3),2)",
+            "len(str(x))",
+            "see+/*+note+*/+below",
+            "3+select+items",
+            "it%27s+a+||+b",
+            "price::integer",
+            "select+%2A+from+menu",
+        ] {
+            assert_ne!(q(p), Action::Ban, "{p}");
         }
     }
 }

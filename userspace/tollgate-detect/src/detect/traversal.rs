@@ -189,6 +189,9 @@ impl Traversal {
         }
         // Heavily obfuscated dotdotpwn-style inputs: dots and separators that survive
         // no decoder (`0x2e0x2e%c1%pc`) but name a system file.
+        if best.is_some_and(|b| b.0 >= STRONG) {
+            return;
+        }
         let named_file = contains_seq(n, &[b"etc", b"passwd"])
             || contains_seq(n, &[b"windows", b"system32"])
             || contains_seq(n, &[b"boot", b"ini"])
@@ -209,7 +212,7 @@ impl Traversal {
             ]
             .iter()
             .any(|w| memchr::memmem::find(n, w).is_some());
-        if best.is_none_or(|b| b.0 < STRONG) && (named_file || file_word) {
+        if named_file || file_word {
             sink.push(
                 "traversal.sensitive_file",
                 Category::Traversal,

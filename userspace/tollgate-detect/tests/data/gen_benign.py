@@ -32,6 +32,11 @@ PROSE = [
     "Version 2.3.1 fixes the login bug (#1234).",
     "Email me at jane.doe+news@example.com for details.",
     "It's 50% off -- today only!",
+    "Cats & dogs; birds | fish -- all welcome at the shelter.",
+    "Don't `rm` anything yet; I'll check on Monday.",
+    "Prices: $a for adults, $c for children.",
+    "The ~/Downloads folder is full (again).",
+    "Hi O'Brien & D'Angelo -- see you at 5; bring snacks | drinks.",
     "Can you ping me when the deploy is done?",
 ]
 CODE = [
@@ -45,6 +50,13 @@ CODE = [
     "curl https://api.example.com/v1/items | jq .",
     "<div class=\"card\">Hello</div>",
     "$(document).ready(function() { init(); });",
+    "echo $HOME && ls ~/projects",
+    "function retry() { return fetch(url).catch(() => retry()); }",
+    "render() { return this.props.a || this.props.b; }",
+    "/* TODO: remove */ let total = price * qty;",
+    "WHERE name LIKE 'O''Brien%'",
+    "Run `npm install` then `npm test`.",
+    "SELECT COUNT(*) FROM orders GROUP BY status;",
 ]
 URLS = ["https://www.wikipedia.org/wiki/SQL", "https://github.com/rust-lang/rust/issues/1",
         "https://example.com/path/to/page?ref=home&utm_source=news", "https://cdn.example.net/img/logo.png",
@@ -54,7 +66,10 @@ SEARCHES = ["select a union", "drop me a line", "union station chicago", "or els
             "how to drop a table in excel", "insert coin", "update windows 11", "1 or 2 bedroom apartment",
             "delete account", "O'Reilly books", "rock & roll", "c:/ drive full", "../ meaning in linux",
             "javascript tutorial", "alert icon png", "script writing tips", "sleep(8 hours) benefits",
-            "null pointer exception", "where is waldo", "50% off", "100% cotton", "a+b=c", "1=1 meaning"]
+            "null pointer exception", "where is waldo", "50% off", "100% cotton", "a+b=c", "1=1 meaning",
+            "drop table reservation", "cats & dogs; birds | fish", "select * from menu", "time for lunch",
+            "cat & mouse", "sleep 8 hours", "who am i", "I'd like a table for 2", "{id,name}",
+            "python 3.12 release", "~5 minutes", "ping pong table", "kill -9 meaning", "$5 -10% coupon"]
 UAS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
        "okhttp/4.12.0", "python-requests/2.31.0", "curl/8.5.0", "Go-http-client/1.1", "axios/1.6.8",
