@@ -166,9 +166,12 @@ impl Policy {
     /// # Errors
     /// When invalid, with line and field.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
-        let invalid = |location: String, message: String| PolicyError::Invalid {
+        let invalid = |field: String, message: String| PolicyError::Invalid {
             path: path.to_owned(),
-            location,
+            location: match locate(text, &field) {
+                Some(line) => format!("line {line}: {field}"),
+                None => field,
+            },
             message,
         };
         let p: Self = serde_yaml_ng::from_str(text).map_err(|e| {
@@ -257,6 +260,51 @@ impl Policy {
     }
 }
 
+/// The line (1-based) where a field path like `feeds[1].name` or
+/// `scoring.half_life` is written, found by walking the keys in order. A
+/// best effort for errors found after parsing (values out of range).
+#[must_use]
+pub fn locate(text: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0usize;
+    let mut found = None;
+    for seg in field.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let pos = (at..lines.len()).find(|&i| has_key(lines[i], key))?;
+        at = pos;
+        found = Some(pos);
+        if let Some(n) = index {
+            // Block list: the n-th `- ` item below; flow list: same line.
+            if !lines[pos].contains('[') {
+                let mut seen = 0;
+                for (i, l) in lines.iter().enumerate().skip(pos + 1) {
+                    if l.trim_start().starts_with("- ") || l.trim() == "-" {
+                        if seen == n {
+                            at = i;
+                            found = Some(i);
+                            break;
+                        }
+                        seen += 1;
+                    }
+                }
+            }
+        }
+    }
+    found.map(|i| i + 1)
+}
+
+fn has_key(line: &str, key: &str) -> bool {
+    let code = line.split(" #").next().unwrap_or(line);
+    code.match_indices(key).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let after = code[i + key.len()..].trim_start();
+        matches!(before, None | Some(' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
+    })
+}
+
 impl Policy {
     /// The feeds, ready to run (the policy was validated when parsed).
     #[must_use]
@@ -300,6 +348,28 @@ mod tests {
     fn bad_allowlist_entry_names_the_field() {
         let e = Policy::parse("allowlist: [198.18.0.5/24]\n", Path::new("p.yaml")).unwrap_err();
         assert!(e.to_string().contains("allowlist[0]"), "{e}");
+    }
+
+    #[test]
+    fn value_errors_point_at_the_line() {
+        let text = "mode: enforce\nallowlist:\n  - 198.18.0.1\n  - 198.18.0.5/24\nscoring:\n  ban_threshold: 10\n  half_life: 0s # oops\n";
+        let e = Policy::parse(text, Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4: allowlist[1]"), "{e}");
+        let text = "allowlist: []\nscoring:\n  ban_threshold: 10\n  half_life: 0s\n";
+        let e = Policy::parse(text, Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4: scoring.half_life"), "{e}");
+        assert_eq!(
+            locate(
+                "feeds:\n  - {name: a, path: /x}\n  - {name: a, path: /y}\n",
+                "feeds[1].name"
+            ),
+            Some(3)
+        );
+        assert_eq!(locate("a: 1\n", "nothing.here"), None);
     }
 
     #[test]
