@@ -62,6 +62,16 @@ pub struct Snapshot {
     pub store_up: bool,
     /// Why the agent is not ready, if it is not.
     pub not_ready: Option<String>,
+    /// Datapath samples: taken, lost (ring buffer full), skipped by policy.
+    pub samples: Option<[u64; 3]>,
+}
+
+/// Policy reloads since start: applied, refused.
+static RELOADS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// Counts one reload and whether it was applied.
+pub fn reload(applied: bool) {
+    RELOADS[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +88,11 @@ struct MapLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +194,36 @@ pub fn render(s: &Snapshot) -> String {
         violations,
     );
 
+    let samples = Family::<ResultLabel, Counter>::default();
+    if let Some(counts) = s.samples {
+        for (result, n) in ["taken", "lost", "skipped"].iter().zip(counts) {
+            samples
+                .get_or_create(&ResultLabel {
+                    result: (*result).into(),
+                })
+                .inc_by(n);
+        }
+    }
+    reg.register(
+        "tollgate_samples",
+        "API payload samples by the datapath: taken, lost (ring buffer full), skipped by the sampling policy",
+        samples,
+    );
+
+    let reloads = Family::<ResultLabel, Counter>::default();
+    for (result, c) in ["applied", "refused"].iter().zip(&RELOADS) {
+        reloads
+            .get_or_create(&ResultLabel {
+                result: (*result).into(),
+            })
+            .inc_by(c.load(Ordering::Relaxed));
+    }
+    reg.register(
+        "tollgate_policy_reloads",
+        "Policy reloads since the agent started, applied or refused",
+        reloads,
+    );
+
     let build = Family::<VersionLabel, Gauge>::default();
     build
         .get_or_create(&VersionLabel {
@@ -255,7 +300,9 @@ mod tests {
             bans_active: [("feed".to_owned(), 2)].into_iter().collect(),
             store_up: true,
             not_ready: None,
+            samples: Some([7, 1, 2]),
         };
+        reload(true);
         let t = render(&s);
         for want in [
             "tollgate_packets_total{verdict=\"drop\",reason=\"blocklisted\"} 5",
@@ -267,6 +314,8 @@ mod tests {
             "tollgate_build_info{version=\"",
             "tollgate_store_up 1",
             "tollgate_violations_total{rule=\"sqli.tautology\"} ",
+            "tollgate_samples_total{result=\"lost\"} 1",
+            "tollgate_policy_reloads_total{result=\"applied\"} ",
             "# EOF",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

@@ -129,6 +129,12 @@ impl Reloader {
     /// # Errors
     /// When there is no file, it is invalid, or applying it failed.
     pub fn reload(&mut self, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
+        let r = self.apply(state);
+        crate::metrics::reload(r.is_ok());
+        r
+    }
+
+    fn apply(&mut self, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
         let Some(path) = self.config.clone() else {
             return Err(
                 "this agent was started without --config; there is no policy file to reload".into(),

@@ -337,6 +337,7 @@ impl AgentState {
             bans_active,
             store_up,
             not_ready,
+            samples: self.dp.sample_stats().ok(),
         }
     }
 }
