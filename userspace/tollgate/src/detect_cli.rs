@@ -210,7 +210,15 @@ fn replay_requests(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String
                 continue;
             }
         };
-        match parse_request(rl.raw.as_bytes()) {
+        // A line holds one whole request: a head missing its final blank
+        // line is still a request to judge, not a partial one to wait for.
+        let mut parsed = parse_request(rl.raw.as_bytes());
+        if matches!(parsed, Ok(Parsed::Partial)) {
+            let mut whole = rl.raw.trim_end_matches(['\r', '\n']).to_owned();
+            whole.push_str("\r\n\r\n");
+            parsed = parse_request(whole.as_bytes());
+        }
+        match parsed {
             Ok(Parsed::Complete { msg, .. }) => {
                 let now = crate::clock::unix_now().saturating_mul(1000);
                 let d = pipeline.on_request(src, &msg, now);
