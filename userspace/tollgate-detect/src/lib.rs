@@ -7,17 +7,23 @@
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
 //!   traversal, SSRF, JNDI, scanners, smuggling/protocol) and the [`DetectConfig`] policy.
 //! - [`eval`]: labelled-corpus evaluation producing a [`eval::Report`].
+//! - [`api`]: the stateful OWASP API Top 10 layer: the [`ApiGuard`] checks
+//!   credentials, JWTs, object-level authorization, enumeration, mass assignment,
+//!   route limits, credential stuffing, response exposures and the OpenAPI inventory
+//!   per client, against an [`ApiPolicy`].
 //!
 //! [`fuzz_one`] is the entry point for fuzzers.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod decode;
 pub mod detect;
 pub mod eval;
 pub mod http;
 pub mod template;
 
+pub use api::{ApiGuard, ApiPolicy, ApiPolicyError, ApiRule, is_alert_only};
 pub use detect::{Action, Category, DetectConfig, DetectorConfig, Engine, Location, Violation};
 pub use http::{
     HttpError, Kind, Parsed, Request, Response, looks_like_http, parse_request, parse_response,
