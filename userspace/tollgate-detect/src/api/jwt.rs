@@ -106,12 +106,14 @@ pub(crate) enum Source {
     Cookie,
 }
 
-/// Finds the token of a request: the configured header (with its scheme), then the
-/// cookie.
+/// The tokens of a request, in order: every configured header (with its scheme),
+/// then the cookie. More than one distinct token is ambiguous: the back end may read
+/// another one than the guard.
 pub(crate) fn extract<'a>(
     cfg: &AuthConfig,
     headers: &'a [(String, String)],
-) -> Option<(&'a str, Source)> {
+) -> Vec<(&'a str, Source)> {
+    let mut out = Vec::new();
     for (name, value) in headers {
         if !name.eq_ignore_ascii_case(&cfg.header) {
             continue;
@@ -126,19 +128,23 @@ pub(crate) fn extract<'a>(
             }
         };
         if !tok.is_empty() {
-            return Some((tok, Source::Header));
+            out.push((tok, Source::Header));
         }
     }
-    let cookie = cfg.cookie.as_deref()?;
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
-        .flat_map(|(_, v)| v.split(';'))
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.trim() == cookie)
-        .map(|(_, v)| v.trim().trim_matches('"'))
-        .filter(|v| !v.is_empty())
-        .map(|v| (v, Source::Cookie))
+    if let Some(cookie) = cfg.cookie.as_deref() {
+        out.extend(
+            headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                .flat_map(|(_, v)| v.split(';'))
+                .filter_map(|p| p.split_once('='))
+                .filter(|(k, _)| k.trim() == cookie)
+                .map(|(_, v)| v.trim().trim_matches('"'))
+                .filter(|v| !v.is_empty())
+                .map(|v| (v, Source::Cookie)),
+        );
+    }
+    out
 }
 
 /// A decoded (not necessarily valid) JWT.

@@ -40,6 +40,7 @@
 //! literals), the method upper-cased; the **first** route (in policy order) whose
 //! method prefix and pattern match is the one applied. Put specific routes first.
 
+mod json;
 mod jwt;
 mod openapi;
 mod policy;
@@ -294,11 +295,6 @@ fn check_claim(field: &str, claim: &str, opaque: bool) -> Result<(), ApiPolicyEr
     Ok(())
 }
 
-/// Most keys walked in one JSON request body.
-const MAX_JSON_KEYS: usize = 4096;
-/// Deepest nesting walked in JSON request bodies.
-const MAX_JSON_DEPTH: usize = 16;
-
 /// The stateful API guard. Build once per policy with [`ApiGuard::new`]; feed it every
 /// request and (when available) every response of the protected service.
 pub struct ApiGuard {
@@ -417,6 +413,11 @@ impl ApiGuard {
                 c.ipv6_prefix,
             ),
         })
+    }
+
+    /// Number of clients with state (for metrics); at most `checks.max_clients`.
+    pub fn tracked_clients(&self) -> usize {
+        self.clients.len()
     }
 
     /// Route template for events, e.g. `GET /users/{id}`: the configured route's
@@ -548,7 +549,8 @@ impl ApiGuard {
         now_ms: u64,
         out: &mut Out<'_>,
     ) -> Option<serde_json::Map<String, Value>> {
-        let Some((raw, source)) = jwt::extract(&self.auth, &req.headers) else {
+        let tokens = jwt::extract(&self.auth, &req.headers);
+        let Some(&(raw, source)) = tokens.first() else {
             if route.is_some_and(|r| r.needs_auth) {
                 out.push(
                     AUTH_MISSING,
@@ -565,6 +567,13 @@ impl ApiGuard {
             jwt::Source::Header => Location::Header(self.auth.header.clone()),
             jwt::Source::Cookie => Location::Cookie,
         };
+        if tokens.iter().any(|(t, _)| *t != raw) {
+            out.push(
+                JWT_MALFORMED,
+                loc.clone(),
+                format!("{} different tokens in one request", tokens.len()),
+            );
+        }
         let tok = match jwt::decode(raw, self.auth.max_token_bytes) {
             Ok(t) => t,
             Err(why) => {
@@ -744,11 +753,16 @@ fn check_body(
 ) {
     let body = &req.body[..req.body.len().min(max_bytes)];
     let mut keys: Vec<(usize, String)> = Vec::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        json_keys(&v, 0, &mut keys);
+    let text = String::from_utf8_lossy(body);
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        json::keys(&v, &mut keys);
+    } else if text.trim_start().starts_with(['{', '[']) {
+        // Truncated or broken JSON: the back end may still parse more than we saw.
+        // Depth is unknown, so these keys only count for forbidden fields.
+        keys.extend(json::members(&text).map(|(k, _)| (usize::MAX, k.to_owned())));
     } else if !forbidden.is_empty() {
         // Form bodies: `role=admin`, `user[role]=admin`, `user.role=admin`.
-        for pair in String::from_utf8_lossy(body).split('&').take(MAX_JSON_KEYS) {
+        for pair in text.split('&').take(json::MAX_KEYS) {
             let name = crate::decode::percent_decode(pair.split('=').next().unwrap_or(""), true);
             for (depth, part) in name
                 .split(['[', ']', '.'])
@@ -783,31 +797,6 @@ fn check_body(
                 format!("properties {unknown:?} not in schema"),
             );
         }
-    }
-}
-
-/// Object keys of a JSON value with their depth (0 = top level, also for objects in a
-/// top-level array: batch endpoints).
-fn json_keys(v: &Value, depth: usize, out: &mut Vec<(usize, String)>) {
-    if depth > MAX_JSON_DEPTH || out.len() >= MAX_JSON_KEYS {
-        return;
-    }
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if out.len() >= MAX_JSON_KEYS {
-                    return;
-                }
-                out.push((depth, k.clone()));
-                json_keys(x, depth + 1, out);
-            }
-        }
-        Value::Array(a) => {
-            for x in a {
-                json_keys(x, depth + usize::from(depth > 0), out);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -335,30 +335,14 @@ fn placeholder(v: &str) -> bool {
 /// `…_secret`, `password_hash`) with a non-empty, unmasked string value. Works on
 /// truncated JSON too, since it reads the text rather than parsing it.
 fn password_field(text: &str) -> Option<String> {
-    let b = text.as_bytes();
-    let mut from = 0;
-    while let Some(q) = memchr::memchr(b'"', &b[from..]).map(|i| from + i) {
-        let Some(close) = memchr::memchr(b'"', &b[q + 1..]).map(|i| q + 1 + i) else {
-            break;
-        };
-        from = close + 1;
-        let key = &text[q + 1..close];
+    super::json::members(text).find_map(|(key, rest)| {
         if key.len() > 40 || !secret_key(key) {
-            continue;
+            return None;
         }
-        let rest = text[close + 1..].trim_start();
-        let Some(rest) = rest.strip_prefix(':') else {
-            continue;
-        };
-        let Some(val) = rest.trim_start().strip_prefix('"') else {
-            continue;
-        };
+        let val = rest.strip_prefix('"')?;
         let end = val.find('"').unwrap_or(val.len());
-        if !placeholder(&val[..end]) {
-            return Some(format!("\"{key}\": \"****\""));
-        }
-    }
-    None
+        (!placeholder(&val[..end])).then(|| format!("\"{key}\": \"****\""))
+    })
 }
 
 fn secret_key(key: &str) -> bool {

@@ -83,7 +83,6 @@ impl Clients {
     }
 
     /// Number of tracked clients.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -179,17 +178,34 @@ impl Clients {
                 c.ids.len() - 1
             }
         };
-        let set = &mut c.ids[i].ids;
         let horizon = now_ms.saturating_sub(window_ms);
+        let set = &mut c.ids[i].ids;
         while set.front().is_some_and(|&(_, t)| t < horizon) {
             set.pop_front();
         }
-        if !set.iter().any(|&(x, _)| x == h) {
-            if set.len() > max_ids || (total >= per_client && !set.is_empty()) {
-                set.pop_front();
-            }
-            set.push_back((h, now_ms));
+        if set.iter().any(|&(x, _)| x == h) {
+            return set.len();
         }
+        if set.len() > max_ids {
+            set.pop_front();
+        } else if total >= per_client {
+            // Make room in the largest other set (this one if it is alone), so that
+            // filling one route cannot hide enumeration on another: the route being
+            // probed can always reach `max_ids + 1` (`max_ids < max_ids_per_client`).
+            let other = c
+                .ids
+                .iter_mut()
+                .enumerate()
+                .filter(|(j, s)| *j != i && !s.ids.is_empty())
+                .max_by_key(|(_, s)| s.ids.len())
+                .map(|(_, s)| s);
+            match other {
+                Some(big) => big.ids.pop_front(),
+                None => c.ids[i].ids.pop_front(),
+            };
+        }
+        let set = &mut c.ids[i].ids;
+        set.push_back((h, now_ms));
         set.len()
     }
 }
@@ -245,9 +261,19 @@ mod tests {
             let n = cs.see_id(ip, 0, &i.to_string(), 1000, 60_000, 20);
             assert_eq!(n, (i + 1).min(21));
         }
+        // Filling one route does not stop counting on another.
+        let mut cs = Clients::new(10, 30, 64);
+        for i in 0..200 {
+            cs.see_id(ip, 0, &i.to_string(), 1000, 60_000, 25);
+        }
+        let n: Vec<usize> = (0..21)
+            .map(|i| cs.see_id(ip, 1, &i.to_string(), 1000, 60_000, 20))
+            .collect();
+        assert_eq!(n.last(), Some(&21), "{n:?}");
         // The same id again does not count twice; old ids leave the window.
-        assert_eq!(cs.see_id(ip, 1, "a", 0, 60_000, 20), 1);
-        assert_eq!(cs.see_id(ip, 1, "a", 10, 60_000, 20), 1);
-        assert_eq!(cs.see_id(ip, 1, "b", 70_000, 60_000, 20), 1);
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(cs.see_id(other, 1, "a", 0, 60_000, 20), 1);
+        assert_eq!(cs.see_id(other, 1, "a", 10, 60_000, 20), 1);
+        assert_eq!(cs.see_id(other, 1, "b", 70_000, 60_000, 20), 1);
     }
 }

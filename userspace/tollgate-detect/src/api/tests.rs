@@ -645,3 +645,42 @@ fn hostile_inputs_do_not_panic() {
         let _ = g.inspect_response(ip("::1"), Some(&r), &resp, 0);
     }
 }
+
+#[test]
+fn several_tokens_are_ambiguous() {
+    let mut g = guard();
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers.push((
+        "authorization".into(),
+        format!("Bearer {}", token(r#"{"sub":"8"}"#)),
+    ));
+    let v = check(&mut g, &r);
+    assert_eq!(rules(&v), ["jwt.malformed"], "{v:?}");
+    // The same token twice is fine.
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers
+        .push(("Authorization".into(), format!("Bearer {}", user7())));
+    assert!(check(&mut g, &r).is_empty());
+}
+
+#[test]
+fn truncated_json_bodies() {
+    let mut g = guard();
+    let mut r = req(
+        "PUT",
+        "/users/7",
+        Some(&user7()),
+        r#"{"name":"x","role":"admin","bio":"aaaa"#,
+    );
+    r.truncated = true;
+    assert_eq!(rules(&check(&mut g, &r)), ["mass_assignment.forbidden"]);
+}
+
+#[test]
+fn guard_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ApiGuard>();
+    let mut g = guard();
+    check(&mut g, &req("GET", "/orders/1", None, ""));
+    assert_eq!(g.tracked_clients(), 1);
+}
