@@ -46,7 +46,9 @@ const TRACE_MARKERS: &[&str] = &[
     ".rb:",
 ];
 
-/// Cloud credential shapes: prefix and the length/alphabet of the rest.
+/// Cloud credential shapes: prefix and the length/alphabet of the rest. Only secrets:
+/// Google API keys (`AIza…`), for one, are left out because web pages embed them on
+/// purpose (browser keys restricted by referrer).
 struct KeyShape {
     prefix: &'static str,
     /// Exact (min == max) or bounded length of the part after the prefix.
@@ -68,13 +70,6 @@ const KEY_SHAPES: &[KeyShape] = &[
         min: 16,
         max: 16,
         upper_only: true,
-    },
-    // Google API keys.
-    KeyShape {
-        prefix: "AIza",
-        min: 35,
-        max: 35,
-        upper_only: false,
     },
     // GitHub tokens.
     KeyShape {

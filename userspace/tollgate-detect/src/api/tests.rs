@@ -684,3 +684,30 @@ fn guard_is_send_and_sync() {
     check(&mut g, &req("GET", "/orders/1", None, ""));
     assert_eq!(g.tracked_clients(), 1);
 }
+
+#[test]
+fn cors_preflight_and_opaque_tokens() {
+    let mut g = guard();
+    let mut pre = req("OPTIONS", "/users/8", None, "");
+    pre.headers
+        .push(("Access-Control-Request-Method".into(), "PUT".into()));
+    assert!(check(&mut g, &pre).is_empty());
+    // A plain OPTIONS is not a preflight.
+    let v = check(&mut g, &req("OPTIONS", "/users/8", None, ""));
+    assert_eq!(rules(&v), ["auth.missing", "protocol.method_not_allowed"]);
+    // Without keys, opaque tokens pass where no claims are needed, not where they are.
+    let p: ApiPolicy = serde_yaml_ng::from_str(
+        "routes: [{path: '/users/{id}', bind: {param: id, claim: sub}}, {path: /items, auth: required}]",
+    )
+    .unwrap();
+    let mut open = ApiGuard::new(&p, None).unwrap();
+    assert!(check(&mut open, &req("GET", "/items", Some("opaque123"), "")).is_empty());
+    assert!(check(&mut open, &req("GET", "/other", Some("opaque123"), "")).is_empty());
+    let v = check(&mut open, &req("GET", "/users/8", Some("opaque123"), ""));
+    assert_eq!(rules(&v), ["jwt.malformed"]);
+    // With keys configured, every token must be a JWT.
+    assert_eq!(
+        rules(&check(&mut g, &req("GET", "/other", Some("opaque123"), ""))),
+        ["jwt.malformed"]
+    );
+}
