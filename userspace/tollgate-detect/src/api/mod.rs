@@ -216,16 +216,6 @@ impl Route {
         let enumeration = match &spec.enumeration {
             None => None,
             Some(e) => {
-                let cap = policy.checks.max_ids_per_client;
-                if e.max_ids == 0 || e.max_ids >= cap {
-                    return Err(invalid(
-                        at("enumeration.max_ids"),
-                        format!(
-                            "must be between 1 and checks.max_ids_per_client - 1 ({})",
-                            cap.saturating_sub(1)
-                        ),
-                    ));
-                }
                 if let Some(p) = &e.param
                     && !params.contains(&p.as_str())
                 {
@@ -240,8 +230,9 @@ impl Route {
                         format!("{text:?} has no {{param}} to count"),
                     ));
                 }
-                let window = duration_ms(at("enumeration.window"), &e.window)?;
-                Some((e.max_ids as usize, window, e.param.clone()))
+                let (max, window) =
+                    check_enumeration(&at("enumeration"), e, policy.checks.max_ids_per_client)?;
+                Some((max, window, e.param.clone()))
             }
         };
         let limit = match &spec.limit {
@@ -282,6 +273,25 @@ impl Route {
     }
 }
 
+/// Validates an enumeration limit at `field`; returns `(max_ids, window_ms)`.
+fn check_enumeration(
+    field: &str,
+    e: &EnumerationSpec,
+    max_ids_per_client: u32,
+) -> Result<(usize, u64), ApiPolicyError> {
+    if e.max_ids == 0 || e.max_ids >= max_ids_per_client {
+        return Err(invalid(
+            format!("{field}.max_ids"),
+            format!(
+                "must be between 1 and checks.max_ids_per_client - 1 ({})",
+                max_ids_per_client.saturating_sub(1)
+            ),
+        ));
+    }
+    let window = duration_ms(format!("{field}.window"), &e.window)?;
+    Ok((e.max_ids as usize, window))
+}
+
 fn check_claim(field: &str, claim: &str, opaque: bool) -> Result<(), ApiPolicyError> {
     if claim.trim().is_empty() {
         return Err(invalid(field, "claim name is empty"));
@@ -305,6 +315,8 @@ pub struct ApiGuard {
     inventory: Option<openapi::Inventory>,
     checks: ApiChecks,
     stuffing_window_ms: u64,
+    /// `(max_ids, window_ms)` for paths without a route enumeration.
+    enumeration_default: Option<(usize, u64)>,
     scanner: response::Scanner,
     clients: state::Clients,
 }
@@ -392,6 +404,20 @@ impl ApiGuard {
         if c.ipv6_prefix > 128 {
             return Err(invalid("checks.ipv6_prefix", "must be at most 128"));
         }
+        let enumeration_default = match &c.enumeration_default {
+            None => None,
+            Some(e) if e.param.is_some() => {
+                return Err(invalid(
+                    "checks.enumeration_default.param",
+                    "templates have no named parameters",
+                ));
+            }
+            Some(e) => Some(check_enumeration(
+                "checks.enumeration_default",
+                e,
+                c.max_ids_per_client,
+            )?),
+        };
         let stuffing_window_ms =
             duration_ms("checks.stuffing.window".to_owned(), &c.stuffing.window)?;
         let inventory = openapi
@@ -406,6 +432,7 @@ impl ApiGuard {
             inventory,
             checks: c.clone(),
             stuffing_window_ms,
+            enumeration_default,
             scanner: response::Scanner::new(),
             clients: state::Clients::new(
                 c.max_clients,
@@ -413,6 +440,11 @@ impl ApiGuard {
                 c.ipv6_prefix,
             ),
         })
+    }
+
+    /// Drops the state of `client` (counters, ids seen), e.g. when it is unbanned.
+    pub fn forget(&mut self, client: IpAddr) {
+        self.clients.forget(client);
     }
 
     /// Number of clients with state (for metrics); at most `checks.max_clients`.
@@ -436,10 +468,7 @@ impl ApiGuard {
         {
             return format!("{method} {}", p.template);
         }
-        format!(
-            "{method} {}",
-            crate::path_template(&routes::normalized(&segs))
-        )
+        format!("{method} {}", folded(&segs).0)
     }
 
     /// Checks one request of `client` at `now_ms` (Unix milliseconds) and updates the
@@ -474,7 +503,7 @@ impl ApiGuard {
                     format!("{method} not in {}", r.methods.join(", ")),
                 );
             }
-            if let Some(claims) = &claims {
+            if let Some(claims) = claims.as_ref().filter(|_| !preflight) {
                 check_claims(r, caps, claims, &mut out);
             }
             if let Some((max, window, param)) = &r.enumeration
@@ -486,18 +515,13 @@ impl ApiGuard {
                     .map(|(_, v)| *v)
                     .collect::<Vec<_>>()
                     .join("/");
-                let n = self
-                    .clients
-                    .see_id(client, *idx, &id, now_ms, *window, *max);
+                let key = state::Clients::route_key(*idx);
+                let n = self.clients.see_id(client, key, &id, now_ms, *window, *max);
                 if n > *max {
                     out.push(
                         ENUMERATION,
                         Location::Path,
-                        format!(
-                            "more than {max} distinct ids on {} within {}",
-                            r.text,
-                            fmt_ms(*window)
-                        ),
+                        enumeration_evidence(&id, *max, &r.text, *window),
                     );
                 }
             }
@@ -523,6 +547,23 @@ impl ApiGuard {
                             r.text,
                             fmt_ms(per)
                         ),
+                    );
+                }
+            }
+        }
+        if let Some((max, window)) = self.enumeration_default
+            && self.checks.enumeration.enabled
+            && route.as_ref().is_none_or(|r| r.1.enumeration.is_none())
+        {
+            let (template, ids) = folded(&segs);
+            if !ids.is_empty() {
+                let key = self.clients.template_key(&template);
+                let n = self.clients.see_id(client, key, &ids, now_ms, window, max);
+                if n > max {
+                    out.push(
+                        ENUMERATION,
+                        Location::Path,
+                        enumeration_evidence(&ids, max, &template, window),
                     );
                 }
             }
@@ -811,6 +852,35 @@ fn check_body(
             );
         }
     }
+}
+
+/// The folded template of normalized segments and its id segments joined by `/`.
+fn folded(segs: &[String]) -> (String, String) {
+    let mut template = String::new();
+    let mut ids = String::new();
+    for s in segs {
+        let t = crate::path_template(s);
+        template.push('/');
+        template.push_str(&t);
+        if t == "{id}" {
+            if !ids.is_empty() {
+                ids.push('/');
+            }
+            ids.push_str(s);
+        }
+    }
+    if template.is_empty() {
+        template.push('/');
+    }
+    (template, ids)
+}
+
+fn enumeration_evidence(id: &str, max: usize, on: &str, window_ms: u64) -> String {
+    format!(
+        "id {:?}: more than {max} distinct ids on {on} within {}",
+        crate::decode::truncate(id, 24),
+        fmt_ms(window_ms)
+    )
 }
 
 /// `60000` → `1m`, for evidence.

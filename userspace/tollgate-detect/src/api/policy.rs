@@ -236,6 +236,10 @@ pub struct ApiChecks {
     pub methods: DetectorConfig,
     /// Threshold of `auth.credential_stuffing`.
     pub stuffing: StuffingSpec,
+    /// Enumeration limit for every path that no route with `enumeration` covers, by
+    /// folded template (`/items/{id}`: numbers, UUIDs, hex and opaque ids). Off when
+    /// absent; `param` is not allowed here.
+    pub enumeration_default: Option<EnumerationSpec>,
     /// Most clients with per-client state; the least recently seen are forgotten.
     pub max_clients: usize,
     /// Most object ids remembered per client over all routes.
@@ -263,6 +267,7 @@ impl Default for ApiChecks {
             inventory: DetectorConfig::default(),
             methods: DetectorConfig::default(),
             stuffing: StuffingSpec::default(),
+            enumeration_default: None,
             max_clients: 10_000,
             max_ids_per_client: 256,
             ipv6_prefix: 64,

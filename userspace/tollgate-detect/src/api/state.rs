@@ -48,7 +48,8 @@ impl SlidingCounter {
 /// Ids seen on one route, oldest first.
 #[derive(Debug, Default)]
 struct IdSet {
-    route: usize,
+    /// [`Clients::route_key`] or [`Clients::template_key`].
+    route: u64,
     ids: VecDeque<(u64, u64)>,
 }
 
@@ -153,12 +154,29 @@ impl Clients {
         self.client(ip, now_ms).failures.hit(now_ms, window_ms)
     }
 
-    /// Records object `id` on `route`; returns the number of distinct ids seen in the
-    /// window (capped at `max_ids + 1`: enough to know the limit was passed).
+    /// Id-set key of a configured route.
+    pub(crate) fn route_key(route: usize) -> u64 {
+        route as u64 & !(1 << 63)
+    }
+
+    /// Id-set key of a folded path template (routes nobody configured).
+    pub(crate) fn template_key(&self, template: &str) -> u64 {
+        self.hasher.hash_one(template) | (1 << 63)
+    }
+
+    /// Forgets everything about `ip` (e.g. when it is unbanned).
+    pub(crate) fn forget(&mut self, ip: IpAddr) {
+        let key = self.key(ip);
+        self.map.remove(&key);
+    }
+
+    /// Records object `id` in the id set `route`; returns the number of distinct ids
+    /// seen in the window (capped at `max_ids + 1`: enough to know the limit was
+    /// passed).
     pub(crate) fn see_id(
         &mut self,
         ip: IpAddr,
-        route: usize,
+        route: u64,
         id: &str,
         now_ms: u64,
         window_ms: u64,
@@ -204,9 +222,11 @@ impl Clients {
                 None => c.ids[i].ids.pop_front(),
             };
         }
-        let set = &mut c.ids[i].ids;
-        set.push_back((h, now_ms));
-        set.len()
+        c.ids[i].ids.push_back((h, now_ms));
+        let n = c.ids[i].ids.len();
+        // Sets emptied by eviction go, so the number of sets stays bounded by the ids.
+        c.ids.retain(|s| !s.ids.is_empty());
+        n
     }
 }
 
@@ -253,18 +273,18 @@ mod tests {
         let mut cs = Clients::new(10, 8, 64);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for i in 0..100 {
-            let n = cs.see_id(ip, 0, &i.to_string(), 1000, 60_000, 20);
+            let n = cs.see_id(ip, 0u64, &i.to_string(), 1000, 60_000, 20);
             assert!(n <= 8, "{n}");
         }
         let mut cs = Clients::new(10, 256, 64);
         for i in 0..100 {
-            let n = cs.see_id(ip, 0, &i.to_string(), 1000, 60_000, 20);
+            let n = cs.see_id(ip, 0u64, &i.to_string(), 1000, 60_000, 20);
             assert_eq!(n, (i + 1).min(21));
         }
         // Filling one route does not stop counting on another.
         let mut cs = Clients::new(10, 30, 64);
         for i in 0..200 {
-            cs.see_id(ip, 0, &i.to_string(), 1000, 60_000, 25);
+            cs.see_id(ip, 0u64, &i.to_string(), 1000, 60_000, 25);
         }
         let n: Vec<usize> = (0..21)
             .map(|i| cs.see_id(ip, 1, &i.to_string(), 1000, 60_000, 20))

@@ -141,6 +141,18 @@ fn rejected_policies_name_the_field() {
             "checks: {stuffing: {failures: 0}}",
             "checks.stuffing.failures",
         ),
+        (
+            "checks: {enumeration_default: {max_ids: 500}}",
+            "checks.enumeration_default.max_ids",
+        ),
+        (
+            "checks: {enumeration_default: {param: id}}",
+            "checks.enumeration_default.param",
+        ),
+        (
+            "checks: {enumeration_default: {window: 0s}}",
+            "checks.enumeration_default.window",
+        ),
     ];
     for (yaml, field) in cases {
         let p: ApiPolicy = serde_yaml_ng::from_str(yaml).unwrap();
@@ -709,5 +721,42 @@ fn cors_preflight_and_opaque_tokens() {
     assert_eq!(
         rules(&check(&mut g, &req("GET", "/other", Some("opaque123"), ""))),
         ["jwt.malformed"]
+    );
+}
+
+#[test]
+fn default_enumeration_on_folded_templates() {
+    let mut p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    p.checks.enumeration_default = Some(EnumerationSpec {
+        max_ids: 3,
+        window: "1m".into(),
+        param: None,
+    });
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    let c = ip("198.51.100.20");
+    for i in 0..3 {
+        let r = req("GET", &format!("/invoices/{i}/pdf"), None, "");
+        assert!(g.inspect_request(c, &r, NOW).is_empty());
+        // Another template has its own count.
+        let r = req("GET", &format!("/shops/{i}"), None, "");
+        assert!(g.inspect_request(c, &r, NOW).is_empty());
+    }
+    let v = g.inspect_request(c, &req("GET", "//invoices/77/pdf/", None, ""), NOW);
+    assert_eq!(rules(&v), ["enumeration.ids"]);
+    assert!(
+        v[0].evidence.contains("/invoices/{id}/pdf"),
+        "{}",
+        v[0].evidence
+    );
+    // Words are not ids.
+    assert!(
+        g.inspect_request(c, &req("GET", "/invoices/list/pdf", None, ""), NOW)
+            .is_empty()
+    );
+    // Forgetting the client resets it.
+    g.forget(c);
+    assert!(
+        g.inspect_request(c, &req("GET", "/invoices/78/pdf", None, ""), NOW)
+            .is_empty()
     );
 }
