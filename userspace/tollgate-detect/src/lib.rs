@@ -7,17 +7,23 @@
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
 //!   traversal, SSRF, JNDI, scanners, smuggling/protocol) and the [`DetectConfig`] policy.
 //! - [`eval`]: labelled-corpus evaluation producing a [`eval::Report`].
+//! - [`api`]: the stateful OWASP API Top 10 layer: the [`ApiGuard`] checks
+//!   credentials, JWTs, object-level authorization, enumeration, mass assignment,
+//!   route limits, credential stuffing, response exposures and the OpenAPI inventory
+//!   per client, against an [`ApiPolicy`].
 //!
 //! [`fuzz_one`] is the entry point for fuzzers.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod decode;
 pub mod detect;
 pub mod eval;
 pub mod http;
 pub mod template;
 
+pub use api::{ApiGuard, ApiPolicy, ApiPolicyError, ApiRule, is_alert_only};
 pub use detect::{Action, Category, DetectConfig, DetectorConfig, Engine, Location, Violation};
 pub use http::{
     HttpError, Kind, Parsed, Request, Response, looks_like_http, parse_request, parse_response,
@@ -25,32 +31,79 @@ pub use http::{
 pub use template::path_template;
 
 /// Parses `data` as a request stream and as a response, and runs the default engine
-/// on every parsed request. Must never panic whatever the input.
+/// and an [`ApiGuard`] on every parsed request (and the guard on the response). Must never panic whatever the input.
 pub fn fuzz_one(data: &[u8]) {
     let _ = looks_like_http(data);
     // Building the matchers dominates a single run; build them once per process.
     static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
     let engine = ENGINE.get_or_init(|| Engine::new(DetectConfig::default()));
+    thread_local! {
+        // The API guard is stateful (&mut): one per fuzzing thread, with a policy that
+        // reaches every check.
+        static GUARD: std::cell::RefCell<Option<ApiGuard>> =
+            std::cell::RefCell::new(fuzz_api_guard());
+    }
+    let client = std::net::IpAddr::from([192, 0, 2, data.len().to_le_bytes()[0]]);
     let mut rest = data;
+    let mut last = None;
     // Pipelined requests; bounded because every step consumes at least one byte.
     while let Ok(Parsed::Complete { msg, consumed }) = parse_request(rest) {
         let v = engine.inspect_request(&msg);
         let _ = engine.verdict(&v);
         let _ = path_template(&msg.path);
+        GUARD.with_borrow_mut(|g| {
+            if let Some(g) = g {
+                let _ = g.inspect_request(client, &msg, data.len() as u64);
+                let _ = g.route_of(&msg);
+            }
+        });
+        last = Some(msg);
         if consumed == 0 || consumed > rest.len() {
             break;
         }
         rest = &rest[consumed..];
     }
-    let _ = parse_response(data);
+    if let Ok(Parsed::Complete { msg, .. }) = parse_response(data) {
+        GUARD.with_borrow_mut(|g| {
+            if let Some(g) = g {
+                let _ = g.inspect_response(client, last.as_ref(), &msg, 0);
+            }
+        });
+    }
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = decode::normalize(s, true);
     }
 }
 
+/// The API guard [`fuzz_one`] drives: every route feature, a key and an OpenAPI
+/// document, so that fuzzing reaches the JWT, body and inventory code.
+fn fuzz_api_guard() -> Option<ApiGuard> {
+    const POLICY: &str = r#"
+auth: { keys: [{ alg: HS256, secret: fuzz }], cookie: session }
+routes:
+  - { path: POST /login, limit: { requests: 2, per: 1m } }
+  - path: /users/{id}/**
+    methods: [GET, PUT]
+    bind: { param: id, claim: sub }
+    admin_claim: { claim: role, value: admin }
+    enumeration: { max_ids: 3, window: 1m }
+    forbidden_fields: [role]
+"#;
+    const OPENAPI: &str = r#"{"openapi":"3.0.0","paths":{"/users/{id}":{"put":{"requestBody":
+        {"content":{"application/json":{"schema":{"additionalProperties":false,
+        "properties":{"name":{}}}}}}}}}}"#;
+    let policy: ApiPolicy = serde_yaml_ng::from_str(POLICY).ok()?;
+    ApiGuard::new(&policy, Some(OPENAPI)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::fuzz_one;
+
+    #[test]
+    fn fuzz_guard_builds() {
+        assert!(super::fuzz_api_guard().is_some());
+    }
 
     /// Cheap stand-in for the fuzzer: adversarial shapes and pseudo-random bytes.
     #[test]
@@ -66,6 +119,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n[[[[[[[[[[[[[[[[[[[[",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
             b"\x16\x03\x01\x00",
+            b"PUT /users/8 HTTP/1.1\r\nAuthorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOjd9.\r\nContent-Length: 26\r\n\r\n{\"role\":\"admin\",\"x\":[[{}]]}",
+            b"GET /users/%2e%2e/8 HTTP/1.1\r\nCookie: session=a.b.c\r\nAuthorization: Bearer \xff.\xfe.\r\n\r\n",
+            b"HTTP/1.1 401 No\r\nContent-Length: 40\r\n\r\n4111 1111 1111 1111 \"password\": \"x\" AKIA",
         ];
         for f in fixed {
             fuzz_one(f);

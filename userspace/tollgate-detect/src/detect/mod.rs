@@ -32,6 +32,22 @@ pub enum Category {
     Scanner,
     Smuggling,
     Protocol,
+    /// Missing or invalid credentials (API2), credential stuffing.
+    Auth,
+    /// Object- and function-level authorization (API1, API5).
+    Authz,
+    /// Object id enumeration (API1).
+    Enumeration,
+    /// Properties a client must not set (API3).
+    #[serde(rename = "mass_assignment")]
+    MassAssignment,
+    /// Per-route request limits (API4, API6).
+    #[serde(rename = "rate_limit")]
+    RateLimit,
+    /// Secrets, personal data and debug output in responses (API3, API8). Alert-only.
+    Exposure,
+    /// Endpoints absent from the API inventory (API9).
+    Inventory,
 }
 
 impl Category {
@@ -47,6 +63,13 @@ impl Category {
             Category::Scanner => "scanner",
             Category::Smuggling => "smuggling",
             Category::Protocol => "protocol",
+            Category::Auth => "auth",
+            Category::Authz => "authz",
+            Category::Enumeration => "enumeration",
+            Category::MassAssignment => "mass_assignment",
+            Category::RateLimit => "rate_limit",
+            Category::Exposure => "exposure",
+            Category::Inventory => "inventory",
         }
     }
 }
@@ -68,6 +91,11 @@ pub enum Location {
     Header(String),
     Cookie,
     Body,
+    /// Response status line or headers.
+    Response,
+    /// Response body.
+    #[serde(rename = "response_body")]
+    ResponseBody,
 }
 
 /// One finding of one detector.
@@ -199,6 +227,15 @@ impl Sink<'_> {
             Category::Scanner => self.cfg.scanner,
             Category::Smuggling => self.cfg.smuggling,
             Category::Protocol => self.cfg.protocol,
+            // The API layer (crate::api) reports these with its own switches; the
+            // per-request detectors never do.
+            Category::Auth
+            | Category::Authz
+            | Category::Enumeration
+            | Category::MassAssignment
+            | Category::RateLimit
+            | Category::Exposure
+            | Category::Inventory => DetectorConfig::default(),
         };
         if !dc.enabled {
             return;

@@ -1,0 +1,762 @@
+//! Tests of the guard as a whole: policy loading, every rule with evasive variants
+//! and benign look-alikes.
+
+use std::net::IpAddr;
+
+use super::jwt::tests::{hs256, unsigned};
+use super::*;
+use crate::http::{Parsed, parse_request};
+
+/// Test keys and tokens made once with a throwaway key pair (private keys discarded):
+/// claims `{"sub":"7","role":"user"}`, no expiry.
+const ES256_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIofzdCR8nuurKOsR3vqitpOJf9fn\nHqMBdS74qPgUA5VWU550hr/9tD69FSzXj33AsRWpHRLAmaSn5s/N9KJ4PQ==\n-----END PUBLIC KEY-----\n";
+const ES256_TOKEN: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImVjMSJ9.eyJzdWIiOiI3Iiwicm9sZSI6InVzZXIifQ.kCFhUWPMqGthJJkvIFNJKDcCk3KI0J2bcNUmyIgX2Ljaqf1ByE3FQKz2_y5jAaISWGKa9qBNAuHlhVyp6mhj2g";
+const RS256_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtlSVe1OCMydGcEBKnVxw\nDtSy3SG1Hn/4vbNhO0KAm+ttU0xGIpySg5eOkZEfEMmuj1gv4EygIbCcwyZ5FbMs\nSHLA7+0liQcGD+OenBlZ0GOEkJLGkGT5SHAqEde5VJnn7aYU39GR6Q+az0XRpdln\nZyX17qxDXjKsyVwW36eUymN+m5/jPuFrwdxOLQEnEhqU0BSO5f2OjKffnEFRBSO0\nciGQ5pczlYoquM45EsYcm+c/dvJfXzQbftgZGdiNZ3BspigeYo2v5wlC+ld7XZJr\n4dKdY95sbCoQzTx57uyLCM4oSXdH/WYlP0OaI5O/1T5RNpX7kWqEb/FxXc6GVykA\nRQIDAQAB\n-----END PUBLIC KEY-----\n";
+const RS256_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYTEifQ.eyJzdWIiOiI3Iiwicm9sZSI6InVzZXIifQ.Z4hXJz3ZamhZDwMuqXj0w1kb3Yfi7NE7z2Y2li5P47wL8y2wFEywZ0fIvENOcufjt-ltKfCZoc10KHAb12cnoM1WApkHBJ0RPPzN2KGA8lojK8LUI5i0-5evvONTk7BkqOtPVLGK5KW5OIhlCSpQ3ZJWEIpz7RdXAmRNEeDFq7imHApQTOQhUeojL6XOfB3gArT9-fUeKSqBozOXMMzsf6wlPRqI2vJ0Z1WXZ6F_E85Zdm3E_Pl2Pu9MSVQdHkEUry-4Ci3uCWtHgr3ErItExi1K9D1vxYtoAfpsQCWom-T30IsH31fa3yet-nF67qDwMd1f1EvQb7WCrAnOU70Ymw";
+const RS256_JWKS: &str = "{\"keys\": [{\"kty\": \"RSA\", \"kid\": \"rsa1\", \"use\": \"sig\", \"n\": \"tlSVe1OCMydGcEBKnVxwDtSy3SG1Hn_4vbNhO0KAm-ttU0xGIpySg5eOkZEfEMmuj1gv4EygIbCcwyZ5FbMsSHLA7-0liQcGD-OenBlZ0GOEkJLGkGT5SHAqEde5VJnn7aYU39GR6Q-az0XRpdlnZyX17qxDXjKsyVwW36eUymN-m5_jPuFrwdxOLQEnEhqU0BSO5f2OjKffnEFRBSO0ciGQ5pczlYoquM45EsYcm-c_dvJfXzQbftgZGdiNZ3BspigeYo2v5wlC-ld7XZJr4dKdY95sbCoQzTx57uyLCM4oSXdH_WYlP0OaI5O_1T5RNpX7kWqEb_FxXc6GVykARQ\", \"e\": \"AQAB\"}]}";
+
+const SECRET: &str = "test-secret-0123456789";
+/// 2026-11-28, in ms.
+const NOW: u64 = 1_795_000_000_000;
+const NOW_S: u64 = NOW / 1000;
+
+const POLICY: &str = r#"
+auth:
+  keys:
+    - { alg: HS256, secret: "test-secret-0123456789" }
+routes:
+  - path: POST /login
+    limit: { requests: 5, per: 1m }
+  - path: /admin/**
+    admin_claim: { claim: role, value: admin }
+  - path: /users/{id}/**
+    methods: [GET, PUT]
+    auth: required
+    bind: { param: id, claim: sub, unless: { claim: role, value: support } }
+    enumeration: { max_ids: 20, window: 1m }
+    forbidden_fields: [role, is_admin]
+  - path: /orders/{order}
+    enumeration: { max_ids: 3, window: 1m }
+"#;
+
+fn guard() -> ApiGuard {
+    let p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    ApiGuard::new(&p, None).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn req(method: &str, path: &str, token: Option<&str>, body: &str) -> Request {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: api\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    match parse_request(raw.as_bytes()) {
+        Ok(Parsed::Complete { msg, .. }) => msg,
+        other => panic!("{raw}: {other:?}"),
+    }
+}
+
+fn token(claims: &str) -> String {
+    hs256(claims, SECRET)
+}
+
+fn user7() -> String {
+    token(&format!(
+        r#"{{"sub":"7","role":"user","exp":{}}}"#,
+        NOW_S + 600
+    ))
+}
+
+fn rules(v: &[Violation]) -> Vec<&'static str> {
+    v.iter().map(|v| v.rule).collect()
+}
+
+fn total(v: &[Violation]) -> u32 {
+    v.iter().map(|v| v.score).sum()
+}
+
+fn check(g: &mut ApiGuard, r: &Request) -> Vec<Violation> {
+    g.inspect_request(ip("192.0.2.1"), r, NOW)
+}
+
+#[test]
+fn policy_from_yaml_round_trips() {
+    let p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    assert_eq!(p.routes.len(), 4);
+    assert_eq!(p.routes[2].bind.as_ref().unwrap().claim, "sub");
+    assert_eq!(p.checks, ApiChecks::default());
+    let back: ApiPolicy = serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    assert!(ApiGuard::new(&ApiPolicy::default(), None).is_ok());
+    // Unknown fields are rejected by serde.
+    assert!(serde_yaml_ng::from_str::<ApiPolicy>("routes: [{path: /a, bogus: 1}]").is_err());
+}
+
+#[test]
+fn rejected_policies_name_the_field() {
+    let cases = [
+        (
+            "routes: [{path: /a, bind: {param: id, claim: sub}}]",
+            "routes[0].bind.param",
+        ),
+        (
+            "routes: [{path: /a}, {path: '/u/{id}', bind: {param: id, claim: ''}}]",
+            "routes[1].bind.claim",
+        ),
+        (
+            "routes: [{path: /a, limit: {requests: 5, per: 1x}}]",
+            "routes[0].limit.per",
+        ),
+        (
+            "routes: [{path: /a, limit: {requests: 0, per: 1m}}]",
+            "routes[0].limit.requests",
+        ),
+        ("routes: [{path: a}]", "routes[0].path"),
+        (
+            "routes: [{path: /a, methods: ['G T']}]",
+            "routes[0].methods[0]",
+        ),
+        (
+            "routes: [{path: '/u/{id}', enumeration: {max_ids: 0}}]",
+            "routes[0].enumeration.max_ids",
+        ),
+        (
+            "routes: [{path: '/u/{id}', enumeration: {window: soon}}]",
+            "routes[0].enumeration.window",
+        ),
+        ("auth: {keys: [{alg: HS256}]}", "auth.keys[0]"),
+        ("auth: {keys: [{alg: XX1, secret: a}]}", "auth.keys[0]"),
+        ("auth: {keys: [{alg: RS256, pem: nope}]}", "auth.keys[0]"),
+        ("auth: {leeway: forever}", "auth.leeway"),
+        ("auth: {jwks: '{}'}", "auth.jwks"),
+        (
+            "auth: {format: opaque}\nroutes: [{path: /a, admin_claim: {claim: r, value: a}}]",
+            "routes[0].admin_claim.claim",
+        ),
+        (
+            "checks: {stuffing: {failures: 0}}",
+            "checks.stuffing.failures",
+        ),
+        (
+            "checks: {enumeration_default: {max_ids: 500}}",
+            "checks.enumeration_default.max_ids",
+        ),
+        (
+            "checks: {enumeration_default: {param: id}}",
+            "checks.enumeration_default.param",
+        ),
+        (
+            "checks: {enumeration_default: {window: 0s}}",
+            "checks.enumeration_default.window",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let p: ApiPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        let Err(e) = ApiGuard::new(&p, None) else {
+            panic!("{yaml} accepted")
+        };
+        assert_eq!(e.field(), field, "{yaml}: {e}");
+        assert!(e.to_string().starts_with(field), "{e}");
+    }
+    let e = ApiGuard::new(&ApiPolicy::default(), Some("openapi: 3.0.0"))
+        .err()
+        .unwrap();
+    assert_eq!(e.field(), "openapi");
+}
+
+#[test]
+fn object_binding() {
+    let mut g = guard();
+    // The lead's end-to-end case: user 7 reading user 8.
+    let v = check(&mut g, &req("GET", "/users/8", Some(&user7()), ""));
+    assert_eq!(rules(&v), ["authz.object_binding"], "{v:?}");
+    assert_eq!(v[0].category, Category::Authz);
+    assert!(v[0].score < STRONG);
+    // Own object, also below it and through evasive spellings of the path.
+    for p in [
+        "/users/7",
+        "/users/7/",
+        "/users/7/orders/3",
+        "//users/7",
+        "/USERS/7",
+    ] {
+        let v = check(&mut g, &req("GET", p, Some(&user7()), ""));
+        assert!(v.is_empty(), "{p}: {v:?}");
+    }
+    for p in [
+        "/users/8/",
+        "//users/8",
+        "/users%2F8",
+        "/Users/8",
+        "/x/../users/8",
+        "/users/8;a=b",
+        "/users/%38",
+    ] {
+        let v = check(&mut g, &req("GET", p, Some(&user7()), ""));
+        assert_eq!(rules(&v), ["authz.object_binding"], "{p}: {v:?}");
+    }
+    let v = check(&mut g, &req("get", "/users/8", Some(&user7()), ""));
+    assert_eq!(
+        rules(&v),
+        ["authz.object_binding"],
+        "lower-case method: {v:?}"
+    );
+    // Numeric claims compare as text; `unless` exempts support staff.
+    let num = token(r#"{"sub":8}"#);
+    assert!(check(&mut g, &req("GET", "/users/8", Some(&num), "")).is_empty());
+    let support = token(r#"{"sub":"1","role":"support"}"#);
+    assert!(check(&mut g, &req("GET", "/users/8", Some(&support), "")).is_empty());
+}
+
+#[test]
+fn missing_credentials() {
+    let mut g = guard();
+    for p in ["/users/7", "/users/7/", "//users/7", "/%75sers/7"] {
+        let v = check(&mut g, &req("GET", p, None, ""));
+        assert_eq!(rules(&v), ["auth.missing"], "{p}: {v:?}");
+        assert!(v[0].score < STRONG);
+    }
+    // Other schemes are not a bearer token.
+    let mut r = req("GET", "/users/7", None, "");
+    r.headers
+        .push(("Authorization".into(), "Basic dXNlcjpwYXNz".into()));
+    assert_eq!(rules(&check(&mut g, &r)), ["auth.missing"]);
+    // Optional routes and unknown paths do not need a token.
+    assert!(check(&mut g, &req("GET", "/health", None, "")).is_empty());
+}
+
+#[test]
+fn token_from_cookie() {
+    let p: ApiPolicy = serde_yaml_ng::from_str(
+        "auth: {cookie: session}\nroutes: [{path: '/users/{id}', bind: {param: id, claim: sub}}]",
+    )
+    .unwrap();
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    let mut r = req("GET", "/users/8", None, "");
+    r.headers
+        .push(("Cookie".into(), format!("a=b; session={}", user7())));
+    let v = check(&mut g, &r);
+    assert_eq!(rules(&v), ["authz.object_binding"], "{v:?}");
+}
+
+#[test]
+fn alg_none_is_strong() {
+    let mut g = guard();
+    for alg in ["none", "NoNe", "NONE", " none"] {
+        let t = unsigned(&format!(r#"{{"alg":"{alg}"}}"#), r#"{"sub":"7"}"#);
+        let v = check(&mut g, &req("GET", "/users/7", Some(&t), ""));
+        assert_eq!(rules(&v), ["jwt.alg_none"], "{alg}: {v:?}");
+        assert!(total(&v) >= STRONG);
+    }
+    // Also flagged where no route applies and no key is configured.
+    let mut open = ApiGuard::new(&ApiPolicy::default(), None).unwrap();
+    let t = unsigned(r#"{"alg":"none"}"#, r#"{"sub":"1"}"#);
+    let v = check(&mut open, &req("GET", "/anything", Some(&t), ""));
+    assert_eq!(rules(&v), ["jwt.alg_none"]);
+}
+
+#[test]
+fn signatures() {
+    let mut g = guard();
+    assert!(check(&mut g, &req("GET", "/users/7", Some(&user7()), "")).is_empty());
+    let forged = hs256(r#"{"sub":"7"}"#, "guessed");
+    let v = check(&mut g, &req("GET", "/users/7", Some(&forged), ""));
+    assert_eq!(rules(&v), ["jwt.bad_signature"]);
+    assert!(total(&v) >= STRONG);
+    // Stripped signature.
+    let stripped = user7().rsplit_once('.').unwrap().0.to_owned() + ".";
+    assert_eq!(
+        rules(&check(&mut g, &req("GET", "/users/7", Some(&stripped), ""))),
+        ["jwt.malformed"]
+    );
+    // Algorithm confusion: an RS256 token against HMAC-only keys.
+    assert_eq!(
+        rules(&check(
+            &mut g,
+            &req("GET", "/users/7", Some(RS256_TOKEN), "")
+        )),
+        ["jwt.bad_signature"]
+    );
+}
+
+#[test]
+fn asymmetric_keys_and_jwks() {
+    let policy = |auth: serde_json::Value| -> ApiGuard {
+        let p: ApiPolicy = serde_json::from_value(serde_json::json!({ "auth": auth })).unwrap();
+        ApiGuard::new(&p, None).unwrap()
+    };
+    let mut es = policy(serde_json::json!({"keys": [{"alg": "ES256", "pem": ES256_PEM}]}));
+    let mut rs =
+        policy(serde_json::json!({"keys": [{"alg": "RS256", "pem": RS256_PEM, "kid": "rsa1"}]}));
+    let mut jwks = policy(serde_json::json!({"jwks": RS256_JWKS}));
+    for (g, good, bad) in [
+        (&mut es, ES256_TOKEN, RS256_TOKEN),
+        (&mut rs, RS256_TOKEN, ES256_TOKEN),
+        (&mut jwks, RS256_TOKEN, ES256_TOKEN),
+    ] {
+        assert!(check(g, &req("GET", "/x", Some(good), "")).is_empty());
+        assert_eq!(
+            rules(&check(g, &req("GET", "/x", Some(bad), ""))),
+            ["jwt.bad_signature"]
+        );
+        // HS256 signed with the public key text (key confusion).
+        let pem = if good == ES256_TOKEN {
+            ES256_PEM
+        } else {
+            RS256_PEM
+        };
+        let confused = hs256(r#"{"sub":"7"}"#, pem);
+        assert_eq!(
+            rules(&check(g, &req("GET", "/x", Some(&confused), ""))),
+            ["jwt.bad_signature"]
+        );
+    }
+}
+
+#[test]
+fn token_times() {
+    let mut g = guard();
+    let old = token(&format!(r#"{{"sub":"7","exp":{}}}"#, NOW_S - 3600));
+    let v = check(&mut g, &req("GET", "/users/7", Some(&old), ""));
+    assert_eq!(rules(&v), ["jwt.expired"]);
+    assert!(total(&v) < STRONG);
+    // Within the default 60 s leeway.
+    let just = token(&format!(r#"{{"sub":"7","exp":{}}}"#, NOW_S - 30));
+    assert!(check(&mut g, &req("GET", "/users/7", Some(&just), "")).is_empty());
+    let early = token(&format!(r#"{{"sub":"7","nbf":{}}}"#, NOW_S + 3600));
+    assert_eq!(
+        rules(&check(&mut g, &req("GET", "/users/7", Some(&early), ""))),
+        ["jwt.not_yet_valid"]
+    );
+    let text = token(r#"{"sub":"7","exp":"tomorrow"}"#);
+    assert_eq!(
+        rules(&check(&mut g, &req("GET", "/users/7", Some(&text), ""))),
+        ["jwt.malformed"]
+    );
+}
+
+#[test]
+fn malformed_tokens() {
+    let mut g = guard();
+    let long = "a".repeat(10_000);
+    for t in [
+        "abc",
+        "a.b.c",
+        "x.y",
+        "e30.e30.e30.e30",
+        long.as_str(),
+        "%%%.%%%.%%%",
+    ] {
+        let v = check(&mut g, &req("GET", "/users/7", Some(t), ""));
+        assert_eq!(rules(&v), ["jwt.malformed"], "{t}: {v:?}");
+        assert!(v[0].evidence.len() <= 120);
+    }
+}
+
+#[test]
+fn admin_claim() {
+    let mut g = guard();
+    let v = check(&mut g, &req("POST", "/admin/users", Some(&user7()), ""));
+    assert_eq!(rules(&v), ["authz.admin_claim"]);
+    let admin = token(r#"{"sub":"1","role":"admin"}"#);
+    assert!(check(&mut g, &req("POST", "/ADMIN//users", Some(&admin), "")).is_empty());
+    let v = check(&mut g, &req("GET", "/admin", None, ""));
+    assert_eq!(rules(&v), ["auth.missing"]);
+    let v = check(&mut g, &req("GET", "/%61dmin/x", Some(&user7()), ""));
+    assert_eq!(rules(&v), ["authz.admin_claim"]);
+}
+
+#[test]
+fn enumeration() {
+    let mut g = guard();
+    let c = ip("198.51.100.9");
+    for i in 0..3 {
+        assert!(
+            g.inspect_request(c, &req("GET", &format!("/orders/{i}"), None, ""), NOW)
+                .is_empty()
+        );
+        // Revisiting an id is not enumeration.
+        assert!(
+            g.inspect_request(c, &req("GET", "/orders/0", None, ""), NOW)
+                .is_empty()
+        );
+    }
+    let v = g.inspect_request(c, &req("GET", "/orders/99", None, ""), NOW + 1);
+    assert_eq!(rules(&v), ["enumeration.ids"]);
+    assert!(total(&v) >= STRONG);
+    // Another client is not affected; the window expires.
+    assert!(check(&mut g, &req("GET", "/orders/99", None, "")).is_empty());
+    assert!(
+        g.inspect_request(c, &req("GET", "/orders/100", None, ""), NOW + 120_000)
+            .is_empty()
+    );
+}
+
+#[test]
+fn route_limits() {
+    let mut g = guard();
+    let c = ip("203.0.113.5");
+    let mut scores = Vec::new();
+    for i in 0..10u64 {
+        let method = if i % 2 == 0 { "POST" } else { "post" };
+        let v = g.inspect_request(c, &req(method, "/login/", None, "{}"), NOW + i * 1000);
+        scores.push(total(&v));
+    }
+    assert_eq!(scores, [0, 0, 0, 0, 0, 3, 3, 3, 3, 10]);
+    // GET /login is another route (none), and a minute later the budget is back.
+    assert!(
+        g.inspect_request(c, &req("GET", "/login", None, ""), NOW)
+            .is_empty()
+    );
+    assert!(
+        g.inspect_request(c, &req("POST", "/login", None, "{}"), NOW + 200_000)
+            .is_empty()
+    );
+}
+
+#[test]
+fn credential_stuffing() {
+    let mut g = guard();
+    let c = ip("203.0.113.7");
+    let login = req("POST", "/login", None, "{}");
+    let denied = Response {
+        status: 401,
+        ..Response::default()
+    };
+    for i in 0..9 {
+        assert!(
+            g.inspect_response(c, Some(&login), &denied, NOW + i)
+                .is_empty()
+        );
+    }
+    let v = g.inspect_response(c, Some(&login), &denied, NOW + 10);
+    assert_eq!(rules(&v), ["auth.credential_stuffing"]);
+    assert!(total(&v) >= STRONG);
+    assert!(!is_alert_only(v[0].category));
+    assert!(v[0].evidence.contains("POST /login"), "{}", v[0].evidence);
+    // Successes do not count; slow failures do not add up.
+    let ok = Response {
+        status: 200,
+        ..Response::default()
+    };
+    let other = ip("203.0.113.8");
+    for i in 0..20 {
+        assert!(g.inspect_response(other, None, &ok, NOW + i).is_empty());
+        let slow = NOW + i * 120_000;
+        assert!(g.inspect_response(other, None, &denied, slow).is_empty());
+    }
+}
+
+#[test]
+fn exposures_are_alert_only() {
+    let mut g = guard();
+    let body = r#"{"id":7,"card":"4111 1111 1111 1111","password":"hunter2","key":"AKIAIOSFODNN7EXAMPLE"}"#;
+    let resp = Response {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.as_bytes().to_vec(),
+        ..Response::default()
+    };
+    let v = g.inspect_response(ip("192.0.2.1"), None, &resp, NOW);
+    assert_eq!(
+        rules(&v),
+        ["exposure.card", "exposure.cloud_key", "exposure.password"]
+    );
+    for x in &v {
+        assert!(is_alert_only(x.category));
+        assert_eq!(x.location, Location::ResponseBody);
+        assert!(
+            !x.evidence.contains("hunter2")
+                && !x.evidence.contains("4111 1111 1111")
+                && !x.evidence.contains("IOSF")
+        );
+    }
+    // Compressed or binary bodies are not read.
+    let mut gz = resp.clone();
+    gz.headers.push(("Content-Encoding".into(), "gzip".into()));
+    assert!(
+        g.inspect_response(ip("192.0.2.1"), None, &gz, NOW)
+            .is_empty()
+    );
+    let trace = Response {
+        status: 500,
+        body: b"Traceback (most recent call last):\n  File \"/app/x.py\"".to_vec(),
+        ..Response::default()
+    };
+    assert_eq!(
+        rules(&g.inspect_response(ip("192.0.2.1"), None, &trace, NOW)),
+        ["exposure.stack_trace"]
+    );
+    let benign = Response {
+        status: 200,
+        body: br#"{"order_id":"4111111111111112","text":"Reset your password here"}"#.to_vec(),
+        ..Response::default()
+    };
+    assert!(
+        g.inspect_response(ip("192.0.2.1"), None, &benign, NOW)
+            .is_empty()
+    );
+}
+
+#[test]
+fn mass_assignment() {
+    let mut g = guard();
+    let t = user7();
+    for body in [
+        r#"{"name":"x","role":"admin"}"#,
+        r#"{"profile":{"Is_Admin":true}}"#,
+        r#"[{"name":"x"},{"role":"admin"}]"#,
+    ] {
+        let v = check(&mut g, &req("PUT", "/users/7", Some(&t), body));
+        assert_eq!(rules(&v), ["mass_assignment.forbidden"], "{body}: {v:?}");
+    }
+    let mut form = req("PUT", "/users/7", Some(&t), "name=x&user%5Brole%5D=admin");
+    form.headers
+        .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+    assert_eq!(rules(&check(&mut g, &form)), ["mass_assignment.forbidden"]);
+    // Values that merely mention the word are fine.
+    let ok = check(
+        &mut g,
+        &req("PUT", "/users/7", Some(&t), r#"{"bio":"my role is admin"}"#),
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+}
+
+#[test]
+fn openapi_inventory_and_schema() {
+    let p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    let mut g = ApiGuard::new(&p, Some(super::openapi::tests::DOC)).unwrap();
+    let t = user7();
+    assert!(check(&mut g, &req("GET", "/users/7", Some(&t), "")).is_empty());
+    let v = check(&mut g, &req("GET", "/internal/metrics", None, ""));
+    assert_eq!(rules(&v), ["inventory.unknown_endpoint"]);
+    assert!(total(&v) < STRONG);
+    // Known path, undocumented method.
+    let v = check(&mut g, &req("PATCH", "/users/7", Some(&t), ""));
+    assert_eq!(
+        rules(&v),
+        ["protocol.method_not_allowed", "inventory.unknown_endpoint"]
+    );
+    let v = check(
+        &mut g,
+        &req(
+            "PUT",
+            "/users/7",
+            Some(&t),
+            r#"{"name":"a","email":"b","credit":100}"#,
+        ),
+    );
+    assert_eq!(rules(&v), ["mass_assignment.unknown_property"]);
+    assert!(v[0].evidence.contains("credit"));
+    assert!(check(&mut g, &req("PUT", "/users/7", Some(&t), r#"{"name":"a"}"#)).is_empty());
+    // Open schemas (login) accept anything.
+    assert!(
+        check(
+            &mut g,
+            &req("POST", "/login", None, r#"{"user":"a","x":1}"#)
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        g.route_of(&req("GET", "/users/me", None, "")),
+        "GET /users/{id}/**"
+    );
+    assert_eq!(
+        g.route_of(&req("GET", "/files/a.json", None, "")),
+        "GET /files/{name}.json"
+    );
+}
+
+#[test]
+fn methods_not_allowed() {
+    let mut g = guard();
+    let t = user7();
+    let v = check(&mut g, &req("DELETE", "/users/7", Some(&t), ""));
+    assert_eq!(rules(&v), ["protocol.method_not_allowed"]);
+    assert_eq!(v[0].category, Category::Protocol);
+    for m in ["GET", "get", "HEAD", "PUT"] {
+        assert!(
+            check(&mut g, &req(m, "/users/7", Some(&t), "")).is_empty(),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn route_of() {
+    let g = guard();
+    assert_eq!(
+        g.route_of(&req("get", "/users/8/", None, "")),
+        "GET /users/{id}/**"
+    );
+    assert_eq!(g.route_of(&req("POST", "/login", None, "")), "POST /login");
+    assert_eq!(g.route_of(&req("GET", "/login", None, "")), "GET /login");
+    assert_eq!(
+        g.route_of(&req("GET", "/items/123/x", None, "")),
+        "GET /items/{id}/x"
+    );
+}
+
+#[test]
+fn switches_and_weights() {
+    let mut p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    p.checks.authz.enabled = false;
+    p.checks.jwt.weight = 50;
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    assert!(check(&mut g, &req("GET", "/users/8", Some(&user7()), "")).is_empty());
+    let t = unsigned(r#"{"alg":"none"}"#, r#"{"sub":"8"}"#);
+    let v = check(&mut g, &req("GET", "/users/8", Some(&t), ""));
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].score, STRONG / 2);
+}
+
+#[test]
+fn rules_are_documented() {
+    let doc = include_str!("../../../../docs/api-rules.md");
+    for r in RULES {
+        assert!(
+            doc.contains(&format!("`{}`", r.id)),
+            "{} missing from docs/api-rules.md",
+            r.id
+        );
+        assert!(doc.contains(&format!("| {} |", r.score)), "{}", r.id);
+    }
+    let mut ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), RULES.len());
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let mut g = ApiGuard::new(
+        &serde_yaml_ng::from_str(POLICY).unwrap(),
+        Some(super::openapi::tests::DOC),
+    )
+    .unwrap();
+    let deep = "[".repeat(5000);
+    let nested = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    for (path, body) in [
+        ("/users/%ff%fe/..%2f..%2f", deep.as_str()),
+        ("/users/7", nested.as_str()),
+        ("/\u{00e9}/\u{1F600}", "\u{0}"),
+        (&"/a".repeat(5000), "{}"),
+    ] {
+        let mut r = req("PUT", "/", Some("\u{00e9}.\u{00e9}.\u{00e9}"), body);
+        r.path = path.to_owned();
+        let _ = g.inspect_request(ip("::1"), &r, NOW);
+        let _ = g.route_of(&r);
+        let resp = Response {
+            body: body.as_bytes().to_vec(),
+            ..Response::default()
+        };
+        let _ = g.inspect_response(ip("::1"), Some(&r), &resp, 0);
+    }
+}
+
+#[test]
+fn several_tokens_are_ambiguous() {
+    let mut g = guard();
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers.push((
+        "authorization".into(),
+        format!("Bearer {}", token(r#"{"sub":"8"}"#)),
+    ));
+    let v = check(&mut g, &r);
+    assert_eq!(rules(&v), ["jwt.malformed"], "{v:?}");
+    // The same token twice is fine.
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers
+        .push(("Authorization".into(), format!("Bearer {}", user7())));
+    assert!(check(&mut g, &r).is_empty());
+}
+
+#[test]
+fn truncated_json_bodies() {
+    let mut g = guard();
+    let mut r = req(
+        "PUT",
+        "/users/7",
+        Some(&user7()),
+        r#"{"name":"x","role":"admin","bio":"aaaa"#,
+    );
+    r.truncated = true;
+    assert_eq!(rules(&check(&mut g, &r)), ["mass_assignment.forbidden"]);
+}
+
+#[test]
+fn guard_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ApiGuard>();
+    let mut g = guard();
+    check(&mut g, &req("GET", "/orders/1", None, ""));
+    assert_eq!(g.tracked_clients(), 1);
+}
+
+#[test]
+fn cors_preflight_and_opaque_tokens() {
+    let mut g = guard();
+    let mut pre = req("OPTIONS", "/users/8", None, "");
+    pre.headers
+        .push(("Access-Control-Request-Method".into(), "PUT".into()));
+    assert!(check(&mut g, &pre).is_empty());
+    // A plain OPTIONS is not a preflight.
+    let v = check(&mut g, &req("OPTIONS", "/users/8", None, ""));
+    assert_eq!(rules(&v), ["auth.missing", "protocol.method_not_allowed"]);
+    // Without keys, opaque tokens pass where no claims are needed, not where they are.
+    let p: ApiPolicy = serde_yaml_ng::from_str(
+        "routes: [{path: '/users/{id}', bind: {param: id, claim: sub}}, {path: /items, auth: required}]",
+    )
+    .unwrap();
+    let mut open = ApiGuard::new(&p, None).unwrap();
+    assert!(check(&mut open, &req("GET", "/items", Some("opaque123"), "")).is_empty());
+    assert!(check(&mut open, &req("GET", "/other", Some("opaque123"), "")).is_empty());
+    let v = check(&mut open, &req("GET", "/users/8", Some("opaque123"), ""));
+    assert_eq!(rules(&v), ["jwt.malformed"]);
+    // With keys configured, every token must be a JWT.
+    assert_eq!(
+        rules(&check(&mut g, &req("GET", "/other", Some("opaque123"), ""))),
+        ["jwt.malformed"]
+    );
+}
+
+#[test]
+fn default_enumeration_on_folded_templates() {
+    let mut p: ApiPolicy = serde_yaml_ng::from_str(POLICY).unwrap();
+    p.checks.enumeration_default = Some(EnumerationSpec {
+        max_ids: 3,
+        window: "1m".into(),
+        param: None,
+    });
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    let c = ip("198.51.100.20");
+    for i in 0..3 {
+        let r = req("GET", &format!("/invoices/{i}/pdf"), None, "");
+        assert!(g.inspect_request(c, &r, NOW).is_empty());
+        // Another template has its own count.
+        let r = req("GET", &format!("/shops/{i}"), None, "");
+        assert!(g.inspect_request(c, &r, NOW).is_empty());
+    }
+    let v = g.inspect_request(c, &req("GET", "//invoices/77/pdf/", None, ""), NOW);
+    assert_eq!(rules(&v), ["enumeration.ids"]);
+    assert!(
+        v[0].evidence.contains("/invoices/{id}/pdf"),
+        "{}",
+        v[0].evidence
+    );
+    // Words are not ids.
+    assert!(
+        g.inspect_request(c, &req("GET", "/invoices/list/pdf", None, ""), NOW)
+            .is_empty()
+    );
+    // Forgetting the client resets it.
+    g.forget(c);
+    assert!(
+        g.inspect_request(c, &req("GET", "/invoices/78/pdf", None, ""), NOW)
+            .is_empty()
+    );
+}
