@@ -23,7 +23,7 @@
 //! - inventory (API9): endpoints absent from the OpenAPI document;
 //! - methods a route does not allow.
 //!
-//! Scores follow the engine's scale: [`STRONG`](crate::detect) (10, the default ban
+//! Scores follow the engine's scale: 10 (`STRONG`, the engine's default ban
 //! threshold) marks an unambiguous attack on its own (`alg: none`, a forged signature,
 //! a credential-stuffing burst, enumeration over the limit, a route limit exceeded
 //! twice over); weaker signals (a missing token, one object-binding mismatch, one
@@ -35,10 +35,33 @@
 //! [`ApiGuard::inspect_response`] returns is an exposure except
 //! `auth.credential_stuffing`, which is the client's doing and may ban.
 //!
-//! Route matching: the request path is percent-decoded and normalized (see
-//! [`routes`](self) — `//`, `/./`, `..`, `;params`, `\`, trailing `/`, letter case of
-//! literals), the method upper-cased; the **first** route (in policy order) whose
+//! Route matching: the request path is percent-decoded and normalized (`//`, `/./`,
+//! `..`, `;params`, `\`, trailing `/`, letter case of literals), the method
+//! upper-cased; the **first** route (in policy order) whose
 //! method prefix and pattern match is the one applied. Put specific routes first.
+//!
+//! ```
+//! use tollgate_detect::{ApiGuard, ApiPolicy, Parsed, is_alert_only, parse_request};
+//!
+//! let policy: ApiPolicy = serde_yaml_ng::from_str(r#"
+//! routes:
+//!   - path: POST /login
+//!     limit: { requests: 5, per: 1m }
+//!   - path: /users/{id}/**
+//!     methods: [GET, PUT]
+//!     bind: { param: id, claim: sub }
+//!     forbidden_fields: [role, is_admin]
+//! "#).unwrap();
+//! let mut guard = ApiGuard::new(&policy, None).unwrap();
+//! let Ok(Parsed::Complete { msg: req, .. }) =
+//!     parse_request(b"DELETE /users/8 HTTP/1.1\r\nHost: api\r\n\r\n") else { panic!() };
+//! let client = "192.0.2.7".parse().unwrap();
+//! let found = guard.inspect_request(client, &req, 1_700_000_000_000);
+//! let rules: Vec<&str> = found.iter().map(|v| v.rule).collect();
+//! assert_eq!(rules, ["auth.missing", "protocol.method_not_allowed"]);
+//! assert!(found.iter().all(|v| !is_alert_only(v.category)));
+//! assert_eq!(guard.route_of(&req), "DELETE /users/{id}/**");
+//! ```
 
 mod json;
 mod jwt;
