@@ -10,9 +10,6 @@
 
 use crate::decode;
 
-/// Most segments of a normalized path; the rest is ignored.
-const MAX_SEGMENTS: usize = 64;
-
 /// Splits a raw request path into normalized, decoded segments.
 pub(crate) fn segments(raw: &str) -> Vec<String> {
     let mut path = raw;
@@ -33,8 +30,9 @@ pub(crate) fn segments(raw: &str) -> Vec<String> {
             ".." => {
                 out.pop();
             }
-            s if out.len() < MAX_SEGMENTS => out.push(s.to_owned()),
-            _ => break,
+            // No cap on the count: `..` after many segments must still apply, and the
+            // decoded path is bounded (`decode::MAX_DECODED`).
+            s => out.push(s.to_owned()),
         }
     }
     out
@@ -204,6 +202,9 @@ mod tests {
             assert_eq!(segs(p), want, "{p}");
         }
         assert_eq!(normalized(&segs("/a/../../b")), "/b");
+        // Padding before `..` cannot push the real target out of reach.
+        let padded = format!("{}{}/users/8", "/a".repeat(100), "/..".repeat(100));
+        assert_eq!(segs(&padded), want);
         assert_eq!(normalized(&segs("/")), "/");
     }
 
