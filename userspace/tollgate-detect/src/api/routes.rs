@@ -6,7 +6,7 @@
 //! read as `/`, empty and `.` segments are dropped, `..` removes the previous segment,
 //! `;params` are cut from each segment, and literals compare case-insensitively. Each
 //! of these folds an evasion (`/users%2F8`, `//users/8`, `/users/8/`, `/./users/8`,
-//! `/users;x=1/8`, `/USERS/8`) into the form the policy was written for.
+//! `/users;x=1/8`, `/users%00x/8`, `/USERS/8`) into the form the policy was written for.
 
 use crate::decode;
 
@@ -24,7 +24,8 @@ pub(crate) fn segments(raw: &str) -> Vec<String> {
     }
     let mut out: Vec<String> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
-        let seg = seg.split(';').next().unwrap_or("");
+        // `;params` (servlet containers) and a NUL (C back ends) end a segment.
+        let seg = seg.split([';', '\0']).next().unwrap_or("");
         match seg {
             "" | "." => {}
             ".." => {
@@ -196,6 +197,7 @@ mod tests {
             "/%75sers/8",
             "/users%252F8",
             "/users;jsessionid=1/8",
+            "/users%00.json/8",
             "\\users\\8",
             "http://api.example/users/8",
         ] {
