@@ -5,6 +5,9 @@
 //! pure-Rust (`rust_crypto`) backend. Tokens are attacker-controlled: their size is
 //! capped before anything is decoded and no step can panic.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -253,6 +256,35 @@ pub(crate) fn verify(t: &Token, raw: &str, keys: &[Key]) -> bool {
         })
 }
 
+/// Signature verdicts remembered; the cache is emptied when full.
+const VERIFY_CACHE: usize = 4096;
+
+/// Remembers signature verdicts per token: clients send the same token with every
+/// request, and an ECDSA or RSA verification costs far more than the rest of the
+/// checks together. Tokens are keyed by a hash with a random key, so a forged token
+/// cannot be made to collide with a verified one.
+#[derive(Default)]
+pub(crate) struct VerifyCache {
+    verdicts: HashMap<u64, bool>,
+    hasher: RandomState,
+}
+
+impl VerifyCache {
+    /// [`verify`], remembered.
+    pub(crate) fn verify(&mut self, t: &Token, raw: &str, keys: &[Key]) -> bool {
+        let h = self.hasher.hash_one(raw);
+        if let Some(&ok) = self.verdicts.get(&h) {
+            return ok;
+        }
+        let ok = verify(t, raw, keys);
+        if self.verdicts.len() >= VERIFY_CACHE {
+            self.verdicts.clear();
+        }
+        self.verdicts.insert(h, ok);
+        ok
+    }
+}
+
 /// Most nesting followed in a dotted claim path.
 const MAX_CLAIM_DEPTH: usize = 8;
 
@@ -333,7 +365,27 @@ pub(crate) mod tests {
         assert!(!verify(&tok, &t, std::slice::from_ref(&bad)));
         // Tampered payload.
         let forged = t.replacen(&b64(r#"{"sub":"7"}"#), &b64(r#"{"sub":"8"}"#), 1);
-        assert!(!verify(&decode(&forged, 8192).unwrap(), &forged, &[good]));
+        assert!(!verify(
+            &decode(&forged, 8192).unwrap(),
+            &forged,
+            std::slice::from_ref(&good)
+        ));
+        // The cache gives the same verdicts, again and again.
+        let mut cache = VerifyCache::default();
+        for _ in 0..3 {
+            assert!(cache.verify(&tok, &t, std::slice::from_ref(&good)));
+            assert!(!cache.verify(
+                &decode(&forged, 8192).unwrap(),
+                &forged,
+                std::slice::from_ref(&good)
+            ));
+        }
+        for i in 0..VERIFY_CACHE + 10 {
+            let other = format!("{t}{i}");
+            let _ = cache.verify(&tok, &other, std::slice::from_ref(&good));
+        }
+        assert!(cache.verdicts.len() <= VERIFY_CACHE);
+        assert!(cache.verify(&tok, &t, &[good]));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! - inventory (API9): endpoints absent from the OpenAPI document;
 //! - methods a route does not allow.
 //!
-//! Scores follow the engine's scale: [`STRONG`](crate::detect) (10, the default ban
+//! Scores follow the engine's scale: 10 (`STRONG`, the engine's default ban
 //! threshold) marks an unambiguous attack on its own (`alg: none`, a forged signature,
 //! a credential-stuffing burst, enumeration over the limit, a route limit exceeded
 //! twice over); weaker signals (a missing token, one object-binding mismatch, one
@@ -35,10 +35,33 @@
 //! [`ApiGuard::inspect_response`] returns is an exposure except
 //! `auth.credential_stuffing`, which is the client's doing and may ban.
 //!
-//! Route matching: the request path is percent-decoded and normalized (see
-//! [`routes`](self) — `//`, `/./`, `..`, `;params`, `\`, trailing `/`, letter case of
-//! literals), the method upper-cased; the **first** route (in policy order) whose
+//! Route matching: the request path is percent-decoded and normalized (`//`, `/./`,
+//! `..`, `;params`, `\`, trailing `/`, letter case of literals), the method
+//! upper-cased; the **first** route (in policy order) whose
 //! method prefix and pattern match is the one applied. Put specific routes first.
+//!
+//! ```
+//! use tollgate_detect::{ApiGuard, ApiPolicy, Parsed, is_alert_only, parse_request};
+//!
+//! let policy: ApiPolicy = serde_yaml_ng::from_str(r#"
+//! routes:
+//!   - path: POST /login
+//!     limit: { requests: 5, per: 1m }
+//!   - path: /users/{id}/**
+//!     methods: [GET, PUT]
+//!     bind: { param: id, claim: sub }
+//!     forbidden_fields: [role, is_admin]
+//! "#).unwrap();
+//! let mut guard = ApiGuard::new(&policy, None).unwrap();
+//! let Ok(Parsed::Complete { msg: req, .. }) =
+//!     parse_request(b"DELETE /users/8 HTTP/1.1\r\nHost: api\r\n\r\n") else { panic!() };
+//! let client = "192.0.2.7".parse().unwrap();
+//! let found = guard.inspect_request(client, &req, 1_700_000_000_000);
+//! let rules: Vec<&str> = found.iter().map(|v| v.rule).collect();
+//! assert_eq!(rules, ["auth.missing", "protocol.method_not_allowed"]);
+//! assert!(found.iter().all(|v| !is_alert_only(v.category)));
+//! assert_eq!(guard.route_of(&req), "DELETE /users/{id}/**");
+//! ```
 
 mod json;
 mod jwt;
@@ -308,9 +331,7 @@ fn check_claim(field: &str, claim: &str, opaque: bool) -> Result<(), ApiPolicyEr
 /// The stateful API guard. Build once per policy with [`ApiGuard::new`]; feed it every
 /// request and (when available) every response of the protected service.
 pub struct ApiGuard {
-    auth: AuthConfig,
-    leeway_s: i64,
-    keys: Vec<jwt::Key>,
+    tokens: Tokens,
     routes: Vec<Route>,
     inventory: Option<openapi::Inventory>,
     checks: ApiChecks,
@@ -319,6 +340,91 @@ pub struct ApiGuard {
     enumeration_default: Option<(usize, u64)>,
     scanner: response::Scanner,
     clients: state::Clients,
+}
+
+/// Credential settings, keys and the signature cache.
+struct Tokens {
+    auth: AuthConfig,
+    leeway_s: i64,
+    keys: Vec<jwt::Key>,
+    cache: jwt::VerifyCache,
+}
+
+impl Tokens {
+    /// Token checks; returns the claims of a readable JWT.
+    fn check(
+        &mut self,
+        req: &Request,
+        route: Option<&Route>,
+        now_ms: u64,
+        out: &mut Out<'_>,
+    ) -> Option<serde_json::Map<String, Value>> {
+        let tokens = jwt::extract(&self.auth, &req.headers);
+        let Some(&(raw, source)) = tokens.first() else {
+            if route.is_some_and(|r| r.needs_auth) {
+                out.push(
+                    AUTH_MISSING,
+                    Location::Request,
+                    format!("no token in {}", self.auth.header),
+                );
+            }
+            return None;
+        };
+        if self.auth.format == TokenFormat::Opaque {
+            return None;
+        }
+        let loc = match source {
+            jwt::Source::Header => Location::Header(self.auth.header.clone()),
+            jwt::Source::Cookie => Location::Cookie,
+        };
+        if tokens.iter().any(|(t, _)| *t != raw) {
+            out.push(
+                JWT_MALFORMED,
+                loc.clone(),
+                format!("{} different tokens in one request", tokens.len()),
+            );
+        }
+        let tok = match jwt::decode(raw, self.auth.max_token_bytes) {
+            Ok(t) => t,
+            Err(why) => {
+                // Without keys, a token with no dots may be an opaque token of an API
+                // that is not using JWTs; it is only an error where claims are needed.
+                let needs_claims = route.is_some_and(|r| r.bind.is_some() || r.admin.is_some());
+                if !self.keys.is_empty() || raw.contains('.') || needs_claims {
+                    out.push(JWT_MALFORMED, loc, why.to_owned());
+                }
+                return None;
+            }
+        };
+        let alg = crate::decode::truncate(&tok.alg, 16);
+        if tok.alg.trim().eq_ignore_ascii_case("none") {
+            out.push(JWT_ALG_NONE, loc.clone(), format!("alg {alg:?}"));
+        } else if raw.ends_with('.') {
+            out.push(
+                JWT_MALFORMED,
+                loc.clone(),
+                format!("alg {alg:?} without signature"),
+            );
+        } else if !self.keys.is_empty() && !self.cache.verify(&tok, raw, &self.keys) {
+            out.push(
+                JWT_BAD_SIGNATURE,
+                loc.clone(),
+                format!("alg {alg:?} not verified by any key"),
+            );
+        }
+        let now_s = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        match jwt::check_time(&tok, now_s, self.leeway_s) {
+            Some(jwt::TimeIssue::Expired) => out.push(JWT_EXPIRED, loc, "exp is past".to_owned()),
+            Some(jwt::TimeIssue::NotYetValid) => {
+                out.push(JWT_NOT_YET_VALID, loc, "nbf is in the future".to_owned());
+            }
+            Some(jwt::TimeIssue::Malformed) => {
+                out.push(JWT_MALFORMED, loc, "exp or nbf is not a number".to_owned());
+            }
+            None => {}
+        }
+        Some(tok.claims)
+    }
 }
 
 /// Findings of one call, weighted and filtered by the `checks.*` switches.
@@ -425,9 +531,12 @@ impl ApiGuard {
             .transpose()
             .map_err(|reason| ApiPolicyError::OpenApi { reason })?;
         Ok(ApiGuard {
-            auth: auth.clone(),
-            leeway_s,
-            keys,
+            tokens: Tokens {
+                auth: auth.clone(),
+                leeway_s,
+                keys,
+                cache: jwt::VerifyCache::default(),
+            },
             routes,
             inventory,
             checks: c.clone(),
@@ -489,7 +598,7 @@ impl ApiGuard {
         // Browsers send CORS preflights without credentials, whatever the route needs.
         let preflight =
             method == "OPTIONS" && req.header("access-control-request-method").is_some();
-        let claims = self.check_token(
+        let claims = self.tokens.check(
             req,
             route.as_ref().map(|r| r.1).filter(|_| !preflight),
             now_ms,
@@ -588,81 +697,6 @@ impl ApiGuard {
             );
         }
         out.v
-    }
-
-    /// Token checks; returns the claims of a readable JWT.
-    fn check_token(
-        &self,
-        req: &Request,
-        route: Option<&Route>,
-        now_ms: u64,
-        out: &mut Out<'_>,
-    ) -> Option<serde_json::Map<String, Value>> {
-        let tokens = jwt::extract(&self.auth, &req.headers);
-        let Some(&(raw, source)) = tokens.first() else {
-            if route.is_some_and(|r| r.needs_auth) {
-                out.push(
-                    AUTH_MISSING,
-                    Location::Request,
-                    format!("no token in {}", self.auth.header),
-                );
-            }
-            return None;
-        };
-        if self.auth.format == TokenFormat::Opaque {
-            return None;
-        }
-        let loc = match source {
-            jwt::Source::Header => Location::Header(self.auth.header.clone()),
-            jwt::Source::Cookie => Location::Cookie,
-        };
-        if tokens.iter().any(|(t, _)| *t != raw) {
-            out.push(
-                JWT_MALFORMED,
-                loc.clone(),
-                format!("{} different tokens in one request", tokens.len()),
-            );
-        }
-        let tok = match jwt::decode(raw, self.auth.max_token_bytes) {
-            Ok(t) => t,
-            Err(why) => {
-                // Without keys, a token with no dots may be an opaque token of an API
-                // that is not using JWTs; it is only an error where claims are needed.
-                let needs_claims = route.is_some_and(|r| r.bind.is_some() || r.admin.is_some());
-                if !self.keys.is_empty() || raw.contains('.') || needs_claims {
-                    out.push(JWT_MALFORMED, loc, why.to_owned());
-                }
-                return None;
-            }
-        };
-        let alg = crate::decode::truncate(&tok.alg, 16);
-        if tok.alg.trim().eq_ignore_ascii_case("none") {
-            out.push(JWT_ALG_NONE, loc.clone(), format!("alg {alg:?}"));
-        } else if raw.ends_with('.') {
-            out.push(
-                JWT_MALFORMED,
-                loc.clone(),
-                format!("alg {alg:?} without signature"),
-            );
-        } else if !self.keys.is_empty() && !jwt::verify(&tok, raw, &self.keys) {
-            out.push(
-                JWT_BAD_SIGNATURE,
-                loc.clone(),
-                format!("alg {alg:?} not verified by any key"),
-            );
-        }
-        let now_s = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        match jwt::check_time(&tok, now_s, self.leeway_s) {
-            Some(jwt::TimeIssue::Expired) => out.push(JWT_EXPIRED, loc, "exp is past".to_owned()),
-            Some(jwt::TimeIssue::NotYetValid) => {
-                out.push(JWT_NOT_YET_VALID, loc, "nbf is in the future".to_owned());
-            }
-            Some(jwt::TimeIssue::Malformed) => {
-                out.push(JWT_MALFORMED, loc, "exp or nbf is not a number".to_owned());
-            }
-            None => {}
-        }
-        Some(tok.claims)
     }
 
     /// Checks one response sent to `client`. `req`: the request this response answers,

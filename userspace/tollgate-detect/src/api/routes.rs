@@ -6,12 +6,9 @@
 //! read as `/`, empty and `.` segments are dropped, `..` removes the previous segment,
 //! `;params` are cut from each segment, and literals compare case-insensitively. Each
 //! of these folds an evasion (`/users%2F8`, `//users/8`, `/users/8/`, `/./users/8`,
-//! `/users;x=1/8`, `/USERS/8`) into the form the policy was written for.
+//! `/users;x=1/8`, `/users%00x/8`, `/USERS/8`) into the form the policy was written for.
 
 use crate::decode;
-
-/// Most segments of a normalized path; the rest is ignored.
-const MAX_SEGMENTS: usize = 64;
 
 /// Splits a raw request path into normalized, decoded segments.
 pub(crate) fn segments(raw: &str) -> Vec<String> {
@@ -27,14 +24,16 @@ pub(crate) fn segments(raw: &str) -> Vec<String> {
     }
     let mut out: Vec<String> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
-        let seg = seg.split(';').next().unwrap_or("");
+        // `;params` (servlet containers) and a NUL (C back ends) end a segment.
+        let seg = seg.split([';', '\0']).next().unwrap_or("");
         match seg {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s if out.len() < MAX_SEGMENTS => out.push(s.to_owned()),
-            _ => break,
+            // No cap on the count: `..` after many segments must still apply, and the
+            // decoded path is bounded (`decode::MAX_DECODED`).
+            s => out.push(s.to_owned()),
         }
     }
     out
@@ -198,12 +197,16 @@ mod tests {
             "/%75sers/8",
             "/users%252F8",
             "/users;jsessionid=1/8",
+            "/users%00.json/8",
             "\\users\\8",
             "http://api.example/users/8",
         ] {
             assert_eq!(segs(p), want, "{p}");
         }
         assert_eq!(normalized(&segs("/a/../../b")), "/b");
+        // Padding before `..` cannot push the real target out of reach.
+        let padded = format!("{}{}/users/8", "/a".repeat(100), "/..".repeat(100));
+        assert_eq!(segs(&padded), want);
         assert_eq!(normalized(&segs("/")), "/");
     }
 
