@@ -274,3 +274,73 @@ fn a_changed_policy_file_is_applied_without_a_signal() {
         e.agent.log_text()
     );
 }
+
+/// HS256, `{"sub":"7","exp":4102444800}`, signed with the policy's secret.
+const TOKEN_USER_7: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3IiwiZXhwIjo0MTAyNDQ0ODAwfQ.u4I8mT5Oc6K2J9qzjNwuQtEij1YWUMCzXekVRCzNs8w";
+/// `alg: none`, claiming `role: admin`.
+const TOKEN_ALG_NONE: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI3IiwiZXhwIjo0MTAyNDQ0ODAwLCJyb2xlIjoiYWRtaW4ifQ.";
+
+fn authed(path: &str, token: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
+#[test]
+fn object_binding_flags_user_7_reading_user_8_and_valid_tokens_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "auth:\n  keys: [{alg: HS256, secret: tollgate-e2e-secret}]\nroutes:\n  - path: /users/{id}/**\n    bind: {param: id, claim: sub}\n",
+    )
+    .unwrap();
+    let e = env(&["--config", file.to_str().unwrap()]);
+    let (good, nosy) = (e.lab.v4(0, 2), e.lab.v4(1, 2));
+    // A valid token on its own objects: served, never reported.
+    for p in ["/users/7", "/users/7/orders", "/users/7/"] {
+        let r = e.send(good, 0, authed(p, TOKEN_USER_7));
+        assert!(r.is_some_and(|r| r.starts_with("HTTP/1.1 200")), "{p}");
+    }
+    // The same token reading user 8: flagged (one mismatch is not a ban).
+    e.send(nosy, 1, authed("/users/8", TOKEN_USER_7));
+    assert!(
+        eventually(Duration::from_secs(5), || events(&e.agent)
+            .iter()
+            .any(|v| v["rule"] == "authz.object_binding")),
+        "{:#?}\n{}",
+        events(&e.agent),
+        e.agent.log_text()
+    );
+    let ev = events(&e.agent);
+    let v = ev
+        .iter()
+        .find(|v| v["rule"] == "authz.object_binding")
+        .unwrap();
+    assert_eq!(v["client"], nosy.to_string());
+    assert_eq!(v["category"], "authz");
+    assert_eq!(v["route"], "GET /users/{id}/**");
+    assert_eq!(v["action"], "alert");
+    assert!(
+        ev.iter().all(|v| v["client"] != good.to_string()),
+        "valid token reported: {ev:#?}"
+    );
+    assert!(bans(&e.agent).is_empty());
+    assert!(e.send(good, 0, authed("/users/7", TOKEN_USER_7)).is_some());
+    assert!(e.send(nosy, 1, authed("/users/7", TOKEN_USER_7)).is_some());
+    // A forged token (alg none) is unambiguous: banned at once.
+    let dst6 = SocketAddr::new(e.lab.v6(0, 1), e.server.port);
+    try_http(
+        &e.lab,
+        e.lab.v6(0, 2),
+        dst6,
+        authed("/users/7", TOKEN_ALG_NONE),
+        T,
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || bans(&e.agent)
+            .iter()
+            .any(|b| b["reason"] == "jwt.alg_none")),
+        "{:?}",
+        bans(&e.agent)
+    );
+}

@@ -943,7 +943,7 @@ fn sampling() {
         let h = tollgate::agent::api::ApiHandle::new(
             &[8080],
             &policy,
-            tollgate::engine::Pipeline::new(Default::default(), Default::default()),
+            tollgate::engine::Pipeline::from_policy(&tollgate::policy::Policy::default()).unwrap(),
         );
         // No `tap` subscriber: events are built and offered to the channel
         // either way.

@@ -11,7 +11,13 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tollgate_detect::{Action, DetectConfig, Engine, Violation};
+use tollgate_detect::{
+    Action, ApiGuard, ApiPolicy, DetectConfig, Engine, Violation, is_alert_only,
+};
+
+/// Stands for "one request on its own" in the API guard's per-client state
+/// when replaying without source addresses.
+const NO_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// Clients whose score is tracked at once; beyond it the coldest are dropped
 /// (an attacker controls how many clients there seem to be).
@@ -108,30 +114,60 @@ pub struct Decision {
     pub ban: Option<IpNet>,
 }
 
-/// Detectors plus per-client scores.
+/// Detectors (per request), the API guard (per client: credentials,
+/// authorization, enumeration, limits, responses) and per-client scores.
 pub struct Pipeline {
     engine: Engine,
+    guard: ApiGuard,
     scoring: ScoringPolicy,
     scores: HashMap<IpNet, (f64, u64)>,
 }
 
 impl Pipeline {
-    /// A pipeline for a detector configuration and scoring policy.
-    #[must_use]
-    pub fn new(detect: DetectConfig, scoring: ScoringPolicy) -> Self {
-        Self {
-            engine: Engine::new(detect),
-            scoring,
-            scores: HashMap::new(),
-        }
-    }
-
-    /// The pipeline a policy file describes.
+    /// A pipeline for detector, API and scoring policies; `openapi` is the
+    /// OpenAPI document's text, if one is configured.
     ///
     /// # Errors
-    /// When a part of the policy cannot be compiled.
+    /// When the API policy or the OpenAPI document is invalid.
+    pub fn new(
+        detect: DetectConfig,
+        scoring: ScoringPolicy,
+        api: &ApiPolicy,
+        openapi: Option<&str>,
+    ) -> Result<Self, tollgate_detect::ApiPolicyError> {
+        Ok(Self {
+            engine: Engine::new(detect),
+            guard: ApiGuard::new(api, openapi)?,
+            scoring,
+            scores: HashMap::new(),
+        })
+    }
+
+    /// The pipeline a policy file describes (reads its OpenAPI document).
+    ///
+    /// # Errors
+    /// When a part of the policy cannot be compiled or the document read.
     pub fn from_policy(p: &crate::policy::Policy) -> anyhow::Result<Self> {
-        Ok(Self::new(p.detectors.clone(), p.scoring.clone()))
+        let doc = match &p.openapi {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("openapi: cannot read {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Self::new(
+            p.detectors.clone(),
+            p.scoring.clone(),
+            &p.api_policy(),
+            doc.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// `METHOD /template` of a request, for events.
+    #[must_use]
+    pub fn route_of(&self, req: &tollgate_detect::Request) -> String {
+        self.guard.route_of(req)
     }
 
     /// Takes a new configuration (a policy reload) but keeps the clients'
@@ -156,9 +192,49 @@ impl Pipeline {
         req: &tollgate_detect::Request,
         now_ms: u64,
     ) -> Decision {
-        let violations = self.engine.inspect_request(req);
-        let mut action = self.engine.verdict(&violations);
-        let total: f64 = violations.iter().map(|v| f64::from(v.score)).sum();
+        let mut violations = self.engine.inspect_request(req);
+        violations.extend(
+            self.guard
+                .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
+        );
+        if client.is_none() {
+            self.guard.forget(NO_CLIENT);
+        }
+        self.decide(client, violations, now_ms)
+    }
+
+    /// Inspects one response to `client`; `req` is the request it answers
+    /// when known (at least method and path). Exposures in it alert and never
+    /// ban (the server leaked, not the client); a burst of 401/403 to one
+    /// client (credential stuffing) is the client's doing and scores.
+    pub fn on_response(
+        &mut self,
+        client: IpAddr,
+        req: Option<&tollgate_detect::Request>,
+        resp: &tollgate_detect::Response,
+        now_ms: u64,
+    ) -> Decision {
+        let violations = self.guard.inspect_response(client, req, resp, now_ms);
+        self.decide(Some(client), violations, now_ms)
+    }
+
+    fn decide(
+        &mut self,
+        client: Option<IpAddr>,
+        violations: Vec<Violation>,
+        now_ms: u64,
+    ) -> Decision {
+        // Alert-only findings are reported but neither ban nor score.
+        let scored: Vec<Violation> = violations
+            .iter()
+            .filter(|v| !is_alert_only(v.category))
+            .cloned()
+            .collect();
+        let mut action = self.engine.verdict(&scored);
+        if action == Action::Allow && violations.len() > scored.len() {
+            action = Action::Alert;
+        }
+        let total: f64 = scored.iter().map(|v| f64::from(v.score)).sum();
         let Some(ip) = client else {
             return Decision {
                 violations,
@@ -173,13 +249,16 @@ impl Pipeline {
         } else {
             self.score_of(&net, now_ms)
         };
-        if client_score >= self.scoring.ban_threshold {
+        // Scores are whole points; the tolerance keeps two findings a few
+        // milliseconds apart from missing the threshold by a hair of decay.
+        if client_score + 0.01 >= self.scoring.ban_threshold {
             action = Action::Ban;
         }
         let ban = (action == Action::Ban).then_some(net);
         if ban.is_some() {
             // The ban is the consequence; a client comes back from it clean.
             self.scores.remove(&net);
+            self.guard.forget(ip);
         }
         Decision {
             violations,
@@ -250,9 +329,19 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn pipeline(scoring: ScoringPolicy) -> Pipeline {
+        Pipeline::new(
+            DetectConfig::default(),
+            scoring,
+            &ApiPolicy::default(),
+            None,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn one_unambiguous_injection_bans() {
-        let mut p = Pipeline::new(DetectConfig::default(), ScoringPolicy::default());
+        let mut p = pipeline(ScoringPolicy::default());
         let d = p.on_request(
             Some(ip("198.18.0.7")),
             &req("GET /items?id=1%27%20OR%20%271%27=%271 HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -266,7 +355,7 @@ mod tests {
 
     #[test]
     fn clean_requests_do_nothing() {
-        let mut p = Pipeline::new(DetectConfig::default(), ScoringPolicy::default());
+        let mut p = pipeline(ScoringPolicy::default());
         let d = p.on_request(
             Some(ip("198.18.0.7")),
             &req("GET /search?q=select+a+union+rep HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -284,7 +373,7 @@ mod tests {
             half_life: Duration::from_secs(60),
             ..ScoringPolicy::default()
         };
-        let mut p = Pipeline::new(DetectConfig::default(), scoring);
+        let mut p = pipeline(scoring);
         let net: IpNet = "198.18.0.9/32".parse().unwrap();
         p.add(net, 6.0, 0);
         // One half-life later 3 are left: another 6 does not reach 10.
@@ -328,11 +417,94 @@ mod tests {
 
     #[test]
     fn tracked_clients_are_bounded() {
-        let mut p = Pipeline::new(DetectConfig::default(), ScoringPolicy::default());
+        let mut p = pipeline(ScoringPolicy::default());
         for i in 0..(MAX_TRACKED as u32 + 10) {
             let a = std::net::Ipv4Addr::from(0xC612_0000 + i);
             p.add(IpNet::from(IpAddr::V4(a)), 1.0 + f64::from(i % 7), 0);
         }
         assert!(p.tracked() <= MAX_TRACKED);
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    fn req(raw: &str) -> tollgate_detect::Request {
+        match tollgate_detect::parse_request(raw.as_bytes()) {
+            Ok(tollgate_detect::Parsed::Complete { msg, .. }) => msg,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn policy(yaml: &str) -> Pipeline {
+        let p = crate::policy::Policy::parse(yaml, std::path::Path::new("p.yaml")).unwrap();
+        Pipeline::from_policy(&p).unwrap()
+    }
+
+    #[test]
+    fn exposures_alert_but_never_ban() {
+        let mut p = policy("");
+        let resp = tollgate_detect::Response {
+            version: 1,
+            status: 200,
+            reason: "OK".into(),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: b"{\"key\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIE\"}".to_vec(),
+            truncated: false,
+        };
+        let c: IpAddr = "198.18.0.4".parse().unwrap();
+        for t in 0..5 {
+            let d = p.on_response(c, None, &resp, t);
+            assert_eq!(d.action, Action::Alert, "{d:?}");
+            assert!(d.ban.is_none());
+        }
+    }
+
+    #[test]
+    fn credential_stuffing_bans() {
+        let mut p = policy("checks:\n  stuffing: {failures: 5, window: 1m}\n");
+        let login = req("POST /login HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        let denied = tollgate_detect::Response {
+            version: 1,
+            status: 401,
+            reason: "Unauthorized".into(),
+            headers: vec![],
+            body: vec![],
+            truncated: false,
+        };
+        let c: IpAddr = "198.18.0.5".parse().unwrap();
+        let bans = (0..5)
+            .filter(|t| {
+                p.on_response(c, Some(&login), &denied, t * 100)
+                    .ban
+                    .is_some()
+            })
+            .count();
+        assert_eq!(bans, 1);
+    }
+
+    #[test]
+    fn api_violations_add_to_the_client_score() {
+        // One BOLA mismatch is flagged, a few more ban.
+        let mut p =
+            policy("routes:\n  - path: /users/{id}/**\n    bind: {param: id, claim: sub}\n");
+        // {"alg":"HS256"} . {"sub":"7"} . sig (no keys: not verified)
+        let tok = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2ln";
+        let own = req(&format!(
+            "GET /users/7 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        ));
+        let other = req(&format!(
+            "GET /users/8 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        ));
+        let c: Option<IpAddr> = Some("198.18.0.6".parse().unwrap());
+        let d = p.on_request(c, &own, 0);
+        assert!(d.violations.is_empty(), "{d:?}");
+        let d = p.on_request(c, &other, 1);
+        assert_eq!(d.violations[0].rule, "authz.object_binding");
+        assert_eq!(d.action, Action::Alert);
+        assert_eq!(p.route_of(&other), "GET /users/{id}/**");
+        let d = p.on_request(c, &other, 2);
+        assert_eq!(d.action, Action::Ban, "{d:?}");
     }
 }

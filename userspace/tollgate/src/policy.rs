@@ -71,6 +71,18 @@ pub struct Policy {
     /// The security event log.
     #[serde(default)]
     pub events: crate::events::EventsPolicy,
+    /// Where credentials are and how tokens are checked (API2).
+    #[serde(default)]
+    pub auth: tollgate_detect::api::AuthConfig,
+    /// Per-route rules: authorization, binding, limits, enumeration, fields.
+    #[serde(default)]
+    pub routes: Vec<tollgate_detect::api::RouteSpec>,
+    /// Switches and weights of the API checks, and their bounds.
+    #[serde(default)]
+    pub checks: tollgate_detect::api::ApiChecks,
+    /// The service's OpenAPI 3 document (inventory, closed request schemas);
+    /// relative to the policy file.
+    pub openapi: Option<PathBuf>,
 }
 
 /// A block-list file the agent re-reads every `refresh` (when it changed):
@@ -149,6 +161,25 @@ impl Policy {
             source,
         })?;
         let mut p = Self::parse(&text, path)?;
+        if let (Some(doc), Some(dir)) = (p.openapi.as_mut(), path.parent())
+            && doc.is_relative()
+        {
+            *doc = dir.join(&*doc);
+        }
+        if let Some(doc) = &p.openapi {
+            let invalid = |message: String| PolicyError::Invalid {
+                path: path.to_owned(),
+                location: match locate(&text, "openapi") {
+                    Some(line) => format!("line {line}: openapi"),
+                    None => "openapi".into(),
+                },
+                message,
+            };
+            let spec = std::fs::read_to_string(doc)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", doc.display())))?;
+            tollgate_detect::ApiGuard::new(&p.api_policy(), Some(&spec))
+                .map_err(|e| invalid(api_error(e).1))?;
+        }
         // Feed paths are relative to the policy file, not to wherever the
         // agent happens to be started.
         if let Some(dir) = path.parent() {
@@ -248,6 +279,10 @@ impl Policy {
             }
             feed_refresh(f).map_err(|e| invalid(format!("feeds[{i}].refresh"), e))?;
         }
+        if let Err(e) = tollgate_detect::ApiGuard::new(&p.api_policy(), None) {
+            let (field, message) = api_error(e);
+            return Err(invalid(field, message));
+        }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return Err(invalid(
@@ -305,7 +340,34 @@ fn has_key(line: &str, key: &str) -> bool {
     })
 }
 
+/// (field, message) of an API policy error.
+fn api_error(e: tollgate_detect::ApiPolicyError) -> (String, String) {
+    use tollgate_detect::ApiPolicyError as E;
+    match e {
+        E::Invalid { field, reason } => (field, reason),
+        E::Duration {
+            field,
+            value,
+            source,
+        } => (
+            field,
+            format!("'{value}' is not a duration like 30s, 1m, 1h ({source})"),
+        ),
+        E::OpenApi { reason } => ("openapi".into(), reason),
+    }
+}
+
 impl Policy {
+    /// The API guard's part of the policy.
+    #[must_use]
+    pub fn api_policy(&self) -> tollgate_detect::ApiPolicy {
+        tollgate_detect::ApiPolicy {
+            auth: self.auth.clone(),
+            routes: self.routes.clone(),
+            checks: self.checks.clone(),
+        }
+    }
+
     /// The feeds, ready to run (the policy was validated when parsed).
     #[must_use]
     pub fn feed_jobs(&self) -> Vec<crate::agent::feeds::FeedJob> {

@@ -162,34 +162,52 @@ impl ApiHandle {
                 continue;
             };
             for ev in st.flows.on_sample(&sample, wall_offset) {
-                match (&ev.request, ev.direction) {
+                let ms = (ev.time * 1000.0) as u64;
+                let decided = match (&ev.request, ev.direction) {
                     (Some(req), Direction::Request) => {
                         st.inventory.on_request(ev.client, req, now);
-                        let d = st.pipeline.on_request(
-                            Some(ev.client),
-                            &to_detect(req),
-                            (ev.time * 1000.0) as u64,
-                        );
-                        if !d.violations.is_empty() || d.ban.is_some() {
-                            findings.push(Finding {
-                                client: ev.client,
-                                proxy: None,
-                                port: ev.port,
-                                route: format!(
-                                    "{} {}",
-                                    req.method,
-                                    crate::api::inventory::path_template(&req.path)
-                                ),
-                                decision: d,
-                            });
-                        }
+                        let dreq = to_detect(req);
+                        let d = st.pipeline.on_request(Some(ev.client), &dreq, ms);
+                        Some((st.pipeline.route_of(&dreq), d))
                     }
                     (_, Direction::Response) => {
                         if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
                             st.inventory.on_response(m, p, s);
                         }
+                        ev.response.as_ref().map(|resp| {
+                            // What the pairing kept of the request: method and path.
+                            let req = ev.method.as_ref().zip(ev.path.as_ref()).map(|(m, p)| {
+                                tollgate_detect::Request {
+                                    method: m.clone(),
+                                    target: p.clone(),
+                                    path: p.clone(),
+                                    ..tollgate_detect::Request::default()
+                                }
+                            });
+                            let route = req
+                                .as_ref()
+                                .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
+                            let d = st.pipeline.on_response(
+                                ev.client,
+                                req.as_ref(),
+                                &to_detect_response(resp),
+                                ms,
+                            );
+                            (route, d)
+                        })
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some((route, d)) = decided
+                    && (!d.violations.is_empty() || d.ban.is_some())
+                {
+                    findings.push(Finding {
+                        client: ev.client,
+                        proxy: None,
+                        port: ev.port,
+                        route,
+                        decision: d,
+                    });
                 }
                 // Nobody listening is fine.
                 let _ = self.tap.send(Arc::new(ev));
@@ -198,6 +216,19 @@ impl ApiHandle {
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
         (t.elapsed(), findings)
+    }
+}
+
+/// The detectors' view of a parsed response.
+#[must_use]
+pub fn to_detect_response(resp: &crate::api::http::Response) -> tollgate_detect::Response {
+    tollgate_detect::Response {
+        version: resp.version,
+        status: resp.status,
+        reason: String::new(),
+        headers: resp.headers.clone(),
+        body: resp.body.to_vec(),
+        truncated: resp.truncated,
     }
 }
 
