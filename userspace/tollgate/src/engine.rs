@@ -318,7 +318,7 @@ impl Pipeline {
 mod tests {
     use super::*;
 
-    fn req(raw: &str) -> tollgate_detect::Request {
+    pub(super) fn req(raw: &str) -> tollgate_detect::Request {
         match tollgate_detect::parse_request(raw.as_bytes()) {
             Ok(tollgate_detect::Parsed::Complete { msg, .. }) => msg,
             other => panic!("not a request: {other:?}"),
@@ -428,14 +428,7 @@ mod tests {
 
 #[cfg(test)]
 mod api_tests {
-    use super::*;
-
-    fn req(raw: &str) -> tollgate_detect::Request {
-        match tollgate_detect::parse_request(raw.as_bytes()) {
-            Ok(tollgate_detect::Parsed::Complete { msg, .. }) => msg,
-            other => panic!("not a request: {other:?}"),
-        }
-    }
+    use super::{tests::req, *};
 
     fn policy(yaml: &str) -> Pipeline {
         let p = crate::policy::Policy::parse(yaml, std::path::Path::new("p.yaml")).unwrap();
