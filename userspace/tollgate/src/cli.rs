@@ -986,7 +986,8 @@ fn print_status(v: &Value) {
         println!(
             "\nAPI ports {:?}: first packets of each flow + 1 in {} (configured 1 in {}); \
              {} requests, {} responses parsed, {} truncated; {} TLS and {} other samples skipped; \
-             {} flows followed",
+             {} flows followed; policy engine: {} messages with violations, {} clients scored, \
+             {} tracked by the API checks",
             sm.api_ports,
             sm.one_in_effective,
             sm.one_in_configured,
@@ -995,7 +996,10 @@ fn print_status(v: &Value) {
             sm.flows.truncated,
             sm.flows.tls,
             sm.flows.other,
-            sm.flows_followed
+            sm.flows_followed,
+            sm.findings,
+            sm.clients_scored,
+            sm.clients_tracked
         );
     }
     if let Some(k) = &s.samples_kernel

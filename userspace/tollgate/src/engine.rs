@@ -307,6 +307,12 @@ impl Pipeline {
         }
     }
 
+    /// Clients the API guard keeps state for.
+    #[must_use]
+    pub fn guard_clients(&self) -> usize {
+        self.guard.tracked_clients()
+    }
+
     /// Clients tracked now.
     #[must_use]
     pub fn tracked(&self) -> usize {

@@ -104,6 +104,15 @@ pub struct SamplingStatus {
     pub flows: FlowStats,
     /// Flows followed now.
     pub flows_followed: usize,
+    /// Clients with a policy score now.
+    #[serde(default)]
+    pub clients_scored: usize,
+    /// Clients the API guard keeps state for (limits, ids, failures).
+    #[serde(default)]
+    pub clients_tracked: usize,
+    /// Requests and responses with at least one violation.
+    #[serde(default)]
+    pub findings: u64,
 }
 
 /// Shared state of the pipeline.
@@ -215,6 +224,9 @@ impl ApiHandle {
         }
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
+        st.status.clients_scored = st.pipeline.tracked();
+        st.status.clients_tracked = st.pipeline.guard_clients();
+        st.status.findings += findings.len() as u64;
         (t.elapsed(), findings)
     }
 }
