@@ -615,3 +615,189 @@ fn verifier_complexity_stays_within_budget() {
         );
     }
 }
+
+/// Connections from trusted proxies: the PROXY header's client decides.
+mod proxy {
+    use super::*;
+
+    const PROXY: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
+    const ACK_PSH: u8 = 0x18;
+    const FIN_ACK: u8 = 0x11;
+
+    /// A TCP segment from the proxy (source port `sport`) to port 8080.
+    fn seg(sport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = pkt::tcp_to(8080, flags, payload);
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        Frame::new().ipv4(PROXY, 6, &t)
+    }
+
+    fn v1(client: &str) -> Vec<u8> {
+        format!("PROXY TCP4 {client} 198.18.255.1 51000 8080\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .into_bytes()
+    }
+
+    fn v2(client: std::net::IpAddr) -> Vec<u8> {
+        let mut h = vec![
+            0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21,
+        ];
+        match client {
+            std::net::IpAddr::V4(a) => {
+                h.extend_from_slice(&[0x11, 0, 12]);
+                h.extend_from_slice(&a.octets());
+                h.extend_from_slice(&[198, 18, 255, 1, 0xc7, 0x38, 0x1f, 0x90]);
+            }
+            std::net::IpAddr::V6(a) => {
+                h.extend_from_slice(&[0x21, 0, 36]);
+                h.extend_from_slice(&a.octets());
+                h.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+                h.extend_from_slice(&[0xc7, 0x38, 0x1f, 0x90]);
+            }
+        }
+        h.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        h
+    }
+
+    fn setup() -> Datapath {
+        let mut dp = load();
+        dp.set_trusted(&[net_of("198.18.7.0/24")]).unwrap();
+        ban(&mut dp, "198.18.9.9");
+        ban(&mut dp, "fd00:9::/64");
+        dp
+    }
+
+    #[test]
+    fn a_banned_client_behind_a_proxy_is_dropped_per_connection() {
+        let mut dp = setup();
+        // The proxy itself is never judged as the banned client.
+        assert_eq!(run(&mut dp, &seg(1000, 0x02, b"")), XDP_PASS);
+        // Connection 1 carries the banned client: its header packet and every
+        // later packet drop; its FIN drops and forgets the connection.
+        assert_eq!(
+            run(&mut dp, &seg(1000, ACK_PSH, &v1("198.18.9.9"))),
+            XDP_DROP
+        );
+        assert_eq!(
+            run(&mut dp, &seg(1000, ACK_PSH, b"GET /2 HTTP/1.1\r\n\r\n")),
+            XDP_DROP
+        );
+        assert_eq!(run(&mut dp, &seg(1000, FIN_ACK, b"")), XDP_DROP);
+        // Connection 2 from the same proxy carries a clean client: passes.
+        assert_eq!(
+            run(&mut dp, &seg(1001, ACK_PSH, &v1("198.18.9.10"))),
+            XDP_PASS
+        );
+        assert_eq!(
+            run(&mut dp, &seg(1001, ACK_PSH, b"GET /3 HTTP/1.1\r\n\r\n")),
+            XDP_PASS
+        );
+        // v2, IPv4 and IPv6 (banned by its /64).
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(1002, ACK_PSH, &v2("198.18.9.9".parse().unwrap()))
+            ),
+            XDP_DROP
+        );
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(1003, ACK_PSH, &v2("fd00:9::77".parse().unwrap()))
+            ),
+            XDP_DROP
+        );
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(1004, ACK_PSH, &v2("fd00:8::77".parse().unwrap()))
+            ),
+            XDP_PASS
+        );
+        assert!(count(&dp, Verdict::Drop, Reason::Blocklisted) >= 5);
+    }
+
+    #[test]
+    fn what_is_not_a_proxy_header_passes() {
+        let mut dp = setup();
+        let cases: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.18.9.9\r\n\r\n",
+            b"PROXY TCP4 198.18.9\r\n",
+            b"PROXY TCP4 198.18.9.999 198.18.255.1 1 2\r\n\r\n",
+            b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\n\r\n",
+            b"PROXY TCP4 198.18.9.9x 198.18.255.1 1 2\r\n",
+            b"\r\n\r\n\x00\r\nQUIT\n\x20\x11\x00\x0c\xc6\x12\x09\x09",
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let port = 2000 + u16::try_from(i).unwrap();
+            assert_eq!(run(&mut dp, &seg(port, ACK_PSH, c)), XDP_PASS, "case {i}");
+            // Nor does the rest of such a connection drop.
+            assert_eq!(
+                run(&mut dp, &seg(port, ACK_PSH, b"more")),
+                XDP_PASS,
+                "case {i}"
+            );
+        }
+        // A header in the middle of a connection is not a header.
+        assert_eq!(
+            run(&mut dp, &seg(2100, ACK_PSH, b"GET / HTTP/1.1\r\n\r\n")),
+            XDP_PASS
+        );
+        assert_eq!(
+            run(&mut dp, &seg(2100, ACK_PSH, &v1("198.18.9.9"))),
+            XDP_PASS
+        );
+        // Without trusted proxies, a PROXY line from anyone means nothing.
+        dp.set_trusted(&[]).unwrap();
+        assert_eq!(
+            run(&mut dp, &seg(2200, ACK_PSH, &v1("198.18.9.9"))),
+            XDP_PASS
+        );
+    }
+
+    #[test]
+    fn the_agent_can_arm_a_connection_and_the_proxy_is_not_rate_limited() {
+        let mut dp = setup();
+        let spec = tollgate::limits::LimitSpec {
+            pps: Some(1),
+            burst: Some(2),
+            ..tollgate::limits::LimitSpec::default()
+        };
+        let table: std::collections::BTreeMap<u16, _> = [(8080, spec.to_cfg())].into();
+        dp.set_limits(None, &table, 64).unwrap();
+        // Plain connections through the proxy (no header): the proxy's own
+        // address is not limited as one client.
+        for i in 0..20 {
+            assert_eq!(
+                run(&mut dp, &seg(3000 + i, ACK_PSH, b"GET / HTTP/1.1\r\n\r\n")),
+                XDP_PASS
+            );
+        }
+        // One real client over many connections is limited as itself.
+        let verdicts: Vec<u32> = (0..6)
+            .map(|i| run(&mut dp, &seg(3100 + i, ACK_PSH, &v1("198.18.9.20"))))
+            .collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == XDP_PASS).count(),
+            2,
+            "{verdicts:?}"
+        );
+        // A connection the agent attributes (X-Forwarded-For) and arms.
+        assert_eq!(
+            run(&mut dp, &seg(3200, ACK_PSH, b"GET / HTTP/1.1\r\n\r\n")),
+            XDP_PASS
+        );
+        let key = tollgate_common::FlowKey {
+            client: PROXY.to_ipv6_mapped().octets(),
+            server: Ipv4Addr::new(198, 18, 255, 1).to_ipv6_mapped().octets(),
+            client_port: 3200,
+            server_port: 8080,
+        };
+        dp.arm_proxy_flow(key, "198.18.9.30".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            run(&mut dp, &seg(3200, ACK_PSH, b"GET /x HTTP/1.1\r\n\r\n")),
+            XDP_DROP
+        );
+        assert_eq!(run(&mut dp, &seg(3200, 0x14, b"")), XDP_DROP);
+        assert!(dp.proxy_flow(&key).is_none(), "RST forgets the connection");
+    }
+}

@@ -53,11 +53,18 @@ pub mod maps {
     pub const SAMPLES: &str = "TG_SAMPLES";
     /// Per-CPU sampling counters, indexed by [`super::sample_stat`].
     pub const SAMPLE_STATS: &str = "TG_SMPL_STATS";
-    /// Tail-call table (not pinned): slot 0 = the request sampler.
+    /// Tail-call table (not pinned): slots in [`super::jump`].
     pub const JUMP: &str = "TG_JUMP";
+    /// Trusted proxies (IPv4): LPM trie, value unused.
+    pub const TRUST4: &str = "TG_TRUST4";
+    /// Trusted proxies (IPv6).
+    pub const TRUST6: &str = "TG_TRUST6";
+    /// Connections from trusted proxies: [`super::FlowKey`] (client = the
+    /// proxy) -> [`super::ProxyFlow`] (the real client). LRU.
+    pub const PROXY_FLOWS: &str = "TG_PFLOWS";
 
     /// Every pinned map, for status output and for clean removal.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 22] = [
         CONFIG,
         COUNTERS,
         BLOCK4,
@@ -77,6 +84,9 @@ pub mod maps {
         FLOWS,
         SAMPLES,
         SAMPLE_STATS,
+        TRUST4,
+        TRUST6,
+        PROXY_FLOWS,
     ];
 }
 
@@ -88,6 +98,9 @@ pub mod programs {
     pub const TC_INGRESS: &str = "tollgate_tc";
     /// XDP request sampler, tail-called by [`XDP_INGRESS`].
     pub const XDP_SAMPLE: &str = "tollgate_xdp_sample";
+    /// XDP handling of connections from trusted proxies (PROXY protocol
+    /// header, real-client bans and limits), tail-called by [`XDP_INGRESS`].
+    pub const XDP_PROXY: &str = "tollgate_xdp_proxy";
     /// TC (tcx) egress: samples API responses.
     pub const TC_EGRESS: &str = "tollgate_tc_egress";
     /// sock_ops on the root cgroup: counts established connections per client.
@@ -128,7 +141,45 @@ pub mod capacity {
     pub const FLOWS: u32 = 1 << 18;
     /// Sample ring buffer bytes (about 3,800 full samples).
     pub const SAMPLES_BYTES: u32 = 1 << 22;
+    /// Trusted proxy prefixes per family.
+    pub const TRUST: u32 = 1 << 10;
+    /// Proxied connections followed at once (LRU).
+    pub const PROXY_FLOWS: u32 = 1 << 18;
 }
+
+/// Slots of the tail-call table.
+pub mod jump {
+    /// The request sampler.
+    pub const SAMPLE: u32 = 0;
+    /// Connections from trusted proxies.
+    pub const PROXY: u32 = 1;
+    /// Number of slots.
+    pub const COUNT: u32 = 2;
+}
+
+/// [`ProxyFlow::state`] values.
+pub mod proxy_state {
+    /// The connection did not start with a PROXY header: nothing to attribute.
+    pub const NONE: u32 = 0;
+    /// The real client came from the PROXY header.
+    pub const CLIENT: u32 = 1;
+    /// Armed by the agent: the real client (from `X-Forwarded-For` or a
+    /// header the datapath does not parse) is banned; drop the connection.
+    pub const BANNED: u32 = 2;
+}
+
+/// A connection from a trusted proxy and the client it carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyFlow {
+    /// The real client (IPv4 as `::ffff:a.b.c.d`).
+    pub real: [u8; 16],
+    /// One of [`proxy_state`].
+    pub state: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<ProxyFlow>() == 24);
 
 /// Payload bytes a sample carries at most.
 pub const SAMPLE_BYTES: usize = 1024;
@@ -292,6 +343,8 @@ pub mod config_flags {
     pub const LIMITS: u32 = 1 << 5;
     /// API ports are configured: sample their payloads.
     pub const SAMPLING: u32 = 1 << 6;
+    /// Trusted proxies are configured: their connections carry real clients.
+    pub const TRUSTED: u32 = 1 << 7;
 }
 
 /// Enforcement mode, [`Config::mode`].
@@ -640,6 +693,7 @@ mod pod {
     unsafe impl aya::Pod for super::RateEvent {}
     unsafe impl aya::Pod for super::SampleCfg {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ProxyFlow {}
     unsafe impl aya::Pod for super::FlowState {}
 }
 

@@ -16,6 +16,7 @@ mod bench;
 mod limit;
 mod maps;
 mod parse;
+mod proxy;
 mod sample;
 mod sockops;
 
@@ -28,7 +29,7 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     BlockEntry, Config, DIR_REQUEST, DIR_RESPONSE, Mode, Reason, Verdict, config_flags,
-    counter_index, prefilter,
+    counter_index, jump, prefilter,
 };
 
 use crate::{
@@ -44,20 +45,61 @@ const TCX_NEXT: i32 = -1;
 /// tcx / cls_bpf: drop.
 const TC_ACT_SHOT: i32 = 2;
 
+/// What happens to a packet after the shared decision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Nothing more.
+    Done,
+    /// A passing TCP payload packet with API sampling on: the sampler.
+    Sample,
+    /// TCP from a trusted proxy (XDP only): the proxy program judges it by
+    /// the client it carries (and counts it).
+    Proxy,
+}
+
 #[xdp]
 pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    match decide(start, end) {
+    match decide(start, end, true) {
         (Verdict::Drop, _) => xdp_action::XDP_DROP,
-        (_, true) => {
-            // Sampling runs as its own program (its own stack and verifier
-            // budget). If the jump fails (no sampler loaded), just pass.
-            // SAFETY: index 0 holds an XDP program or nothing.
-            let _ = unsafe { TG_JUMP.tail_call(&ctx, 0) };
+        (_, Next::Proxy) => {
+            // SAFETY: the slot holds an XDP program or nothing.
+            let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::PROXY) };
+            // No proxy program (no agent): the proxy is passed, as before.
+            count(Verdict::Pass, Reason::Clean, (end - start) as u64);
             xdp_action::XDP_PASS
         }
-        (_, false) => xdp_action::XDP_PASS,
+        (_, Next::Sample) => {
+            // Sampling runs as its own program (its own stack and verifier
+            // budget). If the jump fails (no sampler loaded), just pass.
+            // SAFETY: the slot holds an XDP program or nothing.
+            let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
+            xdp_action::XDP_PASS
+        }
+        (_, Next::Done) => xdp_action::XDP_PASS,
     }
+}
+
+/// Tail-called by `tollgate_xdp` for TCP from trusted proxies: judges the
+/// packet by the real client of its connection, counts it, and samples it.
+#[xdp]
+pub fn tollgate_xdp_proxy(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    let Ok(pkt) = parse::parse(&Cursor::new(start, end)) else {
+        count(Verdict::Pass, Reason::Error, (end - start) as u64);
+        return xdp_action::XDP_PASS;
+    };
+    let (verdict, reason) = proxy::judge(&ctx, &pkt, &config, (end - start) as u64);
+    count(verdict, reason, (end - start) as u64);
+    if verdict == Verdict::Drop {
+        return xdp_action::XDP_DROP;
+    }
+    if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
+        // SAFETY: the slot holds an XDP program or nothing.
+        let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
+    }
+    xdp_action::XDP_PASS
 }
 
 /// Tail-called by `tollgate_xdp` for passing TCP payload packets when API
@@ -82,7 +124,7 @@ pub fn tollgate_xdp_sample(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn tollgate_tc(ctx: TcContext) -> i32 {
-    match decide(ctx.data(), ctx.data_end()) {
+    match decide(ctx.data(), ctx.data_end(), false) {
         (Verdict::Drop, _) => TC_ACT_SHOT,
         _ => TCX_NEXT,
     }
@@ -111,23 +153,35 @@ pub fn tollgate_tc_egress(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// Decides, counts, and returns the verdict for the packet in `[start, end)`,
-/// with the parsed packet when it passes and API sampling is on.
+/// Decides, counts, and returns the verdict for the packet in `[start, end)`
+/// and what comes next. `xdp`: the proxy program can be tail-called (it then
+/// counts the packet itself).
 #[inline(always)]
-fn decide(start: usize, end: usize) -> (Verdict, bool) {
-    let mut sample = false;
+fn decide(start: usize, end: usize, xdp: bool) -> (Verdict, Next) {
+    let mut next = Next::Done;
     let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
     let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
         Err(reason) => (Verdict::Pass, reason),
         Ok(pkt) => {
-            sample = config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0;
+            if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
+                next = Next::Sample;
+            }
             let matched = match pkt.src {
                 Source::V4(addr) => lookup_v4(&addr, config.flags),
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
             };
+            // A trusted proxy is not one client: it is not limited as one,
+            // and (XDP) its connections are judged by the clients they carry.
+            let proxy = config.flags & config_flags::TRUSTED != 0
+                && matches!(matched, Match::None | Match::Expired)
+                && proxy::trusted(&pkt.src);
+            if proxy && xdp && pkt.l4.proto == parse::IPPROTO_TCP {
+                return (Verdict::Pass, Next::Proxy);
+            }
             match matched {
                 Match::None | Match::Expired
-                    if config.flags & config_flags::LIMITS != 0
+                    if !proxy
+                        && config.flags & config_flags::LIMITS != 0
                         && let Some(cfg) = limit::limits_for(&pkt.l4)
                         && !allowlisted(&pkt.src, config.flags) =>
                 {
@@ -161,7 +215,7 @@ fn decide(start: usize, end: usize) -> (Verdict, bool) {
         }
     };
     count(verdict, reason, (end - start) as u64);
-    (verdict, sample)
+    (verdict, next)
 }
 
 enum Match {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, FlowKey, FlowState,
-    LimitCfg, SampleCfg, capacity, prefilter, sample_stat,
+    LimitCfg, ProxyFlow, SampleCfg, capacity, jump, prefilter, sample_stat,
 };
 
 /// Entries are allocated on insert: an empty million-entry map costs nothing.
@@ -72,7 +72,28 @@ pub static TG_SAMPLES: RingBuf = RingBuf::pinned(capacity::SAMPLES_BYTES, 0);
 #[map]
 pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::COUNT, 0);
 
-/// Tail calls: slot 0 = the request sampler. Not pinned: it empties when the
-/// agent goes away, and the datapath then passes without sampling.
+/// Tail calls (slots in `tollgate_common::jump`). Not pinned: it empties
+/// when the agent goes away, and the datapath then passes without sampling
+/// (and judges proxied connections by the proxy's address only).
 #[map]
-pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
+
+#[map]
+pub static TG_TRUST4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::TRUST, 0);
+
+#[map]
+pub static TG_TRUST6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::TRUST, 0);
+
+/// Per-CPU scratch for the proxy program (its stack is nearly full).
+#[map]
+pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the proxy program keeps off its stack.
+#[repr(C)]
+pub struct ProxyScratch {
+    pub key: FlowKey,
+    pub flow: ProxyFlow,
+}
+
+#[map]
+pub static TG_PFLOWS: LruHashMap<FlowKey, ProxyFlow> = LruHashMap::pinned(capacity::PROXY_FLOWS, 0);

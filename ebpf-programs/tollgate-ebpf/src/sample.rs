@@ -15,7 +15,7 @@ const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
 #[inline(always)]
-fn addr16(s: &Source) -> [u8; 16] {
+pub(crate) fn addr16(s: &Source) -> [u8; 16] {
     let mut a = [0u8; 16];
     match s {
         Source::V4(v) => {

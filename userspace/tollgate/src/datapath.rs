@@ -186,6 +186,9 @@ pub struct Datapath {
     api_ports: Array<MapData, u32>,
     sampling: Array<MapData, tollgate_common::SampleCfg>,
     sample_stats: PerCpuArray<MapData, u64>,
+    trust4: LpmTrie<MapData, [u8; 4], u32>,
+    trust6: LpmTrie<MapData, [u8; 16], u32>,
+    proxy_flows: HashMap<MapData, tollgate_common::FlowKey, tollgate_common::ProxyFlow>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -268,9 +271,12 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
-        // The request sampler is reached by tail call from the XDP program.
-        {
-            let name = programs::XDP_SAMPLE;
+        // The request sampler and the proxy program are reached by tail call
+        // from the XDP program.
+        for (name, slot) in [
+            (programs::XDP_SAMPLE, tollgate_common::jump::SAMPLE),
+            (programs::XDP_PROXY, tollgate_common::jump::PROXY),
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| <&mut Xdp>::try_from(p).ok())
@@ -298,7 +304,8 @@ impl Datapath {
                 .ok_or(DatapathError::MissingMap { name: maps::JUMP })?;
             let mut jump =
                 aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", maps::JUMP))?;
-            jump.set(0, &fd, 0).map_err(map_err("write", maps::JUMP))?;
+            jump.set(slot, &fd, 0)
+                .map_err(map_err("write", maps::JUMP))?;
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -338,6 +345,12 @@ impl Datapath {
             Array::try_from(take(maps::SAMPLING)?).map_err(map_err("open", maps::SAMPLING))?;
         let sample_stats = PerCpuArray::try_from(take(maps::SAMPLE_STATS)?)
             .map_err(map_err("open", maps::SAMPLE_STATS))?;
+        let trust4 =
+            LpmTrie::try_from(take(maps::TRUST4)?).map_err(map_err("open", maps::TRUST4))?;
+        let trust6 =
+            LpmTrie::try_from(take(maps::TRUST6)?).map_err(map_err("open", maps::TRUST6))?;
+        let proxy_flows = HashMap::try_from(take(maps::PROXY_FLOWS)?)
+            .map_err(map_err("open", maps::PROXY_FLOWS))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -361,6 +374,9 @@ impl Datapath {
             api_ports,
             sampling,
             sample_stats,
+            trust4,
+            trust6,
+            proxy_flows,
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -622,6 +638,91 @@ impl Datapath {
             self.write_config()?;
         }
         Ok(())
+    }
+
+    /// Replaces the trusted proxies (empty: none; their connections are then
+    /// judged by the proxy's address like any source).
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn set_trusted(&mut self, nets: &[IpNet]) -> Result<()> {
+        let old4: Vec<_> = self.trust4.keys().filter_map(|k| k.ok()).collect();
+        let old6: Vec<_> = self.trust6.keys().filter_map(|k| k.ok()).collect();
+        for net in nets {
+            match net {
+                IpNet::V4(n) => self
+                    .trust4
+                    .insert(&key4(*n), 1, 0)
+                    .map_err(map_err("insert into", maps::TRUST4))?,
+                IpNet::V6(n) => self
+                    .trust6
+                    .insert(&key6(*n), 1, 0)
+                    .map_err(map_err("insert into", maps::TRUST6))?,
+            }
+        }
+        let keep4: HashSet<(u32, [u8; 4])> = nets
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some((u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let keep6: HashSet<(u32, [u8; 16])> = nets
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V6(n) => Some((u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        for k in old4 {
+            if !keep4.contains(&(k.prefix_len(), k.data())) {
+                let _ = self.trust4.remove(&k);
+            }
+        }
+        for k in old6 {
+            if !keep6.contains(&(k.prefix_len(), k.data())) {
+                let _ = self.trust6.remove(&k);
+            }
+        }
+        let mut flags = self.config.flags & !config_flags::TRUSTED;
+        if !nets.is_empty() {
+            flags |= config_flags::TRUSTED;
+        }
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Marks a connection from a trusted proxy as carrying a banned client:
+    /// the datapath drops its packets from now on (until FIN/RST or LRU).
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn arm_proxy_flow(
+        &mut self,
+        key: tollgate_common::FlowKey,
+        real: std::net::IpAddr,
+    ) -> Result<()> {
+        let real = match real {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        let flow = tollgate_common::ProxyFlow {
+            real,
+            state: tollgate_common::proxy_state::BANNED,
+            reserved: 0,
+        };
+        self.proxy_flows
+            .insert(key, flow, 0)
+            .map_err(map_err("insert into", maps::PROXY_FLOWS))
+    }
+
+    /// The datapath's record of a proxied connection, if any.
+    #[must_use]
+    pub fn proxy_flow(&self, key: &tollgate_common::FlowKey) -> Option<tollgate_common::ProxyFlow> {
+        self.proxy_flows.get(key, 0).ok()
     }
 
     /// Writes the sampling policy (the agent lowers the rate under load).

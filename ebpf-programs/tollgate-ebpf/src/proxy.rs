@@ -1,0 +1,235 @@
+//! Connections from trusted proxies. The proxy's own address is neither
+//! banned nor limited as one client; the client it carries is. The first
+//! payload packet of each connection is checked for a PROXY protocol header
+//! (v2 binary, TCP over IPv4 or IPv6; v1 text, TCP4): the real client is
+//! remembered per connection (a bounded LRU map, entries removed on FIN/RST)
+//! and every packet of the connection is judged by the real client's bans and
+//! rate limits. Connections whose client only the agent can tell (from
+//! `X-Forwarded-For`, or a v1 TCP6 line) are armed by the agent.
+//!
+//! A banned client's connection is dropped, not reset: the proxy times the
+//! connection out and answers its client with an error, and no packet that
+//! Tollgate forged ever reaches the server.
+
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::lpm_trie::Key, programs::XdpContext};
+use tollgate_common::{Config, FlowKey, ProxyFlow, Reason, Verdict, proxy_state};
+
+use crate::{
+    Match, bump, limit, lookup_v4, lookup_v6,
+    maps::{TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
+    parse::{L4, Packet, Source},
+    sample::addr16,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// The PROXY protocol v2 signature.
+const V2_SIG: [u8; 12] = [
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+];
+
+/// Whether the source is a trusted proxy.
+#[inline(always)]
+pub fn trusted(src: &Source) -> bool {
+    match src {
+        Source::V4(a) => TG_TRUST4.get(Key::new(32, *a)).is_some(),
+        Source::V6(a) => TG_TRUST6.get(Key::new(128, *a)).is_some(),
+    }
+}
+
+/// Judges one TCP packet from a trusted proxy.
+#[inline(always)]
+pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verdict, Reason) {
+    let l4 = &pkt.l4;
+    let Some(sc) = TG_PSCRATCH.get_ptr_mut(0) else {
+        return (Verdict::Pass, Reason::Error);
+    };
+    // SAFETY: per-CPU scratch: no other user while this program runs here.
+    let sc = unsafe { &mut *sc };
+    sc.key = FlowKey {
+        client: addr16(&pkt.src),
+        server: addr16(&pkt.dst),
+        client_port: l4.sport,
+        server_port: l4.dport,
+    };
+    // SAFETY: the value is copied out at once.
+    match unsafe { TG_PFLOWS.get(&sc.key) } {
+        Some(f) => sc.flow = *f,
+        None if l4.payload_off != 0 && pkt.l3_end > l4.payload_off => {
+            header(
+                ctx,
+                l4.payload_off,
+                pkt.l3_end - l4.payload_off,
+                &mut sc.flow,
+            );
+            let _ = TG_PFLOWS.insert(&sc.key, &sc.flow, 0);
+        }
+        None => sc.flow.state = proxy_state::NONE,
+    }
+    let flow = &sc.flow;
+    let out = match flow.state {
+        proxy_state::BANNED => drop(config, Reason::Blocklisted),
+        proxy_state::CLIENT => match real_client(&flow.real, l4, config, len) {
+            r @ (Reason::Clean | Reason::Allowlisted) => (Verdict::Pass, r),
+            r => drop(config, r),
+        },
+        _ => (Verdict::Pass, Reason::Clean),
+    };
+    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        let _ = TG_PFLOWS.remove(&sc.key);
+    }
+    out
+}
+
+/// The real client's bans, then its rate limits. Its own BPF function (its
+/// stack frame is not the caller's).
+#[inline(never)]
+fn real_client(real: &[u8; 16], l4: &L4, config: &Config, len: u64) -> Reason {
+    let real = if is_v4_mapped(real) {
+        Source::V4([real[12], real[13], real[14], real[15]])
+    } else {
+        Source::V6(*real)
+    };
+    let matched = match &real {
+        Source::V4(a) => lookup_v4(a, config.flags),
+        Source::V6(a) => lookup_v6(a, config.flags),
+    };
+    match matched {
+        Match::Banned(e) => {
+            bump(e);
+            Reason::Blocklisted
+        }
+        Match::Allowlisted => Reason::Allowlisted,
+        Match::None | Match::Expired => {
+            if config.flags & tollgate_common::config_flags::LIMITS == 0 {
+                return Reason::Clean;
+            }
+            match limit::limits_for(l4) {
+                Some(cfg) => limit::check(&real, &config.v6_limit_mask, l4, cfg, len),
+                None => Reason::Clean,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn drop(config: &Config, reason: Reason) -> (Verdict, Reason) {
+    if config.mode == tollgate_common::Mode::Monitor as u32 {
+        (Verdict::Monitor, reason)
+    } else {
+        (Verdict::Drop, reason)
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+/// Reads a PROXY header at the start of the payload, if there is one. Its
+/// own BPF function: its buffers do not add to the caller's stack frame.
+#[inline(never)]
+fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
+    f.real = [0; 16];
+    f.state = proxy_state::NONE;
+    f.reserved = 0;
+    let mut b = [0u8; 16];
+    if payload_len < 16 || !load(ctx, off, &mut b) {
+        return;
+    }
+    if b[..12] == V2_SIG {
+        // Version 2, command PROXY (LOCAL carries no client); TCP only.
+        if b[12] != 0x21 {
+            return;
+        }
+        match b[13] {
+            0x11 if payload_len >= 16 + 12 => {
+                let mut a = [0u8; 16];
+                if load(ctx, off + 16, &mut a) {
+                    f.real[10] = 0xff;
+                    f.real[11] = 0xff;
+                    f.real[12..16].copy_from_slice(&a[..4]);
+                    f.state = proxy_state::CLIENT;
+                }
+            }
+            0x21 if payload_len >= 16 + 36 => {
+                if load(ctx, off + 16, &mut f.real) {
+                    f.state = proxy_state::CLIENT;
+                }
+            }
+            _ => {}
+        }
+        return;
+    }
+    if &b[..11] == b"PROXY TCP4 " {
+        let mut t = [0u8; 16];
+        if payload_len >= 11 + 8
+            && load_upto(ctx, off + 11, payload_len - 11, &mut t)
+            && let Some(a) = dotted_quad(&t)
+        {
+            f.real[10] = 0xff;
+            f.real[11] = 0xff;
+            f.real[12..16].copy_from_slice(&a);
+            f.state = proxy_state::CLIENT;
+        }
+    }
+}
+
+/// `a.b.c.d ` at the start of `t` (the space ends it).
+#[inline(always)]
+fn dotted_quad(t: &[u8; 16]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let (mut part, mut val, mut digits) = (0usize, 0u32, 0u32);
+    for &c in t {
+        match c {
+            b'0'..=b'9' => {
+                val = val * 10 + u32::from(c - b'0');
+                digits += 1;
+                if val > 255 || digits > 3 {
+                    return None;
+                }
+            }
+            b'.' | b' ' => {
+                if digits == 0 || part > 3 {
+                    return None;
+                }
+                out[part] = val as u8;
+                part += 1;
+                (val, digits) = (0, 0);
+                if c == b' ' {
+                    return (part == 4).then_some(out);
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn load(ctx: &XdpContext, off: usize, dst: &mut [u8; 16]) -> bool {
+    // SAFETY: `dst` is 16 writable bytes.
+    unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, dst.as_mut_ptr().cast(), 16) == 0 }
+}
+
+/// Loads 16 bytes, or fewer when the payload is shorter (the rest stays 0).
+#[inline(always)]
+fn load_upto(ctx: &XdpContext, off: usize, avail: usize, dst: &mut [u8; 16]) -> bool {
+    if avail >= 16 {
+        return load(ctx, off, dst);
+    }
+    // Short v1 lines: copy byte by byte (bounded by 16).
+    for i in 0..16 {
+        if i >= avail {
+            break;
+        }
+        let mut c = [0u8; 1];
+        // SAFETY: one writable byte.
+        if unsafe { bpf_xdp_load_bytes(ctx.ctx, (off + i) as u32, c.as_mut_ptr().cast(), 1) } != 0 {
+            return false;
+        }
+        dst[i] = c[0];
+    }
+    true
+}
