@@ -276,6 +276,12 @@ pub struct AgentArgs {
     /// TCP port of an API to observe (repeatable; adds to the policy's `api_ports`).
     #[arg(long = "api-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub api_ports: Vec<u16>,
+    /// A load balancer or ingress in front of the APIs (CIDR or preset:
+    /// loopback, private, cloudflare; repeatable, adds to the policy's
+    /// `trusted_proxies`): never banned or limited as one client; its
+    /// connections are judged by the clients it names.
+    #[arg(long = "trusted-proxy", value_name = "CIDR|PRESET")]
+    pub trusted_proxies: Vec<String>,
     /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
     /// default). Loopback only unless --metrics-allow-remote.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -445,7 +451,20 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     } else {
         socket
     };
+    let trusted_flags = match crate::policy::expand_trusted(&args.trusted_proxies) {
+        Ok(t) => t,
+        Err(e) => return usage_error(format!("--trusted-proxy: {e}")),
+    };
+    let mut trusted_proxies =
+        crate::policy::expand_trusted(&policy.trusted_proxies).unwrap_or_default();
+    for t in &trusted_flags {
+        if !trusted_proxies.contains(t) {
+            trusted_proxies.push(*t);
+        }
+    }
     let opts = AgentOptions {
+        trusted_proxies,
+        trusted_flags,
         ifaces,
         mode: args
             .mode

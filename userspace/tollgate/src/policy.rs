@@ -83,6 +83,88 @@ pub struct Policy {
     /// The service's OpenAPI 3 document (inventory, closed request schemas);
     /// relative to the policy file.
     pub openapi: Option<PathBuf>,
+    /// Load balancers and ingresses in front of the APIs (CIDRs or presets).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Trusted-proxy presets: name, prefixes.
+pub const PROXY_PRESETS: &[(&str, &[&str])] = &[
+    ("loopback", &["127.0.0.0/8", "::1/128"]),
+    (
+        "private",
+        &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+    ),
+    // As published at https://www.cloudflare.com/ips/ (check it for changes).
+    (
+        "cloudflare",
+        &[
+            "173.245.48.0/20",
+            "103.21.244.0/22",
+            "103.22.200.0/22",
+            "103.31.4.0/22",
+            "141.101.64.0/18",
+            "108.162.192.0/18",
+            "190.93.240.0/20",
+            "188.114.96.0/20",
+            "197.234.240.0/22",
+            "198.41.128.0/17",
+            "162.158.0.0/15",
+            "104.16.0.0/13",
+            "104.24.0.0/14",
+            "172.64.0.0/13",
+            "131.0.72.0/22",
+            "2400:cb00::/32",
+            "2606:4700::/32",
+            "2803:f800::/32",
+            "2405:b500::/32",
+            "2405:8100::/32",
+            "2a06:98c0::/29",
+            "2c0f:f248::/32",
+        ],
+    ),
+];
+
+/// Expands trusted-proxy entries (CIDRs and preset names) into prefixes.
+///
+/// # Errors
+/// Names the entry that is neither a preset nor a usable CIDR.
+pub fn expand_trusted(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out: Vec<ipnet::IpNet> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let e = e.trim();
+        let nets: Vec<ipnet::IpNet> = if let Some((_, list)) = PROXY_PRESETS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(e))
+        {
+            list.iter().filter_map(|c| c.parse().ok()).collect()
+        } else {
+            let n = crate::net::parse_net(e).map_err(|err| {
+                format!(
+                    "[{i}] '{e}': {err} (or a preset: {})",
+                    PROXY_PRESETS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            // Trusting everyone would let any client name its own address.
+            let min = if n.addr().is_ipv4() { 8 } else { 16 };
+            if n.prefix_len() < min {
+                return Err(format!(
+                    "[{i}] '{e}' is wider than /{min}: every client in it could name any address"
+                ));
+            }
+            vec![n]
+        };
+        for n in nets {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A block-list file the agent re-reads every `refresh` (when it changed):
@@ -282,6 +364,15 @@ impl Policy {
         if let Err(e) = tollgate_detect::ApiGuard::new(&p.api_policy(), None) {
             let (field, message) = api_error(e);
             return Err(invalid(field, message));
+        }
+        if let Err(e) = expand_trusted(&p.trusted_proxies) {
+            let field = format!(
+                "trusted_proxies{}",
+                e.split(']')
+                    .next()
+                    .map_or(String::new(), |x| format!("{x}]"))
+            );
+            return Err(invalid(field, e));
         }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {

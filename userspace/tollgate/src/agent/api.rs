@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
+use ipnet::IpNet;
+use std::net::IpAddr;
+use tollgate_common::FlowKey;
+
 use super::enforce::Finding;
 use crate::{
     api::{
@@ -125,6 +129,104 @@ pub struct ApiState {
     pub status: SamplingStatus,
     /// Detectors and client scores.
     pub pipeline: Pipeline,
+    /// Trusted proxies: their connections carry other clients.
+    pub trusted: Vec<IpNet>,
+}
+
+/// What a batch of samples produced for the enforcer.
+#[derive(Default)]
+pub struct Batch {
+    /// Violations and ban decisions.
+    pub findings: Vec<Finding>,
+    /// Requests that came through a trusted proxy, with their real client:
+    /// the enforcer arms the connection if that client is banned.
+    pub proxied: Vec<(FlowKey, IpAddr)>,
+}
+
+impl Batch {
+    /// Whether there is nothing to do.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.findings.is_empty() && self.proxied.is_empty()
+    }
+}
+
+/// The datapath's key of a connection (client side = the proxy).
+#[must_use]
+pub fn flow_key(ev: &ApiEvent, proxy: IpAddr) -> FlowKey {
+    let a16 = |a: IpAddr| match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    };
+    FlowKey {
+        client: a16(proxy),
+        server: a16(ev.server),
+        client_port: ev.client_port,
+        server_port: ev.port,
+    }
+}
+
+/// The client a `Forwarded` or `X-Forwarded-For` header names: the
+/// right-most address that is not itself a trusted proxy (the left-most is
+/// whatever the client wrote). `Forwarded` wins when both are present.
+#[must_use]
+pub fn forwarded_client(headers: &[(String, String)], trusted: &[IpNet]) -> Option<IpAddr> {
+    let mut hops: Vec<IpAddr> = Vec::new();
+    let fwd: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("forwarded"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if fwd.is_empty() {
+        for (_, v) in headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+        {
+            hops.extend(v.split(',').filter_map(|h| parse_hop(h.trim())));
+        }
+    } else {
+        for v in fwd {
+            for elem in v.split(',') {
+                for pair in elem.split(';') {
+                    let Some((k, val)) = pair.trim().split_once('=') else {
+                        continue;
+                    };
+                    if k.trim().eq_ignore_ascii_case("for")
+                        && let Some(a) = parse_hop(val.trim().trim_matches('"'))
+                    {
+                        hops.push(a);
+                    }
+                }
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|a| !trusted.iter().any(|n| n.contains(a)))
+}
+
+/// One hop: `198.18.0.1`, `198.18.0.1:5000`, `[fd00::1]:5000`, `fd00::1`.
+fn parse_hop(h: &str) -> Option<IpAddr> {
+    if let Ok(a) = h.parse::<IpAddr>() {
+        return Some(a);
+    }
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    h.rsplit_once(':')?
+        .0
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+}
+
+fn has_forwarding(headers: &[(String, String)]) -> Option<&str> {
+    headers
+        .iter()
+        .find(|(n, _)| {
+            n.eq_ignore_ascii_case("x-forwarded-for") || n.eq_ignore_ascii_case("forwarded")
+        })
+        .map(|(_, v)| v.as_str())
 }
 
 /// Handles the agent keeps.
@@ -152,6 +254,7 @@ impl ApiHandle {
                     ..SamplingStatus::default()
                 },
                 pipeline,
+                trusted: Vec::new(),
             })),
             tap,
         }
@@ -159,19 +262,47 @@ impl ApiHandle {
 
     /// Handles a batch of raw records; returns the processing time and
     /// what the detectors found.
-    pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Vec<Finding>) {
+    pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = Instant::now();
         let now = clock::unix_now();
-        let mut findings = Vec::new();
+        let mut batch = Batch::default();
         let Ok(mut st) = self.state.lock() else {
-            return (t.elapsed(), findings);
+            return (t.elapsed(), batch);
         };
+        let st = &mut *st;
         for raw in records {
             let Some(sample) = Sample::from_record(raw) else {
                 continue;
             };
-            for ev in st.flows.on_sample(&sample, wall_offset) {
+            for mut ev in st.flows.on_sample(&sample, wall_offset) {
                 let ms = (ev.time * 1000.0) as u64;
+                let headers = ev.request.as_ref().map(|r| r.headers.as_slice());
+                let mut flow = None;
+                if st.trusted.iter().any(|n| n.contains(&ev.client)) {
+                    // A PROXY header names the client of the whole connection;
+                    // otherwise each request's forwarding header does.
+                    let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted));
+                    if let Some(real) = ev
+                        .header_client
+                        .filter(|_| ev.proxy.is_none())
+                        .or(by_header)
+                    {
+                        let proxy = ev.client;
+                        if by_header.is_some() && ev.header_client.is_none() {
+                            st.flows
+                                .set_real((proxy, ev.client_port, ev.server, ev.port), real);
+                        }
+                        ev.proxy = Some(proxy);
+                        ev.client = real;
+                        let key = flow_key(&ev, proxy);
+                        flow = Some(key);
+                        if ev.direction == Direction::Request {
+                            batch.proxied.push((key, real));
+                        }
+                    }
+                } else if let Some(v) = headers.and_then(has_forwarding) {
+                    batch.findings.push(spoofed_forwarding(&ev, v));
+                }
                 let decided = match (&ev.request, ev.direction) {
                     (Some(req), Direction::Request) => {
                         st.inventory.on_request(ev.client, req, now);
@@ -210,9 +341,10 @@ impl ApiHandle {
                 if let Some((route, d)) = decided
                     && (!d.violations.is_empty() || d.ban.is_some())
                 {
-                    findings.push(Finding {
+                    batch.findings.push(Finding {
                         client: ev.client,
-                        proxy: None,
+                        proxy: ev.proxy,
+                        flow,
                         port: ev.port,
                         route,
                         decision: d,
@@ -226,8 +358,36 @@ impl ApiHandle {
         st.status.flows_followed = st.flows.len();
         st.status.clients_scored = st.pipeline.tracked();
         st.status.clients_tracked = st.pipeline.guard_clients();
-        st.status.findings += findings.len() as u64;
-        (t.elapsed(), findings)
+        st.status.findings += batch.findings.len() as u64;
+        (t.elapsed(), batch)
+    }
+}
+
+/// A forwarding header from a client that is not a trusted proxy: ignored
+/// for attribution (the client wrote it) and reported.
+fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
+    Finding {
+        client: ev.client,
+        proxy: None,
+        flow: None,
+        port: ev.port,
+        route: format!(
+            "{} {}",
+            ev.method.as_deref().unwrap_or("-"),
+            crate::api::inventory::path_template(ev.path.as_deref().unwrap_or("/"))
+        ),
+        decision: crate::engine::Decision {
+            violations: vec![tollgate_detect::Violation {
+                rule: "proxy.untrusted_forwarding",
+                category: tollgate_detect::Category::Protocol,
+                score: 0,
+                location: tollgate_detect::Location::Header("x-forwarded-for".into()),
+                evidence: value.chars().take(80).collect(),
+            }],
+            action: tollgate_detect::Action::Alert,
+            client_score: 0.0,
+            ban: None,
+        },
     }
 }
 
@@ -276,7 +436,7 @@ pub async fn read_samples(
     api: ApiHandle,
     policy: SamplingPolicy,
     set_rate: impl Fn(u32) + Send + 'static,
-    mut on_findings: impl FnMut(Vec<Finding>) + Send + 'static,
+    mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
     // not reused while registered.
@@ -311,10 +471,10 @@ pub async fn read_samples(
             guard.clear_ready();
         }
         drop(guard);
-        let (spent, findings) = api.handle(&batch, offset);
+        let (spent, found) = api.handle(&batch, offset);
         busy += spent;
-        if !findings.is_empty() {
-            on_findings(findings);
+        if !found.is_empty() {
+            on_findings(found);
         }
         let elapsed = window.elapsed();
         if elapsed >= Duration::from_secs(1) {
@@ -342,5 +502,73 @@ pub async fn read_samples(
             window = Instant::now();
             busy = Duration::ZERO;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        let trusted: Vec<IpNet> = vec!["198.18.7.0/24".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // The client wrote the left-most entry itself: never believed.
+        assert_eq!(
+            forwarded_client(
+                &h(&[("X-Forwarded-For", "1.2.3.4, 198.18.0.5, 198.18.7.2")]),
+                &trusted
+            ),
+            ip("198.18.0.5")
+        );
+        assert_eq!(
+            forwarded_client(&h(&[("x-forwarded-for", "198.18.0.5")]), &trusted),
+            ip("198.18.0.5")
+        );
+        // Several headers are one list, in order.
+        assert_eq!(
+            forwarded_client(
+                &h(&[
+                    ("X-Forwarded-For", "9.9.9.9"),
+                    ("X-Forwarded-For", "198.18.0.6")
+                ]),
+                &trusted
+            ),
+            ip("198.18.0.6")
+        );
+        assert_eq!(
+            forwarded_client(
+                &h(&[
+                    (
+                        "Forwarded",
+                        "for=1.2.3.4, for=\"[fd00::5]:4711\";proto=https"
+                    ),
+                    ("X-Forwarded-For", "198.18.0.9")
+                ]),
+                &trusted
+            ),
+            ip("fd00::5")
+        );
+        assert_eq!(
+            forwarded_client(&h(&[("X-Forwarded-For", "198.18.0.7:5000")]), &trusted),
+            ip("198.18.0.7")
+        );
+        // Nothing usable: no client.
+        assert_eq!(
+            forwarded_client(&h(&[("X-Forwarded-For", "unknown, _hidden")]), &trusted),
+            None
+        );
+        assert_eq!(
+            forwarded_client(&h(&[("X-Forwarded-For", "198.18.7.9")]), &trusted),
+            None
+        );
+        assert_eq!(forwarded_client(&h(&[]), &trusted), None);
     }
 }

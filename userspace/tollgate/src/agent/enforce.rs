@@ -33,6 +33,8 @@ pub struct Finding {
     pub client: IpAddr,
     /// The trusted proxy it came through.
     pub proxy: Option<IpAddr>,
+    /// The proxy's connection it came on (armed when the client is banned).
+    pub flow: Option<tollgate_common::FlowKey>,
     /// API port.
     pub port: u16,
     /// `METHOD /template`.
@@ -129,6 +131,13 @@ pub fn apply(
         };
         match outcome {
             BanOutcome::Banned { ttl_secs, offence } => {
+                // Through a proxy: cut the connection it came on too.
+                if let Some(key) = f.flow
+                    && let Ok(mut s) = state.lock()
+                    && let Err(e) = s.dp.arm_proxy_flow(key, f.client)
+                {
+                    warn!("failed to drop the banned client's proxied connection: {e:#}");
+                }
                 ev.enforced = true;
                 ev.ttl_secs = Some(ttl_secs);
                 ev.note = Some(format!("offence {offence}"));
@@ -137,6 +146,22 @@ pub fn apply(
             BanOutcome::AlreadyBanned => {}
         }
         log.write(&ev);
+    }
+}
+
+/// Connections from trusted proxies whose real client is banned: armed, so
+/// the datapath drops the rest of them.
+pub fn arm_proxied(proxied: &[(tollgate_common::FlowKey, IpAddr)], state: &Arc<Mutex<AgentState>>) {
+    if proxied.is_empty() {
+        return;
+    }
+    let Ok(mut s) = state.lock() else { return };
+    for (key, real) in proxied {
+        if s.is_banned(*real)
+            && let Err(e) = s.dp.arm_proxy_flow(*key, *real)
+        {
+            warn!(client = %real, "failed to drop a banned client's proxied connection: {e:#}");
+        }
     }
 }
 
@@ -158,6 +183,10 @@ impl AgentState {
         }
         if self.allows.keys().any(|a| overlaps(a, &net)) {
             return BanOutcome::NotEnforced("allowlisted".into());
+        }
+        if self.trusted_overlap(&net).is_some() {
+            // The proxy's clients are banned one by one, never the proxy.
+            return BanOutcome::NotEnforced("trusted proxy".into());
         }
         if self.bans.contains_key(&net) {
             return BanOutcome::AlreadyBanned;

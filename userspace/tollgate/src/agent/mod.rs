@@ -85,6 +85,10 @@ pub struct AgentOptions {
     pub metrics_allow_remote: bool,
     /// The whole policy (detectors, scoring, events, routes).
     pub policy: crate::policy::Policy,
+    /// Trusted proxies (policy and `--trusted-proxy`, presets expanded).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The `--trusted-proxy` flags alone (a reload keeps them).
+    pub trusted_flags: Vec<ipnet::IpNet>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -150,6 +154,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         pin_dir: opts.pin_dir.display().to_string(),
         state_dir: opts.state_dir.display().to_string(),
         rate: ratelimit::RateState::from_policy(&opts.rate_limit),
+        trusted: opts.trusted_proxies.clone(),
     };
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
@@ -193,6 +198,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let pipeline = crate::engine::Pipeline::from_policy(&opts.policy)
         .context("failed to build the policy engine")?;
     let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling, pipeline);
+    if let Ok(mut st) = api.state.lock() {
+        st.trusted.clone_from(&opts.trusted_proxies);
+    }
+    state
+        .dp
+        .set_trusted(&opts.trusted_proxies)
+        .context("failed to configure trusted proxies")?;
+    if !opts.trusted_proxies.is_empty() {
+        info!(proxies = ?opts.trusted_proxies, "trusted proxies: their connections are judged by the clients they carry");
+    }
     let events_path = opts.policy.events.file(&opts.state_dir);
     let event_log = Arc::new(Mutex::new(
         EventLog::open(events_path.clone(), opts.policy.events.clone())
@@ -244,13 +259,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         let log = Arc::clone(&event_log);
         let scores = api.clone();
         tokio::spawn(async move {
-            let on_findings = move |f: Vec<enforce::Finding>| {
+            let on_findings = move |b: api::Batch| {
                 let scoring = scores
                     .state
                     .lock()
                     .map(|s| s.pipeline.scoring().clone())
                     .unwrap_or_default();
-                enforce::apply(&f, &enforcer, &log, &scoring);
+                enforce::apply(&b.findings, &enforcer, &log, &scoring);
+                enforce::arm_proxied(&b.proxied, &enforcer);
             };
             let set_rate = move |one_in: u32| {
                 if let Ok(mut s) = writer.lock()

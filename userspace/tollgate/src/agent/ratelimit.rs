@@ -252,7 +252,10 @@ impl AgentState {
         }
         self.rate.offenders.remove(&ev.key);
         let cidr = client_of(&ev.key, self.rate.limits.ipv6_prefix);
-        if self.bans.contains_key(&cidr) || self.allows.keys().any(|a| overlaps(a, &cidr)) {
+        if self.bans.contains_key(&cidr)
+            || self.allows.keys().any(|a| overlaps(a, &cidr))
+            || self.trusted_overlap(&cidr).is_some()
+        {
             return;
         }
         let now = clock::unix_now();

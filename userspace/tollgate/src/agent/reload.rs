@@ -173,6 +173,17 @@ impl Reloader {
             restart.push("metrics");
         }
         let jobs = p.feed_jobs();
+        let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies).map_err(|e| {
+            format!(
+                "{}: trusted_proxies{e}; the running policy stays",
+                path.display()
+            )
+        })?;
+        for t in &self.opts.trusted_flags {
+            if !trusted.contains(t) {
+                trusted.push(*t);
+            }
+        }
         {
             let mut s = state
                 .lock()
@@ -184,6 +195,17 @@ impl Reloader {
                         .map_err(|e| format!("failed to set the mode: {e:#}"))?;
                     changes.push(format!("mode {mode:?}").to_lowercase());
                 }
+            }
+            if s.trusted != trusted {
+                s.dp.set_trusted(&trusted)
+                    .map_err(|e| format!("failed to set the trusted proxies: {e:#}"))?;
+                s.trusted.clone_from(&trusted);
+                if let Some(api) = &self.api
+                    && let Ok(mut st) = api.state.lock()
+                {
+                    st.trusted.clone_from(&trusted);
+                }
+                changes.push("trusted proxies".into());
             }
             let have: HashSet<IpNet> = s.allows.keys().copied().collect();
             for net in allow.iter().filter(|n| !have.contains(n)) {

@@ -55,6 +55,9 @@ pub struct AgentState {
     pub state_dir: String,
     /// Rate limits, escalation, `top`.
     pub rate: super::ratelimit::RateState,
+    /// Trusted proxies: never banned by the agent, refused for manual bans
+    /// without `--force`.
+    pub trusted: Vec<IpNet>,
 }
 
 /// A request the agent refuses, with the reason for the operator.
@@ -333,6 +336,14 @@ impl AgentState {
                 display(a)
             )));
         }
+        if !force && let Some(p) = self.trusted_overlap(&net) {
+            return Err(refuse(format!(
+                "{} covers trusted proxy {}: banning it cuts off every client behind it \
+                 (their own bans are enforced per connection); pass --force if that is meant",
+                display(&net),
+                display(&p)
+            )));
+        }
         let now = clock::unix_now();
         let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
         let rec = BanRecord {
@@ -379,6 +390,23 @@ impl AgentState {
         }
         self.index(rec);
         Ok(())
+    }
+
+    /// The trusted proxy prefix a ban would cover, if any.
+    #[must_use]
+    pub fn trusted_overlap(&self, net: &IpNet) -> Option<IpNet> {
+        self.trusted.iter().find(|t| overlaps(t, net)).copied()
+    }
+
+    /// Whether `ip` is covered by a ban (host, any enclosing range).
+    #[must_use]
+    pub fn is_banned(&self, ip: std::net::IpAddr) -> bool {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        (0..=max).rev().any(|len| {
+            IpNet::new(ip, len)
+                .map(|n| n.trunc())
+                .is_ok_and(|n| self.bans.contains_key(&n))
+        })
     }
 
     /// Like [`Self::put_ban`] but the kernel first: for bans the agent

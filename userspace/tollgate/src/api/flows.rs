@@ -55,6 +55,14 @@ pub struct ApiEvent {
     /// The parsed response, for the response-side checks (not printed).
     #[serde(skip)]
     pub response: Option<http::Response>,
+    /// The trusted proxy the request came through (`client` is then the
+    /// client the proxy named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<IpAddr>,
+    /// The client a PROXY header at the start of the connection named (used
+    /// only when the connection comes from a trusted proxy).
+    #[serde(skip)]
+    pub header_client: Option<IpAddr>,
 }
 
 /// Counters of what the pipeline saw.
@@ -98,6 +106,10 @@ struct Flow {
     resp: Half,
     pending: VecDeque<Pending>,
     last_ns: u64,
+    /// The start of the request stream was checked for a PROXY header.
+    proxy_checked: bool,
+    /// The client it named, or the one a forwarding header named last.
+    real: Option<IpAddr>,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -118,6 +130,14 @@ impl Flows {
             flows: HashMap::new(),
             max_flows: max_flows.max(16),
             stats: FlowStats::default(),
+        }
+    }
+
+    /// Remembers the real client of a flow from a trusted proxy (named by a
+    /// forwarding header), for its later messages.
+    pub fn set_real(&mut self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) {
+        if let Some(f) = self.flows.get_mut(&id) {
+            f.real = Some(real);
         }
     }
 
@@ -180,6 +200,24 @@ impl Flows {
         half.buf.extend_from_slice(&s.data);
         let whole = s.data.len() == s.payload_len as usize;
         half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
+        if s.direction == Direction::Request && !flow.proxy_checked {
+            match super::proxyproto::parse(&flow.req.buf) {
+                super::proxyproto::Header::Incomplete if whole => {}
+                super::proxyproto::Header::Complete { client, len } => {
+                    flow.real = client;
+                    flow.req.buf.drain(..len.min(flow.req.buf.len()));
+                    flow.proxy_checked = true;
+                }
+                _ => flow.proxy_checked = true,
+            }
+            if !flow.proxy_checked || flow.req.buf.is_empty() {
+                return Vec::new();
+            }
+        }
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
         if half.kind.is_none() || half.buf.len() == s.data.len() {
             half.kind = Some(http::classify(&half.buf));
         }
@@ -224,6 +262,7 @@ fn parse_all(
     out: &mut Vec<ApiEvent>,
     stats: &mut FlowStats,
 ) {
+    let real = flow.real;
     let base = |direction| ApiEvent {
         time,
         client: s.client,
@@ -239,6 +278,8 @@ fn parse_all(
         truncated: false,
         request: None,
         response: None,
+        proxy: None,
+        header_client: real,
     };
     loop {
         let half = match s.direction {

@@ -6,8 +6,10 @@
 //! - [`flows`]: per-flow reassembly of what was sampled, pairing responses
 //!   with requests, bounded memory.
 //! - [`inventory`]: endpoints seen (method + path template) and their stats.
+//! - [`proxyproto`]: the PROXY protocol header load balancers send first.
 
 pub mod flows;
 pub mod http;
 pub mod inventory;
+pub mod proxyproto;
 pub mod sample;
