@@ -716,10 +716,73 @@ mod proxy {
     }
 
     #[test]
+    fn x_forwarded_for_names_the_client_of_a_connection() {
+        let mut dp = setup();
+        let req = |xff: &str| {
+            format!("GET /items HTTP/1.1\r\nHost: api\r\nUser-Agent: x\r\n{xff}Accept: */*\r\n\r\n")
+                .into_bytes()
+        };
+        // The right-most entry of the last header is the proxy's own view.
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(4000, ACK_PSH, &req("X-Forwarded-For: 198.18.9.9\r\n"))
+            ),
+            XDP_DROP
+        );
+        assert_eq!(
+            run(&mut dp, &seg(4000, ACK_PSH, b"GET /again HTTP/1.1\r\n\r\n")),
+            XDP_DROP
+        );
+        // A client writing the banned address on the left changes nothing.
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(
+                    4001,
+                    ACK_PSH,
+                    &req("x-forwarded-for: 198.18.9.9, 198.18.9.10\r\n")
+                )
+            ),
+            XDP_PASS
+        );
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg(
+                    4002,
+                    ACK_PSH,
+                    &req("X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 198.18.9.10,198.18.9.9\r\n")
+                )
+            ),
+            XDP_DROP
+        );
+        // A header only in the body is not a header.
+        let mut body = req("");
+        body.extend_from_slice(b"\r\nX-Forwarded-For: 198.18.9.9\r\n");
+        assert_eq!(run(&mut dp, &seg(4003, ACK_PSH, &body)), XDP_PASS);
+        // Garbage values pass.
+        for (i, v) in [
+            "X-Forwarded-For: unknown\r\n",
+            "X-Forwarded-For: 198.18.9\r\n",
+            "X-Forwarded-For:\r\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(
+                run(&mut dp, &seg(4010 + i as u16, ACK_PSH, &req(v))),
+                XDP_PASS,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
     fn what_is_not_a_proxy_header_passes() {
         let mut dp = setup();
         let cases: [&[u8]; 6] = [
-            b"GET / HTTP/1.1\r\nX-Forwarded-For: 198.18.9.9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Real-IP: 198.18.9.9\r\nX-Forwarded-Fo: 198.18.9.9\r\n\r\n",
             b"PROXY TCP4 198.18.9\r\n",
             b"PROXY TCP4 198.18.9.999 198.18.255.1 1 2\r\n\r\n",
             b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\n\r\n",

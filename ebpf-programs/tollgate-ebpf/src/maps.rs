@@ -88,6 +88,10 @@ pub static TG_TRUST6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::TRUST, 
 #[map]
 pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU copy of a proxied request's head, for the `X-Forwarded-For` scan.
+#[map]
+pub static TG_PBUF: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
+
 /// What the proxy program keeps off its stack.
 #[repr(C)]
 pub struct ProxyScratch {

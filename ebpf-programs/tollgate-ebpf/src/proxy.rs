@@ -11,12 +11,16 @@
 //! connection out and answers its client with an error, and no packet that
 //! Tollgate forged ever reaches the server.
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_loop, bpf_xdp_load_bytes},
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
 use tollgate_common::{Config, FlowKey, ProxyFlow, Reason, Verdict, proxy_state};
 
 use crate::{
     Match, bump, limit, lookup_v4, lookup_v6,
-    maps::{TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
+    maps::{TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
     parse::{L4, Packet, Source},
     sample::addr16,
 };
@@ -162,6 +166,16 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
         }
         return;
     }
+    if b[0].is_ascii_uppercase() && &b[..11] != b"PROXY TCP4 " && &b[..6] != b"PROXY " {
+        // An HTTP request head, perhaps with the client in X-Forwarded-For.
+        if let Some(a) = forwarded_for(ctx, off, payload_len) {
+            f.real[10] = 0xff;
+            f.real[11] = 0xff;
+            f.real[12..16].copy_from_slice(&a);
+            f.state = proxy_state::CLIENT;
+        }
+        return;
+    }
     if &b[..11] == b"PROXY TCP4 " {
         let mut t = [0u8; 16];
         if payload_len >= 11 + 8
@@ -176,7 +190,139 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     }
 }
 
-/// `a.b.c.d ` at the start of `t` (the space ends it).
+/// State of the `X-Forwarded-For` scan over the copied head.
+#[repr(C)]
+struct Scan {
+    /// Bytes copied.
+    n: u32,
+    /// Pattern bytes matched so far.
+    m: u32,
+    /// Offset just past the last `X-Forwarded-For:` seen; 0 = none.
+    last: u32,
+    /// `\r\n\r\n` bytes matched (end of the head).
+    eoh: u32,
+    /// Value scan: offset of the last entry's start.
+    entry: u32,
+}
+
+const XFF: &[u8; 17] = b"\nx-forwarded-for:";
+const EOH: &[u8; 4] = b"\r\n\r\n";
+
+/// One byte of the header scan (a `bpf_loop` callback: verified once, run
+/// up to 1024 times).
+#[inline(never)]
+extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let st = ctx.cast::<Scan>();
+    let Some(buf) = TG_PBUF.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: `ctx` is the caller's `Scan`; `buf` a map value of 1024 bytes.
+    unsafe {
+        let i = (i as usize) & 1023;
+        if i as u32 >= (*st).n {
+            return 1;
+        }
+        let mut c = (*buf)[i];
+        if c.is_ascii_uppercase() {
+            c += 32;
+        }
+        let m = (*st).m as usize;
+        if XFF.get(m) == Some(&c) {
+            (*st).m += 1;
+            if (*st).m as usize == XFF.len() {
+                (*st).last = i as u32 + 1;
+                (*st).m = 0;
+            }
+        } else {
+            (*st).m = u32::from(c == b'\n');
+        }
+        let e = (*st).eoh as usize;
+        if EOH.get(e) == Some(&c) {
+            (*st).eoh += 1;
+            if (*st).eoh as usize == EOH.len() {
+                return 1;
+            }
+        } else {
+            (*st).eoh = u32::from(c == b'\r');
+        }
+    }
+    0
+}
+
+/// The value scan: from `last`, the start of the line's last entry, until
+/// the end of the line.
+#[inline(never)]
+extern "C" fn value_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let st = ctx.cast::<Scan>();
+    let Some(buf) = TG_PBUF.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: as in `scan_step`.
+    unsafe {
+        let i = ((*st).last as usize + i as usize) & 1023;
+        if i as u32 >= (*st).n {
+            return 1;
+        }
+        match (*buf)[i] {
+            b'\r' | b'\n' => return 1,
+            b',' => (*st).entry = i as u32 + 1,
+            _ => {}
+        }
+    }
+    0
+}
+
+/// The right-most IPv4 client in the last `X-Forwarded-For` header of the
+/// request head at `off` (IPv6 entries are left to the agent).
+#[inline(always)]
+fn forwarded_for(ctx: &XdpContext, off: usize, payload_len: usize) -> Option<[u8; 4]> {
+    let buf = TG_PBUF.get_ptr_mut(0)?;
+    let n = if payload_len < 1024 {
+        payload_len
+    } else {
+        1024
+    };
+    // Keeps the length's range visible to the verifier.
+    let n = (n.wrapping_sub(1) & 0x3ff) + 1;
+    // SAFETY: `buf` is 1024 writable bytes; `n` is in 1..=1024.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.cast(), n as u32) } != 0 {
+        return None;
+    }
+    let mut st = Scan {
+        n: n as u32,
+        m: 1, // the request line ends with the `\n` the pattern starts with
+        last: 0,
+        eoh: 0,
+        entry: 0,
+    };
+    let ctxp = (&raw mut st).cast::<core::ffi::c_void>();
+    // SAFETY: callbacks and context as the helper expects them.
+    unsafe { bpf_loop(1024, scan_step as *mut core::ffi::c_void, ctxp, 0) };
+    if st.last == 0 {
+        return None;
+    }
+    st.entry = st.last;
+    // SAFETY: as above.
+    unsafe { bpf_loop(1024, value_step as *mut core::ffi::c_void, ctxp, 0) };
+    let mut t = [0u8; 16];
+    for (k, slot) in t.iter_mut().enumerate() {
+        let i = (st.entry as usize + k) & 1023;
+        if i as u32 >= st.n {
+            break;
+        }
+        // SAFETY: `i` < 1024 within the map value.
+        *slot = unsafe { (*buf)[i] };
+    }
+    // Optional spaces after the comma or colon.
+    let skip = t.iter().take(4).take_while(|c| **c == b' ').count();
+    let mut u = [b' '; 16];
+    for k in 0..16 - 4 {
+        u[k] = t[(k + skip) & 15];
+    }
+    dotted_quad(&u)
+}
+
+/// `a.b.c.d` at the start of `t`, ended by a space, CR, `:` or `,`.
 #[inline(always)]
 fn dotted_quad(t: &[u8; 16]) -> Option<[u8; 4]> {
     let mut out = [0u8; 4];
@@ -190,14 +336,14 @@ fn dotted_quad(t: &[u8; 16]) -> Option<[u8; 4]> {
                     return None;
                 }
             }
-            b'.' | b' ' => {
+            b'.' | b' ' | b'\r' | b':' | b',' => {
                 if digits == 0 || part > 3 {
                     return None;
                 }
                 out[part] = val as u8;
                 part += 1;
                 (val, digits) = (0, 0);
-                if c == b' ' {
+                if c != b'.' {
                     return (part == 4).then_some(out);
                 }
             }
