@@ -60,9 +60,21 @@ fn serve(mut s: TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut header_checked = false;
     loop {
+        // A load balancer may open the connection with a PROXY header.
+        if !header_checked {
+            match tollgate::api::proxyproto::parse(&buf) {
+                tollgate::api::proxyproto::Header::Incomplete => {}
+                tollgate::api::proxyproto::Header::Complete { len, .. } => {
+                    buf.drain(..len);
+                    header_checked = true;
+                }
+                tollgate::api::proxyproto::Header::None => header_checked = true,
+            }
+        }
         // Answer every complete request in the buffer, in order.
-        loop {
+        while header_checked && !buf.is_empty() {
             let mut hs = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut hs);
             let Ok(httparse::Status::Complete(head)) = req.parse(&buf) else {

@@ -712,6 +712,14 @@ mod proxy {
             ),
             XDP_PASS
         );
+        // A header alone in its segment (HAProxy writes it separately).
+        let mut bare = v2("198.18.9.9".parse().unwrap());
+        bare.truncate(28);
+        assert_eq!(run(&mut dp, &seg(1005, ACK_PSH, &bare)), XDP_DROP);
+        assert_eq!(
+            run(&mut dp, &seg(1005, ACK_PSH, b"GET / HTTP/1.1\r\n\r\n")),
+            XDP_DROP
+        );
         assert!(count(&dp, Verdict::Drop, Reason::Blocklisted) >= 5);
     }
 

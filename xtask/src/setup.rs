@@ -201,7 +201,7 @@ fn bpffs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+const DEBIAN_PACKAGES: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -209,6 +209,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     // `promtool check metrics` lints the agent's /metrics in tests/tests/ops.rs
     // (about 19 MB; the Prometheus server it also carries is not started).
     ("promtool", "prometheus"),
+    // A real load balancer in front of the test API (tests/tests/proxy.rs):
+    // PROXY protocol v1/v2 and X-Forwarded-For.
+    ("haproxy", "haproxy"),
 ];
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -220,7 +223,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool)");
+        ok("test tools (ip, ping, nft, curl, promtool, haproxy)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;

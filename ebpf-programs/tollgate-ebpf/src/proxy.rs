@@ -149,11 +149,17 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
         }
         match b[13] {
             0x11 if payload_len >= 16 + 12 => {
-                let mut a = [0u8; 16];
-                if load(ctx, off + 16, &mut a) {
+                // Exactly the source address: the header may be all the
+                // segment holds.
+                let mut a = [0u8; 4];
+                // SAFETY: `a` is 4 writable bytes.
+                if unsafe {
+                    bpf_xdp_load_bytes(ctx.ctx, (off + 16) as u32, a.as_mut_ptr().cast(), 4)
+                } == 0
+                {
                     f.real[10] = 0xff;
                     f.real[11] = 0xff;
-                    f.real[12..16].copy_from_slice(&a[..4]);
+                    f.real[12..16].copy_from_slice(&a);
                     f.state = proxy_state::CLIENT;
                 }
             }
