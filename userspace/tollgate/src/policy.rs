@@ -361,6 +361,8 @@ impl Policy {
             }
             feed_refresh(f).map_err(|e| invalid(format!("feeds[{i}].refresh"), e))?;
         }
+        let mut p = p;
+        resolve_key_files(&mut p, text, path)?;
         if let Err(e) = tollgate_detect::ApiGuard::new(&p.api_policy(), None) {
             let (field, message) = api_error(e);
             return Err(invalid(field, message));
@@ -429,6 +431,60 @@ fn has_key(line: &str, key: &str) -> bool {
         let after = code[i + key.len()..].trim_start();
         matches!(before, None | Some(' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
     })
+}
+
+/// Reads key material named by `*_file` fields (relative to the policy
+/// file) into the fields the API guard uses, so secrets need not sit in the
+/// policy itself.
+fn resolve_key_files(p: &mut Policy, text: &str, path: &Path) -> Result<(), PolicyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let read = |field: String, f: &Path| -> Result<String, PolicyError> {
+        let full = if f.is_relative() {
+            dir.join(f)
+        } else {
+            f.to_owned()
+        };
+        let meta = std::fs::metadata(&full);
+        let body = std::fs::read_to_string(&full).map_err(|e| PolicyError::Invalid {
+            path: path.to_owned(),
+            location: locate(text, &field).map_or(field.clone(), |l| format!("line {l}: {field}")),
+            message: format!("cannot read {}: {e}", full.display()),
+        })?;
+        // Key files are secrets: say so when anyone may read them.
+        if let Ok(m) = meta {
+            use std::os::unix::fs::PermissionsExt as _;
+            if m.permissions().mode() & 0o004 != 0 {
+                tracing::warn!(
+                    "{} is readable by every user; key files should be 0600",
+                    full.display()
+                );
+            }
+        }
+        Ok(body)
+    };
+    if let Some(f) = p.auth.jwks_file.take() {
+        if p.auth.jwks.is_some() {
+            return Err(PolicyError::Invalid {
+                path: path.to_owned(),
+                location: "auth.jwks_file".into(),
+                message: "give jwks or jwks_file, not both".into(),
+            });
+        }
+        p.auth.jwks = Some(read("auth.jwks_file".into(), &f)?);
+    }
+    for (i, k) in p.auth.keys.iter_mut().enumerate() {
+        if let Some(f) = k.secret_file.take() {
+            k.secret = Some(
+                read(format!("auth.keys[{i}].secret_file"), &f)?
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+        if let Some(f) = k.pem_file.take() {
+            k.pem = Some(read(format!("auth.keys[{i}].pem_file"), &f)?);
+        }
+    }
+    Ok(())
 }
 
 /// (field, message) of an API policy error.
@@ -501,6 +557,29 @@ mod tests {
     fn bad_allowlist_entry_names_the_field() {
         let e = Policy::parse("allowlist: [198.18.0.5/24]\n", Path::new("p.yaml")).unwrap_err();
         assert!(e.to_string().contains("allowlist[0]"), "{e}");
+    }
+
+    #[test]
+    fn key_material_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hs.key"), "s3cret\n").unwrap();
+        let policy = dir.path().join("p.yaml");
+        let p = Policy::parse(
+            "auth:\n  keys:\n    - {alg: HS256, secret_file: hs.key}\n",
+            &policy,
+        )
+        .unwrap();
+        assert_eq!(p.auth.keys[0].secret.as_deref(), Some("s3cret"));
+        let e = Policy::parse(
+            "auth:\n  keys:\n    - {alg: HS256, secret_file: missing.key}\n",
+            &policy,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3: auth.keys[0].secret_file") && e.contains("cannot read"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct AuthConfig {
     pub keys: Vec<JwtKey>,
     /// A JWKS document (JSON text) with more verification keys, matched by `kid`.
     pub jwks: Option<String>,
+    /// A file holding the JWKS document (read by the caller into `jwks`; this
+    /// crate does no I/O).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<std::path::PathBuf>,
     /// Longest token looked at; longer ones are reported as malformed.
     pub max_token_bytes: usize,
 }
@@ -67,6 +71,7 @@ impl Default for AuthConfig {
             leeway: "60s".to_owned(),
             keys: Vec::new(),
             jwks: None,
+            jwks_file: None,
             max_token_bytes: 8 * 1024,
         }
     }
@@ -88,6 +93,12 @@ pub struct JwtKey {
     pub secret_base64: Option<String>,
     /// PEM public key (RSA, EC or Ed25519) for the asymmetric algorithms.
     pub pem: Option<String>,
+    /// A file holding the shared secret (read by the caller into `secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// A file holding the PEM public key (read by the caller into `pem`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pem_file: Option<std::path::PathBuf>,
 }
 
 /// Whether a route needs credentials.
