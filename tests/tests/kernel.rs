@@ -606,8 +606,20 @@ fn verifier_complexity_stays_within_budget() {
         .unwrap()
         .verified_instruction_count()
         .unwrap_or(0);
-    eprintln!("verified instructions: xdp {xdp}, tc {tc}, tc egress {egress}");
-    for (name, n) in [("xdp", xdp), ("tc", tc), ("tc egress", egress)] {
+    let proxy = dp
+        .xdp_program(tollgate_common::programs::XDP_PROXY)
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    eprintln!("verified instructions: xdp {xdp}, tc {tc}, tc egress {egress}, xdp proxy {proxy}");
+    for (name, n) in [
+        ("xdp", xdp),
+        ("tc", tc),
+        ("tc egress", egress),
+        ("xdp proxy", proxy),
+    ] {
         assert!(n > 0, "{name}: the kernel reported no count");
         assert!(
             n < 500_000,

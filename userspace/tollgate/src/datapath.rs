@@ -433,7 +433,14 @@ impl Datapath {
     /// # Errors
     /// Never in practice: `load` checked it is there.
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
-        let name = programs::XDP_INGRESS;
+        self.xdp_program(programs::XDP_INGRESS)
+    }
+
+    /// One of the XDP programs (`programs::XDP_*`), loaded.
+    ///
+    /// # Errors
+    /// When there is no such loaded program.
+    pub fn xdp_program(&mut self, name: &'static str) -> Result<&mut Xdp> {
         self.ebpf
             .program_mut(name)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
