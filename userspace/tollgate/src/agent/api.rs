@@ -282,11 +282,11 @@ impl ApiHandle {
                     // A PROXY header names the client of the whole connection;
                     // otherwise each request's forwarding header does.
                     let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted));
-                    if let Some(real) = ev
-                        .header_client
-                        .filter(|_| ev.proxy.is_none())
-                        .or(by_header)
-                    {
+                    let real = match ev.direction {
+                        Direction::Request => ev.header_client.or(by_header),
+                        Direction::Response => ev.header_client.or(ev.forwarded_client),
+                    };
+                    if let Some(real) = real {
                         let proxy = ev.client;
                         if by_header.is_some() && ev.header_client.is_none() {
                             st.flows

@@ -63,6 +63,10 @@ pub struct ApiEvent {
     /// only when the connection comes from a trusted proxy).
     #[serde(skip)]
     pub header_client: Option<IpAddr>,
+    /// The client the connection's last forwarding header named (for
+    /// responses, which carry none).
+    #[serde(skip)]
+    pub forwarded_client: Option<IpAddr>,
 }
 
 /// Counters of what the pipeline saw.
@@ -108,8 +112,10 @@ struct Flow {
     last_ns: u64,
     /// The start of the request stream was checked for a PROXY header.
     proxy_checked: bool,
-    /// The client it named, or the one a forwarding header named last.
+    /// The client it named.
     real: Option<IpAddr>,
+    /// The client a forwarding header named last.
+    forwarded: Option<IpAddr>,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -137,7 +143,7 @@ impl Flows {
     /// forwarding header), for its later messages.
     pub fn set_real(&mut self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) {
         if let Some(f) = self.flows.get_mut(&id) {
-            f.real = Some(real);
+            f.forwarded = Some(real);
         }
     }
 
@@ -262,7 +268,7 @@ fn parse_all(
     out: &mut Vec<ApiEvent>,
     stats: &mut FlowStats,
 ) {
-    let real = flow.real;
+    let (real, forwarded) = (flow.real, flow.forwarded);
     let base = |direction| ApiEvent {
         time,
         client: s.client,
@@ -280,6 +286,7 @@ fn parse_all(
         response: None,
         proxy: None,
         header_client: real,
+        forwarded_client: forwarded,
     };
     loop {
         let half = match s.direction {
