@@ -268,6 +268,7 @@ pub(crate) struct Code {
 /// Per-input facts computed at most once, only when an anchor needs them.
 struct Ctx<'a> {
     lower: &'a str,
+    is_value: bool,
     text: &'a str,
     prose: Option<bool>,
 }
@@ -278,9 +279,10 @@ impl Ctx<'_> {
         *self.prose.get_or_insert_with(|| is_prose(self.lower))
     }
 
-    /// Full score alone, half inside prose.
+    /// Full score alone, a fifth inside prose (below the alert threshold): a
+    /// question may mention several of these without adding up to a ban.
     fn discounted(&mut self, score: u32) -> u32 {
-        if self.prose() { score / 2 } else { score }
+        if self.prose() { score / 5 } else { score }
     }
 }
 
@@ -299,9 +301,17 @@ impl Code {
     }
 
     /// `lower` is `text` ASCII-lowercased (same byte offsets).
-    pub(crate) fn check(&self, lower: &str, text: &str, loc: &Location, sink: &mut Sink<'_>) {
+    pub(crate) fn check(
+        &self,
+        lower: &str,
+        text: &str,
+        is_value: bool,
+        loc: &Location,
+        sink: &mut Sink<'_>,
+    ) {
         let mut ctx = Ctx {
             lower,
+            is_value,
             text,
             prose: None,
         };
@@ -624,7 +634,14 @@ impl Code {
         let t = ctx.lower.trim();
         let ident = |c: u8| is_word(c) || matches!(c, b'.' | b'$' | b'[' | b']');
         if t.bytes().all(ident) {
-            return STRONG;
+            // As a parameter name, cookie name or JSON key, a class name is bound
+            // by Struts-style binders; as a value, a runtime or gadget class is a
+            // type hint for a deserializer, but `java.io.File` may be a search.
+            return if base >= STRONG || !ctx.is_value {
+                STRONG
+            } else {
+                6
+            };
         }
         // Token around the match: `ProcessBuilder.evil.clonetransformer`.
         let b = ctx.lower.as_bytes();
@@ -635,7 +652,7 @@ impl Code {
             .map_or(b.len(), |p| e + p);
         let token = &ctx.lower[ts..te];
         if ctx.prose() {
-            return if base >= STRONG { 5 } else { 2 };
+            return 2;
         }
         if token.matches('.').count() >= 2 && base < STRONG {
             return 5;
@@ -861,8 +878,6 @@ mod tests {
             "ProcessBuilder.evil.clonetransformer",
             "runtime.invokertransformer",
             "com.opensymphony.xwork2",
-            "java.io.BufferedReader",
-            "java.io.File",
             "rO0ABXNyABFqYXZh",
             "KztAAU",
             "aced00057372",
@@ -945,6 +960,7 @@ mod tests {
     fn benign_lookalikes() {
         for p in [
             "java tutorial",
+            "java.io.File",
             "java.runtime.version",
             "system requirements (minimum)",
             "exec summary (Q3)",

@@ -409,7 +409,8 @@ impl Engine {
         let lower = text.to_ascii_lowercase();
         // Before the plain-word shortcut: bare Java class names are plain words.
         if self.cfg.code.enabled {
-            self.code.check(&lower, text, &inp.location, sink);
+            self.code
+                .check(&lower, text, inp.is_value, &inp.location, sink);
         }
         if self.cfg.sqli.enabled {
             self.sqli.check(&lower, &inp.location, sink);
