@@ -6,8 +6,12 @@
 //! `alert(` call, a single `../`) score lower and only lead to a ban together.
 
 mod cmdi;
+mod code;
 mod jndi;
+mod protocol;
+mod rfi;
 mod scanner;
+mod session;
 mod smuggling;
 mod sqli;
 mod ssrf;
@@ -32,6 +36,12 @@ pub enum Category {
     Scanner,
     Smuggling,
     Protocol,
+    /// Server-side code, expression, template and deserialization injection, XXE.
+    Code,
+    /// Remote file inclusion.
+    Rfi,
+    /// Session fixation.
+    Session,
     /// Missing or invalid credentials (API2), credential stuffing.
     Auth,
     /// Object- and function-level authorization (API1, API5).
@@ -63,6 +73,9 @@ impl Category {
             Category::Scanner => "scanner",
             Category::Smuggling => "smuggling",
             Category::Protocol => "protocol",
+            Category::Code => "code",
+            Category::Rfi => "rfi",
+            Category::Session => "session",
             Category::Auth => "auth",
             Category::Authz => "authz",
             Category::Enumeration => "enumeration",
@@ -151,6 +164,9 @@ pub struct DetectConfig {
     pub scanner: DetectorConfig,
     pub smuggling: DetectorConfig,
     pub protocol: DetectorConfig,
+    pub code: DetectorConfig,
+    pub rfi: DetectorConfig,
+    pub session: DetectorConfig,
     /// Total score at which a request is banned.
     pub ban_threshold: u32,
     /// Total score at which a request is reported (below the ban threshold).
@@ -179,6 +195,9 @@ impl Default for DetectConfig {
             scanner: DetectorConfig::default(),
             smuggling: DetectorConfig::default(),
             protocol: DetectorConfig::default(),
+            code: DetectorConfig::default(),
+            rfi: DetectorConfig::default(),
+            session: DetectorConfig::default(),
             ban_threshold: STRONG,
             alert_threshold: 3,
             extra_headers: Vec::new(),
@@ -227,6 +246,9 @@ impl Sink<'_> {
             Category::Scanner => self.cfg.scanner,
             Category::Smuggling => self.cfg.smuggling,
             Category::Protocol => self.cfg.protocol,
+            Category::Code => self.cfg.code,
+            Category::Rfi => self.cfg.rfi,
+            Category::Session => self.cfg.session,
             // The API layer (crate::api) reports these with its own switches; the
             // per-request detectors never do.
             Category::Auth
@@ -310,6 +332,7 @@ pub struct Engine {
     cmdi: cmdi::Cmdi,
     traversal: traversal::Traversal,
     scanner: scanner::Scanner,
+    code: code::Code,
 }
 
 impl Engine {
@@ -326,6 +349,7 @@ impl Engine {
             cmdi: cmdi::Cmdi::new(),
             traversal: traversal::Traversal::new(),
             scanner: scanner::Scanner::new(),
+            code: code::Code::new(),
             cfg,
         }
     }
@@ -363,6 +387,17 @@ impl Engine {
         for inp in &inputs {
             self.check_input(inp, &mut sink);
         }
+        // Checks that pair parameter names with their values or look at the request.
+        if self.cfg.rfi.enabled {
+            rfi::check(&inputs, &mut sink);
+        }
+        if self.cfg.session.enabled {
+            session::check(req, &inputs, &mut sink);
+        }
+        if self.cfg.protocol.enabled {
+            protocol::check_request(req, &mut sink);
+            protocol::check_inputs(&inputs, &mut sink);
+        }
         sink.out
     }
 
@@ -372,6 +407,11 @@ impl Engine {
             return;
         }
         let lower = text.to_ascii_lowercase();
+        // Before the plain-word shortcut: bare Java class names are plain words.
+        if self.cfg.code.enabled {
+            self.code
+                .check(&lower, text, inp.is_value, &inp.location, sink);
+        }
         if self.cfg.sqli.enabled {
             self.sqli.check(&lower, &inp.location, sink);
         }

@@ -58,10 +58,31 @@ CODE = [
     "Run `npm install` then `npm test`.",
     "SELECT COUNT(*) FROM orders GROUP BY status;",
 ]
+QA = [
+    "How do I read a file line by line with java.io.BufferedReader in Java 17?",
+    "Should I use ScriptEngineManager or GraalVM polyglot to run user scripts in my app?",
+    "Why does ProcessBuilder ignore my PATH when I start the child process from a service?",
+    "What is the difference between __proto__ and prototype in JavaScript objects?",
+    "In Python, why does my class define __init__ but the __class__ attribute looks wrong?",
+    "Jinja prints {{ user.name }} literally in my email template, what am I missing?",
+    "My Handlebars template shows {{title}} instead of the title when the page loads.",
+    "Should I use file_get_contents or cURL to call a REST API from PHP 8?",
+    "Spring shows ${app.name} instead of the value; is the property file on the classpath?",
+    "Our ERB view renders <%= @user.name %> as empty after the upgrade to Rails 7.",
+    "Deserializing with ObjectInputStream fails with java.io.InvalidClassException, any idea?",
+    "How do I parse XML with a DOCTYPE in Python without loading external entities?",
+    "Why is $_POST empty when I send JSON from fetch to my PHP endpoint?",
+    "Which is faster in PHP: array_map with a closure or a plain foreach loop?",
+]
+TEMPLATES = ["Hi {{name}}, your order {{order_id}} has shipped.", "Dear {{ first_name }}, welcome to {{company}}!",
+             "Your code is ${code}; it expires in ${minutes} minutes.", "Hello #{name}, see you at #{time}.",
+             "{{#each items}}<li>{{this}}</li>{{/each}}", "Total: {{ total | currency }}"]
 URLS = ["https://www.wikipedia.org/wiki/SQL", "https://github.com/rust-lang/rust/issues/1",
         "https://example.com/path/to/page?ref=home&utm_source=news", "https://cdn.example.net/img/logo.png",
         "http://news.ycombinator.com/item?id=123456", "https://maps.google.com/?q=48.8584,2.2945",
-        "https://www.youtube.com/watch?v=dQw4w9WgXcQ", "https://docs.rs/serde/latest/serde/"]
+        "https://www.youtube.com/watch?v=dQw4w9WgXcQ", "https://docs.rs/serde/latest/serde/",
+        "https://www.php.net/manual/en/function.file-get-contents.php", "https://shop.example.com/product.php?id=42",
+        "https://docs.oracle.com/javase/8/docs/api/java/lang/Runtime.html", "https://intranet.example.org/default.aspx"]
 SEARCHES = ["select a union", "drop me a line", "union station chicago", "or else", "and more", "best sql books",
             "how to drop a table in excel", "insert coin", "update windows 11", "1 or 2 bedroom apartment",
             "delete account", "O'Reilly books", "rock & roll", "c:/ drive full", "../ meaning in linux",
@@ -108,7 +129,7 @@ def q(params):
 
 
 def sample():
-    kind = random.randrange(8)
+    kind = random.randrange(11)
     path = random.choice(PATHS)
     if kind == 0:
         return render("GET", path + "?" + q({"q": random.choice(SEARCHES), "page": random.randint(1, 20),
@@ -138,6 +159,18 @@ def sample():
         body = q({"name": random.choice(NAMES), "message": random.choice(PROSE), "email": "user%d@example.org" % random.randint(1, 999),
                   "redirect": random.choice(URLS)}).encode()
         return render("POST", "/api/v1/contact", headers([("Content-Type", "application/x-www-form-urlencoded")]), body)
+    if kind == 8:
+        body = json.dumps({"title": random.choice(QA), "body": random.choice(QA) + " " + random.choice(PROSE),
+                           "tags": random.sample(["java", "php", "python", "javascript", "xml", "spring", "rails"], 2)}).encode()
+        return render("POST", "/api/v1/questions", headers([("Content-Type", "application/json")]), body)
+    if kind == 9:
+        body = json.dumps({"name": random.choice(["order-shipped", "welcome", "otp", "reminder"]),
+                           "template": random.choice(TEMPLATES), "locale": random.choice(["en", "fr", "de"])}).encode()
+        return render("PUT", "/api/v1/templates/%d" % random.randint(1, 500), headers([("Content-Type", "application/json")]), body)
+    if kind == 10:
+        return render("GET", "/api/v1/links?" + q({"url": random.choice(URLS), "page": random.randint(1, 5),
+                                                  "session_id": "cs_test_%024x" % random.getrandbits(96),
+                                                  "q": random.choice(["java.io.File", "base64_decode", "__init__", "{{name}}"])}), headers())
     body = json.dumps({"text": random.choice(PROSE) + " " + random.choice(PROSE), "author": random.choice(NAMES),
                        "reply_to": random.randint(1, 10**5), "meta": {"client": "web", "version": "1.%d.%d" % (random.randint(0, 9), random.randint(0, 20))}}).encode()
     return render(random.choice(["POST", "PATCH"]), "/api/v1/comments/%d" % random.randint(1, 10**5), headers([("Content-Type", "application/json; charset=utf-8")]), body)
