@@ -12,6 +12,7 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{error, info, warn};
 
+pub mod crowdsec;
 pub mod ops;
 
 use super::attach::Attachment;
