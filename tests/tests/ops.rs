@@ -526,3 +526,86 @@ fn a_million_line_feed_imports() {
     let (d, out) = timed(&["block", "rm", "--origin", "import:big.txt"]);
     eprintln!("rm --origin 1M: {d:?}: {out}");
 }
+
+/// A simulated reboot: the agent is killed, its pins (maps, program links)
+/// are removed so the kernel forgets everything, as after a reboot, and a
+/// fresh agent on the same state directory enforces the same bans, allow
+/// entries and TTLs (counting down, not reset) from the store alone.
+#[test]
+fn state_survives_a_simulated_reboot() {
+    let mut s = setup(&[]);
+    let manual = s.lab.v4(0, 2).to_string();
+    s.agent
+        .ok(&["block", "add", &manual, "--ttl", "1h", "--reason", "reboot"]);
+    s.agent.ok(&["block", "add", &s.lab.v4_net(1)]);
+    s.agent.ok(&["allow", "add", &s.lab.v4(1, 2).to_string()]);
+    let mut child = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .arg("--socket")
+        .arg(&s.agent.socket)
+        .args(["block", "import", "-", "--origin", "drop", "--ttl", "2h"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{}\n", s.lab.v6_net(1)).as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let enforced = |s: &Setup| !s.v4_ok(0) && !s.v6_ok(1) && s.v4_ok(1) && s.v6_ok(0);
+    assert!(enforced(&s), "lab not as set up before the reboot");
+    let ttls = |s: &Setup| -> Vec<(String, String, String, Option<u64>)> {
+        let mut v: Vec<_> = s
+            .agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["cidr"].as_str().unwrap().to_owned(),
+                    b["kind"].as_str().unwrap().to_owned(),
+                    b["origin"].as_str().unwrap().to_owned(),
+                    b["ttl_remaining_secs"].as_u64(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ttls(&s);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // "Reboot": no agent, no pins, so no programs and no maps.
+    s.agent.kill(nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_dir_all(&s.agent.pins).unwrap();
+    let link = tollgate_tests::sh(&["ip", "link", "show", "dev", &s.lab.host_if]);
+    assert!(!link.contains("xdp"), "program still attached: {link}");
+    assert!(
+        s.v4_ok(0) && s.v6_ok(1),
+        "still dropping after the pins are gone: this was no reboot"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    s.agent.spawn();
+    assert!(enforced(&s), "state not enforced after the reboot");
+    let after = ttls(&s);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&b.0, &b.1, &b.2), (&a.0, &a.1, &a.2));
+        match (b.3, a.3) {
+            (None, None) => {}
+            (Some(tb), Some(ta)) => assert!(
+                ta < tb && ta + 10 > tb,
+                "{}: ttl {tb} before, {ta} after: must count down, not reset",
+                a.0
+            ),
+            other => panic!("{}: ttl {other:?}", a.0),
+        }
+    }
+    assert_eq!(s.agent.json(&["allow", "ls"]).as_array().unwrap().len(), 1);
+    let log = s.agent.log_text();
+    assert!(log.contains("restored_to_kernel=4"), "{log}");
+}
