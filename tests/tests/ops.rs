@@ -620,3 +620,21 @@ fn state_survives_a_simulated_reboot() {
     let log = s.agent.log_text();
     assert!(log.contains("restored_to_kernel=4"), "{log}");
 }
+
+/// The opposite of a reboot: the store is lost but the pinned maps are not;
+/// the restarted agent adopts the kernel's bans into a new store.
+#[test]
+fn kernel_bans_are_adopted_when_the_store_is_lost() {
+    let mut s = setup(&[]);
+    s.agent
+        .ok(&["block", "add", &s.lab.v4(0, 2).to_string(), "--ttl", "1h"]);
+    s.agent.kill(nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_file(s.agent.state.join(tollgate::store::RedbStore::FILE)).unwrap();
+    s.agent.spawn();
+    let bans = s.agent.json(&["block", "ls"]);
+    assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
+    assert_eq!(bans[0]["origin"], "kernel");
+    assert!(bans[0]["ttl_remaining_secs"].as_u64().unwrap() > 3500);
+    assert!(!s.v4_ok(0));
+    assert!(s.agent.log_text().contains("adopted_from_kernel=1"));
+}
