@@ -187,13 +187,13 @@ fn feed_import_applies_reports_and_is_idempotent() {
     assert_eq!(s.agent.cli(&["block", "rm"]).status.code(), Some(2));
 }
 
-#[test]
-fn feed_import_from_stdin_with_ttl_and_origin() {
-    let s = setup(&[]);
+/// `tollgate block import -` with `text` on stdin; panics unless it succeeds.
+fn import_stdin(agent: &Agent, text: &str, args: &[&str]) {
     let mut child = std::process::Command::new(tollgate_tests::tollgate_bin())
         .arg("--socket")
-        .arg(&s.agent.socket)
-        .args(["block", "import", "-", "--origin", "drop", "--ttl", "1h"])
+        .arg(&agent.socket)
+        .args(["block", "import", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -203,13 +203,23 @@ fn feed_import_from_stdin_with_ttl_and_origin() {
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{} ; SBL1\nfd00:bad::/48\n", s.lab.v4_net(1)).as_bytes())
+        .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn feed_import_from_stdin_with_ttl_and_origin() {
+    let s = setup(&[]);
+    import_stdin(
+        &s.agent,
+        &format!("{} ; SBL1\nfd00:bad::/48\n", s.lab.v4_net(1)),
+        &["--origin", "drop", "--ttl", "1h"],
     );
     let bans = s.agent.json(&["block", "ls"]);
     assert_eq!(bans.as_array().unwrap().len(), 2);
@@ -525,4 +535,106 @@ fn a_million_line_feed_imports() {
     assert!(s.v4_ok(0), "an unrelated client is dropped");
     let (d, out) = timed(&["block", "rm", "--origin", "import:big.txt"]);
     eprintln!("rm --origin 1M: {d:?}: {out}");
+}
+
+/// A simulated reboot: the agent is killed, its pins (maps, program links)
+/// are removed so the kernel forgets everything, as after a reboot, and a
+/// fresh agent on the same state directory enforces the same bans, allow
+/// entries and TTLs (counting down, not reset) from the store alone.
+#[test]
+fn state_survives_a_simulated_reboot() {
+    let mut s = setup(&[]);
+    let manual = s.lab.v4(0, 2).to_string();
+    s.agent
+        .ok(&["block", "add", &manual, "--ttl", "1h", "--reason", "reboot"]);
+    s.agent.ok(&["block", "add", &s.lab.v4_net(1)]);
+    s.agent.ok(&["allow", "add", &s.lab.v4(1, 2).to_string()]);
+    import_stdin(
+        &s.agent,
+        &format!("{}\n", s.lab.v6_net(1)),
+        &["--origin", "drop", "--ttl", "2h"],
+    );
+    // Retried briefly: one TCP exchange can time out on a busy host.
+    let enforced = |s: &Setup| {
+        tollgate_tests::eventually(Duration::from_secs(3), || {
+            !s.v4_ok(0) && !s.v6_ok(1) && s.v4_ok(1) && s.v6_ok(0)
+        })
+    };
+    assert!(enforced(&s), "lab not as set up before the reboot");
+    let ttls = |s: &Setup| -> Vec<(String, String, String, Option<u64>)> {
+        let mut v: Vec<_> = s
+            .agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["cidr"].as_str().unwrap().to_owned(),
+                    b["kind"].as_str().unwrap().to_owned(),
+                    b["origin"].as_str().unwrap().to_owned(),
+                    b["ttl_remaining_secs"].as_u64(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ttls(&s);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // "Reboot": no agent, no pins, so no programs and no maps.
+    s.agent.kill(nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_dir_all(&s.agent.pins).unwrap();
+    // The kernel releases the links asynchronously once the last pin and
+    // file are gone.
+    let attached =
+        || tollgate_tests::sh(&["ip", "link", "show", "dev", &s.lab.host_if]).contains("xdp");
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || !attached()),
+        "program still attached after its pins were removed"
+    );
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(3), || s.v4_ok(0) && s.v6_ok(1)),
+        "still dropping after the pins are gone: this was no reboot"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    s.agent.spawn();
+    assert!(enforced(&s), "state not enforced after the reboot");
+    let after = ttls(&s);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&b.0, &b.1, &b.2), (&a.0, &a.1, &a.2));
+        match (b.3, a.3) {
+            (None, None) => {}
+            (Some(tb), Some(ta)) => assert!(
+                ta < tb && ta + 10 > tb,
+                "{}: ttl {tb} before, {ta} after: must count down, not reset",
+                a.0
+            ),
+            other => panic!("{}: ttl {other:?}", a.0),
+        }
+    }
+    assert_eq!(s.agent.json(&["allow", "ls"]).as_array().unwrap().len(), 1);
+    let log = s.agent.log_text();
+    assert!(log.contains("restored_to_kernel=4"), "{log}");
+}
+
+/// The opposite of a reboot: the store is lost but the pinned maps are not;
+/// the restarted agent adopts the kernel's bans into a new store.
+#[test]
+fn kernel_bans_are_adopted_when_the_store_is_lost() {
+    let mut s = setup(&[]);
+    s.agent
+        .ok(&["block", "add", &s.lab.v4(0, 2).to_string(), "--ttl", "1h"]);
+    s.agent.kill(nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_file(s.agent.state.join(tollgate::store::RedbStore::FILE)).unwrap();
+    s.agent.spawn();
+    let bans = s.agent.json(&["block", "ls"]);
+    assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
+    assert_eq!(bans[0]["origin"], "kernel");
+    assert!(bans[0]["ttl_remaining_secs"].as_u64().unwrap() > 3500);
+    assert!(!s.v4_ok(0));
+    assert!(s.agent.log_text().contains("adopted_from_kernel=1"));
 }

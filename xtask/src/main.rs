@@ -43,9 +43,11 @@ enum Cmd {
     /// sample pipeline and what sampling adds to the XDP program);
     /// `detect [CORPUS]` (requests/s per core through the default policy);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
+    /// `startup` (cold and warm start with 1,000,000 stored bans: time to
+    /// enforcement, agent RSS).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true)]

@@ -35,6 +35,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     bpffs();
     if test_deps {
         debian_packages()?;
+        crowdsec()?;
         kubernetes_validate()?;
     }
     Ok(())
@@ -233,6 +234,47 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
+    Ok(())
+}
+
+/// CrowdSec (Debian's `crowdsec`, 1.4.6 on bookworm): tests/tests/crowdsec.rs
+/// runs its own Local API from it. The package's post-install step registers
+/// with the online Central API, which fails offline; a non-empty
+/// `online_api_credentials.yaml` written beforehand is the package's own way
+/// to skip that (see its postinst). The packaged service is disabled again
+/// where systemd runs: the tests start and stop their own LAPI.
+fn crowdsec() -> anyhow::Result<()> {
+    if output(Command::new("sh").args(["-c", "command -v crowdsec && command -v cscli"])).is_some()
+    {
+        ok("crowdsec and cscli (CrowdSec bouncer test)");
+        return Ok(());
+    }
+    let capi = std::path::Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if !capi.exists() {
+        std::fs::create_dir_all("/etc/crowdsec").context("failed to create /etc/crowdsec")?;
+        std::fs::write(
+            capi,
+            "# written by `cargo xtask setup`: no Central API registration (offline test host)\n",
+        )
+        .context("failed to write /etc/crowdsec/online_api_credentials.yaml")?;
+    }
+    sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
+    sh(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "crowdsec",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("failed to install crowdsec")?;
+    if std::path::Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "crowdsec"])
+            .status();
+    }
+    did("installed crowdsec (its service is not used by the tests)");
     Ok(())
 }
 

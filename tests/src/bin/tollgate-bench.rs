@@ -55,13 +55,14 @@ fn main() {
                 .unwrap_or(60);
             tollgate_tests::latency::run(trials);
         }
+        "startup" => tollgate_tests::startup::run(),
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup)"
             );
             std::process::exit(2);
         }

@@ -966,6 +966,11 @@ impl Datapath {
         self.bans.contains(net)
     }
 
+    /// The prefixes the kernel holds bans for (from the mirror: no syscall).
+    pub fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.bans.iter()
+    }
+
     /// Number of bans held.
     #[must_use]
     pub fn block_count(&self) -> usize {

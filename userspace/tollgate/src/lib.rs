@@ -8,6 +8,7 @@
 //! - [`policy`]: the YAML policy file; [`limits`]: rate limits.
 //! - [`engine`]: detectors and per-client scoring; [`events`]: the security event log.
 //! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
+//! - [`crowdsec`]: CrowdSec Local API decisions (the bouncer's parsing side).
 //! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
 //! - [`net`], [`clock`], [`table`]: small helpers.
 
@@ -17,6 +18,7 @@ pub mod api_cli;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod crowdsec;
 pub mod datapath;
 pub mod detect_cli;
 pub mod engine;

@@ -86,6 +86,8 @@ pub struct Policy {
     /// Load balancers and ingresses in front of the APIs (CIDRs or presets).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Act as a CrowdSec bouncer (off when absent).
+    pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -270,6 +272,21 @@ impl Policy {
                     f.path = dir.join(&f.path);
                 }
             }
+            if let Some(key) = p.crowdsec.as_mut().and_then(|c| c.api_key_file.as_mut())
+                && key.is_relative()
+            {
+                *key = dir.join(&*key);
+            }
+        }
+        if let Some(job) = p.crowdsec.as_ref().and_then(|c| c.job().ok()) {
+            job.key.read().map_err(|message| PolicyError::Invalid {
+                path: path.to_owned(),
+                location: match locate(&text, "crowdsec.api_key_file") {
+                    Some(line) => format!("line {line}: crowdsec.api_key_file"),
+                    None => "crowdsec.api_key_file".into(),
+                },
+                message,
+            })?;
         }
         Ok(p)
     }
@@ -375,6 +392,10 @@ impl Policy {
                     .map_or(String::new(), |x| format!("{x}]"))
             );
             return Err(invalid(field, e));
+        }
+        if let Some(c) = &p.crowdsec {
+            c.job()
+                .map_err(|(field, message)| invalid(format!("crowdsec.{field}"), message))?;
         }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
@@ -513,6 +534,12 @@ impl Policy {
             routes: self.routes.clone(),
             checks: self.checks.clone(),
         }
+    }
+
+    /// The CrowdSec bouncer, ready to run (validated when parsed).
+    #[must_use]
+    pub fn crowdsec_job(&self) -> Option<crate::crowdsec::BouncerJob> {
+        self.crowdsec.as_ref().and_then(|c| c.job().ok())
     }
 
     /// The feeds, ready to run (the policy was validated when parsed).

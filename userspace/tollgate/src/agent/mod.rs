@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod crowdsec;
 pub mod enforce;
 pub mod feeds;
 pub mod http;

@@ -73,6 +73,8 @@ pub struct Reloader {
     opts: AgentOptions,
     feeds: Vec<FeedJob>,
     handles: Vec<JoinHandle<()>>,
+    /// The CrowdSec bouncer, when the policy has a `crowdsec:` section.
+    bouncer: Option<(crate::crowdsec::BouncerJob, JoinHandle<()>)>,
     api: Option<super::api::ApiHandle>,
     /// Modification time and size of the file when last read.
     seen: Option<(std::time::SystemTime, u64)>,
@@ -93,6 +95,10 @@ impl Reloader {
             opts: opts.clone(),
             feeds: opts.feeds.clone(),
             handles: spawn_refresh(&opts.feeds, state),
+            bouncer: opts
+                .policy
+                .crowdsec_job()
+                .map(|job| (job.clone(), super::crowdsec::spawn(job, state))),
             api: None,
             seen: opts.config.as_deref().and_then(stamp),
         }
@@ -117,8 +123,15 @@ impl Reloader {
         false
     }
 
-    /// Stops the feed tasks.
+    /// Stops the feed tasks and the CrowdSec bouncer.
     pub fn stop(&mut self) {
+        self.stop_feeds();
+        if let Some((_, h)) = self.bouncer.take() {
+            h.abort();
+        }
+    }
+
+    fn stop_feeds(&mut self) {
         for h in self.handles.drain(..) {
             h.abort();
         }
@@ -255,9 +268,37 @@ impl Reloader {
             for j in jobs.iter().filter(|j| !self.feeds.contains(j)) {
                 changes.push(format!("feed {} (re)started", j.name));
             }
-            self.stop();
+            self.stop_feeds();
             self.handles = spawn_refresh(&jobs, state);
             self.feeds = jobs;
+        }
+        let bouncer = p.crowdsec_job();
+        if bouncer.as_ref() != self.bouncer.as_ref().map(|(j, _)| j) {
+            if let Some((_, h)) = self.bouncer.take() {
+                h.abort();
+            }
+            match bouncer {
+                Some(job) => {
+                    changes.push("CrowdSec bouncer (re)started".into());
+                    self.bouncer = Some((job.clone(), super::crowdsec::spawn(job, state)));
+                }
+                None => {
+                    let lifted = state.lock().ok().map(|mut s| {
+                        s.handle(Request::BlockRmOrigin {
+                            origin: crate::crowdsec::ORIGIN.into(),
+                        })
+                        .ok
+                    });
+                    changes.push(format!(
+                        "CrowdSec bouncer stopped{}",
+                        if lifted == Some(true) {
+                            " and its bans lifted"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
         }
         if let Some(api) = &self.api
             && let Ok(mut st) = api.state.lock()

@@ -10,8 +10,9 @@ use std::{
 use ipnet::IpNet;
 use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+pub mod crowdsec;
 pub mod ops;
 
 use super::attach::Attachment;
@@ -120,6 +121,7 @@ impl AgentState {
         let mut to_kernel = 0;
         let mut to_store = 0;
         let now = clock::unix_now();
+        let t0 = Instant::now();
         let stored_bans = match self.store.as_ref().map(|s| s.bans()) {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
@@ -131,8 +133,10 @@ impl AgentState {
             }
             None => Vec::new(),
         };
+        let t_read = t0.elapsed();
         let mut expired = Vec::new();
         let mut batch = Vec::new();
+        self.bans.reserve(stored_bans.len());
         for rec in stored_bans {
             if rec.expires_at.is_some_and(|t| t <= now) {
                 expired.push(rec.cidr);
@@ -144,13 +148,22 @@ impl AgentState {
             }
             self.index(rec);
         }
+        let t_index = t0.elapsed();
         if let Err(e) = self.dp.insert_blocks(batch) {
             error!("failed to restore bans into the kernel: {e:#}");
         }
-        let kernel = self.dp.blocks().unwrap_or_else(|e| {
-            error!("failed to read the kernel ban maps: {e:#}");
+        let t_kernel = t0.elapsed();
+        // Reading the kernel maps back (two syscalls per entry) is only
+        // needed when they hold bans the store does not know.
+        let unknown = self.dp.block_nets().any(|n| !self.bans.contains_key(n));
+        let kernel = if unknown {
+            self.dp.blocks().unwrap_or_else(|e| {
+                error!("failed to read the kernel ban maps: {e:#}");
+                Vec::new()
+            })
+        } else {
             Vec::new()
-        });
+        };
         let mut adopt = Vec::new();
         for (net, entry) in kernel {
             if self.bans.contains_key(&net) {
@@ -220,6 +233,13 @@ impl AgentState {
         if let Err(e) = self.dp.maintain() {
             error!("failed to refresh the prefilter: {e:#}");
         }
+        debug!(
+            ?t_read,
+            ?t_index,
+            ?t_kernel,
+            total = ?t0.elapsed(),
+            "reconcile timings (cumulative)"
+        );
         (to_kernel, to_store)
     }
 

@@ -158,11 +158,41 @@ impl AgentState {
         report.removed = stale.len();
         let t_validate = t0.elapsed();
 
+        self.write_batch(put, &previous, &stale, "the import")?;
+        metrics::ban_issued(kind, report.added as u64);
+        debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
+        info!(
+            origin,
+            added = report.added,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            removed = report.removed,
+            kept_other_origin = report.kept_other_origin,
+            rejected = report.rejected_count,
+            "feed imported"
+        );
+        Ok(report)
+    }
+
+    /// Writes a group change: `put` (new and rewritten records; `previous`
+    /// holds the rewritten ones as they were) and `stale` (lifted) go to the
+    /// store in one transaction and to the kernel in one batched update, then
+    /// into the index. If the kernel refuses, the store and kernel are put
+    /// back as they were. `what` names the change in errors.
+    ///
+    /// # Errors
+    /// When the store or kernel write fails (nothing changes then).
+    pub(super) fn write_batch(
+        &mut self,
+        put: Vec<BanRecord>,
+        previous: &[BanRecord],
+        stale: &[IpNet],
+        what: &str,
+    ) -> Result<(), Refused> {
         if let Some(s) = self.store.as_mut() {
-            s.apply_bans(&put, &stale)
-                .map_err(|e| refuse(format!("failed to record the import durably: {e}")))?;
+            s.apply_bans(&put, stale)
+                .map_err(|e| refuse(format!("failed to record {what} durably: {e}")))?;
         }
-        let t_store = t0.elapsed();
         if let Err(e) = self
             .dp
             .insert_blocks(put.iter().map(|r| (r.cidr, kernel_entry(r))))
@@ -176,7 +206,7 @@ impl AgentState {
             for net in &added {
                 let _ = self.dp.remove_block(*net);
             }
-            for r in &previous {
+            for r in previous {
                 let _ = self.dp.insert_block(r.cidr, &kernel_entry(r));
             }
             if let Err(e) = self.dp.maintain() {
@@ -193,42 +223,23 @@ impl AgentState {
                 }
             }
             return Err(refuse(format!(
-                "the kernel refused the import ({e:#}); nothing changed — are the maps full? \
+                "the kernel refused {what} ({e:#}); nothing changed — are the maps full? \
                  (`tollgate status` shows their fill)"
             )));
         }
-        for net in &stale {
+        for net in stale {
             if let Err(e) = self.dp.remove_block(*net) {
-                warn!(cidr = %net, "failed to remove a ban dropped from the feed: {e:#}");
+                warn!(cidr = %net, "failed to lift a ban dropped from its group: {e:#}");
             }
             self.unindex(net);
         }
         if let Err(e) = self.dp.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
-        let t_kernel = t0.elapsed();
-        metrics::ban_issued(kind, report.added as u64);
         for r in put {
             self.index(r);
         }
-        debug!(
-            ?t_validate,
-            ?t_store,
-            ?t_kernel,
-            total = ?t0.elapsed(),
-            "import timings (cumulative)"
-        );
-        info!(
-            origin,
-            added = report.added,
-            updated = report.updated,
-            unchanged = report.unchanged,
-            removed = report.removed,
-            kept_other_origin = report.kept_other_origin,
-            rejected = report.rejected_count,
-            "feed imported"
-        );
-        Ok(report)
+        Ok(())
     }
 
     /// Lifts every ban with this origin (any kind).
