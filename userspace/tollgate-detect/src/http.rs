@@ -5,7 +5,6 @@
 //! section is capped in size and count, and bodies are never copied beyond what is
 //! present in the buffer.
 
-use memchr::memmem;
 use thiserror::Error;
 
 /// Maximum size of the request/status line plus headers, terminator included.
@@ -250,8 +249,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HttpError> {
 
 /// Position of the blank line ending the head and the terminator length.
 fn find_terminator(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = memmem::find(buf, b"\r\n\r\n");
-    let lf = memmem::find(buf, b"\n\n");
+    let crlf = finder!(b"\r\n\r\n").find(buf);
+    let lf = finder!(b"\n\n").find(buf);
     match (crlf, lf) {
         (Some(a), Some(b)) if b < a + 1 => Some((b, 2)),
         (Some(a), _) => Some((a, 4)),

@@ -352,9 +352,9 @@ impl Cmdi {
         // Shellshock: a function definition at the start of a header or value.
         let has_paren = memchr::memchr(b'(', s).is_some();
         if has_paren
-            && let Some(p) = memchr::memmem::find(s, b"() {")
+            && let Some(p) = finder!(b"() {").find(s)
             && (s[..p].iter().all(|b| b.is_ascii_whitespace())
-                || memchr::memmem::find(&s[p..], b"};").is_some())
+                || finder!(b"};").find(&s[p..]).is_some())
         {
             sink.push("cmdi.shellshock", Category::Cmdi, STRONG, loc, lower, p);
         }
@@ -448,7 +448,7 @@ impl Cmdi {
         let abs_arg = tail.starts_with(b" /")
             || tail.starts_with(b" ~/")
             || drive_path(tail)
-            || flag && memchr::memmem::find(tail, b" /").is_some();
+            || flag && finder!(b" /").find(tail).is_some();
         let wordlike = WORDLIKE.contains(&cmd.name);
         // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
         // ("time for lunch" is prose: the wrapped command must be unambiguous.)
@@ -611,10 +611,10 @@ static SEP_START: [bool; 256] = {
 /// `$((1+1))` and the older `$[1+1]`: arithmetic expansion, which no data format
 /// uses (JSONPath's `$[0]` has no operator).
 fn arithmetic_expansion(s: &[u8]) -> Option<usize> {
-    if let Some(p) = memchr::memmem::find(s, b"$((") {
+    if let Some(p) = finder!(b"$((").find(s) {
         return Some(p);
     }
-    let p = memchr::memmem::find(s, b"$[")?;
+    let p = finder!(b"$[").find(s)?;
     let body = &s[p + 2..];
     let end = memchr::memchr(b']', body).filter(|&e| e <= 32)?;
     let inner = &body[..end];
@@ -926,7 +926,7 @@ fn mail_injection(s: &[u8]) -> Option<usize> {
 /// then run (fork bombs and their relatives). JavaScript methods are neither
 /// piped into themselves nor called without parentheses.
 fn function_definition(s: &[u8]) -> Option<usize> {
-    for p in memchr::memmem::find_iter(s, b"()") {
+    for p in finder!(b"()").find_iter(s) {
         let name_start = if p > 0 && s[p - 1] == b':' {
             p - 1
         } else {

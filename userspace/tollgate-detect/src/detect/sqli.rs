@@ -366,8 +366,9 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                     }
                     continue;
                 }
-                let end =
-                    memchr::memmem::find(&s[i + 2..], b"*/").map_or(s.len(), |p| i + 2 + p + 2);
+                let end = finder!(b"*/")
+                    .find(&s[i + 2..])
+                    .map_or(s.len(), |p| i + 2 + p + 2);
                 // A comment used as a separator inside code is not a truncation.
                 out.push((Tok::Comment, start));
                 i = end;
@@ -440,7 +441,8 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                         j += 1;
                     }
                     if s[j..].starts_with(b"/*") && !s[j..].starts_with(b"/*!") {
-                        j = memchr::memmem::find(&s[j + 2..], b"*/")
+                        j = finder!(b"*/")
+                            .find(&s[j + 2..])
                             .map_or(s.len(), |p| j + 2 + p + 2);
                         continue;
                     }
@@ -640,11 +642,11 @@ fn passes(s: &[u8], toks: &mut Vec<(Tok, usize)>, hits: &mut Vec<Hit>, scratch: 
 fn join_split_words(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut last = 0;
-    for p in memchr::memmem::find_iter(s, b"/*") {
+    for p in finder!(b"/*").find_iter(s) {
         if p < last || p == 0 || !s[p - 1].is_ascii_alphanumeric() {
             continue;
         }
-        let Some(e) = memchr::memmem::find(&s[p + 2..], b"*/").map(|e| p + 2 + e + 2) else {
+        let Some(e) = finder!(b"*/").find(&s[p + 2..]).map(|e| p + 2 + e + 2) else {
             break;
         };
         if s.get(e).is_some_and(u8::is_ascii_alphanumeric) {

@@ -2,6 +2,7 @@
 //! happened), sensitive absolute paths, `file://` URLs and Windows variants.
 
 use aho_corasick::AhoCorasick;
+use memchr::memmem::Finder;
 
 use super::{Category, Location, STRONG, Sink};
 
@@ -93,7 +94,7 @@ impl Traversal {
         if !s
             .iter()
             .any(|b| matches!(b, b'.' | b'/' | b'\\' | b':' | b'%') || *b >= 0x80)
-            && memchr::memmem::find(s, b"0x").is_none()
+            && finder!(b"0x").find(s).is_none()
         {
             return;
         }
@@ -102,8 +103,8 @@ impl Traversal {
         let needs_rewrite = s
             .iter()
             .any(|&b| b == b'\\' || b == b'%' || !(0x20..0x80).contains(&b))
-            || memchr::memmem::find(s, b"0x").is_some()
-            || memchr::memmem::find(s, b"//").is_some();
+            || finder!(b"0x").find(s).is_some()
+            || finder!(b"//").find(s).is_some();
         let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
             separators(lower).into()
         } else {
@@ -117,10 +118,10 @@ impl Traversal {
             } else {
                 5
             };
-            let at = memchr::memmem::find(n, b"..").unwrap_or(0);
+            let at = finder!(b"..").find(n).unwrap_or(0);
             sink.push("traversal.dotdot", Category::Traversal, sc, loc, &norm, at);
         }
-        if let Some(p) = memchr::memmem::find(n, b"file:/") {
+        if let Some(p) = finder!(b"file:/").find(n) {
             sink.push(
                 "traversal.file_url",
                 Category::Traversal,
@@ -192,26 +193,26 @@ impl Traversal {
         if best.is_some_and(|b| b.0 >= STRONG) {
             return;
         }
-        let named_file = contains_seq(n, &[b"etc", b"passwd"])
-            || contains_seq(n, &[b"windows", b"system32"])
-            || contains_seq(n, &[b"boot", b"ini"])
-            || contains_seq(n, &[b"win", b"ini"])
-            || contains_seq(n, &[b"etc", b"hosts"])
-            || contains_seq(n, &[b"etc", b"issue"])
-            || contains_seq(n, &[b"etc", b"shadow"]);
+        let named_file = contains_seq(n, finder!(b"etc"), finder!(b"passwd"))
+            || contains_seq(n, finder!(b"windows"), finder!(b"system32"))
+            || contains_seq(n, finder!(b"boot"), finder!(b"ini"))
+            || contains_seq(n, finder!(b"win"), finder!(b"ini"))
+            || contains_seq(n, finder!(b"etc"), finder!(b"hosts"))
+            || contains_seq(n, finder!(b"etc"), finder!(b"issue"))
+            || contains_seq(n, finder!(b"etc"), finder!(b"shadow"));
         // With a `..` present, a system file name anywhere is a read attempt even
         // when the separators were mangled beyond recognition.
         let file_word = dots > 0
             && [
-                &b"passwd"[..],
-                b"shadow",
-                b"boot.ini",
-                b"win.ini",
-                b"system32",
-                b"system.ini",
+                finder!(b"passwd"),
+                finder!(b"shadow"),
+                finder!(b"boot.ini"),
+                finder!(b"win.ini"),
+                finder!(b"system32"),
+                finder!(b"system.ini"),
             ]
             .iter()
-            .any(|w| memchr::memmem::find(n, w).is_some());
+            .any(|w| w.find(n).is_some());
         if named_file || file_word {
             sink.push(
                 "traversal.sensitive_file",
@@ -299,27 +300,20 @@ fn count_dotdot(n: &[u8]) -> usize {
     count
 }
 
-/// Are the words present in order with at most 8 non-alphanumeric bytes (or encoding
-/// leftovers) between them?
-fn contains_seq(n: &[u8], words: &[&[u8]]) -> bool {
-    let Some(first) = memchr::memmem::find(n, words[0]) else {
+/// Are the two words present in order with at most 8 non-alphanumeric bytes (or
+/// encoding leftovers) between them?
+fn contains_seq(n: &[u8], first: &Finder<'_>, second: &Finder<'_>) -> bool {
+    let Some(p) = first.find(n) else {
         return false;
     };
-    let mut pos = first + words[0].len();
-    for w in &words[1..] {
-        match memchr::memmem::find(&n[pos..], w) {
-            Some(p)
-                if p <= 8
-                    && n[pos..pos + p]
-                        .iter()
-                        .all(|b| !b.is_ascii_alphabetic() || b"cpuv".contains(b)) =>
-            {
-                pos += p + w.len()
-            }
-            _ => return false,
-        }
-    }
-    true
+    let pos = p + first.needle().len();
+    matches!(
+        second.find(&n[pos..]),
+        Some(p) if p <= 8
+            && n[pos..pos + p]
+                .iter()
+                .all(|b| !b.is_ascii_alphabetic() || b"cpuv".contains(b))
+    )
 }
 
 #[cfg(test)]

@@ -325,7 +325,7 @@ const EVENTS: &[&str] = &[
 /// preceding separator counts; otherwise requires a quote/space/slash before.
 fn event_handler(s: &[u8], in_tag: bool) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = memchr::memmem::find(&s[from..], b"on") {
+    while let Some(p) = finder!(b"on").find(&s[from..]) {
         let a = from + p;
         from = a + 2;
         if a > 0
@@ -406,8 +406,8 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             );
             continue;
         }
-        let has_js_url = memchr::memmem::find(attrs, b"javascript:").is_some()
-            || memchr::memmem::find(attrs, b"data:").is_some();
+        let has_js_url = finder!(b"javascript:").find(attrs).is_some()
+            || finder!(b"data:").find(attrs).is_some();
         let known = DANGEROUS_TAGS.contains(&name);
         match name {
             "script" | "iframe" | "object" | "embed" | "applet" | "frameset" | "svg" | "math"
