@@ -3,6 +3,8 @@
 //! Every function here does work linear in its input and caps its output at
 //! [`MAX_DECODED`] bytes, so that a crafted input cannot make detection expensive.
 
+use std::borrow::Cow;
+
 /// Longest decoded output kept; detectors never look further.
 pub const MAX_DECODED: usize = 16 * 1024;
 /// Maximum rounds of repeated decoding (handles `%252e` and entity-in-percent).
@@ -305,7 +307,22 @@ pub fn js_unescape(input: &str) -> String {
 /// decoding until a fixed point (bounded by [`MAX_ROUNDS`]), NUL bytes dropped.
 /// Case is preserved; detectors fold case themselves where it matters.
 pub fn normalize(input: &str, plus_as_space: bool) -> String {
-    let mut cur = truncate(input, MAX_DECODED).to_owned();
+    normalize_cow(input, plus_as_space).into_owned()
+}
+
+/// [`normalize`], borrowing the (truncated) input when there is nothing to decode
+/// or fold, which is the case for most values (words, numbers, ids).
+pub fn normalize_cow(input: &str, plus_as_space: bool) -> Cow<'_, str> {
+    let input = truncate(input, MAX_DECODED);
+    // The bytes that start an escape, a look-alike character or a NUL; without any
+    // of them every step below is the identity.
+    let untouched = !input
+        .bytes()
+        .any(|b| matches!(b, b'%' | b'&' | b'\\' | 0) || b >= 0x80 || (plus_as_space && b == b'+'));
+    if untouched {
+        return Cow::Borrowed(input);
+    }
+    let mut cur = input.to_owned();
     for round in 0..MAX_ROUNDS {
         let needs = cur.contains('%')
             || cur.contains('&')
@@ -329,7 +346,7 @@ pub fn normalize(input: &str, plus_as_space: bool) -> String {
     if cur.contains('\0') {
         cur.retain(|c| c != '\0');
     }
-    cur
+    Cow::Owned(cur)
 }
 
 /// Cuts a string to at most `max` bytes on a character boundary.

@@ -14,6 +14,8 @@ mod ssrf;
 mod traversal;
 mod xss;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decode;
@@ -192,10 +194,10 @@ impl Default for DetectConfig {
 const MAX_INPUTS: usize = 512;
 
 /// One normalized input value.
-pub(crate) struct Input {
+pub(crate) struct Input<'a> {
     pub location: Location,
-    /// Decoded text.
-    pub text: String,
+    /// Decoded text (borrowed from the request when decoding changed nothing).
+    pub text: Cow<'a, str>,
     /// True for values (parameters, JSON strings, cookies) as opposed to names,
     /// paths and whole headers; SSRF only looks at values.
     pub is_value: bool,
@@ -341,8 +343,10 @@ impl Engine {
             out: Vec::new(),
         };
         smuggling::check_request(req, &mut sink);
+        // The decoded path serves both the scanner and the path input.
+        let path = decode::normalize_cow(&req.path, false);
         if self.cfg.scanner.enabled {
-            self.scanner.check_request(req, &mut sink);
+            self.scanner.check_request(req, &path, &mut sink);
         }
         if self.cfg.jndi.enabled {
             // Log4Shell payloads work in any header, so look at all of them.
@@ -359,21 +363,29 @@ impl Engine {
                 }
             }
         }
-        let inputs = self.extract(req);
+        let body = (!req.body.is_empty()).then(|| {
+            String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
+        });
+        let inputs = self.extract(req, path, body.as_deref());
+        // One lowercase buffer for all inputs of the request.
+        let mut lower = String::new();
         for inp in &inputs {
-            self.check_input(inp, &mut sink);
+            self.check_input(inp, &mut lower, &mut sink);
         }
         sink.out
     }
 
-    fn check_input(&self, inp: &Input, sink: &mut Sink<'_>) {
-        let text = inp.text.as_str();
+    fn check_input(&self, inp: &Input<'_>, lower: &mut String, sink: &mut Sink<'_>) {
+        let text = inp.text.as_ref();
         if text.is_empty() {
             return;
         }
-        let lower = text.to_ascii_lowercase();
+        lower.clear();
+        lower.push_str(text);
+        lower.make_ascii_lowercase();
+        let lower = lower.as_str();
         if self.cfg.sqli.enabled {
-            self.sqli.check(&lower, &inp.location, sink);
+            self.sqli.check(lower, &inp.location, sink);
         }
         // Most values are words, numbers and ids. Those cannot carry markup, shell
         // syntax, lookups or request lines, so only the word-based checks run.
@@ -382,27 +394,27 @@ impl Engine {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b',' | b'.'));
         if plain {
             if self.cfg.traversal.enabled && (lower.contains("0x") || lower.contains("..")) {
-                self.traversal.check(&lower, &inp.location, sink);
+                self.traversal.check(lower, &inp.location, sink);
             }
             if self.cfg.ssrf.enabled && inp.is_value {
-                ssrf::check(&lower, &inp.location, sink);
+                ssrf::check(lower, &inp.location, sink);
             }
             if self.cfg.cmdi.enabled {
-                self.cmdi.check_plain(&lower, &inp.location, sink);
+                self.cmdi.check_plain(lower, &inp.location, sink);
             }
             return;
         }
         if self.cfg.xss.enabled {
-            self.xss.check(&lower, &inp.location, sink);
+            self.xss.check(lower, &inp.location, sink);
         }
         if self.cfg.cmdi.enabled {
-            self.cmdi.check(&lower, &inp.location, sink);
+            self.cmdi.check(lower, &inp.location, sink);
         }
         if self.cfg.traversal.enabled {
-            self.traversal.check(&lower, &inp.location, sink);
+            self.traversal.check(lower, &inp.location, sink);
         }
         if self.cfg.ssrf.enabled && inp.is_value {
-            ssrf::check(&lower, &inp.location, sink);
+            ssrf::check(lower, &inp.location, sink);
         }
         if self.cfg.jndi.enabled && !matches!(inp.location, Location::Header(_)) {
             jndi::check(text, &inp.location, sink);
@@ -486,12 +498,18 @@ impl Engine {
         ) || n.starts_with("sec-"))
     }
 
-    /// Extracts and normalizes every inspected string of the request.
-    fn extract(&self, req: &Request) -> Vec<Input> {
-        let mut v: Vec<Input> = Vec::new();
+    /// Extracts and normalizes every inspected string of the request; `path` is the
+    /// normalized path and `body` the inspected prefix of the body as text.
+    fn extract<'a>(
+        &self,
+        req: &'a Request,
+        path: Cow<'a, str>,
+        body: Option<&'a str>,
+    ) -> Vec<Input<'a>> {
+        let mut v: Vec<Input<'a>> = Vec::new();
         v.push(Input {
             location: Location::Path,
-            text: decode::normalize(&req.path, false),
+            text: path,
             is_value: false,
         });
         if let Some(q) = &req.query {
@@ -504,13 +522,13 @@ impl Engine {
                     push(
                         &mut v,
                         Location::Cookie,
-                        decode::normalize(k.trim(), false),
+                        decode::normalize_cow(k.trim(), false),
                         false,
                     );
                     push(
                         &mut v,
                         Location::Cookie,
-                        decode::normalize(val.trim(), true),
+                        decode::normalize_cow(val.trim(), true),
                         true,
                     );
                 }
@@ -520,7 +538,7 @@ impl Engine {
                 push(
                     &mut v,
                     Location::Header(name.clone()),
-                    decode::normalize(value, false),
+                    decode::normalize_cow(value, false),
                     is_value,
                 );
                 // The referring URL's parameters are the same attacker-chosen values
@@ -531,17 +549,15 @@ impl Engine {
                 }
             }
         }
-        if !req.body.is_empty() {
-            let body = &req.body[..req.body.len().min(self.cfg.max_body_bytes)];
+        if let Some(text) = body {
             let ctype = req
                 .header("content-type")
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            let text = String::from_utf8_lossy(body);
             let trimmed = text.trim_start();
             let mut handled = false;
             if (ctype.contains("json") || trimmed.starts_with('{') || trimmed.starts_with('['))
-                && let Ok(val) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Ok(val) = serde_json::from_str::<serde_json::Value>(text)
             {
                 walk_json(&mut v, &val, self.cfg.max_json_depth);
                 handled = true;
@@ -550,17 +566,17 @@ impl Engine {
                 && (ctype.contains("x-www-form-urlencoded")
                     || (ctype.is_empty() && text.contains('=')))
             {
-                push_pairs(&mut v, &text, Location::Body);
+                push_pairs(&mut v, text, Location::Body);
                 handled = true;
             }
             if !handled && trimmed.starts_with('<') {
-                push_markup(&mut v, &text);
+                push_markup(&mut v, text);
             }
             if !handled {
                 push(
                     &mut v,
                     Location::Body,
-                    decode::normalize(&text, false),
+                    decode::normalize_cow(text, false),
                     true,
                 );
             }
@@ -569,7 +585,7 @@ impl Engine {
     }
 }
 
-fn push(v: &mut Vec<Input>, location: Location, text: String, is_value: bool) {
+fn push<'a>(v: &mut Vec<Input<'a>>, location: Location, text: Cow<'a, str>, is_value: bool) {
     if v.len() < MAX_INPUTS && !text.is_empty() {
         v.push(Input {
             location,
@@ -580,24 +596,24 @@ fn push(v: &mut Vec<Input>, location: Location, text: String, is_value: bool) {
 }
 
 /// Splits `a=b&c=d` and pushes names and values; parameters without `=` are values.
-fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
+fn push_pairs<'a>(v: &mut Vec<Input<'a>>, s: &'a str, loc: Location) {
     for part in s.split('&') {
         match part.split_once('=') {
             Some((k, val)) => {
-                push(v, loc.clone(), decode::normalize(k, true), false);
-                push(v, loc.clone(), decode::normalize(val, true), true);
+                push(v, loc.clone(), decode::normalize_cow(k, true), false);
+                push(v, loc.clone(), decode::normalize_cow(val, true), true);
             }
             // A bare segment is a value of its own (`?database(`), or follows an
             // unencoded `&` inside a payload (`q=& ls -la /`): inspect it both alone
             // and with the `&` so the separator stays visible. (Findings are kept
             // once per rule and location, so the two do not add up.)
             None if !part.is_empty() => {
-                let text = decode::normalize(part, true);
+                let text = decode::normalize_cow(part, true);
                 let mut amp = String::with_capacity(text.len() + 1);
                 amp.push('&');
                 amp.push_str(&text);
                 push(v, loc.clone(), text, true);
-                push(v, loc.clone(), amp, true);
+                push(v, loc.clone(), amp.into(), true);
             }
             None => {}
         }
@@ -606,7 +622,7 @@ fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
 
 /// Pushes attribute values and text nodes of an XML/HTML body as separate values,
 /// so that value-anchored checks (SSRF hosts, break-outs) see them alone.
-fn push_markup(v: &mut Vec<Input>, text: &str) {
+fn push_markup(v: &mut Vec<Input<'_>>, text: &str) {
     let mut rest = text;
     let mut budget = 128;
     while budget > 0 {
@@ -622,7 +638,7 @@ fn push_markup(v: &mut Vec<Input>, text: &str) {
             push(
                 v,
                 Location::Body,
-                decode::normalize(&decode::html_decode(val), false),
+                decode::normalize(&decode::html_decode(val), false).into(),
                 true,
             );
         }
@@ -630,7 +646,7 @@ fn push_markup(v: &mut Vec<Input>, text: &str) {
     }
 }
 
-fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
+fn walk_json(v: &mut Vec<Input<'_>>, val: &serde_json::Value, depth: u32) {
     use serde_json::Value;
     if depth == 0 || v.len() >= MAX_INPUTS {
         return;
@@ -638,7 +654,7 @@ fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
     match val {
         // Values arrive already JSON-unescaped; still run the generic decoder since
         // APIs often forward them into URLs or HTML.
-        Value::String(s) => push(v, Location::Body, decode::normalize(s, false), true),
+        Value::String(s) => push(v, Location::Body, decode::normalize(s, false).into(), true),
         Value::Array(a) => {
             for x in a {
                 walk_json(v, x, depth - 1);
@@ -646,7 +662,7 @@ fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
         }
         Value::Object(o) => {
             for (k, x) in o {
-                push(v, Location::Body, decode::normalize(k, false), false);
+                push(v, Location::Body, decode::normalize(k, false).into(), false);
                 walk_json(v, x, depth - 1);
             }
         }
