@@ -198,7 +198,7 @@ pub(crate) fn check_value(text: &str, loc: &Location, sink: &mut Sink<'_>) {
 /// Position of an HTTP request line (`METHOD target HTTP/x`) inside `s`.
 fn embedded_request_line(s: &str) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = s[from..].find(" HTTP/") {
+    while let Some(p) = finder!(b" HTTP/").find(&s.as_bytes()[from..]) {
         let at = from + p;
         from = at + 6;
         // Walk back over the target and the method.

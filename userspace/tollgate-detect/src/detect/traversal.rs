@@ -193,13 +193,23 @@ impl Traversal {
         if best.is_some_and(|b| b.0 >= STRONG) {
             return;
         }
-        let named_file = contains_seq(n, finder!(b"etc"), finder!(b"passwd"))
-            || contains_seq(n, finder!(b"windows"), finder!(b"system32"))
-            || contains_seq(n, finder!(b"boot"), finder!(b"ini"))
-            || contains_seq(n, finder!(b"win"), finder!(b"ini"))
-            || contains_seq(n, finder!(b"etc"), finder!(b"hosts"))
-            || contains_seq(n, finder!(b"etc"), finder!(b"issue"))
-            || contains_seq(n, finder!(b"etc"), finder!(b"shadow"));
+        // (Each pair starts at the first occurrence of its first word, so the four
+        // `etc` pairs share one search, and `windows` needs a `win`.)
+        let etc = finder!(b"etc").find(n).map(|p| p + 3);
+        let win = finder!(b"win").find(n).map(|p| p + 3);
+        let named_file = etc.is_some_and(|p| {
+            [
+                finder!(b"passwd"),
+                finder!(b"hosts"),
+                finder!(b"issue"),
+                finder!(b"shadow"),
+            ]
+            .iter()
+            .any(|w| follows(n, p, w))
+        }) || win.is_some_and(|p| {
+            follows(n, p, finder!(b"ini"))
+                || contains_seq(n, finder!(b"windows"), finder!(b"system32"))
+        }) || contains_seq(n, finder!(b"boot"), finder!(b"ini"));
         // With a `..` present, a system file name anywhere is a read attempt even
         // when the separators were mangled beyond recognition.
         let file_word = dots > 0
@@ -303,12 +313,16 @@ fn count_dotdot(n: &[u8]) -> usize {
 /// Are the two words present in order with at most 8 non-alphanumeric bytes (or
 /// encoding leftovers) between them?
 fn contains_seq(n: &[u8], first: &Finder<'_>, second: &Finder<'_>) -> bool {
-    let Some(p) = first.find(n) else {
-        return false;
-    };
-    let pos = p + first.needle().len();
+    first
+        .find(n)
+        .is_some_and(|p| follows(n, p + first.needle().len(), second))
+}
+
+/// Does `word` follow offset `pos` after at most 8 non-alphanumeric bytes (or
+/// encoding leftovers)?
+fn follows(n: &[u8], pos: usize, word: &Finder<'_>) -> bool {
     matches!(
-        second.find(&n[pos..]),
+        word.find(&n[pos..]),
         Some(p) if p <= 8
             && n[pos..pos + p]
                 .iter()
