@@ -276,29 +276,29 @@ fn evidence(text: &str, at: usize) -> String {
     }
     let slice = decode::truncate(&text[s..], 80);
     let mut out = String::with_capacity(slice.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
+    // Runs of token characters are ASCII, so each is a subslice of `slice`.
+    let flush = |run: &str, out: &mut String| {
         if run.len() >= 20 {
             out.push_str(&run[..4]);
             out.push_str("***");
         } else {
             out.push_str(run);
         }
-        run.clear();
     };
-    for c in slice.chars() {
+    let mut run_start = 0;
+    for (i, c) in slice.char_indices() {
         if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.extend(
-                c.escape_default()
-                    .filter(|_| c.is_control())
-                    .chain(std::iter::once(c).filter(|c| !c.is_control())),
-            );
+            continue;
         }
+        flush(&slice[run_start..i], &mut out);
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        run_start = i + c.len_utf8();
     }
-    flush(&mut run, &mut out);
+    flush(&slice[run_start..], &mut out);
     out
 }
 
