@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::AhoCorasick;
 
-use super::{Category, Location, STRONG, Sink, is_word};
+use super::{ByteSet, Category, Location, STRONG, Sink, is_word};
 
 /// Commands that almost only appear in requests as injected commands.
 const STRONG_CMDS: &[&str] = &[
@@ -349,10 +349,11 @@ impl Cmdi {
         Cmdi { calls }
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
         // Shellshock: a function definition at the start of a header or value.
-        let has_paren = memchr::memchr(b'(', s).is_some();
+        let has_paren = set.any(&ByteSet::from(b"("));
         if has_paren
             && let Some(p) = finder!(b"() {").find(s)
             && (s[..p].iter().all(|b| b.is_ascii_whitespace())
@@ -363,22 +364,7 @@ impl Cmdi {
         if has_paren && let Some(p) = function_definition(s) {
             sink.push("cmdi.function", Category::Cmdi, STRONG, loc, lower, p);
         }
-        let has_meta = s.iter().any(|b| {
-            matches!(
-                b,
-                b';' | b'|'
-                    | b'&'
-                    | b'\n'
-                    | b'`'
-                    | b'$'
-                    | b'\r'
-                    | b'<'
-                    | b'>'
-                    | b'\''
-                    | b'\\'
-                    | b'('
-            )
-        });
+        let has_meta = set.any(&ByteSet::from(b";|&\n`$\r<>'\\("));
         let has_call = self.calls.find(lower).map(|m| m.start());
         if let Some(at) = has_call {
             sink.push(
@@ -396,10 +382,14 @@ impl Cmdi {
         if let Some(at) = windows_batch(lower) {
             sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if let Some(at) = glob_path(lower) {
+        if set.any(&ByteSet::from(b"?*["))
+            && let Some(at) = glob_path(lower)
+        {
             sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if let Some(at) = obfuscated_word(s) {
+        if set.any(&ByteSet::from(b"'\"\\$`[{<>"))
+            && let Some(at) = obfuscated_word(s)
+        {
             sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, at);
         }
         if is_tilde_expansion(s) {
@@ -412,7 +402,7 @@ impl Cmdi {
         if let Some(at) = mail_injection(s) {
             sink.push("cmdi.mail_command", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if memchr::memchr(b'$', s).is_some()
+        if set.any(&ByteSet::from(b"$"))
             && let Some(at) = variable_command(s)
         {
             sink.push(
@@ -436,7 +426,10 @@ impl Cmdi {
                 self.scan(cleaned.as_bytes(), &cleaned, loc, sink);
             }
         }
-        self.scan(s, lower, loc, sink);
+        // Commands are only looked for after a separator.
+        if set.any(&SEPARATOR_BYTES) {
+            self.scan(s, lower, loc, sink);
+        }
     }
 
     /// A command with path or flag arguments as the whole value.
@@ -597,6 +590,9 @@ fn separator(s: &[u8], i: usize) -> Option<usize> {
         _ => None,
     }
 }
+
+/// Bytes that can start a [`separator`], as a set.
+const SEPARATOR_BYTES: ByteSet = ByteSet::from(b";\n\r`|&$<>\\(");
 
 /// Bytes that can start a [`separator`].
 static SEP_START: [bool; 256] = {

@@ -384,17 +384,20 @@ impl Engine {
         lower.push_str(text);
         lower.make_ascii_lowercase();
         let lower = lower.as_str();
+        let set = ByteSet::of(lower.as_bytes());
         if self.cfg.sqli.enabled {
-            self.sqli.check(lower, &inp.location, sink);
+            self.sqli.check(lower, &set, &inp.location, sink);
         }
         // Most values are words, numbers and ids. Those cannot carry markup, shell
         // syntax, lookups or request lines, so only the word-based checks run.
-        let plain = lower
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b',' | b'.'));
+        const PLAIN: ByteSet = ByteSet::range(b'0', b'9')
+            .union(ByteSet::range(b'a', b'z'))
+            .union(ByteSet::range(b'A', b'Z'))
+            .union(ByteSet::from(b" _,."));
+        let plain = set.within(&PLAIN);
         if plain {
             if self.cfg.traversal.enabled && (lower.contains("0x") || lower.contains("..")) {
-                self.traversal.check(lower, &inp.location, sink);
+                self.traversal.check(lower, &set, &inp.location, sink);
             }
             if self.cfg.ssrf.enabled && inp.is_value {
                 ssrf::check(lower, &inp.location, sink);
@@ -405,13 +408,13 @@ impl Engine {
             return;
         }
         if self.cfg.xss.enabled {
-            self.xss.check(lower, &inp.location, sink);
+            self.xss.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.cmdi.enabled {
-            self.cmdi.check(lower, &inp.location, sink);
+            self.cmdi.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.traversal.enabled {
-            self.traversal.check(lower, &inp.location, sink);
+            self.traversal.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.ssrf.enabled && inp.is_value {
             ssrf::check(lower, &inp.location, sink);
@@ -667,6 +670,60 @@ fn walk_json(v: &mut Vec<Input<'_>>, val: &serde_json::Value, depth: u32) {
             }
         }
         _ => {}
+    }
+}
+
+/// The set of byte values occurring in an input, built in one pass so that the
+/// detectors' "does it contain any of these bytes" pre-filters cost O(1) each.
+#[derive(Clone, Copy)]
+pub(crate) struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    pub(crate) fn of(s: &[u8]) -> ByteSet {
+        let mut m = [0u64; 4];
+        for &b in s {
+            m[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        ByteSet(m)
+    }
+
+    /// The set of `bytes` (for constant masks).
+    pub(crate) const fn from(bytes: &[u8]) -> ByteSet {
+        let mut m = [0u64; 4];
+        let mut k = 0;
+        while k < bytes.len() {
+            m[(bytes[k] >> 6) as usize] |= 1 << (bytes[k] & 63);
+            k += 1;
+        }
+        ByteSet(m)
+    }
+
+    /// The set of the bytes in `lo..=hi`.
+    pub(crate) const fn range(lo: u8, hi: u8) -> ByteSet {
+        let mut m = [0u64; 4];
+        let mut b = lo as usize;
+        while b <= hi as usize {
+            m[b >> 6] |= 1 << (b & 63);
+            b += 1;
+        }
+        ByteSet(m)
+    }
+
+    pub(crate) const fn union(self, other: ByteSet) -> ByteSet {
+        let (a, b) = (self.0, other.0);
+        ByteSet([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+    }
+
+    /// Does any byte of `mask` occur?
+    pub(crate) fn any(&self, mask: &ByteSet) -> bool {
+        let (a, b) = (self.0, mask.0);
+        (a[0] & b[0]) | (a[1] & b[1]) | (a[2] & b[2]) | (a[3] & b[3]) != 0
+    }
+
+    /// Do only bytes of `mask` occur?
+    pub(crate) fn within(&self, mask: &ByteSet) -> bool {
+        let (a, b) = (self.0, mask.0);
+        (a[0] & !b[0]) | (a[1] & !b[1]) | (a[2] & !b[2]) | (a[3] & !b[3]) == 0
     }
 }
 

@@ -8,7 +8,7 @@
 //! statements, comment truncation, blind/time functions. Prose, even full of SQL
 //! words, rarely produces these shapes.
 
-use super::{Category, Location, STRONG, Sink};
+use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Only this much of an input is tokenized.
 const MAX_SQL_INPUT: usize = 4096;
@@ -562,33 +562,24 @@ impl Sqli {
         Sqli
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = crate::decode::truncate(lower, MAX_SQL_INPUT).as_bytes();
         // Cheap pre-filter: injections need at least one of these bytes or words.
-        if !s.iter().any(|b| {
-            matches!(
-                b,
-                b'\''
-                    | b'"'
-                    | b'('
-                    | b';'
-                    | b'='
-                    | b'#'
-                    | b'-'
-                    | b'@'
-                    | b'|'
-                    | b'&'
-                    | b'<'
-                    | b'>'
-                    | b'/'
-                    | b'`'
-            )
-        }) && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
-            matches!(
-                w,
-                b"union" | b"or" | b"and" | b"order" | b"having" | b"xor" | b"select"
-            )
-        }) {
+        const TRIGGERS: ByteSet = ByteSet::from(b"'\"(;=#-@|&<>/`");
+        let trigger = if s.len() == lower.len() {
+            set.any(&TRIGGERS)
+        } else {
+            ByteSet::of(s).any(&TRIGGERS)
+        };
+        if !trigger
+            && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
+                matches!(
+                    w,
+                    b"union" | b"or" | b"and" | b"order" | b"having" | b"xor" | b"select"
+                )
+            })
+        {
             return;
         }
         // Buffers are reused across inputs: this runs for most values of every request.

@@ -4,7 +4,7 @@
 use aho_corasick::AhoCorasick;
 use memchr::memmem::Finder;
 
-use super::{Category, Location, STRONG, Sink};
+use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Files and directories whose names in a parameter mean a file-read attempt.
 /// Separators are normalized to `/` before matching.
@@ -89,20 +89,19 @@ impl Traversal {
         Traversal { files }
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
-        if !s
-            .iter()
-            .any(|b| matches!(b, b'.' | b'/' | b'\\' | b':' | b'%') || *b >= 0x80)
-            && finder!(b"0x").find(s).is_none()
-        {
+        const PATHISH: ByteSet = ByteSet::from(b"./\\:%").union(ByteSet::range(0x80, 0xff));
+        if !set.any(&PATHISH) && finder!(b"0x").find(s).is_none() {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
         // Most inputs need no separator rewriting; avoid the copy for them.
-        let needs_rewrite = s
-            .iter()
-            .any(|&b| b == b'\\' || b == b'%' || !(0x20..0x80).contains(&b))
+        const REWRITTEN: ByteSet = ByteSet::from(b"\\%")
+            .union(ByteSet::range(0, 0x1f))
+            .union(ByteSet::range(0x80, 0xff));
+        let needs_rewrite = set.any(&REWRITTEN)
             || finder!(b"0x").find(s).is_some()
             || finder!(b"//").find(s).is_some();
         let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
