@@ -47,7 +47,7 @@ pub fn percent_decode(input: &str, plus_as_space: bool) -> String {
         }
         i += 1;
     }
-    utf8_fold(&out)
+    fold_vec(out)
 }
 
 fn hex4(b: &[u8]) -> Option<u32> {
@@ -86,6 +86,16 @@ fn fold_char(c: char) -> char {
         0x201C | 0x201D => '"',
         0x00A0 | 0x3000 => ' ',
         _ => c,
+    }
+}
+
+/// [`utf8_fold`] of a decoder's output, taking it over as is when it is ASCII (which
+/// folding leaves unchanged).
+fn fold_vec(out: Vec<u8>) -> String {
+    match String::from_utf8(out) {
+        Ok(s) if s.is_ascii() => s,
+        Ok(s) => utf8_fold(s.as_bytes()),
+        Err(e) => utf8_fold(e.as_bytes()),
     }
 }
 
@@ -300,7 +310,7 @@ pub fn js_unescape(input: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    utf8_fold(&out)
+    fold_vec(out)
 }
 
 /// Full normalization for detection: repeated percent, HTML-entity and JS-escape
@@ -332,8 +342,13 @@ pub fn normalize_cow(input: &str, plus_as_space: bool) -> Cow<'_, str> {
             break;
         }
         let mut next = percent_decode(&cur, plus_as_space && round == 0);
-        next = html_decode(&next);
-        next = js_unescape(&next);
+        // (Both return a copy of their input when it has nothing to decode.)
+        if next.contains('&') {
+            next = html_decode(&next);
+        }
+        if next.contains('\\') {
+            next = js_unescape(&next);
+        }
         if next == cur {
             break;
         }
