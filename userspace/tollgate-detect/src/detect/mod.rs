@@ -275,30 +275,43 @@ fn evidence(text: &str, at: usize) -> String {
         s -= 1;
     }
     let slice = decode::truncate(&text[s..], 80);
+    let b = slice.as_bytes();
     let mut out = String::with_capacity(slice.len());
-    // Runs of token characters are ASCII, so each is a subslice of `slice`.
-    let flush = |run: &str, out: &mut String| {
-        if run.len() >= 20 {
-            out.push_str(&run[..4]);
+    // Everything is copied verbatim except runs of 20 or more token bytes (cut to
+    // their first 4 and `***`) and control characters (escaped). `done` is how much
+    // of `slice` is in `out`; token bytes are ASCII, so runs are subslices.
+    let mut done = 0;
+    let mut run = 0;
+    let mask = |run: usize, end: usize, done: &mut usize, out: &mut String| {
+        if end - run >= 20 {
+            out.push_str(&slice[*done..run + 4]);
             out.push_str("***");
-        } else {
-            out.push_str(run);
+            *done = end;
         }
     };
-    let mut run_start = 0;
-    for (i, c) in slice.char_indices() {
-        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            i += 1;
             continue;
         }
-        flush(&slice[run_start..i], &mut out);
-        if c.is_control() {
-            out.extend(c.escape_default());
+        mask(run, i, &mut done, &mut out);
+        let ch = if c.is_ascii() {
+            char::from(c)
         } else {
-            out.push(c);
+            slice[i..].chars().next().unwrap_or('\u{fffd}')
+        };
+        if ch.is_control() {
+            out.push_str(&slice[done..i]);
+            out.extend(ch.escape_default());
+            done = i + ch.len_utf8();
         }
-        run_start = i + c.len_utf8();
+        i += ch.len_utf8();
+        run = i;
     }
-    flush(&slice[run_start..], &mut out);
+    mask(run, b.len(), &mut done, &mut out);
+    out.push_str(&slice[done..]);
     out
 }
 

@@ -233,6 +233,8 @@ impl Scanner {
             );
         } else if let Some(ext) = BACKUP_EXT
             .iter()
+            // (Every extension starts with a dot.)
+            .filter(|_| last.contains('.'))
             .find(|e| last.len() > e.len() && last.ends_with(*e))
         {
             // Archives and logs can be legitimate downloads; SQL dumps and editor

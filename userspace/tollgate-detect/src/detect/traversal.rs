@@ -93,7 +93,8 @@ impl Traversal {
     pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
         const PATHISH: ByteSet = ByteSet::from(b"./\\:%").union(ByteSet::range(0x80, 0xff));
-        if !set.any(&PATHISH) && finder!(b"0x").find(s).is_none() {
+        let hex_sep = set.any(&ByteSet::from(b"x")) && finder!(b"0x").find(s).is_some();
+        if !set.any(&PATHISH) && !hex_sep {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
@@ -102,15 +103,20 @@ impl Traversal {
             .union(ByteSet::range(0, 0x1f))
             .union(ByteSet::range(0x80, 0xff));
         let needs_rewrite = set.any(&REWRITTEN)
-            || finder!(b"0x").find(s).is_some()
-            || finder!(b"//").find(s).is_some();
+            || hex_sep
+            || set.any(&ByteSet::from(b"/")) && finder!(b"//").find(s).is_some();
         let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
             separators(lower).into()
         } else {
             lower.into()
         };
         let n = norm.as_bytes();
-        let dots = count_dotdot(n);
+        let nset = if needs_rewrite { ByteSet::of(n) } else { *set };
+        let dots = if nset.any(&ByteSet::from(b".")) {
+            count_dotdot(n)
+        } else {
+            0
+        };
         if dots > 0 {
             let sc = if dots >= 2 || matches!(loc, Location::Path) {
                 STRONG
@@ -120,7 +126,9 @@ impl Traversal {
             let at = finder!(b"..").find(n).unwrap_or(0);
             sink.push("traversal.dotdot", Category::Traversal, sc, loc, &norm, at);
         }
-        if let Some(p) = finder!(b"file:/").find(n) {
+        if nset.any(&ByteSet::from(b":"))
+            && let Some(p) = finder!(b"file:/").find(n)
+        {
             sink.push(
                 "traversal.file_url",
                 Category::Traversal,
