@@ -289,8 +289,20 @@ fn is_ident_start(b: u8) -> bool {
 }
 
 fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.' || b >= 0x80
+    IDENT[usize::from(b)]
 }
+
+/// [`is_ident`] as a table: identifiers are most of the bytes the tokenizer reads.
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
 
 /// Tokenizes `s` (already lowercased). `prefix` simulates an opening quote before it.
 fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
