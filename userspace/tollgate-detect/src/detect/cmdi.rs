@@ -416,10 +416,12 @@ impl Cmdi {
         }
         // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
         // the variables as well.
-        if s.windows(2).any(|w| {
-            w[0] == b'$' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'{' | b'@' | b'$'))
-                || w == b"``"
-        }) {
+        if set.any(&ByteSet::from(b"$`"))
+            && s.windows(2).any(|w| {
+                w[0] == b'$' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'{' | b'@' | b'$'))
+                    || w == b"``"
+            })
+        {
             let cleaned = strip_vars(lower);
             if cleaned != lower {
                 self.leading_command(cleaned.as_bytes(), &cleaned, loc, sink);

@@ -436,7 +436,7 @@ impl Engine {
             jndi::check(text, &inp.location, sink);
         }
         if self.cfg.smuggling.enabled || self.cfg.protocol.enabled {
-            smuggling::check_value(text, &inp.location, sink);
+            smuggling::check_value(text, &set, &inp.location, sink);
         }
     }
 
