@@ -492,6 +492,11 @@ impl Cmdi {
         let mut i = 0;
         let mut budget = 64;
         while i < s.len() && budget > 0 {
+            // Only bytes in `SEP_START` can start a separator: skip to the next one.
+            let Some(off) = s[i..].iter().position(|&b| SEP_START[usize::from(b)]) else {
+                break;
+            };
+            i += off;
             let c = s[i];
             let Some(skip) = separator(s, i) else {
                 i += 1;
