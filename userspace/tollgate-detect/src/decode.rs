@@ -3,6 +3,8 @@
 //! Every function here does work linear in its input and caps its output at
 //! [`MAX_DECODED`] bytes, so that a crafted input cannot make detection expensive.
 
+use std::borrow::Cow;
+
 /// Longest decoded output kept; detectors never look further.
 pub const MAX_DECODED: usize = 16 * 1024;
 /// Maximum rounds of repeated decoding (handles `%252e` and entity-in-percent).
@@ -45,7 +47,7 @@ pub fn percent_decode(input: &str, plus_as_space: bool) -> String {
         }
         i += 1;
     }
-    utf8_fold(&out)
+    fold_vec(out)
 }
 
 fn hex4(b: &[u8]) -> Option<u32> {
@@ -84,6 +86,16 @@ fn fold_char(c: char) -> char {
         0x201C | 0x201D => '"',
         0x00A0 | 0x3000 => ' ',
         _ => c,
+    }
+}
+
+/// [`utf8_fold`] of a decoder's output, taking it over as is when it is ASCII (which
+/// folding leaves unchanged).
+fn fold_vec(out: Vec<u8>) -> String {
+    match String::from_utf8(out) {
+        Ok(s) if s.is_ascii() => s,
+        Ok(s) => utf8_fold(s.as_bytes()),
+        Err(e) => utf8_fold(e.as_bytes()),
     }
 }
 
@@ -298,14 +310,29 @@ pub fn js_unescape(input: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    utf8_fold(&out)
+    fold_vec(out)
 }
 
 /// Full normalization for detection: repeated percent, HTML-entity and JS-escape
 /// decoding until a fixed point (bounded by [`MAX_ROUNDS`]), NUL bytes dropped.
 /// Case is preserved; detectors fold case themselves where it matters.
 pub fn normalize(input: &str, plus_as_space: bool) -> String {
-    let mut cur = truncate(input, MAX_DECODED).to_owned();
+    normalize_cow(input, plus_as_space).into_owned()
+}
+
+/// [`normalize`], borrowing the (truncated) input when there is nothing to decode
+/// or fold, which is the case for most values (words, numbers, ids).
+pub fn normalize_cow(input: &str, plus_as_space: bool) -> Cow<'_, str> {
+    let input = truncate(input, MAX_DECODED);
+    // The bytes that start an escape, a look-alike character or a NUL; without any
+    // of them every step below is the identity.
+    let untouched = !input
+        .bytes()
+        .any(|b| matches!(b, b'%' | b'&' | b'\\' | 0) || b >= 0x80 || (plus_as_space && b == b'+'));
+    if untouched {
+        return Cow::Borrowed(input);
+    }
+    let mut cur = input.to_owned();
     for round in 0..MAX_ROUNDS {
         let needs = cur.contains('%')
             || cur.contains('&')
@@ -315,8 +342,13 @@ pub fn normalize(input: &str, plus_as_space: bool) -> String {
             break;
         }
         let mut next = percent_decode(&cur, plus_as_space && round == 0);
-        next = html_decode(&next);
-        next = js_unescape(&next);
+        // (Both return a copy of their input when it has nothing to decode.)
+        if next.contains('&') {
+            next = html_decode(&next);
+        }
+        if next.contains('\\') {
+            next = js_unescape(&next);
+        }
         if next == cur {
             break;
         }
@@ -329,7 +361,7 @@ pub fn normalize(input: &str, plus_as_space: bool) -> String {
     if cur.contains('\0') {
         cur.retain(|c| c != '\0');
     }
-    cur
+    Cow::Owned(cur)
 }
 
 /// Cuts a string to at most `max` bytes on a character boundary.

@@ -5,7 +5,6 @@
 //! section is capped in size and count, and bodies are never copied beyond what is
 //! present in the buffer.
 
-use memchr::memmem;
 use thiserror::Error;
 
 /// Maximum size of the request/status line plus headers, terminator included.
@@ -205,11 +204,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HttpError> {
         }
     };
     let head = &window[..head_len];
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut from = 0;
+    let mut lines = memchr::memchr_iter(b'\n', head)
+        .chain(std::iter::once(head.len()))
+        .map(|end| {
+            let l = &head[from..end];
+            from = end + 1;
+            l.strip_suffix(b"\r").unwrap_or(l)
+        });
     let start_line = lines.next().ok_or(HttpError::BadRequestLine)?;
-    let mut headers: Vec<(String, String)> = Vec::new();
+    let fields = memchr::memchr_iter(b'\n', head).count();
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(fields.min(MAX_HEADERS));
     for line in lines {
         if line.is_empty() {
             continue;
@@ -236,10 +241,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HttpError> {
             }
         }
         let value = trim(&line[colon + 1..]);
-        headers.push((
-            String::from_utf8_lossy(name).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        headers.push((lossy(name), lossy(value)));
     }
     Ok(Some(Head {
         start_line,
@@ -250,13 +252,24 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HttpError> {
 
 /// Position of the blank line ending the head and the terminator length.
 fn find_terminator(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = memmem::find(buf, b"\r\n\r\n");
-    let lf = memmem::find(buf, b"\n\n");
+    let crlf = finder!(b"\r\n\r\n").find(buf);
+    // A bare-LF blank line only ends the head when it comes first, so it is only
+    // looked for before the CRLF one (not through the whole body).
+    let lf_end = crlf.map_or(buf.len(), |a| a + 2);
+    let lf = finder!(b"\n\n").find(&buf[..lf_end]);
     match (crlf, lf) {
-        (Some(a), Some(b)) if b < a + 1 => Some((b, 2)),
-        (Some(a), _) => Some((a, 4)),
-        (None, Some(b)) => Some((b, 2)),
+        (_, Some(b)) => Some((b, 2)),
+        (Some(a), None) => Some((a, 4)),
         (None, None) => None,
+    }
+}
+
+/// `String::from_utf8_lossy(b).into_owned()`, without the slower lossy scan for the
+/// (usual) valid input.
+fn lossy(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 
@@ -411,7 +424,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
         return Err(HttpError::BadRequestLine);
     }
     let version = parse_version(version)?;
-    let target = String::from_utf8_lossy(target).into_owned();
+    let target = lossy(target);
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (target.clone(), None),
@@ -425,7 +438,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
     let (body, truncated, used) = read_body(&buf[head.body_start..], fr)?;
     Ok(Parsed::Complete {
         msg: Request {
-            method: String::from_utf8_lossy(method).into_owned(),
+            method: lossy(method),
             target,
             path,
             query,
@@ -453,7 +466,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<Response>, HttpError> {
     let status = code
         .iter()
         .fold(0u16, |acc, &b| acc * 10 + u16::from(b - b'0'));
-    let reason = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let reason = lossy(parts.next().unwrap_or_default());
     let fr = if status < 200 || status == 204 || status == 304 {
         Framing::None
     } else {

@@ -16,6 +16,17 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+/// A substring searcher for a constant needle, built once per call site.
+/// (`memchr::memmem::find` builds a new searcher on every call, which costs more
+/// than the search itself on the short values the detectors see.)
+macro_rules! finder {
+    ($needle:expr) => {{
+        static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));
+        &*FINDER
+    }};
+}
+
 pub mod api;
 pub mod decode;
 pub mod detect;

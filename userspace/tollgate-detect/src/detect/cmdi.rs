@@ -2,9 +2,11 @@
 //! backtick) followed by a command, `${IFS}` tricks, shellshock function
 //! definitions, and code-execution calls of interpreters.
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use aho_corasick::AhoCorasick;
 
-use super::{Category, Location, STRONG, Sink, is_word};
+use super::{ByteSet, Category, Location, STRONG, Sink, is_word};
 
 /// Commands that almost only appear in requests as injected commands.
 const STRONG_CMDS: &[&str] = &[
@@ -347,36 +349,22 @@ impl Cmdi {
         Cmdi { calls }
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
         // Shellshock: a function definition at the start of a header or value.
-        let has_paren = memchr::memchr(b'(', s).is_some();
+        let has_paren = set.any(&ByteSet::from(b"("));
         if has_paren
-            && let Some(p) = memchr::memmem::find(s, b"() {")
+            && let Some(p) = finder!(b"() {").find(s)
             && (s[..p].iter().all(|b| b.is_ascii_whitespace())
-                || memchr::memmem::find(&s[p..], b"};").is_some())
+                || finder!(b"};").find(&s[p..]).is_some())
         {
             sink.push("cmdi.shellshock", Category::Cmdi, STRONG, loc, lower, p);
         }
         if has_paren && let Some(p) = function_definition(s) {
             sink.push("cmdi.function", Category::Cmdi, STRONG, loc, lower, p);
         }
-        let has_meta = s.iter().any(|b| {
-            matches!(
-                b,
-                b';' | b'|'
-                    | b'&'
-                    | b'\n'
-                    | b'`'
-                    | b'$'
-                    | b'\r'
-                    | b'<'
-                    | b'>'
-                    | b'\''
-                    | b'\\'
-                    | b'('
-            )
-        });
+        let has_meta = set.any(&ByteSet::from(b";|&\n`$\r<>'\\("));
         let has_call = self.calls.find(lower).map(|m| m.start());
         if let Some(at) = has_call {
             sink.push(
@@ -394,10 +382,14 @@ impl Cmdi {
         if let Some(at) = windows_batch(lower) {
             sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if let Some(at) = glob_path(lower) {
+        if set.any(&ByteSet::from(b"?*["))
+            && let Some(at) = glob_path(lower)
+        {
             sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if let Some(at) = obfuscated_word(s) {
+        if set.any(&ByteSet::from(b"'\"\\$`[{<>"))
+            && let Some(at) = obfuscated_word(s)
+        {
             sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, at);
         }
         if is_tilde_expansion(s) {
@@ -410,7 +402,7 @@ impl Cmdi {
         if let Some(at) = mail_injection(s) {
             sink.push("cmdi.mail_command", Category::Cmdi, STRONG, loc, lower, at);
         }
-        if memchr::memchr(b'$', s).is_some()
+        if set.any(&ByteSet::from(b"$"))
             && let Some(at) = variable_command(s)
         {
             sink.push(
@@ -424,17 +416,22 @@ impl Cmdi {
         }
         // Variable-insertion evasion (`/bin$u/cat`, `c${x}at`): scan a copy without
         // the variables as well.
-        if s.windows(2).any(|w| {
-            w[0] == b'$' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'{' | b'@' | b'$'))
-                || w == b"``"
-        }) {
+        if set.any(&ByteSet::from(b"$`"))
+            && s.windows(2).any(|w| {
+                w[0] == b'$' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'{' | b'@' | b'$'))
+                    || w == b"``"
+            })
+        {
             let cleaned = strip_vars(lower);
             if cleaned != lower {
                 self.leading_command(cleaned.as_bytes(), &cleaned, loc, sink);
                 self.scan(cleaned.as_bytes(), &cleaned, loc, sink);
             }
         }
-        self.scan(s, lower, loc, sink);
+        // Commands are only looked for after a separator.
+        if set.any(&SEPARATOR_BYTES) {
+            self.scan(s, lower, loc, sink);
+        }
     }
 
     /// A command with path or flag arguments as the whole value.
@@ -448,7 +445,7 @@ impl Cmdi {
         let abs_arg = tail.starts_with(b" /")
             || tail.starts_with(b" ~/")
             || drive_path(tail)
-            || flag && memchr::memmem::find(tail, b" /").is_some();
+            || flag && finder!(b" /").find(tail).is_some();
         let wordlike = WORDLIKE.contains(&cmd.name);
         // Wrapper commands (`time sh -c`, `nohup ifconfig`) followed by a command.
         // ("time for lunch" is prose: the wrapped command must be unambiguous.)
@@ -495,6 +492,11 @@ impl Cmdi {
         let mut i = 0;
         let mut budget = 64;
         while i < s.len() && budget > 0 {
+            // Only bytes in `SEP_START` can start a separator: skip to the next one.
+            let Some(off) = s[i..].iter().position(|&b| SEP_START[usize::from(b)]) else {
+                break;
+            };
+            i += off;
             let c = s[i];
             let Some(skip) = separator(s, i) else {
                 i += 1;
@@ -596,6 +598,9 @@ fn separator(s: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Bytes that can start a [`separator`], as a set.
+const SEPARATOR_BYTES: ByteSet = ByteSet::from(b";\n\r`|&$<>\\(");
+
 /// Bytes that can start a [`separator`].
 static SEP_START: [bool; 256] = {
     let mut t = [false; 256];
@@ -611,10 +616,10 @@ static SEP_START: [bool; 256] = {
 /// `$((1+1))` and the older `$[1+1]`: arithmetic expansion, which no data format
 /// uses (JSONPath's `$[0]` has no operator).
 fn arithmetic_expansion(s: &[u8]) -> Option<usize> {
-    if let Some(p) = memchr::memmem::find(s, b"$((") {
+    if let Some(p) = finder!(b"$((").find(s) {
         return Some(p);
     }
-    let p = memchr::memmem::find(s, b"$[")?;
+    let p = finder!(b"$[").find(s)?;
     let body = &s[p + 2..];
     let end = memchr::memchr(b']', body).filter(|&e| e <= 32)?;
     let inner = &body[..end];
@@ -926,7 +931,7 @@ fn mail_injection(s: &[u8]) -> Option<usize> {
 /// then run (fork bombs and their relatives). JavaScript methods are neither
 /// piped into themselves nor called without parentheses.
 fn function_definition(s: &[u8]) -> Option<usize> {
-    for p in memchr::memmem::find_iter(s, b"()") {
+    for p in finder!(b"()").find_iter(s) {
         let name_start = if p > 0 && s[p - 1] == b':' {
             p - 1
         } else {
@@ -1296,11 +1301,34 @@ fn command_at(s: &[u8], mut i: usize) -> Option<Cmd> {
     })
 }
 
+/// FNV-1a, for the command set: its keys are short and fixed, so SipHash's
+/// flooding resistance buys nothing and costs more than the rest of the lookup.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// The known command `base` is, if any.
 fn lookup(base: &[u8]) -> Option<&'static str> {
     // Called at every separator of every value: a set beats a linear scan.
-    static SET: std::sync::OnceLock<std::collections::HashMap<&'static [u8], &'static str>> =
-        std::sync::OnceLock::new();
+    static SET: std::sync::OnceLock<
+        std::collections::HashMap<&'static [u8], &'static str, BuildHasherDefault<Fnv>>,
+    > = std::sync::OnceLock::new();
     let set = SET.get_or_init(|| STRONG_CMDS.iter().map(|c| (c.as_bytes(), *c)).collect());
     if let Some(c) = set.get(base) {
         return Some(c);

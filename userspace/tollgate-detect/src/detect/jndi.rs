@@ -34,7 +34,7 @@ const LOOKUPS: &[&str] = &[
 ];
 
 pub(crate) fn check(text: &str, loc: &Location, sink: &mut Sink<'_>) {
-    let Some(first) = text.find("${") else {
+    let Some(first) = finder!(b"${").find(text.as_bytes()) else {
         return;
     };
     let lower = text.to_ascii_lowercase();

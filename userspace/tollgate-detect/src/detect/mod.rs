@@ -18,6 +18,8 @@ mod ssrf;
 mod traversal;
 mod xss;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decode;
@@ -211,10 +213,10 @@ impl Default for DetectConfig {
 const MAX_INPUTS: usize = 512;
 
 /// One normalized input value.
-pub(crate) struct Input {
+pub(crate) struct Input<'a> {
     pub location: Location,
-    /// Decoded text.
-    pub text: String,
+    /// Decoded text (borrowed from the request when decoding changed nothing).
+    pub text: Cow<'a, str>,
     /// True for values (parameters, JSON strings, cookies) as opposed to names,
     /// paths and whole headers; SSRF only looks at values.
     pub is_value: bool,
@@ -295,30 +297,43 @@ fn evidence(text: &str, at: usize) -> String {
         s -= 1;
     }
     let slice = decode::truncate(&text[s..], 80);
+    let b = slice.as_bytes();
     let mut out = String::with_capacity(slice.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 20 {
-            out.push_str(&run[..4]);
+    // Everything is copied verbatim except runs of 20 or more token bytes (cut to
+    // their first 4 and `***`) and control characters (escaped). `done` is how much
+    // of `slice` is in `out`; token bytes are ASCII, so runs are subslices.
+    let mut done = 0;
+    let mut run = 0;
+    let mask = |run: usize, end: usize, done: &mut usize, out: &mut String| {
+        if end - run >= 20 {
+            out.push_str(&slice[*done..run + 4]);
             out.push_str("***");
-        } else {
-            out.push_str(run);
+            *done = end;
         }
-        run.clear();
     };
-    for c in slice.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.extend(
-                c.escape_default()
-                    .filter(|_| c.is_control())
-                    .chain(std::iter::once(c).filter(|c| !c.is_control())),
-            );
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            i += 1;
+            continue;
         }
+        mask(run, i, &mut done, &mut out);
+        let ch = if c.is_ascii() {
+            char::from(c)
+        } else {
+            slice[i..].chars().next().unwrap_or('\u{fffd}')
+        };
+        if ch.is_control() {
+            out.push_str(&slice[done..i]);
+            out.extend(ch.escape_default());
+            done = i + ch.len_utf8();
+        }
+        i += ch.len_utf8();
+        run = i;
     }
-    flush(&mut run, &mut out);
+    mask(run, b.len(), &mut done, &mut out);
+    out.push_str(&slice[done..]);
     out
 }
 
@@ -365,8 +380,10 @@ impl Engine {
             out: Vec::new(),
         };
         smuggling::check_request(req, &mut sink);
+        // The decoded path serves both the scanner and the path input.
+        let path = decode::normalize_cow(&req.path, false);
         if self.cfg.scanner.enabled {
-            self.scanner.check_request(req, &mut sink);
+            self.scanner.check_request(req, &path, &mut sink);
         }
         if self.cfg.jndi.enabled {
             // Log4Shell payloads work in any header, so look at all of them.
@@ -383,9 +400,14 @@ impl Engine {
                 }
             }
         }
-        let inputs = self.extract(req);
+        let body = (!req.body.is_empty()).then(|| {
+            String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
+        });
+        let inputs = self.extract(req, path, body.as_deref());
+        // One lowercase buffer for all inputs of the request.
+        let mut lower = String::new();
         for inp in &inputs {
-            self.check_input(inp, &mut sink);
+            self.check_input(inp, &mut lower, &mut sink);
         }
         // Checks that pair parameter names with their values or look at the request.
         if self.cfg.rfi.enabled {
@@ -401,54 +423,60 @@ impl Engine {
         sink.out
     }
 
-    fn check_input(&self, inp: &Input, sink: &mut Sink<'_>) {
-        let text = inp.text.as_str();
+    fn check_input(&self, inp: &Input<'_>, lower: &mut String, sink: &mut Sink<'_>) {
+        let text = inp.text.as_ref();
         if text.is_empty() {
             return;
         }
-        let lower = text.to_ascii_lowercase();
+        lower.clear();
+        lower.push_str(text);
+        lower.make_ascii_lowercase();
+        let lower = lower.as_str();
+        let set = ByteSet::of(lower.as_bytes());
         // Before the plain-word shortcut: bare Java class names are plain words.
         if self.cfg.code.enabled {
             self.code
-                .check(&lower, text, inp.is_value, &inp.location, sink);
+                .check(lower, text, inp.is_value, &inp.location, sink);
         }
         if self.cfg.sqli.enabled {
-            self.sqli.check(&lower, &inp.location, sink);
+            self.sqli.check(lower, &set, &inp.location, sink);
         }
         // Most values are words, numbers and ids. Those cannot carry markup, shell
         // syntax, lookups or request lines, so only the word-based checks run.
-        let plain = lower
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b',' | b'.'));
+        const PLAIN: ByteSet = ByteSet::range(b'0', b'9')
+            .union(ByteSet::range(b'a', b'z'))
+            .union(ByteSet::range(b'A', b'Z'))
+            .union(ByteSet::from(b" _,."));
+        let plain = set.within(&PLAIN);
         if plain {
             if self.cfg.traversal.enabled && (lower.contains("0x") || lower.contains("..")) {
-                self.traversal.check(&lower, &inp.location, sink);
+                self.traversal.check(lower, &set, &inp.location, sink);
             }
             if self.cfg.ssrf.enabled && inp.is_value {
-                ssrf::check(&lower, &inp.location, sink);
+                ssrf::check(lower, &inp.location, sink);
             }
             if self.cfg.cmdi.enabled {
-                self.cmdi.check_plain(&lower, &inp.location, sink);
+                self.cmdi.check_plain(lower, &inp.location, sink);
             }
             return;
         }
         if self.cfg.xss.enabled {
-            self.xss.check(&lower, &inp.location, sink);
+            self.xss.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.cmdi.enabled {
-            self.cmdi.check(&lower, &inp.location, sink);
+            self.cmdi.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.traversal.enabled {
-            self.traversal.check(&lower, &inp.location, sink);
+            self.traversal.check(lower, &set, &inp.location, sink);
         }
         if self.cfg.ssrf.enabled && inp.is_value {
-            ssrf::check(&lower, &inp.location, sink);
+            ssrf::check(lower, &inp.location, sink);
         }
         if self.cfg.jndi.enabled && !matches!(inp.location, Location::Header(_)) {
             jndi::check(text, &inp.location, sink);
         }
         if self.cfg.smuggling.enabled || self.cfg.protocol.enabled {
-            smuggling::check_value(text, &inp.location, sink);
+            smuggling::check_value(text, &set, &inp.location, sink);
         }
     }
 
@@ -526,12 +554,18 @@ impl Engine {
         ) || n.starts_with("sec-"))
     }
 
-    /// Extracts and normalizes every inspected string of the request.
-    fn extract(&self, req: &Request) -> Vec<Input> {
-        let mut v: Vec<Input> = Vec::new();
+    /// Extracts and normalizes every inspected string of the request; `path` is the
+    /// normalized path and `body` the inspected prefix of the body as text.
+    fn extract<'a>(
+        &self,
+        req: &'a Request,
+        path: Cow<'a, str>,
+        body: Option<&'a str>,
+    ) -> Vec<Input<'a>> {
+        let mut v: Vec<Input<'a>> = Vec::new();
         v.push(Input {
             location: Location::Path,
-            text: decode::normalize(&req.path, false),
+            text: path,
             is_value: false,
         });
         if let Some(q) = &req.query {
@@ -544,13 +578,13 @@ impl Engine {
                     push(
                         &mut v,
                         Location::Cookie,
-                        decode::normalize(k.trim(), false),
+                        decode::normalize_cow(k.trim(), false),
                         false,
                     );
                     push(
                         &mut v,
                         Location::Cookie,
-                        decode::normalize(val.trim(), true),
+                        decode::normalize_cow(val.trim(), true),
                         true,
                     );
                 }
@@ -560,7 +594,7 @@ impl Engine {
                 push(
                     &mut v,
                     Location::Header(name.clone()),
-                    decode::normalize(value, false),
+                    decode::normalize_cow(value, false),
                     is_value,
                 );
                 // The referring URL's parameters are the same attacker-chosen values
@@ -571,17 +605,15 @@ impl Engine {
                 }
             }
         }
-        if !req.body.is_empty() {
-            let body = &req.body[..req.body.len().min(self.cfg.max_body_bytes)];
+        if let Some(text) = body {
             let ctype = req
                 .header("content-type")
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            let text = String::from_utf8_lossy(body);
             let trimmed = text.trim_start();
             let mut handled = false;
             if (ctype.contains("json") || trimmed.starts_with('{') || trimmed.starts_with('['))
-                && let Ok(val) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Ok(val) = serde_json::from_str::<serde_json::Value>(text)
             {
                 walk_json(&mut v, &val, self.cfg.max_json_depth);
                 handled = true;
@@ -590,17 +622,17 @@ impl Engine {
                 && (ctype.contains("x-www-form-urlencoded")
                     || (ctype.is_empty() && text.contains('=')))
             {
-                push_pairs(&mut v, &text, Location::Body);
+                push_pairs(&mut v, text, Location::Body);
                 handled = true;
             }
             if !handled && trimmed.starts_with('<') {
-                push_markup(&mut v, &text);
+                push_markup(&mut v, text);
             }
             if !handled {
                 push(
                     &mut v,
                     Location::Body,
-                    decode::normalize(&text, false),
+                    decode::normalize_cow(text, false),
                     true,
                 );
             }
@@ -609,7 +641,7 @@ impl Engine {
     }
 }
 
-fn push(v: &mut Vec<Input>, location: Location, text: String, is_value: bool) {
+fn push<'a>(v: &mut Vec<Input<'a>>, location: Location, text: Cow<'a, str>, is_value: bool) {
     if v.len() < MAX_INPUTS && !text.is_empty() {
         v.push(Input {
             location,
@@ -620,24 +652,24 @@ fn push(v: &mut Vec<Input>, location: Location, text: String, is_value: bool) {
 }
 
 /// Splits `a=b&c=d` and pushes names and values; parameters without `=` are values.
-fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
+fn push_pairs<'a>(v: &mut Vec<Input<'a>>, s: &'a str, loc: Location) {
     for part in s.split('&') {
         match part.split_once('=') {
             Some((k, val)) => {
-                push(v, loc.clone(), decode::normalize(k, true), false);
-                push(v, loc.clone(), decode::normalize(val, true), true);
+                push(v, loc.clone(), decode::normalize_cow(k, true), false);
+                push(v, loc.clone(), decode::normalize_cow(val, true), true);
             }
             // A bare segment is a value of its own (`?database(`), or follows an
             // unencoded `&` inside a payload (`q=& ls -la /`): inspect it both alone
             // and with the `&` so the separator stays visible. (Findings are kept
             // once per rule and location, so the two do not add up.)
             None if !part.is_empty() => {
-                let text = decode::normalize(part, true);
+                let text = decode::normalize_cow(part, true);
                 let mut amp = String::with_capacity(text.len() + 1);
                 amp.push('&');
                 amp.push_str(&text);
                 push(v, loc.clone(), text, true);
-                push(v, loc.clone(), amp, true);
+                push(v, loc.clone(), amp.into(), true);
             }
             None => {}
         }
@@ -646,7 +678,7 @@ fn push_pairs(v: &mut Vec<Input>, s: &str, loc: Location) {
 
 /// Pushes attribute values and text nodes of an XML/HTML body as separate values,
 /// so that value-anchored checks (SSRF hosts, break-outs) see them alone.
-fn push_markup(v: &mut Vec<Input>, text: &str) {
+fn push_markup(v: &mut Vec<Input<'_>>, text: &str) {
     let mut rest = text;
     let mut budget = 128;
     while budget > 0 {
@@ -662,7 +694,7 @@ fn push_markup(v: &mut Vec<Input>, text: &str) {
             push(
                 v,
                 Location::Body,
-                decode::normalize(&decode::html_decode(val), false),
+                decode::normalize(&decode::html_decode(val), false).into(),
                 true,
             );
         }
@@ -670,7 +702,7 @@ fn push_markup(v: &mut Vec<Input>, text: &str) {
     }
 }
 
-fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
+fn walk_json(v: &mut Vec<Input<'_>>, val: &serde_json::Value, depth: u32) {
     use serde_json::Value;
     if depth == 0 || v.len() >= MAX_INPUTS {
         return;
@@ -678,7 +710,7 @@ fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
     match val {
         // Values arrive already JSON-unescaped; still run the generic decoder since
         // APIs often forward them into URLs or HTML.
-        Value::String(s) => push(v, Location::Body, decode::normalize(s, false), true),
+        Value::String(s) => push(v, Location::Body, decode::normalize(s, false).into(), true),
         Value::Array(a) => {
             for x in a {
                 walk_json(v, x, depth - 1);
@@ -686,11 +718,65 @@ fn walk_json(v: &mut Vec<Input>, val: &serde_json::Value, depth: u32) {
         }
         Value::Object(o) => {
             for (k, x) in o {
-                push(v, Location::Body, decode::normalize(k, false), false);
+                push(v, Location::Body, decode::normalize(k, false).into(), false);
                 walk_json(v, x, depth - 1);
             }
         }
         _ => {}
+    }
+}
+
+/// The set of byte values occurring in an input, built in one pass so that the
+/// detectors' "does it contain any of these bytes" pre-filters cost O(1) each.
+#[derive(Clone, Copy)]
+pub(crate) struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    pub(crate) fn of(s: &[u8]) -> ByteSet {
+        let mut m = [0u64; 4];
+        for &b in s {
+            m[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        ByteSet(m)
+    }
+
+    /// The set of `bytes` (for constant masks).
+    pub(crate) const fn from(bytes: &[u8]) -> ByteSet {
+        let mut m = [0u64; 4];
+        let mut k = 0;
+        while k < bytes.len() {
+            m[(bytes[k] >> 6) as usize] |= 1 << (bytes[k] & 63);
+            k += 1;
+        }
+        ByteSet(m)
+    }
+
+    /// The set of the bytes in `lo..=hi`.
+    pub(crate) const fn range(lo: u8, hi: u8) -> ByteSet {
+        let mut m = [0u64; 4];
+        let mut b = lo as usize;
+        while b <= hi as usize {
+            m[b >> 6] |= 1 << (b & 63);
+            b += 1;
+        }
+        ByteSet(m)
+    }
+
+    pub(crate) const fn union(self, other: ByteSet) -> ByteSet {
+        let (a, b) = (self.0, other.0);
+        ByteSet([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+    }
+
+    /// Does any byte of `mask` occur?
+    pub(crate) fn any(&self, mask: &ByteSet) -> bool {
+        let (a, b) = (self.0, mask.0);
+        (a[0] & b[0]) | (a[1] & b[1]) | (a[2] & b[2]) | (a[3] & b[3]) != 0
+    }
+
+    /// Do only bytes of `mask` occur?
+    pub(crate) fn within(&self, mask: &ByteSet) -> bool {
+        let (a, b) = (self.0, mask.0);
+        (a[0] & !b[0]) | (a[1] & !b[1]) | (a[2] & !b[2]) | (a[3] & !b[3]) == 0
     }
 }
 

@@ -151,7 +151,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
 /// and LDAP filter injection in values.
 pub(crate) fn check_inputs(inputs: &[Input], sink: &mut Sink<'_>) {
     for inp in inputs {
-        let t = inp.text.as_str();
+        let t = inp.text.as_ref();
         let b = t.as_bytes();
         if inp.is_value
             && memchr::memchr(b')', b).is_some()

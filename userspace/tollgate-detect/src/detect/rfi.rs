@@ -42,7 +42,7 @@ pub(crate) fn check(inputs: &[Input], sink: &mut Sink<'_>) {
         if !memchr::memchr_iter(b':', b).any(|p| b.get(p + 1..p + 3) == Some(b"//")) {
             continue;
         }
-        let score = score_url(n.map(|n| n.text.as_str()), t);
+        let score = score_url(n.map(|n| n.text.as_ref()), t);
         if score > 0 {
             sink.push("rfi.url", Category::Rfi, score, &inp.location, &inp.text, 0);
         }

@@ -4,7 +4,6 @@
 use aho_corasick::AhoCorasick;
 
 use super::{Category, Location, STRONG, Sink};
-use crate::decode;
 use crate::http::Request;
 
 /// User-agent substrings of attack tools (lowercase).
@@ -175,7 +174,8 @@ impl Scanner {
         }
     }
 
-    pub(crate) fn check_request(&self, req: &Request, sink: &mut Sink<'_>) {
+    /// `path` is the request path after [`crate::decode::normalize`].
+    pub(crate) fn check_request(&self, req: &Request, path: &str, sink: &mut Sink<'_>) {
         for ua in req.headers_all("user-agent") {
             let l = ua.to_ascii_lowercase();
             if let Some(m) = self.agents.find(&l) {
@@ -189,7 +189,7 @@ impl Scanner {
                 );
             }
         }
-        let path = decode::normalize(&req.path, false).to_ascii_lowercase();
+        let path = path.to_ascii_lowercase();
         let loc = Location::Path;
         if let Some(m) = self.probes.find(&path) {
             sink.push(
@@ -233,6 +233,8 @@ impl Scanner {
             );
         } else if let Some(ext) = BACKUP_EXT
             .iter()
+            // (Every extension starts with a dot.)
+            .filter(|_| last.contains('.'))
             .find(|e| last.len() > e.len() && last.ends_with(*e))
         {
             // Archives and logs can be legitimate downloads; SQL dumps and editor

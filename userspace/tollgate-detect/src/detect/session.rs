@@ -47,7 +47,7 @@ const GENERIC: &[&str] = &[
 pub(crate) fn check(req: &Request, inputs: &[Input], sink: &mut Sink<'_>) {
     let mut offsite: Option<bool> = None;
     for inp in inputs {
-        let t = inp.text.as_str();
+        let t = inp.text.as_ref();
         if inp.is_value {
             // Cookie attributes smuggled into a value that ends up in a cookie or in
             // markup: `x.cookie;expires=`, `<meta http-equiv="Set-Cookie" ...>`.

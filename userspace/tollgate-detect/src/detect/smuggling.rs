@@ -2,7 +2,7 @@
 //! conflicting Content-Length, obfuscated Transfer-Encoding), duplicate Host,
 //! TRACE, oversized headers, and requests or header injections hidden in values.
 
-use super::{Category, Location, STRONG, Sink};
+use super::{ByteSet, Category, Location, STRONG, Sink};
 use crate::http::Request;
 
 /// A single header value above this size is abnormal for an API.
@@ -150,8 +150,13 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
 }
 
 /// Checks one decoded value for an embedded request line or injected header lines.
-pub(crate) fn check_value(text: &str, loc: &Location, sink: &mut Sink<'_>) {
-    if let Some(p) = embedded_request_line(text) {
+/// `set` holds the bytes of `text` (ASCII letters possibly lowercased).
+pub(crate) fn check_value(text: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
+    // A request line has a blank and the `/` of `HTTP/`; an injected header a newline.
+    if set.any(&ByteSet::from(b" "))
+        && set.any(&ByteSet::from(b"/"))
+        && let Some(p) = embedded_request_line(text)
+    {
         sink.push(
             "smuggling.embedded_request",
             Category::Smuggling,
@@ -162,7 +167,9 @@ pub(crate) fn check_value(text: &str, loc: &Location, sink: &mut Sink<'_>) {
         );
     }
     // CRLF followed by a header name: response splitting / header injection.
-    if let Some(p) = text.find('\n') {
+    if set.any(&ByteSet::from(b"\n"))
+        && let Some(p) = text.find('\n')
+    {
         let rest = text[p + 1..].trim_start_matches('\r');
         let name_len = rest
             .bytes()
@@ -198,7 +205,7 @@ pub(crate) fn check_value(text: &str, loc: &Location, sink: &mut Sink<'_>) {
 /// Position of an HTTP request line (`METHOD target HTTP/x`) inside `s`.
 fn embedded_request_line(s: &str) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = s[from..].find(" HTTP/") {
+    while let Some(p) = finder!(b" HTTP/").find(&s.as_bytes()[from..]) {
         let at = from + p;
         from = at + 6;
         // Walk back over the target and the method.

@@ -8,7 +8,7 @@
 //! statements, comment truncation, blind/time functions. Prose, even full of SQL
 //! words, rarely produces these shapes.
 
-use super::{Category, Location, STRONG, Sink};
+use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Only this much of an input is tokenized.
 const MAX_SQL_INPUT: usize = 4096;
@@ -89,201 +89,199 @@ enum FuncKind {
     Other,
 }
 
-fn keyword(w: &str) -> Tok {
+fn keyword(w: &[u8]) -> Tok {
     match w {
-        "and" | "or" | "xor" | "not" | "div" => Tok::Logic,
-        "true" | "false" => Tok::Num,
-        "union" => Tok::Union,
-        "select" => Tok::Select,
-        "insert" => Tok::Stmt(Stmt::Insert),
-        "update" => Tok::Stmt(Stmt::Update),
-        "delete" => Tok::Stmt(Stmt::Delete),
-        "drop" => Tok::Stmt(Stmt::Drop),
-        "create" => Tok::Stmt(Stmt::Create),
-        "alter" => Tok::Stmt(Stmt::Alter),
-        "exec" | "execute" => Tok::Stmt(Stmt::Exec),
-        "declare" => Tok::Stmt(Stmt::Declare),
-        "shutdown" => Tok::Stmt(Stmt::Shutdown),
-        "truncate" => Tok::Stmt(Stmt::Truncate),
-        "waitfor" => Tok::Stmt(Stmt::Waitfor),
-        "set" => Tok::Stmt(Stmt::Set),
-        "grant" | "revoke" => Tok::Stmt(Stmt::Grant),
-        "order" | "group" | "having" | "limit" | "into" | "procedure" | "offset" | "rlike_" => {
-            Tok::Clause
-        }
-        "from" => Tok::From,
+        b"and" | b"or" | b"xor" | b"not" | b"div" => Tok::Logic,
+        b"true" | b"false" => Tok::Num,
+        b"union" => Tok::Union,
+        b"select" => Tok::Select,
+        b"insert" => Tok::Stmt(Stmt::Insert),
+        b"update" => Tok::Stmt(Stmt::Update),
+        b"delete" => Tok::Stmt(Stmt::Delete),
+        b"drop" => Tok::Stmt(Stmt::Drop),
+        b"create" => Tok::Stmt(Stmt::Create),
+        b"alter" => Tok::Stmt(Stmt::Alter),
+        b"exec" | b"execute" => Tok::Stmt(Stmt::Exec),
+        b"declare" => Tok::Stmt(Stmt::Declare),
+        b"shutdown" => Tok::Stmt(Stmt::Shutdown),
+        b"truncate" => Tok::Stmt(Stmt::Truncate),
+        b"waitfor" => Tok::Stmt(Stmt::Waitfor),
+        b"set" => Tok::Stmt(Stmt::Set),
+        b"grant" | b"revoke" => Tok::Stmt(Stmt::Grant),
+        b"order" | b"group" | b"having" | b"limit" | b"into" | b"procedure" | b"offset"
+        | b"rlike_" => Tok::Clause,
+        b"from" => Tok::From,
         // Niladic functions that name the session: SQL, not prose.
-        "current_user" | "session_user" | "system_user" | "current_database" | "current_schema" => {
-            Tok::Func(FuncKind::Sql)
-        }
-        "like" | "rlike" | "regexp" | "is" | "in" | "between" | "sounds" | "glob" | "notnull"
-        | "isnull" => Tok::CmpWord,
-        "where" | "null" | "case" | "when" | "then" | "else" | "end" | "as" | "table"
-        | "values" | "all" | "distinct" | "by" | "delay" | "top" | "join" | "outfile"
-        | "dumpfile" | "asc" | "desc" | "database" | "exists" => Tok::Kw,
+        b"current_user" | b"session_user" | b"system_user" | b"current_database"
+        | b"current_schema" => Tok::Func(FuncKind::Sql),
+        b"like" | b"rlike" | b"regexp" | b"is" | b"in" | b"between" | b"sounds" | b"glob"
+        | b"notnull" | b"isnull" => Tok::CmpWord,
+        b"where" | b"null" | b"case" | b"when" | b"then" | b"else" | b"end" | b"as" | b"table"
+        | b"values" | b"all" | b"distinct" | b"by" | b"delay" | b"top" | b"join" | b"outfile"
+        | b"dumpfile" | b"asc" | b"desc" | b"database" | b"exists" => Tok::Kw,
         _ => Tok::Word,
     }
 }
 
-fn func_kind(w: &str) -> FuncKind {
+fn func_kind(w: &[u8]) -> FuncKind {
     match w {
-        "benchmark"
-        | "pg_sleep"
-        | "extractvalue"
-        | "updatexml"
-        | "load_file"
-        | "xp_cmdshell"
-        | "sys_eval"
-        | "sys_exec"
-        | "randomblob"
-        | "pg_read_file"
-        | "lo_import"
-        | "make_set"
-        | "geometrycollection"
-        | "multipoint"
-        | "polygon"
-        | "linestring"
-        | "exp"
-        | "name_const"
-        | "dbms_pipe.receive_message"
-        | "dbms_lock.sleep"
-        | "utl_inaddr.get_host_name"
-        | "utl_http.request"
-        | "ctxsys.drithsx.sn"
-        | "sp_executesql"
-        | "openrowset"
-        | "opendatasource"
-        | "gtid_subset"
-        | "json_keys"
-        | "st_latfromgeohash" => FuncKind::Attack,
-        "sleep" | "waitfor" => FuncKind::Delay,
-        "version"
-        | "database"
-        | "user"
-        | "current_user"
-        | "system_user"
-        | "session_user"
-        | "schema"
-        | "concat"
-        | "concat_ws"
-        | "group_concat"
-        | "char"
-        | "chr"
-        | "nchar"
-        | "ascii"
-        | "ord"
-        | "substring"
-        | "substr"
-        | "mid"
-        | "hex"
-        | "unhex"
-        | "cast"
-        | "convert"
-        | "if"
-        | "ifnull"
-        | "iif"
-        | "isnull"
-        | "coalesce"
-        | "count"
-        | "md5"
-        | "sha1"
-        | "floor"
-        | "rand"
-        | "length"
-        | "len"
-        | "char_length"
-        | "lower"
-        | "upper"
-        | "left"
-        | "right"
-        | "elt"
-        | "field"
-        | "row"
-        | "db_name"
-        | "user_name"
-        | "@@version"
-        | "sqlite_version"
-        | "last_insert_rowid"
-        | "cos"
-        | "sin"
-        | "tan"
-        | "pi"
-        | "pow"
-        | "power"
-        | "abs"
-        | "ceil"
-        | "sqrt"
-        | "mod"
-        | "round"
-        | "log"
-        | "rtrim"
-        | "ltrim"
-        | "schema_name"
-        | "unicode"
-        | "instr"
-        | "locate"
-        | "position"
-        | "strcmp"
-        | "reverse"
-        | "replace"
-        | "trim"
-        | "now"
-        | "sysdate"
-        | "current_database"
-        | "pg_user"
-        | "to_char"
-        | "decode"
-        | "utl_raw.cast_to_varchar2"
-        | "table_name"
-        | "column_name"
-        | "least"
-        | "greatest"
-        | "bin"
-        | "oct"
-        | "conv"
-        | "quote"
-        | "soundex"
-        | "uuid"
-        | "connection_id"
-        | "found_rows"
-        | "row_count"
-        | "password" => FuncKind::Sql,
+        b"benchmark"
+        | b"pg_sleep"
+        | b"extractvalue"
+        | b"updatexml"
+        | b"load_file"
+        | b"xp_cmdshell"
+        | b"sys_eval"
+        | b"sys_exec"
+        | b"randomblob"
+        | b"pg_read_file"
+        | b"lo_import"
+        | b"make_set"
+        | b"geometrycollection"
+        | b"multipoint"
+        | b"polygon"
+        | b"linestring"
+        | b"exp"
+        | b"name_const"
+        | b"dbms_pipe.receive_message"
+        | b"dbms_lock.sleep"
+        | b"utl_inaddr.get_host_name"
+        | b"utl_http.request"
+        | b"ctxsys.drithsx.sn"
+        | b"sp_executesql"
+        | b"openrowset"
+        | b"opendatasource"
+        | b"gtid_subset"
+        | b"json_keys"
+        | b"st_latfromgeohash" => FuncKind::Attack,
+        b"sleep" | b"waitfor" => FuncKind::Delay,
+        b"version"
+        | b"database"
+        | b"user"
+        | b"current_user"
+        | b"system_user"
+        | b"session_user"
+        | b"schema"
+        | b"concat"
+        | b"concat_ws"
+        | b"group_concat"
+        | b"char"
+        | b"chr"
+        | b"nchar"
+        | b"ascii"
+        | b"ord"
+        | b"substring"
+        | b"substr"
+        | b"mid"
+        | b"hex"
+        | b"unhex"
+        | b"cast"
+        | b"convert"
+        | b"if"
+        | b"ifnull"
+        | b"iif"
+        | b"isnull"
+        | b"coalesce"
+        | b"count"
+        | b"md5"
+        | b"sha1"
+        | b"floor"
+        | b"rand"
+        | b"length"
+        | b"len"
+        | b"char_length"
+        | b"lower"
+        | b"upper"
+        | b"left"
+        | b"right"
+        | b"elt"
+        | b"field"
+        | b"row"
+        | b"db_name"
+        | b"user_name"
+        | b"@@version"
+        | b"sqlite_version"
+        | b"last_insert_rowid"
+        | b"cos"
+        | b"sin"
+        | b"tan"
+        | b"pi"
+        | b"pow"
+        | b"power"
+        | b"abs"
+        | b"ceil"
+        | b"sqrt"
+        | b"mod"
+        | b"round"
+        | b"log"
+        | b"rtrim"
+        | b"ltrim"
+        | b"schema_name"
+        | b"unicode"
+        | b"instr"
+        | b"locate"
+        | b"position"
+        | b"strcmp"
+        | b"reverse"
+        | b"replace"
+        | b"trim"
+        | b"now"
+        | b"sysdate"
+        | b"current_database"
+        | b"pg_user"
+        | b"to_char"
+        | b"decode"
+        | b"utl_raw.cast_to_varchar2"
+        | b"table_name"
+        | b"column_name"
+        | b"least"
+        | b"greatest"
+        | b"bin"
+        | b"oct"
+        | b"conv"
+        | b"quote"
+        | b"soundex"
+        | b"uuid"
+        | b"connection_id"
+        | b"found_rows"
+        | b"row_count"
+        | b"password" => FuncKind::Sql,
         _ => FuncKind::Other,
     }
 }
 
-fn is_catalog(w: &str) -> bool {
-    let head = w.split('.').next().unwrap_or(w);
+fn is_catalog(w: &[u8]) -> bool {
+    let head = w.split(|&b| b == b'.').next().unwrap_or(w);
     matches!(
         head,
-        "information_schema"
-            | "sqlite_master"
-            | "sqlite_schema"
-            | "pg_catalog"
-            | "pg_shadow"
-            | "sysobjects"
-            | "syscolumns"
-            | "msysaccessobjects"
-            | "msysobjects"
-            | "sysibm"
-            | "syscat"
-            | "all_users"
-            | "all_tables"
-            | "dba_users"
-            | "user_tables"
-            | "all_tab_columns"
-            | "sysdatabases"
-            | "msdb"
-            | "sysusers"
-            | "sysservers"
-            | "pg_user"
-            | "pg_group"
-            | "pg_roles"
-            | "pg_database"
-            | "schema_name"
-    ) || w == "mysql.user"
-        || w == "sys.tables"
-        || w == "sys.objects"
+        b"information_schema"
+            | b"sqlite_master"
+            | b"sqlite_schema"
+            | b"pg_catalog"
+            | b"pg_shadow"
+            | b"sysobjects"
+            | b"syscolumns"
+            | b"msysaccessobjects"
+            | b"msysobjects"
+            | b"sysibm"
+            | b"syscat"
+            | b"all_users"
+            | b"all_tables"
+            | b"dba_users"
+            | b"user_tables"
+            | b"all_tab_columns"
+            | b"sysdatabases"
+            | b"msdb"
+            | b"sysusers"
+            | b"sysservers"
+            | b"pg_user"
+            | b"pg_group"
+            | b"pg_roles"
+            | b"pg_database"
+            | b"schema_name"
+    ) || w == b"mysql.user"
+        || w == b"sys.tables"
+        || w == b"sys.objects"
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -291,8 +289,20 @@ fn is_ident_start(b: u8) -> bool {
 }
 
 fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.' || b >= 0x80
+    IDENT[usize::from(b)]
 }
+
+/// [`is_ident`] as a table: identifiers are most of the bytes the tokenizer reads.
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
 
 /// Tokenizes `s` (already lowercased). `prefix` simulates an opening quote before it.
 fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
@@ -366,8 +376,9 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                     }
                     continue;
                 }
-                let end =
-                    memchr::memmem::find(&s[i + 2..], b"*/").map_or(s.len(), |p| i + 2 + p + 2);
+                let end = finder!(b"*/")
+                    .find(&s[i + 2..])
+                    .map_or(s.len(), |p| i + 2 + p + 2);
                 // A comment used as a separator inside code is not a truncation.
                 out.push((Tok::Comment, start));
                 i = end;
@@ -431,8 +442,14 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                 while i < s.len() && is_ident(s[i]) {
                     i += 1;
                 }
-                let w = std::str::from_utf8(&s[start..i]).unwrap_or("");
-                let w = w.trim_end_matches('.');
+                // (Compared as bytes; a word that is not UTF-8 is no keyword.)
+                let mut w = &s[start..i];
+                if !w.is_ascii() && std::str::from_utf8(w).is_err() {
+                    w = b"";
+                }
+                while let [head @ .., b'.'] = w {
+                    w = head;
+                }
                 // Function: identifier followed (after blanks or comments) by `(`.
                 let mut j = i;
                 loop {
@@ -440,13 +457,16 @@ fn tokenize(s: &[u8], prefix: Option<u8>, out: &mut Vec<(Tok, usize)>) {
                         j += 1;
                     }
                     if s[j..].starts_with(b"/*") && !s[j..].starts_with(b"/*!") {
-                        j = memchr::memmem::find(&s[j + 2..], b"*/")
+                        j = finder!(b"*/")
+                            .find(&s[j + 2..])
                             .map_or(s.len(), |p| j + 2 + p + 2);
                         continue;
                     }
                     break;
                 }
-                let kw = if w.starts_with("xp_") || w.starts_with("sp_") || w.starts_with("master.")
+                let kw = if w.starts_with(b"xp_")
+                    || w.starts_with(b"sp_")
+                    || w.starts_with(b"master.")
                 {
                     Tok::Proc
                 } else if is_catalog(w) {
@@ -554,33 +574,24 @@ impl Sqli {
         Sqli
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = crate::decode::truncate(lower, MAX_SQL_INPUT).as_bytes();
         // Cheap pre-filter: injections need at least one of these bytes or words.
-        if !s.iter().any(|b| {
-            matches!(
-                b,
-                b'\''
-                    | b'"'
-                    | b'('
-                    | b';'
-                    | b'='
-                    | b'#'
-                    | b'-'
-                    | b'@'
-                    | b'|'
-                    | b'&'
-                    | b'<'
-                    | b'>'
-                    | b'/'
-                    | b'`'
-            )
-        }) && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
-            matches!(
-                w,
-                b"union" | b"or" | b"and" | b"order" | b"having" | b"xor" | b"select"
-            )
-        }) {
+        const TRIGGERS: ByteSet = ByteSet::from(b"'\"(;=#-@|&<>/`");
+        let trigger = if s.len() == lower.len() {
+            set.any(&TRIGGERS)
+        } else {
+            ByteSet::of(s).any(&TRIGGERS)
+        };
+        if !trigger
+            && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
+                matches!(
+                    w,
+                    b"union" | b"or" | b"and" | b"order" | b"having" | b"xor" | b"select"
+                )
+            })
+        {
             return;
         }
         // Buffers are reused across inputs: this runs for most values of every request.
@@ -640,11 +651,11 @@ fn passes(s: &[u8], toks: &mut Vec<(Tok, usize)>, hits: &mut Vec<Hit>, scratch: 
 fn join_split_words(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut last = 0;
-    for p in memchr::memmem::find_iter(s, b"/*") {
+    for p in finder!(b"/*").find_iter(s) {
         if p < last || p == 0 || !s[p - 1].is_ascii_alphanumeric() {
             continue;
         }
-        let Some(e) = memchr::memmem::find(&s[p + 2..], b"*/").map(|e| p + 2 + e + 2) else {
+        let Some(e) = finder!(b"*/").find(&s[p + 2..]).map(|e| p + 2 + e + 2) else {
             break;
         };
         if s.get(e).is_some_and(u8::is_ascii_alphanumeric) {

@@ -3,6 +3,9 @@
 //! spellings that URL parsers accept.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use super::{Category, Location, STRONG, Sink};
 
@@ -46,10 +49,47 @@ const RAW_SCHEMES: &[&str] = &[
 
 pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
     let s = lower.trim();
+    // URLs and schemes all need a `:`; most values have none and only get the
+    // bare-host check.
+    let has_colon = memchr::memchr(b':', s.as_bytes()).is_some();
+    if has_colon {
+        check_urls(s, loc, sink);
+    }
+    // A bare host as the whole value (`url=localhost/admin`, `host=127.1:8080`).
+    let url = has_colon && finder!(b"://").find(s.as_bytes()).is_some();
+    if !s.is_empty() && !url {
+        let host = host_of(s.trim_start_matches("//"));
+        let rest_ok = s
+            .get(host.len()..)
+            .is_some_and(|r| r.starts_with([':', '/', '?', '#']));
+        // Bare values must look like an address, not like a version or decimal number.
+        let addr_like = host.bytes().filter(|&b| b == b'.').count() == 3
+            || rest_ok
+            || !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if (host.len() == s.len() || rest_ok || s.starts_with('['))
+            && addr_like
+            && let Some(sc) = classify(host, true)
+        {
+            // Plain private addresses are common legitimate values; loopback and
+            // metadata are not.
+            sink.push(
+                "ssrf.internal_host",
+                Category::Ssrf,
+                if sc >= STRONG { STRONG } else { 3 },
+                loc,
+                s,
+                0,
+            );
+        }
+    }
+}
+
+/// URLs, parser-confusion spellings and raw schemes in a value that has a `:`.
+fn check_urls(s: &str, loc: &Location, sink: &mut Sink<'_>) {
     let mut from = 0;
     let mut budget = 8;
     // URLs anywhere in the value.
-    while let Some(p) = s[from..].find("://") {
+    while let Some(p) = finder!(b"://").find(&s.as_bytes()[from..]) {
         budget -= 1;
         if budget == 0 {
             break;
@@ -73,7 +113,10 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         from = at + 3;
     }
     // Parser confusion: `http://public:80 &@internal/` or `http:/2852039166`.
-    if let Some(colon) = s.find(":/").or_else(|| s.find(":\\")) {
+    let colon = finder!(b":/")
+        .find(s.as_bytes())
+        .or_else(|| finder!(b":\\").find(s.as_bytes()));
+    if let Some(colon) = colon {
         let after = s[colon + 1..].trim_start_matches(['/', '\\']);
         let at_hosts = s.match_indices('@').take(4).map(|(p, _)| &s[p + 1..]);
         for cand in std::iter::once(after).chain(at_hosts) {
@@ -83,9 +126,10 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             }
         }
     }
-    // Every scheme ends in `:`; skip the searches for values without one.
-    for scheme in RAW_SCHEMES.iter().filter(|_| s.contains(':')) {
-        if let Some(p) = s.find(scheme)
+    static SCHEMES: LazyLock<Vec<Finder<'static>>> =
+        LazyLock::new(|| RAW_SCHEMES.iter().map(Finder::new).collect());
+    for (scheme, f) in RAW_SCHEMES.iter().zip(SCHEMES.iter()) {
+        if let Some(p) = f.find(s.as_bytes())
             && (p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric())
         {
             sink.push(
@@ -95,32 +139,6 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
                 loc,
                 s,
                 p,
-            );
-        }
-    }
-    // A bare host as the whole value (`url=localhost/admin`, `host=127.1:8080`).
-    if !s.contains("://") && !s.is_empty() {
-        let host = host_of(s.trim_start_matches("//"));
-        let rest_ok = s
-            .get(host.len()..)
-            .is_some_and(|r| r.starts_with([':', '/', '?', '#']));
-        // Bare values must look like an address, not like a version or decimal number.
-        let addr_like = host.bytes().filter(|&b| b == b'.').count() == 3
-            || rest_ok
-            || !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        if (host.len() == s.len() || rest_ok || s.starts_with('['))
-            && addr_like
-            && let Some(sc) = classify(host, true)
-        {
-            // Plain private addresses are common legitimate values; loopback and
-            // metadata are not.
-            sink.push(
-                "ssrf.internal_host",
-                Category::Ssrf,
-                if sc >= STRONG { STRONG } else { 3 },
-                loc,
-                s,
-                0,
             );
         }
     }
@@ -175,7 +193,10 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
         return classify_v4(v4);
     }
     let h = host.split('%').next().unwrap_or(host);
-    if let Ok(v6) = h.parse::<Ipv6Addr>() {
+    // (An IPv6 address always has a `:`; most hosts are names.)
+    if h.contains(':')
+        && let Ok(v6) = h.parse::<Ipv6Addr>()
+    {
         if let Some(v4) = v6.to_ipv4_mapped() {
             return classify_v4(v4);
         }

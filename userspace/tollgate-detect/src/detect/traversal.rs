@@ -2,8 +2,9 @@
 //! happened), sensitive absolute paths, `file://` URLs and Windows variants.
 
 use aho_corasick::AhoCorasick;
+use memchr::memmem::Finder;
 
-use super::{Category, Location, STRONG, Sink};
+use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Files and directories whose names in a parameter mean a file-read attempt.
 /// Separators are normalized to `/` before matching.
@@ -88,39 +89,46 @@ impl Traversal {
         Traversal { files }
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
-        if !s
-            .iter()
-            .any(|b| matches!(b, b'.' | b'/' | b'\\' | b':' | b'%') || *b >= 0x80)
-            && memchr::memmem::find(s, b"0x").is_none()
-        {
+        const PATHISH: ByteSet = ByteSet::from(b"./\\:%").union(ByteSet::range(0x80, 0xff));
+        let hex_sep = set.any(&ByteSet::from(b"x")) && finder!(b"0x").find(s).is_some();
+        if !set.any(&PATHISH) && !hex_sep {
             return;
         }
         // Normalize separators: backslashes and look-alike junk between dots.
         // Most inputs need no separator rewriting; avoid the copy for them.
-        let needs_rewrite = s
-            .iter()
-            .any(|&b| b == b'\\' || b == b'%' || !(0x20..0x80).contains(&b))
-            || memchr::memmem::find(s, b"0x").is_some()
-            || memchr::memmem::find(s, b"//").is_some();
+        const REWRITTEN: ByteSet = ByteSet::from(b"\\%")
+            .union(ByteSet::range(0, 0x1f))
+            .union(ByteSet::range(0x80, 0xff));
+        let needs_rewrite = set.any(&REWRITTEN)
+            || hex_sep
+            || set.any(&ByteSet::from(b"/")) && finder!(b"//").find(s).is_some();
         let norm: std::borrow::Cow<'_, str> = if needs_rewrite {
             separators(lower).into()
         } else {
             lower.into()
         };
         let n = norm.as_bytes();
-        let dots = count_dotdot(n);
+        let nset = if needs_rewrite { ByteSet::of(n) } else { *set };
+        let dots = if nset.any(&ByteSet::from(b".")) {
+            count_dotdot(n)
+        } else {
+            0
+        };
         if dots > 0 {
             let sc = if dots >= 2 || matches!(loc, Location::Path) {
                 STRONG
             } else {
                 5
             };
-            let at = memchr::memmem::find(n, b"..").unwrap_or(0);
+            let at = finder!(b"..").find(n).unwrap_or(0);
             sink.push("traversal.dotdot", Category::Traversal, sc, loc, &norm, at);
         }
-        if let Some(p) = memchr::memmem::find(n, b"file:/") {
+        if nset.any(&ByteSet::from(b":"))
+            && let Some(p) = finder!(b"file:/").find(n)
+        {
             sink.push(
                 "traversal.file_url",
                 Category::Traversal,
@@ -192,26 +200,36 @@ impl Traversal {
         if best.is_some_and(|b| b.0 >= STRONG) {
             return;
         }
-        let named_file = contains_seq(n, &[b"etc", b"passwd"])
-            || contains_seq(n, &[b"windows", b"system32"])
-            || contains_seq(n, &[b"boot", b"ini"])
-            || contains_seq(n, &[b"win", b"ini"])
-            || contains_seq(n, &[b"etc", b"hosts"])
-            || contains_seq(n, &[b"etc", b"issue"])
-            || contains_seq(n, &[b"etc", b"shadow"]);
+        // (Each pair starts at the first occurrence of its first word, so the four
+        // `etc` pairs share one search, and `windows` needs a `win`.)
+        let etc = finder!(b"etc").find(n).map(|p| p + 3);
+        let win = finder!(b"win").find(n).map(|p| p + 3);
+        let named_file = etc.is_some_and(|p| {
+            [
+                finder!(b"passwd"),
+                finder!(b"hosts"),
+                finder!(b"issue"),
+                finder!(b"shadow"),
+            ]
+            .iter()
+            .any(|w| follows(n, p, w))
+        }) || win.is_some_and(|p| {
+            follows(n, p, finder!(b"ini"))
+                || contains_seq(n, finder!(b"windows"), finder!(b"system32"))
+        }) || contains_seq(n, finder!(b"boot"), finder!(b"ini"));
         // With a `..` present, a system file name anywhere is a read attempt even
         // when the separators were mangled beyond recognition.
         let file_word = dots > 0
             && [
-                &b"passwd"[..],
-                b"shadow",
-                b"boot.ini",
-                b"win.ini",
-                b"system32",
-                b"system.ini",
+                finder!(b"passwd"),
+                finder!(b"shadow"),
+                finder!(b"boot.ini"),
+                finder!(b"win.ini"),
+                finder!(b"system32"),
+                finder!(b"system.ini"),
             ]
             .iter()
-            .any(|w| memchr::memmem::find(n, w).is_some());
+            .any(|w| w.find(n).is_some());
         if named_file || file_word {
             sink.push(
                 "traversal.sensitive_file",
@@ -299,27 +317,24 @@ fn count_dotdot(n: &[u8]) -> usize {
     count
 }
 
-/// Are the words present in order with at most 8 non-alphanumeric bytes (or encoding
-/// leftovers) between them?
-fn contains_seq(n: &[u8], words: &[&[u8]]) -> bool {
-    let Some(first) = memchr::memmem::find(n, words[0]) else {
-        return false;
-    };
-    let mut pos = first + words[0].len();
-    for w in &words[1..] {
-        match memchr::memmem::find(&n[pos..], w) {
-            Some(p)
-                if p <= 8
-                    && n[pos..pos + p]
-                        .iter()
-                        .all(|b| !b.is_ascii_alphabetic() || b"cpuv".contains(b)) =>
-            {
-                pos += p + w.len()
-            }
-            _ => return false,
-        }
-    }
-    true
+/// Are the two words present in order with at most 8 non-alphanumeric bytes (or
+/// encoding leftovers) between them?
+fn contains_seq(n: &[u8], first: &Finder<'_>, second: &Finder<'_>) -> bool {
+    first
+        .find(n)
+        .is_some_and(|p| follows(n, p + first.needle().len(), second))
+}
+
+/// Does `word` follow offset `pos` after at most 8 non-alphanumeric bytes (or
+/// encoding leftovers)?
+fn follows(n: &[u8], pos: usize, word: &Finder<'_>) -> bool {
+    matches!(
+        word.find(&n[pos..]),
+        Some(p) if p <= 8
+            && n[pos..pos + p]
+                .iter()
+                .all(|b| !b.is_ascii_alphabetic() || b"cpuv".contains(b))
+    )
 }
 
 #[cfg(test)]

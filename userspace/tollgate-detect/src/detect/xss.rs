@@ -3,7 +3,7 @@
 
 use aho_corasick::AhoCorasick;
 
-use super::{Category, Location, STRONG, Sink, is_word};
+use super::{ByteSet, Category, Location, STRONG, Sink, is_word};
 
 /// Tags that run script or load active content by themselves.
 const DANGEROUS_TAGS: &[&str] = &[
@@ -121,20 +121,17 @@ impl Xss {
         }
     }
 
-    pub(crate) fn check(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
+    /// `set` holds the bytes of `lower`.
+    pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
         let s = lower.as_bytes();
-        let has_lt = memchr::memchr(b'<', s).is_some();
+        let has_lt = set.any(&ByteSet::from(b"<"));
         if has_lt {
             scan_tags(lower, loc, sink);
         }
         // Sinks and schemes: strip characters browsers ignore inside a scheme name.
         let compact: String;
         // Blanks only matter inside scheme names (`java\tscript:`), which need a `:`.
-        let hay = if memchr::memchr(b':', lower.as_bytes()).is_some()
-            && lower
-                .bytes()
-                .any(|b| b == b'\t' || b == b'\n' || b == b'\r' || b == b' ')
-        {
+        let hay = if set.any(&ByteSet::from(b":")) && set.any(&ByteSet::from(b"\t\n\r ")) {
             compact = lower
                 .chars()
                 .filter(|c| !matches!(c, '\t' | '\n' | '\r' | ' '))
@@ -325,7 +322,7 @@ const EVENTS: &[&str] = &[
 /// preceding separator counts; otherwise requires a quote/space/slash before.
 fn event_handler(s: &[u8], in_tag: bool) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = memchr::memmem::find(&s[from..], b"on") {
+    while let Some(p) = finder!(b"on").find(&s[from..]) {
         let a = from + p;
         from = a + 2;
         if a > 0
@@ -406,8 +403,8 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             );
             continue;
         }
-        let has_js_url = memchr::memmem::find(attrs, b"javascript:").is_some()
-            || memchr::memmem::find(attrs, b"data:").is_some();
+        let has_js_url = finder!(b"javascript:").find(attrs).is_some()
+            || finder!(b"data:").find(attrs).is_some();
         let known = DANGEROUS_TAGS.contains(&name);
         match name {
             "script" | "iframe" | "object" | "embed" | "applet" | "frameset" | "svg" | "math"
