@@ -678,6 +678,32 @@ mod proxy {
     }
 
     #[test]
+    fn a_new_connection_on_a_reused_port_forgets_the_old_client() {
+        let mut dp = setup();
+        // Connection 1 carries the banned client and ends without a FIN this
+        // program saw (e.g. lost or taken by another path).
+        assert_eq!(
+            run(&mut dp, &seg(1100, ACK_PSH, &v1("198.18.9.9"))),
+            XDP_DROP
+        );
+        assert_eq!(run(&mut dp, &seg(1100, ACK_PSH, b"x")), XDP_DROP);
+        // The proxy reuses the source port for a clean client: the SYN
+        // passes and clears the stale entry, the new header is judged.
+        assert_eq!(run(&mut dp, &seg(1100, 0x02, b"")), XDP_PASS);
+        assert_eq!(
+            run(&mut dp, &seg(1100, ACK_PSH, &v1("198.18.9.10"))),
+            XDP_PASS
+        );
+        assert_eq!(run(&mut dp, &seg(1100, ACK_PSH, b"y")), XDP_PASS);
+        // A SYN-ACK is not a new connection: a banned flow stays banned.
+        assert_eq!(
+            run(&mut dp, &seg(1101, ACK_PSH, &v1("198.18.9.9"))),
+            XDP_DROP
+        );
+        assert_eq!(run(&mut dp, &seg(1101, 0x12, b"")), XDP_DROP);
+    }
+
+    #[test]
     fn a_banned_client_behind_a_proxy_is_dropped_per_connection() {
         let mut dp = setup();
         // The proxy itself is never judged as the banned client.

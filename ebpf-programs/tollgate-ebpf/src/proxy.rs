@@ -26,7 +26,9 @@ use crate::{
 };
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// The PROXY protocol v2 signature.
 const V2_SIG: [u8; 12] = [
@@ -57,6 +59,13 @@ pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verd
         client_port: l4.sport,
         server_port: l4.dport,
     };
+    if l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection on this 4-tuple: an entry left for it belongs to an
+        // earlier connection whose FIN/RST was missed; its first payload
+        // packet names the new client.
+        let _ = TG_PFLOWS.remove(&sc.key);
+        return (Verdict::Pass, Reason::Clean);
+    }
     // SAFETY: the value is copied out at once.
     match unsafe { TG_PFLOWS.get(&sc.key) } {
         Some(f) => sc.flow = *f,
