@@ -49,6 +49,9 @@ pub struct ApiEvent {
     pub latency_ms: Option<f64>,
     /// Part of the message was not seen.
     pub truncated: bool,
+    /// The kernel accepted this request's bytes on a connection whose
+    /// handshake completed (false: possibly spoofed; never scored or banned).
+    pub verified: bool,
     /// The parsed request, for detectors and the inventory (not printed).
     #[serde(skip)]
     pub request: Option<http::Request>,
@@ -282,6 +285,7 @@ fn parse_all(
         status: None,
         latency_ms: None,
         truncated: false,
+        verified: true,
         request: None,
         response: None,
         proxy: None,
