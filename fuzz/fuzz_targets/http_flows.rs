@@ -59,6 +59,7 @@ fn flows(data: &[u8]) {
             seq[flow][dir] = seq[flow][dir].wrapping_add(7919);
         }
         let s = Sample {
+            stream: false,
             ts_ns: ts,
             client: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),

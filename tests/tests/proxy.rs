@@ -113,7 +113,15 @@ fn env(server_opts: &str, backend_opts: &str) -> Env {
             "lo",
         ]);
     }
-    let front = SocketAddr::new(proxy_ip, 20_000 + (server.port % 20_000));
+    // Not the API port: the agent takes API-port sockets of every network
+    // namespace at the socket, the proxy's frontend would be one of them.
+    let front_port = 20_000 + (server.port % 20_000);
+    let front_port = if front_port == server.port {
+        front_port - 1
+    } else {
+        front_port
+    };
+    let front = SocketAddr::new(proxy_ip, front_port);
     let api = SocketAddr::new(lab.v4(0, 1), server.port);
     let proxy = Haproxy::start(&lab, front, api, server_opts, backend_opts);
     Env {
@@ -190,7 +198,7 @@ fn attacker_is_cut_off_alone(e: &Env) {
         .find(|v| v["type"] == "violation" && v["category"] == "sqli")
         .unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!(v["client"], e.bad.to_string());
-    assert_eq!(v["proxy"], e.proxy_ip.to_string());
+    assert_eq!(v["proxy"], e.proxy_ip.to_string(), "{ev:#?}");
     assert!(!e.banned(e.proxy_ip));
     // A manual ban of the proxy is refused without --force.
     let out = e.agent.cli(&["block", "add", &e.proxy_ip.to_string()]);

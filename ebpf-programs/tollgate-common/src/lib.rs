@@ -70,6 +70,9 @@ pub mod maps {
     /// (IPv6 masked as for rate limits) -> boot-clock ns of the latest. LRU.
     /// Rate-limit escalation bans only such sources.
     pub const HANDSHAKES: &str = "TG_HSHAKE";
+    /// API sockets whose requests are taken at the socket (sockhash, not
+    /// pinned: when the programs go, the sockets go back to normal).
+    pub const STREAM_SOCKETS: &str = "TG_SOCKS";
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 24] = [
@@ -115,6 +118,8 @@ pub mod programs {
     pub const TC_EGRESS: &str = "tollgate_tc_egress";
     /// sock_ops on the root cgroup: counts established connections per client.
     pub const SOCKOPS: &str = "tollgate_sockops";
+    /// Stream verdict on API sockets: copies what they receive (requests).
+    pub const STREAM: &str = "tollgate_stream";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -159,6 +164,8 @@ pub mod capacity {
     pub const ESTABLISHED: u32 = 1 << 18;
     /// Sources with a recent handshake remembered (LRU).
     pub const HANDSHAKES: u32 = 1 << 17;
+    /// API sockets whose request streams are taken at once.
+    pub const STREAM_SOCKETS: u32 = 1 << 16;
 }
 
 /// Slots of the tail-call table.
@@ -286,9 +293,10 @@ pub struct SampleHeader {
     pub tcp_flags: u8,
     /// 4 or 6.
     pub family: u8,
-    /// Reserved; zero.
-    pub reserved: u8,
-    /// TCP sequence number of the first payload byte.
+    /// Where the bytes were taken ([`sample_source`]).
+    pub source: u8,
+    /// TCP sequence number of the first payload byte; for
+    /// [`sample_source::STREAM`] records, the offset in the stream (mod 2^32).
     pub seq: u32,
     /// Interface index it was seen on.
     pub ifindex: u32,
@@ -300,6 +308,20 @@ pub struct SampleHeader {
     pub reserved2: u32,
 }
 const _: () = assert!(size_of::<SampleHeader>() == 72);
+
+/// Where a sample's bytes were taken, [`SampleHeader::source`].
+pub mod sample_source {
+    /// A packet at the NIC (XDP, tcx): may be spoofed, needs verification.
+    pub const WIRE: u8 = 0;
+    /// What an established socket received (stream verdict): in order,
+    /// reassembled, and from a client that completed a handshake.
+    pub const STREAM: u8 = 1;
+}
+
+/// [`FlowState::packets`] bit set by sock_ops on connections whose request
+/// stream is taken at the socket: the XDP sampler then leaves their request
+/// packets alone.
+pub const FLOW_STREAMED: u64 = 1 << 63;
 
 /// One ring-buffer sample: metadata plus the first payload bytes.
 #[repr(C)]
@@ -378,6 +400,9 @@ pub mod config_flags {
     pub const SAMPLING: u32 = 1 << 6;
     /// Trusted proxies are configured: their connections carry real clients.
     pub const TRUSTED: u32 = 1 << 7;
+    /// The stream verdict program is attached: sock_ops puts API sockets in
+    /// `TG_SOCKS` and their requests are taken at the socket.
+    pub const STREAM: u32 = 1 << 8;
 }
 
 /// Enforcement mode, [`Config::mode`].

@@ -19,6 +19,7 @@ mod parse;
 mod proxy;
 mod sample;
 mod sockops;
+mod stream;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use tollgate_common::{
     AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, Established,
@@ -108,3 +108,13 @@ pub static TG_ESTAB: LruHashMap<FlowKey, Established> =
 
 #[map]
 pub static TG_HSHAKE: LruHashMap<[u8; 16], u64> = LruHashMap::pinned(capacity::HANDSHAKES, 0);
+
+/// API sockets whose received bytes the stream verdict program copies. Not
+/// pinned: without the programs, the sockets go back to the plain path.
+#[map]
+pub static TG_SOCKS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::STREAM_SOCKETS, 0);
+
+/// Bytes each streamed socket has received so far (the records' offsets).
+#[map]
+pub static TG_STREAM_OFF: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);

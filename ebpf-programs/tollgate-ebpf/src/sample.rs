@@ -121,7 +121,7 @@ pub fn maybe_sample(
         client_port,
         server_port,
     };
-    let seen = match TG_FLOWS.get_ptr_mut(&key) {
+    let marked = match TG_FLOWS.get_ptr_mut(&key) {
         Some(st) => {
             // SAFETY: map value pointer; a flow's packets normally stay on
             // one CPU, and a lost increment only shifts the policy by one.
@@ -137,6 +137,11 @@ pub fn maybe_sample(
     if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         let _ = TG_FLOWS.remove(&key);
     }
+    if marked & tollgate_common::FLOW_STREAMED != 0 && direction == tollgate_common::DIR_REQUEST {
+        // Its requests come whole from the socket (stream verdict).
+        return;
+    }
+    let seen = marked & !tollgate_common::FLOW_STREAMED;
     let take = seen < u64::from(cfg.first_packets)
         || cfg.one_in <= 1
         // SAFETY: helper without arguments.
@@ -173,7 +178,7 @@ pub fn maybe_sample(
         } else {
             6
         };
-        (*h).reserved = 0;
+        (*h).source = tollgate_common::sample_source::WIRE;
         (*h).seq = l4.seq;
         (*h).ifindex = ifindex;
         (*h).payload_len = payload_len as u32;

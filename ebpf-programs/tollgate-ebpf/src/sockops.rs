@@ -15,12 +15,15 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use tollgate_common::{Config, Established, FlowKey};
+use tollgate_common::{Config, Established, FLOW_STREAMED, FlowKey, FlowState, config_flags};
 
 use crate::{
     atomic_add,
     limit::key_of,
-    maps::{TG_CONFIG, TG_CONNS, TG_ESTAB, TG_HSHAKE, TG_LIMITS},
+    maps::{
+        TG_API_PORTS, TG_CONFIG, TG_CONNS, TG_ESTAB, TG_FLOWS, TG_HSHAKE, TG_LIMITS, TG_SOCKS,
+        TG_STREAM_OFF,
+    },
     parse::Source,
     sample::addr16,
 };
@@ -57,6 +60,24 @@ pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
             acked_ns: 0,
         };
         let _ = TG_ESTAB.insert(&flow, &est, 0);
+        if config.flags & config_flags::STREAM != 0
+            && matches!(TG_API_PORTS.get(ctx.local_port() & 0xffff), Some(v) if *v != 0)
+        {
+            // Requests on this connection are taken at the socket from now
+            // on; the XDP sampler leaves its request packets alone.
+            let _ = TG_STREAM_OFF.insert(&flow, &0, 0);
+            // SAFETY: `ops` is the program's context pointer.
+            let ops = unsafe { &mut *ctx.ops };
+            if TG_SOCKS.update(flow, ops, 0).is_ok() {
+                let _ = TG_FLOWS.insert(
+                    &flow,
+                    &FlowState {
+                        packets: FLOW_STREAMED,
+                    },
+                    0,
+                );
+            }
+        }
         let _ = TG_CONNS.insert(&key, &0, BPF_NOEXIST);
         if let Some(n) = TG_CONNS.get_ptr_mut(&key) {
             atomic_add(n, 1);

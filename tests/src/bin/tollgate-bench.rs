@@ -825,7 +825,7 @@ fn record(flow: u32, dir: u8, seq: u32, flags: u8, data: &[u8]) -> Vec<u8> {
         direction: dir,
         tcp_flags: flags,
         family: 4,
-        reserved: 0,
+        source: 0,
         seq,
         ifindex: 1,
         payload_len: u32::try_from(data.len()).unwrap(),

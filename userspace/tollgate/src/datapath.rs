@@ -192,6 +192,10 @@ pub struct Datapath {
     /// Connections the kernel established, until the API pipeline takes them.
     established: Option<HashMap<MapData, tollgate_common::FlowKey, tollgate_common::Established>>,
     handshakes: HashMap<MapData, [u8; 16], u64>,
+    flows: HashMap<MapData, tollgate_common::FlowKey, tollgate_common::FlowState>,
+    /// The API sockets whose requests are taken at the socket (kept open
+    /// while the stream verdict program is attached to it).
+    stream_sockets: Option<aya::maps::SockHash<MapData, tollgate_common::FlowKey>>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -358,6 +362,9 @@ impl Datapath {
             .map_err(map_err("open", maps::ESTABLISHED))?;
         let handshakes = HashMap::try_from(take(maps::HANDSHAKES)?)
             .map_err(map_err("open", maps::HANDSHAKES))?;
+        let flows = HashMap::try_from(take(maps::FLOWS)?).map_err(map_err("open", maps::FLOWS))?;
+        let stream_sockets = aya::maps::SockHash::try_from(take(maps::STREAM_SOCKETS)?)
+            .map_err(map_err("open", maps::STREAM_SOCKETS))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -386,6 +393,8 @@ impl Datapath {
             proxy_flows,
             established: Some(established),
             handshakes,
+            flows,
+            stream_sockets: Some(stream_sockets),
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -765,6 +774,48 @@ impl Datapath {
             *slot = v.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Takes API requests at the socket from now on: attaches the stream
+    /// verdict program to the API-socket map and tells sock_ops to fill it.
+    /// Until this succeeds, requests are sampled at the NIC.
+    ///
+    /// # Errors
+    /// When the kernel refuses the program or the attachment.
+    pub fn attach_stream(&mut self) -> Result<()> {
+        let name = programs::STREAM;
+        let Some(socks) = self.stream_sockets.as_ref() else {
+            return Ok(());
+        };
+        let prog: &mut aya::programs::SkSkb = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut aya::programs::SkSkb>::try_from(p).ok())
+            .ok_or(DatapathError::Program {
+                name,
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
+        let err = |source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        };
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        prog.attach(socks.fd()).map_err(err)?;
+        self.config.flags |= config_flags::STREAM;
+        self.write_config()
+    }
+
+    /// Forgets every flow's sampling state (the marks of streamed
+    /// connections included): used when the sock_ops program that set them
+    /// is replaced, so no connection's requests stay unsampled.
+    pub fn clear_flows(&mut self) {
+        let keys: Vec<tollgate_common::FlowKey> =
+            self.flows.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.flows.remove(&k);
+        }
     }
 
     /// Hands the record of kernel-established connections to the API

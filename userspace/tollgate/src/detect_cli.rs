@@ -320,6 +320,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
             (seg.dst, seg.dport, seg.src, seg.sport, Direction::Response)
         };
         let sample = Sample {
+            stream: false,
             ts_ns,
             client,
             server,

@@ -47,6 +47,10 @@ pub struct SamplingPolicy {
     pub max_bytes: u32,
     /// CPU the pipeline may use, percent of one core.
     pub cpu_budget_percent: f64,
+    /// Take requests at the socket (stream verdict on API connections):
+    /// every request of every connection, as the server reads it. `false`
+    /// samples request packets at the NIC like responses.
+    pub stream: bool,
 }
 
 impl Default for SamplingPolicy {
@@ -56,6 +60,7 @@ impl Default for SamplingPolicy {
             one_in: 10,
             max_bytes: 1024,
             cpu_budget_percent: 10.0,
+            stream: true,
         }
     }
 }
@@ -125,6 +130,10 @@ pub struct SamplingStatus {
     /// Requests waiting for the kernel to show it accepted them.
     #[serde(default)]
     pub awaiting_verification: usize,
+    /// Where requests are taken: `socket` (every request, as the server
+    /// reads it) or `nic` (sampled packets).
+    #[serde(default)]
+    pub capture: String,
 }
 
 /// Shared state of the pipeline.
@@ -286,28 +295,14 @@ impl ApiHandle {
             return (t.elapsed(), batch);
         };
         let st = &mut *st;
-        // Requests waiting for the kernel's word first: it may have come.
-        let waiting = std::mem::take(&mut st.waiting);
-        for w in waiting {
-            let check = st
-                .verifier
-                .as_ref()
-                .map_or(Check::Verified, |v| v.check(&w.key, w.seq, w.len));
-            match check {
-                Check::Verified => st.judge(w.ev, None, now, &mut batch, &self.tap),
-                Check::Refused(why) => st.judge(w.ev, Some(why), now, &mut batch, &self.tap),
-                Check::Pending(why) if t >= w.deadline => {
-                    st.judge(w.ev, Some(why), now, &mut batch, &self.tap);
-                }
-                Check::Pending(_) => st.waiting.push(w),
-            }
-        }
         for raw in records {
             let Some(sample) = Sample::from_record(raw) else {
                 continue;
             };
             for ev in st.flows.on_sample(&sample, wall_offset) {
-                let needs_check = ev.direction == Direction::Request && ev.request.is_some();
+                // Socket streams need no check: only accepted bytes get there.
+                let needs_check =
+                    !sample.stream && ev.direction == Direction::Request && ev.request.is_some();
                 let check = match (&st.verifier, needs_check) {
                     (Some(v), true) => {
                         // The connection as the kernel knows it (its client is
@@ -335,6 +330,29 @@ impl ApiHandle {
                     Check::Refused(why) | Check::Pending(why) => Some(why),
                 };
                 st.judge(ev, unverified, now, &mut batch, &self.tap);
+            }
+        }
+        // Requests waiting for the kernel's word: it may have come. A flow
+        // whose socket stream started meanwhile has them from there.
+        let waiting = std::mem::take(&mut st.waiting);
+        for w in waiting {
+            if st
+                .flows
+                .is_streamed(&(w.ev.client, w.ev.client_port, w.ev.server, w.ev.port))
+            {
+                continue;
+            }
+            let check = st
+                .verifier
+                .as_ref()
+                .map_or(Check::Verified, |v| v.check(&w.key, w.seq, w.len));
+            match check {
+                Check::Verified => st.judge(w.ev, None, now, &mut batch, &self.tap),
+                Check::Refused(why) => st.judge(w.ev, Some(why), now, &mut batch, &self.tap),
+                Check::Pending(why) if t >= w.deadline => {
+                    st.judge(w.ev, Some(why), now, &mut batch, &self.tap);
+                }
+                Check::Pending(_) => st.waiting.push(w),
             }
         }
         st.status.flows = st.flows.stats;

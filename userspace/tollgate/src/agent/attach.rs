@@ -34,9 +34,10 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
         .context("no cgroup v2 filesystem is mounted")
 }
 
-/// Attaches the connection-counting sock_ops program to the cgroup v2 root,
-/// or keeps the one an earlier run left pinned (it counts into the same
-/// pinned map, so counts stay right across restarts).
+/// Attaches the sock_ops program (connection counts, handshakes, API
+/// sockets for request streams) to the cgroup v2 root, replacing the one an
+/// earlier run left pinned (it counts into the same pinned map, so counts
+/// stay right across restarts).
 ///
 /// # Errors
 /// When no cgroup v2 is mounted or the kernel refuses.
@@ -45,23 +46,24 @@ pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Att
         .with_context(|| format!("failed to create {}", links_dir.display()))?;
     let pin = pin_path(links_dir, SOCKOPS_PIN, SOCKOPS_HOW);
     let root = cgroup2_root()?;
-    if pin.exists() {
-        if let Ok(p) = PinnedLink::from_pin(&pin) {
-            info!(cgroup = %root.display(), "kept the sock_ops link of an earlier run");
-            let id = dp.sockops()?.info().map(|i| i.id()).unwrap_or(0);
-            return Ok(Attachment {
-                iface: root.display().to_string(),
-                ifindex: 0,
-                how: SOCKOPS_HOW,
-                program_id: id,
-                link: p.into(),
-                pin,
-            });
+    // An earlier run's link holds that run's program, whose socket map for
+    // request streams went away with it: replace it with this run's. Both
+    // programs run for the moment they overlap, and the connection counts
+    // (a pinned map) carry over; state-change callbacks are per socket, so
+    // the new program uncounts what the old one counted.
+    let earlier = if pin.exists() {
+        let p = PinnedLink::from_pin(&pin).ok();
+        if p.is_none() {
+            let _ = std::fs::remove_file(&pin);
         }
-        let _ = std::fs::remove_file(&pin);
+        p
+    } else {
+        None
+    };
+    if earlier.is_none() {
+        // Nothing counted while no program was attached: start from zero.
+        dp.clear_conns();
     }
-    // Nothing counted while no program was attached: start from zero.
-    dp.clear_conns();
     let cgroup =
         std::fs::File::open(&root).with_context(|| format!("failed to open {}", root.display()))?;
     let prog = dp.sockops()?;
@@ -73,6 +75,17 @@ pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Att
     let link = prog.take_link(id)?;
     let fd = FdLink::try_from(link).map_err(|e| anyhow!(e))?;
     let program_id = prog.info().map(|i| i.id()).unwrap_or(0);
+    if let Some(old) = earlier {
+        // Unpinned and dropped: the kernel detaches the earlier program.
+        if let Ok(l) = old.unpin() {
+            drop(l);
+        } else {
+            let _ = std::fs::remove_file(&pin);
+        }
+        // Its marks of streamed connections name sockets no map holds now.
+        dp.clear_flows();
+        info!(cgroup = %root.display(), "replaced the sock_ops program of an earlier run");
+    }
     let link: FdLink = fd
         .pin(&pin)
         .with_context(|| format!("failed to pin link at {}", pin.display()))?

@@ -241,6 +241,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let events = state.dp.take_events();
     let samples = state.dp.take_samples();
+    let mut capture = "nic";
+    if !api_ports.is_empty() && sockops.is_some() && opts.sampling.stream {
+        match state.dp.attach_stream() {
+            Ok(()) => {
+                capture = "socket";
+                info!("API requests are taken at the socket (every request, in order)");
+            }
+            Err(e) => {
+                warn!("requests will be sampled at the NIC instead of taken at the socket: {e:#}")
+            }
+        }
+    }
+    if let Ok(mut st) = api.state.lock() {
+        capture.clone_into(&mut st.status.capture);
+    }
     if !api_ports.is_empty() {
         // Requests ban only once the kernel shows it accepted them: that
         // takes the sock_ops program (handshakes) and the egress hook (the

@@ -18,6 +18,9 @@ use super::{
 
 /// Bytes buffered per direction of a flow before giving up on a message.
 pub const MAX_BUFFER: usize = 16 * 1024;
+/// Bytes after which a flow's first token must have ended (longer tokens
+/// are not HTTP methods any server accepts).
+const UNDECIDED_MAX: usize = 24;
 /// Requests awaiting their response, per flow.
 const MAX_PENDING: usize = 64;
 
@@ -119,6 +122,9 @@ struct Flow {
     real: Option<IpAddr>,
     /// The client a forwarding header named last.
     forwarded: Option<IpAddr>,
+    /// Requests come from the socket (stream records); packets sampled at
+    /// the NIC in that direction are duplicates and ignored.
+    streamed: bool,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -148,6 +154,12 @@ impl Flows {
         if let Some(f) = self.flows.get_mut(&id) {
             f.forwarded = Some(real);
         }
+    }
+
+    /// Whether the flow's requests come from the socket.
+    #[must_use]
+    pub fn is_streamed(&self, id: &(IpAddr, u16, IpAddr, u16)) -> bool {
+        self.flows.get(id).is_some_and(|f| f.streamed)
     }
 
     /// Flows followed now.
@@ -183,6 +195,17 @@ impl Flows {
         }
         let flow = self.flows.entry(id).or_default();
         flow.last_ns = s.ts_ns;
+        if s.direction == Direction::Request {
+            if s.stream && !flow.streamed {
+                // The socket's stream starts at the connection's first byte:
+                // what the NIC sampler buffered before is superseded.
+                flow.streamed = true;
+                flow.req = Half::default();
+                flow.proxy_checked = false;
+            } else if !s.stream && flow.streamed {
+                return Vec::new();
+            }
+        }
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -223,14 +246,20 @@ impl Flows {
                 return Vec::new();
             }
         }
+        let closing = s.tcp_flags & 0x05 != 0;
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
         if half.kind.is_none() || half.buf.len() == s.data.len() {
-            half.kind = Some(http::classify(&half.buf));
+            // A stream may start with a byte or two (`G`, `E`, ...): decide
+            // only once the first token can be told apart, as a server would.
+            let undecided = half.buf.len() < UNDECIDED_MAX && half.buf.iter().all(|b| is_tchar(*b));
+            half.kind = (!undecided).then(|| http::classify(&half.buf));
+            if half.kind.is_none() && whole && !closing {
+                return out;
+            }
         }
-        let closing = s.tcp_flags & 0x05 != 0;
         match half.kind {
             Some(Kind::Tls) => {
                 self.stats.tls += 1;
@@ -260,6 +289,11 @@ impl Flows {
         }
         out
     }
+}
+
+/// RFC 9110 token characters (what a method is made of).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn parse_all(
@@ -381,6 +415,7 @@ mod tests {
 
     fn sample(dir: Direction, seq: u32, data: &[u8], ts: u64) -> Sample {
         Sample {
+            stream: false,
             ts_ns: ts,
             client: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
@@ -447,7 +482,10 @@ mod tests {
             0.0,
         );
         assert_eq!(g.stats.tls, 1);
-        g.on_sample(&sample(Direction::Response, 1, b"SSH-2.0-OpenSSH", 1), 0.0);
+        g.on_sample(
+            &sample(Direction::Response, 1, b"SSH-2.0-OpenSSH_9.2\r\n", 1),
+            0.0,
+        );
         assert_eq!(g.stats.other, 1);
         assert_eq!(g.stats.requests, 0);
     }

@@ -38,6 +38,9 @@ pub struct Sample {
     pub ifindex: u32,
     /// Payload length in the packet.
     pub payload_len: u32,
+    /// Taken at the socket (stream verdict): in order and from a verified
+    /// client; else a packet at the NIC.
+    pub stream: bool,
     /// The captured payload prefix.
     pub data: Bytes,
 }
@@ -76,6 +79,7 @@ impl Sample {
             tcp_flags: h.tcp_flags,
             ifindex: h.ifindex,
             payload_len: h.payload_len,
+            stream: h.source == tollgate_common::sample_source::STREAM,
             data: Bytes::copy_from_slice(data),
         })
     }

@@ -1,0 +1,116 @@
+//! Requests judged as the server receives them: taken at the socket (stream
+//! verdict), so size, segmentation and keep-alive hide nothing. Each case
+//! hid an injection from the packet sampler; each must now ban its sender.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tollgate_tests::{
+    Agent, Lab, eventually,
+    http::{HttpServer, get, raw_http},
+};
+
+struct Env {
+    lab: Lab,
+    server: HttpServer,
+    agent: Agent,
+}
+
+fn env() -> Env {
+    let lab = Lab::new();
+    let server = HttpServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    Env { lab, server, agent }
+}
+
+impl Env {
+    /// Sends `chunks` on one connection from the client in the lab's subnet
+    /// `i` and asserts that the client ends up banned for an injection.
+    fn assert_banned(&self, i: u32, chunks: Vec<Vec<u8>>, what: &str) {
+        let src = self.lab.v4(i, 2);
+        let dst = SocketAddr::new(self.lab.v4(i, 1), self.server.port);
+        raw_http(&self.lab, src, dst, chunks);
+        let want = format!("{src}/32");
+        let banned = eventually(Duration::from_secs(5), || {
+            self.agent
+                .json(&["block", "ls"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["cidr"] == want && b["kind"] == "policy")
+        });
+        assert!(
+            banned,
+            "{what}: {src} not banned\nstatus: {}\nevents: {:#?}\n{}",
+            self.agent.json(&["status"]),
+            self.agent.events(),
+            self.agent.log_text()
+        );
+    }
+}
+
+const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
+
+#[test]
+fn requests_are_taken_at_the_socket() {
+    let e = env();
+    let st = e.agent.json(&["status"]);
+    assert_eq!(st["sampling"]["capture"], "socket", "{st}");
+    assert!(
+        e.agent.log_text().contains("taken at the socket"),
+        "{}",
+        e.agent.log_text()
+    );
+}
+
+#[test]
+fn a_request_padded_past_a_kilobyte_is_judged() {
+    let e = env();
+    // The injection in the request line, then a 1,000-byte cookie and more
+    // padding: the head alone spans several packets' worth of sample.
+    let cookie = "a".repeat(1000);
+    let pad = "b".repeat(3000);
+    let req = format!(
+        "GET {INJECTION} HTTP/1.1\r\nHost: api.test\r\nCookie: session={cookie}\r\nX-Pad: {pad}\r\n\r\n"
+    );
+    e.assert_banned(0, vec![req.into_bytes()], "padded head");
+    // The injection at the end of a 6 KB JSON body.
+    let body = format!(
+        "{{\"pad\":\"{}\",\"q\":\"1' OR '1'='1\"}}",
+        "c".repeat(6000)
+    );
+    let req = format!(
+        "POST /search HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    e.assert_banned(1, vec![req.into_bytes()], "padded body");
+}
+
+#[test]
+fn a_request_in_tiny_segments_is_judged() {
+    let e = env();
+    let req = get(INJECTION);
+    // `G`, `E`, `T`, ` ` alone, then 3-byte segments (each written with
+    // TCP_NODELAY and a pause, so each leaves as its own segment).
+    let mut chunks: Vec<Vec<u8>> = req[..4].iter().map(|b| vec![*b]).collect();
+    chunks.extend(req[4..].chunks(3).map(<[u8]>::to_vec));
+    e.assert_banned(0, chunks, "1-3 byte segments");
+}
+
+#[test]
+fn every_request_on_a_keepalive_connection_is_judged() {
+    let e = env();
+    // Thirty ordinary requests, then the attack on the same connection:
+    // far past the sampler's first packets, at any 1-in-N.
+    let mut chunks: Vec<Vec<u8>> = (0..30).map(|i| get(&format!("/items/{i}"))).collect();
+    chunks.push(get(INJECTION));
+    e.assert_banned(0, chunks, "31st request on a keep-alive connection");
+    // Nothing before the attack was reported.
+    let ev = e.agent.events();
+    assert!(
+        ev.iter()
+            .filter(|v| v["type"] == "violation")
+            .all(|v| v["route"] == "GET /items"),
+        "{ev:#?}"
+    );
+}
