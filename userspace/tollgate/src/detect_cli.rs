@@ -455,7 +455,7 @@ pub fn events(args: &EventsArgs, socket: &Path) -> ExitCode {
         if args.json {
             println!("{line}");
         } else if let Ok(v) = serde_json::from_str::<Value>(line) {
-            println!("{}", human(&v));
+            println!("{}", crate::text::printable(&human(&v)));
         }
         true
     });
@@ -524,7 +524,7 @@ pub fn policy_check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             ExitCode::from(1)
         }
     }

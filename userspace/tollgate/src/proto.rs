@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
 /// Largest request line the agent reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest answer line the CLI reads (a full `block export` of millions of
+/// entries fits; a runaway answer does not exhaust memory).
+pub const MAX_ANSWER_BYTES: u64 = 2 << 30;
 /// Longest line in the body of a streamed [`Request::BlockImport`].
 pub const MAX_IMPORT_LINE: usize = 64;
 
