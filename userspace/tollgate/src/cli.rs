@@ -979,8 +979,18 @@ fn print_status(v: &Value) {
     );
     println!(
         "pins: {}  state: {}  store: {}",
-        s.pin_dir, s.state_dir, s.store
+        s.pin_dir,
+        s.state_dir,
+        crate::text::printable(&s.store)
     );
+    if let Some(r) = &s.policy_refused {
+        let ago = crate::clock::unix_now().saturating_sub(r.at);
+        println!(
+            "last policy reload refused {} ago: {}",
+            ttl_left(Some(ago)),
+            crate::text::printable(&r.reason)
+        );
+    }
     println!();
     let rows: Vec<Vec<String>> = s
         .interfaces

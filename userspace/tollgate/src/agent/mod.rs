@@ -156,6 +156,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         state_dir: opts.state_dir.display().to_string(),
         rate: ratelimit::RateState::from_policy(&opts.rate_limit),
         trusted: opts.trusted_proxies.clone(),
+        policy_refused: None,
+        store_failures_synced: 0,
     };
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
@@ -287,6 +289,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reload_rx = reload::channel();
+    // A reload in progress: the file is read and parsed on a blocking
+    // thread while this loop keeps serving; requests arriving meanwhile
+    // get one more read after it.
+    let mut loading = Loading::default();
     let mut sighup = signal(SignalKind::hangup())?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -299,25 +305,40 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the policy file");
-                if let Err(e) = reloader.reload(&state) {
-                    error!("policy reload refused: {e}");
-                }
+                start_reload(&mut reloader, &mut loading, None);
             }
             _ = watch.tick() => {
-                if reloader.file_changed() {
+                if loading.task.is_none() && reloader.file_changed() {
                     info!("the policy file changed: reloading it");
-                    if let Err(e) = reloader.reload(&state) {
-                        error!("policy reload refused: {e}");
-                    }
+                    start_reload(&mut reloader, &mut loading, None);
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reloader.reload(&state));
+                start_reload(&mut reloader, &mut loading, Some(reply));
+            }
+            done = async {
+                match loading.task.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                loading.task = None;
+                let loaded = done.unwrap_or_else(|e| Err(format!("the policy reader failed: {e}")));
+                let r = reloader.finish(loaded, &state);
+                for reply in std::mem::take(&mut loading.replies) {
+                    let _ = reply.send(r.clone());
+                }
+                if let Some(again) = loading.again.take() {
+                    let mut again = again.into_iter();
+                    start_reload(&mut reloader, &mut loading, again.next());
+                    loading.replies.extend(again);
+                }
             }
             _ = gc.tick() => {
                 if let Ok(mut s) = state.lock() {
                     s.gc();
                     s.prune_offenders();
+                    s.store_retry();
                 }
             }
             conn = listener.accept() => match conn {
@@ -356,6 +377,44 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// A reload under way: the blocking read, the replies waiting for it, and
+/// the replies (or a watcher's wish) for one more read once it is done, so
+/// nobody is answered with a file read before they asked.
+#[derive(Default)]
+struct Loading {
+    task: Option<tokio::task::JoinHandle<reload::Loaded>>,
+    replies: Vec<reload::Reply>,
+    again: Option<Vec<reload::Reply>>,
+}
+
+/// Starts reading the policy file on a blocking thread, or queues one more
+/// read after the one under way.
+fn start_reload(
+    reloader: &mut reload::Reloader,
+    loading: &mut Loading,
+    reply: Option<reload::Reply>,
+) {
+    if loading.task.is_some() {
+        loading.again.get_or_insert_with(Vec::new).extend(reply);
+        return;
+    }
+    match reloader.begin() {
+        Ok(path) => {
+            loading.task = Some(tokio::task::spawn_blocking(move || {
+                reload::Reloader::load(&path)
+            }));
+            loading.replies.extend(reply);
+        }
+        Err(e) => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e));
+            } else {
+                warn!("{e}");
+            }
+        }
+    }
 }
 
 /// Limits: run-time ones from the store win over the policy file's; offence

@@ -59,6 +59,10 @@ pub struct AgentState {
     /// Trusted proxies: never banned by the agent, refused for manual bans
     /// without `--force`.
     pub trusted: Vec<IpNet>,
+    /// The last policy reload refused: Unix seconds and why (for `status`).
+    pub policy_refused: Option<(u64, String)>,
+    /// Store write failures already repaired by rewriting the state.
+    pub store_failures_synced: u64,
 }
 
 /// A request the agent refuses, with the reason for the operator.
@@ -261,6 +265,46 @@ impl AgentState {
             self.expiry.remove(&(t, rec.cidr));
         }
         Some(rec)
+    }
+
+    /// `None` when the store is open and writes work; otherwise why not
+    /// (`status`, `/readyz`, `tollgate_store_up`).
+    #[must_use]
+    pub fn store_health(&self) -> Option<String> {
+        match (&self.store, &self.store_error) {
+            (_, Some(e)) => Some(e.clone()),
+            (None, None) => Some("not open".into()),
+            (Some(s), None) => s.health(),
+        }
+    }
+
+    /// Periodic: a degraded store tries to reopen and write again; once
+    /// writes work after failures, every ban and allow entry in memory is
+    /// written again (bans the agent enforced while the store was failing
+    /// were not recorded).
+    pub fn store_retry(&mut self) {
+        let Some(s) = self.store.as_mut() else {
+            return;
+        };
+        if s.health().is_some() && !s.retry() {
+            return;
+        }
+        if s.failures() == self.store_failures_synced {
+            return;
+        }
+        let bans: Vec<BanRecord> = self.bans.values().cloned().collect();
+        let mut ok = s.apply_bans(&bans, &[]).is_ok();
+        for a in self.allows.values() {
+            ok &= s.put_allow(a).is_ok();
+        }
+        if ok {
+            self.store_failures_synced = s.failures();
+            info!(
+                bans = bans.len(),
+                allows = self.allows.len(),
+                "the state store is healthy again; bans and allow entries rewritten to it"
+            );
+        }
     }
 
     /// Removes bans whose time is up (the kernel already ignores them).
@@ -629,7 +673,13 @@ impl AgentState {
             uptime_secs: self.started.elapsed().as_secs(),
             pin_dir: self.pin_dir.clone(),
             state_dir: self.state_dir.clone(),
-            store: self.store_error.clone().unwrap_or_else(|| "ok".into()),
+            store: self.store_health().unwrap_or_else(|| "ok".into()),
+            policy_refused: self.policy_refused.as_ref().map(|(at, reason)| {
+                crate::proto::PolicyRefusalView {
+                    at: *at,
+                    reason: reason.clone(),
+                }
+            }),
             interfaces: self
                 .attachments
                 .iter()
