@@ -425,20 +425,32 @@ impl AgentState {
     }
 
     /// Records and enforces a ban (store first, then kernel; the store write
-    /// is undone if the kernel refuses).
+    /// is undone if the kernel refuses). A ban the agent decided itself (not
+    /// `manual`) is enforced even when the store write fails: a full disk
+    /// must not switch protection off. The store's recovery writes it later
+    /// ([`Self::store_retry`]).
     ///
     /// # Errors
-    /// When the store or kernel write fails; nothing changes then.
+    /// When the kernel write fails, or the store write of a manual ban;
+    /// nothing changes then.
     pub fn put_ban(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
         let previous = self.bans.get(&rec.cidr).cloned();
+        let mut stored = false;
         if let Some(s) = self.store.as_mut() {
-            s.put_bans(std::slice::from_ref(&rec))
-                .map_err(|e| refuse(format!("failed to record the ban durably: {e}")))?;
+            match s.put_bans(std::slice::from_ref(&rec)) {
+                Ok(()) => stored = true,
+                Err(e) if matches!(kind, BanReason::Manual) => {
+                    return Err(refuse(format!("failed to record the ban durably: {e}")));
+                }
+                Err(e) => {
+                    warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
+                }
+            }
         }
         let mut entry = kernel_entry(&rec);
         entry.reason = kind as u32;
         if let Err(e) = self.dp.insert_block(rec.cidr, &entry) {
-            if let Some(s) = self.store.as_mut() {
+            if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
                     None => s.remove_bans(&[rec.cidr]),
