@@ -822,9 +822,28 @@ fn state_files_are_private_and_socket_paths_are_checked() {
     let open_dir = tmp.path().join("open");
     std::fs::create_dir(&open_dir).unwrap();
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(open_dir.join("planted"), "").unwrap();
     let (code, err) = failed_start(&lab.host_if, &open_dir.join("s.sock"), &pin_args);
     assert_eq!(code, Some(1));
     assert!(err.contains("writable by group or others"), "{err}");
+    let (_, err) = failed_start(
+        &lab.host_if,
+        std::path::Path::new("/tmp/tg-test.sock"),
+        &pin_args,
+    );
+    assert!(err.contains("writable by group or others"), "{err}");
+    // ... but a fresh, empty volume of ours (a Kubernetes emptyDir is 0777)
+    // is tightened.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(serves(
+        &lab.host_if,
+        &fresh.join("s.sock"),
+        &tmp.path().join("state3"),
+        &pins
+    ));
+    assert_eq!(mode_of(&fresh), 0o700);
     let theirs = tmp.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
@@ -845,29 +864,37 @@ fn state_files_are_private_and_socket_paths_are_checked() {
     let stale = tmp.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
-        .args(["agent", "--iface", &lab.host_if, "--socket"])
-        .arg(&stale)
+    assert!(
+        serves(&lab.host_if, &stale, &tmp.path().join("state2"), &pins),
+        "the agent did not replace the stale socket"
+    );
+}
+
+/// Starts an agent on `socket`, true if it answered `status` (within 20 s);
+/// stops it and removes `pins`.
+fn serves(iface: &str, socket: &std::path::Path, state: &std::path::Path, pins: &str) -> bool {
+    let mut child = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", iface, "--socket"])
+        .arg(socket)
         .arg("--state-dir")
-        .arg(tmp.path().join("state2"))
-        .args(pin_args)
+        .arg(state)
+        .args(["--pin-dir", pins])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(out.id()).unwrap());
-    let mut child = out;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     let up = tollgate_tests::eventually(Duration::from_secs(20), || {
         std::process::Command::new(tollgate_tests::tollgate_bin())
             .arg("--socket")
-            .arg(&stale)
+            .arg(socket)
             .arg("status")
             .output()
             .is_ok_and(|o| o.status.success())
     });
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&pins);
-    assert!(up, "the agent did not replace the stale socket");
+    let _ = std::fs::remove_dir_all(pins);
+    up
 }
 
 #[test]

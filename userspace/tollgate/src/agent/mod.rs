@@ -746,7 +746,8 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The control socket's directory: created 0700 when missing; an existing
 /// one must belong to root (or the agent's user) and be writable by no one
-/// else, or another user could replace the socket and answer the CLI.
+/// else, or another user could replace the socket and answer the CLI (an
+/// empty, non-sticky one of ours is tightened instead).
 fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     if !dir.exists() {
@@ -767,6 +768,17 @@ fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
         );
     }
     if meta.mode() & 0o022 != 0 {
+        // A fresh volume made for the socket (a Kubernetes emptyDir is 0777):
+        // ours and empty, so nothing can have been planted in it yet;
+        // tighten it. A shared directory (sticky, like /tmp) or one with
+        // contents is refused.
+        let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if meta.mode() & 0o1000 == 0 && empty {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to make {} private (0700)", dir.display()))?;
+            warn!(dir = %dir.display(), "the control socket's directory was writable by others: tightened it to 0700");
+            return Ok(());
+        }
         bail!(
             "refusing to put the control socket in {}: it is writable by group or others \
              (mode {:o}), who could replace the socket; use a private directory, e.g. \
