@@ -228,7 +228,7 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         .map(|r| {
             vec![
                 r.method.clone(),
-                r.path.clone(),
+                crate::text::printable(&r.path).into_owned(),
                 r.hits.to_string(),
                 r.clients.to_string(),
                 r.statuses

@@ -896,10 +896,10 @@ fn print_bans(v: &Value) {
             vec![
                 crate::net::display(&parse_or(&b.cidr)),
                 b.kind.clone(),
-                b.reason.clone(),
+                crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),
-                b.origin.clone(),
+                crate::text::printable(&b.origin).into_owned(),
             ]
         })
         .collect();
@@ -923,9 +923,9 @@ fn print_allows(v: &Value) {
         .map(|a| {
             vec![
                 crate::net::display(&parse_or(&a.cidr)),
-                a.reason.clone(),
+                crate::text::printable(&a.reason).into_owned(),
                 a.hits.to_string(),
-                a.origin.clone(),
+                crate::text::printable(&a.origin).into_owned(),
             ]
         })
         .collect();
