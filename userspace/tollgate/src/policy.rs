@@ -318,16 +318,25 @@ pub fn nesting_depth(text: &str, cap: usize) -> usize {
             rest = r.trim_start();
         }
         let mut line_flow = flow;
+        // Brackets inside quoted strings (a regex, a secret) do not nest.
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = ' ';
         for c in rest.chars() {
-            match c {
-                '[' | '{' => {
+            match (quote, c) {
+                (Some('"'), '\\') if !escaped => escaped = true,
+                (Some(q), _) if c == q && !escaped => quote = None,
+                (Some(_), _) => escaped = false,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
                     line_flow += 1;
                     deepest = deepest.max(indents.len() + dashes + line_flow);
                 }
-                ']' | '}' => line_flow = line_flow.saturating_sub(1),
-                '#' => break,
+                (None, ']' | '}') => line_flow = line_flow.saturating_sub(1),
+                (None, '#') if prev.is_whitespace() => break,
                 _ => {}
             }
+            prev = c;
             if deepest > cap {
                 return deepest;
             }
@@ -795,6 +804,8 @@ mod tests {
         assert!(nesting_depth(&blocks, MAX_NESTING) > MAX_NESTING);
         let dashes = format!("a:\n  {}x\n", "- ".repeat(100));
         assert!(nesting_depth(&dashes, MAX_NESTING) > MAX_NESTING);
+        let quoted = "a: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"\"\nb: '{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{'\n";
+        assert!(nesting_depth(quoted, MAX_NESTING) < 5, "{quoted}");
         // What the agent refuses at start, the check refuses too.
         for (bad, field) in [
             ("allowlist: [0.0.0.0/0]\n", "allowlist[0]"),
