@@ -412,3 +412,23 @@ fn lifted_detectors(old: &Policy, new: &Policy) -> Vec<String> {
         .map(|(k, _)| format!("detector {k} disabled"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn disabled_detectors_are_named() {
+        let on = Policy::parse("mode: enforce\n", Path::new("p.yaml")).unwrap();
+        let off = Policy::parse(
+            "detectors:\n  sqli: {enabled: false}\n  xss: {enabled: true, weight: 50}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(lifted_detectors(&on, &off), vec!["detector sqli disabled"]);
+        assert!(lifted_detectors(&off, &on).is_empty());
+        assert!(lifted_detectors(&on, &on).is_empty());
+    }
+}
