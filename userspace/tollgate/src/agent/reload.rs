@@ -197,15 +197,6 @@ impl Reloader {
         r
     }
 
-    /// Reads, validates and applies the file on the calling thread (tests).
-    ///
-    /// # Errors
-    /// As [`Self::finish`].
-    pub fn reload(&mut self, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
-        let loaded = self.begin().and_then(|p| Self::load(&p));
-        self.finish(loaded, state)
-    }
-
     fn apply(&mut self, p: Policy, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
         let path = self.config.clone().unwrap_or_default();
         let mut lifted = lifted_detectors(&self.current, &p);

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::AgentOptions;
 
@@ -169,7 +169,6 @@ impl Drop for PinGuard {
         if let Some(root) = &self.root {
             let _ = std::fs::remove_dir(root);
         }
-        debug!(removed, "failed start: removed the pins it created");
         if removed > 0 {
             warn!(removed, "the start failed: removed the pins it had created");
         }
