@@ -361,15 +361,36 @@ pub struct Agent {
 impl Agent {
     /// Starts `tollgate agent --iface IF` plus `extra` flags and waits until it serves.
     pub fn start(iface: &str, extra: &[&str]) -> Self {
+        Self::start_at(iface, None, None, extra)
+    }
+
+    /// Like [`Agent::start`], with the state directory at `state` (e.g. on a
+    /// small file system) instead of a fresh temporary one.
+    pub fn start_in(iface: &str, state: Option<&Path>, extra: &[&str]) -> Self {
+        Self::start_at(iface, state, None, extra)
+    }
+
+    /// Like [`Agent::start_in`], with the pin directory at `pins` too.
+    pub fn start_at(
+        iface: &str,
+        state: Option<&Path>,
+        pins: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
         let id = NEXT.fetch_add(1, Ordering::SeqCst);
-        let pins = PathBuf::from(format!(
-            "/sys/fs/bpf/tollgate-test-{}-{id}",
-            std::process::id()
-        ));
+        let pins = pins.map_or_else(
+            || {
+                PathBuf::from(format!(
+                    "/sys/fs/bpf/tollgate-test-{}-{id}",
+                    std::process::id()
+                ))
+            },
+            Path::to_path_buf,
+        );
         let socket = tmp.path().join("tollgate.sock");
-        let state = tmp.path().join("state");
+        let state = state.map_or_else(|| tmp.path().join("state"), Path::to_path_buf);
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--iface".into(),

@@ -638,3 +638,383 @@ fn kernel_bans_are_adopted_when_the_store_is_lost() {
     assert!(!s.v4_ok(0));
     assert!(s.agent.log_text().contains("adopted_from_kernel=1"));
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily, so a busy file cannot
+/// keep it) when dropped, even if the test fails.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        tollgate_tests::sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tollgate-test",
+            path.to_str().unwrap(),
+        ]);
+        Self { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Writes zeros to `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_disk_degrades_the_store_loudly_and_it_recovers() {
+    let fs = Tmpfs::mount("16m");
+    let state = fs.path.join("state");
+    let lab = Lab::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = Agent::start_in(&lab.host_if, Some(&state), &["--metrics-addr", &addr]);
+    assert_eq!(agent.json(&["status"])["store"], "ok");
+    assert_eq!(http_get(port, "/readyz").0, 200);
+
+    let filler = fs.path.join("filler");
+    fill(&filler);
+    // Enough bans that the database must grow: the write fails.
+    let list: String = (0..40_000u32)
+        .map(|i| format!("198.19.{}.{}\n", i / 250, i % 250 + 1))
+        .collect();
+    let list_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(list_file.path(), &list).unwrap();
+    let out = agent.cli(&[
+        "block",
+        "import",
+        list_file.path().to_str().unwrap(),
+        "--origin",
+        "disk-full",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let add = agent.cli(&["block", "add", &lab.v4(0, 9).to_string()]);
+    assert!(!add.status.success(), "{add:?}");
+
+    // Degraded, everywhere, and it stays so while the disk is full.
+    let status = agent.json(&["status"]);
+    let store = status["store"].as_str().unwrap().to_owned();
+    assert!(store.starts_with("degraded"), "{status}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        agent.json(&["status"])["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("degraded")
+    );
+    let (code, body) = http_get(port, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store"), "{body}");
+    let (_, metrics) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(&metrics, "tollgate_store_up"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        agent.log_text().contains("state store write failed"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Room again: the store reopens by itself and health comes back.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(10), || agent.json(&["status"])["store"]
+            == "ok"),
+        "{}\n{}",
+        agent.json(&["status"]),
+        agent.log_text()
+    );
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    let (_, metrics) = http_get(port, "/metrics");
+    assert_eq!(sample(&metrics, "tollgate_store_up"), Some(1.0));
+    let banned = lab.v4(0, 9).to_string();
+    agent.ok(&["block", "add", &banned, "--reason", "after the disk filled"]);
+    agent.ok(&[
+        "block",
+        "import",
+        list_file.path().to_str().unwrap(),
+        "--origin",
+        "disk-full",
+    ]);
+
+    // Persisted: a cold start (no pins) gets them back from the store.
+    let mut agent = agent;
+    agent.kill(nix::sys::signal::Signal::SIGTERM);
+    let _ = std::fs::remove_dir_all(&agent.pins);
+    agent.spawn();
+    let bans = agent.json(&["block", "ls"]);
+    let bans = bans.as_array().unwrap();
+    assert!(
+        bans.iter()
+            .any(|b| b["cidr"] == format!("{banned}/32") && b["reason"] == "after the disk filled"),
+        "{bans:?}"
+    );
+    assert_eq!(bans.len(), 40_001);
+    drop(agent);
+    drop(fs);
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// `tollgate agent` with its own socket, state and pin paths that is
+/// expected to fail before serving: (exit code, stderr).
+fn failed_start(iface: &str, socket: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", iface, "--socket"])
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn state_files_are_private_and_socket_paths_are_checked() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start_in(&lab.host_if, Some(&state), &[]);
+    assert_eq!(mode_of(&state), 0o700);
+    assert_eq!(mode_of(&state.join("state.redb")), 0o600);
+    assert_eq!(mode_of(&state.join("agent.lock")), 0o600);
+    assert_eq!(mode_of(&agent.socket), 0o600);
+    drop(agent);
+
+    let pins = format!("/sys/fs/bpf/tollgate-test-{}-sock", std::process::id());
+    let pin_args = ["--pin-dir", pins.as_str()];
+    // A socket directory others can write to, or owned by another user.
+    let open_dir = tmp.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(open_dir.join("planted"), "").unwrap();
+    let (code, err) = failed_start(&lab.host_if, &open_dir.join("s.sock"), &pin_args);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("writable by group or others"), "{err}");
+    let (_, err) = failed_start(
+        &lab.host_if,
+        std::path::Path::new("/tmp/tg-test.sock"),
+        &pin_args,
+    );
+    assert!(err.contains("writable by group or others"), "{err}");
+    // ... but a fresh, empty volume of ours (a Kubernetes emptyDir is 0777)
+    // is tightened.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(serves(
+        &lab.host_if,
+        &fresh.join("s.sock"),
+        &tmp.path().join("state3"),
+        &pins
+    ));
+    assert_eq!(mode_of(&fresh), 0o700);
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let (_, err) = failed_start(&lab.host_if, &theirs.join("s.sock"), &pin_args);
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    // Something that is not a socket is never deleted as a "stale socket".
+    let file = tmp.path().join("precious.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let (_, err) = failed_start(&lab.host_if, &file, &pin_args);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    assert!(
+        !std::path::Path::new(&pins).join("maps").exists(),
+        "refused before loading"
+    );
+
+    // A stale socket (nobody listening) is replaced.
+    let stale = tmp.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    assert!(
+        serves(&lab.host_if, &stale, &tmp.path().join("state2"), &pins),
+        "the agent did not replace the stale socket"
+    );
+}
+
+/// Starts an agent on `socket`, true if it answered `status` (within 20 s);
+/// stops it and removes `pins`.
+fn serves(iface: &str, socket: &std::path::Path, state: &std::path::Path, pins: &str) -> bool {
+    let mut child = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", iface, "--socket"])
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--pin-dir", pins])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let up = tollgate_tests::eventually(Duration::from_secs(20), || {
+        std::process::Command::new(tollgate_tests::tollgate_bin())
+            .arg("--socket")
+            .arg(socket)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(pins);
+    up
+}
+
+#[test]
+fn the_cli_is_bounded_in_memory_and_time_and_escapes_untrusted_text() {
+    let s = setup(&[]);
+    // An endless line: a clear error naming it, fast, bounded memory.
+    let t = std::time::Instant::now();
+    let out = s.agent.cli(&["block", "import", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1 is longer than 4096 bytes"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    // Rejected lines with terminal escapes are shown escaped.
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.txt");
+    std::fs::write(
+        &evil,
+        format!("{}\n\u{1b}]0;pwned\u{7}\u{1b}[2J\n", s.lab.v4(1, 7)),
+    )
+    .unwrap();
+    let out = s.agent.cli(&["block", "import", evil.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07),
+        "{out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2: '\\x1b]0;pwned\\x07\\x1b[2J'"),
+        "{err}"
+    );
+
+    // A stopped agent: every command gives up, with exit code 3.
+    let pid = s.agent.pid().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t = std::time::Instant::now();
+    let out = s.agent.cli(&["--timeout", "1s", "status"]);
+    let took = t.elapsed();
+    let out2 = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .env("TOLLGATE_TIMEOUT", "1s")
+        .arg("--socket")
+        .arg(&s.agent.socket)
+        .args(["block", "ls"])
+        .output()
+        .unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer within 1s"), "{err}");
+    assert_eq!(out2.status.code(), Some(3), "{out2:?}");
+    s.agent.ok(&["status"]);
+}
+
+#[test]
+fn failed_starts_leave_no_pins_and_one_agent_per_interface() {
+    let lab = Lab::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let pins = format!("/sys/fs/bpf/tollgate-test-{}-fail", std::process::id());
+    let pin_count = || {
+        std::fs::read_dir(std::path::Path::new(&pins).join("maps"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    struct RmPins(String);
+    impl Drop for RmPins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmPins(pins.clone());
+    let sock = tmp.path().join("s.sock");
+
+    // Refused before anything is loaded.
+    let (code, err) = failed_start("tg-no-such-if", &sock, &["--pin-dir", &pins]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("interface tg-no-such-if does not exist"),
+        "{err}"
+    );
+    let policy = tmp.path().join("p.yaml");
+    std::fs::write(&policy, "allowlist: [0.0.0.0/0]\n").unwrap();
+    let (code, err) = failed_start(
+        &lab.host_if,
+        &sock,
+        &["--pin-dir", &pins, "--config", policy.to_str().unwrap()],
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("allowlist[0]"), "{err}");
+    assert_eq!(pin_count(), 0);
+    assert!(!std::path::Path::new(&pins).exists());
+
+    // Failing after the load (the socket path is too long to bind): the
+    // pins this start created are removed...
+    let long = tmp.path().join(format!("{}.sock", "s".repeat(120)));
+    let (code, err) = failed_start(&lab.host_if, &long, &["--pin-dir", &pins]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("failed to bind control socket"), "{err}");
+    assert_eq!(pin_count(), 0, "pins left behind");
+
+    // ... but a crashed agent's pins (they carry its bans) are kept.
+    let mut agent = Agent::start_at(&lab.host_if, None, Some(std::path::Path::new(&pins)), &[]);
+    agent.ok(&["block", "add", &lab.v4(0, 5).to_string()]);
+    agent.kill(nix::sys::signal::Signal::SIGKILL);
+    let before = pin_count();
+    assert!(before > 10);
+    let (code, _) = failed_start(&lab.host_if, &long, &["--pin-dir", &pins]);
+    assert_eq!(code, Some(1));
+    assert_eq!(pin_count(), before);
+
+    // One agent per interface, whatever its state directory.
+    agent.spawn();
+    let other_pins = format!("{pins}-2");
+    let _rm2 = RmPins(other_pins.clone());
+    let (code, err) = failed_start(&lab.host_if, &sock, &["--pin-dir", &other_pins]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("already running on {}", lab.host_if)),
+        "{err}"
+    );
+    agent.ok(&["status"]);
+}

@@ -336,3 +336,176 @@ fn object_binding_flags_user_7_reading_user_8_and_valid_tokens_pass() {
         bans(&e.agent)
     );
 }
+
+/// `GET /metrics` on 127.0.0.1:`port`: the sample `name_and_labels`.
+fn metric(port: u16, name_and_labels: &str) -> Option<f64> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+const REFUSED: &str = "tollgate_policy_reloads_total{result=\"refused\"}";
+
+#[test]
+fn an_emptied_truncated_or_invalid_policy_file_is_refused_and_reported() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    std::fs::write(&feed, format!("{}\n", lab.v4(1, 7))).unwrap();
+    let file = dir.path().join("policy.yaml");
+    let allowed = lab.v4(0, 3);
+    std::fs::write(
+        &file,
+        format!(
+            "mode: enforce\nallowlist: [{allowed}]\nfeeds:\n  - {{name: tg-feed, path: {}}}\n",
+            feed.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = Agent::start(
+        &lab.host_if,
+        &["--config", file.to_str().unwrap(), "--metrics-addr", &addr],
+    );
+    let feed_ban = format!("{}/32", lab.v4(1, 7));
+    assert!(eventually(Duration::from_secs(10), || ban_of(
+        &bans(&agent),
+        &feed_ban
+    )
+    .is_some()));
+    let protected = |agent: &Agent| {
+        let st = agent.json(&["status"]);
+        assert_eq!(st["mode"], "enforce", "{st}");
+        assert!(ban_of(&bans(agent), &feed_ban).is_some());
+        let allows = agent.json(&["allow", "ls"]);
+        assert!(
+            allows
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["cidr"] == format!("{allowed}/32")),
+            "{allows}"
+        );
+    };
+
+    // Saved by the watcher: emptied, comments only, invalid, half written.
+    let bad_files = [
+        ("", "empty"),
+        ("\n   \n# emptied by a botched deploy\n", "only comments"),
+        ("mode: monitor\nallowlist: [0.0.0.0/0]\n", "allowlist[0]"),
+        ("mode: monitor\nfeeds:\n  - {name: tg-feed, pa", "line"),
+    ];
+    for (n, (text, why)) in bad_files.iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        let want = (n + 1) as f64;
+        assert!(
+            eventually(Duration::from_secs(10), || metric(port, REFUSED)
+                .is_some_and(|v| v >= want)),
+            "{text:?} not refused: {}",
+            agent.log_text()
+        );
+        protected(&agent);
+        let st = agent.json(&["status"]);
+        let reason = st["policy_refused"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{text:?}: {st}");
+        assert!(st["policy_refused"]["at"].as_u64().unwrap_or(0) > 0, "{st}");
+    }
+    let human = agent.ok(&["status"]);
+    assert!(human.contains("last policy reload refused"), "{human}");
+    assert!(agent.log_text().contains("policy reload refused"));
+
+    // Asked for: the reason, exit 1.
+    std::fs::write(&file, "").unwrap();
+    let out = agent.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+
+    // Deep nesting parses in quadratic time: refused before parsing, and
+    // the control socket keeps answering.
+    let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    std::fs::write(&file, deep).unwrap();
+    let t = std::time::Instant::now();
+    let out = agent.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nested deeper"));
+    agent.ok(&["status"]);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    protected(&agent);
+
+    // A valid file that lifts protection is applied, with a warning.
+    std::fs::write(&file, "mode: monitor\n").unwrap();
+    let out = agent.cli(&["policy", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(agent.json(&["status"])["mode"], "monitor");
+    assert!(ban_of(&bans(&agent), &feed_ban).is_none());
+    let log = agent.log_text();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("lifts protection"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warn.contains("WARN"), "{warn}");
+    for what in ["enforce -> monitor", "feed tg-feed removed"] {
+        assert!(warn.contains(what), "{warn}");
+    }
+}
+
+#[test]
+fn policy_check_refuses_what_the_agent_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let f = dir.path().join("p.yaml");
+        std::fs::write(&f, text).unwrap();
+        let out = Command::new(tollgate_bin())
+            .args(["policy", "check"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (text, why) in [
+        ("allowlist: [0.0.0.0/0]\n", "allowlist[0]"),
+        ("metrics: {listen: '0.0.0.0:9477'}\n", "metrics.listen"),
+        ("", "empty"),
+        ("# just a comment\n", "empty"),
+        (&format!("a: {}\n", "[".repeat(5000)), "nested deeper"),
+        ("mode: enforce\n\u{1b}[2J: 1\n", "p.yaml"),
+    ] {
+        let (code, err) = check(text);
+        assert_eq!(code, Some(1), "{text:?}: {err}");
+        assert!(err.contains(why), "{text:?}: {err}");
+        assert!(!err.contains('\u{1b}'), "{err:?}");
+    }
+    let (code, err) =
+        check("mode: enforce\nmetrics: {listen: '0.0.0.0:9477', allow_remote: true}\n");
+    assert_eq!(code, Some(0), "{err}");
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, format!("mode: enforce\n{}", "#\n".repeat(3 << 20))).unwrap();
+    let out = Command::new(tollgate_bin())
+        .args(["policy", "check"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 4 MiB"));
+}

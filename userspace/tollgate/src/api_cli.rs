@@ -32,7 +32,7 @@ pub fn tap(args: &TapArgs, socket: &Path) -> ExitCode {
         if args.json {
             println!("{line}");
         } else if let Ok(v) = serde_json::from_str::<Value>(line) {
-            println!("{}", human(&v));
+            println!("{}", crate::text::printable(&human(&v)));
         }
         shown += 1;
         args.count.is_none_or(|c| shown < c)
@@ -146,7 +146,10 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
         Ok(r) if !r.ok => {
-            eprintln!("error: {}", r.error.unwrap_or_default());
+            eprintln!(
+                "error: {}",
+                crate::text::printable(&r.error.unwrap_or_default())
+            );
             return ExitCode::from(1);
         }
         Ok(r) => r,
@@ -225,7 +228,7 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         .map(|r| {
             vec![
                 r.method.clone(),
-                r.path.clone(),
+                crate::text::printable(&r.path).into_owned(),
                 r.hits.to_string(),
                 r.clients.to_string(),
                 r.statuses

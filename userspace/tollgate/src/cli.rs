@@ -33,6 +33,11 @@ pub struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, env = "TOLLGATE_SOCKET", default_value = proto::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// How long to wait for the agent (connect and answer) before giving up
+    /// with exit code 3: default 10s, and 10m for long operations (`block
+    /// import`, `block export`, `block rm --origin`, `policy reload`).
+    #[arg(long, global = true, env = "TOLLGATE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -414,6 +419,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the parsed command line.
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
+    if let Some(t) = cli.timeout {
+        client::set_timeout(t.max(Duration::from_millis(100)));
+    }
     match cli.command {
         Command::Agent(args) => run_agent(args, cli.socket),
         Command::Block(cmd) => run_block(cmd, &cli.socket),
@@ -828,21 +836,32 @@ fn request(
     json: bool,
     human: impl FnOnce(&Value),
 ) -> ExitCode {
-    match client::call(socket, req) {
+    request_within(socket, req, client::timeout(), json, human)
+}
+
+/// [`request`] with its own timeout (long operations).
+fn request_within(
+    socket: &std::path::Path,
+    req: &Request,
+    limit: Duration,
+    json: bool,
+    human: impl FnOnce(&Value),
+) -> ExitCode {
+    match client::call_within(socket, req, limit) {
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
         Ok(resp) if !resp.ok => {
             eprintln!(
                 "error: {}",
-                resp.error.unwrap_or_else(|| "request failed".into())
+                crate::text::printable(&resp.error.unwrap_or_else(|| "request failed".into()))
             );
             ExitCode::from(1)
         }
         Ok(resp) => {
             if let Some(w) = &resp.warning {
-                eprintln!("warning: {w}");
+                eprintln!("warning: {}", crate::text::printable(w));
             }
             let data = resp.data.unwrap_or(Value::Null);
             if json {
@@ -877,10 +896,10 @@ fn print_bans(v: &Value) {
             vec![
                 crate::net::display(&parse_or(&b.cidr)),
                 b.kind.clone(),
-                b.reason.clone(),
+                crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),
-                b.origin.clone(),
+                crate::text::printable(&b.origin).into_owned(),
             ]
         })
         .collect();
@@ -904,9 +923,9 @@ fn print_allows(v: &Value) {
         .map(|a| {
             vec![
                 crate::net::display(&parse_or(&a.cidr)),
-                a.reason.clone(),
+                crate::text::printable(&a.reason).into_owned(),
                 a.hits.to_string(),
-                a.origin.clone(),
+                crate::text::printable(&a.origin).into_owned(),
             ]
         })
         .collect();
@@ -960,8 +979,18 @@ fn print_status(v: &Value) {
     );
     println!(
         "pins: {}  state: {}  store: {}",
-        s.pin_dir, s.state_dir, s.store
+        s.pin_dir,
+        s.state_dir,
+        crate::text::printable(&s.store)
     );
+    if let Some(r) = &s.policy_refused {
+        let ago = crate::clock::unix_now().saturating_sub(r.at);
+        println!(
+            "last policy reload refused {} ago: {}",
+            ttl_left(Some(ago)),
+            crate::text::printable(&r.reason)
+        );
+    }
     println!();
     let rows: Vec<Vec<String>> = s
         .interfaces

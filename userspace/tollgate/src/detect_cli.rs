@@ -456,7 +456,7 @@ pub fn events(args: &EventsArgs, socket: &Path) -> ExitCode {
         if args.json {
             println!("{line}");
         } else if let Ok(v) = serde_json::from_str::<Value>(line) {
-            println!("{}", human(&v));
+            println!("{}", crate::text::printable(&human(&v)));
         }
         true
     });
@@ -504,11 +504,8 @@ fn human(v: &Value) -> String {
 /// `tollgate policy check FILE`.
 #[must_use]
 pub fn policy_check(path: &Path) -> ExitCode {
-    match Policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
-        Pipeline::from_policy(&p)
-            .map(|_| p)
-            .map_err(|e| format!("{}: {e:#}", path.display()))
-    }) {
+    // The same check as the agent's start and reloads.
+    match Policy::load(path) {
         Ok(p) => {
             println!(
                 "{}: valid (mode {}, {} API port(s), {} allowlist entr{}, ban at score {})",
@@ -525,7 +522,7 @@ pub fn policy_check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::text::printable(&e.to_string()));
             ExitCode::from(1)
         }
     }

@@ -31,6 +31,23 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// Rejected lines kept with their text (the rest are only counted).
+pub const MAX_LISTED_REJECTS: usize = 10_000;
+
+/// Why a list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A line longer than [`MAX_LINE`]: not a block list (or a device).
+    #[error("line {line} is longer than {MAX_LINE} bytes: this is not an address list")]
+    LineTooLong {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// Reading failed.
+    #[error("cannot read it: {0}")]
+    Io(#[source] std::io::Error),
+}
+
 /// A parsed feed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
@@ -42,6 +59,8 @@ pub struct Parsed {
     pub rejected: Vec<Rejected>,
     /// Lines repeating an entry seen earlier (not an error).
     pub duplicates: usize,
+    /// Rejected lines beyond [`MAX_LISTED_REJECTS`], counted only.
+    pub rejected_unlisted: usize,
 }
 
 fn shorten(s: &str) -> String {
@@ -70,50 +89,96 @@ pub fn parse(text: &str, force: bool) -> Parsed {
     let mut seen = HashSet::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let reject = |reason: String| Rejected {
-            line,
-            text: shorten(raw.trim()),
-            reason,
-        };
-        if raw.len() > MAX_LINE {
-            out.rejected
-                .push(reject(format!("line longer than {MAX_LINE} bytes")));
-            continue;
-        }
-        let Some(s) = content(raw) else { continue };
-        // Some lists put more than the prefix on a line ("1.2.3.4 tab info"):
-        // take the first field, reject if there is anything else that is not
-        // a comment — a silently truncated line is worse than a rejected one.
-        let mut fields = s.split_whitespace();
-        let first = fields.next().unwrap_or_default();
-        if fields.next().is_some() {
-            out.rejected.push(reject(
-                "more than one field on the line (expected one address or CIDR)".into(),
-            ));
-            continue;
-        }
-        let net = match parse_net(first).and_then(|n| check_breadth(n, force).map(|()| n)) {
-            Ok(n) => n,
-            Err(e) => {
-                out.rejected.push(reject(e.to_string()));
-                continue;
-            }
-        };
-        if !seen.insert(net) {
-            out.duplicates += 1;
-            continue;
-        }
-        if out.entries.len() >= MAX_ENTRIES {
-            out.rejected.push(reject(format!(
-                "more than {MAX_ENTRIES} entries in one import"
-            )));
-            continue;
-        }
-        out.entries.push(net);
-        out.lines.push(line);
+        parse_line(&mut out, &mut seen, i + 1, raw, force);
     }
     out
+}
+
+/// Parses a list from a reader, a line at a time, never holding more than
+/// one line of at most [`MAX_LINE`] bytes (plus the entries) in memory.
+///
+/// # Errors
+/// An over-long line (naming it) or a read error; nothing is used then.
+pub fn parse_reader(mut r: impl std::io::BufRead, force: bool) -> Result<Parsed, ReadError> {
+    use std::io::{BufRead as _, Read as _};
+    let mut out = Parsed::default();
+    let mut seen = HashSet::new();
+    let mut buf = Vec::with_capacity(256);
+    let mut line = 0usize;
+    loop {
+        buf.clear();
+        let n = r
+            .by_ref()
+            .take(MAX_LINE as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(ReadError::Io)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        line += 1;
+        let mut body: &[u8] = &buf;
+        body = body.strip_suffix(b"\n").unwrap_or(body);
+        body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.len() > MAX_LINE {
+            return Err(ReadError::LineTooLong { line });
+        }
+        if line == 1 {
+            body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+        }
+        let text = String::from_utf8_lossy(body);
+        parse_line(&mut out, &mut seen, line, &text, force);
+    }
+}
+
+fn parse_line(out: &mut Parsed, seen: &mut HashSet<IpNet>, line: usize, raw: &str, force: bool) {
+    let reject = |out: &mut Parsed, reason: String| {
+        if out.rejected.len() < MAX_LISTED_REJECTS {
+            out.rejected.push(Rejected {
+                line,
+                text: shorten(raw.trim()),
+                reason,
+            });
+        } else {
+            out.rejected_unlisted += 1;
+        }
+    };
+    if raw.len() > MAX_LINE {
+        reject(out, format!("line longer than {MAX_LINE} bytes"));
+        return;
+    }
+    let Some(s) = content(raw) else { return };
+    // Some lists put more than the prefix on a line ("1.2.3.4 tab info"):
+    // take the first field, reject if there is anything else that is not
+    // a comment — a silently truncated line is worse than a rejected one.
+    let mut fields = s.split_whitespace();
+    let first = fields.next().unwrap_or_default();
+    if fields.next().is_some() {
+        reject(
+            out,
+            "more than one field on the line (expected one address or CIDR)".into(),
+        );
+        return;
+    }
+    let net = match parse_net(first).and_then(|n| check_breadth(n, force).map(|()| n)) {
+        Ok(n) => n,
+        Err(e) => {
+            reject(out, e.to_string());
+            return;
+        }
+    };
+    if !seen.insert(net) {
+        out.duplicates += 1;
+        return;
+    }
+    if out.entries.len() >= MAX_ENTRIES {
+        reject(
+            out,
+            format!("more than {MAX_ENTRIES} entries in one import"),
+        );
+        return;
+    }
+    out.entries.push(net);
+    out.lines.push(line);
 }
 
 /// What an import changed, as the agent reports it.
@@ -208,6 +273,29 @@ mod tests {
         assert_eq!(p.entries, vec!["198.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(p.rejected.len(), 3);
         assert_eq!(parse(text, true).entries.len(), 4);
+    }
+
+    #[test]
+    fn the_reader_is_bounded_and_names_the_long_line() {
+        let text = "198.18.0.1\r\n# c\n198.18.0.0/24 ; x\n";
+        let p = parse_reader(text.as_bytes(), false).unwrap();
+        assert_eq!(p, parse(text, false));
+        let mut long = "198.18.0.2\n".to_owned();
+        long.push_str(&"1".repeat(MAX_LINE + 1));
+        let e = parse_reader(long.as_bytes(), false).unwrap_err();
+        assert!(matches!(e, ReadError::LineTooLong { line: 2 }), "{e}");
+        // An endless input without newlines stops at the cap.
+        let zeros = std::io::BufReader::new(std::io::repeat(0));
+        let e = parse_reader(zeros, false).unwrap_err();
+        assert!(matches!(e, ReadError::LineTooLong { line: 1 }), "{e}");
+        let exact = "1".repeat(MAX_LINE);
+        assert_eq!(
+            parse_reader(exact.as_bytes(), false)
+                .unwrap()
+                .rejected
+                .len(),
+            1
+        );
     }
 
     #[test]

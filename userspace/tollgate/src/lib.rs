@@ -10,7 +10,8 @@
 //! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
 //! - [`crowdsec`]: CrowdSec Local API decisions (the bouncer's parsing side).
 //! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
-//! - [`net`], [`clock`], [`table`]: small helpers.
+//! - [`net`], [`clock`], [`table`]: small helpers; [`text`]: untrusted text made
+//!   safe for terminals.
 
 pub mod agent;
 pub mod api;
@@ -31,4 +32,5 @@ pub mod policy;
 pub mod proto;
 pub mod store;
 pub mod table;
+pub mod text;
 pub mod verify;

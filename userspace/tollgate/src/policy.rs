@@ -222,6 +222,14 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// The file as a whole is refused (too large, empty, nested too deeply).
+    #[error("{path}: {message}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// YAML or schema error, with its location.
     #[error("{path}:{location}: {message}")]
     Invalid {
@@ -234,16 +242,135 @@ pub enum PolicyError {
     },
 }
 
+/// Largest policy file read (a policy is a few KiB; this bounds the memory
+/// and parse time an oversized or endless file, e.g. a device, can cost).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Deepest nesting accepted (blocks, sequences and flow collections
+/// together). The YAML parser takes quadratic time in the nesting depth, so
+/// it is checked on the text before parsing; real policies stay below 10.
+pub const MAX_NESTING: usize = 32;
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path` as UTF-8.
+fn read_capped(path: &Path) -> Result<String, PolicyError> {
+    use std::io::Read as _;
+    let read = |source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(read)?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(PolicyError::Unusable {
+            path: path.to_owned(),
+            message: format!(
+                "the file is larger than {} MiB; a policy is a few KiB",
+                MAX_FILE_BYTES >> 20
+            ),
+        });
+    }
+    String::from_utf8(buf).map_err(|e| PolicyError::Unusable {
+        path: path.to_owned(),
+        message: format!("the file is not UTF-8 text ({e})"),
+    })
+}
+
+/// True when the text holds nothing but whitespace and comments.
+#[must_use]
+pub fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
+}
+
+/// The deepest nesting of the text, counted without parsing: indentation
+/// levels of block mappings, `- ` sequence items, and open `[`/`{` flow
+/// collections (an over-estimate when brackets sit inside strings, which is
+/// harmless at the cap's size). Stops counting at `cap + 1`.
+#[must_use]
+pub fn nesting_depth(text: &str, cap: usize) -> usize {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut deepest = 0usize;
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.is_empty() || code.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - code.len();
+        if flow == 0 {
+            while indents.last().is_some_and(|&i| i > indent) {
+                indents.pop();
+            }
+            if indents.last() != Some(&indent) {
+                indents.push(indent);
+            }
+        }
+        // Compact sequences nest per dash: `- - - a`.
+        let mut rest = code;
+        let mut dashes = 0usize;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("-\t")) {
+            dashes += 1;
+            rest = r.trim_start();
+        }
+        let mut line_flow = flow;
+        // Brackets inside quoted strings (a regex, a secret) do not nest.
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = ' ';
+        for c in rest.chars() {
+            match (quote, c) {
+                (Some('"'), '\\') if !escaped => escaped = true,
+                (Some(q), _) if c == q && !escaped => quote = None,
+                (Some(_), _) => escaped = false,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
+                    line_flow += 1;
+                    deepest = deepest.max(indents.len() + dashes + line_flow);
+                }
+                (None, ']' | '}') => line_flow = line_flow.saturating_sub(1),
+                (None, '#') if prev.is_whitespace() => break,
+                _ => {}
+            }
+            prev = c;
+            if deepest > cap {
+                return deepest;
+            }
+        }
+        flow = line_flow;
+        deepest = deepest.max(indents.len() + dashes + flow);
+        if deepest > cap {
+            return deepest;
+        }
+    }
+    deepest
+}
+
 impl Policy {
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file: the one check used by `tollgate
+    /// policy check`, the agent's start and every reload, so they cannot
+    /// disagree. Refuses files over [`MAX_FILE_BYTES`], empty or comment-only
+    /// files (a truncated file must not silently become the all-defaults
+    /// policy), nesting deeper than [`MAX_NESTING`], and everything
+    /// [`Self::parse`] refuses; builds the detection pipeline too.
     ///
     /// # Errors
     /// When unreadable or invalid, with line and field.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_capped(path)?;
+        if is_blank(&text) {
+            return Err(PolicyError::Unusable {
+                path: path.to_owned(),
+                message: "the file is empty or holds only comments; refusing it (an emptied or \
+                          truncated file must not drop the allowlist, feeds and mode). For \
+                          an all-defaults policy write `mode: enforce`"
+                    .into(),
+            });
+        }
         let mut p = Self::parse(&text, path)?;
         if let (Some(doc), Some(dir)) = (p.openapi.as_mut(), path.parent())
             && doc.is_relative()
@@ -288,6 +415,10 @@ impl Policy {
                 message,
             })?;
         }
+        crate::engine::Pipeline::from_policy(&p).map_err(|e| PolicyError::Unusable {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
         Ok(p)
     }
 
@@ -304,6 +435,15 @@ impl Policy {
             },
             message,
         };
+        let depth = nesting_depth(text, MAX_NESTING);
+        if depth > MAX_NESTING {
+            return Err(PolicyError::Unusable {
+                path: path.to_owned(),
+                message: format!(
+                    "nested deeper than {MAX_NESTING} levels; a policy needs fewer than 10"
+                ),
+            });
+        }
         let p: Self = serde_yaml_ng::from_str(text).map_err(|e| {
             let loc = e.location().map_or_else(
                 || "?".into(),
@@ -312,8 +452,23 @@ impl Policy {
             invalid(loc, e.to_string())
         })?;
         for (i, a) in p.allowlist.iter().enumerate() {
+            // The same breadth rule the agent applies when it adds the entry.
             crate::net::parse_net(a)
+                .and_then(|n| crate::net::check_breadth(n, false))
                 .map_err(|e| invalid(format!("allowlist[{i}]"), e.to_string()))?;
+        }
+        if let Some(m) = &p.metrics
+            && !m.listen.ip().is_loopback()
+            && !m.allow_remote
+        {
+            return Err(invalid(
+                "metrics.listen".into(),
+                format!(
+                    "{} is not a loopback address and metrics show what is blocked and how \
+                     much; use 127.0.0.1/::1, or set metrics.allow_remote: true behind a firewall",
+                    m.listen
+                ),
+            ));
         }
         if let Some(spec) = &p.rate_limit.default {
             spec.validate()
@@ -629,6 +784,51 @@ mod tests {
             Some(3)
         );
         assert_eq!(locate("a: 1\n", "nothing.here"), None);
+    }
+
+    #[test]
+    fn blank_deep_and_unsafe_files_are_refused() {
+        assert!(is_blank(""));
+        assert!(is_blank("  \n# only a comment\n\t\n---\n"));
+        assert!(!is_blank("mode: enforce\n"));
+        assert!(nesting_depth("mode: enforce\nfeeds:\n  - {name: a, path: /x}\n", 99) < 5);
+        let deep = format!("a: {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(nesting_depth(&deep, MAX_NESTING) > MAX_NESTING);
+        let e = Policy::parse(&deep, Path::new("p.yaml")).unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
+        let mut blocks = String::new();
+        for i in 0..100 {
+            blocks.push_str(&" ".repeat(i));
+            blocks.push_str("k:\n");
+        }
+        assert!(nesting_depth(&blocks, MAX_NESTING) > MAX_NESTING);
+        let dashes = format!("a:\n  {}x\n", "- ".repeat(100));
+        assert!(nesting_depth(&dashes, MAX_NESTING) > MAX_NESTING);
+        let quoted = "a: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"\"\nb: '{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{'\n";
+        assert!(nesting_depth(quoted, MAX_NESTING) < 5, "{quoted}");
+        // What the agent refuses at start, the check refuses too.
+        for (bad, field) in [
+            ("allowlist: [0.0.0.0/0]\n", "allowlist[0]"),
+            ("allowlist: ['::/0']\n", "allowlist[0]"),
+            ("metrics: {listen: '0.0.0.0:9477'}\n", "metrics.listen"),
+        ] {
+            let e = Policy::parse(bad, Path::new("p.yaml")).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+        Policy::parse(
+            "metrics: {listen: '0.0.0.0:9477', allow_remote: true}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.yaml");
+        std::fs::write(&f, "# nothing\n").unwrap();
+        let e = Policy::load(&f).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let big = "# padding\n".repeat((MAX_FILE_BYTES / 10 + 1) as usize);
+        std::fs::write(&f, format!("mode: enforce\n{big}")).unwrap();
+        let e = Policy::load(&f).unwrap_err().to_string();
+        assert!(e.contains("larger than 4 MiB"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
 /// Largest request line the agent reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest answer line the CLI reads (a full `block export` of millions of
+/// entries fits; a runaway answer does not exhaust memory).
+pub const MAX_ANSWER_BYTES: u64 = 2 << 30;
 /// Longest line in the body of a streamed [`Request::BlockImport`].
 pub const MAX_IMPORT_LINE: usize = 64;
 
@@ -267,8 +270,11 @@ pub struct StatusView {
     pub pin_dir: String,
     /// Where durable state lives.
     pub state_dir: String,
-    /// `ok` or why the store is unavailable.
+    /// `ok` or why the store is unavailable or degraded (writes failing).
     pub store: String,
+    /// The last policy reload the agent refused (the running policy stayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_refused: Option<PolicyRefusalView>,
     /// Attachments.
     pub interfaces: Vec<AttachView>,
     /// Map fill levels.
@@ -279,6 +285,15 @@ pub struct StatusView {
     /// Samples taken, lost (ring buffer full) and skipped by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_kernel: Option<SampleCounters>,
+}
+
+/// A refused policy reload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyRefusalView {
+    /// Unix seconds.
+    pub at: u64,
+    /// Why (file, line, field).
+    pub reason: String,
 }
 
 /// The datapath's sampling counters.

@@ -161,6 +161,19 @@ pub trait Store: Send {
     /// # Errors
     /// When the read fails or a record is unreadable.
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>>;
+    /// `None` while writes work; otherwise why the store is degraded.
+    fn health(&self) -> Option<String> {
+        None
+    }
+    /// How many writes have failed since the store was opened.
+    fn failures(&self) -> u64 {
+        0
+    }
+    /// Tries to bring a degraded store back (reopen, probe write); true
+    /// when writes work.
+    fn retry(&mut self) -> bool {
+        self.health().is_none()
+    }
 }
 
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
@@ -169,8 +182,18 @@ const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
 
 /// The embedded on-disk store (`STATE_DIR/state.redb`).
+///
+/// A failed write (a full disk, an I/O error) leaves redb refusing every
+/// later transaction until the database is reopened; so a failed write is
+/// logged, the store reports itself degraded ([`Store::health`]), the
+/// database is closed, and the next write (or [`Store::retry`], called
+/// periodically by the agent) reopens it. Health comes back with the first
+/// write that succeeds.
 pub struct RedbStore {
-    db: Database,
+    db: Option<Database>,
+    path: PathBuf,
+    degraded: Option<String>,
+    failures: u64,
 }
 
 fn io(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
@@ -178,6 +201,34 @@ fn io(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
         op,
         message: e.to_string(),
     }
+}
+
+/// Opens (or creates) the database file with its tables, owner-only.
+fn open_db(path: &Path) -> Result<Database> {
+    // Create the file 0600 before redb opens it (redb would use the umask).
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("open")(&format!("{}: {e}", path.display())))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("open")(&format!("{}: {e}", path.display())))?;
+    }
+    let db = Database::create(path).map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let w = db.begin_write().map_err(|e| io("open")(&e))?;
+    w.open_table(BANS).map_err(|e| io("open")(&e))?;
+    w.open_table(ALLOWS).map_err(|e| io("open")(&e))?;
+    w.open_table(LIMITS).map_err(|e| io("open")(&e))?;
+    w.open_table(OFFENCES).map_err(|e| io("open")(&e))?;
+    w.commit().map_err(|e| io("open")(&e))?;
+    Ok(db)
 }
 
 impl RedbStore {
@@ -190,24 +241,69 @@ impl RedbStore {
     /// When the file is unreadable or corrupt.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(Self::FILE);
-        let db = Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        let w = db.begin_write().map_err(|e| io("open")(&e))?;
-        w.open_table(BANS).map_err(|e| io("open")(&e))?;
-        w.open_table(ALLOWS).map_err(|e| io("open")(&e))?;
-        w.open_table(LIMITS).map_err(|e| io("open")(&e))?;
-        w.open_table(OFFENCES).map_err(|e| io("open")(&e))?;
-        w.commit().map_err(|e| io("open")(&e))?;
-        Ok(Self { db })
+        let db = open_db(&path)?;
+        Ok(Self {
+            db: Some(db),
+            path,
+            degraded: None,
+            failures: 0,
+        })
+    }
+
+    fn db(&self) -> Result<&Database> {
+        self.db.as_ref().ok_or_else(|| StoreError::Io {
+            op: "read",
+            message: format!(
+                "the database is closed after a failed write ({})",
+                self.degraded.as_deref().unwrap_or("reopening")
+            ),
+        })
+    }
+
+    /// Runs one write transaction; on failure logs it, marks the store
+    /// degraded and closes the database so the next write reopens it.
+    fn write(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
+        let r = self.try_write(f);
+        match &r {
+            Ok(()) => {
+                if let Some(was) = self.degraded.take() {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        "state store writes work again (were failing: {was})"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "state store write failed ({what}): {e}");
+                self.degraded = Some(format!("degraded: writes failing: {e}"));
+                self.failures += 1;
+                // redb refuses every transaction after an I/O error until it
+                // is reopened: close it now, reopen on the next attempt.
+                self.db = None;
+            }
+        }
+        r
+    }
+
+    fn try_write(&mut self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
+        if self.db.is_none() {
+            self.db = Some(open_db(&self.path)?);
+        }
+        let db = self.db()?;
+        let w = db.begin_write().map_err(|e| io("write")(&e))?;
+        f(&w)?;
+        w.commit().map_err(|e| io("commit")(&e))
     }
 
     fn read_all<T: for<'de> Deserialize<'de>>(
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>> {
-        let r = self.db.begin_read().map_err(|e| io("read")(&e))?;
+        let r = self.db()?.begin_read().map_err(|e| io("read")(&e))?;
         let t = r.open_table(table).map_err(|e| io("read")(&e))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| io("read")(&e))? {
@@ -220,32 +316,98 @@ impl RedbStore {
         }
         Ok(out)
     }
+
+    fn put_one<T: Serialize>(
+        &mut self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let v = serde_json::to_vec(value).map_err(|e| io("encode")(&e))?;
+        self.write("record", |w| {
+            let mut t = w.open_table(table).map_err(|e| io("write")(&e))?;
+            t.insert(key, v.as_slice()).map_err(|e| io("write")(&e))?;
+            Ok(())
+        })
+    }
 }
 
+/// Free space a degraded store waits for before it tries writing again.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// Key of the write probe (`retry`) in the limits table; never read back.
+const PROBE_KEY: &str = "probe";
+
 impl Store for RedbStore {
-    fn put_bans(&mut self, records: &[BanRecord]) -> Result<()> {
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
+    fn health(&self) -> Option<String> {
+        self.degraded.clone()
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    fn retry(&mut self) -> bool {
+        if self.degraded.is_none() {
+            return true;
+        }
+        // A nearly full file system lets a tiny probe through while real
+        // writes still fail: wait for some room first.
+        if let Some(dir) = self.path.parent()
+            && let Ok(st) = nix::sys::statvfs::statvfs(dir)
         {
-            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
-            for r in records {
-                let v = serde_json::to_vec(r).map_err(|e| io("encode")(&e))?;
-                t.insert(r.cidr.to_string().as_str(), v.as_slice())
-                    .map_err(|e| io("write")(&e))?;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < MIN_FREE_BYTES {
+                self.degraded = Some(format!(
+                    "degraded: writes failing, {} KiB free on the file system of {}",
+                    free / 1024,
+                    dir.display()
+                ));
+                return false;
             }
         }
-        w.commit().map_err(|e| io("commit")(&e))
+        // A real write, so "healthy" means writes work, not just the open.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let r = self.write("probe", |w| {
+            let mut t = w.open_table(OFFENCES).map_err(|e| io("write")(&e))?;
+            let v = now.to_le_bytes();
+            t.insert(PROBE_KEY, v.as_slice())
+                .map_err(|e| io("write")(&e))?;
+            t.remove(PROBE_KEY).map_err(|e| io("write")(&e))?;
+            Ok(())
+        });
+        r.is_ok()
+    }
+
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<()> {
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            rows.push((
+                r.cidr.to_string(),
+                serde_json::to_vec(r).map_err(|e| io("encode")(&e))?,
+            ));
+        }
+        self.write("ban", |w| {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            Ok(())
+        })
     }
 
     fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<()> {
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        {
+        self.write("ban removal", |w| {
             let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
             for c in cidrs {
                 t.remove(c.to_string().as_str())
                     .map_err(|e| io("write")(&e))?;
             }
-        }
-        w.commit().map_err(|e| io("commit")(&e))
+            Ok(())
+        })
     }
 
     fn bans(&self) -> Result<Vec<BanRecord>> {
@@ -263,8 +425,7 @@ impl Store for RedbStore {
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut gone: Vec<String> = remove.iter().map(ToString::to_string).collect();
         gone.sort_unstable();
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        {
+        self.write("ban batch", |w| {
             let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
             for (k, v) in &rows {
                 t.insert(k.as_str(), v.as_slice())
@@ -273,29 +434,27 @@ impl Store for RedbStore {
             for k in &gone {
                 t.remove(k.as_str()).map_err(|e| io("write")(&e))?;
             }
-        }
-        w.commit().map_err(|e| io("commit")(&e))
+            Ok(())
+        })
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        {
+        let v = serde_json::to_vec(record).map_err(|e| io("encode")(&e))?;
+        self.write("allow entry", |w| {
             let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
-            let v = serde_json::to_vec(record).map_err(|e| io("encode")(&e))?;
             t.insert(record.cidr.to_string().as_str(), v.as_slice())
                 .map_err(|e| io("write")(&e))?;
-        }
-        w.commit().map_err(|e| io("commit")(&e))
+            Ok(())
+        })
     }
 
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<()> {
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        {
+        self.write("allow removal", |w| {
             let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
             t.remove(cidr.to_string().as_str())
                 .map_err(|e| io("write")(&e))?;
-        }
-        w.commit().map_err(|e| io("commit")(&e))
+            Ok(())
+        })
     }
 
     fn allows(&self) -> Result<Vec<AllowRecord>> {
@@ -316,23 +475,6 @@ impl Store for RedbStore {
 
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {
         self.read_all(OFFENCES)
-    }
-}
-
-impl RedbStore {
-    fn put_one<T: Serialize>(
-        &mut self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: &T,
-    ) -> Result<()> {
-        let w = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        {
-            let mut t = w.open_table(table).map_err(|e| io("write")(&e))?;
-            let v = serde_json::to_vec(value).map_err(|e| io("encode")(&e))?;
-            t.insert(key, v.as_slice()).map_err(|e| io("write")(&e))?;
-        }
-        w.commit().map_err(|e| io("commit")(&e))
     }
 }
 

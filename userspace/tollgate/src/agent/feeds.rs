@@ -192,6 +192,23 @@ async fn refresh_loop(job: FeedJob, state: Arc<Mutex<AgentState>>) {
     }
 }
 
+/// Largest feed file read (4M entries with comments fit).
+const MAX_FEED_BYTES: u64 = 1 << 30;
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
 /// Reads, parses and applies one feed file (blocking). With `seen` (the
 /// file's modification time and length before reading), a file that changed
 /// while being read is left for the next refresh rather than applied half
@@ -205,20 +222,42 @@ pub fn apply_file(
     state: &Arc<Mutex<AgentState>>,
     seen: Option<(Option<SystemTime>, u64)>,
 ) -> Result<ImportReport, String> {
-    let bytes = std::fs::read(&job.path).map_err(|e| format!("{}: {e}", job.path.display()))?;
+    // Read a line at a time with the CLI's caps: a feed path pointing at a
+    // device or an endless pipe costs bounded memory and stops.
+    let file =
+        std::fs::File::open(&job.path).map_err(|e| format!("{}: {e}", job.path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(
+        1 << 16,
+        Counting {
+            inner: std::io::Read::take(file, MAX_FEED_BYTES + 1),
+            n: 0,
+        },
+    );
+    let parsed = feed::parse_reader(&mut reader, false).map_err(|e| {
+        format!(
+            "{}: {e}; the feed's bans stay as they are",
+            job.path.display()
+        )
+    })?;
+    let read = reader.get_ref().n;
+    if read > MAX_FEED_BYTES {
+        return Err(format!(
+            "{} is larger than {} MiB; the feed's bans stay as they are",
+            job.path.display(),
+            MAX_FEED_BYTES >> 20
+        ));
+    }
     if let Some(seen) = seen {
         let now = std::fs::metadata(&job.path)
             .map(|m| (m.modified().ok(), m.len()))
             .map_err(|e| format!("{}: {e}", job.path.display()))?;
-        if now != seen || bytes.len() as u64 != seen.1 {
+        if now != seen || read != seen.1 {
             return Err(format!(
                 "{} changed while being read; trying again at the next refresh",
                 job.path.display()
             ));
         }
     }
-    let text = String::from_utf8_lossy(&bytes);
-    let parsed = feed::parse(&text, false);
     if !parsed.rejected.is_empty() {
         let first: Vec<String> = parsed
             .rejected

@@ -9,11 +9,12 @@ pub mod feeds;
 pub mod http;
 pub mod ratelimit;
 pub mod reload;
+pub mod startup;
 pub mod state;
 
 use std::{
     fs::File,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -106,8 +107,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             "no interface to protect: pass --iface NAME (repeatable) or set `interfaces` in the config file"
         );
     }
+    // Everything that can be refused is refused before anything is loaded.
+    startup::preflight(&opts)?;
+    if let Some(dir) = opts.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_socket_dir(dir)?;
+    }
     make_private_dir(&opts.state_dir)?;
     let _lock = take_lock(&opts.state_dir)?;
+    let _iface_locks = startup::lock_interfaces(&opts.ifaces)?;
     if UnixStream::connect(&opts.socket).await.is_ok() {
         bail!(
             "another tollgate agent is already serving {}; stop it first",
@@ -124,10 +131,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    crate::datapath::ensure_bpffs(&opts.pin_dir)?;
-
     let maps_dir = opts.pin_dir.join("maps");
     let links_dir = opts.pin_dir.join("links");
+    // A start that fails from here on removes the pins it created.
+    let pins = startup::PinGuard::new(&opts.pin_dir, &[&maps_dir, &links_dir]);
+    crate::datapath::ensure_bpffs(&opts.pin_dir)?;
     let mut dp = Datapath::load(Some(&maps_dir), Capacities::default())
         .context("failed to load the datapath")?;
     dp.set_mode(opts.mode)?;
@@ -156,6 +164,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         state_dir: opts.state_dir.display().to_string(),
         rate: ratelimit::RateState::from_policy(&opts.rate_limit),
         trusted: opts.trusted_proxies.clone(),
+        policy_refused: None,
+        store_failures_synced: 0,
     };
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
@@ -278,7 +288,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
 
-    let listener = bind_socket(&opts.socket)?;
+    let listener = match bind_socket(&opts.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            for a in std::mem::take(&mut state.attachments)
+                .into_iter()
+                .chain(sockops)
+            {
+                a.detach();
+            }
+            return Err(e);
+        }
+    };
+    pins.keep();
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
     if let Some(ring) = events {
@@ -323,6 +345,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reload_rx = reload::channel();
+    // A reload in progress: the file is read and parsed on a blocking
+    // thread while this loop keeps serving; requests arriving meanwhile
+    // get one more read after it.
+    let mut loading = Loading::default();
     let mut sighup = signal(SignalKind::hangup())?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -335,25 +361,40 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the policy file");
-                if let Err(e) = reloader.reload(&state) {
-                    error!("policy reload refused: {e}");
-                }
+                start_reload(&mut reloader, &mut loading, None);
             }
             _ = watch.tick() => {
-                if reloader.file_changed() {
+                if loading.task.is_none() && reloader.file_changed() {
                     info!("the policy file changed: reloading it");
-                    if let Err(e) = reloader.reload(&state) {
-                        error!("policy reload refused: {e}");
-                    }
+                    start_reload(&mut reloader, &mut loading, None);
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reloader.reload(&state));
+                start_reload(&mut reloader, &mut loading, Some(reply));
+            }
+            done = async {
+                match loading.task.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                loading.task = None;
+                let loaded = done.unwrap_or_else(|e| Err(format!("the policy reader failed: {e}")));
+                let r = reloader.finish(loaded, &state);
+                for reply in std::mem::take(&mut loading.replies) {
+                    let _ = reply.send(r.clone());
+                }
+                if let Some(again) = loading.again.take() {
+                    let mut again = again.into_iter();
+                    start_reload(&mut reloader, &mut loading, again.next());
+                    loading.replies.extend(again);
+                }
             }
             _ = gc.tick() => {
                 if let Ok(mut s) = state.lock() {
                     s.gc();
                     s.prune_offenders();
+                    s.store_retry();
                 }
             }
             conn = listener.accept() => match conn {
@@ -392,6 +433,44 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// A reload under way: the blocking read, the replies waiting for it, and
+/// the replies (or a watcher's wish) for one more read once it is done, so
+/// nobody is answered with a file read before they asked.
+#[derive(Default)]
+struct Loading {
+    task: Option<tokio::task::JoinHandle<reload::Loaded>>,
+    replies: Vec<reload::Reply>,
+    again: Option<Vec<reload::Reply>>,
+}
+
+/// Starts reading the policy file on a blocking thread, or queues one more
+/// read after the one under way.
+fn start_reload(
+    reloader: &mut reload::Reloader,
+    loading: &mut Loading,
+    reply: Option<reload::Reply>,
+) {
+    if loading.task.is_some() {
+        loading.again.get_or_insert_with(Vec::new).extend(reply);
+        return;
+    }
+    match reloader.begin() {
+        Ok(path) => {
+            loading.task = Some(tokio::task::spawn_blocking(move || {
+                reload::Reloader::load(&path)
+            }));
+            loading.replies.extend(reply);
+        }
+        Err(e) => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e));
+            } else {
+                warn!("{e}");
+            }
+        }
+    }
 }
 
 /// Limits: run-time ones from the store win over the policy file's; offence
@@ -669,28 +748,102 @@ async fn write_response(
     Ok(())
 }
 
+/// Creates `dir` (0700) or makes an existing one private: owned by another
+/// user is refused (they could swap the files under it), group or other
+/// access is removed.
 fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("failed to create {}", dir.display()))
+        .with_context(|| format!("failed to create {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("failed to inspect {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "refusing to use {}: it is owned by uid {}, not by the agent (uid {me}); \
+             whoever owns it can replace the agent's files",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private (0700)", dir.display()))?;
+        warn!(dir = %dir.display(), "tightened the directory's permissions to 0700");
+    }
+    Ok(())
 }
 
-/// One agent per host (per state directory): an exclusive lock held for the
-/// process lifetime, released by the kernel even on SIGKILL.
+/// The control socket's directory: created 0700 when missing; an existing
+/// one must belong to root (or the agent's user) and be writable by no one
+/// else, or another user could replace the socket and answer the CLI (an
+/// empty, non-sticky one of ours is tightened instead).
+fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !dir.exists() {
+        return make_private_dir(dir);
+    }
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("failed to inspect {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        bail!(
+            "refusing to put the control socket in {}: it is owned by uid {}; use a directory \
+             owned by root, e.g. /run/tollgate",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        // A fresh volume made for the socket (a Kubernetes emptyDir is 0777):
+        // ours and empty, so nothing can have been planted in it yet;
+        // tighten it. A shared directory (sticky, like /tmp) or one with
+        // contents is refused.
+        let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if meta.mode() & 0o1000 == 0 && empty {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to make {} private (0700)", dir.display()))?;
+            warn!(dir = %dir.display(), "the control socket's directory was writable by others: tightened it to 0700");
+            return Ok(());
+        }
+        bail!(
+            "refusing to put the control socket in {}: it is writable by group or others \
+             (mode {:o}), who could replace the socket; use a private directory, e.g. \
+             /run/tollgate",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// One agent per state directory: an exclusive lock held for the process
+/// lifetime, released by the kernel even on SIGKILL.
 fn take_lock(state_dir: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = state_dir.join("agent.lock");
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("failed to open {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to restrict {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another tollgate agent is already running on this host (it holds {}); \
+            "another tollgate agent is already running with this state directory (it holds {}); \
              stop it before starting a new one",
             path.display()
         ),
@@ -702,13 +855,23 @@ fn take_lock(state_dir: &Path) -> anyhow::Result<File> {
 
 /// Binds the control socket: directory 0700, socket 0600, root-only.
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        make_private_dir(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_socket_dir(dir)?;
     }
-    // A socket left by a crashed agent (no one answered above): remove it.
-    if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+    // A socket left by a crashed agent (no one answered above) is replaced;
+    // anything else at the path is not ours to delete.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove stale socket {}", path.display()))?,
+        Ok(_) => bail!(
+            "refusing to replace {}: it exists and is not a socket; remove it yourself or \
+             choose another --socket path",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("failed to inspect {}", path.display()));
+        }
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("failed to bind control socket {}", path.display()))?;

@@ -1,7 +1,14 @@
-//! Hot reload of the policy file (SIGHUP or `tollgate policy reload`).
+//! Hot reload of the policy file (SIGHUP, `tollgate policy reload`, or the
+//! file changing on disk).
 //!
-//! The file is read and validated in full before anything changes: an
-//! invalid file is refused with the reason and the running policy stays. A
+//! The file is read and validated in full ([`Policy::load`], the same check
+//! as `policy check` and the agent's start; on a blocking thread, off the
+//! agent's state lock and its main loop) before anything changes: an
+//! invalid, empty or comment-only file is refused with the reason, logged,
+//! counted and shown by `tollgate status`, and the running policy stays.
+//! Changes that lift protection (enforce to monitor, feeds or the CrowdSec
+//! bouncer removed, allowlist entries or trusted proxies added, detectors
+//! disabled) are logged at warn level with what changed. A
 //! valid one applies what can change live — mode (unless `--mode` was given
 //! on the command line, which overrides the file), the allowlist entries that
 //! came from the file, and feeds (added, changed, and removed feeds' bans
@@ -20,7 +27,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     AgentOptions,
@@ -36,7 +43,8 @@ use crate::{
 /// The reason allowlist entries from the policy file carry.
 pub const CONFIG_REASON: &str = "config file";
 
-type Reply = oneshot::Sender<Result<String, String>>;
+/// Where a control connection waits for its reload's outcome.
+pub type Reply = oneshot::Sender<Result<String, String>>;
 
 /// Reload requests from control connections to the agent's main loop (one
 /// agent per process).
@@ -78,7 +86,12 @@ pub struct Reloader {
     api: Option<super::api::ApiHandle>,
     /// Modification time and size of the file when last read.
     seen: Option<(std::time::SystemTime, u64)>,
+    /// The policy in force (to tell what a reload lifts).
+    current: Policy,
 }
+
+/// A policy file read and validated off the main loop, or why not.
+pub type Loaded = Result<Policy, String>;
 
 fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
@@ -101,6 +114,7 @@ impl Reloader {
                 .map(|job| (job.clone(), super::crowdsec::spawn(job, state))),
             api: None,
             seen: opts.config.as_deref().and_then(stamp),
+            current: opts.policy.clone(),
         }
     }
 
@@ -137,24 +151,55 @@ impl Reloader {
         }
     }
 
-    /// Re-reads the policy file and applies it; returns what changed.
+    /// The file to read for a reload (remembering its stamp, so the watcher
+    /// does not read the same version twice).
     ///
     /// # Errors
-    /// When there is no file, it is invalid, or applying it failed.
-    pub fn reload(&mut self, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
-        let r = self.apply(state);
-        crate::metrics::reload(r.is_ok());
-        r
-    }
-
-    fn apply(&mut self, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
+    /// When the agent was started without `--config`.
+    pub fn begin(&mut self) -> Result<PathBuf, String> {
         let Some(path) = self.config.clone() else {
             return Err(
                 "this agent was started without --config; there is no policy file to reload".into(),
             );
         };
         self.seen = stamp(&path);
-        let p = Policy::load(&path).map_err(|e| format!("{e}; the running policy stays"))?;
+        Ok(path)
+    }
+
+    /// Reads and validates `path` (blocking: call it on a blocking thread).
+    ///
+    /// # Errors
+    /// When the file is unreadable or invalid, with the reason.
+    pub fn load(path: &std::path::Path) -> Loaded {
+        Policy::load(path).map_err(|e| e.to_string())
+    }
+
+    /// Applies a loaded policy; returns what changed. A refusal is logged,
+    /// counted and kept for `tollgate status`.
+    ///
+    /// # Errors
+    /// When the file was invalid or applying it failed.
+    pub fn finish(
+        &mut self,
+        loaded: Loaded,
+        state: &Arc<Mutex<AgentState>>,
+    ) -> Result<String, String> {
+        let r = loaded
+            .map_err(|e| format!("{e}; the running policy stays"))
+            .and_then(|p| self.apply(p, state));
+        crate::metrics::reload(r.is_ok());
+        if let Err(e) = &r {
+            error!("policy reload refused: {e}");
+            if let Ok(mut s) = state.lock() {
+                s.policy_refused = Some((crate::clock::unix_now(), e.clone()));
+            }
+        }
+        r
+    }
+
+    fn apply(&mut self, p: Policy, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
+        let path = self.config.clone().unwrap_or_default();
+        let mut lifted = lifted_detectors(&self.current, &p);
         let pipeline = crate::engine::Pipeline::from_policy(&p)
             .map_err(|e| format!("{}: {e:#}; the running policy stays", path.display()))?;
         let mut allow = HashSet::new();
@@ -204,12 +249,20 @@ impl Reloader {
             if !self.mode_flag {
                 let mode: tollgate_common::Mode = p.mode.unwrap_or(ModeName::Enforce).into();
                 if s.dp.mode() != mode {
+                    if mode == tollgate_common::Mode::Monitor {
+                        lifted.push("mode enforce -> monitor (nothing is dropped)".into());
+                    }
                     s.dp.set_mode(mode)
                         .map_err(|e| format!("failed to set the mode: {e:#}"))?;
                     changes.push(format!("mode {mode:?}").to_lowercase());
                 }
             }
             if s.trusted != trusted {
+                for t in trusted.iter().filter(|t| !s.trusted.contains(t)) {
+                    lifted.push(format!(
+                        "trusted proxy {t} added (never banned, names its clients)"
+                    ));
+                }
                 s.dp.set_trusted(&trusted)
                     .map_err(|e| format!("failed to set the trusted proxies: {e:#}"))?;
                 s.trusted.clone_from(&trusted);
@@ -234,6 +287,7 @@ impl Reloader {
                     ));
                 }
                 changes.push(format!("allow {net}"));
+                lifted.push(format!("allowlist entry {net} added (never dropped)"));
             }
             let gone: Vec<IpNet> = s
                 .allows
@@ -253,6 +307,7 @@ impl Reloader {
             }
             for old in &self.feeds {
                 if !jobs.iter().any(|j| j.name == old.name) {
+                    lifted.push(format!("feed {} removed (its bans lifted)", old.name));
                     let r = s.handle(Request::BlockRmOrigin {
                         origin: old.name.clone(),
                     });
@@ -283,7 +338,8 @@ impl Reloader {
                     self.bouncer = Some((job.clone(), super::crowdsec::spawn(job, state)));
                 }
                 None => {
-                    let lifted = state.lock().ok().map(|mut s| {
+                    lifted.push("CrowdSec bouncer removed (its bans lifted)".into());
+                    let gone = state.lock().ok().map(|mut s| {
                         s.handle(Request::BlockRmOrigin {
                             origin: crate::crowdsec::ORIGIN.into(),
                         })
@@ -291,7 +347,7 @@ impl Reloader {
                     });
                     changes.push(format!(
                         "CrowdSec bouncer stopped{}",
-                        if lifted == Some(true) {
+                        if gone == Some(true) {
                             " and its bans lifted"
                         } else {
                             ""
@@ -317,7 +373,53 @@ impl Reloader {
                 restart.join(", ")
             ));
         }
+        if !lifted.is_empty() {
+            warn!(
+                file = %path.display(),
+                "policy reload lifts protection: {}",
+                lifted.join("; ")
+            );
+        }
         info!(file = %path.display(), "policy reloaded: {summary}");
+        self.current = p;
         Ok(summary)
+    }
+}
+
+/// Detectors the new policy switches off that the current one had on.
+fn lifted_detectors(old: &Policy, new: &Policy) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (
+        serde_json::to_value(&old.detectors),
+        serde_json::to_value(&new.detectors),
+    ) else {
+        return Vec::new();
+    };
+    let on = |v: Option<&serde_json::Value>| {
+        v.and_then(|d| d.get("enabled"))
+            .and_then(serde_json::Value::as_bool)
+    };
+    a.iter()
+        .filter(|(k, v)| on(Some(v)) == Some(true) && on(b.get(*k)) == Some(false))
+        .map(|(k, _)| format!("detector {k} disabled"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn disabled_detectors_are_named() {
+        let on = Policy::parse("mode: enforce\n", Path::new("p.yaml")).unwrap();
+        let off = Policy::parse(
+            "detectors:\n  sqli: {enabled: false}\n  xss: {enabled: true, weight: 50}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(lifted_detectors(&on, &off), vec!["detector sqli disabled"]);
+        assert!(lifted_detectors(&off, &on).is_empty());
+        assert!(lifted_detectors(&on, &on).is_empty());
     }
 }

@@ -59,6 +59,10 @@ pub struct AgentState {
     /// Trusted proxies: never banned by the agent, refused for manual bans
     /// without `--force`.
     pub trusted: Vec<IpNet>,
+    /// The last policy reload refused: Unix seconds and why (for `status`).
+    pub policy_refused: Option<(u64, String)>,
+    /// Store write failures already repaired by rewriting the state.
+    pub store_failures_synced: u64,
 }
 
 /// A request the agent refuses, with the reason for the operator.
@@ -263,6 +267,46 @@ impl AgentState {
         Some(rec)
     }
 
+    /// `None` when the store is open and writes work; otherwise why not
+    /// (`status`, `/readyz`, `tollgate_store_up`).
+    #[must_use]
+    pub fn store_health(&self) -> Option<String> {
+        match (&self.store, &self.store_error) {
+            (_, Some(e)) => Some(e.clone()),
+            (None, None) => Some("not open".into()),
+            (Some(s), None) => s.health(),
+        }
+    }
+
+    /// Periodic: a degraded store tries to reopen and write again; once
+    /// writes work after failures, every ban and allow entry in memory is
+    /// written again (bans the agent enforced while the store was failing
+    /// were not recorded).
+    pub fn store_retry(&mut self) {
+        let Some(s) = self.store.as_mut() else {
+            return;
+        };
+        if s.health().is_some() && !s.retry() {
+            return;
+        }
+        if s.failures() == self.store_failures_synced {
+            return;
+        }
+        let bans: Vec<BanRecord> = self.bans.values().cloned().collect();
+        let mut ok = s.apply_bans(&bans, &[]).is_ok();
+        for a in self.allows.values() {
+            ok &= s.put_allow(a).is_ok();
+        }
+        if ok {
+            self.store_failures_synced = s.failures();
+            info!(
+                bans = bans.len(),
+                allows = self.allows.len(),
+                "the state store is healthy again; bans and allow entries rewritten to it"
+            );
+        }
+    }
+
     /// Removes bans whose time is up (the kernel already ignores them).
     /// Returns how many were removed.
     pub fn gc(&mut self) -> usize {
@@ -381,20 +425,32 @@ impl AgentState {
     }
 
     /// Records and enforces a ban (store first, then kernel; the store write
-    /// is undone if the kernel refuses).
+    /// is undone if the kernel refuses). A ban the agent decided itself (not
+    /// `manual`) is enforced even when the store write fails: a full disk
+    /// must not switch protection off. The store's recovery writes it later
+    /// ([`Self::store_retry`]).
     ///
     /// # Errors
-    /// When the store or kernel write fails; nothing changes then.
+    /// When the kernel write fails, or the store write of a manual ban;
+    /// nothing changes then.
     pub fn put_ban(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
         let previous = self.bans.get(&rec.cidr).cloned();
+        let mut stored = false;
         if let Some(s) = self.store.as_mut() {
-            s.put_bans(std::slice::from_ref(&rec))
-                .map_err(|e| refuse(format!("failed to record the ban durably: {e}")))?;
+            match s.put_bans(std::slice::from_ref(&rec)) {
+                Ok(()) => stored = true,
+                Err(e) if matches!(kind, BanReason::Manual) => {
+                    return Err(refuse(format!("failed to record the ban durably: {e}")));
+                }
+                Err(e) => {
+                    warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
+                }
+            }
         }
         let mut entry = kernel_entry(&rec);
         entry.reason = kind as u32;
         if let Err(e) = self.dp.insert_block(rec.cidr, &entry) {
-            if let Some(s) = self.store.as_mut() {
+            if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
                     None => s.remove_bans(&[rec.cidr]),
@@ -629,7 +685,13 @@ impl AgentState {
             uptime_secs: self.started.elapsed().as_secs(),
             pin_dir: self.pin_dir.clone(),
             state_dir: self.state_dir.clone(),
-            store: self.store_error.clone().unwrap_or_else(|| "ok".into()),
+            store: self.store_health().unwrap_or_else(|| "ok".into()),
+            policy_refused: self.policy_refused.as_ref().map(|(at, reason)| {
+                crate::proto::PolicyRefusalView {
+                    at: *at,
+                    reason: reason.clone(),
+                }
+            }),
             interfaces: self
                 .attachments
                 .iter()

@@ -7,15 +7,9 @@
 //! agent refused the import (nothing changed then); 2 for bad flags or an
 //! unreadable file.
 
-use std::{
-    collections::HashMap,
-    io::{Read as _, Write as _},
-    path::Path,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{collections::HashMap, io::Write as _, path::Path, process::ExitCode, time::Duration};
 
-use super::{request, usage_error};
+use super::usage_error;
 use crate::{
     agent::state::{check_reason, check_ttl, ops::check_origin},
     client,
@@ -24,8 +18,6 @@ use crate::{
     proto::{ExportView, Request},
 };
 
-/// How long the CLI waits for an import to be applied.
-const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Rejected lines listed by name on stderr (the count is always given).
 const SHOWN_REJECTS: usize = 20;
 
@@ -46,14 +38,15 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-fn read_input(file: &str) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+/// Reads and parses the list line by line: memory stays bounded whatever
+/// the input (`/dev/zero`, an endless pipe), an over-long line stops it.
+fn read_input(file: &str, force: bool) -> Result<feed::Parsed, feed::ReadError> {
     if file == "-" {
-        std::io::stdin().lock().read_to_end(&mut buf)?;
+        feed::parse_reader(std::io::stdin().lock(), force)
     } else {
-        std::fs::File::open(file)?.read_to_end(&mut buf)?;
+        let f = std::fs::File::open(file).map_err(feed::ReadError::Io)?;
+        feed::parse_reader(std::io::BufReader::with_capacity(1 << 16, f), force)
     }
-    Ok(buf)
 }
 
 /// `import:<file name>`, or `import:stdin`.
@@ -93,24 +86,27 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
     if let Err(e) = check_reason(a.reason.as_deref()) {
         return usage_error(e);
     }
-    let bytes = match read_input(&a.file) {
-        Ok(b) => b,
-        Err(e) => return usage_error(format!("cannot read {}: {e}", a.file)),
+    let parsed = match read_input(&a.file, a.force) {
+        Ok(p) => p,
+        Err(e) => {
+            return usage_error(format!(
+                "{}: {}; nothing changed",
+                crate::text::printable(&a.file),
+                e
+            ));
+        }
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let parsed = feed::parse(&text, a.force);
-    drop(bytes);
     let mut rejected: Vec<(usize, String, String)> = parsed
         .rejected
         .iter()
         .map(|r| (r.line, r.text.clone(), r.reason.clone()))
         .collect();
     if parsed.entries.is_empty() {
-        print_rejects(&rejected, rejected.len());
+        let total = rejected.len() + parsed.rejected_unlisted;
+        print_rejects(&rejected, total);
         eprintln!(
-            "error: nothing in {} can be used ({} lines rejected); nothing changed",
-            a.file,
-            rejected.len()
+            "error: nothing in {} can be used ({total} lines rejected); nothing changed",
+            crate::text::printable(&a.file),
         );
         return ExitCode::from(1);
     }
@@ -127,7 +123,7 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         reason: a.reason.clone(),
         force: a.force,
     };
-    let resp = match client::call_stream(socket, &req, &body, IMPORT_TIMEOUT) {
+    let resp = match client::call_stream(socket, &req, &body, client::long_timeout()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -138,7 +134,7 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         print_rejects(&rejected, rejected.len());
         eprintln!(
             "error: {}",
-            resp.error.unwrap_or_else(|| "import failed".into())
+            crate::text::printable(&resp.error.unwrap_or_else(|| "import failed".into()))
         );
         return ExitCode::from(1);
     }
@@ -152,7 +148,7 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         rejected.push((line, cidr.clone(), why.clone()));
     }
     rejected.sort_by_key(|r| r.0);
-    let total_rejected = parsed.rejected.len() + report.rejected_count;
+    let total_rejected = parsed.rejected.len() + parsed.rejected_unlisted + report.rejected_count;
     if a.json {
         let v = serde_json::json!({
             "file": a.file,
@@ -192,7 +188,11 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
 
 fn print_rejects(rejected: &[(usize, String, String)], total: usize) {
     for (line, text, why) in rejected.iter().take(SHOWN_REJECTS) {
-        eprintln!("line {line}: '{text}': {why}");
+        eprintln!(
+            "line {line}: '{}': {}",
+            crate::text::printable(text),
+            crate::text::printable(why)
+        );
     }
     if total > SHOWN_REJECTS {
         eprintln!("… and {} more rejected lines", total - SHOWN_REJECTS);
@@ -205,13 +205,20 @@ pub fn rm_origin(origin: String, socket: &Path) -> ExitCode {
     if let Err(e) = check_origin(&origin) {
         return usage_error(e);
     }
-    request(socket, &Request::BlockRmOrigin { origin }, false, |v| {
-        println!(
-            "removed {} bans with origin '{}'",
-            v["removed"].as_u64().unwrap_or(0),
-            v["origin"].as_str().unwrap_or_default()
-        );
-    })
+    let limit = client::long_timeout();
+    super::request_within(
+        socket,
+        &Request::BlockRmOrigin { origin },
+        limit,
+        false,
+        |v| {
+            println!(
+                "removed {} bans with origin '{}'",
+                v["removed"].as_u64().unwrap_or(0),
+                v["origin"].as_str().unwrap_or_default()
+            );
+        },
+    )
 }
 
 /// Runs `block export`.
@@ -224,10 +231,10 @@ pub fn export(origin: Option<String>, json: bool, socket: &Path) -> ExitCode {
     }
     let req = Request::BlockExport { origin };
     if json {
-        return request(socket, &req, json, |_| {});
+        return super::request_within(socket, &req, client::long_timeout(), json, |_| {});
     }
     // Decoded straight into rows: a million-entry export stays quick.
-    let resp = match client::call_as::<ExportView>(socket, &req, IMPORT_TIMEOUT) {
+    let resp = match client::call_as::<ExportView>(socket, &req, client::long_timeout()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -237,12 +244,12 @@ pub fn export(origin: Option<String>, json: bool, socket: &Path) -> ExitCode {
     if !resp.ok {
         eprintln!(
             "error: {}",
-            resp.error.unwrap_or_else(|| "request failed".into())
+            crate::text::printable(&resp.error.unwrap_or_else(|| "request failed".into()))
         );
         return ExitCode::from(1);
     }
     if let Some(w) = &resp.warning {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::text::printable(w));
     }
     match resp.data {
         Some(view) => print_export(&view),
@@ -273,7 +280,8 @@ fn print_export(view: &ExportView) {
 /// Runs `policy reload`.
 #[must_use]
 pub fn policy_reload(socket: &Path) -> ExitCode {
-    request(socket, &Request::PolicyReload, false, |v| {
+    let limit = client::long_timeout();
+    super::request_within(socket, &Request::PolicyReload, limit, false, |v| {
         println!(
             "policy reloaded: {}",
             v.as_str().map_or_else(|| v.to_string(), str::to_owned)

@@ -314,7 +314,8 @@ impl AgentState {
         for r in self.bans.values() {
             *bans_active.entry(r.kind.clone()).or_default() += 1;
         }
-        let store_up = self.store.is_some() && self.store_error.is_none();
+        let store_health = self.store_health();
+        let store_up = store_health.is_none();
         let not_ready = if self.attachments.len() < wanted_ifaces {
             Some(format!(
                 "attached to {} of {wanted_ifaces} interfaces",
@@ -323,7 +324,7 @@ impl AgentState {
         } else if !store_up {
             Some(format!(
                 "state store unavailable: {}",
-                self.store_error.as_deref().unwrap_or("not open")
+                store_health.as_deref().unwrap_or("not open")
             ))
         } else {
             None
