@@ -193,12 +193,17 @@ impl Pipeline {
         now_ms: u64,
     ) -> Decision {
         let mut violations = self.engine.inspect_request(req);
-        violations.extend(
-            self.guard
-                .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
-        );
-        if client.is_none() {
-            self.guard.forget(NO_CLIENT);
+        // A stand-in for bytes that are not HTTP (`protocol.unparseable`) has no
+        // route, credentials or parameters for the API guard to judge: it would
+        // only count it against limits and report missing credentials.
+        if req.malformed.is_none() {
+            violations.extend(
+                self.guard
+                    .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
+            );
+            if client.is_none() {
+                self.guard.forget(NO_CLIENT);
+            }
         }
         self.decide(client, violations, now_ms)
     }

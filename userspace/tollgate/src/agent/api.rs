@@ -264,17 +264,25 @@ impl ApiHandle {
     /// what the detectors found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = Instant::now();
+        let samples: Vec<Sample> = records
+            .iter()
+            .filter_map(|raw| Sample::from_record(raw))
+            .collect();
+        let batch = self.handle_samples(&samples, wall_offset);
+        (t.elapsed(), batch)
+    }
+
+    /// Handles decoded samples: reassembly, parsing, inventory, detectors,
+    /// `tap`. Returns what the detectors found.
+    pub fn handle_samples(&self, samples: &[Sample], wall_offset: f64) -> Batch {
         let now = clock::unix_now();
         let mut batch = Batch::default();
         let Ok(mut st) = self.state.lock() else {
-            return (t.elapsed(), batch);
+            return batch;
         };
         let st = &mut *st;
-        for raw in records {
-            let Some(sample) = Sample::from_record(raw) else {
-                continue;
-            };
-            for mut ev in st.flows.on_sample(&sample, wall_offset) {
+        for sample in samples {
+            for mut ev in st.flows.on_sample(sample, wall_offset) {
                 let ms = (ev.time * 1000.0) as u64;
                 let headers = ev.request.as_ref().map(|r| r.headers.as_slice());
                 let mut flow = None;
@@ -305,10 +313,12 @@ impl ApiHandle {
                 }
                 let decided = match (&ev.request, ev.direction) {
                     (Some(req), Direction::Request) => {
-                        st.inventory.on_request(ev.client, req, now);
-                        let dreq = to_detect(req);
-                        let d = st.pipeline.on_request(Some(ev.client), &dreq, ms);
-                        Some((st.pipeline.route_of(&dreq), d))
+                        // A stand-in for unparseable bytes is no endpoint.
+                        if req.malformed.is_none() {
+                            st.inventory.on_request(ev.client, req, now);
+                        }
+                        let d = st.pipeline.on_request(Some(ev.client), req, ms);
+                        Some((st.pipeline.route_of(req), d))
                     }
                     (_, Direction::Response) => {
                         if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
@@ -327,12 +337,7 @@ impl ApiHandle {
                             let route = req
                                 .as_ref()
                                 .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
-                            let d = st.pipeline.on_response(
-                                ev.client,
-                                req.as_ref(),
-                                &to_detect_response(resp),
-                                ms,
-                            );
+                            let d = st.pipeline.on_response(ev.client, req.as_ref(), resp, ms);
                             (route, d)
                         })
                     }
@@ -359,7 +364,7 @@ impl ApiHandle {
         st.status.clients_scored = st.pipeline.tracked();
         st.status.clients_tracked = st.pipeline.guard_clients();
         st.status.findings += batch.findings.len() as u64;
-        (t.elapsed(), batch)
+        batch
     }
 }
 
@@ -388,35 +393,6 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             client_score: 0.0,
             ban: None,
         },
-    }
-}
-
-/// The detectors' view of a parsed response.
-#[must_use]
-pub fn to_detect_response(resp: &crate::api::http::Response) -> tollgate_detect::Response {
-    tollgate_detect::Response {
-        version: resp.version,
-        status: resp.status,
-        reason: String::new(),
-        headers: resp.headers.clone(),
-        body: resp.body.to_vec(),
-        truncated: resp.truncated,
-    }
-}
-
-/// The detectors' view of a parsed request (the sample record does not
-/// depend on where it came from).
-#[must_use]
-pub fn to_detect(req: &crate::api::http::Request) -> tollgate_detect::Request {
-    tollgate_detect::Request {
-        method: req.method.clone(),
-        target: req.target.clone(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        version: req.version,
-        headers: req.headers.clone(),
-        body: req.body.to_vec(),
-        truncated: req.truncated,
     }
 }
 

@@ -3,6 +3,13 @@
 //! (an unsampled segment) restarts the buffer, and whatever was not seen
 //! whole is marked truncated rather than guessed. Requests queue per flow
 //! so responses pair with them in order (keep-alive and pipelining).
+//!
+//! Parsing is `tollgate_detect`'s, the same as `tollgate detect` offline. A
+//! request stream that is not HTTP/1.x (nor TLS), or stops parsing, is not
+//! skipped: when it starts where a message starts, it becomes a stand-in
+//! request ([`Request::unparseable`]) that the detectors report as
+//! `protocol.unparseable` and inspect for injections, once per connection (a
+//! server stops reading a connection at its first unparseable request).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,10 +18,12 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    http::{self, Kind, Parsed},
-    sample::{Direction, Sample},
+use tollgate_detect::{
+    HttpError, Kind, Parsed, Request, Response, classify, parse_request_waiting,
+    parse_response_waiting,
 };
+
+use super::sample::{Direction, Sample};
 
 /// Bytes buffered per direction of a flow before giving up on a message.
 pub const MAX_BUFFER: usize = 16 * 1024;
@@ -51,10 +60,10 @@ pub struct ApiEvent {
     pub truncated: bool,
     /// The parsed request, for detectors and the inventory (not printed).
     #[serde(skip)]
-    pub request: Option<http::Request>,
+    pub request: Option<Request>,
     /// The parsed response, for the response-side checks (not printed).
     #[serde(skip)]
-    pub response: Option<http::Response>,
+    pub response: Option<Response>,
     /// The trusted proxy the request came through (`client` is then the
     /// client the proxy named).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,8 +89,13 @@ pub struct FlowStats {
     pub responses: u64,
     /// Samples from TLS flows (skipped).
     pub tls: u64,
-    /// Samples that are neither HTTP nor TLS (skipped).
+    /// Samples that are neither HTTP nor TLS (responses skipped, requests
+    /// reported as unparseable).
     pub other: u64,
+    /// Request buffers that were not HTTP/1.x: reported once per connection
+    /// as `protocol.unparseable`.
+    #[serde(default)]
+    pub unparseable: u64,
     /// Messages marked truncated.
     pub truncated: u64,
     /// Flows evicted to stay within bounds.
@@ -96,6 +110,12 @@ struct Half {
     broken: bool,
     /// What this direction turned out to be.
     kind: Option<Kind>,
+    /// A sample of this direction was seen.
+    seen: bool,
+    /// Bytes were missed since the last message boundary: where the buffer
+    /// starts is unknown (the middle of a body, say), so failing to parse it
+    /// says nothing about the client.
+    unknown_start: bool,
 }
 
 struct Pending {
@@ -116,6 +136,8 @@ struct Flow {
     real: Option<IpAddr>,
     /// The client a forwarding header named last.
     forwarded: Option<IpAddr>,
+    /// An unparseable request was reported for this connection.
+    unparseable_reported: bool,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -188,7 +210,9 @@ impl Flows {
         if half.next_seq != Some(s.seq) {
             // First sample of this direction, or a gap: what is buffered will
             // not be completed; report it as truncated, then start over.
-            if !half.buf.is_empty() && half.kind == Some(Kind::Http) {
+            if !half.buf.is_empty()
+                && matches!(half.kind, Some(Kind::HttpRequest | Kind::HttpResponse))
+            {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 parse_all(flow, s, time, false, false, &mut out, &mut self.stats);
             }
@@ -197,6 +221,7 @@ impl Flows {
                 Direction::Response => &mut flow.resp,
             };
             half.broken = half.next_seq.is_some() && !half.buf.is_empty();
+            half.unknown_start = half.seen;
             half.buf.clear();
         }
         let half = match s.direction {
@@ -204,6 +229,7 @@ impl Flows {
             Direction::Response => &mut flow.resp,
         };
         half.buf.extend_from_slice(&s.data);
+        half.seen = true;
         let whole = s.data.len() == s.payload_len as usize;
         half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
         if s.direction == Direction::Request && !flow.proxy_checked {
@@ -225,7 +251,7 @@ impl Flows {
             Direction::Response => &mut flow.resp,
         };
         if half.kind.is_none() || half.buf.len() == s.data.len() {
-            half.kind = Some(http::classify(&half.buf));
+            half.kind = Some(classify(&half.buf));
         }
         let closing = s.tcp_flags & 0x05 != 0;
         match half.kind {
@@ -235,7 +261,17 @@ impl Flows {
             }
             Some(Kind::Other) => {
                 self.stats.other += 1;
+                if s.direction == Direction::Request {
+                    let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                    unparseable(flow, s, time, HttpError::NotHttp, &mut out, &mut self.stats);
+                }
+                let half = match s.direction {
+                    Direction::Request => &mut flow.req,
+                    Direction::Response => &mut flow.resp,
+                };
                 half.buf.clear();
+                // The next bytes continue what was not parsed.
+                half.unknown_start = true;
             }
             _ => {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
@@ -259,17 +295,9 @@ impl Flows {
     }
 }
 
-fn parse_all(
-    flow: &mut Flow,
-    s: &Sample,
-    time: f64,
-    whole: bool,
-    wait: bool,
-    out: &mut Vec<ApiEvent>,
-    stats: &mut FlowStats,
-) {
-    let (real, forwarded) = (flow.real, flow.forwarded);
-    let base = |direction| ApiEvent {
+/// The event of a request ready for the detectors.
+fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEvent {
+    ApiEvent {
         time,
         client: s.client,
         client_port: s.client_port,
@@ -285,10 +313,52 @@ fn parse_all(
         request: None,
         response: None,
         proxy: None,
-        header_client: real,
-        forwarded_client: forwarded,
-    };
+        header_client: flow.real,
+        forwarded_client: flow.forwarded,
+    }
+}
+
+fn request_event(flow: &Flow, s: &Sample, time: f64, req: Request, truncated: bool) -> ApiEvent {
+    let mut ev = base_event(flow, s, time, Direction::Request);
+    ev.method = (!req.method.is_empty()).then(|| req.method.clone());
+    ev.path = Some(req.path.clone());
+    ev.query.clone_from(&req.query);
+    ev.truncated = truncated;
+    ev.request = Some(req);
+    ev
+}
+
+/// The request buffer is not HTTP/1.x (`why`): a stand-in request for the
+/// detectors, when the buffer starts where a message starts and the
+/// connection has not had one yet. The caller drops the buffer.
+fn unparseable(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    why: HttpError,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    stats.unparseable += 1;
+    if flow.req.unknown_start || flow.unparseable_reported || flow.req.buf.is_empty() {
+        return;
+    }
+    flow.unparseable_reported = true;
+    let req = Request::unparseable(&flow.req.buf, why);
+    out.push(request_event(flow, s, time, req, flow.req.broken));
+}
+
+fn parse_all(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    whole: bool,
+    wait: bool,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
     loop {
+        let mut dropped = false;
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -297,39 +367,44 @@ fn parse_all(
             break;
         }
         let consumed = match s.direction {
-            Direction::Request => match http::parse_request_waiting(&half.buf, wait) {
-                Parsed::Complete { msg, consumed } => {
-                    let truncated =
-                        msg.truncated || half.broken || !whole && consumed == half.buf.len();
-                    stats.requests += 1;
-                    stats.truncated += u64::from(truncated);
-                    if flow.pending.len() < MAX_PENDING {
-                        flow.pending.push_back(Pending {
-                            method: msg.method.clone(),
-                            path: msg.path.clone(),
-                            ts_ns: s.ts_ns,
-                        });
+            Direction::Request => {
+                let wait = wait && half.buf.len() < MAX_BUFFER;
+                match parse_request_waiting(&half.buf, wait) {
+                    Ok(Parsed::Complete { msg, consumed }) => {
+                        let truncated =
+                            msg.truncated || half.broken || !whole && consumed == half.buf.len();
+                        stats.requests += 1;
+                        stats.truncated += u64::from(truncated);
+                        if flow.pending.len() < MAX_PENDING {
+                            flow.pending.push_back(Pending {
+                                method: msg.method.clone(),
+                                path: msg.path.clone(),
+                                ts_ns: s.ts_ns,
+                            });
+                        }
+                        out.push(request_event(flow, s, time, msg, truncated));
+                        consumed
                     }
-                    let mut ev = base(Direction::Request);
-                    ev.method = Some(msg.method.clone());
-                    ev.path = Some(msg.path.clone());
-                    ev.query = msg.query.clone();
-                    ev.truncated = truncated;
-                    ev.request = Some(msg);
-                    out.push(ev);
-                    consumed
+                    Ok(Parsed::Partial) => break,
+                    Err(e) => {
+                        unparseable(flow, s, time, e, out, stats);
+                        dropped = true;
+                        flow.req.buf.len()
+                    }
                 }
-                Parsed::Partial => break,
-                Parsed::Invalid => half.buf.len(),
-            },
+            }
             Direction::Response => {
-                let head = flow.pending.front().is_some_and(|p| p.method == "HEAD");
-                match http::parse_response_waiting(&half.buf, head, wait) {
-                    Parsed::Complete { msg, consumed } => {
+                let head = flow
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.method.eq_ignore_ascii_case("HEAD"));
+                let wait = wait && half.buf.len() < MAX_BUFFER;
+                match parse_response_waiting(&half.buf, head, wait) {
+                    Ok(Parsed::Complete { msg, consumed }) => {
                         let truncated = msg.truncated || half.broken;
                         stats.responses += 1;
                         stats.truncated += u64::from(truncated);
-                        let mut ev = base(Direction::Response);
+                        let mut ev = base_event(flow, s, time, Direction::Response);
                         ev.status = Some(msg.status);
                         ev.truncated = truncated;
                         // Interim (1xx) responses do not answer the request.
@@ -344,8 +419,11 @@ fn parse_all(
                         out.push(ev);
                         consumed
                     }
-                    Parsed::Partial => break,
-                    Parsed::Invalid => half.buf.len(),
+                    Ok(Parsed::Partial) => break,
+                    Err(_) => {
+                        dropped = true;
+                        half.buf.len()
+                    }
                 }
             }
         };
@@ -355,13 +433,25 @@ fn parse_all(
         };
         half.buf.drain(..consumed.min(half.buf.len()));
         half.broken = false;
+        // What follows a message starts the next one; what follows bytes
+        // that were dropped unparsed may be anything.
+        half.unknown_start = dropped;
     }
     let half = match s.direction {
         Direction::Request => &mut flow.req,
         Direction::Response => &mut flow.resp,
     };
     if half.buf.len() > MAX_BUFFER {
+        if s.direction == Direction::Request {
+            // A request head longer than any server reads (nginx: 8 KiB lines).
+            unparseable(flow, s, time, HttpError::HeadersTooLarge, out, stats);
+        }
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
         half.buf.clear();
+        half.unknown_start = true;
         half.broken = true;
         stats.truncated += 1;
     }
