@@ -493,6 +493,52 @@ mod tests {
     }
 
     #[test]
+    fn events_and_the_inventory_fold_paths_alike() {
+        let pipeline = Pipeline::new(
+            tollgate_detect::DetectConfig::default(),
+            crate::engine::ScoringPolicy::default(),
+            &tollgate_detect::ApiPolicy::default(),
+            None,
+        )
+        .unwrap();
+        let api = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline);
+        let client: IpAddr = "198.18.0.2".parse().unwrap();
+        let samples: Vec<Sample> = ["/files/deadbeefdeadbeef", "/items/-5"]
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let raw = format!("get {path}?q=1'%20OR%20'1'='1'-- HTTP/1.1\r\nHost: a\r\n\r\n");
+                Sample {
+                    ts_ns: 1,
+                    client,
+                    server: "198.18.0.1".parse().unwrap(),
+                    client_port: 40000 + u16::try_from(i).unwrap(),
+                    server_port: 8080,
+                    direction: Direction::Request,
+                    seq: 1,
+                    tcp_flags: 0x18,
+                    ifindex: 1,
+                    payload_len: u32::try_from(raw.len()).unwrap(),
+                    data: bytes::Bytes::from(raw),
+                }
+            })
+            .collect();
+        let batch = api.handle_samples(&samples, 0.0);
+        let mut routes: Vec<String> = batch.findings.iter().map(|f| f.route.clone()).collect();
+        routes.sort();
+        let st = api.state.lock().unwrap();
+        let mut endpoints: Vec<String> = st
+            .inventory
+            .list()
+            .iter()
+            .map(|e| format!("{} {}", e.method, e.path))
+            .collect();
+        endpoints.sort();
+        assert_eq!(routes, ["GET /files/{id}", "GET /items/{id}"]);
+        assert_eq!(endpoints, routes);
+    }
+
+    #[test]
     fn the_right_most_untrusted_hop_is_the_client() {
         let trusted: Vec<IpNet> = vec!["198.18.7.0/24".parse().unwrap()];
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());

@@ -539,6 +539,84 @@ mod tests {
     }
 
     #[test]
+    fn junk_at_the_start_is_reported_once_per_connection() {
+        let mut f = Flows::new(100);
+        let junk = b"\x00\x01\x02 hello?q=1\r\n";
+        let ev = f.on_sample(&sample(Direction::Request, 1, junk, 1), 0.0);
+        assert_eq!(ev.len(), 1);
+        let req = ev[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::NotHttp));
+        assert_eq!(req.query.as_deref(), Some("q=1"));
+        assert_eq!(ev[0].method, None);
+        // More of the same connection: counted, not reported again.
+        let next = 1 + junk.len() as u32;
+        assert!(
+            f.on_sample(&sample(Direction::Request, next, junk, 2), 0.0)
+                .is_empty()
+        );
+        assert_eq!((f.stats.unparseable, f.stats.requests), (2, 0));
+        // A request that starts like HTTP and breaks is reported too.
+        let mut g = Flows::new(100);
+        let ev = g.on_sample(
+            &sample(Direction::Request, 1, b"GET /x HTTP/3.0\r\n\r\n", 1),
+            0.0,
+        );
+        let req = ev[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::BadVersion));
+        assert_eq!(ev[0].method.as_deref(), Some("GET"));
+    }
+
+    #[test]
+    fn bytes_after_a_gap_are_not_judged() {
+        // A request, then a sampling gap into the middle of an upload: those
+        // bytes start nowhere in particular and are not reported.
+        let mut f = Flows::new(100);
+        let head = b"POST /up HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(
+            f.on_sample(&sample(Direction::Request, 1, head, 1), 0.0)
+                .len(),
+            1
+        );
+        let body = b"\x89PNG\r\n\x1a\n\x00\x00 binary";
+        assert!(
+            f.on_sample(&sample(Direction::Request, 90_000, body, 2), 0.0)
+                .is_empty()
+        );
+        assert!(
+            f.on_sample(
+                &sample(Direction::Request, 90_000 + body.len() as u32, body, 3),
+                0.0
+            )
+            .is_empty()
+        );
+        // A whole request after the gap still parses.
+        let ev = f.on_sample(
+            &sample(Direction::Request, 200_000, b"GET /ok HTTP/1.1\r\n\r\n", 4),
+            0.0,
+        );
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].request.as_ref().unwrap().malformed, None);
+    }
+
+    #[test]
+    fn an_endless_head_is_reported() {
+        let mut f = Flows::new(100);
+        let mut seq = 1;
+        let mut out = Vec::new();
+        let mut line = b"GET /x HTTP/1.1\r\n".to_vec();
+        while seq < 2 * MAX_BUFFER as u32 {
+            out.extend(f.on_sample(&sample(Direction::Request, seq, &line, 1), 0.0));
+            seq += line.len() as u32;
+            // Long fields: the buffer bound comes before the header count.
+            line = [&b"X-Filler: "[..], &[b'a'; 300], b"\r\n"].concat();
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let req = out[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::HeadersTooLarge));
+        assert_eq!(req.path, "/x");
+    }
+
+    #[test]
     fn bounded_flows() {
         let mut f = Flows::new(16);
         for p in 0..100u16 {
