@@ -35,7 +35,9 @@ pub mod http;
 pub mod template;
 
 pub use api::{ApiGuard, ApiPolicy, ApiPolicyError, ApiRule, is_alert_only};
-pub use detect::{Action, Category, DetectConfig, DetectorConfig, Engine, Location, Violation};
+pub use detect::{
+    Action, Category, DetectConfig, DetectorConfig, Engine, Location, UNPARSEABLE, Violation,
+};
 pub use http::{
     HttpError, Kind, Parsed, Request, Response, classify, parse_request, parse_request_waiting,
     parse_response, parse_response_waiting,

@@ -761,6 +761,20 @@ mod tests {
             let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
             assert!(req.malformed.is_some());
         }
+        // Broken requests over and over, on new connections: each one is
+        // reported, none bans (the rule does not add to the client's score).
+        let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
+        let mut offline_pipeline = pipeline();
+        for port in 0..20u16 {
+            let raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let mut s = sample(1, raw, 0x18);
+            s.client_port = 30000 + port;
+            let batch = handle.handle_samples(&[s], 0.0);
+            assert_eq!(batch.findings.len(), 1);
+            assert_eq!(batch.findings[0].decision.action, Action::Alert);
+            let (d, _) = judge_raw(raw, Some(CLIENT), &mut offline_pipeline, 1_000).unwrap();
+            assert_eq!(d.action, Action::Alert);
+        }
         // TLS is encrypted traffic, not a finding.
         let hello = b"\x16\x03\x01\x00\x05hello";
         assert!(judge_raw(hello, Some(CLIENT), &mut pipeline(), 0).is_none());

@@ -229,10 +229,13 @@ impl Pipeline {
         violations: Vec<Violation>,
         now_ms: u64,
     ) -> Decision {
-        // Alert-only findings are reported but neither ban nor score.
+        // Alert-only findings are reported but neither ban nor score; so is a
+        // request that did not parse (`protocol.unparseable`): only what its
+        // bytes trigger besides may ban, and a client sending broken requests
+        // (a misdirected HTTP/2 or binary client) is reported, not banned.
         let scored: Vec<Violation> = violations
             .iter()
-            .filter(|v| !is_alert_only(v.category))
+            .filter(|v| !is_alert_only(v.category) && v.rule != tollgate_detect::UNPARSEABLE)
             .cloned()
             .collect();
         let mut action = self.engine.verdict(&scored);

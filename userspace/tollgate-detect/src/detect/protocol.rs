@@ -29,9 +29,13 @@ const COMMON_CHARSETS: &[&str] = &[
     "utf-16be",
 ];
 
-/// Score of a request that could not be parsed: enough to alert, not to ban on its
-/// own (a ban needs what the injection detectors find in its bytes as well).
-const UNPARSEABLE: u32 = 3;
+/// Rule of a request that could not be parsed.
+pub const UNPARSEABLE: &str = "protocol.unparseable";
+
+/// Its score: enough to alert, not to ban on its own (a ban needs what the
+/// injection detectors find in its bytes as well). The agent does not add it to
+/// the client's score either, so repeated broken requests alert without banning.
+const UNPARSEABLE_SCORE: u32 = 3;
 
 pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     let rl = Location::Request;
@@ -42,9 +46,9 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         // which the other detectors inspect as usual; the request line checks below
         // do not apply to a line that is not one.
         sink.push(
-            "protocol.unparseable",
-            Category::Protocol,
             UNPARSEABLE,
+            Category::Protocol,
+            UNPARSEABLE_SCORE,
             &rl,
             &why.to_string(),
             0,
