@@ -646,6 +646,33 @@ pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, 
     })
 }
 
+/// Parses one request from bytes after which nothing more comes (the connection
+/// closed, or a whole `tollgate detect` line): a head that lacks only its final
+/// empty line is taken as ended there, so that the agent and `tollgate detect`
+/// judge it alike. `consumed` never exceeds `buf.len()`.
+pub fn parse_request_final(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
+    if let Parsed::Complete { msg, consumed } = parse_request(buf)? {
+        return Ok(Parsed::Complete { msg, consumed });
+    }
+    let end = buf
+        .iter()
+        .rposition(|b| !matches!(b, b'\r' | b'\n'))
+        .map_or(0, |p| p + 1);
+    if end == 0 {
+        return Ok(Parsed::Partial);
+    }
+    let mut ended = Vec::with_capacity(end + 4);
+    ended.extend_from_slice(&buf[..end]);
+    ended.extend_from_slice(b"\r\n\r\n");
+    Ok(match parse_request(&ended)? {
+        Parsed::Complete { msg, consumed } => Parsed::Complete {
+            msg,
+            consumed: consumed.min(buf.len()),
+        },
+        Parsed::Partial => Parsed::Partial,
+    })
+}
+
 /// Parses one HTTP/1.x response from the start of `buf`. `head_request`: it answers
 /// a HEAD (no body).
 pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>, HttpError> {
@@ -859,6 +886,26 @@ mod tests {
             parse_request(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Err(HttpError::BadContentLength)
         );
+    }
+
+    #[test]
+    fn a_final_head_without_its_empty_line_is_ended() {
+        let Ok(Parsed::Complete { msg, consumed }) =
+            parse_request_final(b"GET /x?q=1 HTTP/1.1\r\nHost: a")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (msg.query.as_deref(), msg.header("host")),
+            (Some("q=1"), Some("a"))
+        );
+        assert_eq!(consumed, 28);
+        assert_eq!(
+            parse_request_final(b"GET /x HT"),
+            Err(HttpError::BadRequestLine)
+        );
+        assert_eq!(parse_request_final(b"\r\n"), Ok(Parsed::Partial));
+        assert_eq!(parse_request_final(b""), Ok(Parsed::Partial));
     }
 
     #[test]

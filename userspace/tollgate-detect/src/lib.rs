@@ -39,8 +39,8 @@ pub use detect::{
     Action, Category, DetectConfig, DetectorConfig, Engine, Location, UNPARSEABLE, Violation,
 };
 pub use http::{
-    HttpError, Kind, Parsed, Request, Response, classify, parse_request, parse_request_waiting,
-    parse_response, parse_response_waiting,
+    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request,
+    parse_request_final, parse_request_waiting, parse_response, parse_response_waiting,
 };
 pub use template::path_template;
 

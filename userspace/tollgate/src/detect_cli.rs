@@ -12,7 +12,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate_detect::{Action, Kind, Parsed, Request as HttpRequest, classify, parse_request};
+use tollgate_detect::{
+    Action, Kind, Parsed, Request as HttpRequest, classify, parse_request_final,
+};
 
 use crate::{
     api::{
@@ -234,17 +236,9 @@ pub(crate) fn judge_raw(
     now_ms: u64,
 ) -> Option<(Decision, Option<tollgate_detect::HttpError>)> {
     // A line holds one whole request: a head missing its final blank line is
-    // still a request to judge, not a partial one to wait for.
-    let mut parsed = parse_request(raw);
-    if matches!(parsed, Ok(Parsed::Partial)) {
-        let end = raw
-            .iter()
-            .rposition(|b| !matches!(b, b'\r' | b'\n'))
-            .map_or(0, |p| p + 1);
-        let mut whole = raw[..end].to_vec();
-        whole.extend_from_slice(b"\r\n\r\n");
-        parsed = parse_request(&whole);
-    }
+    // still a request to judge, not a partial one to wait for (as the agent
+    // judges what a connection sent before it closed).
+    let mut parsed = parse_request_final(raw);
     // As in the agent: TLS is not judged, and what the classifier does not
     // take for a request is a stand-in.
     match classify(raw) {
@@ -714,6 +708,31 @@ mod tests {
                 assert_eq!(reqs[0].malformed, None, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn a_head_ended_by_the_connection_closing_is_judged_live_and_offline() {
+        let raw = format!("GET {SQLI} HTTP/1.1\r\nHost: api");
+        let (off_action, off_rules) = offline(raw.as_bytes());
+        assert_eq!(off_action, Action::Ban);
+        let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
+        // Open: a head may still come; nothing to judge yet.
+        let batch = handle.handle_samples(&[sample(1, raw.as_bytes(), 0x18)], 0.0);
+        assert!(batch.findings.is_empty());
+        // FIN: the head ended there.
+        let next = 1 + u32::try_from(raw.len()).unwrap();
+        let batch = handle.handle_samples(&[sample(next, b"", 0x11)], 0.0);
+        assert_eq!(batch.findings.len(), 1);
+        assert_eq!(batch.findings[0].decision.action, Action::Ban);
+        let mut rules: Vec<_> = batch.findings[0]
+            .decision
+            .violations
+            .iter()
+            .map(|v| v.rule)
+            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        assert_eq!(rules, off_rules);
     }
 
     #[test]

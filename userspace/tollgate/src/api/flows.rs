@@ -19,8 +19,8 @@ use std::{
 use serde::Serialize;
 
 use tollgate_detect::{
-    HttpError, Kind, Parsed, Request, Response, classify, parse_request_waiting,
-    parse_response_waiting,
+    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request_final,
+    parse_request_waiting, parse_response_waiting,
 };
 
 use super::sample::{Direction, Sample};
@@ -214,7 +214,12 @@ impl Flows {
                 && matches!(half.kind, Some(Kind::HttpRequest | Kind::HttpResponse))
             {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
-                parse_all(flow, s, time, false, false, &mut out, &mut self.stats);
+                let cut = Stream {
+                    whole: false,
+                    wait: false,
+                    ended: false,
+                };
+                parse_all(flow, s, time, cut, &mut out, &mut self.stats);
             }
             let half = match s.direction {
                 Direction::Request => &mut flow.req,
@@ -275,16 +280,14 @@ impl Flows {
             }
             _ => {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
-                // Wait for the rest of a body while the stream is whole and open.
-                parse_all(
-                    flow,
-                    s,
-                    time,
+                // Wait for the rest of a body while the stream is whole and
+                // open; once it ended, a head without its empty line is ended.
+                let stream = Stream {
                     whole,
-                    whole && !closing,
-                    &mut out,
-                    &mut self.stats,
-                );
+                    wait: whole && !closing,
+                    ended: whole && closing,
+                };
+                parse_all(flow, s, time, stream, &mut out, &mut self.stats);
             }
         }
         if closing {
@@ -348,15 +351,26 @@ fn unparseable(
     out.push(request_event(flow, s, time, req, flow.req.broken));
 }
 
+/// What is known of the stream a buffer was taken from.
+#[derive(Clone, Copy)]
+struct Stream {
+    /// The last sample was captured whole.
+    whole: bool,
+    /// More may follow: an incomplete body is waited for.
+    wait: bool,
+    /// Nothing more follows (FIN or RST): a head without its empty line ended.
+    ended: bool,
+}
+
 fn parse_all(
     flow: &mut Flow,
     s: &Sample,
     time: f64,
-    whole: bool,
-    wait: bool,
+    stream: Stream,
     out: &mut Vec<ApiEvent>,
     stats: &mut FlowStats,
 ) {
+    let Stream { whole, wait, ended } = stream;
     loop {
         let mut dropped = false;
         let half = match s.direction {
@@ -369,7 +383,20 @@ fn parse_all(
         let consumed = match s.direction {
             Direction::Request => {
                 let wait = wait && half.buf.len() < MAX_BUFFER;
-                match parse_request_waiting(&half.buf, wait) {
+                let parsed = if ended {
+                    parse_request_final(&half.buf)
+                } else {
+                    parse_request_waiting(&half.buf, wait)
+                };
+                match parsed {
+                    // After a gap, any `word word` line in a body would look like
+                    // an HTTP/0.9 request: resynchronise on versioned lines only.
+                    Ok(Parsed::Complete { msg, .. })
+                        if half.unknown_start && msg.version == HTTP_09 =>
+                    {
+                        dropped = true;
+                        half.buf.len()
+                    }
                     Ok(Parsed::Complete { msg, consumed }) => {
                         let truncated =
                             msg.truncated || half.broken || !whole && consumed == half.buf.len();
@@ -585,6 +612,14 @@ mod tests {
         assert!(
             f.on_sample(
                 &sample(Direction::Request, 90_000 + body.len() as u32, body, 3),
+                0.0
+            )
+            .is_empty()
+        );
+        // Nor is text that would read as an HTTP/0.9 line.
+        assert!(
+            f.on_sample(
+                &sample(Direction::Request, 150_000, b"hello world\r\nmore text", 3),
                 0.0
             )
             .is_empty()
