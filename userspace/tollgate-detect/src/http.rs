@@ -12,6 +12,13 @@
 //! with a space), control bytes in header names and values (kept for the detectors),
 //! and chunked bodies with extensions, leading zeros and trailers (de-chunked).
 //!
+//! Line ends: a LF always ends a line, and a CR right before it belongs to the line
+//! end. A bare CR or a NUL inside a header value stays in the value (nginx and node
+//! refuse such requests, Python's header parser keeps them): the protocol detector
+//! judges them (`protocol.crlf`, `protocol.null_byte`, `protocol.control_char`) rather
+//! than the parser dropping the request. In the request line a bare CR, VT and FF
+//! separate fields, as Python's `str.split()` does.
+//!
 //! It is strict about resources: the header section is capped in size
 //! ([`MAX_HEADER_BYTES`]) and count ([`MAX_HEADERS`]), bodies are copied only from
 //! what is in the buffer and at most [`MAX_BODY_BYTES`] of them, and no allocation

@@ -45,12 +45,18 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         // smuggling, parser differentials). Its target and body are the raw bytes,
         // which the other detectors inspect as usual; the request line checks below
         // do not apply to a line that is not one.
+        // The error and the line it is about (control bytes escaped in evidence).
+        let what = if req.method.is_empty() {
+            format!("{why}: {}", req.target)
+        } else {
+            format!("{why}: {} {}", req.method, req.target)
+        };
         sink.push(
             UNPARSEABLE,
             Category::Protocol,
             UNPARSEABLE_SCORE,
             &rl,
-            &why.to_string(),
+            &what,
             0,
         );
         return;
@@ -457,7 +463,11 @@ mod tests {
         // Not HTTP at all: reported, not banned.
         let (v, action) = judge(b"\x00\x01\x02binary junk\r\n", HttpError::NotHttp);
         assert_eq!(action, Action::Alert, "{v:?}");
-        assert!(v.iter().any(|v| v.rule == "protocol.unparseable"), "{v:?}");
+        let found = v.iter().find(|v| v.rule == "protocol.unparseable").unwrap();
+        assert_eq!(
+            found.evidence,
+            "neither HTTP/1.x nor TLS: \\u{0}\\u{1}\\u{2}binary junk"
+        );
         // A broken request line still carrying an injection: banned.
         let (v, action) = judge(
             b"GET /x?q=1' OR '1'='1 HTTP/7.0\r\nHost: a\r\n\r\n",
