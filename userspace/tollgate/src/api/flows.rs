@@ -138,6 +138,10 @@ struct Flow {
     forwarded: Option<IpAddr>,
     /// An unparseable request was reported for this connection.
     unparseable_reported: bool,
+    /// A request asked to switch protocols (`Upgrade`, `CONNECT`): what the
+    /// client sends next may be WebSocket frames, HTTP/2 or a tunnel, not
+    /// HTTP/1.x, and failing to parse it says nothing.
+    upgrade_asked: bool,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -343,7 +347,11 @@ fn unparseable(
     stats: &mut FlowStats,
 ) {
     stats.unparseable += 1;
-    if flow.req.unknown_start || flow.unparseable_reported || flow.req.buf.is_empty() {
+    if flow.req.unknown_start
+        || flow.unparseable_reported
+        || flow.upgrade_asked
+        || flow.req.buf.is_empty()
+    {
         return;
     }
     flow.unparseable_reported = true;
@@ -402,6 +410,8 @@ fn parse_all(
                             msg.truncated || half.broken || !whole && consumed == half.buf.len();
                         stats.requests += 1;
                         stats.truncated += u64::from(truncated);
+                        flow.upgrade_asked |= msg.header("upgrade").is_some()
+                            || msg.method.eq_ignore_ascii_case("CONNECT");
                         if flow.pending.len() < MAX_PENDING {
                             flow.pending.push_back(Pending {
                                 method: msg.method.clone(),
@@ -591,6 +601,35 @@ mod tests {
         let req = ev[0].request.as_ref().unwrap();
         assert_eq!(req.malformed, Some(HttpError::BadVersion));
         assert_eq!(ev[0].method.as_deref(), Some("GET"));
+    }
+
+    #[test]
+    fn frames_after_an_upgrade_are_not_judged() {
+        let mut f = Flows::new(100);
+        let up =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(
+            f.on_sample(&sample(Direction::Request, 1, up, 1), 0.0)
+                .len(),
+            1
+        );
+        // A masked WebSocket text frame, then HTTP/2's preface on another
+        // connection that asked for h2c.
+        let frame = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+        let next = 1 + up.len() as u32;
+        assert!(
+            f.on_sample(&sample(Direction::Request, next, frame, 2), 0.0)
+                .is_empty()
+        );
+        let mut g = Flows::new(100);
+        let up = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n";
+        g.on_sample(&sample(Direction::Request, 1, up, 1), 0.0);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let next = 1 + up.len() as u32;
+        assert!(
+            g.on_sample(&sample(Direction::Request, next, preface, 2), 0.0)
+                .is_empty()
+        );
     }
 
     #[test]
