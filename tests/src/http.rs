@@ -153,6 +153,12 @@ fn read_all(s: &mut TcpStream, one: bool) -> Vec<u8> {
     out
 }
 
+/// A request with a classic SQL injection in the query (percent-encoded, as
+/// a client library would send it).
+pub fn sqli() -> Vec<u8> {
+    get("/items?id=1%27%20OR%20%271%27%3D%271")
+}
+
 pub fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nUser-Agent: e2e\r\n\r\n").into_bytes()
 }

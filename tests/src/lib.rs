@@ -114,6 +114,59 @@ impl Lab {
         lab
     }
 
+    /// The client namespace's end of the veth pair.
+    #[must_use]
+    pub fn peer_if(&self) -> String {
+        match self.host_if.rfind('h') {
+            Some(i) => format!("{}p{}", &self.host_if[..i], &self.host_if[i + 1..]),
+            None => self.host_if.clone(),
+        }
+    }
+
+    /// Completes one TCP handshake from `src` (client namespace) to a
+    /// listener this opens on `dst`, then closes: what rate-limit escalation
+    /// requires of a source before it bans it.
+    pub fn handshake(&self, src: IpAddr, dst: IpAddr) -> bool {
+        let listener = TcpListener::bind(SocketAddr::new(dst, 0)).unwrap();
+        let to = listener.local_addr().unwrap();
+        let ok = self.in_client(move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            s.bind(&SocketAddr::new(src, 0).into()).unwrap();
+            s.connect_timeout(&to.into(), Duration::from_secs(3))
+                .is_ok()
+        });
+        let _ = listener.accept();
+        ok
+    }
+
+    /// Floods `dst` with UDP from `src` (client namespace), ~500 datagrams/s,
+    /// at most 3,000, until `stop` is set. Returns the sender's thread.
+    pub fn udp_flood(
+        &self,
+        src: IpAddr,
+        dst: SocketAddr,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> thread::JoinHandle<()> {
+        let path = format!("/run/netns/{}", self.ns);
+        thread::spawn(move || {
+            let f = File::open(path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
+            for _ in 0..3000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = s.send_to(b"flood", dst);
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    }
+
     /// IPv4 address `host` in the lab's subnet `i` (0 or 1).
     pub fn v4(&self, i: u32, host: u8) -> IpAddr {
         IpAddr::from([198, 18, u8::try_from(self.n + i).unwrap(), host])
@@ -429,6 +482,14 @@ impl Agent {
         let mut a = args.to_vec();
         a.push("--json");
         serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// The security events so far (`tollgate events --json`).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.ok(&["events", "--json"])
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Kills the agent with a signal and waits for it (bounded).

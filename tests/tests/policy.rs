@@ -14,25 +14,11 @@ use std::{
 use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
-    http::{HttpServer, get, try_http},
+    http::{HttpServer, get, sqli, try_http},
     tollgate_bin,
 };
 
 const T: Duration = Duration::from_secs(2);
-
-/// A request with a classic SQL injection in the query (percent-encoded, as
-/// a client library would send it).
-fn sqli() -> Vec<u8> {
-    get("/items?id=1%27%20OR%20%271%27%3D%271")
-}
-
-fn events(agent: &Agent) -> Vec<Value> {
-    agent
-        .ok(&["events", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn bans(agent: &Agent) -> Vec<Value> {
     agent.json(&["block", "ls"]).as_array().unwrap().clone()
@@ -107,7 +93,7 @@ fn injection_over_tcp_bans_the_client_at_the_nic() {
     assert!(r.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
 
     // The event log explains it.
-    let ev = events(&e.agent);
+    let ev = e.agent.events();
     let v = ev
         .iter()
         .find(|v| v["type"] == "violation")
@@ -184,7 +170,7 @@ fn ipv6_attacker_is_banned_by_its_64_and_weak_signals_alone_are_not() {
     );
     let v4 = format!("{}/32", e.lab.v4(0, 2));
     assert!(ban_of(&bans(&e.agent), &v4).is_none(), "weak signal banned");
-    let ev = events(&e.agent);
+    let ev = e.agent.events();
     assert!(
         ev.iter()
             .any(|v| v["route"] == "GET /files" && v["action"] == "alert"),
@@ -198,13 +184,15 @@ fn monitor_mode_reports_the_same_and_bans_nothing() {
     let attacker = e.lab.v4(0, 2);
     e.send(attacker, 0, sqli());
     assert!(
-        eventually(Duration::from_secs(5), || events(&e.agent)
+        eventually(Duration::from_secs(5), || e
+            .agent
+            .events()
             .iter()
             .any(|v| v["type"] == "ban")),
         "{:#?}",
-        events(&e.agent)
+        e.agent.events()
     );
-    let ev = events(&e.agent);
+    let ev = e.agent.events();
     let ban = ev.iter().find(|v| v["type"] == "ban").unwrap();
     assert_eq!(ban["enforced"], false);
     assert_eq!(ban["note"], "monitor mode");
@@ -223,11 +211,13 @@ fn allowlisted_clients_are_never_banned() {
     e.agent.ok(&["allow", "add", &attacker.to_string()]);
     e.send(attacker, 0, sqli());
     assert!(
-        eventually(Duration::from_secs(5), || events(&e.agent)
+        eventually(Duration::from_secs(5), || e
+            .agent
+            .events()
             .iter()
             .any(|v| v["type"] == "ban" && v["note"] == "allowlisted")),
         "{:#?}",
-        events(&e.agent)
+        e.agent.events()
     );
     assert!(bans(&e.agent).is_empty());
     assert!(e.send(attacker, 0, get("/items?id=3")).is_some());
@@ -304,14 +294,16 @@ fn object_binding_flags_user_7_reading_user_8_and_valid_tokens_pass() {
     // The same token reading user 8: flagged (one mismatch is not a ban).
     e.send(nosy, 1, authed("/users/8", TOKEN_USER_7));
     assert!(
-        eventually(Duration::from_secs(5), || events(&e.agent)
+        eventually(Duration::from_secs(5), || e
+            .agent
+            .events()
             .iter()
             .any(|v| v["rule"] == "authz.object_binding")),
         "{:#?}\n{}",
-        events(&e.agent),
+        e.agent.events(),
         e.agent.log_text()
     );
-    let ev = events(&e.agent);
+    let ev = e.agent.events();
     let v = ev
         .iter()
         .find(|v| v["rule"] == "authz.object_binding")

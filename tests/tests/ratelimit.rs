@@ -339,24 +339,13 @@ fn a_persistent_flooder_is_banned_with_reason_rate_limit() {
     .unwrap();
     let agent = Agent::start(&lab.host_if, &["--config", policy.to_str().unwrap()]);
     let (fsrc, fdst) = (lab.v4(1, 2), SocketAddr::new(lab.v4(1, 1), server.port));
+    // Escalation bans only sources that completed a handshake (a flood's
+    // source may be forged): this one did.
+    assert!(lab.handshake(fsrc, lab.v4(1, 1)));
     // ~500 packets/s for up to 6 s, stopping once banned.
     let banned = Arc::new(AtomicBool::new(false));
     let b = banned.clone();
-    let flood = {
-        let path = format!("/run/netns/{}", lab.ns);
-        thread::spawn(move || {
-            let f = std::fs::File::open(path).unwrap();
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let s = UdpSocket::bind(SocketAddr::new(fsrc, 0)).unwrap();
-            for _ in 0..3000 {
-                if b.load(Ordering::Relaxed) {
-                    break;
-                }
-                let _ = s.send_to(b"flood", fdst);
-                thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    let flood = lab.udp_flood(fsrc, fdst, b);
     let found = eventually(Duration::from_secs(8), || {
         agent
             .json(&["block", "ls"])

@@ -62,9 +62,17 @@ pub mod maps {
     /// Connections from trusted proxies: [`super::FlowKey`] (client = the
     /// proxy) -> [`super::ProxyFlow`] (the real client). LRU.
     pub const PROXY_FLOWS: &str = "TG_PFLOWS";
+    /// Connections this host's kernel accepted (sock_ops, passive side):
+    /// [`super::FlowKey`] -> [`super::Established`]. LRU. A request is judged
+    /// for banning only on a flow found here (spoofed segments never are).
+    pub const ESTABLISHED: &str = "TG_ESTAB";
+    /// Sources that completed a TCP handshake with this host: address
+    /// (IPv6 masked as for rate limits) -> boot-clock ns of the latest. LRU.
+    /// Rate-limit escalation bans only such sources.
+    pub const HANDSHAKES: &str = "TG_HSHAKE";
 
     /// Every pinned map, for status output and for clean removal.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 24] = [
         CONFIG,
         COUNTERS,
         BLOCK4,
@@ -87,6 +95,8 @@ pub mod maps {
         TRUST4,
         TRUST6,
         PROXY_FLOWS,
+        ESTABLISHED,
+        HANDSHAKES,
     ];
 }
 
@@ -145,6 +155,10 @@ pub mod capacity {
     pub const TRUST: u32 = 1 << 10;
     /// Proxied connections followed at once (LRU).
     pub const PROXY_FLOWS: u32 = 1 << 18;
+    /// Established connections remembered (LRU).
+    pub const ESTABLISHED: u32 = 1 << 18;
+    /// Sources with a recent handshake remembered (LRU).
+    pub const HANDSHAKES: u32 = 1 << 17;
 }
 
 /// Slots of the tail-call table.
@@ -233,6 +247,25 @@ pub struct FlowState {
     /// Payload packets seen, both directions.
     pub packets: u64,
 }
+
+/// A connection the kernel established (passive side), as sock_ops saw it,
+/// and how far the server has acknowledged the client's bytes (tcx egress).
+/// Sequence numbers are the client's: a request segment is one the kernel
+/// accepted when `isn <= seq` and `seq + len <= acked` (modulo 2^32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Established {
+    /// Boot-clock ns when the handshake completed.
+    pub since_ns: u64,
+    /// The client's first data sequence number (`rcv_nxt` at establishment).
+    pub isn: u32,
+    /// The latest acknowledgement number the server sent (0 until one was seen
+    /// after establishment; `isn` covers nothing yet).
+    pub acked: u32,
+    /// Boot-clock ns of that acknowledgement.
+    pub acked_ns: u64,
+}
+const _: () = assert!(size_of::<Established>() == 24);
 
 /// Sample direction: client to server (captured at ingress).
 pub const DIR_REQUEST: u8 = 0;
@@ -693,6 +726,7 @@ mod pod {
     unsafe impl aya::Pod for super::RateEvent {}
     unsafe impl aya::Pod for super::SampleCfg {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Established {}
     unsafe impl aya::Pod for super::ProxyFlow {}
     unsafe impl aya::Pod for super::FlowState {}
 }

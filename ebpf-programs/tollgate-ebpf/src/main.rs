@@ -142,6 +142,7 @@ pub fn tollgate_tc_egress(ctx: TcContext) -> i32 {
         let skb = ctx.skb.skb;
         // SAFETY: reading context fields.
         let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len as usize) };
+        sample::note_ack(&pkt);
         sample::maybe_sample(&pkt, DIR_RESPONSE, len, ifindex, |off, dst, n| {
             // The caller guarantees 1..=1024; this form keeps that range
             // visible to the verifier (a plain check gets optimised away).

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tollgate_common::{
-    AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, FlowKey, FlowState,
-    LimitCfg, ProxyFlow, SampleCfg, capacity, jump, prefilter, sample_stat,
+    AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, Established,
+    FlowKey, FlowState, LimitCfg, ProxyFlow, SampleCfg, capacity, jump, prefilter, sample_stat,
 };
 
 /// Entries are allocated on insert: an empty million-entry map costs nothing.
@@ -101,3 +101,10 @@ pub struct ProxyScratch {
 
 #[map]
 pub static TG_PFLOWS: LruHashMap<FlowKey, ProxyFlow> = LruHashMap::pinned(capacity::PROXY_FLOWS, 0);
+
+#[map]
+pub static TG_ESTAB: LruHashMap<FlowKey, Established> =
+    LruHashMap::pinned(capacity::ESTABLISHED, 0);
+
+#[map]
+pub static TG_HSHAKE: LruHashMap<[u8; 16], u64> = LruHashMap::pinned(capacity::HANDSHAKES, 0);

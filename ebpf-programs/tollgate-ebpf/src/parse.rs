@@ -86,6 +86,8 @@ pub struct L4 {
     pub sport: u16,
     /// TCP sequence number, 0 otherwise.
     pub seq: u32,
+    /// TCP acknowledgement number, 0 otherwise.
+    pub ack: u32,
     /// Offset of the TCP payload, 0 when not TCP.
     pub payload_off: usize,
     /// Upper-layer protocol number.
@@ -238,6 +240,7 @@ fn check_l4(c: &Cursor, off: usize, proto: u8) -> (Reason, L4) {
                 l4.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
                 l4.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
                 l4.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+                l4.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
                 l4.tcp_flags = tcp[13];
                 l4.payload_off = off + usize::from(tcp[12] >> 4) * 4;
                 Reason::Clean

@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns};
 use tollgate_common::{FlowKey, FlowState, SAMPLE_BYTES, SampleRecord, sample_stat};
 
 use crate::{
-    maps::{TG_API_PORTS, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
+    maps::{TG_API_PORTS, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
     parse::{IPPROTO_TCP, Packet, Source},
 };
 
@@ -36,6 +36,38 @@ fn stat(i: u32) {
     if let Some(c) = TG_SMPL_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
+    }
+}
+
+/// Egress, server to client on an API port: records how far the server has
+/// acknowledged the client's bytes on a connection the kernel established.
+/// The agent bans on a request only if its bytes lie below this mark, i.e.
+/// the server's TCP stack accepted them (a blind spoofer cannot know it).
+#[inline(always)]
+pub fn note_ack(pkt: &Packet) {
+    let l4 = &pkt.l4;
+    if l4.proto != IPPROTO_TCP || l4.tcp_flags & crate::parse::TCP_ACK == 0 {
+        return;
+    }
+    match TG_API_PORTS.get(u32::from(l4.sport)) {
+        Some(v) if *v != 0 => {}
+        _ => return,
+    }
+    let key = FlowKey {
+        client: addr16(&pkt.dst),
+        server: addr16(&pkt.src),
+        client_port: l4.dport,
+        server_port: l4.sport,
+    };
+    if let Some(est) = TG_ESTAB.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; a racing writer on another CPU only
+        // leaves an older (smaller) mark, which verifies less, never more.
+        unsafe {
+            if (l4.ack.wrapping_sub((*est).acked) as i32) > 0 {
+                (*est).acked = l4.ack;
+                (*est).acked_ns = bpf_ktime_get_boot_ns();
+            }
+        }
     }
 }
 

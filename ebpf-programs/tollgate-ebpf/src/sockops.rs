@@ -1,10 +1,13 @@
 //! sock_ops on the root cgroup: counts established server-side connections
 //! per client (and limit class), for the XDP program's concurrent-connection
-//! cap. A connection is counted when it becomes established and uncounted
+//! cap, and records which connections and sources the kernel itself accepted
+//! (a completed handshake): the agent bans only on those, so a spoofed
+//! segment, which never gets here, cannot ban its forged source. A connection is counted when it becomes established and uncounted
 //! when it leaves ESTABLISHED for any reason (FIN, RST, timeout), so counts
 //! cannot leak; only connections this program counted get the state
 //! callback that uncounts them.
 
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
@@ -12,13 +15,14 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use tollgate_common::Config;
+use tollgate_common::{Config, Established, FlowKey};
 
 use crate::{
     atomic_add,
     limit::key_of,
-    maps::{TG_CONFIG, TG_CONNS, TG_LIMITS},
+    maps::{TG_CONFIG, TG_CONNS, TG_ESTAB, TG_HSHAKE, TG_LIMITS},
     parse::Source,
+    sample::addr16,
 };
 
 const AF_INET: u32 = 2;
@@ -30,12 +34,33 @@ const BPF_NOEXIST: u64 = 1;
 pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        if let Some(key) = key(&ctx) {
-            let _ = TG_CONNS.insert(&key, &0, BPF_NOEXIST);
-            if let Some(n) = TG_CONNS.get_ptr_mut(&key) {
-                atomic_add(n, 1);
-                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-            }
+        let Some(src) = remote(&ctx) else {
+            return 1;
+        };
+        let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+        let key = key_of(&src, &config.v6_limit_mask, class(&ctx));
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let _ = TG_HSHAKE.insert(&key.addr, &now, 0);
+        let flow = FlowKey {
+            client: addr16(&src),
+            server: local(&ctx),
+            client_port: u32::from_be(ctx.remote_port()) as u16,
+            server_port: ctx.local_port() as u16,
+        };
+        // SAFETY: `ops` is the program's context pointer; a 4-byte field.
+        let isn = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).rcv_nxt) };
+        let est = Established {
+            since_ns: now,
+            isn,
+            acked: isn,
+            acked_ns: 0,
+        };
+        let _ = TG_ESTAB.insert(&flow, &est, 0);
+        let _ = TG_CONNS.insert(&key, &0, BPF_NOEXIST);
+        if let Some(n) = TG_CONNS.get_ptr_mut(&key) {
+            atomic_add(n, 1);
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
     } else if op == BPF_SOCK_OPS_STATE_CB
         && ctx.arg(0) == TCP_ESTABLISHED
@@ -52,8 +77,39 @@ pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn key(ctx: &SockOpsContext) -> Option<tollgate_common::BucketKey> {
     let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    let src = remote(ctx)?;
+    Some(key_of(&src, &config.v6_limit_mask, class(ctx)))
+}
+
+#[inline(always)]
+fn class(ctx: &SockOpsContext) -> u32 {
     let port = ctx.local_port();
-    let class = TG_LIMITS.get(port & 0xffff).map_or(0, |c| c.class);
+    TG_LIMITS.get(port & 0xffff).map_or(0, |c| c.class)
+}
+
+/// The server's own address, in the flow key's form.
+#[inline(always)]
+fn local(ctx: &SockOpsContext) -> [u8; 16] {
+    match ctx.family() {
+        AF_INET => addr16(&Source::V4(ctx.local_ip4().to_ne_bytes())),
+        _ => {
+            let mut w = [0u32; 4];
+            for (i, slot) in w.iter_mut().enumerate() {
+                // SAFETY: `ops` is the program's context pointer (4-byte reads).
+                *slot = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).local_ip6[i]) };
+            }
+            let mut a = [0u8; 16];
+            for (i, word) in w.iter().enumerate() {
+                a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            a
+        }
+    }
+}
+
+/// The client, as the datapath names sources.
+#[inline(always)]
+fn remote(ctx: &SockOpsContext) -> Option<Source> {
     let src = match ctx.family() {
         AF_INET => Source::V4(ctx.remote_ip4().to_ne_bytes()),
         AF_INET6 => {
@@ -77,5 +133,5 @@ fn key(ctx: &SockOpsContext) -> Option<tollgate_common::BucketKey> {
         }
         _ => return None,
     };
-    Some(key_of(&src, &config.v6_limit_mask, class))
+    Some(src)
 }

@@ -189,6 +189,9 @@ pub struct Datapath {
     trust4: LpmTrie<MapData, [u8; 4], u32>,
     trust6: LpmTrie<MapData, [u8; 16], u32>,
     proxy_flows: HashMap<MapData, tollgate_common::FlowKey, tollgate_common::ProxyFlow>,
+    /// Connections the kernel established, until the API pipeline takes them.
+    established: Option<HashMap<MapData, tollgate_common::FlowKey, tollgate_common::Established>>,
+    handshakes: HashMap<MapData, [u8; 16], u64>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -351,6 +354,10 @@ impl Datapath {
             LpmTrie::try_from(take(maps::TRUST6)?).map_err(map_err("open", maps::TRUST6))?;
         let proxy_flows = HashMap::try_from(take(maps::PROXY_FLOWS)?)
             .map_err(map_err("open", maps::PROXY_FLOWS))?;
+        let established = HashMap::try_from(take(maps::ESTABLISHED)?)
+            .map_err(map_err("open", maps::ESTABLISHED))?;
+        let handshakes = HashMap::try_from(take(maps::HANDSHAKES)?)
+            .map_err(map_err("open", maps::HANDSHAKES))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -377,6 +384,8 @@ impl Datapath {
             trust4,
             trust6,
             proxy_flows,
+            established: Some(established),
+            handshakes,
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -756,6 +765,21 @@ impl Datapath {
             *slot = v.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Hands the record of kernel-established connections to the API
+    /// pipeline (once), which bans only on requests it verifies there.
+    pub fn take_flow_verifier(&mut self) -> Option<crate::verify::FlowVerifier> {
+        self.established
+            .take()
+            .map(crate::verify::FlowVerifier::new)
+    }
+
+    /// Boot-clock ns of the latest TCP handshake `addr` (IPv4 mapped, IPv6
+    /// masked as for rate limits) completed with this host, if remembered.
+    #[must_use]
+    pub fn handshake_ns(&self, addr: &[u8; 16]) -> Option<u64> {
+        self.handshakes.get(addr, 0).ok()
     }
 
     /// Hands the sample ring buffer to its reader (once).

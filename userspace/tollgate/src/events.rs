@@ -115,6 +115,10 @@ pub struct SecurityEvent {
     /// Why a ban was not enforced, or other context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Whether the client is verified (the kernel accepted the request on a
+    /// completed handshake); `false` events never ban.
+    #[serde(default = "verified_default")]
+    pub verified: bool,
 }
 
 /// The current time as events write it.
@@ -303,6 +307,10 @@ pub fn since_ms(d: Duration) -> u64 {
     u64::try_from(now.saturating_sub(d.as_millis())).unwrap_or(0)
 }
 
+fn verified_default() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +333,7 @@ mod tests {
             ban: None,
             ttl_secs: None,
             note: None,
+            verified: true,
         }
     }
 

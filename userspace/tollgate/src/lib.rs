@@ -31,3 +31,4 @@ pub mod policy;
 pub mod proto;
 pub mod store;
 pub mod table;
+pub mod verify;

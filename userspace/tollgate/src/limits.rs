@@ -161,6 +161,23 @@ pub struct Escalation {
     /// Ban TTLs for the 1st, 2nd, ... offence; the last repeats.
     #[serde(default = "default_ttls", with = "humantime_serde_vec")]
     pub ttls: Vec<Duration>,
+    /// Ban only sources that completed a TCP handshake with this host within
+    /// `handshake_within` (a flood's source address may be forged; a
+    /// handshake's cannot). `false` lets UDP-only services escalate on
+    /// spoofable sources: limiting still drops their packets either way.
+    #[serde(default = "default_true")]
+    pub require_handshake: bool,
+    /// How recent that handshake must be.
+    #[serde(default = "default_handshake_within", with = "humantime_serde_secs")]
+    pub handshake_within: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_handshake_within() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_after() -> Duration {
@@ -180,6 +197,8 @@ impl Default for Escalation {
         Self {
             after: default_after(),
             ttls: default_ttls(),
+            require_handshake: true,
+            handshake_within: default_handshake_within(),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     },
     clock,
     engine::Pipeline,
+    verify::{Check, FlowVerifier},
 };
 
 /// Flows followed at once.
@@ -117,6 +118,13 @@ pub struct SamplingStatus {
     /// Requests and responses with at least one violation.
     #[serde(default)]
     pub findings: u64,
+    /// Requests judged without a verified client (no handshake, bytes the
+    /// server never acknowledged): reported, never scored or banned.
+    #[serde(default)]
+    pub unverified: u64,
+    /// Requests waiting for the kernel to show it accepted them.
+    #[serde(default)]
+    pub awaiting_verification: usize,
 }
 
 /// Shared state of the pipeline.
@@ -131,6 +139,11 @@ pub struct ApiState {
     pub pipeline: Pipeline,
     /// Trusted proxies: their connections carry other clients.
     pub trusted: Vec<IpNet>,
+    /// The kernel's record of accepted connections (`None`: every request
+    /// counts as verified, as in offline replays and unit tests).
+    pub verifier: Option<FlowVerifier>,
+    /// Requests waiting for verification.
+    waiting: Vec<Waiting>,
 }
 
 /// What a batch of samples produced for the enforcer.
@@ -255,13 +268,16 @@ impl ApiHandle {
                 },
                 pipeline,
                 trusted: Vec::new(),
+                verifier: None,
+                waiting: Vec::new(),
             })),
             tap,
         }
     }
 
-    /// Handles a batch of raw records; returns the processing time and
-    /// what the detectors found.
+    /// Handles a batch of raw records (and the requests still waiting for
+    /// verification); returns the processing time and what the detectors
+    /// found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = Instant::now();
         let samples: Vec<Sample> = records
@@ -272,91 +288,63 @@ impl ApiHandle {
         (t.elapsed(), batch)
     }
 
-    /// Handles decoded samples: reassembly, parsing, inventory, detectors,
-    /// `tap`. Returns what the detectors found.
+    /// Handles decoded samples (and the requests still waiting for
+    /// verification): reassembly, parsing, inventory, detectors, `tap`.
+    /// Returns what the detectors found.
     pub fn handle_samples(&self, samples: &[Sample], wall_offset: f64) -> Batch {
+        let t = Instant::now();
         let now = clock::unix_now();
         let mut batch = Batch::default();
         let Ok(mut st) = self.state.lock() else {
             return batch;
         };
         let st = &mut *st;
+        // Requests waiting for the kernel's word first: it may have come.
+        let waiting = std::mem::take(&mut st.waiting);
+        for w in waiting {
+            let check = st
+                .verifier
+                .as_ref()
+                .map_or(Check::Verified, |v| v.check(&w.key, w.seq, w.len));
+            match check {
+                Check::Verified => st.judge(w.ev, None, now, &mut batch, &self.tap),
+                Check::Refused(why) => st.judge(w.ev, Some(why), now, &mut batch, &self.tap),
+                Check::Pending(why) if t >= w.deadline => {
+                    st.judge(w.ev, Some(why), now, &mut batch, &self.tap);
+                }
+                Check::Pending(_) => st.waiting.push(w),
+            }
+        }
         for sample in samples {
-            for mut ev in st.flows.on_sample(sample, wall_offset) {
-                let ms = (ev.time * 1000.0) as u64;
-                let headers = ev.request.as_ref().map(|r| r.headers.as_slice());
-                let mut flow = None;
-                if st.trusted.iter().any(|n| n.contains(&ev.client)) {
-                    // A PROXY header names the client of the whole connection;
-                    // otherwise each request's forwarding header does.
-                    let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted));
-                    let real = match ev.direction {
-                        Direction::Request => ev.header_client.or(by_header),
-                        Direction::Response => ev.header_client.or(ev.forwarded_client),
-                    };
-                    if let Some(real) = real {
-                        let proxy = ev.client;
-                        if by_header.is_some() && ev.header_client.is_none() {
-                            st.flows
-                                .set_real((proxy, ev.client_port, ev.server, ev.port), real);
-                        }
-                        ev.proxy = Some(proxy);
-                        ev.client = real;
-                        let key = flow_key(&ev, proxy);
-                        flow = Some(key);
-                        if ev.direction == Direction::Request {
-                            batch.proxied.push((key, real));
-                        }
-                    }
-                } else if let Some(v) = headers.and_then(has_forwarding) {
-                    batch.findings.push(spoofed_forwarding(&ev, v));
-                }
-                let decided = match (&ev.request, ev.direction) {
-                    (Some(req), Direction::Request) => {
-                        // A stand-in for unparseable bytes is no endpoint.
-                        if req.malformed.is_none() {
-                            st.inventory.on_request(ev.client, req, now);
-                        }
-                        let d = st.pipeline.on_request(Some(ev.client), req, ms);
-                        Some((st.pipeline.route_of(req), d))
-                    }
-                    (_, Direction::Response) => {
-                        if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
-                            st.inventory.on_response(m, p, s);
-                        }
-                        ev.response.as_ref().map(|resp| {
-                            // What the pairing kept of the request: method and path.
-                            let req = ev.method.as_ref().zip(ev.path.as_ref()).map(|(m, p)| {
-                                tollgate_detect::Request {
-                                    method: m.clone(),
-                                    target: p.clone(),
-                                    path: p.clone(),
-                                    ..tollgate_detect::Request::default()
-                                }
+            for ev in st.flows.on_sample(sample, wall_offset) {
+                let needs_check = ev.direction == Direction::Request && ev.request.is_some();
+                let check = match (&st.verifier, needs_check) {
+                    (Some(v), true) => {
+                        // The connection as the kernel knows it (its client is
+                        // the proxy for proxied requests).
+                        let key = flow_key(&ev, ev.client);
+                        let c = v.check(&key, sample.seq, sample.payload_len);
+                        if let Check::Pending(_) = c
+                            && st.waiting.len() < MAX_WAITING
+                        {
+                            st.waiting.push(Waiting {
+                                ev,
+                                key,
+                                seq: sample.seq,
+                                len: sample.payload_len,
+                                deadline: t + VERIFY_WAIT,
                             });
-                            let route = req
-                                .as_ref()
-                                .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
-                            let d = st.pipeline.on_response(ev.client, req.as_ref(), resp, ms);
-                            (route, d)
-                        })
+                            continue;
+                        }
+                        c
                     }
-                    _ => None,
+                    _ => Check::Verified,
                 };
-                if let Some((route, d)) = decided
-                    && (!d.violations.is_empty() || d.ban.is_some())
-                {
-                    batch.findings.push(Finding {
-                        client: ev.client,
-                        proxy: ev.proxy,
-                        flow,
-                        port: ev.port,
-                        route,
-                        decision: d,
-                    });
-                }
-                // Nobody listening is fine.
-                let _ = self.tap.send(Arc::new(ev));
+                let unverified = match check {
+                    Check::Verified => None,
+                    Check::Refused(why) | Check::Pending(why) => Some(why),
+                };
+                st.judge(ev, unverified, now, &mut batch, &self.tap);
             }
         }
         st.status.flows = st.flows.stats;
@@ -364,7 +352,137 @@ impl ApiHandle {
         st.status.clients_scored = st.pipeline.tracked();
         st.status.clients_tracked = st.pipeline.guard_clients();
         st.status.findings += batch.findings.len() as u64;
+        st.status.awaiting_verification = st.waiting.len();
         batch
+    }
+
+    /// Whether requests are waiting for verification (the reader then
+    /// wakes up for them even when no sample arrives).
+    #[must_use]
+    pub fn has_waiting(&self) -> bool {
+        self.state.lock().is_ok_and(|st| !st.waiting.is_empty())
+    }
+}
+
+/// A request held until the kernel shows it accepted the bytes.
+pub struct Waiting {
+    ev: ApiEvent,
+    key: FlowKey,
+    seq: u32,
+    len: u32,
+    deadline: Instant,
+}
+
+/// How long a request waits for its handshake and the server's
+/// acknowledgement (XDP sees it before the stack does; delayed ACKs wait
+/// up to 200 ms on Linux) before it is judged unverified.
+pub const VERIFY_WAIT: Duration = Duration::from_millis(500);
+/// Requests held at once; past this (a spoofed flood) they are judged
+/// unverified at once.
+pub const MAX_WAITING: usize = 4096;
+
+impl ApiState {
+    /// Judges one parsed message. `unverified` says why a request cannot be
+    /// shown to come from its client: it is then reported (`verified: false`)
+    /// but neither scores, bans, nor enters the inventory.
+    fn judge(
+        &mut self,
+        mut ev: ApiEvent,
+        unverified: Option<&'static str>,
+        now: u64,
+        batch: &mut Batch,
+        tap: &broadcast::Sender<Arc<ApiEvent>>,
+    ) {
+        let st = self;
+        let ms = (ev.time * 1000.0) as u64;
+        ev.verified = unverified.is_none();
+        if unverified.is_some() {
+            st.status.unverified += 1;
+        }
+        let headers = ev.request.as_ref().map(|r| r.headers.as_slice());
+        let mut flow = None;
+        if st.trusted.iter().any(|n| n.contains(&ev.client)) {
+            // A PROXY header names the client of the whole connection;
+            // otherwise each request's forwarding header does.
+            let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted));
+            let real = match ev.direction {
+                Direction::Request => ev.header_client.or(by_header),
+                Direction::Response => ev.header_client.or(ev.forwarded_client),
+            };
+            if let Some(real) = real {
+                let proxy = ev.client;
+                if by_header.is_some() && ev.header_client.is_none() && unverified.is_none() {
+                    st.flows
+                        .set_real((proxy, ev.client_port, ev.server, ev.port), real);
+                }
+                ev.proxy = Some(proxy);
+                ev.client = real;
+                let key = flow_key(&ev, proxy);
+                flow = Some(key);
+                if ev.direction == Direction::Request && unverified.is_none() {
+                    batch.proxied.push((key, real));
+                }
+            }
+        } else if let Some(v) = headers.and_then(has_forwarding) {
+            batch.findings.push(spoofed_forwarding(&ev, v));
+        }
+        let decided = match (&ev.request, ev.direction) {
+            (Some(req), Direction::Request) => {
+                let d = if unverified.is_some() {
+                    // Judged on its own: no client score, no ban.
+                    let mut d = st.pipeline.on_request(None, req, ms);
+                    if d.action == tollgate_detect::Action::Ban {
+                        d.action = tollgate_detect::Action::Alert;
+                    }
+                    d.ban = None;
+                    d
+                } else {
+                    // A stand-in for unparseable bytes is no endpoint.
+                    if req.malformed.is_none() {
+                        st.inventory.on_request(ev.client, req, now);
+                    }
+                    st.pipeline.on_request(Some(ev.client), req, ms)
+                };
+                Some((st.pipeline.route_of(req), d))
+            }
+            (_, Direction::Response) => {
+                if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
+                    st.inventory.on_response(m, p, s);
+                }
+                ev.response.as_ref().map(|resp| {
+                    // What the pairing kept of the request: method and path.
+                    let req = ev.method.as_ref().zip(ev.path.as_ref()).map(|(m, p)| {
+                        tollgate_detect::Request {
+                            method: m.clone(),
+                            target: p.clone(),
+                            path: p.clone(),
+                            ..tollgate_detect::Request::default()
+                        }
+                    });
+                    let route = req
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
+                    let d = st.pipeline.on_response(ev.client, req.as_ref(), resp, ms);
+                    (route, d)
+                })
+            }
+            _ => None,
+        };
+        if let Some((route, d)) = decided
+            && (!d.violations.is_empty() || d.ban.is_some())
+        {
+            batch.findings.push(Finding {
+                client: ev.client,
+                proxy: ev.proxy,
+                flow,
+                port: ev.port,
+                route,
+                decision: d,
+                unverified,
+            });
+        }
+        // Nobody listening is fine.
+        let _ = tap.send(Arc::new(ev));
     }
 }
 
@@ -393,6 +511,7 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             client_score: 0.0,
             ban: None,
         },
+        unverified: None,
     }
 }
 
@@ -432,7 +551,22 @@ pub async fn read_samples(
     let mut busy = Duration::ZERO;
     let mut calm_windows = 0u32;
     loop {
-        let mut guard = fd.readable_mut().await?;
+        let mut guard = if api.has_waiting() {
+            // Held requests are re-checked every few milliseconds.
+            match tokio::time::timeout(Duration::from_millis(2), fd.readable_mut()).await {
+                Ok(g) => g?,
+                Err(_) => {
+                    let (spent, found) = api.handle(&[], offset);
+                    busy += spent;
+                    if !found.is_empty() {
+                        on_findings(found);
+                    }
+                    continue;
+                }
+            }
+        } else {
+            fd.readable_mut().await?
+        };
         let mut batch = Vec::new();
         {
             let ring = guard.get_inner_mut();

@@ -41,6 +41,9 @@ pub struct Finding {
     pub route: String,
     /// The engine's decision.
     pub decision: Decision,
+    /// Why the request could not be tied to its client (spoofable): such
+    /// findings are reported and never ban.
+    pub unverified: Option<&'static str>,
 }
 
 /// How a ban decision ended.
@@ -87,7 +90,8 @@ fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent 
         enforced,
         ban: None,
         ttl_secs: None,
-        note: None,
+        note: f.unverified.map(|why| format!("unverified: {why}")),
+        verified: f.unverified.is_none(),
     }
 }
 
@@ -99,7 +103,10 @@ pub fn apply(
     scoring: &ScoringPolicy,
 ) {
     for f in findings {
-        let outcome = f.decision.ban.map(|net| match state.lock() {
+        // Belt and braces: the pipeline never decides a ban on an unverified
+        // request, and none is carried out if one got here.
+        let ban = f.decision.ban.filter(|_| f.unverified.is_none());
+        let outcome = ban.map(|net| match state.lock() {
             Ok(mut s) => s.policy_ban(net, f, scoring),
             Err(_) => BanOutcome::NotEnforced("agent state lock poisoned".into()),
         });
@@ -112,7 +119,7 @@ pub fn apply(
             crate::metrics::violation(v.rule);
             log.write(&violation_event(f, v, enforced));
         }
-        let (Some(net), Some(outcome)) = (f.decision.ban, outcome) else {
+        let (Some(net), Some(outcome)) = (ban, outcome) else {
             continue;
         };
         if outcome == BanOutcome::AlreadyBanned {

@@ -241,6 +241,27 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let events = state.dp.take_events();
     let samples = state.dp.take_samples();
+    if !api_ports.is_empty() {
+        // Requests ban only once the kernel shows it accepted them: that
+        // takes the sock_ops program (handshakes) and the egress hook (the
+        // server's acknowledgements). Without either, nothing bans.
+        let verifier = state.dp.take_flow_verifier();
+        let egress_everywhere = state
+            .attachments
+            .iter()
+            .filter(|a| a.how == attach::EGRESS_HOW)
+            .count()
+            == opts.ifaces.len();
+        if sockops.is_none() || !egress_everywhere {
+            warn!(
+                "requests cannot be verified (sock_ops or the egress hook is missing): \
+                 violations will be reported, but the policy engine will not ban"
+            );
+        }
+        if let Ok(mut st) = api.state.lock() {
+            st.verifier = verifier;
+        }
+    }
 
     let listener = bind_socket(&opts.socket)?;
     info!(socket = %opts.socket.display(), "control socket ready");

@@ -44,6 +44,8 @@ pub struct RateState {
     last_top: Option<(Instant, Counts)>,
     /// Rate-limit bans issued by this agent run.
     pub bans_issued: u64,
+    /// Offenders not banned for want of a handshake (this run).
+    pub unverified_offenders: u64,
 }
 
 impl RateState {
@@ -252,6 +254,27 @@ impl AgentState {
         }
         self.rate.offenders.remove(&ev.key);
         let cidr = client_of(&ev.key, self.rate.limits.ipv6_prefix);
+        if self.rate.escalation.require_handshake {
+            let within =
+                u64::try_from(self.rate.escalation.handshake_within.as_nanos()).unwrap_or(u64::MAX);
+            let verified = self
+                .dp
+                .handshake_ns(&ev.key.addr)
+                .is_some_and(|t| ev.ts_ns.saturating_sub(t) <= within);
+            if !verified {
+                // The source may be forged: limiting drops its packets, but
+                // a ban would outlive the flood and hit whoever owns it.
+                self.rate.unverified_offenders += 1;
+                if self.rate.unverified_offenders.is_power_of_two() {
+                    info!(
+                        client = %cidr,
+                        seen = self.rate.unverified_offenders,
+                        "rate-limit offender not banned: no TCP handshake from it (its address may be forged)"
+                    );
+                }
+                return;
+            }
+        }
         if self.bans.contains_key(&cidr)
             || self.allows.keys().any(|a| overlaps(a, &cidr))
             || self.trusted_overlap(&cidr).is_some()

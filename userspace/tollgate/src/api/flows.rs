@@ -58,6 +58,9 @@ pub struct ApiEvent {
     pub latency_ms: Option<f64>,
     /// Part of the message was not seen.
     pub truncated: bool,
+    /// The kernel accepted this request's bytes on a connection whose
+    /// handshake completed (false: possibly spoofed; never scored or banned).
+    pub verified: bool,
     /// The parsed request, for detectors and the inventory (not printed).
     #[serde(skip)]
     pub request: Option<Request>,
@@ -317,6 +320,7 @@ fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEv
         status: None,
         latency_ms: None,
         truncated: false,
+        verified: true,
         request: None,
         response: None,
         proxy: None,
