@@ -1,7 +1,8 @@
 //! Tollgate's detection engine (pure: no I/O, no kernel, no async runtime).
 //!
 //! Modules:
-//! - [`http`]: incremental HTTP/1.x request/response parsing of untrusted bytes.
+//! - [`http`]: incremental HTTP/1.x request/response parsing of untrusted bytes, as
+//!   lenient as common servers: the one parser of the agent and of `tollgate detect`.
 //! - [`template`]: folding identifier path segments into `{id}`.
 //! - [`decode`]: bounded normalization (percent, HTML entities, JS escapes, overlong UTF-8).
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
