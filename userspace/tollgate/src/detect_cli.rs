@@ -780,6 +780,10 @@ mod tests {
             let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
             assert!(req.malformed.is_some());
         }
+        // Events name such a request's route with `-` for a missing method.
+        let (_, _, events) = live(b"\x00\x01 /x\r\n", 5);
+        let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
+        assert_eq!(pipeline().route_of(req), "- /x");
         // Broken requests over and over, on new connections: each one is
         // reported, none bans (the rule does not add to the client's score).
         let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());

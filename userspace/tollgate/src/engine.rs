@@ -164,10 +164,16 @@ impl Pipeline {
         .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// `METHOD /template` of a request, for events.
+    /// `METHOD /template` of a request, for events (`-` for the method of
+    /// unparseable bytes that had none).
     #[must_use]
     pub fn route_of(&self, req: &tollgate_detect::Request) -> String {
-        self.guard.route_of(req)
+        let route = self.guard.route_of(req);
+        if req.method.is_empty() {
+            format!("-{route}")
+        } else {
+            route
+        }
     }
 
     /// Takes a new configuration (a policy reload) but keeps the clients'
