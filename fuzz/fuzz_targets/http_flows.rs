@@ -1,5 +1,6 @@
 //! Arbitrary bytes through everything that parses sampled API traffic: the
-//! HTTP request/response parsers, the classifier, per-flow reassembly and
+//! HTTP request/response parsers (tollgate-detect's, the agent's only ones),
+//! the unparseable stand-in, the classifier, per-flow reassembly and
 //! pairing (`Flows::on_sample`, segments with derived sequence numbers,
 //! directions and flags) and path templating. None of it may panic, and
 //! memory must stay bounded (libFuzzer's `-rss_limit_mb`/`-malloc_limit_mb`).
@@ -11,22 +12,22 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tollgate::api::{
     flows::Flows,
-    http::{self, Parsed},
     inventory,
     sample::{Direction, Sample},
 };
+use tollgate_detect::{self as http, Parsed};
 
 fn parsers(data: &[u8]) {
     let _ = http::classify(data);
     for wait in [false, true] {
-        if let Parsed::Complete { msg, consumed } = http::parse_request_waiting(data, wait) {
+        if let Ok(Parsed::Complete { msg, consumed }) = http::parse_request_waiting(data, wait) {
             assert!(consumed <= data.len());
             assert!(msg.body.len() <= data.len());
             let _ = inventory::path_template(&msg.path);
             let _ = inventory::has_credentials(&msg);
         }
         for head in [false, true] {
-            if let Parsed::Complete { msg, consumed } =
+            if let Ok(Parsed::Complete { msg, consumed }) =
                 http::parse_response_waiting(data, head, wait)
             {
                 assert!(consumed <= data.len());
@@ -34,7 +35,11 @@ fn parsers(data: &[u8]) {
             }
         }
     }
-    let _ = http::parse_request(data);
+    if let Err(e) = http::parse_request(data) {
+        let r = http::Request::unparseable(data, e);
+        assert!(r.body.len() <= data.len());
+        let _ = inventory::path_template(&r.path);
+    }
     let _ = http::parse_response(data, false);
     let _ = inventory::path_template(&String::from_utf8_lossy(data));
 }

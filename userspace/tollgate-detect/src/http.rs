@@ -1,9 +1,31 @@
-//! Incremental HTTP/1.x parsing of untrusted bytes.
+//! Incremental HTTP/1.x parsing of untrusted bytes: the one parser of the agent (live
+//! flow reassembly) and of `tollgate detect` (offline replay), so both see the same
+//! requests.
 //!
-//! The parser is deliberately lenient about what it *accepts* (the detectors want to
-//! see odd requests rather than lose them) but strict about resources: the header
-//! section is capped in size and count, and bodies are never copied beyond what is
-//! present in the buffer.
+//! The parser is deliberately lenient about what it *accepts*: at least as lenient
+//! as the common servers behind Tollgate (nginx, node, Python's `http.server`), so
+//! that a request a server would serve is never skipped for being odd. It accepts
+//! empty lines before a request (RFC 9112 §2.2), any token method in any case, runs
+//! of spaces or tabs between request-line fields (and spaces inside the target when
+//! the line ends in a version, as nginx does), HTTP/0.9 request lines (`GET /x`, no
+//! version, no headers), bare LF line endings, obs-fold continuation lines (joined
+//! with a space), control bytes in header names and values (kept for the detectors),
+//! and chunked bodies with extensions, leading zeros and trailers (de-chunked).
+//!
+//! Line ends: a LF always ends a line, and a CR right before it belongs to the line
+//! end. A bare CR or a NUL inside a header value stays in the value (nginx and node
+//! refuse such requests, Python's header parser keeps them): the protocol detector
+//! judges them (`protocol.crlf`, `protocol.null_byte`, `protocol.control_char`) rather
+//! than the parser dropping the request. In the request line a bare CR, VT and FF
+//! separate fields, as Python's `str.split()` does.
+//!
+//! It is strict about resources: the header section is capped in size
+//! ([`MAX_HEADER_BYTES`]) and count ([`MAX_HEADERS`]), bodies are copied only from
+//! what is in the buffer and at most [`MAX_BODY_BYTES`] of them, and no allocation
+//! follows a length the peer claims.
+//!
+//! What cannot be parsed is not dropped: [`Request::unparseable`] turns the bytes
+//! into a stand-in request the detectors still inspect (`protocol.unparseable`).
 
 use thiserror::Error;
 
@@ -11,8 +33,15 @@ use thiserror::Error;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Maximum number of header fields.
 pub const MAX_HEADERS: usize = 200;
+/// Most body bytes kept per message (the rest is counted as consumed and the
+/// message marked truncated).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest accepted method token.
 const MAX_METHOD_LEN: usize = 32;
+/// Most bytes of an unparseable buffer kept in its stand-in request.
+const MAX_UNPARSED_BYTES: usize = 16 * 1024;
+/// The `version` of an HTTP/0.9 request (its minor digit).
+pub const HTTP_09: u8 = 9;
 
 /// Why a buffer is not an HTTP/1.x message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -29,12 +58,12 @@ pub enum HttpError {
     BadMethod,
     #[error("unsupported HTTP version")]
     BadVersion,
-    #[error("malformed header line")]
-    BadHeader,
     #[error("invalid Content-Length")]
     BadContentLength,
     #[error("malformed chunked body")]
     BadChunk,
+    #[error("neither HTTP/1.x nor TLS")]
+    NotHttp,
 }
 
 /// Result of a parse attempt on a possibly incomplete buffer.
@@ -42,13 +71,14 @@ pub enum HttpError {
 pub enum Parsed<T> {
     /// A message; `consumed` bytes of the buffer belong to it.
     Complete { msg: T, consumed: usize },
-    /// The header section is not finished yet.
+    /// The header section is not finished yet (or, when waiting, the body).
     Partial,
 }
 
 /// A parsed HTTP/1.x request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
+    /// The method token as sent (case kept: `get` stays `get`).
     pub method: String,
     /// The request target as sent (path and query, or absolute form).
     pub target: String,
@@ -56,23 +86,30 @@ pub struct Request {
     pub path: String,
     /// Raw query string without the `?`.
     pub query: Option<String>,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1 (and later 1.x), [`HTTP_09`]
+    /// for an HTTP/0.9 request line.
     pub version: u8,
     /// Header fields in order, names as received.
     pub headers: Vec<(String, String)>,
     /// Body (de-chunked when chunked), possibly only a prefix (see `truncated`).
     pub body: Vec<u8>,
-    /// The body announced by the headers was not fully present in the buffer.
+    /// The body announced by the headers was not fully present in the buffer (or
+    /// longer than [`MAX_BODY_BYTES`]).
     pub truncated: bool,
+    /// Set on a stand-in for bytes that are not an HTTP/1.x request
+    /// ([`Request::unparseable`]): why they could not be parsed.
+    pub malformed: Option<HttpError>,
 }
 
 /// A parsed HTTP/1.x response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
+    /// Minor version.
     pub version: u8,
     pub status: u16,
     pub reason: String,
     pub headers: Vec<(String, String)>,
+    /// Body (de-chunked when chunked), possibly only a prefix (see `truncated`).
     pub body: Vec<u8>,
     pub truncated: bool,
 }
@@ -103,6 +140,50 @@ impl Request {
     pub fn headers_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         find_headers(&self.headers, name)
     }
+
+    /// A stand-in request for bytes sent to an API port that are not an HTTP/1.x
+    /// request (`why`), so that they are reported (`protocol.unparseable`) and the
+    /// injection detectors still see them: the first line, without what looks like
+    /// a method and a version, is the target (split into path and query at `?`);
+    /// the rest of the bytes is the body. At most 16 KiB are kept.
+    pub fn unparseable(raw: &[u8], why: HttpError) -> Request {
+        let raw = &raw[..raw.len().min(MAX_UNPARSED_BYTES)];
+        let start = raw
+            .iter()
+            .position(|b| !matches!(b, b'\r' | b'\n'))
+            .unwrap_or(raw.len());
+        let raw = &raw[start..];
+        let eol = memchr::memchr(b'\n', raw).unwrap_or(raw.len());
+        let line = raw[..eol].strip_suffix(b"\r").unwrap_or(&raw[..eol]);
+        let rest = raw.get(eol + 1..).unwrap_or_default();
+        let mut method = String::new();
+        let mut target = trim_ws(line);
+        // `TOKEN target...`: the token is the method.
+        let tok = target.iter().take_while(|&&b| is_tchar(b)).count();
+        if (1..=MAX_METHOD_LEN).contains(&tok) && target.get(tok).is_some_and(|&b| is_ws(b)) {
+            method = lossy(&target[..tok]);
+            target = trim_ws(&target[tok..]);
+        }
+        // `... HTTP/x.y`: the version is not part of the target.
+        if let Some(sp) = target.iter().rposition(|&b| is_ws(b))
+            && target[sp + 1..].starts_with(b"HTTP/")
+        {
+            target = trim_ws(&target[..sp]);
+        }
+        let target = lossy(target);
+        let (path, query) = split_target(&target);
+        Request {
+            method,
+            path,
+            query,
+            target,
+            version: 1,
+            headers: Vec::new(),
+            body: rest.to_vec(),
+            truncated: false,
+            malformed: Some(why),
+        }
+    }
 }
 
 impl Response {
@@ -119,62 +200,112 @@ impl Response {
 /// What the start of a payload looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A request (or the start of one): a method token, whitespace and a target,
+    /// possibly after empty lines.
     HttpRequest,
+    /// `HTTP/1.`: a response.
     HttpResponse,
+    /// A TLS record (encrypted API traffic).
     Tls,
+    /// Anything else.
     Other,
 }
 
+/// Well-known methods: a buffer that ends inside one of them (a request split
+/// after a few bytes) is taken for a request.
 const METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-    b"PROPFIND ",
-    b"PROPPATCH ",
-    b"MKCOL ",
-    b"COPY ",
-    b"MOVE ",
-    b"LOCK ",
-    b"UNLOCK ",
-    b"SEARCH ",
-    b"PURGE ",
+    b"GET",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"HEAD",
+    b"OPTIONS",
+    b"PATCH",
+    b"TRACE",
+    b"CONNECT",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"SEARCH",
+    b"REPORT",
+    b"PURGE",
 ];
 
-/// Classifies the first bytes of a flow (cheap; no full parse).
-pub fn looks_like_http(buf: &[u8]) -> Kind {
-    // TLS record: handshake content type, major version 3.
-    if buf.len() >= 2 && buf[0] == 0x16 && buf[1] == 0x03 {
+/// Classifies the first bytes of a flow (cheap; no full parse). Anything the
+/// request parser could accept is [`Kind::HttpRequest`]: empty lines first, then a
+/// token of any case followed by whitespace and a target.
+pub fn classify(buf: &[u8]) -> Kind {
+    // TLS record: handshake content type, major version 3 (or only its first byte).
+    if buf.first() == Some(&0x16) && buf.get(1).is_none_or(|&b| b == 0x03) {
         return Kind::Tls;
     }
-    if buf.starts_with(b"HTTP/1.") {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let buf = &buf[start..];
+    if buf.is_empty() {
+        // Only empty lines (or nothing) so far: what follows decides.
+        return if start > 0 {
+            Kind::HttpRequest
+        } else {
+            Kind::Other
+        };
+    }
+    let http = b"HTTP/1.";
+    if buf.starts_with(http) || (buf.len() < http.len() && http.starts_with(buf)) {
         return Kind::HttpResponse;
     }
-    for m in METHODS {
-        let n = m.len().min(buf.len());
-        if n > 0 && buf[..n] == m[..n] && (n == m.len() || n == buf.len()) {
-            return Kind::HttpRequest;
-        }
-    }
-    // Unknown method token followed by a space and an origin-form target.
     let tok = buf
         .iter()
         .take(MAX_METHOD_LEN + 1)
-        .take_while(|b| b.is_ascii_uppercase())
+        .take_while(|&&b| is_tchar(b))
         .count();
-    if tok > 0
-        && tok <= MAX_METHOD_LEN
-        && buf.get(tok) == Some(&b' ')
-        && buf.get(tok + 1) == Some(&b'/')
-    {
-        return Kind::HttpRequest;
+    if tok == 0 || tok > MAX_METHOD_LEN {
+        return Kind::Other;
     }
-    Kind::Other
+    let rest = &buf[tok..];
+    if rest.is_empty() {
+        // Cut inside the method: only a known one counts.
+        return if METHODS
+            .iter()
+            .any(|m| m.len() >= tok && m[..tok].eq_ignore_ascii_case(buf))
+        {
+            Kind::HttpRequest
+        } else {
+            Kind::Other
+        };
+    }
+    let ws = rest.iter().take_while(|&&b| is_ws(b)).count();
+    if ws == 0 {
+        return Kind::Other;
+    }
+    match rest.get(ws) {
+        // Cut before the target.
+        None => Kind::HttpRequest,
+        Some(b'\n') => Kind::Other,
+        Some(_) => Kind::HttpRequest,
+    }
+}
+
+/// Whitespace between request-line fields: SP and HTAB (RFC 9112 §3), and VT, FF
+/// and a bare CR, which Python's `str.split()` also splits on.
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_ws(s: &[u8]) -> &[u8] {
+    let a = s.iter().position(|&b| !is_ws(b)).unwrap_or(s.len());
+    let e = s.iter().rposition(|&b| !is_ws(b)).map_or(a, |p| p + 1);
+    &s[a..e.max(a)]
 }
 
 /// Header section split out of the buffer.
@@ -183,85 +314,89 @@ struct Head<'a> {
     headers: Vec<(String, String)>,
     /// Offset of the first body byte.
     body_start: usize,
+    /// An HTTP/0.9 request line: no headers, no body.
+    http09: bool,
 }
 
-/// Finds the end of the header section and splits it into lines.
-fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HttpError> {
-    // Tolerate empty lines before the start line (RFC 9112 §2.2).
-    let mut start = 0;
-    while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') && start < 16 {
-        start += 1;
-    }
-    let window = &buf[start..buf.len().min(start + MAX_HEADER_BYTES)];
-    let (head_len, term_len) = match find_terminator(window) {
-        Some(v) => v,
-        None => {
-            return if window.len() >= MAX_HEADER_BYTES {
-                Err(HttpError::HeadersTooLarge)
-            } else {
-                Ok(None)
-            };
+/// The next line of `buf` from `from`: (line without CR LF, offset after its LF).
+fn line_at(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(from..)?;
+    let eol = memchr::memchr(b'\n', rest)?;
+    let line = &rest[..eol];
+    Some((line.strip_suffix(b"\r").unwrap_or(line), from + eol + 1))
+}
+
+/// Finds the end of the header section and splits it into lines. `request`: the
+/// start line may be an HTTP/0.9 request line, which ends the head by itself.
+fn parse_head(buf: &[u8], request: bool) -> Result<Option<Head<'_>>, HttpError> {
+    // Empty lines before the start line (RFC 9112 §2.2; nginx and node skip any
+    // number of them).
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let window = &buf[..buf.len().min(start + MAX_HEADER_BYTES)];
+    let too_large = || {
+        if window.len() >= start + MAX_HEADER_BYTES {
+            Err(HttpError::HeadersTooLarge)
+        } else {
+            Ok(None)
         }
     };
-    let head = &window[..head_len];
-    let mut from = 0;
-    let mut lines = memchr::memchr_iter(b'\n', head)
-        .chain(std::iter::once(head.len()))
-        .map(|end| {
-            let l = &head[from..end];
-            from = end + 1;
-            l.strip_suffix(b"\r").unwrap_or(l)
-        });
-    let start_line = lines.next().ok_or(HttpError::BadRequestLine)?;
-    let fields = memchr::memchr_iter(b'\n', head).count();
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(fields.min(MAX_HEADERS));
-    for line in lines {
+    let Some((start_line, mut pos)) = line_at(window, start) else {
+        return too_large();
+    };
+    if request && is_http09(start_line) {
+        return Ok(Some(Head {
+            start_line,
+            headers: Vec::new(),
+            body_start: pos,
+            http09: true,
+        }));
+    }
+    let mut headers: Vec<(String, String)> = Vec::new();
+    loop {
+        let Some((line, next)) = line_at(window, pos) else {
+            return too_large();
+        };
+        pos = next;
         if line.is_empty() {
-            continue;
+            break;
         }
-        // Obsolete line folding: append to the previous value.
+        // Obsolete line folding: the value goes on, after one space (RFC 9112 §5.2).
+        // A fold before any field has nothing to continue and is ignored.
         if line[0] == b' ' || line[0] == b'\t' {
-            let last = headers.last_mut().ok_or(HttpError::BadHeader)?;
-            last.1.push(' ');
-            last.1
-                .push_str(String::from_utf8_lossy(trim(line)).as_ref());
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(&lossy(trim(line)));
+            }
             continue;
         }
         if headers.len() >= MAX_HEADERS {
             return Err(HttpError::TooManyHeaders);
         }
-        let colon = memchr::memchr(b':', line).ok_or(HttpError::BadHeader)?;
-        let name = &line[..colon];
-        if name.is_empty() || name.iter().any(|&b| b <= b' ' || b == 0x7f) {
-            // Whitespace before the colon is a classic smuggling vector; keep the
-            // field (trimmed) so the protocol detector can see it, but reject
-            // control bytes.
-            if name.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) || trim(name).is_empty() {
-                return Err(HttpError::BadHeader);
-            }
-        }
-        let value = trim(&line[colon + 1..]);
+        // Names and values are kept as sent, control bytes included, for the
+        // detectors to judge; only the optional whitespace around the value goes.
+        // A line without a colon (Python keeps reading past it) becomes a value
+        // without a name, so that it is still inspected.
+        let (name, value) = match memchr::memchr(b':', line) {
+            Some(colon) => (&line[..colon], trim(&line[colon + 1..])),
+            None => (&b""[..], trim(line)),
+        };
         headers.push((lossy(name), lossy(value)));
     }
     Ok(Some(Head {
         start_line,
         headers,
-        body_start: start + head_len + term_len,
+        body_start: pos,
+        http09: false,
     }))
 }
 
-/// Position of the blank line ending the head and the terminator length.
-fn find_terminator(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = finder!(b"\r\n\r\n").find(buf);
-    // A bare-LF blank line only ends the head when it comes first, so it is only
-    // looked for before the CRLF one (not through the whole body).
-    let lf_end = crlf.map_or(buf.len(), |a| a + 2);
-    let lf = finder!(b"\n\n").find(&buf[..lf_end]);
-    match (crlf, lf) {
-        (_, Some(b)) => Some((b, 2)),
-        (Some(a), None) => Some((a, 4)),
-        (None, None) => None,
-    }
+/// `METHOD target` without a version: an HTTP/0.9 request line.
+fn is_http09(line: &[u8]) -> bool {
+    let mut fields = line.split(|&b| is_ws(b)).filter(|f| !f.is_empty());
+    fields.next().is_some() && fields.next().is_some() && fields.next().is_none()
 }
 
 /// `String::from_utf8_lossy(b).into_owned()`, without the slower lossy scan for the
@@ -273,6 +408,7 @@ fn lossy(b: &[u8]) -> String {
     }
 }
 
+/// Strips the optional whitespace around a field value.
 fn trim(s: &[u8]) -> &[u8] {
     let a = s
         .iter()
@@ -285,12 +421,24 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[a..e.max(a)]
 }
 
+/// `HTTP/1.x` (any minor digit; above 1 counts as 1.1, as nginx and Python do).
 fn parse_version(v: &[u8]) -> Result<u8, HttpError> {
     match v {
-        b"HTTP/1.1" => Ok(1),
-        b"HTTP/1.0" => Ok(0),
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => {
+            Ok(u8::from(*d != b'0'))
+        }
         _ => Err(HttpError::BadVersion),
     }
+}
+
+fn split_target(target: &str) -> (String, Option<String>) {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    // Fragments are never sent by browsers; keep them out of the path template.
+    let path = path.split_once('#').map_or(path, |(p, _)| p);
+    (path.to_owned(), query)
 }
 
 /// How the body is delimited.
@@ -298,17 +446,18 @@ enum Framing {
     None,
     Length(usize),
     Chunked,
-    /// Responses without length: until close.
+    /// Responses without length on a closing connection: until close.
     UntilClose,
 }
 
-fn framing(headers: &[(String, String)], request: bool) -> Result<Framing, HttpError> {
+fn framing(headers: &[(String, String)]) -> Result<Option<Framing>, HttpError> {
+    // Chunked when it is the last coding (RFC 9112 §6.3); a server that sees
+    // `chunked` anywhere (nginx) reads chunks too.
     let te_chunked = find_headers(headers, "transfer-encoding")
         .flat_map(|v| v.split(','))
-        .last()
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        .any(|c| c.trim().eq_ignore_ascii_case("chunked"));
     if te_chunked {
-        return Ok(Framing::Chunked);
+        return Ok(Some(Framing::Chunked));
     }
     let mut len: Option<usize> = None;
     for v in find_headers(headers, "content-length") {
@@ -322,120 +471,172 @@ fn framing(headers: &[(String, String)], request: bool) -> Result<Framing, HttpE
             len.get_or_insert(n);
         }
     }
-    Ok(match len {
-        Some(n) => Framing::Length(n),
-        None if request => Framing::None,
-        None => Framing::UntilClose,
+    Ok(len.map(Framing::Length))
+}
+
+/// A body read from the bytes after the head.
+struct Body {
+    bytes: Vec<u8>,
+    /// Not all of it was in the buffer, or not all of it was kept.
+    truncated: bool,
+    /// All of it was in the buffer.
+    complete: bool,
+    /// Bytes of the buffer it took.
+    consumed: usize,
+}
+
+fn capped(b: &[u8]) -> Vec<u8> {
+    b[..b.len().min(MAX_BODY_BYTES)].to_vec()
+}
+
+fn read_body(rest: &[u8], framing: Framing) -> Result<Body, HttpError> {
+    let whole = |b: &[u8]| Body {
+        bytes: capped(b),
+        truncated: b.len() > MAX_BODY_BYTES,
+        complete: true,
+        consumed: b.len(),
+    };
+    Ok(match framing {
+        Framing::None => whole(&[]),
+        Framing::Length(n) if n <= rest.len() => whole(&rest[..n]),
+        Framing::Length(_) => Body {
+            complete: false,
+            truncated: true,
+            ..whole(rest)
+        },
+        Framing::UntilClose => whole(rest),
+        Framing::Chunked => dechunk(rest)?,
     })
 }
 
-/// Extracts the body; returns (body, truncated, consumed-from-body-start).
-fn read_body(rest: &[u8], framing: Framing) -> Result<(Vec<u8>, bool, usize), HttpError> {
-    match framing {
-        Framing::None => Ok((Vec::new(), false, 0)),
-        Framing::Length(n) => {
-            if rest.len() >= n {
-                Ok((rest[..n].to_vec(), false, n))
-            } else {
-                Ok((rest.to_vec(), true, rest.len()))
-            }
-        }
-        Framing::UntilClose => Ok((rest.to_vec(), false, rest.len())),
-        Framing::Chunked => dechunk(rest),
+/// The chunk size of a chunk-size line: hex digits (leading zeros allowed), then
+/// optional whitespace and `;ext=val` extensions (RFC 9112 §7.1).
+fn chunk_size(line: &[u8]) -> Result<usize, HttpError> {
+    let size = line.split(|&b| b == b';').next().unwrap_or(line);
+    let size = trim(size);
+    let digits = match size.iter().position(|&b| b != b'0') {
+        Some(p) => &size[p..],
+        None => &[][..],
+    };
+    if size.is_empty() || digits.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(HttpError::BadChunk);
     }
+    Ok(digits.iter().fold(0usize, |n, &b| {
+        let d = (b as char).to_digit(16).unwrap_or(0) as usize;
+        n.saturating_mul(16).saturating_add(d)
+    }))
 }
 
-fn dechunk(rest: &[u8]) -> Result<(Vec<u8>, bool, usize), HttpError> {
-    let mut body = Vec::new();
+fn dechunk(rest: &[u8]) -> Result<Body, HttpError> {
+    let mut bytes = Vec::new();
+    let mut capped = false;
     let mut pos = 0;
+    // The buffer ends inside the body: all of it is consumed, the body is a prefix.
+    let partial = |bytes| Body {
+        bytes,
+        truncated: true,
+        complete: false,
+        consumed: rest.len(),
+    };
     loop {
-        let Some(eol) = memchr::memchr(b'\n', &rest[pos..]) else {
-            return Ok((body, true, rest.len()));
+        let Some((line, next)) = line_at(rest, pos) else {
+            return Ok(partial(bytes));
         };
-        let line = &rest[pos..pos + eol];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let size_part = line.split(|&b| b == b';').next().unwrap_or(line);
-        let size_part = trim(size_part);
-        if size_part.is_empty()
-            || size_part.len() > 15
-            || !size_part.iter().all(u8::is_ascii_hexdigit)
-        {
-            return Err(HttpError::BadChunk);
-        }
-        let mut size = 0usize;
-        for &b in size_part {
-            size = size * 16 + (b as char).to_digit(16).unwrap_or(0) as usize;
-        }
-        pos += eol + 1;
+        let size = chunk_size(line)?;
+        pos = next;
         if size == 0 {
-            // Skip trailers up to the blank line.
+            // Trailer fields up to the blank line (read over, not kept).
             loop {
-                let Some(eol) = memchr::memchr(b'\n', &rest[pos..]) else {
-                    return Ok((body, true, rest.len()));
+                let Some((line, next)) = line_at(rest, pos) else {
+                    return Ok(partial(bytes));
                 };
-                let line = &rest[pos..pos + eol];
-                pos += eol + 1;
-                if line.is_empty() || line == b"\r" {
-                    return Ok((body, false, pos));
+                pos = next;
+                if line.is_empty() {
+                    return Ok(Body {
+                        bytes,
+                        truncated: capped,
+                        complete: true,
+                        consumed: pos,
+                    });
                 }
             }
         }
         let avail = rest.len() - pos;
+        let take = avail.min(size);
+        let room = MAX_BODY_BYTES.saturating_sub(bytes.len());
+        bytes.extend_from_slice(&rest[pos..pos + take.min(room)]);
+        capped |= take > room;
         if avail < size {
-            body.extend_from_slice(&rest[pos..]);
-            return Ok((body, true, rest.len()));
+            return Ok(partial(bytes));
         }
-        body.extend_from_slice(&rest[pos..pos + size]);
         pos += size;
-        // Chunk data is followed by CRLF (tolerate bare LF).
+        // Chunk data is followed by CRLF (bare LF tolerated).
         if rest[pos..].starts_with(b"\r\n") {
             pos += 2;
         } else if rest[pos..].starts_with(b"\n") {
             pos += 1;
-        } else if pos + 1 >= rest.len() {
-            return Ok((body, true, rest.len()));
+        } else if rest.len() - pos < 2 {
+            return Ok(partial(bytes));
         } else {
             return Err(HttpError::BadChunk);
         }
     }
 }
 
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Parses one HTTP/1.x request from the start of `buf`; an incomplete body is a
+/// truncated message.
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
+    parse_request_waiting(buf, false)
 }
 
-/// Parses one HTTP/1.x request from the start of `buf`.
-pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
-    let Some(head) = parse_head(buf)? else {
+/// Like [`parse_request`]; with `wait`, an incomplete body is `Partial` (more bytes
+/// of the stream may follow).
+pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, HttpError> {
+    let Some(head) = parse_head(buf, true)? else {
         return Ok(Parsed::Partial);
     };
     let line = head.start_line;
-    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
-    let method = parts.next().ok_or(HttpError::BadRequestLine)?;
-    let target = parts.next().ok_or(HttpError::BadRequestLine)?;
-    let version = parts.next().ok_or(HttpError::BadRequestLine)?;
-    if parts.next().is_some() {
-        return Err(HttpError::BadRequestLine);
-    }
+    let fields: Vec<(usize, usize)> = {
+        let mut v = Vec::new();
+        let mut i = 0;
+        while i < line.len() {
+            if is_ws(line[i]) {
+                i += 1;
+                continue;
+            }
+            let s = i;
+            while i < line.len() && !is_ws(line[i]) {
+                i += 1;
+            }
+            v.push((s, i));
+        }
+        v
+    };
+    let (&(m0, m1), rest) = fields.split_first().ok_or(HttpError::BadRequestLine)?;
+    let method = &line[m0..m1];
     if method.len() > MAX_METHOD_LEN || !method.iter().all(|&b| is_tchar(b)) {
         return Err(HttpError::BadMethod);
     }
-    if target.iter().any(|&b| b < 0x21 || b == 0x7f) {
-        return Err(HttpError::BadRequestLine);
-    }
-    let version = parse_version(version)?;
+    let (target, version) = match rest {
+        [(t0, t1)] if head.http09 => (&line[*t0..*t1], HTTP_09),
+        [(t0, _), .., (_, t1), (v0, v1)] | [(t0, t1), (v0, v1)] => {
+            let version = &line[*v0..*v1];
+            if !version.starts_with(b"HTTP/") {
+                return Err(HttpError::BadRequestLine);
+            }
+            // Spaces inside the target (nginx keeps them): everything between
+            // the method and the version.
+            (&line[*t0..*t1], parse_version(version)?)
+        }
+        _ => return Err(HttpError::BadRequestLine),
+    };
     let target = lossy(target);
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.clone(), None),
-    };
-    // Fragments are never sent by browsers; keep them out of the path template.
-    let path = match path.split_once('#') {
-        Some((p, _)) => p.to_owned(),
-        None => path,
-    };
-    let fr = framing(&head.headers, true)?;
-    let (body, truncated, used) = read_body(&buf[head.body_start..], fr)?;
+    let (path, query) = split_target(&target);
+    let fr = framing(&head.headers)?.unwrap_or(Framing::None);
+    let body = read_body(&buf[head.body_start..], fr)?;
+    if wait && !body.complete {
+        return Ok(Parsed::Partial);
+    }
     Ok(Parsed::Complete {
         msg: Request {
             method: lossy(method),
@@ -444,16 +645,54 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
             query,
             version,
             headers: head.headers,
-            body,
-            truncated,
+            body: body.bytes,
+            truncated: body.truncated,
+            malformed: None,
         },
-        consumed: head.body_start + used,
+        consumed: head.body_start + body.consumed,
     })
 }
 
-/// Parses one HTTP/1.x response from the start of `buf`.
-pub fn parse_response(buf: &[u8]) -> Result<Parsed<Response>, HttpError> {
-    let Some(head) = parse_head(buf)? else {
+/// Parses one request from bytes after which nothing more comes (the connection
+/// closed, or a whole `tollgate detect` line): a head that lacks only its final
+/// empty line is taken as ended there, so that the agent and `tollgate detect`
+/// judge it alike. `consumed` never exceeds `buf.len()`.
+pub fn parse_request_final(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
+    if let Parsed::Complete { msg, consumed } = parse_request(buf)? {
+        return Ok(Parsed::Complete { msg, consumed });
+    }
+    let end = buf
+        .iter()
+        .rposition(|b| !matches!(b, b'\r' | b'\n'))
+        .map_or(0, |p| p + 1);
+    if end == 0 {
+        return Ok(Parsed::Partial);
+    }
+    let mut ended = Vec::with_capacity(end + 4);
+    ended.extend_from_slice(&buf[..end]);
+    ended.extend_from_slice(b"\r\n\r\n");
+    Ok(match parse_request(&ended)? {
+        Parsed::Complete { msg, consumed } => Parsed::Complete {
+            msg,
+            consumed: consumed.min(buf.len()),
+        },
+        Parsed::Partial => Parsed::Partial,
+    })
+}
+
+/// Parses one HTTP/1.x response from the start of `buf`. `head_request`: it answers
+/// a HEAD (no body).
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>, HttpError> {
+    parse_response_waiting(buf, head_request, false)
+}
+
+/// Like [`parse_response`]; with `wait`, an incomplete body is `Partial`.
+pub fn parse_response_waiting(
+    buf: &[u8],
+    head_request: bool,
+    wait: bool,
+) -> Result<Parsed<Response>, HttpError> {
+    let Some(head) = parse_head(buf, false)? else {
         return Ok(Parsed::Partial);
     };
     let line = head.start_line;
@@ -467,22 +706,37 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<Response>, HttpError> {
         .iter()
         .fold(0u16, |acc, &b| acc * 10 + u16::from(b - b'0'));
     let reason = lossy(parts.next().unwrap_or_default());
-    let fr = if status < 200 || status == 204 || status == 304 {
+    let fr = if head_request || status < 200 || status == 204 || status == 304 {
         Framing::None
     } else {
-        framing(&head.headers, false)?
+        match framing(&head.headers)? {
+            Some(f) => f,
+            // Without a length a response runs until the connection closes; on a
+            // kept-alive HTTP/1.1 connection that is taken as no body, so that the
+            // next response still pairs with its request.
+            None if version == 0
+                || find_header(&head.headers, "connection")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("close")) =>
+            {
+                Framing::UntilClose
+            }
+            None => Framing::None,
+        }
     };
-    let (body, truncated, used) = read_body(&buf[head.body_start..], fr)?;
+    let body = read_body(&buf[head.body_start..], fr)?;
+    if wait && !body.complete {
+        return Ok(Parsed::Partial);
+    }
     Ok(Parsed::Complete {
         msg: Response {
             version,
             status,
             reason,
             headers: head.headers,
-            body,
-            truncated,
+            body: body.bytes,
+            truncated: body.truncated,
         },
-        consumed: head.body_start + used,
+        consumed: head.body_start + body.consumed,
     })
 }
 
@@ -508,6 +762,7 @@ mod tests {
         assert_eq!(r.headers_all("x-a").collect::<Vec<_>>(), vec!["1", "2"]);
         assert_eq!(n, 56);
         assert!(!r.truncated);
+        assert_eq!(r.malformed, None);
     }
 
     #[test]
@@ -521,6 +776,11 @@ mod tests {
         assert_eq!(r.body, b"abc");
         assert_eq!(n, 42);
         assert_eq!(r.version, 0);
+        // Waiting for the rest of the stream: not done yet.
+        assert_eq!(
+            parse_request_waiting(b"POST / HTTP/1.0\r\nContent-Length: 10\r\n\r\nabc", true),
+            Ok(Parsed::Partial)
+        );
     }
 
     #[test]
@@ -534,10 +794,60 @@ mod tests {
     }
 
     #[test]
+    fn lenient_request_lines() {
+        // Tabs and runs of spaces between fields.
+        let (r, _) = req(b"GET\t/a?q=1 \t HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/a?q=1"));
+        // Any token method, case kept.
+        let (r, _) = req(b"get /x HTTP/1.1\r\n\r\n");
+        assert_eq!(r.method, "get");
+        let (r, _) = req(b"PROPFIND /dav HTTP/1.1\r\nDepth: 1\r\n\r\n");
+        assert_eq!(r.method, "PROPFIND");
+        // Empty lines before the request (CRLF and LF) belong to it.
+        let raw = b"\r\n\n\r\nGET /x HTTP/1.1\r\n\r\n";
+        let (r, n) = req(raw);
+        assert_eq!((r.path.as_str(), n), ("/x", raw.len()));
+        // HTTP/0.9: no version, no headers; the line ends the request.
+        let raw = b"GET /old?a=1\r\nGET /next HTTP/1.1\r\n\r\n";
+        let (r, n) = req(raw);
+        assert_eq!((r.version, r.path.as_str()), (HTTP_09, "/old"));
+        assert!(r.headers.is_empty());
+        assert_eq!(&raw[n..], b"GET /next HTTP/1.1\r\n\r\n");
+        // Spaces inside the target when the line ends in a version (nginx).
+        let (r, _) = req(b"GET /a b?q=1 2 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.target, "/a b?q=1 2");
+        // HTTP/1.2 is served as 1.1.
+        assert_eq!(req(b"GET / HTTP/1.2\r\n\r\n").0.version, 1);
+    }
+
+    #[test]
+    fn lenient_headers() {
+        // Bare LF line endings, folded values, control bytes kept.
+        let (r, n) = req(
+            b"GET / HTTP/1.1\nX-A: one\n  two\n\tthree\nX-B: a\x01b\x07c\x1bd\nNoColon\n\nrest",
+        );
+        assert_eq!(r.header("x-a"), Some("one two three"));
+        assert_eq!(r.header("x-b"), Some("a\x01b\x07c\x1bd"));
+        assert_eq!(r.header(""), Some("NoColon"));
+        assert_eq!(n, 59);
+        // A bare CR inside a value is not a line end.
+        let (r, _) = req(b"GET / HTTP/1.1\r\nX-C: a\rb\r\n\r\n");
+        assert_eq!(r.header("x-c"), Some("a\rb"));
+    }
+
+    #[test]
     fn chunked() {
         let buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nNEXT";
         let (r, n) = req(buf);
         assert_eq!(r.body, b"abcde");
+        assert_eq!(&buf[n..], b"NEXT");
+        // Leading zeros, upper-case hex, extensions with spaces, trailers, bare LF.
+        let buf = b"POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n00A ; a=b\n0123456789\n000\nX-T: 1\n\nNEXT";
+        let (r, n) = req(buf);
+        assert_eq!(
+            (r.body.as_slice(), r.truncated),
+            (&b"0123456789"[..], false)
+        );
         assert_eq!(&buf[n..], b"NEXT");
         let (r, _) = req(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab");
         assert!(r.truncated);
@@ -546,6 +856,10 @@ mod tests {
             parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
             Err(HttpError::BadChunk)
         );
+        // A claimed size larger than anything is not allocated.
+        let (r, _) =
+            req(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\nabc");
+        assert_eq!((r.body.as_slice(), r.truncated), (&b"abc"[..], true));
     }
 
     #[test]
@@ -568,23 +882,60 @@ mod tests {
             Err(HttpError::BadMethod)
         );
         assert_eq!(
-            parse_request(b"GET /\r\n\r\n"),
+            parse_request(b"GET\r\n\r\n"),
+            Err(HttpError::BadRequestLine)
+        );
+        assert_eq!(
+            parse_request(b"GET / x y\r\n\r\n"),
             Err(HttpError::BadRequestLine)
         );
         assert_eq!(
             parse_request(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Err(HttpError::BadContentLength)
         );
+    }
+
+    #[test]
+    fn a_final_head_without_its_empty_line_is_ended() {
+        let Ok(Parsed::Complete { msg, consumed }) =
+            parse_request_final(b"GET /x?q=1 HTTP/1.1\r\nHost: a")
+        else {
+            panic!()
+        };
         assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"),
-            Err(HttpError::BadHeader)
+            (msg.query.as_deref(), msg.header("host")),
+            (Some("q=1"), Some("a"))
         );
+        assert_eq!(consumed, 28);
+        assert_eq!(
+            parse_request_final(b"GET /x HT"),
+            Err(HttpError::BadRequestLine)
+        );
+        assert_eq!(parse_request_final(b"\r\n"), Ok(Parsed::Partial));
+        assert_eq!(parse_request_final(b""), Ok(Parsed::Partial));
+    }
+
+    #[test]
+    fn unparseable_stand_in() {
+        let r = Request::unparseable(
+            b"\r\nGET /x?q=1' OR '1'='1 HTTP/9.9\r\nHost: a\r\n\r\n",
+            HttpError::BadVersion,
+        );
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/x");
+        assert_eq!(r.query.as_deref(), Some("q=1' OR '1'='1"));
+        assert_eq!(r.body, b"Host: a\r\n\r\n");
+        assert_eq!(r.malformed, Some(HttpError::BadVersion));
+        let r = Request::unparseable(b"\x00\x01binary", HttpError::NotHttp);
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("", "\0\x01binary"));
+        let big = vec![b'a'; 100_000];
+        assert!(Request::unparseable(&big, HttpError::NotHttp).target.len() <= 16 * 1024);
     }
 
     #[test]
     fn response() {
         let buf = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc";
-        match parse_response(buf) {
+        match parse_response(buf, false) {
             Ok(Parsed::Complete { msg, consumed }) => {
                 assert_eq!(msg.status, 404);
                 assert_eq!(msg.reason, "Not Found");
@@ -593,15 +944,48 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        // HEAD answers and kept-alive responses without a length have no body.
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        let Ok(Parsed::Complete { consumed, .. }) = parse_response(buf, true) else {
+            panic!()
+        };
+        let Ok(Parsed::Complete { consumed: m, .. }) = parse_response(&buf[consumed..], false)
+        else {
+            panic!()
+        };
+        assert_eq!(consumed + m, buf.len());
+        // Closing: until the end.
+        let buf = b"HTTP/1.0 200 OK\r\n\r\nall of it";
+        let Ok(Parsed::Complete { msg, consumed }) = parse_response(buf, false) else {
+            panic!()
+        };
+        assert_eq!(
+            (msg.body.as_slice(), consumed),
+            (&b"all of it"[..], buf.len())
+        );
     }
 
     #[test]
-    fn classify() {
-        assert_eq!(looks_like_http(b"GET / HTTP/1.1"), Kind::HttpRequest);
-        assert_eq!(looks_like_http(b"PO"), Kind::HttpRequest);
-        assert_eq!(looks_like_http(b"HTTP/1.1 200 OK"), Kind::HttpResponse);
-        assert_eq!(looks_like_http(&[0x16, 0x03, 0x01, 0x02]), Kind::Tls);
-        assert_eq!(looks_like_http(b"\x00\x01binary"), Kind::Other);
-        assert_eq!(looks_like_http(b""), Kind::Other);
+    fn classify_first_bytes() {
+        for req in [
+            &b"GET / HTTP/1.1"[..],
+            b"PO",
+            b"get /x",
+            b"PROPFIND /dav HTTP/1.1",
+            b"REPORT /cal HTTP/1.1",
+            b"FOO\t/x",
+            b"\r\n\r\nGET / HTTP/1.1",
+            b"\n",
+            b"GET ",
+        ] {
+            assert_eq!(classify(req), Kind::HttpRequest, "{req:?}");
+        }
+        assert_eq!(classify(b"HTTP/1.1 200 OK"), Kind::HttpResponse);
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Kind::Tls);
+        assert_eq!(classify(b"\x00\x01binary"), Kind::Other);
+        assert_eq!(classify(b"SSH-2.0-x"), Kind::Other);
+        assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Kind::Other);
+        assert_eq!(classify(b"GET \r\n"), Kind::Other);
+        assert_eq!(classify(b""), Kind::Other);
     }
 }

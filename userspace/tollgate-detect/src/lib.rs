@@ -1,7 +1,8 @@
 //! Tollgate's detection engine (pure: no I/O, no kernel, no async runtime).
 //!
 //! Modules:
-//! - [`http`]: incremental HTTP/1.x request/response parsing of untrusted bytes.
+//! - [`http`]: incremental HTTP/1.x request/response parsing of untrusted bytes, as
+//!   lenient as common servers: the one parser of the agent and of `tollgate detect`.
 //! - [`template`]: folding identifier path segments into `{id}`.
 //! - [`decode`]: bounded normalization (percent, HTML entities, JS escapes, overlong UTF-8).
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
@@ -35,16 +36,19 @@ pub mod http;
 pub mod template;
 
 pub use api::{ApiGuard, ApiPolicy, ApiPolicyError, ApiRule, is_alert_only};
-pub use detect::{Action, Category, DetectConfig, DetectorConfig, Engine, Location, Violation};
+pub use detect::{
+    Action, Category, DetectConfig, DetectorConfig, Engine, Location, UNPARSEABLE, Violation,
+};
 pub use http::{
-    HttpError, Kind, Parsed, Request, Response, looks_like_http, parse_request, parse_response,
+    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request,
+    parse_request_final, parse_request_waiting, parse_response, parse_response_waiting,
 };
 pub use template::path_template;
 
 /// Parses `data` as a request stream and as a response, and runs the default engine
 /// and an [`ApiGuard`] on every parsed request (and the guard on the response). Must never panic whatever the input.
 pub fn fuzz_one(data: &[u8]) {
-    let _ = looks_like_http(data);
+    let _ = classify(data);
     // Building the matchers dominates a single run; build them once per process.
     static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
     let engine = ENGINE.get_or_init(|| Engine::new(DetectConfig::default()));
@@ -58,7 +62,13 @@ pub fn fuzz_one(data: &[u8]) {
     let mut rest = data;
     let mut last = None;
     // Pipelined requests; bounded because every step consumes at least one byte.
-    while let Ok(Parsed::Complete { msg, consumed }) = parse_request(rest) {
+    loop {
+        let (msg, consumed) = match parse_request(rest) {
+            Ok(Parsed::Complete { msg, consumed }) => (msg, consumed),
+            Ok(Parsed::Partial) => break,
+            // What the agent reports as `protocol.unparseable`.
+            Err(e) => (Request::unparseable(rest, e), rest.len()),
+        };
         let v = engine.inspect_request(&msg);
         let _ = engine.verdict(&v);
         let _ = path_template(&msg.path);
@@ -74,7 +84,7 @@ pub fn fuzz_one(data: &[u8]) {
         }
         rest = &rest[consumed..];
     }
-    if let Ok(Parsed::Complete { msg, .. }) = parse_response(data) {
+    if let Ok(Parsed::Complete { msg, .. }) = parse_response(data, false) {
         GUARD.with_borrow_mut(|g| {
             if let Some(g) = g {
                 let _ = g.inspect_response(client, last.as_ref(), &msg, 0);

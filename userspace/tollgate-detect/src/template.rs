@@ -1,11 +1,17 @@
 //! Path templating: folds identifier-like segments into `{id}` so that per-endpoint
 //! statistics and policies key on `/users/{id}` rather than on every user.
 
-/// Replaces identifier segments of a raw path with `{id}`.
+/// Replaces identifier segments of a raw path with `{id}`; a query or fragment is
+/// dropped and an empty path is `/`. The one templating of the agent: events,
+/// routes and the inventory key on it alike.
 ///
 /// Words (`api`, `v1`, `users`, `health-check`) are kept; numbers, UUIDs, long hex
 /// strings and long mixed letter/digit tokens (base64, base64url, hashes) are folded.
 pub fn path_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.is_empty() {
+        return "/".to_owned();
+    }
     let mut out = String::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
@@ -20,7 +26,8 @@ pub fn path_template(path: &str) -> String {
     out
 }
 
-fn is_identifier(seg: &str) -> bool {
+/// Whether one path segment is an identifier (folded into `{id}`).
+pub fn is_identifier(seg: &str) -> bool {
     let b = seg.as_bytes();
     if b.is_empty() {
         return false;
@@ -98,6 +105,10 @@ mod tests {
         assert_eq!(t("/o/ord-20240511-7781"), "/o/{id}");
         assert_eq!(t("/n/-5"), "/n/{id}");
         assert_eq!(t("/0"), "/{id}");
+        // Events and the inventory both fold these (they once disagreed).
+        assert_eq!(t("/files/deadbeefdeadbeef"), "/files/{id}");
+        assert_eq!(t("/items/-5"), "/items/{id}");
+        assert_eq!(t("/a0b1c2d3e4"), "/{id}");
     }
 
     #[test]
@@ -105,7 +116,9 @@ mod tests {
         assert_eq!(t("/api/v1/users"), "/api/v1/users");
         assert_eq!(t("/v2"), "/v2");
         assert_eq!(t("/"), "/");
-        assert_eq!(t(""), "");
+        assert_eq!(t(""), "/");
+        assert_eq!(t("/search?q=1"), "/search");
+        assert_eq!(t("/users/alice"), "/users/alice");
         assert_eq!(t("/health-check/readiness"), "/health-check/readiness");
         assert_eq!(t("/deadbeef"), "/deadbeef");
         assert_eq!(t("/oauth2/authorize"), "/oauth2/authorize");

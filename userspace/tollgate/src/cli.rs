@@ -1034,7 +1034,7 @@ fn print_status(v: &Value) {
         println!(
             "\nAPI ports {:?}: first packets of each flow + 1 in {} (configured 1 in {}); \
              {} requests, {} responses parsed, {} truncated; {} TLS and {} other samples skipped; \
-             {} flows followed; policy engine: {} messages with violations, {} clients scored, \
+             {} unparseable requests; {} flows followed; policy engine: {} messages with violations, {} clients scored, \
              {} tracked by the API checks",
             sm.api_ports,
             sm.one_in_effective,
@@ -1044,6 +1044,7 @@ fn print_status(v: &Value) {
             sm.flows.truncated,
             sm.flows.tls,
             sm.flows.other,
+            sm.flows.unparseable,
             sm.flows_followed,
             sm.findings,
             sm.clients_scored,

@@ -12,7 +12,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate_detect::{Action, Parsed, parse_request};
+use tollgate_detect::{
+    Action, Kind, Parsed, Request as HttpRequest, classify, parse_request_final,
+};
 
 use crate::{
     api::{
@@ -210,25 +212,46 @@ fn replay_requests(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String
                 continue;
             }
         };
-        // A line holds one whole request: a head missing its final blank
-        // line is still a request to judge, not a partial one to wait for.
-        let mut parsed = parse_request(rl.raw.as_bytes());
-        if matches!(parsed, Ok(Parsed::Partial)) {
-            let mut whole = rl.raw.trim_end_matches(['\r', '\n']).to_owned();
-            whole.push_str("\r\n\r\n");
-            parsed = parse_request(whole.as_bytes());
-        }
-        match parsed {
-            Ok(Parsed::Complete { msg, .. }) => {
-                let now = crate::clock::unix_now().saturating_mul(1000);
-                let d = pipeline.on_request(src, &msg, now);
-                print(&verdict(rl.id, src, &d));
+        let now = crate::clock::unix_now().saturating_mul(1000);
+        match judge_raw(rl.raw.as_bytes(), src, pipeline, now) {
+            Some((d, why)) => {
+                let mut v = verdict(rl.id, src, &d);
+                v.error = why.map(|e| format!("not an HTTP/1.x request: {e}"));
+                print(&v);
             }
-            Ok(Parsed::Partial) => print(&unparsed(rl.id, src, "incomplete request head")),
-            Err(e) => print(&unparsed(rl.id, src, &e.to_string())),
+            None => print(&unparsed(rl.id, src, "empty, incomplete or TLS")),
         }
     }
     Ok(bad)
+}
+
+/// Judges one whole request (a `--requests` line) the way the agent judges
+/// a request it reassembled: the same parser, and bytes that do not parse
+/// become the same `protocol.unparseable` stand-in (the error is returned
+/// with the decision). `None` when there is no request at all, or TLS.
+pub(crate) fn judge_raw(
+    raw: &[u8],
+    src: Option<IpAddr>,
+    pipeline: &mut Pipeline,
+    now_ms: u64,
+) -> Option<(Decision, Option<tollgate_detect::HttpError>)> {
+    // A line holds one whole request: a head missing its final blank line is
+    // still a request to judge, not a partial one to wait for (as the agent
+    // judges what a connection sent before it closed).
+    let mut parsed = parse_request_final(raw);
+    // As in the agent: TLS is not judged, and what the classifier does not
+    // take for a request is a stand-in.
+    match classify(raw) {
+        Kind::Tls => return None,
+        Kind::Other if !raw.is_empty() => parsed = Err(tollgate_detect::HttpError::NotHttp),
+        _ => {}
+    }
+    let (req, why) = match parsed {
+        Ok(Parsed::Complete { msg, .. }) => (msg, None),
+        Ok(Parsed::Partial) => return None,
+        Err(e) => (HttpRequest::unparseable(raw, e.clone()), Some(e)),
+    };
+    Some((pipeline.on_request(src, &req, now_ms), why))
 }
 
 fn unparsed(id: Value, src: Option<IpAddr>, why: &str) -> Verdict<'static> {
@@ -262,8 +285,7 @@ impl Sides {
         if let Some(v) = self.0.get(&rev) {
             return Some(!*v);
         }
-        let looks_request = crate::api::http::classify(payload) == crate::api::http::Kind::Http
-            && !payload.starts_with(b"HTTP/");
+        let looks_request = classify(payload) == Kind::HttpRequest;
         let decided = if syn_only {
             Some(true)
         } else if !payload.is_empty() {
@@ -342,11 +364,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
                 continue;
             };
             n += 1;
-            let d = pipeline.on_request(
-                Some(ev.client),
-                &crate::agent::api::to_detect(req),
-                (ev.time * 1000.0) as u64,
-            );
+            let d = pipeline.on_request(Some(ev.client), req, (ev.time * 1000.0) as u64);
             let mut out = serde_json::to_value(verdict(Value::from(n), Some(ev.client), &d))
                 .unwrap_or_default();
             out["method"] = Value::from(req.method.as_str());
@@ -525,5 +543,264 @@ pub fn policy_check(path: &Path) -> ExitCode {
             eprintln!("error: {}", crate::text::printable(&e.to_string()));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The agent (samples through `Flows` and the pipeline, as `ApiHandle`
+    //! runs them) and `tollgate detect` (a `--requests` line) must judge the
+    //! same bytes the same way.
+
+    use std::{net::Ipv4Addr, sync::Arc};
+
+    use super::*;
+    use crate::{
+        agent::api::{ApiHandle, SamplingPolicy},
+        api::flows::ApiEvent,
+        engine::ScoringPolicy,
+    };
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+    const SQLI: &str = "/search?q=1'%20OR%20'1'='1'--";
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(
+            tollgate_detect::DetectConfig::default(),
+            ScoringPolicy::default(),
+            &tollgate_detect::ApiPolicy::default(),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn sample(seq: u32, data: &[u8], flags: u8) -> Sample {
+        Sample {
+            stream: false,
+            ts_ns: 1_000_000,
+            client: CLIENT,
+            server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            client_port: 40000,
+            server_port: 8080,
+            direction: Direction::Request,
+            seq,
+            tcp_flags: flags,
+            ifindex: 1,
+            payload_len: u32::try_from(data.len()).unwrap(),
+            data: bytes::Bytes::copy_from_slice(data),
+        }
+    }
+
+    /// What the agent does with `raw` sent on a fresh connection, in segments
+    /// of at most `seg` bytes: the strongest action of its findings and their
+    /// rules, and the request events it emitted.
+    fn live(raw: &[u8], seg: usize) -> (Action, Vec<&'static str>, Vec<Arc<ApiEvent>>) {
+        let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
+        let mut tap = handle.tap.subscribe();
+        let mut samples = Vec::new();
+        let mut seq = 1000u32;
+        for chunk in raw.chunks(seg) {
+            samples.push(sample(seq, chunk, 0x18));
+            seq += u32::try_from(chunk.len()).unwrap();
+        }
+        let batch = handle.handle_samples(&samples, 0.0);
+        let action = batch
+            .findings
+            .iter()
+            .map(|f| f.decision.action)
+            .max()
+            .unwrap_or(Action::Allow);
+        let mut rules: Vec<&'static str> = batch
+            .findings
+            .iter()
+            .flat_map(|f| f.decision.violations.iter().map(|v| v.rule))
+            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        let mut events = Vec::new();
+        while let Ok(ev) = tap.try_recv() {
+            events.push(ev);
+        }
+        (action, rules, events)
+    }
+
+    /// What `tollgate detect --requests` decides for `raw`.
+    fn offline(raw: &[u8]) -> (Action, Vec<&'static str>) {
+        let (d, _) = judge_raw(raw, Some(CLIENT), &mut pipeline(), 1_000).unwrap();
+        let mut rules: Vec<&'static str> = d.violations.iter().map(|v| v.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        (d.action, rules)
+    }
+
+    /// The odd-but-served forms of a request, with `target` as its target.
+    fn forms(target: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let host = "Host: api\r\n";
+        let chunked = |q: &str| {
+            let json = format!("{{\"q\":\"{q}\"}}");
+            let (a, b) = json.split_at(9);
+            format!(
+                "POST /search HTTP/1.1\r\n{host}Content-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n000\r\n\r\n",
+                a.len(),
+                b.len()
+            )
+        };
+        let q = if target.contains('\'') {
+            "admin'--"
+        } else {
+            "admin"
+        };
+        vec![
+            (
+                "control byte in a header value",
+                format!("GET {target} HTTP/1.1\r\n{host}X-Note: a\x01b\x07c\x1bd\r\n\r\n"),
+            ),
+            (
+                "tab-separated request line",
+                format!("GET\t{target}\tHTTP/1.1\r\n{host}\r\n"),
+            ),
+            ("HTTP/0.9 request line", format!("GET {target}\r\n")),
+            (
+                "bare LF line ends",
+                format!("GET {target} HTTP/1.1\nHost: api\nAccept: */*\n\n"),
+            ),
+            (
+                "obs-fold header",
+                format!("GET {target} HTTP/1.1\r\n{host}X-Long: one\r\n  two\r\n\r\n"),
+            ),
+            (
+                "leading empty lines",
+                format!("\r\n\n\r\nGET {target} HTTP/1.1\r\n{host}\r\n"),
+            ),
+            (
+                "lower-case method",
+                format!("get {target} HTTP/1.1\r\n{host}\r\n"),
+            ),
+            (
+                "PROPFIND method",
+                format!("PROPFIND {target} HTTP/1.1\r\n{host}Depth: 1\r\n\r\n"),
+            ),
+            ("chunked JSON body", chunked(q)),
+        ]
+        .into_iter()
+        .map(|(name, raw)| (name, raw.into_bytes()))
+        .collect()
+    }
+
+    #[test]
+    fn an_injection_in_a_lenient_form_bans_live_and_offline() {
+        for (name, raw) in forms(SQLI) {
+            let (off_action, off_rules) = offline(&raw);
+            assert_eq!(off_action, Action::Ban, "offline, {name}: {off_rules:?}");
+            assert!(
+                !off_rules.contains(&"protocol.unparseable"),
+                "offline parses {name}: {off_rules:?}"
+            );
+            // Whole, and cut into small segments (a request split across packets).
+            for seg in [raw.len(), 7] {
+                let (action, rules, events) = live(&raw, seg);
+                assert_eq!(action, Action::Ban, "live, {name} in {seg}-byte segments");
+                assert_eq!(rules, off_rules, "live and offline differ on {name}");
+                let reqs: Vec<_> = events.iter().filter_map(|e| e.request.as_ref()).collect();
+                assert_eq!(reqs.len(), 1, "{name}: {reqs:?}");
+                assert_eq!(reqs[0].malformed, None, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_ended_by_the_connection_closing_is_judged_live_and_offline() {
+        let raw = format!("GET {SQLI} HTTP/1.1\r\nHost: api");
+        let (off_action, off_rules) = offline(raw.as_bytes());
+        assert_eq!(off_action, Action::Ban);
+        let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
+        // Open: a head may still come; nothing to judge yet.
+        let batch = handle.handle_samples(&[sample(1, raw.as_bytes(), 0x18)], 0.0);
+        assert!(batch.findings.is_empty());
+        // FIN: the head ended there.
+        let next = 1 + u32::try_from(raw.len()).unwrap();
+        let batch = handle.handle_samples(&[sample(next, b"", 0x11)], 0.0);
+        assert_eq!(batch.findings.len(), 1);
+        assert_eq!(batch.findings[0].decision.action, Action::Ban);
+        let mut rules: Vec<_> = batch.findings[0]
+            .decision
+            .violations
+            .iter()
+            .map(|v| v.rule)
+            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        assert_eq!(rules, off_rules);
+    }
+
+    #[test]
+    fn the_same_forms_without_an_injection_pass_live_and_offline() {
+        for (name, raw) in forms("/search?q=hello") {
+            let (off_action, off_rules) = offline(&raw);
+            // Control bytes in a header are worth an alert (`protocol.control_char`);
+            // nothing else here is.
+            let expect = if name.starts_with("control") {
+                Action::Alert
+            } else {
+                Action::Allow
+            };
+            assert_eq!(off_action, expect, "offline, {name}: {off_rules:?}");
+            let (action, rules, events) = live(&raw, raw.len());
+            assert_eq!((action, &rules), (expect, &off_rules), "live, {name}");
+            let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
+            assert_eq!(req.path, "/search", "{name}");
+            if name == "chunked JSON body" {
+                // De-chunked live as offline.
+                assert_eq!(req.body, br#"{"q":"admin"}"#);
+            }
+        }
+    }
+
+    #[test]
+    fn what_does_not_parse_is_reported_live_and_offline() {
+        for (raw, expect) in [
+            // Not HTTP at all: an alert, not a ban.
+            (&b"\x00\x01\x02\x03 binary hello\r\n"[..], Action::Alert),
+            // HTTP/2 prior knowledge on an HTTP/1 port.
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Action::Alert),
+            // Broken, but carrying an injection: the bytes are still inspected.
+            (
+                b"GET /x?q=1' OR '1'='1 HTTP/7.1\r\nHost: api\r\n\r\n",
+                Action::Ban,
+            ),
+            (b"\x00\x01 /x?q=1' OR '1'='1\r\n\r\n", Action::Ban),
+        ] {
+            let (off_action, off_rules) = offline(raw);
+            assert_eq!(off_action, expect, "offline {raw:?}: {off_rules:?}");
+            assert!(off_rules.contains(&"protocol.unparseable"), "{off_rules:?}");
+            let (action, rules, events) = live(raw, raw.len());
+            assert_eq!((action, &rules), (expect, &off_rules), "live {raw:?}");
+            let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
+            assert!(req.malformed.is_some());
+        }
+        // Events name such a request's route with `-` for a missing method.
+        let (_, _, events) = live(b"\x00\x01 /x\r\n", 5);
+        let req = events.iter().find_map(|e| e.request.as_ref()).unwrap();
+        assert_eq!(pipeline().route_of(req), "- /x");
+        // Broken requests over and over, on new connections: each one is
+        // reported, none bans (the rule does not add to the client's score).
+        let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
+        let mut offline_pipeline = pipeline();
+        for port in 0..20u16 {
+            let raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let mut s = sample(1, raw, 0x18);
+            s.client_port = 30000 + port;
+            let batch = handle.handle_samples(&[s], 0.0);
+            assert_eq!(batch.findings.len(), 1);
+            assert_eq!(batch.findings[0].decision.action, Action::Alert);
+            let (d, _) = judge_raw(raw, Some(CLIENT), &mut offline_pipeline, 1_000).unwrap();
+            assert_eq!(d.action, Action::Alert);
+        }
+        // TLS is encrypted traffic, not a finding.
+        let hello = b"\x16\x03\x01\x00\x05hello";
+        assert!(judge_raw(hello, Some(CLIENT), &mut pipeline(), 0).is_none());
+        let (action, rules, events) = live(hello, hello.len());
+        assert_eq!((action, rules.len(), events.len()), (Action::Allow, 0, 0));
     }
 }

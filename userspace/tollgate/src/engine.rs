@@ -164,10 +164,16 @@ impl Pipeline {
         .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// `METHOD /template` of a request, for events.
+    /// `METHOD /template` of a request, for events (`-` for the method of
+    /// unparseable bytes that had none).
     #[must_use]
     pub fn route_of(&self, req: &tollgate_detect::Request) -> String {
-        self.guard.route_of(req)
+        let route = self.guard.route_of(req);
+        if req.method.is_empty() {
+            format!("-{route}")
+        } else {
+            route
+        }
     }
 
     /// Takes a new configuration (a policy reload) but keeps the clients'
@@ -193,12 +199,17 @@ impl Pipeline {
         now_ms: u64,
     ) -> Decision {
         let mut violations = self.engine.inspect_request(req);
-        violations.extend(
-            self.guard
-                .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
-        );
-        if client.is_none() {
-            self.guard.forget(NO_CLIENT);
+        // A stand-in for bytes that are not HTTP (`protocol.unparseable`) has no
+        // route, credentials or parameters for the API guard to judge: it would
+        // only count it against limits and report missing credentials.
+        if req.malformed.is_none() {
+            violations.extend(
+                self.guard
+                    .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
+            );
+            if client.is_none() {
+                self.guard.forget(NO_CLIENT);
+            }
         }
         self.decide(client, violations, now_ms)
     }
@@ -224,10 +235,13 @@ impl Pipeline {
         violations: Vec<Violation>,
         now_ms: u64,
     ) -> Decision {
-        // Alert-only findings are reported but neither ban nor score.
+        // Alert-only findings are reported but neither ban nor score; so is a
+        // request that did not parse (`protocol.unparseable`): only what its
+        // bytes trigger besides may ban, and a client sending broken requests
+        // (a misdirected HTTP/2 or binary client) is reported, not banned.
         let scored: Vec<Violation> = violations
             .iter()
-            .filter(|v| !is_alert_only(v.category))
+            .filter(|v| !is_alert_only(v.category) && v.rule != tollgate_detect::UNPARSEABLE)
             .cloned()
             .collect();
         let mut action = self.engine.verdict(&scored);

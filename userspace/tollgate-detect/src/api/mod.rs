@@ -893,10 +893,10 @@ fn folded(segs: &[String]) -> (String, String) {
     let mut template = String::new();
     let mut ids = String::new();
     for s in segs {
-        let t = crate::path_template(s);
+        let id = crate::template::is_identifier(s);
         template.push('/');
-        template.push_str(&t);
-        if t == "{id}" {
+        template.push_str(if id { "{id}" } else { s });
+        if id {
             if !ids.is_empty() {
                 ids.push('/');
             }

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::decode;
 use crate::http::Request;
 
+pub use protocol::UNPARSEABLE;
+
 /// Attack family of a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

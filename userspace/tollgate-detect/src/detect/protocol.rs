@@ -2,8 +2,9 @@
 //! injected through the URL, headers and cookies (response splitting, header
 //! injection, PHP-FPM path injection, truncation), overlong and invalid percent
 //! encodings, ambiguous or evasive charsets, Range abuse, a non-token method,
-//! RFC 2109 cookies smuggling cookies, chunked GETs, and LDAP filter injection
-//! (CRS files it with the protocol attacks).
+//! RFC 2109 cookies smuggling cookies, chunked GETs, LDAP filter injection
+//! (CRS files it with the protocol attacks), and bytes sent to an API port that
+//! are not HTTP at all (`protocol.unparseable`).
 
 use super::{Category, Input, Location, STRONG, Sink};
 use crate::http::Request;
@@ -28,8 +29,38 @@ const COMMON_CHARSETS: &[&str] = &[
     "utf-16be",
 ];
 
+/// Rule of a request that could not be parsed.
+pub const UNPARSEABLE: &str = "protocol.unparseable";
+
+/// Its score: enough to alert, not to ban on its own (a ban needs what the
+/// injection detectors find in its bytes as well). The agent does not add it to
+/// the client's score either, so repeated broken requests alert without banning.
+const UNPARSEABLE_SCORE: u32 = 3;
+
 pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     let rl = Location::Request;
+    if let Some(why) = &req.malformed {
+        // A stand-in for bytes that are not HTTP/1.x: the server answers them with
+        // an error at best, or parses them differently from us at worst (request
+        // smuggling, parser differentials). Its target and body are the raw bytes,
+        // which the other detectors inspect as usual; the request line checks below
+        // do not apply to a line that is not one.
+        // The error and the line it is about (control bytes escaped in evidence).
+        let what = if req.method.is_empty() {
+            format!("{why}: {}", req.target)
+        } else {
+            format!("{why}: {} {}", req.method, req.target)
+        };
+        sink.push(
+            UNPARSEABLE,
+            Category::Protocol,
+            UNPARSEABLE_SCORE,
+            &rl,
+            &what,
+            0,
+        );
+        return;
+    }
     // Real methods are words (`GET`, `M-SEARCH`, `VERSION-CONTROL`); symbols in
     // the method (`|GET`) probe request-line parsing differences.
     if req
@@ -377,8 +408,8 @@ fn charset_score(c: &str) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use crate::detect::Action;
     use crate::detect::tests::run;
+    use crate::detect::{Action, Category};
 
     #[test]
     fn attacks() {
@@ -418,5 +449,41 @@ mod tests {
         ] {
             assert_ne!(run(raw).1, Action::Ban, "{raw}");
         }
+    }
+
+    #[test]
+    fn unparseable_alerts_and_its_bytes_are_inspected() {
+        use crate::detect::{DetectConfig, Engine};
+        use crate::http::{HttpError, Request};
+        let engine = Engine::new(DetectConfig::default());
+        let judge = |raw: &[u8], why| {
+            let v = engine.inspect_request(&Request::unparseable(raw, why));
+            (v.clone(), engine.verdict(&v))
+        };
+        // Not HTTP at all: reported, not banned.
+        let (v, action) = judge(b"\x00\x01\x02binary junk\r\n", HttpError::NotHttp);
+        assert_eq!(action, Action::Alert, "{v:?}");
+        let found = v.iter().find(|v| v.rule == "protocol.unparseable").unwrap();
+        assert_eq!(
+            found.evidence,
+            "neither HTTP/1.x nor TLS: \\u{0}\\u{1}\\u{2}binary junk"
+        );
+        // A broken request line still carrying an injection: banned.
+        let (v, action) = judge(
+            b"GET /x?q=1' OR '1'='1 HTTP/7.0\r\nHost: a\r\n\r\n",
+            HttpError::BadVersion,
+        );
+        assert_eq!(action, Action::Ban, "{v:?}");
+        assert!(v.iter().any(|v| v.rule == "protocol.unparseable"), "{v:?}");
+        assert!(v.iter().any(|v| v.category == Category::Sqli), "{v:?}");
+        // In the body too.
+        let (_, action) = judge(
+            b"\x00garbage\nq=<script>alert(document.cookie)</script>",
+            HttpError::NotHttp,
+        );
+        assert_eq!(action, Action::Ban);
+        // The method-like token of a stand-in is not judged as a method.
+        let (v, _) = judge(b"G(T / HTTP/1.1\r\n\r\n", HttpError::BadMethod);
+        assert!(v.iter().all(|v| v.rule != "protocol.bad_method"), "{v:?}");
     }
 }

@@ -214,9 +214,13 @@ fn embedded_request_line(s: &str) -> Option<usize> {
             continue;
         };
         let target = &before[sp + 1..];
+        // (After the last character that is not an upper-case letter, which may
+        // be more than one byte long.)
         let method_start = before[..sp]
-            .rfind(|c: char| !c.is_ascii_uppercase())
-            .map_or(0, |x| x + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !c.is_ascii_uppercase())
+            .map_or(0, |(x, c)| x + c.len_utf8());
         let method = &before[method_start..sp];
         if !target.is_empty()
             && matches!(

@@ -289,17 +289,27 @@ impl ApiHandle {
     /// found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = Instant::now();
+        let samples: Vec<Sample> = records
+            .iter()
+            .filter_map(|raw| Sample::from_record(raw))
+            .collect();
+        let batch = self.handle_samples(&samples, wall_offset);
+        (t.elapsed(), batch)
+    }
+
+    /// Handles decoded samples (and the requests still waiting for
+    /// verification): reassembly, parsing, inventory, detectors, `tap`.
+    /// Returns what the detectors found.
+    pub fn handle_samples(&self, samples: &[Sample], wall_offset: f64) -> Batch {
+        let t = Instant::now();
         let now = clock::unix_now();
         let mut batch = Batch::default();
         let Ok(mut st) = self.state.lock() else {
-            return (t.elapsed(), batch);
+            return batch;
         };
         let st = &mut *st;
-        for raw in records {
-            let Some(sample) = Sample::from_record(raw) else {
-                continue;
-            };
-            for ev in st.flows.on_sample(&sample, wall_offset) {
+        for sample in samples {
+            for ev in st.flows.on_sample(sample, wall_offset) {
                 // Socket streams need no check: only accepted bytes get there.
                 let needs_check =
                     !sample.stream && ev.direction == Direction::Request && ev.request.is_some();
@@ -361,7 +371,7 @@ impl ApiHandle {
         st.status.clients_tracked = st.pipeline.guard_clients();
         st.status.findings += batch.findings.len() as u64;
         st.status.awaiting_verification = st.waiting.len();
-        (t.elapsed(), batch)
+        batch
     }
 
     /// Whether requests are waiting for verification (the reader then
@@ -436,20 +446,22 @@ impl ApiState {
         }
         let decided = match (&ev.request, ev.direction) {
             (Some(req), Direction::Request) => {
-                let dreq = to_detect(req);
                 let d = if unverified.is_some() {
                     // Judged on its own: no client score, no ban.
-                    let mut d = st.pipeline.on_request(None, &dreq, ms);
+                    let mut d = st.pipeline.on_request(None, req, ms);
                     if d.action == tollgate_detect::Action::Ban {
                         d.action = tollgate_detect::Action::Alert;
                     }
                     d.ban = None;
                     d
                 } else {
-                    st.inventory.on_request(ev.client, req, now);
-                    st.pipeline.on_request(Some(ev.client), &dreq, ms)
+                    // A stand-in for unparseable bytes is no endpoint.
+                    if req.malformed.is_none() {
+                        st.inventory.on_request(ev.client, req, now);
+                    }
+                    st.pipeline.on_request(Some(ev.client), req, ms)
                 };
-                Some((st.pipeline.route_of(&dreq), d))
+                Some((st.pipeline.route_of(req), d))
             }
             (_, Direction::Response) => {
                 if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
@@ -468,12 +480,7 @@ impl ApiState {
                     let route = req
                         .as_ref()
                         .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
-                    let d = st.pipeline.on_response(
-                        ev.client,
-                        req.as_ref(),
-                        &to_detect_response(resp),
-                        ms,
-                    );
+                    let d = st.pipeline.on_response(ev.client, req.as_ref(), resp, ms);
                     (route, d)
                 })
             }
@@ -523,35 +530,6 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             ban: None,
         },
         unverified: None,
-    }
-}
-
-/// The detectors' view of a parsed response.
-#[must_use]
-pub fn to_detect_response(resp: &crate::api::http::Response) -> tollgate_detect::Response {
-    tollgate_detect::Response {
-        version: resp.version,
-        status: resp.status,
-        reason: String::new(),
-        headers: resp.headers.clone(),
-        body: resp.body.to_vec(),
-        truncated: resp.truncated,
-    }
-}
-
-/// The detectors' view of a parsed request (the sample record does not
-/// depend on where it came from).
-#[must_use]
-pub fn to_detect(req: &crate::api::http::Request) -> tollgate_detect::Request {
-    tollgate_detect::Request {
-        method: req.method.clone(),
-        target: req.target.clone(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        version: req.version,
-        headers: req.headers.clone(),
-        body: req.body.to_vec(),
-        truncated: req.truncated,
     }
 }
 
@@ -664,6 +642,53 @@ mod tests {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn events_and_the_inventory_fold_paths_alike() {
+        let pipeline = Pipeline::new(
+            tollgate_detect::DetectConfig::default(),
+            crate::engine::ScoringPolicy::default(),
+            &tollgate_detect::ApiPolicy::default(),
+            None,
+        )
+        .unwrap();
+        let api = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline);
+        let client: IpAddr = "198.18.0.2".parse().unwrap();
+        let samples: Vec<Sample> = ["/files/deadbeefdeadbeef", "/items/-5"]
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let raw = format!("get {path}?q=1'%20OR%20'1'='1'-- HTTP/1.1\r\nHost: a\r\n\r\n");
+                Sample {
+                    stream: false,
+                    ts_ns: 1,
+                    client,
+                    server: "198.18.0.1".parse().unwrap(),
+                    client_port: 40000 + u16::try_from(i).unwrap(),
+                    server_port: 8080,
+                    direction: Direction::Request,
+                    seq: 1,
+                    tcp_flags: 0x18,
+                    ifindex: 1,
+                    payload_len: u32::try_from(raw.len()).unwrap(),
+                    data: bytes::Bytes::from(raw),
+                }
+            })
+            .collect();
+        let batch = api.handle_samples(&samples, 0.0);
+        let mut routes: Vec<String> = batch.findings.iter().map(|f| f.route.clone()).collect();
+        routes.sort();
+        let st = api.state.lock().unwrap();
+        let mut endpoints: Vec<String> = st
+            .inventory
+            .list()
+            .iter()
+            .map(|e| format!("{} {}", e.method, e.path))
+            .collect();
+        endpoints.sort();
+        assert_eq!(routes, ["GET /files/{id}", "GET /items/{id}"]);
+        assert_eq!(endpoints, routes);
     }
 
     #[test]

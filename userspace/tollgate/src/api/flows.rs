@@ -3,6 +3,13 @@
 //! (an unsampled segment) restarts the buffer, and whatever was not seen
 //! whole is marked truncated rather than guessed. Requests queue per flow
 //! so responses pair with them in order (keep-alive and pipelining).
+//!
+//! Parsing is `tollgate_detect`'s, the same as `tollgate detect` offline. A
+//! request stream that is not HTTP/1.x (nor TLS), or stops parsing, is not
+//! skipped: when it starts where a message starts, it becomes a stand-in
+//! request ([`Request::unparseable`]) that the detectors report as
+//! `protocol.unparseable` and inspect for injections, once per connection (a
+//! server stops reading a connection at its first unparseable request).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,10 +18,12 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    http::{self, Kind, Parsed},
-    sample::{Direction, Sample},
+use tollgate_detect::{
+    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request_final,
+    parse_request_waiting, parse_response_waiting,
 };
+
+use super::sample::{Direction, Sample};
 
 /// Bytes buffered per direction of a flow before giving up on a message.
 pub const MAX_BUFFER: usize = 16 * 1024;
@@ -57,10 +66,10 @@ pub struct ApiEvent {
     pub verified: bool,
     /// The parsed request, for detectors and the inventory (not printed).
     #[serde(skip)]
-    pub request: Option<http::Request>,
+    pub request: Option<Request>,
     /// The parsed response, for the response-side checks (not printed).
     #[serde(skip)]
-    pub response: Option<http::Response>,
+    pub response: Option<Response>,
     /// The trusted proxy the request came through (`client` is then the
     /// client the proxy named).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,8 +95,13 @@ pub struct FlowStats {
     pub responses: u64,
     /// Samples from TLS flows (skipped).
     pub tls: u64,
-    /// Samples that are neither HTTP nor TLS (skipped).
+    /// Samples that are neither HTTP nor TLS (responses skipped, requests
+    /// reported as unparseable).
     pub other: u64,
+    /// Request buffers that were not HTTP/1.x: reported once per connection
+    /// as `protocol.unparseable`.
+    #[serde(default)]
+    pub unparseable: u64,
     /// Messages marked truncated.
     pub truncated: u64,
     /// Flows evicted to stay within bounds.
@@ -102,6 +116,12 @@ struct Half {
     broken: bool,
     /// What this direction turned out to be.
     kind: Option<Kind>,
+    /// A sample of this direction was seen.
+    seen: bool,
+    /// Bytes were missed since the last message boundary: where the buffer
+    /// starts is unknown (the middle of a body, say), so failing to parse it
+    /// says nothing about the client.
+    unknown_start: bool,
 }
 
 struct Pending {
@@ -125,6 +145,12 @@ struct Flow {
     /// Requests come from the socket (stream records); packets sampled at
     /// the NIC in that direction are duplicates and ignored.
     streamed: bool,
+    /// An unparseable request was reported for this connection.
+    unparseable_reported: bool,
+    /// A request asked to switch protocols (`Upgrade`, `CONNECT`): what the
+    /// client sends next may be WebSocket frames, HTTP/2 or a tunnel, not
+    /// HTTP/1.x, and failing to parse it says nothing.
+    upgrade_asked: bool,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -214,15 +240,23 @@ impl Flows {
         if half.next_seq != Some(s.seq) {
             // First sample of this direction, or a gap: what is buffered will
             // not be completed; report it as truncated, then start over.
-            if !half.buf.is_empty() && half.kind == Some(Kind::Http) {
+            if !half.buf.is_empty()
+                && matches!(half.kind, Some(Kind::HttpRequest | Kind::HttpResponse))
+            {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
-                parse_all(flow, s, time, false, false, &mut out, &mut self.stats);
+                let cut = Stream {
+                    whole: false,
+                    wait: false,
+                    ended: false,
+                };
+                parse_all(flow, s, time, cut, &mut out, &mut self.stats);
             }
             let half = match s.direction {
                 Direction::Request => &mut flow.req,
                 Direction::Response => &mut flow.resp,
             };
             half.broken = half.next_seq.is_some() && !half.buf.is_empty();
+            half.unknown_start = half.seen;
             half.buf.clear();
         }
         let half = match s.direction {
@@ -230,6 +264,7 @@ impl Flows {
             Direction::Response => &mut flow.resp,
         };
         half.buf.extend_from_slice(&s.data);
+        half.seen = true;
         let whole = s.data.len() == s.payload_len as usize;
         half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
         if s.direction == Direction::Request && !flow.proxy_checked {
@@ -255,7 +290,7 @@ impl Flows {
             // A stream may start with a byte or two (`G`, `E`, ...): decide
             // only once the first token can be told apart, as a server would.
             let undecided = half.buf.len() < UNDECIDED_MAX && half.buf.iter().all(|b| is_tchar(*b));
-            half.kind = (!undecided).then(|| http::classify(&half.buf));
+            half.kind = (!undecided).then(|| classify(&half.buf));
             if half.kind.is_none() && whole && !closing {
                 return out;
             }
@@ -267,20 +302,28 @@ impl Flows {
             }
             Some(Kind::Other) => {
                 self.stats.other += 1;
+                if s.direction == Direction::Request {
+                    let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                    unparseable(flow, s, time, HttpError::NotHttp, &mut out, &mut self.stats);
+                }
+                let half = match s.direction {
+                    Direction::Request => &mut flow.req,
+                    Direction::Response => &mut flow.resp,
+                };
                 half.buf.clear();
+                // The next bytes continue what was not parsed.
+                half.unknown_start = true;
             }
             _ => {
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
-                // Wait for the rest of a body while the stream is whole and open.
-                parse_all(
-                    flow,
-                    s,
-                    time,
+                // Wait for the rest of a body while the stream is whole and
+                // open; once it ended, a head without its empty line is ended.
+                let stream = Stream {
                     whole,
-                    whole && !closing,
-                    &mut out,
-                    &mut self.stats,
-                );
+                    wait: whole && !closing,
+                    ended: whole && closing,
+                };
+                parse_all(flow, s, time, stream, &mut out, &mut self.stats);
             }
         }
         if closing {
@@ -296,17 +339,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn parse_all(
-    flow: &mut Flow,
-    s: &Sample,
-    time: f64,
-    whole: bool,
-    wait: bool,
-    out: &mut Vec<ApiEvent>,
-    stats: &mut FlowStats,
-) {
-    let (real, forwarded) = (flow.real, flow.forwarded);
-    let base = |direction| ApiEvent {
+/// The event of a request ready for the detectors.
+fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEvent {
+    ApiEvent {
         time,
         client: s.client,
         client_port: s.client_port,
@@ -323,10 +358,67 @@ fn parse_all(
         request: None,
         response: None,
         proxy: None,
-        header_client: real,
-        forwarded_client: forwarded,
-    };
+        header_client: flow.real,
+        forwarded_client: flow.forwarded,
+    }
+}
+
+fn request_event(flow: &Flow, s: &Sample, time: f64, req: Request, truncated: bool) -> ApiEvent {
+    let mut ev = base_event(flow, s, time, Direction::Request);
+    ev.method = (!req.method.is_empty()).then(|| req.method.clone());
+    ev.path = Some(req.path.clone());
+    ev.query.clone_from(&req.query);
+    ev.truncated = truncated;
+    ev.request = Some(req);
+    ev
+}
+
+/// The request buffer is not HTTP/1.x (`why`): a stand-in request for the
+/// detectors, when the buffer starts where a message starts and the
+/// connection has not had one yet. The caller drops the buffer.
+fn unparseable(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    why: HttpError,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    stats.unparseable += 1;
+    if flow.req.unknown_start
+        || flow.unparseable_reported
+        || flow.upgrade_asked
+        || flow.req.buf.is_empty()
+    {
+        return;
+    }
+    flow.unparseable_reported = true;
+    let req = Request::unparseable(&flow.req.buf, why);
+    out.push(request_event(flow, s, time, req, flow.req.broken));
+}
+
+/// What is known of the stream a buffer was taken from.
+#[derive(Clone, Copy)]
+struct Stream {
+    /// The last sample was captured whole.
+    whole: bool,
+    /// More may follow: an incomplete body is waited for.
+    wait: bool,
+    /// Nothing more follows (FIN or RST): a head without its empty line ended.
+    ended: bool,
+}
+
+fn parse_all(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    stream: Stream,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    let Stream { whole, wait, ended } = stream;
     loop {
+        let mut dropped = false;
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -335,39 +427,59 @@ fn parse_all(
             break;
         }
         let consumed = match s.direction {
-            Direction::Request => match http::parse_request_waiting(&half.buf, wait) {
-                Parsed::Complete { msg, consumed } => {
-                    let truncated =
-                        msg.truncated || half.broken || !whole && consumed == half.buf.len();
-                    stats.requests += 1;
-                    stats.truncated += u64::from(truncated);
-                    if flow.pending.len() < MAX_PENDING {
-                        flow.pending.push_back(Pending {
-                            method: msg.method.clone(),
-                            path: msg.path.clone(),
-                            ts_ns: s.ts_ns,
-                        });
+            Direction::Request => {
+                let wait = wait && half.buf.len() < MAX_BUFFER;
+                let parsed = if ended {
+                    parse_request_final(&half.buf)
+                } else {
+                    parse_request_waiting(&half.buf, wait)
+                };
+                match parsed {
+                    // After a gap, any `word word` line in a body would look like
+                    // an HTTP/0.9 request: resynchronise on versioned lines only.
+                    Ok(Parsed::Complete { msg, .. })
+                        if half.unknown_start && msg.version == HTTP_09 =>
+                    {
+                        dropped = true;
+                        half.buf.len()
                     }
-                    let mut ev = base(Direction::Request);
-                    ev.method = Some(msg.method.clone());
-                    ev.path = Some(msg.path.clone());
-                    ev.query = msg.query.clone();
-                    ev.truncated = truncated;
-                    ev.request = Some(msg);
-                    out.push(ev);
-                    consumed
+                    Ok(Parsed::Complete { msg, consumed }) => {
+                        let truncated =
+                            msg.truncated || half.broken || !whole && consumed == half.buf.len();
+                        stats.requests += 1;
+                        stats.truncated += u64::from(truncated);
+                        flow.upgrade_asked |= msg.header("upgrade").is_some()
+                            || msg.method.eq_ignore_ascii_case("CONNECT");
+                        if flow.pending.len() < MAX_PENDING {
+                            flow.pending.push_back(Pending {
+                                method: msg.method.clone(),
+                                path: msg.path.clone(),
+                                ts_ns: s.ts_ns,
+                            });
+                        }
+                        out.push(request_event(flow, s, time, msg, truncated));
+                        consumed
+                    }
+                    Ok(Parsed::Partial) => break,
+                    Err(e) => {
+                        unparseable(flow, s, time, e, out, stats);
+                        dropped = true;
+                        flow.req.buf.len()
+                    }
                 }
-                Parsed::Partial => break,
-                Parsed::Invalid => half.buf.len(),
-            },
+            }
             Direction::Response => {
-                let head = flow.pending.front().is_some_and(|p| p.method == "HEAD");
-                match http::parse_response_waiting(&half.buf, head, wait) {
-                    Parsed::Complete { msg, consumed } => {
+                let head = flow
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.method.eq_ignore_ascii_case("HEAD"));
+                let wait = wait && half.buf.len() < MAX_BUFFER;
+                match parse_response_waiting(&half.buf, head, wait) {
+                    Ok(Parsed::Complete { msg, consumed }) => {
                         let truncated = msg.truncated || half.broken;
                         stats.responses += 1;
                         stats.truncated += u64::from(truncated);
-                        let mut ev = base(Direction::Response);
+                        let mut ev = base_event(flow, s, time, Direction::Response);
                         ev.status = Some(msg.status);
                         ev.truncated = truncated;
                         // Interim (1xx) responses do not answer the request.
@@ -382,8 +494,11 @@ fn parse_all(
                         out.push(ev);
                         consumed
                     }
-                    Parsed::Partial => break,
-                    Parsed::Invalid => half.buf.len(),
+                    Ok(Parsed::Partial) => break,
+                    Err(_) => {
+                        dropped = true;
+                        half.buf.len()
+                    }
                 }
             }
         };
@@ -393,13 +508,25 @@ fn parse_all(
         };
         half.buf.drain(..consumed.min(half.buf.len()));
         half.broken = false;
+        // What follows a message starts the next one; what follows bytes
+        // that were dropped unparsed may be anything.
+        half.unknown_start = dropped;
     }
     let half = match s.direction {
         Direction::Request => &mut flow.req,
         Direction::Response => &mut flow.resp,
     };
     if half.buf.len() > MAX_BUFFER {
+        if s.direction == Direction::Request {
+            // A request head longer than any server reads (nginx: 8 KiB lines).
+            unparseable(flow, s, time, HttpError::HeadersTooLarge, out, stats);
+        }
+        let half = match s.direction {
+            Direction::Request => &mut flow.req,
+            Direction::Response => &mut flow.resp,
+        };
         half.buf.clear();
+        half.unknown_start = true;
         half.broken = true;
         stats.truncated += 1;
     }
@@ -488,6 +615,121 @@ mod tests {
         );
         assert_eq!(g.stats.other, 1);
         assert_eq!(g.stats.requests, 0);
+    }
+
+    #[test]
+    fn junk_at_the_start_is_reported_once_per_connection() {
+        let mut f = Flows::new(100);
+        let junk = b"\x00\x01\x02 hello?q=1\r\n";
+        let ev = f.on_sample(&sample(Direction::Request, 1, junk, 1), 0.0);
+        assert_eq!(ev.len(), 1);
+        let req = ev[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::NotHttp));
+        assert_eq!(req.query.as_deref(), Some("q=1"));
+        assert_eq!(ev[0].method, None);
+        // More of the same connection: counted, not reported again.
+        let next = 1 + junk.len() as u32;
+        assert!(
+            f.on_sample(&sample(Direction::Request, next, junk, 2), 0.0)
+                .is_empty()
+        );
+        assert_eq!((f.stats.unparseable, f.stats.requests), (2, 0));
+        // A request that starts like HTTP and breaks is reported too.
+        let mut g = Flows::new(100);
+        let ev = g.on_sample(
+            &sample(Direction::Request, 1, b"GET /x HTTP/3.0\r\n\r\n", 1),
+            0.0,
+        );
+        let req = ev[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::BadVersion));
+        assert_eq!(ev[0].method.as_deref(), Some("GET"));
+    }
+
+    #[test]
+    fn frames_after_an_upgrade_are_not_judged() {
+        let mut f = Flows::new(100);
+        let up =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(
+            f.on_sample(&sample(Direction::Request, 1, up, 1), 0.0)
+                .len(),
+            1
+        );
+        // A masked WebSocket text frame, then HTTP/2's preface on another
+        // connection that asked for h2c.
+        let frame = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+        let next = 1 + up.len() as u32;
+        assert!(
+            f.on_sample(&sample(Direction::Request, next, frame, 2), 0.0)
+                .is_empty()
+        );
+        let mut g = Flows::new(100);
+        let up = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n";
+        g.on_sample(&sample(Direction::Request, 1, up, 1), 0.0);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let next = 1 + up.len() as u32;
+        assert!(
+            g.on_sample(&sample(Direction::Request, next, preface, 2), 0.0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bytes_after_a_gap_are_not_judged() {
+        // A request, then a sampling gap into the middle of an upload: those
+        // bytes start nowhere in particular and are not reported.
+        let mut f = Flows::new(100);
+        let head = b"POST /up HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(
+            f.on_sample(&sample(Direction::Request, 1, head, 1), 0.0)
+                .len(),
+            1
+        );
+        let body = b"\x89PNG\r\n\x1a\n\x00\x00 binary";
+        assert!(
+            f.on_sample(&sample(Direction::Request, 90_000, body, 2), 0.0)
+                .is_empty()
+        );
+        assert!(
+            f.on_sample(
+                &sample(Direction::Request, 90_000 + body.len() as u32, body, 3),
+                0.0
+            )
+            .is_empty()
+        );
+        // Nor is text that would read as an HTTP/0.9 line.
+        assert!(
+            f.on_sample(
+                &sample(Direction::Request, 150_000, b"hello world\r\nmore text", 3),
+                0.0
+            )
+            .is_empty()
+        );
+        // A whole request after the gap still parses.
+        let ev = f.on_sample(
+            &sample(Direction::Request, 200_000, b"GET /ok HTTP/1.1\r\n\r\n", 4),
+            0.0,
+        );
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].request.as_ref().unwrap().malformed, None);
+    }
+
+    #[test]
+    fn an_endless_head_is_reported() {
+        let mut f = Flows::new(100);
+        let mut seq = 1;
+        let mut out = Vec::new();
+        let mut line = b"GET /x HTTP/1.1\r\n".to_vec();
+        while seq < 2 * MAX_BUFFER as u32 {
+            out.extend(f.on_sample(&sample(Direction::Request, seq, &line, 1), 0.0));
+            seq += line.len() as u32;
+            // Long fields: the buffer bound comes before the header count.
+            line = [&b"X-Filler: "[..], &[b'a'; 300], b"\r\n"].concat();
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let req = out[0].request.as_ref().unwrap();
+        assert_eq!(req.malformed, Some(HttpError::HeadersTooLarge));
+        assert_eq!(req.path, "/x");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::http::Request;
+use tollgate_detect::Request;
 
 /// Endpoints kept; later new ones are counted under `{other}`.
 pub const MAX_ENDPOINTS: usize = 10_000;
@@ -18,58 +18,9 @@ pub const MAX_ENDPOINTS: usize = 10_000;
 pub const MAX_CLIENTS_TRACKED: usize = 10_000;
 
 /// Folds identifier-looking segments into `{id}`:
-/// `/users/42/orders/9f8e7d6c5b4a` -> `/users/{id}/orders/{id}`.
-#[must_use]
-pub fn path_template(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if is_id(seg) {
-            out.push_str("{id}");
-        } else {
-            out.push_str(seg);
-        }
-    }
-    if out.is_empty() { "/".into() } else { out }
-}
-
-fn is_id(seg: &str) -> bool {
-    if seg.is_empty() {
-        return false;
-    }
-    let b = seg.as_bytes();
-    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
-    // Numbers.
-    if digits == b.len() {
-        return true;
-    }
-    // UUIDs.
-    if b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| {
-            if [8, 13, 18, 23].contains(&i) {
-                *c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
-    {
-        return true;
-    }
-    // Hex ids (hashes, object ids) with at least one digit.
-    if b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit) {
-        return true;
-    }
-    // Base64/base64url-like tokens: long, mixed letters and digits.
-    let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
-    b.len() >= 16
-        && digits > 0
-        && letters > 0
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'+'))
-}
+/// `/users/42/orders/9f8e7d6c5b4a` -> `/users/{id}/orders/{id}`. The detection
+/// library's, so that the inventory and the events' routes agree.
+pub use tollgate_detect::path_template;
 
 /// Whether a request carried credentials (Authorization, cookies, API keys).
 #[must_use]
@@ -211,6 +162,8 @@ mod tests {
             ("/a0b1c2d3e4", "/{id}"),
             ("/", "/"),
             ("/search?q=1", "/search"),
+            ("/files/deadbeefdeadbeef", "/files/{id}"),
+            ("/items/-5", "/items/{id}"),
         ] {
             assert_eq!(path_template(p), t, "{p}");
         }
