@@ -277,3 +277,28 @@ fn a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame() {
         e.events()
     );
 }
+
+#[test]
+fn a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else() {
+    // HAProxy appends to X-Forwarded-For and passes `Forwarded` untouched:
+    // that header is the client's own word. The attacker names its
+    // neighbour in it; the attacker is banned, the neighbour is not.
+    let e = env("", "  option forwardfor\n");
+    let req = format!(
+        "GET {SQLI} HTTP/1.1\r\nHost: api.test\r\nForwarded: for={}\r\n\r\n",
+        e.good
+    );
+    let _ = try_http(&e.lab, e.bad, e.front, req.into_bytes(), T);
+    assert!(
+        eventually(Duration::from_secs(5), || e.banned(e.bad)),
+        "attacker not banned: {:?}\n{}",
+        e.bans(),
+        e.agent.log_text()
+    );
+    assert!(
+        !e.banned(e.good),
+        "the named neighbour was banned: {:?}",
+        e.bans()
+    );
+    assert!(e.ok(e.good, "/items?id=1"), "the neighbour is cut off");
+}

@@ -285,7 +285,7 @@ pub struct AgentArgs {
     /// loopback, private, cloudflare; repeatable, adds to the policy's
     /// `trusted_proxies`): never banned or limited as one client; its
     /// connections are judged by the clients it names.
-    #[arg(long = "trusted-proxy", value_name = "CIDR|PRESET")]
+    #[arg(long = "trusted-proxy", value_name = "CIDR|PRESET[@HEADER]")]
     pub trusted_proxies: Vec<String>,
     /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
     /// default). Loopback only unless --metrics-allow-remote.
@@ -473,6 +473,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     let opts = AgentOptions {
         trusted_proxies,
         trusted_flags,
+        trusted_flag_entries: args.trusted_proxies.clone(),
         ifaces,
         mode: args
             .mode

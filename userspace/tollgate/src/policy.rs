@@ -127,14 +127,94 @@ pub const PROXY_PRESETS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Expands trusted-proxy entries (CIDRs and preset names) into prefixes.
+/// Which part of a proxied request names its client: the one the proxy
+/// writes itself. A header the proxy only passes along is the client's own
+/// word, so exactly one source is believed per proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// The right-most untrusted `X-Forwarded-For` entry (HAProxy `option
+    /// forwardfor`, nginx, most cloud load balancers). The default.
+    #[default]
+    XForwardedFor,
+    /// The right-most untrusted `for=` of `Forwarded` (RFC 7239).
+    Forwarded,
+    /// Only the PROXY protocol header at the start of the connection.
+    ProxyProtocol,
+}
+
+impl ProxyHeader {
+    /// Names as written after `@` in a trusted-proxy entry.
+    pub const NAMES: [(&'static str, Self); 3] = [
+        ("x-forwarded-for", Self::XForwardedFor),
+        ("forwarded", Self::Forwarded),
+        ("proxy-protocol", Self::ProxyProtocol),
+    ];
+}
+
+/// Splits `CIDR|PRESET[@header]` into the address part and the header.
+fn split_header(entry: &str) -> Result<(&str, ProxyHeader), String> {
+    match entry.split_once('@') {
+        None => Ok((entry, ProxyHeader::default())),
+        Some((net, h)) => ProxyHeader::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(h.trim()))
+            .map(|(_, v)| (net.trim(), *v))
+            .ok_or_else(|| {
+                format!(
+                    "'{h}' is not a client header (one of: {})",
+                    ProxyHeader::NAMES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+    }
+}
+
+/// The header each trusted proxy writes, from the policy's entries and the
+/// `--trusted-proxy` flags (entries that do not parse were refused by
+/// validation already and are skipped here).
+#[must_use]
+pub fn proxy_headers(policy: &[String], flags: &[String]) -> Vec<(ipnet::IpNet, ProxyHeader)> {
+    policy
+        .iter()
+        .chain(flags)
+        .filter_map(|e| expand_trusted_headers(std::slice::from_ref(e)).ok())
+        .flatten()
+        .collect()
+}
+
+/// Expands trusted-proxy entries into prefixes, each with the header that
+/// names its clients.
+///
+/// # Errors
+/// As [`expand_trusted`].
+pub fn expand_trusted_headers(
+    entries: &[String],
+) -> Result<Vec<(ipnet::IpNet, ProxyHeader)>, String> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (_, header) = split_header(e.trim()).map_err(|err| format!("[{i}] {err}"))?;
+        for n in expand_trusted(std::slice::from_ref(e)).map_err(|err| {
+            err.strip_prefix("[0]")
+                .map_or_else(|| err.clone(), |rest| format!("[{i}]{rest}"))
+        })? {
+            out.push((n, header));
+        }
+    }
+    Ok(out)
+}
+
+/// Expands trusted-proxy entries (CIDRs and preset names, each optionally
+/// followed by `@header`) into prefixes.
 ///
 /// # Errors
 /// Names the entry that is neither a preset nor a usable CIDR.
 pub fn expand_trusted(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
     let mut out: Vec<ipnet::IpNet> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let e = e.trim();
+        let (e, _) = split_header(e.trim()).map_err(|err| format!("[{i}] {err}"))?;
         let nets: Vec<ipnet::IpNet> = if let Some((_, list)) = PROXY_PRESETS
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(e))

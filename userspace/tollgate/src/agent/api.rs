@@ -148,6 +148,9 @@ pub struct ApiState {
     pub pipeline: Pipeline,
     /// Trusted proxies: their connections carry other clients.
     pub trusted: Vec<IpNet>,
+    /// The header each trusted proxy writes (most specific prefix first;
+    /// a proxy not listed writes `X-Forwarded-For`).
+    pub proxy_headers: Vec<(IpNet, crate::policy::ProxyHeader)>,
     /// The kernel's record of accepted connections (`None`: every request
     /// counts as verified, as in offline replays and unit tests).
     pub verifier: Option<FlowVerifier>,
@@ -188,35 +191,44 @@ pub fn flow_key(ev: &ApiEvent, proxy: IpAddr) -> FlowKey {
     }
 }
 
-/// The client a `Forwarded` or `X-Forwarded-For` header names: the
-/// right-most address that is not itself a trusted proxy (the left-most is
-/// whatever the client wrote). `Forwarded` wins when both are present.
+/// The client the header `which` names: the right-most address that is not
+/// itself a trusted proxy (the left-most is whatever the client wrote). Only
+/// the header the proxy writes itself is read: one it merely passes along
+/// (`Forwarded` through a proxy that appends to `X-Forwarded-For`) is the
+/// client's own word, and believing it would let a client blame anyone.
 #[must_use]
-pub fn forwarded_client(headers: &[(String, String)], trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn forwarded_client(
+    headers: &[(String, String)],
+    trusted: &[IpNet],
+    which: crate::policy::ProxyHeader,
+) -> Option<IpAddr> {
+    use crate::policy::ProxyHeader;
     let mut hops: Vec<IpAddr> = Vec::new();
-    let fwd: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("forwarded"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    if fwd.is_empty() {
-        for (_, v) in headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
-        {
-            hops.extend(v.split(',').filter_map(|h| parse_hop(h.trim())));
+    match which {
+        ProxyHeader::ProxyProtocol => return None,
+        ProxyHeader::XForwardedFor => {
+            for (_, v) in headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+            {
+                hops.extend(v.split(',').filter_map(|h| parse_hop(h.trim())));
+            }
         }
-    } else {
-        for v in fwd {
-            for elem in v.split(',') {
-                for pair in elem.split(';') {
-                    let Some((k, val)) = pair.trim().split_once('=') else {
-                        continue;
-                    };
-                    if k.trim().eq_ignore_ascii_case("for")
-                        && let Some(a) = parse_hop(val.trim().trim_matches('"'))
-                    {
-                        hops.push(a);
+        ProxyHeader::Forwarded => {
+            for (_, v) in headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("forwarded"))
+            {
+                for elem in v.split(',') {
+                    for pair in elem.split(';') {
+                        let Some((k, val)) = pair.trim().split_once('=') else {
+                            continue;
+                        };
+                        if k.trim().eq_ignore_ascii_case("for")
+                            && let Some(a) = parse_hop(val.trim().trim_matches('"'))
+                        {
+                            hops.push(a);
+                        }
                     }
                 }
             }
@@ -277,6 +289,7 @@ impl ApiHandle {
                 },
                 pipeline,
                 trusted: Vec::new(),
+                proxy_headers: Vec::new(),
                 verifier: None,
                 waiting: Vec::new(),
             })),
@@ -422,7 +435,13 @@ impl ApiState {
         if st.trusted.iter().any(|n| n.contains(&ev.client)) {
             // A PROXY header names the client of the whole connection;
             // otherwise each request's forwarding header does.
-            let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted));
+            let which = st
+                .proxy_headers
+                .iter()
+                .filter(|(n, _)| n.contains(&ev.client))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or_else(Default::default, |(_, h)| *h);
+            let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted, which));
             let real = match ev.direction {
                 Direction::Request => ev.header_client.or(by_header),
                 Direction::Response => ev.header_client.or(ev.forwarded_client),
@@ -636,6 +655,7 @@ pub async fn read_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::ProxyHeader;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -691,6 +711,8 @@ mod tests {
         assert_eq!(endpoints, routes);
     }
 
+    const XFF: ProxyHeader = ProxyHeader::XForwardedFor;
+
     #[test]
     fn the_right_most_untrusted_hop_is_the_client() {
         let trusted: Vec<IpNet> = vec!["198.18.7.0/24".parse().unwrap()];
@@ -699,12 +721,13 @@ mod tests {
         assert_eq!(
             forwarded_client(
                 &h(&[("X-Forwarded-For", "1.2.3.4, 198.18.0.5, 198.18.7.2")]),
-                &trusted
+                &trusted,
+                XFF
             ),
             ip("198.18.0.5")
         );
         assert_eq!(
-            forwarded_client(&h(&[("x-forwarded-for", "198.18.0.5")]), &trusted),
+            forwarded_client(&h(&[("x-forwarded-for", "198.18.0.5")]), &trusted, XFF),
             ip("198.18.0.5")
         );
         // Several headers are one list, in order.
@@ -714,36 +737,47 @@ mod tests {
                     ("X-Forwarded-For", "9.9.9.9"),
                     ("X-Forwarded-For", "198.18.0.6")
                 ]),
-                &trusted
+                &trusted,
+                XFF
             ),
             ip("198.18.0.6")
         );
-        assert_eq!(
-            forwarded_client(
-                &h(&[
-                    (
-                        "Forwarded",
-                        "for=1.2.3.4, for=\"[fd00::5]:4711\";proto=https"
-                    ),
-                    ("X-Forwarded-For", "198.18.0.9")
-                ]),
-                &trusted
+        // Only the header the proxy writes counts: a `Forwarded` the client
+        // sent through an X-Forwarded-For proxy is ignored, and the other
+        // way round.
+        let both = h(&[
+            (
+                "Forwarded",
+                "for=1.2.3.4, for=\"[fd00::5]:4711\";proto=https",
             ),
+            ("X-Forwarded-For", "198.18.0.9"),
+        ]);
+        assert_eq!(forwarded_client(&both, &trusted, XFF), ip("198.18.0.9"));
+        assert_eq!(
+            forwarded_client(&both, &trusted, ProxyHeader::Forwarded),
             ip("fd00::5")
         );
         assert_eq!(
-            forwarded_client(&h(&[("X-Forwarded-For", "198.18.0.7:5000")]), &trusted),
+            forwarded_client(&both, &trusted, ProxyHeader::ProxyProtocol),
+            None
+        );
+        assert_eq!(
+            forwarded_client(&h(&[("X-Forwarded-For", "198.18.0.7:5000")]), &trusted, XFF),
             ip("198.18.0.7")
         );
         // Nothing usable: no client.
         assert_eq!(
-            forwarded_client(&h(&[("X-Forwarded-For", "unknown, _hidden")]), &trusted),
+            forwarded_client(
+                &h(&[("X-Forwarded-For", "unknown, _hidden")]),
+                &trusted,
+                XFF
+            ),
             None
         );
         assert_eq!(
-            forwarded_client(&h(&[("X-Forwarded-For", "198.18.7.9")]), &trusted),
+            forwarded_client(&h(&[("X-Forwarded-For", "198.18.7.9")]), &trusted, XFF),
             None
         );
-        assert_eq!(forwarded_client(&h(&[]), &trusted), None);
+        assert_eq!(forwarded_client(&h(&[]), &trusted, XFF), None);
     }
 }

@@ -91,6 +91,8 @@ pub struct AgentOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The `--trusted-proxy` flags alone (a reload keeps them).
     pub trusted_flags: Vec<ipnet::IpNet>,
+    /// The `--trusted-proxy` flags as given (`CIDR|PRESET[@header]`).
+    pub trusted_flag_entries: Vec<String>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -211,6 +213,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling, pipeline);
     if let Ok(mut st) = api.state.lock() {
         st.trusted.clone_from(&opts.trusted_proxies);
+        st.proxy_headers =
+            crate::policy::proxy_headers(&opts.policy.trusted_proxies, &opts.trusted_flag_entries);
     }
     state
         .dp

@@ -257,6 +257,14 @@ impl Reloader {
                     changes.push(format!("mode {mode:?}").to_lowercase());
                 }
             }
+            if let Some(api) = &self.api
+                && let Ok(mut st) = api.state.lock()
+            {
+                st.proxy_headers = crate::policy::proxy_headers(
+                    &p.trusted_proxies,
+                    &self.opts.trusted_flag_entries,
+                );
+            }
             if s.trusted != trusted {
                 for t in trusted.iter().filter(|t| !s.trusted.contains(t)) {
                     lifted.push(format!(
