@@ -33,6 +33,10 @@ pub struct EventsPolicy {
     pub keep: u32,
     /// Also send each event to the local syslog (`/dev/log`).
     pub syslog: bool,
+    /// Violation events written per client and rule per minute; the rest
+    /// are counted and summed up in one `suppressed` event when the minute
+    /// ends (bans are always written). 0 = no limit.
+    pub per_client_rule_per_minute: u32,
 }
 
 impl Default for EventsPolicy {
@@ -42,8 +46,22 @@ impl Default for EventsPolicy {
             max_bytes: 64 * 1024 * 1024,
             keep: 5,
             syslog: false,
+            per_client_rule_per_minute: 20,
         }
     }
+}
+
+/// Windows of the per-client, per-rule event limit kept at once (oldest
+/// dropped first: a flood of distinct clients cannot grow memory).
+const MAX_WINDOWS: usize = 65_536;
+
+/// One client's and rule's minute: written, suppressed.
+struct Window {
+    start: std::time::Instant,
+    written: u32,
+    suppressed: u64,
+    /// The event that opened the window (for the summary).
+    sample: SecurityEvent,
 }
 
 impl EventsPolicy {
@@ -144,6 +162,9 @@ pub struct EventLog {
     syslog: Option<UnixDatagram>,
     follow: broadcast::Sender<Arc<String>>,
     written: u64,
+    windows: std::collections::HashMap<(std::net::IpAddr, String), Window>,
+    /// Violation events suppressed by the per-client, per-rule limit.
+    pub suppressed: u64,
 }
 
 impl EventLog {
@@ -174,6 +195,8 @@ impl EventLog {
             syslog,
             follow,
             written: 0,
+            windows: std::collections::HashMap::new(),
+            suppressed: 0,
         })
     }
 
@@ -204,6 +227,97 @@ impl EventLog {
     /// Records one event. Failures are logged, never fatal: enforcement does
     /// not wait for a full disk.
     pub fn write(&mut self, ev: &SecurityEvent) {
+        if ev.kind == "violation" && !self.admit(ev) {
+            return;
+        }
+        self.write_line(ev);
+    }
+
+    /// The per-client, per-rule limit: whether `ev` is written. Ends the
+    /// minutes that are over first, writing a summary for each that
+    /// suppressed something.
+    fn admit(&mut self, ev: &SecurityEvent) -> bool {
+        let limit = self.policy.per_client_rule_per_minute;
+        if limit == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let minute = std::time::Duration::from_secs(60);
+        let key = (ev.client, ev.rule.clone());
+        if self
+            .windows
+            .get(&key)
+            .is_some_and(|w| now - w.start >= minute)
+            || (!self.windows.contains_key(&key) && self.windows.len() >= MAX_WINDOWS)
+        {
+            self.close_windows(now, minute);
+        }
+        let w = self.windows.entry(key).or_insert_with(|| Window {
+            start: now,
+            written: 0,
+            suppressed: 0,
+            sample: ev.clone(),
+        });
+        if w.written < limit {
+            w.written += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Writes the summaries of minutes that are over (called periodically,
+    /// so a flood that stopped still gets its summary).
+    pub fn tick(&mut self) {
+        if !self.windows.is_empty() {
+            self.close_windows(
+                std::time::Instant::now(),
+                std::time::Duration::from_secs(60),
+            );
+        }
+    }
+
+    /// Ends every window older than `minute` (or, when full, the oldest
+    /// half), writing a `suppressed` event for each that held events back.
+    fn close_windows(&mut self, now: std::time::Instant, minute: std::time::Duration) {
+        let full = self.windows.len() >= MAX_WINDOWS;
+        let mut ended: Vec<(std::net::IpAddr, String)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now - w.start >= minute)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if full && ended.len() < MAX_WINDOWS / 2 {
+            let mut by_age: Vec<_> = self
+                .windows
+                .iter()
+                .map(|(k, w)| (w.start, k.clone()))
+                .collect();
+            by_age.sort_by_key(|(t, _)| *t);
+            ended.extend(by_age.into_iter().take(MAX_WINDOWS / 2).map(|(_, k)| k));
+        }
+        for k in ended {
+            let Some(w) = self.windows.remove(&k) else {
+                continue;
+            };
+            if w.suppressed > 0 {
+                let mut summary = w.sample;
+                summary.time = now_rfc3339();
+                summary.kind = "suppressed".into();
+                summary.evidence = String::new();
+                summary.note = Some(format!(
+                    "{} more violation events of this rule from this client within {} s were not written",
+                    w.suppressed,
+                    (now - w.start).as_secs().max(1)
+                ));
+                self.write_line(&summary);
+            }
+        }
+    }
+
+    fn write_line(&mut self, ev: &SecurityEvent) {
         let Ok(mut line) = serde_json::to_string(ev) else {
             return;
         };
@@ -368,6 +482,46 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn a_flood_of_one_clients_violations_is_limited_and_summed_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::open(path.clone(), EventsPolicy::default()).unwrap();
+        for _ in 0..25 {
+            log.write(&ev("sqli.tautology"));
+        }
+        // Another rule and a ban are not held back by that flood.
+        log.write(&ev("xss.script"));
+        let mut ban = ev("sqli.tautology");
+        ban.kind = "ban".into();
+        log.write(&ban);
+        let lines = read_since(&path, 5, 0, 1000);
+        let of = |kind: &str, rule: &str| {
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<SecurityEvent>(l).ok())
+                .filter(|e| e.kind == kind && e.rule == rule)
+                .count()
+        };
+        assert_eq!(of("violation", "sqli.tautology"), 20);
+        assert_eq!(of("violation", "xss.script"), 1);
+        assert_eq!(of("ban", "sqli.tautology"), 1);
+        assert_eq!(log.suppressed, 5);
+        // When the minute is over, one summary says what was left out.
+        log.close_windows(
+            std::time::Instant::now() + Duration::from_secs(61),
+            Duration::from_secs(60),
+        );
+        let lines = read_since(&path, 5, 0, 1000);
+        let summary: SecurityEvent = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<SecurityEvent>(l).ok())
+            .find(|e| e.kind == "suppressed")
+            .unwrap();
+        assert_eq!(summary.rule, "sqli.tautology");
+        assert!(summary.note.unwrap().starts_with("5 more"));
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::{
 
 /// Flows followed at once.
 pub const MAX_FLOWS: usize = 65_536;
+/// A flow with nothing sampled for this long is forgotten (its partial
+/// message was judged as far as it went; memory stays bounded after floods).
+pub const FLOW_IDLE_NS: u64 = 120 * 1_000_000_000;
 /// Events buffered for slow `tap` readers (older ones are skipped).
 pub const TAP_BUFFER: usize = 4096;
 /// Largest sampling divisor the budget control goes to.
@@ -156,6 +159,8 @@ pub struct ApiState {
     pub verifier: Option<FlowVerifier>,
     /// Requests waiting for verification.
     waiting: Vec<Waiting>,
+    /// When idle flows were last expired (boot-clock ns).
+    last_expiry_ns: u64,
 }
 
 /// What a batch of samples produced for the enforcer.
@@ -292,6 +297,7 @@ impl ApiHandle {
                 proxy_headers: Vec::new(),
                 verifier: None,
                 waiting: Vec::new(),
+                last_expiry_ns: 0,
             })),
             tap,
         }
@@ -377,6 +383,11 @@ impl ApiHandle {
                 }
                 Check::Pending(_) => st.waiting.push(w),
             }
+        }
+        let now_ns = clock::boot_ns();
+        if now_ns.saturating_sub(st.last_expiry_ns) >= 1_000_000_000 {
+            st.last_expiry_ns = now_ns;
+            st.flows.expire(now_ns.saturating_sub(FLOW_IDLE_NS));
         }
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
@@ -588,36 +599,30 @@ pub async fn read_samples(
     let mut busy = Duration::ZERO;
     let mut calm_windows = 0u32;
     loop {
-        let mut guard = if api.has_waiting() {
-            // Held requests are re-checked every few milliseconds.
-            match tokio::time::timeout(Duration::from_millis(2), fd.readable_mut()).await {
-                Ok(g) => g?,
-                Err(_) => {
-                    let (spent, found) = api.handle(&[], offset);
-                    busy += spent;
-                    if !found.is_empty() {
-                        on_findings(found);
-                    }
-                    continue;
-                }
-            }
+        // Held requests are re-checked every few milliseconds; otherwise the
+        // loop still wakes each second, so idle flows expire and a raised
+        // sampling divisor comes down again without new samples.
+        let tick = if api.has_waiting() {
+            Duration::from_millis(2)
         } else {
-            fd.readable_mut().await?
+            Duration::from_secs(1)
         };
         let mut batch = Vec::new();
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                batch.push(item.to_vec());
-                if batch.len() >= 1024 {
-                    break;
+        if let Ok(guard) = tokio::time::timeout(tick, fd.readable_mut()).await {
+            let mut guard = guard?;
+            {
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    batch.push(item.to_vec());
+                    if batch.len() >= 1024 {
+                        break;
+                    }
                 }
             }
+            if batch.len() < 1024 {
+                guard.clear_ready();
+            }
         }
-        if batch.len() < 1024 {
-            guard.clear_ready();
-        }
-        drop(guard);
         let (spent, found) = api.handle(&batch, offset);
         busy += spent;
         if !found.is_empty() {

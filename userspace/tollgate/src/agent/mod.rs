@@ -400,6 +400,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     s.prune_offenders();
                     s.store_retry();
                 }
+                if let Ok(mut log) = event_log.lock() {
+                    log.tick();
+                }
             }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {

@@ -106,6 +106,9 @@ pub struct FlowStats {
     pub truncated: u64,
     /// Flows evicted to stay within bounds.
     pub evicted: u64,
+    /// Flows forgotten after being idle.
+    #[serde(default)]
+    pub expired: u64,
 }
 
 #[derive(Default)]
@@ -179,6 +182,16 @@ impl Flows {
     pub fn set_real(&mut self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) {
         if let Some(f) = self.flows.get_mut(&id) {
             f.forwarded = Some(real);
+        }
+    }
+
+    /// Forgets flows with nothing seen since `before_ns` (boot clock).
+    pub fn expire(&mut self, before_ns: u64) {
+        let n = self.flows.len();
+        self.flows.retain(|_, f| f.last_ns >= before_ns);
+        self.stats.expired += (n - self.flows.len()) as u64;
+        if self.flows.capacity() > 4 * self.flows.len().max(1024) {
+            self.flows.shrink_to_fit();
         }
     }
 
@@ -730,6 +743,28 @@ mod tests {
         let req = out[0].request.as_ref().unwrap();
         assert_eq!(req.malformed, Some(HttpError::HeadersTooLarge));
         assert_eq!(req.path, "/x");
+    }
+
+    #[test]
+    fn idle_flows_expire() {
+        let mut f = Flows::new(100);
+        // A head that never completes, at t=1 s and t=200 s.
+        f.on_sample(
+            &sample(Direction::Request, 1, b"GET /a HTTP/1.1\r\n", 1_000_000_000),
+            0.0,
+        );
+        let mut late = sample(
+            Direction::Request,
+            1,
+            b"GET /b HTTP/1.1\r\n",
+            200_000_000_000,
+        );
+        late.client_port += 1;
+        f.on_sample(&late, 0.0);
+        assert_eq!(f.len(), 2);
+        f.expire(100_000_000_000);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.stats.expired, 1);
     }
 
     #[test]
