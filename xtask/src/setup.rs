@@ -202,7 +202,7 @@ fn bpffs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 6] = [
+const DEBIAN_PACKAGES: [(&str, &str); 7] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -213,6 +213,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 6] = [
     // A real load balancer in front of the test API (tests/tests/proxy.rs):
     // PROXY protocol v1/v2 and X-Forwarded-For.
     ("haproxy", "haproxy"),
+    // Python's http.server is the lenient reference server of the evasion
+    // tests (tests/tests/evasion.rs).
+    ("python3", "python3"),
 ];
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -224,7 +227,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy)");
+        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
