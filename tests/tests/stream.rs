@@ -114,3 +114,49 @@ fn every_request_on_a_keepalive_connection_is_judged() {
         "{ev:#?}"
     );
 }
+
+#[test]
+fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
+    let e = env();
+    let src = e.lab.v4(0, 2);
+    let dst = SocketAddr::new(e.lab.v4(0, 1), e.server.port);
+    // The head announces a body it never sends, and the connection stays
+    // open: the server's route handler may already act on the head.
+    let head = format!(
+        "POST {INJECTION} HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"a\":"
+    );
+    let ns = format!("/run/netns/{}", e.lab.ns);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let f = std::fs::File::open(ns).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+        sock.connect_timeout(&dst.into(), Duration::from_secs(3))
+            .unwrap();
+        let mut s: std::net::TcpStream = sock.into();
+        s.write_all(head.as_bytes()).unwrap();
+        // Hold the connection open until the test is done (at most 8 s).
+        let _ = rx.recv_timeout(Duration::from_secs(8));
+        drop(s);
+    });
+    let want = format!("{src}/32");
+    let banned = eventually(Duration::from_secs(6), || {
+        e.agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["cidr"] == want)
+    });
+    let _ = tx.send(());
+    client.join().unwrap();
+    assert!(
+        banned,
+        "a head without its body was not judged while the connection stayed open: {:#?}\n{}",
+        e.agent.events(),
+        e.agent.log_text()
+    );
+}

@@ -30,6 +30,9 @@ use crate::{
 
 /// Flows followed at once.
 pub const MAX_FLOWS: usize = 65_536;
+/// A streamed request whose connection received nothing for this long is
+/// judged as far as it went (head without its body, slowloris head).
+pub const STALL_NS: u64 = 1_000_000_000;
 /// A flow with nothing sampled for this long is forgotten (its partial
 /// message was judged as far as it went; memory stays bounded after floods).
 pub const FLOW_IDLE_NS: u64 = 120 * 1_000_000_000;
@@ -161,6 +164,8 @@ pub struct ApiState {
     waiting: Vec<Waiting>,
     /// When idle flows were last expired (boot-clock ns).
     last_expiry_ns: u64,
+    /// When stalled requests were last looked for.
+    last_stall_check_ns: u64,
 }
 
 /// What a batch of samples produced for the enforcer.
@@ -298,6 +303,7 @@ impl ApiHandle {
                 verifier: None,
                 waiting: Vec::new(),
                 last_expiry_ns: 0,
+                last_stall_check_ns: 0,
             })),
             tap,
         }
@@ -385,6 +391,16 @@ impl ApiHandle {
             }
         }
         let now_ns = clock::boot_ns();
+        if now_ns.saturating_sub(st.last_stall_check_ns) >= STALL_NS / 4 {
+            st.last_stall_check_ns = now_ns;
+            // Streamed bytes come from the socket: verified already.
+            for ev in st
+                .flows
+                .flush_stalled(now_ns.saturating_sub(STALL_NS), wall_offset)
+            {
+                st.judge(ev, None, now, &mut batch, &self.tap);
+            }
+        }
         if now_ns.saturating_sub(st.last_expiry_ns) >= 1_000_000_000 {
             st.last_expiry_ns = now_ns;
             st.flows.expire(now_ns.saturating_sub(FLOW_IDLE_NS));

@@ -148,6 +148,9 @@ struct Flow {
     /// Requests come from the socket (stream records); packets sampled at
     /// the NIC in that direction are duplicates and ignored.
     streamed: bool,
+    /// What was buffered when the stream stalled was judged; cleared by the
+    /// next bytes.
+    stalled: bool,
     /// An unparseable request was reported for this connection.
     unparseable_reported: bool,
     /// A request asked to switch protocols (`Upgrade`, `CONNECT`): what the
@@ -183,6 +186,56 @@ impl Flows {
         if let Some(f) = self.flows.get_mut(&id) {
             f.forwarded = Some(real);
         }
+    }
+
+    /// Judges the requests of streamed connections that stalled: nothing
+    /// received since `before_ns` while a head, or a head and part of its
+    /// body, waits in the buffer. A route handler may act on a head whose
+    /// body never comes (`Expect: 100-continue`, a `Content-Length` the
+    /// client never fills, a slowloris head), so the head is judged as far
+    /// as it went; what arrives later is not taken for a new request.
+    pub fn flush_stalled(&mut self, before_ns: u64, wall_offset: f64) -> Vec<ApiEvent> {
+        let mut out = Vec::new();
+        for (id, flow) in &mut self.flows {
+            if !flow.streamed
+                || flow.req.buf.is_empty()
+                || flow.req.kind != Some(Kind::HttpRequest)
+                || flow.last_ns >= before_ns
+                || flow.stalled
+            {
+                continue;
+            }
+            flow.stalled = true;
+            let s = Sample {
+                ts_ns: flow.last_ns,
+                client: id.0,
+                client_port: id.1,
+                server: id.2,
+                server_port: id.3,
+                direction: Direction::Request,
+                seq: flow.req.next_seq.unwrap_or(0),
+                tcp_flags: 0,
+                ifindex: 0,
+                payload_len: 0,
+                stream: true,
+                data: bytes::Bytes::new(),
+            };
+            let time = s.ts_ns as f64 / 1e9 + wall_offset;
+            let before = out.len();
+            let stream = Stream {
+                whole: false,
+                wait: false,
+                ended: true,
+            };
+            parse_all(flow, &s, time, stream, &mut out, &mut self.stats);
+            if out.len() > before {
+                // The rest of this message may still come: it continues what
+                // was judged, it does not start a request.
+                flow.req.buf.clear();
+                flow.req.unknown_start = true;
+            }
+        }
+        out
     }
 
     /// Forgets flows with nothing seen since `before_ns` (boot clock).
@@ -234,6 +287,7 @@ impl Flows {
         }
         let flow = self.flows.entry(id).or_default();
         flow.last_ns = s.ts_ns;
+        flow.stalled = false;
         if s.direction == Direction::Request {
             if s.stream && !flow.streamed {
                 // The socket's stream starts at the connection's first byte:
