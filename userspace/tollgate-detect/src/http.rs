@@ -393,6 +393,46 @@ fn parse_head(buf: &[u8], request: bool) -> Result<Option<Head<'_>>, HttpError> 
     }))
 }
 
+/// A body as the application's body parser sees it: `Content-Encoding:
+/// gzip` or `deflate` (which Express-style parsers inflate) undone, at most
+/// [`MAX_BODY_BYTES`] of it (a compression bomb inflates no further). A
+/// body that does not inflate, or a prefix of one, is kept as far as it
+/// went; other encodings are left alone.
+fn decode_content(headers: &[(String, String)], body: Vec<u8>) -> Vec<u8> {
+    use std::io::Read as _;
+    let Some(enc) = find_headers(headers, "content-encoding").next() else {
+        return body;
+    };
+    let enc = enc.trim().to_ascii_lowercase();
+    if body.is_empty() || !matches!(enc.as_str(), "gzip" | "x-gzip" | "deflate") {
+        return body;
+    }
+    let limit = MAX_BODY_BYTES as u64;
+    let mut out = Vec::new();
+    let res = if enc == "deflate" {
+        // RFC 9110 says zlib-wrapped; some clients send raw deflate.
+        if body.first().is_some_and(|b| b & 0x0f == 8) {
+            flate2::read::ZlibDecoder::new(&body[..])
+                .take(limit)
+                .read_to_end(&mut out)
+        } else {
+            flate2::read::DeflateDecoder::new(&body[..])
+                .take(limit)
+                .read_to_end(&mut out)
+        }
+    } else {
+        flate2::read::GzDecoder::new(&body[..])
+            .take(limit)
+            .read_to_end(&mut out)
+    };
+    // A truncated stream still yields what came before the cut.
+    if res.is_ok() || !out.is_empty() {
+        out
+    } else {
+        body
+    }
+}
+
 /// `METHOD target` without a version: an HTTP/0.9 request line.
 fn is_http09(line: &[u8]) -> bool {
     let mut fields = line.split(|&b| is_ws(b)).filter(|f| !f.is_empty());
@@ -637,6 +677,7 @@ pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, 
     if wait && !body.complete {
         return Ok(Parsed::Partial);
     }
+    let bytes = decode_content(&head.headers, body.bytes);
     Ok(Parsed::Complete {
         msg: Request {
             method: lossy(method),
@@ -645,7 +686,7 @@ pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, 
             query,
             version,
             headers: head.headers,
-            body: body.bytes,
+            body: bytes,
             truncated: body.truncated,
             malformed: None,
         },
@@ -833,6 +874,50 @@ mod tests {
         // A bare CR inside a value is not a line end.
         let (r, _) = req(b"GET / HTTP/1.1\r\nX-C: a\rb\r\n\r\n");
         assert_eq!(r.header("x-c"), Some("a\rb"));
+    }
+
+    #[test]
+    fn gzip_and_deflate_bodies_are_inflated_within_bounds() {
+        use std::io::Write as _;
+        let json = br#"{"q":"1' OR '1'='1"}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut head = format!(
+            "POST /s HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            gz.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&gz);
+        let (r, _) = req(&head);
+        assert_eq!(r.body, json);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(json).unwrap();
+        let z = z.finish().unwrap();
+        let mut head = format!(
+            "POST /s HTTP/1.1\r\nContent-Encoding: deflate\r\nContent-Length: {}\r\n\r\n",
+            z.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&z);
+        assert_eq!(req(&head).0.body, json);
+        // A bomb: 64 MiB of zeros inflate to at most MAX_BODY_BYTES.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..64 {
+            gz.write_all(&[0u8; 1 << 20]).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        let mut head = format!(
+            "POST /s HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            gz.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&gz);
+        assert_eq!(req(&head).0.body.len(), MAX_BODY_BYTES);
+        // Not actually gzip: kept as sent.
+        let (r, _) =
+            req(b"POST /s HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(r.body, b"abc");
     }
 
     #[test]
