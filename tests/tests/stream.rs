@@ -16,10 +16,16 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(&[])
+}
+
+fn env_with(extra: &[&str]) -> Env {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let mut args = vec!["--api-port", port.as_str()];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&lab.host_if, &args);
     Env { lab, server, agent }
 }
 
@@ -158,5 +164,29 @@ fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
         "a head without its body was not judged while the connection stayed open: {:#?}\n{}",
         e.agent.events(),
         e.agent.log_text()
+    );
+}
+
+#[test]
+fn the_tc_hook_judges_every_request_too() {
+    // Hosts whose XDP hook is taken (Cilium) run with `--attach tc`: the
+    // requests are taken at the socket there as well, and bans drop at tcx.
+    let e = env_with(&["--attach", "tc"]);
+    let st = e.agent.json(&["status"]);
+    assert_eq!(st["sampling"]["capture"], "socket", "{st}");
+    let mut chunks: Vec<Vec<u8>> = (0..12).map(|i| get(&format!("/items/{i}"))).collect();
+    chunks.push(get(INJECTION));
+    e.assert_banned(
+        0,
+        chunks,
+        "13th request on a keep-alive connection, tc hook",
+    );
+    // The ban drops at the tc hook: a new connection from the client fails.
+    let src = e.lab.v4(0, 2);
+    let dst = SocketAddr::new(e.lab.v4(0, 1), e.server.port);
+    assert!(
+        tollgate_tests::http::try_http(&e.lab, src, dst, get("/items/1"), Duration::from_secs(1))
+            .is_none(),
+        "banned client still served with the tc hook"
     );
 }
