@@ -4,6 +4,7 @@
 //! cleans up on drop, names what it creates uniquely, and bounds its waits.
 //! Addresses come only from 198.18.0.0/15 and fd00::/8.
 
+pub mod capture;
 pub mod http;
 pub mod latency;
 pub mod pkt;

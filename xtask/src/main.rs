@@ -44,10 +44,12 @@ enum Cmd {
     /// `detect [CORPUS]` (requests/s per core through the default policy);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
-    /// enforcement, agent RSS).
+    /// enforcement, agent RSS). `capture` (every request taken at the
+    /// socket vs NIC sampling vs no sampling: requests/s, agent and machine
+    /// CPU per request).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true)]

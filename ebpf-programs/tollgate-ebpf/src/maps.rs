@@ -118,3 +118,9 @@ pub static TG_SOCKS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::ST
 #[map]
 pub static TG_STREAM_OFF: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);
+
+/// Per-CPU scratch where the stream program builds a record before writing
+/// it to the ring at its real size.
+#[map]
+pub static TG_SSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -16,11 +16,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use tollgate_common::{
-    DIR_REQUEST, FlowKey, SAMPLE_BYTES, SampleRecord, sample_source, sample_stat,
+    DIR_REQUEST, FlowKey, SAMPLE_BYTES, SampleHeader, sample_source, sample_stat,
 };
 
 use crate::{
-    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_STREAM_OFF},
+    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF},
     parse::Source,
     sample::addr16,
 };
@@ -29,6 +29,7 @@ use crate::{
 /// the rest is reported as a gap.
 const MAX_CHUNKS: u32 = 16;
 const AF_INET: u32 = 2;
+const HEADER_BYTES: usize = core::mem::size_of::<SampleHeader>();
 
 #[inline(always)]
 fn stat(i: u32) {
@@ -117,13 +118,12 @@ fn capture(ctx: &SkBuffContext) {
         } else {
             SAMPLE_BYTES as u32
         };
-        let Some(mut entry) = TG_SAMPLES.reserve::<SampleRecord>(0) else {
-            // Ring full: the agent sees a gap in the offsets.
-            stat(sample_stat::LOST);
+        // Records are written at their real size (a 100-byte request takes
+        // 172 bytes of ring, not 1,096), from per-CPU scratch.
+        let Some(rec) = TG_SSCRATCH.get_ptr_mut(0) else {
             return;
         };
-        let rec = entry.as_mut_ptr();
-        // SAFETY: `rec` points at the reserved, writable record.
+        // SAFETY: `rec` points at this CPU's scratch record.
         unsafe {
             let h = &raw mut (*rec).header;
             (*h).ts_ns = now;
@@ -146,11 +146,18 @@ fn capture(ctx: &SkBuffContext) {
             bpf_skb_load_bytes(skb.cast(), done, data.cast(), n) == 0
         };
         if !ok {
-            entry.discard(0);
             stat(sample_stat::LOST);
             return;
         }
-        entry.submit(0);
+        let total = HEADER_BYTES + n as usize;
+        // SAFETY: `rec` holds HEADER_BYTES + SAMPLE_BYTES bytes; `total` is
+        // at most that.
+        let bytes = unsafe { core::slice::from_raw_parts(rec.cast::<u8>(), total) };
+        if TG_SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+            // Ring full: the agent sees a gap in the offsets.
+            stat(sample_stat::LOST);
+            return;
+        }
         stat(sample_stat::TAKEN);
         done += n;
     }

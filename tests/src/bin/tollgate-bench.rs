@@ -56,13 +56,14 @@ fn main() {
             tollgate_tests::latency::run(trials);
         }
         "startup" => tollgate_tests::startup::run(),
+        "capture" => tollgate_tests::capture::run(),
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture)"
             );
             std::process::exit(2);
         }
