@@ -333,6 +333,8 @@ impl ApiHandle {
             return batch;
         };
         let st = &mut *st;
+        let now_ns = clock::boot_ns();
+        st.flows.clock_ns = now_ns;
         for sample in samples {
             for ev in st.flows.on_sample(sample, wall_offset) {
                 // Socket streams need no check: only accepted bytes get there.
@@ -390,7 +392,6 @@ impl ApiHandle {
                 Check::Pending(_) => st.waiting.push(w),
             }
         }
-        let now_ns = clock::boot_ns();
         if now_ns.saturating_sub(st.last_stall_check_ns) >= STALL_NS / 4 {
             st.last_stall_check_ns = now_ns;
             // Streamed bytes come from the socket: verified already.

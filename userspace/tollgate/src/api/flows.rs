@@ -151,6 +151,8 @@ struct Flow {
     /// What was buffered when the stream stalled was judged; cleared by the
     /// next bytes.
     stalled: bool,
+    /// The agent's clock ([`Flows::clock_ns`]) when a sample last came.
+    touched_ns: u64,
     /// An unparseable request was reported for this connection.
     unparseable_reported: bool,
     /// A request asked to switch protocols (`Upgrade`, `CONNECT`): what the
@@ -167,6 +169,10 @@ pub struct Flows {
     max_flows: usize,
     /// What was seen.
     pub stats: FlowStats,
+    /// The agent's clock (boot-clock ns) as the caller last set it: when
+    /// flows were touched, for expiry and stalls (sample timestamps may come
+    /// from elsewhere, as in replays).
+    pub clock_ns: u64,
 }
 
 impl Flows {
@@ -177,6 +183,7 @@ impl Flows {
             flows: HashMap::new(),
             max_flows: max_flows.max(16),
             stats: FlowStats::default(),
+            clock_ns: 0,
         }
     }
 
@@ -189,7 +196,7 @@ impl Flows {
     }
 
     /// Judges the requests of streamed connections that stalled: nothing
-    /// received since `before_ns` while a head, or a head and part of its
+    /// received since `before_ns` (the agent's clock) while a head, or a head and part of its
     /// body, waits in the buffer. A route handler may act on a head whose
     /// body never comes (`Expect: 100-continue`, a `Content-Length` the
     /// client never fills, a slowloris head), so the head is judged as far
@@ -200,7 +207,7 @@ impl Flows {
             if !flow.streamed
                 || flow.req.buf.is_empty()
                 || flow.req.kind != Some(Kind::HttpRequest)
-                || flow.last_ns >= before_ns
+                || flow.touched_ns >= before_ns
                 || flow.stalled
             {
                 continue;
@@ -238,10 +245,10 @@ impl Flows {
         out
     }
 
-    /// Forgets flows with nothing seen since `before_ns` (boot clock).
+    /// Forgets flows with nothing seen since `before_ns` (the agent's clock).
     pub fn expire(&mut self, before_ns: u64) {
         let n = self.flows.len();
-        self.flows.retain(|_, f| f.last_ns >= before_ns);
+        self.flows.retain(|_, f| f.touched_ns >= before_ns);
         self.stats.expired += (n - self.flows.len()) as u64;
         if self.flows.capacity() > 4 * self.flows.len().max(1024) {
             self.flows.shrink_to_fit();
@@ -287,6 +294,7 @@ impl Flows {
         }
         let flow = self.flows.entry(id).or_default();
         flow.last_ns = s.ts_ns;
+        flow.touched_ns = self.clock_ns;
         flow.stalled = false;
         if s.direction == Direction::Request {
             if s.stream && !flow.streamed {
@@ -802,7 +810,8 @@ mod tests {
     #[test]
     fn idle_flows_expire() {
         let mut f = Flows::new(100);
-        // A head that never completes, at t=1 s and t=200 s.
+        // A head that never completes, seen at t=1 s and t=200 s.
+        f.clock_ns = 1_000_000_000;
         f.on_sample(
             &sample(Direction::Request, 1, b"GET /a HTTP/1.1\r\n", 1_000_000_000),
             0.0,
@@ -814,6 +823,7 @@ mod tests {
             200_000_000_000,
         );
         late.client_port += 1;
+        f.clock_ns = 200_000_000_000;
         f.on_sample(&late, 0.0);
         assert_eq!(f.len(), 2);
         f.expire(100_000_000_000);
