@@ -108,7 +108,8 @@ pub struct Decision {
     pub violations: Vec<Violation>,
     /// `allow`, `alert` or `ban`.
     pub action: Action,
-    /// The client's decayed score after this message.
+    /// The client's decayed score after this message, rounded to hundredths: the
+    /// score compared with the ban threshold.
     pub client_score: f64,
     /// The client (address or IPv6 prefix) to ban, when `action` is `ban`.
     pub ban: Option<IpNet>,
@@ -258,14 +259,17 @@ impl Pipeline {
             };
         };
         let net = self.scoring.client_net(ip);
-        let client_score = if total > 0.0 {
+        let decayed = if total > 0.0 {
             self.add(net, total, now_ms)
         } else {
             self.score_of(&net, now_ms)
         };
-        // Scores are whole points; the tolerance keeps two findings a few
-        // milliseconds apart from missing the threshold by a hair of decay.
-        if client_score + 0.01 >= self.scoring.ban_threshold {
+        // Scores are whole points; rounding to hundredths keeps two findings a few
+        // milliseconds apart from missing the threshold by a hair of decay. The
+        // rounded score is both the one compared and the one reported, so a ban
+        // never shows a score under the threshold.
+        let client_score = round_centi(decayed);
+        if client_score >= self.scoring.ban_threshold {
             action = Action::Ban;
         }
         let ban = (action == Action::Ban).then_some(net);
@@ -332,6 +336,11 @@ impl Pipeline {
     pub fn tracked(&self) -> usize {
         self.scores.len()
     }
+}
+
+/// `score` rounded to hundredths, the precision scores are compared and shown at.
+fn round_centi(score: f64) -> f64 {
+    (score * 100.0).round() / 100.0
 }
 
 #[cfg(test)]
@@ -404,6 +413,33 @@ mod tests {
         let other: IpNet = "198.18.0.10/32".parse().unwrap();
         p.add(other, 6.0, 0);
         assert!(p.add(other, 6.0, 0) >= 10.0);
+    }
+
+    /// A client pushed to the threshold by findings milliseconds apart is banned,
+    /// and the ban reports the score that was compared: at the threshold, not 9.99.
+    #[test]
+    fn the_score_shown_is_the_score_that_banned() {
+        let mut p = pipeline(ScoringPolicy::default());
+        let c = Some(ip("198.18.0.11"));
+        // A weak finding (one `../`) scores under the ban threshold alone.
+        let weak = req("GET /files?name=../a HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut t = 1_000;
+        let mut last = None;
+        for _ in 0..10 {
+            let d = p.on_request(c, &weak, t);
+            t += 7;
+            if d.action == Action::Ban {
+                last = Some(d);
+                break;
+            }
+            assert!(d.client_score < 10.0, "{d:?}");
+        }
+        let d = last.expect("weak findings add up to a ban");
+        assert!(d.client_score >= 10.0, "ban shown with {}", d.client_score);
+        // Decayed sums are reported at the precision they are compared at.
+        assert_eq!(round_centi(9.996), 10.0);
+        assert_eq!(round_centi(9.994), 9.99);
+        assert!(round_centi(9.994) < ScoringPolicy::default().ban_threshold);
     }
 
     #[test]
