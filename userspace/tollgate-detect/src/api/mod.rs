@@ -813,7 +813,10 @@ fn check_claims(
         return;
     };
     let have = jwt::claim(claims, &b.claim).and_then(jwt::claim_text);
-    if have.as_deref() != Some(*param) {
+    let same = have
+        .as_deref()
+        .is_some_and(|h| canonical_id(h) == canonical_id(param));
+    if !same {
         let shown = have
             .as_deref()
             .map_or("(none)", |h| crate::decode::truncate(h, 40));
@@ -828,6 +831,49 @@ fn check_claims(
             ),
         );
     }
+}
+
+/// The form of an object id that two spellings of the same id share, so that a
+/// user is not taken for another because a client spells the id differently:
+/// percent-decoded once and trimmed; a UUID in lower case; a decimal number without
+/// leading zeros and without an all-zero fraction (`07`, `7.0` and `7` are one id).
+/// Anything else is compared as it is: `8` is never `7`, `0x7` never `7`.
+fn canonical_id(raw: &str) -> String {
+    let decoded = if raw.contains('%') {
+        crate::decode::percent_decode(raw, false)
+    } else {
+        raw.to_owned()
+    };
+    let s = decoded.trim();
+    if is_uuid(s) {
+        return s.to_ascii_lowercase();
+    }
+    let (sign, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let decimal = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b == b'0');
+    if !decimal {
+        return s.to_owned();
+    }
+    let digits = int.trim_start_matches('0');
+    if digits.is_empty() {
+        return "0".to_owned();
+    }
+    format!("{sign}{digits}")
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// Mass assignment: forbidden properties at any depth; with an OpenAPI closed schema,

@@ -212,6 +212,91 @@ fn object_binding() {
     assert!(check(&mut g, &req("GET", "/users/8", Some(&support), "")).is_empty());
 }
 
+/// A user reading their own object with the id spelled another way is the same
+/// user: a UUID in the other letter case, leading zeros, `7.0`, a percent-encoded
+/// claim. A session of such reads adds nothing; another object is still a mismatch.
+#[test]
+fn object_binding_compares_canonical_forms() {
+    let mut g = guard();
+    let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+    let exp = NOW_S + 600;
+    let same = [
+        (
+            format!(r#"{{"sub":"{uuid}","exp":{exp}}}"#),
+            format!("/users/{}", uuid.to_ascii_uppercase()),
+        ),
+        (
+            format!(r#"{{"sub":"{}","exp":{exp}}}"#, uuid.to_ascii_uppercase()),
+            format!("/users/{uuid}/orders"),
+        ),
+        (
+            format!(r#"{{"sub":"7","exp":{exp}}}"#),
+            "/users/07".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"7","exp":{exp}}}"#),
+            "/users/0007/orders/3".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":7,"exp":{exp}}}"#),
+            "/users/007".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":7.0,"exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"7.0","exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"007","exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":0,"exp":{exp}}}"#),
+            "/users/00".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"ann%40example.com","exp":{exp}}}"#),
+            "/users/ann@example.com".to_owned(),
+        ),
+    ];
+    for (claims, path) in &same {
+        for _ in 0..5 {
+            let v = check(&mut g, &req("GET", path, Some(&token(claims)), ""));
+            assert!(v.is_empty(), "{claims} {path}: {v:?}");
+        }
+    }
+    let other = [
+        (r#"{"sub":"7"}"#, "/users/8"),
+        (r#"{"sub":7}"#, "/users/08"),
+        (r#"{"sub":7.5}"#, "/users/7"),
+        (r#"{"sub":"7"}"#, "/users/7.5"),
+        (r#"{"sub":"7"}"#, "/users/70"),
+        (r#"{"sub":"7"}"#, "/users/0x7"),
+        (r#"{"sub":"7"}"#, "/users/-7"),
+        (r#"{"sub":"7"}"#, "/users/7a"),
+        (r#"{"sub":"ann"}"#, "/users/ANN"),
+        (
+            r#"{"sub":"3f2504e0-4f89-11d3-9a0c-0305e82c3301"}"#,
+            "/users/3F2504E0-4F89-11D3-9A0C-0305E82C3302",
+        ),
+        (
+            r#"{"sub":"3f2504e0-4f89-11d3-9a0c-0305e82c3301"}"#,
+            "/users/3f2504e04f8911d39a0c0305e82c3301",
+        ),
+    ];
+    for (claims, path) in other {
+        let v = check(&mut g, &req("GET", path, Some(&token(claims)), ""));
+        assert_eq!(
+            rules(&v),
+            ["authz.object_binding"],
+            "{claims} {path}: {v:?}"
+        );
+    }
+}
+
 #[test]
 fn missing_credentials() {
     let mut g = guard();
