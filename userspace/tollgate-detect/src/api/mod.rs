@@ -359,13 +359,23 @@ impl Tokens {
         now_ms: u64,
         out: &mut Out<'_>,
     ) -> Option<serde_json::Map<String, Value>> {
-        let tokens = jwt::extract(&self.auth, &req.headers);
+        let tokens = jwt::extract(&self.auth, req);
         let Some(&(raw, source)) = tokens.first() else {
-            if route.is_some_and(|r| r.needs_auth) {
+            if let Some(r) = route.filter(|r| r.needs_auth) {
+                // Say what could not be checked: a route with binding passes
+                // unchecked only in the sense that nothing could be compared.
+                let unchecked = r
+                    .bind
+                    .as_ref()
+                    .map(|b| format!("; {}={} binding not checked", b.param, b.claim))
+                    .unwrap_or_default();
                 out.push(
                     AUTH_MISSING,
                     Location::Request,
-                    format!("no token in {}", self.auth.header),
+                    format!(
+                        "no token in {}, token headers, cookies or access_token{unchecked}",
+                        self.auth.header
+                    ),
                 );
             }
             return None;
@@ -374,8 +384,9 @@ impl Tokens {
             return None;
         }
         let loc = match source {
-            jwt::Source::Header => Location::Header(self.auth.header.clone()),
+            jwt::Source::Header(name) => Location::Header(name.to_owned()),
             jwt::Source::Cookie => Location::Cookie,
+            jwt::Source::Query => Location::Query,
         };
         if tokens.iter().any(|(t, _)| *t != raw) {
             out.push(

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::jwt::tests::{hs256, unsigned};
+use super::jwt::tests::{b64, hs256, unsigned};
 use super::*;
 use crate::http::{Parsed, parse_request};
 
@@ -326,6 +326,80 @@ fn token_from_cookie() {
         .push(("Cookie".into(), format!("a=b; session={}", user7())));
     let v = check(&mut g, &r);
     assert_eq!(rules(&v), ["authz.object_binding"], "{v:?}");
+}
+
+/// Tokens are found where clients put them when the configured header has none:
+/// a session JWT in a cookie of a common name, the `JWT` scheme, `X-Access-Token`,
+/// `?access_token=`. The owner reads freely, another user's object is a mismatch,
+/// and a forged token there is as forged as in `Authorization`.
+#[test]
+fn tokens_found_where_clients_put_them() {
+    let mut g = guard();
+    let places = |tok: &str, path: &str| -> Vec<Request> {
+        let mut out = Vec::new();
+        for name in ["token", "access_token", "jwt", "auth", "session", "Session"] {
+            let mut r = req("GET", path, None, "");
+            r.headers.push((
+                "Cookie".into(),
+                format!("theme=dark; {name}={tok}; lang=en"),
+            ));
+            out.push(r);
+        }
+        for (h, v) in [
+            ("Authorization", format!("JWT {tok}")),
+            ("authorization", format!("jwt {tok}")),
+            ("X-Access-Token", tok.to_owned()),
+            ("x-auth-token", tok.to_owned()),
+            ("X-Access-Token", format!("Bearer {tok}")),
+        ] {
+            let mut r = req("GET", path, None, "");
+            r.headers.push((h.into(), v));
+            out.push(r);
+        }
+        out.push(req(
+            "GET",
+            &format!("{path}?a=1&access_token={tok}"),
+            None,
+            "",
+        ));
+        out
+    };
+    for r in places(&user7(), "/users/7") {
+        for _ in 0..5 {
+            let v = check(&mut g, &r);
+            assert!(v.is_empty(), "{r:?}: {v:?}");
+        }
+    }
+    for r in places(&user7(), "/users/8") {
+        let v = check(&mut g, &r);
+        assert_eq!(rules(&v), ["authz.object_binding"], "{r:?}: {v:?}");
+    }
+    let forged = token(r#"{"sub":"8"}"#).replace(&b64(r#"{"sub":"8"}"#), &b64(r#"{"sub":"7"}"#));
+    for r in places(&forged, "/users/7") {
+        let v = check(&mut g, &r);
+        assert_eq!(rules(&v), ["jwt.bad_signature"], "{r:?}: {v:?}");
+    }
+    let none = unsigned(r#"{"alg":"none"}"#, r#"{"sub":"7"}"#);
+    for r in places(&none, "/users/7") {
+        let v = check(&mut g, &r);
+        assert!(rules(&v).contains(&"jwt.alg_none"), "{r:?}: {v:?}");
+    }
+    // The configured header wins: an unrelated ID token in a cookie is no second
+    // token.
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers.push((
+        "Cookie".into(),
+        format!("id_token={}", token(r#"{"sub":"ann@example.com"}"#)),
+    ));
+    assert!(check(&mut g, &r).is_empty());
+    // No token anywhere (an opaque session id is none): said, with the binding
+    // that could not be checked.
+    let mut r = req("GET", "/users/7", None, "");
+    r.headers
+        .push(("Cookie".into(), "session=s%3Aabc123def456.sig".into()));
+    let v = check(&mut g, &r);
+    assert_eq!(rules(&v), ["auth.missing"], "{v:?}");
+    assert!(v[0].evidence.contains("binding not checked"), "{v:?}");
 }
 
 #[test]
