@@ -111,6 +111,10 @@ pub(crate) enum Source<'a> {
     Cookie,
     /// The `access_token` query parameter (RFC 6750 §2.3).
     Query,
+    /// A cookie of a common name ([`TOKEN_COOKIES`]), not the configured one: it
+    /// may hold another service's token, so only a token that is readable (and,
+    /// with keys, verified) counts as the client's.
+    CommonCookie,
 }
 
 /// Headers that clients put a bare token in when the API does not use
@@ -122,30 +126,36 @@ const TOKEN_SCHEMES: &[&str] = &["bearer", "jwt"];
 
 /// Cookies that hold a session JWT in common frameworks (lower case); only
 /// JWT-shaped values count, since these names also hold opaque session ids.
+/// In order of preference: an access token before an ID token.
 const TOKEN_COOKIES: &[&str] = &[
-    "token",
     "access_token",
     "accesstoken",
+    "token",
     "jwt",
-    "id_token",
-    "auth",
     "auth_token",
+    "auth",
     "session",
+    "id_token",
 ];
 
 /// The tokens of a request, in order: every configured header (with its scheme),
 /// then the configured cookie. More than one distinct token is ambiguous: the back
 /// end may read another one than the guard.
 ///
-/// When those hold none, the token is looked for where clients commonly put it
-/// instead, so that a route's checks (signature, times, binding) are not skipped
-/// because the client chose another place: `Authorization` with the `Bearer` or
-/// `JWT` scheme, [`TOKEN_HEADERS`], the `access_token` query parameter, and
-/// JWT-shaped [`TOKEN_COOKIES`]. (Only then: a client may well send an access token
+/// When those hold none and `elsewhere` is set (the route needs credentials), the
+/// token is looked for where clients commonly put it instead, so that the route's
+/// checks (signature, times, binding) are not skipped because the client chose
+/// another place: `Authorization` with the `Bearer` or `JWT` scheme,
+/// [`TOKEN_HEADERS`], the `access_token` query parameter, and else one JWT-shaped
+/// cookie of [`TOKEN_COOKIES`]. (Only then: a client may well send an access token
 /// in `Authorization` and an unrelated ID token in a cookie.) With the `jwt` format
 /// only JWT-shaped values count there; opaque tokens are only read from the
 /// configured places, whose presence is all that is checked.
-pub(crate) fn extract<'a>(cfg: &AuthConfig, req: &'a Request) -> Vec<(&'a str, Source<'a>)> {
+pub(crate) fn extract<'a>(
+    cfg: &AuthConfig,
+    req: &'a Request,
+    elsewhere: bool,
+) -> Vec<(&'a str, Source<'a>)> {
     let headers = &req.headers;
     let mut out = Vec::new();
     for (name, value) in headers {
@@ -172,7 +182,7 @@ pub(crate) fn extract<'a>(cfg: &AuthConfig, req: &'a Request) -> Vec<(&'a str, S
                 .map(|(_, v)| (v, Source::Cookie)),
         );
     }
-    if !out.is_empty() || cfg.format == TokenFormat::Opaque {
+    if !out.is_empty() || !elsewhere || cfg.format == TokenFormat::Opaque {
         return out;
     }
     for (name, value) in headers {
@@ -204,13 +214,16 @@ pub(crate) fn extract<'a>(cfg: &AuthConfig, req: &'a Request) -> Vec<(&'a str, S
                 .map(|v| (v, Source::Query)),
         );
     }
-    out.extend(
-        cookies(headers)
-            .filter(|(k, v)| {
-                TOKEN_COOKIES.iter().any(|c| k.eq_ignore_ascii_case(c)) && jwt_shaped(v)
-            })
-            .map(|(_, v)| (v, Source::Cookie)),
-    );
+    if !out.is_empty() {
+        return out;
+    }
+    // Cookies are sent without the client choosing to, and a site often holds
+    // several JWTs (an access and an ID token, another service's session): take
+    // one, by name in the order of preference, and never call two ambiguous.
+    let found = TOKEN_COOKIES
+        .iter()
+        .find_map(|c| cookies(headers).find(|(k, v)| k.eq_ignore_ascii_case(c) && jwt_shaped(v)));
+    out.extend(found.map(|(_, v)| (v, Source::CommonCookie)));
     out
 }
 

@@ -359,9 +359,18 @@ impl Tokens {
         now_ms: u64,
         out: &mut Out<'_>,
     ) -> Option<serde_json::Map<String, Value>> {
-        let tokens = jwt::extract(&self.auth, req);
+        let needs_auth = route.is_some_and(|r| r.needs_auth);
+        let mut tokens = jwt::extract(&self.auth, req, needs_auth);
+        // A JWT in a cookie of a common name is the client's token only when it can
+        // be read and, with keys, verified: otherwise it is taken for another
+        // service's, and the request is one without a token.
+        tokens.retain(|&(raw, source)| {
+            source != jwt::Source::CommonCookie
+                || jwt::decode(raw, self.auth.max_token_bytes)
+                    .is_ok_and(|t| self.keys.is_empty() || self.cache.verify(&t, raw, &self.keys))
+        });
         let Some(&(raw, source)) = tokens.first() else {
-            if let Some(r) = route.filter(|r| r.needs_auth) {
+            if let Some(r) = route.filter(|_| needs_auth) {
                 // Say what could not be checked: a route with binding passes
                 // unchecked only in the sense that nothing could be compared.
                 let unchecked = r
@@ -385,7 +394,7 @@ impl Tokens {
         }
         let loc = match source {
             jwt::Source::Header(name) => Location::Header(name.to_owned()),
-            jwt::Source::Cookie => Location::Cookie,
+            jwt::Source::Cookie | jwt::Source::CommonCookie => Location::Cookie,
             jwt::Source::Query => Location::Query,
         };
         if tokens.iter().any(|(t, _)| *t != raw) {

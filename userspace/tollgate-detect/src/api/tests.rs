@@ -374,16 +374,39 @@ fn tokens_found_where_clients_put_them() {
         let v = check(&mut g, &r);
         assert_eq!(rules(&v), ["authz.object_binding"], "{r:?}: {v:?}");
     }
+    // A forged token sent on purpose (a header, the query) is as forged as in
+    // `Authorization`. One in a cookie of a common name may be another service's:
+    // it is not taken for the client's token, and the request is one without.
     let forged = token(r#"{"sub":"8"}"#).replace(&b64(r#"{"sub":"8"}"#), &b64(r#"{"sub":"7"}"#));
-    for r in places(&forged, "/users/7") {
-        let v = check(&mut g, &r);
-        assert_eq!(rules(&v), ["jwt.bad_signature"], "{r:?}: {v:?}");
-    }
     let none = unsigned(r#"{"alg":"none"}"#, r#"{"sub":"7"}"#);
-    for r in places(&none, "/users/7") {
-        let v = check(&mut g, &r);
-        assert!(rules(&v).contains(&"jwt.alg_none"), "{r:?}: {v:?}");
+    for (tok, rule) in [(&forged, "jwt.bad_signature"), (&none, "jwt.alg_none")] {
+        for r in places(tok, "/users/7") {
+            let v = check(&mut g, &r);
+            let cookie = r.header("cookie").is_some();
+            let want = if cookie { "auth.missing" } else { rule };
+            assert!(rules(&v).contains(&want), "{r:?}: {v:?}");
+            assert!(!cookie || v[0].evidence.contains("binding not checked"));
+        }
     }
+    // Tokens are only looked for elsewhere where the route needs one: another
+    // service's JWT cookie on a public path is none of the guard's business.
+    for path in ["/health", "/orders/1"] {
+        for r in places(&forged, path).into_iter().chain(places(&none, path)) {
+            assert!(check(&mut g, &r).is_empty(), "{r:?}");
+        }
+    }
+    // Several JWT cookies (an access and an ID token) are not ambiguous: the
+    // access token is the one read.
+    let mut r = req("GET", "/users/7", None, "");
+    r.headers.push((
+        "Cookie".into(),
+        format!(
+            "id_token={}; access_token={}",
+            token(r#"{"sub":"ann@example.com"}"#),
+            user7()
+        ),
+    ));
+    assert!(check(&mut g, &r).is_empty());
     // The configured header wins: an unrelated ID token in a cookie is no second
     // token.
     let mut r = req("GET", "/users/7", Some(&user7()), "");
