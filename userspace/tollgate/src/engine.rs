@@ -108,7 +108,8 @@ pub struct Decision {
     pub violations: Vec<Violation>,
     /// `allow`, `alert` or `ban`.
     pub action: Action,
-    /// The client's decayed score after this message.
+    /// The client's decayed score after this message, rounded to hundredths: the
+    /// score compared with the ban threshold.
     pub client_score: f64,
     /// The client (address or IPv6 prefix) to ban, when `action` is `ban`.
     pub ban: Option<IpNet>,
@@ -258,14 +259,17 @@ impl Pipeline {
             };
         };
         let net = self.scoring.client_net(ip);
-        let client_score = if total > 0.0 {
+        let decayed = if total > 0.0 {
             self.add(net, total, now_ms)
         } else {
             self.score_of(&net, now_ms)
         };
-        // Scores are whole points; the tolerance keeps two findings a few
-        // milliseconds apart from missing the threshold by a hair of decay.
-        if client_score + 0.01 >= self.scoring.ban_threshold {
+        // Scores are whole points; rounding to hundredths keeps two findings a few
+        // milliseconds apart from missing the threshold by a hair of decay. The
+        // rounded score is both the one compared and the one reported, so a ban
+        // never shows a score under the threshold.
+        let client_score = round_centi(decayed);
+        if client_score >= self.scoring.ban_threshold {
             action = Action::Ban;
         }
         let ban = (action == Action::Ban).then_some(net);
@@ -332,6 +336,11 @@ impl Pipeline {
     pub fn tracked(&self) -> usize {
         self.scores.len()
     }
+}
+
+/// `score` rounded to hundredths, the precision scores are compared and shown at.
+fn round_centi(score: f64) -> f64 {
+    (score * 100.0).round() / 100.0
 }
 
 #[cfg(test)]
@@ -404,6 +413,33 @@ mod tests {
         let other: IpNet = "198.18.0.10/32".parse().unwrap();
         p.add(other, 6.0, 0);
         assert!(p.add(other, 6.0, 0) >= 10.0);
+    }
+
+    /// A client pushed to the threshold by findings milliseconds apart is banned,
+    /// and the ban reports the score that was compared: at the threshold, not 9.99.
+    #[test]
+    fn the_score_shown_is_the_score_that_banned() {
+        let mut p = pipeline(ScoringPolicy::default());
+        let c = Some(ip("198.18.0.11"));
+        // A weak finding (one `../`) scores under the ban threshold alone.
+        let weak = req("GET /files?name=../a HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut t = 1_000;
+        let mut last = None;
+        for _ in 0..10 {
+            let d = p.on_request(c, &weak, t);
+            t += 7;
+            if d.action == Action::Ban {
+                last = Some(d);
+                break;
+            }
+            assert!(d.client_score < 10.0, "{d:?}");
+        }
+        let d = last.expect("weak findings add up to a ban");
+        assert!(d.client_score >= 10.0, "ban shown with {}", d.client_score);
+        // Decayed sums are reported at the precision they are compared at.
+        assert_eq!(round_centi(9.996), 10.0);
+        assert_eq!(round_centi(9.994), 9.99);
+        assert!(round_centi(9.994) < ScoringPolicy::default().ban_threshold);
     }
 
     #[test]
@@ -495,6 +531,79 @@ mod api_tests {
             })
             .count();
         assert_eq!(bans, 1);
+    }
+
+    /// Issue 21 §6: a browser app user making many API calls, each with the page's
+    /// URL (and its `&sort=`, `&id=`, `&type=`, `&date=` parameters) as Referer,
+    /// an Origin, the browser's headers, a session JWT in a cookie or under the
+    /// `JWT` scheme and their own object id spelled in another letter case or with
+    /// leading zeros, is never banned; the attacks those places can carry still are.
+    #[test]
+    fn a_browser_app_user_is_not_banned() {
+        let mut p =
+            policy("routes:\n  - path: /users/{id}/**\n    bind: {param: id, claim: sub}\n");
+        // {"alg":"HS256"} . {"sub":"3f2504e0-…"} . sig (no keys: not verified)
+        let uuid_tok = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIzZjI1MDRlMC00Zjg5LTExZDMtOWEwYy0wMzA1ZTgyYzMzMDEifQ.c2ln";
+        // {"alg":"HS256"} . {"sub":7.0} . sig
+        let num_tok = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjcuMH0.c2ln";
+        let browser = "Host: app.example\r\nOrigin: https://app.example\r\n\
+            Accept: application/json, text/plain, */*\r\n\
+            Accept-Language: en-US,en;q=0.9,de;q=0.8\r\n\
+            X-Request-Id: f058ebd6-02f7-4d3f-942e-904344e8cde5\r\n";
+        let c = Some("198.18.0.12".parse().unwrap());
+        let mut t = 0;
+        for i in 0..30 {
+            let referer = format!(
+                "https://app.example/orders?page={i}&sort=date&id={i}&type=all&date=2026-12-0{}&time=now&file=x&host=a",
+                i % 9 + 1
+            );
+            let (path, auth) = match i % 4 {
+                0 => (
+                    "/users/3F2504E0-4F89-11D3-9A0C-0305E82C3301".to_owned(),
+                    format!("Cookie: theme=dark; token={uuid_tok}"),
+                ),
+                1 => (
+                    "/users/3f2504e0-4f89-11d3-9a0c-0305e82c3301/orders".to_owned(),
+                    format!("Authorization: JWT {uuid_tok}"),
+                ),
+                2 => ("/users/07".to_owned(), format!("X-Access-Token: {num_tok}")),
+                _ => (format!("/users/7?access_token={num_tok}"), String::new()),
+            };
+            let r = req(&format!(
+                "GET {path} HTTP/1.1\r\n{browser}Referer: {referer}\r\n{auth}\r\n\r\n"
+            ));
+            let d = p.on_request(c, &r, t);
+            t += 250;
+            assert!(d.violations.is_empty(), "call {i}: {d:?}");
+            assert_eq!(d.action, Action::Allow);
+        }
+        // The attacks those places carry.
+        for (n, extra) in [
+            "Referer: https://app.example/orders?sort=date&q=;cat /etc/passwd",
+            "Origin: https://app.example?x=$(id)",
+            "Accept-Language: en' union select password from users--",
+            "X-Request-Id: 1' or '1'='1",
+            "Authorization: Basic YWRtaW4nIG9yICcxJz0nMSctLTp4", // admin' or '1'='1'--:x
+        ]
+        .iter()
+        .enumerate()
+        {
+            let c = Some(format!("198.18.1.{n}").parse().unwrap());
+            let r = req(&format!(
+                "GET /items HTTP/1.1\r\nHost: a\r\n{extra}\r\n\r\n"
+            ));
+            let d = p.on_request(c, &r, 0);
+            assert_eq!(d.action, Action::Ban, "{extra}: {d:?}");
+        }
+        // Another user's object, whatever the token's place: adds up to a ban.
+        let c = Some("198.18.2.1".parse().unwrap());
+        let other = req(&format!(
+            "GET /users/8 HTTP/1.1\r\nHost: a\r\nCookie: token={num_tok}\r\n\r\n"
+        ));
+        let d = p.on_request(c, &other, 0);
+        assert_eq!(d.violations[0].rule, "authz.object_binding", "{d:?}");
+        let d = p.on_request(c, &other, 1);
+        assert_eq!(d.action, Action::Ban, "{d:?}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use super::policy::{AuthConfig, ClaimSpec, JwtKey};
+use super::policy::{AuthConfig, ClaimSpec, JwtKey, TokenFormat};
+use crate::http::Request;
 
 /// A configured verification key.
 pub(crate) struct Key {
@@ -104,18 +105,58 @@ fn jwk_alg(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
 
 /// Where the token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    Header,
+pub(crate) enum Source<'a> {
+    /// A header, by its name as received.
+    Header(&'a str),
     Cookie,
+    /// The `access_token` query parameter (RFC 6750 §2.3).
+    Query,
+    /// A cookie of a common name ([`TOKEN_COOKIES`]), not the configured one: it
+    /// may hold another service's token, so only a token that is readable (and,
+    /// with keys, verified) counts as the client's.
+    CommonCookie,
 }
 
+/// Headers that clients put a bare token in when the API does not use
+/// `Authorization` (lower case).
+const TOKEN_HEADERS: &[&str] = &["x-access-token", "x-auth-token"];
+
+/// Schemes in front of a token in `Authorization` besides the configured one.
+const TOKEN_SCHEMES: &[&str] = &["bearer", "jwt"];
+
+/// Cookies that hold a session JWT in common frameworks (lower case); only
+/// JWT-shaped values count, since these names also hold opaque session ids.
+/// In order of preference: an access token before an ID token.
+const TOKEN_COOKIES: &[&str] = &[
+    "access_token",
+    "accesstoken",
+    "token",
+    "jwt",
+    "auth_token",
+    "auth",
+    "session",
+    "id_token",
+];
+
 /// The tokens of a request, in order: every configured header (with its scheme),
-/// then the cookie. More than one distinct token is ambiguous: the back end may read
-/// another one than the guard.
+/// then the configured cookie. More than one distinct token is ambiguous: the back
+/// end may read another one than the guard.
+///
+/// When those hold none and `elsewhere` is set (the route needs credentials), the
+/// token is looked for where clients commonly put it instead, so that the route's
+/// checks (signature, times, binding) are not skipped because the client chose
+/// another place: `Authorization` with the `Bearer` or `JWT` scheme,
+/// [`TOKEN_HEADERS`], the `access_token` query parameter, and else one JWT-shaped
+/// cookie of [`TOKEN_COOKIES`]. (Only then: a client may well send an access token
+/// in `Authorization` and an unrelated ID token in a cookie.) With the `jwt` format
+/// only JWT-shaped values count there; opaque tokens are only read from the
+/// configured places, whose presence is all that is checked.
 pub(crate) fn extract<'a>(
     cfg: &AuthConfig,
-    headers: &'a [(String, String)],
-) -> Vec<(&'a str, Source)> {
+    req: &'a Request,
+    elsewhere: bool,
+) -> Vec<(&'a str, Source<'a>)> {
+    let headers = &req.headers;
     let mut out = Vec::new();
     for (name, value) in headers {
         if !name.eq_ignore_ascii_case(&cfg.header) {
@@ -131,23 +172,80 @@ pub(crate) fn extract<'a>(
             }
         };
         if !tok.is_empty() {
-            out.push((tok, Source::Header));
+            out.push((tok, Source::Header(name.as_str())));
         }
     }
     if let Some(cookie) = cfg.cookie.as_deref() {
         out.extend(
-            headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
-                .flat_map(|(_, v)| v.split(';'))
-                .filter_map(|p| p.split_once('='))
-                .filter(|(k, _)| k.trim() == cookie)
-                .map(|(_, v)| v.trim().trim_matches('"'))
-                .filter(|v| !v.is_empty())
-                .map(|v| (v, Source::Cookie)),
+            cookies(headers)
+                .filter(|(k, _)| *k == cookie)
+                .map(|(_, v)| (v, Source::Cookie)),
         );
     }
+    if !out.is_empty() || !elsewhere || cfg.format == TokenFormat::Opaque {
+        return out;
+    }
+    for (name, value) in headers {
+        let v = value.trim();
+        let tok = if name.eq_ignore_ascii_case("authorization") {
+            match v.split_once(char::is_whitespace) {
+                Some((s, t)) if TOKEN_SCHEMES.iter().any(|k| s.eq_ignore_ascii_case(k)) => t.trim(),
+                _ => continue,
+            }
+        } else if TOKEN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            // Some clients repeat a scheme here too.
+            v.split_once(char::is_whitespace)
+                .filter(|(s, _)| TOKEN_SCHEMES.iter().any(|k| s.eq_ignore_ascii_case(k)))
+                .map_or(v, |(_, t)| t.trim())
+        } else {
+            continue;
+        };
+        if jwt_shaped(tok) {
+            out.push((tok, Source::Header(name.as_str())));
+        }
+    }
+    if let Some(q) = req.query.as_deref() {
+        out.extend(
+            q.split('&')
+                .filter_map(|p| p.split_once('='))
+                .filter(|(k, _)| *k == "access_token")
+                .map(|(_, v)| v)
+                .filter(|v| jwt_shaped(v))
+                .map(|v| (v, Source::Query)),
+        );
+    }
+    if !out.is_empty() {
+        return out;
+    }
+    // Cookies are sent without the client choosing to, and a site often holds
+    // several JWTs (an access and an ID token, another service's session): take
+    // one, by name in the order of preference, and never call two ambiguous.
+    let found = TOKEN_COOKIES
+        .iter()
+        .find_map(|c| cookies(headers).find(|(k, v)| k.eq_ignore_ascii_case(c) && jwt_shaped(v)));
+    out.extend(found.map(|(_, v)| (v, Source::CommonCookie)));
     out
+}
+
+/// `(name, value)` of every cookie, trimmed, quotes removed, empty values skipped.
+fn cookies(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+        .filter(|(_, v)| !v.is_empty())
+}
+
+/// Three dot-separated base64url parts, the first a JSON object (`eyJ`): a JWT (or
+/// a broken or unsigned one, which the checks report), not an opaque session id.
+fn jwt_shaped(tok: &str) -> bool {
+    tok.starts_with("eyJ")
+        && tok.split('.').count() == 3
+        && tok
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
 }
 
 /// A decoded (not necessarily valid) JWT.

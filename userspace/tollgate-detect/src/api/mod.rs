@@ -359,13 +359,32 @@ impl Tokens {
         now_ms: u64,
         out: &mut Out<'_>,
     ) -> Option<serde_json::Map<String, Value>> {
-        let tokens = jwt::extract(&self.auth, &req.headers);
+        let needs_auth = route.is_some_and(|r| r.needs_auth);
+        let mut tokens = jwt::extract(&self.auth, req, needs_auth);
+        // A JWT in a cookie of a common name is the client's token only when it can
+        // be read and, with keys, verified: otherwise it is taken for another
+        // service's, and the request is one without a token.
+        tokens.retain(|&(raw, source)| {
+            source != jwt::Source::CommonCookie
+                || jwt::decode(raw, self.auth.max_token_bytes)
+                    .is_ok_and(|t| self.keys.is_empty() || self.cache.verify(&t, raw, &self.keys))
+        });
         let Some(&(raw, source)) = tokens.first() else {
-            if route.is_some_and(|r| r.needs_auth) {
+            if let Some(r) = route.filter(|_| needs_auth) {
+                // Say what could not be checked: a route with binding passes
+                // unchecked only in the sense that nothing could be compared.
+                let unchecked = r
+                    .bind
+                    .as_ref()
+                    .map(|b| format!("; {}={} binding not checked", b.param, b.claim))
+                    .unwrap_or_default();
                 out.push(
                     AUTH_MISSING,
                     Location::Request,
-                    format!("no token in {}", self.auth.header),
+                    format!(
+                        "no token in {}, token headers, cookies or access_token{unchecked}",
+                        self.auth.header
+                    ),
                 );
             }
             return None;
@@ -374,8 +393,9 @@ impl Tokens {
             return None;
         }
         let loc = match source {
-            jwt::Source::Header => Location::Header(self.auth.header.clone()),
-            jwt::Source::Cookie => Location::Cookie,
+            jwt::Source::Header(name) => Location::Header(name.to_owned()),
+            jwt::Source::Cookie | jwt::Source::CommonCookie => Location::Cookie,
+            jwt::Source::Query => Location::Query,
         };
         if tokens.iter().any(|(t, _)| *t != raw) {
             out.push(
@@ -813,7 +833,10 @@ fn check_claims(
         return;
     };
     let have = jwt::claim(claims, &b.claim).and_then(jwt::claim_text);
-    if have.as_deref() != Some(*param) {
+    let same = have
+        .as_deref()
+        .is_some_and(|h| canonical_id(h) == canonical_id(param));
+    if !same {
         let shown = have
             .as_deref()
             .map_or("(none)", |h| crate::decode::truncate(h, 40));
@@ -828,6 +851,49 @@ fn check_claims(
             ),
         );
     }
+}
+
+/// The form of an object id that two spellings of the same id share, so that a
+/// user is not taken for another because a client spells the id differently:
+/// percent-decoded once and trimmed; a UUID in lower case; a decimal number without
+/// leading zeros and without an all-zero fraction (`07`, `7.0` and `7` are one id).
+/// Anything else is compared as it is: `8` is never `7`, `0x7` never `7`.
+fn canonical_id(raw: &str) -> String {
+    let decoded = if raw.contains('%') {
+        crate::decode::percent_decode(raw, false)
+    } else {
+        raw.to_owned()
+    };
+    let s = decoded.trim();
+    if is_uuid(s) {
+        return s.to_ascii_lowercase();
+    }
+    let (sign, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let decimal = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b == b'0');
+    if !decimal {
+        return s.to_owned();
+    }
+    let digits = int.trim_start_matches('0');
+    if digits.is_empty() {
+        return "0".to_owned();
+    }
+    format!("{sign}{digits}")
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// Mass assignment: forbidden properties at any depth; with an OpenAPI closed schema,

