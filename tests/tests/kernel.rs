@@ -628,6 +628,32 @@ fn verifier_complexity_stays_within_budget() {
     }
 }
 
+/// The socket programs are loaded lazily by the agent; the verifier must
+/// accept them too.
+#[test]
+fn socket_programs_pass_the_verifier() {
+    let mut dp = load();
+    let sockops = dp
+        .sockops()
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    dp.attach_stream().unwrap();
+    let stream = dp
+        .ebpf_mut()
+        .program(tollgate_common::programs::STREAM)
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    eprintln!("verified instructions: sock_ops {sockops}, stream {stream}");
+    assert!(stream > 0, "stream verdict: not loaded, or no count");
+    assert!(sockops > 0, "sock_ops: the kernel reported no count");
+}
+
 /// Connections from trusted proxies: the PROXY header's client decides.
 mod proxy {
     use super::*;
