@@ -654,6 +654,30 @@ fn socket_programs_pass_the_verifier() {
     assert!(sockops > 0, "sock_ops: the kernel reported no count");
 }
 
+/// The benchmark programs are only in the benchmark build's object.
+#[test]
+fn the_agent_object_carries_no_benchmark_programs() {
+    let mut dp = load();
+    let names: Vec<String> = dp
+        .ebpf_mut()
+        .programs()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n == tollgate_common::programs::XDP_INGRESS)
+    );
+    let bench = names
+        .iter()
+        .any(|n| n == tollgate_common::programs::BENCH_PASS);
+    assert_eq!(
+        bench,
+        cfg!(feature = "bench"),
+        "benchmark programs present: {bench}, programs {names:?}"
+    );
+}
+
 /// Connections from trusted proxies: the PROXY header's client decides.
 mod proxy {
     use super::*;

@@ -229,6 +229,8 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
             "--release",
             "-p",
             "tollgate-tests",
+            "--features",
+            "bench",
             "--bin",
             "tollgate-bench",
             "--",

@@ -34,6 +34,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     bpffs();
     if test_deps {
+        nightly_clippy()?;
         debian_packages()?;
         crowdsec()?;
         kubernetes_validate()?;
@@ -95,6 +96,21 @@ fn rust_src() -> anyhow::Result<()> {
     sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("failed to add rust-src to the nightly toolchain")?;
     did("added rust-src to the nightly toolchain");
+    Ok(())
+}
+
+/// Clippy for the nightly: CI lints the eBPF crate on its own target
+/// (bpfel-unknown-none), which only the nightly can build.
+fn nightly_clippy() -> anyhow::Result<()> {
+    if let Some(v) =
+        output(Command::new("rustup").args(["run", "nightly", "cargo-clippy", "--version"]))
+    {
+        ok(format!("nightly clippy: {v}"));
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))
+        .context("failed to add clippy to the nightly toolchain")?;
+    did("added clippy to the nightly toolchain");
     Ok(())
 }
 

@@ -20,6 +20,7 @@
     expect(internal_features, reason = "atomic add on map values")
 )]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod limit;
 mod maps;

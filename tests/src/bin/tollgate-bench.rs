@@ -42,6 +42,13 @@ use tollgate_tests::{pkt, sh};
 const REPEAT: u32 = 1_000_000;
 
 fn main() {
+    if !cfg!(feature = "bench") {
+        eprintln!(
+            "tollgate-bench: built without the benchmark programs; run it through \
+             `cargo xtask bench` (or build it with `--features bench`)"
+        );
+        std::process::exit(2);
+    }
     let which = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
     match which.as_str() {
         "xdp" => xdp(),
