@@ -1,7 +1,15 @@
-//! Tollgate's ingress programs: one decision ([`decide`]) behind two hooks,
-//! XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP hook is
-//! taken). Fail-open by construction: only a parsed source address that
-//! matches a live, non-allowlisted ban is ever dropped.
+//! Tollgate's kernel programs. Ingress: one decision ([`decide`]) behind two
+//! hooks, XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP
+//! hook is taken), and the XDP programs it tail-calls (`tollgate_xdp_proxy`
+//! for trusted proxies, `tollgate_xdp_sample` for API sampling). Egress:
+//! `tollgate_tc_egress` (response samples, the server's acknowledgements).
+//! Sockets: `sockops.rs` and `stream.rs`.
+//!
+//! Fail-open by construction: a packet is dropped only when its parsed source
+//! (behind a trusted proxy, the client its connection carries) matches a
+//! live, non-allowlisted ban, or is over one of its limits (packet, byte or
+//! SYN rate, concurrent connections), and never in monitor mode. A packet
+//! that cannot be parsed, a missing map entry or a full map passes.
 // Built for the kernel (bpfel-unknown-none) without std and without `main`.
 // A host build (`cargo clippy -p tollgate-ebpf` in CI) is an ordinary binary
 // with an empty `main`: it only exists so the code is linted on the host too.

@@ -124,6 +124,7 @@ fn capture(ctx: &SkBuffContext) {
             (*h).payload_len = n;
             (*h).captured = n;
             (*h).reserved2 = 0;
+            (*h).reserved3 = 0;
         }
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;
