@@ -56,17 +56,20 @@ enum Cmd {
     /// Evaluate the default detection policy on a labelled corpus: recall per
     /// attack category and source, false positives on benign requests.
     ///
+    /// The corpus is not part of the repository: give its path.
+    ///
     /// Example: cargo xtask eval ../shared/corpus/dev.jsonl
     Eval {
-        /// JSON Lines corpus (`id`, `source`, `label`, `category`, `raw`).
-        #[arg(default_value = "../shared/corpus/dev.jsonl")]
+        /// JSON Lines corpus (`id`, `source`, `label`, `category`, `raw`);
+        /// a relative path is taken from the current directory, else from
+        /// the repository root.
         corpus: std::path::PathBuf,
         /// Also list missed attacks and false positives.
         #[arg(long)]
         verbose: bool,
     },
     /// Fuzz the parsers of untrusted bytes (HTTP, flow reassembly, path
-    /// templates) with libFuzzer; fails if a crash is found. Installs
+    /// templates) and the detection engine with libFuzzer; fails if a crash is found. Installs
     /// cargo-fuzz if missing; needs the nightly toolchain.
     ///
     /// Example: cargo xtask fuzz --seconds 300
@@ -153,7 +156,7 @@ unsafe extern "C" {
 fn test(args: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader};
     require_root("cargo xtask test")?;
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask test", true)?;
     // The end-to-end tests drive the real binary.
     run(cargo().args(["build", "-p", "tollgate"]))?;
     let mut cmd = cargo();
@@ -210,7 +213,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // Last, a short fuzzing run of the parsers of untrusted bytes; the
     // totals are repeated so the run still ends with them.
     fuzz::run_all(30)?;
-    println!("fuzz: no crash in 30 s");
+    println!("fuzz: no crash in 30 s per target");
     println!("tollgate: {passed} passed, {failed} failed, {ignored} skipped");
     Ok(())
 }
@@ -220,7 +223,7 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
     if which != "detect" {
         require_root("cargo xtask bench")?;
     }
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask bench", which != "detect")?;
     // Benchmarks that run the agent use the release binary next to them.
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo()
@@ -247,21 +250,22 @@ fn release_dir() -> std::path::PathBuf {
 }
 
 fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
-    // Relative paths are relative to the workspace root, where the README
-    // says to run cargo.
+    // `cargo xtask` keeps the caller's directory; the README's commands are
+    // run from the repository root, so that is the second place to look.
     let root = std::env::var("CARGO_MANIFEST_DIR").map_or_else(
         |_| std::path::PathBuf::from("."),
         |d| std::path::PathBuf::from(d).join(".."),
     );
-    let path = if corpus.is_relative() {
-        root.join(corpus)
-    } else {
+    let path = if corpus.exists() || corpus.is_absolute() {
         corpus.to_owned()
+    } else {
+        root.join(corpus)
     };
-    if !path.exists() {
+    if !path.is_file() {
         bail!(
-            "corpus {} not found: give the path to a JSON Lines corpus",
-            path.display()
+            "corpus {} not found (looked in the current directory and the repository root): \
+             give the path to a JSON Lines corpus with `id`, `source`, `label`, `category`, `raw`",
+            corpus.display()
         );
     }
     let mut cmd = cargo();
@@ -284,7 +288,7 @@ fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     require_root("cargo xtask demo")?;
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask demo", false)?;
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo().args([
         "build",
