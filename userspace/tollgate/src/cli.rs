@@ -1,8 +1,9 @@
 //! Command-line interface: one binary is the agent and the client.
 //!
-//! Exit codes: 0 success; 1 the agent refused or failed the request (the
-//! reason is printed); 2 bad usage or input; 3 the agent is not running;
-//! 4 permission denied on the control socket.
+//! Exit codes: 0 success; 1 the agent refused or failed the request, or sent
+//! an answer this CLI cannot read (the reason is printed); 2 bad usage or
+//! input; 3 the agent is not running; 4 permission denied on the control
+//! socket.
 
 mod feeds;
 
