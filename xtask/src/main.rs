@@ -39,9 +39,10 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks: `xdp` (block/allow datapath) and `ratelimit` (the limiter),
-    /// in the kernel and on the wire, against nftables; `sampling` (the API
+    /// in the kernel and on the wire, against nftables; `ratelimit-wire`
+    /// (the limiter on the wire only); `sampling` (the API
     /// sample pipeline and what sampling adds to the XDP program);
-    /// `detect [CORPUS]` (requests/s per core through the default policy);
+    /// `detect CORPUS` (requests/s per core through the default policy);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
     /// enforcement, agent RSS).

@@ -254,6 +254,7 @@ pub struct FlowState {
     /// Payload packets seen, both directions.
     pub packets: u64,
 }
+const _: () = assert!(size_of::<FlowState>() == 8);
 
 /// A connection the kernel established (passive side), as sock_ops saw it,
 /// and how far the server has acknowledged the client's bytes (tcx egress).

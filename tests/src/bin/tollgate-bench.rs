@@ -1044,9 +1044,12 @@ fn sampling() {
 /// through the agent's full default policy (parse, detectors, client
 /// scores), on the corpus mix, against parsing alone in the same run.
 fn detect(corpus: Option<String>) {
-    let path = corpus.unwrap_or_else(|| "../shared/corpus/dev.jsonl".into());
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (give the corpus path as argument)"));
+    // The corpus is not part of the repository.
+    let Some(path) = corpus else {
+        eprintln!("tollgate-bench detect: give the path to a JSON Lines corpus (`raw` fields)");
+        std::process::exit(2);
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let raws: Vec<Vec<u8>> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
