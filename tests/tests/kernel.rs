@@ -628,6 +628,61 @@ fn verifier_complexity_stays_within_budget() {
     }
 }
 
+/// The socket programs are loaded lazily by the agent; the verifier must
+/// accept them too.
+#[test]
+fn socket_programs_pass_the_verifier() {
+    let mut dp = load();
+    let sockops = dp
+        .sockops()
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    dp.attach_stream().unwrap();
+    let stream = dp
+        .ebpf_mut()
+        .program(tollgate_common::programs::STREAM)
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .unwrap_or(0);
+    eprintln!("verified instructions: sock_ops {sockops}, stream {stream}");
+    for (name, n) in [("sock_ops", sockops), ("stream verdict", stream)] {
+        assert!(n > 0, "{name}: not loaded, or the kernel reported no count");
+        assert!(
+            n < 500_000,
+            "{name}: {n} verified instructions, half the kernel's limit"
+        );
+    }
+}
+
+/// The benchmark programs are only in the benchmark build's object.
+#[test]
+fn the_agent_object_carries_no_benchmark_programs() {
+    let mut dp = load();
+    let names: Vec<String> = dp
+        .ebpf_mut()
+        .programs()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n == tollgate_common::programs::XDP_INGRESS)
+    );
+    let bench = names
+        .iter()
+        .any(|n| n == tollgate_common::programs::BENCH_PASS);
+    assert_eq!(
+        bench,
+        cfg!(feature = "bench"),
+        "benchmark programs present: {bench}, programs {names:?}"
+    );
+}
+
 /// Connections from trusted proxies: the PROXY header's client decides.
 mod proxy {
     use super::*;

@@ -17,10 +17,17 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("tollgate-ebpf manifest has no parent directory"))?;
+    // `bench-programs`: the object also carries the benchmark programs.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_PROGRAMS").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: pkg.name.as_str(),
             root_dir: root.as_str(),
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),

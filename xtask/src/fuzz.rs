@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use crate::{cargo, run};
 
 /// The fuzz targets, each run for the given time.
-const TARGETS: &[&str] = &["http_flows"];
+const TARGETS: &[&str] = &["http_flows", "detect"];
 
 fn root() -> PathBuf {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| "xtask".into());

@@ -73,7 +73,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if opts.dry_run {
         println!("  would run `cargo build --release -p tollgate`");
     } else {
-        crate::setup::check_ready()?;
+        crate::setup::ensure_ready("cargo xtask install", false)?;
         sh(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     }
     let bin_dest = opts.prefix.join("bin/tollgate");

@@ -39,9 +39,10 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks: `xdp` (block/allow datapath) and `ratelimit` (the limiter),
-    /// in the kernel and on the wire, against nftables; `sampling` (the API
+    /// in the kernel and on the wire, against nftables; `ratelimit-wire`
+    /// (the limiter on the wire only); `sampling` (the API
     /// sample pipeline and what sampling adds to the XDP program);
-    /// `detect [CORPUS]` (requests/s per core through the default policy);
+    /// `detect CORPUS` (requests/s per core through the default policy);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
     /// enforcement, agent RSS). `capture` (every request taken at the
@@ -58,17 +59,20 @@ enum Cmd {
     /// Evaluate the default detection policy on a labelled corpus: recall per
     /// attack category and source, false positives on benign requests.
     ///
+    /// The corpus is not part of the repository: give its path.
+    ///
     /// Example: cargo xtask eval ../shared/corpus/dev.jsonl
     Eval {
-        /// JSON Lines corpus (`id`, `source`, `label`, `category`, `raw`).
-        #[arg(default_value = "../shared/corpus/dev.jsonl")]
+        /// JSON Lines corpus (`id`, `source`, `label`, `category`, `raw`);
+        /// a relative path is taken from the current directory, else from
+        /// the repository root.
         corpus: std::path::PathBuf,
         /// Also list missed attacks and false positives.
         #[arg(long)]
         verbose: bool,
     },
     /// Fuzz the parsers of untrusted bytes (HTTP, flow reassembly, path
-    /// templates) with libFuzzer; fails if a crash is found. Installs
+    /// templates) and the detection engine with libFuzzer; fails if a crash is found. Installs
     /// cargo-fuzz if missing; needs the nightly toolchain.
     ///
     /// Example: cargo xtask fuzz --seconds 300
@@ -155,7 +159,7 @@ unsafe extern "C" {
 fn test(args: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader};
     require_root("cargo xtask test")?;
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask test", true)?;
     // The end-to-end tests drive the real binary.
     run(cargo().args(["build", "-p", "tollgate"]))?;
     let mut cmd = cargo();
@@ -212,7 +216,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // Last, a short fuzzing run of the parsers of untrusted bytes; the
     // totals are repeated so the run still ends with them.
     fuzz::run_all(30)?;
-    println!("fuzz: no crash in 30 s");
+    println!("fuzz: no crash in 30 s per target");
     println!("tollgate: {passed} passed, {failed} failed, {ignored} skipped");
     Ok(())
 }
@@ -222,7 +226,7 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
     if which != "detect" {
         require_root("cargo xtask bench")?;
     }
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask bench", which != "detect")?;
     // Benchmarks that run the agent use the release binary next to them.
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo()
@@ -231,6 +235,8 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
             "--release",
             "-p",
             "tollgate-tests",
+            "--features",
+            "bench",
             "--bin",
             "tollgate-bench",
             "--",
@@ -247,21 +253,22 @@ fn release_dir() -> std::path::PathBuf {
 }
 
 fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
-    // Relative paths are relative to the workspace root, where the README
-    // says to run cargo.
+    // `cargo xtask` keeps the caller's directory; the README's commands are
+    // run from the repository root, so that is the second place to look.
     let root = std::env::var("CARGO_MANIFEST_DIR").map_or_else(
         |_| std::path::PathBuf::from("."),
         |d| std::path::PathBuf::from(d).join(".."),
     );
-    let path = if corpus.is_relative() {
-        root.join(corpus)
-    } else {
+    let path = if corpus.exists() || corpus.is_absolute() {
         corpus.to_owned()
+    } else {
+        root.join(corpus)
     };
-    if !path.exists() {
+    if !path.is_file() {
         bail!(
-            "corpus {} not found: give the path to a JSON Lines corpus",
-            path.display()
+            "corpus {} not found (looked in the current directory and the repository root): \
+             give the path to a JSON Lines corpus with `id`, `source`, `label`, `category`, `raw`",
+            corpus.display()
         );
     }
     let mut cmd = cargo();
@@ -284,7 +291,7 @@ fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     require_root("cargo xtask demo")?;
-    setup::check_ready()?;
+    setup::ensure_ready("cargo xtask demo", false)?;
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo().args([
         "build",

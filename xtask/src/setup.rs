@@ -34,6 +34,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     bpffs();
     if test_deps {
+        nightly_clippy()?;
         debian_packages()?;
         crowdsec()?;
         kubernetes_validate()?;
@@ -48,13 +49,26 @@ pub fn run(test_deps: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails with advice unless the toolchain pieces are present.
-pub fn check_ready() -> anyhow::Result<()> {
-    if output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_none()
-        || linker_version().is_none()
-        || !rust_src_present()
-    {
-        bail!("the eBPF toolchain is incomplete: run `cargo xtask setup` first");
+/// Whether the eBPF toolchain pieces are present.
+fn toolchain_ready() -> bool {
+    output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some()
+        && linker_version().is_some()
+        && rust_src_present()
+}
+
+/// What `cargo xtask test`, `bench` and `demo` need, installed when missing:
+/// the eBPF toolchain (and with `test_deps`, the tools the tests drive). Runs
+/// the setup steps, which check before they change anything, so a ready
+/// machine only sees their "ok" lines.
+pub fn ensure_ready(what: &str, test_deps: bool) -> anyhow::Result<()> {
+    if toolchain_ready() && !test_deps {
+        return Ok(());
+    }
+    println!("{what}: checking what this machine lacks (`cargo xtask setup`):");
+    steps(test_deps)
+        .with_context(|| format!("{what} needs the eBPF toolchain: `cargo xtask setup` failed"))?;
+    if !toolchain_ready() {
+        bail!("the eBPF toolchain is still incomplete after `cargo xtask setup`");
     }
     Ok(())
 }
@@ -95,6 +109,21 @@ fn rust_src() -> anyhow::Result<()> {
     sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("failed to add rust-src to the nightly toolchain")?;
     did("added rust-src to the nightly toolchain");
+    Ok(())
+}
+
+/// Clippy for the nightly: CI lints the eBPF crate on its own target
+/// (bpfel-unknown-none), which only the nightly can build.
+fn nightly_clippy() -> anyhow::Result<()> {
+    if let Some(v) =
+        output(Command::new("rustup").args(["run", "nightly", "cargo-clippy", "--version"]))
+    {
+        ok(format!("nightly clippy: {v}"));
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))
+        .context("failed to add clippy to the nightly toolchain")?;
+    did("added clippy to the nightly toolchain");
     Ok(())
 }
 

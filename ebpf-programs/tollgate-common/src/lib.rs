@@ -254,6 +254,7 @@ pub struct FlowState {
     /// Payload packets seen, both directions.
     pub packets: u64,
 }
+const _: () = assert!(size_of::<FlowState>() == 8);
 
 /// A connection the kernel established (passive side), as sock_ops saw it,
 /// and how far the server has acknowledged the client's bytes (tcx egress).
@@ -306,8 +307,13 @@ pub struct SampleHeader {
     pub captured: u32,
     /// Reserved; zero.
     pub reserved2: u32,
+    /// Reserved; zero. Names what would otherwise be implicit tail padding
+    /// (the header is 8-aligned): ring-buffer memory is not zeroed, so every
+    /// byte userspace reads is written.
+    pub reserved3: u32,
 }
 const _: () = assert!(size_of::<SampleHeader>() == 72);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, reserved3) + 4 == 72);
 
 /// Where a sample's bytes were taken, [`SampleHeader::source`].
 pub mod sample_source {

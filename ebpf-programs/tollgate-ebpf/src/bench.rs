@@ -1,6 +1,7 @@
-//! Programs used only by `cargo xtask bench` (never attached by the agent):
-//! the XDP_PASS floor, a counting pass for in-stack comparisons, and a packet
-//! generator that rewrites the IPv4 source for BPF_PROG_TEST_RUN live frames.
+//! Programs used only by `cargo xtask bench`, compiled in only with the
+//! `bench` feature (the agent's object does not carry them): the XDP_PASS
+//! floor, a counting pass for in-stack comparisons, and a packet generator
+//! that rewrites the IPv4 source for BPF_PROG_TEST_RUN live frames.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -9,6 +10,11 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+
+use crate::parse::{ETH_HLEN, ipv4};
+
+/// Where the generator rewrites the source: an untagged IPv4 frame.
+const SRC_OFF: usize = ETH_HLEN + ipv4::SRC;
 
 /// Generator settings: `[base (host order), mask, 0, 0]`.
 #[map]
@@ -48,8 +54,7 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    // Ethernet + IPv4 source at bytes 26..30.
-    if start + 34 > end {
+    if start + ETH_HLEN + ipv4::HLEN > end {
         return xdp_action::XDP_ABORTED;
     }
     let Some(cfg) = TG_BENCH_GEN.get(0) else {
@@ -59,6 +64,6 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     let r = unsafe { bpf_get_prandom_u32() };
     let src = cfg[0] | (r & cfg[1]);
     // SAFETY: bounds checked above.
-    unsafe { core::ptr::write_unaligned((start + 26) as *mut [u8; 4], src.to_be_bytes()) };
+    unsafe { core::ptr::write_unaligned((start + SRC_OFF) as *mut [u8; 4], src.to_be_bytes()) };
     xdp_action::XDP_TX
 }

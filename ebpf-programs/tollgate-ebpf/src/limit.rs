@@ -7,39 +7,27 @@
 //! accounted exactly while it is over its rate (the only store that can race
 //! is the reset of an idle bucket, which can let one extra packet through).
 
-use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
 use tollgate_common::{Bucket, BucketKey, LimitCfg, RateEvent, Reason};
 
 use crate::{
     atomic_add,
     maps::{TG_BUCKETS, TG_CONNS, TG_EVENTS, TG_LIMITS},
-    parse::{L4, Source, TCP_ACK, TCP_SYN},
+    parse::{IPPROTO_TCP, L4, Source, TCP_ACK, TCP_SYN},
 };
 
 /// At most one event per source per second.
 const REPORT_INTERVAL_NS: u64 = 1_000_000_000;
-/// Insert only if absent.
-const BPF_NOEXIST: u64 = 1;
 
 /// The accounting key for a source: IPv4 as `::ffff:a.b.c.d`, IPv6 masked to
 /// the configured prefix (so a host cannot dodge its limit by rotating
 /// addresses). The mask comes precomputed from the agent: no branches here.
 #[inline(always)]
 pub fn key_of(src: &Source, v6_mask: &[u8; 16], class: u32) -> BucketKey {
-    let mut addr = [0u8; 16];
-    match src {
-        Source::V4(a) => {
-            addr[10] = 0xff;
-            addr[11] = 0xff;
-            addr[12] = a[0];
-            addr[13] = a[1];
-            addr[14] = a[2];
-            addr[15] = a[3];
-        }
-        Source::V6(a) => {
-            for i in 0..16 {
-                addr[i] = a[i] & v6_mask[i];
-            }
+    let mut addr = src.mapped();
+    if let Source::V6(_) = src {
+        for (b, m) in addr.iter_mut().zip(v6_mask) {
+            *b &= m;
         }
     }
     BucketKey { addr, class }
@@ -84,9 +72,8 @@ pub fn limits_for(l4: &L4) -> Option<&'static LimitCfg> {
 #[inline(always)]
 pub fn check(src: &Source, v6_mask: &[u8; 16], l4: &L4, cfg: &LimitCfg, len: u64) -> Reason {
     let key = key_of(src, v6_mask, cfg.class);
-    let is_syn = l4.proto == crate::parse::IPPROTO_TCP
-        && l4.tcp_flags & TCP_SYN != 0
-        && l4.tcp_flags & TCP_ACK == 0;
+    let is_syn =
+        l4.proto == IPPROTO_TCP && l4.tcp_flags & TCP_SYN != 0 && l4.tcp_flags & TCP_ACK == 0;
     if is_syn && cfg.max_conns != 0
         && let Some(n) = TG_CONNS.get_ptr(&key)
         // SAFETY: map value pointer.
@@ -103,7 +90,7 @@ pub fn check(src: &Source, v6_mask: &[u8; 16], l4: &L4, cfg: &LimitCfg, len: u64
     let bucket = match TG_BUCKETS.get_ptr_mut(&key) {
         Some(b) => b,
         None => {
-            let _ = TG_BUCKETS.insert(&key, &Bucket::default(), BPF_NOEXIST);
+            let _ = TG_BUCKETS.insert(&key, &Bucket::default(), u64::from(BPF_NOEXIST));
             match TG_BUCKETS.get_ptr_mut(&key) {
                 Some(b) => b,
                 // Fail open: a full or failing map never drops.
@@ -124,22 +111,21 @@ pub fn check(src: &Source, v6_mask: &[u8; 16], l4: &L4, cfg: &LimitCfg, len: u64
             cfg.syn_tolerance_ns,
         ) {
         Reason::SynLimited
-    } else if cfg.pps != 0
+    } else if (cfg.pps != 0
         && !conform(
             &raw mut b.pkt_tat,
             now,
             cfg.pkt_interval_ns,
             cfg.pkt_tolerance_ns,
-        )
-    {
-        Reason::RateLimited
-    } else if cfg.bps != 0
-        && !conform(
-            &raw mut b.byte_tat,
-            now,
-            (len * cfg.ns_per_kib) >> 10,
-            cfg.byte_tolerance_ns,
-        )
+        ))
+        // Only a packet within its packet rate is charged to the byte rate.
+        || (cfg.bps != 0
+            && !conform(
+                &raw mut b.byte_tat,
+                now,
+                (len * cfg.ns_per_kib) >> 10,
+                cfg.byte_tolerance_ns,
+            ))
     {
         Reason::RateLimited
     } else {
@@ -176,11 +162,13 @@ fn over(key: &BucketKey, reason: Reason) -> Reason {
             report(key, reason, b.dropped, b.passed, now);
         }
     } else {
-        let mut fresh = Bucket::default();
-        fresh.dropped = 1;
-        // SAFETY: helper without arguments.
-        fresh.last_report_ns = unsafe { bpf_ktime_get_boot_ns() };
-        let _ = TG_BUCKETS.insert(key, &fresh, BPF_NOEXIST);
+        let fresh = Bucket {
+            dropped: 1,
+            // SAFETY: helper without arguments.
+            last_report_ns: unsafe { bpf_ktime_get_boot_ns() },
+            ..Bucket::default()
+        };
+        let _ = TG_BUCKETS.insert(key, &fresh, u64::from(BPF_NOEXIST));
         report(key, reason, 1, 0, fresh.last_report_ns);
     }
     reason

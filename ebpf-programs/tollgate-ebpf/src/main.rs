@@ -1,17 +1,34 @@
-//! Tollgate's ingress programs: one decision ([`decide`]) behind two hooks,
-//! XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP hook is
-//! taken). Fail-open by construction: only a parsed source address that
-//! matches a live, non-allowlisted ban is ever dropped.
-#![no_std]
-#![no_main]
+//! Tollgate's kernel programs. Ingress: one decision ([`decide`]) behind two
+//! hooks, XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP
+//! hook is taken), and the XDP programs it tail-calls (`tollgate_xdp_proxy`
+//! for trusted proxies, `tollgate_xdp_sample` for API sampling). Egress:
+//! `tollgate_tc_egress` (response samples, the server's acknowledgements).
+//! Sockets: `sockops.rs` and `stream.rs`.
+//!
+//! Fail-open by construction: a packet is dropped only when its parsed source
+//! (behind a trusted proxy, the client its connection carries) matches a
+//! live, non-allowlisted ban, or is over one of its limits (packet, byte or
+//! SYN rate, concurrent connections), and never in monitor mode. A packet
+//! that cannot be parsed, a missing map entry or a full map passes.
+// Built for the kernel (bpfel-unknown-none) without std and without `main`.
+// A host build (`cargo clippy -p tollgate-ebpf` in CI) is an ordinary binary
+// with an empty `main`: it only exists so the code is linted on the host too.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // The BPF target has no atomic types in `core`; the intrinsic lowers to the
 // BPF atomic add instruction.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go to the helpers by reference: a by-value key \
+              (`impl Borrow<K>`) is copied to a second stack slot when it is used \
+              again, and some programs' stacks are nearly full"
+)]
 #![cfg_attr(
     target_arch = "bpf",
     expect(internal_features, reason = "atomic add on map values")
 )]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod limit;
 mod maps;
@@ -22,7 +39,10 @@ mod sockops;
 mod stream;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{
+        tcx_action_base::{TCX_DROP, TCX_NEXT},
+        xdp_action,
+    },
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
@@ -40,11 +60,6 @@ use crate::{
     },
     parse::{Cursor, Source},
 };
-
-/// tcx: hand the packet to the next program (or the stack).
-const TCX_NEXT: i32 = -1;
-/// tcx / cls_bpf: drop.
-const TC_ACT_SHOT: i32 = 2;
 
 /// What happens to a packet after the shared decision.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,7 +80,7 @@ pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
         (Verdict::Drop, _) => xdp_action::XDP_DROP,
         (_, Next::Proxy) => {
             // SAFETY: the slot holds an XDP program or nothing.
-            let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::PROXY) };
+            unsafe { TG_JUMP.tail_call(&ctx, jump::PROXY) };
             // No proxy program (no agent): the proxy is passed, as before.
             count(Verdict::Pass, Reason::Clean, (end - start) as u64);
             xdp_action::XDP_PASS
@@ -74,7 +89,7 @@ pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
             // Sampling runs as its own program (its own stack and verifier
             // budget). If the jump fails (no sampler loaded), just pass.
             // SAFETY: the slot holds an XDP program or nothing.
-            let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
+            unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
             xdp_action::XDP_PASS
         }
         (_, Next::Done) => xdp_action::XDP_PASS,
@@ -98,7 +113,7 @@ pub fn tollgate_xdp_proxy(ctx: XdpContext) -> u32 {
     }
     if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
         // SAFETY: the slot holds an XDP program or nothing.
-        let _ = unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
+        unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
     }
     xdp_action::XDP_PASS
 }
@@ -126,7 +141,7 @@ pub fn tollgate_xdp_sample(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tollgate_tc(ctx: TcContext) -> i32 {
     match decide(ctx.data(), ctx.data_end(), false) {
-        (Verdict::Drop, _) => TC_ACT_SHOT,
+        (Verdict::Drop, _) => TCX_DROP,
         _ => TCX_NEXT,
     }
 }
@@ -382,7 +397,10 @@ fn count(verdict: Verdict, reason: Reason, bytes: u64) {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

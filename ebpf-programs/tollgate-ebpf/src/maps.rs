@@ -3,6 +3,7 @@
 //! the agent process.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
@@ -11,8 +12,8 @@ use tollgate_common::{
     FlowKey, FlowState, LimitCfg, ProxyFlow, SampleCfg, capacity, jump, prefilter, sample_stat,
 };
 
-/// Entries are allocated on insert: an empty million-entry map costs nothing.
-const NO_PREALLOC: u32 = 1;
+// BPF_F_NO_PREALLOC: entries are allocated on insert, so an empty
+// million-entry map costs nothing.
 
 #[map]
 pub static TG_CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -21,11 +22,12 @@ pub static TG_CONFIG: Array<Config> = Array::pinned(1, 0);
 pub static TG_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 #[map]
-pub static TG_BLOCK4: HashMap<[u8; 4], BlockEntry> = HashMap::pinned(capacity::BLOCK4, NO_PREALLOC);
+pub static TG_BLOCK4: HashMap<[u8; 4], BlockEntry> =
+    HashMap::pinned(capacity::BLOCK4, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static TG_BLOCK6: HashMap<[u8; 16], BlockEntry> =
-    HashMap::pinned(capacity::BLOCK6, NO_PREALLOC);
+    HashMap::pinned(capacity::BLOCK6, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static TG_BLOCK4_LPM: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(capacity::BLOCK4_LPM, 0);
@@ -52,7 +54,7 @@ pub static TG_LIMITS: Array<LimitCfg> = Array::pinned(capacity::LIMIT_SLOTS, 0);
 pub static TG_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(capacity::BUCKETS, 0);
 
 #[map]
-pub static TG_CONNS: HashMap<BucketKey, u64> = HashMap::pinned(capacity::CONNS, NO_PREALLOC);
+pub static TG_CONNS: HashMap<BucketKey, u64> = HashMap::pinned(capacity::CONNS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static TG_EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

@@ -5,7 +5,13 @@ use core::mem::size_of;
 
 use tollgate_common::Reason;
 
-const ETH_HLEN: usize = 14;
+/// Ethernet header length; the IPv4 header follows (without VLAN tags).
+pub const ETH_HLEN: usize = 14;
+/// Ethernet: the EtherType's offset.
+const ETH_TYPE: usize = 12;
+/// A VLAN tag's length, and the offset of the EtherType it carries.
+const VLAN_HLEN: usize = 4;
+const VLAN_TYPE: usize = 2;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -26,6 +32,48 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_NONE: u8 = 59;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
+
+/// Address families as the socket programs' contexts report them.
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+/// IPv4 header: byte offsets of the fields read.
+pub mod ipv4 {
+    /// Minimum header length (no options).
+    pub const HLEN: usize = 20;
+    pub const TOTAL_LEN: usize = 2;
+    pub const FRAG_OFF: usize = 6;
+    pub const PROTO: usize = 9;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+}
+
+/// IPv6 header: byte offsets of the fields read.
+mod ipv6 {
+    pub const HLEN: usize = 40;
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+}
+
+/// TCP header: byte offsets of the fields read, and the flag bits.
+mod tcp {
+    /// Minimum header length (no options).
+    pub const HLEN: usize = 20;
+    pub const SPORT: usize = 0;
+    pub const DPORT: usize = 2;
+    pub const SEQ: usize = 4;
+    pub const ACK_SEQ: usize = 8;
+    /// Data offset in 32-bit words, in the high nibble.
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The packet bytes `[start, end)` of the hook's context.
 #[derive(Clone, Copy)]
@@ -59,6 +107,51 @@ pub enum Source {
     V6([u8; 16]),
 }
 
+impl Source {
+    /// The 16-byte form map keys use: IPv4 as `::ffff:a.b.c.d`.
+    #[inline(always)]
+    pub fn mapped(&self) -> [u8; 16] {
+        match self {
+            Source::V4(v) => {
+                let mut a = [0u8; 16];
+                a[10] = 0xff;
+                a[11] = 0xff;
+                a[12..16].copy_from_slice(v);
+                a
+            }
+            Source::V6(v) => *v,
+        }
+    }
+
+    /// The inverse of [`Source::mapped`]: an IPv4-mapped address is an IPv4
+    /// source (dual-stack sockets and PROXY headers carry them).
+    #[inline(always)]
+    pub fn from_mapped(a: &[u8; 16]) -> Source {
+        if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+            Source::V4([a[12], a[13], a[14], a[15]])
+        } else {
+            Source::V6(*a)
+        }
+    }
+}
+
+/// Reads an IPv6 address from a socket program's context field word by word,
+/// volatile: the verifier only allows 4-byte reads of these fields, and the
+/// compiler would merge plain ones. The bytes come out in network order.
+///
+/// # Safety
+/// `p` must point at a `[u32; 4]` address field of the program's context.
+#[inline(always)]
+pub unsafe fn ctx_ip6(p: *const [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    for (i, chunk) in a.chunks_exact_mut(4).enumerate() {
+        // SAFETY: within the four words the caller vouches for.
+        let w = unsafe { core::ptr::read_volatile(p.cast::<u32>().add(i)) };
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    a
+}
+
 /// What the datapath learned about a packet whose IP header is intact.
 #[derive(Clone, Copy)]
 pub struct Packet {
@@ -80,7 +173,7 @@ pub struct Packet {
 pub struct L4 {
     /// Destination port (TCP/UDP), 0 otherwise.
     pub dport: u16,
-    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10), 0 otherwise.
+    /// TCP flags byte (`TCP_FIN`, `TCP_SYN`, `TCP_RST`, `TCP_ACK`), 0 otherwise.
     pub tcp_flags: u8,
     /// Source port (TCP/UDP), 0 otherwise.
     pub sport: u16,
@@ -94,23 +187,20 @@ pub struct L4 {
     pub proto: u8,
 }
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-
 /// Parses L2 and L3. `Err` carries the reason the source could not be known
 /// (the caller then passes the packet and counts it).
 #[inline(always)]
 pub fn parse(c: &Cursor) -> Result<Packet, Reason> {
     let eth = c.read::<ETH_HLEN>(0)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut ethertype = u16::from_be_bytes([eth[ETH_TYPE], eth[ETH_TYPE + 1]]);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag = c.read::<4>(off)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        off += 4;
+        let tag = c.read::<VLAN_HLEN>(off)?;
+        ethertype = u16::from_be_bytes([tag[VLAN_TYPE], tag[VLAN_TYPE + 1]]);
+        off += VLAN_HLEN;
     }
     match ethertype {
         ETH_P_IPV4 => parse_v4(c, off),
@@ -121,22 +211,24 @@ pub fn parse(c: &Cursor) -> Result<Packet, Reason> {
 
 #[inline(always)]
 fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
-    let ip = c.read::<20>(off)?;
+    use ipv4::{DST, FRAG_OFF, HLEN, PROTO, SRC, TOTAL_LEN};
+    let ip = c.read::<HLEN>(off)?;
+    // Byte 0: version (high nibble) and header length in words (low).
     if ip[0] >> 4 != 4 {
         return Err(Reason::Malformed);
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ihl < 20 {
+    if ihl < HLEN {
         return Err(Reason::Malformed);
     }
-    let src = Source::V4([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = Source::V4([ip[16], ip[17], ip[18], ip[19]]);
-    let l3_end = off + usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let proto = ip[9];
+    let src = Source::V4([ip[SRC], ip[SRC + 1], ip[SRC + 2], ip[SRC + 3]]);
+    let dst = Source::V4([ip[DST], ip[DST + 1], ip[DST + 2], ip[DST + 3]]);
+    let l3_end = off + usize::from(u16::from_be_bytes([ip[TOTAL_LEN], ip[TOTAL_LEN + 1]]));
+    let proto = ip[PROTO];
     // Non-first fragments carry no upper-layer header; the source is enough.
     // Options claimed but cut short: the header is not whole, so pass.
     c.read::<1>(off + ihl - 1)?;
-    let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    let frag_offset = u16::from_be_bytes([ip[FRAG_OFF], ip[FRAG_OFF + 1]]) & 0x1fff;
     let (l4_status, l4) = if frag_offset != 0 {
         (Reason::Clean, L4::default())
     } else {
@@ -153,16 +245,19 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Packet, Reason> {
 
 #[inline(always)]
 fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
-    // Read in pieces: a 40-byte copy costs stack the programs cannot spare.
-    let ip = c.read::<8>(off)?;
+    use ipv6::{DST, HLEN, NEXT_HEADER, PAYLOAD_LEN, SRC};
+    // Read in pieces (the fixed fields before the addresses, then each
+    // address): a 40-byte copy costs stack the programs cannot spare.
+    let ip = c.read::<SRC>(off)?;
     if ip[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    let src = Source::V6(c.read::<16>(off + 8)?);
-    let dst = Source::V6(c.read::<16>(off + 24)?);
-    let l3_end = off + 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    let mut next = ip[6];
-    let mut off = off + 40;
+    let src = Source::V6(c.read::<16>(off + SRC)?);
+    let dst = Source::V6(c.read::<16>(off + DST)?);
+    let l3_end =
+        off + HLEN + usize::from(u16::from_be_bytes([ip[PAYLOAD_LEN], ip[PAYLOAD_LEN + 1]]));
+    let mut next = ip[NEXT_HEADER];
+    let mut off = off + HLEN;
     let mut status = Reason::ExtChainTooLong;
     let mut l4 = L4::default();
     for _ in 0..MAX_EXT_HEADERS {
@@ -233,24 +328,32 @@ fn check_l4(c: &Cursor, off: usize, proto: u8) -> (Reason, L4) {
         ..L4::default()
     };
     let status = match proto {
-        IPPROTO_TCP => match c.read::<20>(off) {
+        IPPROTO_TCP => match c.read::<{ tcp::HLEN }>(off) {
             // Data offset below five words is not a TCP header.
-            Ok(tcp) if tcp[12] >> 4 < 5 => Reason::Malformed,
-            Ok(tcp) => {
-                l4.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-                l4.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-                l4.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-                l4.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-                l4.tcp_flags = tcp[13];
-                l4.payload_off = off + usize::from(tcp[12] >> 4) * 4;
+            Ok(h) if h[tcp::DATA_OFF] >> 4 < 5 => Reason::Malformed,
+            Ok(h) => {
+                use tcp::{ACK_SEQ, DATA_OFF, DPORT, FLAGS, SEQ, SPORT};
+                l4.sport = u16::from_be_bytes([h[SPORT], h[SPORT + 1]]);
+                l4.dport = u16::from_be_bytes([h[DPORT], h[DPORT + 1]]);
+                l4.seq = u32::from_be_bytes([h[SEQ], h[SEQ + 1], h[SEQ + 2], h[SEQ + 3]]);
+                l4.ack = u32::from_be_bytes([
+                    h[ACK_SEQ],
+                    h[ACK_SEQ + 1],
+                    h[ACK_SEQ + 2],
+                    h[ACK_SEQ + 3],
+                ]);
+                l4.tcp_flags = h[FLAGS];
+                l4.payload_off = off + usize::from(h[DATA_OFF] >> 4) * 4;
                 Reason::Clean
             }
             Err(r) => r,
         },
         IPPROTO_UDP => match c.read::<8>(off) {
             Ok(udp) => {
-                l4.sport = u16::from_be_bytes([udp[0], udp[1]]);
-                l4.dport = u16::from_be_bytes([udp[2], udp[3]]);
+                // The ports sit where TCP's do.
+                use tcp::{DPORT, SPORT};
+                l4.sport = u16::from_be_bytes([udp[SPORT], udp[SPORT + 1]]);
+                l4.dport = u16::from_be_bytes([udp[DPORT], udp[DPORT + 1]]);
                 Reason::Clean
             }
             Err(r) => r,

@@ -21,19 +21,25 @@ use tollgate_common::{Config, FlowKey, ProxyFlow, Reason, Verdict, proxy_state};
 use crate::{
     Match, bump, limit, lookup_v4, lookup_v6,
     maps::{TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
-    parse::{L4, Packet, Source},
-    sample::addr16,
+    parse::{L4, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// The PROXY protocol v2 signature.
 const V2_SIG: [u8; 12] = [
     0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
 ];
+/// PROXY v2: offset of the version/command byte, and "version 2, PROXY".
+const V2_VER_CMD: usize = 12;
+const V2_PROXY: u8 = 0x21;
+/// PROXY v2: offset of the family/transport byte, and its two TCP values.
+const V2_FAM: usize = 13;
+const V2_TCP4: u8 = 0x11;
+const V2_TCP6: u8 = 0x21;
+/// PROXY v2: the fixed header's length (the addresses follow it), and the
+/// length of the address block of each family (source, destination, ports).
+const V2_HLEN: usize = 16;
+const V2_ADDRS4: usize = 12;
+const V2_ADDRS6: usize = 36;
 
 /// Whether the source is a trusted proxy.
 #[inline(always)]
@@ -54,8 +60,8 @@ pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verd
     // SAFETY: per-CPU scratch: no other user while this program runs here.
     let sc = unsafe { &mut *sc };
     sc.key = FlowKey {
-        client: addr16(&pkt.src),
-        server: addr16(&pkt.dst),
+        client: pkt.src.mapped(),
+        server: pkt.dst.mapped(),
         client_port: l4.sport,
         server_port: l4.dport,
     };
@@ -99,11 +105,7 @@ pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verd
 /// stack frame is not the caller's).
 #[inline(never)]
 fn real_client(real: &[u8; 16], l4: &L4, config: &Config, len: u64) -> Reason {
-    let real = if is_v4_mapped(real) {
-        Source::V4([real[12], real[13], real[14], real[15]])
-    } else {
-        Source::V6(*real)
-    };
+    let real = Source::from_mapped(real);
     let matched = match &real {
         Source::V4(a) => lookup_v4(a, config.flags),
         Source::V6(a) => lookup_v6(a, config.flags),
@@ -135,11 +137,6 @@ fn drop(config: &Config, reason: Reason) -> (Verdict, Reason) {
     }
 }
 
-#[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
-    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
-}
-
 /// Reads a PROXY header at the start of the payload, if there is one. Its
 /// own BPF function: its buffers do not add to the caller's stack frame.
 #[inline(never)]
@@ -148,34 +145,32 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     f.state = proxy_state::NONE;
     f.reserved = 0;
     let mut b = [0u8; 16];
-    if payload_len < 16 || !load(ctx, off, &mut b) {
+    if payload_len < V2_HLEN || !load(ctx, off, &mut b) {
         return;
     }
     if b[..12] == V2_SIG {
         // Version 2, command PROXY (LOCAL carries no client); TCP only.
-        if b[12] != 0x21 {
+        if b[V2_VER_CMD] != V2_PROXY {
             return;
         }
-        match b[13] {
-            0x11 if payload_len >= 16 + 12 => {
-                // Exactly the source address: the header may be all the
-                // segment holds.
-                let mut a = [0u8; 4];
+        let mut a = [0u8; 4];
+        match b[V2_FAM] {
+            // Exactly the source address: the header may be all the
+            // segment holds.
+            V2_TCP4
+                if payload_len >= V2_HLEN + V2_ADDRS4
                 // SAFETY: `a` is 4 writable bytes.
-                if unsafe {
-                    bpf_xdp_load_bytes(ctx.ctx, (off + 16) as u32, a.as_mut_ptr().cast(), 4)
-                } == 0
-                {
-                    f.real[10] = 0xff;
-                    f.real[11] = 0xff;
-                    f.real[12..16].copy_from_slice(&a);
-                    f.state = proxy_state::CLIENT;
-                }
+                && unsafe {
+                    bpf_xdp_load_bytes(ctx.ctx, (off + V2_HLEN) as u32, a.as_mut_ptr().cast(), 4)
+                } == 0 =>
+            {
+                f.real = Source::V4(a).mapped();
+                f.state = proxy_state::CLIENT;
             }
-            0x21 if payload_len >= 16 + 36 => {
-                if load(ctx, off + 16, &mut f.real) {
-                    f.state = proxy_state::CLIENT;
-                }
+            V2_TCP6
+                if payload_len >= V2_HLEN + V2_ADDRS6 && load(ctx, off + V2_HLEN, &mut f.real) =>
+            {
+                f.state = proxy_state::CLIENT;
             }
             _ => {}
         }
@@ -184,9 +179,7 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     if b[0].is_ascii_uppercase() && &b[..11] != b"PROXY TCP4 " && &b[..6] != b"PROXY " {
         // An HTTP request head, perhaps with the client in X-Forwarded-For.
         if let Some(a) = forwarded_for(ctx, off, payload_len) {
-            f.real[10] = 0xff;
-            f.real[11] = 0xff;
-            f.real[12..16].copy_from_slice(&a);
+            f.real = Source::V4(a).mapped();
             f.state = proxy_state::CLIENT;
         }
         return;
@@ -197,9 +190,7 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
             && load_upto(ctx, off + 11, payload_len - 11, &mut t)
             && let Some(a) = dotted_quad(&t)
         {
-            f.real[10] = 0xff;
-            f.real[11] = 0xff;
-            f.real[12..16].copy_from_slice(&a);
+            f.real = Source::V4(a).mapped();
             f.state = proxy_state::CLIENT;
         }
     }
@@ -381,7 +372,7 @@ fn load_upto(ctx: &XdpContext, off: usize, avail: usize, dst: &mut [u8; 16]) -> 
         return load(ctx, off, dst);
     }
     // Short v1 lines: copy byte by byte (bounded by 16).
-    for i in 0..16 {
+    for (i, d) in dst.iter_mut().enumerate() {
         if i >= avail {
             break;
         }
@@ -390,7 +381,7 @@ fn load_upto(ctx: &XdpContext, off: usize, avail: usize, dst: &mut [u8; 16]) -> 
         if unsafe { bpf_xdp_load_bytes(ctx.ctx, (off + i) as u32, c.as_mut_ptr().cast(), 1) } != 0 {
             return false;
         }
-        dst[i] = c[0];
+        *d = c[0];
     }
     true
 }

@@ -8,28 +8,8 @@ use tollgate_common::{FlowKey, FlowState, SAMPLE_BYTES, SampleRecord, sample_sta
 
 use crate::{
     maps::{TG_API_PORTS, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
-    parse::{IPPROTO_TCP, Packet, Source},
+    parse::{IPPROTO_TCP, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-
-#[inline(always)]
-pub(crate) fn addr16(s: &Source) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    match s {
-        Source::V4(v) => {
-            a[10] = 0xff;
-            a[11] = 0xff;
-            a[12] = v[0];
-            a[13] = v[1];
-            a[14] = v[2];
-            a[15] = v[3];
-        }
-        Source::V6(v) => a = *v,
-    }
-    a
-}
 
 #[inline(always)]
 fn stat(i: u32) {
@@ -46,7 +26,7 @@ fn stat(i: u32) {
 #[inline(always)]
 pub fn note_ack(pkt: &Packet) {
     let l4 = &pkt.l4;
-    if l4.proto != IPPROTO_TCP || l4.tcp_flags & crate::parse::TCP_ACK == 0 {
+    if l4.proto != IPPROTO_TCP || l4.tcp_flags & TCP_ACK == 0 {
         return;
     }
     match TG_API_PORTS.get(u32::from(l4.sport)) {
@@ -54,8 +34,8 @@ pub fn note_ack(pkt: &Packet) {
         _ => return,
     }
     let key = FlowKey {
-        client: addr16(&pkt.dst),
-        server: addr16(&pkt.src),
+        client: pkt.dst.mapped(),
+        server: pkt.src.mapped(),
         client_port: l4.dport,
         server_port: l4.sport,
     };
@@ -111,9 +91,9 @@ pub fn maybe_sample(
         return;
     }
     let (client, server, client_port, server_port) = if direction == tollgate_common::DIR_REQUEST {
-        (addr16(&pkt.src), addr16(&pkt.dst), l4.sport, l4.dport)
+        (pkt.src.mapped(), pkt.dst.mapped(), l4.sport, l4.dport)
     } else {
-        (addr16(&pkt.dst), addr16(&pkt.src), l4.dport, l4.sport)
+        (pkt.dst.mapped(), pkt.src.mapped(), l4.dport, l4.sport)
     };
     let key = FlowKey {
         client,
@@ -184,6 +164,7 @@ pub fn maybe_sample(
         (*h).payload_len = payload_len as u32;
         (*h).captured = len as u32;
         (*h).reserved2 = 0;
+        (*h).reserved3 = 0;
     }
     // SAFETY: as above; `len` is within the data array.
     let data = unsafe { (&raw mut (*rec).data).cast::<u8>() };

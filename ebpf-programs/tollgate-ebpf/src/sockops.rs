@@ -10,7 +10,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED,
     },
     macros::sock_ops,
     programs::SockOpsContext,
@@ -24,14 +25,8 @@ use crate::{
         TG_API_PORTS, TG_CONFIG, TG_CONNS, TG_ESTAB, TG_FLOWS, TG_HSHAKE, TG_LIMITS, TG_SOCKS,
         TG_STREAM_OFF,
     },
-    parse::Source,
-    sample::addr16,
+    parse::{AF_INET, AF_INET6, Source, ctx_ip6},
 };
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const TCP_ESTABLISHED: u32 = 1;
-const BPF_NOEXIST: u64 = 1;
 
 #[sock_ops]
 pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
@@ -46,7 +41,7 @@ pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
         let now = unsafe { bpf_ktime_get_boot_ns() };
         let _ = TG_HSHAKE.insert(&key.addr, &now, 0);
         let flow = FlowKey {
-            client: addr16(&src),
+            client: src.mapped(),
             server: local(&ctx),
             client_port: u32::from_be(ctx.remote_port()) as u16,
             server_port: ctx.local_port() as u16,
@@ -78,14 +73,14 @@ pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
                 );
             }
         }
-        let _ = TG_CONNS.insert(&key, &0, BPF_NOEXIST);
+        let _ = TG_CONNS.insert(&key, &0, u64::from(BPF_NOEXIST));
         if let Some(n) = TG_CONNS.get_ptr_mut(&key) {
             atomic_add(n, 1);
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
     } else if op == BPF_SOCK_OPS_STATE_CB
-        && ctx.arg(0) == TCP_ESTABLISHED
-        && ctx.arg(1) != TCP_ESTABLISHED
+        && ctx.arg(0) == BPF_TCP_ESTABLISHED
+        && ctx.arg(1) != BPF_TCP_ESTABLISHED
         && let Some(key) = key(&ctx)
         && let Some(n) = TG_CONNS.get_ptr_mut(&key)
     {
@@ -112,19 +107,9 @@ fn class(ctx: &SockOpsContext) -> u32 {
 #[inline(always)]
 fn local(ctx: &SockOpsContext) -> [u8; 16] {
     match ctx.family() {
-        AF_INET => addr16(&Source::V4(ctx.local_ip4().to_ne_bytes())),
-        _ => {
-            let mut w = [0u32; 4];
-            for (i, slot) in w.iter_mut().enumerate() {
-                // SAFETY: `ops` is the program's context pointer (4-byte reads).
-                *slot = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).local_ip6[i]) };
-            }
-            let mut a = [0u8; 16];
-            for (i, word) in w.iter().enumerate() {
-                a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-            a
-        }
+        AF_INET => Source::V4(ctx.local_ip4().to_ne_bytes()).mapped(),
+        // SAFETY: `ops` is the program's context pointer; an address field.
+        _ => unsafe { ctx_ip6(&raw const (*ctx.ops).local_ip6) },
     }
 }
 
@@ -133,25 +118,9 @@ fn local(ctx: &SockOpsContext) -> [u8; 16] {
 fn remote(ctx: &SockOpsContext) -> Option<Source> {
     let src = match ctx.family() {
         AF_INET => Source::V4(ctx.remote_ip4().to_ne_bytes()),
-        AF_INET6 => {
-            // Word by word, volatile: the verifier only allows 4-byte reads
-            // of these context fields, and the compiler would merge them.
-            let mut w = [0u32; 4];
-            for (i, slot) in w.iter_mut().enumerate() {
-                // SAFETY: `ops` is the program's context pointer.
-                *slot = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).remote_ip6[i]) };
-            }
-            let mut a = [0u8; 16];
-            for (i, word) in w.iter().enumerate() {
-                a[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-            // IPv4 clients of a dual-stack socket are IPv4 clients.
-            if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
-                Source::V4([a[12], a[13], a[14], a[15]])
-            } else {
-                Source::V6(a)
-            }
-        }
+        // IPv4 clients of a dual-stack socket are IPv4 clients.
+        // SAFETY: `ops` is the program's context pointer; an address field.
+        AF_INET6 => Source::from_mapped(&unsafe { ctx_ip6(&raw const (*ctx.ops).remote_ip6) }),
         _ => return None,
     };
     Some(src)

@@ -21,14 +21,12 @@ use tollgate_common::{
 
 use crate::{
     maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF},
-    parse::Source,
-    sample::addr16,
+    parse::{AF_INET, Source, ctx_ip6},
 };
 
 /// Chunks copied from one socket buffer (GRO may hand over 64 KiB at once):
 /// the rest is reported as a gap.
 const MAX_CHUNKS: u32 = 16;
-const AF_INET: u32 = 2;
 const HEADER_BYTES: usize = core::mem::size_of::<SampleHeader>();
 
 #[inline(always)]
@@ -37,17 +35,6 @@ fn stat(i: u32) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }
-}
-
-#[inline(always)]
-fn words(p: *const [u32; 4]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    for i in 0..4 {
-        // SAFETY: a context field; the verifier wants 4-byte reads.
-        let w = unsafe { core::ptr::read_volatile((p as *const u32).add(i)) };
-        a[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    a
 }
 
 #[stream_verdict]
@@ -75,15 +62,15 @@ fn capture(ctx: &SkBuffContext) {
         // SAFETY: as above.
         let (r, l) = unsafe { ((*skb).remote_ip4, (*skb).local_ip4) };
         (
-            addr16(&Source::V4(r.to_ne_bytes())),
-            addr16(&Source::V4(l.to_ne_bytes())),
+            Source::V4(r.to_ne_bytes()).mapped(),
+            Source::V4(l.to_ne_bytes()).mapped(),
         )
     } else {
         // SAFETY: as above.
         unsafe {
             (
-                words(&raw const (*skb).remote_ip6),
-                words(&raw const (*skb).local_ip6),
+                ctx_ip6(&raw const (*skb).remote_ip6),
+                ctx_ip6(&raw const (*skb).local_ip6),
             )
         }
     };
@@ -137,6 +124,7 @@ fn capture(ctx: &SkBuffContext) {
             (*h).payload_len = n;
             (*h).captured = n;
             (*h).reserved2 = 0;
+            (*h).reserved3 = 0;
         }
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;

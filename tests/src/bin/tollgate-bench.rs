@@ -42,6 +42,13 @@ use tollgate_tests::{pkt, sh};
 const REPEAT: u32 = 1_000_000;
 
 fn main() {
+    if !cfg!(feature = "bench") {
+        eprintln!(
+            "tollgate-bench: built without the benchmark programs; run it through \
+             `cargo xtask bench` (or build it with `--features bench`)"
+        );
+        std::process::exit(2);
+    }
     let which = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
     match which.as_str() {
         "xdp" => xdp(),
@@ -851,6 +858,7 @@ fn record(flow: u32, dir: u8, seq: u32, flags: u8, data: &[u8]) -> Vec<u8> {
         payload_len: u32::try_from(data.len()).unwrap(),
         captured: u32::try_from(data.len()).unwrap(),
         reserved2: 0,
+        reserved3: 0,
     };
     // SAFETY: SampleHeader is repr(C), 72 bytes without padding.
     let head = unsafe {
@@ -1080,9 +1088,12 @@ fn sampling() {
 /// through the agent's full default policy (parse, detectors, client
 /// scores), on the corpus mix, against parsing alone in the same run.
 fn detect(corpus: Option<String>) {
-    let path = corpus.unwrap_or_else(|| "../shared/corpus/dev.jsonl".into());
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (give the corpus path as argument)"));
+    // The corpus is not part of the repository.
+    let Some(path) = corpus else {
+        eprintln!("tollgate-bench detect: give the path to a JSON Lines corpus (`raw` fields)");
+        std::process::exit(2);
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let raws: Vec<Vec<u8>> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -154,8 +154,18 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         }
         Ok(r) => r,
     };
-    let mut rows: Vec<EndpointView> =
-        serde_json::from_value(resp.data.unwrap_or(Value::Null)).unwrap_or_default();
+    let mut rows: Vec<EndpointView> = match serde_json::from_value(resp.data.unwrap_or(Value::Null))
+    {
+        Ok(rows) => rows,
+        // Never an empty inventory for an answer this CLI cannot read.
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the agent's answer as an inventory (is the agent the \
+                     same version as this CLI?): {e}"
+            );
+            return ExitCode::from(1);
+        }
+    };
     if let Some(InventoryCmd::Export { openapi: _, output }) = &args.cmd {
         let text = export_openapi(&rows);
         return match output {

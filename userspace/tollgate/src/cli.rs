@@ -1,8 +1,9 @@
 //! Command-line interface: one binary is the agent and the client.
 //!
-//! Exit codes: 0 success; 1 the agent refused or failed the request (the
-//! reason is printed); 2 bad usage or input; 3 the agent is not running;
-//! 4 permission denied on the control socket.
+//! Exit codes: 0 success; 1 the agent refused or failed the request, or sent
+//! an answer this CLI cannot read (the reason is printed); 2 bad usage or
+//! input; 3 the agent is not running; 4 permission denied on the control
+//! socket.
 
 mod feeds;
 
@@ -571,18 +572,18 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
                 force,
             };
             request(socket, &req, false, |v| {
-                if let Ok(b) = serde_json::from_value::<BanView>(v.clone()) {
-                    match b.expires_at {
-                        Some(t) => println!(
-                            "blocked {} until {t}",
-                            crate::net::display(&parse_or(&b.cidr))
-                        ),
-                        None => println!(
-                            "blocked {} (permanent)",
-                            crate::net::display(&parse_or(&b.cidr))
-                        ),
-                    }
+                let b: BanView = decode(v, "a ban")?;
+                match b.expires_at {
+                    Some(t) => println!(
+                        "blocked {} until {t}",
+                        crate::net::display(&parse_or(&b.cidr))
+                    ),
+                    None => println!(
+                        "blocked {} (permanent)",
+                        crate::net::display(&parse_or(&b.cidr))
+                    ),
                 }
+                Ok::<(), Undecodable>(())
             })
         }
         BlockCmd::Rm {
@@ -723,11 +724,8 @@ fn fmt_spec(s: &LimitSpec) -> Vec<String> {
     ]
 }
 
-fn print_limits(v: &Value) {
-    let Ok(l) = serde_json::from_value::<LimitsView>(v.clone()) else {
-        println!("{v}");
-        return;
-    };
+fn print_limits(v: &Value) -> Result<(), Undecodable> {
+    let l: LimitsView = decode(v, "rate limits")?;
     let mut rows = Vec::new();
     if let Some(d) = &l.default {
         let mut r = vec!["default".to_owned()];
@@ -768,6 +766,7 @@ fn print_limits(v: &Value) {
             .collect::<Vec<_>>()
             .join(", then ")
     );
+    Ok(())
 }
 
 fn run_top(args: &TopArgs, socket: &std::path::Path) -> ExitCode {
@@ -792,11 +791,11 @@ fn run_top(args: &TopArgs, socket: &std::path::Path) -> ExitCode {
     }
 }
 
-fn print_top(v: &Value) {
-    let rows: Vec<TopView> = serde_json::from_value(v.clone()).unwrap_or_default();
+fn print_top(v: &Value) -> Result<(), Undecodable> {
+    let rows: Vec<TopView> = decode(v, "a list of sources")?;
     if rows.is_empty() {
         println!("no rate-limited traffic seen (limits apply once set: tollgate limits set ...)");
-        return;
+        return Ok(());
     }
     let rate = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.0}/s"));
     let t: Vec<Vec<String>> = rows
@@ -828,25 +827,67 @@ fn print_top(v: &Value) {
             &t
         )
     );
+    Ok(())
+}
+
+/// What printing an answer for people came to: `()` when it cannot fail, or
+/// a [`Result`] when the answer must first be decoded.
+trait Shown {
+    fn exit_code(self) -> ExitCode;
+}
+
+impl Shown for () {
+    fn exit_code(self) -> ExitCode {
+        ExitCode::SUCCESS
+    }
+}
+
+impl Shown for Result<(), Undecodable> {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// An answer the CLI cannot read (an agent of another version, most
+/// likely): an error, never an empty table.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read the agent's answer as {what} (is the agent the same version as this CLI?): {source}"
+)]
+struct Undecodable {
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Decodes the data of an answer.
+fn decode<T: serde::de::DeserializeOwned>(v: &Value, what: &'static str) -> Result<T, Undecodable> {
+    serde_json::from_value(v.clone()).map_err(|source| Undecodable { what, source })
 }
 
 /// Sends a request; prints the data as JSON or through `human`.
-fn request(
+fn request<S: Shown>(
     socket: &std::path::Path,
     req: &Request,
     json: bool,
-    human: impl FnOnce(&Value),
+    human: impl FnOnce(&Value) -> S,
 ) -> ExitCode {
     request_within(socket, req, client::timeout(), json, human)
 }
 
 /// [`request`] with its own timeout (long operations).
-fn request_within(
+fn request_within<S: Shown>(
     socket: &std::path::Path,
     req: &Request,
     limit: Duration,
     json: bool,
-    human: impl FnOnce(&Value),
+    human: impl FnOnce(&Value) -> S,
 ) -> ExitCode {
     match client::call_within(socket, req, limit) {
         Err(e) => {
@@ -870,10 +911,10 @@ fn request_within(
                     "{}",
                     serde_json::to_string_pretty(&data).unwrap_or_default()
                 );
+                ExitCode::SUCCESS
             } else {
-                human(&data);
+                human(&data).exit_code()
             }
-            ExitCode::SUCCESS
         }
     }
 }
@@ -885,11 +926,11 @@ fn ttl_left(secs: Option<u64>) -> String {
     )
 }
 
-fn print_bans(v: &Value) {
-    let bans: Vec<BanView> = serde_json::from_value(v.clone()).unwrap_or_default();
+fn print_bans(v: &Value) -> Result<(), Undecodable> {
+    let bans: Vec<BanView> = decode(v, "a list of bans")?;
     if bans.is_empty() {
         println!("no bans");
-        return;
+        return Ok(());
     }
     let rows: Vec<Vec<String>> = bans
         .iter()
@@ -911,13 +952,14 @@ fn print_bans(v: &Value) {
             &rows
         )
     );
+    Ok(())
 }
 
-fn print_allows(v: &Value) {
-    let allows: Vec<AllowView> = serde_json::from_value(v.clone()).unwrap_or_default();
+fn print_allows(v: &Value) -> Result<(), Undecodable> {
+    let allows: Vec<AllowView> = decode(v, "a list of allowlist entries")?;
     if allows.is_empty() {
         println!("no allowlist entries");
-        return;
+        return Ok(());
     }
     let rows: Vec<Vec<String>> = allows
         .iter()
@@ -934,13 +976,11 @@ fn print_allows(v: &Value) {
         "{}",
         table::render(&["ADDRESS", "REASON", "HITS", "ORIGIN"], &rows)
     );
+    Ok(())
 }
 
-fn print_stats(v: &Value) {
-    let Ok(s) = serde_json::from_value::<StatsView>(v.clone()) else {
-        println!("{v}");
-        return;
-    };
+fn print_stats(v: &Value) -> Result<(), Undecodable> {
+    let s: StatsView = decode(v, "statistics")?;
     let rows: Vec<Vec<String>> = s
         .counters
         .iter()
@@ -965,13 +1005,11 @@ fn print_stats(v: &Value) {
         "{}",
         table::render(&["VERDICT", "REASON", "PACKETS", "BYTES"], &rows)
     );
+    Ok(())
 }
 
-fn print_status(v: &Value) {
-    let Ok(s) = serde_json::from_value::<StatusView>(v.clone()) else {
-        println!("{v}");
-        return;
-    };
+fn print_status(v: &Value) -> Result<(), Undecodable> {
+    let s: StatusView = decode(v, "a status")?;
     println!(
         "tollgate {}  mode: {}  uptime: {}",
         s.version,
@@ -1060,4 +1098,5 @@ fn print_status(v: &Value) {
             k.taken, k.lost, k.skipped
         );
     }
+    Ok(())
 }

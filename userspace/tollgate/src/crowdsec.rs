@@ -1,5 +1,9 @@
 //! CrowdSec decisions as the Local API's bouncer stream sends them
-//! (`GET /v1/decisions/stream`): parsing and filtering, no I/O.
+//! (`GET /v1/decisions/stream`): parsing and filtering, the bouncer's
+//! settings, and the decisions it holds. No network I/O (the agent's
+//! `agent/crowdsec.rs` polls the Local API); the one file this module reads
+//! is the API key file ([`KeySource::read`], at every pull so a rotated key
+//! needs no restart).
 //!
 //! A stream answer is `{"new": [...] | null, "deleted": [...] | null}`, each
 //! decision an object such as

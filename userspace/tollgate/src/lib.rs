@@ -10,6 +10,10 @@
 //! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
 //! - [`crowdsec`]: CrowdSec Local API decisions (the bouncer's parsing side).
 //! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
+//! - [`api`]: sampled API traffic made into HTTP exchanges (reassembly,
+//!   inventory, PROXY headers); [`verify`]: which sampled requests may ban.
+//! - [`api_cli`]: `tap` and `inventory`; [`detect_cli`]: `detect`, `events`
+//!   and `policy check`.
 //! - [`net`], [`clock`], [`table`]: small helpers; [`text`]: untrusted text made
 //!   safe for terminals.
 

@@ -1,6 +1,9 @@
-//! Prometheus/OpenMetrics rendering of the agent's state. Pure: the agent
-//! takes a [`Snapshot`] under its lock and this module turns it into text,
-//! so the HTTP side never holds the lock while encoding.
+//! Prometheus/OpenMetrics rendering of the agent's state, and the few
+//! process-wide counters the agent bumps as things happen ([`ban_issued`],
+//! [`violation`], [`reload`]). Rendering does no I/O and takes no agent
+//! lock: the agent takes a [`Snapshot`] under its lock and [`render`] turns
+//! it, plus those counters, into text, so the HTTP side never holds the
+//! agent's lock while encoding.
 
 use std::{
     collections::BTreeMap,

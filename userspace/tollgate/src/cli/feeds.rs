@@ -138,11 +138,18 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    let report: ImportReport = resp
-        .data
-        .clone()
-        .and_then(|d| serde_json::from_value(d).ok())
-        .unwrap_or_default();
+    let report: ImportReport =
+        match serde_json::from_value(resp.data.clone().unwrap_or(serde_json::Value::Null)) {
+            Ok(r) => r,
+            // The import happened; what it did is unknown: say so.
+            Err(e) => {
+                eprintln!(
+                    "error: the import was sent, but the agent's report cannot be read (is the \
+                     agent the same version as this CLI?): {e}"
+                );
+                return ExitCode::from(1);
+            }
+        };
     for (cidr, why) in &report.rejected {
         let line = line_of.get(cidr.as_str()).copied().unwrap_or(0);
         rejected.push((line, cidr.clone(), why.clone()));
