@@ -190,11 +190,36 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 }
 
 #[test]
-fn spoofed_segments_with_an_injection_never_ban_their_forged_source() {
+fn spoofed_segments_never_ban_with_requests_taken_at_the_socket() {
+    spoofed_segments_never_ban(true);
+}
+
+#[test]
+fn spoofed_segments_never_ban_with_requests_sampled_at_the_nic() {
+    spoofed_segments_never_ban(false);
+}
+
+/// Forged PSH/ACK segments with an injection (v4 and v6, good and bad TCP
+/// checksum), then the same request over real connections. `stream`: the
+/// default capture at the socket (forged segments never reach the agent);
+/// else NIC sampling, where each is reported as unverified.
+fn spoofed_segments_never_ban(stream: bool) {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v6(0, 1)]);
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, format!("sampling: {{stream: {stream}}}\n")).unwrap();
+    let agent = Agent::start(
+        &lab.host_if,
+        &["--api-port", &port, "--config", policy.to_str().unwrap()],
+    );
+    let st = agent.json(&["status"]);
+    assert_eq!(
+        st["sampling"]["capture"],
+        if stream { "socket" } else { "nic" },
+        "{st}"
+    );
     let p = server.port;
     // Addresses in the lab's subnets that no host owns: the "victims".
     let (victim4, victim6) = (lab.v4(0, 77), lab.v6(0, 0x77));
@@ -211,17 +236,35 @@ fn spoofed_segments_with_an_injection_never_ban_their_forged_source() {
             tcp_segment(41_000 + i, p, 0x18, &req, ph, bad_sum)
         }));
     }
+    let skipped_before = st["samples_kernel"]["skipped"].as_u64().unwrap_or(0);
     inject(&lab, packets);
 
-    // Each is seen and reported, marked unverified...
-    let seen = eventually(Duration::from_secs(5), || {
-        let ev = agent.events();
-        [victim4, victim6].iter().all(|v| {
-            ev.iter().any(|e| {
-                e["client"] == v.to_string() && e["type"] == "violation" && e["verified"] == false
+    if stream {
+        // Requests come from sockets: the forged segments, which never make
+        // one, are not even sampled at the NIC.
+        assert!(
+            eventually(Duration::from_secs(3), || {
+                agent.json(&["status"])["samples_kernel"]["skipped"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= skipped_before + 4
+            }),
+            "forged segments were not skipped: {}",
+            agent.json(&["status"])
+        );
+    }
+    // With NIC sampling each is seen and reported, marked unverified...
+    let seen = stream
+        || eventually(Duration::from_secs(5), || {
+            let ev = agent.events();
+            [victim4, victim6].iter().all(|v| {
+                ev.iter().any(|e| {
+                    e["client"] == v.to_string()
+                        && e["type"] == "violation"
+                        && e["verified"] == false
+                })
             })
-        })
-    });
+        });
     assert!(
         seen,
         "spoofed requests not reported: {:#?}\n{}",
@@ -251,7 +294,7 @@ fn spoofed_segments_with_an_injection_never_ban_their_forged_source() {
     );
     let status = agent.json(&["status"]);
     assert!(
-        status["sampling"]["unverified"].as_u64().unwrap_or(0) >= 2,
+        stream || status["sampling"]["unverified"].as_u64().unwrap_or(0) >= 2,
         "status does not count unverified requests: {status}"
     );
 

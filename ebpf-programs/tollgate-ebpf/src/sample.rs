@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns};
 use tollgate_common::{FlowKey, FlowState, SAMPLE_BYTES, SampleRecord, sample_stat};
 
 use crate::{
-    maps::{TG_API_PORTS, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
+    maps::{TG_API_PORTS, TG_CONFIG, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
     parse::{IPPROTO_TCP, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST},
 };
 
@@ -119,6 +119,19 @@ pub fn maybe_sample(
     }
     if marked & tollgate_common::FLOW_STREAMED != 0 && direction == tollgate_common::DIR_REQUEST {
         // Its requests come whole from the socket (stream verdict).
+        return;
+    }
+    if direction == tollgate_common::DIR_REQUEST
+        && TG_CONFIG
+            .get(0)
+            .is_some_and(|c| c.flags & tollgate_common::config_flags::STREAM != 0)
+        && TG_ESTAB.get_ptr(&key).is_none()
+    {
+        // Requests are taken at the socket; a request packet of a connection
+        // the kernel never established (spoofed, or older than the agent)
+        // could never ban, and in a flood it would crowd real requests out
+        // of the ring buffer.
+        stat(sample_stat::SKIPPED);
         return;
     }
     let seen = marked & !tollgate_common::FLOW_STREAMED;
