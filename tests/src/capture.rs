@@ -65,7 +65,7 @@ struct Row {
     lost: u64,
 }
 
-fn run_one(name: &'static str, policy: Option<&str>, api: bool) -> Row {
+fn run_one(name: &'static str, policy: Option<&str>, api: bool, rate: Option<u64>) -> Row {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1)]);
     let port = server.port.to_string();
@@ -105,7 +105,17 @@ fn run_one(name: &'static str, policy: Option<&str>, api: bool) -> Row {
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut buf = [0u8; 4096];
                 let mut n = 0u64;
+                // Paced: each connection sends its share of `rate`.
+                let every = rate.map(|r| Duration::from_secs_f64(CONNS as f64 / r.max(1) as f64));
+                let start = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(every) = every {
+                        let due = every.mul_f64(n as f64);
+                        let now = start.elapsed();
+                        if due > now {
+                            thread::sleep(due - now);
+                        }
+                    }
                     let req = format!(
                         "GET /api/v1/items/{} HTTP/1.1\r\nHost: api.test\r\nUser-Agent: bench\r\nAccept: application/json\r\n\r\n",
                         n * CONNS as u64 + i as u64
@@ -159,21 +169,27 @@ fn run_one(name: &'static str, policy: Option<&str>, api: bool) -> Row {
     }
 }
 
-/// Runs the three configurations and prints a table.
-pub fn run() {
+/// Runs the three configurations and prints a table; `rate`: requests per
+/// second over all connections (else back to back).
+pub fn run(rate: Option<u64>) {
     crate::require_root();
     println!("# cargo xtask bench capture\n");
+    let pace = rate.map_or_else(
+        || "back to back".to_owned(),
+        |r| format!("at {r} requests/s in all"),
+    );
     println!(
-        "{CONNS} keep-alive connections, small GET requests back to back for {SECONDS} s per configuration; one lab each.\n"
+        "{CONNS} keep-alive connections, small GET requests {pace} for {SECONDS} s per configuration; one lab each.\n"
     );
     let rows = [
-        run_one("no API port (floor)", None, false),
+        run_one("no API port (floor)", None, false, rate),
         run_one(
             "NIC sampling (first 4 packets, then 1 in 10)",
             Some("sampling: {stream: false}\n"),
             true,
+            rate,
         ),
-        run_one("every request at the socket (default)", None, true),
+        run_one("every request at the socket (default)", None, true, rate),
     ];
     let hz = ticks() as f64;
     println!(

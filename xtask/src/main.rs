@@ -45,7 +45,7 @@ enum Cmd {
     /// `detect CORPUS` (requests/s per core through the default policy);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
-    /// enforcement, agent RSS). `capture` (every request taken at the
+    /// enforcement, agent RSS). `capture [RATE]` (every request taken at the
     /// socket vs NIC sampling vs no sampling: requests/s, agent and machine
     /// CPU per request).
     Bench {

@@ -63,7 +63,9 @@ fn main() {
             tollgate_tests::latency::run(trials);
         }
         "startup" => tollgate_tests::startup::run(),
-        "capture" => tollgate_tests::capture::run(),
+        "capture" => {
+            tollgate_tests::capture::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
+        }
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
