@@ -17,12 +17,11 @@ use tollgate_common::{BanReason, Mode};
 use tollgate_detect::{Action, Location, Violation};
 use tracing::{info, warn};
 
-use super::state::AgentState;
+use super::{maps::Maps, state::AgentState};
 use crate::{
     clock,
     engine::{Decision, ScoringPolicy},
     events::{EventLog, SecurityEvent, now_rfc3339},
-    net::overlaps,
     store::BanRecord,
 };
 
@@ -141,7 +140,7 @@ pub fn apply(
                 // Through a proxy: cut the connection it came on too.
                 if let Some(key) = f.flow
                     && let Ok(mut s) = state.lock()
-                    && let Err(e) = s.dp.arm_proxy_flow(key, f.client)
+                    && let Err(e) = s.maps.arm_proxy_flow(key, f.client)
                 {
                     warn!("failed to drop the banned client's proxied connection: {e:#}");
                 }
@@ -165,7 +164,7 @@ pub fn arm_proxied(proxied: &[(tollgate_common::FlowKey, IpAddr)], state: &Arc<M
     let Ok(mut s) = state.lock() else { return };
     for (key, real) in proxied {
         if s.is_banned(*real)
-            && let Err(e) = s.dp.arm_proxy_flow(*key, *real)
+            && let Err(e) = s.maps.arm_proxy_flow(*key, *real)
         {
             warn!(client = %real, "failed to drop a banned client's proxied connection: {e:#}");
         }
@@ -182,20 +181,20 @@ fn placeholder() -> Violation {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Bans a client the policy engine convicted.
     pub fn policy_ban(&mut self, net: IpNet, f: &Finding, scoring: &ScoringPolicy) -> BanOutcome {
-        if self.dp.mode() == Mode::Monitor {
+        if self.maps.mode() == Mode::Monitor {
             return BanOutcome::NotEnforced("monitor mode".into());
         }
-        if self.allows.keys().any(|a| overlaps(a, &net)) {
+        if self.allow_overlap(&net).is_some() {
             return BanOutcome::NotEnforced("allowlisted".into());
         }
         if self.trusted_overlap(&net).is_some() {
             // The proxy's clients are banned one by one, never the proxy.
             return BanOutcome::NotEnforced("trusted proxy".into());
         }
-        if self.bans.contains_key(&net) {
+        if self.ban(&net).is_some() {
             return BanOutcome::AlreadyBanned;
         }
         let now = clock::unix_now();

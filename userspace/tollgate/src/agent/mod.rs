@@ -7,6 +7,7 @@ pub mod crowdsec;
 pub mod enforce;
 pub mod feeds;
 pub mod http;
+pub mod maps;
 pub mod ratelimit;
 pub mod reload;
 pub mod startup;
@@ -17,7 +18,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -151,27 +152,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             (None, Some(format!("unavailable: {e}")))
         }
     };
-    let mut state = AgentState {
+    let mut state = AgentState::new(
         dp,
         store,
         store_error,
-        bans: Default::default(),
-        expiry: Default::default(),
-        allows: Default::default(),
-        attachments: Vec::new(),
-        started: Instant::now(),
-        pin_dir: opts.pin_dir.display().to_string(),
-        state_dir: opts.state_dir.display().to_string(),
-        rate: ratelimit::RateState::from_policy(&opts.rate_limit),
-        trusted: opts.trusted_proxies.clone(),
-        policy_refused: None,
-        store_failures_synced: 0,
-    };
+        state::Dirs {
+            pin_dir: opts.pin_dir.display().to_string(),
+            state_dir: opts.state_dir.display().to_string(),
+        },
+        ratelimit::RateState::from_policy(&opts.rate_limit),
+        opts.trusted_proxies.clone(),
+    );
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
     info!(
-        bans = state.bans.len(),
-        allows = state.allows.len(),
+        bans = state.bans().count(),
+        allows = state.allows().count(),
         restored_to_kernel = to_kernel,
         adopted_from_kernel = to_store,
         "state restored"
@@ -192,7 +188,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
-        match attach::attach(&mut state.dp, iface, opts.attach, opts.xdp_mode, &links_dir) {
+        match attach::attach(
+            state.datapath_mut(),
+            iface,
+            opts.attach,
+            opts.xdp_mode,
+            &links_dir,
+        ) {
             Ok(a) => attached.push(a),
             Err(e) => {
                 // Undo what this run attached; leave earlier runs' pins alone.
@@ -213,7 +215,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         st.trusted.clone_from(&opts.trusted_proxies);
     }
     state
-        .dp
+        .datapath_mut()
         .set_trusted(&opts.trusted_proxies)
         .context("failed to configure trusted proxies")?;
     if !opts.trusted_proxies.is_empty() {
@@ -225,12 +227,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .with_context(|| format!("failed to open the event log {}", events_path.display()))?,
     ));
     state
-        .dp
+        .datapath_mut()
         .set_api_ports(&api_ports, opts.sampling.cfg(opts.sampling.one_in.max(1)))
         .context("failed to configure API sampling")?;
     if !api_ports.is_empty() {
         for iface in &opts.ifaces {
-            match attach::attach_egress(&mut state.dp, iface, &links_dir) {
+            match attach::attach_egress(state.datapath_mut(), iface, &links_dir) {
                 Ok(a) => attached.push(a),
                 Err(e) => warn!(iface, "responses will not be sampled: {e:#}"),
             }
@@ -242,18 +244,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     wanted.push((attach::SOCKOPS_PIN.into(), attach::SOCKOPS_HOW));
     attach::remove_unwanted_pins(&links_dir, &wanted);
     state.attachments = attached;
-    let sockops = match attach::attach_sockops(&mut state.dp, &links_dir) {
+    let sockops = match attach::attach_sockops(state.datapath_mut(), &links_dir) {
         Ok(l) => Some(l),
         Err(e) => {
             warn!("concurrent-connection caps are unavailable: {e:#}");
             None
         }
     };
-    let events = state.dp.take_events();
-    let samples = state.dp.take_samples();
+    let events = state.datapath_mut().take_events();
+    let samples = state.datapath_mut().take_samples();
     let mut capture = "nic";
     if !api_ports.is_empty() && sockops.is_some() && opts.sampling.stream {
-        match state.dp.attach_stream() {
+        match state.datapath_mut().attach_stream() {
             Ok(()) => {
                 capture = "socket";
                 info!("API requests are taken at the socket (every request, in order)");
@@ -270,7 +272,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         // Requests ban only once the kernel shows it accepted them: that
         // takes the sock_ops program (handshakes) and the egress hook (the
         // server's acknowledgements). Without either, nothing bans.
-        let verifier = state.dp.take_flow_verifier();
+        let verifier = state.datapath_mut().take_flow_verifier();
         let egress_everywhere = state
             .attachments
             .iter()
@@ -329,7 +331,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             };
             let set_rate = move |one_in: u32| {
                 if let Ok(mut s) = writer.lock()
-                    && let Err(e) = s.dp.set_sampling(policy.cfg(one_in))
+                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
                 {
                     warn!("failed to change the sampling rate: {e:#}");
                 }

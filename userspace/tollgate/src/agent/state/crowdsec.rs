@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use ipnet::IpNet;
 use tollgate_common::BanReason;
 
-use super::{AgentState, Refused};
+use super::{AgentState, Maps, Refused};
 use crate::{
     clock,
     crowdsec::{ORIGIN, Wanted},
@@ -47,7 +47,7 @@ impl CrowdsecReport {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Applies CrowdSec bans: `put` are added or rewritten, `lift` are
     /// removed; with `authoritative` (a `startup=true` pull) every CrowdSec
     /// ban not in `put` is removed too. Bans of other origins are never

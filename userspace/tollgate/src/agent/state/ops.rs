@@ -9,7 +9,7 @@ use serde_json::json;
 use tollgate_common::{BanReason, maps};
 use tracing::{debug, info, warn};
 
-use super::{AgentState, Refused, check_reason, check_ttl, kernel_entry, refuse};
+use super::{AgentState, Maps, Refused, check_reason, check_ttl, kernel_entry, refuse};
 use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
@@ -43,7 +43,7 @@ pub fn check_origin(origin: &str) -> Result<(), Refused> {
     Ok(())
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Makes the feed group `origin` exactly `cidrs` (untrusted text, each
     /// validated): new entries are added, entries whose TTL or reason changed
     /// are rewritten, entries of the group no longer listed are removed, and
@@ -194,7 +194,7 @@ impl AgentState {
                 .map_err(|e| refuse(format!("failed to record {what} durably: {e}")))?;
         }
         if let Err(e) = self
-            .dp
+            .maps
             .insert_blocks(put.iter().map(|r| (r.cidr, kernel_entry(r))))
         {
             // Undo: the kernel keeps only what it had, the store too.
@@ -204,12 +204,12 @@ impl AgentState {
                 .map(|r| r.cidr)
                 .collect();
             for net in &added {
-                let _ = self.dp.remove_block(*net);
+                let _ = self.maps.remove_block(*net);
             }
             for r in previous {
-                let _ = self.dp.insert_block(r.cidr, &kernel_entry(r));
+                let _ = self.maps.insert_block(r.cidr, &kernel_entry(r));
             }
-            if let Err(e) = self.dp.maintain() {
+            if let Err(e) = self.maps.maintain() {
                 warn!("failed to refresh the prefilter: {e:#}");
             }
             if let Some(s) = self.store.as_mut() {
@@ -228,12 +228,12 @@ impl AgentState {
             )));
         }
         for net in stale {
-            if let Err(e) = self.dp.remove_block(*net) {
+            if let Err(e) = self.maps.remove_block(*net) {
                 warn!(cidr = %net, "failed to lift a ban dropped from its group: {e:#}");
             }
             self.unindex(net);
         }
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         for r in put {
@@ -260,13 +260,13 @@ impl AgentState {
         }
         let t0 = std::time::Instant::now();
         for net in &nets {
-            if let Err(e) = self.dp.remove_block(*net) {
+            if let Err(e) = self.maps.remove_block(*net) {
                 warn!(cidr = %net, "failed to remove ban: {e:#}");
             }
             self.unindex(net);
         }
         debug!(elapsed = ?t0.elapsed(), "removed from the kernel");
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         info!(origin, count = nets.len(), "bans removed by origin");
@@ -299,8 +299,8 @@ impl AgentState {
     /// are one map read per verdict and reason, the rest is in memory).
     #[must_use]
     pub fn snapshot(&self, wanted_ifaces: usize) -> Snapshot {
-        let fill = self.dp.fill();
-        let cap = self.dp.capacities();
+        let fill = self.maps.fill();
+        let cap = self.maps.capacities();
         let mut bans_active: BTreeMap<String, u64> = [
             BanReason::Manual,
             BanReason::RateLimit,
@@ -331,7 +331,7 @@ impl AgentState {
         };
         Snapshot {
             counters: self
-                .dp
+                .maps
                 .counters()
                 .map(|rows| {
                     rows.into_iter()
@@ -349,7 +349,7 @@ impl AgentState {
             bans_active,
             store_up,
             not_ready,
-            samples: self.dp.sample_stats().ok(),
+            samples: self.maps.sample_stats().ok(),
         }
     }
 }
