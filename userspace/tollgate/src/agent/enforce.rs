@@ -95,9 +95,9 @@ fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent 
 }
 
 /// Applies a batch of findings: events for all, bans where decided.
-pub fn apply(
+pub fn apply<M: Maps>(
     findings: &[Finding],
-    state: &Arc<Mutex<AgentState>>,
+    state: &Arc<Mutex<AgentState<M>>>,
     log: &Mutex<EventLog>,
     scoring: &ScoringPolicy,
 ) {
@@ -157,7 +157,10 @@ pub fn apply(
 
 /// Connections from trusted proxies whose real client is banned: armed, so
 /// the datapath drops the rest of them.
-pub fn arm_proxied(proxied: &[(tollgate_common::FlowKey, IpAddr)], state: &Arc<Mutex<AgentState>>) {
+pub fn arm_proxied<M: Maps>(
+    proxied: &[(tollgate_common::FlowKey, IpAddr)],
+    state: &Arc<Mutex<AgentState<M>>>,
+) {
     if proxied.is_empty() {
         return;
     }

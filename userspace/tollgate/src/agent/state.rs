@@ -865,3 +865,6 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
         offences: 1,
     }
 }
+
+#[cfg(test)]
+mod tests;
