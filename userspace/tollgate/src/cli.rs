@@ -895,7 +895,7 @@ fn print_bans(v: &Value) {
         .map(|b| {
             vec![
                 crate::net::display(&parse_or(&b.cidr)),
-                b.kind.clone(),
+                b.kind.name().to_owned(),
                 crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),

@@ -213,14 +213,14 @@ impl<M: Maps> AgentState<M> {
             .map_or("score.threshold", |v| v.rule);
         let rec = BanRecord {
             cidr: net,
-            kind: BanReason::Policy.name().into(),
+            kind: BanReason::Policy,
             reason: rule.into(),
             origin: format!("agent ({} on port {})", f.route, f.port),
             created_at: now,
             expires_at: Some(now + ttl),
             offences: hist.count,
         };
-        if let Err(e) = self.put_ban_kernel_first(rec, BanReason::Policy) {
+        if let Err(e) = self.put_ban_kernel_first(rec) {
             warn!(client = %net, "failed to ban: {e}");
             return BanOutcome::NotEnforced(format!("ban failed: {e}"));
         }

@@ -294,14 +294,14 @@ impl<M: Maps> AgentState<M> {
             .map_or("rate-limited", |r| r.name());
         let rec = BanRecord {
             cidr,
-            kind: BanReason::RateLimit.name().into(),
+            kind: BanReason::RateLimit,
             reason: BanReason::RateLimit.name().into(),
             origin: format!("agent ({reason} for {}s)", exceeding_for / 1_000_000_000),
             created_at: now,
             expires_at: Some(now + ttl.as_secs()),
             offences: hist.count,
         };
-        match self.put_ban(rec, BanReason::RateLimit) {
+        match self.put_ban(rec) {
             Ok(()) => {
                 self.rate.bans_issued += 1;
                 info!(

@@ -497,14 +497,14 @@ impl<M: Maps> AgentState<M> {
         let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
         let rec = BanRecord {
             cidr: net,
-            kind: BanReason::Manual.name().into(),
+            kind: BanReason::Manual,
             reason: reason.unwrap_or_else(|| BanReason::Manual.name().into()),
             origin: "cli".into(),
             created_at: now,
             expires_at: ttl.map(|t| now + t),
             offences,
         };
-        self.put_ban(rec.clone(), BanReason::Manual)?;
+        self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
         Ok(json!(ban_view(&rec, 0)))
     }
@@ -518,13 +518,13 @@ impl<M: Maps> AgentState<M> {
     /// # Errors
     /// When the kernel write fails, or the store write of a manual ban;
     /// nothing changes then.
-    pub fn put_ban(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
+    pub fn put_ban(&mut self, rec: BanRecord) -> Result<(), Refused> {
         let previous = self.bans.get(&rec.cidr).cloned();
         let mut stored = false;
         if let Some(s) = self.store.as_mut() {
             match s.put_bans(std::slice::from_ref(&rec)) {
                 Ok(()) => stored = true,
-                Err(e) if matches!(kind, BanReason::Manual) => {
+                Err(e) if rec.kind == BanReason::Manual => {
                     return Err(refuse(format!("failed to record the ban durably: {e}")));
                 }
                 Err(e) => {
@@ -532,9 +532,7 @@ impl<M: Maps> AgentState<M> {
                 }
             }
         }
-        let mut entry = kernel_entry(&rec);
-        entry.reason = kind as u32;
-        if let Err(e) = self.maps.insert_block(rec.cidr, &entry) {
+        if let Err(e) = self.maps.insert_block(rec.cidr, &kernel_entry(&rec)) {
             if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
@@ -547,7 +545,7 @@ impl<M: Maps> AgentState<M> {
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
         }
         if previous.is_none() {
-            crate::metrics::ban_issued(&rec.kind, 1);
+            crate::metrics::ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -576,11 +574,9 @@ impl<M: Maps> AgentState<M> {
     ///
     /// # Errors
     /// When the kernel refuses; nothing changes then.
-    pub fn put_ban_kernel_first(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
-        let mut entry = kernel_entry(&rec);
-        entry.reason = kind as u32;
+    pub fn put_ban_kernel_first(&mut self, rec: BanRecord) -> Result<(), Refused> {
         self.maps
-            .insert_block(rec.cidr, &entry)
+            .insert_block(rec.cidr, &kernel_entry(&rec))
             .map_err(|e| refuse(format!("the kernel refused the ban: {e:#}")))?;
         if let Some(s) = self.store.as_mut()
             && let Err(e) = s.put_bans(std::slice::from_ref(&rec))
@@ -588,7 +584,7 @@ impl<M: Maps> AgentState<M> {
             warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
         }
         if !self.bans.contains_key(&rec.cidr) {
-            crate::metrics::ban_issued(&rec.kind, 1);
+            crate::metrics::ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -807,7 +803,7 @@ fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
         address: rec.cidr.addr().to_string(),
         prefix_len: rec.cidr.prefix_len(),
         reason: rec.reason.clone(),
-        kind: rec.kind.clone(),
+        kind: rec.kind,
         origin: rec.origin.clone(),
         created_at: clock::rfc3339(rec.created_at),
         expires_at: rec.expires_at.map(clock::rfc3339),
@@ -831,18 +827,11 @@ fn allow_view(rec: &AllowRecord, hits: u64) -> AllowView {
 
 /// The kernel entry for a record (remaining TTL on the boot clock).
 fn kernel_entry(rec: &BanRecord) -> BlockEntry {
-    let reason = match rec.kind.as_str() {
-        "rate-limit" => BanReason::RateLimit,
-        "policy" => BanReason::Policy,
-        "feed" => BanReason::Feed,
-        "crowdsec" => BanReason::Crowdsec,
-        _ => BanReason::Manual,
-    };
     BlockEntry {
         expires_ns: clock::boot_deadline(rec.expires_at),
         created_ns: clock::boot_ns(),
         hits: 0,
-        reason: reason as u32,
+        reason: rec.kind as u32,
         reserved: 0,
     }
 }
@@ -852,13 +841,11 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
     let boot = clock::boot_ns();
     let expires_at =
         (e.expires_ns != 0).then(|| now + e.expires_ns.saturating_sub(boot) / 1_000_000_000);
-    let kind = BanReason::from_u32(e.reason)
-        .unwrap_or(BanReason::Manual)
-        .name();
+    let kind = BanReason::from_u32(e.reason).unwrap_or(BanReason::Manual);
     BanRecord {
         cidr: net,
-        kind: kind.into(),
-        reason: kind.into(),
+        kind,
+        reason: kind.name().into(),
         origin: "kernel".into(),
         created_at: now,
         expires_at,

@@ -61,7 +61,7 @@ impl<M: Maps> AgentState<M> {
         lift: &[IpNet],
         authoritative: bool,
     ) -> Result<CrowdsecReport, Refused> {
-        let kind = BanReason::Crowdsec.name();
+        let kind = BanReason::Crowdsec;
         let now = clock::unix_now();
         let mut report = CrowdsecReport::default();
         let refuse_one = |report: &mut CrowdsecReport, why: String| {
@@ -122,7 +122,7 @@ impl<M: Maps> AgentState<M> {
                     report.added += 1;
                     records.push(BanRecord {
                         cidr: w.net,
-                        kind: kind.into(),
+                        kind,
                         reason: w.reason.clone(),
                         origin: ORIGIN.into(),
                         created_at: now,
@@ -150,7 +150,7 @@ impl<M: Maps> AgentState<M> {
             return Ok(report);
         }
         self.write_batch(records, &previous, &stale, "CrowdSec decisions")?;
-        crate::metrics::ban_issued(kind, report.added as u64);
+        crate::metrics::ban_issued(kind.name(), report.added as u64);
         Ok(report)
     }
 }

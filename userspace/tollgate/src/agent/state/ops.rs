@@ -16,7 +16,7 @@ use crate::{
     metrics::{self, Snapshot},
     net::{check_breadth, display, overlaps, parse_net},
     proto::{ExportRow, ExportView},
-    store::BanRecord,
+    store::{BanRecord, ban_kind},
 };
 
 /// Longest origin (group) name.
@@ -74,7 +74,7 @@ impl<M: Maps> AgentState<M> {
                 cidrs.len()
             )));
         }
-        let kind = BanReason::Feed.name();
+        let kind = BanReason::Feed;
         let now = clock::unix_now();
         let expires_at = ttl.map(|t| now + t);
         let mut report = ImportReport {
@@ -127,7 +127,7 @@ impl<M: Maps> AgentState<M> {
                     report.added += 1;
                     put.push(BanRecord {
                         cidr: net,
-                        kind: kind.into(),
+                        kind,
                         reason: reason.clone(),
                         origin: origin.to_owned(),
                         created_at: now,
@@ -159,7 +159,7 @@ impl<M: Maps> AgentState<M> {
         let t_validate = t0.elapsed();
 
         self.write_batch(put, &previous, &stale, "the import")?;
-        metrics::ban_issued(kind, report.added as u64);
+        metrics::ban_issued(kind.name(), report.added as u64);
         debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
         info!(
             origin,
@@ -287,7 +287,7 @@ impl<M: Maps> AgentState<M> {
                 .into_iter()
                 .map(|r| ExportRow {
                     cidr: r.cidr.to_string(),
-                    kind: r.kind.clone(),
+                    kind: r.kind,
                     origin: r.origin.clone(),
                     expires_at: r.expires_at.map(clock::rfc3339),
                 })
@@ -301,18 +301,12 @@ impl<M: Maps> AgentState<M> {
     pub fn snapshot(&self, wanted_ifaces: usize) -> Snapshot {
         let fill = self.maps.fill();
         let cap = self.maps.capacities();
-        let mut bans_active: BTreeMap<String, u64> = [
-            BanReason::Manual,
-            BanReason::RateLimit,
-            BanReason::Policy,
-            BanReason::Feed,
-            BanReason::Crowdsec,
-        ]
-        .iter()
-        .map(|k| (k.name().to_owned(), 0))
-        .collect();
+        let mut bans_active: BTreeMap<String, u64> = ban_kind::ALL
+            .iter()
+            .map(|k| (k.name().to_owned(), 0))
+            .collect();
         for r in self.bans.values() {
-            *bans_active.entry(r.kind.clone()).or_default() += 1;
+            *bans_active.entry(r.kind.name().to_owned()).or_default() += 1;
         }
         let store_health = self.store_health();
         let store_up = store_health.is_none();

@@ -182,14 +182,14 @@ fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
     let now = clock::unix_now();
     let due = BanRecord {
         cidr: net("192.0.2.2"),
-        kind: BanReason::Manual.name().into(),
+        kind: BanReason::Manual,
         reason: "due".into(),
         origin: "cli".into(),
         created_at: now - 100,
         expires_at: Some(now - 1),
         offences: 1,
     };
-    a.state.put_ban(due, BanReason::Manual).unwrap();
+    a.state.put_ban(due).unwrap();
     assert_eq!(a.state.next_expiry(), Some(now - 1));
     assert_eq!(a.state.gc(), 1);
     let ls = a.ls();
