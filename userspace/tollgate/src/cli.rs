@@ -461,7 +461,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     };
     let trusted_flags = match crate::policy::expand_trusted(&args.trusted_proxies) {
         Ok(t) => t,
-        Err(e) => return usage_error(format!("--trusted-proxy: {e}")),
+        Err(e) => return usage_error(format!("--trusted-proxy: {}", e.message)),
     };
     let mut trusted_proxies =
         crate::policy::expand_trusted(&policy.trusted_proxies).unwrap_or_default();

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::policy::FieldError;
+
 /// File name of the event log inside the state directory.
 pub const FILE_NAME: &str = "events.jsonl";
 /// Events buffered for slow `events --follow` readers.
@@ -51,12 +53,12 @@ impl EventsPolicy {
     ///
     /// # Errors
     /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.max_bytes < 4096 {
-            return Err(("events.max_bytes".into(), "must be at least 4096".into()));
+            return Err(FieldError::new("events.max_bytes", "must be at least 4096"));
         }
         if self.keep > 100 {
-            return Err(("events.keep".into(), "must be at most 100".into()));
+            return Err(FieldError::new("events.keep", "must be at most 100"));
         }
         Ok(())
     }

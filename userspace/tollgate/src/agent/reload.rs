@@ -231,12 +231,8 @@ impl Reloader {
             restart.push("metrics");
         }
         let jobs = p.feed_jobs();
-        let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies).map_err(|e| {
-            format!(
-                "{}: trusted_proxies{e}; the running policy stays",
-                path.display()
-            )
-        })?;
+        let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies)
+            .map_err(|e| format!("{}: {e}; the running policy stays", path.display()))?;
         for t in &self.opts.trusted_flags {
             if !trusted.contains(t) {
                 trusted.push(*t);
