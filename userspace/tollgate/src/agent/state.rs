@@ -52,7 +52,7 @@ pub struct AgentState<M = Datapath> {
     /// Allow records by prefix.
     allows: HashMap<IpNet, AllowRecord>,
     /// Live attachments.
-    pub attachments: Vec<Attachment>,
+    pub(in crate::agent) attachments: Vec<Attachment>,
     /// Agent start.
     started: Instant,
     /// Pin directory, for status.
@@ -60,12 +60,12 @@ pub struct AgentState<M = Datapath> {
     /// State directory, for status.
     state_dir: String,
     /// Rate limits, escalation, `top`.
-    pub rate: super::ratelimit::RateState,
+    pub(in crate::agent) rate: super::ratelimit::RateState,
     /// Trusted proxies: never banned by the agent, refused for manual bans
     /// without `--force`.
-    pub trusted: Vec<IpNet>,
+    pub(in crate::agent) trusted: Vec<IpNet>,
     /// The last policy reload refused: Unix seconds and why (for `status`).
-    pub policy_refused: Option<(u64, String)>,
+    pub(in crate::agent) policy_refused: Option<(u64, String)>,
     /// Store write failures already repaired by rewriting the state.
     store_failures_synced: u64,
 }

@@ -622,3 +622,213 @@ fn reconcile_adopts_kernel_bans_the_store_lost_and_restores_stored_ones() {
     assert!(a.kernel("192.0.2.1/32").is_some(), "restored to the kernel");
     assert_eq!(a.stored().len(), 2, "adopted into the store");
 }
+
+/// A store whose writes fail while `full` is set (a full disk), and that
+/// keeps what it was given otherwise.
+#[derive(Default)]
+struct FlakyStore {
+    full: Arc<std::sync::atomic::AtomicBool>,
+    bans: std::collections::BTreeMap<IpNet, BanRecord>,
+    allows: Vec<crate::store::AllowRecord>,
+    failures: u64,
+}
+
+impl FlakyStore {
+    fn check(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            self.failures += 1;
+            return Err(crate::store::StoreError::Io {
+                op: "write",
+                message: "No space left on device".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        for r in records {
+            self.bans.insert(r.cidr, r.clone());
+        }
+        Ok(())
+    }
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        for c in cidrs {
+            self.bans.remove(c);
+        }
+        Ok(())
+    }
+    fn bans(&self) -> Result<Vec<BanRecord>, crate::store::StoreError> {
+        Ok(self.bans.values().cloned().collect())
+    }
+    fn put_allow(
+        &mut self,
+        record: &crate::store::AllowRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.allows.push(record.clone());
+        Ok(())
+    }
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.allows.retain(|a| a.cidr != *cidr);
+        Ok(())
+    }
+    fn allows(&self) -> Result<Vec<crate::store::AllowRecord>, crate::store::StoreError> {
+        Ok(self.allows.clone())
+    }
+    fn put_limits(
+        &mut self,
+        _: &crate::store::LimitsRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()
+    }
+    fn limits(&self) -> Result<Option<crate::store::LimitsRecord>, crate::store::StoreError> {
+        Ok(None)
+    }
+    fn put_offence(
+        &mut self,
+        _: &IpNet,
+        _: &crate::store::OffenceRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()
+    }
+    fn offences(
+        &self,
+    ) -> Result<Vec<(IpNet, crate::store::OffenceRecord)>, crate::store::StoreError> {
+        Ok(Vec::new())
+    }
+    fn health(&self) -> Option<String> {
+        self.full
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| "degraded: No space left on device".into())
+    }
+    fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_manual_bans_enforces_automatic_ones_and_catches_up() {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = FlakyStore {
+        full: Arc::clone(&full),
+        ..FlakyStore::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::over(
+        MemMaps::new(Mode::Enforce),
+        Vec::new(),
+        Box::new(store),
+        dir,
+    );
+    full.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    // The operator is told; nothing is half-done.
+    let e = a.refused(Request::BlockAdd {
+        cidr: "192.0.2.1".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("failed to record the ban durably"), "{e}");
+    assert!(a.kernel("192.0.2.1/32").is_none());
+    // A ban the agent decides is enforced all the same.
+    let client = net("203.0.113.20");
+    let out = a
+        .state
+        .policy_ban(client, &finding(client, None), &ScoringPolicy::default());
+    assert!(
+        matches!(out, super::super::enforce::BanOutcome::Banned { .. }),
+        "{out:?}"
+    );
+    assert!(a.kernel("203.0.113.20/32").is_some());
+    assert!(a.state.store_health().is_some());
+    assert!(a.stored().is_empty());
+
+    // Space again: the next retry writes what was enforced meanwhile.
+    full.store(false, std::sync::atomic::Ordering::Relaxed);
+    a.state.store_retry();
+    assert!(a.state.store_health().is_none());
+    let stored: Vec<IpNet> = a.stored().iter().map(|r| r.cidr).collect();
+    assert_eq!(stored, vec![client]);
+}
+
+#[test]
+fn an_authoritative_crowdsec_pull_replaces_only_crowdsec_bans() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.100", None);
+    let later = clock::unix_now() + 3600;
+    let want = |s: &str| Wanted {
+        net: net(s),
+        expires_at: later,
+        reason: "crowdsecurity/http-probing".into(),
+    };
+    a.state
+        .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.2")], &[], true)
+        .unwrap();
+    // Same decisions again: nothing changes.
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.2")], &[], true)
+        .unwrap();
+    assert!(r.is_quiet(), "{r:?}");
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.2"), want("192.0.2.100")], &[], true)
+        .unwrap();
+    assert_eq!((r.removed, r.kept_other_origin), (1, 1), "{r:?}");
+    let mut got: Vec<String> = a
+        .ls()
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["cidr"].as_str().unwrap(),
+                v["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["192.0.2.100/32 manual", "192.0.2.2/32 crowdsec"]);
+}
+
+#[test]
+fn removal_by_origin_lifts_one_group() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.100", None);
+    import(&mut a, "blocklist-de", &["192.0.2.1", "192.0.2.2"]);
+    a.ok(Request::BlockRmOrigin {
+        origin: "blocklist-de".into(),
+    });
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["origin"], "cli");
+    assert!(a.kernel("192.0.2.1/32").is_none());
+    assert_eq!(a.stored().len(), 1);
+}
+
+#[test]
+fn a_banned_client_behind_a_trusted_proxy_loses_its_connection_not_the_proxy() {
+    let proxy = net("192.0.2.10");
+    let a = Agent::with(MemMaps::new(Mode::Enforce), vec![proxy]);
+    let (log, _path) = events(a.dir.path());
+    let client = net("203.0.113.30");
+    let flow = tollgate_common::FlowKey::default();
+    let f = Finding {
+        proxy: Some(proxy.addr()),
+        flow: Some(flow),
+        ..finding(client, None)
+    };
+    let Agent { state, dir } = a;
+    let state = Arc::new(Mutex::new(state));
+    super::super::enforce::apply(&[f], &state, &log, &ScoringPolicy::default());
+    let s = state.lock().unwrap();
+    assert!(s.maps().blocks.contains_key(&client));
+    assert!(!s.maps().blocks.contains_key(&proxy));
+    assert_eq!(s.maps().proxy_flows, vec![(flow, client.addr())]);
+    drop(dir);
+}
