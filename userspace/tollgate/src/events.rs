@@ -72,6 +72,16 @@ impl EventsPolicy {
     }
 }
 
+/// What a security event records (its `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A rule matched.
+    Violation,
+    /// A client was banned (or would have been: see `enforced`).
+    Ban,
+}
+
 /// One security event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecurityEvent {
@@ -79,7 +89,7 @@ pub struct SecurityEvent {
     pub time: String,
     /// `violation` or `ban`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     /// The client (the real client when it came through a trusted proxy).
     pub client: IpAddr,
     /// The trusted proxy the request came through, if any.
@@ -91,7 +101,7 @@ pub struct SecurityEvent {
     /// Stable rule id (`sqli.tautology`, ...); for bans the strongest rule.
     pub rule: String,
     /// Attack category.
-    pub category: String,
+    pub category: tollgate_detect::Category,
     /// Score the rule added (bans: the client's score).
     pub score: f64,
     /// Where in the message (`query`, `header:user-agent`, `body`, ...).
@@ -104,7 +114,7 @@ pub struct SecurityEvent {
     #[serde(default)]
     pub route: String,
     /// `alert` or `ban`.
-    pub action: String,
+    pub action: tollgate_detect::Action,
     /// False in monitor mode (or when the client is allowlisted): nothing was
     /// dropped.
     pub enforced: bool,
@@ -320,23 +330,52 @@ mod tests {
     fn ev(rule: &str) -> SecurityEvent {
         SecurityEvent {
             time: now_rfc3339(),
-            kind: "violation".into(),
+            kind: EventKind::Violation,
             client: "198.18.0.2".parse().unwrap(),
             proxy: None,
             port: Some(8080),
             rule: rule.into(),
-            category: "sqli".into(),
+            category: tollgate_detect::Category::Sqli,
             score: 10.0,
             location: Some("query".into()),
             evidence: "1' or '1'='1".into(),
             route: "GET /items".into(),
-            action: "ban".into(),
+            action: tollgate_detect::Action::Ban,
             enforced: true,
             ban: None,
             ttl_secs: None,
             note: None,
             verified: true,
         }
+    }
+
+    /// The enums write the strings the event contract names.
+    #[test]
+    fn event_fields_keep_their_strings() {
+        use tollgate_detect::{Action, Category};
+        let mut e = ev("mass_assignment.forbidden");
+        e.category = Category::MassAssignment;
+        e.action = Action::Alert;
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (&v["type"], &v["category"], &v["action"]),
+            (
+                &serde_json::json!("violation"),
+                &serde_json::json!("mass_assignment"),
+                &serde_json::json!("alert")
+            )
+        );
+        e.kind = EventKind::Ban;
+        e.category = Category::RateLimit;
+        e.action = Action::Ban;
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(
+            line.contains(r#""type":"ban""#)
+                && line.contains(r#""category":"rate_limit""#)
+                && line.contains(r#""action":"ban""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<SecurityEvent>(&line).unwrap(), e);
     }
 
     #[test]

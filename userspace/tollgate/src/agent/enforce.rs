@@ -21,7 +21,7 @@ use super::{maps::Maps, state::AgentState};
 use crate::{
     clock,
     engine::{Decision, ScoringPolicy},
-    events::{EventLog, SecurityEvent, now_rfc3339},
+    events::{EventKind, EventLog, SecurityEvent, now_rfc3339},
     store::BanRecord,
 };
 
@@ -71,21 +71,20 @@ pub fn location_name(l: &Location) -> String {
 fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent {
     SecurityEvent {
         time: now_rfc3339(),
-        kind: "violation".into(),
+        kind: EventKind::Violation,
         client: f.client,
         proxy: f.proxy,
         port: Some(f.port),
         rule: v.rule.into(),
-        category: v.category.as_str().into(),
+        category: v.category,
         score: f64::from(v.score),
         location: Some(location_name(&v.location)),
         evidence: v.evidence.clone(),
         route: f.route.clone(),
         action: match f.decision.action {
-            Action::Ban => "ban",
-            Action::Alert | Action::Allow => "alert",
-        }
-        .into(),
+            Action::Ban => Action::Ban,
+            Action::Alert | Action::Allow => Action::Alert,
+        },
         enforced,
         ban: None,
         ttl_secs: None,
@@ -126,10 +125,10 @@ pub fn apply<M: Maps>(
         }
         let top = f.decision.violations.iter().max_by_key(|v| v.score);
         let mut ev = SecurityEvent {
-            kind: "ban".into(),
+            kind: EventKind::Ban,
             score: f.decision.client_score,
             ban: Some(net.to_string()),
-            action: "ban".into(),
+            action: Action::Ban,
             ..top.map_or_else(
                 || violation_event(f, &placeholder(), false),
                 |v| violation_event(f, v, false),
