@@ -239,9 +239,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         info!(ports = ?api_ports, "sampling API traffic");
     }
-    let mut wanted: Vec<(String, &'static str)> =
+    let mut wanted: Vec<(String, attach::AttachHow)> =
         attached.iter().map(|a| (a.iface.clone(), a.how)).collect();
-    wanted.push((attach::SOCKOPS_PIN.into(), attach::SOCKOPS_HOW));
+    wanted.push((attach::SOCKOPS_PIN.into(), attach::AttachHow::Sockops));
     attach::remove_unwanted_pins(&links_dir, &wanted);
     state.attachments = attached;
     let sockops = match attach::attach_sockops(state.datapath_mut(), &links_dir) {
@@ -276,7 +276,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         let egress_everywhere = state
             .attachments
             .iter()
-            .filter(|a| a.how == attach::EGRESS_HOW)
+            .filter(|a| a.how == attach::AttachHow::TcxEgress)
             .count()
             == opts.ifaces.len();
         if sockops.is_none() || !egress_everywhere {

@@ -779,7 +779,7 @@ impl<M: Maps> AgentState<M> {
                 .map(|a| AttachView {
                     iface: a.iface.clone(),
                     ifindex: a.ifindex,
-                    attach: a.how.into(),
+                    attach: a.how.as_str().into(),
                     program_id: a.program_id,
                 })
                 .collect(),
