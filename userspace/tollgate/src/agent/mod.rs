@@ -1,5 +1,11 @@
 //! `tollgate agent`: loads and attaches the datapath, restores state, serves
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
+//!
+//! [`state::AgentState`] owns the decisions (bans, allow entries, expiry,
+//! escalation) and reaches the kernel only through [`maps::Maps`]: start-up
+//! uses the concrete [`Datapath`] to attach programs and take the ring
+//! buffers, then the state drives the maps. Its unit tests
+//! (`agent/state/tests.rs`) run the same decisions over [`maps::MemMaps`].
 
 pub mod api;
 pub mod attach;
