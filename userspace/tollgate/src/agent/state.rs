@@ -254,8 +254,11 @@ impl<M: Maps> AgentState<M> {
             Vec::new()
         };
         let mut adopt = Vec::new();
+        // A ban the store knows as expired is lifted, not adopted, whatever
+        // its kernel entry says.
+        let stored_expired: std::collections::HashSet<IpNet> = expired.iter().copied().collect();
         for (net, entry) in kernel {
-            if self.bans.contains_key(&net) {
+            if self.bans.contains_key(&net) || stored_expired.contains(&net) {
                 continue;
             }
             let rec = adopted_record(net, &entry, now);
