@@ -462,7 +462,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     };
     let trusted_flags = match crate::policy::expand_trusted(&args.trusted_proxies) {
         Ok(t) => t,
-        Err(e) => return usage_error(format!("--trusted-proxy: {e}")),
+        Err(e) => return usage_error(format!("--trusted-proxy: {}", e.message)),
     };
     let mut trusted_proxies =
         crate::policy::expand_trusted(&policy.trusted_proxies).unwrap_or_default();
@@ -937,7 +937,7 @@ fn print_bans(v: &Value) -> Result<(), Undecodable> {
         .map(|b| {
             vec![
                 crate::net::display(&parse_or(&b.cidr)),
-                b.kind.clone(),
+                b.kind.name().to_owned(),
                 crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),

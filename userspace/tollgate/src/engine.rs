@@ -15,6 +15,8 @@ use tollgate_detect::{
     Action, ApiGuard, ApiPolicy, DetectConfig, Engine, Violation, is_alert_only,
 };
 
+use crate::policy::FieldError;
+
 /// Stands for "one request on its own" in the API guard's per-client state
 /// when replaying without source addresses.
 const NO_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
@@ -60,19 +62,19 @@ impl ScoringPolicy {
     ///
     /// # Errors
     /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if !(self.ban_threshold.is_finite() && self.ban_threshold > 0.0) {
-            return Err((
-                "scoring.ban_threshold".into(),
-                "must be a positive number".into(),
+            return Err(FieldError::new(
+                "scoring.ban_threshold",
+                "must be a positive number",
             ));
         }
         if self.half_life < Duration::from_secs(1) {
-            return Err(("scoring.half_life".into(), "must be at least 1s".into()));
+            return Err(FieldError::new("scoring.half_life", "must be at least 1s"));
         }
         if !(16..=128).contains(&self.ipv6_prefix) {
-            return Err((
-                "scoring.ipv6_prefix".into(),
+            return Err(FieldError::new(
+                "scoring.ipv6_prefix",
                 format!("{} is outside 16..=128", self.ipv6_prefix),
             ));
         }

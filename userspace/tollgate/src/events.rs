@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::policy::FieldError;
+
 /// File name of the event log inside the state directory.
 pub const FILE_NAME: &str = "events.jsonl";
 /// Events buffered for slow `events --follow` readers.
@@ -69,12 +71,12 @@ impl EventsPolicy {
     ///
     /// # Errors
     /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.max_bytes < 4096 {
-            return Err(("events.max_bytes".into(), "must be at least 4096".into()));
+            return Err(FieldError::new("events.max_bytes", "must be at least 4096"));
         }
         if self.keep > 100 {
-            return Err(("events.keep".into(), "must be at most 100".into()));
+            return Err(FieldError::new("events.keep", "must be at most 100"));
         }
         Ok(())
     }
@@ -88,14 +90,27 @@ impl EventsPolicy {
     }
 }
 
+/// What a security event records (its `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A rule matched.
+    Violation,
+    /// A client was banned (or would have been: see `enforced`).
+    Ban,
+    /// Violation events of one client and rule left out by the per-minute
+    /// limit (`note` says how many).
+    Suppressed,
+}
+
 /// One security event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecurityEvent {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
-    /// `violation` or `ban`.
+    /// `violation`, `ban` or `suppressed`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     /// The client (the real client when it came through a trusted proxy).
     pub client: IpAddr,
     /// The trusted proxy the request came through, if any.
@@ -107,7 +122,7 @@ pub struct SecurityEvent {
     /// Stable rule id (`sqli.tautology`, ...); for bans the strongest rule.
     pub rule: String,
     /// Attack category.
-    pub category: String,
+    pub category: tollgate_detect::Category,
     /// Score the rule added (bans: the client's score).
     pub score: f64,
     /// Where in the message (`query`, `header:user-agent`, `body`, ...).
@@ -120,7 +135,7 @@ pub struct SecurityEvent {
     #[serde(default)]
     pub route: String,
     /// `alert` or `ban`.
-    pub action: String,
+    pub action: tollgate_detect::Action,
     /// False in monitor mode (or when the client is allowlisted): nothing was
     /// dropped.
     pub enforced: bool,
@@ -227,7 +242,7 @@ impl EventLog {
     /// Records one event. Failures are logged, never fatal: enforcement does
     /// not wait for a full disk.
     pub fn write(&mut self, ev: &SecurityEvent) {
-        if ev.kind == "violation" && !self.admit(ev) {
+        if ev.kind == EventKind::Violation && !self.admit(ev) {
             return;
         }
         self.write_line(ev);
@@ -305,7 +320,7 @@ impl EventLog {
             if w.suppressed > 0 {
                 let mut summary = w.sample;
                 summary.time = now_rfc3339();
-                summary.kind = "suppressed".into();
+                summary.kind = EventKind::Suppressed;
                 summary.evidence = String::new();
                 summary.note = Some(format!(
                     "{} more violation events of this rule from this client within {} s were not written",
@@ -432,23 +447,52 @@ mod tests {
     fn ev(rule: &str) -> SecurityEvent {
         SecurityEvent {
             time: now_rfc3339(),
-            kind: "violation".into(),
+            kind: EventKind::Violation,
             client: "198.18.0.2".parse().unwrap(),
             proxy: None,
             port: Some(8080),
             rule: rule.into(),
-            category: "sqli".into(),
+            category: tollgate_detect::Category::Sqli,
             score: 10.0,
             location: Some("query".into()),
             evidence: "1' or '1'='1".into(),
             route: "GET /items".into(),
-            action: "ban".into(),
+            action: tollgate_detect::Action::Ban,
             enforced: true,
             ban: None,
             ttl_secs: None,
             note: None,
             verified: true,
         }
+    }
+
+    /// The enums write the strings the event contract names.
+    #[test]
+    fn event_fields_keep_their_strings() {
+        use tollgate_detect::{Action, Category};
+        let mut e = ev("mass_assignment.forbidden");
+        e.category = Category::MassAssignment;
+        e.action = Action::Alert;
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (&v["type"], &v["category"], &v["action"]),
+            (
+                &serde_json::json!("violation"),
+                &serde_json::json!("mass_assignment"),
+                &serde_json::json!("alert")
+            )
+        );
+        e.kind = EventKind::Ban;
+        e.category = Category::RateLimit;
+        e.action = Action::Ban;
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(
+            line.contains(r#""type":"ban""#)
+                && line.contains(r#""category":"rate_limit""#)
+                && line.contains(r#""action":"ban""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<SecurityEvent>(&line).unwrap(), e);
     }
 
     #[test]
@@ -495,19 +539,19 @@ mod tests {
         // Another rule and a ban are not held back by that flood.
         log.write(&ev("xss.script"));
         let mut ban = ev("sqli.tautology");
-        ban.kind = "ban".into();
+        ban.kind = EventKind::Ban;
         log.write(&ban);
         let lines = read_since(&path, 5, 0, 1000);
-        let of = |kind: &str, rule: &str| {
+        let of = |kind: EventKind, rule: &str| {
             lines
                 .iter()
                 .filter_map(|l| serde_json::from_str::<SecurityEvent>(l).ok())
                 .filter(|e| e.kind == kind && e.rule == rule)
                 .count()
         };
-        assert_eq!(of("violation", "sqli.tautology"), 20);
-        assert_eq!(of("violation", "xss.script"), 1);
-        assert_eq!(of("ban", "sqli.tautology"), 1);
+        assert_eq!(of(EventKind::Violation, "sqli.tautology"), 20);
+        assert_eq!(of(EventKind::Violation, "xss.script"), 1);
+        assert_eq!(of(EventKind::Ban, "sqli.tautology"), 1);
         assert_eq!(log.suppressed, 5);
         // When the minute is over, one summary says what was left out.
         log.close_windows(
@@ -518,7 +562,7 @@ mod tests {
         let summary: SecurityEvent = lines
             .iter()
             .filter_map(|l| serde_json::from_str::<SecurityEvent>(l).ok())
-            .find(|e| e.kind == "suppressed")
+            .find(|e| e.kind == EventKind::Suppressed)
             .unwrap();
         assert_eq!(summary.rule, "sqli.tautology");
         assert!(summary.note.unwrap().starts_with("5 more"));

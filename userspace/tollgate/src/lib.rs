@@ -1,7 +1,9 @@
 //! Tollgate's agent and CLI.
 //!
 //! - [`cli`]: the command line (agent and client in one binary).
-//! - [`agent`]: the long-running agent: attach, restore, serve, expire.
+//! - [`agent`]: the long-running agent: attach, restore, serve, expire. Its
+//!   decisions reach the kernel through [`agent::maps::Maps`] (the
+//!   [`datapath`], or in memory for unit tests without root).
 //! - [`datapath`]: the embedded eBPF object and typed access to its maps.
 //! - [`store`]: durable state behind the [`store::Store`] interface.
 //! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.

@@ -127,6 +127,28 @@ pub const PROXY_PRESETS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// A value that is wrong, and where: the field as a path into the policy
+/// (`scoring.half_life`, `feeds[1].name`, `trusted_proxies[0]`) and what is
+/// wrong with it. [`Policy::parse`] turns the field into a line number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Which part of a proxied request names its client: the one the proxy
 /// writes itself. A header the proxy only passes along is the client's own
 /// word, so exactly one source is believed per proxy.
@@ -192,14 +214,14 @@ pub fn proxy_headers(policy: &[String], flags: &[String]) -> Vec<(ipnet::IpNet, 
 /// As [`expand_trusted`].
 pub fn expand_trusted_headers(
     entries: &[String],
-) -> Result<Vec<(ipnet::IpNet, ProxyHeader)>, String> {
+) -> Result<Vec<(ipnet::IpNet, ProxyHeader)>, FieldError> {
     let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let (_, header) = split_header(e.trim()).map_err(|err| format!("[{i}] {err}"))?;
-        for n in expand_trusted(std::slice::from_ref(e)).map_err(|err| {
-            err.strip_prefix("[0]")
-                .map_or_else(|| err.clone(), |rest| format!("[{i}]{rest}"))
-        })? {
+        let field = format!("trusted_proxies[{i}]");
+        let (_, header) = split_header(e.trim()).map_err(|m| FieldError::new(&field, m))?;
+        for n in expand_trusted(std::slice::from_ref(e))
+            .map_err(|err| FieldError::new(&field, err.message))?
+        {
             out.push((n, header));
         }
     }
@@ -211,10 +233,11 @@ pub fn expand_trusted_headers(
 ///
 /// # Errors
 /// Names the entry that is neither a preset nor a usable CIDR.
-pub fn expand_trusted(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+pub fn expand_trusted(entries: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
     let mut out: Vec<ipnet::IpNet> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let (e, _) = split_header(e.trim()).map_err(|err| format!("[{i}] {err}"))?;
+        let (e, _) = split_header(e.trim())
+            .map_err(|m| FieldError::new(format!("trusted_proxies[{i}]"), m))?;
         let nets: Vec<ipnet::IpNet> = if let Some((_, list)) = PROXY_PRESETS
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(e))
@@ -222,20 +245,26 @@ pub fn expand_trusted(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
             list.iter().filter_map(|c| c.parse().ok()).collect()
         } else {
             let n = crate::net::parse_net(e).map_err(|err| {
-                format!(
-                    "[{i}] '{e}': {err} (or a preset: {})",
-                    PROXY_PRESETS
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                FieldError::new(
+                    format!("trusted_proxies[{i}]"),
+                    format!(
+                        "'{e}': {err} (or a preset: {})",
+                        PROXY_PRESETS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 )
             })?;
             // Trusting everyone would let any client name its own address.
             let min = if n.addr().is_ipv4() { 8 } else { 16 };
             if n.prefix_len() < min {
-                return Err(format!(
-                    "[{i}] '{e}' is wider than /{min}: every client in it could name any address"
+                return Err(FieldError::new(
+                    format!("trusted_proxies[{i}]"),
+                    format!(
+                        "'{e}' is wider than /{min}: every client in it could name any address"
+                    ),
                 ));
             }
             vec![n]
@@ -469,7 +498,7 @@ impl Policy {
             let spec = std::fs::read_to_string(doc)
                 .map_err(|e| invalid(format!("cannot read {}: {e}", doc.display())))?;
             tollgate_detect::ApiGuard::new(&p.api_policy(), Some(&spec))
-                .map_err(|e| invalid(api_error(e).1))?;
+                .map_err(|e| invalid(api_error(e).message))?;
         }
         // Feed paths are relative to the policy file, not to wherever the
         // agent happens to be started.
@@ -515,6 +544,7 @@ impl Policy {
             },
             message,
         };
+        let invalid_field = |e: FieldError| invalid(e.field, e.message);
         let depth = nesting_depth(text, MAX_NESTING);
         if depth > MAX_NESTING {
             return Err(PolicyError::Unusable {
@@ -580,15 +610,9 @@ impl Policy {
                 ));
             }
         }
-        p.sampling
-            .validate()
-            .map_err(|(field, message)| invalid(field, message))?;
-        p.scoring
-            .validate()
-            .map_err(|(field, message)| invalid(field, message))?;
-        p.events
-            .validate()
-            .map_err(|(field, message)| invalid(field, message))?;
+        p.sampling.validate().map_err(invalid_field)?;
+        p.scoring.validate().map_err(invalid_field)?;
+        p.events.validate().map_err(invalid_field)?;
         if p.detectors.alert_threshold > p.detectors.ban_threshold {
             return Err(invalid(
                 "detectors.alert_threshold".into(),
@@ -615,19 +639,9 @@ impl Policy {
         }
         let mut p = p;
         resolve_key_files(&mut p, text, path)?;
-        if let Err(e) = tollgate_detect::ApiGuard::new(&p.api_policy(), None) {
-            let (field, message) = api_error(e);
-            return Err(invalid(field, message));
-        }
-        if let Err(e) = expand_trusted(&p.trusted_proxies) {
-            let field = format!(
-                "trusted_proxies{}",
-                e.split(']')
-                    .next()
-                    .map_or(String::new(), |x| format!("{x}]"))
-            );
-            return Err(invalid(field, e));
-        }
+        tollgate_detect::ApiGuard::new(&p.api_policy(), None)
+            .map_err(|e| invalid_field(api_error(e)))?;
+        expand_trusted(&p.trusted_proxies).map_err(invalid_field)?;
         if let Some(c) = &p.crowdsec {
             c.job()
                 .map_err(|(field, message)| invalid(format!("crowdsec.{field}"), message))?;
@@ -743,20 +757,20 @@ fn resolve_key_files(p: &mut Policy, text: &str, path: &Path) -> Result<(), Poli
     Ok(())
 }
 
-/// (field, message) of an API policy error.
-fn api_error(e: tollgate_detect::ApiPolicyError) -> (String, String) {
+/// The field and message of an API policy error.
+fn api_error(e: tollgate_detect::ApiPolicyError) -> FieldError {
     use tollgate_detect::ApiPolicyError as E;
     match e {
-        E::Invalid { field, reason } => (field, reason),
+        E::Invalid { field, reason } => FieldError::new(field, reason),
         E::Duration {
             field,
             value,
             source,
-        } => (
+        } => FieldError::new(
             field,
             format!("'{value}' is not a duration like 30s, 1m, 1h ({source})"),
         ),
-        E::OpenApi { reason } => ("openapi".into(), reason),
+        E::OpenApi { reason } => FieldError::new("openapi", reason),
     }
 }
 
@@ -819,6 +833,41 @@ mod tests {
     fn bad_allowlist_entry_names_the_field() {
         let e = Policy::parse("allowlist: [198.18.0.5/24]\n", Path::new("p.yaml")).unwrap_err();
         assert!(e.to_string().contains("allowlist[0]"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_names_its_entry_and_line() {
+        let e = expand_trusted(&["10.0.0.1".into(), "0.0.0.0/4".into()]).unwrap_err();
+        assert_eq!(e.field, "trusted_proxies[1]");
+        assert!(e.message.starts_with("'0.0.0.0/4' is wider than /8"), "{e}");
+        let e = expand_trusted(&["nonsense".into()]).unwrap_err();
+        assert_eq!(e.field, "trusted_proxies[0]");
+        assert!(e.message.contains("or a preset"), "{e}");
+        let text = "mode: enforce\ntrusted_proxies:\n  - 10.0.0.1\n  - 0.0.0.0/4\n";
+        let e = Policy::parse(text, Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4: trusted_proxies[1]"), "{e}");
+    }
+
+    #[test]
+    fn section_checks_name_their_field() {
+        let scoring = crate::engine::ScoringPolicy {
+            ipv6_prefix: 8,
+            ..Default::default()
+        };
+        assert_eq!(
+            scoring.validate(),
+            Err(FieldError::new(
+                "scoring.ipv6_prefix",
+                "8 is outside 16..=128"
+            ))
+        );
+        let events = crate::events::EventsPolicy {
+            keep: 1000,
+            ..Default::default()
+        };
+        assert_eq!(events.validate().unwrap_err().field, "events.keep");
     }
 
     #[test]

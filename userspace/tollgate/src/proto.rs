@@ -188,7 +188,8 @@ pub struct BanView {
     /// Free text reason (auto bans: the kind, e.g. `rate-limit`).
     pub reason: String,
     /// `manual`, `rate-limit`, `policy`, `feed`, `crowdsec`.
-    pub kind: String,
+    #[serde(with = "crate::store::ban_kind")]
+    pub kind: tollgate_common::BanReason,
     /// Who made it.
     pub origin: String,
     /// RFC 3339.
@@ -358,7 +359,8 @@ pub struct ExportRow {
     /// Prefix in CIDR notation.
     pub cidr: String,
     /// Ban kind.
-    pub kind: String,
+    #[serde(with = "crate::store::ban_kind")]
+    pub kind: tollgate_common::BanReason,
     /// Group.
     pub origin: String,
     /// RFC 3339, or null for permanent bans.

@@ -11,14 +11,16 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use redb::{Database, ReadableTable as _, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tollgate_common::BanReason;
 
 /// A ban as the agent records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanRecord {
     /// The banned address or prefix.
     pub cidr: IpNet,
-    /// Why, as a [`tollgate_common::BanReason`] name (`manual`, `rate-limit`, ...).
-    pub kind: String,
+    /// Why: stored and shown by its name (`manual`, `rate-limit`, ...).
+    #[serde(with = "ban_kind")]
+    pub kind: BanReason,
     /// Free text (the operator's `--reason`, or the rule that fired).
     pub reason: String,
     /// Who made it (`cli`, `agent`, a feed name, `crowdsec`).
@@ -30,6 +32,47 @@ pub struct BanRecord {
     /// How many times this client has been banned (drives TTL escalation).
     #[serde(default)]
     pub offences: u32,
+}
+
+/// Ban kinds ([`BanReason`]) as the store, the control socket and the CLI
+/// spell them: by [`BanReason::name`], the strings the store has always held.
+pub mod ban_kind {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use tollgate_common::BanReason;
+
+    /// Every kind, in code order.
+    pub const ALL: [BanReason; 5] = [
+        BanReason::Manual,
+        BanReason::RateLimit,
+        BanReason::Policy,
+        BanReason::Feed,
+        BanReason::Crowdsec,
+    ];
+
+    /// The kind with this name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<BanReason> {
+        ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Writes the name.
+    ///
+    /// # Errors
+    /// When the serializer fails.
+    pub fn serialize<S: Serializer>(kind: &BanReason, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    /// Reads a name. A name this version does not know (written by a newer
+    /// one) reads as `manual`: the ban stays enforced and no feed or
+    /// CrowdSec sync treats it as its own — as its kernel entry always did.
+    ///
+    /// # Errors
+    /// When the value is not a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BanReason, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(parse(&name).unwrap_or(BanReason::Manual))
+    }
 }
 
 /// An allowlist entry as the agent records it.
@@ -485,7 +528,7 @@ mod tests {
     fn ban(c: &str) -> BanRecord {
         BanRecord {
             cidr: c.parse().unwrap(),
-            kind: "manual".into(),
+            kind: BanReason::Manual,
             reason: "test".into(),
             origin: "cli".into(),
             created_at: 1,
@@ -513,6 +556,57 @@ mod tests {
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(s.bans().unwrap(), vec![ban("198.18.0.1/32")]);
         assert_eq!(s.allows().unwrap().len(), 1);
+    }
+
+    /// Records as earlier versions wrote them (kind as a plain string) read
+    /// back as the enum and are written again byte for byte.
+    #[test]
+    fn stored_ban_kinds_round_trip() {
+        for (name, kind) in [
+            ("manual", BanReason::Manual),
+            ("rate-limit", BanReason::RateLimit),
+            ("policy", BanReason::Policy),
+            ("feed", BanReason::Feed),
+            ("crowdsec", BanReason::Crowdsec),
+        ] {
+            let stored = format!(
+                r#"{{"cidr":"198.18.0.1/32","kind":"{name}","reason":"r","origin":"cli","created_at":1,"expires_at":null,"offences":2}}"#
+            );
+            let rec: BanRecord = serde_json::from_str(&stored).unwrap();
+            assert_eq!(rec.kind, kind);
+            assert_eq!(serde_json::to_string(&rec).unwrap(), stored);
+        }
+        assert_eq!(ban_kind::ALL.len(), 5);
+        for k in ban_kind::ALL {
+            assert_eq!(ban_kind::parse(k.name()), Some(k));
+            assert_eq!(BanReason::from_u32(k as u32), Some(k));
+        }
+    }
+
+    /// A kind this version does not know (a newer one wrote it) reads as
+    /// `manual` instead of making the whole store unreadable.
+    #[test]
+    fn an_unknown_stored_kind_reads_as_manual() {
+        let rec: BanRecord = serde_json::from_str(
+            r#"{"cidr":"198.18.0.1/32","kind":"geo","reason":"r","origin":"x","created_at":1,"expires_at":null}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.kind, BanReason::Manual);
+        assert_eq!(rec.offences, 0);
+    }
+
+    #[test]
+    fn stored_records_read_back_through_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        let rec = BanRecord {
+            kind: BanReason::RateLimit,
+            ..ban("198.18.0.2/32")
+        };
+        s.put_bans(std::slice::from_ref(&rec)).unwrap();
+        drop(s);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.bans().unwrap(), vec![rec]);
     }
 
     #[test]

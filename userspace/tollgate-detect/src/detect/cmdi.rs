@@ -6,6 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::AhoCorasick;
 
+use super::rules;
 use super::{ByteSet, Category, Location, STRONG, Sink, is_word};
 
 /// Commands that almost only appear in requests as injected commands.
@@ -359,16 +360,23 @@ impl Cmdi {
             && (s[..p].iter().all(|b| b.is_ascii_whitespace())
                 || finder!(b"};").find(&s[p..]).is_some())
         {
-            sink.push("cmdi.shellshock", Category::Cmdi, STRONG, loc, lower, p);
+            sink.push(
+                rules::CMDI_SHELLSHOCK,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                p,
+            );
         }
         if has_paren && let Some(p) = function_definition(s) {
-            sink.push("cmdi.function", Category::Cmdi, STRONG, loc, lower, p);
+            sink.push(rules::CMDI_FUNCTION, Category::Cmdi, STRONG, loc, lower, p);
         }
         let has_meta = set.any(&ByteSet::from(b";|&\n`$\r<>'\\("));
         let has_call = self.calls.find(lower).map(|m| m.start());
         if let Some(at) = has_call {
             sink.push(
-                "cmdi.exec_call",
+                rules::CMDI_EXEC_CALL,
                 Category::Cmdi,
                 if has_meta || at == 0 { STRONG } else { 6 },
                 loc,
@@ -377,36 +385,71 @@ impl Cmdi {
             );
         }
         if let Some(p) = arithmetic_expansion(s) {
-            sink.push("cmdi.substitution", Category::Cmdi, STRONG, loc, lower, p);
+            sink.push(
+                rules::CMDI_SUBSTITUTION,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                p,
+            );
         }
         if let Some(at) = windows_batch(lower) {
-            sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
+            sink.push(rules::CMDI_BATCH, Category::Cmdi, STRONG, loc, lower, at);
         }
         if set.any(&ByteSet::from(b"?*["))
             && let Some(at) = glob_path(lower)
         {
-            sink.push("cmdi.glob_path", Category::Cmdi, STRONG, loc, lower, at);
+            sink.push(
+                rules::CMDI_GLOB_PATH,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                at,
+            );
         }
         if set.any(&ByteSet::from(b"'\"\\$`[{<>"))
             && let Some(at) = obfuscated_word(s)
         {
-            sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, at);
+            sink.push(
+                rules::CMDI_OBFUSCATION,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                at,
+            );
         }
         if is_tilde_expansion(s) {
-            sink.push("cmdi.obfuscation", Category::Cmdi, STRONG, loc, lower, 0);
+            sink.push(
+                rules::CMDI_OBFUSCATION,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                0,
+            );
         }
         self.leading_command(s, lower, loc, sink);
         if !has_meta {
             return;
         }
         if let Some(at) = mail_injection(s) {
-            sink.push("cmdi.mail_command", Category::Cmdi, STRONG, loc, lower, at);
+            sink.push(
+                rules::CMDI_MAIL_COMMAND,
+                Category::Cmdi,
+                STRONG,
+                loc,
+                lower,
+                at,
+            );
         }
         if set.any(&ByteSet::from(b"$"))
             && let Some(at) = variable_command(s)
         {
             sink.push(
-                "cmdi.variable_command",
+                rules::CMDI_VARIABLE_COMMAND,
                 Category::Cmdi,
                 STRONG,
                 loc,
@@ -453,7 +496,7 @@ impl Cmdi {
             && command_at(s, cmd.after)
                 .is_some_and(|c| !WORDLIKE.contains(&c.name) || flag_arg(&s[c.after..]))
         {
-            sink.push("cmdi.command", Category::Cmdi, STRONG, loc, lower, 0);
+            sink.push(rules::CMDI_COMMAND, Category::Cmdi, STRONG, loc, lower, 0);
             return;
         }
         // Shell syntax right after the command (`ifconfig;`, `curl|sh`) or the
@@ -476,14 +519,14 @@ impl Cmdi {
             0
         };
         if sc > 0 {
-            sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, 0);
+            sink.push(rules::CMDI_COMMAND, Category::Cmdi, sc, loc, lower, 0);
         }
     }
 
     /// The checks that apply to values without shell metacharacters (words only).
     pub(crate) fn check_plain(&self, lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         if let Some(at) = windows_batch(lower) {
-            sink.push("cmdi.batch", Category::Cmdi, STRONG, loc, lower, at);
+            sink.push(rules::CMDI_BATCH, Category::Cmdi, STRONG, loc, lower, at);
         }
         self.leading_command(lower.as_bytes(), lower, loc, sink);
     }
@@ -575,7 +618,7 @@ impl Cmdi {
                     }
                     (true, false) => 3,
                 };
-                sink.push("cmdi.command", Category::Cmdi, sc, loc, lower, sep_at);
+                sink.push(rules::CMDI_COMMAND, Category::Cmdi, sc, loc, lower, sep_at);
             }
         }
     }

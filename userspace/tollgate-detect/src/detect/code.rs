@@ -13,6 +13,7 @@
 
 use aho_corasick::AhoCorasick;
 
+use super::rules;
 use super::{Category, Location, STRONG, Sink, is_word};
 
 /// What an anchor means; verified by [`Code::check`].
@@ -340,9 +341,23 @@ impl Code {
         // ordinary Python talk.
         if dunders >= 2 {
             let sc = ctx.discounted(STRONG);
-            sink.push("code.template", Category::Code, sc, loc, text, first_dunder);
+            sink.push(
+                rules::CODE_TEMPLATE,
+                Category::Code,
+                sc,
+                loc,
+                text,
+                first_dunder,
+            );
         } else if dunders == 1 {
-            sink.push("code.template", Category::Code, 2, loc, text, first_dunder);
+            sink.push(
+                rules::CODE_TEMPLATE,
+                Category::Code,
+                2,
+                loc,
+                text,
+                first_dunder,
+            );
         }
     }
 
@@ -374,30 +389,30 @@ impl Code {
                     {
                         return None;
                     }
-                    return Some(("code.php", ctx.discounted(8)));
+                    return Some((rules::CODE_PHP, ctx.discounted(8)));
                 }
                 let rest = after.trim_start();
                 let code = rest.bytes().next().is_some_and(|c| {
                     c.is_ascii_alphabetic() || matches!(c, b'$' | b'@' | b'"' | b'\'' | b'(')
                 });
                 if pat == "<?php" || code {
-                    Some(("code.php", ctx.discounted(STRONG)))
+                    Some((rules::CODE_PHP, ctx.discounted(STRONG)))
                 } else {
                     None
                 }
             }
-            Trig::PhpBlock => Some(("code.php", ctx.discounted(STRONG))),
+            Trig::PhpBlock => Some((rules::CODE_PHP, ctx.discounted(STRONG))),
             Trig::Superglobal => {
                 if after.bytes().next().is_some_and(is_word) {
                     return None;
                 }
-                Some(("code.php", ctx.discounted(STRONG)))
+                Some((rules::CODE_PHP, ctx.discounted(STRONG)))
             }
             Trig::PhpWrapper => {
                 if prev.is_some_and(|c| c.is_ascii_alphanumeric()) {
                     return None;
                 }
-                Some(("code.php", ctx.discounted(STRONG)))
+                Some((rules::CODE_PHP, ctx.discounted(STRONG)))
             }
             Trig::PhpFunc | Trig::PhpFuncPrefix | Trig::GenericFunc => {
                 if prev.is_some_and(|c| is_word(c) || matches!(c, b'.' | b'>' | b'$' | b':' | b'-'))
@@ -416,7 +431,7 @@ impl Code {
                 }
                 let (call, obfuscated) = call_follows(&l[end..])?;
                 if trig != Trig::GenericFunc {
-                    return Some(("code.php", ctx.discounted(STRONG)));
+                    return Some((rules::CODE_PHP, ctx.discounted(STRONG)));
                 }
                 // `(system)(ls)`, `"system"(ls)`, `exec /**/ (`: PHP callables
                 // written to dodge signatures.
@@ -427,9 +442,9 @@ impl Code {
                 let arg = l[end + call..].trim_start().bytes().next();
                 let php_arg = matches!(arg, Some(b'$' | b'\'' | b'"' | b'`'));
                 if wrapped || obfuscated || php_arg {
-                    Some(("code.php", ctx.discounted(STRONG)))
+                    Some((rules::CODE_PHP, ctx.discounted(STRONG)))
                 } else {
-                    Some(("code.php", 3))
+                    Some((rules::CODE_PHP, 3))
                 }
             }
             Trig::PhpSerialized => {
@@ -450,7 +465,7 @@ impl Code {
                 if digits == 0 || !rest[digits..].starts_with(":{") {
                     return None;
                 }
-                Some(("code.deserialization", STRONG))
+                Some((rules::CODE_DESERIALIZATION, STRONG))
             }
             Trig::PhpIni => {
                 if prev.is_some_and(|c| is_word(c) || c == b'.') {
@@ -468,16 +483,19 @@ impl Code {
                     return None;
                 }
                 let strong = !matches!(pat, "opcache." | "mbstring.");
-                Some(("code.php", if strong { ctx.discounted(STRONG) } else { 5 }))
+                Some((
+                    rules::CODE_PHP,
+                    if strong { ctx.discounted(STRONG) } else { 5 },
+                ))
             }
             Trig::JavaExec => {
                 if pat == "java.runtime" && after.starts_with('.') {
                     // `java.runtime.version`: a system property name.
                     return None;
                 }
-                Some(("code.java", self.class_score(s, e, ctx, STRONG)))
+                Some((rules::CODE_JAVA, self.class_score(s, e, ctx, STRONG)))
             }
-            Trig::JavaClass => Some(("code.java", self.class_score(s, e, ctx, 5))),
+            Trig::JavaClass => Some((rules::CODE_JAVA, self.class_score(s, e, ctx, 5))),
             Trig::JavaSerialB64 => {
                 let magic = &ctx.text[s..e];
                 let exact = matches!(magic, "rO0AB" | "KztAAU" | "s7QAF");
@@ -486,13 +504,16 @@ impl Code {
                 let start_ok = prev
                     .is_none_or(|c| !c.is_ascii_alphanumeric() && c != b'+' && c != b'/')
                     || pat == "s7qaf";
-                exact.then_some(("code.deserialization", if start_ok { STRONG } else { 0 }))
+                exact.then_some((
+                    rules::CODE_DESERIALIZATION,
+                    if start_ok { STRONG } else { 0 },
+                ))
             }
             Trig::JavaSerialHex => {
                 if prev.is_some_and(|c| c.is_ascii_hexdigit()) {
                     return None;
                 }
-                Some(("code.deserialization", STRONG))
+                Some((rules::CODE_DESERIALIZATION, STRONG))
             }
             Trig::Ognl => {
                 if pat == "%{" {
@@ -502,34 +523,34 @@ impl Code {
                         return None;
                     }
                 }
-                Some(("code.expression", STRONG))
+                Some((rules::CODE_EXPRESSION, STRONG))
             }
             Trig::Spel => {
                 if prev.is_some_and(is_word) {
                     return None;
                 }
-                Some(("code.expression", STRONG))
+                Some((rules::CODE_EXPRESSION, STRONG))
             }
             Trig::ElOpen => {
                 let inner = braced(after, "}")?;
                 if is_arith_probe(inner) {
-                    return Some(("code.template", ctx.discounted(STRONG)));
+                    return Some((rules::CODE_TEMPLATE, ctx.discounted(STRONG)));
                 }
                 if dangerous_expr(inner) {
-                    return Some(("code.expression", STRONG));
+                    return Some((rules::CODE_EXPRESSION, STRONG));
                 }
                 None
             }
             Trig::Mustache => {
                 let inner = braced(after, "}}")?;
                 if is_arith_probe(inner) {
-                    return Some(("code.template", ctx.discounted(STRONG)));
+                    return Some((rules::CODE_TEMPLATE, ctx.discounted(STRONG)));
                 }
                 if dangerous_expr(inner)
                     || inner.contains("|attr(")
                     || inner.contains("self.") && inner.contains('(')
                 {
-                    return Some(("code.template", STRONG));
+                    return Some((rules::CODE_TEMPLATE, STRONG));
                 }
                 None
             }
@@ -540,7 +561,7 @@ impl Code {
                     return None;
                 }
                 if is_arith_probe(inner) || dangerous_expr(inner) {
-                    return Some(("code.template", STRONG));
+                    return Some((rules::CODE_TEMPLATE, STRONG));
                 }
                 // Statements (`if`, `end`, assignments, calls) rather than a word.
                 let t = inner.trim();
@@ -549,39 +570,39 @@ impl Code {
                         .iter()
                         .any(|k| t.starts_with(k));
                 Some((
-                    "code.template",
+                    rules::CODE_TEMPLATE,
                     if code { ctx.discounted(STRONG) } else { 3 },
                 ))
             }
             Trig::Dunder => None,
             Trig::Perl => {
                 braced(after, "]}")?;
-                Some(("code.template", ctx.discounted(STRONG)))
+                Some((rules::CODE_TEMPLATE, ctx.discounted(STRONG)))
             }
             Trig::TemplateExec => match pat {
                 "#set(" => {
                     // Velocity: `#set($x = ...)` reaching a class.
                     (after.trim_start().starts_with('$')
                         && (l.contains(".class") || l.contains("getclass")))
-                    .then_some(("code.template", STRONG))
+                    .then_some((rules::CODE_TEMPLATE, STRONG))
                 }
-                "__${" => braced(after, "}__").map(|_| ("code.template", STRONG)),
-                _ => Some(("code.template", STRONG)),
+                "__${" => braced(after, "}__").map(|_| (rules::CODE_TEMPLATE, STRONG)),
+                _ => Some((rules::CODE_TEMPLATE, STRONG)),
             },
-            Trig::Node => Some(("code.js", ctx.discounted(STRONG))),
+            Trig::Node => Some((rules::CODE_JS, ctx.discounted(STRONG))),
             Trig::NodeSerial => {
                 if pat.starts_with('x') && &ctx.text[s..e] != "XyQkTkRfRlVOQyQkX" {
                     return None;
                 }
-                Some(("code.deserialization", STRONG))
+                Some((rules::CODE_DESERIALIZATION, STRONG))
             }
             Trig::Proto => {
                 // A key path (`__proto__[x]=`, `{"__proto__": ...}` keys) rather than
                 // a word in a sentence.
                 if ctx.prose() {
-                    return Some(("code.prototype_pollution", 3));
+                    return Some((rules::CODE_PROTOTYPE_POLLUTION, 3));
                 }
-                Some(("code.prototype_pollution", STRONG))
+                Some((rules::CODE_PROTOTYPE_POLLUTION, STRONG))
             }
             Trig::JsLoop => {
                 // `while(true);` as a whole value: a denial of service sent to `eval`.
@@ -603,7 +624,7 @@ impl Code {
                             | "array"
                     )
                 });
-                constant.then_some(("code.js", STRONG))
+                constant.then_some((rules::CODE_JS, STRONG))
             }
             Trig::Xml => {
                 if pat == "<!doctype" {
@@ -611,17 +632,17 @@ impl Code {
                     // XHTML doctypes look the same; weak alone.
                     let decl = &after[..after.find(['[', '>']).unwrap_or(after.len())];
                     return (decl.contains(" system ") || decl.contains(" system\""))
-                        .then_some(("code.xxe", 4));
+                        .then_some((rules::CODE_XXE, 4));
                 }
                 let decl = &after[..after.find('>').unwrap_or(after.len())];
                 let param = decl.trim_start().starts_with('%');
                 let external = decl.contains("system") || decl.contains("public");
                 if param || external {
-                    return Some(("code.xxe", STRONG));
+                    return Some((rules::CODE_XXE, STRONG));
                 }
                 // Internal entities: a few nested ones are a billion-laughs bomb.
                 let n = l.matches("<!entity").count();
-                Some(("code.xxe", if n >= 3 { STRONG } else { 5 }))
+                Some((rules::CODE_XXE, if n >= 3 { STRONG } else { 5 }))
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Log4Shell-style lookups (`${jndi:ldap://..}`) including nested obfuscation such
 //! as `${${lower:j}ndi:`, `${::-j}` and `${env:X:-j}`.
 
+use super::rules;
 use super::{Category, Location, STRONG, Sink};
 
 /// Most lookups resolved per input (bounds work on deeply nested payloads).
@@ -41,7 +42,7 @@ pub(crate) fn check(text: &str, loc: &Location, sink: &mut Sink<'_>) {
     let resolved = resolve(&lower);
     let compact: String = resolved.chars().filter(|c| !c.is_whitespace()).collect();
     if compact.contains("jndi:") || compact.contains("${jndi") {
-        sink.push("jndi.lookup", Category::Jndi, STRONG, loc, text, first);
+        sink.push(rules::JNDI_LOOKUP, Category::Jndi, STRONG, loc, text, first);
         return;
     }
     // Nested lookups or known lookup prefixes are Log4j syntax, never data.
@@ -55,7 +56,7 @@ pub(crate) fn check(text: &str, loc: &Location, sink: &mut Sink<'_>) {
     });
     if nested || known {
         sink.push(
-            "jndi.obfuscated_lookup",
+            rules::JNDI_OBFUSCATED_LOOKUP,
             Category::Jndi,
             STRONG,
             loc,

@@ -10,6 +10,7 @@ mod code;
 mod jndi;
 mod protocol;
 mod rfi;
+pub mod rules;
 mod scanner;
 mod session;
 mod smuggling;
@@ -240,6 +241,12 @@ impl Sink<'_> {
         text: &str,
         at: usize,
     ) {
+        debug_assert!(
+            rules::RULES
+                .iter()
+                .any(|r| r.id == rule && r.category == category && raw_score <= r.score),
+            "{rule} ({category:?}, raw score {raw_score}) disagrees with detect::rules::RULES"
+        );
         let dc = match category {
             Category::Sqli => self.cfg.sqli,
             Category::Xss => self.cfg.xss,

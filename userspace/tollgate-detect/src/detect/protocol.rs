@@ -6,6 +6,7 @@
 //! (CRS files it with the protocol attacks), and bytes sent to an API port that
 //! are not HTTP at all (`protocol.unparseable`).
 
+use super::rules;
 use super::{Category, Input, Location, STRONG, Sink};
 use crate::http::Request;
 
@@ -30,7 +31,7 @@ const COMMON_CHARSETS: &[&str] = &[
 ];
 
 /// Rule of a request that could not be parsed.
-pub const UNPARSEABLE: &str = "protocol.unparseable";
+pub const UNPARSEABLE: &str = rules::PROTOCOL_UNPARSEABLE;
 
 /// Its score: enough to alert, not to ban on its own (a ban needs what the
 /// injection detectors find in its bytes as well). The agent does not add it to
@@ -69,7 +70,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         .any(|c| !(c.is_ascii_alphabetic() || c == b'-' || c == b'_'))
     {
         sink.push(
-            "protocol.bad_method",
+            rules::PROTOCOL_BAD_METHOD,
             Category::Protocol,
             STRONG,
             &rl,
@@ -80,7 +81,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     if req.target.contains('#') {
         // Clients strip fragments; only hand-made requests send them.
         sink.push(
-            "protocol.fragment",
+            rules::PROTOCOL_FRAGMENT,
             Category::Protocol,
             3,
             &rl,
@@ -94,7 +95,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         (raw_url, Location::Query),
     ] {
         if let Some((sc, p)) = bad_encoding(s) {
-            sink.push("protocol.encoding", Category::Protocol, sc, &loc, s, p);
+            sink.push(rules::PROTOCOL_ENCODING, Category::Protocol, sc, &loc, s, p);
         }
     }
     // The decoder drops NULs, so look for them encoded in the raw URL and headers.
@@ -107,13 +108,20 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         (raw_url, Location::Query),
     ] {
         if let Some(p) = nul(s) {
-            sink.push("protocol.null_byte", Category::Protocol, STRONG, &loc, s, p);
+            sink.push(
+                rules::PROTOCOL_NULL_BYTE,
+                Category::Protocol,
+                STRONG,
+                &loc,
+                s,
+                p,
+            );
         }
     }
     for (name, value) in &req.headers {
         if let Some(p) = nul(value) {
             sink.push(
-                "protocol.null_byte",
+                rules::PROTOCOL_NULL_BYTE,
                 Category::Protocol,
                 STRONG,
                 &Location::Header(name.clone()),
@@ -142,7 +150,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
             if sc > 0 && !ranges_seen {
                 ranges_seen = true;
                 sink.push(
-                    "protocol.range",
+                    rules::PROTOCOL_RANGE,
                     Category::Protocol,
                     sc,
                     &Location::Header(name.clone()),
@@ -156,7 +164,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
             let smuggled = value.split('"').nth(1).is_some_and(|q| q.contains(';'));
             let sc = if smuggled { STRONG } else { 5 };
             sink.push(
-                "protocol.cookie_smuggling",
+                rules::PROTOCOL_COOKIE_SMUGGLING,
                 Category::Protocol,
                 sc,
                 &Location::Cookie,
@@ -167,7 +175,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
             && (req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD"))
         {
             sink.push(
-                "protocol.get_body",
+                rules::PROTOCOL_GET_BODY,
                 Category::Protocol,
                 STRONG,
                 &Location::Header(name.clone()),
@@ -190,7 +198,7 @@ pub(crate) fn check_inputs(inputs: &[Input], sink: &mut Sink<'_>) {
         {
             {
                 sink.push(
-                    "protocol.ldap_injection",
+                    rules::PROTOCOL_LDAP_INJECTION,
                     Category::Protocol,
                     STRONG,
                     &inp.location,
@@ -205,7 +213,7 @@ pub(crate) fn check_inputs(inputs: &[Input], sink: &mut Sink<'_>) {
         if let Some(p) = memchr::memchr(0, b) {
             // Truncates paths and strings in C-based back ends.
             sink.push(
-                "protocol.null_byte",
+                rules::PROTOCOL_NULL_BYTE,
                 Category::Protocol,
                 STRONG,
                 &inp.location,
@@ -225,14 +233,21 @@ pub(crate) fn check_inputs(inputs: &[Input], sink: &mut Sink<'_>) {
             } else {
                 4
             };
-            sink.push("protocol.crlf", Category::Protocol, sc, &inp.location, t, p);
+            sink.push(
+                rules::PROTOCOL_CRLF,
+                Category::Protocol,
+                sc,
+                &inp.location,
+                t,
+                p,
+            );
         }
         if let Some(p) = b
             .iter()
             .position(|c| *c < 0x20 && !matches!(c, b'\t' | b'\r' | b'\n' | 0))
         {
             sink.push(
-                "protocol.control_char",
+                rules::PROTOCOL_CONTROL_CHAR,
                 Category::Protocol,
                 5,
                 &inp.location,
@@ -356,7 +371,14 @@ fn content_type(value: &str, body: &[u8], sink: &mut Sink<'_>) {
         0
     };
     if sc > 0 {
-        sink.push("protocol.charset", Category::Protocol, sc, &loc, value, 0);
+        sink.push(
+            rules::PROTOCOL_CHARSET,
+            Category::Protocol,
+            sc,
+            &loc,
+            value,
+            0,
+        );
     }
     if lower.starts_with("multipart/") {
         // Part headers and the `_charset_` field choose a charset per part.
@@ -376,7 +398,7 @@ fn content_type(value: &str, body: &[u8], sink: &mut Sink<'_>) {
         }
         if worst > 0 {
             sink.push(
-                "protocol.charset",
+                rules::PROTOCOL_CHARSET,
                 Category::Protocol,
                 worst,
                 &Location::Body,
@@ -386,7 +408,7 @@ fn content_type(value: &str, body: &[u8], sink: &mut Sink<'_>) {
         }
     } else if lower.contains("boundary=") {
         sink.push(
-            "protocol.content_type",
+            rules::PROTOCOL_CONTENT_TYPE,
             Category::Protocol,
             6,
             &loc,

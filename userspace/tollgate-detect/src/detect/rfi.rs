@@ -4,6 +4,7 @@
 //! combination: a script-file URL on a bare IP, a URL ending in `?` (which cuts off
 //! the suffix the application appends) or a NUL, or an include-style parameter.
 
+use super::rules;
 use super::{Category, Input, STRONG, Sink};
 
 /// Extensions of files a PHP/JSP/ASP application would include and run.
@@ -44,7 +45,14 @@ pub(crate) fn check(inputs: &[Input], sink: &mut Sink<'_>) {
         }
         let score = score_url(n.map(|n| n.text.as_ref()), t);
         if score > 0 {
-            sink.push("rfi.url", Category::Rfi, score, &inp.location, &inp.text, 0);
+            sink.push(
+                rules::RFI_URL,
+                Category::Rfi,
+                score,
+                &inp.location,
+                &inp.text,
+                0,
+            );
         }
     }
 }

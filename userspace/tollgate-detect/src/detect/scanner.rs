@@ -3,6 +3,7 @@
 
 use aho_corasick::AhoCorasick;
 
+use super::rules;
 use super::{Category, Location, STRONG, Sink};
 use crate::http::Request;
 
@@ -180,7 +181,7 @@ impl Scanner {
             let l = ua.to_ascii_lowercase();
             if let Some(m) = self.agents.find(&l) {
                 sink.push(
-                    "scanner.user_agent",
+                    rules::SCANNER_USER_AGENT,
                     Category::Scanner,
                     STRONG,
                     &Location::Header("User-Agent".into()),
@@ -193,7 +194,7 @@ impl Scanner {
         let loc = Location::Path;
         if let Some(m) = self.probes.find(&path) {
             sink.push(
-                "scanner.probe_path",
+                rules::SCANNER_PROBE_PATH,
                 Category::Scanner,
                 STRONG,
                 &loc,
@@ -211,7 +212,7 @@ impl Scanner {
                 && seg != ".well-known"
             {
                 sink.push(
-                    "scanner.dotfile",
+                    rules::SCANNER_DOTFILE,
                     Category::Scanner,
                     STRONG,
                     &loc,
@@ -224,7 +225,7 @@ impl Scanner {
         let last = path.rsplit('/').next().unwrap_or("");
         if last.ends_with('~') || last.starts_with('#') && last.ends_with('#') {
             sink.push(
-                "scanner.backup_file",
+                rules::SCANNER_BACKUP_FILE,
                 Category::Scanner,
                 STRONG,
                 &loc,
@@ -245,7 +246,7 @@ impl Scanner {
                 _ => STRONG,
             };
             sink.push(
-                "scanner.backup_file",
+                rules::SCANNER_BACKUP_FILE,
                 Category::Scanner,
                 sc,
                 &loc,

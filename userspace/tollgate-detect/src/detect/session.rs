@@ -3,6 +3,7 @@
 //! link uses the attacker's session), and cookie attributes or `Set-Cookie` meta
 //! tags injected into values.
 
+use super::rules;
 use super::{Category, Input, Location, STRONG, Sink};
 use crate::http::Request;
 
@@ -55,7 +56,7 @@ pub(crate) fn check(req: &Request, inputs: &[Input], sink: &mut Sink<'_>) {
                 let lower = t.to_ascii_lowercase();
                 if let Some(p) = cookie_injection(&lower) {
                     sink.push(
-                        "session.fixation",
+                        rules::SESSION_FIXATION,
                         Category::Session,
                         STRONG,
                         &inp.location,
@@ -82,7 +83,7 @@ pub(crate) fn check(req: &Request, inputs: &[Input], sink: &mut Sink<'_>) {
                         4
                     };
                     sink.push(
-                        "session.fixation",
+                        rules::SESSION_FIXATION,
                         Category::Session,
                         sc,
                         &inp.location,
@@ -111,7 +112,7 @@ pub(crate) fn check(req: &Request, inputs: &[Input], sink: &mut Sink<'_>) {
         let off = *offsite.get_or_insert_with(|| offsite_referer(req));
         let sc = if framework || off { STRONG } else { 6 };
         sink.push(
-            "session.fixation",
+            rules::SESSION_FIXATION,
             Category::Session,
             sc,
             &inp.location,

@@ -2,6 +2,7 @@
 //! conflicting Content-Length, obfuscated Transfer-Encoding), duplicate Host,
 //! TRACE, oversized headers, and requests or header injections hidden in values.
 
+use super::rules;
 use super::{ByteSet, Category, Location, STRONG, Sink};
 use crate::http::Request;
 
@@ -19,7 +20,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         // differently by proxies and back ends.
         if trimmed.len() != name.len() || name.contains([' ', '\t']) {
             sink.push(
-                "smuggling.header_whitespace",
+                rules::SMUGGLING_HEADER_WHITESPACE,
                 Category::Smuggling,
                 STRONG,
                 &Location::Header(name.clone()),
@@ -36,7 +37,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         }
         if value.len() > MAX_HEADER_VALUE {
             sink.push(
-                "protocol.oversized_header",
+                rules::PROTOCOL_OVERSIZED_HEADER,
                 Category::Protocol,
                 5,
                 &Location::Header(name.clone()),
@@ -47,7 +48,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     }
     if !cl_values.is_empty() && !te_values.is_empty() {
         sink.push(
-            "smuggling.cl_te",
+            rules::SMUGGLING_CL_TE,
             Category::Smuggling,
             STRONG,
             &req_loc,
@@ -64,7 +65,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     distinct.dedup();
     if distinct.len() > 1 {
         sink.push(
-            "smuggling.conflicting_cl",
+            rules::SMUGGLING_CONFLICTING_CL,
             Category::Smuggling,
             STRONG,
             &req_loc,
@@ -73,7 +74,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         );
     } else if cl_values.len() > 1 {
         sink.push(
-            "smuggling.duplicate_cl",
+            rules::SMUGGLING_DUPLICATE_CL,
             Category::Smuggling,
             5,
             &req_loc,
@@ -84,7 +85,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     for te in &te_values {
         if !te.eq_ignore_ascii_case("chunked") && !te.eq_ignore_ascii_case("identity") {
             sink.push(
-                "smuggling.te_obfuscated",
+                rules::SMUGGLING_TE_OBFUSCATED,
                 Category::Smuggling,
                 STRONG,
                 &Location::Header("Transfer-Encoding".into()),
@@ -95,7 +96,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     }
     if te_values.len() > 1 {
         sink.push(
-            "smuggling.te_duplicate",
+            rules::SMUGGLING_TE_DUPLICATE,
             Category::Smuggling,
             STRONG,
             &req_loc,
@@ -105,7 +106,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     }
     if !te_values.is_empty() && req.version == 0 {
         sink.push(
-            "smuggling.te_http10",
+            rules::SMUGGLING_TE_HTTP10,
             Category::Smuggling,
             6,
             &req_loc,
@@ -115,7 +116,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     }
     if hosts > 1 {
         sink.push(
-            "smuggling.duplicate_host",
+            rules::SMUGGLING_DUPLICATE_HOST,
             Category::Smuggling,
             8,
             &req_loc,
@@ -125,7 +126,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
     }
     if req.method.eq_ignore_ascii_case("TRACE") || req.method.eq_ignore_ascii_case("TRACK") {
         sink.push(
-            "protocol.trace",
+            rules::PROTOCOL_TRACE,
             Category::Protocol,
             6,
             &req_loc,
@@ -138,7 +139,7 @@ pub(crate) fn check_request(req: &Request, sink: &mut Sink<'_>) {
         let body = String::from_utf8_lossy(&req.body[..req.body.len().min(4096)]);
         if let Some(p) = embedded_request_line(&body) {
             sink.push(
-                "smuggling.embedded_request",
+                rules::SMUGGLING_EMBEDDED_REQUEST,
                 Category::Smuggling,
                 STRONG,
                 &Location::Body,
@@ -158,7 +159,7 @@ pub(crate) fn check_value(text: &str, set: &ByteSet, loc: &Location, sink: &mut 
         && let Some(p) = embedded_request_line(text)
     {
         sink.push(
-            "smuggling.embedded_request",
+            rules::SMUGGLING_EMBEDDED_REQUEST,
             Category::Smuggling,
             STRONG,
             loc,
@@ -190,7 +191,7 @@ pub(crate) fn check_value(text: &str, set: &ByteSet, loc: &Location, sink: &mut 
                     | "access-control-allow-origin"
             ) {
                 sink.push(
-                    "protocol.header_injection",
+                    rules::PROTOCOL_HEADER_INJECTION,
                     Category::Protocol,
                     STRONG,
                     loc,

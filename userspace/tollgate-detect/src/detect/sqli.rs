@@ -8,6 +8,7 @@
 //! statements, comment truncation, blind/time functions. Prose, even full of SQL
 //! words, rarely produces these shapes.
 
+use super::rules;
 use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Only this much of an input is tokenized.
@@ -874,13 +875,13 @@ fn analyze(
                     j += 1;
                 }
                 if t.get(j) == Some(&Tok::Select) {
-                    add(hits, "sqli.union", STRONG, at(i));
+                    add(hits, rules::SQLI_UNION, STRONG, at(i));
                 }
             }
             Tok::Semi if statement_at(t, i + 1) => {
-                add(hits, "sqli.stacked", STRONG, at(i));
+                add(hits, rules::SQLI_STACKED, STRONG, at(i));
             }
-            Tok::Func(FuncKind::Attack) => add(hits, "sqli.function", STRONG, at(i)),
+            Tok::Func(FuncKind::Attack) => add(hits, rules::SQLI_FUNCTION, STRONG, at(i)),
             Tok::Func(FuncKind::Delay) => {
                 let prev = if i > 0 { t.get(i - 1).copied() } else { None };
                 let ctx = matches!(
@@ -905,36 +906,44 @@ fn analyze(
                 );
                 add(
                     hits,
-                    "sqli.time_blind",
+                    rules::SQLI_TIME_BLIND,
                     if ctx || literal_call { STRONG } else { 4 },
                     at(i),
                 );
             }
             // A lone server variable (`@@version`) is a probe.
-            Tok::Var { sys: true } => {
-                add(hits, "sqli.sysvar", if n == 1 { STRONG } else { 6 }, at(i))
-            }
+            Tok::Var { sys: true } => add(
+                hits,
+                rules::SQLI_SYSVAR,
+                if n == 1 { STRONG } else { 6 },
+                at(i),
+            ),
             Tok::Stmt(Stmt::Waitfor)
                 if t.get(i + 1) == Some(&Tok::Kw)
                     && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
             {
-                add(hits, "sqli.time_blind", STRONG, at(i));
+                add(hits, rules::SQLI_TIME_BLIND, STRONG, at(i));
             }
             Tok::Stmt(Stmt::Exec) if matches!(t.get(i + 1), Some(Tok::Proc)) => {
-                add(hits, "sqli.stacked", STRONG, at(i));
+                add(hits, rules::SQLI_STACKED, STRONG, at(i));
             }
             Tok::Clause
                 if t.get(i + 1) == Some(&Tok::Kw)
                     && matches!(t.get(i + 2), Some(Tok::Str { .. })) =>
             {
                 // `into outfile '...'` / `into dumpfile '...'`.
-                add(hits, "sqli.file_write", STRONG, at(i));
+                add(hits, rules::SQLI_FILE_WRITE, STRONG, at(i));
             }
             Tok::Func(FuncKind::Sql) if i == 0 => {
                 // A value that is a bare SQL function call, e.g. `database(` or
                 // `concat(`: an unclosed call with nothing else is a probe.
                 let bare = n <= 2 && t.get(1).is_none_or(|&x| x == Tok::LParen);
-                add(hits, "sqli.function", if bare { STRONG } else { 6 }, at(i));
+                add(
+                    hits,
+                    rules::SQLI_FUNCTION,
+                    if bare { STRONG } else { 6 },
+                    at(i),
+                );
             }
             Tok::Select => {
                 // Subquery in an expression: `=(select`, `and (select`, `,(select`.
@@ -957,7 +966,7 @@ fn analyze(
                     )
                     && statement_at(t, i)
                 {
-                    add(hits, "sqli.subquery", STRONG, at(i));
+                    add(hits, rules::SQLI_SUBQUERY, STRONG, at(i));
                 } else if statement_at(t, i) {
                     // `select x from y` in isolation is only a hint (could be a
                     // question about SQL); it needs a FROM with SQL-ish neighbours.
@@ -973,7 +982,7 @@ fn analyze(
                             Some(Tok::Word | Tok::LParen | Tok::Kw)
                         );
                         // (Prose "how to select rows from a table" stays below the alert level.)
-                        add(hits, "sqli.select", if sqlish { 6 } else { 2 }, at(i));
+                        add(hits, rules::SQLI_SELECT, if sqlish { 6 } else { 2 }, at(i));
                     }
                 }
             }
@@ -994,9 +1003,9 @@ fn analyze(
                 quoted && i <= 3 || matches!(prev, Tok::Num | Tok::Str { .. } | Tok::RParen);
             if sc >= STRONG {
                 // Literal-vs-literal or function comparisons after a logic operator.
-                add(hits, "sqli.tautology", STRONG, at(i));
+                add(hits, rules::SQLI_TAUTOLOGY, STRONG, at(i));
             } else if quoted && i <= 3 || strong_ctx && sc >= 6 && quoted {
-                add(hits, "sqli.tautology", sc.min(6), at(i));
+                add(hits, rules::SQLI_TAUTOLOGY, sc.min(6), at(i));
             }
         }
     }
@@ -1013,7 +1022,7 @@ fn analyze(
         } else {
             sc
         };
-        add(hits, "sqli.tautology", sc, at(0));
+        add(hits, rules::SQLI_TAUTOLOGY, sc, at(0));
     }
     // A value starting with a clause: `having 1=1#`, `order by 3--`.
     if !quoted && t.first() == Some(&Tok::Clause) {
@@ -1023,7 +1032,7 @@ fn analyze(
             _ => false,
         };
         if shaped {
-            add(hits, "sqli.clause", STRONG, at(0));
+            add(hits, rules::SQLI_CLAUSE, STRONG, at(0));
         }
     }
     // A complete statement as the value: `select * from users`, `select @@version`.
@@ -1041,7 +1050,12 @@ fn analyze(
         if sqlish && shaped || matches!(t.get(1), Some(Tok::Var { sys: true } | Tok::Func(_))) {
             // Probes are short (`select @@version`, `select * from sysusers;`); a long
             // statement is more likely a snippet shared through the API.
-            add(hits, "sqli.select", if n <= 8 { STRONG } else { 6 }, at(0));
+            add(
+                hits,
+                rules::SQLI_SELECT,
+                if n <= 8 { STRONG } else { 6 },
+                at(0),
+            );
         }
     }
     // Nested calls that read data a character at a time.
@@ -1051,7 +1065,7 @@ fn analyze(
             && matches!(t[i + 2], Tok::Func(FuncKind::Sql))
             && blind_extraction(ident_at(s, at(i)), ident_at(s, at(i + 2)))
         {
-            add(hits, "sqli.blind_extraction", STRONG, at(i));
+            add(hits, rules::SQLI_BLIND_EXTRACTION, STRONG, at(i));
             break;
         }
     }
@@ -1068,7 +1082,7 @@ fn analyze(
         && (t.first() != Some(&Tok::Stmt(Stmt::Exec))
             || t.iter().any(|&x| matches!(x, Tok::Var { .. } | Tok::Proc)))
     {
-        add(hits, "sqli.stacked", STRONG, at(0));
+        add(hits, rules::SQLI_STACKED, STRONG, at(0));
     }
     // PostgreSQL casts of a call result (`lo_get(1)::int`) force conversion errors
     // that leak the value.
@@ -1080,19 +1094,19 @@ fn analyze(
                 b"int" | b"integer" | b"bigint" | b"numeric" | b"int4" | b"int8"
             )
         {
-            add(hits, "sqli.error_based", STRONG, at(i));
+            add(hits, rules::SQLI_ERROR_BASED, STRONG, at(i));
             break;
         }
     }
     // Catalog tables are only named by reconnaissance queries.
     if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
-        add(hits, "sqli.catalog", STRONG, at(p));
+        add(hits, rules::SQLI_CATALOG, STRONG, at(p));
     }
     if let Some(p) = t.iter().position(|&x| x == Tok::Proc)
         && t.iter()
             .any(|&x| matches!(x, Tok::Stmt(Stmt::Exec) | Tok::Semi))
     {
-        add(hits, "sqli.stacked", STRONG, at(p));
+        add(hits, rules::SQLI_STACKED, STRONG, at(p));
     }
 
     // Break-out analysis: what follows the (simulated) string or a leading number.
@@ -1112,11 +1126,11 @@ fn analyze(
         match next {
             // `-1 union/*`: a union cut off by a comment.
             Some(Tok::Union) if j + 1 == n && comment_after.get(j).copied().unwrap_or(false) => {
-                add(hits, "sqli.union", STRONG, at(j));
+                add(hits, rules::SQLI_UNION, STRONG, at(j));
             }
             // `1 select * from users having 1=1#`: a statement glued to the value.
             Some(Tok::Select) if statement_at(t, j) && t[j..n.min(j + 12)].contains(&Tok::From) => {
-                add(hits, "sqli.union", STRONG, at(j));
+                add(hits, rules::SQLI_UNION, STRONG, at(j));
             }
             // `' || f(x) || '`: a call concatenated into the string.
             Some(Tok::Logic)
@@ -1129,10 +1143,10 @@ fn analyze(
                         .position(|&x| x == Tok::RParen)
                         .is_some_and(|r| matches!(t.get(j + 3 + r), Some(Tok::Logic) | None)) =>
             {
-                add(hits, "sqli.concat", STRONG, at(j));
+                add(hits, rules::SQLI_CONCAT, STRONG, at(j));
             }
             None if quoted && lead_comment => {
-                add(hits, "sqli.comment_truncation", STRONG, at(j - 1))
+                add(hits, rules::SQLI_COMMENT_TRUNCATION, STRONG, at(j - 1))
             }
             Some(Tok::Logic) => {
                 if let Some(sc) = logic_operand(t, j + 1) {
@@ -1143,7 +1157,7 @@ fn analyze(
                     } else {
                         sc
                     };
-                    add(hits, "sqli.tautology", sc, at(j));
+                    add(hits, rules::SQLI_TAUTOLOGY, sc, at(j));
                 }
             }
             Some(Tok::Clause) => {
@@ -1159,7 +1173,7 @@ fn analyze(
                     _ => false,
                 };
                 if shaped {
-                    add(hits, "sqli.clause", STRONG, at(j));
+                    add(hits, rules::SQLI_CLAUSE, STRONG, at(j));
                 }
             }
             Some(Tok::Cmp) if quoted => {
@@ -1167,7 +1181,7 @@ fn analyze(
                     t.get(j + 1),
                     Some(Tok::Str { .. } | Tok::Num | Tok::Select | Tok::Func(_) | Tok::LParen)
                 ) {
-                    add(hits, "sqli.tautology", STRONG, at(j));
+                    add(hits, rules::SQLI_TAUTOLOGY, STRONG, at(j));
                 }
             }
             Some(Tok::Op) if quoted => {
@@ -1175,17 +1189,17 @@ fn analyze(
                     t.get(j + 1),
                     Some(Tok::Func(_) | Tok::Select | Tok::LParen | Tok::Var { .. })
                 ) {
-                    add(hits, "sqli.concat", 8, at(j));
+                    add(hits, rules::SQLI_CONCAT, 8, at(j));
                 }
             }
             Some(Tok::Semi) if comment_after.get(j).copied().unwrap_or(false) && quoted => {
-                add(hits, "sqli.comment_truncation", STRONG, at(j));
+                add(hits, rules::SQLI_COMMENT_TRUNCATION, STRONG, at(j));
             }
             _ => {}
         }
         // `admin'--`: a closed string cut off by a comment after a few tokens.
         if quoted && lead_comment && j == 1 && n == 1 {
-            add(hits, "sqli.comment_truncation", STRONG, at(0));
+            add(hits, rules::SQLI_COMMENT_TRUNCATION, STRONG, at(0));
         }
     }
     // Injection ending in a comment that swallows the rest of the original query,
@@ -1195,7 +1209,7 @@ fn analyze(
             w[0] == Tok::Logic && is_value(w[1]) && matches!(w[2], Tok::Cmp | Tok::CmpWord)
         });
         if has_logic_cmp {
-            add(hits, "sqli.comment_truncation", 8, at(n - 1));
+            add(hits, rules::SQLI_COMMENT_TRUNCATION, 8, at(n - 1));
         }
     }
 }

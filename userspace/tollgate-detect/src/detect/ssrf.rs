@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use super::rules;
 use super::{Category, Location, STRONG, Sink};
 
 /// Host names that resolve to internal services.
@@ -73,7 +74,7 @@ pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             // Plain private addresses are common legitimate values; loopback and
             // metadata are not.
             sink.push(
-                "ssrf.internal_host",
+                rules::SSRF_INTERNAL_HOST,
                 Category::Ssrf,
                 if sc >= STRONG { STRONG } else { 3 },
                 loc,
@@ -102,7 +103,7 @@ fn check_urls(s: &str, loc: &Location, sink: &mut Sink<'_>) {
         if classify(host, false).is_some() {
             // An explicit URL to any internal address is a forgery attempt.
             sink.push(
-                "ssrf.internal_url",
+                rules::SSRF_INTERNAL_URL,
                 Category::Ssrf,
                 STRONG,
                 loc,
@@ -121,7 +122,14 @@ fn check_urls(s: &str, loc: &Location, sink: &mut Sink<'_>) {
         let at_hosts = s.match_indices('@').take(4).map(|(p, _)| &s[p + 1..]);
         for cand in std::iter::once(after).chain(at_hosts) {
             if classify(host_of(cand), false).is_some() {
-                sink.push("ssrf.internal_url", Category::Ssrf, STRONG, loc, s, colon);
+                sink.push(
+                    rules::SSRF_INTERNAL_URL,
+                    Category::Ssrf,
+                    STRONG,
+                    loc,
+                    s,
+                    colon,
+                );
                 break;
             }
         }
@@ -133,7 +141,7 @@ fn check_urls(s: &str, loc: &Location, sink: &mut Sink<'_>) {
             && (p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric())
         {
             sink.push(
-                "ssrf.scheme",
+                rules::SSRF_SCHEME,
                 Category::Ssrf,
                 if *scheme == "unix:" { STRONG } else { 8 },
                 loc,

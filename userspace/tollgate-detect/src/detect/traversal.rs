@@ -4,6 +4,7 @@
 use aho_corasick::AhoCorasick;
 use memchr::memmem::Finder;
 
+use super::rules;
 use super::{ByteSet, Category, Location, STRONG, Sink};
 
 /// Files and directories whose names in a parameter mean a file-read attempt.
@@ -124,13 +125,20 @@ impl Traversal {
                 5
             };
             let at = finder!(b"..").find(n).unwrap_or(0);
-            sink.push("traversal.dotdot", Category::Traversal, sc, loc, &norm, at);
+            sink.push(
+                rules::TRAVERSAL_DOTDOT,
+                Category::Traversal,
+                sc,
+                loc,
+                &norm,
+                at,
+            );
         }
         if nset.any(&ByteSet::from(b":"))
             && let Some(p) = finder!(b"file:/").find(n)
         {
             sink.push(
-                "traversal.file_url",
+                rules::TRAVERSAL_FILE_URL,
                 Category::Traversal,
                 STRONG,
                 loc,
@@ -140,7 +148,14 @@ impl Traversal {
         }
         // Windows drive paths: `c:/windows`, `c:/boot.ini`.
         if n.len() >= 3 && n[0].is_ascii_alphabetic() && n[1] == b':' && n[2] == b'/' {
-            sink.push("traversal.absolute", Category::Traversal, 6, loc, &norm, 0);
+            sink.push(
+                rules::TRAVERSAL_ABSOLUTE,
+                Category::Traversal,
+                6,
+                loc,
+                &norm,
+                0,
+            );
         }
         let mut best: Option<(u32, usize)> = None;
         for m in self.files.find_iter(norm.as_ref()) {
@@ -187,7 +202,7 @@ impl Traversal {
         }
         if let Some((sc, at)) = best {
             sink.push(
-                "traversal.sensitive_file",
+                rules::TRAVERSAL_SENSITIVE_FILE,
                 Category::Traversal,
                 sc,
                 loc,
@@ -232,7 +247,7 @@ impl Traversal {
             .any(|w| w.find(n).is_some());
         if named_file || file_word {
             sink.push(
-                "traversal.sensitive_file",
+                rules::TRAVERSAL_SENSITIVE_FILE,
                 Category::Traversal,
                 STRONG,
                 loc,

@@ -3,6 +3,7 @@
 
 use aho_corasick::AhoCorasick;
 
+use super::rules;
 use super::{ByteSet, Category, Location, STRONG, Sink, is_word};
 
 /// Tags that run script or load active content by themselves.
@@ -186,7 +187,7 @@ impl Xss {
             } else {
                 score_sink
             };
-            sink.push("xss.script_sink", Category::Xss, sc, loc, hay, at);
+            sink.push(rules::XSS_SCRIPT_SINK, Category::Xss, sc, loc, hay, at);
         }
         // Attribute break-out with an event handler, without a tag: `" onmouseover="x`.
         if let Some(at) = event_handler(s, false) {
@@ -196,7 +197,14 @@ impl Xss {
                 .take(3)
                 .any(|&b| b == b'"' || b == b'\'' || b == b'/' || b == b'`');
             if prev_quote {
-                sink.push("xss.event_handler", Category::Xss, STRONG, loc, lower, at);
+                sink.push(
+                    rules::XSS_EVENT_HANDLER,
+                    Category::Xss,
+                    STRONG,
+                    loc,
+                    lower,
+                    at,
+                );
             }
         }
     }
@@ -370,7 +378,7 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             j += 1;
         }
         if s[j..].starts_with(b"!--") || s[j..].starts_with(b"![cdata[") {
-            sink.push("xss.html_comment", Category::Xss, 3, loc, lower, a);
+            sink.push(rules::XSS_HTML_COMMENT, Category::Xss, 3, loc, lower, a);
             continue;
         }
         let name_start = j;
@@ -394,7 +402,7 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
         }
         if let Some(h) = event_handler(attrs, true) {
             sink.push(
-                "xss.event_handler",
+                rules::XSS_EVENT_HANDLER,
                 Category::Xss,
                 STRONG,
                 loc,
@@ -410,16 +418,18 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
             "script" | "iframe" | "object" | "embed" | "applet" | "frameset" | "svg" | "math"
             | "meta" | "base" | "xss" | "style" | "link" | "frame" | "isindex" | "template"
             | "portal" | "bgsound" | "xml" | "import" => {
-                sink.push("xss.tag", Category::Xss, STRONG, loc, lower, a);
+                sink.push(rules::XSS_TAG, Category::Xss, STRONG, loc, lower, a);
             }
-            _ if has_js_url => sink.push("xss.script_url", Category::Xss, STRONG, loc, lower, a),
+            _ if has_js_url => {
+                sink.push(rules::XSS_SCRIPT_URL, Category::Xss, STRONG, loc, lower, a)
+            }
             _ if known && memchr::memchr(b'=', attrs).is_some() => {
-                sink.push("xss.html_tag", Category::Xss, 4, loc, lower, a)
+                sink.push(rules::XSS_HTML_TAG, Category::Xss, 4, loc, lower, a)
             }
             _ if known && (closed || !attrs.is_empty()) => {
-                sink.push("xss.html_tag", Category::Xss, 2, loc, lower, a)
+                sink.push(rules::XSS_HTML_TAG, Category::Xss, 2, loc, lower, a)
             }
-            _ if closed => sink.push("xss.html_tag", Category::Xss, 2, loc, lower, a),
+            _ if closed => sink.push(rules::XSS_HTML_TAG, Category::Xss, 2, loc, lower, a),
             _ => {}
         }
     }

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use tollgate_common::FlowKey;
 
 use super::enforce::Finding;
+use crate::policy::FieldError;
 use crate::{
     api::{
         flows::{ApiEvent, FlowStats, Flows},
@@ -76,20 +77,20 @@ impl SamplingPolicy {
     ///
     /// # Errors
     /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.one_in == 0 {
-            return Err(("sampling.one_in".into(), "must be at least 1".into()));
+            return Err(FieldError::new("sampling.one_in", "must be at least 1"));
         }
         if self.max_bytes == 0 || self.max_bytes as usize > tollgate_common::SAMPLE_BYTES {
-            return Err((
-                "sampling.max_bytes".into(),
+            return Err(FieldError::new(
+                "sampling.max_bytes",
                 format!("must be 1..={}", tollgate_common::SAMPLE_BYTES),
             ));
         }
         if !(self.cpu_budget_percent > 0.0 && self.cpu_budget_percent <= 100.0) {
-            return Err((
-                "sampling.cpu_budget_percent".into(),
-                "must be in (0, 100]".into(),
+            return Err(FieldError::new(
+                "sampling.cpu_budget_percent",
+                "must be in (0, 100]",
             ));
         }
         Ok(())

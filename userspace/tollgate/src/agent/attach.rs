@@ -15,10 +15,48 @@ use tracing::{info, warn};
 
 use crate::datapath::Datapath;
 
-/// Pin name stem and kind of the sock_ops link.
+/// Pin name stem of the sock_ops link (its hook is [`AttachHow::Sockops`]).
 pub const SOCKOPS_PIN: &str = "cgroup";
-/// See [`SOCKOPS_PIN`].
-pub const SOCKOPS_HOW: &str = "sockops";
+
+/// Which hook a link holds. Its name is what `status` shows (`attach`) and
+/// the stem of the link's pin (`<how>@<interface>`), so a restart finds the
+/// links of an earlier run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachHow {
+    /// XDP in the driver.
+    XdpDriver,
+    /// XDP in generic (skb) mode.
+    XdpGeneric,
+    /// TC ingress through tcx.
+    Tcx,
+    /// The response sampler at tcx egress.
+    TcxEgress,
+    /// The sock_ops program on the cgroup v2 root.
+    Sockops,
+}
+
+impl AttachHow {
+    /// The ingress hooks an interface may hold.
+    const INGRESS: [Self; 3] = [Self::XdpDriver, Self::XdpGeneric, Self::Tcx];
+
+    /// Stable name: `xdp-driver`, `xdp-generic`, `tcx`, `tcx-egress`, `sockops`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "xdp-driver",
+            Self::XdpGeneric => "xdp-generic",
+            Self::Tcx => "tcx",
+            Self::TcxEgress => "tcx-egress",
+            Self::Sockops => "sockops",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachHow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The cgroup v2 root, found in /proc/mounts (it is not always at
 /// /sys/fs/cgroup: hybrid hosts mount it at /sys/fs/cgroup/unified).
@@ -44,7 +82,7 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
 pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Attachment> {
     std::fs::create_dir_all(links_dir)
         .with_context(|| format!("failed to create {}", links_dir.display()))?;
-    let pin = pin_path(links_dir, SOCKOPS_PIN, SOCKOPS_HOW);
+    let pin = pin_path(links_dir, SOCKOPS_PIN, AttachHow::Sockops);
     let root = cgroup2_root()?;
     // An earlier run's link holds that run's program, whose socket map for
     // request streams went away with it: replace it with this run's. Both
@@ -94,15 +132,12 @@ pub fn attach_sockops(dp: &mut Datapath, links_dir: &Path) -> anyhow::Result<Att
     Ok(Attachment {
         iface: root.display().to_string(),
         ifindex: 0,
-        how: SOCKOPS_HOW,
+        how: AttachHow::Sockops,
         program_id,
         link,
         pin,
     })
 }
-
-/// Pin kind of the egress (response sampling) link.
-pub const EGRESS_HOW: &str = "tcx-egress";
 
 /// Attaches the response sampler at tcx egress of `iface` (last in the
 /// chain: it only observes), or takes over the link an earlier run pinned.
@@ -117,7 +152,7 @@ pub fn attach_egress(
     let ifindex = ifindex(iface)?;
     std::fs::create_dir_all(links_dir)
         .with_context(|| format!("failed to create {}", links_dir.display()))?;
-    let pin = pin_path(links_dir, iface, EGRESS_HOW);
+    let pin = pin_path(links_dir, iface, AttachHow::TcxEgress);
     if pin.exists() {
         let reused = (|| -> anyhow::Result<FdLink> {
             let fd: FdLink = PinnedLink::from_pin(&pin)?.into();
@@ -134,7 +169,7 @@ pub fn attach_egress(
                 return Ok(Attachment {
                     iface: iface.to_owned(),
                     ifindex,
-                    how: EGRESS_HOW,
+                    how: AttachHow::TcxEgress,
                     program_id,
                     link,
                     pin,
@@ -168,7 +203,7 @@ pub fn attach_egress(
     Ok(Attachment {
         iface: iface.to_owned(),
         ifindex,
-        how: EGRESS_HOW,
+        how: AttachHow::TcxEgress,
         program_id,
         link,
         pin,
@@ -203,8 +238,8 @@ pub struct Attachment {
     pub iface: String,
     /// Interface index.
     pub ifindex: u32,
-    /// `xdp-driver`, `xdp-generic` or `tcx`.
-    pub how: &'static str,
+    /// The hook.
+    pub how: AttachHow,
     /// Kernel id of the attached program.
     pub program_id: u32,
     /// The link, kept open while the agent runs.
@@ -220,12 +255,12 @@ impl Attachment {
             warn!(iface = %self.iface, pin = %self.pin.display(), "failed to remove link pin: {e}");
         }
         drop(self.link);
-        info!(iface = %self.iface, how = self.how, "detached");
+        info!(iface = %self.iface, how = %self.how, "detached");
     }
 
     /// Leaves the program attached (the pin keeps the link alive).
     pub fn keep(self) {
-        info!(iface = %self.iface, how = self.how, pin = %self.pin.display(), "left attached");
+        info!(iface = %self.iface, how = %self.how, pin = %self.pin.display(), "left attached");
     }
 }
 
@@ -234,22 +269,20 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("no network interface named '{iface}'"))
 }
 
-const SUFFIXES: [&str; 3] = ["xdp-driver", "xdp-generic", "tcx"];
-
 /// bpffs refuses names containing '.', which interface names may hold
 /// (VLAN devices such as `eth0.100`), so the name is percent-escaped.
-fn pin_name(iface: &str, how: &str) -> String {
+fn pin_name(iface: &str, how: AttachHow) -> String {
     let iface = iface.replace('%', "%25").replace('.', "%2e");
     format!("{how}@{iface}")
 }
 
-fn pin_path(links_dir: &Path, iface: &str, how: &str) -> PathBuf {
+fn pin_path(links_dir: &Path, iface: &str, how: AttachHow) -> PathBuf {
     links_dir.join(pin_name(iface, how))
 }
 
 /// Removes pinned links of earlier runs that this run does not want (other
 /// interfaces or another hook), detaching those programs.
-pub fn remove_unwanted_pins(links_dir: &Path, wanted: &[(String, &'static str)]) {
+pub fn remove_unwanted_pins(links_dir: &Path, wanted: &[(String, AttachHow)]) {
     let Ok(dir) = std::fs::read_dir(links_dir) else {
         return;
     };
@@ -257,7 +290,7 @@ pub fn remove_unwanted_pins(links_dir: &Path, wanted: &[(String, &'static str)])
         let name = entry.file_name().to_string_lossy().into_owned();
         let keep = wanted
             .iter()
-            .any(|(iface, how)| name == pin_name(iface, how));
+            .any(|(iface, how)| name == pin_name(iface, *how));
         if !keep {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
@@ -272,15 +305,11 @@ pub fn remove_unwanted_pins(links_dir: &Path, wanted: &[(String, &'static str)])
 }
 
 /// The pin an earlier run left for this interface, if any.
-fn existing_pin(
-    links_dir: &Path,
-    iface: &str,
-    kind: AttachKind,
-) -> Option<(PathBuf, &'static str)> {
-    SUFFIXES
-        .iter()
-        .filter(|s| (kind == AttachKind::Tc) == (**s == "tcx"))
-        .map(|s| (pin_path(links_dir, iface, s), *s))
+fn existing_pin(links_dir: &Path, iface: &str, kind: AttachKind) -> Option<(PathBuf, AttachHow)> {
+    AttachHow::INGRESS
+        .into_iter()
+        .filter(|h| (kind == AttachKind::Tc) == (*h == AttachHow::Tcx))
+        .map(|h| (pin_path(links_dir, iface, h), h))
         .find(|(p, _)| p.exists())
 }
 
@@ -304,7 +333,7 @@ pub fn attach(
             Ok((link, program_id)) => {
                 info!(
                     iface,
-                    how, "took over the link pinned by an earlier run (no gap in enforcement)"
+                    %how, "took over the link pinned by an earlier run (no gap in enforcement)"
                 );
                 return Ok(Attachment {
                     iface: iface.to_owned(),
@@ -323,7 +352,7 @@ pub fn attach(
     }
     let (link, how) = match kind {
         AttachKind::Xdp => attach_xdp(dp, iface, xdp_mode)?,
-        AttachKind::Tc => (attach_tcx(dp, iface)?, "tcx"),
+        AttachKind::Tc => (attach_tcx(dp, iface)?, AttachHow::Tcx),
     };
     let program_id = program_id(dp, kind)?;
     let pin = pin_path(links_dir, iface, how);
@@ -331,7 +360,7 @@ pub fn attach(
         .pin(&pin)
         .with_context(|| format!("failed to pin link at {}", pin.display()))?;
     let link: FdLink = pinned.into();
-    info!(iface, ifindex, how, program_id, "attached");
+    info!(iface, ifindex, %how, program_id, "attached");
     Ok(Attachment {
         iface: iface.to_owned(),
         ifindex,
@@ -419,7 +448,7 @@ fn attach_xdp(
     dp: &mut Datapath,
     iface: &str,
     pref: XdpModePref,
-) -> anyhow::Result<(FdLink, &'static str)> {
+) -> anyhow::Result<(FdLink, AttachHow)> {
     let prog = dp.xdp()?;
     let fail = |e: XdpAttachError, mode: &str| match e {
         XdpAttachError::Busy => anyhow!(
@@ -433,13 +462,13 @@ fn attach_xdp(
     };
     match pref {
         XdpModePref::Generic => try_xdp(prog, iface, XdpMode::Skb)
-            .map(|l| (l, "xdp-generic"))
+            .map(|l| (l, AttachHow::XdpGeneric))
             .map_err(|e| fail(e, "generic")),
         XdpModePref::Driver => try_xdp(prog, iface, XdpMode::Driver)
-            .map(|l| (l, "xdp-driver"))
+            .map(|l| (l, AttachHow::XdpDriver))
             .map_err(|e| fail(e, "driver")),
         XdpModePref::Auto => match try_xdp(prog, iface, XdpMode::Driver) {
-            Ok(l) => Ok((l, "xdp-driver")),
+            Ok(l) => Ok((l, AttachHow::XdpDriver)),
             Err(XdpAttachError::Busy) => Err(fail(XdpAttachError::Busy, "driver")),
             Err(XdpAttachError::Other(e)) => {
                 warn!(
@@ -448,7 +477,7 @@ fn attach_xdp(
                      which runs later in the stack and costs more per packet"
                 );
                 try_xdp(prog, iface, XdpMode::Skb)
-                    .map(|l| (l, "xdp-generic"))
+                    .map(|l| (l, AttachHow::XdpGeneric))
                     .map_err(|e| fail(e, "generic"))
             }
         },
@@ -469,4 +498,36 @@ fn attach_tcx(dp: &mut Datapath, iface: &str) -> anyhow::Result<FdLink> {
         })?;
     let link = prog.take_link(id)?;
     FdLink::try_from(link).map_err(|e| anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttachHow, pin_name};
+
+    /// Pins of earlier runs keep their names, so a restart takes them over.
+    #[test]
+    fn pin_names_and_status_names_are_stable() {
+        let names: Vec<String> = [
+            AttachHow::XdpDriver,
+            AttachHow::XdpGeneric,
+            AttachHow::Tcx,
+            AttachHow::TcxEgress,
+        ]
+        .into_iter()
+        .map(|h| pin_name("eth0.100", h))
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "xdp-driver@eth0%2e100",
+                "xdp-generic@eth0%2e100",
+                "tcx@eth0%2e100",
+                "tcx-egress@eth0%2e100"
+            ]
+        );
+        assert_eq!(
+            pin_name(super::SOCKOPS_PIN, AttachHow::Sockops),
+            "sockops@cgroup"
+        );
+    }
 }

@@ -17,12 +17,11 @@ use tollgate_common::{BanReason, Mode};
 use tollgate_detect::{Action, Location, Violation};
 use tracing::{info, warn};
 
-use super::state::AgentState;
+use super::{maps::Maps, state::AgentState};
 use crate::{
     clock,
     engine::{Decision, ScoringPolicy},
-    events::{EventLog, SecurityEvent, now_rfc3339},
-    net::overlaps,
+    events::{EventKind, EventLog, SecurityEvent, now_rfc3339},
     store::BanRecord,
 };
 
@@ -72,21 +71,20 @@ pub fn location_name(l: &Location) -> String {
 fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent {
     SecurityEvent {
         time: now_rfc3339(),
-        kind: "violation".into(),
+        kind: EventKind::Violation,
         client: f.client,
         proxy: f.proxy,
         port: Some(f.port),
         rule: v.rule.into(),
-        category: v.category.as_str().into(),
+        category: v.category,
         score: f64::from(v.score),
         location: Some(location_name(&v.location)),
         evidence: v.evidence.clone(),
         route: f.route.clone(),
         action: match f.decision.action {
-            Action::Ban => "ban",
-            Action::Alert | Action::Allow => "alert",
-        }
-        .into(),
+            Action::Ban => Action::Ban,
+            Action::Alert | Action::Allow => Action::Alert,
+        },
         enforced,
         ban: None,
         ttl_secs: None,
@@ -96,9 +94,9 @@ fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent 
 }
 
 /// Applies a batch of findings: events for all, bans where decided.
-pub fn apply(
+pub fn apply<M: Maps>(
     findings: &[Finding],
-    state: &Arc<Mutex<AgentState>>,
+    state: &Arc<Mutex<AgentState<M>>>,
     log: &Mutex<EventLog>,
     scoring: &ScoringPolicy,
 ) {
@@ -127,10 +125,10 @@ pub fn apply(
         }
         let top = f.decision.violations.iter().max_by_key(|v| v.score);
         let mut ev = SecurityEvent {
-            kind: "ban".into(),
+            kind: EventKind::Ban,
             score: f.decision.client_score,
             ban: Some(net.to_string()),
-            action: "ban".into(),
+            action: Action::Ban,
             ..top.map_or_else(
                 || violation_event(f, &placeholder(), false),
                 |v| violation_event(f, v, false),
@@ -141,7 +139,7 @@ pub fn apply(
                 // Through a proxy: cut the connection it came on too.
                 if let Some(key) = f.flow
                     && let Ok(mut s) = state.lock()
-                    && let Err(e) = s.dp.arm_proxy_flow(key, f.client)
+                    && let Err(e) = s.maps.arm_proxy_flow(key, f.client)
                 {
                     warn!("failed to drop the banned client's proxied connection: {e:#}");
                 }
@@ -158,14 +156,17 @@ pub fn apply(
 
 /// Connections from trusted proxies whose real client is banned: armed, so
 /// the datapath drops the rest of them.
-pub fn arm_proxied(proxied: &[(tollgate_common::FlowKey, IpAddr)], state: &Arc<Mutex<AgentState>>) {
+pub fn arm_proxied<M: Maps>(
+    proxied: &[(tollgate_common::FlowKey, IpAddr)],
+    state: &Arc<Mutex<AgentState<M>>>,
+) {
     if proxied.is_empty() {
         return;
     }
     let Ok(mut s) = state.lock() else { return };
     for (key, real) in proxied {
         if s.is_banned(*real)
-            && let Err(e) = s.dp.arm_proxy_flow(*key, *real)
+            && let Err(e) = s.maps.arm_proxy_flow(*key, *real)
         {
             warn!(client = %real, "failed to drop a banned client's proxied connection: {e:#}");
         }
@@ -182,20 +183,20 @@ fn placeholder() -> Violation {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Bans a client the policy engine convicted.
     pub fn policy_ban(&mut self, net: IpNet, f: &Finding, scoring: &ScoringPolicy) -> BanOutcome {
-        if self.dp.mode() == Mode::Monitor {
+        if self.maps.mode() == Mode::Monitor {
             return BanOutcome::NotEnforced("monitor mode".into());
         }
-        if self.allows.keys().any(|a| overlaps(a, &net)) {
+        if self.allow_overlap(&net).is_some() {
             return BanOutcome::NotEnforced("allowlisted".into());
         }
         if self.trusted_overlap(&net).is_some() {
             // The proxy's clients are banned one by one, never the proxy.
             return BanOutcome::NotEnforced("trusted proxy".into());
         }
-        if self.bans.contains_key(&net) {
+        if self.ban(&net).is_some() {
             return BanOutcome::AlreadyBanned;
         }
         let now = clock::unix_now();
@@ -211,14 +212,14 @@ impl AgentState {
             .map_or("score.threshold", |v| v.rule);
         let rec = BanRecord {
             cidr: net,
-            kind: BanReason::Policy.name().into(),
+            kind: BanReason::Policy,
             reason: rule.into(),
             origin: format!("agent ({} on port {})", f.route, f.port),
             created_at: now,
             expires_at: Some(now + ttl),
             offences: hist.count,
         };
-        if let Err(e) = self.put_ban_kernel_first(rec, BanReason::Policy) {
+        if let Err(e) = self.put_ban_kernel_first(rec) {
             warn!(client = %net, "failed to ban: {e}");
             return BanOutcome::NotEnforced(format!("ban failed: {e}"));
         }

@@ -1,5 +1,11 @@
 //! `tollgate agent`: loads and attaches the datapath, restores state, serves
 //! the control socket, expires bans, and shuts down cleanly on SIGINT/SIGTERM.
+//!
+//! [`state::AgentState`] owns the decisions (bans, allow entries, expiry,
+//! escalation) and reaches the kernel only through [`maps::Maps`]: start-up
+//! uses the concrete [`Datapath`] to attach programs and take the ring
+//! buffers, then the state drives the maps. Its unit tests
+//! (`agent/state/tests.rs`) run the same decisions over [`maps::MemMaps`].
 
 pub mod api;
 pub mod attach;
@@ -7,6 +13,7 @@ pub mod crowdsec;
 pub mod enforce;
 pub mod feeds;
 pub mod http;
+pub mod maps;
 pub mod ratelimit;
 pub mod reload;
 pub mod startup;
@@ -17,7 +24,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -153,27 +160,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             (None, Some(format!("unavailable: {e}")))
         }
     };
-    let mut state = AgentState {
+    let mut state = AgentState::new(
         dp,
         store,
         store_error,
-        bans: Default::default(),
-        expiry: Default::default(),
-        allows: Default::default(),
-        attachments: Vec::new(),
-        started: Instant::now(),
-        pin_dir: opts.pin_dir.display().to_string(),
-        state_dir: opts.state_dir.display().to_string(),
-        rate: ratelimit::RateState::from_policy(&opts.rate_limit),
-        trusted: opts.trusted_proxies.clone(),
-        policy_refused: None,
-        store_failures_synced: 0,
-    };
+        state::Dirs {
+            pin_dir: opts.pin_dir.display().to_string(),
+            state_dir: opts.state_dir.display().to_string(),
+        },
+        ratelimit::RateState::from_policy(&opts.rate_limit),
+        opts.trusted_proxies.clone(),
+    );
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
     info!(
-        bans = state.bans.len(),
-        allows = state.allows.len(),
+        bans = state.bans().count(),
+        allows = state.allows().count(),
         restored_to_kernel = to_kernel,
         adopted_from_kernel = to_store,
         "state restored"
@@ -194,7 +196,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
-        match attach::attach(&mut state.dp, iface, opts.attach, opts.xdp_mode, &links_dir) {
+        match attach::attach(
+            state.datapath_mut(),
+            iface,
+            opts.attach,
+            opts.xdp_mode,
+            &links_dir,
+        ) {
             Ok(a) => attached.push(a),
             Err(e) => {
                 // Undo what this run attached; leave earlier runs' pins alone.
@@ -217,7 +225,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             crate::policy::proxy_headers(&opts.policy.trusted_proxies, &opts.trusted_flag_entries);
     }
     state
-        .dp
+        .datapath_mut()
         .set_trusted(&opts.trusted_proxies)
         .context("failed to configure trusted proxies")?;
     if !opts.trusted_proxies.is_empty() {
@@ -229,35 +237,35 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .with_context(|| format!("failed to open the event log {}", events_path.display()))?,
     ));
     state
-        .dp
+        .datapath_mut()
         .set_api_ports(&api_ports, opts.sampling.cfg(opts.sampling.one_in.max(1)))
         .context("failed to configure API sampling")?;
     if !api_ports.is_empty() {
         for iface in &opts.ifaces {
-            match attach::attach_egress(&mut state.dp, iface, &links_dir) {
+            match attach::attach_egress(state.datapath_mut(), iface, &links_dir) {
                 Ok(a) => attached.push(a),
                 Err(e) => warn!(iface, "responses will not be sampled: {e:#}"),
             }
         }
         info!(ports = ?api_ports, "sampling API traffic");
     }
-    let mut wanted: Vec<(String, &'static str)> =
+    let mut wanted: Vec<(String, attach::AttachHow)> =
         attached.iter().map(|a| (a.iface.clone(), a.how)).collect();
-    wanted.push((attach::SOCKOPS_PIN.into(), attach::SOCKOPS_HOW));
+    wanted.push((attach::SOCKOPS_PIN.into(), attach::AttachHow::Sockops));
     attach::remove_unwanted_pins(&links_dir, &wanted);
     state.attachments = attached;
-    let sockops = match attach::attach_sockops(&mut state.dp, &links_dir) {
+    let sockops = match attach::attach_sockops(state.datapath_mut(), &links_dir) {
         Ok(l) => Some(l),
         Err(e) => {
             warn!("concurrent-connection caps are unavailable: {e:#}");
             None
         }
     };
-    let events = state.dp.take_events();
-    let samples = state.dp.take_samples();
+    let events = state.datapath_mut().take_events();
+    let samples = state.datapath_mut().take_samples();
     let mut capture = "nic";
     if !api_ports.is_empty() && sockops.is_some() && opts.sampling.stream {
-        match state.dp.attach_stream() {
+        match state.datapath_mut().attach_stream() {
             Ok(()) => {
                 capture = "socket";
                 info!("API requests are taken at the socket (every request, in order)");
@@ -274,11 +282,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         // Requests ban only once the kernel shows it accepted them: that
         // takes the sock_ops program (handshakes) and the egress hook (the
         // server's acknowledgements). Without either, nothing bans.
-        let verifier = state.dp.take_flow_verifier();
+        let verifier = state.datapath_mut().take_flow_verifier();
         let egress_everywhere = state
             .attachments
             .iter()
-            .filter(|a| a.how == attach::EGRESS_HOW)
+            .filter(|a| a.how == attach::AttachHow::TcxEgress)
             .count()
             == opts.ifaces.len();
         if sockops.is_none() || !egress_everywhere {
@@ -333,7 +341,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             };
             let set_rate = move |one_in: u32| {
                 if let Ok(mut s) = writer.lock()
-                    && let Err(e) = s.dp.set_sampling(policy.cfg(one_in))
+                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
                 {
                     warn!("failed to change the sampling rate: {e:#}");
                 }

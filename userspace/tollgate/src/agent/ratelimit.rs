@@ -13,11 +13,13 @@ use serde_json::json;
 use tollgate_common::{BanReason, BucketKey, RateEvent, Reason};
 use tracing::{info, warn};
 
-use super::state::{AgentState, Refused};
+use super::{
+    maps::Maps,
+    state::{AgentState, Refused},
+};
 use crate::{
     clock,
     limits::{Escalation, LimitSpec, RateLimitPolicy},
-    net::overlaps,
     proto::{LimitsView, TopView},
     store::{BanRecord, LimitsRecord, OffenceRecord},
 };
@@ -77,7 +79,7 @@ pub fn client_of(key: &BucketKey, v6_prefix: u8) -> IpNet {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Writes the limits in force into the datapath.
     ///
     /// # Errors
@@ -85,7 +87,7 @@ impl AgentState {
     pub fn apply_limits(&mut self) -> Result<(), Refused> {
         let l = &self.rate.limits;
         let table: BTreeMap<u16, _> = l.ports.iter().map(|(p, s)| (*p, s.to_cfg())).collect();
-        self.dp
+        self.maps
             .set_limits(l.default.map(|s| s.to_cfg()), &table, l.ipv6_prefix)
             .map_err(|e| Refused::new(format!("failed to write limits: {e:#}")))
     }
@@ -172,11 +174,11 @@ impl AgentState {
 
     pub(super) fn top(&mut self, n: usize) -> Result<serde_json::Value, Refused> {
         let buckets = self
-            .dp
+            .maps
             .buckets()
             .map_err(|e| Refused::new(format!("failed to read rate state: {e:#}")))?;
         let conns: HashMap<BucketKey, u64> = self
-            .dp
+            .maps
             .conns()
             .unwrap_or_default()
             .into_iter()
@@ -258,7 +260,7 @@ impl AgentState {
             let within =
                 u64::try_from(self.rate.escalation.handshake_within.as_nanos()).unwrap_or(u64::MAX);
             let verified = self
-                .dp
+                .maps
                 .handshake_ns(&ev.key.addr)
                 .is_some_and(|t| ev.ts_ns.saturating_sub(t) <= within);
             if !verified {
@@ -275,8 +277,8 @@ impl AgentState {
                 return;
             }
         }
-        if self.bans.contains_key(&cidr)
-            || self.allows.keys().any(|a| overlaps(a, &cidr))
+        if self.ban(&cidr).is_some()
+            || self.allow_overlap(&cidr).is_some()
             || self.trusted_overlap(&cidr).is_some()
         {
             return;
@@ -292,14 +294,14 @@ impl AgentState {
             .map_or("rate-limited", |r| r.name());
         let rec = BanRecord {
             cidr,
-            kind: BanReason::RateLimit.name().into(),
+            kind: BanReason::RateLimit,
             reason: BanReason::RateLimit.name().into(),
             origin: format!("agent ({reason} for {}s)", exceeding_for / 1_000_000_000),
             created_at: now,
             expires_at: Some(now + ttl.as_secs()),
             offences: hist.count,
         };
-        match self.put_ban(rec, BanReason::RateLimit) {
+        match self.put_ban(rec) {
             Ok(()) => {
                 self.rate.bans_issued += 1;
                 info!(

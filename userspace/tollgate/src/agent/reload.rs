@@ -231,12 +231,8 @@ impl Reloader {
             restart.push("metrics");
         }
         let jobs = p.feed_jobs();
-        let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies).map_err(|e| {
-            format!(
-                "{}: trusted_proxies{e}; the running policy stays",
-                path.display()
-            )
-        })?;
+        let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies)
+            .map_err(|e| format!("{}: {e}; the running policy stays", path.display()))?;
         for t in &self.opts.trusted_flags {
             if !trusted.contains(t) {
                 trusted.push(*t);
@@ -248,11 +244,12 @@ impl Reloader {
                 .map_err(|_| "agent state lock poisoned".to_owned())?;
             if !self.mode_flag {
                 let mode: tollgate_common::Mode = p.mode.unwrap_or(ModeName::Enforce).into();
-                if s.dp.mode() != mode {
+                if s.maps.mode() != mode {
                     if mode == tollgate_common::Mode::Monitor {
                         lifted.push("mode enforce -> monitor (nothing is dropped)".into());
                     }
-                    s.dp.set_mode(mode)
+                    s.maps
+                        .set_mode(mode)
                         .map_err(|e| format!("failed to set the mode: {e:#}"))?;
                     changes.push(format!("mode {mode:?}").to_lowercase());
                 }
@@ -271,7 +268,8 @@ impl Reloader {
                         "trusted proxy {t} added (never banned, names its clients)"
                     ));
                 }
-                s.dp.set_trusted(&trusted)
+                s.maps
+                    .set_trusted(&trusted)
                     .map_err(|e| format!("failed to set the trusted proxies: {e:#}"))?;
                 s.trusted.clone_from(&trusted);
                 if let Some(api) = &self.api
@@ -281,7 +279,7 @@ impl Reloader {
                 }
                 changes.push("trusted proxies".into());
             }
-            let have: HashSet<IpNet> = s.allows.keys().copied().collect();
+            let have: HashSet<IpNet> = s.allows().map(|r| r.cidr).collect();
             for net in allow.iter().filter(|n| !have.contains(n)) {
                 let r = s.handle(Request::AllowAdd {
                     cidr: net.to_string(),
@@ -298,8 +296,7 @@ impl Reloader {
                 lifted.push(format!("allowlist entry {net} added (never dropped)"));
             }
             let gone: Vec<IpNet> = s
-                .allows
-                .values()
+                .allows()
                 .filter(|r| r.reason == CONFIG_REASON && !allow.contains(&r.cidr))
                 .map(|r| r.cidr)
                 .collect();

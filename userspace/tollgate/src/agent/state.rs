@@ -17,6 +17,7 @@ pub mod ops;
 
 use super::attach::Attachment;
 use crate::{
+    agent::maps::Maps,
     clock,
     datapath::Datapath,
     net::{check_breadth, display, overlaps, parse_net},
@@ -33,36 +34,120 @@ pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const MAX_REASON_LEN: usize = 256;
 
 /// Everything the agent owns.
-pub struct AgentState {
-    /// Kernel programs and maps.
-    pub dp: Datapath,
+///
+/// The ban index, the expiry index and the kernel maps change together, only
+/// through the methods here ([`Self::put_ban`], [`Self::gc`], ...); they are
+/// private to the agent.
+pub struct AgentState<M = Datapath> {
+    /// The kernel maps ([`Datapath`] in the agent, [`MemMaps`](super::maps::MemMaps) in tests).
+    pub(in crate::agent) maps: M,
     /// Durable store; `None` when it could not be opened (enforcement goes on).
-    pub store: Option<Box<dyn Store>>,
+    pub(in crate::agent) store: Option<Box<dyn Store>>,
     /// Why the store is unavailable.
-    pub store_error: Option<String>,
+    store_error: Option<String>,
     /// Ban records by prefix.
-    pub bans: HashMap<IpNet, BanRecord>,
+    bans: HashMap<IpNet, BanRecord>,
     /// Expiry index: (Unix seconds, prefix).
-    pub expiry: BTreeSet<(u64, IpNet)>,
+    expiry: BTreeSet<(u64, IpNet)>,
     /// Allow records by prefix.
-    pub allows: HashMap<IpNet, AllowRecord>,
+    allows: HashMap<IpNet, AllowRecord>,
     /// Live attachments.
-    pub attachments: Vec<Attachment>,
+    pub(in crate::agent) attachments: Vec<Attachment>,
     /// Agent start.
-    pub started: Instant,
+    started: Instant,
     /// Pin directory, for status.
-    pub pin_dir: String,
+    pin_dir: String,
     /// State directory, for status.
-    pub state_dir: String,
+    state_dir: String,
     /// Rate limits, escalation, `top`.
-    pub rate: super::ratelimit::RateState,
+    pub(in crate::agent) rate: super::ratelimit::RateState,
     /// Trusted proxies: never banned by the agent, refused for manual bans
     /// without `--force`.
-    pub trusted: Vec<IpNet>,
+    pub(in crate::agent) trusted: Vec<IpNet>,
     /// The last policy reload refused: Unix seconds and why (for `status`).
-    pub policy_refused: Option<(u64, String)>,
+    pub(in crate::agent) policy_refused: Option<(u64, String)>,
     /// Store write failures already repaired by rewriting the state.
-    pub store_failures_synced: u64,
+    store_failures_synced: u64,
+}
+
+/// Where the agent keeps its pins and its state, for `status`.
+#[derive(Clone, Debug, Default)]
+pub struct Dirs {
+    /// Pin directory.
+    pub pin_dir: String,
+    /// State directory.
+    pub state_dir: String,
+}
+
+impl AgentState<Datapath> {
+    /// The datapath itself, for what is no decision: attaching programs,
+    /// taking ring buffers.
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.maps
+    }
+}
+
+impl<M: Maps> AgentState<M> {
+    /// A state over `maps` and `store` (`store_error` says why there is no
+    /// store) that holds nothing yet: [`Self::reconcile`] fills it.
+    pub fn new(
+        maps: M,
+        store: Option<Box<dyn Store>>,
+        store_error: Option<String>,
+        dirs: Dirs,
+        rate: super::ratelimit::RateState,
+        trusted: Vec<IpNet>,
+    ) -> Self {
+        Self {
+            maps,
+            store,
+            store_error,
+            bans: HashMap::new(),
+            expiry: BTreeSet::new(),
+            allows: HashMap::new(),
+            attachments: Vec::new(),
+            started: Instant::now(),
+            pin_dir: dirs.pin_dir,
+            state_dir: dirs.state_dir,
+            rate,
+            trusted,
+            policy_refused: None,
+            store_failures_synced: 0,
+        }
+    }
+
+    /// The kernel maps, read-only.
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// The ban record for exactly this prefix.
+    #[must_use]
+    pub fn ban(&self, net: &IpNet) -> Option<&BanRecord> {
+        self.bans.get(net)
+    }
+
+    /// Every ban record (no order).
+    pub fn bans(&self) -> impl Iterator<Item = &BanRecord> {
+        self.bans.values()
+    }
+
+    /// Every allow record (no order).
+    pub fn allows(&self) -> impl Iterator<Item = &AllowRecord> {
+        self.allows.values()
+    }
+
+    /// The allowlist prefix overlapping `net`, if any.
+    #[must_use]
+    pub fn allow_overlap(&self, net: &IpNet) -> Option<IpNet> {
+        self.allows.keys().find(|a| overlaps(a, net)).copied()
+    }
+
+    /// The soonest expiry, if any ban expires.
+    #[must_use]
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
 }
 
 /// A request the agent refuses, with the reason for the operator.
@@ -116,7 +201,7 @@ pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Reconciles the store with the kernel maps at start: every stored
     /// entry is (re)written to the kernel with its remaining TTL; kernel
     /// entries the store does not know are adopted into it. Returns how many
@@ -146,22 +231,22 @@ impl AgentState {
                 expired.push(rec.cidr);
                 continue;
             }
-            if !self.dp.has_block(&rec.cidr) {
+            if !self.maps.has_block(&rec.cidr) {
                 batch.push((rec.cidr, kernel_entry(&rec)));
                 to_kernel += 1;
             }
             self.index(rec);
         }
         let t_index = t0.elapsed();
-        if let Err(e) = self.dp.insert_blocks(batch) {
+        if let Err(e) = self.maps.insert_blocks(batch) {
             error!("failed to restore bans into the kernel: {e:#}");
         }
         let t_kernel = t0.elapsed();
         // Reading the kernel maps back (two syscalls per entry) is only
         // needed when they hold bans the store does not know.
-        let unknown = self.dp.block_nets().any(|n| !self.bans.contains_key(n));
+        let unknown = self.maps.block_nets().any(|n| !self.bans.contains_key(n));
         let kernel = if unknown {
-            self.dp.blocks().unwrap_or_else(|e| {
+            self.maps.blocks().unwrap_or_else(|e| {
                 error!("failed to read the kernel ban maps: {e:#}");
                 Vec::new()
             })
@@ -169,8 +254,11 @@ impl AgentState {
             Vec::new()
         };
         let mut adopt = Vec::new();
+        // A ban the store knows as expired is lifted, not adopted, whatever
+        // its kernel entry says.
+        let stored_expired: std::collections::HashSet<IpNet> = expired.iter().copied().collect();
         for (net, entry) in kernel {
-            if self.bans.contains_key(&net) {
+            if self.bans.contains_key(&net) || stored_expired.contains(&net) {
                 continue;
             }
             let rec = adopted_record(net, &entry, now);
@@ -191,7 +279,7 @@ impl AgentState {
             }
         }
         for net in expired {
-            let _ = self.dp.remove_block(net);
+            let _ = self.maps.remove_block(net);
         }
         // Allow entries.
         let stored_allows = match self.store.as_ref().map(|s| s.allows()) {
@@ -203,12 +291,12 @@ impl AgentState {
             None => Vec::new(),
         };
         for rec in stored_allows {
-            if !self.dp.allow_nets().any(|n| *n == rec.cidr) {
+            if !self.maps.allow_nets().any(|n| *n == rec.cidr) {
                 let entry = AllowEntry {
                     created_ns: clock::boot_ns(),
                     hits: 0,
                 };
-                if let Err(e) = self.dp.insert_allow(rec.cidr, &entry) {
+                if let Err(e) = self.maps.insert_allow(rec.cidr, &entry) {
                     error!(cidr = %rec.cidr, "failed to restore allow entry: {e:#}");
                     continue;
                 }
@@ -216,7 +304,7 @@ impl AgentState {
             }
             self.allows.insert(rec.cidr, rec);
         }
-        let kernel_allows: Vec<IpNet> = self.dp.allow_nets().copied().collect();
+        let kernel_allows: Vec<IpNet> = self.maps.allow_nets().copied().collect();
         for net in kernel_allows {
             if !self.allows.contains_key(&net) {
                 let rec = AllowRecord {
@@ -234,7 +322,7 @@ impl AgentState {
                 to_store += 1;
             }
         }
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             error!("failed to refresh the prefilter: {e:#}");
         }
         debug!(
@@ -321,7 +409,7 @@ impl AgentState {
             return 0;
         }
         for net in &due {
-            if let Err(e) = self.dp.remove_block(*net) {
+            if let Err(e) = self.maps.remove_block(*net) {
                 warn!(cidr = %net, "failed to remove expired ban: {e:#}");
             }
             self.unindex(net);
@@ -331,7 +419,7 @@ impl AgentState {
         {
             warn!("failed to drop expired bans from the store: {e}");
         }
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         info!(count = due.len(), "expired bans removed");
@@ -412,14 +500,14 @@ impl AgentState {
         let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
         let rec = BanRecord {
             cidr: net,
-            kind: BanReason::Manual.name().into(),
+            kind: BanReason::Manual,
             reason: reason.unwrap_or_else(|| BanReason::Manual.name().into()),
             origin: "cli".into(),
             created_at: now,
             expires_at: ttl.map(|t| now + t),
             offences,
         };
-        self.put_ban(rec.clone(), BanReason::Manual)?;
+        self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
         Ok(json!(ban_view(&rec, 0)))
     }
@@ -433,13 +521,13 @@ impl AgentState {
     /// # Errors
     /// When the kernel write fails, or the store write of a manual ban;
     /// nothing changes then.
-    pub fn put_ban(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
+    pub fn put_ban(&mut self, rec: BanRecord) -> Result<(), Refused> {
         let previous = self.bans.get(&rec.cidr).cloned();
         let mut stored = false;
         if let Some(s) = self.store.as_mut() {
             match s.put_bans(std::slice::from_ref(&rec)) {
                 Ok(()) => stored = true,
-                Err(e) if matches!(kind, BanReason::Manual) => {
+                Err(e) if rec.kind == BanReason::Manual => {
                     return Err(refuse(format!("failed to record the ban durably: {e}")));
                 }
                 Err(e) => {
@@ -447,9 +535,7 @@ impl AgentState {
                 }
             }
         }
-        let mut entry = kernel_entry(&rec);
-        entry.reason = kind as u32;
-        if let Err(e) = self.dp.insert_block(rec.cidr, &entry) {
+        if let Err(e) = self.maps.insert_block(rec.cidr, &kernel_entry(&rec)) {
             if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
@@ -462,7 +548,7 @@ impl AgentState {
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
         }
         if previous.is_none() {
-            crate::metrics::ban_issued(&rec.kind, 1);
+            crate::metrics::ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -491,11 +577,9 @@ impl AgentState {
     ///
     /// # Errors
     /// When the kernel refuses; nothing changes then.
-    pub fn put_ban_kernel_first(&mut self, rec: BanRecord, kind: BanReason) -> Result<(), Refused> {
-        let mut entry = kernel_entry(&rec);
-        entry.reason = kind as u32;
-        self.dp
-            .insert_block(rec.cidr, &entry)
+    pub fn put_ban_kernel_first(&mut self, rec: BanRecord) -> Result<(), Refused> {
+        self.maps
+            .insert_block(rec.cidr, &kernel_entry(&rec))
             .map_err(|e| refuse(format!("the kernel refused the ban: {e:#}")))?;
         if let Some(s) = self.store.as_mut()
             && let Err(e) = s.put_bans(std::slice::from_ref(&rec))
@@ -503,7 +587,7 @@ impl AgentState {
             warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
         }
         if !self.bans.contains_key(&rec.cidr) {
-            crate::metrics::ban_issued(&rec.kind, 1);
+            crate::metrics::ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -511,18 +595,18 @@ impl AgentState {
 
     fn block_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
-        if !self.bans.contains_key(&net) && !self.dp.has_block(&net) {
+        if !self.bans.contains_key(&net) && !self.maps.has_block(&net) {
             return Err(refuse(format!("{} is not banned", display(&net))));
         }
         if let Some(s) = self.store.as_mut() {
             s.remove_bans(&[net])
                 .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
-        self.dp
+        self.maps
             .remove_block(net)
             .map_err(|e| refuse(format!("the kernel refused the removal: {e:#}")))?;
         self.unindex(&net);
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         info!(cidr = %net, "ban removed");
@@ -531,7 +615,7 @@ impl AgentState {
 
     fn block_ls(&self) -> serde_json::Value {
         let hits: HashMap<IpNet, u64> = self
-            .dp
+            .maps
             .blocks()
             .unwrap_or_default()
             .into_iter()
@@ -569,7 +653,7 @@ impl AgentState {
             created_ns: clock::boot_ns(),
             hits: 0,
         };
-        if let Err(e) = self.dp.insert_allow(net, &entry) {
+        if let Err(e) = self.maps.insert_allow(net, &entry) {
             if let Some(s) = self.store.as_mut() {
                 let _ = s.remove_allow(&net);
             }
@@ -589,7 +673,7 @@ impl AgentState {
             s.remove_allow(&net)
                 .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
-        self.dp
+        self.maps
             .remove_allow(net)
             .map_err(|e| refuse(format!("the kernel refused the removal: {e:#}")))?;
         self.allows.remove(&net);
@@ -599,7 +683,7 @@ impl AgentState {
 
     fn allow_ls(&self) -> serde_json::Value {
         let hits: HashMap<IpNet, u64> = self
-            .dp
+            .maps
             .allow_entries()
             .unwrap_or_default()
             .into_iter()
@@ -616,7 +700,7 @@ impl AgentState {
 
     fn stats(&self) -> Result<serde_json::Value, Refused> {
         let rows = self
-            .dp
+            .maps
             .counters()
             .map_err(|e| refuse(format!("failed to read counters: {e:#}")))?;
         let mut counters = Vec::new();
@@ -647,8 +731,8 @@ impl AgentState {
     }
 
     fn status(&self) -> serde_json::Value {
-        let fill = self.dp.fill();
-        let cap = self.dp.capacities();
+        let fill = self.maps.fill();
+        let cap = self.maps.capacities();
         let maps = vec![
             MapFillView {
                 name: maps::BLOCK4.into(),
@@ -678,7 +762,7 @@ impl AgentState {
         ];
         json!(StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
-            mode: match self.dp.mode() {
+            mode: match self.maps.mode() {
                 Mode::Enforce => "enforce".into(),
                 Mode::Monitor => "monitor".into(),
             },
@@ -698,13 +782,13 @@ impl AgentState {
                 .map(|a| AttachView {
                     iface: a.iface.clone(),
                     ifindex: a.ifindex,
-                    attach: a.how.into(),
+                    attach: a.how.as_str().into(),
                     program_id: a.program_id,
                 })
                 .collect(),
             maps,
             sampling: None,
-            samples_kernel: self.dp.sample_stats().ok().map(|[taken, lost, skipped]| {
+            samples_kernel: self.maps.sample_stats().ok().map(|[taken, lost, skipped]| {
                 crate::proto::SampleCounters {
                     taken,
                     lost,
@@ -722,7 +806,7 @@ fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
         address: rec.cidr.addr().to_string(),
         prefix_len: rec.cidr.prefix_len(),
         reason: rec.reason.clone(),
-        kind: rec.kind.clone(),
+        kind: rec.kind,
         origin: rec.origin.clone(),
         created_at: clock::rfc3339(rec.created_at),
         expires_at: rec.expires_at.map(clock::rfc3339),
@@ -746,18 +830,11 @@ fn allow_view(rec: &AllowRecord, hits: u64) -> AllowView {
 
 /// The kernel entry for a record (remaining TTL on the boot clock).
 fn kernel_entry(rec: &BanRecord) -> BlockEntry {
-    let reason = match rec.kind.as_str() {
-        "rate-limit" => BanReason::RateLimit,
-        "policy" => BanReason::Policy,
-        "feed" => BanReason::Feed,
-        "crowdsec" => BanReason::Crowdsec,
-        _ => BanReason::Manual,
-    };
     BlockEntry {
         expires_ns: clock::boot_deadline(rec.expires_at),
         created_ns: clock::boot_ns(),
         hits: 0,
-        reason: reason as u32,
+        reason: rec.kind as u32,
         reserved: 0,
     }
 }
@@ -767,16 +844,17 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
     let boot = clock::boot_ns();
     let expires_at =
         (e.expires_ns != 0).then(|| now + e.expires_ns.saturating_sub(boot) / 1_000_000_000);
-    let kind = BanReason::from_u32(e.reason)
-        .unwrap_or(BanReason::Manual)
-        .name();
+    let kind = BanReason::from_u32(e.reason).unwrap_or(BanReason::Manual);
     BanRecord {
         cidr: net,
-        kind: kind.into(),
-        reason: kind.into(),
+        kind,
+        reason: kind.name().into(),
         origin: "kernel".into(),
         created_at: now,
         expires_at,
         offences: 1,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use ipnet::IpNet;
 use tollgate_common::BanReason;
 
-use super::{AgentState, Refused};
+use super::{AgentState, Maps, Refused};
 use crate::{
     clock,
     crowdsec::{ORIGIN, Wanted},
@@ -47,7 +47,7 @@ impl CrowdsecReport {
     }
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Applies CrowdSec bans: `put` are added or rewritten, `lift` are
     /// removed; with `authoritative` (a `startup=true` pull) every CrowdSec
     /// ban not in `put` is removed too. Bans of other origins are never
@@ -61,7 +61,7 @@ impl AgentState {
         lift: &[IpNet],
         authoritative: bool,
     ) -> Result<CrowdsecReport, Refused> {
-        let kind = BanReason::Crowdsec.name();
+        let kind = BanReason::Crowdsec;
         let now = clock::unix_now();
         let mut report = CrowdsecReport::default();
         let refuse_one = |report: &mut CrowdsecReport, why: String| {
@@ -122,7 +122,7 @@ impl AgentState {
                     report.added += 1;
                     records.push(BanRecord {
                         cidr: w.net,
-                        kind: kind.into(),
+                        kind,
                         reason: w.reason.clone(),
                         origin: ORIGIN.into(),
                         created_at: now,
@@ -150,7 +150,7 @@ impl AgentState {
             return Ok(report);
         }
         self.write_batch(records, &previous, &stale, "CrowdSec decisions")?;
-        crate::metrics::ban_issued(kind, report.added as u64);
+        crate::metrics::ban_issued(kind.name(), report.added as u64);
         Ok(report)
     }
 }

@@ -9,14 +9,14 @@ use serde_json::json;
 use tollgate_common::{BanReason, maps};
 use tracing::{debug, info, warn};
 
-use super::{AgentState, Refused, check_reason, check_ttl, kernel_entry, refuse};
+use super::{AgentState, Maps, Refused, check_reason, check_ttl, kernel_entry, refuse};
 use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
     metrics::{self, Snapshot},
     net::{check_breadth, display, overlaps, parse_net},
     proto::{ExportRow, ExportView},
-    store::BanRecord,
+    store::{BanRecord, ban_kind},
 };
 
 /// Longest origin (group) name.
@@ -43,7 +43,7 @@ pub fn check_origin(origin: &str) -> Result<(), Refused> {
     Ok(())
 }
 
-impl AgentState {
+impl<M: Maps> AgentState<M> {
     /// Makes the feed group `origin` exactly `cidrs` (untrusted text, each
     /// validated): new entries are added, entries whose TTL or reason changed
     /// are rewritten, entries of the group no longer listed are removed, and
@@ -74,7 +74,7 @@ impl AgentState {
                 cidrs.len()
             )));
         }
-        let kind = BanReason::Feed.name();
+        let kind = BanReason::Feed;
         let now = clock::unix_now();
         let expires_at = ttl.map(|t| now + t);
         let mut report = ImportReport {
@@ -127,7 +127,7 @@ impl AgentState {
                     report.added += 1;
                     put.push(BanRecord {
                         cidr: net,
-                        kind: kind.into(),
+                        kind,
                         reason: reason.clone(),
                         origin: origin.to_owned(),
                         created_at: now,
@@ -159,7 +159,7 @@ impl AgentState {
         let t_validate = t0.elapsed();
 
         self.write_batch(put, &previous, &stale, "the import")?;
-        metrics::ban_issued(kind, report.added as u64);
+        metrics::ban_issued(kind.name(), report.added as u64);
         debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
         info!(
             origin,
@@ -194,7 +194,7 @@ impl AgentState {
                 .map_err(|e| refuse(format!("failed to record {what} durably: {e}")))?;
         }
         if let Err(e) = self
-            .dp
+            .maps
             .insert_blocks(put.iter().map(|r| (r.cidr, kernel_entry(r))))
         {
             // Undo: the kernel keeps only what it had, the store too.
@@ -204,12 +204,12 @@ impl AgentState {
                 .map(|r| r.cidr)
                 .collect();
             for net in &added {
-                let _ = self.dp.remove_block(*net);
+                let _ = self.maps.remove_block(*net);
             }
             for r in previous {
-                let _ = self.dp.insert_block(r.cidr, &kernel_entry(r));
+                let _ = self.maps.insert_block(r.cidr, &kernel_entry(r));
             }
-            if let Err(e) = self.dp.maintain() {
+            if let Err(e) = self.maps.maintain() {
                 warn!("failed to refresh the prefilter: {e:#}");
             }
             if let Some(s) = self.store.as_mut() {
@@ -228,12 +228,12 @@ impl AgentState {
             )));
         }
         for net in stale {
-            if let Err(e) = self.dp.remove_block(*net) {
+            if let Err(e) = self.maps.remove_block(*net) {
                 warn!(cidr = %net, "failed to lift a ban dropped from its group: {e:#}");
             }
             self.unindex(net);
         }
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         for r in put {
@@ -260,13 +260,13 @@ impl AgentState {
         }
         let t0 = std::time::Instant::now();
         for net in &nets {
-            if let Err(e) = self.dp.remove_block(*net) {
+            if let Err(e) = self.maps.remove_block(*net) {
                 warn!(cidr = %net, "failed to remove ban: {e:#}");
             }
             self.unindex(net);
         }
         debug!(elapsed = ?t0.elapsed(), "removed from the kernel");
-        if let Err(e) = self.dp.maintain() {
+        if let Err(e) = self.maps.maintain() {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         info!(origin, count = nets.len(), "bans removed by origin");
@@ -287,7 +287,7 @@ impl AgentState {
                 .into_iter()
                 .map(|r| ExportRow {
                     cidr: r.cidr.to_string(),
-                    kind: r.kind.clone(),
+                    kind: r.kind,
                     origin: r.origin.clone(),
                     expires_at: r.expires_at.map(clock::rfc3339),
                 })
@@ -299,20 +299,14 @@ impl AgentState {
     /// are one map read per verdict and reason, the rest is in memory).
     #[must_use]
     pub fn snapshot(&self, wanted_ifaces: usize) -> Snapshot {
-        let fill = self.dp.fill();
-        let cap = self.dp.capacities();
-        let mut bans_active: BTreeMap<String, u64> = [
-            BanReason::Manual,
-            BanReason::RateLimit,
-            BanReason::Policy,
-            BanReason::Feed,
-            BanReason::Crowdsec,
-        ]
-        .iter()
-        .map(|k| (k.name().to_owned(), 0))
-        .collect();
+        let fill = self.maps.fill();
+        let cap = self.maps.capacities();
+        let mut bans_active: BTreeMap<String, u64> = ban_kind::ALL
+            .iter()
+            .map(|k| (k.name().to_owned(), 0))
+            .collect();
         for r in self.bans.values() {
-            *bans_active.entry(r.kind.clone()).or_default() += 1;
+            *bans_active.entry(r.kind.name().to_owned()).or_default() += 1;
         }
         let store_health = self.store_health();
         let store_up = store_health.is_none();
@@ -331,7 +325,7 @@ impl AgentState {
         };
         Snapshot {
             counters: self
-                .dp
+                .maps
                 .counters()
                 .map(|rows| {
                     rows.into_iter()
@@ -349,7 +343,7 @@ impl AgentState {
             bans_active,
             store_up,
             not_ready,
-            samples: self.dp.sample_stats().ok(),
+            samples: self.maps.sample_stats().ok(),
         }
     }
 }

@@ -1,0 +1,888 @@
+//! The agent's decisions over in-memory kernel maps ([`MemMaps`]) and a store
+//! in a temporary directory: no root, no kernel. Each test checks what an
+//! operator would: `block ls`, the kernel entry, the stored record.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use tollgate_common::{BanReason, BlockEntry, BucketKey, Mode, RateEvent, Reason};
+use tollgate_detect::{Action, Category, Location, Violation};
+
+use super::{AgentState, Dirs};
+use crate::{
+    agent::{enforce::Finding, maps::MemMaps, ratelimit::RateState},
+    clock,
+    crowdsec::Wanted,
+    engine::{Decision, ScoringPolicy},
+    events::{EventLog, EventsPolicy},
+    proto::{Request, Response},
+    store::{BanRecord, RedbStore, Store},
+};
+
+fn net(s: &str) -> IpNet {
+    crate::net::parse_net(s).unwrap()
+}
+
+/// An agent over empty in-memory maps and a fresh store.
+struct Agent {
+    state: AgentState<MemMaps>,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn new(mode: Mode) -> Self {
+        Self::with(MemMaps::new(mode), Vec::new())
+    }
+
+    fn with(maps: MemMaps, trusted: Vec<IpNet>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Box<dyn Store> = Box::new(RedbStore::open(dir.path()).unwrap());
+        Self::over(maps, trusted, store, dir)
+    }
+
+    fn over(
+        maps: MemMaps,
+        trusted: Vec<IpNet>,
+        store: Box<dyn Store>,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let mut state = AgentState::new(
+            maps,
+            Some(store),
+            None,
+            Dirs::default(),
+            RateState::default(),
+            trusted,
+        );
+        state.reconcile();
+        Self { state, dir }
+    }
+
+    fn ok(&mut self, req: Request) -> serde_json::Value {
+        let r = self.state.handle(req);
+        assert!(r.ok, "refused: {:?}", r.error);
+        r.data.unwrap_or_default()
+    }
+
+    fn refused(&mut self, req: Request) -> String {
+        let r: Response = self.state.handle(req);
+        assert!(!r.ok, "accepted: {:?}", r.data);
+        r.error.unwrap_or_default()
+    }
+
+    fn ban(&mut self, cidr: &str, ttl_secs: Option<u64>) -> serde_json::Value {
+        self.ok(Request::BlockAdd {
+            cidr: cidr.into(),
+            ttl_secs,
+            reason: None,
+            force: false,
+        })
+    }
+
+    fn allow(&mut self, cidr: &str) {
+        self.ok(Request::AllowAdd {
+            cidr: cidr.into(),
+            reason: None,
+            force: false,
+        });
+    }
+
+    /// `block ls --json`.
+    fn ls(&mut self) -> Vec<serde_json::Value> {
+        self.ok(Request::BlockLs).as_array().unwrap().clone()
+    }
+
+    fn kernel(&self, cidr: &str) -> Option<BlockEntry> {
+        self.state.maps().blocks.get(&net(cidr)).copied()
+    }
+
+    fn stored(&self) -> Vec<BanRecord> {
+        self.state.store.as_ref().unwrap().bans().unwrap()
+    }
+
+    /// The agent restarted: same kernel maps, store reopened.
+    fn restart(self) -> Self {
+        let Self { state, dir } = self;
+        let AgentState { maps, store, .. } = state;
+        drop(store);
+        let store: Box<dyn Store> = Box::new(RedbStore::open(dir.path()).unwrap());
+        Self::over(maps, Vec::new(), store, dir)
+    }
+}
+
+/// `ttl_remaining_secs` of a ban view is `want`, or a second or two less
+/// when the clock ticked since the ban was made.
+fn assert_ttl(view: &serde_json::Value, want: u64) {
+    let ttl = view["ttl_remaining_secs"].as_u64().unwrap();
+    assert!(ttl <= want && ttl + 2 >= want, "ttl {ttl}, want {want}");
+}
+
+fn kind_of(e: &BlockEntry) -> Option<BanReason> {
+    BanReason::from_u32(e.reason)
+}
+
+#[test]
+fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
+    let mut a = Agent::new(Mode::Enforce);
+    let view = a.ban("192.0.2.7", Some(600));
+    assert_eq!(view["cidr"], "192.0.2.7/32");
+    assert_eq!(view["kind"], "manual");
+    assert_ttl(&view, 600);
+
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["origin"], "cli");
+    let k = a.kernel("192.0.2.7/32").expect("ban in the kernel map");
+    assert_eq!(kind_of(&k), Some(BanReason::Manual));
+    assert_ne!(
+        k.expires_ns, 0,
+        "a ban with a TTL expires in the kernel too"
+    );
+    assert_eq!(a.stored().len(), 1);
+    assert!(a.state.is_banned("192.0.2.7".parse().unwrap()));
+
+    a.ok(Request::BlockRm {
+        cidr: "192.0.2.7".into(),
+    });
+    assert!(a.ls().is_empty());
+    assert!(a.kernel("192.0.2.7/32").is_none());
+    assert!(a.stored().is_empty());
+    assert!(!a.state.is_banned("192.0.2.7".parse().unwrap()));
+    let e = a.refused(Request::BlockRm {
+        cidr: "192.0.2.7".into(),
+    });
+    assert!(e.contains("is not banned"), "{e}");
+}
+
+#[test]
+fn a_range_ban_covers_its_hosts() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("198.51.100.0/24", None);
+    assert!(a.state.is_banned("198.51.100.42".parse().unwrap()));
+    assert!(!a.state.is_banned("198.51.101.1".parse().unwrap()));
+    assert_eq!(a.state.maps().blocks[&net("198.51.100.0/24")].expires_ns, 0);
+}
+
+#[test]
+fn a_full_kernel_map_refuses_the_ban_and_the_store_keeps_nothing() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.state.maps.full = true;
+    let e = a.refused(Request::BlockAdd {
+        cidr: "192.0.2.9".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("kernel refused"), "{e}");
+    assert!(a.ls().is_empty());
+    assert!(a.stored().is_empty(), "the store write is undone");
+}
+
+#[test]
+fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.1", Some(3600));
+    let now = clock::unix_now();
+    let due = BanRecord {
+        cidr: net("192.0.2.2"),
+        kind: BanReason::Manual,
+        reason: "due".into(),
+        origin: "cli".into(),
+        created_at: now - 100,
+        expires_at: Some(now - 1),
+        offences: 1,
+    };
+    a.state.put_ban(due).unwrap();
+    assert_eq!(a.state.next_expiry(), Some(now - 1));
+    assert_eq!(a.state.gc(), 1);
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["cidr"], "192.0.2.1/32");
+    assert!(a.kernel("192.0.2.2/32").is_none());
+    assert_eq!(a.stored().len(), 1);
+    assert_eq!(a.state.gc(), 0, "nothing else is due");
+}
+
+#[test]
+fn allowlisted_sources_refuse_bans_unless_forced() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.allow("10.0.0.0/8");
+    let e = a.refused(Request::BlockAdd {
+        cidr: "10.1.2.3".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("overlaps allowlist entry 10.0.0.0/8"), "{e}");
+    assert!(a.ls().is_empty());
+    assert!(a.state.maps().allows.contains_key(&net("10.0.0.0/8")));
+    a.ok(Request::BlockAdd {
+        cidr: "10.1.2.3".into(),
+        ttl_secs: None,
+        reason: None,
+        force: true,
+    });
+    assert_eq!(a.ls().len(), 1);
+}
+
+#[test]
+fn trusted_proxies_are_never_banned_by_the_agent() {
+    let proxy = net("192.0.2.10");
+    let mut a = Agent::with(MemMaps::new(Mode::Enforce), vec![proxy]);
+    let e = a.refused(Request::BlockAdd {
+        cidr: "192.0.2.0/24".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("covers trusted proxy 192.0.2.10"), "{e}");
+    let out = a
+        .state
+        .policy_ban(proxy, &finding(proxy, None), &ScoringPolicy::default());
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::NotEnforced("trusted proxy".into())
+    );
+    let mut maps = MemMaps::new(Mode::Enforce);
+    maps.handshakes.insert(key_of("192.0.2.10").addr, 1);
+    a.state.maps = maps;
+    a.state.on_rate_event(&rate_event("192.0.2.10", 1));
+    a.state
+        .on_rate_event(&rate_event("192.0.2.10", 11_000_000_000));
+    assert!(a.ls().is_empty());
+    assert!(a.state.maps().blocks.is_empty());
+}
+
+fn finding(client: IpNet, unverified: Option<&'static str>) -> Finding {
+    Finding {
+        client: client.addr(),
+        proxy: None,
+        flow: None,
+        port: 8080,
+        route: "GET /users/{id}".into(),
+        decision: Decision {
+            violations: vec![Violation {
+                rule: "sqli.union",
+                category: Category::Sqli,
+                score: 12,
+                location: Location::Request,
+                evidence: "union select".into(),
+            }],
+            action: Action::Ban,
+            client_score: 12.0,
+            ban: Some(client),
+        },
+        unverified,
+    }
+}
+
+fn events(dir: &std::path::Path) -> (Mutex<EventLog>, std::path::PathBuf) {
+    let path = dir.join("events.jsonl");
+    (
+        Mutex::new(EventLog::open(path.clone(), EventsPolicy::default()).unwrap()),
+        path,
+    )
+}
+
+#[test]
+fn policy_bans_escalate_their_ttl_with_each_offence() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.5");
+    let scoring = ScoringPolicy::default();
+    let mut ttls = Vec::new();
+    for offence in 1..=3 {
+        let out = a.state.policy_ban(client, &finding(client, None), &scoring);
+        let super::super::enforce::BanOutcome::Banned {
+            ttl_secs,
+            offence: o,
+        } = out
+        else {
+            panic!("not banned: {out:?}");
+        };
+        assert_eq!(o, offence);
+        let ls = a.ls();
+        assert_eq!(ls[0]["kind"], "policy");
+        assert_eq!(ls[0]["reason"], "sqli.union");
+        assert_eq!(ls[0]["offences"], offence);
+        assert_eq!(
+            kind_of(&a.kernel("203.0.113.5/32").unwrap()),
+            Some(BanReason::Policy)
+        );
+        ttls.push(ttl_secs);
+        // While banned, a second conviction changes nothing.
+        assert_eq!(
+            a.state.policy_ban(client, &finding(client, None), &scoring),
+            super::super::enforce::BanOutcome::AlreadyBanned
+        );
+        a.ok(Request::BlockRm {
+            cidr: client.to_string(),
+        });
+    }
+    let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
+    assert_eq!(ttls, want);
+    assert!(ttls[0] < ttls[1] && ttls[1] < ttls[2], "{ttls:?}");
+}
+
+#[test]
+fn unverified_findings_are_reported_and_never_ban() {
+    let a = Agent::new(Mode::Enforce);
+    let (log, path) = events(a.dir.path());
+    let client = net("203.0.113.9");
+    let Agent { state, dir } = a;
+    let state = Arc::new(Mutex::new(state));
+    super::super::enforce::apply(
+        &[finding(client, Some("no handshake"))],
+        &state,
+        &log,
+        &ScoringPolicy::default(),
+    );
+    let s = state.lock().unwrap();
+    assert!(s.bans().next().is_none());
+    assert!(s.maps().blocks.is_empty());
+    drop(log);
+    let text = std::fs::read_to_string(path).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(ev["type"], "violation");
+    assert_eq!(ev["enforced"], false);
+    assert_eq!(ev["verified"], false);
+    assert_eq!(ev["note"], "unverified: no handshake");
+    assert_eq!(text.lines().count(), 1, "no ban event: {text}");
+    drop(dir);
+}
+
+#[test]
+fn a_verified_finding_bans_and_logs_the_ban() {
+    let a = Agent::new(Mode::Enforce);
+    let (log, path) = events(a.dir.path());
+    let client = net("203.0.113.10");
+    let Agent { state, dir } = a;
+    let state = Arc::new(Mutex::new(state));
+    super::super::enforce::apply(
+        &[finding(client, None)],
+        &state,
+        &log,
+        &ScoringPolicy::default(),
+    );
+    assert!(state.lock().unwrap().maps().blocks.contains_key(&client));
+    drop(log);
+    let text = std::fs::read_to_string(path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "ban");
+    assert_eq!(last["enforced"], true);
+    assert_eq!(last["ban"], "203.0.113.10/32");
+    drop(dir);
+}
+
+#[test]
+fn monitor_mode_bans_nothing() {
+    let mut a = Agent::new(Mode::Monitor);
+    let client = net("203.0.113.6");
+    let out = a
+        .state
+        .policy_ban(client, &finding(client, None), &ScoringPolicy::default());
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::NotEnforced("monitor mode".into())
+    );
+    assert!(a.ls().is_empty());
+    assert!(a.state.maps().blocks.is_empty());
+    assert!(a.stored().is_empty());
+}
+
+#[test]
+fn allow_beats_a_policy_ban() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.allow("203.0.113.0/24");
+    let client = net("203.0.113.7");
+    let out = a
+        .state
+        .policy_ban(client, &finding(client, None), &ScoringPolicy::default());
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::NotEnforced("allowlisted".into())
+    );
+    assert!(a.state.maps().blocks.is_empty());
+}
+
+fn key_of(ip: &str) -> BucketKey {
+    let ip: IpAddr = ip.parse().unwrap();
+    let addr = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    BucketKey {
+        addr,
+        ..BucketKey::default()
+    }
+}
+
+fn rate_event(ip: &str, ts_ns: u64) -> RateEvent {
+    RateEvent {
+        key: key_of(ip),
+        reason: Reason::RateLimited as u32,
+        dropped: 100,
+        passed: 10,
+        ts_ns,
+    }
+}
+
+/// Ten seconds of exceeding (the default `escalation.after`), one report a second.
+fn flood(a: &mut Agent, ip: &str, start_ns: u64) {
+    for s in 0..=10 {
+        a.state
+            .on_rate_event(&rate_event(ip, start_ns + s * 1_000_000_000));
+    }
+}
+
+#[test]
+fn rate_limit_escalation_needs_a_recent_handshake() {
+    let mut a = Agent::new(Mode::Enforce);
+    let t0 = 3_600_000_000_000;
+    // A source that never completed a handshake: limited, never banned.
+    flood(&mut a, "198.51.100.1", t0);
+    assert!(a.ls().is_empty());
+    assert_eq!(a.state.rate.unverified_offenders, 1);
+    // A handshake too old (default window: 10 minutes).
+    a.state
+        .maps
+        .handshakes
+        .insert(key_of("198.51.100.1").addr, t0 - 700_000_000_000);
+    flood(&mut a, "198.51.100.1", t0 + 20_000_000_000);
+    assert!(a.ls().is_empty());
+    // A recent one: banned, kind rate-limit, first TTL of the ladder.
+    a.state
+        .maps
+        .handshakes
+        .insert(key_of("198.51.100.1").addr, t0);
+    flood(&mut a, "198.51.100.1", t0 + 40_000_000_000);
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert_eq!(ls[0]["cidr"], "198.51.100.1/32");
+    assert_eq!(ls[0]["kind"], "rate-limit");
+    assert_eq!(ls[0]["offences"], 1);
+    assert_ttl(&ls[0], 60);
+    assert_eq!(
+        kind_of(&a.kernel("198.51.100.1/32").unwrap()),
+        Some(BanReason::RateLimit)
+    );
+    assert_eq!(a.state.rate.bans_issued, 1);
+}
+
+#[test]
+fn rate_limit_escalation_without_handshake_check_and_growing_ttls() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.state.rate.escalation.require_handshake = false;
+    let mut ttls = Vec::new();
+    for round in 0..4u64 {
+        flood(&mut a, "198.51.100.2", (round + 1) * 100_000_000_000);
+        let ls = a.ls();
+        assert_eq!(ls.len(), 1);
+        assert_eq!(ls[0]["offences"], round + 1);
+        let ttl = ls[0]["ttl_remaining_secs"].as_u64().unwrap();
+        // Rounded up to the ladder's step (a second may pass while listing).
+        ttls.push(ttl.div_ceil(60) * 60);
+        a.ok(Request::BlockRm {
+            cidr: "198.51.100.2".into(),
+        });
+    }
+    // 1 min, 10 min, 1 h, and the last step repeats.
+    assert_eq!(ttls, vec![60, 600, 3600, 3600]);
+}
+
+#[test]
+fn a_short_burst_is_not_escalated() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.state.rate.escalation.require_handshake = false;
+    a.state.rate.escalation.after = Duration::from_secs(10);
+    for s in 0..5 {
+        a.state
+            .on_rate_event(&rate_event("198.51.100.3", s * 1_000_000_000));
+    }
+    // A gap longer than the continuity window starts a new run.
+    for s in 0..6 {
+        a.state
+            .on_rate_event(&rate_event("198.51.100.3", (20 + s) * 1_000_000_000));
+    }
+    assert!(a.ls().is_empty());
+}
+
+fn import(a: &mut Agent, origin: &str, cidrs: &[&str]) -> crate::feed::ImportReport {
+    let cidrs: Vec<String> = cidrs.iter().map(|s| (*s).to_owned()).collect();
+    a.state
+        .import_group(origin, &cidrs, None, None, false)
+        .unwrap()
+}
+
+#[test]
+fn a_feed_replacement_lifts_what_the_group_no_longer_lists() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.50", None);
+    let r = import(
+        &mut a,
+        "spamhaus",
+        &["192.0.2.1", "192.0.2.2", "192.0.2.50"],
+    );
+    assert_eq!((r.added, r.kept_other_origin), (2, 1));
+    let r = import(&mut a, "spamhaus", &["192.0.2.2", "192.0.2.3"]);
+    assert_eq!((r.added, r.unchanged, r.removed), (1, 1, 1));
+    let mut banned: Vec<String> = a
+        .ls()
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["cidr"].as_str().unwrap(),
+                v["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    banned.sort();
+    assert_eq!(
+        banned,
+        [
+            "192.0.2.2/32 feed",
+            "192.0.2.3/32 feed",
+            "192.0.2.50/32 manual"
+        ]
+    );
+    assert!(a.kernel("192.0.2.1/32").is_none(), "lifted in the kernel");
+    assert_eq!(a.stored().len(), 3);
+    // An empty download never wipes the group.
+    assert!(
+        a.state
+            .import_group("spamhaus", &[], None, None, false)
+            .is_err()
+    );
+    assert_eq!(a.ls().len(), 3);
+    // Another group is left alone.
+    import(&mut a, "other", &["192.0.2.9"]);
+    import(&mut a, "spamhaus", &["192.0.2.3"]);
+    assert!(a.kernel("192.0.2.9/32").is_some());
+    assert!(a.kernel("192.0.2.2/32").is_none());
+}
+
+#[test]
+fn crowdsec_decisions_are_applied_and_lifted() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.allow("192.0.2.128/25");
+    let later = clock::unix_now() + 3600;
+    let want = |s: &str| Wanted {
+        net: net(s),
+        expires_at: later,
+        reason: "crowdsecurity/ssh-bf".into(),
+    };
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.200")], &[], false)
+        .unwrap();
+    assert_eq!((r.added, r.refused), (1, 1), "{r:?}");
+    assert_eq!(
+        kind_of(&a.kernel("192.0.2.1/32").unwrap()),
+        Some(BanReason::Crowdsec)
+    );
+    let r = a
+        .state
+        .apply_crowdsec(&[], &[net("192.0.2.1")], false)
+        .unwrap();
+    assert_eq!(r.removed, 1);
+    assert!(a.ls().is_empty());
+}
+
+#[test]
+fn reconcile_adopts_kernel_bans_the_store_lost_and_restores_stored_ones() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.1", None);
+    // A ban only the kernel holds (store reset, or written before a crash).
+    let mut maps = std::mem::take(&mut a.state.maps);
+    maps.blocks.insert(
+        net("192.0.2.77"),
+        BlockEntry {
+            reason: BanReason::RateLimit as u32,
+            ..BlockEntry::default()
+        },
+    );
+    // And one the kernel lost (maps recreated) but the store holds.
+    maps.blocks.remove(&net("192.0.2.1"));
+    a.state.maps = maps;
+    let mut a = a.restart();
+    let mut got: Vec<(String, String, String)> = a
+        .ls()
+        .iter()
+        .map(|v| {
+            (
+                v["cidr"].as_str().unwrap().to_owned(),
+                v["kind"].as_str().unwrap().to_owned(),
+                v["origin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("192.0.2.1/32".into(), "manual".into(), "cli".into()),
+            ("192.0.2.77/32".into(), "rate-limit".into(), "kernel".into())
+        ]
+    );
+    assert!(a.kernel("192.0.2.1/32").is_some(), "restored to the kernel");
+    assert_eq!(a.stored().len(), 2, "adopted into the store");
+}
+
+/// A store whose writes fail while `full` is set (a full disk), and that
+/// keeps what it was given otherwise.
+#[derive(Default)]
+struct FlakyStore {
+    full: Arc<std::sync::atomic::AtomicBool>,
+    bans: std::collections::BTreeMap<IpNet, BanRecord>,
+    allows: Vec<crate::store::AllowRecord>,
+    failures: u64,
+}
+
+impl FlakyStore {
+    fn check(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            self.failures += 1;
+            return Err(crate::store::StoreError::Io {
+                op: "write",
+                message: "No space left on device".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        for r in records {
+            self.bans.insert(r.cidr, r.clone());
+        }
+        Ok(())
+    }
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        for c in cidrs {
+            self.bans.remove(c);
+        }
+        Ok(())
+    }
+    fn bans(&self) -> Result<Vec<BanRecord>, crate::store::StoreError> {
+        Ok(self.bans.values().cloned().collect())
+    }
+    fn put_allow(
+        &mut self,
+        record: &crate::store::AllowRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.allows.push(record.clone());
+        Ok(())
+    }
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), crate::store::StoreError> {
+        self.check()?;
+        self.allows.retain(|a| a.cidr != *cidr);
+        Ok(())
+    }
+    fn allows(&self) -> Result<Vec<crate::store::AllowRecord>, crate::store::StoreError> {
+        Ok(self.allows.clone())
+    }
+    fn put_limits(
+        &mut self,
+        _: &crate::store::LimitsRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()
+    }
+    fn limits(&self) -> Result<Option<crate::store::LimitsRecord>, crate::store::StoreError> {
+        Ok(None)
+    }
+    fn put_offence(
+        &mut self,
+        _: &IpNet,
+        _: &crate::store::OffenceRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.check()
+    }
+    fn offences(
+        &self,
+    ) -> Result<Vec<(IpNet, crate::store::OffenceRecord)>, crate::store::StoreError> {
+        Ok(Vec::new())
+    }
+    fn health(&self) -> Option<String> {
+        self.full
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| "degraded: No space left on device".into())
+    }
+    fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_manual_bans_enforces_automatic_ones_and_catches_up() {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = FlakyStore {
+        full: Arc::clone(&full),
+        ..FlakyStore::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::over(
+        MemMaps::new(Mode::Enforce),
+        Vec::new(),
+        Box::new(store),
+        dir,
+    );
+    full.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    // The operator is told; nothing is half-done.
+    let e = a.refused(Request::BlockAdd {
+        cidr: "192.0.2.1".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("failed to record the ban durably"), "{e}");
+    assert!(a.kernel("192.0.2.1/32").is_none());
+    // A ban the agent decides is enforced all the same.
+    let client = net("203.0.113.20");
+    let out = a
+        .state
+        .policy_ban(client, &finding(client, None), &ScoringPolicy::default());
+    assert!(
+        matches!(out, super::super::enforce::BanOutcome::Banned { .. }),
+        "{out:?}"
+    );
+    assert!(a.kernel("203.0.113.20/32").is_some());
+    assert!(a.state.store_health().is_some());
+    assert!(a.stored().is_empty());
+
+    // Space again: the next retry writes what was enforced meanwhile.
+    full.store(false, std::sync::atomic::Ordering::Relaxed);
+    a.state.store_retry();
+    assert!(a.state.store_health().is_none());
+    let stored: Vec<IpNet> = a.stored().iter().map(|r| r.cidr).collect();
+    assert_eq!(stored, vec![client]);
+}
+
+#[test]
+fn an_authoritative_crowdsec_pull_replaces_only_crowdsec_bans() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.100", None);
+    let later = clock::unix_now() + 3600;
+    let want = |s: &str| Wanted {
+        net: net(s),
+        expires_at: later,
+        reason: "crowdsecurity/http-probing".into(),
+    };
+    a.state
+        .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.2")], &[], true)
+        .unwrap();
+    // Same decisions again: nothing changes.
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.2")], &[], true)
+        .unwrap();
+    assert!(r.is_quiet(), "{r:?}");
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.2"), want("192.0.2.100")], &[], true)
+        .unwrap();
+    assert_eq!((r.removed, r.kept_other_origin), (1, 1), "{r:?}");
+    let mut got: Vec<String> = a
+        .ls()
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["cidr"].as_str().unwrap(),
+                v["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["192.0.2.100/32 manual", "192.0.2.2/32 crowdsec"]);
+}
+
+#[test]
+fn removal_by_origin_lifts_one_group() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.100", None);
+    import(&mut a, "blocklist-de", &["192.0.2.1", "192.0.2.2"]);
+    a.ok(Request::BlockRmOrigin {
+        origin: "blocklist-de".into(),
+    });
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["origin"], "cli");
+    assert!(a.kernel("192.0.2.1/32").is_none());
+    assert_eq!(a.stored().len(), 1);
+}
+
+#[test]
+fn a_banned_client_behind_a_trusted_proxy_loses_its_connection_not_the_proxy() {
+    let proxy = net("192.0.2.10");
+    let a = Agent::with(MemMaps::new(Mode::Enforce), vec![proxy]);
+    let (log, _path) = events(a.dir.path());
+    let client = net("203.0.113.30");
+    let flow = tollgate_common::FlowKey::default();
+    let f = Finding {
+        proxy: Some(proxy.addr()),
+        flow: Some(flow),
+        ..finding(client, None)
+    };
+    let Agent { state, dir } = a;
+    let state = Arc::new(Mutex::new(state));
+    super::super::enforce::apply(&[f], &state, &log, &ScoringPolicy::default());
+    let s = state.lock().unwrap();
+    assert!(s.maps().blocks.contains_key(&client));
+    assert!(!s.maps().blocks.contains_key(&proxy));
+    assert_eq!(s.maps().proxy_flows, vec![(flow, client.addr())]);
+    drop(dir);
+}
+
+#[test]
+fn an_ipv6_offender_is_banned_as_its_prefix() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.state.rate.escalation.require_handshake = false;
+    a.state.rate.limits.ipv6_prefix = 64;
+    flood(&mut a, "2001:db8:1:2:3:4:5:6", 1_000_000_000);
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert_eq!(ls[0]["cidr"], "2001:db8:1:2::/64");
+    assert!(a.state.is_banned("2001:db8:1:2:ffff::1".parse().unwrap()));
+    assert!(!a.state.is_banned("2001:db8:1:3::1".parse().unwrap()));
+}
+
+#[test]
+fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.1", None);
+    let now = clock::unix_now();
+    let stale = BanRecord {
+        cidr: net("192.0.2.2"),
+        kind: BanReason::Feed,
+        reason: "feed x".into(),
+        origin: "x".into(),
+        created_at: now - 7200,
+        expires_at: Some(now - 3600),
+        offences: 1,
+    };
+    a.state
+        .store
+        .as_mut()
+        .unwrap()
+        .put_bans(std::slice::from_ref(&stale))
+        .unwrap();
+    a.state
+        .maps
+        .blocks
+        .insert(stale.cidr, BlockEntry::default());
+    let mut a = a.restart();
+    let ls = a.ls();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert_eq!(ls[0]["cidr"], "192.0.2.1/32");
+    assert!(a.kernel("192.0.2.2/32").is_none());
+    assert_eq!(a.stored().len(), 1);
+}
