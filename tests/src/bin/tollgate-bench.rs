@@ -29,7 +29,7 @@ use std::{
 
 use aya::{
     maps::{Array, PerCpuArray},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tollgate::{
@@ -158,26 +158,15 @@ fn frame_v6(src: Ipv6Addr) -> Vec<u8> {
 
 /// Kernel-reported ns per run over `REPEAT` runs (best of 3, to shed noise).
 fn ns_per_packet(prog: &mut Xdp, frame: &[u8], want: u32) -> u64 {
-    (0..3)
-        .map(|_| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    repeat: REPEAT,
-                    ..TestRunOptions::default()
-                })
-                .unwrap();
-            assert_eq!(r.return_value, want, "unexpected verdict");
-            u64::try_from(r.duration.as_nanos()).unwrap()
-        })
-        .min()
-        .unwrap()
+    ns_per_run(prog, frame, Some(want))
 }
 
-/// The same for a tc program (tcx returns -1, "next").
-fn tc_ns_per_packet(prog: &aya::programs::SchedClassifier, frame: &[u8]) -> u64 {
+/// The same for any program BPF_PROG_TEST_RUN accepts; `want`: the
+/// verdict every run must return.
+fn ns_per_run<P>(prog: &P, frame: &[u8], want: Option<u32>) -> u64
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     (0..3)
         .map(|_| {
             let mut out = vec![0u8; frame.len() + 256];
@@ -189,6 +178,9 @@ fn tc_ns_per_packet(prog: &aya::programs::SchedClassifier, frame: &[u8]) -> u64 
                     ..TestRunOptions::default()
                 })
                 .unwrap();
+            if let Some(want) = want {
+                assert_eq!(r.return_value, want, "unexpected verdict");
+            }
             u64::try_from(r.duration.as_nanos()).unwrap()
         })
         .min()
@@ -1075,8 +1067,8 @@ fn sampling() {
     let (api_ack, other_ack) = (ack_from(8080), ack_from(9090));
     dp.set_api_ports(&ports, policy.cfg(policy.one_in)).unwrap();
     let egress = dp.tc_egress().unwrap();
-    let other = tc_ns_per_packet(egress, &other_ack);
-    let api = tc_ns_per_packet(egress, &api_ack);
+    let other = ns_per_run(&*egress, &other_ack, None);
+    let api = ns_per_run(&*egress, &api_ack, None);
     println!("| egress packet | ns/packet |");
     println!("|---|--:|");
     println!("| pure ACK from a non-API port (no verification work) | {other} ns |");
