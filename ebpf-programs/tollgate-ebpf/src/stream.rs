@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::sk_action,
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
     macros::stream_verdict,
     programs::SkBuffContext,
 };
@@ -20,13 +20,14 @@ use tollgate_common::{
 };
 
 use crate::{
-    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF},
+    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF, TG_STREAM_SKIP},
     parse::{AF_INET, Source, ctx_ip6},
 };
 
-/// Chunks copied from one socket buffer (GRO may hand over 64 KiB at once):
-/// the rest is reported as a gap.
-const MAX_CHUNKS: u32 = 16;
+/// Chunks copied from one socket buffer: GRO hands over up to 64 KiB at
+/// once, and pipelined heads may sit anywhere in it (a body the agent passes
+/// over is not copied and does not count). Beyond this, a gap.
+const MAX_CHUNKS: u32 = 64;
 const HEADER_BYTES: usize = core::mem::size_of::<SampleHeader>();
 
 #[inline(always)]
@@ -94,7 +95,24 @@ fn capture(ctx: &SkBuffContext) {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the program's own skb.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // The agent passes over the rest of a long body by its framing: the
+    // bytes it named (up to a stream offset, mod 2^32) are not copied. The
+    // agent only names bytes of a body it has judged the start of, and the
+    // cookie is this socket's alone, so no other connection is affected.
     let mut done: u32 = 0;
+    // SAFETY: the value is copied out at once.
+    if let Some(until) = unsafe { TG_STREAM_SKIP.get(&cookie) } {
+        let ahead = until.wrapping_sub(base as u32) as i32;
+        if ahead > 0 {
+            done = if (ahead as u32) < len {
+                ahead as u32
+            } else {
+                len
+            };
+        }
+    }
     for _ in 0..MAX_CHUNKS {
         if done >= len {
             return;
@@ -123,8 +141,7 @@ fn capture(ctx: &SkBuffContext) {
             (*h).ifindex = 0;
             (*h).payload_len = n;
             (*h).captured = n;
-            (*h).reserved2 = 0;
-            (*h).reserved3 = 0;
+            (*h).cookie = cookie;
         }
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;
