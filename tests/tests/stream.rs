@@ -122,6 +122,38 @@ fn every_request_on_a_keepalive_connection_is_judged() {
 }
 
 #[test]
+fn a_request_after_a_long_body_is_judged_and_the_body_is_not_copied() {
+    let e = env();
+    // A 2 MiB upload whose body carries a decoy request line with a length
+    // that would swallow what follows, then the attack on the same
+    // connection: the body is passed over by its length, not parsed.
+    let body_len = 2 << 20;
+    let mut upload =
+        format!("POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: {body_len}\r\n\r\n")
+            .into_bytes();
+    let start = upload.len();
+    upload.resize(start + 64 * 1024, b'a');
+    upload.extend_from_slice(b"\r\nPOST /decoy HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n");
+    upload.resize(start + body_len, b'b');
+    e.assert_banned(
+        0,
+        vec![upload, get(INJECTION)],
+        "request after a 2 MiB body",
+    );
+    let st = e.agent.json(&["status"]);
+    let flows = &st["sampling"]["flows"];
+    assert!(
+        flows["body_bytes_passed"].as_u64().unwrap() > 1_900_000,
+        "the body beyond the judged 16 KiB was passed over: {st}"
+    );
+    assert_eq!(flows["resyncs"], 0, "{st}");
+    // The stream program stopped copying once told where the body ends:
+    // far fewer 1 KiB records than the body has kilobytes.
+    let taken = st["samples_kernel"]["taken"].as_u64().unwrap();
+    assert!(taken < 1024, "{taken} records for a 2 MiB body: {st}");
+}
+
+#[test]
 fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
     let e = env();
     let src = e.lab.v4(0, 2);

@@ -73,6 +73,9 @@ pub mod maps {
     /// API sockets whose requests are taken at the socket (sockhash, not
     /// pinned: when the programs go, the sockets go back to normal).
     pub const STREAM_SOCKETS: &str = "TG_SOCKS";
+    /// Per API socket (cookie): the stream offset up to which the stream
+    /// program need not copy (a body the agent passes over). Not pinned.
+    pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 24] = [
@@ -305,15 +308,14 @@ pub struct SampleHeader {
     pub payload_len: u32,
     /// Payload bytes copied into the sample.
     pub captured: u32,
-    /// Reserved; zero.
-    pub reserved2: u32,
-    /// Reserved; zero. Names what would otherwise be implicit tail padding
-    /// (the header is 8-aligned): ring-buffer memory is not zeroed, so every
-    /// byte userspace reads is written.
-    pub reserved3: u32,
+    /// The socket's cookie for [`sample_source::STREAM`] records (the agent
+    /// names it when it tells the stream program which bytes it need not
+    /// copy, [`crate`]'s `TG_STREAM_SKIP`); 0 for packets. Every byte is
+    /// written: ring-buffer memory is not zeroed.
+    pub cookie: u64,
 }
 const _: () = assert!(size_of::<SampleHeader>() == 72);
-const _: () = assert!(core::mem::offset_of!(SampleHeader, reserved3) + 4 == 72);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, cookie) + 8 == 72);
 
 /// Where a sample's bytes were taken, [`SampleHeader::source`].
 pub mod sample_source {

@@ -121,6 +121,13 @@ pub static TG_SOCKS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::ST
 pub static TG_STREAM_OFF: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);
 
+/// Per socket (cookie): the stream offset (mod 2^32) up to which the stream
+/// program need not copy, the rest of a long body the agent passes over.
+/// Written by the agent only.
+#[map]
+pub static TG_STREAM_SKIP: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);
+
 /// Per-CPU scratch where the stream program builds a record before writing
 /// it to the ring at its real size.
 #[map]

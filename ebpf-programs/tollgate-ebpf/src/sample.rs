@@ -176,8 +176,7 @@ pub fn maybe_sample(
         (*h).ifindex = ifindex;
         (*h).payload_len = payload_len as u32;
         (*h).captured = len as u32;
-        (*h).reserved2 = 0;
-        (*h).reserved3 = 0;
+        (*h).cookie = 0;
     }
     // SAFETY: as above; `len` is within the data array.
     let data = unsafe { (&raw mut (*rec).data).cast::<u8>() };

@@ -851,8 +851,7 @@ fn record(flow: u32, dir: u8, seq: u32, flags: u8, data: &[u8]) -> Vec<u8> {
         ifindex: 1,
         payload_len: u32::try_from(data.len()).unwrap(),
         captured: u32::try_from(data.len()).unwrap(),
-        reserved2: 0,
-        reserved3: 0,
+        cookie: 0,
     };
     // SAFETY: SampleHeader is repr(C), 72 bytes without padding.
     let head = unsafe {

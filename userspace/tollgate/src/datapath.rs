@@ -196,6 +196,8 @@ pub struct Datapath {
     /// The API sockets whose requests are taken at the socket (kept open
     /// while the stream verdict program is attached to it).
     stream_sockets: Option<aya::maps::SockHash<MapData, tollgate_common::FlowKey>>,
+    /// Per API socket: where the stream program may resume copying.
+    stream_skip: HashMap<MapData, u64, u32>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -365,6 +367,8 @@ impl Datapath {
         let flows = HashMap::try_from(take(maps::FLOWS)?).map_err(map_err("open", maps::FLOWS))?;
         let stream_sockets = aya::maps::SockHash::try_from(take(maps::STREAM_SOCKETS)?)
             .map_err(map_err("open", maps::STREAM_SOCKETS))?;
+        let stream_skip = HashMap::try_from(take(maps::STREAM_SKIP)?)
+            .map_err(map_err("open", maps::STREAM_SKIP))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -395,6 +399,7 @@ impl Datapath {
             handshakes,
             flows,
             stream_sockets: Some(stream_sockets),
+            stream_skip,
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -774,6 +779,18 @@ impl Datapath {
             *slot = v.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Lets the stream program stop copying the bytes of socket `cookie`
+    /// before stream offset `until` (mod 2^32).
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn skip_stream(&mut self, cookie: u64, until: u32) -> Result<()> {
+        self.stream_skip
+            .insert(cookie, until, 0)
+            .map_err(map_err("write", maps::STREAM_SKIP))?;
+        Ok(())
     }
 
     /// Takes API requests at the socket from now on: attaches the stream

@@ -342,6 +342,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
             (seg.dst, seg.dport, seg.src, seg.sport, Direction::Response)
         };
         let sample = Sample {
+            cookie: 0,
             stream: false,
             ts_ns,
             client,
@@ -576,6 +577,7 @@ mod tests {
 
     fn sample(seq: u32, data: &[u8], flags: u8) -> Sample {
         Sample {
+            cookie: 0,
             stream: false,
             ts_ns: 1_000_000,
             client: CLIENT,

@@ -58,6 +58,10 @@ pub struct SamplingPolicy {
     /// every request of every connection, as the server reads it. `false`
     /// samples request packets at the NIC like responses.
     pub stream: bool,
+    /// Body bytes of each request judged (heads are always judged whole);
+    /// the rest of a longer body is passed over by its framing, and the
+    /// stream program stops copying it.
+    pub body_bytes: u32,
 }
 
 impl Default for SamplingPolicy {
@@ -68,6 +72,7 @@ impl Default for SamplingPolicy {
             max_bytes: 1024,
             cpu_budget_percent: 10.0,
             stream: true,
+            body_bytes: crate::api::flows::DEFAULT_BODY_CAP as u32,
         }
     }
 }
@@ -85,6 +90,12 @@ impl SamplingPolicy {
             return Err(FieldError::new(
                 "sampling.max_bytes",
                 format!("must be 1..={}", tollgate_common::SAMPLE_BYTES),
+            ));
+        }
+        if self.body_bytes as usize > tollgate_detect::MAX_BODY_BYTES {
+            return Err(FieldError::new(
+                "sampling.body_bytes",
+                format!("must be at most {}", tollgate_detect::MAX_BODY_BYTES),
             ));
         }
         if !(self.cpu_budget_percent > 0.0 && self.cpu_budget_percent <= 100.0) {
@@ -117,6 +128,10 @@ pub struct SamplingStatus {
     pub one_in_configured: u32,
     /// The 1-in-N in force (raised under load).
     pub one_in_effective: u32,
+    /// Body bytes of each request judged now (`sampling.body_bytes`,
+    /// lowered first when the agent is over its CPU budget).
+    #[serde(default)]
+    pub body_bytes_effective: u32,
     /// Pipeline counters.
     pub flows: FlowStats,
     /// Flows followed now.
@@ -177,13 +192,16 @@ pub struct Batch {
     /// Requests that came through a trusted proxy, with their real client:
     /// the enforcer arms the connection if that client is banned.
     pub proxied: Vec<(FlowKey, IpAddr)>,
+    /// Socket cookies and stream offsets up to which the stream program
+    /// need not copy (the rest of bodies passed over).
+    pub stream_skips: Vec<(u64, u32)>,
 }
 
 impl Batch {
     /// Whether there is nothing to do.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.findings.is_empty() && self.proxied.is_empty()
+        self.findings.is_empty() && self.proxied.is_empty() && self.stream_skips.is_empty()
     }
 }
 
@@ -290,12 +308,17 @@ impl ApiHandle {
         let (tap, _) = broadcast::channel(TAP_BUFFER);
         Self {
             state: Arc::new(Mutex::new(ApiState {
-                flows: Flows::new(MAX_FLOWS),
+                flows: {
+                    let mut f = Flows::new(MAX_FLOWS);
+                    f.set_body_cap(policy.body_bytes as usize);
+                    f
+                },
                 inventory: Inventory::default(),
                 status: SamplingStatus {
                     api_ports: ports.to_vec(),
                     one_in_configured: policy.one_in,
                     one_in_effective: policy.one_in,
+                    body_bytes_effective: policy.body_bytes,
                     ..SamplingStatus::default()
                 },
                 pipeline,
@@ -407,6 +430,7 @@ impl ApiHandle {
             st.last_expiry_ns = now_ns;
             st.flows.expire(now_ns.saturating_sub(FLOW_IDLE_NS));
         }
+        batch.stream_skips = std::mem::take(&mut st.flows.skip_hints);
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
         st.status.clients_scored = st.pipeline.tracked();
@@ -414,6 +438,14 @@ impl ApiHandle {
         st.status.findings += batch.findings.len() as u64;
         st.status.awaiting_verification = st.waiting.len();
         batch
+    }
+
+    /// Judges at most `bytes` of each request body from now on.
+    pub fn set_body_cap(&self, bytes: u32) {
+        if let Ok(mut st) = self.state.lock() {
+            st.flows.set_body_cap(bytes as usize);
+            st.status.body_bytes_effective = bytes;
+        }
     }
 
     /// Whether requests are waiting for verification (the reader then
@@ -613,6 +645,9 @@ pub async fn read_samples(
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
+    // Over budget, bodies are shed first: the body bytes judged per request
+    // go down to none before anything else; heads are always judged.
+    let mut body_cap = policy.body_bytes;
     let mut window = Instant::now();
     let mut busy = Duration::ZERO;
     let mut calm_windows = 0u32;
@@ -649,7 +684,16 @@ pub async fn read_samples(
         let elapsed = window.elapsed();
         if elapsed >= Duration::from_secs(1) {
             let used = busy.as_secs_f64() / elapsed.as_secs_f64();
-            if used > budget && one_in < MAX_ONE_IN {
+            if used > budget && body_cap > 0 {
+                body_cap = if body_cap > 256 { body_cap / 4 } else { 0 };
+                api.set_body_cap(body_cap);
+                warn!(
+                    used_percent = used * 100.0,
+                    body_bytes = body_cap,
+                    "judging less of each request body to stay within the CPU budget (heads are always judged)"
+                );
+                calm_windows = 0;
+            } else if used > budget && one_in < MAX_ONE_IN {
                 one_in = (one_in * 2).min(MAX_ONE_IN);
                 set_rate(one_in);
                 warn!(
@@ -657,12 +701,23 @@ pub async fn read_samples(
                     one_in, "sampling lowered to stay within the CPU budget"
                 );
                 calm_windows = 0;
-            } else if used < budget / 4.0 && one_in > policy.one_in {
+            } else if used < budget / 4.0
+                && (one_in > policy.one_in || body_cap < policy.body_bytes)
+            {
                 calm_windows += 1;
                 if calm_windows >= 10 {
-                    one_in = (one_in / 2).max(policy.one_in);
-                    set_rate(one_in);
-                    info!(one_in, "sampling raised again (load went down)");
+                    if one_in > policy.one_in {
+                        one_in = (one_in / 2).max(policy.one_in);
+                        set_rate(one_in);
+                        info!(one_in, "sampling raised again (load went down)");
+                    } else {
+                        body_cap = (body_cap.max(64) * 4).min(policy.body_bytes);
+                        api.set_body_cap(body_cap);
+                        info!(
+                            body_bytes = body_cap,
+                            "judging more of each request body again (load went down)"
+                        );
+                    }
                     calm_windows = 0;
                 }
             }
@@ -704,6 +759,7 @@ mod tests {
             .map(|(i, path)| {
                 let raw = format!("get {path}?q=1'%20OR%20'1'='1'-- HTTP/1.1\r\nHost: a\r\n\r\n");
                 Sample {
+                    cookie: 0,
                     stream: false,
                     ts_ns: 1,
                     client,

@@ -127,6 +127,14 @@ pub trait Maps {
     /// # Errors
     /// When the map write fails.
     fn arm_proxy_flow(&mut self, key: FlowKey, real: std::net::IpAddr) -> Result<()>;
+
+    /// Lets the stream program stop copying the socket `cookie`'s bytes
+    /// before stream offset `until` (mod 2^32): the rest of a body the agent
+    /// passes over.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    fn skip_stream(&mut self, cookie: u64, until: u32) -> Result<()>;
 }
 
 impl Maps for Datapath {
@@ -207,6 +215,9 @@ impl Maps for Datapath {
     fn arm_proxy_flow(&mut self, key: FlowKey, real: std::net::IpAddr) -> Result<()> {
         Datapath::arm_proxy_flow(self, key, real)
     }
+    fn skip_stream(&mut self, cookie: u64, until: u32) -> Result<()> {
+        Datapath::skip_stream(self, cookie, until)
+    }
 }
 
 /// The kernel maps held in memory: what the agent wrote is what it reads
@@ -223,6 +234,8 @@ pub struct MemMaps {
     pub handshakes: HashMap<[u8; 16], u64>,
     /// Connections armed as carrying a banned client, and that client.
     pub proxy_flows: Vec<(FlowKey, std::net::IpAddr)>,
+    /// Where the stream program may resume copying, per socket cookie.
+    pub stream_skips: HashMap<u64, u32>,
     /// The limits last written: default, per port, IPv6 prefix.
     pub limits: Option<(Option<LimitCfg>, BTreeMap<u16, LimitCfg>, u8)>,
     /// Rate-limit sources, as the kernel would report them.
@@ -251,6 +264,7 @@ impl MemMaps {
             allows: BTreeMap::new(),
             handshakes: HashMap::new(),
             proxy_flows: Vec::new(),
+            stream_skips: HashMap::new(),
             limits: None,
             buckets: Vec::new(),
             sampling: None,
@@ -374,6 +388,10 @@ impl Maps for MemMaps {
     }
     fn arm_proxy_flow(&mut self, key: FlowKey, real: std::net::IpAddr) -> Result<()> {
         self.proxy_flows.push((key, real));
+        Ok(())
+    }
+    fn skip_stream(&mut self, cookie: u64, until: u32) -> Result<()> {
+        self.stream_skips.insert(cookie, until);
         Ok(())
     }
 }

@@ -338,6 +338,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 enforce::apply(&b.findings, &enforcer, &log, &scoring);
                 enforce::arm_proxied(&b.proxied, &enforcer);
+                if !b.stream_skips.is_empty()
+                    && let Ok(mut s) = enforcer.lock()
+                {
+                    for (cookie, until) in &b.stream_skips {
+                        // Only a saving: the agent passes over those bytes anyway.
+                        let _ = s.maps.skip_stream(*cookie, *until);
+                    }
+                }
             };
             let set_rate = move |one_in: u32| {
                 if let Ok(mut s) = writer.lock()

@@ -41,6 +41,8 @@ pub struct Sample {
     /// Taken at the socket (stream verdict): in order and from a verified
     /// client; else a packet at the NIC.
     pub stream: bool,
+    /// The socket's cookie (stream records; 0 otherwise).
+    pub cookie: u64,
     /// The captured payload prefix.
     pub data: Bytes,
 }
@@ -80,6 +82,7 @@ impl Sample {
             ifindex: h.ifindex,
             payload_len: h.payload_len,
             stream: h.source == tollgate_common::sample_source::STREAM,
+            cookie: h.cookie,
             data: Bytes::copy_from_slice(data),
         })
     }
