@@ -556,13 +556,13 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
                 return code;
             }
             let ttl_secs = ttl.map(|d| d.as_secs());
-            if let Err(e) = agent::state::check_ttl(ttl_secs) {
+            if let Err(e) = proto::check_ttl(ttl_secs) {
                 return usage_error(e);
             }
             if ttl.is_some_and(|d| d.subsec_nanos() != 0) {
                 return usage_error("ttl must be a whole number of seconds");
             }
-            if let Err(e) = agent::state::check_reason(reason.as_deref()) {
+            if let Err(e) = proto::check_reason(reason.as_deref()) {
                 return usage_error(e);
             }
             let req = Request::BlockAdd {
@@ -643,7 +643,7 @@ fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
             if let Err(code) = check_cidr(&cidr, force) {
                 return code;
             }
-            if let Err(e) = agent::state::check_reason(reason.as_deref()) {
+            if let Err(e) = proto::check_reason(reason.as_deref()) {
                 return usage_error(e);
             }
             let req = Request::AllowAdd {

@@ -621,7 +621,7 @@ impl Policy {
         }
         let mut names = std::collections::HashSet::new();
         for (i, f) in p.feeds.iter().enumerate() {
-            crate::agent::state::ops::check_origin(&f.name)
+            crate::proto::check_origin(&f.name)
                 .map_err(|e| invalid(format!("feeds[{i}].name"), e.to_string()))?;
             if !names.insert(f.name.as_str()) {
                 return Err(invalid(

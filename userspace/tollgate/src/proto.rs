@@ -1,6 +1,8 @@
 //! The control-socket protocol: one JSON request per line, one JSON response
 //! per line. Requests are untrusted input: the agent validates every field.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Default control socket.
@@ -374,4 +376,87 @@ pub struct ExportView {
     pub generated_at: String,
     /// Bans, sorted by address.
     pub bans: Vec<ExportRow>,
+}
+
+// Values the agent accepts in requests. The CLI checks them before it
+// sends, and the policy checks feed names, with the agent's own rules.
+
+/// Longest ban a request may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest free-text reason.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Longest origin (group) name.
+pub const MAX_ORIGIN_LEN: usize = 128;
+
+/// Checks a group name: printable, bounded, not empty.
+///
+/// # Errors
+/// When it is empty, too long or carries control characters or whitespace.
+pub fn check_origin(origin: &str) -> Result<(), Refused> {
+    if origin.is_empty() {
+        return Err(refuse("origin must not be empty"));
+    }
+    if origin.chars().count() > MAX_ORIGIN_LEN {
+        return Err(refuse(format!(
+            "origin is longer than {MAX_ORIGIN_LEN} characters"
+        )));
+    }
+    if origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(refuse(
+            "origin must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A request the agent refuses, with the reason for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl Refused {
+    /// A refusal with its reason.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+fn refuse(msg: impl Into<String>) -> Refused {
+    Refused(msg.into())
+}
+
+/// Checks a free-text reason.
+///
+/// # Errors
+/// When it is too long or carries control characters.
+pub fn check_reason(reason: Option<&str>) -> Result<Option<String>, Refused> {
+    match reason {
+        None => Ok(None),
+        Some(r) if r.chars().count() > MAX_REASON_LEN => Err(refuse(format!(
+            "reason is longer than {MAX_REASON_LEN} characters"
+        ))),
+        Some(r) if r.chars().any(char::is_control) => {
+            Err(refuse("reason must not contain control characters"))
+        }
+        Some(r) => Ok(Some(r.trim().to_owned())),
+    }
+}
+
+/// Checks a TTL in seconds.
+///
+/// # Errors
+/// When it is zero or longer than [`MAX_TTL`].
+pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
+    match ttl_secs {
+        Some(0) => Err(refuse(
+            "a ttl of zero would expire at once; omit --ttl for a permanent ban",
+        )),
+        Some(t) if t > MAX_TTL.as_secs() => Err(refuse(format!(
+            "ttl {} is longer than the maximum of {}; omit --ttl for a permanent ban",
+            humantime::format_duration(Duration::from_secs(t)),
+            humantime::format_duration(MAX_TTL)
+        ))),
+        t => Ok(t),
+    }
 }

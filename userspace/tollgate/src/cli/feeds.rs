@@ -11,11 +11,11 @@ use std::{collections::HashMap, io::Write as _, path::Path, process::ExitCode, t
 
 use super::usage_error;
 use crate::{
-    agent::state::{check_reason, check_ttl, ops::check_origin},
     client,
     feed::{self, ImportReport},
     net,
     proto::{ExportView, Request},
+    proto::{check_origin, check_reason, check_ttl},
 };
 
 /// Rejected lines listed by name on stderr (the count is always given).

@@ -10,6 +10,7 @@ use tollgate_common::{BanReason, maps};
 use tracing::{debug, info, warn};
 
 use super::{AgentState, Maps, Refused, check_reason, check_ttl, kernel_entry, refuse};
+use crate::proto::check_origin;
 use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
@@ -18,30 +19,6 @@ use crate::{
     proto::{ExportRow, ExportView},
     store::{BanRecord, ban_kind},
 };
-
-/// Longest origin (group) name.
-pub const MAX_ORIGIN_LEN: usize = 128;
-
-/// Checks a group name: printable, bounded, not empty.
-///
-/// # Errors
-/// When it is empty, too long or carries control characters or whitespace.
-pub fn check_origin(origin: &str) -> Result<(), Refused> {
-    if origin.is_empty() {
-        return Err(refuse("origin must not be empty"));
-    }
-    if origin.chars().count() > MAX_ORIGIN_LEN {
-        return Err(refuse(format!(
-            "origin is longer than {MAX_ORIGIN_LEN} characters"
-        )));
-    }
-    if origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(refuse(
-            "origin must not contain whitespace or control characters",
-        ));
-    }
-    Ok(())
-}
 
 impl<M: Maps> AgentState<M> {
     /// Makes the feed group `origin` exactly `cidrs` (untrusted text, each
