@@ -14,13 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::{
-    agent::{
-        self, AgentOptions,
-        attach::{AttachKind, XdpModePref},
-    },
+    agent::{self, AgentOptions},
     client,
     limits::LimitSpec,
     net::{check_breadth, parse_net},
+    policy::{AttachKind, XdpModePref},
     policy::{ModeName, Policy},
     proto::{self, AllowView, BanView, LimitsView, Request, StatsView, StatusView, TopView},
     table,

@@ -284,7 +284,7 @@ pub struct StatusView {
     pub maps: Vec<MapFillView>,
     /// The API pipeline (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling: Option<crate::agent::api::SamplingStatus>,
+    pub sampling: Option<SamplingStatus>,
     /// Samples taken, lost (ring buffer full) and skipped by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_kernel: Option<SampleCounters>,
@@ -376,6 +376,41 @@ pub struct ExportView {
     pub generated_at: String,
     /// Bans, sorted by address.
     pub bans: Vec<ExportRow>,
+}
+
+/// What `status` reports about sampling.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SamplingStatus {
+    /// API ports sampled.
+    pub api_ports: Vec<u16>,
+    /// The configured 1-in-N.
+    pub one_in_configured: u32,
+    /// The 1-in-N in force (raised under load).
+    pub one_in_effective: u32,
+    /// Pipeline counters.
+    pub flows: crate::api::flows::FlowStats,
+    /// Flows followed now.
+    pub flows_followed: usize,
+    /// Clients with a policy score now.
+    #[serde(default)]
+    pub clients_scored: usize,
+    /// Clients the API guard keeps state for (limits, ids, failures).
+    #[serde(default)]
+    pub clients_tracked: usize,
+    /// Requests and responses with at least one violation.
+    #[serde(default)]
+    pub findings: u64,
+    /// Requests judged without a verified client (no handshake, bytes the
+    /// server never acknowledged): reported, never scored or banned.
+    #[serde(default)]
+    pub unverified: u64,
+    /// Requests waiting for the kernel to show it accepted them.
+    #[serde(default)]
+    pub awaiting_verification: usize,
+    /// Where requests are taken: `socket` (every request, as the server
+    /// reads it) or `nic` (sampled packets).
+    #[serde(default)]
+    pub capture: String,
 }
 
 // Values the agent accepts in requests. The CLI checks them before it

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -17,15 +16,15 @@ use std::net::IpAddr;
 use tollgate_common::FlowKey;
 
 use super::enforce::Finding;
-use crate::policy::FieldError;
 use crate::{
     api::{
-        flows::{ApiEvent, FlowStats, Flows},
+        flows::{ApiEvent, Flows},
         inventory::Inventory,
         sample::{Direction, Sample},
     },
     clock,
     engine::Pipeline,
+    proto::SamplingStatus,
     verify::{Check, FlowVerifier},
 };
 
@@ -42,106 +41,7 @@ pub const TAP_BUFFER: usize = 4096;
 /// Largest sampling divisor the budget control goes to.
 const MAX_ONE_IN: u32 = 1 << 20;
 
-/// The policy's `sampling` section.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingPolicy {
-    /// Every flow's first this-many payload packets are sampled.
-    pub first_packets: u32,
-    /// Then one in this many.
-    pub one_in: u32,
-    /// Payload bytes copied per sample (at most 1024).
-    pub max_bytes: u32,
-    /// CPU the pipeline may use, percent of one core.
-    pub cpu_budget_percent: f64,
-    /// Take requests at the socket (stream verdict on API connections):
-    /// every request of every connection, as the server reads it. `false`
-    /// samples request packets at the NIC like responses.
-    pub stream: bool,
-}
-
-impl Default for SamplingPolicy {
-    fn default() -> Self {
-        Self {
-            first_packets: 4,
-            one_in: 10,
-            max_bytes: 1024,
-            cpu_budget_percent: 10.0,
-            stream: true,
-        }
-    }
-}
-
-impl SamplingPolicy {
-    /// Checks ranges.
-    ///
-    /// # Errors
-    /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if self.one_in == 0 {
-            return Err(FieldError::new("sampling.one_in", "must be at least 1"));
-        }
-        if self.max_bytes == 0 || self.max_bytes as usize > tollgate_common::SAMPLE_BYTES {
-            return Err(FieldError::new(
-                "sampling.max_bytes",
-                format!("must be 1..={}", tollgate_common::SAMPLE_BYTES),
-            ));
-        }
-        if !(self.cpu_budget_percent > 0.0 && self.cpu_budget_percent <= 100.0) {
-            return Err(FieldError::new(
-                "sampling.cpu_budget_percent",
-                "must be in (0, 100]",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The datapath form with a given divisor.
-    #[must_use]
-    pub fn cfg(&self, one_in: u32) -> tollgate_common::SampleCfg {
-        tollgate_common::SampleCfg {
-            first_packets: self.first_packets,
-            one_in,
-            max_bytes: self.max_bytes,
-            reserved: 0,
-        }
-    }
-}
-
-/// What `status` reports about sampling.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SamplingStatus {
-    /// API ports sampled.
-    pub api_ports: Vec<u16>,
-    /// The configured 1-in-N.
-    pub one_in_configured: u32,
-    /// The 1-in-N in force (raised under load).
-    pub one_in_effective: u32,
-    /// Pipeline counters.
-    pub flows: FlowStats,
-    /// Flows followed now.
-    pub flows_followed: usize,
-    /// Clients with a policy score now.
-    #[serde(default)]
-    pub clients_scored: usize,
-    /// Clients the API guard keeps state for (limits, ids, failures).
-    #[serde(default)]
-    pub clients_tracked: usize,
-    /// Requests and responses with at least one violation.
-    #[serde(default)]
-    pub findings: u64,
-    /// Requests judged without a verified client (no handshake, bytes the
-    /// server never acknowledged): reported, never scored or banned.
-    #[serde(default)]
-    pub unverified: u64,
-    /// Requests waiting for the kernel to show it accepted them.
-    #[serde(default)]
-    pub awaiting_verification: usize,
-    /// Where requests are taken: `socket` (every request, as the server
-    /// reads it) or `nic` (sampled packets).
-    #[serde(default)]
-    pub capture: String,
-}
+pub use crate::policy::SamplingPolicy;
 
 /// Shared state of the pipeline.
 pub struct ApiState {

@@ -37,13 +37,11 @@ use tokio::{
 use tollgate_common::Mode;
 use tracing::{debug, error, info, warn};
 
-use self::{
-    attach::{AttachKind, XdpModePref},
-    state::AgentState,
-};
+use self::state::AgentState;
 use crate::{
     datapath::{Capacities, Datapath},
     events::EventLog,
+    policy::{AttachKind, XdpModePref},
     proto::{MAX_REQUEST_BYTES, Request, Response},
     store::{RedbStore, Store},
 };
@@ -87,7 +85,7 @@ pub struct AgentOptions {
     /// `--mode` was given on the command line (a reload keeps it).
     pub mode_flag: bool,
     /// Feeds from the policy file.
-    pub feeds: Vec<feeds::FeedJob>,
+    pub feeds: Vec<crate::feed::FeedJob>,
     /// Where to serve metrics and health, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Allow a non-loopback metrics address.

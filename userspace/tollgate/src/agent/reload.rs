@@ -29,12 +29,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{
-    AgentOptions,
-    feeds::{FeedJob, spawn_refresh},
-    state::AgentState,
-};
+use super::{AgentOptions, feeds::spawn_refresh, state::AgentState};
 use crate::{
+    feed::FeedJob,
     net::{check_breadth, parse_net},
     policy::{ModeName, Policy},
     proto::{Request, Response},
