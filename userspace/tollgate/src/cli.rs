@@ -5,6 +5,8 @@
 //! input; 3 the agent is not running; 4 permission denied on the control
 //! socket.
 
+mod api;
+mod detect;
 mod feeds;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -97,12 +99,12 @@ pub enum Command {
     /// (from the agent's event log; `--follow` streams new ones).
     ///
     /// Example: tollgate events --since 1h --follow
-    Events(crate::detect_cli::EventsArgs),
+    Events(detect::EventsArgs),
     /// Replay requests offline through the same engine the agent runs (no
     /// kernel needed): one JSON verdict per request.
     ///
     /// Example: tollgate detect --policy policy.yaml --requests requests.jsonl
-    Detect(crate::detect_cli::DetectArgs),
+    Detect(detect::DetectArgs),
 }
 
 /// `tollgate tap`.
@@ -430,11 +432,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Limits(cmd) => run_limits(cmd, &cli.socket),
         Command::Top(args) => run_top(&args, &cli.socket),
         Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
-        Command::Policy(PolicyCmd::Check { file }) => crate::detect_cli::policy_check(&file),
-        Command::Events(args) => crate::detect_cli::events(&args, &cli.socket),
-        Command::Detect(args) => crate::detect_cli::detect(&args),
-        Command::Tap(args) => crate::api_cli::tap(&args, &cli.socket),
-        Command::Inventory(args) => crate::api_cli::inventory(&args, &cli.socket),
+        Command::Policy(PolicyCmd::Check { file }) => detect::policy_check(&file),
+        Command::Events(args) => detect::events(&args, &cli.socket),
+        Command::Detect(args) => detect::detect(&args),
+        Command::Tap(args) => api::tap(&args, &cli.socket),
+        Command::Inventory(args) => api::inventory(&args, &cli.socket),
     }
 }
 

@@ -14,20 +14,16 @@
 //! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
 //! - [`api`]: sampled API traffic made into HTTP exchanges (reassembly,
 //!   inventory, PROXY headers); [`verify`]: which sampled requests may ban.
-//! - [`api_cli`]: `tap` and `inventory`; [`detect_cli`]: `detect`, `events`
-//!   and `policy check`.
 //! - [`net`], [`clock`], [`table`]: small helpers; [`text`]: untrusted text made
 //!   safe for terminals.
 
 pub mod agent;
 pub mod api;
-pub mod api_cli;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod crowdsec;
 pub mod datapath;
-pub mod detect_cli;
 pub mod engine;
 pub mod events;
 pub mod feed;
