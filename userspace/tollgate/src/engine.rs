@@ -268,6 +268,8 @@ fn round_centi(score: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     pub(super) fn req(raw: &str) -> tollgate_detect::Request {
