@@ -138,6 +138,7 @@ pub struct Skipped {
 
 impl Skipped {
     /// Everything skipped.
+    #[cfg(test)]
     #[must_use]
     pub fn total(&self) -> usize {
         self.malformed
@@ -662,6 +663,7 @@ impl Tracker {
     }
 
     /// True when nothing is tracked.
+    #[cfg(test)]
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.by_net.is_empty()

@@ -172,6 +172,7 @@ impl EventLog {
     }
 
     /// Events written since start.
+    #[cfg(test)]
     #[must_use]
     pub fn written(&self) -> u64 {
         self.written

@@ -83,6 +83,7 @@ fn content(line: &str) -> Option<&str> {
 
 /// Parses feed text. Prefixes wider than a /8 (IPv4) or /16 (IPv6) are
 /// rejected unless `force`, like `block add`.
+#[cfg(test)]
 #[must_use]
 pub fn parse(text: &str, force: bool) -> Parsed {
     let mut out = Parsed::default();

@@ -8,16 +8,16 @@
 //! (`agent/state/tests.rs`) run the same decisions over [`maps::MemMaps`].
 
 pub mod api;
-pub mod attach;
-pub mod crowdsec;
-pub mod enforce;
-pub mod feeds;
-pub mod http;
-pub mod maps;
-pub mod ratelimit;
-pub mod reload;
-pub mod startup;
-pub mod state;
+mod attach;
+mod crowdsec;
+pub(crate) mod enforce;
+mod feeds;
+mod http;
+mod maps;
+mod ratelimit;
+mod reload;
+mod startup;
+mod state;
 
 use std::{
     fs::File,

@@ -12,8 +12,8 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{debug, error, info, warn};
 
-pub mod crowdsec;
-pub mod ops;
+pub(super) mod crowdsec;
+mod ops;
 
 use super::attach::Attachment;
 use crate::{
@@ -114,6 +114,7 @@ impl<M: Maps> AgentState<M> {
     }
 
     /// The kernel maps, read-only.
+    #[cfg(test)]
     pub fn maps(&self) -> &M {
         &self.maps
     }
@@ -141,6 +142,7 @@ impl<M: Maps> AgentState<M> {
     }
 
     /// The soonest expiry, if any ban expires.
+    #[cfg(test)]
     #[must_use]
     pub fn next_expiry(&self) -> Option<u64> {
         self.expiry.first().map(|(t, _)| *t)
