@@ -5,7 +5,7 @@
 //! escalation) and reaches the kernel only through [`maps::Maps`]: start-up
 //! uses the concrete [`Datapath`] to attach programs and take the ring
 //! buffers, then the state drives the maps. Its unit tests
-//! (`agent/state/tests.rs`) run the same decisions over [`maps::MemMaps`].
+//! (`agent/state/tests.rs`) run the same decisions over `maps::MemMaps`.
 
 pub mod api;
 mod attach;
@@ -106,6 +106,29 @@ pub struct AgentOptions {
 /// When it cannot start (not root, another agent running, load or attach
 /// failure); the error says which.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let mut agent = start(&opts).await?;
+    serve_until_signal(&opts, &mut agent).await?;
+    shutdown(&opts, agent)
+}
+
+/// What start-up hands to the main loop and to shutdown.
+struct Running {
+    state: Arc<Mutex<AgentState>>,
+    api: api::ApiHandle,
+    event_log: Arc<Mutex<EventLog>>,
+    listener: UnixListener,
+    reloader: reload::Reloader,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    sockops: Option<attach::Attachment>,
+    /// The state directory's and the interfaces' locks, held to the end.
+    _locks: (File, Vec<File>),
+}
+
+/// Start-up: refuses what it can before anything is loaded, then loads the
+/// datapath, restores state, attaches, binds the control socket and starts
+/// the ring-buffer readers and the reloader. A failed start detaches what it
+/// attached and removes the pins it created.
+async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent must run as root: it loads eBPF programs and attaches them to interfaces");
     }
@@ -115,13 +138,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     }
     // Everything that can be refused is refused before anything is loaded.
-    startup::preflight(&opts)?;
+    startup::preflight(opts)?;
     if let Some(dir) = opts.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         check_socket_dir(dir)?;
     }
     make_private_dir(&opts.state_dir)?;
-    let _lock = take_lock(&opts.state_dir)?;
-    let _iface_locks = startup::lock_interfaces(&opts.ifaces)?;
+    let lock = take_lock(&opts.state_dir)?;
+    let iface_locks = startup::lock_interfaces(&opts.ifaces)?;
     if UnixStream::connect(&opts.socket).await.is_ok() {
         bail!(
             "another tollgate agent is already serving {}; stop it first",
@@ -350,8 +373,31 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         });
     }
     health.set_state(Arc::clone(&state));
-    let mut reloader = reload::Reloader::start(&opts, &state);
+    let mut reloader = reload::Reloader::start(opts, &state);
     reloader.set_api(api.clone());
+    Ok(Running {
+        state,
+        api,
+        event_log,
+        listener,
+        reloader,
+        metrics_task,
+        sockops,
+        _locks: (lock, iface_locks),
+    })
+}
+
+/// The main loop until SIGINT/SIGTERM: control connections, policy reloads
+/// (SIGHUP, a changed file, `policy reload`), expiry and retries.
+async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow::Result<()> {
+    let Running {
+        state,
+        api,
+        event_log,
+        listener,
+        reloader,
+        ..
+    } = agent;
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reload_rx = reload::channel();
@@ -371,16 +417,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the policy file");
-                start_reload(&mut reloader, &mut loading, None);
+                start_reload(reloader, &mut loading, None);
             }
             _ = watch.tick() => {
                 if loading.task.is_none() && reloader.file_changed() {
                     info!("the policy file changed: reloading it");
-                    start_reload(&mut reloader, &mut loading, None);
+                    start_reload(reloader, &mut loading, None);
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                start_reload(&mut reloader, &mut loading, Some(reply));
+                start_reload(reloader, &mut loading, Some(reply));
             }
             done = async {
                 match loading.task.as_mut() {
@@ -390,13 +436,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             } => {
                 loading.task = None;
                 let loaded = done.unwrap_or_else(|e| Err(format!("the policy reader failed: {e}")));
-                let r = reloader.finish(loaded, &state);
+                let r = reloader.finish(loaded, state);
                 for reply in std::mem::take(&mut loading.replies) {
                     let _ = reply.send(r.clone());
                 }
                 if let Some(again) = loading.again.take() {
                     let mut again = again.into_iter();
-                    start_reload(&mut reloader, &mut loading, again.next());
+                    start_reload(reloader, &mut loading, again.next());
                     loading.replies.extend(again);
                 }
             }
@@ -412,9 +458,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let state = Arc::clone(&state);
+                    let state = Arc::clone(state);
                     let api = api.clone();
-                    let log = Arc::clone(&event_log);
+                    let log = Arc::clone(event_log);
                     tokio::spawn(async move {
                         if let Err(e) = serve(stream, state, api, log).await {
                             debug!("control connection: {e:#}");
@@ -426,6 +472,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// Shutdown: stops the reloader and the metrics endpoint, removes the
+/// socket, and detaches the programs (or leaves them attached with
+/// `--keep-attached`).
+fn shutdown(opts: &AgentOptions, agent: Running) -> anyhow::Result<()> {
+    let Running {
+        state,
+        mut reloader,
+        metrics_task,
+        sockops,
+        ..
+    } = agent;
     reloader.stop();
     if let Some(t) = metrics_task {
         t.abort();
