@@ -184,7 +184,9 @@ impl Reloader {
         let r = loaded
             .map_err(|e| format!("{e}; the running policy stays"))
             .and_then(|p| self.apply(p, state));
-        crate::metrics::reload(r.is_ok());
+        if let Ok(mut s) = state.lock() {
+            s.counters.reload(r.is_ok());
+        }
         if let Err(e) = &r {
             error!("policy reload refused: {e}");
             if let Ok(mut s) = state.lock() {

@@ -65,6 +65,8 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) policy_refused: Option<(u64, String)>,
     /// Store write failures already repaired by rewriting the state.
     store_failures_synced: u64,
+    /// Bans issued, violations and reloads since start, for the metrics.
+    pub(in crate::agent) counters: crate::metrics::Counters,
 }
 
 /// Where the agent keeps its pins and its state, for `status`.
@@ -110,6 +112,7 @@ impl<M: Maps> AgentState<M> {
             trusted,
             policy_refused: None,
             store_failures_synced: 0,
+            counters: crate::metrics::Counters::default(),
         }
     }
 
@@ -500,7 +503,7 @@ impl<M: Maps> AgentState<M> {
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
         }
         if previous.is_none() {
-            crate::metrics::ban_issued(rec.kind.name(), 1);
+            self.counters.ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -539,7 +542,7 @@ impl<M: Maps> AgentState<M> {
             warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
         }
         if !self.bans.contains_key(&rec.cidr) {
-            crate::metrics::ban_issued(rec.kind.name(), 1);
+            self.counters.ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())

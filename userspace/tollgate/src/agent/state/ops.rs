@@ -14,7 +14,7 @@ use crate::proto::check_origin;
 use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
-    metrics::{self, Snapshot},
+    metrics::Snapshot,
     net::{check_breadth, display, overlaps, parse_net},
     proto::{ExportRow, ExportView},
     store::{BanRecord, ban_kind},
@@ -136,7 +136,7 @@ impl<M: Maps> AgentState<M> {
         let t_validate = t0.elapsed();
 
         self.write_batch(put, &previous, &stale, "the import")?;
-        metrics::ban_issued(kind.name(), report.added as u64);
+        self.counters.ban_issued(kind.name(), report.added as u64);
         debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
         info!(
             origin,
@@ -321,6 +321,7 @@ impl<M: Maps> AgentState<M> {
             store_up,
             not_ready,
             samples: self.maps.sample_stats().ok(),
+            since_start: self.counters.clone(),
         }
     }
 }
