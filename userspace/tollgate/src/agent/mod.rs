@@ -400,7 +400,7 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
     } = agent;
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reload_rx = reload::channel();
+    let (reload_requests, mut reload_rx) = reload::channel();
     // A reload in progress: the file is read and parsed on a blocking
     // thread while this loop keeps serving; requests arriving meanwhile
     // get one more read after it.
@@ -461,8 +461,9 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
                     let state = Arc::clone(state);
                     let api = api.clone();
                     let log = Arc::clone(event_log);
+                    let reload = reload_requests.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, state, api, log).await {
+                        if let Err(e) = serve(stream, state, api, log, reload).await {
                             debug!("control connection: {e:#}");
                         }
                     });
@@ -617,6 +618,7 @@ async fn serve(
     state: Arc<Mutex<AgentState>>,
     api: api::ApiHandle,
     log: Arc<Mutex<EventLog>>,
+    reload: reload::Requests,
 ) -> anyhow::Result<()> {
     let cred = stream
         .peer_cred()
@@ -657,7 +659,7 @@ async fn serve(
                 };
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
-            Ok(Request::PolicyReload) => reload::request().await,
+            Ok(Request::PolicyReload) => reload::request(&reload).await,
             Ok(Request::Tap { port, src, count }) => {
                 return serve_tap(&mut write, &api, port, src.as_deref(), count).await;
             }

@@ -18,7 +18,7 @@
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -43,25 +43,22 @@ pub const CONFIG_REASON: &str = "config file";
 /// Where a control connection waits for its reload's outcome.
 pub type Reply = oneshot::Sender<Result<String, String>>;
 
-/// Reload requests from control connections to the agent's main loop (one
-/// agent per process).
-static RELOAD: OnceLock<mpsc::UnboundedSender<Reply>> = OnceLock::new();
+/// The sending end of reload requests: control connections hold a clone,
+/// the agent's main loop the receiving end.
+#[derive(Clone)]
+pub struct Requests(mpsc::UnboundedSender<Reply>);
 
-/// Creates the channel the main loop listens on.
+/// The channel from control connections to the main loop.
 #[must_use]
-pub fn channel() -> mpsc::UnboundedReceiver<Reply> {
+pub fn channel() -> (Requests, mpsc::UnboundedReceiver<Reply>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let _ = RELOAD.set(tx);
-    rx
+    (Requests(tx), rx)
 }
 
 /// A control connection's `policy reload`: asks the main loop, waits (bounded).
-pub async fn request() -> Response {
-    let Some(tx) = RELOAD.get() else {
-        return Response::err("this agent cannot reload its policy");
-    };
+pub async fn request(requests: &Requests) -> Response {
     let (otx, orx) = oneshot::channel();
-    if tx.send(otx).is_err() {
+    if requests.0.send(otx).is_err() {
         return Response::err("the agent is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(60), orx).await {
