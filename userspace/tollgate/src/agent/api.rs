@@ -499,17 +499,7 @@ pub async fn read_samples(
     set_rate: impl Fn(u32) + Send + 'static,
     mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
-    // not reused while registered.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "failed to watch the sample ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
+    let mut ring = super::ring::Reader::new(ring, "sample")?;
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
@@ -526,21 +516,8 @@ pub async fn read_samples(
             Duration::from_secs(1)
         };
         let mut batch = Vec::new();
-        if let Ok(guard) = tokio::time::timeout(tick, fd.readable_mut()).await {
-            let mut guard = guard?;
-            {
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    batch.push(item.to_vec());
-                    if batch.len() >= 1024 {
-                        break;
-                    }
-                }
-            }
-            if batch.len() < 1024 {
-                guard.clear_ready();
-            }
-        }
+        ring.drain(Some(tick), 1024, |item| batch.push(item.to_vec()))
+            .await?;
         let (spent, found) = api.handle(&batch, offset);
         busy += spent;
         if !found.is_empty() {

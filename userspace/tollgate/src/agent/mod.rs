@@ -16,6 +16,7 @@ mod http;
 mod maps;
 mod ratelimit;
 mod reload;
+mod ring;
 mod startup;
 mod state;
 
@@ -574,33 +575,19 @@ async fn read_rate_events(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     state: Arc<Mutex<AgentState>>,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
-    // not reused for as long as it is registered.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "failed to watch the event ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
+    let mut ring = ring::Reader::new(ring, "event")?;
     loop {
-        let mut guard = fd.readable_mut().await?;
         let mut batch = Vec::new();
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<tollgate_common::RateEvent>() {
-                    // SAFETY: the datapath writes whole RateEvents (a POD type);
-                    // the length was checked.
-                    let ev: tollgate_common::RateEvent =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    batch.push(ev);
-                }
+        ring.drain(None, usize::MAX, |item| {
+            if item.len() >= std::mem::size_of::<tollgate_common::RateEvent>() {
+                // SAFETY: the datapath writes whole RateEvents (a POD type);
+                // the length was checked.
+                let ev: tollgate_common::RateEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                batch.push(ev);
             }
-        }
-        guard.clear_ready();
+        })
+        .await?;
         if !batch.is_empty()
             && let Ok(mut s) = state.lock()
         {
