@@ -5,13 +5,14 @@
 //!    for terminals).
 //! 2. Models: [`policy`] (the YAML policy file and every section of it),
 //!    [`limits`] (rate limits), `feed` (block-list parsing), `crowdsec`
-//!    (CrowdSec Local API decisions), `proto` (the control-socket protocol
-//!    and the checks of request values).
+//!    (CrowdSec Local API decisions), [`api`] (sampled traffic made into
+//!    HTTP exchanges), `proto` (the control-socket protocol and the checks
+//!    of request values).
 //! 3. Engines and stores: [`engine`] (detectors and per-client scoring),
 //!    `events` (the security event log), [`store`] (durable state behind
 //!    [`store::Store`]), [`datapath`] (the embedded eBPF object and typed
-//!    access to its maps), [`api`] (sampled traffic made into HTTP
-//!    exchanges), `verify` (which sampled requests may ban), `metrics`.
+//!    access to its maps), `verify` (which sampled requests may ban),
+//!    `metrics`, `client` (the CLI's side of the socket).
 //! 4. [`agent`]: attach, restore, serve, expire; the single writer of maps
 //!    and store.
 //! 5. [`cli`]: the command line; its client commands know only `proto`

@@ -12,18 +12,9 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tollgate_common::BanReason;
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-const KINDS: [BanReason; 5] = [
-    BanReason::Manual,
-    BanReason::RateLimit,
-    BanReason::Policy,
-    BanReason::Feed,
-    BanReason::Crowdsec,
-];
 
 /// What the agent counts as it happens, since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,9 +28,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Counts `n` new bans of `kind` (a [`BanReason`] name).
+    /// Counts `n` new bans of `kind` (a `BanReason` name).
     pub fn ban_issued(&mut self, kind: &str, n: u64) {
-        if let Some(k) = KINDS.iter().find(|k| k.name() == kind)
+        if let Some(k) = crate::proto::ban_kind::ALL
+            .iter()
+            .find(|k| k.name() == kind)
             && let Some(c) = self.issued.get_mut(*k as usize)
         {
             *c += n;
@@ -164,7 +157,7 @@ pub fn render(s: &Snapshot) -> String {
     reg.register("tollgate_bans_active", "Bans in force, by kind", active);
 
     let issued = Family::<KindLabel, Counter>::default();
-    for k in KINDS {
+    for k in crate::proto::ban_kind::ALL {
         let n = s.since_start.issued.get(k as usize).copied().unwrap_or(0);
         issued
             .get_or_create(&KindLabel {

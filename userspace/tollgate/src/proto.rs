@@ -15,6 +15,47 @@ pub const MAX_ANSWER_BYTES: u64 = 2 << 30;
 /// Longest line in the body of a streamed [`Request::BlockImport`].
 pub const MAX_IMPORT_LINE: usize = 64;
 
+/// Ban kinds ([`BanReason`]) as the store, the control socket and the CLI
+/// spell them: by [`BanReason::name`], the strings the store has always held.
+pub mod ban_kind {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use tollgate_common::BanReason;
+
+    /// Every kind, in code order.
+    pub const ALL: [BanReason; 5] = [
+        BanReason::Manual,
+        BanReason::RateLimit,
+        BanReason::Policy,
+        BanReason::Feed,
+        BanReason::Crowdsec,
+    ];
+
+    /// The kind with this name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<BanReason> {
+        ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Writes the name.
+    ///
+    /// # Errors
+    /// When the serializer fails.
+    pub fn serialize<S: Serializer>(kind: &BanReason, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    /// Reads a name. A name this version does not know (written by a newer
+    /// one) reads as `manual`: the ban stays enforced and no feed or
+    /// CrowdSec sync treats it as its own — as its kernel entry always did.
+    ///
+    /// # Errors
+    /// When the value is not a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BanReason, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(parse(&name).unwrap_or(BanReason::Manual))
+    }
+}
+
 /// What the CLI asks the agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -190,7 +231,7 @@ pub struct BanView {
     /// Free text reason (auto bans: the kind, e.g. `rate-limit`).
     pub reason: String,
     /// `manual`, `rate-limit`, `policy`, `feed`, `crowdsec`.
-    #[serde(with = "crate::store::ban_kind")]
+    #[serde(with = "ban_kind")]
     pub kind: tollgate_common::BanReason,
     /// Who made it.
     pub origin: String,
@@ -361,7 +402,7 @@ pub struct ExportRow {
     /// Prefix in CIDR notation.
     pub cidr: String,
     /// Ban kind.
-    #[serde(with = "crate::store::ban_kind")]
+    #[serde(with = "ban_kind")]
     pub kind: tollgate_common::BanReason,
     /// Group.
     pub origin: String,

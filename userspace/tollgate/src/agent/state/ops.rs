@@ -16,8 +16,9 @@ use crate::{
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
     metrics::Snapshot,
     net::{check_breadth, display, overlaps, parse_net},
+    proto::ban_kind,
     proto::{ExportRow, ExportView},
-    store::{BanRecord, ban_kind},
+    store::BanRecord,
 };
 
 impl<M: Maps> AgentState<M> {
