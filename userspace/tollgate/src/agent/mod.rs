@@ -172,49 +172,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     dp.set_mode(opts.mode)?;
     info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
 
-    let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
-        Ok(s) => (Some(Box::new(s)), None),
-        Err(e) => {
-            error!(
-                "{e:#}; continuing with what the kernel maps hold — changes will not be \
-                 durable until the store is repaired or moved aside"
-            );
-            (None, Some(format!("unavailable: {e}")))
-        }
-    };
-    let mut state = AgentState::new(
-        dp,
-        store,
-        store_error,
-        state::Dirs {
-            pin_dir: opts.pin_dir.display().to_string(),
-            state_dir: opts.state_dir.display().to_string(),
-        },
-        ratelimit::RateState::from_policy(&opts.rate_limit),
-        opts.trusted_proxies.clone(),
-    );
-    let (to_kernel, to_store) = state.reconcile();
-    restore_rate_state(&mut state);
-    info!(
-        bans = state.bans().count(),
-        allows = state.allows().count(),
-        restored_to_kernel = to_kernel,
-        adopted_from_kernel = to_store,
-        "state restored"
-    );
-    for cidr in &opts.allowlist {
-        let resp = state.handle(Request::AllowAdd {
-            cidr: cidr.clone(),
-            reason: Some("config file".into()),
-            force: false,
-        });
-        if !resp.ok {
-            bail!(
-                "allowlist entry '{cidr}' in the config file: {}",
-                resp.error.unwrap_or_default()
-            );
-        }
-    }
+    let mut state = restore(opts, dp)?;
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
@@ -337,42 +295,14 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     pins.keep();
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
-    if let Some(ring) = events {
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            if let Err(e) = read_rate_events(ring, state).await {
-                error!("rate-limit event reader stopped: {e:#}");
-            }
-        });
-    }
-    if let Some(ring) = samples.filter(|_| !api_ports.is_empty()) {
-        let (api, policy) = (api.clone(), opts.sampling);
-        let writer = Arc::clone(&state);
-        let enforcer = Arc::clone(&state);
-        let log = Arc::clone(&event_log);
-        let scores = api.clone();
-        tokio::spawn(async move {
-            let on_findings = move |b: api::Batch| {
-                let scoring = scores
-                    .state
-                    .lock()
-                    .map(|s| s.pipeline.scoring().clone())
-                    .unwrap_or_default();
-                enforce::apply(&b.findings, &enforcer, &log, &scoring);
-                enforce::arm_proxied(&b.proxied, &enforcer);
-            };
-            let set_rate = move |one_in: u32| {
-                if let Ok(mut s) = writer.lock()
-                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
-                {
-                    warn!("failed to change the sampling rate: {e:#}");
-                }
-            };
-            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
-                error!("sample reader stopped: {e:#}");
-            }
-        });
-    }
+    spawn_readers(
+        opts,
+        &state,
+        events,
+        samples.filter(|_| !api_ports.is_empty()),
+        &api,
+        &event_log,
+    );
     health.set_state(Arc::clone(&state));
     let mut reloader = reload::Reloader::start(opts, &state);
     reloader.set_api(api.clone());
@@ -508,6 +438,103 @@ fn shutdown(opts: &AgentOptions, agent: Running) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the store (or runs on without it, saying so), builds the state,
+/// reconciles it with the kernel maps and adds the policy's allowlist.
+fn restore(opts: &AgentOptions, dp: Datapath) -> anyhow::Result<AgentState> {
+    let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
+        Ok(s) => (Some(Box::new(s)), None),
+        Err(e) => {
+            error!(
+                "{e:#}; continuing with what the kernel maps hold — changes will not be \
+                 durable until the store is repaired or moved aside"
+            );
+            (None, Some(format!("unavailable: {e}")))
+        }
+    };
+    let mut state = AgentState::new(
+        dp,
+        store,
+        store_error,
+        state::Dirs {
+            pin_dir: opts.pin_dir.display().to_string(),
+            state_dir: opts.state_dir.display().to_string(),
+        },
+        ratelimit::RateState::from_policy(&opts.rate_limit),
+        opts.trusted_proxies.clone(),
+    );
+    let (to_kernel, to_store) = state.reconcile();
+    restore_rate_state(&mut state);
+    info!(
+        bans = state.bans().count(),
+        allows = state.allows().count(),
+        restored_to_kernel = to_kernel,
+        adopted_from_kernel = to_store,
+        "state restored"
+    );
+    for cidr in &opts.allowlist {
+        let resp = state.handle(Request::AllowAdd {
+            cidr: cidr.clone(),
+            reason: Some("config file".into()),
+            force: false,
+        });
+        if !resp.ok {
+            bail!(
+                "allowlist entry '{cidr}' in the config file: {}",
+                resp.error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// Starts the ring-buffer readers: rate-limit offenders, and API samples
+/// (when API ports are sampled) with their findings enforced.
+fn spawn_readers(
+    opts: &AgentOptions,
+    state: &Arc<Mutex<AgentState>>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    samples: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    api: &api::ApiHandle,
+    event_log: &Arc<Mutex<EventLog>>,
+) {
+    if let Some(ring) = events {
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            if let Err(e) = read_rate_events(ring, state).await {
+                error!("rate-limit event reader stopped: {e:#}");
+            }
+        });
+    }
+    if let Some(ring) = samples {
+        let (api, policy) = (api.clone(), opts.sampling);
+        let writer = Arc::clone(state);
+        let enforcer = Arc::clone(state);
+        let log = Arc::clone(event_log);
+        let scores = api.clone();
+        tokio::spawn(async move {
+            let on_findings = move |b: api::Batch| {
+                let scoring = scores
+                    .state
+                    .lock()
+                    .map(|s| s.pipeline.scoring().clone())
+                    .unwrap_or_default();
+                enforce::apply(&b.findings, &enforcer, &log, &scoring);
+                enforce::arm_proxied(&b.proxied, &enforcer);
+            };
+            let set_rate = move |one_in: u32| {
+                if let Ok(mut s) = writer.lock()
+                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
+                {
+                    warn!("failed to change the sampling rate: {e:#}");
+                }
+            };
+            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
+                error!("sample reader stopped: {e:#}");
+            }
+        });
+    }
 }
 
 /// A reload under way: the blocking read, the replies waiting for it, and
