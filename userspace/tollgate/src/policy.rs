@@ -493,7 +493,9 @@ impl Policy {
     /// disagree. Refuses files over [`MAX_FILE_BYTES`], empty or comment-only
     /// files (a truncated file must not silently become the all-defaults
     /// policy), nesting deeper than [`MAX_NESTING`], and everything
-    /// [`Self::parse`] refuses; builds the detection pipeline too.
+    /// [`Self::parse`] refuses, and an API policy the OpenAPI document
+    /// refuses (the only part of the detection pipeline that can fail to
+    /// build: the engine itself takes any `detectors` section parse accepts).
     ///
     /// # Errors
     /// When unreadable or invalid, with line and field.
