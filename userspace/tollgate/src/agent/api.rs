@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -17,15 +16,15 @@ use std::net::IpAddr;
 use tollgate_common::FlowKey;
 
 use super::enforce::Finding;
-use crate::policy::FieldError;
 use crate::{
     api::{
-        flows::{ApiEvent, FlowStats, Flows},
+        flows::{ApiEvent, Flows},
         inventory::Inventory,
         sample::{Direction, Sample},
     },
     clock,
     engine::Pipeline,
+    proto::SamplingStatus,
     verify::{Check, FlowVerifier},
 };
 
@@ -42,121 +41,7 @@ pub const TAP_BUFFER: usize = 4096;
 /// Largest sampling divisor the budget control goes to.
 const MAX_ONE_IN: u32 = 1 << 20;
 
-/// The policy's `sampling` section.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingPolicy {
-    /// Every flow's first this-many payload packets are sampled.
-    pub first_packets: u32,
-    /// Then one in this many.
-    pub one_in: u32,
-    /// Payload bytes copied per sample (at most 1024).
-    pub max_bytes: u32,
-    /// CPU the pipeline may use, percent of one core.
-    pub cpu_budget_percent: f64,
-    /// Take requests at the socket (stream verdict on API connections):
-    /// every request of every connection, as the server reads it. `false`
-    /// samples request packets at the NIC like responses.
-    pub stream: bool,
-    /// Body bytes of each request judged (heads are always judged whole);
-    /// the rest of a longer body is passed over by its framing, and the
-    /// stream program stops copying it.
-    pub body_bytes: u32,
-}
-
-impl Default for SamplingPolicy {
-    fn default() -> Self {
-        Self {
-            first_packets: 4,
-            one_in: 10,
-            max_bytes: 1024,
-            cpu_budget_percent: 10.0,
-            stream: true,
-            body_bytes: crate::api::flows::DEFAULT_BODY_CAP as u32,
-        }
-    }
-}
-
-impl SamplingPolicy {
-    /// Checks ranges.
-    ///
-    /// # Errors
-    /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if self.one_in == 0 {
-            return Err(FieldError::new("sampling.one_in", "must be at least 1"));
-        }
-        if self.max_bytes == 0 || self.max_bytes as usize > tollgate_common::SAMPLE_BYTES {
-            return Err(FieldError::new(
-                "sampling.max_bytes",
-                format!("must be 1..={}", tollgate_common::SAMPLE_BYTES),
-            ));
-        }
-        if self.body_bytes as usize > tollgate_detect::MAX_BODY_BYTES {
-            return Err(FieldError::new(
-                "sampling.body_bytes",
-                format!("must be at most {}", tollgate_detect::MAX_BODY_BYTES),
-            ));
-        }
-        if !(self.cpu_budget_percent > 0.0 && self.cpu_budget_percent <= 100.0) {
-            return Err(FieldError::new(
-                "sampling.cpu_budget_percent",
-                "must be in (0, 100]",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The datapath form with a given divisor.
-    #[must_use]
-    pub fn cfg(&self, one_in: u32) -> tollgate_common::SampleCfg {
-        tollgate_common::SampleCfg {
-            first_packets: self.first_packets,
-            one_in,
-            max_bytes: self.max_bytes,
-            reserved: 0,
-        }
-    }
-}
-
-/// What `status` reports about sampling.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SamplingStatus {
-    /// API ports sampled.
-    pub api_ports: Vec<u16>,
-    /// The configured 1-in-N.
-    pub one_in_configured: u32,
-    /// The 1-in-N in force (raised under load).
-    pub one_in_effective: u32,
-    /// Body bytes of each request judged now (`sampling.body_bytes`,
-    /// lowered first when the agent is over its CPU budget).
-    #[serde(default)]
-    pub body_bytes_effective: u32,
-    /// Pipeline counters.
-    pub flows: FlowStats,
-    /// Flows followed now.
-    pub flows_followed: usize,
-    /// Clients with a policy score now.
-    #[serde(default)]
-    pub clients_scored: usize,
-    /// Clients the API guard keeps state for (limits, ids, failures).
-    #[serde(default)]
-    pub clients_tracked: usize,
-    /// Requests and responses with at least one violation.
-    #[serde(default)]
-    pub findings: u64,
-    /// Requests judged without a verified client (no handshake, bytes the
-    /// server never acknowledged): reported, never scored or banned.
-    #[serde(default)]
-    pub unverified: u64,
-    /// Requests waiting for the kernel to show it accepted them.
-    #[serde(default)]
-    pub awaiting_verification: usize,
-    /// Where requests are taken: `socket` (every request, as the server
-    /// reads it) or `nic` (sampled packets).
-    #[serde(default)]
-    pub capture: String,
-}
+pub use crate::policy::SamplingPolicy;
 
 /// Shared state of the pipeline.
 pub struct ApiState {
@@ -631,17 +516,7 @@ pub async fn read_samples(
     set_rate: impl Fn(u32) + Send + 'static,
     mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
-    // not reused while registered.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "failed to watch the sample ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
+    let mut ring = super::ring::Reader::new(ring, "sample")?;
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
@@ -661,21 +536,8 @@ pub async fn read_samples(
             Duration::from_secs(1)
         };
         let mut batch = Vec::new();
-        if let Ok(guard) = tokio::time::timeout(tick, fd.readable_mut()).await {
-            let mut guard = guard?;
-            {
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    batch.push(item.to_vec());
-                    if batch.len() >= 1024 {
-                        break;
-                    }
-                }
-            }
-            if batch.len() < 1024 {
-                guard.clear_ready();
-            }
-        }
+        ring.drain(Some(tick), 1024, |item| batch.push(item.to_vec()))
+            .await?;
         let (spent, found) = api.handle(&batch, offset);
         busy += spent;
         if !found.is_empty() {

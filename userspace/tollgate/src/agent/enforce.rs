@@ -112,9 +112,13 @@ pub fn apply<M: Maps>(
             outcome,
             Some(BanOutcome::Banned { .. } | BanOutcome::AlreadyBanned)
         );
+        if let Ok(mut s) = state.lock() {
+            for v in &f.decision.violations {
+                s.counters.violation(v.rule);
+            }
+        }
         let Ok(mut log) = log.lock() else { return };
         for v in &f.decision.violations {
-            crate::metrics::violation(v.rule);
             log.write(&violation_event(f, v, enforced));
         }
         let (Some(net), Some(outcome)) = (ban, outcome) else {

@@ -886,3 +886,22 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
     assert!(a.kernel("192.0.2.2/32").is_none());
     assert_eq!(a.stored().len(), 1);
 }
+
+#[test]
+fn bans_issued_are_counted_by_the_agent_that_issued_them() {
+    let mut a = Agent::new(Mode::Enforce);
+    let b = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.7", None);
+    a.ban("192.0.2.8", Some(60));
+    let text = crate::metrics::render(&a.state.snapshot(0));
+    assert!(
+        text.contains("tollgate_bans_issued_total{kind=\"manual\"} 2\n"),
+        "{text}"
+    );
+    // The counters belong to one agent's state, not to the process.
+    let other = crate::metrics::render(&b.state.snapshot(0));
+    assert!(
+        other.contains("tollgate_bans_issued_total{kind=\"manual\"} 0\n"),
+        "{other}"
+    );
+}
