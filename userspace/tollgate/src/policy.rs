@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod events;
 mod sampling;
 mod scoring;
 
+pub use cluster::{
+    ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_REMOTE_TTL, DEFAULT_SHARED_PER_MINUTE,
+    check_endpoint, check_name,
+};
 pub use events::EventsPolicy;
 pub use sampling::SamplingPolicy;
 pub use scoring::ScoringPolicy;
@@ -116,6 +121,8 @@ pub struct Policy {
     pub trusted_proxies: Vec<String>,
     /// Act as a CrowdSec bouncer (off when absent).
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
+    /// Share bans with the fleet through etcd (off when absent).
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -543,6 +550,13 @@ impl Policy {
             {
                 *key = dir.join(&*key);
             }
+            if let Some(tls) = p.cluster.as_mut().and_then(|c| c.tls.as_mut()) {
+                for f in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                    if f.is_relative() {
+                        *f = dir.join(&*f);
+                    }
+                }
+            }
         }
         if let Some(job) = p.crowdsec.as_ref().and_then(|c| c.job().ok()) {
             job.key.read().map_err(|message| PolicyError::Invalid {
@@ -671,6 +685,10 @@ impl Policy {
         if let Some(c) = &p.crowdsec {
             c.job()
                 .map_err(|(field, message)| invalid(format!("crowdsec.{field}"), message))?;
+        }
+        if let Some(c) = &p.cluster {
+            c.check()
+                .map_err(|(field, message)| invalid(format!("cluster.{field}"), message))?;
         }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {

@@ -12,6 +12,7 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{debug, error, info, warn};
 
+mod cluster;
 pub(super) mod crowdsec;
 mod ops;
 
@@ -67,6 +68,8 @@ pub struct AgentState<M = Datapath> {
     store_failures_synced: u64,
     /// Bans issued, violations and reloads since start, for the metrics.
     pub(in crate::agent) counters: crate::metrics::Counters,
+    /// The fleet link's status, when this agent shares bans through etcd.
+    pub(in crate::agent) cluster: Option<crate::cluster::SharedStatus>,
 }
 
 /// Where the agent keeps its pins and its state, for `status`.
@@ -113,6 +116,7 @@ impl<M: Maps> AgentState<M> {
             policy_refused: None,
             store_failures_synced: 0,
             counters: crate::metrics::Counters::default(),
+            cluster: None,
         }
     }
 
@@ -229,7 +233,7 @@ impl<M: Maps> AgentState<M> {
             if let Err(e) = store.put_bans(&adopt) {
                 warn!("failed to record adopted bans: {e}");
             }
-            if let Err(e) = store.remove_bans(&expired) {
+            if let Err(e) = store.forget_bans(&expired) {
                 warn!("failed to drop expired bans from the store: {e}");
             }
         }
@@ -369,8 +373,10 @@ impl<M: Maps> AgentState<M> {
             }
             self.unindex(net);
         }
+        // Every host expires bans itself (and etcd's leases collect the
+        // keys): nothing to tell the fleet.
         if let Some(s) = self.store.as_mut()
-            && let Err(e) = s.remove_bans(&due)
+            && let Err(e) = s.forget_bans(&due)
         {
             warn!("failed to drop expired bans from the store: {e}");
         }
@@ -461,6 +467,7 @@ impl<M: Maps> AgentState<M> {
             created_at: now,
             expires_at: ttl.map(|t| now + t),
             offences,
+            host: None,
         };
         self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
@@ -750,6 +757,7 @@ impl<M: Maps> AgentState<M> {
                     skipped,
                 }
             }),
+            cluster: self.cluster_view(),
         })
     }
 }
@@ -768,6 +776,7 @@ fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
         ttl_remaining_secs: rec.expires_at.map(|t| t.saturating_sub(now)),
         hits,
         offences: rec.offences,
+        host: rec.host.clone(),
     }
 }
 
@@ -808,6 +817,7 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
         created_at: now,
         expires_at,
         offences: 1,
+        host: None,
     }
 }
 

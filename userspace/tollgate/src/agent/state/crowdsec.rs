@@ -128,6 +128,7 @@ impl<M: Maps> AgentState<M> {
                         created_at: now,
                         expires_at: Some(w.expires_at),
                         offences: 1,
+                        host: None,
                     });
                 }
             }

@@ -111,6 +111,7 @@ impl<M: Maps> AgentState<M> {
                         created_at: now,
                         expires_at,
                         offences: 1,
+                        host: None,
                     });
                 }
             }
@@ -323,6 +324,7 @@ impl<M: Maps> AgentState<M> {
             not_ready,
             samples: self.maps.sample_stats().ok(),
             since_start: self.counters.clone(),
+            cluster: self.cluster_view(),
         }
     }
 }

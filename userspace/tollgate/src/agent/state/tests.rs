@@ -195,6 +195,7 @@ fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
         created_at: now - 100,
         expires_at: Some(now - 1),
         offences: 1,
+        host: None,
     };
     a.state.put_ban(due).unwrap();
     assert_eq!(a.state.next_expiry(), Some(now - 1));
@@ -868,6 +869,7 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
         created_at: now - 7200,
         expires_at: Some(now - 3600),
         offences: 1,
+        host: None,
     };
     a.state
         .store

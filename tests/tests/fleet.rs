@@ -1,0 +1,316 @@
+//! Fleet-wide bans through a real etcd (Debian's `etcd-server`, installed
+//! by `cargo xtask setup --test-deps`): the test runs its own one-member
+//! etcd on free loopback ports with a throwaway data directory and kills it
+//! when done. Two agents, each on its own lab veth with its own state, pins
+//! and socket, share one fleet: a ban made on one is enforced by the other,
+//! an unban lifts it, a partition (etcd stopped) changes nothing that is
+//! enforced, and what changed during it arrives after the heal.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tollgate_tests::{Agent, EXCHANGE_TIMEOUT, Lab, Server, eventually, free_port};
+
+/// A one-member etcd on loopback; restartable on the same data directory.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+}
+
+impl Etcd {
+    fn start() -> Self {
+        let have = Command::new("sh")
+            .args(["-c", "command -v etcd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            have,
+            "etcd is needed: run `cargo xtask setup --test-deps` (Debian package etcd-server)"
+        );
+        let mut e = Self {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.spawn();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(15), || self.put_raw("/probe", b"1")),
+            "etcd did not come up: {}",
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Writes a key directly through etcd's JSON gateway (as a hostile or
+    /// broken writer would); true when etcd took it.
+    fn put_raw(&self, key: &str, value: &[u8]) -> bool {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(key.as_bytes()),
+            b64(value)
+        );
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let req = format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200") && out.contains("revision")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn cluster(agent: &Agent) -> serde_json::Value {
+    agent.json(&["status"])["cluster"].clone()
+}
+
+fn banned_from(agent: &Agent, ip: IpAddr) -> Option<String> {
+    let want = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
+    agent
+        .json(&["block", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == want.as_str())
+        .map(|b| b["host"].as_str().unwrap_or("").to_owned())
+}
+
+/// Polls B's ban list every 2 ms until `ip` is (or is not) there; how long
+/// that took.
+fn until_listed(agent: &Agent, ip: IpAddr, listed: bool, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if banned_from(agent, ip).is_some() == listed {
+            return Some(t0.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+#[test]
+fn bans_cross_the_fleet_and_survive_a_partition() {
+    let started = Instant::now();
+    let mut etcd = Etcd::start();
+    let fleet = format!("t{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v4(1, 1), lb.v6(0, 1), lb.v6(1, 1)]);
+    let url = etcd.url();
+    let flags = |host: &'static str| {
+        vec![
+            "--cluster-endpoints".to_owned(),
+            url.clone(),
+            "--cluster-fleet".to_owned(),
+            fleet.clone(),
+            "--cluster-host-id".to_owned(),
+            host.to_owned(),
+        ]
+    };
+    let fa = flags("host-a");
+    let fb = flags("host-b");
+    let a = Agent::start(
+        &la.host_if,
+        &fa.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Agent::start(
+        &lb.host_if,
+        &fb.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for ag in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || cluster(ag)["connected"] == true),
+            "agent never joined the fleet: {}",
+            ag.log_text()
+        );
+    }
+    assert_eq!(cluster(&b)["host_id"], "host-b");
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
+    let (c6, s6) = (lb.v6(0, 2), lb.v6(0, 1));
+    let (o4, os4) = (lb.v4(1, 2), lb.v4(1, 1));
+    assert!(
+        tcp(c4, s4) && tcp(c6, s6) && tcp(o4, os4),
+        "the lab must work before any ban"
+    );
+
+    // A ban on A: B enforces it, marked with the host that decided it.
+    a.ok(&["block", "add", &c4.to_string(), "--reason", "fleet test"]);
+    let took = until_listed(&b, c4, true, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the ban never reached B: {}", b.log_text()));
+    println!("fleet: ban on A listed on B after {took:?}");
+    assert_eq!(banned_from(&b, c4).as_deref(), Some("host-a"));
+    assert!(!tcp(c4, s4), "B must drop the client banned on A");
+    assert!(tcp(o4, os4), "other clients pass on B");
+    // B's own view of it is not shared back as B's.
+    assert_eq!(banned_from(&a, c4).as_deref(), Some(""));
+
+    // The unban on A lifts it on B.
+    a.ok(&["block", "rm", &c4.to_string()]);
+    let took =
+        until_listed(&b, c4, false, Duration::from_secs(5)).expect("the unban never reached B");
+    println!("fleet: unban on A lifted on B after {took:?}");
+    assert!(tcp(c4, s4), "B must pass the client once unbanned on A");
+
+    // Malformed and hostile records written straight into etcd are skipped.
+    let prefix = format!("/tollgate/{fleet}/bans/");
+    let before = cluster(&b)["skipped"].as_u64().unwrap();
+    assert!(etcd.put_raw(&format!("{prefix}{o4}/32"), b"{not json"));
+    let wide = r#"{"cidr":"0.0.0.0/0","kind":"manual","reason":"x","origin":"cli","created_at":1,"expires_at":null,"offences":1,"host":"evil"}"#;
+    assert!(etcd.put_raw(&format!("{prefix}0.0.0.0/0"), wide.as_bytes()));
+    let mismatched = wide.replace("0.0.0.0/0", &format!("{s4}/32"));
+    assert!(etcd.put_raw(&format!("{prefix}{o4}/32"), mismatched.as_bytes()));
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&b)["skipped"]
+            .as_u64()
+            .unwrap()
+            >= before + 3),
+        "hostile records were not counted as skipped: {}",
+        cluster(&b)
+    );
+    assert!(
+        tcp(o4, os4) && tcp(c4, s4),
+        "a hostile record must ban nothing"
+    );
+    assert!(banned_from(&b, o4).is_none());
+
+    // A fleet ban never overrides B's allowlist.
+    b.ok(&["allow", "add", &o4.to_string()]);
+    let refused = cluster(&b)["refused"].as_u64().unwrap();
+    a.ok(&["block", "add", &o4.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&b)["refused"]
+            .as_u64()
+            .unwrap()
+            > refused),
+        "B did not refuse the allowlisted ban: {}",
+        cluster(&b)
+    );
+    assert!(
+        banned_from(&b, o4).is_none() && tcp(o4, os4),
+        "allowlisted on B"
+    );
+
+    // Partition: etcd goes away. B keeps enforcing what it has; A keeps
+    // banning and unbanning locally.
+    a.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&b, c4, true, Duration::from_secs(5)).expect("second ban never reached B");
+    etcd.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || cluster(&b)["connected"]
+            == false),
+        "B did not notice etcd is gone: {}",
+        cluster(&b)
+    );
+    assert!(!tcp(c4, s4), "B keeps enforcing through the partition");
+    a.ok(&[
+        "block",
+        "add",
+        &c6.to_string(),
+        "--reason",
+        "during partition",
+    ]);
+    a.ok(&["block", "rm", &c4.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&a)["outbox"].as_u64()
+            == Some(2)),
+        "A must queue its partition-time changes: {}",
+        cluster(&a)
+    );
+    assert!(tcp(c6, s6), "B cannot know A's partition-time ban yet");
+    assert!(!tcp(c4, s4), "nor its partition-time unban");
+
+    // Heal: both reconnect, A's queue reaches etcd, B converges.
+    let healed = Instant::now();
+    etcd.spawn();
+    until_listed(&b, c6, true, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("A's partition-time ban never reached B: {}", b.log_text()));
+    until_listed(&b, c4, false, Duration::from_secs(10))
+        .expect("A's partition-time unban never reached B");
+    println!(
+        "fleet: converged {:?} after etcd came back",
+        healed.elapsed()
+    );
+    assert!(!tcp(c6, s6) && tcp(c4, s4), "B enforces the healed set");
+    for ag in [&a, &b] {
+        assert!(eventually(Duration::from_secs(10), || {
+            let c = cluster(ag);
+            c["connected"] == true && c["outbox"] == 0
+        }));
+    }
+    println!("fleet: whole test {:?}", started.elapsed());
+}
