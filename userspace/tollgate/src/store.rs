@@ -3,8 +3,8 @@
 //! before the CLI is told "done"; replayed into the kernel on start.
 //!
 //! [`Store`] is the small interface the agent uses; [`RedbStore`] keeps it in
-//! an embedded database on disk. A cluster-wide store (etcd leases as TTLs)
-//! is meant to slot in behind the same trait.
+//! an embedded database on disk. With a fleet, `cluster::ClusterStore`
+//! wraps it behind the same trait and shares local bans through etcd.
 
 use std::path::{Path, PathBuf};
 
