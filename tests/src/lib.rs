@@ -5,6 +5,8 @@
 //! Addresses come only from 198.18.0.0/15 and fd00::/8.
 
 pub mod capture;
+pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod latency;
 pub mod pkt;

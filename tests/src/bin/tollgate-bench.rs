@@ -63,6 +63,15 @@ fn main() {
             tollgate_tests::latency::run(trials);
         }
         "startup" => tollgate_tests::startup::run(),
+        "fleet" => {
+            let arg = |i: usize, d: usize| {
+                std::env::args()
+                    .nth(i)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(d)
+            };
+            tollgate_tests::fleet::run(arg(2, 200), arg(3, 2));
+        }
         "capture" => {
             tollgate_tests::capture::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
         }
@@ -72,7 +81,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, fleet)"
             );
             std::process::exit(2);
         }
