@@ -7,15 +7,11 @@
 //! while A's CLI bans it; the first probe after which none arrived is the
 //! first dropped packet, its send time after the CLI was started is the
 //! latency (so it includes the CLI process, A's local ban, the publish, the
-//! watch and B's kernel write). Then A lifts the ban and the trial waits
+//! watch and B's kernel write; also reported from A's reply on). Then A lifts the ban and the trial waits
 //! for B to pass the attacker again. Also reported: the CLI's own time.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +20,7 @@ use crate::{
     Agent, Lab,
     etcd::Etcd,
     eventually,
-    latency::{first_dropped, probe, summary},
+    latency::{ProbeSink, first_dropped, probe, summary},
 };
 
 /// Runs `trials` trials over a fleet of `agents` agents.
@@ -64,30 +60,10 @@ pub fn run(trials: usize, agents: usize) {
     let attacker = lb.v4(0, 2);
     let cidr = format!("{attacker}/32");
 
-    let udp = UdpSocket::bind(SocketAddr::new(lb.v4(0, 1), 0)).unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let probe_dst = udp.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let arrived = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rx = {
-        let (seen, stop, arrived) = (seen.clone(), stop.clone(), arrived.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 16];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = udp.recv_from(&mut buf)
-                    && n >= 4
-                {
-                    let seq = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                    seen.lock().unwrap().push(seq);
-                    arrived.fetch_max(seq + 1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let sink = ProbeSink::start(lb.v4(0, 1));
+    let (seen, arrived, probe_dst) = (sink.seen.clone(), sink.arrived.clone(), sink.addr);
 
-    let (mut lat, mut cli, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (mut lat, mut cli, mut after, mut failed) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for t in 0..trials {
         seen.lock().unwrap().clear();
         arrived.store(0, Ordering::Relaxed);
@@ -107,7 +83,12 @@ pub fn run(trials: usize, agents: usize) {
         thread::sleep(Duration::from_millis(30));
         let got = std::mem::take(&mut *seen.lock().unwrap());
         match first_dropped(&got, offsets.len()) {
-            Some(i) => lat.push(offsets[i]),
+            Some(i) => {
+                lat.push(offsets[i]);
+                if let Some(c) = cli.last() {
+                    after.push(offsets[i].saturating_sub(*c));
+                }
+            }
             None => {
                 failed += 1;
                 eprintln!("trial {t}: no drop on B within the probing window");
@@ -121,8 +102,7 @@ pub fn run(trials: usize, agents: usize) {
             "the unban never reached B"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = rx.join();
+    sink.stop();
     println!(
         "fleet of {} agents, one etcd member on loopback:",
         fleet_agents.len()
@@ -136,6 +116,11 @@ pub fn run(trials: usize, agents: usize) {
         &mut cli,
         "  of which the CLI on A",
         "process start -> reply",
+    );
+    summary(
+        &mut after,
+        "  and from the reply on A",
+        "A's reply -> first dropped packet on B",
     );
     println!(
         "  goal (issue 15): median <= 10 ms, p99 <= 50 ms; trials without a drop: {failed} of {trials}"

@@ -39,28 +39,8 @@ pub fn run(trials: usize) {
     let attacker = lab.v4(0, 2);
     let dst = SocketAddr::new(lab.v4(0, 1), server.port);
 
-    let udp = UdpSocket::bind(SocketAddr::new(lab.v4(0, 1), 0)).unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let probe_dst = udp.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let arrived = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rx = {
-        let (seen, stop, arrived) = (seen.clone(), stop.clone(), arrived.clone());
-        thread::spawn(move || {
-            let mut b = [0u8; 16];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = udp.recv_from(&mut b)
-                    && n >= 4
-                {
-                    let seq = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    seen.lock().unwrap().push(seq);
-                    arrived.fetch_max(seq + 1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let sink = ProbeSink::start(lab.v4(0, 1));
+    let (seen, arrived, probe_dst) = (sink.seen.clone(), sink.arrived.clone(), sink.addr);
 
     let mut lat = Vec::new();
     let mut failed = 0;
@@ -96,8 +76,7 @@ pub fn run(trials: usize) {
             "ban not lifted"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = rx.join();
+    sink.stop();
     report(&mut lat, failed, trials);
 }
 
@@ -126,6 +105,59 @@ fn trial(
     let offsets = probe(src, probe_dst, t0, &arrived);
     drop(s);
     offsets
+}
+
+/// The receiving end of the probes: records each probe's number.
+pub(crate) struct ProbeSink {
+    /// Probe numbers received, in arrival order.
+    pub seen: Arc<Mutex<Vec<u32>>>,
+    /// One past the highest probe number received.
+    pub arrived: Arc<AtomicU32>,
+    /// Where probes go.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl ProbeSink {
+    /// Listens on a free UDP port of `ip` (in the root namespace).
+    pub(crate) fn start(ip: IpAddr) -> Self {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = udp.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let arrived = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop, arrived) = (seen.clone(), stop.clone(), arrived.clone());
+            thread::spawn(move || {
+                let mut b = [0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = udp.recv_from(&mut b)
+                        && n >= 4
+                    {
+                        let seq = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        seen.lock().unwrap().push(seq);
+                        arrived.fetch_max(seq + 1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Self {
+            seen,
+            arrived,
+            addr,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops listening.
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }
 
 /// Sends numbered UDP probes from `src` to `probe_dst` every
