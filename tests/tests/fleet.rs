@@ -144,6 +144,22 @@ fn bans_cross_the_fleet_and_survive_a_partition() {
         "allowlisted on B"
     );
 
+    // `block rm --local` lifts a fleet ban on one host only: had B told the
+    // fleet, A (which made it) would have lifted it too.
+    let (o6, os6) = (lb.v6(1, 2), lb.v6(1, 1));
+    a.ok(&["block", "add", &o6.to_string()]);
+    until_listed(&b, o6, true, Duration::from_secs(5)).expect("the IPv6 ban never reached B");
+    assert!(!tcp(o6, os6));
+    b.ok(&["block", "rm", "--local", &o6.to_string()]);
+    assert!(tcp(o6, os6), "--local lifts it on B");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        banned_from(&a, o6).as_deref(),
+        Some(""),
+        "--local leaves the fleet's ban"
+    );
+    a.ok(&["block", "rm", &o6.to_string()]);
+
     // Partition: etcd goes away. B keeps enforcing what it has; A keeps
     // banning and unbanning locally.
     a.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);

@@ -245,7 +245,11 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             origin: Some(origin),
             ..
         } => feeds::rm_origin(origin, socket),
-        BlockCmd::Rm { cidr, origin: None } => {
+        BlockCmd::Rm {
+            cidr,
+            origin: None,
+            local,
+        } => {
             let Some(cidr) = cidr else {
                 return usage_error("give the address or prefix to unblock, or --origin NAME");
             };
@@ -254,7 +258,10 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             }
             request(
                 socket,
-                &Request::BlockRm { cidr: cidr.clone() },
+                &Request::BlockRm {
+                    cidr: cidr.clone(),
+                    local,
+                },
                 false,
                 |_| {
                     println!("unblocked {}", cidr.trim());

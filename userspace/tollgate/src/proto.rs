@@ -76,6 +76,9 @@ pub enum Request {
     BlockRm {
         /// Address or CIDR, exactly as banned.
         cidr: String,
+        /// Lift it on this host only, without telling the fleet.
+        #[serde(default)]
+        local: bool,
     },
     /// List bans.
     BlockLs,

@@ -396,7 +396,7 @@ impl<M: Maps> AgentState<M> {
                 reason,
                 force,
             } => self.block_add(&cidr, ttl_secs, reason.as_deref(), force),
-            Request::BlockRm { cidr } => self.block_rm(&cidr),
+            Request::BlockRm { cidr, local } => self.block_rm(&cidr, local),
             Request::BlockLs => Ok(self.block_ls()),
             Request::AllowAdd {
                 cidr,
@@ -555,14 +555,19 @@ impl<M: Maps> AgentState<M> {
         Ok(())
     }
 
-    fn block_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
+    /// Lifts a ban; `local`: here only (the fleet keeps it).
+    fn block_rm(&mut self, cidr: &str, local: bool) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         if !self.bans.contains_key(&net) && !self.maps.has_block(&net) {
             return Err(refuse(format!("{} is not banned", display(&net))));
         }
         if let Some(s) = self.store.as_mut() {
-            s.remove_bans(&[net])
-                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+            let removed = if local {
+                s.forget_bans(&[net])
+            } else {
+                s.remove_bans(&[net])
+            };
+            removed.map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
         self.maps
             .remove_block(net)

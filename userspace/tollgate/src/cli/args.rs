@@ -327,6 +327,10 @@ pub enum BlockCmd {
         /// Remove every ban with this origin (as `block ls` shows it).
         #[arg(long, conflicts_with = "cidr")]
         origin: Option<String>,
+        /// In a fleet: lift the ban on this host only (an emergency; the
+        /// other hosts keep it, and a resync may bring it back).
+        #[arg(long, conflicts_with = "origin")]
+        local: bool,
     },
     /// List bans.
     ///

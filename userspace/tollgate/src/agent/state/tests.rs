@@ -147,6 +147,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
 
     a.ok(Request::BlockRm {
         cidr: "192.0.2.7".into(),
+        local: false,
     });
     assert!(a.ls().is_empty());
     assert!(a.kernel("192.0.2.7/32").is_none());
@@ -154,6 +155,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
     assert!(!a.state.is_banned("192.0.2.7".parse().unwrap()));
     let e = a.refused(Request::BlockRm {
         cidr: "192.0.2.7".into(),
+        local: false,
     });
     assert!(e.contains("is not banned"), "{e}");
 }
@@ -321,6 +323,7 @@ fn policy_bans_escalate_their_ttl_with_each_offence() {
         );
         a.ok(Request::BlockRm {
             cidr: client.to_string(),
+            local: false,
         });
     }
     let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
@@ -488,6 +491,7 @@ fn rate_limit_escalation_without_handshake_check_and_growing_ttls() {
         ttls.push(ttl.div_ceil(60) * 60);
         a.ok(Request::BlockRm {
             cidr: "198.51.100.2".into(),
+            local: false,
         });
     }
     // 1 min, 10 min, 1 h, and the last step repeats.
