@@ -309,7 +309,11 @@ impl Publisher {
                 self.window = (minute, 0);
             }
             if self.window.1 >= cfg.per_minute {
-                warn!(cidr = %r.cidr, cap = cfg.per_minute, "ban not shared: this host's per-minute cap is reached");
+                // Once per minute: a feed import can hit the cap by thousands.
+                if self.window.1 == cfg.per_minute {
+                    warn!(cidr = %r.cidr, cap = cfg.per_minute, "bans not shared for the rest of this minute: this host's per-minute cap is reached (they stay enforced here)");
+                    self.window.1 += 1;
+                }
                 with_status(status, |s| {
                     s.view.rate_limited += 1;
                     s.view.outbox = s.view.outbox.saturating_sub(1);
@@ -745,6 +749,32 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_per_minute_cap_keeps_the_rest_local() {
+        let cfg = ClusterConfig {
+            endpoints: vec![],
+            fleet: "f".into(),
+            host_id: "a".into(),
+            tls: None,
+            per_minute: 2,
+            max_remote_ttl: 60,
+        };
+        let status = SharedStatus::default();
+        let mut p = Publisher {
+            pending: VecDeque::new(),
+            leases: HashMap::new(),
+            window: (0, 0),
+        };
+        let ban: BanRecord = serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap();
+        for _ in 0..4 {
+            p.take(&cfg, &status, Change::Put(ban.clone()));
+        }
+        // Unbans are never capped.
+        p.take(&cfg, &status, Change::Remove(ban.cidr));
+        assert_eq!(p.pending.len(), 3);
+        assert_eq!(status.lock().unwrap().view.rate_limited, 2);
     }
 
     #[test]
