@@ -355,6 +355,9 @@ impl Publisher {
             let batch: Vec<Change> = self.pending.iter().take(n).cloned().collect();
             for c in batch {
                 match c {
+                    // Expired while queued (a long partition): every host
+                    // has lifted it already.
+                    Change::Put(r) if r.expires_at.is_some_and(|t| t <= clock::unix_now()) => {}
                     Change::Put(r) => {
                         let mut r = r;
                         r.host = Some(cfg.host_id.clone());
