@@ -12,7 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tollgate_tests::{Agent, EXCHANGE_TIMEOUT, Lab, Server, etcd::Etcd, eventually};
+use tollgate_tests::{
+    Agent, EXCHANGE_TIMEOUT, Lab, Server,
+    etcd::Etcd,
+    eventually,
+    http::{HttpServer, get},
+};
 
 fn cluster(agent: &Agent) -> serde_json::Value {
     agent.json(&["status"])["cluster"].clone()
@@ -208,4 +213,68 @@ fn bans_cross_the_fleet_and_survive_a_partition() {
         }));
     }
     println!("fleet: whole test {:?}", started.elapsed());
+}
+
+#[test]
+fn a_detected_injection_on_one_host_bans_on_the_others() {
+    let etcd = Etcd::start();
+    let fleet = format!("p{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = HttpServer::start(&[la.v4(0, 1)]);
+    let port = server.port.to_string();
+    let url = etcd.url();
+    let common = ["--cluster-endpoints", &url, "--cluster-fleet", &fleet];
+    let a = Agent::start(
+        &la.host_if,
+        &[
+            &common[..],
+            &["--cluster-host-id", "host-a", "--api-port", &port],
+        ]
+        .concat(),
+    );
+    let b = Agent::start(
+        &lb.host_if,
+        &[&common[..], &["--cluster-host-id", "host-b"]].concat(),
+    );
+    for ag in [&a, &b] {
+        assert!(eventually(
+            Duration::from_secs(10),
+            || cluster(ag)["connected"] == true
+        ));
+    }
+    // The attacker sends one SQL injection to A's API; A's policy engine
+    // bans it, and B enforces that ban as A's.
+    let (attacker, dst) = (
+        la.v4(0, 2),
+        std::net::SocketAddr::new(la.v4(0, 1), server.port),
+    );
+    la.in_client(move || {
+        use std::io::Write as _;
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&std::net::SocketAddr::new(attacker, 0).into())
+            .unwrap();
+        sock.connect_timeout(&dst.into(), Duration::from_secs(2))
+            .unwrap();
+        let mut s: std::net::TcpStream = sock.into();
+        s.write_all(&get("/items?id=1%27%20OR%20%271%27%3D%271"))
+            .unwrap();
+        thread::sleep(Duration::from_millis(200));
+    });
+    until_listed(&b, attacker, true, Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "A's policy ban never reached B: {}\n{}",
+            a.log_text(),
+            b.log_text()
+        )
+    });
+    let bans = b.json(&["block", "ls"]);
+    let ban = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["cidr"] == format!("{attacker}/32").as_str())
+        .unwrap();
+    assert_eq!(ban["kind"], "policy", "{ban}");
+    assert_eq!(ban["host"], "host-a", "{ban}");
 }
