@@ -84,19 +84,22 @@ impl Link {
                 let st = Arc::clone(&state);
                 let applied = tokio::task::spawn_blocking(move || {
                     let Ok(mut st) = st.lock() else { return };
+                    // Runs of bans go to the kernel and the store together.
+                    let mut puts = Vec::new();
                     for change in batch {
                         match change {
+                            Inbound::Put(r) => puts.push(r),
                             Inbound::Snapshot { records, since } => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
                                 st.cluster_snapshot(records, since);
                             }
-                            Inbound::Put(r) => {
-                                st.cluster_put(r);
-                            }
                             Inbound::Remove(n) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
                                 st.cluster_remove(&n);
                             }
                         }
                     }
+                    st.cluster_put_many(puts);
                 })
                 .await;
                 if let Err(e) = applied {

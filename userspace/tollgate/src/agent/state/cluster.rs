@@ -48,36 +48,64 @@ impl<M: Maps> AgentState<M> {
         }
     }
 
-    /// Applies a ban from another host; true when the kernel changed.
-    pub fn cluster_put(&mut self, rec: BanRecord) -> bool {
-        if let Some(a) = self.allow_overlap(&rec.cidr) {
-            debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
-            self.cluster_count(|s| s.view.refused += 1);
-            return false;
-        }
-        if let Some(p) = self.trusted_overlap(&rec.cidr) {
-            debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
-            self.cluster_count(|s| s.view.refused += 1);
-            return false;
-        }
-        let rec = match self.bans.get(&rec.cidr) {
-            Some(old) => match merge(old, rec) {
-                Some(r) if &r != old => r,
-                _ => return false,
-            },
-            None => rec,
-        };
-        // The record has a host, so the cluster store does not share it back.
-        match self.put_ban_kernel_first(rec) {
-            Ok(()) => {
-                self.cluster_count(|s| s.view.applied += 1);
-                true
+    /// Applies bans from other hosts in one kernel batch and one store
+    /// transaction (a full read brings the whole set at once). Returns how
+    /// many changed the kernel.
+    pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
+        let mut take = Vec::with_capacity(records.len());
+        let mut refused = 0;
+        for rec in records {
+            if let Some(a) = self.allow_overlap(&rec.cidr) {
+                debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
+                refused += 1;
+                continue;
             }
-            Err(e) => {
-                warn!("fleet ban not applied: {e}");
-                false
+            if let Some(p) = self.trusted_overlap(&rec.cidr) {
+                debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
+                refused += 1;
+                continue;
+            }
+            match self.bans.get(&rec.cidr) {
+                Some(old) => match merge(old, rec) {
+                    Some(r) if &r != old => take.push(r),
+                    _ => {}
+                },
+                None => take.push(rec),
             }
         }
+        if refused > 0 {
+            self.cluster_count(|s| s.view.refused += refused);
+        }
+        if take.is_empty() {
+            return 0;
+        }
+        // Kernel first, as for the agent's own bans: the next packet
+        // matters more than the fsync.
+        if let Err(e) = self
+            .maps
+            .insert_blocks(take.iter().map(|r| (r.cidr, super::kernel_entry(r))))
+        {
+            warn!("fleet bans not applied: the kernel refused them: {e:#}");
+            return 0;
+        }
+        // The records have a host, so the cluster store does not share them back.
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.put_bans(&take)
+        {
+            warn!(
+                count = take.len(),
+                "fleet bans enforced but not recorded durably: {e}"
+            );
+        }
+        let n = take.len();
+        for r in take {
+            if !self.bans.contains_key(&r.cidr) {
+                self.counters.ban_issued(r.kind.name(), 1);
+            }
+            self.index(r);
+        }
+        self.cluster_count(|s| s.view.applied += n as u64);
+        n
     }
 
     /// Lifts a ban the fleet removed; true when one was lifted.
@@ -113,10 +141,7 @@ impl<M: Maps> AgentState<M> {
         since: u64,
     ) -> (usize, usize, usize) {
         let present: HashSet<IpNet> = records.iter().map(|r| r.cidr).collect();
-        let mut applied = 0;
-        for r in records {
-            applied += usize::from(self.cluster_put(r));
-        }
+        let applied = self.cluster_put_many(records);
         let missing: Vec<BanRecord> = self
             .bans
             .values()
