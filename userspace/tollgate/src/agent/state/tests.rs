@@ -911,3 +911,104 @@ fn bans_issued_are_counted_by_the_agent_that_issued_them() {
         "{other}"
     );
 }
+
+/// In a fleet: the agent's own changes go to the outbox, the fleet's are
+/// enforced and never sent back, the allowlist wins, expiry and `--local`
+/// stay local, and a full read reconciles both ways.
+#[test]
+fn fleet_bans_are_applied_shared_and_reconciled() {
+    use crate::cluster::{Change, ClusterStatus, ClusterStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus::default()));
+    let store: Box<dyn Store> = Box::new(ClusterStore::new(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        tx,
+        status.clone(),
+    ));
+    let mut a = Agent::over(MemMaps::new(Mode::Enforce), Vec::new(), store, dir);
+    a.state.set_cluster(status.clone());
+    let mut sent = || {
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.push(c);
+        }
+        v
+    };
+    let now = clock::unix_now();
+    let remote = |cidr: &str, expires_at: u64| BanRecord {
+        cidr: net(cidr),
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(expires_at),
+        offences: 2,
+        host: Some("host-a".into()),
+    };
+
+    // A local ban is shared as this host's.
+    a.ban("198.51.100.1", Some(600));
+    assert!(matches!(&sent()[..], [Change::Put(r)] if r.host.is_none()));
+
+    // The fleet's bans are enforced, recorded with their host, not sent back;
+    // one overlapping the allowlist is refused.
+    a.allow("198.51.100.9");
+    let n = a.state.cluster_put_many(vec![
+        remote("198.51.100.2", now + 600),
+        remote("198.51.100.9", now + 600),
+    ]);
+    assert_eq!(n, 1);
+    assert!(a.kernel("198.51.100.2").is_some() && a.kernel("198.51.100.9").is_none());
+    assert!(
+        a.stored()
+            .iter()
+            .any(|r| r.host.as_deref() == Some("host-a"))
+    );
+    assert!(sent().is_empty());
+    assert_eq!(status.lock().unwrap().view.refused, 1);
+    let ls = a.ls();
+    assert!(ls.iter().any(|b| b["host"] == "host-a"));
+
+    // A later expiry from the fleet wins over the local one; an earlier does not.
+    assert_eq!(
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 60)]),
+        0
+    );
+    assert_eq!(
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 6000)]),
+        1
+    );
+    assert_eq!(
+        a.state.ban(&net("198.51.100.1")).unwrap().expires_at,
+        Some(now + 6000)
+    );
+
+    // `--local` and fleet removals are not sent; a plain unban is.
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.2".into(),
+        local: true,
+    });
+    assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
+    a.ban("198.51.100.3", Some(600));
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.3".into(),
+        local: false,
+    });
+    assert!(matches!(&sent()[..], [Change::Put(_), Change::Remove(_)]));
+
+    // A full read: the fleet's bans missing from it are lifted, this host's
+    // own made since the last sync are shared again.
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.4", now + 600)]);
+    a.ban("198.51.100.5", Some(600));
+    sent();
+    let (applied, lifted, shared) = a
+        .state
+        .cluster_snapshot(vec![remote("198.51.100.6", now + 600)], now);
+    assert_eq!((applied, lifted, shared), (1, 1, 1));
+    assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
+    assert!(matches!(&sent()[..], [Change::Put(r)] if r.cidr == net("198.51.100.5")));
+}
