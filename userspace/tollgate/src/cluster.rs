@@ -398,7 +398,10 @@ async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        // etcd answers pings more often than every 5 s (its default
+        // --grpc-keepalive-min-time) with GOAWAY; the 2 s probe in
+        // `session` notices a silent partition sooner anyway.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
     if let Some(tls) = &cfg.tls {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
@@ -482,6 +485,7 @@ pub async fn run(
     };
     let mut backoff = Duration::from_millis(200);
     let mut since = 0;
+    let mut warned = false;
     loop {
         let err = match session(
             &cfg,
@@ -497,6 +501,8 @@ pub async fn run(
             Err(e) => e,
         };
         let was = status.lock().map(|s| s.view.connected).unwrap_or(false);
+        let first = status.lock().map(|s| s.view.resyncs == 0).unwrap_or(false) && !warned;
+        warned = true;
         with_status(&status, |s| {
             s.view.connected = false;
             s.view.last_error = Some(format!("{err:#}"));
@@ -504,6 +510,8 @@ pub async fn run(
         if was {
             warn!("lost etcd: {err:#}; enforcing what this host holds, retrying");
             backoff = Duration::from_millis(200);
+        } else if first {
+            warn!("etcd unreachable: {err:#}; enforcing what this host holds, retrying");
         } else {
             debug!("etcd unreachable: {err:#}");
         }
