@@ -9,6 +9,7 @@ pub mod http;
 pub mod latency;
 pub mod pkt;
 pub mod startup;
+pub mod tls;
 
 use std::{
     fs::File,

@@ -73,6 +73,9 @@ pub mod maps {
     /// API sockets whose requests are taken at the socket (sockhash, not
     /// pinned: when the programs go, the sockets go back to normal).
     pub const STREAM_SOCKETS: &str = "TG_SOCKS";
+    /// Per-CPU TLS probe counters, indexed by [`super::tls_stat`] (not
+    /// pinned: they count what this agent's probes did).
+    pub const TLS_STATS: &str = "TG_TLS_STATS";
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 24] = [
@@ -120,6 +123,21 @@ pub mod programs {
     pub const SOCKOPS: &str = "tollgate_sockops";
     /// Stream verdict on API sockets: copies what they receive (requests).
     pub const STREAM: &str = "tollgate_stream";
+    /// Uprobe at `SSL_read`'s entry (TLS plaintext, requests).
+    pub const TLS_READ: &str = "tollgate_tls_read";
+    /// Uprobe at `SSL_read_ex`'s entry.
+    pub const TLS_READ_EX: &str = "tollgate_tls_read_ex";
+    /// Uprobe at `SSL_write`'s entry (TLS plaintext, responses).
+    pub const TLS_WRITE: &str = "tollgate_tls_write";
+    /// Uprobe at `SSL_write_ex`'s entry.
+    pub const TLS_WRITE_EX: &str = "tollgate_tls_write_ex";
+    /// Uretprobe on all four: copies what was read or written.
+    pub const TLS_RETURN: &str = "tollgate_tls_return";
+    /// Tracepoint on the read/write system calls: the file descriptor a
+    /// thread uses inside a TLS call.
+    pub const TLS_FD: &str = "tollgate_tls_fd";
+    /// Tracepoint on `close`: a descriptor's stream offsets start over.
+    pub const TLS_CLOSE: &str = "tollgate_tls_close";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -166,6 +184,10 @@ pub mod capacity {
     pub const HANDSHAKES: u32 = 1 << 17;
     /// API sockets whose request streams are taken at once.
     pub const STREAM_SOCKETS: u32 = 1 << 16;
+    /// TLS calls in progress at once (threads inside a probed call).
+    pub const TLS_CALLS: u32 = 1 << 14;
+    /// TLS streams (process, descriptor, direction) whose offsets are kept.
+    pub const TLS_STREAMS: u32 = 1 << 17;
 }
 
 /// Slots of the tail-call table.
@@ -297,15 +319,19 @@ pub struct SampleHeader {
     /// Where the bytes were taken ([`sample_source`]).
     pub source: u8,
     /// TCP sequence number of the first payload byte; for
-    /// [`sample_source::STREAM`] records, the offset in the stream (mod 2^32).
+    /// [`sample_source::STREAM`] and [`sample_source::TLS`] records, the
+    /// offset in the stream (mod 2^32).
     pub seq: u32,
-    /// Interface index it was seen on.
+    /// Interface index it was seen on; for [`sample_source::TLS`] records,
+    /// the file descriptor the process read or wrote through.
     pub ifindex: u32,
     /// Payload bytes in the packet.
     pub payload_len: u32,
     /// Payload bytes copied into the sample.
     pub captured: u32,
-    /// Reserved; zero.
+    /// Zero; for [`sample_source::TLS`] records, the process (tgid) whose
+    /// TLS library handled the bytes (with `ifindex`, what the agent
+    /// resolves to the connection: `flow` is zero in such records).
     pub reserved2: u32,
     /// Reserved; zero. Names what would otherwise be implicit tail padding
     /// (the header is 8-aligned): ring-buffer memory is not zeroed, so every
@@ -322,7 +348,78 @@ pub mod sample_source {
     /// What an established socket received (stream verdict): in order,
     /// reassembled, and from a client that completed a handshake.
     pub const STREAM: u8 = 1;
+    /// Plaintext a server process's TLS library returned from a read
+    /// (requests) or was given to write (responses), from uprobes on it: in
+    /// order, from an established connection. `flow` is zero; `reserved2`
+    /// and `ifindex` name the process and file descriptor.
+    pub const TLS: u8 = 2;
 }
+
+/// Indexes of the per-CPU TLS probe counters ([`maps::TLS_STATS`]).
+pub mod tls_stat {
+    /// Calls of the probed read/write functions that returned data.
+    pub const CALLS: u32 = 0;
+    /// Plaintext bytes written to the ring buffer.
+    pub const BYTES: u32 = 1;
+    /// Plaintext bytes not captured (ring full, past the per-call cap,
+    /// unreadable memory).
+    pub const LOST: u32 = 2;
+    /// Calls whose connection's file descriptor was not known.
+    pub const NO_FD: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// A TLS call in progress on one thread, between the uprobe at its entry and
+/// the uretprobe at its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL *` argument.
+    pub ssl: u64,
+    /// The buffer argument.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte count
+    /// (0 for `SSL_read`/`SSL_write`, which return it).
+    pub count_ptr: u64,
+    /// The file descriptor a read/write system call made inside this call
+    /// used (-1 until one is seen).
+    pub fd: i32,
+    /// [`DIR_REQUEST`] (read) or [`DIR_RESPONSE`] (write).
+    pub direction: u32,
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
+
+/// A process's file descriptor and one direction of its stream: the key of
+/// the TLS stream offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsStreamKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+    /// [`DIR_REQUEST`] or [`DIR_RESPONSE`].
+    pub direction: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<TlsStreamKey>() == 16);
+
+/// A TLS connection object of a process: the key under which the file
+/// descriptor last seen with it is remembered (a read served from the
+/// library's buffer makes no system call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSslKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<TlsSslKey>() == 16);
 
 /// [`FlowState::packets`] bit set by sock_ops on connections whose request
 /// stream is taken at the socket: the XDP sampler then leaves their request

@@ -3,7 +3,7 @@
 //! hook is taken), and the XDP programs it tail-calls (`tollgate_xdp_proxy`
 //! for trusted proxies, `tollgate_xdp_sample` for API sampling). Egress:
 //! `tollgate_tc_egress` (response samples, the server's acknowledgements).
-//! Sockets: `sockops.rs` and `stream.rs`.
+//! Sockets: `sockops.rs` and `stream.rs`. TLS plaintext: `tls.rs` (uprobes).
 //!
 //! Fail-open by construction: a packet is dropped only when its parsed source
 //! (behind a trusted proxy, the client its connection carries) matches a
@@ -37,6 +37,7 @@ mod proxy;
 mod sample;
 mod sockops;
 mod stream;
+mod tls;
 
 use aya_ebpf::{
     bindings::{

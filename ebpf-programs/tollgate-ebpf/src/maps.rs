@@ -126,3 +126,30 @@ pub static TG_STREAM_OFF: LruHashMap<FlowKey, u64> =
 #[map]
 pub static TG_SSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// TLS calls in progress, by thread (`pid_tgid`): what the entry uprobe saw,
+/// for the return probe.
+#[map]
+pub static TG_TLS_CALLS: HashMap<u64, tollgate_common::TlsCall> =
+    HashMap::with_max_entries(capacity::TLS_CALLS, 0);
+
+/// The file descriptor last seen under each `SSL *`, for calls the library
+/// serves from its buffer without a system call.
+#[map]
+pub static TG_TLS_SSLFD: LruHashMap<tollgate_common::TlsSslKey, i32> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+/// Plaintext bytes each TLS stream carried so far (the records' offsets).
+#[map]
+pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, u64> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+#[map]
+pub static TG_TLS_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);
+
+/// Per-CPU scratch of the TLS return probe (its own: a stream verdict may
+/// interrupt it on the same CPU).
+#[map]
+pub static TG_TSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
+    PerCpuArray::with_max_entries(1, 0);

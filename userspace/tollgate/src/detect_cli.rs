@@ -343,6 +343,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
         };
         let sample = Sample {
             stream: false,
+            tls: false,
             ts_ns,
             client,
             server,
@@ -577,6 +578,7 @@ mod tests {
     fn sample(seq: u32, data: &[u8], flags: u8) -> Sample {
         Sample {
             stream: false,
+            tls: false,
             ts_ns: 1_000_000,
             client: CLIENT,
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),

@@ -16,6 +16,7 @@
 //!   inventory, PROXY headers); [`verify`]: which sampled requests may ban.
 //! - [`api_cli`]: `tap` and `inventory`; [`detect_cli`]: `detect`, `events`
 //!   and `policy check`.
+//! - [`tls`]: HTTPS plaintext from uprobes on the servers' TLS library.
 //! - [`net`], [`clock`], [`table`]: small helpers; [`text`]: untrusted text made
 //!   safe for terminals.
 
@@ -39,4 +40,5 @@ pub mod proto;
 pub mod store;
 pub mod table;
 pub mod text;
+pub mod tls;
 pub mod verify;

@@ -88,6 +88,9 @@ pub struct Policy {
     pub trusted_proxies: Vec<String>,
     /// Act as a CrowdSec bouncer (off when absent).
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
+    /// HTTPS plaintext from uprobes on the servers' TLS library.
+    #[serde(default)]
+    pub tls: crate::tls::TlsPolicy,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -611,6 +614,7 @@ impl Policy {
             }
         }
         p.sampling.validate().map_err(invalid_field)?;
+        p.tls.validate().map_err(invalid_field)?;
         p.scoring.validate().map_err(invalid_field)?;
         p.events.validate().map_err(invalid_field)?;
         if p.detectors.alert_threshold > p.detectors.ban_threshold {

@@ -286,6 +286,9 @@ pub struct StatusView {
     /// Samples taken, lost (ring buffer full) and skipped by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_kernel: Option<SampleCounters>,
+    /// HTTPS plaintext from the TLS probes (when API ports are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsStatus>,
 }
 
 /// A refused policy reload.

@@ -351,6 +351,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         });
     }
+    if !api_ports.is_empty() {
+        crate::tls::start(&opts.policy.tls, &opts.api_ports, &state, &api.tls);
+    }
     health.set_state(Arc::clone(&state));
     let mut reloader = reload::Reloader::start(&opts, &state);
     reloader.set_api(api.clone());
@@ -625,6 +628,9 @@ async fn serve(
                     && !api.status.api_ports.is_empty()
                 {
                     data["sampling"] = serde_json::json!(api.status);
+                }
+                if let (Some(data), Ok(tls)) = (resp.data.as_mut(), api.tls.lock()) {
+                    data["tls"] = serde_json::json!(tls.status);
                 }
                 resp
             }

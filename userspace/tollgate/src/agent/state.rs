@@ -795,6 +795,7 @@ impl<M: Maps> AgentState<M> {
                     skipped,
                 }
             }),
+            tls: None,
         })
     }
 }

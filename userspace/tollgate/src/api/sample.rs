@@ -41,6 +41,9 @@ pub struct Sample {
     /// Taken at the socket (stream verdict): in order and from a verified
     /// client; else a packet at the NIC.
     pub stream: bool,
+    /// Plaintext from the server's TLS library (then also `stream`): the
+    /// connection's packets and socket bytes are ciphertext and ignored.
+    pub tls: bool,
     /// The captured payload prefix.
     pub data: Bytes,
 }
@@ -79,7 +82,11 @@ impl Sample {
             tcp_flags: h.tcp_flags,
             ifindex: h.ifindex,
             payload_len: h.payload_len,
-            stream: h.source == tollgate_common::sample_source::STREAM,
+            stream: matches!(
+                h.source,
+                tollgate_common::sample_source::STREAM | tollgate_common::sample_source::TLS
+            ),
+            tls: h.source == tollgate_common::sample_source::TLS,
             data: Bytes::copy_from_slice(data),
         })
     }

@@ -1,0 +1,432 @@
+//! HTTPS seen from inside: the plaintext a server's TLS library reads and
+//! writes, taken by uprobes on OpenSSL (`ebpf-programs/tollgate-ebpf/src/tls.rs`)
+//! and judged by the same pipeline as plaintext API traffic.
+//!
+//! - [`procfs`]: which processes map a TLS library; which connection a
+//!   process's descriptor is.
+//! - [`probes`]: loading the programs, attaching them per library file.
+//! - this module: the policy section, discovery (every second, `/proc/*/maps`),
+//!   and turning the kernel's (process, descriptor) records into samples of
+//!   the connection's 4-tuple, kept only for sockets on TLS ports.
+
+pub mod probes;
+pub mod procfs;
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tollgate_common::{SampleHeader, sample_source, tls_stat};
+use tracing::{info, warn};
+
+use crate::{api::sample::Sample, policy::FieldError};
+
+use procfs::FileId;
+
+/// The policy's `tls` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsPolicy {
+    /// Probe TLS libraries for the plaintext of HTTPS APIs.
+    pub enabled: bool,
+    /// Local ports whose connections are judged (empty: the API ports).
+    pub ports: Vec<u16>,
+    /// Only these processes (by name, `comm`), when not empty.
+    pub include: Vec<String>,
+    /// Never these processes (by name).
+    pub exclude: Vec<String>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+impl TlsPolicy {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// With the field and what is wrong.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(i) = self.ports.iter().position(|p| *p == 0) {
+            return Err(FieldError::new(
+                format!("tls.ports[{i}]"),
+                "must be a port (1-65535)",
+            ));
+        }
+        for (list, names) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for (i, n) in names.iter().enumerate() {
+                // The kernel keeps 15 bytes of a process name.
+                if n.is_empty() || n.len() > 15 || n.contains('/') {
+                    return Err(FieldError::new(
+                        format!("tls.{list}[{i}]"),
+                        "must be a process name (comm: 1-15 bytes, no '/')",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a process of this name is judged.
+    #[must_use]
+    pub fn selects(&self, comm: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|n| n == comm))
+            && !self.exclude.iter().any(|n| n == comm)
+    }
+}
+
+/// A library file the probes are attached to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LibraryView {
+    /// Path in the first process it was found in.
+    pub path: String,
+    /// That process.
+    pub pid: u32,
+    /// `dev:inode` of the file.
+    pub file: String,
+    /// Functions probed.
+    pub functions: Vec<String>,
+    /// Why it could not be probed (then `functions` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `status` shows under `tls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// Probing is on.
+    pub enabled: bool,
+    /// Why it is off or failed, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Ports whose connections are judged.
+    pub ports: Vec<u16>,
+    /// Library files found (probed, or why not).
+    pub libraries: Vec<LibraryView>,
+    /// Probed calls that returned data (kernel counter).
+    pub calls: u64,
+    /// Plaintext bytes captured (kernel counter).
+    pub bytes_captured: u64,
+    /// Plaintext bytes lost: ring buffer full, past the per-call cap
+    /// (kernel counter).
+    pub bytes_lost: u64,
+    /// Calls whose connection was not known (kernel counter).
+    pub calls_without_fd: u64,
+    /// Records handed to the pipeline (TLS-port connections of selected
+    /// processes).
+    pub records: u64,
+    /// Records of other connections (TLS clients, other ports): dropped.
+    pub records_other: u64,
+    /// Records whose descriptor was gone or not a TCP socket: dropped.
+    pub records_unresolved: u64,
+    /// Records of processes the policy excludes: dropped.
+    pub records_excluded: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    inode: u64,
+    /// The connection, when it is one to judge.
+    flow: Option<(IpAddr, u16, IpAddr, u16)>,
+    excluded: bool,
+}
+
+/// Resolution of the kernel's records; shared by the sample reader and the
+/// status command.
+#[derive(Default)]
+pub struct TlsState {
+    policy: TlsPolicy,
+    ports: BTreeSet<u16>,
+    conns: HashMap<(u32, i32), Cached>,
+    /// What `status` shows.
+    pub status: TlsStatus,
+}
+
+/// Bound on remembered descriptors (cleared past it: they resolve again).
+const MAX_CACHED: usize = 1 << 16;
+
+/// The shared TLS state ([`TlsState`]).
+pub type Handle = Arc<Mutex<TlsState>>;
+
+impl TlsState {
+    fn resolve(&mut self, tgid: u32, fd: i32, seq: u32) -> Option<Cached> {
+        let cached = self.conns.get(&(tgid, fd)).copied();
+        // Offset 0: the descriptor's stream started over (closed, reused).
+        if seq != 0
+            && let Some(c) = cached
+        {
+            return Some(c);
+        }
+        let inode = procfs::socket_inode(tgid, fd)?;
+        if let Some(c) = cached.filter(|c| c.inode == inode) {
+            return Some(c);
+        }
+        let conn = procfs::connection(tgid, inode)?;
+        let excluded = !procfs::comm(tgid).is_some_and(|c| self.policy.selects(&c));
+        let flow = self.ports.contains(&conn.local.1).then_some((
+            conn.remote.0,
+            conn.remote.1,
+            conn.local.0,
+            conn.local.1,
+        ));
+        let c = Cached {
+            inode,
+            flow,
+            excluded,
+        };
+        if self.conns.len() >= MAX_CACHED {
+            self.conns.clear();
+        }
+        self.conns.insert((tgid, fd), c);
+        Some(c)
+    }
+
+    /// Decodes one ring-buffer record: a TLS record becomes a sample of its
+    /// connection (or `None`: not one to judge); others decode as they are.
+    pub fn sample(&mut self, raw: &[u8]) -> Option<Sample> {
+        let mut s = Sample::from_record(raw)?;
+        if !s.tls {
+            return Some(s);
+        }
+        // SAFETY: `from_record` checked the length; SampleHeader is POD.
+        let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        debug_assert_eq!(h.source, sample_source::TLS);
+        let fd = i32::try_from(h.ifindex).ok()?;
+        let Some(c) = self.resolve(h.reserved2, fd, h.seq) else {
+            self.status.records_unresolved += 1;
+            return None;
+        };
+        if c.excluded {
+            self.status.records_excluded += 1;
+            return None;
+        }
+        let Some((client, client_port, server, server_port)) = c.flow else {
+            self.status.records_other += 1;
+            return None;
+        };
+        self.status.records += 1;
+        s.client = client;
+        s.client_port = client_port;
+        s.server = server;
+        s.server_port = server_port;
+        s.ifindex = 0;
+        Some(s)
+    }
+}
+
+/// A disabled TLS state (records, if any, are dropped as unresolved).
+#[must_use]
+pub fn handle() -> Handle {
+    Arc::new(Mutex::new(TlsState::default()))
+}
+
+/// Starts TLS capture: loads the programs, attaches the tracepoints, and
+/// spawns discovery, which attaches the uprobes to every library file found
+/// (now and each second after). `api_ports` are the default TLS ports.
+pub fn start(
+    policy: &TlsPolicy,
+    api_ports: &[u16],
+    state: &Arc<Mutex<crate::agent::state::AgentState>>,
+    tls: &Handle,
+) {
+    let ports: BTreeSet<u16> = if policy.ports.is_empty() {
+        api_ports.iter().copied().collect()
+    } else {
+        policy.ports.iter().copied().collect()
+    };
+    let stats = {
+        let Ok(mut t) = tls.lock() else { return };
+        t.policy = policy.clone();
+        t.ports.clone_from(&ports);
+        t.status.ports = ports.iter().copied().collect();
+        if !policy.enabled || ports.is_empty() {
+            t.status.error = Some(if policy.enabled {
+                "no TLS port (set api_ports or tls.ports)".into()
+            } else {
+                "disabled by the policy (tls.enabled: false)".into()
+            });
+            return;
+        }
+        let Ok(mut st) = state.lock() else { return };
+        let ebpf = st.datapath_mut().ebpf_mut();
+        if let Err(e) = probes::load(ebpf) {
+            warn!("HTTPS plaintext will not be judged: {e:#}");
+            t.status.error = Some(format!("{e:#}"));
+            return;
+        }
+        t.status.enabled = true;
+        ebpf.take_map(tollgate_common::maps::TLS_STATS)
+            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
+    };
+    info!(ports = ?ports, "TLS libraries are probed for HTTPS plaintext");
+    let (state, tls) = (Arc::clone(state), Arc::clone(tls));
+    tokio::spawn(async move {
+        let mut discovery = Discovery::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let found = tokio::task::spawn_blocking({
+                let mut d = std::mem::take(&mut discovery);
+                move || {
+                    let new = d.scan();
+                    (d, new)
+                }
+            })
+            .await;
+            let Ok((d, new)) = found else { continue };
+            discovery = d;
+            let mut views = Vec::new();
+            if !new.is_empty()
+                && let Ok(mut st) = state.lock()
+            {
+                for (pid, m) in new {
+                    let path = procfs::through_root(pid, &m.path);
+                    let r = probes::attach_library(st.datapath_mut().ebpf_mut(), &path);
+                    let view = LibraryView {
+                        path: m.path.clone(),
+                        pid,
+                        file: format!("{}:{}", m.file.dev, m.file.inode),
+                        functions: r
+                            .as_ref()
+                            .map(|f| f.iter().map(|s| (*s).to_owned()).collect())
+                            .unwrap_or_default(),
+                        error: r.as_ref().err().map(|e| format!("{e:#}")),
+                    };
+                    match &view.error {
+                        None => {
+                            info!(path = %m.path, pid, functions = ?view.functions, "TLS library probed");
+                        }
+                        Some(e) => warn!(path = %m.path, pid, "TLS library not probed: {e}"),
+                    }
+                    views.push(view);
+                }
+            }
+            if let Ok(mut t) = tls.lock() {
+                t.status.libraries.extend(views);
+                if let Some(m) = &stats {
+                    let sum = |i: u32| m.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+                    t.status.calls = sum(tls_stat::CALLS);
+                    t.status.bytes_captured = sum(tls_stat::BYTES);
+                    t.status.bytes_lost = sum(tls_stat::LOST);
+                    t.status.calls_without_fd = sum(tls_stat::NO_FD);
+                }
+            }
+        }
+    });
+}
+
+/// What discovery has seen: processes whose maps were read, library files
+/// handled.
+#[derive(Default)]
+struct Discovery {
+    seen_pids: HashSet<u32>,
+    files: HashSet<FileId>,
+    scans: u64,
+}
+
+impl Discovery {
+    /// Reads the maps of processes not seen before (all of them every 30
+    /// scans: a running process may load the library later); returns each
+    /// library file not handled yet, with a process that maps it.
+    fn scan(&mut self) -> Vec<(u32, procfs::Mapped)> {
+        let full = self.scans.is_multiple_of(30);
+        self.scans += 1;
+        let pids = procfs::pids();
+        let me = std::process::id();
+        let mut out = Vec::new();
+        for &pid in &pids {
+            if pid == me || (!full && self.seen_pids.contains(&pid)) {
+                continue;
+            }
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            for m in procfs::libssl_in_maps(&maps) {
+                if self.files.insert(m.file) {
+                    out.push((pid, m));
+                }
+            }
+        }
+        self.seen_pids = pids.into_iter().collect();
+        out
+    }
+}
+
+/// `status` lines for people.
+#[must_use]
+pub fn describe(s: &TlsStatus) -> String {
+    let mut out = String::new();
+    if !s.enabled {
+        out.push_str(&format!(
+            "TLS plaintext: off ({})\n",
+            s.error.as_deref().unwrap_or("not started")
+        ));
+        return out;
+    }
+    let probed = s.libraries.iter().filter(|l| l.error.is_none()).count();
+    out.push_str(&format!(
+        "TLS plaintext on ports {:?}: {probed} libraries probed; {} calls, {} bytes captured, {} lost, \
+         {} calls without a known connection; {} records judged, {} of other connections, \
+         {} unresolved, {} excluded\n",
+        s.ports,
+        s.calls,
+        s.bytes_captured,
+        s.bytes_lost,
+        s.calls_without_fd,
+        s.records,
+        s.records_other,
+        s.records_unresolved,
+        s.records_excluded
+    ));
+    for l in &s.libraries {
+        match &l.error {
+            None => out.push_str(&format!(
+                "  {} (pid {}, {}): {}\n",
+                crate::text::printable(&l.path),
+                l.pid,
+                l.file,
+                l.functions.join(", ")
+            )),
+            Some(e) => out.push_str(&format!(
+                "  {} (pid {}): not probed: {}\n",
+                crate::text::printable(&l.path),
+                l.pid,
+                crate::text::printable(e)
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_defaults_and_checks() {
+        let p: TlsPolicy = serde_yaml_ng::from_str("{}").unwrap();
+        assert!(p.enabled && p.ports.is_empty());
+        assert!(p.selects("nginx"));
+        let p: TlsPolicy =
+            serde_yaml_ng::from_str("{include: [nginx, python3], exclude: [python3]}").unwrap();
+        assert!(p.selects("nginx") && !p.selects("python3") && !p.selects("curl"));
+        let bad: TlsPolicy = serde_yaml_ng::from_str("{ports: [8443, 0]}").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "tls.ports[1]");
+        let bad: TlsPolicy =
+            serde_yaml_ng::from_str("{exclude: [a-very-long-process-name]}").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "tls.exclude[0]");
+        assert!(serde_yaml_ng::from_str::<TlsPolicy>("{port: [1]}").is_err());
+    }
+}
