@@ -10,6 +10,7 @@ pub mod latency;
 pub mod pkt;
 pub mod startup;
 pub mod tls;
+pub mod tlsbench;
 
 use std::{
     fs::File,

@@ -73,8 +73,13 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts the backend and nginx (2 workers).
+    /// Starts the backend and nginx (2 workers) on a free port.
     pub fn start(addrs: &[IpAddr]) -> Self {
+        Self::start_on(addrs, free_port())
+    }
+
+    /// Starts the backend and nginx (2 workers) on `port`.
+    pub fn start_on(addrs: &[IpAddr], port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let www = dir.path().join("www");
         std::fs::create_dir_all(www.join("items")).unwrap();
@@ -93,7 +98,6 @@ impl Nginx {
             .unwrap();
         wait_listening(backend_port, "python http.server", &mut backend);
         let (cert, key) = self_signed(dir.path());
-        let port = free_port();
         let p = dir.path().display();
         let listen: String = addrs
             .iter()

@@ -270,7 +270,7 @@ pub fn start(
             .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
     };
     info!(ports = ?ports, "TLS libraries are probed for HTTPS plaintext");
-    let (state, tls) = (Arc::clone(state), Arc::clone(tls));
+    let (state, tls, policy) = (Arc::clone(state), Arc::clone(tls), policy.clone());
     tokio::spawn(async move {
         let mut discovery = Discovery::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -279,8 +279,9 @@ pub fn start(
             tick.tick().await;
             let found = tokio::task::spawn_blocking({
                 let mut d = std::mem::take(&mut discovery);
+                let policy = policy.clone();
                 move || {
-                    let new = d.scan();
+                    let new = d.scan(&policy);
                     (d, new)
                 }
             })
@@ -339,8 +340,10 @@ struct Discovery {
 impl Discovery {
     /// Reads the maps of processes not seen before (all of them every 30
     /// scans: a running process may load the library later); returns each
-    /// library file not handled yet, with a process that maps it.
-    fn scan(&mut self) -> Vec<(u32, procfs::Mapped)> {
+    /// library file not handled yet, with a selected process that maps it
+    /// (a file only other processes map is not probed: they would pay the
+    /// traps for nothing).
+    fn scan(&mut self, policy: &TlsPolicy) -> Vec<(u32, procfs::Mapped)> {
         let full = self.scans.is_multiple_of(30);
         self.scans += 1;
         let pids = procfs::pids();
@@ -348,6 +351,9 @@ impl Discovery {
         let mut out = Vec::new();
         for &pid in &pids {
             if pid == me || (!full && self.seen_pids.contains(&pid)) {
+                continue;
+            }
+            if !procfs::comm(pid).is_some_and(|c| policy.selects(&c)) {
                 continue;
             }
             let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
