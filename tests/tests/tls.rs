@@ -125,7 +125,13 @@ fn an_injection_over_https_through_nginx_bans_its_client_only() {
     );
     let out = curl(&lab, &[url(to_benign_side, nginx.port, "/hello")]);
     assert_eq!(codes(&out), ["200"], "{out:?}");
-    assert!(!banned(&agent, benign));
+    assert!(
+        !banned(&agent, benign),
+        "{benign} banned too\nbans: {}\nevents: {:#?}\nstatus: {}",
+        agent.json(&["block", "ls"]),
+        agent.events(),
+        agent.json(&["status"])
+    );
     let st = agent.json(&["status"]);
     assert!(st["tls"]["records"].as_u64().unwrap() > 0, "{st}");
     assert!(st["tls"]["bytes_captured"].as_u64().unwrap() > 0, "{st}");

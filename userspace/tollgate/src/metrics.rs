@@ -77,6 +77,11 @@ pub fn reload(applied: bool) {
     RELOADS[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
 }
 
+/// TLS plaintext capture (`tls` module), set each second while it runs:
+/// library files probed, then plaintext bytes captured and lost, then records
+/// judged and dropped (other connections, unresolved, excluded).
+pub static TLS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictReason {
     verdict: String,
@@ -212,6 +217,38 @@ pub fn render(s: &Snapshot) -> String {
         "API payload samples by the datapath: taken, lost (ring buffer full), skipped by the sampling policy",
         samples,
     );
+
+    let tls_libraries = Gauge::<i64>::default();
+    tls_libraries.set(i64::try_from(TLS[0].load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    reg.register(
+        "tollgate_tls_libraries",
+        "TLS library files the uprobes are attached to",
+        tls_libraries,
+    );
+    for (name, help, labels, slots) in [
+        (
+            "tollgate_tls_bytes",
+            "TLS plaintext bytes from the uprobes: captured, lost (ring buffer full, past the per-call cap)",
+            &["captured", "lost"][..],
+            &TLS[1..3],
+        ),
+        (
+            "tollgate_tls_records",
+            "TLS plaintext records: judged, or dropped as another connection's, unresolved, or of an excluded process",
+            &["judged", "other", "unresolved", "excluded"][..],
+            &TLS[3..7],
+        ),
+    ] {
+        let family = Family::<ResultLabel, Counter>::default();
+        for (result, c) in labels.iter().zip(slots) {
+            family
+                .get_or_create(&ResultLabel {
+                    result: (*result).into(),
+                })
+                .inc_by(c.load(Ordering::Relaxed));
+        }
+        reg.register(name, help, family);
+    }
 
     let reloads = Family::<ResultLabel, Counter>::default();
     for (result, c) in ["applied", "refused"].iter().zip(&RELOADS) {

@@ -352,7 +352,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         });
     }
     if !api_ports.is_empty() {
-        crate::tls::start(&opts.policy.tls, &opts.api_ports, &state, &api.tls);
+        crate::tls::start(
+            &opts.policy.tls,
+            &opts.api_ports,
+            &maps_dir,
+            &state,
+            &api.tls,
+        );
     }
     health.set_state(Arc::clone(&state));
     let mut reloader = reload::Reloader::start(&opts, &state);

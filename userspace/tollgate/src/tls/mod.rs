@@ -20,7 +20,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tollgate_common::{SampleHeader, sample_source, tls_stat};
+use tollgate_common::{Established, FlowKey, SampleHeader, sample_source, tls_stat};
 use tracing::{info, warn};
 
 use crate::{api::sample::Sample, policy::FieldError};
@@ -137,6 +137,10 @@ pub struct TlsStatus {
 #[derive(Clone, Copy)]
 struct Cached {
     inode: u64,
+    /// When the kernel saw the connection's handshake complete (boot-clock
+    /// ns; 0: not known): bytes captured before it were another
+    /// connection's, on a descriptor since closed and reused.
+    since_ns: u64,
     /// The connection, when it is one to judge.
     flow: Option<(IpAddr, u16, IpAddr, u16)>,
     excluded: bool,
@@ -149,6 +153,8 @@ pub struct TlsState {
     policy: TlsPolicy,
     ports: BTreeSet<u16>,
     conns: HashMap<(u32, i32), Cached>,
+    /// The kernel's record of established connections (`TG_ESTAB`).
+    established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
     /// What `status` shows.
     pub status: TlsStatus,
 }
@@ -180,8 +186,20 @@ impl TlsState {
             conn.local.0,
             conn.local.1,
         ));
+        let since_ns = flow
+            .and_then(|f| {
+                let key = FlowKey {
+                    client: mapped(f.0),
+                    server: mapped(f.2),
+                    client_port: f.1,
+                    server_port: f.3,
+                };
+                self.established.as_ref()?.get(&key, 0).ok()
+            })
+            .map_or(0, |e| e.since_ns);
         let c = Cached {
             inode,
+            since_ns,
             flow,
             excluded,
         };
@@ -203,7 +221,10 @@ impl TlsState {
         let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
         debug_assert_eq!(h.source, sample_source::TLS);
         let fd = i32::try_from(h.ifindex).ok()?;
-        let Some(c) = self.resolve(h.reserved2, fd, h.seq) else {
+        let Some(c) = self
+            .resolve(h.reserved2, fd, h.seq)
+            .filter(|c| h.ts_ns >= c.since_ns)
+        else {
             self.status.records_unresolved += 1;
             return None;
         };
@@ -225,6 +246,14 @@ impl TlsState {
     }
 }
 
+/// An address as the datapath's keys hold it (IPv4 mapped into IPv6).
+fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    }
+}
+
 /// A disabled TLS state (records, if any, are dropped as unresolved).
 #[must_use]
 pub fn handle() -> Handle {
@@ -233,10 +262,12 @@ pub fn handle() -> Handle {
 
 /// Starts TLS capture: loads the programs, attaches the tracepoints, and
 /// spawns discovery, which attaches the uprobes to every library file found
-/// (now and each second after). `api_ports` are the default TLS ports.
+/// (now and each second after). `api_ports` are the default TLS ports;
+/// `maps_dir` is where the datapath's maps are pinned.
 pub fn start(
     policy: &TlsPolicy,
     api_ports: &[u16],
+    maps_dir: &std::path::Path,
     state: &Arc<Mutex<crate::agent::state::AgentState>>,
     tls: &Handle,
 ) {
@@ -266,6 +297,12 @@ pub fn start(
             return;
         }
         t.status.enabled = true;
+        // A second handle on the pinned map (the request verifier owns the
+        // datapath's).
+        t.established =
+            aya::maps::MapData::from_pin(maps_dir.join(tollgate_common::maps::ESTABLISHED))
+                .ok()
+                .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
         ebpf.take_map(tollgate_common::maps::TLS_STATS)
             .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
     };
@@ -322,6 +359,19 @@ pub fn start(
                     t.status.bytes_captured = sum(tls_stat::BYTES);
                     t.status.bytes_lost = sum(tls_stat::LOST);
                     t.status.calls_without_fd = sum(tls_stat::NO_FD);
+                }
+                let st = &t.status;
+                let probed = st.libraries.iter().filter(|l| l.error.is_none()).count() as u64;
+                for (slot, v) in crate::metrics::TLS.iter().zip([
+                    probed,
+                    st.bytes_captured,
+                    st.bytes_lost,
+                    st.records,
+                    st.records_other,
+                    st.records_unresolved,
+                    st.records_excluded,
+                ]) {
+                    slot.store(v, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
