@@ -333,7 +333,8 @@ pub struct SampleHeader {
     /// TLS library handled the bytes (with `ifindex`, what the agent
     /// resolves to the connection: `flow` is zero in such records).
     pub reserved2: u32,
-    /// Reserved; zero. Names what would otherwise be implicit tail padding
+    /// Reserved; zero (for [`sample_source::TLS`] records, the stream's
+    /// [`TlsStream::id`]). Names what would otherwise be implicit tail padding
     /// (the header is 8-aligned): ring-buffer memory is not zeroed, so every
     /// byte userspace reads is written.
     pub reserved3: u32,
@@ -390,8 +391,7 @@ pub struct TlsCall {
 }
 const _: () = assert!(size_of::<TlsCall>() == 32);
 
-/// A process's file descriptor and one direction of its stream: the key of
-/// the TLS stream offsets.
+/// A process's file descriptor: the key of its TLS stream ([`TlsStream`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsStreamKey {
@@ -399,12 +399,26 @@ pub struct TlsStreamKey {
     pub tgid: u32,
     /// File descriptor.
     pub fd: i32,
-    /// [`DIR_REQUEST`] or [`DIR_RESPONSE`].
-    pub direction: u32,
+}
+const _: () = assert!(size_of::<TlsStreamKey>() == 8);
+
+/// The TLS stream on a descriptor, from its first captured call until the
+/// descriptor is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsStream {
+    /// Plaintext bytes so far, indexed by direction ([`DIR_REQUEST`],
+    /// [`DIR_RESPONSE`]): the records' offsets.
+    pub offsets: [u64; 2],
+    /// Tells this stream from earlier ones on the same descriptor (the
+    /// descriptor is reused once closed): carried in every record
+    /// ([`SampleHeader::reserved3`]), so the agent never takes one stream's
+    /// bytes for another's, even when records were lost.
+    pub id: u32,
     /// Reserved; zero.
     pub reserved: u32,
 }
-const _: () = assert!(size_of::<TlsStreamKey>() == 16);
+const _: () = assert!(size_of::<TlsStream>() == 24);
 
 /// A TLS connection object of a process: the key under which the file
 /// descriptor last seen with it is remembered (a read served from the

@@ -139,9 +139,9 @@ pub static TG_TLS_CALLS: HashMap<u64, tollgate_common::TlsCall> =
 pub static TG_TLS_SSLFD: LruHashMap<tollgate_common::TlsSslKey, i32> =
     LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
 
-/// Plaintext bytes each TLS stream carried so far (the records' offsets).
+/// Each descriptor's TLS stream: offsets per direction, and its id.
 #[map]
-pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, u64> =
+pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, tollgate_common::TlsStream> =
     LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
 
 #[map]

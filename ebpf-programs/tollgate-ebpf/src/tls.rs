@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tollgate_common::{
-    DIR_REQUEST, DIR_RESPONSE, FlowKey, SAMPLE_BYTES, SampleHeader, TlsCall, TlsSslKey,
+    DIR_REQUEST, DIR_RESPONSE, FlowKey, SAMPLE_BYTES, SampleHeader, TlsCall, TlsSslKey, TlsStream,
     TlsStreamKey, sample_source, tls_stat,
 };
 
@@ -104,26 +104,20 @@ pub fn tollgate_tls_fd(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// On `sys_enter_close`: the descriptor's next connection starts at offset 0
-/// (which also tells the agent to resolve it again).
+/// On `sys_enter_close`: the descriptor's next connection is a new stream
+/// (offsets from 0, a new id).
 #[tracepoint]
 pub fn tollgate_tls_close(ctx: TracePointContext) -> u32 {
     // SAFETY: reading the tracepoint's own record.
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }) else {
         return 0;
     };
-    let mut key = TlsStreamKey {
+    let key = TlsStreamKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as i32,
-        direction: u32::from(DIR_REQUEST),
-        reserved: 0,
     };
-    // SAFETY: lookup only, to skip the delete for descriptors never seen.
-    if unsafe { TG_TLS_OFF.get(&key) }.is_some() {
-        let _ = TG_TLS_OFF.remove(&key);
-        key.direction = u32::from(DIR_RESPONSE);
-        let _ = TG_TLS_OFF.remove(&key);
-    }
+    // Most closes are of descriptors never probed: the delete fails cheaply.
+    let _ = TG_TLS_OFF.remove(&key);
     0
 }
 
@@ -179,27 +173,36 @@ pub fn tollgate_tls_return(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn capture(tgid: u32, fd: i32, direction: u32, buf: u64, len: u64) {
-    let key = TlsStreamKey {
-        tgid,
-        fd,
-        direction,
-        reserved: 0,
-    };
-    let base = match TG_TLS_OFF.get_ptr_mut(&key) {
-        // SAFETY: map value pointer; a descriptor's calls are serialised by
-        // the library's own locking.
-        Some(off) => unsafe {
-            let b = *off;
-            *off = b + len;
-            b
-        },
-        None => {
-            let _ = TG_TLS_OFF.insert(&key, &len, 0);
-            0
-        }
-    };
+    let key = TlsStreamKey { tgid, fd };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    let resp = direction == u32::from(DIR_RESPONSE);
+    let (base, id) = match TG_TLS_OFF.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; a descriptor's calls are serialised by
+        // the library's own locking.
+        Some(st) => unsafe {
+            let off = if resp {
+                &raw mut (*st).offsets[1]
+            } else {
+                &raw mut (*st).offsets[0]
+            };
+            let b = *off;
+            *off = b + len;
+            (b, (*st).id)
+        },
+        None => {
+            // Any value that differs from the descriptor's previous stream's:
+            // the clock's low bits (never 0, which reads as "no id").
+            let id = (now as u32) | 1;
+            let st = TlsStream {
+                offsets: if resp { [0, len] } else { [len, 0] },
+                id,
+                reserved: 0,
+            };
+            let _ = TG_TLS_OFF.insert(&key, &st, 0);
+            (0, id)
+        }
+    };
     let mut done: u64 = 0;
     for _ in 0..MAX_CHUNKS {
         if done >= len {
@@ -228,7 +231,7 @@ fn capture(tgid: u32, fd: i32, direction: u32, buf: u64, len: u64) {
             (*h).payload_len = n;
             (*h).captured = n;
             (*h).reserved2 = tgid;
-            (*h).reserved3 = 0;
+            (*h).reserved3 = id;
         }
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;

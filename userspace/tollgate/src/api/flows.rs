@@ -375,7 +375,9 @@ impl Flows {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
-        if half.kind.is_none() || half.buf.len() == s.data.len() {
+        // A stream that began with a TLS handshake stays TLS: its next
+        // records (application data, alerts) are no handshake.
+        if half.kind != Some(Kind::Tls) && (half.kind.is_none() || half.buf.len() == s.data.len()) {
             // A stream may start with a byte or two (`G`, `E`, ...): decide
             // only once the first token can be told apart, as a server would.
             let undecided = half.buf.len() < UNDECIDED_MAX && half.buf.iter().all(|b| is_tchar(*b));

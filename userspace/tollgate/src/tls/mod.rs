@@ -128,7 +128,8 @@ pub struct TlsStatus {
     pub records: u64,
     /// Records of other connections (TLS clients, other ports): dropped.
     pub records_other: u64,
-    /// Records whose descriptor was gone or not a TCP socket: dropped.
+    /// Records whose descriptor was gone, reused or not a TCP socket when
+    /// their stream was first read: dropped.
     pub records_unresolved: u64,
     /// Records of processes the policy excludes: dropped.
     pub records_excluded: u64,
@@ -136,14 +137,11 @@ pub struct TlsStatus {
 
 #[derive(Clone, Copy)]
 struct Cached {
-    inode: u64,
-    /// When the kernel saw the connection's handshake complete (boot-clock
-    /// ns; 0: not known): bytes captured before it were another
-    /// connection's, on a descriptor since closed and reused.
-    since_ns: u64,
     /// The connection, when it is one to judge.
     flow: Option<(IpAddr, u16, IpAddr, u16)>,
     excluded: bool,
+    /// The descriptor was gone or reused when the stream was first read.
+    dead: bool,
 }
 
 /// Resolution of the kernel's records; shared by the sample reader and the
@@ -152,7 +150,8 @@ struct Cached {
 pub struct TlsState {
     policy: TlsPolicy,
     ports: BTreeSet<u16>,
-    conns: HashMap<(u32, i32), Cached>,
+    /// By process, descriptor and stream id.
+    conns: HashMap<(u32, i32, u32), Cached>,
     /// The kernel's record of established connections (`TG_ESTAB`).
     established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
     /// What `status` shows.
@@ -166,18 +165,27 @@ const MAX_CACHED: usize = 1 << 16;
 pub type Handle = Arc<Mutex<TlsState>>;
 
 impl TlsState {
-    fn resolve(&mut self, tgid: u32, fd: i32, seq: u32) -> Option<Cached> {
-        let cached = self.conns.get(&(tgid, fd)).copied();
-        // Offset 0: the descriptor's stream started over (closed, reused).
-        if seq != 0
-            && let Some(c) = cached
-        {
-            return Some(c);
+    /// The connection of stream `id` on the process's descriptor, resolved
+    /// once (when its first record is read; a descriptor gone by then, or
+    /// reused, drops the stream's records rather than misattributing them).
+    fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Cached {
+        if let Some(c) = self.conns.get(&(tgid, fd, id)) {
+            return *c;
         }
+        let c = self.lookup(tgid, fd, ts_ns).unwrap_or(Cached {
+            flow: None,
+            excluded: false,
+            dead: true,
+        });
+        if self.conns.len() >= MAX_CACHED {
+            self.conns.clear();
+        }
+        self.conns.insert((tgid, fd, id), c);
+        c
+    }
+
+    fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
         let inode = procfs::socket_inode(tgid, fd)?;
-        if let Some(c) = cached.filter(|c| c.inode == inode) {
-            return Some(c);
-        }
         let conn = procfs::connection(tgid, inode)?;
         let excluded = !procfs::comm(tgid).is_some_and(|c| self.policy.selects(&c));
         let flow = self.ports.contains(&conn.local.1).then_some((
@@ -197,17 +205,16 @@ impl TlsState {
                 self.established.as_ref()?.get(&key, 0).ok()
             })
             .map_or(0, |e| e.since_ns);
-        let c = Cached {
-            inode,
-            since_ns,
+        // The connection behind the descriptor now began after the bytes
+        // were captured: the descriptor was closed and reused meanwhile.
+        if ts_ns < since_ns {
+            return None;
+        }
+        Some(Cached {
             flow,
             excluded,
-        };
-        if self.conns.len() >= MAX_CACHED {
-            self.conns.clear();
-        }
-        self.conns.insert((tgid, fd), c);
-        Some(c)
+            dead: false,
+        })
     }
 
     /// Decodes one ring-buffer record: a TLS record becomes a sample of its
@@ -221,13 +228,11 @@ impl TlsState {
         let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
         debug_assert_eq!(h.source, sample_source::TLS);
         let fd = i32::try_from(h.ifindex).ok()?;
-        let Some(c) = self
-            .resolve(h.reserved2, fd, h.seq)
-            .filter(|c| h.ts_ns >= c.since_ns)
-        else {
+        let c = self.resolve(h.reserved2, fd, h.reserved3, h.ts_ns);
+        if c.dead {
             self.status.records_unresolved += 1;
             return None;
-        };
+        }
         if c.excluded {
             self.status.records_excluded += 1;
             return None;
