@@ -76,6 +76,10 @@ pub mod maps {
     /// Per-CPU TLS probe counters, indexed by [`super::tls_stat`] (not
     /// pinned: they count what this agent's probes did).
     pub const TLS_STATS: &str = "TG_TLS_STATS";
+    /// Processes that use a probed TLS library (tgid -> unused): their
+    /// accepts are announced. Filled by the probes and by the agent's
+    /// discovery (not pinned).
+    pub const TLS_PROCS: &str = "TG_TLS_PROCS";
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 24] = [
@@ -138,6 +142,11 @@ pub mod programs {
     pub const TLS_FD: &str = "tollgate_tls_fd";
     /// Tracepoint on `close`: a descriptor's stream offsets start over.
     pub const TLS_CLOSE: &str = "tollgate_tls_close";
+    /// Tracepoint on `accept`/`accept4` returning, in processes that made TLS
+    /// calls: announces the new connection's stream so the agent resolves it
+    /// during the TLS handshake, before any request (and before a short
+    /// connection is gone).
+    pub const TLS_ACCEPT: &str = "tollgate_tls_accept";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -186,8 +195,10 @@ pub mod capacity {
     pub const STREAM_SOCKETS: u32 = 1 << 16;
     /// TLS calls in progress at once (threads inside a probed call).
     pub const TLS_CALLS: u32 = 1 << 14;
-    /// TLS streams (process, descriptor, direction) whose offsets are kept.
+    /// TLS streams (process, descriptor) whose offsets are kept.
     pub const TLS_STREAMS: u32 = 1 << 17;
+    /// Processes known to make TLS calls (their accepts are announced).
+    pub const TLS_PROCS: u32 = 1 << 12;
 }
 
 /// Slots of the tail-call table.

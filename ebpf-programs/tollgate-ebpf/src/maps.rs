@@ -144,6 +144,12 @@ pub static TG_TLS_SSLFD: LruHashMap<tollgate_common::TlsSslKey, i32> =
 pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, tollgate_common::TlsStream> =
     LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
 
+/// Processes that made TLS calls (value unused): their accepted connections
+/// are announced to the agent.
+#[map]
+pub static TG_TLS_PROCS: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(tollgate_common::capacity::TLS_PROCS, 0);
+
 #[map]
 pub static TG_TLS_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);

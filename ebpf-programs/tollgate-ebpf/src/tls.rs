@@ -22,7 +22,9 @@ use tollgate_common::{
     TlsStreamKey, sample_source, tls_stat,
 };
 
-use crate::maps::{TG_SAMPLES, TG_TLS_CALLS, TG_TLS_OFF, TG_TLS_SSLFD, TG_TLS_STATS, TG_TSCRATCH};
+use crate::maps::{
+    TG_SAMPLES, TG_TLS_CALLS, TG_TLS_OFF, TG_TLS_PROCS, TG_TLS_SSLFD, TG_TLS_STATS, TG_TSCRATCH,
+};
 
 /// Records copied from one call, as for one socket buffer in `stream.rs`:
 /// the rest is counted lost and shows as a gap.
@@ -121,6 +123,53 @@ pub fn tollgate_tls_close(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// On `sys_exit_accept`/`sys_exit_accept4` of a process that made TLS
+/// calls: starts the new descriptor's stream and announces it (a record
+/// without payload), so the agent resolves the connection while the TLS
+/// handshake runs.
+#[tracepoint]
+pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a plain value read.
+    if unsafe { TG_TLS_PROCS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: reading the tracepoint's own record (`ret` at the first
+    // argument's offset).
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYSCALL_ARG0) }) else {
+        return 0;
+    };
+    if ret < 0 || ret > i64::from(i32::MAX) {
+        return 0;
+    }
+    let fd = ret as i32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let id = (now as u32) | 1;
+    let st = TlsStream {
+        offsets: [0, 0],
+        id,
+        reserved: 0,
+    };
+    let _ = TG_TLS_OFF.insert(&TlsStreamKey { tgid, fd }, &st, 0);
+    let h = SampleHeader {
+        ts_ns: now,
+        flow: FlowKey::default(),
+        direction: DIR_REQUEST,
+        tcp_flags: 0,
+        family: 0,
+        source: sample_source::TLS,
+        seq: 0,
+        ifindex: fd as u32,
+        payload_len: 0,
+        captured: 0,
+        reserved2: tgid,
+        reserved3: id,
+    };
+    let _ = TG_SAMPLES.output::<SampleHeader>(&h, 0);
+    0
+}
+
 #[uretprobe]
 pub fn tollgate_tls_return(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -149,6 +198,10 @@ pub fn tollgate_tls_return(ctx: RetProbeContext) -> u32 {
     };
     stat(tls_stat::CALLS, 1);
     let tgid = (id >> 32) as u32;
+    // SAFETY: a plain value read.
+    if unsafe { TG_TLS_PROCS.get(&tgid) }.is_none() {
+        let _ = TG_TLS_PROCS.insert(&tgid, &1, 0);
+    }
     let ssl_key = TlsSslKey {
         tgid,
         reserved: 0,

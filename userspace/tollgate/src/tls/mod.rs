@@ -229,6 +229,10 @@ impl TlsState {
         debug_assert_eq!(h.source, sample_source::TLS);
         let fd = i32::try_from(h.ifindex).ok()?;
         let c = self.resolve(h.reserved2, fd, h.reserved3, h.ts_ns);
+        if h.payload_len == 0 {
+            // An accepted connection announced: resolved now, nothing to judge.
+            return None;
+        }
         if c.dead {
             self.status.records_unresolved += 1;
             return None;
@@ -281,7 +285,7 @@ pub fn start(
     } else {
         policy.ports.iter().copied().collect()
     };
-    let stats = {
+    let (stats, mut procs) = {
         let Ok(mut t) = tls.lock() else { return };
         t.policy = policy.clone();
         t.ports.clone_from(&ports);
@@ -302,14 +306,19 @@ pub fn start(
             return;
         }
         t.status.enabled = true;
+        let procs = ebpf
+            .take_map(tollgate_common::maps::TLS_PROCS)
+            .and_then(|m| aya::maps::HashMap::<_, u32, u32>::try_from(m).ok());
         // A second handle on the pinned map (the request verifier owns the
         // datapath's).
         t.established =
             aya::maps::MapData::from_pin(maps_dir.join(tollgate_common::maps::ESTABLISHED))
                 .ok()
                 .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
-        ebpf.take_map(tollgate_common::maps::TLS_STATS)
-            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
+        let stats = ebpf
+            .take_map(tollgate_common::maps::TLS_STATS)
+            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok());
+        (stats, procs)
     };
     info!(ports = ?ports, "TLS libraries are probed for HTTPS plaintext");
     let (state, tls, policy) = (Arc::clone(state), Arc::clone(tls), policy.clone());
@@ -328,8 +337,17 @@ pub fn start(
                 }
             })
             .await;
-            let Ok((d, new)) = found else { continue };
+            let Ok((d, (new, users))) = found else {
+                continue;
+            };
             discovery = d;
+            if let Some(m) = procs.as_mut() {
+                for pid in users {
+                    // Full (LRU: the least recent go) or gone: announcements
+                    // only make resolving earlier.
+                    let _ = m.insert(pid, 1, 0);
+                }
+            }
             let mut views = Vec::new();
             if !new.is_empty()
                 && let Ok(mut st) = state.lock()
@@ -398,12 +416,16 @@ impl Discovery {
     /// library file not handled yet, with a selected process that maps it
     /// (a file only other processes map is not probed: they would pay the
     /// traps for nothing).
-    fn scan(&mut self, policy: &TlsPolicy) -> Vec<(u32, procfs::Mapped)> {
+    ///
+    /// Also returns the processes seen for the first time that map a TLS
+    /// library: their accepts are announced from then on.
+    fn scan(&mut self, policy: &TlsPolicy) -> (Vec<(u32, procfs::Mapped)>, Vec<u32>) {
         let full = self.scans.is_multiple_of(30);
         self.scans += 1;
         let pids = procfs::pids();
         let me = std::process::id();
         let mut out = Vec::new();
+        let mut users = Vec::new();
         for &pid in &pids {
             if pid == me || (!full && self.seen_pids.contains(&pid)) {
                 continue;
@@ -414,14 +436,18 @@ impl Discovery {
             let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
                 continue;
             };
-            for m in procfs::libssl_in_maps(&maps) {
+            let found = procfs::libssl_in_maps(&maps);
+            if !found.is_empty() && !self.seen_pids.contains(&pid) {
+                users.push(pid);
+            }
+            for m in found {
                 if self.files.insert(m.file) {
                     out.push((pid, m));
                 }
             }
         }
         self.seen_pids = pids.into_iter().collect();
-        out
+        (out, users)
     }
 }
 

@@ -79,6 +79,10 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     for (name, events) in [
         (programs::TLS_FD, &FD_SYSCALLS[..]),
         (programs::TLS_CLOSE, &["sys_enter_close"][..]),
+        (
+            programs::TLS_ACCEPT,
+            &["sys_exit_accept", "sys_exit_accept4"][..],
+        ),
     ] {
         let tp: &mut TracePoint = ebpf
             .program_mut(name)
