@@ -66,6 +66,8 @@ fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 pub struct Nginx {
     /// The HTTPS port.
     pub port: u16,
+    /// The same server over plain HTTP (for comparisons).
+    pub plain_port: u16,
     nginx: Child,
     backend: Child,
     /// Where its files are.
@@ -78,7 +80,8 @@ impl Nginx {
         Self::start_on(addrs, free_port())
     }
 
-    /// Starts the backend and nginx (2 workers) on `port`.
+    /// Starts the backend and nginx (2 workers) on `port` (and plain HTTP on
+    /// another port).
     pub fn start_on(addrs: &[IpAddr], port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let www = dir.path().join("www");
@@ -98,12 +101,17 @@ impl Nginx {
             .unwrap();
         wait_listening(backend_port, "python http.server", &mut backend);
         let (cert, key) = self_signed(dir.path());
+        let plain_port = free_port();
         let p = dir.path().display();
         let listen: String = addrs
             .iter()
             .map(|a| match a {
-                IpAddr::V4(_) => format!("    listen {a}:{port} ssl;\n"),
-                IpAddr::V6(_) => format!("    listen [{a}]:{port} ssl;\n"),
+                IpAddr::V4(_) => {
+                    format!("    listen {a}:{port} ssl;\n    listen {a}:{plain_port};\n")
+                }
+                IpAddr::V6(_) => {
+                    format!("    listen [{a}]:{port} ssl;\n    listen [{a}]:{plain_port};\n")
+                }
             })
             .collect();
         let conf = format!(
@@ -130,6 +138,7 @@ impl Nginx {
         wait_listening(port, "nginx", &mut nginx);
         Self {
             port,
+            plain_port,
             nginx,
             backend,
             dir,
@@ -220,10 +229,17 @@ impl Drop for PyTls {
 /// in turn on one connection (keep-alive); prints the status codes.
 #[must_use]
 pub fn curl(lab: &Lab, urls: &[String]) -> Output {
+    curl_with(lab, &[], urls)
+}
+
+/// [`curl`] with extra arguments (headers) before the URLs.
+#[must_use]
+pub fn curl_with(lab: &Lab, extra: &[&str], urls: &[String]) -> Output {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.ns, "curl", "-sk"])
         .args(["--connect-timeout", "2", "-m", "5"])
-        .args(["-w", "%{http_code}\\n"]);
+        .args(["-w", "%{http_code}\\n"])
+        .args(extra);
     for u in urls {
         cmd.args(["-o", "/dev/null"]).arg(u);
     }

@@ -26,9 +26,11 @@ const SECONDS: u32 = 10;
 
 const CLIENT: &str = r#"
 import http.client, json, ssl, sys, time
-host, port, rate, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-ctx = ssl._create_unverified_context()
-c = http.client.HTTPSConnection(host, port, context=ctx, timeout=5)
+host, port, rate, secs, tls = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
+if tls:
+    c = http.client.HTTPSConnection(host, port, context=ssl._create_unverified_context(), timeout=5)
+else:
+    c = http.client.HTTPConnection(host, port, timeout=5)
 lat, n, every = [], 0, 1.0 / rate
 start = time.monotonic()
 while time.monotonic() - start < secs:
@@ -53,10 +55,18 @@ struct Row {
     parsed: u64,
 }
 
-fn run_one(name: &'static str, tls: Option<bool>, rate: u32, libdir: &std::path::Path) -> Row {
+/// One configuration: `tls` None runs no agent; `plain` sends plain HTTP
+/// (the agent's API port is then nginx's plain port).
+fn run_one(
+    name: &'static str,
+    tls: Option<bool>,
+    plain: bool,
+    rate: u32,
+    libdir: &std::path::Path,
+) -> Row {
     let lab = Lab::new();
     let nginx = Nginx::start(&[lab.v4(0, 1)]);
-    let port = nginx.port.to_string();
+    let port = if plain { nginx.plain_port } else { nginx.port }.to_string();
     let dir = tempfile::tempdir().unwrap();
     let agent = tls.map(|on| {
         let path = dir.path().join("policy.yaml");
@@ -65,7 +75,7 @@ fn run_one(name: &'static str, tls: Option<bool>, rate: u32, libdir: &std::path:
             &lab.host_if,
             &["--api-port", &port, "--config", path.to_str().unwrap()],
         );
-        if on {
+        if on && !plain {
             let ok = crate::eventually(Duration::from_secs(5), || {
                 a.json(&["status"])["tls"]["libraries"]
                     .as_array()
@@ -89,6 +99,7 @@ fn run_one(name: &'static str, tls: Option<bool>, rate: u32, libdir: &std::path:
                 .args(["python3", "-c", CLIENT, &lab.v4(0, 1).to_string(), &port])
                 .arg(per_client.to_string())
                 .arg(SECONDS.to_string())
+                .arg(if plain { "0" } else { "1" })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -146,12 +157,32 @@ pub fn run(rate: Option<u32>) {
     println!("# cargo xtask bench tls\n");
     println!(
         "nginx (2 workers, HTTPS, keep-alive) in front of a Python backend; {CLIENTS} Python HTTPS \
-         clients at {rate} requests/s in all for {SECONDS} s per configuration; one lab each.\n"
+         clients at {rate} requests/s in all for {SECONDS} s per configuration; one lab each. \
+         Machine busy CPU includes everything else running on the host.\n"
     );
     let rows = [
-        run_one("no agent", None, rate, libdir.path()),
-        run_one("agent, TLS probes off", Some(false), rate, libdir.path()),
-        run_one("agent, TLS probes on", Some(true), rate, libdir.path()),
+        run_one("no agent", None, false, rate, libdir.path()),
+        run_one(
+            "agent, TLS probes off",
+            Some(false),
+            false,
+            rate,
+            libdir.path(),
+        ),
+        run_one(
+            "agent, TLS probes on",
+            Some(true),
+            false,
+            rate,
+            libdir.path(),
+        ),
+        run_one(
+            "plain HTTP to the same nginx, socket capture (reference)",
+            Some(false),
+            true,
+            rate,
+            libdir.path(),
+        ),
     ];
     let hz = ticks() as f64;
     println!(

@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_tests::{
     Agent, Lab, eventually,
-    tls::{Nginx, PyTls, curl},
+    tls::{Nginx, PyTls, curl, curl_with},
 };
 
 const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
@@ -180,4 +180,29 @@ fn a_server_started_after_the_agent_is_covered_within_a_second() {
     let out = curl(&lab, &[url(lab.v4(0, 1), nginx.port, INJECTION)]);
     assert_eq!(codes(&out).len(), 1, "{out:?}");
     assert_banned(&agent, lab.v4(0, 2));
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_client_is_banned() {
+    let lab = Lab::new();
+    let nginx = Nginx::start(&[lab.v4(0, 1)]);
+    let port = nginx.port.to_string();
+    // The client namespace's address plays a load balancer that forwards
+    // over TLS and names its clients in X-Forwarded-For.
+    let (proxy, real) = (lab.v4(0, 2), lab.v4(1, 77));
+    let trusted = format!("{proxy}/32");
+    let agent = Agent::start(
+        &lab.host_if,
+        &["--api-port", &port, "--trusted-proxy", &trusted],
+    );
+    wait_probed(&agent);
+    let xff = format!("X-Forwarded-For: {real}");
+    let out = curl_with(
+        &lab,
+        &["-H", &xff],
+        &[url(lab.v4(0, 1), nginx.port, INJECTION)],
+    );
+    assert_eq!(codes(&out).len(), 1, "{out:?}");
+    assert_banned(&agent, real);
+    assert!(!banned(&agent, proxy), "the proxy itself was banned");
 }
