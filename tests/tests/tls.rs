@@ -72,6 +72,21 @@ fn an_injection_over_https_through_nginx_bans_its_client_only() {
     let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
     let (to_attacker_side, to_benign_side) = (lab.v4(0, 1), lab.v4(1, 1));
 
+    // `tap` shows the HTTPS exchanges in plaintext (bounded: 10 s).
+    let tap = {
+        let socket = agent.socket.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("timeout")
+                .arg("10")
+                .arg(tollgate_tests::tollgate_bin())
+                .arg("--socket")
+                .arg(socket)
+                .args(["tap", "--json", "--count", "4"])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     // Benign requests, two on one keep-alive connection.
     let out = curl(
         &lab,
@@ -86,6 +101,18 @@ fn an_injection_over_https_through_nginx_bans_its_client_only() {
         "{out:?}\n{}",
         nginx.error_log()
     );
+    let tapped: Vec<serde_json::Value> = String::from_utf8_lossy(&tap.join().unwrap().stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (dir, path) in [("request", "/items/1"), ("response", "/items/2")] {
+        assert!(
+            tapped.iter().any(|e| e["direction"] == dir
+                && e["path"] == path
+                && e["client"] == benign.to_string()),
+            "tap did not show the {dir} of {path} from {benign}: {tapped:#?}"
+        );
+    }
     let seen = eventually(Duration::from_secs(5), || {
         agent
             .json(&["inventory"])
