@@ -187,7 +187,7 @@ impl TlsState {
     fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
         let inode = procfs::socket_inode(tgid, fd)?;
         let conn = procfs::connection(tgid, inode)?;
-        let excluded = !procfs::comm(tgid).is_some_and(|c| self.policy.selects(&c));
+        let excluded = procfs::comm(tgid).is_some_and(|c| !self.policy.selects(&c));
         let flow = self.ports.contains(&conn.local.1).then_some((
             conn.remote.0,
             conn.remote.1,
