@@ -454,6 +454,12 @@ impl ApiState {
         if let Some((route, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
+            // The connection's age decides whether a ban may follow a lift
+            // (looked up only when a ban is at stake).
+            let conn_since_ns = d
+                .ban
+                .and(st.verifier.as_ref())
+                .and_then(|v| v.since_ns(&flow.unwrap_or_else(|| flow_key(&ev, ev.client))));
             batch.findings.push(Finding {
                 client: ev.client,
                 proxy: ev.proxy,
@@ -462,6 +468,7 @@ impl ApiState {
                 route,
                 decision: d,
                 unverified,
+                conn_since_ns,
             });
         }
         // Nobody listening is fine.
@@ -495,6 +502,7 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             ban: None,
         },
         unverified: None,
+        conn_since_ns: None,
     }
 }
 
