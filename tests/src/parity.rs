@@ -215,6 +215,12 @@ const BLOCK: &str = "198.19.0.0/16";
 /// an agent in monitor mode started with `extra` flags, and reads the
 /// verdicts from its events.
 pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
+    // One run at a time in a process: every run routes the same block
+    // (tests run in parallel threads).
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::new();
     let server = lab.v4(0, 1);
     let sink = Sink::start(server);
@@ -226,7 +232,7 @@ pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
     sh(&[
         "ip",
         "route",
-        "add",
+        "replace",
         BLOCK,
         "via",
         &lab.v4(0, 2).to_string(),
