@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::Lab;
+use crate::{Lab, eventually};
 
 /// A minimal HTTP/1.1 server: keep-alive, pipelined requests answered in
 /// order, 404 for paths starting with /missing.
@@ -183,4 +183,52 @@ pub fn try_http(
         let out = read_all(&mut s, true);
         (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
     })
+}
+
+/// Python's http.server (`python3 -m http.server`) on `addr` in the root
+/// namespace, serving an empty directory: a lenient real server that
+/// answers every request (404 for paths that are no files) and logs each
+/// request line it read, with the client's address, to [`PyServer::log`].
+pub struct PyServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PyServer {
+    /// Starts it and waits (up to 10 s) until it accepts connections.
+    pub fn start(addr: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        std::fs::create_dir(&www).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", &addr.port().to_string(), "--bind"])
+            .arg(addr.ip().to_string())
+            .arg("--directory")
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 runs the lenient reference server");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }),
+            "python3 -m http.server did not come up"
+        );
+        Self { child, dir }
+    }
+
+    /// What the server logged so far: one line per request it read,
+    /// `ADDR - - [time] "REQUEST LINE" STATUS -`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod http;
 pub mod latency;
+pub mod parity;
 pub mod pkt;
 pub mod startup;
 

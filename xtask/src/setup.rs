@@ -231,7 +231,7 @@ fn bpffs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 7] = [
+const DEBIAN_PACKAGES: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -245,6 +245,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 7] = [
     // Python's http.server is the lenient reference server of the evasion
     // tests (tests/tests/evasion.rs).
     ("python3", "python3"),
+    // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
+    // with Debian's /usr/bin/python3, which this package installs for).
+    ("scapy", "python3-scapy"),
 ];
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -256,7 +259,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3)");
+        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;

@@ -63,6 +63,15 @@ fn main() {
             tollgate_tests::latency::run(trials);
         }
         "startup" => tollgate_tests::startup::run(),
+        "parity" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let Some((corpus, extra)) = args.split_first() else {
+                eprintln!("usage: tollgate-bench parity CORPUS.jsonl [AGENT FLAGS]");
+                std::process::exit(2);
+            };
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            tollgate_tests::parity::run(corpus, &extra);
+        }
         "capture" => {
             tollgate_tests::capture::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
         }
@@ -72,7 +81,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity)"
             );
             std::process::exit(2);
         }
