@@ -84,10 +84,9 @@ fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent 
         location: Some(location_name(&v.location)),
         evidence: v.evidence.clone(),
         route: f.route.clone(),
-        action: match f.decision.action {
-            Action::Ban => Action::Ban,
-            Action::Alert | Action::Allow => Action::Alert,
-        },
+        // The engine's decision for the request, as `tollgate detect` says
+        // it: findings below the alert threshold are recorded as `allow`.
+        action: f.decision.action,
         enforced,
         ban: None,
         ttl_secs: None,
