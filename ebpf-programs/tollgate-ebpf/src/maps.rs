@@ -80,6 +80,10 @@ pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::CO
 #[map]
 pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
 
+/// The same slots for the TC ingress programs.
+#[map]
+pub static TG_JUMP_TC: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
+
 #[map]
 pub static TG_TRUST4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::TRUST, 0);
 
@@ -90,7 +94,8 @@ pub static TG_TRUST6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::TRUST, 
 #[map]
 pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU copy of a proxied request's head, for the `X-Forwarded-For` scan.
+/// Per-CPU copy of one chunk of a proxied request's head, for the
+/// `X-Forwarded-For` scan.
 #[map]
 pub static TG_PBUF: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
 
