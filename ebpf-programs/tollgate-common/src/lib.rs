@@ -219,15 +219,35 @@ pub struct HeadScan {
     pub eoh: u8,
     /// 1 inside an `X-Forwarded-For` value.
     pub in_value: u8,
-    /// Bytes of the value's current (last so far) entry kept in `entry`.
-    pub entry_len: u8,
-    /// 1 when [`ProxyFlow::real`] holds the client named by the last
-    /// `X-Forwarded-For` line so far.
+    /// The value's current entry: one of [`head_entry`].
+    pub entry: u8,
+    /// Octets of the entry's IPv4 address complete so far.
+    pub part: u8,
+    /// Digits of the current octet.
+    pub digits: u8,
+    /// The current octet's value.
+    pub val: u16,
+    /// 1 when `client` holds the client the last `X-Forwarded-For` line so
+    /// far names.
     pub found: u32,
-    /// The current entry, spaces before it skipped (at most 16 bytes).
-    pub entry: [u8; 16],
+    /// The entry's octets so far.
+    pub octets: [u8; 4],
+    /// The client (IPv4) named by the last complete line.
+    pub client: [u8; 4],
+    /// Reserved; zero.
+    pub reserved: u32,
 }
 const _: () = assert!(size_of::<HeadScan>() == 32);
+
+/// [`HeadScan::entry`] values.
+pub mod head_entry {
+    /// Reading an address (or spaces before it).
+    pub const READING: u8 = 0;
+    /// A complete IPv4 address was read; the rest (a port) is ignored.
+    pub const DONE: u8 = 1;
+    /// Not an IPv4 address (IPv6, a name, `unknown`).
+    pub const INVALID: u8 = 2;
+}
 
 /// A connection from a trusted proxy and the client it carries.
 #[repr(C)]

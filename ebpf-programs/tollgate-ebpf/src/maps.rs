@@ -97,13 +97,21 @@ pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entrie
 /// Per-CPU copy of one chunk of a proxied request's head, for the
 /// `X-Forwarded-For` scan.
 #[map]
-pub static TG_PBUF: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
+pub static TG_PBUF: PerCpuArray<[u8; 4096]> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the proxy program keeps off its stack.
+/// What the proxy program keeps off its stack. The head scan works on
+/// `flow.scan` here rather than on the stack: values read from a map are
+/// unknown to the verifier, so the scan callback's states converge at once
+/// (tracked stack constants made it walk every combination).
 #[repr(C)]
 pub struct ProxyScratch {
     pub key: FlowKey,
     pub flow: ProxyFlow,
+    /// Bytes of the packet's part scanned when the head ended there; 0 =
+    /// not ended.
+    pub end: u32,
+    /// 1 when a copy out of the packet failed.
+    pub err: u32,
 }
 
 #[map]

@@ -18,14 +18,14 @@
 
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use tollgate_common::{
-    Config, FlowKey, HEAD_SCAN_MAX, HeadScan, ProxyFlow, Reason, Verdict, proxy_state,
+    Config, FlowKey, HEAD_SCAN_MAX, HeadScan, ProxyFlow, Reason, Verdict, head_entry, proxy_state,
 };
 
 use crate::{
     Match, bump,
     hook::Hook,
     limit, lookup_v4, lookup_v6,
-    maps::{TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
+    maps::{ProxyScratch, TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
     parse::{L4, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -102,10 +102,10 @@ pub fn judge<C: Hook>(ctx: &C, pkt: &Packet, config: &Config, len: u64) -> (Verd
     if sc.flow.state == proxy_state::SCANNING && payload {
         scan_head(
             ctx,
+            &raw mut *sc,
             l4.payload_off,
             pkt.l3_end - l4.payload_off,
             l4.seq,
-            &mut sc.flow,
         );
         let _ = TG_PFLOWS.insert(&sc.key, &sc.flow, 0);
     } else if !known {
@@ -173,11 +173,19 @@ fn header<C: Hook>(ctx: &C, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     f.reserved = 0;
     f.scan = HeadScan::default();
     let mut b = [0u8; 16];
-    // A head may start with a short segment: read what there is.
-    if !load_upto(ctx, off, payload_len, &mut b) {
+    if payload_len < V2_HLEN {
+        // A head may start with a short segment (written in pieces): its
+        // first byte tells a request head (a short PROXY line would find no
+        // `X-Forwarded-For` and be left to the agent).
+        if ctx.load(off, b.as_mut_ptr(), 1) && b[0].is_ascii_uppercase() {
+            f.state = proxy_state::SCANNING;
+        }
         return;
     }
-    if payload_len >= V2_HLEN && b[..12] == V2_SIG {
+    if !load(ctx, off, &mut b) {
+        return;
+    }
+    if b[..12] == V2_SIG {
         // Version 2, command PROXY (LOCAL carries no client); TCP only.
         if b[V2_VER_CMD] != V2_PROXY {
             return;
@@ -209,9 +217,12 @@ fn header<C: Hook>(ctx: &C, off: usize, payload_len: usize, f: &mut ProxyFlow) {
         return;
     }
     if &b[..11] == b"PROXY TCP4 " {
+        // The shortest whole v1 line, `PROXY TCP4 1.1.1.1 1.1.1.1 1 1\r\n`,
+        // has 21 bytes after the prefix: 16 can always be copied at once (a
+        // shorter copy would leave the verifier one state per length).
         let mut t = [0u8; 16];
-        if payload_len >= 11 + 8
-            && load_upto(ctx, off + 11, payload_len - 11, &mut t)
+        if payload_len >= 11 + 16
+            && load(ctx, off + 11, &mut t)
             && let Some(a) = dotted_quad(&t)
         {
             f.real = Source::V4(a).mapped();
@@ -220,183 +231,206 @@ fn header<C: Hook>(ctx: &C, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     }
 }
 
-/// One byte-scan run over a chunk of the head (the `bpf_loop` context): the
-/// flow's scan state and candidate client, copied in and back out.
-#[repr(C)]
-struct Scan {
-    st: HeadScan,
-    real: [u8; 16],
-    /// Bytes in the chunk.
-    n: u32,
-    /// Bytes of the chunk scanned when the head ended there; 0 = not ended.
-    end: u32,
-}
-
 const XFF: &[u8; 17] = b"\nx-forwarded-for:";
 const EOH: &[u8; 4] = b"\r\n\r\n";
-/// Bytes copied and scanned at once (`TG_PBUF`), and the most chunks one
-/// packet is scanned in: a TC packet may be a coalesced 64 KiB, and a flow
-/// is never scanned past `HEAD_SCAN_MAX` anyway.
-const CHUNK: usize = 1024;
-const MAX_CHUNKS: usize = (HEAD_SCAN_MAX as usize).div_ceil(CHUNK);
+/// Bytes copied out of the packet at once (`TG_PBUF`).
+const CHUNK: usize = 4096;
 
-/// One byte of the head scan (a `bpf_loop` callback: verified once, run up
-/// to `CHUNK` times per chunk). Tracks the end of the head, `X-Forwarded-For`
-/// header names at line starts, and the last entry of each such header's
-/// value; at the end of such a line the entry becomes the candidate client.
+/// What the scan callback needs besides the scratch: the hook's context (to
+/// copy the next chunk) and which bytes to scan. Only read by the callback.
+#[repr(C)]
+struct Walk<C> {
+    hook: *const C,
+    /// Packet offset of the first byte to scan.
+    off: usize,
+    /// Bytes to scan.
+    todo: usize,
+}
+
+/// One byte of the head scan (a `bpf_loop` callback: verified once, run once
+/// per byte; it copies the next chunk of the packet at each chunk start).
+/// Tracks the end of the head, `X-Forwarded-For` header names at line
+/// starts, and the IPv4 address in the last entry of each such header's
+/// value, digit by digit. Its state is in the per-CPU scratch, not on the
+/// stack: values read from a map are unknown to the verifier, so it walks
+/// this body a few times instead of once per combination of values.
 #[inline(never)]
-extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let sc = ctx.cast::<Scan>();
-    let Some(buf) = TG_PBUF.get_ptr(0) else {
+extern "C" fn scan_step<C: Hook>(i: u64, walk: *mut core::ffi::c_void) -> i64 {
+    let walk = walk.cast::<Walk<C>>();
+    let (Some(sc), Some(buf)) = (TG_PSCRATCH.get_ptr_mut(0), TG_PBUF.get_ptr_mut(0)) else {
         return 1;
     };
-    // SAFETY: `ctx` is the caller's `Scan`; `buf` a map value of CHUNK bytes.
+    // SAFETY: `walk` is the caller's; the scratch and the buffer (CHUNK
+    // bytes) are per-CPU map values with no other user while this runs.
     unsafe {
-        let i = (i as usize) & (CHUNK - 1);
-        if i as u32 >= (*sc).n {
+        let i = i as usize;
+        let todo = (*walk).todo;
+        if i >= todo {
             return 1;
         }
-        let st = &raw mut (*sc).st;
-        let c = (*buf)[i];
-        if (*st).in_value != 0 {
-            match c {
-                b'\r' | b'\n' => {
-                    (*st).in_value = 0;
-                    line_end(sc);
-                }
-                b',' => (*st).entry_len = 0,
-                b' ' | b'\t' if (*st).entry_len == 0 => {}
-                _ => {
-                    let k = (*st).entry_len as usize;
-                    if k < 16 {
-                        (*st).entry[k] = c;
-                        (*st).entry_len += 1;
-                    }
-                }
+        let k = i & (CHUNK - 1);
+        if k == 0 {
+            let left = todo - i;
+            let n = if left < CHUNK { left } else { CHUNK };
+            // 1..=CHUNK, in a form that keeps the bound visible to the verifier.
+            let n = (n.wrapping_sub(1) & (CHUNK - 1)) + 1;
+            if !(*(*walk).hook).load((*walk).off + i, buf.cast(), n as u32) {
+                (*sc).err = 1;
+                return 1;
             }
+        }
+        let st = &mut (*sc).flow.scan;
+        let c = (*buf)[k];
+        if st.in_value != 0 {
+            value_byte(st, c);
         }
         let lc = c.to_ascii_lowercase();
-        let m = (*st).xff as usize;
+        let m = st.xff as usize;
         if XFF.get(m) == Some(&lc) {
-            (*st).xff += 1;
-            if (*st).xff as usize == XFF.len() {
-                (*st).xff = 0;
-                (*st).in_value = 1;
-                (*st).entry_len = 0;
+            st.xff += 1;
+            if st.xff as usize == XFF.len() {
+                st.xff = 0;
+                st.in_value = 1;
+                new_entry(st);
             }
         } else {
-            (*st).xff = u8::from(c == b'\n');
+            st.xff = u8::from(c == b'\n');
         }
-        let e = (*st).eoh as usize;
+        let e = st.eoh as usize;
         if EOH.get(e) == Some(&c) {
-            (*st).eoh += 1;
-            if (*st).eoh as usize == EOH.len() {
+            st.eoh += 1;
+            if st.eoh as usize == EOH.len() {
                 (*sc).end = i as u32 + 1;
                 return 1;
             }
         } else {
-            (*st).eoh = u8::from(c == b'\r');
+            st.eoh = u8::from(c == b'\r');
         }
     }
     0
 }
 
-/// An `X-Forwarded-For` line ended: its last entry names the client (the
-/// right-most entry of the last such line is the proxy's own view), or, if
-/// it is not an IPv4 address, nobody the datapath can judge.
 #[inline(always)]
-unsafe fn line_end(sc: *mut Scan) {
-    // SAFETY: the caller's `Scan`.
-    unsafe {
-        let st = &raw mut (*sc).st;
-        let mut t = [b'\r'; 16];
-        for (k, slot) in t.iter_mut().enumerate() {
-            if k < (*st).entry_len as usize {
-                *slot = (*st).entry[k];
+fn new_entry(st: &mut HeadScan) {
+    st.entry = head_entry::READING;
+    st.part = 0;
+    st.digits = 0;
+    st.val = 0;
+}
+
+/// One byte of an `X-Forwarded-For` value: entries split at commas, spaces
+/// before an entry skipped, an IPv4 address read octet by octet (what
+/// follows a complete one after a space or colon, e.g. a port, ignored). At
+/// the end of the line the last entry names the client (the right-most entry
+/// of the last such line is the proxy's own view), or, when it is not an
+/// IPv4 address, nobody the datapath can judge.
+#[inline(always)]
+fn value_byte(st: &mut HeadScan, c: u8) {
+    match c {
+        b'\r' | b'\n' => {
+            st.in_value = 0;
+            finish(st);
+            if st.entry == head_entry::DONE {
+                st.client = st.octets;
+                st.found = 1;
+            } else {
+                st.found = 0;
             }
         }
-        match dotted_quad(&t) {
-            Some(a) => {
-                (*sc).real = Source::V4(a).mapped();
-                (*st).found = 1;
+        b',' => new_entry(st),
+        _ if st.entry != head_entry::READING => {}
+        b' ' | b'\t' if st.part == 0 && st.digits == 0 => {}
+        b' ' | b'\t' | b':' => finish(st),
+        b'0'..=b'9' => {
+            st.val = st.val * 10 + u16::from(c - b'0');
+            st.digits += 1;
+            if st.val > 255 || st.digits > 3 {
+                st.entry = head_entry::INVALID;
             }
-            None => (*st).found = 0,
         }
+        b'.' if st.digits != 0 && st.part < 3 => {
+            st.octets[(st.part & 3) as usize] = st.val as u8;
+            st.part += 1;
+            st.digits = 0;
+            st.val = 0;
+        }
+        _ => st.entry = head_entry::INVALID,
+    }
+}
+
+/// Ends the entry being read: complete if it holds four octets.
+#[inline(always)]
+fn finish(st: &mut HeadScan) {
+    if st.entry != head_entry::READING {
+        return;
+    }
+    if st.part == 3 && st.digits != 0 {
+        st.octets[3] = st.val as u8;
+        st.entry = head_entry::DONE;
+    } else {
+        st.entry = head_entry::INVALID;
     }
 }
 
 /// Scans this packet's part of a proxied connection's request head (its
 /// payload: `payload_len` bytes at `off`, TCP sequence number `seq`), from
-/// where the last packet left off, in chunks. When the head ends, the flow
-/// gets its client (or none); a gap, a failed copy, or a head longer than
-/// `HEAD_SCAN_MAX` ends the scan without one (the agent arms such flows).
-/// Its own BPF function: the scan state does not add to the caller's stack.
+/// where the last packet left off, whole (one `bpf_loop` over its bytes);
+/// the flow is the scratch's (`sc`, which the scan callback also writes:
+/// hence raw pointers only). When the head ends, the flow gets its client
+/// (or none); a gap, a failed copy, or a head longer than `HEAD_SCAN_MAX`
+/// ends the scan without one (the agent arms such flows).
 #[inline(never)]
-fn scan_head<C: Hook>(ctx: &C, off: usize, payload_len: usize, seq: u32, f: &mut ProxyFlow) {
-    let ahead = seq.wrapping_sub(f.scan.next_seq) as i32;
-    if ahead > 0 {
-        // Bytes before this segment are missing (reordered or lost): what
-        // the server will read cannot be followed.
-        f.state = proxy_state::NONE;
-        return;
-    }
-    // A retransmission: skip what was scanned already.
-    let skip = ahead.unsigned_abs() as usize;
-    if skip >= payload_len {
-        return;
-    }
-    let room = (HEAD_SCAN_MAX - f.scan.scanned) as usize;
-    let todo = payload_len - skip;
-    let todo = if todo < room { todo } else { room };
-    let Some(buf) = TG_PBUF.get_ptr_mut(0) else {
-        f.state = proxy_state::NONE;
-        return;
-    };
-    let mut sc = Scan {
-        st: f.scan,
-        real: f.real,
-        n: 0,
-        end: 0,
-    };
-    let mut done = 0usize;
-    for _ in 0..MAX_CHUNKS {
-        if done >= todo {
-            break;
-        }
-        let left = todo - done;
-        let n = if left < CHUNK { left } else { CHUNK };
-        // 1..=CHUNK, in a form that keeps the bound visible to the verifier.
-        let n = (n.wrapping_sub(1) & (CHUNK - 1)) + 1;
-        if !ctx.load(off + skip + done, buf.cast(), n as u32) {
-            f.state = proxy_state::NONE;
+fn scan_head<C: Hook>(ctx: &C, sc: *mut ProxyScratch, off: usize, payload_len: usize, seq: u32) {
+    // SAFETY: `sc` is the per-CPU scratch: no other user while this program
+    // runs here but the callback, which runs inside `bpf_loop` only.
+    unsafe {
+        let f = &raw mut (*sc).flow;
+        let ahead = seq.wrapping_sub((*f).scan.next_seq) as i32;
+        if ahead > 0 {
+            // Bytes before this segment are missing (reordered or lost):
+            // what the server will read cannot be followed.
+            (*f).state = proxy_state::NONE;
             return;
         }
-        sc.n = n as u32;
-        let ctxp = (&raw mut sc).cast::<core::ffi::c_void>();
-        // SAFETY: callback and context as the helper expects them.
-        unsafe { bpf_loop(CHUNK as u32, scan_step as *mut core::ffi::c_void, ctxp, 0) };
-        if sc.end != 0 {
-            done += sc.end as usize;
-            break;
+        // A retransmission: skip what was scanned already.
+        let skip = ahead.unsigned_abs() as usize;
+        if skip >= payload_len {
+            return;
         }
-        done += n;
-    }
-    f.scan = sc.st;
-    f.scan.next_seq = f.scan.next_seq.wrapping_add(done as u32);
-    f.scan.scanned += done as u32;
-    if sc.end != 0 {
-        if sc.st.found != 0 {
-            f.real = sc.real;
-            f.state = proxy_state::CLIENT;
-        } else {
-            f.state = proxy_state::NONE;
+        let room = HEAD_SCAN_MAX.saturating_sub((*f).scan.scanned) as usize;
+        let todo = payload_len - skip;
+        let todo = if todo < room { todo } else { room };
+        (*sc).end = 0;
+        (*sc).err = 0;
+        let mut walk = Walk {
+            hook: core::ptr::from_ref(ctx),
+            off: off + skip,
+            todo,
+        };
+        bpf_loop(
+            HEAD_SCAN_MAX,
+            scan_step::<C> as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        if core::ptr::read_volatile(&raw const (*sc).err) != 0 {
+            (*f).state = proxy_state::NONE;
+            return;
         }
-    } else if f.scan.scanned >= HEAD_SCAN_MAX {
-        f.state = proxy_state::NONE;
-    } else if sc.st.found != 0 {
-        // Not the client yet (a later line may name another): kept with the
-        // scan until the head ends.
-        f.real = sc.real;
+        let end = core::ptr::read_volatile(&raw const (*sc).end) as usize;
+        let done = if end != 0 { end } else { todo };
+        (*f).scan.next_seq = (*f).scan.next_seq.wrapping_add(done as u32);
+        (*f).scan.scanned = (*f).scan.scanned.saturating_add(done as u32);
+        if end != 0 {
+            if (*f).scan.found != 0 {
+                (*f).real = Source::V4((*f).scan.client).mapped();
+                (*f).state = proxy_state::CLIENT;
+            } else {
+                (*f).state = proxy_state::NONE;
+            }
+        } else if (*f).scan.scanned >= HEAD_SCAN_MAX {
+            (*f).state = proxy_state::NONE;
+        }
     }
 }
 
@@ -434,24 +468,4 @@ fn dotted_quad(t: &[u8; 16]) -> Option<[u8; 4]> {
 #[inline(always)]
 fn load<C: Hook>(ctx: &C, off: usize, dst: &mut [u8; 16]) -> bool {
     ctx.load(off, dst.as_mut_ptr(), 16)
-}
-
-/// Loads 16 bytes, or fewer when the payload is shorter (the rest stays 0).
-#[inline(always)]
-fn load_upto<C: Hook>(ctx: &C, off: usize, avail: usize, dst: &mut [u8; 16]) -> bool {
-    if avail >= 16 {
-        return load(ctx, off, dst);
-    }
-    // Short v1 lines: copy byte by byte (bounded by 16).
-    for (i, d) in dst.iter_mut().enumerate() {
-        if i >= avail {
-            break;
-        }
-        let mut c = [0u8; 1];
-        if !ctx.load(off + i, c.as_mut_ptr(), 1) {
-            return false;
-        }
-        *d = c[0];
-    }
-    true
 }
