@@ -4,7 +4,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
@@ -19,6 +19,7 @@ pub struct HttpServer {
     /// The port it listens on (same on every address).
     pub port: u16,
     stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
@@ -31,21 +32,29 @@ impl HttpServer {
             ls.push(TcpListener::bind(SocketAddr::new(*a, port)).unwrap());
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
         for l in ls {
             l.set_nonblocking(true).unwrap();
             let stop = stop.clone();
+            let served = served.clone();
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((s, _)) => {
-                            thread::spawn(move || serve(s));
+                            let served = served.clone();
+                            thread::spawn(move || serve(s, &served));
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
                 }
             });
         }
-        Self { port, stop }
+        Self { port, stop, served }
+    }
+
+    /// The paths of the requests it answered, in order.
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().unwrap().clone()
     }
 }
 
@@ -55,7 +64,7 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(mut s: TcpStream) {
+fn serve(mut s: TcpStream, served: &Mutex<Vec<String>>) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = Vec::new();
@@ -94,6 +103,7 @@ fn serve(mut s: TcpStream) {
                 h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
             });
             buf.drain(..head + len);
+            served.lock().unwrap().push(path.clone());
             let (code, body) = if path.starts_with("/missing") {
                 ("404 Not Found", "{\"error\":\"not found\"}".to_owned())
             } else {

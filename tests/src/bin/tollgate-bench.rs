@@ -1084,6 +1084,30 @@ fn sampling() {
         "| pure ACK from API port 8080 (port and connection lookups) | {api} ns ({:+} ns) |",
         api as i64 - other as i64
     );
+
+    // tc ingress makes the same tail calls as XDP (its own table): what
+    // they cost on the same request packet, against no tail call.
+    println!(
+        "\n## tc ingress with and without its tail calls (BPF_PROG_TEST_RUN, {REPEAT} repeats, best of 3)\n"
+    );
+    let mut dp = Datapath::load(None, caps()).unwrap();
+    let tc_none = ns_per_run(&*dp.tc().unwrap(), &frame, None);
+    dp.set_api_ports(&ports, policy.cfg(policy.one_in)).unwrap();
+    let tc_sample = ns_per_run(&*dp.tc().unwrap(), &frame, None);
+    dp.set_trusted(&["198.18.1.0/24".parse().unwrap()]).unwrap();
+    let tc_proxy = ns_per_run(&*dp.tc().unwrap(), &frame, None);
+    let pct = |x: u64| (x as f64 / tc_none.max(1) as f64 - 1.0) * 100.0;
+    println!("| tc ingress, same request packet | ns/packet | extra vs no tail call |");
+    println!("|---|--:|--:|");
+    println!("| sampling off: no tail call | {tc_none} ns | - |");
+    println!(
+        "| sampling on: tail call to the sampler (default policy, ring not drained) | {tc_sample} ns | {:+.1} % |",
+        pct(tc_sample)
+    );
+    println!(
+        "| from a trusted proxy: tail calls to the proxy judge, then the sampler (connection known after the first run) | {tc_proxy} ns | {:+.1} % |",
+        pct(tc_proxy)
+    );
 }
 
 /// `cargo xtask bench detect [CORPUS]`: requests per second on one core
