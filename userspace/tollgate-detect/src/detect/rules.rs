@@ -72,10 +72,10 @@ rules! {
     SSRF_SCHEME = "ssrf.scheme", Ssrf, 10, "URL schemes used for forgery (`gopher:`, `dict:`, `unix:`...)";
     JNDI_LOOKUP = "jndi.lookup", Jndi, 10, "Log4Shell `${jndi:` lookups";
     JNDI_OBFUSCATED_LOOKUP = "jndi.obfuscated_lookup", Jndi, 10, "nested or obfuscated `${...}` lookups spelling jndi";
-    SCANNER_USER_AGENT = "scanner.user_agent", Scanner, 10, "User-Agent of a known attack tool";
-    SCANNER_PROBE_PATH = "scanner.probe_path", Scanner, 10, "paths only scanners ask for";
+    SCANNER_USER_AGENT = "scanner.user_agent", Scanner, 10, "User-Agent naming a known attack tool as its own product token (`sqlmap/1.7`, `Nmap Scripting Engine`; not `python-nmap-client/1.0`)";
+    SCANNER_PROBE_PATH = "scanner.probe_path", Scanner, 10, "path segments only scanners ask for, wherever they stand (`/wp-admin`, `/cgi-bin/`, `/actuator/env`), and everyday probe words as the first segment only (`/backup`, `/dump`; `/api/v1/backups/42` is a resource)";
     SCANNER_DOTFILE = "scanner.dotfile", Scanner, 10, "dotfiles and VCS metadata (`/.git/`, `/.env`)";
-    SCANNER_BACKUP_FILE = "scanner.backup_file", Scanner, 10, "backup and editor files (`~`, `#x#`, `.bak`, `.old`)";
+    SCANNER_BACKUP_FILE = "scanner.backup_file", Scanner, 10, "files by what they disclose: editor leftovers, backups, dumps and key stores (`~`, `#x#`, `.bak`, `.sql`, `.key`) anywhere; logs, configuration and certificates (`.log`, `.conf`, `.pem`) outside an API (2 under `/api/`, `/vN/`); archives 2";
     SMUGGLING_CL_TE = "smuggling.cl_te", Smuggling, 10, "both Content-Length and Transfer-Encoding";
     SMUGGLING_CONFLICTING_CL = "smuggling.conflicting_cl", Smuggling, 10, "Content-Length headers with different values";
     SMUGGLING_DUPLICATE_CL = "smuggling.duplicate_cl", Smuggling, 5, "the same Content-Length twice";
