@@ -220,7 +220,8 @@ impl Pipeline {
     /// Inspects one response to `client`; `req` is the request it answers
     /// when known (at least method and path). Exposures in it alert and never
     /// ban (the server leaked, not the client); a burst of 401/403 to one
-    /// client (credential stuffing) is the client's doing and scores.
+    /// client (credential stuffing) or of 404/405 on new paths (forced
+    /// browsing) is the client's doing and scores.
     pub fn on_response(
         &mut self,
         client: IpAddr,
@@ -512,18 +513,20 @@ mod api_tests {
         }
     }
 
+    /// A response with a status and nothing else.
+    fn bare_response(status: u16) -> tollgate_detect::Response {
+        tollgate_detect::Response {
+            version: 1,
+            status,
+            ..tollgate_detect::Response::default()
+        }
+    }
+
     #[test]
     fn credential_stuffing_bans() {
         let mut p = policy("checks:\n  stuffing: {failures: 5, window: 1m}\n");
         let login = req("POST /login HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
-        let denied = tollgate_detect::Response {
-            version: 1,
-            status: 401,
-            reason: "Unauthorized".into(),
-            headers: vec![],
-            body: vec![],
-            truncated: false,
-        };
+        let denied = bare_response(401);
         let c: IpAddr = "198.18.0.5".parse().unwrap();
         let bans = (0..5)
             .filter(|t| {
@@ -533,6 +536,23 @@ mod api_tests {
             })
             .count();
         assert_eq!(bans, 1);
+    }
+
+    /// A wordlist walk with a browser User-Agent: no request is an attack on
+    /// its own, the 404s are; banned within its first 100 requests.
+    #[test]
+    fn forced_browsing_bans() {
+        let mut p = policy("");
+        let missing = bare_response(404);
+        let c: IpAddr = "198.18.0.6".parse().unwrap();
+        let banned_at = (0..100u64).find(|i| {
+            let r = req(&format!(
+                "GET /word{i} HTTP/1.1\r\nHost: a\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\n\r\n"
+            ));
+            assert!(p.on_request(Some(c), &r, i * 10).ban.is_none());
+            p.on_response(c, Some(&r), &missing, i * 10 + 5).ban.is_some()
+        });
+        assert!(banned_at.is_some_and(|i| i < 100), "{banned_at:?}");
     }
 
     /// Issue 21 §6: a browser app user making many API calls, each with the page's

@@ -118,6 +118,7 @@ rules! {
     MASS_UNKNOWN = "mass_assignment.unknown_property", MassAssignment, 3;
     LIMIT_ROUTE = "limit.route", RateLimit, 3;
     STUFFING = "auth.credential_stuffing", Auth, STRONG;
+    NOT_FOUND = "enumeration.not_found", Enumeration, STRONG;
     EXPOSURE_CARD = "exposure.card", Exposure, 5;
     EXPOSURE_PRIVATE_KEY = "exposure.private_key", Exposure, STRONG;
     EXPOSURE_CLOUD_KEY = "exposure.cloud_key", Exposure, 8;
@@ -336,6 +337,8 @@ pub struct ApiGuard {
     inventory: Option<openapi::Inventory>,
     checks: ApiChecks,
     stuffing_window_ms: u64,
+    /// `(paths, per_route, window_ms)` of `enumeration.not_found`.
+    not_found: (usize, usize, u64),
     /// `(max_ids, window_ms)` for paths without a route enumeration.
     enumeration_default: Option<(usize, u64)>,
     scanner: response::Scanner,
@@ -459,6 +462,7 @@ impl Out<'_> {
         let dc: DetectorConfig = match rule.id.split('.').next().unwrap_or("") {
             "jwt" => c.jwt,
             "auth" if rule == STUFFING => c.credential_stuffing,
+            "enumeration" if rule == NOT_FOUND => c.forced_browsing,
             "auth" => c.auth,
             "authz" => c.authz,
             "enumeration" => c.enumeration,
@@ -546,6 +550,21 @@ impl ApiGuard {
         };
         let stuffing_window_ms =
             duration_ms("checks.stuffing.window".to_owned(), &c.stuffing.window)?;
+        let nf = &c.not_found;
+        let most = c.max_ids_per_client.saturating_sub(1);
+        for (field, n) in [("paths", nf.paths), ("per_route", nf.per_route)] {
+            if n == 0 || n > most {
+                return Err(invalid(
+                    format!("checks.not_found.{field}"),
+                    format!("must be between 1 and checks.max_ids_per_client - 1 ({most})"),
+                ));
+            }
+        }
+        let not_found = (
+            nf.paths as usize,
+            nf.per_route as usize,
+            duration_ms("checks.not_found.window".to_owned(), &nf.window)?,
+        );
         let inventory = openapi
             .map(openapi::Inventory::parse)
             .transpose()
@@ -561,6 +580,7 @@ impl ApiGuard {
             inventory,
             checks: c.clone(),
             stuffing_window_ms,
+            not_found,
             enumeration_default,
             scanner: response::Scanner::new(),
             clients: state::Clients::new(
@@ -729,6 +749,11 @@ impl ApiGuard {
         resp: &Response,
         now_ms: u64,
     ) -> Vec<Violation> {
+        let not_found = if matches!(resp.status, 404 | 405) && self.checks.forced_browsing.enabled {
+            self.not_found(client, req, now_ms)
+        } else {
+            None
+        };
         let mut out = Out {
             checks: &self.checks,
             v: Vec::new(),
@@ -749,6 +774,9 @@ impl ApiGuard {
                 );
             }
         }
+        if let Some(ev) = not_found {
+            out.push(NOT_FOUND, Location::Response, ev);
+        }
         if out.checks.exposure.enabled && scannable(resp) {
             let body = &resp.body[..resp.body.len().min(self.checks.max_response_bytes)];
             for f in self.scanner.scan(body) {
@@ -763,6 +791,52 @@ impl ApiGuard {
             }
         }
         out.v
+    }
+}
+
+impl ApiGuard {
+    /// Counts a 404/405 answer by distinct path, per client and per route;
+    /// returns the evidence when either count is over its threshold. Repeating
+    /// one missing path (polling a deleted resource) counts once: a wordlist
+    /// walk or id guessing asks for new paths. Without the request (unpaired)
+    /// every answer counts as the same path, which never adds up to a ban.
+    fn not_found(&mut self, client: IpAddr, req: Option<&Request>, now_ms: u64) -> Option<String> {
+        let (paths, per_route, window) = self.not_found;
+        let (path, route) = match req {
+            Some(r) => {
+                let segs = routes::segments(&r.path);
+                (
+                    format!(
+                        "{} {}",
+                        r.method.to_ascii_uppercase(),
+                        routes::normalized(&segs)
+                    ),
+                    self.route_of(r),
+                )
+            }
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        // Keys apart from the enumeration ones: templates start with `/`.
+        let all = self.clients.template_key("404");
+        let one = self.clients.template_key(&format!("404 {route}"));
+        let n = self
+            .clients
+            .see_id(client, all, &path, now_ms, window, paths);
+        let m = self
+            .clients
+            .see_id(client, one, &path, now_ms, window, per_route);
+        let within = fmt_ms(window);
+        if n > paths {
+            Some(format!(
+                "more than {paths} paths answered 404/405 within {within} (last: {path})"
+            ))
+        } else if m > per_route {
+            Some(format!(
+                "more than {per_route} paths of {route} answered 404/405 within {within} (last: {path})"
+            ))
+        } else {
+            None
+        }
     }
 }
 
