@@ -202,6 +202,12 @@ impl Pipeline {
         now_ms: u64,
     ) -> Decision {
         let mut violations = self.engine.inspect_request(req);
+        // What the server leaks in answer to a flagged request scores more.
+        if let Some(ip) = client
+            && violations.iter().any(|v| v.score > 0)
+        {
+            self.guard.note_injection(ip, now_ms);
+        }
         // A stand-in for bytes that are not HTTP (`protocol.unparseable`) has no
         // route, credentials or parameters for the API guard to judge: it would
         // only count it against limits and report missing credentials.
@@ -536,6 +542,28 @@ mod api_tests {
             })
             .count();
         assert_eq!(bans, 1);
+    }
+
+    /// An injection that stays under the ban threshold on its own, answered
+    /// with the database's error: the pair bans. The same error after a clean
+    /// request only alerts.
+    #[test]
+    fn leaked_db_error_after_injection_bans() {
+        let mut p = policy("");
+        let mut error = bare_response(500);
+        error.body = b"You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version".to_vec();
+        let c: IpAddr = "198.18.0.7".parse().unwrap();
+        let probe = req("GET /items?q=1950%20or%201960 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let d = p.on_request(Some(c), &probe, 1_000);
+        assert!(d.ban.is_none() && d.client_score > 0.0, "{d:?}");
+        let d = p.on_response(c, Some(&probe), &error, 1_050);
+        assert!(d.ban.is_some(), "{d:?}");
+        let c: IpAddr = "198.18.0.8".parse().unwrap();
+        let clean = req("GET /items?q=lamps HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(p.on_request(Some(c), &clean, 1_000).violations.is_empty());
+        let d = p.on_response(c, Some(&clean), &error, 1_050);
+        assert_eq!(d.action, Action::Alert, "{d:?}");
+        assert!(d.ban.is_none());
     }
 
     /// A wordlist walk with a browser User-Agent: no request is an attack on

@@ -265,6 +265,8 @@ pub struct ApiChecks {
     pub credential_stuffing: DetectorConfig,
     /// `enumeration.not_found`.
     pub forced_browsing: DetectorConfig,
+    /// `sqli.error_response`, `protocol.error_response`.
+    pub error_leak: DetectorConfig,
     /// `exposure.*` (alert-only).
     pub exposure: DetectorConfig,
     /// `inventory.unknown_endpoint` (only with an OpenAPI document).
@@ -303,6 +305,7 @@ impl Default for ApiChecks {
             rate_limit: DetectorConfig::default(),
             credential_stuffing: DetectorConfig::default(),
             forced_browsing: DetectorConfig::default(),
+            error_leak: DetectorConfig::default(),
             exposure: DetectorConfig::default(),
             inventory: DetectorConfig::default(),
             methods: DetectorConfig::default(),

@@ -752,6 +752,65 @@ fn id_guessing_by_status() {
     }
 }
 
+/// sqlmap's first probe breaks the query and the server answers with the
+/// database's error: the leak scores against the client, more when its
+/// request looked like an injection.
+#[test]
+fn leaked_errors_score_the_client() {
+    let sqlite = Response {
+        status: 500,
+        body: br#"{"error":"near \")\": syntax error"}"#.to_vec(),
+        ..Response::default()
+    };
+    let leak = |v: &[Violation]| {
+        v.iter()
+            .filter(|x| x.rule == "sqli.error_response")
+            .map(|x| x.score)
+            .sum::<u32>()
+    };
+    // A clean request (a buggy endpoint): an alert's worth.
+    let mut g = guard();
+    let c = ip("198.51.100.30");
+    let clean = req("GET", "/items?id=12", None, "");
+    assert!(g.inspect_request(c, &clean, NOW).is_empty());
+    let v = g.inspect_response(c, Some(&clean), &sqlite, NOW + 5);
+    assert_eq!(leak(&v), 3);
+    assert!(
+        v.iter()
+            .any(|x| x.rule == "exposure.stack_trace" && is_alert_only(x.category))
+    );
+    // The probe `1.')"(.,)(.` breaks out of quotes and brackets: more.
+    let c = ip("198.51.100.31");
+    let probe = req("GET", "/items?id=1.%27)%22(.,)(.", None, "");
+    g.inspect_request(c, &probe, NOW);
+    assert_eq!(
+        leak(&g.inspect_response(c, Some(&probe), &sqlite, NOW + 5)),
+        6
+    );
+    // A request a detector flagged: a ban on its own.
+    let c = ip("198.51.100.32");
+    g.note_injection(c, NOW);
+    assert_eq!(leak(&g.inspect_response(c, None, &sqlite, NOW + 5)), STRONG);
+    // Long after: back to the error alone.
+    assert_eq!(leak(&g.inspect_response(c, None, &sqlite, NOW + 60_000)), 3);
+    // JSON bodies are all quotes: not a breakout by themselves.
+    let c = ip("198.51.100.33");
+    let json = req("POST", "/items", None, r#"{"name":"O'Brien (senior"}"#);
+    g.inspect_request(c, &json, NOW);
+    assert_eq!(
+        leak(&g.inspect_response(c, Some(&json), &sqlite, NOW + 5)),
+        3
+    );
+    // Switched off: the server's part still alerts, the client is not scored.
+    let p: ApiPolicy = serde_yaml_ng::from_str("checks: {error_leak: {enabled: false}}").unwrap();
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    g.note_injection(c, NOW);
+    assert_eq!(
+        rules(&g.inspect_response(c, None, &sqlite, NOW + 5)),
+        ["exposure.stack_trace"]
+    );
+}
+
 #[test]
 fn exposures_are_alert_only() {
     let mut g = guard();
@@ -788,10 +847,13 @@ fn exposures_are_alert_only() {
         body: b"Traceback (most recent call last):\n  File \"/app/x.py\"".to_vec(),
         ..Response::default()
     };
+    // The server's part alerts; the client's part scores low on its own.
+    let v = g.inspect_response(ip("192.0.2.1"), None, &trace, NOW);
     assert_eq!(
-        rules(&g.inspect_response(ip("192.0.2.1"), None, &trace, NOW)),
-        ["exposure.stack_trace"]
+        rules(&v),
+        ["protocol.error_response", "exposure.stack_trace"]
     );
+    assert!(!is_alert_only(v[0].category) && v[0].score < 3);
     let benign = Response {
         status: 200,
         body: br#"{"order_id":"4111111111111112","text":"Reset your password here"}"#.to_vec(),
