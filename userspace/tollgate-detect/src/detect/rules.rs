@@ -67,9 +67,9 @@ rules! {
     TRAVERSAL_FILE_URL = "traversal.file_url", Traversal, 10, "a `file:` URL";
     TRAVERSAL_ABSOLUTE = "traversal.absolute", Traversal, 6, "a Windows drive path (`c:/windows`)";
     TRAVERSAL_SENSITIVE_FILE = "traversal.sensitive_file", Traversal, 10, "well-known sensitive files (`/etc/passwd`, `win.ini`, `.htaccess`)";
-    SSRF_INTERNAL_URL = "ssrf.internal_url", Ssrf, 10, "a URL to an internal, loopback or metadata address";
+    SSRF_INTERNAL_URL = "ssrf.internal_url", Ssrf, 10, "a URL to an internal, loopback or metadata address (AWS, GCP, Azure and its wire server, Alibaba, Oracle, ECS, Tencent), in every spelling: decimal, octal, hex (also oversized), mixed and shortened IPv4, IPv4-mapped, NAT64 and 6to4 IPv6, names that spell the address (`10.0.0.1.nip.io`, `127-0-0-1.sslip.io`, rebinding pairs `7f000001.c0a80001.rbndr.us`) and loopback-only domains (`lvh.me`)";
     SSRF_INTERNAL_HOST = "ssrf.internal_host", Ssrf, 10, "a bare internal host or metadata address as a value";
-    SSRF_SCHEME = "ssrf.scheme", Ssrf, 10, "URL schemes used for forgery (`gopher:`, `dict:`, `unix:`...)";
+    SSRF_SCHEME = "ssrf.scheme", Ssrf, 10, "URL schemes used for forgery: `gopher:`, `dict:`, `netdoc:`, `jar:http`, `unix:` (10); `ldap(s|i):`, `tftp:`, `sftp:`, `php:`, `phar:`, `expect:` (8); `file:` is `traversal.file_url`";
     JNDI_LOOKUP = "jndi.lookup", Jndi, 10, "Log4Shell `${jndi:` lookups";
     JNDI_OBFUSCATED_LOOKUP = "jndi.obfuscated_lookup", Jndi, 10, "nested or obfuscated `${...}` lookups spelling jndi";
     SCANNER_USER_AGENT = "scanner.user_agent", Scanner, 10, "User-Agent naming a known attack tool as its own product token (`sqlmap/1.7`, `Nmap Scripting Engine`; not `python-nmap-client/1.0`)";
