@@ -605,7 +605,7 @@ impl Cmdi {
                     });
                 let sc = match (wordlike, shellish_args || sub) {
                     _ if cmd.split => STRONG,
-                    _ if code_span => 3,
+                    _ if code_span => 2,
                     (false, true) => STRONG,
                     (false, false) => 6,
                     (true, true) => {

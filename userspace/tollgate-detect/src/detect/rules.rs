@@ -52,7 +52,7 @@ rules! {
     XSS_HTML_TAG = "xss.html_tag", Xss, 4, "another HTML tag with attributes or closed (2 when it sets only layout and link attributes: `class`, `href`, `width`...)";
     XSS_HTML_COMMENT = "xss.html_comment", Xss, 3, "`<!--` or `<![CDATA[` in a value";
     XSS_EVENT_HANDLER = "xss.event_handler", Xss, 10, "an event handler attribute (`onerror=`), also after an attribute break-out";
-    XSS_SCRIPT_SINK = "xss.script_sink", Xss, 10, "script sinks and calls: `alert(`, `document.cookie`, `eval(`...";
+    XSS_SCRIPT_SINK = "xss.script_sink", Xss, 10, "script sinks and calls: `alert(`, `document.cookie`, `eval(`... (2 when named in a sentence without a break-out)";
     CMDI_SHELLSHOCK = "cmdi.shellshock", Cmdi, 10, "the Shellshock function prefix `() {`";
     CMDI_FUNCTION = "cmdi.function", Cmdi, 10, "a shell function definition";
     CMDI_EXEC_CALL = "cmdi.exec_call", Cmdi, 10, "a call of an exec-style function with shell metacharacters";
@@ -62,7 +62,7 @@ rules! {
     CMDI_OBFUSCATION = "cmdi.obfuscation", Cmdi, 10, "words split by quotes, backslashes or empty variables (`c''at`), tilde expansion";
     CMDI_MAIL_COMMAND = "cmdi.mail_command", Cmdi, 10, "sendmail/mail argument injection";
     CMDI_VARIABLE_COMMAND = "cmdi.variable_command", Cmdi, 10, "a command built from variables (`$IFS`, `${PATH:0:1}`)";
-    CMDI_COMMAND = "cmdi.command", Cmdi, 10, "a known command after a separator (`; cat /etc/passwd`, `| id`); 2 for a word that is also a command followed by plain words (`; more than that`)";
+    CMDI_COMMAND = "cmdi.command", Cmdi, 10, "a known command after a separator (`; cat /etc/passwd`, `| id`); 2 for a word that is also a command followed by plain words (`; more than that`) or a command in a Markdown code span";
     TRAVERSAL_DOTDOT = "traversal.dotdot", Traversal, 10, "`../` sequences, raw or encoded";
     TRAVERSAL_FILE_URL = "traversal.file_url", Traversal, 10, "a `file:` URL";
     TRAVERSAL_ABSOLUTE = "traversal.absolute", Traversal, 6, "a Windows drive path (`c:/windows`)";

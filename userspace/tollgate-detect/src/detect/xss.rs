@@ -184,6 +184,10 @@ impl Xss {
                 || lower.starts_with('\'');
             let sc = if breakout && score_sink >= 5 {
                 STRONG
+            } else if score_sink < STRONG && super::code::is_prose(lower) {
+                // A sink named in a sentence (`don't call eval() here`) is
+                // documentation or a code review, not a payload.
+                2
             } else {
                 score_sink
             };
