@@ -43,10 +43,11 @@ rules! {
     SQLI_TAUTOLOGY = "sqli.tautology", Sqli, 10, "always-true comparisons: `' OR '1'='1`, `OR 1=1`";
     SQLI_CLAUSE = "sqli.clause", Sqli, 10, "clauses appended to a value: `ORDER BY 3--`, `HAVING 1=1#`";
     SQLI_BLIND_EXTRACTION = "sqli.blind_extraction", Sqli, 10, "character-by-character extraction (`substring(...)` compared)";
-    SQLI_ERROR_BASED = "sqli.error_based", Sqli, 10, "functions and casts used to force errors that leak data (`extractvalue`, `updatexml`)";
+    SQLI_ERROR_BASED = "sqli.error_based", Sqli, 10, "functions and casts used to force errors that leak data (`extractvalue`, `updatexml`); PostgreSQL numeric casts (`f(x)::int` 10, `password::int` 6)";
     SQLI_CATALOG = "sqli.catalog", Sqli, 10, "system catalog names (`information_schema`, `mysql.user`, `sys.tables`)";
-    SQLI_CONCAT = "sqli.concat", Sqli, 10, "string concatenation breaking out of a quote (`' || f(x) || '`)";
-    SQLI_COMMENT_TRUNCATION = "sqli.comment_truncation", Sqli, 10, "a closed quote or statement cut off by a comment (`admin'--`)";
+    SQLI_CONCAT = "sqli.concat", Sqli, 10, "string concatenation breaking out of a quote (`' || f(x) || '`); 6 for `||` and a call after a number (`1 || lpad(user,7,1)`)";
+    SQLI_COMMENT_TRUNCATION = "sqli.comment_truncation", Sqli, 10, "a closed quote or statement cut off by a comment (`admin'--`); 6 for a break-out with any SQL operator before the comment (`'or(glob 1)--`)";
+    SQLI_NOSQL_OPERATOR = "sqli.nosql_operator", Sqli, 10, "MongoDB operators where a value belongs: `$where`/`$function` (10), comparison and logic operators such as `u[$ne]=`, `{\"$gt\": \"\"}` (6)";
     XSS_TAG = "xss.tag", Xss, 10, "tags that run script or load content (`<script`, `<iframe`, `<svg`, `<object`...)";
     XSS_SCRIPT_URL = "xss.script_url", Xss, 10, "a tag with a `javascript:` / `vbscript:` URL";
     XSS_HTML_TAG = "xss.html_tag", Xss, 4, "another HTML tag with attributes or closed (2 when it sets only layout and link attributes: `class`, `href`, `width`...)";
