@@ -471,7 +471,7 @@ fn formatting_only(attrs: &[u8]) -> bool {
         let head = attrs[..i].trim_ascii_end();
         let start = head
             .iter()
-            .rposition(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
+            .rposition(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':')))
             .map_or(0, |p| p + 1);
         let name = &head[start..];
         // An `=` inside a quoted value (`href="/a?x=1"`) has no name before it
@@ -487,7 +487,8 @@ fn formatting_only(attrs: &[u8]) -> bool {
             continue;
         }
         names += 1;
-        if !FORMATTING_ATTRS.iter().any(|f| f.as_bytes() == name) {
+        // XML namespace declarations (`<soap:Body xmlns:m="...">`) are markup too.
+        if !FORMATTING_ATTRS.iter().any(|f| f.as_bytes() == name) && !name.starts_with(b"xmlns") {
             return false;
         }
     }
@@ -506,6 +507,7 @@ mod tests {
             "nouvelle <br /><a href=\"/apps/\">galerie</a>!",
             "<table width=\"99%\" border=\"0\" cellpadding=\"1\">",
             "<a href=\"https://example.com/?a=1&b=2\" title=\"x\">link</a>",
+            "<soap-env:body xmlns:m = \"http://www.xyz.org/quotations\"><m:getquote>",
         ] {
             let (v, a) = run(&format!(
                 "GET /api/v1/search?q={} HTTP/1.1\r\nHost: a\r\n\r\n",
