@@ -278,8 +278,9 @@ fn tool_token(ua: &[u8], start: usize, end: usize) -> bool {
 /// Offset of the first probe in the path's segments (the leading empty one
 /// skipped), if any.
 fn probe_at(segs: &[(usize, &str)]) -> Option<usize> {
+    // `/backup.zip`, `/dump.tar.gz`: the word with any extension.
     if let Some(&(off, first)) = segs.first()
-        && ROOT_PROBES.contains(&first)
+        && ROOT_PROBES.contains(&first.split('.').next().unwrap_or(first))
     {
         return Some(off);
     }
@@ -378,6 +379,8 @@ mod tests {
             ("/backup", "Mozilla/5.0 (X11; Linux x86_64)"),
             ("/backups/", "Mozilla/5.0 (X11; Linux x86_64)"),
             ("/dump", "Mozilla/5.0 (X11; Linux x86_64)"),
+            ("/backup.zip", "Mozilla/5.0 (X11; Linux x86_64)"),
+            ("/dump.tar.gz", "Mozilla/5.0 (X11; Linux x86_64)"),
             ("/wp-admin", "Mozilla/5.0 (X11; Linux x86_64)"),
             ("/blog/wp-admin/install.php", "x"),
             ("/cgi-bin/", "x"),
@@ -411,6 +414,7 @@ mod tests {
             "/api/v1/backups",
             "/api/menu/dumplings",
             "/api/v1/consoles/7/dump",
+            "/api/v1/backups/42.zip",
             "/shop/console-tables",
             "/api/v1/wp-administrators",
             // Logs and configuration an API serves as files.
