@@ -251,7 +251,7 @@ fn tracefs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 9] = [
+const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -269,6 +269,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 9] = [
     // and openssl to make its self-signed certificate.
     ("nginx", "nginx-light"),
     ("openssl", "openssl"),
+    // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
+    // with Debian's /usr/bin/python3, which this package installs for).
+    ("scapy", "python3-scapy"),
 ];
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -280,7 +283,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, nginx, openssl)");
+        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;

@@ -53,8 +53,11 @@ pub mod maps {
     pub const SAMPLES: &str = "TG_SAMPLES";
     /// Per-CPU sampling counters, indexed by [`super::sample_stat`].
     pub const SAMPLE_STATS: &str = "TG_SMPL_STATS";
-    /// Tail-call table (not pinned): slots in [`super::jump`].
+    /// Tail-call table of the XDP programs (not pinned): slots in [`super::jump`].
     pub const JUMP: &str = "TG_JUMP";
+    /// Tail-call table of the TC ingress programs, the same slots (a table
+    /// holds programs of one type only).
+    pub const JUMP_TC: &str = "TG_JUMP_TC";
     /// Trusted proxies (IPv4): LPM trie, value unused.
     pub const TRUST4: &str = "TG_TRUST4";
     /// Trusted proxies (IPv6).
@@ -80,6 +83,9 @@ pub mod maps {
     /// accepts are announced. Filled by the probes and by the agent's
     /// discovery (not pinned).
     pub const TLS_PROCS: &str = "TG_TLS_PROCS";
+    /// Per API socket (cookie): the stream offset up to which the stream
+    /// program need not copy (a body the agent passes over). Not pinned.
+    pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
 
     /// Every pinned map, for status output and for clean removal.
     pub const ALL: [&str; 24] = [
@@ -121,6 +127,10 @@ pub mod programs {
     /// XDP handling of connections from trusted proxies (PROXY protocol
     /// header, real-client bans and limits), tail-called by [`XDP_INGRESS`].
     pub const XDP_PROXY: &str = "tollgate_xdp_proxy";
+    /// [`XDP_SAMPLE`] as a TC program, tail-called by [`TC_INGRESS`].
+    pub const TC_SAMPLE: &str = "tollgate_tc_sample";
+    /// [`XDP_PROXY`] as a TC program, tail-called by [`TC_INGRESS`].
+    pub const TC_PROXY: &str = "tollgate_tc_proxy";
     /// TC (tcx) egress: samples API responses.
     pub const TC_EGRESS: &str = "tollgate_tc_egress";
     /// sock_ops on the root cgroup: counts established connections per client.
@@ -213,13 +223,66 @@ pub mod jump {
 
 /// [`ProxyFlow::state`] values.
 pub mod proxy_state {
-    /// The connection did not start with a PROXY header: nothing to attribute.
+    /// Nothing to attribute (no PROXY header, no `X-Forwarded-For` the
+    /// datapath could read, or the head scan gave up): the agent may arm it.
     pub const NONE: u32 = 0;
-    /// The real client came from the PROXY header.
+    /// The real client came from the PROXY header or `X-Forwarded-For`.
     pub const CLIENT: u32 = 1;
     /// Armed by the agent: the real client (from `X-Forwarded-For` or a
     /// header the datapath does not parse) is banned; drop the connection.
     pub const BANNED: u32 = 2;
+    /// The request head is still arriving and being scanned for
+    /// `X-Forwarded-For` ([`super::HeadScan`]); its packets pass.
+    pub const SCANNING: u32 = 3;
+}
+
+/// Head bytes of one proxied connection the datapath scans at most; past
+/// this the scan gives up and the agent's arming is the fallback.
+pub const HEAD_SCAN_MAX: u32 = 64 * 1024;
+
+/// Where the scan of a proxied request head for `X-Forwarded-For` stands,
+/// carried from one packet of the head to the next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadScan {
+    /// TCP sequence number of the next head byte to scan.
+    pub next_seq: u32,
+    /// Head bytes scanned so far (bounded by [`HEAD_SCAN_MAX`]).
+    pub scanned: u32,
+    /// Bytes of `\nx-forwarded-for:` matched (case-insensitive).
+    pub xff: u8,
+    /// Bytes of `\r\n\r\n` matched (the end of the head).
+    pub eoh: u8,
+    /// 1 inside an `X-Forwarded-For` value.
+    pub in_value: u8,
+    /// The value's current entry: one of [`head_entry`].
+    pub entry: u8,
+    /// Octets of the entry's IPv4 address complete so far.
+    pub part: u8,
+    /// Digits of the current octet.
+    pub digits: u8,
+    /// The current octet's value.
+    pub val: u16,
+    /// 1 when `client` holds the client the last `X-Forwarded-For` line so
+    /// far names.
+    pub found: u32,
+    /// The entry's octets so far.
+    pub octets: [u8; 4],
+    /// The client (IPv4) named by the last complete line.
+    pub client: [u8; 4],
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<HeadScan>() == 32);
+
+/// [`HeadScan::entry`] values.
+pub mod head_entry {
+    /// Reading an address (or spaces before it).
+    pub const READING: u8 = 0;
+    /// A complete IPv4 address was read; the rest (a port) is ignored.
+    pub const DONE: u8 = 1;
+    /// Not an IPv4 address (IPv6, a name, `unknown`).
+    pub const INVALID: u8 = 2;
 }
 
 /// A connection from a trusted proxy and the client it carries.
@@ -232,8 +295,10 @@ pub struct ProxyFlow {
     pub state: u32,
     /// Reserved; zero.
     pub reserved: u32,
+    /// The head scan, while `state` is [`proxy_state::SCANNING`].
+    pub scan: HeadScan,
 }
-const _: () = assert!(size_of::<ProxyFlow>() == 24);
+const _: () = assert!(size_of::<ProxyFlow>() == 56);
 
 /// Payload bytes a sample carries at most.
 pub const SAMPLE_BYTES: usize = 1024;
@@ -340,18 +405,17 @@ pub struct SampleHeader {
     pub payload_len: u32,
     /// Payload bytes copied into the sample.
     pub captured: u32,
-    /// Zero; for [`sample_source::TLS`] records, the process (tgid) whose
-    /// TLS library handled the bytes (with `ifindex`, what the agent
-    /// resolves to the connection: `flow` is zero in such records).
-    pub reserved2: u32,
-    /// Reserved; zero (for [`sample_source::TLS`] records, the stream's
-    /// [`TlsStream::id`]). Names what would otherwise be implicit tail padding
-    /// (the header is 8-aligned): ring-buffer memory is not zeroed, so every
-    /// byte userspace reads is written.
-    pub reserved3: u32,
+    /// [`sample_source::STREAM`] records: the socket's cookie (the agent
+    /// names it when it tells the stream program which bytes it need not
+    /// copy, `TG_STREAM_SKIP`). [`sample_source::TLS`] records: the process
+    /// (tgid) in the low 32 bits and the stream's [`TlsStream::id`] in the
+    /// high 32 (with `ifindex`, what the agent resolves to the connection;
+    /// `flow` is zero in such records). 0 for packets. Every byte is
+    /// written: ring-buffer memory is not zeroed.
+    pub cookie: u64,
 }
 const _: () = assert!(size_of::<SampleHeader>() == 72);
-const _: () = assert!(core::mem::offset_of!(SampleHeader, reserved3) + 4 == 72);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, cookie) + 8 == 72);
 
 /// Where a sample's bytes were taken, [`SampleHeader::source`].
 pub mod sample_source {
@@ -362,8 +426,8 @@ pub mod sample_source {
     pub const STREAM: u8 = 1;
     /// Plaintext a server process's TLS library returned from a read
     /// (requests) or was given to write (responses), from uprobes on it: in
-    /// order, from an established connection. `flow` is zero; `reserved2`
-    /// and `ifindex` name the process and file descriptor.
+    /// order, from an established connection. `flow` is zero; `cookie`
+    /// and `ifindex` name the process, stream and file descriptor.
     pub const TLS: u8 = 2;
 }
 
@@ -423,7 +487,7 @@ pub struct TlsStream {
     pub offsets: [u64; 2],
     /// Tells this stream from earlier ones on the same descriptor (the
     /// descriptor is reused once closed): carried in every record
-    /// ([`SampleHeader::reserved3`]), so the agent never takes one stream's
+    /// ([`SampleHeader::cookie`]'s high half), so the agent never takes one stream's
     /// bytes for another's, even when records were lost.
     pub id: u32,
     /// Reserved; zero.
@@ -881,6 +945,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Established {}
     unsafe impl aya::Pod for super::ProxyFlow {}
+    unsafe impl aya::Pod for super::HeadScan {}
     unsafe impl aya::Pod for super::FlowState {}
 }
 

@@ -80,6 +80,10 @@ pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::CO
 #[map]
 pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
 
+/// The same slots for the TC ingress programs.
+#[map]
+pub static TG_JUMP_TC: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
+
 #[map]
 pub static TG_TRUST4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::TRUST, 0);
 
@@ -90,15 +94,24 @@ pub static TG_TRUST6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::TRUST, 
 #[map]
 pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU copy of a proxied request's head, for the `X-Forwarded-For` scan.
+/// Per-CPU copy of one chunk of a proxied request's head, for the
+/// `X-Forwarded-For` scan.
 #[map]
-pub static TG_PBUF: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
+pub static TG_PBUF: PerCpuArray<[u8; 4096]> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the proxy program keeps off its stack.
+/// What the proxy program keeps off its stack. The head scan works on
+/// `flow.scan` here rather than on the stack: values read from a map are
+/// unknown to the verifier, so the scan callback's states converge at once
+/// (tracked stack constants made it walk every combination).
 #[repr(C)]
 pub struct ProxyScratch {
     pub key: FlowKey,
     pub flow: ProxyFlow,
+    /// Bytes of the packet's part scanned when the head ended there; 0 =
+    /// not ended.
+    pub end: u32,
+    /// 1 when a copy out of the packet failed.
+    pub err: u32,
 }
 
 #[map]
@@ -119,6 +132,13 @@ pub static TG_SOCKS: SockHash<FlowKey> = SockHash::with_max_entries(capacity::ST
 /// Bytes each streamed socket has received so far (the records' offsets).
 #[map]
 pub static TG_STREAM_OFF: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);
+
+/// Per socket (cookie): the stream offset (mod 2^32) up to which the stream
+/// program need not copy, the rest of a long body the agent passes over.
+/// Written by the agent only.
+#[map]
+pub static TG_STREAM_SKIP: LruHashMap<u64, u32> =
     LruHashMap::with_max_entries(capacity::STREAM_SOCKETS, 0);
 
 /// Per-CPU scratch where the stream program builds a record before writing

@@ -260,7 +260,9 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     let mut off = off + HLEN;
     let mut status = Reason::ExtChainTooLong;
     let mut l4 = L4::default();
-    for _ in 0..MAX_EXT_HEADERS {
+    // One step per extension header, and one for the upper-layer header
+    // after the last of them.
+    for _ in 0..=MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
                 let h = match c.read::<2>(off) {

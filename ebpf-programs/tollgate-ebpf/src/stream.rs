@@ -10,8 +10,8 @@
 //! stream offset as their sequence number, so a lost record shows as a gap.
 
 use aya_ebpf::{
-    bindings::sk_action,
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    bindings::{__sk_buff, sk_action},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_load_bytes},
     macros::stream_verdict,
     programs::SkBuffContext,
 };
@@ -20,13 +20,14 @@ use tollgate_common::{
 };
 
 use crate::{
-    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF},
+    maps::{TG_SAMPLES, TG_SMPL_STATS, TG_SSCRATCH, TG_STREAM_OFF, TG_STREAM_SKIP},
     parse::{AF_INET, Source, ctx_ip6},
 };
 
-/// Chunks copied from one socket buffer (GRO may hand over 64 KiB at once):
-/// the rest is reported as a gap.
-const MAX_CHUNKS: u32 = 16;
+/// Chunks copied from one socket buffer: GRO hands over up to 64 KiB at
+/// once, and pipelined heads may sit anywhere in it (a body the agent passes
+/// over is not copied and does not count). Beyond this, a gap.
+const MAX_CHUNKS: u32 = 64;
 const HEADER_BYTES: usize = core::mem::size_of::<SampleHeader>();
 
 #[inline(always)]
@@ -94,10 +95,91 @@ fn capture(ctx: &SkBuffContext) {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the program's own skb.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // The agent passes over the rest of a long body by its framing: the
+    // bytes it named (up to a stream offset, mod 2^32) are not copied. The
+    // agent only names bytes of a body it has judged the start of, and the
+    // cookie is this socket's alone, so no other connection is affected.
     let mut done: u32 = 0;
-    for _ in 0..MAX_CHUNKS {
+    // SAFETY: the value is copied out at once.
+    if let Some(until) = unsafe { TG_STREAM_SKIP.get(&cookie) } {
+        let ahead = until.wrapping_sub(base as u32) as i32;
+        if ahead > 0 {
+            done = if (ahead as u32) < len {
+                ahead as u32
+            } else {
+                len
+            };
+        }
+    }
+    // Records are written at their real size (a 100-byte request takes 172
+    // bytes of ring, not 1,096), from per-CPU scratch: the header once here,
+    // each chunk's offset and bytes in the loop.
+    let Some(rec) = TG_SSCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: `rec` points at this CPU's scratch record.
+    unsafe {
+        let h = &raw mut (*rec).header;
+        (*h).ts_ns = now;
+        (*h).flow = key;
+        (*h).direction = DIR_REQUEST;
+        (*h).tcp_flags = 0;
+        (*h).family = if family == AF_INET { 4 } else { 6 };
+        (*h).source = sample_source::STREAM;
+        (*h).ifindex = 0;
+        (*h).cookie = cookie;
+    }
+    let mut c = Chunks {
+        skb,
+        base,
+        len,
+        done,
+        stop: 0,
+    };
+    // One callback verified once, run up to MAX_CHUNKS times (an unrolled
+    // loop of that many copies exceeds the verifier's budget).
+    // SAFETY: callback and context as the helper expects them.
+    unsafe {
+        bpf_loop(
+            MAX_CHUNKS,
+            copy_chunk as *mut core::ffi::c_void,
+            (&raw mut c).cast(),
+            0,
+        )
+    };
+    if c.stop == 0 && c.done < c.len {
+        stat(sample_stat::LOST);
+    }
+}
+
+/// The state of one socket buffer's copy, shared with [`copy_chunk`].
+#[repr(C)]
+struct Chunks {
+    skb: *mut __sk_buff,
+    /// Stream offset of the buffer's first byte.
+    base: u64,
+    len: u32,
+    /// Bytes handled (copied or passed over).
+    done: u32,
+    /// Set when a copy failed (counted already).
+    stop: u32,
+}
+
+/// Copies the next chunk of at most [`SAMPLE_BYTES`] into the ring; 1 ends
+/// the loop.
+#[inline(never)]
+extern "C" fn copy_chunk(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let c = ctx.cast::<Chunks>();
+    let Some(rec) = TG_SSCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: `ctx` is the caller's `Chunks`; `rec` this CPU's scratch record.
+    unsafe {
+        let (len, done) = ((*c).len, (*c).done);
         if done >= len {
-            return;
+            return 1;
         }
         let rest = len - done;
         let n = if rest < SAMPLE_BYTES as u32 {
@@ -105,51 +187,29 @@ fn capture(ctx: &SkBuffContext) {
         } else {
             SAMPLE_BYTES as u32
         };
-        // Records are written at their real size (a 100-byte request takes
-        // 172 bytes of ring, not 1,096), from per-CPU scratch.
-        let Some(rec) = TG_SSCRATCH.get_ptr_mut(0) else {
-            return;
-        };
-        // SAFETY: `rec` points at this CPU's scratch record.
-        unsafe {
-            let h = &raw mut (*rec).header;
-            (*h).ts_ns = now;
-            (*h).flow = key;
-            (*h).direction = DIR_REQUEST;
-            (*h).tcp_flags = 0;
-            (*h).family = if family == AF_INET { 4 } else { 6 };
-            (*h).source = sample_source::STREAM;
-            (*h).seq = (base + u64::from(done)) as u32;
-            (*h).ifindex = 0;
-            (*h).payload_len = n;
-            (*h).captured = n;
-            (*h).reserved2 = 0;
-            (*h).reserved3 = 0;
-        }
+        let h = &raw mut (*rec).header;
+        (*h).seq = ((*c).base + u64::from(done)) as u32;
+        (*h).payload_len = n;
+        (*h).captured = n;
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;
-        // SAFETY: `data` has SAMPLE_BYTES writable bytes; `n` is within them.
-        let ok = unsafe {
-            let data = (&raw mut (*rec).data).cast::<u8>();
-            bpf_skb_load_bytes(skb.cast(), done, data.cast(), n) == 0
-        };
-        if !ok {
+        let data = (&raw mut (*rec).data).cast::<u8>();
+        if bpf_skb_load_bytes((*c).skb.cast(), done, data.cast(), n) != 0 {
             stat(sample_stat::LOST);
-            return;
+            (*c).stop = 1;
+            return 1;
         }
         let total = HEADER_BYTES + n as usize;
-        // SAFETY: `rec` holds HEADER_BYTES + SAMPLE_BYTES bytes; `total` is
-        // at most that.
-        let bytes = unsafe { core::slice::from_raw_parts(rec.cast::<u8>(), total) };
+        // `rec` holds HEADER_BYTES + SAMPLE_BYTES bytes; `total` is at most that.
+        let bytes = core::slice::from_raw_parts(rec.cast::<u8>(), total);
         if TG_SAMPLES.output::<[u8]>(bytes, 0).is_err() {
             // Ring full: the agent sees a gap in the offsets.
             stat(sample_stat::LOST);
-            return;
+            (*c).stop = 1;
+            return 1;
         }
         stat(sample_stat::TAKEN);
-        done += n;
+        (*c).done = done + n;
     }
-    if done < len {
-        stat(sample_stat::LOST);
-    }
+    0
 }

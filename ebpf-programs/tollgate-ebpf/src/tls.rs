@@ -163,8 +163,7 @@ pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
         ifindex: fd as u32,
         payload_len: 0,
         captured: 0,
-        reserved2: tgid,
-        reserved3: id,
+        cookie: u64::from(tgid) | (u64::from(id) << 32),
     };
     let _ = TG_SAMPLES.output::<SampleHeader>(&h, 0);
     0
@@ -283,8 +282,7 @@ fn capture(tgid: u32, fd: i32, direction: u32, buf: u64, len: u64) {
             (*h).ifindex = fd as u32;
             (*h).payload_len = n;
             (*h).captured = n;
-            (*h).reserved2 = tgid;
-            (*h).reserved3 = id;
+            (*h).cookie = u64::from(tgid) | (u64::from(id) << 32);
         }
         // Keep the copy length's range (1..=1024) visible to the verifier.
         let n = (n.wrapping_sub(1) & 0x3ff) + 1;

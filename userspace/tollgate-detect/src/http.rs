@@ -482,6 +482,7 @@ fn split_target(target: &str) -> (String, Option<String>) {
 }
 
 /// How the body is delimited.
+#[derive(Clone, Copy)]
 enum Framing {
     None,
     Length(usize),
@@ -623,6 +624,128 @@ fn dechunk(rest: &[u8]) -> Result<Body, HttpError> {
     }
 }
 
+/// Where a request's body stands when only its start was in the buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BodyRest {
+    /// Nothing more belongs to the request.
+    #[default]
+    Done,
+    /// This many more body bytes follow.
+    Bytes(u64),
+    /// A chunked body goes on; the cursor follows its framing.
+    Chunked(ChunkCursor),
+}
+
+/// The longest chunk-size or trailer line a [`ChunkCursor`] buffers.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Follows the framing of a chunked body over bytes that are not kept, by the
+/// parser's own rules (sizes with leading zeros and extensions, bare LF, trailers):
+/// where each chunk's data ends and where the body does. A fake terminator inside
+/// chunk data is data, as it is to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChunkCursor {
+    state: ChunkState,
+    /// The part of a size or trailer line seen so far.
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    /// In a chunk-size line.
+    #[default]
+    Size,
+    /// In chunk data, this many bytes left.
+    Data(u64),
+    /// After chunk data: its line end (`cr`: the CR was seen).
+    DataEnd { cr: bool },
+    /// In the trailer section (ends at an empty line).
+    Trailer,
+    /// The body ended.
+    Done,
+}
+
+impl ChunkCursor {
+    /// Follows `data`, the next bytes of the body. `Some(n)`: the body ended after
+    /// its first `n` bytes; `None`: all of them belong to it.
+    ///
+    /// # Errors
+    /// [`HttpError::BadChunk`] when the framing is broken (the server refuses it).
+    pub fn advance(&mut self, data: &[u8]) -> Result<Option<usize>, HttpError> {
+        let mut pos = 0;
+        while pos < data.len() {
+            match self.state {
+                ChunkState::Done => break,
+                ChunkState::Data(left) => {
+                    let take = left.min((data.len() - pos) as u64);
+                    pos += take as usize;
+                    self.state = match left - take {
+                        0 => ChunkState::DataEnd { cr: false },
+                        n => ChunkState::Data(n),
+                    };
+                }
+                ChunkState::DataEnd { cr } => {
+                    self.state = match (cr, data[pos]) {
+                        (_, b'\n') => ChunkState::Size,
+                        (false, b'\r') => ChunkState::DataEnd { cr: true },
+                        _ => return Err(HttpError::BadChunk),
+                    };
+                    pos += 1;
+                }
+                ChunkState::Size | ChunkState::Trailer => {
+                    let rest = &data[pos..];
+                    let Some(eol) = memchr::memchr(b'\n', rest) else {
+                        if self.line.len() + rest.len() > MAX_CHUNK_LINE {
+                            return Err(HttpError::BadChunk);
+                        }
+                        self.line.extend_from_slice(rest);
+                        break;
+                    };
+                    if self.line.len() + eol > MAX_CHUNK_LINE {
+                        return Err(HttpError::BadChunk);
+                    }
+                    self.line.extend_from_slice(&rest[..eol]);
+                    pos += eol + 1;
+                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+                    self.state = match self.state {
+                        ChunkState::Size => match chunk_size(line)? {
+                            0 => ChunkState::Trailer,
+                            n => ChunkState::Data(n as u64),
+                        },
+                        _ if line.is_empty() => ChunkState::Done,
+                        s => s,
+                    };
+                    self.line.clear();
+                }
+            }
+        }
+        Ok((self.state == ChunkState::Done).then_some(pos))
+    }
+
+    /// Chunk data bytes left before the next framing byte (0 outside chunk data).
+    #[must_use]
+    pub fn data_left(&self) -> u64 {
+        match self.state {
+            ChunkState::Data(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Passes over `n` bytes that were not seen, if they are all chunk data.
+    pub fn skip_unseen(&mut self, n: u64) -> bool {
+        match self.state {
+            ChunkState::Data(left) if n <= left => {
+                self.state = match left - n {
+                    0 => ChunkState::DataEnd { cr: false },
+                    r => ChunkState::Data(r),
+                };
+                true
+            }
+            _ => n == 0,
+        }
+    }
+}
+
 /// Parses one HTTP/1.x request from the start of `buf`; an incomplete body is a
 /// truncated message.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
@@ -632,8 +755,37 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, HttpError> {
 /// Like [`parse_request`]; with `wait`, an incomplete body is `Partial` (more bytes
 /// of the stream may follow).
 pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, HttpError> {
+    let wait = if wait { Wait::Whole } else { Wait::No };
+    parse_request_at(buf, wait).map(|(p, _)| p)
+}
+
+/// Parses one request from a stream that judges every head at once and keeps at
+/// most `body_cap` bytes of a body: an incomplete body is waited for until that
+/// many of its bytes are in the buffer; then the request is complete (truncated),
+/// consumes the whole buffer, and [`BodyRest`] says how the rest of its body is
+/// framed, so the caller can pass over it and find the next request where the
+/// server will.
+pub fn parse_request_streaming(
+    buf: &[u8],
+    body_cap: usize,
+) -> Result<(Parsed<Request>, BodyRest), HttpError> {
+    parse_request_at(buf, Wait::UpTo(body_cap))
+}
+
+/// How long an incomplete body is waited for.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Not at all: what is there is the message.
+    No,
+    /// Until all of it is there.
+    Whole,
+    /// Until this many of its bytes are there.
+    UpTo(usize),
+}
+
+fn parse_request_at(buf: &[u8], wait: Wait) -> Result<(Parsed<Request>, BodyRest), HttpError> {
     let Some(head) = parse_head(buf, true)? else {
-        return Ok(Parsed::Partial);
+        return Ok((Parsed::Partial, BodyRest::Done));
     };
     let line = head.start_line;
     let fields: Vec<(usize, usize)> = {
@@ -673,12 +825,30 @@ pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, 
     let target = lossy(target);
     let (path, query) = split_target(&target);
     let fr = framing(&head.headers)?.unwrap_or(Framing::None);
-    let body = read_body(&buf[head.body_start..], fr)?;
-    if wait && !body.complete {
-        return Ok(Parsed::Partial);
+    let body_bytes = &buf[head.body_start..];
+    let body = read_body(body_bytes, fr)?;
+    let waiting = match wait {
+        Wait::No => false,
+        Wait::Whole => !body.complete,
+        Wait::UpTo(cap) => !body.complete && body_bytes.len() < cap,
+    };
+    if waiting {
+        return Ok((Parsed::Partial, BodyRest::Done));
     }
+    let rest = match fr {
+        _ if body.complete => BodyRest::Done,
+        Framing::Length(n) => BodyRest::Bytes(n.saturating_sub(body_bytes.len()) as u64),
+        Framing::Chunked => {
+            let mut c = ChunkCursor::default();
+            match c.advance(body_bytes)? {
+                Some(_) => BodyRest::Done,
+                None => BodyRest::Chunked(c),
+            }
+        }
+        Framing::None | Framing::UntilClose => BodyRest::Done,
+    };
     let bytes = decode_content(&head.headers, body.bytes);
-    Ok(Parsed::Complete {
+    let msg = Parsed::Complete {
         msg: Request {
             method: lossy(method),
             target,
@@ -691,7 +861,8 @@ pub fn parse_request_waiting(buf: &[u8], wait: bool) -> Result<Parsed<Request>, 
             malformed: None,
         },
         consumed: head.body_start + body.consumed,
-    })
+    };
+    Ok((msg, rest))
 }
 
 /// Parses one request from bytes after which nothing more comes (the connection
@@ -1072,5 +1243,70 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Kind::Other);
         assert_eq!(classify(b"GET \r\n"), Kind::Other);
         assert_eq!(classify(b""), Kind::Other);
+    }
+
+    #[test]
+    fn a_long_body_is_judged_from_its_start_and_framed_to_its_end() {
+        let mut head = b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        head.extend_from_slice(&[b'a'; 5000]);
+        // Under the cap: wait.
+        let (p, _) = parse_request_streaming(&head, 8192).unwrap();
+        assert_eq!(p, Parsed::Partial);
+        // At the cap: judged now, truncated, the rest of the body announced.
+        let (p, rest) = parse_request_streaming(&head, 4096).unwrap();
+        let Parsed::Complete { msg, consumed } = p else {
+            panic!("not complete")
+        };
+        assert!(msg.truncated);
+        assert_eq!(consumed, head.len());
+        assert_eq!(rest, BodyRest::Bytes(95_000));
+        // A complete message needs nothing more.
+        let (_, rest) = parse_request_streaming(b"GET / HTTP/1.1\r\n\r\n", 0).unwrap();
+        assert_eq!(rest, BodyRest::Done);
+    }
+
+    #[test]
+    fn the_chunk_cursor_follows_the_framing_like_the_parser() {
+        let mut req = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(b"0010;ext=1\r\n");
+        req.extend_from_slice(b"0\r\n\r\nGET /fake H\r\n");
+        let (p, rest) = parse_request_streaming(&req, 16).unwrap();
+        assert!(matches!(p, Parsed::Complete { .. }));
+        let BodyRest::Chunked(mut c) = rest else {
+            panic!("{rest:?}")
+        };
+        assert_eq!(c.data_left(), 0);
+        // A fake terminator inside chunk data is data; the real one ends it,
+        // trailers included, and what follows is the next request.
+        let more = b"5\r\n0\r\n\r\n\r\n000;x=y\r\nTrailer: 1\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let end = c.advance(more).unwrap().unwrap();
+        assert!(more[end..].starts_with(b"GET /next"));
+        // Byte by byte alike.
+        let mut c = ChunkCursor::default();
+        let body = b"3\r\nabc\r\n0\r\n\r\nrest";
+        let mut ended = None;
+        for (i, b) in body.iter().enumerate() {
+            if let Some(n) = c.advance(std::slice::from_ref(b)).unwrap() {
+                ended = Some(i + n);
+                break;
+            }
+        }
+        assert_eq!(ended, Some(body.len() - 4));
+        // Unseen bytes are passed over only inside chunk data.
+        let mut c = ChunkCursor::default();
+        assert_eq!(c.advance(b"10\r\nab").unwrap(), None);
+        assert_eq!(c.data_left(), 14);
+        assert!(c.skip_unseen(14));
+        assert!(!c.skip_unseen(1));
+        assert_eq!(c.advance(b"\r\n0\r\n\r\n").unwrap(), Some(7));
+        // Broken framing is an error, as the server's.
+        assert_eq!(
+            ChunkCursor::default().advance(b"zz\r\n"),
+            Err(HttpError::BadChunk)
+        );
+        assert_eq!(
+            ChunkCursor::default().advance(b"2\r\nabXY"),
+            Err(HttpError::BadChunk)
+        );
     }
 }

@@ -40,8 +40,9 @@ pub use detect::{
     Action, Category, DetectConfig, DetectorConfig, Engine, Location, UNPARSEABLE, Violation,
 };
 pub use http::{
-    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request,
-    parse_request_final, parse_request_waiting, parse_response, parse_response_waiting,
+    BodyRest, ChunkCursor, HTTP_09, HttpError, Kind, MAX_BODY_BYTES, MAX_HEADER_BYTES, Parsed,
+    Request, Response, classify, parse_request, parse_request_final, parse_request_streaming,
+    parse_request_waiting, parse_response, parse_response_waiting,
 };
 pub use template::path_template;
 

@@ -24,6 +24,8 @@ use tollgate_common::{
     capacity, config_flags, counter_index, maps, prefilter, programs,
 };
 
+mod bans;
+
 /// The compiled eBPF object, embedded at build time: one file to copy to a host.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
@@ -196,6 +198,8 @@ pub struct Datapath {
     /// The API sockets whose requests are taken at the socket (kept open
     /// while the stream verdict program is attached to it).
     stream_sockets: Option<aya::maps::SockHash<MapData, tollgate_common::FlowKey>>,
+    /// Per API socket: where the stream program may resume copying.
+    stream_skip: HashMap<MapData, u64, u32>,
     /// What the limits array holds, slot by slot.
     limits_mirror: Vec<LimitCfg>,
     /// What the prefilter arrays hold, so updates write only changed words.
@@ -242,6 +246,16 @@ impl Datapath {
         if let Some(dir) = dir {
             ensure_bpffs(dir)?;
             loader.default_map_pin_directory(dir);
+            // Proxied connections' entries grew a head scan: an earlier
+            // version's map of them (another value size) would make the
+            // verifier refuse the programs. They are per-connection state,
+            // lost at no cost (their connections are judged anew).
+            let pflows = dir.join(maps::PROXY_FLOWS);
+            if aya::maps::MapInfo::from_pin(&pflows)
+                .is_ok_and(|i| i.value_size() as usize != size_of::<tollgate_common::ProxyFlow>())
+            {
+                let _ = std::fs::remove_file(&pflows);
+            }
         }
         // Maps created by this load start zeroed: no need to read them back.
         let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
@@ -279,40 +293,50 @@ impl Datapath {
             })?;
         }
         // The request sampler and the proxy program are reached by tail call
-        // from the XDP program.
-        for (name, slot) in [
-            (programs::XDP_SAMPLE, tollgate_common::jump::SAMPLE),
-            (programs::XDP_PROXY, tollgate_common::jump::PROXY),
+        // from the ingress program of either hook, each through its own table.
+        for (name, table, slot) in [
+            (
+                programs::XDP_SAMPLE,
+                maps::JUMP,
+                tollgate_common::jump::SAMPLE,
+            ),
+            (
+                programs::XDP_PROXY,
+                maps::JUMP,
+                tollgate_common::jump::PROXY,
+            ),
+            (
+                programs::TC_SAMPLE,
+                maps::JUMP_TC,
+                tollgate_common::jump::SAMPLE,
+            ),
+            (
+                programs::TC_PROXY,
+                maps::JUMP_TC,
+                tollgate_common::jump::PROXY,
+            ),
         ] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut Xdp>::try_from(p).ok())
-                .ok_or(DatapathError::Program {
-                    name,
-                    source: Box::new(ProgramError::NotLoaded),
-                })?;
-            prog.load().map_err(|source| DatapathError::Program {
+            let prog_err = |source| DatapathError::Program {
                 name,
                 source: Box::new(source),
-            })?;
-            let fd = prog
-                .fd()
-                .map_err(|source| DatapathError::Program {
-                    name,
-                    source: Box::new(source),
-                })?
-                .try_clone()
-                .map_err(|e| DatapathError::Program {
-                    name,
-                    source: Box::new(ProgramError::IOError(e)),
-                })?;
+            };
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(prog_err(ProgramError::NotLoaded))?;
+            let loaded = match &mut *prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            let fd = loaded
+                .and_then(|()| prog.fd()?.try_clone().map_err(ProgramError::IOError))
+                .map_err(prog_err)?;
             let jump = ebpf
-                .map_mut(maps::JUMP)
-                .ok_or(DatapathError::MissingMap { name: maps::JUMP })?;
+                .map_mut(table)
+                .ok_or(DatapathError::MissingMap { name: table })?;
             let mut jump =
-                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", maps::JUMP))?;
-            jump.set(slot, &fd, 0)
-                .map_err(map_err("write", maps::JUMP))?;
+                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", table))?;
+            jump.set(slot, &fd, 0).map_err(map_err("write", table))?;
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -365,6 +389,8 @@ impl Datapath {
         let flows = HashMap::try_from(take(maps::FLOWS)?).map_err(map_err("open", maps::FLOWS))?;
         let stream_sockets = aya::maps::SockHash::try_from(take(maps::STREAM_SOCKETS)?)
             .map_err(map_err("open", maps::STREAM_SOCKETS))?;
+        let stream_skip = HashMap::try_from(take(maps::STREAM_SKIP)?)
+            .map_err(map_err("open", maps::STREAM_SKIP))?;
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
@@ -395,6 +421,7 @@ impl Datapath {
             handshakes,
             flows,
             stream_sockets: Some(stream_sockets),
+            stream_skip,
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
@@ -737,7 +764,7 @@ impl Datapath {
         let flow = tollgate_common::ProxyFlow {
             real,
             state: tollgate_common::proxy_state::BANNED,
-            reserved: 0,
+            ..tollgate_common::ProxyFlow::default()
         };
         self.proxy_flows
             .insert(key, flow, 0)
@@ -774,6 +801,18 @@ impl Datapath {
             *slot = v.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Lets the stream program stop copying the bytes of socket `cookie`
+    /// before stream offset `until` (mod 2^32).
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn skip_stream(&mut self, cookie: u64, until: u32) -> Result<()> {
+        self.stream_skip
+            .insert(cookie, until, 0)
+            .map_err(map_err("write", maps::STREAM_SKIP))?;
+        Ok(())
     }
 
     /// Takes API requests at the socket from now on: attaches the stream
@@ -885,245 +924,6 @@ impl Datapath {
     #[must_use]
     pub fn capacities(&self) -> Capacities {
         self.capacities
-    }
-
-    /// Inserts or replaces a ban.
-    ///
-    /// # Errors
-    /// When a map write fails (e.g. the map is full); nothing is half-done
-    /// that matters: a prefilter bit set for a ban that failed to insert only
-    /// costs a lookup and is cleared by the next [`Self::maintain`].
-    pub fn insert_block(&mut self, net: IpNet, entry: &BlockEntry) -> Result<()> {
-        self.insert_blocks(std::iter::once((net, *entry)))
-    }
-
-    /// Inserts many bans, writing each prefilter word once.
-    ///
-    /// # Errors
-    /// On the first failing map write.
-    pub fn insert_blocks(
-        &mut self,
-        entries: impl IntoIterator<Item = (IpNet, BlockEntry)>,
-    ) -> Result<()> {
-        let entries: Vec<_> = entries.into_iter().collect();
-        let mut dirty4 = HashSet::new();
-        let mut dirty6 = HashSet::new();
-        let mut flags = self.config.flags;
-        for (net, _) in &entries {
-            match net {
-                IpNet::V4(n) => {
-                    for b in v4_buckets(*n) {
-                        let (w, m) = prefilter::word_and_mask(b);
-                        self.mirror4[w as usize] |= m;
-                        dirty4.insert(w);
-                    }
-                    if n.prefix_len() < 32 {
-                        flags |= config_flags::V4_RANGES;
-                    }
-                }
-                IpNet::V6(n) => {
-                    match v6_buckets(*n) {
-                        Some(buckets) => {
-                            for b in buckets {
-                                let (w, m) = prefilter::word_and_mask(b);
-                                self.mirror6[w as usize] |= m;
-                                dirty6.insert(w);
-                            }
-                        }
-                        None => flags |= config_flags::V6_SHORT_RANGES,
-                    }
-                    if n.prefix_len() < 128 {
-                        flags |= config_flags::V6_RANGES;
-                    }
-                }
-            }
-        }
-        for w in dirty4 {
-            self.pre4
-                .set(w, self.mirror4[w as usize], 0)
-                .map_err(map_err("write", maps::PREFILTER4))?;
-        }
-        for w in dirty6 {
-            self.pre6
-                .set(w, self.mirror6[w as usize], 0)
-                .map_err(map_err("write", maps::PREFILTER6))?;
-        }
-        if flags != self.config.flags {
-            self.config.flags = flags;
-            self.write_config()?;
-        }
-        for (net, entry) in entries {
-            match net {
-                IpNet::V4(n) if n.prefix_len() == 32 => self
-                    .block4
-                    .insert(n.addr().octets(), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK4))?,
-                IpNet::V4(n) => self
-                    .block4_lpm
-                    .insert(&key4(n), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK4_LPM))?,
-                IpNet::V6(n) if n.prefix_len() == 128 => self
-                    .block6
-                    .insert(n.addr().octets(), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK6))?,
-                IpNet::V6(n) => self
-                    .block6_lpm
-                    .insert(&key6(n), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK6_LPM))?,
-            }
-            self.bans.insert(net);
-        }
-        Ok(())
-    }
-
-    /// Removes a ban; `false` if there was none. Call [`Self::maintain`]
-    /// afterwards (once per batch) to clear prefilter bits.
-    ///
-    /// # Errors
-    /// When the map delete fails for a reason other than a missing key.
-    pub fn remove_block(&mut self, net: IpNet) -> Result<bool> {
-        let res = match net {
-            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.remove(&n.addr().octets()),
-            IpNet::V4(n) => self.block4_lpm.remove(&key4(n)),
-            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.remove(&n.addr().octets()),
-            IpNet::V6(n) => self.block6_lpm.remove(&key6(n)),
-        };
-        let removed = match res {
-            Ok(()) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(map_err("delete from", "block")(e)),
-        };
-        self.bans.remove(&net);
-        self.prefilter_dirty = true;
-        Ok(removed)
-    }
-
-    /// One ban's kernel entry (with its hit counter).
-    ///
-    /// # Errors
-    /// When the lookup fails for a reason other than a missing key.
-    pub fn get_block(&self, net: IpNet) -> Result<Option<BlockEntry>> {
-        let res = match net {
-            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.get(&n.addr().octets(), 0),
-            IpNet::V4(n) => self.block4_lpm.get(&key4(n), 0),
-            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.get(&n.addr().octets(), 0),
-            IpNet::V6(n) => self.block6_lpm.get(&key6(n), 0),
-        };
-        match res {
-            Ok(e) => Ok(Some(e)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("read", "block")(e)),
-        }
-    }
-
-    /// Every ban in the kernel, read from the maps.
-    ///
-    /// # Errors
-    /// When iterating a map fails.
-    pub fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
-        let mut out = Vec::new();
-        for kv in self.block4.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK4))?;
-            out.push((IpNet::V4(Ipv4Net::from(Ipv4Addr::from(k))), v));
-        }
-        for kv in self.block6.iter() {
-            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6))?;
-            out.push((IpNet::V6(Ipv6Net::from(Ipv6Addr::from(k))), v));
-        }
-        trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut out)?;
-        trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut out)?;
-        Ok(out)
-    }
-
-    /// Whether the kernel holds a ban for exactly this prefix.
-    #[must_use]
-    pub fn has_block(&self, net: &IpNet) -> bool {
-        self.bans.contains(net)
-    }
-
-    /// The prefixes the kernel holds bans for (from the mirror: no syscall).
-    pub fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
-        self.bans.iter()
-    }
-
-    /// Number of bans held.
-    #[must_use]
-    pub fn block_count(&self) -> usize {
-        self.bans.len()
-    }
-
-    /// Inserts or replaces an allowlist entry.
-    ///
-    /// # Errors
-    /// When the map write fails.
-    pub fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
-        // Flag first: the datapath then consults the trie, which the entry
-        // joins a moment later.
-        let flag = match net {
-            IpNet::V4(_) => config_flags::V4_ALLOW,
-            IpNet::V6(_) => config_flags::V6_ALLOW,
-        };
-        if self.config.flags & flag == 0 {
-            self.config.flags |= flag;
-            self.write_config()?;
-        }
-        match net {
-            IpNet::V4(n) => self
-                .allow4
-                .insert(&key4(n), *entry, 0)
-                .map_err(map_err("insert into", maps::ALLOW4))?,
-            IpNet::V6(n) => self
-                .allow6
-                .insert(&key6(n), *entry, 0)
-                .map_err(map_err("insert into", maps::ALLOW6))?,
-        }
-        self.allows.insert(net);
-        Ok(())
-    }
-
-    /// Removes an allowlist entry; `false` if there was none.
-    ///
-    /// # Errors
-    /// When the delete fails for a reason other than a missing key.
-    pub fn remove_allow(&mut self, net: IpNet) -> Result<bool> {
-        let res = match net {
-            IpNet::V4(n) => self.allow4.remove(&key4(n)),
-            IpNet::V6(n) => self.allow6.remove(&key6(n)),
-        };
-        self.allows.remove(&net);
-        let flag = match net {
-            IpNet::V4(_) => config_flags::V4_ALLOW,
-            IpNet::V6(_) => config_flags::V6_ALLOW,
-        };
-        let family_left = self
-            .allows
-            .iter()
-            .any(|n| matches!(n, IpNet::V4(_)) == matches!(net, IpNet::V4(_)));
-        if !family_left && self.config.flags & flag != 0 {
-            self.config.flags &= !flag;
-            self.write_config()?;
-        }
-        match res {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err("delete from", "allow")(e)),
-        }
-    }
-
-    /// Every allowlist entry, read from the maps.
-    ///
-    /// # Errors
-    /// When iterating a map fails.
-    pub fn allow_entries(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
-        let mut out = Vec::new();
-        trie_entries(&self.allow4, maps::ALLOW4, net4_of, &mut out)?;
-        trie_entries(&self.allow6, maps::ALLOW6, net6_of, &mut out)?;
-        Ok(out)
-    }
-
-    /// Allowlist prefixes held.
-    pub fn allow_nets(&self) -> impl Iterator<Item = &IpNet> {
-        self.allows.iter()
     }
 
     /// Packets and bytes by verdict and reason, summed over CPUs.

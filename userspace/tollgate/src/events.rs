@@ -16,42 +16,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use crate::policy::FieldError;
+pub use crate::policy::EventsPolicy;
 
-/// File name of the event log inside the state directory.
-pub const FILE_NAME: &str = "events.jsonl";
 /// Events buffered for slow `events --follow` readers.
 const FOLLOW_BUFFER: usize = 4096;
-
-/// The policy's `events:` section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsPolicy {
-    /// The JSON Lines file (default: `events.jsonl` in the state directory).
-    pub path: Option<PathBuf>,
-    /// Rotate when the file would grow past this many bytes.
-    pub max_bytes: u64,
-    /// Rotated files kept (`events.jsonl.1` is the newest).
-    pub keep: u32,
-    /// Also send each event to the local syslog (`/dev/log`).
-    pub syslog: bool,
-    /// Violation events written per client and rule per minute; the rest
-    /// are counted and summed up in one `suppressed` event when the minute
-    /// ends (bans are always written). 0 = no limit.
-    pub per_client_rule_per_minute: u32,
-}
-
-impl Default for EventsPolicy {
-    fn default() -> Self {
-        Self {
-            path: None,
-            max_bytes: 64 * 1024 * 1024,
-            keep: 5,
-            syslog: false,
-            per_client_rule_per_minute: 20,
-        }
-    }
-}
 
 /// Windows of the per-client, per-rule event limit kept at once (oldest
 /// dropped first: a flood of distinct clients cannot grow memory).
@@ -64,30 +32,6 @@ struct Window {
     suppressed: u64,
     /// The event that opened the window (for the summary).
     sample: SecurityEvent,
-}
-
-impl EventsPolicy {
-    /// Checks ranges.
-    ///
-    /// # Errors
-    /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if self.max_bytes < 4096 {
-            return Err(FieldError::new("events.max_bytes", "must be at least 4096"));
-        }
-        if self.keep > 100 {
-            return Err(FieldError::new("events.keep", "must be at most 100"));
-        }
-        Ok(())
-    }
-
-    /// The file, given the state directory.
-    #[must_use]
-    pub fn file(&self, state_dir: &Path) -> PathBuf {
-        self.path
-            .clone()
-            .unwrap_or_else(|| state_dir.join(FILE_NAME))
-    }
 }
 
 /// What a security event records (its `type`).
@@ -228,6 +172,7 @@ impl EventLog {
     }
 
     /// Events written since start.
+    #[cfg(test)]
     #[must_use]
     pub fn written(&self) -> u64 {
         self.written

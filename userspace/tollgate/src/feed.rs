@@ -7,7 +7,7 @@
 //! number, and the rest is still used. The text is untrusted: lines are
 //! bounded, nothing panics on odd bytes.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 
@@ -83,6 +83,7 @@ fn content(line: &str) -> Option<&str> {
 
 /// Parses feed text. Prefixes wider than a /8 (IPv4) or /16 (IPv6) are
 /// rejected unless `force`, like `block add`.
+#[cfg(test)]
 #[must_use]
 pub fn parse(text: &str, force: bool) -> Parsed {
     let mut out = Parsed::default();
@@ -206,6 +207,17 @@ pub struct ImportReport {
 
 /// How many refused entries the agent lists by name in its answer.
 pub const MAX_REPORTED_REJECTS: usize = 1000;
+
+/// A feed named in the policy file, ready to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedJob {
+    /// Group name (the bans' origin).
+    pub name: String,
+    /// The list on disk.
+    pub path: PathBuf,
+    /// How often the file is checked for changes.
+    pub refresh: Duration,
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,44 +1,45 @@
-//! Tollgate's agent and CLI.
+//! Tollgate's agent and CLI, in layers: a module imports only from its own
+//! layer or the ones below it (docs/architecture.md, "Layers").
 //!
-//! - [`cli`]: the command line (agent and client in one binary).
-//! - [`agent`]: the long-running agent: attach, restore, serve, expire. Its
-//!   decisions reach the kernel through [`agent::maps::Maps`] (the
-//!   [`datapath`], or in memory for unit tests without root).
-//! - [`datapath`]: the embedded eBPF object and typed access to its maps.
-//! - [`store`]: durable state behind the [`store::Store`] interface.
-//! - [`proto`]: the control-socket protocol; [`client`]: its CLI side.
-//! - [`policy`]: the YAML policy file; [`limits`]: rate limits.
-//! - [`engine`]: detectors and per-client scoring; [`events`]: the security event log.
-//! - [`feed`]: block-list feed parsing (FireHOL, Spamhaus DROP style lists).
-//! - [`crowdsec`]: CrowdSec Local API decisions (the bouncer's parsing side).
-//! - [`metrics`]: Prometheus/OpenMetrics rendering of the agent's state.
-//! - [`api`]: sampled API traffic made into HTTP exchanges (reassembly,
-//!   inventory, PROXY headers); [`verify`]: which sampled requests may ban.
-//! - [`api_cli`]: `tap` and `inventory`; [`detect_cli`]: `detect`, `events`
-//!   and `policy check`.
-//! - [`tls`]: HTTPS plaintext from uprobes on the servers' TLS library.
-//! - [`net`], [`clock`], [`table`]: small helpers; [`text`]: untrusted text made
-//!   safe for terminals.
+//! 1. Helpers: [`net`], [`clock`], `table`; `text` (untrusted text made safe
+//!    for terminals).
+//! 2. Models: [`policy`] (the YAML policy file and every section of it),
+//!    [`limits`] (rate limits), `feed` (block-list parsing), `crowdsec`
+//!    (CrowdSec Local API decisions), [`api`] (sampled traffic made into
+//!    HTTP exchanges), `proto` (the control-socket protocol and the checks
+//!    of request values).
+//! 3. Engines and stores: [`engine`] (detectors and per-client scoring),
+//!    `events` (the security event log), [`store`] (durable state behind
+//!    [`store::Store`]), [`datapath`] (the embedded eBPF object and typed
+//!    access to its maps), `verify` (which sampled requests may ban),
+//!    `metrics`, `client` (the CLI's side of the socket).
+//! 4. [`agent`]: attach, restore, serve, expire; the single writer of maps
+//!    and store. `tls`: HTTPS plaintext from uprobes on the servers' TLS
+//!    library (discovery and attachment run with the agent).
+//! 5. [`cli`]: the command line; its client commands know only `proto`
+//!    (through `client`); `tollgate agent` starts the agent and `tollgate
+//!    detect` runs the engine offline.
+//!
+//! Public modules are the ones the root-only tests, the benchmarks and the
+//! fuzz targets use; the rest are private.
 
 pub mod agent;
 pub mod api;
-pub mod api_cli;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod clock;
-pub mod crowdsec;
+mod crowdsec;
 pub mod datapath;
-pub mod detect_cli;
 pub mod engine;
-pub mod events;
-pub mod feed;
+mod events;
+mod feed;
 pub mod limits;
-pub mod metrics;
+mod metrics;
 pub mod net;
 pub mod policy;
-pub mod proto;
+mod proto;
 pub mod store;
-pub mod table;
-pub mod text;
-pub mod tls;
-pub mod verify;
+mod table;
+mod text;
+mod tls;
+mod verify;

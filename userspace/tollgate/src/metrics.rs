@@ -1,54 +1,56 @@
 //! Prometheus/OpenMetrics rendering of the agent's state, and the few
-//! process-wide counters the agent bumps as things happen ([`ban_issued`],
-//! [`violation`], [`reload`]). Rendering does no I/O and takes no agent
-//! lock: the agent takes a [`Snapshot`] under its lock and [`render`] turns
-//! it, plus those counters, into text, so the HTTP side never holds the
-//! agent's lock while encoding.
+//! [`Counters`] the agent bumps as things happen (bans issued, violations,
+//! reloads; the agent's state owns them). Rendering does no I/O and takes no
+//! agent lock: the agent takes a [`Snapshot`] under its lock and [`render`]
+//! turns it into text, so the HTTP side never holds the agent's lock while
+//! encoding.
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::collections::BTreeMap;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tollgate_common::BanReason;
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-const KINDS: [BanReason; 5] = [
-    BanReason::Manual,
-    BanReason::RateLimit,
-    BanReason::Policy,
-    BanReason::Feed,
-    BanReason::Crowdsec,
-];
-
-/// Bans issued since the process started, by kind (index: `BanReason` code).
-static ISSUED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-
-/// Counts `n` new bans of `kind` (a [`BanReason`] name).
-pub fn ban_issued(kind: &str, n: u64) {
-    if let Some(k) = KINDS.iter().find(|k| k.name() == kind)
-        && let Some(c) = ISSUED.get(*k as usize)
-    {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
+/// What the agent counts as it happens, since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bans issued, by kind (index: `BanReason` code).
+    pub issued: [u64; 6],
+    /// Violations found, by rule id (a bounded set: rule ids are compiled in).
+    pub violations: BTreeMap<&'static str, u64>,
+    /// Policy reloads: applied, refused.
+    pub reloads: [u64; 2],
+    /// TLS plaintext capture (`tls` module), set each second while it runs:
+    /// library files probed, then plaintext bytes captured and lost, then
+    /// records judged and dropped (other connections, unresolved, excluded).
+    pub tls: [u64; 7],
 }
 
-/// Violations found since the process started, by rule id (a bounded set:
-/// rule ids are compiled in).
-static VIOLATIONS: std::sync::Mutex<BTreeMap<&'static str, u64>> =
-    std::sync::Mutex::new(BTreeMap::new());
+impl Counters {
+    /// Counts `n` new bans of `kind` (a `BanReason` name).
+    pub fn ban_issued(&mut self, kind: &str, n: u64) {
+        if let Some(k) = crate::proto::ban_kind::ALL
+            .iter()
+            .find(|k| k.name() == kind)
+            && let Some(c) = self.issued.get_mut(*k as usize)
+        {
+            *c += n;
+        }
+    }
 
-/// Counts one violation of `rule`.
-pub fn violation(rule: &'static str) {
-    if let Ok(mut m) = VIOLATIONS.lock() {
-        *m.entry(rule).or_default() += 1;
+    /// Counts one violation of `rule`.
+    pub fn violation(&mut self, rule: &'static str) {
+        *self.violations.entry(rule).or_default() += 1;
+    }
+
+    /// Counts one reload and whether it was applied.
+    pub fn reload(&mut self, applied: bool) {
+        self.reloads[usize::from(!applied)] += 1;
     }
 }
 
@@ -67,20 +69,9 @@ pub struct Snapshot {
     pub not_ready: Option<String>,
     /// Datapath samples: taken, lost (ring buffer full), skipped by policy.
     pub samples: Option<[u64; 3]>,
+    /// Bans issued, violations and reloads since the agent started.
+    pub since_start: Counters,
 }
-
-/// Policy reloads since start: applied, refused.
-static RELOADS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
-
-/// Counts one reload and whether it was applied.
-pub fn reload(applied: bool) {
-    RELOADS[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
-}
-
-/// TLS plaintext capture (`tls` module), set each second while it runs:
-/// library files probed, then plaintext bytes captured and lost, then records
-/// judged and dropped (other connections, unresolved, excluded).
-pub static TLS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictReason {
@@ -170,10 +161,8 @@ pub fn render(s: &Snapshot) -> String {
     reg.register("tollgate_bans_active", "Bans in force, by kind", active);
 
     let issued = Family::<KindLabel, Counter>::default();
-    for k in KINDS {
-        let n = ISSUED
-            .get(k as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed));
+    for k in crate::proto::ban_kind::ALL {
+        let n = s.since_start.issued.get(k as usize).copied().unwrap_or(0);
         issued
             .get_or_create(&KindLabel {
                 kind: k.name().into(),
@@ -187,14 +176,12 @@ pub fn render(s: &Snapshot) -> String {
     );
 
     let violations = Family::<RuleLabel, Counter>::default();
-    if let Ok(m) = VIOLATIONS.lock() {
-        for (rule, n) in m.iter() {
-            violations
-                .get_or_create(&RuleLabel {
-                    rule: (*rule).into(),
-                })
-                .inc_by(*n);
-        }
+    for (rule, n) in &s.since_start.violations {
+        violations
+            .get_or_create(&RuleLabel {
+                rule: (*rule).into(),
+            })
+            .inc_by(*n);
     }
     reg.register(
         "tollgate_violations",
@@ -219,7 +206,8 @@ pub fn render(s: &Snapshot) -> String {
     );
 
     let tls_libraries = Gauge::<i64>::default();
-    tls_libraries.set(i64::try_from(TLS[0].load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    let tls = &s.since_start.tls;
+    tls_libraries.set(i64::try_from(tls[0]).unwrap_or(i64::MAX));
     reg.register(
         "tollgate_tls_libraries",
         "TLS library files the uprobes are attached to",
@@ -230,13 +218,13 @@ pub fn render(s: &Snapshot) -> String {
             "tollgate_tls_bytes",
             "TLS plaintext bytes from the uprobes: captured, lost (ring buffer full, past the per-call cap)",
             &["captured", "lost"][..],
-            &TLS[1..3],
+            &tls[1..3],
         ),
         (
             "tollgate_tls_records",
             "TLS plaintext records: judged, or dropped as another connection's, unresolved, or of an excluded process",
             &["judged", "other", "unresolved", "excluded"][..],
-            &TLS[3..7],
+            &tls[3..7],
         ),
     ] {
         let family = Family::<ResultLabel, Counter>::default();
@@ -245,18 +233,18 @@ pub fn render(s: &Snapshot) -> String {
                 .get_or_create(&ResultLabel {
                     result: (*result).into(),
                 })
-                .inc_by(c.load(Ordering::Relaxed));
+                .inc_by(*c);
         }
         reg.register(name, help, family);
     }
 
     let reloads = Family::<ResultLabel, Counter>::default();
-    for (result, c) in ["applied", "refused"].iter().zip(&RELOADS) {
+    for (result, n) in ["applied", "refused"].iter().zip(s.since_start.reloads) {
         reloads
             .get_or_create(&ResultLabel {
                 result: (*result).into(),
             })
-            .inc_by(c.load(Ordering::Relaxed));
+            .inc_by(n);
     }
     reg.register(
         "tollgate_policy_reloads",
@@ -331,9 +319,11 @@ mod tests {
 
     #[test]
     fn renders_the_documented_names() {
-        ban_issued("feed", 3);
-        ban_issued("nonsense", 3);
-        violation("sqli.tautology");
+        let mut since_start = Counters::default();
+        since_start.ban_issued("feed", 3);
+        since_start.ban_issued("nonsense", 3);
+        since_start.violation("sqli.tautology");
+        since_start.reload(true);
         let s = Snapshot {
             counters: vec![("drop", "blocklisted", 5, 300)],
             maps: vec![("TG_BLOCK4", 2, 100)],
@@ -341,8 +331,8 @@ mod tests {
             store_up: true,
             not_ready: None,
             samples: Some([7, 1, 2]),
+            since_start,
         };
-        reload(true);
         let t = render(&s);
         for want in [
             "tollgate_packets_total{verdict=\"drop\",reason=\"blocklisted\"} 5",
@@ -350,12 +340,14 @@ mod tests {
             "tollgate_map_entries{map=\"TG_BLOCK4\"} 2",
             "tollgate_map_capacity{map=\"TG_BLOCK4\"} 100",
             "tollgate_bans_active{kind=\"feed\"} 2",
-            "tollgate_bans_issued_total{kind=\"manual\"} ",
+            "tollgate_bans_issued_total{kind=\"manual\"} 0",
+            "tollgate_bans_issued_total{kind=\"feed\"} 3",
             "tollgate_build_info{version=\"",
             "tollgate_store_up 1",
-            "tollgate_violations_total{rule=\"sqli.tautology\"} ",
+            "tollgate_violations_total{rule=\"sqli.tautology\"} 1",
             "tollgate_samples_total{result=\"lost\"} 1",
-            "tollgate_policy_reloads_total{result=\"applied\"} ",
+            "tollgate_policy_reloads_total{result=\"applied\"} 1",
+            "tollgate_policy_reloads_total{result=\"refused\"} 0",
             "# EOF",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

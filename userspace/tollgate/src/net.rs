@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, str::FromStr as _};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 
 /// Why an address or prefix was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,24 +109,6 @@ pub fn display(net: &IpNet) -> String {
     } else {
         net.to_string()
     }
-}
-
-/// Whether the prefix is a single host.
-#[must_use]
-pub fn is_host(net: &IpNet) -> bool {
-    net.prefix_len() == net.max_prefix_len()
-}
-
-/// The IPv4 network of a host address, for convenience in tests and tools.
-#[must_use]
-pub fn v4(net: Ipv4Net) -> IpNet {
-    IpNet::V4(net)
-}
-
-/// The IPv6 network of a host address, for convenience in tests and tools.
-#[must_use]
-pub fn v6(net: Ipv6Net) -> IpNet {
-    IpNet::V6(net)
 }
 
 #[cfg(test)]

@@ -5,7 +5,37 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::agent::attach::{AttachKind, XdpModePref};
+mod events;
+mod sampling;
+mod scoring;
+mod tls;
+
+pub use events::EventsPolicy;
+pub use sampling::SamplingPolicy;
+pub use scoring::ScoringPolicy;
+pub use tls::TlsPolicy;
+
+/// Which hook to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// XDP: earliest and cheapest (driver mode, generic as fallback).
+    Xdp,
+    /// TC ingress through tcx: for hosts whose XDP hook is taken (e.g. Cilium).
+    Tc,
+}
+
+/// XDP mode preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModePref {
+    /// Driver mode, falling back to generic with a warning.
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
 
 /// Enforcement mode as written in the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -56,7 +86,7 @@ pub struct Policy {
     pub api_ports: Vec<u16>,
     /// How API payloads are sampled.
     #[serde(default)]
-    pub sampling: crate::agent::api::SamplingPolicy,
+    pub sampling: SamplingPolicy,
     /// Block-list files the agent keeps applied (see [`FeedSpec`]).
     #[serde(default)]
     pub feeds: Vec<FeedSpec>,
@@ -67,10 +97,10 @@ pub struct Policy {
     pub detectors: tollgate_detect::DetectConfig,
     /// Per-client scores, ban threshold and TTL escalation.
     #[serde(default)]
-    pub scoring: crate::engine::ScoringPolicy,
+    pub scoring: ScoringPolicy,
     /// The security event log.
     #[serde(default)]
-    pub events: crate::events::EventsPolicy,
+    pub events: EventsPolicy,
     /// Where credentials are and how tokens are checked (API2).
     #[serde(default)]
     pub auth: tollgate_detect::api::AuthConfig,
@@ -90,7 +120,7 @@ pub struct Policy {
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
     /// HTTPS plaintext from uprobes on the servers' TLS library.
     #[serde(default)]
-    pub tls: crate::tls::TlsPolicy,
+    pub tls: TlsPolicy,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -468,7 +498,9 @@ impl Policy {
     /// disagree. Refuses files over [`MAX_FILE_BYTES`], empty or comment-only
     /// files (a truncated file must not silently become the all-defaults
     /// policy), nesting deeper than [`MAX_NESTING`], and everything
-    /// [`Self::parse`] refuses; builds the detection pipeline too.
+    /// [`Self::parse`] refuses, and an API policy the OpenAPI document
+    /// refuses (the only part of the detection pipeline that can fail to
+    /// build: the engine itself takes any `detectors` section parse accepts).
     ///
     /// # Errors
     /// When unreadable or invalid, with line and field.
@@ -527,10 +559,6 @@ impl Policy {
                 message,
             })?;
         }
-        crate::engine::Pipeline::from_policy(&p).map_err(|e| PolicyError::Unusable {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
-        })?;
         Ok(p)
     }
 
@@ -625,7 +653,7 @@ impl Policy {
         }
         let mut names = std::collections::HashSet::new();
         for (i, f) in p.feeds.iter().enumerate() {
-            crate::agent::state::ops::check_origin(&f.name)
+            crate::proto::check_origin(&f.name)
                 .map_err(|e| invalid(format!("feeds[{i}].name"), e.to_string()))?;
             if !names.insert(f.name.as_str()) {
                 return Err(invalid(
@@ -797,10 +825,10 @@ impl Policy {
 
     /// The feeds, ready to run (the policy was validated when parsed).
     #[must_use]
-    pub fn feed_jobs(&self) -> Vec<crate::agent::feeds::FeedJob> {
+    pub fn feed_jobs(&self) -> Vec<crate::feed::FeedJob> {
         self.feeds
             .iter()
-            .map(|f| crate::agent::feeds::FeedJob {
+            .map(|f| crate::feed::FeedJob {
                 name: f.name.clone(),
                 path: f.path.clone(),
                 refresh: feed_refresh(f).unwrap_or(DEFAULT_FEED_REFRESH),
@@ -856,7 +884,7 @@ mod tests {
 
     #[test]
     fn section_checks_name_their_field() {
-        let scoring = crate::engine::ScoringPolicy {
+        let scoring = ScoringPolicy {
             ipv6_prefix: 8,
             ..Default::default()
         };
@@ -867,7 +895,7 @@ mod tests {
                 "8 is outside 16..=128"
             ))
         );
-        let events = crate::events::EventsPolicy {
+        let events = EventsPolicy {
             keep: 1000,
             ..Default::default()
         };
@@ -1012,7 +1040,7 @@ mod shipped {
         assert_eq!(ex.api_ports, vec![8080, 8443]);
         assert_eq!(ex.rate_limit.ports.len(), 1);
         assert_eq!(ex.feeds.len(), 1);
-        assert_eq!(ex.sampling, crate::agent::api::SamplingPolicy::default());
+        assert_eq!(ex.sampling, SamplingPolicy::default());
         assert!(ex.metrics.is_some());
         Policy::load(&root.join("deploy/policy.yaml")).unwrap();
     }

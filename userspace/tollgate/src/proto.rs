@@ -1,6 +1,8 @@
 //! The control-socket protocol: one JSON request per line, one JSON response
 //! per line. Requests are untrusted input: the agent validates every field.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Default control socket.
@@ -12,6 +14,47 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_ANSWER_BYTES: u64 = 2 << 30;
 /// Longest line in the body of a streamed [`Request::BlockImport`].
 pub const MAX_IMPORT_LINE: usize = 64;
+
+/// Ban kinds ([`BanReason`]) as the store, the control socket and the CLI
+/// spell them: by [`BanReason::name`], the strings the store has always held.
+pub mod ban_kind {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use tollgate_common::BanReason;
+
+    /// Every kind, in code order.
+    pub const ALL: [BanReason; 5] = [
+        BanReason::Manual,
+        BanReason::RateLimit,
+        BanReason::Policy,
+        BanReason::Feed,
+        BanReason::Crowdsec,
+    ];
+
+    /// The kind with this name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<BanReason> {
+        ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Writes the name.
+    ///
+    /// # Errors
+    /// When the serializer fails.
+    pub fn serialize<S: Serializer>(kind: &BanReason, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    /// Reads a name. A name this version does not know (written by a newer
+    /// one) reads as `manual`: the ban stays enforced and no feed or
+    /// CrowdSec sync treats it as its own — as its kernel entry always did.
+    ///
+    /// # Errors
+    /// When the value is not a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BanReason, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(parse(&name).unwrap_or(BanReason::Manual))
+    }
+}
 
 /// What the CLI asks the agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -188,7 +231,7 @@ pub struct BanView {
     /// Free text reason (auto bans: the kind, e.g. `rate-limit`).
     pub reason: String,
     /// `manual`, `rate-limit`, `policy`, `feed`, `crowdsec`.
-    #[serde(with = "crate::store::ban_kind")]
+    #[serde(with = "ban_kind")]
     pub kind: tollgate_common::BanReason,
     /// Who made it.
     pub origin: String,
@@ -282,13 +325,13 @@ pub struct StatusView {
     pub maps: Vec<MapFillView>,
     /// The API pipeline (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling: Option<crate::agent::api::SamplingStatus>,
+    pub sampling: Option<SamplingStatus>,
     /// Samples taken, lost (ring buffer full) and skipped by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_kernel: Option<SampleCounters>,
     /// HTTPS plaintext from the TLS probes (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsStatus>,
+    pub tls: Option<TlsStatus>,
 }
 
 /// A refused policy reload.
@@ -362,7 +405,7 @@ pub struct ExportRow {
     /// Prefix in CIDR notation.
     pub cidr: String,
     /// Ban kind.
-    #[serde(with = "crate::store::ban_kind")]
+    #[serde(with = "ban_kind")]
     pub kind: tollgate_common::BanReason,
     /// Group.
     pub origin: String,
@@ -377,4 +420,175 @@ pub struct ExportView {
     pub generated_at: String,
     /// Bans, sorted by address.
     pub bans: Vec<ExportRow>,
+}
+
+/// What `status` reports about sampling.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SamplingStatus {
+    /// API ports sampled.
+    pub api_ports: Vec<u16>,
+    /// The configured 1-in-N.
+    pub one_in_configured: u32,
+    /// The 1-in-N in force (raised under load).
+    pub one_in_effective: u32,
+    /// Body bytes of each request judged now (`sampling.body_bytes`,
+    /// lowered first when the agent is over its CPU budget).
+    #[serde(default)]
+    pub body_bytes_effective: u32,
+    /// Pipeline counters.
+    pub flows: crate::api::flows::FlowStats,
+    /// Flows followed now.
+    pub flows_followed: usize,
+    /// Clients with a policy score now.
+    #[serde(default)]
+    pub clients_scored: usize,
+    /// Clients the API guard keeps state for (limits, ids, failures).
+    #[serde(default)]
+    pub clients_tracked: usize,
+    /// Requests and responses with at least one violation.
+    #[serde(default)]
+    pub findings: u64,
+    /// Requests judged without a verified client (no handshake, bytes the
+    /// server never acknowledged): reported, never scored or banned.
+    #[serde(default)]
+    pub unverified: u64,
+    /// Requests waiting for the kernel to show it accepted them.
+    #[serde(default)]
+    pub awaiting_verification: usize,
+    /// Where requests are taken: `socket` (every request, as the server
+    /// reads it) or `nic` (sampled packets).
+    #[serde(default)]
+    pub capture: String,
+}
+
+// Values the agent accepts in requests. The CLI checks them before it
+// sends, and the policy checks feed names, with the agent's own rules.
+
+/// Longest ban a request may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest free-text reason.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Longest origin (group) name.
+pub const MAX_ORIGIN_LEN: usize = 128;
+
+/// Checks a group name: printable, bounded, not empty.
+///
+/// # Errors
+/// When it is empty, too long or carries control characters or whitespace.
+pub fn check_origin(origin: &str) -> Result<(), Refused> {
+    if origin.is_empty() {
+        return Err(refuse("origin must not be empty"));
+    }
+    if origin.chars().count() > MAX_ORIGIN_LEN {
+        return Err(refuse(format!(
+            "origin is longer than {MAX_ORIGIN_LEN} characters"
+        )));
+    }
+    if origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(refuse(
+            "origin must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A request the agent refuses, with the reason for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl Refused {
+    /// A refusal with its reason.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+fn refuse(msg: impl Into<String>) -> Refused {
+    Refused(msg.into())
+}
+
+/// Checks a free-text reason.
+///
+/// # Errors
+/// When it is too long or carries control characters.
+pub fn check_reason(reason: Option<&str>) -> Result<Option<String>, Refused> {
+    match reason {
+        None => Ok(None),
+        Some(r) if r.chars().count() > MAX_REASON_LEN => Err(refuse(format!(
+            "reason is longer than {MAX_REASON_LEN} characters"
+        ))),
+        Some(r) if r.chars().any(char::is_control) => {
+            Err(refuse("reason must not contain control characters"))
+        }
+        Some(r) => Ok(Some(r.trim().to_owned())),
+    }
+}
+
+/// Checks a TTL in seconds.
+///
+/// # Errors
+/// When it is zero or longer than [`MAX_TTL`].
+pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
+    match ttl_secs {
+        Some(0) => Err(refuse(
+            "a ttl of zero would expire at once; omit --ttl for a permanent ban",
+        )),
+        Some(t) if t > MAX_TTL.as_secs() => Err(refuse(format!(
+            "ttl {} is longer than the maximum of {}; omit --ttl for a permanent ban",
+            humantime::format_duration(Duration::from_secs(t)),
+            humantime::format_duration(MAX_TTL)
+        ))),
+        t => Ok(t),
+    }
+}
+
+/// A library file the probes are attached to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LibraryView {
+    /// Path in the first process it was found in.
+    pub path: String,
+    /// That process.
+    pub pid: u32,
+    /// `dev:inode` of the file.
+    pub file: String,
+    /// Functions probed.
+    pub functions: Vec<String>,
+    /// Why it could not be probed (then `functions` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `status` shows under `tls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// Probing is on.
+    pub enabled: bool,
+    /// Why it is off or failed, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Ports whose connections are judged.
+    pub ports: Vec<u16>,
+    /// Library files found (probed, or why not).
+    pub libraries: Vec<LibraryView>,
+    /// Probed calls that returned data (kernel counter).
+    pub calls: u64,
+    /// Plaintext bytes captured (kernel counter).
+    pub bytes_captured: u64,
+    /// Plaintext bytes lost: ring buffer full, past the per-call cap
+    /// (kernel counter).
+    pub bytes_lost: u64,
+    /// Calls whose connection was not known (kernel counter).
+    pub calls_without_fd: u64,
+    /// Records handed to the pipeline (TLS-port connections of selected
+    /// processes).
+    pub records: u64,
+    /// Records of other connections (TLS clients, other ports): dropped.
+    pub records_other: u64,
+    /// Records whose descriptor was gone, reused or not a TCP socket when
+    /// their stream was first read: dropped.
+    pub records_unresolved: u64,
+    /// Records of processes the policy excludes: dropped.
+    pub records_excluded: u64,
 }

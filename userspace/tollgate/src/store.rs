@@ -19,7 +19,7 @@ pub struct BanRecord {
     /// The banned address or prefix.
     pub cidr: IpNet,
     /// Why: stored and shown by its name (`manual`, `rate-limit`, ...).
-    #[serde(with = "ban_kind")]
+    #[serde(with = "crate::proto::ban_kind")]
     pub kind: BanReason,
     /// Free text (the operator's `--reason`, or the rule that fired).
     pub reason: String,
@@ -32,47 +32,6 @@ pub struct BanRecord {
     /// How many times this client has been banned (drives TTL escalation).
     #[serde(default)]
     pub offences: u32,
-}
-
-/// Ban kinds ([`BanReason`]) as the store, the control socket and the CLI
-/// spell them: by [`BanReason::name`], the strings the store has always held.
-pub mod ban_kind {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-    use tollgate_common::BanReason;
-
-    /// Every kind, in code order.
-    pub const ALL: [BanReason; 5] = [
-        BanReason::Manual,
-        BanReason::RateLimit,
-        BanReason::Policy,
-        BanReason::Feed,
-        BanReason::Crowdsec,
-    ];
-
-    /// The kind with this name.
-    #[must_use]
-    pub fn parse(name: &str) -> Option<BanReason> {
-        ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    /// Writes the name.
-    ///
-    /// # Errors
-    /// When the serializer fails.
-    pub fn serialize<S: Serializer>(kind: &BanReason, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(kind.name())
-    }
-
-    /// Reads a name. A name this version does not know (written by a newer
-    /// one) reads as `manual`: the ban stays enforced and no feed or
-    /// CrowdSec sync treats it as its own — as its kernel entry always did.
-    ///
-    /// # Errors
-    /// When the value is not a string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BanReason, D::Error> {
-        let name = std::borrow::Cow::<str>::deserialize(d)?;
-        Ok(parse(&name).unwrap_or(BanReason::Manual))
-    }
 }
 
 /// An allowlist entry as the agent records it.
@@ -524,6 +483,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ban_kind;
 
     fn ban(c: &str) -> BanRecord {
         BanRecord {

@@ -31,13 +31,6 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Like [`printable`] for bytes that may not be UTF-8 (invalid sequences
-/// become U+FFFD first).
-#[must_use]
-pub fn printable_bytes(b: &[u8]) -> String {
-    printable(&String::from_utf8_lossy(b)).into_owned()
-}
-
 fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\t')
         || matches!(c,
@@ -60,6 +53,5 @@ mod tests {
         );
         assert_eq!(printable("x\u{9b}31m\u{202e}y"), "x\\x9b31m\\u{202e}y");
         assert_eq!(printable("tab\there é"), "tab\there é");
-        assert_eq!(printable_bytes(b"\xff\x1b[2J"), "\u{fffd}\\x1b[2J");
     }
 }

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -17,15 +16,15 @@ use std::net::IpAddr;
 use tollgate_common::FlowKey;
 
 use super::enforce::Finding;
-use crate::policy::FieldError;
 use crate::{
     api::{
-        flows::{ApiEvent, FlowStats, Flows},
+        flows::{ApiEvent, Flows},
         inventory::Inventory,
         sample::{Direction, Sample},
     },
     clock,
     engine::Pipeline,
+    proto::SamplingStatus,
     verify::{Check, FlowVerifier},
 };
 
@@ -42,106 +41,7 @@ pub const TAP_BUFFER: usize = 4096;
 /// Largest sampling divisor the budget control goes to.
 const MAX_ONE_IN: u32 = 1 << 20;
 
-/// The policy's `sampling` section.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingPolicy {
-    /// Every flow's first this-many payload packets are sampled.
-    pub first_packets: u32,
-    /// Then one in this many.
-    pub one_in: u32,
-    /// Payload bytes copied per sample (at most 1024).
-    pub max_bytes: u32,
-    /// CPU the pipeline may use, percent of one core.
-    pub cpu_budget_percent: f64,
-    /// Take requests at the socket (stream verdict on API connections):
-    /// every request of every connection, as the server reads it. `false`
-    /// samples request packets at the NIC like responses.
-    pub stream: bool,
-}
-
-impl Default for SamplingPolicy {
-    fn default() -> Self {
-        Self {
-            first_packets: 4,
-            one_in: 10,
-            max_bytes: 1024,
-            cpu_budget_percent: 10.0,
-            stream: true,
-        }
-    }
-}
-
-impl SamplingPolicy {
-    /// Checks ranges.
-    ///
-    /// # Errors
-    /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if self.one_in == 0 {
-            return Err(FieldError::new("sampling.one_in", "must be at least 1"));
-        }
-        if self.max_bytes == 0 || self.max_bytes as usize > tollgate_common::SAMPLE_BYTES {
-            return Err(FieldError::new(
-                "sampling.max_bytes",
-                format!("must be 1..={}", tollgate_common::SAMPLE_BYTES),
-            ));
-        }
-        if !(self.cpu_budget_percent > 0.0 && self.cpu_budget_percent <= 100.0) {
-            return Err(FieldError::new(
-                "sampling.cpu_budget_percent",
-                "must be in (0, 100]",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The datapath form with a given divisor.
-    #[must_use]
-    pub fn cfg(&self, one_in: u32) -> tollgate_common::SampleCfg {
-        tollgate_common::SampleCfg {
-            first_packets: self.first_packets,
-            one_in,
-            max_bytes: self.max_bytes,
-            reserved: 0,
-        }
-    }
-}
-
-/// What `status` reports about sampling.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SamplingStatus {
-    /// API ports sampled.
-    pub api_ports: Vec<u16>,
-    /// The configured 1-in-N.
-    pub one_in_configured: u32,
-    /// The 1-in-N in force (raised under load).
-    pub one_in_effective: u32,
-    /// Pipeline counters.
-    pub flows: FlowStats,
-    /// Flows followed now.
-    pub flows_followed: usize,
-    /// Clients with a policy score now.
-    #[serde(default)]
-    pub clients_scored: usize,
-    /// Clients the API guard keeps state for (limits, ids, failures).
-    #[serde(default)]
-    pub clients_tracked: usize,
-    /// Requests and responses with at least one violation.
-    #[serde(default)]
-    pub findings: u64,
-    /// Requests judged without a verified client (no handshake, bytes the
-    /// server never acknowledged): reported, never scored or banned.
-    #[serde(default)]
-    pub unverified: u64,
-    /// Requests waiting for the kernel to show it accepted them.
-    #[serde(default)]
-    pub awaiting_verification: usize,
-    /// Where requests are taken: `socket` (every request, as the server
-    /// reads it) or `nic` (sampled packets).
-    #[serde(default)]
-    pub capture: String,
-}
+pub use crate::policy::SamplingPolicy;
 
 /// Shared state of the pipeline.
 pub struct ApiState {
@@ -177,13 +77,16 @@ pub struct Batch {
     /// Requests that came through a trusted proxy, with their real client:
     /// the enforcer arms the connection if that client is banned.
     pub proxied: Vec<(FlowKey, IpAddr)>,
+    /// Socket cookies and stream offsets up to which the stream program
+    /// need not copy (the rest of bodies passed over).
+    pub stream_skips: Vec<(u64, u32)>,
 }
 
 impl Batch {
     /// Whether there is nothing to do.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.findings.is_empty() && self.proxied.is_empty()
+        self.findings.is_empty() && self.proxied.is_empty() && self.stream_skips.is_empty()
     }
 }
 
@@ -292,12 +195,17 @@ impl ApiHandle {
         let (tap, _) = broadcast::channel(TAP_BUFFER);
         Self {
             state: Arc::new(Mutex::new(ApiState {
-                flows: Flows::new(MAX_FLOWS),
+                flows: {
+                    let mut f = Flows::new(MAX_FLOWS);
+                    f.set_body_cap(policy.body_bytes as usize);
+                    f
+                },
                 inventory: Inventory::default(),
                 status: SamplingStatus {
                     api_ports: ports.to_vec(),
                     one_in_configured: policy.one_in,
                     one_in_effective: policy.one_in,
+                    body_bytes_effective: policy.body_bytes,
                     ..SamplingStatus::default()
                 },
                 pipeline,
@@ -410,6 +318,7 @@ impl ApiHandle {
             st.last_expiry_ns = now_ns;
             st.flows.expire(now_ns.saturating_sub(FLOW_IDLE_NS));
         }
+        batch.stream_skips = std::mem::take(&mut st.flows.skip_hints);
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
         st.status.clients_scored = st.pipeline.tracked();
@@ -417,6 +326,14 @@ impl ApiHandle {
         st.status.findings += batch.findings.len() as u64;
         st.status.awaiting_verification = st.waiting.len();
         batch
+    }
+
+    /// Judges at most `bytes` of each request body from now on.
+    pub fn set_body_cap(&self, bytes: u32) {
+        if let Ok(mut st) = self.state.lock() {
+            st.flows.set_body_cap(bytes as usize);
+            st.status.body_bytes_effective = bytes;
+        }
     }
 
     /// Whether requests are waiting for verification (the reader then
@@ -540,6 +457,12 @@ impl ApiState {
         if let Some((route, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
+            // The connection's age decides whether a ban may follow a lift
+            // (looked up only when a ban is at stake).
+            let conn_since_ns = d
+                .ban
+                .and(st.verifier.as_ref())
+                .and_then(|v| v.since_ns(&flow.unwrap_or_else(|| flow_key(&ev, ev.client))));
             batch.findings.push(Finding {
                 client: ev.client,
                 proxy: ev.proxy,
@@ -548,6 +471,7 @@ impl ApiState {
                 route,
                 decision: d,
                 unverified,
+                conn_since_ns,
             });
         }
         // Nobody listening is fine.
@@ -581,6 +505,7 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             ban: None,
         },
         unverified: None,
+        conn_since_ns: None,
     }
 }
 
@@ -602,20 +527,13 @@ pub async fn read_samples(
     set_rate: impl Fn(u32) + Send + 'static,
     mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
-    // not reused while registered.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "failed to watch the sample ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
+    let mut ring = super::ring::Reader::new(ring, "sample")?;
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
+    // Over budget, bodies are shed first: the body bytes judged per request
+    // go down to none before anything else; heads are always judged.
+    let mut body_cap = policy.body_bytes;
     let mut window = Instant::now();
     let mut busy = Duration::ZERO;
     let mut calm_windows = 0u32;
@@ -629,21 +547,8 @@ pub async fn read_samples(
             Duration::from_secs(1)
         };
         let mut batch = Vec::new();
-        if let Ok(guard) = tokio::time::timeout(tick, fd.readable_mut()).await {
-            let mut guard = guard?;
-            {
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    batch.push(item.to_vec());
-                    if batch.len() >= 1024 {
-                        break;
-                    }
-                }
-            }
-            if batch.len() < 1024 {
-                guard.clear_ready();
-            }
-        }
+        ring.drain(Some(tick), 1024, |item| batch.push(item.to_vec()))
+            .await?;
         let (spent, found) = api.handle(&batch, offset);
         busy += spent;
         if !found.is_empty() {
@@ -652,7 +557,16 @@ pub async fn read_samples(
         let elapsed = window.elapsed();
         if elapsed >= Duration::from_secs(1) {
             let used = busy.as_secs_f64() / elapsed.as_secs_f64();
-            if used > budget && one_in < MAX_ONE_IN {
+            if used > budget && body_cap > 0 {
+                body_cap = if body_cap > 256 { body_cap / 4 } else { 0 };
+                api.set_body_cap(body_cap);
+                warn!(
+                    used_percent = used * 100.0,
+                    body_bytes = body_cap,
+                    "judging less of each request body to stay within the CPU budget (heads are always judged)"
+                );
+                calm_windows = 0;
+            } else if used > budget && one_in < MAX_ONE_IN {
                 one_in = (one_in * 2).min(MAX_ONE_IN);
                 set_rate(one_in);
                 warn!(
@@ -660,12 +574,23 @@ pub async fn read_samples(
                     one_in, "sampling lowered to stay within the CPU budget"
                 );
                 calm_windows = 0;
-            } else if used < budget / 4.0 && one_in > policy.one_in {
+            } else if used < budget / 4.0
+                && (one_in > policy.one_in || body_cap < policy.body_bytes)
+            {
                 calm_windows += 1;
                 if calm_windows >= 10 {
-                    one_in = (one_in / 2).max(policy.one_in);
-                    set_rate(one_in);
-                    info!(one_in, "sampling raised again (load went down)");
+                    if one_in > policy.one_in {
+                        one_in = (one_in / 2).max(policy.one_in);
+                        set_rate(one_in);
+                        info!(one_in, "sampling raised again (load went down)");
+                    } else {
+                        body_cap = (body_cap.max(64) * 4).min(policy.body_bytes);
+                        api.set_body_cap(body_cap);
+                        info!(
+                            body_bytes = body_cap,
+                            "judging more of each request body again (load went down)"
+                        );
+                    }
                     calm_windows = 0;
                 }
             }
@@ -707,6 +632,7 @@ mod tests {
             .map(|(i, path)| {
                 let raw = format!("get {path}?q=1'%20OR%20'1'='1'-- HTTP/1.1\r\nHost: a\r\n\r\n");
                 Sample {
+                    cookie: 0,
                     stream: false,
                     tls: false,
                     ts_ns: 1,

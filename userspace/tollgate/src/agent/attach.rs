@@ -13,7 +13,10 @@ use aya::programs::{
 };
 use tracing::{info, warn};
 
-use crate::datapath::Datapath;
+use crate::{
+    datapath::Datapath,
+    policy::{AttachKind, XdpModePref},
+};
 
 /// Pin name stem of the sock_ops link (its hook is [`AttachHow::Sockops`]).
 pub const SOCKOPS_PIN: &str = "cgroup";
@@ -208,28 +211,6 @@ pub fn attach_egress(
         link,
         pin,
     })
-}
-
-/// Which hook to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachKind {
-    /// XDP: earliest and cheapest (driver mode, generic as fallback).
-    Xdp,
-    /// TC ingress through tcx: for hosts whose XDP hook is taken (e.g. Cilium).
-    Tc,
-}
-
-/// XDP mode preference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModePref {
-    /// Driver mode, falling back to generic with a warning.
-    Auto,
-    /// Driver mode only.
-    Driver,
-    /// Generic (skb) mode only.
-    Generic,
 }
 
 /// One live attachment.

@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::state::{AgentState, MAX_TTL, crowdsec::CrowdsecReport};
+use super::state::{AgentState, crowdsec::CrowdsecReport};
+use crate::proto::MAX_TTL;
 use crate::{
     clock,
     crowdsec::{BouncerJob, ORIGIN, StreamBatch, Tracker, parse_stream},

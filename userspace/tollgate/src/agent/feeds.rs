@@ -9,7 +9,6 @@
 //! applies them all at once (one store transaction, one batched map update).
 
 use std::{
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -24,6 +23,7 @@ use tracing::{info, warn};
 
 use super::state::AgentState;
 use crate::{
+    feed::FeedJob,
     feed::{self, ImportReport, MAX_ENTRIES},
     proto::{MAX_IMPORT_LINE, Response},
 };
@@ -116,17 +116,6 @@ async fn read_lines(
         out.push(line.trim_end().to_owned());
     }
     Ok(out)
-}
-
-/// A feed named in the policy file, ready to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeedJob {
-    /// Group name (the bans' origin).
-    pub name: String,
-    /// The list on disk.
-    pub path: PathBuf,
-    /// How often the file is checked for changes.
-    pub refresh: Duration,
 }
 
 /// Starts one refresh task per feed; abort the handles to stop them.

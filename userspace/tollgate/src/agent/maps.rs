@@ -10,12 +10,13 @@
 //! Loading and attaching programs and taking the ring buffers stay on
 //! [`Datapath`]: start-up uses the concrete type for them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+#[cfg(test)]
+use std::collections::HashMap;
 
 use ipnet::IpNet;
 use tollgate_common::{
-    AllowEntry, BlockEntry, Bucket, BucketKey, Counter, FlowKey, LimitCfg, Mode, Reason, SampleCfg,
-    Verdict,
+    AllowEntry, BlockEntry, Bucket, BucketKey, Counter, FlowKey, LimitCfg, Mode, Reason, Verdict,
 };
 
 use crate::datapath::{Capacities, Datapath, DatapathError, Fill};
@@ -26,11 +27,6 @@ type Result<T, E = DatapathError> = std::result::Result<T, E>;
 pub trait Maps {
     /// Enforce or monitor.
     fn mode(&self) -> Mode;
-    /// Switches enforce/monitor.
-    ///
-    /// # Errors
-    /// When the config map cannot be written.
-    fn set_mode(&mut self, mode: Mode) -> Result<()>;
     /// Inserts or replaces one ban.
     ///
     /// # Errors
@@ -95,11 +91,6 @@ pub trait Maps {
     /// # Errors
     /// When the counters cannot be read.
     fn sample_stats(&self) -> Result<[u64; 3]>;
-    /// Writes the sampling policy.
-    ///
-    /// # Errors
-    /// When the map write fails.
-    fn set_sampling(&mut self, cfg: SampleCfg) -> Result<()>;
     /// Writes the rate limits (`default` and per port).
     ///
     /// # Errors
@@ -132,9 +123,6 @@ pub trait Maps {
 impl Maps for Datapath {
     fn mode(&self) -> Mode {
         Datapath::mode(self)
-    }
-    fn set_mode(&mut self, mode: Mode) -> Result<()> {
-        Datapath::set_mode(self, mode)
     }
     fn insert_block(&mut self, net: IpNet, entry: &BlockEntry) -> Result<()> {
         Datapath::insert_block(self, net, entry)
@@ -184,9 +172,6 @@ impl Maps for Datapath {
     fn sample_stats(&self) -> Result<[u64; 3]> {
         Datapath::sample_stats(self)
     }
-    fn set_sampling(&mut self, cfg: SampleCfg) -> Result<()> {
-        Datapath::set_sampling(self, cfg)
-    }
     fn set_limits(
         &mut self,
         default: Option<LimitCfg>,
@@ -210,7 +195,8 @@ impl Maps for Datapath {
 }
 
 /// The kernel maps held in memory: what the agent wrote is what it reads
-/// back. For unit tests and dry runs; nothing reaches a packet.
+/// back. For unit tests; nothing reaches a packet.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct MemMaps {
     /// Enforce or monitor.
@@ -227,20 +213,20 @@ pub struct MemMaps {
     pub limits: Option<(Option<LimitCfg>, BTreeMap<u16, LimitCfg>, u8)>,
     /// Rate-limit sources, as the kernel would report them.
     pub buckets: Vec<(BucketKey, Bucket)>,
-    /// The sampling policy last written.
-    pub sampling: Option<SampleCfg>,
     /// When set, every insert is refused as by a full map.
     pub full: bool,
     /// How often [`Maps::maintain`] ran.
     pub maintained: u64,
 }
 
+#[cfg(test)]
 impl Default for MemMaps {
     fn default() -> Self {
         Self::new(Mode::Enforce)
     }
 }
 
+#[cfg(test)]
 impl MemMaps {
     /// Empty maps in the given mode.
     #[must_use]
@@ -253,7 +239,6 @@ impl MemMaps {
             proxy_flows: Vec::new(),
             limits: None,
             buckets: Vec::new(),
-            sampling: None,
             full: false,
             maintained: 0,
         }
@@ -274,13 +259,10 @@ impl MemMaps {
     }
 }
 
+#[cfg(test)]
 impl Maps for MemMaps {
     fn mode(&self) -> Mode {
         self.mode
-    }
-    fn set_mode(&mut self, mode: Mode) -> Result<()> {
-        self.mode = mode;
-        Ok(())
     }
     fn insert_block(&mut self, net: IpNet, entry: &BlockEntry) -> Result<()> {
         self.refuse()?;
@@ -349,10 +331,6 @@ impl Maps for MemMaps {
     }
     fn sample_stats(&self) -> Result<[u64; 3]> {
         Ok([0; 3])
-    }
-    fn set_sampling(&mut self, cfg: SampleCfg) -> Result<()> {
-        self.sampling = Some(cfg);
-        Ok(())
     }
     fn set_limits(
         &mut self,

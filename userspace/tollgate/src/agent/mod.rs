@@ -5,19 +5,21 @@
 //! escalation) and reaches the kernel only through [`maps::Maps`]: start-up
 //! uses the concrete [`Datapath`] to attach programs and take the ring
 //! buffers, then the state drives the maps. Its unit tests
-//! (`agent/state/tests.rs`) run the same decisions over [`maps::MemMaps`].
+//! (`agent/state/tests.rs`) run the same decisions over `maps::MemMaps`.
 
 pub mod api;
-pub mod attach;
-pub mod crowdsec;
-pub mod enforce;
-pub mod feeds;
-pub mod http;
-pub mod maps;
-pub mod ratelimit;
-pub mod reload;
-pub mod startup;
-pub mod state;
+mod attach;
+mod crowdsec;
+pub(crate) mod enforce;
+mod feeds;
+mod http;
+mod maps;
+mod ratelimit;
+mod reload;
+mod ring;
+mod startup;
+mod state;
+pub(crate) use state::AgentState;
 
 use std::{
     fs::File,
@@ -37,13 +39,10 @@ use tokio::{
 use tollgate_common::Mode;
 use tracing::{debug, error, info, warn};
 
-use self::{
-    attach::{AttachKind, XdpModePref},
-    state::AgentState,
-};
 use crate::{
     datapath::{Capacities, Datapath},
     events::EventLog,
+    policy::{AttachKind, XdpModePref},
     proto::{MAX_REQUEST_BYTES, Request, Response},
     store::{RedbStore, Store},
 };
@@ -87,7 +86,7 @@ pub struct AgentOptions {
     /// `--mode` was given on the command line (a reload keeps it).
     pub mode_flag: bool,
     /// Feeds from the policy file.
-    pub feeds: Vec<feeds::FeedJob>,
+    pub feeds: Vec<crate::feed::FeedJob>,
     /// Where to serve metrics and health, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Allow a non-loopback metrics address.
@@ -108,6 +107,29 @@ pub struct AgentOptions {
 /// When it cannot start (not root, another agent running, load or attach
 /// failure); the error says which.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let mut agent = start(&opts).await?;
+    serve_until_signal(&opts, &mut agent).await?;
+    shutdown(&opts, agent)
+}
+
+/// What start-up hands to the main loop and to shutdown.
+struct Running {
+    state: Arc<Mutex<AgentState>>,
+    api: api::ApiHandle,
+    event_log: Arc<Mutex<EventLog>>,
+    listener: UnixListener,
+    reloader: reload::Reloader,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    sockops: Option<attach::Attachment>,
+    /// The state directory's and the interfaces' locks, held to the end.
+    _locks: (File, Vec<File>),
+}
+
+/// Start-up: refuses what it can before anything is loaded, then loads the
+/// datapath, restores state, attaches, binds the control socket and starts
+/// the ring-buffer readers and the reloader. A failed start detaches what it
+/// attached and removes the pins it created.
+async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent must run as root: it loads eBPF programs and attaches them to interfaces");
     }
@@ -117,13 +139,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     }
     // Everything that can be refused is refused before anything is loaded.
-    startup::preflight(&opts)?;
+    startup::preflight(opts)?;
     if let Some(dir) = opts.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         check_socket_dir(dir)?;
     }
     make_private_dir(&opts.state_dir)?;
-    let _lock = take_lock(&opts.state_dir)?;
-    let _iface_locks = startup::lock_interfaces(&opts.ifaces)?;
+    let lock = take_lock(&opts.state_dir)?;
+    let iface_locks = startup::lock_interfaces(&opts.ifaces)?;
     if UnixStream::connect(&opts.socket).await.is_ok() {
         bail!(
             "another tollgate agent is already serving {}; stop it first",
@@ -150,49 +172,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     dp.set_mode(opts.mode)?;
     info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
 
-    let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
-        Ok(s) => (Some(Box::new(s)), None),
-        Err(e) => {
-            error!(
-                "{e:#}; continuing with what the kernel maps hold — changes will not be \
-                 durable until the store is repaired or moved aside"
-            );
-            (None, Some(format!("unavailable: {e}")))
-        }
-    };
-    let mut state = AgentState::new(
-        dp,
-        store,
-        store_error,
-        state::Dirs {
-            pin_dir: opts.pin_dir.display().to_string(),
-            state_dir: opts.state_dir.display().to_string(),
-        },
-        ratelimit::RateState::from_policy(&opts.rate_limit),
-        opts.trusted_proxies.clone(),
-    );
-    let (to_kernel, to_store) = state.reconcile();
-    restore_rate_state(&mut state);
-    info!(
-        bans = state.bans().count(),
-        allows = state.allows().count(),
-        restored_to_kernel = to_kernel,
-        adopted_from_kernel = to_store,
-        "state restored"
-    );
-    for cidr in &opts.allowlist {
-        let resp = state.handle(Request::AllowAdd {
-            cidr: cidr.clone(),
-            reason: Some("config file".into()),
-            force: false,
-        });
-        if !resp.ok {
-            bail!(
-                "allowlist entry '{cidr}' in the config file: {}",
-                resp.error.unwrap_or_default()
-            );
-        }
-    }
+    let mut state = restore(opts, dp)?;
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
@@ -315,42 +295,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     pins.keep();
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
-    if let Some(ring) = events {
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            if let Err(e) = read_rate_events(ring, state).await {
-                error!("rate-limit event reader stopped: {e:#}");
-            }
-        });
-    }
-    if let Some(ring) = samples.filter(|_| !api_ports.is_empty()) {
-        let (api, policy) = (api.clone(), opts.sampling);
-        let writer = Arc::clone(&state);
-        let enforcer = Arc::clone(&state);
-        let log = Arc::clone(&event_log);
-        let scores = api.clone();
-        tokio::spawn(async move {
-            let on_findings = move |b: api::Batch| {
-                let scoring = scores
-                    .state
-                    .lock()
-                    .map(|s| s.pipeline.scoring().clone())
-                    .unwrap_or_default();
-                enforce::apply(&b.findings, &enforcer, &log, &scoring);
-                enforce::arm_proxied(&b.proxied, &enforcer);
-            };
-            let set_rate = move |one_in: u32| {
-                if let Ok(mut s) = writer.lock()
-                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
-                {
-                    warn!("failed to change the sampling rate: {e:#}");
-                }
-            };
-            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
-                error!("sample reader stopped: {e:#}");
-            }
-        });
-    }
+    spawn_readers(
+        opts,
+        &state,
+        events,
+        samples.filter(|_| !api_ports.is_empty()),
+        &api,
+        &event_log,
+    );
     if !api_ports.is_empty() {
         crate::tls::start(
             &opts.policy.tls,
@@ -361,11 +313,34 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     }
     health.set_state(Arc::clone(&state));
-    let mut reloader = reload::Reloader::start(&opts, &state);
+    let mut reloader = reload::Reloader::start(opts, &state);
     reloader.set_api(api.clone());
+    Ok(Running {
+        state,
+        api,
+        event_log,
+        listener,
+        reloader,
+        metrics_task,
+        sockops,
+        _locks: (lock, iface_locks),
+    })
+}
+
+/// The main loop until SIGINT/SIGTERM: control connections, policy reloads
+/// (SIGHUP, a changed file, `policy reload`), expiry and retries.
+async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow::Result<()> {
+    let Running {
+        state,
+        api,
+        event_log,
+        listener,
+        reloader,
+        ..
+    } = agent;
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reload_rx = reload::channel();
+    let (reload_requests, mut reload_rx) = reload::channel();
     // A reload in progress: the file is read and parsed on a blocking
     // thread while this loop keeps serving; requests arriving meanwhile
     // get one more read after it.
@@ -382,16 +357,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the policy file");
-                start_reload(&mut reloader, &mut loading, None);
+                start_reload(reloader, &mut loading, None);
             }
             _ = watch.tick() => {
                 if loading.task.is_none() && reloader.file_changed() {
                     info!("the policy file changed: reloading it");
-                    start_reload(&mut reloader, &mut loading, None);
+                    start_reload(reloader, &mut loading, None);
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                start_reload(&mut reloader, &mut loading, Some(reply));
+                start_reload(reloader, &mut loading, Some(reply));
             }
             done = async {
                 match loading.task.as_mut() {
@@ -401,13 +376,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             } => {
                 loading.task = None;
                 let loaded = done.unwrap_or_else(|e| Err(format!("the policy reader failed: {e}")));
-                let r = reloader.finish(loaded, &state);
+                let r = reloader.finish(loaded, state);
                 for reply in std::mem::take(&mut loading.replies) {
                     let _ = reply.send(r.clone());
                 }
                 if let Some(again) = loading.again.take() {
                     let mut again = again.into_iter();
-                    start_reload(&mut reloader, &mut loading, again.next());
+                    start_reload(reloader, &mut loading, again.next());
                     loading.replies.extend(again);
                 }
             }
@@ -423,11 +398,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let state = Arc::clone(&state);
+                    let state = Arc::clone(state);
                     let api = api.clone();
-                    let log = Arc::clone(&event_log);
+                    let log = Arc::clone(event_log);
+                    let reload = reload_requests.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, state, api, log).await {
+                        if let Err(e) = serve(stream, state, api, log, reload).await {
                             debug!("control connection: {e:#}");
                         }
                     });
@@ -437,6 +413,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// Shutdown: stops the reloader and the metrics endpoint, removes the
+/// socket, and detaches the programs (or leaves them attached with
+/// `--keep-attached`).
+fn shutdown(opts: &AgentOptions, agent: Running) -> anyhow::Result<()> {
+    let Running {
+        state,
+        mut reloader,
+        metrics_task,
+        sockops,
+        ..
+    } = agent;
     reloader.stop();
     if let Some(t) = metrics_task {
         t.abort();
@@ -457,6 +447,111 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the store (or runs on without it, saying so), builds the state,
+/// reconciles it with the kernel maps and adds the policy's allowlist.
+fn restore(opts: &AgentOptions, dp: Datapath) -> anyhow::Result<AgentState> {
+    let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
+        Ok(s) => (Some(Box::new(s)), None),
+        Err(e) => {
+            error!(
+                "{e:#}; continuing with what the kernel maps hold — changes will not be \
+                 durable until the store is repaired or moved aside"
+            );
+            (None, Some(format!("unavailable: {e}")))
+        }
+    };
+    let mut state = AgentState::new(
+        dp,
+        store,
+        store_error,
+        state::Dirs {
+            pin_dir: opts.pin_dir.display().to_string(),
+            state_dir: opts.state_dir.display().to_string(),
+        },
+        ratelimit::RateState::from_policy(&opts.rate_limit),
+        opts.trusted_proxies.clone(),
+    );
+    let (to_kernel, to_store) = state.reconcile();
+    restore_rate_state(&mut state);
+    info!(
+        bans = state.bans().count(),
+        allows = state.allows().count(),
+        restored_to_kernel = to_kernel,
+        adopted_from_kernel = to_store,
+        "state restored"
+    );
+    for cidr in &opts.allowlist {
+        let resp = state.handle(Request::AllowAdd {
+            cidr: cidr.clone(),
+            reason: Some("config file".into()),
+            force: false,
+        });
+        if !resp.ok {
+            bail!(
+                "allowlist entry '{cidr}' in the config file: {}",
+                resp.error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// Starts the ring-buffer readers: rate-limit offenders, and API samples
+/// (when API ports are sampled) with their findings enforced.
+fn spawn_readers(
+    opts: &AgentOptions,
+    state: &Arc<Mutex<AgentState>>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    samples: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    api: &api::ApiHandle,
+    event_log: &Arc<Mutex<EventLog>>,
+) {
+    if let Some(ring) = events {
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            if let Err(e) = read_rate_events(ring, state).await {
+                error!("rate-limit event reader stopped: {e:#}");
+            }
+        });
+    }
+    if let Some(ring) = samples {
+        let (api, policy) = (api.clone(), opts.sampling);
+        let writer = Arc::clone(state);
+        let enforcer = Arc::clone(state);
+        let log = Arc::clone(event_log);
+        let scores = api.clone();
+        tokio::spawn(async move {
+            let on_findings = move |b: api::Batch| {
+                let scoring = scores
+                    .state
+                    .lock()
+                    .map(|s| s.pipeline.scoring().clone())
+                    .unwrap_or_default();
+                enforce::apply(&b.findings, &enforcer, &log, &scoring);
+                enforce::arm_proxied(&b.proxied, &enforcer);
+                if !b.stream_skips.is_empty()
+                    && let Ok(mut s) = enforcer.lock()
+                {
+                    for (cookie, until) in &b.stream_skips {
+                        // Only a saving: the agent passes over those bytes anyway.
+                        let _ = s.maps.skip_stream(*cookie, *until);
+                    }
+                }
+            };
+            let set_rate = move |one_in: u32| {
+                if let Ok(mut s) = writer.lock()
+                    && let Err(e) = s.maps.set_sampling(policy.cfg(one_in))
+                {
+                    warn!("failed to change the sampling rate: {e:#}");
+                }
+            };
+            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
+                error!("sample reader stopped: {e:#}");
+            }
+        });
+    }
 }
 
 /// A reload under way: the blocking read, the replies waiting for it, and
@@ -524,33 +619,19 @@ async fn read_rate_events(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     state: Arc<Mutex<AgentState>>,
 ) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and is
-    // not reused for as long as it is registered.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "failed to watch the event ring buffer: {}",
-            e.into_parts().1
-        )
-    })?;
+    let mut ring = ring::Reader::new(ring, "event")?;
     loop {
-        let mut guard = fd.readable_mut().await?;
         let mut batch = Vec::new();
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<tollgate_common::RateEvent>() {
-                    // SAFETY: the datapath writes whole RateEvents (a POD type);
-                    // the length was checked.
-                    let ev: tollgate_common::RateEvent =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    batch.push(ev);
-                }
+        ring.drain(None, usize::MAX, |item| {
+            if item.len() >= std::mem::size_of::<tollgate_common::RateEvent>() {
+                // SAFETY: the datapath writes whole RateEvents (a POD type);
+                // the length was checked.
+                let ev: tollgate_common::RateEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                batch.push(ev);
             }
-        }
-        guard.clear_ready();
+        })
+        .await?;
         if !batch.is_empty()
             && let Ok(mut s) = state.lock()
         {
@@ -568,6 +649,7 @@ async fn serve(
     state: Arc<Mutex<AgentState>>,
     api: api::ApiHandle,
     log: Arc<Mutex<EventLog>>,
+    reload: reload::Requests,
 ) -> anyhow::Result<()> {
     let cred = stream
         .peer_cred()
@@ -608,7 +690,7 @@ async fn serve(
                 };
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
-            Ok(Request::PolicyReload) => reload::request().await,
+            Ok(Request::PolicyReload) => reload::request(&reload).await,
             Ok(Request::Tap { port, src, count }) => {
                 return serve_tap(&mut write, &api, port, src.as_deref(), count).await;
             }

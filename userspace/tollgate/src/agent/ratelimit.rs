@@ -13,14 +13,11 @@ use serde_json::json;
 use tollgate_common::{BanReason, BucketKey, RateEvent, Reason};
 use tracing::{info, warn};
 
-use super::{
-    maps::Maps,
-    state::{AgentState, Refused},
-};
+use super::{maps::Maps, state::AgentState};
 use crate::{
     clock,
     limits::{Escalation, LimitSpec, RateLimitPolicy},
-    proto::{LimitsView, TopView},
+    proto::{LimitsView, Refused, TopView},
     store::{BanRecord, LimitsRecord, OffenceRecord},
 };
 

@@ -18,7 +18,7 @@
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -29,12 +29,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{
-    AgentOptions,
-    feeds::{FeedJob, spawn_refresh},
-    state::AgentState,
-};
+use super::{AgentOptions, feeds::spawn_refresh, state::AgentState};
 use crate::{
+    feed::FeedJob,
     net::{check_breadth, parse_net},
     policy::{ModeName, Policy},
     proto::{Request, Response},
@@ -46,25 +43,22 @@ pub const CONFIG_REASON: &str = "config file";
 /// Where a control connection waits for its reload's outcome.
 pub type Reply = oneshot::Sender<Result<String, String>>;
 
-/// Reload requests from control connections to the agent's main loop (one
-/// agent per process).
-static RELOAD: OnceLock<mpsc::UnboundedSender<Reply>> = OnceLock::new();
+/// The sending end of reload requests: control connections hold a clone,
+/// the agent's main loop the receiving end.
+#[derive(Clone)]
+pub struct Requests(mpsc::UnboundedSender<Reply>);
 
-/// Creates the channel the main loop listens on.
+/// The channel from control connections to the main loop.
 #[must_use]
-pub fn channel() -> mpsc::UnboundedReceiver<Reply> {
+pub fn channel() -> (Requests, mpsc::UnboundedReceiver<Reply>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let _ = RELOAD.set(tx);
-    rx
+    (Requests(tx), rx)
 }
 
 /// A control connection's `policy reload`: asks the main loop, waits (bounded).
-pub async fn request() -> Response {
-    let Some(tx) = RELOAD.get() else {
-        return Response::err("this agent cannot reload its policy");
-    };
+pub async fn request(requests: &Requests) -> Response {
     let (otx, orx) = oneshot::channel();
-    if tx.send(otx).is_err() {
+    if requests.0.send(otx).is_err() {
         return Response::err("the agent is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(60), orx).await {
@@ -187,7 +181,9 @@ impl Reloader {
         let r = loaded
             .map_err(|e| format!("{e}; the running policy stays"))
             .and_then(|p| self.apply(p, state));
-        crate::metrics::reload(r.is_ok());
+        if let Ok(mut s) = state.lock() {
+            s.counters.reload(r.is_ok());
+        }
         if let Err(e) = &r {
             error!("policy reload refused: {e}");
             if let Ok(mut s) = state.lock() {

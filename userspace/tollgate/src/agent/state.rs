@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use ipnet::IpNet;
@@ -12,8 +12,8 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{debug, error, info, warn};
 
-pub mod crowdsec;
-pub mod ops;
+pub(super) mod crowdsec;
+mod ops;
 
 use super::attach::Attachment;
 use crate::{
@@ -27,11 +27,8 @@ use crate::{
     },
     store::{AllowRecord, BanRecord, Store},
 };
-
-/// Longest ban a request may ask for.
-pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
-/// Longest free-text reason.
-pub const MAX_REASON_LEN: usize = 256;
+// The request checks live with the protocol; the state's parts use them.
+use crate::proto::{Refused, check_reason, check_ttl};
 
 /// Everything the agent owns.
 ///
@@ -68,7 +65,18 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) policy_refused: Option<(u64, String)>,
     /// Store write failures already repaired by rewriting the state.
     store_failures_synced: u64,
+    /// Bans issued, violations and reloads since start, for the metrics.
+    pub(in crate::agent) counters: crate::metrics::Counters,
+    /// Bans lifted lately (by hand, by origin, by expiry): the prefix and
+    /// when (boot-clock ns). What a client sent on a connection from before
+    /// a lift (retransmissions of what the ban dropped) is not a new offence.
+    lifted: std::collections::VecDeque<(IpNet, u64)>,
 }
+
+/// How long a lift is remembered.
+const LIFT_MEMORY_NS: u64 = 600 * 1_000_000_000;
+/// Lifts remembered at most (oldest forgotten first).
+const MAX_LIFTS: usize = 4096;
 
 /// Where the agent keeps its pins and its state, for `status`.
 #[derive(Clone, Debug, Default)]
@@ -84,6 +92,12 @@ impl AgentState<Datapath> {
     /// taking ring buffers.
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.maps
+    }
+
+    /// The TLS capture's figures for the metrics (set each second by its
+    /// discovery task).
+    pub(crate) fn set_tls_counters(&mut self, counts: [u64; 7]) {
+        self.counters.tls = counts;
     }
 }
 
@@ -113,10 +127,13 @@ impl<M: Maps> AgentState<M> {
             trusted,
             policy_refused: None,
             store_failures_synced: 0,
+            lifted: std::collections::VecDeque::new(),
+            counters: crate::metrics::Counters::default(),
         }
     }
 
     /// The kernel maps, read-only.
+    #[cfg(test)]
     pub fn maps(&self) -> &M {
         &self.maps
     }
@@ -144,61 +161,15 @@ impl<M: Maps> AgentState<M> {
     }
 
     /// The soonest expiry, if any ban expires.
+    #[cfg(test)]
     #[must_use]
     pub fn next_expiry(&self) -> Option<u64> {
         self.expiry.first().map(|(t, _)| *t)
     }
 }
 
-/// A request the agent refuses, with the reason for the operator.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(String);
-
-impl Refused {
-    /// A refusal with its reason.
-    pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
-    }
-}
-
 fn refuse(msg: impl Into<String>) -> Refused {
-    Refused(msg.into())
-}
-
-/// Checks a free-text reason.
-///
-/// # Errors
-/// When it is too long or carries control characters.
-pub fn check_reason(reason: Option<&str>) -> Result<Option<String>, Refused> {
-    match reason {
-        None => Ok(None),
-        Some(r) if r.chars().count() > MAX_REASON_LEN => Err(refuse(format!(
-            "reason is longer than {MAX_REASON_LEN} characters"
-        ))),
-        Some(r) if r.chars().any(char::is_control) => {
-            Err(refuse("reason must not contain control characters"))
-        }
-        Some(r) => Ok(Some(r.trim().to_owned())),
-    }
-}
-
-/// Checks a TTL in seconds.
-///
-/// # Errors
-/// When it is zero or longer than [`MAX_TTL`].
-pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
-    match ttl_secs {
-        Some(0) => Err(refuse(
-            "a ttl of zero would expire at once; omit --ttl for a permanent ban",
-        )),
-        Some(t) if t > MAX_TTL.as_secs() => Err(refuse(format!(
-            "ttl {} is longer than the maximum of {}; omit --ttl for a permanent ban",
-            humantime::format_duration(Duration::from_secs(t)),
-            humantime::format_duration(MAX_TTL)
-        ))),
-        t => Ok(t),
-    }
+    Refused::new(msg)
 }
 
 impl<M: Maps> AgentState<M> {
@@ -349,10 +320,38 @@ impl<M: Maps> AgentState<M> {
 
     fn unindex(&mut self, net: &IpNet) -> Option<BanRecord> {
         let rec = self.bans.remove(net)?;
+        let now = clock::boot_ns();
+        while self.lifted.len() >= MAX_LIFTS
+            || self
+                .lifted
+                .front()
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > LIFT_MEMORY_NS)
+        {
+            self.lifted.pop_front();
+        }
+        self.lifted.push_back((*net, now));
         if let Some(t) = rec.expires_at {
             self.expiry.remove(&(t, rec.cidr));
         }
         Some(rec)
+    }
+
+    /// When a ban covering `addr` was lifted after `since_ns` (boot clock),
+    /// within the last ten minutes: the latest such lift.
+    #[must_use]
+    pub(in crate::agent) fn lifted_after(
+        &self,
+        addr: std::net::IpAddr,
+        since_ns: u64,
+    ) -> Option<u64> {
+        let now = clock::boot_ns();
+        self.lifted
+            .iter()
+            .rev()
+            .find(|(net, t)| {
+                *t > since_ns && now.saturating_sub(*t) <= LIFT_MEMORY_NS && net.contains(&addr)
+            })
+            .map(|(_, t)| *t)
     }
 
     /// `None` when the store is open and writes work; otherwise why not
@@ -465,7 +464,7 @@ impl<M: Maps> AgentState<M> {
         };
         match res {
             Ok(data) => Response::ok(data),
-            Err(e) => Response::err(e.0),
+            Err(e) => Response::err(e.to_string()),
         }
     }
 
@@ -548,7 +547,7 @@ impl<M: Maps> AgentState<M> {
             return Err(refuse(format!("the kernel refused the ban: {e:#}")));
         }
         if previous.is_none() {
-            crate::metrics::ban_issued(rec.kind.name(), 1);
+            self.counters.ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())
@@ -587,7 +586,7 @@ impl<M: Maps> AgentState<M> {
             warn!(cidr = %rec.cidr, "ban enforced but not recorded durably: {e}");
         }
         if !self.bans.contains_key(&rec.cidr) {
-            crate::metrics::ban_issued(rec.kind.name(), 1);
+            self.counters.ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
         Ok(())

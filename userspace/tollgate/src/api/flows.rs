@@ -19,14 +19,18 @@ use std::{
 use serde::Serialize;
 
 use tollgate_detect::{
-    HTTP_09, HttpError, Kind, Parsed, Request, Response, classify, parse_request_final,
-    parse_request_waiting, parse_response_waiting,
+    BodyRest, HTTP_09, HttpError, Kind, MAX_HEADER_BYTES, Parsed, Request, Response, classify,
+    parse_request_final, parse_request_streaming, parse_response_waiting,
 };
 
 use super::sample::{Direction, Sample};
 
-/// Bytes buffered per direction of a flow before giving up on a message.
+/// Response bytes buffered per flow before giving up on a message.
 pub const MAX_BUFFER: usize = 16 * 1024;
+/// Body bytes of a request judged by default (`sampling.body_bytes`): the
+/// head is always judged whole, a body from its start up to this many bytes;
+/// the rest is passed over by its framing to the next request.
+pub const DEFAULT_BODY_CAP: usize = 16 * 1024;
 /// Bytes after which a flow's first token must have ended (longer tokens
 /// are not HTTP methods any server accepts).
 const UNDECIDED_MAX: usize = 24;
@@ -109,6 +113,15 @@ pub struct FlowStats {
     /// Flows forgotten after being idle.
     #[serde(default)]
     pub expired: u64,
+    /// Body bytes passed over unjudged (beyond `sampling.body_bytes`),
+    /// following the body's framing to the next request.
+    #[serde(default)]
+    pub body_bytes_passed: u64,
+    /// Times the request stream lost its place (bytes missing outside a
+    /// body being passed over, or broken chunk framing): until the next
+    /// request line, bytes are not taken for requests.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 #[derive(Default)]
@@ -125,6 +138,9 @@ struct Half {
     /// starts is unknown (the middle of a body, say), so failing to parse it
     /// says nothing about the client.
     unknown_start: bool,
+    /// What is left of the body of a request judged from its start
+    /// (requests only): passed over, not buffered.
+    skip: BodyRest,
 }
 
 struct Pending {
@@ -176,6 +192,12 @@ pub struct Flows {
     /// flows were touched, for expiry and stalls (sample timestamps may come
     /// from elsewhere, as in replays).
     pub clock_ns: u64,
+    /// Body bytes of a request judged ([`DEFAULT_BODY_CAP`]).
+    body_cap: usize,
+    /// Stream offsets up to which the kernel may stop copying a socket's
+    /// bytes (a body being passed over), by socket cookie; the agent hands
+    /// them to the stream program.
+    pub skip_hints: Vec<(u64, u32)>,
 }
 
 impl Flows {
@@ -187,7 +209,15 @@ impl Flows {
             max_flows: max_flows.max(16),
             stats: FlowStats::default(),
             clock_ns: 0,
+            body_cap: DEFAULT_BODY_CAP,
+            skip_hints: Vec::new(),
         }
+    }
+
+    /// Judges at most `bytes` of each request body (heads are always judged
+    /// whole).
+    pub fn set_body_cap(&mut self, bytes: usize) {
+        self.body_cap = bytes;
     }
 
     /// Remembers the real client of a flow from a trusted proxy (named by a
@@ -229,6 +259,7 @@ impl Flows {
                 payload_len: 0,
                 stream: true,
                 tls: flow.tls,
+                cookie: 0,
                 data: bytes::Bytes::new(),
             };
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
@@ -238,10 +269,19 @@ impl Flows {
                 wait: false,
                 ended: true,
             };
-            parse_all(flow, &s, time, stream, &mut out, &mut self.stats);
-            if out.len() > before {
+            parse_all(
+                flow,
+                &s,
+                time,
+                stream,
+                self.body_cap,
+                &mut out,
+                &mut self.stats,
+            );
+            if out.len() > before && flow.req.skip == BodyRest::Done {
                 // The rest of this message may still come: it continues what
-                // was judged, it does not start a request.
+                // was judged, it does not start a request. (A body whose
+                // length is known is passed over exactly instead.)
                 flow.req.buf.clear();
                 flow.req.unknown_start = true;
             }
@@ -321,12 +361,34 @@ impl Flows {
                 return Vec::new();
             }
         }
+        // The rest of a body being passed over: dropped here, by its framing,
+        // so the next request is found where the server finds it.
+        let mut data: &[u8] = &s.data;
+        let mut seq = s.seq;
+        if s.direction == Direction::Request && flow.req.skip != BodyRest::Done {
+            let n = pass_body(&mut flow.req, s, &mut self.stats);
+            data = &data[n..];
+            seq = seq.wrapping_add(n as u32);
+            if flow.req.skip == BodyRest::Done {
+                flow.req.next_seq = Some(seq);
+            } else {
+                hint(flow, s, &mut self.skip_hints);
+            }
+            if data.is_empty() {
+                flow.req.next_seq = (s.data.len() == s.payload_len as usize)
+                    .then(|| s.seq.wrapping_add(s.payload_len));
+                if s.tcp_flags & 0x05 != 0 {
+                    self.flows.remove(&id);
+                }
+                return Vec::new();
+            }
+        }
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
         let mut out = Vec::new();
-        if half.next_seq != Some(s.seq) {
+        if half.next_seq != Some(seq) {
             // First sample of this direction, or a gap: what is buffered will
             // not be completed; report it as truncated, then start over.
             if !half.buf.is_empty()
@@ -338,7 +400,7 @@ impl Flows {
                     wait: false,
                     ended: false,
                 };
-                parse_all(flow, s, time, cut, &mut out, &mut self.stats);
+                parse_all(flow, s, time, cut, self.body_cap, &mut out, &mut self.stats);
             }
             let half = match s.direction {
                 Direction::Request => &mut flow.req,
@@ -352,7 +414,7 @@ impl Flows {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
-        half.buf.extend_from_slice(&s.data);
+        half.buf.extend_from_slice(data);
         half.seen = true;
         let whole = s.data.len() == s.payload_len as usize;
         half.next_seq = whole.then(|| s.seq.wrapping_add(s.payload_len));
@@ -377,7 +439,7 @@ impl Flows {
         };
         // A stream that began with a TLS handshake stays TLS: its next
         // records (application data, alerts) are no handshake.
-        if half.kind != Some(Kind::Tls) && (half.kind.is_none() || half.buf.len() == s.data.len()) {
+        if half.kind != Some(Kind::Tls) && (half.kind.is_none() || half.buf.len() == data.len()) {
             // A stream may start with a byte or two (`G`, `E`, ...): decide
             // only once the first token can be told apart, as a server would.
             let undecided = half.buf.len() < UNDECIDED_MAX && half.buf.iter().all(|b| is_tchar(*b));
@@ -414,7 +476,18 @@ impl Flows {
                     wait: whole && !closing,
                     ended: whole && closing,
                 };
-                parse_all(flow, s, time, stream, &mut out, &mut self.stats);
+                parse_all(
+                    flow,
+                    s,
+                    time,
+                    stream,
+                    self.body_cap,
+                    &mut out,
+                    &mut self.stats,
+                );
+                if s.direction == Direction::Request && flow.req.skip != BodyRest::Done {
+                    hint(flow, s, &mut self.skip_hints);
+                }
             }
         }
         if closing {
@@ -422,6 +495,85 @@ impl Flows {
             self.flows.remove(&id);
         }
         out
+    }
+}
+
+/// Passes over the start of `s` that belongs to the body being skipped;
+/// returns how many of its captured bytes that is. Bytes missing before it
+/// (a lost record, an unsampled packet) are fine inside that body; anywhere
+/// else the stream lost its place: the gap handling that follows resyncs.
+fn pass_body(half: &mut Half, s: &Sample, stats: &mut FlowStats) -> usize {
+    let Some(expected) = half.next_seq else {
+        half.skip = BodyRest::Done;
+        stats.resyncs += 1;
+        return 0;
+    };
+    let gap = u64::from(s.seq.wrapping_sub(expected));
+    if gap >= 1 << 31 {
+        // Bytes from before what was seen (a retransmission): not the body's.
+        half.skip = BodyRest::Done;
+        stats.resyncs += 1;
+        return 0;
+    }
+    let n = match &mut half.skip {
+        BodyRest::Done => return 0,
+        BodyRest::Bytes(left) if gap <= *left => {
+            *left -= gap;
+            let take = (*left).min(s.data.len() as u64);
+            *left -= take;
+            if *left == 0 {
+                half.skip = BodyRest::Done;
+            }
+            take as usize
+        }
+        BodyRest::Chunked(c) if c.data_left() >= gap => {
+            c.skip_unseen(gap);
+            let advanced = c.advance(&s.data);
+            match advanced {
+                Ok(Some(end)) => {
+                    half.skip = BodyRest::Done;
+                    end
+                }
+                Ok(None) => s.data.len(),
+                Err(_) => {
+                    // The server refuses a broken chunk and stops reading the
+                    // connection: what follows is not a request.
+                    half.skip = BodyRest::Done;
+                    half.unknown_start = true;
+                    stats.resyncs += 1;
+                    stats.body_bytes_passed += s.data.len() as u64;
+                    return s.data.len();
+                }
+            }
+        }
+        _ => {
+            half.skip = BodyRest::Done;
+            stats.resyncs += 1;
+            return 0;
+        }
+    };
+    stats.body_bytes_passed += gap + n as u64;
+    n
+}
+
+/// Tells the stream program where the body being passed over ends (or the
+/// current chunk's data), so it need not copy those bytes.
+fn hint(flow: &Flow, s: &Sample, hints: &mut Vec<(u64, u32)>) {
+    if !s.stream || s.cookie == 0 {
+        return;
+    }
+    let Some(next) = flow.req.next_seq else {
+        return;
+    };
+    let left = match &flow.req.skip {
+        BodyRest::Bytes(n) => *n,
+        BodyRest::Chunked(c) => c.data_left(),
+        BodyRest::Done => 0,
+    };
+    // Small remainders are not worth a map write.
+    if left >= 4096 {
+        let left = u32::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        hints.push((s.cookie, next.wrapping_add(left)));
     }
 }
 
@@ -504,6 +656,7 @@ fn parse_all(
     s: &Sample,
     time: f64,
     stream: Stream,
+    body_cap: usize,
     out: &mut Vec<ApiEvent>,
     stats: &mut FlowStats,
 ) {
@@ -519,13 +672,21 @@ fn parse_all(
         }
         let consumed = match s.direction {
             Direction::Request => {
-                let wait = wait && half.buf.len() < MAX_BUFFER;
-                let parsed = if ended {
-                    parse_request_final(&half.buf)
-                } else {
-                    parse_request_waiting(&half.buf, wait)
-                };
-                match parsed {
+                // Heads are waited for up to the parser's own limit, bodies
+                // up to the cap; then what is left of a body is passed over.
+                let parsed = parse_request_streaming(&half.buf, if wait { body_cap } else { 0 })
+                    .and_then(|(p, rest)| match p {
+                        Parsed::Partial if ended => {
+                            parse_request_final(&half.buf).map(|p| (p, BodyRest::Done))
+                        }
+                        p => Ok((p, rest)),
+                    });
+                match parsed.map(|(p, rest)| {
+                    if matches!(p, Parsed::Complete { .. }) {
+                        half.skip = rest;
+                    }
+                    p
+                }) {
                     // After a gap, any `word word` line in a body would look like
                     // an HTTP/0.9 request: resynchronise on versioned lines only.
                     Ok(Parsed::Complete { msg, .. })
@@ -607,7 +768,11 @@ fn parse_all(
         Direction::Request => &mut flow.req,
         Direction::Response => &mut flow.resp,
     };
-    if half.buf.len() > MAX_BUFFER {
+    let limit = match s.direction {
+        Direction::Request => MAX_HEADER_BYTES + body_cap,
+        Direction::Response => MAX_BUFFER,
+    };
+    if half.buf.len() > limit {
         if s.direction == Direction::Request {
             // A request head longer than any server reads (nginx: 8 KiB lines).
             unparseable(flow, s, time, HttpError::HeadersTooLarge, out, stats);
@@ -645,8 +810,109 @@ mod tests {
             tcp_flags: 0x18,
             ifindex: 1,
             payload_len: u32::try_from(data.len()).unwrap(),
+            cookie: 0,
             data: Bytes::copy_from_slice(data),
         }
+    }
+
+    /// A socket stream's bytes cut in records of `rec` bytes from `off`.
+    fn stream(
+        f: &mut Flows,
+        off: u32,
+        bytes: &[u8],
+        rec: usize,
+        skip: &[(u32, u32)],
+    ) -> Vec<ApiEvent> {
+        let mut out = Vec::new();
+        for (i, chunk) in bytes.chunks(rec).enumerate() {
+            let seq = off + (i * rec) as u32;
+            // Records the kernel did not copy (a lost record, a body passed over).
+            if skip.iter().any(|(a, b)| seq >= *a && seq < *b) {
+                continue;
+            }
+            let mut s = sample(Direction::Request, seq, chunk, 1);
+            s.stream = true;
+            s.cookie = 7;
+            out.extend(f.on_sample(&s, 0.0));
+        }
+        out
+    }
+
+    fn paths(ev: &[ApiEvent]) -> Vec<String> {
+        ev.iter().filter_map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn a_request_after_a_long_body_is_judged() {
+        let mut f = Flows::new(100);
+        let mut bytes = b"POST /upload HTTP/1.1\r\nContent-Length: 200000\r\n\r\n".to_vec();
+        let head_len = bytes.len();
+        // A body that carries a decoy request whose length would swallow
+        // what follows.
+        bytes.extend(std::iter::repeat_n(b'a', 100_000));
+        bytes.extend_from_slice(b"\r\nGET /decoy HTTP/1.1\r\nContent-Length: 999999\r\n\r\n");
+        bytes.resize(head_len + 200_000, b'b');
+        bytes.extend_from_slice(b"GET /search?q=1'+OR+'1'='1 HTTP/1.1\r\n\r\n");
+        let ev = stream(&mut f, 0, &bytes, 1024, &[]);
+        assert_eq!(paths(&ev), ["/upload", "/search"]);
+        assert!(ev[0].truncated, "judged from the body's first bytes");
+        assert!(f.stats.body_bytes_passed > 180_000);
+        assert_eq!(f.stats.resyncs, 0);
+        // The kernel was told where the body ends.
+        assert!(f.skip_hints.contains(&(7, (head_len + 200_000) as u32)));
+    }
+
+    #[test]
+    fn bytes_missing_inside_a_passed_body_lose_nothing() {
+        let mut f = Flows::new(100);
+        f.set_body_cap(1000);
+        let mut bytes = b"PUT /blob HTTP/1.1\r\nContent-Length: 50000\r\n\r\n".to_vec();
+        bytes.resize(bytes.len() + 50_000, b'z');
+        bytes.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        // Records from 10 KiB to 40 KiB never came (the kernel stopped
+        // copying, or the ring was full).
+        let ev = stream(&mut f, 5, &bytes, 1024, &[(10_240, 40_960)]);
+        assert_eq!(paths(&ev), ["/blob", "/next"]);
+        assert_eq!(f.stats.resyncs, 0);
+        // Missing bytes outside a body: the stream lost its place.
+        let mut g = Flows::new(100);
+        let ev = stream(&mut g, 0, &bytes, 1024, &[(0, 60_000)]);
+        assert!(paths(&ev).is_empty() || g.stats.truncated > 0);
+    }
+
+    #[test]
+    fn chunked_bodies_are_followed_to_their_real_end() {
+        let mut f = Flows::new(100);
+        f.set_body_cap(64);
+        let mut bytes = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let data = [b'x'; 3000];
+        for _ in 0..10 {
+            bytes.extend_from_slice(b"BB8;ext=1\r\n");
+            bytes.extend_from_slice(&data);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        // A fake terminator and request inside chunk data are data.
+        let fake = b"0\r\n\r\nGET /fake HTTP/1.1\r\n\r\n";
+        bytes.extend_from_slice(format!("{:x}\r\n", fake.len()).as_bytes());
+        bytes.extend_from_slice(fake);
+        bytes.extend_from_slice(b"\r\n000\r\nTrailer: x\r\n\r\n");
+        bytes.extend_from_slice(b"GET /real?id=1;cat+/etc/passwd HTTP/1.1\r\n\r\n");
+        for rec in [1, 7, 1024] {
+            let mut f = Flows::new(100);
+            f.set_body_cap(64);
+            let ev = stream(&mut f, 0, &bytes, rec, &[]);
+            assert_eq!(paths(&ev), ["/c", "/real"], "records of {rec} bytes");
+            assert_eq!(f.stats.resyncs, 0);
+        }
+        // Broken framing: the server stops reading; nothing after is a request.
+        let ev = stream(
+            &mut f,
+            0,
+            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX",
+            1024,
+            &[],
+        );
+        assert_eq!(paths(&ev), ["/b"]);
     }
 
     #[test]
@@ -845,11 +1111,13 @@ mod tests {
         let mut seq = 1;
         let mut out = Vec::new();
         let mut line = b"GET /x HTTP/1.1\r\n".to_vec();
-        while seq < 2 * MAX_BUFFER as u32 {
+        // Servers read heads up to their own limits (tens of KiB): so does
+        // the parser, then it reports the head.
+        while seq < 2 * MAX_HEADER_BYTES as u32 {
             out.extend(f.on_sample(&sample(Direction::Request, seq, &line, 1), 0.0));
             seq += line.len() as u32;
-            // Long fields: the buffer bound comes before the header count.
-            line = [&b"X-Filler: "[..], &[b'a'; 300], b"\r\n"].concat();
+            // Long fields: the size bound comes before the header count.
+            line = [&b"X-Filler: "[..], &[b'a'; 1000], b"\r\n"].concat();
         }
         assert_eq!(out.len(), 1, "{out:?}");
         let req = out[0].request.as_ref().unwrap();

@@ -44,6 +44,8 @@ pub struct Sample {
     /// Plaintext from the server's TLS library (then also `stream`): the
     /// connection's packets and socket bytes are ciphertext and ignored.
     pub tls: bool,
+    /// The socket's cookie (stream records; 0 otherwise).
+    pub cookie: u64,
     /// The captured payload prefix.
     pub data: Bytes,
 }
@@ -87,6 +89,11 @@ impl Sample {
                 tollgate_common::sample_source::STREAM | tollgate_common::sample_source::TLS
             ),
             tls: h.source == tollgate_common::sample_source::TLS,
+            cookie: if h.source == tollgate_common::sample_source::STREAM {
+                h.cookie
+            } else {
+                0
+            },
             data: Bytes::copy_from_slice(data),
         })
     }

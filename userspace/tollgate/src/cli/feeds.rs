@@ -9,13 +9,13 @@
 
 use std::{collections::HashMap, io::Write as _, path::Path, process::ExitCode, time::Duration};
 
-use super::usage_error;
+use super::render::{request_within, usage_error};
 use crate::{
-    agent::state::{check_reason, check_ttl, ops::check_origin},
     client,
     feed::{self, ImportReport},
     net,
     proto::{ExportView, Request},
+    proto::{check_origin, check_reason, check_ttl},
 };
 
 /// Rejected lines listed by name on stderr (the count is always given).
@@ -213,7 +213,7 @@ pub fn rm_origin(origin: String, socket: &Path) -> ExitCode {
         return usage_error(e);
     }
     let limit = client::long_timeout();
-    super::request_within(
+    request_within(
         socket,
         &Request::BlockRmOrigin { origin },
         limit,
@@ -238,7 +238,7 @@ pub fn export(origin: Option<String>, json: bool, socket: &Path) -> ExitCode {
     }
     let req = Request::BlockExport { origin };
     if json {
-        return super::request_within(socket, &req, client::long_timeout(), json, |_| {});
+        return request_within(socket, &req, client::long_timeout(), json, |_| {});
     }
     // Decoded straight into rows: a million-entry export stays quick.
     let resp = match client::call_as::<ExportView>(socket, &req, client::long_timeout()) {
@@ -288,7 +288,7 @@ fn print_export(view: &ExportView) {
 #[must_use]
 pub fn policy_reload(socket: &Path) -> ExitCode {
     let limit = client::long_timeout();
-    super::request_within(socket, &Request::PolicyReload, limit, false, |v| {
+    request_within(socket, &Request::PolicyReload, limit, false, |v| {
         println!(
             "policy reloaded: {}",
             v.as_str().map_or_else(|| v.to_string(), str::to_owned)

@@ -19,121 +19,16 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tollgate_common::{Established, FlowKey, SampleHeader, sample_source, tls_stat};
 use tracing::{info, warn};
 
-use crate::{api::sample::Sample, policy::FieldError};
+pub use crate::policy::TlsPolicy;
+use crate::{
+    api::sample::Sample,
+    proto::{LibraryView, TlsStatus},
+};
 
 use procfs::FileId;
-
-/// The policy's `tls` section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsPolicy {
-    /// Probe TLS libraries for the plaintext of HTTPS APIs.
-    pub enabled: bool,
-    /// Local ports whose connections are judged (empty: the API ports).
-    pub ports: Vec<u16>,
-    /// Only these processes (by name, `comm`), when not empty.
-    pub include: Vec<String>,
-    /// Never these processes (by name).
-    pub exclude: Vec<String>,
-}
-
-impl Default for TlsPolicy {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ports: Vec::new(),
-            include: Vec::new(),
-            exclude: Vec::new(),
-        }
-    }
-}
-
-impl TlsPolicy {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// With the field and what is wrong.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if let Some(i) = self.ports.iter().position(|p| *p == 0) {
-            return Err(FieldError::new(
-                format!("tls.ports[{i}]"),
-                "must be a port (1-65535)",
-            ));
-        }
-        for (list, names) in [("include", &self.include), ("exclude", &self.exclude)] {
-            for (i, n) in names.iter().enumerate() {
-                // The kernel keeps 15 bytes of a process name.
-                if n.is_empty() || n.len() > 15 || n.contains('/') {
-                    return Err(FieldError::new(
-                        format!("tls.{list}[{i}]"),
-                        "must be a process name (comm: 1-15 bytes, no '/')",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether a process of this name is judged.
-    #[must_use]
-    pub fn selects(&self, comm: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|n| n == comm))
-            && !self.exclude.iter().any(|n| n == comm)
-    }
-}
-
-/// A library file the probes are attached to.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LibraryView {
-    /// Path in the first process it was found in.
-    pub path: String,
-    /// That process.
-    pub pid: u32,
-    /// `dev:inode` of the file.
-    pub file: String,
-    /// Functions probed.
-    pub functions: Vec<String>,
-    /// Why it could not be probed (then `functions` is empty).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What `status` shows under `tls`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TlsStatus {
-    /// Probing is on.
-    pub enabled: bool,
-    /// Why it is off or failed, when it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Ports whose connections are judged.
-    pub ports: Vec<u16>,
-    /// Library files found (probed, or why not).
-    pub libraries: Vec<LibraryView>,
-    /// Probed calls that returned data (kernel counter).
-    pub calls: u64,
-    /// Plaintext bytes captured (kernel counter).
-    pub bytes_captured: u64,
-    /// Plaintext bytes lost: ring buffer full, past the per-call cap
-    /// (kernel counter).
-    pub bytes_lost: u64,
-    /// Calls whose connection was not known (kernel counter).
-    pub calls_without_fd: u64,
-    /// Records handed to the pipeline (TLS-port connections of selected
-    /// processes).
-    pub records: u64,
-    /// Records of other connections (TLS clients, other ports): dropped.
-    pub records_other: u64,
-    /// Records whose descriptor was gone, reused or not a TCP socket when
-    /// their stream was first read: dropped.
-    pub records_unresolved: u64,
-    /// Records of processes the policy excludes: dropped.
-    pub records_excluded: u64,
-}
 
 #[derive(Clone, Copy)]
 struct Cached {
@@ -228,7 +123,7 @@ impl TlsState {
         let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
         debug_assert_eq!(h.source, sample_source::TLS);
         let fd = i32::try_from(h.ifindex).ok()?;
-        let c = self.resolve(h.reserved2, fd, h.reserved3, h.ts_ns);
+        let c = self.resolve(h.cookie as u32, fd, (h.cookie >> 32) as u32, h.ts_ns);
         if h.payload_len == 0 {
             // An accepted connection announced: resolved now, nothing to judge.
             return None;
@@ -277,7 +172,7 @@ pub fn start(
     policy: &TlsPolicy,
     api_ports: &[u16],
     maps_dir: &std::path::Path,
-    state: &Arc<Mutex<crate::agent::state::AgentState>>,
+    state: &Arc<Mutex<crate::agent::AgentState>>,
     tls: &Handle,
 ) {
     let ports: BTreeSet<u16> = if policy.ports.is_empty() {
@@ -385,7 +280,7 @@ pub fn start(
                 }
                 let st = &t.status;
                 let probed = st.libraries.iter().filter(|l| l.error.is_none()).count() as u64;
-                for (slot, v) in crate::metrics::TLS.iter().zip([
+                let counts = [
                     probed,
                     st.bytes_captured,
                     st.bytes_lost,
@@ -393,8 +288,9 @@ pub fn start(
                     st.records_other,
                     st.records_unresolved,
                     st.records_excluded,
-                ]) {
-                    slot.store(v, std::sync::atomic::Ordering::Relaxed);
+                ];
+                if let Ok(mut s) = state.lock() {
+                    s.set_tls_counters(counts);
                 }
             }
         }

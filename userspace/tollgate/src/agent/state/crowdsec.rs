@@ -150,7 +150,7 @@ impl<M: Maps> AgentState<M> {
             return Ok(report);
         }
         self.write_batch(records, &previous, &stale, "CrowdSec decisions")?;
-        crate::metrics::ban_issued(kind.name(), report.added as u64);
+        self.counters.ban_issued(kind.name(), report.added as u64);
         Ok(report)
     }
 }

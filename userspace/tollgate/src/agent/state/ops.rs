@@ -10,38 +10,16 @@ use tollgate_common::{BanReason, maps};
 use tracing::{debug, info, warn};
 
 use super::{AgentState, Maps, Refused, check_reason, check_ttl, kernel_entry, refuse};
+use crate::proto::check_origin;
 use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
-    metrics::{self, Snapshot},
+    metrics::Snapshot,
     net::{check_breadth, display, overlaps, parse_net},
+    proto::ban_kind,
     proto::{ExportRow, ExportView},
-    store::{BanRecord, ban_kind},
+    store::BanRecord,
 };
-
-/// Longest origin (group) name.
-pub const MAX_ORIGIN_LEN: usize = 128;
-
-/// Checks a group name: printable, bounded, not empty.
-///
-/// # Errors
-/// When it is empty, too long or carries control characters or whitespace.
-pub fn check_origin(origin: &str) -> Result<(), Refused> {
-    if origin.is_empty() {
-        return Err(refuse("origin must not be empty"));
-    }
-    if origin.chars().count() > MAX_ORIGIN_LEN {
-        return Err(refuse(format!(
-            "origin is longer than {MAX_ORIGIN_LEN} characters"
-        )));
-    }
-    if origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(refuse(
-            "origin must not contain whitespace or control characters",
-        ));
-    }
-    Ok(())
-}
 
 impl<M: Maps> AgentState<M> {
     /// Makes the feed group `origin` exactly `cidrs` (untrusted text, each
@@ -159,7 +137,7 @@ impl<M: Maps> AgentState<M> {
         let t_validate = t0.elapsed();
 
         self.write_batch(put, &previous, &stale, "the import")?;
-        metrics::ban_issued(kind.name(), report.added as u64);
+        self.counters.ban_issued(kind.name(), report.added as u64);
         debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
         info!(
             origin,
@@ -344,6 +322,7 @@ impl<M: Maps> AgentState<M> {
             store_up,
             not_ready,
             samples: self.maps.sample_stats().ok(),
+            since_start: self.counters.clone(),
         }
     }
 }

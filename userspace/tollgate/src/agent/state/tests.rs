@@ -277,6 +277,7 @@ fn finding(client: IpNet, unverified: Option<&'static str>) -> Finding {
             ban: Some(client),
         },
         unverified,
+        conn_since_ns: None,
     }
 }
 
@@ -325,6 +326,41 @@ fn policy_bans_escalate_their_ttl_with_each_offence() {
     let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
     assert_eq!(ttls, want);
     assert!(ttls[0] < ttls[1] && ttls[1] < ttls[2], "{ttls:?}");
+}
+
+#[test]
+fn requests_from_connections_older_than_a_lift_are_not_a_new_offence() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.6");
+    let scoring = ScoringPolicy::default();
+    let opened = crate::clock::boot_ns();
+    assert!(matches!(
+        a.state.policy_ban(client, &finding(client, None), &scoring),
+        super::super::enforce::BanOutcome::Banned { .. }
+    ));
+    a.ok(Request::BlockRm {
+        cidr: client.to_string(),
+    });
+    // The retransmission of what the ban dropped, on the old connection.
+    let old = Finding {
+        conn_since_ns: Some(opened),
+        ..finding(client, None)
+    };
+    let out = a.state.policy_ban(client, &old, &scoring);
+    let super::super::enforce::BanOutcome::NotEnforced(why) = out else {
+        panic!("re-banned from the past: {out:?}");
+    };
+    assert!(why.contains("predates the lift"), "{why}");
+    assert!(a.ls().is_empty());
+    // A new connection after the lift is judged as ever: offence 2.
+    let new = Finding {
+        conn_since_ns: Some(crate::clock::boot_ns()),
+        ..finding(client, None)
+    };
+    assert!(matches!(
+        a.state.policy_ban(client, &new, &scoring),
+        super::super::enforce::BanOutcome::Banned { offence: 2, .. }
+    ));
 }
 
 #[test]
@@ -885,4 +921,23 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
     assert_eq!(ls[0]["cidr"], "192.0.2.1/32");
     assert!(a.kernel("192.0.2.2/32").is_none());
     assert_eq!(a.stored().len(), 1);
+}
+
+#[test]
+fn bans_issued_are_counted_by_the_agent_that_issued_them() {
+    let mut a = Agent::new(Mode::Enforce);
+    let b = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.7", None);
+    a.ban("192.0.2.8", Some(60));
+    let text = crate::metrics::render(&a.state.snapshot(0));
+    assert!(
+        text.contains("tollgate_bans_issued_total{kind=\"manual\"} 2\n"),
+        "{text}"
+    );
+    // The counters belong to one agent's state, not to the process.
+    let other = crate::metrics::render(&b.state.snapshot(0));
+    assert!(
+        other.contains("tollgate_bans_issued_total{kind=\"manual\"} 0\n"),
+        "{other}"
+    );
 }

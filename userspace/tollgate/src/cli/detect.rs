@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitCode,
     time::Duration,
 };
@@ -16,6 +16,7 @@ use tollgate_detect::{
     Action, Kind, Parsed, Request as HttpRequest, classify, parse_request_final,
 };
 
+use super::args::{DetectArgs, EventsArgs};
 use crate::{
     api::{
         flows::Flows,
@@ -26,40 +27,6 @@ use crate::{
     policy::Policy,
     proto::Request,
 };
-
-/// `tollgate detect`.
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["pcap", "requests"])))]
-pub struct DetectArgs {
-    /// Policy file (default: the built-in policy the agent uses without one).
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    /// A capture (pcap or pcapng) of HTTP/1.x traffic; TCP streams are
-    /// reassembled the way the agent does.
-    #[arg(long, value_name = "FILE")]
-    pub pcap: Option<PathBuf>,
-    /// JSON Lines, one request per line: `{"id":…, "raw":"GET / HTTP/1.1\r\n…",
-    /// "src":"198.18.0.1"}` (`src` optional; `-` reads standard input).
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub requests: Option<PathBuf>,
-}
-
-/// `tollgate events`.
-#[derive(Debug, clap::Args)]
-pub struct EventsArgs {
-    /// Keep streaming new events (Ctrl-C to stop).
-    #[arg(long, short)]
-    pub follow: bool,
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Only events of the last DURATION (e.g. 10m, 24h).
-    #[arg(long, value_parser = crate::cli::parse_duration)]
-    pub since: Option<Duration>,
-    /// At most the newest N past events.
-    #[arg(long, short = 'n')]
-    pub limit: Option<usize>,
-}
 
 /// One input line of `--requests`.
 #[derive(Deserialize)]
@@ -342,6 +309,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
             (seg.dst, seg.dport, seg.src, seg.sport, Direction::Response)
         };
         let sample = Sample {
+            cookie: 0,
             stream: false,
             tls: false,
             ts_ns,
@@ -577,6 +545,7 @@ mod tests {
 
     fn sample(seq: u32, data: &[u8], flags: u8) -> Sample {
         Sample {
+            cookie: 0,
             stream: false,
             tls: false,
             ts_ns: 1_000_000,

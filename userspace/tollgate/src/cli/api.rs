@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     api::inventory::EndpointView,
-    cli::{InventoryArgs, InventoryCmd, TapArgs},
+    cli::args::{InventoryArgs, InventoryCmd, TapArgs},
     client,
     proto::Request,
     table,

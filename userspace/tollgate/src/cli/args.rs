@@ -1,0 +1,435 @@
+//! The command line's definitions: commands, flags and their help text.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    policy::{AttachKind, ModeName, XdpModePref},
+    proto,
+};
+
+/// Tollgate: kernel-level API traffic enforcer (XDP block/allow lists, rate
+/// limits, API policy). The same binary runs the agent and talks to it.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, env = "TOLLGATE_SOCKET", default_value = proto::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// How long to wait for the agent (connect and answer) before giving up
+    /// with exit code 3: default 10s, and 10m for long operations (`block
+    /// import`, `block export`, `block rm --origin`, `policy reload`).
+    #[arg(long, global = true, env = "TOLLGATE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (as root): load and attach the datapath, serve the CLI.
+    ///
+    /// Example: tollgate agent --iface eth0 --mode monitor
+    Agent(AgentArgs),
+    /// Manage the blocklist (dropped at the NIC).
+    ///
+    /// Example: tollgate block add 198.18.7.0/24 --ttl 10m --reason "scraper"
+    #[command(subcommand)]
+    Block(BlockCmd),
+    /// Manage the allowlist (never dropped, never limited; wins over bans).
+    ///
+    /// Example: tollgate allow add 198.18.0.10 --reason "monitoring"
+    #[command(subcommand)]
+    Allow(AllowCmd),
+    /// Packets and bytes by verdict and reason.
+    ///
+    /// Example: tollgate stats --json
+    Stats(JsonFlag),
+    /// Interfaces, attach mode, program ids, mode, map fill levels, uptime.
+    ///
+    /// Example: tollgate status
+    Status(JsonFlag),
+    /// Per-source rate limits at the NIC, per destination port.
+    ///
+    /// Example: tollgate limits set --port 8080 --pps 200 --burst 400 --max-conns 50
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// Sources with the highest current rates, with passed and dropped counts
+    /// (refreshes in place in a terminal; Ctrl-C to stop).
+    ///
+    /// Example: tollgate top -n 20
+    Top(TopArgs),
+    /// The agent's policy file.
+    ///
+    /// Example: tollgate policy reload
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Live view of API calls as they are sampled (like tcpdump, for HTTP):
+    /// one line per request and response.
+    ///
+    /// Example: tollgate tap --port 8080 --src 198.18.0.0/24 --count 20
+    Tap(TapArgs),
+    /// Endpoints seen (method and path template), with hits, clients,
+    /// status codes and whether credentials were used; against an OpenAPI
+    /// document: documented, shadow (undocumented) or unused.
+    ///
+    /// Example: tollgate inventory --openapi api.yaml
+    Inventory(InventoryArgs),
+    /// Security events: every violation and ban the policy engine recorded
+    /// (from the agent's event log; `--follow` streams new ones).
+    ///
+    /// Example: tollgate events --since 1h --follow
+    Events(EventsArgs),
+    /// Replay requests offline through the same engine the agent runs (no
+    /// kernel needed): one JSON verdict per request.
+    ///
+    /// Example: tollgate detect --policy policy.yaml --requests requests.jsonl
+    Detect(DetectArgs),
+}
+
+/// `tollgate tap`.
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this API port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only clients in this address or CIDR.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Stop after this many lines.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// `tollgate inventory`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// What to do (default: list).
+    #[command(subcommand)]
+    pub cmd: Option<InventoryCmd>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare with this OpenAPI 3 document (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<PathBuf>,
+}
+
+/// `tollgate inventory ...`.
+#[derive(Debug, Subcommand)]
+pub enum InventoryCmd {
+    /// Write an OpenAPI 3 skeleton of what was observed.
+    ///
+    /// Example: tollgate inventory export --openapi > observed.yaml
+    Export {
+        /// Export as OpenAPI (the only format so far).
+        #[arg(long)]
+        openapi: bool,
+        /// Write to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `tollgate limits ...`.
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Set the limits of one destination port, or (without --port) the
+    /// default for all ports. Applies at once, without reloading anything.
+    ///
+    /// Example: tollgate limits set --pps 1000 --burst 2000 --syn-rate 50 --syn-burst 100
+    Set {
+        /// Destination port; omitted: the default for every port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Packets per second per source.
+        #[arg(long)]
+        pps: Option<u32>,
+        /// Packets a source may send back to back (default: one second's worth).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Bytes per second per source.
+        #[arg(long)]
+        bps: Option<u64>,
+        /// Bytes a source may send back to back (default: one second's worth).
+        #[arg(long)]
+        bps_burst: Option<u64>,
+        /// New TCP connections (SYN) per second per source.
+        #[arg(long)]
+        syn_rate: Option<u32>,
+        /// SYNs a source may send back to back.
+        #[arg(long)]
+        syn_burst: Option<u32>,
+        /// Established connections per source; new SYNs beyond it are dropped.
+        #[arg(long)]
+        max_conns: Option<u32>,
+    },
+    /// Remove the limits of one port (it falls back to the default), or the default.
+    ///
+    /// Example: tollgate limits clear --port 8080
+    Clear {
+        /// Destination port; omitted: the default.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Show the limits in force.
+    ///
+    /// Example: tollgate limits show --json
+    Show(JsonFlag),
+}
+
+/// `tollgate top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print JSON (one snapshot, rates over one second) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How many sources.
+    #[arg(short = 'n', default_value_t = 10)]
+    pub n: usize,
+}
+
+/// `tollgate policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Re-read the agent's --config file and apply mode, allowlist and feed
+    /// changes (bans stay, nothing detaches). An invalid file is refused with
+    /// the reason and the running policy stays. The agent also reloads on SIGHUP.
+    ///
+    /// Example: tollgate policy reload
+    Reload,
+    /// Validate a policy file without applying it: exit 0 when valid,
+    /// otherwise 1 and the line and field of the first error.
+    ///
+    /// Example: tollgate policy check /etc/tollgate/policy.yaml
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+/// Log line format of the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tollgate agent` flags (override the config file).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Policy file (YAML); flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to protect (repeatable).
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// enforce: drop; monitor: count what would be dropped, pass everything.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeName>,
+    /// Hook: xdp (default) or tc (tcx ingress, when the XDP hook is taken).
+    #[arg(long, value_enum)]
+    pub attach: Option<AttachKind>,
+    /// XDP mode: auto (driver, falling back to generic), driver, generic.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModePref>,
+    /// Leave the programs attached when the agent exits (bans keep dropping).
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory for durable state (bans, allow entries).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often expired bans are removed from the maps.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+    /// TCP port of an API to observe (repeatable; adds to the policy's `api_ports`).
+    #[arg(long = "api-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_ports: Vec<u16>,
+    /// A load balancer or ingress in front of the APIs (CIDR or preset:
+    /// loopback, private, cloudflare; repeatable, adds to the policy's
+    /// `trusted_proxies`): never banned or limited as one client; its
+    /// connections are judged by the clients it names.
+    #[arg(long = "trusted-proxy", value_name = "CIDR|PRESET[@HEADER]")]
+    pub trusted_proxies: Vec<String>,
+    /// Serve Prometheus metrics, /healthz and /readyz on ADDR:PORT (off by
+    /// default). Loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr on a non-loopback address (metrics show what is
+    /// blocked and how much; put them behind a firewall).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Log lines as text for people or JSON objects for log shippers.
+    #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+/// `tollgate block ...`.
+#[derive(Debug, Subcommand)]
+pub enum BlockCmd {
+    /// Ban an address or prefix.
+    ///
+    /// Example: tollgate block add 198.18.0.7 --ttl 90s --reason "credential stuffing"
+    Add {
+        /// IPv4/IPv6 address or CIDR prefix.
+        cidr: String,
+        /// How long (e.g. 90s, 10m, 24h, 7d); permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Free-text reason, shown by `block ls`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow very broad prefixes (0.0.0.0/0, ::/0, wider than /8 or /16)
+        /// and overlaps with the allowlist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a ban, or with --origin every ban of a group (e.g. a feed).
+    ///
+    /// Example: tollgate block rm 198.18.0.7
+    ///
+    /// Example: tollgate block rm --origin import:drop.txt
+    Rm {
+        /// Address or prefix, as banned.
+        #[arg(required_unless_present = "origin")]
+        cidr: Option<String>,
+        /// Remove every ban with this origin (as `block ls` shows it).
+        #[arg(long, conflicts_with = "cidr")]
+        origin: Option<String>,
+    },
+    /// List bans.
+    ///
+    /// Example: tollgate block ls --json
+    Ls(JsonFlag),
+    /// Import a block-list feed (FireHOL, Spamhaus DROP style): one address
+    /// or CIDR per line, `#`/`;` comments, blank lines ignored. The group
+    /// (--origin) becomes exactly the list: re-importing changes nothing,
+    /// entries gone from the list are lifted, bans from other origins are
+    /// left alone. Bad lines are reported with their numbers and the rest
+    /// applied (exit 0 with a warning); exit 1 if nothing could be used.
+    ///
+    /// Example: tollgate block import drop.txt --origin spamhaus-drop --ttl 2d
+    Import {
+        /// The list, or `-` for stdin.
+        file: String,
+        /// How long each entry lasts (re-importing refreshes it); permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Reason shown by `block ls` (default: `feed <origin>`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Group name (default: `import:<file name>`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Accept prefixes wider than /8 (IPv6 /16) and overlaps with the allowlist.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print bans as a plain list, one address or CIDR per line (`#` header
+    /// with time and count), ready for `block import` or another tool.
+    ///
+    /// Example: tollgate block export --origin import:drop.txt > drop.txt
+    Export {
+        /// Only this group.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Print JSON (cidr, kind, origin, expires_at) instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tollgate allow ...`.
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// Allowlist an address or prefix.
+    ///
+    /// Example: tollgate allow add 198.18.0.0/28 --reason "office"
+    Add {
+        /// IPv4/IPv6 address or CIDR prefix.
+        cidr: String,
+        /// Free-text reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow very broad prefixes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an allowlist entry.
+    ///
+    /// Example: tollgate allow rm 198.18.0.0/28
+    Rm {
+        /// Address or prefix, as added.
+        cidr: String,
+    },
+    /// List allowlist entries.
+    ///
+    /// Example: tollgate allow ls
+    Ls(JsonFlag),
+}
+
+/// Parses `90s`, `10m`, `24h`, `7d` (and combinations like `1h30m`).
+///
+/// # Errors
+/// When the text is not a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 90s, 10m, 24h or 7d ({e})"))
+}
+
+/// `tollgate detect`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["pcap", "requests"])))]
+pub struct DetectArgs {
+    /// Policy file (default: the built-in policy the agent uses without one).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// A capture (pcap or pcapng) of HTTP/1.x traffic; TCP streams are
+    /// reassembled the way the agent does.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// JSON Lines, one request per line: `{"id":…, "raw":"GET / HTTP/1.1\r\n…",
+    /// "src":"198.18.0.1"}` (`src` optional; `-` reads standard input).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub requests: Option<PathBuf>,
+}
+
+/// `tollgate events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events (Ctrl-C to stop).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of the last DURATION (e.g. 10m, 24h).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// At most the newest N past events.
+    #[arg(long, short = 'n')]
+    pub limit: Option<usize>,
+}

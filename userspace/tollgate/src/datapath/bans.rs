@@ -1,0 +1,245 @@
+//! The ban and allow maps: exact entries, CIDR tries and the prefilter
+//! bits kept in step with them.
+
+use super::*;
+
+impl Datapath {
+    /// Inserts or replaces a ban.
+    ///
+    /// # Errors
+    /// When a map write fails (e.g. the map is full); nothing is half-done
+    /// that matters: a prefilter bit set for a ban that failed to insert only
+    /// costs a lookup and is cleared by the next [`Self::maintain`].
+    pub fn insert_block(&mut self, net: IpNet, entry: &BlockEntry) -> Result<()> {
+        self.insert_blocks(std::iter::once((net, *entry)))
+    }
+
+    /// Inserts many bans, writing each prefilter word once.
+    ///
+    /// # Errors
+    /// On the first failing map write.
+    pub fn insert_blocks(
+        &mut self,
+        entries: impl IntoIterator<Item = (IpNet, BlockEntry)>,
+    ) -> Result<()> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let mut dirty4 = HashSet::new();
+        let mut dirty6 = HashSet::new();
+        let mut flags = self.config.flags;
+        for (net, _) in &entries {
+            match net {
+                IpNet::V4(n) => {
+                    for b in v4_buckets(*n) {
+                        let (w, m) = prefilter::word_and_mask(b);
+                        self.mirror4[w as usize] |= m;
+                        dirty4.insert(w);
+                    }
+                    if n.prefix_len() < 32 {
+                        flags |= config_flags::V4_RANGES;
+                    }
+                }
+                IpNet::V6(n) => {
+                    match v6_buckets(*n) {
+                        Some(buckets) => {
+                            for b in buckets {
+                                let (w, m) = prefilter::word_and_mask(b);
+                                self.mirror6[w as usize] |= m;
+                                dirty6.insert(w);
+                            }
+                        }
+                        None => flags |= config_flags::V6_SHORT_RANGES,
+                    }
+                    if n.prefix_len() < 128 {
+                        flags |= config_flags::V6_RANGES;
+                    }
+                }
+            }
+        }
+        for w in dirty4 {
+            self.pre4
+                .set(w, self.mirror4[w as usize], 0)
+                .map_err(map_err("write", maps::PREFILTER4))?;
+        }
+        for w in dirty6 {
+            self.pre6
+                .set(w, self.mirror6[w as usize], 0)
+                .map_err(map_err("write", maps::PREFILTER6))?;
+        }
+        if flags != self.config.flags {
+            self.config.flags = flags;
+            self.write_config()?;
+        }
+        for (net, entry) in entries {
+            match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => self
+                    .block4
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK4))?,
+                IpNet::V4(n) => self
+                    .block4_lpm
+                    .insert(&key4(n), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK4_LPM))?,
+                IpNet::V6(n) if n.prefix_len() == 128 => self
+                    .block6
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK6))?,
+                IpNet::V6(n) => self
+                    .block6_lpm
+                    .insert(&key6(n), entry, 0)
+                    .map_err(map_err("insert into", maps::BLOCK6_LPM))?,
+            }
+            self.bans.insert(net);
+        }
+        Ok(())
+    }
+
+    /// Removes a ban; `false` if there was none. Call [`Self::maintain`]
+    /// afterwards (once per batch) to clear prefilter bits.
+    ///
+    /// # Errors
+    /// When the map delete fails for a reason other than a missing key.
+    pub fn remove_block(&mut self, net: IpNet) -> Result<bool> {
+        let res = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.remove(&n.addr().octets()),
+            IpNet::V4(n) => self.block4_lpm.remove(&key4(n)),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.remove(&n.addr().octets()),
+            IpNet::V6(n) => self.block6_lpm.remove(&key6(n)),
+        };
+        let removed = match res {
+            Ok(()) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(map_err("delete from", "block")(e)),
+        };
+        self.bans.remove(&net);
+        self.prefilter_dirty = true;
+        Ok(removed)
+    }
+
+    /// One ban's kernel entry (with its hit counter).
+    ///
+    /// # Errors
+    /// When the lookup fails for a reason other than a missing key.
+    pub fn get_block(&self, net: IpNet) -> Result<Option<BlockEntry>> {
+        let res = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.block4.get(&n.addr().octets(), 0),
+            IpNet::V4(n) => self.block4_lpm.get(&key4(n), 0),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.block6.get(&n.addr().octets(), 0),
+            IpNet::V6(n) => self.block6_lpm.get(&key6(n), 0),
+        };
+        match res {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("read", "block")(e)),
+        }
+    }
+
+    /// Every ban in the kernel, read from the maps.
+    ///
+    /// # Errors
+    /// When iterating a map fails.
+    pub fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.block4.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK4))?;
+            out.push((IpNet::V4(Ipv4Net::from(Ipv4Addr::from(k))), v));
+        }
+        for kv in self.block6.iter() {
+            let (k, v) = kv.map_err(map_err("iterate", maps::BLOCK6))?;
+            out.push((IpNet::V6(Ipv6Net::from(Ipv6Addr::from(k))), v));
+        }
+        trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut out)?;
+        trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut out)?;
+        Ok(out)
+    }
+
+    /// Whether the kernel holds a ban for exactly this prefix.
+    #[must_use]
+    pub fn has_block(&self, net: &IpNet) -> bool {
+        self.bans.contains(net)
+    }
+
+    /// The prefixes the kernel holds bans for (from the mirror: no syscall).
+    pub fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.bans.iter()
+    }
+
+    /// Number of bans held.
+    #[must_use]
+    pub fn block_count(&self) -> usize {
+        self.bans.len()
+    }
+
+    /// Inserts or replaces an allowlist entry.
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
+        // Flag first: the datapath then consults the trie, which the entry
+        // joins a moment later.
+        let flag = match net {
+            IpNet::V4(_) => config_flags::V4_ALLOW,
+            IpNet::V6(_) => config_flags::V6_ALLOW,
+        };
+        if self.config.flags & flag == 0 {
+            self.config.flags |= flag;
+            self.write_config()?;
+        }
+        match net {
+            IpNet::V4(n) => self
+                .allow4
+                .insert(&key4(n), *entry, 0)
+                .map_err(map_err("insert into", maps::ALLOW4))?,
+            IpNet::V6(n) => self
+                .allow6
+                .insert(&key6(n), *entry, 0)
+                .map_err(map_err("insert into", maps::ALLOW6))?,
+        }
+        self.allows.insert(net);
+        Ok(())
+    }
+
+    /// Removes an allowlist entry; `false` if there was none.
+    ///
+    /// # Errors
+    /// When the delete fails for a reason other than a missing key.
+    pub fn remove_allow(&mut self, net: IpNet) -> Result<bool> {
+        let res = match net {
+            IpNet::V4(n) => self.allow4.remove(&key4(n)),
+            IpNet::V6(n) => self.allow6.remove(&key6(n)),
+        };
+        self.allows.remove(&net);
+        let flag = match net {
+            IpNet::V4(_) => config_flags::V4_ALLOW,
+            IpNet::V6(_) => config_flags::V6_ALLOW,
+        };
+        let family_left = self
+            .allows
+            .iter()
+            .any(|n| matches!(n, IpNet::V4(_)) == matches!(net, IpNet::V4(_)));
+        if !family_left && self.config.flags & flag != 0 {
+            self.config.flags &= !flag;
+            self.write_config()?;
+        }
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err("delete from", "allow")(e)),
+        }
+    }
+
+    /// Every allowlist entry, read from the maps.
+    ///
+    /// # Errors
+    /// When iterating a map fails.
+    pub fn allow_entries(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
+        let mut out = Vec::new();
+        trie_entries(&self.allow4, maps::ALLOW4, net4_of, &mut out)?;
+        trie_entries(&self.allow6, maps::ALLOW6, net6_of, &mut out)?;
+        Ok(out)
+    }
+
+    /// Allowlist prefixes held.
+    pub fn allow_nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.allows.iter()
+    }
+}
