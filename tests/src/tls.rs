@@ -160,6 +160,18 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its workers, then exits (a SIGKILL
+        // would leave the workers running, orphaned).
+        if let Ok(pid) = i32::try_from(self.nginx.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && matches!(self.nginx.try_wait(), Ok(None)) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.nginx.kill();
         let _ = self.nginx.wait();
         let _ = self.backend.kill();

@@ -63,4 +63,3 @@ impl TlsPolicy {
             && !self.exclude.iter().any(|n| n == comm)
     }
 }
-
