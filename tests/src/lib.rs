@@ -10,6 +10,8 @@ pub mod latency;
 pub mod parity;
 pub mod pkt;
 pub mod startup;
+pub mod tls;
+pub mod tlsbench;
 
 use std::{
     fs::File,

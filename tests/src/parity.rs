@@ -294,7 +294,12 @@ pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
             continue;
         };
         let Some(slot) = acc.get_mut(i) else { continue };
-        let rank = if ev["action"] == "ban" { 2 } else { 1 };
+        // The engine's decision for the request, as the event gives it.
+        let rank = match ev["action"].as_str() {
+            Some("ban") => 2,
+            Some("alert") => 1,
+            _ => 0,
+        };
         slot.0 = slot.0.max(rank);
         if ev["type"] == "violation"
             && let Some(r) = ev["rule"].as_str()

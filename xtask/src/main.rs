@@ -50,10 +50,12 @@ enum Cmd {
     /// CPU per request). `parity CORPUS [--attach tc]` (every request of a
     /// labelled corpus sent over real TCP, each from its own address,
     /// through an agent in monitor mode: per-category figures live and by
-    /// `tollgate detect`, and every request where they disagree).
+    /// `tollgate detect`, and every request where they disagree). `tls
+    /// [RATE]` (nginx over HTTPS with the TLS probes off and on: p50/p99
+    /// latency, agent CPU per request).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity", "tls"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

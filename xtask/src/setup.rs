@@ -33,6 +33,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs();
+    tracefs();
     if test_deps {
         nightly_clippy()?;
         debian_packages()?;
@@ -230,8 +231,27 @@ fn bpffs() {
     }
 }
 
+/// The TLS probes attach syscall tracepoints through tracefs, which a fresh
+/// machine may not have mounted (the agent mounts it too when run as root).
+fn tracefs() {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        ok("tracefs mounted at /sys/kernel/tracing");
+        return;
+    }
+    match Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+    {
+        Ok(s) if s.success() => did("mounted tracefs at /sys/kernel/tracing"),
+        _ => println!(
+            "  skip  tracefs is not mounted at /sys/kernel/tracing and mounting failed (not root?); \
+             the agent mounts it itself when run as root"
+        ),
+    }
+}
+
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 8] = [
+const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -245,6 +265,10 @@ const DEBIAN_PACKAGES: [(&str, &str); 8] = [
     // Python's http.server is the lenient reference server of the evasion
     // tests (tests/tests/evasion.rs).
     ("python3", "python3"),
+    // An HTTPS server with a dynamically linked libssl (tests/tests/tls.rs),
+    // and openssl to make its self-signed certificate.
+    ("nginx", "nginx-light"),
+    ("openssl", "openssl"),
     // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
     // with Debian's /usr/bin/python3, which this package installs for).
     ("scapy", "python3-scapy"),
@@ -259,7 +283,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy)");
+        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl)");
         return Ok(());
     }
     sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;

@@ -76,6 +76,13 @@ pub mod maps {
     /// API sockets whose requests are taken at the socket (sockhash, not
     /// pinned: when the programs go, the sockets go back to normal).
     pub const STREAM_SOCKETS: &str = "TG_SOCKS";
+    /// Per-CPU TLS probe counters, indexed by [`super::tls_stat`] (not
+    /// pinned: they count what this agent's probes did).
+    pub const TLS_STATS: &str = "TG_TLS_STATS";
+    /// Processes that use a probed TLS library (tgid -> unused): their
+    /// accepts are announced. Filled by the probes and by the agent's
+    /// discovery (not pinned).
+    pub const TLS_PROCS: &str = "TG_TLS_PROCS";
     /// Per API socket (cookie): the stream offset up to which the stream
     /// program need not copy (a body the agent passes over). Not pinned.
     pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
@@ -130,6 +137,26 @@ pub mod programs {
     pub const SOCKOPS: &str = "tollgate_sockops";
     /// Stream verdict on API sockets: copies what they receive (requests).
     pub const STREAM: &str = "tollgate_stream";
+    /// Uprobe at `SSL_read`'s entry (TLS plaintext, requests).
+    pub const TLS_READ: &str = "tollgate_tls_read";
+    /// Uprobe at `SSL_read_ex`'s entry.
+    pub const TLS_READ_EX: &str = "tollgate_tls_read_ex";
+    /// Uprobe at `SSL_write`'s entry (TLS plaintext, responses).
+    pub const TLS_WRITE: &str = "tollgate_tls_write";
+    /// Uprobe at `SSL_write_ex`'s entry.
+    pub const TLS_WRITE_EX: &str = "tollgate_tls_write_ex";
+    /// Uretprobe on all four: copies what was read or written.
+    pub const TLS_RETURN: &str = "tollgate_tls_return";
+    /// Tracepoint on the read/write system calls: the file descriptor a
+    /// thread uses inside a TLS call.
+    pub const TLS_FD: &str = "tollgate_tls_fd";
+    /// Tracepoint on `close`: a descriptor's stream offsets start over.
+    pub const TLS_CLOSE: &str = "tollgate_tls_close";
+    /// Tracepoint on `accept`/`accept4` returning, in processes that made TLS
+    /// calls: announces the new connection's stream so the agent resolves it
+    /// during the TLS handshake, before any request (and before a short
+    /// connection is gone).
+    pub const TLS_ACCEPT: &str = "tollgate_tls_accept";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -176,6 +203,12 @@ pub mod capacity {
     pub const HANDSHAKES: u32 = 1 << 17;
     /// API sockets whose request streams are taken at once.
     pub const STREAM_SOCKETS: u32 = 1 << 16;
+    /// TLS calls in progress at once (threads inside a probed call).
+    pub const TLS_CALLS: u32 = 1 << 14;
+    /// TLS streams (process, descriptor) whose offsets are kept.
+    pub const TLS_STREAMS: u32 = 1 << 17;
+    /// Processes known to make TLS calls (their accepts are announced).
+    pub const TLS_PROCS: u32 = 1 << 12;
 }
 
 /// Slots of the tail-call table.
@@ -362,17 +395,22 @@ pub struct SampleHeader {
     /// Where the bytes were taken ([`sample_source`]).
     pub source: u8,
     /// TCP sequence number of the first payload byte; for
-    /// [`sample_source::STREAM`] records, the offset in the stream (mod 2^32).
+    /// [`sample_source::STREAM`] and [`sample_source::TLS`] records, the
+    /// offset in the stream (mod 2^32).
     pub seq: u32,
-    /// Interface index it was seen on.
+    /// Interface index it was seen on; for [`sample_source::TLS`] records,
+    /// the file descriptor the process read or wrote through.
     pub ifindex: u32,
     /// Payload bytes in the packet.
     pub payload_len: u32,
     /// Payload bytes copied into the sample.
     pub captured: u32,
-    /// The socket's cookie for [`sample_source::STREAM`] records (the agent
+    /// [`sample_source::STREAM`] records: the socket's cookie (the agent
     /// names it when it tells the stream program which bytes it need not
-    /// copy, [`crate`]'s `TG_STREAM_SKIP`); 0 for packets. Every byte is
+    /// copy, `TG_STREAM_SKIP`). [`sample_source::TLS`] records: the process
+    /// (tgid) in the low 32 bits and the stream's [`TlsStream::id`] in the
+    /// high 32 (with `ifindex`, what the agent resolves to the connection;
+    /// `flow` is zero in such records). 0 for packets. Every byte is
     /// written: ring-buffer memory is not zeroed.
     pub cookie: u64,
 }
@@ -386,7 +424,91 @@ pub mod sample_source {
     /// What an established socket received (stream verdict): in order,
     /// reassembled, and from a client that completed a handshake.
     pub const STREAM: u8 = 1;
+    /// Plaintext a server process's TLS library returned from a read
+    /// (requests) or was given to write (responses), from uprobes on it: in
+    /// order, from an established connection. `flow` is zero; `cookie`
+    /// and `ifindex` name the process, stream and file descriptor.
+    pub const TLS: u8 = 2;
 }
+
+/// Indexes of the per-CPU TLS probe counters ([`maps::TLS_STATS`]).
+pub mod tls_stat {
+    /// Calls of the probed read/write functions that returned data.
+    pub const CALLS: u32 = 0;
+    /// Plaintext bytes written to the ring buffer.
+    pub const BYTES: u32 = 1;
+    /// Plaintext bytes not captured (ring full, past the per-call cap,
+    /// unreadable memory).
+    pub const LOST: u32 = 2;
+    /// Calls whose connection's file descriptor was not known.
+    pub const NO_FD: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// A TLS call in progress on one thread, between the uprobe at its entry and
+/// the uretprobe at its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL *` argument.
+    pub ssl: u64,
+    /// The buffer argument.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte count
+    /// (0 for `SSL_read`/`SSL_write`, which return it).
+    pub count_ptr: u64,
+    /// The file descriptor a read/write system call made inside this call
+    /// used (-1 until one is seen).
+    pub fd: i32,
+    /// [`DIR_REQUEST`] (read) or [`DIR_RESPONSE`] (write).
+    pub direction: u32,
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
+
+/// A process's file descriptor: the key of its TLS stream ([`TlsStream`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsStreamKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<TlsStreamKey>() == 8);
+
+/// The TLS stream on a descriptor, from its first captured call until the
+/// descriptor is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsStream {
+    /// Plaintext bytes so far, indexed by direction ([`DIR_REQUEST`],
+    /// [`DIR_RESPONSE`]): the records' offsets.
+    pub offsets: [u64; 2],
+    /// Tells this stream from earlier ones on the same descriptor (the
+    /// descriptor is reused once closed): carried in every record
+    /// ([`SampleHeader::cookie`]'s high half), so the agent never takes one stream's
+    /// bytes for another's, even when records were lost.
+    pub id: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<TlsStream>() == 24);
+
+/// A TLS connection object of a process: the key under which the file
+/// descriptor last seen with it is remembered (a read served from the
+/// library's buffer makes no system call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSslKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<TlsSslKey>() == 16);
 
 /// [`FlowState::packets`] bit set by sock_ops on connections whose request
 /// stream is taken at the socket: the XDP sampler then leaves their request

@@ -4,7 +4,7 @@
 //! each hook ([`hook::Hook`]): `tollgate_{xdp,tc}_proxy` for trusted proxies,
 //! `tollgate_{xdp,tc}_sample` for API sampling. Egress:
 //! `tollgate_tc_egress` (response samples, the server's acknowledgements).
-//! Sockets: `sockops.rs` and `stream.rs`.
+//! Sockets: `sockops.rs` and `stream.rs`. TLS plaintext: `tls.rs` (uprobes).
 //!
 //! Fail-open by construction: a packet is dropped only when its parsed source
 //! (behind a trusted proxy, the client its connection carries) matches a
@@ -39,6 +39,7 @@ mod proxy;
 mod sample;
 mod sockops;
 mod stream;
+mod tls;
 
 use aya_ebpf::{
     bindings::{

@@ -146,3 +146,36 @@ pub static TG_STREAM_SKIP: LruHashMap<u64, u32> =
 #[map]
 pub static TG_SSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// TLS calls in progress, by thread (`pid_tgid`): what the entry uprobe saw,
+/// for the return probe.
+#[map]
+pub static TG_TLS_CALLS: HashMap<u64, tollgate_common::TlsCall> =
+    HashMap::with_max_entries(capacity::TLS_CALLS, 0);
+
+/// The file descriptor last seen under each `SSL *`, for calls the library
+/// serves from its buffer without a system call.
+#[map]
+pub static TG_TLS_SSLFD: LruHashMap<tollgate_common::TlsSslKey, i32> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+/// Each descriptor's TLS stream: offsets per direction, and its id.
+#[map]
+pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, tollgate_common::TlsStream> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+/// Processes that made TLS calls (value unused): their accepted connections
+/// are announced to the agent.
+#[map]
+pub static TG_TLS_PROCS: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(tollgate_common::capacity::TLS_PROCS, 0);
+
+#[map]
+pub static TG_TLS_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);
+
+/// Per-CPU scratch of the TLS return probe (its own: a stream verdict may
+/// interrupt it on the same CPU).
+#[map]
+pub static TG_TSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -75,13 +75,16 @@ fn main() {
         "capture" => {
             tollgate_tests::capture::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
         }
+        "tls" => {
+            tollgate_tests::tlsbench::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
+        }
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls)"
             );
             std::process::exit(2);
         }

@@ -8,10 +8,12 @@ use serde::Deserialize;
 mod events;
 mod sampling;
 mod scoring;
+mod tls;
 
 pub use events::EventsPolicy;
 pub use sampling::SamplingPolicy;
 pub use scoring::ScoringPolicy;
+pub use tls::TlsPolicy;
 
 /// Which hook to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -116,6 +118,9 @@ pub struct Policy {
     pub trusted_proxies: Vec<String>,
     /// Act as a CrowdSec bouncer (off when absent).
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
+    /// HTTPS plaintext from uprobes on the servers' TLS library.
+    #[serde(default)]
+    pub tls: TlsPolicy,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -637,6 +642,7 @@ impl Policy {
             }
         }
         p.sampling.validate().map_err(invalid_field)?;
+        p.tls.validate().map_err(invalid_field)?;
         p.scoring.validate().map_err(invalid_field)?;
         p.events.validate().map_err(invalid_field)?;
         if p.detectors.alert_threshold > p.detectors.ban_threshold {

@@ -226,6 +226,9 @@ impl Reloader {
         if p.metrics.as_ref().map(|m| m.listen) != self.opts.metrics_addr && p.metrics.is_some() {
             restart.push("metrics");
         }
+        if p.tls != self.opts.policy.tls {
+            restart.push("tls");
+        }
         let jobs = p.feed_jobs();
         let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies)
             .map_err(|e| format!("{}: {e}; the running policy stays", path.display()))?;

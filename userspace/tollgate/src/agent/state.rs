@@ -93,6 +93,12 @@ impl AgentState<Datapath> {
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.maps
     }
+
+    /// The TLS capture's figures for the metrics (set each second by its
+    /// discovery task).
+    pub(crate) fn set_tls_counters(&mut self, counts: [u64; 7]) {
+        self.counters.tls = counts;
+    }
 }
 
 impl<M: Maps> AgentState<M> {
@@ -788,6 +794,7 @@ impl<M: Maps> AgentState<M> {
                     skipped,
                 }
             }),
+            tls: None,
         })
     }
 }

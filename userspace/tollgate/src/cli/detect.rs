@@ -311,6 +311,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
         let sample = Sample {
             cookie: 0,
             stream: false,
+            tls: false,
             ts_ns,
             client,
             server,
@@ -546,6 +547,7 @@ mod tests {
         Sample {
             cookie: 0,
             stream: false,
+            tls: false,
             ts_ns: 1_000_000,
             client: CLIENT,
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
