@@ -26,14 +26,14 @@ use crate::{Agent, Lab, http::HttpServer};
 const CONNS: usize = 8;
 const SECONDS: u64 = 5;
 
-fn ticks() -> u64 {
+pub(crate) fn ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
     u64::try_from(t).unwrap_or(100)
 }
 
 /// utime + stime of `pid`, in clock ticks.
-fn proc_cpu(pid: u32) -> u64 {
+pub(crate) fn proc_cpu(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -43,7 +43,7 @@ fn proc_cpu(pid: u32) -> u64 {
 }
 
 /// Busy ticks of the whole machine (everything but idle and iowait).
-fn busy() -> u64 {
+pub(crate) fn busy() -> u64 {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = s.lines().next().unwrap_or("");
     let v: Vec<u64> = line

@@ -4,14 +4,14 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
     time::Duration,
 };
 
-use crate::Lab;
+use crate::{Lab, eventually};
 
 /// A minimal HTTP/1.1 server: keep-alive, pipelined requests answered in
 /// order, 404 for paths starting with /missing.
@@ -19,6 +19,7 @@ pub struct HttpServer {
     /// The port it listens on (same on every address).
     pub port: u16,
     stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
@@ -31,21 +32,29 @@ impl HttpServer {
             ls.push(TcpListener::bind(SocketAddr::new(*a, port)).unwrap());
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
         for l in ls {
             l.set_nonblocking(true).unwrap();
             let stop = stop.clone();
+            let served = served.clone();
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((s, _)) => {
-                            thread::spawn(move || serve(s));
+                            let served = served.clone();
+                            thread::spawn(move || serve(s, &served));
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
                 }
             });
         }
-        Self { port, stop }
+        Self { port, stop, served }
+    }
+
+    /// The paths of the requests it answered, in order.
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().unwrap().clone()
     }
 }
 
@@ -55,7 +64,7 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(mut s: TcpStream) {
+fn serve(mut s: TcpStream, served: &Mutex<Vec<String>>) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = Vec::new();
@@ -94,6 +103,7 @@ fn serve(mut s: TcpStream) {
                 h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
             });
             buf.drain(..head + len);
+            served.lock().unwrap().push(path.clone());
             let (code, body) = if path.starts_with("/missing") {
                 ("404 Not Found", "{\"error\":\"not found\"}".to_owned())
             } else {
@@ -183,4 +193,52 @@ pub fn try_http(
         let out = read_all(&mut s, true);
         (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
     })
+}
+
+/// Python's http.server (`python3 -m http.server`) on `addr` in the root
+/// namespace, serving an empty directory: a lenient real server that
+/// answers every request (404 for paths that are no files) and logs each
+/// request line it read, with the client's address, to [`PyServer::log`].
+pub struct PyServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl PyServer {
+    /// Starts it and waits (up to 10 s) until it accepts connections.
+    pub fn start(addr: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        std::fs::create_dir(&www).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", &addr.port().to_string(), "--bind"])
+            .arg(addr.ip().to_string())
+            .arg("--directory")
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 runs the lenient reference server");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }),
+            "python3 -m http.server did not come up"
+        );
+        Self { child, dir }
+    }
+
+    /// What the server logged so far: one line per request it read,
+    /// `ADDR - - [time] "REQUEST LINE" STATUS -`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -9,8 +9,11 @@ pub mod etcd;
 pub mod fleet;
 pub mod http;
 pub mod latency;
+pub mod parity;
 pub mod pkt;
 pub mod startup;
+pub mod tls;
+pub mod tlsbench;
 
 use std::{
     fs::File,
@@ -327,6 +330,61 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The ingress hook an agent attaches at. End-to-end tests whose promise
+/// holds at both take one and are defined for each by [`on_both_hooks!`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP (the default).
+    Xdp,
+    /// TC through tcx (`--attach tc`, for hosts whose XDP hook is taken).
+    Tc,
+}
+
+impl Hook {
+    /// The agent flags that select this hook.
+    #[must_use]
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Xdp => &[],
+            Self::Tc => &["--attach", "tc"],
+        }
+    }
+
+    /// [`Hook::args`], and at TC a policy (written under `dir`) that takes
+    /// requests at the NIC (`sampling: {stream: false}`), so that the TC
+    /// request sampler, the part that differs between the hooks, is what a
+    /// test sees; the XDP variant keeps the default (socket capture, which
+    /// does not depend on the hook).
+    #[must_use]
+    pub fn nic_args(self, dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = self.args().iter().map(|s| (*s).to_owned()).collect();
+        if self == Self::Tc {
+            let p = dir.join("nic-sampling.yaml");
+            std::fs::write(&p, "sampling: {stream: false}\n").unwrap();
+            v.extend(["--config".to_owned(), p.display().to_string()]);
+        }
+        v
+    }
+}
+
+/// For each `fn NAME(hook: Hook)`, the tests `NAME::xdp` and `NAME::tc`
+/// (`cargo test -- NAME` runs both, `-- ::tc` every TC variant).
+#[macro_export]
+macro_rules! on_both_hooks {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn xdp() {
+                super::$name($crate::Hook::Xdp);
+            }
+            #[test]
+            fn tc() {
+                super::$name($crate::Hook::Tc);
+            }
+        }
+    )+};
 }
 
 /// The `tollgate` binary under test: `TOLLGATE_BIN`, or the one cargo built

@@ -1,6 +1,8 @@
 //! API visibility end to end: a real HTTP/1.1 server (keep-alive,
 //! pipelining) in the root namespace, clients in a namespace, the agent
 //! sampling the API port; what `tollgate tap` and `tollgate inventory` show.
+//! Every test runs at both ingress hooks (`NAME::xdp`, `NAME::tc`; at TC
+//! with requests sampled at the NIC, see `Hook::nic_args`).
 
 use std::{
     io::Read as _,
@@ -11,10 +13,24 @@ use std::{
 };
 
 use tollgate_tests::{
-    Agent, Lab, eventually,
+    Agent, Hook, Lab, eventually,
     http::{HttpServer, get, raw_http},
     tollgate_bin,
 };
+
+tollgate_tests::on_both_hooks!(
+    tap_sees_plain_keepalive_pipelined_split_and_ipv6_requests,
+    non_http_flows_are_counted_and_skipped,
+    inventory_matches_what_was_called_and_finds_the_shadow_endpoint,
+);
+
+/// The agent at `hook`, sampling `port`; its policy file lives in `dir`.
+fn agent(hook: Hook, lab: &Lab, port: &str, dir: &tempfile::TempDir) -> Agent {
+    let mut args = vec!["--api-port".to_owned(), port.to_owned()];
+    args.extend(hook.nic_args(dir.path()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(&lab.host_if, &argv)
+}
 
 /// Starts `tollgate tap --json --count n`; returns a handle to collect lines.
 fn tap(agent: &Agent, n: usize) -> std::process::Child {
@@ -63,12 +79,12 @@ fn find<'a>(
         .find(|e| e["direction"] == dir && e["path"] == path)
 }
 
-#[test]
-fn tap_sees_plain_keepalive_pipelined_split_and_ipv6_requests() {
+fn tap_sees_plain_keepalive_pipelined_split_and_ipv6_requests(hook: Hook) {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v6(0, 1)]);
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let conf = tempfile::tempdir().unwrap();
+    let agent = agent(hook, &lab, &port, &conf);
     let (src, dst) = (lab.v4(0, 2), SocketAddr::new(lab.v4(0, 1), server.port));
     let (src6, dst6) = (lab.v6(0, 2), SocketAddr::new(lab.v6(0, 1), server.port));
 
@@ -121,12 +137,12 @@ fn tap_sees_plain_keepalive_pipelined_split_and_ipv6_requests() {
     assert_eq!(six["status"], 200);
 }
 
-#[test]
-fn non_http_flows_are_counted_and_skipped() {
+fn non_http_flows_are_counted_and_skipped(hook: Hook) {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1)]);
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let conf = tempfile::tempdir().unwrap();
+    let agent = agent(hook, &lab, &port, &conf);
     let (src, dst) = (lab.v4(0, 2), SocketAddr::new(lab.v4(0, 1), server.port));
     // A TLS ClientHello-looking record, then plain HTTP on another connection.
     let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01];
@@ -156,12 +172,12 @@ fn non_http_flows_are_counted_and_skipped() {
     );
 }
 
-#[test]
-fn inventory_matches_what_was_called_and_finds_the_shadow_endpoint() {
+fn inventory_matches_what_was_called_and_finds_the_shadow_endpoint(hook: Hook) {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let conf = tempfile::tempdir().unwrap();
+    let agent = agent(hook, &lab, &port, &conf);
     let dst = SocketAddr::new(lab.v4(0, 1), server.port);
     let dst1 = SocketAddr::new(lab.v4(1, 1), server.port);
     for id in [1, 2, 3] {

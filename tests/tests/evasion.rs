@@ -6,47 +6,15 @@
 use std::{
     io::Write as _,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use tollgate_tests::{Agent, Lab, eventually, http::raw_http, sh, tollgate_bin};
-
-/// Python's http.server on `addr` (root namespace), serving an empty
-/// directory: every request is answered (404 for paths that are no files).
-struct PyServer {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl PyServer {
-    fn start(addr: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", &addr.port().to_string(), "--bind"])
-            .arg(addr.ip().to_string())
-            .arg("--directory")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the lenient reference server");
-        assert!(
-            eventually(Duration::from_secs(10), || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            }),
-            "python3 -m http.server did not come up"
-        );
-        Self { child, _dir: dir }
-    }
-}
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use tollgate_tests::{
+    Agent, Lab, eventually,
+    http::{PyServer, raw_http},
+    sh, tollgate_bin,
+};
 
 const Q: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
 

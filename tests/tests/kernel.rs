@@ -379,6 +379,21 @@ fn long_extension_chains_pass_unless_banned() {
     // Padding the chain does not smuggle a banned source past the NIC.
     let banned = Frame::new().ipv6(v6("fd00:5::5"), &chain, pkt::TCP, &pkt::tcp(b""));
     assert_eq!(run(&mut dp, &banned), XDP_DROP);
+    // Seven extension headers (the documented most) still reach TCP;
+    // eight pass uninspected, counted.
+    let seven: Vec<(u8, Vec<u8>)> = (0..7).map(|_| (60u8, pkt::opts_ext())).collect();
+    let ok = Frame::new().ipv6(v6("fd00:5::6"), &seven, pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &ok), XDP_PASS);
+    assert_eq!(
+        count(&dp, Verdict::Pass, Reason::ExtChainTooLong),
+        1,
+        "7 headers are parsed through"
+    );
+    assert_eq!(count(&dp, Verdict::Pass, Reason::Clean), 1);
+    let eight: Vec<(u8, Vec<u8>)> = (0..8).map(|_| (60u8, pkt::opts_ext())).collect();
+    let long = Frame::new().ipv6(v6("fd00:5::6"), &eight, pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &long), XDP_PASS);
+    assert_eq!(count(&dp, Verdict::Pass, Reason::ExtChainTooLong), 2);
 }
 
 #[test]
@@ -606,19 +621,30 @@ fn verifier_complexity_stays_within_budget() {
         .unwrap()
         .verified_instruction_count()
         .unwrap_or(0);
-    let proxy = dp
-        .xdp_program(tollgate_common::programs::XDP_PROXY)
-        .unwrap()
-        .info()
-        .unwrap()
-        .verified_instruction_count()
-        .unwrap_or(0);
-    eprintln!("verified instructions: xdp {xdp}, tc {tc}, tc egress {egress}, xdp proxy {proxy}");
+    let mut tail = |name: &str| {
+        dp.ebpf_mut()
+            .program(name)
+            .unwrap()
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .unwrap_or(0)
+    };
+    use tollgate_common::programs::{TC_PROXY, TC_SAMPLE, XDP_PROXY, XDP_SAMPLE};
+    let (xdp_proxy, xdp_sample) = (tail(XDP_PROXY), tail(XDP_SAMPLE));
+    let (tc_proxy, tc_sample) = (tail(TC_PROXY), tail(TC_SAMPLE));
+    eprintln!(
+        "verified instructions: xdp {xdp}, tc {tc}, tc egress {egress}, xdp proxy {xdp_proxy}, \
+         xdp sample {xdp_sample}, tc proxy {tc_proxy}, tc sample {tc_sample}"
+    );
     for (name, n) in [
         ("xdp", xdp),
         ("tc", tc),
         ("tc egress", egress),
-        ("xdp proxy", proxy),
+        ("xdp proxy", xdp_proxy),
+        ("xdp sample", xdp_sample),
+        ("tc proxy", tc_proxy),
+        ("tc sample", tc_sample),
     ] {
         assert!(n > 0, "{name}: the kernel reported no count");
         assert!(
@@ -687,6 +713,26 @@ fn the_agent_object_carries_no_benchmark_programs() {
 mod proxy {
     use super::*;
 
+    /// Runs a frame through one hook's ingress program; the verdict as XDP's.
+    type Run = fn(&mut Datapath, &[u8]) -> u32;
+
+    fn tc_as_xdp(dp: &mut Datapath, frame: &[u8]) -> u32 {
+        match run_tc(dp, frame) {
+            TC_ACT_SHOT => XDP_DROP,
+            TCX_NEXT => XDP_PASS,
+            v => panic!("tc verdict {v}"),
+        }
+    }
+
+    /// The proxy path is the same code at both hooks: every case runs on
+    /// each, on a fresh datapath.
+    fn both(case: fn(Run)) {
+        for (hook, run) in [("xdp", run as Run), ("tc", tc_as_xdp as Run)] {
+            eprintln!("hook {hook}");
+            case(run);
+        }
+    }
+
     const PROXY: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
     const ACK_PSH: u8 = 0x18;
     const FIN_ACK: u8 = 0x11;
@@ -734,6 +780,10 @@ mod proxy {
 
     #[test]
     fn a_new_connection_on_a_reused_port_forgets_the_old_client() {
+        both(a_new_connection_on_a_reused_port_forgets_the_old_client_on);
+    }
+
+    fn a_new_connection_on_a_reused_port_forgets_the_old_client_on(run: Run) {
         let mut dp = setup();
         // Connection 1 carries the banned client and ends without a FIN this
         // program saw (e.g. lost or taken by another path).
@@ -760,6 +810,10 @@ mod proxy {
 
     #[test]
     fn a_banned_client_behind_a_proxy_is_dropped_per_connection() {
+        both(a_banned_client_behind_a_proxy_is_dropped_per_connection_on);
+    }
+
+    fn a_banned_client_behind_a_proxy_is_dropped_per_connection_on(run: Run) {
         let mut dp = setup();
         // The proxy itself is never judged as the banned client.
         assert_eq!(run(&mut dp, &seg(1000, 0x02, b"")), XDP_PASS);
@@ -818,6 +872,10 @@ mod proxy {
 
     #[test]
     fn x_forwarded_for_names_the_client_of_a_connection() {
+        both(x_forwarded_for_names_the_client_of_a_connection_on);
+    }
+
+    fn x_forwarded_for_names_the_client_of_a_connection_on(run: Run) {
         let mut dp = setup();
         let req = |xff: &str| {
             format!("GET /items HTTP/1.1\r\nHost: api\r\nUser-Agent: x\r\n{xff}Accept: */*\r\n\r\n")
@@ -881,6 +939,10 @@ mod proxy {
 
     #[test]
     fn what_is_not_a_proxy_header_passes() {
+        both(what_is_not_a_proxy_header_passes_on);
+    }
+
+    fn what_is_not_a_proxy_header_passes_on(run: Run) {
         let mut dp = setup();
         let cases: [&[u8]; 6] = [
             b"GET / HTTP/1.1\r\nX-Real-IP: 198.18.9.9\r\nX-Forwarded-Fo: 198.18.9.9\r\n\r\n",
@@ -919,6 +981,10 @@ mod proxy {
 
     #[test]
     fn the_agent_can_arm_a_connection_and_the_proxy_is_not_rate_limited() {
+        both(the_agent_can_arm_a_connection_and_the_proxy_is_not_rate_limited_on);
+    }
+
+    fn the_agent_can_arm_a_connection_and_the_proxy_is_not_rate_limited_on(run: Run) {
         let mut dp = setup();
         let spec = tollgate::limits::LimitSpec {
             pps: Some(1),
@@ -963,5 +1029,161 @@ mod proxy {
         );
         assert_eq!(run(&mut dp, &seg(3200, 0x14, b"")), XDP_DROP);
         assert!(dp.proxy_flow(&key).is_none(), "RST forgets the connection");
+    }
+
+    /// A segment from the proxy at sequence number `seq`.
+    fn seg_at(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = pkt::tcp_to(8080, flags, payload);
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        Frame::new().ipv4(PROXY, 6, &t)
+    }
+
+    /// A request head whose `X-Forwarded-For` (naming `client`) comes after
+    /// a 3 KiB cookie.
+    fn padded_head(client: &str) -> Vec<u8> {
+        let pad = "a".repeat(3 * 1024);
+        format!(
+            "GET /items HTTP/1.1\r\nHost: api\r\nCookie: c={pad}\r\n\
+             X-Forwarded-For: {client}\r\nAccept: */*\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// Runs `head` cut at `cuts` as consecutive segments (sequence numbers
+    /// from 1); the verdict of each.
+    fn segments(run: Run, dp: &mut Datapath, sport: u16, head: &[u8], cuts: &[usize]) -> Vec<u32> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for &end in cuts.iter().chain([head.len()].iter()) {
+            let seq = 1 + u32::try_from(at).unwrap();
+            out.push(run(dp, &seg_at(sport, seq, ACK_PSH, &head[at..end])));
+            at = end;
+        }
+        out
+    }
+
+    #[test]
+    fn x_forwarded_for_is_found_across_the_packets_of_a_long_head() {
+        both(x_forwarded_for_is_found_across_the_packets_of_a_long_head_on);
+    }
+
+    fn x_forwarded_for_is_found_across_the_packets_of_a_long_head_on(run: Run) {
+        let mut dp = setup();
+        let bad = padded_head("198.18.9.9");
+        let name = bad
+            .windows(16)
+            .position(|w| w == b"X-Forwarded-For:")
+            .unwrap();
+        // Three segments, the last cut inside the header's name: the two
+        // first pass (the head is not complete), the one that completes it
+        // names the banned client and drops, and so does what follows.
+        let v = segments(run, &mut dp, 5000, &bad, &[1400, name + 5]);
+        assert_eq!(v, [XDP_PASS, XDP_PASS, XDP_DROP]);
+        let last = seg_at(
+            5000,
+            1 + u32::try_from(name + 5).unwrap(),
+            ACK_PSH,
+            &bad[name + 5..],
+        );
+        assert_eq!(run(&mut dp, &last), XDP_DROP, "its retransmission");
+        assert_eq!(
+            run(
+                &mut dp,
+                &seg_at(5000, 1 + u32::try_from(bad.len()).unwrap(), ACK_PSH, b"x")
+            ),
+            XDP_DROP
+        );
+        // The same head for a clean client passes, segment by segment.
+        let good = padded_head("198.18.9.10");
+        let v = segments(run, &mut dp, 5001, &good, &[1400, name + 5]);
+        assert_eq!(v, [XDP_PASS; 3]);
+        // Two segments cut inside the address, and a retransmission of the
+        // first in between: the scan resumes where it left off.
+        let value = name + "X-Forwarded-For: 198.18.".len();
+        assert_eq!(
+            run(&mut dp, &seg_at(5002, 1, ACK_PSH, &bad[..value])),
+            XDP_PASS
+        );
+        assert_eq!(
+            run(&mut dp, &seg_at(5002, 1, ACK_PSH, &bad[..1000])),
+            XDP_PASS
+        );
+        let rest = seg_at(
+            5002,
+            1 + u32::try_from(value).unwrap(),
+            ACK_PSH,
+            &bad[value..],
+        );
+        assert_eq!(run(&mut dp, &rest), XDP_DROP);
+        // The whole head in one 3 KiB segment (scanned in several chunks).
+        assert_eq!(segments(run, &mut dp, 5003, &bad, &[]), [XDP_DROP]);
+        assert_eq!(segments(run, &mut dp, 5004, &good, &[]), [XDP_PASS]);
+        // Only the last header's right-most entry counts, wherever the
+        // packets are cut.
+        let mut two = padded_head("198.18.9.9");
+        let at = two.len() - 2;
+        two.splice(at..at, b"X-Forwarded-For: 198.18.9.10\r\n".iter().copied());
+        assert_eq!(
+            segments(run, &mut dp, 5005, &two, &[1000, 2500, name + 20]),
+            [XDP_PASS; 4]
+        );
+        // A gap (a segment missing): the scan cannot follow what the server
+        // will read and gives up; nothing drops (the agent arms such flows).
+        assert_eq!(
+            run(&mut dp, &seg_at(5006, 1, ACK_PSH, &bad[..1400])),
+            XDP_PASS
+        );
+        let after_gap = seg_at(5006, 2801, ACK_PSH, &bad[2800..]);
+        assert_eq!(run(&mut dp, &after_gap), XDP_PASS);
+        assert_eq!(
+            run(&mut dp, &seg_at(5006, 1401, ACK_PSH, &bad[1400..2800])),
+            XDP_PASS
+        );
+        assert_eq!(run(&mut dp, &after_gap), XDP_PASS);
+    }
+
+    #[test]
+    fn requests_through_a_proxy_are_sampled_at_either_hook() {
+        both(requests_through_a_proxy_are_sampled_at_either_hook_on);
+    }
+
+    fn requests_through_a_proxy_are_sampled_at_either_hook_on(run: Run) {
+        let mut dp = setup();
+        let cfg = tollgate_common::SampleCfg {
+            first_packets: 4,
+            one_in: 1,
+            max_bytes: 1024,
+            reserved: 0,
+        };
+        dp.set_api_ports(&[8080].into(), cfg).unwrap();
+        let mut ring = dp.take_samples().unwrap();
+        let head = padded_head("198.18.9.10");
+        // Through the proxy (proxy program, then sampler) and direct.
+        assert_eq!(run(&mut dp, &seg_at(6000, 1, ACK_PSH, &head)), XDP_PASS);
+        let mut t = pkt::tcp_to(8080, ACK_PSH, b"GET /direct HTTP/1.1\r\n\r\n");
+        t[0..2].copy_from_slice(&6001u16.to_be_bytes());
+        let direct = Frame::new().ipv4(v4("198.18.3.3"), 6, &t);
+        assert_eq!(run(&mut dp, &direct), XDP_PASS);
+        let mut got = Vec::new();
+        while let Some(item) = ring.next() {
+            let h = item.as_ptr().cast::<tollgate_common::SampleHeader>();
+            // SAFETY: the record starts with its header (repr(C), Pod).
+            let h = unsafe { h.read_unaligned() };
+            let off = size_of::<tollgate_common::SampleHeader>();
+            let data = item[off..off + h.captured as usize].to_vec();
+            got.push((h.flow.client_port, h.payload_len, data));
+        }
+        assert_eq!(
+            got.len(),
+            2,
+            "{:?}",
+            got.iter().map(|g| g.0).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].0, 6000);
+        assert_eq!(got[0].1 as usize, head.len());
+        assert_eq!(got[0].2, head[..1024]);
+        assert_eq!(got[1].0, 6001);
+        assert!(got[1].2.starts_with(b"GET /direct"));
     }
 }

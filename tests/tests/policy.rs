@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use tollgate_tests::{
-    Agent, Lab, eventually,
+    Agent, Hook, Lab, eventually,
     http::{HttpServer, get, sqli, try_http},
     tollgate_bin,
 };
@@ -32,17 +32,39 @@ struct Env {
     lab: Lab,
     server: HttpServer,
     agent: Agent,
+    _conf: tempfile::TempDir,
 }
 
 fn env(extra: &[&str]) -> Env {
+    env_at(Hook::Xdp, extra)
+}
+
+/// The agent at `hook` (at TC with requests sampled at the NIC, see
+/// `Hook::nic_args`).
+fn env_at(hook: Hook, extra: &[&str]) -> Env {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v4(1, 1), lab.v6(0, 1)]);
     let port = server.port.to_string();
+    let conf = tempfile::tempdir().unwrap();
+    let nic = hook.nic_args(conf.path());
     let mut args = vec!["--api-port", &port];
+    args.extend(nic.iter().map(String::as_str));
     args.extend_from_slice(extra);
     let agent = Agent::start(&lab.host_if, &args);
-    Env { lab, server, agent }
+    Env {
+        lab,
+        server,
+        agent,
+        _conf: conf,
+    }
 }
+
+// The key tests also at the TC hook; the others (policy files, reloads,
+// token binding) do not depend on the hook.
+tollgate_tests::on_both_hooks!(
+    injection_over_tcp_bans_the_client_at_the_nic,
+    ipv6_attacker_is_banned_by_its_64_and_weak_signals_alone_are_not,
+);
 
 impl Env {
     fn dst(&self, i: u32) -> SocketAddr {
@@ -53,9 +75,8 @@ impl Env {
     }
 }
 
-#[test]
-fn injection_over_tcp_bans_the_client_at_the_nic() {
-    let e = env(&[]);
+fn injection_over_tcp_bans_the_client_at_the_nic(hook: Hook) {
+    let e = env_at(hook, &[]);
     let (attacker, neighbour) = (e.lab.v4(0, 2), e.lab.v4(1, 2));
     let follow = Command::new(tollgate_bin())
         .arg("--socket")
@@ -133,9 +154,8 @@ fn injection_over_tcp_bans_the_client_at_the_nic() {
     );
 }
 
-#[test]
-fn ipv6_attacker_is_banned_by_its_64_and_weak_signals_alone_are_not() {
-    let e = env(&[]);
+fn ipv6_attacker_is_banned_by_its_64_and_weak_signals_alone_are_not(hook: Hook) {
+    let e = env_at(hook, &[]);
     let dst6 = SocketAddr::new(e.lab.v6(0, 1), e.server.port);
     // A lone `../` is a weak signal: reported, not banned.
     let r = try_http(

@@ -2,8 +2,9 @@
 //! front of the API host): the proxy is trusted, the clients it carries are
 //! judged and banned one by one, per connection, in the kernel; the proxy is
 //! never banned. Once with the PROXY protocol (v1 and v2), once with
-//! `X-Forwarded-For`; and a direct client's forged `X-Forwarded-For` does not
-//! shift blame.
+//! `X-Forwarded-For` (also behind a padded head spanning several packets);
+//! and a direct client's forged `X-Forwarded-For` does not shift blame.
+//! Every test runs at both ingress hooks (`NAME::xdp`, `NAME::tc`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -14,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 use tollgate_tests::{
-    Agent, Lab, eventually,
+    Agent, Hook, Lab, eventually,
     http::{HttpServer, get, try_http},
     sh,
 };
@@ -75,7 +76,7 @@ impl Drop for Haproxy {
 
 struct Env {
     lab: Lab,
-    _server: HttpServer,
+    server: HttpServer,
     agent: Agent,
     _proxy: Haproxy,
     proxy_ip: IpAddr,
@@ -86,20 +87,15 @@ struct Env {
 
 /// Lab + API + agent (trusting the proxy) + HAProxy; two clients behind it
 /// (extra addresses inside the namespace).
-fn env(server_opts: &str, backend_opts: &str) -> Env {
+fn env(hook: Hook, server_opts: &str, backend_opts: &str) -> Env {
     let lab = Lab::new();
     let server = HttpServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
     let proxy_ip = lab.v4(0, 2);
     let port = server.port.to_string();
-    let agent = Agent::start(
-        &lab.host_if,
-        &[
-            "--api-port",
-            &port,
-            "--trusted-proxy",
-            &format!("{proxy_ip}/32"),
-        ],
-    );
+    let trusted = format!("{proxy_ip}/32");
+    let mut args = vec!["--api-port", &port, "--trusted-proxy", &trusted];
+    args.extend(hook.args());
+    let agent = Agent::start(&lab.host_if, &args);
     let (good, bad) = (lab.v4(1, 4), lab.v4(1, 3));
     for a in [good, bad] {
         sh(&[
@@ -126,7 +122,7 @@ fn env(server_opts: &str, backend_opts: &str) -> Env {
     let proxy = Haproxy::start(&lab, front, api, server_opts, backend_opts);
     Env {
         lab,
-        _server: server,
+        server,
         agent,
         _proxy: proxy,
         proxy_ip,
@@ -220,21 +216,27 @@ fn attacker_is_cut_off_alone(e: &Env) {
     );
 }
 
-#[test]
-fn proxy_protocol_v1_clients_are_judged_one_by_one() {
-    let e = env("send-proxy", "");
+tollgate_tests::on_both_hooks!(
+    proxy_protocol_v1_clients_are_judged_one_by_one,
+    proxy_protocol_v2_clients_are_judged_one_by_one,
+    x_forwarded_for_clients_are_judged_one_by_one,
+    a_banned_client_padding_its_head_past_the_first_packets_is_stopped,
+    a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame,
+    a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else,
+);
+
+fn proxy_protocol_v1_clients_are_judged_one_by_one(hook: Hook) {
+    let e = env(hook, "send-proxy", "");
     attacker_is_cut_off_alone(&e);
 }
 
-#[test]
-fn proxy_protocol_v2_clients_are_judged_one_by_one() {
-    let e = env("send-proxy-v2", "");
+fn proxy_protocol_v2_clients_are_judged_one_by_one(hook: Hook) {
+    let e = env(hook, "send-proxy-v2", "");
     attacker_is_cut_off_alone(&e);
 }
 
-#[test]
-fn x_forwarded_for_clients_are_judged_one_by_one() {
-    let e = env("", "  option forwardfor\n");
+fn x_forwarded_for_clients_are_judged_one_by_one(hook: Hook) {
+    let e = env(hook, "", "  option forwardfor\n");
     attacker_is_cut_off_alone(&e);
     // `tap` shows the real client and the proxy.
     let tap = Command::new(tollgate_tests::tollgate_bin())
@@ -252,11 +254,40 @@ fn x_forwarded_for_clients_are_judged_one_by_one() {
     assert_eq!(line["proxy"], e.proxy_ip.to_string(), "{line}");
 }
 
-#[test]
-fn a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame() {
-    let e = env("", "  option forwardfor\n");
+/// HAProxy appends its `X-Forwarded-For` after the client's headers: a
+/// client can push it past the first packets of the head. The kernel scans
+/// the whole head, so the packet that completes it is judged by the banned
+/// client and the request never reaches the server.
+fn a_banned_client_padding_its_head_past_the_first_packets_is_stopped(hook: Hook) {
+    let e = env(hook, "", "  option forwardfor\n");
+    e.agent.ok(&["block", "add", &e.bad.to_string()]);
+    let padded = |path: &str| {
+        let cookie = "c".repeat(3 * 1024);
+        format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nCookie: s={cookie}\r\n\r\n").into_bytes()
+    };
+    let r = try_http(&e.lab, e.bad, e.front, padded("/padded-bad"), T);
+    assert!(
+        !r.as_deref().is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "banned client served: {r:?}"
+    );
+    let r = try_http(&e.lab, e.good, e.front, padded("/padded-good"), T);
+    assert!(
+        r.as_deref().is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "clean client not served: {r:?}"
+    );
+    let served = e.server.served();
+    assert!(served.iter().any(|p| p == "/padded-good"), "{served:?}");
+    assert!(
+        !served.iter().any(|p| p == "/padded-bad"),
+        "the banned client's request reached the server: {served:?}"
+    );
+    assert!(!e.banned(e.proxy_ip), "the proxy was banned");
+}
+
+fn a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame(hook: Hook) {
+    let e = env(hook, "", "  option forwardfor\n");
     let direct = e.lab.v4(1, 2);
-    let dst = SocketAddr::new(e.lab.v4(1, 1), e._server.port);
+    let dst = SocketAddr::new(e.lab.v4(1, 1), e.server.port);
     let req = format!(
         "GET {SQLI} HTTP/1.1\r\nHost: api\r\nX-Forwarded-For: {}\r\n\r\n",
         e.good
@@ -278,12 +309,11 @@ fn a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame() {
     );
 }
 
-#[test]
-fn a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else() {
+fn a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else(hook: Hook) {
     // HAProxy appends to X-Forwarded-For and passes `Forwarded` untouched:
     // that header is the client's own word. The attacker names its
     // neighbour in it; the attacker is banned, the neighbour is not.
-    let e = env("", "  option forwardfor\n");
+    let e = env(hook, "", "  option forwardfor\n");
     let req = format!(
         "GET {SQLI} HTTP/1.1\r\nHost: api.test\r\nForwarded: for={}\r\n\r\n",
         e.good

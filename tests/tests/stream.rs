@@ -2,7 +2,7 @@
 //! verdict), so size, segmentation and keep-alive hide nothing. Each case
 //! hid an injection from the packet sampler; each must now ban its sender.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write as _, net::SocketAddr, time::Duration};
 
 use tollgate_tests::{
     Agent, Lab, eventually,
@@ -30,6 +30,16 @@ fn env_with(extra: &[&str]) -> Env {
 }
 
 impl Env {
+    fn banned(&self, src: std::net::IpAddr) -> bool {
+        let want = format!("{src}/32");
+        self.agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["cidr"] == want)
+    }
+
     /// Sends `chunks` on one connection from the client in the lab's subnet
     /// `i` and asserts that the client ends up banned for an injection.
     fn assert_banned(&self, i: u32, chunks: Vec<Vec<u8>>, what: &str) {
@@ -135,11 +145,13 @@ fn a_request_after_a_long_body_is_judged_and_the_body_is_not_copied() {
     upload.resize(start + 64 * 1024, b'a');
     upload.extend_from_slice(b"\r\nPOST /decoy HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n");
     upload.resize(start + body_len, b'b');
-    e.assert_banned(
-        0,
-        vec![upload, get(INJECTION)],
-        "request after a 2 MiB body",
-    );
+    // The head and the body's start, a pause (the agent judges them and
+    // tells the kernel where the body ends), then the rest.
+    let rest = upload.split_off(start + 32 * 1024);
+    let mut chunks = vec![upload];
+    chunks.extend(std::iter::repeat_n(Vec::new(), 8));
+    chunks.extend([rest, get(INJECTION)]);
+    e.assert_banned(0, chunks, "request after a 2 MiB body");
     let st = e.agent.json(&["status"]);
     let flows = &st["sampling"]["flows"];
     assert!(
@@ -221,4 +233,48 @@ fn the_tc_hook_judges_every_request_too() {
             .is_none(),
         "banned client still served with the tc hook"
     );
+}
+
+#[test]
+fn a_lifted_client_is_not_banned_again_for_what_the_ban_held_back() {
+    let e = env();
+    let src = e.lab.v4(0, 2);
+    let dst = SocketAddr::new(e.lab.v4(0, 1), e.server.port);
+    let mut s = e.lab.in_client(move || {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+        sock.connect_timeout(&dst.into(), Duration::from_secs(5))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        std::net::TcpStream::from(sock)
+    });
+    s.write_all(&get(INJECTION)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || e.banned(src)),
+        "the attack was not banned: {:#?}",
+        e.agent.events()
+    );
+    // Sent while banned: dropped at the NIC, then retransmitted by the
+    // client's kernel until it gets through.
+    s.write_all(&get(INJECTION)).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    e.agent.ok(&["block", "rm", &format!("{src}/32")]);
+    let held_back = eventually(Duration::from_secs(10), || {
+        e.agent.events().iter().any(|v| {
+            v["client"] == src.to_string()
+                && v["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("predates the lift"))
+        })
+    });
+    assert!(
+        held_back,
+        "the held-back request was not judged as the past: {:#?}",
+        e.agent.events()
+    );
+    assert!(!e.banned(src), "re-banned for what the ban held back");
+    drop(s);
+    // A new connection with a new attack is an offence again.
+    e.assert_banned(0, vec![get(INJECTION)], "a new attack after the lift");
 }

@@ -47,13 +47,18 @@ enum Cmd {
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
     /// enforcement, agent RSS). `capture [RATE]` (every request taken at the
     /// socket vs NIC sampling vs no sampling: requests/s, agent and machine
-    /// CPU per request).
+    /// CPU per request). `parity CORPUS [--attach tc]` (every request of a
+    /// labelled corpus sent over real TCP, each from its own address,
+    /// through an agent in monitor mode: per-category figures live and by
+    /// `tollgate detect`, and every request where they disagree). `tls
+    /// [RATE]` (nginx over HTTPS with the TLS probes off and on: p50/p99
+    /// latency, agent CPU per request).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity", "tls"])]
         which: String,
         /// Arguments passed to the benchmark binary.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Evaluate the default detection policy on a labelled corpus: recall per

@@ -34,6 +34,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     bpffs();
     protoc()?;
+    tracefs();
     if test_deps {
         nightly_clippy()?;
         debian_packages()?;
@@ -231,8 +232,27 @@ fn bpffs() {
     }
 }
 
+/// The TLS probes attach syscall tracepoints through tracefs, which a fresh
+/// machine may not have mounted (the agent mounts it too when run as root).
+fn tracefs() {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        ok("tracefs mounted at /sys/kernel/tracing");
+        return;
+    }
+    match Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+    {
+        Ok(s) if s.success() => did("mounted tracefs at /sys/kernel/tracing"),
+        _ => println!(
+            "  skip  tracefs is not mounted at /sys/kernel/tracing and mounting failed (not root?); \
+             the agent mounts it itself when run as root"
+        ),
+    }
+}
+
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 8] = [
+const DEBIAN_PACKAGES: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -249,6 +269,13 @@ const DEBIAN_PACKAGES: [(&str, &str); 8] = [
     // A real etcd for the fleet tests (tests/tests/fleet.rs start their own
     // members; the packaged service is not used).
     ("etcd", "etcd-server"),
+    // An HTTPS server with a dynamically linked libssl (tests/tests/tls.rs),
+    // and openssl to make its self-signed certificate.
+    ("nginx", "nginx-light"),
+    ("openssl", "openssl"),
+    // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
+    // with Debian's /usr/bin/python3, which this package installs for).
+    ("scapy", "python3-scapy"),
 ];
 
 /// `apt-get update`, then installs `packages` without recommends.
@@ -281,7 +308,9 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, etcd)");
+        ok(
+            "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd)",
+        );
         return Ok(());
     }
     apt_install(&missing).context("failed to install test tools")?;

@@ -53,8 +53,11 @@ pub mod maps {
     pub const SAMPLES: &str = "TG_SAMPLES";
     /// Per-CPU sampling counters, indexed by [`super::sample_stat`].
     pub const SAMPLE_STATS: &str = "TG_SMPL_STATS";
-    /// Tail-call table (not pinned): slots in [`super::jump`].
+    /// Tail-call table of the XDP programs (not pinned): slots in [`super::jump`].
     pub const JUMP: &str = "TG_JUMP";
+    /// Tail-call table of the TC ingress programs, the same slots (a table
+    /// holds programs of one type only).
+    pub const JUMP_TC: &str = "TG_JUMP_TC";
     /// Trusted proxies (IPv4): LPM trie, value unused.
     pub const TRUST4: &str = "TG_TRUST4";
     /// Trusted proxies (IPv6).
@@ -73,6 +76,13 @@ pub mod maps {
     /// API sockets whose requests are taken at the socket (sockhash, not
     /// pinned: when the programs go, the sockets go back to normal).
     pub const STREAM_SOCKETS: &str = "TG_SOCKS";
+    /// Per-CPU TLS probe counters, indexed by [`super::tls_stat`] (not
+    /// pinned: they count what this agent's probes did).
+    pub const TLS_STATS: &str = "TG_TLS_STATS";
+    /// Processes that use a probed TLS library (tgid -> unused): their
+    /// accepts are announced. Filled by the probes and by the agent's
+    /// discovery (not pinned).
+    pub const TLS_PROCS: &str = "TG_TLS_PROCS";
     /// Per API socket (cookie): the stream offset up to which the stream
     /// program need not copy (a body the agent passes over). Not pinned.
     pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
@@ -117,12 +127,36 @@ pub mod programs {
     /// XDP handling of connections from trusted proxies (PROXY protocol
     /// header, real-client bans and limits), tail-called by [`XDP_INGRESS`].
     pub const XDP_PROXY: &str = "tollgate_xdp_proxy";
+    /// [`XDP_SAMPLE`] as a TC program, tail-called by [`TC_INGRESS`].
+    pub const TC_SAMPLE: &str = "tollgate_tc_sample";
+    /// [`XDP_PROXY`] as a TC program, tail-called by [`TC_INGRESS`].
+    pub const TC_PROXY: &str = "tollgate_tc_proxy";
     /// TC (tcx) egress: samples API responses.
     pub const TC_EGRESS: &str = "tollgate_tc_egress";
     /// sock_ops on the root cgroup: counts established connections per client.
     pub const SOCKOPS: &str = "tollgate_sockops";
     /// Stream verdict on API sockets: copies what they receive (requests).
     pub const STREAM: &str = "tollgate_stream";
+    /// Uprobe at `SSL_read`'s entry (TLS plaintext, requests).
+    pub const TLS_READ: &str = "tollgate_tls_read";
+    /// Uprobe at `SSL_read_ex`'s entry.
+    pub const TLS_READ_EX: &str = "tollgate_tls_read_ex";
+    /// Uprobe at `SSL_write`'s entry (TLS plaintext, responses).
+    pub const TLS_WRITE: &str = "tollgate_tls_write";
+    /// Uprobe at `SSL_write_ex`'s entry.
+    pub const TLS_WRITE_EX: &str = "tollgate_tls_write_ex";
+    /// Uretprobe on all four: copies what was read or written.
+    pub const TLS_RETURN: &str = "tollgate_tls_return";
+    /// Tracepoint on the read/write system calls: the file descriptor a
+    /// thread uses inside a TLS call.
+    pub const TLS_FD: &str = "tollgate_tls_fd";
+    /// Tracepoint on `close`: a descriptor's stream offsets start over.
+    pub const TLS_CLOSE: &str = "tollgate_tls_close";
+    /// Tracepoint on `accept`/`accept4` returning, in processes that made TLS
+    /// calls: announces the new connection's stream so the agent resolves it
+    /// during the TLS handshake, before any request (and before a short
+    /// connection is gone).
+    pub const TLS_ACCEPT: &str = "tollgate_tls_accept";
     /// Benchmark only: the trivial XDP_PASS floor.
     pub const BENCH_PASS: &str = "bench_pass";
     /// Benchmark only: count and pass.
@@ -169,6 +203,12 @@ pub mod capacity {
     pub const HANDSHAKES: u32 = 1 << 17;
     /// API sockets whose request streams are taken at once.
     pub const STREAM_SOCKETS: u32 = 1 << 16;
+    /// TLS calls in progress at once (threads inside a probed call).
+    pub const TLS_CALLS: u32 = 1 << 14;
+    /// TLS streams (process, descriptor) whose offsets are kept.
+    pub const TLS_STREAMS: u32 = 1 << 17;
+    /// Processes known to make TLS calls (their accepts are announced).
+    pub const TLS_PROCS: u32 = 1 << 12;
 }
 
 /// Slots of the tail-call table.
@@ -183,13 +223,66 @@ pub mod jump {
 
 /// [`ProxyFlow::state`] values.
 pub mod proxy_state {
-    /// The connection did not start with a PROXY header: nothing to attribute.
+    /// Nothing to attribute (no PROXY header, no `X-Forwarded-For` the
+    /// datapath could read, or the head scan gave up): the agent may arm it.
     pub const NONE: u32 = 0;
-    /// The real client came from the PROXY header.
+    /// The real client came from the PROXY header or `X-Forwarded-For`.
     pub const CLIENT: u32 = 1;
     /// Armed by the agent: the real client (from `X-Forwarded-For` or a
     /// header the datapath does not parse) is banned; drop the connection.
     pub const BANNED: u32 = 2;
+    /// The request head is still arriving and being scanned for
+    /// `X-Forwarded-For` ([`super::HeadScan`]); its packets pass.
+    pub const SCANNING: u32 = 3;
+}
+
+/// Head bytes of one proxied connection the datapath scans at most; past
+/// this the scan gives up and the agent's arming is the fallback.
+pub const HEAD_SCAN_MAX: u32 = 64 * 1024;
+
+/// Where the scan of a proxied request head for `X-Forwarded-For` stands,
+/// carried from one packet of the head to the next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadScan {
+    /// TCP sequence number of the next head byte to scan.
+    pub next_seq: u32,
+    /// Head bytes scanned so far (bounded by [`HEAD_SCAN_MAX`]).
+    pub scanned: u32,
+    /// Bytes of `\nx-forwarded-for:` matched (case-insensitive).
+    pub xff: u8,
+    /// Bytes of `\r\n\r\n` matched (the end of the head).
+    pub eoh: u8,
+    /// 1 inside an `X-Forwarded-For` value.
+    pub in_value: u8,
+    /// The value's current entry: one of [`head_entry`].
+    pub entry: u8,
+    /// Octets of the entry's IPv4 address complete so far.
+    pub part: u8,
+    /// Digits of the current octet.
+    pub digits: u8,
+    /// The current octet's value.
+    pub val: u16,
+    /// 1 when `client` holds the client the last `X-Forwarded-For` line so
+    /// far names.
+    pub found: u32,
+    /// The entry's octets so far.
+    pub octets: [u8; 4],
+    /// The client (IPv4) named by the last complete line.
+    pub client: [u8; 4],
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<HeadScan>() == 32);
+
+/// [`HeadScan::entry`] values.
+pub mod head_entry {
+    /// Reading an address (or spaces before it).
+    pub const READING: u8 = 0;
+    /// A complete IPv4 address was read; the rest (a port) is ignored.
+    pub const DONE: u8 = 1;
+    /// Not an IPv4 address (IPv6, a name, `unknown`).
+    pub const INVALID: u8 = 2;
 }
 
 /// A connection from a trusted proxy and the client it carries.
@@ -202,8 +295,10 @@ pub struct ProxyFlow {
     pub state: u32,
     /// Reserved; zero.
     pub reserved: u32,
+    /// The head scan, while `state` is [`proxy_state::SCANNING`].
+    pub scan: HeadScan,
 }
-const _: () = assert!(size_of::<ProxyFlow>() == 24);
+const _: () = assert!(size_of::<ProxyFlow>() == 56);
 
 /// Payload bytes a sample carries at most.
 pub const SAMPLE_BYTES: usize = 1024;
@@ -300,17 +395,22 @@ pub struct SampleHeader {
     /// Where the bytes were taken ([`sample_source`]).
     pub source: u8,
     /// TCP sequence number of the first payload byte; for
-    /// [`sample_source::STREAM`] records, the offset in the stream (mod 2^32).
+    /// [`sample_source::STREAM`] and [`sample_source::TLS`] records, the
+    /// offset in the stream (mod 2^32).
     pub seq: u32,
-    /// Interface index it was seen on.
+    /// Interface index it was seen on; for [`sample_source::TLS`] records,
+    /// the file descriptor the process read or wrote through.
     pub ifindex: u32,
     /// Payload bytes in the packet.
     pub payload_len: u32,
     /// Payload bytes copied into the sample.
     pub captured: u32,
-    /// The socket's cookie for [`sample_source::STREAM`] records (the agent
+    /// [`sample_source::STREAM`] records: the socket's cookie (the agent
     /// names it when it tells the stream program which bytes it need not
-    /// copy, [`crate`]'s `TG_STREAM_SKIP`); 0 for packets. Every byte is
+    /// copy, `TG_STREAM_SKIP`). [`sample_source::TLS`] records: the process
+    /// (tgid) in the low 32 bits and the stream's [`TlsStream::id`] in the
+    /// high 32 (with `ifindex`, what the agent resolves to the connection;
+    /// `flow` is zero in such records). 0 for packets. Every byte is
     /// written: ring-buffer memory is not zeroed.
     pub cookie: u64,
 }
@@ -324,7 +424,91 @@ pub mod sample_source {
     /// What an established socket received (stream verdict): in order,
     /// reassembled, and from a client that completed a handshake.
     pub const STREAM: u8 = 1;
+    /// Plaintext a server process's TLS library returned from a read
+    /// (requests) or was given to write (responses), from uprobes on it: in
+    /// order, from an established connection. `flow` is zero; `cookie`
+    /// and `ifindex` name the process, stream and file descriptor.
+    pub const TLS: u8 = 2;
 }
+
+/// Indexes of the per-CPU TLS probe counters ([`maps::TLS_STATS`]).
+pub mod tls_stat {
+    /// Calls of the probed read/write functions that returned data.
+    pub const CALLS: u32 = 0;
+    /// Plaintext bytes written to the ring buffer.
+    pub const BYTES: u32 = 1;
+    /// Plaintext bytes not captured (ring full, past the per-call cap,
+    /// unreadable memory).
+    pub const LOST: u32 = 2;
+    /// Calls whose connection's file descriptor was not known.
+    pub const NO_FD: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// A TLS call in progress on one thread, between the uprobe at its entry and
+/// the uretprobe at its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL *` argument.
+    pub ssl: u64,
+    /// The buffer argument.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte count
+    /// (0 for `SSL_read`/`SSL_write`, which return it).
+    pub count_ptr: u64,
+    /// The file descriptor a read/write system call made inside this call
+    /// used (-1 until one is seen).
+    pub fd: i32,
+    /// [`DIR_REQUEST`] (read) or [`DIR_RESPONSE`] (write).
+    pub direction: u32,
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
+
+/// A process's file descriptor: the key of its TLS stream ([`TlsStream`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsStreamKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<TlsStreamKey>() == 8);
+
+/// The TLS stream on a descriptor, from its first captured call until the
+/// descriptor is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsStream {
+    /// Plaintext bytes so far, indexed by direction ([`DIR_REQUEST`],
+    /// [`DIR_RESPONSE`]): the records' offsets.
+    pub offsets: [u64; 2],
+    /// Tells this stream from earlier ones on the same descriptor (the
+    /// descriptor is reused once closed): carried in every record
+    /// ([`SampleHeader::cookie`]'s high half), so the agent never takes one stream's
+    /// bytes for another's, even when records were lost.
+    pub id: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<TlsStream>() == 24);
+
+/// A TLS connection object of a process: the key under which the file
+/// descriptor last seen with it is remembered (a read served from the
+/// library's buffer makes no system call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSslKey {
+    /// Process (tgid).
+    pub tgid: u32,
+    /// Reserved; zero.
+    pub reserved: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<TlsSslKey>() == 16);
 
 /// [`FlowState::packets`] bit set by sock_ops on connections whose request
 /// stream is taken at the socket: the XDP sampler then leaves their request
@@ -761,6 +945,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Established {}
     unsafe impl aya::Pod for super::ProxyFlow {}
+    unsafe impl aya::Pod for super::HeadScan {}
     unsafe impl aya::Pod for super::FlowState {}
 }
 

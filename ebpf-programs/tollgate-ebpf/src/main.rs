@@ -1,9 +1,10 @@
 //! Tollgate's kernel programs. Ingress: one decision ([`decide`]) behind two
 //! hooks, XDP (`tollgate_xdp`) and TC/tcx (`tollgate_tc`, for hosts whose XDP
-//! hook is taken), and the XDP programs it tail-calls (`tollgate_xdp_proxy`
-//! for trusted proxies, `tollgate_xdp_sample` for API sampling). Egress:
+//! hook is taken), and the programs each tail-calls, the same code built for
+//! each hook ([`hook::Hook`]): `tollgate_{xdp,tc}_proxy` for trusted proxies,
+//! `tollgate_{xdp,tc}_sample` for API sampling. Egress:
 //! `tollgate_tc_egress` (response samples, the server's acknowledgements).
-//! Sockets: `sockops.rs` and `stream.rs`.
+//! Sockets: `sockops.rs` and `stream.rs`. TLS plaintext: `tls.rs` (uprobes).
 //!
 //! Fail-open by construction: a packet is dropped only when its parsed source
 //! (behind a trusted proxy, the client its connection carries) matches a
@@ -30,6 +31,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod hook;
 mod limit;
 mod maps;
 mod parse;
@@ -37,13 +39,14 @@ mod proxy;
 mod sample;
 mod sockops;
 mod stream;
+mod tls;
 
 use aya_ebpf::{
     bindings::{
         tcx_action_base::{TCX_DROP, TCX_NEXT},
         xdp_action,
     },
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::bpf_ktime_get_boot_ns,
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
@@ -54,9 +57,10 @@ use tollgate_common::{
 };
 
 use crate::{
+    hook::Hook,
     maps::{
         TG_ALLOW4, TG_ALLOW6, TG_BLOCK4, TG_BLOCK4_LPM, TG_BLOCK6, TG_BLOCK6_LPM, TG_CONFIG,
-        TG_COUNTERS, TG_JUMP, TG_PRE4, TG_PRE6,
+        TG_COUNTERS, TG_PRE4, TG_PRE6,
     },
     parse::{Cursor, Source},
 };
@@ -68,81 +72,110 @@ enum Next {
     Done,
     /// A passing TCP payload packet with API sampling on: the sampler.
     Sample,
-    /// TCP from a trusted proxy (XDP only): the proxy program judges it by
-    /// the client it carries (and counts it).
+    /// TCP from a trusted proxy: the proxy program judges it by the client
+    /// it carries (and counts it).
     Proxy,
 }
 
 #[xdp]
 pub fn tollgate_xdp(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    match decide(start, end, true) {
-        (Verdict::Drop, _) => xdp_action::XDP_DROP,
-        (_, Next::Proxy) => {
-            // SAFETY: the slot holds an XDP program or nothing.
-            unsafe { TG_JUMP.tail_call(&ctx, jump::PROXY) };
-            // No proxy program (no agent): the proxy is passed, as before.
-            count(Verdict::Pass, Reason::Clean, (end - start) as u64);
-            xdp_action::XDP_PASS
-        }
-        (_, Next::Sample) => {
-            // Sampling runs as its own program (its own stack and verifier
-            // budget). If the jump fails (no sampler loaded), just pass.
-            // SAFETY: the slot holds an XDP program or nothing.
-            unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
-            xdp_action::XDP_PASS
-        }
-        (_, Next::Done) => xdp_action::XDP_PASS,
+    if ingress(&ctx) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 
-/// Tail-called by `tollgate_xdp` for TCP from trusted proxies: judges the
-/// packet by the real client of its connection, counts it, and samples it.
+/// Tail-called by `tollgate_xdp` for TCP from trusted proxies.
 #[xdp]
 pub fn tollgate_xdp_proxy(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
-    let Ok(pkt) = parse::parse(&Cursor::new(start, end)) else {
-        count(Verdict::Pass, Reason::Error, (end - start) as u64);
-        return xdp_action::XDP_PASS;
-    };
-    let (verdict, reason) = proxy::judge(&ctx, &pkt, &config, (end - start) as u64);
-    count(verdict, reason, (end - start) as u64);
-    if verdict == Verdict::Drop {
-        return xdp_action::XDP_DROP;
+    if proxied(&ctx) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
-    if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
-        // SAFETY: the slot holds an XDP program or nothing.
-        unsafe { TG_JUMP.tail_call(&ctx, jump::SAMPLE) };
-    }
-    xdp_action::XDP_PASS
 }
 
 /// Tail-called by `tollgate_xdp` for passing TCP payload packets when API
-/// sampling is on: samples requests to API ports. Always passes.
+/// sampling is on.
 #[xdp]
 pub fn tollgate_xdp_sample(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
-        let md = ctx.ctx;
-        // SAFETY: reading the context's ingress ifindex field.
-        let ifindex = unsafe { (*md).ingress_ifindex };
-        sample::maybe_sample(&pkt, DIR_REQUEST, end - start, ifindex, |off, dst, len| {
-            // The caller guarantees 1..=1024; this form keeps that range
-            // visible to the verifier (a plain check gets optimised away).
-            let len = (len.wrapping_sub(1) & 0x3ff) + 1;
-            // SAFETY: `dst` points at `len` writable bytes of a ring-buffer record.
-            unsafe { bpf_xdp_load_bytes(md, off, dst.cast(), len) == 0 }
-        });
-    }
+    sample_request(&ctx);
     xdp_action::XDP_PASS
 }
 
 #[classifier]
 pub fn tollgate_tc(ctx: TcContext) -> i32 {
-    match decide(ctx.data(), ctx.data_end(), false) {
-        (Verdict::Drop, _) => TCX_DROP,
-        _ => TCX_NEXT,
+    if ingress(&ctx) { TCX_DROP } else { TCX_NEXT }
+}
+
+/// Tail-called by `tollgate_tc`: `tollgate_xdp_proxy` at the TC hook.
+#[classifier]
+pub fn tollgate_tc_proxy(ctx: TcContext) -> i32 {
+    if proxied(&ctx) { TCX_DROP } else { TCX_NEXT }
+}
+
+/// Tail-called by `tollgate_tc`: `tollgate_xdp_sample` at the TC hook.
+#[classifier]
+pub fn tollgate_tc_sample(ctx: TcContext) -> i32 {
+    sample_request(&ctx);
+    TCX_NEXT
+}
+
+/// The ingress decision, then the tail call it asks for. True: drop.
+#[inline(always)]
+fn ingress<C: Hook>(ctx: &C) -> bool {
+    let (start, end) = ctx.bounds();
+    let len = ctx.wire_len() as u64;
+    match decide(start, end, len) {
+        (Verdict::Drop, _) => true,
+        (_, Next::Proxy) => {
+            // SAFETY: the slot holds a program of this hook's type or nothing.
+            unsafe { C::jumps().tail_call(ctx, jump::PROXY) };
+            // No proxy program (no agent): the proxy is passed, as before.
+            count(Verdict::Pass, Reason::Clean, len);
+            false
+        }
+        (_, Next::Sample) => {
+            // Sampling runs as its own program (its own stack and verifier
+            // budget). If the jump fails (no sampler loaded), just pass.
+            // SAFETY: as above.
+            unsafe { C::jumps().tail_call(ctx, jump::SAMPLE) };
+            false
+        }
+        (_, Next::Done) => false,
+    }
+}
+
+/// TCP from a trusted proxy: judged by the real client of its connection,
+/// counted, and sampled. True: drop.
+#[inline(always)]
+fn proxied<C: Hook>(ctx: &C) -> bool {
+    let (start, end) = ctx.bounds();
+    let len = ctx.wire_len() as u64;
+    let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
+    let Ok(pkt) = parse::parse(&Cursor::new(start, end)) else {
+        count(Verdict::Pass, Reason::Error, len);
+        return false;
+    };
+    let (verdict, reason) = proxy::judge(ctx, &pkt, &config, len);
+    count(verdict, reason, len);
+    if verdict == Verdict::Drop {
+        return true;
+    }
+    if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
+        // SAFETY: the slot holds a program of this hook's type or nothing.
+        unsafe { C::jumps().tail_call(ctx, jump::SAMPLE) };
+    }
+    false
+}
+
+/// Samples a request packet to an API port. Always passes.
+#[inline(always)]
+fn sample_request<C: Hook>(ctx: &C) {
+    let (start, end) = ctx.bounds();
+    if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
+        sample::maybe_sample(ctx, &pkt, DIR_REQUEST);
     }
 }
 
@@ -153,28 +186,19 @@ pub fn tollgate_tc_egress(ctx: TcContext) -> i32 {
     if config.flags & config_flags::SAMPLING == 0 {
         return TCX_NEXT;
     }
-    let (start, end) = (ctx.data(), ctx.data_end());
+    let (start, end) = ctx.bounds();
     if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
-        let skb = ctx.skb.skb;
-        // SAFETY: reading context fields.
-        let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len as usize) };
         sample::note_ack(&pkt);
-        sample::maybe_sample(&pkt, DIR_RESPONSE, len, ifindex, |off, dst, n| {
-            // The caller guarantees 1..=1024; this form keeps that range
-            // visible to the verifier (a plain check gets optimised away).
-            let n = (n.wrapping_sub(1) & 0x3ff) + 1;
-            // SAFETY: `dst` points at `n` writable bytes of a ring-buffer record.
-            unsafe { bpf_skb_load_bytes(skb.cast(), off, dst.cast(), n) == 0 }
-        });
+        sample::maybe_sample(&ctx, &pkt, DIR_RESPONSE);
     }
     TCX_NEXT
 }
 
 /// Decides, counts, and returns the verdict for the packet in `[start, end)`
-/// and what comes next. `xdp`: the proxy program can be tail-called (it then
-/// counts the packet itself).
+/// (`len` bytes in all) and what comes next (the proxy program, when it is
+/// tail-called, counts the packet itself).
 #[inline(always)]
-fn decide(start: usize, end: usize, xdp: bool) -> (Verdict, Next) {
+fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
     let mut next = Next::Done;
     let config = TG_CONFIG.get(0).copied().unwrap_or(Config::default());
     let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
@@ -188,11 +212,11 @@ fn decide(start: usize, end: usize, xdp: bool) -> (Verdict, Next) {
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
             };
             // A trusted proxy is not one client: it is not limited as one,
-            // and (XDP) its connections are judged by the clients they carry.
+            // and its connections are judged by the clients they carry.
             let proxy = config.flags & config_flags::TRUSTED != 0
                 && matches!(matched, Match::None | Match::Expired)
                 && proxy::trusted(&pkt.src);
-            if proxy && xdp && pkt.l4.proto == parse::IPPROTO_TCP {
+            if proxy && pkt.l4.proto == parse::IPPROTO_TCP {
                 return (Verdict::Pass, Next::Proxy);
             }
             match matched {
@@ -202,13 +226,7 @@ fn decide(start: usize, end: usize, xdp: bool) -> (Verdict, Next) {
                         && let Some(cfg) = limit::limits_for(&pkt.l4)
                         && !allowlisted(&pkt.src, config.flags) =>
                 {
-                    match limit::check(
-                        &pkt.src,
-                        &config.v6_limit_mask,
-                        &pkt.l4,
-                        cfg,
-                        (end - start) as u64,
-                    ) {
+                    match limit::check(&pkt.src, &config.v6_limit_mask, &pkt.l4, cfg, len) {
                         Reason::Clean if matches!(matched, Match::Expired) => {
                             (Verdict::Pass, Reason::Expired)
                         }
@@ -231,7 +249,7 @@ fn decide(start: usize, end: usize, xdp: bool) -> (Verdict, Next) {
             }
         }
     };
-    count(verdict, reason, (end - start) as u64);
+    count(verdict, reason, len);
     (verdict, next)
 }
 

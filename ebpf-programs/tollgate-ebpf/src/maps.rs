@@ -80,6 +80,10 @@ pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::CO
 #[map]
 pub static TG_JUMP: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
 
+/// The same slots for the TC ingress programs.
+#[map]
+pub static TG_JUMP_TC: ProgramArray = ProgramArray::with_max_entries(jump::COUNT, 0);
+
 #[map]
 pub static TG_TRUST4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(capacity::TRUST, 0);
 
@@ -90,15 +94,24 @@ pub static TG_TRUST6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(capacity::TRUST, 
 #[map]
 pub static TG_PSCRATCH: PerCpuArray<ProxyScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU copy of a proxied request's head, for the `X-Forwarded-For` scan.
+/// Per-CPU copy of one chunk of a proxied request's head, for the
+/// `X-Forwarded-For` scan.
 #[map]
-pub static TG_PBUF: PerCpuArray<[u8; 1024]> = PerCpuArray::with_max_entries(1, 0);
+pub static TG_PBUF: PerCpuArray<[u8; 4096]> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the proxy program keeps off its stack.
+/// What the proxy program keeps off its stack. The head scan works on
+/// `flow.scan` here rather than on the stack: values read from a map are
+/// unknown to the verifier, so the scan callback's states converge at once
+/// (tracked stack constants made it walk every combination).
 #[repr(C)]
 pub struct ProxyScratch {
     pub key: FlowKey,
     pub flow: ProxyFlow,
+    /// Bytes of the packet's part scanned when the head ended there; 0 =
+    /// not ended.
+    pub end: u32,
+    /// 1 when a copy out of the packet failed.
+    pub err: u32,
 }
 
 #[map]
@@ -132,4 +145,37 @@ pub static TG_STREAM_SKIP: LruHashMap<u64, u32> =
 /// it to the ring at its real size.
 #[map]
 pub static TG_SSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// TLS calls in progress, by thread (`pid_tgid`): what the entry uprobe saw,
+/// for the return probe.
+#[map]
+pub static TG_TLS_CALLS: HashMap<u64, tollgate_common::TlsCall> =
+    HashMap::with_max_entries(capacity::TLS_CALLS, 0);
+
+/// The file descriptor last seen under each `SSL *`, for calls the library
+/// serves from its buffer without a system call.
+#[map]
+pub static TG_TLS_SSLFD: LruHashMap<tollgate_common::TlsSslKey, i32> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+/// Each descriptor's TLS stream: offsets per direction, and its id.
+#[map]
+pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, tollgate_common::TlsStream> =
+    LruHashMap::with_max_entries(capacity::TLS_STREAMS, 0);
+
+/// Processes that made TLS calls (value unused): their accepted connections
+/// are announced to the agent.
+#[map]
+pub static TG_TLS_PROCS: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(tollgate_common::capacity::TLS_PROCS, 0);
+
+#[map]
+pub static TG_TLS_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);
+
+/// Per-CPU scratch of the TLS return probe (its own: a stream verdict may
+/// interrupt it on the same CPU).
+#[map]
+pub static TG_TSCRATCH: PerCpuArray<tollgate_common::SampleRecord> =
     PerCpuArray::with_max_entries(1, 0);

@@ -260,6 +260,9 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Packet, Reason> {
     let mut off = off + HLEN;
     let mut status = Reason::ExtChainTooLong;
     let mut l4 = L4::default();
+    // One step per extension header and one for the upper-layer header: up
+    // to seven extension headers reach it (another step costs the verifier
+    // four times the XDP program's instructions).
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {

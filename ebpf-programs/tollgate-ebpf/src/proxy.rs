@@ -1,26 +1,31 @@
-//! Connections from trusted proxies. The proxy's own address is neither
-//! banned nor limited as one client; the client it carries is. The first
-//! payload packet of each connection is checked for a PROXY protocol header
-//! (v2 binary, TCP over IPv4 or IPv6; v1 text, TCP4): the real client is
-//! remembered per connection (a bounded LRU map, entries removed on FIN/RST)
-//! and every packet of the connection is judged by the real client's bans and
-//! rate limits. Connections whose client only the agent can tell (from
-//! `X-Forwarded-For`, or a v1 TCP6 line) are armed by the agent.
+//! Connections from trusted proxies, at either ingress hook. The proxy's own
+//! address is neither banned nor limited as one client; the client it
+//! carries is. The first payload packet of each connection is checked for a
+//! PROXY protocol header (v2 binary, TCP over IPv4 or IPv6; v1 text, TCP4);
+//! a request head instead is scanned for `X-Forwarded-For` across all the
+//! packets it spans, whatever their number and size (scan state in the flow
+//! entry, up to `HEAD_SCAN_MAX` bytes). The real client is remembered per
+//! connection (a bounded LRU map, entries removed on FIN/RST) and every
+//! packet of the connection is judged by the real client's bans and rate
+//! limits from the packet that names it on, so a banned client's head never
+//! completes at the server. Connections whose client only the agent can tell
+//! (an IPv6 `X-Forwarded-For` entry, a v1 TCP6 line, a head the scan gave up
+//! on) are armed by the agent.
 //!
 //! A banned client's connection is dropped, not reset: the proxy times the
 //! connection out and answers its client with an error, and no packet that
 //! Tollgate forged ever reaches the server.
 
-use aya_ebpf::{
-    helpers::{bpf_loop, bpf_xdp_load_bytes},
-    maps::lpm_trie::Key,
-    programs::XdpContext,
+use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
+use tollgate_common::{
+    Config, FlowKey, HEAD_SCAN_MAX, HeadScan, ProxyFlow, Reason, Verdict, head_entry, proxy_state,
 };
-use tollgate_common::{Config, FlowKey, ProxyFlow, Reason, Verdict, proxy_state};
 
 use crate::{
-    Match, bump, limit, lookup_v4, lookup_v6,
-    maps::{TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
+    Match, bump,
+    hook::Hook,
+    limit, lookup_v4, lookup_v6,
+    maps::{ProxyScratch, TG_PBUF, TG_PFLOWS, TG_PSCRATCH, TG_TRUST4, TG_TRUST6},
     parse::{L4, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -52,7 +57,7 @@ pub fn trusted(src: &Source) -> bool {
 
 /// Judges one TCP packet from a trusted proxy.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verdict, Reason) {
+pub fn judge<C: Hook>(ctx: &C, pkt: &Packet, config: &Config, len: u64) -> (Verdict, Reason) {
     let l4 = &pkt.l4;
     let Some(sc) = TG_PSCRATCH.get_ptr_mut(0) else {
         return (Verdict::Pass, Reason::Error);
@@ -72,19 +77,39 @@ pub fn judge(ctx: &XdpContext, pkt: &Packet, config: &Config, len: u64) -> (Verd
         let _ = TG_PFLOWS.remove(&sc.key);
         return (Verdict::Pass, Reason::Clean);
     }
+    let payload = l4.payload_off != 0 && pkt.l3_end > l4.payload_off;
     // SAFETY: the value is copied out at once.
-    match unsafe { TG_PFLOWS.get(&sc.key) } {
-        Some(f) => sc.flow = *f,
-        None if l4.payload_off != 0 && pkt.l3_end > l4.payload_off => {
+    let known = match unsafe { TG_PFLOWS.get(&sc.key) } {
+        Some(f) => {
+            sc.flow = *f;
+            true
+        }
+        None if payload => {
             header(
                 ctx,
                 l4.payload_off,
                 pkt.l3_end - l4.payload_off,
                 &mut sc.flow,
             );
-            let _ = TG_PFLOWS.insert(&sc.key, &sc.flow, 0);
+            sc.flow.scan.next_seq = l4.seq;
+            false
         }
-        None => sc.flow.state = proxy_state::NONE,
+        None => {
+            sc.flow.state = proxy_state::NONE;
+            true
+        }
+    };
+    if sc.flow.state == proxy_state::SCANNING && payload {
+        scan_head(
+            ctx,
+            &raw mut *sc,
+            l4.payload_off,
+            pkt.l3_end - l4.payload_off,
+            l4.seq,
+        );
+        let _ = TG_PFLOWS.insert(&sc.key, &sc.flow, 0);
+    } else if !known {
+        let _ = TG_PFLOWS.insert(&sc.key, &sc.flow, 0);
     }
     let flow = &sc.flow;
     let out = match flow.state {
@@ -137,15 +162,27 @@ fn drop(config: &Config, reason: Reason) -> (Verdict, Reason) {
     }
 }
 
-/// Reads a PROXY header at the start of the payload, if there is one. Its
-/// own BPF function: its buffers do not add to the caller's stack frame.
+/// Reads a PROXY header at the start of the connection's first payload, if
+/// there is one; a request head instead is to be scanned for
+/// `X-Forwarded-For` (state `SCANNING`, from this packet on). Its own BPF
+/// function: its buffers do not add to the caller's stack frame.
 #[inline(never)]
-fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
+fn header<C: Hook>(ctx: &C, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     f.real = [0; 16];
     f.state = proxy_state::NONE;
     f.reserved = 0;
+    f.scan = HeadScan::default();
     let mut b = [0u8; 16];
-    if payload_len < V2_HLEN || !load(ctx, off, &mut b) {
+    if payload_len < V2_HLEN {
+        // A head may start with a short segment (written in pieces): its
+        // first byte tells a request head (a short PROXY line would find no
+        // `X-Forwarded-For` and be left to the agent).
+        if ctx.load(off, b.as_mut_ptr(), 1) && b[0].is_ascii_uppercase() {
+            f.state = proxy_state::SCANNING;
+        }
+        return;
+    }
+    if !load(ctx, off, &mut b) {
         return;
     }
     if b[..12] == V2_SIG {
@@ -159,10 +196,8 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
             // segment holds.
             V2_TCP4
                 if payload_len >= V2_HLEN + V2_ADDRS4
-                // SAFETY: `a` is 4 writable bytes.
-                && unsafe {
-                    bpf_xdp_load_bytes(ctx.ctx, (off + V2_HLEN) as u32, a.as_mut_ptr().cast(), 4)
-                } == 0 =>
+                // `a` is 4 writable bytes.
+                && ctx.load(off + V2_HLEN, a.as_mut_ptr(), 4) =>
             {
                 f.real = Source::V4(a).mapped();
                 f.state = proxy_state::CLIENT;
@@ -176,18 +211,18 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
         }
         return;
     }
-    if b[0].is_ascii_uppercase() && &b[..11] != b"PROXY TCP4 " && &b[..6] != b"PROXY " {
+    if b[0].is_ascii_uppercase() && &b[..6] != b"PROXY " {
         // An HTTP request head, perhaps with the client in X-Forwarded-For.
-        if let Some(a) = forwarded_for(ctx, off, payload_len) {
-            f.real = Source::V4(a).mapped();
-            f.state = proxy_state::CLIENT;
-        }
+        f.state = proxy_state::SCANNING;
         return;
     }
     if &b[..11] == b"PROXY TCP4 " {
+        // The shortest whole v1 line, `PROXY TCP4 1.1.1.1 1.1.1.1 1 1\r\n`,
+        // has 21 bytes after the prefix: 16 can always be copied at once (a
+        // shorter copy would leave the verifier one state per length).
         let mut t = [0u8; 16];
-        if payload_len >= 11 + 8
-            && load_upto(ctx, off + 11, payload_len - 11, &mut t)
+        if payload_len >= 11 + 16
+            && load(ctx, off + 11, &mut t)
             && let Some(a) = dotted_quad(&t)
         {
             f.real = Source::V4(a).mapped();
@@ -196,136 +231,207 @@ fn header(ctx: &XdpContext, off: usize, payload_len: usize, f: &mut ProxyFlow) {
     }
 }
 
-/// State of the `X-Forwarded-For` scan over the copied head.
-#[repr(C)]
-struct Scan {
-    /// Bytes copied.
-    n: u32,
-    /// Pattern bytes matched so far.
-    m: u32,
-    /// Offset just past the last `X-Forwarded-For:` seen; 0 = none.
-    last: u32,
-    /// `\r\n\r\n` bytes matched (end of the head).
-    eoh: u32,
-    /// Value scan: offset of the last entry's start.
-    entry: u32,
-}
-
 const XFF: &[u8; 17] = b"\nx-forwarded-for:";
 const EOH: &[u8; 4] = b"\r\n\r\n";
+/// Bytes copied out of the packet at once (`TG_PBUF`).
+const CHUNK: usize = 4096;
 
-/// One byte of the header scan (a `bpf_loop` callback: verified once, run
-/// up to 1024 times).
+/// What the scan callback needs besides the scratch: the hook's context (to
+/// copy the next chunk) and which bytes to scan. Only read by the callback.
+#[repr(C)]
+struct Walk<C> {
+    hook: *const C,
+    /// Packet offset of the first byte to scan.
+    off: usize,
+    /// Bytes to scan.
+    todo: usize,
+}
+
+/// One byte of the head scan (a `bpf_loop` callback: verified once, run once
+/// per byte; it copies the next chunk of the packet at each chunk start).
+/// Tracks the end of the head, `X-Forwarded-For` header names at line
+/// starts, and the IPv4 address in the last entry of each such header's
+/// value, digit by digit. Its state is in the per-CPU scratch, not on the
+/// stack: values read from a map are unknown to the verifier, so it walks
+/// this body a few times instead of once per combination of values.
 #[inline(never)]
-extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let st = ctx.cast::<Scan>();
-    let Some(buf) = TG_PBUF.get_ptr(0) else {
+extern "C" fn scan_step<C: Hook>(i: u64, walk: *mut core::ffi::c_void) -> i64 {
+    let walk = walk.cast::<Walk<C>>();
+    let (Some(sc), Some(buf)) = (TG_PSCRATCH.get_ptr_mut(0), TG_PBUF.get_ptr_mut(0)) else {
         return 1;
     };
-    // SAFETY: `ctx` is the caller's `Scan`; `buf` a map value of 1024 bytes.
+    // SAFETY: `walk` is the caller's; the scratch and the buffer (CHUNK
+    // bytes) are per-CPU map values with no other user while this runs.
     unsafe {
-        let i = (i as usize) & 1023;
-        if i as u32 >= (*st).n {
+        let i = i as usize;
+        let todo = (*walk).todo;
+        if i >= todo {
             return 1;
         }
-        let mut c = (*buf)[i];
-        if c.is_ascii_uppercase() {
-            c += 32;
+        let k = i & (CHUNK - 1);
+        if k == 0 {
+            let left = todo - i;
+            let n = if left < CHUNK { left } else { CHUNK };
+            // 1..=CHUNK, in a form that keeps the bound visible to the verifier.
+            let n = (n.wrapping_sub(1) & (CHUNK - 1)) + 1;
+            if !(*(*walk).hook).load((*walk).off + i, buf.cast(), n as u32) {
+                (*sc).err = 1;
+                return 1;
+            }
         }
-        let m = (*st).m as usize;
-        if XFF.get(m) == Some(&c) {
-            (*st).m += 1;
-            if (*st).m as usize == XFF.len() {
-                (*st).last = i as u32 + 1;
-                (*st).m = 0;
+        let st = &mut (*sc).flow.scan;
+        let c = (*buf)[k];
+        if st.in_value != 0 {
+            value_byte(st, c);
+        }
+        let lc = c.to_ascii_lowercase();
+        let m = st.xff as usize;
+        if XFF.get(m) == Some(&lc) {
+            st.xff += 1;
+            if st.xff as usize == XFF.len() {
+                st.xff = 0;
+                st.in_value = 1;
+                new_entry(st);
             }
         } else {
-            (*st).m = u32::from(c == b'\n');
+            st.xff = u8::from(c == b'\n');
         }
-        let e = (*st).eoh as usize;
+        let e = st.eoh as usize;
         if EOH.get(e) == Some(&c) {
-            (*st).eoh += 1;
-            if (*st).eoh as usize == EOH.len() {
+            st.eoh += 1;
+            if st.eoh as usize == EOH.len() {
+                (*sc).end = i as u32 + 1;
                 return 1;
             }
         } else {
-            (*st).eoh = u32::from(c == b'\r');
+            st.eoh = u8::from(c == b'\r');
         }
     }
     0
 }
 
-/// The value scan: from `last`, the start of the line's last entry, until
-/// the end of the line.
-#[inline(never)]
-extern "C" fn value_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let st = ctx.cast::<Scan>();
-    let Some(buf) = TG_PBUF.get_ptr(0) else {
-        return 1;
-    };
-    // SAFETY: as in `scan_step`.
-    unsafe {
-        let i = ((*st).last as usize + i as usize) & 1023;
-        if i as u32 >= (*st).n {
-            return 1;
-        }
-        match (*buf)[i] {
-            b'\r' | b'\n' => return 1,
-            b',' => (*st).entry = i as u32 + 1,
-            _ => {}
-        }
-    }
-    0
-}
-
-/// The right-most IPv4 client in the last `X-Forwarded-For` header of the
-/// request head at `off` (IPv6 entries are left to the agent).
 #[inline(always)]
-fn forwarded_for(ctx: &XdpContext, off: usize, payload_len: usize) -> Option<[u8; 4]> {
-    let buf = TG_PBUF.get_ptr_mut(0)?;
-    let n = if payload_len < 1024 {
-        payload_len
-    } else {
-        1024
-    };
-    // Keeps the length's range visible to the verifier.
-    let n = (n.wrapping_sub(1) & 0x3ff) + 1;
-    // SAFETY: `buf` is 1024 writable bytes; `n` is in 1..=1024.
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.cast(), n as u32) } != 0 {
-        return None;
-    }
-    let mut st = Scan {
-        n: n as u32,
-        m: 1, // the request line ends with the `\n` the pattern starts with
-        last: 0,
-        eoh: 0,
-        entry: 0,
-    };
-    let ctxp = (&raw mut st).cast::<core::ffi::c_void>();
-    // SAFETY: callbacks and context as the helper expects them.
-    unsafe { bpf_loop(1024, scan_step as *mut core::ffi::c_void, ctxp, 0) };
-    if st.last == 0 {
-        return None;
-    }
-    st.entry = st.last;
-    // SAFETY: as above.
-    unsafe { bpf_loop(1024, value_step as *mut core::ffi::c_void, ctxp, 0) };
-    let mut t = [0u8; 16];
-    for (k, slot) in t.iter_mut().enumerate() {
-        let i = (st.entry as usize + k) & 1023;
-        if i as u32 >= st.n {
-            break;
+fn new_entry(st: &mut HeadScan) {
+    st.entry = head_entry::READING;
+    st.part = 0;
+    st.digits = 0;
+    st.val = 0;
+}
+
+/// One byte of an `X-Forwarded-For` value: entries split at commas, spaces
+/// before an entry skipped, an IPv4 address read octet by octet (what
+/// follows a complete one after a space or colon, e.g. a port, ignored). At
+/// the end of the line the last entry names the client (the right-most entry
+/// of the last such line is the proxy's own view), or, when it is not an
+/// IPv4 address, nobody the datapath can judge.
+#[inline(always)]
+fn value_byte(st: &mut HeadScan, c: u8) {
+    match c {
+        b'\r' | b'\n' => {
+            st.in_value = 0;
+            finish(st);
+            if st.entry == head_entry::DONE {
+                st.client = st.octets;
+                st.found = 1;
+            } else {
+                st.found = 0;
+            }
         }
-        // SAFETY: `i` < 1024 within the map value.
-        *slot = unsafe { (*buf)[i] };
+        b',' => new_entry(st),
+        _ if st.entry != head_entry::READING => {}
+        b' ' | b'\t' if st.part == 0 && st.digits == 0 => {}
+        b' ' | b'\t' | b':' => finish(st),
+        b'0'..=b'9' => {
+            st.val = st.val * 10 + u16::from(c - b'0');
+            st.digits += 1;
+            if st.val > 255 || st.digits > 3 {
+                st.entry = head_entry::INVALID;
+            }
+        }
+        b'.' if st.digits != 0 && st.part < 3 => {
+            st.octets[(st.part & 3) as usize] = st.val as u8;
+            st.part += 1;
+            st.digits = 0;
+            st.val = 0;
+        }
+        _ => st.entry = head_entry::INVALID,
     }
-    // Optional spaces after the comma or colon.
-    let skip = t.iter().take(4).take_while(|c| **c == b' ').count();
-    let mut u = [b' '; 16];
-    for k in 0..16 - 4 {
-        u[k] = t[(k + skip) & 15];
+}
+
+/// Ends the entry being read: complete if it holds four octets.
+#[inline(always)]
+fn finish(st: &mut HeadScan) {
+    if st.entry != head_entry::READING {
+        return;
     }
-    dotted_quad(&u)
+    if st.part == 3 && st.digits != 0 {
+        st.octets[3] = st.val as u8;
+        st.entry = head_entry::DONE;
+    } else {
+        st.entry = head_entry::INVALID;
+    }
+}
+
+/// Scans this packet's part of a proxied connection's request head (its
+/// payload: `payload_len` bytes at `off`, TCP sequence number `seq`), from
+/// where the last packet left off, whole (one `bpf_loop` over its bytes);
+/// the flow is the scratch's (`sc`, which the scan callback also writes:
+/// hence raw pointers only). When the head ends, the flow gets its client
+/// (or none); a gap, a failed copy, or a head longer than `HEAD_SCAN_MAX`
+/// ends the scan without one (the agent arms such flows).
+#[inline(never)]
+fn scan_head<C: Hook>(ctx: &C, sc: *mut ProxyScratch, off: usize, payload_len: usize, seq: u32) {
+    // SAFETY: `sc` is the per-CPU scratch: no other user while this program
+    // runs here but the callback, which runs inside `bpf_loop` only.
+    unsafe {
+        let f = &raw mut (*sc).flow;
+        let ahead = seq.wrapping_sub((*f).scan.next_seq) as i32;
+        if ahead > 0 {
+            // Bytes before this segment are missing (reordered or lost):
+            // what the server will read cannot be followed.
+            (*f).state = proxy_state::NONE;
+            return;
+        }
+        // A retransmission: skip what was scanned already.
+        let skip = ahead.unsigned_abs() as usize;
+        if skip >= payload_len {
+            return;
+        }
+        let room = HEAD_SCAN_MAX.saturating_sub((*f).scan.scanned) as usize;
+        let todo = payload_len - skip;
+        let todo = if todo < room { todo } else { room };
+        (*sc).end = 0;
+        (*sc).err = 0;
+        let mut walk = Walk {
+            hook: core::ptr::from_ref(ctx),
+            off: off + skip,
+            todo,
+        };
+        bpf_loop(
+            HEAD_SCAN_MAX,
+            scan_step::<C> as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        if core::ptr::read_volatile(&raw const (*sc).err) != 0 {
+            (*f).state = proxy_state::NONE;
+            return;
+        }
+        let end = core::ptr::read_volatile(&raw const (*sc).end) as usize;
+        let done = if end != 0 { end } else { todo };
+        (*f).scan.next_seq = (*f).scan.next_seq.wrapping_add(done as u32);
+        (*f).scan.scanned = (*f).scan.scanned.saturating_add(done as u32);
+        if end != 0 {
+            if (*f).scan.found != 0 {
+                (*f).real = Source::V4((*f).scan.client).mapped();
+                (*f).state = proxy_state::CLIENT;
+            } else {
+                (*f).state = proxy_state::NONE;
+            }
+        } else if (*f).scan.scanned >= HEAD_SCAN_MAX {
+            (*f).state = proxy_state::NONE;
+        }
+    }
 }
 
 /// `a.b.c.d` at the start of `t`, ended by a space, CR, `:` or `,`.
@@ -360,28 +466,6 @@ fn dotted_quad(t: &[u8; 16]) -> Option<[u8; 4]> {
 }
 
 #[inline(always)]
-fn load(ctx: &XdpContext, off: usize, dst: &mut [u8; 16]) -> bool {
-    // SAFETY: `dst` is 16 writable bytes.
-    unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, dst.as_mut_ptr().cast(), 16) == 0 }
-}
-
-/// Loads 16 bytes, or fewer when the payload is shorter (the rest stays 0).
-#[inline(always)]
-fn load_upto(ctx: &XdpContext, off: usize, avail: usize, dst: &mut [u8; 16]) -> bool {
-    if avail >= 16 {
-        return load(ctx, off, dst);
-    }
-    // Short v1 lines: copy byte by byte (bounded by 16).
-    for (i, d) in dst.iter_mut().enumerate() {
-        if i >= avail {
-            break;
-        }
-        let mut c = [0u8; 1];
-        // SAFETY: one writable byte.
-        if unsafe { bpf_xdp_load_bytes(ctx.ctx, (off + i) as u32, c.as_mut_ptr().cast(), 1) } != 0 {
-            return false;
-        }
-        *d = c[0];
-    }
-    true
+fn load<C: Hook>(ctx: &C, off: usize, dst: &mut [u8; 16]) -> bool {
+    ctx.load(off, dst.as_mut_ptr(), 16)
 }

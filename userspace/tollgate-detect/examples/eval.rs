@@ -80,6 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.iter().any(|a| a == "--fp") {
         show(&report.false_positive_ids, "FP");
+        show(&report.benign_alert_ids, "ALERT");
     }
     // Throughput: parse + inspect + verdict over the whole corpus, several rounds.
     let raws: Vec<&[u8]> = lines.iter().map(|l| l.raw.as_bytes()).collect();

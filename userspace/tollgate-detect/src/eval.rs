@@ -65,6 +65,8 @@ pub struct Report {
     pub benign_unparseable: usize,
     /// Ids of banned benign samples (first 50), for inspection.
     pub false_positive_ids: Vec<String>,
+    /// Ids of alerted (not banned) benign samples (first 50), for inspection.
+    pub benign_alert_ids: Vec<String>,
     /// Ids of attack samples not banned (first 100 per category and source).
     pub missed_ids: Vec<String>,
 }
@@ -93,7 +95,12 @@ pub fn evaluate<'a>(engine: &Engine, samples: impl IntoIterator<Item = Sample<'a
                         r.false_positive_ids.push(s.id.to_owned());
                     }
                 }
-                Some(Action::Alert) => r.benign_alerted += 1,
+                Some(Action::Alert) => {
+                    r.benign_alerted += 1;
+                    if r.benign_alert_ids.len() < 50 {
+                        r.benign_alert_ids.push(s.id.to_owned());
+                    }
+                }
                 Some(Action::Allow) => {}
                 None => r.benign_unparseable += 1,
             }

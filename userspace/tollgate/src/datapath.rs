@@ -246,6 +246,16 @@ impl Datapath {
         if let Some(dir) = dir {
             ensure_bpffs(dir)?;
             loader.default_map_pin_directory(dir);
+            // Proxied connections' entries grew a head scan: an earlier
+            // version's map of them (another value size) would make the
+            // verifier refuse the programs. They are per-connection state,
+            // lost at no cost (their connections are judged anew).
+            let pflows = dir.join(maps::PROXY_FLOWS);
+            if aya::maps::MapInfo::from_pin(&pflows)
+                .is_ok_and(|i| i.value_size() as usize != size_of::<tollgate_common::ProxyFlow>())
+            {
+                let _ = std::fs::remove_file(&pflows);
+            }
         }
         // Maps created by this load start zeroed: no need to read them back.
         let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
@@ -283,40 +293,50 @@ impl Datapath {
             })?;
         }
         // The request sampler and the proxy program are reached by tail call
-        // from the XDP program.
-        for (name, slot) in [
-            (programs::XDP_SAMPLE, tollgate_common::jump::SAMPLE),
-            (programs::XDP_PROXY, tollgate_common::jump::PROXY),
+        // from the ingress program of either hook, each through its own table.
+        for (name, table, slot) in [
+            (
+                programs::XDP_SAMPLE,
+                maps::JUMP,
+                tollgate_common::jump::SAMPLE,
+            ),
+            (
+                programs::XDP_PROXY,
+                maps::JUMP,
+                tollgate_common::jump::PROXY,
+            ),
+            (
+                programs::TC_SAMPLE,
+                maps::JUMP_TC,
+                tollgate_common::jump::SAMPLE,
+            ),
+            (
+                programs::TC_PROXY,
+                maps::JUMP_TC,
+                tollgate_common::jump::PROXY,
+            ),
         ] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut Xdp>::try_from(p).ok())
-                .ok_or(DatapathError::Program {
-                    name,
-                    source: Box::new(ProgramError::NotLoaded),
-                })?;
-            prog.load().map_err(|source| DatapathError::Program {
+            let prog_err = |source| DatapathError::Program {
                 name,
                 source: Box::new(source),
-            })?;
-            let fd = prog
-                .fd()
-                .map_err(|source| DatapathError::Program {
-                    name,
-                    source: Box::new(source),
-                })?
-                .try_clone()
-                .map_err(|e| DatapathError::Program {
-                    name,
-                    source: Box::new(ProgramError::IOError(e)),
-                })?;
+            };
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(prog_err(ProgramError::NotLoaded))?;
+            let loaded = match &mut *prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            let fd = loaded
+                .and_then(|()| prog.fd()?.try_clone().map_err(ProgramError::IOError))
+                .map_err(prog_err)?;
             let jump = ebpf
-                .map_mut(maps::JUMP)
-                .ok_or(DatapathError::MissingMap { name: maps::JUMP })?;
+                .map_mut(table)
+                .ok_or(DatapathError::MissingMap { name: table })?;
             let mut jump =
-                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", maps::JUMP))?;
-            jump.set(slot, &fd, 0)
-                .map_err(map_err("write", maps::JUMP))?;
+                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", table))?;
+            jump.set(slot, &fd, 0).map_err(map_err("write", table))?;
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -744,7 +764,7 @@ impl Datapath {
         let flow = tollgate_common::ProxyFlow {
             real,
             state: tollgate_common::proxy_state::BANNED,
-            reserved: 0,
+            ..tollgate_common::ProxyFlow::default()
         };
         self.proxy_flows
             .insert(key, flow, 0)

@@ -123,6 +123,12 @@ impl Pipeline {
         now_ms: u64,
     ) -> Decision {
         let mut violations = self.engine.inspect_request(req);
+        // What the server leaks in answer to a flagged request scores more.
+        if let Some(ip) = client
+            && violations.iter().any(|v| v.score > 0)
+        {
+            self.guard.note_injection(ip, now_ms);
+        }
         // A stand-in for bytes that are not HTTP (`protocol.unparseable`) has no
         // route, credentials or parameters for the API guard to judge: it would
         // only count it against limits and report missing credentials.
@@ -141,7 +147,8 @@ impl Pipeline {
     /// Inspects one response to `client`; `req` is the request it answers
     /// when known (at least method and path). Exposures in it alert and never
     /// ban (the server leaked, not the client); a burst of 401/403 to one
-    /// client (credential stuffing) is the client's doing and scores.
+    /// client (credential stuffing) or of 404/405 on new paths (forced
+    /// browsing) is the client's doing and scores.
     pub fn on_response(
         &mut self,
         client: IpAddr,
@@ -435,18 +442,20 @@ mod api_tests {
         }
     }
 
+    /// A response with a status and nothing else.
+    fn bare_response(status: u16) -> tollgate_detect::Response {
+        tollgate_detect::Response {
+            version: 1,
+            status,
+            ..tollgate_detect::Response::default()
+        }
+    }
+
     #[test]
     fn credential_stuffing_bans() {
         let mut p = policy("checks:\n  stuffing: {failures: 5, window: 1m}\n");
         let login = req("POST /login HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
-        let denied = tollgate_detect::Response {
-            version: 1,
-            status: 401,
-            reason: "Unauthorized".into(),
-            headers: vec![],
-            body: vec![],
-            truncated: false,
-        };
+        let denied = bare_response(401);
         let c: IpAddr = "198.18.0.5".parse().unwrap();
         let bans = (0..5)
             .filter(|t| {
@@ -456,6 +465,45 @@ mod api_tests {
             })
             .count();
         assert_eq!(bans, 1);
+    }
+
+    /// An injection that stays under the ban threshold on its own, answered
+    /// with the database's error: the pair bans. The same error after a clean
+    /// request only alerts.
+    #[test]
+    fn leaked_db_error_after_injection_bans() {
+        let mut p = policy("");
+        let mut error = bare_response(500);
+        error.body = b"You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version".to_vec();
+        let c: IpAddr = "198.18.0.7".parse().unwrap();
+        let probe = req("GET /items?q=1950%20or%201960 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let d = p.on_request(Some(c), &probe, 1_000);
+        assert!(d.ban.is_none() && d.client_score > 0.0, "{d:?}");
+        let d = p.on_response(c, Some(&probe), &error, 1_050);
+        assert!(d.ban.is_some(), "{d:?}");
+        let c: IpAddr = "198.18.0.8".parse().unwrap();
+        let clean = req("GET /items?q=lamps HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(p.on_request(Some(c), &clean, 1_000).violations.is_empty());
+        let d = p.on_response(c, Some(&clean), &error, 1_050);
+        assert_eq!(d.action, Action::Alert, "{d:?}");
+        assert!(d.ban.is_none());
+    }
+
+    /// A wordlist walk with a browser User-Agent: no request is an attack on
+    /// its own, the 404s are; banned within its first 100 requests.
+    #[test]
+    fn forced_browsing_bans() {
+        let mut p = policy("");
+        let missing = bare_response(404);
+        let c: IpAddr = "198.18.0.6".parse().unwrap();
+        let banned_at = (0..100u64).find(|i| {
+            let r = req(&format!(
+                "GET /word{i} HTTP/1.1\r\nHost: a\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\n\r\n"
+            ));
+            assert!(p.on_request(Some(c), &r, i * 10).ban.is_none());
+            p.on_response(c, Some(&r), &missing, i * 10 + 5).ban.is_some()
+        });
+        assert!(banned_at.is_some_and(|i| i < 100), "{banned_at:?}");
     }
 
     /// Issue 21 §6: a browser app user making many API calls, each with the page's

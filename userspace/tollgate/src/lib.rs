@@ -14,7 +14,8 @@
 //!    access to its maps), `verify` (which sampled requests may ban),
 //!    `metrics`, `client` (the CLI's side of the socket).
 //! 4. [`agent`]: attach, restore, serve, expire; the single writer of maps
-//!    and store.
+//!    and store. `tls`: HTTPS plaintext from uprobes on the servers' TLS
+//!    library (discovery and attachment run with the agent).
 //! 5. [`cli`]: the command line; its client commands know only `proto`
 //!    (through `client`); `tollgate agent` starts the agent and `tollgate
 //!    detect` runs the engine offline.
@@ -41,4 +42,5 @@ mod proto;
 pub mod store;
 mod table;
 mod text;
+mod tls;
 mod verify;

@@ -25,6 +25,10 @@ pub struct Counters {
     pub violations: BTreeMap<&'static str, u64>,
     /// Policy reloads: applied, refused.
     pub reloads: [u64; 2],
+    /// TLS plaintext capture (`tls` module), set each second while it runs:
+    /// library files probed, then plaintext bytes captured and lost, then
+    /// records judged and dropped (other connections, unresolved, excluded).
+    pub tls: [u64; 7],
 }
 
 impl Counters {
@@ -202,6 +206,39 @@ pub fn render(s: &Snapshot) -> String {
         "API payload samples by the datapath: taken, lost (ring buffer full), skipped by the sampling policy",
         samples,
     );
+
+    let tls_libraries = Gauge::<i64>::default();
+    let tls = &s.since_start.tls;
+    tls_libraries.set(i64::try_from(tls[0]).unwrap_or(i64::MAX));
+    reg.register(
+        "tollgate_tls_libraries",
+        "TLS library files the uprobes are attached to",
+        tls_libraries,
+    );
+    for (name, help, labels, slots) in [
+        (
+            "tollgate_tls_bytes",
+            "TLS plaintext bytes from the uprobes: captured, lost (ring buffer full, past the per-call cap)",
+            &["captured", "lost"][..],
+            &tls[1..3],
+        ),
+        (
+            "tollgate_tls_records",
+            "TLS plaintext records: judged, or dropped as another connection's, unresolved, or of an excluded process",
+            &["judged", "other", "unresolved", "excluded"][..],
+            &tls[3..7],
+        ),
+    ] {
+        let family = Family::<ResultLabel, Counter>::default();
+        for (result, c) in labels.iter().zip(slots) {
+            family
+                .get_or_create(&ResultLabel {
+                    result: (*result).into(),
+                })
+                .inc_by(*c);
+        }
+        reg.register(name, help, family);
+    }
 
     let reloads = Family::<ResultLabel, Counter>::default();
     for (result, n) in ["applied", "refused"].iter().zip(s.since_start.reloads) {

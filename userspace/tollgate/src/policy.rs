@@ -9,6 +9,7 @@ mod cluster;
 mod events;
 mod sampling;
 mod scoring;
+mod tls;
 
 pub use cluster::{
     ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_REMOTE_TTL, DEFAULT_SHARED_PER_MINUTE,
@@ -17,6 +18,7 @@ pub use cluster::{
 pub use events::EventsPolicy;
 pub use sampling::SamplingPolicy;
 pub use scoring::ScoringPolicy;
+pub use tls::TlsPolicy;
 
 /// Which hook to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -123,6 +125,9 @@ pub struct Policy {
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
     /// Share bans with the fleet through etcd (off when absent).
     pub cluster: Option<ClusterSpec>,
+    /// HTTPS plaintext from uprobes on the servers' TLS library.
+    #[serde(default)]
+    pub tls: TlsPolicy,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -651,6 +656,7 @@ impl Policy {
             }
         }
         p.sampling.validate().map_err(invalid_field)?;
+        p.tls.validate().map_err(invalid_field)?;
         p.scoring.validate().map_err(invalid_field)?;
         p.events.validate().map_err(invalid_field)?;
         if p.detectors.alert_threshold > p.detectors.ban_threshold {

@@ -338,6 +338,9 @@ pub struct StatusView {
     /// The fleet link (when the agent shares bans through etcd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterView>,
+    /// HTTPS plaintext from the TLS probes (when API ports are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
 }
 
 /// The fleet link as `status` shows it.
@@ -582,4 +585,53 @@ pub fn check_ttl(ttl_secs: Option<u64>) -> Result<Option<u64>, Refused> {
         ))),
         t => Ok(t),
     }
+}
+
+/// A library file the probes are attached to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LibraryView {
+    /// Path in the first process it was found in.
+    pub path: String,
+    /// That process.
+    pub pid: u32,
+    /// `dev:inode` of the file.
+    pub file: String,
+    /// Functions probed.
+    pub functions: Vec<String>,
+    /// Why it could not be probed (then `functions` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `status` shows under `tls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// Probing is on.
+    pub enabled: bool,
+    /// Why it is off or failed, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Ports whose connections are judged.
+    pub ports: Vec<u16>,
+    /// Library files found (probed, or why not).
+    pub libraries: Vec<LibraryView>,
+    /// Probed calls that returned data (kernel counter).
+    pub calls: u64,
+    /// Plaintext bytes captured (kernel counter).
+    pub bytes_captured: u64,
+    /// Plaintext bytes lost: ring buffer full, past the per-call cap
+    /// (kernel counter).
+    pub bytes_lost: u64,
+    /// Calls whose connection was not known (kernel counter).
+    pub calls_without_fd: u64,
+    /// Records handed to the pipeline (TLS-port connections of selected
+    /// processes).
+    pub records: u64,
+    /// Records of other connections (TLS clients, other ports): dropped.
+    pub records_other: u64,
+    /// Records whose descriptor was gone, reused or not a TCP socket when
+    /// their stream was first read: dropped.
+    pub records_unresolved: u64,
+    /// Records of processes the policy excludes: dropped.
+    pub records_excluded: u64,
 }

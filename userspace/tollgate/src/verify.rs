@@ -69,6 +69,12 @@ impl FlowVerifier {
     pub fn check(&self, key: &FlowKey, seq: u32, len: u32) -> Check {
         check(self.map.get(key, 0).ok().as_ref(), seq, len)
     }
+
+    /// When the kernel completed the connection's handshake (boot-clock ns).
+    #[must_use]
+    pub fn since_ns(&self, key: &FlowKey) -> Option<u64> {
+        self.map.get(key, 0).ok().map(|e| e.since_ns)
+    }
 }
 
 #[cfg(test)]

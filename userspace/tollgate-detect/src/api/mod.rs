@@ -32,8 +32,11 @@
 //! **Exposure findings are alert-only.** They describe what the *server* sent, not
 //! what the client did, so callers report them but never ban the client for them:
 //! [`is_alert_only`] says which categories are meant that way. Everything
-//! [`ApiGuard::inspect_response`] returns is an exposure except
-//! `auth.credential_stuffing`, which is the client's doing and may ban.
+//! [`ApiGuard::inspect_response`] returns is an exposure except the client's
+//! doing, which may ban: `auth.credential_stuffing` (401/403 bursts),
+//! `enumeration.not_found` (404/405 bursts on new paths) and the client's part of
+//! a leaked error (`sqli.error_response`, `protocol.error_response`, scored by
+//! how much the client's recent requests looked like an injection).
 //!
 //! Route matching: the request path is percent-decoded and normalized (`//`, `/./`,
 //! `..`, `;params`, `\`, trailing `/`, letter case of literals), the method
@@ -118,6 +121,9 @@ rules! {
     MASS_UNKNOWN = "mass_assignment.unknown_property", MassAssignment, 3;
     LIMIT_ROUTE = "limit.route", RateLimit, 3;
     STUFFING = "auth.credential_stuffing", Auth, STRONG;
+    NOT_FOUND = "enumeration.not_found", Enumeration, STRONG;
+    DB_ERROR = "sqli.error_response", Sqli, STRONG;
+    TRACE_ERROR = "protocol.error_response", Protocol, 6;
     EXPOSURE_CARD = "exposure.card", Exposure, 5;
     EXPOSURE_PRIVATE_KEY = "exposure.private_key", Exposure, STRONG;
     EXPOSURE_CLOUD_KEY = "exposure.cloud_key", Exposure, 8;
@@ -336,6 +342,8 @@ pub struct ApiGuard {
     inventory: Option<openapi::Inventory>,
     checks: ApiChecks,
     stuffing_window_ms: u64,
+    /// `(paths, per_route, window_ms)` of `enumeration.not_found`.
+    not_found: (usize, usize, u64),
     /// `(max_ids, window_ms)` for paths without a route enumeration.
     enumeration_default: Option<(usize, u64)>,
     scanner: response::Scanner,
@@ -455,10 +463,17 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn push(&mut self, rule: ApiRule, location: Location, evidence: String) {
+        self.push_scored(rule, rule.score, location, evidence);
+    }
+
+    /// [`Out::push`] with a raw score below the rule's strongest.
+    fn push_scored(&mut self, rule: ApiRule, raw: u32, location: Location, evidence: String) {
         let c = &self.checks;
         let dc: DetectorConfig = match rule.id.split('.').next().unwrap_or("") {
             "jwt" => c.jwt,
             "auth" if rule == STUFFING => c.credential_stuffing,
+            "enumeration" if rule == NOT_FOUND => c.forced_browsing,
+            _ if rule == DB_ERROR || rule == TRACE_ERROR => c.error_leak,
             "auth" => c.auth,
             "authz" => c.authz,
             "enumeration" => c.enumeration,
@@ -474,7 +489,7 @@ impl Out<'_> {
         self.v.push(Violation {
             rule: rule.id,
             category: rule.category,
-            score: rule.score.saturating_mul(dc.weight) / 100,
+            score: raw.min(rule.score).saturating_mul(dc.weight) / 100,
             location,
             evidence: crate::decode::truncate(&evidence, 120).to_owned(),
         });
@@ -546,6 +561,21 @@ impl ApiGuard {
         };
         let stuffing_window_ms =
             duration_ms("checks.stuffing.window".to_owned(), &c.stuffing.window)?;
+        let nf = &c.not_found;
+        let most = c.max_ids_per_client.saturating_sub(1);
+        for (field, n) in [("paths", nf.paths), ("per_route", nf.per_route)] {
+            if n == 0 || n > most {
+                return Err(invalid(
+                    format!("checks.not_found.{field}"),
+                    format!("must be between 1 and checks.max_ids_per_client - 1 ({most})"),
+                ));
+            }
+        }
+        let not_found = (
+            nf.paths as usize,
+            nf.per_route as usize,
+            duration_ms("checks.not_found.window".to_owned(), &nf.window)?,
+        );
         let inventory = openapi
             .map(openapi::Inventory::parse)
             .transpose()
@@ -561,6 +591,7 @@ impl ApiGuard {
             inventory,
             checks: c.clone(),
             stuffing_window_ms,
+            not_found,
             enumeration_default,
             scanner: response::Scanner::new(),
             clients: state::Clients::new(
@@ -569,6 +600,17 @@ impl ApiGuard {
                 c.ipv6_prefix,
             ),
         })
+    }
+
+    /// Tells the guard that a per-request detector flagged a request of
+    /// `client` at `now_ms`: a database error or stack trace the server sends
+    /// it shortly after scores as that injection's result
+    /// (`sqli.error_response`, `protocol.error_response`).
+    pub fn note_injection(&mut self, client: IpAddr, now_ms: u64) {
+        if self.checks.error_leak.enabled {
+            self.clients
+                .note_suspect(client, state::Suspect::Finding, now_ms);
+        }
     }
 
     /// Drops the state of `client` (counters, ids seen), e.g. when it is unbanned.
@@ -705,6 +747,10 @@ impl ApiGuard {
                 format!("{method} {}", routes::normalized(&segs)),
             );
         }
+        if self.checks.error_leak.enabled && breaks_out(req) {
+            self.clients
+                .note_suspect(client, state::Suspect::Breakout, now_ms);
+        }
         let forbidden = route.as_ref().map_or(&[][..], |r| &r.1.forbidden[..]);
         let allowed = op.flatten().and_then(|(_, o)| o.properties.as_ref());
         if (!forbidden.is_empty() || allowed.is_some()) && !req.body.is_empty() {
@@ -720,7 +766,8 @@ impl ApiGuard {
     }
 
     /// Checks one response sent to `client`. `req`: the request this response answers,
-    /// when known (paired). Returns `auth.credential_stuffing` (which may ban) and
+    /// when known (paired). Returns `auth.credential_stuffing`,
+    /// `enumeration.not_found` and `*.error_response` (which may ban) and
     /// `exposure.*` findings, which are **alert-only** (see [`is_alert_only`]).
     pub fn inspect_response(
         &mut self,
@@ -729,6 +776,11 @@ impl ApiGuard {
         resp: &Response,
         now_ms: u64,
     ) -> Vec<Violation> {
+        let not_found = if matches!(resp.status, 404 | 405) && self.checks.forced_browsing.enabled {
+            self.not_found(client, req, now_ms)
+        } else {
+            None
+        };
         let mut out = Out {
             checks: &self.checks,
             v: Vec::new(),
@@ -749,21 +801,136 @@ impl ApiGuard {
                 );
             }
         }
-        if out.checks.exposure.enabled && scannable(resp) {
+        if let Some(ev) = not_found {
+            out.push(NOT_FOUND, Location::Response, ev);
+        }
+        if (out.checks.exposure.enabled || out.checks.error_leak.enabled) && scannable(resp) {
             let body = &resp.body[..resp.body.len().min(self.checks.max_response_bytes)];
+            let suspect = self.clients.suspect(client, now_ms, SUSPECT_WINDOW_MS);
+            let mut trace_reported = false;
             for f in self.scanner.scan(body) {
+                // The client's part of a leaked error: (rule, score alone,
+                // score after a breakout).
+                let leak = match f {
+                    response::Finding::StackTrace(_) => Some((TRACE_ERROR, 2, 3)),
+                    response::Finding::DbError(_) => Some((DB_ERROR, 3, 6)),
+                    _ => None,
+                };
                 let (rule, ev) = match f {
                     response::Finding::Card(e) => (EXPOSURE_CARD, e),
                     response::Finding::PrivateKey(e) => (EXPOSURE_PRIVATE_KEY, e),
                     response::Finding::CloudKey(e) => (EXPOSURE_CLOUD_KEY, e),
                     response::Finding::Password(e) => (EXPOSURE_PASSWORD, e),
                     response::Finding::StackTrace(e) => (EXPOSURE_STACK_TRACE, e),
+                    response::Finding::DbError(e) => (EXPOSURE_STACK_TRACE, e),
                 };
+                if let Some((leak, alone, breakout)) = leak {
+                    let raw = leak_score(suspect, alone, breakout);
+                    out.push_scored(leak, raw, Location::ResponseBody, ev.clone());
+                }
+                // A database error is a stack trace's kind of exposure; one
+                // report of the server's part is enough.
+                if rule == EXPOSURE_STACK_TRACE {
+                    if trace_reported {
+                        continue;
+                    }
+                    trace_reported = true;
+                }
                 out.push(rule, Location::ResponseBody, ev);
             }
         }
         out.v
     }
+}
+
+impl ApiGuard {
+    /// Counts a 404/405 answer by distinct path, per client and per route;
+    /// returns the evidence when either count is over its threshold. Repeating
+    /// one missing path (polling a deleted resource) counts once: a wordlist
+    /// walk or id guessing asks for new paths. Without the request (unpaired)
+    /// every answer counts as the same path, which never adds up to a ban.
+    fn not_found(&mut self, client: IpAddr, req: Option<&Request>, now_ms: u64) -> Option<String> {
+        let (paths, per_route, window) = self.not_found;
+        let (path, route) = match req {
+            Some(r) => {
+                let segs = routes::segments(&r.path);
+                (
+                    format!(
+                        "{} {}",
+                        r.method.to_ascii_uppercase(),
+                        routes::normalized(&segs)
+                    ),
+                    self.route_of(r),
+                )
+            }
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        // Keys apart from the enumeration ones: templates start with `/`.
+        let all = self.clients.template_key("404");
+        let one = self.clients.template_key(&format!("404 {route}"));
+        let n = self
+            .clients
+            .see_id(client, all, &path, now_ms, window, paths);
+        let m = self
+            .clients
+            .see_id(client, one, &path, now_ms, window, per_route);
+        let within = fmt_ms(window);
+        if n > paths {
+            Some(format!(
+                "more than {paths} paths answered 404/405 within {within} (last: {path})"
+            ))
+        } else if m > per_route {
+            Some(format!(
+                "more than {per_route} paths of {route} answered 404/405 within {within} (last: {path})"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// How long after a request that looked like an injection the error a
+/// response of that client leaks is taken as its consequence (responses to a
+/// client follow its requests within this on any sane service).
+const SUSPECT_WINDOW_MS: u64 = 10_000;
+
+/// Raw score of a leaked error: `alone` when the client's recent requests looked
+/// clean, `breakout` after quote or bracket characters, the rule's strongest
+/// after a request a detector flagged (an injection that makes the server leak
+/// is a stronger signal than either).
+fn leak_score(suspect: Option<state::Suspect>, alone: u32, breakout: u32) -> u32 {
+    match suspect {
+        None => alone,
+        Some(state::Suspect::Breakout) => breakout,
+        Some(state::Suspect::Finding) => u32::MAX,
+    }
+}
+
+/// Whether a request carries characters that break out of a quoted or
+/// bracketed value in its query or form body: a quote, a backtick, or
+/// parentheses that do not balance. JSON bodies are left out (their syntax
+/// is quotes).
+fn breaks_out(req: &Request) -> bool {
+    let form = req.header("content-type").is_some_and(|t| {
+        t.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
+    let body = if form {
+        String::from_utf8_lossy(&req.body[..req.body.len().min(4096)])
+    } else {
+        std::borrow::Cow::Borrowed("")
+    };
+    [req.query.as_deref().unwrap_or(""), &body]
+        .iter()
+        .any(|raw| {
+            let v = crate::decode::percent_decode(raw, true);
+            let depth = v.bytes().fold(0i64, |d, c| match c {
+                b'(' => d + 1,
+                b')' => d - 1,
+                _ => d,
+            });
+            depth != 0 || v.contains(['\'', '"', '`'])
+        })
 }
 
 /// A matched route: its index, the route and the captured `(param, value)` pairs.

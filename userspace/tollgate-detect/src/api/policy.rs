@@ -220,6 +220,30 @@ impl Default for StuffingSpec {
     }
 }
 
+/// `not_found: { paths: 40, per_route: 20, window: 1m }`: forced browsing and
+/// enumeration by status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotFoundSpec {
+    /// Distinct paths answered 404/405 to one client within `window` that are
+    /// reported (a wordlist walk).
+    pub paths: u32,
+    /// Distinct paths of one route or folded template (`/users/{id}`) answered
+    /// 404/405 to one client within `window` that are reported (guessing ids).
+    pub per_route: u32,
+    pub window: String,
+}
+
+impl Default for NotFoundSpec {
+    fn default() -> Self {
+        NotFoundSpec {
+            paths: 40,
+            per_route: 20,
+            window: "1m".to_owned(),
+        }
+    }
+}
+
 /// Detector switches and weights (`{enabled, weight}` as for the injection
 /// detectors), plus the global bounds of the per-client state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +263,10 @@ pub struct ApiChecks {
     pub rate_limit: DetectorConfig,
     /// `auth.credential_stuffing`.
     pub credential_stuffing: DetectorConfig,
+    /// `enumeration.not_found`.
+    pub forced_browsing: DetectorConfig,
+    /// `sqli.error_response`, `protocol.error_response`.
+    pub error_leak: DetectorConfig,
     /// `exposure.*` (alert-only).
     pub exposure: DetectorConfig,
     /// `inventory.unknown_endpoint` (only with an OpenAPI document).
@@ -247,6 +275,8 @@ pub struct ApiChecks {
     pub methods: DetectorConfig,
     /// Threshold of `auth.credential_stuffing`.
     pub stuffing: StuffingSpec,
+    /// Thresholds of `enumeration.not_found`.
+    pub not_found: NotFoundSpec,
     /// Enumeration limit for every path that no route with `enumeration` covers, by
     /// folded template (`/items/{id}`: numbers, UUIDs, hex and opaque ids). Off when
     /// absent; `param` is not allowed here.
@@ -274,10 +304,13 @@ impl Default for ApiChecks {
             mass_assignment: DetectorConfig::default(),
             rate_limit: DetectorConfig::default(),
             credential_stuffing: DetectorConfig::default(),
+            forced_browsing: DetectorConfig::default(),
+            error_leak: DetectorConfig::default(),
             exposure: DetectorConfig::default(),
             inventory: DetectorConfig::default(),
             methods: DetectorConfig::default(),
             stuffing: StuffingSpec::default(),
+            not_found: NotFoundSpec::default(),
             enumeration_default: None,
             max_clients: 10_000,
             max_ids_per_client: 256,

@@ -15,6 +15,8 @@ pub(crate) enum Finding {
     CloudKey(String),
     Password(String),
     StackTrace(String),
+    /// A database error message: the engine's name and the marker.
+    DbError(String),
 }
 
 /// Markers of stack traces and framework debug pages. Those ending in a frame shape
@@ -38,12 +40,64 @@ const TRACE_MARKERS: &[&str] = &[
     "Whoops! There was an error",
     "Symfony\\Component\\",
     "Action Controller: Exception caught",
-    "SQLSTATE[",
-    "ORA-0",
-    "You have an error in your SQL syntax",
     ".java:",
     ".js:",
     ".rb:",
+];
+
+/// Error messages of database engines and their drivers, as applications
+/// pass them on (an injection probe breaking the query's syntax makes them
+/// show): `(engine, marker)`, case-sensitive as the engines write them.
+const DB_MARKERS: &[(&str, &str)] = &[
+    ("SQLite", "SQLITE_ERROR"),
+    ("SQLite", "sqlite3.OperationalError"),
+    ("SQLite", "SQLiteException"),
+    ("SQLite", "SQLite3::SQLException"),
+    ("SQLite", "\": syntax error"),
+    ("SQLite", "unrecognized token: \""),
+    ("SQLite", "SQLite error"),
+    ("MySQL", "You have an error in your SQL syntax"),
+    ("MySQL", "corresponds to your MySQL server version"),
+    ("MariaDB", "corresponds to your MariaDB server version"),
+    ("MySQL", "MySQLSyntaxErrorException"),
+    ("MySQL", "com.mysql.jdbc"),
+    ("MySQL", "MySql.Data.MySqlClient"),
+    ("MySQL", "ER_PARSE_ERROR"),
+    ("MySQL", "Warning: mysql_"),
+    ("MySQL", "Warning: mysqli_"),
+    ("MySQL", "mysqli_sql_exception"),
+    ("PostgreSQL", "syntax error at or near \""),
+    ("PostgreSQL", "unterminated quoted string at or near"),
+    ("PostgreSQL", "invalid input syntax for type"),
+    ("PostgreSQL", "PG::SyntaxError"),
+    ("PostgreSQL", "psycopg2.errors."),
+    ("PostgreSQL", "org.postgresql.util.PSQLException"),
+    ("PostgreSQL", "Npgsql.PostgresException"),
+    ("PostgreSQL", "pg_query(): Query failed"),
+    (
+        "MSSQL",
+        "Unclosed quotation mark after the character string",
+    ),
+    ("MSSQL", "Incorrect syntax near '"),
+    ("MSSQL", "System.Data.SqlClient.SqlException"),
+    ("MSSQL", "Microsoft.Data.SqlClient.SqlException"),
+    ("MSSQL", "[Microsoft][ODBC SQL Server Driver]"),
+    ("MSSQL", "[Microsoft][ODBC Driver"),
+    ("MSSQL", "com.microsoft.sqlserver.jdbc.SQLServerException"),
+    ("MSSQL", "Microsoft OLE DB Provider for SQL Server"),
+    ("Oracle", "ORA-"),
+    ("Oracle", "quoted string not properly terminated"),
+    ("Oracle", "SQL command not properly ended"),
+    ("Oracle", "oracle.jdbc.OracleDatabaseException"),
+    ("Oracle", "cx_Oracle.DatabaseError"),
+    ("SQL", "SQLSTATE["),
+    ("SQL", "java.sql.SQLSyntaxErrorException"),
+    ("SQL", "Microsoft JET Database Engine"),
+    ("SQL", "Syntax error in string in query expression"),
+    ("SQL", "DB2 SQL error"),
+    ("SQL", "SequelizeDatabaseError"),
+    ("SQL", "QueryFailedError"),
+    ("SQL", "sqlalchemy.exc."),
 ];
 
 /// Cloud credential shapes: prefix and the length/alphabet of the rest. Only secrets:
@@ -121,6 +175,7 @@ const KEY_SHAPES: &[KeyShape] = &[
 /// Compiled scanners.
 pub(crate) struct Scanner {
     traces: AhoCorasick,
+    db: AhoCorasick,
     keys: AhoCorasick,
 }
 
@@ -128,6 +183,7 @@ impl Scanner {
     pub(crate) fn new() -> Scanner {
         Scanner {
             traces: crate::detect::matcher(TRACE_MARKERS),
+            db: crate::detect::matcher(&DB_MARKERS.iter().map(|m| m.1).collect::<Vec<_>>()),
             keys: crate::detect::matcher(&KEY_SHAPES.iter().map(|k| k.prefix).collect::<Vec<_>>()),
         }
     }
@@ -151,7 +207,30 @@ impl Scanner {
         if let Some(t) = self.trace(&text) {
             out.push(Finding::StackTrace(t));
         }
+        if let Some(d) = self.db_error(&text) {
+            out.push(Finding::DbError(d));
+        }
         out
+    }
+
+    fn db_error(&self, text: &str) -> Option<String> {
+        self.db.find_iter(text).find_map(|m| {
+            let (engine, marker) = DB_MARKERS[m.pattern().as_usize()];
+            // Oracle codes are `ORA-` and five digits (`ORA-00933:`).
+            let rest = text.as_bytes().get(m.end()..m.end() + 6).unwrap_or(&[]);
+            let glued = m.start() > 0 && text.as_bytes()[m.start() - 1].is_ascii_alphanumeric();
+            let code =
+                rest.len() == 6 && rest[..5].iter().all(u8::is_ascii_digit) && rest[5] == b':';
+            if marker == "ORA-" && (glued || !code) {
+                return None;
+            }
+            let at = &text[m.start()..];
+            let end = at.find('\n').unwrap_or(at.len());
+            Some(format!(
+                "{engine}: {}",
+                crate::decode::truncate(&at[..end], 60)
+            ))
+        })
     }
 
     fn cloud_key(&self, b: &[u8]) -> Option<String> {
@@ -423,6 +502,58 @@ mod tests {
     }
 
     #[test]
+    fn db_errors() {
+        for (s, engine) in [
+            (r#"{"error":"near \")\": syntax error"}"#, "SQLite"),
+            (
+                r#"sqlite3.OperationalError: unrecognized token: "')""#,
+                "SQLite",
+            ),
+            (
+                "You have an error in your SQL syntax; check the manual that corresponds to your MariaDB server version",
+                "MySQL",
+            ),
+            (
+                "ERROR:  syntax error at or near \"'\"\nLINE 1: SELECT",
+                "PostgreSQL",
+            ),
+            (
+                "ERROR: unterminated quoted string at or near \"'1\"",
+                "PostgreSQL",
+            ),
+            (
+                "Unclosed quotation mark after the character string '1'.",
+                "MSSQL",
+            ),
+            (
+                "Microsoft OLE DB Provider for SQL Server error '80040e14'",
+                "MSSQL",
+            ),
+            ("ORA-01756: quoted string not properly terminated", "Oracle"),
+            ("ORA-00933: SQL command not properly ended", "Oracle"),
+            (
+                "SQLSTATE[42000]: Syntax error or access violation: 1064",
+                "SQL",
+            ),
+        ] {
+            let f = scan(s);
+            assert!(
+                f.iter()
+                    .any(|x| matches!(x, Finding::DbError(e) if e.starts_with(engine))),
+                "{s}: {f:?}"
+            );
+        }
+        for benign in [
+            "Our SQL course covers syntax errors and how to fix them",
+            "FLORA-12345 is a product code, FLORA-12345: its id",
+            r#"{"name":"ORA-12 gasket","stock":4}"#,
+            "Sorry, that page could not be found.",
+        ] {
+            assert!(scan(benign).is_empty(), "{benign}: {:?}", scan(benign));
+        }
+    }
+
+    #[test]
     fn traces() {
         for s in [
             "java.lang.NullPointerException\n\tat com.shop.Cart.total(Cart.java:42)\n",
@@ -431,7 +562,6 @@ mod tests {
             "<b>Fatal error</b>:  Uncaught Error in /var/www/x.php:3\nStack trace:\n#0 {main}",
             "TypeError: x is undefined\n    at Object.<anonymous> (/app/server.js:10:5)",
             "app/models/user.rb:12:in `save'",
-            "You have an error in your SQL syntax; check the manual",
         ] {
             let f = scan(s);
             assert!(matches!(&f[..], [Finding::StackTrace(_)]), "{s}: {f:?}");

@@ -60,6 +60,18 @@ struct Client {
     limits: Vec<(usize, SlidingCounter)>,
     ids: Vec<IdSet>,
     failures: SlidingCounter,
+    /// When a request last looked like an injection, by [`Suspect`] level.
+    suspect: [u64; 2],
+}
+
+/// How much a client's request looked like an injection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Suspect {
+    /// Characters that break out of a quoted or bracketed value (`'`, `"`, an
+    /// unbalanced `)`): sqlmap's first probes, or a name like O'Brien.
+    Breakout = 0,
+    /// A per-request detector found something.
+    Finding = 1,
 }
 
 /// All clients, bounded.
@@ -152,6 +164,27 @@ impl Clients {
     /// Counts a 401/403 response; returns the estimated count in the window.
     pub(crate) fn hit_failure(&mut self, ip: IpAddr, now_ms: u64, window_ms: u64) -> u32 {
         self.client(ip, now_ms).failures.hit(now_ms, window_ms)
+    }
+
+    /// Records that a request of `ip` looked like an injection attempt.
+    pub(crate) fn note_suspect(&mut self, ip: IpAddr, level: Suspect, now_ms: u64) {
+        let c = self.client(ip, now_ms);
+        let t = &mut c.suspect[level as usize];
+        *t = (*t).max(now_ms);
+    }
+
+    /// The strongest suspicion about `ip`'s requests within `within_ms` before
+    /// `now_ms`.
+    pub(crate) fn suspect(&self, ip: IpAddr, now_ms: u64, within_ms: u64) -> Option<Suspect> {
+        let c = self.map.get(&self.key(ip))?;
+        let recent = |t: u64| t > 0 && now_ms.saturating_sub(t) <= within_ms;
+        if recent(c.suspect[Suspect::Finding as usize]) {
+            Some(Suspect::Finding)
+        } else if recent(c.suspect[Suspect::Breakout as usize]) {
+            Some(Suspect::Breakout)
+        } else {
+            None
+        }
     }
 
     /// Id-set key of a configured route.

@@ -141,6 +141,15 @@ fn rejected_policies_name_the_field() {
             "checks: {stuffing: {failures: 0}}",
             "checks.stuffing.failures",
         ),
+        ("checks: {not_found: {paths: 0}}", "checks.not_found.paths"),
+        (
+            "checks: {not_found: {per_route: 300}}",
+            "checks.not_found.per_route",
+        ),
+        (
+            "checks: {not_found: {window: never}}",
+            "checks.not_found.window",
+        ),
         (
             "checks: {enumeration_default: {max_ids: 500}}",
             "checks.enumeration_default.max_ids",
@@ -633,6 +642,175 @@ fn credential_stuffing() {
     }
 }
 
+fn status(code: u16) -> Response {
+    Response {
+        status: code,
+        ..Response::default()
+    }
+}
+
+/// A wordlist scanner with a browser User-Agent: most of its paths do not
+/// exist. It is reported before its 50th request.
+#[test]
+fn forced_browsing_by_status() {
+    let mut g = guard();
+    let c = ip("203.0.113.20");
+    let words = [
+        "admin", "backup", "old", "test", "dev", "tmp", "private", "staging", "db", "data",
+    ];
+    let mut first = None;
+    for i in 0..100u64 {
+        let path = format!("/{}{}", words[i as usize % words.len()], i / 10);
+        let r = req("GET", &path, None, "");
+        // One in ten words exists.
+        let resp = status(if i % 10 == 3 { 200 } else { 404 });
+        let v = g.inspect_response(c, Some(&r), &resp, NOW + i * 20);
+        if !v.is_empty() && first.is_none() {
+            first = Some(i);
+            assert_eq!(rules(&v), ["enumeration.not_found"]);
+            assert!(total(&v) >= STRONG);
+            assert!(!is_alert_only(v[0].category));
+            assert!(v[0].evidence.contains("404/405"), "{}", v[0].evidence);
+        }
+    }
+    assert!(first.is_some_and(|i| i < 50), "{first:?}");
+    // 405s count too: trying methods on a path.
+    let c = ip("203.0.113.21");
+    let hits = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        .iter()
+        .flat_map(|m| (0..10).map(move |i| (*m, format!("/api/thing{i}"))))
+        .enumerate()
+        .filter(|(i, (m, p))| {
+            !g.inspect_response(c, Some(&req(m, p, None, "")), &status(405), NOW + *i as u64)
+                .is_empty()
+        })
+        .count();
+    assert!(hits > 0);
+}
+
+/// A normal client: occasional 404s, and polling one deleted resource, are
+/// never reported.
+#[test]
+fn occasional_not_found_is_fine() {
+    let mut g = guard();
+    let c = ip("203.0.113.22");
+    let gone = req("GET", "/api/jobs/9f1c2a", None, "");
+    for i in 0..500u64 {
+        assert!(
+            g.inspect_response(c, Some(&gone), &status(404), NOW + i * 100)
+                .is_empty()
+        );
+    }
+    // 30 distinct missing paths a minute (a page with broken links), for ten
+    // minutes: under the default 40.
+    for i in 0..300u64 {
+        let r = req("GET", &format!("/static/img/missing-{i}.png"), None, "");
+        assert!(
+            g.inspect_response(c, Some(&r), &status(404), NOW + 60_000 + i * 2_000)
+                .is_empty(),
+            "{i}"
+        );
+    }
+    // Unpaired answers never add up.
+    let d = ip("203.0.113.23");
+    for i in 0..100u64 {
+        assert!(
+            g.inspect_response(d, None, &status(404), NOW + i)
+                .is_empty()
+        );
+    }
+}
+
+/// Guessing ids of one route: fewer paths, one template.
+#[test]
+fn id_guessing_by_status() {
+    let mut g = guard();
+    let c = ip("203.0.113.24");
+    let v: Vec<Vec<Violation>> = (0..25u64)
+        .map(|i| {
+            let r = req("GET", &format!("/invoices/{}", 1000 + i * 7), None, "");
+            g.inspect_response(c, Some(&r), &status(404), NOW + i)
+        })
+        .collect();
+    assert!(v[..20].iter().all(Vec::is_empty));
+    assert_eq!(rules(&v[20]), ["enumeration.not_found"]);
+    assert!(
+        v[20][0].evidence.contains("/invoices/{id}"),
+        "{}",
+        v[20][0].evidence
+    );
+    // Switched off: nothing.
+    let p: ApiPolicy =
+        serde_yaml_ng::from_str("checks: {forced_browsing: {enabled: false}}").unwrap();
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    for i in 0..100u64 {
+        let r = req("GET", &format!("/w{i}"), None, "");
+        assert!(
+            g.inspect_response(c, Some(&r), &status(404), NOW + i)
+                .is_empty()
+        );
+    }
+}
+
+/// sqlmap's first probe breaks the query and the server answers with the
+/// database's error: the leak scores against the client, more when its
+/// request looked like an injection.
+#[test]
+fn leaked_errors_score_the_client() {
+    let sqlite = Response {
+        status: 500,
+        body: br#"{"error":"near \")\": syntax error"}"#.to_vec(),
+        ..Response::default()
+    };
+    let leak = |v: &[Violation]| {
+        v.iter()
+            .filter(|x| x.rule == "sqli.error_response")
+            .map(|x| x.score)
+            .sum::<u32>()
+    };
+    // A clean request (a buggy endpoint): an alert's worth.
+    let mut g = guard();
+    let c = ip("198.51.100.30");
+    let clean = req("GET", "/items?id=12", None, "");
+    assert!(g.inspect_request(c, &clean, NOW).is_empty());
+    let v = g.inspect_response(c, Some(&clean), &sqlite, NOW + 5);
+    assert_eq!(leak(&v), 3);
+    assert!(
+        v.iter()
+            .any(|x| x.rule == "exposure.stack_trace" && is_alert_only(x.category))
+    );
+    // The probe `1.')"(.,)(.` breaks out of quotes and brackets: more.
+    let c = ip("198.51.100.31");
+    let probe = req("GET", "/items?id=1.%27)%22(.,)(.", None, "");
+    g.inspect_request(c, &probe, NOW);
+    assert_eq!(
+        leak(&g.inspect_response(c, Some(&probe), &sqlite, NOW + 5)),
+        6
+    );
+    // A request a detector flagged: a ban on its own.
+    let c = ip("198.51.100.32");
+    g.note_injection(c, NOW);
+    assert_eq!(leak(&g.inspect_response(c, None, &sqlite, NOW + 5)), STRONG);
+    // Long after: back to the error alone.
+    assert_eq!(leak(&g.inspect_response(c, None, &sqlite, NOW + 60_000)), 3);
+    // JSON bodies are all quotes: not a breakout by themselves.
+    let c = ip("198.51.100.33");
+    let json = req("POST", "/items", None, r#"{"name":"O'Brien (senior"}"#);
+    g.inspect_request(c, &json, NOW);
+    assert_eq!(
+        leak(&g.inspect_response(c, Some(&json), &sqlite, NOW + 5)),
+        3
+    );
+    // Switched off: the server's part still alerts, the client is not scored.
+    let p: ApiPolicy = serde_yaml_ng::from_str("checks: {error_leak: {enabled: false}}").unwrap();
+    let mut g = ApiGuard::new(&p, None).unwrap();
+    g.note_injection(c, NOW);
+    assert_eq!(
+        rules(&g.inspect_response(c, None, &sqlite, NOW + 5)),
+        ["exposure.stack_trace"]
+    );
+}
+
 #[test]
 fn exposures_are_alert_only() {
     let mut g = guard();
@@ -669,10 +847,13 @@ fn exposures_are_alert_only() {
         body: b"Traceback (most recent call last):\n  File \"/app/x.py\"".to_vec(),
         ..Response::default()
     };
+    // The server's part alerts; the client's part scores low on its own.
+    let v = g.inspect_response(ip("192.0.2.1"), None, &trace, NOW);
     assert_eq!(
-        rules(&g.inspect_response(ip("192.0.2.1"), None, &trace, NOW)),
-        ["exposure.stack_trace"]
+        rules(&v),
+        ["protocol.error_response", "exposure.stack_trace"]
     );
+    assert!(!is_alert_only(v[0].category) && v[0].score < 3);
     let benign = Response {
         status: 200,
         body: br#"{"order_id":"4111111111111112","text":"Reset your password here"}"#.to_vec(),

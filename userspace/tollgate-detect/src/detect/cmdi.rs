@@ -605,7 +605,7 @@ impl Cmdi {
                     });
                 let sc = match (wordlike, shellish_args || sub) {
                     _ if cmd.split => STRONG,
-                    _ if code_span => 3,
+                    _ if code_span => 2,
                     (false, true) => STRONG,
                     (false, false) => 6,
                     (true, true) => {
@@ -616,7 +616,10 @@ impl Cmdi {
                             6
                         }
                     }
-                    (true, false) => 3,
+                    // A word that is also a command (`more`, `set`, `call`)
+                    // after `;` or `&` with plain words: a sentence, below the
+                    // alert threshold; only what follows can make it count.
+                    (true, false) => 2,
                 };
                 sink.push(rules::CMDI_COMMAND, Category::Cmdi, sc, loc, lower, sep_at);
             }
@@ -1491,6 +1494,21 @@ mod tests {
         ] {
             assert_ne!(q(p), Action::Ban, "{p}");
         }
+    }
+
+    #[test]
+    fn sentences_with_command_words() {
+        // Words that are also commands, after `;` or `&` in a sentence.
+        for p in [
+            "The Senora found herself a heroine%3B more than that, she became aware",
+            "Apt is gated%3B call when you get here",
+            "BASE%3B SET SWAROVSKI",
+            "1%3B exec will create the case 7",
+        ] {
+            assert_eq!(q(p), Action::Allow, "{p}");
+        }
+        // With shell-like arguments they still count.
+        assert_eq!(q("x%3B more /etc/passwd"), Action::Ban);
     }
 
     #[test]

@@ -805,7 +805,7 @@ fn dangerous_expr(inner: &str) -> bool {
 
 /// Five alphabetic words in a row (`a` and `I` count), separated by single
 /// spaces: a sentence.
-fn is_prose(lower: &str) -> bool {
+pub(crate) fn is_prose(lower: &str) -> bool {
     let mut run = 0;
     for w in lower.split([' ', '\n']) {
         let w = w.trim_end_matches([',', '.', '?', '!', ':', ';']);

@@ -285,6 +285,80 @@ fn is_catalog(w: &[u8]) -> bool {
         || w == b"sys.objects"
 }
 
+/// PostgreSQL types a value is cast to in order to fail with its text in
+/// the error message (numeric ones) or to read a catalog (`regclass`).
+fn cast_type(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"int"
+            | b"integer"
+            | b"bigint"
+            | b"smallint"
+            | b"int2"
+            | b"int4"
+            | b"int8"
+            | b"numeric"
+            | b"decimal"
+            | b"float"
+            | b"float4"
+            | b"float8"
+            | b"double"
+            | b"real"
+            | b"regclass"
+            | b"oid"
+    )
+}
+
+/// MongoDB query operators sent where a plain value is expected: `u[$ne]=1`,
+/// `{"password": {"$ne": null}}`, `{"$where": "sleep(1000)"}`. Operators that run
+/// JavaScript are an attack on their own; the comparison ones alert, since some
+/// APIs take Mongo-style filters (`filters[title][$eq]=x`) on purpose.
+fn nosql_operator(lower: &str) -> Option<(u32, usize)> {
+    const CODE: &[&str] = &["where", "function", "accumulator"];
+    const QUERY: &[&str] = &[
+        "ne",
+        "eq",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "in",
+        "nin",
+        "not",
+        "nor",
+        "or",
+        "and",
+        "regex",
+        "exists",
+        "expr",
+        "elemmatch",
+        "type",
+        "size",
+        "all",
+        "mod",
+        "jsonschema",
+    ];
+    let b = lower.as_bytes();
+    memchr::memchr_iter(b'$', b).find_map(|p| {
+        // At the start of the input (a JSON key), or after `[`, `{`, or a quote.
+        let lead = p == 0 || matches!(b[p - 1], b'[' | b'{' | b'"' | b'\'');
+        let name = ident_at(b, p + 1);
+        let tail = b.get(p + 1 + name.len());
+        let end = tail.is_none_or(|c| matches!(c, b']' | b'"' | b'\'' | b':'));
+        let name = std::str::from_utf8(name).ok()?;
+        if !(lead && end) {
+            return None;
+        }
+        if CODE.contains(&name) {
+            Some((STRONG, p))
+        } else if QUERY.contains(&name) {
+            Some((6, p))
+        } else {
+            None
+        }
+    })
+}
+
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b == b'$' || b >= 0x80
 }
@@ -577,6 +651,18 @@ impl Sqli {
 
     /// `set` holds the bytes of `lower`.
     pub(crate) fn check(&self, lower: &str, set: &ByteSet, loc: &Location, sink: &mut Sink<'_>) {
+        if set.any(&ByteSet::from(b"$"))
+            && let Some((sc, at)) = nosql_operator(crate::decode::truncate(lower, MAX_SQL_INPUT))
+        {
+            sink.push(
+                rules::SQLI_NOSQL_OPERATOR,
+                Category::Sqli,
+                sc,
+                loc,
+                lower,
+                at,
+            );
+        }
         let s = crate::decode::truncate(lower, MAX_SQL_INPUT).as_bytes();
         // Cheap pre-filter: injections need at least one of these bytes or words.
         const TRIGGERS: ByteSet = ByteSet::from(b"'\"(;=#-@|&<>/`");
@@ -586,6 +672,7 @@ impl Sqli {
             ByteSet::of(s).any(&TRIGGERS)
         };
         if !trigger
+            && memchr::memmem::find(s, b"::").is_none()
             && !s.split(|b| !b.is_ascii_alphanumeric()).any(|w| {
                 matches!(
                     w,
@@ -1084,19 +1171,14 @@ fn analyze(
     {
         add(hits, rules::SQLI_STACKED, STRONG, at(0));
     }
-    // PostgreSQL casts of a call result (`lo_get(1)::int`) force conversion errors
-    // that leak the value.
-    for i in 0..n {
-        if t[i] == Tok::RParen
-            && s[at(i)..].starts_with(b")::")
-            && matches!(
-                ident_at(s, at(i) + 3),
-                b"int" | b"integer" | b"bigint" | b"numeric" | b"int4" | b"int8"
-            )
-        {
-            add(hits, rules::SQLI_ERROR_BASED, STRONG, at(i));
-            break;
-        }
+    // PostgreSQL casts force conversion errors that leak the value: of a call
+    // result (`lo_get(1)::int`, `f(x)::double precision`) a ban, of a column
+    // (`password::int`) an alert.
+    if let Some(p) = memchr::memmem::find_iter(s, b"::").find(|&p| {
+        p > 0 && (s[p - 1] == b')' || is_ident(s[p - 1])) && cast_type(ident_at(s, p + 2))
+    }) {
+        let sc = if s[p - 1] == b')' { STRONG } else { 6 };
+        add(hits, rules::SQLI_ERROR_BASED, sc, p);
     }
     // Catalog tables are only named by reconnaissance queries.
     if let Some(p) = t.iter().position(|&x| x == Tok::Catalog) {
@@ -1133,8 +1215,9 @@ fn analyze(
                 add(hits, rules::SQLI_UNION, STRONG, at(j));
             }
             // `' || f(x) || '`: a call concatenated into the string.
+            // After a number (`1 || lpad(user,7,1)`) it is also MySQL's OR: reported.
             Some(Tok::Logic)
-                if quoted
+                if (quoted || lead_num)
                     && s[at(j)..].starts_with(b"||")
                     && matches!(t.get(j + 1), Some(Tok::Func(_)))
                     && t.get(j + 2) == Some(&Tok::LParen)
@@ -1143,7 +1226,12 @@ fn analyze(
                         .position(|&x| x == Tok::RParen)
                         .is_some_and(|r| matches!(t.get(j + 3 + r), Some(Tok::Logic) | None)) =>
             {
-                add(hits, rules::SQLI_CONCAT, STRONG, at(j));
+                add(
+                    hits,
+                    rules::SQLI_CONCAT,
+                    if quoted { STRONG } else { 6 },
+                    at(j),
+                );
             }
             None if quoted && lead_comment => {
                 add(hits, rules::SQLI_COMMENT_TRUNCATION, STRONG, at(j - 1))
@@ -1210,6 +1298,21 @@ fn analyze(
         });
         if has_logic_cmp {
             add(hits, rules::SQLI_COMMENT_TRUNCATION, 8, at(n - 1));
+        } else if t[..n - 1].iter().any(|&x| {
+            matches!(
+                x,
+                Tok::Logic
+                    | Tok::Cmp
+                    | Tok::CmpWord
+                    | Tok::Union
+                    | Tok::Select
+                    | Tok::Clause
+                    | Tok::Stmt(_)
+            )
+        }) {
+            // Any SQL operator between the break-out and the comment
+            // (`'or(glob 1)--`): enough to report, not to ban.
+            add(hits, rules::SQLI_COMMENT_TRUNCATION, 6, at(n - 1));
         }
     }
 }
@@ -1225,6 +1328,53 @@ mod tests {
             payload.replace(' ', "%20")
         );
         run(&raw).1
+    }
+
+    fn flagged(raw: &str) -> Vec<(&'static str, u32)> {
+        run(raw).0.iter().map(|v| (v.rule, v.score)).collect()
+    }
+
+    #[test]
+    fn nosql_operators_casts_and_reported_forms() {
+        let get = |q: &str| format!("GET /api/v1/items?{q} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let post = |b: &str| {
+            format!(
+                "POST /api/v1/login HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )
+        };
+        // Operators that run JavaScript ban; comparison operators report.
+        assert_eq!(run(&post(r#"{"$where": "sleep(1000)"}"#)).1, Action::Ban);
+        assert!(
+            flagged(&post(r#"{"user":"ana","password":{"$ne":null}}"#))
+                .contains(&("sqli.nosql_operator", 6))
+        );
+        assert!(flagged(&get("user[$ne]=x")).contains(&("sqli.nosql_operator", 6)));
+        assert!(flagged(&get("q=[$lte]5")).contains(&("sqli.nosql_operator", 6)));
+        // Prices, templates and JSON Schema keywords are not operators.
+        for q in [
+            "price=$5",
+            "tpl=${name}",
+            "note=pay%20$in%20cash",
+            "total=US$100",
+        ] {
+            assert!(flagged(&get(q)).is_empty(), "{q}");
+        }
+        assert!(flagged(&post(r##"{"$schema":"x","$ref":"#/a"}"##)).is_empty());
+        // PostgreSQL casts: of a call result a ban, of a column a report.
+        assert_eq!(
+            run(&get("id=function(foo)::double%20precision")).1,
+            Action::Ban
+        );
+        assert!(flagged(&get("id=password::int")).contains(&("sqli.error_based", 6)));
+        assert!(flagged(&get("ns=std::string&ip=fe80::1")).is_empty());
+        // A break-out closed by a comment around any SQL operator: reported.
+        assert_eq!(run(&get("var=%27or%28glob%201%29--")).1, Action::Alert);
+        // `||` after a number is MySQL's OR: reported.
+        assert_eq!(
+            run(&get("id=1+%7C%7C+lpad%28user%2C7%2C1%29")).1,
+            Action::Alert
+        );
     }
 
     #[test]

@@ -28,24 +28,60 @@ const INTERNAL_NAMES: &[&str] = &[
     "ipv4-localhost",
     "localtest.me",
     "metadata.azure.com",
+    "metadata.goog",
+    "metadata.tencentyun.com",
+    "metadata.platformequinix.com",
     "ip6-localhost",
     "ip6-loopback",
     "0",
 ];
 
-/// Schemes used to reach non-HTTP internal services.
-const RAW_SCHEMES: &[&str] = &[
-    "gopher://",
-    "dict://",
-    "ldap://",
-    "tftp://",
-    "sftp://",
-    "jar:",
-    "netdoc://",
-    "php://",
-    "expect://",
-    "phar://",
-    "unix:",
+/// Schemes used to reach non-HTTP internal services, with their raw score:
+/// those that exist only to speak raw bytes to a port (`gopher:` writes any
+/// bytes to Redis or SMTP, `dict:` any line) or to wrap a fetch in another
+/// (`jar:http://`, `netdoc:`) are forgery on their own; directory and file
+/// transfer schemes have other uses.
+const RAW_SCHEMES: &[(&str, u32)] = &[
+    ("gopher://", STRONG),
+    ("dict://", STRONG),
+    ("netdoc:", STRONG),
+    ("jar:http", STRONG),
+    ("jar:file", STRONG),
+    ("jar:ftp", STRONG),
+    ("unix:", STRONG),
+    ("ldap://", 8),
+    ("ldaps://", 8),
+    ("ldapi://", 8),
+    ("tftp://", 8),
+    ("sftp://", 8),
+    ("php://", 8),
+    ("expect://", 8),
+    ("phar://", 8),
+];
+
+/// Domains whose every name resolves to loopback, by design (local development).
+const LOOPBACK_DOMAINS: &[&str] = &[
+    "localtest.me",
+    "lvh.me",
+    "vcap.me",
+    "localh.st",
+    "lacolhost.com",
+    "fuf.me",
+];
+
+/// Wildcard DNS services that answer a name with the address written in it
+/// (`10.0.0.1.nip.io`, `127-0-0-1.sslip.io`, `app-7f000001.nip.io`), and
+/// rebinding services (`7f000001.c0a80001.rbndr.us` alternates between the two).
+/// Any domain can be set up that way; these only accept the hex spelling too.
+const WILDCARD_DOMAINS: &[&str] = &[
+    "nip.io",
+    "sslip.io",
+    "xip.io",
+    "traefik.me",
+    "rbndr.us",
+    "1u.ms",
+    "rebind.it",
+    "nip.direct",
 ];
 
 pub(crate) fn check(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
@@ -135,19 +171,12 @@ fn check_urls(s: &str, loc: &Location, sink: &mut Sink<'_>) {
         }
     }
     static SCHEMES: LazyLock<Vec<Finder<'static>>> =
-        LazyLock::new(|| RAW_SCHEMES.iter().map(Finder::new).collect());
-    for (scheme, f) in RAW_SCHEMES.iter().zip(SCHEMES.iter()) {
+        LazyLock::new(|| RAW_SCHEMES.iter().map(|(s, _)| Finder::new(s)).collect());
+    for ((_, score), f) in RAW_SCHEMES.iter().zip(SCHEMES.iter()) {
         if let Some(p) = f.find(s.as_bytes())
             && (p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric())
         {
-            sink.push(
-                rules::SSRF_SCHEME,
-                Category::Ssrf,
-                if *scheme == "unix:" { STRONG } else { 8 },
-                loc,
-                s,
-                p,
-            );
+            sink.push(rules::SSRF_SCHEME, Category::Ssrf, *score, loc, s, p);
         }
     }
 }
@@ -184,7 +213,11 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
     {
         return Some(STRONG);
     }
-    if host.ends_with(".docker.internal") || host.ends_with(".localtest.me") {
+    if host.ends_with(".docker.internal")
+        || LOOPBACK_DOMAINS
+            .iter()
+            .any(|d| host == *d || host.strip_suffix(d).is_some_and(|h| h.ends_with('.')))
+    {
         return Some(STRONG);
     }
     if host.ends_with(".local")
@@ -193,12 +226,16 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
     {
         return Some(6);
     }
-    // Services that resolve any name to a loopback/private address.
-    if host.ends_with(".nip.io") || host.ends_with(".sslip.io") || host.ends_with(".xip.io") {
-        return Some(STRONG);
-    }
     if let Some(v4) = parse_ipv4_loose(host) {
         return classify_v4(v4);
+    }
+    // A name that spells an internal address resolves to it on a wildcard DNS
+    // service or the attacker's own (`10.0.0.1.nip.io`, `127-0-0-1.evil.test`).
+    if host.bytes().any(|b| b.is_ascii_alphabetic())
+        && !host.contains(':')
+        && let Some(sc) = embedded_v4(host).filter_map(classify_v4).max()
+    {
+        return Some(sc);
     }
     let h = host.split('%').next().unwrap_or(host);
     // (An IPv6 address always has a `:`; most hosts are names.)
@@ -209,13 +246,28 @@ fn classify(host: &str, bare: bool) -> Option<u32> {
             return classify_v4(v4);
         }
         let seg = v6.segments();
+        let low_v4 =
+            |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+        // NAT64 (`64:ff9b::/96`, the local-use `64:ff9b:1::/48`) and 6to4
+        // (`2002:AABB:CCDD::`) carry an IPv4 address the gateway reaches.
+        if seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2..6] == [0; 4] || seg[2] == 1) {
+            return classify_v4(low_v4(seg[6], seg[7]));
+        }
+        if seg[0] == 0x2002 {
+            return classify_v4(low_v4(seg[1], seg[2]));
+        }
+        // Metadata services over IPv6: AWS, GCP.
+        if v6 == Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254) {
+            return Some(STRONG);
+        }
         if v6.is_loopback()
             || v6.is_unspecified()
             || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         {
             return Some(STRONG);
         }
-        if seg[0] & 0xffc0 == 0xfe80 || seg[0] & 0xfe00 == 0xfc00 {
+        // Link-local, unique local, and the deprecated site-local fec0::/10.
+        if seg[0] & 0xffc0 == 0xfe80 || seg[0] & 0xfe00 == 0xfc00 || seg[0] & 0xffc0 == 0xfec0 {
             return Some(8);
         }
         // IPv4-compatible (deprecated) `::a.b.c.d`.
@@ -236,9 +288,14 @@ fn classify_v4(ip: Ipv4Addr) -> Option<u32> {
     let o = ip.octets();
     if ip.is_loopback()
         || ip.is_unspecified()
+        // Metadata services: AWS, GCP, Azure, OpenStack, DigitalOcean, Hetzner,
+        // Oracle (also 192.0.0.192); Alibaba; AWS ECS task metadata; Azure's
+        // wire server (a public address only the tenant's VMs reach).
         || o == [169, 254, 169, 254]
         || o == [100, 100, 100, 200]
         || o == [192, 0, 0, 192]
+        || o == [169, 254, 170, 2]
+        || o == [168, 63, 129, 16]
     {
         Some(STRONG)
     } else if ip.is_private() || ip.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1])) {
@@ -246,6 +303,59 @@ fn classify_v4(ip: Ipv4Addr) -> Option<u32> {
     } else {
         None
     }
+}
+
+/// IPv4 addresses a host name spells: four decimal labels in a row
+/// (`10.0.0.1.nip.io`), a label ending in four dash-separated numbers
+/// (`127-0-0-1.sslip.io`, `app-10-0-0-1.example`), and 8-digit hex labels when
+/// the name has two of them (a rebinding pair, `7f000001.c0a80001.rbndr.us`) or
+/// is under a known wildcard service (`app-7f000001.nip.io`).
+fn embedded_v4(host: &str) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    let labels: Vec<&str> = host.split('.').collect();
+    let octet = |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let quad = |ps: &[&str]| -> Option<Ipv4Addr> {
+        let mut o = [0u8; 4];
+        for (d, p) in o.iter_mut().zip(ps) {
+            *d = p.parse().ok()?;
+        }
+        Some(Ipv4Addr::from(o))
+    };
+    let mut found: Vec<Ipv4Addr> = Vec::new();
+    if labels.len() > 4 {
+        found.extend(
+            labels
+                .windows(4)
+                .filter(|w| w.iter().all(|l| octet(l)))
+                .filter_map(&quad),
+        );
+    }
+    let hex_tail = |l: &str| {
+        let t = l.rsplit('-').next().unwrap_or(l);
+        (t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(t, 16).ok().map(Ipv4Addr::from))
+            .flatten()
+    };
+    let wildcard = WILDCARD_DOMAINS
+        .iter()
+        .any(|d| host.strip_suffix(d).is_some_and(|h| h.ends_with('.')));
+    let hex: Vec<Ipv4Addr> = labels[..labels.len().saturating_sub(1)]
+        .iter()
+        .filter_map(|l| hex_tail(l))
+        .collect();
+    if wildcard || hex.len() >= 2 {
+        found.extend(hex);
+    }
+    if labels.len() > 1 {
+        for l in &labels[..labels.len() - 1] {
+            let parts: Vec<&str> = l.rsplitn(5, '-').collect();
+            if parts.len() >= 4 && parts[..4].iter().all(|p| octet(p)) {
+                let mut ps: Vec<&str> = parts[..4].to_vec();
+                ps.reverse();
+                found.extend(quad(&ps));
+            }
+        }
+    }
+    found.into_iter()
 }
 
 /// Parses IPv4 the way `inet_aton` does: 1 to 4 parts, each decimal, octal
@@ -289,17 +399,21 @@ fn parse_ipv4_loose(h: &str) -> Option<Ipv4Addr> {
 }
 
 fn parse_part(p: &str) -> Option<u64> {
-    if p.is_empty() || p.len() > 12 {
-        return None;
-    }
     if let Some(x) = p.strip_prefix("0x") {
-        // Some parsers keep only the low 32 bits of an oversized hex number.
+        // Some parsers keep only the low 32 bits of an oversized hex number
+        // (`0x41414141A9FEA9FE` is 169.254.169.254).
+        if x.len() > 32 {
+            return None;
+        }
         let x = if x.len() > 8 { &x[x.len() - 8..] } else { x };
         return if x.is_empty() {
             Some(0)
         } else {
             u64::from_str_radix(x, 16).ok()
         };
+    }
+    if p.is_empty() || p.len() > 12 {
+        return None;
     }
     if p.len() > 1 && p.starts_with('0') {
         return u64::from_str_radix(&p[1..], 8).ok();
@@ -354,9 +468,43 @@ mod tests {
             "LOCALHOST/",
             "gopher://127.0.0.1:6379/_INFO",
             "http%3A%2F%2F10.0.0.5%2Finternal",
+            // Every integer spelling, oversized hex keeping its low 32 bits.
+            "http://0x41414141A9FEA9FE/",
+            "http://0251.0376.0251.0376/",
+            "http://0xa9.254.0251.0xfe/",
+            "http://169.16689662/",
+            "http://0/",
+            // IPv6 forms carrying an internal IPv4: mapped, NAT64, 6to4.
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::169.254.169.254]/",
+            "http://[2002:a9fe:a9fe::1]/",
+            "http://[fd20:ce::254]/computeMetadata/v1/",
+            // Names that resolve to what they spell.
+            "http://10.0.0.1.nip.io/admin",
+            "http://127-0-0-1.sslip.io/",
+            "http://app-7f000001.nip.io/",
+            "http://7f000001.c0a80001.rbndr.us/",
+            "http://169.254.169.254.attacker.example/",
+            "http://admin.lvh.me:8080/",
+            // Metadata endpoints of other providers.
+            "http://100.100.100.200/latest/meta-data/",
+            "http://169.254.170.2/v2/credentials/x",
+            "http://168.63.129.16/machine?comp=goalstate",
+            "http://metadata.tencentyun.com/latest/meta-data/",
+            // Schemes that speak raw bytes to a port, or wrap a fetch.
+            "gopher://mail.example.com:25/_HELO",
+            "dict://cache.example.com:11211/stats",
+            "jar:http://example.com/evil.jar!/",
+            "netdoc:///etc/passwd",
         ] {
             assert_eq!(q(p), Action::Ban, "{p}");
         }
+        // URL-bearing values anywhere: JSON keys of any name, headers.
+        let body = "POST /api/v1/profile HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"avatar\":{\"src\":\"http://[64:ff9b::a9fe:a9fe]/\"}}           ";
+        assert_eq!(run(body).1, Action::Ban);
+        let hdr = "GET /api/v1/x HTTP/1.1\r\nHost: a\r\nX-Callback-Url: http://127-0-0-1.sslip.io/\r\n\r\n";
+        assert_eq!(run(hdr).1, Action::Ban);
         let body = "POST /api/v1/hooks HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 48\r\n\r\n{\"callback\":\"http://169.254.169.254/latest/x\"}  ";
         assert_eq!(run(body).1, Action::Ban);
     }
@@ -370,6 +518,16 @@ mod tests {
             "10.5",
             "1.2.3",
             "http://8.8.8.8/",
+            // Public callbacks and wildcard names of public addresses.
+            "https://hooks.example.com/callback?id=42",
+            "https://api.partner.example/v2/webhooks/0a1b2c3d",
+            "https://app.52.14.200.7.nip.io/",
+            "https://ec2-52-14-200-7.us-east-2.compute.amazonaws.com/",
+            "https://cdn.example.com/assets/7f000001/logo.png",
+            "https://deadbeef.example.com/",
+            "https://[2001:db8::1]/",
+            "https://[64:ff9b::808:808]/",
+            "release-2024-10-01.tar.gz",
         ] {
             assert_eq!(q(p), Action::Allow, "{p}");
         }

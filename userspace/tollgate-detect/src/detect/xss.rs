@@ -184,6 +184,10 @@ impl Xss {
                 || lower.starts_with('\'');
             let sc = if breakout && score_sink >= 5 {
                 STRONG
+            } else if score_sink < STRONG && super::code::is_prose(lower) {
+                // A sink named in a sentence (`don't call eval() here`) is
+                // documentation or a code review, not a payload.
+                2
             } else {
                 score_sink
             };
@@ -424,7 +428,10 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
                 sink.push(rules::XSS_SCRIPT_URL, Category::Xss, STRONG, loc, lower, a)
             }
             _ if known && memchr::memchr(b'=', attrs).is_some() => {
-                sink.push(rules::XSS_HTML_TAG, Category::Xss, 4, loc, lower, a)
+                // Rich text (`<a href="/apps/">`, `<span class="x">`) sets only
+                // layout attributes; anything else may be a step towards script.
+                let sc = if formatting_only(attrs) { 2 } else { 4 };
+                sink.push(rules::XSS_HTML_TAG, Category::Xss, sc, loc, lower, a)
             }
             _ if known && (closed || !attrs.is_empty()) => {
                 sink.push(rules::XSS_HTML_TAG, Category::Xss, 2, loc, lower, a)
@@ -435,10 +442,89 @@ fn scan_tags(lower: &str, loc: &Location, sink: &mut Sink<'_>) {
     }
 }
 
+/// Attributes of rich text that do nothing but layout and links.
+const FORMATTING_ATTRS: &[&str] = &[
+    "class",
+    "id",
+    "href",
+    "title",
+    "alt",
+    "width",
+    "height",
+    "border",
+    "cellpadding",
+    "cellspacing",
+    "align",
+    "valign",
+    "colspan",
+    "rowspan",
+    "target",
+    "rel",
+    "lang",
+    "dir",
+];
+
+/// Whether every `name=` in a tag's attributes is a layout or link attribute.
+fn formatting_only(attrs: &[u8]) -> bool {
+    let mut names = 0;
+    for (i, _) in attrs.iter().enumerate().filter(|(_, b)| **b == b'=') {
+        let head = attrs[..i].trim_ascii_end();
+        let start = head
+            .iter()
+            .rposition(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':')))
+            .map_or(0, |p| p + 1);
+        let name = &head[start..];
+        // An `=` inside a quoted value (`href="/a?x=1"`) has no name before it
+        // that ends a token; skip what is not a name.
+        if name.is_empty()
+            || attrs[..start]
+                .iter()
+                .filter(|b| **b == b'"' || **b == b'\'')
+                .count()
+                % 2
+                == 1
+        {
+            continue;
+        }
+        names += 1;
+        // XML namespace declarations (`<soap:Body xmlns:m="...">`) are markup too.
+        if !FORMATTING_ATTRS.iter().any(|f| f.as_bytes() == name) && !name.starts_with(b"xmlns") {
+            return false;
+        }
+    }
+    names > 0
+}
+
 #[cfg(test)]
 mod tests {
     use crate::detect::Action;
-    use crate::detect::tests::q;
+    use crate::detect::tests::{q, run};
+
+    #[test]
+    fn rich_text_is_not_an_alert() {
+        for v in [
+            "<span class=\"show-text\">regardez</span>",
+            "nouvelle <br /><a href=\"/apps/\">galerie</a>!",
+            "<table width=\"99%\" border=\"0\" cellpadding=\"1\">",
+            "<a href=\"https://example.com/?a=1&b=2\" title=\"x\">link</a>",
+            "<soap-env:body xmlns:m = \"http://www.xyz.org/quotations\"><m:getquote>",
+        ] {
+            let (v, a) = run(&format!(
+                "GET /api/v1/search?q={} HTTP/1.1\r\nHost: a\r\n\r\n",
+                v.replace('%', "%25")
+                    .replace(' ', "%20")
+                    .replace('"', "%22")
+                    .replace('&', "%26")
+                    .replace('?', "%3F")
+            ));
+            assert_eq!(a, Action::Allow, "{v:?}");
+        }
+        // Other attributes still count towards an alert.
+        let (_, a) = run(
+            "GET /api/v1/search?q=%3Ca%20probe=%22x%22%3Eb%3C/a%3E HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert_eq!(a, Action::Alert);
+    }
 
     #[test]
     fn attacks() {

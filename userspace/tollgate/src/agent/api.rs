@@ -184,6 +184,8 @@ pub struct ApiHandle {
     pub state: Arc<Mutex<ApiState>>,
     /// Parsed exchanges, for `tap`.
     pub tap: broadcast::Sender<Arc<ApiEvent>>,
+    /// Resolves TLS plaintext records to their connections.
+    pub tls: crate::tls::Handle,
 }
 
 impl ApiHandle {
@@ -215,6 +217,7 @@ impl ApiHandle {
                 last_stall_check_ns: 0,
             })),
             tap,
+            tls: crate::tls::handle(),
         }
     }
 
@@ -223,10 +226,10 @@ impl ApiHandle {
     /// found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = Instant::now();
-        let samples: Vec<Sample> = records
-            .iter()
-            .filter_map(|raw| Sample::from_record(raw))
-            .collect();
+        let samples: Vec<Sample> = match self.tls.lock() {
+            Ok(mut tls) => records.iter().filter_map(|raw| tls.sample(raw)).collect(),
+            Err(_) => Vec::new(),
+        };
         let batch = self.handle_samples(&samples, wall_offset);
         (t.elapsed(), batch)
     }
@@ -454,6 +457,12 @@ impl ApiState {
         if let Some((route, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
+            // The connection's age decides whether a ban may follow a lift
+            // (looked up only when a ban is at stake).
+            let conn_since_ns = d
+                .ban
+                .and(st.verifier.as_ref())
+                .and_then(|v| v.since_ns(&flow.unwrap_or_else(|| flow_key(&ev, ev.client))));
             batch.findings.push(Finding {
                 client: ev.client,
                 proxy: ev.proxy,
@@ -462,6 +471,7 @@ impl ApiState {
                 route,
                 decision: d,
                 unverified,
+                conn_since_ns,
             });
         }
         // Nobody listening is fine.
@@ -495,6 +505,7 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
             ban: None,
         },
         unverified: None,
+        conn_since_ns: None,
     }
 }
 
@@ -623,6 +634,7 @@ mod tests {
                 Sample {
                     cookie: 0,
                     stream: false,
+                    tls: false,
                     ts_ns: 1,
                     client,
                     server: "198.18.0.1".parse().unwrap(),

@@ -43,6 +43,9 @@ pub struct Finding {
     /// Why the request could not be tied to its client (spoofable): such
     /// findings are reported and never ban.
     pub unverified: Option<&'static str>,
+    /// When the kernel completed the handshake of the connection the
+    /// request came on (boot-clock ns), when known.
+    pub conn_since_ns: Option<u64>,
 }
 
 /// How a ban decision ended.
@@ -81,10 +84,9 @@ fn violation_event(f: &Finding, v: &Violation, enforced: bool) -> SecurityEvent 
         location: Some(location_name(&v.location)),
         evidence: v.evidence.clone(),
         route: f.route.clone(),
-        action: match f.decision.action {
-            Action::Ban => Action::Ban,
-            Action::Alert | Action::Allow => Action::Alert,
-        },
+        // The engine's decision for the request, as `tollgate detect` says
+        // it: findings below the alert threshold are recorded as `allow`.
+        action: f.decision.action,
         enforced,
         ban: None,
         ttl_secs: None,
@@ -202,6 +204,18 @@ impl<M: Maps> AgentState<M> {
         }
         if self.ban(&net).is_some() {
             return BanOutcome::AlreadyBanned;
+        }
+        // A ban drops a client's packets, not its connections: once lifted,
+        // what it sent meanwhile arrives as retransmissions. Requests on a
+        // connection from before the lift are judged and reported, but they
+        // are the past, not a new offence.
+        if let Some(since) = f.conn_since_ns
+            && let Some(lift) = self.lifted_after(f.client, since)
+        {
+            let ago = clock::boot_ns().saturating_sub(lift) / 1_000_000_000;
+            return BanOutcome::NotEnforced(format!(
+                "the connection predates the lift of a ban {ago}s ago (held-back bytes are not a new offence)"
+            ));
         }
         let now = clock::unix_now();
         let mut hist = self.rate.history.get(&net).cloned().unwrap_or_default();

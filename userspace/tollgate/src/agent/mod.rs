@@ -20,6 +20,7 @@ mod reload;
 mod ring;
 mod startup;
 mod state;
+pub(crate) use state::AgentState;
 
 use std::{
     fs::File,
@@ -39,7 +40,6 @@ use tokio::{
 use tollgate_common::Mode;
 use tracing::{debug, error, info, warn};
 
-use self::state::AgentState;
 use crate::{
     datapath::{Capacities, Datapath},
     events::EventLog,
@@ -310,6 +310,15 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
         &api,
         &event_log,
     );
+    if !api_ports.is_empty() {
+        crate::tls::start(
+            &opts.policy.tls,
+            &opts.api_ports,
+            &maps_dir,
+            &state,
+            &api.tls,
+        );
+    }
     health.set_state(Arc::clone(&state));
     let mut reloader = reload::Reloader::start(opts, &state);
     reloader.set_api(api.clone());
@@ -727,6 +736,9 @@ async fn serve(
                     && !api.status.api_ports.is_empty()
                 {
                     data["sampling"] = serde_json::json!(api.status);
+                }
+                if let (Some(data), Ok(tls)) = (resp.data.as_mut(), api.tls.lock()) {
+                    data["tls"] = serde_json::json!(tls.status);
                 }
                 resp
             }

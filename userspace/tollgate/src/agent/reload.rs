@@ -231,6 +231,9 @@ impl Reloader {
         if p.cluster != self.opts.policy.cluster {
             restart.push("cluster");
         }
+        if p.tls != self.opts.policy.tls {
+            restart.push("tls");
+        }
         let jobs = p.feed_jobs();
         let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies)
             .map_err(|e| format!("{}: {e}; the running policy stays", path.display()))?;

@@ -70,7 +70,16 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) counters: crate::metrics::Counters,
     /// The fleet link's status, when this agent shares bans through etcd.
     pub(in crate::agent) cluster: Option<crate::cluster::SharedStatus>,
+    /// Bans lifted lately (by hand, by origin, by expiry): the prefix and
+    /// when (boot-clock ns). What a client sent on a connection from before
+    /// a lift (retransmissions of what the ban dropped) is not a new offence.
+    lifted: std::collections::VecDeque<(IpNet, u64)>,
 }
+
+/// How long a lift is remembered.
+const LIFT_MEMORY_NS: u64 = 600 * 1_000_000_000;
+/// Lifts remembered at most (oldest forgotten first).
+const MAX_LIFTS: usize = 4096;
 
 /// Where the agent keeps its pins and its state, for `status`.
 #[derive(Clone, Debug, Default)]
@@ -86,6 +95,12 @@ impl AgentState<Datapath> {
     /// taking ring buffers.
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.maps
+    }
+
+    /// The TLS capture's figures for the metrics (set each second by its
+    /// discovery task).
+    pub(crate) fn set_tls_counters(&mut self, counts: [u64; 7]) {
+        self.counters.tls = counts;
     }
 }
 
@@ -115,6 +130,7 @@ impl<M: Maps> AgentState<M> {
             trusted,
             policy_refused: None,
             store_failures_synced: 0,
+            lifted: std::collections::VecDeque::new(),
             counters: crate::metrics::Counters::default(),
             cluster: None,
         }
@@ -308,10 +324,38 @@ impl<M: Maps> AgentState<M> {
 
     fn unindex(&mut self, net: &IpNet) -> Option<BanRecord> {
         let rec = self.bans.remove(net)?;
+        let now = clock::boot_ns();
+        while self.lifted.len() >= MAX_LIFTS
+            || self
+                .lifted
+                .front()
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > LIFT_MEMORY_NS)
+        {
+            self.lifted.pop_front();
+        }
+        self.lifted.push_back((*net, now));
         if let Some(t) = rec.expires_at {
             self.expiry.remove(&(t, rec.cidr));
         }
         Some(rec)
+    }
+
+    /// When a ban covering `addr` was lifted after `since_ns` (boot clock),
+    /// within the last ten minutes: the latest such lift.
+    #[must_use]
+    pub(in crate::agent) fn lifted_after(
+        &self,
+        addr: std::net::IpAddr,
+        since_ns: u64,
+    ) -> Option<u64> {
+        let now = clock::boot_ns();
+        self.lifted
+            .iter()
+            .rev()
+            .find(|(net, t)| {
+                *t > since_ns && now.saturating_sub(*t) <= LIFT_MEMORY_NS && net.contains(&addr)
+            })
+            .map(|(_, t)| *t)
     }
 
     /// `None` when the store is open and writes work; otherwise why not
@@ -763,6 +807,7 @@ impl<M: Maps> AgentState<M> {
                 }
             }),
             cluster: self.cluster_view(),
+            tls: None,
         })
     }
 }

@@ -164,6 +164,9 @@ struct Flow {
     /// Requests come from the socket (stream records); packets sampled at
     /// the NIC in that direction are duplicates and ignored.
     streamed: bool,
+    /// Both directions come from the server's TLS library (plaintext):
+    /// whatever else is taken of the connection is ciphertext and ignored.
+    tls: bool,
     /// What was buffered when the stream stalled was judged; cleared by the
     /// next bytes.
     stalled: bool,
@@ -255,6 +258,7 @@ impl Flows {
                 ifindex: 0,
                 payload_len: 0,
                 stream: true,
+                tls: flow.tls,
                 cookie: 0,
                 data: bytes::Bytes::new(),
             };
@@ -336,6 +340,16 @@ impl Flows {
         flow.last_ns = s.ts_ns;
         flow.touched_ns = self.clock_ns;
         flow.stalled = false;
+        if s.tls && !flow.tls {
+            // What was taken of the connection so far is ciphertext.
+            flow.tls = true;
+            flow.streamed = true;
+            flow.req = Half::default();
+            flow.resp = Half::default();
+            flow.proxy_checked = false;
+        } else if flow.tls && !s.tls {
+            return Vec::new();
+        }
         if s.direction == Direction::Request {
             if s.stream && !flow.streamed {
                 // The socket's stream starts at the connection's first byte:
@@ -423,7 +437,9 @@ impl Flows {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
         };
-        if half.kind.is_none() || half.buf.len() == data.len() {
+        // A stream that began with a TLS handshake stays TLS: its next
+        // records (application data, alerts) are no handshake.
+        if half.kind != Some(Kind::Tls) && (half.kind.is_none() || half.buf.len() == data.len()) {
             // A stream may start with a byte or two (`G`, `E`, ...): decide
             // only once the first token can be told apart, as a server would.
             let undecided = half.buf.len() < UNDECIDED_MAX && half.buf.iter().all(|b| is_tchar(*b));
@@ -783,6 +799,7 @@ mod tests {
     fn sample(dir: Direction, seq: u32, data: &[u8], ts: u64) -> Sample {
         Sample {
             stream: false,
+            tls: false,
             ts_ns: ts,
             client: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
@@ -956,6 +973,39 @@ mod tests {
         );
         assert_eq!(g.stats.other, 1);
         assert_eq!(g.stats.requests, 0);
+    }
+
+    #[test]
+    fn tls_plaintext_supersedes_the_ciphertext_of_its_connection() {
+        let mut f = Flows::new(100);
+        // The ClientHello taken at the socket, then the library's plaintext
+        // (offsets of its own), then more ciphertext: only plaintext counts.
+        let mut hello = sample(Direction::Request, 0, b"\x16\x03\x01\x00\x10hello", 1);
+        hello.stream = true;
+        f.on_sample(&hello, 0.0);
+        let mut plain = sample(
+            Direction::Request,
+            0,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            2,
+        );
+        (plain.stream, plain.tls) = (true, true);
+        assert_eq!(f.on_sample(&plain, 0.0).len(), 1);
+        let mut more = sample(Direction::Request, 15, b"\x17\x03\x03\x00\x20data", 3);
+        more.stream = true;
+        assert!(f.on_sample(&more, 0.0).is_empty());
+        let mut resp = sample(
+            Direction::Response,
+            0,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            4,
+        );
+        resp.tls = true;
+        let ev = f.on_sample(&resp, 0.0);
+        assert_eq!(
+            (ev[0].status, ev[0].path.as_deref()),
+            (Some(200), Some("/a"))
+        );
     }
 
     #[test]

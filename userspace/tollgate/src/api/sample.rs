@@ -41,6 +41,9 @@ pub struct Sample {
     /// Taken at the socket (stream verdict): in order and from a verified
     /// client; else a packet at the NIC.
     pub stream: bool,
+    /// Plaintext from the server's TLS library (then also `stream`): the
+    /// connection's packets and socket bytes are ciphertext and ignored.
+    pub tls: bool,
     /// The socket's cookie (stream records; 0 otherwise).
     pub cookie: u64,
     /// The captured payload prefix.
@@ -81,8 +84,16 @@ impl Sample {
             tcp_flags: h.tcp_flags,
             ifindex: h.ifindex,
             payload_len: h.payload_len,
-            stream: h.source == tollgate_common::sample_source::STREAM,
-            cookie: h.cookie,
+            stream: matches!(
+                h.source,
+                tollgate_common::sample_source::STREAM | tollgate_common::sample_source::TLS
+            ),
+            tls: h.source == tollgate_common::sample_source::TLS,
+            cookie: if h.source == tollgate_common::sample_source::STREAM {
+                h.cookie
+            } else {
+                0
+            },
             data: Bytes::copy_from_slice(data),
         })
     }

@@ -213,12 +213,55 @@ pub(crate) fn judge_raw(
         Kind::Other if !raw.is_empty() => parsed = Err(tollgate_detect::HttpError::NotHttp),
         _ => {}
     }
-    let (req, why) = match parsed {
-        Ok(Parsed::Complete { msg, .. }) => (msg, None),
+    let (req, why, consumed) = match parsed {
+        Ok(Parsed::Complete { msg, consumed }) => (msg, None, consumed),
         Ok(Parsed::Partial) => return None,
-        Err(e) => (HttpRequest::unparseable(raw, e.clone()), Some(e)),
+        Err(e) => (HttpRequest::unparseable(raw, e.clone()), Some(e), raw.len()),
     };
-    Some((pipeline.on_request(src, &req, now_ms), why))
+    let mut d = pipeline.on_request(src, &req, now_ms);
+    // What follows the first request on the line is the connection's next
+    // request, as the agent (and the server) read it: judged too, at most a
+    // few (a line is one connection's bytes).
+    if consumed < raw.len()
+        && let Some((next, _)) = judge_raw_rest(&raw[consumed..], src, pipeline, now_ms, 8)
+    {
+        d.violations.extend(next.violations);
+        d.action = d.action.max(next.action);
+        d.client_score = next.client_score;
+        d.ban = d.ban.or(next.ban);
+    }
+    Some((d, why))
+}
+
+/// [`judge_raw`] on the bytes after a request, unless they are only line
+/// ends (which servers skip), with at most `depth` more requests.
+fn judge_raw_rest(
+    rest: &[u8],
+    src: Option<IpAddr>,
+    pipeline: &mut Pipeline,
+    now_ms: u64,
+    depth: u32,
+) -> Option<(Decision, Option<tollgate_detect::HttpError>)> {
+    if depth == 0 || rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+        return None;
+    }
+    let (req, why, consumed) = match parse_request_final(rest) {
+        Ok(Parsed::Complete { msg, consumed }) if consumed > 0 => (msg, None, consumed),
+        Ok(_) => return None,
+        Err(e) => (
+            HttpRequest::unparseable(rest, e.clone()),
+            Some(e),
+            rest.len(),
+        ),
+    };
+    let mut d = pipeline.on_request(src, &req, now_ms);
+    if let Some((next, _)) = judge_raw_rest(&rest[consumed..], src, pipeline, now_ms, depth - 1) {
+        d.violations.extend(next.violations);
+        d.action = d.action.max(next.action);
+        d.client_score = next.client_score;
+        d.ban = d.ban.or(next.ban);
+    }
+    Some((d, why))
 }
 
 fn unparsed(id: Value, src: Option<IpAddr>, why: &str) -> Verdict<'static> {
@@ -311,6 +354,7 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
         let sample = Sample {
             cookie: 0,
             stream: false,
+            tls: false,
             ts_ns,
             client,
             server,
@@ -546,6 +590,7 @@ mod tests {
         Sample {
             cookie: 0,
             stream: false,
+            tls: false,
             ts_ns: 1_000_000,
             client: CLIENT,
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
@@ -676,6 +721,26 @@ mod tests {
                 assert_eq!(reqs[0].malformed, None, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn what_follows_a_request_on_the_line_is_judged_live_and_offline() {
+        // A decoy, then the attack pipelined behind it.
+        let raw = format!(
+            "GET /ok HTTP/1.1\r\nHost: api\r\n\r\nGET {SQLI} HTTP/1.1\r\nHost: api\r\n\r\n"
+        );
+        let (off_action, off_rules) = offline(raw.as_bytes());
+        let (live_action, live_rules, _) = live(raw.as_bytes(), 1400);
+        assert_eq!(off_action, Action::Ban, "offline: {off_rules:?}");
+        assert_eq!((off_action, off_rules), (live_action, live_rules));
+        // A body the head does not announce is the connection's next
+        // request to the server (and to the agent once the connection stalls
+        // or closes): a request that does not parse.
+        let (off_action, off_rules) = offline(b"POST /x HTTP/1.1\r\nHost: api\r\n\r\nhi=test");
+        assert_eq!(
+            (off_action, off_rules),
+            (Action::Alert, vec!["protocol.unparseable"])
+        );
     }
 
     #[test]

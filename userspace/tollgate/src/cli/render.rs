@@ -410,6 +410,9 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
             k.taken, k.lost, k.skipped
         );
     }
+    if let Some(t) = &s.tls {
+        print!("{}", crate::tls::describe(t));
+    }
     Ok(())
 }
 

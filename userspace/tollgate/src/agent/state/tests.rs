@@ -280,6 +280,7 @@ fn finding(client: IpNet, unverified: Option<&'static str>) -> Finding {
             ban: Some(client),
         },
         unverified,
+        conn_since_ns: None,
     }
 }
 
@@ -329,6 +330,42 @@ fn policy_bans_escalate_their_ttl_with_each_offence() {
     let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
     assert_eq!(ttls, want);
     assert!(ttls[0] < ttls[1] && ttls[1] < ttls[2], "{ttls:?}");
+}
+
+#[test]
+fn requests_from_connections_older_than_a_lift_are_not_a_new_offence() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.6");
+    let scoring = ScoringPolicy::default();
+    let opened = crate::clock::boot_ns();
+    assert!(matches!(
+        a.state.policy_ban(client, &finding(client, None), &scoring),
+        super::super::enforce::BanOutcome::Banned { .. }
+    ));
+    a.ok(Request::BlockRm {
+        cidr: client.to_string(),
+        local: false,
+    });
+    // The retransmission of what the ban dropped, on the old connection.
+    let old = Finding {
+        conn_since_ns: Some(opened),
+        ..finding(client, None)
+    };
+    let out = a.state.policy_ban(client, &old, &scoring);
+    let super::super::enforce::BanOutcome::NotEnforced(why) = out else {
+        panic!("re-banned from the past: {out:?}");
+    };
+    assert!(why.contains("predates the lift"), "{why}");
+    assert!(a.ls().is_empty());
+    // A new connection after the lift is judged as ever: offence 2.
+    let new = Finding {
+        conn_since_ns: Some(crate::clock::boot_ns()),
+        ..finding(client, None)
+    };
+    assert!(matches!(
+        a.state.policy_ban(client, &new, &scoring),
+        super::super::enforce::BanOutcome::Banned { offence: 2, .. }
+    ));
 }
 
 #[test]

@@ -1,0 +1,259 @@
+//! HTTPS servers for the TLS tests: Debian's nginx (dynamic libssl) in front
+//! of a plain backend (Python's http.server), and a Python `ssl` server, each
+//! with a self-signed certificate made at test time, stopped on drop.
+
+use std::{
+    net::{IpAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Lab, sh};
+
+/// A free TCP port on this host (bound and released).
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ss = sh(&["ss", "-Hltn", &format!("sport = :{port}")]);
+        if !ss.trim().is_empty() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited ({st})");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A self-signed certificate and key in `dir`.
+fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=api.test",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
+}
+
+/// nginx serving HTTPS on `port` at the given addresses (keep-alive),
+/// proxying to a Python http.server on loopback that serves `/hello` and
+/// `/items/<n>`.
+pub struct Nginx {
+    /// The HTTPS port.
+    pub port: u16,
+    /// The same server over plain HTTP (for comparisons).
+    pub plain_port: u16,
+    nginx: Child,
+    backend: Child,
+    /// Where its files are.
+    pub dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts the backend and nginx (2 workers) on a free port.
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        Self::start_on(addrs, free_port())
+    }
+
+    /// Starts the backend and nginx (2 workers) on `port` (and plain HTTP on
+    /// another port).
+    pub fn start_on(addrs: &[IpAddr], port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(www.join("items")).unwrap();
+        std::fs::write(www.join("hello"), "hello\n").unwrap();
+        for i in 1..=5 {
+            std::fs::write(www.join("items").join(i.to_string()), format!("item {i}\n")).unwrap();
+        }
+        let backend_port = free_port();
+        let mut backend = Command::new("python3")
+            .args(["-m", "http.server", &backend_port.to_string()])
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(backend_port, "python http.server", &mut backend);
+        let (cert, key) = self_signed(dir.path());
+        let plain_port = free_port();
+        let p = dir.path().display();
+        let listen: String = addrs
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(_) => {
+                    format!("    listen {a}:{port} ssl;\n    listen {a}:{plain_port};\n")
+                }
+                IpAddr::V6(_) => {
+                    format!("    listen [{a}]:{port} ssl;\n    listen [{a}]:{plain_port};\n")
+                }
+            })
+            .collect();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {p}/nginx.pid;\n\
+             error_log {p}/error.log warn;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+             fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             keepalive_timeout 30s;\n  server {{\n{listen}    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+             location / {{ proxy_pass http://127.0.0.1:{backend_port}; }}\n  }}\n}}\n",
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut nginx = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "nginx", &mut nginx);
+        Self {
+            port,
+            plain_port,
+            nginx,
+            backend,
+            dir,
+        }
+    }
+
+    /// nginx's error log.
+    #[must_use]
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Pid of the master process.
+    #[must_use]
+    pub fn master_pid(&self) -> u32 {
+        self.nginx.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers, then exits (a SIGKILL
+        // would leave the workers running, orphaned).
+        if let Ok(pid) = i32::try_from(self.nginx.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && matches!(self.nginx.try_wait(), Ok(None)) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.nginx.kill();
+        let _ = self.nginx.wait();
+        let _ = self.backend.kill();
+        let _ = self.backend.wait();
+    }
+}
+
+/// A Python `ssl` server (OpenSSL 3's `SSL_read_ex`/`SSL_write_ex`)
+/// answering every HTTP/1.1 request with `200 ok`, keep-alive.
+pub struct PyTls {
+    /// The HTTPS port.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+const PY_SERVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+impl PyTls {
+    /// Starts it on `addr`.
+    pub fn start(addr: IpAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(dir.path());
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args(["-c", PY_SERVER, &addr.to_string(), &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "python ssl server", &mut child);
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PyTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl from the lab's client namespace (insecure: self-signed), each URL
+/// in turn on one connection (keep-alive); prints the status codes.
+#[must_use]
+pub fn curl(lab: &Lab, urls: &[String]) -> Output {
+    curl_with(lab, &[], urls)
+}
+
+/// [`curl`] with extra arguments (headers) before the URLs.
+#[must_use]
+pub fn curl_with(lab: &Lab, extra: &[&str], urls: &[String]) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.ns, "curl", "-sk"])
+        .args(["--connect-timeout", "2", "-m", "5"])
+        .args(["-w", "%{http_code}\\n"])
+        .args(extra);
+    for u in urls {
+        cmd.args(["-o", "/dev/null"]).arg(u);
+    }
+    cmd.output().unwrap()
+}

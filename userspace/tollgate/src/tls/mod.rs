@@ -1,0 +1,415 @@
+//! HTTPS seen from inside: the plaintext a server's TLS library reads and
+//! writes, taken by uprobes on OpenSSL (`ebpf-programs/tollgate-ebpf/src/tls.rs`)
+//! and judged by the same pipeline as plaintext API traffic.
+//!
+//! - [`procfs`]: which processes map a TLS library; which connection a
+//!   process's descriptor is.
+//! - [`probes`]: loading the programs, attaching them per library file.
+//! - this module: the policy section, discovery (every second, `/proc/*/maps`),
+//!   and turning the kernel's (process, descriptor) records into samples of
+//!   the connection's 4-tuple, kept only for sockets on TLS ports.
+
+pub mod probes;
+pub mod procfs;
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tollgate_common::{Established, FlowKey, SampleHeader, sample_source, tls_stat};
+use tracing::{info, warn};
+
+pub use crate::policy::TlsPolicy;
+use crate::{
+    api::sample::Sample,
+    proto::{LibraryView, TlsStatus},
+};
+
+use procfs::FileId;
+
+#[derive(Clone, Copy)]
+struct Cached {
+    /// The connection, when it is one to judge.
+    flow: Option<(IpAddr, u16, IpAddr, u16)>,
+    excluded: bool,
+    /// The descriptor was gone or reused when the stream was first read.
+    dead: bool,
+}
+
+/// Resolution of the kernel's records; shared by the sample reader and the
+/// status command.
+#[derive(Default)]
+pub struct TlsState {
+    policy: TlsPolicy,
+    ports: BTreeSet<u16>,
+    /// By process, descriptor and stream id.
+    conns: HashMap<(u32, i32, u32), Cached>,
+    /// The kernel's record of established connections (`TG_ESTAB`).
+    established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
+    /// What `status` shows.
+    pub status: TlsStatus,
+}
+
+/// Bound on remembered descriptors (cleared past it: they resolve again).
+const MAX_CACHED: usize = 1 << 16;
+
+/// The shared TLS state ([`TlsState`]).
+pub type Handle = Arc<Mutex<TlsState>>;
+
+impl TlsState {
+    /// The connection of stream `id` on the process's descriptor, resolved
+    /// once (when its first record is read; a descriptor gone by then, or
+    /// reused, drops the stream's records rather than misattributing them).
+    fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Cached {
+        if let Some(c) = self.conns.get(&(tgid, fd, id)) {
+            return *c;
+        }
+        let c = self.lookup(tgid, fd, ts_ns).unwrap_or(Cached {
+            flow: None,
+            excluded: false,
+            dead: true,
+        });
+        if self.conns.len() >= MAX_CACHED {
+            self.conns.clear();
+        }
+        self.conns.insert((tgid, fd, id), c);
+        c
+    }
+
+    fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
+        let inode = procfs::socket_inode(tgid, fd)?;
+        let conn = procfs::connection(tgid, inode)?;
+        let excluded = procfs::comm(tgid).is_some_and(|c| !self.policy.selects(&c));
+        let flow = self.ports.contains(&conn.local.1).then_some((
+            conn.remote.0,
+            conn.remote.1,
+            conn.local.0,
+            conn.local.1,
+        ));
+        let since_ns = flow
+            .and_then(|f| {
+                let key = FlowKey {
+                    client: mapped(f.0),
+                    server: mapped(f.2),
+                    client_port: f.1,
+                    server_port: f.3,
+                };
+                self.established.as_ref()?.get(&key, 0).ok()
+            })
+            .map_or(0, |e| e.since_ns);
+        // The connection behind the descriptor now began after the bytes
+        // were captured: the descriptor was closed and reused meanwhile.
+        if ts_ns < since_ns {
+            return None;
+        }
+        Some(Cached {
+            flow,
+            excluded,
+            dead: false,
+        })
+    }
+
+    /// Decodes one ring-buffer record: a TLS record becomes a sample of its
+    /// connection (or `None`: not one to judge); others decode as they are.
+    pub fn sample(&mut self, raw: &[u8]) -> Option<Sample> {
+        let mut s = Sample::from_record(raw)?;
+        if !s.tls {
+            return Some(s);
+        }
+        // SAFETY: `from_record` checked the length; SampleHeader is POD.
+        let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        debug_assert_eq!(h.source, sample_source::TLS);
+        let fd = i32::try_from(h.ifindex).ok()?;
+        let c = self.resolve(h.cookie as u32, fd, (h.cookie >> 32) as u32, h.ts_ns);
+        if h.payload_len == 0 {
+            // An accepted connection announced: resolved now, nothing to judge.
+            return None;
+        }
+        if c.dead {
+            self.status.records_unresolved += 1;
+            return None;
+        }
+        if c.excluded {
+            self.status.records_excluded += 1;
+            return None;
+        }
+        let Some((client, client_port, server, server_port)) = c.flow else {
+            self.status.records_other += 1;
+            return None;
+        };
+        self.status.records += 1;
+        s.client = client;
+        s.client_port = client_port;
+        s.server = server;
+        s.server_port = server_port;
+        s.ifindex = 0;
+        Some(s)
+    }
+}
+
+/// An address as the datapath's keys hold it (IPv4 mapped into IPv6).
+fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    }
+}
+
+/// A disabled TLS state (records, if any, are dropped as unresolved).
+#[must_use]
+pub fn handle() -> Handle {
+    Arc::new(Mutex::new(TlsState::default()))
+}
+
+/// Starts TLS capture: loads the programs, attaches the tracepoints, and
+/// spawns discovery, which attaches the uprobes to every library file found
+/// (now and each second after). `api_ports` are the default TLS ports;
+/// `maps_dir` is where the datapath's maps are pinned.
+pub fn start(
+    policy: &TlsPolicy,
+    api_ports: &[u16],
+    maps_dir: &std::path::Path,
+    state: &Arc<Mutex<crate::agent::AgentState>>,
+    tls: &Handle,
+) {
+    let ports: BTreeSet<u16> = if policy.ports.is_empty() {
+        api_ports.iter().copied().collect()
+    } else {
+        policy.ports.iter().copied().collect()
+    };
+    let (stats, mut procs) = {
+        let Ok(mut t) = tls.lock() else { return };
+        t.policy = policy.clone();
+        t.ports.clone_from(&ports);
+        t.status.ports = ports.iter().copied().collect();
+        if !policy.enabled || ports.is_empty() {
+            t.status.error = Some(if policy.enabled {
+                "no TLS port (set api_ports or tls.ports)".into()
+            } else {
+                "disabled by the policy (tls.enabled: false)".into()
+            });
+            return;
+        }
+        let Ok(mut st) = state.lock() else { return };
+        let ebpf = st.datapath_mut().ebpf_mut();
+        if let Err(e) = probes::load(ebpf) {
+            warn!("HTTPS plaintext will not be judged: {e:#}");
+            t.status.error = Some(format!("{e:#}"));
+            return;
+        }
+        t.status.enabled = true;
+        let procs = ebpf
+            .take_map(tollgate_common::maps::TLS_PROCS)
+            .and_then(|m| aya::maps::HashMap::<_, u32, u32>::try_from(m).ok());
+        // A second handle on the pinned map (the request verifier owns the
+        // datapath's).
+        t.established =
+            aya::maps::MapData::from_pin(maps_dir.join(tollgate_common::maps::ESTABLISHED))
+                .ok()
+                .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
+        let stats = ebpf
+            .take_map(tollgate_common::maps::TLS_STATS)
+            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok());
+        (stats, procs)
+    };
+    info!(ports = ?ports, "TLS libraries are probed for HTTPS plaintext");
+    let (state, tls, policy) = (Arc::clone(state), Arc::clone(tls), policy.clone());
+    tokio::spawn(async move {
+        let mut discovery = Discovery::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let found = tokio::task::spawn_blocking({
+                let mut d = std::mem::take(&mut discovery);
+                let policy = policy.clone();
+                move || {
+                    let new = d.scan(&policy);
+                    (d, new)
+                }
+            })
+            .await;
+            let Ok((d, (new, users))) = found else {
+                continue;
+            };
+            discovery = d;
+            if let Some(m) = procs.as_mut() {
+                for pid in users {
+                    // Full (LRU: the least recent go) or gone: announcements
+                    // only make resolving earlier.
+                    let _ = m.insert(pid, 1, 0);
+                }
+            }
+            let mut views = Vec::new();
+            if !new.is_empty()
+                && let Ok(mut st) = state.lock()
+            {
+                for (pid, m) in new {
+                    let path = procfs::through_root(pid, &m.path);
+                    let r = probes::attach_library(st.datapath_mut().ebpf_mut(), &path);
+                    let view = LibraryView {
+                        path: m.path.clone(),
+                        pid,
+                        file: format!("{}:{}", m.file.dev, m.file.inode),
+                        functions: r
+                            .as_ref()
+                            .map(|f| f.iter().map(|s| (*s).to_owned()).collect())
+                            .unwrap_or_default(),
+                        error: r.as_ref().err().map(|e| format!("{e:#}")),
+                    };
+                    match &view.error {
+                        None => {
+                            info!(path = %m.path, pid, functions = ?view.functions, "TLS library probed");
+                        }
+                        Some(e) => warn!(path = %m.path, pid, "TLS library not probed: {e}"),
+                    }
+                    views.push(view);
+                }
+            }
+            if let Ok(mut t) = tls.lock() {
+                t.status.libraries.extend(views);
+                if let Some(m) = &stats {
+                    let sum = |i: u32| m.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+                    t.status.calls = sum(tls_stat::CALLS);
+                    t.status.bytes_captured = sum(tls_stat::BYTES);
+                    t.status.bytes_lost = sum(tls_stat::LOST);
+                    t.status.calls_without_fd = sum(tls_stat::NO_FD);
+                }
+                let st = &t.status;
+                let probed = st.libraries.iter().filter(|l| l.error.is_none()).count() as u64;
+                let counts = [
+                    probed,
+                    st.bytes_captured,
+                    st.bytes_lost,
+                    st.records,
+                    st.records_other,
+                    st.records_unresolved,
+                    st.records_excluded,
+                ];
+                if let Ok(mut s) = state.lock() {
+                    s.set_tls_counters(counts);
+                }
+            }
+        }
+    });
+}
+
+/// What discovery has seen: processes whose maps were read, library files
+/// handled.
+#[derive(Default)]
+struct Discovery {
+    seen_pids: HashSet<u32>,
+    files: HashSet<FileId>,
+    scans: u64,
+}
+
+impl Discovery {
+    /// Reads the maps of processes not seen before (all of them every 30
+    /// scans: a running process may load the library later); returns each
+    /// library file not handled yet, with a selected process that maps it
+    /// (a file only other processes map is not probed: they would pay the
+    /// traps for nothing).
+    ///
+    /// Also returns the processes seen for the first time that map a TLS
+    /// library: their accepts are announced from then on.
+    fn scan(&mut self, policy: &TlsPolicy) -> (Vec<(u32, procfs::Mapped)>, Vec<u32>) {
+        let full = self.scans.is_multiple_of(30);
+        self.scans += 1;
+        let pids = procfs::pids();
+        let me = std::process::id();
+        let mut out = Vec::new();
+        let mut users = Vec::new();
+        for &pid in &pids {
+            if pid == me || (!full && self.seen_pids.contains(&pid)) {
+                continue;
+            }
+            if !procfs::comm(pid).is_some_and(|c| policy.selects(&c)) {
+                continue;
+            }
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            let found = procfs::libssl_in_maps(&maps);
+            if !found.is_empty() && !self.seen_pids.contains(&pid) {
+                users.push(pid);
+            }
+            for m in found {
+                if self.files.insert(m.file) {
+                    out.push((pid, m));
+                }
+            }
+        }
+        self.seen_pids = pids.into_iter().collect();
+        (out, users)
+    }
+}
+
+/// `status` lines for people.
+#[must_use]
+pub fn describe(s: &TlsStatus) -> String {
+    let mut out = String::new();
+    if !s.enabled {
+        out.push_str(&format!(
+            "TLS plaintext: off ({})\n",
+            s.error.as_deref().unwrap_or("not started")
+        ));
+        return out;
+    }
+    let probed = s.libraries.iter().filter(|l| l.error.is_none()).count();
+    out.push_str(&format!(
+        "TLS plaintext on ports {:?}: {probed} libraries probed; {} calls, {} bytes captured, {} lost, \
+         {} calls without a known connection; {} records judged, {} of other connections, \
+         {} unresolved, {} excluded\n",
+        s.ports,
+        s.calls,
+        s.bytes_captured,
+        s.bytes_lost,
+        s.calls_without_fd,
+        s.records,
+        s.records_other,
+        s.records_unresolved,
+        s.records_excluded
+    ));
+    for l in &s.libraries {
+        match &l.error {
+            None => out.push_str(&format!(
+                "  {} (pid {}, {}): {}\n",
+                crate::text::printable(&l.path),
+                l.pid,
+                l.file,
+                l.functions.join(", ")
+            )),
+            Some(e) => out.push_str(&format!(
+                "  {} (pid {}): not probed: {}\n",
+                crate::text::printable(&l.path),
+                l.pid,
+                crate::text::printable(e)
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_defaults_and_checks() {
+        let p: TlsPolicy = serde_yaml_ng::from_str("{}").unwrap();
+        assert!(p.enabled && p.ports.is_empty());
+        assert!(p.selects("nginx"));
+        let p: TlsPolicy =
+            serde_yaml_ng::from_str("{include: [nginx, python3], exclude: [python3]}").unwrap();
+        assert!(p.selects("nginx") && !p.selects("python3") && !p.selects("curl"));
+        let bad: TlsPolicy = serde_yaml_ng::from_str("{ports: [8443, 0]}").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "tls.ports[1]");
+        let bad: TlsPolicy =
+            serde_yaml_ng::from_str("{exclude: [a-very-long-process-name]}").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "tls.exclude[0]");
+        assert!(serde_yaml_ng::from_str::<TlsPolicy>("{port: [1]}").is_err());
+    }
+}
