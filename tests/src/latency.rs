@@ -39,28 +39,8 @@ pub fn run(trials: usize) {
     let attacker = lab.v4(0, 2);
     let dst = SocketAddr::new(lab.v4(0, 1), server.port);
 
-    let udp = UdpSocket::bind(SocketAddr::new(lab.v4(0, 1), 0)).unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let probe_dst = udp.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let arrived = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let rx = {
-        let (seen, stop, arrived) = (seen.clone(), stop.clone(), arrived.clone());
-        thread::spawn(move || {
-            let mut b = [0u8; 16];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = udp.recv_from(&mut b)
-                    && n >= 4
-                {
-                    let seq = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    seen.lock().unwrap().push(seq);
-                    arrived.fetch_max(seq + 1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let sink = ProbeSink::start(lab.v4(0, 1));
+    let (seen, arrived, probe_dst) = (sink.seen.clone(), sink.arrived.clone(), sink.addr);
 
     let mut lat = Vec::new();
     let mut failed = 0;
@@ -96,8 +76,7 @@ pub fn run(trials: usize) {
             "ban not lifted"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = rx.join();
+    sink.stop();
     report(&mut lat, failed, trials);
 }
 
@@ -120,10 +99,77 @@ fn trial(
     sock.connect_timeout(&dst.into(), Duration::from_secs(2))
         .unwrap();
     let mut s: std::net::TcpStream = sock.into();
-    let udp = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
     let req = get("/items?id=1%27%20OR%20%271%27%3D%271");
     let t0 = Instant::now();
     s.write_all(&req).unwrap();
+    let offsets = probe(src, probe_dst, t0, &arrived);
+    drop(s);
+    offsets
+}
+
+/// The receiving end of the probes: records each probe's number.
+pub(crate) struct ProbeSink {
+    /// Probe numbers received, in arrival order.
+    pub seen: Arc<Mutex<Vec<u32>>>,
+    /// One past the highest probe number received.
+    pub arrived: Arc<AtomicU32>,
+    /// Where probes go.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl ProbeSink {
+    /// Listens on a free UDP port of `ip` (in the root namespace).
+    pub(crate) fn start(ip: IpAddr) -> Self {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = udp.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let arrived = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop, arrived) = (seen.clone(), stop.clone(), arrived.clone());
+            thread::spawn(move || {
+                let mut b = [0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = udp.recv_from(&mut b)
+                        && n >= 4
+                    {
+                        let seq = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        seen.lock().unwrap().push(seq);
+                        arrived.fetch_max(seq + 1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Self {
+            seen,
+            arrived,
+            addr,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops listening.
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Sends numbered UDP probes from `src` to `probe_dst` every
+/// [`PROBE_EVERY`] until some 20 ms of them in a row went missing (or
+/// [`PROBE_FOR`] passed). Returns each probe's send time after `t0`.
+pub(crate) fn probe(
+    src: IpAddr,
+    probe_dst: SocketAddr,
+    t0: Instant,
+    arrived: &AtomicU32,
+) -> Vec<Duration> {
+    let udp = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
     let mut offsets = Vec::new();
     let mut seq = 0u32;
     while t0.elapsed() < PROBE_FOR {
@@ -140,19 +186,24 @@ fn trial(
             break;
         }
     }
-    drop(s);
     offsets
 }
 
 /// Index of the first probe after which nothing arrived (and that did not
 /// arrive itself); `None` when the last probes still arrived.
-fn first_dropped(seen: &[u32], sent: usize) -> Option<usize> {
+pub(crate) fn first_dropped(seen: &[u32], sent: usize) -> Option<usize> {
     let last_seen = seen.iter().copied().max().map_or(0, |m| m as usize + 1);
     // Enough probes went unanswered at the end to call it a drop, not loss.
     (sent.saturating_sub(last_seen) >= 200).then_some(last_seen)
 }
 
 fn report(lat: &mut [Duration], failed: usize, trials: usize) {
+    summary(lat, "block latency", "request sent -> first dropped packet");
+    println!("  goal: median <= 5 ms, p99 <= 20 ms; trials without a drop: {failed} of {trials}");
+}
+
+/// Prints `what` over `lat` (sorted here): min, median, p90, p99, max.
+pub(crate) fn summary(lat: &mut [Duration], what: &str, from_to: &str) {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -164,7 +215,7 @@ fn report(lat: &mut [Duration], failed: usize, trials: usize) {
     };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "block latency over {} trials (request sent -> first dropped packet; probes every {} us):",
+        "{what} over {} trials ({from_to}; probes every {} us):",
         lat.len(),
         PROBE_EVERY.as_micros()
     );
@@ -176,5 +227,4 @@ fn report(lat: &mut [Duration], failed: usize, trials: usize) {
         ms(pct(0.99)),
         ms(pct(1.0))
     );
-    println!("  goal: median <= 5 ms, p99 <= 20 ms; trials without a drop: {failed} of {trials}");
 }

@@ -5,6 +5,8 @@
 //! Addresses come only from 198.18.0.0/15 and fd00::/8.
 
 pub mod capture;
+pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod latency;
 pub mod parity;
@@ -593,6 +595,16 @@ impl Drop for Agent {
         self.kill(nix::sys::signal::Signal::SIGTERM);
         let _ = std::fs::remove_dir_all(&self.pins);
     }
+}
+
+/// A port nothing listens on right now on 127.0.0.1.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it is true or `timeout` passes.

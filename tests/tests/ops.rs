@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, io::Write as _, time::Duration};
 
-use tollgate_tests::{Agent, Lab, Server, Setup, setup};
+use tollgate_tests::{Agent, Lab, Server, Setup, free_port, setup};
 
 /// A feed of `hosts` addresses from 198.19.0.0/16 plus the lab's subnet 1
 /// (v4 and v6), with comments, blank lines, duplicates and 3 malformed lines.
@@ -228,15 +228,6 @@ fn feed_import_from_stdin_with_ttl_and_origin() {
     assert!(!s.v4_ok(1));
     let j = s.agent.json(&["block", "export"]);
     assert_eq!(j["bans"].as_array().unwrap().len(), 2);
-}
-
-/// A port nothing listens on right now on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A bare HTTP/1.1 GET: (status, body).

@@ -33,6 +33,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs();
+    protoc()?;
     tracefs();
     if test_deps {
         nightly_clippy()?;
@@ -251,7 +252,7 @@ fn tracefs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 10] = [
+const DEBIAN_PACKAGES: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -265,6 +266,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     // Python's http.server is the lenient reference server of the evasion
     // tests (tests/tests/evasion.rs).
     ("python3", "python3"),
+    // A real etcd for the fleet tests (tests/tests/fleet.rs start their own
+    // members; the packaged service is not used).
+    ("etcd", "etcd-server"),
     // An HTTPS server with a dynamically linked libssl (tests/tests/tls.rs),
     // and openssl to make its self-signed certificate.
     ("nginx", "nginx-light"),
@@ -273,6 +277,27 @@ const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     // with Debian's /usr/bin/python3, which this package installs for).
     ("scapy", "python3-scapy"),
 ];
+
+/// `apt-get update`, then installs `packages` without recommends.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// `protoc` (Debian's `protobuf-compiler`): the etcd client crate compiles
+/// etcd's gRPC definitions when the agent is built.
+fn protoc() -> anyhow::Result<()> {
+    if output(Command::new("sh").args(["-c", "command -v protoc"])).is_some() {
+        ok("protoc (etcd client build)");
+        return Ok(());
+    }
+    apt_install(&["protobuf-compiler"]).context("failed to install protobuf-compiler")?;
+    did("installed protobuf-compiler (protoc)");
+    Ok(())
+}
 
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
@@ -283,15 +308,12 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok("test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl)");
+        ok(
+            "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd)",
+        );
         return Ok(());
     }
-    sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
-    sh(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("failed to install test tools")?;
+    apt_install(&missing).context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
     Ok(())
 }
@@ -317,17 +339,7 @@ fn crowdsec() -> anyhow::Result<()> {
         )
         .context("failed to write /etc/crowdsec/online_api_credentials.yaml")?;
     }
-    sh(Command::new("apt-get").arg("update").arg("-qq")).context("apt-get update failed")?;
-    sh(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "crowdsec",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("failed to install crowdsec")?;
+    apt_install(&["crowdsec"]).context("failed to install crowdsec")?;
     if std::path::Path::new("/run/systemd/system").exists() {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", "crowdsec"])

@@ -63,6 +63,15 @@ fn main() {
             tollgate_tests::latency::run(trials);
         }
         "startup" => tollgate_tests::startup::run(),
+        "fleet" => {
+            let arg = |i: usize, d: usize| {
+                std::env::args()
+                    .nth(i)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(d)
+            };
+            tollgate_tests::fleet::run(arg(2, 200), arg(3, 2));
+        }
         "parity" => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             let Some((corpus, extra)) = args.split_first() else {
@@ -84,7 +93,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls, fleet)"
             );
             std::process::exit(2);
         }

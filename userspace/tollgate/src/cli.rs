@@ -54,9 +54,54 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The cluster settings: the policy's `cluster:` section with the flags
+/// over it; `None` when neither names an etcd endpoint.
+fn cluster_config(
+    policy: &Policy,
+    args: &AgentArgs,
+) -> Result<Option<crate::cluster::ClusterConfig>, String> {
+    let mut spec = policy.cluster.clone().unwrap_or_default();
+    if !args.cluster_endpoints.is_empty() {
+        spec.endpoints.clone_from(&args.cluster_endpoints);
+    }
+    if args.cluster_fleet.is_some() {
+        spec.fleet.clone_from(&args.cluster_fleet);
+    }
+    if args.cluster_host_id.is_some() {
+        spec.host_id.clone_from(&args.cluster_host_id);
+    }
+    if spec.endpoints.is_empty() {
+        if args.cluster_fleet.is_some() || args.cluster_host_id.is_some() {
+            return Err(
+                "--cluster-fleet and --cluster-host-id need --cluster-endpoints \
+                        (or `cluster.endpoints` in the policy)"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    spec.check()
+        .map_err(|(field, message)| format!("cluster {field}: {message}"))?;
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let cfg = crate::cluster::ClusterConfig::from_spec(&spec, &hostname);
+    if let Some(m) = crate::policy::check_name(&cfg.host_id) {
+        return Err(format!(
+            "cluster host id (the hostname unless --cluster-host-id): {m}"
+        ));
+    }
+    Ok(Some(cfg))
+}
+
 fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     let policy = match args.config.as_deref().map(Policy::load).transpose() {
         Ok(p) => p.unwrap_or_default(),
+        Err(e) => return usage_error(e),
+    };
+    let cluster = match cluster_config(&policy, &args) {
+        Ok(c) => c,
         Err(e) => return usage_error(e),
     };
     let ifaces = if args.ifaces.is_empty() {
@@ -81,6 +126,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
         }
     }
     let opts = AgentOptions {
+        cluster,
         trusted_proxies,
         trusted_flags,
         trusted_flag_entries: args.trusted_proxies.clone(),
@@ -199,7 +245,11 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             origin: Some(origin),
             ..
         } => feeds::rm_origin(origin, socket),
-        BlockCmd::Rm { cidr, origin: None } => {
+        BlockCmd::Rm {
+            cidr,
+            origin: None,
+            local,
+        } => {
             let Some(cidr) = cidr else {
                 return usage_error("give the address or prefix to unblock, or --origin NAME");
             };
@@ -208,7 +258,10 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             }
             request(
                 socket,
-                &Request::BlockRm { cidr: cidr.clone() },
+                &Request::BlockRm {
+                    cidr: cidr.clone(),
+                    local,
+                },
                 false,
                 |_| {
                     println!("unblocked {}", cidr.trim());

@@ -28,6 +28,7 @@ pub mod api;
 pub mod cli;
 mod client;
 pub mod clock;
+mod cluster;
 mod crowdsec;
 pub mod datapath;
 pub mod engine;

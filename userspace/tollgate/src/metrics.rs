@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub samples: Option<[u64; 3]>,
     /// Bans issued, violations and reloads since the agent started.
     pub since_start: Counters,
+    /// The fleet link, when the agent shares bans through etcd.
+    pub cluster: Option<crate::proto::ClusterView>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -276,10 +278,77 @@ pub fn render(s: &Snapshot) -> String {
         ready,
     );
 
+    if let Some(c) = &s.cluster {
+        register_cluster(&mut reg, c);
+    }
+
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// The fleet link's gauges and counters (only for agents in a fleet).
+fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
+    let gauges: [(&str, &str, i64); 4] = [
+        (
+            "tollgate_cluster_connected",
+            "Whether the agent reads and writes etcd now",
+            i64::from(c.connected),
+        ),
+        (
+            "tollgate_cluster_revision",
+            "The last etcd revision of the fleet's bans applied here",
+            c.revision,
+        ),
+        (
+            "tollgate_cluster_staleness_seconds",
+            "Seconds since the last exchange with etcd (-1: never)",
+            c.staleness_secs.map_or(-1, gauge_value),
+        ),
+        (
+            "tollgate_cluster_outbox",
+            "Local ban changes not yet written to etcd",
+            gauge_value(c.outbox),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        reg.register(name, help, g);
+    }
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "tollgate_cluster_published",
+            "Local bans shared with the fleet",
+            c.published,
+        ),
+        (
+            "tollgate_cluster_applied",
+            "Bans and unbans from the fleet applied here",
+            c.applied,
+        ),
+        (
+            "tollgate_cluster_skipped",
+            "Fleet records skipped as malformed or hostile",
+            c.skipped,
+        ),
+        (
+            "tollgate_cluster_refused",
+            "Fleet bans refused here (allowlisted, trusted proxy)",
+            c.refused,
+        ),
+        (
+            "tollgate_cluster_rate_limited",
+            "Local bans kept local: the per-minute sharing cap was reached",
+            c.rate_limited,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let ctr = Counter::<u64>::default();
+        ctr.inc_by(v);
+        reg.register(name, help, ctr);
+    }
 }
 
 /// Content type of [`to_prometheus_text`]'s output.
@@ -332,6 +401,7 @@ mod tests {
             not_ready: None,
             samples: Some([7, 1, 2]),
             since_start,
+            cluster: None,
         };
         let t = render(&s);
         for want in [
@@ -353,6 +423,34 @@ mod tests {
             assert!(t.contains(want), "missing {want} in\n{t}");
         }
         assert!(!t.contains("nonsense"));
+        assert!(
+            !t.contains("tollgate_cluster_"),
+            "no fleet, no fleet metrics"
+        );
+    }
+
+    #[test]
+    fn renders_the_fleet_link() {
+        let t = to_prometheus_text(&render(&Snapshot {
+            cluster: Some(crate::proto::ClusterView {
+                connected: true,
+                revision: 42,
+                staleness_secs: Some(1),
+                outbox: 3,
+                skipped: 2,
+                ..crate::proto::ClusterView::default()
+            }),
+            ..Snapshot::default()
+        }));
+        for want in [
+            "tollgate_cluster_connected 1",
+            "tollgate_cluster_revision 42",
+            "tollgate_cluster_staleness_seconds 1",
+            "tollgate_cluster_outbox 3",
+            "tollgate_cluster_skipped_total 2",
+        ] {
+            assert!(t.contains(want), "missing {want} in\n{t}");
+        }
     }
 
     #[test]

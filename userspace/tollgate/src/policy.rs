@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod events;
 mod sampling;
 mod scoring;
 mod tls;
 
+pub use cluster::{
+    ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_REMOTE_TTL, DEFAULT_SHARED_PER_MINUTE,
+    check_endpoint, check_name,
+};
 pub use events::EventsPolicy;
 pub use sampling::SamplingPolicy;
 pub use scoring::ScoringPolicy;
@@ -118,6 +123,8 @@ pub struct Policy {
     pub trusted_proxies: Vec<String>,
     /// Act as a CrowdSec bouncer (off when absent).
     pub crowdsec: Option<crate::crowdsec::CrowdsecSpec>,
+    /// Share bans with the fleet through etcd (off when absent).
+    pub cluster: Option<ClusterSpec>,
     /// HTTPS plaintext from uprobes on the servers' TLS library.
     #[serde(default)]
     pub tls: TlsPolicy,
@@ -548,6 +555,13 @@ impl Policy {
             {
                 *key = dir.join(&*key);
             }
+            if let Some(tls) = p.cluster.as_mut().and_then(|c| c.tls.as_mut()) {
+                for f in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                    if f.is_relative() {
+                        *f = dir.join(&*f);
+                    }
+                }
+            }
         }
         if let Some(job) = p.crowdsec.as_ref().and_then(|c| c.job().ok()) {
             job.key.read().map_err(|message| PolicyError::Invalid {
@@ -677,6 +691,10 @@ impl Policy {
         if let Some(c) = &p.crowdsec {
             c.job()
                 .map_err(|(field, message)| invalid(format!("crowdsec.{field}"), message))?;
+        }
+        if let Some(c) = &p.cluster {
+            c.check()
+                .map_err(|(field, message)| invalid(format!("cluster.{field}"), message))?;
         }
         for (i, name) in p.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {

@@ -76,6 +76,9 @@ pub enum Request {
     BlockRm {
         /// Address or CIDR, exactly as banned.
         cidr: String,
+        /// Lift it on this host only, without telling the fleet.
+        #[serde(default)]
+        local: bool,
     },
     /// List bans.
     BlockLs,
@@ -245,6 +248,9 @@ pub struct BanView {
     pub hits: u64,
     /// How many times this client was banned.
     pub offences: u32,
+    /// The fleet host that decided it, when another host did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One allowlist entry as `allow ls --json` prints it.
@@ -329,9 +335,46 @@ pub struct StatusView {
     /// Samples taken, lost (ring buffer full) and skipped by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_kernel: Option<SampleCounters>,
+    /// The fleet link (when the agent shares bans through etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
     /// HTTPS plaintext from the TLS probes (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+}
+
+/// The fleet link as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The fleet.
+    pub fleet: String,
+    /// This host's name in it.
+    pub host_id: String,
+    /// etcd URLs.
+    pub endpoints: Vec<String>,
+    /// Reading and writing etcd works now.
+    pub connected: bool,
+    /// The last etcd revision applied.
+    pub revision: i64,
+    /// Seconds since the last exchange with etcd (null: never).
+    pub staleness_secs: Option<u64>,
+    /// Local changes not yet written to etcd.
+    pub outbox: u64,
+    /// Local bans shared since start.
+    pub published: u64,
+    /// Local bans kept local: the per-minute cap was reached.
+    pub rate_limited: u64,
+    /// Fleet records skipped as malformed or hostile.
+    pub skipped: u64,
+    /// Fleet bans refused here (allowlisted, trusted proxy).
+    pub refused: u64,
+    /// Fleet changes applied here since start.
+    pub applied: u64,
+    /// Full reads of the fleet's set (start, reconnects, lost watches).
+    pub resyncs: u64,
+    /// Why the last exchange with etcd failed, while disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A refused policy reload.

@@ -3,8 +3,8 @@
 //! before the CLI is told "done"; replayed into the kernel on start.
 //!
 //! [`Store`] is the small interface the agent uses; [`RedbStore`] keeps it in
-//! an embedded database on disk. A cluster-wide store (etcd leases as TTLs)
-//! is meant to slot in behind the same trait.
+//! an embedded database on disk. With a fleet, `cluster::ClusterStore`
+//! wraps it behind the same trait and shares local bans through etcd.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,10 @@ pub struct BanRecord {
     /// How many times this client has been banned (drives TTL escalation).
     #[serde(default)]
     pub offences: u32,
+    /// The fleet host that decided it, when another agent of the fleet did
+    /// (received through the cluster store); `None` = this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// An allowlist entry as the agent records it.
@@ -113,6 +117,16 @@ pub trait Store: Send {
     /// # Errors
     /// When the write fails.
     fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<()>;
+    /// Removes bans here without telling the fleet (expiry, which every
+    /// host applies itself; a removal received from the fleet; `block rm
+    /// --local`). The embedded store has no fleet: the same as
+    /// [`Self::remove_bans`].
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn forget_bans(&mut self, cidrs: &[IpNet]) -> Result<()> {
+        self.remove_bans(cidrs)
+    }
     /// Every ban.
     ///
     /// # Errors
@@ -494,6 +508,7 @@ mod tests {
             created_at: 1,
             expires_at: Some(100),
             offences: 1,
+            host: None,
         }
     }
 

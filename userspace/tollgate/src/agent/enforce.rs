@@ -236,6 +236,7 @@ impl<M: Maps> AgentState<M> {
             created_at: now,
             expires_at: Some(now + ttl),
             offences: hist.count,
+            host: None,
         };
         if let Err(e) = self.put_ban_kernel_first(rec) {
             warn!(client = %net, "failed to ban: {e}");

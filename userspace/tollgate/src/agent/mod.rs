@@ -9,6 +9,7 @@
 
 pub mod api;
 mod attach;
+mod cluster;
 mod crowdsec;
 pub(crate) mod enforce;
 mod feeds;
@@ -99,6 +100,8 @@ pub struct AgentOptions {
     pub trusted_flags: Vec<ipnet::IpNet>,
     /// The `--trusted-proxy` flags as given (`CIDR|PRESET[@header]`).
     pub trusted_flag_entries: Vec<String>,
+    /// Share bans with the fleet through etcd (`None`: this host alone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -172,7 +175,8 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     dp.set_mode(opts.mode)?;
     info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
 
-    let mut state = restore(opts, dp)?;
+    let link = opts.cluster.clone().map(cluster::Link::new);
+    let mut state = restore(opts, dp, link.as_ref())?;
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
@@ -295,6 +299,9 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     pins.keep();
     info!(socket = %opts.socket.display(), "control socket ready");
     let state = Arc::new(Mutex::new(state));
+    if let Some(link) = link {
+        link.spawn(&state);
+    }
     spawn_readers(
         opts,
         &state,
@@ -451,9 +458,22 @@ fn shutdown(opts: &AgentOptions, agent: Running) -> anyhow::Result<()> {
 
 /// Opens the store (or runs on without it, saying so), builds the state,
 /// reconciles it with the kernel maps and adds the policy's allowlist.
-fn restore(opts: &AgentOptions, dp: Datapath) -> anyhow::Result<AgentState> {
+fn restore(
+    opts: &AgentOptions,
+    dp: Datapath,
+    link: Option<&cluster::Link>,
+) -> anyhow::Result<AgentState> {
     let (store, store_error): (Option<Box<dyn Store>>, _) = match RedbStore::open(&opts.state_dir) {
-        Ok(s) => (Some(Box::new(s)), None),
+        Ok(s) => {
+            let s: Box<dyn Store> = Box::new(s);
+            (
+                Some(match link {
+                    Some(l) => l.wrap(s),
+                    None => s,
+                }),
+                None,
+            )
+        }
         Err(e) => {
             error!(
                 "{e:#}; continuing with what the kernel maps hold — changes will not be \

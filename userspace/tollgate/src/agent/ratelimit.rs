@@ -297,6 +297,7 @@ impl<M: Maps> AgentState<M> {
             created_at: now,
             expires_at: Some(now + ttl.as_secs()),
             offences: hist.count,
+            host: None,
         };
         match self.put_ban(rec) {
             Ok(()) => {

@@ -226,6 +226,11 @@ impl Reloader {
         if p.metrics.as_ref().map(|m| m.listen) != self.opts.metrics_addr && p.metrics.is_some() {
             restart.push("metrics");
         }
+        // The fleet link is made at start (flags over the file): a changed
+        // section only says so.
+        if p.cluster != self.opts.policy.cluster {
+            restart.push("cluster");
+        }
         if p.tls != self.opts.policy.tls {
             restart.push("tls");
         }

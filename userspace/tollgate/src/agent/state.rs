@@ -12,6 +12,7 @@ use serde_json::json;
 use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{debug, error, info, warn};
 
+mod cluster;
 pub(super) mod crowdsec;
 mod ops;
 
@@ -67,6 +68,8 @@ pub struct AgentState<M = Datapath> {
     store_failures_synced: u64,
     /// Bans issued, violations and reloads since start, for the metrics.
     pub(in crate::agent) counters: crate::metrics::Counters,
+    /// The fleet link's status, when this agent shares bans through etcd.
+    pub(in crate::agent) cluster: Option<crate::cluster::SharedStatus>,
     /// Bans lifted lately (by hand, by origin, by expiry): the prefix and
     /// when (boot-clock ns). What a client sent on a connection from before
     /// a lift (retransmissions of what the ban dropped) is not a new offence.
@@ -129,6 +132,7 @@ impl<M: Maps> AgentState<M> {
             store_failures_synced: 0,
             lifted: std::collections::VecDeque::new(),
             counters: crate::metrics::Counters::default(),
+            cluster: None,
         }
     }
 
@@ -245,7 +249,7 @@ impl<M: Maps> AgentState<M> {
             if let Err(e) = store.put_bans(&adopt) {
                 warn!("failed to record adopted bans: {e}");
             }
-            if let Err(e) = store.remove_bans(&expired) {
+            if let Err(e) = store.forget_bans(&expired) {
                 warn!("failed to drop expired bans from the store: {e}");
             }
         }
@@ -413,8 +417,10 @@ impl<M: Maps> AgentState<M> {
             }
             self.unindex(net);
         }
+        // Every host expires bans itself (and etcd's leases collect the
+        // keys): nothing to tell the fleet.
         if let Some(s) = self.store.as_mut()
-            && let Err(e) = s.remove_bans(&due)
+            && let Err(e) = s.forget_bans(&due)
         {
             warn!("failed to drop expired bans from the store: {e}");
         }
@@ -434,7 +440,7 @@ impl<M: Maps> AgentState<M> {
                 reason,
                 force,
             } => self.block_add(&cidr, ttl_secs, reason.as_deref(), force),
-            Request::BlockRm { cidr } => self.block_rm(&cidr),
+            Request::BlockRm { cidr, local } => self.block_rm(&cidr, local),
             Request::BlockLs => Ok(self.block_ls()),
             Request::AllowAdd {
                 cidr,
@@ -505,6 +511,7 @@ impl<M: Maps> AgentState<M> {
             created_at: now,
             expires_at: ttl.map(|t| now + t),
             offences,
+            host: None,
         };
         self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
@@ -592,14 +599,19 @@ impl<M: Maps> AgentState<M> {
         Ok(())
     }
 
-    fn block_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
+    /// Lifts a ban; `local`: here only (the fleet keeps it).
+    fn block_rm(&mut self, cidr: &str, local: bool) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         if !self.bans.contains_key(&net) && !self.maps.has_block(&net) {
             return Err(refuse(format!("{} is not banned", display(&net))));
         }
         if let Some(s) = self.store.as_mut() {
-            s.remove_bans(&[net])
-                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+            let removed = if local {
+                s.forget_bans(&[net])
+            } else {
+                s.remove_bans(&[net])
+            };
+            removed.map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
         self.maps
             .remove_block(net)
@@ -794,6 +806,7 @@ impl<M: Maps> AgentState<M> {
                     skipped,
                 }
             }),
+            cluster: self.cluster_view(),
             tls: None,
         })
     }
@@ -813,6 +826,7 @@ fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
         ttl_remaining_secs: rec.expires_at.map(|t| t.saturating_sub(now)),
         hits,
         offences: rec.offences,
+        host: rec.host.clone(),
     }
 }
 
@@ -853,6 +867,7 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
         created_at: now,
         expires_at,
         offences: 1,
+        host: None,
     }
 }
 

@@ -279,6 +279,17 @@ pub struct AgentArgs {
     /// blocked and how much; put them behind a firewall).
     #[arg(long)]
     pub metrics_allow_remote: bool,
+    /// Share bans with a fleet through etcd: its client URLs, comma-separated
+    /// (overrides `cluster.endpoints`).
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub cluster_endpoints: Vec<String>,
+    /// The fleet to share bans with (default `default`; overrides `cluster.fleet`).
+    #[arg(long, value_name = "NAME")]
+    pub cluster_fleet: Option<String>,
+    /// This host's name in the fleet (default: the hostname; overrides
+    /// `cluster.host_id`).
+    #[arg(long, value_name = "ID")]
+    pub cluster_host_id: Option<String>,
     /// Log lines as text for people or JSON objects for log shippers.
     #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
@@ -316,6 +327,10 @@ pub enum BlockCmd {
         /// Remove every ban with this origin (as `block ls` shows it).
         #[arg(long, conflicts_with = "cidr")]
         origin: Option<String>,
+        /// In a fleet: lift the ban on this host only (an emergency; the
+        /// other hosts keep it, and a resync may bring it back).
+        #[arg(long, conflicts_with = "origin")]
+        local: bool,
     },
     /// List bans.
     ///

@@ -228,7 +228,14 @@ pub(super) fn print_bans(v: &Value) -> Result<(), Undecodable> {
                 crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),
-                crate::text::printable(&b.origin).into_owned(),
+                match &b.host {
+                    Some(h) => format!(
+                        "{}@{}",
+                        crate::text::printable(&b.origin),
+                        crate::text::printable(h)
+                    ),
+                    None => crate::text::printable(&b.origin).into_owned(),
+                },
             ]
         })
         .collect();
@@ -316,6 +323,24 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
             ttl_left(Some(ago)),
             crate::text::printable(&r.reason)
         );
+    }
+    if let Some(c) = &s.cluster {
+        println!(
+            "cluster: fleet {} as {}  connected: {}  revision: {}  last sync: {}  outbox: {}  applied: {}  skipped: {}  refused: {}",
+            crate::text::printable(&c.fleet),
+            crate::text::printable(&c.host_id),
+            c.connected,
+            c.revision,
+            c.staleness_secs
+                .map_or_else(|| "never".into(), |s| format!("{} ago", ttl_left(Some(s)))),
+            c.outbox,
+            c.applied,
+            c.skipped,
+            c.refused,
+        );
+        if let Some(e) = &c.last_error {
+            println!("cluster error: {}", crate::text::printable(e));
+        }
     }
     println!();
     let rows: Vec<Vec<String>> = s

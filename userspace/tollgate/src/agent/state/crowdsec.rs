@@ -70,7 +70,9 @@ impl<M: Maps> AgentState<M> {
                 report.refusals.push(why);
             }
         };
-        let ours = |r: &BanRecord| r.origin == ORIGIN && r.kind == kind;
+        // Another host's CrowdSec bans are the fleet's: this bouncer's pulls
+        // neither rewrite nor lift them.
+        let ours = |r: &BanRecord| r.origin == ORIGIN && r.kind == kind && r.host.is_none();
         let mut wanted = HashSet::with_capacity(put.len());
         let mut records = Vec::new();
         let mut previous = Vec::new();
@@ -128,6 +130,7 @@ impl<M: Maps> AgentState<M> {
                         created_at: now,
                         expires_at: Some(w.expires_at),
                         offences: 1,
+                        host: None,
                     });
                 }
             }

@@ -88,7 +88,10 @@ impl<M: Maps> AgentState<M> {
                 continue;
             }
             match self.bans.get(&net) {
-                Some(r) if r.origin != origin || r.kind != kind => report.kept_other_origin += 1,
+                // Another host's ban of the same origin is the fleet's, not this feed's.
+                Some(r) if r.origin != origin || r.kind != kind || r.host.is_some() => {
+                    report.kept_other_origin += 1;
+                }
                 Some(r) if r.reason == reason && r.expires_at.is_none() && ttl.is_none() => {
                     report.unchanged += 1;
                 }
@@ -111,6 +114,7 @@ impl<M: Maps> AgentState<M> {
                         created_at: now,
                         expires_at,
                         offences: 1,
+                        host: None,
                     });
                 }
             }
@@ -130,7 +134,12 @@ impl<M: Maps> AgentState<M> {
         let stale: Vec<IpNet> = self
             .bans
             .values()
-            .filter(|r| r.origin == origin && r.kind == kind && !wanted.contains(&r.cidr))
+            .filter(|r| {
+                r.origin == origin
+                    && r.kind == kind
+                    && r.host.is_none()
+                    && !wanted.contains(&r.cidr)
+            })
             .map(|r| r.cidr)
             .collect();
         report.removed = stale.len();
@@ -323,6 +332,7 @@ impl<M: Maps> AgentState<M> {
             not_ready,
             samples: self.maps.sample_stats().ok(),
             since_start: self.counters.clone(),
+            cluster: self.cluster_view(),
         }
     }
 }

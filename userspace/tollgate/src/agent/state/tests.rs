@@ -147,6 +147,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
 
     a.ok(Request::BlockRm {
         cidr: "192.0.2.7".into(),
+        local: false,
     });
     assert!(a.ls().is_empty());
     assert!(a.kernel("192.0.2.7/32").is_none());
@@ -154,6 +155,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
     assert!(!a.state.is_banned("192.0.2.7".parse().unwrap()));
     let e = a.refused(Request::BlockRm {
         cidr: "192.0.2.7".into(),
+        local: false,
     });
     assert!(e.contains("is not banned"), "{e}");
 }
@@ -195,6 +197,7 @@ fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
         created_at: now - 100,
         expires_at: Some(now - 1),
         offences: 1,
+        host: None,
     };
     a.state.put_ban(due).unwrap();
     assert_eq!(a.state.next_expiry(), Some(now - 1));
@@ -321,6 +324,7 @@ fn policy_bans_escalate_their_ttl_with_each_offence() {
         );
         a.ok(Request::BlockRm {
             cidr: client.to_string(),
+            local: false,
         });
     }
     let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
@@ -340,6 +344,7 @@ fn requests_from_connections_older_than_a_lift_are_not_a_new_offence() {
     ));
     a.ok(Request::BlockRm {
         cidr: client.to_string(),
+        local: false,
     });
     // The retransmission of what the ban dropped, on the old connection.
     let old = Finding {
@@ -523,6 +528,7 @@ fn rate_limit_escalation_without_handshake_check_and_growing_ttls() {
         ttls.push(ttl.div_ceil(60) * 60);
         a.ok(Request::BlockRm {
             cidr: "198.51.100.2".into(),
+            local: false,
         });
     }
     // 1 min, 10 min, 1 h, and the last step repeats.
@@ -904,6 +910,7 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
         created_at: now - 7200,
         expires_at: Some(now - 3600),
         offences: 1,
+        host: None,
     };
     a.state
         .store
@@ -940,4 +947,105 @@ fn bans_issued_are_counted_by_the_agent_that_issued_them() {
         other.contains("tollgate_bans_issued_total{kind=\"manual\"} 0\n"),
         "{other}"
     );
+}
+
+/// In a fleet: the agent's own changes go to the outbox, the fleet's are
+/// enforced and never sent back, the allowlist wins, expiry and `--local`
+/// stay local, and a full read reconciles both ways.
+#[test]
+fn fleet_bans_are_applied_shared_and_reconciled() {
+    use crate::cluster::{Change, ClusterStatus, ClusterStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus::default()));
+    let store: Box<dyn Store> = Box::new(ClusterStore::new(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        tx,
+        status.clone(),
+    ));
+    let mut a = Agent::over(MemMaps::new(Mode::Enforce), Vec::new(), store, dir);
+    a.state.set_cluster(status.clone());
+    let mut sent = || {
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.push(c);
+        }
+        v
+    };
+    let now = clock::unix_now();
+    let remote = |cidr: &str, expires_at: u64| BanRecord {
+        cidr: net(cidr),
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(expires_at),
+        offences: 2,
+        host: Some("host-a".into()),
+    };
+
+    // A local ban is shared as this host's.
+    a.ban("198.51.100.1", Some(600));
+    assert!(matches!(&sent()[..], [Change::Put(r)] if r.host.is_none()));
+
+    // The fleet's bans are enforced, recorded with their host, not sent back;
+    // one overlapping the allowlist is refused.
+    a.allow("198.51.100.9");
+    let n = a.state.cluster_put_many(vec![
+        remote("198.51.100.2", now + 600),
+        remote("198.51.100.9", now + 600),
+    ]);
+    assert_eq!(n, 1);
+    assert!(a.kernel("198.51.100.2").is_some() && a.kernel("198.51.100.9").is_none());
+    assert!(
+        a.stored()
+            .iter()
+            .any(|r| r.host.as_deref() == Some("host-a"))
+    );
+    assert!(sent().is_empty());
+    assert_eq!(status.lock().unwrap().view.refused, 1);
+    let ls = a.ls();
+    assert!(ls.iter().any(|b| b["host"] == "host-a"));
+
+    // A later expiry from the fleet wins over the local one; an earlier does not.
+    assert_eq!(
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 60)]),
+        0
+    );
+    assert_eq!(
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 6000)]),
+        1
+    );
+    assert_eq!(
+        a.state.ban(&net("198.51.100.1")).unwrap().expires_at,
+        Some(now + 6000)
+    );
+
+    // `--local` and fleet removals are not sent; a plain unban is.
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.2".into(),
+        local: true,
+    });
+    assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
+    a.ban("198.51.100.3", Some(600));
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.3".into(),
+        local: false,
+    });
+    assert!(matches!(&sent()[..], [Change::Put(_), Change::Remove(_)]));
+
+    // A full read: the fleet's bans missing from it are lifted, this host's
+    // own made since the last sync are shared again.
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.4", now + 600)]);
+    a.ban("198.51.100.5", Some(600));
+    sent();
+    let (applied, lifted, shared) = a
+        .state
+        .cluster_snapshot(vec![remote("198.51.100.6", now + 600)], now);
+    assert_eq!((applied, lifted, shared), (1, 1, 1));
+    assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
+    assert!(matches!(&sent()[..], [Change::Put(r)] if r.cidr == net("198.51.100.5")));
 }

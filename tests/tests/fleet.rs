@@ -1,0 +1,280 @@
+//! Fleet-wide bans through a real etcd (Debian's `etcd-server`, installed
+//! by `cargo xtask setup --test-deps`): the test runs its own one-member
+//! etcd on free loopback ports with a throwaway data directory and kills it
+//! when done. Two agents, each on its own lab veth with its own state, pins
+//! and socket, share one fleet: a ban made on one is enforced by the other,
+//! an unban lifts it, a partition (etcd stopped) changes nothing that is
+//! enforced, and what changed during it arrives after the heal.
+
+use std::{
+    net::IpAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tollgate_tests::{
+    Agent, EXCHANGE_TIMEOUT, Lab, Server,
+    etcd::Etcd,
+    eventually,
+    http::{HttpServer, get},
+};
+
+fn cluster(agent: &Agent) -> serde_json::Value {
+    agent.json(&["status"])["cluster"].clone()
+}
+
+fn banned_from(agent: &Agent, ip: IpAddr) -> Option<String> {
+    let want = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
+    agent
+        .json(&["block", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == want.as_str())
+        .map(|b| b["host"].as_str().unwrap_or("").to_owned())
+}
+
+/// Polls B's ban list every 2 ms until `ip` is (or is not) there; how long
+/// that took.
+fn until_listed(agent: &Agent, ip: IpAddr, listed: bool, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if banned_from(agent, ip).is_some() == listed {
+            return Some(t0.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+#[test]
+fn bans_cross_the_fleet_and_survive_a_partition() {
+    let started = Instant::now();
+    let mut etcd = Etcd::start();
+    let fleet = format!("t{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v4(1, 1), lb.v6(0, 1), lb.v6(1, 1)]);
+    let url = etcd.url();
+    let flags = |host: &'static str| {
+        vec![
+            "--cluster-endpoints".to_owned(),
+            url.clone(),
+            "--cluster-fleet".to_owned(),
+            fleet.clone(),
+            "--cluster-host-id".to_owned(),
+            host.to_owned(),
+        ]
+    };
+    let fa = flags("host-a");
+    let fb = flags("host-b");
+    let a = Agent::start(
+        &la.host_if,
+        &fa.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Agent::start(
+        &lb.host_if,
+        &fb.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for ag in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || cluster(ag)["connected"] == true),
+            "agent never joined the fleet: {}",
+            ag.log_text()
+        );
+    }
+    assert_eq!(cluster(&b)["host_id"], "host-b");
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
+    let (c6, s6) = (lb.v6(0, 2), lb.v6(0, 1));
+    let (o4, os4) = (lb.v4(1, 2), lb.v4(1, 1));
+    assert!(
+        tcp(c4, s4) && tcp(c6, s6) && tcp(o4, os4),
+        "the lab must work before any ban"
+    );
+
+    // A ban on A: B enforces it, marked with the host that decided it.
+    a.ok(&["block", "add", &c4.to_string(), "--reason", "fleet test"]);
+    let took = until_listed(&b, c4, true, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the ban never reached B: {}", b.log_text()));
+    println!("fleet: ban on A listed on B after {took:?}");
+    assert_eq!(banned_from(&b, c4).as_deref(), Some("host-a"));
+    assert!(!tcp(c4, s4), "B must drop the client banned on A");
+    assert!(tcp(o4, os4), "other clients pass on B");
+    // B's own view of it is not shared back as B's.
+    assert_eq!(banned_from(&a, c4).as_deref(), Some(""));
+
+    // The unban on A lifts it on B.
+    a.ok(&["block", "rm", &c4.to_string()]);
+    let took =
+        until_listed(&b, c4, false, Duration::from_secs(5)).expect("the unban never reached B");
+    println!("fleet: unban on A lifted on B after {took:?}");
+    assert!(tcp(c4, s4), "B must pass the client once unbanned on A");
+
+    // Malformed and hostile records written straight into etcd are skipped.
+    let prefix = format!("/tollgate/{fleet}/bans/");
+    let before = cluster(&b)["skipped"].as_u64().unwrap();
+    assert!(etcd.put_raw(&format!("{prefix}{o4}/32"), b"{not json"));
+    let wide = r#"{"cidr":"0.0.0.0/0","kind":"manual","reason":"x","origin":"cli","created_at":1,"expires_at":null,"offences":1,"host":"evil"}"#;
+    assert!(etcd.put_raw(&format!("{prefix}0.0.0.0/0"), wide.as_bytes()));
+    let mismatched = wide.replace("0.0.0.0/0", &format!("{s4}/32"));
+    assert!(etcd.put_raw(&format!("{prefix}{o4}/32"), mismatched.as_bytes()));
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&b)["skipped"]
+            .as_u64()
+            .unwrap()
+            >= before + 3),
+        "hostile records were not counted as skipped: {}",
+        cluster(&b)
+    );
+    assert!(
+        tcp(o4, os4) && tcp(c4, s4),
+        "a hostile record must ban nothing"
+    );
+    assert!(banned_from(&b, o4).is_none());
+
+    // A fleet ban never overrides B's allowlist.
+    b.ok(&["allow", "add", &o4.to_string()]);
+    let refused = cluster(&b)["refused"].as_u64().unwrap();
+    a.ok(&["block", "add", &o4.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&b)["refused"]
+            .as_u64()
+            .unwrap()
+            > refused),
+        "B did not refuse the allowlisted ban: {}",
+        cluster(&b)
+    );
+    assert!(
+        banned_from(&b, o4).is_none() && tcp(o4, os4),
+        "allowlisted on B"
+    );
+
+    // `block rm --local` lifts a fleet ban on one host only: had B told the
+    // fleet, A (which made it) would have lifted it too.
+    let (o6, os6) = (lb.v6(1, 2), lb.v6(1, 1));
+    a.ok(&["block", "add", &o6.to_string()]);
+    until_listed(&b, o6, true, Duration::from_secs(5)).expect("the IPv6 ban never reached B");
+    assert!(!tcp(o6, os6));
+    b.ok(&["block", "rm", "--local", &o6.to_string()]);
+    assert!(tcp(o6, os6), "--local lifts it on B");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        banned_from(&a, o6).as_deref(),
+        Some(""),
+        "--local leaves the fleet's ban"
+    );
+    a.ok(&["block", "rm", &o6.to_string()]);
+
+    // Partition: etcd goes away. B keeps enforcing what it has; A keeps
+    // banning and unbanning locally.
+    a.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&b, c4, true, Duration::from_secs(5)).expect("second ban never reached B");
+    etcd.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || cluster(&b)["connected"]
+            == false),
+        "B did not notice etcd is gone: {}",
+        cluster(&b)
+    );
+    assert!(!tcp(c4, s4), "B keeps enforcing through the partition");
+    a.ok(&[
+        "block",
+        "add",
+        &c6.to_string(),
+        "--reason",
+        "during partition",
+    ]);
+    a.ok(&["block", "rm", &c4.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&a)["outbox"].as_u64()
+            == Some(2)),
+        "A must queue its partition-time changes: {}",
+        cluster(&a)
+    );
+    assert!(tcp(c6, s6), "B cannot know A's partition-time ban yet");
+    assert!(!tcp(c4, s4), "nor its partition-time unban");
+
+    // Heal: both reconnect, A's queue reaches etcd, B converges.
+    let healed = Instant::now();
+    etcd.spawn();
+    until_listed(&b, c6, true, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("A's partition-time ban never reached B: {}", b.log_text()));
+    until_listed(&b, c4, false, Duration::from_secs(10))
+        .expect("A's partition-time unban never reached B");
+    println!(
+        "fleet: converged {:?} after etcd came back",
+        healed.elapsed()
+    );
+    assert!(!tcp(c6, s6) && tcp(c4, s4), "B enforces the healed set");
+    for ag in [&a, &b] {
+        assert!(eventually(Duration::from_secs(10), || {
+            let c = cluster(ag);
+            c["connected"] == true && c["outbox"] == 0
+        }));
+    }
+    println!("fleet: whole test {:?}", started.elapsed());
+}
+
+#[test]
+fn a_detected_injection_on_one_host_bans_on_the_others() {
+    let etcd = Etcd::start();
+    let fleet = format!("p{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = HttpServer::start(&[la.v4(0, 1)]);
+    let port = server.port.to_string();
+    let url = etcd.url();
+    let common = ["--cluster-endpoints", &url, "--cluster-fleet", &fleet];
+    let a = Agent::start(
+        &la.host_if,
+        &[
+            &common[..],
+            &["--cluster-host-id", "host-a", "--api-port", &port],
+        ]
+        .concat(),
+    );
+    let b = Agent::start(
+        &lb.host_if,
+        &[&common[..], &["--cluster-host-id", "host-b"]].concat(),
+    );
+    for ag in [&a, &b] {
+        assert!(eventually(
+            Duration::from_secs(10),
+            || cluster(ag)["connected"] == true
+        ));
+    }
+    // The attacker sends one SQL injection to A's API; A's policy engine
+    // bans it, and B enforces that ban as A's.
+    let (attacker, dst) = (
+        la.v4(0, 2),
+        std::net::SocketAddr::new(la.v4(0, 1), server.port),
+    );
+    la.in_client(move || {
+        use std::io::Write as _;
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&std::net::SocketAddr::new(attacker, 0).into())
+            .unwrap();
+        sock.connect_timeout(&dst.into(), Duration::from_secs(2))
+            .unwrap();
+        let mut s: std::net::TcpStream = sock.into();
+        s.write_all(&get("/items?id=1%27%20OR%20%271%27%3D%271"))
+            .unwrap();
+        thread::sleep(Duration::from_millis(200));
+    });
+    until_listed(&b, attacker, true, Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "A's policy ban never reached B: {}\n{}",
+            a.log_text(),
+            b.log_text()
+        )
+    });
+    let bans = b.json(&["block", "ls"]);
+    let ban = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["cidr"] == format!("{attacker}/32").as_str())
+        .unwrap();
+    assert_eq!(ban["kind"], "policy", "{ban}");
+    assert_eq!(ban["host"], "host-a", "{ban}");
+}

@@ -1,0 +1,202 @@
+//! Bans received from the fleet applied to the agent's state. They go to
+//! the kernel and the local store like any ban, marked with the host that
+//! decided them, and are never shared back; the allowlist and trusted
+//! proxies win over them.
+
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+use tracing::{debug, info, warn};
+
+use super::{AgentState, Maps};
+use crate::{cluster::SharedStatus, store::BanRecord};
+
+/// Which of two records for one prefix stands: the later expiry (no expiry
+/// is latest), the higher offence count kept either way.
+fn merge(old: &BanRecord, new: BanRecord) -> Option<BanRecord> {
+    let later = match (old.expires_at, new.expires_at) {
+        _ if old.host == new.host => true,
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(a), Some(b)) => b > a,
+    };
+    later.then(|| BanRecord {
+        offences: new.offences.max(old.offences),
+        ..new
+    })
+}
+
+impl<M: Maps> AgentState<M> {
+    /// The cluster's status, when this agent is in a fleet.
+    pub fn set_cluster(&mut self, status: SharedStatus) {
+        self.cluster = Some(status);
+    }
+
+    /// The fleet link for `status` and the metrics.
+    #[must_use]
+    pub fn cluster_view(&self) -> Option<crate::proto::ClusterView> {
+        self.cluster
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|g| g.view()))
+    }
+
+    fn cluster_count(&self, f: impl FnOnce(&mut crate::cluster::ClusterStatus)) {
+        if let Some(s) = &self.cluster
+            && let Ok(mut g) = s.lock()
+        {
+            f(&mut g);
+        }
+    }
+
+    /// Applies bans from other hosts in one kernel batch and one store
+    /// transaction (a full read brings the whole set at once). Returns how
+    /// many changed the kernel.
+    pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
+        let mut take = Vec::with_capacity(records.len());
+        let mut refused = 0;
+        for rec in records {
+            if let Some(a) = self.allow_overlap(&rec.cidr) {
+                debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
+                refused += 1;
+                continue;
+            }
+            if let Some(p) = self.trusted_overlap(&rec.cidr) {
+                debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
+                refused += 1;
+                continue;
+            }
+            match self.bans.get(&rec.cidr) {
+                Some(old) => match merge(old, rec) {
+                    Some(r) if &r != old => take.push(r),
+                    _ => {}
+                },
+                None => take.push(rec),
+            }
+        }
+        if refused > 0 {
+            self.cluster_count(|s| s.view.refused += refused);
+        }
+        if take.is_empty() {
+            return 0;
+        }
+        // Kernel first, as for the agent's own bans: the next packet
+        // matters more than the fsync.
+        if let Err(e) = self
+            .maps
+            .insert_blocks(take.iter().map(|r| (r.cidr, super::kernel_entry(r))))
+        {
+            warn!("fleet bans not applied: the kernel refused them: {e:#}");
+            return 0;
+        }
+        // The records have a host, so the cluster store does not share them back.
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.put_bans(&take)
+        {
+            warn!(
+                count = take.len(),
+                "fleet bans enforced but not recorded durably: {e}"
+            );
+        }
+        let n = take.len();
+        for r in take {
+            if !self.bans.contains_key(&r.cidr) {
+                self.counters.ban_issued(r.kind.name(), 1);
+            }
+            self.index(r);
+        }
+        self.cluster_count(|s| s.view.applied += n as u64);
+        n
+    }
+
+    /// Lifts a ban the fleet removed; true when one was lifted.
+    pub fn cluster_remove(&mut self, net: &IpNet) -> bool {
+        if !self.bans.contains_key(net) {
+            return false;
+        }
+        if let Err(e) = self.maps.remove_block(*net) {
+            warn!(cidr = %net, "failed to lift a fleet unban: {e:#}");
+            return false;
+        }
+        self.unindex(net);
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.forget_bans(&[*net])
+        {
+            warn!(cidr = %net, "fleet unban not recorded durably: {e}");
+        }
+        if let Err(e) = self.maps.maintain() {
+            warn!("failed to refresh the prefilter: {e:#}");
+        }
+        self.cluster_count(|s| s.view.applied += 1);
+        true
+    }
+
+    /// Makes this host agree with the fleet's whole set: every record is
+    /// applied; bans from other hosts that the set no longer holds are
+    /// lifted; this host's own bans missing from it are shared again when
+    /// made after `since` (they may never have reached etcd) and lifted
+    /// otherwise (someone removed them). Returns (applied, lifted, shared).
+    pub fn cluster_snapshot(
+        &mut self,
+        records: Vec<BanRecord>,
+        since: u64,
+    ) -> (usize, usize, usize) {
+        let present: HashSet<IpNet> = records.iter().map(|r| r.cidr).collect();
+        let applied = self.cluster_put_many(records);
+        let missing: Vec<BanRecord> = self
+            .bans
+            .values()
+            .filter(|r| !present.contains(&r.cidr))
+            .cloned()
+            .collect();
+        let (mut lifted, mut shared) = (0, 0);
+        for r in missing {
+            if r.host.is_none() && r.created_at.saturating_add(1) >= since {
+                if let Some(s) = self.store.as_mut()
+                    && s.put_bans(std::slice::from_ref(&r)).is_ok()
+                {
+                    shared += 1;
+                }
+            } else {
+                lifted += usize::from(self.cluster_remove(&r.cidr));
+            }
+        }
+        info!(applied, lifted, shared, "fleet set reconciled");
+        (applied, lifted, shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(host: Option<&str>, expires_at: Option<u64>, offences: u32) -> BanRecord {
+        BanRecord {
+            cidr: "198.18.0.1/32".parse().unwrap(),
+            kind: tollgate_common::BanReason::Manual,
+            reason: "x".into(),
+            origin: "cli".into(),
+            created_at: 1,
+            expires_at,
+            offences,
+            host: host.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_later_expiry_and_the_higher_count() {
+        let local = rec(None, Some(100), 3);
+        assert_eq!(merge(&local, rec(Some("b"), Some(50), 1)), None);
+        let m = merge(&local, rec(Some("b"), Some(200), 1)).unwrap();
+        assert_eq!(
+            (m.expires_at, m.offences, m.host.as_deref()),
+            (Some(200), 3, Some("b"))
+        );
+        assert_eq!(
+            merge(&rec(None, None, 1), rec(Some("b"), Some(200), 1)),
+            None
+        );
+        // The same host's newer record replaces its older one.
+        let m = merge(&rec(Some("b"), Some(200), 1), rec(Some("b"), Some(50), 1)).unwrap();
+        assert_eq!(m.expires_at, Some(50));
+    }
+}

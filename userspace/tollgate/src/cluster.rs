@@ -1,0 +1,796 @@
+//! Fleet-wide bans through etcd.
+//!
+//! [`ClusterStore`] sits behind the store seam: it writes through to the
+//! embedded store and queues every local ban and unban for the fleet (ban
+//! records with no `host`: the ones this host decided). [`run`] publishes
+//! that queue to etcd in small transactions and watches the fleet's prefix;
+//! what it reads is checked ([`decode`]) and handed to the agent as
+//! [`Inbound`] changes. Enforcement never waits on etcd: a host cut off
+//! keeps what its kernel maps hold, queues its own changes and resyncs
+//! (a full read, then a watch from that revision) when etcd is back.
+//!
+//! Keys: `/tollgate/<fleet>/bans/<cidr>`, values the [`BanRecord`] JSON with
+//! `host` set. Expiry is the record's absolute `expires_at`; etcd leases,
+//! shared per minute of expiry, only collect the keys of expired bans.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp};
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    clock,
+    net::check_breadth,
+    policy::{ClusterSpec, ClusterTls},
+    store::{AllowRecord, BanRecord, LimitsRecord, OffenceRecord, Store, StoreError},
+};
+
+/// Everything the cluster task needs, resolved from the policy and flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// The fleet's name.
+    pub fleet: String,
+    /// This host's name in the fleet.
+    pub host_id: String,
+    /// mTLS files.
+    pub tls: Option<ClusterTls>,
+    /// Bans shared per minute at most.
+    pub per_minute: u32,
+    /// Longest TTL of a ban received from the fleet, seconds.
+    pub max_remote_ttl: u64,
+}
+
+impl ClusterConfig {
+    /// From the policy section, with `host_id` defaulting to `hostname`.
+    #[must_use]
+    pub fn from_spec(spec: &ClusterSpec, hostname: &str) -> Self {
+        Self {
+            endpoints: spec.endpoints.clone(),
+            fleet: spec
+                .fleet
+                .clone()
+                .unwrap_or_else(|| crate::policy::DEFAULT_FLEET.into()),
+            host_id: spec.host_id.clone().unwrap_or_else(|| hostname.into()),
+            tls: spec.tls.clone(),
+            per_minute: spec
+                .max_shared_bans_per_minute
+                .unwrap_or(crate::policy::DEFAULT_SHARED_PER_MINUTE),
+            max_remote_ttl: spec
+                .max_remote_ttl_secs
+                .unwrap_or(crate::policy::DEFAULT_REMOTE_TTL),
+        }
+    }
+
+    /// `/tollgate/<fleet>/bans/`.
+    #[must_use]
+    pub fn ban_prefix(&self) -> String {
+        format!("/tollgate/{}/bans/", self.fleet)
+    }
+}
+
+/// A local change on its way to the fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A ban this host decided.
+    Put(BanRecord),
+    /// An unban made here.
+    Remove(IpNet),
+}
+
+/// A change read from the fleet, checked, for the agent to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// The whole shared set at a revision (start, reconnect, lost watch).
+    /// `since`: Unix seconds this host was last known in sync; local bans
+    /// made after it may never have reached etcd.
+    Snapshot {
+        /// Every valid record.
+        records: Vec<BanRecord>,
+        /// Last time in sync before this snapshot.
+        since: u64,
+    },
+    /// A ban from another host.
+    Put(BanRecord),
+    /// An unban from anywhere.
+    Remove(IpNet),
+}
+
+/// What `status` and the metrics show of the cluster, kept up to date by
+/// the cluster task, the store and the applier.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterStatus {
+    /// Everything but the staleness, which [`Self::view`] works out.
+    pub view: crate::proto::ClusterView,
+    /// Unix seconds of the last exchange with etcd (0 = never).
+    pub last_sync: u64,
+}
+
+impl ClusterStatus {
+    /// As `status` shows it.
+    #[must_use]
+    pub fn view(&self) -> crate::proto::ClusterView {
+        let mut v = self.view.clone();
+        v.staleness_secs =
+            (self.last_sync > 0).then(|| clock::unix_now().saturating_sub(self.last_sync));
+        if v.connected {
+            v.last_error = None;
+        }
+        v
+    }
+}
+
+/// The status, shared by the cluster task, the store and the agent.
+pub type SharedStatus = Arc<Mutex<ClusterStatus>>;
+
+fn with_status(s: &SharedStatus, f: impl FnOnce(&mut ClusterStatus)) {
+    if let Ok(mut g) = s.lock() {
+        f(&mut g);
+    }
+}
+
+/// The store seam with the fleet behind it: writes go to `inner`, and local
+/// bans and unbans are queued for etcd.
+pub struct ClusterStore {
+    inner: Box<dyn Store>,
+    outbox: mpsc::UnboundedSender<Change>,
+    status: SharedStatus,
+}
+
+impl ClusterStore {
+    /// Wraps `inner`; changes go to `outbox` (read by [`run`]).
+    #[must_use]
+    pub fn new(
+        inner: Box<dyn Store>,
+        outbox: mpsc::UnboundedSender<Change>,
+        status: SharedStatus,
+    ) -> Self {
+        Self {
+            inner,
+            outbox,
+            status,
+        }
+    }
+
+    fn share(&self, changes: impl IntoIterator<Item = Change>) {
+        let mut n = 0;
+        for c in changes {
+            // A closed outbox means the cluster task is gone (shutdown): the
+            // local write stands either way.
+            if self.outbox.send(c).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            with_status(&self.status, |s| s.view.outbox += n);
+        }
+    }
+}
+
+fn local(records: &[BanRecord]) -> impl Iterator<Item = Change> + '_ {
+    records
+        .iter()
+        .filter(|r| r.host.is_none())
+        .map(|r| Change::Put(r.clone()))
+}
+
+impl Store for ClusterStore {
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
+        let r = self.inner.put_bans(records);
+        // Shared even when the local write failed: the kernel enforces it.
+        self.share(local(records));
+        r
+    }
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
+        self.inner.remove_bans(cidrs)?;
+        self.share(cidrs.iter().map(|c| Change::Remove(*c)));
+        Ok(())
+    }
+    fn forget_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
+        self.inner.remove_bans(cidrs)
+    }
+    fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        self.inner.bans()
+    }
+    fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {
+        self.inner.apply_bans(put, remove)?;
+        self.share(local(put).chain(remove.iter().map(|c| Change::Remove(*c))));
+        Ok(())
+    }
+    fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
+        self.inner.put_allow(record)
+    }
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
+        self.inner.remove_allow(cidr)
+    }
+    fn allows(&self) -> Result<Vec<AllowRecord>, StoreError> {
+        self.inner.allows()
+    }
+    fn put_limits(&mut self, record: &LimitsRecord) -> Result<(), StoreError> {
+        self.inner.put_limits(record)
+    }
+    fn limits(&self) -> Result<Option<LimitsRecord>, StoreError> {
+        self.inner.limits()
+    }
+    fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<(), StoreError> {
+        self.inner.put_offence(cidr, record)
+    }
+    fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>, StoreError> {
+        self.inner.offences()
+    }
+    fn health(&self) -> Option<String> {
+        self.inner.health()
+    }
+    fn failures(&self) -> u64 {
+        self.inner.failures()
+    }
+    fn retry(&mut self) -> bool {
+        self.inner.retry()
+    }
+}
+
+/// The longest a record's free-text fields may be.
+const MAX_ORIGIN_LEN: usize = 64;
+
+/// Checks one record read from etcd under `key`; the record (its `host`
+/// set, its expiry cut to `max_ttl` from `now`) or why it is skipped.
+/// Expired records are skipped too (`Ok(None)`).
+///
+/// # Errors
+/// When the record is malformed or hostile.
+pub fn decode(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+    max_ttl: u64,
+) -> Result<Option<BanRecord>, String> {
+    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    let cidr = key
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("key {key} is outside {prefix}"))?;
+    let mut rec: BanRecord =
+        serde_json::from_slice(value).map_err(|e| format!("{key}: not a ban record: {e}"))?;
+    if rec.cidr.to_string() != cidr || rec.cidr != rec.cidr.trunc() {
+        return Err(format!("{key}: the record is for {}", rec.cidr));
+    }
+    check_breadth(rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
+    match rec.host.as_deref() {
+        None => return Err(format!("{key}: no deciding host")),
+        Some(h) => {
+            if let Some(m) = crate::policy::check_name(h) {
+                return Err(format!("{key}: host {m}"));
+            }
+        }
+    }
+    crate::proto::check_reason(Some(&rec.reason)).map_err(|e| format!("{key}: {e}"))?;
+    if rec.origin.len() > MAX_ORIGIN_LEN || rec.origin.chars().any(char::is_control) {
+        return Err(format!("{key}: bad origin"));
+    }
+    let cap = now.saturating_add(max_ttl);
+    match rec.expires_at {
+        Some(t) if t <= now => return Ok(None),
+        Some(t) if t <= cap => {}
+        _ => rec.expires_at = Some(cap),
+    }
+    Ok(Some(rec))
+}
+
+/// The lease bucket of an expiry: the end of its minute.
+fn bucket(expires_at: u64) -> u64 {
+    expires_at.div_ceil(60) * 60
+}
+
+/// Publishing state kept across connections.
+struct Publisher {
+    pending: VecDeque<Change>,
+    /// Lease per expiry bucket.
+    leases: HashMap<u64, i64>,
+    /// (minute, bans shared in it) for the per-minute cap.
+    window: (u64, u32),
+}
+
+/// Most operations in one etcd transaction (etcd's default limit is 128).
+const TXN_OPS: usize = 100;
+
+impl Publisher {
+    /// Takes what the agent queued; bans over the per-minute cap stay local.
+    fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, change: Change) {
+        if let Change::Put(r) = &change {
+            let minute = clock::unix_now() / 60;
+            if self.window.0 != minute {
+                self.window = (minute, 0);
+            }
+            if self.window.1 >= cfg.per_minute {
+                // Once per minute: a feed import can hit the cap by thousands.
+                if self.window.1 == cfg.per_minute {
+                    warn!(cidr = %r.cidr, cap = cfg.per_minute, "bans not shared for the rest of this minute: this host's per-minute cap is reached (they stay enforced here)");
+                    self.window.1 += 1;
+                }
+                with_status(status, |s| {
+                    s.view.rate_limited += 1;
+                    s.view.outbox = s.view.outbox.saturating_sub(1);
+                });
+                return;
+            }
+            self.window.1 += 1;
+        }
+        self.pending.push_back(change);
+    }
+
+    async fn lease(&mut self, client: &mut Client, expires_at: u64) -> anyhow::Result<i64> {
+        let now = clock::unix_now();
+        let b = bucket(expires_at);
+        self.leases.retain(|k, _| *k > now);
+        if let Some(id) = self.leases.get(&b) {
+            return Ok(*id);
+        }
+        // Rounded up a minute past the bucket: a key never dies before its ban.
+        let ttl = i64::try_from(b.saturating_sub(now) + 60).unwrap_or(i64::MAX);
+        let id = client.lease_grant(ttl, None).await?.id();
+        self.leases.insert(b, id);
+        Ok(id)
+    }
+
+    /// Writes the pending changes, a transaction at a time; what fails
+    /// stays pending.
+    async fn flush(
+        &mut self,
+        client: &mut Client,
+        cfg: &ClusterConfig,
+        status: &SharedStatus,
+    ) -> anyhow::Result<()> {
+        let prefix = cfg.ban_prefix();
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(TXN_OPS);
+            let mut ops = Vec::with_capacity(n);
+            let mut puts = 0;
+            let batch: Vec<Change> = self.pending.iter().take(n).cloned().collect();
+            for c in batch {
+                match c {
+                    // Expired while queued (a long partition): every host
+                    // has lifted it already.
+                    Change::Put(r) if r.expires_at.is_some_and(|t| t <= clock::unix_now()) => {}
+                    Change::Put(r) => {
+                        let mut r = r;
+                        r.host = Some(cfg.host_id.clone());
+                        let value = serde_json::to_vec(&r)?;
+                        let opts = match r.expires_at {
+                            Some(t) => {
+                                Some(PutOptions::new().with_lease(self.lease(client, t).await?))
+                            }
+                            None => None,
+                        };
+                        ops.push(TxnOp::put(format!("{prefix}{}", r.cidr), value, opts));
+                        puts += 1;
+                    }
+                    Change::Remove(c) => {
+                        ops.push(TxnOp::delete(format!("{prefix}{c}"), None));
+                    }
+                }
+            }
+            let resp = client.txn(Txn::new().and_then(ops)).await;
+            if let Err(e) = resp {
+                // A lease that expired or vanished with etcd's data fails the
+                // whole transaction: grant fresh ones next time.
+                self.leases.clear();
+                return Err(e.into());
+            }
+            self.pending.drain(..n);
+            with_status(status, |s| {
+                s.view.outbox = s.view.outbox.saturating_sub(n as u64);
+                s.view.published += puts;
+                s.last_sync = clock::unix_now();
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        // etcd answers pings more often than every 5 s (its default
+        // --grpc-keepalive-min-time) with GOAWAY; the 2 s probe in
+        // `session` notices a silent partition sooner anyway.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        };
+        let t = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&tls.cert)?,
+                read(&tls.key)?,
+            ));
+        opts = opts.with_tls(t);
+    }
+    Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
+}
+
+/// Records per page of the full read.
+const PAGE: i64 = 5000;
+
+/// Reads every record under the prefix at one revision, page by page.
+async fn read_all(
+    client: &mut Client,
+    cfg: &ClusterConfig,
+    status: &SharedStatus,
+) -> anyhow::Result<(Vec<BanRecord>, i64)> {
+    let prefix = cfg.ban_prefix();
+    let end = {
+        let mut e = prefix.clone().into_bytes();
+        if let Some(last) = e.last_mut() {
+            *last += 1;
+        }
+        e
+    };
+    let mut from = prefix.clone().into_bytes();
+    let mut revision = 0;
+    let mut out = Vec::new();
+    let now = clock::unix_now();
+    let mut skipped = 0;
+    loop {
+        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            o = o.with_revision(revision);
+        }
+        let resp = client.get(from.clone(), Some(o)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!("skipped a fleet record: {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        match resp.kvs().last() {
+            Some(kv) if resp.more() => {
+                from = kv.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    with_status(status, |s| s.view.skipped += skipped);
+    Ok((out, revision))
+}
+
+/// Keeps this host in the fleet until `outbox` closes: publishes local
+/// changes, sends the fleet's to `inbound`, reconnects with backoff.
+pub async fn run(
+    cfg: ClusterConfig,
+    mut outbox: mpsc::UnboundedReceiver<Change>,
+    inbound: mpsc::Sender<Inbound>,
+    status: SharedStatus,
+) {
+    let mut publisher = Publisher {
+        pending: VecDeque::new(),
+        leases: HashMap::new(),
+        window: (0, 0),
+    };
+    let mut backoff = Duration::from_millis(200);
+    let mut since = 0;
+    let mut warned = false;
+    loop {
+        let err = match session(
+            &cfg,
+            &mut outbox,
+            &inbound,
+            &status,
+            &mut publisher,
+            &mut since,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        let was = status.lock().map(|s| s.view.connected).unwrap_or(false);
+        let first = status.lock().map(|s| s.view.resyncs == 0).unwrap_or(false) && !warned;
+        warned = true;
+        with_status(&status, |s| {
+            s.view.connected = false;
+            s.view.last_error = Some(format!("{err:#}"));
+        });
+        if was {
+            warn!("lost etcd: {err:#}; enforcing what this host holds, retrying");
+            backoff = Duration::from_millis(200);
+        } else if first {
+            warn!("etcd unreachable: {err:#}; enforcing what this host holds, retrying");
+        } else {
+            debug!("etcd unreachable: {err:#}");
+        }
+        // Keep taking local changes while waiting: they stay queued.
+        let wake = tokio::time::sleep(backoff);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                () = &mut wake => break,
+                c = outbox.recv() => match c {
+                    Some(c) => publisher.take(&cfg, &status, c),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    cfg: &ClusterConfig,
+    outbox: &mut mpsc::UnboundedReceiver<Change>,
+    inbound: &mpsc::Sender<Inbound>,
+    status: &SharedStatus,
+    publisher: &mut Publisher,
+    since: &mut u64,
+) -> anyhow::Result<()> {
+    let mut client = connect(cfg).await?;
+    // What this host queued while cut off goes first, so that the read
+    // below already holds it.
+    while let Ok(c) = outbox.try_recv() {
+        publisher.take(cfg, status, c);
+    }
+    publisher.flush(&mut client, cfg, status).await?;
+    let (records, revision) = read_all(&mut client, cfg, status).await?;
+    let prefix = cfg.ban_prefix();
+    let mut stream = client
+        .watch(
+            prefix.clone(),
+            Some(
+                etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    let n = records.len();
+    if inbound
+        .send(Inbound::Snapshot {
+            records,
+            since: *since,
+        })
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let now = clock::unix_now();
+    *since = now;
+    with_status(status, |s| {
+        s.view.connected = true;
+        s.view.revision = revision;
+        s.last_sync = now;
+        s.view.resyncs += 1;
+        s.view.last_error = None;
+    });
+    info!(revision, records = n, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            c = outbox.recv() => {
+                let Some(c) = c else { return Ok(()) };
+                publisher.take(cfg, status, c);
+                // Whatever else is already queued goes in the same transaction.
+                while let Ok(c) = outbox.try_recv() {
+                    publisher.take(cfg, status, c);
+                }
+                publisher.flush(&mut client, cfg, status).await?;
+                *since = clock::unix_now();
+            }
+            m = stream.message() => {
+                let Some(resp) = m? else { anyhow::bail!("the watch stream ended") };
+                if resp.compact_revision() > 0 {
+                    anyhow::bail!("the watch was compacted past revision {}", resp.compact_revision());
+                }
+                if resp.canceled() {
+                    anyhow::bail!("the watch was cancelled: {}", resp.cancel_reason());
+                }
+                let now = clock::unix_now();
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let change = match ev.event_type() {
+                        EventType::Put => match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                            Ok(Some(r)) if r.host.as_deref() == Some(cfg.host_id.as_str()) => continue,
+                            Ok(Some(r)) => Inbound::Put(r),
+                            Ok(None) => continue,
+                            Err(e) => {
+                                warn!("skipped a fleet record: {e}");
+                                with_status(status, |s| s.view.skipped += 1);
+                                continue;
+                            }
+                        },
+                        EventType::Delete => {
+                            let parsed = std::str::from_utf8(kv.key()).ok()
+                                .and_then(|k| k.strip_prefix(prefix.as_str()))
+                                .and_then(|c| c.parse::<IpNet>().ok());
+                            match parsed {
+                                Some(c) => Inbound::Remove(c),
+                                None => {
+                                    with_status(status, |s| s.view.skipped += 1);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    if inbound.send(change).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                let rev = resp.header().map_or(0, |h| h.revision());
+                with_status(status, |s| {
+                    s.view.revision = s.view.revision.max(rev);
+                    s.last_sync = now;
+                });
+                *since = now;
+            }
+            _ = tick.tick() => {
+                // A cheap read proves the link is alive (staleness stays low
+                // on a quiet fleet) and retries anything still pending.
+                publisher.flush(&mut client, cfg, status).await?;
+                client.get(format!("/tollgate/{}/alive", cfg.fleet), Some(GetOptions::new().with_count_only())).await?;
+                let now = clock::unix_now();
+                with_status(status, |s| s.last_sync = now);
+                *since = now;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/tollgate/f/bans/";
+
+    fn rec(cidr: &str, host: Option<&str>, expires_at: Option<u64>) -> Vec<u8> {
+        let r = BanRecord {
+            cidr: cidr.parse().unwrap(),
+            kind: tollgate_common::BanReason::Manual,
+            reason: "x".into(),
+            origin: "cli".into(),
+            created_at: 1,
+            expires_at,
+            offences: 1,
+            host: host.map(Into::into),
+        };
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    #[test]
+    fn decode_checks_every_record() {
+        let now = 1_000;
+        let k = |c: &str| format!("{P}{c}").into_bytes();
+        let ok = decode(
+            P,
+            &k("198.18.0.1/32"),
+            &rec("198.18.0.1/32", Some("a"), Some(2_000)),
+            now,
+            100_000,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.expires_at, Some(2_000));
+        assert_eq!(ok.host.as_deref(), Some("a"));
+        // Permanent and overlong bans are cut to the cap.
+        let cut = decode(
+            P,
+            &k("198.18.0.1/32"),
+            &rec("198.18.0.1/32", Some("a"), None),
+            now,
+            60,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(cut.expires_at, Some(1_060));
+        // Expired: ignored, not an error.
+        assert_eq!(
+            decode(
+                P,
+                &k("198.18.0.1/32"),
+                &rec("198.18.0.1/32", Some("a"), Some(10)),
+                now,
+                60
+            ),
+            Ok(None)
+        );
+        // Malformed or hostile: refused.
+        assert!(decode(P, &k("198.18.0.1/32"), b"{not json", now, 60).is_err());
+        assert!(
+            decode(
+                P,
+                &k("198.18.0.2/32"),
+                &rec("198.18.0.1/32", Some("a"), None),
+                now,
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                P,
+                &k("0.0.0.0/0"),
+                &rec("0.0.0.0/0", Some("a"), None),
+                now,
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                P,
+                &k("198.18.0.1/32"),
+                &rec("198.18.0.1/32", None, None),
+                now,
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                P,
+                &k("198.18.0.1/32"),
+                &rec("198.18.0.1/32", Some("a/b"), None),
+                now,
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                P,
+                b"/other/198.18.0.1/32",
+                &rec("198.18.0.1/32", Some("a"), None),
+                now,
+                60
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_per_minute_cap_keeps_the_rest_local() {
+        let cfg = ClusterConfig {
+            endpoints: vec![],
+            fleet: "f".into(),
+            host_id: "a".into(),
+            tls: None,
+            per_minute: 2,
+            max_remote_ttl: 60,
+        };
+        let status = SharedStatus::default();
+        let mut p = Publisher {
+            pending: VecDeque::new(),
+            leases: HashMap::new(),
+            window: (0, 0),
+        };
+        let ban: BanRecord = serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap();
+        for _ in 0..4 {
+            p.take(&cfg, &status, Change::Put(ban.clone()));
+        }
+        // Unbans are never capped.
+        p.take(&cfg, &status, Change::Remove(ban.cidr));
+        assert_eq!(p.pending.len(), 3);
+        assert_eq!(status.lock().unwrap().view.rate_limited, 2);
+    }
+
+    #[test]
+    fn buckets_end_their_minute() {
+        assert_eq!(bucket(60), 60);
+        assert_eq!(bucket(61), 120);
+    }
+}
