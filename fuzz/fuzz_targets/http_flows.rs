@@ -65,6 +65,8 @@ fn flows(data: &[u8]) {
         }
         let s = Sample {
             stream: false,
+            cookie: 0,
+            tls: false,
             ts_ns: ts,
             client: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
