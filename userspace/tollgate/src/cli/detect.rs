@@ -222,13 +222,8 @@ pub(crate) fn judge_raw(
     // What follows the first request on the line is the connection's next
     // request, as the agent (and the server) read it: judged too, at most a
     // few (a line is one connection's bytes).
-    if consumed < raw.len()
-        && let Some((next, _)) = judge_raw_rest(&raw[consumed..], src, pipeline, now_ms, 8)
-    {
-        d.violations.extend(next.violations);
-        d.action = d.action.max(next.action);
-        d.client_score = next.client_score;
-        d.ban = d.ban.or(next.ban);
+    if let Some((next, _)) = judge_raw_rest(&raw[consumed..], src, pipeline, now_ms, 8) {
+        merge(&mut d, next);
     }
     Some((d, why))
 }
@@ -256,12 +251,18 @@ fn judge_raw_rest(
     };
     let mut d = pipeline.on_request(src, &req, now_ms);
     if let Some((next, _)) = judge_raw_rest(&rest[consumed..], src, pipeline, now_ms, depth - 1) {
-        d.violations.extend(next.violations);
-        d.action = d.action.max(next.action);
-        d.client_score = next.client_score;
-        d.ban = d.ban.or(next.ban);
+        merge(&mut d, next);
     }
     Some((d, why))
+}
+
+/// One connection's decisions as one: every finding, the strongest action,
+/// the client's latest score.
+fn merge(d: &mut Decision, next: Decision) {
+    d.violations.extend(next.violations);
+    d.action = d.action.max(next.action);
+    d.client_score = next.client_score;
+    d.ban = d.ban.or(next.ban);
 }
 
 fn unparsed(id: Value, src: Option<IpAddr>, why: &str) -> Verdict<'static> {
