@@ -40,7 +40,7 @@ rules! {
     SQLI_FILE_WRITE = "sqli.file_write", Sqli, 10, "`INTO OUTFILE` / `INTO DUMPFILE`";
     SQLI_SUBQUERY = "sqli.subquery", Sqli, 10, "a parenthesised SELECT inside a value";
     SQLI_SELECT = "sqli.select", Sqli, 10, "a SELECT ... FROM statement as the value (short ones are probes; prose scores low)";
-    SQLI_TAUTOLOGY = "sqli.tautology", Sqli, 10, "always-true comparisons: `' OR '1'='1`, `OR 1=1`";
+    SQLI_TAUTOLOGY = "sqli.tautology", Sqli, 10, "always-true comparisons: `' OR '1'='1`, `OR 1=1` (6 for a bare `or 1`, 2 for a search-like `1950 or 1960`)";
     SQLI_CLAUSE = "sqli.clause", Sqli, 10, "clauses appended to a value: `ORDER BY 3--`, `HAVING 1=1#`";
     SQLI_BLIND_EXTRACTION = "sqli.blind_extraction", Sqli, 10, "character-by-character extraction (`substring(...)` compared)";
     SQLI_ERROR_BASED = "sqli.error_based", Sqli, 10, "functions and casts used to force errors that leak data (`extractvalue`, `updatexml`); PostgreSQL numeric casts (`f(x)::int` 10, `password::int` 6)";

@@ -844,7 +844,24 @@ fn statement_at(t: &[Tok], i: usize) -> bool {
 
 /// Is there a boolean expression at `i` that makes the condition trivially true or
 /// false: `1=1`, `'a'='a`, `2>1`, `1`, `'x' like 'x'`, `sleep(5)`?
-fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
+/// Is the literal at `p` a truth value (`0`, `1`, `true`, `false`: how an
+/// injected bare condition is written), rather than a quantity?
+fn truth_literal(s: &[u8], p: usize) -> bool {
+    let rest = s.get(p..).unwrap_or_default();
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_alphanumeric())
+        .unwrap_or(rest.len());
+    let word = &rest[..end];
+    matches!(word, b"0" | b"1")
+        || word.eq_ignore_ascii_case(b"true")
+        || word.eq_ignore_ascii_case(b"false")
+}
+
+/// Score of a condition that is only an open quoted word (`"x" and "y`).
+const PHRASE: u32 = 2;
+
+fn logic_operand(t: &[Tok], s: &[u8], pos: &[usize], mut i: usize) -> Option<u32> {
     while matches!(
         t.get(i),
         Some(Tok::LParen) | Some(Tok::Op) | Some(Tok::Logic)
@@ -900,10 +917,11 @@ fn logic_operand(t: &[Tok], mut i: usize) -> Option<u32> {
         // A bare literal condition ending the input or cut by a comment: `' or 1--`.
         Some(Tok::Comment) | Some(Tok::Semi) if is_literal(a) => Some(STRONG),
         // `1 or 2` and `"x" and "y` are also how people write searches.
-        None if is_literal(a) => Some(if matches!(a, Tok::Str { open: true }) {
-            3
-        } else {
-            6
+        None if is_literal(a) => Some(match a {
+            Tok::Str { open: true } => PHRASE,
+            // `or 1` makes anything true; `1950 or 1960` is a search.
+            Tok::Num if !truth_literal(s, pos.get(i).copied().unwrap_or(0)) => PHRASE,
+            _ => 6,
         }),
         Some(Tok::Logic) if is_literal(a) => Some(8),
         // `or 1 group by ...`, `or 1 having ...`.
@@ -953,6 +971,23 @@ fn analyze(
     }
     let n = t.len();
     let at = |i: usize| pos.get(i).copied().unwrap_or(0);
+    // The condition after the logic operator at `k`. A search phrase
+    // (`"x" and "y`) is below the alert level unless the operator is glued
+    // to a quote that closes a word (`a'or'a`): people put spaces there,
+    // crafted input does not. A quoted keyword (`"not"`) opens its quote.
+    let operand = |k: usize| {
+        logic_operand(t, s, pos, k + 1).map(|sc| {
+            let p = at(k);
+            let glued = p > 0
+                && matches!(s.get(p - 1), Some(b'\'' | b'"' | b'`'))
+                && (p == 1 || s.get(p - 2).is_some_and(u8::is_ascii_alphanumeric));
+            if sc == PHRASE && glued {
+                PHRASE + 1
+            } else {
+                sc
+            }
+        })
+    };
 
     for i in 0..n {
         match t[i] {
@@ -1083,7 +1118,7 @@ fn analyze(
         // Tautology anywhere: logic operator followed by a literal comparison.
         if t[i] == Tok::Logic
             && i > 0
-            && let Some(sc) = logic_operand(t, i + 1)
+            && let Some(sc) = operand(i)
         {
             let prev = t[i - 1];
             let strong_ctx =
@@ -1101,7 +1136,7 @@ fn analyze(
     let ends_in_comment = comment_after.last().copied().unwrap_or(false);
     if !quoted
         && t.first() == Some(&Tok::Logic)
-        && let Some(sc) = logic_operand(t, 1)
+        && let Some(sc) = operand(0)
     {
         // Cut off by a comment it is an injected condition, not a search phrase.
         let sc = if ends_in_comment && sc >= 6 {
@@ -1237,7 +1272,7 @@ fn analyze(
                 add(hits, rules::SQLI_COMMENT_TRUNCATION, STRONG, at(j - 1))
             }
             Some(Tok::Logic) => {
-                if let Some(sc) = logic_operand(t, j + 1) {
+                if let Some(sc) = operand(j) {
                     // Right after a string break-out any condition is injected logic;
                     // after a number, any comparison is.
                     let sc = if quoted && sc >= 6 || sc >= 7 {
@@ -1421,6 +1456,15 @@ mod tests {
     }
 
     #[test]
+    fn bare_conditions_by_form() {
+        // A truth value, or a quote that closes a word glued to the operator,
+        // is how injected conditions are written: still flagged.
+        for p in ["1+or+1", "or+true--", "a%27or%27a"] {
+            assert_ne!(q(p), Action::Allow, "{p}");
+        }
+    }
+
+    #[test]
     fn benign_lookalikes() {
         for p in [
             "O%27Brien",
@@ -1437,6 +1481,10 @@ mod tests {
             "email%3Djohn%40example.com",
             "(555)+123-4567",
             "select+all+items+from+the+list",
+            // Searches with quoted words and year ranges.
+            "1950+or+1960",
+            "christmas+stocking+%22not%22+stuffer",
+            "%27countdown+calendar%22+and+%22disney",
         ] {
             assert_eq!(q(p), Action::Allow, "{p}");
         }
