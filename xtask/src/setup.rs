@@ -252,7 +252,7 @@ fn tracefs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 11] = [
+const DEBIAN_PACKAGES: [(&str, &str); 15] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -276,6 +276,12 @@ const DEBIAN_PACKAGES: [(&str, &str); 11] = [
     // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
     // with Debian's /usr/bin/python3, which this package installs for).
     ("scapy", "python3-scapy"),
+    // Real attack tools and a load generator against the lab API of
+    // tests/tests/tools.rs; dirb brings the wordlists gobuster is run with.
+    ("sqlmap", "sqlmap"),
+    ("gobuster", "gobuster"),
+    ("dirb", "dirb"),
+    ("wrk", "wrk"),
 ];
 
 /// `apt-get update`, then installs `packages` without recommends.
@@ -308,9 +314,8 @@ fn debian_packages() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        ok(
-            "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd)",
-        );
+        let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(bin, _)| *bin).collect();
+        ok(format!("test tools ({})", names.join(", ")));
         return Ok(());
     }
     apt_install(&missing).context("failed to install test tools")?;
