@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod query;
+pub use query::{BanFilter, BanPage, BlockTestView, CoveringBan, RateStateView};
+
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
 /// Largest request line the agent reads.
@@ -79,9 +82,23 @@ pub enum Request {
         /// Lift it on this host only, without telling the fleet.
         #[serde(default)]
         local: bool,
+        /// A prefix that is not banned is no error: the answer says `absent`.
+        #[serde(default)]
+        exist: bool,
     },
     /// List bans.
     BlockLs,
+    /// Bans matching filters, one page (`block ls` with filters).
+    BlockQuery {
+        /// Filters and paging.
+        #[serde(default)]
+        filter: BanFilter,
+    },
+    /// Everything covering one address (`block test`).
+    BlockTest {
+        /// The address.
+        address: String,
+    },
     /// Replace a feed group: the header of a streamed request. Exactly
     /// `count` lines follow the header, one address or CIDR each (at most
     /// [`MAX_IMPORT_LINE`] bytes), so the request is bounded by
@@ -100,11 +117,17 @@ pub enum Request {
         /// Allow very broad prefixes and overlaps with the allowlist.
         #[serde(default)]
         force: bool,
+        /// Only say what would change.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Lift every ban with this origin.
     BlockRmOrigin {
         /// The group (as `block ls` shows in ORIGIN).
         origin: String,
+        /// Only say what would be lifted.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Bans as a plain list (for `block export`).
     BlockExport {
@@ -127,6 +150,9 @@ pub enum Request {
     AllowRm {
         /// Address or CIDR, exactly as added.
         cidr: String,
+        /// An entry that is not listed is no error: the answer says `absent`.
+        #[serde(default)]
+        exist: bool,
     },
     /// List allowlist entries.
     AllowLs,
@@ -140,6 +166,9 @@ pub enum Request {
         port: Option<u16>,
         /// The limits.
         spec: crate::limits::LimitSpec,
+        /// Keep the current values of the fields `spec` leaves unset.
+        #[serde(default)]
+        merge: bool,
     },
     /// Remove the limits of one port (it falls back to the default), or the default.
     LimitsClear {

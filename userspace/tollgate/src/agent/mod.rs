@@ -700,6 +700,7 @@ async fn serve(
                 ttl_secs,
                 reason,
                 force,
+                dry_run,
             }) => {
                 let header = feeds::ImportHeader {
                     origin,
@@ -707,6 +708,7 @@ async fn serve(
                     ttl_secs,
                     reason,
                     force,
+                    dry_run,
                 };
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }

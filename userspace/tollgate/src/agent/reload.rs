@@ -307,6 +307,7 @@ impl Reloader {
             for net in gone {
                 let r = s.handle(Request::AllowRm {
                     cidr: net.to_string(),
+                    exist: false,
                 });
                 if r.ok {
                     changes.push(format!("unallow {net}"));
@@ -319,6 +320,7 @@ impl Reloader {
                     lifted.push(format!("feed {} removed (its bans lifted)", old.name));
                     let r = s.handle(Request::BlockRmOrigin {
                         origin: old.name.clone(),
+                        dry_run: false,
                     });
                     changes.push(format!(
                         "feed {} removed{}",
@@ -351,6 +353,7 @@ impl Reloader {
                     let gone = state.lock().ok().map(|mut s| {
                         s.handle(Request::BlockRmOrigin {
                             origin: crate::crowdsec::ORIGIN.into(),
+                            dry_run: false,
                         })
                         .ok
                     });
