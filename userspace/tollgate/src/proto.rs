@@ -370,6 +370,36 @@ pub struct StatusView {
     /// HTTPS plaintext from the TLS probes (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// The policy file the agent reads (`--config`); null without one.
+    #[serde(default)]
+    pub policy_file: Option<String>,
+    /// The last policy reload (file watch, SIGHUP or `policy reload`); null
+    /// when there was none since start.
+    #[serde(default)]
+    pub last_reload: Option<ReloadView>,
+    /// Bytes the state directory's files take on disk.
+    #[serde(default)]
+    pub store_bytes: Option<u64>,
+    /// Bans held (the store's records).
+    #[serde(default)]
+    pub store_bans: usize,
+    /// Allowlist entries held.
+    #[serde(default)]
+    pub store_allows: usize,
+    /// Rate-limiter table fill (sources tracked).
+    #[serde(default)]
+    pub limiter: Option<MapFillView>,
+}
+
+/// A policy reload as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadView {
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    /// Applied (true) or refused, the running policy staying (false).
+    pub applied: bool,
+    /// What changed, or why it was refused.
+    pub summary: String,
 }
 
 /// The fleet link as `status` shows it.
@@ -409,8 +439,11 @@ pub struct ClusterView {
 /// A refused policy reload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyRefusalView {
-    /// Unix seconds.
+    /// Unix seconds (deprecated: read `refused_at`).
     pub at: u64,
+    /// RFC 3339, UTC, milliseconds.
+    #[serde(default)]
+    pub refused_at: String,
     /// Why (file, line, field).
     pub reason: String,
 }

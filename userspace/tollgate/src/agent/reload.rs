@@ -183,6 +183,10 @@ impl Reloader {
             .and_then(|p| self.apply(p, state));
         if let Ok(mut s) = state.lock() {
             s.counters.reload(r.is_ok());
+            let summary = match &r {
+                Ok(m) | Err(m) => m.clone(),
+            };
+            s.last_reload = Some((crate::clock::unix_now(), r.is_ok(), summary));
         }
         if let Err(e) = &r {
             error!("policy reload refused: {e}");

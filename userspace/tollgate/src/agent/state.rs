@@ -58,6 +58,11 @@ pub struct AgentState<M = Datapath> {
     pin_dir: String,
     /// State directory, for status.
     state_dir: String,
+    /// The policy file, for status.
+    policy_file: Option<String>,
+    /// The last policy reload: Unix seconds, applied or not, and its
+    /// summary or why it was refused (for `status`).
+    pub(in crate::agent) last_reload: Option<(u64, bool, String)>,
     /// Rate limits, escalation, `top`.
     pub(in crate::agent) rate: super::ratelimit::RateState,
     /// Trusted proxies: never banned by the agent, refused for manual bans
@@ -94,6 +99,8 @@ pub struct Dirs {
     pub pin_dir: String,
     /// State directory.
     pub state_dir: String,
+    /// The policy file (`--config`), if any.
+    pub policy_file: Option<String>,
 }
 
 impl AgentState<Datapath> {
@@ -132,6 +139,8 @@ impl<M: Maps> AgentState<M> {
             started: Instant::now(),
             pin_dir: dirs.pin_dir,
             state_dir: dirs.state_dir,
+            policy_file: dirs.policy_file,
+            last_reload: None,
             rate,
             trusted,
             policy_refused: None,
@@ -834,6 +843,7 @@ impl<M: Maps> AgentState<M> {
             policy_refused: self.policy_refused.as_ref().map(|(at, reason)| {
                 crate::proto::PolicyRefusalView {
                     at: *at,
+                    refused_at: clock::rfc3339(*at),
                     reason: reason.clone(),
                 }
             }),
@@ -858,8 +868,38 @@ impl<M: Maps> AgentState<M> {
             }),
             cluster: self.cluster_view(),
             tls: None,
+            policy_file: self.policy_file.clone(),
+            last_reload: self.last_reload.as_ref().map(|(at, applied, summary)| {
+                crate::proto::ReloadView {
+                    at: clock::rfc3339(*at),
+                    applied: *applied,
+                    summary: summary.clone(),
+                }
+            }),
+            store_bytes: dir_bytes(&self.state_dir),
+            store_bans: self.bans.len(),
+            store_allows: self.allows.len(),
+            limiter: self.maps.buckets().ok().map(|b| MapFillView {
+                name: maps::BUCKETS.into(),
+                entries: b.len(),
+                capacity: cap.buckets,
+            }),
         })
     }
+}
+
+/// Bytes of the files directly in `dir` (the store's database), or `None`
+/// when it cannot be read.
+fn dir_bytes(dir: &str) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum(),
+    )
 }
 
 /// "X is not banned", naming the bans that cover it when there are: lifting

@@ -342,6 +342,26 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
         s.state_dir,
         crate::text::printable(&s.store)
     );
+    println!(
+        "policy: {}  store: {} bans, {} allow entries, {} on disk",
+        s.policy_file
+            .as_deref()
+            .map_or_else(|| "none (built-in defaults)".into(), crate::text::printable),
+        s.store_bans,
+        s.store_allows,
+        s.store_bytes.map_or_else(
+            || "?".into(),
+            |b| format!("{:.1} MiB", b as f64 / 1_048_576.0)
+        ),
+    );
+    if let Some(r) = &s.last_reload {
+        println!(
+            "last reload at {}: {}: {}",
+            r.at,
+            if r.applied { "applied" } else { "REFUSED" },
+            crate::text::printable(&r.summary)
+        );
+    }
     if let Some(r) = &s.policy_refused {
         let ago = crate::clock::unix_now().saturating_sub(r.at);
         println!(
@@ -407,6 +427,18 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
         "{}",
         table::render(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows)
     );
+    if let Some(l) = &s.limiter {
+        println!(
+            "rate limiter: {} sources tracked of {} ({:.1}%)",
+            l.entries,
+            l.capacity,
+            if l.capacity == 0 {
+                0.0
+            } else {
+                l.entries as f64 * 100.0 / f64::from(l.capacity)
+            }
+        );
+    }
     if let Some(sm) = &s.sampling {
         println!(
             "\nAPI ports {:?}: first packets of each flow + 1 in {} (configured 1 in {}); \
