@@ -9,6 +9,8 @@ mod api;
 mod args;
 mod bulk;
 mod detect;
+#[cfg(test)]
+mod docs_check;
 mod feeds;
 mod query;
 mod render;
