@@ -231,9 +231,15 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
         BlockCmd::Rm {
             origin: Some(origin),
             dry_run,
+            yes,
             json,
             ..
-        } => feeds::rm_origin(origin, dry_run, json, socket),
+        } => {
+            if !dry_run && !yes && !feeds::confirm_rm_origin(&origin, socket) {
+                return usage_error("nothing lifted (pass --yes to lift without asking)");
+            }
+            feeds::rm_origin(origin, dry_run, json, socket)
+        }
         BlockCmd::Rm {
             cidrs,
             origin: None,

@@ -365,6 +365,10 @@ pub enum BlockCmd {
         /// With --origin: only list what would be lifted.
         #[arg(long, requires = "origin")]
         dry_run: bool,
+        /// With --origin: lift without asking (on a terminal, lifting more
+        /// than 10 bans asks first).
+        #[arg(long, short = 'y', requires = "origin")]
+        yes: bool,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,

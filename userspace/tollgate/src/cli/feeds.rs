@@ -223,6 +223,40 @@ fn print_rejects(rejected: &[(usize, String, String)], total: usize) {
     }
 }
 
+/// Bans lifted by `block rm --origin` without asking, on a terminal.
+const LIFT_WITHOUT_ASKING: u64 = 10;
+
+/// On a terminal, when `block rm --origin` would lift more than a handful of
+/// bans: asks. `true` to go on (also when not on a terminal, or when the
+/// count cannot be had: the removal itself then reports the error).
+#[must_use]
+pub fn confirm_rm_origin(origin: &str, socket: &Path) -> bool {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return true;
+    }
+    let req = Request::BlockRmOrigin {
+        origin: origin.to_owned(),
+        dry_run: true,
+    };
+    let n = match client::call_within(socket, &req, client::long_timeout()) {
+        Ok(r) if r.ok => r.data.and_then(|d| d["would_remove"].as_u64()).unwrap_or(0),
+        _ => return true,
+    };
+    if n <= LIFT_WITHOUT_ASKING {
+        return true;
+    }
+    eprint!(
+        "lift {n} bans with origin '{}'? [y/N] ",
+        crate::text::printable(origin)
+    );
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
 /// Runs `block rm --origin NAME`.
 #[must_use]
 pub fn rm_origin(origin: String, dry_run: bool, json: bool, socket: &Path) -> ExitCode {
