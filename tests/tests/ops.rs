@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, io::Write as _, time::Duration};
 
-use tollgate_tests::{Agent, Lab, Server, Setup, free_port, setup};
+use tollgate_tests::{Agent, Lab, Server, Setup, free_port, http_get, http_get_with, setup};
 
 /// A feed of `hosts` addresses from 198.19.0.0/16 plus the lab's subnet 1
 /// (v4 and v6), with comments, blank lines, duplicates and 3 malformed lines.
@@ -228,34 +228,6 @@ fn feed_import_from_stdin_with_ttl_and_origin() {
     assert!(!s.v4_ok(1));
     let j = s.agent.json(&["block", "export"]);
     assert_eq!(j["bans"].as_array().unwrap().len(), 2);
-}
-
-/// A bare HTTP/1.1 GET: (status, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    http_get_with(port, path, "")
-}
-
-/// A bare HTTP/1.1 GET with extra header lines (each ending in `\r\n`).
-fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    std::io::Read::read_to_string(&mut s, &mut buf).unwrap();
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The value of the sample line starting with `name_and_labels `.

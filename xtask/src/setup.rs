@@ -257,7 +257,8 @@ const DEBIAN_PACKAGES: [(&str, &str); 15] = [
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
     ("curl", "curl"),
-    // `promtool check metrics` lints the agent's /metrics in tests/tests/ops.rs
+    // `promtool check metrics` lints the agent's /metrics in tests/tests/ops.rs,
+    // `promtool check rules` checks deploy/prometheus/ (tests/tests/dashboards.rs)
     // (about 19 MB; the Prometheus server it also carries is not started).
     ("promtool", "prometheus"),
     // A real load balancer in front of the test API (tests/tests/proxy.rs):

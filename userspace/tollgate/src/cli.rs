@@ -7,14 +7,18 @@
 
 mod api;
 mod args;
+mod bulk;
 mod detect;
+#[cfg(test)]
+mod docs_check;
 mod feeds;
+mod query;
 mod render;
 
 pub use args::*;
+pub use render::{fail, set_json_errors};
 use render::{
-    Undecodable, decode, parse_or, print_allows, print_bans, print_limits, print_stats,
-    print_status, print_top, request, usage_error,
+    print_allows, print_limits, print_stats, print_status, print_top, request, usage_error,
 };
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -25,10 +29,9 @@ use crate::{
     agent::{self, AgentOptions},
     client,
     limits::LimitSpec,
-    net::{check_breadth, parse_net},
     policy::{AttachKind, XdpModePref},
     policy::{ModeName, Policy},
-    proto::{self, BanView, Request},
+    proto::{self, Request},
 };
 
 /// Runs the parsed command line.
@@ -45,8 +48,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(f) => request(&cli.socket, &Request::Status, f.json, print_status),
         Command::Limits(cmd) => run_limits(cmd, &cli.socket),
         Command::Top(args) => run_top(&args, &cli.socket),
-        Command::Policy(PolicyCmd::Reload) => feeds::policy_reload(&cli.socket),
-        Command::Policy(PolicyCmd::Check { file }) => detect::policy_check(&file),
+        Command::Policy(PolicyCmd::Reload(f)) => feeds::policy_reload(&cli.socket, f.json),
+        Command::Policy(PolicyCmd::Check { file, json }) => detect::policy_check(&file, json),
         Command::Events(args) => detect::events(&args, &cli.socket),
         Command::Detect(args) => detect::detect(&args),
         Command::Tap(args) => api::tap(&args, &cli.socket),
@@ -194,20 +197,16 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     }
 }
 
-fn check_cidr(cidr: &str, force: bool) -> Result<(), ExitCode> {
-    let net = parse_net(cidr).map_err(usage_error)?;
-    check_breadth(net, force).map_err(usage_error)
-}
-
 fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
     match cmd {
         BlockCmd::Add {
-            cidr,
+            cidrs,
             ttl,
             reason,
             force,
+            json,
         } => {
-            if let Err(code) = check_cidr(&cidr, force) {
+            if let Err(code) = bulk::check_all(&cidrs, true, force) {
                 return code;
             }
             let ttl_secs = ttl.map(|d| d.as_secs());
@@ -220,61 +219,58 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             if let Err(e) = proto::check_reason(reason.as_deref()) {
                 return usage_error(e);
             }
-            let req = Request::BlockAdd {
-                cidr,
-                ttl_secs,
-                reason,
-                force,
-            };
-            request(socket, &req, false, |v| {
-                let b: BanView = decode(v, "a ban")?;
-                match b.expires_at {
-                    Some(t) => println!(
-                        "blocked {} until {t}",
-                        crate::net::display(&parse_or(&b.cidr))
-                    ),
-                    None => println!(
-                        "blocked {} (permanent)",
-                        crate::net::display(&parse_or(&b.cidr))
-                    ),
+            bulk::run(socket, bulk::Op::BlockAdd, &cidrs, json, |cidr| {
+                Request::BlockAdd {
+                    cidr: cidr.to_owned(),
+                    ttl_secs,
+                    reason: reason.clone(),
+                    force,
                 }
-                Ok::<(), Undecodable>(())
             })
         }
         BlockCmd::Rm {
             origin: Some(origin),
+            dry_run,
+            yes,
+            json,
             ..
-        } => feeds::rm_origin(origin, socket),
+        } => {
+            if !dry_run && !yes && !feeds::confirm_rm_origin(&origin, socket) {
+                return usage_error("nothing lifted (pass --yes to lift without asking)");
+            }
+            feeds::rm_origin(origin, dry_run, json, socket)
+        }
         BlockCmd::Rm {
-            cidr,
+            cidrs,
             origin: None,
             local,
+            exist,
+            json,
+            ..
         } => {
-            let Some(cidr) = cidr else {
+            if cidrs.is_empty() {
                 return usage_error("give the address or prefix to unblock, or --origin NAME");
-            };
-            if let Err(code) = check_cidr(&cidr, true) {
+            }
+            if let Err(code) = bulk::check_all(&cidrs, false, true) {
                 return code;
             }
-            request(
-                socket,
-                &Request::BlockRm {
-                    cidr: cidr.clone(),
+            bulk::run(socket, bulk::Op::BlockRm, &cidrs, json, |cidr| {
+                Request::BlockRm {
+                    cidr: cidr.to_owned(),
                     local,
-                },
-                false,
-                |_| {
-                    println!("unblocked {}", cidr.trim());
-                },
-            )
+                    exist,
+                }
+            })
         }
-        BlockCmd::Ls(f) => request(socket, &Request::BlockLs, f.json, print_bans),
+        BlockCmd::Test { address, json } => query::test(&address, json, socket),
+        BlockCmd::Ls(args) => query::ls(&args, socket),
         BlockCmd::Import {
             file,
             ttl,
             reason,
             origin,
             force,
+            dry_run,
             json,
         } => feeds::import(
             feeds::ImportArgs {
@@ -283,6 +279,7 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
                 reason,
                 origin,
                 force,
+                dry_run,
                 json,
             },
             socket,
@@ -294,35 +291,35 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
 fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
     match cmd {
         AllowCmd::Add {
-            cidr,
+            cidrs,
             reason,
             force,
+            json,
         } => {
-            if let Err(code) = check_cidr(&cidr, force) {
+            if let Err(code) = bulk::check_all(&cidrs, true, force) {
                 return code;
             }
             if let Err(e) = proto::check_reason(reason.as_deref()) {
                 return usage_error(e);
             }
-            let req = Request::AllowAdd {
-                cidr: cidr.clone(),
-                reason,
-                force,
-            };
-            request(socket, &req, false, |_| println!("allowed {}", cidr.trim()))
+            bulk::run(socket, bulk::Op::AllowAdd, &cidrs, json, |cidr| {
+                Request::AllowAdd {
+                    cidr: cidr.to_owned(),
+                    reason: reason.clone(),
+                    force,
+                }
+            })
         }
-        AllowCmd::Rm { cidr } => {
-            if let Err(code) = check_cidr(&cidr, true) {
+        AllowCmd::Rm { cidrs, exist, json } => {
+            if let Err(code) = bulk::check_all(&cidrs, false, true) {
                 return code;
             }
-            request(
-                socket,
-                &Request::AllowRm { cidr: cidr.clone() },
-                false,
-                |_| {
-                    println!("removed {} from the allowlist", cidr.trim());
-                },
-            )
+            bulk::run(socket, bulk::Op::AllowRm, &cidrs, json, |cidr| {
+                Request::AllowRm {
+                    cidr: cidr.to_owned(),
+                    exist,
+                }
+            })
         }
         AllowCmd::Ls(f) => request(socket, &Request::AllowLs, f.json, print_allows),
     }
@@ -339,6 +336,8 @@ fn run_limits(cmd: LimitsCmd, socket: &std::path::Path) -> ExitCode {
             syn_rate,
             syn_burst,
             max_conns,
+            replace,
+            json,
         } => {
             let spec = LimitSpec {
                 pps,
@@ -349,21 +348,42 @@ fn run_limits(cmd: LimitsCmd, socket: &std::path::Path) -> ExitCode {
                 syn_burst,
                 max_conns,
             };
-            if let Err(e) = spec.validate() {
+            // Merged with the limits in force, a burst may come without its
+            // rate: check the values given, with stand-in rates.
+            let check = if replace {
+                spec
+            } else {
+                spec.or(Some(&LimitSpec {
+                    pps: Some(1),
+                    bps: Some(1),
+                    syn_rate: Some(1),
+                    ..LimitSpec::default()
+                }))
+            };
+            if let Err(e) = check.validate() {
                 return usage_error(e);
+            }
+            if spec == LimitSpec::default() {
+                return usage_error(
+                    "no limit given (use `tollgate limits clear` to remove limits)",
+                );
             }
             if port == Some(0) {
                 return usage_error("--port must be 1-65535 (omit it for the default)");
             }
             request(
                 socket,
-                &Request::LimitsSet { port, spec },
-                false,
+                &Request::LimitsSet {
+                    port,
+                    spec,
+                    merge: !replace,
+                },
+                json,
                 print_limits,
             )
         }
-        LimitsCmd::Clear { port } => {
-            request(socket, &Request::LimitsClear { port }, false, print_limits)
+        LimitsCmd::Clear { port, json } => {
+            request(socket, &Request::LimitsClear { port }, json, print_limits)
         }
         LimitsCmd::Show(f) => request(socket, &Request::LimitsShow, f.json, print_limits),
     }

@@ -246,22 +246,6 @@ pub fn stream(
     Ok(Ok(()))
 }
 
-/// The exit code (and message) of a finished [`stream`].
-#[must_use]
-pub fn stream_exit(res: Result<Result<(), String>, ClientError>) -> std::process::ExitCode {
-    match res {
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::from(e.exit_code())
-        }
-        Ok(Err(reason)) => {
-            eprintln!("error: {reason}");
-            std::process::ExitCode::from(1)
-        }
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-    }
-}
-
 /// Connects to the agent within `limit`, telling "not running", "not root"
 /// and "not answering" apart from other failures. A stopped agent's listen
 /// backlog fills up and a blocking connect would then wait forever: the

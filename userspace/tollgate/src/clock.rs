@@ -44,5 +44,13 @@ pub fn boot_deadline(expires_unix: Option<u64>) -> u64 {
 /// RFC 3339 rendering of Unix seconds (UTC).
 #[must_use]
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// RFC 3339, UTC, milliseconds, of fractional Unix seconds (negative or
+/// absurd values read as the epoch).
+#[must_use]
+pub fn rfc3339_ms(unix: f64) -> String {
+    let d = Duration::try_from_secs_f64(unix).unwrap_or_default();
+    humantime::format_rfc3339_millis(UNIX_EPOCH + d).to_string()
 }

@@ -203,6 +203,17 @@ pub struct ImportReport {
     pub rejected: Vec<(String, String)>,
     /// How many entries the agent refused.
     pub rejected_count: usize,
+    /// Nothing was changed: the counts say what the import would do.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// In a dry run: the entries that would be added (at most
+    /// [`MAX_REPORTED_REJECTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_add: Vec<String>,
+    /// In a dry run: the group's entries that would be lifted (at most
+    /// [`MAX_REPORTED_REJECTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_remove: Vec<String>,
 }
 
 /// How many refused entries the agent lists by name in its answer.

@@ -113,6 +113,21 @@ impl LimitSpec {
         Ok(())
     }
 
+    /// These limits, with `base`'s values where these leave a field unset.
+    #[must_use]
+    pub fn or(self, base: Option<&Self>) -> Self {
+        let Some(b) = base else { return self };
+        Self {
+            pps: self.pps.or(b.pps),
+            burst: self.burst.or(b.burst),
+            bps: self.bps.or(b.bps),
+            bps_burst: self.bps_burst.or(b.bps_burst),
+            syn_rate: self.syn_rate.or(b.syn_rate),
+            syn_burst: self.syn_burst.or(b.syn_burst),
+            max_conns: self.max_conns.or(b.max_conns),
+        }
+    }
+
     /// The datapath form (class is filled in by the datapath per slot).
     #[must_use]
     pub fn to_cfg(&self) -> LimitCfg {

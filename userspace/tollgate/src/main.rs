@@ -5,7 +5,20 @@ use clap::Parser as _;
 use tollgate::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Under --json every error is a JSON object on stderr, bad usage included.
+    let json = std::env::args_os().any(|a| a == "--json");
+    tollgate::cli::set_json_errors(json);
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if json && e.use_stderr() => {
+            let msg = e.kind().as_str().map_or_else(
+                || e.to_string().trim().to_owned(),
+                |k| format!("{k}: {}", e.to_string().trim()),
+            );
+            return tollgate::cli::fail(msg, 2);
+        }
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

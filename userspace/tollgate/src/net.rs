@@ -30,6 +30,66 @@ pub enum NetError {
         /// Human description of how much it covers.
         scope: &'static str,
     },
+    /// An address no client sends from, or one that cuts the host off.
+    #[error("refusing to ban {net}: it {what}; pass --force if you really mean it")]
+    Special {
+        /// The prefix.
+        net: IpNet,
+        /// What it is or covers.
+        what: String,
+    },
+}
+
+/// Ranges no ban should touch by accident: (range, what it is).
+const SPECIAL: [(&str, &str); 7] = [
+    ("0.0.0.0/32", "the unspecified address"),
+    ("127.0.0.0/8", "loopback"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "the broadcast address"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Refuses bans overlapping loopback, unspecified, multicast or broadcast
+/// addresses, unless `force`.
+///
+/// # Errors
+/// [`NetError::Special`].
+pub fn check_special(net: IpNet, force: bool) -> Result<(), NetError> {
+    if force {
+        return Ok(());
+    }
+    for (range, what) in SPECIAL {
+        let Ok(r) = range.parse::<IpNet>() else {
+            continue;
+        };
+        if overlaps(&r, &net) {
+            return Err(NetError::Special {
+                net,
+                what: format!("covers {what} ({})", display(&r)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// This host's own addresses (every interface's), canonical form.
+#[must_use]
+pub fn host_addresses() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| {
+                    let s = a.address?;
+                    s.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .map(canonical)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Parses `IP` (a host) or `IP/LEN` (a prefix whose host bits are zero).

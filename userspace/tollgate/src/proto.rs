@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod query;
+pub use query::{BanFilter, BanPage, BlockTestView, CoveringBan, RateStateView};
+
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tollgate/tollgate.sock";
 /// Largest request line the agent reads.
@@ -79,9 +82,23 @@ pub enum Request {
         /// Lift it on this host only, without telling the fleet.
         #[serde(default)]
         local: bool,
+        /// A prefix that is not banned is no error: the answer says `absent`.
+        #[serde(default)]
+        exist: bool,
     },
     /// List bans.
     BlockLs,
+    /// Bans matching filters, one page (`block ls` with filters).
+    BlockQuery {
+        /// Filters and paging.
+        #[serde(default)]
+        filter: BanFilter,
+    },
+    /// Everything covering one address (`block test`).
+    BlockTest {
+        /// The address.
+        address: String,
+    },
     /// Replace a feed group: the header of a streamed request. Exactly
     /// `count` lines follow the header, one address or CIDR each (at most
     /// [`MAX_IMPORT_LINE`] bytes), so the request is bounded by
@@ -100,11 +117,17 @@ pub enum Request {
         /// Allow very broad prefixes and overlaps with the allowlist.
         #[serde(default)]
         force: bool,
+        /// Only say what would change.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Lift every ban with this origin.
     BlockRmOrigin {
         /// The group (as `block ls` shows in ORIGIN).
         origin: String,
+        /// Only say what would be lifted.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Bans as a plain list (for `block export`).
     BlockExport {
@@ -127,6 +150,9 @@ pub enum Request {
     AllowRm {
         /// Address or CIDR, exactly as added.
         cidr: String,
+        /// An entry that is not listed is no error: the answer says `absent`.
+        #[serde(default)]
+        exist: bool,
     },
     /// List allowlist entries.
     AllowLs,
@@ -140,6 +166,9 @@ pub enum Request {
         port: Option<u16>,
         /// The limits.
         spec: crate::limits::LimitSpec,
+        /// Keep the current values of the fields `spec` leaves unset.
+        #[serde(default)]
+        merge: bool,
     },
     /// Remove the limits of one port (it falls back to the default), or the default.
     LimitsClear {
@@ -341,6 +370,36 @@ pub struct StatusView {
     /// HTTPS plaintext from the TLS probes (when API ports are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// The policy file the agent reads (`--config`); null without one.
+    #[serde(default)]
+    pub policy_file: Option<String>,
+    /// The last policy reload (file watch, SIGHUP or `policy reload`); null
+    /// when there was none since start.
+    #[serde(default)]
+    pub last_reload: Option<ReloadView>,
+    /// Bytes the state directory's files take on disk.
+    #[serde(default)]
+    pub store_bytes: Option<u64>,
+    /// Bans held (the store's records).
+    #[serde(default)]
+    pub store_bans: usize,
+    /// Allowlist entries held.
+    #[serde(default)]
+    pub store_allows: usize,
+    /// Rate-limiter table fill (sources tracked).
+    #[serde(default)]
+    pub limiter: Option<MapFillView>,
+}
+
+/// A policy reload as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadView {
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    /// Applied (true) or refused, the running policy staying (false).
+    pub applied: bool,
+    /// What changed, or why it was refused.
+    pub summary: String,
 }
 
 /// The fleet link as `status` shows it.
@@ -380,8 +439,11 @@ pub struct ClusterView {
 /// A refused policy reload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyRefusalView {
-    /// Unix seconds.
+    /// Unix seconds (deprecated: read `refused_at`).
     pub at: u64,
+    /// RFC 3339, UTC, milliseconds.
+    #[serde(default)]
+    pub refused_at: String,
     /// Why (file, line, field).
     pub reason: String,
 }

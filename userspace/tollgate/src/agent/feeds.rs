@@ -46,6 +46,8 @@ pub struct ImportHeader {
     pub reason: Option<String>,
     /// Allow broad prefixes and allowlist overlaps.
     pub force: bool,
+    /// Only report what would change.
+    pub dry_run: bool,
 }
 
 /// Reads the body of a streamed import and applies it.
@@ -74,7 +76,14 @@ pub async fn serve_import(
     };
     let res = tokio::task::spawn_blocking(move || match state.lock() {
         Ok(mut s) => s
-            .import_group(&h.origin, &cidrs, h.ttl_secs, h.reason.as_deref(), h.force)
+            .import_group_as(
+                &h.origin,
+                &cidrs,
+                h.ttl_secs,
+                h.reason.as_deref(),
+                h.force,
+                h.dry_run,
+            )
             .map_err(|e| e.to_string()),
         Err(_) => Err("agent state lock poisoned".into()),
     })

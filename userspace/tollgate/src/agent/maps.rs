@@ -51,6 +51,19 @@ pub trait Maps {
     /// # Errors
     /// When reading the maps fails.
     fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>>;
+    /// The kernel's entry for this prefix, read from the map itself: exact
+    /// for hosts; for a range, the longest kernel range containing it (the
+    /// range itself when the kernel holds it). For hit counters.
+    ///
+    /// # Errors
+    /// When the lookup fails for a reason other than a missing key.
+    fn block_entry(&self, net: IpNet) -> Result<Option<BlockEntry>>;
+    /// Every kernel ban covering `ip` (host entry and ranges), exactly as
+    /// the kernel holds them.
+    ///
+    /// # Errors
+    /// When reading the maps fails.
+    fn covering_blocks(&self, ip: std::net::IpAddr) -> Result<Vec<(IpNet, BlockEntry)>>;
     /// Whether the kernel holds a ban for exactly this prefix.
     fn has_block(&self, net: &IpNet) -> bool;
     /// The prefixes the kernel holds bans for (no syscall).
@@ -138,6 +151,12 @@ impl Maps for Datapath {
     }
     fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
         Datapath::blocks(self)
+    }
+    fn block_entry(&self, net: IpNet) -> Result<Option<BlockEntry>> {
+        Datapath::get_block(self, net)
+    }
+    fn covering_blocks(&self, ip: std::net::IpAddr) -> Result<Vec<(IpNet, BlockEntry)>> {
+        Datapath::covering_blocks(self, ip)
     }
     fn has_block(&self, net: &IpNet) -> bool {
         Datapath::has_block(self, net)
@@ -283,6 +302,17 @@ impl Maps for MemMaps {
     }
     fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
         Ok(self.blocks.iter().map(|(n, e)| (*n, *e)).collect())
+    }
+    fn block_entry(&self, net: IpNet) -> Result<Option<BlockEntry>> {
+        Ok(self.blocks.get(&net).copied())
+    }
+    fn covering_blocks(&self, ip: std::net::IpAddr) -> Result<Vec<(IpNet, BlockEntry)>> {
+        Ok(self
+            .blocks
+            .iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .map(|(n, e)| (*n, *e))
+            .collect())
     }
     fn has_block(&self, net: &IpNet) -> bool {
         self.blocks.contains_key(net)

@@ -489,6 +489,7 @@ fn restore(
         state::Dirs {
             pin_dir: opts.pin_dir.display().to_string(),
             state_dir: opts.state_dir.display().to_string(),
+            policy_file: opts.config.as_ref().map(|p| p.display().to_string()),
         },
         ratelimit::RateState::from_policy(&opts.rate_limit),
         opts.trusted_proxies.clone(),
@@ -700,6 +701,7 @@ async fn serve(
                 ttl_secs,
                 reason,
                 force,
+                dry_run,
             }) => {
                 let header = feeds::ImportHeader {
                     origin,
@@ -707,6 +709,7 @@ async fn serve(
                     ttl_secs,
                     reason,
                     force,
+                    dry_run,
                 };
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
@@ -789,7 +792,11 @@ async fn serve_tap(
         if port.is_some_and(|p| p != ev.port) || src.is_some_and(|n| !n.contains(&ev.client)) {
             continue;
         }
-        let mut line = serde_json::to_vec(&*ev)?;
+        // `time` (Unix seconds, as it always was) plus `at`, the RFC 3339
+        // form every other JSON output uses.
+        let mut v = serde_json::to_value(&*ev)?;
+        v["at"] = serde_json::json!(crate::clock::rfc3339_ms(ev.time));
+        let mut line = serde_json::to_vec(&v)?;
         line.push(b'\n');
         if write.write_all(&line).await.is_err() {
             return Ok(());

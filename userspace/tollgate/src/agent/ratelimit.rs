@@ -17,7 +17,7 @@ use super::{maps::Maps, state::AgentState};
 use crate::{
     clock,
     limits::{Escalation, LimitSpec, RateLimitPolicy},
-    proto::{LimitsView, Refused, TopView},
+    proto::{LimitsView, RateStateView, Refused, TopView},
     store::{BanRecord, LimitsRecord, OffenceRecord},
 };
 
@@ -93,7 +93,15 @@ impl<M: Maps> AgentState<M> {
         &mut self,
         port: Option<u16>,
         spec: LimitSpec,
+        merge: bool,
     ) -> Result<serde_json::Value, Refused> {
+        // Merging keeps what the operator did not name (`limits set --pps`
+        // must not drop the port's --max-conns).
+        let spec = match (merge, port) {
+            (false, _) => spec,
+            (true, Some(p)) => spec.or(self.rate.limits.ports.get(&p)),
+            (true, None) => spec.or(self.rate.limits.default.as_ref()),
+        };
         spec.validate().map_err(|e| Refused::new(e.to_string()))?;
         if port == Some(0) {
             return Err(Refused::new(
@@ -167,6 +175,38 @@ impl<M: Maps> AgentState<M> {
                 .map(|d| d.as_secs())
                 .collect(),
         })
+    }
+
+    /// The rate-limit state of `ip` in every limit class (`block test`).
+    pub(super) fn rate_state_of(&self, ip: std::net::IpAddr) -> Vec<RateStateView> {
+        let prefix = self.rate.limits.ipv6_prefix;
+        let mut rows: Vec<RateStateView> = self
+            .maps
+            .buckets()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| client_of(k, prefix).contains(&ip))
+            .map(|(k, b)| RateStateView {
+                client: crate::net::display(&client_of(k, prefix)),
+                port: u16::try_from(k.class).ok().filter(|p| *p != 0),
+                passed: b.passed,
+                dropped: b.dropped,
+                exceeding: self.rate.offenders.contains_key(k),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.port);
+        rows
+    }
+
+    /// Bans the rate limiter issued to the client `ip` belongs to.
+    pub(super) fn offences_of(&self, ip: std::net::IpAddr) -> u32 {
+        self.rate
+            .history
+            .iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .map(|(_, r)| r.count)
+            .max()
+            .unwrap_or(0)
     }
 
     pub(super) fn top(&mut self, n: usize) -> Result<serde_json::Value, Refused> {

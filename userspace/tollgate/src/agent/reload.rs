@@ -183,6 +183,10 @@ impl Reloader {
             .and_then(|p| self.apply(p, state));
         if let Ok(mut s) = state.lock() {
             s.counters.reload(r.is_ok());
+            let summary = match &r {
+                Ok(m) | Err(m) => m.clone(),
+            };
+            s.last_reload = Some((crate::clock::unix_now(), r.is_ok(), summary));
         }
         if let Err(e) = &r {
             error!("policy reload refused: {e}");
@@ -307,6 +311,7 @@ impl Reloader {
             for net in gone {
                 let r = s.handle(Request::AllowRm {
                     cidr: net.to_string(),
+                    exist: false,
                 });
                 if r.ok {
                     changes.push(format!("unallow {net}"));
@@ -319,6 +324,7 @@ impl Reloader {
                     lifted.push(format!("feed {} removed (its bans lifted)", old.name));
                     let r = s.handle(Request::BlockRmOrigin {
                         origin: old.name.clone(),
+                        dry_run: false,
                     });
                     changes.push(format!(
                         "feed {} removed{}",
@@ -351,6 +357,7 @@ impl Reloader {
                     let gone = state.lock().ok().map(|mut s| {
                         s.handle(Request::BlockRmOrigin {
                             origin: crate::crowdsec::ORIGIN.into(),
+                            dry_run: false,
                         })
                         .ok
                     });

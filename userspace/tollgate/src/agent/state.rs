@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 mod cluster;
 pub(super) mod crowdsec;
 mod ops;
+mod query;
 
 use super::attach::Attachment;
 use crate::{
@@ -57,6 +58,11 @@ pub struct AgentState<M = Datapath> {
     pin_dir: String,
     /// State directory, for status.
     state_dir: String,
+    /// The policy file, for status.
+    policy_file: Option<String>,
+    /// The last policy reload: Unix seconds, applied or not, and its
+    /// summary or why it was refused (for `status`).
+    pub(in crate::agent) last_reload: Option<(u64, bool, String)>,
     /// Rate limits, escalation, `top`.
     pub(in crate::agent) rate: super::ratelimit::RateState,
     /// Trusted proxies: never banned by the agent, refused for manual bans
@@ -74,6 +80,11 @@ pub struct AgentState<M = Datapath> {
     /// when (boot-clock ns). What a client sent on a connection from before
     /// a lift (retransmissions of what the ban dropped) is not a new offence.
     lifted: std::collections::VecDeque<(IpNet, u64)>,
+    /// A warning for the answer to the request being handled.
+    warning: Option<String>,
+    /// This host's addresses, never banned by hand without --force (a
+    /// function, so tests do not depend on the machine's interfaces).
+    pub(in crate::agent) host_addrs: fn() -> Vec<std::net::IpAddr>,
 }
 
 /// How long a lift is remembered.
@@ -88,6 +99,8 @@ pub struct Dirs {
     pub pin_dir: String,
     /// State directory.
     pub state_dir: String,
+    /// The policy file (`--config`), if any.
+    pub policy_file: Option<String>,
 }
 
 impl AgentState<Datapath> {
@@ -126,11 +139,15 @@ impl<M: Maps> AgentState<M> {
             started: Instant::now(),
             pin_dir: dirs.pin_dir,
             state_dir: dirs.state_dir,
+            policy_file: dirs.policy_file,
+            last_reload: None,
             rate,
             trusted,
             policy_refused: None,
             store_failures_synced: 0,
             lifted: std::collections::VecDeque::new(),
+            warning: None,
+            host_addrs: crate::net::host_addresses,
             counters: crate::metrics::Counters::default(),
             cluster: None,
         }
@@ -440,18 +457,20 @@ impl<M: Maps> AgentState<M> {
                 reason,
                 force,
             } => self.block_add(&cidr, ttl_secs, reason.as_deref(), force),
-            Request::BlockRm { cidr, local } => self.block_rm(&cidr, local),
+            Request::BlockRm { cidr, local, exist } => self.block_rm(&cidr, local, exist),
             Request::BlockLs => Ok(self.block_ls()),
+            Request::BlockQuery { filter } => self.block_query(&filter),
+            Request::BlockTest { address } => self.block_test(&address),
             Request::AllowAdd {
                 cidr,
                 reason,
                 force,
             } => self.allow_add(&cidr, reason.as_deref(), force),
-            Request::AllowRm { cidr } => self.allow_rm(&cidr),
+            Request::AllowRm { cidr, exist } => self.allow_rm(&cidr, exist),
             Request::AllowLs => Ok(self.allow_ls()),
             Request::Stats => self.stats(),
             Request::Status => Ok(self.status()),
-            Request::LimitsSet { port, spec } => self.limits_set(port, spec),
+            Request::LimitsSet { port, spec, merge } => self.limits_set(port, spec, merge),
             Request::LimitsClear { port } => self.limits_clear(port),
             Request::LimitsShow => Ok(self.limits_view()),
             Request::Top { n } => self.top(n),
@@ -462,14 +481,18 @@ impl<M: Maps> AgentState<M> {
                 "block_import carries its entries on the lines after the request; \
                  use `tollgate block import`",
             )),
-            Request::BlockRmOrigin { origin } => self.block_rm_origin(&origin),
+            Request::BlockRmOrigin { origin, dry_run } => self.block_rm_origin(&origin, dry_run),
             Request::BlockExport { origin } => Ok(self.block_export(origin.as_deref())),
             Request::PolicyReload => Err(refuse(
                 "this agent was started without --config; there is no policy file to reload",
             )),
         };
+        let warning = self.warning.take();
         match res {
-            Ok(data) => Response::ok(data),
+            Ok(data) => Response {
+                warning,
+                ..Response::ok(data)
+            },
             Err(e) => Response::err(e.to_string()),
         }
     }
@@ -483,6 +506,27 @@ impl<M: Maps> AgentState<M> {
     ) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         check_breadth(net, force).map_err(|e| refuse(e.to_string()))?;
+        crate::net::check_special(net, force).map_err(|e| refuse(e.to_string()))?;
+        let own: Vec<std::net::IpAddr> = (self.host_addrs)()
+            .into_iter()
+            .filter(|a| net.contains(a))
+            .collect();
+        if !force && net.prefix_len() == net.max_prefix_len() && !own.is_empty() {
+            return Err(refuse(format!(
+                "refusing to ban {}: it is this host's own address; pass --force if you really \
+                 mean it",
+                display(&net)
+            )));
+        }
+        if let Some(a) = own
+            .first()
+            .filter(|_| net.prefix_len() < net.max_prefix_len())
+        {
+            self.warning = Some(format!(
+                "{} covers this host's own address {a}",
+                display(&net)
+            ));
+        }
         let ttl = check_ttl(ttl_secs)?;
         let reason = check_reason(reason)?;
         if !force && let Some(a) = self.allows.keys().find(|a| overlaps(a, &net)) {
@@ -600,10 +644,18 @@ impl<M: Maps> AgentState<M> {
     }
 
     /// Lifts a ban; `local`: here only (the fleet keeps it).
-    fn block_rm(&mut self, cidr: &str, local: bool) -> Result<serde_json::Value, Refused> {
+    fn block_rm(
+        &mut self,
+        cidr: &str,
+        local: bool,
+        exist: bool,
+    ) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         if !self.bans.contains_key(&net) && !self.maps.has_block(&net) {
-            return Err(refuse(format!("{} is not banned", display(&net))));
+            if exist {
+                return Ok(json!({ "absent": net.to_string() }));
+            }
+            return Err(refuse(not_banned(self, net)));
         }
         if let Some(s) = self.store.as_mut() {
             let removed = if local {
@@ -675,9 +727,12 @@ impl<M: Maps> AgentState<M> {
         Ok(json!(allow_view(&rec, 0)))
     }
 
-    fn allow_rm(&mut self, cidr: &str) -> Result<serde_json::Value, Refused> {
+    fn allow_rm(&mut self, cidr: &str, exist: bool) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         if !self.allows.contains_key(&net) {
+            if exist {
+                return Ok(json!({ "absent": net.to_string() }));
+            }
             return Err(refuse(format!("{} is not on the allowlist", display(&net))));
         }
         if let Some(s) = self.store.as_mut() {
@@ -692,14 +747,18 @@ impl<M: Maps> AgentState<M> {
         Ok(json!({ "removed": net.to_string() }))
     }
 
-    fn allow_ls(&self) -> serde_json::Value {
-        let hits: HashMap<IpNet, u64> = self
-            .maps
+    /// Allowlist hit counters by prefix (empty when the map cannot be read).
+    fn allow_hits(&self) -> HashMap<IpNet, u64> {
+        self.maps
             .allow_entries()
             .unwrap_or_default()
             .into_iter()
             .map(|(n, e)| (n, e.hits))
-            .collect();
+            .collect()
+    }
+
+    fn allow_ls(&self) -> serde_json::Value {
+        let hits = self.allow_hits();
         let mut recs: Vec<&AllowRecord> = self.allows.values().collect();
         recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
         json!(
@@ -784,6 +843,7 @@ impl<M: Maps> AgentState<M> {
             policy_refused: self.policy_refused.as_ref().map(|(at, reason)| {
                 crate::proto::PolicyRefusalView {
                     at: *at,
+                    refused_at: clock::rfc3339(*at),
                     reason: reason.clone(),
                 }
             }),
@@ -808,8 +868,62 @@ impl<M: Maps> AgentState<M> {
             }),
             cluster: self.cluster_view(),
             tls: None,
+            policy_file: self.policy_file.clone(),
+            last_reload: self.last_reload.as_ref().map(|(at, applied, summary)| {
+                crate::proto::ReloadView {
+                    at: clock::rfc3339(*at),
+                    applied: *applied,
+                    summary: summary.clone(),
+                }
+            }),
+            store_bytes: dir_bytes(&self.state_dir),
+            store_bans: self.bans.len(),
+            store_allows: self.allows.len(),
+            limiter: self.maps.buckets().ok().map(|b| MapFillView {
+                name: maps::BUCKETS.into(),
+                entries: b.len(),
+                capacity: cap.buckets,
+            }),
         })
     }
+}
+
+/// Bytes of the files directly in `dir` (the store's database), or `None`
+/// when it cannot be read.
+fn dir_bytes(dir: &str) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum(),
+    )
+}
+
+/// "X is not banned", naming the bans that cover it when there are: lifting
+/// an address that a range drops changes nothing.
+fn not_banned<M: Maps>(state: &AgentState<M>, net: IpNet) -> String {
+    let mut covering: Vec<IpNet> = state
+        .bans
+        .keys()
+        .filter(|b| b.contains(&net))
+        .copied()
+        .collect();
+    if covering.is_empty() {
+        return format!("{} is not banned", display(&net));
+    }
+    covering.sort_unstable_by_key(|n| std::cmp::Reverse(n.prefix_len()));
+    format!(
+        "{} has no ban of its own, but {} cover{} it (lift {} instead; `tollgate block test {}` \
+         shows why it is dropped)",
+        display(&net),
+        covering.iter().map(display).collect::<Vec<_>>().join(", "),
+        if covering.len() == 1 { "s" } else { "" },
+        if covering.len() == 1 { "that" } else { "those" },
+        display(&IpNet::from(net.addr())),
+    )
 }
 
 fn ban_view(rec: &BanRecord, hits: u64) -> BanView {

@@ -19,8 +19,7 @@ pub fn tap(args: &TapArgs, socket: &Path) -> ExitCode {
     if let Some(src) = &args.src
         && let Err(e) = crate::net::parse_net(src)
     {
-        eprintln!("error: --src: {e}");
-        return ExitCode::from(2);
+        return super::render::fail(format!("--src: {e}"), 2);
     }
     let req = Request::Tap {
         port: args.port,
@@ -37,7 +36,7 @@ pub fn tap(args: &TapArgs, socket: &Path) -> ExitCode {
         shown += 1;
         args.count.is_none_or(|c| shown < c)
     });
-    client::stream_exit(res)
+    super::render::stream_exit(res)
 }
 
 fn human(v: &Value) -> String {
@@ -142,15 +141,10 @@ fn matches(documented: &str, observed: &str) -> bool {
 pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
     let resp = match client::call(socket, &Request::Inventory) {
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(e.exit_code());
+            return super::render::fail(&e, e.exit_code());
         }
         Ok(r) if !r.ok => {
-            eprintln!(
-                "error: {}",
-                crate::text::printable(&r.error.unwrap_or_default())
-            );
-            return ExitCode::from(1);
+            return super::render::fail(r.error.unwrap_or_default(), 1);
         }
         Ok(r) => r,
     };
@@ -171,10 +165,7 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         return match output {
             Some(p) => match std::fs::write(p, text) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: cannot write {}: {e}", p.display());
-                    ExitCode::from(1)
-                }
+                Err(e) => super::render::fail(format!("cannot write {}: {e}", p.display()), 1),
             },
             None => {
                 print!("{text}");
@@ -186,8 +177,7 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         let docs = match read_openapi(path) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
+                return super::render::fail(&e, 2);
             }
         };
         let mut used = vec![false; docs.len()];

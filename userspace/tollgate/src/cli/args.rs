@@ -142,6 +142,8 @@ pub enum InventoryCmd {
 pub enum LimitsCmd {
     /// Set the limits of one destination port, or (without --port) the
     /// default for all ports. Applies at once, without reloading anything.
+    /// Only the values given change; the others keep their current value
+    /// (--replace sets exactly the values given).
     ///
     /// Example: tollgate limits set --pps 1000 --burst 2000 --syn-rate 50 --syn-burst 100
     Set {
@@ -169,6 +171,12 @@ pub enum LimitsCmd {
         /// Established connections per source; new SYNs beyond it are dropped.
         #[arg(long)]
         max_conns: Option<u32>,
+        /// Drop the values not given (the port's limits become exactly these).
+        #[arg(long)]
+        replace: bool,
+        /// Print the limits in force afterwards as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove the limits of one port (it falls back to the default), or the default.
     ///
@@ -177,6 +185,9 @@ pub enum LimitsCmd {
         /// Destination port; omitted: the default.
         #[arg(long)]
         port: Option<u16>,
+        /// Print the limits in force afterwards as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the limits in force.
     ///
@@ -203,7 +214,7 @@ pub enum PolicyCmd {
     /// the reason and the running policy stays. The agent also reloads on SIGHUP.
     ///
     /// Example: tollgate policy reload
-    Reload,
+    Reload(JsonFlag),
     /// Validate a policy file without applying it: exit 0 when valid,
     /// otherwise 1 and the line and field of the first error.
     ///
@@ -211,6 +222,9 @@ pub enum PolicyCmd {
     Check {
         /// The policy file.
         file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -298,44 +312,89 @@ pub struct AgentArgs {
 /// `tollgate block ...`.
 #[derive(Debug, Subcommand)]
 pub enum BlockCmd {
-    /// Ban an address or prefix.
+    /// Ban addresses or prefixes. Adding one that is already banned replaces
+    /// its TTL and reason (so `add` is idempotent). Loopback, unspecified,
+    /// multicast and broadcast addresses and this host's own addresses are
+    /// refused without --force. Every address is checked before any is sent.
     ///
     /// Example: tollgate block add 198.18.0.7 --ttl 90s --reason "credential stuffing"
+    ///
+    /// Example: tollgate block add 198.18.0.7 198.18.0.8 198.18.9.0/24 --ttl 1h
     Add {
-        /// IPv4/IPv6 address or CIDR prefix.
-        cidr: String,
+        /// IPv4/IPv6 addresses or CIDR prefixes.
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
         /// How long (e.g. 90s, 10m, 24h, 7d); permanent when omitted.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
         /// Free-text reason, shown by `block ls`.
         #[arg(long)]
         reason: Option<String>,
-        /// Allow very broad prefixes (0.0.0.0/0, ::/0, wider than /8 or /16)
-        /// and overlaps with the allowlist.
+        /// Allow very broad prefixes (0.0.0.0/0, ::/0, wider than /8 or /16),
+        /// overlaps with the allowlist and trusted proxies, special addresses
+        /// (loopback, multicast, ...) and this host's own addresses.
         #[arg(long)]
         force: bool,
+        /// Print the outcome per address as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Lift a ban, or with --origin every ban of a group (e.g. a feed).
+    /// Lift bans, or with --origin every ban of a group (e.g. a feed). A
+    /// prefix is lifted only as banned: `block test ADDR` names the entries
+    /// that cover an address.
     ///
-    /// Example: tollgate block rm 198.18.0.7
+    /// Example: tollgate block rm 198.18.0.7 198.18.0.8
     ///
-    /// Example: tollgate block rm --origin import:drop.txt
+    /// Example: tollgate block rm --exist 198.18.0.7
+    ///
+    /// Example: tollgate block rm --origin import:drop.txt --dry-run
     Rm {
-        /// Address or prefix, as banned.
-        #[arg(required_unless_present = "origin")]
-        cidr: Option<String>,
+        /// Addresses or prefixes, as banned.
+        #[arg(required_unless_present = "origin", value_name = "CIDR")]
+        cidrs: Vec<String>,
         /// Remove every ban with this origin (as `block ls` shows it).
-        #[arg(long, conflicts_with = "cidr")]
+        #[arg(long, conflicts_with = "cidrs")]
         origin: Option<String>,
         /// In a fleet: lift the ban on this host only (an emergency; the
         /// other hosts keep it, and a resync may bring it back).
         #[arg(long, conflicts_with = "origin")]
         local: bool,
+        /// An address that is not banned is no error (like `ipset -exist`).
+        #[arg(long, conflicts_with = "origin")]
+        exist: bool,
+        /// With --origin: only list what would be lifted.
+        #[arg(long, requires = "origin")]
+        dry_run: bool,
+        /// With --origin: lift without asking (on a terminal, lifting more
+        /// than 10 bans asks first).
+        #[arg(long, short = 'y', requires = "origin")]
+        yes: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// List bans.
+    /// Whether an address is blocked, and by what: every ban covering it
+    /// (host entry, ranges, feed groups), allowlist entries that override
+    /// them, a trusted proxy covering it, its rate-limit state, and whether
+    /// the kernel maps agree with the store. Exit 0: blocked; 1: not
+    /// blocked; 2 or more: error (3: agent not running, 4: permission).
+    ///
+    /// Example: tollgate block test 198.18.91.5
+    ///
+    /// Example: tollgate block test 198.18.91.5 --json
+    Test {
+        /// The IPv4/IPv6 address.
+        address: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List bans, filtered and paged by the agent (sorted by address).
     ///
     /// Example: tollgate block ls --json
-    Ls(JsonFlag),
+    ///
+    /// Example: tollgate block ls --match 198.18.0.0/16 --kind feed --expiring-within 1h --limit 50
+    Ls(BlockLsArgs),
     /// Import a block-list feed (FireHOL, Spamhaus DROP style): one address
     /// or CIDR per line, `#`/`;` comments, blank lines ignored. The group
     /// (--origin) becomes exactly the list: re-importing changes nothing,
@@ -359,6 +418,9 @@ pub enum BlockCmd {
         /// Accept prefixes wider than /8 (IPv6 /16) and overlaps with the allowlist.
         #[arg(long)]
         force: bool,
+        /// Change nothing: report what would be added, updated and lifted.
+        #[arg(long)]
+        dry_run: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -377,28 +439,70 @@ pub enum BlockCmd {
     },
 }
 
+/// `tollgate block ls`.
+#[derive(Debug, Args)]
+pub struct BlockLsArgs {
+    /// Print JSON (an array of bans; the page only, when paged).
+    #[arg(long)]
+    pub json: bool,
+    /// Only bans sharing an address with this address or prefix (the ranges
+    /// covering an address, or the entries inside a prefix).
+    #[arg(long = "match", value_name = "CIDR")]
+    pub matching: Option<String>,
+    /// Only this kind: manual, rate-limit, policy, feed, crowdsec.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this origin (group), as the ORIGIN column shows it.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Only reasons containing this text (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Only bans expiring within this time (e.g. 10m, 24h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiring_within: Option<Duration>,
+    /// Show at most N bans.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Skip the first N matching bans.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: usize,
+}
+
 /// `tollgate allow ...`.
 #[derive(Debug, Subcommand)]
 pub enum AllowCmd {
-    /// Allowlist an address or prefix.
+    /// Allowlist addresses or prefixes (adding one already listed replaces
+    /// its reason).
     ///
-    /// Example: tollgate allow add 198.18.0.0/28 --reason "office"
+    /// Example: tollgate allow add 198.18.0.0/28 198.18.0.99 --reason "office"
     Add {
-        /// IPv4/IPv6 address or CIDR prefix.
-        cidr: String,
+        /// IPv4/IPv6 addresses or CIDR prefixes.
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
         /// Free-text reason.
         #[arg(long)]
         reason: Option<String>,
         /// Allow very broad prefixes.
         #[arg(long)]
         force: bool,
+        /// Print the outcome per address as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Remove an allowlist entry.
+    /// Remove allowlist entries.
     ///
     /// Example: tollgate allow rm 198.18.0.0/28
     Rm {
-        /// Address or prefix, as added.
-        cidr: String,
+        /// Addresses or prefixes, as added.
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+        /// An entry that is not listed is no error (like `ipset -exist`).
+        #[arg(long)]
+        exist: bool,
+        /// Print the outcome per address as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List allowlist entries.
     ///
@@ -411,6 +515,16 @@ pub enum AllowCmd {
 /// # Errors
 /// When the text is not a duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    // `M` is a month to the parser and a minute to many people: refuse it.
+    let ambiguous = s
+        .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
+        .any(|unit| unit == "M");
+    if ambiguous {
+        return Err(format!(
+            "'{s}': `M` is ambiguous (month or minute?): write `m` or `min` for minutes, \
+             `30d` or `1month` for a month"
+        ));
+    }
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("'{s}' is not a duration like 90s, 10m, 24h or 7d ({e})"))
 }
@@ -430,6 +544,9 @@ pub struct DetectArgs {
     /// "src":"198.18.0.1"}` (`src` optional; `-` reads standard input).
     #[arg(long, value_name = "FILE.jsonl")]
     pub requests: Option<PathBuf>,
+    /// Accepted for uniformity: the output is always JSON Lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tollgate events`.
@@ -447,4 +564,26 @@ pub struct EventsArgs {
     /// At most the newest N past events.
     #[arg(long, short = 'n')]
     pub limit: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_ambiguous_month_is_refused_and_minutes_are_not() {
+        let e = parse_duration("1M").unwrap_err();
+        assert!(e.contains("ambiguous"), "{e}");
+        assert!(parse_duration("2h 1M").is_err());
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("1month").is_ok());
+    }
 }

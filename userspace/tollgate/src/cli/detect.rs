@@ -94,15 +94,13 @@ pub fn detect(args: &DetectArgs) -> ExitCode {
     let policy = match args.policy.as_deref().map(Policy::load).transpose() {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return super::render::fail(&e, 2);
         }
     };
     let mut pipeline = match Pipeline::from_policy(&policy) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+            return super::render::fail(format!("{e:#}"), 2);
         }
     };
     let res = match (&args.requests, &args.pcap) {
@@ -112,14 +110,11 @@ pub fn detect(args: &DetectArgs) -> ExitCode {
     };
     match res {
         Ok(0) => ExitCode::SUCCESS,
-        Ok(bad) => {
-            eprintln!("error: {bad} input line(s) could not be read (see above)");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Ok(bad) => super::render::fail(
+            format!("{bad} input line(s) could not be read (see above)"),
+            1,
+        ),
+        Err(e) => super::render::fail(&e, 2),
     }
 }
 
@@ -483,15 +478,28 @@ pub fn events(args: &EventsArgs, socket: &Path) -> ExitCode {
         follow: args.follow,
         limit: args.limit,
     };
+    let mut shown = 0usize;
     let res = client::stream(socket, &req, |line| {
         if args.json {
             println!("{line}");
         } else if let Ok(v) = serde_json::from_str::<Value>(line) {
             println!("{}", crate::text::printable(&human(&v)));
         }
+        shown += 1;
         true
     });
-    client::stream_exit(res)
+    // An empty table must not look like a hung command (JSON Lines stay empty).
+    if shown == 0 && !args.json && matches!(res, Ok(Ok(()))) {
+        println!(
+            "no events{}",
+            if args.since.is_some() {
+                " in that time"
+            } else {
+                ""
+            }
+        );
+    }
+    super::render::stream_exit(res)
 }
 
 fn human(v: &Value) -> String {
@@ -534,9 +542,26 @@ fn human(v: &Value) -> String {
 
 /// `tollgate policy check FILE`.
 #[must_use]
-pub fn policy_check(path: &Path) -> ExitCode {
+pub fn policy_check(path: &Path, json: bool) -> ExitCode {
     // The same check as the agent's start and reloads.
     match Policy::load(path) {
+        Ok(p) if json => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "file": path.display().to_string(),
+                    "valid": true,
+                    "mode": match p.mode {
+                        Some(crate::policy::ModeName::Monitor) => "monitor",
+                        _ => "enforce",
+                    },
+                    "api_ports": p.api_ports,
+                    "allowlist_entries": p.allowlist.len(),
+                    "ban_threshold": p.scoring.ban_threshold,
+                })
+            );
+            ExitCode::SUCCESS
+        }
         Ok(p) => {
             println!(
                 "{}: valid (mode {}, {} API port(s), {} allowlist entr{}, ban at score {})",
@@ -552,10 +577,7 @@ pub fn policy_check(path: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
-            ExitCode::from(1)
-        }
+        Err(e) => super::render::fail(&e, 1),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct ImportArgs {
     pub origin: Option<String>,
     /// Broad prefixes and allowlist overlaps.
     pub force: bool,
+    /// Report what would change, change nothing.
+    pub dry_run: bool,
     /// Print the report as JSON.
     pub json: bool,
 }
@@ -104,11 +106,13 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
     if parsed.entries.is_empty() {
         let total = rejected.len() + parsed.rejected_unlisted;
         print_rejects(&rejected, total);
-        eprintln!(
-            "error: nothing in {} can be used ({total} lines rejected); nothing changed",
-            crate::text::printable(&a.file),
+        return super::render::fail(
+            format!(
+                "nothing in {} can be used ({total} lines rejected); nothing changed",
+                crate::text::printable(&a.file),
+            ),
+            1,
         );
-        return ExitCode::from(1);
     }
     let body: Vec<String> = parsed.entries.iter().map(ToString::to_string).collect();
     let line_of: HashMap<&str, usize> = body
@@ -122,21 +126,17 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         ttl_secs,
         reason: a.reason.clone(),
         force: a.force,
+        dry_run: a.dry_run,
     };
     let resp = match client::call_stream(socket, &req, &body, client::long_timeout()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(e.exit_code());
+            return super::render::fail(&e, e.exit_code());
         }
     };
     if !resp.ok {
         print_rejects(&rejected, rejected.len());
-        eprintln!(
-            "error: {}",
-            crate::text::printable(&resp.error.unwrap_or_else(|| "import failed".into()))
-        );
-        return ExitCode::from(1);
+        return super::render::fail(resp.error.unwrap_or_else(|| "import failed".into()), 1);
     }
     let report: ImportReport =
         match serde_json::from_value(resp.data.clone().unwrap_or(serde_json::Value::Null)) {
@@ -171,12 +171,20 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
             "rejected": rejected.iter().map(|(l, t, r)| serde_json::json!({
                 "line": l, "text": t, "reason": r,
             })).collect::<Vec<_>>(),
+            "dry_run": report.dry_run,
+            "would_add": report.would_add,
+            "would_remove": report.would_remove,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!(
-            "imported {} as '{}': {} added, {} updated, {} unchanged, {} removed, \
+            "{} {} as '{}': {} added, {} updated, {} unchanged, {} removed, \
              {} already banned by another origin",
+            if report.dry_run {
+                "dry run, nothing changed: importing"
+            } else {
+                "imported"
+            },
             a.file,
             report.origin,
             report.added,
@@ -185,10 +193,19 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
             report.removed,
             report.kept_other_origin
         );
+        // A dry run lists what would change: `+` added, `-` lifted.
+        for c in &report.would_add {
+            println!("+ {c}");
+        }
+        for c in &report.would_remove {
+            println!("- {c}");
+        }
     }
     if total_rejected > 0 {
         print_rejects(&rejected, total_rejected);
-        eprintln!("warning: {total_rejected} lines rejected; the rest was applied");
+        super::render::warn(format!(
+            "{total_rejected} lines rejected; the rest was applied"
+        ));
     }
     ExitCode::SUCCESS
 }
@@ -206,24 +223,71 @@ fn print_rejects(rejected: &[(usize, String, String)], total: usize) {
     }
 }
 
+/// Bans lifted by `block rm --origin` without asking, on a terminal.
+const LIFT_WITHOUT_ASKING: u64 = 10;
+
+/// On a terminal, when `block rm --origin` would lift more than a handful of
+/// bans: asks. `true` to go on (also when not on a terminal, or when the
+/// count cannot be had: the removal itself then reports the error).
+#[must_use]
+pub fn confirm_rm_origin(origin: &str, socket: &Path) -> bool {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return true;
+    }
+    let req = Request::BlockRmOrigin {
+        origin: origin.to_owned(),
+        dry_run: true,
+    };
+    let n = match client::call_within(socket, &req, client::long_timeout()) {
+        Ok(r) if r.ok => r.data.and_then(|d| d["would_remove"].as_u64()).unwrap_or(0),
+        _ => return true,
+    };
+    if n <= LIFT_WITHOUT_ASKING {
+        return true;
+    }
+    eprint!(
+        "lift {n} bans with origin '{}'? [y/N] ",
+        crate::text::printable(origin)
+    );
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
 /// Runs `block rm --origin NAME`.
 #[must_use]
-pub fn rm_origin(origin: String, socket: &Path) -> ExitCode {
+pub fn rm_origin(origin: String, dry_run: bool, json: bool, socket: &Path) -> ExitCode {
     if let Err(e) = check_origin(&origin) {
         return usage_error(e);
     }
     let limit = client::long_timeout();
     request_within(
         socket,
-        &Request::BlockRmOrigin { origin },
+        &Request::BlockRmOrigin { origin, dry_run },
         limit,
-        false,
+        json,
         |v| {
-            println!(
-                "removed {} bans with origin '{}'",
-                v["removed"].as_u64().unwrap_or(0),
-                v["origin"].as_str().unwrap_or_default()
-            );
+            let origin = crate::text::printable(v["origin"].as_str().unwrap_or_default());
+            if dry_run {
+                println!(
+                    "dry run, nothing changed: {} bans with origin '{origin}' would be lifted",
+                    v["would_remove"].as_u64().unwrap_or(0),
+                );
+                for c in v["entries"].as_array().into_iter().flatten() {
+                    println!(
+                        "- {}",
+                        crate::text::printable(c.as_str().unwrap_or_default())
+                    );
+                }
+            } else {
+                println!(
+                    "removed {} bans with origin '{origin}'",
+                    v["removed"].as_u64().unwrap_or(0),
+                );
+            }
         },
     )
 }
@@ -244,23 +308,18 @@ pub fn export(origin: Option<String>, json: bool, socket: &Path) -> ExitCode {
     let resp = match client::call_as::<ExportView>(socket, &req, client::long_timeout()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(e.exit_code());
+            return super::render::fail(&e, e.exit_code());
         }
     };
     if !resp.ok {
-        eprintln!(
-            "error: {}",
-            crate::text::printable(&resp.error.unwrap_or_else(|| "request failed".into()))
-        );
-        return ExitCode::from(1);
+        return super::render::fail(resp.error.unwrap_or_else(|| "request failed".into()), 1);
     }
     if let Some(w) = &resp.warning {
-        eprintln!("warning: {}", crate::text::printable(w));
+        super::render::warn(w);
     }
     match resp.data {
         Some(view) => print_export(&view),
-        None => eprintln!("warning: the agent sent no data"),
+        None => super::render::warn("the agent sent no data"),
     }
     ExitCode::SUCCESS
 }
@@ -286,8 +345,17 @@ fn print_export(view: &ExportView) {
 
 /// Runs `policy reload`.
 #[must_use]
-pub fn policy_reload(socket: &Path) -> ExitCode {
+pub fn policy_reload(socket: &Path, json: bool) -> ExitCode {
     let limit = client::long_timeout();
+    if json {
+        // One object, not the agent's bare summary string.
+        return request_within(socket, &Request::PolicyReload, limit, false, |v| {
+            println!(
+                "{}",
+                serde_json::json!({ "reloaded": true, "summary": v.as_str().unwrap_or_default() })
+            );
+        });
+    }
     request_within(socket, &Request::PolicyReload, limit, false, |v| {
         println!(
             "policy reloaded: {}",

@@ -12,9 +12,47 @@ use crate::{
     table,
 };
 
+/// Errors are printed as JSON (`{"error": …, "code": …}` on stderr) when the
+/// command line asked for `--json`.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints errors as JSON from now on (the command line has `--json`).
+pub fn set_json_errors(on: bool) {
+    JSON_ERRORS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Prints an error (as JSON under `--json`) and returns its exit code.
+pub fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
+    let msg = crate::text::printable(&msg.to_string()).into_owned();
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", serde_json::json!({ "error": msg, "code": code }));
+    } else {
+        eprintln!("error: {msg}");
+    }
+    ExitCode::from(code)
+}
+
+/// Prints a warning (a JSON object `{"warning": …}` under `--json`).
+pub(super) fn warn(msg: impl std::fmt::Display) {
+    let msg = crate::text::printable(&msg.to_string()).into_owned();
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", serde_json::json!({ "warning": msg }));
+    } else {
+        eprintln!("warning: {msg}");
+    }
+}
+
+/// The exit code (and message) of a finished [`client::stream`].
+pub(super) fn stream_exit(res: Result<Result<(), String>, client::ClientError>) -> ExitCode {
+    match res {
+        Err(e) => fail(&e, e.exit_code()),
+        Ok(Err(reason)) => fail(reason, 1),
+        Ok(Ok(())) => ExitCode::SUCCESS,
+    }
+}
+
 pub(super) fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(2)
+    fail(msg, 2)
 }
 
 pub(super) fn fmt_spec(s: &LimitSpec) -> Vec<String> {
@@ -130,10 +168,7 @@ impl Shown for Result<(), Undecodable> {
     fn exit_code(self) -> ExitCode {
         match self {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => fail(e, 1),
         }
     }
 }
@@ -177,20 +212,11 @@ pub(super) fn request_within<S: Shown>(
     human: impl FnOnce(&Value) -> S,
 ) -> ExitCode {
     match client::call_within(socket, req, limit) {
-        Err(e) => {
-            eprintln!("error: {}", crate::text::printable(&e.to_string()));
-            ExitCode::from(e.exit_code())
-        }
-        Ok(resp) if !resp.ok => {
-            eprintln!(
-                "error: {}",
-                crate::text::printable(&resp.error.unwrap_or_else(|| "request failed".into()))
-            );
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e, e.exit_code()),
+        Ok(resp) if !resp.ok => fail(resp.error.unwrap_or_else(|| "request failed".into()), 1),
         Ok(resp) => {
             if let Some(w) = &resp.warning {
-                eprintln!("warning: {}", crate::text::printable(w));
+                warn(w);
             }
             let data = resp.data.unwrap_or(Value::Null);
             if json {
@@ -316,6 +342,26 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
         s.state_dir,
         crate::text::printable(&s.store)
     );
+    println!(
+        "policy: {}  store: {} bans, {} allow entries, {} on disk",
+        s.policy_file
+            .as_deref()
+            .map_or_else(|| "none (built-in defaults)".into(), crate::text::printable),
+        s.store_bans,
+        s.store_allows,
+        s.store_bytes.map_or_else(
+            || "?".into(),
+            |b| format!("{:.1} MiB", b as f64 / 1_048_576.0)
+        ),
+    );
+    if let Some(r) = &s.last_reload {
+        println!(
+            "last reload at {}: {}: {}",
+            r.at,
+            if r.applied { "applied" } else { "REFUSED" },
+            crate::text::printable(&r.summary)
+        );
+    }
     if let Some(r) = &s.policy_refused {
         let ago = crate::clock::unix_now().saturating_sub(r.at);
         println!(
@@ -381,6 +427,18 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
         "{}",
         table::render(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows)
     );
+    if let Some(l) = &s.limiter {
+        println!(
+            "rate limiter: {} sources tracked of {} ({:.1}%)",
+            l.entries,
+            l.capacity,
+            if l.capacity == 0 {
+                0.0
+            } else {
+                l.entries as f64 * 100.0 / f64::from(l.capacity)
+            }
+        );
+    }
     if let Some(sm) = &s.sampling {
         println!(
             "\nAPI ports {:?}: first packets of each flow + 1 in {} (configured 1 in {}); \

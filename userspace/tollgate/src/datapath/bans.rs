@@ -133,6 +133,31 @@ impl Datapath {
         }
     }
 
+    /// Every kernel ban covering `ip`, read from the maps themselves (the
+    /// host entry by lookup, ranges by one walk of the address family's trie:
+    /// a trie lookup answers the longest match, not whether a key exists).
+    ///
+    /// # Errors
+    /// When a lookup or the walk fails.
+    pub fn covering_blocks(&self, ip: std::net::IpAddr) -> Result<Vec<(IpNet, BlockEntry)>> {
+        let host = IpNet::from(ip);
+        let mut out = Vec::new();
+        if let Some(e) = self.get_block(host)? {
+            out.push((host, e));
+        }
+        let mut ranges = Vec::new();
+        match ip {
+            std::net::IpAddr::V4(_) => {
+                trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut ranges)?;
+            }
+            std::net::IpAddr::V6(_) => {
+                trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut ranges)?;
+            }
+        }
+        out.extend(ranges.into_iter().filter(|(n, _)| n.contains(&ip)));
+        Ok(out)
+    }
+
     /// Every ban in the kernel, read from the maps.
     ///
     /// # Errors

@@ -42,6 +42,23 @@ impl<M: Maps> AgentState<M> {
         reason: Option<&str>,
         force: bool,
     ) -> Result<ImportReport, Refused> {
+        self.import_group_as(origin, cidrs, ttl_secs, reason, force, false)
+    }
+
+    /// [`Self::import_group`]; with `dry_run` nothing changes and the report
+    /// says what would (with the entries added and lifted, bounded).
+    ///
+    /// # Errors
+    /// As [`Self::import_group`].
+    pub fn import_group_as(
+        &mut self,
+        origin: &str,
+        cidrs: &[String],
+        ttl_secs: Option<u64>,
+        reason: Option<&str>,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<ImportReport, Refused> {
         check_origin(origin)?;
         let t0 = std::time::Instant::now();
         let ttl = check_ttl(ttl_secs)?;
@@ -144,6 +161,21 @@ impl<M: Maps> AgentState<M> {
             .collect();
         report.removed = stale.len();
         let t_validate = t0.elapsed();
+        if dry_run {
+            report.dry_run = true;
+            report.would_add = put
+                .iter()
+                .filter(|r| !self.bans.contains_key(&r.cidr))
+                .take(MAX_REPORTED_REJECTS)
+                .map(|r| display(&r.cidr))
+                .collect();
+            report.would_remove = stale
+                .iter()
+                .take(MAX_REPORTED_REJECTS)
+                .map(display)
+                .collect();
+            return Ok(report);
+        }
 
         self.write_batch(put, &previous, &stale, "the import")?;
         self.counters.ban_issued(kind.name(), report.added as u64);
@@ -229,10 +261,15 @@ impl<M: Maps> AgentState<M> {
         Ok(())
     }
 
-    /// Lifts every ban with this origin (any kind).
-    pub(super) fn block_rm_origin(&mut self, origin: &str) -> Result<serde_json::Value, Refused> {
+    /// Lifts every ban with this origin (any kind); `dry_run`: only lists
+    /// them (sorted by address).
+    pub(super) fn block_rm_origin(
+        &mut self,
+        origin: &str,
+        dry_run: bool,
+    ) -> Result<serde_json::Value, Refused> {
         check_origin(origin)?;
-        let nets: Vec<IpNet> = self
+        let mut nets: Vec<IpNet> = self
             .bans
             .values()
             .filter(|r| r.origin == origin)
@@ -240,6 +277,16 @@ impl<M: Maps> AgentState<M> {
             .collect();
         if nets.is_empty() {
             return Err(refuse(format!("no bans with origin '{origin}'")));
+        }
+        if dry_run {
+            nets.sort_unstable_by_key(|n| (n.addr(), n.prefix_len()));
+            return Ok(json!({
+                "origin": origin,
+                "removed": 0,
+                "would_remove": nets.len(),
+                "dry_run": true,
+                "entries": nets.iter().take(MAX_REPORTED_REJECTS).map(display).collect::<Vec<_>>(),
+            }));
         }
         if let Some(s) = self.store.as_mut() {
             s.apply_bans(&[], &nets)
@@ -257,7 +304,7 @@ impl<M: Maps> AgentState<M> {
             warn!("failed to refresh the prefilter: {e:#}");
         }
         info!(origin, count = nets.len(), "bans removed by origin");
-        Ok(json!({ "origin": origin, "removed": nets.len() }))
+        Ok(json!({ "origin": origin, "removed": nets.len(), "dry_run": false }))
     }
 
     /// Bans as a plain list, sorted by address.

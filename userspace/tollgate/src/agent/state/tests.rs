@@ -58,6 +58,7 @@ impl Agent {
             RateState::default(),
             trusted,
         );
+        state.host_addrs = || vec!["192.0.2.254".parse().unwrap()];
         state.reconcile();
         Self { state, dir }
     }
@@ -148,6 +149,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
     a.ok(Request::BlockRm {
         cidr: "192.0.2.7".into(),
         local: false,
+        exist: false,
     });
     assert!(a.ls().is_empty());
     assert!(a.kernel("192.0.2.7/32").is_none());
@@ -156,6 +158,7 @@ fn a_manual_ban_is_listed_enforced_stored_and_lifted() {
     let e = a.refused(Request::BlockRm {
         cidr: "192.0.2.7".into(),
         local: false,
+        exist: false,
     });
     assert!(e.contains("is not banned"), "{e}");
 }
@@ -325,6 +328,7 @@ fn policy_bans_escalate_their_ttl_with_each_offence() {
         a.ok(Request::BlockRm {
             cidr: client.to_string(),
             local: false,
+            exist: false,
         });
     }
     let want: Vec<u64> = (1..=3).map(|n| scoring.ttl(n).as_secs()).collect();
@@ -345,6 +349,7 @@ fn requests_from_connections_older_than_a_lift_are_not_a_new_offence() {
     a.ok(Request::BlockRm {
         cidr: client.to_string(),
         local: false,
+        exist: false,
     });
     // The retransmission of what the ban dropped, on the old connection.
     let old = Finding {
@@ -529,6 +534,7 @@ fn rate_limit_escalation_without_handshake_check_and_growing_ttls() {
         a.ok(Request::BlockRm {
             cidr: "198.51.100.2".into(),
             local: false,
+            exist: false,
         });
     }
     // 1 min, 10 min, 1 h, and the last step repeats.
@@ -854,6 +860,7 @@ fn removal_by_origin_lifts_one_group() {
     import(&mut a, "blocklist-de", &["192.0.2.1", "192.0.2.2"]);
     a.ok(Request::BlockRmOrigin {
         origin: "blocklist-de".into(),
+        dry_run: false,
     });
     let ls = a.ls();
     assert_eq!(ls.len(), 1);
@@ -1027,12 +1034,14 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     a.ok(Request::BlockRm {
         cidr: "198.51.100.2".into(),
         local: true,
+        exist: false,
     });
     assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
     a.ban("198.51.100.3", Some(600));
     a.ok(Request::BlockRm {
         cidr: "198.51.100.3".into(),
         local: false,
+        exist: false,
     });
     assert!(matches!(&sent()[..], [Change::Put(_), Change::Remove(_)]));
 
@@ -1048,4 +1057,225 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     assert_eq!((applied, lifted, shared), (1, 1, 1));
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
     assert!(matches!(&sent()[..], [Change::Put(r)] if r.cidr == net("198.51.100.5")));
+}
+
+#[test]
+fn block_test_names_every_covering_entry_and_the_allowlist_override() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.0/24", None);
+    import(&mut a, "drop-list", &["192.0.2.0/25", "198.51.100.9"]);
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.5".into(),
+    });
+    assert_eq!(t["blocked"], true, "{t}");
+    let covering: Vec<(&str, &str)> = t["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["cidr"].as_str().unwrap(), b["origin"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        covering,
+        [("192.0.2.0/25", "drop-list"), ("192.0.2.0/24", "cli")],
+        "{t}"
+    );
+    assert_eq!(t["kernel_agrees"], true, "{t}");
+    // An address outside every ban.
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.200".into(),
+    });
+    assert_eq!(t["bans"].as_array().unwrap().len(), 1, "{t}");
+    let t = a.ok(Request::BlockTest {
+        address: "203.0.113.1".into(),
+    });
+    assert_eq!(t["blocked"], false, "{t}");
+    // An allow entry overrides: still listed, no longer blocked.
+    a.state.handle(Request::AllowAdd {
+        cidr: "192.0.2.5".into(),
+        reason: None,
+        force: true,
+    });
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.5".into(),
+    });
+    assert_eq!(t["blocked"], false, "{t}");
+    assert_eq!(t["allows"][0]["cidr"], "192.0.2.5/32", "{t}");
+    assert_eq!(t["bans"].as_array().unwrap().len(), 2, "{t}");
+    // A prefix is no address.
+    a.refused(Request::BlockTest {
+        address: "192.0.2.0/24".into(),
+    });
+}
+
+#[test]
+fn block_test_sees_the_kernel_disagree_with_the_store() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.7", None);
+    // The kernel loses the entry behind the agent's back ...
+    a.state.maps.blocks.remove(&net("192.0.2.7"));
+    // ... and holds one the store never had.
+    a.state
+        .maps
+        .blocks
+        .insert(net("192.0.2.0/30"), BlockEntry::default());
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.7".into(),
+    });
+    assert_eq!(t["kernel_agrees"], false, "{t}");
+    assert_eq!(t["bans"][0]["kernel"], "missing", "{t}");
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.1".into(),
+    });
+    assert_eq!(t["kernel_only"][0], "192.0.2.0/30", "{t}");
+    assert_eq!(t["blocked"], true, "{t}");
+}
+
+#[test]
+fn block_ls_filters_and_pages_on_the_agent() {
+    let mut a = Agent::new(Mode::Enforce);
+    for i in 1..=5 {
+        a.ban(&format!("192.0.2.{i}"), Some(60));
+    }
+    a.ban("198.51.100.0/24", None);
+    import(&mut a, "feed-x", &["203.0.113.1", "203.0.113.2"]);
+    let q = |a: &mut Agent, filter: crate::proto::BanFilter| a.ok(Request::BlockQuery { filter });
+    let page = q(
+        &mut a,
+        crate::proto::BanFilter {
+            matching: Some("192.0.2.0/24".into()),
+            offset: 1,
+            limit: Some(2),
+            ..Default::default()
+        },
+    );
+    assert_eq!(page["total"], 5, "{page}");
+    let cidrs: Vec<&str> = page["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cidr"].as_str().unwrap())
+        .collect();
+    assert_eq!(cidrs, ["192.0.2.2/32", "192.0.2.3/32"]);
+    let feed = q(
+        &mut a,
+        crate::proto::BanFilter {
+            kind: Some("feed".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(feed["total"], 2, "{feed}");
+    let covering = q(
+        &mut a,
+        crate::proto::BanFilter {
+            matching: Some("198.51.100.77".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(covering["bans"][0]["cidr"], "198.51.100.0/24", "{covering}");
+    let expiring = q(
+        &mut a,
+        crate::proto::BanFilter {
+            expiring_within_secs: Some(120),
+            ..Default::default()
+        },
+    );
+    assert_eq!(expiring["total"], 5, "{expiring}");
+    let none = q(
+        &mut a,
+        crate::proto::BanFilter {
+            reason: Some("FEED feed-x".into()),
+            origin: Some("cli".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(none["total"], 0, "{none}");
+}
+
+#[test]
+fn special_and_own_addresses_need_force() {
+    let mut a = Agent::new(Mode::Enforce);
+    for cidr in [
+        "127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.0/8",
+        "255.255.255.255",
+        "::1",
+        "ff02::1",
+    ] {
+        let e = a.refused(Request::BlockAdd {
+            cidr: cidr.into(),
+            ttl_secs: None,
+            reason: None,
+            force: false,
+        });
+        assert!(e.contains("--force"), "{cidr}: {e}");
+    }
+    a.ok(Request::BlockAdd {
+        cidr: "127.0.0.2".into(),
+        ttl_secs: Some(60),
+        reason: None,
+        force: true,
+    });
+    // This host's own address: refused; a range covering it: a warning.
+    let e = a.refused(Request::BlockAdd {
+        cidr: "192.0.2.254".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(e.contains("own address"), "{e}");
+    let r = a.state.handle(Request::BlockAdd {
+        cidr: "192.0.2.128/25".into(),
+        ttl_secs: None,
+        reason: None,
+        force: false,
+    });
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.warning
+            .as_deref()
+            .is_some_and(|w| w.contains("192.0.2.254")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn rm_with_exist_tolerates_a_missing_entry_and_names_covering_ranges() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.0/24", None);
+    let e = a.refused(Request::BlockRm {
+        cidr: "192.0.2.5".into(),
+        local: false,
+        exist: false,
+    });
+    assert!(e.contains("192.0.2.0/24"), "{e}");
+    let v = a.ok(Request::BlockRm {
+        cidr: "192.0.2.5".into(),
+        local: false,
+        exist: true,
+    });
+    assert_eq!(v["absent"], "192.0.2.5/32");
+    assert_eq!(a.ls().len(), 1);
+}
+
+#[test]
+fn dry_runs_change_nothing() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(&mut a, "g", &["192.0.2.1", "192.0.2.2"]);
+    let cidrs = vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()];
+    let r = a
+        .state
+        .import_group_as("g", &cidrs, None, None, false, true)
+        .unwrap();
+    assert!(r.dry_run);
+    assert_eq!((r.added, r.removed), (1, 1));
+    assert_eq!(r.would_add, ["192.0.2.3"]);
+    assert_eq!(r.would_remove, ["192.0.2.1"]);
+    let v = a.ok(Request::BlockRmOrigin {
+        origin: "g".into(),
+        dry_run: true,
+    });
+    assert_eq!(v["would_remove"], 2, "{v}");
+    assert_eq!(a.ls().len(), 2);
+    assert!(a.kernel("192.0.2.1").is_some());
 }
