@@ -324,6 +324,8 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
         })
         .map_err(|e| format!("{}: not a pcap or pcapng file: {e}", path.display()))?;
     let mut flows = Flows::new(crate::agent::api::MAX_FLOWS);
+    // A capture holds every packet of a flow: h2c is decoded from it.
+    flows.decode_h2_from_packets();
     let mut sides = Sides::default();
     let mut n = 0u64;
     let mut bad = 0usize;
