@@ -252,7 +252,7 @@ fn tracefs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 11] = [
+const DEBIAN_PACKAGES: [(&str, &str); 13] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -276,6 +276,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 11] = [
     // scapy crafts the raw-packet TCP games of tests/tests/rawtcp.rs (run
     // with Debian's /usr/bin/python3, which this package installs for).
     ("scapy", "python3-scapy"),
+    // An h2c server and client (prior knowledge) for tests/tests/h2.rs.
+    ("nghttpd", "nghttp2-server"),
+    ("nghttp", "nghttp2-client"),
 ];
 
 /// `apt-get update`, then installs `packages` without recommends.
@@ -309,7 +312,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .collect();
     if missing.is_empty() {
         ok(
-            "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd)",
+            "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd, nghttp2)",
         );
         return Ok(());
     }
