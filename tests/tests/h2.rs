@@ -152,3 +152,98 @@ fn a_long_lived_connection_keeps_every_path() {
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["requests"], 300, "{st}");
 }
+
+/// An HTTP/2 frame.
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A GET on `stream` (HPACK: static `:method GET`, `:scheme http`, `:path`
+/// as a literal), ending the stream.
+fn get_frame(stream: u32, path: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+    b.extend_from_slice(path.as_bytes());
+    frame(1, 0x5, stream, &b)
+}
+
+/// A pcap (Ethernet) of one TCP connection from 198.18.0.2:40000 to
+/// 198.18.0.1:`port`: the handshake, then `payload` in segments of `mss`.
+fn pcap(port: u16, payload: &[u8], mss: usize) -> Vec<u8> {
+    let mut out = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    let mut packet = |t: u32, from_client: bool, seq: u32, flags: u8, data: &[u8]| {
+        let (src, dst, sport, dport) = if from_client {
+            ([198, 18, 0, 2], [198, 18, 0, 1], 40000u16, port)
+        } else {
+            ([198, 18, 0, 1], [198, 18, 0, 2], port, 40000u16)
+        };
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        p.extend_from_slice(&u16::try_from(40 + data.len()).unwrap().to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend_from_slice(data);
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let n = u32::try_from(p.len()).unwrap().to_le_bytes();
+        out.extend_from_slice(&n);
+        out.extend_from_slice(&n);
+        out.extend_from_slice(&p);
+    };
+    packet(1, true, 999, 0x02, &[]);
+    packet(1, false, 5000, 0x12, &[]);
+    let mut seq = 1000u32;
+    for (i, c) in payload.chunks(mss).enumerate() {
+        packet(2 + u32::try_from(i).unwrap(), true, seq, 0x18, c);
+        seq += u32::try_from(c.len()).unwrap();
+    }
+    out
+}
+
+#[test]
+fn detect_reads_h2c_captures() {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    bytes.extend(get_frame(1, "/hello"));
+    bytes.extend(get_frame(3, "/items?id=1%27%20OR%20%271%27%3D%271"));
+    bytes.extend(get_frame(5, "/index.html"));
+    let dir = tempfile::tempdir().unwrap();
+    for mss in [7, 1400] {
+        let file = dir.path().join(format!("h2c-{mss}.pcap"));
+        std::fs::write(&file, pcap(8080, &bytes, mss)).unwrap();
+        let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+            .args(["detect", "--pcap"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let verdicts: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| (l["path"].as_str().unwrap(), l["action"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("/hello", "allow"),
+                ("/items", "ban"),
+                ("/index.html", "allow")
+            ],
+            "segments of {mss}: {out:?}"
+        );
+        assert!(lines.iter().all(|l| l["method"] == "GET"), "{lines:?}");
+    }
+}
