@@ -9,7 +9,7 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
-    h2::{Nghttpd, h2load, nghttp},
+    h2::{GrpcServer, Nghttpd, grpc_call, h2load, nghttp},
 };
 
 fn url(addr: IpAddr, port: u16, path: &str) -> String {
@@ -151,6 +151,66 @@ fn a_long_lived_connection_keeps_every_path() {
     assert_eq!(flows["h2_connections"], 1, "{st}");
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["requests"], 300, "{st}");
+}
+
+/// A protobuf length-delimited field.
+fn field(num: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![num << 3 | 2, u8::try_from(payload.len()).unwrap()];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn an_injection_in_a_grpc_string_field_bans_its_client() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let benign_msg = [field(1, b"groceries"), field(2, b"milk, eggs and bread")].concat();
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
+        Ok(benign_msg.clone())
+    );
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || hits(
+            &inv(),
+            "POST",
+            "/notes.Notes/Create"
+        ) == 1),
+        "gRPC method not in the inventory: {}\nstatus: {}",
+        inv(),
+        agent.json(&["status"])
+    );
+    // The injection sits in field 2 of the message in field 3.
+    let evil = [
+        field(1, b"x"),
+        field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+    ]
+    .concat();
+    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    assert!(
+        eventually(Duration::from_secs(5), || policy_banned(&agent, attacker)),
+        "{attacker} not banned\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["location"] == "protobuf:3.2"
+            && e["route"]
+                .as_str()
+                .is_some_and(|r| r.contains("/notes.Notes/Create"))),
+        "no event locating the protobuf field: {ev:#?}"
+    );
+    assert!(grpc_call(&lab, lab.v4(0, 1), server.port, &benign_msg).is_err());
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
+        Ok(benign_msg.clone())
+    );
+    assert!(!policy_banned(&agent, benign));
 }
 
 /// An HTTP/2 frame.
