@@ -79,6 +79,35 @@ pub fn preface(buf: &[u8]) -> Preface {
     }
 }
 
+/// Whether `buf` reads as a run of HTTP/2 frames from its first byte: each
+/// header of a known type, within the default frame size, on stream 0 for
+/// the connection's own frames and on a stream for the others; at least one
+/// frame whole. For bytes taken from the middle of a connection (the agent
+/// started after it, or NIC samples), where there is no preface to see.
+#[must_use]
+pub fn looks_like_frames(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    let mut whole = 0;
+    while let [a, b, c, ty, _, s0, s1, s2, s3, tail @ ..] = rest {
+        let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+        let stream = u32::from_be_bytes([*s0, *s1, *s2, *s3]);
+        let conn_frame = matches!(*ty, SETTINGS | 6 | 7);
+        let ok = *ty <= CONTINUATION
+            && len <= 16_384
+            && stream >> 31 == 0
+            && (conn_frame == (stream == 0) || *ty == 8);
+        if !ok {
+            return false;
+        }
+        let Some(next) = tail.get(len..) else {
+            break;
+        };
+        whole += 1;
+        rest = next;
+    }
+    whole > 0
+}
+
 /// Which end sent the bytes a [`Decoder`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -773,6 +802,23 @@ mod tests {
                 Message::Unknown { .. } => "?".into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn frames_are_recognised_mid_connection() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = get(&mut enc, 7, "/a");
+        bytes.extend(frame(8, 0, 0, &[0, 0, 1, 0]));
+        assert!(looks_like_frames(&bytes));
+        assert!(looks_like_frames(&bytes[..bytes.len() - 2]));
+        assert!(!looks_like_frames(&bytes[..5]));
+        assert!(!looks_like_frames(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!looks_like_frames(
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+        ));
+        // SETTINGS on a stream, DATA on stream 0: not HTTP/2.
+        assert!(!looks_like_frames(&frame(SETTINGS, 0, 1, &[])));
+        assert!(!looks_like_frames(&frame(DATA, 0, 0, b"x")));
     }
 
     #[test]

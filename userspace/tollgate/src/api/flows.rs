@@ -506,6 +506,15 @@ impl Flows {
                 self.stats.tls += 1;
                 half.buf.clear();
             }
+            Some(Kind::Other)
+                if s.direction == Direction::Request && h2::looks_like_frames(&half.buf) =>
+            {
+                // HTTP/2 joined after its start (no preface to see): its
+                // header blocks cannot be decoded; counted, not judged.
+                self.stats.h2_not_decoded += 1;
+                flow.h2_undecoded = true;
+                flow.req.buf = Vec::new();
+            }
             Some(Kind::Other) => {
                 self.stats.other += 1;
                 if s.direction == Direction::Request {
@@ -1434,6 +1443,12 @@ mod tests {
             );
             assert_eq!(f.stats.unparseable, 0);
         }
+        // Joined after the preface (the agent started late): frames are
+        // recognised, counted and not reported as unparseable.
+        let mut f = Flows::new(100);
+        let ev = f.on_sample(&sample(Direction::Request, 1, &bytes[24..], 1), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!((f.stats.h2_not_decoded, f.stats.unparseable), (1, 0));
         // Only NIC samples of an HTTP/2 connection: counted, not decoded, not
         // reported as unparseable.
         let mut f = Flows::new(100);
