@@ -1,7 +1,7 @@
 //! Arbitrary bytes through everything that parses sampled API traffic: the
 //! HTTP request/response parsers (tollgate-detect's, the agent's only ones),
 //! the unparseable stand-in, the classifier, per-flow reassembly and
-//! pairing (`Flows::on_sample`, segments with derived sequence numbers,
+//! pairing (`Flows::on_sample`, HTTP/2 frames and HPACK, segments with derived sequence numbers,
 //! directions and flags) and path templating. None of it may panic, and
 //! memory must stay bounded (libFuzzer's `-rss_limit_mb`/`-malloc_limit_mb`).
 #![no_main]
@@ -42,6 +42,20 @@ fn parsers(data: &[u8]) {
     }
     let _ = http::parse_response(data, false);
     let _ = inventory::path_template(&String::from_utf8_lossy(data));
+    // HTTP/2 frames and HPACK blocks, both sides, in records of 7 bytes
+    // (a frame header split across feeds).
+    for side in [http::h2::Side::Client, http::h2::Side::Server] {
+        let mut d = http::h2::Decoder::new(side, 1024);
+        let mut out = Vec::new();
+        if side == http::h2::Side::Client {
+            d.feed(http::h2::PREFACE, &mut out);
+        }
+        for c in data.chunks(7) {
+            d.feed(c, &mut out);
+        }
+        d.flush(&mut out);
+        assert!(out.len() <= data.len());
+    }
 }
 
 /// Cuts the input into segments: each starts with a control byte and a
@@ -49,6 +63,7 @@ fn parsers(data: &[u8]) {
 /// 2 capture shorter than the payload, 3 FIN, 4 RST, 5..7 flow (client port).
 fn flows(data: &[u8]) {
     let mut f = Flows::new(16);
+    f.decode_h2_from_packets();
     let mut seq = [[1000u32; 2]; 8];
     let mut rest = data;
     let mut ts = 0u64;

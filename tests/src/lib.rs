@@ -7,6 +7,8 @@
 pub mod capture;
 pub mod etcd;
 pub mod fleet;
+pub mod h2;
+pub mod h2bench;
 pub mod http;
 pub mod latency;
 pub mod parity;

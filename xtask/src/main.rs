@@ -52,10 +52,12 @@ enum Cmd {
     /// through an agent in monitor mode: per-category figures live and by
     /// `tollgate detect`, and every request where they disagree). `tls
     /// [RATE]` (nginx over HTTPS with the TLS probes off and on: p50/p99
-    /// latency, agent CPU per request).
+    /// latency, agent CPU per request). `h2 [REQUESTS]` (h2load over long-lived
+    /// h2c connections to 50 methods: the share decoded right from the start
+    /// and when the agent joins busy connections, wrong ones, CPU per request).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity", "tls"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity", "tls", "h2"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -38,6 +38,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         nightly_clippy()?;
         debian_packages()?;
+        grpcio()?;
         crowdsec()?;
         kubernetes_validate()?;
     }
@@ -252,7 +253,7 @@ fn tracefs() {
 }
 
 /// Debian packages the tests and benchmarks drive.
-const DEBIAN_PACKAGES: [(&str, &str); 15] = [
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
@@ -283,6 +284,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 15] = [
     ("gobuster", "gobuster"),
     ("dirb", "dirb"),
     ("wrk", "wrk"),
+    // An h2c server and client (prior knowledge) for tests/tests/h2.rs.
+    ("nghttpd", "nghttp2-server"),
+    ("nghttp", "nghttp2-client"),
 ];
 
 /// `apt-get update`, then installs `packages` without recommends.
@@ -321,6 +325,18 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     apt_install(&missing).context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
+    Ok(())
+}
+
+/// Python's `grpc` module for Debian's python3 (`python3-grpcio`): the gRPC
+/// server and client of tests/tests/h2.rs. A module, no command to look for.
+fn grpcio() -> anyhow::Result<()> {
+    if output(Command::new("/usr/bin/python3").args(["-c", "import grpc"])).is_some() {
+        ok("python3-grpcio (gRPC test)");
+        return Ok(());
+    }
+    apt_install(&["python3-grpcio"]).context("failed to install python3-grpcio")?;
+    did("installed python3-grpcio");
     Ok(())
 }
 

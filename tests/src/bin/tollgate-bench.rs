@@ -87,13 +87,14 @@ fn main() {
         "tls" => {
             tollgate_tests::tlsbench::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
         }
+        "h2" => tollgate_tests::h2bench::run(std::env::args().nth(2).and_then(|r| r.parse().ok())),
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();
             ratelimit_wire(&mut dp);
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls, fleet)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls, fleet, h2)"
             );
             std::process::exit(2);
         }

@@ -441,7 +441,7 @@ fn is_http09(line: &[u8]) -> bool {
 
 /// `String::from_utf8_lossy(b).into_owned()`, without the slower lossy scan for the
 /// (usual) valid input.
-fn lossy(b: &[u8]) -> String {
+pub(crate) fn lossy(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
         Ok(s) => s.to_owned(),
         Err(_) => String::from_utf8_lossy(b).into_owned(),
@@ -471,7 +471,7 @@ fn parse_version(v: &[u8]) -> Result<u8, HttpError> {
     }
 }
 
-fn split_target(target: &str) -> (String, Option<String>) {
+pub(crate) fn split_target(target: &str) -> (String, Option<String>) {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (target, None),

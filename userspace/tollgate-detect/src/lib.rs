@@ -3,6 +3,8 @@
 //! Modules:
 //! - [`http`]: incremental HTTP/1.x request/response parsing of untrusted bytes, as
 //!   lenient as common servers: the one parser of the agent and of `tollgate detect`.
+//! - [`h2`]: HTTP/2 connections (h2c, and h2 from TLS plaintext) decoded in order,
+//!   HPACK per direction, into the same [`Request`] and [`Response`].
 //! - [`template`]: folding identifier path segments into `{id}`.
 //! - [`decode`]: bounded normalization (percent, HTML entities, JS escapes, overlong UTF-8).
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
@@ -32,6 +34,7 @@ pub mod api;
 pub mod decode;
 pub mod detect;
 pub mod eval;
+pub mod h2;
 pub mod http;
 pub mod template;
 

@@ -8,6 +8,7 @@
 mod cmdi;
 mod code;
 mod jndi;
+mod protobuf;
 mod protocol;
 mod rfi;
 pub mod rules;
@@ -109,6 +110,9 @@ pub enum Location {
     Header(String),
     Cookie,
     Body,
+    /// A text field of a gRPC message, named by its field numbers from the
+    /// outermost message (`1.3`: field 3 of the message in field 1).
+    Protobuf(String),
     /// Response status line or headers.
     Response,
     /// Response body.
@@ -599,7 +603,13 @@ impl Engine {
                 }
             }
         }
-        if let Some(text) = body {
+        let grpc = req.header("content-type").is_some_and(protobuf::is_grpc);
+        if grpc {
+            // Binary protobuf: its text fields, as JSON string values are.
+            let cut = req.body.len().min(self.cfg.max_body_bytes);
+            protobuf::walk_grpc(&mut v, &req.body[..cut], self.cfg.max_json_depth);
+        }
+        if let Some(text) = body.filter(|_| !grpc) {
             let ctype = req
                 .header("content-type")
                 .unwrap_or("")

@@ -207,7 +207,9 @@ pub(crate) fn check_inputs(inputs: &[Input], sink: &mut Sink<'_>) {
                 );
             }
         }
-        if matches!(inp.location, Location::Body) || !b.iter().any(|c| *c < 0x20 && *c != b'\t') {
+        if matches!(inp.location, Location::Body | Location::Protobuf(_))
+            || !b.iter().any(|c| *c < 0x20 && *c != b'\t')
+        {
             continue;
         }
         if let Some(p) = memchr::memchr(0, b) {

@@ -68,7 +68,7 @@ pub(crate) fn check(req: &Request, inputs: &[Input], sink: &mut Sink<'_>) {
             continue;
         }
         match inp.location {
-            Location::Query | Location::Body => {}
+            Location::Query | Location::Body | Location::Protobuf(_) => {}
             Location::Path => {
                 // `;jsessionid=` URL rewriting is how servlet containers track
                 // sessions without cookies; only an off-site link makes it fixation.

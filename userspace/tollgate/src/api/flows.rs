@@ -10,6 +10,14 @@
 //! request ([`Request::unparseable`]) that the detectors report as
 //! `protocol.unparseable` and inspect for injections, once per connection (a
 //! server stops reading a connection at its first unparseable request).
+//!
+//! A request stream that starts with the HTTP/2 client preface (prior
+//! knowledge, or after an `Upgrade: h2c` request) is handed to a
+//! [`tollgate_detect::h2::Decoder`] when its bytes come in order from the
+//! socket (or a capture file): frames, HPACK in order, one request per
+//! stream. Connections seen only through NIC samples (the first packets, then
+//! one in N) are not decoded as HTTP/2: HPACK cannot survive the gaps. They
+//! are counted (`h2_not_decoded`).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,6 +28,7 @@ use serde::Serialize;
 
 use tollgate_detect::{
     BodyRest, HTTP_09, HttpError, Kind, MAX_HEADER_BYTES, Parsed, Request, Response, classify,
+    h2::{self, Preface},
     parse_request_final, parse_request_streaming, parse_response_waiting,
 };
 
@@ -122,6 +131,21 @@ pub struct FlowStats {
     /// request line, bytes are not taken for requests.
     #[serde(default)]
     pub resyncs: u64,
+    /// Connections decoded as HTTP/2 (h2c, or h2 in TLS plaintext).
+    #[serde(default)]
+    pub h2_connections: u64,
+    /// HTTP/2 requests whose header block could not be decoded (the HPACK
+    /// table was out of step after an error): unknown, never guessed.
+    #[serde(default)]
+    pub h2_unknown: u64,
+    /// HTTP/2 connections whose decoder stopped (bytes missing outside a
+    /// body being passed over, or a frame the server refuses): their later
+    /// requests are not seen.
+    #[serde(default)]
+    pub h2_lost: u64,
+    /// HTTP/2 connections seen only through NIC samples: not decoded.
+    #[serde(default)]
+    pub h2_not_decoded: u64,
 }
 
 #[derive(Default)]
@@ -178,6 +202,11 @@ struct Flow {
     /// client sends next may be WebSocket frames, HTTP/2 or a tunnel, not
     /// HTTP/1.x, and failing to parse it says nothing.
     upgrade_asked: bool,
+    /// The request stream is HTTP/2, decoded in order.
+    h2: Option<Box<h2::Decoder>>,
+    /// The request stream is HTTP/2 but only NIC samples of it come: its
+    /// bytes are not judged.
+    h2_undecoded: bool,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -198,6 +227,9 @@ pub struct Flows {
     /// bytes (a body being passed over), by socket cookie; the agent hands
     /// them to the stream program.
     pub skip_hints: Vec<(u64, u32)>,
+    /// HTTP/2 is decoded from NIC samples too (a capture file holds every
+    /// packet; the agent's NIC sampler does not).
+    h2_from_packets: bool,
 }
 
 impl Flows {
@@ -211,7 +243,14 @@ impl Flows {
             clock_ns: 0,
             body_cap: DEFAULT_BODY_CAP,
             skip_hints: Vec::new(),
+            h2_from_packets: false,
         }
+    }
+
+    /// Decodes HTTP/2 from packets that are not socket records (replaying a
+    /// capture file, which holds every packet of a flow in order).
+    pub fn decode_h2_from_packets(&mut self) {
+        self.h2_from_packets = true;
     }
 
     /// Judges at most `bytes` of each request body (heads are always judged
@@ -237,6 +276,21 @@ impl Flows {
     pub fn flush_stalled(&mut self, before_ns: u64, wall_offset: f64) -> Vec<ApiEvent> {
         let mut out = Vec::new();
         for (id, flow) in &mut self.flows {
+            if flow.touched_ns < before_ns
+                && !flow.stalled
+                && let Some(dec) = flow.h2.as_deref_mut()
+                && dec.has_open()
+            {
+                // Streams whose end did not come are judged as far as they
+                // went, as an HTTP/1 head is (a handler may act on them).
+                flow.stalled = true;
+                let mut msgs = Vec::new();
+                dec.flush(&mut msgs);
+                let s = stalled_sample(*id, flow);
+                let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                h2_events(flow, &s, time, msgs, &mut out, &mut self.stats);
+                continue;
+            }
             if !flow.streamed
                 || flow.req.buf.is_empty()
                 || flow.req.kind != Some(Kind::HttpRequest)
@@ -246,22 +300,7 @@ impl Flows {
                 continue;
             }
             flow.stalled = true;
-            let s = Sample {
-                ts_ns: flow.last_ns,
-                client: id.0,
-                client_port: id.1,
-                server: id.2,
-                server_port: id.3,
-                direction: Direction::Request,
-                seq: flow.req.next_seq.unwrap_or(0),
-                tcp_flags: 0,
-                ifindex: 0,
-                payload_len: 0,
-                stream: true,
-                tls: flow.tls,
-                cookie: 0,
-                data: bytes::Bytes::new(),
-            };
+            let s = stalled_sample(*id, flow);
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
             let before = out.len();
             let stream = Stream {
@@ -361,6 +400,14 @@ impl Flows {
                 return Vec::new();
             }
         }
+        if flow.h2.is_some() || flow.h2_undecoded {
+            let time = s.ts_ns as f64 / 1e9 + wall_offset;
+            let out = h2_sample(flow, s, time, &mut self.stats, &mut self.skip_hints);
+            if s.tcp_flags & 0x05 != 0 {
+                self.flows.remove(&id);
+            }
+            return out;
+        }
         // The rest of a body being passed over: dropped here, by its framing,
         // so the next request is found where the server finds it.
         let mut data: &[u8] = &s.data;
@@ -433,6 +480,12 @@ impl Flows {
             }
         }
         let closing = s.tcp_flags & 0x05 != 0;
+        if s.direction == Direction::Request
+            && let Some(out) = self.start_h2(id, s, wall_offset, whole && !closing)
+        {
+            return out;
+        }
+        let flow = self.flows.entry(id).or_default();
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -452,6 +505,15 @@ impl Flows {
             Some(Kind::Tls) => {
                 self.stats.tls += 1;
                 half.buf.clear();
+            }
+            Some(Kind::Other)
+                if s.direction == Direction::Request && h2::looks_like_frames(&half.buf) =>
+            {
+                // HTTP/2 joined after its start (no preface to see): its
+                // header blocks cannot be decoded; counted, not judged.
+                self.stats.h2_not_decoded += 1;
+                flow.h2_undecoded = true;
+                flow.req.buf = Vec::new();
             }
             Some(Kind::Other) => {
                 self.stats.other += 1;
@@ -488,6 +550,12 @@ impl Flows {
                 if s.direction == Direction::Request && flow.req.skip != BodyRest::Done {
                     hint(flow, s, &mut self.skip_hints);
                 }
+                // An `Upgrade: h2c` request answered, then the preface.
+                if s.direction == Direction::Request
+                    && let Some(more) = self.start_h2(id, s, wall_offset, whole && !closing)
+                {
+                    out.extend(more);
+                }
             }
         }
         if closing {
@@ -495,6 +563,164 @@ impl Flows {
             self.flows.remove(&id);
         }
         out
+    }
+}
+
+impl Flows {
+    /// Switches the flow's request stream to HTTP/2 when its buffer starts,
+    /// at a message boundary, with the client preface: returns the events of
+    /// what was buffered, or `Some(empty)` while a prefix of the preface
+    /// waits for more (`wait`). `None`: not HTTP/2, carry on with HTTP/1.
+    fn start_h2(
+        &mut self,
+        id: FlowId,
+        s: &Sample,
+        wall_offset: f64,
+        wait: bool,
+    ) -> Option<Vec<ApiEvent>> {
+        let flow = self.flows.get_mut(&id)?;
+        if flow.req.unknown_start || flow.req.broken || flow.h2.is_some() {
+            return None;
+        }
+        match h2::preface(&flow.req.buf) {
+            Preface::No => None,
+            Preface::Partial => wait.then(Vec::new),
+            Preface::Complete if !s.stream && !self.h2_from_packets => {
+                self.stats.h2_not_decoded += 1;
+                flow.h2_undecoded = true;
+                flow.req.buf = Vec::new();
+                Some(Vec::new())
+            }
+            Preface::Complete => {
+                self.stats.h2_connections += 1;
+                let mut dec = h2::Decoder::new(h2::Side::Client, self.body_cap);
+                let mut msgs = Vec::new();
+                dec.feed(&std::mem::take(&mut flow.req.buf), &mut msgs);
+                if dec.lost().is_some() {
+                    self.stats.h2_lost += 1;
+                }
+                flow.h2 = Some(Box::new(dec));
+                let time = s.ts_ns as f64 / 1e9 + wall_offset;
+                let mut out = Vec::new();
+                h2_events(flow, s, time, msgs, &mut out, &mut self.stats);
+                h2_hint(flow, s, &mut self.skip_hints);
+                Some(out)
+            }
+        }
+    }
+}
+
+/// A stand-in sample for judging what a stalled flow holds.
+fn stalled_sample(id: FlowId, flow: &Flow) -> Sample {
+    Sample {
+        ts_ns: flow.last_ns,
+        client: id.0,
+        client_port: id.1,
+        server: id.2,
+        server_port: id.3,
+        direction: Direction::Request,
+        seq: flow.req.next_seq.unwrap_or(0),
+        tcp_flags: 0,
+        ifindex: 0,
+        payload_len: 0,
+        stream: true,
+        tls: flow.tls,
+        cookie: 0,
+        data: bytes::Bytes::new(),
+    }
+}
+
+/// One sample of an HTTP/2 connection. Requests go through its decoder in
+/// order: bytes missing where the decoder may pass over them (DATA beyond
+/// the body cap, the kernel told to skip) cost nothing, anywhere else the
+/// decoder stops and later requests are not seen. Responses are not decoded.
+fn h2_sample(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    stats: &mut FlowStats,
+    hints: &mut Vec<(u64, u32)>,
+) -> Vec<ApiEvent> {
+    let mut out = Vec::new();
+    if s.direction != Direction::Request || (!s.stream && flow.streamed) {
+        return out;
+    }
+    let Some(dec) = flow.h2.as_deref_mut() else {
+        return out;
+    };
+    let was_lost = dec.lost().is_some();
+    let mut msgs = Vec::new();
+    let mut data: &[u8] = &s.data;
+    if let Some(expected) = flow.req.next_seq
+        && expected != s.seq
+    {
+        let gap = s.seq.wrapping_sub(expected);
+        if gap >= 1 << 31 {
+            // Bytes from before what was read (a retransmission): read already,
+            // unless the sample reaches past them.
+            let dup = expected.wrapping_sub(s.seq) as usize;
+            data = data.get(dup..).unwrap_or_default();
+        } else {
+            dec.skip_unseen(u64::from(gap), &mut msgs);
+        }
+    }
+    if !data.is_empty() {
+        dec.feed(data, &mut msgs);
+    }
+    let missing = (s.payload_len as usize).saturating_sub(s.data.len());
+    dec.skip_unseen(missing as u64, &mut msgs);
+    let end = s.seq.wrapping_add(s.payload_len);
+    if flow
+        .req
+        .next_seq
+        .is_none_or(|n| end.wrapping_sub(n) < 1 << 31)
+    {
+        flow.req.next_seq = Some(end);
+    }
+    if s.tcp_flags & 0x05 != 0 {
+        dec.flush(&mut msgs);
+    }
+    if !was_lost && dec.lost().is_some() {
+        stats.h2_lost += 1;
+    }
+    h2_events(flow, s, time, msgs, &mut out, stats);
+    h2_hint(flow, s, hints);
+    out
+}
+
+/// The events of decoded HTTP/2 messages.
+fn h2_events(
+    flow: &Flow,
+    s: &Sample,
+    time: f64,
+    msgs: Vec<h2::Message>,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    for m in msgs {
+        match m {
+            h2::Message::Request { request, .. } => {
+                let truncated = request.truncated;
+                stats.requests += 1;
+                stats.truncated += u64::from(truncated);
+                out.push(request_event(flow, s, time, request, truncated));
+            }
+            h2::Message::Unknown { .. } => stats.h2_unknown += 1,
+            h2::Message::Response { .. } => {}
+        }
+    }
+}
+
+/// Tells the stream program how many bytes of the HTTP/2 stream it need not
+/// copy (DATA past the body cap, frames passed over).
+fn h2_hint(flow: &Flow, s: &Sample, hints: &mut Vec<(u64, u32)>) {
+    let (Some(dec), Some(next)) = (flow.h2.as_deref(), flow.req.next_seq) else {
+        return;
+    };
+    let left = dec.skippable();
+    if s.stream && s.cookie != 0 && left >= 4096 {
+        let left = u32::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        hints.push((s.cookie, next.wrapping_add(left)));
     }
 }
 
@@ -672,6 +898,10 @@ fn parse_all(
         }
         let consumed = match s.direction {
             Direction::Request => {
+                if !half.unknown_start && h2::preface(&half.buf) != Preface::No {
+                    // HTTP/2 from here (after `Upgrade: h2c`): the caller switches.
+                    break;
+                }
                 // Heads are waited for up to the parser's own limit, bodies
                 // up to the cap; then what is left of a body is passed over.
                 let parsed = parse_request_streaming(&half.buf, if wait { body_cap } else { 0 })
@@ -1123,6 +1353,113 @@ mod tests {
         let req = out[0].request.as_ref().unwrap();
         assert_eq!(req.malformed, Some(HttpError::HeadersTooLarge));
         assert_eq!(req.path, "/x");
+    }
+
+    /// An HTTP/2 frame.
+    fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HEADERS of a request (HPACK by hand: static `:method`, `:scheme
+    /// http`, then `:path` as a literal not indexed).
+    fn h2_request(stream: u32, method: u8, path: &str, end: bool) -> Vec<u8> {
+        let mut b = vec![method, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+        b.extend_from_slice(path.as_bytes());
+        h2_frame(1, 0x4 | u8::from(end), stream, &b)
+    }
+
+    #[test]
+    fn h2c_requests_on_the_socket_are_judged_by_stream() {
+        let mut bytes = h2::PREFACE.to_vec();
+        bytes.extend(h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        for i in 0..200u32 {
+            bytes.extend(h2_request(2 * i + 1, 0x82, &format!("/v1/items/{i}"), true));
+        }
+        // A POST whose DATA goes far past the cap, then one more request.
+        bytes.extend(h2_request(401, 0x83, "/upload?id=1", false));
+        bytes.extend(h2_frame(0, 0, 401, b"{\"a\":\"1' OR '1'='1\"}"));
+        bytes.extend(h2_frame(0, 1, 401, &[b'z'; 16_000]));
+        bytes.extend(h2_request(403, 0x82, "/after", true));
+        for rec in [1usize, 100, 1024] {
+            let mut f = Flows::new(100);
+            f.set_body_cap(64);
+            let ev = stream(&mut f, 0, &bytes, rec, &[]);
+            let p = paths(&ev);
+            assert_eq!(p.len(), 202, "records of {rec}");
+            assert_eq!(p[199], "/v1/items/199");
+            assert_eq!(p[200..], ["/upload", "/after"]);
+            let up = ev[200].request.as_ref().unwrap();
+            assert_eq!(
+                (up.method.as_str(), up.query.as_deref()),
+                ("POST", Some("id=1"))
+            );
+            assert!(up.body.starts_with(b"{\"a\""));
+            assert!(ev[200].truncated);
+            assert_eq!((f.stats.h2_connections, f.stats.h2_lost), (1, 0));
+            assert_eq!(f.stats.unparseable, 0);
+        }
+        // The kernel may skip DATA past the cap: the hint names where it ends,
+        // and the bytes it did not copy lose nothing.
+        let mut f = Flows::new(100);
+        f.set_body_cap(64);
+        let ev = stream(&mut f, 0, &bytes, 1024, &[]);
+        let hinted = f.skip_hints.iter().find(|(c, _)| *c == 7).map(|h| h.1);
+        let end = hinted.expect("a skip hint for the long DATA frame");
+        let mut g = Flows::new(100);
+        g.set_body_cap(64);
+        let skipped = (end.div_ceil(1024) * 1024 - 2048, end / 1024 * 1024);
+        let ev2 = stream(&mut g, 0, &bytes, 1024, &[skipped]);
+        assert!(skipped.1 > skipped.0, "{skipped:?}");
+        assert_eq!(paths(&ev), paths(&ev2));
+        assert_eq!(g.stats.h2_lost, 0);
+    }
+
+    #[test]
+    fn h2_gaps_upgrades_and_nic_samples() {
+        let mut bytes = h2::PREFACE.to_vec();
+        for i in 0..20u32 {
+            bytes.extend(h2_request(2 * i + 1, 0x82, &format!("/p{i}"), true));
+        }
+        // A record lost in the middle of the header blocks: what follows is
+        // not guessed.
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &bytes, 100, &[(200, 300)]);
+        assert!(paths(&ev).len() < 20);
+        assert!(paths(&ev).iter().all(|p| p.starts_with("/p")));
+        assert_eq!(f.stats.h2_lost, 1);
+        // After `Upgrade: h2c`, the preface follows on the same stream.
+        let mut up = b"GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n".to_vec();
+        up.extend_from_slice(&bytes);
+        for rec in [7, 4096] {
+            let mut f = Flows::new(100);
+            let p = paths(&stream(&mut f, 0, &up, rec, &[]));
+            assert_eq!(
+                (p.len(), p[0].as_str(), p[20].as_str()),
+                (21, "/first", "/p19")
+            );
+            assert_eq!(f.stats.unparseable, 0);
+        }
+        // Joined after the preface (the agent started late): frames are
+        // recognised, counted and not reported as unparseable.
+        let mut f = Flows::new(100);
+        let ev = f.on_sample(&sample(Direction::Request, 1, &bytes[24..], 1), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!((f.stats.h2_not_decoded, f.stats.unparseable), (1, 0));
+        // Only NIC samples of an HTTP/2 connection: counted, not decoded, not
+        // reported as unparseable.
+        let mut f = Flows::new(100);
+        let ev = f.on_sample(&sample(Direction::Request, 1, &bytes, 1), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!((f.stats.h2_not_decoded, f.stats.unparseable), (1, 0));
+        // A capture file holds every packet: decoded.
+        let mut f = Flows::new(100);
+        f.decode_h2_from_packets();
+        let ev = f.on_sample(&sample(Direction::Request, 1, &bytes, 1), 0.0);
+        assert_eq!(ev.len(), 20);
     }
 
     #[test]

@@ -319,6 +319,8 @@ fn replay_pcap(path: &Path, pipeline: &mut Pipeline) -> Result<usize, String> {
         })
         .map_err(|e| format!("{}: not a pcap or pcapng file: {e}", path.display()))?;
     let mut flows = Flows::new(crate::agent::api::MAX_FLOWS);
+    // A capture holds every packet of a flow: h2c is decoded from it.
+    flows.decode_h2_from_packets();
     let mut sides = Sides::default();
     let mut n = 0u64;
     let mut bad = 0usize;
@@ -819,8 +821,6 @@ mod tests {
         for (raw, expect) in [
             // Not HTTP at all: an alert, not a ban.
             (&b"\x00\x01\x02\x03 binary hello\r\n"[..], Action::Alert),
-            // HTTP/2 prior knowledge on an HTTP/1 port.
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Action::Alert),
             // Broken, but carrying an injection: the bytes are still inspected.
             (
                 b"GET /x?q=1' OR '1'='1 HTTP/7.1\r\nHost: api\r\n\r\n",
@@ -845,7 +845,7 @@ mod tests {
         let handle = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline());
         let mut offline_pipeline = pipeline();
         for port in 0..20u16 {
-            let raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let raw = b"SSH-2.0-OpenSSH_9.2\r\n";
             let mut s = sample(1, raw, 0x18);
             s.client_port = 30000 + port;
             let batch = handle.handle_samples(&[s], 0.0);
@@ -854,6 +854,11 @@ mod tests {
             let (d, _) = judge_raw(raw, Some(CLIENT), &mut offline_pipeline, 1_000).unwrap();
             assert_eq!(d.action, Action::Alert);
         }
+        // HTTP/2 seen only in NIC samples is not decoded, and not a finding
+        // either (counted as `h2_not_decoded`); the socket capture decodes it.
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        let (action, rules, events) = live(preface, preface.len());
+        assert_eq!((action, rules.len(), events.len()), (Action::Allow, 0, 0));
         // TLS is encrypted traffic, not a finding.
         let hello = b"\x16\x03\x01\x00\x05hello";
         assert!(judge_raw(hello, Some(CLIENT), &mut pipeline(), 0).is_none());

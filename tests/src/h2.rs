@@ -1,0 +1,195 @@
+//! HTTP/2 cleartext (h2c) in the lab: `nghttpd` serves files on the host's
+//! lab addresses, `nghttp` (prior knowledge) and `h2load` send requests
+//! from the client namespace, several on one connection; a Python `grpcio`
+//! service and client speak gRPC over h2c.
+
+use std::{
+    net::IpAddr,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Lab, free_port};
+
+/// Waits (10 s at most) until `what` accepts connections on `addr:port`.
+fn wait_accepting(addr: IpAddr, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((addr, port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on {addr}:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `nghttpd --no-tls` on the given addresses (one process each, one port);
+/// killed on drop.
+pub struct Nghttpd {
+    /// The port it listens on.
+    pub port: u16,
+    children: Vec<Child>,
+    /// Its document root (files `index.html`, `items`, `hello`).
+    pub root: tempfile::TempDir,
+}
+
+impl Nghttpd {
+    /// Starts the server on `addrs` and waits until it accepts on each.
+    #[must_use]
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for f in ["index.html", "items", "hello"] {
+            std::fs::write(root.path().join(f), "ok\n").unwrap();
+        }
+        let port = free_port();
+        let mut server = Self {
+            port,
+            children: Vec::new(),
+            root,
+        };
+        for addr in addrs {
+            let child = Command::new("nghttpd")
+                .args(["--no-tls", "-d"])
+                .arg(server.root.path())
+                .arg(format!("--address={addr}"))
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nghttpd (Debian nghttp2-server: cargo xtask setup --test-deps)");
+            server.children.push(child);
+            wait_accepting(*addr, port, "nghttpd");
+        }
+        server
+    }
+}
+
+impl Drop for Nghttpd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `nghttp` from the client namespace: all `urls` on one h2c connection
+/// (prior knowledge), bounded to 5 s. Returns the output and the `:status`
+/// of each response in order of arrival.
+#[must_use]
+pub fn nghttp(lab: &Lab, urls: &[String]) -> (Output, Vec<u16>) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "timeout", "5", "nghttp", "-nv"])
+        .args(["-t", "3"])
+        .args(urls)
+        .output()
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("recv (stream_id="))
+        .filter_map(|l| l.split(":status: ").nth(1))
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    (out, codes)
+}
+
+/// `h2load` from the client namespace: `n` requests over `clients`
+/// connections (h2c), bounded to 30 s. Returns its output.
+#[must_use]
+pub fn h2load(lab: &Lab, n: u32, clients: u32, urls: &[String]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "timeout", "30", "h2load"])
+        .args(["-n", &n.to_string(), "-c", &clients.to_string(), "-m", "10"])
+        .args(urls)
+        .output()
+        .unwrap()
+}
+
+/// A gRPC service (Python `grpcio`, Debian's python3) on the given
+/// addresses: `/notes.Notes/Create` answers every message with its own
+/// bytes (no schema: raw bytes in and out). Killed on drop.
+pub struct GrpcServer {
+    /// The port it listens on.
+    pub port: u16,
+    child: Child,
+}
+
+const GRPC_SERVER: &str = r"
+import sys, grpc
+from concurrent import futures
+port = int(sys.argv[1])
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo}),))
+for a in sys.argv[2:]:
+    server.add_insecure_port(f'{a}:{port}')
+server.start()
+print('ready', flush=True)
+server.wait_for_termination()
+";
+
+const GRPC_CLIENT: &str = r"
+import sys, grpc
+target, msg = sys.argv[1], bytes.fromhex(sys.argv[2])
+with grpc.insecure_channel(target) as ch:
+    call = ch.unary_unary('/notes.Notes/Create')
+    try:
+        print('ok', call(msg, timeout=3).hex())
+    except grpc.RpcError as e:
+        print('error', e.code())
+";
+
+impl GrpcServer {
+    /// Starts the service and waits until it accepts on each address.
+    #[must_use]
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        let port = free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", GRPC_SERVER, &port.to_string()])
+            .args(addrs.iter().map(ToString::to_string))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with grpc (Debian python3-grpcio: cargo xtask setup --test-deps)");
+        let server = Self { port, child };
+        for addr in addrs {
+            wait_accepting(*addr, port, "the gRPC server");
+        }
+        server
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One unary call of `/notes.Notes/Create` with `msg` (protobuf bytes) from
+/// the client namespace, bounded to 10 s: `Ok(reply)` or `Err(status)`.
+pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>, String> {
+    let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns,
+            "timeout",
+            "10",
+            "/usr/bin/python3",
+        ])
+        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match text.split_once(' ') {
+        Some(("ok", reply)) => Ok((0..reply.len() / 2)
+            .filter_map(|i| u8::from_str_radix(reply.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect()),
+        _ => Err(format!(
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}

@@ -1,0 +1,309 @@
+//! HTTP/2 cleartext (h2c, prior knowledge) taken at the socket and decoded
+//! in userspace: `nghttp` and `h2load` against `nghttpd` in the lab. The
+//! same detectors judge each stream; an injection bans its client at XDP,
+//! a benign client keeps working, and the inventory lists the routes with
+//! the right counts on a long-lived connection.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde_json::Value;
+use tollgate_tests::{
+    Agent, Lab, eventually,
+    h2::{GrpcServer, Nghttpd, grpc_call, h2load, nghttp},
+};
+
+fn url(addr: IpAddr, port: u16, path: &str) -> String {
+    format!("http://{addr}:{port}{path}")
+}
+
+fn policy_banned(agent: &Agent, ip: IpAddr) -> bool {
+    let want = format!("{ip}/32");
+    agent
+        .json(&["block", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["cidr"] == want && b["kind"] == "policy")
+}
+
+fn hits(inv: &Value, method: &str, path: &str) -> u64 {
+    inv.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["method"] == method && e["path"] == path)
+        .and_then(|e| e["hits"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
+    let lab = Lab::new();
+    let server = Nghttpd::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let (to_attacker_side, to_benign_side) = (lab.v4(0, 1), lab.v4(1, 1));
+
+    // Benign: three requests on one connection.
+    let (out, codes) = nghttp(
+        &lab,
+        &[
+            url(to_benign_side, server.port, "/hello"),
+            url(to_benign_side, server.port, "/index.html"),
+            url(to_benign_side, server.port, "/items?id=5"),
+        ],
+    );
+    assert_eq!(codes, [200, 200, 200], "{out:?}");
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || hits(&inv(), "GET", "/hello")
+            == 1
+            && hits(&inv(), "GET", "/items") == 1),
+        "h2c routes not in the inventory: {}\nstatus: {}\n{}",
+        inv(),
+        agent.json(&["status"]),
+        agent.log_text()
+    );
+
+    // The injection, after a benign request on the same connection.
+    let (out, codes) = nghttp(
+        &lab,
+        &[
+            url(to_attacker_side, server.port, "/hello"),
+            url(
+                to_attacker_side,
+                server.port,
+                "/items?id=1%27%20OR%20%271%27%3D%271",
+            ),
+        ],
+    );
+    assert_eq!(codes.first(), Some(&200), "{out:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || policy_banned(&agent, attacker)),
+        "{attacker} not banned\nevents: {:#?}\nstatus: {}\n{}",
+        agent.events(),
+        agent.json(&["status"]),
+        agent.log_text()
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["route"].as_str().is_some_and(|r| r.contains("/items"))
+            && e["category"] == "sqli"),
+        "no SQL injection event on the h2 route from {attacker}: {ev:#?}"
+    );
+    // Its next connection is dropped at XDP; the benign client still works.
+    let (out, codes) = nghttp(&lab, &[url(to_attacker_side, server.port, "/hello")]);
+    assert!(codes.is_empty(), "banned client answered: {out:?}");
+    let (out, codes) = nghttp(&lab, &[url(to_benign_side, server.port, "/hello")]);
+    assert_eq!(codes, [200], "{out:?}");
+    assert!(
+        !policy_banned(&agent, benign),
+        "{}",
+        agent.json(&["block", "ls"])
+    );
+    let st = agent.json(&["status"]);
+    let flows = &st["sampling"]["flows"];
+    assert!(flows["h2_connections"].as_u64().unwrap() >= 3, "{st}");
+    assert_eq!(flows["h2_lost"], 0, "{st}");
+    assert_eq!(flows["h2_unknown"], 0, "{st}");
+    assert_eq!(flows["unparseable"], 0, "{st}");
+}
+
+#[test]
+fn a_long_lived_connection_keeps_every_path() {
+    let lab = Lab::new();
+    let server = Nghttpd::start(&[lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let to = lab.v4(1, 1);
+    // 300 requests on one connection, ten at a time, alternating two paths:
+    // every later header block refers to the HPACK table the first built.
+    let out = h2load(
+        &lab,
+        300,
+        1,
+        &[
+            url(to, server.port, "/hello"),
+            url(to, server.port, "/index.html"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("300 succeeded"),
+        "h2load: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let i = inv();
+            hits(&i, "GET", "/hello") == 150 && hits(&i, "GET", "/index.html") == 150
+        }),
+        "inventory: {}\nstatus: {}",
+        inv(),
+        agent.json(&["status"])
+    );
+    // Nothing else was made up.
+    assert_eq!(inv().as_array().unwrap().len(), 2, "{}", inv());
+    let st = agent.json(&["status"]);
+    let flows = &st["sampling"]["flows"];
+    assert_eq!(flows["h2_connections"], 1, "{st}");
+    assert_eq!(flows["h2_unknown"], 0, "{st}");
+    assert_eq!(flows["requests"], 300, "{st}");
+}
+
+/// A protobuf length-delimited field.
+fn field(num: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![num << 3 | 2, u8::try_from(payload.len()).unwrap()];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn an_injection_in_a_grpc_string_field_bans_its_client() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let benign_msg = [field(1, b"groceries"), field(2, b"milk, eggs and bread")].concat();
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
+        Ok(benign_msg.clone())
+    );
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || hits(
+            &inv(),
+            "POST",
+            "/notes.Notes/Create"
+        ) == 1),
+        "gRPC method not in the inventory: {}\nstatus: {}",
+        inv(),
+        agent.json(&["status"])
+    );
+    // The injection sits in field 2 of the message in field 3.
+    let evil = [
+        field(1, b"x"),
+        field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+    ]
+    .concat();
+    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    assert!(
+        eventually(Duration::from_secs(5), || policy_banned(&agent, attacker)),
+        "{attacker} not banned\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["location"] == "protobuf:3.2"
+            && e["route"]
+                .as_str()
+                .is_some_and(|r| r.contains("/notes.Notes/Create"))),
+        "no event locating the protobuf field: {ev:#?}"
+    );
+    assert!(grpc_call(&lab, lab.v4(0, 1), server.port, &benign_msg).is_err());
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
+        Ok(benign_msg.clone())
+    );
+    assert!(!policy_banned(&agent, benign));
+}
+
+/// An HTTP/2 frame.
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A GET on `stream` (HPACK: static `:method GET`, `:scheme http`, `:path`
+/// as a literal), ending the stream.
+fn get_frame(stream: u32, path: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+    b.extend_from_slice(path.as_bytes());
+    frame(1, 0x5, stream, &b)
+}
+
+/// A pcap (Ethernet) of one TCP connection from 198.18.0.2:40000 to
+/// 198.18.0.1:`port`: the handshake, then `payload` in segments of `mss`.
+fn pcap(port: u16, payload: &[u8], mss: usize) -> Vec<u8> {
+    let mut out = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    let mut packet = |t: u32, from_client: bool, seq: u32, flags: u8, data: &[u8]| {
+        let (src, dst, sport, dport) = if from_client {
+            ([198, 18, 0, 2], [198, 18, 0, 1], 40000u16, port)
+        } else {
+            ([198, 18, 0, 1], [198, 18, 0, 2], port, 40000u16)
+        };
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        p.extend_from_slice(&u16::try_from(40 + data.len()).unwrap().to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend_from_slice(data);
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let n = u32::try_from(p.len()).unwrap().to_le_bytes();
+        out.extend_from_slice(&n);
+        out.extend_from_slice(&n);
+        out.extend_from_slice(&p);
+    };
+    packet(1, true, 999, 0x02, &[]);
+    packet(1, false, 5000, 0x12, &[]);
+    let mut seq = 1000u32;
+    for (i, c) in payload.chunks(mss).enumerate() {
+        packet(2 + u32::try_from(i).unwrap(), true, seq, 0x18, c);
+        seq += u32::try_from(c.len()).unwrap();
+    }
+    out
+}
+
+#[test]
+fn detect_reads_h2c_captures() {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    bytes.extend(get_frame(1, "/hello"));
+    bytes.extend(get_frame(3, "/items?id=1%27%20OR%20%271%27%3D%271"));
+    bytes.extend(get_frame(5, "/index.html"));
+    let dir = tempfile::tempdir().unwrap();
+    for mss in [7, 1400] {
+        let file = dir.path().join(format!("h2c-{mss}.pcap"));
+        std::fs::write(&file, pcap(8080, &bytes, mss)).unwrap();
+        let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+            .args(["detect", "--pcap"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let verdicts: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| (l["path"].as_str().unwrap(), l["action"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("/hello", "allow"),
+                ("/items", "ban"),
+                ("/index.html", "allow")
+            ],
+            "segments of {mss}: {out:?}"
+        );
+        assert!(lines.iter().all(|l| l["method"] == "GET"), "{lines:?}");
+    }
+}

@@ -1,0 +1,257 @@
+//! gRPC request bodies walked schema-less: each message (after its 5-byte
+//! prefix) is read as protobuf wire format, and its length-delimited fields
+//! that are text become inputs for the same detectors as JSON string values,
+//! named by their field numbers (`protobuf:1.3`: field 3 of the message in
+//! field 1). Fields that are not text are read as nested messages when the
+//! whole field parses as one; anything else (numbers, binary bytes) is left
+//! alone. Depth, messages and inputs are bounded; a message cut by the body
+//! cap is read as far as it parses.
+
+use super::{Input, Location, MAX_INPUTS, push};
+use crate::decode;
+
+/// gRPC messages read per request body.
+const MAX_MESSAGES: usize = 64;
+
+/// Whether a `Content-Type` names gRPC with binary messages (`application/grpc`,
+/// `application/grpc+proto`, `application/grpc-web`, not the base64 `-text`).
+pub(crate) fn is_grpc(ctype: &str) -> bool {
+    let ctype = ctype.trim_start();
+    ctype.starts_with("application/grpc") && !ctype.contains("grpc-web-text")
+}
+
+/// Pushes the text fields of the gRPC messages in `body`.
+pub(crate) fn walk_grpc<'a>(v: &mut Vec<Input<'a>>, body: &'a [u8], depth: u32) {
+    let mut rest = body;
+    for _ in 0..MAX_MESSAGES {
+        let [flag, a, b, c, d, tail @ ..] = rest else {
+            return;
+        };
+        let len = usize::try_from(u32::from_be_bytes([*a, *b, *c, *d])).unwrap_or(usize::MAX);
+        let msg = &tail[..len.min(tail.len())];
+        // Compressed messages (`grpc-encoding`) are not read.
+        if *flag == 0 {
+            walk(v, &fields(msg).0, depth, "");
+        }
+        rest = tail.get(len..).unwrap_or_default();
+    }
+}
+
+fn walk<'a>(v: &mut Vec<Input<'a>>, found: &[(u64, &'a [u8])], depth: u32, path: &str) {
+    for &(num, bytes) in found {
+        if v.len() >= MAX_INPUTS {
+            return;
+        }
+        let name = if path.is_empty() {
+            num.to_string()
+        } else {
+            format!("{path}.{num}")
+        };
+        if let Some(text) = as_text(bytes) {
+            let loc = Location::Protobuf(name);
+            push(v, loc, decode::normalize_cow(text, false), true);
+        } else if depth > 1 {
+            let (sub, whole) = fields(bytes);
+            if whole {
+                walk(v, &sub, depth - 1, &name);
+            }
+        }
+    }
+}
+
+/// Text: valid UTF-8 without control characters other than tab and line ends.
+fn as_text(b: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(b).ok()?;
+    (!s.is_empty()
+        && !s
+            .bytes()
+            .any(|c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')))
+    .then_some(s)
+}
+
+/// The length-delimited fields of a message, as far as it parses, and
+/// whether all of it did.
+fn fields(mut b: &[u8]) -> (Vec<(u64, &[u8])>, bool) {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let Some((key, n)) = varint(b) else {
+            return (out, false);
+        };
+        b = &b[n..];
+        let num = key >> 3;
+        if num == 0 {
+            return (out, false);
+        }
+        let skip = match key & 7 {
+            0 => match varint(b) {
+                Some((_, n)) => n,
+                None => return (out, false),
+            },
+            1 => 8,
+            5 => 4,
+            2 => {
+                let Some((len, n)) = varint(b) else {
+                    return (out, false);
+                };
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                let Some(field) = b.get(n..).and_then(|r| r.get(..len)) else {
+                    return (out, false);
+                };
+                out.push((num, field));
+                n + len
+            }
+            // Groups (deprecated) and reserved wire types.
+            _ => return (out, false),
+        };
+        let Some(next) = b.get(skip..) else {
+            return (out, false);
+        };
+        b = next;
+    }
+    (out, true)
+}
+
+/// A base-128 varint: its value and length (at most 10 bytes).
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Text inputs found in `body`, for tests: (location name, text).
+#[cfg(test)]
+fn texts(body: &[u8]) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    walk_grpc(&mut v, body, 16);
+    v.into_iter()
+        .map(|i| match i.location {
+            Location::Protobuf(n) => (n, i.text.into_owned()),
+            other => (format!("{other:?}"), i.text.into_owned()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ld(num: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![num << 3 | 2, u8::try_from(payload.len()).unwrap()];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn grpc(msg: &[u8]) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    }
+
+    #[test]
+    fn strings_nested_messages_and_numbers() {
+        // { 1: 150 (varint), 2: "alice", 3: { 1: "1' OR '1'='1", 2: 7 (fixed32) } }
+        let inner = [ld(1, b"1' OR '1'='1"), vec![2 << 3 | 5, 7, 0, 0, 0]].concat();
+        let msg = [vec![1 << 3, 0x96, 0x01], ld(2, b"alice"), ld(3, &inner)].concat();
+        let body = [grpc(&msg), grpc(&ld(4, b"second"))].concat();
+        assert_eq!(
+            texts(&body),
+            [
+                ("2".to_owned(), "alice".to_owned()),
+                ("3.1".to_owned(), "1' OR '1'='1".to_owned()),
+                ("4".to_owned(), "second".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_and_cut_messages() {
+        // Cut by the body cap: read as far as it parses.
+        let msg = [ld(1, b"first"), ld(2, b"second-is-cut")].concat();
+        let mut body = grpc(&msg);
+        body.truncate(body.len() - 3);
+        assert_eq!(texts(&body), [("1".to_owned(), "first".to_owned())]);
+        // Deep nesting stops at the depth bound; lengths past the end, bad
+        // varints, groups and compressed messages yield nothing.
+        let mut deep = ld(1, b"x");
+        for _ in 0..40 {
+            deep = ld(1, &deep[..deep.len().min(200)]);
+        }
+        let _ = texts(&grpc(&deep));
+        for bad in [
+            vec![0x0a, 0x7f, b'a'],
+            vec![
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+            vec![0x0b, 0x0c],
+        ] {
+            assert!(texts(&grpc(&bad)).is_empty(), "{bad:?}");
+        }
+        let mut compressed = grpc(&ld(1, b"hidden"));
+        compressed[0] = 1;
+        assert!(texts(&compressed).is_empty());
+        assert!(texts(&[0, 0xff, 0xff, 0xff, 0xff, 1]).is_empty());
+        // Binary bytes are not text.
+        assert!(texts(&grpc(&ld(1, &[0xff, 0x00, 0x10]))).is_empty());
+    }
+
+    #[test]
+    fn the_detectors_judge_protobuf_strings_as_json_values() {
+        use crate::{DetectConfig, Engine, Request};
+        let engine = Engine::new(DetectConfig::default());
+        for payload in [
+            "1' OR '1'='1",
+            "<script>alert(document.cookie)</script>",
+            "; cat /etc/passwd",
+            "../../../../etc/passwd",
+            "${jndi:ldap://x.example/a}",
+            "a harmless note about union members",
+        ] {
+            let grpc_req = Request {
+                method: "POST".into(),
+                path: "/notes.Notes/Create".into(),
+                headers: vec![("content-type".into(), "application/grpc".into())],
+                body: grpc(&[ld(1, b"title"), ld(2, payload.as_bytes())].concat()),
+                ..Request::default()
+            };
+            let json_req = Request {
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: serde_json::json!({"a": "title", "b": payload})
+                    .to_string()
+                    .into_bytes(),
+                ..grpc_req.clone()
+            };
+            let rules = |r: &Request| {
+                let mut v: Vec<_> = engine.inspect_request(r).iter().map(|v| v.rule).collect();
+                v.sort_unstable();
+                v
+            };
+            assert_eq!(rules(&grpc_req), rules(&json_req), "{payload}");
+            let found = engine.inspect_request(&grpc_req);
+            assert_eq!(
+                found.is_empty(),
+                payload.starts_with("a harmless"),
+                "{payload}"
+            );
+            assert!(
+                found
+                    .iter()
+                    .all(|v| v.location == Location::Protobuf("2".into())),
+                "{payload}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        assert!(is_grpc("application/grpc"));
+        assert!(is_grpc("application/grpc+proto"));
+        assert!(!is_grpc("application/grpc-web-text"));
+        assert!(!is_grpc("application/json"));
+    }
+}

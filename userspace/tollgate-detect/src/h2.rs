@@ -1,0 +1,1081 @@
+//! HTTP/2 (RFC 9113) streams of one connection direction, decoded into the
+//! same [`Request`] and [`Response`] the HTTP/1 parser produces, so every
+//! detector and API rule judges them unchanged.
+//!
+//! A [`Decoder`] follows one direction of a connection from its first byte
+//! (the client preface for requests), strictly in order: frames are parsed
+//! with bounds (header blocks, CONTINUATION counts, open streams), header
+//! blocks go through one HPACK decoder whose dynamic table lives as long as
+//! the connection, and each stream's HEADERS (+ CONTINUATION) and DATA become
+//! one message. HPACK cannot survive a gap: a header block that was not seen
+//! leaves the table out of step, so after missing bytes (outside DATA being
+//! passed over) or an HPACK error, later header blocks are reported as
+//! [`Message::Unknown`] and never guessed.
+//!
+//! HPACK is `loona-hpack`: the maintained continuation of the original
+//! `hpack` crate (RFC 7541 test vectors, Huffman, table-size updates), which
+//! returns errors on malformed blocks rather than panicking, exposes the
+//! decoder on its own (the `h2` crate keeps its HPACK module private) and
+//! lets us cap the dynamic table a peer may ask for.
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use crate::http::{MAX_HEADER_BYTES, MAX_HEADERS, Request, Response, lossy, split_target};
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The `version` of a request or response carried over HTTP/2.
+pub const HTTP_2: u8 = 2;
+/// Compressed header-block bytes (HEADERS plus CONTINUATION) read per block,
+/// and the largest SETTINGS/RST_STREAM/PUSH_PROMISE frame buffered. Servers
+/// refuse larger blocks (nginx: 16 KiB per field, 64 KiB of fields).
+pub const MAX_HEADER_BLOCK: usize = MAX_HEADER_BYTES;
+/// CONTINUATION frames per header block: a flood of tiny ones costs a
+/// server (and us) work per frame for no data.
+pub const MAX_CONTINUATIONS: u32 = 128;
+/// Streams whose request is being collected at once; the oldest is judged
+/// as far as it went when another opens (servers allow ~100).
+pub const MAX_OPEN_STREAMS: usize = 128;
+/// The largest HPACK dynamic table a peer may ask for (RFC 7541 §4.2);
+/// the default is 4 KiB, servers rarely allow more than 64 KiB.
+pub const MAX_TABLE_SIZE: usize = 64 * 1024;
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PUSH_PROMISE: u8 = 5;
+const CONTINUATION: u8 = 9;
+
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+/// What the start of a request stream says about HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// A prefix of the preface: wait for more.
+    Partial,
+    /// The preface: the connection speaks HTTP/2 from here.
+    Complete,
+    /// Not HTTP/2 with prior knowledge.
+    No,
+}
+
+/// Whether `buf` starts with the client preface.
+#[must_use]
+pub fn preface(buf: &[u8]) -> Preface {
+    if buf.len() >= PREFACE.len() {
+        if buf.starts_with(PREFACE) {
+            Preface::Complete
+        } else {
+            Preface::No
+        }
+    } else if PREFACE.starts_with(buf) {
+        Preface::Partial
+    } else {
+        Preface::No
+    }
+}
+
+/// Whether `buf` reads as a run of HTTP/2 frames from its first byte: each
+/// header of a known type, within the default frame size, on stream 0 for
+/// the connection's own frames and on a stream for the others; at least one
+/// frame whole. For bytes taken from the middle of a connection (the agent
+/// started after it, or NIC samples), where there is no preface to see.
+#[must_use]
+pub fn looks_like_frames(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    let mut whole = 0;
+    while let [a, b, c, ty, _, s0, s1, s2, s3, tail @ ..] = rest {
+        let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+        let stream = u32::from_be_bytes([*s0, *s1, *s2, *s3]);
+        let conn_frame = matches!(*ty, SETTINGS | 6 | 7);
+        let ok = *ty <= CONTINUATION
+            && len <= 16_384
+            && stream >> 31 == 0
+            && (conn_frame == (stream == 0) || *ty == 8);
+        if !ok {
+            return false;
+        }
+        let Some(next) = tail.get(len..) else {
+            break;
+        };
+        whole += 1;
+        rest = next;
+    }
+    whole > 0
+}
+
+/// Which end sent the bytes a [`Decoder`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Requests: starts with the preface.
+    Client,
+    /// Responses (and server pushes, decoded only to keep the table).
+    Server,
+}
+
+/// A message completed by the bytes fed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A request: its head, and its body up to the cap. `truncated` is set
+    /// when the body was cut, the stream was reset or judged before its end.
+    Request { stream: u32, request: Request },
+    /// A response (server side), with its trailers' fields after its head's.
+    Response { stream: u32, response: Response },
+    /// A header block that could not be decoded (the HPACK table is out of
+    /// step): the request is unknown, never guessed.
+    Unknown { stream: u32 },
+}
+
+/// Why a decoder stopped reading its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The stream does not start with the preface.
+    NoPreface,
+    /// Bytes were missing outside DATA being passed over: frame boundaries
+    /// are unknown from there.
+    Gap,
+    /// A frame the peer would refuse as a connection error (bad padding,
+    /// a header block interrupted, a frame over the bounds above).
+    Protocol,
+}
+
+/// Counters of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames read.
+    pub frames: u64,
+    /// Header blocks decoded.
+    pub header_blocks: u64,
+    /// Header blocks that could not be decoded (after an HPACK error).
+    pub unknown: u64,
+    /// DATA bytes passed over (beyond the body cap, or of streams not followed).
+    pub data_passed: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Frame {
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    len: u32,
+}
+
+#[derive(Clone, Copy)]
+enum State {
+    /// Bytes of the preface matched so far.
+    Preface(usize),
+    /// Reading a frame header.
+    Head,
+    /// Buffering the payload of a frame read whole.
+    Payload(Frame),
+    /// DATA whose padding length byte comes next.
+    DataPadLen(Frame),
+    /// DATA payload: `data` bytes of body, then `pad` bytes of padding.
+    Data {
+        stream: u32,
+        end: bool,
+        data: u32,
+        pad: u32,
+    },
+    /// A frame passed over.
+    Skip(u32),
+    Lost(Lost),
+}
+
+/// A header block being collected.
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    /// A PUSH_PROMISE's block: decoded for the table only.
+    push: bool,
+    bytes: Vec<u8>,
+    continuations: u32,
+}
+
+/// A stream whose message is being collected.
+struct Open {
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+    truncated: bool,
+}
+
+/// One direction of an HTTP/2 connection.
+pub struct Decoder {
+    side: Side,
+    state: State,
+    head: Vec<u8>,
+    payload: Vec<u8>,
+    block: Option<Block>,
+    hpack: loona_hpack::Decoder<'static>,
+    /// An HPACK error happened: the table is out of step for good.
+    hpack_broken: bool,
+    open: BTreeMap<u32, Open>,
+    /// The highest stream a HEADERS frame opened: a lower one carries trailers.
+    last_stream: u32,
+    body_cap: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE this side announced last: it bounds the
+    /// table the other direction's encoder may use.
+    pub announced_table_size: Option<u32>,
+    /// What was read.
+    pub counters: Counters,
+}
+
+impl Decoder {
+    /// A decoder for one direction, keeping at most `body_cap` body bytes of
+    /// each message.
+    #[must_use]
+    pub fn new(side: Side, body_cap: usize) -> Self {
+        let mut hpack = loona_hpack::Decoder::new();
+        // A peer may grow the table only as far as the other side allowed;
+        // unseen, that is bounded here so a table costs at most this much.
+        hpack.set_max_allowed_table_size(MAX_TABLE_SIZE);
+        Self {
+            side,
+            state: match side {
+                Side::Client => State::Preface(0),
+                Side::Server => State::Head,
+            },
+            head: Vec::with_capacity(9),
+            payload: Vec::new(),
+            block: None,
+            hpack,
+            hpack_broken: false,
+            open: BTreeMap::new(),
+            last_stream: 0,
+            body_cap,
+            announced_table_size: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The other side announced `size` as its SETTINGS_HEADER_TABLE_SIZE:
+    /// this direction's table may not grow past it.
+    pub fn peer_table_size(&mut self, size: u32) {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        self.hpack
+            .set_max_allowed_table_size(size.min(MAX_TABLE_SIZE));
+    }
+
+    /// Why the decoder stopped, if it did.
+    #[must_use]
+    pub fn lost(&self) -> Option<Lost> {
+        match self.state {
+            State::Lost(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Whether header blocks can no longer be decoded (lost, or an HPACK
+    /// error): later requests are unknown.
+    #[must_use]
+    pub fn blind(&self) -> bool {
+        self.hpack_broken || self.lost().is_some()
+    }
+
+    fn lose(&mut self, why: Lost) {
+        self.state = State::Lost(why);
+        self.payload = Vec::new();
+        self.block = None;
+    }
+
+    /// Bytes from the current position that are not needed: DATA of a stream
+    /// not followed (or past its cap) and frames passed over. They may be
+    /// missing (see [`Decoder::skip_unseen`]).
+    #[must_use]
+    pub fn skippable(&self) -> u64 {
+        match self.state {
+            State::Data {
+                stream, data, pad, ..
+            } if !self.open.contains_key(&stream) => u64::from(data) + u64::from(pad),
+            State::Skip(n) => u64::from(n),
+            _ => 0,
+        }
+    }
+
+    /// `n` bytes were not seen. Within [`Decoder::skippable`] bytes nothing
+    /// is lost; otherwise frame boundaries are, and the decoder stops.
+    pub fn skip_unseen(&mut self, n: u64, out: &mut Vec<Message>) {
+        if n == 0 {
+            return;
+        }
+        if n > self.skippable() {
+            self.lose(Lost::Gap);
+            return;
+        }
+        // Within u32: skippable() is a sum of two u32 that n does not exceed.
+        let mut n = n;
+        self.counters.data_passed += n;
+        match &mut self.state {
+            State::Data {
+                stream,
+                end,
+                data,
+                pad,
+            } => {
+                let d = u64::from(*data).min(n);
+                *data -= u32::try_from(d).unwrap_or(*data);
+                n -= d;
+                *pad -= u32::try_from(n).unwrap_or(*pad);
+                if *data == 0 && *pad == 0 {
+                    let (stream, end) = (*stream, *end);
+                    self.state = State::Head;
+                    if end {
+                        self.end_stream(stream, out);
+                    }
+                }
+            }
+            State::Skip(left) => {
+                *left -= u32::try_from(n).unwrap_or(*left);
+                if *left == 0 {
+                    self.state = State::Head;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the next bytes of this direction, in order.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) {
+        while !data.is_empty() {
+            match self.state {
+                State::Lost(_) => return,
+                State::Preface(n) => {
+                    let want = &PREFACE[n..];
+                    let k = want.len().min(data.len());
+                    if data[..k] != want[..k] {
+                        self.lose(Lost::NoPreface);
+                        return;
+                    }
+                    data = &data[k..];
+                    self.state = if n + k == PREFACE.len() {
+                        State::Head
+                    } else {
+                        State::Preface(n + k)
+                    };
+                }
+                State::Head => {
+                    let k = (9 - self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..k]);
+                    data = &data[k..];
+                    if let &[a, b, c, ty, flags, s0, s1, s2, s3] = self.head.as_slice() {
+                        self.head.clear();
+                        let frame = Frame {
+                            ty,
+                            flags,
+                            stream: u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff,
+                            len: u32::from_be_bytes([0, a, b, c]),
+                        };
+                        self.begin(frame, out);
+                    }
+                }
+                State::Payload(f) => {
+                    let len = f.len as usize;
+                    let k = (len - self.payload.len()).min(data.len());
+                    self.payload.extend_from_slice(&data[..k]);
+                    data = &data[k..];
+                    if self.payload.len() == len {
+                        self.state = State::Head;
+                        let payload = std::mem::take(&mut self.payload);
+                        self.frame(f, &payload, out);
+                        // Keep the allocation for the next frame.
+                        self.payload = payload;
+                        self.payload.clear();
+                    }
+                }
+                State::DataPadLen(f) => {
+                    let pad = u32::from(data[0]);
+                    data = &data[1..];
+                    if pad >= f.len {
+                        self.lose(Lost::Protocol);
+                        return;
+                    }
+                    self.data_state(
+                        f.stream,
+                        f.flags & END_STREAM != 0,
+                        f.len - 1 - pad,
+                        pad,
+                        out,
+                    );
+                }
+                State::Data {
+                    stream,
+                    end,
+                    data: left,
+                    pad,
+                } => {
+                    let k = (left as usize).min(data.len());
+                    self.body(stream, &data[..k], out);
+                    data = &data[k..];
+                    let p = (pad as usize).min(data.len());
+                    data = &data[p..];
+                    // k and p are at most `left` and `pad`, both u32.
+                    let (left, pad) = (left - k as u32, pad - p as u32);
+                    self.data_state(stream, end, left, pad, out);
+                }
+                State::Skip(left) => {
+                    let k = (left as usize).min(data.len());
+                    data = &data[k..];
+                    let left = left - k as u32;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Skip(left)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Whether a stream's message is being collected.
+    #[must_use]
+    pub fn has_open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    /// Judges what the open streams hold so far (the connection ended or
+    /// stalled): each becomes a truncated message; later DATA on them is
+    /// passed over.
+    pub fn flush(&mut self, out: &mut Vec<Message>) {
+        for (stream, mut open) in std::mem::take(&mut self.open) {
+            open.truncated = true;
+            out.push(self.message(stream, open));
+        }
+    }
+
+    fn data_state(&mut self, stream: u32, end: bool, data: u32, pad: u32, out: &mut Vec<Message>) {
+        if data == 0 && pad == 0 {
+            self.state = State::Head;
+            if end {
+                self.end_stream(stream, out);
+            }
+        } else {
+            self.state = State::Data {
+                stream,
+                end,
+                data,
+                pad,
+            };
+        }
+    }
+
+    /// Body bytes of a stream. Past the cap, the message is judged from its
+    /// first bytes (as an HTTP/1 body is) and the rest is passed over.
+    fn body(&mut self, stream: u32, bytes: &[u8], out: &mut Vec<Message>) {
+        let Some(open) = self.open.get_mut(&stream) else {
+            self.counters.data_passed += bytes.len() as u64;
+            return;
+        };
+        let room = self.body_cap.saturating_sub(open.body.len());
+        let take = room.min(bytes.len());
+        open.body.extend_from_slice(&bytes[..take]);
+        if take < bytes.len() {
+            self.counters.data_passed += (bytes.len() - take) as u64;
+            if let Some(mut open) = self.open.remove(&stream) {
+                open.truncated = true;
+                out.push(self.message(stream, open));
+            }
+        }
+    }
+
+    fn begin(&mut self, f: Frame, out: &mut Vec<Message>) {
+        self.counters.frames += 1;
+        // A header block is a unit: nothing may come between its frames.
+        if let Some(b) = &self.block
+            && (f.ty != CONTINUATION || f.stream != b.stream)
+        {
+            self.lose(Lost::Protocol);
+            return;
+        }
+        match f.ty {
+            DATA if f.stream == 0 => self.lose(Lost::Protocol),
+            DATA if f.flags & PADDED != 0 => {
+                if f.len == 0 {
+                    self.lose(Lost::Protocol);
+                } else {
+                    self.state = State::DataPadLen(f);
+                }
+            }
+            DATA => self.data_state(f.stream, f.flags & END_STREAM != 0, f.len, 0, out),
+            HEADERS | CONTINUATION | SETTINGS | RST_STREAM | PUSH_PROMISE => {
+                if f.len as usize > MAX_HEADER_BLOCK {
+                    self.lose(Lost::Protocol);
+                } else if f.len == 0 {
+                    self.frame(f, &[], out);
+                } else {
+                    self.state = State::Payload(f);
+                }
+            }
+            _ if f.len == 0 => {}
+            _ => self.state = State::Skip(f.len),
+        }
+    }
+
+    fn frame(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
+        match f.ty {
+            HEADERS | PUSH_PROMISE => {
+                let push = f.ty == PUSH_PROMISE;
+                if push && self.side == Side::Client || f.stream == 0 {
+                    self.lose(Lost::Protocol);
+                    return;
+                }
+                let mut p = payload;
+                if f.flags & PADDED != 0 {
+                    let Some((&pad, rest)) = p.split_first() else {
+                        self.lose(Lost::Protocol);
+                        return;
+                    };
+                    let Some(end) = rest.len().checked_sub(usize::from(pad)) else {
+                        self.lose(Lost::Protocol);
+                        return;
+                    };
+                    p = &rest[..end];
+                }
+                // A priority block (HEADERS) or the promised stream (PUSH_PROMISE).
+                let skip = if push {
+                    4
+                } else if f.flags & PRIORITY != 0 {
+                    5
+                } else {
+                    0
+                };
+                let Some(p) = p.get(skip..) else {
+                    self.lose(Lost::Protocol);
+                    return;
+                };
+                self.block = Some(Block {
+                    stream: f.stream,
+                    end_stream: !push && f.flags & END_STREAM != 0,
+                    push,
+                    bytes: p.to_vec(),
+                    continuations: 0,
+                });
+                if f.flags & END_HEADERS != 0 {
+                    self.end_block(out);
+                }
+            }
+            CONTINUATION => {
+                let Some(b) = &mut self.block else {
+                    self.lose(Lost::Protocol);
+                    return;
+                };
+                b.continuations += 1;
+                if b.continuations > MAX_CONTINUATIONS
+                    || b.bytes.len() + payload.len() > MAX_HEADER_BLOCK
+                {
+                    self.lose(Lost::Protocol);
+                    return;
+                }
+                b.bytes.extend_from_slice(payload);
+                if f.flags & END_HEADERS != 0 {
+                    self.end_block(out);
+                }
+            }
+            SETTINGS => {
+                if f.flags & 0x1 != 0 {
+                    return; // ACK
+                }
+                if !payload.len().is_multiple_of(6) {
+                    self.lose(Lost::Protocol);
+                    return;
+                }
+                for s in payload.chunks_exact(6) {
+                    if let &[0, 1, a, b, c, d] = s {
+                        self.announced_table_size = Some(u32::from_be_bytes([a, b, c, d]));
+                    }
+                }
+            }
+            RST_STREAM => {
+                // A reset stream is judged as far as it went: the handler
+                // may have started on its head.
+                if let Some(mut open) = self.open.remove(&f.stream) {
+                    open.truncated = true;
+                    out.push(self.message(f.stream, open));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end_block(&mut self, out: &mut Vec<Message>) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        self.counters.header_blocks += 1;
+        let stream = block.stream;
+        let fields = if self.hpack_broken {
+            None
+        } else {
+            decode_block(&mut self.hpack, &block.bytes)
+        };
+        let Some((fields, cut)) = fields else {
+            self.hpack_broken = true;
+            self.counters.unknown += 1;
+            if !block.push && stream > self.last_stream {
+                self.last_stream = stream;
+                out.push(Message::Unknown { stream });
+            }
+            self.open.remove(&stream);
+            return;
+        };
+        if block.push {
+            return;
+        }
+        if let Some(open) = self.open.get_mut(&stream) {
+            // Trailers (gRPC's status comes here).
+            open.fields.extend(fields);
+            open.truncated |= cut;
+            if block.end_stream {
+                self.end_stream(stream, out);
+            }
+            return;
+        }
+        if stream <= self.last_stream && self.side == Side::Client {
+            // Trailers of a stream already judged, or a reused id the
+            // server refuses: not a new request.
+            return;
+        }
+        self.last_stream = self.last_stream.max(stream);
+        let open = Open {
+            fields,
+            body: Vec::new(),
+            truncated: cut,
+        };
+        if block.end_stream {
+            out.push(self.message(stream, open));
+            return;
+        }
+        if self.open.len() >= MAX_OPEN_STREAMS
+            && let Some((old, mut first)) = self.open.pop_first()
+        {
+            first.truncated = true;
+            out.push(self.message(old, first));
+        }
+        self.open.insert(stream, open);
+    }
+
+    fn end_stream(&mut self, stream: u32, out: &mut Vec<Message>) {
+        if let Some(open) = self.open.remove(&stream) {
+            out.push(self.message(stream, open));
+        }
+    }
+
+    fn message(&self, stream: u32, open: Open) -> Message {
+        match self.side {
+            Side::Client => Message::Request {
+                stream,
+                request: request(open),
+            },
+            Side::Server => Message::Response {
+                stream,
+                response: response(open),
+            },
+        }
+    }
+}
+
+/// Decodes one header block; `None` on an HPACK error. At most
+/// [`MAX_HEADERS`] fields and [`MAX_HEADER_BYTES`] of names and values are
+/// kept (the rest is still decoded, to keep the table in step): the flag
+/// says some were left out.
+fn decode_block(
+    hpack: &mut loona_hpack::Decoder<'static>,
+    bytes: &[u8],
+) -> Option<(Vec<(String, String)>, bool)> {
+    let mut fields = Vec::new();
+    let mut size = 0usize;
+    let mut cut = false;
+    let res = hpack.decode_with_cb(bytes, |name: Cow<[u8]>, value: Cow<[u8]>| {
+        size += name.len() + value.len();
+        if fields.len() >= MAX_HEADERS || size > MAX_HEADER_BYTES {
+            cut = true;
+            return;
+        }
+        fields.push((lossy(&name), lossy(&value)));
+    });
+    res.ok().map(|()| (fields, cut))
+}
+
+fn request(open: Open) -> Request {
+    let mut req = Request {
+        version: HTTP_2,
+        body: open.body,
+        truncated: open.truncated,
+        ..Request::default()
+    };
+    let mut authority = None;
+    for (name, value) in open.fields {
+        match name.as_str() {
+            ":method" => req.method = value,
+            ":path" => req.target = value,
+            ":authority" => authority = Some(value),
+            n if n.starts_with(':') => {}
+            _ => req.headers.push((name, value)),
+        }
+    }
+    // What an HTTP/1 gateway does: `:authority` stands for `Host`.
+    if let Some(a) = authority
+        && req.header("host").is_none()
+    {
+        req.headers.insert(0, ("host".into(), a));
+    }
+    (req.path, req.query) = split_target(&req.target);
+    req
+}
+
+fn response(open: Open) -> Response {
+    let mut resp = Response {
+        version: HTTP_2,
+        body: open.body,
+        truncated: open.truncated,
+        ..Response::default()
+    };
+    for (name, value) in open.fields {
+        if name == ":status" {
+            resp.status = value.trim().parse().unwrap_or(0);
+        } else if !name.starts_with(':') {
+            resp.headers.push((name, value));
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One frame: header and payload.
+    fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn block(enc: &mut loona_hpack::Encoder<'_>, fields: &[(&str, &str)]) -> Vec<u8> {
+        enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    fn get(enc: &mut loona_hpack::Encoder<'_>, stream: u32, path: &str) -> Vec<u8> {
+        let b = block(
+            enc,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "api.test"),
+                (":path", path),
+                ("user-agent", "nghttp2/1.52"),
+            ],
+        );
+        frame(HEADERS, END_HEADERS | END_STREAM, stream, &b)
+    }
+
+    fn start() -> Vec<u8> {
+        let mut v = PREFACE.to_vec();
+        v.extend(frame(
+            SETTINGS,
+            0,
+            0,
+            &[0, 1, 0, 0, 0x10, 0, 0, 3, 0, 0, 0, 100],
+        ));
+        v.extend(frame(8, 0, 0, &[0, 0xff, 0, 0]));
+        v
+    }
+
+    fn feed_in(d: &mut Decoder, bytes: &[u8], rec: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        for c in bytes.chunks(rec) {
+            d.feed(c, &mut out);
+        }
+        out
+    }
+
+    fn paths(out: &[Message]) -> Vec<String> {
+        out.iter()
+            .map(|m| match m {
+                Message::Request { request, .. } => request.target.clone(),
+                Message::Response { response, .. } => response.status.to_string(),
+                Message::Unknown { .. } => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_are_recognised_mid_connection() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = get(&mut enc, 7, "/a");
+        bytes.extend(frame(8, 0, 0, &[0, 0, 1, 0]));
+        assert!(looks_like_frames(&bytes));
+        assert!(looks_like_frames(&bytes[..bytes.len() - 2]));
+        assert!(!looks_like_frames(&bytes[..5]));
+        assert!(!looks_like_frames(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!looks_like_frames(
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+        ));
+        // SETTINGS on a stream, DATA on stream 0: not HTTP/2.
+        assert!(!looks_like_frames(&frame(SETTINGS, 0, 1, &[])));
+        assert!(!looks_like_frames(&frame(DATA, 0, 0, b"x")));
+    }
+
+    #[test]
+    fn preface_is_recognised() {
+        assert_eq!(preface(b"PRI * HT"), Preface::Partial);
+        assert_eq!(preface(PREFACE), Preface::Complete);
+        assert_eq!(preface(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Preface::No);
+        assert_eq!(preface(b"GET / HTTP/1.1\r\n"), Preface::No);
+    }
+
+    #[test]
+    fn rfc7541_c3_requests_without_huffman() {
+        // RFC 7541 appendix C.3: three requests on one connection, the
+        // later ones referring to the first's dynamic-table entries.
+        let c31 =
+            b"\x82\x86\x84\x41\x0f\x77\x77\x77\x2e\x65\x78\x61\x6d\x70\x6c\x65\x2e\x63\x6f\x6d";
+        let c32 = b"\x82\x86\x84\xbe\x58\x08\x6e\x6f\x2d\x63\x61\x63\x68\x65";
+        let c33 = b"\x82\x87\x85\xbf\x40\x0a\x63\x75\x73\x74\x6f\x6d\x2d\x6b\x65\x79\x0c\x63\x75\x73\x74\x6f\x6d\x2d\x76\x61\x6c\x75\x65";
+        let mut bytes = start();
+        for (i, b) in [&c31[..], c32, c33].iter().enumerate() {
+            bytes.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                2 * i as u32 + 1,
+                b,
+            ));
+        }
+        for rec in [1, 5, 1000] {
+            let mut d = Decoder::new(Side::Client, 1024);
+            let out = feed_in(&mut d, &bytes, rec);
+            assert_eq!(paths(&out), ["/", "/", "/index.html"], "records of {rec}");
+            let Message::Request { request, .. } = &out[2] else {
+                panic!("{out:?}");
+            };
+            assert_eq!(request.method, "GET");
+            assert_eq!(request.header("host"), Some("www.example.com"));
+            assert_eq!(request.header("custom-key"), Some("custom-value"));
+            assert_eq!(request.version, HTTP_2);
+            let Message::Request { request, .. } = &out[1] else {
+                panic!();
+            };
+            assert_eq!(request.header("cache-control"), Some("no-cache"));
+        }
+    }
+
+    #[test]
+    fn many_requests_keep_their_paths() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        let mut want = Vec::new();
+        for i in 0..300u32 {
+            let p = format!("/items/{}?q={}", i % 7, i);
+            bytes.extend(get(&mut enc, 2 * i + 1, &p));
+            want.push(p);
+        }
+        let mut d = Decoder::new(Side::Client, 1024);
+        let out = feed_in(&mut d, &bytes, 1024);
+        assert_eq!(paths(&out), want);
+        let Message::Request { request, .. } = &out[299] else {
+            panic!();
+        };
+        assert_eq!(request.path, "/items/5");
+        assert_eq!(request.query.as_deref(), Some("q=299"));
+    }
+
+    #[test]
+    fn bodies_continuations_padding_and_caps() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        let b = block(
+            &mut enc,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/pkg.Notes/Create"),
+                (":authority", "a"),
+                ("content-type", "application/grpc"),
+            ],
+        );
+        // The block split over HEADERS (padded, with priority) and CONTINUATION.
+        let (h, c) = b.split_at(b.len() / 2);
+        let mut p = vec![3, 0, 0, 0, 0, 16];
+        p.extend_from_slice(h);
+        p.extend_from_slice(&[0, 0, 0]);
+        bytes.extend(frame(HEADERS, PADDED | PRIORITY, 1, &p));
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, c));
+        // A second request interleaved, body over the cap.
+        let b2 = block(
+            &mut enc,
+            &[(":method", "PUT"), (":path", "/big"), (":scheme", "http")],
+        );
+        bytes.extend(frame(HEADERS, END_HEADERS, 3, &b2));
+        bytes.extend(frame(DATA, 0, 1, b"\0\0\0\0\x05hel"));
+        bytes.extend(frame(DATA, 0, 3, &[b'x'; 100]));
+        let mut padded = vec![2];
+        padded.extend_from_slice(b"lo");
+        padded.extend_from_slice(&[0, 0]);
+        bytes.extend(frame(DATA, PADDED | END_STREAM, 1, &padded));
+        bytes.extend(frame(DATA, END_STREAM, 3, &[b'y'; 100]));
+        for rec in [1, 3, 4096] {
+            let mut d = Decoder::new(Side::Client, 64);
+            let out = feed_in(&mut d, &bytes, rec);
+            // The big one is judged as soon as its body passes the cap.
+            assert_eq!(paths(&out), ["/big", "/pkg.Notes/Create"]);
+            let Message::Request { request, .. } = &out[1] else {
+                panic!();
+            };
+            assert_eq!(request.body, b"\0\0\0\0\x05hello");
+            assert!(!request.truncated);
+            let Message::Request { request, .. } = &out[0] else {
+                panic!();
+            };
+            assert_eq!(request.body.len(), 64);
+            assert!(request.truncated);
+            assert_eq!(d.lost(), None);
+        }
+    }
+
+    #[test]
+    fn an_hpack_error_makes_later_requests_unknown() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        bytes.extend(get(&mut enc, 1, "/a"));
+        // An index past the tables.
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0xff, 0x7f]));
+        bytes.extend(get(&mut enc, 5, "/b"));
+        let mut d = Decoder::new(Side::Client, 64);
+        let out = feed_in(&mut d, &bytes, 100);
+        assert_eq!(paths(&out), ["/a", "?", "?"]);
+        assert!(d.blind());
+    }
+
+    #[test]
+    fn a_gap_outside_skippable_data_loses_the_connection() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut d = Decoder::new(Side::Client, 16);
+        let mut out = Vec::new();
+        d.feed(&start(), &mut out);
+        let b = block(&mut enc, &[(":method", "POST"), (":path", "/up")]);
+        d.feed(&frame(HEADERS, END_HEADERS, 1, &b), &mut out);
+        // 10 KB of DATA; the first 16 bytes are judged, then the request is
+        // judged and the rest may be passed over unseen.
+        let data = frame(DATA, END_STREAM, 1, &[b'z'; 10_000]);
+        d.feed(&data[..9 + 16], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(d.skippable(), 0, "the stream is still collected");
+        d.flush(&mut out);
+        assert_eq!(paths(&out), ["/up"]);
+        assert_eq!(d.skippable(), 10_000 - 16);
+        d.skip_unseen(10_000 - 16, &mut out);
+        d.feed(&get(&mut enc, 3, "/next"), &mut out);
+        assert_eq!(paths(&out), ["/up", "/next"]);
+        // Bytes missing in a header block: lost for good.
+        d.skip_unseen(5, &mut out);
+        assert_eq!(d.lost(), Some(Lost::Gap));
+        d.feed(&get(&mut enc, 5, "/x"), &mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn bounds_hold_on_hostile_frames() {
+        // CONTINUATION flood.
+        let mut d = Decoder::new(Side::Client, 16);
+        let mut bytes = start();
+        bytes.extend(frame(HEADERS, 0, 1, &[0x82]));
+        for _ in 0..=MAX_CONTINUATIONS {
+            bytes.extend(frame(CONTINUATION, 0, 1, &[0x84]));
+        }
+        let out = feed_in(&mut d, &bytes, 4096);
+        assert!(out.is_empty());
+        assert_eq!(d.lost(), Some(Lost::Protocol));
+        // A header frame larger than any server reads.
+        let mut d = Decoder::new(Side::Client, 16);
+        let mut bytes = start();
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, HEADERS, 0, 0, 0, 0, 1]);
+        feed_in(&mut d, &bytes, 4096);
+        assert_eq!(d.lost(), Some(Lost::Protocol));
+        // Padding longer than the frame; a frame between HEADERS and CONTINUATION.
+        for bad in [
+            frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]),
+            [frame(HEADERS, 0, 1, &[0x82]), frame(8, 0, 0, &[0, 0, 0, 1])].concat(),
+            frame(DATA, PADDED, 1, &[5, 1, 2]),
+        ] {
+            let mut d = Decoder::new(Side::Client, 16);
+            feed_in(&mut d, &[start(), bad].concat(), 7);
+            assert_eq!(d.lost(), Some(Lost::Protocol));
+        }
+        // A table-size update beyond the cap is an HPACK error.
+        let mut d = Decoder::new(Side::Client, 16);
+        let mut bytes = start();
+        bytes.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &[0x3f, 0xe1, 0xff, 0x07, 0x82],
+        ));
+        assert_eq!(paths(&feed_in(&mut d, &bytes, 64)), ["?"]);
+        // Fields referring to a big table entry again and again are cut.
+        let mut enc = loona_hpack::Encoder::new();
+        let big = "v".repeat(4000);
+        let mut b = block(
+            &mut enc,
+            &[(":method", "GET"), (":path", "/"), ("x-big", &big)],
+        );
+        // Index 62: the entry just inserted.
+        b.extend(std::iter::repeat_n(0xbe, 100));
+        let mut d = Decoder::new(Side::Client, 16);
+        let out = feed_in(
+            &mut d,
+            &[start(), frame(HEADERS, END_HEADERS | END_STREAM, 1, &b)].concat(),
+            4096,
+        );
+        let Message::Request { request, .. } = &out[0] else {
+            panic!("{out:?}");
+        };
+        assert!(request.truncated);
+        assert!(request.headers.len() < 20);
+        // Not HTTP/2 at all.
+        let mut d = Decoder::new(Side::Client, 16);
+        feed_in(&mut d, b"GET / HTTP/1.1\r\n\r\n", 64);
+        assert_eq!(d.lost(), Some(Lost::NoPreface));
+    }
+
+    #[test]
+    fn settings_table_size_and_responses_with_trailers() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut d = Decoder::new(Side::Server, 1024);
+        let mut bytes = frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x20, 0]);
+        let h = block(
+            &mut enc,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+        );
+        bytes.extend(frame(HEADERS, END_HEADERS, 1, &h));
+        bytes.extend(frame(DATA, 0, 1, b"\0\0\0\0\0"));
+        let t = block(
+            &mut enc,
+            &[("grpc-status", "16"), ("grpc-message", "no token")],
+        );
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &t));
+        let out = feed_in(&mut d, &bytes, 3);
+        assert_eq!(d.announced_table_size, Some(0x2000));
+        let [Message::Response { response, .. }] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("grpc-status"), Some("16"));
+        // A size update above what the peer announced is refused.
+        let mut d = Decoder::new(Side::Client, 16);
+        d.peer_table_size(256);
+        let mut bytes = start();
+        // Size update to 1024 (0x20 | 31, then 993), then an indexed field.
+        bytes.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &[0x3f, 0xe1, 0x07, 0x82],
+        ));
+        assert_eq!(paths(&feed_in(&mut d, &bytes, 64)), ["?"]);
+    }
+}
