@@ -7,6 +7,8 @@
 //! - [`decode`]: bounded normalization (percent, HTML entities, JS escapes, overlong UTF-8).
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
 //!   traversal, SSRF, JNDI, scanners, smuggling/protocol) and the [`DetectConfig`] policy.
+//! - [`graphql`]: GraphQL requests parsed (`apollo-parser`) and judged: shape
+//!   limits, introspection, batched attempts, inputs named after their argument.
 //! - [`eval`]: labelled-corpus evaluation producing a [`eval::Report`].
 //! - [`api`]: the stateful OWASP API Top 10 layer: the [`ApiGuard`] checks
 //!   credentials, JWTs, object-level authorization, enumeration, mass assignment,
@@ -32,6 +34,7 @@ pub mod api;
 pub mod decode;
 pub mod detect;
 pub mod eval;
+pub mod graphql;
 pub mod http;
 pub mod template;
 

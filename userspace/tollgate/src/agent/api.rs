@@ -423,11 +423,13 @@ impl ApiState {
                     d.ban = None;
                     d
                 } else {
+                    let d = st.pipeline.on_request(Some(ev.client), req, ms);
                     // A stand-in for unparseable bytes is no endpoint.
                     if req.malformed.is_none() {
-                        st.inventory.on_request(ev.client, req, now);
+                        let endpoints = st.pipeline.endpoints(req);
+                        st.inventory.on_request_at(ev.client, req, &endpoints, now);
                     }
-                    st.pipeline.on_request(Some(ev.client), req, ms)
+                    d
                 };
                 Some((st.pipeline.route_of(req), d))
             }
