@@ -208,8 +208,11 @@ struct Route {
     /// A GraphQL operation (`POST /graphql mutation login`): the route applies
     /// to each call of that top-level field (kind `None`: any kind), not to
     /// requests by path.
-    operation: Option<(Option<OpKind>, String)>,
+    operation: Option<GqlOperation>,
 }
+
+/// A route's GraphQL operation: kind (any when `None`) and top-level field.
+type GqlOperation = (Option<OpKind>, String);
 
 impl Route {
     fn compile(i: usize, spec: &RouteSpec, policy: &ApiPolicy) -> Result<Route, ApiPolicyError> {
@@ -311,7 +314,7 @@ impl Route {
 }
 
 /// Splits `/graphql mutation login` into the path and the GraphQL operation.
-fn split_operation(text: &str) -> Result<(&str, Option<(Option<OpKind>, String)>), String> {
+fn split_operation(text: &str) -> Result<(&str, Option<GqlOperation>), String> {
     let text = text.trim();
     let Some((path, op)) = text.split_once(char::is_whitespace) else {
         return Ok((text, None));
@@ -780,8 +783,7 @@ impl ApiGuard {
                 &mut self.clients,
                 (client, now_ms),
                 a,
-                &method,
-                &segs,
+                (&method, &segs),
                 claims.as_ref(),
                 &mut out,
             );
@@ -951,8 +953,7 @@ fn graphql_calls(
     clients: &mut state::Clients,
     (client, now_ms): (IpAddr, u64),
     a: &Analysis,
-    method: &str,
-    segs: &[String],
+    (method, segs): (&str, &[String]),
     claims: Option<&serde_json::Map<String, Value>>,
     out: &mut Out<'_>,
 ) {
