@@ -311,10 +311,33 @@ fn debian_packages() -> anyhow::Result<()> {
         ok(
             "test tools (ip, ping, nft, curl, promtool, haproxy, python3, scapy, nginx, openssl, etcd)",
         );
-        return Ok(());
+        return graphql_core();
     }
     apt_install(&missing).context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
+    graphql_core()
+}
+
+/// graphql-core, the real GraphQL server of tests/tests/graphql.rs
+/// (tests/scripts/graphql_server.py needs its 3.x API: `graphql_sync`).
+fn graphql_core() -> anyhow::Result<()> {
+    let has = || {
+        Command::new("python3")
+            .args(["-c", "from graphql import graphql_sync"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has() {
+        ok("graphql-core (python3)");
+        return Ok(());
+    }
+    apt_install(&["python3-graphql-core"]).context("failed to install python3-graphql-core")?;
+    if !has() {
+        anyhow::bail!(
+            "python3-graphql-core installed but lacks graphql_sync (graphql-core 3 needed)"
+        );
+    }
+    did("installed python3-graphql-core");
     Ok(())
 }
 
