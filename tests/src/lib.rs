@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod etcd;
 pub mod fleet;
+pub mod gqlbench;
 pub mod http;
 pub mod latency;
 pub mod parity;
