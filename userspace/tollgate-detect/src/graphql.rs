@@ -300,13 +300,29 @@ impl Graphql {
         }
         let json: Json = match serde_json::from_str(&text) {
             Ok(j) => j,
+            Err(_) if req.truncated => {
+                // The body was cut where capture stopped: judge the part of the
+                // document that arrived (the parser takes a broken end).
+                a.findings.push((
+                    MALFORMED,
+                    6,
+                    "body larger than what was captured: judged its first part".to_owned(),
+                ));
+                let query = json_string_prefix(&text, "query");
+                return Some(
+                    query
+                        .map(|q| Sent {
+                            query: Some(q),
+                            operation_name: None,
+                            variables: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                );
+            }
             Err(e) => {
-                let why = if req.truncated {
-                    "body larger than what was captured".to_owned()
-                } else {
-                    format!("body is not JSON: {e}")
-                };
-                a.findings.push((MALFORMED, 6, why));
+                a.findings
+                    .push((MALFORMED, 6, format!("body is not JSON: {e}")));
                 return Some(Vec::new());
             }
         };
@@ -539,6 +555,35 @@ impl Graphql {
             ));
         }
     }
+}
+
+/// The (possibly cut) value of the first string member `key` of a JSON text
+/// that does not parse as a whole, unescaped as far as it goes.
+fn json_string_prefix(text: &str, key: &str) -> Option<String> {
+    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+    let mut chars = rest.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        out.push(ch);
+                    }
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Score for a count over a limit: 6 over it, 10 at twice it; `None` within

@@ -229,12 +229,9 @@ fn hostile_megabyte_documents() {
         format!("{{ {} }}", "a ".repeat(1 << 19)),
         format!("{}{}", "{ a ".repeat(1 << 18), "}".repeat(1 << 18)),
     ] {
-        let r = post(&body(&doc, "{}"));
-        let t = std::time::Instant::now();
-        let v = e.inspect_request(&r);
+        // Time is the benchmark's to measure (`cargo xtask bench graphql`).
+        let v = e.inspect_request(&post(&body(&doc, "{}")));
         assert!(e.verdict(&v) != Action::Allow, "{v:?}");
-        // Generous for unoptimised test builds; the benchmark measures release.
-        assert!(t.elapsed() < std::time::Duration::from_secs(2));
     }
 }
 
@@ -248,4 +245,23 @@ fn schema_lists_root_fields() {
     assert!(s.documents(OpKind::Query, "user"));
     assert!(!s.documents(OpKind::Query, "id"));
     assert!(Schema::parse("type Query {").is_err());
+}
+
+/// A body cut where capture stopped: the part of the document that arrived
+/// is judged (200 aliased logins cut after 60 still count 60).
+#[test]
+fn a_truncated_body_is_judged_on_its_first_part() {
+    let logins: String = (0..200)
+        .map(|i| format!("l{i}: login(username: \"u{i}\", password: \"p\\u0027{i}\") {{ token }} "))
+        .collect();
+    let full = body(&format!("mutation {{ {logins} }}"), "{}");
+    let mut r = post(&full);
+    r.body.truncate(60 * 60);
+    r.truncated = true;
+    let a = analyze(&r);
+    let rules = a.rules();
+    assert!(rules.contains(&"graphql.malformed"), "{rules:?}");
+    assert!(rules.contains(&"graphql.batched_attempts"), "{rules:?}");
+    assert!(rules.contains(&"graphql.aliases"), "{rules:?}");
+    assert!(a.attempts()[0].2 >= 50, "{:?}", a.attempts());
 }
