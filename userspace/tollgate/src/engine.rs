@@ -93,6 +93,19 @@ impl Pipeline {
         Ok(self)
     }
 
+    /// The operations (`mutation login`) of the request last judged by
+    /// [`Pipeline::on_request`], when it is `req` and GraphQL.
+    #[must_use]
+    pub fn graphql_operations(&self, req: &tollgate_detect::Request) -> Vec<String> {
+        match &self.last_graphql {
+            Some((k, routes)) if *k == request_key(req) => routes
+                .iter()
+                .filter_map(|r| r.split_once(' ').map(|(_, op)| op.to_owned()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The GraphQL schema configured, if any.
     #[must_use]
     pub fn graphql_schema(&self) -> Option<&tollgate_detect::graphql::Schema> {
@@ -694,6 +707,7 @@ mod api_tests {
         let d = p.on_request(c, &one, 0);
         assert!(d.violations.is_empty(), "{d:?}");
         assert_eq!(p.route_of(&one), "POST /graphql mutation login");
+        assert_eq!(p.graphql_operations(&one), ["mutation login"]);
         assert_eq!(
             p.endpoints(&one),
             [("POST".to_owned(), "/graphql mutation login".to_owned())]
