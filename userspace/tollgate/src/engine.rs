@@ -741,6 +741,18 @@ mod api_tests {
         );
         let d = p.on_request(c, &other, 1);
         assert_eq!(d.violations[0].rule, "authz.object_binding", "{d:?}");
+        // Aliased `user(id:)` calls walking ids: enumeration in one request.
+        let mut p2 = policy(
+            "routes:\n  - path: POST /graphql query user\n    enumeration: {max_ids: 10, window: 1m, param: id}\n",
+        );
+        let walk: String = (0..30)
+            .map(|i| format!("u{i}: user(id: {i}) {{ name }} "))
+            .collect();
+        let d = p2.on_request(c, &gql(&format!(r#"{{"query":"{{ {walk} }}"}}"#), ""), 0);
+        assert!(
+            d.violations.iter().any(|v| v.rule == "enumeration.ids"),
+            "{d:?}"
+        );
         // Failed logins as GraphQL errors: one failure per aliased call.
         let mut errors = bare_response(200);
         errors.headers = vec![("Content-Type".into(), "application/json".into())];

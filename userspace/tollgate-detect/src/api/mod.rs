@@ -255,7 +255,9 @@ impl Route {
         let enumeration = match &spec.enumeration {
             None => None,
             Some(e) => {
+                // On a GraphQL operation the parameter is an argument.
                 if let Some(p) = &e.param
+                    && operation.is_none()
                     && !params.contains(&p.as_str())
                 {
                     return Err(invalid(
@@ -263,7 +265,7 @@ impl Route {
                         format!("{p:?} is not a parameter of {text:?}"),
                     ));
                 }
-                if params.is_empty() {
+                if params.is_empty() && operation.is_none() {
                     return Err(invalid(
                         at("enumeration"),
                         format!("{text:?} has no {{param}} to count"),
@@ -973,6 +975,33 @@ fn graphql_calls(
         {
             let n = clients.hit_route(client, idx, n, now_ms, per);
             limit_finding(n, requests, per, &on, out);
+        }
+        // Each call's argument is an id of the route (aliased `user(id:)`
+        // calls walk ids in one request).
+        if let Some((max, window, param)) = &r.enumeration
+            && out.checks.enumeration.enabled
+        {
+            let key = state::Clients::route_key(idx);
+            let ids = a
+                .operations
+                .iter()
+                .filter(|o| o.kind == kind)
+                .flat_map(|o| &o.arguments)
+                .filter(|(f, arg, _)| f == field && param.as_ref().is_none_or(|p| p == arg));
+            let mut over = None;
+            for (_, _, id) in ids {
+                let n = clients.see_id(client, key, id, now_ms, *window, *max);
+                if n > *max {
+                    over = Some(id);
+                }
+            }
+            if let Some(id) = over {
+                out.push(
+                    ENUMERATION,
+                    Location::Request,
+                    enumeration_evidence(id, *max, &on, *window),
+                );
+            }
         }
         if let Some(claims) = claims {
             for op in a.operations.iter().filter(|o| o.kind == kind) {
