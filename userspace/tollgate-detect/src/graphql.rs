@@ -262,26 +262,7 @@ impl Graphql {
     /// parameters. `None`: nothing GraphQL in it.
     fn sent(&self, req: &Request, a: &mut Analysis) -> Option<Vec<Sent>> {
         if req.method.eq_ignore_ascii_case("GET") {
-            let q = req.query.as_deref()?;
-            let mut s = Sent {
-                query: None,
-                operation_name: None,
-                variables: None,
-            };
-            for pair in q.split('&') {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let v = crate::decode::percent_decode(v, true);
-                match k {
-                    "query" => s.query = Some(v),
-                    "operationName" => s.operation_name = Some(v),
-                    "variables" => match serde_json::from_str(&v) {
-                        Ok(j) => s.variables = Some(j),
-                        Err(e) => a.findings.push((MALFORMED, 6, format!("variables: {e}"))),
-                    },
-                    _ => {}
-                }
-            }
-            return s.query.is_some().then(|| vec![s]);
+            return from_pairs(req.query.as_deref()?, a);
         }
         if req.body.is_empty() {
             return None;
@@ -291,6 +272,10 @@ impl Graphql {
             .unwrap_or("")
             .to_ascii_lowercase();
         let text = String::from_utf8_lossy(&req.body);
+        // Some servers take form bodies as they take GET parameters.
+        if ctype.starts_with("application/x-www-form-urlencoded") {
+            return Some(from_pairs(&text, a).unwrap_or_default());
+        }
         if ctype.starts_with("application/graphql") && !ctype.contains("json") {
             return Some(vec![Sent {
                 query: Some(text.into_owned()),
@@ -555,6 +540,30 @@ impl Graphql {
             ));
         }
     }
+}
+
+/// A request in URL parameters (`query=`, `operationName=`, `variables=`);
+/// `None` without `query`.
+fn from_pairs(q: &str, a: &mut Analysis) -> Option<Vec<Sent>> {
+    let mut s = Sent {
+        query: None,
+        operation_name: None,
+        variables: None,
+    };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = crate::decode::percent_decode(v, true);
+        match k {
+            "query" => s.query = Some(v),
+            "operationName" => s.operation_name = Some(v),
+            "variables" => match serde_json::from_str(&v) {
+                Ok(j) => s.variables = Some(j),
+                Err(e) => a.findings.push((MALFORMED, 6, format!("variables: {e}"))),
+            },
+            _ => {}
+        }
+    }
+    s.query.is_some().then(|| vec![s])
 }
 
 /// The (possibly cut) value of the first string member `key` of a JSON text

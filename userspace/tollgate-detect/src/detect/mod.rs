@@ -470,7 +470,10 @@ impl Engine {
         let body = (!req.body.is_empty()).then(|| {
             String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
         });
-        let mut inputs = self.extract(req, path, body.as_deref(), gql.is_some());
+        // A GraphQL request is judged by its arguments and variables; a body on
+        // a GraphQL path that carries neither is judged like any other.
+        let graphql = gql.is_some_and(|a| !a.operations.is_empty() || !a.inputs.is_empty());
+        let mut inputs = self.extract(req, path, body.as_deref(), graphql);
         if let Some(a) = gql {
             for (rule, score, ev) in &a.findings {
                 sink.push(rule, Category::Graphql, *score, &Location::Body, ev, 0);

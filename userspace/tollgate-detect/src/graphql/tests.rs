@@ -121,6 +121,16 @@ fn injections_in_variables_and_arguments_are_named() {
         r#"{"h":"8.8.8.8; cat /etc/passwd"}"#,
     )));
     assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // A body on the GraphQL path that is no GraphQL is judged as JSON.
+    let v = e.inspect_request(&post(r#"{"username":"admin' OR '1'='1' --"}"#));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // A form body, as some servers take it.
+    let form = "query=mutation%7Blogin(username%3A%22admin%27%20OR%201%3D1--%22%2Cpassword%3A%22x%22)%7Btoken%7D%7D";
+    let v = e.inspect_request(&req(&format!(
+        "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
     // GET parameters.
     let v = e.inspect_request(&req(
         "GET /graphql?query=%7Buser(name%3A%22x%27%20union%20select%20password%20from%20users--%22)%7Bid%7D%7D HTTP/1.1\r\nHost: a\r\n\r\n",
