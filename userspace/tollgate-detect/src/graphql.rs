@@ -92,6 +92,9 @@ const PARSER_RECURSION: usize = 200;
 const VISIT_BUDGET: u32 = 50_000;
 /// Most inputs handed to the detectors from one request.
 const MAX_INPUTS: usize = 512;
+/// Distinct operations a request is named by (events, inventory); a request
+/// calling more fields is named after its first ones.
+pub const MAX_ROUTES: usize = 16;
 /// Deepest JSON nesting of variables walked.
 const MAX_JSON_DEPTH: u32 = 32;
 
@@ -142,28 +145,33 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Distinct `(kind, top-level field)` pairs, in order of first appearance.
+    /// Distinct `(kind, top-level field)` pairs, in order of first appearance,
+    /// at most [`MAX_ROUTES`] (what events and the inventory name).
     pub fn routes(&self) -> Vec<(OpKind, &str)> {
-        let mut out: Vec<(OpKind, &str)> = Vec::new();
-        for op in &self.operations {
-            for f in &op.fields {
-                if !out.iter().any(|(k, g)| *k == op.kind && g == f) {
-                    out.push((op.kind, f));
-                }
-            }
-        }
-        out
+        self.attempts()
+            .into_iter()
+            .take(MAX_ROUTES)
+            .map(|(k, f, _)| (k, f))
+            .collect()
     }
 
     /// How many times each `(kind, field)` is called in the request (aliases and
-    /// batched operations each count).
+    /// batched operations each count), in order of first appearance.
     pub fn attempts(&self) -> Vec<(OpKind, &str, u32)> {
         let mut out: Vec<(OpKind, &str, u32)> = Vec::new();
+        let mut index: HashMap<(OpKind, &str), usize> = HashMap::new();
         for op in &self.operations {
             for f in &op.fields {
-                match out.iter_mut().find(|(k, g, _)| *k == op.kind && g == f) {
-                    Some(e) => e.2 += 1,
-                    None => out.push((op.kind, f, 1)),
+                match index.get(&(op.kind, f.as_str())) {
+                    Some(&i) => {
+                        if let Some(e) = out.get_mut(i) {
+                            e.2 += 1;
+                        }
+                    }
+                    None => {
+                        index.insert((op.kind, f), out.len());
+                        out.push((op.kind, f, 1));
+                    }
                 }
             }
         }

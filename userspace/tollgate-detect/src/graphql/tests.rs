@@ -245,6 +245,19 @@ fn hostile_megabyte_documents() {
     }
 }
 
+/// 20,000 distinct top-level fields: counted in linear time, named after
+/// the first few.
+#[test]
+fn many_distinct_fields_stay_cheap() {
+    let wide: String = (0..20_000).map(|i| format!("f{i} ")).collect();
+    let a = analyze(&post(&body(&format!("{{ {wide} }}"), "{}")));
+    // The token limit cuts the document at about 10,000 fields.
+    assert!(a.attempts().len() > 5_000);
+    assert!(a.rules().contains(&"graphql.too_large"));
+    assert_eq!(a.routes().len(), MAX_ROUTES);
+    assert!(a.rules().contains(&"graphql.fields"));
+}
+
 #[test]
 fn schema_lists_root_fields() {
     let s = Schema::parse(
