@@ -140,6 +140,8 @@ pub(crate) type GqlInput = (String, String, bool);
 #[derive(Debug, Default)]
 pub struct Analysis {
     pub operations: Vec<Operation>,
+    /// A GraphQL document was sent (even one without operations).
+    pub document: bool,
     pub(crate) findings: Vec<Finding>,
     pub(crate) inputs: Vec<GqlInput>,
 }
@@ -249,6 +251,7 @@ impl Graphql {
             let mut var_locs: HashMap<String, String> = HashMap::new();
             let first = a.operations.len();
             if let Some(q) = &s.query {
+                a.document = true;
                 self.document(
                     q,
                     s.operation_name.as_deref(),

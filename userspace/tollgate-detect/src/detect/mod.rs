@@ -472,7 +472,7 @@ impl Engine {
         });
         // A GraphQL request is judged by its arguments and variables; a body on
         // a GraphQL path that carries neither is judged like any other.
-        let graphql = gql.is_some_and(|a| !a.operations.is_empty() || !a.inputs.is_empty());
+        let graphql = gql.is_some_and(|a| a.document || !a.inputs.is_empty());
         let mut inputs = self.extract(req, path, body.as_deref(), graphql);
         if let Some(a) = gql {
             for (rule, score, ev) in &a.findings {
