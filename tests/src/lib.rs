@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod etcd;
 pub mod fleet;
+pub mod gqlbench;
 pub mod h2;
 pub mod h2bench;
 pub mod http;

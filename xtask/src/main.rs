@@ -43,6 +43,8 @@ enum Cmd {
     /// (the limiter on the wire only); `sampling` (the API
     /// sample pipeline and what sampling adds to the XDP program);
     /// `detect CORPUS` (requests/s per core through the default policy);
+    /// `graphql` (GraphQL vs equivalent REST requests/s per core through the
+    /// default policy; time to judge 1 MB hostile documents);
     /// `block-latency [TRIALS]` (offending request -> first dropped packet).
     /// `startup` (cold and warm start with 1,000,000 stored bans: time to
     /// enforcement, agent RSS). `capture [RATE]` (every request taken at the
@@ -57,7 +59,7 @@ enum Cmd {
     /// and when the agent joins busy connections, wrong ones, CPU per request).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "block-latency", "startup", "capture", "parity", "tls", "h2"])]
+        #[arg(value_parser = ["xdp", "ratelimit", "ratelimit-wire", "sampling", "detect", "graphql", "block-latency", "startup", "capture", "parity", "tls", "fleet", "h2"])]
         which: String,
         /// Arguments passed to the benchmark binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -230,10 +232,11 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 
 fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
     // The detection benchmark is pure userspace; the others load eBPF.
-    if which != "detect" {
+    let pure = matches!(which, "detect" | "graphql");
+    if !pure {
         require_root("cargo xtask bench")?;
     }
-    setup::ensure_ready("cargo xtask bench", which != "detect")?;
+    setup::ensure_ready("cargo xtask bench", !pure)?;
     // Benchmarks that run the agent use the release binary next to them.
     run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
     run(cargo()

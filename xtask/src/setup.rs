@@ -39,6 +39,7 @@ fn steps(test_deps: bool) -> anyhow::Result<()> {
         nightly_clippy()?;
         debian_packages()?;
         grpcio()?;
+        graphql_core()?;
         crowdsec()?;
         kubernetes_validate()?;
     }
@@ -325,6 +326,37 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     apt_install(&missing).context("failed to install test tools")?;
     did(format!("installed {}", missing.join(", ")));
+    Ok(())
+}
+
+/// graphql-core 3 for Debian's python3, the real GraphQL server of
+/// tests/tests/graphql.rs (tests/scripts/graphql_server.py needs its 3.x API,
+/// `graphql_sync`; bookworm packages only 2.3, so it comes from PyPI).
+fn graphql_core() -> anyhow::Result<()> {
+    let has = || {
+        output(Command::new("/usr/bin/python3").args(["-c", "from graphql import graphql_sync"]))
+            .is_some()
+    };
+    if has() {
+        ok("graphql-core 3 (GraphQL test)");
+        return Ok(());
+    }
+    if output(Command::new("/usr/bin/python3").args(["-m", "pip", "--version"])).is_none() {
+        apt_install(&["python3-pip"]).context("failed to install python3-pip")?;
+    }
+    sh(Command::new("/usr/bin/python3").args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--break-system-packages",
+        "graphql-core>=3.2,<3.3",
+    ]))
+    .context("failed to install graphql-core 3 from PyPI")?;
+    if !has() {
+        anyhow::bail!("graphql-core installed but `from graphql import graphql_sync` fails");
+    }
+    did("installed graphql-core 3 (PyPI)");
     Ok(())
 }
 

@@ -55,6 +55,7 @@ fn main() {
         "ratelimit" => ratelimit(),
         "sampling" => sampling(),
         "detect" => detect(std::env::args().nth(2)),
+        "graphql" => tollgate_tests::gqlbench::run(),
         "block-latency" => {
             let trials = std::env::args()
                 .nth(2)
@@ -94,7 +95,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, block-latency, startup, capture, parity, tls, fleet, h2)"
+                "unknown benchmark '{other}' (known: xdp, ratelimit, ratelimit-wire, sampling, detect, graphql, block-latency, startup, capture, parity, tls, fleet, h2)"
             );
             std::process::exit(2);
         }

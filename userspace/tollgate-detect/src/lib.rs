@@ -9,6 +9,8 @@
 //! - [`decode`]: bounded normalization (percent, HTML entities, JS escapes, overlong UTF-8).
 //! - [`detect`]: the [`Engine`], its detectors (SQLi, XSS, command injection,
 //!   traversal, SSRF, JNDI, scanners, smuggling/protocol) and the [`DetectConfig`] policy.
+//! - [`graphql`]: GraphQL requests parsed (`apollo-parser`) and judged: shape
+//!   limits, introspection, batched attempts, inputs named after their argument.
 //! - [`eval`]: labelled-corpus evaluation producing a [`eval::Report`].
 //! - [`api`]: the stateful OWASP API Top 10 layer: the [`ApiGuard`] checks
 //!   credentials, JWTs, object-level authorization, enumeration, mass assignment,
@@ -34,6 +36,7 @@ pub mod api;
 pub mod decode;
 pub mod detect;
 pub mod eval;
+pub mod graphql;
 pub mod h2;
 pub mod http;
 pub mod template;
@@ -55,7 +58,9 @@ pub fn fuzz_one(data: &[u8]) {
     let _ = classify(data);
     // Building the matchers dominates a single run; build them once per process.
     static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
-    let engine = ENGINE.get_or_init(|| Engine::new(DetectConfig::default()));
+    let engine = ENGINE.get_or_init(|| {
+        Engine::new(DetectConfig::default()).with_graphql(graphql::GraphqlConfig::default())
+    });
     thread_local! {
         // The API guard is stateful (&mut): one per fuzzing thread, with a policy that
         // reaches every check.
@@ -147,6 +152,8 @@ mod tests {
             b"PUT /users/8 HTTP/1.1\r\nAuthorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOjd9.\r\nContent-Length: 26\r\n\r\n{\"role\":\"admin\",\"x\":[[{}]]}",
             b"GET /users/%2e%2e/8 HTTP/1.1\r\nCookie: session=a.b.c\r\nAuthorization: Bearer \xff.\xfe.\r\n\r\n",
             b"HTTP/1.1 401 No\r\nContent-Length: 40\r\n\r\n4111 1111 1111 1111 \"password\": \"x\" AKIA",
+            b"POST /graphql HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"query\":\"{{{{...A} fragment A on Q {...A\\u00",
+            b"GET /graphql?query=%7Ba(x:%22%5Cu%22)%7B%7B%7B&variables=%7B%22a%22:%7B%22$ne%22:1%7D%7D HTTP/1.1\r\n\r\n",
         ];
         for f in fixed {
             fuzz_one(f);

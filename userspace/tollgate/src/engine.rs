@@ -45,6 +45,11 @@ pub struct Pipeline {
     guard: ApiGuard,
     scoring: ScoringPolicy,
     scores: HashMap<IpNet, (f64, u64)>,
+    /// The GraphQL schema's root fields, for the inventory.
+    schema: Option<tollgate_detect::graphql::Schema>,
+    /// Routes of the last GraphQL request judged, keyed by a hash of the
+    /// request, so that the route and the inventory do not parse it again.
+    last_graphql: Option<(u64, Vec<String>)>,
 }
 
 impl Pipeline {
@@ -64,7 +69,47 @@ impl Pipeline {
             guard: ApiGuard::new(api, openapi)?,
             scoring,
             scores: HashMap::new(),
+            schema: None,
+            last_graphql: None,
         })
+    }
+
+    /// Recognises GraphQL requests (`graphql:` policy section); `schema` is
+    /// the SDL text, if one is configured.
+    ///
+    /// # Errors
+    /// When the schema does not parse.
+    pub fn with_graphql(
+        mut self,
+        cfg: tollgate_detect::graphql::GraphqlConfig,
+        schema: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        self.schema = schema
+            .map(tollgate_detect::graphql::Schema::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("graphql.schema: {e}"))?;
+        self.engine = std::mem::replace(&mut self.engine, Engine::new(DetectConfig::default()))
+            .with_graphql(cfg);
+        Ok(self)
+    }
+
+    /// The operations (`mutation login`) of the request last judged by
+    /// [`Pipeline::on_request`], when it is `req` and GraphQL.
+    #[must_use]
+    pub fn graphql_operations(&self, req: &tollgate_detect::Request) -> Vec<String> {
+        match &self.last_graphql {
+            Some((k, routes)) if *k == request_key(req) => routes
+                .iter()
+                .filter_map(|r| r.split_once(' ').map(|(_, op)| op.to_owned()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The GraphQL schema configured, if any.
+    #[must_use]
+    pub fn graphql_schema(&self) -> Option<&tollgate_detect::graphql::Schema> {
+        self.schema.as_ref()
     }
 
     /// The pipeline a policy file describes (reads its OpenAPI document).
@@ -79,20 +124,49 @@ impl Pipeline {
             ),
             None => None,
         };
+        let schema = match &p.graphql.schema {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("graphql.schema: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         Self::new(
             p.detectors.clone(),
             p.scoring.clone(),
             &p.api_policy(),
             doc.as_deref(),
         )
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_graphql(p.graphql.clone(), schema.as_deref())
+    }
+
+    /// The endpoints a request is for, as `(method, template)`: its GraphQL
+    /// operations (`POST`, `/graphql mutation login`) or its path template.
+    #[must_use]
+    pub fn endpoints(&self, req: &tollgate_detect::Request) -> Vec<(String, String)> {
+        let method = req.method.to_ascii_uppercase();
+        let routes = match &self.last_graphql {
+            Some((k, r)) if *k == request_key(req) => r.clone(),
+            _ => graphql_routes(self.engine.graphql(req).as_ref(), req),
+        };
+        if routes.is_empty() {
+            return vec![(method, tollgate_detect::path_template(&req.path))];
+        }
+        routes.into_iter().map(|r| (method.clone(), r)).collect()
     }
 
     /// `METHOD /template` of a request, for events (`-` for the method of
     /// unparseable bytes that had none).
     #[must_use]
     pub fn route_of(&self, req: &tollgate_detect::Request) -> String {
-        let route = self.guard.route_of(req);
+        let route = match &self.last_graphql {
+            Some((k, r)) if *k == request_key(req) && !r.is_empty() => {
+                format!("{} {}", req.method.to_ascii_uppercase(), r[0])
+            }
+            _ => self
+                .guard
+                .route_of_with(req, self.engine.graphql(req).as_ref()),
+        };
         if req.method.is_empty() {
             format!("-{route}")
         } else {
@@ -122,7 +196,11 @@ impl Pipeline {
         req: &tollgate_detect::Request,
         now_ms: u64,
     ) -> Decision {
-        let mut violations = self.engine.inspect_request(req);
+        let gql = self.engine.graphql(req);
+        self.last_graphql = gql
+            .as_ref()
+            .map(|a| (request_key(req), graphql_routes(Some(a), req)));
+        let mut violations = self.engine.inspect_with(req, gql.as_ref());
         // What the server leaks in answer to a flagged request scores more.
         if let Some(ip) = client
             && violations.iter().any(|v| v.score > 0)
@@ -133,10 +211,12 @@ impl Pipeline {
         // route, credentials or parameters for the API guard to judge: it would
         // only count it against limits and report missing credentials.
         if req.malformed.is_none() {
-            violations.extend(
-                self.guard
-                    .inspect_request(client.unwrap_or(NO_CLIENT), req, now_ms),
-            );
+            violations.extend(self.guard.inspect_request_with(
+                client.unwrap_or(NO_CLIENT),
+                req,
+                gql.as_ref(),
+                now_ms,
+            ));
             if client.is_none() {
                 self.guard.forget(NO_CLIENT);
             }
@@ -170,9 +250,13 @@ impl Pipeline {
         // request that did not parse (`protocol.unparseable`): only what its
         // bytes trigger besides may ban, and a client sending broken requests
         // (a misdirected HTTP/2 or binary client) is reported, not banned.
+        // A finding that scores nothing (GraphQL introspection under `alert`)
+        // is reported the same way.
         let scored: Vec<Violation> = violations
             .iter()
-            .filter(|v| !is_alert_only(v.category) && v.rule != tollgate_detect::UNPARSEABLE)
+            .filter(|v| {
+                !is_alert_only(v.category) && v.rule != tollgate_detect::UNPARSEABLE && v.score > 0
+            })
             .cloned()
             .collect();
         let mut action = self.engine.verdict(&scored);
@@ -266,6 +350,27 @@ impl Pipeline {
     pub fn tracked(&self) -> usize {
         self.scores.len()
     }
+}
+
+/// Identifies a request for the GraphQL route cache: method, path and body.
+fn request_key(req: &tollgate_detect::Request) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&req.method, &req.path, &req.query, &req.body).hash(&mut h);
+    h.finish()
+}
+
+/// `/graphql mutation login` for each field a GraphQL request calls.
+fn graphql_routes(
+    gql: Option<&tollgate_detect::graphql::Analysis>,
+    req: &tollgate_detect::Request,
+) -> Vec<String> {
+    let Some(a) = gql else { return Vec::new() };
+    let path = tollgate_detect::path_template(&req.path);
+    a.routes()
+        .into_iter()
+        .map(|(k, f)| format!("{path} {} {f}", k.as_str()))
+        .collect()
 }
 
 /// `score` rounded to hundredths, the precision scores are compared and shown at.
@@ -577,6 +682,87 @@ mod api_tests {
         assert_eq!(d.violations[0].rule, "authz.object_binding", "{d:?}");
         let d = p.on_request(c, &other, 1);
         assert_eq!(d.action, Action::Ban, "{d:?}");
+    }
+
+    fn gql(body: &str, auth: &str) -> tollgate_detect::Request {
+        req(&format!(
+            "POST /graphql HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// Operations are routes: limits count each aliased call, the route
+    /// names the operation, the inventory sees it, and failed logins reported
+    /// as GraphQL errors count one failure per call.
+    #[test]
+    fn graphql_operations_are_routes() {
+        let mut p = policy(
+            "routes:\n  - path: POST /graphql mutation login\n    limit: {requests: 20, per: 1m}\n  - path: POST /graphql query user\n    bind: {param: id, claim: sub}\ngraphql:\n  max_attempts: 100\n  max_aliases: 100\n",
+        );
+        let c = Some("198.18.0.20".parse().unwrap());
+        let one = gql(
+            r#"{"query":"mutation($u:String!,$p:String!){login(username:$u,password:$p){token}}","variables":{"u":"ana","p":"secret"}}"#,
+            "",
+        );
+        let d = p.on_request(c, &one, 0);
+        assert!(d.violations.is_empty(), "{d:?}");
+        assert_eq!(p.route_of(&one), "POST /graphql mutation login");
+        assert_eq!(p.graphql_operations(&one), ["mutation login"]);
+        assert_eq!(
+            p.endpoints(&one),
+            [("POST".to_owned(), "/graphql mutation login".to_owned())]
+        );
+        // 50 aliased logins in one request: 51 calls against a limit of 20.
+        let many: String = (0..50)
+            .map(|i| {
+                format!("l{i}: login(username: \\\"u{i}\\\", password: \\\"p\\\") {{ token }} ")
+            })
+            .collect();
+        let d = p.on_request(
+            c,
+            &gql(&format!(r#"{{"query":"mutation {{ {many} }}"}}"#), ""),
+            1,
+        );
+        assert!(
+            d.violations
+                .iter()
+                .any(|v| v.rule == "limit.route" && v.score == 10),
+            "{d:?}"
+        );
+        assert_eq!(d.action, Action::Ban);
+        // Object binding on the argument: {"sub":"7"} asking for user 8.
+        let tok = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2ln\r\n";
+        let c = Some("198.18.0.21".parse().unwrap());
+        let own = gql(r#"{"query":"{ user(id: 7) { name } }"}"#, tok);
+        assert!(p.on_request(c, &own, 0).violations.is_empty());
+        let other = gql(
+            r#"{"query":"query($id: ID!) { user(id: $id) { name } }","variables":{"id":"8"}}"#,
+            tok,
+        );
+        let d = p.on_request(c, &other, 1);
+        assert_eq!(d.violations[0].rule, "authz.object_binding", "{d:?}");
+        // Aliased `user(id:)` calls walking ids: enumeration in one request.
+        let mut p2 = policy(
+            "routes:\n  - path: POST /graphql query user\n    enumeration: {max_ids: 10, window: 1m, param: id}\n",
+        );
+        let walk: String = (0..30)
+            .map(|i| format!("u{i}: user(id: {i}) {{ name }} "))
+            .collect();
+        let d = p2.on_request(c, &gql(&format!(r#"{{"query":"{{ {walk} }}"}}"#), ""), 0);
+        assert!(
+            d.violations.iter().any(|v| v.rule == "enumeration.ids"),
+            "{d:?}"
+        );
+        // Failed logins as GraphQL errors: one failure per aliased call.
+        let mut errors = bare_response(200);
+        errors.headers = vec![("Content-Type".into(), "application/json".into())];
+        let list: Vec<String> = (0..12)
+            .map(|i| format!(r#"{{"message":"Invalid credentials","path":["l{i}"]}}"#))
+            .collect();
+        errors.body = format!(r#"{{"data":null,"errors":[{}]}}"#, list.join(",")).into_bytes();
+        let c: IpAddr = "198.18.0.22".parse().unwrap();
+        let d = p.on_response(c, None, &errors, 0);
+        assert!(d.ban.is_some(), "{d:?}");
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub struct Policy {
     /// The service's OpenAPI 3 document (inventory, closed request schemas);
     /// relative to the policy file.
     pub openapi: Option<PathBuf>,
+    /// GraphQL endpoints: paths, shape limits, introspection, SDL schema
+    /// (relative to the policy file).
+    #[serde(default)]
+    pub graphql: tollgate_detect::graphql::GraphqlConfig,
     /// Load balancers and ingresses in front of the APIs (CIDRs or presets).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -541,6 +545,24 @@ impl Policy {
                 .map_err(|e| invalid(format!("cannot read {}: {e}", doc.display())))?;
             tollgate_detect::ApiGuard::new(&p.api_policy(), Some(&spec))
                 .map_err(|e| invalid(api_error(e).message))?;
+        }
+        if let (Some(doc), Some(dir)) = (p.graphql.schema.as_mut(), path.parent())
+            && doc.is_relative()
+        {
+            *doc = dir.join(&*doc);
+        }
+        if let Some(doc) = &p.graphql.schema {
+            let invalid = |message: String| PolicyError::Invalid {
+                path: path.to_owned(),
+                location: match locate(&text, "graphql.schema") {
+                    Some(line) => format!("line {line}: graphql.schema"),
+                    None => "graphql.schema".into(),
+                },
+                message,
+            };
+            let sdl = std::fs::read_to_string(doc)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", doc.display())))?;
+            tollgate_detect::graphql::Schema::parse(&sdl).map_err(invalid)?;
         }
         // Feed paths are relative to the policy file, not to wherever the
         // agent happens to be started.

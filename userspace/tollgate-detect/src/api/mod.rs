@@ -85,6 +85,7 @@ pub use policy::{
 };
 
 use crate::detect::{Category, DetectorConfig, Location, Violation};
+use crate::graphql::{Analysis, OpKind};
 use crate::http::{Request, Response};
 
 /// A rule of the API layer with its default (unweighted) score.
@@ -204,12 +205,20 @@ struct Route {
     forbidden: Vec<String>,
     /// `(requests, window_ms)`.
     limit: Option<(u32, u64)>,
+    /// A GraphQL operation (`POST /graphql mutation login`): the route applies
+    /// to each call of that top-level field (kind `None`: any kind), not to
+    /// requests by path.
+    operation: Option<GqlOperation>,
 }
+
+/// A route's GraphQL operation: kind (any when `None`) and top-level field.
+type GqlOperation = (Option<OpKind>, String);
 
 impl Route {
     fn compile(i: usize, spec: &RouteSpec, policy: &ApiPolicy) -> Result<Route, ApiPolicyError> {
         let at = |f: &str| format!("routes[{i}].{f}");
         let (method, text) = routes::split_method(&spec.path);
+        let (text, operation) = split_operation(text).map_err(|e| invalid(at("path"), e))?;
         let pattern = routes::parse_pattern(text).map_err(|e| invalid(at("path"), e))?;
         let params: Vec<&str> = pattern.params().collect();
         let mut methods = Vec::with_capacity(spec.methods.len());
@@ -225,7 +234,8 @@ impl Route {
         }
         let opaque = policy.auth.format == TokenFormat::Opaque;
         if let Some(b) = &spec.bind {
-            if !params.contains(&b.param.as_str()) {
+            // On a GraphQL operation the parameter is an argument of the field.
+            if operation.is_none() && !params.contains(&b.param.as_str()) {
                 return Err(invalid(
                     at("bind.param"),
                     format!(
@@ -245,7 +255,9 @@ impl Route {
         let enumeration = match &spec.enumeration {
             None => None,
             Some(e) => {
+                // On a GraphQL operation the parameter is an argument.
                 if let Some(p) = &e.param
+                    && operation.is_none()
                     && !params.contains(&p.as_str())
                 {
                     return Err(invalid(
@@ -253,7 +265,7 @@ impl Route {
                         format!("{p:?} is not a parameter of {text:?}"),
                     ));
                 }
-                if params.is_empty() {
+                if params.is_empty() && operation.is_none() {
                     return Err(invalid(
                         at("enumeration"),
                         format!("{text:?} has no {{param}} to count"),
@@ -298,8 +310,43 @@ impl Route {
                 .map(|f| f.trim().to_ascii_lowercase())
                 .collect(),
             limit,
+            operation,
         })
     }
+}
+
+/// Splits `/graphql mutation login` into the path and the GraphQL operation.
+fn split_operation(text: &str) -> Result<(&str, Option<GqlOperation>), String> {
+    let text = text.trim();
+    let Some((path, op)) = text.split_once(char::is_whitespace) else {
+        return Ok((text, None));
+    };
+    let words: Vec<&str> = op.split_whitespace().collect();
+    let (kind, field) = match words[..] {
+        [field] => (None, field),
+        [kind, field] => {
+            let kind = match kind {
+                "query" => OpKind::Query,
+                "mutation" => OpKind::Mutation,
+                "subscription" => OpKind::Subscription,
+                _ => return Err(format!("{kind:?} is not query, mutation or subscription")),
+            };
+            (Some(kind), field)
+        }
+        _ => {
+            return Err(format!(
+                "expected `PATH [query|mutation|subscription] FIELD`, got {text:?}"
+            ));
+        }
+    };
+    let name_ok = field
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+    if !name_ok {
+        return Err(format!("{field:?} is not a GraphQL field name"));
+    }
+    Ok((path, Some((kind, field.to_owned()))))
 }
 
 /// Validates an enumeration limit at `field`; returns `(max_ids, window_ms)`.
@@ -627,8 +674,22 @@ impl ApiGuard {
     /// pattern when one matches, else the OpenAPI path when one matches, else the
     /// normalized path with id-like segments folded ([`crate::path_template`]).
     pub fn route_of(&self, req: &Request) -> String {
+        self.route_of_with(req, None)
+    }
+
+    /// [`ApiGuard::route_of`] of a GraphQL request: `POST /graphql mutation
+    /// login`, after the first top-level field called (the path alone when
+    /// the request called none).
+    pub fn route_of_with(&self, req: &Request, gql: Option<&Analysis>) -> String {
         let method = req.method.to_ascii_uppercase();
         let segs = routes::segments(&req.path);
+        if let Some((kind, field)) = gql.and_then(|a| a.routes().first().copied()) {
+            return format!(
+                "{method} {} {} {field}",
+                routes::normalized(&segs),
+                kind.as_str()
+            );
+        }
         if let Some((_, r, _)) = find_route(&self.routes, &method, &segs) {
             return format!("{method} {}", r.text);
         }
@@ -648,6 +709,21 @@ impl ApiGuard {
         &mut self,
         client: IpAddr,
         req: &Request,
+        now_ms: u64,
+    ) -> Vec<Violation> {
+        self.inspect_request_with(client, req, None, now_ms)
+    }
+
+    /// [`ApiGuard::inspect_request`] of a request whose GraphQL content is
+    /// known: each call of a top-level field is also a request of the route
+    /// naming that operation (`POST /graphql mutation login`), so 200 aliased
+    /// logins count 200 against its limit, and its object binding compares
+    /// the field's argument with the claim.
+    pub fn inspect_request_with(
+        &mut self,
+        client: IpAddr,
+        req: &Request,
+        gql: Option<&Analysis>,
         now_ms: u64,
     ) -> Vec<Violation> {
         let mut out = Out {
@@ -699,28 +775,20 @@ impl ApiGuard {
             if let Some((requests, per)) = r.limit
                 && out.checks.rate_limit.enabled
             {
-                let n = self.clients.hit_route(client, *idx, now_ms, per);
-                if n > requests {
-                    // Twice the limit is a flood, not a client slightly over.
-                    let rule = if n >= requests.saturating_mul(2) {
-                        ApiRule {
-                            score: STRONG,
-                            ..LIMIT_ROUTE
-                        }
-                    } else {
-                        LIMIT_ROUTE
-                    };
-                    out.push(
-                        rule,
-                        Location::Request,
-                        format!(
-                            "{n} requests to {} within {} (limit {requests})",
-                            r.text,
-                            fmt_ms(per)
-                        ),
-                    );
-                }
+                let n = self.clients.hit_route(client, *idx, 1, now_ms, per);
+                limit_finding(n, requests, per, &r.text, &mut out);
             }
+        }
+        if let Some(a) = gql {
+            graphql_calls(
+                &self.routes,
+                &mut self.clients,
+                (client, now_ms),
+                a,
+                (&method, &segs),
+                claims.as_ref(),
+                &mut out,
+            );
         }
         if let Some((max, window)) = self.enumeration_default
             && self.checks.enumeration.enabled
@@ -785,10 +853,20 @@ impl ApiGuard {
             checks: &self.checks,
             v: Vec::new(),
         };
-        if matches!(resp.status, 401 | 403) && out.checks.credential_stuffing.enabled {
+        // GraphQL answers failed logins with 200 and one error per failed call.
+        let failures = if matches!(resp.status, 401 | 403) {
+            1
+        } else if resp.status == 200 && scannable(resp) {
+            crate::graphql::auth_errors(
+                &resp.body[..resp.body.len().min(self.checks.max_response_bytes)],
+            )
+        } else {
+            0
+        };
+        if failures > 0 && out.checks.credential_stuffing.enabled {
             let n = self
                 .clients
-                .hit_failure(client, now_ms, self.stuffing_window_ms);
+                .hit_failure(client, failures, now_ms, self.stuffing_window_ms);
             let s = &self.checks.stuffing;
             if n >= s.failures {
                 let on = req
@@ -797,7 +875,10 @@ impl ApiGuard {
                 out.push(
                     STUFFING,
                     Location::Response,
-                    format!("{n} 401/403 responses within {}{on}", s.window),
+                    format!(
+                        "{n} failed attempts (401/403, GraphQL auth errors) within {}{on}",
+                        s.window
+                    ),
                 );
             }
         }
@@ -840,6 +921,103 @@ impl ApiGuard {
             }
         }
         out.v
+    }
+}
+
+/// `limit.route` when `n` requests within `per` are over `requests`.
+fn limit_finding(n: u32, requests: u32, per: u64, on: &str, out: &mut Out<'_>) {
+    if n <= requests {
+        return;
+    }
+    // Twice the limit is a flood, not a client slightly over.
+    let rule = if n >= requests.saturating_mul(2) {
+        ApiRule {
+            score: STRONG,
+            ..LIMIT_ROUTE
+        }
+    } else {
+        LIMIT_ROUTE
+    };
+    out.push(
+        rule,
+        Location::Request,
+        format!(
+            "{n} requests to {on} within {} (limit {requests})",
+            fmt_ms(per)
+        ),
+    );
+}
+
+/// Routes naming GraphQL operations: limits counted per call, object
+/// binding on the field's argument.
+fn graphql_calls(
+    routes: &[Route],
+    clients: &mut state::Clients,
+    (client, now_ms): (IpAddr, u64),
+    a: &Analysis,
+    (method, segs): (&str, &[String]),
+    claims: Option<&serde_json::Map<String, Value>>,
+    out: &mut Out<'_>,
+) {
+    for (kind, field, n) in a.attempts() {
+        let Some((idx, r)) = routes.iter().enumerate().find(|(_, r)| {
+            r.operation
+                .as_ref()
+                .is_some_and(|(k, f)| f == field && k.is_none_or(|k| k == kind))
+                && r.method.as_deref().is_none_or(|m| m == method)
+                && r.pattern.matches(segs).is_some()
+        }) else {
+            continue;
+        };
+        let on = format!("{} {} {field}", r.text, kind.as_str());
+        if let Some((requests, per)) = r.limit
+            && out.checks.rate_limit.enabled
+        {
+            let n = clients.hit_route(client, idx, n, now_ms, per);
+            limit_finding(n, requests, per, &on, out);
+        }
+        // Each call's argument is an id of the route (aliased `user(id:)`
+        // calls walk ids in one request).
+        if let Some((max, window, param)) = &r.enumeration
+            && out.checks.enumeration.enabled
+        {
+            let key = state::Clients::route_key(idx);
+            let ids = a
+                .operations
+                .iter()
+                .filter(|o| o.kind == kind)
+                .flat_map(|o| &o.arguments)
+                .filter(|(f, arg, _)| f == field && param.as_ref().is_none_or(|p| p == arg));
+            let mut over = None;
+            for (_, _, id) in ids {
+                let n = clients.see_id(client, key, id, now_ms, *window, *max);
+                if n > *max {
+                    over = Some(id);
+                }
+            }
+            if let Some(id) = over {
+                out.push(
+                    ENUMERATION,
+                    Location::Request,
+                    enumeration_evidence(id, *max, &on, *window),
+                );
+            }
+        }
+        if let Some(claims) = claims {
+            for op in a.operations.iter().filter(|o| o.kind == kind) {
+                for (f, arg, value) in &op.arguments {
+                    if f == field && r.bind.as_ref().is_some_and(|b| &b.param == arg) {
+                        check_claims(r, &[(arg.as_str(), value.as_str())], claims, out);
+                    }
+                }
+            }
+        } else if r.needs_auth {
+            out.push(
+                AUTH_MISSING,
+                Location::Request,
+                format!("no token for {on}"),
+            );
+        }
     }
 }
 
@@ -943,7 +1121,7 @@ fn find_route<'r, 's>(
     segs: &'s [String],
 ) -> Option<RouteMatch<'r, 's>> {
     routes.iter().enumerate().find_map(|(i, r)| {
-        if r.method.as_deref().is_some_and(|m| m != method) {
+        if r.method.as_deref().is_some_and(|m| m != method) || r.operation.is_some() {
             return None;
         }
         r.pattern.matches(segs).map(|caps| (i, r, caps))

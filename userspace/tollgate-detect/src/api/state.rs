@@ -22,7 +22,14 @@ pub(crate) struct SlidingCounter {
 impl SlidingCounter {
     /// Counts one event at `now_ms` and returns the estimated number of events in the
     /// last `window_ms`, this one included.
+    #[cfg(test)]
     pub(crate) fn hit(&mut self, now_ms: u64, window_ms: u64) -> u32 {
+        self.add(1, now_ms, window_ms)
+    }
+
+    /// [`SlidingCounter::hit`] for `n` events at once (the calls of one
+    /// batched GraphQL request).
+    pub(crate) fn add(&mut self, n: u32, now_ms: u64, window_ms: u64) -> u32 {
         let w = window_ms.max(1);
         let elapsed = now_ms.saturating_sub(self.start_ms);
         if self.cur == 0 && self.prev == 0 || elapsed >= 2 * w {
@@ -36,7 +43,7 @@ impl SlidingCounter {
             self.cur = 0;
             self.start_ms += w;
         }
-        self.cur = self.cur.saturating_add(1);
+        self.cur = self.cur.saturating_add(n);
         let into = now_ms.saturating_sub(self.start_ms).min(w);
         let carried = u64::from(self.prev) * (w - into) / w;
         u32::try_from(carried)
@@ -147,6 +154,7 @@ impl Clients {
         &mut self,
         ip: IpAddr,
         route: usize,
+        n: u32,
         now_ms: u64,
         window_ms: u64,
     ) -> u32 {
@@ -158,12 +166,13 @@ impl Clients {
                 c.limits.len() - 1
             }
         };
-        c.limits[i].1.hit(now_ms, window_ms)
+        c.limits[i].1.add(n, now_ms, window_ms)
     }
 
-    /// Counts a 401/403 response; returns the estimated count in the window.
-    pub(crate) fn hit_failure(&mut self, ip: IpAddr, now_ms: u64, window_ms: u64) -> u32 {
-        self.client(ip, now_ms).failures.hit(now_ms, window_ms)
+    /// Counts `n` failed attempts (a 401/403 response, or the authentication
+    /// errors of a GraphQL response); returns the estimated count in the window.
+    pub(crate) fn hit_failure(&mut self, ip: IpAddr, n: u32, now_ms: u64, window_ms: u64) -> u32 {
+        self.client(ip, now_ms).failures.add(n, now_ms, window_ms)
     }
 
     /// Records that a request of `ip` looked like an injection attempt.
@@ -286,19 +295,19 @@ mod tests {
         let mut cs = Clients::new(100, 8, 64);
         for i in 0..1000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            cs.hit_failure(ip, u64::from(i), 60_000);
+            cs.hit_failure(ip, 1, u64::from(i), 60_000);
             assert!(cs.len() <= 100);
         }
         // The most recent client survived.
         assert_eq!(
-            cs.hit_failure(IpAddr::from(999u32.to_be_bytes()), 1000, 60_000),
+            cs.hit_failure(IpAddr::from(999u32.to_be_bytes()), 1, 1000, 60_000),
             2
         );
         // IPv6 clients of one /64 share state.
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        cs.hit_failure(a, 2000, 60_000);
-        assert_eq!(cs.hit_failure(b, 2001, 60_000), 2);
+        cs.hit_failure(a, 1, 2000, 60_000);
+        assert_eq!(cs.hit_failure(b, 1, 2001, 60_000), 2);
     }
 
     #[test]

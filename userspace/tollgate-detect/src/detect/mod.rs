@@ -48,6 +48,8 @@ pub enum Category {
     Rfi,
     /// Session fixation.
     Session,
+    /// GraphQL shape and abuse: introspection, depth, aliases, batches.
+    Graphql,
     /// Missing or invalid credentials (API2), credential stuffing.
     Auth,
     /// Object- and function-level authorization (API1, API5).
@@ -82,6 +84,7 @@ impl Category {
             Category::Code => "code",
             Category::Rfi => "rfi",
             Category::Session => "session",
+            Category::Graphql => "graphql",
             Category::Auth => "auth",
             Category::Authz => "authz",
             Category::Enumeration => "enumeration",
@@ -118,6 +121,9 @@ pub enum Location {
     /// Response body.
     #[serde(rename = "response_body")]
     ResponseBody,
+    /// An argument or variable of a GraphQL request: `login.password` (field and
+    /// argument), `$name` (a variable no argument uses), `operationName`.
+    Graphql(String),
 }
 
 /// One finding of one detector.
@@ -176,6 +182,9 @@ pub struct DetectConfig {
     pub code: DetectorConfig,
     pub rfi: DetectorConfig,
     pub session: DetectorConfig,
+    /// GraphQL shape rules (`graphql.*`); injections in GraphQL inputs score
+    /// under their own detectors.
+    pub graphql: DetectorConfig,
     /// Total score at which a request is banned.
     pub ban_threshold: u32,
     /// Total score at which a request is reported (below the ban threshold).
@@ -207,6 +216,7 @@ impl Default for DetectConfig {
             code: DetectorConfig::default(),
             rfi: DetectorConfig::default(),
             session: DetectorConfig::default(),
+            graphql: DetectorConfig::default(),
             ban_threshold: STRONG,
             alert_threshold: 3,
             extra_headers: Vec::new(),
@@ -264,6 +274,7 @@ impl Sink<'_> {
             Category::Code => self.cfg.code,
             Category::Rfi => self.cfg.rfi,
             Category::Session => self.cfg.session,
+            Category::Graphql => self.cfg.graphql,
             // The API layer (crate::api) reports these with its own switches; the
             // per-request detectors never do.
             Category::Auth
@@ -382,6 +393,7 @@ pub struct Engine {
     traversal: traversal::Traversal,
     scanner: scanner::Scanner,
     code: code::Code,
+    graphql: Option<crate::graphql::Graphql>,
 }
 
 impl Engine {
@@ -399,8 +411,22 @@ impl Engine {
             traversal: traversal::Traversal::new(),
             scanner: scanner::Scanner::new(),
             code: code::Code::new(),
+            graphql: None,
             cfg,
         }
+    }
+
+    /// Recognises GraphQL requests with these settings (paths, limits).
+    #[must_use]
+    pub fn with_graphql(mut self, cfg: crate::graphql::GraphqlConfig) -> Engine {
+        self.graphql = Some(crate::graphql::Graphql::new(cfg));
+        self
+    }
+
+    /// The GraphQL content of a request to a GraphQL path (parsed once; pass it
+    /// to [`Engine::inspect_with`] and the API layer).
+    pub fn graphql(&self, req: &Request) -> Option<crate::graphql::Analysis> {
+        self.graphql.as_ref().and_then(|g| g.analyze(req))
     }
 
     pub fn config(&self) -> &DetectConfig {
@@ -409,6 +435,17 @@ impl Engine {
 
     /// Runs every enabled detector on the request.
     pub fn inspect_request(&self, req: &Request) -> Vec<Violation> {
+        self.inspect_with(req, self.graphql(req).as_ref())
+    }
+
+    /// [`Engine::inspect_request`] with the request's GraphQL analysis done:
+    /// its findings are added, and its arguments and variables are judged in
+    /// place of the JSON body, each named after what it feeds.
+    pub fn inspect_with(
+        &self,
+        req: &Request,
+        gql: Option<&crate::graphql::Analysis>,
+    ) -> Vec<Violation> {
         let mut sink = Sink {
             cfg: &self.cfg,
             out: Vec::new(),
@@ -437,7 +474,23 @@ impl Engine {
         let body = (!req.body.is_empty()).then(|| {
             String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
         });
-        let inputs = self.extract(req, path, body.as_deref());
+        // A GraphQL request is judged by its arguments and variables; a body on
+        // a GraphQL path that carries neither is judged like any other.
+        let graphql = gql.is_some_and(|a| a.document || !a.inputs.is_empty());
+        let mut inputs = self.extract(req, path, body.as_deref(), graphql);
+        if let Some(a) = gql {
+            for (rule, score, ev) in &a.findings {
+                sink.push(rule, Category::Graphql, *score, &Location::Body, ev, 0);
+            }
+            for (loc, text, is_value) in &a.inputs {
+                push(
+                    &mut inputs,
+                    Location::Graphql(loc.clone()),
+                    decode::normalize_cow(text, false),
+                    *is_value,
+                );
+            }
+        }
         // One lowercase buffer for all inputs of the request.
         let mut lower = String::new();
         for inp in &inputs {
@@ -559,6 +612,7 @@ impl Engine {
         req: &'a Request,
         path: Cow<'a, str>,
         body: Option<&'a str>,
+        graphql: bool,
     ) -> Vec<Input<'a>> {
         let mut v: Vec<Input<'a>> = Vec::new();
         v.push(Input {
@@ -567,7 +621,18 @@ impl Engine {
             is_value: false,
         });
         if let Some(q) = &req.query {
-            push_pairs(&mut v, q, Location::Query);
+            if graphql {
+                // The document and variables are judged as GraphQL.
+                for pair in q.split('&').filter(|p| {
+                    !["query=", "variables=", "operationName="]
+                        .iter()
+                        .any(|k| p.starts_with(k))
+                }) {
+                    push_pairs(&mut v, pair, Location::Query);
+                }
+            } else {
+                push_pairs(&mut v, q, Location::Query);
+            }
         }
         for (name, value) in &req.headers {
             if name.eq_ignore_ascii_case("cookie") {
@@ -609,7 +674,7 @@ impl Engine {
             let cut = req.body.len().min(self.cfg.max_body_bytes);
             protobuf::walk_grpc(&mut v, &req.body[..cut], self.cfg.max_json_depth);
         }
-        if let Some(text) = body.filter(|_| !grpc) {
+        if let Some(text) = body.filter(|_| !grpc && !graphql) {
             let ctype = req
                 .header("content-type")
                 .unwrap_or("")

@@ -112,6 +112,17 @@ rules! {
     CODE_XXE = "code.xxe", Code, 10, "external or parameter XML entities, entity bombs, external DTDs";
     RFI_URL = "rfi.url", Rfi, 10, "a remote URL to a script passed where a file is included";
     SESSION_FIXATION = "session.fixation", Session, 10, "a session id planted through a parameter, path or cookie-setting value";
+    GRAPHQL_MALFORMED = "graphql.malformed", Graphql, 6, "a request to a GraphQL path whose body or document does not parse, or that carries type definitions";
+    GRAPHQL_INTROSPECTION = "graphql.introspection", Graphql, 10, "`__schema` / `__type` introspection: reported without score under `introspection: alert` (the default), 10 under `deny`";
+    GRAPHQL_DEPTH = "graphql.depth", Graphql, 10, "fields nested deeper than `max_depth` (6; 10 at twice the limit or beyond the parser's own)";
+    GRAPHQL_ALIASES = "graphql.aliases", Graphql, 10, "more aliased fields than `max_aliases` (6; 10 at twice the limit)";
+    GRAPHQL_FIELDS = "graphql.fields", Graphql, 10, "more fields than `max_fields`, fragments expanded (6; 10 at twice the limit or a fragment bomb)";
+    GRAPHQL_DIRECTIVES = "graphql.directives", Graphql, 10, "more directives than `max_directives` (6; 10 at twice the limit)";
+    GRAPHQL_BATCH = "graphql.batch", Graphql, 10, "more operations in one JSON array than `max_operations` (6; 10 at twice the limit)";
+    GRAPHQL_FRAGMENT_CYCLE = "graphql.fragment_cycle", Graphql, 10, "a fragment spreading itself, directly or through others";
+    GRAPHQL_BATCHED_ATTEMPTS = "graphql.batched_attempts", Graphql, 10, "the same mutation called more than `max_attempts` times in one request, by aliases or a batch (6; 10 at twice the limit): brute force past per-request limits";
+    GRAPHQL_OPERATOR_OBJECT = "graphql.operator_object", Graphql, 10, "an object key spelled with `$` in variables (`{\"$ne\": null}`): no GraphQL input field can have that name, so it is a MongoDB operator passed through a JSON scalar";
+    GRAPHQL_TOO_LARGE = "graphql.too_large", Graphql, 6, "a document longer than `max_tokens` tokens (judged up to the limit)";
 }
 
 #[cfg(test)]

@@ -412,6 +412,7 @@ impl ApiState {
         } else if let Some(v) = headers.and_then(has_forwarding) {
             batch.findings.push(spoofed_forwarding(&ev, v));
         }
+        let mut operation = None;
         let decided = match (&ev.request, ev.direction) {
             (Some(req), Direction::Request) => {
                 let d = if unverified.is_some() {
@@ -423,12 +424,19 @@ impl ApiState {
                     d.ban = None;
                     d
                 } else {
+                    let d = st.pipeline.on_request(Some(ev.client), req, ms);
                     // A stand-in for unparseable bytes is no endpoint.
                     if req.malformed.is_none() {
-                        st.inventory.on_request(ev.client, req, now);
+                        let endpoints = st.pipeline.endpoints(req);
+                        st.inventory.on_request_at(ev.client, req, &endpoints, now);
                     }
-                    st.pipeline.on_request(Some(ev.client), req, ms)
+                    d
                 };
+                // What `tap` shows of a GraphQL request's operations.
+                let ops: Vec<String> = st.pipeline.graphql_operations(req).into_iter().collect();
+                if !ops.is_empty() {
+                    operation = Some(ops.join(", "));
+                }
                 Some((st.pipeline.route_of(req), d))
             }
             (_, Direction::Response) => {
@@ -474,6 +482,7 @@ impl ApiState {
                 conn_since_ns,
             });
         }
+        ev.operation = operation;
         // Nobody listening is fine.
         let _ = tap.send(Arc::new(ev));
     }

@@ -65,6 +65,7 @@ pub fn location_name(l: &Location) -> String {
     match l {
         Location::Header(h) => format!("header:{}", h.to_ascii_lowercase()),
         Location::Protobuf(f) => format!("protobuf:{f}"),
+        Location::Graphql(at) => format!("graphql:{at}"),
         other => serde_json::to_value(other)
             .ok()
             .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))

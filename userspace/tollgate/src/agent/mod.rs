@@ -725,7 +725,9 @@ async fn serve(
                 return serve_events(&mut write, &log, since_secs, follow, limit).await;
             }
             Ok(Request::Inventory) => match api.state.lock() {
-                Ok(st) => Response::ok(serde_json::json!(st.inventory.list())),
+                Ok(st) => Response::ok(serde_json::json!(
+                    st.inventory.list_marked(st.pipeline.graphql_schema())
+                )),
                 Err(_) => Response::err("inventory lock poisoned"),
             },
             Ok(Request::Status) => {

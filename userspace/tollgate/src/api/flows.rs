@@ -68,6 +68,10 @@ pub struct ApiEvent {
     /// Query string.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// GraphQL requests: the operations called (`mutation login`, several
+    /// joined by `, `).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
     /// Status code (responses).
     pub status: Option<u16>,
     /// Milliseconds from request to response, when paired.
@@ -820,6 +824,7 @@ fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEv
         method: None,
         path: None,
         query: None,
+        operation: None,
         status: None,
         latency_ms: None,
         truncated: false,

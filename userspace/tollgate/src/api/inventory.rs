@@ -96,19 +96,88 @@ impl Inventory {
 
     /// Records a request.
     pub fn on_request(&mut self, client: IpAddr, req: &Request, now: u64) {
-        let key = self.key(&req.method, path_template(&req.path));
-        let e = self.endpoints.entry(key).or_insert_with(|| Endpoint {
-            first_seen: now,
-            ..Endpoint::default()
-        });
-        e.hits += 1;
-        e.last_seen = now;
-        e.credentials |= has_credentials(req);
-        if e.clients.len() < MAX_CLIENTS_TRACKED {
-            e.clients.insert(client);
-        } else if !e.clients.contains(&client) {
-            e.clients_overflow = true;
+        let endpoint = (req.method.clone(), path_template(&req.path));
+        self.on_request_at(client, req, &[endpoint], now);
+    }
+
+    /// Records a request for the endpoints it calls, `(method, template)`:
+    /// its path template, or each GraphQL operation (`/graphql mutation login`).
+    pub fn on_request_at(
+        &mut self,
+        client: IpAddr,
+        req: &Request,
+        endpoints: &[(String, String)],
+        now: u64,
+    ) {
+        let credentials = has_credentials(req);
+        for (method, template) in endpoints {
+            let key = self.key(method, template.clone());
+            let e = self.endpoints.entry(key).or_insert_with(|| Endpoint {
+                first_seen: now,
+                ..Endpoint::default()
+            });
+            e.hits += 1;
+            e.last_seen = now;
+            e.credentials |= credentials;
+            if e.clients.len() < MAX_CLIENTS_TRACKED {
+                e.clients.insert(client);
+            } else if !e.clients.contains(&client) {
+                e.clients_overflow = true;
+            }
         }
+    }
+
+    /// [`Inventory::list`] with GraphQL operations marked against the schema:
+    /// `documented`, `shadow` (called, not in the schema) and `unused` (in the
+    /// schema, never called; listed under `POST` and the first GraphQL path
+    /// seen, `/graphql` when none was).
+    #[must_use]
+    pub fn list_marked(
+        &self,
+        schema: Option<&tollgate_detect::graphql::Schema>,
+    ) -> Vec<EndpointView> {
+        let mut rows = self.list();
+        let Some(schema) = schema else { return rows };
+        let mut used = std::collections::BTreeSet::new();
+        let mut path = None;
+        for r in &mut rows {
+            let mut words = r.path.split(' ');
+            let (Some(p), Some(kind), Some(field)) = (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let kind = match kind {
+                "query" => tollgate_detect::graphql::OpKind::Query,
+                "mutation" => tollgate_detect::graphql::OpKind::Mutation,
+                "subscription" => tollgate_detect::graphql::OpKind::Subscription,
+                _ => continue,
+            };
+            path.get_or_insert_with(|| p.to_owned());
+            if schema.documents(kind, field) {
+                used.insert((kind, field.to_owned()));
+                r.status = Some("documented".into());
+            } else {
+                r.status = Some("shadow".into());
+            }
+        }
+        let path = path.unwrap_or_else(|| "/graphql".to_owned());
+        for (kind, field) in &schema.operations {
+            if !used.contains(&(*kind, field.clone())) {
+                rows.push(EndpointView {
+                    method: "POST".into(),
+                    path: format!("{path} {} {field}", kind.as_str()),
+                    hits: 0,
+                    clients: 0,
+                    statuses: BTreeMap::new(),
+                    credentials_seen: false,
+                    first_seen: 0,
+                    last_seen: 0,
+                    status: Some("unused".into()),
+                    deprecated: None,
+                });
+            }
+        }
+        rows
     }
 
     /// Records the status of a response paired with its request.

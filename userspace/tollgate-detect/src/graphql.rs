@@ -1,0 +1,1048 @@
+//! GraphQL requests: recognised by path and shape, parsed with `apollo-parser`
+//! (error tolerant: a broken document still has a tree to judge, and being
+//! broken is a finding), then judged on what GraphQL makes cheap for an
+//! attacker: introspection, nesting depth, aliases, field counts (with
+//! fragments expanded), directives, fragment cycles, batches and the same
+//! mutation repeated (batched brute force). Argument literals and variables
+//! become inputs of the injection detectors, named after the field and
+//! argument they feed (`graphql:login.password`). The operations (type and
+//! top-level fields) are what the API layer and the inventory see as routes
+//! (`POST /graphql mutation login`).
+//!
+//! Everything here is bounded: the parser by a token and a recursion limit, the
+//! walks by explicit stacks and a visit budget (a 1 MB `{{{{…` or a fragment
+//! bomb costs the limits, not the stack).
+
+use std::collections::{BTreeSet, HashMap};
+
+use apollo_parser::{Parser, cst};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::detect::rules::{
+    GRAPHQL_ALIASES as ALIASES, GRAPHQL_BATCH as BATCH, GRAPHQL_BATCHED_ATTEMPTS as ATTEMPTS,
+    GRAPHQL_DEPTH as DEPTH, GRAPHQL_DIRECTIVES as DIRECTIVES, GRAPHQL_FIELDS as FIELDS,
+    GRAPHQL_FRAGMENT_CYCLE as FRAGMENT_CYCLE, GRAPHQL_INTROSPECTION as INTROSPECTION,
+    GRAPHQL_MALFORMED as MALFORMED, GRAPHQL_OPERATOR_OBJECT as OPERATOR,
+    GRAPHQL_TOO_LARGE as TOO_LARGE,
+};
+use crate::http::Request;
+
+/// What introspection queries (`__schema`, `__type`) lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Introspection {
+    /// Not reported (development servers).
+    Allow,
+    /// Reported, never scored (the default).
+    #[default]
+    Alert,
+    /// Scored as an attack (production APIs).
+    Deny,
+}
+
+/// The `graphql:` section of a policy. Every limit counts per request; 0 turns
+/// a limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphqlConfig {
+    /// Paths served by GraphQL (empty: no request is taken for GraphQL).
+    pub paths: Vec<String>,
+    /// SDL schema file: the inventory marks operations documented, shadow or unused.
+    pub schema: Option<std::path::PathBuf>,
+    pub introspection: Introspection,
+    /// Deepest nesting of field selections.
+    pub max_depth: u32,
+    /// Aliased fields in one request.
+    pub max_aliases: u32,
+    /// Fields selected in one request, fragments expanded (a cost estimate).
+    pub max_fields: u32,
+    /// Operations in one batched (JSON array) request.
+    pub max_operations: u32,
+    /// Directives in one request.
+    pub max_directives: u32,
+    /// Calls of the same mutation field in one request (aliases or a batch).
+    pub max_attempts: u32,
+    /// Tokens parsed per document; longer documents are judged up to it.
+    pub max_tokens: u32,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            paths: vec!["/graphql".to_owned()],
+            schema: None,
+            introspection: Introspection::Alert,
+            max_depth: 15,
+            max_aliases: 30,
+            max_fields: 500,
+            max_operations: 10,
+            max_directives: 50,
+            max_attempts: 5,
+            max_tokens: 20_000,
+        }
+    }
+}
+
+/// Nesting the parser follows before it stops with an error (its own limit,
+/// far above any sane `max_depth`, keeps its recursion off the stack's end).
+const PARSER_RECURSION: usize = 200;
+/// Selections and values visited per request, fragments expanded: a fragment
+/// bomb (each fragment spreading the next twice) stops here.
+const VISIT_BUDGET: u32 = 50_000;
+/// Most inputs handed to the detectors from one request.
+const MAX_INPUTS: usize = 512;
+/// Distinct operations a request is named by (events, inventory); a request
+/// calling more fields is named after its first ones.
+pub const MAX_ROUTES: usize = 16;
+/// Deepest JSON nesting of variables walked.
+const MAX_JSON_DEPTH: u32 = 32;
+
+/// Operation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    Query,
+    Mutation,
+    Subscription,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Query => "query",
+            OpKind::Mutation => "mutation",
+            OpKind::Subscription => "subscription",
+        }
+    }
+}
+
+/// One executed operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub kind: OpKind,
+    /// The operation's name as the client wrote it, if any.
+    pub name: Option<String>,
+    /// Top-level fields in order, one entry per selection (aliases repeat a name).
+    pub fields: Vec<String>,
+    /// Top-level arguments: `(field, argument, value)` for literal scalars and
+    /// variables resolved, for object binding.
+    pub arguments: Vec<(String, String, String)>,
+}
+
+/// A shape finding: rule id, raw score, evidence.
+pub(crate) type Finding = (&'static str, u32, String);
+
+/// An input for the injection detectors: location (`login.password`), text,
+/// whether it is a value (as opposed to an object key).
+pub(crate) type GqlInput = (String, String, bool);
+
+/// What one GraphQL request contains.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub operations: Vec<Operation>,
+    /// A GraphQL document was sent (even one without operations).
+    pub document: bool,
+    pub(crate) findings: Vec<Finding>,
+    pub(crate) inputs: Vec<GqlInput>,
+}
+
+impl Analysis {
+    /// Distinct `(kind, top-level field)` pairs, in order of first appearance,
+    /// at most [`MAX_ROUTES`] (what events and the inventory name).
+    pub fn routes(&self) -> Vec<(OpKind, &str)> {
+        self.attempts()
+            .into_iter()
+            .take(MAX_ROUTES)
+            .map(|(k, f, _)| (k, f))
+            .collect()
+    }
+
+    /// How many times each `(kind, field)` is called in the request (aliases and
+    /// batched operations each count), in order of first appearance.
+    pub fn attempts(&self) -> Vec<(OpKind, &str, u32)> {
+        let mut out: Vec<(OpKind, &str, u32)> = Vec::new();
+        let mut index: HashMap<(OpKind, &str), usize> = HashMap::new();
+        for op in &self.operations {
+            for f in &op.fields {
+                match index.get(&(op.kind, f.as_str())) {
+                    Some(&i) => {
+                        if let Some(e) = out.get_mut(i) {
+                            e.2 += 1;
+                        }
+                    }
+                    None => {
+                        index.insert((op.kind, f), out.len());
+                        out.push((op.kind, f, 1));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rule ids found (for tests and tools).
+    pub fn rules(&self) -> Vec<&'static str> {
+        self.findings.iter().map(|f| f.0).collect()
+    }
+}
+
+/// One GraphQL request as sent over HTTP (one element of a batch).
+struct Sent {
+    query: Option<String>,
+    operation_name: Option<String>,
+    variables: Option<Json>,
+}
+
+/// Compiled GraphQL settings.
+#[derive(Debug, Clone)]
+pub struct Graphql {
+    cfg: GraphqlConfig,
+    /// Normalized paths (no trailing `/`, lower case).
+    paths: Vec<String>,
+}
+
+impl Graphql {
+    pub fn new(cfg: GraphqlConfig) -> Graphql {
+        let paths = cfg.paths.iter().map(|p| normalize_path(p)).collect();
+        Graphql { cfg, paths }
+    }
+
+    pub fn config(&self) -> &GraphqlConfig {
+        &self.cfg
+    }
+
+    /// Whether the request goes to a GraphQL path.
+    pub fn is_graphql_path(&self, req: &Request) -> bool {
+        if self.paths.is_empty() {
+            return false;
+        }
+        let p = normalize_path(&crate::decode::percent_decode(&req.path, false));
+        self.paths.contains(&p)
+    }
+
+    /// Analyzes a request to a GraphQL path; `None` when it is not one or
+    /// carries no GraphQL (a GET of the IDE page, a CORS preflight).
+    pub fn analyze(&self, req: &Request) -> Option<Analysis> {
+        if !self.is_graphql_path(req) {
+            return None;
+        }
+        let mut a = Analysis::default();
+        let sent = match self.sent(req, &mut a) {
+            Some(s) if !s.is_empty() => s,
+            Some(_) => return Some(a),
+            None => return None,
+        };
+        if let Some(sc) = over(sent.len(), self.cfg.max_operations) {
+            a.findings.push((
+                BATCH,
+                sc,
+                format!(
+                    "{} operations in one request (limit {})",
+                    sent.len(),
+                    self.cfg.max_operations
+                ),
+            ));
+        }
+        let mut shape = Shape::default();
+        for s in &sent {
+            if let Some(name) = &s.operation_name {
+                push_input(&mut a.inputs, "operationName", name, true);
+            }
+            let mut var_locs: HashMap<String, String> = HashMap::new();
+            let first = a.operations.len();
+            if let Some(q) = &s.query {
+                a.document = true;
+                self.document(
+                    q,
+                    s.operation_name.as_deref(),
+                    &mut a,
+                    &mut shape,
+                    &mut var_locs,
+                );
+            }
+            if let Some(vars) = &s.variables {
+                variables(vars, &var_locs, &mut a, &mut shape);
+                resolve_arguments(&mut a.operations[first..], vars);
+            }
+        }
+        self.judge_shape(&shape, &mut a);
+        Some(a)
+    }
+
+    /// The requests carried: a JSON object or array, a raw document, or GET
+    /// parameters. `None`: nothing GraphQL in it.
+    fn sent(&self, req: &Request, a: &mut Analysis) -> Option<Vec<Sent>> {
+        if req.method.eq_ignore_ascii_case("GET") {
+            return from_pairs(req.query.as_deref()?, a);
+        }
+        if req.body.is_empty() {
+            return None;
+        }
+        let ctype = req
+            .header("content-type")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let text = String::from_utf8_lossy(&req.body);
+        // Some servers take form bodies as they take GET parameters.
+        if ctype.starts_with("application/x-www-form-urlencoded") {
+            return Some(from_pairs(&text, a).unwrap_or_default());
+        }
+        if ctype.starts_with("application/graphql") && !ctype.contains("json") {
+            return Some(vec![Sent {
+                query: Some(text.into_owned()),
+                operation_name: None,
+                variables: None,
+            }]);
+        }
+        let json: Json = match serde_json::from_str(&text) {
+            Ok(j) => j,
+            Err(_) if req.truncated => {
+                // The body was cut where capture stopped: judge the part of the
+                // document that arrived (the parser takes a broken end).
+                a.findings.push((
+                    MALFORMED,
+                    6,
+                    "body larger than what was captured: judged its first part".to_owned(),
+                ));
+                let query = json_string_prefix(&text, "query");
+                return Some(
+                    query
+                        .map(|q| Sent {
+                            query: Some(q),
+                            operation_name: None,
+                            variables: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            Err(e) => {
+                a.findings
+                    .push((MALFORMED, 6, format!("body is not JSON: {e}")));
+                return Some(Vec::new());
+            }
+        };
+        let items: Vec<&Json> = match &json {
+            Json::Array(v) => v.iter().collect(),
+            o @ Json::Object(_) => vec![o],
+            _ => {
+                a.findings
+                    .push((MALFORMED, 6, "body is not a GraphQL request".to_owned()));
+                return Some(Vec::new());
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            let Json::Object(o) = it else {
+                a.findings
+                    .push((MALFORMED, 6, "batch element is not an object".to_owned()));
+                continue;
+            };
+            let text = |k: &str| o.get(k).and_then(Json::as_str).map(str::to_owned);
+            let variables = match o.get("variables") {
+                // Some clients send variables as a JSON string.
+                Some(Json::String(s)) => serde_json::from_str(s).ok(),
+                Some(Json::Null) | None => None,
+                Some(v) => Some(v.clone()),
+            };
+            out.push(Sent {
+                query: text("query"),
+                operation_name: text("operationName"),
+                variables,
+            });
+        }
+        Some(out)
+    }
+
+    /// Parses one document and records its operations, shape and inputs.
+    fn document(
+        &self,
+        text: &str,
+        operation_name: Option<&str>,
+        a: &mut Analysis,
+        shape: &mut Shape,
+        var_locs: &mut HashMap<String, String>,
+    ) {
+        let max_tokens = if self.cfg.max_tokens == 0 {
+            usize::MAX
+        } else {
+            self.cfg.max_tokens as usize
+        };
+        let tree = Parser::new(text)
+            .recursion_limit(PARSER_RECURSION)
+            .token_limit(max_tokens)
+            .parse();
+        let mut syntax = None;
+        for e in tree.errors() {
+            if e.is_limit() {
+                if e.message().contains("token") {
+                    shape.too_large = true;
+                } else {
+                    shape.too_deep = true;
+                }
+            } else if syntax.is_none() {
+                syntax = Some(format!("{} at byte {}", e.message(), e.index()));
+            }
+        }
+        if let Some(why) = syntax
+            && !shape.too_large
+        {
+            a.findings
+                .push((MALFORMED, 6, crate::decode::truncate(&why, 100).to_owned()));
+        }
+        let doc = tree.document();
+        let mut fragments: HashMap<String, cst::FragmentDefinition> = HashMap::new();
+        let mut ops = Vec::new();
+        for def in doc.definitions() {
+            match def {
+                cst::Definition::OperationDefinition(op) => ops.push(op),
+                cst::Definition::FragmentDefinition(f) => {
+                    if let Some(n) = f.fragment_name().and_then(|n| n.name()) {
+                        fragments.insert(n.text().to_string(), f);
+                    }
+                }
+                // Type system definitions have no place in a request.
+                _ => shape.foreign_definitions = true,
+            }
+        }
+        fragment_cycles(&fragments, shape);
+        // The operation the server runs: the named one, or the only one.
+        let chosen: Vec<&cst::OperationDefinition> = match operation_name {
+            Some(n) if ops.len() > 1 => ops
+                .iter()
+                .filter(|o| o.name().is_some_and(|m| m.text() == n))
+                .collect(),
+            _ => ops.iter().collect(),
+        };
+        // Operations not run are still walked for shape and inputs: they cost
+        // the server a parse and validation, and carry payloads all the same.
+        for op in &ops {
+            let runs = chosen.iter().any(|c| std::ptr::eq(*c, op));
+            let kind = match op.operation_type() {
+                Some(t) if t.mutation_token().is_some() => OpKind::Mutation,
+                Some(t) if t.subscription_token().is_some() => OpKind::Subscription,
+                _ => OpKind::Query,
+            };
+            if let Some(vars) = op.variable_definitions() {
+                for vd in vars.variable_definitions() {
+                    if let Some(dv) = vd.default_value().and_then(|d| d.value()) {
+                        let name = vd
+                            .variable()
+                            .and_then(|v| v.name())
+                            .map(|n| format!("${}", n.text()))
+                            .unwrap_or_default();
+                        literal(dv, &name, a, shape, var_locs);
+                    }
+                }
+            }
+            if let Some(d) = op.directives() {
+                shape.directives += d.directives().count() as u32;
+            }
+            let mut operation = Operation {
+                kind,
+                name: op.name().map(|n| n.text().to_string()),
+                fields: Vec::new(),
+                arguments: Vec::new(),
+            };
+            if let Some(sel) = op.selection_set() {
+                walk(sel, &fragments, a, shape, var_locs, &mut operation);
+            }
+            if runs {
+                a.operations.push(operation);
+            }
+        }
+    }
+
+    fn judge_shape(&self, s: &Shape, a: &mut Analysis) {
+        let c = &self.cfg;
+        if s.introspection > 0 {
+            let score = match c.introspection {
+                Introspection::Allow => None,
+                Introspection::Alert => Some(0),
+                Introspection::Deny => Some(10),
+            };
+            if let Some(sc) = score {
+                a.findings.push((
+                    INTROSPECTION,
+                    sc,
+                    format!(
+                        "{} introspection field(s): __schema/__type",
+                        s.introspection
+                    ),
+                ));
+            }
+        }
+        if s.too_deep {
+            a.findings.push((
+                DEPTH,
+                10,
+                format!("nesting beyond {PARSER_RECURSION} (parser stopped)"),
+            ));
+        } else if let Some(sc) = over(s.depth as usize, c.max_depth) {
+            a.findings.push((
+                DEPTH,
+                sc,
+                format!("selection depth {} (limit {})", s.depth, c.max_depth),
+            ));
+        }
+        let checks = [
+            (ALIASES, s.aliases, c.max_aliases, "aliases"),
+            (
+                FIELDS,
+                s.fields,
+                c.max_fields,
+                "fields (fragments expanded)",
+            ),
+            (DIRECTIVES, s.directives, c.max_directives, "directives"),
+        ];
+        for (rule, n, max, what) in checks {
+            if let Some(sc) = over(n as usize, max) {
+                let more = if s.budget_spent { "at least " } else { "" };
+                a.findings
+                    .push((rule, sc, format!("{more}{n} {what} (limit {max})")));
+            }
+        }
+        if s.budget_spent && !a.findings.iter().any(|f| f.0 == FIELDS) {
+            a.findings.push((
+                FIELDS,
+                10,
+                format!("more than {VISIT_BUDGET} selections with fragments expanded"),
+            ));
+        }
+        if let Some(name) = &s.cycle {
+            a.findings.push((
+                FRAGMENT_CYCLE,
+                10,
+                format!("fragment {name} spreads itself"),
+            ));
+        }
+        if s.too_large {
+            a.findings.push((
+                TOO_LARGE,
+                6,
+                format!("document over {} tokens: judged up to it", c.max_tokens),
+            ));
+        }
+        if s.foreign_definitions {
+            a.findings.push((
+                MALFORMED,
+                6,
+                "type system definitions in a request".to_owned(),
+            ));
+        }
+        if let Some(ev) = &s.operator {
+            a.findings.push((OPERATOR, 10, ev.clone()));
+        }
+        // The mutation called most often (aliases and batch elements alike).
+        let worst = a
+            .attempts()
+            .into_iter()
+            .filter(|(k, _, _)| *k == OpKind::Mutation)
+            .max_by_key(|(_, _, n)| *n)
+            .and_then(|(_, f, n)| over(n as usize, c.max_attempts).map(|sc| (sc, f.to_owned(), n)));
+        if let Some((sc, f, n)) = worst {
+            a.findings.push((
+                ATTEMPTS,
+                sc,
+                format!(
+                    "mutation {f} called {n} times in one request (limit {})",
+                    c.max_attempts
+                ),
+            ));
+        }
+    }
+}
+
+/// A request in URL parameters (`query=`, `operationName=`, `variables=`);
+/// `None` without `query`.
+fn from_pairs(q: &str, a: &mut Analysis) -> Option<Vec<Sent>> {
+    let mut s = Sent {
+        query: None,
+        operation_name: None,
+        variables: None,
+    };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = crate::decode::percent_decode(v, true);
+        match k {
+            "query" => s.query = Some(v),
+            "operationName" => s.operation_name = Some(v),
+            "variables" => match serde_json::from_str(&v) {
+                Ok(j) => s.variables = Some(j),
+                Err(e) => a.findings.push((MALFORMED, 6, format!("variables: {e}"))),
+            },
+            _ => {}
+        }
+    }
+    s.query.is_some().then(|| vec![s])
+}
+
+/// The (possibly cut) value of the first string member `key` of a JSON text
+/// that does not parse as a whole, unescaped as far as it goes.
+fn json_string_prefix(text: &str, key: &str) -> Option<String> {
+    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+    let mut chars = rest.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        out.push(ch);
+                    }
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Score for a count over a limit: 6 over it, 10 at twice it; `None` within
+/// it or when the limit is off (0).
+fn over(n: usize, max: u32) -> Option<u32> {
+    let max = max as usize;
+    if max == 0 || n <= max {
+        None
+    } else if n >= max.saturating_mul(2) {
+        Some(10)
+    } else {
+        Some(6)
+    }
+}
+
+fn normalize_path(p: &str) -> String {
+    let t = p.trim().trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_owned()
+    } else {
+        t.to_ascii_lowercase()
+    }
+}
+
+/// Counters over a whole request (all operations of a batch).
+#[derive(Default)]
+struct Shape {
+    depth: u32,
+    aliases: u32,
+    fields: u32,
+    directives: u32,
+    introspection: u32,
+    visits: u32,
+    budget_spent: bool,
+    too_deep: bool,
+    too_large: bool,
+    foreign_definitions: bool,
+    cycle: Option<String>,
+    /// Evidence of a `$`-named key in an input object.
+    operator: Option<String>,
+}
+
+impl Shape {
+    /// Counts one visit; false once the budget is spent.
+    fn visit(&mut self) -> bool {
+        if self.visits >= VISIT_BUDGET {
+            self.budget_spent = true;
+            return false;
+        }
+        self.visits += 1;
+        true
+    }
+}
+
+/// Walks an operation's selections with an explicit stack: depth, aliases,
+/// fields, directives, introspection, arguments; fragments expanded within
+/// the visit budget (a spread adds no depth, as the server sees it).
+fn walk(
+    root: cst::SelectionSet,
+    fragments: &HashMap<String, cst::FragmentDefinition>,
+    a: &mut Analysis,
+    shape: &mut Shape,
+    var_locs: &mut HashMap<String, String>,
+    op: &mut Operation,
+) {
+    // (selection set, depth of its fields, spreads on the way: cycles stop).
+    let mut stack: Vec<(cst::SelectionSet, u32, u32)> = vec![(root, 1, 0)];
+    while let Some((set, depth, spreads)) = stack.pop() {
+        for sel in set.selections() {
+            if !shape.visit() {
+                return;
+            }
+            match sel {
+                cst::Selection::Field(f) => {
+                    let Some(name) = f.name().map(|n| n.text().to_string()) else {
+                        continue;
+                    };
+                    shape.fields += 1;
+                    shape.depth = shape.depth.max(depth);
+                    if f.alias().is_some() {
+                        shape.aliases += 1;
+                    }
+                    if name == "__schema" || name == "__type" {
+                        shape.introspection += 1;
+                    }
+                    if let Some(d) = f.directives() {
+                        shape.directives += d.directives().count() as u32;
+                    }
+                    if depth == 1 && spreads == 0 && !name.starts_with("__") {
+                        op.fields.push(name.clone());
+                    }
+                    if let Some(args) = f.arguments() {
+                        for arg in args.arguments() {
+                            let Some(an) = arg.name().map(|n| n.text().to_string()) else {
+                                continue;
+                            };
+                            let Some(v) = arg.value() else { continue };
+                            let loc = format!("{name}.{an}");
+                            if depth == 1
+                                && let Some(text) = scalar_text(&v)
+                            {
+                                op.arguments.push((name.clone(), an.clone(), text));
+                            }
+                            literal(v, &loc, a, shape, var_locs);
+                        }
+                    }
+                    if let Some(s) = f.selection_set() {
+                        stack.push((s, depth + 1, spreads));
+                    }
+                }
+                cst::Selection::InlineFragment(i) => {
+                    if let Some(d) = i.directives() {
+                        shape.directives += d.directives().count() as u32;
+                    }
+                    if let Some(s) = i.selection_set() {
+                        stack.push((s, depth, spreads));
+                    }
+                }
+                cst::Selection::FragmentSpread(s) => {
+                    if let Some(d) = s.directives() {
+                        shape.directives += d.directives().count() as u32;
+                    }
+                    // A cycle is reported by `fragment_cycles`; expanding stops at
+                    // a spread chain as long as there are fragments.
+                    if spreads as usize > fragments.len() {
+                        continue;
+                    }
+                    let frag = s
+                        .fragment_name()
+                        .and_then(|n| n.name())
+                        .and_then(|n| fragments.get(n.text().as_ref()));
+                    if let Some(set) = frag.and_then(cst::FragmentDefinition::selection_set) {
+                        stack.push((set, depth, spreads + 1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The text of a scalar literal (or a variable's name with `$`).
+fn scalar_text(v: &cst::Value) -> Option<String> {
+    match v {
+        cst::Value::StringValue(s) => Some(String::from(s)),
+        cst::Value::IntValue(i) => Some(i.text().to_string()),
+        cst::Value::Variable(var) => var.name().map(|n| format!("${}", n.text())),
+        _ => None,
+    }
+}
+
+trait Text {
+    fn text(&self) -> String;
+}
+
+impl Text for cst::IntValue {
+    fn text(&self) -> String {
+        use cst::CstNode;
+        self.syntax().text().to_string().trim().to_owned()
+    }
+}
+
+/// An argument's literal value: strings become inputs at `loc`; variables
+/// remember which argument they feed.
+fn literal(
+    v: cst::Value,
+    loc: &str,
+    a: &mut Analysis,
+    shape: &mut Shape,
+    var_locs: &mut HashMap<String, String>,
+) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        if !shape.visit() {
+            return;
+        }
+        match v {
+            cst::Value::StringValue(s) => push_input(&mut a.inputs, loc, &String::from(&s), true),
+            cst::Value::Variable(var) => {
+                if let Some(n) = var.name() {
+                    var_locs
+                        .entry(n.text().to_string())
+                        .or_insert_with(|| loc.to_owned());
+                }
+            }
+            cst::Value::ListValue(l) => stack.extend(l.values()),
+            cst::Value::ObjectValue(o) => {
+                stack.extend(o.object_fields().filter_map(|f| f.value()));
+            }
+            // Numbers, booleans, null and enum names carry no payload.
+            _ => {}
+        }
+    }
+}
+
+/// Variables: strings become inputs at the argument they feed (or `$name`);
+/// object keys are inputs too, and a key spelled with `$` (no GraphQL name
+/// can hold one) is a MongoDB operator passed through a JSON scalar.
+fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, shape: &mut Shape) {
+    let Json::Object(o) = vars else { return };
+    for (name, v) in o {
+        let loc = var_locs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("${name}"));
+        let mut stack: Vec<(&Json, u32)> = vec![(v, 0)];
+        while let Some((v, d)) = stack.pop() {
+            if !shape.visit() || d > MAX_JSON_DEPTH {
+                break;
+            }
+            match v {
+                Json::String(s) => push_input(&mut a.inputs, &loc, s, true),
+                Json::Array(items) => stack.extend(items.iter().map(|x| (x, d + 1))),
+                Json::Object(m) => {
+                    for (k, x) in m {
+                        if k.starts_with('$') && shape.operator.is_none() {
+                            shape.operator = Some(format!(
+                                "{loc}: {{{:?}: …}}",
+                                crate::decode::truncate(k, 24)
+                            ));
+                        }
+                        push_input(&mut a.inputs, &loc, k, false);
+                        stack.push((x, d + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Top-level arguments given as variables take the variables' scalar values
+/// (what object binding compares).
+fn resolve_arguments(ops: &mut [Operation], vars: &Json) {
+    for op in ops {
+        for (_, _, value) in &mut op.arguments {
+            let Some(name) = value.strip_prefix('$') else {
+                continue;
+            };
+            match vars.get(name) {
+                Some(Json::String(s)) => *value = s.clone(),
+                Some(n @ Json::Number(_)) => *value = n.to_string(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Errors of a GraphQL response (one object, or a batch's array) that say
+/// authentication failed: one per failed call, so 200 aliased logins that fail
+/// count 200 failures. 0 for anything else.
+pub fn auth_errors(body: &[u8]) -> u32 {
+    const WORDS: &[&str] = &[
+        "invalid credentials",
+        "invalid password",
+        "wrong password",
+        "incorrect password",
+        "invalid username or password",
+        "login failed",
+        "authentication failed",
+        "unauthenticated",
+        "not authenticated",
+        "unauthorized",
+        "unauthorised",
+        "forbidden",
+        "access denied",
+    ];
+    const CODES: &[&str] = &["UNAUTHENTICATED", "FORBIDDEN", "UNAUTHORIZED"];
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'{' | b'[')) || memchr::memmem::find(body, b"\"errors\"").is_none() {
+        return 0;
+    }
+    let Ok(json) = serde_json::from_slice::<Json>(body) else {
+        return 0;
+    };
+    let items: Vec<&Json> = match &json {
+        Json::Array(v) => v.iter().collect(),
+        o => vec![o],
+    };
+    let mut n = 0u32;
+    for it in items {
+        let Some(Json::Array(errors)) = it.get("errors") else {
+            continue;
+        };
+        for e in errors {
+            let msg = e
+                .get("message")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let code = e
+                .get("extensions")
+                .and_then(|x| x.get("code"))
+                .and_then(Json::as_str)
+                .unwrap_or("");
+            if WORDS.iter().any(|w| msg.contains(w)) || CODES.contains(&code) {
+                n = n.saturating_add(1);
+            }
+        }
+    }
+    n
+}
+
+fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool) {
+    if inputs.len() < MAX_INPUTS && !text.is_empty() {
+        inputs.push((loc.to_owned(), text.to_owned(), is_value));
+    }
+}
+
+/// Fragment spreads that lead back to their own fragment (a server without
+/// validation loops on them). Iterative depth-first search with colours.
+fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: &mut Shape) {
+    // Direct spreads of each fragment (inline fragments included).
+    let mut edges: HashMap<&str, Vec<String>> = HashMap::new();
+    for (name, f) in fragments {
+        let mut out = Vec::new();
+        let mut stack: Vec<cst::SelectionSet> = f.selection_set().into_iter().collect();
+        while let Some(set) = stack.pop() {
+            for sel in set.selections() {
+                if !shape.visit() {
+                    return;
+                }
+                match sel {
+                    cst::Selection::Field(f) => stack.extend(f.selection_set()),
+                    cst::Selection::InlineFragment(i) => stack.extend(i.selection_set()),
+                    cst::Selection::FragmentSpread(s) => {
+                        if let Some(n) = s.fragment_name().and_then(|n| n.name()) {
+                            out.push(n.text().to_string());
+                        }
+                    }
+                }
+            }
+        }
+        edges.insert(name.as_str(), out);
+    }
+    // 0 unseen, 1 on the path, 2 done.
+    let mut colour: HashMap<&str, u8> = HashMap::new();
+    for start in edges.keys() {
+        if colour.get(start).copied().unwrap_or(0) != 0 {
+            continue;
+        }
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        colour.insert(start, 1);
+        while let Some((node, i)) = path.last_mut() {
+            let next = edges.get(*node).and_then(|e| e.get(*i));
+            *i += 1;
+            match next {
+                None => {
+                    colour.insert(node, 2);
+                    path.pop();
+                }
+                Some(n) => {
+                    let Some((key, _)) = edges.get_key_value(n.as_str()) else {
+                        continue;
+                    };
+                    match colour.get(key).copied().unwrap_or(0) {
+                        1 => {
+                            shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
+                            return;
+                        }
+                        0 => {
+                            colour.insert(key, 1);
+                            path.push((key, 0));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The root fields of a schema (SDL), for the inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schema {
+    /// `(kind, field)` of every root field.
+    pub operations: BTreeSet<(OpKind, String)>,
+}
+
+impl Schema {
+    /// Parses SDL. Root types are `Query`, `Mutation`, `Subscription` unless a
+    /// `schema { … }` definition names others. Errors: syntax errors, or no root field.
+    pub fn parse(sdl: &str) -> Result<Schema, String> {
+        let tree = Parser::new(sdl).recursion_limit(PARSER_RECURSION).parse();
+        if let Some(e) = tree.errors().next() {
+            return Err(format!("{} at byte {}", e.message(), e.index()));
+        }
+        let doc = tree.document();
+        let mut roots: HashMap<String, OpKind> = [
+            ("Query".to_owned(), OpKind::Query),
+            ("Mutation".to_owned(), OpKind::Mutation),
+            ("Subscription".to_owned(), OpKind::Subscription),
+        ]
+        .into_iter()
+        .collect();
+        for def in doc.definitions() {
+            if let cst::Definition::SchemaDefinition(s) = def {
+                roots.clear();
+                for r in s.root_operation_type_definitions() {
+                    let kind = match r.operation_type() {
+                        Some(t) if t.mutation_token().is_some() => OpKind::Mutation,
+                        Some(t) if t.subscription_token().is_some() => OpKind::Subscription,
+                        _ => OpKind::Query,
+                    };
+                    if let Some(n) = r.named_type().and_then(|n| n.name()) {
+                        roots.insert(n.text().to_string(), kind);
+                    }
+                }
+            }
+        }
+        let mut operations = BTreeSet::new();
+        for def in doc.definitions() {
+            let (name, fields) = match def {
+                cst::Definition::ObjectTypeDefinition(o) => (o.name(), o.fields_definition()),
+                cst::Definition::ObjectTypeExtension(o) => (o.name(), o.fields_definition()),
+                _ => continue,
+            };
+            let Some(kind) = name.and_then(|n| roots.get(n.text().as_ref()).copied()) else {
+                continue;
+            };
+            for f in fields
+                .iter()
+                .flat_map(cst::FieldsDefinition::field_definitions)
+            {
+                if let Some(n) = f.name() {
+                    operations.insert((kind, n.text().to_string()));
+                }
+            }
+        }
+        if operations.is_empty() {
+            return Err("no field on a root type (Query, Mutation, Subscription)".to_owned());
+        }
+        Ok(Schema { operations })
+    }
+
+    /// Whether the schema defines this root field.
+    pub fn documents(&self, kind: OpKind, field: &str) -> bool {
+        self.operations.contains(&(kind, field.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

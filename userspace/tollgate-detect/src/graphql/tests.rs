@@ -1,0 +1,290 @@
+use super::*;
+use crate::{Action, DetectConfig, Engine, Location, Parsed, parse_request};
+
+fn req(raw: &str) -> Request {
+    match parse_request(raw.as_bytes()) {
+        Ok(Parsed::Complete { msg, .. }) => msg,
+        other => panic!("not a request: {other:?}"),
+    }
+}
+
+fn post(body: &str) -> Request {
+    req(&format!(
+        "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// A JSON GraphQL request body for `query` and `variables`.
+fn body(query: &str, variables: &str) -> String {
+    let q = serde_json::to_string(query).unwrap();
+    format!(r#"{{"query":{q},"variables":{variables}}}"#)
+}
+
+fn engine() -> Engine {
+    Engine::new(DetectConfig::default()).with_graphql(GraphqlConfig::default())
+}
+
+fn analyze(r: &Request) -> Analysis {
+    Graphql::new(GraphqlConfig::default())
+        .analyze(r)
+        .expect("a GraphQL request")
+}
+
+const LOGIN: &str =
+    "mutation Login($u: String!, $p: String!) { login(username: $u, password: $p) { token } }";
+
+#[test]
+fn ordinary_requests_are_clean_and_named() {
+    let e = engine();
+    let cases = [
+        post(&body(
+            LOGIN,
+            r#"{"u":"ana","p":"correct horse battery staple"}"#,
+        )),
+        post(&body(
+            "query User($id: ID!) { user(id: $id) { id name email friends(first: 10) { edges { node { name } } } } }",
+            r#"{"id":"7"}"#,
+        )),
+        post(&body(
+            "{ products(search: \"red shoes\", first: 20) { id ...P } } fragment P on Product { name price __typename }",
+            "null",
+        )),
+        post(
+            r#"[{"query":"{ a: user(id: 1) { name } b: user(id: 2) { name } }"},{"query":"query { me { name } }"}]"#,
+        ),
+        req("GET /graphql?query=%7B%20me%20%7B%20name%20%7D%20%7D HTTP/1.1\r\nHost: a\r\n\r\n"),
+        req(
+            "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: application/graphql\r\nContent-Length: 15\r\n\r\n{ me { name } }",
+        ),
+    ];
+    for r in &cases {
+        let v = e.inspect_request(r);
+        assert!(v.is_empty(), "{r:?}: {v:?}");
+        assert!(!analyze(r).operations.is_empty());
+    }
+    let a = analyze(&cases[0]);
+    assert_eq!(a.routes(), [(OpKind::Mutation, "login")]);
+    assert_eq!(a.operations[0].name.as_deref(), Some("Login"));
+    let a = analyze(&cases[3]);
+    assert_eq!(
+        a.attempts(),
+        [(OpKind::Query, "user", 2), (OpKind::Query, "me", 1)]
+    );
+    assert_eq!(
+        analyze(&cases[1]).operations[0].arguments,
+        [("user".to_owned(), "id".to_owned(), "7".to_owned())]
+    );
+    // Not GraphQL: another path, or the IDE page.
+    let g = Graphql::new(GraphqlConfig::default());
+    assert!(
+        g.analyze(&req("GET /api/graphql HTTP/1.1\r\nHost: a\r\n\r\n"))
+            .is_none()
+    );
+    assert!(
+        g.analyze(&req("GET /graphql HTTP/1.1\r\nHost: a\r\n\r\n"))
+            .is_none()
+    );
+}
+
+#[test]
+fn injections_in_variables_and_arguments_are_named() {
+    let e = engine();
+    let v = e.inspect_request(&post(&body(
+        LOGIN,
+        r#"{"u":"admin' OR '1'='1' --","p":"x"}"#,
+    )));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    assert!(
+        v.iter()
+            .any(|v| v.location == Location::Graphql("login.username".into())),
+        "{v:?}"
+    );
+    // NoSQL operator objects through a JSON scalar.
+    let v = e.inspect_request(&post(&body(LOGIN, r#"{"u":"admin","p":{"$ne":null}}"#)));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    assert!(v.iter().any(|v| v.rule == "graphql.operator_object"));
+    assert!(v.iter().any(|v| v.rule == "sqli.nosql_operator"
+        && v.location == Location::Graphql("login.password".into())));
+    // Literals in the document, SSRF and command injection.
+    let v = e.inspect_request(&post(&body(
+        "mutation { importFeed(url: \"http://169.254.169.254/latest/meta-data/\") { ok } }",
+        "{}",
+    )));
+    assert!(
+        v.iter().any(|v| v.rule == "ssrf.internal_url"
+            && v.location == Location::Graphql("importFeed.url".into())),
+        "{v:?}"
+    );
+    let v = e.inspect_request(&post(&body(
+        "mutation($h: String) { ping(host: $h) { out } }",
+        r#"{"h":"8.8.8.8; cat /etc/passwd"}"#,
+    )));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // A body on the GraphQL path that is no GraphQL is judged as JSON.
+    let v = e.inspect_request(&post(r#"{"username":"admin' OR '1'='1' --"}"#));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // A form body, as some servers take it.
+    let form = "query=mutation%7Blogin(username%3A%22admin%27%20OR%201%3D1--%22%2Cpassword%3A%22x%22)%7Btoken%7D%7D";
+    let v = e.inspect_request(&req(&format!(
+        "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // GET parameters.
+    let v = e.inspect_request(&req(
+        "GET /graphql?query=%7Buser(name%3A%22x%27%20union%20select%20password%20from%20users--%22)%7Bid%7D%7D HTTP/1.1\r\nHost: a\r\n\r\n",
+    ));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+}
+
+#[test]
+fn introspection_follows_the_policy() {
+    let q = post(&body("{ __schema { types { name } } }", "{}"));
+    let e = engine();
+    let v = e.inspect_request(&q);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!((v[0].rule, v[0].score), ("graphql.introspection", 0));
+    let deny = Engine::new(DetectConfig::default()).with_graphql(GraphqlConfig {
+        introspection: Introspection::Deny,
+        ..GraphqlConfig::default()
+    });
+    assert_eq!(deny.verdict(&deny.inspect_request(&q)), Action::Ban);
+    let allow = Engine::new(DetectConfig::default()).with_graphql(GraphqlConfig {
+        introspection: Introspection::Allow,
+        ..GraphqlConfig::default()
+    });
+    assert!(allow.inspect_request(&q).is_empty());
+    // `__typename` is no introspection.
+    assert!(
+        e.inspect_request(&post(&body("{ me { __typename } }", "{}")))
+            .is_empty()
+    );
+}
+
+#[test]
+fn shapes_over_the_limits_are_flagged() {
+    let e = engine();
+    let rules = |r: &Request| {
+        let v = e.inspect_request(r);
+        (v.iter().map(|v| v.rule).collect::<Vec<_>>(), e.verdict(&v))
+    };
+    let deep = format!("{}x{}", "{ a ".repeat(30), "}".repeat(30));
+    assert_eq!(
+        rules(&post(&body(&deep, "{}"))),
+        (vec!["graphql.depth"], Action::Ban)
+    );
+    let wide: String = (0..500).map(|i| format!("a{i}: me {{ name }} ")).collect();
+    let (r, act) = rules(&post(&body(&format!("{{ {wide} }}"), "{}")));
+    assert!(
+        r.contains(&"graphql.aliases") && act == Action::Ban,
+        "{r:?}"
+    );
+    let logins: String = (0..200)
+        .map(|i| format!("l{i}: login(username: \"u{i}\", password: \"p{i}\") {{ token }} "))
+        .collect();
+    let a = analyze(&post(&body(&format!("mutation {{ {logins} }}"), "{}")));
+    assert_eq!(a.attempts(), [(OpKind::Mutation, "login", 200)]);
+    assert!(a.rules().contains(&"graphql.batched_attempts"));
+    let batch: Vec<String> = (0..30)
+        .map(|i| body(LOGIN, &format!(r#"{{"u":"u{i}","p":"p"}}"#)))
+        .collect();
+    let (r, act) = rules(&post(&format!("[{}]", batch.join(","))));
+    assert!(
+        r.contains(&"graphql.batch") && r.contains(&"graphql.batched_attempts"),
+        "{r:?}"
+    );
+    assert_eq!(act, Action::Ban);
+    let cycle = "{ ...A } fragment A on Q { ...B } fragment B on Q { ...A }";
+    assert!(
+        rules(&post(&body(cycle, "{}")))
+            .0
+            .contains(&"graphql.fragment_cycle")
+    );
+    let dirs = format!("{{ me {} {{ name }} }}", "@include(if: true) ".repeat(120));
+    assert!(
+        rules(&post(&body(&dirs, "{}")))
+            .0
+            .contains(&"graphql.directives")
+    );
+    let broken = post(&body("{ me { name ", "{}"));
+    assert_eq!(rules(&broken).0, ["graphql.malformed"]);
+    let not_json = post("{\"query\": ");
+    assert_eq!(rules(&not_json).0, ["graphql.malformed"]);
+}
+
+/// Each fragment spreads the next twice: 2^20 fields if expanded; stopped by
+/// the visit budget.
+#[test]
+fn a_fragment_bomb_is_bounded() {
+    let mut doc = String::from("{ ...F0 }");
+    for i in 0..20 {
+        doc.push_str(&format!(
+            " fragment F{i} on Q {{ a: f {{ ...F{n} }} b: f {{ ...F{n} }} }}",
+            n = i + 1
+        ));
+    }
+    doc.push_str(" fragment F20 on Q { x }");
+    let a = analyze(&post(&body(&doc, "{}")));
+    assert!(a.rules().contains(&"graphql.fields"), "{:?}", a.rules());
+}
+
+/// One megabyte of nesting, and one of width: judged within the limits,
+/// without exhausting the stack.
+#[test]
+fn hostile_megabyte_documents() {
+    let e = engine();
+    for doc in [
+        "{".repeat(1 << 20),
+        format!("{{ {} }}", "a ".repeat(1 << 19)),
+        format!("{}{}", "{ a ".repeat(1 << 18), "}".repeat(1 << 18)),
+    ] {
+        // Time is the benchmark's to measure (`cargo xtask bench graphql`).
+        let v = e.inspect_request(&post(&body(&doc, "{}")));
+        assert!(e.verdict(&v) != Action::Allow, "{v:?}");
+    }
+}
+
+/// 20,000 distinct top-level fields: counted in linear time, named after
+/// the first few.
+#[test]
+fn many_distinct_fields_stay_cheap() {
+    let wide: String = (0..20_000).map(|i| format!("f{i} ")).collect();
+    let a = analyze(&post(&body(&format!("{{ {wide} }}"), "{}")));
+    // The token limit cuts the document at about 10,000 fields.
+    assert!(a.attempts().len() > 5_000);
+    assert!(a.rules().contains(&"graphql.too_large"));
+    assert_eq!(a.routes().len(), MAX_ROUTES);
+    assert!(a.rules().contains(&"graphql.fields"));
+}
+
+#[test]
+fn schema_lists_root_fields() {
+    let s = Schema::parse(
+        "type Query { user(id: ID!): User me: User } type Mutation { login(username: String!, password: String!): Token } type User { id: ID! } type Token { token: String }",
+    )
+    .unwrap();
+    assert!(s.documents(OpKind::Mutation, "login"));
+    assert!(s.documents(OpKind::Query, "user"));
+    assert!(!s.documents(OpKind::Query, "id"));
+    assert!(Schema::parse("type Query {").is_err());
+}
+
+/// A body cut where capture stopped: the part of the document that arrived
+/// is judged (200 aliased logins cut after 60 still count 60).
+#[test]
+fn a_truncated_body_is_judged_on_its_first_part() {
+    let logins: String = (0..200)
+        .map(|i| format!("l{i}: login(username: \"u{i}\", password: \"p\\u0027{i}\") {{ token }} "))
+        .collect();
+    let full = body(&format!("mutation {{ {logins} }}"), "{}");
+    let mut r = post(&full);
+    r.body.truncate(60 * 60);
+    r.truncated = true;
+    let a = analyze(&r);
+    let rules = a.rules();
+    assert!(rules.contains(&"graphql.malformed"), "{rules:?}");
+    assert!(rules.contains(&"graphql.batched_attempts"), "{rules:?}");
+    assert!(rules.contains(&"graphql.aliases"), "{rules:?}");
+    assert!(a.attempts()[0].2 >= 50, "{:?}", a.attempts());
+}
