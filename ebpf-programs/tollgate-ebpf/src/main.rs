@@ -210,9 +210,7 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
             // The sampler's cheap decision comes before any tail call (and
             // before the sampler's flow lookups): its packet-dependent half
             // now, so only a few words live across the ban lookups.
-            let cand = if config.flags & config_flags::SAMPLING != 0
-                && sample::api_port(&pkt, DIR_REQUEST)
-            {
+            let cand = if config.flags & config_flags::SAMPLING != 0 {
                 sample::candidate(&pkt, DIR_REQUEST)
             } else {
                 sample::NO_CANDIDATE

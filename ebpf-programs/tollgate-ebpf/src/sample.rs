@@ -92,9 +92,9 @@ const KIND_PAYLOAD: u64 = 2;
 const KIND_END: u64 = 3;
 
 /// Whether `pkt` is TCP to (request) or from (response) an API port: one
-/// array lookup, inline, so other packets pay no more.
+/// array lookup.
 #[inline(always)]
-pub fn api_port(pkt: &Packet, direction: u8) -> bool {
+fn api_port(pkt: &Packet, direction: u8) -> bool {
     let l4 = &pkt.l4;
     if l4.proto != IPPROTO_TCP {
         return false;
@@ -107,13 +107,17 @@ pub fn api_port(pkt: &Packet, direction: u8) -> bool {
     matches!(TG_API_PORTS.get(u32::from(port)), Some(v) if *v != 0)
 }
 
-/// The first half of the sampling decision, without writes, for a packet
-/// [`api_port`] let through: payload, or a client's SYN. A
+/// The first half of the sampling decision, without writes: payload to
+/// (request) or from (response) an API port ([`api_port`]), or a client's
+/// SYN to one. A
 /// function of its own (a BPF subprogram): inlined, its temporaries would
 /// push the ingress program past the 512-byte stack.
 #[inline(never)]
 pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     let l4 = &pkt.l4;
+    if !api_port(pkt, direction) {
+        return NO_CANDIDATE;
+    }
     let request = direction == DIR_REQUEST;
     // `payload_off` is where the TCP header ends; the IP length says
     // whether anything follows.
@@ -213,10 +217,11 @@ pub fn select(c: Candidate, direction: u8) -> bool {
     true
 }
 
-/// [`api_port`], [`candidate`], then [`select`].
+/// [`candidate`], then [`select`] unless there is nothing to select.
 #[inline(always)]
 pub fn wanted(pkt: &Packet, direction: u8) -> bool {
-    api_port(pkt, direction) && select(candidate(pkt, direction), direction)
+    let c = candidate(pkt, direction);
+    c != NO_CANDIDATE && select(c, direction)
 }
 
 /// Samples `pkt` (the packet of `ctx`), which [`wanted`] selected, unless
