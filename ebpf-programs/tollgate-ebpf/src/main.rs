@@ -255,10 +255,7 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
                     }
                 }
             };
-            if cand != sample::NO_CANDIDATE
-                && judged.0 != Verdict::Drop
-                && sample::select(cand, DIR_REQUEST)
-            {
+            if judged.0 != Verdict::Drop && sample::select(cand, DIR_REQUEST) {
                 next = Next::Sample;
             }
             judged

@@ -91,31 +91,14 @@ const KIND_PAYLOAD: u64 = 2;
 /// the flow).
 const KIND_END: u64 = 3;
 
-/// Whether `pkt` is TCP to (request) or from (response) an API port: one
-/// array lookup.
-#[inline(always)]
-fn api_port(pkt: &Packet, direction: u8) -> bool {
-    let l4 = &pkt.l4;
-    if l4.proto != IPPROTO_TCP {
-        return false;
-    }
-    let port = if direction == DIR_REQUEST {
-        l4.dport
-    } else {
-        l4.sport
-    };
-    matches!(TG_API_PORTS.get(u32::from(port)), Some(v) if *v != 0)
-}
-
 /// The first half of the sampling decision, without writes: payload to
-/// (request) or from (response) an API port ([`api_port`]), or a client's
-/// SYN to one. A
+/// (request) or from (response) an API port, or a client's SYN to one. A
 /// function of its own (a BPF subprogram): inlined, its temporaries would
 /// push the ingress program past the 512-byte stack.
 #[inline(never)]
 pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     let l4 = &pkt.l4;
-    if !api_port(pkt, direction) {
+    if l4.proto != IPPROTO_TCP {
         return NO_CANDIDATE;
     }
     let request = direction == DIR_REQUEST;
@@ -137,6 +120,10 @@ pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     } else {
         (l4.sport, l4.dport)
     };
+    match TG_API_PORTS.get(u32::from(api_port)) {
+        Some(v) if *v != 0 => {}
+        _ => return NO_CANDIDATE,
+    }
     let (client, server) = if request {
         (&pkt.src, &pkt.dst)
     } else {
@@ -217,11 +204,10 @@ pub fn select(c: Candidate, direction: u8) -> bool {
     true
 }
 
-/// [`candidate`], then [`select`] unless there is nothing to select.
+/// [`candidate`], then [`select`].
 #[inline(always)]
 pub fn wanted(pkt: &Packet, direction: u8) -> bool {
-    let c = candidate(pkt, direction);
-    c != NO_CANDIDATE && select(c, direction)
+    select(candidate(pkt, direction), direction)
 }
 
 /// Samples `pkt` (the packet of `ctx`), which [`wanted`] selected, unless
