@@ -165,10 +165,11 @@ impl<M: Maps> AgentState<M> {
     /// written: names the map, by how much it is short, and the policy
     /// setting that would make room.
     fn check_fits(&self, put: &[BanRecord], stale: &[IpNet], what: &str) -> Result<(), Refused> {
+        // Indexes into `rows` below: hosts v4, hosts v6, ranges v4, ranges v6.
         let slot = |n: &IpNet| match n {
             IpNet::V4(n) if n.prefix_len() == 32 => 0,
-            IpNet::V4(_) => 1,
-            IpNet::V6(n) if n.prefix_len() == 128 => 2,
+            IpNet::V6(n) if n.prefix_len() == 128 => 1,
+            IpNet::V4(_) => 2,
             IpNet::V6(_) => 3,
         };
         let mut added = [0u64; 4];
