@@ -1187,3 +1187,86 @@ mod proxy {
         assert!(got[1].2.starts_with(b"GET /direct"));
     }
 }
+
+/// NIC request sampling: the decision made in the ingress program, before
+/// any tail call: a young flow's first packets, then one in N, and nothing
+/// for packets to other ports.
+mod sampling {
+    use super::*;
+
+    /// Runs a frame through one hook's ingress program.
+    type Run = fn(&mut Datapath, &[u8]) -> u32;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 5);
+    const SYN: u8 = 0x02;
+    const ACK_PSH: u8 = 0x18;
+
+    /// A TCP segment from `CLIENT`, source port `sport`, to `dport`.
+    fn seg(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = pkt::tcp_to(dport, flags, payload);
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        Frame::new().ipv4(CLIENT, 6, &t)
+    }
+
+    fn tc_run(dp: &mut Datapath, frame: &[u8]) -> u32 {
+        run_tc(dp, frame)
+    }
+
+    #[test]
+    fn young_flows_first_packets_then_one_in_n_and_other_ports_pay_nothing() {
+        // The 1-in-N countdown is per CPU: keep every run on one.
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+        for (hook, run) in [("xdp", run as Run), ("tc", tc_run as Run)] {
+            eprintln!("hook {hook}");
+            case(run);
+        }
+    }
+
+    fn case(run: Run) {
+        let mut dp = load();
+        let cfg = tollgate_common::SampleCfg {
+            first_packets: 2,
+            one_in: 1_000_000,
+            max_bytes: 1024,
+            reserved: 0,
+        };
+        dp.set_api_ports(&[8080].into(), cfg).unwrap();
+        let mut ring = dp.take_samples().unwrap();
+        let get = |p: u16, i: u32| format!("GET /{p}/{i} HTTP/1.1\r\n\r\n").into_bytes();
+        // A fresh countdown takes the first packet it sees; later ones wait
+        // for a gap of about a million.
+        run(&mut dp, &seg(7000, 8080, ACK_PSH, &get(7000, 0)));
+        // The SYN makes flow 7001 young: its first two payload packets are
+        // taken, not the third.
+        run(&mut dp, &seg(7001, 8080, SYN, b""));
+        for i in 0..3 {
+            run(&mut dp, &seg(7001, 8080, ACK_PSH, &get(7001, i)));
+        }
+        // A flow whose handshake was not seen: one in N only.
+        for i in 0..3 {
+            run(&mut dp, &seg(7002, 8080, ACK_PSH, &get(7002, i)));
+        }
+        let before = dp.sample_stats().unwrap();
+        // Not an API port: not sampled, not even counted as skipped.
+        for i in 0..3 {
+            run(&mut dp, &seg(7003, 9090, ACK_PSH, &get(7003, i)));
+        }
+        let after = dp.sample_stats().unwrap();
+        assert_eq!(before, after, "packets to port 9090 reached the sampler");
+        let mut got = Vec::new();
+        while let Some(item) = ring.next() {
+            let h = item.as_ptr().cast::<tollgate_common::SampleHeader>();
+            // SAFETY: the record starts with its header (repr(C), Pod).
+            let h = unsafe { h.read_unaligned() };
+            let off = size_of::<tollgate_common::SampleHeader>();
+            got.push(String::from_utf8_lossy(&item[off..off + h.captured as usize]).into_owned());
+        }
+        let firsts: Vec<&str> = got.iter().filter_map(|g| g.split(' ').nth(1)).collect();
+        assert_eq!(firsts, ["/7000/0", "/7001/0", "/7001/1"], "{got:?}");
+        // taken, lost, skipped: the third of 7001 and all of 7002 skipped.
+        assert_eq!(after[0], 3);
+        assert_eq!(after[2], 4, "{after:?}");
+    }
+}

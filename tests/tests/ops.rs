@@ -981,3 +981,73 @@ fn failed_starts_leave_no_pins_and_one_agent_per_interface() {
     );
     agent.ok(&["status"]);
 }
+
+/// The policy's `capacity` sizes the ban maps: `status` shows each map's
+/// capacity, memory and setting; an import that does not fit is refused
+/// whole, naming the map, by how much and the setting to raise; a larger
+/// capacity applies at the next start, with the bans carried over.
+#[test]
+fn a_small_capacity_is_honoured_and_a_larger_one_applies_at_restart_with_bans_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "capacity: {ranges_v4: 4}\n").unwrap();
+    let mut s = setup(&["--config", policy.to_str().unwrap()]);
+    let lpm = |agent: &Agent| {
+        let st = agent.json(&["status"]);
+        st["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "TG_BLOCK4_LPM")
+            .cloned()
+            .unwrap()
+    };
+    let m = lpm(&s.agent);
+    assert_eq!(m["capacity"], 4, "{m}");
+    assert_eq!(m["setting"], "ranges_v4", "{m}");
+    // An empty trie takes no memory; the field is there all the same.
+    assert!(m["memory_bytes"].as_u64().is_some(), "{m}");
+
+    // Six IPv4 ranges, the lab's subnet 1 last: two too many.
+    let feed = dir.path().join("ranges.txt");
+    let ranges = |n: usize| {
+        let mut t = String::new();
+        for i in 0..n - 1 {
+            let _ = writeln!(t, "198.19.{i}.0/24");
+        }
+        let _ = writeln!(t, "{}", s.lab.v4_net(1));
+        t
+    };
+    std::fs::write(&feed, ranges(6)).unwrap();
+    let file = feed.to_str().unwrap();
+    let out = s.agent.cli(&["block", "import", file, "--reason", "cap"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("TG_BLOCK4_LPM") && err.contains("2 too many") && err.contains("ranges_v4: 8"),
+        "{err}"
+    );
+    let bans = |agent: &Agent| agent.json(&["block", "ls"]).as_array().unwrap().len();
+    assert_eq!(bans(&s.agent), 0, "a refused import left bans");
+    assert!(s.v4_ok(1), "a refused import dropped traffic");
+
+    // Four fit.
+    std::fs::write(&feed, ranges(4)).unwrap();
+    s.agent.ok(&["block", "import", file, "--reason", "cap"]);
+    assert!(!s.v4_ok(1), "imported range not enforced");
+    let m = lpm(&s.agent);
+    assert_eq!(m["entries"], 4, "{m}");
+    assert!(m["memory_bytes"].as_u64().is_some_and(|b| b > 0), "{m}");
+
+    // A larger capacity, applied at restart: same bans, still enforced.
+    std::fs::write(&policy, "capacity: {ranges_v4: 8}\n").unwrap();
+    s.agent.kill(nix::sys::signal::Signal::SIGTERM);
+    s.agent.spawn();
+    assert_eq!(lpm(&s.agent)["capacity"], 8);
+    assert_eq!(bans(&s.agent), 4);
+    assert!(!s.v4_ok(1), "ban lost across the capacity change");
+    assert!(s.v4_ok(0));
+    std::fs::write(&feed, ranges(6)).unwrap();
+    s.agent.ok(&["block", "import", file, "--reason", "cap"]);
+    assert_eq!(bans(&s.agent), 6);
+}

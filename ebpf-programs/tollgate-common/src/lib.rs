@@ -53,6 +53,11 @@ pub mod maps {
     pub const SAMPLES: &str = "TG_SAMPLES";
     /// Per-CPU sampling counters, indexed by [`super::sample_stat`].
     pub const SAMPLE_STATS: &str = "TG_SMPL_STATS";
+    /// Young flows: a direct-mapped array of [`super::YoungFlow`] slots, set
+    /// by a client's SYN to an API port (not pinned: per-connection state).
+    pub const YOUNG: &str = "TG_YOUNG";
+    /// Per-CPU countdown to the next 1-in-N sample (not pinned).
+    pub const SAMPLE_GAP: &str = "TG_SMPL_GAP";
     /// Tail-call table of the XDP programs (not pinned): slots in [`super::jump`].
     pub const JUMP: &str = "TG_JUMP";
     /// Tail-call table of the TC ingress programs, the same slots (a table
@@ -191,6 +196,9 @@ pub mod capacity {
     pub const LIMIT_SLOTS: u32 = 1 << 16;
     /// Flows whose sampling state is tracked (LRU).
     pub const FLOWS: u32 = 1 << 18;
+    /// Young-flow slots (a power of two, at most 2^16): flows whose first packets are
+    /// still being sampled; a new handshake takes over a slot.
+    pub const YOUNG_FLOWS: u32 = 1 << 16;
     /// Sample ring buffer bytes (about 3,800 full samples).
     pub const SAMPLES_BYTES: u32 = 1 << 22;
     /// Trusted proxy prefixes per family.
@@ -514,6 +522,44 @@ const _: () = assert!(size_of::<TlsSslKey>() == 16);
 /// stream is taken at the socket: the XDP sampler then leaves their request
 /// packets alone.
 pub const FLOW_STREAMED: u64 = 1 << 63;
+
+/// A young flow's slot in [`maps::YOUNG`]: which flow holds it
+/// ([`young_slot`]'s tag) and how many of its first payload packets are
+/// still to be sampled, per direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct YoungFlow {
+    /// The flow's tag (never 0: 0 is an empty slot).
+    pub tag: u32,
+    /// Payload packets still to sample, indexed by [`DIR_REQUEST`] /
+    /// [`DIR_RESPONSE`].
+    pub left: [u16; 2],
+}
+const _: () = assert!(size_of::<YoungFlow>() == 8);
+
+/// Slot and tag of a flow in [`maps::YOUNG`] from its addresses folded to
+/// 32 bits (an IPv4 address as is, IPv6 as the XOR of its four words) and
+/// its ports. A multiplicative hash: a few instructions per packet, and a
+/// collision only costs a flow its first-packet samples.
+#[inline(always)]
+#[must_use]
+pub fn young_slot(client: u32, server: u32, client_port: u16, server_port: u16) -> (u32, u32) {
+    let ports = (u32::from(client_port) << 16) | u32::from(server_port);
+    let mut h = client.wrapping_mul(0x9e37_79b1) ^ server.rotate_left(16) ^ ports;
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    let tag = h | 1;
+    (young_index(tag), tag)
+}
+
+/// The slot of a flow in [`maps::YOUNG`] from its tag (the tag's high bits,
+/// so that the pair packs into one register).
+#[inline(always)]
+#[must_use]
+pub const fn young_index(tag: u32) -> u32 {
+    (tag >> 16) & (capacity::YOUNG_FLOWS - 1)
+}
 
 /// One ring-buffer sample: metadata plus the first payload bytes.
 #[repr(C)]

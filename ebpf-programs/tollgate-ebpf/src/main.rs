@@ -70,7 +70,7 @@ use crate::{
 enum Next {
     /// Nothing more.
     Done,
-    /// A passing TCP payload packet with API sampling on: the sampler.
+    /// A passing packet the sampler's cheap decision selected: the sampler.
     Sample,
     /// TCP from a trusted proxy: the proxy program judges it by the client
     /// it carries (and counts it).
@@ -163,19 +163,20 @@ fn proxied<C: Hook>(ctx: &C) -> bool {
     if verdict == Verdict::Drop {
         return true;
     }
-    if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
+    if config.flags & config_flags::SAMPLING != 0 && sample::wanted(&pkt, DIR_REQUEST) {
         // SAFETY: the slot holds a program of this hook's type or nothing.
         unsafe { C::jumps().tail_call(ctx, jump::SAMPLE) };
     }
     false
 }
 
-/// Samples a request packet to an API port. Always passes.
+/// Samples a request packet to an API port that the caller's
+/// [`sample::wanted`] selected. Always passes.
 #[inline(always)]
 fn sample_request<C: Hook>(ctx: &C) {
     let (start, end) = ctx.bounds();
     if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
-        sample::maybe_sample(ctx, &pkt, DIR_REQUEST);
+        sample::take(ctx, &pkt, DIR_REQUEST);
     }
 }
 
@@ -189,7 +190,9 @@ pub fn tollgate_tc_egress(ctx: TcContext) -> i32 {
     let (start, end) = ctx.bounds();
     if let Ok(pkt) = parse::parse(&Cursor::new(start, end)) {
         sample::note_ack(&pkt);
-        sample::maybe_sample(&ctx, &pkt, DIR_RESPONSE);
+        if sample::wanted(&pkt, DIR_RESPONSE) {
+            sample::take(&ctx, &pkt, DIR_RESPONSE);
+        }
     }
     TCX_NEXT
 }
@@ -204,9 +207,14 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
     let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
         Err(reason) => (Verdict::Pass, reason),
         Ok(pkt) => {
-            if config.flags & config_flags::SAMPLING != 0 && pkt.l4.payload_off != 0 {
-                next = Next::Sample;
-            }
+            // The sampler's cheap decision comes before any tail call (and
+            // before the sampler's flow lookups): its packet-dependent half
+            // now, so only a few words live across the ban lookups.
+            let cand = if config.flags & config_flags::SAMPLING != 0 {
+                sample::candidate(&pkt, DIR_REQUEST)
+            } else {
+                sample::NO_CANDIDATE
+            };
             let matched = match pkt.src {
                 Source::V4(addr) => lookup_v4(&addr, config.flags),
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
@@ -219,7 +227,7 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
             if proxy && pkt.l4.proto == parse::IPPROTO_TCP {
                 return (Verdict::Pass, Next::Proxy);
             }
-            match matched {
+            let judged = match matched {
                 Match::None | Match::Expired
                     if !proxy
                         && config.flags & config_flags::LIMITS != 0
@@ -246,7 +254,11 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
                         (Verdict::Drop, Reason::Blocklisted)
                     }
                 }
+            };
+            if judged.0 != Verdict::Drop && sample::select(cand, DIR_REQUEST) {
+                next = Next::Sample;
             }
+            judged
         }
     };
     count(verdict, reason, len);

@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     AllowEntry, BlockEntry, Bucket, BucketKey, COUNTER_SLOTS, Config, Counter, Established,
-    FlowKey, FlowState, LimitCfg, ProxyFlow, SampleCfg, capacity, jump, prefilter, sample_stat,
+    FlowKey, FlowState, LimitCfg, ProxyFlow, SampleCfg, YoungFlow, capacity, jump, prefilter,
+    sample_stat,
 };
 
 // BPF_F_NO_PREALLOC: entries are allocated on insert, so an empty
@@ -73,6 +74,16 @@ pub static TG_SAMPLES: RingBuf = RingBuf::pinned(capacity::SAMPLES_BYTES, 0);
 
 #[map]
 pub static TG_SMPL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sample_stat::COUNT, 0);
+
+/// Young flows, by [`tollgate_common::young_slot`]: an array (its lookup is
+/// a bounds check and an add, no hashing of a 36-byte key) decides whether a
+/// packet is among its flow's first. Not pinned: only fresh handshakes fill it.
+#[map]
+pub static TG_YOUNG: Array<YoungFlow> = Array::with_max_entries(capacity::YOUNG_FLOWS, 0);
+
+/// Per-CPU countdown to the next 1-in-N sample.
+#[map]
+pub static TG_SMPL_GAP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail calls (slots in `tollgate_common::jump`). Not pinned: it empties
 /// when the agent goes away, and the datapath then passes without sampling

@@ -1,15 +1,24 @@
 //! Sampling of API payloads into a ring buffer for the agent: the first K
-//! payload packets of every flow (so each connection's request line and
-//! headers are seen), then one in N. A full ring buffer loses the sample
-//! and counts it; the datapath never waits.
+//! payload packets of every flow whose handshake the datapath saw (so each
+//! connection's request line and headers are seen), then one in N. The
+//! decision ([`wanted`]) is two array lookups and a per-CPU countdown, made
+//! before any flow lookup or tail call; only a selected packet pays for the
+//! rest ([`take`]). A full ring buffer loses the sample and counts it; the
+//! datapath never waits.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns};
-use tollgate_common::{FlowKey, FlowState, SAMPLE_BYTES, SampleRecord, sample_stat};
+use tollgate_common::{
+    DIR_REQUEST, FlowKey, SAMPLE_BYTES, SampleRecord, YoungFlow, sample_stat, young_index,
+    young_slot,
+};
 
 use crate::{
     hook::Hook,
-    maps::{TG_API_PORTS, TG_CONFIG, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_STATS},
-    parse::{IPPROTO_TCP, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST},
+    maps::{
+        TG_API_PORTS, TG_CONFIG, TG_ESTAB, TG_FLOWS, TG_SAMPLES, TG_SAMPLING, TG_SMPL_GAP,
+        TG_SMPL_STATS, TG_YOUNG,
+    },
+    parse::{IPPROTO_TCP, Packet, Source, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[inline(always)]
@@ -52,23 +61,164 @@ pub fn note_ack(pkt: &Packet) {
     }
 }
 
-/// Samples `pkt` (the packet of `ctx`) if it carries API payload and the
-/// policy selects it.
+/// An address folded to 32 bits for [`young_slot`].
 #[inline(always)]
-pub fn maybe_sample<C: Hook>(ctx: &C, pkt: &Packet, direction: u8) {
+fn fold(a: &Source) -> u32 {
+    match a {
+        Source::V4(v) => u32::from_ne_bytes(*v),
+        Source::V6(v) => {
+            u32::from_ne_bytes([v[0], v[1], v[2], v[3]])
+                ^ u32::from_ne_bytes([v[4], v[5], v[6], v[7]])
+                ^ u32::from_ne_bytes([v[8], v[9], v[10], v[11]])
+                ^ u32::from_ne_bytes([v[12], v[13], v[14], v[15]])
+        }
+    }
+}
+
+/// What [`candidate`] found out about a packet, all that [`select`] needs,
+/// in one register: the kind (`KIND_*`) above the flow's `TG_YOUNG` tag.
+/// The ingress program keeps only this across its ban lookups, not the
+/// parsed packet (its stack is nearly full).
+pub type Candidate = u64;
+
+/// Not an API packet worth sampling.
+pub const NO_CANDIDATE: Candidate = 0;
+/// A client's SYN to an API port: its flow becomes young.
+const KIND_SYN: u64 = 1;
+/// A payload packet to or from an API port.
+const KIND_PAYLOAD: u64 = 2;
+/// A payload packet that ends its flow: always taken (the sampler forgets
+/// the flow).
+const KIND_END: u64 = 3;
+
+/// The first half of the sampling decision, without writes: payload to
+/// (request) or from (response) an API port, or a client's SYN to one. A
+/// function of its own (a BPF subprogram): inlined, its temporaries would
+/// push the ingress program past the 512-byte stack.
+#[inline(never)]
+pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
+    let l4 = &pkt.l4;
+    if l4.proto != IPPROTO_TCP {
+        return NO_CANDIDATE;
+    }
+    let request = direction == DIR_REQUEST;
+    // `payload_off` is where the TCP header ends; the IP length says
+    // whether anything follows.
+    let kind = if pkt.l3_end > l4.payload_off {
+        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            KIND_END
+        } else {
+            KIND_PAYLOAD
+        }
+    } else if request && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        KIND_SYN
+    } else {
+        return NO_CANDIDATE;
+    };
+    let (api_port, client_port) = if request {
+        (l4.dport, l4.sport)
+    } else {
+        (l4.sport, l4.dport)
+    };
+    match TG_API_PORTS.get(u32::from(api_port)) {
+        Some(v) if *v != 0 => {}
+        _ => return NO_CANDIDATE,
+    }
+    let (client, server) = if request {
+        (&pkt.src, &pkt.dst)
+    } else {
+        (&pkt.dst, &pkt.src)
+    };
+    let (_, tag) = young_slot(fold(client), fold(server), client_port, api_port);
+    (kind << 32) | u64::from(tag)
+}
+
+/// The second half, made before any flow lookup or tail call so that other
+/// packets pay almost nothing: a young flow's first packets, else this
+/// CPU's one in N. True: [`take`] the packet. A subprogram too.
+#[inline(never)]
+pub fn select(c: Candidate, direction: u8) -> bool {
+    let kind = c >> 32;
+    if kind == 0 {
+        return false;
+    }
+    let tag = c as u32;
+    let slot = young_index(tag);
+    let Some(cfg) = TG_SAMPLING.get(0) else {
+        return false;
+    };
+    if cfg.max_bytes == 0 {
+        return false;
+    }
+    if kind == KIND_SYN {
+        if cfg.first_packets != 0
+            && let Some(y) = TG_YOUNG.get_ptr_mut(slot)
+        {
+            let n = if cfg.first_packets > 0xffff {
+                0xffff
+            } else {
+                cfg.first_packets as u16
+            };
+            // SAFETY: array slot; a racing handshake hashed to the same slot
+            // only takes it over, as a later one would.
+            unsafe { *y = YoungFlow { tag, left: [n, n] } };
+        }
+        return false;
+    }
+    if kind == KIND_END {
+        return true;
+    }
+    if let Some(y) = TG_YOUNG.get_ptr_mut(slot) {
+        let i = usize::from(direction & 1);
+        // SAFETY: array slot; a flow's packets normally stay on one CPU, and
+        // a lost decrement only takes one more packet.
+        unsafe {
+            if (*y).tag == tag && (*y).left[i] != 0 {
+                (*y).left[i] -= 1;
+                return true;
+            }
+        }
+    }
+    if cfg.one_in <= 1 {
+        return true;
+    }
+    let Some(gap) = TG_SMPL_GAP.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot: no other writer while this program runs here.
+    unsafe {
+        if *gap > 1 {
+            *gap -= 1;
+            stat(sample_stat::SKIPPED);
+            return false;
+        }
+        // The next gap is drawn uniformly from 1..=2N-1 (mean N), so a
+        // client cannot time its requests around a fixed period.
+        let span = if cfg.one_in > 1 << 30 {
+            (1 << 31) - 1
+        } else {
+            2 * cfg.one_in - 1
+        };
+        *gap = 1 + bpf_get_prandom_u32() % span;
+    }
+    true
+}
+
+/// [`candidate`], then [`select`].
+#[inline(always)]
+pub fn wanted(pkt: &Packet, direction: u8) -> bool {
+    select(candidate(pkt, direction), direction)
+}
+
+/// Samples `pkt` (the packet of `ctx`), which [`wanted`] selected, unless
+/// its request is taken at the socket or its connection was never
+/// established.
+#[inline(always)]
+pub fn take<C: Hook>(ctx: &C, pkt: &Packet, direction: u8) {
     let frame_len = ctx.wire_len();
     let l4 = &pkt.l4;
     if l4.proto != IPPROTO_TCP || l4.payload_off == 0 {
         return;
-    }
-    let api_port = if direction == tollgate_common::DIR_REQUEST {
-        l4.dport
-    } else {
-        l4.sport
-    };
-    match TG_API_PORTS.get(u32::from(api_port)) {
-        Some(v) if *v != 0 => {}
-        _ => return,
     }
     let end = if pkt.l3_end < frame_len {
         pkt.l3_end
@@ -85,7 +235,7 @@ pub fn maybe_sample<C: Hook>(ctx: &C, pkt: &Packet, direction: u8) {
     if cfg.max_bytes == 0 {
         return;
     }
-    let (client, server, client_port, server_port) = if direction == tollgate_common::DIR_REQUEST {
+    let (client, server, client_port, server_port) = if direction == DIR_REQUEST {
         (pkt.src.mapped(), pkt.dst.mapped(), l4.sport, l4.dport)
     } else {
         (pkt.dst.mapped(), pkt.src.mapped(), l4.dport, l4.sport)
@@ -96,47 +246,30 @@ pub fn maybe_sample<C: Hook>(ctx: &C, pkt: &Packet, direction: u8) {
         client_port,
         server_port,
     };
-    let marked = match TG_FLOWS.get_ptr_mut(&key) {
-        Some(st) => {
-            // SAFETY: map value pointer; a flow's packets normally stay on
-            // one CPU, and a lost increment only shifts the policy by one.
-            let n = unsafe { (*st).packets };
-            unsafe { (*st).packets = n + 1 };
-            n
-        }
-        None => {
-            let _ = TG_FLOWS.insert(&key, &FlowState { packets: 1 }, 0);
-            0
-        }
-    };
-    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        let _ = TG_FLOWS.remove(&key);
-    }
-    if marked & tollgate_common::FLOW_STREAMED != 0 && direction == tollgate_common::DIR_REQUEST {
-        // Its requests come whole from the socket (stream verdict).
-        return;
-    }
-    if direction == tollgate_common::DIR_REQUEST
+    if direction == DIR_REQUEST
         && TG_CONFIG
             .get(0)
             .is_some_and(|c| c.flags & tollgate_common::config_flags::STREAM != 0)
-        && TG_ESTAB.get_ptr(&key).is_none()
     {
-        // Requests are taken at the socket; a request packet of a connection
-        // the kernel never established (spoofed, or older than the agent)
-        // could never ban, and in a flood it would crowd real requests out
-        // of the ring buffer.
-        stat(sample_stat::SKIPPED);
-        return;
-    }
-    let seen = marked & !tollgate_common::FLOW_STREAMED;
-    let take = seen < u64::from(cfg.first_packets)
-        || cfg.one_in <= 1
-        // SAFETY: helper without arguments.
-        || unsafe { bpf_get_prandom_u32() } % cfg.one_in == 0;
-    if !take {
-        stat(sample_stat::SKIPPED);
-        return;
+        // Only sock_ops marks flows (streamed ones), and only in this mode.
+        let streamed = TG_FLOWS.get_ptr(&key).is_some_and(|st| {
+            // SAFETY: map value pointer, valid for this program run.
+            (unsafe { (*st).packets } & tollgate_common::FLOW_STREAMED) != 0
+        });
+        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            let _ = TG_FLOWS.remove(&key);
+        }
+        if streamed {
+            // Its requests come whole from the socket (stream verdict).
+            return;
+        }
+        if TG_ESTAB.get_ptr(&key).is_none() {
+            // A request packet of a connection the kernel never established
+            // (spoofed, or older than the agent) could never ban, and in a
+            // flood it would crowd real requests out of the ring buffer.
+            stat(sample_stat::SKIPPED);
+            return;
+        }
     }
     let Some(mut entry) = TG_SAMPLES.reserve::<SampleRecord>(0) else {
         stat(sample_stat::LOST);

@@ -117,6 +117,9 @@ pub struct Capacities {
     pub buckets: u32,
     /// Sources with counted connections.
     pub conns: u32,
+    /// Connections followed at once (sampling marks, established
+    /// connections, proxied connections; LRU).
+    pub flows: u32,
 }
 
 impl Capacities {
@@ -131,7 +134,28 @@ impl Capacities {
             allow: 256,
             buckets: 4096,
             conns: 1024,
+            flows: 4096,
         }
+    }
+}
+
+impl Capacities {
+    /// Each sized map with the capacity it gets.
+    #[must_use]
+    pub fn per_map(&self) -> [(&'static str, u32); 11] {
+        [
+            (maps::BLOCK4, self.block4),
+            (maps::BLOCK6, self.block6),
+            (maps::BLOCK4_LPM, self.block4_lpm),
+            (maps::BLOCK6_LPM, self.block6_lpm),
+            (maps::ALLOW4, self.allow),
+            (maps::ALLOW6, self.allow),
+            (maps::BUCKETS, self.buckets),
+            (maps::CONNS, self.conns),
+            (maps::FLOWS, self.flows),
+            (maps::ESTABLISHED, self.flows),
+            (maps::PROXY_FLOWS, self.flows),
+        ]
     }
 }
 
@@ -146,8 +170,41 @@ impl Default for Capacities {
             allow: c::ALLOW,
             buckets: c::BUCKETS,
             conns: c::CONNS,
+            flows: c::FLOWS,
         }
     }
+}
+
+/// Kernel memory of this process's maps by name: fdinfo's `memlock`, which
+/// current kernels report as the map's actual memory use (the part fixed by
+/// its capacity, such as a hash map's buckets, plus its entries).
+#[must_use]
+pub fn map_memory() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        };
+        let (Some(id), Some(mem)) = (field("map_id:"), field("memlock:")) else {
+            continue;
+        };
+        if let Ok(id) = u32::try_from(id)
+            && let Ok(info) = aya::maps::MapInfo::from_id(id)
+            && let Some(name) = info.name_as_str()
+        {
+            out.insert(name.to_owned(), mem);
+        }
+    }
+    out
 }
 
 /// Map fill levels, for `tollgate status`.
@@ -221,15 +278,9 @@ impl Datapath {
     /// When the kernel refuses the object or a map cannot be read.
     pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(maps::BLOCK4, capacities.block4)
-            .map_max_entries(maps::BLOCK6, capacities.block6)
-            .map_max_entries(maps::BLOCK4_LPM, capacities.block4_lpm)
-            .map_max_entries(maps::BLOCK6_LPM, capacities.block6_lpm)
-            .map_max_entries(maps::ALLOW4, capacities.allow)
-            .map_max_entries(maps::ALLOW6, capacities.allow)
-            .map_max_entries(maps::BUCKETS, capacities.buckets)
-            .map_max_entries(maps::CONNS, capacities.conns);
+        for (name, n) in capacities.per_map() {
+            loader.map_max_entries(name, n);
+        }
         // Maps are declared pinned by name (so bans outlive the agent). An
         // unpinned instance (tests, benchmarks) pins into a private scratch
         // directory and unlinks it right after loading: the maps then live
@@ -250,6 +301,24 @@ impl Datapath {
             // version's map of them (another value size) would make the
             // verifier refuse the programs. They are per-connection state,
             // lost at no cost (their connections are judged anew).
+            // A pinned map of another size (the policy's `capacity`
+            // changed) is replaced by a new one: the agent's store puts the
+            // bans and allowlist back (reconcile at start), and the rest is
+            // per-connection or per-source state, rebuilt as traffic comes.
+            for (name, n) in capacities.per_map() {
+                let pin = dir.join(name);
+                if let Ok(info) = aya::maps::MapInfo::from_pin(&pin)
+                    && info.max_entries() != n
+                {
+                    tracing::info!(
+                        map = name,
+                        from = info.max_entries(),
+                        to = n,
+                        "map capacity changed: a new map replaces the pinned one"
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
             let pflows = dir.join(maps::PROXY_FLOWS);
             if aya::maps::MapInfo::from_pin(&pflows)
                 .is_ok_and(|i| i.value_size() as usize != size_of::<tollgate_common::ProxyFlow>())

@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod capacity;
 mod cluster;
 mod events;
 mod sampling;
 mod scoring;
 mod tls;
 
+pub use capacity::CapacityPolicy;
 pub use cluster::{
     ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_REMOTE_TTL, DEFAULT_SHARED_PER_MINUTE,
     check_endpoint, check_name,
@@ -132,6 +134,9 @@ pub struct Policy {
     /// HTTPS plaintext from uprobes on the servers' TLS library.
     #[serde(default)]
     pub tls: TlsPolicy,
+    /// Entries each kernel map may hold (applied at the agent's start).
+    #[serde(default)]
+    pub capacity: CapacityPolicy,
 }
 
 /// Trusted-proxy presets: name, prefixes.
@@ -678,6 +683,7 @@ impl Policy {
             }
         }
         p.sampling.validate().map_err(invalid_field)?;
+        p.capacity.validate().map_err(invalid_field)?;
         p.tls.validate().map_err(invalid_field)?;
         p.scoring.validate().map_err(invalid_field)?;
         p.events.validate().map_err(invalid_field)?;

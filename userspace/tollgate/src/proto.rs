@@ -468,6 +468,13 @@ pub struct MapFillView {
     pub entries: usize,
     /// Capacity.
     pub capacity: u32,
+    /// Kernel memory the map takes now, in bytes (what the kernel reports
+    /// for it: the fixed part for its capacity plus its entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The policy setting that sizes it (`capacity.KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
 }
 
 /// `limits show --json`.

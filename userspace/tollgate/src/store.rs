@@ -251,6 +251,9 @@ impl RedbStore {
     /// File name inside the state directory.
     pub const FILE: &'static str = "state.redb";
 
+    /// Records removed at once that make the file worth compacting.
+    pub const COMPACT_AFTER: usize = 10_000;
+
     /// Opens (or creates) the database in `dir`.
     ///
     /// # Errors
@@ -313,6 +316,33 @@ impl RedbStore {
         let w = db.begin_write().map_err(|e| io("write")(&e))?;
         f(&w)?;
         w.commit().map_err(|e| io("commit")(&e))
+    }
+
+    /// After a removal of `removed` records: gives the space back to the
+    /// file system once a large batch went (a lifted feed, an expired wave),
+    /// since the database file otherwise never shrinks. Compaction rewrites
+    /// the live pages, so it is kept to batches worth it; a failure only
+    /// leaves the file as large as it was.
+    fn compact_after(&mut self, removed: usize) {
+        if removed < Self::COMPACT_AFTER {
+            return;
+        }
+        let before = std::fs::metadata(&self.path).map(|m| m.len()).ok();
+        if let Some(db) = self.db.as_mut() {
+            let t = std::time::Instant::now();
+            match db.compact() {
+                Ok(_) => tracing::info!(
+                    removed,
+                    bytes_before = before,
+                    bytes_after = std::fs::metadata(&self.path).map(|m| m.len()).ok(),
+                    took = ?t.elapsed(),
+                    "state store compacted"
+                ),
+                Err(e) => {
+                    tracing::warn!("state store compaction failed (the file keeps its size): {e}")
+                }
+            }
+        }
     }
 
     fn read_all<T: for<'de> Deserialize<'de>>(
@@ -423,7 +453,9 @@ impl Store for RedbStore {
                     .map_err(|e| io("write")(&e))?;
             }
             Ok(())
-        })
+        })?;
+        self.compact_after(cidrs.len());
+        Ok(())
     }
 
     fn bans(&self) -> Result<Vec<BanRecord>> {
@@ -451,7 +483,9 @@ impl Store for RedbStore {
                 t.remove(k.as_str()).map_err(|e| io("write")(&e))?;
             }
             Ok(())
-        })
+        })?;
+        self.compact_after(gone.len());
+        Ok(())
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {
@@ -510,6 +544,35 @@ mod tests {
             offences: 1,
             host: None,
         }
+    }
+
+    #[test]
+    fn a_large_removal_gives_the_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        let recs: Vec<BanRecord> = (0..40_000u32)
+            .map(|i| ban(&format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i))))
+            .collect();
+        s.apply_bans(&recs, &[]).unwrap();
+        let size = || {
+            std::fs::metadata(dir.path().join(RedbStore::FILE))
+                .unwrap()
+                .len()
+        };
+        let full = size();
+        let all: Vec<IpNet> = recs.iter().map(|r| r.cidr).collect();
+        s.apply_bans(&[], &all).unwrap();
+        let empty = size();
+        assert!(empty * 4 < full, "{full} -> {empty} bytes");
+        assert!(s.bans().unwrap().is_empty());
+        drop(s);
+        assert!(
+            RedbStore::open(dir.path())
+                .unwrap()
+                .bans()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub trait Maps {
     fn fill(&self) -> Fill;
     /// Map capacities in force.
     fn capacities(&self) -> Capacities;
+    /// Kernel memory of each map, by name (none when not measurable).
+    fn memory(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
     /// Sampling counters (taken, lost, skipped).
     ///
     /// # Errors
@@ -187,6 +191,9 @@ impl Maps for Datapath {
     }
     fn capacities(&self) -> Capacities {
         Datapath::capacities(self)
+    }
+    fn memory(&self) -> std::collections::BTreeMap<String, u64> {
+        crate::datapath::map_memory()
     }
     fn sample_stats(&self) -> Result<[u64; 3]> {
         Datapath::sample_stats(self)

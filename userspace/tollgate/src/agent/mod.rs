@@ -170,7 +170,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     // A start that fails from here on removes the pins it created.
     let pins = startup::PinGuard::new(&opts.pin_dir, &[&maps_dir, &links_dir]);
     crate::datapath::ensure_bpffs(&opts.pin_dir)?;
-    let mut dp = Datapath::load(Some(&maps_dir), Capacities::default())
+    let mut dp = Datapath::load(Some(&maps_dir), capacities(&opts.policy.capacity))
         .context("failed to load the datapath")?;
     dp.set_mode(opts.mode)?;
     info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
@@ -458,6 +458,21 @@ fn shutdown(opts: &AgentOptions, agent: Running) -> anyhow::Result<()> {
 
 /// Opens the store (or runs on without it, saying so), builds the state,
 /// reconciles it with the kernel maps and adds the policy's allowlist.
+/// The policy's `capacity` section as the datapath's map sizes.
+#[must_use]
+pub fn capacities(p: &crate::policy::CapacityPolicy) -> Capacities {
+    Capacities {
+        block4: p.hosts_v4,
+        block6: p.hosts_v6,
+        block4_lpm: p.ranges_v4,
+        block6_lpm: p.ranges_v6,
+        allow: p.allowlist,
+        buckets: p.rate_limit_sources,
+        conns: p.connection_sources,
+        flows: p.flows,
+    }
+}
+
 fn restore(
     opts: &AgentOptions,
     dp: Datapath,

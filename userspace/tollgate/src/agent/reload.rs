@@ -238,6 +238,10 @@ impl Reloader {
         if p.tls != self.opts.policy.tls {
             restart.push("tls");
         }
+        // Map sizes are fixed when the maps are created.
+        if p.capacity != self.opts.policy.capacity {
+            restart.push("capacity");
+        }
         let jobs = p.feed_jobs();
         let mut trusted = crate::policy::expand_trusted(&p.trusted_proxies)
             .map_err(|e| format!("{}: {e}; the running policy stays", path.display()))?;

@@ -803,32 +803,53 @@ impl<M: Maps> AgentState<M> {
     fn status(&self) -> serde_json::Value {
         let fill = self.maps.fill();
         let cap = self.maps.capacities();
+        let mem = self.maps.memory();
+        let view = |name: &str, entries, capacity, setting: &str, parts: &[&str]| MapFillView {
+            name: name.into(),
+            entries,
+            capacity,
+            memory_bytes: parts
+                .iter()
+                .map(|p| mem.get(*p).copied())
+                .sum::<Option<u64>>(),
+            setting: Some(setting.into()),
+        };
         let maps = vec![
-            MapFillView {
-                name: maps::BLOCK4.into(),
-                entries: fill.block4,
-                capacity: cap.block4,
-            },
-            MapFillView {
-                name: maps::BLOCK6.into(),
-                entries: fill.block6,
-                capacity: cap.block6,
-            },
-            MapFillView {
-                name: maps::BLOCK4_LPM.into(),
-                entries: fill.block4_ranges,
-                capacity: cap.block4_lpm,
-            },
-            MapFillView {
-                name: maps::BLOCK6_LPM.into(),
-                entries: fill.block6_ranges,
-                capacity: cap.block6_lpm,
-            },
-            MapFillView {
-                name: "TG_ALLOW4+6".into(),
-                entries: fill.allow,
-                capacity: cap.allow * 2,
-            },
+            view(
+                maps::BLOCK4,
+                fill.block4,
+                cap.block4,
+                "hosts_v4",
+                &[maps::BLOCK4],
+            ),
+            view(
+                maps::BLOCK6,
+                fill.block6,
+                cap.block6,
+                "hosts_v6",
+                &[maps::BLOCK6],
+            ),
+            view(
+                maps::BLOCK4_LPM,
+                fill.block4_ranges,
+                cap.block4_lpm,
+                "ranges_v4",
+                &[maps::BLOCK4_LPM],
+            ),
+            view(
+                maps::BLOCK6_LPM,
+                fill.block6_ranges,
+                cap.block6_lpm,
+                "ranges_v6",
+                &[maps::BLOCK6_LPM],
+            ),
+            view(
+                "TG_ALLOW4+6",
+                fill.allow,
+                cap.allow * 2,
+                "allowlist",
+                &[maps::ALLOW4, maps::ALLOW6],
+            ),
         ];
         json!(StatusView {
             version: env!("CARGO_PKG_VERSION").into(),

@@ -420,12 +420,22 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
                 m.entries.to_string(),
                 m.capacity.to_string(),
                 format!("{pct:.1}%"),
+                m.memory_bytes.map_or_else(
+                    || "-".into(),
+                    |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+                ),
+                m.setting
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |k| format!("capacity.{k}")),
             ]
         })
         .collect();
     print!(
         "{}",
-        table::render(&["MAP", "ENTRIES", "CAPACITY", "FILL"], &rows)
+        table::render(
+            &["MAP", "ENTRIES", "CAPACITY", "FILL", "MEMORY", "SETTING"],
+            &rows
+        )
     );
     if let Some(l) = &s.limiter {
         println!(

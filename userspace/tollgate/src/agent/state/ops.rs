@@ -193,6 +193,78 @@ impl<M: Maps> AgentState<M> {
         Ok(report)
     }
 
+    /// Refuses a change the ban maps cannot hold, before anything is
+    /// written: names the map, by how much it is short, and the policy
+    /// setting that would make room.
+    fn check_fits(&self, put: &[BanRecord], stale: &[IpNet], what: &str) -> Result<(), Refused> {
+        // Indexes into `rows` below: hosts v4, hosts v6, ranges v4, ranges v6.
+        let slot = |n: &IpNet| match n {
+            IpNet::V4(n) if n.prefix_len() == 32 => 0,
+            IpNet::V6(n) if n.prefix_len() == 128 => 1,
+            IpNet::V4(_) => 2,
+            IpNet::V6(_) => 3,
+        };
+        let mut added = [0u64; 4];
+        let mut freed = [0u64; 4];
+        for r in put {
+            if !self.bans.contains_key(&r.cidr) {
+                added[slot(&r.cidr)] += 1;
+            }
+        }
+        for n in stale {
+            freed[slot(n)] += 1;
+        }
+        let fill = self.maps.fill();
+        let cap = self.maps.capacities();
+        let rows = [
+            (
+                maps::BLOCK4,
+                "IPv4 hosts",
+                "hosts_v4",
+                fill.block4,
+                cap.block4,
+            ),
+            (
+                maps::BLOCK6,
+                "IPv6 hosts",
+                "hosts_v6",
+                fill.block6,
+                cap.block6,
+            ),
+            (
+                maps::BLOCK4_LPM,
+                "IPv4 ranges",
+                "ranges_v4",
+                fill.block4_ranges,
+                cap.block4_lpm,
+            ),
+            (
+                maps::BLOCK6_LPM,
+                "IPv6 ranges",
+                "ranges_v6",
+                fill.block6_ranges,
+                cap.block6_lpm,
+            ),
+        ];
+        for (i, (name, label, key, used, capacity)) in rows.into_iter().enumerate() {
+            let need = (used as u64 + added[i]).saturating_sub(freed[i]);
+            if added[i] > 0 && need > u64::from(capacity) {
+                let suggest = need
+                    .next_power_of_two()
+                    .min(u64::from(crate::policy::capacity::MAX_CAPACITY));
+                return Err(refuse(format!(
+                    "{what} does not fit: {name} ({label}) holds at most {capacity} entries, \
+                     {used} are in use and {what} adds {} ({} too many); nothing changed — \
+                     set `capacity: {{{key}: {suggest}}}` in the policy and restart the agent \
+                     (its bans are carried over)",
+                    added[i],
+                    need - u64::from(capacity),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a group change: `put` (new and rewritten records; `previous`
     /// holds the rewritten ones as they were) and `stale` (lifted) go to the
     /// store in one transaction and to the kernel in one batched update, then
@@ -208,6 +280,7 @@ impl<M: Maps> AgentState<M> {
         stale: &[IpNet],
         what: &str,
     ) -> Result<(), Refused> {
+        self.check_fits(&put, stale, what)?;
         if let Some(s) = self.store.as_mut() {
             s.apply_bans(&put, stale)
                 .map_err(|e| refuse(format!("failed to record {what} durably: {e}")))?;
@@ -243,7 +316,8 @@ impl<M: Maps> AgentState<M> {
             }
             return Err(refuse(format!(
                 "the kernel refused {what} ({e:#}); nothing changed — are the maps full? \
-                 (`tollgate status` shows their fill)"
+                 (`tollgate status` shows each map's fill and the `capacity` setting that \
+                 sizes it)"
             )));
         }
         for net in stale {
