@@ -900,10 +900,14 @@ impl<M: Maps> AgentState<M> {
             store_bytes: dir_bytes(&self.state_dir),
             store_bans: self.bans.len(),
             store_allows: self.allows.len(),
-            limiter: self.maps.buckets().ok().map(|b| MapFillView {
-                name: maps::BUCKETS.into(),
-                entries: b.len(),
-                capacity: cap.buckets,
+            limiter: self.maps.buckets().ok().map(|b| {
+                view(
+                    maps::BUCKETS,
+                    b.len(),
+                    cap.buckets,
+                    "rate_limit_sources",
+                    &[maps::BUCKETS],
+                )
             }),
         })
     }
