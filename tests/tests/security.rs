@@ -209,7 +209,13 @@ fn spoofed_segments_never_ban(stream: bool) {
     let port = server.port.to_string();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, format!("sampling: {{stream: {stream}}}\n")).unwrap();
+    // NIC sampling takes a packet without a handshake (no SYN seen) one in
+    // `one_in`: every one here, so each forged segment is judged.
+    std::fs::write(
+        &policy,
+        format!("sampling: {{stream: {stream}, one_in: 1}}\n"),
+    )
+    .unwrap();
     let agent = Agent::start(
         &lab.host_if,
         &["--api-port", &port, "--config", policy.to_str().unwrap()],
