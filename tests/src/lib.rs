@@ -569,6 +569,15 @@ impl Agent {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// Whether the policy engine banned `ip` (a `/32` or `/128` of kind
+    /// `policy` in `block ls`).
+    pub fn policy_banned(&self, ip: std::net::IpAddr) -> bool {
+        let want = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
+        self.json(&["block", "ls"])
+            .as_array()
+            .is_some_and(|a| a.iter().any(|b| b["cidr"] == want && b["kind"] == "policy"))
+    }
+
     /// The security events so far (`tollgate events --json`).
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.ok(&["events", "--json"])

@@ -16,16 +16,6 @@ fn url(addr: IpAddr, port: u16, path: &str) -> String {
     format!("http://{addr}:{port}{path}")
 }
 
-fn policy_banned(agent: &Agent, ip: IpAddr) -> bool {
-    let want = format!("{ip}/32");
-    agent
-        .json(&["block", "ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|b| b["cidr"] == want && b["kind"] == "policy")
-}
-
 fn hits(inv: &Value, method: &str, path: &str) -> u64 {
     inv.as_array()
         .unwrap()
@@ -79,7 +69,7 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
     );
     assert_eq!(codes.first(), Some(&200), "{out:?}");
     assert!(
-        eventually(Duration::from_secs(5), || policy_banned(&agent, attacker)),
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
         "{attacker} not banned\nevents: {:#?}\nstatus: {}\n{}",
         agent.events(),
         agent.json(&["status"]),
@@ -98,7 +88,7 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
     let (out, codes) = nghttp(&lab, &[url(to_benign_side, server.port, "/hello")]);
     assert_eq!(codes, [200], "{out:?}");
     assert!(
-        !policy_banned(&agent, benign),
+        !agent.policy_banned(benign),
         "{}",
         agent.json(&["block", "ls"])
     );
@@ -191,7 +181,7 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
     .concat();
     let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
     assert!(
-        eventually(Duration::from_secs(5), || policy_banned(&agent, attacker)),
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
         "{attacker} not banned\nevents: {:#?}\nstatus: {}",
         agent.events(),
         agent.json(&["status"])
@@ -210,7 +200,7 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
         grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
         Ok(benign_msg.clone())
     );
-    assert!(!policy_banned(&agent, benign));
+    assert!(!agent.policy_banned(benign));
 }
 
 /// An HTTP/2 frame.
