@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tollgate::api::{
+use tollgate_api::{
     flows::Flows,
     inventory,
     sample::{Direction, Sample},

@@ -569,13 +569,25 @@ impl Agent {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Whether the policy engine banned `ip` (a `/32` or `/128` of kind
-    /// `policy` in `block ls`).
-    pub fn policy_banned(&self, ip: std::net::IpAddr) -> bool {
+    /// `ip`'s own entry in `block ls` (its `/32` or `/128`), if it has one.
+    fn host_entry(&self, ip: std::net::IpAddr) -> Option<serde_json::Value> {
         let want = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
         self.json(&["block", "ls"])
-            .as_array()
-            .is_some_and(|a| a.iter().any(|b| b["cidr"] == want && b["kind"] == "policy"))
+            .as_array()?
+            .iter()
+            .find(|b| b["cidr"] == want)
+            .cloned()
+    }
+
+    /// Whether `ip` has a host entry in `block ls`, of any kind.
+    pub fn banned(&self, ip: std::net::IpAddr) -> bool {
+        self.host_entry(ip).is_some()
+    }
+
+    /// Whether the policy engine banned `ip` (its host entry is of kind
+    /// `policy`).
+    pub fn policy_banned(&self, ip: std::net::IpAddr) -> bool {
+        self.host_entry(ip).is_some_and(|b| b["kind"] == "policy")
     }
 
     /// The security events so far (`tollgate events --json`).

@@ -30,31 +30,13 @@ fn env_with(extra: &[&str]) -> Env {
 }
 
 impl Env {
-    fn banned(&self, src: std::net::IpAddr) -> bool {
-        let want = format!("{src}/32");
-        self.agent
-            .json(&["block", "ls"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["cidr"] == want)
-    }
-
     /// Sends `chunks` on one connection from the client in the lab's subnet
     /// `i` and asserts that the client ends up banned for an injection.
     fn assert_banned(&self, i: u32, chunks: Vec<Vec<u8>>, what: &str) {
         let src = self.lab.v4(i, 2);
         let dst = SocketAddr::new(self.lab.v4(i, 1), self.server.port);
         raw_http(&self.lab, src, dst, chunks);
-        let want = format!("{src}/32");
-        let banned = eventually(Duration::from_secs(5), || {
-            self.agent
-                .json(&["block", "ls"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|b| b["cidr"] == want && b["kind"] == "policy")
-        });
+        let banned = eventually(Duration::from_secs(5), || self.agent.policy_banned(src));
         assert!(
             banned,
             "{what}: {src} not banned\nstatus: {}\nevents: {:#?}\n{}",
@@ -192,15 +174,7 @@ fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
         let _ = rx.recv_timeout(Duration::from_secs(8));
         drop(s);
     });
-    let want = format!("{src}/32");
-    let banned = eventually(Duration::from_secs(6), || {
-        e.agent
-            .json(&["block", "ls"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["cidr"] == want)
-    });
+    let banned = eventually(Duration::from_secs(6), || e.agent.banned(src));
     let _ = tx.send(());
     client.join().unwrap();
     assert!(
@@ -251,7 +225,7 @@ fn a_lifted_client_is_not_banned_again_for_what_the_ban_held_back() {
     });
     s.write_all(&get(INJECTION)).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || e.banned(src)),
+        eventually(Duration::from_secs(5), || e.agent.banned(src)),
         "the attack was not banned: {:#?}",
         e.agent.events()
     );
@@ -273,7 +247,7 @@ fn a_lifted_client_is_not_banned_again_for_what_the_ban_held_back() {
         "the held-back request was not judged as the past: {:#?}",
         e.agent.events()
     );
-    assert!(!e.banned(src), "re-banned for what the ban held back");
+    assert!(!e.agent.banned(src), "re-banned for what the ban held back");
     drop(s);
     // A new connection with a new attack is an offence again.
     e.assert_banned(0, vec![get(INJECTION)], "a new attack after the lift");

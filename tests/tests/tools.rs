@@ -85,14 +85,6 @@ fn run_tool(lab: &Lab, secs: u32, args: &[&str]) -> String {
     )
 }
 
-fn banned(agent: &Agent, src: IpAddr) -> bool {
-    let want = format!("{src}/32");
-    agent
-        .json(&["block", "ls"])
-        .as_array()
-        .is_some_and(|a| a.iter().any(|b| b["cidr"] == want))
-}
-
 fn sqlmap(lab: &Lab, app: &App, out: &Path) -> String {
     let url = format!("http://{}/api/items?id=1", app.addr);
     run_tool(
@@ -153,7 +145,7 @@ fn sqlmap_never_confirms_the_injection() {
         "sqlmap confirmed the injection through the agent ({reached} requests reached the app):\n{out}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || banned(&agent, client)),
+        eventually(Duration::from_secs(5), || agent.banned(client)),
         "sqlmap's address is not banned ({reached} requests reached the app)\nevents: {:#?}\n{out}",
         agent.events()
     );
@@ -221,7 +213,7 @@ fn gobuster_is_banned_before_it_finds_a_forgotten_file() {
         found(&out)
     );
     assert!(
-        banned(&agent, client),
+        agent.banned(client),
         "gobuster's address is not banned ({reached} requests reached the app)\nevents: {:#?}",
         agent.events()
     );
@@ -268,7 +260,7 @@ fn a_benign_client_at_full_speed_is_never_banned() {
         "wrk saw errors:\n{out}"
     );
     assert!(
-        !banned(&agent, client),
+        !agent.banned(client),
         "a benign client was banned\nevents: {:#?}",
         agent.events()
     );

@@ -256,10 +256,10 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
         .env("TOLLGATE_BIN", release_dir().join("tollgate")))
 }
 
-/// `target/release` of the workspace.
+/// `release` under the target directory cargo builds into (CARGO_TARGET_DIR
+/// included, so the benchmark runs the binary just built).
 fn release_dir() -> std::path::PathBuf {
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    std::path::Path::new(&root).join("../target/release")
+    install::target_dir(&install::repo_root()).join("release")
 }
 
 fn eval(corpus: &std::path::Path, verbose: bool) -> anyhow::Result<()> {

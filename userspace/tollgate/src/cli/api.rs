@@ -197,18 +197,11 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
         }
         for (d, u) in docs.iter().zip(used) {
             if !u {
-                rows.push(EndpointView {
-                    method: d.method.clone(),
-                    path: d.path.clone(),
-                    hits: 0,
-                    clients: 0,
-                    statuses: BTreeMap::new(),
-                    credentials_seen: false,
-                    first_seen: 0,
-                    last_seen: 0,
-                    status: Some("unused".into()),
-                    deprecated: Some(d.deprecated),
-                });
+                rows.push(EndpointView::unused(
+                    d.method.clone(),
+                    d.path.clone(),
+                    Some(d.deprecated),
+                ));
             }
         }
     }

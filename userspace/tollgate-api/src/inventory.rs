@@ -77,6 +77,24 @@ pub struct EndpointView {
     pub deprecated: Option<bool>,
 }
 
+impl EndpointView {
+    /// A documented endpoint (or operation) that no request has used.
+    pub fn unused(method: String, path: String, deprecated: Option<bool>) -> Self {
+        Self {
+            method,
+            path,
+            hits: 0,
+            clients: 0,
+            statuses: BTreeMap::new(),
+            credentials_seen: false,
+            first_seen: 0,
+            last_seen: 0,
+            status: Some("unused".into()),
+            deprecated,
+        }
+    }
+}
+
 /// The inventory.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -163,18 +181,11 @@ impl Inventory {
         let path = path.unwrap_or_else(|| "/graphql".to_owned());
         for (kind, field) in &schema.operations {
             if !used.contains(&(*kind, field.clone())) {
-                rows.push(EndpointView {
-                    method: "POST".into(),
-                    path: format!("{path} {} {field}", kind.as_str()),
-                    hits: 0,
-                    clients: 0,
-                    statuses: BTreeMap::new(),
-                    credentials_seen: false,
-                    first_seen: 0,
-                    last_seen: 0,
-                    status: Some("unused".into()),
-                    deprecated: None,
-                });
+                rows.push(EndpointView::unused(
+                    "POST".into(),
+                    format!("{path} {} {field}", kind.as_str()),
+                    None,
+                ));
             }
         }
         rows
