@@ -207,14 +207,6 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
     let (verdict, reason) = match parse::parse(&Cursor::new(start, end)) {
         Err(reason) => (Verdict::Pass, reason),
         Ok(pkt) => {
-            // The sampler's cheap decision comes before any tail call (and
-            // before the sampler's flow lookups): its packet-dependent half
-            // now, so only a few words live across the ban lookups.
-            let cand = if config.flags & config_flags::SAMPLING != 0 {
-                sample::candidate(&pkt, DIR_REQUEST)
-            } else {
-                sample::NO_CANDIDATE
-            };
             let matched = match pkt.src {
                 Source::V4(addr) => lookup_v4(&addr, config.flags),
                 Source::V6(addr) => lookup_v6(&addr, config.flags),
@@ -255,7 +247,12 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
                     }
                 }
             };
-            if judged.0 != Verdict::Drop && sample::select(cand, DIR_REQUEST) {
+            // The sampler's cheap decision comes before any tail call (and
+            // before the sampler's flow lookups).
+            if judged.0 != Verdict::Drop
+                && config.flags & config_flags::SAMPLING != 0
+                && sample::select(sample::candidate(&pkt, DIR_REQUEST), DIR_REQUEST)
+            {
                 next = Next::Sample;
             }
             judged
