@@ -288,3 +288,59 @@ fn a_truncated_body_is_judged_on_its_first_part() {
     assert!(rules.contains(&"graphql.aliases"), "{rules:?}");
     assert!(a.attempts()[0].2 >= 50, "{:?}", a.attempts());
 }
+
+/// A large benign query cut where capture stopped is broken for us, not for
+/// the server: the malformed finding is said without a score, so it never
+/// bans; an injection in the part that arrived still does.
+#[test]
+fn a_truncated_benign_body_scores_nothing() {
+    let e = engine();
+    let fields: String = (0..400).map(|i| format!("f{i} ")).collect();
+    let full = body(&format!("query {{ catalog {{ {fields} }} }}"), "{}");
+    let mut r = post(&full);
+    r.body.truncate(1000);
+    r.truncated = true;
+    let a = analyze(&r);
+    assert!(a.rules().contains(&"graphql.malformed"), "{:?}", a.rules());
+    assert!(a.findings.iter().all(|f| f.0 != MALFORMED || f.1 == 0));
+    let v = e.inspect_request(&r);
+    assert_ne!(e.verdict(&v), Action::Ban, "{v:?}");
+    assert!(v.iter().all(|f| f.score == 0), "{v:?}");
+    let mut r = post(&body(LOGIN, r#"{"u":"admin' OR 1=1--","p":"x"}"#));
+    r.truncated = true;
+    assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
+}
+
+/// File uploads (the GraphQL multipart request): the `operations` part is the
+/// request; an injection in its variables is found, a benign upload is clean.
+#[test]
+fn multipart_uploads_are_judged_by_their_operations_part() {
+    let e = engine();
+    let upload = |vars: &str| {
+        let ops = body(
+            "mutation Up($file: Upload!, $note: String) { upload(file: $file, note: $note) { id } }",
+            vars,
+        );
+        let b = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{ops}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.file\"]}}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"0\"; filename=\"a.bin\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n\x01\x02{{not json\r\n--XyZ--\r\n"
+        );
+        req(&format!(
+            "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ))
+    };
+    let r = upload(r#"{"file":null,"note":"holiday photos"}"#);
+    let v = e.inspect_request(&r);
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(analyze(&r).routes(), [(OpKind::Mutation, "upload")]);
+    let r = upload(r#"{"file":null,"note":"x' UNION SELECT password FROM users--"}"#);
+    assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
+    // No `operations` part: not GraphQL (not malformed either).
+    let r = req(
+        "POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 52\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--B--\r\n",
+    );
+    assert!(Graphql::new(GraphqlConfig::default()).analyze(&r).is_none());
+}
