@@ -696,7 +696,13 @@ fn decode_block(
         }
         fields.push((lossy(&name), lossy(&value)));
     });
-    res.ok().map(|()| (fields, cut))
+    match res {
+        // loona-hpack refuses a block that ends with a table size update
+        // (one made only of it, say) after applying it; servers decode such
+        // blocks, so they must not blind us to the rest of the connection.
+        Ok(()) | Err(loona_hpack::decoder::DecoderError::SizeUpdateAtEnd) => Some((fields, cut)),
+        Err(_) => None,
+    }
 }
 
 fn request(open: Open) -> Request {
@@ -935,6 +941,33 @@ mod tests {
             assert!(request.truncated);
             assert_eq!(d.lost(), None);
         }
+    }
+
+    /// Trailers made only of a table size update (valid HPACK that servers
+    /// decode): the request before them and those after are still judged.
+    #[test]
+    fn a_block_ending_in_a_size_update_blinds_nothing() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        let b = block(&mut enc, &[(":method", "POST"), (":path", "/q")]);
+        bytes.extend(frame(HEADERS, END_HEADERS, 1, &b));
+        bytes.extend(frame(DATA, 0, 1, b"id=1' OR 1=1--"));
+        // Size update to 4,095 (001xxxxx, 31 + 4064 in two octets).
+        bytes.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &[0x3f, 0xe0, 0x1f],
+        ));
+        bytes.extend(get(&mut enc, 3, "/b"));
+        let mut d = Decoder::new(Side::Client, 64);
+        let out = feed_in(&mut d, &bytes, 100);
+        assert_eq!(paths(&out), ["/q", "/b"]);
+        assert!(!d.blind());
+        let Message::Request { request, .. } = &out[0] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(&request.body[..], b"id=1' OR 1=1--");
     }
 
     #[test]

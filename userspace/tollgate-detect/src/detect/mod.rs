@@ -668,7 +668,8 @@ impl Engine {
                 }
             }
         }
-        let grpc = req.header("content-type").is_some_and(protobuf::is_grpc);
+        let grpc = req.header("content-type").is_some_and(protobuf::is_grpc)
+            && protobuf::framed(&req.body);
         if grpc {
             // Binary protobuf: its text fields, as JSON string values are.
             let cut = req.body.len().min(self.cfg.max_body_bytes);

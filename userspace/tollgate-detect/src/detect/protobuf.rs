@@ -20,6 +20,28 @@ pub(crate) fn is_grpc(ctype: &str) -> bool {
     ctype.starts_with("application/grpc") && !ctype.contains("grpc-web-text")
 }
 
+/// Whether `body` is a sequence of gRPC length-prefixed messages (flag 0 or
+/// 1, lengths that chain to its end; the last may be cut by the body cap).
+/// A body sent with a gRPC type that is not one (JSON, a form) is judged as
+/// the application would read it, as text: the type is the sender's claim.
+pub(crate) fn framed(body: &[u8]) -> bool {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let [flag, a, b, c, d, tail @ ..] = rest else {
+            return false;
+        };
+        if *flag > 1 {
+            return false;
+        }
+        let len = usize::try_from(u32::from_be_bytes([*a, *b, *c, *d])).unwrap_or(usize::MAX);
+        match tail.get(len..) {
+            Some(next) => rest = next,
+            None => return true,
+        }
+    }
+    true
+}
+
 /// Pushes the text fields of the gRPC messages in `body`.
 pub(crate) fn walk_grpc<'a>(v: &mut Vec<Input<'a>>, body: &'a [u8], depth: u32) {
     let mut rest = body;
@@ -47,26 +69,39 @@ fn walk<'a>(v: &mut Vec<Input<'a>>, found: &[(u64, &'a [u8])], depth: u32, path:
         } else {
             format!("{path}.{num}")
         };
-        if let Some(text) = as_text(bytes) {
-            let loc = Location::Protobuf(name);
-            push(v, loc, decode::normalize_cow(text, false), true);
-        } else if depth > 1 {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            // Binary bytes: maybe a nested message, never text.
+            if depth > 1 {
+                let (sub, whole) = fields(bytes);
+                if whole {
+                    walk(v, &sub, depth - 1, &name);
+                }
+            }
+            continue;
+        };
+        if text.is_empty() {
+            continue;
+        }
+        // UTF-8 with control characters that parses whole as a message is
+        // most likely one (its strings are judged as fields); any other
+        // UTF-8 is a string, a control byte in it included (else one byte
+        // would hide an injection).
+        if has_controls(text) && depth > 1 {
             let (sub, whole) = fields(bytes);
             if whole {
                 walk(v, &sub, depth - 1, &name);
+                continue;
             }
         }
+        let loc = Location::Protobuf(name);
+        push(v, loc, decode::normalize_cow(text, false), true);
     }
 }
 
-/// Text: valid UTF-8 without control characters other than tab and line ends.
-fn as_text(b: &[u8]) -> Option<&str> {
-    let s = std::str::from_utf8(b).ok()?;
-    (!s.is_empty()
-        && !s
-            .bytes()
-            .any(|c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')))
-    .then_some(s)
+/// Control characters other than tab and line ends.
+fn has_controls(s: &str) -> bool {
+    s.bytes()
+        .any(|c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
 }
 
 /// The length-delimited fields of a message, as far as it parses, and
@@ -245,6 +280,36 @@ mod tests {
                 "{payload}: {found:?}"
             );
         }
+    }
+
+    /// A control byte does not turn a string into binary; a body that is no
+    /// gRPC framing under a gRPC type is judged as text (JSON here).
+    #[test]
+    fn a_control_byte_or_a_false_content_type_hides_nothing() {
+        use crate::{DetectConfig, Engine, Request};
+        let body = grpc(&ld(2, b"x' OR 1=1 -- \x01"));
+        assert_eq!(
+            texts(&body),
+            [("2".to_owned(), "x' OR 1=1 -- \u{1}".to_owned())]
+        );
+        assert!(framed(&body));
+        assert!(framed(&body[..body.len() - 4]), "cut by the body cap");
+        let json = br#"{"q":"' OR 1=1--"}"#;
+        assert!(!framed(json));
+        assert!(!framed(&[0, 0, 0]));
+        let engine = Engine::new(DetectConfig::default());
+        let r = Request {
+            method: "POST".into(),
+            path: "/search".into(),
+            headers: vec![("content-type".into(), "application/grpc".into())],
+            body: json.to_vec(),
+            ..Request::default()
+        };
+        let found = engine.inspect_request(&r);
+        assert!(
+            found.iter().any(|v| v.rule.starts_with("sqli")),
+            "{found:?}"
+        );
     }
 
     #[test]
