@@ -132,6 +132,11 @@ fn dangerous_or_ambiguous_requests_are_refused_with_a_hint() {
         assert_eq!(code(&out), Some(1), "{addr}");
         assert!(stderr(&out).contains("--force"), "{addr}: {}", stderr(&out));
     }
+    // One refused address among several: nothing is sent, nothing banned.
+    let out = s
+        .agent
+        .cli(&["block", "add", "198.18.0.5", "127.0.0.1", "198.18.0.6"]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
     // The host's own address (the lab's host end).
     let own = s.lab.v4(0, 1).to_string();
     let out = s.agent.cli(&["block", "add", &own]);

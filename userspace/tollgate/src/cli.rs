@@ -206,7 +206,7 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             force,
             json,
         } => {
-            if let Err(code) = bulk::check_all(&cidrs, true, force) {
+            if let Err(code) = bulk::check_all(&cidrs, bulk::Op::BlockAdd, force) {
                 return code;
             }
             let ttl_secs = ttl.map(|d| d.as_secs());
@@ -251,7 +251,7 @@ fn run_block(cmd: BlockCmd, socket: &std::path::Path) -> ExitCode {
             if cidrs.is_empty() {
                 return usage_error("give the address or prefix to unblock, or --origin NAME");
             }
-            if let Err(code) = bulk::check_all(&cidrs, false, true) {
+            if let Err(code) = bulk::check_all(&cidrs, bulk::Op::BlockRm, true) {
                 return code;
             }
             bulk::run(socket, bulk::Op::BlockRm, &cidrs, json, |cidr| {
@@ -296,7 +296,7 @@ fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
             force,
             json,
         } => {
-            if let Err(code) = bulk::check_all(&cidrs, true, force) {
+            if let Err(code) = bulk::check_all(&cidrs, bulk::Op::AllowAdd, force) {
                 return code;
             }
             if let Err(e) = proto::check_reason(reason.as_deref()) {
@@ -311,7 +311,7 @@ fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
             })
         }
         AllowCmd::Rm { cidrs, exist, json } => {
-            if let Err(code) = bulk::check_all(&cidrs, false, true) {
+            if let Err(code) = bulk::check_all(&cidrs, bulk::Op::AllowRm, true) {
                 return code;
             }
             bulk::run(socket, bulk::Op::AllowRm, &cidrs, json, |cidr| {

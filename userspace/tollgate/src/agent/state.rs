@@ -506,20 +506,10 @@ impl<M: Maps> AgentState<M> {
     ) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         check_breadth(net, force).map_err(|e| refuse(e.to_string()))?;
-        crate::net::check_special(net, force).map_err(|e| refuse(e.to_string()))?;
-        let own: Vec<std::net::IpAddr> = (self.host_addrs)()
+        self.refusal(&net, force).map_err(refuse)?;
+        if let Some(a) = (self.host_addrs)()
             .into_iter()
-            .filter(|a| net.contains(a))
-            .collect();
-        if !force && net.prefix_len() == net.max_prefix_len() && !own.is_empty() {
-            return Err(refuse(format!(
-                "refusing to ban {}: it is this host's own address; pass --force if you really \
-                 mean it",
-                display(&net)
-            )));
-        }
-        if let Some(a) = own
-            .first()
+            .find(|a| net.contains(a))
             .filter(|_| net.prefix_len() < net.max_prefix_len())
         {
             self.warning = Some(format!(
@@ -529,22 +519,6 @@ impl<M: Maps> AgentState<M> {
         }
         let ttl = check_ttl(ttl_secs)?;
         let reason = check_reason(reason)?;
-        if !force && let Some(a) = self.allows.keys().find(|a| overlaps(a, &net)) {
-            return Err(refuse(format!(
-                "{} overlaps allowlist entry {}; allowlisted sources are never dropped, so \
-                 remove the allow entry first, or pass --force to ban the rest of the range",
-                display(&net),
-                display(a)
-            )));
-        }
-        if !force && let Some(p) = self.trusted_overlap(&net) {
-            return Err(refuse(format!(
-                "{} covers trusted proxy {}: banning it cuts off every client behind it \
-                 (their own bans are enforced per connection); pass --force if that is meant",
-                display(&net),
-                display(&p)
-            )));
-        }
         let now = clock::unix_now();
         let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
         let rec = BanRecord {
@@ -601,6 +575,46 @@ impl<M: Maps> AgentState<M> {
             self.counters.ban_issued(rec.kind.name(), 1);
         }
         self.index(rec);
+        Ok(())
+    }
+
+    /// Why banning `net` would hurt this host or override the operator,
+    /// unless `force`: loopback, unspecified, multicast or broadcast
+    /// addresses, this host's own address, an allowlist entry, a trusted
+    /// proxy. Every way a ban is made by hand or from a list asks this.
+    ///
+    /// # Errors
+    /// The reason, for the user.
+    pub fn refusal(&self, net: &IpNet, force: bool) -> Result<(), String> {
+        if force {
+            return Ok(());
+        }
+        crate::net::check_special(*net, false).map_err(|e| e.to_string())?;
+        if net.prefix_len() == net.max_prefix_len()
+            && (self.host_addrs)().iter().any(|a| net.contains(a))
+        {
+            return Err(format!(
+                "refusing to ban {}: it is this host's own address; pass --force if you really \
+                 mean it",
+                display(net)
+            ));
+        }
+        if let Some(a) = self.allows.keys().find(|a| overlaps(a, net)) {
+            return Err(format!(
+                "{} overlaps allowlist entry {}; allowlisted sources are never dropped, so \
+                 remove the allow entry first, or pass --force to ban the rest of the range",
+                display(net),
+                display(a)
+            ));
+        }
+        if let Some(p) = self.trusted_overlap(net) {
+            return Err(format!(
+                "{} covers trusted proxy {}: banning it cuts off every client behind it \
+                 (their own bans are enforced per connection); pass --force if that is meant",
+                display(net),
+                display(&p)
+            ));
+        }
         Ok(())
     }
 

@@ -34,13 +34,18 @@ pub(super) enum Op {
     AllowRm,
 }
 
-/// Checks every address (breadth only when `force` is off and the change
-/// adds), so nothing is sent when one is malformed.
-pub(super) fn check_all(cidrs: &[String], adds: bool, force: bool) -> Result<(), ExitCode> {
+/// Checks every address (for additions, breadth; for bans, loopback,
+/// multicast and the like too, unless `force`), so nothing is sent when
+/// one would be refused that way.
+pub(super) fn check_all(cidrs: &[String], op: Op, force: bool) -> Result<(), ExitCode> {
     for c in cidrs {
         let net = parse_net(c).map_err(usage_error)?;
-        if adds {
+        if matches!(op, Op::BlockAdd | Op::AllowAdd) {
             check_breadth(net, force).map_err(usage_error)?;
+        }
+        if matches!(op, Op::BlockAdd) {
+            // A refusal, as the agent would give it (exit 1), not a usage error.
+            crate::net::check_special(net, force).map_err(|e| fail(e, 1))?;
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use crate::{
     clock,
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
     metrics::Snapshot,
-    net::{check_breadth, display, overlaps, parse_net},
+    net::{check_breadth, display, parse_net},
     proto::ban_kind,
     proto::{ExportRow, ExportView},
     store::BanRecord,
@@ -93,12 +93,10 @@ impl<M: Maps> AgentState<M> {
                     continue;
                 }
             };
-            if !force && let Some(a) = self.allows.keys().find(|a| overlaps(a, &net)) {
-                reject(
-                    &mut report,
-                    c,
-                    format!("overlaps allowlist entry {}", display(a)),
-                );
+            // A list is checked as `block add` is: a feed carrying 127.0.0.0/8,
+            // this host's address or the load balancer's must not ban it.
+            if let Err(why) = self.refusal(&net, force) {
+                reject(&mut report, c, why);
                 continue;
             }
             if !wanted.insert(net) {

@@ -613,6 +613,38 @@ fn a_feed_replacement_lifts_what_the_group_no_longer_lists() {
     assert!(a.kernel("192.0.2.2/32").is_none());
 }
 
+/// A list is held to what `block add` refuses: loopback, this host's own
+/// address, a trusted proxy, an allowlisted range; each is reported, the
+/// rest is applied, and `--force` takes them all.
+#[test]
+fn a_feed_cannot_ban_loopback_the_host_or_its_proxy() {
+    let proxy: IpNet = "198.51.100.10/32".parse().unwrap();
+    let mut a = Agent::with(MemMaps::default(), vec![proxy]);
+    a.allow("203.0.113.0/24");
+    let list = [
+        "127.0.0.0/8",
+        "192.0.2.254",
+        "198.51.100.0/24",
+        "203.0.113.7",
+        "192.0.2.1",
+    ];
+    let r = import(&mut a, "level1", &list);
+    assert_eq!((r.added, r.rejected_count), (1, 4), "{r:?}");
+    let why: Vec<&str> = r.rejected.iter().map(|(_, w)| w.as_str()).collect();
+    assert!(why[0].contains("loopback"), "{why:?}");
+    assert!(why[1].contains("own address"), "{why:?}");
+    assert!(why[2].contains("trusted proxy"), "{why:?}");
+    assert!(why[3].contains("allowlist"), "{why:?}");
+    assert!(a.kernel("127.0.0.0/8").is_none());
+    assert!(a.kernel("192.0.2.1/32").is_some());
+    let cidrs: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+    let r = a
+        .state
+        .import_group("level1", &cidrs, None, None, true)
+        .unwrap();
+    assert_eq!((r.added, r.rejected_count), (4, 0), "{r:?}");
+}
+
 #[test]
 fn crowdsec_decisions_are_applied_and_lifted() {
     let mut a = Agent::new(Mode::Enforce);
