@@ -625,8 +625,19 @@ impl Decoder {
             return;
         }
         if let Some(open) = self.open.get_mut(&stream) {
-            // Trailers (gRPC's status comes here).
-            open.fields.extend(fields);
+            // Trailers (gRPC's status comes here). A stream holds at most
+            // what one header block may: repeated blocks that reference big
+            // table entries would otherwise grow it without bound.
+            let held: usize = open.fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+            let mut room = MAX_HEADER_BYTES.saturating_sub(held);
+            for (n, v) in fields {
+                if open.fields.len() >= MAX_HEADERS || n.len() + v.len() > room {
+                    open.truncated = true;
+                    break;
+                }
+                room -= n.len() + v.len();
+                open.fields.push((n, v));
+            }
             open.truncated |= cut;
             if block.end_stream {
                 self.end_stream(stream, out);
@@ -968,6 +979,38 @@ mod tests {
             panic!("{out:?}");
         };
         assert_eq!(&request.body[..], b"id=1' OR 1=1--");
+    }
+
+    /// Repeated header blocks on one open stream, each a few bytes that
+    /// name a 4 KiB table entry: what the stream holds stays bounded.
+    #[test]
+    fn repeated_blocks_on_a_stream_are_bounded() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut d = Decoder::new(Side::Client, 64);
+        let mut out = Vec::new();
+        d.feed(&start(), &mut out);
+        let big = "v".repeat(4000);
+        let b = block(
+            &mut enc,
+            &[
+                (":method", "POST"),
+                (":path", "/s"),
+                ("x-big", big.as_str()),
+            ],
+        );
+        d.feed(&frame(HEADERS, END_HEADERS, 1, &b), &mut out);
+        for _ in 0..2000 {
+            let b = block(&mut enc, &[("x-big", big.as_str())]);
+            assert!(b.len() < 8, "an indexed reference");
+            d.feed(&frame(HEADERS, END_HEADERS, 1, &b), &mut out);
+        }
+        d.feed(&frame(DATA, END_STREAM, 1, b"x"), &mut out);
+        let Some(Message::Request { request, .. }) = out.first() else {
+            panic!("{out:?}");
+        };
+        let held: usize = request.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(held <= MAX_HEADER_BYTES, "{held}");
+        assert!(request.truncated);
     }
 
     #[test]
