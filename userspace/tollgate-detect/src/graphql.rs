@@ -858,7 +858,11 @@ fn literal(
 /// can hold one) is a MongoDB operator passed through a JSON scalar.
 fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, shape: &mut Shape) {
     let Json::Object(o) = vars else { return };
-    for (name, v) in o {
+    // Declared variables first: an undeclared one (servers ignore it) must
+    // not use up the input and visit budgets before those that are used.
+    let (declared, other): (Vec<_>, Vec<_>) =
+        o.iter().partition(|(n, _)| var_locs.contains_key(*n));
+    for (name, v) in declared.into_iter().chain(other) {
         let loc = var_locs
             .get(name)
             .cloned()

@@ -226,7 +226,8 @@ impl Default for DetectConfig {
     }
 }
 
-/// Most strings extracted from one request (JSON bodies can hold many).
+/// Inputs judged per part of a request (the head, the body, GraphQL's
+/// arguments and variables each have this many).
 const MAX_INPUTS: usize = 512;
 
 /// One normalized input value.
@@ -482,14 +483,17 @@ impl Engine {
             for (rule, score, ev) in &a.findings {
                 sink.push(rule, Category::Graphql, *score, &Location::Body, ev, 0);
             }
+            // Arguments and variables have their own budget, as a body has.
+            let mut args = Vec::new();
             for (loc, text, is_value) in &a.inputs {
                 push(
-                    &mut inputs,
+                    &mut args,
                     Location::Graphql(loc.clone()),
                     decode::normalize_cow(text, false),
                     *is_value,
                 );
             }
+            inputs.append(&mut args);
         }
         // One lowercase buffer for all inputs of the request.
         let mut lower = String::new();
@@ -668,6 +672,10 @@ impl Engine {
                 }
             }
         }
+        // The body has its own budget of inputs: a head padded with
+        // hundreds of cookies must not push the body's values out.
+        let head = v;
+        let mut v = Vec::new();
         let grpc = req.header("content-type").is_some_and(protobuf::is_grpc)
             && protobuf::framed(&req.body);
         if grpc {
@@ -707,7 +715,9 @@ impl Engine {
                 );
             }
         }
-        v
+        let mut all = head;
+        all.append(&mut v);
+        all
     }
 }
 

@@ -344,3 +344,26 @@ fn multipart_uploads_are_judged_by_their_operations_part() {
     );
     assert!(Graphql::new(GraphqlConfig::default()).analyze(&r).is_none());
 }
+
+/// Padding cannot push an injection out of what is judged: 600 cookies in
+/// the head, or an undeclared variable holding 600 strings sorted first.
+#[test]
+fn padding_does_not_push_arguments_out() {
+    let e = engine();
+    let vars = format!(
+        r#"{{"aaaa":[{}],"u":"admin' OR 1=1--","p":"x"}}"#,
+        (0..600)
+            .map(|i| format!("\"s{i}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let r = post(&body(LOGIN, &vars));
+    assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
+    let cookies: String = (0..600).map(|i| format!("c{i}=v; ")).collect();
+    let b = body(LOGIN, r#"{"u":"admin' OR 1=1--","p":"x"}"#);
+    let r = req(&format!(
+        "POST /graphql HTTP/1.1\r\nHost: a\r\nCookie: {cookies}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    ));
+    assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
+}
