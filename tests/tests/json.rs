@@ -107,7 +107,12 @@ fn every_json_output_matches_the_documented_schema() {
     let list = dir.path().join("feed.txt");
     std::fs::write(
         &list,
-        format!("{}\n{}\nnot-an-address\n", lab.v4(0, 20), lab.v4(0, 21)),
+        // `a` is banned by hand already: it gets the feed's decision too.
+        format!(
+            "{}\n{}\n{a}\nnot-an-address\n",
+            lab.v4(0, 20),
+            lab.v4(0, 21)
+        ),
     )
     .unwrap();
     let list = list.display().to_string();
@@ -124,7 +129,25 @@ fn every_json_output_matches_the_documented_schema() {
         0,
         "block_import",
     );
-    run(&agent, &["block", "export"], 0, "block_export");
+    let export = run(&agent, &["block", "export"], 0, "block_export");
+    // `block ls --json` and `block export --json` print the same rows.
+    let ls = run(&agent, &["block", "ls"], 0, "block_ls");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ls[0]), keys(&export["bans"][0]), "{ls} {export}");
+    assert_eq!(export["total"], ls.as_array().unwrap().len());
+    let t = run(&agent, &["block", "test", &a], 0, "block_test");
+    assert_eq!(
+        t["bans"][0]["decisions"].as_array().unwrap().len(),
+        2,
+        "{t}"
+    );
+    // Lifting the manual decision leaves the feed's.
+    let r = run(&agent, &["block", "rm", &a], 0, "block_change");
+    assert_eq!(r["results"][0]["still_banned_by"][0], "f", "{r}");
     run(
         &agent,
         &["block", "rm", "--origin", "f", "--dry-run"],

@@ -433,7 +433,7 @@ pub enum BlockCmd {
         /// Only this group.
         #[arg(long)]
         origin: Option<String>,
-        /// Print JSON (cidr, kind, origin, expires_at) instead.
+        /// Print JSON instead: the rows of `block ls --json` in `{"generated_at", "total", "offset", "bans"}`.
         #[arg(long)]
         json: bool,
     },
