@@ -169,6 +169,65 @@ fn every_json_output_matches_the_documented_schema() {
         "allow_change",
     );
     run(&agent, &["allow", "ls"], 0, "allow_ls");
+    // allow import: one bad line and nothing is applied; then a dry run and
+    // the import itself.
+    let allows = dir.path().join("allow.txt");
+    std::fs::write(
+        &allows,
+        format!(
+            "# offices\n{}\n{} ; vpn\nnot-an-address\n",
+            lab.v4(0, 31),
+            lab.v4_net(2)
+        ),
+    )
+    .unwrap();
+    let allows_s = allows.display().to_string();
+    run_err(&agent, &["allow", "import", &allows_s], 2);
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let text = std::fs::read_to_string(&allows)
+        .unwrap()
+        .replace("not-an-address\n", "");
+    std::fs::write(&allows, text).unwrap();
+    let dry = run(
+        &agent,
+        &["allow", "import", &allows_s, "--dry-run"],
+        0,
+        "allow_import",
+    );
+    assert_eq!(dry["would_add"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let done = run(
+        &agent,
+        &["allow", "import", &allows_s, "--reason", "office"],
+        0,
+        "allow_import",
+    );
+    assert_eq!(
+        (done["added"].as_u64(), done["unchanged"].as_u64()),
+        (Some(2), Some(0)),
+        "{done}"
+    );
+    let again = run(&agent, &["allow", "import", &allows_s], 0, "allow_import");
+    assert_eq!(again["unchanged"], 2, "{again}");
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     run(
         &agent,
         &["allow", "rm", &lab.v4(0, 30).to_string()],
