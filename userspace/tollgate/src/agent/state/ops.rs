@@ -431,6 +431,22 @@ impl<M: Maps> AgentState<M> {
         })
     }
 
+    /// The IPv4 /16 and IPv6 /32 prefixes holding the most bans, most
+    /// first (a broader ban counts under its own prefix), at most
+    /// [`crate::metrics::TOP_PREFIXES`].
+    fn top_prefixes(&self) -> Vec<(String, u64)> {
+        let mut counts: std::collections::HashMap<IpNet, u64> = std::collections::HashMap::new();
+        for net in self.bans.keys() {
+            let len = if net.addr().is_ipv4() { 16 } else { 32 };
+            let agg = IpNet::new(net.addr(), len.min(net.prefix_len())).map_or(*net, |n| n.trunc());
+            *counts.entry(agg).or_default() += 1;
+        }
+        let mut top: Vec<(IpNet, u64)> = counts.into_iter().collect();
+        top.sort_unstable_by_key(|(n, c)| (std::cmp::Reverse(*c), n.addr(), n.prefix_len()));
+        top.truncate(crate::metrics::TOP_PREFIXES);
+        top.into_iter().map(|(n, c)| (display(&n), c)).collect()
+    }
+
     /// What the metrics endpoint shows, read under the lock (cheap: counters
     /// are one map read per verdict and reason, the rest is in memory).
     #[must_use]
@@ -460,6 +476,7 @@ impl<M: Maps> AgentState<M> {
             None
         };
         Snapshot {
+            top_prefixes: self.top_prefixes(),
             counters: self
                 .maps
                 .counters()

@@ -1453,3 +1453,38 @@ fn removing_an_origin_leaves_the_other_decisions() {
     assert_eq!(x["bans"][0]["origin"], "other", "{x}");
     assert_eq!(x["bans"][0]["decisions"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn the_metrics_show_the_prefixes_holding_the_most_bans() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(
+        &mut a,
+        "f",
+        &[
+            "198.18.1.1",
+            "198.18.2.2",
+            "198.18.3.0/24",
+            "198.19.0.1",
+            "fd00:1::1",
+        ],
+    );
+    // A ban broader than the /16 counts under its own prefix.
+    import(&mut a, "g", &["198.16.0.0/14"]);
+    let top = a.state.snapshot(0).top_prefixes;
+    assert_eq!(
+        top,
+        [
+            ("198.18.0.0/16".to_owned(), 3),
+            ("198.16.0.0/14".to_owned(), 1),
+            ("198.19.0.0/16".to_owned(), 1),
+            ("fd00:1::/32".to_owned(), 1),
+        ]
+    );
+    let many: Vec<String> = (0..30).map(|i| format!("10.{i}.0.1")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    import(&mut a, "h", &many);
+    assert_eq!(
+        a.state.snapshot(0).top_prefixes.len(),
+        crate::metrics::TOP_PREFIXES
+    );
+}
