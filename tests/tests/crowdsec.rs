@@ -315,7 +315,15 @@ fn crowdsec_decisions_are_enforced_lifted_and_survive_restarts() {
     let out = s.agent.ok(&["policy", "reload"]);
     assert!(out.contains("CrowdSec bouncer stopped"), "{out}");
     assert!(crowdsec_bans(&s.agent).is_empty());
-    assert!(s.v6_ok(1));
+    assert!(
+        s.v6_ok(1),
+        "{}",
+        String::from_utf8_lossy(
+            &s.agent
+                .cli(&["block", "test", &s.lab.v6(1, 2).to_string()])
+                .stdout
+        )
+    );
 }
 
 #[test]

@@ -127,3 +127,79 @@ fn dashboard_and_rules_name_only_metrics_the_agent_exports() {
     );
     drop(agent);
 }
+
+/// The Kustomize component under deploy/monitoring carries the same
+/// dashboard and rules as deploy/grafana and deploy/prometheus (so promtool
+/// and the metric-name test above cover it too), and the overlay that adds it
+/// to the DaemonSet renders: the dashboard ConfigMap for Grafana's sidecar and
+/// the PrometheusRule, in the agent's namespace.
+#[test]
+fn the_monitoring_component_matches_the_files_and_renders() {
+    let yaml = |p: &str| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(deploy(p)).unwrap())
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let cm = yaml("monitoring/grafana-dashboard.yaml");
+    assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1"),
+        "the label Grafana's dashboard sidecar looks for"
+    );
+    let embedded: serde_json::Value =
+        serde_json::from_str(cm["data"]["tollgate.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/tollgate.json")).unwrap())
+            .unwrap();
+    assert!(
+        embedded == file,
+        "deploy/monitoring/grafana-dashboard.yaml is not deploy/grafana/tollgate.json: copy \
+         the JSON into its data"
+    );
+    let rule = yaml("monitoring/prometheusrule.yaml");
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    assert!(
+        rule["spec"]["groups"] == yaml("prometheus/alerts.yaml")["groups"],
+        "deploy/monitoring/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml: copy \
+         its groups into spec.groups"
+    );
+
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy("kubernetes-with-monitoring"))
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!(
+                "note: kubectl is not installed ({e}); the overlay was not rendered (its files \
+                 were checked above)"
+            );
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/kubernetes-with-monitoring:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    for (kind, name) in [
+        ("DaemonSet", "tollgate"),
+        ("ConfigMap", "tollgate-dashboard"),
+        ("PrometheusRule", "tollgate"),
+    ] {
+        let found = docs.iter().find(|d| {
+            d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+        });
+        let found = found.unwrap_or_else(|| panic!("no {kind} {name} rendered:\n{text}"));
+        assert_eq!(
+            found["metadata"]["namespace"].as_str(),
+            Some("tollgate"),
+            "{kind} {name}"
+        );
+    }
+}

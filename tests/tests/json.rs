@@ -107,7 +107,12 @@ fn every_json_output_matches_the_documented_schema() {
     let list = dir.path().join("feed.txt");
     std::fs::write(
         &list,
-        format!("{}\n{}\nnot-an-address\n", lab.v4(0, 20), lab.v4(0, 21)),
+        // `a` is banned by hand already: it gets the feed's decision too.
+        format!(
+            "{}\n{}\n{a}\nnot-an-address\n",
+            lab.v4(0, 20),
+            lab.v4(0, 21)
+        ),
     )
     .unwrap();
     let list = list.display().to_string();
@@ -124,7 +129,25 @@ fn every_json_output_matches_the_documented_schema() {
         0,
         "block_import",
     );
-    run(&agent, &["block", "export"], 0, "block_export");
+    let export = run(&agent, &["block", "export"], 0, "block_export");
+    // `block ls --json` and `block export --json` print the same rows.
+    let ls = run(&agent, &["block", "ls"], 0, "block_ls");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ls[0]), keys(&export["bans"][0]), "{ls} {export}");
+    assert_eq!(export["total"], ls.as_array().unwrap().len());
+    let t = run(&agent, &["block", "test", &a], 0, "block_test");
+    assert_eq!(
+        t["bans"][0]["decisions"].as_array().unwrap().len(),
+        2,
+        "{t}"
+    );
+    // Lifting the manual decision leaves the feed's.
+    let r = run(&agent, &["block", "rm", &a], 0, "block_change");
+    assert_eq!(r["results"][0]["still_banned_by"][0], "f", "{r}");
     run(
         &agent,
         &["block", "rm", "--origin", "f", "--dry-run"],
@@ -146,6 +169,65 @@ fn every_json_output_matches_the_documented_schema() {
         "allow_change",
     );
     run(&agent, &["allow", "ls"], 0, "allow_ls");
+    // allow import: one bad line and nothing is applied; then a dry run and
+    // the import itself.
+    let allows = dir.path().join("allow.txt");
+    std::fs::write(
+        &allows,
+        format!(
+            "# offices\n{}\n{} ; vpn\nnot-an-address\n",
+            lab.v4(0, 31),
+            lab.v4_net(2)
+        ),
+    )
+    .unwrap();
+    let allows_s = allows.display().to_string();
+    run_err(&agent, &["allow", "import", &allows_s], 2);
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let text = std::fs::read_to_string(&allows)
+        .unwrap()
+        .replace("not-an-address\n", "");
+    std::fs::write(&allows, text).unwrap();
+    let dry = run(
+        &agent,
+        &["allow", "import", &allows_s, "--dry-run"],
+        0,
+        "allow_import",
+    );
+    assert_eq!(dry["would_add"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let done = run(
+        &agent,
+        &["allow", "import", &allows_s, "--reason", "office"],
+        0,
+        "allow_import",
+    );
+    assert_eq!(
+        (done["added"].as_u64(), done["unchanged"].as_u64()),
+        (Some(2), Some(0)),
+        "{done}"
+    );
+    let again = run(&agent, &["allow", "import", &allows_s], 0, "allow_import");
+    assert_eq!(again["unchanged"], 2, "{again}");
+    assert_eq!(
+        run(&agent, &["allow", "ls"], 0, "allow_ls")
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     run(
         &agent,
         &["allow", "rm", &lab.v4(0, 30).to_string()],

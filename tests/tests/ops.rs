@@ -136,7 +136,47 @@ fn feed_import_applies_reports_and_is_idempotent() {
         .json(&["block", "import", file, "--reason", "level1"]);
     assert_eq!(r["removed"], 250, "{r}");
     assert_eq!(r["kept_other_origin"], 1, "{r}");
-    assert_eq!(export_lines(&s.agent, origin).len(), valid - 250 - 1);
+    // The manually banned address keeps the feed's decision too.
+    assert_eq!(export_lines(&s.agent, origin).len(), valid - 250);
+
+    // Several decisions on one prefix: an hour's manual ban on the feed's
+    // range of the lab is kept beside the feed's (which the kernel goes on
+    // enforcing: it has no expiry); lifting the manual one leaves the
+    // feed's, and the lab's subnet stays dropped.
+    let range = s.lab.v4_net(1);
+    let client = s.lab.v4(1, 2).to_string();
+    let v = s
+        .agent
+        .json(&["block", "add", &range, "--ttl", "1h", "--reason", "by hand"]);
+    let v = &v["results"][0]["ban"];
+    assert_eq!(v["origin"], origin, "the stronger decision leads: {v}");
+    assert_eq!(v["decisions"].as_array().unwrap().len(), 2, "{v}");
+    let t = s.agent.json(&["block", "test", &client]);
+    let covering = &t["bans"][0];
+    assert_eq!(covering["kernel"], "present", "{t}");
+    let by: Vec<&str> = covering["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, [origin, "cli"], "{t}");
+    let table = s.agent.ok(&["block", "test", &client]);
+    assert!(table.contains("also  kind manual  origin cli"), "{table}");
+    let r = s.agent.json(&["block", "rm", &range]);
+    assert_eq!(
+        r["results"][0]["still_banned_by"],
+        serde_json::json!([origin]),
+        "{r}"
+    );
+    let t = s.agent.json(&["block", "test", &client]);
+    assert_eq!(t["blocked"], true, "{t}");
+    assert_eq!(
+        t["bans"][0]["decisions"].as_array().unwrap().len(),
+        1,
+        "{t}"
+    );
+    assert!(!s.v4_ok(1), "lifting the manual ban freed the feed's range");
 
     // The allowlist wins: overlapping entries are rejected and reported.
     s.agent.ok(&["allow", "add", &s.lab.v4(0, 2).to_string()]);
@@ -167,9 +207,10 @@ fn feed_import_applies_reports_and_is_idempotent() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 
-    // rm --origin lifts the whole group and nothing else.
+    // rm --origin lifts the whole group's decisions and nothing else (the
+    // manual ban on 198.19.0.7 stays, without the feed's decision).
     let out = s.agent.ok(&["block", "rm", "--origin", origin]);
-    assert!(out.contains(&format!("removed {}", valid - 251)), "{out}");
+    assert!(out.contains(&format!("removed {}", valid - 250)), "{out}");
     let left = s.agent.json(&["block", "ls"]);
     let left: Vec<_> = left
         .as_array()

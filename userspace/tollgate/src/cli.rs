@@ -5,6 +5,7 @@
 //! input; 3 the agent is not running; 4 permission denied on the control
 //! socket.
 
+mod allowlist;
 mod api;
 mod args;
 mod bulk;
@@ -12,6 +13,7 @@ mod detect;
 #[cfg(test)]
 mod docs_check;
 mod feeds;
+mod progress;
 mod query;
 mod render;
 
@@ -322,6 +324,22 @@ fn run_allow(cmd: AllowCmd, socket: &std::path::Path) -> ExitCode {
             })
         }
         AllowCmd::Ls(f) => request(socket, &Request::AllowLs, f.json, print_allows),
+        AllowCmd::Import {
+            file,
+            reason,
+            force,
+            dry_run,
+            json,
+        } => allowlist::import(
+            &allowlist::AllowImportArgs {
+                file,
+                reason,
+                force,
+                dry_run,
+                json,
+            },
+            socket,
+        ),
     }
 }
 

@@ -667,6 +667,7 @@ mod tests {
             expires_at,
             offences: 1,
             host: host.map(Into::into),
+            also: Vec::new(),
         };
         serde_json::to_vec(&r).unwrap()
     }

@@ -63,6 +63,10 @@ pub struct Snapshot {
     pub maps: Vec<(&'static str, usize, u32)>,
     /// Active bans by kind (every kind present, zeros included).
     pub bans_active: BTreeMap<String, u64>,
+    /// The IPv4 /16 and IPv6 /32 prefixes holding the most bans (at most
+    /// [`TOP_PREFIXES`]) with their counts: a bounded view of where bans
+    /// concentrate.
+    pub top_prefixes: Vec<(String, u64)>,
     /// Whether the durable store is open and readable.
     pub store_up: bool,
     /// Why the agent is not ready, if it is not.
@@ -84,6 +88,14 @@ struct VerdictReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabel {
     map: String,
+}
+
+/// Prefixes `tollgate_bans_by_prefix` shows at most.
+pub const TOP_PREFIXES: usize = 10;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrefixLabel {
+    prefix: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,6 +173,21 @@ pub fn render(s: &Snapshot) -> String {
             .set(gauge_value(*n));
     }
     reg.register("tollgate_bans_active", "Bans in force, by kind", active);
+
+    let by_prefix = Family::<PrefixLabel, Gauge>::default();
+    for (prefix, n) in &s.top_prefixes {
+        by_prefix
+            .get_or_create(&PrefixLabel {
+                prefix: prefix.clone(),
+            })
+            .set(gauge_value(*n));
+    }
+    reg.register(
+        "tollgate_bans_by_prefix",
+        "Bans in force inside each of the IPv4 /16 and IPv6 /32 prefixes holding the most \
+         (at most 10 series)",
+        by_prefix,
+    );
 
     let issued = Family::<KindLabel, Counter>::default();
     for k in crate::proto::ban_kind::ALL {
@@ -397,6 +424,7 @@ mod tests {
             counters: vec![("drop", "blocklisted", 5, 300)],
             maps: vec![("TG_BLOCK4", 2, 100)],
             bans_active: [("feed".to_owned(), 2)].into_iter().collect(),
+            top_prefixes: vec![("198.18.0.0/16".to_owned(), 3)],
             store_up: true,
             not_ready: None,
             samples: Some([7, 1, 2]),
@@ -410,6 +438,7 @@ mod tests {
             "tollgate_map_entries{map=\"TG_BLOCK4\"} 2",
             "tollgate_map_capacity{map=\"TG_BLOCK4\"} 100",
             "tollgate_bans_active{kind=\"feed\"} 2",
+            "tollgate_bans_by_prefix{prefix=\"198.18.0.0/16\"} 3",
             "tollgate_bans_issued_total{kind=\"manual\"} 0",
             "tollgate_bans_issued_total{kind=\"feed\"} 3",
             "tollgate_build_info{version=\"",

@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 pub mod capacity;
 mod cluster;
+#[cfg(test)]
+mod docs_check;
 mod events;
 mod sampling;
 mod scoring;

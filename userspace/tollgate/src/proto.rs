@@ -280,6 +280,32 @@ pub struct BanView {
     /// The fleet host that decided it, when another host did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Every decision on this prefix, strongest (the one above, which the
+    /// kernel enforces) first: a manual ban and a feed's on one address are
+    /// two, and lifting one leaves the other.
+    #[serde(default)]
+    pub decisions: Vec<DecisionView>,
+}
+
+/// One decision on a banned prefix (`decisions` of a ban).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecisionView {
+    /// `manual`, `rate-limit`, `policy`, `feed`, `crowdsec`.
+    #[serde(with = "ban_kind")]
+    pub kind: tollgate_common::BanReason,
+    /// Free text.
+    pub reason: String,
+    /// Who made it.
+    pub origin: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, or null for permanent decisions.
+    pub expires_at: Option<String>,
+    /// Seconds left, or null for permanent decisions.
+    pub ttl_remaining_secs: Option<u64>,
+    /// The fleet host that decided it, when another host did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One allowlist entry as `allow ls --json` prints it.
@@ -492,6 +518,16 @@ pub struct LimitsView {
     pub ban_ttls_secs: Vec<u64>,
 }
 
+/// A limit class by the name tables and JSON share: `default` (class 0),
+/// or the destination port.
+#[must_use]
+pub fn limit_class(class: u32) -> String {
+    match class {
+        0 => "default".into(),
+        p => p.to_string(),
+    }
+}
+
 /// One row of `top --json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopView {
@@ -499,6 +535,9 @@ pub struct TopView {
     pub client: String,
     /// Destination port of its limit class, or null for the default class.
     pub port: Option<u16>,
+    /// The limit class as the table names it: `default`, or the port.
+    #[serde(default)]
+    pub class: String,
     /// Packets passed so far.
     pub passed: u64,
     /// Packets dropped so far.
@@ -511,27 +550,20 @@ pub struct TopView {
     pub conns: u64,
 }
 
-/// One row of `block export --json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ExportRow {
-    /// Prefix in CIDR notation.
-    pub cidr: String,
-    /// Ban kind.
-    #[serde(with = "ban_kind")]
-    pub kind: tollgate_common::BanReason,
-    /// Group.
-    pub origin: String,
-    /// RFC 3339, or null for permanent bans.
-    pub expires_at: Option<String>,
-}
-
 /// `block export`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExportView {
     /// RFC 3339.
     pub generated_at: String,
-    /// Bans, sorted by address.
-    pub bans: Vec<ExportRow>,
+    /// Bans exported (as `block ls`'s page: the whole set, from offset 0).
+    #[serde(default)]
+    pub total: usize,
+    /// Always 0: an export is never paged.
+    #[serde(default)]
+    pub offset: usize,
+    /// Bans, sorted by address, each as `block ls --json` prints it
+    /// (`cidr`, `kind`, `origin`, `expires_at` as before, and the rest).
+    pub bans: Vec<BanView>,
 }
 
 /// What `status` reports about sampling.

@@ -36,6 +36,129 @@ pub struct BanRecord {
     /// (received through the cluster store); `None` = this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The other decisions on this prefix (a feed's beside a manual ban,
+    /// CrowdSec's beside the engine's): the fields above are the strongest
+    /// decision (latest expiry, none = latest), the one the kernel enforces;
+    /// lifting it leaves these. Absent in records written before decisions
+    /// were kept apart, and when there is only one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Decision>,
+}
+
+/// One decision on a prefix: who banned it, why, and until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Why, by name.
+    #[serde(with = "crate::proto::ban_kind")]
+    pub kind: BanReason,
+    /// Free text.
+    pub reason: String,
+    /// Who made it (`cli`, `agent`, a feed name, `crowdsec`).
+    pub origin: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds; `None` = until removed.
+    pub expires_at: Option<u64>,
+    /// The fleet host that decided it, when another one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Decision {
+    /// Whether `other` comes from the same decider (origin and host): a
+    /// decider has at most one decision per prefix, its newer one replaces it.
+    #[must_use]
+    pub fn same_source(&self, other: &Decision) -> bool {
+        self.origin == other.origin && self.host == other.host
+    }
+}
+
+impl BanRecord {
+    /// The strongest decision (the record's own fields).
+    #[must_use]
+    pub fn decision(&self) -> Decision {
+        Decision {
+            kind: self.kind,
+            reason: self.reason.clone(),
+            origin: self.origin.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            host: self.host.clone(),
+        }
+    }
+
+    /// Every decision, strongest first.
+    pub fn decisions(&self) -> impl Iterator<Item = Decision> + '_ {
+        std::iter::once(self.decision()).chain(self.also.iter().cloned())
+    }
+
+    /// Whether any decision matches `f`.
+    pub fn any_decision(&self, f: impl Fn(&Decision) -> bool) -> bool {
+        f(&self.decision()) || self.also.iter().any(f)
+    }
+
+    /// The record holding `decisions` (any order), the strongest on top:
+    /// no expiry first, then the latest expiry; on a tie the earlier in
+    /// `decisions` wins. `None` when there is none.
+    #[must_use]
+    pub fn from_decisions(
+        cidr: IpNet,
+        offences: u32,
+        mut decisions: Vec<Decision>,
+    ) -> Option<Self> {
+        decisions.sort_by_key(|d| std::cmp::Reverse(d.expires_at.unwrap_or(u64::MAX)));
+        let mut it = decisions.into_iter();
+        let top = it.next()?;
+        Some(Self {
+            cidr,
+            kind: top.kind,
+            reason: top.reason,
+            origin: top.origin,
+            created_at: top.created_at,
+            expires_at: top.expires_at,
+            offences,
+            host: top.host,
+            also: it.collect(),
+        })
+    }
+
+    /// `self` (a new decision, or a decider's new set) laid over `old`, the
+    /// record already held for the prefix: the decisions of `old` from other
+    /// deciders are kept, those from the same ones replaced. The new
+    /// decisions win ties.
+    #[must_use]
+    pub fn over(self, old: Option<&BanRecord>) -> BanRecord {
+        let Some(old) = old else {
+            return self;
+        };
+        let mine: Vec<Decision> = self.decisions().collect();
+        let kept = old
+            .decisions()
+            .filter(|d| !mine.iter().any(|m| m.same_source(d)));
+        let all: Vec<Decision> = mine.iter().cloned().chain(kept).collect();
+        let (cidr, offences) = (self.cidr, self.offences);
+        Self::from_decisions(cidr, offences, all).unwrap_or(self)
+    }
+
+    /// The record without the decisions matching `f`: `None` when none
+    /// would be left.
+    #[must_use]
+    pub fn without(&self, f: impl Fn(&Decision) -> bool) -> Option<BanRecord> {
+        let left: Vec<Decision> = self.decisions().filter(|d| !f(d)).collect();
+        Self::from_decisions(self.cidr, self.offences, left)
+    }
+
+    /// Only the decisions matching `f` (an origin's view of the prefix).
+    #[must_use]
+    pub fn only(&self, f: impl Fn(&Decision) -> bool) -> Option<BanRecord> {
+        self.without(|d| !f(d))
+    }
+
+    /// The soonest expiry among the decisions (when the record next changes).
+    #[must_use]
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.decisions().filter_map(|d| d.expires_at).min()
+    }
 }
 
 /// An allowlist entry as the agent records it.
@@ -543,6 +666,7 @@ mod tests {
             expires_at: Some(100),
             offences: 1,
             host: None,
+            also: Vec::new(),
         }
     }
 
@@ -645,6 +769,39 @@ mod tests {
         drop(s);
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(s.bans().unwrap(), vec![rec]);
+    }
+
+    /// Several decisions on one prefix are one record: stored, read back
+    /// through the database, and the strongest stays on top.
+    #[test]
+    fn decisions_round_trip_and_the_strongest_leads() {
+        let feed = BanRecord {
+            kind: BanReason::Feed,
+            origin: "spamhaus".into(),
+            expires_at: None,
+            ..ban("198.18.0.3/32")
+        };
+        let manual = ban("198.18.0.3/32");
+        let both = manual.clone().over(Some(&feed));
+        assert_eq!((both.origin.as_str(), both.also.len()), ("spamhaus", 1));
+        assert_eq!(both.next_expiry(), Some(100));
+        // The same decider replaces its own decision.
+        let again = BanRecord {
+            expires_at: Some(500),
+            ..manual
+        }
+        .over(Some(&both));
+        assert_eq!(again.also.len(), 1);
+        assert_eq!(again.also[0].expires_at, Some(500));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        s.put_bans(std::slice::from_ref(&again)).unwrap();
+        drop(s);
+        let back = RedbStore::open(dir.path()).unwrap().bans().unwrap();
+        assert_eq!(back, vec![again.clone()]);
+        let rest = again.without(|d| d.origin == "spamhaus").unwrap();
+        assert_eq!((rest.origin.as_str(), rest.expires_at), ("cli", Some(500)));
+        assert!(rest.without(|d| d.origin == "cli").is_none());
     }
 
     #[test]

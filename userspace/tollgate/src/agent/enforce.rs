@@ -239,6 +239,7 @@ impl<M: Maps> AgentState<M> {
             expires_at: Some(now + ttl),
             offences: hist.count,
             host: None,
+            also: Vec::new(),
         };
         if let Err(e) = self.put_ban_kernel_first(rec) {
             warn!(client = %net, "failed to ban: {e}");

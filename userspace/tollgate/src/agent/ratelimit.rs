@@ -189,6 +189,7 @@ impl<M: Maps> AgentState<M> {
             .map(|(k, b)| RateStateView {
                 client: crate::net::display(&client_of(k, prefix)),
                 port: u16::try_from(k.class).ok().filter(|p| *p != 0),
+                class: crate::proto::limit_class(k.class),
                 passed: b.passed,
                 dropped: b.dropped,
                 exceeding: self.rate.offenders.contains_key(k),
@@ -243,6 +244,7 @@ impl<M: Maps> AgentState<M> {
                 TopView {
                     client: crate::net::display(&client_of(k, prefix)),
                     port: u16::try_from(k.class).ok().filter(|p| *p != 0),
+                    class: crate::proto::limit_class(k.class),
                     passed: b.passed,
                     dropped: b.dropped,
                     pass_rate: rate(b.passed, old.map(|o| o.0)),
@@ -338,6 +340,7 @@ impl<M: Maps> AgentState<M> {
             expires_at: Some(now + ttl.as_secs()),
             offences: hist.count,
             host: None,
+            also: Vec::new(),
         };
         match self.put_ban(rec) {
             Ok(()) => {

@@ -328,12 +328,14 @@ impl<M: Maps> AgentState<M> {
     }
 
     fn index(&mut self, rec: BanRecord) {
+        // Keyed by the soonest expiry of any decision: a weaker decision
+        // ending is a change of the record too (see `gc`).
         if let Some(old) = self.bans.get(&rec.cidr)
-            && let Some(t) = old.expires_at
+            && let Some(t) = old.next_expiry()
         {
             self.expiry.remove(&(t, old.cidr));
         }
-        if let Some(t) = rec.expires_at {
+        if let Some(t) = rec.next_expiry() {
             self.expiry.insert((t, rec.cidr));
         }
         self.bans.insert(rec.cidr, rec);
@@ -351,7 +353,7 @@ impl<M: Maps> AgentState<M> {
             self.lifted.pop_front();
         }
         self.lifted.push_back((*net, now));
-        if let Some(t) = rec.expires_at {
+        if let Some(t) = rec.next_expiry() {
             self.expiry.remove(&(t, rec.cidr));
         }
         Some(rec)
@@ -425,6 +427,34 @@ impl<M: Maps> AgentState<M> {
             .take_while(|(t, _)| *t <= now)
             .map(|(_, n)| *n)
             .collect();
+        if due.is_empty() {
+            return 0;
+        }
+        // A prefix with decisions left keeps its ban (and its kernel entry:
+        // the strongest decision ends last); only the ended ones go.
+        let mut due_whole = Vec::with_capacity(due.len());
+        let mut trimmed = Vec::new();
+        for net in due {
+            match self
+                .bans
+                .get(&net)
+                .and_then(|r| r.without(|d| d.expires_at.is_some_and(|t| t <= now)))
+            {
+                Some(r) => trimmed.push(r),
+                None => due_whole.push(net),
+            }
+        }
+        if !trimmed.is_empty() {
+            if let Some(s) = self.store.as_mut()
+                && let Err(e) = s.put_bans(&trimmed)
+            {
+                warn!("failed to drop ended decisions from the store: {e}");
+            }
+            for r in trimmed {
+                self.index(r);
+            }
+        }
+        let due = due_whole;
         if due.is_empty() {
             return 0;
         }
@@ -530,10 +560,13 @@ impl<M: Maps> AgentState<M> {
             expires_at: ttl.map(|t| now + t),
             offences,
             host: None,
+            also: Vec::new(),
         };
         self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
-        Ok(json!(ban_view(&rec, 0)))
+        // The prefix's whole record: other deciders' bans stay beside this one.
+        let held = self.bans.get(&net).unwrap_or(&rec);
+        Ok(json!(ban_view(held, 0)))
     }
 
     /// Records and enforces a ban (store first, then kernel; the store write
@@ -547,6 +580,7 @@ impl<M: Maps> AgentState<M> {
     /// nothing changes then.
     pub fn put_ban(&mut self, rec: BanRecord) -> Result<(), Refused> {
         let previous = self.bans.get(&rec.cidr).cloned();
+        let rec = rec.over(previous.as_ref());
         let mut stored = false;
         if let Some(s) = self.store.as_mut() {
             match s.put_bans(std::slice::from_ref(&rec)) {
@@ -642,6 +676,8 @@ impl<M: Maps> AgentState<M> {
     /// # Errors
     /// When the kernel refuses; nothing changes then.
     pub fn put_ban_kernel_first(&mut self, rec: BanRecord) -> Result<(), Refused> {
+        let held = self.bans.get(&rec.cidr);
+        let rec = rec.over(held);
         self.maps
             .insert_block(rec.cidr, &kernel_entry(&rec))
             .map_err(|e| refuse(format!("the kernel refused the ban: {e:#}")))?;
@@ -671,6 +707,15 @@ impl<M: Maps> AgentState<M> {
             }
             return Err(refuse(not_banned(self, net)));
         }
+        // A manual ban beside other deciders' (a feed, CrowdSec, the
+        // engine): only the manual one is lifted, theirs stand.
+        if let Some(rest) = self.bans.get(&net).and_then(|r| {
+            r.any_decision(is_manual)
+                .then(|| r.without(is_manual))
+                .flatten()
+        }) {
+            return self.lift_manual(net, rest);
+        }
         if let Some(s) = self.store.as_mut() {
             let removed = if local {
                 s.forget_bans(&[net])
@@ -690,14 +735,43 @@ impl<M: Maps> AgentState<M> {
         Ok(json!({ "removed": net.to_string() }))
     }
 
-    fn block_ls(&self) -> serde_json::Value {
-        let hits: HashMap<IpNet, u64> = self
-            .maps
+    /// Lifts the manual decision on `net`, leaving `rest` (the other
+    /// deciders' bans) enforced: the kernel entry becomes the strongest of them.
+    /// With a fleet the rewritten record is shared like any change.
+    fn lift_manual(&mut self, net: IpNet, rest: BanRecord) -> Result<serde_json::Value, Refused> {
+        if let Some(s) = self.store.as_mut() {
+            s.put_bans(std::slice::from_ref(&rest))
+                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+        }
+        self.maps
+            .insert_block(net, &kernel_entry(&rest))
+            .map_err(|e| refuse(format!("the kernel refused the change: {e:#}")))?;
+        let still: Vec<String> = rest.decisions().map(|d| d.origin).collect();
+        self.warning = Some(format!(
+            "the manual ban on {} is lifted, but it stays banned by {} (`tollgate block test {}` \
+             shows each decision)",
+            display(&net),
+            still.join(", "),
+            display(&IpNet::from(net.addr())),
+        ));
+        self.index(rest);
+        info!(cidr = %net, remaining = ?still, "manual ban lifted, other decisions stand");
+        Ok(json!({ "removed": net.to_string(), "still_banned_by": still }))
+    }
+
+    /// Ban hit counters by prefix, in one walk of the maps (empty when they
+    /// cannot be read).
+    pub(super) fn block_hits(&self) -> HashMap<IpNet, u64> {
+        self.maps
             .blocks()
             .unwrap_or_default()
             .into_iter()
             .map(|(n, e)| (n, e.hits))
-            .collect();
+            .collect()
+    }
+
+    fn block_ls(&self) -> serde_json::Value {
+        let hits = self.block_hits();
         let mut recs: Vec<&BanRecord> = self.bans.values().collect();
         recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
         let views: Vec<BanView> = recs
@@ -965,6 +1039,11 @@ fn not_banned<M: Maps>(state: &AgentState<M>, net: IpNet) -> String {
     )
 }
 
+/// A decision the operator made by hand (`block add`).
+fn is_manual(d: &crate::store::Decision) -> bool {
+    d.kind == BanReason::Manual && d.origin == "cli" && d.host.is_none()
+}
+
 fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
     let now = clock::unix_now();
     BanView {
@@ -980,6 +1059,18 @@ fn ban_view(rec: &BanRecord, hits: u64) -> BanView {
         hits,
         offences: rec.offences,
         host: rec.host.clone(),
+        decisions: rec
+            .decisions()
+            .map(|d| crate::proto::DecisionView {
+                kind: d.kind,
+                reason: d.reason,
+                origin: d.origin,
+                created_at: clock::rfc3339(d.created_at),
+                expires_at: d.expires_at.map(clock::rfc3339),
+                ttl_remaining_secs: d.expires_at.map(|t| t.saturating_sub(now)),
+                host: d.host,
+            })
+            .collect(),
     }
 }
 
@@ -1021,6 +1112,7 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
         expires_at,
         offences: 1,
         host: None,
+        also: Vec::new(),
     }
 }
 

@@ -433,7 +433,7 @@ pub enum BlockCmd {
         /// Only this group.
         #[arg(long)]
         origin: Option<String>,
-        /// Print JSON (cidr, kind, origin, expires_at) instead.
+        /// Print JSON instead: the rows of `block ls --json` in `{"generated_at", "total", "offset", "bans"}`.
         #[arg(long)]
         json: bool,
     },
@@ -508,6 +508,29 @@ pub enum AllowCmd {
     ///
     /// Example: tollgate allow ls
     Ls(JsonFlag),
+    /// Import allowlist entries from a file (same formats as `block
+    /// import`: one address or CIDR per line, `#`/`;` comments). Every line
+    /// is checked first: one bad line changes nothing (exit 2). Entries
+    /// listed already are left as they are; if the agent refuses one, the
+    /// entries this import added are removed again (exit 1).
+    ///
+    /// Example: tollgate allow import offices.txt --reason office --dry-run
+    Import {
+        /// The list, or `-` for stdin.
+        file: String,
+        /// Reason shown by `allow ls`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Accept prefixes wider than /8 (IPv6 /16).
+        #[arg(long)]
+        force: bool,
+        /// Change nothing: check every line and list what would be added.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses `90s`, `10m`, `24h`, `7d` (and combinations like `1h30m`).

@@ -80,7 +80,9 @@ pub(super) fn run(
             Outcome {
                 cidr: shown,
                 status,
-                data: matches!(op, Op::BlockAdd | Op::AllowAdd).then_some(data),
+                data: (matches!(op, Op::BlockAdd | Op::AllowAdd)
+                    || data.get("still_banned_by").is_some())
+                .then_some(data),
                 error: None,
             }
         } else {
@@ -106,8 +108,13 @@ pub(super) fn run(
             .iter()
             .map(|o| {
                 let mut v = json!({ "cidr": o.cidr, "status": o.status });
-                if let Some(d) = &o.data {
-                    v[key] = d.clone();
+                match &o.data {
+                    // A lifted manual ban with other deciders' left standing.
+                    Some(d) if d.get("still_banned_by").is_some() => {
+                        v["still_banned_by"] = d["still_banned_by"].clone();
+                    }
+                    Some(d) => v[key] = d.clone(),
+                    None => {}
                 }
                 if let Some(e) = &o.error {
                     v["error"] = json!(e);
@@ -160,7 +167,22 @@ fn print_one(op: Op, o: &Outcome) {
             }
         }
         (Op::BlockRm, "absent") => println!("{} was not banned", o.cidr),
-        (Op::BlockRm, _) => println!("unblocked {}", o.cidr),
+        (Op::BlockRm, _) => match o
+            .data
+            .as_ref()
+            .and_then(|d| d["still_banned_by"].as_array())
+        {
+            Some(by) => println!(
+                "lifted the manual ban on {}; still banned by {}",
+                o.cidr,
+                by.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| crate::text::printable(s).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => println!("unblocked {}", o.cidr),
+        },
         (Op::AllowAdd, _) => println!("allowed {}", o.cidr),
         (Op::AllowRm, "absent") => println!("{} was not on the allowlist", o.cidr),
         (Op::AllowRm, _) => println!("removed {} from the allowlist", o.cidr),

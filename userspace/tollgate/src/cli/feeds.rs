@@ -42,7 +42,7 @@ pub struct ImportArgs {
 
 /// Reads and parses the list line by line: memory stays bounded whatever
 /// the input (`/dev/zero`, an endless pipe), an over-long line stops it.
-fn read_input(file: &str, force: bool) -> Result<feed::Parsed, feed::ReadError> {
+pub(super) fn read_input(file: &str, force: bool) -> Result<feed::Parsed, feed::ReadError> {
     if file == "-" {
         feed::parse_reader(std::io::stdin().lock(), force)
     } else {
@@ -128,7 +128,10 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
         force: a.force,
         dry_run: a.dry_run,
     };
-    let resp = match client::call_stream(socket, &req, &body, client::long_timeout()) {
+    let what = format!("sending {} entries to the agent", body.len());
+    let resp = match super::progress::while_waiting(&what, a.json, || {
+        client::call_stream(socket, &req, &body, client::long_timeout())
+    }) {
         Ok(r) => r,
         Err(e) => {
             return super::render::fail(&e, e.exit_code());
@@ -210,7 +213,7 @@ pub fn import(a: ImportArgs, socket: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print_rejects(rejected: &[(usize, String, String)], total: usize) {
+pub(super) fn print_rejects(rejected: &[(usize, String, String)], total: usize) {
     for (line, text, why) in rejected.iter().take(SHOWN_REJECTS) {
         eprintln!(
             "line {line}: '{}': {}",
@@ -305,7 +308,9 @@ pub fn export(origin: Option<String>, json: bool, socket: &Path) -> ExitCode {
         return request_within(socket, &req, client::long_timeout(), json, |_| {});
     }
     // Decoded straight into rows: a million-entry export stays quick.
-    let resp = match client::call_as::<ExportView>(socket, &req, client::long_timeout()) {
+    let resp = match super::progress::while_waiting("exporting", json, || {
+        client::call_as::<ExportView>(socket, &req, client::long_timeout())
+    }) {
         Ok(r) => r,
         Err(e) => {
             return super::render::fail(&e, e.exit_code());

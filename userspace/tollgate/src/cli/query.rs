@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::{
     args::BlockLsArgs,
-    render::{Undecodable, decode, fail, print_bans, request, ttl_left, usage_error, warn},
+    render::{Undecodable, by, decode, fail, print_bans, request, ttl_left, usage_error, warn},
 };
 use crate::{
     client,
@@ -70,20 +70,27 @@ fn print_test(v: &BlockTestView) {
     };
     println!("{}: {verdict}", v.address);
     for b in &v.bans {
-        let by = match &b.ban.host {
-            Some(h) => format!("{}@{}", printable(&b.ban.origin), printable(h)),
-            None => printable(&b.ban.origin).into_owned(),
-        };
         println!(
             "  ban {}  kind {}  origin {}  reason \"{}\"  expires in {}  hits {}  kernel: {}",
             crate::net::display(&super::render::parse_or(&b.ban.cidr)),
             b.ban.kind.name(),
-            by,
+            by(&b.ban.origin, b.ban.host.as_deref()),
             printable(&b.ban.reason),
             ttl_left(b.ban.ttl_remaining_secs),
             b.ban.hits,
             b.kernel,
         );
+        // The other decisions on the same prefix: lifting the one above
+        // leaves these enforced.
+        for d in b.ban.decisions.iter().skip(1) {
+            println!(
+                "    also  kind {}  origin {}  reason \"{}\"  expires in {}",
+                d.kind.name(),
+                by(&d.origin, d.host.as_deref()),
+                printable(&d.reason),
+                ttl_left(d.ttl_remaining_secs),
+            );
+        }
     }
     for k in &v.kernel_only {
         println!("  kernel-only entry {k}: dropped by the kernel, unknown to the store");
@@ -101,9 +108,9 @@ fn print_test(v: &BlockTestView) {
     }
     for r in &v.rate_limit {
         println!(
-            "  rate limit {} port {}: {} passed, {} dropped{}",
+            "  rate limit {} class {}: {} passed, {} dropped{}",
             r.client,
-            r.port.map_or_else(|| "default".into(), |p| p.to_string()),
+            r.class,
             r.passed,
             r.dropped,
             if r.exceeding { ", exceeding now" } else { "" }

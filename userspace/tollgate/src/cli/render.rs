@@ -125,7 +125,7 @@ pub(super) fn print_top(v: &Value) -> Result<(), Undecodable> {
         .map(|r| {
             vec![
                 r.client.clone(),
-                r.port.map_or_else(|| "default".into(), |p| p.to_string()),
+                r.class.clone(),
                 rate(r.pass_rate),
                 rate(r.drop_rate),
                 r.passed.to_string(),
@@ -139,7 +139,7 @@ pub(super) fn print_top(v: &Value) -> Result<(), Undecodable> {
         table::render(
             &[
                 "CLIENT",
-                "PORT",
+                "CLASS",
                 "PASS RATE",
                 "DROP RATE",
                 "PASSED",
@@ -239,6 +239,19 @@ pub(super) fn ttl_left(secs: Option<u64>) -> String {
     )
 }
 
+/// An origin as tables show it: `origin`, or `origin@host` for another
+/// fleet host's decision.
+pub(super) fn by(origin: &str, host: Option<&str>) -> String {
+    match host {
+        Some(h) => format!(
+            "{}@{}",
+            crate::text::printable(origin),
+            crate::text::printable(h)
+        ),
+        None => crate::text::printable(origin).into_owned(),
+    }
+}
+
 pub(super) fn print_bans(v: &Value) -> Result<(), Undecodable> {
     let bans: Vec<BanView> = decode(v, "a list of bans")?;
     if bans.is_empty() {
@@ -254,14 +267,15 @@ pub(super) fn print_bans(v: &Value) -> Result<(), Undecodable> {
                 crate::text::printable(&b.reason).into_owned(),
                 ttl_left(b.ttl_remaining_secs),
                 b.hits.to_string(),
-                match &b.host {
-                    Some(h) => format!(
-                        "{}@{}",
-                        crate::text::printable(&b.origin),
-                        crate::text::printable(h)
-                    ),
-                    None => crate::text::printable(&b.origin).into_owned(),
-                },
+                // The enforced decision's origin, then the others' (`+feed`).
+                b.decisions
+                    .iter()
+                    .skip(1)
+                    .fold(by(&b.origin, b.host.as_deref()), |mut o, d| {
+                        o.push_str(" +");
+                        o.push_str(&by(&d.origin, d.host.as_deref()));
+                        o
+                    }),
             ]
         })
         .collect();

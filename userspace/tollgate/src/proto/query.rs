@@ -65,6 +65,9 @@ pub struct RateStateView {
     pub client: String,
     /// Destination port of the limit class; null: the default class.
     pub port: Option<u16>,
+    /// The limit class as the table names it: `default`, or the port.
+    #[serde(default)]
+    pub class: String,
     /// Packets passed.
     pub passed: u64,
     /// Packets dropped (or counted in monitor mode) by the limit.

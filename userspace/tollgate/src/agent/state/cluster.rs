@@ -179,6 +179,7 @@ mod tests {
             expires_at,
             offences,
             host: host.map(Into::into),
+            also: Vec::new(),
         }
     }
 

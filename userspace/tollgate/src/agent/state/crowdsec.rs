@@ -12,7 +12,7 @@ use crate::{
     clock,
     crowdsec::{ORIGIN, Wanted},
     net::{check_breadth, display, overlaps},
-    store::BanRecord,
+    store::{BanRecord, Decision},
 };
 
 /// How far an expiry may move before a ban is rewritten: the Local API
@@ -72,7 +72,7 @@ impl<M: Maps> AgentState<M> {
         };
         // Another host's CrowdSec bans are the fleet's: this bouncer's pulls
         // neither rewrite nor lift them.
-        let ours = |r: &BanRecord| r.origin == ORIGIN && r.kind == kind && r.host.is_none();
+        let ours = |d: &Decision| d.origin == ORIGIN && d.kind == kind && d.host.is_none();
         let mut wanted = HashSet::with_capacity(put.len());
         let mut records = Vec::new();
         let mut previous = Vec::new();
@@ -102,53 +102,63 @@ impl<M: Maps> AgentState<M> {
             if w.expires_at <= now || !wanted.insert(w.net) {
                 continue;
             }
-            match self.bans.get(&w.net) {
-                Some(r) if !ours(r) => report.kept_other_origin += 1,
-                Some(r)
-                    if r.reason == w.reason
-                        && r.expires_at
+            let held = self.bans.get(&w.net);
+            // Other deciders' bans on the prefix stay beside CrowdSec's.
+            if held.is_some_and(|r| r.any_decision(|d| !ours(d))) {
+                report.kept_other_origin += 1;
+            }
+            let mine = BanRecord {
+                cidr: w.net,
+                kind,
+                reason: w.reason.clone(),
+                origin: ORIGIN.into(),
+                created_at: now,
+                expires_at: Some(w.expires_at),
+                offences: held.map_or(1, |r| r.offences),
+                host: None,
+                also: Vec::new(),
+            };
+            match held.and_then(|r| r.decisions().find(|d| ours(d)).map(|d| (r, d))) {
+                Some((_, d))
+                    if d.reason == w.reason
+                        && d.expires_at
                             .is_some_and(|t| t.abs_diff(w.expires_at) <= EXPIRY_SLACK_SECS) =>
                 {
                     report.unchanged += 1;
                 }
-                Some(r) => {
+                Some((r, d)) => {
                     report.updated += 1;
                     previous.push(r.clone());
-                    records.push(BanRecord {
-                        reason: w.reason.clone(),
-                        expires_at: Some(w.expires_at),
-                        ..r.clone()
-                    });
+                    records.push(
+                        BanRecord {
+                            created_at: d.created_at,
+                            ..mine
+                        }
+                        .over(Some(r)),
+                    );
                 }
                 None => {
                     report.added += 1;
-                    records.push(BanRecord {
-                        cidr: w.net,
-                        kind,
-                        reason: w.reason.clone(),
-                        origin: ORIGIN.into(),
-                        created_at: now,
-                        expires_at: Some(w.expires_at),
-                        offences: 1,
-                        host: None,
-                    });
+                    if let Some(r) = held {
+                        previous.push(r.clone());
+                    }
+                    records.push(mine.over(held));
                 }
             }
         }
         let lift: HashSet<IpNet> = lift.iter().copied().collect();
-        let stale: Vec<IpNet> = if authoritative {
-            self.bans
-                .values()
-                .filter(|r| ours(r) && !wanted.contains(&r.cidr))
-                .map(|r| r.cidr)
-                .collect()
-        } else {
-            lift.iter()
-                .filter(|n| !wanted.contains(n) && self.bans.get(n).is_some_and(ours))
-                .copied()
-                .collect()
-        };
-        report.removed = stale.len();
+        let (trimmed, stale) = self.lift_where(
+            |r| !wanted.contains(&r.cidr) && (authoritative || lift.contains(&r.cidr)),
+            ours,
+        );
+        report.removed = stale.len() + trimmed.len();
+        previous.extend(
+            trimmed
+                .iter()
+                .filter_map(|r| self.bans.get(&r.cidr))
+                .cloned(),
+        );
+        records.extend(trimmed);
         if records.is_empty() && stale.is_empty() {
             return Ok(report);
         }

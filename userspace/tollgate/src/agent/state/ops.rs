@@ -16,9 +16,9 @@ use crate::{
     feed::{ImportReport, MAX_ENTRIES, MAX_REPORTED_REJECTS},
     metrics::Snapshot,
     net::{check_breadth, display, parse_net},
+    proto::ExportView,
     proto::ban_kind,
-    proto::{ExportRow, ExportView},
-    store::BanRecord,
+    store::{BanRecord, Decision},
 };
 
 impl<M: Maps> AgentState<M> {
@@ -82,6 +82,9 @@ impl<M: Maps> AgentState<M> {
                 report.rejected.push((cidr.chars().take(80).collect(), why));
             }
         };
+        // This group's decisions; another fleet host's of the same origin
+        // are the fleet's, not this feed's.
+        let ours = |d: &Decision| d.origin == origin && d.kind == kind && d.host.is_none();
         let mut wanted = HashSet::with_capacity(cidrs.len());
         let mut put = Vec::new();
         let mut previous = Vec::new();
@@ -102,35 +105,44 @@ impl<M: Maps> AgentState<M> {
             if !wanted.insert(net) {
                 continue;
             }
-            match self.bans.get(&net) {
-                // Another host's ban of the same origin is the fleet's, not this feed's.
-                Some(r) if r.origin != origin || r.kind != kind || r.host.is_some() => {
-                    report.kept_other_origin += 1;
-                }
-                Some(r) if r.reason == reason && r.expires_at.is_none() && ttl.is_none() => {
+            let held = self.bans.get(&net);
+            // Another decider's ban (a manual one, another feed, the same
+            // origin from another fleet host) stays beside this group's.
+            if held.is_some_and(|r| r.any_decision(|d| !ours(d))) {
+                report.kept_other_origin += 1;
+            }
+            let mine = BanRecord {
+                cidr: net,
+                kind,
+                reason: reason.clone(),
+                origin: origin.to_owned(),
+                created_at: now,
+                expires_at,
+                offences: held.map_or(1, |r| r.offences),
+                host: None,
+                also: Vec::new(),
+            };
+            match held.and_then(|r| r.decisions().find(|d| ours(d)).map(|d| (r, d))) {
+                Some((_, d)) if d.reason == reason && d.expires_at.is_none() && ttl.is_none() => {
                     report.unchanged += 1;
                 }
-                Some(r) => {
+                Some((r, d)) => {
                     report.updated += 1;
                     previous.push(r.clone());
-                    put.push(BanRecord {
-                        reason: reason.clone(),
-                        expires_at,
-                        ..r.clone()
-                    });
+                    put.push(
+                        BanRecord {
+                            created_at: d.created_at,
+                            ..mine
+                        }
+                        .over(Some(r)),
+                    );
                 }
                 None => {
                     report.added += 1;
-                    put.push(BanRecord {
-                        cidr: net,
-                        kind,
-                        reason: reason.clone(),
-                        origin: origin.to_owned(),
-                        created_at: now,
-                        expires_at,
-                        offences: 1,
-                        host: None,
-                    });
+                    if let Some(r) = held {
+                        previous.push(r.clone());
+                    }
+                    put.push(mine.over(held));
                 }
             }
         }
@@ -146,18 +158,8 @@ impl<M: Maps> AgentState<M> {
                 cidrs.len()
             )));
         }
-        let stale: Vec<IpNet> = self
-            .bans
-            .values()
-            .filter(|r| {
-                r.origin == origin
-                    && r.kind == kind
-                    && r.host.is_none()
-                    && !wanted.contains(&r.cidr)
-            })
-            .map(|r| r.cidr)
-            .collect();
-        report.removed = stale.len();
+        let (trimmed, stale) = self.lift_where(|r| !wanted.contains(&r.cidr), ours);
+        report.removed = stale.len() + trimmed.len();
         let t_validate = t0.elapsed();
         if dry_run {
             report.dry_run = true;
@@ -169,12 +171,19 @@ impl<M: Maps> AgentState<M> {
                 .collect();
             report.would_remove = stale
                 .iter()
+                .chain(trimmed.iter().map(|r| &r.cidr))
                 .take(MAX_REPORTED_REJECTS)
                 .map(display)
                 .collect();
             return Ok(report);
         }
-
+        previous.extend(
+            trimmed
+                .iter()
+                .filter_map(|r| self.bans.get(&r.cidr))
+                .cloned(),
+        );
+        put.extend(trimmed);
         self.write_batch(put, &previous, &stale, "the import")?;
         self.counters.ban_issued(kind.name(), report.added as u64);
         debug!(?t_validate, total = ?t0.elapsed(), "import timings (cumulative)");
@@ -333,19 +342,42 @@ impl<M: Maps> AgentState<M> {
         Ok(())
     }
 
-    /// Lifts every ban with this origin (any kind); `dry_run`: only lists
-    /// them (sorted by address).
+    /// Where `which` holds, the decisions matching `decision` are lifted:
+    /// the records that keep other decisions (to rewrite), and the prefixes
+    /// left with none (to lift).
+    pub(super) fn lift_where(
+        &self,
+        which: impl Fn(&BanRecord) -> bool,
+        decision: impl Fn(&Decision) -> bool,
+    ) -> (Vec<BanRecord>, Vec<IpNet>) {
+        let mut trimmed = Vec::new();
+        let mut stale = Vec::new();
+        for r in self.bans.values() {
+            if !r.any_decision(&decision) || !which(r) {
+                continue;
+            }
+            match r.without(&decision) {
+                Some(rest) => trimmed.push(rest),
+                None => stale.push(r.cidr),
+            }
+        }
+        (trimmed, stale)
+    }
+
+    /// Lifts every decision with this origin (any kind; a prefix that other
+    /// deciders ban stays banned by them); `dry_run`: only lists them
+    /// (sorted by address).
     pub(super) fn block_rm_origin(
         &mut self,
         origin: &str,
         dry_run: bool,
     ) -> Result<serde_json::Value, Refused> {
         check_origin(origin)?;
-        let mut nets: Vec<IpNet> = self
-            .bans
-            .values()
-            .filter(|r| r.origin == origin)
-            .map(|r| r.cidr)
+        let (trimmed, stale) = self.lift_where(|_| true, |d| d.origin == origin);
+        let mut nets: Vec<IpNet> = stale
+            .iter()
+            .copied()
+            .chain(trimmed.iter().map(|r| r.cidr))
             .collect();
         if nets.is_empty() {
             return Err(refuse(format!("no bans with origin '{origin}'")));
@@ -360,45 +392,57 @@ impl<M: Maps> AgentState<M> {
                 "entries": nets.iter().take(MAX_REPORTED_REJECTS).map(display).collect::<Vec<_>>(),
             }));
         }
-        if let Some(s) = self.store.as_mut() {
-            s.apply_bans(&[], &nets)
-                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
-        }
         let t0 = std::time::Instant::now();
-        for net in &nets {
-            if let Err(e) = self.maps.remove_block(*net) {
-                warn!(cidr = %net, "failed to remove ban: {e:#}");
-            }
-            self.unindex(net);
-        }
-        debug!(elapsed = ?t0.elapsed(), "removed from the kernel");
-        if let Err(e) = self.maps.maintain() {
-            warn!("failed to refresh the prefilter: {e:#}");
-        }
+        let previous: Vec<BanRecord> = trimmed
+            .iter()
+            .filter_map(|r| self.bans.get(&r.cidr))
+            .cloned()
+            .collect();
+        self.write_batch(trimmed, &previous, &stale, "the removal")?;
+        debug!(elapsed = ?t0.elapsed(), "removed from the store and the kernel");
         info!(origin, count = nets.len(), "bans removed by origin");
         Ok(json!({ "origin": origin, "removed": nets.len(), "dry_run": false }))
     }
 
-    /// Bans as a plain list, sorted by address.
+    /// Bans as a plain list, sorted by address; rows as `block ls` shows
+    /// them. With `origin`, each row holds that origin's decision only (what
+    /// re-importing the export as that group would make).
     pub(super) fn block_export(&self, origin: Option<&str>) -> serde_json::Value {
-        let mut recs: Vec<&BanRecord> = self
+        let mut recs: Vec<BanRecord> = self
             .bans
             .values()
-            .filter(|r| origin.is_none_or(|o| r.origin == o))
+            .filter_map(|r| match origin {
+                None => Some(r.clone()),
+                Some(o) => r.only(|d| d.origin == o),
+            })
             .collect();
         recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
+        let hits = self.block_hits();
         json!(ExportView {
             generated_at: clock::rfc3339(clock::unix_now()),
+            total: recs.len(),
+            offset: 0,
             bans: recs
-                .into_iter()
-                .map(|r| ExportRow {
-                    cidr: r.cidr.to_string(),
-                    kind: r.kind,
-                    origin: r.origin.clone(),
-                    expires_at: r.expires_at.map(clock::rfc3339),
-                })
+                .iter()
+                .map(|r| super::ban_view(r, hits.get(&r.cidr).copied().unwrap_or(0)))
                 .collect(),
         })
+    }
+
+    /// The IPv4 /16 and IPv6 /32 prefixes holding the most bans, most
+    /// first (a broader ban counts under its own prefix), at most
+    /// [`crate::metrics::TOP_PREFIXES`].
+    fn top_prefixes(&self) -> Vec<(String, u64)> {
+        let mut counts: std::collections::HashMap<IpNet, u64> = std::collections::HashMap::new();
+        for net in self.bans.keys() {
+            let len = if net.addr().is_ipv4() { 16 } else { 32 };
+            let agg = IpNet::new(net.addr(), len.min(net.prefix_len())).map_or(*net, |n| n.trunc());
+            *counts.entry(agg).or_default() += 1;
+        }
+        let mut top: Vec<(IpNet, u64)> = counts.into_iter().collect();
+        top.sort_unstable_by_key(|(n, c)| (std::cmp::Reverse(*c), n.addr(), n.prefix_len()));
+        top.truncate(crate::metrics::TOP_PREFIXES);
+        top.into_iter().map(|(n, c)| (display(&n), c)).collect()
     }
 
     /// What the metrics endpoint shows, read under the lock (cheap: counters
@@ -430,6 +474,7 @@ impl<M: Maps> AgentState<M> {
             None
         };
         Snapshot {
+            top_prefixes: self.top_prefixes(),
             counters: self
                 .maps
                 .counters()

@@ -46,12 +46,17 @@ impl<M: Maps> AgentState<M> {
             .bans
             .values()
             .filter(|r| matching.is_none_or(|m| overlaps(&m, &r.cidr)))
-            .filter(|r| kind.is_none_or(|k| r.kind == k))
-            .filter(|r| f.origin.as_deref().is_none_or(|o| r.origin == o))
+            // A prefix matches when any of its decisions does.
+            .filter(|r| kind.is_none_or(|k| r.any_decision(|d| d.kind == k)))
+            .filter(|r| {
+                f.origin
+                    .as_deref()
+                    .is_none_or(|o| r.any_decision(|d| d.origin == o))
+            })
             .filter(|r| {
                 reason
                     .as_deref()
-                    .is_none_or(|t| r.reason.to_lowercase().contains(t))
+                    .is_none_or(|t| r.any_decision(|d| d.reason.to_lowercase().contains(t)))
             })
             .filter(|r| deadline.is_none_or(|d| r.expires_at.is_some_and(|t| t <= d)))
             .collect();
@@ -63,12 +68,7 @@ impl<M: Maps> AgentState<M> {
             .take(f.limit.unwrap_or(usize::MAX))
             .collect();
         let bulk: HashMap<IpNet, u64> = if page.len() > LOOKUPS_PER_PAGE {
-            self.maps
-                .blocks()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(n, e)| (n, e.hits))
-                .collect()
+            self.block_hits()
         } else {
             HashMap::new()
         };

@@ -122,6 +122,15 @@ fn assert_ttl(view: &serde_json::Value, want: u64) {
     assert!(ttl <= want && ttl + 2 >= want, "ttl {ttl}, want {want}");
 }
 
+/// A CrowdSec decision for `s` until `expires_at`.
+fn wanted(s: &str, expires_at: u64, reason: &str) -> Wanted {
+    Wanted {
+        net: net(s),
+        expires_at,
+        reason: reason.into(),
+    }
+}
+
 fn kind_of(e: &BlockEntry) -> Option<BanReason> {
     BanReason::from_u32(e.reason)
 }
@@ -187,13 +196,10 @@ fn a_full_kernel_map_refuses_the_ban_and_the_store_keeps_nothing() {
     assert!(a.stored().is_empty(), "the store write is undone");
 }
 
-#[test]
-fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
-    let mut a = Agent::new(Mode::Enforce);
-    a.ban("192.0.2.1", Some(3600));
-    let now = clock::unix_now();
-    let due = BanRecord {
-        cidr: net("192.0.2.2"),
+/// A manual ban on `cidr` whose time was up a second before `now`.
+fn ended_manual(cidr: &str, now: u64) -> BanRecord {
+    BanRecord {
+        cidr: net(cidr),
         kind: BanReason::Manual,
         reason: "due".into(),
         origin: "cli".into(),
@@ -201,8 +207,16 @@ fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
         expires_at: Some(now - 1),
         offences: 1,
         host: None,
-    };
-    a.state.put_ban(due).unwrap();
+        also: Vec::new(),
+    }
+}
+
+#[test]
+fn expired_bans_are_collected_everywhere_and_live_ones_stay() {
+    let mut a = Agent::new(Mode::Enforce);
+    a.ban("192.0.2.1", Some(3600));
+    let now = clock::unix_now();
+    a.state.put_ban(ended_manual("192.0.2.2", now)).unwrap();
     assert_eq!(a.state.next_expiry(), Some(now - 1));
     assert_eq!(a.state.gc(), 1);
     let ls = a.ls();
@@ -574,9 +588,10 @@ fn a_feed_replacement_lifts_what_the_group_no_longer_lists() {
         "spamhaus",
         &["192.0.2.1", "192.0.2.2", "192.0.2.50"],
     );
-    assert_eq!((r.added, r.kept_other_origin), (2, 1));
+    // 192.0.2.50 gets the feed's decision beside the manual one.
+    assert_eq!((r.added, r.kept_other_origin), (3, 1));
     let r = import(&mut a, "spamhaus", &["192.0.2.2", "192.0.2.3"]);
-    assert_eq!((r.added, r.unchanged, r.removed), (1, 1, 1));
+    assert_eq!((r.added, r.unchanged, r.removed), (1, 1, 2));
     let mut banned: Vec<String> = a
         .ls()
         .iter()
@@ -650,11 +665,7 @@ fn crowdsec_decisions_are_applied_and_lifted() {
     let mut a = Agent::new(Mode::Enforce);
     a.allow("192.0.2.128/25");
     let later = clock::unix_now() + 3600;
-    let want = |s: &str| Wanted {
-        net: net(s),
-        expires_at: later,
-        reason: "crowdsecurity/ssh-bf".into(),
-    };
+    let want = |s: &str| wanted(s, later, "crowdsecurity/ssh-bf");
     let r = a
         .state
         .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.200")], &[], false)
@@ -851,11 +862,7 @@ fn an_authoritative_crowdsec_pull_replaces_only_crowdsec_bans() {
     let mut a = Agent::new(Mode::Enforce);
     a.ban("192.0.2.100", None);
     let later = clock::unix_now() + 3600;
-    let want = |s: &str| Wanted {
-        net: net(s),
-        expires_at: later,
-        reason: "crowdsecurity/http-probing".into(),
-    };
+    let want = |s: &str| wanted(s, later, "crowdsecurity/http-probing");
     a.state
         .apply_crowdsec(&[want("192.0.2.1"), want("192.0.2.2")], &[], true)
         .unwrap();
@@ -950,6 +957,7 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
         expires_at: Some(now - 3600),
         offences: 1,
         host: None,
+        also: Vec::new(),
     };
     a.state
         .store
@@ -1021,6 +1029,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         expires_at: Some(expires_at),
         offences: 2,
         host: Some("host-a".into()),
+        also: Vec::new(),
     };
 
     // A local ban is shared as this host's.
@@ -1310,4 +1319,204 @@ fn dry_runs_change_nothing() {
     assert_eq!(v["would_remove"], 2, "{v}");
     assert_eq!(a.ls().len(), 2);
     assert!(a.kernel("192.0.2.1").is_some());
+}
+
+/// The decisions on one prefix, as `block ls --json` shows them: (origin,
+/// kind) strongest first.
+fn decisions_of(a: &mut Agent, cidr: &str) -> Vec<(String, String)> {
+    let ls = a.ls();
+    let row = ls
+        .iter()
+        .find(|v| v["cidr"] == cidr)
+        .unwrap_or_else(|| panic!("{cidr} not listed: {ls:?}"));
+    row["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["origin"].as_str().unwrap().to_owned(),
+                d["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_manual_ban_on_a_feed_address_keeps_the_feeds_and_lifting_it_leaves_it() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(&mut a, "spamhaus", &["192.0.2.7", "192.0.2.8"]);
+    // A manual ban for an hour on an address the feed bans for good: both
+    // decisions are kept, the kernel enforces the stronger (no expiry).
+    let v = a.ban("192.0.2.7", Some(3600));
+    assert_eq!(v["decisions"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(
+        decisions_of(&mut a, "192.0.2.7/32"),
+        [
+            ("spamhaus".into(), "feed".into()),
+            ("cli".into(), "manual".into())
+        ]
+    );
+    let e = a.kernel("192.0.2.7/32").unwrap();
+    assert_eq!((e.expires_ns, kind_of(&e)), (0, Some(BanReason::Feed)));
+    // `block test` shows every decision on the covering entry.
+    let t = a.ok(Request::BlockTest {
+        address: "192.0.2.7".into(),
+    });
+    assert_eq!(
+        t["bans"][0]["decisions"].as_array().unwrap().len(),
+        2,
+        "{t}"
+    );
+    // Filters match any decision.
+    let page = a.ok(Request::BlockQuery {
+        filter: crate::proto::BanFilter {
+            kind: Some("manual".into()),
+            ..Default::default()
+        },
+    });
+    assert_eq!(page["total"], 1, "{page}");
+
+    // Both survive a restart.
+    let mut a = a.restart();
+    assert_eq!(decisions_of(&mut a, "192.0.2.7/32").len(), 2);
+
+    // Lifting the manual ban leaves the feed's, still enforced.
+    let r = a.ok(Request::BlockRm {
+        cidr: "192.0.2.7".into(),
+        local: false,
+        exist: false,
+    });
+    assert_eq!(r["still_banned_by"], serde_json::json!(["spamhaus"]), "{r}");
+    assert_eq!(
+        decisions_of(&mut a, "192.0.2.7/32"),
+        [("spamhaus".into(), "feed".into())]
+    );
+    assert!(
+        a.kernel("192.0.2.7/32").is_some(),
+        "the feed's ban is lifted"
+    );
+    let stored = a.stored();
+    let rec = stored.iter().find(|r| r.cidr == net("192.0.2.7")).unwrap();
+    assert!(rec.also.is_empty() && rec.origin == "spamhaus", "{rec:?}");
+    // A second `rm` (no manual decision left) lifts what remains.
+    a.ok(Request::BlockRm {
+        cidr: "192.0.2.7".into(),
+        local: false,
+        exist: false,
+    });
+    assert!(a.kernel("192.0.2.7/32").is_none());
+}
+
+#[test]
+fn the_kernel_follows_the_strongest_remaining_decision() {
+    let mut a = Agent::new(Mode::Enforce);
+    // A permanent manual ban, then CrowdSec's for an hour on the same address.
+    a.ban("192.0.2.9", None);
+    let later = clock::unix_now() + 3600;
+    let want = |s: &str| wanted(s, later, "crowdsecurity/ssh-bf");
+    let r = a
+        .state
+        .apply_crowdsec(&[want("192.0.2.9")], &[], true)
+        .unwrap();
+    assert_eq!((r.added, r.kept_other_origin), (1, 1), "{r:?}");
+    let e = a.kernel("192.0.2.9/32").unwrap();
+    assert_eq!((e.expires_ns, kind_of(&e)), (0, Some(BanReason::Manual)));
+    // Lifting the manual one: CrowdSec's hour is what the kernel holds now.
+    a.ok(Request::BlockRm {
+        cidr: "192.0.2.9".into(),
+        local: false,
+        exist: false,
+    });
+    let e = a.kernel("192.0.2.9/32").unwrap();
+    assert_eq!(kind_of(&e), Some(BanReason::Crowdsec));
+    assert!(e.expires_ns > clock::boot_ns(), "{e:?}");
+    // CrowdSec lifting its decision lifts the ban: nothing else holds it.
+    a.state.apply_crowdsec(&[], &[], true).unwrap();
+    assert!(a.kernel("192.0.2.9/32").is_none());
+    assert!(a.ls().is_empty());
+}
+
+#[test]
+fn an_ended_decision_goes_and_the_others_stay() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(&mut a, "spamhaus", &["192.0.2.10"]);
+    let now = clock::unix_now();
+    a.state.put_ban(ended_manual("192.0.2.10", now)).unwrap();
+    assert_eq!(decisions_of(&mut a, "192.0.2.10/32").len(), 2);
+    assert_eq!(a.state.gc(), 0, "the prefix stays banned");
+    assert_eq!(
+        decisions_of(&mut a, "192.0.2.10/32"),
+        [("spamhaus".into(), "feed".into())]
+    );
+    assert!(a.kernel("192.0.2.10/32").is_some());
+    assert!(a.stored()[0].also.is_empty(), "{:?}", a.stored());
+    assert_eq!(a.state.next_expiry(), None);
+}
+
+#[test]
+fn removing_an_origin_leaves_the_other_decisions() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(&mut a, "spamhaus", &["192.0.2.11", "192.0.2.12"]);
+    a.ban("192.0.2.11", None);
+    let dry = a.ok(Request::BlockRmOrigin {
+        origin: "spamhaus".into(),
+        dry_run: true,
+    });
+    assert_eq!(dry["would_remove"], 2, "{dry}");
+    a.ok(Request::BlockRmOrigin {
+        origin: "spamhaus".into(),
+        dry_run: false,
+    });
+    assert_eq!(
+        decisions_of(&mut a, "192.0.2.11/32"),
+        [("cli".into(), "manual".into())]
+    );
+    assert!(a.kernel("192.0.2.12/32").is_none());
+    let e = a.kernel("192.0.2.11/32").unwrap();
+    assert_eq!(kind_of(&e), Some(BanReason::Manual));
+    // The export of one origin holds only that origin's decisions.
+    a.ban("192.0.2.13", None);
+    import(&mut a, "other", &["192.0.2.13"]);
+    let x = a.ok(Request::BlockExport {
+        origin: Some("other".into()),
+    });
+    assert_eq!(x["total"], 1, "{x}");
+    assert_eq!(x["bans"][0]["origin"], "other", "{x}");
+    assert_eq!(x["bans"][0]["decisions"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_metrics_show_the_prefixes_holding_the_most_bans() {
+    let mut a = Agent::new(Mode::Enforce);
+    import(
+        &mut a,
+        "f",
+        &[
+            "198.18.1.1",
+            "198.18.2.2",
+            "198.18.3.0/24",
+            "198.19.0.1",
+            "fd00:1::1",
+        ],
+    );
+    // A ban broader than the /16 counts under its own prefix.
+    import(&mut a, "g", &["198.16.0.0/14"]);
+    let top = a.state.snapshot(0).top_prefixes;
+    assert_eq!(
+        top,
+        [
+            ("198.18.0.0/16".to_owned(), 3),
+            ("198.16.0.0/14".to_owned(), 1),
+            ("198.19.0.0/16".to_owned(), 1),
+            ("fd00:1::/32".to_owned(), 1),
+        ]
+    );
+    let many: Vec<String> = (0..30).map(|i| format!("10.{i}.0.1")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    import(&mut a, "h", &many);
+    assert_eq!(
+        a.state.snapshot(0).top_prefixes.len(),
+        crate::metrics::TOP_PREFIXES
+    );
 }
