@@ -47,6 +47,30 @@ fn until_listed(agent: &Agent, ip: IpAddr, listed: bool, limit: Duration) -> Opt
     None
 }
 
+/// An agent on `lab` in `fleet` as `host`.
+fn member(lab: &Lab, url: &str, fleet: &str, host: &str, extra: &[&str]) -> Agent {
+    let flags = [
+        "--cluster-endpoints",
+        url,
+        "--cluster-fleet",
+        fleet,
+        "--cluster-host-id",
+        host,
+    ];
+    Agent::start(&lab.host_if, &[&flags[..], extra].concat())
+}
+
+/// Waits until every agent is in sync with the fleet.
+fn joined(agents: &[&Agent]) {
+    for ag in agents {
+        assert!(
+            eventually(Duration::from_secs(15), || cluster(ag)["connected"] == true),
+            "agent never joined the fleet: {}",
+            ag.log_text()
+        );
+    }
+}
+
 #[test]
 fn bans_cross_the_fleet_and_survive_a_partition() {
     let started = Instant::now();
@@ -223,25 +247,9 @@ fn a_detected_injection_on_one_host_bans_on_the_others() {
     let server = HttpServer::start(&[la.v4(0, 1)]);
     let port = server.port.to_string();
     let url = etcd.url();
-    let common = ["--cluster-endpoints", &url, "--cluster-fleet", &fleet];
-    let a = Agent::start(
-        &la.host_if,
-        &[
-            &common[..],
-            &["--cluster-host-id", "host-a", "--api-port", &port],
-        ]
-        .concat(),
-    );
-    let b = Agent::start(
-        &lb.host_if,
-        &[&common[..], &["--cluster-host-id", "host-b"]].concat(),
-    );
-    for ag in [&a, &b] {
-        assert!(eventually(
-            Duration::from_secs(10),
-            || cluster(ag)["connected"] == true
-        ));
-    }
+    let a = member(&la, &url, &fleet, "host-a", &["--api-port", &port]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
     // The attacker sends one SQL injection to A's API; A's policy engine
     // bans it, and B enforces that ban as A's.
     let (attacker, dst) = (
@@ -277,4 +285,72 @@ fn a_detected_injection_on_one_host_bans_on_the_others() {
         .unwrap();
     assert_eq!(ban["kind"], "policy", "{ban}");
     assert_eq!(ban["host"], "host-a", "{ban}");
+}
+
+/// A ban and an unban acknowledged on A while etcd is down sit in A's
+/// durable outbox: A killed with SIGKILL before etcd comes back publishes
+/// both after its restart (B gets the ban and lifts the unbanned one), and
+/// A does not take back from etcd the ban it lifted.
+#[test]
+fn acknowledged_changes_survive_kill_9_of_the_agent() {
+    let mut etcd = Etcd::start();
+    let fleet = format!("k{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v6(0, 1)]);
+    let url = etcd.url();
+    let mut a = member(&la, &url, &fleet, "host-a", &[]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
+    let (c6, s6) = (lb.v6(0, 2), lb.v6(0, 1));
+    a.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&b, c4, true, Duration::from_secs(5)).expect("the ban never reached B");
+    assert!(!tcp(c4, s4) && tcp(c6, s6));
+
+    etcd.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || cluster(&a)["connected"]
+            == false),
+        "A did not notice etcd is gone"
+    );
+    a.ok(&["block", "add", &c6.to_string(), "--ttl", "10m"]);
+    a.ok(&["block", "rm", &c4.to_string()]);
+    assert_eq!(cluster(&a)["outbox"], 2, "{}", cluster(&a));
+    a.kill(nix::sys::signal::Signal::SIGKILL);
+
+    etcd.spawn();
+    a.spawn();
+    until_listed(&b, c6, true, Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "the ban queued before the kill never reached B: {}",
+            a.log_text()
+        )
+    });
+    until_listed(&b, c4, false, Duration::from_secs(10))
+        .expect("the unban queued before the kill never reached B");
+    assert!(
+        !tcp(c6, s6) && tcp(c4, s4),
+        "B enforces what A acknowledged"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = cluster(&a);
+            c["connected"] == true && c["outbox"] == 0
+        }),
+        "A's outbox never drained: {}",
+        cluster(&a)
+    );
+    assert!(
+        banned_from(&a, c4).is_none(),
+        "A took back from etcd the ban it had lifted"
+    );
+    // The outbox was trimmed: a second restart publishes nothing again.
+    a.kill(nix::sys::signal::Signal::SIGKILL);
+    a.spawn();
+    assert!(eventually(
+        Duration::from_secs(10),
+        || cluster(&a)["connected"] == true
+    ));
+    assert_eq!(cluster(&a)["published"], 0, "{}", cluster(&a));
 }

@@ -8,6 +8,7 @@
 mod api;
 mod args;
 mod bulk;
+mod cluster;
 mod detect;
 #[cfg(test)]
 mod docs_check;
@@ -54,6 +55,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Detect(args) => detect::detect(&args),
         Command::Tap(args) => api::tap(&args, &cli.socket),
         Command::Inventory(args) => api::inventory(&args, &cli.socket),
+        Command::Cluster(ClusterCmd::Status(f)) => request(
+            &cli.socket,
+            &Request::ClusterStatus,
+            f.json,
+            cluster::print_cluster,
+        ),
     }
 }
 

@@ -88,6 +88,23 @@ pub enum Command {
     ///
     /// Example: tollgate detect --policy policy.yaml --requests requests.jsonl
     Detect(DetectArgs),
+    /// The fleet (bans shared through etcd): etcd's members, this host's
+    /// link, and every host's last report.
+    ///
+    /// Example: tollgate cluster status
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+/// `tollgate cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// etcd members (reachable, leader, revision), this host's link
+    /// (connected, applied revision and lag behind etcd, outbox depth,
+    /// drift), and each host of the fleet with its last sync.
+    ///
+    /// Example: tollgate cluster status --json
+    Status(JsonFlag),
 }
 
 /// `tollgate tap`.

@@ -993,7 +993,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
 
     // A local ban is shared as this host's.
     a.ban("198.51.100.1", Some(600));
-    assert!(matches!(&sent()[..], [Change::Put(r)] if r.host.is_none()));
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.host.is_none()));
 
     // The fleet's bans are enforced, recorded with their host, not sent back;
     // one overlapping the allowlist is refused.
@@ -1043,7 +1043,10 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         local: false,
         exist: false,
     });
-    assert!(matches!(&sent()[..], [Change::Put(_), Change::Remove(_)]));
+    assert!(matches!(
+        &sent()[..],
+        [(_, Change::Put(_)), (_, Change::Remove(_))]
+    ));
 
     // A full read: the fleet's bans missing from it are lifted, this host's
     // own made since the last sync are shared again.
@@ -1056,7 +1059,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         .cluster_snapshot(vec![remote("198.51.100.6", now + 600)], now);
     assert_eq!((applied, lifted, shared), (1, 1, 1));
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
-    assert!(matches!(&sent()[..], [Change::Put(r)] if r.cidr == net("198.51.100.5")));
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.5")));
 }
 
 #[test]
