@@ -256,8 +256,12 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
         .env("TOLLGATE_BIN", release_dir().join("tollgate")))
 }
 
-/// `target/release` of the workspace.
+/// `target/release` of the workspace (or of `CARGO_TARGET_DIR`, where cargo
+/// put the binary).
 fn release_dir() -> std::path::PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return std::path::PathBuf::from(t).join("release");
+    }
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
     std::path::Path::new(&root).join("../target/release")
 }

@@ -252,10 +252,13 @@ impl ClusterStore {
         changes: Vec<Change>,
     ) -> Result<(), StoreError> {
         let (q, rows) = self.number(changes);
-        let r = self.inner.apply_bans_queued(put, remove, &rows);
-        // Shared even when the local write failed: the kernel enforces it.
+        // Handed to the cluster task before the fsync, so publishing does not
+        // wait for the local disk: the caller is answered only after the
+        // write below, and an acknowledgement of these changes reaches the
+        // store through the agent's state, which this write holds. Shared
+        // even when the write fails: the kernel enforces them.
         self.send(q);
-        r
+        self.inner.apply_bans_queued(put, remove, &rows)
     }
 }
 

@@ -321,6 +321,10 @@ pub struct AgentArgs {
     /// `cluster.host_id`).
     #[arg(long, value_name = "ID")]
     pub cluster_host_id: Option<String>,
+    /// mTLS to etcd from a directory holding `tls.crt`, `tls.key` and
+    /// `ca.crt` (a Kubernetes TLS Secret's names; overrides `cluster.tls`).
+    #[arg(long, value_name = "DIR")]
+    pub cluster_tls_dir: Option<PathBuf>,
     /// Log lines as text for people or JSON objects for log shippers.
     #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,

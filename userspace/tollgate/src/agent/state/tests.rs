@@ -1060,6 +1060,29 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     assert_eq!((applied, lifted, shared), (1, 1, 1));
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
     assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.5")));
+
+    use crate::agent::maps::Maps as _;
+    // The drift check: a kernel entry lost behind the agent's back is
+    // written again, one no ban accounts for is removed; then no drift.
+    assert_eq!(a.state.cluster_reconcile(), Some(0));
+    a.state.maps.remove_block(net("198.51.100.6")).unwrap();
+    let stray = BlockEntry {
+        expires_ns: 0,
+        created_ns: 0,
+        hits: 0,
+        reason: BanReason::Manual as u32,
+        reserved: 0,
+    };
+    a.state
+        .maps
+        .insert_block(net("198.51.100.7"), &stray)
+        .unwrap();
+    assert_eq!(a.state.cluster_reconcile(), Some(2));
+    assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.7").is_none());
+    assert_eq!(a.state.cluster_reconcile(), Some(0));
+    let v = status.lock().unwrap().view.clone();
+    assert_eq!((v.drift_entries, v.repaired), (Some(0), 2));
+    assert!(sent().is_empty(), "repairs are not shared");
 }
 
 #[test]
