@@ -273,8 +273,9 @@ impl Store for ClusterStore {
     fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
         let changes: Vec<Change> = local(records).collect();
         if changes.is_empty() {
-            // Bans from the fleet: nothing to share.
-            return self.inner.put_bans(records);
+            // Bans from the fleet: nothing to share. As one sorted batch (a
+            // full read brings the whole set at once).
+            return self.inner.apply_bans(records, &[]);
         }
         self.write_shared(records, &[], changes)
     }
