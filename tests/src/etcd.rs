@@ -1,6 +1,8 @@
 //! A real etcd for the fleet tests and benchmark (Debian's `etcd-server`,
-//! installed by `cargo xtask setup --test-deps`): one member on free
-//! loopback ports with a throwaway data directory, killed on drop.
+//! installed by `cargo xtask setup --test-deps`): one member, or a cluster
+//! of several, on free loopback ports with throwaway data directories,
+//! killed on drop. Each member also listens on 127.0.0.2, so that one
+//! agent's link to etcd can be cut ([`Cut`]) while the others keep theirs.
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,18 +13,49 @@ use std::{
 
 use crate::{eventually, free_port};
 
-/// A one-member etcd on loopback; restartable on the same data directory.
+/// An etcd member on loopback; restartable on the same data directory.
 pub struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client: u16,
     peer: u16,
+    name: String,
+    /// `--initial-cluster`.
+    initial: String,
 }
 
 impl Etcd {
-    /// Starts a member on free loopback ports with a fresh data directory.
+    /// Starts a one-member etcd on free loopback ports with a fresh data
+    /// directory.
     #[must_use]
     pub fn start() -> Self {
+        let mut e = Self::member("t");
+        e.initial = format!("t={}", e.peer_url());
+        e.spawn();
+        e
+    }
+
+    /// Starts a cluster of `n` members (all launched, then each waited for:
+    /// a member needs a quorum to answer).
+    #[must_use]
+    pub fn cluster(n: usize) -> Vec<Self> {
+        let mut members: Vec<Self> = (0..n).map(|i| Self::member(&format!("m{i}"))).collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial.clone_from(&initial);
+            m.launch();
+        }
+        for m in &members {
+            m.wait_up();
+        }
+        members
+    }
+
+    fn member(name: &str) -> Self {
         let have = Command::new("sh")
             .args(["-c", "command -v etcd"])
             .output()
@@ -31,14 +64,18 @@ impl Etcd {
             have,
             "etcd is needed: run `cargo xtask setup --test-deps` (Debian package etcd-server)"
         );
-        let mut e = Self {
+        Self {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             client: free_port(),
             peer: free_port(),
-        };
-        e.spawn();
-        e
+            name: name.to_owned(),
+            initial: String::new(),
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
     }
 
     /// Its client URL.
@@ -47,28 +84,53 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client)
     }
 
+    /// Its client URL on 127.0.0.2, the address a [`Cut`] drops.
+    #[must_use]
+    pub fn cut_url(&self) -> String {
+        format!("http://127.0.0.2:{}", self.client)
+    }
+
+    /// Its client port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.client
+    }
+
     /// (Re)starts the process on the same data directory.
     pub fn spawn(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer);
+        self.launch();
+        self.wait_up();
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(&mut self) {
+        let peer = self.peer_url();
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &self.url()])
+            .args([
+                "--listen-client-urls",
+                &format!("{},{}", self.url(), self.cut_url()),
+            ])
             .args(["--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &self.initial])
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until the member takes a write.
+    pub fn wait_up(&self) {
         assert!(
             eventually(Duration::from_secs(15), || self.put_raw("/probe", b"1")),
             "etcd did not come up: {}",
@@ -106,6 +168,51 @@ impl Etcd {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out.starts_with("HTTP/1.1 200") && out.contains("revision")
+    }
+}
+
+/// Drops (silently, as a partition does) the traffic to and from the
+/// members' 127.0.0.2 addresses on the given client ports; lifted on drop.
+pub struct Cut {
+    table: String,
+}
+
+impl Cut {
+    /// Cuts every link to `ports` on 127.0.0.2.
+    #[must_use]
+    pub fn new(ports: &[u16]) -> Self {
+        let table = format!("tollgate_cut_{}", std::process::id());
+        let set = ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let nft = |rule: &str| {
+            let ok = Command::new("sh")
+                .args(["-c", &format!("nft {rule}")])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "nft refused: {rule}");
+        };
+        nft(&format!("add table inet {table}"));
+        nft(&format!(
+            "'add chain inet {table} out {{ type filter hook output priority 0; }}'"
+        ));
+        nft(&format!(
+            "'add rule inet {table} out ip daddr 127.0.0.2 tcp dport {{ {set} }} drop'"
+        ));
+        nft(&format!(
+            "'add rule inet {table} out ip saddr 127.0.0.2 tcp sport {{ {set} }} drop'"
+        ));
+        Self { table }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
     }
 }
 

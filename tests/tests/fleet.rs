@@ -1,10 +1,12 @@
 //! Fleet-wide bans through a real etcd (Debian's `etcd-server`, installed
-//! by `cargo xtask setup --test-deps`): the test runs its own one-member
-//! etcd on free loopback ports with a throwaway data directory and kills it
-//! when done. Two agents, each on its own lab veth with its own state, pins
-//! and socket, share one fleet: a ban made on one is enforced by the other,
-//! an unban lifts it, a partition (etcd stopped) changes nothing that is
-//! enforced, and what changed during it arrives after the heal.
+//! by `cargo xtask setup --test-deps`): each test runs its own etcd (one
+//! member, or three) on free loopback ports with throwaway data directories
+//! and kills it when done. Agents, each on its own lab veth (XDP) with its
+//! own state, pins and socket, share one fleet: a ban made on one is
+//! enforced by the others, an unban lifts it, a partition (etcd stopped, or
+//! one host's link to etcd cut) changes nothing that is enforced, what
+//! changed during it arrives after the heal, and changes acknowledged while
+//! cut off survive SIGKILL of the agent (its durable outbox).
 
 use std::{
     net::IpAddr,
@@ -45,6 +47,30 @@ fn until_listed(agent: &Agent, ip: IpAddr, listed: bool, limit: Duration) -> Opt
         thread::sleep(Duration::from_millis(2));
     }
     None
+}
+
+/// An agent on `lab` in `fleet` as `host`.
+fn member(lab: &Lab, url: &str, fleet: &str, host: &str, extra: &[&str]) -> Agent {
+    let flags = [
+        "--cluster-endpoints",
+        url,
+        "--cluster-fleet",
+        fleet,
+        "--cluster-host-id",
+        host,
+    ];
+    Agent::start(&lab.host_if, &[&flags[..], extra].concat())
+}
+
+/// Waits until every agent is in sync with the fleet.
+fn joined(agents: &[&Agent]) {
+    for ag in agents {
+        assert!(
+            eventually(Duration::from_secs(15), || cluster(ag)["connected"] == true),
+            "agent never joined the fleet: {}",
+            ag.log_text()
+        );
+    }
 }
 
 #[test]
@@ -223,25 +249,9 @@ fn a_detected_injection_on_one_host_bans_on_the_others() {
     let server = HttpServer::start(&[la.v4(0, 1)]);
     let port = server.port.to_string();
     let url = etcd.url();
-    let common = ["--cluster-endpoints", &url, "--cluster-fleet", &fleet];
-    let a = Agent::start(
-        &la.host_if,
-        &[
-            &common[..],
-            &["--cluster-host-id", "host-a", "--api-port", &port],
-        ]
-        .concat(),
-    );
-    let b = Agent::start(
-        &lb.host_if,
-        &[&common[..], &["--cluster-host-id", "host-b"]].concat(),
-    );
-    for ag in [&a, &b] {
-        assert!(eventually(
-            Duration::from_secs(10),
-            || cluster(ag)["connected"] == true
-        ));
-    }
+    let a = member(&la, &url, &fleet, "host-a", &["--api-port", &port]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
     // The attacker sends one SQL injection to A's API; A's policy engine
     // bans it, and B enforces that ban as A's.
     let (attacker, dst) = (
@@ -277,4 +287,277 @@ fn a_detected_injection_on_one_host_bans_on_the_others() {
         .unwrap();
     assert_eq!(ban["kind"], "policy", "{ban}");
     assert_eq!(ban["host"], "host-a", "{ban}");
+}
+
+/// A ban and an unban acknowledged on A while etcd is down sit in A's
+/// durable outbox: A killed with SIGKILL before etcd comes back publishes
+/// both after its restart (B gets the ban and lifts the unbanned one), and
+/// A does not take back from etcd the ban it lifted.
+#[test]
+fn acknowledged_changes_survive_kill_9_of_the_agent() {
+    let mut etcd = Etcd::start();
+    let fleet = format!("k{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v6(0, 1)]);
+    let url = etcd.url();
+    let mut a = member(&la, &url, &fleet, "host-a", &[]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
+    let (c6, s6) = (lb.v6(0, 2), lb.v6(0, 1));
+    a.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&b, c4, true, Duration::from_secs(5)).expect("the ban never reached B");
+    assert!(!tcp(c4, s4) && tcp(c6, s6));
+
+    etcd.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || cluster(&a)["connected"]
+            == false),
+        "A did not notice etcd is gone"
+    );
+    a.ok(&["block", "add", &c6.to_string(), "--ttl", "10m"]);
+    a.ok(&["block", "rm", &c4.to_string()]);
+    assert_eq!(cluster(&a)["outbox"], 2, "{}", cluster(&a));
+    a.kill(nix::sys::signal::Signal::SIGKILL);
+
+    etcd.spawn();
+    a.spawn_within(Duration::from_secs(60));
+    until_listed(&b, c6, true, Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "the ban queued before the kill never reached B: {}",
+            a.log_text()
+        )
+    });
+    until_listed(&b, c4, false, Duration::from_secs(10))
+        .expect("the unban queued before the kill never reached B");
+    assert!(
+        !tcp(c6, s6) && tcp(c4, s4),
+        "B enforces what A acknowledged"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = cluster(&a);
+            c["connected"] == true && c["outbox"] == 0
+        }),
+        "A's outbox never drained: {}",
+        cluster(&a)
+    );
+    assert!(
+        banned_from(&a, c4).is_none(),
+        "A took back from etcd the ban it had lifted"
+    );
+    // The outbox was trimmed: a second restart publishes nothing again.
+    // (A loaded CI machine can take long to re-attach: a roomier limit.)
+    a.kill(nix::sys::signal::Signal::SIGKILL);
+    a.spawn_within(Duration::from_secs(60));
+    assert!(eventually(
+        Duration::from_secs(10),
+        || cluster(&a)["connected"] == true
+    ));
+    assert_eq!(cluster(&a)["published"], 0, "{}", cluster(&a));
+}
+
+/// The ban set `agent` holds: (cidr, deciding host or "" for its own).
+fn ban_set(agent: &Agent) -> std::collections::BTreeSet<String> {
+    agent
+        .json(&["block", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cidr"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Five agents (each on its own lab veth with XDP, its own pins, state and
+/// socket) share a three-member etcd: a ban on A drops on every host, an
+/// unban lifts it everywhere, expiry lifts it everywhere with all of etcd
+/// stopped, one host cut off from etcd for about 15 s (its packets to etcd
+/// dropped) keeps enforcing and converges after the heal with every host
+/// holding the same set and no drift, and a hostile record is skipped by
+/// all.
+#[test]
+fn five_hosts_on_three_members_converge() {
+    let started = Instant::now();
+    let mut members = Etcd::cluster(3);
+    let fleet = format!("f{}", std::process::id());
+    let labs: Vec<Lab> = (0..5).map(|_| Lab::new()).collect();
+    let server = Server::start(&labs.iter().map(|l| l.v4(0, 1)).collect::<Vec<_>>());
+    let urls = |cut: bool| {
+        members
+            .iter()
+            .map(|m| if cut { m.cut_url() } else { m.url() })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["host-a", "host-b", "host-c", "host-d", "host-e"];
+    let agents: Vec<Agent> = labs
+        .iter()
+        .zip(names)
+        .map(|(lab, name)| {
+            // E reaches etcd through the addresses the partition cuts.
+            let url = urls(name == "host-e");
+            let policy = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(
+                &policy,
+                "mode: enforce\ncluster: {endpoints: [http://127.0.0.1:1], reconcile_secs: 2}\n",
+            )
+            .unwrap();
+            member(
+                lab,
+                &url,
+                &fleet,
+                name,
+                &["--config", policy.to_str().unwrap()],
+            )
+        })
+        .collect();
+    joined(&agents.iter().collect::<Vec<_>>());
+    let (a, e) = (&agents[0], &agents[4]);
+    let client = |i: usize| labs[i].v4(0, 2);
+    let passes =
+        |i: usize| labs[i].tcp_ok(client(i), labs[i].v4(0, 1), server.port, EXCHANGE_TIMEOUT);
+    for i in 0..5 {
+        assert!(passes(i), "lab {i} must work before any ban");
+    }
+    let every_client: Vec<String> = (0..5).map(|i| client(i).to_string()).collect();
+    let args = |verb: &'static str, extra: &[&'static str]| {
+        let mut v = vec!["block", verb];
+        v.extend(every_client.iter().map(String::as_str));
+        v.extend(extra);
+        v
+    };
+
+    // A ban on A (each lab's client) drops on every host.
+    let t = Instant::now();
+    a.ok(&args("add", &["--reason", "fleet of five"]));
+    for (i, ag) in agents.iter().enumerate() {
+        until_listed(ag, client(i), true, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("the ban never reached {}", names[i]));
+        assert!(!passes(i), "{} must drop the client banned on A", names[i]);
+    }
+    println!("five: ban on A enforced on all after {:?}", t.elapsed());
+    // The unban on A lifts it everywhere.
+    a.ok(&args("rm", &[]));
+    for (i, ag) in agents.iter().enumerate() {
+        until_listed(ag, client(i), false, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("the unban never reached {}", names[i]));
+        assert!(passes(i), "{} must pass the client again", names[i]);
+    }
+
+    // Expiry lifts it everywhere with every etcd member stopped.
+    a.ok(&args("add", &["--ttl", "6s"]));
+    for (i, ag) in agents.iter().enumerate() {
+        until_listed(ag, client(i), true, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("the expiring ban never reached {}", names[i]));
+    }
+    for m in &mut members {
+        m.stop();
+    }
+    for (i, ag) in agents.iter().enumerate() {
+        until_listed(ag, client(i), false, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the ban never expired on {}", names[i]));
+        assert!(
+            passes(i),
+            "{} must pass the client once the ban expired",
+            names[i]
+        );
+    }
+    for m in &mut members {
+        m.launch();
+    }
+    for m in &members {
+        m.wait_up();
+    }
+    joined(&agents.iter().collect::<Vec<_>>());
+
+    // Partition: E's link to etcd is cut. It keeps enforcing what it has and
+    // bans locally; A unbans what E enforces and bans something new.
+    let (p1, p2, p3) = (labs[4].v4(0, 2), labs[4].v4(0, 3), labs[1].v4(0, 3));
+    a.ok(&["block", "add", &p1.to_string(), "--ttl", "10m"]);
+    until_listed(e, p1, true, Duration::from_secs(5)).expect("p1 never reached E");
+    let ports: Vec<u16> = members.iter().map(Etcd::port).collect();
+    let cut = tollgate_tests::etcd::Cut::new(&ports);
+    let cut_at = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || cluster(e)["connected"] == false),
+        "E did not notice the partition: {}",
+        cluster(e)
+    );
+    println!("five: E noticed the partition after {:?}", cut_at.elapsed());
+    a.ok(&["block", "rm", &p1.to_string()]);
+    a.ok(&["block", "add", &p2.to_string(), "--ttl", "10m"]);
+    e.ok(&["block", "add", &p3.to_string(), "--ttl", "10m"]);
+    until_listed(&agents[1], p2, true, Duration::from_secs(5)).expect("p2 never reached B");
+    assert!(!passes(4), "E keeps enforcing p1 while cut off");
+    assert!(banned_from(e, p2).is_none() && banned_from(&agents[1], p3).is_none());
+    assert_eq!(cluster(e)["outbox"], 1, "{}", cluster(e));
+    // Keep it cut for about 15 s in all.
+    thread::sleep(Duration::from_secs(15).saturating_sub(cut_at.elapsed()));
+    println!("five: E was cut off for {:?}", cut_at.elapsed());
+    drop(cut);
+    let healed = Instant::now();
+    let want: std::collections::BTreeSet<String> =
+        [p2, p3].iter().map(|p| format!("{p}/32")).collect();
+    for (i, ag) in agents.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(20), || ban_set(ag) == want),
+            "{} did not converge: {:?} (want {want:?}); {}",
+            names[i],
+            ban_set(ag),
+            cluster(ag)
+        );
+    }
+    println!(
+        "five: every host agrees {:?} after the heal",
+        healed.elapsed()
+    );
+    assert!(passes(4), "the unban made during the partition reached E");
+    for (i, ag) in agents.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let c = cluster(ag);
+                c["connected"] == true && c["outbox"] == 0 && c["drift_entries"] == 0
+            }),
+            "{} is not in sync with zero drift: {}",
+            names[i],
+            cluster(ag)
+        );
+    }
+
+    // A hostile record written into one member is skipped by every host.
+    let before: Vec<u64> = agents
+        .iter()
+        .map(|ag| cluster(ag)["skipped"].as_u64().unwrap())
+        .collect();
+    let wide = r#"{"cidr":"0.0.0.0/0","kind":"manual","reason":"x","origin":"cli","created_at":1,"expires_at":null,"offences":1,"host":"evil"}"#;
+    assert!(members[2].put_raw(
+        &format!("/tollgate/{fleet}/bans/0.0.0.0/0"),
+        wide.as_bytes()
+    ));
+    for (i, ag) in agents.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(5), || cluster(ag)["skipped"]
+                .as_u64()
+                .unwrap()
+                > before[i]),
+            "{} did not skip the hostile record",
+            names[i]
+        );
+        assert_eq!(ban_set(ag), want, "{} banned something", names[i]);
+    }
+    assert!(passes(0) && passes(2), "a hostile record bans nothing");
+    let report = a.json(&["cluster", "status"]);
+    assert_eq!(report["members"].as_array().unwrap().len(), 3, "{report}");
+    assert!(
+        eventually(Duration::from_secs(12), || {
+            a.json(&["cluster", "status"])["hosts"]
+                .as_array()
+                .is_some_and(|h| h.len() == 5)
+        }),
+        "not every host reported itself: {}",
+        a.json(&["cluster", "status"])
+    );
+    println!("five: whole test {:?}", started.elapsed());
 }

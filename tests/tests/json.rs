@@ -257,6 +257,8 @@ fn every_json_output_matches_the_documented_schema() {
     run_err(&agent, &["block", "test", "198.19.0.0/16"], 2);
     run_err(&agent, &["limits", "set", "--pps", "0"], 2);
     run_err(&agent, &["policy", "frobnicate"], 2);
+    // Not in a fleet: a refusal, not an empty report.
+    run_err(&agent, &["cluster", "status"], 1);
     let out = std::process::Command::new(tollgate_tests::tollgate_bin())
         .args(["--socket", "/nonexistent/tollgate.sock", "status", "--json"])
         .output()
@@ -264,4 +266,49 @@ fn every_json_output_matches_the_documented_schema() {
     assert_eq!(out.status.code(), Some(3));
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     check("error", &err, "status without an agent");
+}
+
+/// `cluster status --json` of an agent in a fleet (a real one-member etcd),
+/// then with etcd gone: the report still comes, saying why etcd was not asked.
+#[test]
+fn cluster_status_matches_the_documented_schema() {
+    let mut etcd = tollgate_tests::etcd::Etcd::start();
+    let lab = Lab::new();
+    let url = etcd.url();
+    let agent = Agent::start(
+        &lab.host_if,
+        &[
+            "--cluster-endpoints",
+            &url,
+            "--cluster-fleet",
+            &format!("j{}", std::process::id()),
+            "--cluster-host-id",
+            "host-j",
+        ],
+    );
+    let report = || run(&agent, &["cluster", "status"], 0, "cluster_status");
+    assert!(
+        tollgate_tests::eventually(std::time::Duration::from_secs(15), || {
+            let r = report();
+            r["cluster"]["connected"] == true
+                && r["hosts"].as_array().is_some_and(|h| !h.is_empty())
+        }),
+        "the agent never reported itself: {}",
+        report()
+    );
+    let r = report();
+    assert_eq!(r["members"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["members"][0]["reachable"], true, "{r}");
+    assert_eq!(r["members"][0]["leader"], true, "{r}");
+    assert_eq!(r["hosts"][0]["host"], "host-j", "{r}");
+    assert!(
+        r["error"].is_null() && r["lag"].as_i64().unwrap() >= 0,
+        "{r}"
+    );
+    etcd.stop();
+    let r = report();
+    assert!(
+        r["error"].is_string() && r["members"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
 }

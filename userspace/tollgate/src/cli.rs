@@ -9,6 +9,7 @@ mod allowlist;
 mod api;
 mod args;
 mod bulk;
+mod cluster;
 mod detect;
 #[cfg(test)]
 mod docs_check;
@@ -56,6 +57,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Detect(args) => detect::detect(&args),
         Command::Tap(args) => api::tap(&args, &cli.socket),
         Command::Inventory(args) => api::inventory(&args, &cli.socket),
+        Command::Cluster(ClusterCmd::Status(f)) => request(
+            &cli.socket,
+            &Request::ClusterStatus,
+            f.json,
+            cluster::print_cluster,
+        ),
     }
 }
 
@@ -75,11 +82,21 @@ fn cluster_config(
     if args.cluster_host_id.is_some() {
         spec.host_id.clone_from(&args.cluster_host_id);
     }
+    if let Some(dir) = &args.cluster_tls_dir {
+        spec.tls = Some(crate::policy::ClusterTls {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: dir.join("ca.crt"),
+        });
+    }
     if spec.endpoints.is_empty() {
-        if args.cluster_fleet.is_some() || args.cluster_host_id.is_some() {
+        if args.cluster_fleet.is_some()
+            || args.cluster_host_id.is_some()
+            || args.cluster_tls_dir.is_some()
+        {
             return Err(
-                "--cluster-fleet and --cluster-host-id need --cluster-endpoints \
-                        (or `cluster.endpoints` in the policy)"
+                "--cluster-fleet, --cluster-host-id and --cluster-tls-dir need \
+                 --cluster-endpoints (or `cluster.endpoints` in the policy)"
                     .into(),
             );
         }
@@ -426,5 +443,48 @@ fn run_top(args: &TopArgs, socket: &std::path::Path) -> ExitCode {
         if !live || code != ExitCode::SUCCESS {
             return code;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn agent_args(extra: &[&str]) -> AgentArgs {
+        let argv = [&["tollgate", "agent", "--iface", "lo"][..], extra].concat();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_tls_dir_flag_names_a_secret_s_three_files() {
+        let args = agent_args(&[
+            "--cluster-endpoints",
+            "https://198.18.0.1:2379,https://198.18.0.2:2379",
+            "--cluster-host-id",
+            "node-1",
+            "--cluster-tls-dir",
+            "/etc/tollgate-etcd",
+        ]);
+        let cfg = cluster_config(&Policy::default(), &args).unwrap().unwrap();
+        let tls = cfg.tls.unwrap();
+        assert_eq!(cfg.endpoints.len(), 2);
+        assert_eq!(tls.cert, PathBuf::from("/etc/tollgate-etcd/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/etc/tollgate-etcd/tls.key"));
+        assert_eq!(tls.ca, PathBuf::from("/etc/tollgate-etcd/ca.crt"));
+        // TLS needs https:// endpoints, and a TLS directory needs endpoints.
+        let plain = agent_args(&[
+            "--cluster-endpoints",
+            "http://198.18.0.1:2379",
+            "--cluster-tls-dir",
+            "/x",
+        ]);
+        assert!(cluster_config(&Policy::default(), &plain).is_err());
+        let alone = agent_args(&["--cluster-tls-dir", "/x"]);
+        assert!(cluster_config(&Policy::default(), &alone).is_err());
     }
 }

@@ -46,6 +46,8 @@ pub struct ClusterConfig {
     pub per_minute: u32,
     /// Longest TTL of a ban received from the fleet, seconds.
     pub max_remote_ttl: u64,
+    /// Seconds between two checks of the kernel maps.
+    pub reconcile_secs: u64,
 }
 
 impl ClusterConfig {
@@ -66,6 +68,9 @@ impl ClusterConfig {
             max_remote_ttl: spec
                 .max_remote_ttl_secs
                 .unwrap_or(crate::policy::DEFAULT_REMOTE_TTL),
+            reconcile_secs: spec
+                .reconcile_secs
+                .unwrap_or(crate::policy::DEFAULT_RECONCILE_SECS),
         }
     }
 
@@ -74,10 +79,18 @@ impl ClusterConfig {
     pub fn ban_prefix(&self) -> String {
         format!("/tollgate/{}/bans/", self.fleet)
     }
+
+    /// `/tollgate/<fleet>/hosts/`: each host's last report of itself.
+    #[must_use]
+    pub fn host_prefix(&self) -> String {
+        format!("/tollgate/{}/hosts/", self.fleet)
+    }
 }
 
-/// A local change on its way to the fleet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A local change on its way to the fleet (kept in the local store's
+/// outbox as this JSON until etcd has it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     /// A ban this host decided.
     Put(BanRecord),
@@ -101,7 +114,13 @@ pub enum Inbound {
     Put(BanRecord),
     /// An unban from anywhere.
     Remove(IpNet),
+    /// etcd holds every queued change up to this sequence number: the
+    /// store may drop them from its outbox.
+    Acked(u64),
 }
+
+/// A queued change and its outbox sequence number.
+pub type Queued = (u64, Change);
 
 /// What `status` and the metrics show of the cluster, kept up to date by
 /// the cluster task, the store and the applier.
@@ -111,6 +130,10 @@ pub struct ClusterStatus {
     pub view: crate::proto::ClusterView,
     /// Unix seconds of the last exchange with etcd (0 = never).
     pub last_sync: u64,
+    /// Bans this host held at the last drift check.
+    pub bans: u64,
+    /// The settings, for `cluster status` (which asks etcd itself).
+    pub cfg: Option<ClusterConfig>,
 }
 
 impl ClusterStatus {
@@ -140,30 +163,77 @@ fn with_status(s: &SharedStatus, f: impl FnOnce(&mut ClusterStatus)) {
 /// bans and unbans are queued for etcd.
 pub struct ClusterStore {
     inner: Box<dyn Store>,
-    outbox: mpsc::UnboundedSender<Change>,
+    outbox: mpsc::UnboundedSender<Queued>,
     status: SharedStatus,
+    /// The next outbox sequence number.
+    seq: u64,
 }
 
 impl ClusterStore {
-    /// Wraps `inner`; changes go to `outbox` (read by [`run`]).
+    /// Wraps `inner`; changes go to `outbox` (read by [`run`]), the ones
+    /// `inner` still holds from before a restart first.
     #[must_use]
     pub fn new(
         inner: Box<dyn Store>,
-        outbox: mpsc::UnboundedSender<Change>,
+        outbox: mpsc::UnboundedSender<Queued>,
         status: SharedStatus,
     ) -> Self {
-        Self {
+        let mut s = Self {
             inner,
             outbox,
             status,
+            seq: 1,
+        };
+        let kept = match s.inner.outbox() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(
+                    "cannot read the fleet outbox: {e}; changes queued before the restart stay unpublished"
+                );
+                Vec::new()
+            }
+        };
+        let mut back = Vec::with_capacity(kept.len());
+        for (seq, bytes) in kept {
+            s.seq = s.seq.max(seq + 1);
+            match serde_json::from_slice::<Change>(&bytes) {
+                Ok(c) => back.push((seq, c)),
+                Err(e) => warn!(seq, "skipped an unreadable fleet outbox entry: {e}"),
+            }
         }
+        if !back.is_empty() {
+            info!(
+                changes = back.len(),
+                "publishing fleet changes queued before the restart"
+            );
+        }
+        s.send(back);
+        s
     }
 
-    fn share(&self, changes: impl IntoIterator<Item = Change>) {
+    /// Numbers `changes` and encodes them for the outbox table.
+    fn number(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> (Vec<Queued>, Vec<(u64, Vec<u8>)>) {
+        let mut q = Vec::new();
+        let mut rows = Vec::new();
+        for c in changes {
+            let seq = self.seq;
+            self.seq += 1;
+            if let Ok(v) = serde_json::to_vec(&c) {
+                rows.push((seq, v));
+            }
+            q.push((seq, c));
+        }
+        (q, rows)
+    }
+
+    fn send(&self, changes: Vec<Queued>) {
         let mut n = 0;
         for c in changes {
             // A closed outbox means the cluster task is gone (shutdown): the
-            // local write stands either way.
+            // local write (and its outbox entry) stands either way.
             if self.outbox.send(c).is_ok() {
                 n += 1;
             }
@@ -171,6 +241,24 @@ impl ClusterStore {
         if n > 0 {
             with_status(&self.status, |s| s.view.outbox += n);
         }
+    }
+
+    /// Writes the bans and their outbox entries in one transaction, then
+    /// hands the changes to the cluster task.
+    fn write_shared(
+        &mut self,
+        put: &[BanRecord],
+        remove: &[IpNet],
+        changes: Vec<Change>,
+    ) -> Result<(), StoreError> {
+        let (q, rows) = self.number(changes);
+        // Handed to the cluster task before the fsync, so publishing does not
+        // wait for the local disk: the caller is answered only after the
+        // write below, and an acknowledgement of these changes reaches the
+        // store through the agent's state, which this write holds. Shared
+        // even when the write fails: the kernel enforces them.
+        self.send(q);
+        self.inner.apply_bans_queued(put, remove, &rows)
     }
 }
 
@@ -183,15 +271,17 @@ fn local(records: &[BanRecord]) -> impl Iterator<Item = Change> + '_ {
 
 impl Store for ClusterStore {
     fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
-        let r = self.inner.put_bans(records);
-        // Shared even when the local write failed: the kernel enforces it.
-        self.share(local(records));
-        r
+        let changes: Vec<Change> = local(records).collect();
+        if changes.is_empty() {
+            // Bans from the fleet: nothing to share. As one sorted batch (a
+            // full read brings the whole set at once).
+            return self.inner.apply_bans(records, &[]);
+        }
+        self.write_shared(records, &[], changes)
     }
     fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
-        self.inner.remove_bans(cidrs)?;
-        self.share(cidrs.iter().map(|c| Change::Remove(*c)));
-        Ok(())
+        let changes = cidrs.iter().map(|c| Change::Remove(*c)).collect();
+        self.write_shared(&[], cidrs, changes)
     }
     fn forget_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
         self.inner.remove_bans(cidrs)
@@ -200,9 +290,16 @@ impl Store for ClusterStore {
         self.inner.bans()
     }
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {
-        self.inner.apply_bans(put, remove)?;
-        self.share(local(put).chain(remove.iter().map(|c| Change::Remove(*c))));
-        Ok(())
+        let changes = local(put)
+            .chain(remove.iter().map(|c| Change::Remove(*c)))
+            .collect();
+        self.write_shared(put, remove, changes)
+    }
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.outbox()
+    }
+    fn outbox_ack(&mut self, upto: u64) -> Result<(), StoreError> {
+        self.inner.outbox_ack(upto)
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
         self.inner.put_allow(record)
@@ -290,7 +387,11 @@ fn bucket(expires_at: u64) -> u64 {
 
 /// Publishing state kept across connections.
 struct Publisher {
-    pending: VecDeque<Change>,
+    pending: VecDeque<Queued>,
+    /// Highest sequence number taken from the queue.
+    taken: u64,
+    /// Highest sequence number reported as acknowledged.
+    acked: u64,
     /// Lease per expiry bucket.
     leases: HashMap<u64, i64>,
     /// (minute, bans shared in it) for the per-minute cap.
@@ -302,7 +403,8 @@ const TXN_OPS: usize = 100;
 
 impl Publisher {
     /// Takes what the agent queued; bans over the per-minute cap stay local.
-    fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, change: Change) {
+    fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, (seq, change): Queued) {
+        self.taken = self.taken.max(seq);
         if let Change::Put(r) = &change {
             let minute = clock::unix_now() / 60;
             if self.window.0 != minute {
@@ -322,7 +424,20 @@ impl Publisher {
             }
             self.window.1 += 1;
         }
-        self.pending.push_back(change);
+        self.pending.push_back((seq, change));
+    }
+
+    /// Everything taken up to here is in etcd (or was kept local by the
+    /// cap): the sequence number to acknowledge, when it moved.
+    fn ack(&mut self) -> Option<u64> {
+        let upto = self
+            .pending
+            .front()
+            .map_or(self.taken, |(s, _)| s.saturating_sub(1));
+        (upto > self.acked).then(|| {
+            self.acked = upto;
+            upto
+        })
     }
 
     async fn lease(&mut self, client: &mut Client, expires_at: u64) -> anyhow::Result<i64> {
@@ -352,7 +467,12 @@ impl Publisher {
             let n = self.pending.len().min(TXN_OPS);
             let mut ops = Vec::with_capacity(n);
             let mut puts = 0;
-            let batch: Vec<Change> = self.pending.iter().take(n).cloned().collect();
+            let batch: Vec<Change> = self
+                .pending
+                .iter()
+                .take(n)
+                .map(|(_, c)| c.clone())
+                .collect();
             for c in batch {
                 match c {
                     // Expired while queued (a long partition): every host
@@ -474,12 +594,14 @@ async fn read_all(
 /// changes, sends the fleet's to `inbound`, reconnects with backoff.
 pub async fn run(
     cfg: ClusterConfig,
-    mut outbox: mpsc::UnboundedReceiver<Change>,
+    mut outbox: mpsc::UnboundedReceiver<Queued>,
     inbound: mpsc::Sender<Inbound>,
     status: SharedStatus,
 ) {
     let mut publisher = Publisher {
         pending: VecDeque::new(),
+        taken: 0,
+        acked: 0,
         leases: HashMap::new(),
         window: (0, 0),
     };
@@ -533,7 +655,7 @@ pub async fn run(
 
 async fn session(
     cfg: &ClusterConfig,
-    outbox: &mut mpsc::UnboundedReceiver<Change>,
+    outbox: &mut mpsc::UnboundedReceiver<Queued>,
     inbound: &mpsc::Sender<Inbound>,
     status: &SharedStatus,
     publisher: &mut Publisher,
@@ -546,6 +668,11 @@ async fn session(
         publisher.take(cfg, status, c);
     }
     publisher.flush(&mut client, cfg, status).await?;
+    if let Some(upto) = publisher.ack()
+        && inbound.send(Inbound::Acked(upto)).await.is_err()
+    {
+        return Ok(());
+    }
     let (records, revision) = read_all(&mut client, cfg, status).await?;
     let prefix = cfg.ban_prefix();
     let mut stream = client
@@ -580,6 +707,7 @@ async fn session(
     });
     info!(revision, records = n, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             c = outbox.recv() => {
@@ -591,6 +719,11 @@ async fn session(
                 }
                 publisher.flush(&mut client, cfg, status).await?;
                 *since = clock::unix_now();
+                if let Some(upto) = publisher.ack()
+                    && inbound.send(Inbound::Acked(upto)).await.is_err()
+                {
+                    return Ok(());
+                }
             }
             m = stream.message() => {
                 let Some(resp) = m? else { anyhow::bail!("the watch stream ended") };
@@ -642,13 +775,155 @@ async fn session(
                 // A cheap read proves the link is alive (staleness stays low
                 // on a quiet fleet) and retries anything still pending.
                 publisher.flush(&mut client, cfg, status).await?;
-                client.get(format!("/tollgate/{}/alive", cfg.fleet), Some(GetOptions::new().with_count_only())).await?;
+                if let Some(upto) = publisher.ack()
+                    && inbound.send(Inbound::Acked(upto)).await.is_err()
+                {
+                    return Ok(());
+                }
+                // Every 10 s (and at once): this host's report for `cluster
+                // status`; otherwise a cheap read.
+                if ticks.is_multiple_of(5) {
+                    report(&mut client, cfg, status).await?;
+                } else {
+                    client.get(format!("/tollgate/{}/alive", cfg.fleet), Some(GetOptions::new().with_count_only())).await?;
+                }
+                ticks = ticks.wrapping_add(1);
                 let now = clock::unix_now();
                 with_status(status, |s| s.last_sync = now);
                 *since = now;
             }
         }
     }
+}
+
+/// Writes this host's report under `/tollgate/<fleet>/hosts/<host_id>`
+/// (overwritten every 10 s: one key per host, no lease).
+async fn report(
+    client: &mut Client,
+    cfg: &ClusterConfig,
+    status: &SharedStatus,
+) -> anyhow::Result<()> {
+    let now = clock::unix_now();
+    let view = status
+        .lock()
+        .map(|s| crate::proto::HostView {
+            host: cfg.host_id.clone(),
+            last_sync: clock::rfc3339_ms(now as f64),
+            age_secs: 0,
+            connected: true,
+            revision: s.view.revision,
+            outbox: s.view.outbox,
+            drift_entries: s.view.drift_entries,
+            bans: s.bans,
+        })
+        .map_err(|_| anyhow::anyhow!("cluster status lock poisoned"))?;
+    let rec = HostRecord { at: now, view };
+    client
+        .put(
+            format!("{}{}", cfg.host_prefix(), cfg.host_id),
+            serde_json::to_vec(&rec)?,
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// A host's report as stored in etcd.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HostRecord {
+    /// Unix seconds.
+    at: u64,
+    #[serde(flatten)]
+    view: crate::proto::HostView,
+}
+
+/// Most host reports `cluster status` reads.
+const MAX_HOSTS: i64 = 10_000;
+
+/// Most members `cluster status` asks one by one.
+const MAX_MEMBERS: usize = 16;
+
+/// `cluster status`: asks etcd for its members and the hosts' reports,
+/// each step bounded in time; what fails is said in `error`.
+pub async fn query(
+    cfg: &ClusterConfig,
+    view: crate::proto::ClusterView,
+) -> crate::proto::ClusterReport {
+    let mut out = crate::proto::ClusterReport {
+        cluster: view,
+        ..crate::proto::ClusterReport::default()
+    };
+    let asked = tokio::time::timeout(Duration::from_secs(5), ask(cfg, &mut out)).await;
+    match asked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => out.error = Some(format!("{e:#}")),
+        Err(_) => out.error = Some("etcd did not answer within 5 s".into()),
+    }
+    out
+}
+
+async fn ask(cfg: &ClusterConfig, out: &mut crate::proto::ClusterReport) -> anyhow::Result<()> {
+    let mut client = connect(cfg).await?;
+    let members = client.member_list().await?;
+    let leader = client.status().await.ok().map(|s| s.leader());
+    for m in members.members().iter().take(MAX_MEMBERS) {
+        let mut mv = crate::proto::MemberView {
+            name: m.name().to_owned(),
+            id: format!("{:x}", m.id()),
+            client_urls: m.client_urls().to_vec(),
+            leader: leader == Some(m.id()),
+            ..crate::proto::MemberView::default()
+        };
+        let one = ClusterConfig {
+            endpoints: m.client_urls().to_vec(),
+            ..cfg.clone()
+        };
+        let st = tokio::time::timeout(Duration::from_secs(1), async {
+            connect(&one)
+                .await?
+                .status()
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await;
+        if let Ok(Ok(st)) = st {
+            mv.reachable = true;
+            mv.revision = st.header().map(|h| h.revision());
+            mv.db_size_bytes = Some(st.db_size());
+        }
+        out.members.push(mv);
+    }
+    let prefix = cfg.host_prefix();
+    let resp = client
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_limit(MAX_HOSTS)),
+        )
+        .await?;
+    let rev = resp.header().map(|h| h.revision());
+    out.etcd_revision = rev;
+    out.lag = rev.map(|r| r.saturating_sub(out.cluster.revision).max(0));
+    let now = clock::unix_now();
+    for kv in resp.kvs() {
+        // Reports are written by every agent: checked like ban records.
+        let host = std::str::from_utf8(kv.key())
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix.as_str()));
+        let Some(host) = host.filter(|h| crate::policy::check_name(h).is_none()) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<HostRecord>(kv.value()) else {
+            continue;
+        };
+        if rec.view.host != host || rec.view.last_sync.len() > 40 {
+            continue;
+        }
+        out.hosts.push(crate::proto::HostView {
+            age_secs: now.saturating_sub(rec.at),
+            ..rec.view
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -772,21 +1047,30 @@ mod tests {
             tls: None,
             per_minute: 2,
             max_remote_ttl: 60,
+            reconcile_secs: 30,
         };
         let status = SharedStatus::default();
         let mut p = Publisher {
             pending: VecDeque::new(),
+            taken: 0,
+            acked: 0,
             leases: HashMap::new(),
             window: (0, 0),
         };
         let ban: BanRecord = serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap();
-        for _ in 0..4 {
-            p.take(&cfg, &status, Change::Put(ban.clone()));
+        for seq in 1..=4 {
+            p.take(&cfg, &status, (seq, Change::Put(ban.clone())));
         }
         // Unbans are never capped.
-        p.take(&cfg, &status, Change::Remove(ban.cidr));
+        p.take(&cfg, &status, (5, Change::Remove(ban.cidr)));
         assert_eq!(p.pending.len(), 3);
         assert_eq!(status.lock().unwrap().view.rate_limited, 2);
+        // Nothing is acknowledged while the first change waits for etcd;
+        // once the queue is empty, the capped ones are acknowledged too.
+        assert_eq!(p.ack(), None);
+        p.pending.clear();
+        assert_eq!(p.ack(), Some(5));
+        assert_eq!(p.ack(), None);
     }
 
     #[test]

@@ -317,7 +317,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// The fleet link's gauges and counters (only for agents in a fleet).
 fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
-    let gauges: [(&str, &str, i64); 4] = [
+    let gauges: [(&str, &str, i64); 5] = [
         (
             "tollgate_cluster_connected",
             "Whether the agent reads and writes etcd now",
@@ -338,13 +338,18 @@ fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
             "Local ban changes not yet written to etcd",
             gauge_value(c.outbox),
         ),
+        (
+            "tollgate_cluster_drift_entries",
+            "Kernel ban entries the last check found different from this host's bans (-1: not checked yet)",
+            c.drift_entries.map_or(-1, gauge_value),
+        ),
     ];
     for (name, help, v) in gauges {
         let g = Gauge::<i64>::default();
         g.set(v);
         reg.register(name, help, g);
     }
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 6] = [
         (
             "tollgate_cluster_published",
             "Local bans shared with the fleet",
@@ -369,6 +374,11 @@ fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
             "tollgate_cluster_rate_limited",
             "Local bans kept local: the per-minute sharing cap was reached",
             c.rate_limited,
+        ),
+        (
+            "tollgate_cluster_repaired",
+            "Kernel ban entries repaired by the drift checks",
+            c.repaired,
         ),
     ];
     for (name, help, v) in counters {
@@ -476,6 +486,7 @@ mod tests {
             "tollgate_cluster_revision 42",
             "tollgate_cluster_staleness_seconds 1",
             "tollgate_cluster_outbox 3",
+            "tollgate_cluster_drift_entries -1",
             "tollgate_cluster_skipped_total 2",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

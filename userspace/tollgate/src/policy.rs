@@ -16,8 +16,8 @@ mod tls;
 
 pub use capacity::CapacityPolicy;
 pub use cluster::{
-    ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_REMOTE_TTL, DEFAULT_SHARED_PER_MINUTE,
-    check_endpoint, check_name,
+    ClusterSpec, ClusterTls, DEFAULT_FLEET, DEFAULT_RECONCILE_SECS, DEFAULT_REMOTE_TTL,
+    DEFAULT_SHARED_PER_MINUTE, check_endpoint, check_name,
 };
 pub use events::EventsPolicy;
 pub use sampling::SamplingPolicy;

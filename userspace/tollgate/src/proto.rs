@@ -160,6 +160,8 @@ pub enum Request {
     Stats,
     /// Agent status.
     Status,
+    /// The fleet as this agent and etcd see it (`cluster status`).
+    ClusterStatus,
     /// Set limits for one port, or the default for all ports.
     LimitsSet {
         /// Destination port; `None` = the default.
@@ -457,9 +459,75 @@ pub struct ClusterView {
     pub applied: u64,
     /// Full reads of the fleet's set (start, reconnects, lost watches).
     pub resyncs: u64,
+    /// Entries the last check found different between the kernel ban maps
+    /// and the bans this host holds (null: not checked yet); each was
+    /// repaired.
+    #[serde(default)]
+    pub drift_entries: Option<u64>,
+    /// Kernel entries repaired by the checks since start.
+    #[serde(default)]
+    pub repaired: u64,
     /// Why the last exchange with etcd failed, while disconnected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// `cluster status`: this host's link ([`ClusterView`]) and what etcd
+/// says of the fleet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// This host's link, as `status` shows it.
+    pub cluster: ClusterView,
+    /// etcd's current revision (null: etcd not reachable now).
+    pub etcd_revision: Option<i64>,
+    /// Revisions this host is behind etcd (null: etcd not reachable now).
+    pub lag: Option<i64>,
+    /// The etcd members.
+    pub members: Vec<MemberView>,
+    /// Every host of the fleet that reported itself, by name.
+    pub hosts: Vec<HostView>,
+    /// Why etcd could not be asked, when it could not.
+    pub error: Option<String>,
+}
+
+/// One etcd member.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Member name.
+    pub name: String,
+    /// Member id, hexadecimal as etcdctl prints it.
+    pub id: String,
+    /// Client URLs.
+    pub client_urls: Vec<String>,
+    /// Answered a status request just now.
+    pub reachable: bool,
+    /// It is the raft leader.
+    pub leader: bool,
+    /// Its revision (null: not reachable).
+    pub revision: Option<i64>,
+    /// Its database size (null: not reachable).
+    pub db_size_bytes: Option<i64>,
+}
+
+/// One fleet host, as it last reported itself in etcd.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostView {
+    /// Its host id.
+    pub host: String,
+    /// When it last reported, RFC 3339, UTC.
+    pub last_sync: String,
+    /// Seconds since then.
+    pub age_secs: u64,
+    /// Connected to etcd when it reported.
+    pub connected: bool,
+    /// The fleet revision it had applied.
+    pub revision: i64,
+    /// Its changes not yet in etcd.
+    pub outbox: u64,
+    /// Its last drift check (null: none yet).
+    pub drift_entries: Option<u64>,
+    /// Bans it enforced.
+    pub bans: u64,
 }
 
 /// A refused policy reload.

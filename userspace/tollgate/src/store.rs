@@ -265,6 +265,38 @@ pub trait Store: Send {
         self.put_bans(put)?;
         self.remove_bans(remove)
     }
+    /// Like [`Self::apply_bans`], appending `queued` (changes on their way
+    /// to the fleet, by sequence number, opaque here) to the outbox in the
+    /// same transaction: an acknowledged local ban is then either in etcd or
+    /// in the outbox, whatever happens to the process. Stores without an
+    /// outbox keep nothing of `queued` (the fleet queue stays in memory).
+    ///
+    /// # Errors
+    /// When the write fails; nothing is written then.
+    fn apply_bans_queued(
+        &mut self,
+        put: &[BanRecord],
+        remove: &[IpNet],
+        queued: &[(u64, Vec<u8>)],
+    ) -> Result<()> {
+        let _ = queued;
+        self.apply_bans(put, remove)
+    }
+    /// Every outbox entry, in sequence order.
+    ///
+    /// # Errors
+    /// When the read fails.
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    /// Drops the outbox entries up to `upto` (etcd has them).
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn outbox_ack(&mut self, upto: u64) -> Result<()> {
+        let _ = upto;
+        Ok(())
+    }
     /// Writes (or replaces) an allow entry.
     ///
     /// # Errors
@@ -319,6 +351,8 @@ const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("allows");
 const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
+/// Fleet changes not yet in etcd, by sequence number.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 /// The embedded on-disk store (`STATE_DIR/state.redb`).
 ///
@@ -366,6 +400,7 @@ fn open_db(path: &Path) -> Result<Database> {
     w.open_table(ALLOWS).map_err(|e| io("open")(&e))?;
     w.open_table(LIMITS).map_err(|e| io("open")(&e))?;
     w.open_table(OFFENCES).map_err(|e| io("open")(&e))?;
+    w.open_table(OUTBOX).map_err(|e| io("open")(&e))?;
     w.commit().map_err(|e| io("open")(&e))?;
     Ok(db)
 }
@@ -586,6 +621,15 @@ impl Store for RedbStore {
     }
 
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
+        self.apply_bans_queued(put, remove, &[])
+    }
+
+    fn apply_bans_queued(
+        &mut self,
+        put: &[BanRecord],
+        remove: &[IpNet],
+        queued: &[(u64, Vec<u8>)],
+    ) -> Result<()> {
         // Keys in order: a B-tree takes sorted batches several times faster
         // (what makes a million-entry feed import take seconds, not tens).
         let mut rows = Vec::with_capacity(put.len());
@@ -605,10 +649,36 @@ impl Store for RedbStore {
             for k in &gone {
                 t.remove(k.as_str()).map_err(|e| io("write")(&e))?;
             }
+            if !queued.is_empty() {
+                let mut o = w.open_table(OUTBOX).map_err(|e| io("write")(&e))?;
+                for (seq, v) in queued {
+                    o.insert(*seq, v.as_slice()).map_err(|e| io("write")(&e))?;
+                }
+            }
             Ok(())
         })?;
         self.compact_after(gone.len());
         Ok(())
+    }
+
+    fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let r = self.db()?.begin_read().map_err(|e| io("read")(&e))?;
+        let t = r.open_table(OUTBOX).map_err(|e| io("read")(&e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| io("read")(&e))? {
+            let (k, v) = row.map_err(|e| io("read")(&e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn outbox_ack(&mut self, upto: u64) -> Result<()> {
+        self.write("outbox", |w| {
+            let mut t = w.open_table(OUTBOX).map_err(|e| io("write")(&e))?;
+            t.retain_in(..=upto, |_, _| false)
+                .map_err(|e| io("write")(&e))?;
+            Ok(())
+        })
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {
@@ -697,6 +767,29 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_outbox_survives_reopen_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.apply_bans_queued(
+                &[ban("198.18.0.1/32")],
+                &[],
+                &[(1, b"a".to_vec()), (2, b"b".to_vec())],
+            )
+            .unwrap();
+            s.apply_bans_queued(&[], &[], &[(3, b"c".to_vec())])
+                .unwrap();
+        }
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.bans().unwrap(), vec![ban("198.18.0.1/32")]);
+        assert_eq!(s.outbox().unwrap().len(), 3);
+        s.outbox_ack(2).unwrap();
+        drop(s);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.outbox().unwrap(), vec![(3, b"c".to_vec())]);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::state::AgentState;
+use crate::proto::Response;
 use crate::{
-    cluster::{Change, ClusterConfig, ClusterStatus, Inbound, SharedStatus},
+    cluster::{ClusterConfig, ClusterStatus, Inbound, Queued, SharedStatus},
     store::Store,
 };
 
@@ -17,10 +18,10 @@ use crate::{
 /// state exists.
 pub struct Link {
     cfg: ClusterConfig,
-    outbox: Option<mpsc::UnboundedReceiver<Change>>,
+    outbox: Option<mpsc::UnboundedReceiver<Queued>>,
     /// Shared with the store and the state.
     pub status: SharedStatus,
-    tx: mpsc::UnboundedSender<Change>,
+    tx: mpsc::UnboundedSender<Queued>,
 }
 
 impl Link {
@@ -36,6 +37,8 @@ impl Link {
                 ..crate::proto::ClusterView::default()
             },
             last_sync: 0,
+            bans: 0,
+            cfg: Some(cfg.clone()),
         }));
         Self {
             cfg,
@@ -71,6 +74,21 @@ impl Link {
             in_tx,
             Arc::clone(&self.status),
         ));
+        let every = std::time::Duration::from_secs(self.cfg.reconcile_secs);
+        let st = Arc::clone(state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let st = Arc::clone(&st);
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut s) = st.lock() {
+                        s.cluster_reconcile();
+                    }
+                })
+                .await;
+            }
+        });
         let state = Arc::clone(state);
         tokio::spawn(async move {
             while let Some(first) = in_rx.recv().await {
@@ -97,6 +115,7 @@ impl Link {
                                 st.cluster_put_many(std::mem::take(&mut puts));
                                 st.cluster_remove(&n);
                             }
+                            Inbound::Acked(upto) => st.cluster_acked(upto),
                         }
                     }
                     st.cluster_put_many(puts);
@@ -108,4 +127,24 @@ impl Link {
             }
         });
     }
+}
+
+/// `cluster status`: this host's link, then etcd asked (off the state lock).
+pub async fn status(state: &Arc<Mutex<AgentState>>) -> Response {
+    let link = state.lock().ok().and_then(|s| s.cluster_link());
+    let Some(link) = link else {
+        return Response::err(
+            "this agent is not in a fleet: start it with --cluster-endpoints \
+             (or a `cluster:` section in the policy)",
+        );
+    };
+    let (cfg, view) = match link.lock() {
+        Ok(s) => (s.cfg.clone(), s.view()),
+        Err(_) => return Response::err("cluster status lock poisoned"),
+    };
+    let Some(cfg) = cfg else {
+        return Response::err("the fleet link has no settings");
+    };
+    let report = crate::cluster::query(&cfg, view).await;
+    Response::ok(serde_json::json!(report))
 }

@@ -729,6 +729,7 @@ async fn serve(
                 feeds::serve_import(&mut reader, header, Arc::clone(&state)).await
             }
             Ok(Request::PolicyReload) => reload::request(&reload).await,
+            Ok(Request::ClusterStatus) => cluster::status(&state).await,
             Ok(Request::Tap { port, src, count }) => {
                 return serve_tap(&mut write, &api, port, src.as_deref(), count).await;
             }

@@ -507,6 +507,7 @@ impl<M: Maps> AgentState<M> {
             Request::Tap { .. } | Request::Inventory | Request::Events { .. } => {
                 Err(refuse("tap and inventory are served by the API pipeline"))
             }
+            Request::ClusterStatus => Err(refuse("cluster status is served by the fleet link")),
             Request::BlockImport { .. } => Err(refuse(
                 "block_import carries its entries on the lines after the request; \
                  use `tollgate block import`",

@@ -88,6 +88,23 @@ pub enum Command {
     ///
     /// Example: tollgate detect --policy policy.yaml --requests requests.jsonl
     Detect(DetectArgs),
+    /// The fleet (bans shared through etcd): etcd's members, this host's
+    /// link, and every host's last report.
+    ///
+    /// Example: tollgate cluster status
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+/// `tollgate cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// etcd members (reachable, leader, revision), this host's link
+    /// (connected, applied revision and lag behind etcd, outbox depth,
+    /// drift), and each host of the fleet with its last sync.
+    ///
+    /// Example: tollgate cluster status --json
+    Status(JsonFlag),
 }
 
 /// `tollgate tap`.
@@ -304,6 +321,10 @@ pub struct AgentArgs {
     /// `cluster.host_id`).
     #[arg(long, value_name = "ID")]
     pub cluster_host_id: Option<String>,
+    /// mTLS to etcd from a directory holding `tls.crt`, `tls.key` and
+    /// `ca.crt` (a Kubernetes TLS Secret's names; overrides `cluster.tls`).
+    #[arg(long, value_name = "DIR")]
+    pub cluster_tls_dir: Option<PathBuf>,
     /// Log lines as text for people or JSON objects for log shippers.
     #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,

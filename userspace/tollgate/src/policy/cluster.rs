@@ -29,6 +29,10 @@ pub struct ClusterSpec {
     /// The longest a ban received from another host lasts here, in seconds
     /// (permanent and longer bans are cut to it). Default 7 days.
     pub max_remote_ttl_secs: Option<u64>,
+    /// How often, in seconds, the kernel ban maps are checked against the
+    /// bans this host holds (its own and the fleet's); what differs is
+    /// counted as drift and repaired. Default 30.
+    pub reconcile_secs: Option<u64>,
 }
 
 /// Client certificate, key and CA for etcd.
@@ -47,6 +51,8 @@ pub struct ClusterTls {
 pub const DEFAULT_SHARED_PER_MINUTE: u32 = 600;
 /// Default of `max_remote_ttl_secs`.
 pub const DEFAULT_REMOTE_TTL: u64 = 7 * 24 * 3600;
+/// Default of `reconcile_secs`.
+pub const DEFAULT_RECONCILE_SECS: u64 = 30;
 
 /// Why a fleet or host name is refused, if it is: they become etcd key
 /// segments, so only `[A-Za-z0-9._-]`, 1–63 characters.
@@ -93,6 +99,9 @@ impl ClusterSpec {
         }
         if self.max_remote_ttl_secs == Some(0) {
             return Err(("max_remote_ttl_secs".into(), "must be at least 1".into()));
+        }
+        if self.reconcile_secs == Some(0) {
+            return Err(("reconcile_secs".into(), "must be at least 1".into()));
         }
         Ok(())
     }

@@ -3,13 +3,13 @@
 //! decided them, and are never shared back; the allowlist and trusted
 //! proxies win over them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::{AgentState, Maps};
-use crate::{cluster::SharedStatus, store::BanRecord};
+use crate::{clock, cluster::SharedStatus, store::BanRecord};
 
 /// Which of two records for one prefix stands: the later expiry (no expiry
 /// is latest), the higher offence count kept either way.
@@ -30,6 +30,12 @@ impl<M: Maps> AgentState<M> {
     /// The cluster's status, when this agent is in a fleet.
     pub fn set_cluster(&mut self, status: SharedStatus) {
         self.cluster = Some(status);
+    }
+
+    /// The fleet link's shared status, when in a fleet.
+    #[must_use]
+    pub fn cluster_link(&self) -> Option<SharedStatus> {
+        self.cluster.clone()
     }
 
     /// The fleet link for `status` and the metrics.
@@ -106,6 +112,77 @@ impl<M: Maps> AgentState<M> {
         }
         self.cluster_count(|s| s.view.applied += n as u64);
         n
+    }
+
+    /// Compares the kernel ban maps with the bans this host holds (its own
+    /// and the fleet's): bans without a live kernel entry are written again,
+    /// kernel entries no ban accounts for are removed. Returns the drift
+    /// found (and repaired), also shown as `drift_entries`.
+    pub fn cluster_reconcile(&mut self) -> Option<usize> {
+        let kernel = match self.maps.blocks() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("drift check skipped: cannot read the kernel ban maps: {e:#}");
+                return None;
+            }
+        };
+        let (now, now_ns) = (clock::unix_now(), clock::boot_ns());
+        let live: HashMap<IpNet, tollgate_common::BlockEntry> = kernel
+            .into_iter()
+            .filter(|(_, e)| e.expires_ns == 0 || e.expires_ns > now_ns)
+            .collect();
+        let missing: Vec<BanRecord> = self
+            .bans
+            .values()
+            // Due for the next expiry sweep: not drift.
+            .filter(|r| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(&r.cidr))
+            .cloned()
+            .collect();
+        let stray: Vec<IpNet> = live
+            .keys()
+            .filter(|n| !self.bans.contains_key(n))
+            .copied()
+            .collect();
+        let drift = missing.len() + stray.len();
+        if drift > 0 {
+            warn!(
+                missing = missing.len(),
+                stray = stray.len(),
+                "the kernel ban maps drifted from this host's bans; repairing"
+            );
+            if let Err(e) = self
+                .maps
+                .insert_blocks(missing.iter().map(|r| (r.cidr, super::kernel_entry(r))))
+            {
+                warn!("drift not repaired: the kernel refused the missing bans: {e:#}");
+            }
+            for n in &stray {
+                if let Err(e) = self.maps.remove_block(*n) {
+                    warn!(cidr = %n, "drift not repaired: failed to remove a stray kernel entry: {e:#}");
+                }
+            }
+            if let Err(e) = self.maps.maintain() {
+                warn!("failed to refresh the prefilter: {e:#}");
+            }
+        }
+        let bans = self.bans.len() as u64;
+        self.cluster_count(|s| {
+            s.bans = bans;
+            s.view.drift_entries = Some(drift as u64);
+            s.view.repaired += drift as u64;
+        });
+        Some(drift)
+    }
+
+    /// etcd holds the queued changes up to `upto`: they leave the outbox.
+    pub fn cluster_acked(&mut self, upto: u64) {
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.outbox_ack(upto)
+        {
+            // They stay in the outbox and are published again after a
+            // restart: a repeated put or delete changes nothing.
+            warn!(upto, "fleet outbox not trimmed: {e}");
+        }
     }
 
     /// Lifts a ban the fleet removed; true when one was lifted.

@@ -1034,7 +1034,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
 
     // A local ban is shared as this host's.
     a.ban("198.51.100.1", Some(600));
-    assert!(matches!(&sent()[..], [Change::Put(r)] if r.host.is_none()));
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.host.is_none()));
 
     // The fleet's bans are enforced, recorded with their host, not sent back;
     // one overlapping the allowlist is refused.
@@ -1084,7 +1084,10 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         local: false,
         exist: false,
     });
-    assert!(matches!(&sent()[..], [Change::Put(_), Change::Remove(_)]));
+    assert!(matches!(
+        &sent()[..],
+        [(_, Change::Put(_)), (_, Change::Remove(_))]
+    ));
 
     // A full read: the fleet's bans missing from it are lifted, this host's
     // own made since the last sync are shared again.
@@ -1097,7 +1100,30 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         .cluster_snapshot(vec![remote("198.51.100.6", now + 600)], now);
     assert_eq!((applied, lifted, shared), (1, 1, 1));
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
-    assert!(matches!(&sent()[..], [Change::Put(r)] if r.cidr == net("198.51.100.5")));
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.5")));
+
+    use crate::agent::maps::Maps as _;
+    // The drift check: a kernel entry lost behind the agent's back is
+    // written again, one no ban accounts for is removed; then no drift.
+    assert_eq!(a.state.cluster_reconcile(), Some(0));
+    a.state.maps.remove_block(net("198.51.100.6")).unwrap();
+    let stray = BlockEntry {
+        expires_ns: 0,
+        created_ns: 0,
+        hits: 0,
+        reason: BanReason::Manual as u32,
+        reserved: 0,
+    };
+    a.state
+        .maps
+        .insert_block(net("198.51.100.7"), &stray)
+        .unwrap();
+    assert_eq!(a.state.cluster_reconcile(), Some(2));
+    assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.7").is_none());
+    assert_eq!(a.state.cluster_reconcile(), Some(0));
+    let v = status.lock().unwrap().view.clone();
+    assert_eq!((v.drift_entries, v.repaired), (Some(0), 2));
+    assert!(sent().is_empty(), "repairs are not shared");
 }
 
 #[test]
