@@ -286,6 +286,9 @@ impl Store for ClusterStore {
     fn forget_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
         self.inner.remove_bans(cidrs)
     }
+    fn keep_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
+        self.inner.apply_bans(records, &[])
+    }
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
     }

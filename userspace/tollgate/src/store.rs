@@ -250,6 +250,15 @@ pub trait Store: Send {
     fn forget_bans(&mut self, cidrs: &[IpNet]) -> Result<()> {
         self.remove_bans(cidrs)
     }
+    /// Records bans here without telling the fleet (what the fleet itself
+    /// sent, laid over this host's own decisions). The embedded store has
+    /// no fleet: the same as [`Self::put_bans`].
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn keep_bans(&mut self, records: &[BanRecord]) -> Result<()> {
+        self.put_bans(records)
+    }
     /// Every ban.
     ///
     /// # Errors

@@ -11,19 +11,14 @@ use tracing::{debug, info, warn};
 use super::{AgentState, Maps};
 use crate::{clock, cluster::SharedStatus, store::BanRecord};
 
-/// Which of two records for one prefix stands: the later expiry (no expiry
-/// is latest), the higher offence count kept either way.
+/// A fleet record laid over what this host holds for the prefix: it becomes
+/// one more decision (replacing that host's earlier one), the local ones
+/// (a feed's, CrowdSec's, the engine's) are kept, the strongest is enforced
+/// and the higher offence count kept. `None`: nothing changes.
 fn merge(old: &BanRecord, new: BanRecord) -> Option<BanRecord> {
-    let later = match (old.expires_at, new.expires_at) {
-        _ if old.host == new.host => true,
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(a), Some(b)) => b > a,
-    };
-    later.then(|| BanRecord {
-        offences: new.offences.max(old.offences),
-        ..new
-    })
+    let offences = new.offences.max(old.offences);
+    let r = BanRecord { offences, ..new }.over(Some(old));
+    (&r != old).then_some(r)
 }
 
 impl<M: Maps> AgentState<M> {
@@ -72,10 +67,7 @@ impl<M: Maps> AgentState<M> {
                 continue;
             }
             match self.bans.get(&rec.cidr) {
-                Some(old) => match merge(old, rec) {
-                    Some(r) if &r != old => take.push(r),
-                    _ => {}
-                },
+                Some(old) => take.extend(merge(old, rec)),
                 None => take.push(rec),
             }
         }
@@ -94,9 +86,10 @@ impl<M: Maps> AgentState<M> {
             warn!("fleet bans not applied: the kernel refused them: {e:#}");
             return 0;
         }
-        // The records have a host, so the cluster store does not share them back.
+        // Kept here, never shared back (a record led by a local decision
+        // was shared when that decision was made).
         if let Some(s) = self.store.as_mut()
-            && let Err(e) = s.put_bans(&take)
+            && let Err(e) = s.keep_bans(&take)
         {
             warn!(
                 count = take.len(),
@@ -261,20 +254,27 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_the_later_expiry_and_the_higher_count() {
+    fn merge_keeps_the_later_expiry_the_higher_count_and_local_decisions() {
         let local = rec(None, Some(100), 3);
-        assert_eq!(merge(&local, rec(Some("b"), Some(50), 1)), None);
+        // An earlier fleet expiry is kept as a decision; the local one leads.
+        let m = merge(&local, rec(Some("b"), Some(50), 1)).unwrap();
+        assert_eq!(
+            (m.expires_at, m.host.as_deref(), m.also.len()),
+            (Some(100), None, 1)
+        );
         let m = merge(&local, rec(Some("b"), Some(200), 1)).unwrap();
         assert_eq!(
             (m.expires_at, m.offences, m.host.as_deref()),
             (Some(200), 3, Some("b"))
         );
-        assert_eq!(
-            merge(&rec(None, None, 1), rec(Some("b"), Some(200), 1)),
-            None
-        );
+        // Lifting the fleet's decision leaves the local one.
+        let rest = m.without(|d| d.host.is_some()).unwrap();
+        assert_eq!((rest.expires_at, rest.host), (Some(100), None));
         // The same host's newer record replaces its older one.
         let m = merge(&rec(Some("b"), Some(200), 1), rec(Some("b"), Some(50), 1)).unwrap();
-        assert_eq!(m.expires_at, Some(50));
+        assert_eq!((m.expires_at, m.also.len()), (Some(50), 0));
+        // Nothing new: no change.
+        let same = rec(Some("b"), Some(200), 1);
+        assert_eq!(merge(&same, same.clone()), None);
     }
 }
