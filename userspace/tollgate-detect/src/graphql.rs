@@ -28,6 +28,8 @@ use crate::detect::rules::{
 };
 use crate::http::Request;
 
+mod scan;
+
 /// What introspection queries (`__schema`, `__type`) lead to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +99,9 @@ const MAX_INPUTS: usize = 512;
 pub const MAX_ROUTES: usize = 16;
 /// Deepest JSON nesting of variables walked.
 const MAX_JSON_DEPTH: u32 = 32;
+/// Tokens parsed of a document over `max_tokens` (its shape comes from the
+/// scan of all of it; this part yields the operations and inputs).
+const PARSED_WHEN_TOO_LARGE: usize = 4_000;
 
 /// Operation type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -368,7 +373,19 @@ impl Graphql {
         } else {
             self.cfg.max_tokens as usize
         };
-        let tree = Parser::new(text)
+        // A document over the token limit is judged on the scan of all of it
+        // and a parse of its first part only: its cost stays that of a scan.
+        let sc = scan::scan(text, max_tokens.min(PARSED_WHEN_TOO_LARGE));
+        let parsed = if sc.tokens > max_tokens {
+            shape.too_large = true;
+            shape.scanned.depth = shape.scanned.depth.max(sc.depth);
+            shape.scanned.aliases = shape.scanned.aliases.saturating_add(sc.aliases);
+            shape.scanned.directives = shape.scanned.directives.saturating_add(sc.directives);
+            text.get(..sc.cut).unwrap_or(text)
+        } else {
+            text
+        };
+        let tree = Parser::new(parsed)
             .recursion_limit(PARSER_RECURSION)
             .token_limit(max_tokens)
             .parse();
@@ -405,7 +422,8 @@ impl Graphql {
                 _ => shape.foreign_definitions = true,
             }
         }
-        fragment_cycles(&fragments, shape);
+        let order = fragment_cycles(&fragments, shape);
+        let sums = fragment_sums(&fragments, &order);
         // The operation the server runs: the named one, or the only one.
         let chosen: Vec<&cst::OperationDefinition> = match operation_name {
             Some(n) if ops.len() > 1 => ops
@@ -435,9 +453,10 @@ impl Graphql {
                     }
                 }
             }
-            if let Some(d) = op.directives() {
-                shape.directives += d.directives().count() as u32;
-            }
+            shape.n.directives = shape
+                .n
+                .directives
+                .saturating_add(directive_count(op.directives()));
             let mut operation = Operation {
                 kind,
                 name: op.name().map(|n| n.text().to_string()),
@@ -445,7 +464,7 @@ impl Graphql {
                 arguments: Vec::new(),
             };
             if let Some(sel) = op.selection_set() {
-                walk(sel, &fragments, a, shape, var_locs, &mut operation);
+                walk(sel, (&fragments, &sums), a, shape, var_locs, &mut operation);
             }
             if runs {
                 a.operations.push(operation);
@@ -455,7 +474,7 @@ impl Graphql {
 
     fn judge_shape(&self, s: &Shape, a: &mut Analysis) {
         let c = &self.cfg;
-        if s.introspection > 0 {
+        if s.n.introspection > 0 {
             let score = match c.introspection {
                 Introspection::Allow => None,
                 Introspection::Alert => Some(0),
@@ -467,33 +486,37 @@ impl Graphql {
                     sc,
                     format!(
                         "{} introspection field(s): __schema/__type",
-                        s.introspection
+                        s.n.introspection
                     ),
                 ));
             }
         }
-        if s.too_deep {
+        // Past the token limit the scan of the whole document knows more.
+        let depth = s.n.depth.max(s.scanned.depth);
+        let aliases = s.n.aliases.max(s.scanned.aliases);
+        let directives = s.n.directives.max(s.scanned.directives);
+        if s.too_deep || depth as usize > PARSER_RECURSION {
             a.findings.push((
                 DEPTH,
                 10,
                 format!("nesting beyond {PARSER_RECURSION} (parser stopped)"),
             ));
-        } else if let Some(sc) = over(s.depth as usize, c.max_depth) {
+        } else if let Some(sc) = over(depth as usize, c.max_depth) {
             a.findings.push((
                 DEPTH,
                 sc,
-                format!("selection depth {} (limit {})", s.depth, c.max_depth),
+                format!("selection depth {depth} (limit {})", c.max_depth),
             ));
         }
         let checks = [
-            (ALIASES, s.aliases, c.max_aliases, "aliases"),
+            (ALIASES, aliases, c.max_aliases, "aliases"),
             (
                 FIELDS,
-                s.fields,
+                s.n.fields,
                 c.max_fields,
                 "fields (fragments expanded)",
             ),
-            (DIRECTIVES, s.directives, c.max_directives, "directives"),
+            (DIRECTIVES, directives, c.max_directives, "directives"),
         ];
         for (rule, n, max, what) in checks {
             if let Some(sc) = over(n as usize, max) {
@@ -502,7 +525,7 @@ impl Graphql {
                     .push((rule, sc, format!("{more}{n} {what} (limit {max})")));
             }
         }
-        if s.budget_spent && !a.findings.iter().any(|f| f.0 == FIELDS) {
+        if (s.budget_spent || s.summed) && !a.findings.iter().any(|f| f.0 == FIELDS) {
             a.findings.push((
                 FIELDS,
                 10,
@@ -631,11 +654,8 @@ fn normalize_path(p: &str) -> String {
 /// Counters over a whole request (all operations of a batch).
 #[derive(Default)]
 struct Shape {
-    depth: u32,
-    aliases: u32,
-    fields: u32,
-    directives: u32,
-    introspection: u32,
+    /// Depth, fields, aliases, directives, introspection fields.
+    n: Sum,
     visits: u32,
     budget_spent: bool,
     too_deep: bool,
@@ -644,9 +664,21 @@ struct Shape {
     cycle: Option<String>,
     /// Evidence of a `$`-named key in an input object.
     operator: Option<String>,
+    /// Counts of the scans of documents over the token limit (parsed in
+    /// part only): floors for the counts of the parsed parts.
+    scanned: scan::Scan,
+    /// A spread was counted by its fragment's sum (expanding it would have
+    /// gone past the visit budget).
+    summed: bool,
 }
 
 impl Shape {
+    /// Counts a fragment spread at `depth` by its sum, not by walking it.
+    fn add(&mut self, x: Sum, depth: u32) {
+        self.summed = true;
+        self.n.add(x, depth);
+    }
+
     /// Counts one visit; false once the budget is spent.
     fn visit(&mut self) -> bool {
         if self.visits >= VISIT_BUDGET {
@@ -663,7 +695,10 @@ impl Shape {
 /// the visit budget (a spread adds no depth, as the server sees it).
 fn walk(
     root: cst::SelectionSet,
-    fragments: &HashMap<String, cst::FragmentDefinition>,
+    (fragments, sums): (
+        &HashMap<String, cst::FragmentDefinition>,
+        &HashMap<&str, Sum>,
+    ),
     a: &mut Analysis,
     shape: &mut Shape,
     var_locs: &mut HashMap<String, String>,
@@ -681,17 +716,18 @@ fn walk(
                     let Some(name) = f.name().map(|n| n.text().to_string()) else {
                         continue;
                     };
-                    shape.fields += 1;
-                    shape.depth = shape.depth.max(depth);
+                    shape.n.fields = shape.n.fields.saturating_add(1);
+                    shape.n.depth = shape.n.depth.max(depth);
                     if f.alias().is_some() {
-                        shape.aliases += 1;
+                        shape.n.aliases = shape.n.aliases.saturating_add(1);
                     }
-                    if name == "__schema" || name == "__type" {
-                        shape.introspection += 1;
+                    if is_introspection(&name) {
+                        shape.n.introspection = shape.n.introspection.saturating_add(1);
                     }
-                    if let Some(d) = f.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(f.directives()));
                     if depth == 1 && spreads == 0 && !name.starts_with("__") {
                         op.fields.push(name.clone());
                     }
@@ -715,26 +751,34 @@ fn walk(
                     }
                 }
                 cst::Selection::InlineFragment(i) => {
-                    if let Some(d) = i.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(i.directives()));
                     if let Some(s) = i.selection_set() {
                         stack.push((s, depth, spreads));
                     }
                 }
                 cst::Selection::FragmentSpread(s) => {
-                    if let Some(d) = s.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(s.directives()));
                     // A cycle is reported by `fragment_cycles`; expanding stops at
                     // a spread chain as long as there are fragments.
                     if spreads as usize > fragments.len() {
                         continue;
                     }
-                    let frag = s
-                        .fragment_name()
-                        .and_then(|n| n.name())
-                        .and_then(|n| fragments.get(n.text().as_ref()));
+                    let name = s.fragment_name().and_then(|n| n.name()).map(|n| n.text());
+                    // A spread that would take the walk past its budget (a
+                    // fragment bomb) adds its fragment's sum instead.
+                    if let Some(sum) = name.as_ref().and_then(|n| sums.get(n.as_ref()))
+                        && shape.visits.saturating_add(sum.selections) > VISIT_BUDGET
+                    {
+                        shape.add(*sum, depth);
+                        continue;
+                    }
+                    let frag = name.and_then(|n| fragments.get(n.as_ref()));
                     if let Some(set) = frag.and_then(cst::FragmentDefinition::selection_set) {
                         stack.push((set, depth, spreads + 1));
                     }
@@ -914,7 +958,12 @@ fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool)
 
 /// Fragment spreads that lead back to their own fragment (a server without
 /// validation loops on them). Iterative depth-first search with colours.
-fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: &mut Shape) {
+/// Returns the fragments in post-order (each after those it spreads, cycles
+/// aside); empty when the visit budget ran out.
+fn fragment_cycles<'f>(
+    fragments: &'f HashMap<String, cst::FragmentDefinition>,
+    shape: &mut Shape,
+) -> Vec<&'f str> {
     // Direct spreads of each fragment (inline fragments included).
     let mut edges: HashMap<&str, Vec<String>> = HashMap::new();
     for (name, f) in fragments {
@@ -923,7 +972,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
         while let Some(set) = stack.pop() {
             for sel in set.selections() {
                 if !shape.visit() {
-                    return;
+                    return Vec::new();
                 }
                 match sel {
                     cst::Selection::Field(f) => stack.extend(f.selection_set()),
@@ -940,6 +989,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
     }
     // 0 unseen, 1 on the path, 2 done.
     let mut colour: HashMap<&str, u8> = HashMap::new();
+    let mut order = Vec::with_capacity(edges.len());
     for start in edges.keys() {
         if colour.get(start).copied().unwrap_or(0) != 0 {
             continue;
@@ -952,6 +1002,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
             match next {
                 None => {
                     colour.insert(node, 2);
+                    order.push(*node);
                     path.pop();
                 }
                 Some(n) => {
@@ -960,8 +1011,9 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
                     };
                     match colour.get(key).copied().unwrap_or(0) {
                         1 => {
-                            shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
-                            return;
+                            if shape.cycle.is_none() {
+                                shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
+                            }
                         }
                         0 => {
                             colour.insert(key, 1);
@@ -973,6 +1025,106 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
             }
         }
     }
+    order
+}
+
+/// What a fragment adds where it is spread, its own spreads included.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sum {
+    selections: u32,
+    fields: u32,
+    aliases: u32,
+    directives: u32,
+    introspection: u32,
+    /// Deepest field, the fragment's own top fields being at 1.
+    depth: u32,
+}
+
+/// The [`Sum`] of every fragment, computed in `order` (each after the ones it
+/// spreads) from those before: a fragment bomb costs its size, not its
+/// expansion. A spread of a fragment not summed (a cycle) adds nothing.
+fn fragment_sums<'f>(
+    fragments: &'f HashMap<String, cst::FragmentDefinition>,
+    order: &[&'f str],
+) -> HashMap<&'f str, Sum> {
+    let mut sums: HashMap<&str, Sum> = HashMap::with_capacity(order.len());
+    for name in order {
+        let Some(set) = fragments
+            .get(*name)
+            .and_then(cst::FragmentDefinition::selection_set)
+        else {
+            continue;
+        };
+        let mut sum = Sum::default();
+        let mut stack: Vec<(cst::SelectionSet, u32)> = vec![(set, 1)];
+        while let Some((set, depth)) = stack.pop() {
+            for sel in set.selections() {
+                sum.selections = sum.selections.saturating_add(1);
+                match sel {
+                    cst::Selection::Field(f) => {
+                        sum.fields = sum.fields.saturating_add(1);
+                        sum.depth = sum.depth.max(depth);
+                        if f.alias().is_some() {
+                            sum.aliases = sum.aliases.saturating_add(1);
+                        }
+                        if f.name().is_some_and(|n| is_introspection(&n.text())) {
+                            sum.introspection = sum.introspection.saturating_add(1);
+                        }
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(f.directives()));
+                        if let Some(s) = f.selection_set() {
+                            stack.push((s, depth + 1));
+                        }
+                    }
+                    cst::Selection::InlineFragment(i) => {
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(i.directives()));
+                        stack.extend(i.selection_set().map(|s| (s, depth)));
+                    }
+                    cst::Selection::FragmentSpread(sp) => {
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(sp.directives()));
+                        let inner = sp
+                            .fragment_name()
+                            .and_then(|n| n.name())
+                            .and_then(|n| sums.get(n.text().as_ref()).copied());
+                        if let Some(x) = inner {
+                            sum.add(x, depth);
+                        }
+                    }
+                }
+            }
+        }
+        sums.insert(name, sum);
+    }
+    sums
+}
+
+impl Sum {
+    /// Adds a fragment spread at `depth`.
+    fn add(&mut self, x: Sum, depth: u32) {
+        self.selections = self.selections.saturating_add(x.selections);
+        self.fields = self.fields.saturating_add(x.fields);
+        self.aliases = self.aliases.saturating_add(x.aliases);
+        self.directives = self.directives.saturating_add(x.directives);
+        self.introspection = self.introspection.saturating_add(x.introspection);
+        if x.depth > 0 {
+            self.depth = self.depth.max(depth.saturating_add(x.depth - 1));
+        }
+    }
+}
+
+fn directive_count(d: Option<cst::Directives>) -> u32 {
+    d.map_or(0, |d| {
+        u32::try_from(d.directives().count()).unwrap_or(u32::MAX)
+    })
+}
+
+fn is_introspection(name: &str) -> bool {
+    name == "__schema" || name == "__type"
 }
 
 /// The root fields of a schema (SDL), for the inventory.
