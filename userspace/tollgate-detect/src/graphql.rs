@@ -899,6 +899,27 @@ fn resolve_arguments(ops: &mut [Operation], vars: &Json) {
 /// authentication failed: one per failed call, so 200 aliased logins that fail
 /// count 200 failures. 0 for anything else.
 pub fn auth_errors(body: &[u8]) -> u32 {
+    response_errors(body).auth
+}
+
+/// What the errors of a GraphQL response say about the client.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResponseErrors {
+    /// Errors saying authentication failed, one per failed call.
+    pub auth: u32,
+    /// Messages of errors suggesting a name (`Cannot query field "usr" on
+    /// type "Query". Did you mean "user"?`): what a client reconstructing a
+    /// schema without introspection reads, one per wrong name it tried. At most
+    /// [`MAX_SUGGESTIONS`] kept.
+    pub suggestions: Vec<String>,
+}
+
+/// Suggestion messages kept from one response.
+pub const MAX_SUGGESTIONS: usize = 64;
+
+/// The errors of a GraphQL response (one object, or a batch's array); none
+/// for anything else.
+pub fn response_errors(body: &[u8]) -> ResponseErrors {
     const WORDS: &[&str] = &[
         "invalid credentials",
         "invalid password",
@@ -915,39 +936,40 @@ pub fn auth_errors(body: &[u8]) -> u32 {
         "access denied",
     ];
     const CODES: &[&str] = &["UNAUTHENTICATED", "FORBIDDEN", "UNAUTHORIZED"];
+    let mut out = ResponseErrors::default();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if !matches!(first, Some(b'{' | b'[')) || memchr::memmem::find(body, b"\"errors\"").is_none() {
-        return 0;
+        return out;
     }
     let Ok(json) = serde_json::from_slice::<Json>(body) else {
-        return 0;
+        return out;
     };
     let items: Vec<&Json> = match &json {
         Json::Array(v) => v.iter().collect(),
         o => vec![o],
     };
-    let mut n = 0u32;
     for it in items {
         let Some(Json::Array(errors)) = it.get("errors") else {
             continue;
         };
         for e in errors {
-            let msg = e
-                .get("message")
-                .and_then(Json::as_str)
-                .unwrap_or("")
-                .to_ascii_lowercase();
+            let text = e.get("message").and_then(Json::as_str).unwrap_or("");
+            let msg = text.to_ascii_lowercase();
+            if msg.contains("did you mean") && out.suggestions.len() < MAX_SUGGESTIONS {
+                out.suggestions
+                    .push(crate::decode::truncate(text, 120).to_owned());
+            }
             let code = e
                 .get("extensions")
                 .and_then(|x| x.get("code"))
                 .and_then(Json::as_str)
                 .unwrap_or("");
             if WORDS.iter().any(|w| msg.contains(w)) || CODES.contains(&code) {
-                n = n.saturating_add(1);
+                out.auth = out.auth.saturating_add(1);
             }
         }
     }
-    n
+    out
 }
 
 fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool) {
