@@ -101,6 +101,13 @@ fn parse(raw: &[u8]) -> Option<Request> {
     }
 }
 
+/// CPU time of this thread: on a shared machine, wall time also counts
+/// the time other processes ran.
+fn cpu_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
+}
+
 /// Pairs of REST and GraphQL passes.
 const ROUNDS: usize = 5;
 
@@ -191,14 +198,17 @@ pub fn run() {
         ("fragment bomb (2^24 fields), padded to 1 MB", bomb),
     ];
     println!(
-        "  1 MB hostile documents (POST /graphql, JSON body), judged (HTTP parse + pipeline), best and worst of 5:"
+        "  1 MB hostile documents (POST /graphql, JSON body), judged (HTTP parse + pipeline), best and worst of 5, wall and thread CPU time:"
     );
     let mut worst_all = Duration::ZERO;
+    let mut worst_cpu = Duration::ZERO;
     for (what, doc) in hostile {
         let req = gql(&doc, "{}");
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
         let mut rules = Vec::new();
         for k in 0..5u8 {
+            let c = cpu_now();
             let t = Instant::now();
             let Some(parsed) = parse(&req) else {
                 println!("    {what}: did not parse as HTTP");
@@ -206,21 +216,29 @@ pub fn run() {
             };
             let d = p.on_request(Some(std::net::IpAddr::from([198, 19, 0, k])), &parsed, 0);
             times.push(t.elapsed());
+            cpu.push(cpu_now().saturating_sub(c));
             rules = d.violations.iter().map(|v| v.rule).collect();
         }
         times.sort();
-        if let (Some(best), Some(worst)) = (times.first(), times.last()) {
+        cpu.sort();
+        if let (Some(best), Some(worst), Some(cbest), Some(cworst)) =
+            (times.first(), times.last(), cpu.first(), cpu.last())
+        {
             worst_all = worst_all.max(*worst);
+            worst_cpu = worst_cpu.max(*cworst);
             println!(
-                "    {what}: {:.2} ms .. {:.2} ms ({} bytes; {rules:?})",
+                "    {what}: wall {:.2} .. {:.2} ms, CPU {:.2} .. {:.2} ms ({} bytes; {rules:?})",
                 best.as_secs_f64() * 1e3,
                 worst.as_secs_f64() * 1e3,
+                cbest.as_secs_f64() * 1e3,
+                cworst.as_secs_f64() * 1e3,
                 req.len()
             );
         }
     }
     println!(
-        "  worst hostile document: {:.2} ms (goal < 5 ms)",
-        worst_all.as_secs_f64() * 1e3
+        "  worst hostile document: wall {:.2} ms, CPU {:.2} ms (goal < 5 ms)",
+        worst_all.as_secs_f64() * 1e3,
+        worst_cpu.as_secs_f64() * 1e3
     );
 }

@@ -101,7 +101,7 @@ pub const MAX_ROUTES: usize = 16;
 const MAX_JSON_DEPTH: u32 = 32;
 /// Tokens parsed of a document over `max_tokens` (its shape comes from the
 /// scan of all of it; this part yields the operations and inputs).
-const PARSED_WHEN_TOO_LARGE: usize = 4_000;
+const PARSED_WHEN_TOO_LARGE: usize = 2_000;
 
 /// Operation type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -299,9 +299,16 @@ impl Graphql {
                 variables: None,
             }]);
         }
-        let json: Json = match serde_json::from_str(&text) {
-            Ok(j) => j,
-            Err(_) if req.truncated => {
+        // A body cut where capture stopped is no complete JSON: parsing it
+        // whole first would only cost a pass over a megabyte to fail.
+        let parsed = if req.truncated {
+            None
+        } else {
+            Some(serde_json::from_str::<Json>(&text))
+        };
+        let json: Json = match parsed {
+            Some(Ok(j)) => j,
+            None => {
                 // The body was cut where capture stopped: judge the part of the
                 // document that arrived (the parser takes a broken end).
                 a.findings.push((
@@ -321,7 +328,7 @@ impl Graphql {
                         .collect(),
                 );
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 a.findings
                     .push((MALFORMED, 6, format!("body is not JSON: {e}")));
                 return Some(Vec::new());
@@ -605,27 +612,31 @@ fn from_pairs(q: &str, a: &mut Analysis) -> Option<Vec<Sent>> {
 fn json_string_prefix(text: &str, key: &str) -> Option<String> {
     let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
     let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let mut chars = rest.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => break,
-            '\\' => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                Some('r') => out.push('\r'),
-                Some('u') => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                        out.push(ch);
-                    }
-                }
-                Some(other) => out.push(other),
-                None => break,
-            },
-            c => out.push(c),
+    let mut rest = rest.strip_prefix('"')?;
+    let mut out = String::with_capacity(rest.len());
+    // Runs without escapes are copied whole: a megabyte costs a copy.
+    while let Some(at) = memchr::memchr2(b'"', b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        if rest.as_bytes()[at] == b'"' {
+            return Some(out);
         }
+        let mut chars = rest[at + 1..].chars();
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    out.push(ch);
+                }
+            }
+            Some(other) => out.push(other),
+            None => return Some(out),
+        }
+        rest = chars.as_str();
     }
+    out.push_str(rest);
     Some(out)
 }
 

@@ -251,8 +251,8 @@ fn hostile_megabyte_documents() {
 fn many_distinct_fields_stay_cheap() {
     let wide: String = (0..20_000).map(|i| format!("f{i} ")).collect();
     let a = analyze(&post(&body(&format!("{{ {wide} }}"), "{}")));
-    // Over the token limit, the first 4,000 tokens are parsed: about 2,000 fields.
-    assert!(a.attempts().len() > 1_500, "{}", a.attempts().len());
+    // Over the token limit, the first 2,000 tokens are parsed: about 1,000 fields.
+    assert!(a.attempts().len() > 800, "{}", a.attempts().len());
     assert!(a.rules().contains(&"graphql.too_large"));
     assert_eq!(a.routes().len(), MAX_ROUTES);
     assert!(a.rules().contains(&"graphql.fields"));
@@ -415,3 +415,4 @@ fn fragments_count_as_expanded() {
     );
     assert!(a.rules().contains(&"graphql.depth"), "{:?}", a.rules());
 }
+
