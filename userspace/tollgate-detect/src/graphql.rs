@@ -1043,10 +1043,8 @@ fn fragment_cycles<'f>(
                         continue;
                     };
                     match colour.get(key).copied().unwrap_or(0) {
-                        1 => {
-                            if shape.cycle.is_none() {
-                                shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
-                            }
+                        1 if shape.cycle.is_none() => {
+                            shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
                         }
                         0 => {
                             colour.insert(key, 1);

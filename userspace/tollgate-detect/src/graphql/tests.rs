@@ -415,4 +415,3 @@ fn fragments_count_as_expanded() {
     );
     assert!(a.rules().contains(&"graphql.depth"), "{:?}", a.rules());
 }
-
