@@ -277,3 +277,84 @@ fn introspection_is_banned_under_deny() {
         agent.events()
     );
 }
+
+/// BOLA through an argument: a route names the operation and the argument
+/// bound to the token's claim; a client holding a token for user 7 may read
+/// `user(id: 7)`, asking for `user(id: 8)` (literal or variable) is flagged
+/// and, repeated, banned; the server answered every time.
+#[test]
+fn bola_through_arguments_is_flagged() {
+    let (lab, _srv, agent, dst, _dir) =
+        setup("routes:\n  - path: POST /graphql query user\n    bind: {param: id, claim: sub}\n");
+    // {"alg":"HS256"} . {"sub":"7"} . signature (no keys configured: read, not verified)
+    let with_token = |query: &str, variables: &str| {
+        let q = serde_json::to_string(query).unwrap();
+        let body = format!(r#"{{"query":{q},"variables":{variables}}}"#);
+        format!(
+            "POST /graphql HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2ln\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let own = lab.v4(0, 2);
+    let answer = raw_http(
+        &lab,
+        own,
+        dst,
+        (0..5)
+            .map(|_| {
+                with_token(
+                    "query U($id: ID!) { user(id: $id) { id name } }",
+                    r#"{"id":"7"}"#,
+                )
+            })
+            .collect(),
+    );
+    assert!(
+        answer.contains("\"id\": \"7\"") || answer.contains("\"id\":\"7\""),
+        "{answer}"
+    );
+    let other = lab.v4(0, 30);
+    add_addr(&lab, other);
+    raw_http(
+        &lab,
+        other,
+        dst,
+        vec![
+            with_token("{ user(id: 8) { id name } }", "{}"),
+            with_token(
+                "query U($id: ID!) { user(id: $id) { id name } }",
+                r#"{"id":"8"}"#,
+            ),
+            with_token("{ user(id: 8) { name } }", "{}"),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || banned(&agent, other)),
+        "user(id: 8) with a token for 7 not banned: {:#?}",
+        agent.events()
+    );
+    let events = agent.events();
+    let other_s = other.to_string();
+    let bola: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["client"].as_str() == Some(other_s.as_str())
+                && e.to_string().contains("authz.object_binding")
+        })
+        .collect();
+    assert!(!bola.is_empty(), "{events:#?}");
+    assert!(
+        bola.iter()
+            .any(|e| e.to_string().contains("/graphql query user")),
+        "the event does not name the operation: {bola:#?}"
+    );
+    let own_s = own.to_string();
+    assert!(
+        !banned(&agent, own)
+            && !events
+                .iter()
+                .any(|e| e["client"].as_str() == Some(own_s.as_str())),
+        "the owner was flagged: {events:#?}"
+    );
+}

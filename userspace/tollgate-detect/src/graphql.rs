@@ -28,6 +28,8 @@ use crate::detect::rules::{
 };
 use crate::http::Request;
 
+mod scan;
+
 /// What introspection queries (`__schema`, `__type`) lead to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +99,9 @@ const MAX_INPUTS: usize = 512;
 pub const MAX_ROUTES: usize = 16;
 /// Deepest JSON nesting of variables walked.
 const MAX_JSON_DEPTH: u32 = 32;
+/// Tokens parsed of a document over `max_tokens` (its shape comes from the
+/// scan of all of it; this part yields the operations and inputs).
+const PARSED_WHEN_TOO_LARGE: usize = 2_000;
 
 /// Operation type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -315,9 +320,16 @@ impl Graphql {
                 variables: None,
             }]);
         }
-        let json: Json = match serde_json::from_str(&text) {
-            Ok(j) => j,
-            Err(_) if req.truncated => {
+        // A body cut where capture stopped is no complete JSON: parsing it
+        // whole first would only cost a pass over a megabyte to fail.
+        let parsed = if req.truncated {
+            None
+        } else {
+            Some(serde_json::from_str::<Json>(&text))
+        };
+        let json: Json = match parsed {
+            Some(Ok(j)) => j,
+            None => {
                 // The body was cut where capture stopped: judge the part of the
                 // document that arrived (the parser takes a broken end).
                 a.findings.push((
@@ -337,7 +349,7 @@ impl Graphql {
                         .collect(),
                 );
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 a.findings
                     .push((MALFORMED, 6, format!("body is not JSON: {e}")));
                 return Some(Vec::new());
@@ -389,7 +401,19 @@ impl Graphql {
         } else {
             self.cfg.max_tokens as usize
         };
-        let tree = Parser::new(text)
+        // A document over the token limit is judged on the scan of all of it
+        // and a parse of its first part only: its cost stays that of a scan.
+        let sc = scan::scan(text, max_tokens.min(PARSED_WHEN_TOO_LARGE));
+        let parsed = if sc.tokens > max_tokens {
+            shape.too_large = true;
+            shape.scanned.depth = shape.scanned.depth.max(sc.depth);
+            shape.scanned.aliases = shape.scanned.aliases.saturating_add(sc.aliases);
+            shape.scanned.directives = shape.scanned.directives.saturating_add(sc.directives);
+            text.get(..sc.cut).unwrap_or(text)
+        } else {
+            text
+        };
+        let tree = Parser::new(parsed)
             .recursion_limit(PARSER_RECURSION)
             .token_limit(max_tokens)
             .parse();
@@ -426,7 +450,8 @@ impl Graphql {
                 _ => shape.foreign_definitions = true,
             }
         }
-        fragment_cycles(&fragments, shape);
+        let order = fragment_cycles(&fragments, shape);
+        let sums = fragment_sums(&fragments, &order);
         // The operation the server runs: the named one, or the only one.
         let chosen: Vec<&cst::OperationDefinition> = match operation_name {
             Some(n) if ops.len() > 1 => ops
@@ -456,9 +481,10 @@ impl Graphql {
                     }
                 }
             }
-            if let Some(d) = op.directives() {
-                shape.directives += d.directives().count() as u32;
-            }
+            shape.n.directives = shape
+                .n
+                .directives
+                .saturating_add(directive_count(op.directives()));
             let mut operation = Operation {
                 kind,
                 name: op.name().map(|n| n.text().to_string()),
@@ -466,7 +492,7 @@ impl Graphql {
                 arguments: Vec::new(),
             };
             if let Some(sel) = op.selection_set() {
-                walk(sel, &fragments, a, shape, var_locs, &mut operation);
+                walk(sel, (&fragments, &sums), a, shape, var_locs, &mut operation);
             }
             if runs {
                 a.operations.push(operation);
@@ -476,7 +502,7 @@ impl Graphql {
 
     fn judge_shape(&self, s: &Shape, a: &mut Analysis) {
         let c = &self.cfg;
-        if s.introspection > 0 {
+        if s.n.introspection > 0 {
             let score = match c.introspection {
                 Introspection::Allow => None,
                 Introspection::Alert => Some(0),
@@ -488,33 +514,37 @@ impl Graphql {
                     sc,
                     format!(
                         "{} introspection field(s): __schema/__type",
-                        s.introspection
+                        s.n.introspection
                     ),
                 ));
             }
         }
-        if s.too_deep {
+        // Past the token limit the scan of the whole document knows more.
+        let depth = s.n.depth.max(s.scanned.depth);
+        let aliases = s.n.aliases.max(s.scanned.aliases);
+        let directives = s.n.directives.max(s.scanned.directives);
+        if s.too_deep || depth as usize > PARSER_RECURSION {
             a.findings.push((
                 DEPTH,
                 10,
                 format!("nesting beyond {PARSER_RECURSION} (parser stopped)"),
             ));
-        } else if let Some(sc) = over(s.depth as usize, c.max_depth) {
+        } else if let Some(sc) = over(depth as usize, c.max_depth) {
             a.findings.push((
                 DEPTH,
                 sc,
-                format!("selection depth {} (limit {})", s.depth, c.max_depth),
+                format!("selection depth {depth} (limit {})", c.max_depth),
             ));
         }
         let checks = [
-            (ALIASES, s.aliases, c.max_aliases, "aliases"),
+            (ALIASES, aliases, c.max_aliases, "aliases"),
             (
                 FIELDS,
-                s.fields,
+                s.n.fields,
                 c.max_fields,
                 "fields (fragments expanded)",
             ),
-            (DIRECTIVES, s.directives, c.max_directives, "directives"),
+            (DIRECTIVES, directives, c.max_directives, "directives"),
         ];
         for (rule, n, max, what) in checks {
             if let Some(sc) = over(n as usize, max) {
@@ -523,7 +553,7 @@ impl Graphql {
                     .push((rule, sc, format!("{more}{n} {what} (limit {max})")));
             }
         }
-        if s.budget_spent && !a.findings.iter().any(|f| f.0 == FIELDS) {
+        if (s.budget_spent || s.summed) && !a.findings.iter().any(|f| f.0 == FIELDS) {
             a.findings.push((
                 FIELDS,
                 10,
@@ -637,27 +667,31 @@ fn multipart_part(body: &[u8], content_type: &str, name: &str) -> Option<String>
 fn json_string_prefix(text: &str, key: &str) -> Option<String> {
     let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
     let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let mut chars = rest.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => break,
-            '\\' => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                Some('r') => out.push('\r'),
-                Some('u') => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                        out.push(ch);
-                    }
-                }
-                Some(other) => out.push(other),
-                None => break,
-            },
-            c => out.push(c),
+    let mut rest = rest.strip_prefix('"')?;
+    let mut out = String::with_capacity(rest.len());
+    // Runs without escapes are copied whole: a megabyte costs a copy.
+    while let Some(at) = memchr::memchr2(b'"', b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        if rest.as_bytes()[at] == b'"' {
+            return Some(out);
         }
+        let mut chars = rest[at + 1..].chars();
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    out.push(ch);
+                }
+            }
+            Some(other) => out.push(other),
+            None => return Some(out),
+        }
+        rest = chars.as_str();
     }
+    out.push_str(rest);
     Some(out)
 }
 
@@ -686,11 +720,8 @@ fn normalize_path(p: &str) -> String {
 /// Counters over a whole request (all operations of a batch).
 #[derive(Default)]
 struct Shape {
-    depth: u32,
-    aliases: u32,
-    fields: u32,
-    directives: u32,
-    introspection: u32,
+    /// Depth, fields, aliases, directives, introspection fields.
+    n: Sum,
     visits: u32,
     budget_spent: bool,
     too_deep: bool,
@@ -699,9 +730,21 @@ struct Shape {
     cycle: Option<String>,
     /// Evidence of a `$`-named key in an input object.
     operator: Option<String>,
+    /// Counts of the scans of documents over the token limit (parsed in
+    /// part only): floors for the counts of the parsed parts.
+    scanned: scan::Scan,
+    /// A spread was counted by its fragment's sum (expanding it would have
+    /// gone past the visit budget).
+    summed: bool,
 }
 
 impl Shape {
+    /// Counts a fragment spread at `depth` by its sum, not by walking it.
+    fn add(&mut self, x: Sum, depth: u32) {
+        self.summed = true;
+        self.n.add(x, depth);
+    }
+
     /// Counts one visit; false once the budget is spent.
     fn visit(&mut self) -> bool {
         if self.visits >= VISIT_BUDGET {
@@ -718,7 +761,10 @@ impl Shape {
 /// the visit budget (a spread adds no depth, as the server sees it).
 fn walk(
     root: cst::SelectionSet,
-    fragments: &HashMap<String, cst::FragmentDefinition>,
+    (fragments, sums): (
+        &HashMap<String, cst::FragmentDefinition>,
+        &HashMap<&str, Sum>,
+    ),
     a: &mut Analysis,
     shape: &mut Shape,
     var_locs: &mut HashMap<String, String>,
@@ -736,17 +782,18 @@ fn walk(
                     let Some(name) = f.name().map(|n| n.text().to_string()) else {
                         continue;
                     };
-                    shape.fields += 1;
-                    shape.depth = shape.depth.max(depth);
+                    shape.n.fields = shape.n.fields.saturating_add(1);
+                    shape.n.depth = shape.n.depth.max(depth);
                     if f.alias().is_some() {
-                        shape.aliases += 1;
+                        shape.n.aliases = shape.n.aliases.saturating_add(1);
                     }
-                    if name == "__schema" || name == "__type" {
-                        shape.introspection += 1;
+                    if is_introspection(&name) {
+                        shape.n.introspection = shape.n.introspection.saturating_add(1);
                     }
-                    if let Some(d) = f.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(f.directives()));
                     if depth == 1 && spreads == 0 && !name.starts_with("__") {
                         op.fields.push(name.clone());
                     }
@@ -770,26 +817,34 @@ fn walk(
                     }
                 }
                 cst::Selection::InlineFragment(i) => {
-                    if let Some(d) = i.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(i.directives()));
                     if let Some(s) = i.selection_set() {
                         stack.push((s, depth, spreads));
                     }
                 }
                 cst::Selection::FragmentSpread(s) => {
-                    if let Some(d) = s.directives() {
-                        shape.directives += d.directives().count() as u32;
-                    }
+                    shape.n.directives = shape
+                        .n
+                        .directives
+                        .saturating_add(directive_count(s.directives()));
                     // A cycle is reported by `fragment_cycles`; expanding stops at
                     // a spread chain as long as there are fragments.
                     if spreads as usize > fragments.len() {
                         continue;
                     }
-                    let frag = s
-                        .fragment_name()
-                        .and_then(|n| n.name())
-                        .and_then(|n| fragments.get(n.text().as_ref()));
+                    let name = s.fragment_name().and_then(|n| n.name()).map(|n| n.text());
+                    // A spread that would take the walk past its budget (a
+                    // fragment bomb) adds its fragment's sum instead.
+                    if let Some(sum) = name.as_ref().and_then(|n| sums.get(n.as_ref()))
+                        && shape.visits.saturating_add(sum.selections) > VISIT_BUDGET
+                    {
+                        shape.add(*sum, depth);
+                        continue;
+                    }
+                    let frag = name.and_then(|n| fragments.get(n.as_ref()));
                     if let Some(set) = frag.and_then(cst::FragmentDefinition::selection_set) {
                         stack.push((set, depth, spreads + 1));
                     }
@@ -914,6 +969,27 @@ fn resolve_arguments(ops: &mut [Operation], vars: &Json) {
 /// authentication failed: one per failed call, so 200 aliased logins that fail
 /// count 200 failures. 0 for anything else.
 pub fn auth_errors(body: &[u8]) -> u32 {
+    response_errors(body).auth
+}
+
+/// What the errors of a GraphQL response say about the client.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResponseErrors {
+    /// Errors saying authentication failed, one per failed call.
+    pub auth: u32,
+    /// Messages of errors suggesting a name (`Cannot query field "usr" on
+    /// type "Query". Did you mean "user"?`): what a client reconstructing a
+    /// schema without introspection reads, one per wrong name it tried. At most
+    /// [`MAX_SUGGESTIONS`] kept.
+    pub suggestions: Vec<String>,
+}
+
+/// Suggestion messages kept from one response.
+pub const MAX_SUGGESTIONS: usize = 64;
+
+/// The errors of a GraphQL response (one object, or a batch's array); none
+/// for anything else.
+pub fn response_errors(body: &[u8]) -> ResponseErrors {
     const WORDS: &[&str] = &[
         "invalid credentials",
         "invalid password",
@@ -930,39 +1006,40 @@ pub fn auth_errors(body: &[u8]) -> u32 {
         "access denied",
     ];
     const CODES: &[&str] = &["UNAUTHENTICATED", "FORBIDDEN", "UNAUTHORIZED"];
+    let mut out = ResponseErrors::default();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if !matches!(first, Some(b'{' | b'[')) || memchr::memmem::find(body, b"\"errors\"").is_none() {
-        return 0;
+        return out;
     }
     let Ok(json) = serde_json::from_slice::<Json>(body) else {
-        return 0;
+        return out;
     };
     let items: Vec<&Json> = match &json {
         Json::Array(v) => v.iter().collect(),
         o => vec![o],
     };
-    let mut n = 0u32;
     for it in items {
         let Some(Json::Array(errors)) = it.get("errors") else {
             continue;
         };
         for e in errors {
-            let msg = e
-                .get("message")
-                .and_then(Json::as_str)
-                .unwrap_or("")
-                .to_ascii_lowercase();
+            let text = e.get("message").and_then(Json::as_str).unwrap_or("");
+            let msg = text.to_ascii_lowercase();
+            if msg.contains("did you mean") && out.suggestions.len() < MAX_SUGGESTIONS {
+                out.suggestions
+                    .push(crate::decode::truncate(text, 120).to_owned());
+            }
             let code = e
                 .get("extensions")
                 .and_then(|x| x.get("code"))
                 .and_then(Json::as_str)
                 .unwrap_or("");
             if WORDS.iter().any(|w| msg.contains(w)) || CODES.contains(&code) {
-                n = n.saturating_add(1);
+                out.auth = out.auth.saturating_add(1);
             }
         }
     }
-    n
+    out
 }
 
 fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool) {
@@ -973,7 +1050,12 @@ fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool)
 
 /// Fragment spreads that lead back to their own fragment (a server without
 /// validation loops on them). Iterative depth-first search with colours.
-fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: &mut Shape) {
+/// Returns the fragments in post-order (each after those it spreads, cycles
+/// aside); empty when the visit budget ran out.
+fn fragment_cycles<'f>(
+    fragments: &'f HashMap<String, cst::FragmentDefinition>,
+    shape: &mut Shape,
+) -> Vec<&'f str> {
     // Direct spreads of each fragment (inline fragments included).
     let mut edges: HashMap<&str, Vec<String>> = HashMap::new();
     for (name, f) in fragments {
@@ -982,7 +1064,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
         while let Some(set) = stack.pop() {
             for sel in set.selections() {
                 if !shape.visit() {
-                    return;
+                    return Vec::new();
                 }
                 match sel {
                     cst::Selection::Field(f) => stack.extend(f.selection_set()),
@@ -999,6 +1081,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
     }
     // 0 unseen, 1 on the path, 2 done.
     let mut colour: HashMap<&str, u8> = HashMap::new();
+    let mut order = Vec::with_capacity(edges.len());
     for start in edges.keys() {
         if colour.get(start).copied().unwrap_or(0) != 0 {
             continue;
@@ -1011,6 +1094,7 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
             match next {
                 None => {
                     colour.insert(node, 2);
+                    order.push(*node);
                     path.pop();
                 }
                 Some(n) => {
@@ -1018,9 +1102,8 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
                         continue;
                     };
                     match colour.get(key).copied().unwrap_or(0) {
-                        1 => {
+                        1 if shape.cycle.is_none() => {
                             shape.cycle = Some(crate::decode::truncate(key, 40).to_owned());
-                            return;
                         }
                         0 => {
                             colour.insert(key, 1);
@@ -1032,6 +1115,106 @@ fn fragment_cycles(fragments: &HashMap<String, cst::FragmentDefinition>, shape: 
             }
         }
     }
+    order
+}
+
+/// What a fragment adds where it is spread, its own spreads included.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sum {
+    selections: u32,
+    fields: u32,
+    aliases: u32,
+    directives: u32,
+    introspection: u32,
+    /// Deepest field, the fragment's own top fields being at 1.
+    depth: u32,
+}
+
+/// The [`Sum`] of every fragment, computed in `order` (each after the ones it
+/// spreads) from those before: a fragment bomb costs its size, not its
+/// expansion. A spread of a fragment not summed (a cycle) adds nothing.
+fn fragment_sums<'f>(
+    fragments: &'f HashMap<String, cst::FragmentDefinition>,
+    order: &[&'f str],
+) -> HashMap<&'f str, Sum> {
+    let mut sums: HashMap<&str, Sum> = HashMap::with_capacity(order.len());
+    for name in order {
+        let Some(set) = fragments
+            .get(*name)
+            .and_then(cst::FragmentDefinition::selection_set)
+        else {
+            continue;
+        };
+        let mut sum = Sum::default();
+        let mut stack: Vec<(cst::SelectionSet, u32)> = vec![(set, 1)];
+        while let Some((set, depth)) = stack.pop() {
+            for sel in set.selections() {
+                sum.selections = sum.selections.saturating_add(1);
+                match sel {
+                    cst::Selection::Field(f) => {
+                        sum.fields = sum.fields.saturating_add(1);
+                        sum.depth = sum.depth.max(depth);
+                        if f.alias().is_some() {
+                            sum.aliases = sum.aliases.saturating_add(1);
+                        }
+                        if f.name().is_some_and(|n| is_introspection(&n.text())) {
+                            sum.introspection = sum.introspection.saturating_add(1);
+                        }
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(f.directives()));
+                        if let Some(s) = f.selection_set() {
+                            stack.push((s, depth + 1));
+                        }
+                    }
+                    cst::Selection::InlineFragment(i) => {
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(i.directives()));
+                        stack.extend(i.selection_set().map(|s| (s, depth)));
+                    }
+                    cst::Selection::FragmentSpread(sp) => {
+                        sum.directives = sum
+                            .directives
+                            .saturating_add(directive_count(sp.directives()));
+                        let inner = sp
+                            .fragment_name()
+                            .and_then(|n| n.name())
+                            .and_then(|n| sums.get(n.text().as_ref()).copied());
+                        if let Some(x) = inner {
+                            sum.add(x, depth);
+                        }
+                    }
+                }
+            }
+        }
+        sums.insert(name, sum);
+    }
+    sums
+}
+
+impl Sum {
+    /// Adds a fragment spread at `depth`.
+    fn add(&mut self, x: Sum, depth: u32) {
+        self.selections = self.selections.saturating_add(x.selections);
+        self.fields = self.fields.saturating_add(x.fields);
+        self.aliases = self.aliases.saturating_add(x.aliases);
+        self.directives = self.directives.saturating_add(x.directives);
+        self.introspection = self.introspection.saturating_add(x.introspection);
+        if x.depth > 0 {
+            self.depth = self.depth.max(depth.saturating_add(x.depth - 1));
+        }
+    }
+}
+
+fn directive_count(d: Option<cst::Directives>) -> u32 {
+    d.map_or(0, |d| {
+        u32::try_from(d.directives().count()).unwrap_or(u32::MAX)
+    })
+}
+
+fn is_introspection(name: &str) -> bool {
+    name == "__schema" || name == "__type"
 }
 
 /// The root fields of a schema (SDL), for the inventory.

@@ -765,6 +765,41 @@ mod api_tests {
         assert!(d.ban.is_some(), "{d:?}");
     }
 
+    /// Wrong field names answered with suggestions (`Did you mean …?`) are
+    /// counted per client like 404s on new paths: 40 distinct ones are
+    /// allowed within a minute, the 41st is probing; one typo repeated is not.
+    #[test]
+    fn field_suggestion_probing() {
+        let mut p = policy("");
+        let answer = |status: u16, name: &str| {
+            let mut r = bare_response(status);
+            r.headers = vec![("Content-Type".into(), "application/json".into())];
+            r.body = format!(
+                r#"{{"errors":[{{"message":"Cannot query field \"{name}\" on type \"Query\". Did you mean \"user\"?","locations":[{{"line":1,"column":3}}]}}]}}"#
+            )
+            .into_bytes();
+            r
+        };
+        let prober: IpAddr = "198.18.0.30".parse().unwrap();
+        for i in 0..40 {
+            let d = p.on_response(
+                prober,
+                None,
+                &answer(if i % 2 == 0 { 200 } else { 400 }, &format!("usr{i}")),
+                i,
+            );
+            assert!(d.violations.is_empty(), "{i}: {d:?}");
+        }
+        let d = p.on_response(prober, None, &answer(200, "usr40"), 41);
+        assert_eq!(d.violations[0].rule, "graphql.field_suggestions", "{d:?}");
+        assert!(d.ban.is_some(), "{d:?}");
+        let typo: IpAddr = "198.18.0.31".parse().unwrap();
+        for i in 0..100 {
+            let d = p.on_response(typo, None, &answer(200, "usr"), i);
+            assert!(d.violations.is_empty(), "{d:?}");
+        }
+    }
+
     #[test]
     fn api_violations_add_to_the_client_score() {
         // One BOLA mismatch is flagged, a few more ban.

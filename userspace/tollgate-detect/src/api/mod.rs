@@ -132,6 +132,7 @@ rules! {
     EXPOSURE_STACK_TRACE = "exposure.stack_trace", Exposure, 3;
     INVENTORY_UNKNOWN = "inventory.unknown_endpoint", Inventory, 2;
     METHOD_NOT_ALLOWED = "protocol.method_not_allowed", Protocol, 3;
+    GRAPHQL_SUGGESTIONS = "graphql.field_suggestions", Graphql, STRONG;
 }
 
 /// Whether findings of `category` are for reporting only: the caller raises an alert
@@ -520,6 +521,8 @@ impl Out<'_> {
             "jwt" => c.jwt,
             "auth" if rule == STUFFING => c.credential_stuffing,
             "enumeration" if rule == NOT_FOUND => c.forced_browsing,
+            // Wrong field names answered with suggestions are GraphQL's 404s.
+            "graphql" if rule == GRAPHQL_SUGGESTIONS => c.forced_browsing,
             _ if rule == DB_ERROR || rule == TRACE_ERROR => c.error_leak,
             "auth" => c.auth,
             "authz" => c.authz,
@@ -849,20 +852,34 @@ impl ApiGuard {
         } else {
             None
         };
+        // GraphQL answers failed logins with 200 and one error per failed call,
+        // wrong field names with 200 or 400 and a suggestion.
+        let gql = if matches!(resp.status, 200 | 400) && scannable(resp) {
+            crate::graphql::response_errors(
+                &resp.body[..resp.body.len().min(self.checks.max_response_bytes)],
+            )
+        } else {
+            crate::graphql::ResponseErrors::default()
+        };
+        let probing = if gql.suggestions.is_empty() || !self.checks.forced_browsing.enabled {
+            None
+        } else {
+            self.suggestions(client, &gql.suggestions, now_ms)
+        };
         let mut out = Out {
             checks: &self.checks,
             v: Vec::new(),
         };
-        // GraphQL answers failed logins with 200 and one error per failed call.
         let failures = if matches!(resp.status, 401 | 403) {
             1
-        } else if resp.status == 200 && scannable(resp) {
-            crate::graphql::auth_errors(
-                &resp.body[..resp.body.len().min(self.checks.max_response_bytes)],
-            )
+        } else if resp.status == 200 {
+            gql.auth
         } else {
             0
         };
+        if let Some(ev) = probing {
+            out.push(GRAPHQL_SUGGESTIONS, Location::Response, ev);
+        }
         if failures > 0 && out.checks.credential_stuffing.enabled {
             let n = self
                 .clients
@@ -1027,6 +1044,26 @@ impl ApiGuard {
     /// one missing path (polling a deleted resource) counts once: a wordlist
     /// walk or id guessing asks for new paths. Without the request (unpaired)
     /// every answer counts as the same path, which never adds up to a ban.
+    /// Counts the distinct suggestion errors a client was answered (each a
+    /// wrong name it tried) against the `enumeration.not_found` path limit and
+    /// window: a schema reconstructed by guessing is forced browsing.
+    fn suggestions(&mut self, client: IpAddr, messages: &[String], now_ms: u64) -> Option<String> {
+        let (max, _, window) = self.not_found;
+        // Keys apart from the enumeration ones: templates start with `/`.
+        let key = self.clients.template_key("graphql suggestions");
+        let mut n = 0;
+        for m in messages {
+            n = self.clients.see_id(client, key, m, now_ms, window, max);
+        }
+        (n > max).then(|| {
+            format!(
+                "more than {max} wrong GraphQL names answered with suggestions within {} (last: {})",
+                fmt_ms(window),
+                messages.last().map_or("", |m| crate::decode::truncate(m, 80))
+            )
+        })
+    }
+
     fn not_found(&mut self, client: IpAddr, req: Option<&Request>, now_ms: u64) -> Option<String> {
         let (paths, per_route, window) = self.not_found;
         let (path, route) = match req {

@@ -122,7 +122,7 @@ rules! {
     GRAPHQL_FRAGMENT_CYCLE = "graphql.fragment_cycle", Graphql, 10, "a fragment spreading itself, directly or through others";
     GRAPHQL_BATCHED_ATTEMPTS = "graphql.batched_attempts", Graphql, 10, "the same mutation called more than `max_attempts` times in one request, by aliases or a batch (6; 10 at twice the limit): brute force past per-request limits";
     GRAPHQL_OPERATOR_OBJECT = "graphql.operator_object", Graphql, 10, "an object key spelled with `$` in variables (`{\"$ne\": null}`): no GraphQL input field can have that name, so it is a MongoDB operator passed through a JSON scalar";
-    GRAPHQL_TOO_LARGE = "graphql.too_large", Graphql, 6, "a document longer than `max_tokens` tokens (judged up to the limit)";
+    GRAPHQL_TOO_LARGE = "graphql.too_large", Graphql, 6, "a document longer than `max_tokens` tokens (shape judged on a scan of all of it, the rest on its first 2,000 tokens)";
 }
 
 #[cfg(test)]

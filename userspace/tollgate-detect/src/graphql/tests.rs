@@ -251,8 +251,8 @@ fn hostile_megabyte_documents() {
 fn many_distinct_fields_stay_cheap() {
     let wide: String = (0..20_000).map(|i| format!("f{i} ")).collect();
     let a = analyze(&post(&body(&format!("{{ {wide} }}"), "{}")));
-    // The token limit cuts the document at about 10,000 fields.
-    assert!(a.attempts().len() > 5_000);
+    // Over the token limit, the first 2,000 tokens are parsed: about 1,000 fields.
+    assert!(a.attempts().len() > 800, "{}", a.attempts().len());
     assert!(a.rules().contains(&"graphql.too_large"));
     assert_eq!(a.routes().len(), MAX_ROUTES);
     assert!(a.rules().contains(&"graphql.fields"));
@@ -366,4 +366,131 @@ fn padding_does_not_push_arguments_out() {
         b.len()
     ));
     assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
+}
+
+/// The scan never counts more tokens than the parser, so a document within
+/// the token limit is never taken for a longer one.
+#[test]
+fn the_scan_counts_no_more_tokens_than_the_parser() {
+    let docs = [
+        LOGIN,
+        "{ a(x: -1.5e3, y: \"s \\\" } (\", z: \"\"\"blk \\\"\"\" } {\"\"\") ...F @d } # c { {\n fragment F on T { b }",
+        "{ é ..on ....x }",
+        "query { a: b, c : d, e :f }",
+        "\"unterminated\n{ x { y } }",
+        "{ a(o: {k: [1, 2], l: {m: $v}}) @skip(if: false) }",
+        "\u{feff}{ a }\t\r\n,,,",
+        "{ a(s: \"\\u00e9\\uD83D\\uDE00\") }",
+        "",
+    ];
+    for d in docs {
+        let parser = Parser::new(d).parse().token_limit().high;
+        let sc = scan::scan(d, usize::MAX);
+        assert!(
+            sc.tokens <= parser,
+            "{d:?}: scan {} > parser {parser}",
+            sc.tokens
+        );
+        assert_eq!(sc.cut, d.len());
+    }
+    let sc = scan::scan("{ a: b(c: {d: 1}) { e @x } }", 3);
+    assert_eq!((sc.depth, sc.aliases, sc.directives), (2, 1, 1));
+    // Cut after `{`, ` ` and `a`.
+    assert_eq!(sc.cut, 3);
+}
+
+fn analyze_with(cfg: GraphqlConfig, doc: &str) -> Analysis {
+    Graphql::new(cfg)
+        .analyze(&post(&body(doc, "{}")))
+        .expect("a GraphQL request")
+}
+
+/// A document at the token limit is judged exactly as without a limit; one
+/// over it is judged on the scan of all of it and a parse of its first part.
+#[test]
+fn the_token_limit_from_both_sides() {
+    let doc = "mutation Q($p: String) { a { b c d } l1: login(password: $p) { t } l2: login(password: \"x' OR 1=1--\") { t } }";
+    let parser = Parser::new(doc).parse().token_limit().high;
+    let cfg = |max_tokens| GraphqlConfig {
+        max_tokens,
+        max_attempts: 1,
+        ..GraphqlConfig::default()
+    };
+    let free = analyze_with(cfg(0), doc);
+    for limit in [parser, parser + 1, 100_000] {
+        let a = analyze_with(cfg(u32::try_from(limit).unwrap()), doc);
+        assert_eq!(a.findings, free.findings, "limit {limit}");
+        assert_eq!(a.operations, free.operations, "limit {limit}");
+        assert_eq!(a.inputs, free.inputs, "limit {limit}");
+    }
+    assert_eq!(free.rules(), ["graphql.batched_attempts"]);
+    let scanned = scan::scan(doc, usize::MAX).tokens;
+    let a = analyze_with(cfg(u32::try_from(scanned - 1).unwrap()), doc);
+    assert!(a.rules().contains(&"graphql.too_large"), "{:?}", a.rules());
+}
+
+/// Past the parsed part, the scan still finds depth and aliases over their
+/// limits, and nothing at the limits themselves.
+#[test]
+fn shape_past_the_parsed_part_from_both_sides() {
+    let cfg = GraphqlConfig {
+        max_tokens: 50,
+        max_depth: 5,
+        max_aliases: 4,
+        ..GraphqlConfig::default()
+    };
+    let filler = "f ".repeat(100);
+    let nested = |n: usize| {
+        format!(
+            "{{ {filler} {}x{} }}",
+            "a { ".repeat(n - 1),
+            " }".repeat(n - 1)
+        )
+    };
+    let aliased = |n: usize| {
+        let al: String = (0..n).map(|i| format!("a{i}: x ")).collect();
+        format!("{{ {filler} {al} }}")
+    };
+    let rules = |doc: &str| analyze_with(cfg.clone(), doc).rules();
+    assert_eq!(rules(&nested(5)), ["graphql.too_large"]);
+    assert!(rules(&nested(6)).contains(&"graphql.depth"));
+    assert_eq!(rules(&aliased(4)), ["graphql.too_large"]);
+    assert!(rules(&aliased(5)).contains(&"graphql.aliases"));
+}
+
+/// Spreads are counted as if expanded: by walking them within the budget,
+/// by their fragments' sums past it, with the same counts.
+#[test]
+fn fragments_count_as_expanded() {
+    let cfg = GraphqlConfig {
+        max_fields: 1,
+        max_depth: 1,
+        max_aliases: 1,
+        ..GraphqlConfig::default()
+    };
+    let spread = "{ u { ...A } v: w { x { ...A } } } fragment A on T { p: q { r ...B } } fragment B on T { s @d t }";
+    let inline = "{ u { p: q { r s @d t } } v: w { x { p: q { r s @d t } } } }";
+    let a = analyze_with(cfg.clone(), spread);
+    assert_eq!(a.findings, analyze_with(cfg, inline).findings);
+    assert!(!a.findings.is_empty());
+    // 2^40 fields expanded: summed, not walked.
+    let mut bomb = String::from("{ ...F0 }");
+    for i in 0..40 {
+        bomb.push_str(&format!(
+            " fragment F{i} on Q {{ a: f {{ ...F{n} }} b: f {{ ...F{n} }} }}",
+            n = i + 1
+        ));
+    }
+    bomb.push_str(" fragment F40 on Q { x }");
+    let a = analyze(&post(&body(&bomb, "{}")));
+    let fields = a
+        .findings
+        .iter()
+        .find(|f| f.0 == "graphql.fields")
+        .map(|f| f.2.clone());
+    assert_eq!(
+        fields.as_deref(),
+        Some(format!("{} fields (fragments expanded) (limit 500)", u32::MAX).as_str())
+    );
+    assert!(a.rules().contains(&"graphql.depth"), "{:?}", a.rules());
 }

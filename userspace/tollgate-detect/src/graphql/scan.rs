@@ -1,0 +1,132 @@
+//! One pass over a document's bytes before it is parsed: tokens (never more
+//! than the parser would count), selection nesting, aliases and directives of
+//! the whole document, and where the parser's share of a long document ends.
+//! A 1 MB hostile document is judged from this pass plus a parse of its first
+//! part, so its cost is a linear scan, not a parse of everything.
+
+/// What the pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Tokens, counted so that the parser's own count is never lower: a run
+    /// of name, number and spread characters is one token here, the parser
+    /// may see several.
+    pub tokens: usize,
+    /// Byte offset just after the `cut_at`-th token (the document's length
+    /// when it has fewer): what the parser is given of a long document.
+    pub cut: usize,
+    /// Deepest `{` nesting outside parentheses (selection sets; an inline
+    /// fragment's braces count here, the parser's walk does not count them).
+    pub depth: u32,
+    /// `name:` outside parentheses: aliases (type definitions, which have no
+    /// place in a request, count too).
+    pub aliases: u32,
+    /// `@` outside strings and comments.
+    pub directives: u32,
+}
+
+/// Scans `doc`; `cut_at` is the number of tokens the parser is to see.
+pub(crate) fn scan(doc: &str, cut_at: usize) -> Scan {
+    let b = doc.as_bytes();
+    let mut s = Scan {
+        cut: b.len(),
+        ..Scan::default()
+    };
+    // Braces inside parentheses are object values, not selection sets.
+    let (mut braces, mut parens) = (0u32, 0u32);
+    // A name was the last token outside parentheses (a `:` after it is an alias).
+    let mut after_name = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        i += 1;
+        let mut is_name = false;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+                    i += 1;
+                }
+                // Whitespace is a token for the parser but does not separate
+                // an alias from its colon.
+                s.tokens += 1;
+                if s.tokens == cut_at {
+                    s.cut = i;
+                }
+                continue;
+            }
+            // Text outside strings that is not ASCII is an error to the parser
+            // (one token or more); counting none keeps this count the lower one.
+            0x80.. => {
+                while i < b.len() && b[i] >= 0x80 {
+                    i += 1;
+                }
+                continue;
+            }
+            b'#' => {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+                    i += 1;
+                }
+                s.tokens += 1;
+                if s.tokens == cut_at {
+                    s.cut = i;
+                }
+                continue;
+            }
+            b'"' => i = string_end(b, start),
+            b'{' if parens == 0 => {
+                braces += 1;
+                s.depth = s.depth.max(braces);
+            }
+            b'}' if parens == 0 => braces = braces.saturating_sub(1),
+            b'(' => parens += 1,
+            b')' => parens = parens.saturating_sub(1),
+            b':' if parens == 0 && after_name => s.aliases += 1,
+            b'@' => s.directives += 1,
+            c if is_word(c) => {
+                while i < b.len() && is_word(b[i]) {
+                    i += 1;
+                }
+                is_name = !c.is_ascii_digit() && c != b'.' && c != b'-' && c != b'+';
+            }
+            _ => {}
+        }
+        after_name = is_name && parens == 0;
+        s.tokens += 1;
+        if s.tokens == cut_at {
+            s.cut = i;
+        }
+    }
+    s
+}
+
+/// Characters of names, numbers and the spread operator.
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'+')
+}
+
+/// The end of the string starting at `at` (a `"`): a block string ends at
+/// `"""` (not escaped), a plain one at `"` (past line ends, as for the parser).
+fn string_end(b: &[u8], at: usize) -> usize {
+    if b[at..].starts_with(b"\"\"\"") {
+        let mut i = at + 3;
+        while i < b.len() {
+            if b[i] == b'\\' && b[i + 1..].starts_with(b"\"\"\"") {
+                i += 4;
+            } else if b[i..].starts_with(b"\"\"\"") {
+                return i + 3;
+            } else {
+                i += 1;
+            }
+        }
+        return b.len();
+    }
+    let mut i = at + 1;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return i + 1,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
