@@ -256,8 +256,12 @@ fn bench(which: &str, args: &[String]) -> anyhow::Result<()> {
         .env("TOLLGATE_BIN", release_dir().join("tollgate")))
 }
 
-/// `target/release` of the workspace.
+/// `release` of the build's target directory (`CARGO_TARGET_DIR` when set,
+/// as the cargo this runs does; else the workspace's `target`).
 fn release_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return std::path::PathBuf::from(dir).join("release");
+    }
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
     std::path::Path::new(&root).join("../target/release")
 }
