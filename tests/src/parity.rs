@@ -215,17 +215,30 @@ const BLOCK: &str = "198.19.0.0/16";
 /// an agent in monitor mode started with `extra` flags, and reads the
 /// verdicts from its events.
 pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
+    let lab = Lab::new();
+    let sink = Sink::start(lab.v4(0, 1));
+    live_to(&lab, sink.port, None, cases, extra, workers)
+}
+
+/// [`live`] against a server the caller runs at `lab.v4(0, 1)` on `port`
+/// (the agent's API port); with `tls`, each connection is HTTPS.
+pub fn live_to(
+    lab: &Lab,
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    cases: &[Case],
+    extra: &[&str],
+    workers: usize,
+) -> Live {
     // One run at a time in a process: every run routes the same block
     // (tests run in parallel threads).
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let lab = Lab::new();
     let server = lab.v4(0, 1);
-    let sink = Sink::start(server);
     sh(&[
-        "ip", "-n", &lab.ns, "route", "add", "local", BLOCK, "dev", "lo",
+        "ip", "-n", &lab.ns, "route", "replace", "local", BLOCK, "dev", "lo",
     ]);
     // Through the client's one address, not on-link: 19,514 neighbours
     // would overflow the host's neighbour table.
@@ -240,7 +253,8 @@ pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
         &lab.host_if,
     ]);
     let _route = Route(BLOCK.into());
-    let port = sink.port.to_string();
+    let dst = SocketAddr::new(server, port);
+    let port = port.to_string();
     let mut args = vec!["--api-port", port.as_str(), "--mode", "monitor"];
     args.extend_from_slice(extra);
     let agent = Agent::start(&lab.host_if, &args);
@@ -249,19 +263,19 @@ pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
         Arc::new(cases.iter().map(|c| c.raw.clone().into_bytes()).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let dst = SocketAddr::new(server, sink.port);
     let started = Instant::now();
     let ns = format!("/run/netns/{}", lab.ns);
     let handles: Vec<_> = (0..workers)
         .map(|_| {
             let (raws, next, failed, ns) = (raws.clone(), next.clone(), failed.clone(), ns.clone());
+            let tls = tls.cloned();
             thread::spawn(move || {
                 let f = std::fs::File::open(&ns).unwrap();
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(raw) = raws.get(i) else { break };
-                    if send_one(client(i), dst, raw).is_err() {
+                    if send_one(client(i), dst, raw, tls.as_ref()).is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -326,20 +340,101 @@ pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
     }
 }
 
-/// One request on its own connection: connect from `src`, send, half-close,
-/// read the answer (bounded).
-fn send_one(src: Ipv4Addr, dst: SocketAddr, raw: &[u8]) -> std::io::Result<()> {
+/// One request on its own connection: connect from `src`, send, half-close
+/// (over TLS: close_notify), read the answer (bounded).
+fn send_one(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    raw: &[u8],
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> std::io::Result<()> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     sock.bind(&SocketAddr::new(src.into(), 0).into())?;
     sock.connect_timeout(&dst.into(), Duration::from_secs(3))?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(raw)?;
-    s.shutdown(std::net::Shutdown::Write)?;
     let mut b = [0u8; 512];
-    while s.read(&mut b)? > 0 {}
-    Ok(())
+    let Some(cfg) = tls else {
+        s.write_all(raw)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        while s.read(&mut b)? > 0 {}
+        return Ok(());
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(dst.ip().into());
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(cfg), name).map_err(std::io::Error::other)?;
+    let mut t = rustls::Stream::new(&mut conn, &mut s);
+    t.write_all(raw)?;
+    t.conn.send_close_notify();
+    t.flush()?;
+    loop {
+        match t.read(&mut b) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A server that closes without close_notify: the answer is in.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A TLS client configuration that accepts any certificate (the benchmark's
+/// servers use self-signed ones made at run time).
+#[must_use]
+#[expect(
+    deprecated,
+    reason = "ring is the provider already in the tree; a benchmark client needs no post-quantum key exchange"
+)]
+pub fn tls_client() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate(Arc::clone(&provider)));
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The event log and its rotated files, oldest first.

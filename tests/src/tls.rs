@@ -1,6 +1,7 @@
-//! HTTPS servers for the TLS tests: Debian's nginx (dynamic libssl) in front
-//! of a plain backend (Python's http.server), and a Python `ssl` server, each
-//! with a self-signed certificate made at test time, stopped on drop.
+//! HTTPS servers for the TLS tests: Debian's nginx and HAProxy (dynamic
+//! libssl) in front of a plain backend (Python's http.server), and a Python
+//! `ssl` server, each with a self-signed certificate made at test time,
+//! stopped on drop.
 
 use std::{
     net::{IpAddr, TcpListener},
@@ -60,6 +61,28 @@ fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A Python http.server on loopback serving `/hello` and `/items/<n>` from
+/// `dir/www`; its process and port.
+fn plain_backend(dir: &std::path::Path) -> (Child, u16) {
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("items")).unwrap();
+    std::fs::write(www.join("hello"), "hello\n").unwrap();
+    for i in 1..=5 {
+        std::fs::write(www.join("items").join(i.to_string()), format!("item {i}\n")).unwrap();
+    }
+    let port = free_port();
+    let mut backend = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, "python http.server", &mut backend);
+    (backend, port)
+}
+
 /// nginx serving HTTPS on `port` at the given addresses (keep-alive),
 /// proxying to a Python http.server on loopback that serves `/hello` and
 /// `/items/<n>`.
@@ -72,6 +95,8 @@ pub struct Nginx {
     backend: Child,
     /// Where its files are.
     pub dir: tempfile::TempDir,
+    /// When the nginx process was started (after its backend).
+    pub spawned: Instant,
 }
 
 impl Nginx {
@@ -84,22 +109,7 @@ impl Nginx {
     /// another port).
     pub fn start_on(addrs: &[IpAddr], port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let www = dir.path().join("www");
-        std::fs::create_dir_all(www.join("items")).unwrap();
-        std::fs::write(www.join("hello"), "hello\n").unwrap();
-        for i in 1..=5 {
-            std::fs::write(www.join("items").join(i.to_string()), format!("item {i}\n")).unwrap();
-        }
-        let backend_port = free_port();
-        let mut backend = Command::new("python3")
-            .args(["-m", "http.server", &backend_port.to_string()])
-            .args(["--bind", "127.0.0.1", "--directory"])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(backend_port, "python http.server", &mut backend);
+        let (backend, backend_port) = plain_backend(dir.path());
         let (cert, key) = self_signed(dir.path());
         let plain_port = free_port();
         let p = dir.path().display();
@@ -126,6 +136,7 @@ impl Nginx {
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        let spawned = Instant::now();
         let mut nginx = Command::new("nginx")
             .arg("-c")
             .arg(&conf_path)
@@ -142,6 +153,7 @@ impl Nginx {
             nginx,
             backend,
             dir,
+            spawned,
         }
     }
 
@@ -174,6 +186,72 @@ impl Drop for Nginx {
         }
         let _ = self.nginx.kill();
         let _ = self.nginx.wait();
+        let _ = self.backend.kill();
+        let _ = self.backend.wait();
+    }
+}
+
+/// HAProxy terminating TLS (one process, two threads, keep-alive) in front
+/// of a plain backend like [`Nginx`]'s, stopped on drop.
+pub struct Haproxy {
+    /// The HTTPS port.
+    pub port: u16,
+    haproxy: Child,
+    backend: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// Starts the backend and HAProxy on a free port at `addrs`.
+    pub fn start(addrs: &[IpAddr]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, backend_port) = plain_backend(dir.path());
+        let (cert, key) = self_signed(dir.path());
+        // HAProxy wants the certificate and its key in one file.
+        let pem = dir.path().join("both.pem");
+        let mut both = std::fs::read(&cert).unwrap();
+        both.extend(std::fs::read(&key).unwrap());
+        std::fs::write(&pem, both).unwrap();
+        let port = free_port();
+        let binds: String = addrs
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(_) => format!("  bind {a}:{port} ssl crt {}\n", pem.display()),
+                IpAddr::V6(_) => format!("  bind [{a}]:{port} ssl crt {}\n", pem.display()),
+            })
+            .collect();
+        let conf = format!(
+            "global\n  nbthread 2\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend api\n{binds}  default_backend app\n\
+             backend app\n  server app 127.0.0.1:{backend_port}\n",
+        );
+        let conf_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&conf_path, conf).unwrap();
+        // `-db`: in the foreground, one process (no master, no daemon), so
+        // killing the child stops it all.
+        let mut haproxy = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "haproxy", &mut haproxy);
+        Self {
+            port,
+            haproxy,
+            backend,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
         let _ = self.backend.kill();
         let _ = self.backend.wait();
     }

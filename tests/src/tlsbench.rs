@@ -1,9 +1,21 @@
-//! `cargo xtask bench tls`: what the TLS probes cost, in one run on one lab:
-//! nginx serving HTTPS (2 workers, proxying to a Python backend) under a
-//! paced load of keep-alive HTTPS clients, with no agent, with the agent and
-//! its TLS probes off, and with them on. Reported: requests, the clients'
-//! p50/p99 latency, the agent's CPU per request and the machine's busy CPU per
+//! `cargo xtask bench tls [RATE] [CORPUS]`, three parts:
+//!
+//! (a) with a corpus (`../shared/corpus/dev.jsonl` when it exists): its
+//! requests sent through nginx over HTTPS and over plain HTTP, each on its
+//! own connection from its own address ([`crate::parity::live_to`]), and
+//! the verdicts of the two runs compared.
+//!
+//! (b) what the TLS probes cost, in one run on one lab: nginx serving HTTPS
+//! (2 workers, proxying to a Python backend) under a paced load of
+//! keep-alive HTTPS clients, with no agent, with the agent and its TLS
+//! probes off, and with them on. Reported: requests, the clients' p50/p99
+//! latency, the agent's CPU per request and the machine's busy CPU per
 //! request, and what the probes captured.
+//!
+//! (c) how soon a server started after the agent is covered: nginx started
+//! while the agent runs and selects only `nginx` (so its libssl is not
+//! probed before), a request every 20 ms from when it listens; the time
+//! from nginx's process start to the first request the agent judged.
 //!
 //! The clients are Python (`ssl`) processes in the lab namespace using their
 //! own copy of libssl (another inode), and the agent selects only `nginx`
@@ -142,10 +154,106 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// Runs the three configurations at `rate` requests/s in all.
-pub fn run(rate: Option<u32>) {
+/// (a): the corpus over HTTPS and over plain HTTP through one nginx.
+fn parity(corpus: &std::path::Path) {
+    use crate::parity;
+    let cases = parity::load(corpus);
+    let lab = Lab::new();
+    let nginx = Nginx::start(&[lab.v4(0, 1)]);
+    // The agent judges what nginx reads; nginx's own answers (400 for what
+    // it cannot parse) are the same on both ports.
+    let select = tempfile::tempdir().unwrap();
+    let path = select.path().join("policy.yaml");
+    std::fs::write(&path, "tls: {include: [nginx]}\n").unwrap();
+    let extra = ["--config", path.to_str().unwrap()];
+    let plain = parity::live_to(&lab, nginx.plain_port, None, &cases, &extra, 16);
+    let tls = parity::live_to(
+        &lab,
+        nginx.port,
+        Some(&parity::tls_client()),
+        &cases,
+        &extra,
+        16,
+    );
+    let d = parity::disagreements(&plain.verdicts, &tls.verdicts);
+    let same = cases.len() - d.len();
+    println!(
+        "(a) parity: {} requests of {} through nginx, each on its own connection: HTTPS and plain HTTP \
+         gave the same verdict for {same} ({:.2} %; goal >= 99 %); connections failed: {} plain, {} HTTPS; \
+         TLS records judged {}, lost bytes {}",
+        cases.len(),
+        corpus.display(),
+        100.0 * same as f64 / cases.len().max(1) as f64,
+        plain.failed,
+        tls.failed,
+        tls.status["tls"]["records"],
+        tls.status["tls"]["bytes_lost"],
+    );
+    println!("\n(columns: \"offline\" is plain HTTP, \"live\" is HTTPS)");
+    print!("{}", parity::report(&cases, &plain.verdicts, &tls, 20));
+    println!();
+}
+
+/// (c): from nginx's start to the first request the agent judged.
+fn first_capture() {
+    let lab = Lab::new();
+    let port = crate::tls::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "tls: {include: [nginx]}\n").unwrap();
+    let agent = Agent::start(
+        &lab.host_if,
+        &[
+            "--api-port",
+            &port.to_string(),
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    );
+    let judged = |a: &Agent| a.json(&["status"])["tls"]["records"].as_u64().unwrap_or(0);
+    assert_eq!(judged(&agent), 0);
+    let nginx = Nginx::start_on(&[lab.v4(0, 1)], port);
+    let started = nginx.spawned;
+    let listening = started.elapsed();
+    let url = format!("https://{}:{port}/hello", lab.v4(0, 1));
+    // One request every 20 ms, each on a new connection, until one is judged
+    // (at most 10 s).
+    let mut first = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        let sent = started.elapsed();
+        let _ = crate::tls::curl(&lab, std::slice::from_ref(&url));
+        if judged(&agent) > 0 {
+            first = Some(sent);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(nginx);
+    match first {
+        Some(t) => println!(
+            "(c) first capture: nginx (master and workers) listening {:.0} ms after its process started; \
+             the first request judged was sent {:.0} ms after that start (goal <= 1 s; discovery looks \
+             for new processes every 250 ms)\n",
+            listening.as_secs_f64() * 1e3,
+            t.as_secs_f64() * 1e3
+        ),
+        None => println!(
+            "(c) first capture: no request judged within 10 s of nginx's start\n{}",
+            agent.log_text()
+        ),
+    }
+}
+
+/// Runs (b) at `rate` requests/s in all, (c), and (a) unless `corpus` is
+/// `none` (or none is given and the default one is absent).
+pub fn run(rate: Option<u32>, corpus: Option<String>) {
     crate::require_root();
     let rate = rate.unwrap_or(400);
+    println!("# cargo xtask bench tls\n");
+    let corpus = corpus.map(std::path::PathBuf::from).or_else(|| {
+        let p = std::path::Path::new("../shared/corpus/dev.jsonl");
+        p.exists().then(|| p.to_owned())
+    });
     // The clients' own libssl: another inode, so the probes on nginx's do not
     // trap the load generator.
     let libdir = tempfile::tempdir().unwrap();
@@ -154,9 +262,8 @@ pub fn run(rate: Option<u32>) {
         std::fs::copy(&src, libdir.path().join(lib))
             .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
     }
-    println!("# cargo xtask bench tls\n");
     println!(
-        "nginx (2 workers, HTTPS, keep-alive) in front of a Python backend; {CLIENTS} Python HTTPS \
+        "(b) cost: nginx (2 workers, HTTPS, keep-alive) in front of a Python backend; {CLIENTS} Python HTTPS \
          clients at {rate} requests/s in all for {SECONDS} s per configuration; one lab each. \
          Machine busy CPU includes everything else running on the host.\n"
     );
@@ -220,4 +327,10 @@ pub fn run(rate: Option<u32>) {
         "\nTLS probes: agent CPU {added:+.1} µs/request, p99 {:+.1} % (probes on vs off)",
         (pct(&on.latencies, 0.99) / pct(&off.latencies, 0.99).max(1e-9) - 1.0) * 100.0
     );
+    println!();
+    first_capture();
+    match corpus {
+        Some(c) if c.as_os_str() != "none" => parity(&c),
+        _ => println!("(a) parity: no corpus (cargo xtask bench tls RATE CORPUS)"),
+    }
 }

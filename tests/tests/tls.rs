@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_tests::{
     Agent, Lab, eventually,
-    tls::{Nginx, PyTls, curl, curl_with},
+    tls::{Haproxy, Nginx, PyTls, curl, curl_with},
 };
 
 const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
@@ -175,6 +175,50 @@ fn python_ssl_uses_the_ex_functions_and_is_judged() {
         "{out:?}"
     );
     assert_banned(&agent, attacker);
+}
+
+#[test]
+fn an_injection_over_https_through_haproxy_bans_its_client_only() {
+    let lab = Lab::new();
+    // HAProxy terminates TLS (plain SSL_read/SSL_write, recv/send through
+    // its own BIO, two threads) and forwards to a plain backend.
+    let proxy = Haproxy::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = proxy.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    wait_probed(&agent);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let (to_attacker_side, to_benign_side) = (lab.v4(0, 1), lab.v4(1, 1));
+    let out = curl(&lab, &[url(to_benign_side, proxy.port, "/items/1")]);
+    assert_eq!(codes(&out), ["200"], "{out:?}");
+    let out = curl(
+        &lab,
+        &[
+            url(to_attacker_side, proxy.port, "/hello"),
+            url(to_attacker_side, proxy.port, INJECTION),
+        ],
+    );
+    assert_eq!(
+        codes(&out).first().map(String::as_str),
+        Some("200"),
+        "{out:?}"
+    );
+    assert_banned(&agent, attacker);
+    // Its next connection is dropped at XDP; the other client's is not.
+    let out = curl(&lab, &[url(to_attacker_side, proxy.port, "/hello")]);
+    assert_ne!(
+        codes(&out).first().map(String::as_str),
+        Some("200"),
+        "{out:?}"
+    );
+    let out = curl(&lab, &[url(to_benign_side, proxy.port, "/items/2")]);
+    assert_eq!(codes(&out), ["200"], "{out:?}");
+    assert!(
+        !agent.policy_banned(benign),
+        "{benign} banned too\nevents: {:#?}",
+        agent.events()
+    );
+    let st = agent.json(&["status"]);
+    assert!(st["tls"]["records"].as_u64().unwrap() > 0, "{st}");
 }
 
 #[test]

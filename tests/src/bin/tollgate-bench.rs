@@ -85,9 +85,10 @@ fn main() {
         "capture" => {
             tollgate_tests::capture::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
         }
-        "tls" => {
-            tollgate_tests::tlsbench::run(std::env::args().nth(2).and_then(|r| r.parse().ok()))
-        }
+        "tls" => tollgate_tests::tlsbench::run(
+            std::env::args().nth(2).and_then(|r| r.parse().ok()),
+            std::env::args().nth(3),
+        ),
         "h2" => tollgate_tests::h2bench::run(std::env::args().nth(2).and_then(|r| r.parse().ok())),
         "ratelimit-wire" => {
             let mut dp = Datapath::load(None, caps()).unwrap();

@@ -195,6 +195,10 @@ struct Flow {
     /// Both directions come from the server's TLS library (plaintext):
     /// whatever else is taken of the connection is ciphertext and ignored.
     tls: bool,
+    /// The socket (cookie) of the last record taken at the socket, and the
+    /// stream offset after it: where the stream program can stop copying
+    /// once the connection turns out to be TLS.
+    socket_end: Option<(u64, u32)>,
     /// What was buffered when the stream stalled was judged; cleared by the
     /// next bytes.
     stalled: bool,
@@ -383,6 +387,9 @@ impl Flows {
         flow.last_ns = s.ts_ns;
         flow.touched_ns = self.clock_ns;
         flow.stalled = false;
+        if s.stream && !s.tls && s.cookie != 0 {
+            flow.socket_end = Some((s.cookie, s.seq.wrapping_add(s.payload_len)));
+        }
         if s.tls && !flow.tls {
             // What was taken of the connection so far is ciphertext.
             flow.tls = true;
@@ -390,7 +397,10 @@ impl Flows {
             flow.req = Half::default();
             flow.resp = Half::default();
             flow.proxy_checked = false;
+            cipher_hint(flow, &mut self.skip_hints);
         } else if flow.tls && !s.tls {
+            // More ciphertext: past the hint's reach (or the hint was lost).
+            cipher_hint(flow, &mut self.skip_hints);
             return Vec::new();
         }
         if s.direction == Direction::Request {
@@ -807,6 +817,17 @@ fn hint(flow: &Flow, s: &Sample, hints: &mut Vec<(u64, u32)>) {
     }
 }
 
+/// The ciphertext a TLS connection's socket receives is ignored (its
+/// plaintext comes from the library): the stream program need not copy it,
+/// which saves a ring record and a wake-up of the agent per request. The
+/// hint reaches 1 GiB past the last record seen (its furthest), and is
+/// renewed if ciphertext comes again.
+fn cipher_hint(flow: &mut Flow, hints: &mut Vec<(u64, u32)>) {
+    if let Some((cookie, end)) = flow.socket_end.take() {
+        hints.push((cookie, end.wrapping_add(1 << 30)));
+    }
+}
+
 /// RFC 9110 token characters (what a method is made of).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -1216,7 +1237,7 @@ mod tests {
         // The ClientHello taken at the socket, then the library's plaintext
         // (offsets of its own), then more ciphertext: only plaintext counts.
         let mut hello = sample(Direction::Request, 0, b"\x16\x03\x01\x00\x10hello", 1);
-        hello.stream = true;
+        (hello.stream, hello.cookie) = (true, 7);
         f.on_sample(&hello, 0.0);
         let mut plain = sample(
             Direction::Request,
@@ -1227,8 +1248,12 @@ mod tests {
         (plain.stream, plain.tls) = (true, true);
         assert_eq!(f.on_sample(&plain, 0.0).len(), 1);
         let mut more = sample(Direction::Request, 15, b"\x17\x03\x03\x00\x20data", 3);
-        more.stream = true;
+        (more.stream, more.cookie) = (true, 7);
         assert!(f.on_sample(&more, 0.0).is_empty());
+        // The stream program is told to stop copying that socket's
+        // ciphertext for the next GiB: when the plaintext starts, and again
+        // if ciphertext still comes.
+        assert_eq!(f.skip_hints, [(7, 10 + (1 << 30)), (7, 15 + 9 + (1 << 30))]);
         let mut resp = sample(
             Direction::Response,
             0,

@@ -80,9 +80,21 @@ impl TlsState {
     }
 
     fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
-        let inode = procfs::socket_inode(tgid, fd)?;
-        let conn = procfs::connection(tgid, inode)?;
-        let excluded = procfs::comm(tgid).is_some_and(|c| !self.policy.selects(&c));
+        // A process the policy does not select (a TLS client on this host
+        // using the same library file) is dropped without looking up its
+        // connection.
+        if procfs::comm(tgid).is_some_and(|c| !self.policy.selects(&c)) {
+            return Some(Cached {
+                flow: None,
+                excluded: true,
+                dead: false,
+            });
+        }
+        let conn = procfs::connection_of_fd(tgid, fd).or_else(|| {
+            let inode = procfs::socket_inode(tgid, fd)?;
+            procfs::connection(tgid, inode)
+        })?;
+        let excluded = false;
         let flow = self.ports.contains(&conn.local.1).then_some((
             conn.remote.0,
             conn.remote.1,
@@ -166,7 +178,7 @@ pub fn handle() -> Handle {
 
 /// Starts TLS capture: loads the programs, attaches the tracepoints, and
 /// spawns discovery, which attaches the uprobes to every library file found
-/// (now and each second after). `api_ports` are the default TLS ports;
+/// (now and every [`DISCOVERY_TICK`] after). `api_ports` are the default TLS ports;
 /// `maps_dir` is where the datapath's maps are pinned.
 pub fn start(
     policy: &TlsPolicy,
@@ -219,7 +231,7 @@ pub fn start(
     let (state, tls, policy) = (Arc::clone(state), Arc::clone(tls), policy.clone());
     tokio::spawn(async move {
         let mut discovery = Discovery::default();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(DISCOVERY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -297,6 +309,14 @@ pub fn start(
     });
 }
 
+/// How often discovery looks for new processes: a server started (or a
+/// worker forked onto a library file not probed yet) is covered within about
+/// this; a scan of processes already seen only lists `/proc`.
+const DISCOVERY_TICK: Duration = Duration::from_millis(250);
+
+/// Every this many scans (30 s), the maps of every process are read again.
+const FULL_SCAN_EVERY: u64 = 120;
+
 /// What discovery has seen: processes whose maps were read, library files
 /// handled.
 #[derive(Default)]
@@ -307,8 +327,9 @@ struct Discovery {
 }
 
 impl Discovery {
-    /// Reads the maps of processes not seen before (all of them every 30
-    /// scans: a running process may load the library later); returns each
+    /// Reads the maps of processes not seen before (all of them every
+    /// [`FULL_SCAN_EVERY`] scans: a running process may load the library
+    /// later); returns each
     /// library file not handled yet, with a selected process that maps it
     /// (a file only other processes map is not probed: they would pay the
     /// traps for nothing).
@@ -316,7 +337,7 @@ impl Discovery {
     /// Also returns the processes seen for the first time that map a TLS
     /// library: their accepts are announced from then on.
     fn scan(&mut self, policy: &TlsPolicy) -> (Vec<(u32, procfs::Mapped)>, Vec<u32>) {
-        let full = self.scans.is_multiple_of(30);
+        let full = self.scans.is_multiple_of(FULL_SCAN_EVERY);
         self.scans += 1;
         let pids = procfs::pids();
         let me = std::process::id();
