@@ -306,7 +306,12 @@ fn a_truncated_benign_body_scores_nothing() {
     let v = e.inspect_request(&r);
     assert_ne!(e.verdict(&v), Action::Ban, "{v:?}");
     assert!(v.iter().all(|f| f.score == 0), "{v:?}");
-    let mut r = post(&body(LOGIN, r#"{"u":"admin' OR 1=1--","p":"x"}"#));
+    let pad: String = (0..400).map(|i| format!("f{i} ")).collect();
+    let q = format!(
+        "mutation {{ login(username: \"admin' OR 1=1--\", password: \"x\") {{ token {pad} }} }}"
+    );
+    let mut r = post(&body(&q, "{}"));
+    r.body.truncate(1000);
     r.truncated = true;
     assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
 }

@@ -54,6 +54,7 @@ impl<M: Maps> AgentState<M> {
     /// many changed the kernel.
     pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
         let mut take = Vec::with_capacity(records.len());
+        let mut enforce = Vec::with_capacity(records.len());
         let mut refused = 0;
         for rec in records {
             if let Some(a) = self.allow_overlap(&rec.cidr) {
@@ -67,8 +68,18 @@ impl<M: Maps> AgentState<M> {
                 continue;
             }
             match self.bans.get(&rec.cidr) {
-                Some(old) => take.extend(merge(old, rec)),
-                None => take.push(rec),
+                Some(old) => {
+                    if let Some(r) = merge(old, rec) {
+                        // Only a new strongest decision changes the kernel
+                        // entry (rewriting it would also reset its hits).
+                        enforce.push(r.expires_at != old.expires_at || r.kind != old.kind);
+                        take.push(r);
+                    }
+                }
+                None => {
+                    enforce.push(true);
+                    take.push(rec);
+                }
             }
         }
         if refused > 0 {
@@ -79,10 +90,14 @@ impl<M: Maps> AgentState<M> {
         }
         // Kernel first, as for the agent's own bans: the next packet
         // matters more than the fsync.
-        if let Err(e) = self
-            .maps
-            .insert_blocks(take.iter().map(|r| (r.cidr, super::kernel_entry(r))))
-        {
+        let to_kernel: Vec<_> = take
+            .iter()
+            .zip(&enforce)
+            .filter(|(_, e)| **e)
+            .map(|(r, _)| (r.cidr, super::kernel_entry(r)))
+            .collect();
+        let n = to_kernel.len();
+        if let Err(e) = self.maps.insert_blocks(to_kernel) {
             warn!("fleet bans not applied: the kernel refused them: {e:#}");
             return 0;
         }
@@ -96,7 +111,6 @@ impl<M: Maps> AgentState<M> {
                 "fleet bans enforced but not recorded durably: {e}"
             );
         }
-        let n = take.len();
         for r in take {
             if !self.bans.contains_key(&r.cidr) {
                 self.counters.ban_issued(r.kind.name(), 1);
