@@ -36,6 +36,8 @@ pub const MAX_CONTINUATIONS: u32 = 128;
 /// Streams whose request is being collected at once; the oldest is judged
 /// as far as it went when another opens (servers allow ~100).
 pub const MAX_OPEN_STREAMS: usize = 128;
+/// Bytes kept of each naming field of a stream judged early.
+const MAX_EARLY_VALUE: usize = 2048;
 /// The largest HPACK dynamic table a peer may ask for (RFC 7541 §4.2);
 /// the default is 4 KiB, servers rarely allow more than 64 KiB.
 pub const MAX_TABLE_SIZE: usize = 64 * 1024;
@@ -214,6 +216,11 @@ pub struct Decoder {
     /// An HPACK error happened: the table is out of step for good.
     hpack_broken: bool,
     open: BTreeMap<u32, Open>,
+    /// Streams judged before their end (pushed out of `open`, or stalled),
+    /// with the fields that name them: DATA that comes later reopens them,
+    /// so a body is judged, never passed over unseen because its head was
+    /// judged early.
+    early: BTreeMap<u32, Vec<(String, String)>>,
     /// The highest stream a HEADERS frame opened: a lower one carries trailers.
     last_stream: u32,
     body_cap: usize,
@@ -245,6 +252,7 @@ impl Decoder {
             hpack,
             hpack_broken: false,
             open: BTreeMap::new(),
+            early: BTreeMap::new(),
             last_stream: 0,
             body_cap,
             announced_table_size: None,
@@ -290,7 +298,9 @@ impl Decoder {
         match self.state {
             State::Data {
                 stream, data, pad, ..
-            } if !self.open.contains_key(&stream) => u64::from(data) + u64::from(pad),
+            } if !self.open.contains_key(&stream) && !self.early.contains_key(&stream) => {
+                u64::from(data) + u64::from(pad)
+            }
             State::Skip(n) => u64::from(n),
             _ => 0,
         }
@@ -440,10 +450,46 @@ impl Decoder {
     /// stalled): each becomes a truncated message; later DATA on them is
     /// passed over.
     pub fn flush(&mut self, out: &mut Vec<Message>) {
-        for (stream, mut open) in std::mem::take(&mut self.open) {
-            open.truncated = true;
-            out.push(self.message(stream, open));
+        for (stream, open) in std::mem::take(&mut self.open) {
+            self.judge_early(stream, open, out);
         }
+    }
+
+    /// Judges a stream before its end, and remembers what names it so that
+    /// its later DATA is judged too.
+    fn judge_early(&mut self, stream: u32, mut open: Open, out: &mut Vec<Message>) {
+        open.truncated = true;
+        let names = open
+            .fields
+            .iter()
+            .filter(|(n, _)| n.starts_with(':') || n == "content-type")
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    crate::decode::truncate(v, MAX_EARLY_VALUE).to_owned(),
+                )
+            })
+            .collect();
+        // A body already judged up to the cap needs nothing more.
+        let more = open.body.len() < self.body_cap;
+        out.push(self.message(stream, open));
+        if more {
+            self.early.insert(stream, names);
+            if self.early.len() > MAX_OPEN_STREAMS {
+                self.early.pop_first();
+            }
+        }
+    }
+
+    /// Starts collecting `stream`; with the table full, the oldest stream is
+    /// judged as far as it went.
+    fn insert_open(&mut self, stream: u32, open: Open, out: &mut Vec<Message>) {
+        if self.open.len() >= MAX_OPEN_STREAMS
+            && let Some((old, first)) = self.open.pop_first()
+        {
+            self.judge_early(old, first, out);
+        }
+        self.open.insert(stream, open);
     }
 
     fn data_state(&mut self, stream: u32, end: bool, data: u32, pad: u32, out: &mut Vec<Message>) {
@@ -465,6 +511,16 @@ impl Decoder {
     /// Body bytes of a stream. Past the cap, the message is judged from its
     /// first bytes (as an HTTP/1 body is) and the rest is passed over.
     fn body(&mut self, stream: u32, bytes: &[u8], out: &mut Vec<Message>) {
+        if !self.open.contains_key(&stream)
+            && let Some(fields) = self.early.remove(&stream)
+        {
+            let open = Open {
+                fields,
+                body: Vec::new(),
+                truncated: true,
+            };
+            self.insert_open(stream, open, out);
+        }
         let Some(open) = self.open.get_mut(&stream) else {
             self.counters.data_passed += bytes.len() as u64;
             return;
@@ -591,6 +647,7 @@ impl Decoder {
             RST_STREAM => {
                 // A reset stream is judged as far as it went: the handler
                 // may have started on its head.
+                self.early.remove(&f.stream);
                 if let Some(mut open) = self.open.remove(&f.stream) {
                     open.truncated = true;
                     out.push(self.message(f.stream, open));
@@ -647,6 +704,9 @@ impl Decoder {
         if stream <= self.last_stream && self.side == Side::Client {
             // Trailers of a stream already judged, or a reused id the
             // server refuses: not a new request.
+            if block.end_stream {
+                self.early.remove(&stream);
+            }
             return;
         }
         self.last_stream = self.last_stream.max(stream);
@@ -659,16 +719,11 @@ impl Decoder {
             out.push(self.message(stream, open));
             return;
         }
-        if self.open.len() >= MAX_OPEN_STREAMS
-            && let Some((old, mut first)) = self.open.pop_first()
-        {
-            first.truncated = true;
-            out.push(self.message(old, first));
-        }
-        self.open.insert(stream, open);
+        self.insert_open(stream, open, out);
     }
 
     fn end_stream(&mut self, stream: u32, out: &mut Vec<Message>) {
+        self.early.remove(&stream);
         if let Some(open) = self.open.remove(&stream) {
             out.push(self.message(stream, open));
         }
@@ -1011,6 +1066,47 @@ mod tests {
         let held: usize = request.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
         assert!(held <= MAX_HEADER_BYTES, "{held}");
         assert!(request.truncated);
+    }
+
+    /// A stream pushed out of the table by 128 newer ones, or judged at a
+    /// stall, has its later body judged too (not passed over unseen).
+    #[test]
+    fn a_body_after_its_head_was_judged_early_is_still_judged() {
+        let mut enc = loona_hpack::Encoder::new();
+        let post = |enc: &mut loona_hpack::Encoder<'_>, stream: u32| {
+            let b = block(enc, &[(":method", "POST"), (":path", "/q")]);
+            frame(HEADERS, END_HEADERS, stream, &b)
+        };
+        let mut d = Decoder::new(Side::Client, 64);
+        let mut out = Vec::new();
+        d.feed(&start(), &mut out);
+        d.feed(&post(&mut enc, 1), &mut out);
+        for i in 1..=MAX_OPEN_STREAMS as u32 {
+            d.feed(&post(&mut enc, 1 + 2 * i), &mut out);
+        }
+        assert_eq!(paths(&out), ["/q"], "stream 1 judged early");
+        let data = frame(DATA, END_STREAM, 1, b"id=1' OR 1=1--");
+        d.feed(&data[..9], &mut out);
+        assert_eq!(d.skippable(), 0, "its body is not passed over");
+        d.feed(&data[9..], &mut out);
+        let Some(Message::Request { stream: 1, request }) = out.last() else {
+            panic!("{out:?}");
+        };
+        assert_eq!(&request.body[..], b"id=1' OR 1=1--");
+        assert_eq!(request.method, "POST");
+        // A stall: judged as far as it went, then the body comes.
+        let mut enc = loona_hpack::Encoder::new();
+        let mut d = Decoder::new(Side::Client, 64);
+        let mut out = Vec::new();
+        d.feed(&start(), &mut out);
+        d.feed(&post(&mut enc, 1), &mut out);
+        d.flush(&mut out);
+        d.feed(&data, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let Some(Message::Request { request, .. }) = out.last() else {
+            panic!("{out:?}");
+        };
+        assert_eq!(&request.body[..], b"id=1' OR 1=1--");
     }
 
     #[test]
