@@ -102,6 +102,19 @@ fn bans_survive_sigkill_and_keep_enforcing_in_between() {
     s.agent
         .ok(&["block", "add", &s.lab.v6_net(0), "--ttl", "1h"]);
     s.agent.ok(&["allow", "add", &s.lab.v4(1, 2).to_string()]);
+    assert!(!s.v4_ok(0));
+    let hits = |s: &tollgate_tests::Setup| {
+        s.agent
+            .json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == client)
+            .and_then(|b| b["hits"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = hits(&s);
+    assert!(before > 0);
     s.agent.kill(Signal::SIGKILL);
     // Nobody in userspace now: the pinned program and maps keep dropping.
     assert!(!s.v4_ok(0), "ban not enforced while the agent is down");
@@ -121,6 +134,12 @@ fn bans_survive_sigkill_and_keep_enforcing_in_between() {
             .any(|b| b["ttl_remaining_secs"].as_u64().is_some_and(|t| t > 3500))
     );
     assert_eq!(s.agent.json(&["allow", "ls"]).as_array().unwrap().len(), 1);
+    // Hit counters live in the pinned kernel entries the restart keeps.
+    let after = hits(&s);
+    assert!(
+        after > before,
+        "hits {before} before the restart, {after} after"
+    );
     assert!(
         s.agent.log_text().contains("took over the link"),
         "{}",
