@@ -73,8 +73,19 @@ impl Lab {
         require_root();
         let id = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id() % 10_000;
-        // Two /24s per lab: 198.18.(2k).0/24 and 198.18.(2k+1).0/24.
-        let n = 2 * ((pid + id * 7) % 120) + 8;
+        // Two /24s per lab: 198.18.(2k).0/24 and 198.18.(2k+1).0/24, one
+        // that no interface here holds yet (a lab a killed run left behind
+        // would otherwise take this lab's traffic).
+        let used = Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let taken = |n: u32| (n..n + 2).any(|k| used.contains(&format!(" 198.18.{k}.")));
+        let n = (0..120)
+            .map(|step| 2 * ((pid + id * 7 + step * 11) % 120) + 8)
+            .find(|&n| !taken(n))
+            .unwrap_or(2 * ((pid + id * 7) % 120) + 8);
         let ns = format!("tgt-{pid}-{id}");
         let host_if = format!("tg{pid}h{id}");
         let peer_if = format!("tg{pid}p{id}");

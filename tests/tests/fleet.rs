@@ -113,8 +113,11 @@ fn bans_cross_the_fleet_and_survive_a_partition() {
     let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
     let (c6, s6) = (lb.v6(0, 2), lb.v6(0, 1));
     let (o4, os4) = (lb.v4(1, 2), lb.v4(1, 1));
+    // Just after the agents attach, a loaded machine may need a moment.
     assert!(
-        tcp(c4, s4) && tcp(c6, s6) && tcp(o4, os4),
+        eventually(Duration::from_secs(10), || tcp(c4, s4)
+            && tcp(c6, s6)
+            && tcp(o4, os4)),
         "the lab must work before any ban"
     );
 
@@ -419,7 +422,10 @@ fn five_hosts_on_three_members_converge() {
     let passes =
         |i: usize| labs[i].tcp_ok(client(i), labs[i].v4(0, 1), server.port, EXCHANGE_TIMEOUT);
     for i in 0..5 {
-        assert!(passes(i), "lab {i} must work before any ban");
+        assert!(
+            eventually(Duration::from_secs(10), || passes(i)),
+            "lab {i} must work before any ban"
+        );
     }
     let every_client: Vec<String> = (0..5).map(|i| client(i).to_string()).collect();
     let args = |verb: &'static str, extra: &[&'static str]| {
