@@ -537,8 +537,9 @@ impl<M: Maps> AgentState<M> {
     ) -> Result<serde_json::Value, Refused> {
         let net = parse_net(cidr).map_err(|e| refuse(e.to_string()))?;
         check_breadth(net, force).map_err(|e| refuse(e.to_string()))?;
-        self.refusal(&net, force).map_err(refuse)?;
-        if let Some(a) = (self.host_addrs)()
+        let own = (self.host_addrs)();
+        self.refusal(&net, force, &own).map_err(refuse)?;
+        if let Some(a) = own
             .into_iter()
             .find(|a| net.contains(a))
             .filter(|_| net.prefix_len() < net.max_prefix_len())
@@ -620,14 +621,18 @@ impl<M: Maps> AgentState<M> {
     ///
     /// # Errors
     /// The reason, for the user.
-    pub fn refusal(&self, net: &IpNet, force: bool) -> Result<(), String> {
+    /// `own`: this host's addresses, read once per request by the caller.
+    pub fn refusal(
+        &self,
+        net: &IpNet,
+        force: bool,
+        own: &[std::net::IpAddr],
+    ) -> Result<(), String> {
         if force {
             return Ok(());
         }
         crate::net::check_special(*net, false).map_err(|e| e.to_string())?;
-        if net.prefix_len() == net.max_prefix_len()
-            && (self.host_addrs)().iter().any(|a| net.contains(a))
-        {
+        if net.prefix_len() == net.max_prefix_len() && own.iter().any(|a| net.contains(a)) {
             return Err(format!(
                 "refusing to ban {}: it is this host's own address; pass --force if you really \
                  mean it",

@@ -436,7 +436,9 @@ pub enum BlockCmd {
         /// Group name (default: `import:<file name>`).
         #[arg(long)]
         origin: Option<String>,
-        /// Accept prefixes wider than /8 (IPv6 /16) and overlaps with the allowlist.
+        /// Accept prefixes wider than /8 (IPv6 /16), overlaps with the
+        /// allowlist or a trusted proxy, loopback and other special
+        /// addresses, and this host's own.
         #[arg(long)]
         force: bool,
         /// Change nothing: report what would be added, updated and lifted.

@@ -85,6 +85,12 @@ impl<M: Maps> AgentState<M> {
         // This group's decisions; another fleet host's of the same origin
         // are the fleet's, not this feed's.
         let ours = |d: &Decision| d.origin == origin && d.kind == kind && d.host.is_none();
+        // Read once for the whole list, not once per entry.
+        let own = if force {
+            Vec::new()
+        } else {
+            (self.host_addrs)()
+        };
         let mut wanted = HashSet::with_capacity(cidrs.len());
         let mut put = Vec::new();
         let mut previous = Vec::new();
@@ -98,7 +104,7 @@ impl<M: Maps> AgentState<M> {
             };
             // A list is checked as `block add` is: a feed carrying 127.0.0.0/8,
             // this host's address or the load balancer's must not ban it.
-            if let Err(why) = self.refusal(&net, force) {
+            if let Err(why) = self.refusal(&net, force, &own) {
                 reject(&mut report, c, why);
                 continue;
             }
