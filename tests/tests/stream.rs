@@ -47,6 +47,18 @@ impl Env {
     }
 }
 
+/// Connects from `src` inside the lab's namespace (file `ns`); the calling
+/// thread joins that namespace.
+fn connect_in(ns: &str, src: std::net::IpAddr, dst: SocketAddr) -> std::net::TcpStream {
+    let f = std::fs::File::open(ns).unwrap();
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect_timeout(&dst.into(), Duration::from_secs(3))
+        .unwrap();
+    sock.into()
+}
+
 const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
 
 #[test]
@@ -160,15 +172,7 @@ fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
     let ns = format!("/run/netns/{}", e.lab.ns);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
-        use std::io::Write as _;
-        let f = std::fs::File::open(ns).unwrap();
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
-        sock.connect_timeout(&dst.into(), Duration::from_secs(3))
-            .unwrap();
-        let mut s: std::net::TcpStream = sock.into();
+        let mut s = connect_in(&ns, src, dst);
         s.write_all(head.as_bytes()).unwrap();
         // Hold the connection open until the test is done (at most 8 s).
         let _ = rx.recv_timeout(Duration::from_secs(8));
@@ -180,6 +184,46 @@ fn a_head_whose_body_never_comes_is_judged_while_the_connection_waits() {
     assert!(
         banned,
         "a head without its body was not judged while the connection stayed open: {:#?}\n{}",
+        e.agent.events(),
+        e.agent.log_text()
+    );
+}
+
+#[test]
+fn a_body_sent_after_a_pause_is_judged() {
+    let e = env();
+    let src = e.lab.v4(0, 2);
+    let dst = SocketAddr::new(e.lab.v4(0, 1), e.server.port);
+    // A clean head, a pause longer than the agent waits before judging a
+    // stalled request, then the body the server reads, with the injection.
+    let body = r#"{"q":"1' UNION SELECT username,password FROM users--"}"#;
+    let head = format!(
+        "POST /items HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let ns = format!("/run/netns/{}", e.lab.ns);
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let mut s = connect_in(&ns, src, dst);
+        s.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        let _ = paused_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(5));
+        s.write_all(body.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    paused_rx
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the client paused");
+    // The stand-in for the head alone was judged and found nothing.
+    assert!(!e.agent.banned(src), "a clean head banned its client");
+    let _ = go_tx.send(());
+    let banned = eventually(Duration::from_secs(5), || e.agent.policy_banned(src));
+    client.join().unwrap();
+    assert!(
+        banned,
+        "the body sent after a pause was not judged: {:#?}\n{}",
         e.agent.events(),
         e.agent.log_text()
     );

@@ -99,6 +99,14 @@ pub struct ApiEvent {
     /// responses, which carry none).
     #[serde(skip)]
     pub forwarded_client: Option<IpAddr>,
+    /// A stand-in for a request whose stream stalled part-way: judged as far
+    /// as it went, and again once the rest comes (see `resumed`).
+    #[serde(skip)]
+    pub stalled: bool,
+    /// This request was judged before, as a stand-in when its stream
+    /// stalled: what that judgement found (and counted) is not counted again.
+    #[serde(skip)]
+    pub resumed: bool,
 }
 
 /// Counters of what the pipeline saw.
@@ -169,6 +177,10 @@ struct Half {
     /// What is left of the body of a request judged from its start
     /// (requests only): passed over, not buffered.
     skip: BodyRest,
+    /// The request at the start of the buffer was judged as a stand-in when
+    /// the stream stalled; it stays buffered so that the whole of it is
+    /// judged when the rest comes (a server acts on the whole).
+    stood_in: bool,
 }
 
 struct Pending {
@@ -311,6 +323,7 @@ impl Flows {
             let s = stalled_sample(*id, flow);
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
             let before = out.len();
+            let held = flow.req.buf.clone();
             let stream = Stream {
                 whole: false,
                 wait: false,
@@ -325,12 +338,17 @@ impl Flows {
                 &mut out,
                 &mut self.stats,
             );
-            if out.len() > before && flow.req.skip == BodyRest::Done {
-                // The rest of this message may still come: it continues what
-                // was judged, it does not start a request. (A body whose
-                // length is known is passed over exactly instead.)
-                flow.req.buf.clear();
-                flow.req.unknown_start = true;
+            if out.len() > before && !flow.req.unknown_start {
+                // The rest of this message may still come: the request stays
+                // buffered, to be judged whole with it (what the stand-in
+                // found is not counted twice), so nothing a client sends
+                // after a pause goes unjudged.
+                for ev in &mut out[before..] {
+                    ev.stalled = true;
+                }
+                flow.req.buf = held;
+                flow.req.skip = BodyRest::Done;
+                flow.req.stood_in = true;
             }
         }
         out
@@ -470,6 +488,7 @@ impl Flows {
             half.broken = half.next_seq.is_some() && !half.buf.is_empty();
             half.unknown_start = half.seen;
             half.buf.clear();
+            half.stood_in = false;
         }
         let half = match s.direction {
             Direction::Request => &mut flow.req,
@@ -855,6 +874,8 @@ fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEv
         proxy: None,
         header_client: flow.real,
         forwarded_client: flow.forwarded,
+        stalled: false,
+        resumed: false,
     }
 }
 
@@ -952,6 +973,7 @@ fn parse_all(
                         half.buf.len()
                     }
                     Ok(Parsed::Complete { msg, consumed }) => {
+                        let resumed = std::mem::take(&mut half.stood_in);
                         let truncated =
                             msg.truncated || half.broken || !whole && consumed == half.buf.len();
                         stats.requests += 1;
@@ -965,11 +987,14 @@ fn parse_all(
                                 ts_ns: s.ts_ns,
                             });
                         }
-                        out.push(request_event(flow, s, time, msg, truncated));
+                        let mut ev = request_event(flow, s, time, msg, truncated);
+                        ev.resumed = resumed;
+                        out.push(ev);
                         consumed
                     }
                     Ok(Parsed::Partial) => break,
                     Err(e) => {
+                        half.stood_in = false;
                         unparseable(flow, s, time, e, out, stats);
                         dropped = true;
                         flow.req.buf.len()
@@ -1038,6 +1063,7 @@ fn parse_all(
             Direction::Response => &mut flow.resp,
         };
         half.buf.clear();
+        half.stood_in = false;
         half.unknown_start = true;
         half.broken = true;
         stats.truncated += 1;
@@ -1096,6 +1122,35 @@ mod tests {
 
     fn paths(ev: &[ApiEvent]) -> Vec<String> {
         ev.iter().filter_map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn a_body_sent_after_a_stall_is_judged_with_its_head() {
+        let mut f = Flows::new(100);
+        let head = b"POST /items HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"a\":";
+        let rest = b"\"1' OR '1'='1\",\"b\":\"xxxxxxxxx\"}";
+        let next = b"GET /next HTTP/1.1\r\n\r\n";
+        f.clock_ns = 1_000;
+        assert!(stream(&mut f, 0, head, 1024, &[]).is_empty());
+        // The client pauses: the head is judged as far as it went.
+        f.clock_ns = 3_000_000_000;
+        let stand_in = f.flush_stalled(2_000_000_000, 0.0);
+        assert_eq!(paths(&stand_in), ["/items"]);
+        assert!(stand_in[0].stalled && !stand_in[0].resumed);
+        // Once, not at every check.
+        assert!(f.flush_stalled(2_500_000_000, 0.0).is_empty());
+        // The body comes after the pause: the whole request is judged again,
+        // with the body the server reads.
+        let mut bytes = rest.to_vec();
+        bytes.extend_from_slice(next);
+        let off = head.len() as u32;
+        let ev = stream(&mut f, off, &bytes, 5, &[]);
+        assert_eq!(paths(&ev), ["/items", "/next"]);
+        assert!(ev[0].resumed && !ev[0].stalled);
+        let body = &ev[0].request.as_ref().unwrap().body;
+        assert!(body.ends_with(b"xxxxxxxxx\"}"), "{body:?}");
+        assert!(!ev[1].resumed, "the next request is a request of its own");
+        assert_eq!(f.stats.resyncs, 0);
     }
 
     #[test]

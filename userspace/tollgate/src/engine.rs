@@ -224,6 +224,29 @@ impl Pipeline {
         self.decide(client, violations, now_ms)
     }
 
+    /// Inspects a request judged before as a stand-in, when its stream
+    /// stalled, now that the rest of it came. The detectors see the whole
+    /// request; what the stand-in found (`before`: rule and location) is not
+    /// scored again, and the API guard, which counted the request then, does
+    /// not count it twice.
+    pub fn on_request_resumed(
+        &mut self,
+        client: Option<IpAddr>,
+        req: &tollgate_detect::Request,
+        before: &[(&'static str, tollgate_detect::Location)],
+        now_ms: u64,
+    ) -> Decision {
+        let gql = self.engine.graphql(req);
+        let mut violations = self.engine.inspect_with(req, gql.as_ref());
+        violations.retain(|v| !before.iter().any(|(r, l)| *r == v.rule && *l == v.location));
+        if let Some(ip) = client
+            && violations.iter().any(|v| v.score > 0)
+        {
+            self.guard.note_injection(ip, now_ms);
+        }
+        self.decide(client, violations, now_ms)
+    }
+
     /// Inspects one response to `client`; `req` is the request it answers
     /// when known (at least method and path). Exposures in it alert and never
     /// ban (the server leaked, not the client); a burst of 401/403 to one
@@ -570,6 +593,39 @@ mod api_tests {
             })
             .count();
         assert_eq!(bans, 1);
+    }
+
+    /// A request judged as a stand-in when its stream stalled, then whole:
+    /// what the stand-in found does not score twice, what the rest brought does.
+    #[test]
+    fn a_resumed_request_scores_only_what_is_new() {
+        let mut p = policy("");
+        let c: IpAddr = "198.18.0.9".parse().unwrap();
+        let head = req("GET /items?q=1950%20or%201960 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let stand_in = p.on_request(Some(c), &head, 1_000);
+        assert!(
+            stand_in.ban.is_none() && stand_in.client_score > 0.0,
+            "{stand_in:?}"
+        );
+        let before: Vec<_> = stand_in
+            .violations
+            .iter()
+            .map(|v| (v.rule, v.location.clone()))
+            .collect();
+        let again = p.on_request_resumed(Some(c), &head, &before, 1_010);
+        assert!(again.violations.is_empty(), "{again:?}");
+        assert!(again.client_score <= stand_in.client_score, "{again:?}");
+        let whole = req(
+            "POST /items?q=1950%20or%201960 HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 54\r\n\r\n{\"q\":\"1' UNION SELECT username,password FROM users--\"}",
+        );
+        let d = p.on_request_resumed(Some(c), &whole, &before, 1_020);
+        assert!(d.ban.is_some(), "{d:?}");
+        assert!(
+            d.violations
+                .iter()
+                .all(|v| v.location == tollgate_detect::Location::Body),
+            "{d:?}"
+        );
     }
 
     /// An injection that stays under the ban threshold on its own, answered

@@ -4,6 +4,7 @@
 //! sampling rate (through the datapath's config) when it falls behind.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use tollgate_common::FlowKey;
+use tollgate_detect::Location;
 
 use super::enforce::Finding;
 use crate::{
@@ -77,7 +79,17 @@ pub struct ApiState {
     last_expiry_ns: u64,
     /// When stalled requests were last looked for.
     last_stall_check_ns: u64,
+    /// What stand-ins for stalled requests found (rule, location), by
+    /// connection, until the rest of the request comes and is judged.
+    stood_in: HashMap<(IpAddr, u16, IpAddr, u16), Vec<Found>>,
 }
+
+/// A finding by rule and location.
+type Found = (&'static str, Location);
+
+/// Stalled requests remembered at once; past it the memory is dropped (a
+/// request judged again then scores what its stand-in found once more).
+const MAX_STOOD_IN: usize = 4096;
 
 /// What a batch of samples produced for the enforcer.
 #[derive(Default)]
@@ -225,6 +237,7 @@ impl ApiHandle {
                 waiting: Vec::new(),
                 last_expiry_ns: 0,
                 last_stall_check_ns: 0,
+                stood_in: HashMap::new(),
             })),
             tap,
             tls: crate::tls::handle(),
@@ -232,16 +245,16 @@ impl ApiHandle {
     }
 
     /// Handles a batch of raw records (and the requests still waiting for
-    /// verification); returns the processing time and what the detectors
+    /// verification); returns the CPU time it took and what the detectors
     /// found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
-        let t = Instant::now();
+        let t = thread_cpu();
         let samples: Vec<Sample> = match self.tls.lock() {
             Ok(mut tls) => records.iter().filter_map(|raw| tls.sample(raw)).collect(),
             Err(_) => Vec::new(),
         };
         let batch = self.handle_samples(&samples, wall_offset);
-        (t.elapsed(), batch)
+        (thread_cpu().saturating_sub(t), batch)
     }
 
     /// Handles decoded samples (and the requests still waiting for
@@ -385,6 +398,7 @@ impl ApiState {
     ) {
         let st = self;
         let ms = (ev.time * 1000.0) as u64;
+        let conn = (ev.client, ev.client_port, ev.server, ev.port);
         ev.verified = unverified.is_none();
         if unverified.is_some() {
             st.status.unverified += 1;
@@ -425,14 +439,27 @@ impl ApiState {
         let mut operation = None;
         let decided = match (&ev.request, ev.direction) {
             (Some(req), Direction::Request) => {
+                let before = if ev.resumed {
+                    st.stood_in.remove(&conn).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 let d = if unverified.is_some() {
                     // Judged on its own: no client score, no ban.
-                    let mut d = st.pipeline.on_request(None, req, ms);
+                    let mut d = if ev.resumed {
+                        st.pipeline.on_request_resumed(None, req, &before, ms)
+                    } else {
+                        st.pipeline.on_request(None, req, ms)
+                    };
                     if d.action == tollgate_detect::Action::Ban {
                         d.action = tollgate_detect::Action::Alert;
                     }
                     d.ban = None;
                     d
+                } else if ev.resumed {
+                    // Counted in the inventory when its stand-in was.
+                    st.pipeline
+                        .on_request_resumed(Some(ev.client), req, &before, ms)
                 } else {
                     let d = st.pipeline.on_request(Some(ev.client), req, ms);
                     // A stand-in for unparseable bytes is no endpoint.
@@ -442,6 +469,14 @@ impl ApiState {
                     }
                     d
                 };
+                if ev.stalled {
+                    let mut found = before;
+                    found.extend(d.violations.iter().map(|v| (v.rule, v.location.clone())));
+                    if st.stood_in.len() >= MAX_STOOD_IN {
+                        st.stood_in.clear();
+                    }
+                    st.stood_in.insert(conn, found);
+                }
                 // What `tap` shows of a GraphQL request's operations.
                 let ops: Vec<String> = st.pipeline.graphql_operations(req).into_iter().collect();
                 if !ops.is_empty() {
@@ -526,6 +561,14 @@ fn spoofed_forwarding(ev: &ApiEvent, value: &str) -> Finding {
         unverified: None,
         conn_since_ns: None,
     }
+}
+
+/// CPU time of the calling thread. The CPU budget is the agent's own use: a
+/// busy host that keeps the agent waiting for a core must not make it judge
+/// less of each request (wall time would count the waiting).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// Unix seconds minus boot-clock seconds, to date samples.
