@@ -107,7 +107,9 @@ pub fn h2load(lab: &Lab, n: u32, clients: u32, urls: &[String]) -> Output {
 
 /// A gRPC service (Python `grpcio`, Debian's python3) on the given
 /// addresses: `/notes.Notes/Create` answers every message with its own
-/// bytes (no schema: raw bytes in and out). Killed on drop.
+/// bytes (no schema: raw bytes in and out); `/notes.Notes/Secret` does too
+/// when the message is [`GRPC_TOKEN`], and refuses anything else with
+/// `grpc-status` 16 (UNAUTHENTICATED). Killed on drop.
 pub struct GrpcServer {
     /// The port it listens on.
     pub port: u16,
@@ -120,7 +122,12 @@ from concurrent import futures
 port = int(sys.argv[1])
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo}),))
+def secret(req, ctx):
+    if req != b'valid-token':
+        ctx.abort(grpc.StatusCode.UNAUTHENTICATED, 'bad token')
+    return req
+guarded = grpc.unary_unary_rpc_method_handler(secret)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo, 'Secret': guarded}),))
 for a in sys.argv[2:]:
     server.add_insecure_port(f'{a}:{port}')
 server.start()
@@ -130,9 +137,9 @@ server.wait_for_termination()
 
 const GRPC_CLIENT: &str = r"
 import sys, grpc
-target, msg = sys.argv[1], bytes.fromhex(sys.argv[2])
+target, msg, method = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
 with grpc.insecure_channel(target) as ch:
-    call = ch.unary_unary('/notes.Notes/Create')
+    call = ch.unary_unary(method)
     try:
         print('ok', call(msg, timeout=3).hex())
     except grpc.RpcError as e:
@@ -166,9 +173,25 @@ impl Drop for GrpcServer {
     }
 }
 
+/// The message `/notes.Notes/Secret` of [`GrpcServer`] accepts.
+pub const GRPC_TOKEN: &[u8] = b"valid-token";
+
 /// One unary call of `/notes.Notes/Create` with `msg` (protobuf bytes) from
 /// the client namespace, bounded to 10 s: `Ok(reply)` or `Err(status)`.
 pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>, String> {
+    grpc_call_method(lab, to, port, "/notes.Notes/Create", msg)
+}
+
+/// One unary call of `method` (`/notes.Notes/Secret`, say) on its own
+/// connection, as [`grpc_call`]; `Err` holds the status (`error
+/// StatusCode.UNAUTHENTICATED`).
+pub fn grpc_call_method(
+    lab: &Lab,
+    to: IpAddr,
+    port: u16,
+    method: &str,
+    msg: &[u8],
+) -> Result<Vec<u8>, String> {
     let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new("ip")
         .args([
@@ -179,7 +202,7 @@ pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>
             "10",
             "/usr/bin/python3",
         ])
-        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex])
+        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex, method])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();

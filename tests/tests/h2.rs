@@ -9,7 +9,7 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
-    h2::{GrpcServer, Nghttpd, grpc_call, h2load, nghttp},
+    h2::{GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_method, h2load, nghttp},
 };
 
 fn url(addr: IpAddr, port: u16, path: &str) -> String {
@@ -201,6 +201,68 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
         Ok(benign_msg.clone())
     );
     assert!(!agent.policy_banned(benign));
+}
+
+#[test]
+fn grpc_unauthenticated_bursts_ban_like_401s() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let secret = "/notes.Notes/Secret";
+    // A benign client: a few refusals (a mistyped token), then its calls go through.
+    for msg in [&b"typo"[..], b"typo2", GRPC_TOKEN, GRPC_TOKEN] {
+        let r = grpc_call_method(&lab, lab.v4(1, 1), server.port, secret, msg);
+        assert_eq!(r.is_ok(), msg == GRPC_TOKEN, "{r:?}");
+    }
+    // Refusals answer in the response head (Trailers-Only): the agent sees
+    // them as responses carrying grpc-status 16.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let st = agent.json(&["status"]);
+            st["sampling"]["flows"]["responses"].as_u64() >= Some(4)
+        }),
+        "h2 responses not decoded: {}",
+        agent.json(&["status"])
+    );
+    // Token guessing: one refused call after another.
+    let mut refused = 0;
+    for i in 0..30 {
+        if agent.policy_banned(attacker) {
+            break;
+        }
+        let guess = format!("token-{i}");
+        match grpc_call_method(&lab, lab.v4(0, 1), server.port, secret, guess.as_bytes()) {
+            Err(e) if e.contains("UNAUTHENTICATED") => refused += 1,
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned after {refused} refused calls\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["rule"] == "auth.credential_stuffing"
+            && e["route"].as_str().is_some_and(|r| r.contains(secret))),
+        "no credential stuffing event on {secret}: {ev:#?}"
+    );
+    assert!(refused >= 5, "banned after only {refused} refusals");
+    // Dropped at XDP now; the benign client still works.
+    assert!(grpc_call_method(&lab, lab.v4(0, 1), server.port, secret, GRPC_TOKEN).is_err());
+    assert_eq!(
+        grpc_call_method(&lab, lab.v4(1, 1), server.port, secret, GRPC_TOKEN),
+        Ok(GRPC_TOKEN.to_vec())
+    );
+    assert!(
+        !agent.policy_banned(benign),
+        "{}",
+        agent.json(&["block", "ls"])
+    );
 }
 
 /// An HTTP/2 frame.

@@ -110,6 +110,21 @@ pub fn looks_like_frames(buf: &[u8]) -> bool {
     whole > 0
 }
 
+/// Whether `buf` starts with a server's connection preface: a SETTINGS
+/// frame on stream 0 that is not an acknowledgement (RFC 9113 §3.4), the
+/// first thing an HTTP/2 server sends. Only the first response bytes of a
+/// connection are tested this way: a later SETTINGS frame is no start.
+#[must_use]
+pub fn server_preface(buf: &[u8]) -> bool {
+    match buf {
+        [a, b, c, SETTINGS, flags, 0, 0, 0, 0, ..] => {
+            let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+            flags & 0x1 == 0 && len % 6 == 0 && len <= 16_384
+        }
+        _ => false,
+    }
+}
+
 /// Which end sent the bytes a [`Decoder`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -891,6 +906,22 @@ mod tests {
         // SETTINGS on a stream, DATA on stream 0: not HTTP/2.
         assert!(!looks_like_frames(&frame(SETTINGS, 0, 1, &[])));
         assert!(!looks_like_frames(&frame(DATA, 0, 0, b"x")));
+    }
+
+    #[test]
+    fn a_server_preface_is_a_settings_frame_that_is_no_ack() {
+        assert!(server_preface(&frame(
+            SETTINGS,
+            0,
+            0,
+            &[0, 1, 0, 0, 0x10, 0]
+        )));
+        assert!(server_preface(&frame(SETTINGS, 0, 0, &[])));
+        assert!(!server_preface(&frame(SETTINGS, 1, 0, &[])), "an ack");
+        assert!(!server_preface(&frame(SETTINGS, 0, 1, &[])));
+        assert!(!server_preface(&frame(SETTINGS, 0, 0, &[0; 5])));
+        assert!(!server_preface(b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!server_preface(&frame(SETTINGS, 0, 0, &[])[..8]));
     }
 
     #[test]
