@@ -159,6 +159,10 @@ pub struct FlowStats {
     /// never guessed.
     #[serde(default)]
     pub h2_responses_unknown: u64,
+    /// Compressed gRPC request messages the detectors did not read: their
+    /// `grpc-encoding` is none they inflate (gzip and deflate are read).
+    #[serde(default)]
+    pub grpc_unread_messages: u64,
 }
 
 #[derive(Default)]
@@ -802,6 +806,8 @@ fn h2_events(
             h2::Message::Request { stream, request } => {
                 let truncated = request.truncated;
                 stats.requests += 1;
+                stats.grpc_unread_messages +=
+                    tollgate_detect::detect::grpc_unread_messages(&request);
                 if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS {
                     // Streams never answered (or answered unseen): the oldest go.
                     flow.h2_pending.pop_first();
@@ -1675,6 +1681,28 @@ mod tests {
         let ev = g.on_sample(&sample(Direction::Response, 9, &late, 3), 0.0);
         assert!(ev.is_empty());
         assert_eq!((g.stats.responses, g.stats.h2_responses_lost), (0, 0));
+    }
+
+    #[test]
+    fn grpc_messages_in_an_encoding_not_read_are_counted() {
+        let mut req = h2::PREFACE.to_vec();
+        // `content-type: application/grpc`, `grpc-encoding: snappy`, literal.
+        let mut b = vec![0x83, 0x86, 0x04, 6];
+        b.extend_from_slice(b"/a.B/C");
+        for (n, v) in [
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "snappy"),
+        ] {
+            b.extend([0, u8::try_from(n.len()).unwrap()]);
+            b.extend_from_slice(n.as_bytes());
+            b.push(u8::try_from(v.len()).unwrap());
+            b.extend_from_slice(v.as_bytes());
+        }
+        req.extend(h2_frame(1, 0x4, 1, &b));
+        req.extend(h2_frame(0, 1, 1, &[1, 0, 0, 0, 3, 9, 9, 9]));
+        let mut f = Flows::new(100);
+        assert_eq!(paths(&stream(&mut f, 0, &req, 1024, &[])), ["/a.B/C"]);
+        assert_eq!(f.stats.grpc_unread_messages, 1);
     }
 
     #[test]
