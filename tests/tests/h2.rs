@@ -173,6 +173,45 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
         inv(),
         agent.json(&["status"])
     );
+    // Against a descriptor set (built by hand: FileDescriptorSet > file >
+    // service > method names): Create documented, Archive unused.
+    let method = |name: &[u8]| field(2, &field(1, name));
+    let service = [field(1, b"Notes"), method(b"Create"), method(b"Archive")].concat();
+    let file = [
+        field(1, b"notes.proto"),
+        field(2, b"notes"),
+        field(6, &service),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("notes.pb");
+    std::fs::write(&set, field(1, &file)).unwrap();
+    let set = set.to_str().unwrap();
+    let inv = agent.json(&["inventory", "--descriptor-set", set]);
+    let status = |path: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| e["status"].clone())
+    };
+    assert_eq!(
+        (
+            status("/notes.Notes/Create"),
+            status("/notes.Notes/Archive")
+        ),
+        (Some("documented".into()), Some("unused".into())),
+        "{inv}"
+    );
+    // A file that is no descriptor set is refused with a reason.
+    let bad = dir.path().join("api.yaml");
+    std::fs::write(&bad, "openapi: 3.0.3\npaths: {}\n").unwrap();
+    let out = agent.cli(&["inventory", "--descriptor-set", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a protobuf descriptor set"),
+        "{out:?}"
+    );
     // The injection sits in field 2 of the message in field 3.
     let evil = [
         field(1, b"x"),
