@@ -163,6 +163,11 @@ pub struct FlowStats {
     /// `grpc-encoding` is none they inflate (gzip and deflate are read).
     #[serde(default)]
     pub grpc_unread_messages: u64,
+    /// HTTP/2 header blocks cut at 64 KiB or 128 CONTINUATION frames: what
+    /// decoded before the cut was judged (truncated), the rest passed over;
+    /// later blocks of that connection are unknown.
+    #[serde(default)]
+    pub h2_header_blocks_cut: u64,
 }
 
 #[derive(Default)]
@@ -642,6 +647,7 @@ impl Flows {
                 if dec.lost().is_some() {
                     self.stats.h2_lost += 1;
                 }
+                self.stats.h2_header_blocks_cut += dec.counters.blocks_cut;
                 flow.h2 = Some(Box::new(dec));
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 let mut out = Vec::new();
@@ -692,8 +698,10 @@ fn h2_sample(
         return out;
     };
     let was_lost = dec.lost().is_some();
+    let cut = dec.counters.blocks_cut;
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.req.next_seq, s, &mut msgs);
+    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
     if s.tcp_flags & 0x05 != 0 {
         dec.flush(&mut msgs);
     }
@@ -760,8 +768,10 @@ fn h2_response_sample(
     if dec.lost().is_some() {
         return out;
     }
+    let cut = dec.counters.blocks_cut;
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.resp.next_seq, s, &mut msgs);
+    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
     if dec.lost().is_some() {
         stats.h2_responses_lost += 1;
     }
@@ -1681,6 +1691,35 @@ mod tests {
         let ev = g.on_sample(&sample(Direction::Response, 9, &late, 3), 0.0);
         assert!(ev.is_empty());
         assert_eq!((g.stats.responses, g.stats.h2_responses_lost), (0, 0));
+    }
+
+    #[test]
+    fn an_oversized_header_block_is_judged_as_far_as_it_went() {
+        let mut req = h2::PREFACE.to_vec();
+        // `:method POST`, `:scheme http`, `:path` with an injection, then
+        // 80 KiB of fields over CONTINUATION frames.
+        let mut b = vec![0x83, 0x86, 0x04, 20];
+        b.extend_from_slice(b"/a?id=1' OR '1'='1--");
+        req.extend(h2_frame(1, 0, 1, &b));
+        let pad = [
+            &[0u8, 5][..],
+            b"x-pad",
+            &[0x7f, 0x81, 0x7f],
+            &[b'p'; 16_382],
+        ]
+        .concat();
+        for _ in 0..5 {
+            req.extend(h2_frame(9, 0, 1, &pad));
+        }
+        req.extend(h2_frame(9, 0x4, 1, &[]));
+        req.extend(h2_request(3, 0x82, "/next", true));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        assert_eq!(paths(&ev), ["/a"]);
+        assert_eq!(ev[0].query.as_deref(), Some("id=1' OR '1'='1--"));
+        assert!(ev[0].truncated);
+        assert_eq!(f.stats.h2_header_blocks_cut, 1);
+        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (1, 0));
     }
 
     #[test]
