@@ -31,12 +31,26 @@ pub struct Nghttpd {
     children: Vec<Child>,
     /// Its document root (files `index.html`, `items`, `hello`).
     pub root: tempfile::TempDir,
+    /// TLS: where its key and certificate are.
+    keys: Option<tempfile::TempDir>,
 }
 
 impl Nghttpd {
     /// Starts the server on `addrs` and waits until it accepts on each.
     #[must_use]
     pub fn start(addrs: &[IpAddr]) -> Self {
+        Self::start_with(addrs, false)
+    }
+
+    /// The same server over TLS (a self-signed certificate, ALPN `h2`):
+    /// nghttpd links Debian's libssl dynamically, so the agent's TLS probes
+    /// hand its plaintext on.
+    #[must_use]
+    pub fn start_tls(addrs: &[IpAddr]) -> Self {
+        Self::start_with(addrs, true)
+    }
+
+    fn start_with(addrs: &[IpAddr], tls: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         for f in ["index.html", "items", "hello"] {
             std::fs::write(root.path().join(f), "ok\n").unwrap();
@@ -46,13 +60,27 @@ impl Nghttpd {
             port,
             children: Vec::new(),
             root,
+            keys: None,
         };
+        // Key and certificate outside the document root.
+        server.keys = tls.then(|| tempfile::tempdir().unwrap());
+        let pair = server
+            .keys
+            .as_ref()
+            .map(|k| crate::tls::self_signed(k.path()));
         for addr in addrs {
-            let child = Command::new("nghttpd")
-                .args(["--no-tls", "-d"])
+            let mut cmd = Command::new("nghttpd");
+            if pair.is_none() {
+                cmd.arg("--no-tls");
+            }
+            cmd.arg("-d")
                 .arg(server.root.path())
                 .arg(format!("--address={addr}"))
-                .arg(port.to_string())
+                .arg(port.to_string());
+            if let Some((cert, key)) = &pair {
+                cmd.arg(key).arg(cert);
+            }
+            let child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -73,8 +101,8 @@ impl Drop for Nghttpd {
     }
 }
 
-/// `nghttp` from the client namespace: all `urls` on one h2c connection
-/// (prior knowledge), bounded to 5 s. Returns the output and the `:status`
+/// `nghttp` from the client namespace: all `urls` on one connection (h2c
+/// with prior knowledge, or `https://` with ALPN `h2`), bounded to 5 s. Returns the output and the `:status`
 /// of each response in order of arrival.
 #[must_use]
 pub fn nghttp(lab: &Lab, urls: &[String]) -> (Output, Vec<u16>) {

@@ -1,5 +1,5 @@
-//! HTTP/2 cleartext (h2c, prior knowledge) taken at the socket and decoded
-//! in userspace: `nghttp` and `h2load` against `nghttpd` in the lab. The
+//! HTTP/2 cleartext (h2c, prior knowledge) taken at the socket, and h2 over
+//! TLS from the server's libssl, decoded in userspace: `nghttp` and `h2load` against `nghttpd` in the lab. The
 //! same detectors judge each stream; an injection bans its client at XDP,
 //! a benign client keeps working, and the inventory lists the routes with
 //! the right counts on a long-lived connection.
@@ -10,6 +10,7 @@ use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
     h2::{GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_method, h2load, nghttp},
+    tls::wait_probed,
 };
 
 fn url(addr: IpAddr, port: u16, path: &str) -> String {
@@ -25,22 +26,21 @@ fn hits(inv: &Value, method: &str, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
-    let lab = Lab::new();
-    let server = Nghttpd::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
-    let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+/// Against an nghttpd on the lab's two server addresses (`url` makes a URL
+/// of address and path): a benign client's requests are listed, an
+/// injection after a benign request on one connection bans its client at
+/// XDP, and the benign client keeps working. Returns `status` at the end.
+fn bans_the_injector_only(lab: &Lab, agent: &Agent, url: impl Fn(IpAddr, &str) -> String) -> Value {
     let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
     let (to_attacker_side, to_benign_side) = (lab.v4(0, 1), lab.v4(1, 1));
 
     // Benign: three requests on one connection.
     let (out, codes) = nghttp(
-        &lab,
+        lab,
         &[
-            url(to_benign_side, server.port, "/hello"),
-            url(to_benign_side, server.port, "/index.html"),
-            url(to_benign_side, server.port, "/items?id=5"),
+            url(to_benign_side, "/hello"),
+            url(to_benign_side, "/index.html"),
+            url(to_benign_side, "/items?id=5"),
         ],
     );
     assert_eq!(codes, [200, 200, 200], "{out:?}");
@@ -49,7 +49,7 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
         eventually(Duration::from_secs(5), || hits(&inv(), "GET", "/hello")
             == 1
             && hits(&inv(), "GET", "/items") == 1),
-        "h2c routes not in the inventory: {}\nstatus: {}\n{}",
+        "h2 routes not in the inventory: {}\nstatus: {}\n{}",
         inv(),
         agent.json(&["status"]),
         agent.log_text()
@@ -57,14 +57,10 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
 
     // The injection, after a benign request on the same connection.
     let (out, codes) = nghttp(
-        &lab,
+        lab,
         &[
-            url(to_attacker_side, server.port, "/hello"),
-            url(
-                to_attacker_side,
-                server.port,
-                "/items?id=1%27%20OR%20%271%27%3D%271",
-            ),
+            url(to_attacker_side, "/hello"),
+            url(to_attacker_side, "/items?id=1%27%20OR%20%271%27%3D%271"),
         ],
     );
     assert_eq!(codes.first(), Some(&200), "{out:?}");
@@ -83,9 +79,9 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
         "no SQL injection event on the h2 route from {attacker}: {ev:#?}"
     );
     // Its next connection is dropped at XDP; the benign client still works.
-    let (out, codes) = nghttp(&lab, &[url(to_attacker_side, server.port, "/hello")]);
+    let (out, codes) = nghttp(lab, &[url(to_attacker_side, "/hello")]);
     assert!(codes.is_empty(), "banned client answered: {out:?}");
-    let (out, codes) = nghttp(&lab, &[url(to_benign_side, server.port, "/hello")]);
+    let (out, codes) = nghttp(lab, &[url(to_benign_side, "/hello")]);
     assert_eq!(codes, [200], "{out:?}");
     assert!(
         !agent.policy_banned(benign),
@@ -98,6 +94,33 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
     assert_eq!(flows["h2_lost"], 0, "{st}");
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["unparseable"], 0, "{st}");
+    st
+}
+
+#[test]
+fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
+    let lab = Lab::new();
+    let server = Nghttpd::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    bans_the_injector_only(&lab, &agent, |to, path| url(to, server.port, path));
+}
+
+#[test]
+fn an_injection_over_h2_in_tls_bans_its_client_and_a_benign_one_keeps_working() {
+    let lab = Lab::new();
+    let server = Nghttpd::start_tls(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    wait_probed(&agent);
+    // nghttp negotiates h2 by ALPN; the plaintext comes from libssl.
+    let st = bans_the_injector_only(&lab, &agent, |to, path| {
+        format!("https://{to}:{}{path}", server.port)
+    });
+    // Responses come whole from SSL_write: paired and decoded.
+    let flows = &st["sampling"]["flows"];
+    assert!(flows["responses"].as_u64() >= Some(4), "{st}");
+    assert_eq!(flows["h2_responses_lost"], 0, "{st}");
 }
 
 #[test]
