@@ -166,7 +166,8 @@ server.wait_for_termination()
 const GRPC_CLIENT: &str = r"
 import sys, grpc
 target, msg, method = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
-with grpc.insecure_channel(target) as ch:
+gzip = grpc.Compression.Gzip if sys.argv[4:] == ['gzip'] else grpc.Compression.NoCompression
+with grpc.insecure_channel(target, compression=gzip) as ch:
     call = ch.unary_unary(method)
     try:
         print('ok', call(msg, timeout=3).hex())
@@ -210,6 +211,12 @@ pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>
     grpc_call_method(lab, to, port, "/notes.Notes/Create", msg)
 }
 
+/// [`grpc_call`] with the message gzip-compressed (`grpc-encoding: gzip`;
+/// gRPC sends a message uncompressed when gzip would not make it smaller).
+pub fn grpc_call_gzip(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>, String> {
+    grpc_run(lab, to, port, "/notes.Notes/Create", msg, &["gzip"])
+}
+
 /// One unary call of `method` (`/notes.Notes/Secret`, say) on its own
 /// connection, as [`grpc_call`]; `Err` holds the status (`error
 /// StatusCode.UNAUTHENTICATED`).
@@ -219,6 +226,17 @@ pub fn grpc_call_method(
     port: u16,
     method: &str,
     msg: &[u8],
+) -> Result<Vec<u8>, String> {
+    grpc_run(lab, to, port, method, msg, &[])
+}
+
+fn grpc_run(
+    lab: &Lab,
+    to: IpAddr,
+    port: u16,
+    method: &str,
+    msg: &[u8],
+    extra: &[&str],
 ) -> Result<Vec<u8>, String> {
     let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new("ip")
@@ -231,6 +249,7 @@ pub fn grpc_call_method(
             "/usr/bin/python3",
         ])
         .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex, method])
+        .args(extra)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();

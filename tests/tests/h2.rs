@@ -9,7 +9,10 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
-    h2::{GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_method, h2load, nghttp},
+    h2::{
+        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method, h2load,
+        nghttp,
+    },
     tls::wait_probed,
 };
 
@@ -235,13 +238,22 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
         String::from_utf8_lossy(&out.stderr).contains("not a protobuf descriptor set"),
         "{out:?}"
     );
-    // The injection sits in field 2 of the message in field 3.
+    // Compressed (gzip) messages are inflated and read: a benign one passes.
+    let padding = field(4, &[b'a'; 120]);
+    let benign_gz = [benign_msg.clone(), padding.clone()].concat();
+    assert_eq!(
+        grpc_call_gzip(&lab, lab.v4(1, 1), server.port, &benign_gz),
+        Ok(benign_gz.clone())
+    );
+    // The injection sits in field 2 of the message in field 3, gzip-compressed
+    // (padded so that gzip makes it smaller: gRPC sends it compressed).
     let evil = [
         field(1, b"x"),
         field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+        padding,
     ]
     .concat();
-    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    let _ = grpc_call_gzip(&lab, lab.v4(0, 1), server.port, &evil);
     assert!(
         eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
         "{attacker} not banned\nevents: {:#?}\nstatus: {}",
@@ -257,6 +269,10 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
                 .is_some_and(|r| r.contains("/notes.Notes/Create"))),
         "no event locating the protobuf field: {ev:#?}"
     );
+    let st = agent.json(&["status"]);
+    let flows = &st["sampling"]["flows"];
+    assert_eq!(flows["grpc_compressed_messages"], 2, "{st}");
+    assert_eq!(flows["grpc_unread_messages"], 0, "{st}");
     assert!(grpc_call(&lab, lab.v4(0, 1), server.port, &benign_msg).is_err());
     assert_eq!(
         grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),

@@ -159,6 +159,9 @@ pub struct FlowStats {
     /// never guessed.
     #[serde(default)]
     pub h2_responses_unknown: u64,
+    /// Compressed gRPC request messages (flag 1).
+    #[serde(default)]
+    pub grpc_compressed_messages: u64,
     /// Compressed gRPC request messages the detectors did not read: their
     /// `grpc-encoding` is none they inflate (gzip and deflate are read).
     #[serde(default)]
@@ -816,8 +819,10 @@ fn h2_events(
             h2::Message::Request { stream, request } => {
                 let truncated = request.truncated;
                 stats.requests += 1;
-                stats.grpc_unread_messages +=
-                    tollgate_detect::detect::grpc_unread_messages(&request);
+                let (compressed, unread) =
+                    tollgate_detect::detect::grpc_compressed_messages(&request);
+                stats.grpc_compressed_messages += compressed;
+                stats.grpc_unread_messages += unread;
                 if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS {
                     // Streams never answered (or answered unseen): the oldest go.
                     flow.h2_pending.pop_first();
@@ -1741,7 +1746,13 @@ mod tests {
         req.extend(h2_frame(0, 1, 1, &[1, 0, 0, 0, 3, 9, 9, 9]));
         let mut f = Flows::new(100);
         assert_eq!(paths(&stream(&mut f, 0, &req, 1024, &[])), ["/a.B/C"]);
-        assert_eq!(f.stats.grpc_unread_messages, 1);
+        assert_eq!(
+            (
+                f.stats.grpc_compressed_messages,
+                f.stats.grpc_unread_messages
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode;
 use crate::http::Request;
 
-pub use protobuf::unread_messages as grpc_unread_messages;
+pub use protobuf::compressed_messages as grpc_compressed_messages;
 pub use protocol::UNPARSEABLE;
 
 /// Attack family of a violation.

@@ -8,7 +8,7 @@
 //! cap is read as far as it parses. Compressed messages (flag 1) are
 //! inflated per `grpc-encoding` (`gzip`, `deflate`), all of a body's
 //! together to at most the body cap, and read the same way; one in an
-//! encoding not read is counted ([`unread_messages`]), never passed as read.
+//! encoding not read is counted ([`compressed_messages`]), never passed as read.
 
 use std::borrow::Cow;
 
@@ -72,17 +72,24 @@ fn readable(encoding: Option<&str>) -> bool {
     })
 }
 
-/// Compressed messages of a gRPC request that the detectors do not read:
-/// its `grpc-encoding` is missing or one not inflated (`snappy`, `zstd`...).
+/// Compressed messages of a gRPC request, and how many of them the
+/// detectors do not read: its `grpc-encoding` is missing or one not
+/// inflated (`snappy`, `zstd`...).
 #[must_use]
-pub fn unread_messages(req: &crate::Request) -> u64 {
+pub fn compressed_messages(req: &crate::Request) -> (u64, u64) {
     let grpc = req.header("content-type").is_some_and(is_grpc) && framed(&req.body);
-    if !grpc || readable(req.header("grpc-encoding")) {
-        return 0;
+    if !grpc {
+        return (0, 0);
     }
-    messages(&req.body)
+    let n = messages(&req.body)
         .filter(|(compressed, _)| *compressed)
-        .count() as u64
+        .count() as u64;
+    let unread = if readable(req.header("grpc-encoding")) {
+        0
+    } else {
+        n
+    };
+    (n, unread)
 }
 
 /// Pushes the text fields of the gRPC messages in `body`; compressed ones
@@ -393,13 +400,19 @@ mod tests {
         };
         let z = compressed("gzip", &ld(1, b"hidden"));
         let two = [z.clone(), grpc(&ld(1, b"plain")), z.clone()].concat();
-        assert_eq!(unread_messages(&req(Some("snappy"), two.clone())), 2);
-        assert_eq!(unread_messages(&req(None, two.clone())), 2);
-        assert_eq!(unread_messages(&req(Some("gzip"), two)), 0);
-        assert_eq!(unread_messages(&req(Some("zstd"), grpc(b"\x0a\x01a"))), 0);
+        assert_eq!(
+            compressed_messages(&req(Some("snappy"), two.clone())),
+            (2, 2)
+        );
+        assert_eq!(compressed_messages(&req(None, two.clone())), (2, 2));
+        assert_eq!(compressed_messages(&req(Some("gzip"), two)), (2, 0));
+        assert_eq!(
+            compressed_messages(&req(Some("zstd"), grpc(b"\x0a\x01a"))),
+            (0, 0)
+        );
         let mut json = req(Some("snappy"), z);
         json.headers[0].1 = "application/json".into();
-        assert_eq!(unread_messages(&json), 0);
+        assert_eq!(compressed_messages(&json), (0, 0));
     }
 
     #[test]
