@@ -31,12 +31,26 @@ pub struct Nghttpd {
     children: Vec<Child>,
     /// Its document root (files `index.html`, `items`, `hello`).
     pub root: tempfile::TempDir,
+    /// TLS: where its key and certificate are.
+    keys: Option<tempfile::TempDir>,
 }
 
 impl Nghttpd {
     /// Starts the server on `addrs` and waits until it accepts on each.
     #[must_use]
     pub fn start(addrs: &[IpAddr]) -> Self {
+        Self::start_with(addrs, false)
+    }
+
+    /// The same server over TLS (a self-signed certificate, ALPN `h2`):
+    /// nghttpd links Debian's libssl dynamically, so the agent's TLS probes
+    /// hand its plaintext on.
+    #[must_use]
+    pub fn start_tls(addrs: &[IpAddr]) -> Self {
+        Self::start_with(addrs, true)
+    }
+
+    fn start_with(addrs: &[IpAddr], tls: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         for f in ["index.html", "items", "hello"] {
             std::fs::write(root.path().join(f), "ok\n").unwrap();
@@ -46,13 +60,27 @@ impl Nghttpd {
             port,
             children: Vec::new(),
             root,
+            keys: None,
         };
+        // Key and certificate outside the document root.
+        server.keys = tls.then(|| tempfile::tempdir().unwrap());
+        let pair = server
+            .keys
+            .as_ref()
+            .map(|k| crate::tls::self_signed(k.path()));
         for addr in addrs {
-            let child = Command::new("nghttpd")
-                .args(["--no-tls", "-d"])
+            let mut cmd = Command::new("nghttpd");
+            if pair.is_none() {
+                cmd.arg("--no-tls");
+            }
+            cmd.arg("-d")
                 .arg(server.root.path())
                 .arg(format!("--address={addr}"))
-                .arg(port.to_string())
+                .arg(port.to_string());
+            if let Some((cert, key)) = &pair {
+                cmd.arg(key).arg(cert);
+            }
+            let child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -73,8 +101,8 @@ impl Drop for Nghttpd {
     }
 }
 
-/// `nghttp` from the client namespace: all `urls` on one h2c connection
-/// (prior knowledge), bounded to 5 s. Returns the output and the `:status`
+/// `nghttp` from the client namespace: all `urls` on one connection (h2c
+/// with prior knowledge, or `https://` with ALPN `h2`), bounded to 5 s. Returns the output and the `:status`
 /// of each response in order of arrival.
 #[must_use]
 pub fn nghttp(lab: &Lab, urls: &[String]) -> (Output, Vec<u16>) {
@@ -107,7 +135,9 @@ pub fn h2load(lab: &Lab, n: u32, clients: u32, urls: &[String]) -> Output {
 
 /// A gRPC service (Python `grpcio`, Debian's python3) on the given
 /// addresses: `/notes.Notes/Create` answers every message with its own
-/// bytes (no schema: raw bytes in and out). Killed on drop.
+/// bytes (no schema: raw bytes in and out); `/notes.Notes/Secret` does too
+/// when the message is [`GRPC_TOKEN`], and refuses anything else with
+/// `grpc-status` 16 (UNAUTHENTICATED). Killed on drop.
 pub struct GrpcServer {
     /// The port it listens on.
     pub port: u16,
@@ -120,7 +150,12 @@ from concurrent import futures
 port = int(sys.argv[1])
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo}),))
+def secret(req, ctx):
+    if req != b'valid-token':
+        ctx.abort(grpc.StatusCode.UNAUTHENTICATED, 'bad token')
+    return req
+guarded = grpc.unary_unary_rpc_method_handler(secret)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo, 'Secret': guarded}),))
 for a in sys.argv[2:]:
     server.add_insecure_port(f'{a}:{port}')
 server.start()
@@ -130,9 +165,10 @@ server.wait_for_termination()
 
 const GRPC_CLIENT: &str = r"
 import sys, grpc
-target, msg = sys.argv[1], bytes.fromhex(sys.argv[2])
-with grpc.insecure_channel(target) as ch:
-    call = ch.unary_unary('/notes.Notes/Create')
+target, msg, method = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
+gzip = grpc.Compression.Gzip if sys.argv[4:] == ['gzip'] else grpc.Compression.NoCompression
+with grpc.insecure_channel(target, compression=gzip) as ch:
+    call = ch.unary_unary(method)
     try:
         print('ok', call(msg, timeout=3).hex())
     except grpc.RpcError as e:
@@ -166,9 +202,42 @@ impl Drop for GrpcServer {
     }
 }
 
+/// The message `/notes.Notes/Secret` of [`GrpcServer`] accepts.
+pub const GRPC_TOKEN: &[u8] = b"valid-token";
+
 /// One unary call of `/notes.Notes/Create` with `msg` (protobuf bytes) from
 /// the client namespace, bounded to 10 s: `Ok(reply)` or `Err(status)`.
 pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>, String> {
+    grpc_call_method(lab, to, port, "/notes.Notes/Create", msg)
+}
+
+/// [`grpc_call`] with the message gzip-compressed (`grpc-encoding: gzip`;
+/// gRPC sends a message uncompressed when gzip would not make it smaller).
+pub fn grpc_call_gzip(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>, String> {
+    grpc_run(lab, to, port, "/notes.Notes/Create", msg, &["gzip"])
+}
+
+/// One unary call of `method` (`/notes.Notes/Secret`, say) on its own
+/// connection, as [`grpc_call`]; `Err` holds the status (`error
+/// StatusCode.UNAUTHENTICATED`).
+pub fn grpc_call_method(
+    lab: &Lab,
+    to: IpAddr,
+    port: u16,
+    method: &str,
+    msg: &[u8],
+) -> Result<Vec<u8>, String> {
+    grpc_run(lab, to, port, method, msg, &[])
+}
+
+fn grpc_run(
+    lab: &Lab,
+    to: IpAddr,
+    port: u16,
+    method: &str,
+    msg: &[u8],
+    extra: &[&str],
+) -> Result<Vec<u8>, String> {
     let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new("ip")
         .args([
@@ -179,7 +248,8 @@ pub fn grpc_call(lab: &Lab, to: IpAddr, port: u16, msg: &[u8]) -> Result<Vec<u8>
             "10",
             "/usr/bin/python3",
         ])
-        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex])
+        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex, method])
+        .args(extra)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();

@@ -38,7 +38,7 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
 }
 
 /// A self-signed certificate and key in `dir`.
-fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+pub(crate) fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     sh(&[
         "openssl",
@@ -334,4 +334,23 @@ pub fn curl_with(lab: &Lab, extra: &[&str], urls: &[String]) -> Output {
         cmd.args(["-o", "/dev/null"]).arg(u);
     }
     cmd.output().unwrap()
+}
+
+/// Waits until the agent reports a probed libssl.
+pub fn wait_probed(agent: &crate::Agent) {
+    let probed = crate::eventually(Duration::from_secs(5), || {
+        let st = agent.json(&["status"]);
+        st["tls"]["libraries"].as_array().is_some_and(|l| {
+            l.iter().any(|x| {
+                x["path"].as_str().is_some_and(|p| p.contains("libssl"))
+                    && x["functions"].as_array().is_some_and(|f| f.len() >= 2)
+            })
+        })
+    });
+    assert!(
+        probed,
+        "no TLS library probed: {}\n{}",
+        agent.json(&["status"]),
+        agent.log_text()
+    );
 }

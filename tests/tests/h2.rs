@@ -1,5 +1,5 @@
-//! HTTP/2 cleartext (h2c, prior knowledge) taken at the socket and decoded
-//! in userspace: `nghttp` and `h2load` against `nghttpd` in the lab. The
+//! HTTP/2 cleartext (h2c, prior knowledge) taken at the socket, and h2 over
+//! TLS from the server's libssl, decoded in userspace: `nghttp` and `h2load` against `nghttpd` in the lab. The
 //! same detectors judge each stream; an injection bans its client at XDP,
 //! a benign client keeps working, and the inventory lists the routes with
 //! the right counts on a long-lived connection.
@@ -9,7 +9,11 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
-    h2::{GrpcServer, Nghttpd, grpc_call, h2load, nghttp},
+    h2::{
+        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method, h2load,
+        nghttp,
+    },
+    tls::wait_probed,
 };
 
 fn url(addr: IpAddr, port: u16, path: &str) -> String {
@@ -25,22 +29,21 @@ fn hits(inv: &Value, method: &str, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
-    let lab = Lab::new();
-    let server = Nghttpd::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
-    let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+/// Against an nghttpd on the lab's two server addresses (`url` makes a URL
+/// of address and path): a benign client's requests are listed, an
+/// injection after a benign request on one connection bans its client at
+/// XDP, and the benign client keeps working. Returns `status` at the end.
+fn bans_the_injector_only(lab: &Lab, agent: &Agent, url: impl Fn(IpAddr, &str) -> String) -> Value {
     let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
     let (to_attacker_side, to_benign_side) = (lab.v4(0, 1), lab.v4(1, 1));
 
     // Benign: three requests on one connection.
     let (out, codes) = nghttp(
-        &lab,
+        lab,
         &[
-            url(to_benign_side, server.port, "/hello"),
-            url(to_benign_side, server.port, "/index.html"),
-            url(to_benign_side, server.port, "/items?id=5"),
+            url(to_benign_side, "/hello"),
+            url(to_benign_side, "/index.html"),
+            url(to_benign_side, "/items?id=5"),
         ],
     );
     assert_eq!(codes, [200, 200, 200], "{out:?}");
@@ -49,7 +52,7 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
         eventually(Duration::from_secs(5), || hits(&inv(), "GET", "/hello")
             == 1
             && hits(&inv(), "GET", "/items") == 1),
-        "h2c routes not in the inventory: {}\nstatus: {}\n{}",
+        "h2 routes not in the inventory: {}\nstatus: {}\n{}",
         inv(),
         agent.json(&["status"]),
         agent.log_text()
@@ -57,14 +60,10 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
 
     // The injection, after a benign request on the same connection.
     let (out, codes) = nghttp(
-        &lab,
+        lab,
         &[
-            url(to_attacker_side, server.port, "/hello"),
-            url(
-                to_attacker_side,
-                server.port,
-                "/items?id=1%27%20OR%20%271%27%3D%271",
-            ),
+            url(to_attacker_side, "/hello"),
+            url(to_attacker_side, "/items?id=1%27%20OR%20%271%27%3D%271"),
         ],
     );
     assert_eq!(codes.first(), Some(&200), "{out:?}");
@@ -83,9 +82,9 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
         "no SQL injection event on the h2 route from {attacker}: {ev:#?}"
     );
     // Its next connection is dropped at XDP; the benign client still works.
-    let (out, codes) = nghttp(&lab, &[url(to_attacker_side, server.port, "/hello")]);
+    let (out, codes) = nghttp(lab, &[url(to_attacker_side, "/hello")]);
     assert!(codes.is_empty(), "banned client answered: {out:?}");
-    let (out, codes) = nghttp(&lab, &[url(to_benign_side, server.port, "/hello")]);
+    let (out, codes) = nghttp(lab, &[url(to_benign_side, "/hello")]);
     assert_eq!(codes, [200], "{out:?}");
     assert!(
         !agent.policy_banned(benign),
@@ -98,6 +97,33 @@ fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
     assert_eq!(flows["h2_lost"], 0, "{st}");
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["unparseable"], 0, "{st}");
+    st
+}
+
+#[test]
+fn an_injection_over_h2c_bans_its_client_and_a_benign_one_keeps_working() {
+    let lab = Lab::new();
+    let server = Nghttpd::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    bans_the_injector_only(&lab, &agent, |to, path| url(to, server.port, path));
+}
+
+#[test]
+fn an_injection_over_h2_in_tls_bans_its_client_and_a_benign_one_keeps_working() {
+    let lab = Lab::new();
+    let server = Nghttpd::start_tls(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    wait_probed(&agent);
+    // nghttp negotiates h2 by ALPN; the plaintext comes from libssl.
+    let st = bans_the_injector_only(&lab, &agent, |to, path| {
+        format!("https://{to}:{}{path}", server.port)
+    });
+    // Responses come whole from SSL_write: paired and decoded.
+    let flows = &st["sampling"]["flows"];
+    assert!(flows["responses"].as_u64() >= Some(4), "{st}");
+    assert_eq!(flows["h2_responses_lost"], 0, "{st}");
 }
 
 #[test]
@@ -173,13 +199,61 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
         inv(),
         agent.json(&["status"])
     );
-    // The injection sits in field 2 of the message in field 3.
+    // Against a descriptor set (built by hand: FileDescriptorSet > file >
+    // service > method names): Create documented, Archive unused.
+    let method = |name: &[u8]| field(2, &field(1, name));
+    let service = [field(1, b"Notes"), method(b"Create"), method(b"Archive")].concat();
+    let file = [
+        field(1, b"notes.proto"),
+        field(2, b"notes"),
+        field(6, &service),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("notes.pb");
+    std::fs::write(&set, field(1, &file)).unwrap();
+    let set = set.to_str().unwrap();
+    let inv = agent.json(&["inventory", "--descriptor-set", set]);
+    let status = |path: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| e["status"].clone())
+    };
+    assert_eq!(
+        (
+            status("/notes.Notes/Create"),
+            status("/notes.Notes/Archive")
+        ),
+        (Some("documented".into()), Some("unused".into())),
+        "{inv}"
+    );
+    // A file that is no descriptor set is refused with a reason.
+    let bad = dir.path().join("api.yaml");
+    std::fs::write(&bad, "openapi: 3.0.3\npaths: {}\n").unwrap();
+    let out = agent.cli(&["inventory", "--descriptor-set", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a protobuf descriptor set"),
+        "{out:?}"
+    );
+    // Compressed (gzip) messages are inflated and read: a benign one passes.
+    let padding = field(4, &[b'a'; 120]);
+    let benign_gz = [benign_msg.clone(), padding.clone()].concat();
+    assert_eq!(
+        grpc_call_gzip(&lab, lab.v4(1, 1), server.port, &benign_gz),
+        Ok(benign_gz.clone())
+    );
+    // The injection sits in field 2 of the message in field 3, gzip-compressed
+    // (padded so that gzip makes it smaller: gRPC sends it compressed).
     let evil = [
         field(1, b"x"),
         field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+        padding,
     ]
     .concat();
-    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    let _ = grpc_call_gzip(&lab, lab.v4(0, 1), server.port, &evil);
     assert!(
         eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
         "{attacker} not banned\nevents: {:#?}\nstatus: {}",
@@ -195,12 +269,78 @@ fn an_injection_in_a_grpc_string_field_bans_its_client() {
                 .is_some_and(|r| r.contains("/notes.Notes/Create"))),
         "no event locating the protobuf field: {ev:#?}"
     );
+    let st = agent.json(&["status"]);
+    let flows = &st["sampling"]["flows"];
+    assert_eq!(flows["grpc_compressed_messages"], 2, "{st}");
+    assert_eq!(flows["grpc_unread_messages"], 0, "{st}");
     assert!(grpc_call(&lab, lab.v4(0, 1), server.port, &benign_msg).is_err());
     assert_eq!(
         grpc_call(&lab, lab.v4(1, 1), server.port, &benign_msg),
         Ok(benign_msg.clone())
     );
     assert!(!agent.policy_banned(benign));
+}
+
+#[test]
+fn grpc_unauthenticated_bursts_ban_like_401s() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let secret = "/notes.Notes/Secret";
+    // A benign client: a few refusals (a mistyped token), then its calls go through.
+    for msg in [&b"typo"[..], b"typo2", GRPC_TOKEN, GRPC_TOKEN] {
+        let r = grpc_call_method(&lab, lab.v4(1, 1), server.port, secret, msg);
+        assert_eq!(r.is_ok(), msg == GRPC_TOKEN, "{r:?}");
+    }
+    // Refusals answer in the response head (Trailers-Only): the agent sees
+    // them as responses carrying grpc-status 16.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let st = agent.json(&["status"]);
+            st["sampling"]["flows"]["responses"].as_u64() >= Some(4)
+        }),
+        "h2 responses not decoded: {}",
+        agent.json(&["status"])
+    );
+    // Token guessing: one refused call after another.
+    let mut refused = 0;
+    for i in 0..30 {
+        if agent.policy_banned(attacker) {
+            break;
+        }
+        let guess = format!("token-{i}");
+        match grpc_call_method(&lab, lab.v4(0, 1), server.port, secret, guess.as_bytes()) {
+            Err(e) if e.contains("UNAUTHENTICATED") => refused += 1,
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned after {refused} refused calls\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["rule"] == "auth.credential_stuffing"
+            && e["route"].as_str().is_some_and(|r| r.contains(secret))),
+        "no credential stuffing event on {secret}: {ev:#?}"
+    );
+    assert!(refused >= 5, "banned after only {refused} refusals");
+    // Dropped at XDP now; the benign client still works.
+    assert!(grpc_call_method(&lab, lab.v4(0, 1), server.port, secret, GRPC_TOKEN).is_err());
+    assert_eq!(
+        grpc_call_method(&lab, lab.v4(1, 1), server.port, secret, GRPC_TOKEN),
+        Ok(GRPC_TOKEN.to_vec())
+    );
+    assert!(
+        !agent.policy_banned(benign),
+        "{}",
+        agent.json(&["block", "ls"])
+    );
 }
 
 /// An HTTP/2 frame.

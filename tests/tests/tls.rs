@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_tests::{
     Agent, Lab, eventually,
-    tls::{Haproxy, Nginx, PyTls, curl, curl_with},
+    tls::{Haproxy, Nginx, PyTls, curl, curl_with, wait_probed},
 };
 
 const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
@@ -21,25 +21,6 @@ fn codes(out: &std::process::Output) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Waits until the agent reports a probed libssl.
-fn wait_probed(agent: &Agent) {
-    let probed = eventually(Duration::from_secs(5), || {
-        let st = agent.json(&["status"]);
-        st["tls"]["libraries"].as_array().is_some_and(|l| {
-            l.iter().any(|x| {
-                x["path"].as_str().is_some_and(|p| p.contains("libssl"))
-                    && x["functions"].as_array().is_some_and(|f| f.len() >= 2)
-            })
-        })
-    });
-    assert!(
-        probed,
-        "no TLS library probed: {}\n{}",
-        agent.json(&["status"]),
-        agent.log_text()
-    );
 }
 
 fn assert_banned(agent: &Agent, addr: IpAddr) {

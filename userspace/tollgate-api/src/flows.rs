@@ -20,7 +20,7 @@
 //! are counted (`h2_not_decoded`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::IpAddr,
 };
 
@@ -158,6 +158,27 @@ pub struct FlowStats {
     /// HTTP/2 connections seen only through NIC samples: not decoded.
     #[serde(default)]
     pub h2_not_decoded: u64,
+    /// HTTP/2 connections whose response decoder stopped (NIC samples of
+    /// responses beyond a connection's first packets have gaps): their later
+    /// responses (statuses, `grpc-status`) are not judged.
+    #[serde(default)]
+    pub h2_responses_lost: u64,
+    /// HTTP/2 response header blocks that could not be decoded: unknown,
+    /// never guessed.
+    #[serde(default)]
+    pub h2_responses_unknown: u64,
+    /// Compressed gRPC request messages (flag 1).
+    #[serde(default)]
+    pub grpc_compressed_messages: u64,
+    /// Compressed gRPC request messages the detectors did not read: their
+    /// `grpc-encoding` is none they inflate (gzip and deflate are read).
+    #[serde(default)]
+    pub grpc_unread_messages: u64,
+    /// HTTP/2 header blocks cut at 64 KiB or 128 CONTINUATION frames: what
+    /// decoded before the cut was judged (truncated), the rest passed over;
+    /// later blocks of that connection are unknown.
+    #[serde(default)]
+    pub h2_header_blocks_cut: u64,
 }
 
 #[derive(Default)]
@@ -227,6 +248,11 @@ struct Flow {
     /// The request stream is HTTP/2 but only NIC samples of it come: its
     /// bytes are not judged.
     h2_undecoded: bool,
+    /// The response stream is HTTP/2, decoded in order from the server's
+    /// preface (the first response bytes seen).
+    h2_resp: Option<Box<h2::Decoder>>,
+    /// HTTP/2 requests awaiting their response, by stream.
+    h2_pending: BTreeMap<u32, Pending>,
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
@@ -432,6 +458,17 @@ impl Flows {
                 return Vec::new();
             }
         }
+        if s.direction == Direction::Response
+            && (flow.h2_resp.is_some()
+                || (!flow.resp.seen && !flow.h2_undecoded && h2::server_preface(&s.data)))
+        {
+            let time = s.ts_ns as f64 / 1e9 + wall_offset;
+            let out = h2_response_sample(flow, s, time, self.body_cap, &mut self.stats);
+            if s.tcp_flags & 0x05 != 0 {
+                self.flows.remove(&id);
+            }
+            return out;
+        }
         if flow.h2.is_some() || flow.h2_undecoded {
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
             let out = h2_sample(flow, s, time, &mut self.stats, &mut self.skip_hints);
@@ -632,6 +669,7 @@ impl Flows {
                 if dec.lost().is_some() {
                     self.stats.h2_lost += 1;
                 }
+                self.stats.h2_header_blocks_cut += dec.counters.blocks_cut;
                 flow.h2 = Some(Box::new(dec));
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 let mut out = Vec::new();
@@ -682,34 +720,10 @@ fn h2_sample(
         return out;
     };
     let was_lost = dec.lost().is_some();
+    let cut = dec.counters.blocks_cut;
     let mut msgs = Vec::new();
-    let mut data: &[u8] = &s.data;
-    if let Some(expected) = flow.req.next_seq
-        && expected != s.seq
-    {
-        let gap = s.seq.wrapping_sub(expected);
-        if gap >= 1 << 31 {
-            // Bytes from before what was read (a retransmission): read already,
-            // unless the sample reaches past them.
-            let dup = expected.wrapping_sub(s.seq) as usize;
-            data = data.get(dup..).unwrap_or_default();
-        } else {
-            dec.skip_unseen(u64::from(gap), &mut msgs);
-        }
-    }
-    if !data.is_empty() {
-        dec.feed(data, &mut msgs);
-    }
-    let missing = (s.payload_len as usize).saturating_sub(s.data.len());
-    dec.skip_unseen(missing as u64, &mut msgs);
-    let end = s.seq.wrapping_add(s.payload_len);
-    if flow
-        .req
-        .next_seq
-        .is_none_or(|n| end.wrapping_sub(n) < 1 << 31)
-    {
-        flow.req.next_seq = Some(end);
-    }
+    feed_in_order(dec, &mut flow.req.next_seq, s, &mut msgs);
+    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
     if s.tcp_flags & 0x05 != 0 {
         dec.flush(&mut msgs);
     }
@@ -721,9 +735,98 @@ fn h2_sample(
     out
 }
 
+/// Feeds `s` to `dec`, which expects the direction's byte `next_seq` next:
+/// bytes before it (a retransmission) are read already, bytes missing before
+/// or within the sample are passed over where the decoder may (DATA not
+/// followed), and lose it anywhere else.
+fn feed_in_order(
+    dec: &mut h2::Decoder,
+    next_seq: &mut Option<u32>,
+    s: &Sample,
+    msgs: &mut Vec<h2::Message>,
+) {
+    let mut data: &[u8] = &s.data;
+    if let Some(expected) = *next_seq
+        && expected != s.seq
+    {
+        let gap = s.seq.wrapping_sub(expected);
+        if gap >= 1 << 31 {
+            // Bytes from before what was read (a retransmission): read already,
+            // unless the sample reaches past them.
+            let dup = expected.wrapping_sub(s.seq) as usize;
+            data = data.get(dup..).unwrap_or_default();
+        } else {
+            dec.skip_unseen(u64::from(gap), msgs);
+        }
+    }
+    if !data.is_empty() {
+        dec.feed(data, msgs);
+    }
+    let missing = (s.payload_len as usize).saturating_sub(s.data.len());
+    dec.skip_unseen(missing as u64, msgs);
+    let end = s.seq.wrapping_add(s.payload_len);
+    if next_seq.is_none_or(|n| end.wrapping_sub(n) < 1 << 31) {
+        *next_seq = Some(end);
+    }
+}
+
+/// One response sample of an HTTP/2 connection, from the server's preface
+/// on, in order: each stream's response (with its trailers' fields, so
+/// `grpc-status` too) paired with its request by stream. NIC samples of a
+/// long-lived connection have gaps past its first packets: the decoder then
+/// stops (counted), later responses are not judged, never guessed.
+fn h2_response_sample(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    body_cap: usize,
+    stats: &mut FlowStats,
+) -> Vec<ApiEvent> {
+    let mut out = Vec::new();
+    flow.resp.seen = true;
+    let dec = flow
+        .h2_resp
+        .get_or_insert_with(|| Box::new(h2::Decoder::new(h2::Side::Server, body_cap)));
+    if dec.lost().is_some() {
+        return out;
+    }
+    let cut = dec.counters.blocks_cut;
+    let mut msgs = Vec::new();
+    feed_in_order(dec, &mut flow.resp.next_seq, s, &mut msgs);
+    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
+    if dec.lost().is_some() {
+        stats.h2_responses_lost += 1;
+    }
+    for m in msgs {
+        match m {
+            h2::Message::Response { stream, response } => {
+                // Interim (1xx) heads do not answer the request.
+                if response.status < 200 {
+                    continue;
+                }
+                stats.responses += 1;
+                stats.truncated += u64::from(response.truncated);
+                let mut ev = base_event(flow, s, time, Direction::Response);
+                ev.status = Some(response.status);
+                ev.truncated = response.truncated;
+                if let Some(p) = flow.h2_pending.remove(&stream) {
+                    ev.latency_ms = Some(s.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
+                    ev.method = Some(p.method);
+                    ev.path = Some(p.path);
+                }
+                ev.response = Some(response);
+                out.push(ev);
+            }
+            h2::Message::Unknown { .. } => stats.h2_responses_unknown += 1,
+            h2::Message::Request { .. } => {}
+        }
+    }
+    out
+}
+
 /// The events of decoded HTTP/2 messages.
 fn h2_events(
-    flow: &Flow,
+    flow: &mut Flow,
     s: &Sample,
     time: f64,
     msgs: Vec<h2::Message>,
@@ -732,9 +835,25 @@ fn h2_events(
 ) {
     for m in msgs {
         match m {
-            h2::Message::Request { request, .. } => {
+            h2::Message::Request { stream, request } => {
                 let truncated = request.truncated;
                 stats.requests += 1;
+                let (compressed, unread) =
+                    tollgate_detect::detect::grpc_compressed_messages(&request);
+                stats.grpc_compressed_messages += compressed;
+                stats.grpc_unread_messages += unread;
+                if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS {
+                    // Streams never answered (or answered unseen): the oldest go.
+                    flow.h2_pending.pop_first();
+                }
+                flow.h2_pending.insert(
+                    stream,
+                    Pending {
+                        method: request.method.clone(),
+                        path: request.path.clone(),
+                        ts_ns: s.ts_ns,
+                    },
+                );
                 stats.truncated += u64::from(truncated);
                 out.push(request_event(flow, s, time, request, truncated));
             }
@@ -1545,6 +1664,150 @@ mod tests {
         f.decode_h2_from_packets();
         let ev = f.on_sample(&sample(Direction::Request, 1, &bytes, 1), 0.0);
         assert_eq!(ev.len(), 20);
+    }
+
+    /// A header block of `:status 200` (static index) and literal fields.
+    fn h2_head(stream: u32, flags: u8, status: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = if status { vec![0x88] } else { Vec::new() };
+        for (n, v) in fields {
+            b.extend([0, u8::try_from(n.len()).unwrap()]);
+            b.extend_from_slice(n.as_bytes());
+            b.push(u8::try_from(v.len()).unwrap());
+            b.extend_from_slice(v.as_bytes());
+        }
+        h2_frame(1, 0x4 | flags, stream, &b)
+    }
+
+    #[test]
+    fn h2_responses_pair_by_stream_with_their_grpc_status() {
+        let mut req = h2::PREFACE.to_vec();
+        for i in 0..3u32 {
+            req.extend(h2_request(
+                2 * i + 1,
+                0x83,
+                &format!("/auth.Login/M{i}"),
+                true,
+            ));
+        }
+        let mut f = Flows::new(100);
+        assert_eq!(paths(&stream(&mut f, 0, &req, 1024, &[])).len(), 3);
+        // The server's preface, then stream 3 answered in full (head, DATA,
+        // trailers), then stream 1 Trailers-Only.
+        let mut resp = h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        resp.extend(h2_frame(4, 1, 0, &[]));
+        resp.extend(h2_head(3, 0, true, &[("content-type", "application/grpc")]));
+        resp.extend(h2_frame(0, 0, 3, &[0, 0, 0, 0, 2, 8, 1]));
+        resp.extend(h2_head(3, 1, false, &[("grpc-status", "16")]));
+        resp.extend(h2_head(1, 1, true, &[("grpc-status", "7")]));
+        let mut ev = Vec::new();
+        let mut seq = 5000u32;
+        for part in resp.chunks(20) {
+            ev.extend(f.on_sample(&sample(Direction::Response, seq, part, 2), 0.0));
+            seq += u32::try_from(part.len()).unwrap();
+        }
+        let got: Vec<_> = ev
+            .iter()
+            .map(|e| {
+                let r = e.response.as_ref().unwrap();
+                (
+                    e.path.clone().unwrap_or_default(),
+                    e.method.clone().unwrap_or_default(),
+                    e.status,
+                    r.header("grpc-status").unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/auth.Login/M1".into(),
+                    "POST".into(),
+                    Some(200),
+                    "16".into()
+                ),
+                (
+                    "/auth.Login/M0".into(),
+                    "POST".into(),
+                    Some(200),
+                    "7".into()
+                ),
+            ]
+        );
+        assert!(ev.iter().all(|e| e.direction == Direction::Response));
+        assert_eq!(f.stats.responses, 2);
+        // A gap (NIC sampling past the first packets) inside a header block:
+        // the response stream is lost, counted, and nothing is guessed.
+        let late = h2_head(5, 1, true, &[("grpc-status", "16")]);
+        let ev = f.on_sample(&sample(Direction::Response, seq + 7, &late, 3), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!(f.stats.h2_responses_lost, 1);
+        let ev = f.on_sample(&sample(Direction::Response, seq + 100, &late, 3), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!(f.stats.h2_responses_lost, 1);
+        // A connection joined late: its first response bytes seen are no
+        // server preface, so they are never decoded against a table not seen.
+        let mut g = Flows::new(100);
+        let ev = g.on_sample(&sample(Direction::Response, 9, &late, 3), 0.0);
+        assert!(ev.is_empty());
+        assert_eq!((g.stats.responses, g.stats.h2_responses_lost), (0, 0));
+    }
+
+    #[test]
+    fn an_oversized_header_block_is_judged_as_far_as_it_went() {
+        let mut req = h2::PREFACE.to_vec();
+        // `:method POST`, `:scheme http`, `:path` with an injection, then
+        // 80 KiB of fields over CONTINUATION frames.
+        let mut b = vec![0x83, 0x86, 0x04, 20];
+        b.extend_from_slice(b"/a?id=1' OR '1'='1--");
+        req.extend(h2_frame(1, 0, 1, &b));
+        let pad = [
+            &[0u8, 5][..],
+            b"x-pad",
+            &[0x7f, 0x81, 0x7f],
+            &[b'p'; 16_382],
+        ]
+        .concat();
+        for _ in 0..5 {
+            req.extend(h2_frame(9, 0, 1, &pad));
+        }
+        req.extend(h2_frame(9, 0x4, 1, &[]));
+        req.extend(h2_request(3, 0x82, "/next", true));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        assert_eq!(paths(&ev), ["/a"]);
+        assert_eq!(ev[0].query.as_deref(), Some("id=1' OR '1'='1--"));
+        assert!(ev[0].truncated);
+        assert_eq!(f.stats.h2_header_blocks_cut, 1);
+        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (1, 0));
+    }
+
+    #[test]
+    fn grpc_messages_in_an_encoding_not_read_are_counted() {
+        let mut req = h2::PREFACE.to_vec();
+        // `content-type: application/grpc`, `grpc-encoding: snappy`, literal.
+        let mut b = vec![0x83, 0x86, 0x04, 6];
+        b.extend_from_slice(b"/a.B/C");
+        for (n, v) in [
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "snappy"),
+        ] {
+            b.extend([0, u8::try_from(n.len()).unwrap()]);
+            b.extend_from_slice(n.as_bytes());
+            b.push(u8::try_from(v.len()).unwrap());
+            b.extend_from_slice(v.as_bytes());
+        }
+        req.extend(h2_frame(1, 0x4, 1, &b));
+        req.extend(h2_frame(0, 1, 1, &[1, 0, 0, 0, 3, 9, 9, 9]));
+        let mut f = Flows::new(100);
+        assert_eq!(paths(&stream(&mut f, 0, &req, 1024, &[])), ["/a.B/C"]);
+        assert_eq!(
+            (
+                f.stats.grpc_compressed_messages,
+                f.stats.grpc_unread_messages
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

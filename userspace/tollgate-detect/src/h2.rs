@@ -26,12 +26,14 @@ use crate::http::{MAX_HEADER_BYTES, MAX_HEADERS, Request, Response, lossy, split
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The `version` of a request or response carried over HTTP/2.
 pub const HTTP_2: u8 = 2;
-/// Compressed header-block bytes (HEADERS plus CONTINUATION) read per block,
+/// Compressed header-block bytes (HEADERS plus CONTINUATION) kept per block,
 /// and the largest SETTINGS/RST_STREAM/PUSH_PROMISE frame buffered. Servers
-/// refuse larger blocks (nginx: 16 KiB per field, 64 KiB of fields).
+/// refuse larger blocks (nginx: 16 KiB per field, 64 KiB of fields). A block
+/// past it is cut there: what decoded of it is judged as a truncated
+/// request, the rest passed over (see [`Counters::blocks_cut`]).
 pub const MAX_HEADER_BLOCK: usize = MAX_HEADER_BYTES;
-/// CONTINUATION frames per header block: a flood of tiny ones costs a
-/// server (and us) work per frame for no data.
+/// CONTINUATION frames per header block kept: a flood of tiny ones costs a
+/// server (and us) work per frame for no data; the block is cut there.
 pub const MAX_CONTINUATIONS: u32 = 128;
 /// Streams whose request is being collected at once; the oldest is judged
 /// as far as it went when another opens (servers allow ~100).
@@ -110,6 +112,21 @@ pub fn looks_like_frames(buf: &[u8]) -> bool {
     whole > 0
 }
 
+/// Whether `buf` starts with a server's connection preface: a SETTINGS
+/// frame on stream 0 that is not an acknowledgement (RFC 9113 §3.4), the
+/// first thing an HTTP/2 server sends. Only the first response bytes of a
+/// connection are tested this way: a later SETTINGS frame is no start.
+#[must_use]
+pub fn server_preface(buf: &[u8]) -> bool {
+    match buf {
+        [a, b, c, SETTINGS, flags, 0, 0, 0, 0, ..] => {
+            let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+            flags & 0x1 == 0 && len % 6 == 0 && len <= 16_384
+        }
+        _ => false,
+    }
+}
+
 /// Which end sent the bytes a [`Decoder`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -156,6 +173,11 @@ pub struct Counters {
     pub unknown: u64,
     /// DATA bytes passed over (beyond the body cap, or of streams not followed).
     pub data_passed: u64,
+    /// Header blocks cut at [`MAX_HEADER_BLOCK`] bytes or
+    /// [`MAX_CONTINUATIONS`] frames: the fields decoded before the cut were
+    /// judged as a truncated message; the table is then out of step, so
+    /// later blocks are unknown.
+    pub blocks_cut: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -174,6 +196,12 @@ enum State {
     Head,
     /// Buffering the payload of a frame read whole.
     Payload(Frame),
+    /// Buffering the first `keep` bytes of a header-block frame that goes
+    /// past [`MAX_HEADER_BLOCK`]; the rest is passed over.
+    PayloadCut {
+        f: Frame,
+        keep: u32,
+    },
     /// DATA whose padding length byte comes next.
     DataPadLen(Frame),
     /// DATA payload: `data` bytes of body, then `pad` bytes of padding.
@@ -196,6 +224,8 @@ struct Block {
     push: bool,
     bytes: Vec<u8>,
     continuations: u32,
+    /// Cut (judged as far as it went): its later frames are passed over.
+    cut: bool,
 }
 
 /// A stream whose message is being collected.
@@ -396,6 +426,17 @@ impl Decoder {
                         self.payload.clear();
                     }
                 }
+                State::PayloadCut { f, keep } => {
+                    let k = (keep as usize - self.payload.len()).min(data.len());
+                    self.payload.extend_from_slice(&data[..k]);
+                    data = &data[k..];
+                    if self.payload.len() == keep as usize {
+                        let payload = std::mem::take(&mut self.payload);
+                        self.frame_cut(f, &payload, out);
+                        self.payload = payload;
+                        self.payload.clear();
+                    }
+                }
                 State::DataPadLen(f) => {
                     let pad = u32::from(data[0]);
                     data = &data[1..];
@@ -556,6 +597,28 @@ impl Decoder {
                 }
             }
             DATA => self.data_state(f.stream, f.flags & END_STREAM != 0, f.len, 0, out),
+            CONTINUATION if self.block.as_ref().is_some_and(|b| b.cut) => {
+                // The rest of a block already judged as far as it went.
+                if f.flags & END_HEADERS != 0 {
+                    self.block = None;
+                }
+                if f.len > 0 {
+                    self.state = State::Skip(f.len);
+                }
+            }
+            HEADERS | CONTINUATION | PUSH_PROMISE
+                if f.len as usize + self.block.as_ref().map_or(0, |b| b.bytes.len())
+                    > MAX_HEADER_BLOCK =>
+            {
+                let held = self.block.as_ref().map_or(0, |b| b.bytes.len());
+                // At most MAX_HEADER_BLOCK, within u32.
+                let keep = MAX_HEADER_BLOCK.saturating_sub(held) as u32;
+                if keep == 0 {
+                    self.frame_cut(f, &[], out);
+                } else {
+                    self.state = State::PayloadCut { f, keep };
+                }
+            }
             HEADERS | CONTINUATION | SETTINGS | RST_STREAM | PUSH_PROMISE => {
                 if f.len as usize > MAX_HEADER_BLOCK {
                     self.lose(Lost::Protocol);
@@ -573,42 +636,9 @@ impl Decoder {
     fn frame(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
         match f.ty {
             HEADERS | PUSH_PROMISE => {
-                let push = f.ty == PUSH_PROMISE;
-                if push && self.side == Side::Client || f.stream == 0 {
-                    self.lose(Lost::Protocol);
+                if !self.open_block(f, payload) {
                     return;
                 }
-                let mut p = payload;
-                if f.flags & PADDED != 0 {
-                    let Some((&pad, rest)) = p.split_first() else {
-                        self.lose(Lost::Protocol);
-                        return;
-                    };
-                    let Some(end) = rest.len().checked_sub(usize::from(pad)) else {
-                        self.lose(Lost::Protocol);
-                        return;
-                    };
-                    p = &rest[..end];
-                }
-                // A priority block (HEADERS) or the promised stream (PUSH_PROMISE).
-                let skip = if push {
-                    4
-                } else if f.flags & PRIORITY != 0 {
-                    5
-                } else {
-                    0
-                };
-                let Some(p) = p.get(skip..) else {
-                    self.lose(Lost::Protocol);
-                    return;
-                };
-                self.block = Some(Block {
-                    stream: f.stream,
-                    end_stream: !push && f.flags & END_STREAM != 0,
-                    push,
-                    bytes: p.to_vec(),
-                    continuations: 0,
-                });
                 if f.flags & END_HEADERS != 0 {
                     self.end_block(out);
                 }
@@ -622,7 +652,10 @@ impl Decoder {
                 if b.continuations > MAX_CONTINUATIONS
                     || b.bytes.len() + payload.len() > MAX_HEADER_BLOCK
                 {
-                    self.lose(Lost::Protocol);
+                    self.cut_block(out);
+                    if f.flags & END_HEADERS != 0 {
+                        self.block = None;
+                    }
                     return;
                 }
                 b.bytes.extend_from_slice(payload);
@@ -654,6 +687,134 @@ impl Decoder {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Starts the header block of a HEADERS or PUSH_PROMISE frame from its
+    /// payload (all of it, or its first bytes when the frame is cut): padding,
+    /// priority and promised stream taken off. False: the frame is refused
+    /// and the decoder stopped.
+    fn open_block(&mut self, f: Frame, payload: &[u8]) -> bool {
+        let push = f.ty == PUSH_PROMISE;
+        if push && self.side == Side::Client || f.stream == 0 {
+            self.lose(Lost::Protocol);
+            return false;
+        }
+        let mut p = payload;
+        if f.flags & PADDED != 0 {
+            // Padding sits at the frame's end: keep only what precedes it.
+            let Some((&pad, tail)) = p.split_first() else {
+                self.lose(Lost::Protocol);
+                return false;
+            };
+            let Some(fields_len) = (f.len as usize).checked_sub(1 + usize::from(pad)) else {
+                self.lose(Lost::Protocol);
+                return false;
+            };
+            p = &tail[..tail.len().min(fields_len)];
+        }
+        // A priority block (HEADERS) or the promised stream (PUSH_PROMISE).
+        let skip = if push {
+            4
+        } else if f.flags & PRIORITY != 0 {
+            5
+        } else {
+            0
+        };
+        let Some(p) = p.get(skip..) else {
+            self.lose(Lost::Protocol);
+            return false;
+        };
+        self.block = Some(Block {
+            stream: f.stream,
+            end_stream: !push && f.flags & END_STREAM != 0,
+            push,
+            bytes: p.to_vec(),
+            continuations: 0,
+            cut: false,
+        });
+        true
+    }
+
+    /// A header-block frame of which only the first `payload.len()` bytes
+    /// were kept (the block went past [`MAX_HEADER_BLOCK`]): the block is cut
+    /// there and the rest of the frame passed over.
+    fn frame_cut(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
+        let rest = f.len - payload.len() as u32;
+        self.state = if rest == 0 {
+            State::Head
+        } else {
+            State::Skip(rest)
+        };
+        if f.ty == CONTINUATION {
+            let Some(b) = &mut self.block else {
+                self.lose(Lost::Protocol);
+                return;
+            };
+            b.continuations += 1;
+            b.bytes.extend_from_slice(payload);
+        } else if !self.open_block(f, payload) {
+            return;
+        }
+        self.cut_block(out);
+        if f.flags & END_HEADERS != 0 {
+            self.block = None;
+        }
+    }
+
+    /// Judges the block being collected as far as it went: the fields that
+    /// decode from its kept bytes make a truncated message (a request the
+    /// server may act on, never passed over unseen). What was not kept may
+    /// have changed the HPACK table, so later blocks are unknown.
+    fn cut_block(&mut self, out: &mut Vec<Message>) {
+        let Some(b) = &mut self.block else {
+            return;
+        };
+        b.cut = true;
+        let bytes = std::mem::take(&mut b.bytes);
+        let (stream, end_stream, push) = (b.stream, b.end_stream, b.push);
+        self.counters.blocks_cut += 1;
+        self.counters.header_blocks += 1;
+        let fields = (!self.hpack_broken).then(|| decode_prefix(&mut self.hpack, &bytes));
+        self.hpack_broken = true;
+        let Some(fields) = fields.filter(|f| !f.is_empty()) else {
+            self.counters.unknown += 1;
+            if !push && stream > self.last_stream {
+                self.last_stream = stream;
+                out.push(Message::Unknown { stream });
+            }
+            return;
+        };
+        if push {
+            return;
+        }
+        if let Some(mut open) = self.open.remove(&stream) {
+            // Cut trailers: the stream is judged with what came of them.
+            let mut room = MAX_HEADERS.saturating_sub(open.fields.len());
+            for f in fields {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
+                open.fields.push(f);
+            }
+            open.truncated = true;
+            out.push(self.message(stream, open));
+            return;
+        }
+        if stream <= self.last_stream && self.side == Side::Client {
+            return;
+        }
+        self.last_stream = self.last_stream.max(stream);
+        let open = Open {
+            fields,
+            body: Vec::new(),
+            truncated: true,
+        };
+        if end_stream {
+            out.push(self.message(stream, open));
+        } else {
+            self.judge_early(stream, open, out);
         }
     }
 
@@ -751,6 +912,32 @@ fn decode_block(
     hpack: &mut loona_hpack::Decoder<'static>,
     bytes: &[u8],
 ) -> Option<(Vec<(String, String)>, bool)> {
+    let (fields, cut, res) = decode_fields(hpack, bytes);
+    match res {
+        // loona-hpack refuses a block that ends with a table size update
+        // (one made only of it, say) after applying it; servers decode such
+        // blocks, so they must not blind us to the rest of the connection.
+        Ok(()) | Err(loona_hpack::decoder::DecoderError::SizeUpdateAtEnd) => Some((fields, cut)),
+        Err(_) => None,
+    }
+}
+
+/// Decodes the fields of a header block's first bytes (the rest was not
+/// kept): those whole before the cut, within the bounds of [`decode_block`].
+fn decode_prefix(hpack: &mut loona_hpack::Decoder<'static>, bytes: &[u8]) -> Vec<(String, String)> {
+    decode_fields(hpack, bytes).0
+}
+
+/// The fields of `bytes` as far as they decode, whether some were left out
+/// for the bounds, and how decoding ended.
+fn decode_fields(
+    hpack: &mut loona_hpack::Decoder<'static>,
+    bytes: &[u8],
+) -> (
+    Vec<(String, String)>,
+    bool,
+    Result<(), loona_hpack::decoder::DecoderError>,
+) {
     let mut fields = Vec::new();
     let mut size = 0usize;
     let mut cut = false;
@@ -762,13 +949,7 @@ fn decode_block(
         }
         fields.push((lossy(&name), lossy(&value)));
     });
-    match res {
-        // loona-hpack refuses a block that ends with a table size update
-        // (one made only of it, say) after applying it; servers decode such
-        // blocks, so they must not blind us to the rest of the connection.
-        Ok(()) | Err(loona_hpack::decoder::DecoderError::SizeUpdateAtEnd) => Some((fields, cut)),
-        Err(_) => None,
-    }
+    (fields, cut, res)
 }
 
 fn request(open: Open) -> Request {
@@ -891,6 +1072,22 @@ mod tests {
         // SETTINGS on a stream, DATA on stream 0: not HTTP/2.
         assert!(!looks_like_frames(&frame(SETTINGS, 0, 1, &[])));
         assert!(!looks_like_frames(&frame(DATA, 0, 0, b"x")));
+    }
+
+    #[test]
+    fn a_server_preface_is_a_settings_frame_that_is_no_ack() {
+        assert!(server_preface(&frame(
+            SETTINGS,
+            0,
+            0,
+            &[0, 1, 0, 0, 0x10, 0]
+        )));
+        assert!(server_preface(&frame(SETTINGS, 0, 0, &[])));
+        assert!(!server_preface(&frame(SETTINGS, 1, 0, &[])), "an ack");
+        assert!(!server_preface(&frame(SETTINGS, 0, 1, &[])));
+        assert!(!server_preface(&frame(SETTINGS, 0, 0, &[0; 5])));
+        assert!(!server_preface(b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!server_preface(&frame(SETTINGS, 0, 0, &[])[..8]));
     }
 
     #[test]
@@ -1152,22 +1349,64 @@ mod tests {
 
     #[test]
     fn bounds_hold_on_hostile_frames() {
-        // CONTINUATION flood.
+        // A CONTINUATION flood: cut at MAX_CONTINUATIONS, judged as far as
+        // it went, the rest of the block passed over; the next block is
+        // unknown (the table may have changed in what was passed over).
         let mut d = Decoder::new(Side::Client, 16);
         let mut bytes = start();
         bytes.extend(frame(HEADERS, 0, 1, &[0x82]));
-        for _ in 0..=MAX_CONTINUATIONS {
+        for _ in 0..MAX_CONTINUATIONS + 500 {
             bytes.extend(frame(CONTINUATION, 0, 1, &[0x84]));
         }
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &[0x84]));
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x82, 0x84]));
         let out = feed_in(&mut d, &bytes, 4096);
-        assert!(out.is_empty());
-        assert_eq!(d.lost(), Some(Lost::Protocol));
-        // A header frame larger than any server reads.
-        let mut d = Decoder::new(Side::Client, 16);
-        let mut bytes = start();
-        bytes.extend_from_slice(&[0xff, 0xff, 0xff, HEADERS, 0, 0, 0, 0, 1]);
-        feed_in(&mut d, &bytes, 4096);
-        assert_eq!(d.lost(), Some(Lost::Protocol));
+        assert_eq!(paths(&out), ["/", "?"]);
+        let Message::Request { request, .. } = &out[0] else {
+            panic!("{out:?}");
+        };
+        assert!(request.truncated);
+        assert_eq!((d.lost(), d.counters.blocks_cut), (None, 1));
+        // Blocks past MAX_HEADER_BLOCK bytes, over CONTINUATION frames or in
+        // one frame larger than any server reads, in records of any size:
+        // the request line's fields come first and are judged, the block's
+        // rest passed over, later frames still read.
+        let mut enc = loona_hpack::Encoder::new();
+        let pad = "p".repeat(15_000);
+        let mut fields = vec![(":method", "POST"), (":path", "/login?u=1' OR '1'='1")];
+        fields.extend(std::iter::repeat_n(("x-pad", pad.as_str()), 6));
+        let b = block(&mut enc, &fields);
+        assert!(b.len() > MAX_HEADER_BLOCK);
+        let chunks: Vec<&[u8]> = b.chunks(16_384).collect();
+        let mut split = start();
+        for (i, c) in chunks.iter().enumerate() {
+            let (ty, last) = (
+                if i == 0 { HEADERS } else { CONTINUATION },
+                i + 1 == chunks.len(),
+            );
+            split.extend(frame(ty, if last { END_HEADERS } else { 0 }, 1, c));
+        }
+        let mut whole = start();
+        let len = u32::try_from(b.len()).unwrap().to_be_bytes();
+        whole.extend([len[1], len[2], len[3], HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        whole.extend_from_slice(&b);
+        for bytes in [split, whole] {
+            for rec in [1000, 16_384, 100_000] {
+                let mut d = Decoder::new(Side::Client, 16);
+                let mut all = bytes.clone();
+                all.extend(frame(DATA, END_STREAM, 1, b"{}"));
+                all.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x82, 0x84]));
+                let out = feed_in(&mut d, &all, rec);
+                assert_eq!(paths(&out)[0], "/login?u=1' OR '1'='1", "records of {rec}");
+                assert_eq!(paths(&out).last().map(String::as_str), Some("?"));
+                let Message::Request { request, .. } = &out[0] else {
+                    panic!("{out:?}");
+                };
+                assert_eq!(request.query.as_deref(), Some("u=1' OR '1'='1"));
+                assert!(request.truncated);
+                assert_eq!((d.lost(), d.counters.blocks_cut), (None, 1));
+            }
+        }
         // Padding longer than the frame; a frame between HEADERS and CONTINUATION.
         for bad in [
             frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]),

@@ -399,38 +399,40 @@ fn parse_head(buf: &[u8], request: bool) -> Result<Option<Head<'_>>, HttpError> 
 /// body that does not inflate, or a prefix of one, is kept as far as it
 /// went; other encodings are left alone.
 fn decode_content(headers: &[(String, String)], body: Vec<u8>) -> Vec<u8> {
-    use std::io::Read as _;
     let Some(enc) = find_headers(headers, "content-encoding").next() else {
         return body;
     };
-    let enc = enc.trim().to_ascii_lowercase();
-    if body.is_empty() || !matches!(enc.as_str(), "gzip" | "x-gzip" | "deflate") {
+    if body.is_empty() {
         return body;
     }
-    let limit = MAX_BODY_BYTES as u64;
+    inflate(enc, &body, MAX_BODY_BYTES).unwrap_or(body)
+}
+
+/// `bytes` inflated per the encoding `enc` names (`gzip`, `x-gzip`,
+/// `deflate`), at most `limit` bytes of output: a compression bomb costs no
+/// more. A stream cut short yields what came before the cut. `None`: another
+/// encoding, or nothing inflated.
+pub(crate) fn inflate(enc: &str, bytes: &[u8], limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let enc = enc.trim().to_ascii_lowercase();
+    let limit = limit as u64;
     let mut out = Vec::new();
-    let res = if enc == "deflate" {
-        // RFC 9110 says zlib-wrapped; some clients send raw deflate.
-        if body.first().is_some_and(|b| b & 0x0f == 8) {
-            flate2::read::ZlibDecoder::new(&body[..])
-                .take(limit)
-                .read_to_end(&mut out)
-        } else {
-            flate2::read::DeflateDecoder::new(&body[..])
+    let res = match enc.as_str() {
+        // RFC 9110 (and gRPC) say zlib-wrapped; some clients send raw deflate.
+        "deflate" if bytes.first().is_some_and(|b| b & 0x0f == 8) => {
+            flate2::read::ZlibDecoder::new(bytes)
                 .take(limit)
                 .read_to_end(&mut out)
         }
-    } else {
-        flate2::read::GzDecoder::new(&body[..])
+        "deflate" => flate2::read::DeflateDecoder::new(bytes)
             .take(limit)
-            .read_to_end(&mut out)
+            .read_to_end(&mut out),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(bytes)
+            .take(limit)
+            .read_to_end(&mut out),
+        _ => return None,
     };
-    // A truncated stream still yields what came before the cut.
-    if res.is_ok() || !out.is_empty() {
-        out
-    } else {
-        body
-    }
+    (res.is_ok() || !out.is_empty()).then_some(out)
 }
 
 /// `METHOD target` without a version: an HTTP/0.9 request line.

@@ -870,7 +870,7 @@ impl ApiGuard {
             checks: &self.checks,
             v: Vec::new(),
         };
-        let failures = if matches!(resp.status, 401 | 403) {
+        let failures = if matches!(resp.status, 401 | 403) || grpc_auth_failure(resp) {
             1
         } else if resp.status == 200 {
             gql.auth
@@ -893,7 +893,8 @@ impl ApiGuard {
                     STUFFING,
                     Location::Response,
                     format!(
-                        "{n} failed attempts (401/403, GraphQL auth errors) within {}{on}",
+                        "{n} failed attempts (401/403, GraphQL auth errors, gRPC \
+                         UNAUTHENTICATED/PERMISSION_DENIED) within {}{on}",
                         s.window
                     ),
                 );
@@ -939,6 +940,14 @@ impl ApiGuard {
         }
         out.v
     }
+}
+
+/// A gRPC call refused for its credentials: `grpc-status` 16
+/// (UNAUTHENTICATED) or 7 (PERMISSION_DENIED), in the trailers or in a
+/// Trailers-Only response's head (both end up among the response's fields),
+/// the gRPC counterparts of 401 and 403.
+fn grpc_auth_failure(resp: &Response) -> bool {
+    matches!(resp.header("grpc-status").map(str::trim), Some("16" | "7"))
 }
 
 /// `limit.route` when `n` requests within `per` are over `requests`.

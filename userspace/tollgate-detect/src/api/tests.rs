@@ -642,6 +642,48 @@ fn credential_stuffing() {
     }
 }
 
+/// gRPC answers with HTTP 200 and says how the call went in `grpc-status`.
+fn grpc(status: &str) -> Response {
+    Response {
+        version: 2,
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/grpc".into()),
+            ("grpc-status".into(), status.into()),
+        ],
+        ..Response::default()
+    }
+}
+
+#[test]
+fn grpc_unauthenticated_and_permission_denied_are_failed_attempts() {
+    let mut g = guard();
+    let call = req("POST", "/auth.Login/Check", None, "");
+    for (n, refused) in ["16", "7", " 16 "].into_iter().enumerate() {
+        let c = ip(&format!("203.0.113.{}", 20 + n));
+        for i in 0..9 {
+            assert!(
+                g.inspect_response(c, Some(&call), &grpc(refused), NOW + i)
+                    .is_empty()
+            );
+        }
+        let v = g.inspect_response(c, Some(&call), &grpc(refused), NOW + 10);
+        assert_eq!(rules(&v), ["auth.credential_stuffing"], "{refused}");
+        assert!(v[0].evidence.contains("gRPC"), "{}", v[0].evidence);
+    }
+    // OK, NOT_FOUND, UNAVAILABLE, INTERNAL and made-up values are not.
+    let c = ip("203.0.113.30");
+    for i in 0..40 {
+        for other in ["0", "5", "14", "13", "160", "", "unauthenticated"] {
+            assert!(
+                g.inspect_response(c, Some(&call), &grpc(other), NOW + i)
+                    .is_empty(),
+                "{other}"
+            );
+        }
+    }
+}
+
 fn status(code: u16) -> Response {
     Response {
         status: code,

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode;
 use crate::http::Request;
 
+pub use protobuf::compressed_messages as grpc_compressed_messages;
 pub use protocol::UNPARSEABLE;
 
 /// Attack family of a violation.
@@ -681,7 +682,13 @@ impl Engine {
         if grpc {
             // Binary protobuf: its text fields, as JSON string values are.
             let cut = req.body.len().min(self.cfg.max_body_bytes);
-            protobuf::walk_grpc(&mut v, &req.body[..cut], self.cfg.max_json_depth);
+            protobuf::walk_grpc(
+                &mut v,
+                &req.body[..cut],
+                self.cfg.max_json_depth,
+                req.header("grpc-encoding"),
+                self.cfg.max_body_bytes,
+            );
         }
         if let Some(text) = body.filter(|_| !grpc && !graphql) {
             let ctype = req

@@ -5,7 +5,12 @@
 //! field 1). Fields that are not text are read as nested messages when the
 //! whole field parses as one; anything else (numbers, binary bytes) is left
 //! alone. Depth, messages and inputs are bounded; a message cut by the body
-//! cap is read as far as it parses.
+//! cap is read as far as it parses. Compressed messages (flag 1) are
+//! inflated per `grpc-encoding` (`gzip`, `deflate`), all of a body's
+//! together to at most the body cap, and read the same way; one in an
+//! encoding not read is counted ([`compressed_messages`]), never passed as read.
+
+use std::borrow::Cow;
 
 use super::{Input, Location, MAX_INPUTS, push};
 use crate::decode;
@@ -42,20 +47,82 @@ pub(crate) fn framed(body: &[u8]) -> bool {
     true
 }
 
-/// Pushes the text fields of the gRPC messages in `body`.
-pub(crate) fn walk_grpc<'a>(v: &mut Vec<Input<'a>>, body: &'a [u8], depth: u32) {
+/// The messages of a gRPC body: (compressed flag, message bytes as far as
+/// they came), at most [`MAX_MESSAGES`].
+fn messages(body: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
     let mut rest = body;
-    for _ in 0..MAX_MESSAGES {
+    std::iter::from_fn(move || {
         let [flag, a, b, c, d, tail @ ..] = rest else {
-            return;
+            return None;
         };
         let len = usize::try_from(u32::from_be_bytes([*a, *b, *c, *d])).unwrap_or(usize::MAX);
         let msg = &tail[..len.min(tail.len())];
-        // Compressed messages (`grpc-encoding`) are not read.
-        if *flag == 0 {
-            walk(v, &fields(msg).0, depth, "");
-        }
         rest = tail.get(len..).unwrap_or_default();
+        Some((*flag != 0, msg))
+    })
+    .take(MAX_MESSAGES)
+}
+
+/// Whether compressed gRPC messages in `encoding` (the `grpc-encoding`
+/// header) are inflated and read.
+fn readable(encoding: Option<&str>) -> bool {
+    encoding.is_some_and(|e| {
+        let e = e.trim();
+        e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("deflate")
+    })
+}
+
+/// Compressed messages of a gRPC request, and how many of them the
+/// detectors do not read: its `grpc-encoding` is missing or one not
+/// inflated (`snappy`, `zstd`...).
+#[must_use]
+pub fn compressed_messages(req: &crate::Request) -> (u64, u64) {
+    let grpc = req.header("content-type").is_some_and(is_grpc) && framed(&req.body);
+    if !grpc {
+        return (0, 0);
+    }
+    let n = messages(&req.body)
+        .filter(|(compressed, _)| *compressed)
+        .count() as u64;
+    let unread = if readable(req.header("grpc-encoding")) {
+        0
+    } else {
+        n
+    };
+    (n, unread)
+}
+
+/// Pushes the text fields of the gRPC messages in `body`; compressed ones
+/// are inflated per `encoding`, at most `inflate_cap` bytes for the body.
+pub(crate) fn walk_grpc<'a>(
+    v: &mut Vec<Input<'a>>,
+    body: &'a [u8],
+    depth: u32,
+    encoding: Option<&str>,
+    inflate_cap: usize,
+) {
+    let mut budget = inflate_cap;
+    for (compressed, msg) in messages(body) {
+        if !compressed {
+            walk(v, &fields(msg).0, depth, "");
+            continue;
+        }
+        let Some(enc) = encoding.filter(|e| readable(Some(e))) else {
+            continue;
+        };
+        if budget == 0 || v.len() >= MAX_INPUTS {
+            continue;
+        }
+        let Some(plain) = crate::http::inflate(enc, msg, budget) else {
+            continue;
+        };
+        budget -= plain.len().min(budget);
+        // The inflated bytes live here only: their texts are kept owned.
+        let mut found = Vec::new();
+        walk(&mut found, &fields(&plain).0, depth, "");
+        for i in found {
+            push(v, i.location, Cow::Owned(i.text.into_owned()), i.is_value);
+        }
     }
 }
 
@@ -161,8 +228,14 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
 /// Text inputs found in `body`, for tests: (location name, text).
 #[cfg(test)]
 fn texts(body: &[u8]) -> Vec<(String, String)> {
+    texts_in(body, None)
+}
+
+/// [`texts`] of a body whose compressed messages are in `encoding`.
+#[cfg(test)]
+fn texts_in(body: &[u8], encoding: Option<&str>) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    walk_grpc(&mut v, body, 16);
+    walk_grpc(&mut v, body, 16, encoding, 16 * 1024);
     v.into_iter()
         .map(|i| match i.location {
             Location::Protobuf(n) => (n, i.text.into_owned()),
@@ -230,9 +303,116 @@ mod tests {
         let mut compressed = grpc(&ld(1, b"hidden"));
         compressed[0] = 1;
         assert!(texts(&compressed).is_empty());
+        assert!(texts_in(&compressed, Some("gzip")).is_empty(), "not gzip");
         assert!(texts(&[0, 0xff, 0xff, 0xff, 0xff, 1]).is_empty());
         // Binary bytes are not text.
         assert!(texts(&grpc(&ld(1, &[0xff, 0x00, 0x10]))).is_empty());
+    }
+
+    /// A message compressed with `enc`, flag 1.
+    fn compressed(enc: &str, msg: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let z = match enc {
+            "gzip" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(msg).unwrap();
+                e.finish().unwrap()
+            }
+            "deflate" => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(msg).unwrap();
+                e.finish().unwrap()
+            }
+            _ => {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(msg).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        let mut b = grpc(&z);
+        b[0] = 1;
+        b
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_per_grpc_encoding() {
+        let msg = [ld(1, b"x"), ld(3, &ld(2, b"1' UNION SELECT 1--"))].concat();
+        let want = [
+            ("1".to_owned(), "x".to_owned()),
+            ("3.2".to_owned(), "1' UNION SELECT 1--".to_owned()),
+        ];
+        for (enc, header) in [
+            ("gzip", "gzip"),
+            ("deflate", "deflate"),
+            ("raw", " Deflate "),
+        ] {
+            let body = compressed(enc, &msg);
+            assert_eq!(texts_in(&body, Some(header)), want, "{enc}");
+            // Mixed with an uncompressed message in one stream.
+            let both = [grpc(&ld(4, b"plain")), body].concat();
+            assert_eq!(texts_in(&both, Some(header)).len(), 3, "{enc}");
+        }
+        // Cut by the body cap: what inflated before the cut is read.
+        let long = [ld(1, b"first"), ld(2, &[b'a'; 120]), ld(3, b"third")].concat();
+        let mut body = compressed("gzip", &long);
+        body.truncate(body.len() - 12);
+        assert!(texts_in(&body, Some("gzip")).contains(&("1".to_owned(), "first".to_owned())));
+    }
+
+    #[test]
+    fn a_compression_bomb_inflates_no_further_than_the_cap() {
+        // 16 MiB of one field's bytes compress to ~16 KiB; a string field
+        // after it would come only past the cap.
+        let mut msg = vec![1 << 3 | 2, 0x80, 0x80, 0x80, 0x08];
+        msg.resize(msg.len() + (16 << 20), b'a');
+        msg.extend(ld(2, b"1' OR '1'='1"));
+        let body = compressed("gzip", &msg);
+        assert!(body.len() < 200_000, "{}", body.len());
+        let mut v = Vec::new();
+        let start = std::time::Instant::now();
+        walk_grpc(&mut v, &body, 16, Some("gzip"), 16 * 1024);
+        // Inflating 16 KiB, not 16 MiB: well under what the whole costs.
+        assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        assert!(v.iter().all(|i| i.text.len() <= 16 * 1024));
+        // Many bombs in one body share one budget.
+        let many: Vec<u8> = (0..MAX_MESSAGES).flat_map(|_| body.clone()).collect();
+        let mut v = Vec::new();
+        let start = std::time::Instant::now();
+        walk_grpc(&mut v, &many, 16, Some("gzip"), 16 * 1024);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn compressed_messages_in_an_encoding_not_read_are_counted() {
+        let req = |enc: Option<&str>, body: Vec<u8>| {
+            let mut headers = vec![("content-type".into(), "application/grpc".into())];
+            if let Some(e) = enc {
+                headers.push(("grpc-encoding".into(), e.into()));
+            }
+            crate::Request {
+                method: "POST".into(),
+                headers,
+                body,
+                ..crate::Request::default()
+            }
+        };
+        let z = compressed("gzip", &ld(1, b"hidden"));
+        let two = [z.clone(), grpc(&ld(1, b"plain")), z.clone()].concat();
+        assert_eq!(
+            compressed_messages(&req(Some("snappy"), two.clone())),
+            (2, 2)
+        );
+        assert_eq!(compressed_messages(&req(None, two.clone())), (2, 2));
+        assert_eq!(compressed_messages(&req(Some("gzip"), two)), (2, 0));
+        assert_eq!(
+            compressed_messages(&req(Some("zstd"), grpc(b"\x0a\x01a"))),
+            (0, 0)
+        );
+        let mut json = req(Some("snappy"), z);
+        json.headers[0].1 = "application/json".into();
+        assert_eq!(compressed_messages(&json), (0, 0));
     }
 
     #[test]
@@ -267,6 +447,11 @@ mod tests {
                 v
             };
             assert_eq!(rules(&grpc_req), rules(&json_req), "{payload}");
+            // The same message gzip-compressed is judged the same.
+            let mut gz = grpc_req.clone();
+            gz.headers.push(("grpc-encoding".into(), "gzip".into()));
+            gz.body = compressed("gzip", &grpc_req.body[5..]);
+            assert_eq!(rules(&gz), rules(&json_req), "{payload}");
             let found = engine.inspect_request(&grpc_req);
             assert_eq!(
                 found.is_empty(),

@@ -125,6 +125,48 @@ fn read_openapi(path: &Path) -> Result<Vec<Documented>, String> {
     Ok(out)
 }
 
+/// Reads the gRPC methods of a protobuf `FileDescriptorSet` (as `protoc
+/// --descriptor_set_out` writes it): `POST /package.Service/Method` each,
+/// deprecated when its options say so. A file that does not decode as one,
+/// or declares no service, is refused: it is not what the user meant.
+fn read_descriptor_set(path: &Path) -> Result<Vec<Documented>, String> {
+    use prost::Message as _;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).map_err(|e| {
+        format!(
+            "{}: not a protobuf descriptor set (protoc --descriptor_set_out): {e}",
+            path.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    for file in &set.file {
+        let package = file.package();
+        for service in &file.service {
+            for method in &service.method {
+                let full = if package.is_empty() {
+                    service.name().to_owned()
+                } else {
+                    format!("{package}.{}", service.name())
+                };
+                out.push(Documented {
+                    method: "POST".into(),
+                    path: format!("/{full}/{}", method.name()),
+                    deprecated: method.options.as_ref().is_some_and(|o| o.deprecated()),
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{}: no gRPC service method in it ({} files): is this a descriptor set \
+             (protoc --descriptor_set_out) of the services?",
+            path.display(),
+            set.file.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// Whether an observed template is an instance of a documented path:
 /// `{param}` segments match anything, others must be equal.
 fn matches(documented: &str, observed: &str) -> bool {
@@ -173,13 +215,19 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
             }
         };
     }
-    if let Some(path) = &args.openapi {
-        let docs = match read_openapi(path) {
-            Ok(d) => d,
-            Err(e) => {
-                return super::render::fail(&e, 2);
+    if args.openapi.is_some() || args.descriptor_set.is_some() {
+        // REST operations and gRPC methods alike: what either document names.
+        let mut docs = Vec::new();
+        let read = [
+            args.openapi.as_deref().map(read_openapi),
+            args.descriptor_set.as_deref().map(read_descriptor_set),
+        ];
+        for r in read.into_iter().flatten() {
+            match r {
+                Ok(d) => docs.extend(d),
+                Err(e) => return super::render::fail(&e, 2),
             }
-        };
+        }
         let mut used = vec![false; docs.len()];
         for r in &mut rows {
             let hit = docs
@@ -327,6 +375,99 @@ mod tests {
         assert!(matches("/users/{name}", "/users/alice"));
         assert!(!matches("/users/{id}", "/users/{id}/orders"));
         assert!(!matches("/admin", "/users"));
+    }
+
+    #[test]
+    fn descriptor_sets_name_grpc_methods_and_bad_files_are_refused() {
+        use prost::Message as _;
+        use prost_types::{
+            FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, MethodOptions,
+            ServiceDescriptorProto,
+        };
+        let method = |name: &str, deprecated: bool| MethodDescriptorProto {
+            name: Some(name.into()),
+            input_type: Some(".notes.Note".into()),
+            output_type: Some(".notes.Note".into()),
+            options: deprecated.then(|| MethodOptions {
+                deprecated: Some(true),
+                ..MethodOptions::default()
+            }),
+            ..MethodDescriptorProto::default()
+        };
+        let set = FileDescriptorSet {
+            file: vec![
+                FileDescriptorProto {
+                    name: Some("notes.proto".into()),
+                    package: Some("notes".into()),
+                    service: vec![ServiceDescriptorProto {
+                        name: Some("Notes".into()),
+                        method: vec![method("Create", false), method("Old", true)],
+                        ..ServiceDescriptorProto::default()
+                    }],
+                    ..FileDescriptorProto::default()
+                },
+                FileDescriptorProto {
+                    name: Some("health.proto".into()),
+                    service: vec![ServiceDescriptorProto {
+                        name: Some("Health".into()),
+                        method: vec![method("Check", false)],
+                        ..ServiceDescriptorProto::default()
+                    }],
+                    ..FileDescriptorProto::default()
+                },
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("api.pb");
+        std::fs::write(&good, set.encode_to_vec()).unwrap();
+        let got: Vec<_> = read_descriptor_set(&good)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.method, d.path, d.deprecated))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("POST".into(), "/notes.Notes/Create".into(), false),
+                ("POST".into(), "/notes.Notes/Old".into(), true),
+                ("POST".into(), "/Health/Check".into(), false),
+            ]
+        );
+        // Not a descriptor set, an empty one, one without services, no file.
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            (
+                "yaml",
+                b"openapi: 3.0.3\npaths: {}\n".to_vec(),
+                "not a protobuf descriptor set",
+            ),
+            ("empty", Vec::new(), "no gRPC service method"),
+            (
+                "messages",
+                FileDescriptorSet {
+                    file: vec![FileDescriptorProto {
+                        name: Some("m.proto".into()),
+                        ..FileDescriptorProto::default()
+                    }],
+                }
+                .encode_to_vec(),
+                "no gRPC service method",
+            ),
+            (
+                "cut",
+                set.encode_to_vec()[..20].to_vec(),
+                "not a protobuf descriptor set",
+            ),
+        ];
+        for (name, bytes, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let e = read_descriptor_set(&p).err().unwrap_or_default();
+            assert!(e.contains(want), "{name}: {e}");
+        }
+        let e = read_descriptor_set(&dir.path().join("absent"))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]

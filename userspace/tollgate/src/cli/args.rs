@@ -76,6 +76,8 @@ pub enum Command {
     /// status codes and whether credentials were used; against an OpenAPI
     /// document: documented, shadow (undocumented) or unused.
     ///
+    /// Against a protobuf descriptor set, the same for gRPC methods.
+    ///
     /// Example: tollgate inventory --openapi api.yaml
     Inventory(InventoryArgs),
     /// Security events: every violation and ban the policy engine recorded
@@ -136,6 +138,11 @@ pub struct InventoryArgs {
     /// Compare with this OpenAPI 3 document (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     pub openapi: Option<PathBuf>,
+    /// Compare gRPC methods with this protobuf descriptor set (what
+    /// `protoc --include_imports --descriptor_set_out=FILE` writes): each
+    /// service method is `POST /package.Service/Method`.
+    #[arg(long, value_name = "FILE")]
+    pub descriptor_set: Option<PathBuf>,
 }
 
 /// `tollgate inventory ...`.
