@@ -76,6 +76,18 @@ fn add_addr(lab: &Lab, a: IpAddr) {
     ]);
 }
 
+/// Asserts that `client` was neither banned nor named in any event.
+fn assert_untouched(agent: &Agent, events: &[serde_json::Value], client: IpAddr, who: &str) {
+    let s = client.to_string();
+    assert!(
+        !banned(agent, client)
+            && !events
+                .iter()
+                .any(|e| e["client"].as_str() == Some(s.as_str())),
+        "{who} flagged: {events:#?}"
+    );
+}
+
 fn banned(agent: &Agent, a: IpAddr) -> bool {
     let want = format!("{a}/32");
     agent
@@ -221,14 +233,7 @@ fn graphql_attacks_are_judged_per_operation_and_benign_clients_pass() {
         "introspection not reported: {events:#?}"
     );
     assert!(!banned(&agent, intro), "introspection banned under alert");
-    let benign_s = benign.to_string();
-    assert!(
-        !banned(&agent, benign)
-            && !events
-                .iter()
-                .any(|e| e["client"].as_str() == Some(benign_s.as_str())),
-        "benign client flagged: {events:#?}"
-    );
+    assert_untouched(&agent, &events, benign, "benign client");
     // The inventory lists operations, marked against the schema.
     let inv = agent.json(&["inventory"]);
     let status = |path: &str| {
@@ -257,6 +262,35 @@ fn graphql_attacks_are_judged_per_operation_and_benign_clients_pass() {
         status("/graphql query products").as_deref(),
         Some("unused"),
         "{inv:#}"
+    );
+    // Each operation has its responses' statuses; `internalStats` (no such
+    // field) was answered 200 with GraphQL errors.
+    let row = |path: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let user = row("/graphql query user");
+    assert!(user["statuses"]["200"].as_u64() >= Some(10), "{inv:#}");
+    // `me` was only ever asked validly.
+    let me = row("/graphql query me");
+    assert!(me["statuses"]["200"].as_u64() >= Some(10), "{inv:#}");
+    assert!(me.get("graphql_errors").is_none(), "{me:#}");
+    let login = row("/graphql mutation login");
+    assert!(login["statuses"]["200"].as_u64() >= Some(10), "{inv:#}");
+    let shadow = row("/graphql query internalStats");
+    assert_eq!(shadow["statuses"]["200"], 1, "{inv:#}");
+    assert_eq!(shadow["graphql_errors"], 1, "{inv:#}");
+    // The table shows them too.
+    let table = agent.ok(&["inventory"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("/graphql query internalStats") && l.contains("200:1 errors:1")),
+        "{table}"
     );
 }
 
@@ -349,12 +383,51 @@ fn bola_through_arguments_is_flagged() {
             .any(|e| e.to_string().contains("/graphql query user")),
         "the event does not name the operation: {bola:#?}"
     );
-    let own_s = own.to_string();
+    assert_untouched(&agent, &events, own, "the owner");
+}
+
+/// Schema probing without introspection: a client sending queries with
+/// misspelt fields reads the server's "Did you mean ...?" answers; past
+/// `checks.not_found.paths` distinct ones it is banned
+/// (`graphql.field_suggestions`). A client making one typo among ordinary
+/// queries is not.
+#[test]
+fn field_suggestion_probing_is_banned() {
+    let (lab, _srv, agent, dst, _dir) = setup("");
+    let benign = lab.v4(0, 2);
+    let mut calls: Vec<Vec<u8>> = (0..20)
+        .map(|i| op(&format!("{{ user(id: {}) {{ name }} }}", 7 + i % 2), "{}"))
+        .collect();
+    calls.insert(5, op("{ usr(id: 7) { name } }", "{}"));
+    let answer = raw_http(&lab, benign, dst, calls);
+    assert!(answer.contains("Did you mean"), "{answer}");
+    // A wordlist of near misses of `products`, each answered with a suggestion.
+    let prober = lab.v4(0, 40);
+    add_addr(&lab, prober);
+    let mut probes = Vec::new();
+    for at in 0..8 {
+        for c in ['q', 'x', 'z', 'j', 'k', 'v'] {
+            let mut name: Vec<char> = "products".chars().collect();
+            name[at] = c;
+            let name: String = name.into_iter().collect();
+            probes.push(op(&format!("{{ {name} {{ id }} }}"), "{}"));
+        }
+    }
+    let answer = raw_http(&lab, prober, dst, probes);
+    assert!(answer.contains("Did you mean"), "{answer}");
     assert!(
-        !banned(&agent, own)
-            && !events
-                .iter()
-                .any(|e| e["client"].as_str() == Some(own_s.as_str())),
-        "the owner was flagged: {events:#?}"
+        eventually(Duration::from_secs(5), || banned(&agent, prober)),
+        "the prober was not banned: {:#?}",
+        agent.events()
     );
+    let events = agent.events();
+    let prober_s = prober.to_string();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["client"].as_str() == Some(prober_s.as_str())
+                && e.to_string().contains("graphql.field_suggestions")),
+        "{events:#?}"
+    );
+    assert_untouched(&agent, &events, benign, "benign client");
 }

@@ -45,6 +45,7 @@ struct Endpoint {
     clients: HashSet<IpAddr>,
     clients_overflow: bool,
     statuses: BTreeMap<u16, u64>,
+    graphql_errors: u64,
     credentials: bool,
     first_seen: u64,
     last_seen: u64,
@@ -63,6 +64,10 @@ pub struct EndpointView {
     pub clients: u64,
     /// Responses by status code.
     pub statuses: BTreeMap<u16, u64>,
+    /// GraphQL operations: responses carrying `errors` (a GraphQL server
+    /// answers most failures with 200 and says so in the body).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub graphql_errors: u64,
     /// Whether any request carried credentials.
     pub credentials_seen: bool,
     /// Unix seconds.
@@ -86,6 +91,7 @@ impl EndpointView {
             hits: 0,
             clients: 0,
             statuses: BTreeMap::new(),
+            graphql_errors: 0,
             credentials_seen: false,
             first_seen: 0,
             last_seen: 0,
@@ -199,6 +205,19 @@ impl Inventory {
         }
     }
 
+    /// Records the status of a response to a request that called
+    /// `endpoints` (GraphQL operations, as given to [`Inventory::on_request_at`]);
+    /// `errors`: the body carried GraphQL `errors`.
+    pub fn on_response_at(&mut self, endpoints: &[(String, String)], status: u16, errors: bool) {
+        for (method, template) in endpoints {
+            let key = self.key(method, template.clone());
+            if let Some(e) = self.endpoints.get_mut(&key) {
+                *e.statuses.entry(status).or_default() += 1;
+                e.graphql_errors += u64::from(errors);
+            }
+        }
+    }
+
     /// Every endpoint, busiest first.
     #[must_use]
     pub fn list(&self) -> Vec<EndpointView> {
@@ -211,6 +230,7 @@ impl Inventory {
                 hits: e.hits,
                 clients: e.clients.len() as u64,
                 statuses: e.statuses.clone(),
+                graphql_errors: e.graphql_errors,
                 credentials_seen: e.credentials,
                 first_seen: e.first_seen,
                 last_seen: e.last_seen,
@@ -223,9 +243,54 @@ impl Inventory {
     }
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graphql_operations_get_their_responses_statuses() {
+        let mut inv = Inventory::default();
+        let req = match tollgate_detect::parse_request(
+            b"POST /graphql HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
+        ) {
+            Ok(tollgate_detect::Parsed::Complete { msg, .. }) => msg,
+            other => panic!("{other:?}"),
+        };
+        let ops = [
+            ("POST".to_owned(), "/graphql mutation login".to_owned()),
+            ("POST".to_owned(), "/graphql query me".to_owned()),
+        ];
+        let client = IpAddr::from([198, 18, 0, 2]);
+        inv.on_request_at(client, &req, &ops, 1);
+        inv.on_request_at(client, &req, &ops[..1], 2);
+        inv.on_response_at(&ops, 200, true);
+        inv.on_response_at(&ops[..1], 200, false);
+        inv.on_response_at(&ops[..1], 400, false);
+        // A response for an operation never requested makes no row.
+        inv.on_response_at(&[("POST".into(), "/graphql query x".into())], 200, false);
+        let rows = inv.list();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let login = &rows[0];
+        assert_eq!(login.path, "/graphql mutation login");
+        assert_eq!(login.statuses, BTreeMap::from([(200, 2), (400, 1)]));
+        assert_eq!(login.graphql_errors, 1);
+        assert_eq!(rows[1].statuses, BTreeMap::from([(200, 1)]));
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(json["graphql_errors"], 1, "{json}");
+        // A REST endpoint's row has no such field.
+        inv.on_request(client, &req, 3);
+        let rest = serde_json::to_value(inv.list().iter().find(|r| r.path == "/graphql").unwrap())
+            .unwrap();
+        assert!(rest.get("graphql_errors").is_none(), "{rest}");
+    }
 
     #[test]
     fn templates_fold_identifiers_only() {

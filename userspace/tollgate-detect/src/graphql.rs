@@ -28,6 +28,7 @@ use crate::detect::rules::{
 };
 use crate::http::Request;
 
+mod partial;
 mod scan;
 
 /// What introspection queries (`__schema`, `__type`) lead to.
@@ -301,7 +302,12 @@ impl Graphql {
             .header("content-type")
             .unwrap_or("")
             .to_ascii_lowercase();
-        let mut text = String::from_utf8_lossy(&req.body);
+        // Valid UTF-8 (almost every body) is checked by the fast validator
+        // and borrowed; only a broken one pays for the lossy copy.
+        let mut text = match std::str::from_utf8(&req.body) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(&req.body),
+        };
         if ctype.starts_with("multipart/form-data") {
             // The GraphQL multipart request (file uploads): the operations
             // are the JSON of the part named `operations`, the rest are files.
@@ -327,64 +333,44 @@ impl Graphql {
         } else {
             Some(serde_json::from_str::<Json>(&text))
         };
-        let json: Json = match parsed {
-            Some(Ok(j)) => j,
+        match parsed {
+            Some(Ok(j)) => Some(items(j, a)),
             None => {
-                // The body was cut where capture stopped: judge the part of the
-                // document that arrived (the parser takes a broken end).
+                // The body was cut where capture stopped: what arrived whole
+                // (operation name, variables, batch elements) is judged as
+                // sent, and the part of the document that arrived (the parser
+                // takes a broken end).
                 a.findings.push((
                     MALFORMED,
                     6,
                     "body larger than what was captured: judged its first part".to_owned(),
                 ));
-                let query = json_string_prefix(&text, "query");
-                return Some(
-                    query
-                        .map(|q| Sent {
-                            query: Some(q),
-                            operation_name: None,
-                            variables: None,
-                        })
-                        .into_iter()
-                        .collect(),
-                );
+                let (mut sent, cut) = match partial::close(&text) {
+                    Some((j, cut)) => (items(j, a), cut),
+                    None => (Vec::new(), 0),
+                };
+                if sent.is_empty() {
+                    sent.push(Sent {
+                        query: None,
+                        operation_name: None,
+                        variables: None,
+                    });
+                }
+                // The document the cut went through: its first part.
+                if let Some(last) = sent.last_mut()
+                    && last.query.is_none()
+                {
+                    last.query = json_string_prefix(text.get(cut..).unwrap_or(""), "query");
+                }
+                sent.retain(|s| s.query.is_some() || s.variables.is_some());
+                Some(sent)
             }
             Some(Err(e)) => {
                 a.findings
                     .push((MALFORMED, 6, format!("body is not JSON: {e}")));
-                return Some(Vec::new());
+                Some(Vec::new())
             }
-        };
-        let items: Vec<&Json> = match &json {
-            Json::Array(v) => v.iter().collect(),
-            o @ Json::Object(_) => vec![o],
-            _ => {
-                a.findings
-                    .push((MALFORMED, 6, "body is not a GraphQL request".to_owned()));
-                return Some(Vec::new());
-            }
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for it in items {
-            let Json::Object(o) = it else {
-                a.findings
-                    .push((MALFORMED, 6, "batch element is not an object".to_owned()));
-                continue;
-            };
-            let text = |k: &str| o.get(k).and_then(Json::as_str).map(str::to_owned);
-            let variables = match o.get("variables") {
-                // Some clients send variables as a JSON string.
-                Some(Json::String(s)) => serde_json::from_str(s).ok(),
-                Some(Json::Null) | None => None,
-                Some(v) => Some(v.clone()),
-            };
-            out.push(Sent {
-                query: text("query"),
-                operation_name: text("operationName"),
-                variables,
-            });
         }
-        Some(out)
     }
 
     /// Parses one document and records its operations, shape and inputs.
@@ -403,7 +389,7 @@ impl Graphql {
         };
         // A document over the token limit is judged on the scan of all of it
         // and a parse of its first part only: its cost stays that of a scan.
-        let sc = scan::scan(text, max_tokens.min(PARSED_WHEN_TOO_LARGE));
+        let sc = scan::scan(text, max_tokens.min(PARSED_WHEN_TOO_LARGE), max_tokens);
         let parsed = if sc.tokens > max_tokens {
             shape.too_large = true;
             shape.scanned.depth = shape.scanned.depth.max(sc.depth);
@@ -452,18 +438,18 @@ impl Graphql {
         }
         let order = fragment_cycles(&fragments, shape);
         let sums = fragment_sums(&fragments, &order);
-        // The operation the server runs: the named one, or the only one.
-        let chosen: Vec<&cst::OperationDefinition> = match operation_name {
+        // The operation the server runs: the named one, or the only one (a
+        // flag per operation: a broken document can hold thousands).
+        let chosen: Vec<bool> = match operation_name {
             Some(n) if ops.len() > 1 => ops
                 .iter()
-                .filter(|o| o.name().is_some_and(|m| m.text() == n))
+                .map(|o| o.name().is_some_and(|m| m.text() == n))
                 .collect(),
-            _ => ops.iter().collect(),
+            _ => vec![true; ops.len()],
         };
         // Operations not run are still walked for shape and inputs: they cost
         // the server a parse and validation, and carry payloads all the same.
-        for op in &ops {
-            let runs = chosen.iter().any(|c| std::ptr::eq(*c, op));
+        for (op, runs) in ops.iter().zip(chosen) {
             let kind = match op.operation_type() {
                 Some(t) if t.mutation_token().is_some() => OpKind::Mutation,
                 Some(t) if t.subscription_token().is_some() => OpKind::Subscription,
@@ -604,6 +590,45 @@ impl Graphql {
     }
 }
 
+/// The requests of a GraphQL JSON body: one object or a batch's array.
+fn items(json: Json, a: &mut Analysis) -> Vec<Sent> {
+    // Taken apart by value: a megabyte document is not copied again.
+    let items: Vec<Json> = match json {
+        Json::Array(v) => v,
+        o @ Json::Object(_) => vec![o],
+        _ => {
+            a.findings
+                .push((MALFORMED, 6, "body is not a GraphQL request".to_owned()));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let Json::Object(mut o) = it else {
+            a.findings
+                .push((MALFORMED, 6, "batch element is not an object".to_owned()));
+            continue;
+        };
+        let mut text = |k: &str| match o.remove(k) {
+            Some(Json::String(s)) => Some(s),
+            _ => None,
+        };
+        let (query, operation_name) = (text("query"), text("operationName"));
+        let variables = match o.remove("variables") {
+            // Some clients send variables as a JSON string.
+            Some(Json::String(s)) => serde_json::from_str(&s).ok(),
+            Some(Json::Null) | None => None,
+            Some(v) => Some(v),
+        };
+        out.push(Sent {
+            query,
+            operation_name,
+            variables,
+        });
+    }
+    out
+}
+
 /// A request in URL parameters (`query=`, `operationName=`, `variables=`);
 /// `None` without `query`.
 fn from_pairs(q: &str, a: &mut Analysis) -> Option<Vec<Sent>> {
@@ -662,10 +687,12 @@ fn multipart_part(body: &[u8], content_type: &str, name: &str) -> Option<String>
     None
 }
 
-/// The (possibly cut) value of the first string member `key` of a JSON text
-/// that does not parse as a whole, unescaped as far as it goes.
+/// The (possibly cut) value of the last string member `key` of a JSON text
+/// that does not parse as a whole, unescaped as far as it goes (the last:
+/// the cut goes through the last element of a batch; inside a string the
+/// name's quotes are escaped).
 fn json_string_prefix(text: &str, key: &str) -> Option<String> {
-    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+    let at = text.rfind(&format!("\"{key}\""))? + key.len() + 2;
     let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
     let mut rest = rest.strip_prefix('"')?;
     let mut out = String::with_capacity(rest.len());
@@ -982,6 +1009,27 @@ pub struct ResponseErrors {
     /// schema without introspection reads, one per wrong name it tried. At most
     /// [`MAX_SUGGESTIONS`] kept.
     pub suggestions: Vec<String>,
+}
+
+/// Whether a GraphQL response (one object, or a batch's array) carries
+/// `errors` (most failures are answered with 200 and told in the body).
+pub fn has_errors(body: &[u8]) -> bool {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'{' | b'[')) || memchr::memmem::find(body, b"\"errors\"").is_none() {
+        return false;
+    }
+    let Ok(json) = serde_json::from_slice::<Json>(body) else {
+        return false;
+    };
+    let errors = |o: &Json| {
+        o.get("errors")
+            .and_then(Json::as_array)
+            .is_some_and(|e| !e.is_empty())
+    };
+    match &json {
+        Json::Array(v) => v.iter().any(errors),
+        o => errors(o),
+    }
 }
 
 /// Suggestion messages kept from one response.

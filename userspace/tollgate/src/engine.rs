@@ -106,6 +106,12 @@ impl Pipeline {
         }
     }
 
+    /// Whether the request goes to a path served by GraphQL.
+    #[must_use]
+    pub fn is_graphql_path(&self, req: &tollgate_detect::Request) -> bool {
+        self.engine.is_graphql_path(req)
+    }
+
     /// The GraphQL schema configured, if any.
     #[must_use]
     pub fn graphql_schema(&self) -> Option<&tollgate_detect::graphql::Schema> {
@@ -375,11 +381,18 @@ impl Pipeline {
     }
 }
 
-/// Identifies a request for the GraphQL route cache: method, path and body.
+/// Identifies a request for the GraphQL route cache: method, path, query and
+/// the body's length, start and end. The cache is asked about the request
+/// just judged, so this only has to tell consecutive requests apart; hashing
+/// all of a megabyte body would cost more than judging its document.
 fn request_key(req: &tollgate_detect::Request) -> u64 {
     use std::hash::{Hash, Hasher};
+    const EDGE: usize = 4096;
+    let b = &req.body;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&req.method, &req.path, &req.query, &req.body).hash(&mut h);
+    (&req.method, &req.path, &req.query, b.len()).hash(&mut h);
+    b[..b.len().min(EDGE)].hash(&mut h);
+    b[b.len().saturating_sub(EDGE)..].hash(&mut h);
     h.finish()
 }
 

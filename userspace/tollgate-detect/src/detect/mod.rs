@@ -431,6 +431,13 @@ impl Engine {
         self.graphql.as_ref().and_then(|g| g.analyze(req))
     }
 
+    /// Whether the request goes to a path served by GraphQL.
+    pub fn is_graphql_path(&self, req: &Request) -> bool {
+        self.graphql
+            .as_ref()
+            .is_some_and(|g| g.is_graphql_path(req))
+    }
+
     pub fn config(&self) -> &DetectConfig {
         &self.cfg
     }
@@ -473,12 +480,12 @@ impl Engine {
                 }
             }
         }
-        let body = (!req.body.is_empty()).then(|| {
-            String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
-        });
         // A GraphQL request is judged by its arguments and variables; a body on
         // a GraphQL path that carries neither is judged like any other.
         let graphql = gql.is_some_and(|a| a.document || !a.inputs.is_empty());
+        let body = (!req.body.is_empty() && !graphql).then(|| {
+            String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
+        });
         let mut inputs = self.extract(req, path, body.as_deref(), graphql);
         if let Some(a) = gql {
             for (rule, score, ev) in &a.findings {

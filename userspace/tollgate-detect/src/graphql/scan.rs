@@ -25,7 +25,9 @@ pub(crate) struct Scan {
 }
 
 /// Scans `doc`; `cut_at` is the number of tokens the parser is to see.
-pub(crate) fn scan(doc: &str, cut_at: usize) -> Scan {
+/// Tokens are counted exactly up to `count_to` (and `cut_at`); past both,
+/// `tokens` only says "more" and the rest is read for its shape only.
+pub(crate) fn scan(doc: &str, cut_at: usize, count_to: usize) -> Scan {
     let b = doc.as_bytes();
     let mut s = Scan {
         cut: b.len(),
@@ -37,6 +39,10 @@ pub(crate) fn scan(doc: &str, cut_at: usize) -> Scan {
     let mut after_name = false;
     let mut i = 0;
     while i < b.len() {
+        if s.tokens > count_to && s.tokens >= cut_at {
+            shape_only(b, i, braces, parens, &mut s);
+            return s;
+        }
         let c = b[i];
         let start = i;
         i += 1;
@@ -73,11 +79,31 @@ pub(crate) fn scan(doc: &str, cut_at: usize) -> Scan {
                 continue;
             }
             b'"' => i = string_end(b, start),
-            b'{' if parens == 0 => {
-                braces += 1;
-                s.depth = s.depth.max(braces);
+            b'{' | b'}' if parens == 0 => {
+                // A run of one brace (`{{{{…`, a megabyte of it) in one
+                // step: eight bytes at a time, each brace a token.
+                let eight = [c; 8];
+                while b.get(i..i + 8) == Some(&eight[..]) {
+                    i += 8;
+                }
+                while b.get(i) == Some(&c) {
+                    i += 1;
+                }
+                let run = u32::try_from(i - start).unwrap_or(u32::MAX);
+                if c == b'{' {
+                    braces = braces.saturating_add(run);
+                    s.depth = s.depth.max(braces);
+                } else {
+                    braces = braces.saturating_sub(run);
+                }
+                after_name = false;
+                let before = s.tokens;
+                s.tokens += i - start;
+                if before < cut_at && s.tokens >= cut_at {
+                    s.cut = start + (cut_at - before);
+                }
+                continue;
             }
-            b'}' if parens == 0 => braces = braces.saturating_sub(1),
             b'(' => parens += 1,
             b')' => parens = parens.saturating_sub(1),
             b':' if parens == 0 && after_name => s.aliases += 1,
@@ -97,6 +123,64 @@ pub(crate) fn scan(doc: &str, cut_at: usize) -> Scan {
         }
     }
     s
+}
+
+/// Bytes [`shape_only`] stops at: everything else is names, numbers,
+/// whitespace and punctuation that change no count.
+const SHAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let special = b"{}():@\"#";
+    while k < special.len() {
+        t[special[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
+/// The rest of a long document from `i` (a token boundary), for depth,
+/// aliases and directives only: bytes that change no count are passed over
+/// in a tight loop, and whether a `:` follows a name is read backwards, so
+/// a megabyte of fields costs a pass over its bytes, not a step per token.
+fn shape_only(b: &[u8], mut i: usize, mut braces: u32, mut parens: u32, s: &mut Scan) {
+    while i < b.len() {
+        if !SHAPE[b[i] as usize] {
+            i += 1;
+            continue;
+        }
+        let c = b[i];
+        i += 1;
+        match c {
+            b'"' => i = string_end(b, i - 1),
+            b'#' => {
+                i = memchr::memchr2(b'\n', b'\r', &b[i..]).map_or(b.len(), |k| i + k);
+            }
+            b'{' if parens == 0 => {
+                braces = braces.saturating_add(1);
+                s.depth = s.depth.max(braces);
+            }
+            b'}' if parens == 0 => braces = braces.saturating_sub(1),
+            b'(' => parens = parens.saturating_add(1),
+            b')' => parens = parens.saturating_sub(1),
+            b':' if parens == 0 && follows_name(b, i - 1) => s.aliases += 1,
+            b'@' => s.directives += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Whether the last token before `at` (whitespace passed over) is a name:
+/// a run of word characters not starting as a number or spread does.
+fn follows_name(b: &[u8], at: usize) -> bool {
+    let mut k = at;
+    while k > 0 && matches!(b[k - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        k -= 1;
+    }
+    let end = k;
+    while k > 0 && is_word(b[k - 1]) {
+        k -= 1;
+    }
+    k < end && !matches!(b[k], b'0'..=b'9' | b'.' | b'-' | b'+')
 }
 
 /// Characters of names, numbers and the spread operator.

@@ -316,6 +316,78 @@ fn a_truncated_benign_body_scores_nothing() {
     assert_eq!(e.verdict(&e.inspect_request(&r)), Action::Ban);
 }
 
+/// A body cut where capture stopped, variables first (as Apollo Client sends
+/// them) or after a short document: the variables that arrived whole are
+/// judged where they feed; the value the cut went through is not.
+#[test]
+fn variables_complete_before_the_cut_are_judged() {
+    let e = engine();
+    let pad: String = (0..400).map(|i| format!("f{i} ")).collect();
+    let cut = |full: &str, keep: usize| {
+        let mut r = post(full);
+        r.body.truncate(keep);
+        r.truncated = true;
+        r
+    };
+    // Variables before the document: an injection in them bans, named.
+    let q = serde_json::to_string(&format!(
+        "mutation Login($u: String!, $p: String!) {{ login(username: $u, password: $p) {{ token {pad} }} }}"
+    ))
+    .unwrap();
+    let full = format!(
+        r#"{{"operationName":"Login","variables":{{"u":"admin' OR '1'='1' --","p":"x"}},"query":{q}}}"#
+    );
+    let v = e.inspect_request(&cut(&full, 600));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    assert!(
+        v.iter().any(|v| v.rule.starts_with("sqli")
+            && v.location == Location::Graphql("login.username".into())),
+        "{v:?}"
+    );
+    // NoSQL operator objects too.
+    let full = format!(r#"{{"variables":{{"u":"admin","p":{{"$ne":null}}}},"query":{q}}}"#);
+    let v = e.inspect_request(&cut(&full, 500));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    assert!(
+        v.iter().any(|v| v.rule == "graphql.operator_object"),
+        "{v:?}"
+    );
+    // After a short document, the cut inside the variables: those before it count.
+    let full = body(
+        LOGIN,
+        &format!(
+            r#"{{"u":"admin' OR '1'='1' --","p":"{}"}}"#,
+            "x".repeat(4000)
+        ),
+    );
+    let v = e.inspect_request(&cut(&full, 300));
+    assert_eq!(e.verdict(&v), Action::Ban, "{v:?}");
+    // Benign variables cut anywhere (mid-string, mid-escape, mid-number, in
+    // a key, in a nested object): nothing scores.
+    let full = format!(
+        r#"{{"operationName":"Note","variables":{{"note":"Lunch at 12; don't forget O'Reilly \u00e9 \"2nd\" ed.","n":12345,"tags":["a","b'c"],"o":{{"k":"v"}}}},"query":{q}}}"#
+    );
+    for keep in 1..full.len().min(400) {
+        let r = cut(&full, keep);
+        let v = e.inspect_request(&r);
+        assert!(v.iter().all(|f| f.score == 0), "cut at {keep}: {v:?}");
+    }
+    // The values that arrived are inputs, the one cut is not.
+    let a = analyze(&cut(&full, full.find("\"2nd").unwrap()));
+    assert!(
+        a.inputs.iter().all(|i| !i.1.contains("Lunch")),
+        "{:?}",
+        a.inputs
+    );
+    let a = analyze(&cut(&full, full.find(r#""o":"#).unwrap() + 8));
+    let texts: Vec<&str> = a.inputs.iter().map(|i| i.1.as_str()).collect();
+    assert!(
+        texts.contains(&"b'c") && texts.iter().any(|t| t.contains("Lunch")),
+        "{texts:?}"
+    );
+    assert!(!texts.contains(&"k"), "{texts:?}");
+}
+
 /// File uploads (the GraphQL multipart request): the `operations` part is the
 /// request; an injection in its variables is found, a benign upload is clean.
 #[test]
@@ -390,15 +462,25 @@ fn the_scan_counts_no_more_tokens_than_the_parser() {
     ];
     for d in docs {
         let parser = Parser::new(d).parse().token_limit().high;
-        let sc = scan::scan(d, usize::MAX);
+        let sc = scan::scan(d, usize::MAX, usize::MAX);
         assert!(
             sc.tokens <= parser,
             "{d:?}: scan {} > parser {parser}",
             sc.tokens
         );
         assert_eq!(sc.cut, d.len());
+        // Counting stopped early reads the same shape.
+        for count_to in 0..sc.tokens {
+            let early = scan::scan(d, 0, count_to);
+            assert_eq!(
+                (early.depth, early.aliases, early.directives),
+                (sc.depth, sc.aliases, sc.directives),
+                "{d:?} counted to {count_to}"
+            );
+            assert!(early.tokens > count_to);
+        }
     }
-    let sc = scan::scan("{ a: b(c: {d: 1}) { e @x } }", 3);
+    let sc = scan::scan("{ a: b(c: {d: 1}) { e @x } }", 3, usize::MAX);
     assert_eq!((sc.depth, sc.aliases, sc.directives), (2, 1, 1));
     // Cut after `{`, ` ` and `a`.
     assert_eq!(sc.cut, 3);
@@ -429,7 +511,7 @@ fn the_token_limit_from_both_sides() {
         assert_eq!(a.inputs, free.inputs, "limit {limit}");
     }
     assert_eq!(free.rules(), ["graphql.batched_attempts"]);
-    let scanned = scan::scan(doc, usize::MAX).tokens;
+    let scanned = scan::scan(doc, usize::MAX, usize::MAX).tokens;
     let a = analyze_with(cfg(u32::try_from(scanned - 1).unwrap()), doc);
     assert!(a.rules().contains(&"graphql.too_large"), "{:?}", a.rules());
 }

@@ -82,6 +82,10 @@ pub struct ApiState {
     /// What stand-ins for stalled requests found (rule, location), by
     /// connection, until the rest of the request comes and is judged.
     stood_in: HashMap<(IpAddr, u16, IpAddr, u16), Vec<Found>>,
+    /// GraphQL requests awaiting their response, per connection: the
+    /// operations each called, so that the response's status is counted
+    /// for them (the response's own path is only `/graphql`).
+    graphql_pending: GraphqlPending,
 }
 
 /// A finding by rule and location.
@@ -90,6 +94,18 @@ type Found = (&'static str, Location);
 /// Stalled requests remembered at once; past it the memory is dropped (a
 /// request judged again then scores what its stand-in found once more).
 const MAX_STOOD_IN: usize = 4096;
+
+/// Connections with GraphQL requests awaiting their response; past this
+/// (responses never seen) the table starts over.
+const MAX_GRAPHQL_CONNECTIONS: usize = 4096;
+
+/// Connection (client or proxy, client port, server, port) -> requests to
+/// a GraphQL path in order: path and the operations called (empty: no
+/// GraphQL in it, or not in the inventory).
+type GraphqlPending = HashMap<
+    (IpAddr, u16, IpAddr, u16),
+    std::collections::VecDeque<(String, Vec<(String, String)>)>,
+>;
 
 /// What a batch of samples produced for the enforcer.
 #[derive(Default)]
@@ -238,6 +254,7 @@ impl ApiHandle {
                 last_expiry_ns: 0,
                 last_stall_check_ns: 0,
                 stood_in: HashMap::new(),
+                graphql_pending: GraphqlPending::new(),
             })),
             tap,
             tls: crate::tls::handle(),
@@ -444,6 +461,7 @@ impl ApiState {
                 } else {
                     Vec::new()
                 };
+                let mut endpoints = Vec::new();
                 let d = if unverified.is_some() {
                     // Judged on its own: no client score, no ban.
                     let mut d = if ev.resumed {
@@ -464,7 +482,7 @@ impl ApiState {
                     let d = st.pipeline.on_request(Some(ev.client), req, ms);
                     // A stand-in for unparseable bytes is no endpoint.
                     if req.malformed.is_none() {
-                        let endpoints = st.pipeline.endpoints(req);
+                        endpoints = st.pipeline.endpoints(req);
                         st.inventory.on_request_at(ev.client, req, &endpoints, now);
                     }
                     d
@@ -481,12 +499,27 @@ impl ApiState {
                 let ops: Vec<String> = st.pipeline.graphql_operations(req).into_iter().collect();
                 if !ops.is_empty() {
                     operation = Some(ops.join(", "));
+                } else {
+                    endpoints.clear();
+                }
+                // A resumed request's response was awaited since its stand-in.
+                if !ev.resumed && st.pipeline.is_graphql_path(req) {
+                    st.graphql_sent(&ev, req.path.clone(), endpoints);
                 }
                 Some((st.pipeline.route_of(req), d))
             }
             (_, Direction::Response) => {
                 if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
-                    st.inventory.on_response(m, p, s);
+                    match st.graphql_answered(&ev, p) {
+                        Some(ops) if !ops.is_empty() => {
+                            let errors = ev
+                                .response
+                                .as_ref()
+                                .is_some_and(|r| tollgate_detect::graphql::has_errors(&r.body));
+                            st.inventory.on_response_at(&ops, s, errors);
+                        }
+                        _ => st.inventory.on_response(m, p, s),
+                    }
                 }
                 ev.response.as_ref().map(|resp| {
                     // What the pairing kept of the request: method and path.
@@ -530,6 +563,55 @@ impl ApiState {
         ev.operation = operation;
         // Nobody listening is fine.
         let _ = tap.send(Arc::new(ev));
+    }
+}
+
+impl ApiState {
+    /// The connection of an event, as the sockets see it.
+    fn connection(ev: &ApiEvent) -> (IpAddr, u16, IpAddr, u16) {
+        (
+            ev.proxy.unwrap_or(ev.client),
+            ev.client_port,
+            ev.server,
+            ev.port,
+        )
+    }
+
+    /// Remembers a request to a GraphQL path until its response.
+    fn graphql_sent(&mut self, ev: &ApiEvent, path: String, ops: Vec<(String, String)>) {
+        let conn = Self::connection(ev);
+        if self.graphql_pending.len() >= MAX_GRAPHQL_CONNECTIONS
+            && !self.graphql_pending.contains_key(&conn)
+        {
+            self.graphql_pending.clear();
+        }
+        let q = self.graphql_pending.entry(conn).or_default();
+        if q.len() >= 64 {
+            q.pop_front();
+        }
+        q.push_back((path, ops));
+    }
+
+    /// The operations of the request a response to `path` answers, when it
+    /// went to a GraphQL path (requests whose response was not seen are
+    /// passed over).
+    fn graphql_answered(&mut self, ev: &ApiEvent, path: &str) -> Option<Vec<(String, String)>> {
+        let conn = Self::connection(ev);
+        let q = self.graphql_pending.get_mut(&conn)?;
+        if !q.iter().any(|(p, _)| p == path) {
+            return None;
+        }
+        let mut found = None;
+        while let Some((p, ops)) = q.pop_front() {
+            if p == path {
+                found = Some(ops);
+                break;
+            }
+        }
+        if q.is_empty() {
+            self.graphql_pending.remove(&conn);
+        }
+        found
     }
 }
 

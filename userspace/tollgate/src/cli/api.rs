@@ -275,6 +275,7 @@ pub fn inventory(args: &InventoryArgs, socket: &Path) -> ExitCode {
                 r.statuses
                     .iter()
                     .map(|(s, n)| format!("{s}:{n}"))
+                    .chain((r.graphql_errors > 0).then(|| format!("errors:{}", r.graphql_errors)))
                     .collect::<Vec<_>>()
                     .join(" "),
                 if r.credentials_seen { "yes" } else { "no" }.into(),
@@ -478,6 +479,7 @@ mod tests {
             hits: 3,
             clients: 1,
             statuses: BTreeMap::from([(200, 3)]),
+            graphql_errors: 0,
             credentials_seen: true,
             first_seen: 0,
             last_seen: 0,
