@@ -107,9 +107,9 @@ impl Link {
                     for change in batch {
                         match change {
                             Inbound::Put(r) => puts.push(r),
-                            Inbound::Snapshot { records, since } => {
+                            Inbound::Snapshot { records, capped } => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_snapshot(records, since);
+                                st.cluster_snapshot(records, &capped);
                             }
                             Inbound::Remove(n) => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
