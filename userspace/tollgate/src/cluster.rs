@@ -87,6 +87,12 @@ impl ClusterConfig {
         format!("/tollgate/{}/bans/", self.fleet)
     }
 
+    /// `/tollgate/<fleet>/allow/`: the fleet's allowlist.
+    #[must_use]
+    pub fn allow_prefix(&self) -> String {
+        format!("/tollgate/{}/allow/", self.fleet)
+    }
+
     /// `/tollgate/<fleet>/hosts/`: each host's last report of itself.
     #[must_use]
     pub fn host_prefix(&self) -> String {
@@ -108,6 +114,10 @@ pub enum Change {
     /// This host withdraws its decisions on the prefix (a feed dropped
     /// it, its origin was removed); the other hosts' stay.
     Withdraw(IpNet),
+    /// An allow entry made here, for the fleet's allowlist.
+    Allow(AllowRecord),
+    /// An allow entry removed here.
+    Unallow(IpNet),
 }
 
 impl Change {
@@ -116,10 +126,37 @@ impl Change {
     pub fn cidr(&self) -> IpNet {
         match self {
             Self::Put(r) => r.cidr,
-            Self::Remove(c) | Self::Withdraw(c) => *c,
+            Self::Allow(a) => a.cidr,
+            Self::Remove(c) | Self::Withdraw(c) | Self::Unallow(c) => *c,
         }
     }
+
+    /// Whether it changes a ban (not the allowlist).
+    #[must_use]
+    pub fn is_ban(&self) -> bool {
+        !matches!(self, Self::Allow(_) | Self::Unallow(_))
+    }
 }
+
+/// An allow entry as the fleet shares it, under `/tollgate/<fleet>/allow/`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedAllow {
+    /// The entry as the writing host holds it.
+    #[serde(flatten)]
+    pub rec: AllowRecord,
+    /// The host that wrote it.
+    pub host: String,
+}
+
+/// The origin a fleet allow entry gets here: `fleet:<host>` (what tells it
+/// apart from this host's own entries, and what `allow ls` shows).
+#[must_use]
+pub fn fleet_origin(host: &str) -> String {
+    format!("{FLEET_ALLOW}{host}")
+}
+
+/// How fleet allow entries' origins start.
+pub const FLEET_ALLOW: &str = "fleet:";
 
 /// A change read from the fleet, checked, for the agent to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +172,12 @@ pub enum Inbound {
     },
     /// A record written to the fleet (the decisions of every host on it).
     Put(BanRecord),
+    /// The fleet's allowlist at a revision (with every snapshot).
+    Allows(Vec<AllowRecord>),
+    /// An allow entry added to the fleet's allowlist (origin `fleet:<host>`).
+    Allow(AllowRecord),
+    /// An allow entry removed from the fleet's allowlist.
+    Unallow(IpNet),
     /// An unban from anywhere.
     Remove(IpNet),
     /// etcd holds every queued change up to this sequence number: the
@@ -362,9 +405,21 @@ impl Store for ClusterStore {
         self.inner.outbox_ack(upto)
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
-        self.inner.put_allow(record)
+        self.inner.put_allow(record)?;
+        let (q, _) = self.number([Change::Allow(record.clone())]);
+        self.send(q);
+        Ok(())
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
+        self.inner.remove_allow(cidr)?;
+        let (q, _) = self.number([Change::Unallow(*cidr)]);
+        self.send(q);
+        Ok(())
+    }
+    fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
+        self.inner.put_allow(record)
+    }
+    fn forget_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
         self.inner.remove_allow(cidr)
     }
     fn allows(&self) -> Result<Vec<AllowRecord>, StoreError> {
@@ -543,6 +598,33 @@ struct Publisher {
     capped: HashSet<IpNet>,
 }
 
+/// Checks one allow entry read from etcd under `key`: the entry (origin
+/// `fleet:<host>`) or why it is skipped (malformed, wider than a ban may
+/// be).
+///
+/// # Errors
+/// When the entry is malformed or hostile.
+pub fn decode_allow(prefix: &str, key: &[u8], value: &[u8]) -> Result<AllowRecord, String> {
+    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    let cidr = key
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("key {key} is outside {prefix}"))?;
+    let a: SharedAllow =
+        serde_json::from_slice(value).map_err(|e| format!("{key}: not an allow entry: {e}"))?;
+    if a.rec.cidr.to_string() != cidr || a.rec.cidr != a.rec.cidr.trunc() {
+        return Err(format!("{key}: the entry is for {}", a.rec.cidr));
+    }
+    check_breadth(a.rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
+    if let Some(m) = crate::policy::check_name(&a.host) {
+        return Err(format!("{key}: host {m}"));
+    }
+    crate::proto::check_reason(Some(&a.rec.reason)).map_err(|e| format!("{key}: {e}"))?;
+    Ok(AllowRecord {
+        origin: fleet_origin(&a.host),
+        ..a.rec
+    })
+}
+
 /// Most operations in one etcd transaction (etcd's default limit is 128).
 const TXN_OPS: usize = 100;
 
@@ -569,7 +651,7 @@ impl Publisher {
                 return;
             }
             self.window.1 += 1;
-        } else {
+        } else if change.is_ban() {
             self.capped.remove(&change.cidr());
         }
         self.pending.push_back((seq, change));
@@ -628,7 +710,7 @@ impl Publisher {
                 }
             };
             self.pending.drain(..n);
-            for c in &batch {
+            for c in batch.iter().filter(|c| c.is_ban()) {
                 self.capped.remove(&c.cidr());
             }
             with_status(status, |s| {
@@ -638,6 +720,46 @@ impl Publisher {
             });
         }
         Ok(())
+    }
+
+    /// Writes the batch's allow entries (before its bans, in their own
+    /// transaction). Where this host's credentials may not write the
+    /// fleet's allowlist (production: only the operator role may), they
+    /// stay local and the bans go on.
+    async fn write_allows(
+        &mut self,
+        client: &mut Client,
+        cfg: &ClusterConfig,
+        batch: &[Change],
+    ) -> anyhow::Result<()> {
+        let prefix = cfg.allow_prefix();
+        let mut ops = Vec::new();
+        for c in batch {
+            match c {
+                Change::Allow(a) => {
+                    let v = serde_json::to_vec(&SharedAllow {
+                        rec: a.clone(),
+                        host: cfg.host_id.clone(),
+                    })?;
+                    ops.push(TxnOp::put(format!("{prefix}{}", a.cidr), v, None));
+                }
+                Change::Unallow(n) => ops.push(TxnOp::delete(format!("{prefix}{n}"), None)),
+                _ => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match client.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("permission denied") => {
+                warn!(
+                    "allow entries not shared: this host may not write {prefix} (the operator role writes the fleet's allowlist); they stay on this host"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes one batch in one transaction: per prefix, this host's last
@@ -651,13 +773,14 @@ impl Publisher {
         cfg: &ClusterConfig,
         batch: &[Change],
     ) -> anyhow::Result<u64> {
+        self.write_allows(client, cfg, batch).await?;
         let prefix = cfg.ban_prefix();
         // Per prefix, in first-seen order: whether an unban comes first
         // (etcd's record no longer counts) and this host's last decisions
         // (`None`: only an unban).
         let mut order: Vec<IpNet> = Vec::new();
         let mut want: HashMap<IpNet, (bool, Option<Option<BanRecord>>)> = HashMap::new();
-        for c in batch {
+        for c in batch.iter().filter(|c| c.is_ban()) {
             let e = want.entry(c.cidr()).or_insert_with(|| {
                 order.push(c.cidr());
                 (false, None)
@@ -666,6 +789,7 @@ impl Publisher {
                 Change::Remove(_) => *e = (true, None),
                 Change::Withdraw(_) => e.1 = Some(None),
                 Change::Put(r) => e.1 = Some(Some(r.clone())),
+                Change::Allow(_) | Change::Unallow(_) => {}
             }
         }
         // What etcd holds for the keys whose outcome depends on it: (its
@@ -817,6 +941,41 @@ async fn read_all(
     Ok((out, revision))
 }
 
+/// Most fleet allow entries read.
+const MAX_ALLOWS: i64 = 100_000;
+
+/// The fleet's allowlist at `revision`.
+async fn read_allows(
+    client: &mut Client,
+    cfg: &ClusterConfig,
+    status: &SharedStatus,
+    revision: i64,
+) -> anyhow::Result<Vec<AllowRecord>> {
+    let prefix = cfg.allow_prefix();
+    let resp = client
+        .get(
+            prefix.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(MAX_ALLOWS)
+                    .with_revision(revision),
+            ),
+        )
+        .await?;
+    let mut out = Vec::new();
+    for kv in resp.kvs() {
+        match decode_allow(&prefix, kv.key(), kv.value()) {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                warn!("skipped a fleet allow entry: {e}");
+                with_status(status, |s| s.view.skipped += 1);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Keeps this host in the fleet until `outbox` closes: publishes local
 /// changes, sends the fleet's to `inbound`, reconnects with backoff.
 pub async fn run(
@@ -867,8 +1026,22 @@ pub async fn run(
                 },
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // At most 2 s between tries: a healed partition is noticed within
+        // about that (plus the 2 s connect timeout of a try under way).
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Watches everything under `prefix` after `revision`.
+async fn watch_after(
+    client: &mut Client,
+    prefix: &str,
+    revision: i64,
+) -> anyhow::Result<etcd_client::WatchStream> {
+    let opts = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    Ok(client.watch(prefix, Some(opts)).await?)
 }
 
 async fn session(
@@ -891,17 +1064,15 @@ async fn session(
         return Ok(());
     }
     let (records, revision) = read_all(&mut client, cfg, status).await?;
+    let allows = read_allows(&mut client, cfg, status, revision).await?;
+    let allow_prefix = cfg.allow_prefix();
+    let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
+    // The allowlist first: it wins over the bans that come with it.
+    if inbound.send(Inbound::Allows(allows)).await.is_err() {
+        return Ok(());
+    }
     let prefix = cfg.ban_prefix();
-    let mut stream = client
-        .watch(
-            prefix.clone(),
-            Some(
-                etcd_client::WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await?;
+    let mut stream = watch_after(&mut client, &prefix, revision).await?;
     let n = records.len();
     if inbound
         .send(Inbound::Snapshot {
@@ -985,6 +1156,35 @@ async fn session(
                     s.view.revision = s.view.revision.max(rev);
                     s.last_sync = now;
                 });
+            }
+            m = allow_stream.message() => {
+                let Some(resp) = m? else { anyhow::bail!("the allowlist watch ended") };
+                if resp.compact_revision() > 0 || resp.canceled() {
+                    anyhow::bail!("the allowlist watch was cancelled or compacted");
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let change = match ev.event_type() {
+                        EventType::Put => match decode_allow(&allow_prefix, kv.key(), kv.value()) {
+                            Ok(a) => Inbound::Allow(a),
+                            Err(e) => {
+                                warn!("skipped a fleet allow entry: {e}");
+                                with_status(status, |s| s.view.skipped += 1);
+                                continue;
+                            }
+                        },
+                        EventType::Delete => {
+                            let parsed = std::str::from_utf8(kv.key()).ok()
+                                .and_then(|k| k.strip_prefix(allow_prefix.as_str()))
+                                .and_then(|c| c.parse::<IpNet>().ok());
+                            let Some(c) = parsed else { continue };
+                            Inbound::Unallow(c)
+                        }
+                    };
+                    if inbound.send(change).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
             _ = tick.tick() => {
                 // A cheap read proves the link is alive (staleness stays low
@@ -1363,6 +1563,25 @@ mod tests {
             vec![&d("", "x")[1..d("", "x").len() - 1]; 300].join(",")
         );
         assert!(decode(P, &k, &with(&many), 1_000, 60).is_err());
+    }
+
+    #[test]
+    fn fleet_allow_entries_are_checked() {
+        let p = "/tollgate/f/allow/";
+        let k = |c: &str| format!("{p}{c}").into_bytes();
+        let v = |c: &str, host: &str| {
+            format!(
+                r#"{{"cidr":"{c}","reason":"office","origin":"cli","created_at":1,"host":"{host}"}}"#
+            )
+        };
+        let a = decode_allow(p, &k("198.18.0.0/24"), v("198.18.0.0/24", "a").as_bytes()).unwrap();
+        assert_eq!(a.origin, "fleet:a");
+        assert!(decode_allow(p, &k("0.0.0.0/0"), v("0.0.0.0/0", "a").as_bytes()).is_err());
+        assert!(decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.2/32", "a").as_bytes()).is_err());
+        assert!(
+            decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.1/32", "a/b").as_bytes()).is_err()
+        );
+        assert!(decode_allow(p, &k("198.18.0.1/32"), b"{").is_err());
     }
 
     #[test]

@@ -116,6 +116,18 @@ impl Link {
                                 st.cluster_remove(&n);
                             }
                             Inbound::Acked(upto) => st.cluster_acked(upto),
+                            Inbound::Allows(list) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_allows(list);
+                            }
+                            Inbound::Allow(a) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_allow(a);
+                            }
+                            Inbound::Unallow(n) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_unallow(&n);
+                            }
                         }
                     }
                     st.cluster_put_many(puts);

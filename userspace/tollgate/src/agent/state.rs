@@ -406,7 +406,7 @@ impl<M: Maps> AgentState<M> {
         // Rewritten here only: the fleet was told when each was made.
         let mut ok = s.keep_bans(&bans).is_ok();
         for a in self.allows.values() {
-            ok &= s.put_allow(a).is_ok();
+            ok &= s.keep_allow(a).is_ok();
         }
         if ok {
             self.store_failures_synced = s.failures();

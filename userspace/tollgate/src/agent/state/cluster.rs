@@ -191,6 +191,15 @@ impl<M: Maps> AgentState<M> {
                 if !self.bans.contains_key(&r.cidr) {
                     self.counters.ban_issued(r.kind.name(), 1);
                 }
+                // Offences count fleet-wide: this host's next ban of the
+                // client (after this one ends) takes the next TTL step. In
+                // memory only; after a restart the fleet's records bring it
+                // back.
+                let h = self.rate.history.entry(r.cidr).or_default();
+                if r.offences > h.count {
+                    h.count = r.offences;
+                    h.last = h.last.max(r.created_at);
+                }
                 self.index(r);
             }
         }
@@ -289,6 +298,78 @@ impl<M: Maps> AgentState<M> {
             // They stay in the outbox and are published again after a
             // restart: a repeated put or delete changes nothing.
             warn!(upto, "fleet outbox not trimmed: {e}");
+        }
+    }
+
+    /// Adds an allow entry of the fleet's allowlist (origin `fleet:<host>`)
+    /// to the kernel and the local store; this host's own entry for the
+    /// prefix wins. True when it changed something.
+    pub fn cluster_allow(&mut self, rec: crate::store::AllowRecord) -> bool {
+        if let Some(held) = self.allows.get(&rec.cidr)
+            && (!held.origin.starts_with(crate::cluster::FLEET_ALLOW) || *held == rec)
+        {
+            return false;
+        }
+        let entry = tollgate_common::AllowEntry {
+            created_ns: clock::boot_ns(),
+            hits: 0,
+        };
+        if !self.allows.contains_key(&rec.cidr)
+            && let Err(e) = self.maps.insert_allow(rec.cidr, &entry)
+        {
+            warn!(cidr = %rec.cidr, "fleet allow entry not applied: {e:#}");
+            return false;
+        }
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.keep_allow(&rec)
+        {
+            warn!(cidr = %rec.cidr, "fleet allow entry not recorded durably: {e}");
+        }
+        self.cluster_count(|s| s.view.applied += 1);
+        self.allows.insert(rec.cidr, rec);
+        true
+    }
+
+    /// Removes a fleet allow entry the fleet removed (this host's own
+    /// entries stay). True when one was removed.
+    pub fn cluster_unallow(&mut self, net: &IpNet) -> bool {
+        if !self
+            .allows
+            .get(net)
+            .is_some_and(|a| a.origin.starts_with(crate::cluster::FLEET_ALLOW))
+        {
+            return false;
+        }
+        if let Err(e) = self.maps.remove_allow(*net) {
+            warn!(cidr = %net, "fleet allow removal not applied: {e:#}");
+            return false;
+        }
+        self.allows.remove(net);
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.forget_allow(net)
+        {
+            warn!(cidr = %net, "fleet allow removal not recorded durably: {e}");
+        }
+        self.cluster_count(|s| s.view.applied += 1);
+        true
+    }
+
+    /// Makes the fleet allow entries held here the fleet's whole allowlist.
+    pub fn cluster_allows(&mut self, list: Vec<crate::store::AllowRecord>) {
+        let wanted: HashSet<IpNet> = list.iter().map(|a| a.cidr).collect();
+        let gone: Vec<IpNet> = self
+            .allows
+            .values()
+            .filter(|a| {
+                a.origin.starts_with(crate::cluster::FLEET_ALLOW) && !wanted.contains(&a.cidr)
+            })
+            .map(|a| a.cidr)
+            .collect();
+        for n in gone {
+            self.cluster_unallow(&n);
+        }
+        for a in list {
+            self.cluster_allow(a);
         }
     }
 

@@ -309,6 +309,69 @@ fn events(dir: &std::path::Path) -> (Mutex<EventLog>, std::path::PathBuf) {
     )
 }
 
+/// The fleet's allow entries: applied beside this host's own (which win),
+/// removed when the fleet removes them, and a full list replaces the
+/// fleet's entries held here.
+#[test]
+fn fleet_allow_entries_come_and_go() {
+    let mut a = Agent::new(Mode::Enforce);
+    let fleet = |c: &str| crate::store::AllowRecord {
+        cidr: net(c),
+        reason: "office".into(),
+        origin: crate::cluster::fleet_origin("host-a"),
+        created_at: 1,
+    };
+    a.allow("198.51.100.1");
+    assert!(
+        !a.state.cluster_allow(fleet("198.51.100.1")),
+        "the local entry wins"
+    );
+    assert!(a.state.cluster_allow(fleet("198.51.100.2")));
+    assert!(a.state.allow_overlap(&net("198.51.100.2")).is_some());
+    assert!(
+        !a.state.cluster_unallow(&net("198.51.100.1")),
+        "not the fleet's"
+    );
+    a.state.cluster_allows(vec![fleet("198.51.100.3")]);
+    assert!(a.state.allow_overlap(&net("198.51.100.2")).is_none());
+    assert!(a.state.allow_overlap(&net("198.51.100.3")).is_some());
+    assert!(a.state.allow_overlap(&net("198.51.100.1")).is_some());
+    assert!(a.state.cluster_unallow(&net("198.51.100.3")));
+    assert!(a.state.allow_overlap(&net("198.51.100.3")).is_none());
+}
+
+/// A client banned twice elsewhere in the fleet gets this host's third
+/// TTL step at its first offence here (the offence count is the fleet's).
+#[test]
+fn escalation_counts_the_fleets_offences() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.6");
+    let scoring = ScoringPolicy::default();
+    let now = clock::unix_now();
+    a.state.cluster_put_many(vec![BanRecord {
+        cidr: client,
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 60),
+        offences: 2,
+        host: Some("host-a".into()),
+        also: Vec::new(),
+    }]);
+    // Lifted (as when it ends), then the client offends here.
+    assert!(a.state.cluster_remove(&client));
+    let out = a.state.policy_ban(client, &finding(client, None), &scoring);
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::Banned {
+            ttl_secs: scoring.ttl(3).as_secs(),
+            offence: 3
+        }
+    );
+    assert_eq!(a.ls()[0]["offences"], 3);
+}
+
 #[test]
 fn policy_bans_escalate_their_ttl_with_each_offence() {
     let mut a = Agent::new(Mode::Enforce);
@@ -1044,8 +1107,9 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.host.is_none()));
 
     // The fleet's bans are enforced, recorded with their host, not sent back;
-    // one overlapping the allowlist is refused.
+    // one overlapping the allowlist is refused. The allow entry is shared.
     a.allow("198.51.100.9");
+    assert!(matches!(&sent()[..], [(_, Change::Allow(r))] if r.cidr == net("198.51.100.9")));
     let n = a.state.cluster_put_many(vec![
         remote("198.51.100.2", now + 600),
         remote("198.51.100.9", now + 600),
