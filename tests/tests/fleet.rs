@@ -164,10 +164,18 @@ fn bans_cross_the_fleet_and_survive_a_partition() {
     );
     assert!(banned_from(&b, o4).is_none());
 
-    // A fleet ban never overrides B's allowlist.
+    // A fleet ban never overrides B's allowlist (B's entry is the fleet's
+    // too, so A bans it only with --force).
     b.ok(&["allow", "add", &o4.to_string()]);
     let refused = cluster(&b)["refused"].as_u64().unwrap();
-    a.ok(&["block", "add", &o4.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(5), || !a
+            .cli(&["block", "add", &o4.to_string()])
+            .status
+            .success()),
+        "A must refuse to ban what B's allow entry covers fleet-wide"
+    );
+    a.ok(&["block", "add", "--force", &o4.to_string()]);
     assert!(
         eventually(Duration::from_secs(5), || cluster(&b)["refused"]
             .as_u64()
