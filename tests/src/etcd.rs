@@ -171,6 +171,47 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Writes many keys, 100 per transaction, through the JSON gateway;
+    /// true when etcd took them all.
+    pub fn put_many(&self, kvs: &[(String, Vec<u8>)]) -> bool {
+        kvs.chunks(100).all(|chunk| {
+            let ops: Vec<String> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
+                        b64(k.as_bytes()),
+                        b64(v)
+                    )
+                })
+                .collect();
+            self.post(
+                "/v3/kv/txn",
+                &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
+            )
+            .contains("revision")
+        })
+    }
+
+    fn post(&self, path: &str, body: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
 /// Drops (silently, as a partition does) the traffic to and from the
 /// members' 127.0.0.2 addresses on the given client ports; lifted on drop.
 pub struct Cut {

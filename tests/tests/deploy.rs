@@ -485,3 +485,157 @@ fn systemd_unit_is_hardened() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The fleet overlay renders, validates against the API schema, keeps the
+/// base's security posture, and hands the agent what `--cluster-*` expects:
+/// the endpoints and fleet from its ConfigMap, the node's name as the host
+/// id, and the client certificate Secret mounted read-only where
+/// `--cluster-tls-dir` looks for `tls.crt`, `tls.key` and `ca.crt`.
+#[test]
+fn the_fleet_overlay_renders_validates_and_wires_the_etcd_link() {
+    let dir = repo().join("deploy/kubernetes-fleet");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect(
+            "kubectl is needed to render deploy/kubernetes-fleet (cargo xtask setup --test-deps)",
+        );
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/kubernetes-fleet:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let rendered = tmp.path().join("fleet.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let v = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&rendered)
+        .output()
+        .expect("kubernetes-validate is needed (cargo xtask setup --test-deps)");
+    assert!(
+        v.status.success(),
+        "the fleet overlay does not validate:\n{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let docs = documents(&rendered);
+    let ds = docs
+        .iter()
+        .find(|d| get(d, "kind").as_str() == Some("DaemonSet"))
+        .expect("no DaemonSet rendered");
+    let cm = docs
+        .iter()
+        .find(|d| {
+            get(d, "kind").as_str() == Some("ConfigMap")
+                && get(d, "metadata.name")
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("tollgate-fleet"))
+        })
+        .expect("no tollgate-fleet ConfigMap rendered");
+    let spec = pod_spec(ds).unwrap();
+    let agent = containers(spec)
+        .into_iter()
+        .find(|c| strings(get(c, "args")).first().map(String::as_str) == Some("agent"))
+        .expect("no agent container");
+    let args = strings(get(agent, "args"));
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .unwrap_or_else(|| panic!("{flag} missing from {args:?}"))
+            .clone()
+    };
+    let env = get(agent, "env").as_sequence().cloned().unwrap_or_default();
+    let var = |name: &str| {
+        env.iter()
+            .find(|e| get(e, "name").as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no env {name}"))
+            .clone()
+    };
+    // $(VAR) arguments expand from env entries that exist.
+    assert_eq!(after("--cluster-endpoints"), "$(TOLLGATE_ETCD_ENDPOINTS)");
+    assert_eq!(after("--cluster-fleet"), "$(TOLLGATE_FLEET)");
+    assert_eq!(after("--cluster-host-id"), "$(NODE_NAME)");
+    assert_eq!(
+        get(&var("NODE_NAME"), "valueFrom.fieldRef.fieldPath").as_str(),
+        Some("spec.nodeName")
+    );
+    assert_eq!(
+        get(cm, "metadata.namespace"),
+        get(ds, "metadata.namespace"),
+        "the ConfigMap must be in the DaemonSet's namespace"
+    );
+    let cm_name = get(cm, "metadata.name").as_str().unwrap();
+    for (name, key) in [
+        ("TOLLGATE_ETCD_ENDPOINTS", "endpoints"),
+        ("TOLLGATE_FLEET", "fleet"),
+    ] {
+        let r = var(name);
+        assert_eq!(
+            get(&r, "valueFrom.configMapKeyRef.name").as_str(),
+            Some(cm_name),
+            "{name} must come from the rendered ConfigMap"
+        );
+        assert_eq!(get(&r, "valueFrom.configMapKeyRef.key").as_str(), Some(key));
+        assert!(
+            get(cm, &format!("data.{key}")).as_str().is_some(),
+            "no {key} in {cm_name}"
+        );
+    }
+    for url in get(cm, "data.endpoints").as_str().unwrap().split(',') {
+        assert!(
+            url.starts_with("https://"),
+            "an endpoint without TLS: {url}"
+        );
+    }
+    let tls_dir = after("--cluster-tls-dir");
+    let mount = get(agent, "volumeMounts")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| get(m, "mountPath").as_str() == Some(tls_dir.as_str()))
+        .unwrap_or_else(|| panic!("nothing mounted at {tls_dir}"));
+    assert_eq!(get(mount, "readOnly").as_bool(), Some(true));
+    let vol_name = get(mount, "name").as_str().unwrap();
+    let vol = get(spec, "volumes")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| get(v, "name").as_str() == Some(vol_name))
+        .expect("the mounted volume is not declared");
+    assert_eq!(
+        get(vol, "secret.secretName").as_str(),
+        Some("tollgate-etcd-client")
+    );
+    // The Secret's keys are the file names --cluster-tls-dir reads (the
+    // create command in the overlay's header and in docs/deploy.md).
+    let header = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            header.contains(&format!("--from-file={f}=")),
+            "the overlay's Secret command does not make {f}"
+        );
+    }
+    // The overlay adds the etcd link and nothing that widens the agent.
+    let base = all_documents()
+        .into_iter()
+        .find(|(_, d)| get(d, "kind").as_str() == Some("DaemonSet"))
+        .unwrap()
+        .1;
+    let base_agent = containers(pod_spec(&base).unwrap())
+        .into_iter()
+        .find(|c| strings(get(c, "args")).first().map(String::as_str) == Some("agent"))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        get(agent, "securityContext"),
+        get(&base_agent, "securityContext"),
+        "the fleet overlay changed the agent's security context"
+    );
+    assert_eq!(
+        get(spec, "hostNetwork"),
+        get(pod_spec(&base).unwrap(), "hostNetwork")
+    );
+}

@@ -9,17 +9,24 @@
 //! keeps what its kernel maps hold, queues its own changes and resyncs
 //! (a full read, then a watch from that revision) when etcd is back.
 //!
-//! Keys: `/tollgate/<fleet>/bans/<cidr>`, values the [`BanRecord`] JSON with
-//! `host` set. Expiry is the record's absolute `expires_at`; etcd leases,
-//! shared per minute of expiry, only collect the keys of expired bans.
+//! Keys: `/tollgate/<fleet>/bans/<cidr>`, values the [`BanRecord`] JSON:
+//! every host's decisions on the prefix, each with its `host`. A host only
+//! ever rewrites its own decisions in a record ([`fold`], compare-and-swap
+//! on the key's revision), so concurrent writers never drop each other's;
+//! deleting the key (an operator's unban) lifts the prefix on every host.
+//! Expiry is each decision's absolute `expires_at`; etcd leases, shared per
+//! minute of expiry, only collect the keys of expired bans.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -28,7 +35,7 @@ use crate::{
     clock,
     net::check_breadth,
     policy::{ClusterSpec, ClusterTls},
-    store::{AllowRecord, BanRecord, LimitsRecord, OffenceRecord, Store, StoreError},
+    store::{AllowRecord, BanRecord, Decision, LimitsRecord, OffenceRecord, Store, StoreError},
 };
 
 /// Everything the cluster task needs, resolved from the policy and flags.
@@ -80,6 +87,12 @@ impl ClusterConfig {
         format!("/tollgate/{}/bans/", self.fleet)
     }
 
+    /// `/tollgate/<fleet>/allow/`: the fleet's allowlist.
+    #[must_use]
+    pub fn allow_prefix(&self) -> String {
+        format!("/tollgate/{}/allow/", self.fleet)
+    }
+
     /// `/tollgate/<fleet>/hosts/`: each host's last report of itself.
     #[must_use]
     pub fn host_prefix(&self) -> String {
@@ -92,26 +105,79 @@ impl ClusterConfig {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
-    /// A ban this host decided.
+    /// This host's decisions on the prefix are now the record's own ones
+    /// (those with no `host`; none: it withdraws its decisions, the other
+    /// hosts' stay).
     Put(BanRecord),
-    /// An unban made here.
+    /// An operator's unban made here: the prefix is lifted on every host.
     Remove(IpNet),
+    /// This host withdraws its decisions on the prefix (a feed dropped
+    /// it, its origin was removed); the other hosts' stay.
+    Withdraw(IpNet),
+    /// An allow entry made here, for the fleet's allowlist.
+    Allow(AllowRecord),
+    /// An allow entry removed here.
+    Unallow(IpNet),
 }
+
+impl Change {
+    /// The prefix it changes.
+    #[must_use]
+    pub fn cidr(&self) -> IpNet {
+        match self {
+            Self::Put(r) => r.cidr,
+            Self::Allow(a) => a.cidr,
+            Self::Remove(c) | Self::Withdraw(c) | Self::Unallow(c) => *c,
+        }
+    }
+
+    /// Whether it changes a ban (not the allowlist).
+    #[must_use]
+    pub fn is_ban(&self) -> bool {
+        !matches!(self, Self::Allow(_) | Self::Unallow(_))
+    }
+}
+
+/// An allow entry as the fleet shares it, under `/tollgate/<fleet>/allow/`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedAllow {
+    /// The entry as the writing host holds it.
+    #[serde(flatten)]
+    pub rec: AllowRecord,
+    /// The host that wrote it.
+    pub host: String,
+}
+
+/// The origin a fleet allow entry gets here: `fleet:<host>` (what tells it
+/// apart from this host's own entries, and what `allow ls` shows).
+#[must_use]
+pub fn fleet_origin(host: &str) -> String {
+    format!("{FLEET_ALLOW}{host}")
+}
+
+/// How fleet allow entries' origins start.
+pub const FLEET_ALLOW: &str = "fleet:";
 
 /// A change read from the fleet, checked, for the agent to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
     /// The whole shared set at a revision (start, reconnect, lost watch).
-    /// `since`: Unix seconds this host was last known in sync; local bans
-    /// made after it may never have reached etcd.
+    /// Everything this host queued before it is in it, except what is still
+    /// in the outbox and what the per-minute cap kept here (`capped`).
     Snapshot {
         /// Every valid record.
         records: Vec<BanRecord>,
-        /// Last time in sync before this snapshot.
-        since: u64,
+        /// This host's bans the per-minute cap kept from the fleet.
+        capped: Vec<IpNet>,
     },
-    /// A ban from another host.
+    /// A record written to the fleet (the decisions of every host on it).
     Put(BanRecord),
+    /// The fleet's allowlist at a revision (with every snapshot).
+    Allows(Vec<AllowRecord>),
+    /// An allow entry added to the fleet's allowlist (origin `fleet:<host>`).
+    Allow(AllowRecord),
+    /// An allow entry removed from the fleet's allowlist.
+    Unallow(IpNet),
     /// An unban from anywhere.
     Remove(IpNet),
     /// etcd holds every queued change up to this sequence number: the
@@ -194,7 +260,12 @@ impl ClusterStore {
             }
         };
         let mut back = Vec::with_capacity(kept.len());
+        let mut joined = false;
         for (seq, bytes) in kept {
+            if seq == JOINED {
+                joined = true;
+                continue;
+            }
             s.seq = s.seq.max(seq + 1);
             match serde_json::from_slice::<Change>(&bytes) {
                 Ok(c) => back.push((seq, c)),
@@ -208,7 +279,40 @@ impl ClusterStore {
             );
         }
         s.send(back);
+        if !joined {
+            s.join();
+        }
         s
+    }
+
+    /// The first start of this store in a fleet: its own bans were never
+    /// queued, so they are queued now (with the marker, in one
+    /// transaction). Later, a ban of its own that etcd lacks and the outbox
+    /// does not hold was lifted by the fleet (see `cluster_snapshot`).
+    fn join(&mut self) {
+        let own: Vec<BanRecord> = match self.inner.bans() {
+            Ok(b) => b
+                .into_iter()
+                .filter(|r| r.any_decision(|d| d.host.is_none()))
+                .collect(),
+            Err(e) => {
+                warn!("cannot read this host's bans to share them with the fleet: {e}");
+                return;
+            }
+        };
+        let (q, mut rows) = self.number(own.into_iter().map(Change::Put));
+        rows.push((JOINED, b"joined".to_vec()));
+        if let Err(e) = self.inner.apply_bans_queued(&[], &[], &rows) {
+            warn!("cannot queue this host's bans for the fleet: {e}");
+            return;
+        }
+        if !q.is_empty() {
+            info!(
+                bans = q.len(),
+                "sharing this host's bans with the fleet it joins"
+            );
+        }
+        self.send(q);
     }
 
     /// Numbers `changes` and encodes them for the outbox table.
@@ -262,21 +366,13 @@ impl ClusterStore {
     }
 }
 
-fn local(records: &[BanRecord]) -> impl Iterator<Item = Change> + '_ {
-    records
-        .iter()
-        .filter(|r| r.host.is_none())
-        .map(|r| Change::Put(r.clone()))
-}
+/// The outbox row that says this store has joined a fleet (never
+/// acknowledged: acknowledgements stop below it).
+const JOINED: u64 = u64::MAX;
 
 impl Store for ClusterStore {
     fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
-        let changes: Vec<Change> = local(records).collect();
-        if changes.is_empty() {
-            // Bans from the fleet: nothing to share. As one sorted batch (a
-            // full read brings the whole set at once).
-            return self.inner.apply_bans(records, &[]);
-        }
+        let changes = records.iter().map(|r| Change::Put(r.clone())).collect();
         self.write_shared(records, &[], changes)
     }
     fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), StoreError> {
@@ -292,9 +388,13 @@ impl Store for ClusterStore {
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
     }
+    /// A group change (a feed import, a removal by origin): what leaves the
+    /// group is withdrawn, not lifted fleet-wide.
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {
-        let changes = local(put)
-            .chain(remove.iter().map(|c| Change::Remove(*c)))
+        let changes = put
+            .iter()
+            .map(|r| Change::Put(r.clone()))
+            .chain(remove.iter().map(|c| Change::Withdraw(*c)))
             .collect();
         self.write_shared(put, remove, changes)
     }
@@ -305,9 +405,21 @@ impl Store for ClusterStore {
         self.inner.outbox_ack(upto)
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
-        self.inner.put_allow(record)
+        self.inner.put_allow(record)?;
+        let (q, _) = self.number([Change::Allow(record.clone())]);
+        self.send(q);
+        Ok(())
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
+        self.inner.remove_allow(cidr)?;
+        let (q, _) = self.number([Change::Unallow(*cidr)]);
+        self.send(q);
+        Ok(())
+    }
+    fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
+        self.inner.put_allow(record)
+    }
+    fn forget_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
         self.inner.remove_allow(cidr)
     }
     fn allows(&self) -> Result<Vec<AllowRecord>, StoreError> {
@@ -339,9 +451,30 @@ impl Store for ClusterStore {
 /// The longest a record's free-text fields may be.
 const MAX_ORIGIN_LEN: usize = 64;
 
-/// Checks one record read from etcd under `key`; the record (its `host`
-/// set, its expiry cut to `max_ttl` from `now`) or why it is skipped.
-/// Expired records are skipped too (`Ok(None)`).
+/// Most decisions one record may carry (one per host and origin).
+const MAX_DECISIONS: usize = 256;
+
+/// Checks one decision of a record read under `key`.
+fn check_decision(key: &str, d: &Decision) -> Result<(), String> {
+    match d.host.as_deref() {
+        None => return Err(format!("{key}: no deciding host")),
+        Some(h) => {
+            if let Some(m) = crate::policy::check_name(h) {
+                return Err(format!("{key}: host {m}"));
+            }
+        }
+    }
+    crate::proto::check_reason(Some(&d.reason)).map_err(|e| format!("{key}: {e}"))?;
+    if d.origin.len() > MAX_ORIGIN_LEN || d.origin.chars().any(char::is_control) {
+        return Err(format!("{key}: bad origin"));
+    }
+    Ok(())
+}
+
+/// Checks one record read from etcd under `key`; the record (every
+/// decision with its `host`, their expiries cut to `max_ttl` from `now`,
+/// the ended ones dropped) or why it is skipped. A record whose decisions
+/// have all ended is skipped too (`Ok(None)`).
 ///
 /// # Errors
 /// When the record is malformed or hostile.
@@ -351,6 +484,17 @@ pub fn decode(
     value: &[u8],
     now: u64,
     max_ttl: u64,
+) -> Result<Option<BanRecord>, String> {
+    parse(prefix, key, value, now, Some(max_ttl))
+}
+
+/// [`decode`], with no cap on expiries when `max_ttl` is `None`.
+fn parse(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+    max_ttl: Option<u64>,
 ) -> Result<Option<BanRecord>, String> {
     let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
     let cidr = key
@@ -362,25 +506,75 @@ pub fn decode(
         return Err(format!("{key}: the record is for {}", rec.cidr));
     }
     check_breadth(rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
-    match rec.host.as_deref() {
-        None => return Err(format!("{key}: no deciding host")),
-        Some(h) => {
-            if let Some(m) = crate::policy::check_name(h) {
-                return Err(format!("{key}: host {m}"));
-            }
+    if rec.also.len() >= MAX_DECISIONS {
+        return Err(format!("{key}: {} decisions", rec.also.len() + 1));
+    }
+    // Records of agents that labelled only the leading decision: the others
+    // were the writer's.
+    let writer = rec.host.clone();
+    for d in &mut rec.also {
+        if d.host.is_none() {
+            d.host.clone_from(&writer);
         }
     }
-    crate::proto::check_reason(Some(&rec.reason)).map_err(|e| format!("{key}: {e}"))?;
-    if rec.origin.len() > MAX_ORIGIN_LEN || rec.origin.chars().any(char::is_control) {
-        return Err(format!("{key}: bad origin"));
+    let mut live = Vec::with_capacity(rec.also.len() + 1);
+    for mut d in rec.decisions() {
+        check_decision(key, &d)?;
+        if d.expires_at.is_some_and(|t| t <= now) {
+            continue;
+        }
+        if let Some(cap) = max_ttl.map(|t| now.saturating_add(t))
+            && d.expires_at.is_none_or(|t| t > cap)
+        {
+            d.expires_at = Some(cap);
+        }
+        live.push(d);
     }
-    let cap = now.saturating_add(max_ttl);
-    match rec.expires_at {
-        Some(t) if t <= now => return Ok(None),
-        Some(t) if t <= cap => {}
-        _ => rec.expires_at = Some(cap),
-    }
-    Ok(Some(rec))
+    Ok(BanRecord::from_decisions(rec.cidr, rec.offences, live))
+}
+
+/// The record etcd should hold for a prefix once this host (`me`) has
+/// changed its decisions to `mine`'s own ones (those with no host; `None`
+/// withdraws them all): the other hosts' decisions in `current` stay, this
+/// host's are replaced, ended ones dropped, the higher offence count kept.
+/// `None`: no decision is left (the key goes).
+#[must_use]
+pub fn fold(
+    current: Option<&BanRecord>,
+    me: &str,
+    cidr: IpNet,
+    mine: Option<&BanRecord>,
+    now: u64,
+) -> Option<BanRecord> {
+    let own = mine
+        .into_iter()
+        .flat_map(|m| m.decisions())
+        .filter(|d| d.host.is_none());
+    let own = own.map(|d| Decision {
+        host: Some(me.to_owned()),
+        ..d
+    });
+    let others = current
+        .into_iter()
+        .flat_map(|c| c.decisions())
+        .filter(|d| d.host.as_deref() != Some(me));
+    let all: Vec<Decision> = own
+        .chain(others)
+        .filter(|d| d.expires_at.is_none_or(|t| t > now))
+        .collect();
+    let offences = mine
+        .map_or(0, |m| m.offences)
+        .max(current.map_or(0, |c| c.offences));
+    BanRecord::from_decisions(cidr, offences, all)
+}
+
+/// A record as etcd holds it, read leniently for [`fold`] (no TTL cap: the
+/// other hosts' decisions are written back as they were). Unreadable or
+/// hostile: treated as absent, so this host's write replaces it.
+fn current(prefix: &str, key: &[u8], value: &[u8]) -> Option<BanRecord> {
+    parse(prefix, key, value, clock::unix_now(), None)
+        .ok()
+        .flatten()
 }
 
 /// The lease bucket of an expiry: the end of its minute.
@@ -399,6 +593,36 @@ struct Publisher {
     leases: HashMap<u64, i64>,
     /// (minute, bans shared in it) for the per-minute cap.
     window: (u64, u32),
+    /// This host's bans the cap kept from the fleet (they stay enforced
+    /// here: a full read must not lift them).
+    capped: HashSet<IpNet>,
+}
+
+/// Checks one allow entry read from etcd under `key`: the entry (origin
+/// `fleet:<host>`) or why it is skipped (malformed, wider than a ban may
+/// be).
+///
+/// # Errors
+/// When the entry is malformed or hostile.
+pub fn decode_allow(prefix: &str, key: &[u8], value: &[u8]) -> Result<AllowRecord, String> {
+    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    let cidr = key
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("key {key} is outside {prefix}"))?;
+    let a: SharedAllow =
+        serde_json::from_slice(value).map_err(|e| format!("{key}: not an allow entry: {e}"))?;
+    if a.rec.cidr.to_string() != cidr || a.rec.cidr != a.rec.cidr.trunc() {
+        return Err(format!("{key}: the entry is for {}", a.rec.cidr));
+    }
+    check_breadth(a.rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
+    if let Some(m) = crate::policy::check_name(&a.host) {
+        return Err(format!("{key}: host {m}"));
+    }
+    crate::proto::check_reason(Some(&a.rec.reason)).map_err(|e| format!("{key}: {e}"))?;
+    Ok(AllowRecord {
+        origin: fleet_origin(&a.host),
+        ..a.rec
+    })
 }
 
 /// Most operations in one etcd transaction (etcd's default limit is 128).
@@ -423,9 +647,12 @@ impl Publisher {
                     s.view.rate_limited += 1;
                     s.view.outbox = s.view.outbox.saturating_sub(1);
                 });
+                self.capped.insert(r.cidr);
                 return;
             }
             self.window.1 += 1;
+        } else if change.is_ban() {
+            self.capped.remove(&change.cidr());
         }
         self.pending.push_back((seq, change));
     }
@@ -465,48 +692,27 @@ impl Publisher {
         cfg: &ClusterConfig,
         status: &SharedStatus,
     ) -> anyhow::Result<()> {
-        let prefix = cfg.ban_prefix();
         while !self.pending.is_empty() {
             let n = self.pending.len().min(TXN_OPS);
-            let mut ops = Vec::with_capacity(n);
-            let mut puts = 0;
             let batch: Vec<Change> = self
                 .pending
                 .iter()
                 .take(n)
                 .map(|(_, c)| c.clone())
                 .collect();
-            for c in batch {
-                match c {
-                    // Expired while queued (a long partition): every host
-                    // has lifted it already.
-                    Change::Put(r) if r.expires_at.is_some_and(|t| t <= clock::unix_now()) => {}
-                    Change::Put(r) => {
-                        let mut r = r;
-                        r.host = Some(cfg.host_id.clone());
-                        let value = serde_json::to_vec(&r)?;
-                        let opts = match r.expires_at {
-                            Some(t) => {
-                                Some(PutOptions::new().with_lease(self.lease(client, t).await?))
-                            }
-                            None => None,
-                        };
-                        ops.push(TxnOp::put(format!("{prefix}{}", r.cidr), value, opts));
-                        puts += 1;
-                    }
-                    Change::Remove(c) => {
-                        ops.push(TxnOp::delete(format!("{prefix}{c}"), None));
-                    }
+            let puts = match self.write(client, cfg, &batch).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // A lease that expired or vanished with etcd's data fails
+                    // the whole transaction: grant fresh ones next time.
+                    self.leases.clear();
+                    return Err(e);
                 }
-            }
-            let resp = client.txn(Txn::new().and_then(ops)).await;
-            if let Err(e) = resp {
-                // A lease that expired or vanished with etcd's data fails the
-                // whole transaction: grant fresh ones next time.
-                self.leases.clear();
-                return Err(e.into());
-            }
+            };
             self.pending.drain(..n);
+            for c in batch.iter().filter(|c| c.is_ban()) {
+                self.capped.remove(&c.cidr());
+            }
             with_status(status, |s| {
                 s.view.outbox = s.view.outbox.saturating_sub(n as u64);
                 s.view.published += puts;
@@ -514,6 +720,148 @@ impl Publisher {
             });
         }
         Ok(())
+    }
+
+    /// Writes the batch's allow entries (before its bans, in their own
+    /// transaction). Where this host's credentials may not write the
+    /// fleet's allowlist (production: only the operator role may), they
+    /// stay local and the bans go on.
+    async fn write_allows(
+        &mut self,
+        client: &mut Client,
+        cfg: &ClusterConfig,
+        batch: &[Change],
+    ) -> anyhow::Result<()> {
+        let prefix = cfg.allow_prefix();
+        let mut ops = Vec::new();
+        for c in batch {
+            match c {
+                Change::Allow(a) => {
+                    let v = serde_json::to_vec(&SharedAllow {
+                        rec: a.clone(),
+                        host: cfg.host_id.clone(),
+                    })?;
+                    ops.push(TxnOp::put(format!("{prefix}{}", a.cidr), v, None));
+                }
+                Change::Unallow(n) => ops.push(TxnOp::delete(format!("{prefix}{n}"), None)),
+                _ => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match client.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("permission denied") => {
+                warn!(
+                    "allow entries not shared: this host may not write {prefix} (the operator role writes the fleet's allowlist); they stay on this host"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes one batch in one transaction: per prefix, this host's last
+    /// word laid over what etcd holds ([`fold`]), under a compare on each
+    /// key's revision so that another host's concurrent write is never
+    /// overwritten (read again and retried). The first try assumes new
+    /// keys, so a fresh ban costs one round trip. Returns the records put.
+    async fn write(
+        &mut self,
+        client: &mut Client,
+        cfg: &ClusterConfig,
+        batch: &[Change],
+    ) -> anyhow::Result<u64> {
+        self.write_allows(client, cfg, batch).await?;
+        let prefix = cfg.ban_prefix();
+        // Per prefix, in first-seen order: whether an unban comes first
+        // (etcd's record no longer counts) and this host's last decisions
+        // (`None`: only an unban).
+        let mut order: Vec<IpNet> = Vec::new();
+        let mut want: HashMap<IpNet, (bool, Option<Option<BanRecord>>)> = HashMap::new();
+        for c in batch.iter().filter(|c| c.is_ban()) {
+            let e = want.entry(c.cidr()).or_insert_with(|| {
+                order.push(c.cidr());
+                (false, None)
+            });
+            match c {
+                Change::Remove(_) => *e = (true, None),
+                Change::Withdraw(_) => e.1 = Some(None),
+                Change::Put(r) => e.1 = Some(Some(r.clone())),
+                Change::Allow(_) | Change::Unallow(_) => {}
+            }
+        }
+        // What etcd holds for the keys whose outcome depends on it: (its
+        // record, its revision); absent = (None, 0).
+        let mut held: HashMap<IpNet, (Option<BanRecord>, i64)> = HashMap::new();
+        let key = |c: &IpNet| format!("{prefix}{c}");
+        for attempt in 0..8 {
+            let now = clock::unix_now();
+            let mut cmps = Vec::new();
+            let mut reads = Vec::new();
+            let mut ops = Vec::new();
+            let mut puts = 0;
+            for c in &order {
+                let (reset, mine) = &want[c];
+                let Some(mine) = mine else {
+                    ops.push(TxnOp::delete(key(c), None));
+                    continue;
+                };
+                let (cur, rev) = if *reset {
+                    (None, None)
+                } else {
+                    let (r, v) = held.get(c).cloned().unwrap_or((None, 0));
+                    (r, Some(v))
+                };
+                if let Some(rev) = rev {
+                    cmps.push(if attempt == 0 {
+                        Compare::version(key(c), CompareOp::Equal, 0)
+                    } else {
+                        Compare::mod_revision(key(c), CompareOp::Equal, rev)
+                    });
+                    reads.push((*c, TxnOp::get(key(c), None)));
+                }
+                match fold(cur.as_ref(), &cfg.host_id, *c, mine.as_ref(), now) {
+                    Some(r) => {
+                        let value = serde_json::to_vec(&r)?;
+                        let opts = match r.expires_at {
+                            Some(t) => {
+                                Some(PutOptions::new().with_lease(self.lease(client, t).await?))
+                            }
+                            None => None,
+                        };
+                        ops.push(TxnOp::put(key(c), value, opts));
+                        puts += 1;
+                    }
+                    // Nothing of anyone's left (this host withdrew its last
+                    // decision, or all ended while queued).
+                    None if cur.is_some() || *reset => ops.push(TxnOp::delete(key(c), None)),
+                    None => {}
+                }
+            }
+            let (cidrs, gets): (Vec<IpNet>, Vec<TxnOp>) = reads.into_iter().unzip();
+            let resp = client
+                .txn(Txn::new().when(cmps).and_then(ops).or_else(gets))
+                .await?;
+            if resp.succeeded() {
+                return Ok(puts);
+            }
+            // Someone else wrote one of these keys: read them, fold again.
+            for (c, r) in cidrs.iter().zip(resp.op_responses()) {
+                let TxnOpResponse::Get(g) = r else { continue };
+                let entry = match g.kvs().first() {
+                    Some(kv) => (current(&prefix, kv.key(), kv.value()), kv.mod_revision()),
+                    None => (None, 0),
+                };
+                held.insert(*c, entry);
+            }
+            debug!(
+                attempt,
+                "a fleet record changed under this write; folding again"
+            );
+        }
+        anyhow::bail!("fleet records kept changing under this host's writes")
     }
 }
 
@@ -593,6 +941,41 @@ async fn read_all(
     Ok((out, revision))
 }
 
+/// Most fleet allow entries read.
+const MAX_ALLOWS: i64 = 100_000;
+
+/// The fleet's allowlist at `revision`.
+async fn read_allows(
+    client: &mut Client,
+    cfg: &ClusterConfig,
+    status: &SharedStatus,
+    revision: i64,
+) -> anyhow::Result<Vec<AllowRecord>> {
+    let prefix = cfg.allow_prefix();
+    let resp = client
+        .get(
+            prefix.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(MAX_ALLOWS)
+                    .with_revision(revision),
+            ),
+        )
+        .await?;
+    let mut out = Vec::new();
+    for kv in resp.kvs() {
+        match decode_allow(&prefix, kv.key(), kv.value()) {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                warn!("skipped a fleet allow entry: {e}");
+                with_status(status, |s| s.view.skipped += 1);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Keeps this host in the fleet until `outbox` closes: publishes local
 /// changes, sends the fleet's to `inbound`, reconnects with backoff.
 pub async fn run(
@@ -607,21 +990,12 @@ pub async fn run(
         acked: 0,
         leases: HashMap::new(),
         window: (0, 0),
+        capped: HashSet::new(),
     };
     let mut backoff = Duration::from_millis(200);
-    let mut since = 0;
     let mut warned = false;
     loop {
-        let err = match session(
-            &cfg,
-            &mut outbox,
-            &inbound,
-            &status,
-            &mut publisher,
-            &mut since,
-        )
-        .await
-        {
+        let err = match session(&cfg, &mut outbox, &inbound, &status, &mut publisher).await {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -652,8 +1026,22 @@ pub async fn run(
                 },
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // At most 2 s between tries: a healed partition is noticed within
+        // about that (plus the 2 s connect timeout of a try under way).
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Watches everything under `prefix` after `revision`.
+async fn watch_after(
+    client: &mut Client,
+    prefix: &str,
+    revision: i64,
+) -> anyhow::Result<etcd_client::WatchStream> {
+    let opts = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    Ok(client.watch(prefix, Some(opts)).await?)
 }
 
 async fn session(
@@ -662,7 +1050,6 @@ async fn session(
     inbound: &mpsc::Sender<Inbound>,
     status: &SharedStatus,
     publisher: &mut Publisher,
-    since: &mut u64,
 ) -> anyhow::Result<()> {
     let mut client = connect(cfg).await?;
     // What this host queued while cut off goes first, so that the read
@@ -677,22 +1064,20 @@ async fn session(
         return Ok(());
     }
     let (records, revision) = read_all(&mut client, cfg, status).await?;
+    let allows = read_allows(&mut client, cfg, status, revision).await?;
+    let allow_prefix = cfg.allow_prefix();
+    let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
+    // The allowlist first: it wins over the bans that come with it.
+    if inbound.send(Inbound::Allows(allows)).await.is_err() {
+        return Ok(());
+    }
     let prefix = cfg.ban_prefix();
-    let mut stream = client
-        .watch(
-            prefix.clone(),
-            Some(
-                etcd_client::WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await?;
+    let mut stream = watch_after(&mut client, &prefix, revision).await?;
     let n = records.len();
     if inbound
         .send(Inbound::Snapshot {
             records,
-            since: *since,
+            capped: publisher.capped.iter().copied().collect(),
         })
         .await
         .is_err()
@@ -700,7 +1085,6 @@ async fn session(
         return Ok(());
     }
     let now = clock::unix_now();
-    *since = now;
     with_status(status, |s| {
         s.view.connected = true;
         s.view.revision = revision;
@@ -721,7 +1105,6 @@ async fn session(
                     publisher.take(cfg, status, c);
                 }
                 publisher.flush(&mut client, cfg, status).await?;
-                *since = clock::unix_now();
                 if let Some(upto) = publisher.ack()
                     && inbound.send(Inbound::Acked(upto)).await.is_err()
                 {
@@ -740,8 +1123,9 @@ async fn session(
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let change = match ev.event_type() {
+                        // This host's own writes come back too: the record
+                        // also holds the other hosts' decisions as etcd has them.
                         EventType::Put => match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                            Ok(Some(r)) if r.host.as_deref() == Some(cfg.host_id.as_str()) => continue,
                             Ok(Some(r)) => Inbound::Put(r),
                             Ok(None) => continue,
                             Err(e) => {
@@ -772,7 +1156,35 @@ async fn session(
                     s.view.revision = s.view.revision.max(rev);
                     s.last_sync = now;
                 });
-                *since = now;
+            }
+            m = allow_stream.message() => {
+                let Some(resp) = m? else { anyhow::bail!("the allowlist watch ended") };
+                if resp.compact_revision() > 0 || resp.canceled() {
+                    anyhow::bail!("the allowlist watch was cancelled or compacted");
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let change = match ev.event_type() {
+                        EventType::Put => match decode_allow(&allow_prefix, kv.key(), kv.value()) {
+                            Ok(a) => Inbound::Allow(a),
+                            Err(e) => {
+                                warn!("skipped a fleet allow entry: {e}");
+                                with_status(status, |s| s.view.skipped += 1);
+                                continue;
+                            }
+                        },
+                        EventType::Delete => {
+                            let parsed = std::str::from_utf8(kv.key()).ok()
+                                .and_then(|k| k.strip_prefix(allow_prefix.as_str()))
+                                .and_then(|c| c.parse::<IpNet>().ok());
+                            let Some(c) = parsed else { continue };
+                            Inbound::Unallow(c)
+                        }
+                    };
+                    if inbound.send(change).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
             _ = tick.tick() => {
                 // A cheap read proves the link is alive (staleness stays low
@@ -793,7 +1205,6 @@ async fn session(
                 ticks = ticks.wrapping_add(1);
                 let now = clock::unix_now();
                 with_status(status, |s| s.last_sync = now);
-                *since = now;
             }
         }
     }
@@ -1059,6 +1470,7 @@ mod tests {
             acked: 0,
             leases: HashMap::new(),
             window: (0, 0),
+            capped: HashSet::new(),
         };
         let ban: BanRecord = serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap();
         for seq in 1..=4 {
@@ -1068,12 +1480,108 @@ mod tests {
         p.take(&cfg, &status, (5, Change::Remove(ban.cidr)));
         assert_eq!(p.pending.len(), 3);
         assert_eq!(status.lock().unwrap().view.rate_limited, 2);
+        // The unban of the capped prefix: nothing of it is kept back.
+        assert!(p.capped.is_empty());
+        p.take(&cfg, &status, (6, Change::Put(ban.clone())));
+        assert_eq!(p.capped.iter().collect::<Vec<_>>(), vec![&ban.cidr]);
         // Nothing is acknowledged while the first change waits for etcd;
         // once the queue is empty, the capped ones are acknowledged too.
         assert_eq!(p.ack(), None);
         p.pending.clear();
-        assert_eq!(p.ack(), Some(5));
+        assert_eq!(p.ack(), Some(6));
         assert_eq!(p.ack(), None);
+    }
+
+    #[test]
+    fn a_host_rewrites_only_its_own_decisions_in_a_record() {
+        let cidr: IpNet = "198.18.0.1/32".parse().unwrap();
+        let one = |host: Option<&str>, origin: &str, exp: Option<u64>| BanRecord {
+            origin: origin.into(),
+            ..serde_json::from_slice::<BanRecord>(&rec("198.18.0.1/32", host, exp)).unwrap()
+        };
+        let now = 1_000;
+        // etcd holds B's feed decision and an old one of A's.
+        let held = BanRecord {
+            also: vec![one(Some("a"), "feed", Some(1_500)).decision()],
+            ..one(Some("b"), "feed", Some(2_000))
+        };
+        // A's new set (its manual ban; its local view of B's is ignored).
+        let mine = BanRecord {
+            also: vec![one(Some("b"), "feed", Some(9_999)).decision()],
+            ..one(None, "cli", Some(3_000))
+        };
+        let r = fold(Some(&held), "a", cidr, Some(&mine), now).unwrap();
+        let ds: Vec<_> = r
+            .decisions()
+            .map(|d| (d.host.unwrap(), d.origin, d.expires_at))
+            .collect();
+        assert_eq!(
+            ds,
+            vec![
+                ("a".into(), "cli".into(), Some(3_000)),
+                ("b".into(), "feed".into(), Some(2_000))
+            ]
+        );
+        // A withdraws: B's stays; with nothing else, the key goes.
+        let w = fold(Some(&r), "a", cidr, None, now).unwrap();
+        assert_eq!((w.host.as_deref(), w.also.len()), (Some("b"), 0));
+        assert_eq!(fold(Some(&w), "b", cidr, None, now), None);
+        // Ended decisions are dropped; a new key holds this host's only.
+        assert_eq!(fold(Some(&w), "a", cidr, None, 2_001), None);
+        let fresh = fold(None, "a", cidr, Some(&mine), now).unwrap();
+        assert_eq!((fresh.host.as_deref(), fresh.also.len()), (Some("a"), 0));
+    }
+
+    #[test]
+    fn every_decision_of_a_record_is_checked() {
+        let k = format!("{P}198.18.0.1/32").into_bytes();
+        let with = |also: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&rec("198.18.0.1/32", Some("a"), Some(2_000))).unwrap();
+            v["also"] = serde_json::from_str(also).unwrap();
+            serde_json::to_vec(&v).unwrap()
+        };
+        let d = |host: &str, origin: &str| {
+            format!(
+                r#"[{{"kind":"manual","reason":"x","origin":"{origin}","created_at":1,"expires_at":null{host}}}]"#
+            )
+        };
+        // A decision with no host was the writer's; its permanent expiry cut.
+        let r = decode(P, &k, &with(&d("", "cli")), 1_000, 60)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.also[0].host.as_deref(), Some("a"));
+        assert!(
+            r.decisions()
+                .all(|d| d.expires_at.is_some_and(|t| t <= 2_000))
+        );
+        assert!(decode(P, &k, &with(&d(r#","host":"a/b""#, "cli")), 1_000, 60).is_err());
+        let long = "o".repeat(100);
+        assert!(decode(P, &k, &with(&d("", &long)), 1_000, 60).is_err());
+        let many = format!(
+            "[{}]",
+            vec![&d("", "x")[1..d("", "x").len() - 1]; 300].join(",")
+        );
+        assert!(decode(P, &k, &with(&many), 1_000, 60).is_err());
+    }
+
+    #[test]
+    fn fleet_allow_entries_are_checked() {
+        let p = "/tollgate/f/allow/";
+        let k = |c: &str| format!("{p}{c}").into_bytes();
+        let v = |c: &str, host: &str| {
+            format!(
+                r#"{{"cidr":"{c}","reason":"office","origin":"cli","created_at":1,"host":"{host}"}}"#
+            )
+        };
+        let a = decode_allow(p, &k("198.18.0.0/24"), v("198.18.0.0/24", "a").as_bytes()).unwrap();
+        assert_eq!(a.origin, "fleet:a");
+        assert!(decode_allow(p, &k("0.0.0.0/0"), v("0.0.0.0/0", "a").as_bytes()).is_err());
+        assert!(decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.2/32", "a").as_bytes()).is_err());
+        assert!(
+            decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.1/32", "a/b").as_bytes()).is_err()
+        );
+        assert!(decode_allow(p, &k("198.18.0.1/32"), b"{").is_err());
     }
 
     #[test]

@@ -264,6 +264,21 @@ pub trait Store: Send {
     /// # Errors
     /// When the read fails or a record is unreadable.
     fn bans(&self) -> Result<Vec<BanRecord>>;
+    /// Records an allow entry here without telling the fleet (one the
+    /// fleet sent). The embedded store has no fleet: [`Self::put_allow`].
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn keep_allow(&mut self, record: &AllowRecord) -> Result<()> {
+        self.put_allow(record)
+    }
+    /// Removes an allow entry here without telling the fleet.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn forget_allow(&mut self, cidr: &IpNet) -> Result<()> {
+        self.remove_allow(cidr)
+    }
     /// Writes `put` and removes `remove` in one transaction (feed imports:
     /// a group is replaced all at once or not at all). The default does it
     /// in two; stores that can should override it.

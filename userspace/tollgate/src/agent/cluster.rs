@@ -107,15 +107,27 @@ impl Link {
                     for change in batch {
                         match change {
                             Inbound::Put(r) => puts.push(r),
-                            Inbound::Snapshot { records, since } => {
+                            Inbound::Snapshot { records, capped } => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_snapshot(records, since);
+                                st.cluster_snapshot(records, &capped);
                             }
                             Inbound::Remove(n) => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
                                 st.cluster_remove(&n);
                             }
                             Inbound::Acked(upto) => st.cluster_acked(upto),
+                            Inbound::Allows(list) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_allows(list);
+                            }
+                            Inbound::Allow(a) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_allow(a);
+                            }
+                            Inbound::Unallow(n) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_unallow(&n);
+                            }
                         }
                     }
                     st.cluster_put_many(puts);

@@ -403,9 +403,10 @@ impl<M: Maps> AgentState<M> {
             return;
         }
         let bans: Vec<BanRecord> = self.bans.values().cloned().collect();
-        let mut ok = s.apply_bans(&bans, &[]).is_ok();
+        // Rewritten here only: the fleet was told when each was made.
+        let mut ok = s.keep_bans(&bans).is_ok();
         for a in self.allows.values() {
-            ok &= s.put_allow(a).is_ok();
+            ok &= s.keep_allow(a).is_ok();
         }
         if ok {
             self.store_failures_synced = s.failures();
@@ -445,8 +446,9 @@ impl<M: Maps> AgentState<M> {
             }
         }
         if !trimmed.is_empty() {
+            // Every host ends decisions itself: nothing to tell the fleet.
             if let Some(s) = self.store.as_mut()
-                && let Err(e) = s.put_bans(&trimmed)
+                && let Err(e) = s.keep_bans(&trimmed)
             {
                 warn!("failed to drop ended decisions from the store: {e}");
             }
@@ -599,7 +601,8 @@ impl<M: Maps> AgentState<M> {
             if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
-                    None => s.remove_bans(&[rec.cidr]),
+                    // Withdrawn, not an unban of the fleet's.
+                    None => s.apply_bans(&[], &[rec.cidr]),
                 };
                 if let Err(u) = undo {
                     warn!("failed to undo the store write: {u}");
@@ -720,7 +723,7 @@ impl<M: Maps> AgentState<M> {
                 .then(|| r.without(is_manual))
                 .flatten()
         }) {
-            return self.lift_manual(net, rest);
+            return self.lift_manual(net, rest, local);
         }
         if let Some(s) = self.store.as_mut() {
             let removed = if local {
@@ -743,11 +746,22 @@ impl<M: Maps> AgentState<M> {
 
     /// Lifts the manual decision on `net`, leaving `rest` (the other
     /// deciders' bans) enforced: the kernel entry becomes the strongest of them.
-    /// With a fleet the rewritten record is shared like any change.
-    fn lift_manual(&mut self, net: IpNet, rest: BanRecord) -> Result<serde_json::Value, Refused> {
+    fn lift_manual(
+        &mut self,
+        net: IpNet,
+        rest: BanRecord,
+        local: bool,
+    ) -> Result<serde_json::Value, Refused> {
         if let Some(s) = self.store.as_mut() {
-            s.put_bans(std::slice::from_ref(&rest))
-                .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
+            let one = std::slice::from_ref(&rest);
+            // With a fleet: this host's manual decision leaves the shared
+            // record (the other decisions on it stay); `--local`: here only.
+            if local {
+                s.keep_bans(one)
+            } else {
+                s.put_bans(one)
+            }
+            .map_err(|e| refuse(format!("failed to record the removal durably: {e}")))?;
         }
         self.maps
             .insert_block(net, &kernel_entry(&rest))

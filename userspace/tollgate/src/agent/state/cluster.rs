@@ -2,6 +2,13 @@
 //! the kernel and the local store like any ban, marked with the host that
 //! decided them, and are never shared back; the allowlist and trusted
 //! proxies win over them.
+//!
+//! A fleet record holds every host's decisions on a prefix: it replaces the
+//! other hosts' decisions held here, this host's own stay (this host is the
+//! one that says what they are). A full read also settles this host's own:
+//! one etcd no longer holds, that is neither in the outbox nor kept back by
+//! the per-minute cap, was lifted by the fleet (an unban elsewhere while
+//! this host was down or cut off) and is lifted here too.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,16 +16,37 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::{AgentState, Maps};
-use crate::{clock, cluster::SharedStatus, store::BanRecord};
+use crate::{
+    clock,
+    cluster::SharedStatus,
+    store::{BanRecord, Decision},
+};
 
-/// A fleet record laid over what this host holds for the prefix: it becomes
-/// one more decision (replacing that host's earlier one), the local ones
-/// (a feed's, CrowdSec's, the engine's) are kept, the strongest is enforced
-/// and the higher offence count kept. `None`: nothing changes.
-fn merge(old: &BanRecord, new: BanRecord) -> Option<BanRecord> {
-    let offences = new.offences.max(old.offences);
-    let r = BanRecord { offences, ..new }.over(Some(old));
-    (&r != old).then_some(r)
+/// What this host holds for a prefix once the fleet's record `new` (every
+/// host's decisions; `None`: etcd has none) is laid over `old`: this host's
+/// own decisions (no host) for which `keep_own` holds stay, the other
+/// hosts' are those of `new` (this host's decisions as etcd has them are
+/// skipped: the local ones say what they are); the higher offence count is
+/// kept. `None`: no decision is left.
+fn merge(
+    old: Option<&BanRecord>,
+    new: Option<&BanRecord>,
+    me: &str,
+    keep_own: impl Fn(&Decision) -> bool,
+) -> Option<BanRecord> {
+    let cidr = old.or(new)?.cidr;
+    let own = old
+        .into_iter()
+        .flat_map(|o| o.decisions())
+        .filter(|d| d.host.is_none() && keep_own(d));
+    let fleet = new
+        .into_iter()
+        .flat_map(|n| n.decisions())
+        .filter(|d| d.host.as_deref().is_some_and(|h| h != me));
+    let offences = old
+        .map_or(0, |o| o.offences)
+        .max(new.map_or(0, |n| n.offences));
+    BanRecord::from_decisions(cidr, offences, own.chain(fleet).collect())
 }
 
 impl<M: Maps> AgentState<M> {
@@ -49,76 +77,157 @@ impl<M: Maps> AgentState<M> {
         }
     }
 
-    /// Applies bans from other hosts in one kernel batch and one store
+    /// This host's name in the fleet.
+    fn fleet_host(&self) -> String {
+        self.cluster
+            .as_ref()
+            .and_then(|s| {
+                s.lock()
+                    .ok()
+                    .and_then(|g| g.cfg.as_ref().map(|c| c.host_id.clone()))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Prefixes with a change of this host's still in the outbox (not yet
+    /// acknowledged by etcd).
+    fn in_flight(&self) -> HashSet<IpNet> {
+        let Some(s) = self.store.as_ref() else {
+            return HashSet::new();
+        };
+        match s.outbox() {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<crate::cluster::Change>(v).ok())
+                .map(|c| c.cidr())
+                .collect(),
+            Err(e) => {
+                warn!("cannot read the fleet outbox: {e}");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Records from the fleet (every host's decisions on a prefix) laid
+    /// over what this host holds, in one kernel batch and one store
     /// transaction (a full read brings the whole set at once). Returns how
     /// many changed the kernel.
     pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
-        let mut take = Vec::with_capacity(records.len());
-        let mut enforce = Vec::with_capacity(records.len());
+        let me = self.fleet_host();
+        let mut out = Vec::with_capacity(records.len());
         let mut refused = 0;
         for rec in records {
-            if let Some(a) = self.allow_overlap(&rec.cidr) {
-                debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
-                refused += 1;
-                continue;
-            }
-            if let Some(p) = self.trusted_overlap(&rec.cidr) {
-                debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
-                refused += 1;
-                continue;
-            }
-            match self.bans.get(&rec.cidr) {
-                Some(old) => {
-                    if let Some(r) = merge(old, rec) {
-                        // Only a new strongest decision changes the kernel
-                        // entry (rewriting it would also reset its hits).
-                        enforce.push(r.expires_at != old.expires_at || r.kind != old.kind);
-                        take.push(r);
-                    }
+            let old = self.bans.get(&rec.cidr);
+            if old.is_none() {
+                if let Some(a) = self.allow_overlap(&rec.cidr) {
+                    debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
+                    refused += 1;
+                    continue;
                 }
-                None => {
-                    enforce.push(true);
-                    take.push(rec);
+                if let Some(p) = self.trusted_overlap(&rec.cidr) {
+                    debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
+                    refused += 1;
+                    continue;
                 }
             }
+            out.push((rec.cidr, merge(old, Some(&rec), &me, |_| true)));
         }
         if refused > 0 {
             self.cluster_count(|s| s.view.refused += refused);
         }
-        if take.is_empty() {
-            return 0;
-        }
-        // Kernel first, as for the agent's own bans: the next packet
-        // matters more than the fsync.
-        let to_kernel: Vec<_> = take
-            .iter()
-            .zip(&enforce)
-            .filter(|(_, e)| **e)
-            .map(|(r, _)| (r.cidr, super::kernel_entry(r)))
-            .collect();
-        let n = to_kernel.len();
-        if let Err(e) = self.maps.insert_blocks(to_kernel) {
-            warn!("fleet bans not applied: the kernel refused them: {e:#}");
-            return 0;
-        }
-        // Kept here, never shared back (a record led by a local decision
-        // was shared when that decision was made).
-        if let Some(s) = self.store.as_mut()
-            && let Err(e) = s.keep_bans(&take)
-        {
-            warn!(
-                count = take.len(),
-                "fleet bans enforced but not recorded durably: {e}"
-            );
-        }
-        for r in take {
-            if !self.bans.contains_key(&r.cidr) {
-                self.counters.ban_issued(r.kind.name(), 1);
+        self.settle(out).0
+    }
+
+    /// Makes the records for these prefixes what they are paired with
+    /// (`None`: lifted), kernel first. Returns (kernel entries written,
+    /// prefixes lifted).
+    fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+        let mut take = Vec::with_capacity(records.len());
+        let mut enforce = Vec::with_capacity(records.len());
+        let mut lift = Vec::new();
+        for (cidr, r) in records {
+            let old = self.bans.get(&cidr);
+            match (r, old) {
+                (None, Some(_)) => lift.push(cidr),
+                (None, None) => {}
+                (Some(r), Some(old)) if &r == old => {}
+                (Some(r), old) => {
+                    // Only a new strongest decision changes the kernel
+                    // entry (rewriting it would also reset its hits).
+                    enforce
+                        .push(old.is_none_or(|o| r.expires_at != o.expires_at || r.kind != o.kind));
+                    take.push(r);
+                }
             }
-            self.index(r);
         }
-        self.cluster_count(|s| s.view.applied += n as u64);
-        n
+        let mut n = 0;
+        if !take.is_empty() {
+            // Kernel first, as for the agent's own bans: the next packet
+            // matters more than the fsync.
+            let to_kernel: Vec<_> = take
+                .iter()
+                .zip(&enforce)
+                .filter(|(_, e)| **e)
+                .map(|(r, _)| (r.cidr, super::kernel_entry(r)))
+                .collect();
+            n = to_kernel.len();
+            if let Err(e) = self.maps.insert_blocks(to_kernel) {
+                warn!("fleet bans not applied: the kernel refused them: {e:#}");
+                n = 0;
+                take.clear();
+            }
+        }
+        if !take.is_empty() {
+            // Kept here, never shared back.
+            if let Some(s) = self.store.as_mut()
+                && let Err(e) = s.keep_bans(&take)
+            {
+                warn!(
+                    count = take.len(),
+                    "fleet bans enforced but not recorded durably: {e}"
+                );
+            }
+            for r in take {
+                if !self.bans.contains_key(&r.cidr) {
+                    self.counters.ban_issued(r.kind.name(), 1);
+                }
+                // Offences count fleet-wide: this host's next ban of the
+                // client (after this one ends) takes the next TTL step. In
+                // memory only; after a restart the fleet's records bring it
+                // back.
+                let h = self.rate.history.entry(r.cidr).or_default();
+                if r.offences > h.count {
+                    h.count = r.offences;
+                    h.last = h.last.max(r.created_at);
+                }
+                self.index(r);
+            }
+        }
+        let mut lifted = Vec::with_capacity(lift.len());
+        for net in lift {
+            if let Err(e) = self.maps.remove_block(net) {
+                warn!(cidr = %net, "failed to lift a fleet unban: {e:#}");
+                continue;
+            }
+            self.unindex(&net);
+            lifted.push(net);
+        }
+        if !lifted.is_empty() {
+            if let Some(s) = self.store.as_mut()
+                && let Err(e) = s.forget_bans(&lifted)
+            {
+                warn!(
+                    count = lifted.len(),
+                    "fleet unbans not recorded durably: {e}"
+                );
+            }
+            if let Err(e) = self.maps.maintain() {
+                warn!("failed to refresh the prefilter: {e:#}");
+            }
+        }
+        let changed = (n + lifted.len()) as u64;
+        self.cluster_count(|s| s.view.applied += changed);
+        (n, lifted.len())
     }
 
     /// Compares the kernel ban maps with the bans this host holds (its own
@@ -192,60 +301,134 @@ impl<M: Maps> AgentState<M> {
         }
     }
 
-    /// Lifts a ban the fleet removed; true when one was lifted.
-    pub fn cluster_remove(&mut self, net: &IpNet) -> bool {
-        if !self.bans.contains_key(net) {
-            return false;
-        }
-        if let Err(e) = self.maps.remove_block(*net) {
-            warn!(cidr = %net, "failed to lift a fleet unban: {e:#}");
-            return false;
-        }
-        self.unindex(net);
-        if let Some(s) = self.store.as_mut()
-            && let Err(e) = s.forget_bans(&[*net])
+    /// Adds an allow entry of the fleet's allowlist (origin `fleet:<host>`)
+    /// to the kernel and the local store; this host's own entry for the
+    /// prefix wins. True when it changed something.
+    pub fn cluster_allow(&mut self, rec: crate::store::AllowRecord) -> bool {
+        if let Some(held) = self.allows.get(&rec.cidr)
+            && (!held.origin.starts_with(crate::cluster::FLEET_ALLOW) || *held == rec)
         {
-            warn!(cidr = %net, "fleet unban not recorded durably: {e}");
+            return false;
         }
-        if let Err(e) = self.maps.maintain() {
-            warn!("failed to refresh the prefilter: {e:#}");
+        let entry = tollgate_common::AllowEntry {
+            created_ns: clock::boot_ns(),
+            hits: 0,
+        };
+        if !self.allows.contains_key(&rec.cidr)
+            && let Err(e) = self.maps.insert_allow(rec.cidr, &entry)
+        {
+            warn!(cidr = %rec.cidr, "fleet allow entry not applied: {e:#}");
+            return false;
+        }
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.keep_allow(&rec)
+        {
+            warn!(cidr = %rec.cidr, "fleet allow entry not recorded durably: {e}");
+        }
+        self.cluster_count(|s| s.view.applied += 1);
+        self.allows.insert(rec.cidr, rec);
+        true
+    }
+
+    /// Removes a fleet allow entry the fleet removed (this host's own
+    /// entries stay). True when one was removed.
+    pub fn cluster_unallow(&mut self, net: &IpNet) -> bool {
+        if !self
+            .allows
+            .get(net)
+            .is_some_and(|a| a.origin.starts_with(crate::cluster::FLEET_ALLOW))
+        {
+            return false;
+        }
+        if let Err(e) = self.maps.remove_allow(*net) {
+            warn!(cidr = %net, "fleet allow removal not applied: {e:#}");
+            return false;
+        }
+        self.allows.remove(net);
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.forget_allow(net)
+        {
+            warn!(cidr = %net, "fleet allow removal not recorded durably: {e}");
         }
         self.cluster_count(|s| s.view.applied += 1);
         true
     }
 
+    /// Makes the fleet allow entries held here the fleet's whole allowlist.
+    pub fn cluster_allows(&mut self, list: Vec<crate::store::AllowRecord>) {
+        let wanted: HashSet<IpNet> = list.iter().map(|a| a.cidr).collect();
+        let gone: Vec<IpNet> = self
+            .allows
+            .values()
+            .filter(|a| {
+                a.origin.starts_with(crate::cluster::FLEET_ALLOW) && !wanted.contains(&a.cidr)
+            })
+            .map(|a| a.cidr)
+            .collect();
+        for n in gone {
+            self.cluster_unallow(&n);
+        }
+        for a in list {
+            self.cluster_allow(a);
+        }
+    }
+
+    /// The fleet's record for `net` is gone (an operator's unban, or the
+    /// last decision withdrawn): every decision on it is lifted, except this
+    /// host's own ones still on their way to etcd. True when the kernel
+    /// entry was lifted.
+    pub fn cluster_remove(&mut self, net: &IpNet) -> bool {
+        let Some(old) = self.bans.get(net) else {
+            return false;
+        };
+        let pending = old.any_decision(|d| d.host.is_none()) && self.in_flight().contains(net);
+        let me = self.fleet_host();
+        let rest = merge(Some(old), None, &me, |_| pending);
+        self.settle(vec![(*net, rest)]).1 > 0
+    }
+
     /// Makes this host agree with the fleet's whole set: every record is
-    /// applied; bans from other hosts that the set no longer holds are
-    /// lifted; this host's own bans missing from it are shared again when
-    /// made after `since` (they may never have reached etcd) and lifted
-    /// otherwise (someone removed them). Returns (applied, lifted, shared).
+    /// laid over what this host holds; the other hosts' bans the set no
+    /// longer holds are lifted; this host's own decisions missing from it
+    /// are kept only while still in the outbox (etcd gets them next) or
+    /// kept back by the per-minute cap (`capped`), and lifted otherwise
+    /// (the fleet lifted them: an unban elsewhere while this host was down
+    /// or cut off). Returns (applied, lifted).
     pub fn cluster_snapshot(
         &mut self,
         records: Vec<BanRecord>,
-        since: u64,
-    ) -> (usize, usize, usize) {
-        let present: HashSet<IpNet> = records.iter().map(|r| r.cidr).collect();
-        let applied = self.cluster_put_many(records);
-        let missing: Vec<BanRecord> = self
-            .bans
-            .values()
-            .filter(|r| !present.contains(&r.cidr))
-            .cloned()
-            .collect();
-        let (mut lifted, mut shared) = (0, 0);
-        for r in missing {
-            if r.host.is_none() && r.created_at.saturating_add(1) >= since {
-                if let Some(s) = self.store.as_mut()
-                    && s.put_bans(std::slice::from_ref(&r)).is_ok()
-                {
-                    shared += 1;
-                }
-            } else {
-                lifted += usize::from(self.cluster_remove(&r.cidr));
+        capped: &[IpNet],
+    ) -> (usize, usize) {
+        let me = self.fleet_host();
+        let mut keep = self.in_flight();
+        keep.extend(capped.iter().copied());
+        let mut present: HashMap<IpNet, BanRecord> =
+            records.into_iter().map(|r| (r.cidr, r)).collect();
+        // This host's own decisions: kept where etcd holds them (by origin),
+        // or still on their way.
+        let own_in = |new: Option<&BanRecord>, cidr: &IpNet, d: &Decision| {
+            keep.contains(cidr)
+                || new.is_some_and(|n| {
+                    n.any_decision(|e| {
+                        e.host.as_deref() == Some(me.as_str()) && e.origin == d.origin
+                    })
+                })
+        };
+        let mut out = Vec::new();
+        for (cidr, old) in &self.bans {
+            let new = present.get(cidr);
+            let merged = merge(Some(old), new, &me, |d| own_in(new, cidr, d));
+            if merged.as_ref() != Some(old) {
+                out.push((*cidr, merged));
             }
+            present.remove(cidr);
         }
-        info!(applied, lifted, shared, "fleet set reconciled");
-        (applied, lifted, shared)
+        // New to this host: as any fleet record (allowlist checked).
+        let fresh: Vec<BanRecord> = present.into_values().collect();
+        let (mut applied, lifted) = self.settle(out);
+        applied += self.cluster_put_many(fresh);
+        info!(applied, lifted, "fleet set reconciled");
+        (applied, lifted)
     }
 }
 
@@ -268,27 +451,31 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_the_later_expiry_the_higher_count_and_local_decisions() {
+    fn a_fleet_record_replaces_the_other_hosts_decisions_and_keeps_this_hosts() {
+        let all = |_: &Decision| true;
         let local = rec(None, Some(100), 3);
-        // An earlier fleet expiry is kept as a decision; the local one leads.
-        let m = merge(&local, rec(Some("b"), Some(50), 1)).unwrap();
+        // The fleet's later decision leads; the local one stays beside it.
+        let m = merge(Some(&local), Some(&rec(Some("b"), Some(200), 1)), "a", all).unwrap();
         assert_eq!(
-            (m.expires_at, m.host.as_deref(), m.also.len()),
-            (Some(100), None, 1)
+            (m.expires_at, m.offences, m.host.as_deref(), m.also.len()),
+            (Some(200), 3, Some("b"), 1)
         );
-        let m = merge(&local, rec(Some("b"), Some(200), 1)).unwrap();
+        // B's next record (it withdrew its decision; C's is there) replaces
+        // B's: only C's and the local one are left.
+        let c = BanRecord {
+            also: vec![rec(Some("a"), Some(999), 1).decision()],
+            ..rec(Some("c"), Some(50), 1)
+        };
+        let m2 = merge(Some(&m), Some(&c), "a", all).unwrap();
         assert_eq!(
-            (m.expires_at, m.offences, m.host.as_deref()),
-            (Some(200), 3, Some("b"))
+            m2.decisions().map(|d| d.host).collect::<Vec<_>>(),
+            vec![None, Some("c".into())],
+            "this host's decision as etcd has it is not taken over the local one"
         );
-        // Lifting the fleet's decision leaves the local one.
-        let rest = m.without(|d| d.host.is_some()).unwrap();
-        assert_eq!((rest.expires_at, rest.host), (Some(100), None));
-        // The same host's newer record replaces its older one.
-        let m = merge(&rec(Some("b"), Some(200), 1), rec(Some("b"), Some(50), 1)).unwrap();
-        assert_eq!((m.expires_at, m.also.len()), (Some(50), 0));
-        // Nothing new: no change.
-        let same = rec(Some("b"), Some(200), 1);
-        assert_eq!(merge(&same, same.clone()), None);
+        // The key gone: the fleet's decisions go, the local one stays only
+        // when kept.
+        let gone = merge(Some(&m2), None, "a", all).unwrap();
+        assert_eq!((gone.host, gone.also.len()), (None, 0));
+        assert_eq!(merge(Some(&m2), None, "a", |_| false), None);
     }
 }

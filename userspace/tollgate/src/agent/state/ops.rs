@@ -370,8 +370,10 @@ impl<M: Maps> AgentState<M> {
         (trimmed, stale)
     }
 
-    /// Lifts every decision with this origin (any kind; a prefix that other
-    /// deciders ban stays banned by them); `dry_run`: only lists them
+    /// Lifts every decision of this host with this origin (any kind; a
+    /// prefix that other deciders ban stays banned by them, and other fleet
+    /// hosts' decisions of the same origin stay: with a fleet, this host's
+    /// are withdrawn from the shared records); `dry_run`: only lists them
     /// (sorted by address).
     pub(super) fn block_rm_origin(
         &mut self,
@@ -379,7 +381,8 @@ impl<M: Maps> AgentState<M> {
         dry_run: bool,
     ) -> Result<serde_json::Value, Refused> {
         check_origin(origin)?;
-        let (trimmed, stale) = self.lift_where(|_| true, |d| d.origin == origin);
+        let (trimmed, stale) =
+            self.lift_where(|_| true, |d| d.origin == origin && d.host.is_none());
         let mut nets: Vec<IpNet> = stale
             .iter()
             .copied()

@@ -309,6 +309,69 @@ fn events(dir: &std::path::Path) -> (Mutex<EventLog>, std::path::PathBuf) {
     )
 }
 
+/// The fleet's allow entries: applied beside this host's own (which win),
+/// removed when the fleet removes them, and a full list replaces the
+/// fleet's entries held here.
+#[test]
+fn fleet_allow_entries_come_and_go() {
+    let mut a = Agent::new(Mode::Enforce);
+    let fleet = |c: &str| crate::store::AllowRecord {
+        cidr: net(c),
+        reason: "office".into(),
+        origin: crate::cluster::fleet_origin("host-a"),
+        created_at: 1,
+    };
+    a.allow("198.51.100.1");
+    assert!(
+        !a.state.cluster_allow(fleet("198.51.100.1")),
+        "the local entry wins"
+    );
+    assert!(a.state.cluster_allow(fleet("198.51.100.2")));
+    assert!(a.state.allow_overlap(&net("198.51.100.2")).is_some());
+    assert!(
+        !a.state.cluster_unallow(&net("198.51.100.1")),
+        "not the fleet's"
+    );
+    a.state.cluster_allows(vec![fleet("198.51.100.3")]);
+    assert!(a.state.allow_overlap(&net("198.51.100.2")).is_none());
+    assert!(a.state.allow_overlap(&net("198.51.100.3")).is_some());
+    assert!(a.state.allow_overlap(&net("198.51.100.1")).is_some());
+    assert!(a.state.cluster_unallow(&net("198.51.100.3")));
+    assert!(a.state.allow_overlap(&net("198.51.100.3")).is_none());
+}
+
+/// A client banned twice elsewhere in the fleet gets this host's third
+/// TTL step at its first offence here (the offence count is the fleet's).
+#[test]
+fn escalation_counts_the_fleets_offences() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.6");
+    let scoring = ScoringPolicy::default();
+    let now = clock::unix_now();
+    a.state.cluster_put_many(vec![BanRecord {
+        cidr: client,
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 60),
+        offences: 2,
+        host: Some("host-a".into()),
+        also: Vec::new(),
+    }]);
+    // Lifted (as when it ends), then the client offends here.
+    assert!(a.state.cluster_remove(&client));
+    let out = a.state.policy_ban(client, &finding(client, None), &scoring);
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::Banned {
+            ttl_secs: scoring.ttl(3).as_secs(),
+            offence: 3
+        }
+    );
+    assert_eq!(a.ls()[0]["offences"], 3);
+}
+
 #[test]
 fn policy_bans_escalate_their_ttl_with_each_offence() {
     let mut a = Agent::new(Mode::Enforce);
@@ -1004,7 +1067,14 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     use crate::cluster::{Change, ClusterStatus, ClusterStore};
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus::default()));
+    let spec = crate::policy::ClusterSpec {
+        host_id: Some("host-b".into()),
+        ..crate::policy::ClusterSpec::default()
+    };
+    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus {
+        cfg: Some(crate::cluster::ClusterConfig::from_spec(&spec, "x")),
+        ..ClusterStatus::default()
+    }));
     let store: Box<dyn Store> = Box::new(ClusterStore::new(
         Box::new(RedbStore::open(dir.path()).unwrap()),
         tx,
@@ -1037,8 +1107,9 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.host.is_none()));
 
     // The fleet's bans are enforced, recorded with their host, not sent back;
-    // one overlapping the allowlist is refused.
+    // one overlapping the allowlist is refused. The allow entry is shared.
     a.allow("198.51.100.9");
+    assert!(matches!(&sent()[..], [(_, Change::Allow(r))] if r.cidr == net("198.51.100.9")));
     let n = a.state.cluster_put_many(vec![
         remote("198.51.100.2", now + 600),
         remote("198.51.100.9", now + 600),
@@ -1071,12 +1142,18 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         Some(now + 6000)
     );
 
-    // `--local` and fleet removals are not sent; a plain unban is.
+    // `--local` and fleet removals are not sent; a plain unban is. The
+    // fleet's record gone, this host's own decision stays while it is still
+    // in the outbox (etcd gets it next), and goes once etcd had it.
     a.ok(Request::BlockRm {
         cidr: "198.51.100.2".into(),
         local: true,
         exist: false,
     });
+    assert!(!a.state.cluster_remove(&net("198.51.100.1")));
+    let kept = a.state.ban(&net("198.51.100.1")).unwrap();
+    assert_eq!((kept.host.as_deref(), kept.also.len()), (None, 0));
+    a.state.cluster_acked(u64::MAX - 1);
     assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
     a.ban("198.51.100.3", Some(600));
     a.ok(Request::BlockRm {
@@ -1089,18 +1166,75 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         [(_, Change::Put(_)), (_, Change::Remove(_))]
     ));
 
-    // A full read: the fleet's bans missing from it are lifted, this host's
-    // own made since the last sync are shared again.
+    // Removing a feed's origin withdraws this host's decisions only:
+    // another host running the same feed keeps the prefix banned.
+    let feed = |origin: &str| BanRecord {
+        kind: BanReason::Feed,
+        origin: origin.into(),
+        ..remote("198.51.100.20", now + 600)
+    };
+    a.state
+        .import_group("f1", &["198.51.100.20".into()], Some(300), None, false)
+        .unwrap();
+    a.state.cluster_put_many(vec![feed("f1")]);
+    sent();
+    a.ok(Request::BlockRmOrigin {
+        origin: "f1".into(),
+        dry_run: false,
+    });
+    let left = a.state.ban(&net("198.51.100.20")).unwrap();
+    assert_eq!((left.host.as_deref(), left.also.len()), (Some("host-a"), 0));
+    assert!(a.kernel("198.51.100.20").is_some());
+    assert!(
+        matches!(&sent()[..], [(_, Change::Put(r))] if !r.any_decision(|d| d.host.is_none())),
+        "the withdrawal is shared as this host's empty set, not an unban"
+    );
+    // `--local` beside another decision rewrites nothing shared.
+    a.ban("198.51.100.21", Some(600));
+    a.state
+        .import_group("f2", &["198.51.100.21".into()], Some(300), None, false)
+        .unwrap();
+    sent();
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.21".into(),
+        local: true,
+        exist: false,
+    });
+    assert!(sent().is_empty(), "--local shares nothing");
+    assert_eq!(a.state.ban(&net("198.51.100.21")).unwrap().origin, "f2");
+
+    // A full read: the fleet's bans missing from it are lifted; this
+    // host's own missing from it are kept while in the outbox or kept back
+    // by the per-minute cap, and lifted once etcd had them (an unban made
+    // elsewhere while this host was away); nothing is shared again.
     a.state
         .cluster_put_many(vec![remote("198.51.100.4", now + 600)]);
+    a.ban("198.51.100.8", Some(600));
+    a.ban("198.51.100.10", Some(600));
+    a.state.cluster_acked(u64::MAX - 1);
     a.ban("198.51.100.5", Some(600));
     sent();
-    let (applied, lifted, shared) = a
-        .state
-        .cluster_snapshot(vec![remote("198.51.100.6", now + 600)], now);
-    assert_eq!((applied, lifted, shared), (1, 1, 1));
-    assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.6").is_some());
-    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.5")));
+    let before = a.state.bans().count();
+    let (applied, lifted) = a.state.cluster_snapshot(
+        vec![
+            remote("198.51.100.6", now + 600),
+            feed("f1"),
+            // This host's own decision as etcd holds it: kept.
+            BanRecord {
+                origin: "f2".into(),
+                kind: BanReason::Feed,
+                host: Some("host-b".into()),
+                ..remote("198.51.100.21", now + 600)
+            },
+        ],
+        &[net("198.51.100.10")],
+    );
+    assert_eq!((applied, lifted), (1, 2), "{:?}", a.ls());
+    assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.8").is_none());
+    assert!(a.kernel("198.51.100.5").is_some() && a.kernel("198.51.100.10").is_some());
+    assert!(a.kernel("198.51.100.6").is_some());
+    assert_eq!(a.state.bans().count(), before - 1);
+    assert!(sent().is_empty(), "a full read shares nothing again");
 
     use crate::agent::maps::Maps as _;
     // The drift check: a kernel entry lost behind the agent's back is
