@@ -292,6 +292,13 @@ impl Store for ClusterStore {
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
     }
+    fn ban_batches(
+        &self,
+        batch: usize,
+        f: &mut dyn FnMut(Vec<BanRecord>),
+    ) -> Result<(), StoreError> {
+        self.inner.ban_batches(batch, f)
+    }
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {
         let changes = local(put)
             .chain(remove.iter().map(|c| Change::Remove(*c)))

@@ -512,7 +512,7 @@ fn restore(
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
     info!(
-        bans = state.bans().count(),
+        bans = state.ban_count(),
         allows = state.allows().count(),
         restored_to_kernel = to_kernel,
         adopted_from_kernel = to_store,

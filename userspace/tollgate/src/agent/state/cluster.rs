@@ -69,7 +69,7 @@ impl<M: Maps> AgentState<M> {
             }
             match self.bans.get(&rec.cidr) {
                 Some(old) => {
-                    if let Some(r) = merge(old, rec) {
+                    if let Some(r) = merge(&old, rec) {
                         // Only a new strongest decision changes the kernel
                         // entry (rewriting it would also reset its hits).
                         enforce.push(r.expires_at != old.expires_at || r.kind != old.kind);
@@ -143,7 +143,6 @@ impl<M: Maps> AgentState<M> {
             .values()
             // Due for the next expiry sweep: not drift.
             .filter(|r| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(&r.cidr))
-            .cloned()
             .collect();
         let stray: Vec<IpNet> = live
             .keys()
@@ -230,7 +229,6 @@ impl<M: Maps> AgentState<M> {
             .bans
             .values()
             .filter(|r| !present.contains(&r.cidr))
-            .cloned()
             .collect();
         let (mut lifted, mut shared) = (0, 0);
         for r in missing {
