@@ -406,7 +406,7 @@ fn io(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
 }
 
 /// The database's page cache (reads and write buffer together).
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Opens (or creates) the database file with its tables, owner-only.
 fn open_db(path: &Path) -> Result<Database> {

@@ -138,11 +138,13 @@ impl<M: Maps> AgentState<M> {
             .into_iter()
             .filter(|(_, e)| e.expires_ns == 0 || e.expires_ns > now_ns)
             .collect();
+        // Checked on the shared fields, rebuilt only when missing.
         let missing: Vec<BanRecord> = self
             .bans
-            .values()
+            .shared()
             // Due for the next expiry sweep: not drift.
-            .filter(|r| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(&r.cidr))
+            .filter(|(n, r)| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(n))
+            .filter_map(|(n, _)| self.bans.get(&n))
             .collect();
         let stray: Vec<IpNet> = live
             .keys()
