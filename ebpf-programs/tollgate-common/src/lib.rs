@@ -186,16 +186,19 @@ pub mod capacity {
     pub const BLOCK6_LPM: u32 = 1 << 18;
     /// Allowlist entries per family.
     pub const ALLOW: u32 = 1 << 16;
-    /// Rate-limited sources tracked at once (LRU: the least recent go first).
-    pub const BUCKETS: u32 = 1 << 20;
+    /// Rate-limited sources tracked at once (LRU: the least recent go first;
+    /// preallocated, ~140 B each, so the default is ~35 MiB).
+    pub const BUCKETS: u32 = 1 << 18;
     /// Sources with established connections counted.
     pub const CONNS: u32 = 1 << 18;
     /// Event ring buffer bytes.
     pub const EVENTS_BYTES: u32 = 1 << 18;
     /// Port slots in the limits array (every TCP/UDP port; 0 = other protocols).
     pub const LIMIT_SLOTS: u32 = 1 << 16;
-    /// Flows whose sampling state is tracked (LRU).
-    pub const FLOWS: u32 = 1 << 18;
+    /// Flows whose sampling state is tracked (LRU; the agent sizes the
+    /// established and proxied-connection maps the same, ~400 B per slot for
+    /// the three, preallocated: ~25 MiB at this default).
+    pub const FLOWS: u32 = 1 << 16;
     /// Young-flow slots (a power of two, at most 2^16): flows whose first packets are
     /// still being sampled; a new handshake takes over a slot.
     pub const YOUNG_FLOWS: u32 = 1 << 16;

@@ -388,6 +388,13 @@ impl Store for ClusterStore {
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
     }
+    fn ban_batches(
+        &self,
+        batch: usize,
+        f: &mut dyn FnMut(Vec<BanRecord>),
+    ) -> Result<(), StoreError> {
+        self.inner.ban_batches(batch, f)
+    }
     /// A group change (a feed import, a removal by origin): what leaves the
     /// group is withdrawn, not lifted fleet-wide.
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {

@@ -263,7 +263,7 @@ pub struct Datapath {
     mirror4: Vec<u64>,
     mirror6: Vec<u64>,
     /// Every ban in the kernel maps, by prefix.
-    bans: HashSet<IpNet>,
+    bans: crate::netmap::NetSet,
     allows: HashSet<IpNet>,
     config: Config,
     prefilter_dirty: bool,
@@ -494,7 +494,7 @@ impl Datapath {
             limits_mirror: Vec::new(),
             mirror4: Vec::new(),
             mirror6: Vec::new(),
-            bans: HashSet::new(),
+            bans: crate::netmap::NetSet::default(),
             allows: HashSet::new(),
             config,
             prefilter_dirty: false,
@@ -514,8 +514,21 @@ impl Datapath {
             self.limits_mirror = vec![LimitCfg::default(); capacity::LIMIT_SLOTS as usize];
             return Ok(());
         }
-        for (net, _) in self.blocks()? {
-            self.bans.insert(net);
+        // Keys only, straight into the mirror: with a million pinned bans a
+        // full read of the entries would be tens of MiB held at once.
+        for k in self.block4.keys() {
+            let k = k.map_err(map_err("iterate", maps::BLOCK4))?;
+            self.bans.insert(IpNet::from(std::net::IpAddr::from(k)), ());
+        }
+        for k in self.block6.keys() {
+            let k = k.map_err(map_err("iterate", maps::BLOCK6))?;
+            self.bans.insert(IpNet::from(std::net::IpAddr::from(k)), ());
+        }
+        let mut ranges = Vec::new();
+        trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut ranges)?;
+        trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut ranges)?;
+        for (net, _) in ranges {
+            self.bans.insert(net, ());
         }
         for (net, _) in self.allow_entries()? {
             self.allows.insert(net);
@@ -1025,7 +1038,7 @@ impl Datapath {
             allow: self.allows.len(),
             ..Fill::default()
         };
-        for n in &self.bans {
+        for n in self.bans.keys() {
             match n {
                 IpNet::V4(n) if n.prefix_len() == 32 => f.block4 += 1,
                 IpNet::V4(_) => f.block4_ranges += 1,
@@ -1050,8 +1063,8 @@ impl Datapath {
         let mut new6 = vec![0u64; words];
         let mut flags = self.config.flags
             & !(config_flags::V4_RANGES | config_flags::V6_RANGES | config_flags::V6_SHORT_RANGES);
-        for net in &self.bans {
-            match net {
+        for net in self.bans.keys() {
+            match &net {
                 IpNet::V4(n) => {
                     for b in v4_buckets(*n) {
                         let (w, m) = prefilter::word_and_mask(b);

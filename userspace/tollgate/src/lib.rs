@@ -39,6 +39,7 @@ mod feed;
 pub mod limits;
 mod metrics;
 pub mod net;
+pub mod netmap;
 pub mod policy;
 mod proto;
 pub mod store;

@@ -67,7 +67,7 @@ pub trait Maps {
     /// Whether the kernel holds a ban for exactly this prefix.
     fn has_block(&self, net: &IpNet) -> bool;
     /// The prefixes the kernel holds bans for (no syscall).
-    fn block_nets(&self) -> impl Iterator<Item = &IpNet>;
+    fn block_nets(&self) -> impl Iterator<Item = IpNet> + '_;
     /// Inserts or replaces an allowlist entry.
     ///
     /// # Errors
@@ -165,7 +165,7 @@ impl Maps for Datapath {
     fn has_block(&self, net: &IpNet) -> bool {
         Datapath::has_block(self, net)
     }
-    fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
+    fn block_nets(&self) -> impl Iterator<Item = IpNet> + '_ {
         Datapath::block_nets(self)
     }
     fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
@@ -324,8 +324,8 @@ impl Maps for MemMaps {
     fn has_block(&self, net: &IpNet) -> bool {
         self.blocks.contains_key(net)
     }
-    fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
-        self.blocks.keys()
+    fn block_nets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.blocks.keys().copied()
     }
     fn insert_allow(&mut self, net: IpNet, entry: &AllowEntry) -> Result<()> {
         self.refuse()?;

@@ -511,8 +511,16 @@ fn restore(
     );
     let (to_kernel, to_store) = state.reconcile();
     restore_rate_state(&mut state);
+    // The restore's batches and the index's outgrown tables were freed into
+    // the allocator's heap; give that memory back to the system.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is
+    // invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     info!(
-        bans = state.bans().count(),
+        bans = state.ban_count(),
         allows = state.allows().count(),
         restored_to_kernel = to_kernel,
         adopted_from_kernel = to_store,

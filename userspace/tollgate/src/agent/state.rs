@@ -2,10 +2,7 @@
 //! in-memory index of bans. Every request from the control socket ends here,
 //! validated first; a refused request changes nothing.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    time::Instant,
-};
+use std::{collections::HashMap, time::Instant};
 
 use ipnet::IpNet;
 use serde_json::json;
@@ -14,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 mod cluster;
 pub(super) mod crowdsec;
+mod index;
 mod ops;
 mod query;
 
@@ -44,10 +42,8 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) store: Option<Box<dyn Store>>,
     /// Why the store is unavailable.
     store_error: Option<String>,
-    /// Ban records by prefix.
-    bans: HashMap<IpNet, BanRecord>,
-    /// Expiry index: (Unix seconds, prefix).
-    expiry: BTreeSet<(u64, IpNet)>,
+    /// Ban records by prefix, with their expiry index.
+    bans: index::BanIndex,
     /// Allow records by prefix.
     allows: HashMap<IpNet, AllowRecord>,
     /// Live attachments.
@@ -86,6 +82,9 @@ pub struct AgentState<M = Datapath> {
     /// function, so tests do not depend on the machine's interfaces).
     pub(in crate::agent) host_addrs: fn() -> Vec<std::net::IpAddr>,
 }
+
+/// Stored bans read, indexed and written to the kernel at a time on start.
+const RESTORE_BATCH: usize = 16_384;
 
 /// How long a lift is remembered.
 const LIFT_MEMORY_NS: u64 = 600 * 1_000_000_000;
@@ -132,8 +131,7 @@ impl<M: Maps> AgentState<M> {
             maps,
             store,
             store_error,
-            bans: HashMap::new(),
-            expiry: BTreeSet::new(),
+            bans: index::BanIndex::default(),
             allows: HashMap::new(),
             attachments: Vec::new(),
             started: Instant::now(),
@@ -161,13 +159,20 @@ impl<M: Maps> AgentState<M> {
 
     /// The ban record for exactly this prefix.
     #[must_use]
-    pub fn ban(&self, net: &IpNet) -> Option<&BanRecord> {
+    pub fn ban(&self, net: &IpNet) -> Option<BanRecord> {
         self.bans.get(net)
     }
 
-    /// Every ban record (no order).
-    pub fn bans(&self) -> impl Iterator<Item = &BanRecord> {
+    /// Every ban record (no order; rebuilt from the compact index).
+    #[cfg(test)]
+    pub fn bans(&self) -> impl Iterator<Item = BanRecord> + '_ {
         self.bans.values()
+    }
+
+    /// Number of bans held.
+    #[must_use]
+    pub fn ban_count(&self) -> usize {
+        self.bans.len()
     }
 
     /// Every allow record (no order).
@@ -185,7 +190,7 @@ impl<M: Maps> AgentState<M> {
     #[cfg(test)]
     #[must_use]
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry.first().map(|(t, _)| *t)
+        self.bans.next_expiry()
     }
 }
 
@@ -203,40 +208,50 @@ impl<M: Maps> AgentState<M> {
         let mut to_store = 0;
         let now = clock::unix_now();
         let t0 = Instant::now();
-        let stored_bans = match self.store.as_ref().map(|s| s.bans()) {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => {
-                error!(
-                    "cannot read bans from the state store: {e}; enforcing what the kernel holds"
-                );
-                self.store_error = Some(e.to_string());
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        let t_read = t0.elapsed();
+        // The store is read in batches, each indexed and written to the
+        // kernel before the next is read: a million stored bans are never
+        // held twice (records and index) at once.
         let mut expired = Vec::new();
-        let mut batch = Vec::new();
-        self.bans.reserve(stored_bans.len());
-        for rec in stored_bans {
-            if rec.expires_at.is_some_and(|t| t <= now) {
-                expired.push(rec.cidr);
-                continue;
+        let mut t_kernel = std::time::Duration::ZERO;
+        let mut kernel_failed: Option<(usize, String)> = None;
+        let (maps, bans) = (&mut self.maps, &mut self.bans);
+        let mut restore = |batch: Vec<BanRecord>| {
+            let mut put = Vec::with_capacity(batch.len());
+            for rec in batch {
+                if rec.expires_at.is_some_and(|t| t <= now) {
+                    expired.push(rec.cidr);
+                    continue;
+                }
+                if !maps.has_block(&rec.cidr) {
+                    put.push((rec.cidr, kernel_entry(&rec)));
+                }
+                bans.insert(rec);
             }
-            if !self.maps.has_block(&rec.cidr) {
-                batch.push((rec.cidr, kernel_entry(&rec)));
-                to_kernel += 1;
+            to_kernel += put.len();
+            let t = Instant::now();
+            if let Err(e) = maps.insert_blocks(put) {
+                match &mut kernel_failed {
+                    Some((batches, _)) => *batches += 1,
+                    None => kernel_failed = Some((1, format!("{e:#}"))),
+                }
             }
-            self.index(rec);
+            t_kernel += t.elapsed();
+        };
+        let read = match self.store.as_ref() {
+            Some(s) => s.ban_batches(RESTORE_BATCH, &mut restore),
+            None => Ok(()),
+        };
+        if let Err(e) = read {
+            error!("cannot read bans from the state store: {e}; enforcing what the kernel holds");
+            self.store_error = Some(e.to_string());
         }
-        let t_index = t0.elapsed();
-        if let Err(e) = self.maps.insert_blocks(batch) {
-            error!("failed to restore bans into the kernel: {e:#}");
+        if let Some((batches, e)) = kernel_failed {
+            error!(batches, "failed to restore bans into the kernel: {e}");
         }
-        let t_kernel = t0.elapsed();
+        let t_restore = t0.elapsed();
         // Reading the kernel maps back (two syscalls per entry) is only
         // needed when they hold bans the store does not know.
-        let unknown = self.maps.block_nets().any(|n| !self.bans.contains_key(n));
+        let unknown = self.maps.block_nets().any(|n| !self.bans.contains_key(&n));
         let kernel = if unknown {
             self.maps.blocks().unwrap_or_else(|e| {
                 error!("failed to read the kernel ban maps: {e:#}");
@@ -318,8 +333,7 @@ impl<M: Maps> AgentState<M> {
             error!("failed to refresh the prefilter: {e:#}");
         }
         debug!(
-            ?t_read,
-            ?t_index,
+            ?t_restore,
             ?t_kernel,
             total = ?t0.elapsed(),
             "reconcile timings (cumulative)"
@@ -328,17 +342,9 @@ impl<M: Maps> AgentState<M> {
     }
 
     fn index(&mut self, rec: BanRecord) {
-        // Keyed by the soonest expiry of any decision: a weaker decision
-        // ending is a change of the record too (see `gc`).
-        if let Some(old) = self.bans.get(&rec.cidr)
-            && let Some(t) = old.next_expiry()
-        {
-            self.expiry.remove(&(t, old.cidr));
-        }
-        if let Some(t) = rec.next_expiry() {
-            self.expiry.insert((t, rec.cidr));
-        }
-        self.bans.insert(rec.cidr, rec);
+        // The index keys expiry by the soonest expiry of any decision: a
+        // weaker decision ending is a change of the record too (see `gc`).
+        self.bans.insert(rec);
     }
 
     fn unindex(&mut self, net: &IpNet) -> Option<BanRecord> {
@@ -353,9 +359,6 @@ impl<M: Maps> AgentState<M> {
             self.lifted.pop_front();
         }
         self.lifted.push_back((*net, now));
-        if let Some(t) = rec.next_expiry() {
-            self.expiry.remove(&(t, rec.cidr));
-        }
         Some(rec)
     }
 
@@ -402,7 +405,7 @@ impl<M: Maps> AgentState<M> {
         if s.failures() == self.store_failures_synced {
             return;
         }
-        let bans: Vec<BanRecord> = self.bans.values().cloned().collect();
+        let bans: Vec<BanRecord> = self.bans.values().collect();
         // Rewritten here only: the fleet was told when each was made.
         let mut ok = s.keep_bans(&bans).is_ok();
         for a in self.allows.values() {
@@ -422,12 +425,7 @@ impl<M: Maps> AgentState<M> {
     /// Returns how many were removed.
     pub fn gc(&mut self) -> usize {
         let now = clock::unix_now();
-        let due: Vec<IpNet> = self
-            .expiry
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, n)| *n)
-            .collect();
+        let due: Vec<IpNet> = self.bans.due(now);
         if due.is_empty() {
             return 0;
         }
@@ -569,8 +567,8 @@ impl<M: Maps> AgentState<M> {
         self.put_ban(rec.clone())?;
         info!(cidr = %net, ttl = ?ttl, reason = %rec.reason, "ban added");
         // The prefix's whole record: other deciders' bans stay beside this one.
-        let held = self.bans.get(&net).unwrap_or(&rec);
-        Ok(json!(ban_view(held, 0)))
+        let held = self.bans.get(&net).unwrap_or(rec);
+        Ok(json!(ban_view(&held, 0)))
     }
 
     /// Records and enforces a ban (store first, then kernel; the store write
@@ -583,7 +581,7 @@ impl<M: Maps> AgentState<M> {
     /// When the kernel write fails, or the store write of a manual ban;
     /// nothing changes then.
     pub fn put_ban(&mut self, rec: BanRecord) -> Result<(), Refused> {
-        let previous = self.bans.get(&rec.cidr).cloned();
+        let previous = self.bans.get(&rec.cidr);
         let rec = rec.over(previous.as_ref());
         let mut stored = false;
         if let Some(s) = self.store.as_mut() {
@@ -686,7 +684,7 @@ impl<M: Maps> AgentState<M> {
     /// When the kernel refuses; nothing changes then.
     pub fn put_ban_kernel_first(&mut self, rec: BanRecord) -> Result<(), Refused> {
         let held = self.bans.get(&rec.cidr);
-        let rec = rec.over(held);
+        let rec = rec.over(held.as_ref());
         self.maps
             .insert_block(rec.cidr, &kernel_entry(&rec))
             .map_err(|e| refuse(format!("the kernel refused the ban: {e:#}")))?;
@@ -792,10 +790,10 @@ impl<M: Maps> AgentState<M> {
 
     fn block_ls(&self) -> serde_json::Value {
         let hits = self.block_hits();
-        let mut recs: Vec<&BanRecord> = self.bans.values().collect();
+        let mut recs: Vec<BanRecord> = self.bans.values().collect();
         recs.sort_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
         let views: Vec<BanView> = recs
-            .into_iter()
+            .iter()
             .map(|r| ban_view(r, hits.get(&r.cidr).copied().unwrap_or(0)))
             .collect();
         json!(views)
@@ -1038,12 +1036,7 @@ fn dir_bytes(dir: &str) -> Option<u64> {
 /// "X is not banned", naming the bans that cover it when there are: lifting
 /// an address that a range drops changes nothing.
 fn not_banned<M: Maps>(state: &AgentState<M>, net: IpNet) -> String {
-    let mut covering: Vec<IpNet> = state
-        .bans
-        .keys()
-        .filter(|b| b.contains(&net))
-        .copied()
-        .collect();
+    let mut covering: Vec<IpNet> = state.bans.keys().filter(|b| b.contains(&net)).collect();
     if covering.is_empty() {
         return format!("{} is not banned", display(&net));
     }

@@ -1,6 +1,8 @@
 //! The ban and allow maps: exact entries, CIDR tries and the prefilter
 //! bits kept in step with them.
 
+use aya::maps::IterableMap as _;
+
 use super::*;
 
 impl Datapath {
@@ -69,8 +71,32 @@ impl Datapath {
             self.config.flags = flags;
             self.write_config()?;
         }
+        // Hosts go in with one syscall per batch where the kernel can
+        // (a restore of a million bans), the rest one by one.
+        let (mut k4, mut v4, mut k6, mut v6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (net, entry) in &entries {
+            match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => {
+                    k4.push(n.addr().octets());
+                    v4.push(*entry);
+                }
+                IpNet::V6(n) if n.prefix_len() == 128 => {
+                    k6.push(n.addr().octets());
+                    v6.push(*entry);
+                }
+                _ => {}
+            }
+        }
+        let batched4 = k4.len() > 1
+            && update_batch(self.block4.map(), &k4, &v4)
+                .map_err(map_err("insert into", maps::BLOCK4))?;
+        let batched6 = k6.len() > 1
+            && update_batch(self.block6.map(), &k6, &v6)
+                .map_err(map_err("insert into", maps::BLOCK6))?;
         for (net, entry) in entries {
             match net {
+                IpNet::V4(n) if n.prefix_len() == 32 && batched4 => {}
+                IpNet::V6(n) if n.prefix_len() == 128 && batched6 => {}
                 IpNet::V4(n) if n.prefix_len() == 32 => self
                     .block4
                     .insert(n.addr().octets(), entry, 0)
@@ -88,7 +114,7 @@ impl Datapath {
                     .insert(&key6(n), entry, 0)
                     .map_err(map_err("insert into", maps::BLOCK6_LPM))?,
             }
-            self.bans.insert(net);
+            self.bans.insert(net, ());
         }
         Ok(())
     }
@@ -184,8 +210,8 @@ impl Datapath {
     }
 
     /// The prefixes the kernel holds bans for (from the mirror: no syscall).
-    pub fn block_nets(&self) -> impl Iterator<Item = &IpNet> {
-        self.bans.iter()
+    pub fn block_nets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.bans.keys()
     }
 
     /// Number of bans held.
@@ -267,4 +293,79 @@ impl Datapath {
     pub fn allow_nets(&self) -> impl Iterator<Item = &IpNet> {
         self.allows.iter()
     }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6 and later).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The batch operations' part of the kernel's `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] -> values[i]` into `map` in as few syscalls as the
+/// kernel allows (aya has no batch writes). `Ok(false)`: the kernel has no
+/// batch writes for this map and nothing was written; the caller writes one
+/// by one.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> std::result::Result<bool, MapError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let n = keys.len().min(values.len());
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut done = 0;
+    while done < n {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: u32::try_from(n - done).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` and `values` hold at least `count` more elements
+        // of the map's key and value types (aya checked their sizes against
+        // the map when it was opened) and outlive the call; the kernel
+        // reads them and writes back only `attr.count` (how many it took).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if r < 0 {
+            let io_error = std::io::Error::last_os_error();
+            // Older kernels, or map types without batch operations (524 is
+            // the kernel's ENOTSUPP).
+            let unsupported = matches!(
+                io_error.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+            );
+            if done == 0 && attr.count == 0 && unsupported {
+                return Ok(false);
+            }
+            return Err(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_batch",
+                io_error,
+            }));
+        }
+        if attr.count == 0 {
+            // No progress: writing them one by one (again) is always right.
+            return Ok(false);
+        }
+        done += attr.count as usize;
+    }
+    Ok(true)
 }

@@ -130,7 +130,7 @@ impl<M: Maps> AgentState<M> {
                     continue;
                 }
             }
-            out.push((rec.cidr, merge(old, Some(&rec), &me, |_| true)));
+            out.push((rec.cidr, merge(old.as_ref(), Some(&rec), &me, |_| true)));
         }
         if refused > 0 {
             self.cluster_count(|s| s.view.refused += refused);
@@ -150,7 +150,7 @@ impl<M: Maps> AgentState<M> {
             match (r, old) {
                 (None, Some(_)) => lift.push(cidr),
                 (None, None) => {}
-                (Some(r), Some(old)) if &r == old => {}
+                (Some(r), Some(old)) if r == old => {}
                 (Some(r), old) => {
                     // Only a new strongest decision changes the kernel
                     // entry (rewriting it would also reset its hits).
@@ -247,12 +247,13 @@ impl<M: Maps> AgentState<M> {
             .into_iter()
             .filter(|(_, e)| e.expires_ns == 0 || e.expires_ns > now_ns)
             .collect();
+        // Checked on the shared fields, rebuilt only when missing.
         let missing: Vec<BanRecord> = self
             .bans
-            .values()
+            .shared()
             // Due for the next expiry sweep: not drift.
-            .filter(|r| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(&r.cidr))
-            .cloned()
+            .filter(|(n, r)| r.expires_at.is_none_or(|t| t > now) && !live.contains_key(n))
+            .filter_map(|(n, _)| self.bans.get(&n))
             .collect();
         let stray: Vec<IpNet> = live
             .keys()
@@ -383,7 +384,7 @@ impl<M: Maps> AgentState<M> {
         };
         let pending = old.any_decision(|d| d.host.is_none()) && self.in_flight().contains(net);
         let me = self.fleet_host();
-        let rest = merge(Some(old), None, &me, |_| pending);
+        let rest = merge(Some(&old), None, &me, |_| pending);
         self.settle(vec![(*net, rest)]).1 > 0
     }
 
@@ -415,13 +416,14 @@ impl<M: Maps> AgentState<M> {
                 })
         };
         let mut out = Vec::new();
-        for (cidr, old) in &self.bans {
-            let new = present.get(cidr);
-            let merged = merge(Some(old), new, &me, |d| own_in(new, cidr, d));
-            if merged.as_ref() != Some(old) {
-                out.push((*cidr, merged));
+        for old in self.bans.values() {
+            let cidr = old.cidr;
+            let new = present.get(&cidr);
+            let merged = merge(Some(&old), new, &me, |d| own_in(new, &cidr, d));
+            if merged.as_ref() != Some(&old) {
+                out.push((cidr, merged));
             }
-            present.remove(cidr);
+            present.remove(&cidr);
         }
         // New to this host: as any fleet record (allowlist checked).
         let fresh: Vec<BanRecord> = present.into_values().collect();

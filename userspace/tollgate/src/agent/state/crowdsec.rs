@@ -103,6 +103,7 @@ impl<M: Maps> AgentState<M> {
                 continue;
             }
             let held = self.bans.get(&w.net);
+            let held = held.as_ref();
             // Other deciders' bans on the prefix stay beside CrowdSec's.
             if held.is_some_and(|r| r.any_decision(|d| !ours(d))) {
                 report.kept_other_origin += 1;
@@ -152,12 +153,7 @@ impl<M: Maps> AgentState<M> {
             ours,
         );
         report.removed = stale.len() + trimmed.len();
-        previous.extend(
-            trimmed
-                .iter()
-                .filter_map(|r| self.bans.get(&r.cidr))
-                .cloned(),
-        );
+        previous.extend(trimmed.iter().filter_map(|r| self.bans.get(&r.cidr)));
         records.extend(trimmed);
         if records.is_empty() && stale.is_empty() {
             return Ok(report);

@@ -112,6 +112,7 @@ impl<M: Maps> AgentState<M> {
                 continue;
             }
             let held = self.bans.get(&net);
+            let held = held.as_ref();
             // Another decider's ban (a manual one, another feed, the same
             // origin from another fleet host) stays beside this group's.
             if held.is_some_and(|r| r.any_decision(|d| !ours(d))) {
@@ -183,12 +184,7 @@ impl<M: Maps> AgentState<M> {
                 .collect();
             return Ok(report);
         }
-        previous.extend(
-            trimmed
-                .iter()
-                .filter_map(|r| self.bans.get(&r.cidr))
-                .cloned(),
-        );
+        previous.extend(trimmed.iter().filter_map(|r| self.bans.get(&r.cidr)));
         put.extend(trimmed);
         self.write_batch(put, &previous, &stale, "the import")?;
         self.counters.ban_issued(kind.name(), report.added as u64);
@@ -321,7 +317,7 @@ impl<M: Maps> AgentState<M> {
                 let restore: Vec<BanRecord> = previous
                     .iter()
                     .cloned()
-                    .chain(stale.iter().filter_map(|n| self.bans.get(n)).cloned())
+                    .chain(stale.iter().filter_map(|n| self.bans.get(n)))
                     .collect();
                 if let Err(u) = s.apply_bans(&restore, &added) {
                     warn!("failed to undo the store write: {u}");
@@ -359,7 +355,7 @@ impl<M: Maps> AgentState<M> {
         let mut trimmed = Vec::new();
         let mut stale = Vec::new();
         for r in self.bans.values() {
-            if !r.any_decision(&decision) || !which(r) {
+            if !r.any_decision(&decision) || !which(&r) {
                 continue;
             }
             match r.without(&decision) {
@@ -405,7 +401,6 @@ impl<M: Maps> AgentState<M> {
         let previous: Vec<BanRecord> = trimmed
             .iter()
             .filter_map(|r| self.bans.get(&r.cidr))
-            .cloned()
             .collect();
         self.write_batch(trimmed, &previous, &stale, "the removal")?;
         debug!(elapsed = ?t0.elapsed(), "removed from the store and the kernel");
@@ -421,7 +416,7 @@ impl<M: Maps> AgentState<M> {
             .bans
             .values()
             .filter_map(|r| match origin {
-                None => Some(r.clone()),
+                None => Some(r),
                 Some(o) => r.only(|d| d.origin == o),
             })
             .collect();
@@ -445,7 +440,7 @@ impl<M: Maps> AgentState<M> {
         let mut counts: std::collections::HashMap<IpNet, u64> = std::collections::HashMap::new();
         for net in self.bans.keys() {
             let len = if net.addr().is_ipv4() { 16 } else { 32 };
-            let agg = IpNet::new(net.addr(), len.min(net.prefix_len())).map_or(*net, |n| n.trunc());
+            let agg = IpNet::new(net.addr(), len.min(net.prefix_len())).map_or(net, |n| n.trunc());
             *counts.entry(agg).or_default() += 1;
         }
         let mut top: Vec<(IpNet, u64)> = counts.into_iter().collect();
@@ -464,7 +459,7 @@ impl<M: Maps> AgentState<M> {
             .iter()
             .map(|k| (k.name().to_owned(), 0))
             .collect();
-        for r in self.bans.values() {
+        for (_, r) in self.bans.shared() {
             *bans_active.entry(r.kind.name().to_owned()).or_default() += 1;
         }
         let store_health = self.store_health();

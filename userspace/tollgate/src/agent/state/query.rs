@@ -42,7 +42,7 @@ impl<M: Maps> AgentState<M> {
         let deadline = f
             .expiring_within_secs
             .map(|s| clock::unix_now().saturating_add(s));
-        let mut recs: Vec<&BanRecord> = self
+        let mut recs: Vec<BanRecord> = self
             .bans
             .values()
             .filter(|r| matching.is_none_or(|m| overlaps(&m, &r.cidr)))
@@ -62,7 +62,7 @@ impl<M: Maps> AgentState<M> {
             .collect();
         let total = recs.len();
         recs.sort_unstable_by_key(|r| (r.cidr.addr(), r.cidr.prefix_len()));
-        let page: Vec<&BanRecord> = recs
+        let page: Vec<BanRecord> = recs
             .into_iter()
             .skip(f.offset)
             .take(f.limit.unwrap_or(usize::MAX))
@@ -125,7 +125,7 @@ impl<M: Maps> AgentState<M> {
             };
             match self.bans.get(&n) {
                 Some(rec) => bans.push(CoveringBan {
-                    ban: ban_view(rec, entry.map_or(0, |e| e.hits)),
+                    ban: ban_view(&rec, entry.map_or(0, |e| e.hits)),
                     kernel: kernel.into(),
                 }),
                 None if kernel == "present" => kernel_only.push(display(&n)),
