@@ -486,6 +486,73 @@ fn systemd_unit_is_hardened() {
     );
 }
 
+/// The TLS overlay renders, validates against the API schema, and gives the
+/// agent what the probes need (docs/tls.md): the host's pid namespace,
+/// `SYS_PTRACE` beside the base's capabilities, and the host's tracefs
+/// read-only; nothing else of the base's posture changes.
+#[test]
+fn the_tls_overlay_renders_validates_and_adds_what_the_probes_need() {
+    let dir = repo().join("deploy/kubernetes-tls");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect(
+            "kubectl is needed to render deploy/kubernetes-tls (cargo xtask setup --test-deps)",
+        );
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/kubernetes-tls:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let rendered = tmp.path().join("tls.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let v = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&rendered)
+        .output()
+        .expect("kubernetes-validate is needed (cargo xtask setup --test-deps)");
+    assert!(
+        v.status.success(),
+        "the TLS overlay does not validate:\n{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let docs = documents(&rendered);
+    let ds = docs
+        .iter()
+        .find(|d| get(d, "kind").as_str() == Some("DaemonSet"))
+        .expect("no DaemonSet rendered");
+    let spec = pod_spec(ds).unwrap();
+    assert_eq!(get(spec, "hostPID").as_bool(), Some(true), "{spec:?}");
+    assert_ne!(get(spec, "hostIPC").as_bool(), Some(true));
+    let agent = containers(spec)
+        .into_iter()
+        .find(|c| strings(get(c, "args")).first().map(String::as_str) == Some("agent"))
+        .expect("no agent container");
+    let caps = strings(get(agent, "securityContext.capabilities.add"));
+    for cap in ["BPF", "PERFMON", "SYS_PTRACE"] {
+        assert!(caps.iter().any(|c| c == cap), "{cap} missing: {caps:?}");
+    }
+    assert_ne!(
+        get(agent, "securityContext.privileged").as_bool(),
+        Some(true),
+        "the overlay must not make the agent privileged"
+    );
+    let mounts = get(agent, "volumeMounts")
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        mounts.iter().any(
+            |m| get(m, "mountPath").as_str() == Some("/sys/kernel/tracing")
+                && get(m, "readOnly").as_bool() == Some(true)
+        ),
+        "tracefs not mounted read-only: {mounts:?}"
+    );
+}
+
 /// The fleet overlay renders, validates against the API schema, keeps the
 /// base's security posture, and hands the agent what `--cluster-*` expects:
 /// the endpoints and fleet from its ConfigMap, the node's name as the host
