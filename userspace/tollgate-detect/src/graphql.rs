@@ -13,7 +13,10 @@
 //! walks by explicit stacks and a visit budget (a 1 MB `{{{{…` or a fragment
 //! bomb costs the limits, not the stack).
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use apollo_parser::{Parser, cst};
 use serde::{Deserialize, Serialize};
@@ -103,6 +106,13 @@ const MAX_JSON_DEPTH: u32 = 32;
 /// Tokens parsed of a document over `max_tokens` (its shape comes from the
 /// scan of all of it; this part yields the operations and inputs).
 const PARSED_WHEN_TOO_LARGE: usize = 2_000;
+
+/// Documents whose analysis is kept for the next request that sends the same
+/// one (clients send a few fixed documents with changing variables); larger
+/// ones, and hostile ones that vary, are parsed every time.
+const CACHED_DOCUMENT_BYTES: usize = 8 * 1024;
+/// Documents kept at once; when full the cache starts over.
+const CACHED_DOCUMENTS: usize = 512;
 
 /// Operation type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -205,12 +215,44 @@ pub struct Graphql {
     cfg: GraphqlConfig,
     /// Normalized paths (no trailing `/`, lower case).
     paths: Vec<String>,
+    /// What small documents gave, by document and operation name.
+    docs: DocCache,
+}
+
+/// What [`Graphql::document`] made of one document, from nothing: the
+/// operations, findings and inputs it added, its shape and where its
+/// variables go. A pure function of the document and the operation name.
+#[derive(Clone)]
+struct DocPart {
+    operations: Vec<Operation>,
+    findings: Vec<Finding>,
+    inputs: Vec<GqlInput>,
+    shape: Shape,
+    var_locs: HashMap<String, String>,
+}
+
+type DocKey = (String, Option<String>);
+
+/// Analyses of recent documents, keyed by their whole text (never by a hash
+/// alone: a collision would judge one document by another's analysis).
+#[derive(Clone, Default)]
+struct DocCache(Arc<Mutex<HashMap<DocKey, Arc<DocPart>>>>);
+
+impl std::fmt::Debug for DocCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "DocCache({n} documents)")
+    }
 }
 
 impl Graphql {
     pub fn new(cfg: GraphqlConfig) -> Graphql {
         let paths = cfg.paths.iter().map(|p| normalize_path(p)).collect();
-        Graphql { cfg, paths }
+        Graphql {
+            cfg,
+            paths,
+            docs: DocCache::default(),
+        }
     }
 
     pub fn config(&self) -> &GraphqlConfig {
@@ -262,6 +304,27 @@ impl Graphql {
                     self.cfg.max_operations
                 ),
             ));
+        }
+        if let [one] = sent.as_slice()
+            && let Some(q) = one.query.as_deref()
+            && q.len() <= CACHED_DOCUMENT_BYTES
+        {
+            // The common request: one small document, maybe variables.
+            if let Some(name) = &one.operation_name {
+                push_input(&mut a.inputs, "operationName", name, true);
+            }
+            a.document = true;
+            let part = self.document_part(q, one.operation_name.as_deref());
+            a.operations.extend(part.operations.iter().cloned());
+            a.findings.extend(part.findings.iter().cloned());
+            a.inputs.extend(part.inputs.iter().cloned());
+            let mut shape = part.shape.clone();
+            if let Some(vars) = &one.variables {
+                variables(vars, &part.var_locs, &mut a, &mut shape);
+                resolve_arguments(&mut a.operations, vars);
+            }
+            self.judge_shape(&shape, &mut a);
+            return Some(a);
         }
         let mut shape = Shape::default();
         for s in &sent {
@@ -371,6 +434,33 @@ impl Graphql {
                 Some(Vec::new())
             }
         }
+    }
+
+    /// [`Self::document`] of `text` from nothing, as the cache holds it or
+    /// made now (and kept).
+    fn document_part(&self, text: &str, operation_name: Option<&str>) -> Arc<DocPart> {
+        let key = (text.to_owned(), operation_name.map(str::to_owned));
+        if let Some(p) = self.docs.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return p;
+        }
+        let mut a = Analysis::default();
+        let mut shape = Shape::default();
+        let mut var_locs = HashMap::new();
+        self.document(text, operation_name, &mut a, &mut shape, &mut var_locs);
+        let part = Arc::new(DocPart {
+            operations: a.operations,
+            findings: a.findings,
+            inputs: a.inputs,
+            shape,
+            var_locs,
+        });
+        if let Ok(mut m) = self.docs.0.lock() {
+            if m.len() >= CACHED_DOCUMENTS {
+                m.clear();
+            }
+            m.insert(key, part.clone());
+        }
+        part
     }
 
     /// Parses one document and records its operations, shape and inputs.
@@ -745,7 +835,7 @@ fn normalize_path(p: &str) -> String {
 }
 
 /// Counters over a whole request (all operations of a batch).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Shape {
     /// Depth, fields, aliases, directives, introspection fields.
     n: Sum,

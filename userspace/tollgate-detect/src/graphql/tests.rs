@@ -581,3 +581,57 @@ fn fragments_count_as_expanded() {
     );
     assert!(a.rules().contains(&"graphql.depth"), "{:?}", a.rules());
 }
+
+/// A document sent again (another request, other variables) is judged from
+/// the cached analysis exactly as the first time: its own literals, the new
+/// variables, shape limits; and another operation name is another entry.
+#[test]
+fn a_repeated_document_is_judged_as_the_first_time() {
+    let e = engine();
+    let doc =
+        "query U($id: ID!) { user(id: $id) { id name } a1: user(id: \"1' OR '1'='1\") { id } }";
+    let rules = |v: &[crate::Violation]| {
+        let mut r: Vec<(&str, Location)> = v.iter().map(|v| (v.rule, v.location.clone())).collect();
+        r.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        r
+    };
+    let first = e.inspect_request(&post(&body(doc, r#"{"id":"7"}"#)));
+    assert!(!first.is_empty(), "the literal injection is found");
+    for _ in 0..3 {
+        let again = e.inspect_request(&post(&body(doc, r#"{"id":"7"}"#)));
+        assert_eq!(rules(&again), rules(&first));
+    }
+    // New variables on the cached document: judged, named by their argument.
+    let evil = e.inspect_request(&post(&body(
+        doc,
+        r#"{"id":"1 UNION SELECT password FROM users--"}"#,
+    )));
+    assert!(
+        evil.iter()
+            .any(|v| v.location == Location::Graphql("user.id".into())),
+        "{evil:?}"
+    );
+    let a = analyze(&post(&body(doc, r#"{"id":"9"}"#)));
+    assert_eq!(a.operations.len(), 1);
+    assert!(
+        a.operations[0]
+            .arguments
+            .iter()
+            .any(|(f, arg, v)| f == "user" && arg == "id" && v == "9"),
+        "{:?}",
+        a.operations[0].arguments
+    );
+    // The same text with another operation name picks another operation.
+    let two = "query A { me { id } } query B { user(id: 2) { id } }";
+    let g = Graphql::new(GraphqlConfig::default());
+    let named = |n: &str| {
+        let b = format!(
+            r#"{{"query":{},"operationName":"{n}"}}"#,
+            serde_json::to_string(two).unwrap()
+        );
+        g.analyze(&post(&b)).unwrap().operations[0].fields.clone()
+    };
+    assert_eq!(named("A"), ["me"]);
+    assert_eq!(named("B"), ["user"]);
+    assert_eq!(named("A"), ["me"]);
+}
