@@ -853,6 +853,8 @@ struct Shape {
     /// A spread was counted by its fragment's sum (expanding it would have
     /// gone past the visit budget).
     summed: bool,
+    /// Inputs taken from variables ([`push_variable`]).
+    variable_inputs: usize,
 }
 
 impl Shape {
@@ -1034,6 +1036,7 @@ fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, 
     // not use up the input and visit budgets before those that are used.
     let (declared, other): (Vec<_>, Vec<_>) =
         o.iter().partition(|(n, _)| var_locs.contains_key(*n));
+    let before = a.inputs.len();
     for (name, v) in declared.into_iter().chain(other) {
         let loc = var_locs
             .get(name)
@@ -1045,7 +1048,7 @@ fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, 
                 break;
             }
             match v {
-                Json::String(s) => push_input(&mut a.inputs, &loc, s, true),
+                Json::String(s) => push_variable(&mut a.inputs, shape, &loc, s, true),
                 Json::Array(items) => stack.extend(items.iter().map(|x| (x, d + 1))),
                 Json::Object(m) => {
                     for (k, x) in m {
@@ -1055,7 +1058,7 @@ fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, 
                                 crate::decode::truncate(k, 24)
                             ));
                         }
-                        push_input(&mut a.inputs, &loc, k, false);
+                        push_variable(&mut a.inputs, shape, &loc, k, false);
                         stack.push((x, d + 1));
                     }
                 }
@@ -1063,6 +1066,10 @@ fn variables(vars: &Json, var_locs: &HashMap<String, String>, a: &mut Analysis, 
             }
         }
     }
+    // Judged first: the detectors take a bounded number of inputs, and
+    // literals the client wrote into the document must not crowd them out.
+    let pushed = a.inputs.len() - before;
+    a.inputs.rotate_right(pushed);
 }
 
 /// Top-level arguments given as variables take the variables' scalar values
@@ -1178,6 +1185,22 @@ pub fn response_errors(body: &[u8]) -> ResponseErrors {
         }
     }
     out
+}
+
+/// A variable's text: variables have a budget of their own, so string
+/// literals in the document (which a client writes too) cannot use up the
+/// inputs before the variables are judged.
+fn push_variable(
+    inputs: &mut Vec<GqlInput>,
+    shape: &mut Shape,
+    loc: &str,
+    text: &str,
+    is_value: bool,
+) {
+    if shape.variable_inputs < MAX_INPUTS && !text.is_empty() {
+        shape.variable_inputs += 1;
+        inputs.push((loc.to_owned(), text.to_owned(), is_value));
+    }
 }
 
 fn push_input(inputs: &mut Vec<GqlInput>, loc: &str, text: &str, is_value: bool) {

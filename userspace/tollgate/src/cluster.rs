@@ -575,18 +575,25 @@ pub fn fold(
     BanRecord::from_decisions(cidr, offences, all)
 }
 
-/// A record as etcd holds it, read leniently for [`fold`] (no TTL cap: the
-/// other hosts' decisions are written back as they were). Unreadable or
-/// hostile: treated as absent, so this host's write replaces it.
+/// A record as etcd holds it, read leniently for [`fold`]: the other hosts'
+/// decisions are written back as they were, except that none may outlast
+/// the longest ban any host makes ([`crate::proto::MAX_TTL`]): a hostile
+/// expiry would otherwise ask etcd for a lease it refuses and stall this
+/// host's publishing. Unreadable or hostile: treated as absent, so this
+/// host's write replaces it.
 fn current(prefix: &str, key: &[u8], value: &[u8]) -> Option<BanRecord> {
-    parse(prefix, key, value, clock::unix_now(), None)
+    let max = crate::proto::MAX_TTL.as_secs();
+    parse(prefix, key, value, clock::unix_now(), Some(max))
         .ok()
         .flatten()
 }
 
+/// etcd's longest lease (seconds).
+const MAX_LEASE_TTL: u64 = 9_000_000_000;
+
 /// The lease bucket of an expiry: the end of its minute.
 fn bucket(expires_at: u64) -> u64 {
-    expires_at.div_ceil(60) * 60
+    expires_at.div_ceil(60).saturating_mul(60)
 }
 
 /// Publishing state kept across connections.
@@ -685,7 +692,8 @@ impl Publisher {
             return Ok(*id);
         }
         // Rounded up a minute past the bucket: a key never dies before its ban.
-        let ttl = i64::try_from(b.saturating_sub(now) + 60).unwrap_or(i64::MAX);
+        let ttl = b.saturating_sub(now).saturating_add(60).min(MAX_LEASE_TTL);
+        let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
         let id = client.lease_grant(ttl, None).await?.id();
         self.leases.insert(b, id);
         Ok(id)
@@ -1595,5 +1603,7 @@ mod tests {
     fn buckets_end_their_minute() {
         assert_eq!(bucket(60), 60);
         assert_eq!(bucket(61), 120);
+        // A hostile expiry near the end of time neither overflows nor wraps.
+        assert!(bucket(u64::MAX) >= u64::MAX - 60);
     }
 }

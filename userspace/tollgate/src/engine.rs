@@ -239,12 +239,29 @@ impl Pipeline {
         &mut self,
         client: Option<IpAddr>,
         req: &tollgate_detect::Request,
-        before: &[(&'static str, tollgate_detect::Location)],
+        before: &[(&'static str, tollgate_detect::Location, u32)],
         now_ms: u64,
     ) -> Decision {
         let gql = self.engine.graphql(req);
         let mut violations = self.engine.inspect_with(req, gql.as_ref());
-        violations.retain(|v| !before.iter().any(|(r, l)| *r == v.rule && *l == v.location));
+        // What the stand-in scored per rule and place is taken off once: the
+        // same finding is not counted again, a stronger one (a weak payload
+        // before the pause, a strong one after it) counts its difference.
+        let mut had: HashMap<(&'static str, tollgate_detect::Location), u32> = HashMap::new();
+        for (r, l, sc) in before {
+            *had.entry((*r, l.clone())).or_default() += sc;
+        }
+        violations.retain_mut(|v| {
+            let Some(h) = had.get_mut(&(v.rule, v.location.clone())) else {
+                return true;
+            };
+            if v.score <= *h {
+                *h -= v.score;
+                return false;
+            }
+            v.score -= std::mem::take(h);
+            true
+        });
         if let Some(ip) = client
             && violations.iter().any(|v| v.score > 0)
         {
@@ -623,7 +640,7 @@ mod api_tests {
         let before: Vec<_> = stand_in
             .violations
             .iter()
-            .map(|v| (v.rule, v.location.clone()))
+            .map(|v| (v.rule, v.location.clone(), v.score))
             .collect();
         let again = p.on_request_resumed(Some(c), &head, &before, 1_010);
         assert!(again.violations.is_empty(), "{again:?}");
@@ -639,6 +656,31 @@ mod api_tests {
                 .all(|v| v.location == tollgate_detect::Location::Body),
             "{d:?}"
         );
+    }
+
+    /// A weak payload before the pause and a strong one of the same rule, in
+    /// the same place, after it: the strong one still counts (its score less
+    /// what the stand-in scored).
+    #[test]
+    fn a_stronger_finding_after_a_pause_still_bans() {
+        let mut p = policy("");
+        let c: IpAddr = "198.18.0.10".parse().unwrap();
+        let post = |body: &str| {
+            req(&format!(
+                "POST /items HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        let stand_in = p.on_request(Some(c), &post(r#"{"a":"1950 or 1960"}"#), 1_000);
+        assert!(stand_in.ban.is_none(), "{stand_in:?}");
+        let before: Vec<_> = stand_in
+            .violations
+            .iter()
+            .map(|v| (v.rule, v.location.clone(), v.score))
+            .collect();
+        let whole = post(r#"{"a":"1950 or 1960","q":"1' OR '1'='1' --"}"#);
+        let d = p.on_request_resumed(Some(c), &whole, &before, 1_010);
+        assert!(d.ban.is_some(), "{d:?}");
     }
 
     /// An injection that stays under the ban threshold on its own, answered

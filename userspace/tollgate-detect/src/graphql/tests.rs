@@ -635,3 +635,21 @@ fn a_repeated_document_is_judged_as_the_first_time() {
     assert_eq!(named("B"), ["user"]);
     assert_eq!(named("A"), ["me"]);
 }
+
+/// String literals in the document cannot use up the inputs before the
+/// variables: an injection in a variable is judged behind 600 literals.
+#[test]
+fn document_literals_do_not_crowd_out_variables() {
+    let e = engine();
+    let list: Vec<String> = (0..600).map(|i| format!("\"x{i}\"")).collect();
+    let doc = format!(
+        "query Q($id: ID!) {{ tags(names: [{}]) {{ id }} user(id: $id) {{ id }} }}",
+        list.join(",")
+    );
+    let v = e.inspect_request(&post(&body(&doc, r#"{"id":"1' OR '1'='1' --"}"#)));
+    assert!(
+        v.iter()
+            .any(|v| v.location == Location::Graphql("user.id".into())),
+        "{v:?}"
+    );
+}

@@ -88,8 +88,8 @@ pub struct ApiState {
     graphql_pending: GraphqlPending,
 }
 
-/// A finding by rule and location.
-type Found = (&'static str, Location);
+/// A finding by rule, location and score.
+type Found = (&'static str, Location, u32);
 
 /// Stalled requests remembered at once; past it the memory is dropped (a
 /// request judged again then scores what its stand-in found once more).
@@ -489,7 +489,11 @@ impl ApiState {
                 };
                 if ev.stalled {
                     let mut found = before;
-                    found.extend(d.violations.iter().map(|v| (v.rule, v.location.clone())));
+                    found.extend(
+                        d.violations
+                            .iter()
+                            .map(|v| (v.rule, v.location.clone(), v.score)),
+                    );
                     if st.stood_in.len() >= MAX_STOOD_IN {
                         st.stood_in.clear();
                     }
