@@ -337,11 +337,15 @@ impl Flows {
                 h2_events(flow, &s, time, msgs, &mut out, &mut self.stats);
                 continue;
             }
+            // One stand-in per request: a client dripping a byte a second
+            // would otherwise have the whole buffer judged again each time
+            // (the whole request is judged when it completes).
             if !flow.streamed
                 || flow.req.buf.is_empty()
                 || flow.req.kind != Some(Kind::HttpRequest)
                 || flow.touched_ns >= before_ns
                 || flow.stalled
+                || flow.req.stood_in
             {
                 continue;
             }
@@ -1256,13 +1260,17 @@ mod tests {
         let stand_in = f.flush_stalled(2_000_000_000, 0.0);
         assert_eq!(paths(&stand_in), ["/items"]);
         assert!(stand_in[0].stalled && !stand_in[0].resumed);
-        // Once, not at every check.
+        // Once, not at every check, nor after more of it trickles in.
         assert!(f.flush_stalled(2_500_000_000, 0.0).is_empty());
+        let drip = stream(&mut f, head.len() as u32, &rest[..1], 1, &[]);
+        assert!(drip.is_empty());
+        f.clock_ns = 9_000_000_000;
+        assert!(f.flush_stalled(8_000_000_000, 0.0).is_empty());
         // The body comes after the pause: the whole request is judged again,
         // with the body the server reads.
-        let mut bytes = rest.to_vec();
+        let mut bytes = rest[1..].to_vec();
         bytes.extend_from_slice(next);
-        let off = head.len() as u32;
+        let off = head.len() as u32 + 1;
         let ev = stream(&mut f, off, &bytes, 5, &[]);
         assert_eq!(paths(&ev), ["/items", "/next"]);
         assert!(ev[0].resumed && !ev[0].stalled);
