@@ -486,27 +486,24 @@ fn systemd_unit_is_hardened() {
     );
 }
 
-/// The TLS overlay renders, validates against the API schema, and gives the
-/// agent what the probes need (docs/tls.md): the host's pid namespace,
-/// `SYS_PTRACE` beside the base's capabilities, and the host's tracefs
-/// read-only; nothing else of the base's posture changes.
-#[test]
-fn the_tls_overlay_renders_validates_and_adds_what_the_probes_need() {
-    let dir = repo().join("deploy/kubernetes-tls");
+/// The documents of the overlay at `dir` (relative to the repository), as
+/// `kubectl kustomize` renders them, after `kubernetes-validate --strict`
+/// accepted them.
+fn render_overlay(dir: &str) -> Vec<Value> {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(repo().join(dir))
         .output()
-        .expect(
-            "kubectl is needed to render deploy/kubernetes-tls (cargo xtask setup --test-deps)",
-        );
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed to render {dir} (cargo xtask setup --test-deps): {e}")
+        });
     assert!(
         out.status.success(),
-        "kubectl kustomize deploy/kubernetes-tls:\n{}",
+        "kubectl kustomize {dir}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let tmp = tempfile::tempdir().unwrap();
-    let rendered = tmp.path().join("tls.yaml");
+    let rendered = tmp.path().join("rendered.yaml");
     std::fs::write(&rendered, &out.stdout).unwrap();
     let v = Command::new("kubernetes-validate")
         .args(["--strict", "--quiet"])
@@ -515,11 +512,20 @@ fn the_tls_overlay_renders_validates_and_adds_what_the_probes_need() {
         .expect("kubernetes-validate is needed (cargo xtask setup --test-deps)");
     assert!(
         v.status.success(),
-        "the TLS overlay does not validate:\n{}{}",
+        "{dir} does not validate:\n{}{}",
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
-    let docs = documents(&rendered);
+    documents(&rendered)
+}
+
+/// The TLS overlay renders, validates against the API schema, and gives the
+/// agent what the probes need (docs/tls.md): the host's pid namespace,
+/// `SYS_PTRACE` beside the base's capabilities, and the host's tracefs
+/// read-only; nothing else of the base's posture changes.
+#[test]
+fn the_tls_overlay_renders_validates_and_adds_what_the_probes_need() {
+    let docs = render_overlay("deploy/kubernetes-tls");
     let ds = docs
         .iter()
         .find(|d| get(d, "kind").as_str() == Some("DaemonSet"))
@@ -560,34 +566,7 @@ fn the_tls_overlay_renders_validates_and_adds_what_the_probes_need() {
 /// `--cluster-tls-dir` looks for `tls.crt`, `tls.key` and `ca.crt`.
 #[test]
 fn the_fleet_overlay_renders_validates_and_wires_the_etcd_link() {
-    let dir = repo().join("deploy/kubernetes-fleet");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .expect(
-            "kubectl is needed to render deploy/kubernetes-fleet (cargo xtask setup --test-deps)",
-        );
-    assert!(
-        out.status.success(),
-        "kubectl kustomize deploy/kubernetes-fleet:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let rendered = tmp.path().join("fleet.yaml");
-    std::fs::write(&rendered, &out.stdout).unwrap();
-    let v = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
-        .arg(&rendered)
-        .output()
-        .expect("kubernetes-validate is needed (cargo xtask setup --test-deps)");
-    assert!(
-        v.status.success(),
-        "the fleet overlay does not validate:\n{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    let docs = documents(&rendered);
+    let docs = render_overlay("deploy/kubernetes-fleet");
     let ds = docs
         .iter()
         .find(|d| get(d, "kind").as_str() == Some("DaemonSet"))
@@ -678,7 +657,8 @@ fn the_fleet_overlay_renders_validates_and_wires_the_etcd_link() {
     );
     // The Secret's keys are the file names --cluster-tls-dir reads (the
     // create command in the overlay's header and in docs/deploy.md).
-    let header = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let header =
+        std::fs::read_to_string(repo().join("deploy/kubernetes-fleet/kustomization.yaml")).unwrap();
     for f in ["tls.crt", "tls.key", "ca.crt"] {
         assert!(
             header.contains(&format!("--from-file={f}=")),
