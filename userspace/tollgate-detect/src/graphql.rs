@@ -111,6 +111,9 @@ const PARSED_WHEN_TOO_LARGE: usize = 2_000;
 /// one (clients send a few fixed documents with changing variables); larger
 /// ones, and hostile ones that vary, are parsed every time.
 const CACHED_DOCUMENT_BYTES: usize = 8 * 1024;
+/// Whitespace and comment bytes past which a document is compacted before
+/// it is parsed (a few KiB of indentation is cheaper to parse than to copy).
+const COMPACT_OVER: usize = 16 * 1024;
 /// Documents kept at once; when full the cache starts over.
 const CACHED_DOCUMENTS: usize = 512;
 
@@ -489,6 +492,15 @@ impl Graphql {
         } else {
             text
         };
+        // Padding is taken out before the parser sees it: it lexes a
+        // character at a time, and a megabyte of spaces would cost it ms.
+        let compacted;
+        let parsed = if sc.ignored > COMPACT_OVER {
+            compacted = scan::compact(parsed);
+            compacted.as_str()
+        } else {
+            parsed
+        };
         let tree = Parser::new(parsed)
             .recursion_limit(PARSER_RECURSION)
             .token_limit(max_tokens)
@@ -784,32 +796,56 @@ fn multipart_part(body: &[u8], content_type: &str, name: &str) -> Option<String>
 fn json_string_prefix(text: &str, key: &str) -> Option<String> {
     let at = text.rfind(&format!("\"{key}\""))? + key.len() + 2;
     let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let mut rest = rest.strip_prefix('"')?;
-    let mut out = String::with_capacity(rest.len());
-    // Runs without escapes are copied whole: a megabyte costs a copy.
-    while let Some(at) = memchr::memchr2(b'"', b'\\', rest.as_bytes()) {
-        out.push_str(&rest[..at]);
-        if rest.as_bytes()[at] == b'"' {
-            return Some(out);
+    let b = rest.strip_prefix('"')?.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    // The next quote or backslash from `from`: a document's escapes come
+    // every few bytes (`\"` around each string), so the first bytes are
+    // looked at one by one; a long run is left to the vectorised search.
+    let next = |from: usize| {
+        let near = (from + 16).min(b.len());
+        b[from..near]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')
+            .map(|k| from + k)
+            .or_else(|| memchr::memchr2(b'"', b'\\', &b[near..]).map(|k| near + k))
+    };
+    let mut i = 0;
+    while let Some(at) = next(i) {
+        out.extend_from_slice(&b[i..at]);
+        if b[at] == b'"' {
+            i = b.len();
+            break;
         }
-        let mut chars = rest[at + 1..].chars();
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('u') => {
-                let hex: String = chars.by_ref().take(4).collect();
-                if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                    out.push(ch);
+        i = at + 2;
+        match b.get(at + 1) {
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'u') => {
+                let hex = b
+                    .get(at + 2..at + 6)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                if let Some(ch) = hex
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .and_then(char::from_u32)
+                {
+                    out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
                 }
+                i = (at + 6).min(b.len());
             }
-            Some(other) => out.push(other),
-            None => return Some(out),
+            // `\"`, `\\`, `\/` and the rest stand for themselves.
+            Some(&c) if c.is_ascii() => out.push(c),
+            // A non-ASCII byte is copied with the rest of its character.
+            Some(_) => i = at + 1,
+            None => i = b.len(),
         }
-        rest = chars.as_str();
     }
-    out.push_str(rest);
-    Some(out)
+    out.extend_from_slice(&b[i.min(b.len())..]);
+    // Cuts fall on ASCII bytes (or after whole escapes), so this is UTF-8.
+    Some(
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 /// Score for a count over a limit: 6 over it, 10 at twice it; `None` within

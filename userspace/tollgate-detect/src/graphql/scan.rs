@@ -22,6 +22,9 @@ pub(crate) struct Scan {
     pub aliases: u32,
     /// `@` outside strings and comments.
     pub directives: u32,
+    /// Bytes of whitespace and comments before `cut` beyond one per run: what
+    /// [`compact`] would take out of the parser's share.
+    pub ignored: usize,
 }
 
 /// Scans `doc`; `cut_at` is the number of tokens the parser is to see.
@@ -52,6 +55,9 @@ pub(crate) fn scan(doc: &str, cut_at: usize, count_to: usize) -> Scan {
                 while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
                     i += 1;
                 }
+                if s.tokens < cut_at {
+                    s.ignored += i - start - 1;
+                }
                 // Whitespace is a token for the parser but does not separate
                 // an alias from its colon.
                 s.tokens += 1;
@@ -71,6 +77,9 @@ pub(crate) fn scan(doc: &str, cut_at: usize, count_to: usize) -> Scan {
             b'#' => {
                 while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
                     i += 1;
+                }
+                if s.tokens < cut_at {
+                    s.ignored += i - start - 1;
                 }
                 s.tokens += 1;
                 if s.tokens == cut_at {
@@ -123,6 +132,47 @@ pub(crate) fn scan(doc: &str, cut_at: usize, count_to: usize) -> Scan {
         }
     }
     s
+}
+
+/// `doc` with each run of whitespace and comments outside strings made one
+/// space: the same document to a GraphQL parser (both are ignored tokens),
+/// without the megabyte of padding a hostile one hides its shape behind,
+/// which the parser would otherwise walk a character at a time.
+pub(crate) fn compact(doc: &str) -> String {
+    let b = doc.as_bytes();
+    let mut out = Vec::with_capacity(b.len().min(64 * 1024));
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'#' => {
+                while i < b.len() {
+                    match b[i] {
+                        b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+                        b'#' => {
+                            i = memchr::memchr2(b'\n', b'\r', &b[i..]).map_or(b.len(), |k| i + k);
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(b' ');
+            }
+            b'"' => {
+                let end = string_end(b, i).min(b.len());
+                out.extend_from_slice(&b[i..end]);
+                i = end;
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'#' | b'"') {
+                    i += 1;
+                }
+                out.extend_from_slice(&b[start..i]);
+            }
+        }
+    }
+    // Cuts fall on ASCII bytes only, so the text stays UTF-8; the lossy
+    // path is never taken but costs nothing to keep panic-free.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Bytes [`shape_only`] stops at: everything else is names, numbers,

@@ -653,3 +653,61 @@ fn document_literals_do_not_crowd_out_variables() {
         "{v:?}"
     );
 }
+
+/// Whitespace and comments are ignored tokens: taking their runs out before
+/// the parser changes nothing it sees, strings (block strings too) keep
+/// every space, `#` and quote they hold, and a megabyte of padding anywhere
+/// in a document leaves its analysis as it was.
+#[test]
+fn padding_is_compacted_and_changes_nothing() {
+    let doc = "query Q($p: String = \"a  #b\\\"  c\")  {\n\n  # a comment { here\n  login(password: \"\"\"  x\n  \\\"\"\" # y \"\"\", id: 1) @skip(if: false) { t }\n}";
+    assert_eq!(
+        scan::compact(doc),
+        "query Q($p: String = \"a  #b\\\"  c\") { login(password: \"\"\"  x\n  \\\"\"\" # y \"\"\", id: 1) @skip(if: false) { t } }"
+    );
+    let plain = analyze_with(GraphqlConfig::default(), doc);
+    // Under the capture limit once JSON-escaped, over the compaction threshold.
+    let pad = " \n\t".repeat(1 << 16);
+    let comment = format!("# {}\n", "x".repeat(1 << 18));
+    for padded in [
+        format!("{doc}{pad}"),
+        doc.replacen("{\n", &format!("{{{pad}"), 1),
+        doc.replacen("{\n", &format!("{{{comment}"), 1),
+    ] {
+        let a = analyze_with(GraphqlConfig::default(), &padded);
+        assert_eq!(a.operations, plain.operations);
+        assert_eq!(a.inputs, plain.inputs);
+        assert_eq!(a.rules(), plain.rules());
+    }
+    // A padded fragment bomb is still one: the padding hides nothing.
+    let mut bomb = String::from("{ ...F0 }");
+    for i in 0..20 {
+        bomb.push_str(&format!(
+            " fragment F{i} on Q {{ a: f {{ ...F{n} }}{pad} b: f {{ ...F{n} }} }}",
+            n = i + 1,
+            pad = if i == 3 { pad.as_str() } else { "" }
+        ));
+    }
+    bomb.push_str(" fragment F20 on Q { x }");
+    let a = analyze_with(GraphqlConfig::default(), &bomb);
+    assert!(a.rules().contains(&"graphql.fields"), "{:?}", a.rules());
+}
+
+/// The cut document's text is unescaped as JSON does it: whole, it is what
+/// serde_json reads; cut anywhere, a prefix of that (never a byte more).
+#[test]
+fn a_cut_query_string_is_unescaped_as_json_reads_it() {
+    let doc = "mutation { l0: login(p: \"a\\\\b \\\"q\\\" é ✓ 😀\") { t } }\n\t# \u{1}";
+    let json = format!(r#"{{"query":{}}}"#, serde_json::to_string(doc).unwrap())
+        .replace('é', "\\u00e9")
+        .replace('/', "\\/");
+    assert_eq!(json_string_prefix(&json, "query").as_deref(), Some(doc));
+    for cut in 0..json.len() {
+        let Some(part) = json.get(..cut) else {
+            continue;
+        };
+        if let Some(got) = json_string_prefix(part, "query") {
+            assert!(doc.starts_with(&got), "cut at {cut}: {got:?}");
+        }
+    }
+}
