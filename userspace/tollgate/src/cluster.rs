@@ -167,7 +167,9 @@ pub enum Inbound {
     Snapshot {
         /// Every valid record.
         records: Vec<BanRecord>,
-        /// This host's bans the per-minute cap kept from the fleet.
+        /// Prefixes whose record says nothing of this host's decisions:
+        /// kept local (the per-minute cap, a prefix too wide to share) or
+        /// unreadable in etcd (skipped). Its own decisions on them stay.
         capped: Vec<IpNet>,
     },
     /// A record written to the fleet (the decisions of every host on it).
@@ -455,11 +457,60 @@ impl Store for ClusterStore {
     }
 }
 
-/// The longest a record's free-text fields may be.
-const MAX_ORIGIN_LEN: usize = 64;
+/// Longest origin of a shared decision, in bytes. One set of limits for
+/// the writer ([`fold`] cuts this host's decisions to fit, [`shared`]) and
+/// every reader ([`check_decision`] refuses what exceeds them): a record one
+/// host writes is never one the others skip. A local origin may be longer
+/// ([`crate::proto::MAX_ORIGIN_LEN`] characters, and the policy engine's
+/// `agent (<route> on port N)` has no bound): the fleet sees it cut.
+pub const MAX_ORIGIN_BYTES: usize = 128;
 
-/// Most decisions one record may carry (one per host and origin).
-const MAX_DECISIONS: usize = 256;
+/// Most decisions one record may carry (one per host and origin); the
+/// writer keeps its own and the strongest of the others' within it.
+pub const MAX_DECISIONS: usize = 256;
+
+/// `s` with control characters replaced and cut on a character boundary
+/// to `bytes` bytes and `chars` characters.
+fn fit(s: &str, bytes: usize, chars: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(bytes));
+    for c in s.chars().take(chars) {
+        if out.len() + c.len_utf8() > bytes {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// An origin as the fleet carries it (what [`shared`] makes of it).
+#[must_use]
+pub fn shared_origin(origin: &str) -> String {
+    fit(origin, MAX_ORIGIN_BYTES, usize::MAX)
+}
+
+/// This host's decision as the fleet carries it: origin and reason cut to
+/// what every reader takes. The second value: whether it was cut.
+#[must_use]
+pub fn shared(d: Decision) -> (Decision, bool) {
+    let origin = shared_origin(&d.origin);
+    let reason = fit(&d.reason, usize::MAX, crate::proto::MAX_REASON_LEN);
+    let cut = origin != d.origin || reason != d.reason;
+    (
+        Decision {
+            origin,
+            reason,
+            ..d
+        },
+        cut,
+    )
+}
+
+/// Whether the fleet takes a ban on `cidr` at all (a forced local ban may
+/// be wider than any reader accepts: it stays on this host).
+#[must_use]
+pub fn shareable(cidr: IpNet) -> bool {
+    check_breadth(cidr, false).is_ok() && cidr == cidr.trunc()
+}
 
 /// Checks one decision of a record read under `key`.
 fn check_decision(key: &str, d: &Decision) -> Result<(), String> {
@@ -472,7 +523,7 @@ fn check_decision(key: &str, d: &Decision) -> Result<(), String> {
         }
     }
     crate::proto::check_reason(Some(&d.reason)).map_err(|e| format!("{key}: {e}"))?;
-    if d.origin.len() > MAX_ORIGIN_LEN || d.origin.chars().any(char::is_control) {
+    if d.origin.len() > MAX_ORIGIN_BYTES || d.origin.chars().any(char::is_control) {
         return Err(format!("{key}: bad origin"));
     }
     Ok(())
@@ -513,7 +564,7 @@ fn parse(
         return Err(format!("{key}: the record is for {}", rec.cidr));
     }
     check_breadth(rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
-    if rec.also.len() >= MAX_DECISIONS {
+    if rec.also.len() + 1 > MAX_DECISIONS {
         return Err(format!("{key}: {} decisions", rec.also.len() + 1));
     }
     // Records of agents that labelled only the leading decision: the others
@@ -544,7 +595,10 @@ fn parse(
 /// changed its decisions to `mine`'s own ones (those with no host; `None`
 /// withdraws them all): the other hosts' decisions in `current` stay, this
 /// host's are replaced, ended ones dropped, the higher offence count kept.
-/// `None`: no decision is left (the key goes).
+/// The record keeps within the limits every reader checks: this host's
+/// decisions are cut to fit ([`shared`]), and past [`MAX_DECISIONS`] the
+/// weakest of the others' are left out. `None`: no decision is left (the
+/// key goes). The second value: decisions cut or left out.
 #[must_use]
 pub fn fold(
     current: Option<&BanRecord>,
@@ -552,27 +606,42 @@ pub fn fold(
     cidr: IpNet,
     mine: Option<&BanRecord>,
     now: u64,
-) -> Option<BanRecord> {
-    let own = mine
+) -> (Option<BanRecord>, u64) {
+    let live = |d: &Decision| d.expires_at.is_none_or(|t| t > now);
+    let mut cut = 0;
+    let mut own: Vec<Decision> = mine
         .into_iter()
         .flat_map(|m| m.decisions())
-        .filter(|d| d.host.is_none());
-    let own = own.map(|d| Decision {
-        host: Some(me.to_owned()),
-        ..d
-    });
-    let others = current
+        .filter(|d| d.host.is_none() && live(d))
+        .map(|d| {
+            let (d, c) = shared(d);
+            cut += u64::from(c);
+            Decision {
+                host: Some(me.to_owned()),
+                ..d
+            }
+        })
+        .collect();
+    let mut others: Vec<Decision> = current
         .into_iter()
         .flat_map(|c| c.decisions())
-        .filter(|d| d.host.as_deref() != Some(me));
-    let all: Vec<Decision> = own
-        .chain(others)
-        .filter(|d| d.expires_at.is_none_or(|t| t > now))
+        .filter(|d| d.host.as_deref() != Some(me) && live(d))
         .collect();
+    if own.len() + others.len() > MAX_DECISIONS {
+        // The strongest first (no expiry, then the latest).
+        let strength = |d: &Decision| std::cmp::Reverse(d.expires_at.unwrap_or(u64::MAX));
+        own.sort_by_key(strength);
+        others.sort_by_key(strength);
+        let before = own.len() + others.len();
+        own.truncate(MAX_DECISIONS);
+        others.truncate(MAX_DECISIONS - own.len());
+        cut += (before - own.len() - others.len()) as u64;
+    }
     let offences = mine
         .map_or(0, |m| m.offences)
         .max(current.map_or(0, |c| c.offences));
-    BanRecord::from_decisions(cidr, offences, all)
+    own.append(&mut others);
+    (BanRecord::from_decisions(cidr, offences, own), cut)
 }
 
 /// A record as etcd holds it, read leniently for [`fold`]: the other hosts'
@@ -646,6 +715,19 @@ impl Publisher {
     /// Takes what the agent queued; bans over the per-minute cap stay local.
     fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, (seq, change): Queued) {
         self.taken = self.taken.max(seq);
+        if let Change::Put(r) = &change
+            && !shareable(r.cidr)
+        {
+            // Every reader would skip it: it stays on this host, as one the
+            // cap kept (a full read does not lift it).
+            warn!(cidr = %r.cidr, "ban not shared: the fleet takes no prefix this wide (it stays enforced here)");
+            with_status(status, |s| {
+                s.view.unshared += 1;
+                s.view.outbox = s.view.outbox.saturating_sub(1);
+            });
+            self.capped.insert(r.cidr);
+            return;
+        }
         if let Change::Put(r) = &change {
             let minute = clock::unix_now() / 60;
             if self.window.0 != minute {
@@ -715,7 +797,7 @@ impl Publisher {
                 .take(n)
                 .map(|(_, c)| c.clone())
                 .collect();
-            let puts = match self.write(client, cfg, &batch).await {
+            let puts = match self.write(client, cfg, status, &batch).await {
                 Ok(p) => p,
                 Err(e) => {
                     // A lease that expired or vanished with etcd's data fails
@@ -786,6 +868,7 @@ impl Publisher {
         &mut self,
         client: &mut Client,
         cfg: &ClusterConfig,
+        status: &SharedStatus,
         batch: &[Change],
     ) -> anyhow::Result<u64> {
         self.write_allows(client, cfg, batch).await?;
@@ -837,7 +920,12 @@ impl Publisher {
                     });
                     reads.push((*c, TxnOp::get(key(c), None)));
                 }
-                match fold(cur.as_ref(), &cfg.host_id, *c, mine.as_ref(), now) {
+                let (folded, cut) = fold(cur.as_ref(), &cfg.host_id, *c, mine.as_ref(), now);
+                if cut > 0 && attempt == 0 {
+                    warn!(cidr = %c, decisions = cut, "fleet record cut to the limits every host reads (origin over {MAX_ORIGIN_BYTES} bytes, reason too long, or over {MAX_DECISIONS} decisions)");
+                    with_status(status, |s| s.view.unshared += cut);
+                }
+                match folded {
                     Some(r) => {
                         let value = serde_json::to_vec(&r)?;
                         let opts = match r.expires_at {
@@ -911,7 +999,7 @@ async fn read_all(
     client: &mut Client,
     cfg: &ClusterConfig,
     status: &SharedStatus,
-) -> anyhow::Result<(Vec<BanRecord>, i64)> {
+) -> anyhow::Result<(Vec<BanRecord>, Vec<IpNet>, i64)> {
     let prefix = cfg.ban_prefix();
     let end = {
         let mut e = prefix.clone().into_bytes();
@@ -923,6 +1011,7 @@ async fn read_all(
     let mut from = prefix.clone().into_bytes();
     let mut revision = 0;
     let mut out = Vec::new();
+    let mut unread = Vec::new();
     let now = clock::unix_now();
     let mut skipped = 0;
     loop {
@@ -941,6 +1030,15 @@ async fn read_all(
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
+                    // The prefix as its key names it: this host's own
+                    // decisions on it are not taken as lifted.
+                    if let Some(c) = std::str::from_utf8(kv.key())
+                        .ok()
+                        .and_then(|k| k.strip_prefix(prefix.as_str()))
+                        .and_then(|c| c.parse::<IpNet>().ok())
+                    {
+                        unread.push(c);
+                    }
                 }
             }
         }
@@ -953,7 +1051,7 @@ async fn read_all(
         }
     }
     with_status(status, |s| s.view.skipped += skipped);
-    Ok((out, revision))
+    Ok((out, unread, revision))
 }
 
 /// Most fleet allow entries read.
@@ -1078,7 +1176,7 @@ async fn session(
     {
         return Ok(());
     }
-    let (records, revision) = read_all(&mut client, cfg, status).await?;
+    let (records, unread, revision) = read_all(&mut client, cfg, status).await?;
     let allows = read_allows(&mut client, cfg, status, revision).await?;
     let allow_prefix = cfg.allow_prefix();
     let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
@@ -1092,7 +1190,7 @@ async fn session(
     if inbound
         .send(Inbound::Snapshot {
             records,
-            capped: publisher.capped.iter().copied().collect(),
+            capped: publisher.capped.iter().copied().chain(unread).collect(),
         })
         .await
         .is_err()
@@ -1525,7 +1623,7 @@ mod tests {
             also: vec![one(Some("b"), "feed", Some(9_999)).decision()],
             ..one(None, "cli", Some(3_000))
         };
-        let r = fold(Some(&held), "a", cidr, Some(&mine), now).unwrap();
+        let r = fold(Some(&held), "a", cidr, Some(&mine), now).0.unwrap();
         let ds: Vec<_> = r
             .decisions()
             .map(|d| (d.host.unwrap(), d.origin, d.expires_at))
@@ -1538,12 +1636,12 @@ mod tests {
             ]
         );
         // A withdraws: B's stays; with nothing else, the key goes.
-        let w = fold(Some(&r), "a", cidr, None, now).unwrap();
+        let w = fold(Some(&r), "a", cidr, None, now).0.unwrap();
         assert_eq!((w.host.as_deref(), w.also.len()), (Some("b"), 0));
-        assert_eq!(fold(Some(&w), "b", cidr, None, now), None);
+        assert_eq!(fold(Some(&w), "b", cidr, None, now), (None, 0));
         // Ended decisions are dropped; a new key holds this host's only.
-        assert_eq!(fold(Some(&w), "a", cidr, None, 2_001), None);
-        let fresh = fold(None, "a", cidr, Some(&mine), now).unwrap();
+        assert_eq!(fold(Some(&w), "a", cidr, None, 2_001), (None, 0));
+        let fresh = fold(None, "a", cidr, Some(&mine), now).0.unwrap();
         assert_eq!((fresh.host.as_deref(), fresh.also.len()), (Some("a"), 0));
     }
 
@@ -1571,13 +1669,69 @@ mod tests {
                 .all(|d| d.expires_at.is_some_and(|t| t <= 2_000))
         );
         assert!(decode(P, &k, &with(&d(r#","host":"a/b""#, "cli")), 1_000, 60).is_err());
-        let long = "o".repeat(100);
+        let long = "o".repeat(MAX_ORIGIN_BYTES + 1);
         assert!(decode(P, &k, &with(&d("", &long)), 1_000, 60).is_err());
         let many = format!(
             "[{}]",
             vec![&d("", "x")[1..d("", "x").len() - 1]; 300].join(",")
         );
         assert!(decode(P, &k, &with(&many), 1_000, 60).is_err());
+    }
+
+    /// What this host writes, every host reads: a policy ban's origin
+    /// longer than the readers' limit, a reason with control characters and
+    /// more decisions than a record may carry are cut by the writer, never
+    /// written for the readers to skip.
+    #[test]
+    fn the_writer_keeps_within_the_readers_limits() {
+        let cidr: IpNet = "198.18.0.1/32".parse().unwrap();
+        let now = 1_000;
+        let base: BanRecord =
+            serde_json::from_slice(&rec("198.18.0.1/32", None, Some(5_000))).unwrap();
+        let route = format!("agent (/{} on port 8080)", "é".repeat(150));
+        let mine = BanRecord {
+            origin: route.clone(),
+            reason: format!("sqli\u{7}{}", "r".repeat(400)),
+            ..base.clone()
+        };
+        // etcd holds 300 decisions of other hosts (an old writer's record).
+        let held = BanRecord {
+            host: Some("h0".into()),
+            also: (1..300)
+                .map(|i| Decision {
+                    host: Some(format!("h{i}")),
+                    expires_at: Some(2_000 + i),
+                    ..base.decision()
+                })
+                .collect(),
+            ..base.clone()
+        };
+        let (r, cut) = fold(Some(&held), "a", cidr, Some(&mine), now);
+        let r = r.unwrap();
+        assert_eq!(r.decisions().count(), MAX_DECISIONS);
+        assert_eq!(
+            cut,
+            1 + (300 + 1 - MAX_DECISIONS as u64),
+            "this host's decision cut, the weakest left out"
+        );
+        let own = r
+            .decisions()
+            .find(|d| d.host.as_deref() == Some("a"))
+            .unwrap();
+        assert_eq!(own.origin, shared_origin(&route));
+        assert!(own.origin.len() <= MAX_ORIGIN_BYTES && route.starts_with(&own.origin));
+        // The strongest of the others' stay.
+        assert!(r.decisions().any(|d| d.host.as_deref() == Some("h299")));
+        assert!(!r.decisions().any(|d| d.host.as_deref() == Some("h1")));
+        let bytes = serde_json::to_vec(&r).unwrap();
+        let k = format!("{P}198.18.0.1/32").into_bytes();
+        let read = decode(P, &k, &bytes, now, 100_000)
+            .expect("every reader takes what the writer wrote")
+            .unwrap();
+        assert_eq!(read.decisions().count(), MAX_DECISIONS);
+        // A prefix wider than any reader takes is not shared at all.
+        assert!(!shareable("10.0.0.0/4".parse().unwrap()));
+        assert!(shareable(cidr));
     }
 
     #[test]

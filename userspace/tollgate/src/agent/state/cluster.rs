@@ -114,34 +114,51 @@ impl<M: Maps> AgentState<M> {
     /// many changed the kernel.
     pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
         let me = self.fleet_host();
-        let mut out = Vec::with_capacity(records.len());
-        let mut refused = 0;
-        for rec in records {
-            let old = self.bans.get(&rec.cidr);
-            if old.is_none() {
-                if let Some(a) = self.allow_overlap(&rec.cidr) {
-                    debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
-                    refused += 1;
-                    continue;
-                }
-                if let Some(p) = self.trusted_overlap(&rec.cidr) {
-                    debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
-                    refused += 1;
-                    continue;
-                }
-            }
-            out.push((rec.cidr, merge(old.as_ref(), Some(&rec), &me, |_| true)));
-        }
-        if refused > 0 {
-            self.cluster_count(|s| s.view.refused += refused);
-        }
+        let out = records
+            .into_iter()
+            .map(|rec| {
+                let old = self.bans.get(&rec.cidr);
+                (rec.cidr, merge(old.as_ref(), Some(&rec), &me, |_| true))
+            })
+            .collect();
         self.settle(out).0
+    }
+
+    /// Strips the fleet's decisions from the records on prefixes this host
+    /// refuses to ban (what a local `block add` without `--force` refuses:
+    /// its allowlist, the fleet's allow entries, its trusted proxies, its
+    /// own and special addresses). Every fleet path ends in [`Self::settle`],
+    /// which asks this first: a record merged onto a ban held here is checked
+    /// exactly like a fresh one. This host's own decisions stay (its
+    /// operator forced them). Returns the records refused.
+    fn screen(&self, records: &mut [(IpNet, Option<BanRecord>)]) -> u64 {
+        let fleet = |d: &Decision| d.host.is_some();
+        let mut own_addrs = None;
+        let mut refused = 0;
+        for (cidr, rec) in records.iter_mut() {
+            let Some(r) = rec.as_ref().filter(|r| r.any_decision(fleet)) else {
+                continue;
+            };
+            let own = own_addrs.get_or_insert_with(|| (self.host_addrs)());
+            let Err(why) = self.refusal(cidr, false, own) else {
+                continue;
+            };
+            debug!(cidr = %cidr, host = ?r.host, "fleet ban refused: {why}");
+            refused += 1;
+            let mine = r.decisions().filter(|d| !fleet(d)).collect();
+            *rec = BanRecord::from_decisions(*cidr, r.offences, mine);
+        }
+        refused
     }
 
     /// Makes the records for these prefixes what they are paired with
     /// (`None`: lifted), kernel first. Returns (kernel entries written,
     /// prefixes lifted).
-    fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+    fn settle(&mut self, mut records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+        let refused = self.screen(&mut records);
+        if refused > 0 {
+            self.cluster_count(|s| s.view.refused += refused);
+        }
         let mut take = Vec::with_capacity(records.len());
         let mut enforce = Vec::with_capacity(records.len());
         let mut lift = Vec::new();
@@ -411,7 +428,8 @@ impl<M: Maps> AgentState<M> {
             keep.contains(cidr)
                 || new.is_some_and(|n| {
                     n.any_decision(|e| {
-                        e.host.as_deref() == Some(me.as_str()) && e.origin == d.origin
+                        e.host.as_deref() == Some(me.as_str())
+                            && e.origin == crate::cluster::shared_origin(&d.origin)
                     })
                 })
         };

@@ -340,6 +340,90 @@ fn fleet_allow_entries_come_and_go() {
     assert!(a.state.allow_overlap(&net("198.51.100.3")).is_none());
 }
 
+/// A fleet record for a prefix this host already bans (its own forced ban)
+/// is checked like a fresh one: over an allow entry or a trusted proxy the
+/// fleet's decision is refused on every path (a watched record, a full
+/// read), and the kernel entry stays this host's.
+#[test]
+fn fleet_records_merged_onto_a_held_ban_are_checked_like_fresh_ones() {
+    let proxy = net("192.0.2.10");
+    let mut a = Agent::with(MemMaps::new(Mode::Enforce), vec![proxy]);
+    let spec = crate::policy::ClusterSpec {
+        host_id: Some("host-a".into()),
+        ..crate::policy::ClusterSpec::default()
+    };
+    let status = std::sync::Arc::new(std::sync::Mutex::new(crate::cluster::ClusterStatus {
+        cfg: Some(crate::cluster::ClusterConfig::from_spec(&spec, "x")),
+        ..crate::cluster::ClusterStatus::default()
+    }));
+    a.state.set_cluster(status.clone());
+    a.allow("198.51.100.0/24");
+    for cidr in ["198.51.100.7", "192.0.2.10"] {
+        a.ok(Request::BlockAdd {
+            cidr: cidr.into(),
+            ttl_secs: Some(60),
+            reason: None,
+            force: true,
+        });
+    }
+    let now = clock::unix_now();
+    let fleet = |cidr: &str| BanRecord {
+        cidr: net(cidr),
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 86_400),
+        offences: 1,
+        host: Some("host-b".into()),
+        also: Vec::new(),
+    };
+    let before: Vec<_> = ["198.51.100.7/32", "192.0.2.10/32"]
+        .iter()
+        .map(|c| a.kernel(c).unwrap().expires_ns)
+        .collect();
+    a.state
+        .cluster_put_many(vec![fleet("198.51.100.7"), fleet("192.0.2.10")]);
+    // A full read: etcd's record holds this host's decision beside B's.
+    let with_mine = |cidr: &str| BanRecord {
+        also: vec![crate::store::Decision {
+            host: Some("host-a".into()),
+            origin: "cli".into(),
+            ..fleet(cidr).decision()
+        }],
+        ..fleet(cidr)
+    };
+    a.state.cluster_snapshot(
+        vec![with_mine("198.51.100.7"), with_mine("192.0.2.10")],
+        &[],
+    );
+    // A fleet ban on a fresh prefix inside the allow entry: refused too.
+    a.state.cluster_put_many(vec![fleet("198.51.100.8")]);
+    let ls = a.ls();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    for b in &ls {
+        assert!(
+            b["host"].is_null() && b["decisions"].as_array().map(Vec::len) == Some(1),
+            "the fleet's decision was taken over a refused prefix: {b}"
+        );
+        assert_eq!(b["origin"], "cli", "{b}");
+    }
+    let after: Vec<_> = ["198.51.100.7/32", "192.0.2.10/32"]
+        .iter()
+        .map(|c| a.kernel(c).unwrap().expires_ns)
+        .collect();
+    assert_eq!(before, after, "the kernel entries took the fleet's expiry");
+    assert!(a.kernel("198.51.100.8/32").is_none());
+    assert_eq!(status.lock().unwrap().view.refused, 5);
+    assert!(
+        a.stored()
+            .iter()
+            .all(|r| !r.any_decision(|d| d.host.is_some())),
+        "{:?}",
+        a.stored()
+    );
+}
+
 /// A client banned twice elsewhere in the fleet gets this host's third
 /// TTL step at its first offence here (the offence count is the fleet's).
 #[test]
