@@ -12,10 +12,15 @@
 //! Keys: `/tollgate/<fleet>/bans/<cidr>`, values the [`BanRecord`] JSON:
 //! every host's decisions on the prefix, each with its `host`. A host only
 //! ever rewrites its own decisions in a record ([`fold`], compare-and-swap
-//! on the key's revision), so concurrent writers never drop each other's;
-//! deleting the key (an operator's unban) lifts the prefix on every host.
-//! Expiry is each decision's absolute `expires_at`; etcd leases, shared per
-//! minute of expiry, only collect the keys of expired bans.
+//! on the key's revision), so concurrent writers never drop each other's.
+//! An operator's unban is explicit: it deletes the key and writes a
+//! tombstone, `/tollgate/<fleet>/bans/lifted/<cidr>` ([`Lifted`]: when and
+//! by whom), in one transaction. A key that is merely gone (deleted by
+//! hand, an etcd wipe, a restore from an old snapshot) lifts no host's own
+//! decisions: the other hosts drop their copies, and each owner publishes
+//! its own again. Expiry is each decision's absolute `expires_at`; etcd
+//! leases, shared per minute of expiry, only collect the keys of expired
+//! bans and old tombstones.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -167,6 +172,11 @@ pub enum Inbound {
     Snapshot {
         /// Every valid record.
         records: Vec<BanRecord>,
+        /// The operators' unbans etcd remembers ([`Lifted`]): prefix and
+        /// unix seconds. Only these lift this host's own decisions that
+        /// etcd lacks (made at or before then); the others are published
+        /// again.
+        lifted: Vec<(IpNet, u64)>,
         /// Prefixes whose record says nothing of this host's decisions:
         /// kept local (the per-minute cap, a prefix too wide to share) or
         /// unreadable in etcd (skipped). Its own decisions on them stay.
@@ -174,13 +184,18 @@ pub enum Inbound {
     },
     /// A record written to the fleet (the decisions of every host on it).
     Put(BanRecord),
+    /// A record's key is gone without an unban (deleted by hand, an etcd
+    /// wipe, its lease after every decision ended, the last decision
+    /// withdrawn): the other hosts' decisions go, this host's own stay and
+    /// are published again.
+    Gone(IpNet),
     /// The fleet's allowlist at a revision (with every snapshot).
     Allows(Vec<AllowRecord>),
     /// An allow entry added to the fleet's allowlist (origin `fleet:<host>`).
     Allow(AllowRecord),
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
-    /// An unban from anywhere.
+    /// An operator's unban from anywhere (a tombstone written).
     Remove(IpNet),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
@@ -681,6 +696,86 @@ struct Publisher {
     capped: HashSet<IpNet>,
 }
 
+/// Where tombstones live under the ban prefix (`bans/lifted/<cidr>`): in
+/// the same range as the records, so one watch delivers an unban's
+/// tombstone and the record's deletion in order.
+pub const LIFTED: &str = "lifted/";
+
+/// How long etcd keeps a tombstone (its lease): a host down longer than
+/// this and holding its own ban lifted meanwhile publishes it again.
+pub const TOMBSTONE_TTL: u64 = 30 * 24 * 3600;
+
+/// An operator's unban as the fleet remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lifted {
+    /// The prefix lifted.
+    pub cidr: IpNet,
+    /// Unix seconds: every decision made at or before then is lifted.
+    pub lifted_at: u64,
+    /// The host whose operator lifted it.
+    pub host: String,
+}
+
+/// What a key under the ban prefix holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A record (`None`: every decision in it has ended).
+    Record(Option<BanRecord>),
+    /// A tombstone.
+    Lifted(Lifted),
+}
+
+/// Checks a tombstone read under `key` (relative to the ban prefix, its
+/// `lifted/` stripped).
+fn decode_lifted(key: &str, cidr: &str, value: &[u8], now: u64) -> Result<Lifted, String> {
+    let l: Lifted =
+        serde_json::from_slice(value).map_err(|e| format!("{key}: not a tombstone: {e}"))?;
+    if l.cidr.to_string() != cidr || l.cidr != l.cidr.trunc() {
+        return Err(format!("{key}: the tombstone is for {}", l.cidr));
+    }
+    check_breadth(l.cidr, false).map_err(|e| format!("{key}: {e}"))?;
+    if let Some(m) = crate::policy::check_name(&l.host) {
+        return Err(format!("{key}: host {m}"));
+    }
+    // One from the future would lift bans made after it.
+    if l.lifted_at > now.saturating_add(60) {
+        return Err(format!("{key}: lifted in the future ({})", l.lifted_at));
+    }
+    Ok(l)
+}
+
+/// Checks one key and value read under the ban prefix: a record
+/// ([`decode`]) or a tombstone.
+///
+/// # Errors
+/// When it is malformed or hostile.
+pub fn decode_entry(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+    max_ttl: u64,
+) -> Result<Entry, String> {
+    let k = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    match k
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(LIFTED))
+    {
+        Some(cidr) => decode_lifted(k, cidr, value, now).map(Entry::Lifted),
+        None => decode(prefix, key, value, now, max_ttl).map(Entry::Record),
+    }
+}
+
+/// The prefix a key under the ban prefix names (a record's or a
+/// tombstone's).
+fn key_cidr(prefix: &str, key: &[u8]) -> Option<(IpNet, bool)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    match rest.strip_prefix(LIFTED) {
+        Some(c) => c.parse().ok().map(|c| (c, true)),
+        None => rest.parse().ok().map(|c| (c, false)),
+    }
+}
+
 /// Checks one allow entry read from etcd under `key`: the entry (origin
 /// `fleet:<host>`) or why it is skipped (malformed, wider than a ban may
 /// be).
@@ -902,6 +997,23 @@ impl Publisher {
             let mut puts = 0;
             for c in &order {
                 let (reset, mine) = &want[c];
+                if *reset && shareable(*c) {
+                    // The unban, explicit: what lifts the owners' own
+                    // decisions; a key merely gone lifts none.
+                    let t = Lifted {
+                        cidr: *c,
+                        lifted_at: now,
+                        host: cfg.host_id.clone(),
+                    };
+                    let lease = self
+                        .lease(client, now.saturating_add(TOMBSTONE_TTL))
+                        .await?;
+                    ops.push(TxnOp::put(
+                        format!("{prefix}{LIFTED}{c}"),
+                        serde_json::to_vec(&t)?,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                }
                 let Some(mine) = mine else {
                     ops.push(TxnOp::delete(key(c), None));
                     continue;
@@ -994,12 +1106,25 @@ async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
 /// Records per page of the full read.
 const PAGE: i64 = 5000;
 
-/// Reads every record under the prefix at one revision, page by page.
+/// A full read of the ban prefix.
+struct Read {
+    /// The valid records.
+    records: Vec<BanRecord>,
+    /// Prefixes whose record was skipped.
+    unread: Vec<IpNet>,
+    /// The tombstones: prefix, unix seconds.
+    lifted: Vec<(IpNet, u64)>,
+    /// The revision read at.
+    revision: i64,
+}
+
+/// Reads every record and tombstone under the prefix at one revision,
+/// page by page.
 async fn read_all(
     client: &mut Client,
     cfg: &ClusterConfig,
     status: &SharedStatus,
-) -> anyhow::Result<(Vec<BanRecord>, Vec<IpNet>, i64)> {
+) -> anyhow::Result<Read> {
     let prefix = cfg.ban_prefix();
     let end = {
         let mut e = prefix.clone().into_bytes();
@@ -1012,6 +1137,7 @@ async fn read_all(
     let mut revision = 0;
     let mut out = Vec::new();
     let mut unread = Vec::new();
+    let mut lifted = Vec::new();
     let now = clock::unix_now();
     let mut skipped = 0;
     loop {
@@ -1024,19 +1150,16 @@ async fn read_all(
             revision = resp.header().map_or(0, |h| h.revision());
         }
         for kv in resp.kvs() {
-            match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
+            match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                Ok(Entry::Record(Some(r))) => out.push(r),
+                Ok(Entry::Record(None)) => {}
+                Ok(Entry::Lifted(l)) => lifted.push((l.cidr, l.lifted_at)),
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
                     // The prefix as its key names it: this host's own
                     // decisions on it are not taken as lifted.
-                    if let Some(c) = std::str::from_utf8(kv.key())
-                        .ok()
-                        .and_then(|k| k.strip_prefix(prefix.as_str()))
-                        .and_then(|c| c.parse::<IpNet>().ok())
-                    {
+                    if let Some((c, false)) = key_cidr(&prefix, kv.key()) {
                         unread.push(c);
                     }
                 }
@@ -1051,7 +1174,12 @@ async fn read_all(
         }
     }
     with_status(status, |s| s.view.skipped += skipped);
-    Ok((out, unread, revision))
+    Ok(Read {
+        records: out,
+        unread,
+        lifted,
+        revision,
+    })
 }
 
 /// Most fleet allow entries read.
@@ -1176,7 +1304,12 @@ async fn session(
     {
         return Ok(());
     }
-    let (records, unread, revision) = read_all(&mut client, cfg, status).await?;
+    let Read {
+        records,
+        unread,
+        lifted,
+        revision,
+    } = read_all(&mut client, cfg, status).await?;
     let allows = read_allows(&mut client, cfg, status, revision).await?;
     let allow_prefix = cfg.allow_prefix();
     let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
@@ -1190,6 +1323,7 @@ async fn session(
     if inbound
         .send(Inbound::Snapshot {
             records,
+            lifted,
             capped: publisher.capped.iter().copied().chain(unread).collect(),
         })
         .await
@@ -1238,27 +1372,26 @@ async fn session(
                     let change = match ev.event_type() {
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.
-                        EventType::Put => match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                            Ok(Some(r)) => Inbound::Put(r),
-                            Ok(None) => continue,
+                        EventType::Put => match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                            Ok(Entry::Record(Some(r))) => Inbound::Put(r),
+                            Ok(Entry::Record(None)) => continue,
+                            // Written with the record's deletion, before it.
+                            Ok(Entry::Lifted(l)) => Inbound::Remove(l.cidr),
                             Err(e) => {
                                 warn!("skipped a fleet record: {e}");
                                 with_status(status, |s| s.view.skipped += 1);
                                 continue;
                             }
                         },
-                        EventType::Delete => {
-                            let parsed = std::str::from_utf8(kv.key()).ok()
-                                .and_then(|k| k.strip_prefix(prefix.as_str()))
-                                .and_then(|c| c.parse::<IpNet>().ok());
-                            match parsed {
-                                Some(c) => Inbound::Remove(c),
-                                None => {
-                                    with_status(status, |s| s.view.skipped += 1);
-                                    continue;
-                                }
+                        EventType::Delete => match key_cidr(&prefix, kv.key()) {
+                            Some((c, false)) => Inbound::Gone(c),
+                            // A tombstone collected by its lease.
+                            Some((_, true)) => continue,
+                            None => {
+                                with_status(status, |s| s.view.skipped += 1);
+                                continue;
                             }
-                        }
+                        },
                     };
                     if inbound.send(change).await.is_err() {
                         return Ok(());
@@ -1732,6 +1865,50 @@ mod tests {
         // A prefix wider than any reader takes is not shared at all.
         assert!(!shareable("10.0.0.0/4".parse().unwrap()));
         assert!(shareable(cidr));
+    }
+
+    #[test]
+    fn tombstones_are_told_apart_and_checked() {
+        let now = 1_000;
+        let k = |c: &str| format!("{P}{LIFTED}{c}").into_bytes();
+        let v = |c: &str, at: u64, host: &str| {
+            format!(r#"{{"cidr":"{c}","lifted_at":{at},"host":"{host}"}}"#).into_bytes()
+        };
+        let t = decode_entry(
+            P,
+            &k("198.18.0.1/32"),
+            &v("198.18.0.1/32", 900, "a"),
+            now,
+            60,
+        );
+        assert!(matches!(t, Ok(Entry::Lifted(l)) if l.lifted_at == 900 && l.host == "a"));
+        // A record is still a record.
+        let r = decode_entry(
+            P,
+            format!("{P}198.18.0.1/32").as_bytes(),
+            &rec("198.18.0.1/32", Some("a"), Some(2_000)),
+            now,
+            60,
+        );
+        assert!(matches!(r, Ok(Entry::Record(Some(_)))));
+        // Hostile: from the future, for another prefix, too wide, bad host.
+        for (key, value) in [
+            (k("198.18.0.1/32"), v("198.18.0.1/32", 99_999, "a")),
+            (k("198.18.0.1/32"), v("198.18.0.2/32", 900, "a")),
+            (k("0.0.0.0/0"), v("0.0.0.0/0", 900, "a")),
+            (k("198.18.0.1/32"), v("198.18.0.1/32", 900, "a/b")),
+            (k("198.18.0.1/32"), b"{".to_vec()),
+        ] {
+            assert!(decode_entry(P, &key, &value, now, 60).is_err());
+        }
+        assert_eq!(
+            key_cidr(P, &k("198.18.0.1/32")),
+            Some(("198.18.0.1/32".parse().unwrap(), true))
+        );
+        assert_eq!(
+            key_cidr(P, format!("{P}fd00::/8").as_bytes()),
+            Some(("fd00::/8".parse().unwrap(), false))
+        );
     }
 
     #[test]

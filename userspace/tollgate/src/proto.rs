@@ -459,6 +459,10 @@ pub struct ClusterView {
     /// takes).
     #[serde(default)]
     pub unshared: u64,
+    /// Prefixes of this host's own bans published again because etcd lost
+    /// them without an unban (a key deleted by hand, a wipe, a restore).
+    #[serde(default)]
+    pub republished: u64,
     /// Fleet bans refused here (allowlisted, trusted proxy).
     pub refused: u64,
     /// Fleet changes applied here since start.

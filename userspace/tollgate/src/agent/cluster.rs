@@ -107,9 +107,17 @@ impl Link {
                     for change in batch {
                         match change {
                             Inbound::Put(r) => puts.push(r),
-                            Inbound::Snapshot { records, capped } => {
+                            Inbound::Snapshot {
+                                records,
+                                lifted,
+                                capped,
+                            } => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_snapshot(records, &capped);
+                                st.cluster_snapshot(records, &lifted, &capped);
+                            }
+                            Inbound::Gone(n) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_gone(&n);
                             }
                             Inbound::Remove(n) => {
                                 st.cluster_put_many(std::mem::take(&mut puts));

@@ -396,6 +396,7 @@ fn fleet_records_merged_onto_a_held_ban_are_checked_like_fresh_ones() {
     a.state.cluster_snapshot(
         vec![with_mine("198.51.100.7"), with_mine("192.0.2.10")],
         &[],
+        &[],
     );
     // A fleet ban on a fresh prefix inside the allow entry: refused too.
     a.state.cluster_put_many(vec![fleet("198.51.100.8")]);
@@ -1289,36 +1290,62 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
 
     // A full read: the fleet's bans missing from it are lifted; this
     // host's own missing from it are kept while in the outbox or kept back
-    // by the per-minute cap, and lifted once etcd had them (an unban made
-    // elsewhere while this host was away); nothing is shared again.
+    // by the per-minute cap, lifted once etcd had them when a tombstone at
+    // least as recent says an operator lifted them (elsewhere, while this
+    // host was away), and published again when etcd merely lost them (a
+    // wipe, a key deleted by hand).
     a.state
         .cluster_put_many(vec![remote("198.51.100.4", now + 600)]);
     a.ban("198.51.100.8", Some(600));
     a.ban("198.51.100.10", Some(600));
+    a.ban("198.51.100.11", Some(600));
     a.state.cluster_acked(u64::MAX - 1);
     a.ban("198.51.100.5", Some(600));
     sent();
     let before = a.state.bans().count();
+    // This host's own decision as etcd holds it: kept.
+    let f2 = a.state.ban(&net("198.51.100.21")).unwrap();
+    let as_etcd = BanRecord {
+        host: Some("host-b".into()),
+        ..f2
+    };
     let (applied, lifted) = a.state.cluster_snapshot(
-        vec![
-            remote("198.51.100.6", now + 600),
-            feed("f1"),
-            // This host's own decision as etcd holds it: kept.
-            BanRecord {
-                origin: "f2".into(),
-                kind: BanReason::Feed,
-                host: Some("host-b".into()),
-                ..remote("198.51.100.21", now + 600)
-            },
+        vec![remote("198.51.100.6", now + 600), feed("f1"), as_etcd],
+        &[
+            (net("198.51.100.8"), clock::unix_now()),
+            // An older unban does not lift a later ban.
+            (net("198.51.100.11"), now - 3600),
         ],
         &[net("198.51.100.10")],
     );
     assert_eq!((applied, lifted), (1, 2), "{:?}", a.ls());
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.8").is_none());
     assert!(a.kernel("198.51.100.5").is_some() && a.kernel("198.51.100.10").is_some());
-    assert!(a.kernel("198.51.100.6").is_some());
+    assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.11").is_some());
     assert_eq!(a.state.bans().count(), before - 1);
-    assert!(sent().is_empty(), "a full read shares nothing again");
+    assert!(
+        matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")),
+        "only the ban etcd lost is shared again"
+    );
+    assert_eq!(status.lock().unwrap().view.republished, 1);
+
+    // A key deleted behind the agents' backs: the other hosts' decisions
+    // held here go, this host's own stay enforced and are shared again.
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.11", now + 900)]);
+    assert_eq!(a.state.ban(&net("198.51.100.11")).unwrap().also.len(), 1);
+    assert!(!a.state.cluster_gone(&net("198.51.100.11")));
+    let own = a.state.ban(&net("198.51.100.11")).unwrap();
+    assert_eq!((own.host.as_deref(), own.also.len()), (None, 0));
+    assert!(a.kernel("198.51.100.11").is_some());
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")));
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.12", now + 900)]);
+    assert!(
+        a.state.cluster_gone(&net("198.51.100.12")),
+        "a fleet-only ban goes"
+    );
+    assert!(a.kernel("198.51.100.12").is_none() && sent().is_empty());
 
     use crate::agent::maps::Maps as _;
     // The drift check: a kernel entry lost behind the agent's back is
