@@ -383,6 +383,16 @@ impl ClusterStore {
     }
 }
 
+impl ClusterStore {
+    /// Queues an allowlist change in the durable outbox (published after a
+    /// restart when etcd was away), then for the cluster task.
+    fn queue_allow(&mut self, change: Change) -> Result<(), StoreError> {
+        let (q, rows) = self.number([change]);
+        self.send(q);
+        self.inner.apply_bans_queued(&[], &[], &rows)
+    }
+}
+
 /// The outbox row that says this store has joined a fleet (never
 /// acknowledged: acknowledgements stop below it).
 const JOINED: u64 = u64::MAX;
@@ -430,15 +440,11 @@ impl Store for ClusterStore {
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
         self.inner.put_allow(record)?;
-        let (q, _) = self.number([Change::Allow(record.clone())]);
-        self.send(q);
-        Ok(())
+        self.queue_allow(Change::Allow(record.clone()))
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
         self.inner.remove_allow(cidr)?;
-        let (q, _) = self.number([Change::Unallow(*cidr)]);
-        self.send(q);
-        Ok(())
+        self.queue_allow(Change::Unallow(*cidr))
     }
     fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
         self.inner.put_allow(record)
@@ -457,6 +463,9 @@ impl Store for ClusterStore {
     }
     fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<(), StoreError> {
         self.inner.put_offence(cidr, record)
+    }
+    fn put_offences(&mut self, batch: &[(IpNet, OffenceRecord)]) -> Result<(), StoreError> {
+        self.inner.put_offences(batch)
     }
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>, StoreError> {
         self.inner.offences()
@@ -1928,6 +1937,46 @@ mod tests {
             decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.1/32", "a/b").as_bytes()).is_err()
         );
         assert!(decode_allow(p, &k("198.18.0.1/32"), b"{").is_err());
+    }
+
+    /// Allowlist changes made while etcd is away wait in the durable
+    /// outbox like bans: a restart publishes them.
+    #[test]
+    fn allow_changes_survive_a_restart_in_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |tx| {
+            ClusterStore::new(
+                Box::new(crate::store::RedbStore::open(dir.path()).unwrap()),
+                tx,
+                SharedStatus::default(),
+            )
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = open(tx);
+        let a = AllowRecord {
+            cidr: "198.18.0.0/24".parse().unwrap(),
+            reason: "office".into(),
+            origin: "cli".into(),
+            created_at: 1,
+        };
+        s.put_allow(&a).unwrap();
+        s.remove_allow(&"198.18.0.0/24".parse().unwrap()).unwrap();
+        s.put_allow(&a).unwrap();
+        drop(s);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _s = open(tx);
+        let mut back = Vec::new();
+        while let Ok((_, c)) = rx.try_recv() {
+            back.push(c);
+        }
+        assert_eq!(
+            back,
+            vec![
+                Change::Allow(a.clone()),
+                Change::Unallow(a.cidr),
+                Change::Allow(a)
+            ]
+        );
     }
 
     #[test]

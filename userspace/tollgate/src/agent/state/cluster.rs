@@ -101,6 +101,7 @@ impl<M: Maps> AgentState<M> {
             Ok(rows) => rows
                 .iter()
                 .filter_map(|(_, v)| serde_json::from_slice::<crate::cluster::Change>(v).ok())
+                .filter(crate::cluster::Change::is_ban)
                 .map(|c| c.cidr())
                 .collect(),
             Err(e) => {
@@ -206,20 +207,30 @@ impl<M: Maps> AgentState<M> {
                     "fleet bans enforced but not recorded durably: {e}"
                 );
             }
+            let mut raised = Vec::new();
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
                     self.counters.ban_issued(r.kind.name(), 1);
                 }
                 // Offences count fleet-wide: this host's next ban of the
-                // client (after this one ends) takes the next TTL step. In
-                // memory only; after a restart the fleet's records bring it
-                // back.
+                // client (after this one ends) takes the next TTL step, also
+                // after a restart (recorded with this host's own history).
                 let h = self.rate.history.entry(r.cidr).or_default();
                 if r.offences > h.count {
                     h.count = r.offences;
                     h.last = h.last.max(r.created_at);
+                    raised.push((r.cidr, h.clone()));
                 }
                 self.index(r);
+            }
+            if !raised.is_empty()
+                && let Some(s) = self.store.as_mut()
+                && let Err(e) = s.put_offences(&raised)
+            {
+                warn!(
+                    count = raised.len(),
+                    "the fleet's offence counts not recorded durably: {e}"
+                );
             }
         }
         let mut lifted = Vec::with_capacity(lift.len());

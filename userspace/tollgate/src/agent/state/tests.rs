@@ -444,6 +444,12 @@ fn escalation_counts_the_fleets_offences() {
         host: Some("host-a".into()),
         also: Vec::new(),
     }]);
+    // Recorded: the count survives a restart of this agent.
+    let stored = a.state.store.as_ref().unwrap().offences().unwrap();
+    assert!(
+        stored.iter().any(|(c, h)| *c == client && h.count == 2),
+        "{stored:?}"
+    );
     // Lifted (as when it ends), then the client offends here.
     assert!(a.state.cluster_remove(&client));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
