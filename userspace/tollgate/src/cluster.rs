@@ -1313,12 +1313,14 @@ async fn session(
     {
         return Ok(());
     }
+    let t = std::time::Instant::now();
     let Read {
         records,
         unread,
         lifted,
         revision,
     } = read_all(&mut client, cfg, status).await?;
+    let read_ms = t.elapsed().as_millis();
     let allows = read_allows(&mut client, cfg, status, revision).await?;
     let allow_prefix = cfg.allow_prefix();
     let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
@@ -1348,7 +1350,7 @@ async fn session(
         s.view.resyncs += 1;
         s.view.last_error = None;
     });
-    info!(revision, records = n, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
+    info!(revision, records = n, read_ms, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut ticks = 0u32;
     loop {
