@@ -194,6 +194,34 @@ impl Etcd {
         })
     }
 
+    /// Deletes every key under `prefix` behind the agents' backs (what an
+    /// operator's `etcdctl del --prefix` or a wipe does); true when etcd
+    /// answered.
+    pub fn delete_prefix(&self, prefix: &str) -> bool {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        self.post(
+            "/v3/kv/deleterange",
+            &format!(
+                r#"{{"key":"{}","range_end":"{}"}}"#,
+                b64(prefix.as_bytes()),
+                b64(&end)
+            ),
+        )
+        .contains("revision")
+    }
+
+    /// Whether etcd holds `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.post(
+            "/v3/kv/range",
+            &format!(r#"{{"key":"{}","count_only":true}}"#, b64(key.as_bytes())),
+        )
+        .contains(r#""count":"1""#)
+    }
+
     fn post(&self, path: &str, body: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
             return String::new();

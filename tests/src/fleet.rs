@@ -128,7 +128,7 @@ pub fn run(trials: usize, agents: usize) {
     println!(
         "  goal (issue 15): median <= 10 ms, p99 <= 50 ms; trials without a drop: {failed} of {trials}"
     );
-    join(&etcd, &fleet, JOIN_BANS);
+    join(&etcd, &fleet, JOIN_BANS, &fleet_agents);
     drop(fleet_agents);
     drop(etcd);
 }
@@ -136,10 +136,26 @@ pub fn run(trials: usize, agents: usize) {
 /// Bans in the fleet a new agent joins.
 const JOIN_BANS: u32 = 100_000;
 
+/// Whether `ag`'s kernel holds at least `n` IPv4 host bans.
+fn holds(ag: &Agent, n: u32) -> bool {
+    let s = ag.json(&["status"]);
+    s["maps"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
+                .and_then(|x| x["entries"].as_u64())
+        })
+        .unwrap_or(0)
+        >= u64::from(n)
+}
+
 /// Seeds the fleet with `n` bans (written straight into etcd, as other
-/// hosts would have), then starts one more agent with empty state and
-/// times its start to full enforcement (every ban in its kernel maps).
-fn join(etcd: &Etcd, fleet: &str, n: u32) {
+/// hosts would have), waits until every agent of the fleet enforces them
+/// (the fleet at rest, as a new host finds it), then starts one more agent
+/// with empty state and times its start to full enforcement (every ban in
+/// its kernel maps).
+fn join(etcd: &Etcd, fleet: &str, n: u32, members: &[Agent]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -161,6 +177,19 @@ fn join(etcd: &Etcd, fleet: &str, n: u32) {
     let t = Instant::now();
     assert!(etcd.put_many(&kvs), "etcd refused the seed bans");
     println!("join: {n} bans written into etcd in {:?}", t.elapsed());
+    let t = Instant::now();
+    for m in members {
+        assert!(
+            eventually(Duration::from_secs(300), || holds(m, n)),
+            "an agent of the fleet never held the seed bans: {}",
+            m.log_text()
+        );
+    }
+    println!(
+        "join: all {} agents of the fleet enforce them {:?} after the write",
+        members.len(),
+        t.elapsed()
+    );
     let lab = Lab::new();
     let t0 = Instant::now();
     let c = Agent::start(
@@ -175,19 +204,7 @@ fn join(etcd: &Etcd, fleet: &str, n: u32) {
         ],
     );
     let answering = t0.elapsed();
-    let full = |ag: &Agent| {
-        let s = ag.json(&["status"]);
-        s["maps"]
-            .as_array()
-            .and_then(|m| {
-                m.iter()
-                    .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
-                    .and_then(|x| x["entries"].as_u64())
-            })
-            .unwrap_or(0)
-            >= u64::from(n)
-    };
-    let done = eventually(Duration::from_secs(120), || full(&c));
+    let done = eventually(Duration::from_secs(120), || holds(&c, n));
     let took = t0.elapsed();
     assert!(
         done,

@@ -845,3 +845,85 @@ fn acknowledged_bans_survive_kill_9_of_the_etcd_leader() {
             .is_some_and(|m| m.iter().all(|m| m["reachable"] == true))
     }));
 }
+
+/// Only an operator's unban lifts a host's own ban. The fleet's prefix
+/// wiped behind the agents' backs (`etcdctl del --prefix`, as an etcd
+/// wipe or a restore from an old snapshot leaves it): the owner keeps
+/// enforcing and publishes its ban again, the other host takes it back;
+/// the same while the owner is down (its full read after the restart
+/// publishes it again). A tombstone from the future written straight into
+/// etcd is skipped. `block rm` on the other host still lifts it on the
+/// owner.
+#[test]
+fn a_wiped_fleet_lifts_no_ban_and_an_unban_still_does() {
+    let etcd = Etcd::start();
+    let fleet = format!("x{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v4(1, 1)]);
+    let url = etcd.url();
+    let a = member(&la, &url, &fleet, "host-a", &[]);
+    let mut b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4, o4, os4) = (lb.v4(0, 2), lb.v4(0, 1), lb.v4(1, 2), lb.v4(1, 1));
+    lab_works(|| tcp(c4, s4) && tcp(o4, os4));
+    let root = format!("/tollgate/{fleet}/");
+    let key = format!("{root}bans/{c4}/32");
+
+    // B's own ban reaches A; then the whole fleet prefix is wiped.
+    b.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&a, c4, true, Duration::from_secs(5)).expect("B's ban never reached A");
+    settled(&[&a, &b]);
+    assert!(etcd.delete_prefix(&root), "etcd refused the wipe");
+    assert!(
+        eventually(Duration::from_secs(5), || etcd.has_key(&key)),
+        "B never published its ban again: {}",
+        b.log_text()
+    );
+    until_listed(&a, c4, true, Duration::from_secs(5))
+        .expect("A never took B's ban back after the wipe");
+    assert_eq!(banned_from(&b, c4).as_deref(), Some(""));
+    assert!(!tcp(c4, s4), "B keeps dropping its banned client");
+    assert!(cluster(&b)["republished"].as_u64().unwrap() >= 1);
+
+    // Wiped while B is down: B's full read after its restart publishes it
+    // again instead of lifting it.
+    settled(&[&a, &b]);
+    b.kill(nix::sys::signal::Signal::SIGKILL);
+    assert!(etcd.delete_prefix(&root), "etcd refused the wipe");
+    b.spawn_within(Duration::from_secs(60));
+    joined(&[&b]);
+    assert!(
+        eventually(Duration::from_secs(10), || etcd.has_key(&key)),
+        "B did not publish its ban again after its restart: {}",
+        b.log_text()
+    );
+    assert_eq!(
+        banned_from(&b, c4).as_deref(),
+        Some(""),
+        "B lifted its own ban"
+    );
+    assert!(!tcp(c4, s4), "B drops its banned client after the restart");
+    until_listed(&a, c4, true, Duration::from_secs(10)).expect("A never took it back");
+
+    // A hostile tombstone (an unban dated in the future) is skipped.
+    let before = cluster(&b)["skipped"].as_u64().unwrap();
+    let evil = format!(r#"{{"cidr":"{c4}/32","lifted_at":99999999999,"host":"evil"}}"#);
+    assert!(etcd.put_raw(&format!("{root}bans/lifted/{c4}/32"), evil.as_bytes()));
+    assert!(
+        eventually(Duration::from_secs(5), || cluster(&b)["skipped"]
+            .as_u64()
+            .unwrap()
+            > before),
+        "the hostile tombstone was not skipped: {}",
+        cluster(&b)
+    );
+    assert!(banned_from(&b, c4).is_some() && !tcp(c4, s4));
+
+    // An operator's unban on A lifts B's own ban on B.
+    a.ok(&["block", "rm", &c4.to_string()]);
+    until_listed(&b, c4, false, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the unban on A never reached B: {}", b.log_text()));
+    assert!(tcp(c4, s4), "B passes the client unbanned on A");
+    assert!(tcp(o4, os4));
+}

@@ -12,10 +12,15 @@
 //! Keys: `/tollgate/<fleet>/bans/<cidr>`, values the [`BanRecord`] JSON:
 //! every host's decisions on the prefix, each with its `host`. A host only
 //! ever rewrites its own decisions in a record ([`fold`], compare-and-swap
-//! on the key's revision), so concurrent writers never drop each other's;
-//! deleting the key (an operator's unban) lifts the prefix on every host.
-//! Expiry is each decision's absolute `expires_at`; etcd leases, shared per
-//! minute of expiry, only collect the keys of expired bans.
+//! on the key's revision), so concurrent writers never drop each other's.
+//! An operator's unban is explicit: it deletes the key and writes a
+//! tombstone, `/tollgate/<fleet>/bans/lifted/<cidr>` ([`Lifted`]: when and
+//! by whom), in one transaction. A key that is merely gone (deleted by
+//! hand, an etcd wipe, a restore from an old snapshot) lifts no host's own
+//! decisions: the other hosts drop their copies, and each owner publishes
+//! its own again. Expiry is each decision's absolute `expires_at`; etcd
+//! leases, shared per minute of expiry, only collect the keys of expired
+//! bans and old tombstones.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -167,18 +172,30 @@ pub enum Inbound {
     Snapshot {
         /// Every valid record.
         records: Vec<BanRecord>,
-        /// This host's bans the per-minute cap kept from the fleet.
+        /// The operators' unbans etcd remembers ([`Lifted`]): prefix and
+        /// unix seconds. Only these lift this host's own decisions that
+        /// etcd lacks (made at or before then); the others are published
+        /// again.
+        lifted: Vec<(IpNet, u64)>,
+        /// Prefixes whose record says nothing of this host's decisions:
+        /// kept local (the per-minute cap, a prefix too wide to share) or
+        /// unreadable in etcd (skipped). Its own decisions on them stay.
         capped: Vec<IpNet>,
     },
     /// A record written to the fleet (the decisions of every host on it).
     Put(BanRecord),
+    /// A record's key is gone without an unban (deleted by hand, an etcd
+    /// wipe, its lease after every decision ended, the last decision
+    /// withdrawn): the other hosts' decisions go, this host's own stay and
+    /// are published again.
+    Gone(IpNet),
     /// The fleet's allowlist at a revision (with every snapshot).
     Allows(Vec<AllowRecord>),
     /// An allow entry added to the fleet's allowlist (origin `fleet:<host>`).
     Allow(AllowRecord),
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
-    /// An unban from anywhere.
+    /// An operator's unban from anywhere (a tombstone written).
     Remove(IpNet),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
@@ -366,6 +383,16 @@ impl ClusterStore {
     }
 }
 
+impl ClusterStore {
+    /// Queues an allowlist change in the durable outbox (published after a
+    /// restart when etcd was away), then for the cluster task.
+    fn queue_allow(&mut self, change: Change) -> Result<(), StoreError> {
+        let (q, rows) = self.number([change]);
+        self.send(q);
+        self.inner.apply_bans_queued(&[], &[], &rows)
+    }
+}
+
 /// The outbox row that says this store has joined a fleet (never
 /// acknowledged: acknowledgements stop below it).
 const JOINED: u64 = u64::MAX;
@@ -413,15 +440,11 @@ impl Store for ClusterStore {
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
         self.inner.put_allow(record)?;
-        let (q, _) = self.number([Change::Allow(record.clone())]);
-        self.send(q);
-        Ok(())
+        self.queue_allow(Change::Allow(record.clone()))
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
         self.inner.remove_allow(cidr)?;
-        let (q, _) = self.number([Change::Unallow(*cidr)]);
-        self.send(q);
-        Ok(())
+        self.queue_allow(Change::Unallow(*cidr))
     }
     fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
         self.inner.put_allow(record)
@@ -441,6 +464,9 @@ impl Store for ClusterStore {
     fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<(), StoreError> {
         self.inner.put_offence(cidr, record)
     }
+    fn put_offences(&mut self, batch: &[(IpNet, OffenceRecord)]) -> Result<(), StoreError> {
+        self.inner.put_offences(batch)
+    }
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>, StoreError> {
         self.inner.offences()
     }
@@ -455,11 +481,60 @@ impl Store for ClusterStore {
     }
 }
 
-/// The longest a record's free-text fields may be.
-const MAX_ORIGIN_LEN: usize = 64;
+/// Longest origin of a shared decision, in bytes. One set of limits for
+/// the writer ([`fold`] cuts this host's decisions to fit, [`shared`]) and
+/// every reader ([`check_decision`] refuses what exceeds them): a record one
+/// host writes is never one the others skip. A local origin may be longer
+/// ([`crate::proto::MAX_ORIGIN_LEN`] characters, and the policy engine's
+/// `agent (<route> on port N)` has no bound): the fleet sees it cut.
+pub const MAX_ORIGIN_BYTES: usize = 128;
 
-/// Most decisions one record may carry (one per host and origin).
-const MAX_DECISIONS: usize = 256;
+/// Most decisions one record may carry (one per host and origin); the
+/// writer keeps its own and the strongest of the others' within it.
+pub const MAX_DECISIONS: usize = 256;
+
+/// `s` with control characters replaced and cut on a character boundary
+/// to `bytes` bytes and `chars` characters.
+fn fit(s: &str, bytes: usize, chars: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(bytes));
+    for c in s.chars().take(chars) {
+        if out.len() + c.len_utf8() > bytes {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// An origin as the fleet carries it (what [`shared`] makes of it).
+#[must_use]
+pub fn shared_origin(origin: &str) -> String {
+    fit(origin, MAX_ORIGIN_BYTES, usize::MAX)
+}
+
+/// This host's decision as the fleet carries it: origin and reason cut to
+/// what every reader takes. The second value: whether it was cut.
+#[must_use]
+pub fn shared(d: Decision) -> (Decision, bool) {
+    let origin = shared_origin(&d.origin);
+    let reason = fit(&d.reason, usize::MAX, crate::proto::MAX_REASON_LEN);
+    let cut = origin != d.origin || reason != d.reason;
+    (
+        Decision {
+            origin,
+            reason,
+            ..d
+        },
+        cut,
+    )
+}
+
+/// Whether the fleet takes a ban on `cidr` at all (a forced local ban may
+/// be wider than any reader accepts: it stays on this host).
+#[must_use]
+pub fn shareable(cidr: IpNet) -> bool {
+    check_breadth(cidr, false).is_ok() && cidr == cidr.trunc()
+}
 
 /// Checks one decision of a record read under `key`.
 fn check_decision(key: &str, d: &Decision) -> Result<(), String> {
@@ -472,7 +547,7 @@ fn check_decision(key: &str, d: &Decision) -> Result<(), String> {
         }
     }
     crate::proto::check_reason(Some(&d.reason)).map_err(|e| format!("{key}: {e}"))?;
-    if d.origin.len() > MAX_ORIGIN_LEN || d.origin.chars().any(char::is_control) {
+    if d.origin.len() > MAX_ORIGIN_BYTES || d.origin.chars().any(char::is_control) {
         return Err(format!("{key}: bad origin"));
     }
     Ok(())
@@ -513,7 +588,7 @@ fn parse(
         return Err(format!("{key}: the record is for {}", rec.cidr));
     }
     check_breadth(rec.cidr, false).map_err(|e| format!("{key}: {e}"))?;
-    if rec.also.len() >= MAX_DECISIONS {
+    if rec.also.len() + 1 > MAX_DECISIONS {
         return Err(format!("{key}: {} decisions", rec.also.len() + 1));
     }
     // Records of agents that labelled only the leading decision: the others
@@ -544,7 +619,10 @@ fn parse(
 /// changed its decisions to `mine`'s own ones (those with no host; `None`
 /// withdraws them all): the other hosts' decisions in `current` stay, this
 /// host's are replaced, ended ones dropped, the higher offence count kept.
-/// `None`: no decision is left (the key goes).
+/// The record keeps within the limits every reader checks: this host's
+/// decisions are cut to fit ([`shared`]), and past [`MAX_DECISIONS`] the
+/// weakest of the others' are left out. `None`: no decision is left (the
+/// key goes). The second value: decisions cut or left out.
 #[must_use]
 pub fn fold(
     current: Option<&BanRecord>,
@@ -552,27 +630,42 @@ pub fn fold(
     cidr: IpNet,
     mine: Option<&BanRecord>,
     now: u64,
-) -> Option<BanRecord> {
-    let own = mine
+) -> (Option<BanRecord>, u64) {
+    let live = |d: &Decision| d.expires_at.is_none_or(|t| t > now);
+    let mut cut = 0;
+    let mut own: Vec<Decision> = mine
         .into_iter()
         .flat_map(|m| m.decisions())
-        .filter(|d| d.host.is_none());
-    let own = own.map(|d| Decision {
-        host: Some(me.to_owned()),
-        ..d
-    });
-    let others = current
+        .filter(|d| d.host.is_none() && live(d))
+        .map(|d| {
+            let (d, c) = shared(d);
+            cut += u64::from(c);
+            Decision {
+                host: Some(me.to_owned()),
+                ..d
+            }
+        })
+        .collect();
+    let mut others: Vec<Decision> = current
         .into_iter()
         .flat_map(|c| c.decisions())
-        .filter(|d| d.host.as_deref() != Some(me));
-    let all: Vec<Decision> = own
-        .chain(others)
-        .filter(|d| d.expires_at.is_none_or(|t| t > now))
+        .filter(|d| d.host.as_deref() != Some(me) && live(d))
         .collect();
+    if own.len() + others.len() > MAX_DECISIONS {
+        // The strongest first (no expiry, then the latest).
+        let strength = |d: &Decision| std::cmp::Reverse(d.expires_at.unwrap_or(u64::MAX));
+        own.sort_by_key(strength);
+        others.sort_by_key(strength);
+        let before = own.len() + others.len();
+        own.truncate(MAX_DECISIONS);
+        others.truncate(MAX_DECISIONS - own.len());
+        cut += (before - own.len() - others.len()) as u64;
+    }
     let offences = mine
         .map_or(0, |m| m.offences)
         .max(current.map_or(0, |c| c.offences));
-    BanRecord::from_decisions(cidr, offences, all)
+    own.append(&mut others);
+    (BanRecord::from_decisions(cidr, offences, own), cut)
 }
 
 /// A record as etcd holds it, read leniently for [`fold`]: the other hosts'
@@ -612,6 +705,86 @@ struct Publisher {
     capped: HashSet<IpNet>,
 }
 
+/// Where tombstones live under the ban prefix (`bans/lifted/<cidr>`): in
+/// the same range as the records, so one watch delivers an unban's
+/// tombstone and the record's deletion in order.
+pub const LIFTED: &str = "lifted/";
+
+/// How long etcd keeps a tombstone (its lease): a host down longer than
+/// this and holding its own ban lifted meanwhile publishes it again.
+pub const TOMBSTONE_TTL: u64 = 30 * 24 * 3600;
+
+/// An operator's unban as the fleet remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lifted {
+    /// The prefix lifted.
+    pub cidr: IpNet,
+    /// Unix seconds: every decision made at or before then is lifted.
+    pub lifted_at: u64,
+    /// The host whose operator lifted it.
+    pub host: String,
+}
+
+/// What a key under the ban prefix holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A record (`None`: every decision in it has ended).
+    Record(Option<BanRecord>),
+    /// A tombstone.
+    Lifted(Lifted),
+}
+
+/// Checks a tombstone read under `key` (relative to the ban prefix, its
+/// `lifted/` stripped).
+fn decode_lifted(key: &str, cidr: &str, value: &[u8], now: u64) -> Result<Lifted, String> {
+    let l: Lifted =
+        serde_json::from_slice(value).map_err(|e| format!("{key}: not a tombstone: {e}"))?;
+    if l.cidr.to_string() != cidr || l.cidr != l.cidr.trunc() {
+        return Err(format!("{key}: the tombstone is for {}", l.cidr));
+    }
+    check_breadth(l.cidr, false).map_err(|e| format!("{key}: {e}"))?;
+    if let Some(m) = crate::policy::check_name(&l.host) {
+        return Err(format!("{key}: host {m}"));
+    }
+    // One from the future would lift bans made after it.
+    if l.lifted_at > now.saturating_add(60) {
+        return Err(format!("{key}: lifted in the future ({})", l.lifted_at));
+    }
+    Ok(l)
+}
+
+/// Checks one key and value read under the ban prefix: a record
+/// ([`decode`]) or a tombstone.
+///
+/// # Errors
+/// When it is malformed or hostile.
+pub fn decode_entry(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+    max_ttl: u64,
+) -> Result<Entry, String> {
+    let k = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+    match k
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(LIFTED))
+    {
+        Some(cidr) => decode_lifted(k, cidr, value, now).map(Entry::Lifted),
+        None => decode(prefix, key, value, now, max_ttl).map(Entry::Record),
+    }
+}
+
+/// The prefix a key under the ban prefix names (a record's or a
+/// tombstone's).
+fn key_cidr(prefix: &str, key: &[u8]) -> Option<(IpNet, bool)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    match rest.strip_prefix(LIFTED) {
+        Some(c) => c.parse().ok().map(|c| (c, true)),
+        None => rest.parse().ok().map(|c| (c, false)),
+    }
+}
+
 /// Checks one allow entry read from etcd under `key`: the entry (origin
 /// `fleet:<host>`) or why it is skipped (malformed, wider than a ban may
 /// be).
@@ -646,6 +819,19 @@ impl Publisher {
     /// Takes what the agent queued; bans over the per-minute cap stay local.
     fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, (seq, change): Queued) {
         self.taken = self.taken.max(seq);
+        if let Change::Put(r) = &change
+            && !shareable(r.cidr)
+        {
+            // Every reader would skip it: it stays on this host, as one the
+            // cap kept (a full read does not lift it).
+            warn!(cidr = %r.cidr, "ban not shared: the fleet takes no prefix this wide (it stays enforced here)");
+            with_status(status, |s| {
+                s.view.unshared += 1;
+                s.view.outbox = s.view.outbox.saturating_sub(1);
+            });
+            self.capped.insert(r.cidr);
+            return;
+        }
         if let Change::Put(r) = &change {
             let minute = clock::unix_now() / 60;
             if self.window.0 != minute {
@@ -715,7 +901,7 @@ impl Publisher {
                 .take(n)
                 .map(|(_, c)| c.clone())
                 .collect();
-            let puts = match self.write(client, cfg, &batch).await {
+            let puts = match self.write(client, cfg, status, &batch).await {
                 Ok(p) => p,
                 Err(e) => {
                     // A lease that expired or vanished with etcd's data fails
@@ -786,6 +972,7 @@ impl Publisher {
         &mut self,
         client: &mut Client,
         cfg: &ClusterConfig,
+        status: &SharedStatus,
         batch: &[Change],
     ) -> anyhow::Result<u64> {
         self.write_allows(client, cfg, batch).await?;
@@ -819,6 +1006,23 @@ impl Publisher {
             let mut puts = 0;
             for c in &order {
                 let (reset, mine) = &want[c];
+                if *reset && shareable(*c) {
+                    // The unban, explicit: what lifts the owners' own
+                    // decisions; a key merely gone lifts none.
+                    let t = Lifted {
+                        cidr: *c,
+                        lifted_at: now,
+                        host: cfg.host_id.clone(),
+                    };
+                    let lease = self
+                        .lease(client, now.saturating_add(TOMBSTONE_TTL))
+                        .await?;
+                    ops.push(TxnOp::put(
+                        format!("{prefix}{LIFTED}{c}"),
+                        serde_json::to_vec(&t)?,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                }
                 let Some(mine) = mine else {
                     ops.push(TxnOp::delete(key(c), None));
                     continue;
@@ -837,7 +1041,12 @@ impl Publisher {
                     });
                     reads.push((*c, TxnOp::get(key(c), None)));
                 }
-                match fold(cur.as_ref(), &cfg.host_id, *c, mine.as_ref(), now) {
+                let (folded, cut) = fold(cur.as_ref(), &cfg.host_id, *c, mine.as_ref(), now);
+                if cut > 0 && attempt == 0 {
+                    warn!(cidr = %c, decisions = cut, "fleet record cut to the limits every host reads (origin over {MAX_ORIGIN_BYTES} bytes, reason too long, or over {MAX_DECISIONS} decisions)");
+                    with_status(status, |s| s.view.unshared += cut);
+                }
+                match folded {
                     Some(r) => {
                         let value = serde_json::to_vec(&r)?;
                         let opts = match r.expires_at {
@@ -906,12 +1115,25 @@ async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
 /// Records per page of the full read.
 const PAGE: i64 = 5000;
 
-/// Reads every record under the prefix at one revision, page by page.
+/// A full read of the ban prefix.
+struct Read {
+    /// The valid records.
+    records: Vec<BanRecord>,
+    /// Prefixes whose record was skipped.
+    unread: Vec<IpNet>,
+    /// The tombstones: prefix, unix seconds.
+    lifted: Vec<(IpNet, u64)>,
+    /// The revision read at.
+    revision: i64,
+}
+
+/// Reads every record and tombstone under the prefix at one revision,
+/// page by page.
 async fn read_all(
     client: &mut Client,
     cfg: &ClusterConfig,
     status: &SharedStatus,
-) -> anyhow::Result<(Vec<BanRecord>, i64)> {
+) -> anyhow::Result<Read> {
     let prefix = cfg.ban_prefix();
     let end = {
         let mut e = prefix.clone().into_bytes();
@@ -923,6 +1145,8 @@ async fn read_all(
     let mut from = prefix.clone().into_bytes();
     let mut revision = 0;
     let mut out = Vec::new();
+    let mut unread = Vec::new();
+    let mut lifted = Vec::new();
     let now = clock::unix_now();
     let mut skipped = 0;
     loop {
@@ -935,12 +1159,18 @@ async fn read_all(
             revision = resp.header().map_or(0, |h| h.revision());
         }
         for kv in resp.kvs() {
-            match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
+            match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                Ok(Entry::Record(Some(r))) => out.push(r),
+                Ok(Entry::Record(None)) => {}
+                Ok(Entry::Lifted(l)) => lifted.push((l.cidr, l.lifted_at)),
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
+                    // The prefix as its key names it: this host's own
+                    // decisions on it are not taken as lifted.
+                    if let Some((c, false)) = key_cidr(&prefix, kv.key()) {
+                        unread.push(c);
+                    }
                 }
             }
         }
@@ -953,7 +1183,12 @@ async fn read_all(
         }
     }
     with_status(status, |s| s.view.skipped += skipped);
-    Ok((out, revision))
+    Ok(Read {
+        records: out,
+        unread,
+        lifted,
+        revision,
+    })
 }
 
 /// Most fleet allow entries read.
@@ -1078,7 +1313,14 @@ async fn session(
     {
         return Ok(());
     }
-    let (records, revision) = read_all(&mut client, cfg, status).await?;
+    let t = std::time::Instant::now();
+    let Read {
+        records,
+        unread,
+        lifted,
+        revision,
+    } = read_all(&mut client, cfg, status).await?;
+    let read_ms = t.elapsed().as_millis();
     let allows = read_allows(&mut client, cfg, status, revision).await?;
     let allow_prefix = cfg.allow_prefix();
     let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
@@ -1092,7 +1334,8 @@ async fn session(
     if inbound
         .send(Inbound::Snapshot {
             records,
-            capped: publisher.capped.iter().copied().collect(),
+            lifted,
+            capped: publisher.capped.iter().copied().chain(unread).collect(),
         })
         .await
         .is_err()
@@ -1107,7 +1350,7 @@ async fn session(
         s.view.resyncs += 1;
         s.view.last_error = None;
     });
-    info!(revision, records = n, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
+    info!(revision, records = n, read_ms, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut ticks = 0u32;
     loop {
@@ -1140,27 +1383,26 @@ async fn session(
                     let change = match ev.event_type() {
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.
-                        EventType::Put => match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                            Ok(Some(r)) => Inbound::Put(r),
-                            Ok(None) => continue,
+                        EventType::Put => match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                            Ok(Entry::Record(Some(r))) => Inbound::Put(r),
+                            Ok(Entry::Record(None)) => continue,
+                            // Written with the record's deletion, before it.
+                            Ok(Entry::Lifted(l)) => Inbound::Remove(l.cidr),
                             Err(e) => {
                                 warn!("skipped a fleet record: {e}");
                                 with_status(status, |s| s.view.skipped += 1);
                                 continue;
                             }
                         },
-                        EventType::Delete => {
-                            let parsed = std::str::from_utf8(kv.key()).ok()
-                                .and_then(|k| k.strip_prefix(prefix.as_str()))
-                                .and_then(|c| c.parse::<IpNet>().ok());
-                            match parsed {
-                                Some(c) => Inbound::Remove(c),
-                                None => {
-                                    with_status(status, |s| s.view.skipped += 1);
-                                    continue;
-                                }
+                        EventType::Delete => match key_cidr(&prefix, kv.key()) {
+                            Some((c, false)) => Inbound::Gone(c),
+                            // A tombstone collected by its lease.
+                            Some((_, true)) => continue,
+                            None => {
+                                with_status(status, |s| s.view.skipped += 1);
+                                continue;
                             }
-                        }
+                        },
                     };
                     if inbound.send(change).await.is_err() {
                         return Ok(());
@@ -1525,7 +1767,7 @@ mod tests {
             also: vec![one(Some("b"), "feed", Some(9_999)).decision()],
             ..one(None, "cli", Some(3_000))
         };
-        let r = fold(Some(&held), "a", cidr, Some(&mine), now).unwrap();
+        let r = fold(Some(&held), "a", cidr, Some(&mine), now).0.unwrap();
         let ds: Vec<_> = r
             .decisions()
             .map(|d| (d.host.unwrap(), d.origin, d.expires_at))
@@ -1538,12 +1780,12 @@ mod tests {
             ]
         );
         // A withdraws: B's stays; with nothing else, the key goes.
-        let w = fold(Some(&r), "a", cidr, None, now).unwrap();
+        let w = fold(Some(&r), "a", cidr, None, now).0.unwrap();
         assert_eq!((w.host.as_deref(), w.also.len()), (Some("b"), 0));
-        assert_eq!(fold(Some(&w), "b", cidr, None, now), None);
+        assert_eq!(fold(Some(&w), "b", cidr, None, now), (None, 0));
         // Ended decisions are dropped; a new key holds this host's only.
-        assert_eq!(fold(Some(&w), "a", cidr, None, 2_001), None);
-        let fresh = fold(None, "a", cidr, Some(&mine), now).unwrap();
+        assert_eq!(fold(Some(&w), "a", cidr, None, 2_001), (None, 0));
+        let fresh = fold(None, "a", cidr, Some(&mine), now).0.unwrap();
         assert_eq!((fresh.host.as_deref(), fresh.also.len()), (Some("a"), 0));
     }
 
@@ -1571,13 +1813,113 @@ mod tests {
                 .all(|d| d.expires_at.is_some_and(|t| t <= 2_000))
         );
         assert!(decode(P, &k, &with(&d(r#","host":"a/b""#, "cli")), 1_000, 60).is_err());
-        let long = "o".repeat(100);
+        let long = "o".repeat(MAX_ORIGIN_BYTES + 1);
         assert!(decode(P, &k, &with(&d("", &long)), 1_000, 60).is_err());
         let many = format!(
             "[{}]",
             vec![&d("", "x")[1..d("", "x").len() - 1]; 300].join(",")
         );
         assert!(decode(P, &k, &with(&many), 1_000, 60).is_err());
+    }
+
+    /// What this host writes, every host reads: a policy ban's origin
+    /// longer than the readers' limit, a reason with control characters and
+    /// more decisions than a record may carry are cut by the writer, never
+    /// written for the readers to skip.
+    #[test]
+    fn the_writer_keeps_within_the_readers_limits() {
+        let cidr: IpNet = "198.18.0.1/32".parse().unwrap();
+        let now = 1_000;
+        let base: BanRecord =
+            serde_json::from_slice(&rec("198.18.0.1/32", None, Some(5_000))).unwrap();
+        let route = format!("agent (/{} on port 8080)", "é".repeat(150));
+        let mine = BanRecord {
+            origin: route.clone(),
+            reason: format!("sqli\u{7}{}", "r".repeat(400)),
+            ..base.clone()
+        };
+        // etcd holds 300 decisions of other hosts (an old writer's record).
+        let held = BanRecord {
+            host: Some("h0".into()),
+            also: (1..300)
+                .map(|i| Decision {
+                    host: Some(format!("h{i}")),
+                    expires_at: Some(2_000 + i),
+                    ..base.decision()
+                })
+                .collect(),
+            ..base.clone()
+        };
+        let (r, cut) = fold(Some(&held), "a", cidr, Some(&mine), now);
+        let r = r.unwrap();
+        assert_eq!(r.decisions().count(), MAX_DECISIONS);
+        assert_eq!(
+            cut,
+            1 + (300 + 1 - MAX_DECISIONS as u64),
+            "this host's decision cut, the weakest left out"
+        );
+        let own = r
+            .decisions()
+            .find(|d| d.host.as_deref() == Some("a"))
+            .unwrap();
+        assert_eq!(own.origin, shared_origin(&route));
+        assert!(own.origin.len() <= MAX_ORIGIN_BYTES && route.starts_with(&own.origin));
+        // The strongest of the others' stay.
+        assert!(r.decisions().any(|d| d.host.as_deref() == Some("h299")));
+        assert!(!r.decisions().any(|d| d.host.as_deref() == Some("h1")));
+        let bytes = serde_json::to_vec(&r).unwrap();
+        let k = format!("{P}198.18.0.1/32").into_bytes();
+        let read = decode(P, &k, &bytes, now, 100_000)
+            .expect("every reader takes what the writer wrote")
+            .unwrap();
+        assert_eq!(read.decisions().count(), MAX_DECISIONS);
+        // A prefix wider than any reader takes is not shared at all.
+        assert!(!shareable("10.0.0.0/4".parse().unwrap()));
+        assert!(shareable(cidr));
+    }
+
+    #[test]
+    fn tombstones_are_told_apart_and_checked() {
+        let now = 1_000;
+        let k = |c: &str| format!("{P}{LIFTED}{c}").into_bytes();
+        let v = |c: &str, at: u64, host: &str| {
+            format!(r#"{{"cidr":"{c}","lifted_at":{at},"host":"{host}"}}"#).into_bytes()
+        };
+        let t = decode_entry(
+            P,
+            &k("198.18.0.1/32"),
+            &v("198.18.0.1/32", 900, "a"),
+            now,
+            60,
+        );
+        assert!(matches!(t, Ok(Entry::Lifted(l)) if l.lifted_at == 900 && l.host == "a"));
+        // A record is still a record.
+        let r = decode_entry(
+            P,
+            format!("{P}198.18.0.1/32").as_bytes(),
+            &rec("198.18.0.1/32", Some("a"), Some(2_000)),
+            now,
+            60,
+        );
+        assert!(matches!(r, Ok(Entry::Record(Some(_)))));
+        // Hostile: from the future, for another prefix, too wide, bad host.
+        for (key, value) in [
+            (k("198.18.0.1/32"), v("198.18.0.1/32", 99_999, "a")),
+            (k("198.18.0.1/32"), v("198.18.0.2/32", 900, "a")),
+            (k("0.0.0.0/0"), v("0.0.0.0/0", 900, "a")),
+            (k("198.18.0.1/32"), v("198.18.0.1/32", 900, "a/b")),
+            (k("198.18.0.1/32"), b"{".to_vec()),
+        ] {
+            assert!(decode_entry(P, &key, &value, now, 60).is_err());
+        }
+        assert_eq!(
+            key_cidr(P, &k("198.18.0.1/32")),
+            Some(("198.18.0.1/32".parse().unwrap(), true))
+        );
+        assert_eq!(
+            key_cidr(P, format!("{P}fd00::/8").as_bytes()),
+            Some(("fd00::/8".parse().unwrap(), false))
+        );
     }
 
     #[test]
@@ -1597,6 +1939,46 @@ mod tests {
             decode_allow(p, &k("198.18.0.1/32"), v("198.18.0.1/32", "a/b").as_bytes()).is_err()
         );
         assert!(decode_allow(p, &k("198.18.0.1/32"), b"{").is_err());
+    }
+
+    /// Allowlist changes made while etcd is away wait in the durable
+    /// outbox like bans: a restart publishes them.
+    #[test]
+    fn allow_changes_survive_a_restart_in_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |tx| {
+            ClusterStore::new(
+                Box::new(crate::store::RedbStore::open(dir.path()).unwrap()),
+                tx,
+                SharedStatus::default(),
+            )
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = open(tx);
+        let a = AllowRecord {
+            cidr: "198.18.0.0/24".parse().unwrap(),
+            reason: "office".into(),
+            origin: "cli".into(),
+            created_at: 1,
+        };
+        s.put_allow(&a).unwrap();
+        s.remove_allow(&"198.18.0.0/24".parse().unwrap()).unwrap();
+        s.put_allow(&a).unwrap();
+        drop(s);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _s = open(tx);
+        let mut back = Vec::new();
+        while let Ok((_, c)) = rx.try_recv() {
+            back.push(c);
+        }
+        assert_eq!(
+            back,
+            vec![
+                Change::Allow(a.clone()),
+                Change::Unallow(a.cidr),
+                Change::Allow(a)
+            ]
+        );
     }
 
     #[test]

@@ -349,7 +349,7 @@ fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
         g.set(v);
         reg.register(name, help, g);
     }
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "tollgate_cluster_published",
             "Local bans shared with the fleet",
@@ -374,6 +374,16 @@ fn register_cluster(reg: &mut Registry, c: &crate::proto::ClusterView) {
             "tollgate_cluster_rate_limited",
             "Local bans kept local: the per-minute sharing cap was reached",
             c.rate_limited,
+        ),
+        (
+            "tollgate_cluster_unshared",
+            "Local decisions cut to the fleet's record limits or kept local (a prefix too wide to share)",
+            c.unshared,
+        ),
+        (
+            "tollgate_cluster_republished",
+            "Prefixes of this host's own bans published again: etcd lost them without an unban",
+            c.republished,
         ),
         (
             "tollgate_cluster_repaired",

@@ -453,6 +453,16 @@ pub struct ClusterView {
     pub rate_limited: u64,
     /// Fleet records skipped as malformed or hostile.
     pub skipped: u64,
+    /// This host's decisions the fleet does not carry whole: cut to the
+    /// record limits every host reads (long origin or reason, too many
+    /// decisions on a prefix) or kept local (a prefix wider than the fleet
+    /// takes).
+    #[serde(default)]
+    pub unshared: u64,
+    /// Prefixes of this host's own bans published again because etcd lost
+    /// them without an unban (a key deleted by hand, a wipe, a restore).
+    #[serde(default)]
+    pub republished: u64,
     /// Fleet bans refused here (allowlisted, trusted proxy).
     pub refused: u64,
     /// Fleet changes applied here since start.

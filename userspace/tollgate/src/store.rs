@@ -371,6 +371,14 @@ pub trait Store: Send {
     /// # Errors
     /// When the write fails.
     fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<()>;
+    /// Records many clients' offence histories (one transaction where the
+    /// store can: the fleet's counts come by the thousand with a full read).
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn put_offences(&mut self, batch: &[(IpNet, OffenceRecord)]) -> Result<()> {
+        batch.iter().try_for_each(|(c, r)| self.put_offence(c, r))
+    }
     /// Every client's offence history.
     ///
     /// # Errors
@@ -931,6 +939,23 @@ impl Store for RedbStore {
 
     fn put_offence(&mut self, cidr: &IpNet, record: &OffenceRecord) -> Result<()> {
         self.put_one(OFFENCES, &cidr.to_string(), &(cidr, record))
+    }
+
+    fn put_offences(&mut self, batch: &[(IpNet, OffenceRecord)]) -> Result<()> {
+        let mut rows = Vec::with_capacity(batch.len());
+        for (c, r) in batch {
+            let v = serde_json::to_vec(&(c, r)).map_err(|e| io("encode")(&e))?;
+            rows.push((c.to_string(), v));
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.write("offences", |w| {
+            let mut t = w.open_table(OFFENCES).map_err(|e| io("write")(&e))?;
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            Ok(())
+        })
     }
 
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {

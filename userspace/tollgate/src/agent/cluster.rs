@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::state::AgentState;
 use crate::proto::Response;
@@ -22,6 +22,8 @@ pub struct Link {
     /// Shared with the store and the state.
     pub status: SharedStatus,
     tx: mpsc::UnboundedSender<Queued>,
+    /// What the cluster task read, once it runs ([`Self::connect`]).
+    inbound: Option<mpsc::Receiver<Inbound>>,
 }
 
 impl Link {
@@ -45,7 +47,27 @@ impl Link {
             outbox: Some(rx),
             status,
             tx,
+            inbound: None,
         }
+    }
+
+    /// Starts the cluster task: it connects to etcd and reads the fleet's
+    /// set while the agent loads its datapath (a host joining a large
+    /// fleet has it read by the time it can apply it); what it reads waits
+    /// for [`Self::spawn`].
+    pub fn connect(&mut self) {
+        let Some(outbox) = self.outbox.take() else {
+            return;
+        };
+        // Bounded: a slow applier slows the watch, not the memory.
+        let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
+        tokio::spawn(crate::cluster::run(
+            self.cfg.clone(),
+            outbox,
+            in_tx,
+            Arc::clone(&self.status),
+        ));
+        self.inbound = Some(in_rx);
     }
 
     /// `inner` with the fleet behind it.
@@ -58,22 +80,16 @@ impl Link {
         ))
     }
 
-    /// Starts the cluster task and the applier.
+    /// Starts the cluster task (unless [`Self::connect`] did) and the
+    /// applier.
     pub fn spawn(mut self, state: &Arc<Mutex<AgentState>>) {
-        let Some(outbox) = self.outbox.take() else {
+        self.connect();
+        let Some(mut in_rx) = self.inbound.take() else {
             return;
         };
         if let Ok(mut st) = state.lock() {
             st.set_cluster(Arc::clone(&self.status));
         }
-        // Bounded: a slow applier slows the watch, not the memory.
-        let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(4096);
-        tokio::spawn(crate::cluster::run(
-            self.cfg.clone(),
-            outbox,
-            in_tx,
-            Arc::clone(&self.status),
-        ));
         let every = std::time::Duration::from_secs(self.cfg.reconcile_secs);
         let st = Arc::clone(state);
         tokio::spawn(async move {
@@ -107,9 +123,24 @@ impl Link {
                     for change in batch {
                         match change {
                             Inbound::Put(r) => puts.push(r),
-                            Inbound::Snapshot { records, capped } => {
+                            Inbound::Snapshot {
+                                records,
+                                lifted,
+                                capped,
+                            } => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_snapshot(records, &capped);
+                                let t = std::time::Instant::now();
+                                let n = records.len();
+                                st.cluster_snapshot(records, &lifted, &capped);
+                                info!(
+                                    records = n,
+                                    ms = t.elapsed().as_millis(),
+                                    "fleet set applied"
+                                );
+                            }
+                            Inbound::Gone(n) => {
+                                st.cluster_put_many(std::mem::take(&mut puts));
+                                st.cluster_gone(&n);
                             }
                             Inbound::Remove(n) => {
                                 st.cluster_put_many(std::mem::take(&mut puts));

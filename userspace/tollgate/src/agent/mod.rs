@@ -170,12 +170,16 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     // A start that fails from here on removes the pins it created.
     let pins = startup::PinGuard::new(&opts.pin_dir, &[&maps_dir, &links_dir]);
     crate::datapath::ensure_bpffs(&opts.pin_dir)?;
+    // The fleet's set is read from etcd while the datapath loads.
+    let mut link = opts.cluster.clone().map(cluster::Link::new);
+    if let Some(l) = link.as_mut() {
+        l.connect();
+    }
     let mut dp = Datapath::load(Some(&maps_dir), capacities(&opts.policy.capacity))
         .context("failed to load the datapath")?;
     dp.set_mode(opts.mode)?;
     info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
 
-    let link = opts.cluster.clone().map(cluster::Link::new);
     let mut state = restore(opts, dp, link.as_ref())?;
 
     let mut attached = Vec::new();

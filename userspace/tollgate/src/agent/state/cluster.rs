@@ -5,10 +5,12 @@
 //!
 //! A fleet record holds every host's decisions on a prefix: it replaces the
 //! other hosts' decisions held here, this host's own stay (this host is the
-//! one that says what they are). A full read also settles this host's own:
-//! one etcd no longer holds, that is neither in the outbox nor kept back by
-//! the per-minute cap, was lifted by the fleet (an unban elsewhere while
-//! this host was down or cut off) and is lifted here too.
+//! one that says what they are). Only an operator's unban (a tombstone in
+//! etcd) lifts this host's own decisions: a key that is merely gone (by
+//! hand, an etcd wipe, a restore from an old snapshot) makes this host
+//! publish its own again. A full read settles them the same way: one etcd
+//! lacks is lifted only when a tombstone at least as recent says so, and
+//! published again otherwise.
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,7 +34,7 @@ fn merge(
     old: Option<&BanRecord>,
     new: Option<&BanRecord>,
     me: &str,
-    keep_own: impl Fn(&Decision) -> bool,
+    mut keep_own: impl FnMut(&Decision) -> bool,
 ) -> Option<BanRecord> {
     let cidr = old.or(new)?.cidr;
     let own = old
@@ -99,6 +101,7 @@ impl<M: Maps> AgentState<M> {
             Ok(rows) => rows
                 .iter()
                 .filter_map(|(_, v)| serde_json::from_slice::<crate::cluster::Change>(v).ok())
+                .filter(crate::cluster::Change::is_ban)
                 .map(|c| c.cidr())
                 .collect(),
             Err(e) => {
@@ -114,34 +117,51 @@ impl<M: Maps> AgentState<M> {
     /// many changed the kernel.
     pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
         let me = self.fleet_host();
-        let mut out = Vec::with_capacity(records.len());
-        let mut refused = 0;
-        for rec in records {
-            let old = self.bans.get(&rec.cidr);
-            if old.is_none() {
-                if let Some(a) = self.allow_overlap(&rec.cidr) {
-                    debug!(cidr = %rec.cidr, allow = %a, host = ?rec.host, "fleet ban refused: allowlisted");
-                    refused += 1;
-                    continue;
-                }
-                if let Some(p) = self.trusted_overlap(&rec.cidr) {
-                    debug!(cidr = %rec.cidr, proxy = %p, host = ?rec.host, "fleet ban refused: trusted proxy");
-                    refused += 1;
-                    continue;
-                }
-            }
-            out.push((rec.cidr, merge(old.as_ref(), Some(&rec), &me, |_| true)));
-        }
-        if refused > 0 {
-            self.cluster_count(|s| s.view.refused += refused);
-        }
+        let out = records
+            .into_iter()
+            .map(|rec| {
+                let old = self.bans.get(&rec.cidr);
+                (rec.cidr, merge(old.as_ref(), Some(&rec), &me, |_| true))
+            })
+            .collect();
         self.settle(out).0
+    }
+
+    /// Strips the fleet's decisions from the records on prefixes this host
+    /// refuses to ban (what a local `block add` without `--force` refuses:
+    /// its allowlist, the fleet's allow entries, its trusted proxies, its
+    /// own and special addresses). Every fleet path ends in [`Self::settle`],
+    /// which asks this first: a record merged onto a ban held here is checked
+    /// exactly like a fresh one. This host's own decisions stay (its
+    /// operator forced them). Returns the records refused.
+    fn screen(&self, records: &mut [(IpNet, Option<BanRecord>)]) -> u64 {
+        let fleet = |d: &Decision| d.host.is_some();
+        let mut own_addrs = None;
+        let mut refused = 0;
+        for (cidr, rec) in records.iter_mut() {
+            let Some(r) = rec.as_ref().filter(|r| r.any_decision(fleet)) else {
+                continue;
+            };
+            let own = own_addrs.get_or_insert_with(|| (self.host_addrs)());
+            let Err(why) = self.refusal(cidr, false, own) else {
+                continue;
+            };
+            debug!(cidr = %cidr, host = ?r.host, "fleet ban refused: {why}");
+            refused += 1;
+            let mine = r.decisions().filter(|d| !fleet(d)).collect();
+            *rec = BanRecord::from_decisions(*cidr, r.offences, mine);
+        }
+        refused
     }
 
     /// Makes the records for these prefixes what they are paired with
     /// (`None`: lifted), kernel first. Returns (kernel entries written,
     /// prefixes lifted).
-    fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+    fn settle(&mut self, mut records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+        let refused = self.screen(&mut records);
+        if refused > 0 {
+            self.cluster_count(|s| s.view.refused += refused);
+        }
         let mut take = Vec::with_capacity(records.len());
         let mut enforce = Vec::with_capacity(records.len());
         let mut lift = Vec::new();
@@ -187,20 +207,30 @@ impl<M: Maps> AgentState<M> {
                     "fleet bans enforced but not recorded durably: {e}"
                 );
             }
+            let mut raised = Vec::new();
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
                     self.counters.ban_issued(r.kind.name(), 1);
                 }
                 // Offences count fleet-wide: this host's next ban of the
-                // client (after this one ends) takes the next TTL step. In
-                // memory only; after a restart the fleet's records bring it
-                // back.
+                // client (after this one ends) takes the next TTL step, also
+                // after a restart (recorded with this host's own history).
                 let h = self.rate.history.entry(r.cidr).or_default();
                 if r.offences > h.count {
                     h.count = r.offences;
                     h.last = h.last.max(r.created_at);
+                    raised.push((r.cidr, h.clone()));
                 }
                 self.index(r);
+            }
+            if !raised.is_empty()
+                && let Some(s) = self.store.as_mut()
+                && let Err(e) = s.put_offences(&raised)
+            {
+                warn!(
+                    count = raised.len(),
+                    "the fleet's offence counts not recorded durably: {e}"
+                );
             }
         }
         let mut lifted = Vec::with_capacity(lift.len());
@@ -388,48 +418,116 @@ impl<M: Maps> AgentState<M> {
         self.settle(vec![(*net, rest)]).1 > 0
     }
 
+    /// A record's key is gone from etcd without an unban: the other hosts'
+    /// decisions held here go (they are copies of etcd's), this host's own
+    /// stay and are published again (their owners do the same). True when
+    /// the kernel entry was lifted.
+    pub fn cluster_gone(&mut self, net: &IpNet) -> bool {
+        let Some(old) = self.bans.get(net) else {
+            return false;
+        };
+        let me = self.fleet_host();
+        let rest = merge(Some(&old), None, &me, |_| true);
+        let lifted = self.settle(vec![(*net, rest.clone())]).1 > 0;
+        if let Some(r) = rest {
+            self.republish(vec![r]);
+        }
+        lifted
+    }
+
+    /// Publishes this host's own live decisions in `records` again (etcd
+    /// lost them); they are enforced here already.
+    fn republish(&mut self, records: Vec<BanRecord>) {
+        let now = clock::unix_now();
+        let live: Vec<BanRecord> = records
+            .into_iter()
+            .filter(|r| {
+                r.any_decision(|d| d.host.is_none() && d.expires_at.is_none_or(|t| t > now))
+            })
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let n = live.len() as u64;
+        info!(
+            prefixes = n,
+            "etcd lost this host's own bans without an unban: publishing them again"
+        );
+        if let Some(s) = self.store.as_mut()
+            && let Err(e) = s.put_bans(&live)
+        {
+            warn!(count = n, "own bans not queued for the fleet again: {e}");
+            return;
+        }
+        self.cluster_count(|s| s.view.republished += n);
+    }
+
     /// Makes this host agree with the fleet's whole set: every record is
     /// laid over what this host holds; the other hosts' bans the set no
-    /// longer holds are lifted; this host's own decisions missing from it
-    /// are kept only while still in the outbox (etcd gets them next) or
-    /// kept back by the per-minute cap (`capped`), and lifted otherwise
-    /// (the fleet lifted them: an unban elsewhere while this host was down
-    /// or cut off). Returns (applied, lifted).
+    /// longer holds are lifted. This host's own decisions stay where etcd
+    /// holds them, where they are still in the outbox or kept local
+    /// (`capped`: the per-minute cap, too wide to share, their record
+    /// unreadable); one etcd lacks is lifted when a tombstone (`lifted`: an
+    /// operator's unban, unix seconds) at least as recent says so (an unban
+    /// elsewhere while this host was down or cut off), and published again
+    /// otherwise (etcd lost it: a wipe, a key deleted by hand, a restore from
+    /// an old snapshot). Returns (applied, lifted).
     pub fn cluster_snapshot(
         &mut self,
         records: Vec<BanRecord>,
+        lifted: &[(IpNet, u64)],
         capped: &[IpNet],
     ) -> (usize, usize) {
         let me = self.fleet_host();
         let mut keep = self.in_flight();
         keep.extend(capped.iter().copied());
+        let tombs: HashMap<IpNet, u64> = lifted.iter().copied().collect();
         let mut present: HashMap<IpNet, BanRecord> =
             records.into_iter().map(|r| (r.cidr, r)).collect();
-        // This host's own decisions: kept where etcd holds them (by origin),
-        // or still on their way.
-        let own_in = |new: Option<&BanRecord>, cidr: &IpNet, d: &Decision| {
-            keep.contains(cidr)
-                || new.is_some_and(|n| {
-                    n.any_decision(|e| {
-                        e.host.as_deref() == Some(me.as_str()) && e.origin == d.origin
-                    })
+        // This host's own decision as etcd has it (origin as shared, the
+        // same creation time).
+        let in_etcd = |new: Option<&BanRecord>, d: &Decision| {
+            new.is_some_and(|n| {
+                n.any_decision(|e| {
+                    e.host.as_deref() == Some(me.as_str())
+                        && e.created_at == d.created_at
+                        && e.origin == crate::cluster::shared_origin(&d.origin)
                 })
+            })
         };
+        let lifted_after =
+            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_at);
         let mut out = Vec::new();
+        let mut again = Vec::new();
         for old in self.bans.values() {
             let cidr = old.cidr;
-            let new = present.get(&cidr);
-            let merged = merge(Some(&old), new, &me, |d| own_in(new, &cidr, d));
+            let new = present.remove(&cidr);
+            let held = keep.contains(&cidr);
+            let mut lost = false;
+            let merged = merge(Some(&old), new.as_ref(), &me, |d| {
+                if held || in_etcd(new.as_ref(), d) {
+                    return true;
+                }
+                if lifted_after(&cidr, d) {
+                    return false;
+                }
+                lost = true;
+                true
+            });
+            if lost && let Some(m) = &merged {
+                again.push(m.clone());
+            }
             if merged.as_ref() != Some(&old) {
                 out.push((cidr, merged));
             }
-            present.remove(&cidr);
         }
         // New to this host: as any fleet record (allowlist checked).
         let fresh: Vec<BanRecord> = present.into_values().collect();
         let (mut applied, lifted) = self.settle(out);
         applied += self.cluster_put_many(fresh);
-        info!(applied, lifted, "fleet set reconciled");
+        let republished = again.len();
+        self.republish(again);
+        info!(applied, lifted, republished, "fleet set reconciled");
         (applied, lifted)
     }
 }

@@ -340,6 +340,91 @@ fn fleet_allow_entries_come_and_go() {
     assert!(a.state.allow_overlap(&net("198.51.100.3")).is_none());
 }
 
+/// A fleet record for a prefix this host already bans (its own forced ban)
+/// is checked like a fresh one: over an allow entry or a trusted proxy the
+/// fleet's decision is refused on every path (a watched record, a full
+/// read), and the kernel entry stays this host's.
+#[test]
+fn fleet_records_merged_onto_a_held_ban_are_checked_like_fresh_ones() {
+    let proxy = net("192.0.2.10");
+    let mut a = Agent::with(MemMaps::new(Mode::Enforce), vec![proxy]);
+    let spec = crate::policy::ClusterSpec {
+        host_id: Some("host-a".into()),
+        ..crate::policy::ClusterSpec::default()
+    };
+    let status = std::sync::Arc::new(std::sync::Mutex::new(crate::cluster::ClusterStatus {
+        cfg: Some(crate::cluster::ClusterConfig::from_spec(&spec, "x")),
+        ..crate::cluster::ClusterStatus::default()
+    }));
+    a.state.set_cluster(status.clone());
+    a.allow("198.51.100.0/24");
+    for cidr in ["198.51.100.7", "192.0.2.10"] {
+        a.ok(Request::BlockAdd {
+            cidr: cidr.into(),
+            ttl_secs: Some(60),
+            reason: None,
+            force: true,
+        });
+    }
+    let now = clock::unix_now();
+    let fleet = |cidr: &str| BanRecord {
+        cidr: net(cidr),
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 86_400),
+        offences: 1,
+        host: Some("host-b".into()),
+        also: Vec::new(),
+    };
+    let before: Vec<_> = ["198.51.100.7/32", "192.0.2.10/32"]
+        .iter()
+        .map(|c| a.kernel(c).unwrap().expires_ns)
+        .collect();
+    a.state
+        .cluster_put_many(vec![fleet("198.51.100.7"), fleet("192.0.2.10")]);
+    // A full read: etcd's record holds this host's decision beside B's.
+    let with_mine = |cidr: &str| BanRecord {
+        also: vec![crate::store::Decision {
+            host: Some("host-a".into()),
+            origin: "cli".into(),
+            ..fleet(cidr).decision()
+        }],
+        ..fleet(cidr)
+    };
+    a.state.cluster_snapshot(
+        vec![with_mine("198.51.100.7"), with_mine("192.0.2.10")],
+        &[],
+        &[],
+    );
+    // A fleet ban on a fresh prefix inside the allow entry: refused too.
+    a.state.cluster_put_many(vec![fleet("198.51.100.8")]);
+    let ls = a.ls();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    for b in &ls {
+        assert!(
+            b["host"].is_null() && b["decisions"].as_array().map(Vec::len) == Some(1),
+            "the fleet's decision was taken over a refused prefix: {b}"
+        );
+        assert_eq!(b["origin"], "cli", "{b}");
+    }
+    let after: Vec<_> = ["198.51.100.7/32", "192.0.2.10/32"]
+        .iter()
+        .map(|c| a.kernel(c).unwrap().expires_ns)
+        .collect();
+    assert_eq!(before, after, "the kernel entries took the fleet's expiry");
+    assert!(a.kernel("198.51.100.8/32").is_none());
+    assert_eq!(status.lock().unwrap().view.refused, 5);
+    assert!(
+        a.stored()
+            .iter()
+            .all(|r| !r.any_decision(|d| d.host.is_some())),
+        "{:?}",
+        a.stored()
+    );
+}
+
 /// A client banned twice elsewhere in the fleet gets this host's third
 /// TTL step at its first offence here (the offence count is the fleet's).
 #[test]
@@ -359,6 +444,12 @@ fn escalation_counts_the_fleets_offences() {
         host: Some("host-a".into()),
         also: Vec::new(),
     }]);
+    // Recorded: the count survives a restart of this agent.
+    let stored = a.state.store.as_ref().unwrap().offences().unwrap();
+    assert!(
+        stored.iter().any(|(c, h)| *c == client && h.count == 2),
+        "{stored:?}"
+    );
     // Lifted (as when it ends), then the client offends here.
     assert!(a.state.cluster_remove(&client));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
@@ -1205,36 +1296,62 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
 
     // A full read: the fleet's bans missing from it are lifted; this
     // host's own missing from it are kept while in the outbox or kept back
-    // by the per-minute cap, and lifted once etcd had them (an unban made
-    // elsewhere while this host was away); nothing is shared again.
+    // by the per-minute cap, lifted once etcd had them when a tombstone at
+    // least as recent says an operator lifted them (elsewhere, while this
+    // host was away), and published again when etcd merely lost them (a
+    // wipe, a key deleted by hand).
     a.state
         .cluster_put_many(vec![remote("198.51.100.4", now + 600)]);
     a.ban("198.51.100.8", Some(600));
     a.ban("198.51.100.10", Some(600));
+    a.ban("198.51.100.11", Some(600));
     a.state.cluster_acked(u64::MAX - 1);
     a.ban("198.51.100.5", Some(600));
     sent();
     let before = a.state.bans().count();
+    // This host's own decision as etcd holds it: kept.
+    let f2 = a.state.ban(&net("198.51.100.21")).unwrap();
+    let as_etcd = BanRecord {
+        host: Some("host-b".into()),
+        ..f2
+    };
     let (applied, lifted) = a.state.cluster_snapshot(
-        vec![
-            remote("198.51.100.6", now + 600),
-            feed("f1"),
-            // This host's own decision as etcd holds it: kept.
-            BanRecord {
-                origin: "f2".into(),
-                kind: BanReason::Feed,
-                host: Some("host-b".into()),
-                ..remote("198.51.100.21", now + 600)
-            },
+        vec![remote("198.51.100.6", now + 600), feed("f1"), as_etcd],
+        &[
+            (net("198.51.100.8"), clock::unix_now()),
+            // An older unban does not lift a later ban.
+            (net("198.51.100.11"), now - 3600),
         ],
         &[net("198.51.100.10")],
     );
     assert_eq!((applied, lifted), (1, 2), "{:?}", a.ls());
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.8").is_none());
     assert!(a.kernel("198.51.100.5").is_some() && a.kernel("198.51.100.10").is_some());
-    assert!(a.kernel("198.51.100.6").is_some());
+    assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.11").is_some());
     assert_eq!(a.state.bans().count(), before - 1);
-    assert!(sent().is_empty(), "a full read shares nothing again");
+    assert!(
+        matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")),
+        "only the ban etcd lost is shared again"
+    );
+    assert_eq!(status.lock().unwrap().view.republished, 1);
+
+    // A key deleted behind the agents' backs: the other hosts' decisions
+    // held here go, this host's own stay enforced and are shared again.
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.11", now + 900)]);
+    assert_eq!(a.state.ban(&net("198.51.100.11")).unwrap().also.len(), 1);
+    assert!(!a.state.cluster_gone(&net("198.51.100.11")));
+    let own = a.state.ban(&net("198.51.100.11")).unwrap();
+    assert_eq!((own.host.as_deref(), own.also.len()), (None, 0));
+    assert!(a.kernel("198.51.100.11").is_some());
+    assert!(matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")));
+    a.state
+        .cluster_put_many(vec![remote("198.51.100.12", now + 900)]);
+    assert!(
+        a.state.cluster_gone(&net("198.51.100.12")),
+        "a fleet-only ban goes"
+    );
+    assert!(a.kernel("198.51.100.12").is_none() && sent().is_empty());
 
     use crate::agent::maps::Maps as _;
     // The drift check: a kernel entry lost behind the agent's back is
