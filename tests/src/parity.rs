@@ -217,11 +217,14 @@ const BLOCK: &str = "198.19.0.0/16";
 pub fn live(cases: &[Case], extra: &[&str], workers: usize) -> Live {
     let lab = Lab::new();
     let sink = Sink::start(lab.v4(0, 1));
-    live_to(&lab, sink.port, None, cases, extra, workers)
+    live_to(&lab, sink.port, None, cases, extra, workers, None)
 }
 
 /// [`live`] against a server the caller runs at `lab.v4(0, 1)` on `port`
-/// (the agent's API port); with `tls`, each connection is HTTPS.
+/// (the agent's API port); with `tls`, each connection is HTTPS. With
+/// `rate` (requests per second, all workers together), request `i` starts
+/// no sooner than `i / rate` seconds after the first: two runs compared at
+/// one rate compare verdicts, not how fast each side can send.
 pub fn live_to(
     lab: &Lab,
     port: u16,
@@ -229,6 +232,7 @@ pub fn live_to(
     cases: &[Case],
     extra: &[&str],
     workers: usize,
+    rate: Option<f64>,
 ) -> Live {
     // One run at a time in a process: every run routes the same block
     // (tests run in parallel threads).
@@ -275,6 +279,12 @@ pub fn live_to(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(raw) = raws.get(i) else { break };
+                    if let Some(r) = rate.filter(|r| *r > 0.0) {
+                        let due = started + Duration::from_secs_f64(i as f64 / r);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            thread::sleep(wait);
+                        }
+                    }
                     if send_one(client(i), dst, raw, tls.as_ref()).is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }

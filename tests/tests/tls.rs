@@ -140,7 +140,18 @@ fn python_ssl_uses_the_ex_functions_and_is_judged() {
     let lab = Lab::new();
     let server = PyTls::start(lab.v4(0, 1));
     let port = server.port.to_string();
-    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    // A sample ring of another size than the default: the kernel's map has it.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "capacity: {sample_ring_bytes: 8388608}\n").unwrap();
+    let agent = Agent::start(
+        &lab.host_if,
+        &["--api-port", &port, "--config", policy.to_str().unwrap()],
+    );
+    let pin = agent.pins.join("maps").join("TG_SAMPLES");
+    let ring =
+        aya::maps::MapInfo::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e:?}", pin.display()));
+    assert_eq!(ring.max_entries(), 8_388_608);
     wait_probed(&agent);
     let attacker = lab.v4(0, 2);
     let out = curl(
@@ -156,6 +167,9 @@ fn python_ssl_uses_the_ex_functions_and_is_judged() {
         "{out:?}"
     );
     assert_banned(&agent, attacker);
+    let st = agent.json(&["status"]);
+    assert_eq!(st["samples_kernel"]["ring_bytes"], 8_388_608, "{st}");
+    assert_eq!(st["samples_kernel"]["lost"], 0, "{st}");
 }
 
 #[test]

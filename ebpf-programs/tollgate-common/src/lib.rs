@@ -202,8 +202,10 @@ pub mod capacity {
     /// Young-flow slots (a power of two, at most 2^16): flows whose first packets are
     /// still being sampled; a new handshake takes over a slot.
     pub const YOUNG_FLOWS: u32 = 1 << 16;
-    /// Sample ring buffer bytes (about 3,800 full samples).
-    pub const SAMPLES_BYTES: u32 = 1 << 22;
+    /// Sample ring buffer bytes (about 30,000 full 1 KiB samples: a few
+    /// seconds of a burst of new API connections while the agent catches
+    /// up). The agent sizes it from the policy (`capacity.sample_ring_bytes`).
+    pub const SAMPLES_BYTES: u32 = 1 << 25;
     /// Trusted proxy prefixes per family.
     pub const TRUST: u32 = 1 << 10;
     /// Proxied connections followed at once (LRU).

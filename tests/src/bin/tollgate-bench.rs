@@ -991,8 +991,7 @@ fn sampling() {
             &policy,
             tollgate::engine::Pipeline::from_policy(&tollgate::policy::Policy::default()).unwrap(),
         );
-        // No `tap` subscriber: events are built and offered to the channel
-        // either way.
+        // No `tap` subscriber: events are built, not sent.
         let t = Instant::now();
         for batch in recs.chunks(1024) {
             h.handle(batch, 0.0);

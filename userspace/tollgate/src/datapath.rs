@@ -120,6 +120,8 @@ pub struct Capacities {
     /// Connections followed at once (sampling marks, established
     /// connections, proxied connections; LRU).
     pub flows: u32,
+    /// Bytes of the sample ring buffer (a power of two, at least a page).
+    pub samples: u32,
 }
 
 impl Capacities {
@@ -135,6 +137,7 @@ impl Capacities {
             buckets: 4096,
             conns: 1024,
             flows: 4096,
+            samples: 1 << 22,
         }
     }
 }
@@ -142,7 +145,7 @@ impl Capacities {
 impl Capacities {
     /// Each sized map with the capacity it gets.
     #[must_use]
-    pub fn per_map(&self) -> [(&'static str, u32); 11] {
+    pub fn per_map(&self) -> [(&'static str, u32); 12] {
         [
             (maps::BLOCK4, self.block4),
             (maps::BLOCK6, self.block6),
@@ -155,6 +158,7 @@ impl Capacities {
             (maps::FLOWS, self.flows),
             (maps::ESTABLISHED, self.flows),
             (maps::PROXY_FLOWS, self.flows),
+            (maps::SAMPLES, self.samples),
         ]
     }
 }
@@ -171,6 +175,7 @@ impl Default for Capacities {
             buckets: c::BUCKETS,
             conns: c::CONNS,
             flows: c::FLOWS,
+            samples: c::SAMPLES_BYTES,
         }
     }
 }

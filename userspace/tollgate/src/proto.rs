@@ -561,6 +561,12 @@ pub struct SampleCounters {
     pub lost: u64,
     /// Not selected by the policy.
     pub skipped: u64,
+    /// Lost in the last minute (what this agent saw).
+    #[serde(default)]
+    pub lost_last_minute: u64,
+    /// The ring buffer's size (`capacity.sample_ring_bytes`).
+    #[serde(default)]
+    pub ring_bytes: u64,
 }
 
 /// One map's fill level.

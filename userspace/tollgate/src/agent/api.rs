@@ -43,15 +43,19 @@ pub const TAP_BUFFER: usize = 4096;
 /// Largest sampling divisor the budget control goes to.
 const MAX_ONE_IN: u32 = 1 << 20;
 /// While records keep coming, the sample reader drains at most once per
-/// this: what arrives meanwhile waits in the ring (4 MiB: far more than this
-/// long holds) and is handled in one wake-up instead of one each, which is
-/// most of the agent's cost per request at moderate rates (a TLS request
-/// makes two or three records, each otherwise its own wake-up). The first
-/// record after a quiet spell is handled at once, so a lone attack request
-/// is judged without this delay.
-const COALESCE: Duration = Duration::from_millis(5);
-/// Records handled per drain at most.
-const DRAIN_MAX: usize = 1024;
+/// this: what arrives meanwhile waits in the ring (32 MiB by default: far
+/// more than this long holds) and is handled in one wake-up instead of one
+/// each. Wake-ups are most of the agent's cost per request at moderate rates
+/// (a TLS request makes two or three records; each wake-up costs the
+/// runtime's timers and epoll more than parsing a small request does), so
+/// this trades at most this much delay in judging, under steady traffic
+/// only, for about a fifth of the agent's CPU per request. The first record
+/// after a quiet spell is handled at once, so a lone attack request is
+/// judged without this delay.
+const COALESCE: Duration = Duration::from_millis(20);
+/// Records handled per drain at most (a backlog is drained in batches this
+/// big, one right after another).
+const DRAIN_MAX: usize = 4096;
 
 pub use crate::policy::SamplingPolicy;
 
@@ -266,12 +270,16 @@ impl ApiHandle {
     /// found.
     pub fn handle(&self, records: &[Vec<u8>], wall_offset: f64) -> (Duration, Batch) {
         let t = thread_cpu();
-        let samples: Vec<Sample> = match self.tls.lock() {
-            Ok(mut tls) => records.iter().filter_map(|raw| tls.sample(raw)).collect(),
-            Err(_) => Vec::new(),
-        };
+        let samples: Vec<Sample> = records.iter().filter_map(|raw| self.decode(raw)).collect();
         let batch = self.handle_samples(&samples, wall_offset);
         (thread_cpu().saturating_sub(t), batch)
+    }
+
+    /// Decodes one raw ring-buffer record (TLS records resolved to their
+    /// connection); `None` for what is not judged.
+    #[must_use]
+    pub fn decode(&self, raw: &[u8]) -> Option<Sample> {
+        self.tls.lock().ok()?.sample(raw)
     }
 
     /// Handles decoded samples (and the requests still waiting for
@@ -510,7 +518,7 @@ impl ApiState {
                 if !ev.resumed && st.pipeline.is_graphql_path(req) {
                     st.graphql_sent(&ev, req.path.clone(), endpoints);
                 }
-                Some((st.pipeline.route_of(req), d))
+                Some((None, d))
             }
             (_, Direction::Response) => {
                 if let (Some(m), Some(p), Some(s)) = (&ev.method, &ev.path, ev.status) {
@@ -535,18 +543,26 @@ impl ApiState {
                             ..tollgate_detect::Request::default()
                         }
                     });
-                    let route = req
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r));
                     let d = st.pipeline.on_response(ev.client, req.as_ref(), resp, ms);
-                    (route, d)
+                    (Some(req), d)
                 })
             }
             _ => None,
         };
-        if let Some((route, d)) = decided
+        if let Some((resp_req, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
+            // The route names a finding only: made when there is one (the
+            // route depends on nothing the decision changed).
+            let route = match resp_req {
+                None => ev
+                    .request
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r)),
+                Some(req) => req
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| st.pipeline.route_of(r)),
+            };
             // The connection's age decides whether a ban may follow a lift
             // (looked up only when a ban is at stake).
             let conn_since_ns = d
@@ -564,9 +580,11 @@ impl ApiState {
                 conn_since_ns,
             });
         }
-        ev.operation = operation;
-        // Nobody listening is fine.
-        let _ = tap.send(Arc::new(ev));
+        // Nobody listening (no `tap`): nothing to send.
+        if tap.receiver_count() > 0 {
+            ev.operation = operation;
+            let _ = tap.send(Arc::new(ev));
+        }
     }
 }
 
@@ -699,13 +717,22 @@ pub async fn read_samples(
         } else {
             Duration::from_secs(1)
         };
-        let mut batch = Vec::new();
-        ring.drain(Some(tick), DRAIN_MAX, |item| batch.push(item.to_vec()))
-            .await?;
+        // Records are decoded straight from the ring (one copy of their
+        // bytes); the CPU time counted starts at the first one.
+        let mut samples = Vec::new();
+        let mut taken = 0usize;
+        let mut cpu_start = None;
+        ring.drain(Some(tick), DRAIN_MAX, |item| {
+            cpu_start.get_or_insert_with(thread_cpu);
+            taken += 1;
+            samples.extend(api.decode(item));
+        })
+        .await?;
         // A full drain means a backlog: the next one follows at once.
-        last_drain = (!batch.is_empty() && batch.len() < DRAIN_MAX).then(Instant::now);
-        let (spent, found) = api.handle(&batch, offset);
-        busy += spent;
+        last_drain = (taken > 0 && taken < DRAIN_MAX).then(Instant::now);
+        let t = cpu_start.unwrap_or_else(thread_cpu);
+        let found = api.handle_samples(&samples, offset);
+        busy += thread_cpu().saturating_sub(t);
         if !found.is_empty() {
             on_findings(found);
         }

@@ -14,6 +14,7 @@ mod crowdsec;
 pub(crate) mod enforce;
 mod feeds;
 mod http;
+mod loss;
 mod maps;
 mod ratelimit;
 mod reload;
@@ -402,6 +403,7 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
                     s.gc();
                     s.prune_offenders();
                     s.store_retry();
+                    s.watch_sample_loss();
                 }
                 if let Ok(mut log) = event_log.lock() {
                     log.tick();
@@ -474,6 +476,7 @@ pub fn capacities(p: &crate::policy::CapacityPolicy) -> Capacities {
         buckets: p.rate_limit_sources,
         conns: p.connection_sources,
         flows: p.flows,
+        samples: p.sample_ring_bytes,
     }
 }
 

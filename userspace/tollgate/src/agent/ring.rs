@@ -1,8 +1,8 @@
 //! Reading a datapath ring buffer: the one loop body both readers (rate-limit
 //! offenders in `agent/mod.rs`, API samples in `agent/api.rs`) share. Tokio
 //! wakes the reader when the ring is readable; it drains, and clears the
-//! readiness only once the ring is empty, so nothing left behind waits for
-//! the next record to arrive.
+//! readiness only once the ring is empty (and then reads once more), so
+//! nothing left behind waits for the next record to arrive.
 
 use std::time::Duration;
 
@@ -52,16 +52,22 @@ impl Reader {
             },
         };
         let mut taken = 0;
-        {
-            let ring = guard.get_inner_mut();
-            while taken < max {
-                let Some(item) = ring.next() else { break };
-                record(&item);
-                taken += 1;
-            }
-        }
-        if taken < max {
-            guard.clear_ready();
+        let mut cleared = false;
+        while taken < max {
+            let Some(item) = guard.get_inner_mut().next() else {
+                if cleared {
+                    break;
+                }
+                // The kernel wakes the reader only for a record written when
+                // it had caught up: one written between the read that found
+                // the ring empty and this clear would lose its wake-up and
+                // wait, unjudged, for the next record. So look once more.
+                guard.clear_ready();
+                cleared = true;
+                continue;
+            };
+            record(&item);
+            taken += 1;
         }
         Ok(())
     }

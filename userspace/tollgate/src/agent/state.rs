@@ -81,6 +81,8 @@ pub struct AgentState<M = Datapath> {
     /// This host's addresses, never banned by hand without --force (a
     /// function, so tests do not depend on the machine's interfaces).
     pub(in crate::agent) host_addrs: fn() -> Vec<std::net::IpAddr>,
+    /// Sample records lost to a full ring buffer, lately.
+    sample_loss: super::loss::LossWatch,
 }
 
 /// Stored bans read, indexed and written to the kernel at a time on start.
@@ -148,6 +150,25 @@ impl<M: Maps> AgentState<M> {
             host_addrs: crate::net::host_addresses,
             counters: crate::metrics::Counters::default(),
             cluster: None,
+            sample_loss: super::loss::LossWatch::default(),
+        }
+    }
+
+    /// Reads the kernel's count of sample records lost to a full ring
+    /// buffer (each second) and warns when it grew: requests in them were
+    /// not judged.
+    pub fn watch_sample_loss(&mut self) {
+        let Ok([_, lost, _]) = self.maps.sample_stats() else {
+            return;
+        };
+        if let Some((n, over)) = self.sample_loss.observe(lost, Instant::now()) {
+            warn!(
+                lost = n,
+                seconds = over.as_secs(),
+                ring_bytes = self.maps.capacities().samples,
+                "API sample records lost: the ring buffer was full, and requests in them were not judged \
+                 (raise capacity.sample_ring_bytes, or spread the load)"
+            );
         }
     }
 
@@ -991,6 +1012,8 @@ impl<M: Maps> AgentState<M> {
                     taken,
                     lost,
                     skipped,
+                    lost_last_minute: self.sample_loss.last_minute(),
+                    ring_bytes: u64::from(self.maps.capacities().samples),
                 }
             }),
             cluster: self.cluster_view(),

@@ -488,8 +488,12 @@ pub(super) fn print_status(v: &Value) -> Result<(), Undecodable> {
         && k.taken + k.lost + k.skipped > 0
     {
         println!(
-            "datapath samples: {} taken, {} lost (ring buffer full), {} skipped by policy",
-            k.taken, k.lost, k.skipped
+            "datapath samples: {} taken, {} lost (ring buffer full: not judged; {} in the last minute, ring {} KiB), {} skipped by policy",
+            k.taken,
+            k.lost,
+            k.lost_last_minute,
+            k.ring_bytes / 1024,
+            k.skipped
         );
     }
     if let Some(t) = &s.tls {

@@ -28,6 +28,10 @@ pub struct CapacityPolicy {
     /// Connections followed at once for sampling, request verification and
     /// trusted proxies (`TG_FLOWS`, `TG_ESTAB`, `TG_PFLOWS`, LRU).
     pub flows: u32,
+    /// Bytes of the ring buffer that carries API samples to the agent
+    /// (`TG_SAMPLES`): a power of two from 64 KiB to 1 GiB. A full ring
+    /// loses records, and requests in them are not judged.
+    pub sample_ring_bytes: u32,
 }
 
 impl Default for CapacityPolicy {
@@ -41,9 +45,14 @@ impl Default for CapacityPolicy {
             rate_limit_sources: c::BUCKETS,
             connection_sources: c::CONNS,
             flows: c::FLOWS,
+            sample_ring_bytes: c::SAMPLES_BYTES,
         }
     }
 }
+
+/// Bounds of `sample_ring_bytes`: the kernel wants a power of two and a
+/// whole number of pages; 1 GiB is far past any sane backlog.
+pub const SAMPLE_RING_BYTES: std::ops::RangeInclusive<u32> = (1 << 16)..=(1 << 30);
 
 /// Upper bound of every capacity: 2^26 entries (a 64 Mi-entry ban map is
 /// already several GiB of kernel memory).
@@ -78,6 +87,17 @@ impl CapacityPolicy {
                 ));
             }
         }
+        let ring = self.sample_ring_bytes;
+        if !ring.is_power_of_two() || !SAMPLE_RING_BYTES.contains(&ring) {
+            return Err(FieldError::new(
+                "capacity.sample_ring_bytes",
+                format!(
+                    "must be a power of two from {} to {} (bytes)",
+                    SAMPLE_RING_BYTES.start(),
+                    SAMPLE_RING_BYTES.end()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -94,5 +114,21 @@ mod tests {
         p.validate().unwrap();
         let e = CapacityPolicy { ranges_v6: 0, ..p }.validate().unwrap_err();
         assert_eq!(e.field, "capacity.ranges_v6");
+        assert_eq!(p.sample_ring_bytes, 32 << 20);
+        for bad in [3 << 20, 1 << 12, 1 << 31] {
+            let e = CapacityPolicy {
+                sample_ring_bytes: bad,
+                ..p
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(e.field, "capacity.sample_ring_bytes");
+        }
+        CapacityPolicy {
+            sample_ring_bytes: 1 << 26,
+            ..p
+        }
+        .validate()
+        .unwrap();
     }
 }
