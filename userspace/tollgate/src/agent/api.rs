@@ -53,6 +53,11 @@ const MAX_ONE_IN: u32 = 1 << 20;
 /// after a quiet spell is handled at once, so a lone attack request is
 /// judged without this delay.
 const COALESCE: Duration = Duration::from_millis(20);
+/// The same while TLS probes are on: none. A TLS stream's connection is
+/// resolved from `/proc` while its descriptor is open, and a short
+/// connection (request, answer, close: a few ms) held back in the ring for
+/// 20 ms is closed by then, its request dropped unjudged as unresolved.
+const TLS_COALESCE: Duration = Duration::ZERO;
 /// Records handled per drain at most (a backlog is drained in batches this
 /// big, one right after another).
 const DRAIN_MAX: usize = 4096;
@@ -280,6 +285,13 @@ impl ApiHandle {
     #[must_use]
     pub fn decode(&self, raw: &[u8]) -> Option<Sample> {
         self.tls.lock().ok()?.sample(raw)
+    }
+
+    /// TLS probes are on (records must be resolved while their connection
+    /// is open, so they are not held back).
+    #[must_use]
+    pub fn tls_probing(&self) -> bool {
+        self.tls.lock().is_ok_and(|t| t.status.enabled)
     }
 
     /// Handles decoded samples (and the requests still waiting for
@@ -706,7 +718,14 @@ pub async fn read_samples(
     // When the last drain that found records ran, unless it left a backlog.
     let mut last_drain: Option<Instant> = None;
     loop {
-        if let Some(gap) = last_drain.and_then(|t| COALESCE.checked_sub(t.elapsed())) {
+        let coalesce = if api.tls_probing() {
+            TLS_COALESCE
+        } else {
+            COALESCE
+        };
+        if let Some(gap) = last_drain.and_then(|t| coalesce.checked_sub(t.elapsed()))
+            && !gap.is_zero()
+        {
             tokio::time::sleep(gap).await;
         }
         // Held requests are re-checked every few milliseconds; otherwise the
