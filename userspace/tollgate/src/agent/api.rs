@@ -718,7 +718,9 @@ pub async fn read_samples(
     // When the last drain that found records ran, unless it left a backlog.
     let mut last_drain: Option<Instant> = None;
     loop {
-        let coalesce = if api.tls_probing() {
+        // Requests held for verification are re-checked every 2 ms: holding
+        // the drain back would let the queue overflow into unverified ones.
+        let coalesce = if api.tls_probing() || api.has_waiting() {
             TLS_COALESCE
         } else {
             COALESCE

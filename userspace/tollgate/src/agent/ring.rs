@@ -1,8 +1,9 @@
 //! Reading a datapath ring buffer: the one loop body both readers (rate-limit
 //! offenders in `agent/mod.rs`, API samples in `agent/api.rs`) share. Tokio
-//! wakes the reader when the ring is readable; it drains, and clears the
-//! readiness only once the ring is empty (and then reads once more), so
-//! nothing left behind waits for the next record to arrive.
+//! wakes the reader when the ring is readable; it clears the readiness,
+//! then drains, so a record written after the ring was found empty wakes
+//! it again; a drain cut at its limit is followed by one that does not
+//! wait, so nothing left behind waits for the next record to arrive.
 
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// A ring buffer registered with the runtime.
 pub struct Reader {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at its limit: the ring may hold records no
+    /// wake-up will announce.
+    backlog: bool,
 }
 
 impl Reader {
@@ -29,12 +33,13 @@ impl Reader {
                     e.into_parts().1
                 )
             })?;
-        Ok(Self { fd })
+        Ok(Self { fd, backlog: false })
     }
 
     /// Waits until records are there (at most `wait`, when given) and hands
-    /// up to `max` of them to `record`. Returns without any when `wait`
-    /// passed first.
+    /// up to `max` of them to `record`. When `wait` passes first, the ring is
+    /// read all the same (a wake-up lost for any reason costs one tick, not
+    /// the ring).
     ///
     /// # Errors
     /// When waiting on the fd fails.
@@ -44,31 +49,31 @@ impl Reader {
         max: usize,
         mut record: impl FnMut(&[u8]),
     ) -> anyhow::Result<()> {
-        let mut guard = match wait {
-            None => self.fd.readable_mut().await?,
-            Some(w) => match tokio::time::timeout(w, self.fd.readable_mut()).await {
-                Ok(guard) => guard?,
-                Err(_) => return Ok(()),
-            },
-        };
-        let mut taken = 0;
-        let mut cleared = false;
-        while taken < max {
-            let Some(item) = guard.get_inner_mut().next() else {
-                if cleared {
-                    break;
-                }
-                // The kernel wakes the reader only for a record written when
-                // it had caught up: one written between the read that found
-                // the ring empty and this clear would lose its wake-up and
-                // wait, unjudged, for the next record. So look once more.
+        if !std::mem::take(&mut self.backlog) {
+            let ready = match wait {
+                None => Some(self.fd.readable_mut().await?),
+                Some(w) => match tokio::time::timeout(w, self.fd.readable_mut()).await {
+                    Ok(guard) => Some(guard?),
+                    Err(_) => None,
+                },
+            };
+            // Cleared before reading: the kernel wakes the reader for a
+            // record written once it has caught up, so one written after
+            // the ring is found empty below sets the readiness again.
+            if let Some(mut guard) = ready {
                 guard.clear_ready();
-                cleared = true;
-                continue;
+            }
+        }
+        let ring = self.fd.get_mut();
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return Ok(());
             };
             record(&item);
-            taken += 1;
         }
+        // Stopped at `max` with records perhaps left: no wake-up comes for
+        // them while the reader is behind, so the next call reads at once.
+        self.backlog = true;
         Ok(())
     }
 }
