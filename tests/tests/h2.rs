@@ -10,8 +10,8 @@ use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
     h2::{
-        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method, h2load,
-        nghttp,
+        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method,
+        grpc_multiplexed, h2load, nghttp,
     },
     tls::wait_probed,
 };
@@ -341,6 +341,83 @@ fn grpc_unauthenticated_bursts_ban_like_401s() {
         "{}",
         agent.json(&["block", "ls"])
     );
+}
+
+/// A trusted proxy multiplexing two clients on one h2c connection (as
+/// Envoy or nginx `grpc_pass` do): each round, the guesser's call and then
+/// the benign client's are in flight together, and the server answers the
+/// guesser UNAUTHENTICATED after the benign client's forwarding header was
+/// the connection's latest. Only the guesser is banned; the benign client
+/// and the proxy never are.
+#[test]
+fn behind_a_multiplexing_proxy_only_the_guesser_is_banned() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1)]);
+    let port = server.port.to_string();
+    let proxy = lab.v4(0, 2);
+    // h2c responses come from the NIC's egress samples: every packet of
+    // this long-lived connection is taken, so its HPACK stays in step.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("api_ports: [{port}]\nsampling: {{one_in: 1}}\ntrusted_proxies: [{proxy}/32]\n"),
+    )
+    .unwrap();
+    let agent = Agent::start(&lab.host_if, &["--config", policy.to_str().unwrap()]);
+    let (guesser, benign) = (lab.v4(1, 3), lab.v4(1, 4));
+    let rounds: Vec<Vec<(IpAddr, Vec<u8>)>> = (0..12)
+        .map(|i| {
+            vec![
+                (guesser, format!("guess-{i}").into_bytes()),
+                (benign, GRPC_TOKEN.to_vec()),
+            ]
+        })
+        .collect();
+    let out = grpc_multiplexed(
+        &lab,
+        lab.v4(0, 1),
+        server.port,
+        "/notes.Notes/SlowSecret",
+        &rounds,
+    );
+    // Before the ban: the guesser refused, the benign client served.
+    assert_eq!(
+        out.get(..4),
+        Some(
+            &[
+                "error StatusCode.UNAUTHENTICATED",
+                "ok",
+                "error StatusCode.UNAUTHENTICATED",
+                "ok"
+            ]
+            .map(String::from)[..]
+        ),
+        "{out:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(guesser)),
+        "{guesser} not banned\ncalls: {out:?}\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == guesser.to_string()
+            && e["proxy"] == proxy.to_string()
+            && e["rule"] == "auth.credential_stuffing"),
+        "no credential stuffing event for {guesser} through {proxy}: {ev:#?}"
+    );
+    assert!(
+        !ev.iter().any(|e| e["client"] == benign.to_string()),
+        "the benign client was blamed: {ev:#?}"
+    );
+    assert!(
+        !agent.policy_banned(benign),
+        "{}",
+        agent.json(&["block", "ls"])
+    );
+    assert!(!agent.banned(proxy), "{}", agent.json(&["block", "ls"]));
 }
 
 /// An HTTP/2 frame.

@@ -96,9 +96,16 @@ pub struct ApiEvent {
     #[serde(skip)]
     pub header_client: Option<IpAddr>,
     /// The client the connection's last forwarding header named (for
-    /// responses, which carry none).
+    /// HTTP/1 responses, which carry none).
     #[serde(skip)]
     pub forwarded_client: Option<IpAddr>,
+    /// HTTP/2 responses: the forwarding fields (`X-Forwarded-For`,
+    /// `Forwarded`) of the request on the same stream, empty when that
+    /// request was not seen. A proxy multiplexes many clients on one
+    /// connection, so its latest forwarding header says nothing about the
+    /// client a response goes to; the stream's own request does.
+    #[serde(skip)]
+    pub stream_forwarding: Option<Vec<(String, String)>>,
     /// A stand-in for a request whose stream stalled part-way: judged as far
     /// as it went, and again once the rest comes (see `resumed`).
     #[serde(skip)]
@@ -179,6 +186,11 @@ pub struct FlowStats {
     /// later blocks of that connection are unknown.
     #[serde(default)]
     pub h2_header_blocks_cut: u64,
+    /// HTTP/2 streams awaiting their response dropped from a connection's
+    /// table (more than 128 unanswered at once): their responses are not
+    /// paired and, behind a proxy, attributed to no client.
+    #[serde(default)]
+    pub h2_streams_evicted: u64,
 }
 
 #[derive(Default)]
@@ -208,6 +220,40 @@ struct Pending {
     method: String,
     path: String,
     ts_ns: u64,
+    /// HTTP/2: the request's forwarding fields (see [`forwarding_of`]).
+    forwarding: Vec<(String, String)>,
+}
+
+/// Forwarding fields kept per HTTP/2 stream awaiting its response.
+const MAX_FORWARDING_FIELDS: usize = 4;
+/// Bytes kept of each: the end of the value, where the hop the proxy
+/// added (the one attribution reads) is.
+const MAX_FORWARDING_VALUE: usize = 512;
+
+/// The forwarding fields of a request, bounded: the last few, each cut to
+/// its last whole hops.
+fn forwarding_of(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = fields
+        .iter()
+        .filter(|(n, _)| h2::is_forwarding(n))
+        .rev()
+        .take(MAX_FORWARDING_FIELDS)
+        .map(|(n, v)| {
+            let mut v = v.as_str();
+            if v.len() > MAX_FORWARDING_VALUE {
+                let mut at = v.len() - MAX_FORWARDING_VALUE;
+                while !v.is_char_boundary(at) {
+                    at += 1;
+                }
+                // From the first whole hop on.
+                let tail = &v[at..];
+                v = tail.split_once(',').map_or("", |(_, rest)| rest);
+            }
+            (n.clone(), v.to_owned())
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 #[derive(Default)]
@@ -813,15 +859,28 @@ fn h2_response_sample(
                 let mut ev = base_event(flow, s, time, Direction::Response);
                 ev.status = Some(response.status);
                 ev.truncated = response.truncated;
+                // Never the connection's latest forwarding header: the
+                // stream's own request names its client.
+                ev.forwarded_client = None;
                 if let Some(p) = flow.h2_pending.remove(&stream) {
                     ev.latency_ms = Some(s.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
                     ev.method = Some(p.method);
                     ev.path = Some(p.path);
+                    ev.stream_forwarding = Some(p.forwarding);
+                } else {
+                    // Answered before the request ended (a refusal in the
+                    // response head): its head is still held.
+                    let open = flow.h2.as_deref().and_then(|d| d.fields_of(stream));
+                    ev.stream_forwarding = Some(open.map(forwarding_of).unwrap_or_default());
                 }
                 ev.response = Some(response);
                 out.push(ev);
             }
             h2::Message::Unknown { .. } => stats.h2_responses_unknown += 1,
+            // The server refused the stream: no (further) response comes.
+            h2::Message::Reset { stream } => {
+                flow.h2_pending.remove(&stream);
+            }
             h2::Message::Request { .. } => {}
         }
     }
@@ -846,9 +905,12 @@ fn h2_events(
                     tollgate_detect::detect::grpc_compressed_messages(&request);
                 stats.grpc_compressed_messages += compressed;
                 stats.grpc_unread_messages += unread;
-                if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS {
+                if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS
+                    && !flow.h2_pending.contains_key(&stream)
+                {
                     // Streams never answered (or answered unseen): the oldest go.
                     flow.h2_pending.pop_first();
+                    stats.h2_streams_evicted += 1;
                 }
                 flow.h2_pending.insert(
                     stream,
@@ -856,12 +918,17 @@ fn h2_events(
                         method: request.method.clone(),
                         path: request.path.clone(),
                         ts_ns: s.ts_ns,
+                        forwarding: forwarding_of(&request.headers),
                     },
                 );
                 stats.truncated += u64::from(truncated);
                 out.push(request_event(flow, s, time, request, truncated));
             }
             h2::Message::Unknown { .. } => stats.h2_unknown += 1,
+            // The client gave up on the stream: no response comes.
+            h2::Message::Reset { stream } => {
+                flow.h2_pending.remove(&stream);
+            }
             h2::Message::Response { .. } => {}
         }
     }
@@ -997,6 +1064,7 @@ fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEv
         proxy: None,
         header_client: flow.real,
         forwarded_client: flow.forwarded,
+        stream_forwarding: None,
         stalled: false,
         resumed: false,
     }
@@ -1108,6 +1176,7 @@ fn parse_all(
                                 method: msg.method.clone(),
                                 path: msg.path.clone(),
                                 ts_ns: s.ts_ns,
+                                forwarding: Vec::new(),
                             });
                         }
                         let mut ev = request_event(flow, s, time, msg, truncated);
@@ -1684,6 +1753,102 @@ mod tests {
             b.extend_from_slice(v.as_bytes());
         }
         h2_frame(1, 0x4 | flags, stream, &b)
+    }
+
+    /// A request HEADERS frame with a forwarding field (literal, as a
+    /// proxy writes it), the stream left open for DATA unless `end`.
+    fn h2_proxied(stream: u32, path: &str, xff: &str, end: bool) -> Vec<u8> {
+        let mut b = vec![0x83, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+        b.extend_from_slice(path.as_bytes());
+        b.extend([0, 15]);
+        b.extend_from_slice(b"x-forwarded-for");
+        b.push(u8::try_from(xff.len()).unwrap());
+        b.extend_from_slice(xff.as_bytes());
+        h2_frame(1, 0x4 | u8::from(end), stream, &b)
+    }
+
+    /// Behind a proxy that multiplexes clients on one connection, each
+    /// response carries the forwarding field of its own stream's request,
+    /// not the connection's latest; a client's trailers cannot rename it,
+    /// and a body judged after its head was judged early keeps it.
+    #[test]
+    fn h2_responses_carry_their_own_streams_client() {
+        let mut req = h2::PREFACE.to_vec();
+        // Stream 1 (198.18.9.1) and 3 (198.18.9.2) interleaved; 3 ends
+        // last, 5 (198.18.9.3) stays open, its client's trailers try to
+        // name someone else.
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        req.extend(h2_proxied(3, "/a.S/Login", "198.18.9.2", false));
+        req.extend(h2_frame(0, 1, 1, b"\0\0\0\0\0"));
+        req.extend(h2_frame(0, 1, 3, b"\0\0\0\0\0"));
+        req.extend(h2_proxied(5, "/a.S/Login", "198.18.9.3", false));
+        req.extend(h2_proxied(7, "/a.S/Gone", "198.18.9.4", true));
+        req.extend(h2_frame(3, 0, 7, &[0, 0, 0, 8]));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        assert_eq!(paths(&ev), ["/a.S/Login", "/a.S/Login", "/a.S/Gone"]);
+        // The client reset stream 7: nothing awaits its answer any more.
+        assert!(!f.flows.values().any(|fl| fl.h2_pending.contains_key(&7)));
+        let mut resp = h2_frame(4, 0, 0, &[]);
+        resp.extend(h2_head(1, 1, true, &[("grpc-status", "16")]));
+        resp.extend(h2_head(3, 1, true, &[("grpc-status", "0")]));
+        // Answered while its request is still open (a refusal up front).
+        resp.extend(h2_head(5, 1, true, &[("grpc-status", "16")]));
+        let mut ev = Vec::new();
+        for (i, part) in resp.chunks(20).enumerate() {
+            let seq = 5000 + 20 * u32::try_from(i).unwrap();
+            ev.extend(f.on_sample(&sample(Direction::Response, seq, part, 2), 0.0));
+        }
+        let named: Vec<_> = ev
+            .iter()
+            .map(|e| {
+                assert_eq!(e.forwarded_client, None, "never the connection's latest");
+                let fw = e.stream_forwarding.as_ref().unwrap();
+                (e.status, fw.first().map(|(_, v)| v.clone()))
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (Some(200), Some("198.18.9.1".into())),
+                (Some(200), Some("198.18.9.2".into())),
+                (Some(200), Some("198.18.9.3".into())),
+            ]
+        );
+        // Trailers of the client's own: a forwarding field there is dropped.
+        let mut req = h2::PREFACE.to_vec();
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        req.extend(h2_head(1, 1, false, &[("x-forwarded-for", "198.18.9.9")]));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        let r = ev[0].request.as_ref().unwrap();
+        let xff: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-forwarded-for")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(xff, ["198.18.9.1"]);
+        // A stream judged at a stall, its body later: judged again with
+        // its client's forwarding field.
+        let mut f = Flows::new(100);
+        f.clock_ns = 1_000;
+        let mut req = h2::PREFACE.to_vec();
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        assert!(stream(&mut f, 0, &req, 1024, &[]).is_empty());
+        f.clock_ns = 3_000_000_000;
+        let early = f.flush_stalled(2_000_000_000, 0.0);
+        assert_eq!(paths(&early), ["/a.S/Login"]);
+        let body = h2_frame(0, 1, 1, b"\0\0\0\0\x02\x0a\x00");
+        let later = stream(&mut f, u32::try_from(req.len()).unwrap(), &body, 1024, &[]);
+        let r = later[0].request.as_ref().unwrap();
+        assert_eq!(r.header("x-forwarded-for"), Some("198.18.9.1"));
+        // Long forwarding lists keep their last whole hops, bounded.
+        let long = format!("{}198.18.9.7", "198.18.0.1, ".repeat(100));
+        let kept = forwarding_of(&[("X-Forwarded-For".into(), long)]);
+        assert!(kept[0].1.len() <= MAX_FORWARDING_VALUE, "{kept:?}");
+        assert!(kept[0].1.trim().starts_with("198.18.0.1"), "{kept:?}");
+        assert!(kept[0].1.ends_with(", 198.18.9.7"), "{kept:?}");
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub enum Message {
     /// A header block that could not be decoded (the HPACK table is out of
     /// step): the request is unknown, never guessed.
     Unknown { stream: u32 },
+    /// This side reset the stream (RST_STREAM): nothing more comes on it, so
+    /// what is kept per stream (its client behind a proxy) can go.
+    Reset { stream: u32 },
 }
 
 /// Why a decoder stopped reading its direction.
@@ -481,6 +484,17 @@ impl Decoder {
         }
     }
 
+    /// The fields of a stream whose head was read and whose message has not
+    /// ended (or was judged early and may go on): what names it, and its
+    /// client behind a proxy, for a response that comes before its end.
+    #[must_use]
+    pub fn fields_of(&self, stream: u32) -> Option<&[(String, String)]> {
+        self.open
+            .get(&stream)
+            .map(|o| o.fields.as_slice())
+            .or_else(|| self.early.get(&stream).map(Vec::as_slice))
+    }
+
     /// Whether a stream's message is being collected.
     #[must_use]
     pub fn has_open(&self) -> bool {
@@ -503,7 +517,7 @@ impl Decoder {
         let names = open
             .fields
             .iter()
-            .filter(|(n, _)| n.starts_with(':') || n == "content-type")
+            .filter(|(n, _)| n.starts_with(':') || n == "content-type" || is_forwarding(n))
             .map(|(n, v)| {
                 (
                     n.clone(),
@@ -685,6 +699,9 @@ impl Decoder {
                     open.truncated = true;
                     out.push(self.message(f.stream, open));
                 }
+                if f.stream != 0 {
+                    out.push(Message::Reset { stream: f.stream });
+                }
             }
             _ => {}
         }
@@ -795,6 +812,9 @@ impl Decoder {
                 if room == 0 {
                     break;
                 }
+                if self.side == Side::Client && is_forwarding(&f.0) {
+                    continue;
+                }
                 room -= 1;
                 open.fields.push(f);
             }
@@ -849,6 +869,12 @@ impl Decoder {
             let held: usize = open.fields.iter().map(|(n, v)| n.len() + v.len()).sum();
             let mut room = MAX_HEADER_BYTES.saturating_sub(held);
             for (n, v) in fields {
+                // A proxy names the client in the head it writes; request
+                // trailers are the client's own words, passed along, and a
+                // forwarding field there would let a client blame another.
+                if self.side == Side::Client && is_forwarding(&n) {
+                    continue;
+                }
                 if open.fields.len() >= MAX_HEADERS || n.len() + v.len() > room {
                     open.truncated = true;
                     break;
@@ -902,6 +928,13 @@ impl Decoder {
             },
         }
     }
+}
+
+/// Whether a field names the client behind a proxy (what the agent reads
+/// for attribution).
+#[must_use]
+pub fn is_forwarding(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-forwarded-for") || name.eq_ignore_ascii_case("forwarded")
 }
 
 /// Decodes one header block; `None` on an HPACK error. At most
@@ -1049,10 +1082,11 @@ mod tests {
 
     fn paths(out: &[Message]) -> Vec<String> {
         out.iter()
-            .map(|m| match m {
-                Message::Request { request, .. } => request.target.clone(),
-                Message::Response { response, .. } => response.status.to_string(),
-                Message::Unknown { .. } => "?".into(),
+            .filter_map(|m| match m {
+                Message::Request { request, .. } => Some(request.target.clone()),
+                Message::Response { response, .. } => Some(response.status.to_string()),
+                Message::Unknown { .. } => Some("?".into()),
+                Message::Reset { .. } => None,
             })
             .collect()
     }
