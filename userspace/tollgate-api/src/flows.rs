@@ -181,11 +181,16 @@ pub struct FlowStats {
     /// `grpc-encoding` is none they inflate (gzip and deflate are read).
     #[serde(default)]
     pub grpc_unread_messages: u64,
-    /// HTTP/2 header blocks cut at 64 KiB or 128 CONTINUATION frames: what
-    /// decoded before the cut was judged (truncated), the rest passed over;
-    /// later blocks of that connection are unknown.
+    /// HTTP/2 header blocks past 64 KiB or 128 CONTINUATION frames: decoded
+    /// whole all the same (the HPACK table stays in step), the fields past
+    /// the bounds dropped, the request judged truncated.
     #[serde(default)]
     pub h2_header_blocks_cut: u64,
+    /// HTTP/2 header blocks past 256 KiB: HPACK cannot be fed the whole
+    /// within the bounds, so what decoded of their first bytes was judged
+    /// (truncated) and later blocks of that connection are unknown.
+    #[serde(default)]
+    pub h2_header_blocks_lost: u64,
     /// HTTP/2 streams awaiting their response dropped from a connection's
     /// table (more than 128 unanswered at once): their responses are not
     /// paired and, behind a proxy, attributed to no client.
@@ -720,6 +725,7 @@ impl Flows {
                     self.stats.h2_lost += 1;
                 }
                 self.stats.h2_header_blocks_cut += dec.counters.blocks_cut;
+                self.stats.h2_header_blocks_lost += dec.counters.blocks_lost;
                 flow.h2 = Some(Box::new(dec));
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 let mut out = Vec::new();
@@ -770,10 +776,11 @@ fn h2_sample(
         return out;
     };
     let was_lost = dec.lost().is_some();
-    let cut = dec.counters.blocks_cut;
+    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.req.next_seq, s, &mut msgs);
     stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
+    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
     if s.tcp_flags & 0x05 != 0 {
         dec.flush(&mut msgs);
     }
@@ -840,10 +847,11 @@ fn h2_response_sample(
     if dec.lost().is_some() {
         return out;
     }
-    let cut = dec.counters.blocks_cut;
+    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.resp.next_seq, s, &mut msgs);
     stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
+    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
     if dec.lost().is_some() {
         stats.h2_responses_lost += 1;
     }
@@ -1927,7 +1935,7 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_header_block_is_judged_as_far_as_it_went() {
+    fn an_oversized_header_block_is_judged_as_far_as_it_went_and_the_next_decodes() {
         let mut req = h2::PREFACE.to_vec();
         // `:method POST`, `:scheme http`, `:path` with an injection, then
         // 80 KiB of fields over CONTINUATION frames.
@@ -1938,21 +1946,25 @@ mod tests {
             &[0u8, 5][..],
             b"x-pad",
             &[0x7f, 0x81, 0x7f],
-            &[b'p'; 16_382],
+            &[b'p'; 16_384],
         ]
         .concat();
         for _ in 0..5 {
             req.extend(h2_frame(9, 0, 1, &pad));
         }
         req.extend(h2_frame(9, 0x4, 1, &[]));
+        req.extend(h2_frame(0, 0x1, 1, b"{}"));
         req.extend(h2_request(3, 0x82, "/next", true));
         let mut f = Flows::new(100);
         let ev = stream(&mut f, 0, &req, 1024, &[]);
-        assert_eq!(paths(&ev), ["/a"]);
+        // Decoded whole, its fields past 64 KiB dropped: the table stays in
+        // step and the next request is known.
+        assert_eq!(paths(&ev), ["/a", "/next"]);
         assert_eq!(ev[0].query.as_deref(), Some("id=1' OR '1'='1--"));
-        assert!(ev[0].truncated);
+        assert!(ev[0].truncated && !ev[1].truncated);
         assert_eq!(f.stats.h2_header_blocks_cut, 1);
-        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (1, 0));
+        assert_eq!(f.stats.h2_header_blocks_lost, 0);
+        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (0, 0));
     }
 
     #[test]
