@@ -92,16 +92,29 @@ pub fn compressed_messages(req: &crate::Request) -> (u64, u64) {
     (n, unread)
 }
 
+/// Compressed messages that inflate past the budget: what came after it was
+/// not judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PastBudget {
+    /// Compressed bytes of the message the budget ran out in (or of the
+    /// first one left uninflated).
+    pub compressed: usize,
+    /// What that message inflated to within the budget (0: none of it).
+    pub inflated: usize,
+}
+
 /// Pushes the text fields of the gRPC messages in `body`; compressed ones
 /// are inflated per `encoding`, at most `inflate_cap` bytes for the body.
+/// Returns where that budget ran out while compressed bytes were left.
 pub(crate) fn walk_grpc<'a>(
     v: &mut Vec<Input<'a>>,
     body: &'a [u8],
     depth: u32,
     encoding: Option<&str>,
     inflate_cap: usize,
-) {
+) -> Option<PastBudget> {
     let mut budget = inflate_cap;
+    let mut past = None;
     for (compressed, msg) in messages(body) {
         if !compressed {
             walk(v, &fields(msg).0, depth, "");
@@ -110,12 +123,28 @@ pub(crate) fn walk_grpc<'a>(
         let Some(enc) = encoding.filter(|e| readable(Some(e))) else {
             continue;
         };
-        if budget == 0 || v.len() >= MAX_INPUTS {
+        if budget == 0 {
+            past.get_or_insert(PastBudget {
+                compressed: msg.len(),
+                inflated: 0,
+            });
             continue;
         }
-        let Some(plain) = crate::http::inflate(enc, msg, budget) else {
+        if v.len() >= MAX_INPUTS {
+            continue;
+        }
+        // One byte more than the budget tells a message that ends there
+        // from one that goes on past it.
+        let Some(mut plain) = crate::http::inflate(enc, msg, budget + 1) else {
             continue;
         };
+        if plain.len() > budget {
+            plain.truncate(budget);
+            past.get_or_insert(PastBudget {
+                compressed: msg.len(),
+                inflated: budget,
+            });
+        }
         budget -= plain.len().min(budget);
         // The inflated bytes live here only: their texts are kept owned.
         let mut found = Vec::new();
@@ -124,6 +153,7 @@ pub(crate) fn walk_grpc<'a>(
             push(v, i.location, Cow::Owned(i.text.into_owned()), i.is_value);
         }
     }
+    past
 }
 
 fn walk<'a>(v: &mut Vec<Input<'a>>, found: &[(u64, &'a [u8])], depth: u32, path: &str) {
@@ -372,10 +402,27 @@ mod tests {
         assert!(body.len() < 200_000, "{}", body.len());
         let mut v = Vec::new();
         let start = std::time::Instant::now();
-        walk_grpc(&mut v, &body, 16, Some("gzip"), 16 * 1024);
+        let past = walk_grpc(&mut v, &body, 16, Some("gzip"), 16 * 1024);
         // Inflating 16 KiB, not 16 MiB: well under what the whole costs.
         assert!(start.elapsed() < std::time::Duration::from_millis(500));
         assert!(v.iter().all(|i| i.text.len() <= 16 * 1024));
+        // What lies past the budget is said to be unread.
+        assert_eq!(
+            past,
+            Some(PastBudget {
+                compressed: body.len() - 5,
+                inflated: 16 * 1024
+            })
+        );
+        // A message that inflates to exactly the budget leaves nothing unread.
+        let exact = compressed("gzip", &[b'a'; 1000]);
+        assert_eq!(
+            walk_grpc(&mut Vec::new(), &exact, 16, Some("gzip"), 1000),
+            None
+        );
+        let twice = [exact.clone(), exact].concat();
+        let past = walk_grpc(&mut Vec::new(), &twice, 16, Some("gzip"), 1000);
+        assert_eq!(past.map(|p| p.inflated), Some(0));
         // Many bombs in one body share one budget.
         let many: Vec<u8> = (0..MAX_MESSAGES).flat_map(|_| body.clone()).collect();
         let mut v = Vec::new();

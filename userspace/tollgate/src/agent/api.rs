@@ -550,6 +550,14 @@ impl ApiState {
             }
             _ => None,
         };
+        // Inflated past what the detectors read: judged only in part.
+        if let Some((_, d)) = &decided
+            && d.violations
+                .iter()
+                .any(|v| v.rule == tollgate_detect::detect::INFLATE_LIMIT)
+        {
+            ev.truncated = true;
+        }
         if let Some((route, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
