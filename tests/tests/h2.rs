@@ -343,6 +343,124 @@ fn grpc_unauthenticated_bursts_ban_like_401s() {
     );
 }
 
+const NOTES_PROTO: &str = r#"syntax = "proto3";
+package notes;
+message Meta { string tag = 2; }
+message Note { string title = 1; string body = 2; Meta meta = 3; }
+service Notes {
+  rpc Create(Note) returns (Note);
+  rpc Archive(Note) returns (Note) { option deprecated = true; }
+}
+"#;
+
+/// `tollgate agent --descriptor-set FILE` (a set `protoc` wrote): the live
+/// inventory marks the gRPC methods documented, shadow or unused, and a
+/// finding in a request field is located by the field's name. A file that
+/// is no descriptor set stops the agent at start with the reason.
+#[test]
+fn a_descriptor_set_names_methods_and_fields_in_the_live_inventory_and_events() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.proto"), NOTES_PROTO).unwrap();
+    let set = dir.path().join("notes.pb");
+    let out = std::process::Command::new("protoc")
+        .arg(format!("-I{}", dir.path().display()))
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg("notes.proto")
+        .output()
+        .expect("protoc (Debian protobuf-compiler: cargo xtask setup --test-deps)");
+    assert!(out.status.success(), "{out:?}");
+    // A bad file: refused at start, nothing attached.
+    let bad = dir.path().join("api.yaml");
+    std::fs::write(&bad, "openapi: 3.0.3\n").unwrap();
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", &lab.host_if, "--descriptor-set"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--descriptor-set") && err.contains("not a protobuf descriptor set"),
+        "{err}"
+    );
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(
+        &lab.host_if,
+        &[
+            "--api-port",
+            &port,
+            "--descriptor-set",
+            set.to_str().unwrap(),
+        ],
+    );
+    let benign = [field(1, b"groceries"), field(2, b"milk and bread")].concat();
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign),
+        Ok(benign.clone())
+    );
+    // A method the set does not document.
+    let _ = grpc_call_method(
+        &lab,
+        lab.v4(1, 1),
+        server.port,
+        "/notes.Notes/Secret",
+        GRPC_TOKEN,
+    );
+    let status = |inv: &Value, path: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| (e["status"].clone(), e["deprecated"].clone()))
+    };
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || status(
+            &inv(),
+            "/notes.Notes/Secret"
+        )
+        .is_some()),
+        "{}",
+        inv()
+    );
+    let i = inv();
+    assert_eq!(
+        (
+            status(&i, "/notes.Notes/Create"),
+            status(&i, "/notes.Notes/Archive"),
+            status(&i, "/notes.Notes/Secret"),
+        ),
+        (
+            Some(("documented".into(), false.into())),
+            Some(("unused".into(), true.into())),
+            Some(("shadow".into(), Value::Null)),
+        ),
+        "{i}"
+    );
+    // The injection in Note.meta.tag: located by name.
+    let evil = [
+        field(1, b"x"),
+        field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+    ]
+    .concat();
+    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    let attacker = lab.v4(0, 2);
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned: {:#?}",
+        agent.events()
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter()
+            .any(|e| e["client"] == attacker.to_string() && e["location"] == "protobuf:Meta.tag"),
+        "no event naming the field: {ev:#?}"
+    );
+}
+
 /// A trusted proxy multiplexing two clients on one h2c connection (as
 /// Envoy or nginx `grpc_pass` do): each round, the guesser's call and then
 /// the benign client's are in flight together, and the server answers the

@@ -28,6 +28,7 @@ use crate::decode;
 use crate::http::Request;
 
 pub use protobuf::compressed_messages as grpc_compressed_messages;
+pub use protobuf::{ProtoMessage, ProtoMethod, ProtoSchema};
 pub use protocol::UNPARSEABLE;
 /// Rule of a compressed body or gRPC message inflated past what the
 /// detectors read: the request was judged only in part (truncated).
@@ -399,6 +400,8 @@ pub struct Engine {
     scanner: scanner::Scanner,
     code: code::Code,
     graphql: Option<crate::graphql::Graphql>,
+    /// A descriptor set: gRPC fields located by name.
+    proto: Option<std::sync::Arc<ProtoSchema>>,
 }
 
 impl Engine {
@@ -417,8 +420,16 @@ impl Engine {
             scanner: scanner::Scanner::new(),
             code: code::Code::new(),
             graphql: None,
+            proto: None,
             cfg,
         }
+    }
+
+    /// Names gRPC request fields after this descriptor set.
+    #[must_use]
+    pub fn with_protobuf(mut self, schema: Option<std::sync::Arc<ProtoSchema>>) -> Engine {
+        self.proto = schema;
+        self
     }
 
     /// Recognises GraphQL requests with these settings (paths, limits).
@@ -755,6 +766,7 @@ impl Engine {
                 self.cfg.max_json_depth,
                 req.header("grpc-encoding"),
                 self.cfg.max_body_bytes,
+                protobuf::Names::for_method(self.proto.as_deref(), &req.path),
             );
         }
         if let Some(text) = body.filter(|_| !grpc && !graphql) {
