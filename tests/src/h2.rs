@@ -320,3 +320,78 @@ fn python_in_client(lab: &Lab, secs: u32, script: &str, args: &[String]) -> Outp
         .output()
         .unwrap()
 }
+
+const UPGRADE_SERVER: &str = r"
+import socket, sys, threading, time
+addr, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((addr, port))
+srv.listen(64)
+def serve(c):
+    buf = b''
+    while b'\r\n\r\n' not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    status = b'401' if b' /secret' in buf.split(b'\r\n')[0] else b'200'
+    # :status as a literal field (HPACK), on stream 1: the upgraded request.
+    block = b'\x00\x07:status\x03' + status
+    headers = len(block).to_bytes(3, 'big') + b'\x01\x05' + (1).to_bytes(4, 'big') + block
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n'
+              + b'\x00\x00\x00\x04\x00\x00\x00\x00\x00' + headers)
+    time.sleep(0.3)
+    c.close()
+print('ready', flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+/// A minimal h2c server by `Upgrade` (Python, no HTTP/2 library): it
+/// answers every request `101 Switching Protocols`, its SETTINGS, then the
+/// upgraded request's response on stream 1 (`:status` 401 for `/secret`,
+/// else 200). Killed on drop.
+pub struct UpgradeServer {
+    /// The port it listens on.
+    pub port: u16,
+    child: Child,
+}
+
+impl UpgradeServer {
+    /// Starts it on `addr` and waits until it accepts.
+    #[must_use]
+    pub fn start(addr: IpAddr) -> Self {
+        let port = free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", UPGRADE_SERVER, &addr.to_string(), &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let server = Self { port, child };
+        wait_accepting(addr, port, "the h2c upgrade server");
+        server
+    }
+}
+
+impl Drop for UpgradeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl --http2` (h2c by `Upgrade`) from the client namespace, bounded to
+/// 5 s; returns its output.
+#[must_use]
+pub fn curl_h2c(lab: &Lab, url: &str) -> Output {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &lab.ns, "timeout", "5", "curl", "-sv", "--http2",
+        ])
+        .arg(url)
+        .output()
+        .unwrap()
+}

@@ -10,8 +10,8 @@ use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
     h2::{
-        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method,
-        grpc_multiplexed, h2load, nghttp,
+        GRPC_TOKEN, GrpcServer, Nghttpd, UpgradeServer, curl_h2c, grpc_call, grpc_call_gzip,
+        grpc_call_method, grpc_multiplexed, h2load, nghttp,
     },
     tls::wait_probed,
 };
@@ -167,6 +167,54 @@ fn a_long_lived_connection_keeps_every_path() {
     assert_eq!(flows["h2_connections"], 1, "{st}");
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["requests"], 300, "{st}");
+}
+
+/// h2c by `Upgrade` (`curl --http2`): the server answers `101 Switching
+/// Protocols`, then HTTP/2. The responses after the 101 are decoded (the
+/// upgraded request's is on stream 1), so their statuses feed the
+/// auth-failure bursts: a client refused again and again is banned.
+#[test]
+fn h2c_responses_after_an_upgrade_feed_auth_failure_bursts() {
+    let lab = Lab::new();
+    let to = lab.v4(0, 1);
+    let server = UpgradeServer::start(to);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let attacker = lab.v4(0, 2);
+    let url = |path: &str| format!("http://{to}:{}{path}", server.port);
+    let out = curl_h2c(&lab, &url("/hello"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("101 Switching Protocols"), "{text}");
+    let mut refused = 0;
+    for _ in 0..20 {
+        if agent.policy_banned(attacker) {
+            break;
+        }
+        let out = curl_h2c(&lab, &url("/secret"));
+        if String::from_utf8_lossy(&out.stderr).contains("< HTTP/2 401") {
+            refused += 1;
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned after {refused} refusals\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["rule"] == "auth.credential_stuffing"),
+        "{ev:#?}"
+    );
+    let inv = agent.json(&["inventory"]);
+    let hello = inv
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/hello")
+        .map(|e| e["statuses"].clone());
+    assert_eq!(hello, Some(serde_json::json!({"200": 1})), "{inv}");
 }
 
 /// A protobuf length-delimited field.

@@ -524,7 +524,10 @@ impl Flows {
             }
             return out;
         }
-        if flow.h2.is_some() || flow.h2_undecoded {
+        // Responses to an `Upgrade: h2c` request start as HTTP/1 (the 101),
+        // then switch (see `switch_to_h2`).
+        let upgrading = s.direction == Direction::Response && flow.upgrade_asked;
+        if (flow.h2.is_some() || flow.h2_undecoded) && !upgrading {
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
             let out = h2_sample(flow, s, time, &mut self.stats, &mut self.skip_hints);
             if s.tcp_flags & 0x05 != 0 {
@@ -855,6 +858,20 @@ fn h2_response_sample(
     if dec.lost().is_some() {
         stats.h2_responses_lost += 1;
     }
+    h2_response_events(flow, s, time, msgs, &mut out, stats);
+    out
+}
+
+/// The events of decoded HTTP/2 responses, each paired with its request by
+/// stream.
+fn h2_response_events(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    msgs: Vec<h2::Message>,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
     for m in msgs {
         match m {
             h2::Message::Response { stream, response } => {
@@ -892,7 +909,31 @@ fn h2_response_sample(
             h2::Message::Request { .. } => {}
         }
     }
-    out
+}
+
+/// The response stream switched to HTTP/2 after `101 Switching Protocols`
+/// (an `Upgrade: h2c` request answered): what follows the 101 is the
+/// server's preface and frames, and the upgraded request is stream 1.
+fn switch_to_h2(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    body_cap: usize,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    if let Some(p) = flow.pending.pop_front() {
+        flow.h2_pending.insert(1, p);
+    }
+    let rest = std::mem::take(&mut flow.resp.buf);
+    let mut dec = h2::Decoder::new(h2::Side::Server, body_cap);
+    let mut msgs = Vec::new();
+    dec.feed(&rest, &mut msgs);
+    if dec.lost().is_some() {
+        stats.h2_responses_lost += 1;
+    }
+    flow.h2_resp = Some(Box::new(dec));
+    h2_response_events(flow, s, time, msgs, out, stats);
 }
 
 /// The events of decoded HTTP/2 messages.
@@ -1135,6 +1176,7 @@ fn parse_all(
     let Stream { whole, wait, ended } = stream;
     loop {
         let mut dropped = false;
+        let mut switched = false;
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -1209,6 +1251,10 @@ fn parse_all(
                 let wait = wait && half.buf.len() < MAX_BUFFER;
                 match parse_response_waiting(&half.buf, head, wait) {
                     Ok(Parsed::Complete { msg, consumed }) => {
+                        switched = msg.status == 101
+                            && msg
+                                .header("upgrade")
+                                .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"));
                         let truncated = msg.truncated || half.broken;
                         stats.responses += 1;
                         stats.truncated += u64::from(truncated);
@@ -1244,6 +1290,11 @@ fn parse_all(
         // What follows a message starts the next one; what follows bytes
         // that were dropped unparsed may be anything.
         half.unknown_start = dropped;
+        if switched {
+            // HTTP/2 from here: its statuses and `grpc-status` are judged.
+            switch_to_h2(flow, s, time, body_cap, out, stats);
+            return;
+        }
     }
     let half = match s.direction {
         Direction::Request => &mut flow.req,
@@ -1857,6 +1908,61 @@ mod tests {
         assert!(kept[0].1.len() <= MAX_FORWARDING_VALUE, "{kept:?}");
         assert!(kept[0].1.trim().starts_with("198.18.0.1"), "{kept:?}");
         assert!(kept[0].1.ends_with(", 198.18.9.7"), "{kept:?}");
+    }
+
+    /// After `Upgrade: h2c` is answered `101 Switching Protocols`, the
+    /// responses are HTTP/2: decoded, the upgraded request's on stream 1,
+    /// so their statuses count.
+    #[test]
+    fn h2c_responses_after_101_are_decoded() {
+        let mut req = b"GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n".to_vec();
+        req.extend_from_slice(h2::PREFACE);
+        req.extend(h2_frame(4, 0, 0, &[]));
+        req.extend(h2_request(3, 0x83, "/auth.Login/Try", true));
+        for rec in [9usize, 4096] {
+            let mut f = Flows::new(100);
+            assert_eq!(
+                paths(&stream(&mut f, 0, &req, 4096, &[])),
+                ["/first", "/auth.Login/Try"]
+            );
+            let mut resp =
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                    .to_vec();
+            resp.extend(h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+            resp.extend(h2_head(1, 1, false, &[(":status", "401")]));
+            resp.extend(h2_head(3, 1, true, &[("grpc-status", "16")]));
+            let mut ev = Vec::new();
+            for (i, part) in resp.chunks(rec).enumerate() {
+                let seq = 5000 + u32::try_from(i * rec).unwrap();
+                ev.extend(f.on_sample(&sample(Direction::Response, seq, part, 2), 0.0));
+            }
+            let got: Vec<_> = ev
+                .iter()
+                .map(|e| {
+                    let r = e.response.as_ref().unwrap();
+                    (
+                        e.path.clone().unwrap_or_default(),
+                        e.status,
+                        r.header("grpc-status").map(str::to_owned),
+                    )
+                })
+                .collect();
+            // The 101 itself answers nothing (interim).
+            let want = [
+                ("/first".to_owned(), Some(401), None),
+                (
+                    "/auth.Login/Try".to_owned(),
+                    Some(200),
+                    Some("16".to_owned()),
+                ),
+            ];
+            assert_eq!(
+                got.iter().filter(|g| g.1 != Some(101)).collect::<Vec<_>>(),
+                want.iter().collect::<Vec<_>>(),
+                "records of {rec}"
+            );
+            assert_eq!(f.stats.h2_responses_lost, 0);
+        }
     }
 
     #[test]
