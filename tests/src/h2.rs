@@ -137,7 +137,8 @@ pub fn h2load(lab: &Lab, n: u32, clients: u32, urls: &[String]) -> Output {
 /// addresses: `/notes.Notes/Create` answers every message with its own
 /// bytes (no schema: raw bytes in and out); `/notes.Notes/Secret` does too
 /// when the message is [`GRPC_TOKEN`], and refuses anything else with
-/// `grpc-status` 16 (UNAUTHENTICATED). Killed on drop.
+/// `grpc-status` 16 (UNAUTHENTICATED); `/notes.Notes/SlowSecret` is
+/// `Secret` answering after 0.2 s. Killed on drop.
 pub struct GrpcServer {
     /// The port it listens on.
     pub port: u16,
@@ -145,7 +146,7 @@ pub struct GrpcServer {
 }
 
 const GRPC_SERVER: &str = r"
-import sys, grpc
+import sys, time, grpc
 from concurrent import futures
 port = int(sys.argv[1])
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -155,7 +156,11 @@ def secret(req, ctx):
         ctx.abort(grpc.StatusCode.UNAUTHENTICATED, 'bad token')
     return req
 guarded = grpc.unary_unary_rpc_method_handler(secret)
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo, 'Secret': guarded}),))
+def slow(req, ctx):
+    time.sleep(0.2)
+    return secret(req, ctx)
+slow_guarded = grpc.unary_unary_rpc_method_handler(slow)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler('notes.Notes', {'Create': echo, 'Secret': guarded, 'SlowSecret': slow_guarded}),))
 for a in sys.argv[2:]:
     server.add_insecure_port(f'{a}:{port}')
 server.start()
@@ -238,20 +243,9 @@ fn grpc_run(
     msg: &[u8],
     extra: &[&str],
 ) -> Result<Vec<u8>, String> {
-    let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns,
-            "timeout",
-            "10",
-            "/usr/bin/python3",
-        ])
-        .args(["-c", GRPC_CLIENT, &format!("{to}:{port}"), &hex, method])
-        .args(extra)
-        .output()
-        .unwrap();
+    let mut args = vec![format!("{to}:{port}"), hex(msg), method.to_owned()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let out = python_in_client(lab, 10, GRPC_CLIENT, &args);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     match text.split_once(' ') {
         Some(("ok", reply)) => Ok((0..reply.len() / 2)
@@ -262,4 +256,142 @@ fn grpc_run(
             String::from_utf8_lossy(&out.stderr).trim()
         )),
     }
+}
+
+const GRPC_MUX: &str = r"
+import sys, time, grpc
+target, method = sys.argv[1], sys.argv[2]
+with grpc.insecure_channel(target) as ch:
+    call = ch.unary_unary(method)
+    for batch in sys.argv[3:]:
+        futs = []
+        for c in batch.split(','):
+            xff, msg = c.split('=')
+            futs.append(call.future(bytes.fromhex(msg), timeout=5, metadata=(('x-forwarded-for', xff),)))
+            time.sleep(0.02)
+        for f in futs:
+            try:
+                f.result()
+                print('ok', flush=True)
+            except grpc.RpcError as e:
+                print('error', e.code(), flush=True)
+";
+
+/// A proxy that multiplexes clients on one connection, as Envoy or nginx's
+/// `grpc_pass` do: from the client namespace, one gRPC channel (one h2c
+/// connection) calls `method` for each round's `(client, message)` pairs,
+/// each call naming its client in `X-Forwarded-For`; a round's calls are
+/// all in flight (sent 20 ms apart) before the next round starts. Bounded
+/// to 60 s. Returns one line per call (`ok`, or `error StatusCode...`).
+#[must_use]
+pub fn grpc_multiplexed(
+    lab: &Lab,
+    to: IpAddr,
+    port: u16,
+    method: &str,
+    rounds: &[Vec<(IpAddr, Vec<u8>)>],
+) -> Vec<String> {
+    let mut args = vec![format!("{to}:{port}"), method.to_owned()];
+    args.extend(rounds.iter().map(|r| {
+        r.iter()
+            .map(|(c, m)| format!("{c}={}", hex(m)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }));
+    let out = python_in_client(lab, 60, GRPC_MUX, &args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Hex digits of `bytes` (how the Python helpers take messages).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a Python `script` with `args` in the client namespace, bounded to
+/// `secs` seconds.
+fn python_in_client(lab: &Lab, secs: u32, script: &str, args: &[String]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "timeout", &secs.to_string()])
+        .args(["/usr/bin/python3", "-c", script])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const UPGRADE_SERVER: &str = r"
+import socket, sys, threading, time
+addr, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((addr, port))
+srv.listen(64)
+def serve(c):
+    buf = b''
+    while b'\r\n\r\n' not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    status = b'401' if b' /secret' in buf.split(b'\r\n')[0] else b'200'
+    # :status as a literal field (HPACK), on stream 1: the upgraded request.
+    block = b'\x00\x07:status\x03' + status
+    headers = len(block).to_bytes(3, 'big') + b'\x01\x05' + (1).to_bytes(4, 'big') + block
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n'
+              + b'\x00\x00\x00\x04\x00\x00\x00\x00\x00' + headers)
+    time.sleep(0.3)
+    c.close()
+print('ready', flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+/// A minimal h2c server by `Upgrade` (Python, no HTTP/2 library): it
+/// answers every request `101 Switching Protocols`, its SETTINGS, then the
+/// upgraded request's response on stream 1 (`:status` 401 for `/secret`,
+/// else 200). Killed on drop.
+pub struct UpgradeServer {
+    /// The port it listens on.
+    pub port: u16,
+    child: Child,
+}
+
+impl UpgradeServer {
+    /// Starts it on `addr` and waits until it accepts.
+    #[must_use]
+    pub fn start(addr: IpAddr) -> Self {
+        let port = free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", UPGRADE_SERVER, &addr.to_string(), &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let server = Self { port, child };
+        wait_accepting(addr, port, "the h2c upgrade server");
+        server
+    }
+}
+
+impl Drop for UpgradeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl --http2` (h2c by `Upgrade`) from the client namespace, bounded to
+/// 5 s; returns its output.
+#[must_use]
+pub fn curl_h2c(lab: &Lab, url: &str) -> Output {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &lab.ns, "timeout", "5", "curl", "-sv", "--http2",
+        ])
+        .arg(url)
+        .output()
+        .unwrap()
 }

@@ -10,8 +10,8 @@ use serde_json::Value;
 use tollgate_tests::{
     Agent, Lab, eventually,
     h2::{
-        GRPC_TOKEN, GrpcServer, Nghttpd, grpc_call, grpc_call_gzip, grpc_call_method, h2load,
-        nghttp,
+        GRPC_TOKEN, GrpcServer, Nghttpd, UpgradeServer, curl_h2c, grpc_call, grpc_call_gzip,
+        grpc_call_method, grpc_multiplexed, h2load, nghttp,
     },
     tls::wait_probed,
 };
@@ -167,6 +167,54 @@ fn a_long_lived_connection_keeps_every_path() {
     assert_eq!(flows["h2_connections"], 1, "{st}");
     assert_eq!(flows["h2_unknown"], 0, "{st}");
     assert_eq!(flows["requests"], 300, "{st}");
+}
+
+/// h2c by `Upgrade` (`curl --http2`): the server answers `101 Switching
+/// Protocols`, then HTTP/2. The responses after the 101 are decoded (the
+/// upgraded request's is on stream 1), so their statuses feed the
+/// auth-failure bursts: a client refused again and again is banned.
+#[test]
+fn h2c_responses_after_an_upgrade_feed_auth_failure_bursts() {
+    let lab = Lab::new();
+    let to = lab.v4(0, 1);
+    let server = UpgradeServer::start(to);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    let attacker = lab.v4(0, 2);
+    let url = |path: &str| format!("http://{to}:{}{path}", server.port);
+    let out = curl_h2c(&lab, &url("/hello"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("101 Switching Protocols"), "{text}");
+    let mut refused = 0;
+    for _ in 0..20 {
+        if agent.policy_banned(attacker) {
+            break;
+        }
+        let out = curl_h2c(&lab, &url("/secret"));
+        if String::from_utf8_lossy(&out.stderr).contains("< HTTP/2 401") {
+            refused += 1;
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned after {refused} refusals\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == attacker.to_string()
+            && e["rule"] == "auth.credential_stuffing"),
+        "{ev:#?}"
+    );
+    let inv = agent.json(&["inventory"]);
+    let hello = inv
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/hello")
+        .map(|e| e["statuses"].clone());
+    assert_eq!(hello, Some(serde_json::json!({"200": 1})), "{inv}");
 }
 
 /// A protobuf length-delimited field.
@@ -341,6 +389,201 @@ fn grpc_unauthenticated_bursts_ban_like_401s() {
         "{}",
         agent.json(&["block", "ls"])
     );
+}
+
+const NOTES_PROTO: &str = r#"syntax = "proto3";
+package notes;
+message Meta { string tag = 2; }
+message Note { string title = 1; string body = 2; Meta meta = 3; }
+service Notes {
+  rpc Create(Note) returns (Note);
+  rpc Archive(Note) returns (Note) { option deprecated = true; }
+}
+"#;
+
+/// `tollgate agent --descriptor-set FILE` (a set `protoc` wrote): the live
+/// inventory marks the gRPC methods documented, shadow or unused, and a
+/// finding in a request field is located by the field's name. A file that
+/// is no descriptor set stops the agent at start with the reason.
+#[test]
+fn a_descriptor_set_names_methods_and_fields_in_the_live_inventory_and_events() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.proto"), NOTES_PROTO).unwrap();
+    let set = dir.path().join("notes.pb");
+    let out = std::process::Command::new("protoc")
+        .arg(format!("-I{}", dir.path().display()))
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg("notes.proto")
+        .output()
+        .expect("protoc (Debian protobuf-compiler: cargo xtask setup --test-deps)");
+    assert!(out.status.success(), "{out:?}");
+    // A bad file: refused at start, nothing attached.
+    let bad = dir.path().join("api.yaml");
+    std::fs::write(&bad, "openapi: 3.0.3\n").unwrap();
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["agent", "--iface", &lab.host_if, "--descriptor-set"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--descriptor-set") && err.contains("not a protobuf descriptor set"),
+        "{err}"
+    );
+    let server = GrpcServer::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = server.port.to_string();
+    let agent = Agent::start(
+        &lab.host_if,
+        &[
+            "--api-port",
+            &port,
+            "--descriptor-set",
+            set.to_str().unwrap(),
+        ],
+    );
+    let benign = [field(1, b"groceries"), field(2, b"milk and bread")].concat();
+    assert_eq!(
+        grpc_call(&lab, lab.v4(1, 1), server.port, &benign),
+        Ok(benign.clone())
+    );
+    // A method the set does not document.
+    let _ = grpc_call_method(
+        &lab,
+        lab.v4(1, 1),
+        server.port,
+        "/notes.Notes/Secret",
+        GRPC_TOKEN,
+    );
+    let status = |inv: &Value, path: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| (e["status"].clone(), e["deprecated"].clone()))
+    };
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || status(
+            &inv(),
+            "/notes.Notes/Secret"
+        )
+        .is_some()),
+        "{}",
+        inv()
+    );
+    let i = inv();
+    assert_eq!(
+        (
+            status(&i, "/notes.Notes/Create"),
+            status(&i, "/notes.Notes/Archive"),
+            status(&i, "/notes.Notes/Secret"),
+        ),
+        (
+            Some(("documented".into(), false.into())),
+            Some(("unused".into(), true.into())),
+            Some(("shadow".into(), Value::Null)),
+        ),
+        "{i}"
+    );
+    // The injection in Note.meta.tag: located by name.
+    let evil = [
+        field(1, b"x"),
+        field(3, &field(2, b"1' UNION SELECT password FROM users--")),
+    ]
+    .concat();
+    let _ = grpc_call(&lab, lab.v4(0, 1), server.port, &evil);
+    let attacker = lab.v4(0, 2);
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(attacker)),
+        "{attacker} not banned: {:#?}",
+        agent.events()
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter()
+            .any(|e| e["client"] == attacker.to_string() && e["location"] == "protobuf:Meta.tag"),
+        "no event naming the field: {ev:#?}"
+    );
+}
+
+/// A trusted proxy multiplexing two clients on one h2c connection (as
+/// Envoy or nginx `grpc_pass` do): each round, the guesser's call and then
+/// the benign client's are in flight together, and the server answers the
+/// guesser UNAUTHENTICATED after the benign client's forwarding header was
+/// the connection's latest. Only the guesser is banned; the benign client
+/// and the proxy never are.
+#[test]
+fn behind_a_multiplexing_proxy_only_the_guesser_is_banned() {
+    let lab = Lab::new();
+    let server = GrpcServer::start(&[lab.v4(0, 1)]);
+    let port = server.port.to_string();
+    let proxy = lab.v4(0, 2);
+    // h2c responses come from the NIC's egress samples: every packet of
+    // this long-lived connection is taken, so its HPACK stays in step.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("api_ports: [{port}]\nsampling: {{one_in: 1}}\ntrusted_proxies: [{proxy}/32]\n"),
+    )
+    .unwrap();
+    let agent = Agent::start(&lab.host_if, &["--config", policy.to_str().unwrap()]);
+    let (guesser, benign) = (lab.v4(1, 3), lab.v4(1, 4));
+    let rounds: Vec<Vec<(IpAddr, Vec<u8>)>> = (0..12)
+        .map(|i| {
+            vec![
+                (guesser, format!("guess-{i}").into_bytes()),
+                (benign, GRPC_TOKEN.to_vec()),
+            ]
+        })
+        .collect();
+    let out = grpc_multiplexed(
+        &lab,
+        lab.v4(0, 1),
+        server.port,
+        "/notes.Notes/SlowSecret",
+        &rounds,
+    );
+    // Before the ban: the guesser refused, the benign client served.
+    assert_eq!(
+        out.get(..4),
+        Some(
+            &[
+                "error StatusCode.UNAUTHENTICATED",
+                "ok",
+                "error StatusCode.UNAUTHENTICATED",
+                "ok"
+            ]
+            .map(String::from)[..]
+        ),
+        "{out:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || agent.policy_banned(guesser)),
+        "{guesser} not banned\ncalls: {out:?}\nevents: {:#?}\nstatus: {}",
+        agent.events(),
+        agent.json(&["status"])
+    );
+    let ev = agent.events();
+    assert!(
+        ev.iter().any(|e| e["client"] == guesser.to_string()
+            && e["proxy"] == proxy.to_string()
+            && e["rule"] == "auth.credential_stuffing"),
+        "no credential stuffing event for {guesser} through {proxy}: {ev:#?}"
+    );
+    assert!(
+        !ev.iter().any(|e| e["client"] == benign.to_string()),
+        "the benign client was blamed: {ev:#?}"
+    );
+    assert!(
+        !agent.policy_banned(benign),
+        "{}",
+        agent.json(&["block", "ls"])
+    );
+    assert!(!agent.banned(proxy), "{}", agent.json(&["block", "ls"]));
 }
 
 /// An HTTP/2 frame.

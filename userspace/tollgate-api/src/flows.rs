@@ -96,9 +96,16 @@ pub struct ApiEvent {
     #[serde(skip)]
     pub header_client: Option<IpAddr>,
     /// The client the connection's last forwarding header named (for
-    /// responses, which carry none).
+    /// HTTP/1 responses, which carry none).
     #[serde(skip)]
     pub forwarded_client: Option<IpAddr>,
+    /// HTTP/2 responses: the forwarding fields (`X-Forwarded-For`,
+    /// `Forwarded`) of the request on the same stream, empty when that
+    /// request was not seen. A proxy multiplexes many clients on one
+    /// connection, so its latest forwarding header says nothing about the
+    /// client a response goes to; the stream's own request does.
+    #[serde(skip)]
+    pub stream_forwarding: Option<Vec<(String, String)>>,
     /// A stand-in for a request whose stream stalled part-way: judged as far
     /// as it went, and again once the rest comes (see `resumed`).
     #[serde(skip)]
@@ -174,11 +181,21 @@ pub struct FlowStats {
     /// `grpc-encoding` is none they inflate (gzip and deflate are read).
     #[serde(default)]
     pub grpc_unread_messages: u64,
-    /// HTTP/2 header blocks cut at 64 KiB or 128 CONTINUATION frames: what
-    /// decoded before the cut was judged (truncated), the rest passed over;
-    /// later blocks of that connection are unknown.
+    /// HTTP/2 header blocks past 64 KiB or 128 CONTINUATION frames: decoded
+    /// whole all the same (the HPACK table stays in step), the fields past
+    /// the bounds dropped, the request judged truncated.
     #[serde(default)]
     pub h2_header_blocks_cut: u64,
+    /// HTTP/2 header blocks past 256 KiB: HPACK cannot be fed the whole
+    /// within the bounds, so what decoded of their first bytes was judged
+    /// (truncated) and later blocks of that connection are unknown.
+    #[serde(default)]
+    pub h2_header_blocks_lost: u64,
+    /// HTTP/2 streams awaiting their response dropped from a connection's
+    /// table (more than 128 unanswered at once): their responses are not
+    /// paired and, behind a proxy, attributed to no client.
+    #[serde(default)]
+    pub h2_streams_evicted: u64,
 }
 
 #[derive(Default)]
@@ -208,6 +225,40 @@ struct Pending {
     method: String,
     path: String,
     ts_ns: u64,
+    /// HTTP/2: the request's forwarding fields (see [`forwarding_of`]).
+    forwarding: Vec<(String, String)>,
+}
+
+/// Forwarding fields kept per HTTP/2 stream awaiting its response.
+const MAX_FORWARDING_FIELDS: usize = 4;
+/// Bytes kept of each: the end of the value, where the hop the proxy
+/// added (the one attribution reads) is.
+const MAX_FORWARDING_VALUE: usize = 512;
+
+/// The forwarding fields of a request, bounded: the last few, each cut to
+/// its last whole hops.
+fn forwarding_of(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = fields
+        .iter()
+        .filter(|(n, _)| h2::is_forwarding(n))
+        .rev()
+        .take(MAX_FORWARDING_FIELDS)
+        .map(|(n, v)| {
+            let mut v = v.as_str();
+            if v.len() > MAX_FORWARDING_VALUE {
+                let mut at = v.len() - MAX_FORWARDING_VALUE;
+                while !v.is_char_boundary(at) {
+                    at += 1;
+                }
+                // From the first whole hop on.
+                let tail = &v[at..];
+                v = tail.split_once(',').map_or("", |(_, rest)| rest);
+            }
+            (n.clone(), v.to_owned())
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 #[derive(Default)]
@@ -473,7 +524,10 @@ impl Flows {
             }
             return out;
         }
-        if flow.h2.is_some() || flow.h2_undecoded {
+        // Responses to an `Upgrade: h2c` request start as HTTP/1 (the 101),
+        // then switch (see `switch_to_h2`).
+        let upgrading = s.direction == Direction::Response && flow.upgrade_asked;
+        if (flow.h2.is_some() || flow.h2_undecoded) && !upgrading {
             let time = s.ts_ns as f64 / 1e9 + wall_offset;
             let out = h2_sample(flow, s, time, &mut self.stats, &mut self.skip_hints);
             if s.tcp_flags & 0x05 != 0 {
@@ -674,6 +728,7 @@ impl Flows {
                     self.stats.h2_lost += 1;
                 }
                 self.stats.h2_header_blocks_cut += dec.counters.blocks_cut;
+                self.stats.h2_header_blocks_lost += dec.counters.blocks_lost;
                 flow.h2 = Some(Box::new(dec));
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 let mut out = Vec::new();
@@ -724,10 +779,11 @@ fn h2_sample(
         return out;
     };
     let was_lost = dec.lost().is_some();
-    let cut = dec.counters.blocks_cut;
+    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.req.next_seq, s, &mut msgs);
     stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
+    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
     if s.tcp_flags & 0x05 != 0 {
         dec.flush(&mut msgs);
     }
@@ -794,13 +850,28 @@ fn h2_response_sample(
     if dec.lost().is_some() {
         return out;
     }
-    let cut = dec.counters.blocks_cut;
+    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.resp.next_seq, s, &mut msgs);
     stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
+    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
     if dec.lost().is_some() {
         stats.h2_responses_lost += 1;
     }
+    h2_response_events(flow, s, time, msgs, &mut out, stats);
+    out
+}
+
+/// The events of decoded HTTP/2 responses, each paired with its request by
+/// stream.
+fn h2_response_events(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    msgs: Vec<h2::Message>,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
     for m in msgs {
         match m {
             h2::Message::Response { stream, response } => {
@@ -813,19 +884,56 @@ fn h2_response_sample(
                 let mut ev = base_event(flow, s, time, Direction::Response);
                 ev.status = Some(response.status);
                 ev.truncated = response.truncated;
+                // Never the connection's latest forwarding header: the
+                // stream's own request names its client.
+                ev.forwarded_client = None;
                 if let Some(p) = flow.h2_pending.remove(&stream) {
                     ev.latency_ms = Some(s.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
                     ev.method = Some(p.method);
                     ev.path = Some(p.path);
+                    ev.stream_forwarding = Some(p.forwarding);
+                } else {
+                    // Answered before the request ended (a refusal in the
+                    // response head): its head is still held.
+                    let open = flow.h2.as_deref().and_then(|d| d.fields_of(stream));
+                    ev.stream_forwarding = Some(open.map(forwarding_of).unwrap_or_default());
                 }
                 ev.response = Some(response);
                 out.push(ev);
             }
             h2::Message::Unknown { .. } => stats.h2_responses_unknown += 1,
+            // The server refused the stream: no (further) response comes.
+            h2::Message::Reset { stream } => {
+                flow.h2_pending.remove(&stream);
+            }
             h2::Message::Request { .. } => {}
         }
     }
-    out
+}
+
+/// The response stream switched to HTTP/2 after `101 Switching Protocols`
+/// (an `Upgrade: h2c` request answered): what follows the 101 is the
+/// server's preface and frames, and the upgraded request is stream 1.
+fn switch_to_h2(
+    flow: &mut Flow,
+    s: &Sample,
+    time: f64,
+    body_cap: usize,
+    out: &mut Vec<ApiEvent>,
+    stats: &mut FlowStats,
+) {
+    if let Some(p) = flow.pending.pop_front() {
+        flow.h2_pending.insert(1, p);
+    }
+    let rest = std::mem::take(&mut flow.resp.buf);
+    let mut dec = h2::Decoder::new(h2::Side::Server, body_cap);
+    let mut msgs = Vec::new();
+    dec.feed(&rest, &mut msgs);
+    if dec.lost().is_some() {
+        stats.h2_responses_lost += 1;
+    }
+    flow.h2_resp = Some(Box::new(dec));
+    h2_response_events(flow, s, time, msgs, out, stats);
 }
 
 /// The events of decoded HTTP/2 messages.
@@ -846,9 +954,12 @@ fn h2_events(
                     tollgate_detect::detect::grpc_compressed_messages(&request);
                 stats.grpc_compressed_messages += compressed;
                 stats.grpc_unread_messages += unread;
-                if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS {
+                if flow.h2_pending.len() >= h2::MAX_OPEN_STREAMS
+                    && !flow.h2_pending.contains_key(&stream)
+                {
                     // Streams never answered (or answered unseen): the oldest go.
                     flow.h2_pending.pop_first();
+                    stats.h2_streams_evicted += 1;
                 }
                 flow.h2_pending.insert(
                     stream,
@@ -856,12 +967,17 @@ fn h2_events(
                         method: request.method.clone(),
                         path: request.path.clone(),
                         ts_ns: s.ts_ns,
+                        forwarding: forwarding_of(&request.headers),
                     },
                 );
                 stats.truncated += u64::from(truncated);
                 out.push(request_event(flow, s, time, request, truncated));
             }
             h2::Message::Unknown { .. } => stats.h2_unknown += 1,
+            // The client gave up on the stream: no response comes.
+            h2::Message::Reset { stream } => {
+                flow.h2_pending.remove(&stream);
+            }
             h2::Message::Response { .. } => {}
         }
     }
@@ -997,6 +1113,7 @@ fn base_event(flow: &Flow, s: &Sample, time: f64, direction: Direction) -> ApiEv
         proxy: None,
         header_client: flow.real,
         forwarded_client: flow.forwarded,
+        stream_forwarding: None,
         stalled: false,
         resumed: false,
     }
@@ -1059,6 +1176,7 @@ fn parse_all(
     let Stream { whole, wait, ended } = stream;
     loop {
         let mut dropped = false;
+        let mut switched = false;
         let half = match s.direction {
             Direction::Request => &mut flow.req,
             Direction::Response => &mut flow.resp,
@@ -1108,6 +1226,7 @@ fn parse_all(
                                 method: msg.method.clone(),
                                 path: msg.path.clone(),
                                 ts_ns: s.ts_ns,
+                                forwarding: Vec::new(),
                             });
                         }
                         let mut ev = request_event(flow, s, time, msg, truncated);
@@ -1132,6 +1251,10 @@ fn parse_all(
                 let wait = wait && half.buf.len() < MAX_BUFFER;
                 match parse_response_waiting(&half.buf, head, wait) {
                     Ok(Parsed::Complete { msg, consumed }) => {
+                        switched = msg.status == 101
+                            && msg
+                                .header("upgrade")
+                                .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"));
                         let truncated = msg.truncated || half.broken;
                         stats.responses += 1;
                         stats.truncated += u64::from(truncated);
@@ -1167,6 +1290,11 @@ fn parse_all(
         // What follows a message starts the next one; what follows bytes
         // that were dropped unparsed may be anything.
         half.unknown_start = dropped;
+        if switched {
+            // HTTP/2 from here: its statuses and `grpc-status` are judged.
+            switch_to_h2(flow, s, time, body_cap, out, stats);
+            return;
+        }
     }
     let half = match s.direction {
         Direction::Request => &mut flow.req,
@@ -1686,6 +1814,157 @@ mod tests {
         h2_frame(1, 0x4 | flags, stream, &b)
     }
 
+    /// A request HEADERS frame with a forwarding field (literal, as a
+    /// proxy writes it), the stream left open for DATA unless `end`.
+    fn h2_proxied(stream: u32, path: &str, xff: &str, end: bool) -> Vec<u8> {
+        let mut b = vec![0x83, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+        b.extend_from_slice(path.as_bytes());
+        b.extend([0, 15]);
+        b.extend_from_slice(b"x-forwarded-for");
+        b.push(u8::try_from(xff.len()).unwrap());
+        b.extend_from_slice(xff.as_bytes());
+        h2_frame(1, 0x4 | u8::from(end), stream, &b)
+    }
+
+    /// Behind a proxy that multiplexes clients on one connection, each
+    /// response carries the forwarding field of its own stream's request,
+    /// not the connection's latest; a client's trailers cannot rename it,
+    /// and a body judged after its head was judged early keeps it.
+    #[test]
+    fn h2_responses_carry_their_own_streams_client() {
+        let mut req = h2::PREFACE.to_vec();
+        // Stream 1 (198.18.9.1) and 3 (198.18.9.2) interleaved; 3 ends
+        // last, 5 (198.18.9.3) stays open, its client's trailers try to
+        // name someone else.
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        req.extend(h2_proxied(3, "/a.S/Login", "198.18.9.2", false));
+        req.extend(h2_frame(0, 1, 1, b"\0\0\0\0\0"));
+        req.extend(h2_frame(0, 1, 3, b"\0\0\0\0\0"));
+        req.extend(h2_proxied(5, "/a.S/Login", "198.18.9.3", false));
+        req.extend(h2_proxied(7, "/a.S/Gone", "198.18.9.4", true));
+        req.extend(h2_frame(3, 0, 7, &[0, 0, 0, 8]));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        assert_eq!(paths(&ev), ["/a.S/Login", "/a.S/Login", "/a.S/Gone"]);
+        // The client reset stream 7: nothing awaits its answer any more.
+        assert!(!f.flows.values().any(|fl| fl.h2_pending.contains_key(&7)));
+        let mut resp = h2_frame(4, 0, 0, &[]);
+        resp.extend(h2_head(1, 1, true, &[("grpc-status", "16")]));
+        resp.extend(h2_head(3, 1, true, &[("grpc-status", "0")]));
+        // Answered while its request is still open (a refusal up front).
+        resp.extend(h2_head(5, 1, true, &[("grpc-status", "16")]));
+        let mut ev = Vec::new();
+        for (i, part) in resp.chunks(20).enumerate() {
+            let seq = 5000 + 20 * u32::try_from(i).unwrap();
+            ev.extend(f.on_sample(&sample(Direction::Response, seq, part, 2), 0.0));
+        }
+        let named: Vec<_> = ev
+            .iter()
+            .map(|e| {
+                assert_eq!(e.forwarded_client, None, "never the connection's latest");
+                let fw = e.stream_forwarding.as_ref().unwrap();
+                (e.status, fw.first().map(|(_, v)| v.clone()))
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (Some(200), Some("198.18.9.1".into())),
+                (Some(200), Some("198.18.9.2".into())),
+                (Some(200), Some("198.18.9.3".into())),
+            ]
+        );
+        // Trailers of the client's own: a forwarding field there is dropped.
+        let mut req = h2::PREFACE.to_vec();
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        req.extend(h2_head(1, 1, false, &[("x-forwarded-for", "198.18.9.9")]));
+        let mut f = Flows::new(100);
+        let ev = stream(&mut f, 0, &req, 1024, &[]);
+        let r = ev[0].request.as_ref().unwrap();
+        let xff: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-forwarded-for")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(xff, ["198.18.9.1"]);
+        // A stream judged at a stall, its body later: judged again with
+        // its client's forwarding field.
+        let mut f = Flows::new(100);
+        f.clock_ns = 1_000;
+        let mut req = h2::PREFACE.to_vec();
+        req.extend(h2_proxied(1, "/a.S/Login", "198.18.9.1", false));
+        assert!(stream(&mut f, 0, &req, 1024, &[]).is_empty());
+        f.clock_ns = 3_000_000_000;
+        let early = f.flush_stalled(2_000_000_000, 0.0);
+        assert_eq!(paths(&early), ["/a.S/Login"]);
+        let body = h2_frame(0, 1, 1, b"\0\0\0\0\x02\x0a\x00");
+        let later = stream(&mut f, u32::try_from(req.len()).unwrap(), &body, 1024, &[]);
+        let r = later[0].request.as_ref().unwrap();
+        assert_eq!(r.header("x-forwarded-for"), Some("198.18.9.1"));
+        // Long forwarding lists keep their last whole hops, bounded.
+        let long = format!("{}198.18.9.7", "198.18.0.1, ".repeat(100));
+        let kept = forwarding_of(&[("X-Forwarded-For".into(), long)]);
+        assert!(kept[0].1.len() <= MAX_FORWARDING_VALUE, "{kept:?}");
+        assert!(kept[0].1.trim().starts_with("198.18.0.1"), "{kept:?}");
+        assert!(kept[0].1.ends_with(", 198.18.9.7"), "{kept:?}");
+    }
+
+    /// After `Upgrade: h2c` is answered `101 Switching Protocols`, the
+    /// responses are HTTP/2: decoded, the upgraded request's on stream 1,
+    /// so their statuses count.
+    #[test]
+    fn h2c_responses_after_101_are_decoded() {
+        let mut req = b"GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n".to_vec();
+        req.extend_from_slice(h2::PREFACE);
+        req.extend(h2_frame(4, 0, 0, &[]));
+        req.extend(h2_request(3, 0x83, "/auth.Login/Try", true));
+        for rec in [9usize, 4096] {
+            let mut f = Flows::new(100);
+            assert_eq!(
+                paths(&stream(&mut f, 0, &req, 4096, &[])),
+                ["/first", "/auth.Login/Try"]
+            );
+            let mut resp =
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                    .to_vec();
+            resp.extend(h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+            resp.extend(h2_head(1, 1, false, &[(":status", "401")]));
+            resp.extend(h2_head(3, 1, true, &[("grpc-status", "16")]));
+            let mut ev = Vec::new();
+            for (i, part) in resp.chunks(rec).enumerate() {
+                let seq = 5000 + u32::try_from(i * rec).unwrap();
+                ev.extend(f.on_sample(&sample(Direction::Response, seq, part, 2), 0.0));
+            }
+            let got: Vec<_> = ev
+                .iter()
+                .map(|e| {
+                    let r = e.response.as_ref().unwrap();
+                    (
+                        e.path.clone().unwrap_or_default(),
+                        e.status,
+                        r.header("grpc-status").map(str::to_owned),
+                    )
+                })
+                .collect();
+            // The 101 itself answers nothing (interim).
+            let want = [
+                ("/first".to_owned(), Some(401), None),
+                (
+                    "/auth.Login/Try".to_owned(),
+                    Some(200),
+                    Some("16".to_owned()),
+                ),
+            ];
+            assert_eq!(
+                got.iter().filter(|g| g.1 != Some(101)).collect::<Vec<_>>(),
+                want.iter().collect::<Vec<_>>(),
+                "records of {rec}"
+            );
+            assert_eq!(f.stats.h2_responses_lost, 0);
+        }
+    }
+
     #[test]
     fn h2_responses_pair_by_stream_with_their_grpc_status() {
         let mut req = h2::PREFACE.to_vec();
@@ -1762,7 +2041,7 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_header_block_is_judged_as_far_as_it_went() {
+    fn an_oversized_header_block_is_judged_as_far_as_it_went_and_the_next_decodes() {
         let mut req = h2::PREFACE.to_vec();
         // `:method POST`, `:scheme http`, `:path` with an injection, then
         // 80 KiB of fields over CONTINUATION frames.
@@ -1773,21 +2052,25 @@ mod tests {
             &[0u8, 5][..],
             b"x-pad",
             &[0x7f, 0x81, 0x7f],
-            &[b'p'; 16_382],
+            &[b'p'; 16_384],
         ]
         .concat();
         for _ in 0..5 {
             req.extend(h2_frame(9, 0, 1, &pad));
         }
         req.extend(h2_frame(9, 0x4, 1, &[]));
+        req.extend(h2_frame(0, 0x1, 1, b"{}"));
         req.extend(h2_request(3, 0x82, "/next", true));
         let mut f = Flows::new(100);
         let ev = stream(&mut f, 0, &req, 1024, &[]);
-        assert_eq!(paths(&ev), ["/a"]);
+        // Decoded whole, its fields past 64 KiB dropped: the table stays in
+        // step and the next request is known.
+        assert_eq!(paths(&ev), ["/a", "/next"]);
         assert_eq!(ev[0].query.as_deref(), Some("id=1' OR '1'='1--"));
-        assert!(ev[0].truncated);
+        assert!(ev[0].truncated && !ev[1].truncated);
         assert_eq!(f.stats.h2_header_blocks_cut, 1);
-        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (1, 0));
+        assert_eq!(f.stats.h2_header_blocks_lost, 0);
+        assert_eq!((f.stats.h2_unknown, f.stats.h2_lost), (0, 0));
     }
 
     #[test]

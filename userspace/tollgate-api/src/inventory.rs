@@ -251,6 +251,55 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Marks gRPC methods in `rows` against a descriptor set: a called method
+/// it has is `documented` (`deprecated` from its options), a called one
+/// that looks like a gRPC method (`POST /package.Service/Method`) and that
+/// it lacks is `shadow`, and each method it has that was never called is
+/// listed `unused`. Other rows are left as they are.
+#[must_use]
+pub fn mark_grpc(
+    mut rows: Vec<EndpointView>,
+    schema: Option<&tollgate_detect::ProtoSchema>,
+) -> Vec<EndpointView> {
+    let Some(schema) = schema else { return rows };
+    let mut used = std::collections::BTreeSet::new();
+    for r in &mut rows {
+        if r.method != "POST" {
+            continue;
+        }
+        if let Some(m) = schema.methods.get(&r.path) {
+            used.insert(r.path.clone());
+            r.status = Some("documented".into());
+            r.deprecated = Some(m.deprecated);
+        } else if looks_like_grpc(&r.path) {
+            r.status = Some("shadow".into());
+        }
+    }
+    let mut unused: Vec<_> = schema
+        .methods
+        .iter()
+        .filter(|(p, _)| !used.contains(*p))
+        .collect();
+    unused.sort_by_key(|(p, _)| *p);
+    for (p, m) in unused {
+        rows.push(EndpointView::unused(
+            "POST".into(),
+            p.clone(),
+            Some(m.deprecated),
+        ));
+    }
+    rows
+}
+
+/// `/package.Service/Method`: two segments, the service's name qualified.
+fn looks_like_grpc(path: &str) -> bool {
+    let mut seg = path.strip_prefix('/').unwrap_or_default().split('/');
+    matches!(
+        (seg.next(), seg.next(), seg.next()),
+        (Some(svc), Some(m), None) if svc.contains('.') && !m.is_empty()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +361,43 @@ mod tests {
         ] {
             assert_eq!(path_template(p), t, "{p}");
         }
+    }
+
+    #[test]
+    fn grpc_methods_are_marked_against_a_descriptor_set() {
+        let mut schema = tollgate_detect::ProtoSchema::default();
+        for (p, deprecated) in [("/notes.Notes/Create", false), ("/notes.Notes/Old", true)] {
+            schema.methods.insert(
+                p.into(),
+                tollgate_detect::ProtoMethod {
+                    input: String::new(),
+                    deprecated,
+                },
+            );
+        }
+        let row = |path: &str| EndpointView {
+            hits: 1,
+            status: None,
+            ..EndpointView::unused("POST".into(), path.into(), None)
+        };
+        let rows = vec![
+            row("/notes.Notes/Create"),
+            row("/notes.Notes/Drop"),
+            row("/login"),
+        ];
+        let got: Vec<_> = mark_grpc(rows, Some(&schema))
+            .into_iter()
+            .map(|r| (r.path, r.status))
+            .collect();
+        let s = |x: &str| Some(x.to_owned());
+        assert_eq!(
+            got,
+            [
+                ("/notes.Notes/Create".into(), s("documented")),
+                ("/notes.Notes/Drop".into(), s("shadow")),
+                ("/login".into(), None),
+                ("/notes.Notes/Old".into(), s("unused")),
+            ]
+        );
     }
 }

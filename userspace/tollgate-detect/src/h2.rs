@@ -26,12 +26,19 @@ use crate::http::{MAX_HEADER_BYTES, MAX_HEADERS, Request, Response, lossy, split
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The `version` of a request or response carried over HTTP/2.
 pub const HTTP_2: u8 = 2;
-/// Compressed header-block bytes (HEADERS plus CONTINUATION) kept per block,
-/// and the largest SETTINGS/RST_STREAM/PUSH_PROMISE frame buffered. Servers
-/// refuse larger blocks (nginx: 16 KiB per field, 64 KiB of fields). A block
-/// past it is cut there: what decoded of it is judged as a truncated
-/// request, the rest passed over (see [`Counters::blocks_cut`]).
+/// Compressed header-block bytes (HEADERS plus CONTINUATION) judged per
+/// block, and the largest SETTINGS/RST_STREAM frame buffered. Servers
+/// refuse larger blocks (nginx: 16 KiB per field, 64 KiB of fields), yet
+/// decode them whole to keep their HPACK table in step (RFC 9113 §4.3). A
+/// block past it is decoded whole as well, up to [`MAX_HPACK_BLOCK`], and
+/// its fields past the bounds of what is judged are dropped: the message is
+/// judged truncated (see [`Counters::blocks_cut`]), the table stays in step.
 pub const MAX_HEADER_BLOCK: usize = MAX_HEADER_BYTES;
+/// Compressed header-block bytes fed to HPACK per block: a block past it is
+/// judged from its first bytes, and the table is then out of step for good
+/// (see [`Counters::blocks_lost`]). Four times what a server reads: the
+/// memory for one block being collected, per connection.
+pub const MAX_HPACK_BLOCK: usize = 4 * MAX_HEADER_BLOCK;
 /// CONTINUATION frames per header block kept: a flood of tiny ones costs a
 /// server (and us) work per frame for no data; the block is cut there.
 pub const MAX_CONTINUATIONS: u32 = 128;
@@ -147,6 +154,9 @@ pub enum Message {
     /// A header block that could not be decoded (the HPACK table is out of
     /// step): the request is unknown, never guessed.
     Unknown { stream: u32 },
+    /// This side reset the stream (RST_STREAM): nothing more comes on it, so
+    /// what is kept per stream (its client behind a proxy) can go.
+    Reset { stream: u32 },
 }
 
 /// Why a decoder stopped reading its direction.
@@ -173,11 +183,16 @@ pub struct Counters {
     pub unknown: u64,
     /// DATA bytes passed over (beyond the body cap, or of streams not followed).
     pub data_passed: u64,
-    /// Header blocks cut at [`MAX_HEADER_BLOCK`] bytes or
-    /// [`MAX_CONTINUATIONS`] frames: the fields decoded before the cut were
-    /// judged as a truncated message; the table is then out of step, so
-    /// later blocks are unknown.
+    /// Header blocks past [`MAX_HEADER_BLOCK`] bytes or
+    /// [`MAX_CONTINUATIONS`] frames: decoded whole (the table stays in
+    /// step), the fields past the bounds dropped, the message judged
+    /// truncated.
     pub blocks_cut: u64,
+    /// Header blocks past [`MAX_HPACK_BLOCK`] bytes: the fields of their
+    /// first bytes were judged as a truncated message; the rest could not be
+    /// decoded within the bounds, so the table is out of step and later
+    /// blocks are unknown.
+    pub blocks_lost: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -197,7 +212,7 @@ enum State {
     /// Buffering the payload of a frame read whole.
     Payload(Frame),
     /// Buffering the first `keep` bytes of a header-block frame that goes
-    /// past [`MAX_HEADER_BLOCK`]; the rest is passed over.
+    /// past [`MAX_HPACK_BLOCK`]; the rest is passed over.
     PayloadCut {
         f: Frame,
         keep: u32,
@@ -224,7 +239,8 @@ struct Block {
     push: bool,
     bytes: Vec<u8>,
     continuations: u32,
-    /// Cut (judged as far as it went): its later frames are passed over.
+    /// Past [`MAX_HPACK_BLOCK`] (judged as far as it went): its later
+    /// frames are passed over.
     cut: bool,
 }
 
@@ -481,6 +497,17 @@ impl Decoder {
         }
     }
 
+    /// The fields of a stream whose head was read and whose message has not
+    /// ended (or was judged early and may go on): what names it, and its
+    /// client behind a proxy, for a response that comes before its end.
+    #[must_use]
+    pub fn fields_of(&self, stream: u32) -> Option<&[(String, String)]> {
+        self.open
+            .get(&stream)
+            .map(|o| o.fields.as_slice())
+            .or_else(|| self.early.get(&stream).map(Vec::as_slice))
+    }
+
     /// Whether a stream's message is being collected.
     #[must_use]
     pub fn has_open(&self) -> bool {
@@ -503,7 +530,7 @@ impl Decoder {
         let names = open
             .fields
             .iter()
-            .filter(|(n, _)| n.starts_with(':') || n == "content-type")
+            .filter(|(n, _)| n.starts_with(':') || n == "content-type" || is_forwarding(n))
             .map(|(n, v)| {
                 (
                     n.clone(),
@@ -608,18 +635,20 @@ impl Decoder {
             }
             HEADERS | CONTINUATION | PUSH_PROMISE
                 if f.len as usize + self.block.as_ref().map_or(0, |b| b.bytes.len())
-                    > MAX_HEADER_BLOCK =>
+                    > MAX_HPACK_BLOCK =>
             {
                 let held = self.block.as_ref().map_or(0, |b| b.bytes.len());
-                // At most MAX_HEADER_BLOCK, within u32.
-                let keep = MAX_HEADER_BLOCK.saturating_sub(held) as u32;
+                // At most MAX_HPACK_BLOCK, within u32.
+                let keep = MAX_HPACK_BLOCK.saturating_sub(held) as u32;
                 if keep == 0 {
                     self.frame_cut(f, &[], out);
                 } else {
                     self.state = State::PayloadCut { f, keep };
                 }
             }
-            HEADERS | CONTINUATION | SETTINGS | RST_STREAM | PUSH_PROMISE => {
+            HEADERS | CONTINUATION | PUSH_PROMISE if f.len == 0 => self.frame(f, &[], out),
+            HEADERS | CONTINUATION | PUSH_PROMISE => self.state = State::Payload(f),
+            SETTINGS | RST_STREAM => {
                 if f.len as usize > MAX_HEADER_BLOCK {
                     self.lose(Lost::Protocol);
                 } else if f.len == 0 {
@@ -648,16 +677,10 @@ impl Decoder {
                     self.lose(Lost::Protocol);
                     return;
                 };
+                // Past the bounds of what is judged, the block is still
+                // collected (up to MAX_HPACK_BLOCK) and decoded whole, so the
+                // table stays in step; end_block drops the fields past them.
                 b.continuations += 1;
-                if b.continuations > MAX_CONTINUATIONS
-                    || b.bytes.len() + payload.len() > MAX_HEADER_BLOCK
-                {
-                    self.cut_block(out);
-                    if f.flags & END_HEADERS != 0 {
-                        self.block = None;
-                    }
-                    return;
-                }
                 b.bytes.extend_from_slice(payload);
                 if f.flags & END_HEADERS != 0 {
                     self.end_block(out);
@@ -684,6 +707,9 @@ impl Decoder {
                 if let Some(mut open) = self.open.remove(&f.stream) {
                     open.truncated = true;
                     out.push(self.message(f.stream, open));
+                }
+                if f.stream != 0 {
+                    out.push(Message::Reset { stream: f.stream });
                 }
             }
             _ => {}
@@ -737,7 +763,7 @@ impl Decoder {
     }
 
     /// A header-block frame of which only the first `payload.len()` bytes
-    /// were kept (the block went past [`MAX_HEADER_BLOCK`]): the block is cut
+    /// were kept (the block went past [`MAX_HPACK_BLOCK`]): the block is cut
     /// there and the rest of the frame passed over.
     fn frame_cut(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
         let rest = f.len - payload.len() as u32;
@@ -773,7 +799,7 @@ impl Decoder {
         b.cut = true;
         let bytes = std::mem::take(&mut b.bytes);
         let (stream, end_stream, push) = (b.stream, b.end_stream, b.push);
-        self.counters.blocks_cut += 1;
+        self.counters.blocks_lost += 1;
         self.counters.header_blocks += 1;
         let fields = (!self.hpack_broken).then(|| decode_prefix(&mut self.hpack, &bytes));
         self.hpack_broken = true;
@@ -794,6 +820,9 @@ impl Decoder {
             for f in fields {
                 if room == 0 {
                     break;
+                }
+                if self.side == Side::Client && is_forwarding(&f.0) {
+                    continue;
                 }
                 room -= 1;
                 open.fields.push(f);
@@ -824,10 +853,14 @@ impl Decoder {
         };
         self.counters.header_blocks += 1;
         let stream = block.stream;
+        // Past the bounds a server reads: decoded whole all the same (the
+        // table stays in step), judged as far as the bounds go.
+        let over = block.bytes.len() > MAX_HEADER_BLOCK || block.continuations > MAX_CONTINUATIONS;
+        self.counters.blocks_cut += u64::from(over);
         let fields = if self.hpack_broken {
             None
         } else {
-            decode_block(&mut self.hpack, &block.bytes)
+            decode_block(&mut self.hpack, &block.bytes).map(|(fields, cut)| (fields, cut || over))
         };
         let Some((fields, cut)) = fields else {
             self.hpack_broken = true;
@@ -849,6 +882,12 @@ impl Decoder {
             let held: usize = open.fields.iter().map(|(n, v)| n.len() + v.len()).sum();
             let mut room = MAX_HEADER_BYTES.saturating_sub(held);
             for (n, v) in fields {
+                // A proxy names the client in the head it writes; request
+                // trailers are the client's own words, passed along, and a
+                // forwarding field there would let a client blame another.
+                if self.side == Side::Client && is_forwarding(&n) {
+                    continue;
+                }
                 if open.fields.len() >= MAX_HEADERS || n.len() + v.len() > room {
                     open.truncated = true;
                     break;
@@ -902,6 +941,13 @@ impl Decoder {
             },
         }
     }
+}
+
+/// Whether a field names the client behind a proxy (what the agent reads
+/// for attribution).
+#[must_use]
+pub fn is_forwarding(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-forwarded-for") || name.eq_ignore_ascii_case("forwarded")
 }
 
 /// Decodes one header block; `None` on an HPACK error. At most
@@ -1049,10 +1095,11 @@ mod tests {
 
     fn paths(out: &[Message]) -> Vec<String> {
         out.iter()
-            .map(|m| match m {
-                Message::Request { request, .. } => request.target.clone(),
-                Message::Response { response, .. } => response.status.to_string(),
-                Message::Unknown { .. } => "?".into(),
+            .filter_map(|m| match m {
+                Message::Request { request, .. } => Some(request.target.clone()),
+                Message::Response { response, .. } => Some(response.status.to_string()),
+                Message::Unknown { .. } => Some("?".into()),
+                Message::Reset { .. } => None,
             })
             .collect()
     }
@@ -1349,33 +1396,48 @@ mod tests {
 
     #[test]
     fn bounds_hold_on_hostile_frames() {
-        // A CONTINUATION flood: cut at MAX_CONTINUATIONS, judged as far as
-        // it went, the rest of the block passed over; the next block is
-        // unknown (the table may have changed in what was passed over).
+        // A CONTINUATION flood: past MAX_CONTINUATIONS the block is still
+        // decoded whole (the table stays in step), its fields within the
+        // bounds judged, marked truncated; the next block decodes.
         let mut d = Decoder::new(Side::Client, 16);
         let mut bytes = start();
-        bytes.extend(frame(HEADERS, 0, 1, &[0x82]));
+        bytes.extend(frame(HEADERS, END_STREAM, 1, &[0x82]));
         for _ in 0..MAX_CONTINUATIONS + 500 {
             bytes.extend(frame(CONTINUATION, 0, 1, &[0x84]));
         }
         bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &[0x84]));
         bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x82, 0x84]));
         let out = feed_in(&mut d, &bytes, 4096);
-        assert_eq!(paths(&out), ["/", "?"]);
+        assert_eq!(paths(&out), ["/", "/"]);
         let Message::Request { request, .. } = &out[0] else {
             panic!("{out:?}");
         };
         assert!(request.truncated);
-        assert_eq!((d.lost(), d.counters.blocks_cut), (None, 1));
+        assert_eq!(
+            (d.lost(), d.blind(), d.counters.blocks_cut),
+            (None, false, 1)
+        );
         // Blocks past MAX_HEADER_BLOCK bytes, over CONTINUATION frames or in
         // one frame larger than any server reads, in records of any size:
-        // the request line's fields come first and are judged, the block's
-        // rest passed over, later frames still read.
+        // decoded whole, the fields past the bounds dropped (the request
+        // line's come first and are judged), so a field the block adds to
+        // the table after the cut is known to the blocks that refer to it.
         let mut enc = loona_hpack::Encoder::new();
         let pad = "p".repeat(15_000);
         let mut fields = vec![(":method", "POST"), (":path", "/login?u=1' OR '1'='1")];
         fields.extend(std::iter::repeat_n(("x-pad", pad.as_str()), 6));
+        fields.push(("x-late", "/after-the-cut"));
         let b = block(&mut enc, &fields);
+        // The next request refers to the entry added past the cut.
+        let next = block(
+            &mut enc,
+            &[
+                (":method", "GET"),
+                (":path", "/next"),
+                ("x-late", "/after-the-cut"),
+            ],
+        );
+        assert!(next.len() < 20, "an indexed reference: {next:?}");
         assert!(b.len() > MAX_HEADER_BLOCK);
         let chunks: Vec<&[u8]> = b.chunks(16_384).collect();
         let mut split = start();
@@ -1395,18 +1457,48 @@ mod tests {
                 let mut d = Decoder::new(Side::Client, 16);
                 let mut all = bytes.clone();
                 all.extend(frame(DATA, END_STREAM, 1, b"{}"));
-                all.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x82, 0x84]));
+                all.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &next));
                 let out = feed_in(&mut d, &all, rec);
-                assert_eq!(paths(&out)[0], "/login?u=1' OR '1'='1", "records of {rec}");
-                assert_eq!(paths(&out).last().map(String::as_str), Some("?"));
+                assert_eq!(
+                    paths(&out),
+                    ["/login?u=1' OR '1'='1", "/next"],
+                    "records of {rec}"
+                );
                 let Message::Request { request, .. } = &out[0] else {
                     panic!("{out:?}");
                 };
                 assert_eq!(request.query.as_deref(), Some("u=1' OR '1'='1"));
                 assert!(request.truncated);
-                assert_eq!((d.lost(), d.counters.blocks_cut), (None, 1));
+                assert_eq!(request.header("x-late"), None, "past the bounds");
+                let Message::Request { request, .. } = &out[1] else {
+                    panic!("{out:?}");
+                };
+                assert_eq!(request.header("x-late"), Some("/after-the-cut"));
+                assert!(!request.truncated);
+                let c = d.counters;
+                assert_eq!((d.lost(), c.blocks_cut, c.blocks_lost), (None, 1, 0));
             }
         }
+        // Past MAX_HPACK_BLOCK: decoding the whole is beyond the bounds. What
+        // decoded of its first bytes is judged, and the connection's later
+        // blocks are unknown, said so, never guessed.
+        let mut enc = loona_hpack::Encoder::new();
+        let mut fields = vec![(":method", "POST"), (":path", "/login?u=1' OR '1'='1")];
+        fields.extend(std::iter::repeat_n(("x-pad", pad.as_str()), 20));
+        let b = block(&mut enc, &fields);
+        assert!(b.len() > MAX_HPACK_BLOCK);
+        let mut all = start();
+        for (i, c) in b.chunks(16_384).enumerate() {
+            let last = (i + 1) * 16_384 >= b.len();
+            let ty = if i == 0 { HEADERS } else { CONTINUATION };
+            all.extend(frame(ty, if last { END_HEADERS } else { 0 }, 1, c));
+        }
+        all.extend(get(&mut enc, 3, "/next"));
+        let mut d = Decoder::new(Side::Client, 16);
+        let out = feed_in(&mut d, &all, 16_384);
+        assert_eq!(paths(&out), ["/login?u=1' OR '1'='1", "?"]);
+        assert!(d.blind());
+        assert_eq!((d.counters.blocks_lost, d.counters.unknown), (1, 1));
         // Padding longer than the frame; a frame between HEADERS and CONTINUATION.
         for bad in [
             frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]),

@@ -43,7 +43,8 @@ pub mod template;
 
 pub use api::{ApiGuard, ApiPolicy, ApiPolicyError, ApiRule, is_alert_only};
 pub use detect::{
-    Action, Category, DetectConfig, DetectorConfig, Engine, Location, UNPARSEABLE, Violation,
+    Action, Category, DetectConfig, DetectorConfig, Engine, Location, ProtoMessage, ProtoMethod,
+    ProtoSchema, UNPARSEABLE, Violation,
 };
 pub use http::{
     BodyRest, ChunkCursor, HTTP_09, HttpError, Kind, MAX_BODY_BYTES, MAX_HEADER_BYTES, Parsed,

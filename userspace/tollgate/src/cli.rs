@@ -118,10 +118,17 @@ fn cluster_config(
 }
 
 fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
-    let policy = match args.config.as_deref().map(Policy::load).transpose() {
+    let mut policy = match args.config.as_deref().map(Policy::load).transpose() {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => return usage_error(e),
     };
+    if let Some(d) = &args.descriptor_set {
+        // Refused at start, with the reason, like a bad policy file.
+        if let Err(e) = crate::grpc::read_descriptor_set(d) {
+            return usage_error(format!("--descriptor-set: {e}"));
+        }
+        policy.grpc.descriptor_set = Some(d.clone());
+    }
     let cluster = match cluster_config(&policy, &args) {
         Ok(c) => c,
         Err(e) => return usage_error(e),
@@ -148,6 +155,7 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
         }
     }
     let opts = AgentOptions {
+        descriptor_set: args.descriptor_set.clone(),
         cluster,
         trusted_proxies,
         trusted_flags,

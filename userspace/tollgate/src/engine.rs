@@ -47,6 +47,8 @@ pub struct Pipeline {
     scores: HashMap<IpNet, (f64, u64)>,
     /// The GraphQL schema's root fields, for the inventory.
     schema: Option<tollgate_detect::graphql::Schema>,
+    /// The gRPC descriptor set, for the inventory and field names.
+    proto: Option<std::sync::Arc<tollgate_detect::ProtoSchema>>,
     /// Routes of the last GraphQL request judged, keyed by a hash of the
     /// request, so that the route and the inventory do not parse it again.
     last_graphql: Option<(u64, Vec<String>)>,
@@ -70,8 +72,24 @@ impl Pipeline {
             scoring,
             scores: HashMap::new(),
             schema: None,
+            proto: None,
             last_graphql: None,
         })
+    }
+
+    /// Names gRPC methods and fields after a descriptor set.
+    #[must_use]
+    pub fn with_protobuf(mut self, schema: Option<tollgate_detect::ProtoSchema>) -> Self {
+        self.proto = schema.map(std::sync::Arc::new);
+        self.engine = std::mem::replace(&mut self.engine, Engine::new(DetectConfig::default()))
+            .with_protobuf(self.proto.clone());
+        self
+    }
+
+    /// The gRPC descriptor set configured, if any.
+    #[must_use]
+    pub fn proto_schema(&self) -> Option<&tollgate_detect::ProtoSchema> {
+        self.proto.as_deref()
     }
 
     /// Recognises GraphQL requests (`graphql:` policy section); `schema` is
@@ -136,6 +154,13 @@ impl Pipeline {
             })?),
             None => None,
         };
+        let proto = match &p.grpc.descriptor_set {
+            Some(path) => Some(
+                crate::grpc::read_descriptor_set(path)
+                    .map_err(|e| anyhow::anyhow!("grpc.descriptor_set: {e}"))?,
+            ),
+            None => None,
+        };
         Self::new(
             p.detectors.clone(),
             p.scoring.clone(),
@@ -144,6 +169,7 @@ impl Pipeline {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_graphql(p.graphql.clone(), schema.as_deref())
+        .map(|pl| pl.with_protobuf(proto))
     }
 
     /// The endpoints a request is for, as `(method, template)`: its GraphQL

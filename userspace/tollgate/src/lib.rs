@@ -36,6 +36,7 @@ pub mod datapath;
 pub mod engine;
 mod events;
 mod feed;
+pub mod grpc;
 pub mod limits;
 mod metrics;
 pub mod net;

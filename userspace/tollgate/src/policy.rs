@@ -126,6 +126,9 @@ pub struct Policy {
     /// (relative to the policy file).
     #[serde(default)]
     pub graphql: tollgate_detect::graphql::GraphqlConfig,
+    /// gRPC services: their protobuf descriptor set.
+    #[serde(default)]
+    pub grpc: GrpcPolicy,
     /// Load balancers and ingresses in front of the APIs (CIDRs or presets).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -510,6 +513,30 @@ pub fn nesting_depth(text: &str, cap: usize) -> usize {
     deepest
 }
 
+/// The policy's `grpc:` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcPolicy {
+    /// A protobuf descriptor set (`protoc --include_imports
+    /// --descriptor_set_out=FILE`), relative to the policy file: the live
+    /// inventory marks gRPC methods documented, shadow or unused, and
+    /// findings in request fields are located by field name.
+    pub descriptor_set: Option<PathBuf>,
+}
+
+/// A field (`grpc.descriptor_set`) of the file at `path` that is invalid,
+/// located by its line in `text` when found.
+fn invalid_at(path: &Path, text: &str, field: &str, message: String) -> PolicyError {
+    PolicyError::Invalid {
+        path: path.to_owned(),
+        location: match locate(text, field) {
+            Some(line) => format!("line {line}: {field}"),
+            None => field.into(),
+        },
+        message,
+    }
+}
+
 impl Policy {
     /// Reads and validates a policy file: the one check used by `tollgate
     /// policy check`, the agent's start and every reload, so they cannot
@@ -558,6 +585,15 @@ impl Policy {
         {
             *doc = dir.join(&*doc);
         }
+        if let (Some(doc), Some(dir)) = (p.grpc.descriptor_set.as_mut(), path.parent())
+            && doc.is_relative()
+        {
+            *doc = dir.join(&*doc);
+        }
+        if let Some(doc) = &p.grpc.descriptor_set {
+            crate::grpc::read_descriptor_set(doc)
+                .map_err(|m| invalid_at(path, &text, "grpc.descriptor_set", m))?;
+        }
         if let Some(doc) = &p.graphql.schema {
             let invalid = |message: String| PolicyError::Invalid {
                 path: path.to_owned(),
@@ -593,14 +629,9 @@ impl Policy {
             }
         }
         if let Some(job) = p.crowdsec.as_ref().and_then(|c| c.job().ok()) {
-            job.key.read().map_err(|message| PolicyError::Invalid {
-                path: path.to_owned(),
-                location: match locate(&text, "crowdsec.api_key_file") {
-                    Some(line) => format!("line {line}: crowdsec.api_key_file"),
-                    None => "crowdsec.api_key_file".into(),
-                },
-                message,
-            })?;
+            job.key
+                .read()
+                .map_err(|m| invalid_at(path, &text, "crowdsec.api_key_file", m))?;
         }
         Ok(p)
     }
@@ -907,6 +938,22 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("line 2"), "{s}");
         assert!(s.contains("modee"), "{s}");
+    }
+
+    /// A `grpc.descriptor_set` that is no descriptor set is refused with
+    /// its line and the reason (at start, `policy check` and reload alike).
+    #[test]
+    fn a_bad_descriptor_set_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api.pb"), "openapi: 3.0.3\n").unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, "mode: enforce\ngrpc:\n  descriptor_set: api.pb\n").unwrap();
+        let e = Policy::load(&file).unwrap_err().to_string();
+        assert!(e.contains("grpc.descriptor_set"), "{e}");
+        assert!(e.contains("not a protobuf descriptor set"), "{e}");
+        std::fs::write(&file, "grpc:\n  descriptor_set: absent.pb\n").unwrap();
+        let e = Policy::load(&file).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]

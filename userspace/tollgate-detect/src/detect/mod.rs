@@ -28,7 +28,11 @@ use crate::decode;
 use crate::http::Request;
 
 pub use protobuf::compressed_messages as grpc_compressed_messages;
+pub use protobuf::{ProtoMessage, ProtoMethod, ProtoSchema};
 pub use protocol::UNPARSEABLE;
+/// Rule of a compressed body or gRPC message inflated past what the
+/// detectors read: the request was judged only in part (truncated).
+pub const INFLATE_LIMIT: &str = rules::PROTOCOL_INFLATE_LIMIT;
 
 /// Attack family of a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -396,6 +400,8 @@ pub struct Engine {
     scanner: scanner::Scanner,
     code: code::Code,
     graphql: Option<crate::graphql::Graphql>,
+    /// A descriptor set: gRPC fields located by name.
+    proto: Option<std::sync::Arc<ProtoSchema>>,
 }
 
 impl Engine {
@@ -414,8 +420,16 @@ impl Engine {
             scanner: scanner::Scanner::new(),
             code: code::Code::new(),
             graphql: None,
+            proto: None,
             cfg,
         }
+    }
+
+    /// Names gRPC request fields after this descriptor set.
+    #[must_use]
+    pub fn with_protobuf(mut self, schema: Option<std::sync::Arc<ProtoSchema>>) -> Engine {
+        self.proto = schema;
+        self
     }
 
     /// Recognises GraphQL requests with these settings (paths, limits).
@@ -486,7 +500,11 @@ impl Engine {
         let body = (!req.body.is_empty() && !graphql).then(|| {
             String::from_utf8_lossy(&req.body[..req.body.len().min(self.cfg.max_body_bytes)])
         });
-        let mut inputs = self.extract(req, path, body.as_deref(), graphql);
+        let mut past_budget = None;
+        let mut inputs = self.extract(req, path, body.as_deref(), graphql, &mut past_budget);
+        if self.cfg.protocol.enabled {
+            self.inflate_limit(req, past_budget, &mut sink);
+        }
         if let Some(a) = gql {
             for (rule, score, ev) in &a.findings {
                 sink.push(rule, Category::Graphql, *score, &Location::Body, ev, 0);
@@ -520,6 +538,63 @@ impl Engine {
             protocol::check_inputs(&inputs, &mut sink);
         }
         sink.out
+    }
+
+    /// `protocol.inflate_limit`: a compressed body, or gRPC message, inflated
+    /// past what the detectors read: the rest is not judged, so an injection
+    /// behind a compression bomb is reported rather than passed in silence.
+    fn inflate_limit(
+        &self,
+        req: &Request,
+        grpc: Option<protobuf::PastBudget>,
+        sink: &mut Sink<'_>,
+    ) {
+        let cap = self.cfg.max_body_bytes;
+        let (what, ratio, alone) = if let Some(p) = grpc {
+            let enc = req.header("grpc-encoding").unwrap_or("").trim();
+            let ratio = p.inflated / p.compressed.max(1);
+            let what = if p.inflated == 0 {
+                format!("{enc} gRPC message of {} bytes", p.compressed)
+            } else {
+                format!(
+                    "{enc} gRPC message of {} bytes, over {ratio}:1",
+                    p.compressed
+                )
+            };
+            // The message filled the whole budget by itself: its own ratio.
+            (what, ratio, p.inflated >= cap)
+        } else {
+            // The parser inflated the body (to at most 1 MiB); the detectors
+            // read its first `cap` bytes. Its compressed size is gone.
+            let Some(enc) = req.header("content-encoding").map(str::trim) else {
+                return;
+            };
+            let inflatable = ["gzip", "x-gzip", "deflate"]
+                .iter()
+                .any(|e| enc.eq_ignore_ascii_case(e));
+            if !inflatable || req.body.len() <= cap {
+                return;
+            }
+            (
+                format!("{enc} body inflating to {} bytes", req.body.len()),
+                0,
+                false,
+            )
+        };
+        // Reported always, scored only for a bomb: large compressed bodies
+        // and streams of small compressed messages are ordinary (exporters,
+        // uploads) and must not add up to a ban. Text and protobuf compress
+        // 3-10:1; one message that alone fills the budget at 50:1 or more
+        // (a floor: it inflates further than was read) is a bomb.
+        let score = if alone && ratio >= 50 { 6 } else { 0 };
+        sink.push(
+            rules::PROTOCOL_INFLATE_LIMIT,
+            Category::Protocol,
+            score,
+            &Location::Body,
+            &format!("not judged past {cap}: {what}"),
+            0,
+        );
     }
 
     fn check_input(&self, inp: &Input<'_>, lower: &mut String, sink: &mut Sink<'_>) {
@@ -625,6 +700,7 @@ impl Engine {
         path: Cow<'a, str>,
         body: Option<&'a str>,
         graphql: bool,
+        past_budget: &mut Option<protobuf::PastBudget>,
     ) -> Vec<Input<'a>> {
         let mut v: Vec<Input<'a>> = Vec::new();
         v.push(Input {
@@ -689,12 +765,13 @@ impl Engine {
         if grpc {
             // Binary protobuf: its text fields, as JSON string values are.
             let cut = req.body.len().min(self.cfg.max_body_bytes);
-            protobuf::walk_grpc(
+            *past_budget = protobuf::walk_grpc(
                 &mut v,
                 &req.body[..cut],
                 self.cfg.max_json_depth,
                 req.header("grpc-encoding"),
                 self.cfg.max_body_bytes,
+                protobuf::Names::for_method(self.proto.as_deref(), &req.path),
             );
         }
         if let Some(text) = body.filter(|_| !grpc && !graphql) {
@@ -988,6 +1065,90 @@ mod tests {
             payload.replace(' ', "%20")
         ))
         .1
+    }
+
+    /// Past the 64 KiB the detectors read of a body, gzip or deflate (gRPC
+    /// messages and HTTP bodies alike): reported, only a compression bomb
+    /// scored; within it, nothing.
+    #[test]
+    fn inflating_past_what_is_read_is_reported() {
+        use std::io::Write as _;
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(b).unwrap();
+            e.finish().unwrap()
+        };
+        let grpc = |msg: &[u8]| {
+            let z = gz(msg);
+            let mut b = vec![1];
+            b.extend_from_slice(&u32::try_from(z.len()).unwrap().to_be_bytes());
+            b.extend_from_slice(&z);
+            b
+        };
+        // A bomb: 1 MiB of one bytes field, then the injection past it.
+        let mut msg = vec![1 << 3 | 2, 0x80, 0x80, 0x40];
+        msg.resize(msg.len() + (1 << 20), b'a');
+        msg.extend([2 << 3 | 2, 12]);
+        msg.extend_from_slice(b"1' OR '1'='1");
+        let req = |ctype: &str, enc: (&str, &str), body: Vec<u8>| Request {
+            method: "POST".into(),
+            target: "/a.S/M".into(),
+            path: "/a.S/M".into(),
+            headers: vec![
+                ("content-type".into(), ctype.into()),
+                (enc.0.into(), enc.1.into()),
+            ],
+            body,
+            ..Request::default()
+        };
+        let e = Engine::new(DetectConfig::default());
+        let found = |r: &Request| {
+            e.inspect_request(r)
+                .into_iter()
+                .filter(|v| v.rule == INFLATE_LIMIT)
+                .map(|v| (v.score, v.evidence))
+                .collect::<Vec<_>>()
+        };
+        let bomb = req("application/grpc", ("grpc-encoding", "gzip"), grpc(&msg));
+        let f = found(&bomb);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].0 >= 6, "{f:?}");
+        assert!(
+            f[0].1.starts_with("not judged past 65536: gzip gRPC"),
+            "{f:?}"
+        );
+        // An ordinary message within the budget: nothing.
+        let small = req(
+            "application/grpc",
+            ("grpc-encoding", "gzip"),
+            grpc(&msg[..2000]),
+        );
+        assert_eq!(found(&small), []);
+        // An HTTP body the parser inflated past 64 KiB: reported, scored low.
+        let json = format!("{{\"a\":\"{}\"}}", "x".repeat(70_000));
+        let raw = gz(json.as_bytes());
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            raw.len()
+        );
+        let http = match parse_request(&[head.as_bytes(), &raw].concat()) {
+            Ok(Parsed::Complete { msg, .. }) => msg,
+            other => panic!("{other:?}"),
+        };
+        assert!(http.body.len() > 65_536);
+        let f = found(&http);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, 0, "{f:?}");
+        // Many small compressed messages past the budget together, each an
+        // ordinary 5:1: reported, never scored (a streaming client is no bomb).
+        let one: Vec<u8> = (0..2_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = Vec::new();
+        for _ in 0..60 {
+            stream.extend(grpc(&one));
+        }
+        let f = found(&req("application/grpc", ("grpc-encoding", "gzip"), stream));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, 0, "{f:?}");
     }
 
     pub(crate) fn run(raw: &str) -> (Vec<Violation>, Action) {

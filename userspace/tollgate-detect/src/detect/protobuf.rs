@@ -10,13 +10,44 @@
 //! together to at most the body cap, and read the same way; one in an
 //! encoding not read is counted ([`compressed_messages`]), never passed as read.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use super::{Input, Location, MAX_INPUTS, push};
 use crate::decode;
 
 /// gRPC messages read per request body.
 const MAX_MESSAGES: usize = 64;
+
+/// What a protobuf descriptor set (`protoc --descriptor_set_out`) says of
+/// the gRPC methods and their messages: the methods for the inventory, the
+/// field names for locating findings (`protobuf:LoginRequest.password`
+/// where field numbers alone would say `protobuf:3.2`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtoSchema {
+    /// By path (`/package.Service/Method`).
+    pub methods: HashMap<String, ProtoMethod>,
+    /// By full name without the leading dot (`package.LoginRequest`).
+    pub messages: HashMap<String, ProtoMessage>,
+}
+
+/// One gRPC method.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtoMethod {
+    /// Full name of its request message (`package.LoginRequest`).
+    pub input: String,
+    /// Marked deprecated in its options.
+    pub deprecated: bool,
+}
+
+/// One message type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtoMessage {
+    /// Its name without the package (`LoginRequest`).
+    pub name: String,
+    /// Its fields by number: name, and the full name of the field's message
+    /// type when it is one.
+    pub fields: HashMap<u64, (String, Option<String>)>,
+}
 
 /// Whether a `Content-Type` names gRPC with binary messages (`application/grpc`,
 /// `application/grpc+proto`, `application/grpc-web`, not the base64 `-text`).
@@ -92,56 +123,144 @@ pub fn compressed_messages(req: &crate::Request) -> (u64, u64) {
     (n, unread)
 }
 
+/// Compressed messages that inflate past the budget: what came after it was
+/// not judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PastBudget {
+    /// Compressed bytes of the message the budget ran out in (or of the
+    /// first one left uninflated).
+    pub compressed: usize,
+    /// What that message inflated to within the budget (0: none of it).
+    pub inflated: usize,
+}
+
 /// Pushes the text fields of the gRPC messages in `body`; compressed ones
 /// are inflated per `encoding`, at most `inflate_cap` bytes for the body.
+/// `schema` names the fields of the message type `input`, when known.
+/// Returns where that budget ran out while compressed bytes were left.
 pub(crate) fn walk_grpc<'a>(
     v: &mut Vec<Input<'a>>,
     body: &'a [u8],
     depth: u32,
     encoding: Option<&str>,
     inflate_cap: usize,
-) {
+    names: Names<'_>,
+) -> Option<PastBudget> {
     let mut budget = inflate_cap;
+    let mut past = None;
     for (compressed, msg) in messages(body) {
         if !compressed {
-            walk(v, &fields(msg).0, depth, "");
+            walk(v, &fields(msg).0, depth, "", names);
             continue;
         }
         let Some(enc) = encoding.filter(|e| readable(Some(e))) else {
             continue;
         };
-        if budget == 0 || v.len() >= MAX_INPUTS {
+        if budget == 0 {
+            past.get_or_insert(PastBudget {
+                compressed: msg.len(),
+                inflated: 0,
+            });
             continue;
         }
-        let Some(plain) = crate::http::inflate(enc, msg, budget) else {
+        if v.len() >= MAX_INPUTS {
+            continue;
+        }
+        // One byte more than the budget tells a message that ends there
+        // from one that goes on past it.
+        let Some(mut plain) = crate::http::inflate(enc, msg, budget + 1) else {
             continue;
         };
+        if plain.len() > budget {
+            plain.truncate(budget);
+            past.get_or_insert(PastBudget {
+                compressed: msg.len(),
+                inflated: budget,
+            });
+        }
         budget -= plain.len().min(budget);
         // The inflated bytes live here only: their texts are kept owned.
         let mut found = Vec::new();
-        walk(&mut found, &fields(&plain).0, depth, "");
+        walk(&mut found, &fields(&plain).0, depth, "", names);
         for i in found {
             push(v, i.location, Cow::Owned(i.text.into_owned()), i.is_value);
         }
     }
+    past
 }
 
-fn walk<'a>(v: &mut Vec<Input<'a>>, found: &[(u64, &'a [u8])], depth: u32, path: &str) {
+/// The schema and the message type being walked, when the descriptor set
+/// knows it.
+#[derive(Clone, Copy)]
+pub(crate) struct Names<'s> {
+    pub schema: Option<&'s ProtoSchema>,
+    pub message: Option<&'s str>,
+}
+
+impl<'s> Names<'s> {
+    /// No schema: fields are named by their numbers.
+    #[cfg(test)]
+    pub(crate) const NONE: Names<'static> = Names {
+        schema: None,
+        message: None,
+    };
+
+    /// The names for the request message of the gRPC method at `path`.
+    pub(crate) fn for_method(schema: Option<&'s ProtoSchema>, path: &str) -> Self {
+        let message = schema
+            .and_then(|s| s.methods.get(path))
+            .map(|m| m.input.as_str());
+        Self { schema, message }
+    }
+
+    /// Field `num` of the message: its location (`LoginRequest.password`,
+    /// or `LoginRequest.7` for a field the schema does not have, numbers
+    /// after `path` below a message it does not know) and the names of its
+    /// own fields if it is a message.
+    fn field(self, path: &str, num: u64) -> (String, Names<'s>) {
+        let msg = self
+            .schema
+            .zip(self.message)
+            .and_then(|(s, m)| s.messages.get(m));
+        let unknown = Names {
+            schema: self.schema,
+            message: None,
+        };
+        match msg {
+            Some(m) => match m.fields.get(&num) {
+                Some((name, sub)) => (
+                    format!("{}.{name}", m.name),
+                    Names {
+                        schema: self.schema,
+                        message: sub.as_deref(),
+                    },
+                ),
+                None => (format!("{}.{num}", m.name), unknown),
+            },
+            None if path.is_empty() => (num.to_string(), unknown),
+            None => (format!("{path}.{num}"), unknown),
+        }
+    }
+}
+
+fn walk<'a>(
+    v: &mut Vec<Input<'a>>,
+    found: &[(u64, &'a [u8])],
+    depth: u32,
+    path: &str,
+    names: Names<'_>,
+) {
     for &(num, bytes) in found {
         if v.len() >= MAX_INPUTS {
             return;
         }
-        let name = if path.is_empty() {
-            num.to_string()
-        } else {
-            format!("{path}.{num}")
-        };
+        let (name, sub_names) = names.field(path, num);
         let Ok(text) = std::str::from_utf8(bytes) else {
             // Binary bytes: maybe a nested message, never text.
             if depth > 1 {
                 let (sub, whole) = fields(bytes);
                 if whole {
-                    walk(v, &sub, depth - 1, &name);
+                    walk(v, &sub, depth - 1, &name, sub_names);
                 }
             }
             continue;
@@ -153,10 +272,11 @@ fn walk<'a>(v: &mut Vec<Input<'a>>, found: &[(u64, &'a [u8])], depth: u32, path:
         // most likely one (its strings are judged as fields); any other
         // UTF-8 is a string, a control byte in it included (else one byte
         // would hide an injection).
-        if has_controls(text) && depth > 1 {
+        // A field the schema says is a message is one.
+        if (has_controls(text) || sub_names.message.is_some()) && depth > 1 {
             let (sub, whole) = fields(bytes);
             if whole {
-                walk(v, &sub, depth - 1, &name);
+                walk(v, &sub, depth - 1, &name, sub_names);
                 continue;
             }
         }
@@ -235,7 +355,7 @@ fn texts(body: &[u8]) -> Vec<(String, String)> {
 #[cfg(test)]
 fn texts_in(body: &[u8], encoding: Option<&str>) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    walk_grpc(&mut v, body, 16, encoding, 16 * 1024);
+    walk_grpc(&mut v, body, 16, encoding, 16 * 1024, Names::NONE);
     v.into_iter()
         .map(|i| match i.location {
             Location::Protobuf(n) => (n, i.text.into_owned()),
@@ -372,15 +492,32 @@ mod tests {
         assert!(body.len() < 200_000, "{}", body.len());
         let mut v = Vec::new();
         let start = std::time::Instant::now();
-        walk_grpc(&mut v, &body, 16, Some("gzip"), 16 * 1024);
+        let past = walk_grpc(&mut v, &body, 16, Some("gzip"), 16 * 1024, Names::NONE);
         // Inflating 16 KiB, not 16 MiB: well under what the whole costs.
         assert!(start.elapsed() < std::time::Duration::from_millis(500));
         assert!(v.iter().all(|i| i.text.len() <= 16 * 1024));
+        // What lies past the budget is said to be unread.
+        assert_eq!(
+            past,
+            Some(PastBudget {
+                compressed: body.len() - 5,
+                inflated: 16 * 1024
+            })
+        );
+        // A message that inflates to exactly the budget leaves nothing unread.
+        let exact = compressed("gzip", &[b'a'; 1000]);
+        assert_eq!(
+            walk_grpc(&mut Vec::new(), &exact, 16, Some("gzip"), 1000, Names::NONE),
+            None
+        );
+        let twice = [exact.clone(), exact].concat();
+        let past = walk_grpc(&mut Vec::new(), &twice, 16, Some("gzip"), 1000, Names::NONE);
+        assert_eq!(past.map(|p| p.inflated), Some(0));
         // Many bombs in one body share one budget.
         let many: Vec<u8> = (0..MAX_MESSAGES).flat_map(|_| body.clone()).collect();
         let mut v = Vec::new();
         let start = std::time::Instant::now();
-        walk_grpc(&mut v, &many, 16, Some("gzip"), 16 * 1024);
+        walk_grpc(&mut v, &many, 16, Some("gzip"), 16 * 1024, Names::NONE);
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
@@ -503,5 +640,73 @@ mod tests {
         assert!(is_grpc("application/grpc+proto"));
         assert!(!is_grpc("application/grpc-web-text"));
         assert!(!is_grpc("application/json"));
+    }
+
+    /// With a descriptor set, fields are located by name: the message's
+    /// own name and the field's (`LoginRequest.password`), nested messages
+    /// by theirs; fields it does not know keep their numbers.
+    #[test]
+    fn a_schema_names_the_fields() {
+        let mut schema = ProtoSchema::default();
+        schema.methods.insert(
+            "/auth.Auth/Login".into(),
+            ProtoMethod {
+                input: "auth.LoginRequest".into(),
+                deprecated: false,
+            },
+        );
+        let msg = |name: &str, fields: &[(u64, &str, Option<&str>)]| ProtoMessage {
+            name: name.into(),
+            fields: fields
+                .iter()
+                .map(|(n, f, m)| (*n, ((*f).to_owned(), m.map(str::to_owned))))
+                .collect(),
+        };
+        schema.messages.insert(
+            "auth.LoginRequest".into(),
+            msg(
+                "LoginRequest",
+                &[(1, "user", None), (3, "meta", Some("auth.Meta"))],
+            ),
+        );
+        schema
+            .messages
+            .insert("auth.Meta".into(), msg("Meta", &[(2, "device", None)]));
+        let body = grpc(
+            &[
+                ld(1, b"alice"),
+                ld(3, &[ld(2, b"phone"), ld(9, b"x")].concat()),
+                ld(7, b"extra"),
+            ]
+            .concat(),
+        );
+        let names = |path: &str| {
+            let mut v = Vec::new();
+            walk_grpc(
+                &mut v,
+                &body,
+                16,
+                None,
+                1024,
+                Names::for_method(Some(&schema), path),
+            );
+            v.into_iter()
+                .map(|i| match i.location {
+                    Location::Protobuf(n) => n,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("/auth.Auth/Login"),
+            [
+                "LoginRequest.user",
+                "Meta.device",
+                "Meta.9",
+                "LoginRequest.7"
+            ]
+        );
+        // A method the set does not have: numbers, as without a schema.
+        assert_eq!(names("/auth.Auth/Other"), ["1", "3.2", "3.9", "7"]);
     }
 }

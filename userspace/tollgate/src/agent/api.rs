@@ -454,7 +454,13 @@ impl ApiState {
             let by_header = headers.and_then(|h| forwarded_client(h, &st.trusted, which));
             let real = match ev.direction {
                 Direction::Request => ev.header_client.or(by_header),
-                Direction::Response => ev.header_client.or(ev.forwarded_client),
+                // HTTP/2: the client of the response's own stream (a proxy
+                // multiplexes clients on one connection); HTTP/1: the
+                // connection's latest, as responses come in request order.
+                Direction::Response => ev.header_client.or_else(|| match &ev.stream_forwarding {
+                    Some(h) => forwarded_client(h, &st.trusted, which),
+                    None => ev.forwarded_client,
+                }),
             };
             if let Some(real) = real {
                 let proxy = ev.client;
@@ -561,6 +567,14 @@ impl ApiState {
             }
             _ => None,
         };
+        // Inflated past what the detectors read: judged only in part.
+        if let Some((_, d)) = &decided
+            && d.violations
+                .iter()
+                .any(|v| v.rule == tollgate_detect::detect::INFLATE_LIMIT)
+        {
+            ev.truncated = true;
+        }
         if let Some((resp_req, d)) = decided
             && (!d.violations.is_empty() || d.ban.is_some())
         {
@@ -818,8 +832,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn events_and_the_inventory_fold_paths_alike() {
+    /// A pipeline on port 8080 with the default policy.
+    fn default_api() -> ApiHandle {
         let pipeline = Pipeline::new(
             tollgate_detect::DetectConfig::default(),
             crate::engine::ScoringPolicy::default(),
@@ -827,7 +841,12 @@ mod tests {
             None,
         )
         .unwrap();
-        let api = ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline);
+        ApiHandle::new(&[8080], &SamplingPolicy::default(), pipeline)
+    }
+
+    #[test]
+    fn events_and_the_inventory_fold_paths_alike() {
+        let api = default_api();
         let client: IpAddr = "198.18.0.2".parse().unwrap();
         let samples: Vec<Sample> = ["/files/deadbeefdeadbeef", "/items/-5"]
             .iter()
@@ -865,6 +884,121 @@ mod tests {
         endpoints.sort();
         assert_eq!(routes, ["GET /files/{id}", "GET /items/{id}"]);
         assert_eq!(endpoints, routes);
+    }
+
+    /// An HTTP/2 frame.
+    fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A header block of literal fields (not indexed), after `prefix`.
+    fn head(prefix: &[u8], fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = prefix.to_vec();
+        for (n, v) in fields {
+            b.extend([0, u8::try_from(n.len()).unwrap()]);
+            b.extend_from_slice(n.as_bytes());
+            b.push(u8::try_from(v.len()).unwrap());
+            b.extend_from_slice(v.as_bytes());
+        }
+        b
+    }
+
+    /// A trusted proxy multiplexes two clients on one h2c connection: each
+    /// round, the guesser's call and then the benign client's are in flight
+    /// before either is answered (UNAUTHENTICATED, then OK). Only the
+    /// guesser is convicted of credential stuffing: a response goes to its
+    /// own stream's client, not to the client the connection's latest
+    /// forwarding header named.
+    #[test]
+    fn multiplexed_clients_behind_a_proxy_are_judged_by_stream() {
+        let api = default_api();
+        let proxy: IpAddr = "198.18.7.2".parse().unwrap();
+        let (guesser, benign) = ("198.18.9.1", "198.18.9.2");
+        api.state.lock().unwrap().trusted = vec!["198.18.7.0/24".parse().unwrap()];
+        let mk = |dir: Direction, seq: u32, data: Vec<u8>| Sample {
+            cookie: 9,
+            stream: dir == Direction::Request,
+            tls: false,
+            ts_ns: 1,
+            client: proxy,
+            server: "198.18.0.1".parse().unwrap(),
+            client_port: 41000,
+            server_port: 8080,
+            direction: dir,
+            seq,
+            tcp_flags: 0x18,
+            ifindex: 1,
+            payload_len: u32::try_from(data.len()).unwrap(),
+            data: bytes::Bytes::from(data),
+        };
+        // Next sequence number of each direction.
+        let mut seqs = [0u32; 2];
+        let push =
+            |samples: &mut Vec<Sample>, seqs: &mut [u32; 2], dir: Direction, data: Vec<u8>| {
+                let seq = &mut seqs[usize::from(dir == Direction::Response)];
+                let len = u32::try_from(data.len()).unwrap();
+                samples.push(mk(dir, *seq, data));
+                *seq += len;
+            };
+        let mut samples = Vec::new();
+        push(
+            &mut samples,
+            &mut seqs,
+            Direction::Request,
+            tollgate_detect::h2::PREFACE.to_vec(),
+        );
+        push(
+            &mut samples,
+            &mut seqs,
+            Direction::Response,
+            frame(4, 0, 0, &[]),
+        );
+        let mut findings = Vec::new();
+        for round in 0..15u32 {
+            let (g, b) = (4 * round + 1, 4 * round + 3);
+            for (stream, who) in [(g, guesser), (b, benign)] {
+                let fields = [
+                    (":path", "/a.S/Secret"),
+                    ("content-type", "application/grpc"),
+                    ("x-forwarded-for", who),
+                ];
+                // :method POST, :scheme http (static), then literals.
+                let block = head(&[0x83, 0x86], &fields);
+                let mut bytes = frame(1, 0x4, stream, &block);
+                bytes.extend(frame(0, 0x1, stream, b"\0\0\0\0\0"));
+                push(&mut samples, &mut seqs, Direction::Request, bytes);
+            }
+            for (stream, status) in [(g, "16"), (b, "0")] {
+                let block = head(&[0x88], &[("grpc-status", status)]);
+                push(
+                    &mut samples,
+                    &mut seqs,
+                    Direction::Response,
+                    frame(1, 0x5, stream, &block),
+                );
+            }
+            findings.extend(
+                api.handle_samples(&std::mem::take(&mut samples), 0.0)
+                    .findings,
+            );
+        }
+        let convicted: Vec<String> = findings
+            .iter()
+            .filter(|f| {
+                f.decision
+                    .violations
+                    .iter()
+                    .any(|v| v.rule == "auth.credential_stuffing")
+            })
+            .map(|f| f.client.to_string())
+            .collect();
+        assert!(!convicted.is_empty(), "{findings:?}");
+        assert!(convicted.iter().all(|c| c == guesser), "{convicted:?}");
+        assert!(findings.iter().all(|f| f.proxy == Some(proxy)));
     }
 
     const XFF: ProxyHeader = ProxyHeader::XForwardedFor;

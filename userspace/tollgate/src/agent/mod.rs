@@ -57,6 +57,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
 /// Everything `tollgate agent` needs, after flags and config file are merged.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
+    /// `--descriptor-set`: the gRPC descriptor set, over the policy's
+    /// `grpc.descriptor_set` (kept across reloads).
+    pub descriptor_set: Option<PathBuf>,
     /// Interfaces to protect.
     pub ifaces: Vec<String>,
     /// Enforce or monitor.
@@ -756,9 +759,10 @@ async fn serve(
                 return serve_events(&mut write, &log, since_secs, follow, limit).await;
             }
             Ok(Request::Inventory) => match api.state.lock() {
-                Ok(st) => Response::ok(serde_json::json!(
-                    st.inventory.list_marked(st.pipeline.graphql_schema())
-                )),
+                Ok(st) => Response::ok(serde_json::json!(crate::api::inventory::mark_grpc(
+                    st.inventory.list_marked(st.pipeline.graphql_schema()),
+                    st.pipeline.proto_schema()
+                ))),
                 Err(_) => Response::err("inventory lock poisoned"),
             },
             Ok(Request::Status) => {

@@ -197,8 +197,11 @@ impl Reloader {
         r
     }
 
-    fn apply(&mut self, p: Policy, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
+    fn apply(&mut self, mut p: Policy, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
         let path = self.config.clone().unwrap_or_default();
+        if let Some(d) = &self.opts.descriptor_set {
+            p.grpc.descriptor_set = Some(d.clone());
+        }
         let mut lifted = lifted_detectors(&self.current, &p);
         let pipeline = crate::engine::Pipeline::from_policy(&p)
             .map_err(|e| format!("{}: {e:#}; the running policy stays", path.display()))?;

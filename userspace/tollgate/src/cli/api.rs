@@ -125,45 +125,20 @@ fn read_openapi(path: &Path) -> Result<Vec<Documented>, String> {
     Ok(out)
 }
 
-/// Reads the gRPC methods of a protobuf `FileDescriptorSet` (as `protoc
-/// --descriptor_set_out` writes it): `POST /package.Service/Method` each,
-/// deprecated when its options say so. A file that does not decode as one,
-/// or declares no service, is refused: it is not what the user meant.
+/// The gRPC methods of a protobuf descriptor set: `POST
+/// /package.Service/Method` each, deprecated when its options say so.
 fn read_descriptor_set(path: &Path) -> Result<Vec<Documented>, String> {
-    use prost::Message as _;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).map_err(|e| {
-        format!(
-            "{}: not a protobuf descriptor set (protoc --descriptor_set_out): {e}",
-            path.display()
-        )
-    })?;
-    let mut out = Vec::new();
-    for file in &set.file {
-        let package = file.package();
-        for service in &file.service {
-            for method in &service.method {
-                let full = if package.is_empty() {
-                    service.name().to_owned()
-                } else {
-                    format!("{package}.{}", service.name())
-                };
-                out.push(Documented {
-                    method: "POST".into(),
-                    path: format!("/{full}/{}", method.name()),
-                    deprecated: method.options.as_ref().is_some_and(|o| o.deprecated()),
-                });
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "{}: no gRPC service method in it ({} files): is this a descriptor set \
-             (protoc --descriptor_set_out) of the services?",
-            path.display(),
-            set.file.len()
-        ));
-    }
+    let schema = crate::grpc::read_descriptor_set(path)?;
+    let mut out: Vec<Documented> = schema
+        .methods
+        .into_iter()
+        .map(|(path, m)| Documented {
+            method: "POST".into(),
+            path,
+            deprecated: m.deprecated,
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
@@ -429,9 +404,9 @@ mod tests {
         assert_eq!(
             got,
             [
+                ("POST".into(), "/Health/Check".into(), false),
                 ("POST".into(), "/notes.Notes/Create".into(), false),
                 ("POST".into(), "/notes.Notes/Old".into(), true),
-                ("POST".into(), "/Health/Check".into(), false),
             ]
         );
         // Not a descriptor set, an empty one, one without services, no file.

@@ -300,6 +300,13 @@ pub struct AgentArgs {
     /// How often expired bans are removed from the maps.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub gc_interval: Duration,
+    /// A protobuf descriptor set of the gRPC services (`protoc
+    /// --include_imports --descriptor_set_out=FILE`; over the policy's
+    /// `grpc.descriptor_set`): the inventory marks gRPC methods documented,
+    /// shadow or unused, and findings name request fields
+    /// (`protobuf:LoginRequest.password`).
+    #[arg(long, value_name = "FILE")]
+    pub descriptor_set: Option<PathBuf>,
     /// TCP port of an API to observe (repeatable; adds to the policy's `api_ports`).
     #[arg(long = "api-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub api_ports: Vec<u16>,
