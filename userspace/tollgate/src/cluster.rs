@@ -422,6 +422,13 @@ impl Store for ClusterStore {
     ) -> Result<(), StoreError> {
         self.inner.ban_batches(batch, f)
     }
+    fn ban_stream(
+        &self,
+        batch: usize,
+        f: &mut dyn FnMut(crate::store::BanStream<'_>),
+    ) -> Result<(), StoreError> {
+        self.inner.ban_stream(batch, f)
+    }
     /// A group change (a feed import, a removal by origin): what leaves the
     /// group is withdrawn, not lifted fleet-wide.
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<(), StoreError> {

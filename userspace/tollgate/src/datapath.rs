@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -519,16 +519,11 @@ impl Datapath {
             self.limits_mirror = vec![LimitCfg::default(); capacity::LIMIT_SLOTS as usize];
             return Ok(());
         }
-        // Keys only, straight into the mirror: with a million pinned bans a
-        // full read of the entries would be tens of MiB held at once.
-        for k in self.block4.keys() {
-            let k = k.map_err(map_err("iterate", maps::BLOCK4))?;
-            self.bans.insert(IpNet::from(std::net::IpAddr::from(k)), ());
-        }
-        for k in self.block6.keys() {
-            let k = k.map_err(map_err("iterate", maps::BLOCK6))?;
-            self.bans.insert(IpNet::from(std::net::IpAddr::from(k)), ());
-        }
+        // Keys only, straight into the mirror, a chunk at a time (with a
+        // million pinned bans a full read would be tens of MiB held at
+        // once, and one syscall per key takes seconds).
+        adopt_hosts(&self.block4, &mut self.bans, maps::BLOCK4)?;
+        adopt_hosts(&self.block6, &mut self.bans, maps::BLOCK6)?;
         let mut ranges = Vec::new();
         trie_entries(&self.block4_lpm, maps::BLOCK4_LPM, net4_of, &mut ranges)?;
         trie_entries(&self.block6_lpm, maps::BLOCK6_LPM, net6_of, &mut ranges)?;
@@ -1080,14 +1075,12 @@ impl Datapath {
                     }
                 }
                 IpNet::V6(n) => {
-                    match v6_buckets(*n) {
-                        Some(bs) => {
-                            for b in bs {
-                                let (w, m) = prefilter::word_and_mask(b);
-                                new6[w as usize] |= m;
-                            }
-                        }
-                        None => flags |= config_flags::V6_SHORT_RANGES,
+                    let enumerated = each_v6_bucket(*n, |b| {
+                        let (w, m) = prefilter::word_and_mask(b);
+                        new6[w as usize] |= m;
+                    });
+                    if !enumerated {
+                        flags |= config_flags::V6_SHORT_RANGES;
                     }
                     if n.prefix_len() < 128 {
                         flags |= config_flags::V6_RANGES;
@@ -1188,7 +1181,49 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
+/// Every key of a pinned host ban map into `bans`, one syscall per chunk
+/// where the kernel can.
+fn adopt_hosts<const N: usize>(
+    map: &HashMap<MapData, [u8; N], BlockEntry>,
+    bans: &mut crate::netmap::NetSet,
+    name: &'static str,
+) -> Result<()>
+where
+    [u8; N]: aya::Pod + Default,
+    std::net::IpAddr: From<[u8; N]>,
+{
+    let batched = bans::lookup_batch(
+        IterableMap::map(map),
+        &mut |ks: &[[u8; N]], _: &[BlockEntry]| {
+            for k in ks {
+                bans.insert(IpNet::from(std::net::IpAddr::from(*k)), ());
+            }
+        },
+    )
+    .map_err(map_err("iterate", name))?;
+    if !batched {
+        for k in map.keys() {
+            let k = k.map_err(map_err("iterate", name))?;
+            bans.insert(IpNet::from(std::net::IpAddr::from(k)), ());
+        }
+    }
+    Ok(())
+}
+
 fn read_words(arr: &Array<MapData, u64>, name: &'static str) -> Result<Vec<u64>> {
+    // One syscall per chunk, not per word (2 × 262,144 words on a warm start).
+    let mut words = vec![0u64; arr.len() as usize];
+    let batched = bans::lookup_batch(IterableMap::map(arr), &mut |ks: &[u32], vs: &[u64]| {
+        for (k, v) in ks.iter().zip(vs) {
+            if let Some(w) = words.get_mut(*k as usize) {
+                *w = *v;
+            }
+        }
+    })
+    .map_err(map_err("read", name))?;
+    if batched {
+        return Ok(words);
+    }
     arr.iter()
         .map(|w| w.map_err(map_err("read", name)))
         .collect()
@@ -1226,6 +1261,23 @@ fn v4_buckets(n: Ipv4Net) -> std::ops::Range<u32> {
         1u32 << (prefilter::V4_BUCKET_PREFIX - len)
     };
     first..first + count
+}
+
+/// Calls `f` with each prefilter bucket an IPv6 prefix covers; `false` (and
+/// no call) when it is too short to enumerate (the datapath then bypasses
+/// the IPv6 prefilter). A host or long prefix is one bucket, no allocation.
+fn each_v6_bucket(n: Ipv6Net, mut f: impl FnMut(u32)) -> bool {
+    if n.prefix_len() >= prefilter::V6_BUCKET_PREFIX {
+        f(prefilter::bucket_v6(&n.network().octets()));
+        return true;
+    }
+    match v6_buckets(n) {
+        Some(bs) => {
+            bs.into_iter().for_each(f);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Prefilter buckets an IPv6 prefix covers, or `None` when it is too short to

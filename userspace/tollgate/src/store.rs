@@ -167,6 +167,16 @@ impl BanRecord {
     }
 }
 
+/// What [`Store::ban_stream`] hands over.
+#[derive(Debug)]
+pub enum BanStream<'a> {
+    /// Record number `.0`: what the bans naming it share (its `cidr` is any
+    /// one of theirs).
+    Record(u32, BanRecord),
+    /// Banned prefixes, each with the number of its record.
+    Bans(&'a [(IpNet, u32)]),
+}
+
 /// An allowlist entry as the agent records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowRecord {
@@ -298,6 +308,28 @@ pub trait Store: Send {
             f(all.by_ref().take(batch.max(1)).collect());
         }
         Ok(())
+    }
+    /// Every ban, for a restore: each distinct record (everything but the
+    /// prefix) handed once as [`BanStream::Record`] under a number, then the
+    /// prefixes in batches of at most `batch`, each naming its record's
+    /// number. A number stays valid until it is handed again with another
+    /// record; a ban always names one handed before it. A million bans made
+    /// by one import are then one record decoded, not a million. The default
+    /// numbers each record of [`Self::ban_batches`] on its own.
+    ///
+    /// # Errors
+    /// As [`Self::ban_batches`].
+    fn ban_stream(&self, batch: usize, f: &mut dyn FnMut(BanStream<'_>)) -> Result<()> {
+        let mut nets = Vec::new();
+        self.ban_batches(batch, &mut |recs| {
+            nets.clear();
+            for (i, rec) in recs.into_iter().enumerate() {
+                let id = u32::try_from(i).unwrap_or(u32::MAX);
+                nets.push((rec.cidr, id));
+                f(BanStream::Record(id, rec));
+            }
+            f(BanStream::Bans(&nets));
+        })
     }
     /// Writes `put` and removes `remove` in one transaction (feed imports:
     /// a group is replaced all at once or not at all). The default does it
@@ -842,6 +874,58 @@ impl Store for RedbStore {
         }
         if !out.is_empty() {
             f(out);
+        }
+        Ok(())
+    }
+
+    fn ban_stream(&self, batch: usize, f: &mut dyn FnMut(BanStream<'_>)) -> Result<()> {
+        // Records are compared by their stored bytes: equal bytes decode to
+        // equal records. Bounded, so a store of a million distinct records
+        // (bans the engine issued one by one) holds no million copies.
+        const SHARED: u32 = 4096;
+        let r = self.db()?.begin_read().map_err(|e| io("read")(&e))?;
+        let t = r.open_table(BANS).map_err(|e| io("read")(&e))?;
+        let batch = batch.max(1);
+        let mut seen: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
+        let mut next = 0u32;
+        let mut out = Vec::with_capacity(batch.min(1 << 16));
+        for row in t.iter().map_err(|e| io("read")(&e))? {
+            let (k, v) = row.map_err(|e| io("read")(&e))?;
+            let (key, val) = (k.value(), v.value());
+            if let Some(&id) = seen.get(val) {
+                let cidr = key.parse().map_err(|_| StoreError::Decode {
+                    key: key.to_owned(),
+                    source: <serde_json::Error as serde::de::Error>::custom("the key is no prefix"),
+                })?;
+                out.push((cidr, id));
+            } else {
+                let rec = decode_ban(key, val)?;
+                if next == SHARED {
+                    // Numbers are reused from here: hand over the bans
+                    // naming the old ones first.
+                    if !out.is_empty() {
+                        f(BanStream::Bans(&out));
+                        out.clear();
+                    }
+                    seen.clear();
+                    next = 0;
+                }
+                let id = next;
+                next += 1;
+                // A JSON record holds its prefix: never shared.
+                if val.first() == Some(&BAN_V1) {
+                    seen.insert(val.to_vec(), id);
+                }
+                out.push((rec.cidr, id));
+                f(BanStream::Record(id, rec));
+            }
+            if out.len() >= batch {
+                f(BanStream::Bans(&out));
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            f(BanStream::Bans(&out));
         }
         Ok(())
     }

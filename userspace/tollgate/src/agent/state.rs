@@ -25,7 +25,7 @@ use crate::{
         AllowView, AttachView, BanView, CounterView, MapFillView, Request, Response, StatsView,
         StatusView,
     },
-    store::{AllowRecord, BanRecord, Store},
+    store::{AllowRecord, BanRecord, BanStream, Store},
 };
 // The request checks live with the protocol; the state's parts use them.
 use crate::proto::{Refused, check_reason, check_ttl};
@@ -84,6 +84,10 @@ pub struct AgentState<M = Datapath> {
     /// Sample records lost to a full ring buffer, lately.
     sample_loss: super::loss::LossWatch,
 }
+
+/// A record of the restore stream: the record, its kernel entry (`None`:
+/// expired) and its tail in the index.
+type RestoreSlot = (BanRecord, Option<BlockEntry>, Option<u32>);
 
 /// Stored bans read, indexed and written to the kernel at a time on start.
 const RESTORE_BATCH: usize = 16_384;
@@ -229,50 +233,75 @@ impl<M: Maps> AgentState<M> {
         let mut to_store = 0;
         let now = clock::unix_now();
         let t0 = Instant::now();
-        // The store is read in batches, each indexed and written to the
+        // The store is streamed in batches, each indexed and written to the
         // kernel before the next is read: a million stored bans are never
-        // held twice (records and index) at once.
+        // held twice (records and index) at once. Bans sharing a record
+        // (an import) share its decoding, expiry check and kernel entry.
         let mut expired = Vec::new();
         let mut t_kernel = std::time::Duration::ZERO;
         let mut kernel_failed: Option<(usize, String)> = None;
         let (maps, bans) = (&mut self.maps, &mut self.bans);
-        let mut restore = |batch: Vec<BanRecord>| {
-            let mut put = Vec::with_capacity(batch.len());
-            for rec in batch {
-                if rec.expires_at.is_some_and(|t| t <= now) {
-                    expired.push(rec.cidr);
-                    continue;
+        // By the stream's record number: the record, its kernel entry
+        // (`None`: expired) and its tail in the index.
+        let mut records: Vec<Option<RestoreSlot>> = Vec::new();
+        let mut put = Vec::with_capacity(RESTORE_BATCH);
+        let mut restore = |step: BanStream<'_>| match step {
+            BanStream::Record(id, rec) => {
+                let entry = rec
+                    .expires_at
+                    .is_none_or(|t| t > now)
+                    .then(|| kernel_entry(&rec));
+                let i = id as usize;
+                if records.len() <= i {
+                    records.resize_with(i + 1, || None);
                 }
-                if !maps.has_block(&rec.cidr) {
-                    put.push((rec.cidr, kernel_entry(&rec)));
-                }
-                bans.insert(rec);
+                records[i] = Some((rec, entry, None));
             }
-            to_kernel += put.len();
-            let t = Instant::now();
-            if let Err(e) = maps.insert_blocks(put) {
-                match &mut kernel_failed {
-                    Some((batches, _)) => *batches += 1,
-                    None => kernel_failed = Some((1, format!("{e:#}"))),
+            BanStream::Bans(nets) => {
+                put.clear();
+                for &(net, id) in nets {
+                    let Some(Some((rec, entry, hint))) = records.get_mut(id as usize) else {
+                        continue;
+                    };
+                    let Some(entry) = entry else {
+                        expired.push(net);
+                        continue;
+                    };
+                    if !maps.has_block(&net) {
+                        put.push((net, *entry));
+                    }
+                    bans.insert_hinted(net, rec, hint);
                 }
+                to_kernel += put.len();
+                let t = Instant::now();
+                if let Err(e) = maps.insert_blocks(put.drain(..)) {
+                    match &mut kernel_failed {
+                        Some((batches, _)) => *batches += 1,
+                        None => kernel_failed = Some((1, format!("{e:#}"))),
+                    }
+                }
+                t_kernel += t.elapsed();
             }
-            t_kernel += t.elapsed();
         };
         let read = match self.store.as_ref() {
-            Some(s) => s.ban_batches(RESTORE_BATCH, &mut restore),
+            Some(s) => s.ban_stream(RESTORE_BATCH, &mut restore),
             None => Ok(()),
         };
         if let Err(e) = read {
             error!("cannot read bans from the state store: {e}; enforcing what the kernel holds");
             self.store_error = Some(e.to_string());
         }
+        let failed = kernel_failed.is_some();
         if let Some((batches, e)) = kernel_failed {
             error!(batches, "failed to restore bans into the kernel: {e}");
         }
         let t_restore = t0.elapsed();
         // Reading the kernel maps back (two syscalls per entry) is only
-        // needed when they hold bans the store does not know.
-        let unknown = self.maps.block_nets().any(|n| !self.bans.contains_key(&n));
+        // needed when they hold bans the store does not know. Every indexed
+        // ban is in the kernel unless a write failed, so equal counts say
+        // there is none without a lookup per ban.
+        let unknown = (failed || self.maps.block_nets().count() != self.bans.len())
+            && self.maps.block_nets().any(|n| !self.bans.contains_key(&n));
         let kernel = if unknown {
             self.maps.blocks().unwrap_or_else(|e| {
                 error!("failed to read the kernel ban maps: {e:#}");

@@ -25,31 +25,35 @@ impl Datapath {
         entries: impl IntoIterator<Item = (IpNet, BlockEntry)>,
     ) -> Result<()> {
         let entries: Vec<_> = entries.into_iter().collect();
-        let mut dirty4 = HashSet::new();
-        let mut dirty6 = HashSet::new();
+        // Only bits not yet set are written (a million bans in a few
+        // thousand buckets are a few thousand words), all in one batch.
+        let mut new4 = Vec::new();
+        let mut new6 = Vec::new();
         let mut flags = self.config.flags;
         for (net, _) in &entries {
             match net {
                 IpNet::V4(n) => {
                     for b in v4_buckets(*n) {
                         let (w, m) = prefilter::word_and_mask(b);
-                        self.mirror4[w as usize] |= m;
-                        dirty4.insert(w);
+                        if self.mirror4[w as usize] & m == 0 {
+                            self.mirror4[w as usize] |= m;
+                            new4.push((w, m));
+                        }
                     }
                     if n.prefix_len() < 32 {
                         flags |= config_flags::V4_RANGES;
                     }
                 }
                 IpNet::V6(n) => {
-                    match v6_buckets(*n) {
-                        Some(buckets) => {
-                            for b in buckets {
-                                let (w, m) = prefilter::word_and_mask(b);
-                                self.mirror6[w as usize] |= m;
-                                dirty6.insert(w);
-                            }
+                    let enumerated = each_v6_bucket(*n, |b| {
+                        let (w, m) = prefilter::word_and_mask(b);
+                        if self.mirror6[w as usize] & m == 0 {
+                            self.mirror6[w as usize] |= m;
+                            new6.push((w, m));
                         }
-                        None => flags |= config_flags::V6_SHORT_RANGES,
+                    });
+                    if !enumerated {
+                        flags |= config_flags::V6_SHORT_RANGES;
                     }
                     if n.prefix_len() < 128 {
                         flags |= config_flags::V6_RANGES;
@@ -57,16 +61,8 @@ impl Datapath {
                 }
             }
         }
-        for w in dirty4 {
-            self.pre4
-                .set(w, self.mirror4[w as usize], 0)
-                .map_err(map_err("write", maps::PREFILTER4))?;
-        }
-        for w in dirty6 {
-            self.pre6
-                .set(w, self.mirror6[w as usize], 0)
-                .map_err(map_err("write", maps::PREFILTER6))?;
-        }
+        write_words(&mut self.pre4, &mut self.mirror4, &new4, maps::PREFILTER4)?;
+        write_words(&mut self.pre6, &mut self.mirror6, &new6, maps::PREFILTER6)?;
         if flags != self.config.flags {
             self.config.flags = flags;
             self.write_config()?;
@@ -292,6 +288,106 @@ impl Datapath {
     /// Allowlist prefixes held.
     pub fn allow_nets(&self) -> impl Iterator<Item = &IpNet> {
         self.allows.iter()
+    }
+}
+
+/// Writes the prefilter words holding the bits `set` (word, new bits) just
+/// set in `mirror`; when the kernel refuses, those bits are taken back out of
+/// the mirror, so it never claims a bit the kernel lacks (a missing bit
+/// would skip the lookup of a banned source).
+fn write_words(
+    arr: &mut Array<MapData, u64>,
+    mirror: &mut [u64],
+    set: &[(u32, u64)],
+    name: &'static str,
+) -> Result<()> {
+    if set.is_empty() {
+        return Ok(());
+    }
+    let mut words: Vec<u32> = set.iter().map(|(w, _)| *w).collect();
+    words.sort_unstable();
+    words.dedup();
+    let values: Vec<u64> = words.iter().map(|w| mirror[*w as usize]).collect();
+    let written = match update_batch(IterableMap::map(arr), &words, &values) {
+        Ok(true) => Ok(()),
+        Ok(false) => words
+            .iter()
+            .zip(&values)
+            .try_for_each(|(w, v)| arr.set(*w, *v, 0)),
+        Err(e) => Err(e),
+    };
+    written.map_err(|e| {
+        for (w, m) in set {
+            mirror[*w as usize] &= !m;
+        }
+        map_err("write", name)(e)
+    })
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6 and later).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Every key and value of `map`, handed to `f` a chunk at a time, read with
+/// one syscall per chunk where the kernel can (a pinned map of a million
+/// bans: a few dozen calls instead of a million). `Ok(false)`: the kernel
+/// has no batch reads for this map and nothing was handed; the caller reads
+/// one by one.
+pub(super) fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &MapData,
+    f: &mut dyn FnMut(&[K], &[V]),
+) -> std::result::Result<bool, MapError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const CHUNK: usize = 1 << 14;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
+    // The kernel's position between calls (a bucket or an array index).
+    let mut token = [0u64; 4];
+    let mut next = [0u64; 4];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: u32::try_from(fd).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` elements of the map's key
+        // and value types (aya checked their sizes when it opened the map),
+        // the position buffers are larger than any key this is used with;
+        // the kernel writes at most `count` of each and the count back.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let n = (attr.count as usize).min(CHUNK);
+        if r < 0 {
+            let io_error = std::io::Error::last_os_error();
+            match io_error.raw_os_error() {
+                // The end: what the last call read is valid.
+                Some(libc::ENOENT) => {
+                    f(&keys[..n], &values[..n]);
+                    return Ok(true);
+                }
+                Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if first => return Ok(false),
+                _ => {
+                    return Err(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error,
+                    }));
+                }
+            }
+        }
+        f(&keys[..n], &values[..n]);
+        token = next;
+        first = false;
     }
 }
 

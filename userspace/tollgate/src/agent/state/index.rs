@@ -241,6 +241,43 @@ impl BanIndex {
         }
     }
 
+    /// Holds `rec` for `net` (`rec.cidr` is ignored), as [`Self::insert`];
+    /// `hint` is the tail `rec` got last time, reused while it still holds
+    /// that record, and set: a restore of many prefixes sharing one record
+    /// hashes it once, not once per prefix.
+    pub fn insert_hinted(&mut self, net: IpNet, rec: &BanRecord, hint: &mut Option<u32>) {
+        let same = |t: &Tail| {
+            let r = &t.rec;
+            (r.kind, &r.reason, &r.origin, r.created_at, r.expires_at)
+                == (
+                    rec.kind,
+                    &rec.reason,
+                    &rec.origin,
+                    rec.created_at,
+                    rec.expires_at,
+                )
+                && (r.offences, &r.host, &r.also) == (rec.offences, &rec.host, &rec.also)
+        };
+        let id = match *hint {
+            Some(id) if self.tail(id).is_some_and(same) => {
+                if let Some(t) = self.tails[id as usize].as_mut() {
+                    t.refs += 1;
+                    t.sole = None;
+                }
+                id
+            }
+            _ => {
+                let mut tail = rec.clone();
+                tail.cidr = NO_PREFIX;
+                self.intern(tail, net)
+            }
+        };
+        *hint = Some(id);
+        if let Some(old) = self.keys.insert(net, id) {
+            self.release(old);
+        }
+    }
+
     /// Removes the record for exactly this prefix.
     pub fn remove(&mut self, net: &IpNet) -> Option<BanRecord> {
         let id = self.keys.remove(net)?;
