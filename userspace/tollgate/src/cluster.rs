@@ -195,8 +195,9 @@ pub enum Inbound {
     Allow(AllowRecord),
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
-    /// An operator's unban from anywhere (a tombstone written).
-    Remove(IpNet),
+    /// An operator's unban from anywhere (a tombstone written): it lifts
+    /// the decisions made at or before its `lifted_at`.
+    Remove(Lifted),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
     Acked(u64),
@@ -1387,7 +1388,7 @@ async fn session(
                             Ok(Entry::Record(Some(r))) => Inbound::Put(r),
                             Ok(Entry::Record(None)) => continue,
                             // Written with the record's deletion, before it.
-                            Ok(Entry::Lifted(l)) => Inbound::Remove(l.cidr),
+                            Ok(Entry::Lifted(l)) => Inbound::Remove(l),
                             Err(e) => {
                                 warn!("skipped a fleet record: {e}");
                                 with_status(status, |s| s.view.skipped += 1);

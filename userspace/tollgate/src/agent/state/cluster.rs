@@ -404,18 +404,47 @@ impl<M: Maps> AgentState<M> {
         }
     }
 
-    /// The fleet's record for `net` is gone (an operator's unban, or the
-    /// last decision withdrawn): every decision on it is lifted, except this
-    /// host's own ones still on their way to etcd. True when the kernel
-    /// entry was lifted.
-    pub fn cluster_remove(&mut self, net: &IpNet) -> bool {
+    /// An operator's unban (a tombstone): every decision on the prefix made
+    /// at or before it is lifted, as a full read does. This host's own
+    /// later ones stay (a `block add` after the unban: its Put that follows
+    /// is not taken back from the fleet), and so do all of them when the
+    /// unban was this host's (it lifted them locally already; its echo comes
+    /// after the outbox ack, often after a new ban). A queued own decision
+    /// the unban lifts is withdrawn from the outbox's way to the fleet.
+    /// True when the kernel entry was lifted.
+    pub fn cluster_remove(&mut self, tomb: &crate::cluster::Lifted) -> bool {
+        let net = &tomb.cidr;
         let Some(old) = self.bans.get(net) else {
             return false;
         };
-        let pending = old.any_decision(|d| d.host.is_none()) && self.in_flight().contains(net);
         let me = self.fleet_host();
-        let rest = merge(Some(&old), None, &me, |_| pending);
+        let mine = tomb.host == me;
+        let mut dropped = false;
+        let rest = merge(Some(&old), None, &me, |d| {
+            let keep = mine || d.created_at > tomb.lifted_at;
+            dropped |= !keep;
+            keep
+        });
+        if dropped && self.in_flight().contains(net) {
+            self.withdraw_queued(*net, rest.as_ref());
+        }
         self.settle(vec![(*net, rest)]).1 > 0
+    }
+
+    /// A queued own decision on `net` was lifted by an unban made after it:
+    /// the fleet gets this host's decisions as they are now (`rest`), so
+    /// the Put still in the outbox does not bring it back fleet-wide.
+    fn withdraw_queued(&mut self, net: IpNet, rest: Option<&BanRecord>) {
+        let Some(s) = self.store.as_mut() else {
+            return;
+        };
+        let r = match rest {
+            Some(r) => s.put_bans(std::slice::from_ref(r)),
+            None => s.apply_bans(&[], &[net]),
+        };
+        if let Err(e) = r {
+            warn!(cidr = %net, "a lifted ban's withdrawal not queued for the fleet: {e}");
+        }
     }
 
     /// A record's key is gone from etcd without an unban: the other hosts'

@@ -451,7 +451,11 @@ fn escalation_counts_the_fleets_offences() {
         "{stored:?}"
     );
     // Lifted (as when it ends), then the client offends here.
-    assert!(a.state.cluster_remove(&client));
+    assert!(a.state.cluster_remove(&crate::cluster::Lifted {
+        cidr: client,
+        lifted_at: now,
+        host: "host-a".into(),
+    }));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
     assert_eq!(
         out,
@@ -1233,19 +1237,54 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         Some(now + 6000)
     );
 
-    // `--local` and fleet removals are not sent; a plain unban is. The
-    // fleet's record gone, this host's own decision stays while it is still
-    // in the outbox (etcd gets it next), and goes once etcd had it.
+    // `--local` and fleet removals are not sent; a plain unban is. An
+    // unban from the fleet lifts the decisions made at or before it: this
+    // host's own later one stays, also once etcd had it (its Put comes
+    // after the tombstone's echo and is not taken back), and a stale or
+    // replayed tombstone lifts none of them; this host's own unban's echo
+    // lifts none of its own (they were made after it).
     a.ok(Request::BlockRm {
         cidr: "198.51.100.2".into(),
         local: true,
         exist: false,
     });
-    assert!(!a.state.cluster_remove(&net("198.51.100.1")));
-    let kept = a.state.ban(&net("198.51.100.1")).unwrap();
-    assert_eq!((kept.host.as_deref(), kept.also.len()), (None, 0));
+    let tomb = |cidr: &str, lifted_at: u64, host: &str| crate::cluster::Lifted {
+        cidr: net(cidr),
+        lifted_at,
+        host: host.into(),
+    };
+    let own_only = |a: &Agent, cidr: &str| {
+        let r = a.state.ban(&net(cidr)).unwrap();
+        (r.host.is_none(), r.also.len())
+    };
     a.state.cluster_acked(u64::MAX - 1);
-    assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
+    for t in [
+        tomb("198.51.100.1", now - 1, "host-a"),
+        tomb("198.51.100.1", 0, "host-a"),
+        tomb("198.51.100.1", now + 60, "host-b"),
+    ] {
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 6000)]);
+        assert!(!a.state.cluster_remove(&t), "{t:?}");
+        assert_eq!(own_only(&a, "198.51.100.1"), (true, 0), "{t:?}");
+    }
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.1", now + 60, "host-a"))
+            && sent().is_empty()
+    );
+    // Made before the unban but still in the outbox: lifted, and withdrawn
+    // from the fleet (its queued Put must not bring it back fleet-wide).
+    a.ban("198.51.100.1", Some(600));
+    sent();
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.1", now + 60, "host-a"))
+    );
+    assert!(
+        matches!(&sent()[..], [(_, Change::Withdraw(c))] if *c == net("198.51.100.1")),
+        "the lifted queued ban is withdrawn"
+    );
     a.ban("198.51.100.3", Some(600));
     a.ok(Request::BlockRm {
         cidr: "198.51.100.3".into(),
