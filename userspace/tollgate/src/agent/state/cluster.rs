@@ -494,12 +494,13 @@ impl<M: Maps> AgentState<M> {
     /// Makes this host agree with the fleet's whole set: every record is
     /// laid over what this host holds; the other hosts' bans the set no
     /// longer holds are lifted. This host's own decisions stay where etcd
-    /// holds them, where they are still in the outbox or kept local
-    /// (`capped`: the per-minute cap, too wide to share, their record
-    /// unreadable); one etcd lacks is lifted when a tombstone (`lifted`: an
+    /// holds them; one etcd lacks is lifted when a tombstone (`lifted`: an
     /// operator's unban, unix seconds) at least as recent says so (an unban
-    /// elsewhere while this host was down or cut off), and published again
-    /// otherwise (etcd lost it: a wipe, a key deleted by hand, a restore from
+    /// elsewhere while this host was down or cut off), also when it is still
+    /// in the outbox (then withdrawn from it) or kept local; otherwise it
+    /// stays where it is still in the outbox or kept local (`capped`: the
+    /// per-minute cap, too wide to share, its record unreadable), and is
+    /// published again (etcd lost it: a wipe, a key deleted by hand, a restore from
     /// an old snapshot). Returns (applied, lifted).
     pub fn cluster_snapshot(
         &mut self,
@@ -508,7 +509,8 @@ impl<M: Maps> AgentState<M> {
         capped: &[IpNet],
     ) -> (usize, usize) {
         let me = self.fleet_host();
-        let mut keep = self.in_flight();
+        let queued = self.in_flight();
+        let mut keep = queued.clone();
         keep.extend(capped.iter().copied());
         let tombs: HashMap<IpNet, u64> = lifted.iter().copied().collect();
         let mut present: HashMap<IpNet, BanRecord> =
@@ -528,21 +530,29 @@ impl<M: Maps> AgentState<M> {
             |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_at);
         let mut out = Vec::new();
         let mut again = Vec::new();
+        let mut withdraw = Vec::new();
         for old in self.bans.values() {
             let cidr = old.cidr;
             let new = present.remove(&cidr);
             let held = keep.contains(&cidr);
-            let mut lost = false;
+            let (mut lost, mut dropped) = (false, false);
+            // In etcd it was written after any tombstone (the unban deletes
+            // the key in the same transaction); held back here (queued, cut
+            // off from etcd) it may be older than the unban, which wins.
             let merged = merge(Some(&old), new.as_ref(), &me, |d| {
-                if held || in_etcd(new.as_ref(), d) {
+                if in_etcd(new.as_ref(), d) {
                     return true;
                 }
                 if lifted_after(&cidr, d) {
+                    dropped = true;
                     return false;
                 }
-                lost = true;
+                lost |= !held;
                 true
             });
+            if dropped && queued.contains(&cidr) {
+                withdraw.push((cidr, merged.clone()));
+            }
             if lost && let Some(m) = &merged {
                 again.push(m.clone());
             }
@@ -552,6 +562,9 @@ impl<M: Maps> AgentState<M> {
         }
         // New to this host: as any fleet record (allowlist checked).
         let fresh: Vec<BanRecord> = present.into_values().collect();
+        for (cidr, rest) in withdraw {
+            self.withdraw_queued(cidr, rest.as_ref());
+        }
         let (mut applied, lifted) = self.settle(out);
         applied += self.cluster_put_many(fresh);
         let republished = again.len();

@@ -1360,17 +1360,22 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
             (net("198.51.100.8"), clock::unix_now()),
             // An older unban does not lift a later ban.
             (net("198.51.100.11"), now - 3600),
+            // A ban queued while cut off from etcd, made before an
+            // operator's unban elsewhere: lifted, not published again.
+            (net("198.51.100.5"), clock::unix_now() + 60),
         ],
         &[net("198.51.100.10")],
     );
-    assert_eq!((applied, lifted), (1, 2), "{:?}", a.ls());
+    assert_eq!((applied, lifted), (1, 3), "{:?}", a.ls());
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.8").is_none());
-    assert!(a.kernel("198.51.100.5").is_some() && a.kernel("198.51.100.10").is_some());
+    assert!(a.kernel("198.51.100.5").is_none() && a.kernel("198.51.100.10").is_some());
     assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.11").is_some());
-    assert_eq!(a.state.bans().count(), before - 1);
+    assert_eq!(a.state.bans().count(), before - 2);
+    let shared = sent();
     assert!(
-        matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")),
-        "only the ban etcd lost is shared again"
+        matches!(&shared[..], [(_, Change::Withdraw(w)), (_, Change::Put(r))]
+            if *w == net("198.51.100.5") && r.cidr == net("198.51.100.11")),
+        "only the ban etcd lost is shared again; the lifted queued one is withdrawn: {shared:?}"
     );
     assert_eq!(status.lock().unwrap().view.republished, 1);
 
