@@ -816,6 +816,36 @@ pub fn decode_allow(prefix: &str, key: &[u8], value: &[u8]) -> Result<AllowRecor
 /// Most operations in one etcd transaction (etcd's default limit is 128).
 const TXN_OPS: usize = 100;
 
+/// Operations a change costs in its transaction at most: an unban writes
+/// its tombstone and deletes the record.
+fn ops(c: &Change) -> usize {
+    match c {
+        Change::Remove(_) => 2,
+        _ => 1,
+    }
+}
+
+/// How many of the first `pending` changes fit in `limit` operations (at
+/// least one: a single change never exceeds etcd's limit).
+fn batch_len<'a>(pending: impl IntoIterator<Item = &'a Change>, limit: usize) -> usize {
+    let mut used = 0;
+    let mut n = 0;
+    for c in pending {
+        used += ops(c);
+        if used > limit && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// etcd refused the transaction for its size (its --max-txn-ops is below
+/// this host's batch): a smaller batch goes through, the same one never.
+fn too_many_ops(e: &anyhow::Error) -> bool {
+    e.to_string().contains("too many operations in txn request")
+}
+
 impl Publisher {
     /// Takes what the agent queued; bans over the per-minute cap stay local.
     fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, (seq, change): Queued) {
@@ -894,8 +924,9 @@ impl Publisher {
         cfg: &ClusterConfig,
         status: &SharedStatus,
     ) -> anyhow::Result<()> {
+        let mut limit = TXN_OPS;
         while !self.pending.is_empty() {
-            let n = self.pending.len().min(TXN_OPS);
+            let n = batch_len(self.pending.iter().map(|(_, c)| c), limit);
             let batch: Vec<Change> = self
                 .pending
                 .iter()
@@ -904,6 +935,14 @@ impl Publisher {
                 .collect();
             let puts = match self.write(client, cfg, status, &batch).await {
                 Ok(p) => p,
+                Err(e) if n > 1 && too_many_ops(&e) => {
+                    warn!(
+                        changes = n,
+                        "etcd refused a transaction this large (its --max-txn-ops); splitting it"
+                    );
+                    limit = (batch.iter().map(ops).sum::<usize>() / 2).max(1);
+                    continue;
+                }
                 Err(e) => {
                     // A lease that expired or vanished with etcd's data fails
                     // the whole transaction: grant fresh ones next time.
@@ -1877,6 +1916,23 @@ mod tests {
         // A prefix wider than any reader takes is not shared at all.
         assert!(!shareable("10.0.0.0/4".parse().unwrap()));
         assert!(shareable(cidr));
+    }
+
+    #[test]
+    fn a_transaction_holds_at_most_txn_ops_operations() {
+        let c: IpNet = "198.18.0.1/32".parse().unwrap();
+        // 65 unbans are 130 operations: over etcd's default 128.
+        let unbans = vec![Change::Remove(c); 65];
+        let n = batch_len(&unbans, TXN_OPS);
+        assert_eq!(n, TXN_OPS / 2);
+        assert!(unbans[..n].iter().map(ops).sum::<usize>() <= TXN_OPS);
+        let withdrawals = vec![Change::Withdraw(c); 150];
+        assert_eq!(batch_len(&withdrawals, TXN_OPS), TXN_OPS);
+        // A split always makes progress: one change goes alone.
+        assert_eq!(batch_len(&unbans, 1), 1);
+        assert!(too_many_ops(&anyhow::anyhow!(
+            "grpc request error: status: InvalidArgument, message: \"etcdserver: too many operations in txn request\""
+        )));
     }
 
     #[test]
