@@ -165,8 +165,16 @@ impl<M: Maps> AgentState<M> {
         let mut take = Vec::with_capacity(records.len());
         let mut enforce = Vec::with_capacity(records.len());
         let mut lift = Vec::new();
-        for (cidr, r) in records {
+        // A fleet record's offence count goes no further than this host's
+        // escalation ladder (its last step repeats; a hostile count must not
+        // overflow the next offence here).
+        let ladder = u32::try_from(self.rate.escalation.ttls.len()).unwrap_or(u32::MAX);
+        for (cidr, mut r) in records {
             let old = self.bans.get(&cidr);
+            if let Some(r) = r.as_mut() {
+                let cap = ladder.max(old.as_ref().map_or(0, |o| o.offences));
+                r.offences = r.offences.min(cap);
+            }
             match (r, old) {
                 (None, Some(_)) => lift.push(cidr),
                 (None, None) => {}

@@ -467,6 +467,42 @@ fn escalation_counts_the_fleets_offences() {
     assert_eq!(a.ls()[0]["offences"], 3);
 }
 
+/// A fleet record's offence count is bounded by this host's ladder: a
+/// hostile u32::MAX neither overflows the next offence here nor shows.
+#[test]
+fn the_fleets_offence_counts_are_bounded() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.7");
+    let scoring = ScoringPolicy::default();
+    let now = clock::unix_now();
+    a.state.cluster_put_many(vec![BanRecord {
+        cidr: client,
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 60),
+        offences: u32::MAX,
+        host: Some("host-a".into()),
+        also: Vec::new(),
+    }]);
+    let ladder = a.state.rate.escalation.ttls.len() as u32;
+    assert_eq!(a.ls()[0]["offences"], ladder);
+    assert!(a.state.cluster_remove(&crate::cluster::Lifted {
+        cidr: client,
+        lifted_at: now,
+        host: "host-a".into(),
+    }));
+    let out = a.state.policy_ban(client, &finding(client, None), &scoring);
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::Banned {
+            ttl_secs: scoring.ttl(ladder + 1).as_secs(),
+            offence: ladder + 1
+        }
+    );
+}
+
 #[test]
 fn policy_bans_escalate_their_ttl_with_each_offence() {
     let mut a = Agent::new(Mode::Enforce);
