@@ -1167,6 +1167,29 @@ struct Read {
     revision: i64,
 }
 
+/// Most records a full read takes (twice the million bans an agent is
+/// built to hold): what a hostile or runaway writer adds past it is
+/// skipped, this host's own decisions on those prefixes stay.
+const MAX_RECORDS: usize = 2_000_000;
+/// Most tombstones a full read takes (one past it lifts nothing here).
+const MAX_TOMBSTONES: usize = 1_000_000;
+
+/// Takes one full-read entry unless its kind's cap is reached; false when
+/// it is skipped (counted, warned of once).
+fn under_cap(held: usize, cap: usize, what: &str, skipped: &mut u64) -> bool {
+    if held < cap {
+        return true;
+    }
+    if *skipped == 0 {
+        warn!(
+            cap,
+            "the fleet holds more {what} than a full read takes; the rest are skipped"
+        );
+    }
+    *skipped += 1;
+    false
+}
+
 /// Reads every record and tombstone under the prefix at one revision,
 /// page by page.
 async fn read_all(
@@ -1189,6 +1212,8 @@ async fn read_all(
     let mut lifted = Vec::new();
     let now = clock::unix_now();
     let mut skipped = 0;
+    // (records, tombstones) past the caps.
+    let mut over = (0, 0);
     loop {
         let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if revision > 0 {
@@ -1200,9 +1225,19 @@ async fn read_all(
         }
         for kv in resp.kvs() {
             match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                Ok(Entry::Record(Some(r))) => out.push(r),
+                Ok(Entry::Record(Some(r))) => {
+                    if under_cap(out.len(), MAX_RECORDS, "records", &mut over.0) {
+                        out.push(r);
+                    } else {
+                        unread.push(r.cidr);
+                    }
+                }
                 Ok(Entry::Record(None)) => {}
-                Ok(Entry::Lifted(l)) => lifted.push((l.cidr, l.lifted_at)),
+                Ok(Entry::Lifted(l)) => {
+                    if under_cap(lifted.len(), MAX_TOMBSTONES, "tombstones", &mut over.1) {
+                        lifted.push((l.cidr, l.lifted_at));
+                    }
+                }
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
@@ -1222,7 +1257,7 @@ async fn read_all(
             _ => break,
         }
     }
-    with_status(status, |s| s.view.skipped += skipped);
+    with_status(status, |s| s.view.skipped += skipped + over.0 + over.1);
     Ok(Read {
         records: out,
         unread,
@@ -1933,6 +1968,15 @@ mod tests {
         assert!(too_many_ops(&anyhow::anyhow!(
             "grpc request error: status: InvalidArgument, message: \"etcdserver: too many operations in txn request\""
         )));
+    }
+
+    #[test]
+    fn a_full_read_takes_at_most_its_cap() {
+        let mut over = 0;
+        let taken = (0..10)
+            .filter(|held| under_cap(*held.min(&3), 3, "records", &mut over))
+            .count();
+        assert_eq!((taken, over), (3, 7));
     }
 
     #[test]
