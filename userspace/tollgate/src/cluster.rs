@@ -385,12 +385,19 @@ impl ClusterStore {
 }
 
 impl ClusterStore {
-    /// Queues an allowlist change in the durable outbox (published after a
-    /// restart when etcd was away), then for the cluster task.
+    /// Writes an allowlist change with its row in the durable outbox, in
+    /// one transaction (published after a restart when etcd was away: an
+    /// acknowledged entry is never local only), then for the cluster task.
     fn queue_allow(&mut self, change: Change) -> Result<(), StoreError> {
+        let (put, remove) = match &change {
+            Change::Allow(a) => (Some(a.clone()), None),
+            c => (None, Some(c.cidr())),
+        };
         let (q, rows) = self.number([change]);
+        self.inner
+            .apply_allow_queued(put.as_ref(), remove.as_ref(), &rows)?;
         self.send(q);
-        self.inner.apply_bans_queued(&[], &[], &rows)
+        Ok(())
     }
 }
 
@@ -440,11 +447,9 @@ impl Store for ClusterStore {
         self.inner.outbox_ack(upto)
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
-        self.inner.put_allow(record)?;
         self.queue_allow(Change::Allow(record.clone()))
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
-        self.inner.remove_allow(cidr)?;
         self.queue_allow(Change::Unallow(*cidr))
     }
     fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
