@@ -926,4 +926,28 @@ fn a_wiped_fleet_lifts_no_ban_and_an_unban_still_does() {
         .unwrap_or_else(|| panic!("the unban on A never reached B: {}", b.log_text()));
     assert!(tcp(c4, s4), "B passes the client unbanned on A");
     assert!(tcp(o4, os4));
+
+    // `block rm` then `block add` on B: the echo of B's unban (after its
+    // outbox ack) does not lift B's new ban, which every host enforces.
+    b.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    until_listed(&a, c4, true, Duration::from_secs(5)).expect("B's ban never reached A");
+    b.ok(&["block", "rm", &c4.to_string()]);
+    b.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+    settled(&[&a, &b]);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        banned_from(&b, c4).as_deref(),
+        Some(""),
+        "B lifted its own ban made after its unban: {}",
+        b.log_text()
+    );
+    assert!(!tcp(c4, s4), "B drops the client it banned again");
+    assert!(banned_from(&a, c4).is_some());
+
+    // A stale or replayed tombstone (dated 0) lifts nobody's later ban.
+    let stale = format!(r#"{{"cidr":"{c4}/32","lifted_at":0,"host":"evil"}}"#);
+    assert!(etcd.put_raw(&format!("{root}bans/lifted/{c4}/32"), stale.as_bytes()));
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(banned_from(&b, c4).as_deref(), Some(""), "{}", b.log_text());
+    assert!(!tcp(c4, s4), "the stale tombstone lifted B's ban");
 }

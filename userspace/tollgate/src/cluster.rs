@@ -195,8 +195,9 @@ pub enum Inbound {
     Allow(AllowRecord),
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
-    /// An operator's unban from anywhere (a tombstone written).
-    Remove(IpNet),
+    /// An operator's unban from anywhere (a tombstone written): it lifts
+    /// the decisions made at or before its `lifted_at`.
+    Remove(Lifted),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
     Acked(u64),
@@ -384,12 +385,19 @@ impl ClusterStore {
 }
 
 impl ClusterStore {
-    /// Queues an allowlist change in the durable outbox (published after a
-    /// restart when etcd was away), then for the cluster task.
+    /// Writes an allowlist change with its row in the durable outbox, in
+    /// one transaction (published after a restart when etcd was away: an
+    /// acknowledged entry is never local only), then for the cluster task.
     fn queue_allow(&mut self, change: Change) -> Result<(), StoreError> {
+        let (put, remove) = match &change {
+            Change::Allow(a) => (Some(a.clone()), None),
+            c => (None, Some(c.cidr())),
+        };
         let (q, rows) = self.number([change]);
+        self.inner
+            .apply_allow_queued(put.as_ref(), remove.as_ref(), &rows)?;
         self.send(q);
-        self.inner.apply_bans_queued(&[], &[], &rows)
+        Ok(())
     }
 }
 
@@ -446,11 +454,9 @@ impl Store for ClusterStore {
         self.inner.outbox_ack(upto)
     }
     fn put_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
-        self.inner.put_allow(record)?;
         self.queue_allow(Change::Allow(record.clone()))
     }
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), StoreError> {
-        self.inner.remove_allow(cidr)?;
         self.queue_allow(Change::Unallow(*cidr))
     }
     fn keep_allow(&mut self, record: &AllowRecord) -> Result<(), StoreError> {
@@ -822,6 +828,36 @@ pub fn decode_allow(prefix: &str, key: &[u8], value: &[u8]) -> Result<AllowRecor
 /// Most operations in one etcd transaction (etcd's default limit is 128).
 const TXN_OPS: usize = 100;
 
+/// Operations a change costs in its transaction at most: an unban writes
+/// its tombstone and deletes the record.
+fn ops(c: &Change) -> usize {
+    match c {
+        Change::Remove(_) => 2,
+        _ => 1,
+    }
+}
+
+/// How many of the first `pending` changes fit in `limit` operations (at
+/// least one: a single change never exceeds etcd's limit).
+fn batch_len<'a>(pending: impl IntoIterator<Item = &'a Change>, limit: usize) -> usize {
+    let mut used = 0;
+    let mut n = 0;
+    for c in pending {
+        used += ops(c);
+        if used > limit && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// etcd refused the transaction for its size (its --max-txn-ops is below
+/// this host's batch): a smaller batch goes through, the same one never.
+fn too_many_ops(e: &anyhow::Error) -> bool {
+    e.to_string().contains("too many operations in txn request")
+}
+
 impl Publisher {
     /// Takes what the agent queued; bans over the per-minute cap stay local.
     fn take(&mut self, cfg: &ClusterConfig, status: &SharedStatus, (seq, change): Queued) {
@@ -900,8 +936,9 @@ impl Publisher {
         cfg: &ClusterConfig,
         status: &SharedStatus,
     ) -> anyhow::Result<()> {
+        let mut limit = TXN_OPS;
         while !self.pending.is_empty() {
-            let n = self.pending.len().min(TXN_OPS);
+            let n = batch_len(self.pending.iter().map(|(_, c)| c), limit);
             let batch: Vec<Change> = self
                 .pending
                 .iter()
@@ -910,6 +947,14 @@ impl Publisher {
                 .collect();
             let puts = match self.write(client, cfg, status, &batch).await {
                 Ok(p) => p,
+                Err(e) if n > 1 && too_many_ops(&e) => {
+                    warn!(
+                        changes = n,
+                        "etcd refused a transaction this large (its --max-txn-ops); splitting it"
+                    );
+                    limit = (batch.iter().map(ops).sum::<usize>() / 2).max(1);
+                    continue;
+                }
                 Err(e) => {
                     // A lease that expired or vanished with etcd's data fails
                     // the whole transaction: grant fresh ones next time.
@@ -1134,6 +1179,29 @@ struct Read {
     revision: i64,
 }
 
+/// Most records a full read takes (twice the million bans an agent is
+/// built to hold): what a hostile or runaway writer adds past it is
+/// skipped, this host's own decisions on those prefixes stay.
+const MAX_RECORDS: usize = 2_000_000;
+/// Most tombstones a full read takes (one past it lifts nothing here).
+const MAX_TOMBSTONES: usize = 1_000_000;
+
+/// Takes one full-read entry unless its kind's cap is reached; false when
+/// it is skipped (counted, warned of once).
+fn under_cap(held: usize, cap: usize, what: &str, skipped: &mut u64) -> bool {
+    if held < cap {
+        return true;
+    }
+    if *skipped == 0 {
+        warn!(
+            cap,
+            "the fleet holds more {what} than a full read takes; the rest are skipped"
+        );
+    }
+    *skipped += 1;
+    false
+}
+
 /// Reads every record and tombstone under the prefix at one revision,
 /// page by page.
 async fn read_all(
@@ -1156,6 +1224,8 @@ async fn read_all(
     let mut lifted = Vec::new();
     let now = clock::unix_now();
     let mut skipped = 0;
+    // (records, tombstones) past the caps.
+    let mut over = (0, 0);
     loop {
         let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if revision > 0 {
@@ -1167,9 +1237,19 @@ async fn read_all(
         }
         for kv in resp.kvs() {
             match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                Ok(Entry::Record(Some(r))) => out.push(r),
+                Ok(Entry::Record(Some(r))) => {
+                    if under_cap(out.len(), MAX_RECORDS, "records", &mut over.0) {
+                        out.push(r);
+                    } else {
+                        unread.push(r.cidr);
+                    }
+                }
                 Ok(Entry::Record(None)) => {}
-                Ok(Entry::Lifted(l)) => lifted.push((l.cidr, l.lifted_at)),
+                Ok(Entry::Lifted(l)) => {
+                    if under_cap(lifted.len(), MAX_TOMBSTONES, "tombstones", &mut over.1) {
+                        lifted.push((l.cidr, l.lifted_at));
+                    }
+                }
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
@@ -1189,7 +1269,7 @@ async fn read_all(
             _ => break,
         }
     }
-    with_status(status, |s| s.view.skipped += skipped);
+    with_status(status, |s| s.view.skipped += skipped + over.0 + over.1);
     Ok(Read {
         records: out,
         unread,
@@ -1394,7 +1474,7 @@ async fn session(
                             Ok(Entry::Record(Some(r))) => Inbound::Put(r),
                             Ok(Entry::Record(None)) => continue,
                             // Written with the record's deletion, before it.
-                            Ok(Entry::Lifted(l)) => Inbound::Remove(l.cidr),
+                            Ok(Entry::Lifted(l)) => Inbound::Remove(l),
                             Err(e) => {
                                 warn!("skipped a fleet record: {e}");
                                 with_status(status, |s| s.view.skipped += 1);
@@ -1883,6 +1963,32 @@ mod tests {
         // A prefix wider than any reader takes is not shared at all.
         assert!(!shareable("10.0.0.0/4".parse().unwrap()));
         assert!(shareable(cidr));
+    }
+
+    #[test]
+    fn a_transaction_holds_at_most_txn_ops_operations() {
+        let c: IpNet = "198.18.0.1/32".parse().unwrap();
+        // 65 unbans are 130 operations: over etcd's default 128.
+        let unbans = vec![Change::Remove(c); 65];
+        let n = batch_len(&unbans, TXN_OPS);
+        assert_eq!(n, TXN_OPS / 2);
+        assert!(unbans[..n].iter().map(ops).sum::<usize>() <= TXN_OPS);
+        let withdrawals = vec![Change::Withdraw(c); 150];
+        assert_eq!(batch_len(&withdrawals, TXN_OPS), TXN_OPS);
+        // A split always makes progress: one change goes alone.
+        assert_eq!(batch_len(&unbans, 1), 1);
+        assert!(too_many_ops(&anyhow::anyhow!(
+            "grpc request error: status: InvalidArgument, message: \"etcdserver: too many operations in txn request\""
+        )));
+    }
+
+    #[test]
+    fn a_full_read_takes_at_most_its_cap() {
+        let mut over = 0;
+        let taken = (0..10)
+            .filter(|held| under_cap(*held.min(&3), 3, "records", &mut over))
+            .count();
+        assert_eq!((taken, over), (3, 7));
     }
 
     #[test]

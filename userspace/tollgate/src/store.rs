@@ -358,6 +358,27 @@ pub trait Store: Send {
         let _ = queued;
         self.apply_bans(put, remove)
     }
+    /// Writes the allow entry `put` or removes the one on `remove`,
+    /// appending `queued` to the outbox in the same transaction (as
+    /// [`Self::apply_bans_queued`] does for bans). The default does it in
+    /// two; stores that can should override it.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn apply_allow_queued(
+        &mut self,
+        put: Option<&AllowRecord>,
+        remove: Option<&IpNet>,
+        queued: &[(u64, Vec<u8>)],
+    ) -> Result<()> {
+        if let Some(r) = put {
+            self.put_allow(r)?;
+        }
+        if let Some(c) = remove {
+            self.remove_allow(c)?;
+        }
+        self.apply_bans_queued(&[], &[], queued)
+    }
     /// Every outbox entry, in sequence order.
     ///
     /// # Errors
@@ -991,20 +1012,38 @@ impl Store for RedbStore {
     }
 
     fn put_allow(&mut self, record: &AllowRecord) -> Result<()> {
-        let v = serde_json::to_vec(record).map_err(|e| io("encode")(&e))?;
-        self.write("allow entry", |w| {
-            let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
-            t.insert(record.cidr.to_string().as_str(), v.as_slice())
-                .map_err(|e| io("write")(&e))?;
-            Ok(())
-        })
+        self.apply_allow_queued(Some(record), None, &[])
     }
 
     fn remove_allow(&mut self, cidr: &IpNet) -> Result<()> {
-        self.write("allow removal", |w| {
+        self.apply_allow_queued(None, Some(cidr), &[])
+    }
+
+    fn apply_allow_queued(
+        &mut self,
+        put: Option<&AllowRecord>,
+        remove: Option<&IpNet>,
+        queued: &[(u64, Vec<u8>)],
+    ) -> Result<()> {
+        let v = put
+            .map(|r| serde_json::to_vec(r).map_err(|e| io("encode")(&e)))
+            .transpose()?;
+        self.write("allow entry", |w| {
             let mut t = w.open_table(ALLOWS).map_err(|e| io("write")(&e))?;
-            t.remove(cidr.to_string().as_str())
-                .map_err(|e| io("write")(&e))?;
+            if let (Some(r), Some(v)) = (put, &v) {
+                t.insert(r.cidr.to_string().as_str(), v.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            if let Some(c) = remove {
+                t.remove(c.to_string().as_str())
+                    .map_err(|e| io("write")(&e))?;
+            }
+            if !queued.is_empty() {
+                let mut o = w.open_table(OUTBOX).map_err(|e| io("write")(&e))?;
+                for (seq, v) in queued {
+                    o.insert(*seq, v.as_slice()).map_err(|e| io("write")(&e))?;
+                }
+            }
             Ok(())
         })
     }
@@ -1116,6 +1155,31 @@ mod tests {
         drop(s);
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(s.outbox().unwrap(), vec![(3, b"c".to_vec())]);
+    }
+
+    #[test]
+    fn an_allow_entry_and_its_outbox_row_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AllowRecord {
+            cidr: "198.18.9.0/24".parse().unwrap(),
+            reason: "ops".into(),
+            origin: "cli".into(),
+            created_at: 5,
+        };
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.apply_allow_queued(Some(&a), None, &[(1, b"a".to_vec())])
+                .unwrap();
+        }
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(
+            (s.allows().unwrap(), s.outbox().unwrap()),
+            (vec![a.clone()], vec![(1, b"a".to_vec())])
+        );
+        s.apply_allow_queued(None, Some(&a.cidr), &[(2, b"b".to_vec())])
+            .unwrap();
+        assert!(s.allows().unwrap().is_empty());
+        assert_eq!(s.outbox().unwrap().len(), 2);
     }
 
     #[test]

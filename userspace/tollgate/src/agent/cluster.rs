@@ -142,9 +142,9 @@ impl Link {
                                 st.cluster_put_many(std::mem::take(&mut puts));
                                 st.cluster_gone(&n);
                             }
-                            Inbound::Remove(n) => {
+                            Inbound::Remove(l) => {
                                 st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_remove(&n);
+                                st.cluster_remove(&l);
                             }
                             Inbound::Acked(upto) => st.cluster_acked(upto),
                             Inbound::Allows(list) => {

@@ -221,7 +221,7 @@ impl<M: Maps> AgentState<M> {
         }
         let now = clock::unix_now();
         let mut hist = self.rate.history.get(&net).cloned().unwrap_or_default();
-        hist.count += 1;
+        hist.count = hist.count.saturating_add(1);
         hist.last = now;
         let ttl = scoring.ttl(hist.count).as_secs();
         let rule = f

@@ -324,7 +324,7 @@ impl<M: Maps> AgentState<M> {
         }
         let now = clock::unix_now();
         let mut hist = self.rate.history.get(&cidr).cloned().unwrap_or_default();
-        hist.count += 1;
+        hist.count = hist.count.saturating_add(1);
         hist.last = now;
         let ttl = self.rate.escalation.ttl(hist.count);
         let reason = Reason::ALL

@@ -165,8 +165,16 @@ impl<M: Maps> AgentState<M> {
         let mut take = Vec::with_capacity(records.len());
         let mut enforce = Vec::with_capacity(records.len());
         let mut lift = Vec::new();
-        for (cidr, r) in records {
+        // A fleet record's offence count goes no further than this host's
+        // escalation ladder (its last step repeats; a hostile count must not
+        // overflow the next offence here).
+        let ladder = u32::try_from(self.rate.escalation.ttls.len()).unwrap_or(u32::MAX);
+        for (cidr, mut r) in records {
             let old = self.bans.get(&cidr);
+            if let Some(r) = r.as_mut() {
+                let cap = ladder.max(old.as_ref().map_or(0, |o| o.offences));
+                r.offences = r.offences.min(cap);
+            }
             match (r, old) {
                 (None, Some(_)) => lift.push(cidr),
                 (None, None) => {}
@@ -404,18 +412,47 @@ impl<M: Maps> AgentState<M> {
         }
     }
 
-    /// The fleet's record for `net` is gone (an operator's unban, or the
-    /// last decision withdrawn): every decision on it is lifted, except this
-    /// host's own ones still on their way to etcd. True when the kernel
-    /// entry was lifted.
-    pub fn cluster_remove(&mut self, net: &IpNet) -> bool {
+    /// An operator's unban (a tombstone): every decision on the prefix made
+    /// at or before it is lifted, as a full read does. This host's own
+    /// later ones stay (a `block add` after the unban: its Put that follows
+    /// is not taken back from the fleet), and so do all of them when the
+    /// unban was this host's (it lifted them locally already; its echo comes
+    /// after the outbox ack, often after a new ban). A queued own decision
+    /// the unban lifts is withdrawn from the outbox's way to the fleet.
+    /// True when the kernel entry was lifted.
+    pub fn cluster_remove(&mut self, tomb: &crate::cluster::Lifted) -> bool {
+        let net = &tomb.cidr;
         let Some(old) = self.bans.get(net) else {
             return false;
         };
-        let pending = old.any_decision(|d| d.host.is_none()) && self.in_flight().contains(net);
         let me = self.fleet_host();
-        let rest = merge(Some(&old), None, &me, |_| pending);
+        let mine = tomb.host == me;
+        let mut dropped = false;
+        let rest = merge(Some(&old), None, &me, |d| {
+            let keep = mine || d.created_at > tomb.lifted_at;
+            dropped |= !keep;
+            keep
+        });
+        if dropped && self.in_flight().contains(net) {
+            self.withdraw_queued(*net, rest.as_ref());
+        }
         self.settle(vec![(*net, rest)]).1 > 0
+    }
+
+    /// A queued own decision on `net` was lifted by an unban made after it:
+    /// the fleet gets this host's decisions as they are now (`rest`), so
+    /// the Put still in the outbox does not bring it back fleet-wide.
+    fn withdraw_queued(&mut self, net: IpNet, rest: Option<&BanRecord>) {
+        let Some(s) = self.store.as_mut() else {
+            return;
+        };
+        let r = match rest {
+            Some(r) => s.put_bans(std::slice::from_ref(r)),
+            None => s.apply_bans(&[], &[net]),
+        };
+        if let Err(e) = r {
+            warn!(cidr = %net, "a lifted ban's withdrawal not queued for the fleet: {e}");
+        }
     }
 
     /// A record's key is gone from etcd without an unban: the other hosts'
@@ -465,12 +502,13 @@ impl<M: Maps> AgentState<M> {
     /// Makes this host agree with the fleet's whole set: every record is
     /// laid over what this host holds; the other hosts' bans the set no
     /// longer holds are lifted. This host's own decisions stay where etcd
-    /// holds them, where they are still in the outbox or kept local
-    /// (`capped`: the per-minute cap, too wide to share, their record
-    /// unreadable); one etcd lacks is lifted when a tombstone (`lifted`: an
+    /// holds them; one etcd lacks is lifted when a tombstone (`lifted`: an
     /// operator's unban, unix seconds) at least as recent says so (an unban
-    /// elsewhere while this host was down or cut off), and published again
-    /// otherwise (etcd lost it: a wipe, a key deleted by hand, a restore from
+    /// elsewhere while this host was down or cut off), also when it is still
+    /// in the outbox (then withdrawn from it) or kept local; otherwise it
+    /// stays where it is still in the outbox or kept local (`capped`: the
+    /// per-minute cap, too wide to share, its record unreadable), and is
+    /// published again (etcd lost it: a wipe, a key deleted by hand, a restore from
     /// an old snapshot). Returns (applied, lifted).
     pub fn cluster_snapshot(
         &mut self,
@@ -479,7 +517,8 @@ impl<M: Maps> AgentState<M> {
         capped: &[IpNet],
     ) -> (usize, usize) {
         let me = self.fleet_host();
-        let mut keep = self.in_flight();
+        let queued = self.in_flight();
+        let mut keep = queued.clone();
         keep.extend(capped.iter().copied());
         let tombs: HashMap<IpNet, u64> = lifted.iter().copied().collect();
         let mut present: HashMap<IpNet, BanRecord> =
@@ -499,21 +538,29 @@ impl<M: Maps> AgentState<M> {
             |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_at);
         let mut out = Vec::new();
         let mut again = Vec::new();
+        let mut withdraw = Vec::new();
         for old in self.bans.values() {
             let cidr = old.cidr;
             let new = present.remove(&cidr);
             let held = keep.contains(&cidr);
-            let mut lost = false;
+            let (mut lost, mut dropped) = (false, false);
+            // In etcd it was written after any tombstone (the unban deletes
+            // the key in the same transaction); held back here (queued, cut
+            // off from etcd) it may be older than the unban, which wins.
             let merged = merge(Some(&old), new.as_ref(), &me, |d| {
-                if held || in_etcd(new.as_ref(), d) {
+                if in_etcd(new.as_ref(), d) {
                     return true;
                 }
                 if lifted_after(&cidr, d) {
+                    dropped = true;
                     return false;
                 }
-                lost = true;
+                lost |= !held;
                 true
             });
+            if dropped && queued.contains(&cidr) {
+                withdraw.push((cidr, merged.clone()));
+            }
             if lost && let Some(m) = &merged {
                 again.push(m.clone());
             }
@@ -523,6 +570,9 @@ impl<M: Maps> AgentState<M> {
         }
         // New to this host: as any fleet record (allowlist checked).
         let fresh: Vec<BanRecord> = present.into_values().collect();
+        for (cidr, rest) in withdraw {
+            self.withdraw_queued(cidr, rest.as_ref());
+        }
         let (mut applied, lifted) = self.settle(out);
         applied += self.cluster_put_many(fresh);
         let republished = again.len();

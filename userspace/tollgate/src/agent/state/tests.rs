@@ -451,7 +451,11 @@ fn escalation_counts_the_fleets_offences() {
         "{stored:?}"
     );
     // Lifted (as when it ends), then the client offends here.
-    assert!(a.state.cluster_remove(&client));
+    assert!(a.state.cluster_remove(&crate::cluster::Lifted {
+        cidr: client,
+        lifted_at: now,
+        host: "host-a".into(),
+    }));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
     assert_eq!(
         out,
@@ -461,6 +465,42 @@ fn escalation_counts_the_fleets_offences() {
         }
     );
     assert_eq!(a.ls()[0]["offences"], 3);
+}
+
+/// A fleet record's offence count is bounded by this host's ladder: a
+/// hostile u32::MAX neither overflows the next offence here nor shows.
+#[test]
+fn the_fleets_offence_counts_are_bounded() {
+    let mut a = Agent::new(Mode::Enforce);
+    let client = net("203.0.113.7");
+    let scoring = ScoringPolicy::default();
+    let now = clock::unix_now();
+    a.state.cluster_put_many(vec![BanRecord {
+        cidr: client,
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        expires_at: Some(now + 60),
+        offences: u32::MAX,
+        host: Some("host-a".into()),
+        also: Vec::new(),
+    }]);
+    let ladder = a.state.rate.escalation.ttls.len() as u32;
+    assert_eq!(a.ls()[0]["offences"], ladder);
+    assert!(a.state.cluster_remove(&crate::cluster::Lifted {
+        cidr: client,
+        lifted_at: now,
+        host: "host-a".into(),
+    }));
+    let out = a.state.policy_ban(client, &finding(client, None), &scoring);
+    assert_eq!(
+        out,
+        super::super::enforce::BanOutcome::Banned {
+            ttl_secs: scoring.ttl(ladder + 1).as_secs(),
+            offence: ladder + 1
+        }
+    );
 }
 
 #[test]
@@ -1233,19 +1273,54 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         Some(now + 6000)
     );
 
-    // `--local` and fleet removals are not sent; a plain unban is. The
-    // fleet's record gone, this host's own decision stays while it is still
-    // in the outbox (etcd gets it next), and goes once etcd had it.
+    // `--local` and fleet removals are not sent; a plain unban is. An
+    // unban from the fleet lifts the decisions made at or before it: this
+    // host's own later one stays, also once etcd had it (its Put comes
+    // after the tombstone's echo and is not taken back), and a stale or
+    // replayed tombstone lifts none of them; this host's own unban's echo
+    // lifts none of its own (they were made after it).
     a.ok(Request::BlockRm {
         cidr: "198.51.100.2".into(),
         local: true,
         exist: false,
     });
-    assert!(!a.state.cluster_remove(&net("198.51.100.1")));
-    let kept = a.state.ban(&net("198.51.100.1")).unwrap();
-    assert_eq!((kept.host.as_deref(), kept.also.len()), (None, 0));
+    let tomb = |cidr: &str, lifted_at: u64, host: &str| crate::cluster::Lifted {
+        cidr: net(cidr),
+        lifted_at,
+        host: host.into(),
+    };
+    let own_only = |a: &Agent, cidr: &str| {
+        let r = a.state.ban(&net(cidr)).unwrap();
+        (r.host.is_none(), r.also.len())
+    };
     a.state.cluster_acked(u64::MAX - 1);
-    assert!(a.state.cluster_remove(&net("198.51.100.1")) && sent().is_empty());
+    for t in [
+        tomb("198.51.100.1", now - 1, "host-a"),
+        tomb("198.51.100.1", 0, "host-a"),
+        tomb("198.51.100.1", now + 60, "host-b"),
+    ] {
+        a.state
+            .cluster_put_many(vec![remote("198.51.100.1", now + 6000)]);
+        assert!(!a.state.cluster_remove(&t), "{t:?}");
+        assert_eq!(own_only(&a, "198.51.100.1"), (true, 0), "{t:?}");
+    }
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.1", now + 60, "host-a"))
+            && sent().is_empty()
+    );
+    // Made before the unban but still in the outbox: lifted, and withdrawn
+    // from the fleet (its queued Put must not bring it back fleet-wide).
+    a.ban("198.51.100.1", Some(600));
+    sent();
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.1", now + 60, "host-a"))
+    );
+    assert!(
+        matches!(&sent()[..], [(_, Change::Withdraw(c))] if *c == net("198.51.100.1")),
+        "the lifted queued ban is withdrawn"
+    );
     a.ban("198.51.100.3", Some(600));
     a.ok(Request::BlockRm {
         cidr: "198.51.100.3".into(),
@@ -1321,17 +1396,22 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
             (net("198.51.100.8"), clock::unix_now()),
             // An older unban does not lift a later ban.
             (net("198.51.100.11"), now - 3600),
+            // A ban queued while cut off from etcd, made before an
+            // operator's unban elsewhere: lifted, not published again.
+            (net("198.51.100.5"), clock::unix_now() + 60),
         ],
         &[net("198.51.100.10")],
     );
-    assert_eq!((applied, lifted), (1, 2), "{:?}", a.ls());
+    assert_eq!((applied, lifted), (1, 3), "{:?}", a.ls());
     assert!(a.kernel("198.51.100.4").is_none() && a.kernel("198.51.100.8").is_none());
-    assert!(a.kernel("198.51.100.5").is_some() && a.kernel("198.51.100.10").is_some());
+    assert!(a.kernel("198.51.100.5").is_none() && a.kernel("198.51.100.10").is_some());
     assert!(a.kernel("198.51.100.6").is_some() && a.kernel("198.51.100.11").is_some());
-    assert_eq!(a.state.bans().count(), before - 1);
+    assert_eq!(a.state.bans().count(), before - 2);
+    let shared = sent();
     assert!(
-        matches!(&sent()[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.11")),
-        "only the ban etcd lost is shared again"
+        matches!(&shared[..], [(_, Change::Withdraw(w)), (_, Change::Put(r))]
+            if *w == net("198.51.100.5") && r.cidr == net("198.51.100.11")),
+        "only the ban etcd lost is shared again; the lifted queued one is withdrawn: {shared:?}"
     );
     assert_eq!(status.lock().unwrap().view.republished, 1);
 
