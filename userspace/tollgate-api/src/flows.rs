@@ -229,20 +229,33 @@ struct Pending {
     forwarding: Vec<(String, String)>,
 }
 
-/// Forwarding fields kept per HTTP/2 stream awaiting its response.
+/// Forwarding fields kept of each name (`X-Forwarded-For`, `Forwarded`)
+/// per HTTP/2 stream awaiting its response.
 const MAX_FORWARDING_FIELDS: usize = 4;
 /// Bytes kept of each: the end of the value, where the hop the proxy
 /// added (the one attribution reads) is.
 const MAX_FORWARDING_VALUE: usize = 512;
 
-/// The forwarding fields of a request, bounded: the last few, each cut to
-/// its last whole hops.
+/// The forwarding fields of a request, bounded: the last few of each name,
+/// each cut to its last whole hops. Counted per name, as the agent reads
+/// only the one its trusted proxy writes: fields of the other name, the
+/// client's own words passed along, cannot push the proxy's out.
 fn forwarding_of(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let (mut xff, mut fwd) = (0, 0);
     let mut out: Vec<(String, String)> = fields
         .iter()
-        .filter(|(n, _)| h2::is_forwarding(n))
         .rev()
-        .take(MAX_FORWARDING_FIELDS)
+        .filter(|(n, _)| {
+            let count = if n.eq_ignore_ascii_case("forwarded") {
+                &mut fwd
+            } else if h2::is_forwarding(n) {
+                &mut xff
+            } else {
+                return false;
+            };
+            *count += 1;
+            *count <= MAX_FORWARDING_FIELDS
+        })
         .map(|(n, v)| {
             let mut v = v.as_str();
             if v.len() > MAX_FORWARDING_VALUE {
@@ -1902,6 +1915,24 @@ mod tests {
         let later = stream(&mut f, u32::try_from(req.len()).unwrap(), &body, 1024, &[]);
         let r = later[0].request.as_ref().unwrap();
         assert_eq!(r.header("x-forwarded-for"), Some("198.18.9.1"));
+        // A client behind a proxy that writes X-Forwarded-For sends many
+        // `Forwarded` fields of its own (passed along before the proxy's
+        // field): the proxy's is still kept, so the response is still its
+        // client's; each name stays bounded.
+        let mut fields: Vec<(String, String)> = (0..10)
+            .map(|i| ("forwarded".into(), format!("for=198.18.7.{i}")))
+            .collect();
+        fields.push(("x-forwarded-for".into(), "198.18.9.1".into()));
+        fields.extend((0..10).map(|i| ("Forwarded".into(), format!("for=198.18.8.{i}"))));
+        let kept = forwarding_of(&fields);
+        let xff: Vec<_> = kept
+            .iter()
+            .filter(|(n, _)| n == "x-forwarded-for")
+            .collect();
+        assert_eq!(xff.len(), 1, "{kept:?}");
+        assert_eq!(xff[0].1, "198.18.9.1");
+        assert_eq!(kept.len(), 1 + MAX_FORWARDING_FIELDS, "{kept:?}");
+        assert_eq!(kept.last().unwrap().1, "for=198.18.8.9");
         // Long forwarding lists keep their last whole hops, bounded.
         let long = format!("{}198.18.9.7", "198.18.0.1, ".repeat(100));
         let kept = forwarding_of(&[("X-Forwarded-For".into(), long)]);

@@ -18,7 +18,14 @@
 //! decoder on its own (the `h2` crate keeps its HPACK module private) and
 //! lets us cap the dynamic table a peer may ask for.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use crate::http::{MAX_HEADER_BYTES, MAX_HEADERS, Request, Response, lossy, split_target};
 
@@ -42,6 +49,56 @@ pub const MAX_HPACK_BLOCK: usize = 4 * MAX_HEADER_BLOCK;
 /// CONTINUATION frames per header block kept: a flood of tiny ones costs a
 /// server (and us) work per frame for no data; the block is cut there.
 pub const MAX_CONTINUATIONS: u32 = 128;
+/// Bytes of open header blocks (and their frames being read) held at once
+/// by all the decoders sharing one [`Budget`] (by default every decoder of
+/// the process, so all of the agent's flows): past it,
+/// a header-block frame is cut as one past [`MAX_HPACK_BLOCK`] is, so many
+/// connections each holding an unfinished block cannot add up without bound.
+pub const MAX_BLOCK_BUDGET: usize = 16 << 20;
+
+/// The budget of every decoder made by [`Decoder::new`]: one per agent.
+static SHARED_BUDGET: std::sync::LazyLock<Arc<Budget>> =
+    std::sync::LazyLock::new(|| Budget::new(MAX_BLOCK_BUDGET));
+
+/// Bytes of header blocks held by the decoders that share it.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    #[must_use]
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes held now.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes up to `want` bytes; returns how many were granted.
+    fn take(&self, want: usize) -> usize {
+        let mut got = 0;
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                got = want.min(self.limit.saturating_sub(u));
+                Some(u + got)
+            });
+        got
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 /// Streams whose request is being collected at once; the oldest is judged
 /// as far as it went when another opens (servers allow ~100).
 pub const MAX_OPEN_STREAMS: usize = 128;
@@ -193,6 +250,8 @@ pub struct Counters {
     /// decoded within the bounds, so the table is out of step and later
     /// blocks are unknown.
     pub blocks_lost: u64,
+    /// Of `blocks_lost`, those cut because the shared [`Budget`] was spent.
+    pub blocks_over_budget: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -270,11 +329,20 @@ pub struct Decoder {
     /// The highest stream a HEADERS frame opened: a lower one carries trailers.
     last_stream: u32,
     body_cap: usize,
+    budget: Arc<Budget>,
+    /// Bytes taken from `budget` for the block being collected.
+    charged: usize,
     /// SETTINGS_HEADER_TABLE_SIZE this side announced last: it bounds the
     /// table the other direction's encoder may use.
     pub announced_table_size: Option<u32>,
     /// What was read.
     pub counters: Counters,
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        self.budget.give(self.charged);
+    }
 }
 
 impl Decoder {
@@ -301,8 +369,27 @@ impl Decoder {
             early: BTreeMap::new(),
             last_stream: 0,
             body_cap,
+            budget: SHARED_BUDGET.clone(),
+            charged: 0,
             announced_table_size: None,
             counters: Counters::default(),
+        }
+    }
+
+    /// Shares `budget` for the bytes of open header blocks.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.release();
+        self.budget = budget;
+        self
+    }
+
+    /// Gives back what the block held once it is done with.
+    fn release(&mut self) {
+        self.budget.give(self.charged);
+        self.charged = 0;
+        if self.payload.capacity() > MAX_HEADER_BLOCK {
+            self.payload = Vec::new();
         }
     }
 
@@ -395,7 +482,16 @@ impl Decoder {
     }
 
     /// Reads the next bytes of this direction, in order.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<Message>) {
+        self.feed_frames(data, out);
+        if self.block.is_none()
+            && !matches!(self.state, State::Payload(_) | State::PayloadCut { .. })
+        {
+            self.release();
+        }
+    }
+
+    fn feed_frames(&mut self, mut data: &[u8], out: &mut Vec<Message>) {
         while !data.is_empty() {
             match self.state {
                 State::Lost(_) => return,
@@ -635,11 +731,19 @@ impl Decoder {
             }
             HEADERS | CONTINUATION | PUSH_PROMISE
                 if f.len as usize + self.block.as_ref().map_or(0, |b| b.bytes.len())
-                    > MAX_HPACK_BLOCK =>
+                    > MAX_HPACK_BLOCK
+                    || !self.charge(f.len as usize) =>
             {
                 let held = self.block.as_ref().map_or(0, |b| b.bytes.len());
                 // At most MAX_HPACK_BLOCK, within u32.
-                let keep = MAX_HPACK_BLOCK.saturating_sub(held) as u32;
+                let room = MAX_HPACK_BLOCK.saturating_sub(held).min(f.len as usize);
+                // What is kept of a cut frame is charged too.
+                let kept = self.budget.take(room);
+                self.charged += kept;
+                if kept < room {
+                    self.counters.blocks_over_budget += 1;
+                }
+                let keep = kept as u32;
                 if keep == 0 {
                     self.frame_cut(f, &[], out);
                 } else {
@@ -662,6 +766,18 @@ impl Decoder {
         }
     }
 
+    /// Takes `n` bytes of the budget for the block being collected, all
+    /// or none.
+    fn charge(&mut self, n: usize) -> bool {
+        let got = self.budget.take(n);
+        if got < n {
+            self.budget.give(got);
+            return false;
+        }
+        self.charged += n;
+        true
+    }
+
     fn frame(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
         match f.ty {
             HEADERS | PUSH_PROMISE => {
@@ -680,7 +796,7 @@ impl Decoder {
                 // Past the bounds of what is judged, the block is still
                 // collected (up to MAX_HPACK_BLOCK) and decoded whole, so the
                 // table stays in step; end_block drops the fields past them.
-                b.continuations += 1;
+                b.continuations = b.continuations.saturating_add(1);
                 b.bytes.extend_from_slice(payload);
                 if f.flags & END_HEADERS != 0 {
                     self.end_block(out);
@@ -777,7 +893,7 @@ impl Decoder {
                 self.lose(Lost::Protocol);
                 return;
             };
-            b.continuations += 1;
+            b.continuations = b.continuations.saturating_add(1);
             b.bytes.extend_from_slice(payload);
         } else if !self.open_block(f, payload) {
             return;
@@ -799,6 +915,8 @@ impl Decoder {
         b.cut = true;
         let bytes = std::mem::take(&mut b.bytes);
         let (stream, end_stream, push) = (b.stream, b.end_stream, b.push);
+        // Nothing of the block is held past here.
+        self.release();
         self.counters.blocks_lost += 1;
         self.counters.header_blocks += 1;
         let fields = (!self.hpack_broken).then(|| decode_prefix(&mut self.hpack, &bytes));
@@ -1392,6 +1510,62 @@ mod tests {
         assert_eq!(d.lost(), Some(Lost::Gap));
         d.feed(&get(&mut enc, 5, "/x"), &mut out);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn continuation_count_saturates() {
+        // An endless run of empty CONTINUATION frames: the count stops at
+        // its top (never wraps or panics) and the block is still judged as
+        // past the bounds when it ends.
+        let mut d = Decoder::new(Side::Client, 16);
+        let mut bytes = start();
+        bytes.extend(frame(HEADERS, END_STREAM, 1, &[0x82, 0x84]));
+        feed_in(&mut d, &bytes, 4096);
+        if let Some(b) = &mut d.block {
+            b.continuations = u32::MAX - 2;
+        }
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            bytes.extend(frame(CONTINUATION, 0, 1, &[]));
+        }
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &[]));
+        let out = feed_in(&mut d, &bytes, 4096);
+        assert_eq!(paths(&out), ["/"]);
+        assert_eq!((d.lost(), d.counters.blocks_cut), (None, 1));
+    }
+
+    #[test]
+    fn open_blocks_share_one_budget() {
+        // Two connections each holding an unfinished header block: the
+        // second goes past the shared budget, is cut (its later blocks are
+        // unknown, counted) and the first is untouched. What a block held
+        // is given back when it ends or its decoder goes.
+        let budget = Budget::new(100_000);
+        let mut a = Decoder::new(Side::Client, 16).with_budget(budget.clone());
+        let mut b = Decoder::new(Side::Client, 16).with_budget(budget.clone());
+        let held = [start(), frame(HEADERS, END_STREAM, 1, &[0x82; 60_000])].concat();
+        feed_in(&mut a, &held, 16_384);
+        assert_eq!(budget.used(), 60_000);
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = held.clone();
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &[]));
+        bytes.extend(get(&mut enc, 3, "/next"));
+        let out = feed_in(&mut b, &bytes, 16_384);
+        assert_eq!(paths(&out).last().map(String::as_str), Some("?"));
+        assert!(b.blind());
+        assert_eq!(
+            (b.counters.blocks_lost, b.counters.blocks_over_budget),
+            (1, 1)
+        );
+        assert_eq!(budget.used(), 60_000);
+        let out = feed_in(&mut a, &frame(CONTINUATION, END_HEADERS, 1, &[0x84]), 7);
+        assert_eq!(paths(&out).len(), 1);
+        assert!(!a.blind());
+        assert_eq!(budget.used(), 0);
+        feed_in(&mut a, &frame(HEADERS, END_STREAM, 5, &[0x82; 1000]), 7);
+        assert_eq!(budget.used(), 1000);
+        drop(a);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -124,8 +124,9 @@ fn run_agent(args: AgentArgs, socket: PathBuf) -> ExitCode {
     };
     if let Some(d) = &args.descriptor_set {
         // Refused at start, with the reason, like a bad policy file.
-        if let Err(e) = crate::grpc::read_descriptor_set(d) {
-            return usage_error(format!("--descriptor-set: {e}"));
+        match crate::grpc::read_descriptor_set(d) {
+            Ok(schema) => policy.grpc.schema = Some(std::sync::Arc::new(schema)),
+            Err(e) => return usage_error(format!("--descriptor-set: {e}")),
         }
         policy.grpc.descriptor_set = Some(d.clone());
     }

@@ -79,8 +79,11 @@ impl Pipeline {
 
     /// Names gRPC methods and fields after a descriptor set.
     #[must_use]
-    pub fn with_protobuf(mut self, schema: Option<tollgate_detect::ProtoSchema>) -> Self {
-        self.proto = schema.map(std::sync::Arc::new);
+    pub fn with_protobuf(
+        mut self,
+        schema: Option<std::sync::Arc<tollgate_detect::ProtoSchema>>,
+    ) -> Self {
+        self.proto = schema;
         self.engine = std::mem::replace(&mut self.engine, Engine::new(DetectConfig::default()))
             .with_protobuf(self.proto.clone());
         self
@@ -154,12 +157,13 @@ impl Pipeline {
             })?),
             None => None,
         };
-        let proto = match &p.grpc.descriptor_set {
-            Some(path) => Some(
+        let proto = match (&p.grpc.schema, &p.grpc.descriptor_set) {
+            (Some(schema), _) => Some(schema.clone()),
+            (None, Some(path)) => Some(std::sync::Arc::new(
                 crate::grpc::read_descriptor_set(path)
                     .map_err(|e| anyhow::anyhow!("grpc.descriptor_set: {e}"))?,
-            ),
-            None => None,
+            )),
+            (None, None) => None,
         };
         Self::new(
             p.detectors.clone(),

@@ -7,14 +7,34 @@ use std::path::Path;
 
 use tollgate_detect::{ProtoMessage, ProtoMethod, ProtoSchema};
 
+/// The largest descriptor set read: the descriptors of a large API with
+/// all its imports are a few MiB; a file past it (or `/dev/zero`) is
+/// refused rather than read into memory whole.
+pub const MAX_DESCRIPTOR_SET_BYTES: u64 = 16 << 20;
+
 /// Reads a descriptor set. A file that does not decode as one, or declares
 /// no service method, is refused: it is not what the user meant.
 ///
 /// # Errors
 /// What is wrong with the file, naming it.
 pub fn read_descriptor_set(path: &Path) -> Result<ProtoSchema, String> {
+    use std::io::Read as _;
+
     use prost::Message as _;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cannot = |e| format!("cannot read {}: {e}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_DESCRIPTOR_SET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_DESCRIPTOR_SET_BYTES {
+        return Err(format!(
+            "{}: larger than {} MiB, not a descriptor set of services",
+            path.display(),
+            MAX_DESCRIPTOR_SET_BYTES >> 20
+        ));
+    }
     let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).map_err(|e| {
         format!(
             "{}: not a protobuf descriptor set (protoc --descriptor_set_out): {e}",

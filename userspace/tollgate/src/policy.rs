@@ -522,6 +522,10 @@ pub struct GrpcPolicy {
     /// inventory marks gRPC methods documented, shadow or unused, and
     /// findings in request fields are located by field name.
     pub descriptor_set: Option<PathBuf>,
+    /// The descriptor set as read when the policy was loaded: the file is
+    /// read once per load, never again between checking and using it.
+    #[serde(skip)]
+    pub schema: Option<std::sync::Arc<tollgate_detect::ProtoSchema>>,
 }
 
 /// A field (`grpc.descriptor_set`) of the file at `path` that is invalid,
@@ -591,8 +595,9 @@ impl Policy {
             *doc = dir.join(&*doc);
         }
         if let Some(doc) = &p.grpc.descriptor_set {
-            crate::grpc::read_descriptor_set(doc)
+            let schema = crate::grpc::read_descriptor_set(doc)
                 .map_err(|m| invalid_at(path, &text, "grpc.descriptor_set", m))?;
+            p.grpc.schema = Some(std::sync::Arc::new(schema));
         }
         if let Some(doc) = &p.graphql.schema {
             let invalid = |message: String| PolicyError::Invalid {
@@ -954,6 +959,39 @@ mod tests {
         std::fs::write(&file, "grpc:\n  descriptor_set: absent.pb\n").unwrap();
         let e = Policy::load(&file).unwrap_err().to_string();
         assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_descriptor_set_is_read_once_per_load() {
+        use prost::Message as _;
+        use prost_types::{
+            FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
+        };
+        let set = FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                name: Some("h.proto".into()),
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Health".into()),
+                    method: vec![MethodDescriptorProto {
+                        name: Some("Check".into()),
+                        ..MethodDescriptorProto::default()
+                    }],
+                    ..ServiceDescriptorProto::default()
+                }],
+                ..FileDescriptorProto::default()
+            }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pb = dir.path().join("api.pb");
+        std::fs::write(&pb, set.encode_to_vec()).unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, "grpc:\n  descriptor_set: api.pb\n").unwrap();
+        let p = Policy::load(&file).unwrap();
+        // Replaced after the check: what was checked is what is used.
+        std::fs::write(&pb, "not a descriptor set").unwrap();
+        let schema = p.grpc.schema.clone().unwrap();
+        assert!(schema.methods.contains_key("/Health/Check"));
+        assert!(crate::engine::Pipeline::from_policy(&p).is_ok());
     }
 
     #[test]

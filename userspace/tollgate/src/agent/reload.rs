@@ -200,7 +200,9 @@ impl Reloader {
     fn apply(&mut self, mut p: Policy, state: &Arc<Mutex<AgentState>>) -> Result<String, String> {
         let path = self.config.clone().unwrap_or_default();
         if let Some(d) = &self.opts.descriptor_set {
+            // The flag's file, read when the pipeline is built.
             p.grpc.descriptor_set = Some(d.clone());
+            p.grpc.schema = None;
         }
         let mut lifted = lifted_detectors(&self.current, &p);
         let pipeline = crate::engine::Pipeline::from_policy(&p)

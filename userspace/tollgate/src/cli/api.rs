@@ -444,6 +444,15 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(e.contains("cannot read"), "{e}");
+        // A file past the cap is refused unread, endless ones included.
+        let big = dir.path().join("big");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(crate::grpc::MAX_DESCRIPTOR_SET_BYTES + 1))
+            .unwrap();
+        for p in [big.as_path(), Path::new("/dev/zero")] {
+            let e = read_descriptor_set(p).err().unwrap_or_default();
+            assert!(e.contains("larger than 16 MiB"), "{e}");
+        }
     }
 
     #[test]
