@@ -821,6 +821,10 @@ fn json_string_prefix(text: &str, key: &str) -> Option<String> {
             Some(b'n') => out.push(b'\n'),
             Some(b't') => out.push(b'\t'),
             Some(b'r') => out.push(b'\r'),
+            // Form feed and backspace reach the server as such (whitespace to
+            // SQL between two keywords), not as the letters.
+            Some(b'b') => out.push(0x08),
+            Some(b'f') => out.push(0x0c),
             Some(b'u') => {
                 let hex = b
                     .get(at + 2..at + 6)

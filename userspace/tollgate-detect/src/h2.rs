@@ -421,6 +421,8 @@ impl Decoder {
         self.state = State::Lost(why);
         self.payload = Vec::new();
         self.block = None;
+        self.budget.give(self.charged);
+        self.charged = 0;
     }
 
     /// Bytes from the current position that are not needed: DATA of a stream
@@ -724,6 +726,8 @@ impl Decoder {
                 // The rest of a block already judged as far as it went.
                 if f.flags & END_HEADERS != 0 {
                     self.block = None;
+                    self.budget.give(self.charged);
+                    self.charged = 0;
                 }
                 if f.len > 0 {
                     self.state = State::Skip(f.len);
@@ -969,6 +973,12 @@ impl Decoder {
         let Some(block) = self.block.take() else {
             return;
         };
+        // The block is whole: what it held goes back now, not when a write
+        // happens to end between frames (a client that always ends its
+        // writes mid-frame would otherwise pile its blocks onto the budget
+        // every connection shares, until HTTP/2 decoding stopped for all).
+        self.budget.give(self.charged);
+        self.charged = 0;
         self.counters.header_blocks += 1;
         let stream = block.stream;
         // Past the bounds a server reads: decoded whole all the same (the
@@ -1566,6 +1576,32 @@ mod tests {
         assert_eq!(budget.used(), 1000);
         drop(a);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn writes_that_end_mid_frame_hold_one_block_of_the_budget() {
+        // Every write ends inside the next frame, so the decoder is never
+        // between frames when a write ends: each block's share still goes
+        // back when the block ends, and 200 requests of about 1 KiB decode
+        // through a budget of 4 KiB.
+        let budget = Budget::new(4096);
+        let mut d = Decoder::new(Side::Client, 16).with_budget(budget.clone());
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        let long = format!("/{}", "a".repeat(1000));
+        for i in 0..200u32 {
+            bytes.extend(get(&mut enc, 2 * i + 1, &format!("{long}{i}")));
+        }
+        let out = feed_in(&mut d, &bytes, 997);
+        let p = paths(&out);
+        assert_eq!(p.len(), 200);
+        assert!(
+            p.iter().all(|p| p.starts_with(&long)),
+            "{:?}",
+            &p[p.len() - 3..]
+        );
+        assert!(!d.blind());
+        assert!(budget.used() <= 2048, "{}", budget.used());
     }
 
     #[test]

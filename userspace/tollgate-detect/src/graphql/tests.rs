@@ -697,7 +697,7 @@ fn padding_is_compacted_and_changes_nothing() {
 /// serde_json reads; cut anywhere, a prefix of that (never a byte more).
 #[test]
 fn a_cut_query_string_is_unescaped_as_json_reads_it() {
-    let doc = "mutation { l0: login(p: \"a\\\\b \\\"q\\\" é ✓ 😀\") { t } }\n\t# \u{1}";
+    let doc = "mutation { l0: login(p: \"a\\\\b \\\"q\\\" é ✓ 😀 UNION\u{c}SELECT\u{8}\") { t } }\n\t# \u{1}";
     let json = format!(r#"{{"query":{}}}"#, serde_json::to_string(doc).unwrap())
         .replace('é', "\\u00e9")
         .replace('/', "\\/");

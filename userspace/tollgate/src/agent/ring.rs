@@ -49,7 +49,11 @@ impl Reader {
         max: usize,
         mut record: impl FnMut(&[u8]),
     ) -> anyhow::Result<()> {
-        if !std::mem::take(&mut self.backlog) {
+        if std::mem::take(&mut self.backlog) {
+            // Behind: read on without waiting, but let the runtime's other
+            // tasks (the ban and fleet writers this work wakes) run first.
+            tokio::task::yield_now().await;
+        } else {
             let ready = match wait {
                 None => Some(self.fd.readable_mut().await?),
                 Some(w) => match tokio::time::timeout(w, self.fd.readable_mut()).await {
