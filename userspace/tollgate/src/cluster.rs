@@ -352,16 +352,26 @@ impl ClusterStore {
     }
 
     fn send(&self, changes: Vec<Queued>) {
-        let mut n = 0;
+        if changes.is_empty() {
+            return;
+        }
+        // Counted before they are sent: the publisher may take, publish and
+        // uncount them before this thread runs again, and a count added
+        // after that (the subtraction saturates at 0) stayed for good.
+        let n = changes.len() as u64;
+        with_status(&self.status, |s| s.view.outbox += n);
+        let mut closed = 0;
         for c in changes {
             // A closed outbox means the cluster task is gone (shutdown): the
             // local write (and its outbox entry) stands either way.
-            if self.outbox.send(c).is_ok() {
-                n += 1;
+            if self.outbox.send(c).is_err() {
+                closed += 1;
             }
         }
-        if n > 0 {
-            with_status(&self.status, |s| s.view.outbox += n);
+        if closed > 0 {
+            with_status(&self.status, |s| {
+                s.view.outbox = s.view.outbox.saturating_sub(closed);
+            });
         }
     }
 
