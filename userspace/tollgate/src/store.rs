@@ -456,6 +456,20 @@ const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("allows");
 const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
 const OFFENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("offences");
+
+/// Writes `rows` (key, encoded value) into `table` within `w`.
+fn insert_rows(
+    w: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    rows: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let mut t = w.open_table(table).map_err(|e| io("write")(&e))?;
+    for (k, v) in rows {
+        t.insert(k.as_str(), v.as_slice())
+            .map_err(|e| io("write")(&e))?;
+    }
+    Ok(())
+}
 /// Fleet changes not yet in etcd, by sequence number.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
@@ -851,14 +865,7 @@ impl Store for RedbStore {
         for r in records {
             rows.push((r.cidr.to_string(), encode_ban(r)));
         }
-        self.write("ban", |w| {
-            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
-            for (k, v) in &rows {
-                t.insert(k.as_str(), v.as_slice())
-                    .map_err(|e| io("write")(&e))?;
-            }
-            Ok(())
-        })
+        self.write("ban", |w| insert_rows(w, BANS, &rows))
     }
 
     fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<()> {
@@ -1071,14 +1078,7 @@ impl Store for RedbStore {
             rows.push((c.to_string(), v));
         }
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.write("offences", |w| {
-            let mut t = w.open_table(OFFENCES).map_err(|e| io("write")(&e))?;
-            for (k, v) in &rows {
-                t.insert(k.as_str(), v.as_slice())
-                    .map_err(|e| io("write")(&e))?;
-            }
-            Ok(())
-        })
+        self.write("offences", |w| insert_rows(w, OFFENCES, &rows))
     }
 
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {
