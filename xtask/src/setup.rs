@@ -299,15 +299,23 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// `protoc` (Debian's `protobuf-compiler`): the etcd client crate compiles
-/// etcd's gRPC definitions when the agent is built.
+/// Where Debian's `libprotobuf-dev` puts protobuf's own definitions.
+const PROTOBUF_INCLUDES: &str = "/usr/include/google/protobuf/descriptor.proto";
+
+/// `protoc` (Debian's `protobuf-compiler`) and protobuf's own definitions
+/// (`libprotobuf-dev`, only a recommendation of the compiler's package):
+/// the etcd client crate compiles etcd's gRPC definitions, which import
+/// them, when the agent is built.
 fn protoc() -> anyhow::Result<()> {
-    if output(Command::new("sh").args(["-c", "command -v protoc"])).is_some() {
-        ok("protoc (etcd client build)");
+    let have_protoc = output(Command::new("sh").args(["-c", "command -v protoc"])).is_some();
+    let have_includes = std::path::Path::new(PROTOBUF_INCLUDES).exists();
+    if have_protoc && have_includes {
+        ok("protoc and protobuf's definitions (etcd client build)");
         return Ok(());
     }
-    apt_install(&["protobuf-compiler"]).context("failed to install protobuf-compiler")?;
-    did("installed protobuf-compiler (protoc)");
+    apt_install(&["protobuf-compiler", "libprotobuf-dev"])
+        .context("failed to install protobuf-compiler and libprotobuf-dev")?;
+    did("installed protobuf-compiler (protoc) and libprotobuf-dev");
     Ok(())
 }
 
