@@ -54,6 +54,7 @@ pub const MAX_CONTINUATIONS: u32 = 128;
 /// the process, so all of the agent's flows): past it,
 /// a header-block frame is cut as one past [`MAX_HPACK_BLOCK`] is, so many
 /// connections each holding an unfinished block cannot add up without bound.
+/// Bytes are charged as they arrive: holding a share takes sending it.
 pub const MAX_BLOCK_BUDGET: usize = 16 << 20;
 
 /// The budget of every decoder made by [`Decoder::new`]: one per agent.
@@ -114,6 +115,11 @@ const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PUSH_PROMISE: u8 = 5;
 const CONTINUATION: u8 = 9;
+
+/// Frames that carry a header block's bytes.
+fn is_block(ty: u8) -> bool {
+    matches!(ty, HEADERS | CONTINUATION | PUSH_PROMISE)
+}
 
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -529,6 +535,21 @@ impl Decoder {
                 State::Payload(f) => {
                     let len = f.len as usize;
                     let k = (len - self.payload.len()).min(data.len());
+                    if is_block(f.ty) {
+                        // A header block's bytes take the shared budget as
+                        // they arrive, not as its frames declare them: a
+                        // declared length alone holds nothing.
+                        let got = self.take_budget(k);
+                        if got < k {
+                            self.counters.blocks_over_budget += 1;
+                            self.payload.extend_from_slice(&data[..got]);
+                            data = &data[got..];
+                            let keep = self.payload.len() as u32;
+                            self.state = State::PayloadCut { f, keep };
+                            self.cut_if_full(f, keep, out);
+                            continue;
+                        }
+                    }
                     self.payload.extend_from_slice(&data[..k]);
                     data = &data[k..];
                     if self.payload.len() == len {
@@ -540,16 +561,18 @@ impl Decoder {
                         self.payload.clear();
                     }
                 }
-                State::PayloadCut { f, keep } => {
+                State::PayloadCut { f, mut keep } => {
                     let k = (keep as usize - self.payload.len()).min(data.len());
-                    self.payload.extend_from_slice(&data[..k]);
-                    data = &data[k..];
-                    if self.payload.len() == keep as usize {
-                        let payload = std::mem::take(&mut self.payload);
-                        self.frame_cut(f, &payload, out);
-                        self.payload = payload;
-                        self.payload.clear();
+                    let got = self.take_budget(k);
+                    if got < k {
+                        self.counters.blocks_over_budget += 1;
+                        // Within `keep`, a u32.
+                        keep = (self.payload.len() + got) as u32;
+                        self.state = State::PayloadCut { f, keep };
                     }
+                    self.payload.extend_from_slice(&data[..got]);
+                    data = &data[got..];
+                    self.cut_if_full(f, keep, out);
                 }
                 State::DataPadLen(f) => {
                     let pad = u32::from(data[0]);
@@ -735,19 +758,12 @@ impl Decoder {
             }
             HEADERS | CONTINUATION | PUSH_PROMISE
                 if f.len as usize + self.block.as_ref().map_or(0, |b| b.bytes.len())
-                    > MAX_HPACK_BLOCK
-                    || !self.charge(f.len as usize) =>
+                    > MAX_HPACK_BLOCK =>
             {
                 let held = self.block.as_ref().map_or(0, |b| b.bytes.len());
-                // At most MAX_HPACK_BLOCK, within u32.
-                let room = MAX_HPACK_BLOCK.saturating_sub(held).min(f.len as usize);
-                // What is kept of a cut frame is charged too.
-                let kept = self.budget.take(room);
-                self.charged += kept;
-                if kept < room {
-                    self.counters.blocks_over_budget += 1;
-                }
-                let keep = kept as u32;
+                // At most MAX_HPACK_BLOCK, within u32; charged as it
+                // arrives, like any header block.
+                let keep = MAX_HPACK_BLOCK.saturating_sub(held).min(f.len as usize) as u32;
                 if keep == 0 {
                     self.frame_cut(f, &[], out);
                 } else {
@@ -770,16 +786,22 @@ impl Decoder {
         }
     }
 
-    /// Takes `n` bytes of the budget for the block being collected, all
-    /// or none.
-    fn charge(&mut self, n: usize) -> bool {
+    /// Takes up to `n` bytes of the budget for the block being collected;
+    /// what it got.
+    fn take_budget(&mut self, n: usize) -> usize {
         let got = self.budget.take(n);
-        if got < n {
-            self.budget.give(got);
-            return false;
+        self.charged += got;
+        got
+    }
+
+    /// A cut frame whose kept bytes are all in: judged as far as it went.
+    fn cut_if_full(&mut self, f: Frame, keep: u32, out: &mut Vec<Message>) {
+        if self.payload.len() == keep as usize {
+            let payload = std::mem::take(&mut self.payload);
+            self.frame_cut(f, &payload, out);
+            self.payload = payload;
+            self.payload.clear();
         }
-        self.charged += n;
-        true
     }
 
     fn frame(&mut self, f: Frame, payload: &[u8], out: &mut Vec<Message>) {
@@ -1575,6 +1597,36 @@ mod tests {
         feed_in(&mut a, &frame(HEADERS, END_STREAM, 5, &[0x82; 1000]), 7);
         assert_eq!(budget.used(), 1000);
         drop(a);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_declared_length_alone_holds_none_of_the_budget() {
+        // 64 connections each declare a header block as large as one may
+        // be and send a few bytes of it: they hold what they sent, not what
+        // they declared, and another connection's requests still decode.
+        let budget = Budget::new(MAX_HPACK_BLOCK);
+        let mut stalled = Vec::new();
+        for _ in 0..64 {
+            let mut d = Decoder::new(Side::Client, 16).with_budget(budget.clone());
+            let mut f = frame(HEADERS, END_STREAM, 1, &[0x82; 16]);
+            // The frame header claims the largest block.
+            let len = u32::try_from(MAX_HPACK_BLOCK).unwrap().to_be_bytes();
+            f[..3].copy_from_slice(&len[1..]);
+            feed_in(&mut d, &[start(), f].concat(), 7);
+            stalled.push(d);
+        }
+        assert_eq!(budget.used(), 64 * 16);
+        let mut d = Decoder::new(Side::Client, 16).with_budget(budget.clone());
+        let mut enc = loona_hpack::Encoder::new();
+        let mut bytes = start();
+        bytes.extend(get(&mut enc, 1, &format!("/{}", "a".repeat(60_000))));
+        bytes.extend(get(&mut enc, 3, "/next"));
+        let out = feed_in(&mut d, &bytes, 1500);
+        assert_eq!(paths(&out).len(), 2);
+        assert_eq!(paths(&out)[1], "/next");
+        assert!(!d.blind() && d.counters.blocks_over_budget == 0);
+        drop(stalled);
         assert_eq!(budget.used(), 0);
     }
 
