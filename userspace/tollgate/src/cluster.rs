@@ -34,7 +34,7 @@ use etcd_client::{
 };
 use ipnet::IpNet;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     clock,
@@ -862,10 +862,18 @@ fn batch_len<'a>(pending: impl IntoIterator<Item = &'a Change>, limit: usize) ->
     n
 }
 
-/// etcd refused the transaction for its size (its --max-txn-ops is below
-/// this host's batch): a smaller batch goes through, the same one never.
-fn too_many_ops(e: &anyhow::Error) -> bool {
-    e.to_string().contains("too many operations in txn request")
+/// etcd refused the transaction for its size (its --max-txn-ops or
+/// --max-request-bytes is below this host's batch, or gRPC's message limit
+/// is): a smaller batch goes through, the same one never.
+fn too_big(e: &anyhow::Error) -> bool {
+    let e = format!("{e:#}");
+    [
+        "too many operations in txn request",
+        "request is too large",
+        "message larger than max",
+    ]
+    .iter()
+    .any(|m| e.contains(m))
 }
 
 impl Publisher {
@@ -957,12 +965,27 @@ impl Publisher {
                 .collect();
             let puts = match self.write(client, cfg, status, &batch).await {
                 Ok(p) => p,
-                Err(e) if n > 1 && too_many_ops(&e) => {
+                Err(e) if n > 1 && too_big(&e) => {
                     warn!(
                         changes = n,
-                        "etcd refused a transaction this large (its --max-txn-ops); splitting it"
+                        "etcd refused a transaction this large (its --max-txn-ops or --max-request-bytes); splitting it"
                     );
                     limit = (batch.iter().map(ops).sum::<usize>() / 2).max(1);
+                    continue;
+                }
+                Err(e) if too_big(&e) => {
+                    // One change alone is more than this etcd takes: sent
+                    // again it would be refused again, and hold every later
+                    // change back for good. It stays on this host only.
+                    error!(
+                        cidr = %batch.first().map_or_else(String::new, |c| c.cidr().to_string()),
+                        "etcd refuses even this one change ({e:#}); it stays on this host, unshared (raise etcd's --max-txn-ops / --max-request-bytes)"
+                    );
+                    self.pending.pop_front();
+                    with_status(status, |s| {
+                        s.view.outbox = s.view.outbox.saturating_sub(1);
+                        s.view.unshared += 1;
+                    });
                     continue;
                 }
                 Err(e) => {
@@ -1987,8 +2010,14 @@ mod tests {
         assert_eq!(batch_len(&withdrawals, TXN_OPS), TXN_OPS);
         // A split always makes progress: one change goes alone.
         assert_eq!(batch_len(&unbans, 1), 1);
-        assert!(too_many_ops(&anyhow::anyhow!(
+        assert!(too_big(&anyhow::anyhow!(
             "grpc request error: status: InvalidArgument, message: \"etcdserver: too many operations in txn request\""
+        )));
+        assert!(too_big(&anyhow::anyhow!(
+            "grpc request error: status: InvalidArgument, message: \"etcdserver: request is too large\""
+        )));
+        assert!(!too_big(&anyhow::anyhow!(
+            "grpc request error: status: Unavailable, message: \"etcdserver: leader changed\""
         )));
     }
 
