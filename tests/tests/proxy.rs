@@ -38,14 +38,21 @@ impl Haproxy {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("haproxy.cfg");
+        // One server connection per client connection, unless the test
+        // asks for reuse (HAProxy's mode is the more closing of frontend's
+        // and backend's, so the default stays off both).
+        let per_client = if backend_opts.contains("http-reuse") {
+            ""
+        } else {
+            "  option http-server-close\n  http-reuse never\n"
+        };
         std::fs::write(
             &cfg,
             format!(
                 "global\n  maxconn 256\n\
-                 defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 1500ms\n  \
-                 option http-server-close\n\
+                 defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 1500ms\n\
                  frontend fe\n  bind {listen}\n  default_backend be\n\
-                 backend be\n  http-reuse never\n{backend_opts}  server api {api} {server_opts}\n"
+                 backend be\n{per_client}{backend_opts}  server api {api} {server_opts}\n"
             ),
         )
         .unwrap();
@@ -162,9 +169,9 @@ impl Env {
 
 const SQLI: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
 
-/// The attacker behind the proxy is banned and its requests stop; the other
-/// client keeps working; the proxy is never in the blocklist.
-fn attacker_is_cut_off_alone(e: &Env) {
+/// Both clients are served, then the attacker's injection gets it banned
+/// (and never the proxy).
+fn good_then_attacker(e: &Env) {
     assert!(e.ok(e.good, "/items?id=5"), "good client before");
     assert!(e.ok(e.bad, "/items?id=6"), "attacker before its attack");
     e.via_proxy(e.bad, SQLI);
@@ -175,6 +182,12 @@ fn attacker_is_cut_off_alone(e: &Env) {
         e.agent.log_text()
     );
     assert!(!e.banned(e.proxy_ip), "the proxy was banned");
+}
+
+/// The attacker behind the proxy is banned and its requests stop; the other
+/// client keeps working; the proxy is never in the blocklist.
+fn attacker_is_cut_off_alone(e: &Env) {
+    good_then_attacker(e);
     // Its next requests through the proxy are dropped in the kernel (the
     // proxy times out and answers 504), the other client's pass.
     for i in 0..3 {
@@ -223,6 +236,7 @@ tollgate_tests::on_both_hooks!(
     a_banned_client_padding_its_head_past_the_first_packets_is_stopped,
     a_forged_forwarded_for_from_a_direct_client_does_not_shift_blame,
     a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else,
+    a_connection_the_proxy_shares_between_clients_is_not_cut_for_one,
 );
 
 fn proxy_protocol_v1_clients_are_judged_one_by_one(hook: Hook) {
@@ -331,4 +345,26 @@ fn a_forwarded_header_passed_through_an_x_forwarded_for_proxy_blames_nobody_else
         e.bans()
     );
     assert!(e.ok(e.good, "/items?id=1"), "the neighbour is cut off");
+}
+
+/// HAProxy reusing one server connection for every client (`http-reuse
+/// always`, keep-alive to the server): the benign client's requests opened
+/// it. The attacker's injection on it bans the attacker, and the connection
+/// is not cut for it: that would cut the benign client's requests too.
+fn a_connection_the_proxy_shares_between_clients_is_not_cut_for_one(hook: Hook) {
+    let e = env(hook, "", "  option forwardfor\n  http-reuse always\n");
+    good_then_attacker(&e);
+    let status = e.agent.json(&["status"]);
+    assert!(
+        status["sampling"]["proxied_shared"].as_u64().unwrap_or(0) > 0,
+        "the proxy did not share its connection (the test needs it to): {status}"
+    );
+    for i in 0..5 {
+        assert!(
+            e.ok(e.good, &format!("/items?id={i}")),
+            "the good client was cut off with the attacker's shared connection"
+        );
+    }
+    let served = e.server.served();
+    assert!(served.iter().any(|p| p == "/items?id=4"), "{served:?}");
 }

@@ -286,6 +286,8 @@ struct Flow {
     real: Option<IpAddr>,
     /// The client a forwarding header named last.
     forwarded: Option<IpAddr>,
+    /// Forwarding headers named more than one client on this connection.
+    shared: bool,
     /// Requests come from the socket (stream records); packets sampled at
     /// the NIC in that direction are duplicates and ignored.
     streamed: bool,
@@ -320,6 +322,14 @@ struct Flow {
 }
 
 type FlowId = (IpAddr, u16, IpAddr, u16);
+
+impl Flow {
+    /// One client's connection as far as is known: no second client named
+    /// on it, and not HTTP/2 (multiplexed).
+    fn alone(&self) -> bool {
+        !self.shared && self.h2.is_none() && self.h2_resp.is_none()
+    }
+}
 
 /// All flows being followed.
 pub struct Flows {
@@ -370,11 +380,31 @@ impl Flows {
     }
 
     /// Remembers the real client of a flow from a trusted proxy (named by a
-    /// forwarding header), for its later messages.
-    pub fn set_real(&mut self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) {
-        if let Some(f) = self.flows.get_mut(&id) {
-            f.forwarded = Some(real);
+    /// forwarding header), for its later messages. Returns whether the
+    /// connection has carried this client alone so far: never for HTTP/2
+    /// (a proxy multiplexes its clients on one connection), and no longer
+    /// once a second client was named on it (a proxy reusing its backend
+    /// connections for several clients). Only such a connection may be cut
+    /// when its client is banned: cutting a shared one would cut every
+    /// client on it, a lever for an attacker to deny service to the rest.
+    pub fn set_real(&mut self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) -> bool {
+        let Some(f) = self.flows.get_mut(&id) else {
+            return false;
+        };
+        if f.forwarded.is_some_and(|prev| prev != real) {
+            f.shared = true;
         }
+        f.forwarded = Some(real);
+        f.alone()
+    }
+
+    /// Whether the connection has carried `real` alone so far (see
+    /// [`Self::set_real`]), without naming a client.
+    #[must_use]
+    pub fn carries_alone(&self, id: (IpAddr, u16, IpAddr, u16), real: IpAddr) -> bool {
+        self.flows
+            .get(&id)
+            .is_some_and(|f| f.forwarded == Some(real) && f.alone())
     }
 
     /// Judges the requests of streamed connections that stalled: nothing
@@ -1843,6 +1873,35 @@ mod tests {
     /// response carries the forwarding field of its own stream's request,
     /// not the connection's latest; a client's trailers cannot rename it,
     /// and a body judged after its head was judged early keeps it.
+    #[test]
+    fn a_proxy_connection_counts_as_one_clients_until_a_second_is_named() {
+        let (a, b) = (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 2)),
+        );
+        let s = sample(Direction::Request, 0, b"GET /a HTTP/1.1\r\n\r\n", 1);
+        let id = (s.client, s.client_port, s.server, s.server_port);
+        let mut f = Flows::new(100);
+        assert!(!f.set_real(id, a), "an unknown connection is nobody's");
+        f.on_sample(&s, 0.0);
+        assert!(f.set_real(id, a) && f.set_real(id, a));
+        assert!(f.carries_alone(id, a) && !f.carries_alone(id, b));
+        // The proxy reuses the connection for another client: from now on
+        // it is shared, also when the first client comes back.
+        assert!(!f.set_real(id, b));
+        assert!(!f.set_real(id, a) && !f.carries_alone(id, a));
+        // HTTP/2 multiplexes: never one client's.
+        let mut h = h2::PREFACE.to_vec();
+        h.extend(h2_proxied(1, "/a.S/M", "198.18.9.1", true));
+        let mut g = Flows::new(100);
+        let mut s2 = sample(Direction::Request, 0, &h, 1);
+        s2.stream = true;
+        s2.cookie = 7;
+        let id2 = (s2.client, s2.client_port, s2.server, s2.server_port);
+        assert_eq!(paths(&g.on_sample(&s2, 0.0)), ["/a.S/M"]);
+        assert!(!g.set_real(id2, a));
+    }
+
     #[test]
     fn h2_responses_carry_their_own_streams_client() {
         let mut req = h2::PREFACE.to_vec();

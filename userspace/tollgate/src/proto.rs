@@ -680,6 +680,12 @@ pub struct SamplingStatus {
     /// server never acknowledged): reported, never scored or banned.
     #[serde(default)]
     pub unverified: u64,
+    /// Requests from trusted proxies on connections that carry more than
+    /// one client (HTTP/2, or a proxy reusing its backend connections): a
+    /// banned client among them is banned and reported, but its connection
+    /// is not cut, which would cut the other clients on it too.
+    #[serde(default)]
+    pub proxied_shared: u64,
     /// Requests waiting for the kernel to show it accepted them.
     #[serde(default)]
     pub awaiting_verification: usize,

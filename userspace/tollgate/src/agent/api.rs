@@ -464,16 +464,28 @@ impl ApiState {
             };
             if let Some(real) = real {
                 let proxy = ev.client;
-                if by_header.is_some() && ev.header_client.is_none() && unverified.is_none() {
-                    st.flows
-                        .set_real((proxy, ev.client_port, ev.server, ev.port), real);
-                }
+                // A connection is cut for its banned client only while it
+                // carries that client alone: a PROXY header names one client
+                // for the whole connection; forwarding headers, only as long
+                // as no other client shows up on it (see `set_real`).
+                let id = (proxy, ev.client_port, ev.server, ev.port);
+                let alone = if ev.header_client.is_some() {
+                    true
+                } else if by_header.is_some() && unverified.is_none() {
+                    st.flows.set_real(id, real)
+                } else {
+                    st.flows.carries_alone(id, real)
+                };
                 ev.proxy = Some(proxy);
                 ev.client = real;
-                let key = flow_key(&ev, proxy);
-                flow = Some(key);
-                if ev.direction == Direction::Request && unverified.is_none() {
-                    batch.proxied.push((key, real));
+                if alone {
+                    let key = flow_key(&ev, proxy);
+                    flow = Some(key);
+                    if ev.direction == Direction::Request && unverified.is_none() {
+                        batch.proxied.push((key, real));
+                    }
+                } else if ev.direction == Direction::Request {
+                    st.status.proxied_shared += 1;
                 }
             }
         } else if let Some(v) = headers.and_then(has_forwarding) {

@@ -144,12 +144,18 @@ pub fn apply<M: Maps>(
         };
         match outcome {
             BanOutcome::Banned { ttl_secs, offence } => {
-                // Through a proxy: cut the connection it came on too.
+                // Through a proxy: cut the connection it came on too, when
+                // that connection is the client's alone.
                 if let Some(key) = f.flow
                     && let Ok(mut s) = state.lock()
                     && let Err(e) = s.maps.arm_proxy_flow(key, f.client)
                 {
                     warn!("failed to drop the banned client's proxied connection: {e:#}");
+                } else if let (None, Some(proxy)) = (f.flow, f.proxy) {
+                    info!(
+                        client = %f.client, %proxy,
+                        "the banned client's connection from the proxy carries other clients too: it is not cut (see docs/proxies.md)"
+                    );
                 }
                 ev.enforced = true;
                 ev.ttl_secs = Some(ttl_secs);
