@@ -175,23 +175,23 @@ impl Etcd {
     /// Writes many keys, 100 per transaction, through the JSON gateway;
     /// true when etcd took them all.
     pub fn put_many(&self, kvs: &[(String, Vec<u8>)]) -> bool {
-        kvs.chunks(100).all(|chunk| {
-            let ops: Vec<String> = chunk
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
-                        b64(k.as_bytes()),
-                        b64(v)
-                    )
-                })
-                .collect();
-            self.post(
-                "/v3/kv/txn",
-                &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
-            )
-            .contains("revision")
-        })
+        put_many_on(self.client, kvs)
+    }
+
+    /// Bytes in its data directory (etcd's disk use).
+    #[must_use]
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            std::fs::read_dir(p).map_or(0, |d| {
+                d.flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => walk(&e.path()),
+                        _ => e.metadata().map_or(0, |m| m.len()),
+                    })
+                    .sum()
+            })
+        }
+        walk(self.dir.path())
     }
 
     /// Deletes every key under `prefix` behind the agents' backs (what an
@@ -223,21 +223,48 @@ impl Etcd {
     }
 
     fn post(&self, path: &str, body: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        post_on(self.client, path, body)
     }
+}
+
+fn post_on(port: u16, path: &str, body: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// [`Etcd::put_many`] to the member serving on loopback `port` (from a
+/// thread that does not own the member).
+pub fn put_many_on(port: u16, kvs: &[(String, Vec<u8>)]) -> bool {
+    kvs.chunks(100).all(|chunk| {
+        let ops: Vec<String> = chunk
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
+                    b64(k.as_bytes()),
+                    b64(v)
+                )
+            })
+            .collect();
+        post_on(
+            port,
+            "/v3/kv/txn",
+            &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
+        )
+        .contains("revision")
+    })
 }
 
 /// Drops (silently, as a partition does) the traffic to and from the

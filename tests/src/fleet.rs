@@ -1,20 +1,30 @@
-//! `cargo xtask bench fleet [TRIALS] [AGENTS]`: time from `tollgate block
-//! add` on host A to the first dropped packet on host B, through etcd.
+//! `cargo xtask bench fleet [TRIALS] [AGENTS] [MEMBERS]`: time from
+//! `tollgate block add` on host A to the first dropped packet on host B,
+//! through etcd (defaults: 200 trials, 2 agents, 3 etcd members; issue 15's
+//! figures are taken with `fleet 200 20 3`).
 //!
-//! One etcd member on loopback, AGENTS agents (default 2), each on its own
-//! lab veth with its own state, pins and socket, in one fleet. Per trial:
-//! the attacker in B's lab sends numbered UDP probes to B every ~50 µs
-//! while A's CLI bans it; the first probe after which none arrived is the
-//! first dropped packet, its send time after the CLI was started is the
-//! latency (so it includes the CLI process, A's local ban, the publish, the
-//! watch and B's kernel write; also reported from A's reply on). Then A lifts the ban and the trial waits
-//! for B to pass the attacker again. Also reported: the CLI's own time.
-//! Then the join: 100,000 bans written into etcd, one more agent started
-//! with empty state, timed from its start until its kernel maps hold them
-//! all (issue 15's goal: 2 s).
+//! A MEMBERS-member etcd cluster on loopback, AGENTS agents, each on its own
+//! lab veth with its own state, pins and socket, in one fleet, every agent
+//! given every member's endpoint. First the fleet is seeded with 100,000
+//! active bans (written straight into etcd, as other hosts would have) and
+//! every agent is waited for until it enforces them all; agent memory and
+//! etcd's disk use are reported then. The trials then run while a
+//! background writer adds 500 new bans per second (other hosts' bans, in
+//! batches of 50 every 100 ms). Per trial: the attacker in B's lab sends
+//! numbered UDP probes to B every ~50 µs while A's CLI bans it; the first
+//! probe after which none arrived is the first dropped packet, its send
+//! time after the CLI was started is the latency (so it includes the CLI
+//! process, A's local ban, the publish, the watch and B's kernel write;
+//! also reported from A's reply on). Then A lifts the ban and the trial
+//! waits for B to pass the attacker again. Last, the join: one more agent
+//! started with empty state, timed from its start until its kernel maps
+//! hold every seeded ban (issue 15's goal: 2 s).
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -26,12 +36,17 @@ use crate::{
     latency::{ProbeSink, first_dropped, probe, summary},
 };
 
-/// Runs `trials` trials over a fleet of `agents` agents.
-pub fn run(trials: usize, agents: usize) {
-    let etcd = Etcd::start();
+/// New bans per second the background writer adds during the trials.
+const BACKGROUND_RATE: u64 = 500;
+
+/// Runs `trials` trials over a fleet of `agents` agents sharing a
+/// `members`-member etcd.
+pub fn run(trials: usize, agents: usize, members: usize) {
+    let members = members.max(1);
+    let etcd = Etcd::cluster(members);
     let fleet = format!("bench{}", std::process::id());
     let labs: Vec<Lab> = (0..agents.max(2)).map(|_| Lab::new()).collect();
-    let url = etcd.url();
+    let url = etcd.iter().map(Etcd::url).collect::<Vec<_>>().join(",");
     let fleet_agents: Vec<Agent> = labs
         .iter()
         .enumerate()
@@ -59,6 +74,18 @@ pub fn run(trials: usize, agents: usize) {
             a.log_text()
         );
     }
+    seed(&etcd[0], &fleet, JOIN_BANS, &fleet_agents);
+    at_rest(&etcd, &fleet_agents);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let background = {
+        let (stop, written) = (stop.clone(), written.clone());
+        let (urls, fleet) = (
+            etcd.iter().map(Etcd::port).collect::<Vec<_>>(),
+            fleet.clone(),
+        );
+        thread::spawn(move || background_bans(&urls, &fleet, &stop, &written))
+    };
     let (a, b, lb) = (&fleet_agents[0], &fleet_agents[1], &labs[1]);
     let attacker = lb.v4(0, 2);
     let cidr = format!("{attacker}/32");
@@ -106,9 +133,13 @@ pub fn run(trials: usize, agents: usize) {
         );
     }
     sink.stop();
+    let trial_time = stop_background(&stop, background);
     println!(
-        "fleet of {} agents, one etcd member on loopback:",
-        fleet_agents.len()
+        "fleet of {} agents, {members} etcd member(s) on loopback, {JOIN_BANS} active bans, \
+         {} background bans written during the trials ({:.0}/s):",
+        fleet_agents.len(),
+        written.load(Ordering::Relaxed),
+        written.load(Ordering::Relaxed) as f64 / trial_time.as_secs_f64().max(0.001),
     );
     summary(
         &mut lat,
@@ -128,9 +159,87 @@ pub fn run(trials: usize, agents: usize) {
     println!(
         "  goal (issue 15): median <= 10 ms, p99 <= 50 ms; trials without a drop: {failed} of {trials}"
     );
-    join(&etcd, &fleet, JOIN_BANS, &fleet_agents);
+    join(&etcd, &fleet, JOIN_BANS);
     drop(fleet_agents);
     drop(etcd);
+}
+
+/// Stops the background writer; how long it ran.
+fn stop_background(stop: &AtomicBool, h: thread::JoinHandle<Duration>) -> Duration {
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap_or_default()
+}
+
+/// Adds [`BACKGROUND_RATE`] bans per second (other hosts' records, in
+/// batches every 100 ms, spread over the members) until told to stop; the
+/// time it ran.
+fn background_bans(ports: &[u16], fleet: &str, stop: &AtomicBool, written: &AtomicU64) -> Duration {
+    let batch = BACKGROUND_RATE / 10;
+    let t0 = Instant::now();
+    let mut next = 0u32;
+    let mut tick = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let due = t0 + Duration::from_millis(100) * tick;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let kvs: Vec<(String, Vec<u8>)> = (0..batch)
+            .map(|_| {
+                next += 1;
+                record(fleet, 0x0c00_0000 + next, "background")
+            })
+            .collect();
+        let port = ports[tick as usize % ports.len()];
+        if crate::etcd::put_many_on(port, &kvs) {
+            written.fetch_add(batch, Ordering::Relaxed);
+        }
+        tick += 1;
+    }
+    t0.elapsed()
+}
+
+/// One ban record of host `host`, as etcd holds it, for `ip`.
+fn record(fleet: &str, ip: u32, host: &str) -> (String, Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ip = std::net::Ipv4Addr::from(ip);
+    let rec = serde_json::json!({
+        "cidr": format!("{ip}/32"), "kind": "policy", "reason": "sqli",
+        "origin": "agent", "created_at": now, "expires_at": now + 3600,
+        "offences": 1, "host": host,
+    });
+    (
+        format!("/tollgate/{fleet}/bans/{ip}/32"),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+}
+
+/// The fleet at rest with the seeded bans: every agent's memory, etcd's
+/// disk use.
+fn at_rest(etcd: &[Etcd], agents: &[Agent]) {
+    let rss: Vec<u64> = agents
+        .iter()
+        .filter_map(Agent::pid)
+        .map(|p| crate::proc_kb(p, "VmRSS"))
+        .collect();
+    if let (Some(min), Some(max)) = (rss.iter().min(), rss.iter().max()) {
+        let avg = rss.iter().sum::<u64>() / rss.len() as u64;
+        println!(
+            "at {JOIN_BANS} bans: agent VmRSS min/avg/max {} / {} / {} MiB over {} agents",
+            min / 1024,
+            avg / 1024,
+            max / 1024,
+            rss.len()
+        );
+    }
+    for (i, m) in etcd.iter().enumerate() {
+        println!(
+            "at {JOIN_BANS} bans: etcd member {i} data directory {:.1} MiB",
+            m.disk_bytes() as f64 / f64::from(1 << 20)
+        );
+    }
 }
 
 /// Bans in the fleet a new agent joins.
@@ -151,32 +260,15 @@ fn holds(ag: &Agent, n: u32) -> bool {
 }
 
 /// Seeds the fleet with `n` bans (written straight into etcd, as other
-/// hosts would have), waits until every agent of the fleet enforces them
-/// (the fleet at rest, as a new host finds it), then starts one more agent
-/// with empty state and times its start to full enforcement (every ban in
-/// its kernel maps).
-fn join(etcd: &Etcd, fleet: &str, n: u32, members: &[Agent]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+/// hosts would have) and waits until every agent of the fleet enforces them
+/// (the fleet at rest, as a new host finds it).
+fn seed(etcd: &Etcd, fleet: &str, n: u32, members: &[Agent]) {
     let kvs: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i);
-            let rec = serde_json::json!({
-                "cidr": format!("{ip}/32"), "kind": "policy", "reason": "sqli",
-                "origin": "agent", "created_at": now, "expires_at": now + 3600,
-                "offences": 1, "host": "seed",
-            });
-            (
-                format!("/tollgate/{fleet}/bans/{ip}/32"),
-                serde_json::to_vec(&rec).unwrap(),
-            )
-        })
+        .map(|i| record(fleet, 0x0b00_0000 + i, "seed"))
         .collect();
     let t = Instant::now();
     assert!(etcd.put_many(&kvs), "etcd refused the seed bans");
-    println!("join: {n} bans written into etcd in {:?}", t.elapsed());
+    println!("seed: {n} bans written into etcd in {:?}", t.elapsed());
     let t = Instant::now();
     for m in members {
         assert!(
@@ -186,17 +278,23 @@ fn join(etcd: &Etcd, fleet: &str, n: u32, members: &[Agent]) {
         );
     }
     println!(
-        "join: all {} agents of the fleet enforce them {:?} after the write",
+        "seed: all {} agents of the fleet enforce them {:?} after the write",
         members.len(),
         t.elapsed()
     );
+}
+
+/// Starts one more agent with empty state and times its start to full
+/// enforcement (every seeded ban in its kernel maps).
+fn join(etcd: &[Etcd], fleet: &str, n: u32) {
+    let url = etcd.iter().map(Etcd::url).collect::<Vec<_>>().join(",");
     let lab = Lab::new();
     let t0 = Instant::now();
     let c = Agent::start(
         &lab.host_if,
         &[
             "--cluster-endpoints",
-            &etcd.url(),
+            &url,
             "--cluster-fleet",
             fleet,
             "--cluster-host-id",

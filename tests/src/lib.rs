@@ -632,6 +632,20 @@ impl Drop for Agent {
     }
 }
 
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`); 0 when unread.
+#[must_use]
+pub fn proc_kb(pid: nix::unistd::Pid, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A port nothing listens on right now on 127.0.0.1.
 #[must_use]
 pub fn free_port() -> u16 {

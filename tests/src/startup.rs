@@ -19,7 +19,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::{Agent, Lab, Server, eventually};
+use crate::{Agent, Lab, Server, eventually, proc_kb};
 
 const N: usize = 1_000_000;
 
@@ -45,18 +45,6 @@ fn list(lab: &Lab) -> String {
         n += 1;
     }
     t
-}
-
-fn proc_kb(pid: nix::unistd::Pid, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn filled(agent: &Agent) -> u64 {

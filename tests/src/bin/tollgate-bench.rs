@@ -71,7 +71,7 @@ fn main() {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(d)
             };
-            tollgate_tests::fleet::run(arg(2, 200), arg(3, 2));
+            tollgate_tests::fleet::run(arg(2, 200), arg(3, 2), arg(4, 3));
         }
         "parity" => {
             let args: Vec<String> = std::env::args().skip(2).collect();
