@@ -435,6 +435,34 @@ pub(crate) fn inflate(enc: &str, bytes: &[u8], limit: usize) -> Option<Vec<u8>> 
     (res.is_ok() || !out.is_empty()).then_some(out)
 }
 
+/// How many bytes `bytes` inflates to per `enc`, counted up to `limit`
+/// without keeping them (0 for another encoding). A stream that breaks off
+/// (trailing bytes, a cut) counts what came before.
+pub(crate) fn inflated_len(enc: &str, bytes: &[u8], limit: u64) -> u64 {
+    use std::io::Read;
+    fn count(r: impl Read, limit: u64) -> u64 {
+        let mut r = r.take(limit);
+        let mut buf = [0u8; 16 * 1024];
+        let mut n = 0u64;
+        while let Ok(k) = r.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    }
+    let enc = enc.trim().to_ascii_lowercase();
+    match enc.as_str() {
+        "deflate" if bytes.first().is_some_and(|b| b & 0x0f == 8) => {
+            count(flate2::read::ZlibDecoder::new(bytes), limit)
+        }
+        "deflate" => count(flate2::read::DeflateDecoder::new(bytes), limit),
+        "gzip" | "x-gzip" => count(flate2::read::MultiGzDecoder::new(bytes), limit),
+        _ => 0,
+    }
+}
+
 /// `METHOD target` without a version: an HTTP/0.9 request line.
 fn is_http09(line: &[u8]) -> bool {
     let mut fields = line.split(|&b| is_ws(b)).filter(|f| !f.is_empty());

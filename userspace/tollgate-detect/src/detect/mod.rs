@@ -550,19 +550,26 @@ impl Engine {
         sink: &mut Sink<'_>,
     ) {
         let cap = self.cfg.max_body_bytes;
-        let (what, ratio, alone) = if let Some(p) = grpc {
+        let (what, bomb) = if let Some(p) = grpc {
             let enc = req.header("grpc-encoding").unwrap_or("").trim();
-            let ratio = p.inflated / p.compressed.max(1);
+            let bomb = p.total > protobuf::BOMB_BYTES;
             let what = if p.inflated == 0 {
                 format!("{enc} gRPC message of {} bytes", p.compressed)
+            } else if bomb {
+                format!(
+                    "{enc} gRPC message of {} bytes inflating past {} MiB",
+                    p.compressed,
+                    protobuf::BOMB_BYTES >> 20
+                )
             } else {
                 format!(
-                    "{enc} gRPC message of {} bytes, over {ratio}:1",
-                    p.compressed
+                    "{enc} gRPC message of {} bytes inflating to {}",
+                    p.compressed, p.total
                 )
             };
-            // The message filled the whole budget by itself: its own ratio.
-            (what, ratio, p.inflated >= cap)
+            // The message filled the whole budget by itself, and goes on
+            // past what any gRPC server accepts.
+            (what, p.inflated >= cap && bomb)
         } else {
             // The parser inflated the body (to at most 1 MiB); the detectors
             // read its first `cap` bytes. Its compressed size is gone.
@@ -577,16 +584,15 @@ impl Engine {
             }
             (
                 format!("{enc} body inflating to {} bytes", req.body.len()),
-                0,
                 false,
             )
         };
-        // Reported always, scored only for a bomb: large compressed bodies
-        // and streams of small compressed messages are ordinary (exporters,
-        // uploads) and must not add up to a ban. Text and protobuf compress
-        // 3-10:1; one message that alone fills the budget at 50:1 or more
-        // (a floor: it inflates further than was read) is a bomb.
-        let score = if alone && ratio >= 50 { 6 } else { 0 };
+        // Reported always, scored only for a bomb: large compressed bodies,
+        // large sparse messages (they compress past 50:1) and streams of
+        // small compressed messages are ordinary (exporters, uploads) and
+        // must not add up to a ban. The size it inflates to tells, not its
+        // ratio (which trailing bytes would also dilute).
+        let score = if bomb { 6 } else { 0 };
         sink.push(
             rules::PROTOCOL_INFLATE_LIMIT,
             Category::Protocol,
@@ -1085,9 +1091,9 @@ mod tests {
             b.extend_from_slice(&z);
             b
         };
-        // A bomb: 1 MiB of one bytes field, then the injection past it.
-        let mut msg = vec![1 << 3 | 2, 0x80, 0x80, 0x40];
-        msg.resize(msg.len() + (1 << 20), b'a');
+        // A bomb: 5 MiB of one bytes field, then the injection past it.
+        let mut msg = vec![1 << 3 | 2, 0x80, 0x80, 0xc0, 0x02];
+        msg.resize(msg.len() + (5 << 20), b'a');
         msg.extend([2 << 3 | 2, 12]);
         msg.extend_from_slice(b"1' OR '1'='1");
         let req = |ctype: &str, enc: (&str, &str), body: Vec<u8>| Request {
@@ -1117,6 +1123,24 @@ mod tests {
             f[0].1.starts_with("not judged past 65536: gzip gRPC"),
             "{f:?}"
         );
+        // Trailing bytes after the compressed stream change nothing.
+        let mut padded = grpc(&msg);
+        padded.extend(vec![0x55; 2 << 20]);
+        let len = u32::try_from(padded.len() - 5).unwrap().to_be_bytes();
+        padded[1..5].copy_from_slice(&len);
+        let f = found(&req("application/grpc", ("grpc-encoding", "gzip"), padded));
+        assert!(f.len() == 1 && f[0].0 >= 6, "{f:?}");
+        // A large sparse message (1 MiB of zeros, over 500:1) within what
+        // servers take: reported, never scored.
+        let mut sparse = vec![1 << 3 | 2, 0x80, 0x80, 0x40];
+        sparse.resize(sparse.len() + (1 << 20), 0);
+        let f = found(&req(
+            "application/grpc",
+            ("grpc-encoding", "gzip"),
+            grpc(&sparse),
+        ));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, 0, "{f:?}");
         // An ordinary message within the budget: nothing.
         let small = req(
             "application/grpc",

@@ -132,7 +132,15 @@ pub(crate) struct PastBudget {
     pub compressed: usize,
     /// What that message inflated to within the budget (0: none of it).
     pub inflated: usize,
+    /// What that message inflates to in all, counted (not kept) up to just
+    /// past [`BOMB_BYTES`] (0 when it was left uninflated).
+    pub total: u64,
 }
+
+/// A gRPC message inflating past this is one no gRPC server takes by
+/// default (their receive limit is 4 MiB): a compression bomb, not a large
+/// sparse message (those compress past 50:1 too, and must not score).
+pub(crate) const BOMB_BYTES: u64 = 4 << 20;
 
 /// Pushes the text fields of the gRPC messages in `body`; compressed ones
 /// are inflated per `encoding`, at most `inflate_cap` bytes for the body.
@@ -160,6 +168,7 @@ pub(crate) fn walk_grpc<'a>(
             past.get_or_insert(PastBudget {
                 compressed: msg.len(),
                 inflated: 0,
+                total: 0,
             });
             continue;
         }
@@ -173,9 +182,12 @@ pub(crate) fn walk_grpc<'a>(
         };
         if plain.len() > budget {
             plain.truncate(budget);
-            past.get_or_insert(PastBudget {
+            // Counted once per body (the first message past the budget), so
+            // a body of many bombs costs one count, bounded by BOMB_BYTES.
+            past.get_or_insert_with(|| PastBudget {
                 compressed: msg.len(),
                 inflated: budget,
+                total: crate::http::inflated_len(enc, msg, BOMB_BYTES + 1),
             });
         }
         budget -= plain.len().min(budget);
@@ -501,7 +513,8 @@ mod tests {
             past,
             Some(PastBudget {
                 compressed: body.len() - 5,
-                inflated: 16 * 1024
+                inflated: 16 * 1024,
+                total: BOMB_BYTES + 1,
             })
         );
         // A message that inflates to exactly the budget leaves nothing unread.

@@ -102,7 +102,7 @@ rules! {
     PROTOCOL_FRAGMENT = "protocol.fragment", Protocol, 3, "a `#fragment` in the request target";
     PROTOCOL_LDAP_INJECTION = "protocol.ldap_injection", Protocol, 10, "a value closing an LDAP filter and opening another";
     PROTOCOL_UNPARSEABLE = "protocol.unparseable", Protocol, 3, "request bytes on an API port that are neither HTTP/1.x nor TLS";
-    PROTOCOL_INFLATE_LIMIT = "protocol.inflate_limit", Protocol, 6, "a gzip/deflate body or gRPC message that inflates past what the detectors read (64 KiB): the rest is not judged (6 when one message alone fills the budget at 50:1 or more, a compression bomb; 0, reported only, otherwise)";
+    PROTOCOL_INFLATE_LIMIT = "protocol.inflate_limit", Protocol, 6, "a gzip/deflate body or gRPC message that inflates past what the detectors read (64 KiB): the rest is not judged (6 when one gRPC message alone fills the budget and inflates past 4 MiB, more than gRPC servers accept by default: a compression bomb; 0, reported only, otherwise: large sparse messages compress past 50:1 too)";
     CODE_PHP = "code.php", Code, 10, "PHP tags, superglobals, stream wrappers, PHP-only functions, code-loading ini directives";
     CODE_JAVA = "code.java", Code, 10, "Java runtime, reflection, class-loading and gadget-chain classes";
     CODE_EXPRESSION = "code.expression", Code, 10, "OGNL, SpEL and EL expressions reaching classes or processes";
