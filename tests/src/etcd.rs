@@ -22,6 +22,8 @@ pub struct Etcd {
     name: String,
     /// `--initial-cluster`.
     initial: String,
+    /// More flags for every start.
+    extra: Vec<String>,
 }
 
 impl Etcd {
@@ -29,8 +31,16 @@ impl Etcd {
     /// directory.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with more flags (limits such as
+    /// `--max-request-bytes`).
+    #[must_use]
+    pub fn start_with(flags: &[&str]) -> Self {
         let mut e = Self::member("t");
         e.initial = format!("t={}", e.peer_url());
+        e.extra = flags.iter().map(|f| (*f).to_owned()).collect();
         e.spawn();
         e
     }
@@ -71,6 +81,7 @@ impl Etcd {
             peer: free_port(),
             name: name.to_owned(),
             initial: String::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -122,6 +133,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial])
             .args(["--log-level", "warn"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

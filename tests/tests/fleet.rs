@@ -303,6 +303,62 @@ fn a_detected_injection_on_one_host_bans_on_the_others() {
     assert_eq!(ban["host"], "host-a", "{ban}");
 }
 
+/// An etcd that takes only small requests (`--max-request-bytes 1500`,
+/// `--max-txn-ops 8`): A's batches are refused for their size and split
+/// until they go through; every ban of a 60-line import reaches B, and A's
+/// outbox drains (a refused batch was once sent again for good, holding
+/// every later change back).
+#[test]
+fn an_etcd_that_takes_only_small_requests_still_gets_every_ban() {
+    let etcd = Etcd::start_with(&["--max-request-bytes", "1500", "--max-txn-ops", "8"]);
+    let fleet = format!("s{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let url = etcd.url();
+    let a = member(&la, &url, &fleet, "host-a", &[]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    let lines: String = (0..60).map(|i| format!("198.19.200.{i}\n")).collect();
+    std::fs::write(&list, lines).unwrap();
+    a.ok(&[
+        "block",
+        "import",
+        list.to_str().unwrap(),
+        "--origin",
+        "small-etcd",
+    ]);
+    let on_b = || {
+        b.json(&["block", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| {
+                x["cidr"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("198.19.200."))
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || on_b() == 60),
+        "B holds {} of A's 60 bans: {}\n{}",
+        on_b(),
+        cluster(&a),
+        a.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || cluster(&a)["outbox"] == 0),
+        "A's outbox never drained: {}",
+        cluster(&a)
+    );
+    assert!(
+        a.log_text().contains("refused a transaction this large"),
+        "etcd's limits were never hit, so this tested nothing: {}",
+        a.log_text()
+    );
+}
+
 /// A ban and an unban acknowledged on A while etcd is down sit in A's
 /// durable outbox: A killed with SIGKILL before etcd comes back publishes
 /// both after its restart (B gets the ban and lifts the unbanned one), and
