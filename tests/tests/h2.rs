@@ -507,6 +507,53 @@ fn a_descriptor_set_names_methods_and_fields_in_the_live_inventory_and_events() 
             .any(|e| e["client"] == attacker.to_string() && e["location"] == "protobuf:Meta.tag"),
         "no event naming the field: {ev:#?}"
     );
+    // Offline, `tollgate detect --descriptor-set` names the field alike.
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(evil.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&evil);
+    let raw = format!(
+        "POST /notes.Notes/Create HTTP/1.1\r\nHost: api\r\nContent-Type: application/grpc\r\nContent-Length: {}\r\n\r\n{}",
+        framed.len(),
+        String::from_utf8(framed).unwrap()
+    );
+    let input = dir.path().join("requests.jsonl");
+    std::fs::write(
+        &input,
+        format!("{}\n", serde_json::json!({"id": 1, "raw": raw})),
+    )
+    .unwrap();
+    let offline = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+            .args(["detect", "--requests"])
+            .arg(&input)
+            .args(extra)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["violations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["location"].as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let named = offline(&["--descriptor-set".as_ref(), set.as_os_str()]);
+    assert!(named.iter().any(|l| l == "protobuf:Meta.tag"), "{named:?}");
+    let bare = offline(&[]);
+    assert!(
+        !bare.is_empty() && !bare.iter().any(|l| l == "protobuf:Meta.tag"),
+        "{bare:?}"
+    );
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["detect", "--requests"])
+        .arg(&input)
+        .arg("--descriptor-set")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// A trusted proxy multiplexing two clients on one h2c connection (as

@@ -604,6 +604,12 @@ pub struct DetectArgs {
     /// "src":"198.18.0.1"}` (`src` optional; `-` reads standard input).
     #[arg(long, value_name = "FILE.jsonl")]
     pub requests: Option<PathBuf>,
+    /// A protobuf descriptor set of the gRPC services (`protoc
+    /// --include_imports --descriptor_set_out=FILE`; over the policy's
+    /// `grpc.descriptor_set`), as `tollgate agent --descriptor-set` takes
+    /// it: findings in protobuf messages name their fields.
+    #[arg(long, value_name = "FILE")]
+    pub descriptor_set: Option<PathBuf>,
     /// Accepted for uniformity: the output is always JSON Lines.
     #[arg(long)]
     pub json: bool,

@@ -91,12 +91,17 @@ fn print(v: &impl Serialize) {
 /// `tollgate detect`.
 #[must_use]
 pub fn detect(args: &DetectArgs) -> ExitCode {
-    let policy = match args.policy.as_deref().map(Policy::load).transpose() {
+    let mut policy = match args.policy.as_deref().map(Policy::load).transpose() {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
             return super::render::fail(&e, 2);
         }
     };
+    if let Some(d) = &args.descriptor_set {
+        // As the agent takes its flag: read when the pipeline is built.
+        policy.grpc.descriptor_set = Some(d.clone());
+        policy.grpc.schema = None;
+    }
     let mut pipeline = match Pipeline::from_policy(&policy) {
         Ok(p) => p,
         Err(e) => {
