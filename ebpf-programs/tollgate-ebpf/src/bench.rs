@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use tollgate_common::{BlockEntry, programs::BENCH_LOOKUP_ENTRIES};
@@ -82,6 +82,33 @@ pub fn bench_lookup(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// `bench_rand`'s target, in slot 0: the program under measurement.
+#[map]
+static TG_BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Gives the frame a random IPv4 source in `base/mask` (as `bench_gen`),
+/// then tail-calls the program under measurement: BPF_PROG_TEST_RUN of this
+/// one times that program on random sources (a repeated frame otherwise
+/// keeps its map entries in cache).
+#[xdp]
+pub fn bench_rand(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN + ipv4::HLEN > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(cfg) = TG_BENCH_GEN.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    let src = cfg[0] | (r & cfg[1]);
+    // SAFETY: bounds checked above.
+    unsafe { core::ptr::write_unaligned((start + SRC_OFF) as *mut [u8; 4], src.to_be_bytes()) };
+    // SAFETY: slot 0 holds an XDP program or nothing.
+    unsafe { TG_BENCH_JUMP.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
 }
 
 /// Rewrites the IPv4 source to a random address in `base/mask` and transmits.
