@@ -94,18 +94,9 @@ static TG_BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// keeps its map entries in cache).
 #[xdp]
 pub fn bench_rand(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + ETH_HLEN + ipv4::HLEN > end {
+    if !random_source(&ctx) {
         return xdp_action::XDP_ABORTED;
     }
-    let Some(cfg) = TG_BENCH_GEN.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: helper without arguments.
-    let r = unsafe { bpf_get_prandom_u32() };
-    let src = cfg[0] | (r & cfg[1]);
-    // SAFETY: bounds checked above.
-    unsafe { core::ptr::write_unaligned((start + SRC_OFF) as *mut [u8; 4], src.to_be_bytes()) };
     // SAFETY: slot 0 holds an XDP program or nothing.
     unsafe { TG_BENCH_JUMP.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
@@ -114,17 +105,28 @@ pub fn bench_rand(ctx: XdpContext) -> u32 {
 /// Rewrites the IPv4 source to a random address in `base/mask` and transmits.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
+    if random_source(&ctx) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// Rewrites an untagged IPv4 frame's source to `base | (random & mask)`
+/// (`TG_BENCH_GEN`). False: too short, or no settings.
+#[inline(always)]
+fn random_source(ctx: &XdpContext) -> bool {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + ETH_HLEN + ipv4::HLEN > end {
-        return xdp_action::XDP_ABORTED;
+        return false;
     }
     let Some(cfg) = TG_BENCH_GEN.get(0) else {
-        return xdp_action::XDP_ABORTED;
+        return false;
     };
     // SAFETY: helper without arguments.
     let r = unsafe { bpf_get_prandom_u32() };
     let src = cfg[0] | (r & cfg[1]);
     // SAFETY: bounds checked above.
     unsafe { core::ptr::write_unaligned((start + SRC_OFF) as *mut [u8; 4], src.to_be_bytes()) };
-    xdp_action::XDP_TX
+    true
 }
