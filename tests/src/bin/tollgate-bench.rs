@@ -837,6 +837,14 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
             entries.len() + 1
         );
     }
+    if SOCKET_GEN.load(Ordering::Relaxed) && floor_ns >= tg_ns.min(bare_ns) {
+        println!(
+            "\n(the floor cost more than a lookup: the socket generator is slower than these \
+             receivers, so their NAPI thread wakes for a few packets at a time and the wake-ups \
+             weigh most on the cheapest one; these figures do not rank the programs: the \
+             in-kernel random-source figures above do)"
+        );
+    }
     // Above the floor: what each receiver adds to the same delivery (the
     // socket generator's copy on receive weighs on the plain ratios).
     let above = |x: f64| (x - floor_ns).max(1.0);
