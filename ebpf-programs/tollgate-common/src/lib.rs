@@ -170,6 +170,14 @@ pub mod programs {
     pub const BENCH_DROP: &str = "bench_drop";
     /// Benchmark only: live-frames packet generator.
     pub const BENCH_GEN: &str = "bench_gen";
+    /// Benchmark only: random IPv4 source, then a tail call to the program
+    /// under measurement.
+    pub const BENCH_RAND: &str = "bench_rand";
+    /// Benchmark only: one hash lookup of the IPv4 source, drop on a hit.
+    pub const BENCH_LOOKUP: &str = "bench_lookup";
+    /// Capacity of `bench_lookup`'s map (`TG_BENCH_LOOK4`); the benchmark
+    /// gives `TG_BLOCK4` the same.
+    pub const BENCH_LOOKUP_ENTRIES: u32 = 1 << 20;
 }
 
 /// Default capacities. The agent may override them at load time; the kernel
