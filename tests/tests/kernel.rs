@@ -623,6 +623,7 @@ fn verifier_complexity_stays_within_budget() {
         .unwrap_or(0);
     let mut tail = |name: &str| {
         dp.ebpf_mut()
+            .unwrap()
             .program(name)
             .unwrap()
             .info()
@@ -669,6 +670,7 @@ fn socket_programs_pass_the_verifier() {
     dp.attach_stream().unwrap();
     let stream = dp
         .ebpf_mut()
+        .unwrap()
         .program(tollgate_common::programs::STREAM)
         .unwrap()
         .info()
@@ -691,6 +693,7 @@ fn the_agent_object_carries_no_benchmark_programs() {
     let mut dp = load();
     let names: Vec<String> = dp
         .ebpf_mut()
+        .unwrap()
         .programs()
         .map(|(name, _)| name.to_owned())
         .collect();

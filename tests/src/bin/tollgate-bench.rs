@@ -463,7 +463,8 @@ impl WireLab {
         let mut gen_dp = Datapath::load(None, Capacities::small()).unwrap();
         {
             let mut cfg: Array<_, [u32; 4]> =
-                Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+                Array::try_from(gen_dp.ebpf_mut().unwrap().map_mut("TG_BENCH_GEN").unwrap())
+                    .unwrap();
             cfg.set(0, [0xc612_0000, mask, 0, 0], 0).unwrap();
         }
         pin_to_cpu(0);
@@ -538,7 +539,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
         .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
         .unwrap();
     let floor_cnt: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+        PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
     let floor_counted = move || floor_cnt.get(&0, 0).unwrap().iter().sum::<u64>();
     let napi = napi_on_cpu1(&ns);
     let (floor_ns, floor_pkts) = blast(gen_dp, gen_ifindex, &frame, napi, &floor_counted);
@@ -594,7 +595,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
             .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
             .unwrap();
         let cnt: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+            PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
         let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
         let napi = napi_on_cpu1(&ns);
         let r = blast(gen_dp, gen_ifindex, &frame, napi, &counted);
@@ -818,7 +819,7 @@ fn ratelimit_wire(dp: &mut Datapath) {
             .attach_to_if_index(w.rcv_ifindex, XdpMode::Driver)
             .unwrap();
         let cnt: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+            PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
         let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
         let napi = napi_on_cpu1(&w.ns);
         nft_result = Some(blast(&mut w.gen_dp, w.gen_ifindex, &frame, napi, &counted));
