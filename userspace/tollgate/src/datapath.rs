@@ -353,6 +353,7 @@ impl Datapath {
         }
         // Maps created by this load start zeroed: no need to read them back.
         let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
+        let t_maps = std::time::Instant::now();
         let loaded = loader.load(EBPF_OBJECT);
         if let Some(s) = &scratch {
             let _ = std::fs::remove_dir_all(s);
@@ -367,7 +368,6 @@ impl Datapath {
             }),
             source: Box::new(source),
         })?;
-        let t_maps = std::time::Instant::now();
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .ok_or(DatapathError::MissingMap { name })
@@ -432,7 +432,7 @@ impl Datapath {
                 name: "(verifier thread)",
                 source: Box::new(ProgramError::IOError(source)),
             })?;
-        tracing::debug!(took = ?t_maps.elapsed(), "maps opened");
+        let t_adopt = std::time::Instant::now();
         let mut dp = Self {
             ebpf: None,
             loading: Some(loading),
@@ -472,6 +472,12 @@ impl Datapath {
             capacities,
         };
         dp.adopt_kernel_state(fresh)?;
+        tracing::info!(
+            open = ?t_adopt.duration_since(t_maps),
+            adopt = ?t_adopt.elapsed(),
+            bans = dp.bans.len(),
+            "pinned maps read"
+        );
         Ok(dp)
     }
 
@@ -488,7 +494,7 @@ impl Datapath {
                 name: "(verifier thread)",
                 source: Box::new(ProgramError::NotLoaded),
             })??;
-            tracing::debug!(waited = ?t.elapsed(), "programs ready");
+            tracing::info!(waited = ?t.elapsed(), "programs ready");
             self.ebpf = Some(ebpf);
         }
         Ok(())
@@ -1309,6 +1315,7 @@ fn v6_buckets(n: Ipv6Net) -> Option<Vec<u32>> {
 /// ones (filling their jump tables), returning the object.
 fn load_programs(mut ebpf: Ebpf) -> Result<Ebpf> {
     let t0 = std::time::Instant::now();
+    let cpu = || crate::clock::cpu(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
     for name in [
         programs::XDP_INGRESS,
         programs::TC_INGRESS,
@@ -1373,7 +1380,7 @@ fn load_programs(mut ebpf: Ebpf) -> Result<Ebpf> {
         let mut jump = aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", table))?;
         jump.set(slot, &fd, 0).map_err(map_err("write", table))?;
     }
-    tracing::debug!(took = ?t0.elapsed(), "programs verified");
+    tracing::info!(took = ?t0.elapsed(), cpu = ?cpu(), "programs verified");
     Ok(ebpf)
 }
 

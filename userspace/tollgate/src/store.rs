@@ -1075,7 +1075,11 @@ enum Streamed {
 /// Reads every ban row, numbering distinct records, and sends them in
 /// order in chunks of about `batch` prefixes (see `ban_stream`). Stops
 /// early when the receiver is gone.
-fn read_bans(db: &Database, batch: usize, tx: &std::sync::mpsc::SyncSender<Vec<Streamed>>) -> Result<()> {
+fn read_bans(
+    db: &Database,
+    batch: usize,
+    tx: &std::sync::mpsc::SyncSender<Vec<Streamed>>,
+) -> Result<()> {
     // Records are compared by their stored bytes: equal bytes decode to
     // equal records. Bounded, so a store of a million distinct records
     // (bans the engine issued one by one) holds no million copies.

@@ -108,6 +108,11 @@ pub struct AgentOptions {
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
+/// CPU the agent has used so far (all threads), for the start-up phases.
+fn process_cpu() -> std::time::Duration {
+    crate::clock::cpu(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 ///
 /// # Errors
@@ -138,6 +143,7 @@ struct Running {
 /// attached and removes the pins it created.
 async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     let t_start = std::time::Instant::now();
+    info!(cpu = ?process_cpu(), "starting");
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent must run as root: it loads eBPF programs and attaches them to interfaces");
     }
@@ -189,7 +195,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     let mut dp = Datapath::load_background(Some(&maps_dir), capacities(&opts.policy.capacity))
         .context("failed to load the datapath")?;
     dp.set_mode(opts.mode)?;
-    info!(since_start = ?t_start.elapsed(), "maps ready");
+    info!(since_start = ?t_start.elapsed(), cpu = ?process_cpu(), "maps ready");
 
     let mut state = restore(opts, dp, link.as_ref())?;
     state
@@ -200,6 +206,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
         mode = ?opts.mode,
         pins = %opts.pin_dir.display(),
         since_start = ?t_start.elapsed(),
+        cpu = ?process_cpu(),
         "datapath loaded"
     );
 
@@ -322,7 +329,12 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
         }
     };
     pins.keep();
-    info!(socket = %opts.socket.display(), since_start = ?t_start.elapsed(), "control socket ready");
+    info!(
+        socket = %opts.socket.display(),
+        since_start = ?t_start.elapsed(),
+        cpu = ?process_cpu(),
+        "control socket ready"
+    );
     let state = Arc::new(Mutex::new(state));
     if let Some(link) = link {
         link.spawn(&state);
