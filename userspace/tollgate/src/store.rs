@@ -1086,7 +1086,9 @@ fn read_bans(
     const SHARED: u32 = 4096;
     let r = db.begin_read().map_err(|e| io("read")(&e))?;
     let t = r.open_table(BANS).map_err(|e| io("read")(&e))?;
-    let mut seen: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
+    // One lookup per row: foldhash (randomly seeded), not SipHash.
+    let mut seen: std::collections::HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
+        std::collections::HashMap::default();
     let mut next = 0u32;
     let mut out: Vec<(IpNet, u32)> = Vec::with_capacity(batch.min(1 << 16));
     let mut chunk: Vec<Streamed> = Vec::new();
