@@ -13,7 +13,8 @@
 //!   agent takes the pinned maps and links over.
 //!
 //! Reported: time until the agent answers `status` (it binds its socket
-//! only after restoring and attaching), the maps' fill then, whether the
+//! only after restoring and attaching) and its CPU time then (what a busy
+//! machine does not inflate), the maps' fill then, whether the
 //! banned client's TCP connection is dropped and an unbanned one passes, the
 //! agent's VmRSS/VmHWM, and the phases from the agent's own log.
 
