@@ -13,7 +13,8 @@
 //!   agent takes the pinned maps and links over.
 //!
 //! Reported: time until the agent answers `status` (it binds its socket
-//! only after restoring and attaching), the maps' fill then, whether the
+//! only after restoring and attaching) and its CPU time then (what a busy
+//! machine does not inflate), the maps' fill then, whether the
 //! banned client's TCP connection is dropped and an unbanned one passes, the
 //! agent's VmRSS/VmHWM, and the phases from the agent's own log.
 
@@ -47,6 +48,24 @@ fn list(lab: &Lab) -> String {
     t
 }
 
+/// The process's user + system CPU time so far, in seconds.
+fn cpu_secs(pid: nix::unistd::Pid) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1);
+    ticks as f64 / hz as f64
+}
+
 fn filled(agent: &Agent) -> u64 {
     agent.json(&["status"])["maps"]
         .as_array()
@@ -67,6 +86,11 @@ fn phases(agent: &Agent, from: usize) -> String {
         .lines()
         .filter(|l| {
             [
+                "starting",
+                "pinned maps read",
+                "maps ready",
+                "programs verified",
+                "programs ready",
                 "datapath loaded",
                 "reconcile timings",
                 "state restored",
@@ -83,6 +107,8 @@ fn phases(agent: &Agent, from: usize) -> String {
 fn measure(label: &str, agent: &mut Agent, server: &Server, lab: &Lab) {
     let from = agent.log_text().len();
     let up = agent.spawn_within(Duration::from_secs(300));
+    // CPU time is what a busy machine does not inflate.
+    let cpu = cpu_secs(agent.pid().unwrap());
     let fill = filled(agent);
     let dropped = !lab.tcp_ok(
         lab.v4(0, 2),
@@ -100,7 +126,7 @@ fn measure(label: &str, agent: &mut Agent, server: &Server, lab: &Lab) {
     });
     let pid = agent.pid().unwrap();
     println!(
-        "{label}: answering after {up:.2?}; kernel maps hold {fill} bans; banned client dropped: \
+        "{label}: answering after {up:.2?} ({cpu:.2} s of CPU); kernel maps hold {fill} bans; banned client dropped: \
          {dropped}; unbanned client passes: {passes}; VmRSS {} MiB, VmHWM {} MiB",
         proc_kb(pid, "VmRSS") / 1024,
         proc_kb(pid, "VmHWM") / 1024

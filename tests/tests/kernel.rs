@@ -623,6 +623,7 @@ fn verifier_complexity_stays_within_budget() {
         .unwrap_or(0);
     let mut tail = |name: &str| {
         dp.ebpf_mut()
+            .unwrap()
             .program(name)
             .unwrap()
             .info()
@@ -669,6 +670,7 @@ fn socket_programs_pass_the_verifier() {
     dp.attach_stream().unwrap();
     let stream = dp
         .ebpf_mut()
+        .unwrap()
         .program(tollgate_common::programs::STREAM)
         .unwrap()
         .info()
@@ -691,6 +693,7 @@ fn the_agent_object_carries_no_benchmark_programs() {
     let mut dp = load();
     let names: Vec<String> = dp
         .ebpf_mut()
+        .unwrap()
         .programs()
         .map(|(name, _)| name.to_owned())
         .collect();
@@ -1295,7 +1298,7 @@ fn bench_baselines_decide_as_described() {
     };
     {
         let mut look: HashMap<_, [u8; 4], BlockEntry> =
-            HashMap::try_from(dp.ebpf_mut().map_mut("TG_BENCH_LOOK4").unwrap()).unwrap();
+            HashMap::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_LOOK4").unwrap()).unwrap();
         look.insert([198, 18, 7, 7], entry(0), 0).unwrap();
     }
     let f = |s: &str| Frame::new().ipv4(v4(s), pkt::UDP, &pkt::udp(b"x"));
@@ -1315,10 +1318,11 @@ fn bench_baselines_decide_as_described() {
         .unwrap();
     {
         let mut jump: ProgramArray<_> =
-            ProgramArray::try_from(dp.ebpf_mut().map_mut("TG_BENCH_JUMP").unwrap()).unwrap();
+            ProgramArray::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_JUMP").unwrap())
+                .unwrap();
         jump.set(0, &target, 0).unwrap();
         let mut gen_cfg: Array<_, [u32; 4]> =
-            Array::try_from(dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+            Array::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
         gen_cfg.set(0, [0xc612_0706, 1, 0, 0], 0).unwrap();
     }
     let mut seen = std::collections::HashSet::new();

@@ -625,6 +625,117 @@ fn state_survives_a_simulated_reboot() {
     assert!(log.contains("restored_to_kernel=4"), "{log}");
 }
 
+/// Bans in the kernel maps, from `status` (every ban map's fill).
+fn kernel_bans(agent: &Agent) -> u64 {
+    agent.json(&["status"])["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("TG_BLOCK"))
+        })
+        .map(|m| m["entries"].as_u64().unwrap())
+        .sum()
+}
+
+/// Start-up fills the maps while the kernel verifies the programs: the
+/// agent must still answer `status` only once every stored ban is in the
+/// kernel and the program enforcing them is attached, after a reboot
+/// (nothing pinned) and after a crash (pins kept) alike. Checked at the
+/// first answer, without retrying: a start that attached or answered
+/// before its restore finished shows fewer bans or a client let through.
+#[test]
+fn a_restart_enforces_every_stored_ban_before_it_answers() {
+    const HOSTS: u32 = 60_000;
+    let mut s = setup(&[]);
+    // Both families, the lab's clients among many others.
+    let mut t = String::with_capacity(HOSTS as usize * 16);
+    for i in 0..HOSTS {
+        let _ = writeln!(t, "198.19.{}.{}", i >> 8, i & 0xff);
+    }
+    let _ = writeln!(t, "{}", s.lab.v4(0, 2));
+    let _ = writeln!(t, "{}", s.lab.v6(0, 2));
+    import_stdin(&s.agent, &t, &["--origin", "order"]);
+    // A ban lifted and one expired before the restart stay out.
+    s.agent.ok(&["block", "rm", "198.19.0.7"]);
+    s.agent
+        .ok(&["block", "add", &s.lab.v4(1, 2).to_string(), "--ttl", "1s"]);
+    let want = u64::from(HOSTS) + 2 - 1;
+    assert!(
+        tollgate_tests::eventually(Duration::from_secs(5), || kernel_bans(&s.agent) == want),
+        "the 1 s ban did not expire"
+    );
+    for reboot in [true, false] {
+        s.agent.kill(nix::sys::signal::Signal::SIGKILL);
+        if reboot {
+            std::fs::remove_dir_all(&s.agent.pins).unwrap();
+            let attached = || {
+                tollgate_tests::sh(&["ip", "link", "show", "dev", &s.lab.host_if]).contains("xdp")
+            };
+            assert!(
+                tollgate_tests::eventually(Duration::from_secs(5), || !attached()),
+                "program still attached after its pins were removed"
+            );
+            assert!(
+                tollgate_tests::eventually(Duration::from_secs(3), || s.v4_ok(0)),
+                "still dropping after the pins are gone: this was no reboot"
+            );
+        }
+        let from = s.agent.log_text().len();
+        s.agent.spawn();
+        // At the first answer, no retry.
+        let held = kernel_bans(&s.agent);
+        let attached =
+            tollgate_tests::sh(&["ip", "link", "show", "dev", &s.lab.host_if]).contains("xdp");
+        assert_eq!(
+            held, want,
+            "reboot={reboot}: kernel bans at the first answer"
+        );
+        assert!(
+            attached,
+            "reboot={reboot}: answering before the program is attached"
+        );
+        assert!(
+            !s.v4_ok(0),
+            "reboot={reboot}: banned IPv4 client let through"
+        );
+        assert!(
+            !s.v6_ok(0),
+            "reboot={reboot}: banned IPv6 client let through"
+        );
+        assert_eq!(export_lines(&s.agent, "order").len(), HOSTS as usize + 1);
+        let listed = |cidr: &str| {
+            s.agent
+                .json(&["block", "ls", "--match", cidr])
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            listed(&format!("{}/32", s.lab.v4(1, 2))),
+            0,
+            "expired ban restored"
+        );
+        assert_eq!(listed("198.19.0.7/32"), 0, "lifted ban restored");
+        assert_eq!(listed("198.19.0.8/32"), 1);
+        // The order as logged: everything restored and the programs loaded
+        // before the first attach, the socket last.
+        let log = s.agent.log_text()[from..].to_owned();
+        let at = |k: &str| log.find(k).unwrap_or_else(|| panic!("no '{k}' in {log}"));
+        let hook = if reboot {
+            "attached"
+        } else {
+            "took over the link"
+        };
+        assert!(at("state restored") < at("datapath loaded"), "{log}");
+        assert!(at("datapath loaded") < at(hook), "{log}");
+        assert!(at(hook) < at("control socket ready"), "{log}");
+    }
+    assert!(s.v4_ok(1), "the expired client is dropped");
+}
+
 /// The opposite of a reboot: the store is lost but the pinned maps are not;
 /// the restarted agent adopts the kernel's bans into a new store.
 #[test]

@@ -452,7 +452,7 @@ fn blast(
     }
     if SOCKET_GEN.load(Ordering::Relaxed) {
         let cfg: Array<_, [u32; 4]> =
-            Array::try_from(gen_dp.ebpf_mut().map("TG_BENCH_GEN").unwrap()).unwrap();
+            Array::try_from(gen_dp.ebpf_mut().unwrap().map("TG_BENCH_GEN").unwrap()).unwrap();
         let [base, mask, ..] = cfg.get(&0, 0).unwrap();
         send_socket(gen_ifindex, frame, base, mask);
     }
@@ -570,7 +570,8 @@ impl WireLab {
         let mut gen_dp = Datapath::load(None, Capacities::small()).unwrap();
         {
             let mut cfg: Array<_, [u32; 4]> =
-                Array::try_from(gen_dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+                Array::try_from(gen_dp.ebpf_mut().unwrap().map_mut("TG_BENCH_GEN").unwrap())
+                    .unwrap();
             cfg.set(0, [0xc612_0000, mask, 0, 0], 0).unwrap();
         }
         pin_to_cpu(0);
@@ -606,7 +607,7 @@ fn rand_ns(dp: &mut Datapath, target: Option<&'static str>, want: u32) -> u64 {
             .unwrap(),
     };
     let mut jump: ProgramArray<_> =
-        ProgramArray::try_from(dp.ebpf_mut().map_mut("TG_BENCH_JUMP").unwrap()).unwrap();
+        ProgramArray::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_JUMP").unwrap()).unwrap();
     jump.set(0, &fd, 0).unwrap();
     let frame = frame_v4(Ipv4Addr::new(198, 18, 0, 1));
     ns_per_run(
@@ -622,7 +623,7 @@ fn rand_ns(dp: &mut Datapath, target: Option<&'static str>, want: u32) -> u64 {
 fn random_in_kernel(dp: &mut Datapath) {
     {
         let mut cfg: Array<_, [u32; 4]> =
-            Array::try_from(dp.ebpf_mut().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
+            Array::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_GEN").unwrap()).unwrap();
         cfg.set(0, [0xc612_0000, 0x1_ffff, 0, 0], 0).unwrap();
     }
     println!(
@@ -666,7 +667,7 @@ fn counted_on_wire(
         .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
         .unwrap();
     let cnt: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+        PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
     let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
     let napi = napi_on_cpu1(ns);
     let r = blast(gen_dp, gen_ifindex, frame, napi, &counted);
@@ -693,7 +694,8 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
     // in the same order, in a map of the same shape and capacity.
     let bare_keys = {
         let mut look: aya::maps::HashMap<_, [u8; 4], BlockEntry> =
-            aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut("TG_BENCH_LOOK4").unwrap()).unwrap();
+            aya::maps::HashMap::try_from(dp.ebpf_mut().unwrap().map_mut("TG_BENCH_LOOK4").unwrap())
+                .unwrap();
         let hosts = entries
             .iter()
             .filter_map(|n| match n {
@@ -812,7 +814,7 @@ fn wire(dp: &mut Datapath, entries: &[IpNet]) {
             .attach_to_if_index(rcv_ifindex, XdpMode::Driver)
             .unwrap();
         let cnt: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+            PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
         let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
         let napi = napi_on_cpu1(&ns);
         let r = blast(gen_dp, gen_ifindex, &frame, napi, &counted);
@@ -1059,7 +1061,7 @@ fn ratelimit_wire(dp: &mut Datapath) {
             .attach_to_if_index(w.rcv_ifindex, XdpMode::Driver)
             .unwrap();
         let cnt: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(dp.ebpf_mut().map("TG_BENCH_CNT").unwrap()).unwrap();
+            PerCpuArray::try_from(dp.ebpf_mut().unwrap().map("TG_BENCH_CNT").unwrap()).unwrap();
         let counted = move || cnt.get(&0, 0).unwrap().iter().sum::<u64>();
         let napi = napi_on_cpu1(&w.ns);
         nft_result = Some(blast(&mut w.gen_dp, w.gen_ifindex, &frame, napi, &counted));

@@ -15,6 +15,19 @@ pub fn boot_ns() -> u64 {
     })
 }
 
+/// CPU time this thread (`ClockId::CLOCK_THREAD_CPUTIME_ID`) or the whole
+/// process (`CLOCK_PROCESS_CPUTIME_ID`) has used: start-up phases are
+/// logged with it, a figure that a busy machine does not inflate.
+#[must_use]
+pub fn cpu(clock: ClockId) -> Duration {
+    clock_gettime(clock).map_or(Duration::ZERO, |ts| {
+        Duration::new(
+            u64::try_from(ts.tv_sec()).unwrap_or(0),
+            u32::try_from(ts.tv_nsec()).unwrap_or(0),
+        )
+    })
+}
+
 /// Seconds since the Unix epoch.
 #[must_use]
 pub fn unix_now() -> u64 {

@@ -229,7 +229,11 @@ pub struct Fill {
 
 /// The loaded programs and their maps.
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The object with its programs; `None` while the kernel verifies them
+    /// on another thread (see [`Self::load_background`]).
+    ebpf: Option<Ebpf>,
+    /// The thread verifying the programs, until [`Self::wait_programs`].
+    loading: Option<std::thread::JoinHandle<Result<Ebpf>>>,
     config_map: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
     block4: HashMap<MapData, [u8; 4], BlockEntry>,
@@ -282,6 +286,22 @@ impl Datapath {
     /// # Errors
     /// When the kernel refuses the object or a map cannot be read.
     pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> Result<Self> {
+        let mut dp = Self::load_background(pin_dir, capacities)?;
+        dp.wait_programs()?;
+        Ok(dp)
+    }
+
+    /// Like [`Self::load`], but returns once the maps exist (created, or
+    /// taken over from `pin_dir`): the kernel verifies the programs on
+    /// another thread meanwhile, so the maps can be filled at the same
+    /// time. Nothing can be attached before [`Self::wait_programs`] (every
+    /// program accessor waits for it): a restore fills the maps first, then
+    /// waits, then attaches.
+    ///
+    /// # Errors
+    /// As [`Self::load`], except for a program the kernel refuses, which
+    /// [`Self::wait_programs`] reports.
+    pub fn load_background(pin_dir: Option<&Path>, capacities: Capacities) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, n) in capacities.per_map() {
             loader.map_max_entries(name, n);
@@ -333,6 +353,7 @@ impl Datapath {
         }
         // Maps created by this load start zeroed: no need to read them back.
         let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
+        let t_maps = std::time::Instant::now();
         let loaded = loader.load(EBPF_OBJECT);
         if let Some(s) = &scratch {
             let _ = std::fs::remove_dir_all(s);
@@ -347,71 +368,6 @@ impl Datapath {
             }),
             source: Box::new(source),
         })?;
-        for name in [
-            programs::XDP_INGRESS,
-            programs::TC_INGRESS,
-            programs::TC_EGRESS,
-        ] {
-            let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
-                name,
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
-            let res = match prog {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => Err(ProgramError::UnexpectedProgramType),
-            };
-            res.map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-        }
-        // The request sampler and the proxy program are reached by tail call
-        // from the ingress program of either hook, each through its own table.
-        for (name, table, slot) in [
-            (
-                programs::XDP_SAMPLE,
-                maps::JUMP,
-                tollgate_common::jump::SAMPLE,
-            ),
-            (
-                programs::XDP_PROXY,
-                maps::JUMP,
-                tollgate_common::jump::PROXY,
-            ),
-            (
-                programs::TC_SAMPLE,
-                maps::JUMP_TC,
-                tollgate_common::jump::SAMPLE,
-            ),
-            (
-                programs::TC_PROXY,
-                maps::JUMP_TC,
-                tollgate_common::jump::PROXY,
-            ),
-        ] {
-            let prog_err = |source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            };
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or(prog_err(ProgramError::NotLoaded))?;
-            let loaded = match &mut *prog {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => Err(ProgramError::UnexpectedProgramType),
-            };
-            let fd = loaded
-                .and_then(|()| prog.fd()?.try_clone().map_err(ProgramError::IOError))
-                .map_err(prog_err)?;
-            let jump = ebpf
-                .map_mut(table)
-                .ok_or(DatapathError::MissingMap { name: table })?;
-            let mut jump =
-                aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", table))?;
-            jump.set(slot, &fd, 0).map_err(map_err("write", table))?;
-        }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .ok_or(DatapathError::MissingMap { name })
@@ -468,8 +424,18 @@ impl Datapath {
         let config = config_map
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
+        // The jump tables stay in the object: the loader thread fills them.
+        let loading = std::thread::Builder::new()
+            .name("tg-verify".into())
+            .spawn(move || load_programs(ebpf))
+            .map_err(|source| DatapathError::Program {
+                name: "(verifier thread)",
+                source: Box::new(ProgramError::IOError(source)),
+            })?;
+        let t_adopt = std::time::Instant::now();
         let mut dp = Self {
-            ebpf,
+            ebpf: None,
+            loading: Some(loading),
             config_map,
             counters,
             block4,
@@ -506,7 +472,41 @@ impl Datapath {
             capacities,
         };
         dp.adopt_kernel_state(fresh)?;
+        tracing::info!(
+            open = ?t_adopt.duration_since(t_maps),
+            adopt = ?t_adopt.elapsed(),
+            bans = dp.bans.len(),
+            "pinned maps read"
+        );
         Ok(dp)
+    }
+
+    /// Waits until the kernel has verified and loaded the programs (at once
+    /// after [`Self::load`]).
+    ///
+    /// # Errors
+    /// When the kernel refused a program (the first error, once; later
+    /// calls say the programs are not loaded).
+    pub fn wait_programs(&mut self) -> Result<()> {
+        if let Some(h) = self.loading.take() {
+            let t = std::time::Instant::now();
+            let ebpf = h.join().map_err(|_| DatapathError::Program {
+                name: "(verifier thread)",
+                source: Box::new(ProgramError::NotLoaded),
+            })??;
+            tracing::info!(waited = ?t.elapsed(), "programs ready");
+            self.ebpf = Some(ebpf);
+        }
+        Ok(())
+    }
+
+    /// The object, once its programs are loaded.
+    fn obj(&mut self) -> Result<&mut Ebpf> {
+        self.wait_programs()?;
+        self.ebpf.as_mut().ok_or(DatapathError::Program {
+            name: "(all)",
+            source: Box::new(ProgramError::NotLoaded),
+        })
     }
 
     /// Reads what pinned maps already hold (after a restart) so the mirrors
@@ -568,7 +568,7 @@ impl Datapath {
     /// # Errors
     /// When there is no such loaded program.
     pub fn xdp_program(&mut self, name: &'static str) -> Result<&mut Xdp> {
-        self.ebpf
+        self.obj()?
             .program_mut(name)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .ok_or(DatapathError::Program {
@@ -583,7 +583,7 @@ impl Datapath {
     /// Never in practice: `load` checked it is there.
     pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
         let name = programs::TC_INGRESS;
-        self.ebpf
+        self.obj()?
             .program_mut(name)
             .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
             .ok_or(DatapathError::Program {
@@ -593,9 +593,12 @@ impl Datapath {
     }
 
     /// The loaded object, for benchmarks and tools that need its other
-    /// programs (`bench_*`) and maps. The agent never uses this.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// programs (`bench_*`) and maps, and for the TLS probes.
+    ///
+    /// # Errors
+    /// When the programs failed to load (see [`Self::wait_programs`]).
+    pub fn ebpf_mut(&mut self) -> Result<&mut Ebpf> {
+        self.obj()
     }
 
     /// Loads (once) and returns one of the object's other XDP programs.
@@ -608,7 +611,7 @@ impl Datapath {
             source: Box::new(ProgramError::NotLoaded),
         };
         let prog: &mut Xdp = self
-            .ebpf
+            .obj()?
             .program_mut(name)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .ok_or_else(missing)?;
@@ -905,11 +908,14 @@ impl Datapath {
     /// When the kernel refuses the program or the attachment.
     pub fn attach_stream(&mut self) -> Result<()> {
         let name = programs::STREAM;
-        let Some(socks) = self.stream_sockets.as_ref() else {
+        if self.stream_sockets.is_none() {
+            return Ok(());
+        }
+        self.obj()?;
+        let (Some(ebpf), Some(socks)) = (self.ebpf.as_mut(), self.stream_sockets.as_ref()) else {
             return Ok(());
         };
-        let prog: &mut aya::programs::SkSkb = self
-            .ebpf
+        let prog: &mut aya::programs::SkSkb = ebpf
             .program_mut(name)
             .and_then(|p| <&mut aya::programs::SkSkb>::try_from(p).ok())
             .ok_or(DatapathError::Program {
@@ -965,7 +971,7 @@ impl Datapath {
     /// Never in practice: `load` loaded it.
     pub fn tc_egress(&mut self) -> Result<&mut SchedClassifier> {
         let name = programs::TC_EGRESS;
-        self.ebpf
+        self.obj()?
             .program_mut(name)
             .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
             .ok_or(DatapathError::Program {
@@ -986,7 +992,7 @@ impl Datapath {
     pub fn sockops(&mut self) -> Result<&mut aya::programs::SockOps> {
         let name = programs::SOCKOPS;
         let prog: &mut aya::programs::SockOps = self
-            .ebpf
+            .obj()?
             .program_mut(name)
             .and_then(|p| <&mut aya::programs::SockOps>::try_from(p).ok())
             .ok_or(DatapathError::Program {
@@ -1303,6 +1309,79 @@ fn v6_buckets(n: Ipv6Net) -> Option<Vec<u32>> {
             })
             .collect(),
     )
+}
+
+/// Has the kernel verify and load the hook programs and the tail-called
+/// ones (filling their jump tables), returning the object.
+fn load_programs(mut ebpf: Ebpf) -> Result<Ebpf> {
+    let t0 = std::time::Instant::now();
+    let cpu = || crate::clock::cpu(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
+    for name in [
+        programs::XDP_INGRESS,
+        programs::TC_INGRESS,
+        programs::TC_EGRESS,
+    ] {
+        let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+            name,
+            source: Box::new(ProgramError::NotLoaded),
+        })?;
+        let res = match prog {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            _ => Err(ProgramError::UnexpectedProgramType),
+        };
+        res.map_err(|source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+    }
+    // The request sampler and the proxy program are reached by tail call
+    // from the ingress program of either hook, each through its own table.
+    for (name, table, slot) in [
+        (
+            programs::XDP_SAMPLE,
+            maps::JUMP,
+            tollgate_common::jump::SAMPLE,
+        ),
+        (
+            programs::XDP_PROXY,
+            maps::JUMP,
+            tollgate_common::jump::PROXY,
+        ),
+        (
+            programs::TC_SAMPLE,
+            maps::JUMP_TC,
+            tollgate_common::jump::SAMPLE,
+        ),
+        (
+            programs::TC_PROXY,
+            maps::JUMP_TC,
+            tollgate_common::jump::PROXY,
+        ),
+    ] {
+        let prog_err = |source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(prog_err(ProgramError::NotLoaded))?;
+        let loaded = match &mut *prog {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            _ => Err(ProgramError::UnexpectedProgramType),
+        };
+        let fd = loaded
+            .and_then(|()| prog.fd()?.try_clone().map_err(ProgramError::IOError))
+            .map_err(prog_err)?;
+        let jump = ebpf
+            .map_mut(table)
+            .ok_or(DatapathError::MissingMap { name: table })?;
+        let mut jump = aya::maps::ProgramArray::try_from(jump).map_err(map_err("open", table))?;
+        jump.set(slot, &fd, 0).map_err(map_err("write", table))?;
+    }
+    tracing::info!(took = ?t0.elapsed(), cpu = ?cpu(), "programs verified");
+    Ok(ebpf)
 }
 
 #[cfg(test)]

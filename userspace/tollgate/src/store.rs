@@ -907,55 +907,35 @@ impl Store for RedbStore {
     }
 
     fn ban_stream(&self, batch: usize, f: &mut dyn FnMut(BanStream<'_>)) -> Result<()> {
-        // Records are compared by their stored bytes: equal bytes decode to
-        // equal records. Bounded, so a store of a million distinct records
-        // (bans the engine issued one by one) holds no million copies.
-        const SHARED: u32 = 4096;
-        let r = self.db()?.begin_read().map_err(|e| io("read")(&e))?;
-        let t = r.open_table(BANS).map_err(|e| io("read")(&e))?;
+        // The rows are read and decoded on a thread of their own while the
+        // caller writes the previous batches to the kernel; at most
+        // `IN_FLIGHT` batches wait between the two, so memory stays bounded.
+        const IN_FLIGHT: usize = 2;
+        let db = self.db()?;
         let batch = batch.max(1);
-        let mut seen: std::collections::HashMap<Vec<u8>, u32> = std::collections::HashMap::new();
-        let mut next = 0u32;
-        let mut out = Vec::with_capacity(batch.min(1 << 16));
-        for row in t.iter().map_err(|e| io("read")(&e))? {
-            let (k, v) = row.map_err(|e| io("read")(&e))?;
-            let (key, val) = (k.value(), v.value());
-            if let Some(&id) = seen.get(val) {
-                let cidr = key.parse().map_err(|_| StoreError::Decode {
-                    key: key.to_owned(),
-                    source: <serde_json::Error as serde::de::Error>::custom("the key is no prefix"),
-                })?;
-                out.push((cidr, id));
-            } else {
-                let rec = decode_ban(key, val)?;
-                if next == SHARED {
-                    // Numbers are reused from here: hand over the bans
-                    // naming the old ones first.
-                    if !out.is_empty() {
-                        f(BanStream::Bans(&out));
-                        out.clear();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Streamed>>(IN_FLIGHT);
+            let reader = std::thread::Builder::new()
+                .name("tg-store-read".into())
+                .spawn_scoped(scope, move || read_bans(db, batch, &tx))
+                .map_err(|e| io("read")(&e))?;
+            for chunk in rx {
+                let mut nets: Vec<(IpNet, u32)> = Vec::new();
+                for item in chunk {
+                    match item {
+                        Streamed::Record(id, rec) => f(BanStream::Record(id, rec)),
+                        Streamed::Bans(b) => {
+                            nets = b;
+                            f(BanStream::Bans(&nets));
+                        }
                     }
-                    seen.clear();
-                    next = 0;
                 }
-                let id = next;
-                next += 1;
-                // A JSON record holds its prefix: never shared.
-                if val.first() == Some(&BAN_V1) {
-                    seen.insert(val.to_vec(), id);
-                }
-                out.push((rec.cidr, id));
-                f(BanStream::Record(id, rec));
+                drop(nets);
             }
-            if out.len() >= batch {
-                f(BanStream::Bans(&out));
-                out.clear();
-            }
-        }
-        if !out.is_empty() {
-            f(BanStream::Bans(&out));
-        }
-        Ok(())
+            reader
+                .join()
+                .unwrap_or_else(|_| Err(io("read")(&"the store reader thread failed")))
+        })
     }
 
     fn apply_bans(&mut self, put: &[BanRecord], remove: &[IpNet]) -> Result<()> {
@@ -1084,6 +1064,79 @@ impl Store for RedbStore {
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {
         self.read_all(OFFENCES)
     }
+}
+
+/// What the store's reader thread hands over (an owned [`BanStream`]).
+enum Streamed {
+    Record(u32, BanRecord),
+    Bans(Vec<(IpNet, u32)>),
+}
+
+/// Reads every ban row, numbering distinct records, and sends them in
+/// order in chunks of about `batch` prefixes (see `ban_stream`). Stops
+/// early when the receiver is gone.
+fn read_bans(
+    db: &Database,
+    batch: usize,
+    tx: &std::sync::mpsc::SyncSender<Vec<Streamed>>,
+) -> Result<()> {
+    // Records are compared by their stored bytes: equal bytes decode to
+    // equal records. Bounded, so a store of a million distinct records
+    // (bans the engine issued one by one) holds no million copies.
+    const SHARED: u32 = 4096;
+    let r = db.begin_read().map_err(|e| io("read")(&e))?;
+    let t = r.open_table(BANS).map_err(|e| io("read")(&e))?;
+    // One lookup per row: foldhash (randomly seeded), not SipHash.
+    let mut seen: std::collections::HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
+        std::collections::HashMap::default();
+    let mut next = 0u32;
+    let mut out: Vec<(IpNet, u32)> = Vec::with_capacity(batch.min(1 << 16));
+    let mut chunk: Vec<Streamed> = Vec::new();
+    // Hands `out` (and the records before it) over; `false`: nobody reads.
+    let flush = |chunk: &mut Vec<Streamed>, out: &mut Vec<(IpNet, u32)>| {
+        if !out.is_empty() {
+            chunk.push(Streamed::Bans(std::mem::replace(
+                out,
+                Vec::with_capacity(batch.min(1 << 16)),
+            )));
+        }
+        chunk.is_empty() || tx.send(std::mem::take(chunk)).is_ok()
+    };
+    for row in t.iter().map_err(|e| io("read")(&e))? {
+        let (k, v) = row.map_err(|e| io("read")(&e))?;
+        let (key, val) = (k.value(), v.value());
+        if let Some(&id) = seen.get(val) {
+            let cidr = key.parse().map_err(|_| StoreError::Decode {
+                key: key.to_owned(),
+                source: <serde_json::Error as serde::de::Error>::custom("the key is no prefix"),
+            })?;
+            out.push((cidr, id));
+        } else {
+            let rec = decode_ban(key, val)?;
+            if next == SHARED {
+                // Numbers are reused from here: hand over the bans naming
+                // the old ones first.
+                if !flush(&mut chunk, &mut out) {
+                    return Ok(());
+                }
+                seen.clear();
+                next = 0;
+            }
+            let id = next;
+            next += 1;
+            // A JSON record holds its prefix: never shared.
+            if val.first() == Some(&BAN_V1) {
+                seen.insert(val.to_vec(), id);
+            }
+            out.push((rec.cidr, id));
+            chunk.push(Streamed::Record(id, rec));
+        }
+        if out.len() >= batch && !flush(&mut chunk, &mut out) {
+            return Ok(());
+        }
+    }
+    flush(&mut chunk, &mut out);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -108,6 +108,11 @@ pub struct AgentOptions {
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
+/// CPU the agent has used so far (all threads), for the start-up phases.
+fn process_cpu() -> std::time::Duration {
+    crate::clock::cpu(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 ///
 /// # Errors
@@ -137,6 +142,8 @@ struct Running {
 /// the ring-buffer readers and the reloader. A failed start detaches what it
 /// attached and removes the pins it created.
 async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
+    let t_start = std::time::Instant::now();
+    info!(cpu = ?process_cpu(), "starting");
     if !nix::unistd::geteuid().is_root() {
         bail!("the agent must run as root: it loads eBPF programs and attaches them to interfaces");
     }
@@ -179,12 +186,29 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     if let Some(l) = link.as_mut() {
         l.connect();
     }
-    let mut dp = Datapath::load(Some(&maps_dir), capacities(&opts.policy.capacity))
+    // The maps first: the stored bans go into them while the kernel
+    // verifies the programs on another thread. Nothing is attached (and
+    // the control socket is not bound) before both are done, so the agent
+    // never reports ready, nor starts a new program, with the maps half
+    // filled. After a crash the old programs stay attached meanwhile,
+    // enforcing what the pinned maps hold.
+    let mut dp = Datapath::load_background(Some(&maps_dir), capacities(&opts.policy.capacity))
         .context("failed to load the datapath")?;
     dp.set_mode(opts.mode)?;
-    info!(mode = ?opts.mode, pins = %opts.pin_dir.display(), "datapath loaded");
+    info!(since_start = ?t_start.elapsed(), cpu = ?process_cpu(), "maps ready");
 
     let mut state = restore(opts, dp, link.as_ref())?;
+    state
+        .datapath_mut()
+        .wait_programs()
+        .context("failed to load the datapath")?;
+    info!(
+        mode = ?opts.mode,
+        pins = %opts.pin_dir.display(),
+        since_start = ?t_start.elapsed(),
+        cpu = ?process_cpu(),
+        "datapath loaded"
+    );
 
     let mut attached = Vec::new();
     for iface in &opts.ifaces {
@@ -305,7 +329,12 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
         }
     };
     pins.keep();
-    info!(socket = %opts.socket.display(), "control socket ready");
+    info!(
+        socket = %opts.socket.display(),
+        since_start = ?t_start.elapsed(),
+        cpu = ?process_cpu(),
+        "control socket ready"
+    );
     let state = Arc::new(Mutex::new(state));
     if let Some(link) = link {
         link.spawn(&state);

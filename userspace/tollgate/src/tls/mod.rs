@@ -206,12 +206,20 @@ pub fn start(
             return;
         }
         let Ok(mut st) = state.lock() else { return };
-        let ebpf = st.datapath_mut().ebpf_mut();
-        if let Err(e) = probes::load(ebpf) {
-            warn!("HTTPS plaintext will not be judged: {e:#}");
-            t.status.error = Some(format!("{e:#}"));
-            return;
-        }
+        let ebpf = match st.datapath_mut().ebpf_mut() {
+            Ok(ebpf) => match probes::load(ebpf) {
+                Ok(()) => ebpf,
+                Err(e) => {
+                    warn!("HTTPS plaintext will not be judged: {e:#}");
+                    t.status.error = Some(format!("{e:#}"));
+                    return;
+                }
+            },
+            Err(e) => {
+                t.status.error = Some(format!("{e:#}"));
+                return;
+            }
+        };
         t.status.enabled = true;
         let procs = ebpf
             .take_map(tollgate_common::maps::TLS_PROCS)
@@ -261,7 +269,11 @@ pub fn start(
             {
                 for (pid, m) in new {
                     let path = procfs::through_root(pid, &m.path);
-                    let r = probes::attach_library(st.datapath_mut().ebpf_mut(), &path);
+                    let r = st
+                        .datapath_mut()
+                        .ebpf_mut()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|ebpf| probes::attach_library(ebpf, &path));
                     let view = LibraryView {
                         path: m.path.clone(),
                         pid,
