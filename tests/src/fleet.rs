@@ -94,6 +94,7 @@ pub fn run(trials: usize, agents: usize, members: usize) {
     let (seen, arrived, probe_dst) = (sink.seen.clone(), sink.arrived.clone(), sink.addr);
 
     let (mut lat, mut cli, mut after, mut failed) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut unban = Vec::new();
     for t in 0..trials {
         seen.lock().unwrap().clear();
         arrived.store(0, Ordering::Relaxed);
@@ -124,13 +125,24 @@ pub fn run(trials: usize, agents: usize, members: usize) {
                 eprintln!("trial {t}: no drop on B within the probing window");
             }
         }
-        let _ = a.cli(&["block", "rm", &cidr]);
+        let out = a.cli(&["block", "rm", &cidr]);
+        assert!(out.status.success(), "block rm on A failed: {out:?}");
+        let lifted = Instant::now();
         assert!(
-            eventually(Duration::from_secs(5), || {
-                !b.ok(&["block", "ls", "--json"]).contains(&cidr)
+            eventually(Duration::from_secs(10), || {
+                !b.ok(&["block", "ls", "--json", "--match", &cidr]).contains(&cidr)
             }),
-            "the unban never reached B"
+            "the unban never reached B: A {}\nB {}\n{}",
+            a.json(&["status"])["cluster"],
+            b.json(&["status"])["cluster"],
+            b.log_text()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
+        unban.push(lifted.elapsed());
     }
     sink.stop();
     let trial_time = stop_background(&stop, background);
@@ -158,6 +170,11 @@ pub fn run(trials: usize, agents: usize, members: usize) {
     );
     println!(
         "  goal (issue 15): median <= 10 ms, p99 <= 50 ms; trials without a drop: {failed} of {trials}"
+    );
+    summary(
+        &mut unban,
+        "unban reaching B (upper bound)",
+        "A's `block rm` replied -> B's `block ls` no longer lists it",
     );
     join(&etcd, &fleet, JOIN_BANS);
     drop(fleet_agents);
