@@ -819,4 +819,8 @@ pub struct TlsStatus {
     pub records_unresolved: u64,
     /// Records of processes the policy excludes: dropped.
     pub records_excluded: u64,
+    /// New streams announced by the kernel and resolved at once (before
+    /// their data is read).
+    #[serde(default)]
+    pub streams_announced: u64,
 }

@@ -124,6 +124,19 @@ impl TlsState {
         })
     }
 
+    /// Resolves a new stream announced on the kernel's `TG_TLS_NEW` ring,
+    /// now, while its descriptor is surely open: its data, read later from
+    /// the sample ring (held back to be read in batches), finds the
+    /// connection cached under the stream's id even if it was closed
+    /// meanwhile. A record that is not an announcement changes nothing.
+    pub fn announce(&mut self, raw: &[u8]) {
+        let Some(a) = Announcement::parse(raw) else {
+            return;
+        };
+        self.status.streams_announced += 1;
+        let _ = self.resolve(a.tgid, a.fd, a.id, a.ts_ns);
+    }
+
     /// Decodes one ring-buffer record: a TLS record becomes a sample of its
     /// connection (or `None`: not one to judge); others decode as they are.
     pub fn sample(&mut self, raw: &[u8]) -> Option<Sample> {
@@ -159,6 +172,40 @@ impl TlsState {
         s.server_port = server_port;
         s.ifindex = 0;
         Some(s)
+    }
+}
+
+/// A new TLS stream as the kernel announces it: a payload-less TLS sample
+/// header naming the process (cookie's low half), the descriptor
+/// (`ifindex`) and the stream id (cookie's high half).
+#[derive(Debug, PartialEq, Eq)]
+struct Announcement {
+    tgid: u32,
+    fd: i32,
+    id: u32,
+    ts_ns: u64,
+}
+
+impl Announcement {
+    /// `None` for anything else: short, not a TLS record, carrying data,
+    /// a descriptor out of range, or no stream id (the kernel never uses
+    /// 0).
+    fn parse(raw: &[u8]) -> Option<Self> {
+        if raw.len() < std::mem::size_of::<SampleHeader>() {
+            return None;
+        }
+        // SAFETY: length checked; SampleHeader is POD.
+        let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        let id = (h.cookie >> 32) as u32;
+        if h.source != sample_source::TLS || h.payload_len != 0 || h.captured != 0 || id == 0 {
+            return None;
+        }
+        Some(Self {
+            tgid: h.cookie as u32,
+            fd: i32::try_from(h.ifindex).ok()?,
+            id,
+            ts_ns: h.ts_ns,
+        })
     }
 }
 
@@ -382,13 +429,14 @@ pub fn describe(s: &TlsStatus) -> String {
     let probed = s.libraries.iter().filter(|l| l.error.is_none()).count();
     out.push_str(&format!(
         "TLS plaintext on ports {:?}: {probed} libraries probed; {} calls, {} bytes captured, {} lost, \
-         {} calls without a known connection; {} records judged, {} of other connections, \
-         {} unresolved, {} excluded\n",
+         {} calls without a known connection; {} streams announced; {} records judged, \
+         {} of other connections, {} unresolved, {} excluded\n",
         s.ports,
         s.calls,
         s.bytes_captured,
         s.bytes_lost,
         s.calls_without_fd,
+        s.streams_announced,
         s.records,
         s.records_other,
         s.records_unresolved,
@@ -417,6 +465,80 @@ pub fn describe(s: &TlsStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS record as the kernel writes it: header, then `payload`.
+    fn record(tgid: u32, fd: u32, id: u32, payload: &[u8]) -> Vec<u8> {
+        let n = u32::try_from(payload.len()).unwrap();
+        let h = SampleHeader {
+            ts_ns: crate::clock::boot_ns(),
+            source: sample_source::TLS,
+            ifindex: fd,
+            payload_len: n,
+            captured: n,
+            cookie: u64::from(tgid) | (u64::from(id) << 32),
+            ..SampleHeader::default()
+        };
+        // SAFETY: SampleHeader is POD (repr(C), no padding).
+        let mut v = unsafe {
+            std::slice::from_raw_parts((&raw const h).cast::<u8>(), size_of::<SampleHeader>())
+        }
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn announcements_parse_and_nothing_else_does() {
+        let a = record(4242, 7, 9, b"");
+        let got = Announcement::parse(&a).unwrap();
+        assert_eq!((got.tgid, got.fd, got.id), (4242, 7, 9));
+        // Truncated, carrying data, no stream id, descriptor past i32.
+        assert_eq!(Announcement::parse(&a[..a.len() - 1]), None);
+        assert_eq!(Announcement::parse(&record(4242, 7, 9, b"GET")), None);
+        assert_eq!(Announcement::parse(&record(4242, 7, 0, b"")), None);
+        assert_eq!(Announcement::parse(&record(4242, 1 << 31, 9, b"")), None);
+        // Not a TLS record (a packet sample's header).
+        let mut wire = a.clone();
+        wire[std::mem::offset_of!(SampleHeader, source)] = sample_source::WIRE;
+        assert_eq!(Announcement::parse(&wire), None);
+        // Garbage changes nothing.
+        let mut t = TlsState::default();
+        t.announce(&[0xff; 100]);
+        t.announce(&[]);
+        assert!(t.conns.is_empty() && t.status.streams_announced == 0);
+    }
+
+    /// The short-connection case the announcement ring is for: the stream
+    /// is announced at accept, the connection closes, and its data, read
+    /// afterwards, is still attributed to the client that sent it; data
+    /// under another stream id on the same descriptor is not.
+    #[test]
+    fn an_announced_stream_keeps_its_client_after_close() {
+        use std::os::fd::AsRawFd as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut t = TlsState::default();
+        t.ports.insert(port);
+        let me = std::process::id();
+        let fd = u32::try_from(s.as_raw_fd()).unwrap();
+        t.announce(&record(me, fd, 77, b""));
+        assert_eq!(t.status.streams_announced, 1);
+        drop(s);
+        drop(c);
+        let req = b"GET /items/1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let got = t.sample(&record(me, fd, 77, req)).expect("judged");
+        assert_eq!((got.client, got.client_port), (peer.ip(), peer.port()));
+        assert_eq!(got.server_port, port);
+        assert_eq!(&got.data[..], req);
+        assert_eq!(t.status.records, 1);
+        // The descriptor's next stream (closed, maybe reused by another
+        // test's socket): never the announced stream's client.
+        let other = t.sample(&record(me, fd, 79, req));
+        assert!(other.is_none(), "{other:?}");
+        assert_eq!(t.status.records, 1);
+    }
 
     #[test]
     fn policy_defaults_and_checks() {
