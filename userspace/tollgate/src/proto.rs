@@ -687,6 +687,11 @@ pub struct SamplingStatus {
     /// reads it) or `nic` (sampled packets).
     #[serde(default)]
     pub capture: String,
+    /// Reads of the sample ring that found records (with the records per
+    /// read, how well the agent batches: drains are held back to one per
+    /// 20 ms under steady traffic).
+    #[serde(default)]
+    pub drains: u64,
 }
 
 // Values the agent accepts in requests. The CLI checks them before it

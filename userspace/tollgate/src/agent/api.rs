@@ -736,11 +736,16 @@ pub async fn read_samples(
     mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut ring = super::ring::Reader::new(ring, "sample")?;
-    let mut news = announcements.and_then(|r| {
-        super::ring::Reader::new(r, "TLS stream")
-            .map_err(|e| warn!("TLS streams resolve when their data is read: {e:#}"))
-            .ok()
-    });
+    // The ring stays open for as long as this reads (unwatched if it cannot
+    // be watched): the TLS programs, loaded later, refer to it.
+    let (mut news, _unwatched) = match announcements.map(super::ring::Reader::watch) {
+        Some(Ok(r)) => (Some(r), None),
+        Some(Err((ring, e))) => {
+            warn!("TLS streams resolve when their data is read (failed to watch their ring: {e})");
+            (None, Some(ring))
+        }
+        None => (None, None),
+    };
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
@@ -752,6 +757,7 @@ pub async fn read_samples(
     let mut calm_windows = 0u32;
     // When the last drain that found records ran, unless it left a backlog.
     let mut last_drain: Option<Instant> = None;
+    let mut drains = 0u64;
     loop {
         // Requests held for verification are re-checked every 2 ms: holding
         // the drain back would let the queue overflow into unverified ones.
@@ -811,6 +817,7 @@ pub async fn read_samples(
             taken += 1;
             samples.extend(api.decode(item));
         });
+        drains += u64::from(taken > 0);
         // A full drain means a backlog: the next one follows at once.
         last_drain = (taken > 0 && taken < DRAIN_MAX).then(Instant::now);
         let t = cpu_start.unwrap_or_else(thread_cpu);
@@ -861,6 +868,7 @@ pub async fn read_samples(
             }
             if let Ok(mut st) = api.state.lock() {
                 st.status.one_in_effective = one_in;
+                st.status.drains = drains;
             }
             window = Instant::now();
             busy = Duration::ZERO;

@@ -24,15 +24,20 @@ impl Reader {
     /// # Errors
     /// When the runtime cannot watch the ring's fd.
     pub fn new(ring: RingBuf<MapData>, what: &str) -> anyhow::Result<Self> {
+        Self::watch(ring)
+            .map_err(|(_, e)| anyhow::anyhow!("failed to watch the {what} ring buffer: {e}"))
+    }
+
+    /// [`Reader::new`], handing the ring back when it cannot be watched
+    /// (programs loaded later may need it open).
+    ///
+    /// # Errors
+    /// When the runtime cannot watch the ring's fd.
+    pub fn watch(ring: RingBuf<MapData>) -> Result<Self, (RingBuf<MapData>, std::io::Error)> {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and
         // is not reused for as long as it is registered.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-                anyhow::anyhow!(
-                    "failed to watch the {what} ring buffer: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(tokio::io::unix::AsyncFdTryNewError::into_parts)?;
         Ok(Self { fd, backlog: false })
     }
 
