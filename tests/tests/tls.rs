@@ -339,5 +339,8 @@ fn a_short_connection_is_judged_while_steady_keep_alive_traffic_holds_drains_bac
         drains > 0 && records >= 3 * drains,
         "{records} TLS records in {drains} drains: not held back\n{st}"
     );
-    assert!(st["tls"]["streams_announced"].as_u64().unwrap() >= 2, "{st}");
+    assert!(
+        st["tls"]["streams_announced"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
 }

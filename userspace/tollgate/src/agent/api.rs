@@ -740,7 +740,8 @@ pub async fn read_samples(
     // be watched): the TLS programs, loaded later, refer to it.
     let (mut news, _unwatched) = match announcements.map(super::ring::Reader::watch) {
         Some(Ok(r)) => (Some(r), None),
-        Some(Err((ring, e))) => {
+        Some(Err(b)) => {
+            let (ring, e) = *b;
             warn!("TLS streams resolve when their data is read (failed to watch their ring: {e})");
             (None, Some(ring))
         }

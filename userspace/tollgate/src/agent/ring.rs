@@ -25,7 +25,7 @@ impl Reader {
     /// When the runtime cannot watch the ring's fd.
     pub fn new(ring: RingBuf<MapData>, what: &str) -> anyhow::Result<Self> {
         Self::watch(ring)
-            .map_err(|(_, e)| anyhow::anyhow!("failed to watch the {what} ring buffer: {e}"))
+            .map_err(|b| anyhow::anyhow!("failed to watch the {what} ring buffer: {}", b.1))
     }
 
     /// [`Reader::new`], handing the ring back when it cannot be watched
@@ -33,11 +33,11 @@ impl Reader {
     ///
     /// # Errors
     /// When the runtime cannot watch the ring's fd.
-    pub fn watch(ring: RingBuf<MapData>) -> Result<Self, (RingBuf<MapData>, std::io::Error)> {
+    pub fn watch(ring: RingBuf<MapData>) -> Result<Self, Box<(RingBuf<MapData>, std::io::Error)>> {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and
         // is not reused for as long as it is registered.
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(tokio::io::unix::AsyncFdTryNewError::into_parts)?;
+            .map_err(|e| Box::new(e.into_parts()))?;
         Ok(Self { fd, backlog: false })
     }
 
