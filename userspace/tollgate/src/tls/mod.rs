@@ -47,13 +47,18 @@ pub struct TlsState {
     ports: BTreeSet<u16>,
     /// By process, descriptor and stream id.
     conns: HashMap<(u32, i32, u32), Cached>,
+    /// The streams cached before `conns` last filled up: a stream announced
+    /// just before that, whose records are still in the ring, finds its
+    /// connection here (its descriptor may be closed by now).
+    old_conns: HashMap<(u32, i32, u32), Cached>,
     /// The kernel's record of established connections (`TG_ESTAB`).
     established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
     /// What `status` shows.
     pub status: TlsStatus,
 }
 
-/// Bound on remembered descriptors (cleared past it: they resolve again).
+/// Bound on remembered streams, twice over (see `TlsState::old_conns`;
+/// streams forgotten resolve again from their descriptor).
 const MAX_CACHED: usize = 1 << 16;
 
 /// The shared TLS state ([`TlsState`]).
@@ -64,19 +69,30 @@ impl TlsState {
     /// once (when its first record is read; a descriptor gone by then, or
     /// reused, drops the stream's records rather than misattributing them).
     fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Cached {
-        if let Some(c) = self.conns.get(&(tgid, fd, id)) {
+        let key = (tgid, fd, id);
+        if let Some(c) = self.conns.get(&key) {
             return *c;
+        }
+        if let Some(c) = self.old_conns.remove(&key) {
+            self.cache(key, c);
+            return c;
         }
         let c = self.lookup(tgid, fd, ts_ns).unwrap_or(Cached {
             flow: None,
             excluded: false,
             dead: true,
         });
-        if self.conns.len() >= MAX_CACHED {
-            self.conns.clear();
-        }
-        self.conns.insert((tgid, fd, id), c);
+        self.cache(key, c);
         c
+    }
+
+    /// Remembers a stream's resolution; past [`MAX_CACHED`], the older half
+    /// goes (streams still read come back from it on their next record).
+    fn cache(&mut self, key: (u32, i32, u32), c: Cached) {
+        if self.conns.len() >= MAX_CACHED {
+            self.old_conns = std::mem::take(&mut self.conns);
+        }
+        self.conns.insert(key, c);
     }
 
     fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
@@ -506,6 +522,35 @@ mod tests {
         t.announce(&[0xff; 100]);
         t.announce(&[]);
         assert!(t.conns.is_empty() && t.status.streams_announced == 0);
+    }
+
+    /// A stream resolved just before the cache filled up keeps its
+    /// connection (its records may still be in the ring, its descriptor
+    /// closed).
+    #[test]
+    fn the_cache_rolls_over_without_forgetting_the_latest() {
+        let mut t = TlsState::default();
+        let flow = Some((
+            "198.18.0.2".parse().unwrap(),
+            40000,
+            "198.18.0.1".parse().unwrap(),
+            8443,
+        ));
+        let live = Cached {
+            flow,
+            excluded: false,
+            dead: false,
+        };
+        // No such process: a lookup would find nothing.
+        let key = (u32::MAX, 3, 5);
+        for i in 0..MAX_CACHED - 1 {
+            t.cache((u32::MAX, 4, u32::try_from(i).unwrap() + 1), live);
+        }
+        t.cache(key, live);
+        t.cache((u32::MAX, 6, 1), live);
+        assert!(t.conns.len() < MAX_CACHED);
+        assert_eq!(t.resolve(key.0, key.1, key.2, 0).flow, flow);
+        assert!(t.resolve(u32::MAX, 7, 1, 0).dead);
     }
 
     /// The short-connection case the announcement ring is for: the stream
