@@ -262,3 +262,85 @@ fn behind_a_trusted_proxy_the_forwarded_client_is_banned() {
     assert_banned(&agent, real);
     assert!(!agent.policy_banned(proxy), "the proxy itself was banned");
 }
+
+/// A keep-alive HTTPS client sending `rate` requests a second for `secs`
+/// seconds; prints how many were answered and how many failed.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, json, ssl, sys, time
+host, port, rate, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+c = http.client.HTTPSConnection(host, port, context=ssl._create_unverified_context(), timeout=5)
+ok, err, n, start = 0, 0, 0, time.monotonic()
+while time.monotonic() - start < secs:
+    due = start + n / rate
+    if due > time.monotonic():
+        time.sleep(due - time.monotonic())
+    n += 1
+    try:
+        c.request("GET", "/items/%d" % (n % 5 + 1))
+        r = c.getresponse()
+        r.read()
+        ok += r.status == 200
+    except Exception:
+        err += 1
+        c.close()
+print(json.dumps({"ok": ok, "err": err}))
+"#;
+
+/// The sample reader holds its drains back (one per 20 ms) under steady
+/// traffic, while a short connection (accept, one request, close) is over
+/// in a few ms: its stream must be resolved from its announcement, before
+/// its records come out of the ring, or its request is dropped unjudged.
+#[test]
+fn a_short_connection_is_judged_while_steady_keep_alive_traffic_holds_drains_back() {
+    let lab = Lab::new();
+    let nginx = Nginx::start(&[lab.v4(0, 1), lab.v4(1, 1)]);
+    let port = nginx.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    wait_probed(&agent);
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let background = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "python3", "-c", KEEPALIVE_CLIENT])
+        .args([&lab.v4(1, 1).to_string(), &port, "150", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Steady traffic first, so drains are being held back.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = curl(&lab, &[url(lab.v4(0, 1), nginx.port, INJECTION)]);
+    assert_eq!(codes(&out).len(), 1, "{out:?}");
+    assert_banned(&agent, attacker);
+    let out = background.wait_with_output().unwrap();
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "background client: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        done["err"] == 0 && done["ok"].as_u64().unwrap() > 500,
+        "the keep-alive client was hindered: {done}"
+    );
+    assert!(
+        !agent.policy_banned(benign),
+        "{benign} banned too\nevents: {:#?}",
+        agent.events()
+    );
+    // The reader did batch: several records per drain (one each, or
+    // nearly, if every record woke it). The counters are published each
+    // second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let st = agent.json(&["status"]);
+    let (records, drains) = (
+        st["tls"]["records"].as_u64().unwrap(),
+        st["sampling"]["drains"].as_u64().unwrap(),
+    );
+    assert!(
+        drains > 0 && records >= 3 * drains,
+        "{records} TLS records in {drains} drains: not held back\n{st}"
+    );
+    assert!(
+        st["tls"]["streams_announced"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
+}

@@ -88,6 +88,10 @@ pub mod maps {
     /// accepts are announced. Filled by the probes and by the agent's
     /// discovery (not pinned).
     pub const TLS_PROCS: &str = "TG_TLS_PROCS";
+    /// New TLS streams announced (ring buffer of payload-less sample
+    /// headers, not pinned): read at once, apart from the coalesced
+    /// samples, so each is resolved while its descriptor is open.
+    pub const TLS_NEW: &str = "TG_TLS_NEW";
     /// Per API socket (cookie): the stream offset up to which the stream
     /// program need not copy (a body the agent passes over). Not pinned.
     pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
@@ -230,6 +234,10 @@ pub mod capacity {
     pub const TLS_STREAMS: u32 = 1 << 17;
     /// Processes known to make TLS calls (their accepts are announced).
     pub const TLS_PROCS: u32 = 1 << 12;
+    /// Bytes of the new-stream ring (about 3,000 announcements of 80 bytes:
+    /// far more connections than arrive between two of its reads, which
+    /// are not held back).
+    pub const TLS_NEW_BYTES: u32 = 1 << 18;
 }
 
 /// Slots of the tail-call table.

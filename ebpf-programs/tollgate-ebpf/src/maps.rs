@@ -181,6 +181,11 @@ pub static TG_TLS_OFF: LruHashMap<tollgate_common::TlsStreamKey, tollgate_common
 pub static TG_TLS_PROCS: LruHashMap<u32, u32> =
     LruHashMap::with_max_entries(tollgate_common::capacity::TLS_PROCS, 0);
 
+/// New TLS streams announced to the agent (see `tls.rs`).
+#[map]
+pub static TG_TLS_NEW: RingBuf =
+    RingBuf::with_byte_size(tollgate_common::capacity::TLS_NEW_BYTES, 0);
+
 #[map]
 pub static TG_TLS_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);

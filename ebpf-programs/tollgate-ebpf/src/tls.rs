@@ -10,7 +10,9 @@
 //! call names its file descriptor (tracepoints, as kprobes are not
 //! available everywhere); a call served from the library's buffer uses the
 //! descriptor last seen with its `SSL *`. The agent resolves (process,
-//! descriptor) to the TCP connection and keeps only API sockets.
+//! descriptor) to the TCP connection and keeps only API sockets. Each new
+//! stream is announced on a ring of its own that the agent reads at once
+//! (the data waits in the sample ring to be read in batches).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
@@ -23,7 +25,8 @@ use tollgate_common::{
 };
 
 use crate::maps::{
-    TG_SAMPLES, TG_TLS_CALLS, TG_TLS_OFF, TG_TLS_PROCS, TG_TLS_SSLFD, TG_TLS_STATS, TG_TSCRATCH,
+    TG_SAMPLES, TG_TLS_CALLS, TG_TLS_NEW, TG_TLS_OFF, TG_TLS_PROCS, TG_TLS_SSLFD, TG_TLS_STATS,
+    TG_TSCRATCH,
 };
 
 /// Records copied from one call, as for one socket buffer in `stream.rs`:
@@ -125,8 +128,8 @@ pub fn tollgate_tls_close(ctx: TracePointContext) -> u32 {
 
 /// On `sys_exit_accept`/`sys_exit_accept4` of a process that made TLS
 /// calls: starts the new descriptor's stream and announces it (a record
-/// without payload), so the agent resolves the connection while the TLS
-/// handshake runs.
+/// without payload, see [`announce`]), so the agent resolves the connection
+/// while the TLS handshake runs.
 #[tracepoint]
 pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -152,6 +155,18 @@ pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
         reserved: 0,
     };
     let _ = TG_TLS_OFF.insert(&TlsStreamKey { tgid, fd }, &st, 0);
+    announce(tgid, fd, id, now);
+    0
+}
+
+/// Announces stream `id` of the process's descriptor on its own ring
+/// (`TG_TLS_NEW`), which the agent reads at once while it holds the sample
+/// ring's records back to read many per wake-up: it resolves the
+/// descriptor's connection while it is surely open, before the stream's
+/// data (and maybe its close) comes out of the sample ring. A full ring
+/// loses only the earliness: the data then resolves when it is read.
+#[inline(always)]
+fn announce(tgid: u32, fd: i32, id: u32, now: u64) {
     let h = SampleHeader {
         ts_ns: now,
         flow: FlowKey::default(),
@@ -165,8 +180,7 @@ pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
         captured: 0,
         cookie: u64::from(tgid) | (u64::from(id) << 32),
     };
-    let _ = TG_SAMPLES.output::<SampleHeader>(&h, 0);
-    0
+    let _ = TG_TLS_NEW.output::<SampleHeader>(&h, 0);
 }
 
 #[uretprobe]
@@ -252,6 +266,10 @@ fn capture(tgid: u32, fd: i32, direction: u32, buf: u64, len: u64) {
                 reserved: 0,
             };
             let _ = TG_TLS_OFF.insert(&key, &st, 0);
+            // A stream whose accept was not seen (open before the agent,
+            // or accepted before its process was known): announced from
+            // inside this call, its descriptor in use.
+            announce(tgid, fd, id, now);
             (0, id)
         }
     };

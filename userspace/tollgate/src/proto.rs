@@ -693,6 +693,11 @@ pub struct SamplingStatus {
     /// reads it) or `nic` (sampled packets).
     #[serde(default)]
     pub capture: String,
+    /// Reads of the sample ring that found records (with the records per
+    /// read, how well the agent batches: drains are held back to one per
+    /// 20 ms under steady traffic).
+    #[serde(default)]
+    pub drains: u64,
 }
 
 // Values the agent accepts in requests. The CLI checks them before it
@@ -825,4 +830,8 @@ pub struct TlsStatus {
     pub records_unresolved: u64,
     /// Records of processes the policy excludes: dropped.
     pub records_excluded: u64,
+    /// New streams announced by the kernel and resolved at once (before
+    /// their data is read).
+    #[serde(default)]
+    pub streams_announced: u64,
 }

@@ -53,11 +53,17 @@ const MAX_ONE_IN: u32 = 1 << 20;
 /// after a quiet spell is handled at once, so a lone attack request is
 /// judged without this delay.
 const COALESCE: Duration = Duration::from_millis(20);
-/// The same while TLS probes are on: none. A TLS stream's connection is
-/// resolved from `/proc` while its descriptor is open, and a short
-/// connection (request, answer, close: a few ms) held back in the ring for
-/// 20 ms is closed by then, its request dropped unjudged as unresolved.
-const TLS_COALESCE: Duration = Duration::ZERO;
+/// TLS probes need no exception: a TLS stream's connection is resolved
+/// from `/proc` while its descriptor is open, and a short connection
+/// (request, answer, close: a few ms) is closed before its records come out
+/// of the ring; but the kernel announces each new stream on a ring of its
+/// own (`TG_TLS_NEW`), which is read at once, also during the wait, so the
+/// connection is resolved and cached under the stream's id before its
+/// records are read. Without that ring (an older eBPF object), no
+/// coalescing while TLS probes are on.
+const NO_COALESCE: Duration = Duration::ZERO;
+/// Announcements handled per wake-up at most.
+const ANNOUNCE_MAX: usize = 1024;
 /// Records handled per drain at most (a backlog is drained in batches this
 /// big, one right after another).
 const DRAIN_MAX: usize = 4096;
@@ -287,8 +293,16 @@ impl ApiHandle {
         self.tls.lock().ok()?.sample(raw)
     }
 
-    /// TLS probes are on (records must be resolved while their connection
-    /// is open, so they are not held back).
+    /// Resolves a new TLS stream the kernel announced (see
+    /// [`crate::tls::TlsState::announce`]).
+    pub fn announce(&self, raw: &[u8]) {
+        if let Ok(mut t) = self.tls.lock() {
+            t.announce(raw);
+        }
+    }
+
+    /// TLS probes are on (without the announcement ring, records must be
+    /// resolved while their connection is open, so they are not held back).
     #[must_use]
     pub fn tls_probing(&self) -> bool {
         self.tls.lock().is_ok_and(|t| t.status.enabled)
@@ -722,16 +736,29 @@ pub fn wall_offset() -> f64 {
     unix - clock::boot_ns() as f64 / 1e9
 }
 
-/// Reads the sample ring buffer until the agent stops. `set_rate` writes a
-/// new 1-in-N into the datapath.
+/// Reads the sample ring buffer until the agent stops, and the TLS
+/// new-stream ring (`announcements`) whenever it has records (and before
+/// each drain of samples). `set_rate` writes a new 1-in-N into the datapath.
 pub async fn read_samples(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
+    announcements: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     api: ApiHandle,
     policy: SamplingPolicy,
     set_rate: impl Fn(u32) + Send + 'static,
     mut on_findings: impl FnMut(Batch) + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut ring = super::ring::Reader::new(ring, "sample")?;
+    // The ring stays open for as long as this reads (unwatched if it cannot
+    // be watched): the TLS programs, loaded later, refer to it.
+    let (mut news, _unwatched) = match announcements.map(super::ring::Reader::watch) {
+        Some(Ok(r)) => (Some(r), None),
+        Some(Err(b)) => {
+            let (ring, e) = *b;
+            warn!("TLS streams resolve when their data is read (failed to watch their ring: {e})");
+            (None, Some(ring))
+        }
+        None => (None, None),
+    };
     let offset = wall_offset();
     let budget = policy.cpu_budget_percent / 100.0;
     let mut one_in = policy.one_in.max(1);
@@ -743,19 +770,20 @@ pub async fn read_samples(
     let mut calm_windows = 0u32;
     // When the last drain that found records ran, unless it left a backlog.
     let mut last_drain: Option<Instant> = None;
+    let mut drains = 0u64;
     loop {
         // Requests held for verification are re-checked every 2 ms: holding
         // the drain back would let the queue overflow into unverified ones.
-        let coalesce = if api.tls_probing() || api.has_waiting() {
-            TLS_COALESCE
+        let coalesce = if api.has_waiting() || (news.is_none() && api.tls_probing()) {
+            NO_COALESCE
         } else {
             COALESCE
         };
-        if let Some(gap) = last_drain.and_then(|t| coalesce.checked_sub(t.elapsed()))
-            && !gap.is_zero()
-        {
-            tokio::time::sleep(gap).await;
-        }
+        let now = tokio::time::Instant::now();
+        let hold = last_drain
+            .and_then(|t| coalesce.checked_sub(t.elapsed()))
+            .filter(|g| !g.is_zero())
+            .map(|g| now + g);
         // Held requests are re-checked every few milliseconds; otherwise the
         // loop still wakes each second, so idle flows expire and a raised
         // sampling divisor comes down again without new samples.
@@ -764,17 +792,45 @@ pub async fn read_samples(
         } else {
             Duration::from_secs(1)
         };
+        let until = hold.unwrap_or(now) + tick;
+        // Until samples are due (held back, then waited for), new TLS
+        // streams are resolved as they are announced.
+        loop {
+            let samples_due = async {
+                if let Some(h) = hold {
+                    tokio::time::sleep_until(h).await;
+                }
+                ring.wait(Some(until)).await
+            };
+            let announced = async {
+                match news.as_mut() {
+                    Some(n) => n.wait(None).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woke_for_news = tokio::select! {
+                biased;
+                r = samples_due => { r?; false }
+                r = announced => { r?; true }
+            };
+            if let Some(n) = news.as_mut() {
+                n.read(ANNOUNCE_MAX, |item| api.announce(item));
+            }
+            if !woke_for_news {
+                break;
+            }
+        }
         // Records are decoded straight from the ring (one copy of their
         // bytes); the CPU time counted starts at the first one.
         let mut samples = Vec::new();
         let mut taken = 0usize;
         let mut cpu_start = None;
-        ring.drain(Some(tick), DRAIN_MAX, |item| {
+        ring.read(DRAIN_MAX, |item| {
             cpu_start.get_or_insert_with(thread_cpu);
             taken += 1;
             samples.extend(api.decode(item));
-        })
-        .await?;
+        });
+        drains += u64::from(taken > 0);
         // A full drain means a backlog: the next one follows at once.
         last_drain = (taken > 0 && taken < DRAIN_MAX).then(Instant::now);
         let t = cpu_start.unwrap_or_else(thread_cpu);
@@ -825,6 +881,7 @@ pub async fn read_samples(
             }
             if let Ok(mut st) = api.state.lock() {
                 st.status.one_in_effective = one_in;
+                st.status.drains = drains;
             }
             window = Instant::now();
             busy = Duration::ZERO;

@@ -279,6 +279,13 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     };
     let events = state.datapath_mut().take_events();
     let samples = state.datapath_mut().take_samples();
+    // Only written while TLS probes are on (`tls::start`); an object
+    // without it leaves TLS records unheld (see `api::read_samples`).
+    let tls_news = state
+        .datapath_mut()
+        .ebpf_mut()
+        .take_map(tollgate_common::maps::TLS_NEW)
+        .and_then(|m| aya::maps::RingBuf::try_from(m).ok());
     let mut capture = "nic";
     if !api_ports.is_empty() && sockops.is_some() && opts.sampling.stream {
         match state.datapath_mut().attach_stream() {
@@ -344,6 +351,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
         &state,
         events,
         samples.filter(|_| !api_ports.is_empty()),
+        tls_news,
         &api,
         &event_log,
     );
@@ -588,6 +596,7 @@ fn spawn_readers(
     state: &Arc<Mutex<AgentState>>,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     samples: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    tls_news: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     api: &api::ApiHandle,
     event_log: &Arc<Mutex<EventLog>>,
 ) {
@@ -630,7 +639,9 @@ fn spawn_readers(
                     warn!("failed to change the sampling rate: {e:#}");
                 }
             };
-            if let Err(e) = api::read_samples(ring, api, policy, set_rate, on_findings).await {
+            if let Err(e) =
+                api::read_samples(ring, tls_news, api, policy, set_rate, on_findings).await
+            {
                 error!("sample reader stopped: {e:#}");
             }
         });

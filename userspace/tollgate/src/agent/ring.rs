@@ -24,15 +24,20 @@ impl Reader {
     /// # Errors
     /// When the runtime cannot watch the ring's fd.
     pub fn new(ring: RingBuf<MapData>, what: &str) -> anyhow::Result<Self> {
+        Self::watch(ring)
+            .map_err(|b| anyhow::anyhow!("failed to watch the {what} ring buffer: {}", b.1))
+    }
+
+    /// [`Reader::new`], handing the ring back when it cannot be watched
+    /// (programs loaded later may need it open).
+    ///
+    /// # Errors
+    /// When the runtime cannot watch the ring's fd.
+    pub fn watch(ring: RingBuf<MapData>) -> Result<Self, Box<(RingBuf<MapData>, std::io::Error)>> {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open and
         // is not reused for as long as it is registered.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-                anyhow::anyhow!(
-                    "failed to watch the {what} ring buffer: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| Box::new(e.into_parts()))?;
         Ok(Self { fd, backlog: false })
     }
 
@@ -47,37 +52,57 @@ impl Reader {
         &mut self,
         wait: Option<Duration>,
         max: usize,
-        mut record: impl FnMut(&[u8]),
+        record: impl FnMut(&[u8]),
     ) -> anyhow::Result<()> {
-        if std::mem::take(&mut self.backlog) {
+        self.wait(wait.map(|w| tokio::time::Instant::now() + w))
+            .await?;
+        self.read(max, record);
+        Ok(())
+    }
+
+    /// Waits until records may be there (at most until `until`, when
+    /// given). Cancel-safe: dropped before it returns, it changes nothing,
+    /// so it can race other wake-ups in a `select!`.
+    ///
+    /// # Errors
+    /// When waiting on the fd fails.
+    pub async fn wait(&mut self, until: Option<tokio::time::Instant>) -> anyhow::Result<()> {
+        if self.backlog {
             // Behind: read on without waiting, but let the runtime's other
             // tasks (the ban and fleet writers this work wakes) run first.
             tokio::task::yield_now().await;
-        } else {
-            let ready = match wait {
-                None => Some(self.fd.readable_mut().await?),
-                Some(w) => match tokio::time::timeout(w, self.fd.readable_mut()).await {
-                    Ok(guard) => Some(guard?),
-                    Err(_) => None,
-                },
-            };
-            // Cleared before reading: the kernel wakes the reader for a
-            // record written once it has caught up, so one written after
-            // the ring is found empty below sets the readiness again.
-            if let Some(mut guard) = ready {
-                guard.clear_ready();
-            }
+            self.backlog = false;
+            return Ok(());
         }
+        let ready = match until {
+            None => Some(self.fd.readable_mut().await?),
+            Some(t) => match tokio::time::timeout_at(t, self.fd.readable_mut()).await {
+                Ok(guard) => Some(guard?),
+                Err(_) => None,
+            },
+        };
+        // Cleared before reading: the kernel wakes the reader for a record
+        // written once it has caught up, so one written after the ring is
+        // found empty by `read` sets the readiness again.
+        if let Some(mut guard) = ready {
+            guard.clear_ready();
+        }
+        Ok(())
+    }
+
+    /// Hands up to `max` records to `record` without waiting; returns how
+    /// many.
+    pub fn read(&mut self, max: usize, mut record: impl FnMut(&[u8])) -> usize {
         let ring = self.fd.get_mut();
-        for _ in 0..max {
+        for n in 0..max {
             let Some(item) = ring.next() else {
-                return Ok(());
+                return n;
             };
             record(&item);
         }
         // Stopped at `max` with records perhaps left: no wake-up comes for
-        // them while the reader is behind, so the next call reads at once.
+        // them while the reader is behind, so the next wait returns at once.
         self.backlog = true;
-        Ok(())
+        max
     }
 }

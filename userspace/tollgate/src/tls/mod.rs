@@ -47,13 +47,18 @@ pub struct TlsState {
     ports: BTreeSet<u16>,
     /// By process, descriptor and stream id.
     conns: HashMap<(u32, i32, u32), Cached>,
+    /// The streams cached before `conns` last filled up: a stream announced
+    /// just before that, whose records are still in the ring, finds its
+    /// connection here (its descriptor may be closed by now).
+    old_conns: HashMap<(u32, i32, u32), Cached>,
     /// The kernel's record of established connections (`TG_ESTAB`).
     established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
     /// What `status` shows.
     pub status: TlsStatus,
 }
 
-/// Bound on remembered descriptors (cleared past it: they resolve again).
+/// Bound on remembered streams, twice over (see `TlsState::old_conns`;
+/// streams forgotten resolve again from their descriptor).
 const MAX_CACHED: usize = 1 << 16;
 
 /// The shared TLS state ([`TlsState`]).
@@ -64,19 +69,30 @@ impl TlsState {
     /// once (when its first record is read; a descriptor gone by then, or
     /// reused, drops the stream's records rather than misattributing them).
     fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Cached {
-        if let Some(c) = self.conns.get(&(tgid, fd, id)) {
+        let key = (tgid, fd, id);
+        if let Some(c) = self.conns.get(&key) {
             return *c;
+        }
+        if let Some(c) = self.old_conns.remove(&key) {
+            self.cache(key, c);
+            return c;
         }
         let c = self.lookup(tgid, fd, ts_ns).unwrap_or(Cached {
             flow: None,
             excluded: false,
             dead: true,
         });
-        if self.conns.len() >= MAX_CACHED {
-            self.conns.clear();
-        }
-        self.conns.insert((tgid, fd, id), c);
+        self.cache(key, c);
         c
+    }
+
+    /// Remembers a stream's resolution; past [`MAX_CACHED`], the older half
+    /// goes (streams still read come back from it on their next record).
+    fn cache(&mut self, key: (u32, i32, u32), c: Cached) {
+        if self.conns.len() >= MAX_CACHED {
+            self.old_conns = std::mem::take(&mut self.conns);
+        }
+        self.conns.insert(key, c);
     }
 
     fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
@@ -124,6 +140,19 @@ impl TlsState {
         })
     }
 
+    /// Resolves a new stream announced on the kernel's `TG_TLS_NEW` ring,
+    /// now, while its descriptor is surely open: its data, read later from
+    /// the sample ring (held back to be read in batches), finds the
+    /// connection cached under the stream's id even if it was closed
+    /// meanwhile. A record that is not an announcement changes nothing.
+    pub fn announce(&mut self, raw: &[u8]) {
+        let Some(a) = Announcement::parse(raw) else {
+            return;
+        };
+        self.status.streams_announced += 1;
+        let _ = self.resolve(a.tgid, a.fd, a.id, a.ts_ns);
+    }
+
     /// Decodes one ring-buffer record: a TLS record becomes a sample of its
     /// connection (or `None`: not one to judge); others decode as they are.
     pub fn sample(&mut self, raw: &[u8]) -> Option<Sample> {
@@ -159,6 +188,40 @@ impl TlsState {
         s.server_port = server_port;
         s.ifindex = 0;
         Some(s)
+    }
+}
+
+/// A new TLS stream as the kernel announces it: a payload-less TLS sample
+/// header naming the process (cookie's low half), the descriptor
+/// (`ifindex`) and the stream id (cookie's high half).
+#[derive(Debug, PartialEq, Eq)]
+struct Announcement {
+    tgid: u32,
+    fd: i32,
+    id: u32,
+    ts_ns: u64,
+}
+
+impl Announcement {
+    /// `None` for anything else: short, not a TLS record, carrying data,
+    /// a descriptor out of range, or no stream id (the kernel never uses
+    /// 0).
+    fn parse(raw: &[u8]) -> Option<Self> {
+        if raw.len() < std::mem::size_of::<SampleHeader>() {
+            return None;
+        }
+        // SAFETY: length checked; SampleHeader is POD.
+        let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        let id = (h.cookie >> 32) as u32;
+        if h.source != sample_source::TLS || h.payload_len != 0 || h.captured != 0 || id == 0 {
+            return None;
+        }
+        Some(Self {
+            tgid: h.cookie as u32,
+            fd: i32::try_from(h.ifindex).ok()?,
+            id,
+            ts_ns: h.ts_ns,
+        })
     }
 }
 
@@ -394,13 +457,14 @@ pub fn describe(s: &TlsStatus) -> String {
     let probed = s.libraries.iter().filter(|l| l.error.is_none()).count();
     out.push_str(&format!(
         "TLS plaintext on ports {:?}: {probed} libraries probed; {} calls, {} bytes captured, {} lost, \
-         {} calls without a known connection; {} records judged, {} of other connections, \
-         {} unresolved, {} excluded\n",
+         {} calls without a known connection; {} streams announced; {} records judged, \
+         {} of other connections, {} unresolved, {} excluded\n",
         s.ports,
         s.calls,
         s.bytes_captured,
         s.bytes_lost,
         s.calls_without_fd,
+        s.streams_announced,
         s.records,
         s.records_other,
         s.records_unresolved,
@@ -429,6 +493,109 @@ pub fn describe(s: &TlsStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS record as the kernel writes it: header, then `payload`.
+    fn record(tgid: u32, fd: u32, id: u32, payload: &[u8]) -> Vec<u8> {
+        let n = u32::try_from(payload.len()).unwrap();
+        let h = SampleHeader {
+            ts_ns: crate::clock::boot_ns(),
+            source: sample_source::TLS,
+            ifindex: fd,
+            payload_len: n,
+            captured: n,
+            cookie: u64::from(tgid) | (u64::from(id) << 32),
+            ..SampleHeader::default()
+        };
+        // SAFETY: SampleHeader is POD (repr(C), no padding).
+        let mut v = unsafe {
+            std::slice::from_raw_parts((&raw const h).cast::<u8>(), size_of::<SampleHeader>())
+        }
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn announcements_parse_and_nothing_else_does() {
+        let a = record(4242, 7, 9, b"");
+        let got = Announcement::parse(&a).unwrap();
+        assert_eq!((got.tgid, got.fd, got.id), (4242, 7, 9));
+        // Truncated, carrying data, no stream id, descriptor past i32.
+        assert_eq!(Announcement::parse(&a[..a.len() - 1]), None);
+        assert_eq!(Announcement::parse(&record(4242, 7, 9, b"GET")), None);
+        assert_eq!(Announcement::parse(&record(4242, 7, 0, b"")), None);
+        assert_eq!(Announcement::parse(&record(4242, 1 << 31, 9, b"")), None);
+        // Not a TLS record (a packet sample's header).
+        let mut wire = a.clone();
+        wire[std::mem::offset_of!(SampleHeader, source)] = sample_source::WIRE;
+        assert_eq!(Announcement::parse(&wire), None);
+        // Garbage changes nothing.
+        let mut t = TlsState::default();
+        t.announce(&[0xff; 100]);
+        t.announce(&[]);
+        assert!(t.conns.is_empty() && t.status.streams_announced == 0);
+    }
+
+    /// A stream resolved just before the cache filled up keeps its
+    /// connection (its records may still be in the ring, its descriptor
+    /// closed).
+    #[test]
+    fn the_cache_rolls_over_without_forgetting_the_latest() {
+        let mut t = TlsState::default();
+        let flow = Some((
+            "198.18.0.2".parse().unwrap(),
+            40000,
+            "198.18.0.1".parse().unwrap(),
+            8443,
+        ));
+        let live = Cached {
+            flow,
+            excluded: false,
+            dead: false,
+        };
+        // No such process: a lookup would find nothing.
+        let key = (u32::MAX, 3, 5);
+        for i in 0..MAX_CACHED - 1 {
+            t.cache((u32::MAX, 4, u32::try_from(i).unwrap() + 1), live);
+        }
+        t.cache(key, live);
+        t.cache((u32::MAX, 6, 1), live);
+        assert!(t.conns.len() < MAX_CACHED);
+        assert_eq!(t.resolve(key.0, key.1, key.2, 0).flow, flow);
+        assert!(t.resolve(u32::MAX, 7, 1, 0).dead);
+    }
+
+    /// The short-connection case the announcement ring is for: the stream
+    /// is announced at accept, the connection closes, and its data, read
+    /// afterwards, is still attributed to the client that sent it; data
+    /// under another stream id on the same descriptor is not.
+    #[test]
+    fn an_announced_stream_keeps_its_client_after_close() {
+        use std::os::fd::AsRawFd as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut t = TlsState::default();
+        t.ports.insert(port);
+        let me = std::process::id();
+        let fd = u32::try_from(s.as_raw_fd()).unwrap();
+        t.announce(&record(me, fd, 77, b""));
+        assert_eq!(t.status.streams_announced, 1);
+        drop(s);
+        drop(c);
+        let req = b"GET /items/1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let got = t.sample(&record(me, fd, 77, req)).expect("judged");
+        assert_eq!((got.client, got.client_port), (peer.ip(), peer.port()));
+        assert_eq!(got.server_port, port);
+        assert_eq!(&got.data[..], req);
+        assert_eq!(t.status.records, 1);
+        // The descriptor's next stream (closed, maybe reused by another
+        // test's socket): never the announced stream's client.
+        let other = t.sample(&record(me, fd, 79, req));
+        assert!(other.is_none(), "{other:?}");
+        assert_eq!(t.status.records, 1);
+    }
 
     #[test]
     fn policy_defaults_and_checks() {
