@@ -318,7 +318,9 @@ impl Drop for PyTls {
 /// A Python `ssl` server that serves one connection at a time, in accept
 /// order (each until its client closes): a connection closed is followed
 /// at once by the next queued one, on the same descriptor (the lowest free).
-/// It logs `accept FD IP PORT` and `served FD IP PORT` lines.
+/// It logs `accept FD IP PORT` and `served FD IP PORT` lines. With
+/// `dup2`, a finished connection's descriptor is not closed: the next
+/// connection's socket is moved onto it with `dup2`.
 pub struct PySequential {
     /// The HTTPS port.
     pub port: u16,
@@ -328,7 +330,7 @@ pub struct PySequential {
 }
 
 const PY_SEQUENTIAL: &str = r#"
-import socket, ssl, sys
+import os, socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[3], sys.argv[4])
 log = open(sys.argv[5], "a", buffering=1)
@@ -336,8 +338,16 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(16)
+dup2 = sys.argv[6] == "dup2"
+prev = None
 while True:
     raw, peer = s.accept()
+    if dup2 and prev is not None:
+        # The finished connection's descriptor takes the new one's socket
+        # (replaced without close).
+        os.dup2(raw.fileno(), prev)
+        raw.close()
+        raw = socket.socket(fileno=prev)
     fd = raw.fileno()
     log.write(f"accept {fd} {peer[0]} {peer[1]}\n")
     c = None
@@ -352,12 +362,15 @@ while True:
     except Exception as e:
         log.write(f"error {fd} {e}\n")
     finally:
-        (c or raw).close()
+        if dup2:
+            prev = (c or raw).detach()
+        else:
+            (c or raw).close()
 "#;
 
 impl PySequential {
     /// Starts it on `addr`.
-    pub fn start(addr: IpAddr) -> Self {
+    pub fn start(addr: IpAddr, dup2: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = self_signed(dir.path());
         let log = dir.path().join("server.log");
@@ -367,6 +380,7 @@ impl PySequential {
             .arg(&cert)
             .arg(&key)
             .arg(&log)
+            .arg(if dup2 { "dup2" } else { "close" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -376,8 +376,19 @@ fn wait_for(what: &str, server: &PySequential, mut ok: impl FnMut() -> bool) {
 /// time, bans it.
 #[test]
 fn a_closed_attackers_bytes_are_not_judged_as_the_next_client_on_its_descriptor() {
+    fd_reused_while_unread(false);
+}
+
+/// The same with the descriptor replaced by `dup2` instead of closed and
+/// reused: the kernel ends the stream there too.
+#[test]
+fn an_attackers_bytes_are_not_judged_as_the_client_dup2_put_on_its_descriptor() {
+    fd_reused_while_unread(true);
+}
+
+fn fd_reused_while_unread(dup2: bool) {
     let lab = Lab::new();
-    let server = PySequential::start(lab.v4(0, 1));
+    let server = PySequential::start(lab.v4(0, 1), dup2);
     let port = server.port.to_string();
     let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
     wait_probed(&agent);

@@ -166,6 +166,9 @@ pub mod programs {
     pub const TLS_FD: &str = "tollgate_tls_fd";
     /// Tracepoint on `close`: a descriptor's stream offsets start over.
     pub const TLS_CLOSE: &str = "tollgate_tls_close";
+    /// Tracepoint on `dup2`/`dup3`: the target descriptor, replaced without
+    /// `close`, ends its stream too.
+    pub const TLS_DUP: &str = "tollgate_tls_dup";
     /// Tracepoint on `accept`/`accept4` returning, in processes that made TLS
     /// calls: announces the new connection's stream so the agent resolves it
     /// during the TLS handshake, before any request (and before a short

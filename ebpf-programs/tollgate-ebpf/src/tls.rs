@@ -153,6 +153,30 @@ pub fn tollgate_tls_close(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// On `sys_enter_dup2`/`sys_enter_dup3`: `newfd` is closed and reused in one
+/// step, without `close`; its stream ends as at `close` (the agent's proof
+/// that a socket is a stream's relies on every stream ending before its
+/// descriptor is reused).
+#[tracepoint]
+pub fn tollgate_tls_dup(ctx: TracePointContext) -> u32 {
+    // SAFETY: reading the tracepoint's own record (oldfd, newfd).
+    let (Ok(old), Ok(new)) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }, unsafe {
+        ctx.read_at::<u64>(SYSCALL_ARG0 + 8)
+    }) else {
+        return 0;
+    };
+    // dup2(fd, fd) changes nothing (dup3 refuses it).
+    if old == new {
+        return 0;
+    }
+    let key = TlsStreamKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: new as i32,
+    };
+    let _ = TG_TLS_OFF.remove(&key);
+    0
+}
+
 /// On `sys_exit_accept`/`sys_exit_accept4` of a process that made TLS
 /// calls: starts the new descriptor's stream and announces it (a record
 /// without payload, see [`announce`]), so the agent resolves the connection
