@@ -315,6 +315,154 @@ impl Drop for PyTls {
     }
 }
 
+/// A Python `ssl` server that serves one connection at a time, in accept
+/// order (each until its client closes): a connection closed is followed
+/// at once by the next queued one, on the same descriptor (the lowest free).
+/// It logs `accept FD IP PORT` and `served FD IP PORT` lines. With
+/// `dup2`, a finished connection's descriptor is not closed: the next
+/// connection's socket is moved onto it with `dup2`.
+pub struct PySequential {
+    /// The HTTPS port.
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const PY_SEQUENTIAL: &str = r#"
+import os, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+log = open(sys.argv[5], "a", buffering=1)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(16)
+dup2 = sys.argv[6] == "dup2"
+prev = None
+while True:
+    raw, peer = s.accept()
+    if dup2 and prev is not None:
+        # The finished connection's descriptor takes the new one's socket
+        # (replaced without close).
+        os.dup2(raw.fileno(), prev)
+        raw.close()
+        raw = socket.socket(fileno=prev)
+    fd = raw.fileno()
+    log.write(f"accept {fd} {peer[0]} {peer[1]}\n")
+    c = None
+    try:
+        c = ctx.wrap_socket(raw, server_side=True)
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            log.write(f"served {fd} {peer[0]} {peer[1]}\n")
+    except Exception as e:
+        log.write(f"error {fd} {e}\n")
+    finally:
+        if dup2:
+            prev = (c or raw).detach()
+        else:
+            (c or raw).close()
+"#;
+
+impl PySequential {
+    /// Starts it on `addr`.
+    pub fn start(addr: IpAddr, dup2: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(dir.path());
+        let log = dir.path().join("server.log");
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args(["-c", PY_SEQUENTIAL, &addr.to_string(), &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .arg(&log)
+            .arg(if dup2 { "dup2" } else { "close" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "python ssl server", &mut child);
+        Self {
+            port,
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Its log lines so far.
+    #[must_use]
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Connections waiting in its accept queue.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        // `ss -Hltn`: State Recv-Q ...; for a listener Recv-Q is the queue.
+        sh(&["ss", "-Hltn", &format!("sport = :{}", self.port)])
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PySequential {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PY_CLIENT: &str = r#"
+import socket, ssl, sys
+src, dst, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+raw = socket.create_connection((dst, port), timeout=20, source_address=(src, 0))
+c = ctx.wrap_socket(raw)
+c.sendall(f"GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n".encode())
+got = b""
+while not got.endswith(b"ok\n"):
+    d = c.recv(4096)
+    if not d:
+        break
+    got += d
+print(got.split(b" ")[1].decode() if got.startswith(b"HTTP/") else "none", flush=True)
+if sys.argv[5] == "hold":
+    sys.stdin.read()
+c.close()
+"#;
+
+/// An HTTPS client in the lab's client namespace, from `src`: one request
+/// for `path`, then (with `hold`) the connection stays open until the
+/// child's stdin is closed. Prints the status code.
+#[must_use]
+pub fn py_client(lab: &Lab, src: IpAddr, dst: IpAddr, port: u16, path: &str, hold: bool) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "python3", "-c", PY_CLIENT])
+        .arg(src.to_string())
+        .arg(dst.to_string())
+        .arg(port.to_string())
+        .arg(path)
+        .arg(if hold { "hold" } else { "close" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// curl from the lab's client namespace (insecure: self-signed), each URL
 /// in turn on one connection (keep-alive); prints the status codes.
 #[must_use]

@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use tollgate_tests::{
     Agent, Lab, eventually,
-    tls::{Haproxy, Nginx, PyTls, curl, curl_with, wait_probed},
+    tls::{Haproxy, Nginx, PySequential, PyTls, curl, curl_with, py_client, wait_probed},
 };
 
 const INJECTION: &str = "/items?id=1%27%20OR%20%271%27%3D%271";
@@ -343,4 +343,139 @@ fn a_short_connection_is_judged_while_steady_keep_alive_traffic_holds_drains_bac
         st["tls"]["streams_announced"].as_u64().unwrap() >= 2,
         "{st}"
     );
+}
+
+/// Continues a stopped agent when dropped (the test may fail while it is
+/// stopped).
+struct Resume(nix::unistd::Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+fn wait_for(what: &str, server: &PySequential, mut ok: impl FnMut() -> bool) {
+    assert!(
+        eventually(Duration::from_secs(10), &mut ok),
+        "{what}; server log: {:?}",
+        server.log_lines()
+    );
+}
+
+/// The review's fd-reuse case, made deterministic by stopping the agent:
+/// the attacker holds the server (one connection at a time) while its next
+/// connection and then a benign client's wait in the accept queue (both
+/// TCP handshakes done, so the kernel's record of established connections
+/// predates the attacker's bytes). The attacker's connection is accepted,
+/// sends an injection and closes; the benign client's is accepted on the
+/// same descriptor and stays open. Only then does the agent read the
+/// attacker's stream: the descriptor now holds the benign client, so the
+/// stream cannot be proven and its records are dropped (counted), and the
+/// benign client is not banned. The attacker's next injection, read in
+/// time, bans it.
+#[test]
+fn a_closed_attackers_bytes_are_not_judged_as_the_next_client_on_its_descriptor() {
+    fd_reused_while_unread(false);
+}
+
+/// The same with the descriptor replaced by `dup2` instead of closed and
+/// reused: the kernel ends the stream there too.
+#[test]
+fn an_attackers_bytes_are_not_judged_as_the_client_dup2_put_on_its_descriptor() {
+    fd_reused_while_unread(true);
+}
+
+fn fd_reused_while_unread(dup2: bool) {
+    let lab = Lab::new();
+    let server = PySequential::start(lab.v4(0, 1), dup2);
+    let port = server.port.to_string();
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port]);
+    wait_probed(&agent);
+    let (attacker, benign, dst) = (lab.v4(0, 2), lab.v4(1, 2), lab.v4(0, 1));
+    let mut hold = py_client(&lab, attacker, dst, server.port, "/items/0", true);
+    wait_for("the holding connection not served", &server, || {
+        server.log_lines().iter().any(|l| l.starts_with("served"))
+    });
+    let mut attack = py_client(&lab, attacker, dst, server.port, INJECTION, false);
+    wait_for("the attack not queued", &server, || server.queued() == 1);
+    let mut victim = py_client(&lab, benign, dst, server.port, "/items/1", true);
+    wait_for("the benign client not queued", &server, || {
+        server.queued() == 2
+    });
+    let pid = agent.pid().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let resume = Resume(pid);
+    drop(hold.stdin.take());
+    let benign_s = benign.to_string();
+    wait_for("the benign client not served", &server, || {
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.starts_with("served") && l.contains(&benign_s))
+    });
+    // The scenario happened: three connections in turn on one descriptor.
+    let fds: Vec<String> = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.starts_with("accept"))
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(fds.len(), 3, "{:?}", server.log_lines());
+    assert!(fds.iter().all(|f| *f == fds[0]), "{:?}", server.log_lines());
+    drop(resume);
+    // Until the agent has read the attacker's stream one way or the other.
+    eventually(Duration::from_secs(5), || {
+        agent.policy_banned(benign)
+            || agent.json(&["status"])["tls"]["streams_unproven"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !agent.policy_banned(benign),
+        "the benign client was banned for the attacker's bytes\nstatus: {}\nevents: {:#?}",
+        agent.json(&["status"]),
+        agent.events()
+    );
+    let st = agent.json(&["status"]);
+    assert!(st["tls"]["streams_unproven"].as_u64() >= Some(1), "{st}");
+    assert!(st["tls"]["records_unresolved"].as_u64() >= Some(1), "{st}");
+    // Both clients were answered.
+    for (name, c) in [("attack", &mut attack), ("hold", &mut hold)] {
+        let out = c.wait_with_output_ref();
+        assert_eq!(out.trim(), "200", "{name}: {out}");
+    }
+    drop(victim.stdin.take());
+    let out = victim.wait_with_output_ref();
+    assert_eq!(out.trim(), "200", "victim: {out}");
+    // Read in time, the attacker's injection bans it, and only it.
+    let out = curl(&lab, &[url(dst, server.port, INJECTION)]);
+    assert_eq!(codes(&out), ["200"], "{out:?}");
+    assert_banned(&agent, attacker);
+    assert!(!agent.policy_banned(benign));
+}
+
+/// Waits for a child and returns its stdout (stderr appended on failure).
+trait WaitOut {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitOut for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read as _;
+        let _ = self.wait();
+        let mut s = String::new();
+        if let Some(o) = self.stdout.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        if let Some(e) = self.stderr.as_mut() {
+            let mut err = String::new();
+            let _ = e.read_to_string(&mut err);
+            if !err.is_empty() {
+                s.push_str(&err);
+            }
+        }
+        s
+    }
 }

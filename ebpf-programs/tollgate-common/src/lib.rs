@@ -92,6 +92,11 @@ pub mod maps {
     /// headers, not pinned): read at once, apart from the coalesced
     /// samples, so each is resolved while its descriptor is open.
     pub const TLS_NEW: &str = "TG_TLS_NEW";
+    /// Each open descriptor's TLS stream ([`super::TlsStreamKey`] ->
+    /// [`super::TlsStream`], not pinned): the agent checks a stream's id
+    /// here after resolving its descriptor, to prove the socket it found is
+    /// that stream's.
+    pub const TLS_STREAMS: &str = "TG_TLS_OFF";
     /// Per API socket (cookie): the stream offset up to which the stream
     /// program need not copy (a body the agent passes over). Not pinned.
     pub const STREAM_SKIP: &str = "TG_STREAM_SKIP";
@@ -161,6 +166,9 @@ pub mod programs {
     pub const TLS_FD: &str = "tollgate_tls_fd";
     /// Tracepoint on `close`: a descriptor's stream offsets start over.
     pub const TLS_CLOSE: &str = "tollgate_tls_close";
+    /// Tracepoint on `dup2`/`dup3`: the target descriptor, replaced without
+    /// `close`, ends its stream too.
+    pub const TLS_DUP: &str = "tollgate_tls_dup";
     /// Tracepoint on `accept`/`accept4` returning, in processes that made TLS
     /// calls: announces the new connection's stream so the agent resolves it
     /// during the TLS handshake, before any request (and before a short
@@ -471,8 +479,11 @@ pub mod tls_stat {
     pub const LOST: u32 = 2;
     /// Calls whose connection's file descriptor was not known.
     pub const NO_FD: u32 = 3;
+    /// New streams whose announcement did not fit in the announcement ring
+    /// (they resolve when their data is read).
+    pub const NEW_LOST: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// A TLS call in progress on one thread, between the uprobe at its entry and
@@ -517,12 +528,33 @@ pub struct TlsStream {
     /// Tells this stream from earlier ones on the same descriptor (the
     /// descriptor is reused once closed): carried in every record
     /// ([`SampleHeader::cookie`]'s high half), so the agent never takes one stream's
-    /// bytes for another's, even when records were lost.
+    /// bytes for another's, even when records were lost. Never 0; unique
+    /// until a CPU has started [`TLS_ID_SEQ`] streams (see [`tls_stream_id`]).
     pub id: u32,
     /// Reserved; zero.
     pub reserved: u32,
 }
 const _: () = assert!(size_of::<TlsStream>() == 24);
+
+/// Low bits of a TLS stream id that hold the CPU which started it (the rest
+/// counts that CPU's streams): up to 1,024 CPUs are told apart.
+pub const TLS_ID_CPU_BITS: u32 = 10;
+/// Streams a CPU starts before its ids repeat (2^22).
+pub const TLS_ID_SEQ: u32 = 1 << (32 - TLS_ID_CPU_BITS);
+
+/// The id of the `seq`-th stream started on `cpu` (seq counted per CPU from
+/// 0): distinct for distinct (cpu mod 1,024, seq mod 2^22), and never 0.
+#[must_use]
+pub const fn tls_stream_id(cpu: u32, seq: u32) -> u32 {
+    let cpu = cpu & ((1 << TLS_ID_CPU_BITS) - 1);
+    // seq + 1: CPU 0's first stream would otherwise be id 0 ("no id");
+    // after 2^22 streams the count wraps past 0 to 1 again.
+    let mut s = seq.wrapping_add(1) & (TLS_ID_SEQ - 1);
+    if s == 0 {
+        s = 1;
+    }
+    (s << TLS_ID_CPU_BITS) | cpu
+}
 
 /// A TLS connection object of a process: the key under which the file
 /// descriptor last seen with it is remembered (a read served from the
@@ -1014,11 +1046,31 @@ mod pod {
     unsafe impl aya::Pod for super::ProxyFlow {}
     unsafe impl aya::Pod for super::HeadScan {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::TlsStreamKey {}
+    unsafe impl aya::Pod for super::TlsStream {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_stream_ids_are_nonzero_and_distinct_per_cpu_and_count() {
+        // The id gives back its CPU and count: two streams share an id only
+        // when both are equal (mod 1,024 and 2^22).
+        for cpu in [0, 1, 2, 255, 1023] {
+            for seq in (0..5000).chain(TLS_ID_SEQ - 3..TLS_ID_SEQ - 1) {
+                let id = tls_stream_id(cpu, seq);
+                assert_ne!(id, 0);
+                assert_eq!(id & ((1 << TLS_ID_CPU_BITS) - 1), cpu);
+                assert_eq!(id >> TLS_ID_CPU_BITS, seq + 1, "cpu {cpu} seq {seq}");
+            }
+        }
+        // The count wraps (after 2^22 streams of one CPU), never to 0.
+        assert_eq!(tls_stream_id(0, TLS_ID_SEQ - 1), 1 << TLS_ID_CPU_BITS);
+        assert_ne!(tls_stream_id(0, u32::MAX), 0);
+        assert_eq!(tls_stream_id(1024 + 7, 0), tls_stream_id(7, 0));
+    }
 
     #[test]
     fn counter_indices_are_dense_and_unique() {

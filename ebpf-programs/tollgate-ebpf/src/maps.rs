@@ -186,6 +186,11 @@ pub static TG_TLS_PROCS: LruHashMap<u32, u32> =
 pub static TG_TLS_NEW: RingBuf =
     RingBuf::with_byte_size(tollgate_common::capacity::TLS_NEW_BYTES, 0);
 
+/// Per CPU: TLS streams started there (the count part of their ids, see
+/// `tollgate_common::tls_stream_id`).
+#[map]
+pub static TG_TLS_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static TG_TLS_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(tollgate_common::tls_stat::COUNT, 0);

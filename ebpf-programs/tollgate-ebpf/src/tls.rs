@@ -15,18 +15,21 @@
 //! (the data waits in the sample ring to be read in batches).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        bpf_probe_read_user,
+    },
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tollgate_common::{
     DIR_REQUEST, DIR_RESPONSE, FlowKey, SAMPLE_BYTES, SampleHeader, TlsCall, TlsSslKey, TlsStream,
-    TlsStreamKey, sample_source, tls_stat,
+    TlsStreamKey, sample_source, tls_stat, tls_stream_id,
 };
 
 use crate::maps::{
-    TG_SAMPLES, TG_TLS_CALLS, TG_TLS_NEW, TG_TLS_OFF, TG_TLS_PROCS, TG_TLS_SSLFD, TG_TLS_STATS,
-    TG_TSCRATCH,
+    TG_SAMPLES, TG_TLS_CALLS, TG_TLS_IDS, TG_TLS_NEW, TG_TLS_OFF, TG_TLS_PROCS, TG_TLS_SSLFD,
+    TG_TLS_STATS, TG_TSCRATCH,
 };
 
 /// Records copied from one call, as for one socket buffer in `stream.rs`:
@@ -42,6 +45,30 @@ fn stat(i: u32, n: u64) {
     if let Some(c) = TG_TLS_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU slot.
         unsafe { *c += n };
+    }
+}
+
+/// A new stream's id: this CPU's count of streams and the CPU, so no two
+/// streams share one until a CPU has started 2^22 (the agent forgets a
+/// stream's resolution well before any CPU could: see `tls/mod.rs`). A
+/// clock's low bits, as before, repeat every few seconds, and a repeat on a
+/// reused descriptor would hand one client's stream to another.
+#[inline(always)]
+fn new_id() -> u32 {
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match TG_TLS_IDS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program is not migrated while it
+        // runs. (Preempted between the read and the write, on a preemptible
+        // kernel, it could give one id to two streams opened at that moment:
+        // on two open descriptors, which the agent keys apart.)
+        Some(seq) => unsafe {
+            let s = *seq;
+            *seq = s.wrapping_add(1);
+            tls_stream_id(cpu, s)
+        },
+        // Unreachable (an array of one); still a valid, nonzero id.
+        None => tls_stream_id(cpu, 0),
     }
 }
 
@@ -126,6 +153,30 @@ pub fn tollgate_tls_close(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// On `sys_enter_dup2`/`sys_enter_dup3`: `newfd` is closed and reused in one
+/// step, without `close`; its stream ends as at `close` (the agent's proof
+/// that a socket is a stream's relies on every stream ending before its
+/// descriptor is reused).
+#[tracepoint]
+pub fn tollgate_tls_dup(ctx: TracePointContext) -> u32 {
+    // SAFETY: reading the tracepoint's own record (oldfd, newfd).
+    let (Ok(old), Ok(new)) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }, unsafe {
+        ctx.read_at::<u64>(SYSCALL_ARG0 + 8)
+    }) else {
+        return 0;
+    };
+    // dup2(fd, fd) changes nothing (dup3 refuses it).
+    if old == new {
+        return 0;
+    }
+    let key = TlsStreamKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: new as i32,
+    };
+    let _ = TG_TLS_OFF.remove(&key);
+    0
+}
+
 /// On `sys_exit_accept`/`sys_exit_accept4` of a process that made TLS
 /// calls: starts the new descriptor's stream and announces it (a record
 /// without payload, see [`announce`]), so the agent resolves the connection
@@ -148,7 +199,7 @@ pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
     let fd = ret as i32;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let id = (now as u32) | 1;
+    let id = new_id();
     let st = TlsStream {
         offsets: [0, 0],
         id,
@@ -164,7 +215,8 @@ pub fn tollgate_tls_accept(ctx: TracePointContext) -> u32 {
 /// ring's records back to read many per wake-up: it resolves the
 /// descriptor's connection while it is surely open, before the stream's
 /// data (and maybe its close) comes out of the sample ring. A full ring
-/// loses only the earliness: the data then resolves when it is read.
+/// loses only the earliness (counted: the agent then reads samples without
+/// holding them back, and the data resolves when it is read).
 #[inline(always)]
 fn announce(tgid: u32, fd: i32, id: u32, now: u64) {
     let h = SampleHeader {
@@ -180,7 +232,9 @@ fn announce(tgid: u32, fd: i32, id: u32, now: u64) {
         captured: 0,
         cookie: u64::from(tgid) | (u64::from(id) << 32),
     };
-    let _ = TG_TLS_NEW.output::<SampleHeader>(&h, 0);
+    if TG_TLS_NEW.output::<SampleHeader>(&h, 0).is_err() {
+        stat(tls_stat::NEW_LOST, 1);
+    }
 }
 
 #[uretprobe]
@@ -257,9 +311,7 @@ fn capture(tgid: u32, fd: i32, direction: u32, buf: u64, len: u64) {
             (b, (*st).id)
         },
         None => {
-            // Any value that differs from the descriptor's previous stream's:
-            // the clock's low bits (never 0, which reads as "no id").
-            let id = (now as u32) | 1;
+            let id = new_id();
             let st = TlsStream {
                 offsets: if resp { [0, len] } else { [len, 0] },
                 id,

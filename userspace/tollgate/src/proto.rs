@@ -834,4 +834,14 @@ pub struct TlsStatus {
     /// their data is read).
     #[serde(default)]
     pub streams_announced: u64,
+    /// New streams the kernel could not announce (its announcement ring
+    /// full; kernel counter): they resolve when their data is read, and
+    /// sample reads are not held back for a while after.
+    #[serde(default)]
+    pub announcements_lost: u64,
+    /// Streams whose descriptor no longer held them when their connection
+    /// was looked up (closed, maybe reused by another client): their
+    /// records are dropped (counted in `records_unresolved`).
+    #[serde(default)]
+    pub streams_unproven: u64,
 }

@@ -59,8 +59,10 @@ const COALESCE: Duration = Duration::from_millis(20);
 /// of the ring; but the kernel announces each new stream on a ring of its
 /// own (`TG_TLS_NEW`), which is read at once, also during the wait, so the
 /// connection is resolved and cached under the stream's id before its
-/// records are read. Without that ring (an older eBPF object), no
-/// coalescing while TLS probes are on.
+/// records are read. Without that ring (an older eBPF object), or while
+/// announcements are lost (that ring full) or left unread (more than
+/// [`ANNOUNCE_MAX`] at a wake-up), no coalescing: a stream not resolved at
+/// its announcement must be resolved from its records while it is open.
 const NO_COALESCE: Duration = Duration::ZERO;
 /// Announcements handled per wake-up at most.
 const ANNOUNCE_MAX: usize = 1024;
@@ -306,6 +308,13 @@ impl ApiHandle {
     #[must_use]
     pub fn tls_probing(&self) -> bool {
         self.tls.lock().is_ok_and(|t| t.status.enabled)
+    }
+
+    /// The kernel lost TLS stream announcements lately (see
+    /// [`crate::tls::TlsState::announcements_lost_lately`]).
+    #[must_use]
+    pub fn tls_announcements_lost(&self) -> bool {
+        self.tls.lock().is_ok_and(|t| t.announcements_lost_lately())
     }
 
     /// Handles decoded samples (and the requests still waiting for
@@ -771,10 +780,16 @@ pub async fn read_samples(
     // When the last drain that found records ran, unless it left a backlog.
     let mut last_drain: Option<Instant> = None;
     let mut drains = 0u64;
+    // The last wake-up left announcements unread.
+    let mut news_behind = false;
     loop {
         // Requests held for verification are re-checked every 2 ms: holding
         // the drain back would let the queue overflow into unverified ones.
-        let coalesce = if api.has_waiting() || (news.is_none() && api.tls_probing()) {
+        let coalesce = if api.has_waiting()
+            || (news.is_none() && api.tls_probing())
+            || news_behind
+            || api.tls_announcements_lost()
+        {
             NO_COALESCE
         } else {
             COALESCE
@@ -795,6 +810,7 @@ pub async fn read_samples(
         let until = hold.unwrap_or(now) + tick;
         // Until samples are due (held back, then waited for), new TLS
         // streams are resolved as they are announced.
+        news_behind = false;
         loop {
             let samples_due = async {
                 if let Some(h) = hold {
@@ -814,7 +830,7 @@ pub async fn read_samples(
                 r = announced => { r?; true }
             };
             if let Some(n) = news.as_mut() {
-                n.read(ANNOUNCE_MAX, |item| api.announce(item));
+                news_behind = n.read(ANNOUNCE_MAX, |item| api.announce(item)) >= ANNOUNCE_MAX;
             }
             if !woke_for_news {
                 break;

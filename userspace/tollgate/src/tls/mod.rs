@@ -30,7 +30,7 @@ use crate::{
 
 use procfs::FileId;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Cached {
     /// The connection, when it is one to judge.
     flow: Option<(IpAddr, u16, IpAddr, u16)>,
@@ -39,84 +39,243 @@ struct Cached {
     dead: bool,
 }
 
+impl Cached {
+    const DEAD: Self = Self {
+        flow: None,
+        excluded: false,
+        dead: true,
+    };
+}
+
+/// Why a stream's connection is not known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unresolved {
+    /// The descriptor is closed, not a TCP socket, or unreadable.
+    Gone,
+    /// A connection was found on the descriptor, but the kernel no longer
+    /// has the stream on it (closed, maybe reused): it may be another
+    /// client's.
+    Unproven,
+}
+
+/// Reads the id of the kernel's current stream on a (process, descriptor)
+/// (`TG_TLS_OFF`); `None` when it has none.
+pub type StreamIds = Box<dyn Fn(u32, i32) -> Option<u32> + Send>;
+
 /// Resolution of the kernel's records; shared by the sample reader and the
 /// status command.
 #[derive(Default)]
 pub struct TlsState {
     policy: TlsPolicy,
     ports: BTreeSet<u16>,
-    /// By process, descriptor and stream id.
-    conns: HashMap<(u32, i32, u32), Cached>,
-    /// The streams cached before `conns` last filled up: a stream announced
-    /// just before that, whose records are still in the ring, finds its
-    /// connection here (its descriptor may be closed by now).
-    old_conns: HashMap<(u32, i32, u32), Cached>,
+    /// Resolved streams, by process and descriptor.
+    conns: StreamCache,
     /// The kernel's record of established connections (`TG_ESTAB`).
     established: Option<aya::maps::HashMap<aya::maps::MapData, FlowKey, Established>>,
+    /// The kernel's current stream of each descriptor (`TG_TLS_OFF`): without
+    /// it no stream is proven, and none is judged.
+    stream_ids: Option<StreamIds>,
+    /// When the kernel was last seen losing announcements (its ring full).
+    announcements_lost_at: Option<std::time::Instant>,
     /// What `status` shows.
     pub status: TlsStatus,
 }
 
-/// Bound on remembered streams, twice over (see `TlsState::old_conns`;
-/// streams forgotten resolve again from their descriptor).
+/// Per descriptor, how many of its latest streams stay cached whatever
+/// their age (up to [`MAX_AGE_NS`]).
+const PER_FD: usize = 4;
+/// A descriptor's older streams stay cached while resolved less than this
+/// ago: their records may still wait in the sample ring (20 ms, seconds in
+/// a backlog), and a burst of connections reusing the descriptor must not
+/// push them out (their records would be dropped: a way to go unjudged).
+const KEEP_NS: u64 = 5_000_000_000;
+/// A resolution is used for at most this long (kernel time between the
+/// record that resolved it and the one reading it); then the stream
+/// resolves again from its descriptor (the same connection while it is
+/// open; dropped once closed). Far shorter than any CPU takes to start
+/// 2^22 streams (`tollgate_common::TLS_ID_SEQ`: over 400,000 a second), so
+/// a repeated stream id never finds a cached one.
+const MAX_AGE_NS: u64 = 10_000_000_000;
+/// Bound on cached streams, all descriptors together.
 const MAX_CACHED: usize = 1 << 16;
+/// Past [`MAX_CACHED`], the oldest resolutions go until this many are left.
+const CACHE_LOW: usize = MAX_CACHED / 4 * 3;
+
+/// One stream's resolution.
+#[derive(Clone, Copy)]
+struct Entry {
+    id: u32,
+    c: Cached,
+    /// Kernel time of the record it was resolved for.
+    resolved_ns: u64,
+}
+
+/// Resolutions of each descriptor's latest streams: the size follows the
+/// descriptors open (and the last few seconds' connections), not every
+/// connection ever made, and a descriptor's old streams age out as it is
+/// reused. Never emptied at once: past its bound, stale streams go first,
+/// then the oldest until a quarter is free.
+#[derive(Default)]
+struct StreamCache {
+    by_fd: HashMap<(u32, i32), Vec<Entry>>,
+    len: usize,
+}
+
+impl StreamCache {
+    fn get(&self, tgid: u32, fd: i32, id: u32, now_ns: u64) -> Option<Cached> {
+        self.by_fd
+            .get(&(tgid, fd))?
+            .iter()
+            .find(|e| e.id == id && now_ns.saturating_sub(e.resolved_ns) < MAX_AGE_NS)
+            .map(|e| e.c)
+    }
+
+    fn insert(&mut self, tgid: u32, fd: i32, id: u32, c: Cached, now_ns: u64) {
+        if self.len >= MAX_CACHED {
+            self.evict(now_ns);
+        }
+        let v = self.by_fd.entry((tgid, fd)).or_default();
+        let before = v.len();
+        v.retain(|e| e.id != id);
+        v.push(Entry {
+            id,
+            c,
+            resolved_ns: now_ns,
+        });
+        prune(v, now_ns);
+        self.len = self.len + v.len() - before;
+    }
+
+    /// Drops stale resolutions everywhere, then, if that was not enough,
+    /// the oldest down to [`CACHE_LOW`].
+    fn evict(&mut self, now_ns: u64) {
+        let mut len = 0;
+        self.by_fd.retain(|_, v| {
+            prune(v, now_ns);
+            len += v.len();
+            !v.is_empty()
+        });
+        self.len = len;
+        if self.len <= CACHE_LOW {
+            return;
+        }
+        let mut ages: Vec<u64> = self
+            .by_fd
+            .values()
+            .flatten()
+            .map(|e| e.resolved_ns)
+            .collect();
+        let drop = self.len - CACHE_LOW;
+        let (below, cut, _) = ages.select_nth_unstable(drop - 1);
+        let cut = *cut;
+        // Those resolved before `cut` go, and of those resolved at `cut`
+        // only as many as are still to go (ties must not take them all).
+        let mut at_cut = drop - below.iter().filter(|t| **t < cut).count();
+        let mut len = 0;
+        self.by_fd.retain(|_, v| {
+            v.retain(|e| {
+                if e.resolved_ns == cut && at_cut > 0 {
+                    at_cut -= 1;
+                    return false;
+                }
+                e.resolved_ns > cut
+            });
+            len += v.len();
+            !v.is_empty()
+        });
+        self.len = len;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A descriptor's streams past its latest [`PER_FD`] go once [`KEEP_NS`]
+/// old, every one once [`MAX_AGE_NS`] old (oldest first in `v`).
+fn prune(v: &mut Vec<Entry>, now_ns: u64) {
+    let latest_from = v.len().saturating_sub(PER_FD);
+    let mut i = 0;
+    v.retain(|e| {
+        let age = now_ns.saturating_sub(e.resolved_ns);
+        let keep = age < MAX_AGE_NS && (i >= latest_from || age < KEEP_NS);
+        i += 1;
+        keep
+    });
+}
 
 /// The shared TLS state ([`TlsState`]).
 pub type Handle = Arc<Mutex<TlsState>>;
 
+/// Announcements lost this recently: sample drains are not held back (the
+/// streams whose announcement was lost resolve when their data is read,
+/// which must then be while they are open).
+const LOST_HURRY: Duration = Duration::from_secs(2);
+
 impl TlsState {
     /// The connection of stream `id` on the process's descriptor, resolved
-    /// once (when its first record is read; a descriptor gone by then, or
-    /// reused, drops the stream's records rather than misattributing them).
-    fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Cached {
-        let key = (tgid, fd, id);
-        if let Some(c) = self.conns.get(&key) {
-            return *c;
+    /// once (cached, see [`StreamCache`]). A record's stream that cannot be
+    /// resolved, or not proven to be the one on the descriptor now, is
+    /// cached dead: its records are dropped rather than misattributed. An
+    /// announcement's (`data: false`) is not cached: its data resolves again.
+    fn resolve(&mut self, tgid: u32, fd: i32, id: u32, ts_ns: u64, data: bool) -> Option<Cached> {
+        if let Some(c) = self.conns.get(tgid, fd, id, ts_ns) {
+            return Some(c);
         }
-        if let Some(c) = self.old_conns.remove(&key) {
-            self.cache(key, c);
-            return c;
-        }
-        let c = self.lookup(tgid, fd, ts_ns).unwrap_or(Cached {
-            flow: None,
-            excluded: false,
-            dead: true,
-        });
-        self.cache(key, c);
-        c
+        let c = match self.lookup(tgid, fd, id, ts_ns) {
+            Ok(c) => c,
+            Err(_) if !data => return None,
+            Err(why) => {
+                if why == Unresolved::Unproven {
+                    self.status.streams_unproven += 1;
+                }
+                Cached::DEAD
+            }
+        };
+        self.conns.insert(tgid, fd, id, c, ts_ns);
+        Some(c)
     }
 
-    /// Remembers a stream's resolution; past [`MAX_CACHED`], the older half
-    /// goes (streams still read come back from it on their next record).
-    fn cache(&mut self, key: (u32, i32, u32), c: Cached) {
-        if self.conns.len() >= MAX_CACHED {
-            self.old_conns = std::mem::take(&mut self.conns);
-        }
-        self.conns.insert(key, c);
+    /// Whether the kernel's stream on the descriptor is `id` now.
+    fn holds(&self, tgid: u32, fd: i32, id: u32) -> bool {
+        self.stream_ids
+            .as_ref()
+            .is_some_and(|f| f(tgid, fd) == Some(id))
     }
 
-    fn lookup(&self, tgid: u32, fd: i32, ts_ns: u64) -> Option<Cached> {
+    fn lookup(&self, tgid: u32, fd: i32, id: u32, ts_ns: u64) -> Result<Cached, Unresolved> {
         // A process the policy does not select (a TLS client on this host
         // using the same library file) is dropped without looking up its
         // connection.
         if procfs::comm(tgid).is_some_and(|c| !self.policy.selects(&c)) {
-            return Some(Cached {
+            return Ok(Cached {
                 flow: None,
                 excluded: true,
                 dead: false,
             });
         }
-        let conn = procfs::connection_of_fd(tgid, fd).or_else(|| {
-            let inode = procfs::socket_inode(tgid, fd)?;
-            procfs::connection(tgid, inode)
-        })?;
-        let excluded = false;
+        let conn = procfs::connection_of_fd(tgid, fd)
+            .or_else(|| {
+                let inode = procfs::socket_inode(tgid, fd)?;
+                procfs::connection(tgid, inode)
+            })
+            .ok_or(Unresolved::Gone)?;
         let flow = self.ports.contains(&conn.local.1).then_some((
             conn.remote.0,
             conn.remote.1,
             conn.local.0,
             conn.local.1,
         ));
+        // The socket was taken from the descriptor above. The kernel drops a
+        // descriptor's stream when `close` begins, before the descriptor is
+        // freed, and a new stream never has an earlier one's id: the
+        // stream still on it now was on it then, so the socket is the
+        // stream's. Otherwise it may be the next client's (a descriptor
+        // closed and reused before its stream was resolved).
+        if flow.is_some() && !self.holds(tgid, fd, id) {
+            return Err(Unresolved::Unproven);
+        }
         let since_ns = flow
             .and_then(|f| {
                 let key = FlowKey {
@@ -129,15 +288,30 @@ impl TlsState {
             })
             .map_or(0, |e| e.since_ns);
         // The connection behind the descriptor now began after the bytes
-        // were captured: the descriptor was closed and reused meanwhile.
+        // were captured (a second guard; the id check above is the proof).
         if ts_ns < since_ns {
-            return None;
+            return Err(Unresolved::Unproven);
         }
-        Some(Cached {
+        Ok(Cached {
             flow,
-            excluded,
+            excluded: false,
             dead: false,
         })
+    }
+
+    /// Notes the kernel's count of lost announcements.
+    fn set_announcements_lost(&mut self, n: u64) {
+        if n > self.status.announcements_lost {
+            self.announcements_lost_at = Some(std::time::Instant::now());
+        }
+        self.status.announcements_lost = n;
+    }
+
+    /// Announcements were lost lately: records must be read without delay.
+    #[must_use]
+    pub fn announcements_lost_lately(&self) -> bool {
+        self.announcements_lost_at
+            .is_some_and(|t| t.elapsed() < LOST_HURRY)
     }
 
     /// Resolves a new stream announced on the kernel's `TG_TLS_NEW` ring,
@@ -150,7 +324,7 @@ impl TlsState {
             return;
         };
         self.status.streams_announced += 1;
-        let _ = self.resolve(a.tgid, a.fd, a.id, a.ts_ns);
+        let _ = self.resolve(a.tgid, a.fd, a.id, a.ts_ns, false);
     }
 
     /// Decodes one ring-buffer record: a TLS record becomes a sample of its
@@ -164,11 +338,11 @@ impl TlsState {
         let h: SampleHeader = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
         debug_assert_eq!(h.source, sample_source::TLS);
         let fd = i32::try_from(h.ifindex).ok()?;
-        let c = self.resolve(h.cookie as u32, fd, (h.cookie >> 32) as u32, h.ts_ns);
         if h.payload_len == 0 {
-            // An accepted connection announced: resolved now, nothing to judge.
+            // An announcement (they come on their own ring): nothing to judge.
             return None;
         }
+        let c = self.resolve(h.cookie as u32, fd, (h.cookie >> 32) as u32, h.ts_ns, true)?;
         if c.dead {
             self.status.records_unresolved += 1;
             return None;
@@ -293,6 +467,23 @@ pub fn start(
             aya::maps::MapData::from_pin(maps_dir.join(tollgate_common::maps::ESTABLISHED))
                 .ok()
                 .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
+        t.stream_ids = ebpf
+            .take_map(tollgate_common::maps::TLS_STREAMS)
+            .and_then(|m| {
+                aya::maps::HashMap::<_, tollgate_common::TlsStreamKey, tollgate_common::TlsStream>::try_from(m).ok()
+            })
+            .map(|m| -> StreamIds {
+                Box::new(move |tgid, fd| {
+                    m.get(&tollgate_common::TlsStreamKey { tgid, fd }, 0)
+                        .ok()
+                        .map(|s| s.id)
+                })
+            });
+        if t.stream_ids.is_none() {
+            // Nothing could be proven: every record would be dropped.
+            warn!("HTTPS plaintext will not be judged: the eBPF object has no TLS stream map");
+            t.status.error = Some("no TLS stream map in the eBPF object".into());
+        }
         let stats = ebpf
             .take_map(tollgate_common::maps::TLS_STATS)
             .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok());
@@ -364,6 +555,7 @@ pub fn start(
                     t.status.bytes_captured = sum(tls_stat::BYTES);
                     t.status.bytes_lost = sum(tls_stat::LOST);
                     t.status.calls_without_fd = sum(tls_stat::NO_FD);
+                    t.set_announcements_lost(sum(tls_stat::NEW_LOST));
                 }
                 let st = &t.status;
                 let probed = st.libraries.iter().filter(|l| l.error.is_none()).count() as u64;
@@ -457,7 +649,8 @@ pub fn describe(s: &TlsStatus) -> String {
     let probed = s.libraries.iter().filter(|l| l.error.is_none()).count();
     out.push_str(&format!(
         "TLS plaintext on ports {:?}: {probed} libraries probed; {} calls, {} bytes captured, {} lost, \
-         {} calls without a known connection; {} streams announced; {} records judged, \
+         {} calls without a known connection; {} streams announced, {} announcements lost, \
+         {} streams not proven on their descriptor; {} records judged, \
          {} of other connections, {} unresolved, {} excluded\n",
         s.ports,
         s.calls,
@@ -465,6 +658,8 @@ pub fn describe(s: &TlsStatus) -> String {
         s.bytes_lost,
         s.calls_without_fd,
         s.streams_announced,
+        s.announcements_lost,
+        s.streams_unproven,
         s.records,
         s.records_other,
         s.records_unresolved,
@@ -533,36 +728,100 @@ mod tests {
         let mut t = TlsState::default();
         t.announce(&[0xff; 100]);
         t.announce(&[]);
-        assert!(t.conns.is_empty() && t.status.streams_announced == 0);
+        assert!(t.conns.len() == 0 && t.status.streams_announced == 0);
     }
 
-    /// A stream resolved just before the cache filled up keeps its
-    /// connection (its records may still be in the ring, its descriptor
-    /// closed).
-    #[test]
-    fn the_cache_rolls_over_without_forgetting_the_latest() {
-        let mut t = TlsState::default();
-        let flow = Some((
-            "198.18.0.2".parse().unwrap(),
-            40000,
-            "198.18.0.1".parse().unwrap(),
-            8443,
-        ));
-        let live = Cached {
-            flow,
+    fn live(port: u16) -> Cached {
+        Cached {
+            flow: Some((
+                "198.18.0.2".parse().unwrap(),
+                port,
+                "198.18.0.1".parse().unwrap(),
+                8443,
+            )),
             excluded: false,
             dead: false,
-        };
-        // No such process: a lookup would find nothing.
-        let key = (u32::MAX, 3, 5);
-        for i in 0..MAX_CACHED - 1 {
-            t.cache((u32::MAX, 4, u32::try_from(i).unwrap() + 1), live);
         }
-        t.cache(key, live);
-        t.cache((u32::MAX, 6, 1), live);
-        assert!(t.conns.len() < MAX_CACHED);
-        assert_eq!(t.resolve(key.0, key.1, key.2, 0).flow, flow);
-        assert!(t.resolve(u32::MAX, 7, 1, 0).dead);
+    }
+
+    /// A busy descriptor's old streams age out (its latest few stay, and
+    /// any recent enough that their records may still be unread).
+    #[test]
+    fn a_reused_descriptors_old_streams_age_out() {
+        let mut c = StreamCache::default();
+        for id in 1..=10 {
+            c.insert(7, 5, id, live(40000 + id as u16), u64::from(id));
+        }
+        // A burst on one descriptor pushes none out while recent.
+        assert_eq!(c.len(), 10);
+        assert_eq!(c.get(7, 5, 1, 20), Some(live(40001)));
+        // Seconds later: the latest four stay, the rest are gone.
+        let later = KEEP_NS + 100;
+        c.insert(7, 5, 11, live(40011), later);
+        assert_eq!(c.len(), 4);
+        for id in 1..=7 {
+            assert_eq!(c.get(7, 5, id, later), None, "{id}");
+        }
+        for id in 8..=11 {
+            assert_eq!(c.get(7, 5, id, later), Some(live(40000 + id as u16)));
+        }
+        // Other descriptors and processes are apart.
+        assert_eq!(c.get(7, 6, 11, later), None);
+        assert_eq!(c.get(8, 5, 11, later), None);
+        // A resolution is not used past its age (resolved again instead).
+        assert_eq!(c.get(7, 5, 11, later + MAX_AGE_NS), None);
+        // Re-resolving a stream replaces its entry.
+        c.insert(7, 5, 11, Cached::DEAD, later + 1);
+        assert_eq!(c.get(7, 5, 11, later + 1), Some(Cached::DEAD));
+        assert_eq!(c.len(), 4);
+    }
+
+    /// Connections over time do not grow the cache past its bound, and
+    /// reaching it never empties it: stale streams go first, then only
+    /// the oldest; the stream just resolved is kept.
+    #[test]
+    fn the_cache_is_bounded_and_never_emptied() {
+        let mut c = StreamCache::default();
+        let n = u32::try_from(MAX_CACHED).unwrap();
+        // Half of it stale (older than any use), half recent.
+        for i in 0..n {
+            let ts = if i < n / 2 { 0 } else { MAX_AGE_NS };
+            c.insert(1, i32::try_from(i).unwrap(), 1, live(1), ts);
+        }
+        assert_eq!(c.len(), MAX_CACHED);
+        c.insert(2, 0, 9, live(2), MAX_AGE_NS + 1);
+        assert_eq!(c.len(), MAX_CACHED / 2 + 1);
+        assert_eq!(c.get(2, 0, 9, MAX_AGE_NS + 1), Some(live(2)));
+        assert_eq!(
+            c.get(1, i32::try_from(n - 1).unwrap(), 1, MAX_AGE_NS + 1),
+            Some(live(1))
+        );
+        // All recent, and many resolved in the same nanosecond: the oldest
+        // go, down to three quarters, not more.
+        let mut c = StreamCache::default();
+        for i in 0..n {
+            c.insert(1, i32::try_from(i).unwrap(), 1, live(1), u64::from(i / 4));
+        }
+        c.insert(3, 0, 9, live(3), u64::from(n));
+        assert_eq!(c.len(), CACHE_LOW + 1);
+        assert_eq!(c.get(3, 0, 9, u64::from(n)), Some(live(3)));
+        assert_eq!(c.get(1, 0, 1, u64::from(n)), None);
+        assert_eq!(
+            c.get(1, i32::try_from(n - 1).unwrap(), 1, u64::from(n)),
+            Some(live(1))
+        );
+    }
+
+    /// A state whose kernel stream map is a fake: `cur` is the id of the
+    /// stream on every descriptor (0: none).
+    fn with_streams(port: u16, cur: &Arc<std::sync::atomic::AtomicU32>) -> TlsState {
+        let mut t = TlsState::default();
+        t.ports.insert(port);
+        let cur = Arc::clone(cur);
+        t.stream_ids = Some(Box::new(move |_, _| {
+            Some(cur.load(std::sync::atomic::Ordering::Relaxed)).filter(|i| *i != 0)
+        }));
+        t
     }
 
     /// The short-connection case the announcement ring is for: the stream
@@ -576,14 +835,15 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, peer) = l.accept().unwrap();
         let port = l.local_addr().unwrap().port();
-        let mut t = TlsState::default();
-        t.ports.insert(port);
+        let cur = Arc::new(std::sync::atomic::AtomicU32::new(77));
+        let mut t = with_streams(port, &cur);
         let me = std::process::id();
         let fd = u32::try_from(s.as_raw_fd()).unwrap();
         t.announce(&record(me, fd, 77, b""));
         assert_eq!(t.status.streams_announced, 1);
         drop(s);
         drop(c);
+        cur.store(0, std::sync::atomic::Ordering::Relaxed);
         let req = b"GET /items/1 HTTP/1.1\r\nHost: a\r\n\r\n";
         let got = t.sample(&record(me, fd, 77, req)).expect("judged");
         assert_eq!((got.client, got.client_port), (peer.ip(), peer.port()));
@@ -595,6 +855,87 @@ mod tests {
         let other = t.sample(&record(me, fd, 79, req));
         assert!(other.is_none(), "{other:?}");
         assert_eq!(t.status.records, 1);
+    }
+
+    /// The review's case: a stream whose announcement was not read in time
+    /// (lost, or the agent behind), whose connection closed and whose
+    /// descriptor now holds the next accepted client's connection. Its
+    /// records must not be judged as that client's: the kernel's stream on
+    /// the descriptor is the new one, so they are dropped; the new stream's
+    /// records are the new client's.
+    #[test]
+    fn a_stream_no_longer_on_its_descriptor_is_dropped_not_given_to_the_next_client() {
+        use std::os::fd::AsRawFd as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _attacker = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let fd = a.as_raw_fd();
+        let _victim = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, victim) = l.accept().unwrap();
+        // The attacker's connection closes and the victim's lands on its
+        // descriptor number (as the lowest free one would).
+        // SAFETY: `fd` is `a`'s own descriptor, replaced in place: `a` then
+        // holds the victim's connection (and closes it once).
+        assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), fd) }, fd);
+        drop(b);
+        let b = a;
+        let cur = Arc::new(std::sync::atomic::AtomicU32::new(79));
+        let mut t = with_streams(port, &cur);
+        let me = std::process::id();
+        let ufd = u32::try_from(fd).unwrap();
+        let attack = b"GET /?q=1'%20OR%201=1-- HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(t.sample(&record(me, ufd, 77, attack)).is_none());
+        assert_eq!((t.status.records, t.status.records_unresolved), (0, 1));
+        assert_eq!(t.status.streams_unproven, 1);
+        // Dropped for good: its later records too.
+        assert!(t.sample(&record(me, ufd, 77, attack)).is_none());
+        assert_eq!(t.status.streams_unproven, 1);
+        // The descriptor's stream now is the victim's.
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let got = t.sample(&record(me, ufd, 79, req)).expect("judged");
+        assert_eq!((got.client, got.client_port), (victim.ip(), victim.port()));
+        // Without the kernel's stream map nothing is proven.
+        let mut t = TlsState::default();
+        t.ports.insert(port);
+        assert!(t.sample(&record(me, ufd, 79, req)).is_none());
+        assert_eq!(t.status.records_unresolved, 1);
+        drop(b);
+    }
+
+    /// A lookup that fails at announcement (here: the kernel's stream map
+    /// not showing the stream yet) is not remembered: the stream's data
+    /// resolves again when it is read.
+    #[test]
+    fn a_failed_announcement_lookup_is_retried_at_data_time() {
+        use std::os::fd::AsRawFd as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        let cur = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut t = with_streams(port, &cur);
+        let me = std::process::id();
+        let fd = u32::try_from(s.as_raw_fd()).unwrap();
+        t.announce(&record(me, fd, 5, b""));
+        assert_eq!(t.conns.len(), 0);
+        cur.store(5, std::sync::atomic::Ordering::Relaxed);
+        let got = t.sample(&record(me, fd, 5, b"GET / HTTP/1.1\r\n\r\n"));
+        assert_eq!(got.map(|g| g.client_port), Some(peer.port()));
+    }
+
+    #[test]
+    fn lost_announcements_hurry_the_reader_for_a_while() {
+        let mut t = TlsState::default();
+        assert!(!t.announcements_lost_lately());
+        t.set_announcements_lost(0);
+        assert!(!t.announcements_lost_lately());
+        t.set_announcements_lost(3);
+        assert!(t.announcements_lost_lately());
+        assert_eq!(t.status.announcements_lost, 3);
+        t.announcements_lost_at = Some(std::time::Instant::now() - LOST_HURRY);
+        t.set_announcements_lost(3);
+        assert!(!t.announcements_lost_lately());
     }
 
     #[test]

@@ -62,6 +62,12 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> 
         .with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut TracePoint> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
 /// Loads the programs and attaches the tracepoints.
 ///
 /// # Errors
@@ -79,21 +85,28 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     for (name, events) in [
         (programs::TLS_FD, &FD_SYSCALLS[..]),
         (programs::TLS_CLOSE, &["sys_enter_close"][..]),
+        (programs::TLS_DUP, &["sys_enter_dup3"][..]),
         (
             programs::TLS_ACCEPT,
             &["sys_exit_accept", "sys_exit_accept4"][..],
         ),
     ] {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .with_context(|| format!("program {name} missing from the eBPF object"))?;
+        let tp = tracepoint(ebpf, name)?;
         tp.load()
             .with_context(|| format!("failed to load {name}"))?;
         for ev in events {
             tp.attach("syscalls", ev)
                 .with_context(|| format!("failed to attach {name} to syscalls/{ev}"))?;
         }
+    }
+    // Not on every architecture (arm64 has only dup3).
+    if [TRACEFS, "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| Path::new(t).join("events/syscalls/sys_enter_dup2").exists())
+    {
+        tracepoint(ebpf, programs::TLS_DUP)?
+            .attach("syscalls", "sys_enter_dup2")
+            .context("failed to attach the dup program to syscalls/sys_enter_dup2")?;
     }
     Ok(())
 }
