@@ -130,7 +130,8 @@ pub fn run(trials: usize, agents: usize, members: usize) {
         let lifted = Instant::now();
         assert!(
             eventually(Duration::from_secs(10), || {
-                !b.ok(&["block", "ls", "--json", "--match", &cidr]).contains(&cidr)
+                !b.ok(&["block", "ls", "--json", "--match", &cidr])
+                    .contains(&cidr)
             }),
             "the unban never reached B: A {}\nB {}\n{}",
             a.json(&["status"])["cluster"],

@@ -284,7 +284,8 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     let tls_news = state
         .datapath_mut()
         .ebpf_mut()
-        .take_map(tollgate_common::maps::TLS_NEW)
+        .ok()
+        .and_then(|e| e.take_map(tollgate_common::maps::TLS_NEW))
         .and_then(|m| aya::maps::RingBuf::try_from(m).ok());
     let mut capture = "nic";
     if !api_ports.is_empty() && sockops.is_some() && opts.sampling.stream {
