@@ -1331,3 +1331,41 @@ fn bench_baselines_decide_as_described() {
     }
     assert_eq!(seen, [XDP_DROP, XDP_PASS].into_iter().collect());
 }
+
+/// A map pinned under one of the datapath's names with another layout (an
+/// older or newer version's, or one planted there: here TG_BLOCK6, 16-byte
+/// keys, pinned as TG_BLOCK4) is replaced at load, never read or written at
+/// the wrong stride; the datapath then bans and drops as usual.
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced() {
+    require_root();
+    let base = format!("/sys/fs/bpf/tollgate-test-layout-{}", std::process::id());
+    let (a, b) = (format!("{base}-a"), format!("{base}-b"));
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    drop(Datapath::load(Some(std::path::Path::new(&a)), Capacities::small()).unwrap());
+    std::fs::create_dir_all(&b).unwrap();
+    let six = aya::maps::MapData::from_pin(format!("{a}/TG_BLOCK6")).unwrap();
+    six.pin(format!("{b}/TG_BLOCK4")).unwrap();
+    let key = |p: &str| aya::maps::MapInfo::from_pin(p).unwrap().key_size();
+    assert_eq!(key(&format!("{b}/TG_BLOCK4")), 16);
+    let mut dp = Datapath::load(Some(std::path::Path::new(&b)), Capacities::small())
+        .expect("a foreign pinned map must be replaced, not refused or used");
+    assert_eq!(
+        key(&format!("{b}/TG_BLOCK4")),
+        4,
+        "the foreign map is still pinned"
+    );
+    ban(&mut dp, "198.18.7.7");
+    let f = Frame::new().ipv4(v4("198.18.7.7"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_DROP);
+    let f = Frame::new().ipv4(v4("198.18.7.8"), pkt::TCP, &pkt::tcp(b""));
+    assert_eq!(run(&mut dp, &f), XDP_PASS);
+}

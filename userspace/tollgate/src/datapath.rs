@@ -344,12 +344,7 @@ impl Datapath {
                     let _ = std::fs::remove_file(&pin);
                 }
             }
-            let pflows = dir.join(maps::PROXY_FLOWS);
-            if aya::maps::MapInfo::from_pin(&pflows)
-                .is_ok_and(|i| i.value_size() as usize != size_of::<tollgate_common::ProxyFlow>())
-            {
-                let _ = std::fs::remove_file(&pflows);
-            }
+            Self::replace_foreign_pins(dir);
         }
         // Maps created by this load start zeroed: no need to read them back.
         let fresh = scratch.is_some() || pin_dir.is_some_and(|d| !d.join(maps::CONFIG).exists());
@@ -507,6 +502,43 @@ impl Datapath {
             name: "(all)",
             source: Box::new(ProgramError::NotLoaded),
         })
+    }
+
+    /// Unlinks every pinned map whose type or key or value size is not what this
+    /// build's object declares (a map of an older or newer version, or one
+    /// planted under its name), so the load creates a fresh one. The agent
+    /// reads and writes pinned maps while the kernel still verifies the
+    /// programs, and the verifier is what used to refuse such a map: read or
+    /// written at the wrong stride it would corrupt memory or enforce garbage.
+    /// A map replaced here loses nothing durable: the store puts the bans and
+    /// allow entries back, the rest is per-connection or per-source state. A
+    /// program of the previous agent still attached keeps its own map until
+    /// this agent's programs take its links over.
+    fn replace_foreign_pins(dir: &Path) {
+        let Ok(obj) = aya_obj::Object::parse(EBPF_OBJECT) else {
+            return;
+        };
+        for (name, def) in &obj.maps {
+            let pin = dir.join(name);
+            let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+                continue;
+            };
+            let kernel = (
+                info.map_type().map_or(u32::MAX, |t| t as u32),
+                info.key_size(),
+                info.value_size(),
+            );
+            let declared = (def.map_type(), def.key_size(), def.value_size());
+            if kernel != declared {
+                tracing::warn!(
+                    map = %name,
+                    pinned = ?kernel,
+                    expected = ?declared,
+                    "a pinned map of another layout (type, key size, value size) is replaced by a new one"
+                );
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
     }
 
     /// Reads what pinned maps already hold (after a restart) so the mirrors
