@@ -178,7 +178,7 @@ impl StreamCache {
                     at_cut -= 1;
                     return false;
                 }
-                e.resolved_ns > cut
+                e.resolved_ns >= cut
             });
             len += v.len();
             !v.is_empty()
@@ -810,6 +810,13 @@ mod tests {
             c.get(1, i32::try_from(n - 1).unwrap(), 1, u64::from(n)),
             Some(live(1))
         );
+        // A tie split by the cut: only as many as are to go, go.
+        let mut c = StreamCache::default();
+        for i in 0..n {
+            c.insert(1, i32::try_from(i).unwrap(), 1, live(1), u64::from(i / 3));
+        }
+        c.insert(3, 0, 9, live(3), u64::from(n));
+        assert_eq!(c.len(), CACHE_LOW + 1);
     }
 
     /// A state whose kernel stream map is a fake: `cur` is the id of the
