@@ -632,6 +632,21 @@ impl Drop for Agent {
     }
 }
 
+/// Bans in the agent's kernel maps, from `status` (every ban map's fill).
+pub fn kernel_bans(agent: &Agent) -> u64 {
+    agent.json(&["status"])["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("TG_BLOCK"))
+        })
+        .map(|m| m["entries"].as_u64().unwrap())
+        .sum()
+}
+
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`); 0 when unread.
 #[must_use]
 pub fn proc_kb(pid: nix::unistd::Pid, field: &str) -> u64 {

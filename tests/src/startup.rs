@@ -66,20 +66,6 @@ fn cpu_secs(pid: nix::unistd::Pid) -> f64 {
     ticks as f64 / hz as f64
 }
 
-fn filled(agent: &Agent) -> u64 {
-    agent.json(&["status"])["maps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| {
-            m["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("TG_BLOCK"))
-        })
-        .map(|m| m["entries"].as_u64().unwrap())
-        .sum()
-}
-
 /// Agent log lines about restoring, for the phases.
 fn phases(agent: &Agent, from: usize) -> String {
     agent.log_text()[from..]
@@ -109,7 +95,7 @@ fn measure(label: &str, agent: &mut Agent, server: &Server, lab: &Lab) {
     let up = agent.spawn_within(Duration::from_secs(300));
     // CPU time is what a busy machine does not inflate.
     let cpu = cpu_secs(agent.pid().unwrap());
-    let fill = filled(agent);
+    let fill = crate::kernel_bans(agent);
     let dropped = !lab.tcp_ok(
         lab.v4(0, 2),
         lab.v4(0, 1),

@@ -625,21 +625,6 @@ fn state_survives_a_simulated_reboot() {
     assert!(log.contains("restored_to_kernel=4"), "{log}");
 }
 
-/// Bans in the kernel maps, from `status` (every ban map's fill).
-fn kernel_bans(agent: &Agent) -> u64 {
-    agent.json(&["status"])["maps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| {
-            m["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("TG_BLOCK"))
-        })
-        .map(|m| m["entries"].as_u64().unwrap())
-        .sum()
-}
-
 /// Start-up fills the maps while the kernel verifies the programs: the
 /// agent must still answer `status` only once every stored ban is in the
 /// kernel and the program enforcing them is attached, after a reboot
@@ -664,7 +649,9 @@ fn a_restart_enforces_every_stored_ban_before_it_answers() {
         .ok(&["block", "add", &s.lab.v4(1, 2).to_string(), "--ttl", "1s"]);
     let want = u64::from(HOSTS) + 2 - 1;
     assert!(
-        tollgate_tests::eventually(Duration::from_secs(5), || kernel_bans(&s.agent) == want),
+        tollgate_tests::eventually(Duration::from_secs(5), || tollgate_tests::kernel_bans(
+            &s.agent
+        ) == want),
         "the 1 s ban did not expire"
     );
     for reboot in [true, false] {
@@ -686,7 +673,7 @@ fn a_restart_enforces_every_stored_ban_before_it_answers() {
         let from = s.agent.log_text().len();
         s.agent.spawn();
         // At the first answer, no retry.
-        let held = kernel_bans(&s.agent);
+        let held = tollgate_tests::kernel_bans(&s.agent);
         let attached =
             tollgate_tests::sh(&["ip", "link", "show", "dev", &s.lab.host_if]).contains("xdp");
         assert_eq!(
