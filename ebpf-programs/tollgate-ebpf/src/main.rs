@@ -265,7 +265,7 @@ fn decide(start: usize, end: usize, len: u64) -> (Verdict, Next) {
             // before the sampler's flow lookups).
             if judged.0 != Verdict::Drop
                 && config.flags & config_flags::SAMPLING != 0
-                && sample::select(sample::candidate(&pkt, DIR_REQUEST), DIR_REQUEST)
+                && sample::wanted(&pkt, DIR_REQUEST)
             {
                 next = Next::Sample;
             }

@@ -204,10 +204,24 @@ pub fn select(c: Candidate, direction: u8) -> bool {
     true
 }
 
-/// [`candidate`], then [`select`].
+/// Whether `pkt` is TCP to (request) or from (response) an API port: the
+/// test every packet pays, inline, so that other packets make no call at
+/// all (a BPF subprogram's call and return cost more than this lookup on
+/// hosts whose kernels guard every return against speculation).
+#[inline(always)]
+pub fn api_port(pkt: &Packet, direction: u8) -> bool {
+    let port = if direction == DIR_REQUEST {
+        pkt.l4.dport
+    } else {
+        pkt.l4.sport
+    };
+    pkt.l4.proto == IPPROTO_TCP && TG_API_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0)
+}
+
+/// [`api_port`], then [`candidate`] and [`select`].
 #[inline(always)]
 pub fn wanted(pkt: &Packet, direction: u8) -> bool {
-    select(candidate(pkt, direction), direction)
+    api_port(pkt, direction) && select(candidate(pkt, direction), direction)
 }
 
 /// Samples `pkt` (the packet of `ctx`), which [`wanted`] selected, unless
