@@ -95,7 +95,7 @@ const KIND_END: u64 = 3;
 /// (request) or from (response) an API port, or a client's SYN to one. A
 /// function of its own (a BPF subprogram): inlined, its temporaries would
 /// push the ingress program past the 512-byte stack.
-#[inline(never)]
+#[inline(always)]
 pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     let l4 = &pkt.l4;
     if l4.proto != IPPROTO_TCP {
@@ -136,7 +136,7 @@ pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
 /// The second half, made before any flow lookup or tail call so that other
 /// packets pay almost nothing: a young flow's first packets, else this
 /// CPU's one in N. True: [`take`] the packet. A subprogram too.
-#[inline(never)]
+#[inline(always)]
 pub fn select(c: Candidate, direction: u8) -> bool {
     let kind = c >> 32;
     if kind == 0 {
