@@ -1,9 +1,10 @@
 //! Sampling of API payloads into a ring buffer for the agent: the first K
 //! payload packets of every flow whose handshake the datapath saw (so each
 //! connection's request line and headers are seen), then one in N. The
-//! decision ([`wanted`]) is two array lookups and a per-CPU countdown, made
-//! before any flow lookup or tail call; only a selected packet pays for the
-//! rest ([`take`]). A full ring buffer loses the sample and counts it; the
+//! decision ([`wanted`]) is inline, a few array lookups and a per-CPU
+//! countdown, made before any flow lookup or tail call (a packet to another
+//! port pays one lookup); only a selected packet pays for the rest
+//! ([`take`]). A full ring buffer loses the sample and counts it; the
 //! datapath never waits.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns};
@@ -77,12 +78,10 @@ fn fold(a: &Source) -> u32 {
 
 /// What [`candidate`] found out about a packet, all that [`select`] needs,
 /// in one register: the kind (`KIND_*`) above the flow's `TG_YOUNG` tag.
-/// The ingress program keeps only this across its ban lookups, not the
-/// parsed packet (its stack is nearly full).
-pub type Candidate = u64;
+type Candidate = u64;
 
 /// Not an API packet worth sampling.
-pub const NO_CANDIDATE: Candidate = 0;
+const NO_CANDIDATE: Candidate = 0;
 /// A client's SYN to an API port: its flow becomes young.
 const KIND_SYN: u64 = 1;
 /// A payload packet to or from an API port.
@@ -91,14 +90,14 @@ const KIND_PAYLOAD: u64 = 2;
 /// the flow).
 const KIND_END: u64 = 3;
 
-/// The first half of the sampling decision, without writes: payload to
-/// (request) or from (response) an API port, or a client's SYN to one. A
+/// The first half of the sampling decision, without writes, for a packet
+/// to (request) or from (response) an API port: payload, or a client's SYN. A
 /// function of its own, inlined: since the ingress program reads its config
 /// in place its stack has room, and a BPF subprogram call cost every packet
 /// more than the work itself (7-8 ns a call where the kernel guards returns
 /// against speculation; `tollgate-bench sampling`).
 #[inline(always)]
-pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
+fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     let l4 = &pkt.l4;
     if l4.proto != IPPROTO_TCP {
         return NO_CANDIDATE;
@@ -122,10 +121,7 @@ pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
     } else {
         (l4.sport, l4.dport)
     };
-    match TG_API_PORTS.get(u32::from(api_port)) {
-        Some(v) if *v != 0 => {}
-        _ => return NO_CANDIDATE,
-    }
+    // The port is an API port: [`wanted`] asked [`api_port`] first.
     let (client, server) = if request {
         (&pkt.src, &pkt.dst)
     } else {
@@ -139,7 +135,7 @@ pub fn candidate(pkt: &Packet, direction: u8) -> Candidate {
 /// packets pay almost nothing: a young flow's first packets, else this
 /// CPU's one in N. True: [`take`] the packet. Inlined, as [`candidate`].
 #[inline(always)]
-pub fn select(c: Candidate, direction: u8) -> bool {
+fn select(c: Candidate, direction: u8) -> bool {
     let kind = c >> 32;
     if kind == 0 {
         return false;
