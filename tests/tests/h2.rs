@@ -695,7 +695,8 @@ fn a_client_holding_header_blocks_open_cuts_only_its_own() {
             })
             .collect()
     });
-    let over = || agent.json(&["status"])["sampling"]["flows"]["h2_header_blocks_over_share"].as_u64();
+    let over =
+        || agent.json(&["status"])["sampling"]["flows"]["h2_header_blocks_over_share"].as_u64();
     assert!(
         eventually(Duration::from_secs(5), || over() >= Some(1)),
         "no block cut for its share: {}\n{}",
@@ -711,7 +712,11 @@ fn a_client_holding_header_blocks_open_cuts_only_its_own() {
     });
     let inv = || agent.json(&["inventory"]);
     assert!(
-        eventually(Duration::from_secs(5), || hits(&inv(), "GET", "/after-the-flood") == 1),
+        eventually(Duration::from_secs(5), || hits(
+            &inv(),
+            "GET",
+            "/after-the-flood"
+        ) == 1),
         "the other client's request was not decoded: {}\nstatus: {}",
         inv(),
         agent.json(&["status"])

@@ -1827,6 +1827,72 @@ mod tests {
         h2_frame(1, 0x4 | u8::from(end), stream, &b)
     }
 
+    /// One h2c connection on the socket from `peer`, its stream starting
+    /// with a PROXY header naming `named` (if any), then `frames`.
+    fn h2_via(
+        f: &mut Flows,
+        peer: IpAddr,
+        port: u16,
+        named: Option<&str>,
+        frames: &[u8],
+    ) -> Vec<ApiEvent> {
+        let mut bytes = named
+            .map(|n| format!("PROXY TCP4 {n} 198.18.0.1 {port} 8080\r\n").into_bytes())
+            .unwrap_or_default();
+        bytes.extend_from_slice(h2::PREFACE);
+        bytes.extend(h2_frame(4, 0, 0, &[]));
+        bytes.extend_from_slice(frames);
+        let mut out = Vec::new();
+        for (i, chunk) in bytes.chunks(16_384).enumerate() {
+            let mut s = sample(Direction::Request, (i * 16_384) as u32, chunk, 1);
+            (s.client, s.client_port, s.stream, s.cookie) = (peer, port, true, u64::from(port));
+            out.extend(f.on_sample(&s, 0.0));
+        }
+        out
+    }
+
+    #[test]
+    fn a_trusted_proxys_proxy_header_names_whose_header_block_share_a_connection_takes() {
+        let mut f = Flows::new(100);
+        f.set_trusted(&["198.18.9.1/32".parse().unwrap()]);
+        let (proxy, untrusted) = (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 2)),
+        );
+        // A header block as large as is decoded, never ended.
+        let held = h2_frame(1, 0x1, 1, &vec![0x82; h2::MAX_HPACK_BLOCK]);
+        // Through the trusted proxy, one client holds blocks open on five
+        // connections: the fifth is past its share.
+        for port in 41_000..41_005 {
+            h2_via(&mut f, proxy, port, Some("198.18.5.5"), &held);
+        }
+        assert_eq!(f.stats.h2_header_blocks_over_share, 1);
+        assert_eq!(f.stats.h2_first_over_share, Some(proxy));
+        // Another client through the same proxy still decodes: the share
+        // spent was the named client's, not the proxy's.
+        let ev = h2_via(
+            &mut f,
+            proxy,
+            41_005,
+            Some("198.18.5.6"),
+            &h2_request(1, 0x82, "/fine", true),
+        );
+        assert_eq!(paths(&ev), ["/fine"]);
+        // A peer that is not trusted names whom it likes: its connections
+        // take its own share whatever they name.
+        for (i, port) in (42_000..42_005).enumerate() {
+            h2_via(
+                &mut f,
+                untrusted,
+                port,
+                Some(&format!("198.18.6.{}", i + 1)),
+                &held,
+            );
+        }
+        assert_eq!(f.stats.h2_header_blocks_over_share, 2);
+        assert_eq!(f.stats.h2_header_blocks_lost, 2);
+    }
+
     #[test]
     fn h2c_requests_on_the_socket_are_judged_by_stream() {
         let mut bytes = h2::PREFACE.to_vec();
