@@ -640,6 +640,95 @@ fn behind_a_multiplexing_proxy_only_the_guesser_is_banned() {
     assert!(!agent.banned(proxy), "{}", agent.json(&["block", "ls"]));
 }
 
+/// One client really sends unfinished header blocks (256 KiB each, in
+/// 16 KiB frames, never ended) on 80 h2c connections it keeps open: 20 MiB,
+/// more than the agent's whole budget for open header blocks. Only that
+/// client's blocks past its share are cut (counted); another client's
+/// request after it still decodes. Before shares, the flood held the whole
+/// budget and the other client's header block was cut: its request unknown.
+#[test]
+fn a_client_holding_header_blocks_open_cuts_only_its_own() {
+    use std::io::{Read, Write};
+    let lab = Lab::new();
+    let (attacker, benign) = (lab.v4(0, 2), lab.v4(1, 2));
+    let server_addr = lab.v4(0, 1);
+    // A server that reads and drops what it gets: the socket capture sees
+    // every byte as it arrives, and nothing answers or closes.
+    let listener = std::net::TcpListener::bind((server_addr, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(100) {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65_536];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let agent = Agent::start(&lab.host_if, &["--api-port", &port.to_string()]);
+    let start = || {
+        let mut v = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        v.extend(frame(4, 0, 0, &[]));
+        v
+    };
+    let connect = move |src: IpAddr| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::new(src, 0).into()).unwrap();
+        s.connect(&std::net::SocketAddr::new(server_addr, port).into())
+            .unwrap();
+        std::net::TcpStream::from(s)
+    };
+    let held: Vec<std::net::TcpStream> = lab.in_client(move || {
+        (0..80)
+            .map(|_| {
+                let mut c = connect(attacker);
+                let mut bytes = start();
+                // `:method: GET` over and over, 256 KiB, no END_HEADERS.
+                bytes.extend(frame(1, 0x1, 1, &[0x82; 16_384]));
+                for _ in 0..15 {
+                    bytes.extend(frame(9, 0, 1, &[0x82; 16_384]));
+                }
+                c.write_all(&bytes).unwrap();
+                // Paced: the agent reads each connection's blocks whole.
+                std::thread::sleep(Duration::from_millis(15));
+                c
+            })
+            .collect()
+    });
+    let over =
+        || agent.json(&["status"])["sampling"]["flows"]["h2_header_blocks_over_share"].as_u64();
+    assert!(
+        eventually(Duration::from_secs(5), || over() >= Some(1)),
+        "no block cut for its share: {}\n{}",
+        agent.json(&["status"]),
+        agent.log_text()
+    );
+    lab.in_client(move || {
+        let mut c = connect(benign);
+        let mut bytes = start();
+        bytes.extend(get_frame(1, "/after-the-flood"));
+        c.write_all(&bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let inv = || agent.json(&["inventory"]);
+    assert!(
+        eventually(Duration::from_secs(5), || hits(
+            &inv(),
+            "GET",
+            "/after-the-flood"
+        ) == 1),
+        "the other client's request was not decoded: {}\nstatus: {}",
+        inv(),
+        agent.json(&["status"])
+    );
+    assert!(
+        agent.log_text().contains("whole share of the budget"),
+        "{}",
+        agent.log_text()
+    );
+    drop(held);
+}
+
 /// An HTTP/2 frame.
 fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap().to_be_bytes();

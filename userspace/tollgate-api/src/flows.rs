@@ -24,6 +24,7 @@ use std::{
     net::IpAddr,
 };
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use tollgate_detect::{
@@ -191,11 +192,22 @@ pub struct FlowStats {
     /// (truncated) and later blocks of that connection are unknown.
     #[serde(default)]
     pub h2_header_blocks_lost: u64,
+    /// Of `h2_header_blocks_lost`, those cut because their client (an IPv4
+    /// address, an IPv6 /64; behind a trusted proxy's PROXY header, the
+    /// client it named) held its whole share of the budget for unfinished
+    /// header blocks (1 MiB over all its connections): that client's
+    /// requests go unknown, no other's.
+    #[serde(default)]
+    pub h2_header_blocks_over_share: u64,
     /// HTTP/2 streams awaiting their response dropped from a connection's
     /// table (more than 128 unanswered at once): their responses are not
     /// paired and, behind a proxy, attributed to no client.
     #[serde(default)]
     pub h2_streams_evicted: u64,
+    /// The connection peer of the first block cut for its share (for the
+    /// agent's log; not in `status`).
+    #[serde(skip)]
+    pub h2_first_over_share: Option<IpAddr>,
 }
 
 #[derive(Default)]
@@ -284,6 +296,9 @@ struct Flow {
     proxy_checked: bool,
     /// The client it named.
     real: Option<IpAddr>,
+    /// The peer that sent that header is a trusted proxy: the client it
+    /// named is whose share of the header-block budget the connection takes.
+    real_trusted: bool,
     /// The client a forwarding header named last.
     forwarded: Option<IpAddr>,
     /// Forwarding headers named more than one client on this connection.
@@ -324,6 +339,20 @@ struct Flow {
 type FlowId = (IpAddr, u16, IpAddr, u16);
 
 impl Flow {
+    /// Whose share of the HTTP/2 header-block budget this connection's
+    /// decoders take: the client a trusted proxy's PROXY header named (a
+    /// proxy in TCP mode passes each client's bytes, unfinished header
+    /// blocks too, on a connection of its own), else the peer. Forwarding
+    /// headers cannot name it: they sit inside the header blocks being
+    /// charged, and a proxy that writes them reads whole blocks before it
+    /// forwards any, so its connections hold next to nothing.
+    fn h2_source(&self, peer: IpAddr) -> h2::Source {
+        match self.real {
+            Some(real) if self.real_trusted => h2::Source::of(real),
+            _ => h2::Source::of(peer),
+        }
+    }
+
     /// One client's connection as far as is known: no second client named
     /// on it, and not HTTP/2 (multiplexed).
     fn alone(&self) -> bool {
@@ -350,6 +379,9 @@ pub struct Flows {
     /// HTTP/2 is decoded from NIC samples too (a capture file holds every
     /// packet; the agent's NIC sampler does not).
     h2_from_packets: bool,
+    /// Trusted proxies: a PROXY header from one names the connection's
+    /// source (see [`Flow::h2_source`]).
+    trusted: Vec<IpNet>,
 }
 
 impl Flows {
@@ -364,7 +396,13 @@ impl Flows {
             body_cap: DEFAULT_BODY_CAP,
             skip_hints: Vec::new(),
             h2_from_packets: false,
+            trusted: Vec::new(),
         }
+    }
+
+    /// The trusted proxies (for connections that start from now on).
+    pub fn set_trusted(&mut self, nets: &[IpNet]) {
+        self.trusted = nets.to_vec();
     }
 
     /// Decodes HTTP/2 from packets that are not socket records (replaying a
@@ -641,6 +679,7 @@ impl Flows {
                 super::proxyproto::Header::Incomplete if whole => {}
                 super::proxyproto::Header::Complete { client, len } => {
                     flow.real = client;
+                    flow.real_trusted = self.trusted.iter().any(|n| n.contains(&s.client));
                     flow.req.buf.drain(..len.min(flow.req.buf.len()));
                     flow.proxy_checked = true;
                 }
@@ -764,14 +803,15 @@ impl Flows {
             }
             Preface::Complete => {
                 self.stats.h2_connections += 1;
-                let mut dec = h2::Decoder::new(h2::Side::Client, self.body_cap);
+                let mut dec = h2::Decoder::new(h2::Side::Client, self.body_cap)
+                    .with_source(flow.h2_source(s.client));
                 let mut msgs = Vec::new();
+                let before = BlockCounts::of(&dec);
                 dec.feed(&std::mem::take(&mut flow.req.buf), &mut msgs);
                 if dec.lost().is_some() {
                     self.stats.h2_lost += 1;
                 }
-                self.stats.h2_header_blocks_cut += dec.counters.blocks_cut;
-                self.stats.h2_header_blocks_lost += dec.counters.blocks_lost;
+                before.add_since(&dec, s.client, &mut self.stats);
                 flow.h2 = Some(Box::new(dec));
                 let time = s.ts_ns as f64 / 1e9 + wall_offset;
                 let mut out = Vec::new();
@@ -779,6 +819,38 @@ impl Flows {
                 h2_hint(flow, s, &mut self.skip_hints);
                 Some(out)
             }
+        }
+    }
+}
+
+/// What a decoder's cut and lost header blocks were before it read more.
+#[derive(Clone, Copy)]
+struct BlockCounts {
+    cut: u64,
+    lost: u64,
+    over_share: u64,
+}
+
+impl BlockCounts {
+    fn of(dec: &h2::Decoder) -> Self {
+        Self {
+            cut: dec.counters.blocks_cut,
+            lost: dec.counters.blocks_lost,
+            over_share: dec.counters.blocks_over_share,
+        }
+    }
+
+    /// Adds what `dec` counted since to `stats`; names `client` the first
+    /// time a block is cut for its share.
+    fn add_since(self, dec: &h2::Decoder, client: IpAddr, stats: &mut FlowStats) {
+        let now = Self::of(dec);
+        stats.h2_header_blocks_cut += now.cut - self.cut;
+        stats.h2_header_blocks_lost += now.lost - self.lost;
+        if now.over_share > self.over_share {
+            if stats.h2_header_blocks_over_share == 0 {
+                stats.h2_first_over_share = Some(client);
+            }
+            stats.h2_header_blocks_over_share += now.over_share - self.over_share;
         }
     }
 }
@@ -822,11 +894,10 @@ fn h2_sample(
         return out;
     };
     let was_lost = dec.lost().is_some();
-    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
+    let before = BlockCounts::of(dec);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.req.next_seq, s, &mut msgs);
-    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
-    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
+    before.add_since(dec, s.client, stats);
     if s.tcp_flags & 0x05 != 0 {
         dec.flush(&mut msgs);
     }
@@ -887,17 +958,17 @@ fn h2_response_sample(
 ) -> Vec<ApiEvent> {
     let mut out = Vec::new();
     flow.resp.seen = true;
-    let dec = flow
-        .h2_resp
-        .get_or_insert_with(|| Box::new(h2::Decoder::new(h2::Side::Server, body_cap)));
+    let source = flow.h2_source(s.client);
+    let dec = flow.h2_resp.get_or_insert_with(|| {
+        Box::new(h2::Decoder::new(h2::Side::Server, body_cap).with_source(source))
+    });
     if dec.lost().is_some() {
         return out;
     }
-    let (cut, lost) = (dec.counters.blocks_cut, dec.counters.blocks_lost);
+    let before = BlockCounts::of(dec);
     let mut msgs = Vec::new();
     feed_in_order(dec, &mut flow.resp.next_seq, s, &mut msgs);
-    stats.h2_header_blocks_cut += dec.counters.blocks_cut - cut;
-    stats.h2_header_blocks_lost += dec.counters.blocks_lost - lost;
+    before.add_since(dec, s.client, stats);
     if dec.lost().is_some() {
         stats.h2_responses_lost += 1;
     }
@@ -969,7 +1040,8 @@ fn switch_to_h2(
         flow.h2_pending.insert(1, p);
     }
     let rest = std::mem::take(&mut flow.resp.buf);
-    let mut dec = h2::Decoder::new(h2::Side::Server, body_cap);
+    let mut dec =
+        h2::Decoder::new(h2::Side::Server, body_cap).with_source(flow.h2_source(s.client));
     let mut msgs = Vec::new();
     dec.feed(&rest, &mut msgs);
     if dec.lost().is_some() {
@@ -1753,6 +1825,72 @@ mod tests {
         let mut b = vec![method, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
         b.extend_from_slice(path.as_bytes());
         h2_frame(1, 0x4 | u8::from(end), stream, &b)
+    }
+
+    /// One h2c connection on the socket from `peer`, its stream starting
+    /// with a PROXY header naming `named` (if any), then `frames`.
+    fn h2_via(
+        f: &mut Flows,
+        peer: IpAddr,
+        port: u16,
+        named: Option<&str>,
+        frames: &[u8],
+    ) -> Vec<ApiEvent> {
+        let mut bytes = named
+            .map(|n| format!("PROXY TCP4 {n} 198.18.0.1 {port} 8080\r\n").into_bytes())
+            .unwrap_or_default();
+        bytes.extend_from_slice(h2::PREFACE);
+        bytes.extend(h2_frame(4, 0, 0, &[]));
+        bytes.extend_from_slice(frames);
+        let mut out = Vec::new();
+        for (i, chunk) in bytes.chunks(16_384).enumerate() {
+            let mut s = sample(Direction::Request, (i * 16_384) as u32, chunk, 1);
+            (s.client, s.client_port, s.stream, s.cookie) = (peer, port, true, u64::from(port));
+            out.extend(f.on_sample(&s, 0.0));
+        }
+        out
+    }
+
+    #[test]
+    fn a_trusted_proxys_proxy_header_names_whose_header_block_share_a_connection_takes() {
+        let mut f = Flows::new(100);
+        f.set_trusted(&["198.18.9.1/32".parse().unwrap()]);
+        let (proxy, untrusted) = (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 9, 2)),
+        );
+        // A header block as large as is decoded, never ended.
+        let held = h2_frame(1, 0x1, 1, &vec![0x82; h2::MAX_HPACK_BLOCK]);
+        // Through the trusted proxy, one client holds blocks open on five
+        // connections: the fifth is past its share.
+        for port in 41_000..41_005 {
+            h2_via(&mut f, proxy, port, Some("198.18.5.5"), &held);
+        }
+        assert_eq!(f.stats.h2_header_blocks_over_share, 1);
+        assert_eq!(f.stats.h2_first_over_share, Some(proxy));
+        // Another client through the same proxy still decodes: the share
+        // spent was the named client's, not the proxy's.
+        let ev = h2_via(
+            &mut f,
+            proxy,
+            41_005,
+            Some("198.18.5.6"),
+            &h2_request(1, 0x82, "/fine", true),
+        );
+        assert_eq!(paths(&ev), ["/fine"]);
+        // A peer that is not trusted names whom it likes: its connections
+        // take its own share whatever they name.
+        for (i, port) in (42_000..42_005).enumerate() {
+            h2_via(
+                &mut f,
+                untrusted,
+                port,
+                Some(&format!("198.18.6.{}", i + 1)),
+                &held,
+            );
+        }
+        assert_eq!(f.stats.h2_header_blocks_over_share, 2);
+        assert_eq!(f.stats.h2_header_blocks_lost, 2);
     }
 
     #[test]

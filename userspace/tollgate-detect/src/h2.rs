@@ -20,11 +20,8 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
 };
 
 use crate::http::{MAX_HEADER_BYTES, MAX_HEADERS, Request, Response, lossy, split_target};
@@ -56,48 +53,172 @@ pub const MAX_CONTINUATIONS: u32 = 128;
 /// connections each holding an unfinished block cannot add up without bound.
 /// Bytes are charged as they arrive: holding a share takes sending it.
 pub const MAX_BLOCK_BUDGET: usize = 16 << 20;
+/// Bytes of open header blocks one [`Source`] may hold at once, over all its
+/// connections: four blocks of the largest size decoded. A client that
+/// really sends unfinished header blocks on many connections cuts only its
+/// own blocks past this; the others keep decoding.
+pub const SOURCE_SHARE: usize = 4 * MAX_HPACK_BLOCK;
+/// Of [`MAX_BLOCK_BUDGET`], the bytes only a source within its first
+/// [`MAX_HEADER_BLOCK`] may take: sources past that (the few that hold big
+/// blocks) fill at most the rest, so filling the whole budget takes many
+/// sources (12 at their full share, then 64 more at 64 KiB each), and a
+/// client sending an ordinary block still finds room.
+pub const SOURCE_RESERVE: usize = MAX_BLOCK_BUDGET / 4;
+/// Sources holding bytes at once, at most (each entry holds at least one
+/// byte on one live decoder): past it, a source not yet holding any gets
+/// none, counted as over the budget.
+pub const MAX_SOURCES: usize = 65_536;
 
 /// The budget of every decoder made by [`Decoder::new`]: one per agent.
-static SHARED_BUDGET: std::sync::LazyLock<Arc<Budget>> =
-    std::sync::LazyLock::new(|| Budget::new(MAX_BLOCK_BUDGET));
+static SHARED_BUDGET: std::sync::LazyLock<Arc<Budget>> = std::sync::LazyLock::new(|| {
+    Budget::with_shares(MAX_BLOCK_BUDGET, SOURCE_SHARE, SOURCE_RESERVE)
+});
 
-/// Bytes of header blocks held by the decoders that share it.
+/// Who holds a share of a [`Budget`]: a client as the connection shows it.
+/// An IPv4 address is one source; an IPv6 address counts by its /64 (one
+/// host or LAN gets a /64, and any address in it is the same source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(u128);
+
+impl Source {
+    /// The source `addr` belongs to (an IPv4-mapped IPv6 address as IPv4).
+    #[must_use]
+    pub fn of(addr: std::net::IpAddr) -> Self {
+        match addr {
+            std::net::IpAddr::V4(v) => Self(u128::from(v.to_bits())),
+            std::net::IpAddr::V6(v) => match v.to_ipv4_mapped() {
+                Some(v4) => Self(u128::from(v4.to_bits())),
+                None => Self(v.to_bits() & !u128::from(u64::MAX)),
+            },
+        }
+    }
+}
+
+/// Why a [`Budget`] granted less than was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Short {
+    /// The source's own share is spent.
+    Share,
+    /// The budget is spent (or too many sources hold some).
+    Budget,
+}
+
+/// Bytes of header blocks held by the decoders that share it, in all and
+/// per [`Source`].
 #[derive(Debug)]
 pub struct Budget {
-    used: AtomicUsize,
+    held: Mutex<Held>,
     limit: usize,
+    share: usize,
+    reserve: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    used: usize,
+    /// Only sources holding bytes: an entry goes when its bytes come back.
+    sources: HashMap<Source, usize>,
 }
 
 impl Budget {
-    /// A budget of `limit` bytes.
+    /// A budget of `limit` bytes, with no share per source.
     #[must_use]
     pub fn new(limit: usize) -> Arc<Self> {
+        Self::with_shares(limit, limit, 0)
+    }
+
+    /// A budget of `limit` bytes of which one source may hold `share`; the
+    /// last `reserve` bytes go only to sources within their first
+    /// [`MAX_HEADER_BLOCK`].
+    #[must_use]
+    pub fn with_shares(limit: usize, share: usize, reserve: usize) -> Arc<Self> {
         Arc::new(Self {
-            used: AtomicUsize::new(0),
+            held: Mutex::new(Held::default()),
             limit,
+            share,
+            reserve: reserve.min(limit),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // The counts stay consistent whatever panicked while holding it.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Bytes held now.
     #[must_use]
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.lock().used
     }
 
-    /// Takes up to `want` bytes; returns how many were granted.
-    fn take(&self, want: usize) -> usize {
-        let mut got = 0;
-        let _ = self
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                got = want.min(self.limit.saturating_sub(u));
-                Some(u + got)
-            });
-        got
+    /// Bytes `source` holds now.
+    #[must_use]
+    pub fn used_by(&self, source: Source) -> usize {
+        self.lock().sources.get(&source).copied().unwrap_or(0)
     }
 
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
+    /// Sources holding bytes now.
+    #[must_use]
+    pub fn sources(&self) -> usize {
+        self.lock().sources.len()
+    }
+
+    /// Takes up to `want` bytes for `source` (none: the budget alone
+    /// bounds it); returns how many were granted, and why fewer.
+    fn take(&self, source: Option<Source>, want: usize) -> (usize, Option<Short>) {
+        let mut h = self.lock();
+        let free = self.limit.saturating_sub(h.used);
+        let Some(src) = source else {
+            let got = want.min(free);
+            h.used += got;
+            return (got, (got < want).then_some(Short::Budget));
+        };
+        let held = h.sources.get(&src).copied().unwrap_or(0);
+        if held == 0 && h.sources.len() >= MAX_SOURCES {
+            return (0, (want > 0).then_some(Short::Budget));
+        }
+        let by_share = want.min(self.share.saturating_sub(held));
+        // Within the source's first block-worth: the whole budget; past
+        // it, all but the reserve.
+        let small = by_share.min(MAX_HEADER_BLOCK.saturating_sub(held));
+        let small_got = small.min(free);
+        let big_room = (self.limit - self.reserve).saturating_sub(h.used + small_got);
+        let big_got = if small_got == small {
+            (by_share - small).min(big_room)
+        } else {
+            0
+        };
+        let got = small_got + big_got;
+        h.used += got;
+        if got > 0 {
+            *h.sources.entry(src).or_insert(0) += got;
+        }
+        let short = if got == want {
+            None
+        } else if got == by_share {
+            Some(Short::Share)
+        } else {
+            Some(Short::Budget)
+        };
+        (got, short)
+    }
+
+    fn give(&self, source: Option<Source>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut h = self.lock();
+        h.used = h.used.saturating_sub(n);
+        if let Some(src) = source
+            && let std::collections::hash_map::Entry::Occupied(mut e) = h.sources.entry(src)
+        {
+            *e.get_mut() = e.get().saturating_sub(n);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 /// Streams whose request is being collected at once; the oldest is judged
@@ -256,8 +377,12 @@ pub struct Counters {
     /// decoded within the bounds, so the table is out of step and later
     /// blocks are unknown.
     pub blocks_lost: u64,
-    /// Of `blocks_lost`, those cut because the shared [`Budget`] was spent.
+    /// Of `blocks_lost`, those cut because the shared [`Budget`] was spent
+    /// (or this decoder's source's share of it).
     pub blocks_over_budget: u64,
+    /// Of `blocks_over_budget`, those cut because this decoder's [`Source`]
+    /// held its whole share ([`SOURCE_SHARE`]).
+    pub blocks_over_share: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -336,6 +461,8 @@ pub struct Decoder {
     last_stream: u32,
     body_cap: usize,
     budget: Arc<Budget>,
+    /// Whose share of `budget` this direction's blocks take.
+    source: Option<Source>,
     /// Bytes taken from `budget` for the block being collected.
     charged: usize,
     /// SETTINGS_HEADER_TABLE_SIZE this side announced last: it bounds the
@@ -347,7 +474,7 @@ pub struct Decoder {
 
 impl Drop for Decoder {
     fn drop(&mut self) {
-        self.budget.give(self.charged);
+        self.give_back();
     }
 }
 
@@ -376,6 +503,7 @@ impl Decoder {
             last_stream: 0,
             body_cap,
             budget: SHARED_BUDGET.clone(),
+            source: None,
             charged: 0,
             announced_table_size: None,
             counters: Counters::default(),
@@ -390,10 +518,24 @@ impl Decoder {
         self
     }
 
+    /// Charges this direction's header blocks to `source`'s share of the
+    /// budget (without one, only the whole budget bounds them).
+    #[must_use]
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.release();
+        self.source = Some(source);
+        self
+    }
+
+    /// Gives back what the block held.
+    fn give_back(&mut self) {
+        self.budget.give(self.source, self.charged);
+        self.charged = 0;
+    }
+
     /// Gives back what the block held once it is done with.
     fn release(&mut self) {
-        self.budget.give(self.charged);
-        self.charged = 0;
+        self.give_back();
         if self.payload.capacity() > MAX_HEADER_BLOCK {
             self.payload = Vec::new();
         }
@@ -427,8 +569,7 @@ impl Decoder {
         self.state = State::Lost(why);
         self.payload = Vec::new();
         self.block = None;
-        self.budget.give(self.charged);
-        self.charged = 0;
+        self.give_back();
     }
 
     /// Bytes from the current position that are not needed: DATA of a stream
@@ -541,7 +682,6 @@ impl Decoder {
                         // declared length alone holds nothing.
                         let got = self.take_budget(k);
                         if got < k {
-                            self.counters.blocks_over_budget += 1;
                             self.payload.extend_from_slice(&data[..got]);
                             data = &data[got..];
                             let keep = self.payload.len() as u32;
@@ -565,7 +705,6 @@ impl Decoder {
                     let k = (keep as usize - self.payload.len()).min(data.len());
                     let got = self.take_budget(k);
                     if got < k {
-                        self.counters.blocks_over_budget += 1;
                         // Within `keep`, a u32.
                         keep = (self.payload.len() + got) as u32;
                         self.state = State::PayloadCut { f, keep };
@@ -749,8 +888,7 @@ impl Decoder {
                 // The rest of a block already judged as far as it went.
                 if f.flags & END_HEADERS != 0 {
                     self.block = None;
-                    self.budget.give(self.charged);
-                    self.charged = 0;
+                    self.give_back();
                 }
                 if f.len > 0 {
                     self.state = State::Skip(f.len);
@@ -787,10 +925,14 @@ impl Decoder {
     }
 
     /// Takes up to `n` bytes of the budget for the block being collected;
-    /// what it got.
+    /// what it got (less: the block is cut, counted here).
     fn take_budget(&mut self, n: usize) -> usize {
-        let got = self.budget.take(n);
+        let (got, short) = self.budget.take(self.source, n);
         self.charged += got;
+        if let Some(short) = short {
+            self.counters.blocks_over_budget += 1;
+            self.counters.blocks_over_share += u64::from(short == Short::Share);
+        }
         got
     }
 
@@ -999,8 +1141,7 @@ impl Decoder {
         // happens to end between frames (a client that always ends its
         // writes mid-frame would otherwise pile its blocks onto the budget
         // every connection shares, until HTTP/2 decoding stopped for all).
-        self.budget.give(self.charged);
-        self.charged = 0;
+        self.give_back();
         self.counters.header_blocks += 1;
         let stream = block.stream;
         // Past the bounds a server reads: decoded whole all the same (the
@@ -1598,6 +1739,98 @@ mod tests {
         assert_eq!(budget.used(), 1000);
         drop(a);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_source_past_its_share_cuts_its_own_blocks_and_no_one_elses() {
+        // The agent's budget. One client (any address of one IPv6 /64)
+        // really sends unfinished header blocks as large as decoded on five
+        // connections: four hold its whole share, the fifth's block is cut
+        // (counted as over the share; a cut block holds nothing); other
+        // clients still decode a 60 KB path and the next request.
+        let budget = Budget::with_shares(MAX_BLOCK_BUDGET, SOURCE_SHARE, SOURCE_RESERVE);
+        let attacker = |host: u16| Source::of(format!("fd00:0:0:1::{host:x}").parse().unwrap());
+        let open = [
+            start(),
+            frame(HEADERS, END_STREAM, 1, &[0x82; MAX_HPACK_BLOCK]),
+        ]
+        .concat();
+        let mut held = Vec::new();
+        for host in 1..=5 {
+            let mut d = Decoder::new(Side::Client, 16)
+                .with_budget(budget.clone())
+                .with_source(attacker(host));
+            feed_in(&mut d, &open, 16_384);
+            held.push(d);
+        }
+        assert_eq!(budget.used_by(attacker(9)), SOURCE_SHARE);
+        assert_eq!(budget.used(), SOURCE_SHARE);
+        let over: Vec<_> = held
+            .iter()
+            .map(|d| (d.counters.blocks_over_budget, d.counters.blocks_over_share))
+            .collect();
+        assert_eq!(over, [(0, 0), (0, 0), (0, 0), (0, 0), (1, 1)]);
+        assert!(held[4].blind() && !held[3].blind());
+
+        for other in ["fd00:0:0:2::1", "198.18.0.9", "::ffff:198.18.0.10"] {
+            let mut d = Decoder::new(Side::Client, 16)
+                .with_budget(budget.clone())
+                .with_source(Source::of(other.parse().unwrap()));
+            let mut enc = loona_hpack::Encoder::new();
+            let mut bytes = start();
+            bytes.extend(get(&mut enc, 1, &format!("/{}", "a".repeat(60_000))));
+            bytes.extend(get(&mut enc, 3, "/next"));
+            let out = feed_in(&mut d, &bytes, 1500);
+            assert_eq!(paths(&out).len(), 2, "{other}");
+            assert_eq!(paths(&out)[1], "/next");
+            assert!(!d.blind() && d.counters.blocks_over_budget == 0, "{other}");
+        }
+        // IPv4 and its mapped form are one source.
+        assert_eq!(
+            Source::of("198.18.0.10".parse().unwrap()),
+            Source::of("::ffff:198.18.0.10".parse().unwrap())
+        );
+
+        // A block that ends gives its bytes back to its source.
+        let out = feed_in(
+            &mut held[0],
+            &frame(CONTINUATION, END_HEADERS, 1, &[0x84]),
+            7,
+        );
+        assert_eq!(paths(&out).len(), 1);
+        assert_eq!(budget.used_by(attacker(1)), SOURCE_SHARE - MAX_HPACK_BLOCK);
+        drop(held);
+        assert_eq!((budget.used(), budget.sources()), (0, 0));
+    }
+
+    #[test]
+    fn many_sources_holding_big_blocks_leave_the_reserve_to_ordinary_ones() {
+        // 1 MB, 300 kB a source, the last 250 kB only for bytes within a
+        // source's first 64 KiB.
+        let b = Budget::with_shares(1_000_000, 300_000, 250_000);
+        let src = |i: u8| Some(Source::of(std::net::Ipv4Addr::new(198, 18, 1, i).into()));
+        assert_eq!(b.take(src(1), 300_000), (300_000, None));
+        assert_eq!(b.take(src(1), 1), (0, Some(Short::Share)));
+        assert_eq!(b.take(src(2), 300_000), (300_000, None));
+        // Past its first 64 KiB, a third source finds only what is left
+        // short of the reserve.
+        assert_eq!(b.take(src(3), 300_000), (150_000, Some(Short::Budget)));
+        assert_eq!(b.used(), 750_000);
+        // Ordinary blocks of other sources still fit, up to 64 KiB each.
+        assert_eq!(b.take(src(4), 60_000), (60_000, None));
+        assert_eq!(b.take(src(4), 10_000), (5_536, Some(Short::Budget)));
+        for i in 5..=7 {
+            assert_eq!(b.take(src(i), 60_000), (60_000, None));
+        }
+        // The whole budget is held: nothing more for anyone.
+        assert_eq!(b.take(src(8), 60_000), (4_464, Some(Short::Budget)));
+        assert_eq!(b.used(), 1_000_000);
+        assert_eq!(b.take(src(9), 1), (0, Some(Short::Budget)));
+        // Giving back frees the source's entry.
+        b.give(src(8), 4_464);
+        assert_eq!((b.used_by(src(8).unwrap()), b.sources()), (0, 7));
+        // Without a source (offline callers), only the budget bounds it.
+        assert_eq!(b.take(None, 10_000), (4_464, Some(Short::Budget)));
     }
 
     #[test]

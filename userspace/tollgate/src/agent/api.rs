@@ -402,6 +402,15 @@ impl ApiHandle {
             st.flows.expire(now_ns.saturating_sub(FLOW_IDLE_NS));
         }
         batch.stream_skips = std::mem::take(&mut st.flows.skip_hints);
+        if let Some(client) = st.flows.stats.h2_first_over_share.take() {
+            // Once: the counter says how often since.
+            warn!(
+                %client,
+                "an HTTP/2 client holds its whole share of the budget for unfinished header \
+                 blocks; its blocks past it are cut and its later requests on those \
+                 connections are unknown (sampling.flows.h2_header_blocks_over_share)"
+            );
+        }
         st.status.flows = st.flows.stats;
         st.status.flows_followed = st.flows.len();
         st.status.clients_scored = st.pipeline.tracked();

@@ -237,6 +237,7 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     let api = api::ApiHandle::new(&opts.api_ports, &opts.sampling, pipeline);
     if let Ok(mut st) = api.state.lock() {
         st.trusted.clone_from(&opts.trusted_proxies);
+        st.flows.set_trusted(&opts.trusted_proxies);
         st.proxy_headers =
             crate::policy::proxy_headers(&opts.policy.trusted_proxies, &opts.trusted_flag_entries);
     }

@@ -293,6 +293,7 @@ impl Reloader {
                     && let Ok(mut st) = api.state.lock()
                 {
                     st.trusted.clone_from(&trusted);
+                    st.flows.set_trusted(&trusted);
                 }
                 changes.push("trusted proxies".into());
             }
