@@ -1137,14 +1137,15 @@ fn decode_fields(
     let mut fields = Vec::new();
     let mut size = 0usize;
     let mut cut = false;
-    let res = hpack.decode_with_cb(bytes, |name: Cow<[u8]>, value: Cow<[u8]>| {
-        size += name.len() + value.len();
-        if fields.len() >= MAX_HEADERS || size > MAX_HEADER_BYTES {
-            cut = true;
-            return;
-        }
-        fields.push((lossy(&name), lossy(&value)));
-    });
+    let res =
+        crate::hpack_prepass::decode_with_cb(hpack, bytes, |name: Cow<[u8]>, value: Cow<[u8]>| {
+            size += name.len() + value.len();
+            if fields.len() >= MAX_HEADERS || size > MAX_HEADER_BYTES {
+                cut = true;
+                return;
+            }
+            fields.push((lossy(&name), lossy(&value)));
+        });
     (fields, cut, res)
 }
 
