@@ -102,7 +102,7 @@ fn rewrite(block: &[u8], out: &mut Vec<u8>, string: &mut Vec<u8>) {
 /// Octets of an integer `loona-hpack` reads before calling it too long.
 const MAX_INT_OCTETS: usize = 5;
 
-/// An integer with an `prefix`-bit prefix (RFC 7541 §5.1) as `loona-hpack`
+/// An integer with a `prefix`-bit prefix (RFC 7541 §5.1) as `loona-hpack`
 /// reads it: its value and octets, or an error where it errs (no octets
 /// left, or more than [`MAX_INT_OCTETS`]).
 fn integer(buf: &[u8], prefix: u8) -> Result<(usize, usize), ()> {
