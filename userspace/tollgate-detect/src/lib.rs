@@ -38,6 +38,7 @@ pub mod detect;
 pub mod eval;
 pub mod graphql;
 pub mod h2;
+mod hpack_prepass;
 pub mod http;
 pub mod template;
 
