@@ -390,7 +390,10 @@ impl ClusterStore {
         // store through the agent's state, which this write holds. Shared
         // even when the write fails: the kernel enforces them.
         self.send(q);
-        self.inner.apply_bans_queued(put, remove, &rows)
+        timing!("outbox_sent");
+        let r = self.inner.apply_bans_queued(put, remove, &rows);
+        timing!("store_written");
+        r
     }
 }
 
@@ -941,7 +944,9 @@ impl Publisher {
         // Rounded up a minute past the bucket: a key never dies before its ban.
         let ttl = b.saturating_sub(now).saturating_add(60).min(MAX_LEASE_TTL);
         let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+        timing!("lease_grant");
         let id = client.lease_grant(ttl, None).await?.id();
+        timing!("lease_granted");
         self.leases.insert(b, id);
         Ok(id)
     }
@@ -1036,6 +1041,7 @@ impl Publisher {
         if ops.is_empty() {
             return Ok(());
         }
+        timing!("allow_txn");
         match client.txn(Txn::new().and_then(ops)).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("permission denied") => {
@@ -1150,9 +1156,11 @@ impl Publisher {
                 }
             }
             let (cidrs, gets): (Vec<IpNet>, Vec<TxnOp>) = reads.into_iter().unzip();
+            timing!("txn_sent", attempt, changes = order.len());
             let resp = client
                 .txn(Txn::new().when(cmps).and_then(ops).or_else(gets))
                 .await?;
+            timing!("txn_done", attempt, ok = resp.succeeded());
             if resp.succeeded() {
                 return Ok(puts);
             }
@@ -1477,6 +1485,7 @@ async fn session(
         tokio::select! {
             c = outbox.recv() => {
                 let Some(c) = c else { return Ok(()) };
+                timing!("pub_taken");
                 publisher.take(cfg, status, c);
                 // Whatever else is already queued goes in the same transaction.
                 while let Ok(c) = outbox.try_recv() {
@@ -1498,8 +1507,10 @@ async fn session(
                     anyhow::bail!("the watch was cancelled: {}", resp.cancel_reason());
                 }
                 let now = clock::unix_now();
+                timing!("watch_rx", events = resp.events().len());
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    tracing::trace!(target: "tollgate::timing", key = %String::from_utf8_lossy(kv.key()), "watch_key");
                     let change = match ev.event_type() {
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.

@@ -824,13 +824,20 @@ async fn serve(
                 resp
             }
             Ok(req) => {
+                timing!("ctl_read");
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);
-                tokio::task::spawn_blocking(move || match state.lock() {
-                    Ok(mut s) => s.handle(req),
+                let resp = tokio::task::spawn_blocking(move || match state.lock() {
+                    Ok(mut s) => {
+                        timing!("ctl_locked");
+                        s.handle(req)
+                    }
                     Err(_) => Response::err("agent state lock poisoned"),
                 })
-                .await?
+                .await?;
+                write_response(&mut write, &resp).await?;
+                timing!("ctl_replied");
+                return Ok(());
             }
         }
     };

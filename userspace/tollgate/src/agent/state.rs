@@ -645,7 +645,9 @@ impl<M: Maps> AgentState<M> {
                 }
             }
         }
-        if let Err(e) = self.maps.insert_block(rec.cidr, &kernel_entry(&rec)) {
+        let kernel = self.maps.insert_block(rec.cidr, &kernel_entry(&rec));
+        timing!("ban_kernel", cidr = %rec.cidr);
+        if let Err(e) = kernel {
             if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),

@@ -199,7 +199,14 @@ impl<M: Maps> AgentState<M> {
                 .map(|(r, _)| (r.cidr, super::kernel_entry(r)))
                 .collect();
             n = to_kernel.len();
-            if let Err(e) = self.maps.insert_blocks(to_kernel) {
+            if tracing::enabled!(target: "tollgate::timing", tracing::Level::TRACE) {
+                for (c, _) in &to_kernel {
+                    tracing::trace!(target: "tollgate::timing", cidr = %c, "fleet_kernel_cidr");
+                }
+            }
+            let kernel = self.maps.insert_blocks(to_kernel);
+            timing!("fleet_kernel", n);
+            if let Err(e) = kernel {
                 warn!("fleet bans not applied: the kernel refused them: {e:#}");
                 n = 0;
                 take.clear();
@@ -215,6 +222,7 @@ impl<M: Maps> AgentState<M> {
                     "fleet bans enforced but not recorded durably: {e}"
                 );
             }
+            timing!("fleet_stored", n = take.len());
             let mut raised = Vec::new();
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
@@ -331,6 +339,7 @@ impl<M: Maps> AgentState<M> {
 
     /// etcd holds the queued changes up to `upto`: they leave the outbox.
     pub fn cluster_acked(&mut self, upto: u64) {
+        timing!("ack_start");
         if let Some(s) = self.store.as_mut()
             && let Err(e) = s.outbox_ack(upto)
         {
@@ -338,6 +347,7 @@ impl<M: Maps> AgentState<M> {
             // restart: a repeated put or delete changes nothing.
             warn!(upto, "fleet outbox not trimmed: {e}");
         }
+        timing!("ack_done");
     }
 
     /// Adds an allow entry of the fleet's allowlist (origin `fleet:<host>`)
