@@ -182,8 +182,12 @@ pub enum Inbound {
         /// unreadable in etcd (skipped). Its own decisions on them stay.
         capped: Vec<IpNet>,
     },
-    /// A record written to the fleet (the decisions of every host on it).
-    Put(BanRecord),
+    /// Records written to the fleet (each with the decisions of every host
+    /// on its prefix), in watch order with nothing else between them: a
+    /// watch response's run of puts, applied in one kernel batch and one
+    /// store transaction (one message, so that the applier, waking at the
+    /// first, does not split it in two).
+    Puts(Vec<BanRecord>),
     /// A record's key is gone without an unban (deleted by hand, an etcd
     /// wipe, its lease after every decision ended, the last decision
     /// withdrawn): the other hosts' decisions go, this host's own stay and
@@ -1410,6 +1414,9 @@ pub async fn run(
     }
 }
 
+/// Most records in one [`Inbound::Puts`].
+const PUTS_PER_MESSAGE: usize = 256;
+
 /// Watches everything under `prefix` after `revision`.
 async fn watch_after(
     client: &mut Client,
@@ -1508,6 +1515,7 @@ async fn session(
                 }
                 let now = clock::unix_now();
                 timing!("watch_rx", events = resp.events().len());
+                let mut puts = Vec::new();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     tracing::trace!(target: "tollgate::timing", key = %String::from_utf8_lossy(kv.key()), "watch_key");
@@ -1515,7 +1523,15 @@ async fn session(
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.
                         EventType::Put => match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                            Ok(Entry::Record(Some(r))) => Inbound::Put(r),
+                            Ok(Entry::Record(Some(r))) => {
+                                puts.push(r);
+                                // Bounded, as the channel's memory was by its
+                                // length when each put was a message.
+                                if puts.len() >= PUTS_PER_MESSAGE && inbound.send(Inbound::Puts(std::mem::take(&mut puts))).await.is_err() {
+                                    return Ok(());
+                                }
+                                continue;
+                            }
                             Ok(Entry::Record(None)) => continue,
                             // Written with the record's deletion, before it.
                             Ok(Entry::Lifted(l)) => Inbound::Remove(l),
@@ -1535,9 +1551,16 @@ async fn session(
                             }
                         },
                     };
+                    // The puts before it first, in watch order.
+                    if !puts.is_empty() && inbound.send(Inbound::Puts(std::mem::take(&mut puts))).await.is_err() {
+                        return Ok(());
+                    }
                     if inbound.send(change).await.is_err() {
                         return Ok(());
                     }
+                }
+                if !puts.is_empty() && inbound.send(Inbound::Puts(puts)).await.is_err() {
+                    return Ok(());
                 }
                 let rev = resp.header().map_or(0, |h| h.revision());
                 with_status(status, |s| {

@@ -123,7 +123,7 @@ impl Link {
                     let mut puts = Vec::new();
                     for change in batch {
                         match change {
-                            Inbound::Put(r) => puts.push(r),
+                            Inbound::Puts(rs) => puts.extend(rs),
                             Inbound::Snapshot {
                                 records,
                                 lifted,

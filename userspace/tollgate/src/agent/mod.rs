@@ -402,8 +402,33 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut gc = tokio::time::interval(opts.gc_interval);
-    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The sweep takes the state lock, which the fleet applier may hold
+    // through a store fsync: on a blocking thread, in a task of its own, it
+    // stalls neither this loop (control connections wait for it) nor an
+    // async worker (the fleet link runs on those).
+    let sweeper = {
+        let (state, event_log, every) = (Arc::clone(state), Arc::clone(event_log), opts.gc_interval);
+        tokio::spawn(async move {
+            let mut gc = tokio::time::interval(every);
+            gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                gc.tick().await;
+                let (state, event_log) = (Arc::clone(&state), Arc::clone(&event_log));
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut s) = state.lock() {
+                        s.gc();
+                        s.prune_offenders();
+                        s.store_retry();
+                        s.watch_sample_loss();
+                    }
+                    if let Ok(mut log) = event_log.lock() {
+                        log.tick();
+                    }
+                })
+                .await;
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -439,17 +464,6 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
                     loading.replies.extend(again);
                 }
             }
-            _ = gc.tick() => {
-                if let Ok(mut s) = state.lock() {
-                    s.gc();
-                    s.prune_offenders();
-                    s.store_retry();
-                    s.watch_sample_loss();
-                }
-                if let Ok(mut log) = event_log.lock() {
-                    log.tick();
-                }
-            }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = Arc::clone(state);
@@ -466,7 +480,7 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
             },
         }
     }
-
+    sweeper.abort();
     Ok(())
 }
 
