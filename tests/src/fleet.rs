@@ -490,7 +490,10 @@ impl Steps {
         self.add("A read the request", rel(Some(read)));
         self.add("A took the state lock", rel(first(&ap, "ctl_locked")));
         self.add("A queued it for the fleet", rel(first(&ap, "outbox_sent")));
-        self.add("A's store written (fsync)", rel(first(&ap, "store_written")));
+        self.add(
+            "A's store written (fsync)",
+            rel(first(&ap, "store_written")),
+        );
         self.add("A's kernel written", rel(first(&ap, "ban_kernel")));
         self.add("A replied", rel(first(&ap, "ctl_replied")));
         self.add("CLI has the answer", rel(first(&cp, "cli_answered")));
@@ -524,7 +527,9 @@ impl Steps {
         for p in &bp {
             match p.name {
                 "watch_rx" => rx = p.us,
-                "watch_key" if watched.is_none() && p.field("key").is_some_and(|k| k.ends_with(&key)) => {
+                "watch_key"
+                    if watched.is_none() && p.field("key").is_some_and(|k| k.ends_with(&key)) =>
+                {
                     watched = rx;
                 }
                 "apply_locked" if watched.is_some() && locked.is_none() => locked = p.us,

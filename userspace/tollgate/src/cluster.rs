@@ -173,9 +173,9 @@ pub enum Inbound {
         /// Every valid record.
         records: Vec<BanRecord>,
         /// The operators' unbans etcd remembers ([`Lifted`]): prefix and
-        /// unix seconds. Only these lift this host's own decisions that
-        /// etcd lacks (made at or before then); the others are published
-        /// again.
+        /// the last Unix millisecond each lifts ([`Lifted::bound_ms`]).
+        /// Only these lift this host's own decisions that etcd lacks (made
+        /// at or before then); the others are published again.
         lifted: Vec<(IpNet, u64)>,
         /// Prefixes whose record says nothing of this host's decisions:
         /// kept local (the per-minute cap, a prefix too wide to share) or
@@ -200,7 +200,7 @@ pub enum Inbound {
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
     /// An operator's unban from anywhere (a tombstone written): it lifts
-    /// the decisions made at or before its `lifted_at`.
+    /// the decisions made at or before it ([`Lifted::bound_ms`]).
     Remove(Lifted),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
@@ -632,6 +632,8 @@ fn parse(
     let mut live = Vec::with_capacity(rec.also.len() + 1);
     for mut d in rec.decisions() {
         check_decision(key, &d)?;
+        // Milliseconds outside their second say nothing (as if absent).
+        d.created_at_ms = crate::store::exact_ms(d.created_at, d.created_at_ms);
         if d.expires_at.is_some_and(|t| t <= now) {
             continue;
         }
@@ -751,8 +753,29 @@ pub struct Lifted {
     pub cidr: IpNet,
     /// Unix seconds: every decision made at or before then is lifted.
     pub lifted_at: u64,
+    /// The same instant in Unix milliseconds (absent from the tombstones of
+    /// agents that predate it). With it, a decision that also has its
+    /// milliseconds is lifted only if made at or before that millisecond: a
+    /// ban made the same second, after the unban, stays. Without either,
+    /// the whole second counts, as before ([`Self::bound_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at_ms: Option<u64>,
     /// The host whose operator lifted it.
     pub host: String,
+}
+
+impl Lifted {
+    /// The last Unix millisecond whose decisions it lifts:
+    /// `lifted_at_ms` when it falls in the second `lifted_at` says, else
+    /// the end of that second (a decision made at or before it, compared by
+    /// [`Decision::created_ms`], is lifted: with both in milliseconds the
+    /// exact order decides; with either in whole seconds, the second does,
+    /// as it did before milliseconds were written).
+    #[must_use]
+    pub fn bound_ms(&self) -> u64 {
+        crate::store::exact_ms(self.lifted_at, self.lifted_at_ms)
+            .unwrap_or_else(|| self.lifted_at.saturating_mul(1000).saturating_add(999))
+    }
 }
 
 /// What a key under the ban prefix holds.
@@ -780,7 +803,9 @@ fn decode_lifted(key: &str, cidr: &str, value: &[u8], now: u64) -> Result<Lifted
     if l.lifted_at > now.saturating_add(60) {
         return Err(format!("{key}: lifted in the future ({})", l.lifted_at));
     }
-    Ok(l)
+    // Milliseconds outside their second say nothing (as if absent).
+    let lifted_at_ms = crate::store::exact_ms(l.lifted_at, l.lifted_at_ms);
+    Ok(Lifted { lifted_at_ms, ..l })
 }
 
 /// Checks one key and value read under the ban prefix: a record
@@ -1094,7 +1119,8 @@ impl Publisher {
         let mut held: HashMap<IpNet, (Option<BanRecord>, i64)> = HashMap::new();
         let key = |c: &IpNet| format!("{prefix}{c}");
         for attempt in 0..8 {
-            let now = clock::unix_now();
+            let now_ms = clock::unix_now_ms();
+            let now = now_ms / 1000;
             let mut cmps = Vec::new();
             let mut reads = Vec::new();
             let mut ops = Vec::new();
@@ -1107,6 +1133,7 @@ impl Publisher {
                     let t = Lifted {
                         cidr: *c,
                         lifted_at: now,
+                        lifted_at_ms: Some(now_ms),
                         host: cfg.host_id.clone(),
                     };
                     let lease = self
@@ -1218,7 +1245,7 @@ struct Read {
     records: Vec<BanRecord>,
     /// Prefixes whose record was skipped.
     unread: Vec<IpNet>,
-    /// The tombstones: prefix, unix seconds.
+    /// The tombstones: prefix, last Unix millisecond lifted.
     lifted: Vec<(IpNet, u64)>,
     /// The revision read at.
     revision: i64,
@@ -1292,7 +1319,7 @@ async fn read_all(
                 Ok(Entry::Record(None)) => {}
                 Ok(Entry::Lifted(l)) => {
                     if under_cap(lifted.len(), MAX_TOMBSTONES, "tombstones", &mut over.1) {
-                        lifted.push((l.cidr, l.lifted_at));
+                        lifted.push((l.cidr, l.bound_ms()));
                     }
                 }
                 Err(e) => {
@@ -1764,6 +1791,7 @@ mod tests {
             reason: "x".into(),
             origin: "cli".into(),
             created_at: 1,
+            created_at_ms: None,
             expires_at,
             offences: 1,
             host: host.map(Into::into),
@@ -2164,6 +2192,107 @@ mod tests {
                 Change::Unallow(a.cidr),
                 Change::Allow(a)
             ]
+        );
+    }
+
+    /// The milliseconds beside the seconds: read and kept when they fall
+    /// in their second, ignored otherwise; absent from old records and
+    /// tombstones, which then compare in whole seconds as before; written
+    /// only beside the old fields (an old reader sees what it always did).
+    #[test]
+    fn milliseconds_order_a_ban_and_an_unban_of_the_same_second() {
+        let now = 1_000;
+        let k = |c: &str| format!("{P}{LIFTED}{c}").into_bytes();
+        let tomb = |extra: &str| {
+            let v = format!(r#"{{"cidr":"198.18.0.1/32","lifted_at":900,"host":"a"{extra}}}"#);
+            match decode_entry(P, &k("198.18.0.1/32"), v.as_bytes(), now, 60) {
+                Ok(Entry::Lifted(l)) => l,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(tomb("").lifted_at_ms, None);
+        assert_eq!(
+            tomb("").bound_ms(),
+            900_999,
+            "old tombstones lift their whole second"
+        );
+        assert_eq!(tomb(r#","lifted_at_ms":900250"#).bound_ms(), 900_250);
+        // Outside its second (hostile or broken): as if absent.
+        for bad in [r#","lifted_at_ms":901000"#, r#","lifted_at_ms":899999"#] {
+            let l = tomb(bad);
+            assert_eq!((l.lifted_at_ms, l.bound_ms()), (None, 900_999), "{bad}");
+        }
+        assert!(matches!(
+            decode_entry(
+                P,
+                &k("198.18.0.1/32"),
+                br#"{"cidr":"198.18.0.1/32","lifted_at":900,"lifted_at_ms":"x","host":"a"}"#,
+                now,
+                60
+            ),
+            Err(_)
+        ));
+
+        let record = |ms: &str| {
+            let v = format!(
+                r#"{{"cidr":"198.18.0.1/32","kind":"manual","reason":"x","origin":"cli","created_at":900{ms},"expires_at":null,"offences":1,"host":"b"}}"#
+            );
+            decode(
+                P,
+                b"/tollgate/f/bans/198.18.0.1/32",
+                v.as_bytes(),
+                now,
+                3600,
+            )
+            .unwrap()
+            .unwrap()
+            .decision()
+        };
+        assert_eq!(record("").created_at_ms, None);
+        assert_eq!(record("").created_ms(), 900_000);
+        let made = record(r#","created_at_ms":900251"#);
+        assert_eq!(made.created_at_ms, Some(900_251));
+        assert_eq!(record(r#","created_at_ms":12"#).created_at_ms, None);
+        // Made after the unban, the same second: not lifted; before: lifted.
+        assert!(made.created_ms() > tomb(r#","lifted_at_ms":900250"#).bound_ms());
+        assert!(made.created_ms() <= tomb(r#","lifted_at_ms":900251"#).bound_ms());
+        // Either side in whole seconds: the second decides, as before.
+        assert!(made.created_ms() <= tomb("").bound_ms());
+        assert!(record("").created_ms() <= tomb(r#","lifted_at_ms":900000"#).bound_ms());
+
+        // Written beside the old fields, never instead of them.
+        let t = Lifted {
+            cidr: "198.18.0.1/32".parse().unwrap(),
+            lifted_at: 900,
+            lifted_at_ms: Some(900_250),
+            host: "a".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            (v["lifted_at"].as_u64(), v["lifted_at_ms"].as_u64()),
+            (Some(900), Some(900_250))
+        );
+        let old = serde_json::to_value(Lifted {
+            lifted_at_ms: None,
+            ..t
+        })
+        .unwrap();
+        assert!(old.get("lifted_at_ms").is_none());
+        let (r, _) = fold(
+            None,
+            "b",
+            "198.18.0.1/32".parse().unwrap(),
+            Some(&BanRecord {
+                created_at: 900,
+                created_at_ms: Some(900_251),
+                ..serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap()
+            }),
+            now,
+        );
+        let v = serde_json::to_value(r.unwrap()).unwrap();
+        assert_eq!(
+            (v["created_at"].as_u64(), v["created_at_ms"].as_u64()),
+            (Some(900), Some(900_251))
         );
     }
 

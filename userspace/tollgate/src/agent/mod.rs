@@ -407,7 +407,8 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
     // stalls neither this loop (control connections wait for it) nor an
     // async worker (the fleet link runs on those).
     let sweeper = {
-        let (state, event_log, every) = (Arc::clone(state), Arc::clone(event_log), opts.gc_interval);
+        let (state, event_log, every) =
+            (Arc::clone(state), Arc::clone(event_log), opts.gc_interval);
         tokio::spawn(async move {
             let mut gc = tokio::time::interval(every);
             gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

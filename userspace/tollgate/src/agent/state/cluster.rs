@@ -439,7 +439,7 @@ impl<M: Maps> AgentState<M> {
         let mine = tomb.host == me;
         let mut dropped = false;
         let rest = merge(Some(&old), None, &me, |d| {
-            let keep = mine || d.created_at > tomb.lifted_at;
+            let keep = mine || d.created_ms() > tomb.bound_ms();
             dropped |= !keep;
             keep
         });
@@ -513,8 +513,9 @@ impl<M: Maps> AgentState<M> {
     /// laid over what this host holds; the other hosts' bans the set no
     /// longer holds are lifted. This host's own decisions stay where etcd
     /// holds them; one etcd lacks is lifted when a tombstone (`lifted`: an
-    /// operator's unban, unix seconds) at least as recent says so (an unban
-    /// elsewhere while this host was down or cut off), also when it is still
+    /// operator's unban) at least as recent says so (an unban
+    /// elsewhere while this host was down or cut off; `lifted` holds the last
+    /// Unix millisecond each lifts), also when it is still
     /// in the outbox (then withdrawn from it) or kept local; otherwise it
     /// stays where it is still in the outbox or kept local (`capped`: the
     /// per-minute cap, too wide to share, its record unreadable), and is
@@ -545,7 +546,7 @@ impl<M: Maps> AgentState<M> {
             })
         };
         let lifted_after =
-            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_at);
+            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_ms());
         let mut out = Vec::new();
         let mut again = Vec::new();
         let mut withdraw = Vec::new();
@@ -603,6 +604,7 @@ mod tests {
             reason: "x".into(),
             origin: "cli".into(),
             created_at: 1,
+            created_at_ms: None,
             expires_at,
             offences,
             host: host.map(Into::into),
