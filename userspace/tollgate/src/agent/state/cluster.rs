@@ -41,10 +41,18 @@ fn merge(
         .into_iter()
         .flat_map(|o| o.decisions())
         .filter(|d| d.host.is_none() && keep_own(d));
+    // Their milliseconds stay in etcd: only this host's own decisions are
+    // ever weighed against an unban here, and a copy without them equals
+    // the one the local store gives back after a restart (its layout keeps
+    // seconds), so a full read then rewrites nothing.
     let fleet = new
         .into_iter()
         .flat_map(|n| n.decisions())
-        .filter(|d| d.host.as_deref().is_some_and(|h| h != me));
+        .filter(|d| d.host.as_deref().is_some_and(|h| h != me))
+        .map(|d| Decision {
+            created_at_ms: None,
+            ..d
+        });
     let offences = old
         .map_or(0, |o| o.offences)
         .max(new.map_or(0, |n| n.offences));
@@ -639,5 +647,19 @@ mod tests {
         let gone = merge(Some(&m2), None, "a", all).unwrap();
         assert_eq!((gone.host, gone.also.len()), (None, 0));
         assert_eq!(merge(Some(&m2), None, "a", |_| false), None);
+        // A fleet decision's milliseconds stay in etcd (the copy here equals
+        // what the local store gives back after a restart); this host's
+        // own keep theirs.
+        let timed = |host: Option<&str>| BanRecord {
+            created_at_ms: Some(1_500),
+            ..rec(host, Some(300), 1)
+        };
+        let m3 = merge(Some(&timed(None)), Some(&timed(Some("b"))), "a", all).unwrap();
+        assert_eq!(
+            m3.decisions()
+                .map(|d| (d.host, d.created_at_ms))
+                .collect::<Vec<_>>(),
+            vec![(None, Some(1_500)), (Some("b".into()), None)]
+        );
     }
 }
