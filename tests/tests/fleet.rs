@@ -1049,7 +1049,10 @@ fn a_ban_made_the_same_second_after_an_unban_elsewhere_is_enforced_everywhere() 
             r#"{{"cidr":"{c4}/32","lifted_at":{secs},"lifted_at_ms":{ms},"host":"host-a"}}"#
         );
         assert!(
-            etcd.txn(&[(tomb_key.clone(), t.into_bytes())], &[key.clone()]),
+            etcd.txn(
+                &[(tomb_key.clone(), t.into_bytes())],
+                std::slice::from_ref(&key)
+            ),
             "etcd refused the unban"
         );
     };
