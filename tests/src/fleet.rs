@@ -527,8 +527,11 @@ impl Steps {
         for p in &bp {
             match p.name {
                 "watch_rx" => rx = p.us,
+                // Logged quoted (escaped: keys come from etcd).
                 "watch_key"
-                    if watched.is_none() && p.field("key").is_some_and(|k| k.ends_with(&key)) =>
+                    if watched.is_none()
+                        && p.field("key")
+                            .is_some_and(|k| k.trim_matches('"').ends_with(&key)) =>
                 {
                     watched = rx;
                 }

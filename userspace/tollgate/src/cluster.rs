@@ -1545,7 +1545,7 @@ async fn session(
                 let mut puts = Vec::new();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    tracing::trace!(target: "tollgate::timing", key = %String::from_utf8_lossy(kv.key()), "watch_key");
+                    tracing::trace!(target: "tollgate::timing", key = ?String::from_utf8_lossy(kv.key()), "watch_key");
                     let change = match ev.event_type() {
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.
