@@ -234,9 +234,68 @@ impl Etcd {
         .contains(r#""count":"1""#)
     }
 
+    /// The value etcd holds under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.post(
+            "/v3/kv/range",
+            &format!(r#"{{"key":"{}"}}"#, b64(key.as_bytes())),
+        );
+        let body = out.split("\r\n\r\n").nth(1)?;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        unb64(v["kvs"][0]["value"].as_str()?)
+    }
+
+    /// Puts `puts` and deletes `deletes` in one transaction (what an agent's
+    /// unban writes: its tombstone and the record's deletion); true when
+    /// etcd took it.
+    pub fn txn(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> bool {
+        let ops: Vec<String> = puts
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
+                    b64(k.as_bytes()),
+                    b64(v)
+                )
+            })
+            .chain(deletes.iter().map(|k| {
+                format!(
+                    r#"{{"requestDeleteRange":{{"key":"{}"}}}}"#,
+                    b64(k.as_bytes())
+                )
+            }))
+            .collect();
+        self.post(
+            "/v3/kv/txn",
+            &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
+        )
+        .contains("revision")
+    }
+
     fn post(&self, path: &str, body: &str) -> String {
         post_on(self.client, path, body)
     }
+}
+
+/// Standard base64 (as etcd's gateway writes values) decoded.
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= u32::from(val(*c)?) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 fn post_on(port: u16, path: &str, body: &str) -> String {

@@ -11,16 +11,22 @@
 //! etcd's disk use are reported then. The trials then run while a
 //! background writer adds 500 new bans per second (other hosts' bans, in
 //! batches of 50 every 100 ms). Per trial: the attacker in B's lab sends
-//! numbered UDP probes to B every ~50 µs while A's CLI bans it; the first
+//! numbered UDP probes to B every ~100 µs (sleeping in between: a prober
+//! spinning every 50 µs took one of the machine's two cores from the fleet
+//! it measures) while A's CLI bans it; the first
 //! probe after which none arrived is the first dropped packet, its send
 //! time after the CLI was started is the latency (so it includes the CLI
 //! process, A's local ban, the publish, the watch and B's kernel write;
-//! also reported from A's reply on). Then A lifts the ban and the trial
+//! also reported from A's reply on). A and B log their timing points
+//! (`TOLLGATE_LOG=tollgate::timing=trace`, boot-clock microseconds), and
+//! so does the CLI: each trial is broken down from them (when the agent
+//! binary has them). Then A lifts the ban and the trial
 //! waits for B to pass the attacker again. Last, the join: one more agent
 //! started with empty state, timed from its start until its kernel maps
 //! hold every seeded ban (issue 15's goal: 2 s).
 
 use std::{
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,7 +39,7 @@ use crate::{
     Agent, Lab,
     etcd::Etcd,
     eventually,
-    latency::{ProbeSink, first_dropped, probe, summary},
+    latency::{Pace, ProbeSink, SLEPT_EVERY, first_dropped_after, probe_paced, summary_every},
 };
 
 /// New bans per second the background writer adds during the trials.
@@ -52,17 +58,20 @@ pub fn run(trials: usize, agents: usize, members: usize) {
         .enumerate()
         .map(|(i, lab)| {
             let host = format!("host-{i}");
-            Agent::start(
-                &lab.host_if,
-                &[
-                    "--cluster-endpoints",
-                    &url,
-                    "--cluster-fleet",
-                    &fleet,
-                    "--cluster-host-id",
-                    &host,
-                ],
-            )
+            let args = [
+                "--cluster-endpoints",
+                &url,
+                "--cluster-fleet",
+                &fleet,
+                "--cluster-host-id",
+                &host,
+            ];
+            // A and B log their timing points.
+            if i < 2 {
+                Agent::start_logged(&lab.host_if, &args, TIMING_LOG)
+            } else {
+                Agent::start(&lab.host_if, &args)
+            }
         })
         .collect();
     for a in &fleet_agents {
@@ -95,25 +104,44 @@ pub fn run(trials: usize, agents: usize, members: usize) {
 
     let (mut lat, mut cli, mut after, mut failed) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut unban = Vec::new();
+    let mut steps = Steps::default();
     for t in 0..trials {
         seen.lock().unwrap().clear();
         arrived.store(0, Ordering::Relaxed);
+        let (from_a, from_b) = (log_len(a), log_len(b));
         let t0 = Instant::now();
+        let t0_us = boot_us();
         let prober = {
             let (arrived, ns) = (arrived.clone(), format!("/run/netns/{}", lb.ns));
             thread::spawn(move || {
                 let f = std::fs::File::open(ns).unwrap();
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                probe(attacker, probe_dst, t0, &arrived)
+                probe_paced(attacker, probe_dst, t0, &arrived, Pace::Sleep)
             })
         };
-        let out = a.cli(&["block", "add", &cidr, "--reason", "fleet bench"]);
+        let out = Command::new(crate::tollgate_bin())
+            .env("TOLLGATE_LOG", "tollgate::timing=debug")
+            .arg("--socket")
+            .arg(&a.socket)
+            .args(["block", "add", &cidr, "--reason", "fleet bench"])
+            .output()
+            .unwrap();
         cli.push(t0.elapsed());
         assert!(out.status.success(), "block add on A failed");
         let offsets = prober.join().unwrap();
         thread::sleep(Duration::from_millis(30));
         let got = std::mem::take(&mut *seen.lock().unwrap());
-        match first_dropped(&got, offsets.len()) {
+        let dropped = first_dropped_after(&got, offsets.len(), DROP_AFTER);
+        steps.trial(
+            t0_us,
+            &String::from_utf8_lossy(&out.stderr),
+            &log_since(a, from_a),
+            &log_since(b, from_b),
+            &cidr,
+            dropped.map(|i| offsets[i]),
+            cli.last().copied(),
+        );
+        match dropped {
             Some(i) => {
                 lat.push(offsets[i]);
                 if let Some(c) = cli.last() {
@@ -154,29 +182,34 @@ pub fn run(trials: usize, agents: usize, members: usize) {
         written.load(Ordering::Relaxed),
         written.load(Ordering::Relaxed) as f64 / trial_time.as_secs_f64().max(0.001),
     );
-    summary(
+    summary_every(
         &mut lat,
         "fleet ban latency",
         "`block add` started on A -> first dropped packet on B",
+        SLEPT_EVERY,
     );
-    summary(
+    summary_every(
         &mut cli,
         "  of which the CLI on A",
         "process start -> reply",
+        SLEPT_EVERY,
     );
-    summary(
+    summary_every(
         &mut after,
         "  and from the reply on A",
         "A's reply -> first dropped packet on B",
+        SLEPT_EVERY,
     );
     println!(
         "  goal (issue 15): median <= 10 ms, p99 <= 50 ms; trials without a drop: {failed} of {trials}"
     );
-    summary(
+    summary_every(
         &mut unban,
         "unban reaching B (upper bound)",
         "A's `block rm` replied -> B's `block ls` no longer lists it",
+        SLEPT_EVERY,
     );
+    steps.print();
     join(&etcd, &fleet, JOIN_BANS);
     drop(fleet_agents);
     drop(etcd);
@@ -337,5 +370,212 @@ fn join(etcd: &[Etcd], fleet: &str, n: u32) {
         .filter(|l| l.contains("fleet") || l.contains("sync"))
     {
         println!("  {l}");
+    }
+}
+
+/// What A and B log: their timing points, the rest at `info`.
+const TIMING_LOG: &str = "info,tollgate::timing=trace";
+
+/// Probes unanswered at the end of a trial that make a drop (10 ms of
+/// them), not loss.
+const DROP_AFTER: usize = 100;
+
+/// The boot clock in microseconds (the agents' timing points use it).
+fn boot_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000
+    })
+}
+
+/// How long `ag`'s log is (where this trial's lines start).
+fn log_len(ag: &Agent) -> u64 {
+    std::fs::metadata(&ag.log).map_or(0, |m| m.len())
+}
+
+/// `ag`'s log from byte `from` on.
+fn log_since(ag: &Agent, from: u64) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(&ag.log)
+        && f.seek(SeekFrom::Start(from)).is_ok()
+    {
+        let _ = f.read_to_end(&mut out);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One timing point read from a log: its name, its boot-clock
+/// microseconds (if it has them) and its other fields.
+struct Point<'a> {
+    name: &'a str,
+    us: Option<u64>,
+    fields: Vec<(&'a str, &'a str)>,
+}
+
+impl Point<'_> {
+    fn field(&self, k: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    }
+}
+
+/// The timing points in `text`, in log order.
+fn points(text: &str) -> Vec<Point<'_>> {
+    text.lines()
+        .filter_map(|l| l.split_once("tollgate::timing: ").map(|(_, r)| r))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let name = words.next()?;
+            let fields: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
+            let us = fields
+                .iter()
+                .find(|(k, _)| *k == "us")
+                .and_then(|(_, v)| v.parse().ok());
+            Some(Point { name, us, fields })
+        })
+        .collect()
+}
+
+/// The steps of the trials, from the timing points: per step, its time
+/// after the CLI was started.
+#[derive(Default)]
+struct Steps {
+    at: Vec<(&'static str, Vec<Duration>)>,
+    /// Trials whose points were found (an agent without them: none).
+    traced: usize,
+    /// lease grants, transactions (with retries) and allowlist
+    /// transactions on A's way to etcd, summed over the traced trials.
+    leases: usize,
+    txns: usize,
+    allow_txns: usize,
+}
+
+impl Steps {
+    fn add(&mut self, step: &'static str, at: Option<Duration>) {
+        let Some(at) = at else { return };
+        match self.at.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, v)) => v.push(at),
+            None => self.at.push((step, vec![at])),
+        }
+    }
+
+    /// One trial: the CLI's stderr, A's and B's logs since its start.
+    #[allow(clippy::too_many_arguments)]
+    fn trial(
+        &mut self,
+        t0_us: u64,
+        cli: &str,
+        a: &str,
+        b: &str,
+        cidr: &str,
+        drop: Option<Duration>,
+        exited: Option<Duration>,
+    ) {
+        let rel = |us: Option<u64>| {
+            us.filter(|u| *u >= t0_us)
+                .map(|u| Duration::from_micros(u - t0_us))
+        };
+        let first = |ps: &[Point<'_>], name: &str| {
+            ps.iter()
+                .find(|p| p.name == name && p.us.is_some_and(|u| u >= t0_us))
+                .and_then(|p| p.us)
+        };
+        let (cp, ap, bp) = (points(cli), points(a), points(b));
+        let Some(read) = first(&ap, "ctl_read") else {
+            return;
+        };
+        self.traced += 1;
+        self.add("CLI process running (main)", rel(first(&cp, "cli_main")));
+        self.add("CLI connected to A", rel(first(&cp, "cli_connected")));
+        self.add("A read the request", rel(Some(read)));
+        self.add("A took the state lock", rel(first(&ap, "ctl_locked")));
+        self.add("A queued it for the fleet", rel(first(&ap, "outbox_sent")));
+        self.add(
+            "A's store written (fsync)",
+            rel(first(&ap, "store_written")),
+        );
+        self.add("A's kernel written", rel(first(&ap, "ban_kernel")));
+        self.add("A replied", rel(first(&ap, "ctl_replied")));
+        self.add("CLI has the answer", rel(first(&cp, "cli_answered")));
+        self.add("CLI exited", exited);
+        // A's publisher: from taking the change to the transaction etcd
+        // acknowledged (the first one that succeeded).
+        let taken = first(&ap, "pub_taken");
+        self.add("A's publisher took it", rel(taken));
+        if let Some(taken) = taken {
+            let mut sent = None;
+            for p in ap.iter().filter(|p| p.us.is_some_and(|u| u >= taken)) {
+                match p.name {
+                    "lease_grant" => self.leases += 1,
+                    "allow_txn" => self.allow_txns += 1,
+                    "txn_sent" => {
+                        self.txns += 1;
+                        sent.get_or_insert(p.us);
+                    }
+                    "txn_done" if p.field("ok") == Some("true") => {
+                        self.add("A's transaction sent", rel(sent.flatten()));
+                        self.add("etcd acknowledged it", rel(p.us));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // B: the watch response holding the record, the applier, the kernel.
+        let key = format!("/bans/{cidr}");
+        let (mut rx, mut watched, mut locked, mut mine) = (None, None, None, false);
+        for p in &bp {
+            match p.name {
+                "watch_rx" => rx = p.us,
+                // Logged quoted (escaped: keys come from etcd).
+                "watch_key"
+                    if watched.is_none()
+                        && p.field("key")
+                            .is_some_and(|k| k.trim_matches('"').ends_with(&key)) =>
+                {
+                    watched = rx;
+                }
+                "apply_locked" if watched.is_some() && locked.is_none() => locked = p.us,
+                "fleet_kernel_cidr" if watched.is_some() => mine |= p.field("cidr") == Some(cidr),
+                "fleet_kernel" if mine => {
+                    self.add("B's watch delivered it", rel(watched));
+                    self.add("B's applier took the lock", rel(locked));
+                    self.add("B's kernel written", rel(p.us));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.add("first dropped probe on B", drop);
+    }
+
+    fn print(&mut self) {
+        if self.traced == 0 {
+            println!("breakdown: no timing points in the agents' logs (a binary without them)");
+            return;
+        }
+        println!(
+            "breakdown over {} traced trials (ms after the CLI was started; median / p90 / p99 [n]):",
+            self.traced
+        );
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        for (step, v) in &mut self.at {
+            v.sort_unstable();
+            let pct = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+            println!(
+                "  {step:<30} {:>7.2} / {:>7.2} / {:>7.2}  [{}]",
+                ms(pct(0.5)),
+                ms(pct(0.9)),
+                ms(pct(0.99)),
+                v.len()
+            );
+        }
+        let n = self.traced as f64;
+        println!(
+            "  per trial on A's way to etcd: {:.2} lease grants, {:.2} transactions (retries included), {:.2} allowlist transactions",
+            self.leases as f64 / n,
+            self.txns as f64 / n,
+            self.allow_txns as f64 / n
+        );
     }
 }

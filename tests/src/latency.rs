@@ -169,7 +169,43 @@ pub(crate) fn probe(
     t0: Instant,
     arrived: &AtomicU32,
 ) -> Vec<Duration> {
+    probe_paced(src, probe_dst, t0, arrived, Pace::Spin)
+}
+
+/// How probes are spaced.
+#[derive(Clone, Copy)]
+pub(crate) enum Pace {
+    /// Every [`PROBE_EVERY`], spinning in between: the finest resolution,
+    /// for one core's worth of CPU.
+    Spin,
+    /// Every [`SLEPT_EVERY`], sleeping in between (with a 1 µs timer
+    /// slack): for a benchmark whose other processes need that core (the
+    /// fleet: 20 agents and 3 etcd members on 2 cores).
+    Sleep,
+}
+
+/// Probe spacing of [`Pace::Sleep`].
+pub(crate) const SLEPT_EVERY: Duration = Duration::from_micros(100);
+
+/// [`probe`], spaced as `pace` says.
+pub(crate) fn probe_paced(
+    src: IpAddr,
+    probe_dst: SocketAddr,
+    t0: Instant,
+    arrived: &AtomicU32,
+    pace: Pace,
+) -> Vec<Duration> {
     let udp = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
+    let every = match pace {
+        Pace::Spin => PROBE_EVERY,
+        Pace::Sleep => {
+            // The default 50 µs slack would make every sleep that late.
+            let _ = nix::sys::prctl::set_timerslack(1000);
+            SLEPT_EVERY
+        }
+    };
+    // Some 20 ms of probes in a row gone: the ban is in, stop early.
+    let gone = u32::try_from(20_000 / every.as_micros()).unwrap_or(400);
     let mut offsets = Vec::new();
     let mut seq = 0u32;
     while t0.elapsed() < PROBE_FOR {
@@ -177,12 +213,20 @@ pub(crate) fn probe(
         let _ = udp.send_to(&seq.to_le_bytes(), probe_dst);
         offsets.push(at);
         seq += 1;
-        let next = at + PROBE_EVERY;
-        while t0.elapsed() < next {
-            std::hint::spin_loop();
+        let next = at + every;
+        match pace {
+            Pace::Spin => {
+                while t0.elapsed() < next {
+                    std::hint::spin_loop();
+                }
+            }
+            Pace::Sleep => {
+                if let Some(d) = next.checked_sub(t0.elapsed()) {
+                    thread::sleep(d);
+                }
+            }
         }
-        // Some 20 ms of probes in a row gone: the ban is in, stop early.
-        if seq.saturating_sub(arrived.load(Ordering::Relaxed)) > 400 {
+        if seq.saturating_sub(arrived.load(Ordering::Relaxed)) > gone {
             break;
         }
     }
@@ -192,9 +236,14 @@ pub(crate) fn probe(
 /// Index of the first probe after which nothing arrived (and that did not
 /// arrive itself); `None` when the last probes still arrived.
 pub(crate) fn first_dropped(seen: &[u32], sent: usize) -> Option<usize> {
+    first_dropped_after(seen, sent, 200)
+}
+
+/// [`first_dropped`] when `gone` probes unanswered at the end make a drop.
+pub(crate) fn first_dropped_after(seen: &[u32], sent: usize, gone: usize) -> Option<usize> {
     let last_seen = seen.iter().copied().max().map_or(0, |m| m as usize + 1);
     // Enough probes went unanswered at the end to call it a drop, not loss.
-    (sent.saturating_sub(last_seen) >= 200).then_some(last_seen)
+    (sent.saturating_sub(last_seen) >= gone).then_some(last_seen)
 }
 
 fn report(lat: &mut [Duration], failed: usize, trials: usize) {
@@ -204,6 +253,11 @@ fn report(lat: &mut [Duration], failed: usize, trials: usize) {
 
 /// Prints `what` over `lat` (sorted here): min, median, p90, p99, max.
 pub(crate) fn summary(lat: &mut [Duration], what: &str, from_to: &str) {
+    summary_every(lat, what, from_to, PROBE_EVERY);
+}
+
+/// [`summary`] for probes every `every`.
+pub(crate) fn summary_every(lat: &mut [Duration], what: &str, from_to: &str, every: Duration) {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -217,7 +271,7 @@ pub(crate) fn summary(lat: &mut [Duration], what: &str, from_to: &str) {
     println!(
         "{what} over {} trials ({from_to}; probes every {} us):",
         lat.len(),
-        PROBE_EVERY.as_micros()
+        every.as_micros()
     );
     println!(
         "  min {:.2} ms, median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

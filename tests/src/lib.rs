@@ -428,6 +428,8 @@ pub struct Agent {
     /// Pin directory (removed on drop).
     pub pins: PathBuf,
     args: Vec<String>,
+    /// `TOLLGATE_LOG` for the agent (none: the default, `info`).
+    log_filter: Option<String>,
     _tmp: tempfile::TempDir,
     /// Where the agent's log goes.
     pub log: PathBuf,
@@ -437,6 +439,12 @@ impl Agent {
     /// Starts `tollgate agent --iface IF` plus `extra` flags and waits until it serves.
     pub fn start(iface: &str, extra: &[&str]) -> Self {
         Self::start_at(iface, None, None, extra)
+    }
+
+    /// [`Self::start`] with `TOLLGATE_LOG` set to `filter` (timing points
+    /// for the benchmarks that read them from the log).
+    pub fn start_logged(iface: &str, extra: &[&str], filter: &str) -> Self {
+        Self::build(iface, None, None, extra, Some(filter.to_owned()))
     }
 
     /// Like [`Agent::start`], with the state directory at `state` (e.g. on a
@@ -451,6 +459,16 @@ impl Agent {
         state: Option<&Path>,
         pins: Option<&Path>,
         extra: &[&str],
+    ) -> Self {
+        Self::build(iface, state, pins, extra, None)
+    }
+
+    fn build(
+        iface: &str,
+        state: Option<&Path>,
+        pins: Option<&Path>,
+        extra: &[&str],
+        log_filter: Option<String>,
     ) -> Self {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
@@ -487,6 +505,7 @@ impl Agent {
             state,
             pins,
             args,
+            log_filter,
             _tmp: tmp,
             log,
         };
@@ -507,7 +526,11 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(tollgate_bin())
+        let mut cmd = Command::new(tollgate_bin());
+        if let Some(f) = &self.log_filter {
+            cmd.env("TOLLGATE_LOG", f);
+        }
+        let child = cmd
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)

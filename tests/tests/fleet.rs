@@ -1007,3 +1007,92 @@ fn a_wiped_fleet_lifts_no_ban_and_an_unban_still_does() {
     assert_eq!(banned_from(&b, c4).as_deref(), Some(""), "{}", b.log_text());
     assert!(!tcp(c4, s4), "the stale tombstone lifted B's ban");
 }
+
+/// An operator's unban decided on A a few milliseconds before a ban on B,
+/// in the same second, that reaches B after it (the order in which etcd
+/// delivers them): the unban lifts what was made at or before it, never
+/// B's later ban, which every host enforces. The unban is written straight
+/// into etcd as A's agent writes one (its tombstone with milliseconds and
+/// the record's deletion, in one transaction), so that its time can be set
+/// to just before B's ban; one of the ban's own millisecond lifts it.
+#[test]
+fn a_ban_made_the_same_second_after_an_unban_elsewhere_is_enforced_everywhere() {
+    let etcd = Etcd::start();
+    let fleet = format!("ms{}", std::process::id());
+    let (la, lb) = (Lab::new(), Lab::new());
+    let server = Server::start(&[lb.v4(0, 1), lb.v4(1, 1)]);
+    let url = etcd.url();
+    let a = member(&la, &url, &fleet, "host-a", &[]);
+    let b = member(&lb, &url, &fleet, "host-b", &[]);
+    joined(&[&a, &b]);
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    let (c4, s4) = (lb.v4(0, 2), lb.v4(0, 1));
+    lab_works(|| tcp(c4, s4));
+    let root = format!("/tollgate/{fleet}/bans/");
+    let key = format!("{root}{c4}/32");
+    let tomb_key = format!("{root}lifted/{c4}/32");
+    // B's ban, in etcd and on A; when it was made (B's record says).
+    let ban = || {
+        b.ok(&["block", "add", &c4.to_string(), "--ttl", "10m"]);
+        until_listed(&a, c4, true, Duration::from_secs(5)).expect("B's ban never reached A");
+        let rec: serde_json::Value =
+            serde_json::from_slice(&etcd.get(&key).expect("B's record is not in etcd")).unwrap();
+        (
+            rec["created_at"].as_u64().unwrap(),
+            rec["created_at_ms"]
+                .as_u64()
+                .expect("B's record has no milliseconds"),
+        )
+    };
+    let unban = |secs: u64, ms: u64| {
+        let t = format!(
+            r#"{{"cidr":"{c4}/32","lifted_at":{secs},"lifted_at_ms":{ms},"host":"host-a"}}"#
+        );
+        assert!(
+            etcd.txn(
+                &[(tomb_key.clone(), t.into_bytes())],
+                std::slice::from_ref(&key)
+            ),
+            "etcd refused the unban"
+        );
+    };
+    // A ban made on a second's first millisecond has no earlier one in its
+    // second: made again.
+    let (secs, made) = loop {
+        let (s, m) = ban();
+        if m % 1000 != 0 {
+            break (s, m);
+        }
+        b.ok(&["block", "rm", &c4.to_string()]);
+        until_listed(&a, c4, false, Duration::from_secs(5)).expect("the unban never reached A");
+    };
+    unban(secs, made - 1);
+    // B keeps its ban and publishes it again (the unban deleted its key);
+    // A takes it back.
+    assert!(
+        eventually(Duration::from_secs(5), || etcd.has_key(&key)),
+        "B did not keep and publish again its ban made after the unban: {}",
+        b.log_text()
+    );
+    settled(&[&a, &b]);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        banned_from(&b, c4).as_deref(),
+        Some(""),
+        "B lifted its own ban made after the unban: {}",
+        b.log_text()
+    );
+    assert!(!tcp(c4, s4), "B drops the client it banned after the unban");
+    until_listed(&a, c4, true, Duration::from_secs(5)).expect("A never took B's ban back");
+
+    // An unban of the ban's own millisecond (made at or before it) lifts it
+    // everywhere. (A fresh ban first: etcd then holds its time.)
+    b.ok(&["block", "rm", &c4.to_string()]);
+    until_listed(&a, c4, false, Duration::from_secs(5)).expect("the unban never reached A");
+    let (secs, made) = ban();
+    unban(secs, made);
+    until_listed(&b, c4, false, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("the unban never lifted B's ban: {}", b.log_text()));
+    until_listed(&a, c4, false, Duration::from_secs(5)).expect("A kept the lifted ban");
+    assert!(tcp(c4, s4), "B passes the client again");
+}

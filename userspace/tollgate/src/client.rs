@@ -174,7 +174,9 @@ fn exchange(
 ) -> Result<String, ClientError> {
     let path = socket.display().to_string();
     let io = |source: std::io::Error| io_error(&path, timeout, source);
+    timing!("cli_connect");
     let stream = connect_within(socket, timeout)?;
+    timing!("cli_connected");
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 16, &stream);
@@ -195,7 +197,10 @@ fn exchange(
         .take(crate::proto::MAX_ANSWER_BYTES)
         .read_line(&mut answer)
     {
-        Ok(n) if n > 0 => Ok(answer),
+        Ok(n) if n > 0 => {
+            timing!("cli_answered");
+            Ok(answer)
+        }
         Ok(_) => Err(io(sent.err().unwrap_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

@@ -36,6 +36,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch (where one second is too coarse: a
+/// ban and an unban made the same second on two hosts).
+#[must_use]
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The boot-clock deadline for a wall-clock expiry (Unix seconds); `0` means
 /// "never" on the kernel side, so a deadline already past maps to 1 (expired).
 #[must_use]

@@ -173,17 +173,21 @@ pub enum Inbound {
         /// Every valid record.
         records: Vec<BanRecord>,
         /// The operators' unbans etcd remembers ([`Lifted`]): prefix and
-        /// unix seconds. Only these lift this host's own decisions that
-        /// etcd lacks (made at or before then); the others are published
-        /// again.
+        /// the last Unix millisecond each lifts ([`Lifted::bound_ms`]).
+        /// Only these lift this host's own decisions that etcd lacks (made
+        /// at or before then); the others are published again.
         lifted: Vec<(IpNet, u64)>,
         /// Prefixes whose record says nothing of this host's decisions:
         /// kept local (the per-minute cap, a prefix too wide to share) or
         /// unreadable in etcd (skipped). Its own decisions on them stay.
         capped: Vec<IpNet>,
     },
-    /// A record written to the fleet (the decisions of every host on it).
-    Put(BanRecord),
+    /// Records written to the fleet (each with the decisions of every host
+    /// on its prefix), in watch order with nothing else between them: a
+    /// watch response's run of puts, applied in one kernel batch and one
+    /// store transaction (one message, so that the applier, waking at the
+    /// first, does not split it in two).
+    Puts(Vec<BanRecord>),
     /// A record's key is gone without an unban (deleted by hand, an etcd
     /// wipe, its lease after every decision ended, the last decision
     /// withdrawn): the other hosts' decisions go, this host's own stay and
@@ -196,7 +200,7 @@ pub enum Inbound {
     /// An allow entry removed from the fleet's allowlist.
     Unallow(IpNet),
     /// An operator's unban from anywhere (a tombstone written): it lifts
-    /// the decisions made at or before its `lifted_at`.
+    /// the decisions made at or before it ([`Lifted::bound_ms`]).
     Remove(Lifted),
     /// etcd holds every queued change up to this sequence number: the
     /// store may drop them from its outbox.
@@ -390,7 +394,10 @@ impl ClusterStore {
         // store through the agent's state, which this write holds. Shared
         // even when the write fails: the kernel enforces them.
         self.send(q);
-        self.inner.apply_bans_queued(put, remove, &rows)
+        timing!("outbox_sent");
+        let r = self.inner.apply_bans_queued(put, remove, &rows);
+        timing!("store_written");
+        r
     }
 }
 
@@ -625,6 +632,8 @@ fn parse(
     let mut live = Vec::with_capacity(rec.also.len() + 1);
     for mut d in rec.decisions() {
         check_decision(key, &d)?;
+        // Milliseconds outside their second say nothing (as if absent).
+        d.created_at_ms = crate::store::exact_ms(d.created_at, d.created_at_ms);
         if d.expires_at.is_some_and(|t| t <= now) {
             continue;
         }
@@ -744,8 +753,29 @@ pub struct Lifted {
     pub cidr: IpNet,
     /// Unix seconds: every decision made at or before then is lifted.
     pub lifted_at: u64,
+    /// The same instant in Unix milliseconds (absent from the tombstones of
+    /// agents that predate it). With it, a decision that also has its
+    /// milliseconds is lifted only if made at or before that millisecond: a
+    /// ban made the same second, after the unban, stays. Without either,
+    /// the whole second counts, as before ([`Self::bound_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at_ms: Option<u64>,
     /// The host whose operator lifted it.
     pub host: String,
+}
+
+impl Lifted {
+    /// The last Unix millisecond whose decisions it lifts:
+    /// `lifted_at_ms` when it falls in the second `lifted_at` says, else
+    /// the end of that second (a decision made at or before it, compared by
+    /// [`Decision::created_ms`], is lifted: with both in milliseconds the
+    /// exact order decides; with either in whole seconds, the second does,
+    /// as it did before milliseconds were written).
+    #[must_use]
+    pub fn bound_ms(&self) -> u64 {
+        crate::store::exact_ms(self.lifted_at, self.lifted_at_ms)
+            .unwrap_or_else(|| self.lifted_at.saturating_mul(1000).saturating_add(999))
+    }
 }
 
 /// What a key under the ban prefix holds.
@@ -773,7 +803,9 @@ fn decode_lifted(key: &str, cidr: &str, value: &[u8], now: u64) -> Result<Lifted
     if l.lifted_at > now.saturating_add(60) {
         return Err(format!("{key}: lifted in the future ({})", l.lifted_at));
     }
-    Ok(l)
+    // Milliseconds outside their second say nothing (as if absent).
+    let lifted_at_ms = crate::store::exact_ms(l.lifted_at, l.lifted_at_ms);
+    Ok(Lifted { lifted_at_ms, ..l })
 }
 
 /// Checks one key and value read under the ban prefix: a record
@@ -941,7 +973,9 @@ impl Publisher {
         // Rounded up a minute past the bucket: a key never dies before its ban.
         let ttl = b.saturating_sub(now).saturating_add(60).min(MAX_LEASE_TTL);
         let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+        timing!("lease_grant");
         let id = client.lease_grant(ttl, None).await?.id();
+        timing!("lease_granted");
         self.leases.insert(b, id);
         Ok(id)
     }
@@ -1036,6 +1070,7 @@ impl Publisher {
         if ops.is_empty() {
             return Ok(());
         }
+        timing!("allow_txn");
         match client.txn(Txn::new().and_then(ops)).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("permission denied") => {
@@ -1084,7 +1119,8 @@ impl Publisher {
         let mut held: HashMap<IpNet, (Option<BanRecord>, i64)> = HashMap::new();
         let key = |c: &IpNet| format!("{prefix}{c}");
         for attempt in 0..8 {
-            let now = clock::unix_now();
+            let now_ms = clock::unix_now_ms();
+            let now = now_ms / 1000;
             let mut cmps = Vec::new();
             let mut reads = Vec::new();
             let mut ops = Vec::new();
@@ -1097,6 +1133,7 @@ impl Publisher {
                     let t = Lifted {
                         cidr: *c,
                         lifted_at: now,
+                        lifted_at_ms: Some(now_ms),
                         host: cfg.host_id.clone(),
                     };
                     let lease = self
@@ -1150,9 +1187,11 @@ impl Publisher {
                 }
             }
             let (cidrs, gets): (Vec<IpNet>, Vec<TxnOp>) = reads.into_iter().unzip();
+            timing!("txn_sent", attempt, changes = order.len());
             let resp = client
                 .txn(Txn::new().when(cmps).and_then(ops).or_else(gets))
                 .await?;
+            timing!("txn_done", attempt, ok = resp.succeeded());
             if resp.succeeded() {
                 return Ok(puts);
             }
@@ -1206,7 +1245,7 @@ struct Read {
     records: Vec<BanRecord>,
     /// Prefixes whose record was skipped.
     unread: Vec<IpNet>,
-    /// The tombstones: prefix, unix seconds.
+    /// The tombstones: prefix, last Unix millisecond lifted.
     lifted: Vec<(IpNet, u64)>,
     /// The revision read at.
     revision: i64,
@@ -1280,7 +1319,7 @@ async fn read_all(
                 Ok(Entry::Record(None)) => {}
                 Ok(Entry::Lifted(l)) => {
                     if under_cap(lifted.len(), MAX_TOMBSTONES, "tombstones", &mut over.1) {
-                        lifted.push((l.cidr, l.lifted_at));
+                        lifted.push((l.cidr, l.bound_ms()));
                     }
                 }
                 Err(e) => {
@@ -1402,6 +1441,9 @@ pub async fn run(
     }
 }
 
+/// Most records in one [`Inbound::Puts`].
+const PUTS_PER_MESSAGE: usize = 256;
+
 /// Watches everything under `prefix` after `revision`.
 async fn watch_after(
     client: &mut Client,
@@ -1477,6 +1519,7 @@ async fn session(
         tokio::select! {
             c = outbox.recv() => {
                 let Some(c) = c else { return Ok(()) };
+                timing!("pub_taken");
                 publisher.take(cfg, status, c);
                 // Whatever else is already queued goes in the same transaction.
                 while let Ok(c) = outbox.try_recv() {
@@ -1498,13 +1541,24 @@ async fn session(
                     anyhow::bail!("the watch was cancelled: {}", resp.cancel_reason());
                 }
                 let now = clock::unix_now();
+                timing!("watch_rx", events = resp.events().len());
+                let mut puts = Vec::new();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    tracing::trace!(target: "tollgate::timing", key = ?String::from_utf8_lossy(kv.key()), "watch_key");
                     let change = match ev.event_type() {
                         // This host's own writes come back too: the record
                         // also holds the other hosts' decisions as etcd has them.
                         EventType::Put => match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                            Ok(Entry::Record(Some(r))) => Inbound::Put(r),
+                            Ok(Entry::Record(Some(r))) => {
+                                puts.push(r);
+                                // Bounded, as the channel's memory was by its
+                                // length when each put was a message.
+                                if puts.len() >= PUTS_PER_MESSAGE && inbound.send(Inbound::Puts(std::mem::take(&mut puts))).await.is_err() {
+                                    return Ok(());
+                                }
+                                continue;
+                            }
                             Ok(Entry::Record(None)) => continue,
                             // Written with the record's deletion, before it.
                             Ok(Entry::Lifted(l)) => Inbound::Remove(l),
@@ -1524,9 +1578,16 @@ async fn session(
                             }
                         },
                     };
+                    // The puts before it first, in watch order.
+                    if !puts.is_empty() && inbound.send(Inbound::Puts(std::mem::take(&mut puts))).await.is_err() {
+                        return Ok(());
+                    }
                     if inbound.send(change).await.is_err() {
                         return Ok(());
                     }
+                }
+                if !puts.is_empty() && inbound.send(Inbound::Puts(puts)).await.is_err() {
+                    return Ok(());
                 }
                 let rev = resp.header().map_or(0, |h| h.revision());
                 with_status(status, |s| {
@@ -1730,6 +1791,7 @@ mod tests {
             reason: "x".into(),
             origin: "cli".into(),
             created_at: 1,
+            created_at_ms: None,
             expires_at,
             offences: 1,
             host: host.map(Into::into),
@@ -2130,6 +2192,108 @@ mod tests {
                 Change::Unallow(a.cidr),
                 Change::Allow(a)
             ]
+        );
+    }
+
+    /// The milliseconds beside the seconds: read and kept when they fall
+    /// in their second, ignored otherwise; absent from old records and
+    /// tombstones, which then compare in whole seconds as before; written
+    /// only beside the old fields (an old reader sees what it always did).
+    #[test]
+    fn milliseconds_order_a_ban_and_an_unban_of_the_same_second() {
+        let now = 1_000;
+        let k = |c: &str| format!("{P}{LIFTED}{c}").into_bytes();
+        let tomb = |extra: &str| {
+            let v = format!(r#"{{"cidr":"198.18.0.1/32","lifted_at":900,"host":"a"{extra}}}"#);
+            match decode_entry(P, &k("198.18.0.1/32"), v.as_bytes(), now, 60) {
+                Ok(Entry::Lifted(l)) => l,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(tomb("").lifted_at_ms, None);
+        assert_eq!(
+            tomb("").bound_ms(),
+            900_999,
+            "old tombstones lift their whole second"
+        );
+        assert_eq!(tomb(r#","lifted_at_ms":900250"#).bound_ms(), 900_250);
+        // Outside its second (hostile or broken): as if absent.
+        for bad in [r#","lifted_at_ms":901000"#, r#","lifted_at_ms":899999"#] {
+            let l = tomb(bad);
+            assert_eq!((l.lifted_at_ms, l.bound_ms()), (None, 900_999), "{bad}");
+        }
+        assert!(
+            decode_entry(
+                P,
+                &k("198.18.0.1/32"),
+                br#"{"cidr":"198.18.0.1/32","lifted_at":900,"lifted_at_ms":"x","host":"a"}"#,
+                now,
+                60
+            )
+            .is_err(),
+            "a tombstone with malformed milliseconds is skipped"
+        );
+
+        let record = |ms: &str| {
+            let v = format!(
+                r#"{{"cidr":"198.18.0.1/32","kind":"manual","reason":"x","origin":"cli","created_at":900{ms},"expires_at":null,"offences":1,"host":"b"}}"#
+            );
+            decode(
+                P,
+                b"/tollgate/f/bans/198.18.0.1/32",
+                v.as_bytes(),
+                now,
+                3600,
+            )
+            .unwrap()
+            .unwrap()
+            .decision()
+        };
+        assert_eq!(record("").created_at_ms, None);
+        assert_eq!(record("").created_ms(), 900_000);
+        let made = record(r#","created_at_ms":900251"#);
+        assert_eq!(made.created_at_ms, Some(900_251));
+        assert_eq!(record(r#","created_at_ms":12"#).created_at_ms, None);
+        // Made after the unban, the same second: not lifted; before: lifted.
+        assert!(made.created_ms() > tomb(r#","lifted_at_ms":900250"#).bound_ms());
+        assert!(made.created_ms() <= tomb(r#","lifted_at_ms":900251"#).bound_ms());
+        // Either side in whole seconds: the second decides, as before.
+        assert!(made.created_ms() <= tomb("").bound_ms());
+        assert!(record("").created_ms() <= tomb(r#","lifted_at_ms":900000"#).bound_ms());
+
+        // Written beside the old fields, never instead of them.
+        let t = Lifted {
+            cidr: "198.18.0.1/32".parse().unwrap(),
+            lifted_at: 900,
+            lifted_at_ms: Some(900_250),
+            host: "a".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            (v["lifted_at"].as_u64(), v["lifted_at_ms"].as_u64()),
+            (Some(900), Some(900_250))
+        );
+        let old = serde_json::to_value(Lifted {
+            lifted_at_ms: None,
+            ..t
+        })
+        .unwrap();
+        assert!(old.get("lifted_at_ms").is_none());
+        let (r, _) = fold(
+            None,
+            "b",
+            "198.18.0.1/32".parse().unwrap(),
+            Some(&BanRecord {
+                created_at: 900,
+                created_at_ms: Some(900_251),
+                ..serde_json::from_slice(&rec("198.18.0.1/32", None, None)).unwrap()
+            }),
+            now,
+        );
+        let v = serde_json::to_value(r.unwrap()).unwrap();
+        assert_eq!(
+            (v["created_at"].as_u64(), v["created_at_ms"].as_u64()),
+            (Some(900), Some(900_251))
         );
     }
 

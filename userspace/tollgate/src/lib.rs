@@ -23,6 +23,21 @@
 //! Public modules are the ones the root-only tests, the benchmarks and the
 //! fuzz targets use; the rest are private.
 
+/// A timing point on the way of a ban to the fleet: a debug event under
+/// the target `tollgate::timing`, stamped `us` with the boot clock in
+/// microseconds (one clock for every process of the machine: `cargo xtask
+/// bench fleet` lines up the CLI's, the deciding agent's and the enforcing
+/// agent's points with its own). Off unless `TOLLGATE_LOG` asks for it;
+/// the fields are not even evaluated then.
+macro_rules! timing {
+    ($name:literal) => {
+        tracing::debug!(target: "tollgate::timing", us = $crate::clock::boot_ns() / 1000, $name)
+    };
+    ($name:literal, $($f:tt)+) => {
+        tracing::debug!(target: "tollgate::timing", us = $crate::clock::boot_ns() / 1000, $($f)+, $name)
+    };
+}
+
 pub mod agent;
 /// Seeing the API traffic (its own crate, so the fuzz targets and offline
 /// tools need neither the kernel side nor the agent's runtime).

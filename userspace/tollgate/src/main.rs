@@ -32,5 +32,7 @@ fn main() -> ExitCode {
             .init(),
         _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    // The first timing point of a CLI command (see the library's `timing!`).
+    tracing::debug!(target: "tollgate::timing", us = tollgate::clock::boot_ns() / 1000, "cli_main");
     tollgate::cli::run(cli)
 }

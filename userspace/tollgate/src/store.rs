@@ -27,6 +27,10 @@ pub struct BanRecord {
     pub origin: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// The same instant in Unix milliseconds, when known (see
+    /// [`Decision::created_at_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<u64>,
     /// Unix seconds; `None` = until removed.
     pub expires_at: Option<u64>,
     /// How many times this client has been banned (drives TTL escalation).
@@ -57,6 +61,13 @@ pub struct Decision {
     pub origin: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// The same instant in Unix milliseconds, when known: tells a ban made
+    /// in the same second as an operator's unban elsewhere apart from one
+    /// made before it ([`Self::created_ms`]). Absent in records of agents
+    /// that predate it and in decisions restored from the local store (its
+    /// layout keeps seconds): those compare in whole seconds, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<u64>,
     /// Unix seconds; `None` = until removed.
     pub expires_at: Option<u64>,
     /// The fleet host that decided it, when another one did.
@@ -71,6 +82,22 @@ impl Decision {
     pub fn same_source(&self, other: &Decision) -> bool {
         self.origin == other.origin && self.host == other.host
     }
+
+    /// When it was made, in Unix milliseconds: `created_at_ms` when it
+    /// falls in the second `created_at` says (otherwise it is ignored: a
+    /// record cannot move itself out of its second), else the start of that
+    /// second.
+    #[must_use]
+    pub fn created_ms(&self) -> u64 {
+        exact_ms(self.created_at, self.created_at_ms)
+            .unwrap_or(self.created_at.saturating_mul(1000))
+    }
+}
+
+/// `ms` when it lies within the Unix second `secs`.
+#[must_use]
+pub fn exact_ms(secs: u64, ms: Option<u64>) -> Option<u64> {
+    ms.filter(|m| m / 1000 == secs)
 }
 
 impl BanRecord {
@@ -82,6 +109,7 @@ impl BanRecord {
             reason: self.reason.clone(),
             origin: self.origin.clone(),
             created_at: self.created_at,
+            created_at_ms: self.created_at_ms,
             expires_at: self.expires_at,
             host: self.host.clone(),
         }
@@ -121,6 +149,7 @@ impl BanRecord {
             reason: top.reason,
             origin: top.origin,
             created_at: top.created_at,
+            created_at_ms: top.created_at_ms,
             expires_at: top.expires_at,
             offences,
             host: top.host,
@@ -771,6 +800,7 @@ impl Reader<'_> {
             reason,
             origin,
             created_at,
+            created_at_ms: None,
             expires_at,
             host,
         })
@@ -1151,6 +1181,7 @@ mod tests {
             reason: "test".into(),
             origin: "cli".into(),
             created_at: 1,
+            created_at_ms: None,
             expires_at: Some(100),
             offences: 1,
             host: None,
@@ -1356,6 +1387,7 @@ mod tests {
                 reason: "listed".into(),
                 origin: "spamhaus".into(),
                 created_at: 3,
+                created_at_ms: None,
                 expires_at: None,
                 host: None,
             }],

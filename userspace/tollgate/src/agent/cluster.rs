@@ -118,11 +118,12 @@ impl Link {
                 let st = Arc::clone(&state);
                 let applied = tokio::task::spawn_blocking(move || {
                     let Ok(mut st) = st.lock() else { return };
+                    timing!("apply_locked");
                     // Runs of bans go to the kernel and the store together.
                     let mut puts = Vec::new();
                     for change in batch {
                         match change {
-                            Inbound::Put(r) => puts.push(r),
+                            Inbound::Puts(rs) => puts.extend(rs),
                             Inbound::Snapshot {
                                 records,
                                 lifted,

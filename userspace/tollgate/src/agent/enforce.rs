@@ -225,7 +225,8 @@ impl<M: Maps> AgentState<M> {
                 "the connection predates the lift of a ban {ago}s ago (held-back bytes are not a new offence)"
             ));
         }
-        let now = clock::unix_now();
+        let now_ms = clock::unix_now_ms();
+        let now = now_ms / 1000;
         let mut hist = self.rate.history.get(&net).cloned().unwrap_or_default();
         hist.count = hist.count.saturating_add(1);
         hist.last = now;
@@ -242,6 +243,7 @@ impl<M: Maps> AgentState<M> {
             reason: rule.into(),
             origin: format!("agent ({} on port {})", f.route, f.port),
             created_at: now,
+            created_at_ms: Some(now_ms),
             expires_at: Some(now + ttl),
             offences: hist.count,
             host: None,

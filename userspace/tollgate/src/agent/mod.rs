@@ -403,8 +403,34 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut gc = tokio::time::interval(opts.gc_interval);
-    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The sweep takes the state lock, which the fleet applier may hold
+    // through a store fsync: on a blocking thread, in a task of its own, it
+    // stalls neither this loop (control connections wait for it) nor an
+    // async worker (the fleet link runs on those).
+    let sweeper = {
+        let (state, event_log, every) =
+            (Arc::clone(state), Arc::clone(event_log), opts.gc_interval);
+        tokio::spawn(async move {
+            let mut gc = tokio::time::interval(every);
+            gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                gc.tick().await;
+                let (state, event_log) = (Arc::clone(&state), Arc::clone(&event_log));
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut s) = state.lock() {
+                        s.gc();
+                        s.prune_offenders();
+                        s.store_retry();
+                        s.watch_sample_loss();
+                    }
+                    if let Ok(mut log) = event_log.lock() {
+                        log.tick();
+                    }
+                })
+                .await;
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -440,17 +466,6 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
                     loading.replies.extend(again);
                 }
             }
-            _ = gc.tick() => {
-                if let Ok(mut s) = state.lock() {
-                    s.gc();
-                    s.prune_offenders();
-                    s.store_retry();
-                    s.watch_sample_loss();
-                }
-                if let Ok(mut log) = event_log.lock() {
-                    log.tick();
-                }
-            }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = Arc::clone(state);
@@ -467,7 +482,7 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
             },
         }
     }
-
+    sweeper.abort();
     Ok(())
 }
 
@@ -825,13 +840,20 @@ async fn serve(
                 resp
             }
             Ok(req) => {
+                timing!("ctl_read");
                 // Map syscalls are quick; hold the lock off the async threads.
                 let state = Arc::clone(&state);
-                tokio::task::spawn_blocking(move || match state.lock() {
-                    Ok(mut s) => s.handle(req),
+                let resp = tokio::task::spawn_blocking(move || match state.lock() {
+                    Ok(mut s) => {
+                        timing!("ctl_locked");
+                        s.handle(req)
+                    }
                     Err(_) => Response::err("agent state lock poisoned"),
                 })
-                .await?
+                .await?;
+                write_response(&mut write, &resp).await?;
+                timing!("ctl_replied");
+                return Ok(());
             }
         }
     };

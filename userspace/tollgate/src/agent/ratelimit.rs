@@ -322,7 +322,8 @@ impl<M: Maps> AgentState<M> {
         {
             return;
         }
-        let now = clock::unix_now();
+        let now_ms = clock::unix_now_ms();
+        let now = now_ms / 1000;
         let mut hist = self.rate.history.get(&cidr).cloned().unwrap_or_default();
         hist.count = hist.count.saturating_add(1);
         hist.last = now;
@@ -337,6 +338,7 @@ impl<M: Maps> AgentState<M> {
             reason: BanReason::RateLimit.name().into(),
             origin: format!("agent ({reason} for {}s)", exceeding_for / 1_000_000_000),
             created_at: now,
+            created_at_ms: Some(now_ms),
             expires_at: Some(now + ttl.as_secs()),
             offences: hist.count,
             host: None,

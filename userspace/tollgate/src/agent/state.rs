@@ -601,7 +601,8 @@ impl<M: Maps> AgentState<M> {
         }
         let ttl = check_ttl(ttl_secs)?;
         let reason = check_reason(reason)?;
-        let now = clock::unix_now();
+        let now_ms = clock::unix_now_ms();
+        let now = now_ms / 1000;
         let offences = self.bans.get(&net).map_or(1, |r| r.offences.max(1));
         let rec = BanRecord {
             cidr: net,
@@ -609,6 +610,7 @@ impl<M: Maps> AgentState<M> {
             reason: reason.unwrap_or_else(|| BanReason::Manual.name().into()),
             origin: "cli".into(),
             created_at: now,
+            created_at_ms: Some(now_ms),
             expires_at: ttl.map(|t| now + t),
             offences,
             host: None,
@@ -645,7 +647,9 @@ impl<M: Maps> AgentState<M> {
                 }
             }
         }
-        if let Err(e) = self.maps.insert_block(rec.cidr, &kernel_entry(&rec)) {
+        let kernel = self.maps.insert_block(rec.cidr, &kernel_entry(&rec));
+        timing!("ban_kernel", cidr = %rec.cidr);
+        if let Err(e) = kernel {
             if stored && let Some(s) = self.store.as_mut() {
                 let undo = match &previous {
                     Some(p) => s.put_bans(std::slice::from_ref(p)),
@@ -1174,6 +1178,7 @@ fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
         reason: kind.name().into(),
         origin: "kernel".into(),
         created_at: now,
+        created_at_ms: None,
         expires_at,
         offences: 1,
         host: None,

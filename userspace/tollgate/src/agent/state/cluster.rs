@@ -41,10 +41,18 @@ fn merge(
         .into_iter()
         .flat_map(|o| o.decisions())
         .filter(|d| d.host.is_none() && keep_own(d));
+    // Their milliseconds stay in etcd: only this host's own decisions are
+    // ever weighed against an unban here, and a copy without them equals
+    // the one the local store gives back after a restart (its layout keeps
+    // seconds), so a full read then rewrites nothing.
     let fleet = new
         .into_iter()
         .flat_map(|n| n.decisions())
-        .filter(|d| d.host.as_deref().is_some_and(|h| h != me));
+        .filter(|d| d.host.as_deref().is_some_and(|h| h != me))
+        .map(|d| Decision {
+            created_at_ms: None,
+            ..d
+        });
     let offences = old
         .map_or(0, |o| o.offences)
         .max(new.map_or(0, |n| n.offences));
@@ -199,7 +207,14 @@ impl<M: Maps> AgentState<M> {
                 .map(|(r, _)| (r.cidr, super::kernel_entry(r)))
                 .collect();
             n = to_kernel.len();
-            if let Err(e) = self.maps.insert_blocks(to_kernel) {
+            if tracing::enabled!(target: "tollgate::timing", tracing::Level::TRACE) {
+                for (c, _) in &to_kernel {
+                    tracing::trace!(target: "tollgate::timing", cidr = %c, "fleet_kernel_cidr");
+                }
+            }
+            let kernel = self.maps.insert_blocks(to_kernel);
+            timing!("fleet_kernel", n);
+            if let Err(e) = kernel {
                 warn!("fleet bans not applied: the kernel refused them: {e:#}");
                 n = 0;
                 take.clear();
@@ -215,6 +230,7 @@ impl<M: Maps> AgentState<M> {
                     "fleet bans enforced but not recorded durably: {e}"
                 );
             }
+            timing!("fleet_stored", n = take.len());
             let mut raised = Vec::new();
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
@@ -331,6 +347,7 @@ impl<M: Maps> AgentState<M> {
 
     /// etcd holds the queued changes up to `upto`: they leave the outbox.
     pub fn cluster_acked(&mut self, upto: u64) {
+        timing!("ack_start");
         if let Some(s) = self.store.as_mut()
             && let Err(e) = s.outbox_ack(upto)
         {
@@ -338,6 +355,7 @@ impl<M: Maps> AgentState<M> {
             // restart: a repeated put or delete changes nothing.
             warn!(upto, "fleet outbox not trimmed: {e}");
         }
+        timing!("ack_done");
     }
 
     /// Adds an allow entry of the fleet's allowlist (origin `fleet:<host>`)
@@ -429,7 +447,7 @@ impl<M: Maps> AgentState<M> {
         let mine = tomb.host == me;
         let mut dropped = false;
         let rest = merge(Some(&old), None, &me, |d| {
-            let keep = mine || d.created_at > tomb.lifted_at;
+            let keep = mine || d.created_ms() > tomb.bound_ms();
             dropped |= !keep;
             keep
         });
@@ -503,8 +521,9 @@ impl<M: Maps> AgentState<M> {
     /// laid over what this host holds; the other hosts' bans the set no
     /// longer holds are lifted. This host's own decisions stay where etcd
     /// holds them; one etcd lacks is lifted when a tombstone (`lifted`: an
-    /// operator's unban, unix seconds) at least as recent says so (an unban
-    /// elsewhere while this host was down or cut off), also when it is still
+    /// operator's unban) at least as recent says so (an unban
+    /// elsewhere while this host was down or cut off; `lifted` holds the last
+    /// Unix millisecond each lifts), also when it is still
     /// in the outbox (then withdrawn from it) or kept local; otherwise it
     /// stays where it is still in the outbox or kept local (`capped`: the
     /// per-minute cap, too wide to share, its record unreadable), and is
@@ -535,7 +554,7 @@ impl<M: Maps> AgentState<M> {
             })
         };
         let lifted_after =
-            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_at);
+            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_ms());
         let mut out = Vec::new();
         let mut again = Vec::new();
         let mut withdraw = Vec::new();
@@ -593,6 +612,7 @@ mod tests {
             reason: "x".into(),
             origin: "cli".into(),
             created_at: 1,
+            created_at_ms: None,
             expires_at,
             offences,
             host: host.map(Into::into),
@@ -627,5 +647,19 @@ mod tests {
         let gone = merge(Some(&m2), None, "a", all).unwrap();
         assert_eq!((gone.host, gone.also.len()), (None, 0));
         assert_eq!(merge(Some(&m2), None, "a", |_| false), None);
+        // A fleet decision's milliseconds stay in etcd (the copy here equals
+        // what the local store gives back after a restart); this host's
+        // own keep theirs.
+        let timed = |host: Option<&str>| BanRecord {
+            created_at_ms: Some(1_500),
+            ..rec(host, Some(300), 1)
+        };
+        let m3 = merge(Some(&timed(None)), Some(&timed(Some("b"))), "a", all).unwrap();
+        assert_eq!(
+            m3.decisions()
+                .map(|d| (d.host, d.created_at_ms))
+                .collect::<Vec<_>>(),
+            vec![(None, Some(1_500)), (Some("b".into()), None)]
+        );
     }
 }

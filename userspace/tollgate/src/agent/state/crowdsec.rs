@@ -114,6 +114,7 @@ impl<M: Maps> AgentState<M> {
                 reason: w.reason.clone(),
                 origin: ORIGIN.into(),
                 created_at: now,
+                created_at_ms: None,
                 expires_at: Some(w.expires_at),
                 offences: held.map_or(1, |r| r.offences),
                 host: None,

@@ -331,6 +331,7 @@ mod tests {
             reason: reason.into(),
             origin: "list".into(),
             created_at: 10,
+            created_at_ms: None,
             expires_at: expires,
             offences: 1,
             host: None,

@@ -124,6 +124,7 @@ impl<M: Maps> AgentState<M> {
                 reason: reason.clone(),
                 origin: origin.to_owned(),
                 created_at: now,
+                created_at_ms: None,
                 expires_at,
                 offences: held.map_or(1, |r| r.offences),
                 host: None,

@@ -204,6 +204,7 @@ fn ended_manual(cidr: &str, now: u64) -> BanRecord {
         reason: "due".into(),
         origin: "cli".into(),
         created_at: now - 100,
+        created_at_ms: None,
         expires_at: Some(now - 1),
         offences: 1,
         host: None,
@@ -373,6 +374,7 @@ fn fleet_records_merged_onto_a_held_ban_are_checked_like_fresh_ones() {
         reason: "sqli".into(),
         origin: "agent".into(),
         created_at: now,
+        created_at_ms: None,
         expires_at: Some(now + 86_400),
         offences: 1,
         host: Some("host-b".into()),
@@ -439,6 +441,7 @@ fn escalation_counts_the_fleets_offences() {
         reason: "sqli".into(),
         origin: "agent".into(),
         created_at: now,
+        created_at_ms: None,
         expires_at: Some(now + 60),
         offences: 2,
         host: Some("host-a".into()),
@@ -454,6 +457,7 @@ fn escalation_counts_the_fleets_offences() {
     assert!(a.state.cluster_remove(&crate::cluster::Lifted {
         cidr: client,
         lifted_at: now,
+        lifted_at_ms: None,
         host: "host-a".into(),
     }));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
@@ -481,6 +485,7 @@ fn the_fleets_offence_counts_are_bounded() {
         reason: "sqli".into(),
         origin: "agent".into(),
         created_at: now,
+        created_at_ms: None,
         expires_at: Some(now + 60),
         offences: u32::MAX,
         host: Some("host-a".into()),
@@ -491,6 +496,7 @@ fn the_fleets_offence_counts_are_bounded() {
     assert!(a.state.cluster_remove(&crate::cluster::Lifted {
         cidr: client,
         lifted_at: now,
+        lifted_at_ms: None,
         host: "host-a".into(),
     }));
     let out = a.state.policy_ban(client, &finding(client, None), &scoring);
@@ -1148,6 +1154,7 @@ fn a_restart_drops_bans_that_expired_while_the_agent_was_down() {
         reason: "feed x".into(),
         origin: "x".into(),
         created_at: now - 7200,
+        created_at_ms: None,
         expires_at: Some(now - 3600),
         offences: 1,
         host: None,
@@ -1227,6 +1234,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
         reason: "sqli".into(),
         origin: "agent".into(),
         created_at: now,
+        created_at_ms: None,
         expires_at: Some(expires_at),
         offences: 2,
         host: Some("host-a".into()),
@@ -1287,6 +1295,7 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     let tomb = |cidr: &str, lifted_at: u64, host: &str| crate::cluster::Lifted {
         cidr: net(cidr),
         lifted_at,
+        lifted_at_ms: None,
         host: host.into(),
     };
     let own_only = |a: &Agent, cidr: &str| {
@@ -1392,13 +1401,14 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     };
     let (applied, lifted) = a.state.cluster_snapshot(
         vec![remote("198.51.100.6", now + 600), feed("f1"), as_etcd],
+        // The last millisecond each tombstone lifts (whole seconds here).
         &[
-            (net("198.51.100.8"), clock::unix_now()),
+            (net("198.51.100.8"), clock::unix_now() * 1000 + 999),
             // An older unban does not lift a later ban.
-            (net("198.51.100.11"), now - 3600),
+            (net("198.51.100.11"), (now - 3600) * 1000 + 999),
             // A ban queued while cut off from etcd, made before an
             // operator's unban elsewhere: lifted, not published again.
-            (net("198.51.100.5"), clock::unix_now() + 60),
+            (net("198.51.100.5"), (clock::unix_now() + 60) * 1000 + 999),
         ],
         &[net("198.51.100.10")],
     );
@@ -1455,6 +1465,99 @@ fn fleet_bans_are_applied_shared_and_reconciled() {
     let v = status.lock().unwrap().view.clone();
     assert_eq!((v.drift_entries, v.repaired), (Some(0), 2));
     assert!(sent().is_empty(), "repairs are not shared");
+}
+
+/// A ban made here in the same second as an operator's unban elsewhere,
+/// but after it, outlives the unban's tombstone (both carry milliseconds),
+/// also in a full read; one made before it is lifted; a tombstone of an
+/// agent without milliseconds lifts the whole second, as before.
+#[test]
+fn a_ban_made_the_same_second_after_an_unban_elsewhere_stays() {
+    use crate::cluster::{ClusterStatus, ClusterStore, Lifted};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = crate::policy::ClusterSpec {
+        host_id: Some("host-b".into()),
+        ..crate::policy::ClusterSpec::default()
+    };
+    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus {
+        cfg: Some(crate::cluster::ClusterConfig::from_spec(&spec, "x")),
+        ..ClusterStatus::default()
+    }));
+    let store: Box<dyn Store> = Box::new(ClusterStore::new(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        tx,
+        status.clone(),
+    ));
+    let mut a = Agent::over(MemMaps::new(Mode::Enforce), Vec::new(), store, dir);
+    a.state.set_cluster(status);
+    let sec = clock::unix_now();
+    // Made at .500 of the second.
+    let ban = |a: &mut Agent, cidr: &str| {
+        a.state
+            .put_ban(BanRecord {
+                cidr: net(cidr),
+                kind: BanReason::Manual,
+                reason: "manual".into(),
+                origin: "cli".into(),
+                created_at: sec,
+                created_at_ms: Some(sec * 1000 + 500),
+                expires_at: Some(sec + 600),
+                offences: 1,
+                host: None,
+                also: Vec::new(),
+            })
+            .unwrap();
+    };
+    let tomb = |cidr: &str, ms: Option<u64>| Lifted {
+        cidr: net(cidr),
+        lifted_at: sec,
+        lifted_at_ms: ms,
+        host: "host-a".into(),
+    };
+    ban(&mut a, "198.51.100.1");
+    assert!(
+        !a.state
+            .cluster_remove(&tomb("198.51.100.1", Some(sec * 1000 + 499)))
+    );
+    assert!(
+        a.kernel("198.51.100.1").is_some(),
+        "made after the unban: it stays"
+    );
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.1", Some(sec * 1000 + 500)))
+    );
+    assert!(
+        a.kernel("198.51.100.1").is_none(),
+        "made at the unban's millisecond: lifted"
+    );
+    ban(&mut a, "198.51.100.2");
+    assert!(a.state.cluster_remove(&tomb("198.51.100.2", None)));
+    assert!(
+        a.kernel("198.51.100.2").is_none(),
+        "a tombstone in whole seconds lifts its second"
+    );
+    // Milliseconds outside their second are no ordering: the second counts.
+    ban(&mut a, "198.51.100.3");
+    assert!(
+        a.state
+            .cluster_remove(&tomb("198.51.100.3", Some(sec * 1000 - 1)))
+    );
+    // A full read (the ban still queued, etcd without it): the same order.
+    ban(&mut a, "198.51.100.4");
+    ban(&mut a, "198.51.100.5");
+    let bound = |ms: u64| tomb("198.51.100.4", Some(ms)).bound_ms();
+    let (_, lifted) = a.state.cluster_snapshot(
+        Vec::new(),
+        &[
+            (net("198.51.100.4"), bound(sec * 1000 + 499)),
+            (net("198.51.100.5"), tomb("198.51.100.5", None).bound_ms()),
+        ],
+        &[],
+    );
+    assert_eq!(lifted, 1);
+    assert!(a.kernel("198.51.100.4").is_some() && a.kernel("198.51.100.5").is_none());
 }
 
 #[test]
