@@ -440,6 +440,14 @@ impl Store for ClusterStore {
     fn keep_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
         self.inner.apply_bans(records, &[])
     }
+    fn keep_fleet(
+        &mut self,
+        records: &[BanRecord],
+        offences: &[(IpNet, OffenceRecord)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        self.inner.keep_fleet(records, offences, durable)
+    }
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
     }
@@ -1527,16 +1535,8 @@ async fn session(
     }
     let mut stats = ReadStats::default();
     let capped = publisher.capped.iter().copied().collect();
-    let Some(unread) = read_bans(
-        &client,
-        cfg,
-        status,
-        revision,
-        capped,
-        inbound,
-        &mut stats,
-    )
-    .await?
+    let Some(unread) =
+        read_bans(&client, cfg, status, revision, capped, inbound, &mut stats).await?
     else {
         return Ok(());
     };
@@ -1545,11 +1545,7 @@ async fn session(
     let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
     let prefix = cfg.ban_prefix();
     let mut stream = watch_after(&mut client, &prefix, revision).await?;
-    if inbound
-        .send(Inbound::SnapshotEnd { unread })
-        .await
-        .is_err()
-    {
+    if inbound.send(Inbound::SnapshotEnd { unread }).await.is_err() {
         return Ok(());
     }
     let now = clock::unix_now();

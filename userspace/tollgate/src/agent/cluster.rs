@@ -147,7 +147,9 @@ impl Link {
                 let (st, resync) = (Arc::clone(&state), Arc::clone(&resync));
                 let applied = tokio::task::spawn_blocking(move || {
                     let Ok(mut st) = st.lock() else { return };
-                    let Ok(mut resync) = resync.lock() else { return };
+                    let Ok(mut resync) = resync.lock() else {
+                        return;
+                    };
                     apply(&mut st, &mut resync, batch);
                 })
                 .await;

@@ -158,14 +158,17 @@ impl<M: Maps> AgentState<M> {
     /// (`None`: lifted), kernel first. Returns (kernel entries written,
     /// prefixes lifted).
     fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
-        self.settle_timed(records, None)
+        self.settle_timed(records, None, false)
     }
 
-    /// [`Self::settle`], adding where the time went to `spent`.
+    /// [`Self::settle`], adding where the time went to `spent`; `lazy`: the
+    /// store's commit may wait for the next durable one (see
+    /// [`crate::store::Store::keep_fleet`]).
     fn settle_timed(
         &mut self,
         mut records: Vec<(IpNet, Option<BanRecord>)>,
         mut spent: Option<&mut ApplyTimes>,
+        lazy: bool,
     ) -> (usize, usize) {
         let mut t = std::time::Instant::now();
         let mut lap = |f: fn(&mut ApplyTimes) -> &mut std::time::Duration| {
@@ -224,9 +227,22 @@ impl<M: Maps> AgentState<M> {
         }
         lap(|s| &mut s.kernel);
         if !take.is_empty() {
-            // Kept here, never shared back.
+            // Offences count fleet-wide: this host's next ban of the client
+            // (after this one ends) takes the next TTL step, also after a
+            // restart (recorded with this host's own history).
+            let mut raised = Vec::new();
+            for r in &take {
+                let h = self.rate.history.entry(r.cidr).or_default();
+                if r.offences > h.count {
+                    h.count = r.offences;
+                    h.last = h.last.max(r.created_at);
+                    raised.push((r.cidr, h.clone()));
+                }
+            }
+            // Kept here, never shared back: the bans and the counts in one
+            // transaction (a page of a full read commits with its end).
             if let Some(s) = self.store.as_mut()
-                && let Err(e) = s.keep_bans(&take)
+                && let Err(e) = s.keep_fleet(&take, &raised, !lazy)
             {
                 warn!(
                     count = take.len(),
@@ -234,33 +250,13 @@ impl<M: Maps> AgentState<M> {
                 );
             }
             lap(|s| &mut s.store);
-            let mut raised = Vec::new();
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
                     self.counters.ban_issued(r.kind.name(), 1);
                 }
-                // Offences count fleet-wide: this host's next ban of the
-                // client (after this one ends) takes the next TTL step, also
-                // after a restart (recorded with this host's own history).
-                let h = self.rate.history.entry(r.cidr).or_default();
-                if r.offences > h.count {
-                    h.count = r.offences;
-                    h.last = h.last.max(r.created_at);
-                    raised.push((r.cidr, h.clone()));
-                }
                 self.index(r);
             }
             lap(|s| &mut s.index);
-            if !raised.is_empty()
-                && let Some(s) = self.store.as_mut()
-                && let Err(e) = s.put_offences(&raised)
-            {
-                warn!(
-                    count = raised.len(),
-                    "the fleet's offence counts not recorded durably: {e}"
-                );
-            }
-            lap(|s| &mut s.offences);
         }
         let mut lifted = Vec::with_capacity(lift.len());
         for net in lift {
@@ -548,6 +544,7 @@ impl<M: Maps> AgentState<M> {
             unseen: self.bans.keys().collect(),
             again: Vec::new(),
             applied: 0,
+            pages: 0,
             spent: ApplyTimes::default(),
         }
     }
@@ -610,8 +607,9 @@ impl<M: Maps> AgentState<M> {
             self.withdraw_queued(cidr, rest.as_ref());
         }
         rs.spent.merge += t.elapsed();
-        let applied = self.settle_timed(out, Some(&mut rs.spent)).0;
+        let applied = self.settle_timed(out, Some(&mut rs.spent), true).0;
         rs.applied += applied;
+        rs.pages += 1;
         applied
     }
 
@@ -662,6 +660,14 @@ impl<M: Maps> AgentState<M> {
             self.withdraw_queued(cidr, rest.as_ref());
         }
         let (applied, lifted) = self.settle(out);
+        // The pages' writes are made durable now (one empty durable commit
+        // carries them).
+        if rs.pages > 0
+            && let Some(s) = self.store.as_mut()
+            && let Err(e) = s.keep_fleet(&[], &[], true)
+        {
+            warn!("the fleet's bans not recorded durably: {e}");
+        }
         // As held now (a local change may have come between two pages); a
         // page could not know the read's unreadable prefixes yet.
         let again: Vec<BanRecord> = std::mem::take(&mut rs.again)
@@ -680,7 +686,6 @@ impl<M: Maps> AgentState<M> {
             merge_ms = s.merge.as_millis(),
             kernel_ms = s.kernel.as_millis(),
             store_ms = s.store.as_millis(),
-            offences_ms = s.offences.as_millis(),
             index_ms = s.index.as_millis(),
             "fleet set reconciled"
         );
@@ -695,10 +700,9 @@ pub struct ApplyTimes {
     pub merge: std::time::Duration,
     /// Writing the kernel maps.
     pub kernel: std::time::Duration,
-    /// Recording the bans in the local store.
+    /// Recording the bans and the offence counts they raised in the local
+    /// store.
     pub store: std::time::Duration,
-    /// Recording the fleet's offence counts.
-    pub offences: std::time::Duration,
     /// The in-memory index.
     pub index: std::time::Duration,
 }
@@ -720,6 +724,8 @@ pub struct Resync {
     again: Vec<IpNet>,
     /// Kernel entries written so far.
     applied: usize,
+    /// Pages applied so far.
+    pages: u32,
     spent: ApplyTimes,
 }
 

@@ -1963,15 +1963,18 @@ fn a_full_read_in_pages_lifts_only_at_its_end() {
     sent();
     a.state
         .cluster_snapshot_page(&mut rs, vec![remote("198.51.100.7")]);
-    let (_, lifted) = a
-        .state
-        .cluster_snapshot_end(rs, &[net("198.51.100.4")]);
+    let (_, lifted) = a.state.cluster_snapshot_end(rs, &[net("198.51.100.4")]);
     // The fleet's bans the read lacked are lifted now; this host's own
     // that etcd lost is kept and shared again; its own whose record was
     // unreadable is kept and not shared again.
     assert_eq!(lifted, 2);
     assert!(a.kernel("198.51.100.1").is_none() && a.kernel("198.51.100.5").is_none());
-    for kept in ["198.51.100.2", "198.51.100.4", "198.51.100.6", "198.51.100.7"] {
+    for kept in [
+        "198.51.100.2",
+        "198.51.100.4",
+        "198.51.100.6",
+        "198.51.100.7",
+    ] {
         assert!(a.kernel(kept).is_some(), "{kept} lifted");
     }
     assert!(a.kernel("198.51.100.3").is_none());
