@@ -1215,8 +1215,13 @@ async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
     Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
 }
 
-/// Records per page of the full read.
-const PAGE: i64 = 5000;
+/// Records per page of the full read (fewer pages: etcd 3.4 walks its index
+/// over every key left in the range for each page).
+const PAGE: i64 = 20_000;
+
+/// Records per [`Inbound::SnapshotPage`] (what the applier takes under one
+/// lock).
+const APPLY_PAGE: usize = 5000;
 
 /// Most records a full read takes (twice the million bans an agent is
 /// built to hold): what a hostile or runaway writer adds past it is
@@ -1263,6 +1268,19 @@ struct ReadStats {
     handoff: Duration,
 }
 
+/// Largest answer taken from etcd (a page of the full read).
+const MAX_PAGE_BYTES: usize = 64 << 20;
+
+/// A page too large for [`MAX_PAGE_BYTES`] (records of up to etcd's
+/// request size, 1.5 MiB by default, written by a hostile or buggy host):
+/// asked again in halves, down to one record, so the read goes through.
+fn page_too_big(e: &etcd_client::Error) -> bool {
+    let e = e.to_string();
+    ["message length too large", "larger than max"]
+        .iter()
+        .any(|m| e.contains(m))
+}
+
 /// Reads the keys in `[from, end)` at `revision`, page by page; the next
 /// page is asked for before this one is decoded (`decode`: what to hand to
 /// the agent, if anything). False when the agent is gone.
@@ -1272,37 +1290,55 @@ async fn read_pages(
     revision: i64,
     inbound: &mpsc::Sender<Inbound>,
     stats: &mut ReadStats,
-    mut decode: impl FnMut(&[etcd_client::KeyValue]) -> Option<Inbound>,
+    mut decode: impl FnMut(&[etcd_client::KeyValue]) -> Vec<Inbound>,
 ) -> anyhow::Result<bool> {
-    let get = |from: Vec<u8>| {
-        let mut c = client.clone();
+    let kv = client.kv_client().max_decoding_message_size(MAX_PAGE_BYTES);
+    let get = |from: Vec<u8>, limit: i64| {
+        let mut kv = kv.clone();
         let o = GetOptions::new()
             .with_range(end.clone())
-            .with_limit(PAGE)
+            .with_limit(limit)
             .with_revision(revision);
-        tokio::spawn(async move { c.get(from, Some(o)).await })
+        let asked = from.clone();
+        (
+            asked,
+            tokio::spawn(async move { kv.get(from, Some(o)).await }),
+        )
     };
-    let mut next = Some(get(from));
-    while let Some(fetch) = next.take() {
+    let mut limit = PAGE;
+    let mut next = Some(get(from, limit));
+    while let Some((asked, fetch)) = next.take() {
         let t = std::time::Instant::now();
-        let resp = fetch.await??;
+        let resp = match fetch.await? {
+            Ok(r) => r,
+            Err(e) if limit > 1 && page_too_big(&e) => {
+                limit = (limit / 2).max(1);
+                warn!(
+                    limit,
+                    "a page of the fleet's records is too large; reading smaller ones"
+                );
+                next = Some(get(asked, limit));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         stats.etcd += t.elapsed();
         if resp.more()
             && let Some(kv) = resp.kvs().last()
         {
             let mut k = kv.key().to_vec();
             k.push(0);
-            next = Some(get(k));
+            next = Some(get(k, limit));
         }
         let t = std::time::Instant::now();
-        let msg = decode(resp.kvs());
+        let msgs = decode(resp.kvs());
         stats.decode += t.elapsed();
         stats.pages += 1;
         stats.keys += resp.kvs().len();
-        if let Some(m) = msg {
+        for m in msgs {
             let t = std::time::Instant::now();
             if inbound.send(m).await.is_err() {
-                if let Some(n) = next {
+                if let Some((_, n)) = next {
                     n.abort();
                 }
                 return Ok(false);
@@ -1351,7 +1387,7 @@ async fn read_bans(
                 }
             }
         }
-        None
+        Vec::new()
     })
     .await?;
     if !read
@@ -1393,7 +1429,15 @@ async fn read_bans(
                     }
                 }
             }
-            (!page.is_empty()).then_some(Inbound::SnapshotPage(page))
+            // Applied in pieces: the lock is let go between them.
+            let mut msgs = Vec::new();
+            let mut page = page.into_iter().peekable();
+            while page.peek().is_some() {
+                msgs.push(Inbound::SnapshotPage(
+                    page.by_ref().take(APPLY_PAGE).collect(),
+                ));
+            }
+            msgs
         })
         .await?;
         if !read {

@@ -627,10 +627,6 @@ impl RedbStore {
         r
     }
 
-    fn try_write(&mut self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
-        self.try_write_as(redb::Durability::Immediate, f)
-    }
-
     fn try_write_as(
         &mut self,
         durability: redb::Durability,
