@@ -1081,9 +1081,15 @@ fn a_host_joining_a_large_fleet_enforces_it_all() {
     joined(&[&b]);
     let c = cluster(&b);
     assert_eq!(kernel_hosts(&b), u64::from(N), "{c}");
-    assert!(c["skipped"].as_u64().unwrap() >= 2, "hostile records not skipped: {c}");
+    assert!(
+        c["skipped"].as_u64().unwrap() >= 2,
+        "hostile records not skipped: {c}"
+    );
     let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
-    assert!(tcp(o4, os4), "a hostile record bans nothing; other clients pass");
+    assert!(
+        tcp(o4, os4),
+        "a hostile record bans nothing; other clients pass"
+    );
     assert!(!tcp(c4, s4), "the fleet's ban on the client is enforced");
     assert_eq!(banned_from(&b, c4).as_deref(), Some("host-a"));
     // Applied in pages: the log says so.

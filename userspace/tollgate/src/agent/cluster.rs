@@ -81,6 +81,9 @@ impl Link {
         let Some(rx) = self.inbound.as_mut() else {
             return;
         };
+        // The state knows which host it is (its own decisions in etcd's
+        // records are told apart by it) before anything is applied.
+        state.set_cluster(Arc::clone(&self.status));
         let t = std::time::Instant::now();
         let mut pages = 0u32;
         while state.datapath_mut().programs_loading() {
