@@ -1096,3 +1096,95 @@ fn a_ban_made_the_same_second_after_an_unban_elsewhere_is_enforced_everywhere() 
     until_listed(&a, c4, false, Duration::from_secs(5)).expect("A kept the lifted ban");
     assert!(tcp(c4, s4), "B passes the client again");
 }
+
+/// IPv4 host bans in `agent`'s kernel map.
+fn kernel_hosts(agent: &Agent) -> u64 {
+    agent.json(&["status"])["maps"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
+                .and_then(|x| x["entries"].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+/// A host joining a fleet that holds more records than one page of the
+/// full read (the read is applied page by page, some of it while the
+/// kernel still verifies the programs) ends up enforcing every one, the
+/// fleet's unbans (tombstones read before the records) lift nothing it
+/// should hold, and hostile records among the pages are skipped.
+#[test]
+fn a_host_joining_a_large_fleet_enforces_it_all() {
+    const N: u32 = 45_000;
+    let etcd = Etcd::start();
+    let fleet = format!("j{}", std::process::id());
+    let lb = Lab::new();
+    let server = Server::start(&[lb.v4(0, 1), lb.v4(1, 1)]);
+    let prefix = format!("/tollgate/{fleet}/bans/");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let record = |cidr: &str| {
+        serde_json::json!({
+            "cidr": cidr, "kind": "policy", "reason": "sqli", "origin": "agent",
+            "created_at": now, "expires_at": now + 3600, "offences": 1, "host": "host-a",
+        })
+        .to_string()
+        .into_bytes()
+    };
+    // Bulk records in 198.19.0.0/16 (no lab uses it), then the lab's client.
+    let (c4, s4, o4, os4) = (lb.v4(0, 2), lb.v4(0, 1), lb.v4(1, 2), lb.v4(1, 1));
+    let mut kvs: Vec<(String, Vec<u8>)> = (0..N - 1)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0xc613_0000 + i);
+            (format!("{prefix}{ip}/32"), record(&format!("{ip}/32")))
+        })
+        .collect();
+    kvs.push((format!("{prefix}{c4}/32"), record(&format!("{c4}/32"))));
+    assert!(etcd.put_many(&kvs), "etcd refused the fleet's records");
+    // Hostile records between the good ones (in the second page), and an
+    // operator's unban of the other client (it holds no ban: nothing to lift).
+    let wide = r#"{"cidr":"0.0.0.0/0","kind":"manual","reason":"x","origin":"cli","created_at":1,"expires_at":null,"offences":1,"host":"evil"}"#;
+    assert!(etcd.put_raw(&format!("{prefix}0.0.0.0/0"), wide.as_bytes()));
+    assert!(etcd.put_raw(&format!("{prefix}198.19.100.1/31"), b"{not json"));
+    let tomb = serde_json::json!({"cidr": format!("{o4}/32"), "lifted_at": now, "host": "host-a"});
+    assert!(etcd.put_raw(
+        &format!("{prefix}lifted/{o4}/32"),
+        tomb.to_string().as_bytes()
+    ));
+
+    let t0 = Instant::now();
+    let b = member(&lb, &etcd.url(), &fleet, "host-b", &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || kernel_hosts(&b) >= u64::from(N)),
+        "the joining host never enforced the whole fleet ({} of {N}): {}",
+        kernel_hosts(&b),
+        b.log_text()
+    );
+    println!(
+        "fleet: a host joining a fleet of {N} bans enforced them all {:?} after its start",
+        t0.elapsed()
+    );
+    joined(&[&b]);
+    let c = cluster(&b);
+    assert_eq!(kernel_hosts(&b), u64::from(N), "{c}");
+    assert!(
+        c["skipped"].as_u64().unwrap() >= 2,
+        "hostile records not skipped: {c}"
+    );
+    let tcp = |src: IpAddr, dst: IpAddr| lb.tcp_ok(src, dst, server.port, EXCHANGE_TIMEOUT);
+    assert!(
+        tcp(o4, os4),
+        "a hostile record bans nothing; other clients pass"
+    );
+    assert!(!tcp(c4, s4), "the fleet's ban on the client is enforced");
+    assert_eq!(banned_from(&b, c4).as_deref(), Some("host-a"));
+    // Applied in pages: the log says so.
+    assert!(
+        b.log_text().contains("fleet set reconciled"),
+        "{}",
+        b.log_text()
+    );
+}

@@ -166,21 +166,32 @@ pub const FLEET_ALLOW: &str = "fleet:";
 /// A change read from the fleet, checked, for the agent to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
-    /// The whole shared set at a revision (start, reconnect, lost watch).
-    /// Everything this host queued before it is in it, except what is still
-    /// in the outbox and what the per-minute cap kept here (`capped`).
-    Snapshot {
-        /// Every valid record.
-        records: Vec<BanRecord>,
+    /// A full read of the shared set at a revision begins (start,
+    /// reconnect, lost watch); its records follow in [`Inbound::SnapshotPage`]s
+    /// and [`Inbound::SnapshotEnd`] closes it. Everything this host queued
+    /// before it is in it, except what is still in the outbox and what the
+    /// per-minute cap kept here (`capped`).
+    SnapshotStart {
         /// The operators' unbans etcd remembers ([`Lifted`]): prefix and
-        /// the last Unix millisecond each lifts ([`Lifted::bound_ms`]).
-        /// Only these lift this host's own decisions that etcd lacks (made
-        /// at or before then); the others are published again.
+        /// the last Unix millisecond each lifts ([`Lifted::bound_ms`]), read
+        /// before the records. Only these lift this host's own decisions
+        /// that etcd lacks (made at or before then); the others are
+        /// published again.
         lifted: Vec<(IpNet, u64)>,
-        /// Prefixes whose record says nothing of this host's decisions:
-        /// kept local (the per-minute cap, a prefix too wide to share) or
-        /// unreadable in etcd (skipped). Its own decisions on them stay.
+        /// Prefixes the per-minute cap (or a prefix too wide to share) kept
+        /// local: this host's own decisions on them stay.
         capped: Vec<IpNet>,
+    },
+    /// Valid records of the full read, one page of it, applied as they
+    /// come: each is laid over what this host holds (nothing is lifted for
+    /// being absent before [`Inbound::SnapshotEnd`]).
+    SnapshotPage(Vec<BanRecord>),
+    /// The full read is complete: what this host held that it did not
+    /// bring is settled now.
+    SnapshotEnd {
+        /// Prefixes whose record was unreadable in etcd (skipped) or past
+        /// the read's cap: this host's own decisions on them stay.
+        unread: Vec<IpNet>,
     },
     /// Records written to the fleet (each with the decisions of every host
     /// on its prefix), in watch order with nothing else between them: a
@@ -436,6 +447,14 @@ impl Store for ClusterStore {
     }
     fn keep_bans(&mut self, records: &[BanRecord]) -> Result<(), StoreError> {
         self.inner.apply_bans(records, &[])
+    }
+    fn keep_fleet(
+        &mut self,
+        records: &[BanRecord],
+        offences: &[(IpNet, OffenceRecord)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        self.inner.keep_fleet(records, offences, durable)
     }
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()
@@ -1236,20 +1255,13 @@ async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Client> {
     Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
 }
 
-/// Records per page of the full read.
-const PAGE: i64 = 5000;
+/// Records per page of the full read (fewer pages: etcd 3.4 walks its index
+/// over every key left in the range for each page).
+const PAGE: i64 = 20_000;
 
-/// A full read of the ban prefix.
-struct Read {
-    /// The valid records.
-    records: Vec<BanRecord>,
-    /// Prefixes whose record was skipped.
-    unread: Vec<IpNet>,
-    /// The tombstones: prefix, last Unix millisecond lifted.
-    lifted: Vec<(IpNet, u64)>,
-    /// The revision read at.
-    revision: i64,
-}
+/// Records per [`Inbound::SnapshotPage`] (what the applier takes under one
+/// lock).
+const APPLY_PAGE: usize = 5000;
 
 /// Most records a full read takes (twice the million bans an agent is
 /// built to hold): what a hostile or runaway writer adds past it is
@@ -1274,104 +1286,229 @@ fn under_cap(held: usize, cap: usize, what: &str, skipped: &mut u64) -> bool {
     false
 }
 
-/// Reads every record and tombstone under the prefix at one revision,
-/// page by page.
-async fn read_all(
-    client: &mut Client,
+/// The first key past every key that starts with `start`.
+fn range_end(start: &str) -> Vec<u8> {
+    let mut e = start.as_bytes().to_vec();
+    if let Some(last) = e.last_mut() {
+        *last += 1;
+    }
+    e
+}
+
+/// Where the time of a full read went (logged with "in sync").
+#[derive(Default)]
+struct ReadStats {
+    pages: u32,
+    keys: usize,
+    /// Waiting for etcd (what decoding the previous page did not hide).
+    etcd: Duration,
+    /// Checking and decoding what it sent.
+    decode: Duration,
+    /// Waiting for the applier to take a page (it applies the previous ones).
+    handoff: Duration,
+}
+
+/// Largest answer taken from etcd (a page of the full read).
+const MAX_PAGE_BYTES: usize = 64 << 20;
+
+/// A page too large for [`MAX_PAGE_BYTES`] (records of up to etcd's
+/// request size, 1.5 MiB by default, written by a hostile or buggy host):
+/// asked again in halves, down to one record, so the read goes through.
+fn page_too_big(e: &etcd_client::Error) -> bool {
+    let e = e.to_string();
+    ["message length too large", "larger than max"]
+        .iter()
+        .any(|m| e.contains(m))
+}
+
+/// Reads the keys in `[from, end)` at `revision`, page by page; the next
+/// page is asked for before this one is decoded (`decode`: what to hand to
+/// the agent, if anything). False when the agent is gone.
+async fn read_pages(
+    client: &Client,
+    (from, end): (Vec<u8>, Vec<u8>),
+    revision: i64,
+    inbound: &mpsc::Sender<Inbound>,
+    stats: &mut ReadStats,
+    mut decode: impl FnMut(&[etcd_client::KeyValue]) -> Vec<Inbound>,
+) -> anyhow::Result<bool> {
+    let kv = client.kv_client().max_decoding_message_size(MAX_PAGE_BYTES);
+    let get = |from: Vec<u8>, limit: i64| {
+        let mut kv = kv.clone();
+        let o = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(limit)
+            .with_revision(revision);
+        let asked = from.clone();
+        (
+            asked,
+            tokio::spawn(async move { kv.get(from, Some(o)).await }),
+        )
+    };
+    let mut limit = PAGE;
+    let mut next = Some(get(from, limit));
+    while let Some((asked, fetch)) = next.take() {
+        let t = std::time::Instant::now();
+        let resp = match fetch.await? {
+            Ok(r) => r,
+            Err(e) if limit > 1 && page_too_big(&e) => {
+                limit = (limit / 2).max(1);
+                warn!(
+                    limit,
+                    "a page of the fleet's records is too large; reading smaller ones"
+                );
+                next = Some(get(asked, limit));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stats.etcd += t.elapsed();
+        if resp.more()
+            && let Some(kv) = resp.kvs().last()
+        {
+            let mut k = kv.key().to_vec();
+            k.push(0);
+            next = Some(get(k, limit));
+        }
+        let t = std::time::Instant::now();
+        let msgs = decode(resp.kvs());
+        stats.decode += t.elapsed();
+        stats.pages += 1;
+        stats.keys += resp.kvs().len();
+        for m in msgs {
+            let t = std::time::Instant::now();
+            if inbound.send(m).await.is_err() {
+                if let Some((_, n)) = next {
+                    n.abort();
+                }
+                return Ok(false);
+            }
+            stats.handoff += t.elapsed();
+        }
+    }
+    Ok(true)
+}
+
+/// Reads every record and tombstone under the ban prefix at `revision`
+/// and hands them to the agent as they come: the tombstones first (with
+/// [`Inbound::SnapshotStart`]: a page of records is settled against them),
+/// then the records page by page. Returns the prefixes whose record was
+/// skipped, for [`Inbound::SnapshotEnd`]; `None` when the agent is gone.
+async fn read_bans(
+    client: &Client,
     cfg: &ClusterConfig,
     status: &SharedStatus,
-) -> anyhow::Result<Read> {
+    revision: i64,
+    capped: Vec<IpNet>,
+    inbound: &mpsc::Sender<Inbound>,
+    stats: &mut ReadStats,
+) -> anyhow::Result<Option<Vec<IpNet>>> {
     let prefix = cfg.ban_prefix();
-    let end = {
-        let mut e = prefix.clone().into_bytes();
-        if let Some(last) = e.last_mut() {
-            *last += 1;
-        }
-        e
-    };
-    let mut from = prefix.clone().into_bytes();
-    let mut revision = 0;
-    let mut out = Vec::new();
-    let mut unread = Vec::new();
-    let mut lifted = Vec::new();
+    let tombs = format!("{prefix}{LIFTED}");
     let now = clock::unix_now();
     let mut skipped = 0;
     // (records, tombstones) past the caps.
     let mut over = (0, 0);
-    loop {
-        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if revision > 0 {
-            o = o.with_revision(revision);
-        }
-        let resp = client.get(from.clone(), Some(o)).await?;
-        if revision == 0 {
-            revision = resp.header().map_or(0, |h| h.revision());
-        }
-        for kv in resp.kvs() {
+    let mut lifted = Vec::new();
+    let tomb_range = (tombs.clone().into_bytes(), range_end(&tombs));
+    let read = read_pages(client, tomb_range, revision, inbound, stats, |kvs| {
+        for kv in kvs {
             match decode_entry(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
-                Ok(Entry::Record(Some(r))) => {
-                    if under_cap(out.len(), MAX_RECORDS, "records", &mut over.0) {
-                        out.push(r);
-                    } else {
-                        unread.push(r.cidr);
-                    }
-                }
-                Ok(Entry::Record(None)) => {}
                 Ok(Entry::Lifted(l)) => {
                     if under_cap(lifted.len(), MAX_TOMBSTONES, "tombstones", &mut over.1) {
                         lifted.push((l.cidr, l.bound_ms()));
                     }
                 }
+                // Not under `lifted/`.
+                Ok(Entry::Record(_)) => {}
                 Err(e) => {
                     warn!("skipped a fleet record: {e}");
                     skipped += 1;
-                    // The prefix as its key names it: this host's own
-                    // decisions on it are not taken as lifted.
-                    if let Some((c, false)) = key_cidr(&prefix, kv.key()) {
-                        unread.push(c);
-                    }
                 }
             }
         }
-        match resp.kvs().last() {
-            Some(kv) if resp.more() => {
-                from = kv.key().to_vec();
-                from.push(0);
+        Vec::new()
+    })
+    .await?;
+    if !read
+        || inbound
+            .send(Inbound::SnapshotStart { lifted, capped })
+            .await
+            .is_err()
+    {
+        return Ok(None);
+    }
+    // The records: every key but the tombstones, on both sides of them.
+    let mut unread = Vec::new();
+    let mut taken = 0;
+    for range in [
+        (prefix.clone().into_bytes(), tombs.clone().into_bytes()),
+        (range_end(&tombs), range_end(&prefix)),
+    ] {
+        let read = read_pages(client, range, revision, inbound, stats, |kvs| {
+            let mut page = Vec::with_capacity(kvs.len());
+            for kv in kvs {
+                match decode(&prefix, kv.key(), kv.value(), now, cfg.max_remote_ttl) {
+                    Ok(Some(r)) => {
+                        if under_cap(taken, MAX_RECORDS, "records", &mut over.0) {
+                            taken += 1;
+                            page.push(r);
+                        } else {
+                            unread.push(r.cidr);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!("skipped a fleet record: {e}");
+                        skipped += 1;
+                        // The prefix as its key names it: this host's own
+                        // decisions on it are not taken as lifted.
+                        if let Some((c, false)) = key_cidr(&prefix, kv.key()) {
+                            unread.push(c);
+                        }
+                    }
+                }
             }
-            _ => break,
+            // Applied in pieces: the lock is let go between them.
+            let mut msgs = Vec::new();
+            let mut page = page.into_iter().peekable();
+            while page.peek().is_some() {
+                msgs.push(Inbound::SnapshotPage(
+                    page.by_ref().take(APPLY_PAGE).collect(),
+                ));
+            }
+            msgs
+        })
+        .await?;
+        if !read {
+            return Ok(None);
         }
     }
     with_status(status, |s| s.view.skipped += skipped + over.0 + over.1);
-    Ok(Read {
-        records: out,
-        unread,
-        lifted,
-        revision,
-    })
+    Ok(Some(unread))
 }
 
 /// Most fleet allow entries read.
 const MAX_ALLOWS: i64 = 100_000;
 
-/// The fleet's allowlist at `revision`.
+/// The fleet's allowlist, now, and the revision it was read at (the one
+/// the full read of the bans then takes).
 async fn read_allows(
     client: &mut Client,
     cfg: &ClusterConfig,
     status: &SharedStatus,
-    revision: i64,
-) -> anyhow::Result<Vec<AllowRecord>> {
+) -> anyhow::Result<(Vec<AllowRecord>, i64)> {
     let prefix = cfg.allow_prefix();
     let resp = client
         .get(
             prefix.clone(),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_limit(MAX_ALLOWS)
-                    .with_revision(revision),
-            ),
+            Some(GetOptions::new().with_prefix().with_limit(MAX_ALLOWS)),
         )
         .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    // Every page of the full read is taken at this revision: 0 would read
+    // each at whatever etcd holds then.
+    anyhow::ensure!(revision > 0, "etcd answered without a revision");
     let mut out = Vec::new();
     for kv in resp.kvs() {
         match decode_allow(&prefix, kv.key(), kv.value()) {
@@ -1382,7 +1519,7 @@ async fn read_allows(
             }
         }
     }
-    Ok(out)
+    Ok((out, revision))
 }
 
 /// Keeps this host in the fleet until `outbox` closes: publishes local
@@ -1463,7 +1600,9 @@ async fn session(
     status: &SharedStatus,
     publisher: &mut Publisher,
 ) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
     let mut client = connect(cfg).await?;
+    let connect_ms = t.elapsed().as_millis();
     // What this host queued while cut off goes first, so that the read
     // below already holds it.
     while let Ok(c) = outbox.try_recv() {
@@ -1476,32 +1615,24 @@ async fn session(
         return Ok(());
     }
     let t = std::time::Instant::now();
-    let Read {
-        records,
-        unread,
-        lifted,
-        revision,
-    } = read_all(&mut client, cfg, status).await?;
-    let read_ms = t.elapsed().as_millis();
-    let allows = read_allows(&mut client, cfg, status, revision).await?;
-    let allow_prefix = cfg.allow_prefix();
-    let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
-    // The allowlist first: it wins over the bans that come with it.
+    // The allowlist first: it wins over the bans that come after it.
+    let (allows, revision) = read_allows(&mut client, cfg, status).await?;
     if inbound.send(Inbound::Allows(allows)).await.is_err() {
         return Ok(());
     }
+    let mut stats = ReadStats::default();
+    let capped = publisher.capped.iter().copied().collect();
+    let Some(unread) =
+        read_bans(&client, cfg, status, revision, capped, inbound, &mut stats).await?
+    else {
+        return Ok(());
+    };
+    let read_ms = t.elapsed().as_millis();
+    let allow_prefix = cfg.allow_prefix();
+    let mut allow_stream = watch_after(&mut client, &allow_prefix, revision).await?;
     let prefix = cfg.ban_prefix();
     let mut stream = watch_after(&mut client, &prefix, revision).await?;
-    let n = records.len();
-    if inbound
-        .send(Inbound::Snapshot {
-            records,
-            lifted,
-            capped: publisher.capped.iter().copied().chain(unread).collect(),
-        })
-        .await
-        .is_err()
-    {
+    if inbound.send(Inbound::SnapshotEnd { unread }).await.is_err() {
         return Ok(());
     }
     let now = clock::unix_now();
@@ -1512,7 +1643,19 @@ async fn session(
         s.view.resyncs += 1;
         s.view.last_error = None;
     });
-    info!(revision, records = n, read_ms, fleet = %cfg.fleet, host = %cfg.host_id, "in sync with the fleet");
+    info!(
+        revision,
+        keys = stats.keys,
+        pages = stats.pages,
+        read_ms,
+        etcd_ms = stats.etcd.as_millis(),
+        decode_ms = stats.decode.as_millis(),
+        handoff_ms = stats.handoff.as_millis(),
+        connect_ms,
+        fleet = %cfg.fleet,
+        host = %cfg.host_id,
+        "in sync with the fleet"
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut ticks = 0u32;
     loop {

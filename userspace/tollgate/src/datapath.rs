@@ -476,6 +476,13 @@ impl Datapath {
         Ok(dp)
     }
 
+    /// Whether the kernel is still verifying the programs (the maps are
+    /// usable meanwhile).
+    #[must_use]
+    pub fn programs_loading(&self) -> bool {
+        self.loading.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Waits until the kernel has verified and loaded the programs (at once
     /// after [`Self::load`]).
     ///

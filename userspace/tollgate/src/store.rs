@@ -304,6 +304,30 @@ pub trait Store: Send {
     fn keep_bans(&mut self, records: &[BanRecord]) -> Result<()> {
         self.put_bans(records)
     }
+    /// Records what the fleet sent ([`Self::keep_bans`]) with the offence
+    /// counts it raised, in one transaction. With `durable` false the
+    /// commit may wait for the next durable one (the pages of a full read
+    /// of the fleet, whose end commits durably: a crash before it loses
+    /// only what that read brought, which the next one brings again). The
+    /// default writes them durably in two.
+    ///
+    /// # Errors
+    /// When the write fails.
+    fn keep_fleet(
+        &mut self,
+        records: &[BanRecord],
+        offences: &[(IpNet, OffenceRecord)],
+        durable: bool,
+    ) -> Result<()> {
+        let _ = durable;
+        if !records.is_empty() {
+            self.keep_bans(records)?;
+        }
+        if !offences.is_empty() {
+            self.put_offences(offences)?;
+        }
+        Ok(())
+    }
     /// Every ban.
     ///
     /// # Errors
@@ -600,7 +624,17 @@ impl RedbStore {
         what: &'static str,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
     ) -> Result<()> {
-        let r = self.try_write(f);
+        self.write_as(what, redb::Durability::Immediate, f)
+    }
+
+    /// [`Self::write`] committed with `durability`.
+    fn write_as(
+        &mut self,
+        what: &'static str,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
+        let r = self.try_write_as(durability, f);
         match &r {
             Ok(()) => {
                 if let Some(was) = self.degraded.take() {
@@ -622,12 +656,17 @@ impl RedbStore {
         r
     }
 
-    fn try_write(&mut self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
+    fn try_write_as(
+        &mut self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
         if self.db.is_none() {
             self.db = Some(open_db(&self.path)?);
         }
         let db = self.db()?;
-        let w = db.begin_write().map_err(|e| io("write")(&e))?;
+        let mut w = db.begin_write().map_err(|e| io("write")(&e))?;
+        w.set_durability(durability);
         f(&w)?;
         w.commit().map_err(|e| io("commit")(&e))
     }
@@ -1094,6 +1133,35 @@ impl Store for RedbStore {
     fn offences(&self) -> Result<Vec<(IpNet, OffenceRecord)>> {
         self.read_all(OFFENCES)
     }
+
+    fn keep_fleet(
+        &mut self,
+        records: &[BanRecord],
+        offences: &[(IpNet, OffenceRecord)],
+        durable: bool,
+    ) -> Result<()> {
+        // Keys in order, as in `apply_bans_queued`.
+        let mut bans: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|r| (r.cidr.to_string(), encode_ban(r)))
+            .collect();
+        bans.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut counts = Vec::with_capacity(offences.len());
+        for (c, r) in offences {
+            let v = serde_json::to_vec(&(c, r)).map_err(|e| io("encode")(&e))?;
+            counts.push((c.to_string(), v));
+        }
+        counts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        self.write_as("fleet bans", durability, |w| {
+            insert_rows(w, BANS, &bans)?;
+            insert_rows(w, OFFENCES, &counts)
+        })
+    }
 }
 
 /// What the store's reader thread hands over (an owned [`BanStream`]).
@@ -1216,6 +1284,28 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn fleet_pages_kept_lazily_are_durable_after_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = OffenceRecord { count: 2, last: 1 };
+        let net: IpNet = "198.18.0.2/32".parse().unwrap();
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            s.keep_fleet(&[ban("198.18.0.1/32")], &[], false).unwrap();
+            s.keep_fleet(&[ban("198.18.0.2/32")], &[(net, count.clone())], false)
+                .unwrap();
+            // Read back at once, before any durable commit.
+            assert_eq!(s.bans().unwrap().len(), 2);
+            s.keep_fleet(&[], &[], true).unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.bans().unwrap(),
+            vec![ban("198.18.0.1/32"), ban("198.18.0.2/32")]
+        );
+        assert_eq!(s.offences().unwrap(), vec![(net, count)]);
     }
 
     #[test]

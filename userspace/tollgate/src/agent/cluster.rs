@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::state::AgentState;
+use super::state::{AgentState, Resync};
 use crate::proto::Response;
 use crate::{
     cluster::{ClusterConfig, ClusterStatus, Inbound, Queued, SharedStatus},
@@ -24,6 +24,8 @@ pub struct Link {
     tx: mpsc::UnboundedSender<Queued>,
     /// What the cluster task read, once it runs ([`Self::connect`]).
     inbound: Option<mpsc::Receiver<Inbound>>,
+    /// A full read whose pages [`Self::apply_while_loading`] began to apply.
+    resync: Option<Resync>,
 }
 
 impl Link {
@@ -48,6 +50,7 @@ impl Link {
             status,
             tx,
             inbound: None,
+            resync: None,
         }
     }
 
@@ -68,6 +71,39 @@ impl Link {
             Arc::clone(&self.status),
         ));
         self.inbound = Some(in_rx);
+    }
+
+    /// Applies what the cluster task has read while the kernel verifies the
+    /// programs (the maps take writes meanwhile, as for the stored bans): a
+    /// host joining a large fleet has most of its set enforced by the time
+    /// it attaches. The applier ([`Self::spawn`]) takes over from there.
+    pub async fn apply_while_loading(&mut self, state: &mut AgentState) {
+        let Some(rx) = self.inbound.as_mut() else {
+            return;
+        };
+        // The state knows which host it is (its own decisions in etcd's
+        // records are told apart by it) before anything is applied.
+        state.set_cluster(Arc::clone(&self.status));
+        let t = std::time::Instant::now();
+        let mut pages = 0u32;
+        while state.datapath_mut().programs_loading() {
+            // Short waits: the verifier's end is polled, not signalled.
+            let first = match tokio::time::timeout(POLL, rx.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
+            let batch = take_batch(first, rx);
+            pages += u32::from(matches!(batch.last(), Some(Inbound::SnapshotPage(_))));
+            apply(state, &mut self.resync, batch);
+        }
+        if pages > 0 {
+            info!(
+                pages,
+                ms = t.elapsed().as_millis(),
+                "fleet pages applied while the programs were verified"
+            );
+        }
     }
 
     /// `inner` with the fleet behind it.
@@ -106,63 +142,19 @@ impl Link {
             }
         });
         let state = Arc::clone(state);
+        // A full read under way: its pages are applied as they come.
+        let resync = Arc::new(Mutex::new(self.resync.take()));
         tokio::spawn(async move {
             while let Some(first) = in_rx.recv().await {
-                // Take what else is waiting under the same lock.
-                let mut batch = vec![first];
-                while batch.len() < 1024
-                    && let Ok(more) = in_rx.try_recv()
-                {
-                    batch.push(more);
-                }
-                let st = Arc::clone(&state);
+                let batch = take_batch(first, &mut in_rx);
+                let (st, resync) = (Arc::clone(&state), Arc::clone(&resync));
                 let applied = tokio::task::spawn_blocking(move || {
                     let Ok(mut st) = st.lock() else { return };
                     timing!("apply_locked");
-                    // Runs of bans go to the kernel and the store together.
-                    let mut puts = Vec::new();
-                    for change in batch {
-                        match change {
-                            Inbound::Puts(rs) => puts.extend(rs),
-                            Inbound::Snapshot {
-                                records,
-                                lifted,
-                                capped,
-                            } => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                let t = std::time::Instant::now();
-                                let n = records.len();
-                                st.cluster_snapshot(records, &lifted, &capped);
-                                info!(
-                                    records = n,
-                                    ms = t.elapsed().as_millis(),
-                                    "fleet set applied"
-                                );
-                            }
-                            Inbound::Gone(n) => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_gone(&n);
-                            }
-                            Inbound::Remove(l) => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_remove(&l);
-                            }
-                            Inbound::Acked(upto) => st.cluster_acked(upto),
-                            Inbound::Allows(list) => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_allows(list);
-                            }
-                            Inbound::Allow(a) => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_allow(a);
-                            }
-                            Inbound::Unallow(n) => {
-                                st.cluster_put_many(std::mem::take(&mut puts));
-                                st.cluster_unallow(&n);
-                            }
-                        }
-                    }
-                    st.cluster_put_many(puts);
+                    let Ok(mut resync) = resync.lock() else {
+                        return;
+                    };
+                    apply(&mut st, &mut resync, batch);
                 })
                 .await;
                 if let Err(e) = applied {
@@ -171,6 +163,78 @@ impl Link {
             }
         });
     }
+}
+
+/// How often [`Link::apply_while_loading`] looks whether the programs are in.
+const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// `first` and what else is waiting, to apply under one lock; a page of a
+/// full read ends it (the lock is let go between pages).
+fn take_batch(first: Inbound, rx: &mut mpsc::Receiver<Inbound>) -> Vec<Inbound> {
+    let mut batch = vec![first];
+    while batch.len() < 1024
+        && !matches!(batch.last(), Some(Inbound::SnapshotPage(_)))
+        && let Ok(more) = rx.try_recv()
+    {
+        batch.push(more);
+    }
+    batch
+}
+
+/// Applies what the cluster task read, in order.
+fn apply(st: &mut AgentState, resync: &mut Option<Resync>, batch: Vec<Inbound>) {
+    // Runs of bans go to the kernel and the store together.
+    let mut puts = Vec::new();
+    for change in batch {
+        match change {
+            Inbound::Puts(rs) => puts.extend(rs),
+            Inbound::SnapshotStart { lifted, capped } => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                // A read cut short before its end settled nothing: this one
+                // starts over.
+                *resync = Some(st.cluster_snapshot_start(&lifted, &capped));
+            }
+            Inbound::SnapshotPage(records) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                match resync.as_mut() {
+                    Some(rs) => {
+                        st.cluster_snapshot_page(rs, records);
+                    }
+                    None => {
+                        st.cluster_put_many(records);
+                    }
+                }
+            }
+            Inbound::SnapshotEnd { unread } => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                if let Some(rs) = resync.take() {
+                    st.cluster_snapshot_end(rs, &unread);
+                }
+            }
+            Inbound::Gone(n) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                st.cluster_gone(&n);
+            }
+            Inbound::Remove(l) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                st.cluster_remove(&l);
+            }
+            Inbound::Acked(upto) => st.cluster_acked(upto),
+            Inbound::Allows(list) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                st.cluster_allows(list);
+            }
+            Inbound::Allow(a) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                st.cluster_allow(a);
+            }
+            Inbound::Unallow(n) => {
+                st.cluster_put_many(std::mem::take(&mut puts));
+                st.cluster_unallow(&n);
+            }
+        }
+    }
+    st.cluster_put_many(puts);
 }
 
 /// `cluster status`: this host's link, then etcd asked (off the state lock).

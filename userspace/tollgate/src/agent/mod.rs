@@ -198,6 +198,9 @@ async fn start(opts: &AgentOptions) -> anyhow::Result<Running> {
     info!(since_start = ?t_start.elapsed(), cpu = ?process_cpu(), "maps ready");
 
     let mut state = restore(opts, dp, link.as_ref())?;
+    if let Some(l) = link.as_mut() {
+        l.apply_while_loading(&mut state).await;
+    }
     state
         .datapath_mut()
         .wait_programs()

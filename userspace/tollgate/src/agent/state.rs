@@ -10,6 +10,7 @@ use tollgate_common::{AllowEntry, BanReason, BlockEntry, Mode, Verdict, maps};
 use tracing::{debug, error, info, warn};
 
 mod cluster;
+pub use cluster::Resync;
 pub(super) mod crowdsec;
 mod index;
 mod ops;

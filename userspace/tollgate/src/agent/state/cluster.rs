@@ -165,7 +165,26 @@ impl<M: Maps> AgentState<M> {
     /// Makes the records for these prefixes what they are paired with
     /// (`None`: lifted), kernel first. Returns (kernel entries written,
     /// prefixes lifted).
-    fn settle(&mut self, mut records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+    fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
+        self.settle_timed(records, None, false)
+    }
+
+    /// [`Self::settle`], adding where the time went to `spent`; `lazy`: the
+    /// store's commit may wait for the next durable one (see
+    /// [`crate::store::Store::keep_fleet`]).
+    fn settle_timed(
+        &mut self,
+        mut records: Vec<(IpNet, Option<BanRecord>)>,
+        mut spent: Option<&mut ApplyTimes>,
+        lazy: bool,
+    ) -> (usize, usize) {
+        let mut t = std::time::Instant::now();
+        let mut lap = |f: fn(&mut ApplyTimes) -> &mut std::time::Duration| {
+            if let Some(s) = spent.as_deref_mut() {
+                *f(s) += t.elapsed();
+            }
+            t = std::time::Instant::now();
+        };
         let refused = self.screen(&mut records);
         if refused > 0 {
             self.cluster_count(|s| s.view.refused += refused);
@@ -196,6 +215,7 @@ impl<M: Maps> AgentState<M> {
                 }
             }
         }
+        lap(|s| &mut s.merge);
         let mut n = 0;
         if !take.is_empty() {
             // Kernel first, as for the agent's own bans: the next packet
@@ -220,10 +240,24 @@ impl<M: Maps> AgentState<M> {
                 take.clear();
             }
         }
+        lap(|s| &mut s.kernel);
         if !take.is_empty() {
-            // Kept here, never shared back.
+            // Offences count fleet-wide: this host's next ban of the client
+            // (after this one ends) takes the next TTL step, also after a
+            // restart (recorded with this host's own history).
+            let mut raised = Vec::new();
+            for r in &take {
+                let h = self.rate.history.entry(r.cidr).or_default();
+                if r.offences > h.count {
+                    h.count = r.offences;
+                    h.last = h.last.max(r.created_at);
+                    raised.push((r.cidr, h.clone()));
+                }
+            }
+            // Kept here, never shared back: the bans and the counts in one
+            // transaction (a page of a full read commits with its end).
             if let Some(s) = self.store.as_mut()
-                && let Err(e) = s.keep_bans(&take)
+                && let Err(e) = s.keep_fleet(&take, &raised, !lazy)
             {
                 warn!(
                     count = take.len(),
@@ -231,31 +265,14 @@ impl<M: Maps> AgentState<M> {
                 );
             }
             timing!("fleet_stored", n = take.len());
-            let mut raised = Vec::new();
+            lap(|s| &mut s.store);
             for r in take {
                 if !self.bans.contains_key(&r.cidr) {
                     self.counters.ban_issued(r.kind.name(), 1);
                 }
-                // Offences count fleet-wide: this host's next ban of the
-                // client (after this one ends) takes the next TTL step, also
-                // after a restart (recorded with this host's own history).
-                let h = self.rate.history.entry(r.cidr).or_default();
-                if r.offences > h.count {
-                    h.count = r.offences;
-                    h.last = h.last.max(r.created_at);
-                    raised.push((r.cidr, h.clone()));
-                }
                 self.index(r);
             }
-            if !raised.is_empty()
-                && let Some(s) = self.store.as_mut()
-                && let Err(e) = s.put_offences(&raised)
-            {
-                warn!(
-                    count = raised.len(),
-                    "the fleet's offence counts not recorded durably: {e}"
-                );
-            }
+            lap(|s| &mut s.index);
         }
         let mut lifted = Vec::with_capacity(lift.len());
         for net in lift {
@@ -517,87 +534,230 @@ impl<M: Maps> AgentState<M> {
         self.cluster_count(|s| s.view.republished += n);
     }
 
-    /// Makes this host agree with the fleet's whole set: every record is
-    /// laid over what this host holds; the other hosts' bans the set no
-    /// longer holds are lifted. This host's own decisions stay where etcd
-    /// holds them; one etcd lacks is lifted when a tombstone (`lifted`: an
-    /// operator's unban) at least as recent says so (an unban
-    /// elsewhere while this host was down or cut off; `lifted` holds the last
-    /// Unix millisecond each lifts), also when it is still
-    /// in the outbox (then withdrawn from it) or kept local; otherwise it
-    /// stays where it is still in the outbox or kept local (`capped`: the
-    /// per-minute cap, too wide to share, its record unreadable), and is
-    /// published again (etcd lost it: a wipe, a key deleted by hand, a restore from
-    /// an old snapshot). Returns (applied, lifted).
+    /// Makes this host agree with the fleet's whole set at once (a full
+    /// read in one page): [`Self::cluster_snapshot_start`], one page,
+    /// [`Self::cluster_snapshot_end`]. Returns (applied, lifted).
+    #[cfg(test)]
     pub fn cluster_snapshot(
         &mut self,
         records: Vec<BanRecord>,
         lifted: &[(IpNet, u64)],
         capped: &[IpNet],
     ) -> (usize, usize) {
-        let me = self.fleet_host();
-        let queued = self.in_flight();
-        let mut keep = queued.clone();
-        keep.extend(capped.iter().copied());
-        let tombs: HashMap<IpNet, u64> = lifted.iter().copied().collect();
-        let mut present: HashMap<IpNet, BanRecord> =
-            records.into_iter().map(|r| (r.cidr, r)).collect();
+        let mut rs = self.cluster_snapshot_start(lifted, capped);
+        self.cluster_snapshot_page(&mut rs, records);
+        self.cluster_snapshot_end(rs, &[])
+    }
+
+    /// A full read of the fleet's set begins: what settles its pages (the
+    /// tombstones, read before the records), and the prefixes held now,
+    /// which the read must bring or see settled at its end.
+    #[must_use]
+    pub fn cluster_snapshot_start(&self, lifted: &[(IpNet, u64)], capped: &[IpNet]) -> Resync {
+        Resync {
+            me: self.fleet_host(),
+            queued: self.in_flight(),
+            capped: capped.iter().copied().collect(),
+            tombs: lifted.iter().copied().collect(),
+            unseen: self.bans.keys().collect(),
+            again: Vec::new(),
+            applied: 0,
+            pages: 0,
+            spent: ApplyTimes::default(),
+        }
+    }
+
+    /// One page of a full read: every record is laid over what this host
+    /// holds, as [`Self::cluster_snapshot_end`] describes, except that
+    /// nothing is lifted for being absent (that waits for the whole read)
+    /// and this host's own decisions etcd lacks are published again only
+    /// at the end. Returns how many changed the kernel.
+    pub fn cluster_snapshot_page(&mut self, rs: &mut Resync, records: Vec<BanRecord>) -> usize {
+        let t = std::time::Instant::now();
+        let me = rs.me.clone();
         // This host's own decision as etcd has it (origin as shared, the
         // same creation time).
-        let in_etcd = |new: Option<&BanRecord>, d: &Decision| {
-            new.is_some_and(|n| {
-                n.any_decision(|e| {
-                    e.host.as_deref() == Some(me.as_str())
-                        && e.created_at == d.created_at
-                        && e.origin == crate::cluster::shared_origin(&d.origin)
-                })
+        let in_etcd = |new: &BanRecord, d: &Decision| {
+            new.any_decision(|e| {
+                e.host.as_deref() == Some(me.as_str())
+                    && e.created_at == d.created_at
+                    && e.origin == crate::cluster::shared_origin(&d.origin)
             })
         };
-        let lifted_after =
-            |cidr: &IpNet, d: &Decision| tombs.get(cidr).is_some_and(|t| *t >= d.created_ms());
-        let mut out = Vec::new();
-        let mut again = Vec::new();
+        let mut out = Vec::with_capacity(records.len());
         let mut withdraw = Vec::new();
-        for old in self.bans.values() {
-            let cidr = old.cidr;
-            let new = present.remove(&cidr);
-            let held = keep.contains(&cidr);
+        for new in records {
+            let cidr = new.cidr;
+            rs.unseen.remove(&cidr);
+            // New to this host: as any fleet record (allowlist checked in
+            // `settle`).
+            let Some(old) = self.bans.get(&cidr) else {
+                out.push((cidr, merge(None, Some(&new), &me, |_| true)));
+                continue;
+            };
+            let held = rs.held(&cidr);
             let (mut lost, mut dropped) = (false, false);
             // In etcd it was written after any tombstone (the unban deletes
             // the key in the same transaction); held back here (queued, cut
             // off from etcd) it may be older than the unban, which wins.
-            let merged = merge(Some(&old), new.as_ref(), &me, |d| {
-                if in_etcd(new.as_ref(), d) {
+            let merged = merge(Some(&old), Some(&new), &me, |d| {
+                if in_etcd(&new, d) {
                     return true;
                 }
-                if lifted_after(&cidr, d) {
+                if rs.lifted_after(&cidr, d) {
                     dropped = true;
                     return false;
                 }
                 lost |= !held;
                 true
             });
-            if dropped && queued.contains(&cidr) {
+            if dropped && rs.queued.contains(&cidr) {
                 withdraw.push((cidr, merged.clone()));
             }
-            if lost && let Some(m) = &merged {
-                again.push(m.clone());
+            if lost && merged.is_some() {
+                rs.again.push(cidr);
             }
             if merged.as_ref() != Some(&old) {
                 out.push((cidr, merged));
             }
         }
-        // New to this host: as any fleet record (allowlist checked).
-        let fresh: Vec<BanRecord> = present.into_values().collect();
         for (cidr, rest) in withdraw {
             self.withdraw_queued(cidr, rest.as_ref());
         }
-        let (mut applied, lifted) = self.settle(out);
-        applied += self.cluster_put_many(fresh);
+        rs.spent.merge += t.elapsed();
+        let applied = self.settle_timed(out, Some(&mut rs.spent), true).0;
+        rs.applied += applied;
+        rs.pages += 1;
+        applied
+    }
+
+    /// Makes this host agree with the fleet's whole set, once every page of
+    /// the full read is in: every record was laid over what this host
+    /// holds; the other hosts' bans the set no longer holds are lifted now.
+    /// This host's own decisions stay where etcd holds them; one etcd lacks
+    /// is lifted when a tombstone (an operator's unban, the last Unix
+    /// millisecond it lifts) at least as recent says so (an unban elsewhere while this host was down
+    /// or cut off), also when it is still in the outbox (then withdrawn
+    /// from it) or kept local; otherwise it stays where it is still in the
+    /// outbox or kept local (capped: the per-minute cap, too wide to share;
+    /// `unread`: its record unreadable), and is published again (etcd lost
+    /// it: a wipe, a key deleted by hand, a restore from an old snapshot).
+    /// Returns (applied, lifted) over the whole read.
+    pub fn cluster_snapshot_end(&mut self, mut rs: Resync, unread: &[IpNet]) -> (usize, usize) {
+        rs.capped.extend(unread.iter().copied());
+        let me = rs.me.clone();
+        let mut out = Vec::new();
+        let mut withdraw = Vec::new();
+        // Held when the read began and absent from it (a prefix that went
+        // meanwhile is skipped).
+        for cidr in std::mem::take(&mut rs.unseen) {
+            let Some(old) = self.bans.get(&cidr) else {
+                continue;
+            };
+            let held = rs.held(&cidr);
+            let (mut lost, mut dropped) = (false, false);
+            let merged = merge(Some(&old), None, &me, |d| {
+                if rs.lifted_after(&cidr, d) {
+                    dropped = true;
+                    return false;
+                }
+                lost |= !held;
+                true
+            });
+            if dropped && rs.queued.contains(&cidr) {
+                withdraw.push((cidr, merged.clone()));
+            }
+            if lost && merged.is_some() {
+                rs.again.push(cidr);
+            }
+            if merged.as_ref() != Some(&old) {
+                out.push((cidr, merged));
+            }
+        }
+        for (cidr, rest) in withdraw {
+            self.withdraw_queued(cidr, rest.as_ref());
+        }
+        let (applied, lifted) = self.settle(out);
+        // The pages' writes are made durable now (one empty durable commit
+        // carries them).
+        if rs.pages > 0
+            && let Some(s) = self.store.as_mut()
+            && let Err(e) = s.keep_fleet(&[], &[], true)
+        {
+            warn!("the fleet's bans not recorded durably: {e}");
+        }
+        // As held now (a local change may have come between two pages); a
+        // page could not know the read's unreadable prefixes yet.
+        let again: Vec<BanRecord> = std::mem::take(&mut rs.again)
+            .into_iter()
+            .filter(|c| !rs.capped.contains(c))
+            .filter_map(|c| self.bans.get(&c))
+            .collect();
         let republished = again.len();
         self.republish(again);
-        info!(applied, lifted, republished, "fleet set reconciled");
+        let applied = rs.applied + applied;
+        let s = &rs.spent;
+        info!(
+            applied,
+            lifted,
+            republished,
+            merge_ms = s.merge.as_millis(),
+            kernel_ms = s.kernel.as_millis(),
+            store_ms = s.store.as_millis(),
+            index_ms = s.index.as_millis(),
+            "fleet set reconciled"
+        );
         (applied, lifted)
+    }
+}
+
+/// Where applying a full read's pages spent its time (logged at its end).
+#[derive(Default, Debug)]
+pub struct ApplyTimes {
+    /// Laying records over what is held, checking them against the allowlist.
+    pub merge: std::time::Duration,
+    /// Writing the kernel maps.
+    pub kernel: std::time::Duration,
+    /// Recording the bans and the offence counts they raised in the local
+    /// store.
+    pub store: std::time::Duration,
+    /// The in-memory index.
+    pub index: std::time::Duration,
+}
+
+/// A full read of the fleet's set being applied page by page (see
+/// [`AgentState::cluster_snapshot_start`]).
+pub struct Resync {
+    me: String,
+    /// Prefixes with a change of this host's in the outbox when it began.
+    queued: HashSet<IpNet>,
+    /// Prefixes kept local (the cap, too wide) or unreadable in etcd.
+    capped: HashSet<IpNet>,
+    /// The operators' unbans etcd remembers: prefix, the last Unix
+    /// millisecond each lifts.
+    tombs: HashMap<IpNet, u64>,
+    /// Prefixes held when it began that no page has brought yet.
+    unseen: HashSet<IpNet>,
+    /// Prefixes with decisions of this host's that etcd lacks, published
+    /// again at the end.
+    again: Vec<IpNet>,
+    /// Kernel entries written so far.
+    applied: usize,
+    /// Pages applied so far.
+    pages: u32,
+    spent: ApplyTimes,
+}
+
+impl Resync {
+    /// Whether this host's own decisions on `cidr` are held back from etcd
+    /// (still queued, or kept local): etcd lacking them lost nothing.
+    fn held(&self, cidr: &IpNet) -> bool {
+        self.queued.contains(cidr) || self.capped.contains(cidr)
+    }
+
+    /// Whether an operator's unban at least as recent as `d` lifted it.
+    fn lifted_after(&self, cidr: &IpNet, d: &Decision) -> bool {
+        self.tombs.get(cidr).is_some_and(|t| *t >= d.created_ms())
     }
 }
 

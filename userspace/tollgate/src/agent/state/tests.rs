@@ -1980,3 +1980,112 @@ fn the_metrics_show_the_prefixes_holding_the_most_bans() {
         crate::metrics::TOP_PREFIXES
     );
 }
+
+/// A full read applied page by page: each page is enforced as it comes,
+/// nothing is lifted for being absent before the read's end, and what its
+/// end settles is what a read in one piece settles (a read cut short and
+/// started over settles nothing).
+#[test]
+fn a_full_read_in_pages_lifts_only_at_its_end() {
+    use crate::cluster::{Change, ClusterStatus, ClusterStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = crate::policy::ClusterSpec {
+        host_id: Some("host-b".into()),
+        ..crate::policy::ClusterSpec::default()
+    };
+    let status = std::sync::Arc::new(std::sync::Mutex::new(ClusterStatus {
+        cfg: Some(crate::cluster::ClusterConfig::from_spec(&spec, "x")),
+        ..ClusterStatus::default()
+    }));
+    let store: Box<dyn Store> = Box::new(ClusterStore::new(
+        Box::new(RedbStore::open(dir.path()).unwrap()),
+        tx,
+        status.clone(),
+    ));
+    let mut a = Agent::over(MemMaps::new(Mode::Enforce), Vec::new(), store, dir);
+    a.state.set_cluster(status.clone());
+    let mut sent = || {
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.push(c);
+        }
+        v
+    };
+    let now = clock::unix_now();
+    let remote = |cidr: &str| BanRecord {
+        cidr: net(cidr),
+        kind: BanReason::Policy,
+        reason: "sqli".into(),
+        origin: "agent".into(),
+        created_at: now,
+        created_at_ms: None,
+        expires_at: Some(now + 600),
+        offences: 1,
+        host: Some("host-a".into()),
+        also: Vec::new(),
+    };
+    // Held: a fleet ban, this host's own ban etcd had (acknowledged), one
+    // still queued, and one whose record turns out unreadable.
+    a.state.cluster_put_many(vec![remote("198.51.100.1")]);
+    a.ban("198.51.100.2", Some(600));
+    a.ban("198.51.100.4", Some(600));
+    a.state.cluster_acked(u64::MAX - 1);
+    a.ban("198.51.100.3", Some(600));
+    sent();
+
+    // A read cut short (the link lost after a page): its page is enforced,
+    // nothing it lacked is lifted.
+    let mut rs = a.state.cluster_snapshot_start(&[], &[]);
+    a.state
+        .cluster_snapshot_page(&mut rs, vec![remote("198.51.100.5")]);
+    assert!(a.kernel("198.51.100.5").is_some());
+    drop(rs);
+    assert!(a.kernel("198.51.100.1").is_some() && a.kernel("198.51.100.2").is_some());
+
+    // The next read, in two pages.
+    let mut rs = a.state.cluster_snapshot_start(&[], &[]);
+    assert_eq!(
+        a.state
+            .cluster_snapshot_page(&mut rs, vec![remote("198.51.100.6")]),
+        1
+    );
+    assert!(
+        a.kernel("198.51.100.6").is_some(),
+        "a page is enforced before the read ends"
+    );
+    assert!(
+        a.kernel("198.51.100.1").is_some() && a.kernel("198.51.100.5").is_some(),
+        "nothing is lifted for being absent before the read ends"
+    );
+    // A local unban between two pages: the end does not bring it back.
+    a.ok(Request::BlockRm {
+        cidr: "198.51.100.3".into(),
+        local: false,
+        exist: false,
+    });
+    sent();
+    a.state
+        .cluster_snapshot_page(&mut rs, vec![remote("198.51.100.7")]);
+    let (_, lifted) = a.state.cluster_snapshot_end(rs, &[net("198.51.100.4")]);
+    // The fleet's bans the read lacked are lifted now; this host's own
+    // that etcd lost is kept and shared again; its own whose record was
+    // unreadable is kept and not shared again.
+    assert_eq!(lifted, 2);
+    assert!(a.kernel("198.51.100.1").is_none() && a.kernel("198.51.100.5").is_none());
+    for kept in [
+        "198.51.100.2",
+        "198.51.100.4",
+        "198.51.100.6",
+        "198.51.100.7",
+    ] {
+        assert!(a.kernel(kept).is_some(), "{kept} lifted");
+    }
+    assert!(a.kernel("198.51.100.3").is_none());
+    let shared = sent();
+    assert!(
+        matches!(&shared[..], [(_, Change::Put(r))] if r.cidr == net("198.51.100.2")),
+        "only the ban etcd lost is shared again: {shared:?}"
+    );
+    assert_eq!(a.stored().len(), 4, "{:?}", a.stored());
+}
