@@ -100,7 +100,7 @@ impl std::hash::BuildHasher for OsSeeded {
 use ipnet::IpNet;
 
 /// Values by prefix: host addresses (`/32`, `/128`) and ranges kept apart.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct NetMap<V> {
     v4: HashMap<[u8; 4], V, Hasher>,
     v6: HashMap<[u8; 16], V, Hasher>,

@@ -90,11 +90,6 @@ pub trait Maps {
     /// # Errors
     /// When a map write fails.
     fn maintain(&mut self) -> Result<()>;
-    /// After bans were written from another thread (the restore's kernel
-    /// writer): moves what that thread allocated and keeps into memory of
-    /// the calling thread's (the writer's allocator arena is then free to
-    /// go back to the system).
-    fn settle(&mut self) {}
     /// Packets and bytes by verdict and reason.
     ///
     /// # Errors
@@ -187,9 +182,6 @@ impl Maps for Datapath {
     }
     fn maintain(&mut self) -> Result<()> {
         Datapath::maintain(self)
-    }
-    fn settle(&mut self) {
-        Datapath::settle(self);
     }
     fn counters(&self) -> Result<Vec<(Verdict, Reason, Counter)>> {
         Datapath::counters(self)

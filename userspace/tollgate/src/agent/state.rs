@@ -273,7 +273,7 @@ impl<M: Maps> AgentState<M> {
         // The writer holds the maps for the whole restore; without a
         // thread, this one writes each batch itself.
         let maps = std::sync::Mutex::new(maps);
-        let (read, written, writer_ran) = std::thread::scope(|scope| {
+        let (read, written) = std::thread::scope(|scope| {
             let shared = &maps;
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(IpNet, BlockEntry)>>(2);
             let writer = std::thread::Builder::new()
@@ -339,19 +339,14 @@ impl<M: Maps> AgentState<M> {
             };
             drop(restore);
             drop(tx);
-            let writer_ran = writer.is_some();
             let written = match writer {
                 Some(h) => h
                     .join()
                     .unwrap_or_else(|_| KernelWrites::failed("the kernel writer thread failed")),
                 None => inline_out,
             };
-            (read, written, writer_ran)
+            (read, written)
         });
-        drop(maps);
-        if writer_ran {
-            self.maps.settle();
-        }
         if let Err(e) = read {
             error!(
                 indexed = self.bans.len(),

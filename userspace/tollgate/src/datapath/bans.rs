@@ -241,16 +241,6 @@ impl Datapath {
         self.bans.keys()
     }
 
-    /// Copies the mirror of the kernel's bans into fresh memory of the
-    /// calling thread and frees the old. The restore writes bans from a
-    /// thread of its own, whose allocator arena the mirror then grows in:
-    /// left there (tens of MiB with a million bans) it kept the memory
-    /// freed around it from going back to the system (+17 MiB resident
-    /// after a start). A copy of plain keys, a few milliseconds.
-    pub fn settle(&mut self) {
-        self.bans = self.bans.clone();
-    }
-
     /// Number of bans held.
     #[must_use]
     pub fn block_count(&self) -> usize {
