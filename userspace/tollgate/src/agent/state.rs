@@ -337,7 +337,6 @@ impl<M: Maps> AgentState<M> {
                 Some(s) => s.ban_stream(RESTORE_BATCH, &mut restore),
                 None => Ok(()),
             };
-            drop(restore);
             drop(tx);
             let written = match writer {
                 Some(h) => h
