@@ -1369,3 +1369,37 @@ fn a_pinned_map_of_another_layout_is_replaced() {
     let f = Frame::new().ipv4(v4("198.18.7.8"), pkt::TCP, &pkt::tcp(b""));
     assert_eq!(run(&mut dp, &f), XDP_PASS);
 }
+
+/// A datapath dropped while the kernel still verifies its programs (a
+/// start that fails during the restore) waits for the verifier thread
+/// before its maps' descriptors close: the programs being loaded refer to
+/// the maps by descriptor number, and a number closed and reused meanwhile
+/// would hand the kernel another file or map.
+#[test]
+fn a_datapath_dropped_during_verification_outlives_its_verifier() {
+    require_root();
+    let dp = Datapath::load_background(None, Capacities::small()).unwrap();
+    // The thread records its id as it starts.
+    let mut tid = None;
+    for _ in 0..200 {
+        tid = dp.verifier_tid();
+        if tid.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let tid = tid.expect("the verifier thread started");
+    let task = format!("/proc/self/task/{tid}");
+    assert!(
+        std::path::Path::new(&task).exists(),
+        "verification ended before the drop; the test proves nothing"
+    );
+    drop(dp);
+    // The kernel reaps a joined thread's task within moments; a verifier
+    // still running takes hundreds of milliseconds more.
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        !std::path::Path::new(&task).exists()
+    });
+    assert!(gone, "the verifier thread outlived the datapath");
+}

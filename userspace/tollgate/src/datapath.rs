@@ -232,8 +232,11 @@ pub struct Datapath {
     /// The object with its programs; `None` while the kernel verifies them
     /// on another thread (see [`Self::load_background`]).
     ebpf: Option<Ebpf>,
-    /// The thread verifying the programs, until [`Self::wait_programs`].
+    /// The thread verifying the programs, until [`Self::wait_programs`];
+    /// joined on drop, before the maps' descriptors close.
     loading: Option<std::thread::JoinHandle<Result<Ebpf>>>,
+    /// That thread's kernel id, once it runs.
+    verifier_tid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     config_map: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
     block4: HashMap<MapData, [u8; 4], BlockEntry>,
@@ -420,9 +423,21 @@ impl Datapath {
             .get(&0, 0)
             .map_err(map_err("read", maps::CONFIG))?;
         // The jump tables stay in the object: the loader thread fills them.
+        // The maps taken out of it above stay open until that thread is
+        // done (`Drop` joins it): the programs refer to them by descriptor
+        // number, and a number closed and reused meanwhile would hand the
+        // verifier another file, or another map.
+        let verifier_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let tid = std::sync::Arc::clone(&verifier_tid);
         let loading = std::thread::Builder::new()
             .name("tg-verify".into())
-            .spawn(move || load_programs(ebpf))
+            .spawn(move || {
+                tid.store(
+                    nix::unistd::gettid().as_raw(),
+                    std::sync::atomic::Ordering::Release,
+                );
+                load_programs(ebpf)
+            })
             .map_err(|source| DatapathError::Program {
                 name: "(verifier thread)",
                 source: Box::new(ProgramError::IOError(source)),
@@ -431,6 +446,7 @@ impl Datapath {
         let mut dp = Self {
             ebpf: None,
             loading: Some(loading),
+            verifier_tid,
             config_map,
             counters,
             block4,
@@ -502,6 +518,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The kernel's id of the thread verifying the programs, while there is
+    /// one (tests check that nothing outlives the datapath).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn verifier_tid(&self) -> Option<i32> {
+        let tid = self.verifier_tid.load(std::sync::atomic::Ordering::Acquire);
+        (tid > 0).then_some(tid)
+    }
+
     /// The object, once its programs are loaded.
     fn obj(&mut self) -> Result<&mut Ebpf> {
         self.wait_programs()?;
@@ -510,7 +535,20 @@ impl Datapath {
             source: Box::new(ProgramError::NotLoaded),
         })
     }
+}
 
+impl Drop for Datapath {
+    /// A start that fails (or a datapath dropped) while the kernel still
+    /// verifies the programs waits for it: the fields, the map descriptors
+    /// the programs refer to among them, close only after this.
+    fn drop(&mut self) {
+        if let Some(h) = self.loading.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Datapath {
     /// Unlinks every pinned map whose type or key or value size is not what this
     /// build's object declares (a map of an older or newer version, or one
     /// planted under its name), so the load creates a fresh one. The agent

@@ -417,6 +417,27 @@ pub struct StatusView {
     /// Rate-limiter table fill (sources tracked).
     #[serde(default)]
     pub limiter: Option<MapFillView>,
+    /// What the restore of the stored bans at start could not do.
+    #[serde(default)]
+    pub restore: RestoreView,
+}
+
+/// `status --json`'s `restore`: what the start's restore left undone (all
+/// zero and null after a clean start).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RestoreView {
+    /// Stored ban rows that could not be decoded and were skipped.
+    pub skipped_rows: usize,
+    /// Why the read of the stored bans stopped early (the bans after that
+    /// point were not restored); null when it read them all.
+    pub read_error: Option<String>,
+    /// Stored bans the kernel does not hold: a map refused them (full?).
+    pub not_enforced: usize,
+    /// The kernel's first refusal.
+    pub kernel_error: Option<String>,
+    /// Kernel bans kept as they were, not adopted into the store, because
+    /// their stored rows were not read or could not be decoded.
+    pub kernel_only: usize,
 }
 
 /// A policy reload as `status` shows it.

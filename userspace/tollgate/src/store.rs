@@ -204,6 +204,17 @@ pub enum BanStream<'a> {
     Record(u32, BanRecord),
     /// Banned prefixes, each with the number of its record.
     Bans(&'a [(IpNet, u32)]),
+    /// A row that cannot be decoded, skipped: the rows after it are still
+    /// handed over. `net` is its key's prefix when the key is one (its
+    /// kernel entry, if any, is then not the store's to adopt).
+    Skipped {
+        /// The row's key as stored.
+        key: String,
+        /// The key as a prefix, when it parses.
+        net: Option<IpNet>,
+        /// Why it cannot be decoded.
+        error: String,
+    },
 }
 
 /// An allowlist entry as the agent records it.
@@ -586,6 +597,26 @@ fn open_db(path: &Path) -> Result<Database> {
 }
 
 impl RedbStore {
+    /// Writes a ban row as given, decodable or not (tests of damaged
+    /// stores).
+    #[cfg(test)]
+    pub(crate) fn put_raw_ban(&mut self, key: &str, value: &[u8]) {
+        self.write("raw row", |w| {
+            let mut t = w.open_table(BANS).map_err(|e| io("write")(&e))?;
+            t.insert(key, value).map_err(|e| io("write")(&e))?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// A ban row's stored bytes (tests of damaged stores).
+    #[cfg(test)]
+    pub(crate) fn raw_ban(&self, key: &str) -> Option<Vec<u8>> {
+        let r = self.db().ok()?.begin_read().ok()?;
+        let t = r.open_table(BANS).ok()?;
+        t.get(key).ok()?.map(|v| v.value().to_vec())
+    }
+
     /// File name inside the state directory.
     pub const FILE: &'static str = "state.redb";
 
@@ -997,6 +1028,9 @@ impl Store for RedbStore {
                             nets = b;
                             f(BanStream::Bans(&nets));
                         }
+                        Streamed::Skipped { key, net, error } => {
+                            f(BanStream::Skipped { key, net, error });
+                        }
                     }
                 }
                 drop(nets);
@@ -1168,6 +1202,11 @@ impl Store for RedbStore {
 enum Streamed {
     Record(u32, BanRecord),
     Bans(Vec<(IpNet, u32)>),
+    Skipped {
+        key: String,
+        net: Option<IpNet>,
+        error: String,
+    },
 }
 
 /// Reads every ban row, numbering distinct records, and sends them in
@@ -1184,8 +1223,8 @@ fn read_bans(
     const SHARED: u32 = 4096;
     let r = db.begin_read().map_err(|e| io("read")(&e))?;
     let t = r.open_table(BANS).map_err(|e| io("read")(&e))?;
-    // One lookup per row: foldhash (randomly seeded), not SipHash.
-    let mut seen: std::collections::HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
+    // One lookup per row: foldhash (seeded from the kernel), not SipHash.
+    let mut seen: std::collections::HashMap<Vec<u8>, u32, crate::netmap::OsSeeded> =
         std::collections::HashMap::default();
     let mut next = 0u32;
     let mut out: Vec<(IpNet, u32)> = Vec::with_capacity(batch.min(1 << 16));
@@ -1201,16 +1240,30 @@ fn read_bans(
         chunk.is_empty() || tx.send(std::mem::take(chunk)).is_ok()
     };
     for row in t.iter().map_err(|e| io("read")(&e))? {
+        // A row the database cannot read ends the stream (what follows is
+        // unknown); a row that reads but does not decode is skipped.
         let (k, v) = row.map_err(|e| io("read")(&e))?;
         let (key, val) = (k.value(), v.value());
-        if let Some(&id) = seen.get(val) {
-            let cidr = key.parse().map_err(|_| StoreError::Decode {
+        let skip = |chunk: &mut Vec<Streamed>, error: String| {
+            chunk.push(Streamed::Skipped {
                 key: key.to_owned(),
-                source: <serde_json::Error as serde::de::Error>::custom("the key is no prefix"),
-            })?;
-            out.push((cidr, id));
+                net: key.parse().ok(),
+                error,
+            });
+        };
+        if let Some(&id) = seen.get(val) {
+            match key.parse() {
+                Ok(cidr) => out.push((cidr, id)),
+                Err(_) => skip(&mut chunk, "the key is no prefix".into()),
+            }
         } else {
-            let rec = decode_ban(key, val)?;
+            let rec = match decode_ban(key, val) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    skip(&mut chunk, e.to_string());
+                    continue;
+                }
+            };
             if next == SHARED {
                 // Numbers are reused from here: hand over the bans naming
                 // the old ones first.
@@ -1229,7 +1282,8 @@ fn read_bans(
             out.push((rec.cidr, id));
             chunk.push(Streamed::Record(id, rec));
         }
-        if out.len() >= batch && !flush(&mut chunk, &mut out) {
+        // Skipped rows count too: a store of bad rows is not held whole.
+        if (out.len() >= batch || chunk.len() >= batch) && !flush(&mut chunk, &mut out) {
             return Ok(());
         }
     }
@@ -1551,6 +1605,65 @@ mod tests {
         many.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(decode_ban(&key, &many).is_err());
         assert!(decode_ban("not a prefix", &v).is_err());
+    }
+
+    /// One damaged row does not stop the restore: it is handed over as
+    /// skipped (with its key, as a prefix when it is one) and every other
+    /// ban still comes, records shared by several rows included.
+    #[test]
+    fn a_row_that_cannot_be_decoded_is_skipped_and_the_rest_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        let recs: Vec<BanRecord> = (1..=6u8)
+            .map(|i| BanRecord {
+                origin: "feed".into(),
+                ..ban(&format!("198.18.0.{i}/32"))
+            })
+            .collect();
+        s.apply_bans(&recs, &[]).unwrap();
+        // A truncated binary record, a JSON one that is no record, and a
+        // key that is no prefix.
+        s.put_raw_ban("198.18.0.2/32", &[BAN_V1, 0xff]);
+        s.put_raw_ban("198.18.0.4/32", b"{\"cidr\": 7}");
+        s.put_raw_ban("no prefix", &encode_ban(&recs[0]));
+        let mut got = Vec::new();
+        let mut skipped = Vec::new();
+        let mut records = std::collections::HashMap::new();
+        s.ban_stream(2, &mut |step| match step {
+            BanStream::Record(id, rec) => {
+                records.insert(id, rec);
+            }
+            BanStream::Bans(nets) => {
+                for (net, id) in nets {
+                    assert_eq!(records[id].origin, "feed");
+                    got.push(net.to_string());
+                }
+            }
+            BanStream::Skipped { key, net, error } => {
+                assert!(!error.is_empty());
+                skipped.push((key, net.map(|n| n.to_string())));
+            }
+        })
+        .unwrap();
+        got.sort();
+        skipped.sort();
+        assert_eq!(
+            got,
+            [
+                "198.18.0.1/32",
+                "198.18.0.3/32",
+                "198.18.0.5/32",
+                "198.18.0.6/32"
+            ]
+        );
+        assert_eq!(
+            skipped,
+            [
+                ("198.18.0.2/32".into(), Some("198.18.0.2/32".into())),
+                ("198.18.0.4/32".into(), Some("198.18.0.4/32".into())),
+                ("no prefix".into(), None),
+            ]
+        );
     }
 
     #[test]

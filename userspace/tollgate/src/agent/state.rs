@@ -84,6 +84,25 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) host_addrs: fn() -> Vec<std::net::IpAddr>,
     /// Sample records lost to a full ring buffer, lately.
     sample_loss: super::loss::LossWatch,
+    /// What the start's restore could not do (`status`, `/readyz`).
+    restore_report: RestoreReport,
+}
+
+/// What went wrong restoring the stored bans at start.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreReport {
+    /// Stored rows that could not be decoded (skipped; the rest restored).
+    pub skipped_rows: usize,
+    /// Why the store's read stopped before its end (the bans after that
+    /// point were not restored), if it did.
+    pub read_error: Option<String>,
+    /// Stored bans the kernel does not hold (a map write failed).
+    pub not_enforced: usize,
+    /// The first kernel write failure.
+    pub kernel_error: Option<String>,
+    /// Kernel bans left as they were, neither adopted nor lifted: their
+    /// stored rows were not read or could not be decoded.
+    pub kernel_only: usize,
 }
 
 /// A record of the restore stream: the record, its kernel entry (`None`:
@@ -156,6 +175,7 @@ impl<M: Maps> AgentState<M> {
             counters: crate::metrics::Counters::default(),
             cluster: None,
             sample_loss: super::loss::LossWatch::default(),
+            restore_report: RestoreReport::default(),
         }
     }
 
@@ -227,81 +247,141 @@ fn refuse(msg: impl Into<String>) -> Refused {
 impl<M: Maps> AgentState<M> {
     /// Reconciles the store with the kernel maps at start: every stored
     /// entry is (re)written to the kernel with its remaining TTL; kernel
-    /// entries the store does not know are adopted into it. Returns how many
-    /// entries were repaired each way.
-    pub fn reconcile(&mut self) -> (usize, usize) {
-        let mut to_kernel = 0;
+    /// entries the store does not know are adopted into it, but only after
+    /// a complete read (a kernel ban whose row was not read, or could not be
+    /// decoded, is left as it is: adopting it would overwrite its real
+    /// record). Returns how many entries were repaired each way; what went
+    /// wrong is kept for `status` and `/readyz` ([`RestoreReport`]).
+    pub fn reconcile(&mut self) -> (usize, usize)
+    where
+        M: Send,
+    {
         let mut to_store = 0;
         let now = clock::unix_now();
         let t0 = Instant::now();
-        // The store is streamed in batches, each indexed and written to the
-        // kernel before the next is read: a million stored bans are never
-        // held twice (records and index) at once. Bans sharing a record
-        // (an import) share its decoding, expiry check and kernel entry.
+        let mut report = RestoreReport::default();
+        // The store is streamed in batches: the store's thread reads and
+        // decodes, this one indexes, and a third writes each batch to the
+        // kernel (a million bans: about a second of syscalls, overlapped
+        // with the rest). A million stored bans are never held twice
+        // (records and index) at once. Bans sharing a record (an import)
+        // share its decoding, expiry check and kernel entry.
         let mut expired = Vec::new();
-        let mut t_kernel = std::time::Duration::ZERO;
-        let mut kernel_failed: Option<(usize, String)> = None;
-        let (maps, bans) = (&mut self.maps, &mut self.bans);
-        // By the stream's record number: the record, its kernel entry
-        // (`None`: expired) and its tail in the index.
-        let mut records: Vec<Option<RestoreSlot>> = Vec::new();
-        let mut put = Vec::with_capacity(RESTORE_BATCH);
-        let mut restore = |step: BanStream<'_>| match step {
-            BanStream::Record(id, rec) => {
-                let entry = rec
-                    .expires_at
-                    .is_none_or(|t| t > now)
-                    .then(|| kernel_entry(&rec));
-                let i = id as usize;
-                if records.len() <= i {
-                    records.resize_with(i + 1, || None);
+        // Prefixes of rows that could not be decoded: their kernel entries
+        // are not adopted (the store has a record for them, unreadable).
+        let mut unread: std::collections::HashSet<IpNet> = std::collections::HashSet::new();
+        let (maps, bans, store) = (&mut self.maps, &mut self.bans, self.store.as_ref());
+        // The writer holds the maps for the whole restore; without a
+        // thread, this one writes each batch itself.
+        let maps = std::sync::Mutex::new(maps);
+        let (read, written) = std::thread::scope(|scope| {
+            let shared = &maps;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(IpNet, BlockEntry)>>(2);
+            let writer = std::thread::Builder::new()
+                .name("tg-restore-kw".into())
+                .spawn_scoped(scope, move || match shared.lock() {
+                    Ok(mut m) => write_restored(&mut **m, &rx),
+                    Err(_) => KernelWrites::failed("the kernel maps' lock is poisoned"),
+                });
+            let writer = writer
+                .inspect_err(|e| warn!("restoring without a kernel writer thread: {e}"))
+                .ok();
+            // By the stream's record number: the record, its kernel entry
+            // (`None`: expired) and its tail in the index.
+            let mut records: Vec<Option<RestoreSlot>> = Vec::new();
+            let mut inline_out = KernelWrites::default();
+            let mut restore = |step: BanStream<'_>| match step {
+                BanStream::Record(id, rec) => {
+                    let entry = rec
+                        .expires_at
+                        .is_none_or(|t| t > now)
+                        .then(|| kernel_entry(&rec));
+                    let i = id as usize;
+                    if records.len() <= i {
+                        records.resize_with(i + 1, || None);
+                    }
+                    records[i] = Some((rec, entry, None));
                 }
-                records[i] = Some((rec, entry, None));
-            }
-            BanStream::Bans(nets) => {
-                put.clear();
-                for &(net, id) in nets {
-                    let Some(Some((rec, entry, hint))) = records.get_mut(id as usize) else {
-                        continue;
-                    };
-                    let Some(entry) = entry else {
-                        expired.push(net);
-                        continue;
-                    };
-                    if !maps.has_block(&net) {
+                BanStream::Bans(nets) => {
+                    let mut put = Vec::with_capacity(nets.len());
+                    for &(net, id) in nets {
+                        let Some(Some((rec, entry, hint))) = records.get_mut(id as usize) else {
+                            continue;
+                        };
+                        let Some(entry) = entry else {
+                            expired.push(net);
+                            continue;
+                        };
                         put.push((net, *entry));
+                        bans.insert_hinted(net, rec, hint);
                     }
-                    bans.insert_hinted(net, rec, hint);
-                }
-                to_kernel += put.len();
-                let t = Instant::now();
-                if let Err(e) = maps.insert_blocks(put.drain(..)) {
-                    match &mut kernel_failed {
-                        Some((batches, _)) => *batches += 1,
-                        None => kernel_failed = Some((1, format!("{e:#}"))),
+                    if writer.is_some() {
+                        // Fails only when the writer is gone (it panicked):
+                        // its join reports it.
+                        let _ = tx.send(put);
+                    } else if let Ok(mut m) = maps.lock() {
+                        inline_out.absorb(write_batch(&mut **m, put));
                     }
                 }
-                t_kernel += t.elapsed();
-            }
-        };
-        let read = match self.store.as_ref() {
-            Some(s) => s.ban_stream(RESTORE_BATCH, &mut restore),
-            None => Ok(()),
-        };
+                BanStream::Skipped { key, net, error } => {
+                    report.skipped_rows += 1;
+                    // The first few by name; the count says the rest.
+                    if report.skipped_rows <= 10 {
+                        error!(key, "a stored ban cannot be decoded; skipped: {error}");
+                    }
+                    if let Some(net) = net {
+                        unread.insert(net);
+                    }
+                }
+            };
+            let read = match store {
+                Some(s) => s.ban_stream(RESTORE_BATCH, &mut restore),
+                None => Ok(()),
+            };
+            drop(tx);
+            let written = match writer {
+                Some(h) => h
+                    .join()
+                    .unwrap_or_else(|_| KernelWrites::failed("the kernel writer thread failed")),
+                None => inline_out,
+            };
+            (read, written)
+        });
         if let Err(e) = read {
-            error!("cannot read bans from the state store: {e}; enforcing what the kernel holds");
-            self.store_error = Some(e.to_string());
+            error!(
+                indexed = self.bans.len(),
+                "cannot read bans from the state store: {e}; the restore stopped there \
+                 (bans the kernel holds are still enforced; none is adopted)"
+            );
+            self.store_error = Some(format!("restore stopped: {e}"));
+            report.read_error = Some(e.to_string());
         }
-        let failed = kernel_failed.is_some();
-        if let Some((batches, e)) = kernel_failed {
-            error!(batches, "failed to restore bans into the kernel: {e}");
+        if report.skipped_rows > 0 {
+            error!(
+                skipped = report.skipped_rows,
+                "stored bans that cannot be decoded were skipped (see `tollgate status`); \
+                 their kernel entries, if any, are left as they are"
+            );
+        }
+        let to_kernel = written.written;
+        let t_kernel = written.busy;
+        if let Some((batches, e)) = &written.error {
+            // Which bans the kernel lacks: those the datapath did not take.
+            report.not_enforced = self.bans.keys().filter(|n| !self.maps.has_block(n)).count();
+            report.kernel_error = Some(e.clone());
+            error!(
+                batches,
+                not_enforced = report.not_enforced,
+                "failed to restore bans into the kernel: {e}"
+            );
         }
         let t_restore = t0.elapsed();
         // Reading the kernel maps back (two syscalls per entry) is only
         // needed when they hold bans the store does not know. Every indexed
         // ban is in the kernel unless a write failed, so equal counts say
         // there is none without a lookup per ban.
-        let unknown = (failed || self.maps.block_nets().count() != self.bans.len())
+        let unknown = (report.not_enforced > 0
+            || self.maps.block_nets().count() != self.bans.len())
             && self.maps.block_nets().any(|n| !self.bans.contains_key(&n));
         let kernel = if unknown {
             self.maps.blocks().unwrap_or_else(|e| {
@@ -315,8 +395,14 @@ impl<M: Maps> AgentState<M> {
         // A ban the store knows as expired is lifted, not adopted, whatever
         // its kernel entry says.
         let stored_expired: std::collections::HashSet<IpNet> = expired.iter().copied().collect();
+        let complete = report.read_error.is_none();
         for (net, entry) in kernel {
             if self.bans.contains_key(&net) || stored_expired.contains(&net) {
+                continue;
+            }
+            if !complete || unread.contains(&net) {
+                // Its record may be in the rows not read: left as it is.
+                report.kernel_only += 1;
                 continue;
             }
             let rec = adopted_record(net, &entry, now);
@@ -327,6 +413,12 @@ impl<M: Maps> AgentState<M> {
             adopt.push(rec.clone());
             self.index(rec);
             to_store += 1;
+        }
+        if report.kernel_only > 0 {
+            warn!(
+                kernel_only = report.kernel_only,
+                "kernel bans whose stored rows were not read are left as they are (not adopted)"
+            );
         }
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.put_bans(&adopt) {
@@ -339,11 +431,15 @@ impl<M: Maps> AgentState<M> {
         for net in expired {
             let _ = self.maps.remove_block(net);
         }
+        self.restore_report = report;
+        let mut to_kernel = to_kernel;
         // Allow entries.
+        let mut allows_read = true;
         let stored_allows = match self.store.as_ref().map(|s| s.allows()) {
             Some(Ok(a)) => a,
             Some(Err(e)) => {
                 error!("cannot read allow entries from the state store: {e}");
+                allows_read = false;
                 Vec::new()
             }
             None => Vec::new(),
@@ -365,19 +461,23 @@ impl<M: Maps> AgentState<M> {
         let kernel_allows: Vec<IpNet> = self.maps.allow_nets().copied().collect();
         for net in kernel_allows {
             if !self.allows.contains_key(&net) {
+                // Its record may be among those not read: kept in memory
+                // for this run, not written over the stored one.
+                let write = allows_read;
                 let rec = AllowRecord {
                     cidr: net,
                     reason: "restored from kernel".into(),
                     origin: "kernel".into(),
                     created_at: now,
                 };
-                if let Some(s) = self.store.as_mut()
+                if write
+                    && let Some(s) = self.store.as_mut()
                     && let Err(e) = s.put_allow(&rec)
                 {
                     warn!("failed to record adopted allow entry: {e}");
                 }
                 self.allows.insert(net, rec);
-                to_store += 1;
+                to_store += usize::from(write);
             }
         }
         if let Err(e) = self.maps.maintain() {
@@ -440,6 +540,24 @@ impl<M: Maps> AgentState<M> {
             (None, None) => Some("not open".into()),
             (Some(s), None) => s.health(),
         }
+    }
+
+    /// Why the start's restore left stored bans unenforced or unread, if it
+    /// did (`/readyz` answers 503 with it).
+    #[must_use]
+    pub fn restore_problem(&self) -> Option<String> {
+        let r = &self.restore_report;
+        if r.not_enforced > 0 {
+            return Some(format!(
+                "{} stored bans are not enforced: the kernel refused them at start ({}); \
+                 see `tollgate status` (maps' fill and capacity)",
+                r.not_enforced,
+                r.kernel_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        r.read_error
+            .as_ref()
+            .map(|e| format!("the stored bans were read only in part at start: {e}"))
     }
 
     /// Periodic: a degraded store tries to reopen and write again; once
@@ -1072,6 +1190,16 @@ impl<M: Maps> AgentState<M> {
                     &[maps::BUCKETS],
                 )
             }),
+            restore: {
+                let r = &self.restore_report;
+                crate::proto::RestoreView {
+                    skipped_rows: r.skipped_rows,
+                    read_error: r.read_error.clone(),
+                    not_enforced: r.not_enforced,
+                    kernel_error: r.kernel_error.clone(),
+                    kernel_only: r.kernel_only,
+                }
+            },
         })
     }
 }
@@ -1168,6 +1296,62 @@ fn kernel_entry(rec: &BanRecord) -> BlockEntry {
 }
 
 /// A record for a kernel entry the store did not know (store lost or reset).
+/// What the restore's kernel writer did.
+#[derive(Default)]
+struct KernelWrites {
+    /// Bans written.
+    written: usize,
+    /// Time spent writing.
+    busy: std::time::Duration,
+    /// Batches that failed, and the first failure.
+    error: Option<(usize, String)>,
+}
+
+impl KernelWrites {
+    fn failed(why: &str) -> Self {
+        Self {
+            error: Some((1, why.into())),
+            ..Self::default()
+        }
+    }
+
+    fn absorb(&mut self, o: Self) {
+        self.written += o.written;
+        self.busy += o.busy;
+        if let Some((n, e)) = o.error {
+            match &mut self.error {
+                Some((batches, _)) => *batches += n,
+                None => self.error = Some((n, e)),
+            }
+        }
+    }
+}
+
+/// Writes each restored batch to the kernel (the bans it does not hold
+/// yet) until the sender is gone.
+fn write_restored<M: Maps>(
+    maps: &mut M,
+    rx: &std::sync::mpsc::Receiver<Vec<(IpNet, BlockEntry)>>,
+) -> KernelWrites {
+    let mut out = KernelWrites::default();
+    for put in rx {
+        out.absorb(write_batch(maps, put));
+    }
+    out
+}
+
+fn write_batch<M: Maps>(maps: &mut M, mut put: Vec<(IpNet, BlockEntry)>) -> KernelWrites {
+    let t = Instant::now();
+    put.retain(|(net, _)| !maps.has_block(net));
+    let written = put.len();
+    let error = maps.insert_blocks(put).err().map(|e| (1, format!("{e:#}")));
+    KernelWrites {
+        written,
+        busy: t.elapsed(),
+        error,
+    }
+}
+
 fn adopted_record(net: IpNet, e: &BlockEntry, now: u64) -> BanRecord {
     let boot = clock::boot_ns();
     let expires_at =

@@ -68,7 +68,10 @@ impl Datapath {
             self.write_config()?;
         }
         // Hosts go in with one syscall per batch where the kernel can
-        // (a restore of a million bans), the rest one by one.
+        // (a restore of a million bans), the rest one by one. A failure
+        // (a full map) does not stop the others: each map takes what it
+        // can, the mirror records exactly what the kernel took, and the
+        // first error is returned.
         let (mut k4, mut v4, mut k6, mut v6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (net, entry) in &entries {
             match net {
@@ -83,36 +86,64 @@ impl Datapath {
                 _ => {}
             }
         }
-        let batched4 = k4.len() > 1
-            && update_batch(self.block4.map(), &k4, &v4)
-                .map_err(map_err("insert into", maps::BLOCK4))?;
-        let batched6 = k6.len() > 1
-            && update_batch(self.block6.map(), &k6, &v6)
-                .map_err(map_err("insert into", maps::BLOCK6))?;
+        let mut first: Option<DatapathError> = None;
+        // Per host map: `None` to write one by one, else how many of the
+        // batch the kernel took (all unless it failed).
+        let taken4 = batch_taken(self.block4.map(), &k4, &v4, maps::BLOCK4, &mut first);
+        let taken6 = batch_taken(self.block6.map(), &k6, &v6, maps::BLOCK6, &mut first);
+        let (mut seen4, mut seen6) = (0usize, 0usize);
+        // A map that refused a write in this call is not tried again for
+        // the rest of it (full: every write would fail the same way).
+        let mut refused = [false; 4];
         for (net, entry) in entries {
-            match net {
-                IpNet::V4(n) if n.prefix_len() == 32 && batched4 => {}
-                IpNet::V6(n) if n.prefix_len() == 128 && batched6 => {}
-                IpNet::V4(n) if n.prefix_len() == 32 => self
-                    .block4
-                    .insert(n.addr().octets(), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK4))?,
-                IpNet::V4(n) => self
-                    .block4_lpm
-                    .insert(&key4(n), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK4_LPM))?,
-                IpNet::V6(n) if n.prefix_len() == 128 => self
-                    .block6
-                    .insert(n.addr().octets(), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK6))?,
-                IpNet::V6(n) => self
-                    .block6_lpm
-                    .insert(&key6(n), entry, 0)
-                    .map_err(map_err("insert into", maps::BLOCK6_LPM))?,
+            let (slot, name) = match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => {
+                    if let Some(taken) = taken4 {
+                        seen4 += 1;
+                        if seen4 <= taken {
+                            self.bans.insert(net, ());
+                        }
+                        continue;
+                    }
+                    (0, maps::BLOCK4)
+                }
+                IpNet::V6(n) if n.prefix_len() == 128 => {
+                    if let Some(taken) = taken6 {
+                        seen6 += 1;
+                        if seen6 <= taken {
+                            self.bans.insert(net, ());
+                        }
+                        continue;
+                    }
+                    (1, maps::BLOCK6)
+                }
+                IpNet::V4(_) => (2, maps::BLOCK4_LPM),
+                IpNet::V6(_) => (3, maps::BLOCK6_LPM),
+            };
+            if refused[slot] {
+                continue;
             }
-            self.bans.insert(net, ());
+            let res = match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => {
+                    self.block4.insert(n.addr().octets(), entry, 0)
+                }
+                IpNet::V4(n) => self.block4_lpm.insert(&key4(n), entry, 0),
+                IpNet::V6(n) if n.prefix_len() == 128 => {
+                    self.block6.insert(n.addr().octets(), entry, 0)
+                }
+                IpNet::V6(n) => self.block6_lpm.insert(&key6(n), entry, 0),
+            };
+            match res {
+                Ok(()) => {
+                    self.bans.insert(net, ());
+                }
+                Err(e) => {
+                    refused[slot] = true;
+                    first.get_or_insert(map_err("insert into", name)(e));
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Removes a ban; `false` if there was none. Call [`Self::maintain`]
@@ -291,6 +322,30 @@ impl Datapath {
     }
 }
 
+/// A batch write of host bans: `None` when the kernel has no batch writes
+/// (or there is one key: written one by one), else how many of `keys`, in
+/// order, the kernel took (all, unless it failed: the error then goes to
+/// `first` unless one is there).
+fn batch_taken<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+    name: &'static str,
+    first: &mut Option<DatapathError>,
+) -> Option<usize> {
+    if keys.len() <= 1 {
+        return None;
+    }
+    match update_batch(map, keys, values) {
+        Ok(true) => Some(keys.len()),
+        Ok(false) => None,
+        Err((done, e)) => {
+            first.get_or_insert(map_err("insert into", name)(e));
+            Some(done)
+        }
+    }
+}
+
 /// Writes the prefilter words holding the bits `set` (word, new bits) just
 /// set in `mirror`; when the kernel refuses, those bits are taken back out of
 /// the mirror, so it never claims a bit the kernel lacks (a missing bit
@@ -314,7 +369,7 @@ fn write_words(
             .iter()
             .zip(&values)
             .try_for_each(|(w, v)| arr.set(*w, *v, 0)),
-        Err(e) => Err(e),
+        Err((_, e)) => Err(e),
     };
     written.map_err(|e| {
         for (w, m) in set {
@@ -411,12 +466,12 @@ struct BatchAttr {
 /// Writes `keys[i] -> values[i]` into `map` in as few syscalls as the
 /// kernel allows (aya has no batch writes). `Ok(false)`: the kernel has no
 /// batch writes for this map and nothing was written; the caller writes one
-/// by one.
+/// by one. On error, also how many leading entries the kernel took.
 fn update_batch<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     keys: &[K],
     values: &[V],
-) -> std::result::Result<bool, MapError> {
+) -> std::result::Result<bool, (usize, MapError)> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let n = keys.len().min(values.len());
     let fd = map.fd().as_fd().as_raw_fd();
@@ -452,10 +507,15 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
             if done == 0 && attr.count == 0 && unsupported {
                 return Ok(false);
             }
-            return Err(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_update_batch",
-                io_error,
-            }));
+            // The kernel reports how many it took before the failure.
+            let took = (attr.count as usize).min(n - done);
+            return Err((
+                done + took,
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error,
+                }),
+            ));
         }
         if attr.count == 0 {
             // No progress: writing them one by one (again) is always right.

@@ -470,6 +470,8 @@ impl<M: Maps> AgentState<M> {
                 "attached to {} of {wanted_ifaces} interfaces",
                 self.attachments.len()
             ))
+        } else if let Some(why) = self.restore_problem() {
+            Some(why)
         } else if !store_up {
             Some(format!(
                 "state store unavailable: {}",

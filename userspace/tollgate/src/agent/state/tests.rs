@@ -2089,3 +2089,189 @@ fn a_full_read_in_pages_lifts_only_at_its_end() {
     );
     assert_eq!(a.stored().len(), 4, "{:?}", a.stored());
 }
+
+/// Bans 198.18.0.1 .. 198.18.0.`n` by hand; kernel and store hold them all.
+fn agent_with_bans(n: u8) -> Agent {
+    let mut a = Agent::new(Mode::Enforce);
+    for i in 1..=n {
+        a.ban(&format!("198.18.0.{i}"), None);
+    }
+    a
+}
+
+fn restore_view(a: &mut Agent) -> serde_json::Value {
+    a.ok(Request::Status)["restore"].clone()
+}
+
+/// A stored row that cannot be decoded is skipped and counted (status,
+/// not a stopped restore): every other ban is restored, the agent is
+/// ready, and the kernel's entry for the bad row is neither adopted over
+/// the stored row nor lifted.
+#[test]
+fn a_bad_store_row_is_skipped_counted_and_its_kernel_ban_kept_unadopted() {
+    let a = agent_with_bans(4);
+    let Agent { state, dir } = a;
+    let AgentState { maps, store, .. } = state;
+    drop(store);
+    let mut raw = RedbStore::open(dir.path()).unwrap();
+    raw.put_raw_ban("198.18.0.2/32", &[1, 0xff]);
+    let store: Box<dyn Store> = Box::new(raw);
+    let mut a = Agent::over(maps, Vec::new(), store, dir);
+    let mut listed: Vec<String> = a
+        .ls()
+        .iter()
+        .map(|v| v["cidr"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["198.18.0.1/32", "198.18.0.3/32", "198.18.0.4/32"]);
+    let r = restore_view(&mut a);
+    assert_eq!(r["skipped_rows"], 1, "{r}");
+    assert_eq!(r["kernel_only"], 1, "{r}");
+    assert!(r["read_error"].is_null(), "{r}");
+    assert_eq!(a.state.snapshot(0).not_ready, None);
+    assert!(a.kernel("198.18.0.2/32").is_some(), "still enforced");
+    drop(a.state.store.take());
+    let raw = RedbStore::open(a.dir.path()).unwrap();
+    assert_eq!(
+        raw.raw_ban("198.18.0.2/32").as_deref(),
+        Some(&[1u8, 0xff][..]),
+        "the stored row was not overwritten by an adoption"
+    );
+}
+
+/// A store whose ban stream ends in an error after `after` bans (a
+/// failing disk, a reader thread that died).
+struct StopsReading {
+    inner: RedbStore,
+    after: usize,
+}
+
+impl Store for StopsReading {
+    fn put_bans(&mut self, records: &[BanRecord]) -> Result<(), crate::store::StoreError> {
+        self.inner.put_bans(records)
+    }
+    fn remove_bans(&mut self, cidrs: &[IpNet]) -> Result<(), crate::store::StoreError> {
+        self.inner.remove_bans(cidrs)
+    }
+    fn bans(&self) -> Result<Vec<BanRecord>, crate::store::StoreError> {
+        self.inner.bans()
+    }
+    fn ban_stream(
+        &self,
+        _: usize,
+        f: &mut dyn FnMut(crate::store::BanStream<'_>),
+    ) -> Result<(), crate::store::StoreError> {
+        let mut all = self.inner.bans()?;
+        all.sort_by_key(|r| r.cidr);
+        let nets: Vec<(IpNet, u32)> = all.iter().take(self.after).map(|r| (r.cidr, 0)).collect();
+        for (i, rec) in all.into_iter().take(self.after).enumerate() {
+            f(crate::store::BanStream::Record(0, rec));
+            f(crate::store::BanStream::Bans(&nets[i..=i]));
+        }
+        Err(crate::store::StoreError::Io {
+            op: "read",
+            message: "the store reader thread failed".into(),
+        })
+    }
+    fn put_allow(
+        &mut self,
+        record: &crate::store::AllowRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.put_allow(record)
+    }
+    fn remove_allow(&mut self, cidr: &IpNet) -> Result<(), crate::store::StoreError> {
+        self.inner.remove_allow(cidr)
+    }
+    fn allows(&self) -> Result<Vec<crate::store::AllowRecord>, crate::store::StoreError> {
+        self.inner.allows()
+    }
+    fn put_limits(
+        &mut self,
+        r: &crate::store::LimitsRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.put_limits(r)
+    }
+    fn limits(&self) -> Result<Option<crate::store::LimitsRecord>, crate::store::StoreError> {
+        self.inner.limits()
+    }
+    fn put_offence(
+        &mut self,
+        c: &IpNet,
+        r: &crate::store::OffenceRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.put_offence(c, r)
+    }
+    fn offences(
+        &self,
+    ) -> Result<Vec<(IpNet, crate::store::OffenceRecord)>, crate::store::StoreError> {
+        self.inner.offences()
+    }
+}
+
+/// A warm start whose store read stops part way: the bans read are
+/// restored, the kernel's other bans stay enforced, and none is adopted as
+/// a `kernel` record over its real stored one; status and readiness say
+/// the read was partial.
+#[test]
+fn a_partial_store_read_adopts_no_kernel_ban() {
+    let a = agent_with_bans(4);
+    let Agent { state, dir } = a;
+    let AgentState { maps, store, .. } = state;
+    drop(store);
+    let store: Box<dyn Store> = Box::new(StopsReading {
+        inner: RedbStore::open(dir.path()).unwrap(),
+        after: 2,
+    });
+    let mut a = Agent::over(maps, Vec::new(), store, dir);
+    assert_eq!(a.ls().len(), 2);
+    for i in 1..=4 {
+        assert!(
+            a.kernel(&format!("198.18.0.{i}/32")).is_some(),
+            "{i} still enforced"
+        );
+    }
+    let stored = a.stored();
+    assert_eq!(stored.len(), 4);
+    assert!(
+        stored.iter().all(|r| r.origin == "cli"),
+        "records overwritten: {stored:?}"
+    );
+    let r = restore_view(&mut a);
+    assert_eq!(r["kernel_only"], 2, "{r}");
+    assert!(r["read_error"].as_str().unwrap().contains("reader"), "{r}");
+    let why = a.state.snapshot(0).not_ready.unwrap();
+    assert!(why.contains("read only in part"), "{why}");
+}
+
+/// Stored bans the kernel refuses at start (a full map) are counted and
+/// make the agent not ready, with the kernel's reason.
+#[test]
+fn stored_bans_the_kernel_refuses_at_start_are_counted_and_not_ready() {
+    let a = agent_with_bans(3);
+    let Agent { state, dir } = a;
+    let AgentState { store, .. } = state;
+    drop(store);
+    // A cold start into maps that take nothing.
+    let mut maps = MemMaps::new(Mode::Enforce);
+    maps.full = true;
+    let store: Box<dyn Store> = Box::new(RedbStore::open(dir.path()).unwrap());
+    let mut a = Agent::over(maps, Vec::new(), store, dir);
+    assert_eq!(a.ls().len(), 3);
+    let r = restore_view(&mut a);
+    assert_eq!(r["not_enforced"], 3, "{r}");
+    assert!(!r["kernel_error"].as_str().unwrap().is_empty(), "{r}");
+    let why = a.state.snapshot(0).not_ready.unwrap();
+    assert!(why.contains("3 stored bans are not enforced"), "{why}");
+    // A clean start says so too.
+    let mut b = agent_with_bans(1).restart();
+    let r = restore_view(&mut b);
+    assert_eq!(
+        (
+            r["skipped_rows"].as_u64(),
+            r["not_enforced"].as_u64(),
+            r["kernel_only"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(b.state.snapshot(0).not_ready, None);
+}
