@@ -1363,6 +1363,10 @@ async fn read_pages(
             Err(e) => return Err(e.into()),
         };
         stats.etcd += t.elapsed();
+        // Back up after a page that fitted: a few huge records (a hostile
+        // host's) must not leave the rest of the read in tiny pages, each
+        // of which etcd 3.4 walks the remaining range for.
+        limit = (limit.saturating_mul(2)).min(PAGE);
         if resp.more()
             && let Some(kv) = resp.kvs().last()
         {

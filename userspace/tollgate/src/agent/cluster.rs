@@ -171,15 +171,27 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// `first` and what else is waiting, to apply under one lock; a page of a
 /// full read ends it (the lock is let go between pages).
 fn take_batch(first: Inbound, rx: &mut mpsc::Receiver<Inbound>) -> Vec<Inbound> {
+    let records = |m: &Inbound| match m {
+        Inbound::Puts(rs) | Inbound::SnapshotPage(rs) => rs.len(),
+        _ => 1,
+    };
+    let mut held = records(&first);
     let mut batch = vec![first];
-    while batch.len() < 1024
+    // Bounded by records, not messages: the state lock is held for the
+    // whole batch, and local bans wait for it.
+    while held < MAX_BATCH_RECORDS
         && !matches!(batch.last(), Some(Inbound::SnapshotPage(_)))
         && let Ok(more) = rx.try_recv()
     {
+        held += records(&more);
         batch.push(more);
     }
     batch
 }
+
+/// Records applied under one hold of the state lock, about (a batch ends
+/// past it).
+const MAX_BATCH_RECORDS: usize = 4096;
 
 /// Applies what the cluster task read, in order.
 fn apply(st: &mut AgentState, resync: &mut Option<Resync>, batch: Vec<Inbound>) {

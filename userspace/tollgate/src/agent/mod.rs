@@ -430,7 +430,7 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
             loop {
                 gc.tick().await;
                 let (state, event_log) = (Arc::clone(&state), Arc::clone(&event_log));
-                let _ = tokio::task::spawn_blocking(move || {
+                let swept = tokio::task::spawn_blocking(move || {
                     if let Ok(mut s) = state.lock() {
                         s.gc();
                         s.prune_offenders();
@@ -442,6 +442,18 @@ async fn serve_until_signal(opts: &AgentOptions, agent: &mut Running) -> anyhow:
                     }
                 })
                 .await;
+                // A panic there poisoned the state lock: nothing would expire
+                // and every request would fail. Exit, so that the service
+                // manager restarts the agent (the maps stay pinned and
+                // enforcing meanwhile).
+                if let Err(e) = swept
+                    && e.is_panic()
+                {
+                    tracing::error!(
+                        "the expiry sweep panicked; exiting so that the agent is restarted"
+                    );
+                    std::process::exit(70);
+                }
             }
         })
     };

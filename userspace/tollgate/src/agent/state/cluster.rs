@@ -123,8 +123,15 @@ impl<M: Maps> AgentState<M> {
     /// over what this host holds, in one kernel batch and one store
     /// transaction (a full read brings the whole set at once). Returns how
     /// many changed the kernel.
-    pub fn cluster_put_many(&mut self, records: Vec<BanRecord>) -> usize {
+    pub fn cluster_put_many(&mut self, mut records: Vec<BanRecord>) -> usize {
         let me = self.fleet_host();
+        // A prefix written twice in one batch: its last record (watch order)
+        // is the one that stands; both would merge onto the same old one,
+        // and the store would keep either.
+        let mut seen = std::collections::HashSet::with_capacity(records.len());
+        records.reverse();
+        records.retain(|r| seen.insert(r.cidr));
+        records.reverse();
         let out = records
             .into_iter()
             .map(|rec| {
@@ -625,7 +632,10 @@ impl<M: Maps> AgentState<M> {
             self.withdraw_queued(cidr, rest.as_ref());
         }
         rs.spent.merge += t.elapsed();
-        let applied = self.settle_timed(out, Some(&mut rs.spent), true).0;
+        // Each page is committed durably: its bans are in the pinned kernel
+        // maps already, and a restart after a crash mid-read would adopt
+        // kernel bans its store lacks as this host's own (and share them).
+        let applied = self.settle_timed(out, Some(&mut rs.spent), false).0;
         rs.applied += applied;
         rs.pages += 1;
         applied
