@@ -1594,7 +1594,14 @@ async fn watch_after(
     let opts = etcd_client::WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    Ok(client.watch(prefix, Some(opts)).await?)
+    // The page reads' limit: a watch catching up delivers up to 1,000
+    // revisions at once, and a few records of etcd's maximum size (a
+    // hostile host's) past the default 4 MiB would fail the stream, then
+    // every full read after it, for good.
+    let mut w = client
+        .watch_client()
+        .max_decoding_message_size(MAX_PAGE_BYTES);
+    Ok(w.watch(prefix, Some(opts)).await?)
 }
 
 async fn session(
