@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub since_start: Counters,
     /// The fleet link, when the agent shares bans through etcd.
     pub cluster: Option<crate::proto::ClusterView>,
+    /// What the restore of the stored bans at start left undone.
+    pub restore: crate::proto::RestoreView,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -305,6 +307,38 @@ pub fn render(s: &Snapshot) -> String {
         ready,
     );
 
+    // What the start's restore left undone: an alert on any of these
+    // finds a node that does not enforce all it stored.
+    let restore: [(&str, &str, usize); 3] = [
+        (
+            "tollgate_restore_skipped_rows",
+            "Stored ban rows skipped at start because they could not be decoded",
+            s.restore.skipped_rows,
+        ),
+        (
+            "tollgate_restore_not_enforced",
+            "Stored bans the kernel refused at start (a map full?)",
+            s.restore.not_enforced,
+        ),
+        (
+            "tollgate_restore_kernel_only",
+            "Kernel bans kept at start but not adopted into the store (their rows were not read)",
+            s.restore.kernel_only,
+        ),
+    ];
+    for (name, help, v) in restore {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        reg.register(name, help, g);
+    }
+    let partial = Gauge::<i64>::default();
+    partial.set(i64::from(s.restore.read_error.is_some()));
+    reg.register(
+        "tollgate_restore_read_partial",
+        "Whether the read of the stored bans at start stopped early (1: some were not restored)",
+        partial,
+    );
+
     if let Some(c) = &s.cluster {
         register_cluster(&mut reg, c);
     }
@@ -450,6 +484,13 @@ mod tests {
             samples: Some([7, 1, 2]),
             since_start,
             cluster: None,
+            restore: crate::proto::RestoreView {
+                skipped_rows: 2,
+                read_error: Some("i/o".into()),
+                not_enforced: 3,
+                kernel_error: None,
+                kernel_only: 4,
+            },
         };
         let t = render(&s);
         for want in [
@@ -467,6 +508,10 @@ mod tests {
             "tollgate_samples_total{result=\"lost\"} 1",
             "tollgate_policy_reloads_total{result=\"applied\"} 1",
             "tollgate_policy_reloads_total{result=\"refused\"} 0",
+            "tollgate_restore_skipped_rows 2",
+            "tollgate_restore_not_enforced 3",
+            "tollgate_restore_kernel_only 4",
+            "tollgate_restore_read_partial 1",
             "# EOF",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

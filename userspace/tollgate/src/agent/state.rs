@@ -1079,6 +1079,19 @@ impl<M: Maps> AgentState<M> {
         Ok(json!(StatsView { counters, totals }))
     }
 
+    /// What the start's restore left undone, as `status` and the metrics
+    /// show it.
+    pub(crate) fn restore_view(&self) -> crate::proto::RestoreView {
+        let r = &self.restore_report;
+        crate::proto::RestoreView {
+            skipped_rows: r.skipped_rows,
+            read_error: r.read_error.clone(),
+            not_enforced: r.not_enforced,
+            kernel_error: r.kernel_error.clone(),
+            kernel_only: r.kernel_only,
+        }
+    }
+
     fn status(&self) -> serde_json::Value {
         let fill = self.maps.fill();
         let cap = self.maps.capacities();
@@ -1190,16 +1203,7 @@ impl<M: Maps> AgentState<M> {
                     &[maps::BUCKETS],
                 )
             }),
-            restore: {
-                let r = &self.restore_report;
-                crate::proto::RestoreView {
-                    skipped_rows: r.skipped_rows,
-                    read_error: r.read_error.clone(),
-                    not_enforced: r.not_enforced,
-                    kernel_error: r.kernel_error.clone(),
-                    kernel_only: r.kernel_only,
-                }
-            },
+            restore: self.restore_view(),
         })
     }
 }

@@ -504,6 +504,7 @@ impl<M: Maps> AgentState<M> {
             samples: self.maps.sample_stats().ok(),
             since_start: self.counters.clone(),
             cluster: self.cluster_view(),
+            restore: self.restore_view(),
         }
     }
 }
