@@ -73,6 +73,9 @@ pub struct AgentState<M = Datapath> {
     pub(in crate::agent) counters: crate::metrics::Counters,
     /// The fleet link's status, when this agent shares bans through etcd.
     pub(in crate::agent) cluster: Option<crate::cluster::SharedStatus>,
+    /// Until when `/readyz` waits for the first full read of the fleet's
+    /// set (`None`: not in a fleet, or read).
+    pub(in crate::agent) fleet_wait: Option<std::time::Instant>,
     /// Bans lifted lately (by hand, by origin, by expiry): the prefix and
     /// when (boot-clock ns). What a client sent on a connection from before
     /// a lift (retransmissions of what the ban dropped) is not a new offence.
@@ -174,6 +177,7 @@ impl<M: Maps> AgentState<M> {
             host_addrs: crate::net::host_addresses,
             counters: crate::metrics::Counters::default(),
             cluster: None,
+            fleet_wait: None,
             sample_loss: super::loss::LossWatch::default(),
             restore_report: RestoreReport::default(),
         }

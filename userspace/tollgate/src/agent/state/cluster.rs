@@ -59,10 +59,34 @@ fn merge(
     BanRecord::from_decisions(cidr, offences, own.chain(fleet).collect())
 }
 
+/// How long after joining a fleet `/readyz` waits for the first full read
+/// of its set: a rollout does not count a node ready before it enforces the
+/// fleet's bans, nor stalls for good while etcd is away (the link's metrics
+/// say so then).
+pub const FLEET_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl<M: Maps> AgentState<M> {
     /// The cluster's status, when this agent is in a fleet.
     pub fn set_cluster(&mut self, status: SharedStatus) {
+        if self.cluster.is_none() {
+            self.fleet_wait = Some(std::time::Instant::now() + FLEET_READ_WAIT);
+        }
         self.cluster = Some(status);
+    }
+
+    /// Why the agent is not ready yet for the fleet: the first full read of
+    /// its set is not applied, and the wait for it has not run out.
+    #[must_use]
+    pub fn fleet_not_ready(&self) -> Option<String> {
+        let until = self.fleet_wait?;
+        (std::time::Instant::now() < until).then(|| {
+            format!(
+                "reading the fleet's shared bans (not ready for at most {} s more)",
+                until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+            )
+        })
     }
 
     /// The fleet link's shared status, when in a fleet.
@@ -654,6 +678,7 @@ impl<M: Maps> AgentState<M> {
     /// it: a wipe, a key deleted by hand, a restore from an old snapshot).
     /// Returns (applied, lifted) over the whole read.
     pub fn cluster_snapshot_end(&mut self, mut rs: Resync, unread: &[IpNet]) -> (usize, usize) {
+        self.fleet_wait = None;
         rs.capped.extend(unread.iter().copied());
         let me = rs.me.clone();
         let mut out = Vec::new();

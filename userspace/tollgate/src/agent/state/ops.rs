@@ -478,7 +478,7 @@ impl<M: Maps> AgentState<M> {
                 store_health.as_deref().unwrap_or("not open")
             ))
         } else {
-            None
+            self.fleet_not_ready()
         };
         Snapshot {
             top_prefixes: self.top_prefixes(),

@@ -2005,6 +2005,12 @@ fn a_full_read_in_pages_lifts_only_at_its_end() {
     ));
     let mut a = Agent::over(MemMaps::new(Mode::Enforce), Vec::new(), store, dir);
     a.state.set_cluster(status.clone());
+    // Not ready until the first full read is in (bounded, see below).
+    let why = a.state.snapshot(0).not_ready;
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("fleet")),
+        "{why:?}"
+    );
     let mut sent = || {
         let mut v = Vec::new();
         while let Ok(c) = rx.try_recv() {
@@ -2067,7 +2073,12 @@ fn a_full_read_in_pages_lifts_only_at_its_end() {
     sent();
     a.state
         .cluster_snapshot_page(&mut rs, vec![remote("198.51.100.7")]);
+    assert!(
+        a.state.snapshot(0).not_ready.is_some(),
+        "ready before the read's end"
+    );
     let (_, lifted) = a.state.cluster_snapshot_end(rs, &[net("198.51.100.4")]);
+    assert_eq!(a.state.snapshot(0).not_ready, None, "the whole read is in");
     // The fleet's bans the read lacked are lifted now; this host's own
     // that etcd lost is kept and shared again; its own whose record was
     // unreadable is kept and not shared again.
@@ -2274,4 +2285,19 @@ fn stored_bans_the_kernel_refuses_at_start_are_counted_and_not_ready() {
         (Some(0), Some(0), Some(0))
     );
     assert_eq!(b.state.snapshot(0).not_ready, None);
+}
+
+/// A fleet whose set cannot be read (etcd away) holds `/readyz` back only
+/// for a while: a rollout waits for the fleet's bans, never for good.
+#[test]
+fn the_wait_for_the_fleets_set_runs_out() {
+    let mut a = Agent::new(Mode::Enforce);
+    assert_eq!(a.state.snapshot(0).not_ready, None, "not in a fleet");
+    a.state
+        .set_cluster(std::sync::Arc::new(std::sync::Mutex::new(
+            crate::cluster::ClusterStatus::default(),
+        )));
+    assert!(a.state.snapshot(0).not_ready.is_some());
+    a.state.fleet_wait = Some(std::time::Instant::now());
+    assert_eq!(a.state.snapshot(0).not_ready, None);
 }
