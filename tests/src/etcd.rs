@@ -251,13 +251,7 @@ impl Etcd {
     pub fn txn(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> bool {
         let ops: Vec<String> = puts
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
-                    b64(k.as_bytes()),
-                    b64(v)
-                )
-            })
+            .map(|(k, v)| put_op(k, v))
             .chain(deletes.iter().map(|k| {
                 format!(
                     r#"{{"requestDeleteRange":{{"key":"{}"}}}}"#,
@@ -319,16 +313,7 @@ fn post_on(port: u16, path: &str, body: &str) -> String {
 /// thread that does not own the member).
 pub fn put_many_on(port: u16, kvs: &[(String, Vec<u8>)]) -> bool {
     kvs.chunks(100).all(|chunk| {
-        let ops: Vec<String> = chunk
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
-                    b64(k.as_bytes()),
-                    b64(v)
-                )
-            })
-            .collect();
+        let ops: Vec<String> = chunk.iter().map(|(k, v)| put_op(k, v)).collect();
         post_on(
             port,
             "/v3/kv/txn",
@@ -408,4 +393,13 @@ fn b64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// One put in etcd's JSON gateway's transaction format.
+fn put_op(key: &str, value: &[u8]) -> String {
+    format!(
+        r#"{{"requestPut":{{"key":"{}","value":"{}"}}}}"#,
+        b64(key.as_bytes()),
+        b64(value)
+    )
 }

@@ -298,16 +298,7 @@ const JOIN_BANS: u32 = 100_000;
 
 /// Whether `ag`'s kernel holds at least `n` IPv4 host bans.
 fn holds(ag: &Agent, n: u32) -> bool {
-    let s = ag.json(&["status"]);
-    s["maps"]
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
-                .and_then(|x| x["entries"].as_u64())
-        })
-        .unwrap_or(0)
-        >= u64::from(n)
+    crate::kernel_hosts_v4(ag) >= u64::from(n)
 }
 
 /// Seeds the fleet with `n` bans (written straight into etcd, as other

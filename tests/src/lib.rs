@@ -655,7 +655,20 @@ impl Drop for Agent {
     }
 }
 
-/// Bans in the agent's kernel maps, from `status` (every ban map's fill).
+/// IPv4 host bans in the agent's kernel map, from `status`.
+pub fn kernel_hosts_v4(agent: &Agent) -> u64 {
+    agent.json(&["status"])["maps"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
+                .and_then(|x| x["entries"].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+/// Every ban in `agent`'s kernel maps (hosts and ranges, both families),
+/// from `status`.
 pub fn kernel_bans(agent: &Agent) -> u64 {
     agent.json(&["status"])["maps"]
         .as_array()

@@ -1097,17 +1097,7 @@ fn a_ban_made_the_same_second_after_an_unban_elsewhere_is_enforced_everywhere() 
     assert!(tcp(c4, s4), "B passes the client again");
 }
 
-/// IPv4 host bans in `agent`'s kernel map.
-fn kernel_hosts(agent: &Agent) -> u64 {
-    agent.json(&["status"])["maps"]
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .find(|x| x["name"] == tollgate_common::maps::BLOCK4)
-                .and_then(|x| x["entries"].as_u64())
-        })
-        .unwrap_or(0)
-}
+use tollgate_tests::kernel_hosts_v4 as kernel_hosts;
 
 /// A host joining a fleet that holds more records than one page of the
 /// full read (the read is applied page by page, some of it while the

@@ -452,9 +452,8 @@ impl Store for ClusterStore {
         &mut self,
         records: &[BanRecord],
         offences: &[(IpNet, OffenceRecord)],
-        durable: bool,
     ) -> Result<(), StoreError> {
-        self.inner.keep_fleet(records, offences, durable)
+        self.inner.keep_fleet(records, offences)
     }
     fn bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         self.inner.bans()

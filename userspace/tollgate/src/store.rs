@@ -316,11 +316,7 @@ pub trait Store: Send {
         self.put_bans(records)
     }
     /// Records what the fleet sent ([`Self::keep_bans`]) with the offence
-    /// counts it raised, in one transaction. With `durable` false the
-    /// commit may wait for the next durable one (the pages of a full read
-    /// of the fleet, whose end commits durably: a crash before it loses
-    /// only what that read brought, which the next one brings again). The
-    /// default writes them durably in two.
+    /// counts it raised, durably, in one transaction (the default in two).
     ///
     /// # Errors
     /// When the write fails.
@@ -328,9 +324,7 @@ pub trait Store: Send {
         &mut self,
         records: &[BanRecord],
         offences: &[(IpNet, OffenceRecord)],
-        durable: bool,
     ) -> Result<()> {
-        let _ = durable;
         if !records.is_empty() {
             self.keep_bans(records)?;
         }
@@ -1172,7 +1166,6 @@ impl Store for RedbStore {
         &mut self,
         records: &[BanRecord],
         offences: &[(IpNet, OffenceRecord)],
-        durable: bool,
     ) -> Result<()> {
         // Keys in order, as in `apply_bans_queued`.
         let mut bans: Vec<(String, Vec<u8>)> = records
@@ -1186,12 +1179,7 @@ impl Store for RedbStore {
             counts.push((c.to_string(), v));
         }
         counts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let durability = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        self.write_as("fleet bans", durability, |w| {
+        self.write_as("fleet bans", redb::Durability::Immediate, |w| {
             insert_rows(w, BANS, &bans)?;
             insert_rows(w, OFFENCES, &counts)
         })
@@ -1341,18 +1329,16 @@ mod tests {
     }
 
     #[test]
-    fn fleet_pages_kept_lazily_are_durable_after_the_next_durable_commit() {
+    fn fleet_bans_and_their_offence_counts_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let count = OffenceRecord { count: 2, last: 1 };
         let net: IpNet = "198.18.0.2/32".parse().unwrap();
         {
             let mut s = RedbStore::open(dir.path()).unwrap();
-            s.keep_fleet(&[ban("198.18.0.1/32")], &[], false).unwrap();
-            s.keep_fleet(&[ban("198.18.0.2/32")], &[(net, count.clone())], false)
+            s.keep_fleet(&[ban("198.18.0.1/32")], &[]).unwrap();
+            s.keep_fleet(&[ban("198.18.0.2/32")], &[(net, count.clone())])
                 .unwrap();
-            // Read back at once, before any durable commit.
             assert_eq!(s.bans().unwrap().len(), 2);
-            s.keep_fleet(&[], &[], true).unwrap();
         }
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(

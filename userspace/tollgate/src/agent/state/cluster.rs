@@ -197,17 +197,14 @@ impl<M: Maps> AgentState<M> {
     /// (`None`: lifted), kernel first. Returns (kernel entries written,
     /// prefixes lifted).
     fn settle(&mut self, records: Vec<(IpNet, Option<BanRecord>)>) -> (usize, usize) {
-        self.settle_timed(records, None, false)
+        self.settle_timed(records, None)
     }
 
-    /// [`Self::settle`], adding where the time went to `spent`; `lazy`: the
-    /// store's commit may wait for the next durable one (see
-    /// [`crate::store::Store::keep_fleet`]).
+    /// [`Self::settle`], adding where the time went to `spent`.
     fn settle_timed(
         &mut self,
         mut records: Vec<(IpNet, Option<BanRecord>)>,
         mut spent: Option<&mut ApplyTimes>,
-        lazy: bool,
     ) -> (usize, usize) {
         let mut t = std::time::Instant::now();
         let mut lap = |f: fn(&mut ApplyTimes) -> &mut std::time::Duration| {
@@ -286,9 +283,10 @@ impl<M: Maps> AgentState<M> {
                 }
             }
             // Kept here, never shared back: the bans and the counts in one
-            // transaction (a page of a full read commits with its end).
+            // transaction, durable (a full read's pages too: see
+            // `cluster_snapshot_page`).
             if let Some(s) = self.store.as_mut()
-                && let Err(e) = s.keep_fleet(&take, &raised, !lazy)
+                && let Err(e) = s.keep_fleet(&take, &raised)
             {
                 warn!(
                     count = take.len(),
@@ -606,15 +604,6 @@ impl<M: Maps> AgentState<M> {
     pub fn cluster_snapshot_page(&mut self, rs: &mut Resync, records: Vec<BanRecord>) -> usize {
         let t = std::time::Instant::now();
         let me = rs.me.clone();
-        // This host's own decision as etcd has it (origin as shared, the
-        // same creation time).
-        let in_etcd = |new: &BanRecord, d: &Decision| {
-            new.any_decision(|e| {
-                e.host.as_deref() == Some(me.as_str())
-                    && e.created_at == d.created_at
-                    && e.origin == crate::cluster::shared_origin(&d.origin)
-            })
-        };
         let mut out = Vec::with_capacity(records.len());
         let mut withdraw = Vec::new();
         for new in records {
@@ -626,28 +615,7 @@ impl<M: Maps> AgentState<M> {
                 out.push((cidr, merge(None, Some(&new), &me, |_| true)));
                 continue;
             };
-            let held = rs.held(&cidr);
-            let (mut lost, mut dropped) = (false, false);
-            // In etcd it was written after any tombstone (the unban deletes
-            // the key in the same transaction); held back here (queued, cut
-            // off from etcd) it may be older than the unban, which wins.
-            let merged = merge(Some(&old), Some(&new), &me, |d| {
-                if in_etcd(&new, d) {
-                    return true;
-                }
-                if rs.lifted_after(&cidr, d) {
-                    dropped = true;
-                    return false;
-                }
-                lost |= !held;
-                true
-            });
-            if dropped && rs.queued.contains(&cidr) {
-                withdraw.push((cidr, merged.clone()));
-            }
-            if lost && merged.is_some() {
-                rs.again.push(cidr);
-            }
+            let merged = rs.reconcile(&old, Some(&new), &mut withdraw);
             if merged.as_ref() != Some(&old) {
                 out.push((cidr, merged));
             }
@@ -659,7 +627,7 @@ impl<M: Maps> AgentState<M> {
         // Each page is committed durably: its bans are in the pinned kernel
         // maps already, and a restart after a crash mid-read would adopt
         // kernel bans its store lacks as this host's own (and share them).
-        let applied = self.settle_timed(out, Some(&mut rs.spent), false).0;
+        let applied = self.settle_timed(out, Some(&mut rs.spent)).0;
         rs.applied += applied;
         rs.pages += 1;
         applied
@@ -680,7 +648,6 @@ impl<M: Maps> AgentState<M> {
     pub fn cluster_snapshot_end(&mut self, mut rs: Resync, unread: &[IpNet]) -> (usize, usize) {
         self.fleet_wait = None;
         rs.capped.extend(unread.iter().copied());
-        let me = rs.me.clone();
         let mut out = Vec::new();
         let mut withdraw = Vec::new();
         // Held when the read began and absent from it (a prefix that went
@@ -689,22 +656,7 @@ impl<M: Maps> AgentState<M> {
             let Some(old) = self.bans.get(&cidr) else {
                 continue;
             };
-            let held = rs.held(&cidr);
-            let (mut lost, mut dropped) = (false, false);
-            let merged = merge(Some(&old), None, &me, |d| {
-                if rs.lifted_after(&cidr, d) {
-                    dropped = true;
-                    return false;
-                }
-                lost |= !held;
-                true
-            });
-            if dropped && rs.queued.contains(&cidr) {
-                withdraw.push((cidr, merged.clone()));
-            }
-            if lost && merged.is_some() {
-                rs.again.push(cidr);
-            }
+            let merged = rs.reconcile(&old, None, &mut withdraw);
             if merged.as_ref() != Some(&old) {
                 out.push((cidr, merged));
             }
@@ -713,14 +665,6 @@ impl<M: Maps> AgentState<M> {
             self.withdraw_queued(cidr, rest.as_ref());
         }
         let (applied, lifted) = self.settle(out);
-        // The pages' writes are made durable now (one empty durable commit
-        // carries them).
-        if rs.pages > 0
-            && let Some(s) = self.store.as_mut()
-            && let Err(e) = s.keep_fleet(&[], &[], true)
-        {
-            warn!("the fleet's bans not recorded durably: {e}");
-        }
         // As held now (a local change may have come between two pages); a
         // page could not know the read's unreadable prefixes yet.
         let again: Vec<BanRecord> = std::mem::take(&mut rs.again)
@@ -793,6 +737,50 @@ impl Resync {
     /// Whether an operator's unban at least as recent as `d` lifted it.
     fn lifted_after(&self, cidr: &IpNet, d: &Decision) -> bool {
         self.tombs.get(cidr).is_some_and(|t| *t >= d.created_ms())
+    }
+
+    /// `old` (held here) with etcd's record `new` laid over it (`None`:
+    /// etcd has none). This host's own decisions that etcd holds stay; one
+    /// etcd lacks was written before an unban's tombstone if one is at
+    /// least as recent (the unban deletes the key in the same transaction),
+    /// and goes (withdrawn from the outbox when still queued); otherwise it
+    /// stays, and is published again unless held back here (queued or kept
+    /// local). Returns the merged record.
+    fn reconcile(
+        &mut self,
+        old: &BanRecord,
+        new: Option<&BanRecord>,
+        withdraw: &mut Vec<(IpNet, Option<BanRecord>)>,
+    ) -> Option<BanRecord> {
+        let cidr = old.cidr;
+        let held = self.held(&cidr);
+        let (mut lost, mut dropped) = (false, false);
+        let merged = merge(Some(old), new, &self.me, |d| {
+            // This host's own decision as etcd has it (origin as shared,
+            // the same creation time).
+            if new.is_some_and(|n| {
+                n.any_decision(|e| {
+                    e.host.as_deref() == Some(self.me.as_str())
+                        && e.created_at == d.created_at
+                        && e.origin == crate::cluster::shared_origin(&d.origin)
+                })
+            }) {
+                return true;
+            }
+            if self.lifted_after(&cidr, d) {
+                dropped = true;
+                return false;
+            }
+            lost |= !held;
+            true
+        });
+        if dropped && self.queued.contains(&cidr) {
+            withdraw.push((cidr, merged.clone()));
+        }
+        if lost && merged.is_some() {
+            self.again.push(cidr);
+        }
+        merged
     }
 }
 
